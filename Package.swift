@@ -1,0 +1,119 @@
+// swift-tools-version:6.1
+// Meridian: a geo-distributed, multi-region data store.
+//
+// Module graph (arrows are "may import"):
+//   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only.
+//   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
+//   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
+//   MeridianNode   -> MeridianCore, MeridianStore, Hummingbird, Prometheus (the region server shell)
+//   meridian       -> everything above, ArgumentParser   (the CLI)
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "Meridian",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "meridian", targets: ["meridian"]),
+        .library(name: "MeridianCore", targets: ["MeridianCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.10.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
+    ],
+    targets: [
+        .target(
+            name: "MeridianCore",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianStore",
+            dependencies: [
+                "MeridianCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianClient",
+            dependencies: [
+                "MeridianCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianNode",
+            dependencies: [
+                "MeridianCore",
+                "MeridianStore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "meridian",
+            dependencies: [
+                "MeridianCore",
+                "MeridianStore",
+                "MeridianNode",
+                "MeridianClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MeridianCoreTests",
+            dependencies: [
+                "MeridianCore",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MeridianStoreTests",
+            dependencies: ["MeridianCore", "MeridianStore"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MeridianNodeTests",
+            dependencies: [
+                "MeridianCore",
+                "MeridianStore",
+                "MeridianNode",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MeridianLiveTests",
+            dependencies: ["MeridianCore", "MeridianClient"],
+            swiftSettings: strict
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,181 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A response read in full.
+public struct HTTPResult: Sendable {
+    /// The status code.
+    public let status: Int
+    /// The headers, in received order.
+    public let headers: [(String, String)]
+    /// The body bytes.
+    public let body: [UInt8]
+
+    /// The first header with this name, compared case-insensitively.
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name.lowercased() }?.1
+    }
+
+    /// The body as UTF-8 text.
+    public var text: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// A failure to talk to a node at all (as opposed to an error response).
+public struct ConnectionError: Error, CustomStringConvertible {
+    /// What went wrong.
+    public let description: String
+}
+
+/// One keep-alive HTTP/1.1 connection to a node, carrying one request at a time.
+///
+/// Meridian's CLI, benchmarks and live tests use this instead of async-http-client: the request and
+/// response codecs are SwiftNIO's, and keeping the client this small keeps the TLS stack (BoringSSL)
+/// out of the release build and the load generator's per-request cost low.
+public final class HTTPConnection: @unchecked Sendable {
+    // Safety: `channel` is immutable; the handler's state is touched only on the channel's event loop.
+    private let channel: any Channel
+    private let handler: ResponseCollector
+    private let host: String
+    private let responseBytesMax: Int
+
+    private init(channel: any Channel, handler: ResponseCollector, host: String, responseBytesMax: Int) {
+        self.channel = channel
+        self.handler = handler
+        self.host = host
+        self.responseBytesMax = responseBytesMax
+    }
+
+    /// Connects to `host:port`.
+    /// - Parameters:
+    ///   - timeoutSeconds: Bounds the connect and every later request.
+    ///   - responseBytesMax: The largest response body accepted.
+    public static func connect(host: String, port: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                               timeoutSeconds: Int64 = 10, responseBytesMax: Int = 64 << 20) async throws -> HTTPConnection {
+        let handler = ResponseCollector(timeout: .seconds(timeoutSeconds), bodyBytesMax: responseBytesMax)
+        do {
+            let channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(timeoutSeconds))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    }
+                }
+                .connect(host: host, port: port).get()
+            return HTTPConnection(channel: channel, handler: handler, host: "\(host):\(port)", responseBytesMax: responseBytesMax)
+        } catch {
+            throw ConnectionError(description: "cannot connect to \(host):\(port): \(error)")
+        }
+    }
+
+    /// Sends one request and reads its whole response.
+    public func request(_ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil) async throws -> HTTPResult {
+        var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
+        head.headers.add(name: "Host", value: host)
+        for (name, value) in headers { head.headers.add(name: name, value: value) }
+        if let body { head.headers.replaceOrAdd(name: "Content-Length", value: String(body.count)) }
+        else if method == "PUT" || method == "POST" { head.headers.replaceOrAdd(name: "Content-Length", value: "0") }
+        let promise = channel.eventLoop.makePromise(of: HTTPResult.self)
+        let channel = self.channel
+        let handler = self.handler
+        let bodyBuffer = body.map { channel.allocator.buffer(bytes: $0) }
+        channel.eventLoop.execute {
+            handler.expect(promise, context: channel)
+            channel.write(HTTPClientRequestPart.head(head), promise: nil)
+            if let bodyBuffer { channel.write(HTTPClientRequestPart.body(.byteBuffer(bodyBuffer)), promise: nil) }
+            channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        }
+        do {
+            return try await promise.futureResult.get()
+        } catch let error as ConnectionError {
+            throw error
+        } catch {
+            throw ConnectionError(description: "request to \(host) failed: \(error)")
+        }
+    }
+
+    /// Closes the connection.
+    public func close() async {
+        try? await channel.close()
+    }
+}
+
+/// Collects response parts into whole responses, answering requests in order; fails them on close or timeout.
+private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
+    // Safety: every member is touched only on the channel's event loop.
+    typealias InboundIn = HTTPClientResponsePart
+
+    private let timeout: TimeAmount
+    private let bodyBytesMax: Int
+    private var waiting: [EventLoopPromise<HTTPResult>] = []
+    private var head: HTTPResponseHead?
+    private var body: [UInt8] = []
+    private var timer: Scheduled<Void>?
+    private var closed = false
+
+    init(timeout: TimeAmount, bodyBytesMax: Int) {
+        self.timeout = timeout
+        self.bodyBytesMax = bodyBytesMax
+    }
+
+    func expect(_ promise: EventLoopPromise<HTTPResult>, context channel: any Channel) {
+        guard !closed else {
+            promise.fail(ConnectionError(description: "the connection is closed"))
+            return
+        }
+        waiting.append(promise)
+        if waiting.count == 1 { armTimer(channel) }
+    }
+
+    private func armTimer(_ channel: any Channel) {
+        timer?.cancel()
+        let timeout = self.timeout
+        timer = channel.eventLoop.scheduleTask(in: timeout) { [weak self] in
+            self?.failAll(ConnectionError(description: "no response within \(timeout.nanoseconds / 1_000_000_000) s"))
+            channel.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let responseHead):
+            head = responseHead
+            body.removeAll(keepingCapacity: true)
+        case .body(var buffer):
+            if body.count + buffer.readableBytes > bodyBytesMax {
+                failAll(ConnectionError(description: "response body exceeds \(bodyBytesMax) bytes"))
+                context.close(promise: nil)
+                return
+            }
+            body += buffer.readBytes(length: buffer.readableBytes) ?? []
+        case .end:
+            guard let responseHead = head, !waiting.isEmpty else { return }
+            let promise = waiting.removeFirst()
+            let result = HTTPResult(status: Int(responseHead.status.code), headers: responseHead.headers.map { ($0.name, $0.value) }, body: body)
+            head = nil
+            body = []
+            timer?.cancel()
+            if !waiting.isEmpty { armTimer(context.channel) }
+            promise.succeed(result)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        timer?.cancel()
+        failAll(ConnectionError(description: "the node closed the connection"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failAll(ConnectionError(description: "connection error: \(error)"))
+        context.close(promise: nil)
+    }
+
+    private func failAll(_ error: ConnectionError) {
+        let promises = waiting
+        waiting.removeAll()
+        for promise in promises { promise.fail(error) }
+    }
+}

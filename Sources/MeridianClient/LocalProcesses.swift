@@ -1,0 +1,82 @@
+import Foundation
+
+/// Starts and stops local `meridian` processes: used by `meridian up`, the benchmarks and the live tests.
+public enum LocalProcesses {
+    /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it for a socket we then closed).
+    public static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ConnectionError(description: "socket() failed: errno \(errno)") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0 else { throw ConnectionError(description: "bind() failed: errno \(errno)") }
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw ConnectionError(description: "getsockname() failed: errno \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// The path of the running executable.
+    public static func currentExecutable() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    /// Starts `executable` with `arguments`, sending its output to `logPath` (or discarding it).
+    public static func start(_ executable: String, _ arguments: [String], logPath: String?) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        if let logPath {
+            FileManager.default.createFile(atPath: logPath, contents: nil)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            handle.seekToEndOfFile()
+            process.standardOutput = handle
+            process.standardError = handle
+        } else {
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+        }
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Polls `GET /health` until it answers 200.
+    /// - Returns: false when `timeoutSeconds` passed or the process exited first.
+    public static func waitHealthy(host: String, port: Int, process: Process?, timeoutSeconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while Date() < deadline {
+            if let process, !process.isRunning { return false }
+            if let connection = try? await HTTPConnection.connect(host: host, port: port, timeoutSeconds: 2) {
+                let result = try? await connection.request("GET", "/health")
+                await connection.close()
+                if result?.status == 200 { return true }
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    /// Sends SIGTERM, waits up to `graceSeconds` for exit, then SIGKILLs.
+    /// - Returns: true when the process exited on SIGTERM within the grace period.
+    @discardableResult
+    public static func stop(_ process: Process, graceSeconds: Double = 10) async -> Bool {
+        guard process.isRunning else { return true }
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(graceSeconds)
+        while process.isRunning && Date() < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        guard process.isRunning else { return true }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return false
+    }
+}

@@ -1,0 +1,93 @@
+/// A typed, user-facing failure with a stable code, a sentence a user can act on, and the offending context.
+///
+/// Bad input from a client, a peer or a config file is an expected outcome, not a crash: every layer
+/// reports it as a `MeridianError`, and the HTTP shell turns the ``Code`` into a status.
+public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// A stable, snake_case identifier of one kind of failure. Codes are part of the API contract.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Value: String, Hashable, Sendable {
+            case invalidRegion = "invalid_region"
+            case invalidKeyspace = "invalid_keyspace"
+            case invalidKey = "invalid_key"
+            case invalidHeader = "invalid_header"
+            case invalidParameter = "invalid_parameter"
+            case invalidRequest = "invalid_request"
+            case invalidConfig = "invalid_config"
+            case unknownKeyspace = "unknown_keyspace"
+            case unknownRegion = "unknown_region"
+            case keyNotFound = "key_not_found"
+            case routeNotFound = "route_not_found"
+            case methodNotAllowed = "method_not_allowed"
+            case consistencyNotAllowed = "consistency_not_allowed"
+            case notReplicaRegion = "not_replica_region"
+            case preconditionFailed = "precondition_failed"
+            case valueTooLarge = "value_too_large"
+            case ackUnavailable = "ack_unavailable"
+            case leaderUnavailable = "leader_unavailable"
+            case consistencyUnavailable = "consistency_unavailable"
+            case regionUnavailable = "region_unavailable"
+            case overloaded = "overloaded"
+            case storageFailure = "storage_failure"
+            case clockOffsetExceeded = "clock_offset_exceeded"
+            case codecTruncated = "codec_truncated"
+            case codecUnsupportedVersion = "codec_unsupported_version"
+            case codecInvalidField = "codec_invalid_field"
+            case codecLengthMismatch = "codec_length_mismatch"
+            case internalError = "internal_error"
+        }
+        private let value: Value
+        private init(_ value: Value) { self.value = value }
+
+        /// The snake_case string sent to clients.
+        public var description: String { value.rawValue }
+
+        public static let invalidRegion = Code(.invalidRegion)
+        public static let invalidKeyspace = Code(.invalidKeyspace)
+        public static let invalidKey = Code(.invalidKey)
+        public static let invalidHeader = Code(.invalidHeader)
+        public static let invalidParameter = Code(.invalidParameter)
+        public static let invalidRequest = Code(.invalidRequest)
+        public static let invalidConfig = Code(.invalidConfig)
+        public static let unknownKeyspace = Code(.unknownKeyspace)
+        public static let unknownRegion = Code(.unknownRegion)
+        public static let keyNotFound = Code(.keyNotFound)
+        public static let routeNotFound = Code(.routeNotFound)
+        public static let methodNotAllowed = Code(.methodNotAllowed)
+        public static let consistencyNotAllowed = Code(.consistencyNotAllowed)
+        public static let notReplicaRegion = Code(.notReplicaRegion)
+        public static let preconditionFailed = Code(.preconditionFailed)
+        public static let valueTooLarge = Code(.valueTooLarge)
+        public static let ackUnavailable = Code(.ackUnavailable)
+        public static let leaderUnavailable = Code(.leaderUnavailable)
+        public static let consistencyUnavailable = Code(.consistencyUnavailable)
+        public static let regionUnavailable = Code(.regionUnavailable)
+        public static let overloaded = Code(.overloaded)
+        public static let storageFailure = Code(.storageFailure)
+        public static let clockOffsetExceeded = Code(.clockOffsetExceeded)
+        public static let codecTruncated = Code(.codecTruncated)
+        public static let codecUnsupportedVersion = Code(.codecUnsupportedVersion)
+        public static let codecInvalidField = Code(.codecInvalidField)
+        public static let codecLengthMismatch = Code(.codecLengthMismatch)
+        public static let internalError = Code(.internalError)
+    }
+
+    /// What kind of failure this is.
+    public let code: Code
+    /// A sentence that says what went wrong and what to do about it.
+    public let message: String
+    /// Extra fields that name the offending values (sorted by key when rendered).
+    public let context: [String: String]
+
+    /// Creates an error.
+    /// - Parameters:
+    ///   - code: The stable code.
+    ///   - message: A sentence a user can act on.
+    ///   - context: The offending values, by field name.
+    public init(_ code: Code, _ message: String, context: [String: String] = [:]) {
+        self.code = code
+        self.message = message
+        self.context = context
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

@@ -1,0 +1,130 @@
+/// The name of a region: one failure domain and location, such as `us-east`.
+///
+/// Region names follow the same rule as keyspace names (`[a-z0-9_-]{1,64}`) so they can appear in
+/// paths, metric labels and version strings without escaping.
+public struct RegionName: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+    /// The validated name.
+    public let rawValue: String
+
+    /// Validates a region name.
+    /// - Throws: `MeridianError` with code `invalid_region` when the name breaks the rule.
+    public init(_ rawValue: String) throws(MeridianError) {
+        guard NameRule.isValid(rawValue) else {
+            throw MeridianError(
+                .invalidRegion,
+                "Region name '\(NameRule.printable(rawValue))' is invalid: use 1 to 64 characters from a-z, 0-9, '_' and '-'.",
+                context: ["region": NameRule.printable(rawValue)])
+        }
+        self.rawValue = rawValue
+    }
+
+    /// Creates a region name from a literal the program itself owns; a bad literal is a programmer error.
+    public init(validated rawValue: String) {
+        precondition(NameRule.isValid(rawValue), "invalid region literal \(rawValue)")
+        self.rawValue = rawValue
+    }
+
+    public var description: String { rawValue }
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    public init(from decoder: any Decoder) throws {
+        let raw = try decoder.singleValueContainer().decode(String.self)
+        do { try self.init(raw) } catch { throw error }
+    }
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(rawValue)
+    }
+}
+
+/// The name of a keyspace: a named collection of keys with one policy.
+public struct KeyspaceName: Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// The validated name.
+    public let rawValue: String
+
+    /// Validates a keyspace name.
+    /// - Throws: `MeridianError` with code `invalid_keyspace` when the name is not `[a-z0-9_-]{1,64}`.
+    public init(_ rawValue: String) throws(MeridianError) {
+        guard NameRule.isValid(rawValue) else {
+            throw MeridianError(
+                .invalidKeyspace,
+                "Keyspace name '\(NameRule.printable(rawValue))' is invalid: use 1 to 64 characters from a-z, 0-9, '_' and '-'.",
+                context: ["keyspace": NameRule.printable(rawValue)])
+        }
+        self.rawValue = rawValue
+    }
+
+    public var description: String { rawValue }
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// A key inside a keyspace: valid UTF-8, 1 to 1024 bytes, no control characters.
+public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// The most bytes a key may have in UTF-8.
+    public static let utf8BytesMax = 1024
+
+    /// The validated key.
+    public let rawValue: String
+
+    /// Validates a key.
+    /// - Throws: `MeridianError` with code `invalid_key` when the key is empty, too long or holds a control character.
+    public init(_ rawValue: String) throws(MeridianError) {
+        let byteCount = rawValue.utf8.count
+        guard byteCount >= 1 else {
+            throw MeridianError(.invalidKey, "The key is empty: a key has 1 to \(Key.utf8BytesMax) bytes of UTF-8.")
+        }
+        guard byteCount <= Key.utf8BytesMax else {
+            throw MeridianError(
+                .invalidKey,
+                "The key has \(byteCount) bytes; keys are at most \(Key.utf8BytesMax) bytes of UTF-8.",
+                context: ["key_bytes": String(byteCount)])
+        }
+        if let bad = rawValue.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
+            throw MeridianError(
+                .invalidKey,
+                "The key holds the control character U+\(String(bad.value, radix: 16, uppercase: true)); keys may not contain control characters.",
+                context: ["key": NameRule.printable(rawValue)])
+        }
+        self.rawValue = rawValue
+    }
+
+    /// Validates a key given as raw bytes, which must be valid UTF-8.
+    /// - Throws: `MeridianError` with code `invalid_key`.
+    public init(utf8 bytes: some Collection<UInt8>) throws(MeridianError) {
+        guard let string = String(validating: bytes, as: UTF8.self) else {
+            throw MeridianError(.invalidKey, "The key is not valid UTF-8.")
+        }
+        try self.init(string)
+    }
+
+    public var description: String { rawValue }
+    public static func < (lhs: Self, rhs: Self) -> Bool { Array(lhs.rawValue.utf8).lexicographicallyPrecedes(rhs.rawValue.utf8) }
+}
+
+/// The shared spelling rule of region and keyspace names.
+enum NameRule {
+    static let lengthMax = 64
+
+    static func isValid(_ name: String) -> Bool {
+        let bytes = name.utf8
+        guard (1...lengthMax).contains(bytes.count) else { return false }
+        return bytes.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+        }
+    }
+
+    /// A bounded, control-free rendering of untrusted text for error messages.
+    static func printable(_ text: String, limit: Int = 80) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars.prefix(limit) {
+            if scalar.properties.generalCategory == .control {
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return text.unicodeScalars.count > limit ? out + "…" : out
+    }
+}

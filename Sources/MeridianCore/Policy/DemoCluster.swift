@@ -1,0 +1,86 @@
+/// The built-in three-region demo cluster that `meridian up` starts when given no file.
+public enum DemoCluster {
+    /// Round-trip times between the demo regions, in ms, from shared/latency/rtt-ms.csv (measured column).
+    public static let rttMs: [(String, String, Int)] = [
+        ("us-east", "eu-west", 81),
+        ("us-east", "ap-southeast", 230),
+        ("eu-west", "ap-southeast", 170),
+    ]
+
+    /// The demo cluster file, with comments, as `meridian config demo` prints it.
+    public static let yaml: String = """
+        # Meridian demo cluster: three regions on one machine.
+        # Copy this file, edit it, and start it with: meridian up --config FILE
+        cluster: demo
+
+        regions:
+          - name: us-east
+            client: 127.0.0.1:7101   # HTTP API
+            peer: 127.0.0.1:7201     # replication streams
+          - name: eu-west
+            client: 127.0.0.1:7102
+            peer: 127.0.0.1:7202
+          - name: ap-southeast
+            client: 127.0.0.1:7103
+            peer: 127.0.0.1:7203
+
+        # The emulated WAN between regions (round-trip times from shared/latency/rtt-ms.csv).
+        wan:
+          latency_scale: 1.0
+          jitter_ms: 0
+          rtt_ms:
+        \(rttMs.map { "    - { between: [\($0.0), \($0.1)], ms: \($0.2) }" }.joined(separator: "\n"))
+
+        limits:
+          value_bytes_max: 1048576
+          list_limit_max: 1000
+          commit_batch_max: 512
+
+        keyspaces:
+          # Active-passive: us-east takes every write; majority acks survive the loss of any region.
+          - name: accounts
+            topology: single-leader
+            leader: us-east
+            ack: majority
+            consistency: { default: strong }
+            failover: { order: [us-east, eu-west, ap-southeast], missed_heartbeats: 5, failback: true }
+
+          # Active-active: every region writes; the highest hybrid logical clock wins.
+          - name: profiles
+            topology: multi-leader
+            conflict: lww
+            ack: async
+            consistency: { default: session }
+            cache: { ttl_ms: 0 }
+
+          # Active-active counters and sets that merge without losing an increment.
+          - name: likes
+            topology: multi-leader
+            conflict: crdt
+            ack: async
+            consistency: { default: eventual }
+
+          # Active-active with concurrent versions kept for the application to resolve.
+          - name: carts
+            topology: multi-leader
+            conflict: siblings
+            ack: async
+            consistency: { default: session }
+
+          # Concurrent writes resolve in favour of the region listed first.
+          - name: inventory
+            topology: multi-leader
+            conflict: region-priority
+            priority: [us-east, eu-west, ap-southeast]
+            ack: majority
+
+          # EU personal data: stored only in eu-west; other regions proxy to it.
+          - name: eu_users
+            topology: geo-partitioned
+            home: eu-west
+            residency: { regions: [eu-west], access: proxy, classification: restricted }
+            ack: async
+            consistency: { default: session }
+
+        """
+}

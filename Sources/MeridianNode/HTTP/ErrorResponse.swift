@@ -1,0 +1,61 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import MeridianCore
+
+extension MeridianError.Code {
+    /// The HTTP status of each error code, as the API contract in DESIGN.md lists them.
+    var httpStatus: HTTPResponse.Status {
+        switch self {
+        case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
+             .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .clockOffsetExceeded:
+            .badRequest
+        case .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound: .notFound
+        case .methodNotAllowed: .methodNotAllowed
+        case .consistencyNotAllowed, .notReplicaRegion: .conflict
+        case .preconditionFailed: .preconditionFailed
+        case .valueTooLarge: .contentTooLarge
+        case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure: .serviceUnavailable
+        default: .internalServerError
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the codes that answer 503.
+    var retryAfterSeconds: Int? {
+        switch httpStatus {
+        case .serviceUnavailable: self == .overloaded ? 1 : 5
+        default: nil
+        }
+    }
+}
+
+extension MeridianError {
+    /// The JSON error response: `{"error": {"code", "message", ...context}}`.
+    func response(region: RegionName) -> Response {
+        var fields = context
+        fields["code"] = code.description
+        fields["message"] = message
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retry = code.retryAfterSeconds { headers[.retryAfter] = String(retry) }
+        return Response(status: code.httpStatus, headers: headers, body: .init(byteBuffer: JSON.encode(["error": fields])))
+    }
+}
+
+/// JSON rendering with sorted keys, so responses are byte-stable.
+enum JSON {
+    static func encode(_ value: some Encodable) -> ByteBuffer {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        do {
+            return ByteBuffer(bytes: try encoder.encode(value))
+        } catch {
+            preconditionFailure("JSON encoding of a response cannot fail: \(error)")
+        }
+    }
+
+    static func response(_ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: encode(value)))
+    }
+}

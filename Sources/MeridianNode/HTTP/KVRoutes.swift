@@ -1,0 +1,178 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import MeridianCore
+import MeridianStore
+import NIOCore
+
+/// The JSON answer to a write.
+struct WriteAnswer: Encodable {
+    let keyspace: String
+    let key: String
+    let version: String
+    let region: String
+    let ack: String
+    let ackedBy: [String]
+    let operation: String
+
+    enum CodingKeys: String, CodingKey {
+        case keyspace, key, version, region, ack, operation
+        case ackedBy = "acked_by"
+    }
+}
+
+/// The JSON answer to a list.
+struct ListAnswer: Encodable {
+    struct Item: Encodable {
+        let key: String
+        let version: String
+        let bytes: Int
+        let contentType: String
+
+        enum CodingKeys: String, CodingKey {
+            case key, version, bytes
+            case contentType = "content_type"
+        }
+    }
+
+    let keyspace: String
+    let keys: [Item]
+    let nextAfter: String?
+
+    enum CodingKeys: String, CodingKey {
+        case keyspace, keys
+        case nextAfter = "next_after"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(keyspace, forKey: .keyspace)
+        try container.encode(keys, forKey: .keys)
+        try container.encode(nextAfter, forKey: .nextAfter)
+    }
+}
+
+extension RegionNode {
+    static let contentTypeDefault = "application/octet-stream"
+    static let regionHeader = HTTPField.Name("Meridian-Region")!
+    static let epochHeader = HTTPField.Name("Meridian-Epoch")!
+    static let sessionHeader = HTTPField.Name("Meridian-Session")!
+
+    func get(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let key = try key(request)
+        let options = try RequestOptions(request)
+        _ = try admission.admitRead(policy, level: options.consistency)
+        guard let stored = try await store.get(keyspace: policy.name, key: key), !stored.tombstone else {
+            throw MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
+                                context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))])
+        }
+        var session = options.session ?? SessionToken()
+        session.observe(stored.version)
+        var headers: HTTPFields = [
+            .contentType: stored.contentType,
+            .eTag: "\"\(stored.version)\"",
+            Self.sessionHeader: session.encoded,
+        ]
+        if policy.topology == .singleLeader { headers[Self.epochHeader] = "1" }
+        headers[.cacheControl] = policy.cache.ttlMs > 0 ? "max-age=\(policy.cache.ttlMs / 1000)" : "no-cache"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: stored.value)))
+    }
+
+    func put(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let key = try key(request)
+        let contentType = request.headers[.contentType] ?? Self.contentTypeDefault
+        guard contentType.utf8.count <= EntryCodec.contentTypeBytesMax,
+              !contentType.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw MeridianError(.invalidHeader, "Content-Type is longer than \(EntryCodec.contentTypeBytesMax) bytes or holds control characters.",
+                                context: ["header": "Content-Type"])
+        }
+        let body = try await readBody(request)
+        return try await write(request, policy: policy, key: key, operation: .put, contentType: contentType, value: body)
+    }
+
+    func delete(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let key = try key(request)
+        return try await write(request, policy: policy, key: key, operation: .delete, contentType: "", value: [])
+    }
+
+    private func write(_ request: Request, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
+                       contentType: String, value: [UInt8]) async throws(MeridianError) -> Response {
+        let options = try RequestOptions(request)
+        let ifMatch = try RequestOptions.precondition(request)
+        guard case .accept(let ack, _, let epoch) = try admission.admitWrite(policy, key: key, ack: options.ack)
+        else { preconditionFailure("admitWrite has one accepting verdict") }
+        let precondition: WriteRequest.Precondition? = ifMatch.map { tags in
+            tags.contains(.any) ? .exists : .versionIsOneOf(tags.compactMap { if case .version(let v) = $0 { v } else { nil } })
+        }
+        let outcome = try await store.write(WriteRequest(
+            keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value,
+            epoch: epoch, precondition: precondition))
+        switch outcome {
+        case .preconditionFailed(let current):
+            var context = ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]
+            context["current_version"] = current?.description
+            throw MeridianError(
+                .preconditionFailed,
+                current == nil
+                    ? "If-Match did not hold: the key has no current value. Write without If-Match to create it."
+                    : "If-Match did not hold: the key's current version is \(current!). Read it again and retry with its ETag.",
+                context: context)
+        case .committed(let entry):
+            var session = options.session ?? SessionToken()
+            session.observe(entry.version)
+            var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded]
+            if policy.topology == .singleLeader { headers[Self.epochHeader] = String(epoch) }
+            return JSON.response(
+                WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
+                            ack: ack.rawValue, ackedBy: [region.rawValue], operation: operation.description),
+                headers: headers)
+        }
+    }
+
+    func list(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let query = request.uri.queryParameters
+        let prefix = query.get("prefix") ?? ""
+        guard prefix.utf8.count <= Key.utf8BytesMax, !prefix.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw MeridianError(.invalidParameter, "prefix is longer than \(Key.utf8BytesMax) bytes or holds control characters.",
+                                context: ["parameter": "prefix"])
+        }
+        var after: String?
+        if let text = query.get("after") {
+            do { after = try Key(text).rawValue } catch {
+                throw MeridianError(.invalidParameter, "after must be a key: \(error.message)", context: ["parameter": "after"])
+            }
+        }
+        var limit = limits.listLimitDefault
+        if let text = query.get("limit") {
+            guard let value = Int(text), (1...limits.listLimitMax).contains(value) else {
+                throw MeridianError(.invalidParameter, "limit '\(text.prefix(32))' must be a whole number from 1 to \(limits.listLimitMax).",
+                                    context: ["parameter": "limit", "limit_max": String(limits.listLimitMax)])
+            }
+            limit = value
+        }
+        _ = try admission.admitRead(policy, level: try RequestOptions(request).consistency)
+        let keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
+        let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
+        return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil))
+    }
+
+    /// Reads the request body, refusing more than `valueBytesMax` bytes with 413 before buffering them.
+    private func readBody(_ request: Request) async throws(MeridianError) -> [UInt8] {
+        let limit = limits.valueBytesMax
+        let tooLarge = MeridianError(.valueTooLarge, "The value is larger than the limit of \(limit) bytes. Split it, or raise limits.value_bytes_max.",
+                                     context: ["value_bytes_max": String(limit)])
+        if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit { throw tooLarge }
+        do {
+            var buffer = try await request.body.collect(upTo: limit)
+            return buffer.readBytes(length: buffer.readableBytes) ?? []
+        } catch is NIOTooManyBytesError {
+            throw tooLarge
+        } catch {
+            throw MeridianError(.invalidRequest, "The request body could not be read: \(error).")
+        }
+    }
+}

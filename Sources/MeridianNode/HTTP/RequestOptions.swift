@@ -1,0 +1,89 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import MeridianCore
+
+/// The `Meridian-*` request headers (or their query-parameter forms), validated.
+struct RequestOptions {
+    var consistency: ConsistencyLevel?
+    var maxStalenessMs: UInt64?
+    var session: SessionToken?
+    var ack: AckMode?
+
+    static let maxStalenessMsMax: UInt64 = 86_400_000
+
+    /// Reads each option from its header, or else from the query parameter of the same name without the prefix.
+    init(_ request: Request) throws(MeridianError) {
+        consistency = try Self.option(request, header: "Meridian-Consistency", query: "consistency").map { text throws(MeridianError) in
+            guard let level = ConsistencyLevel(rawValue: text) else {
+                throw Self.invalid("Meridian-Consistency", text, "use one of \(ConsistencyLevel.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return level
+        }
+        maxStalenessMs = try Self.option(request, header: "Meridian-Max-Staleness-Ms", query: "max-staleness-ms").map { text throws(MeridianError) in
+            guard let value = UInt64(text), value <= Self.maxStalenessMsMax else {
+                throw Self.invalid("Meridian-Max-Staleness-Ms", text, "use a whole number of milliseconds from 0 to \(Self.maxStalenessMsMax)")
+            }
+            return value
+        }
+        session = try Self.option(request, header: "Meridian-Session", query: "session").map { text throws(MeridianError) in
+            try SessionToken(decoding: text)
+        }
+        ack = try Self.option(request, header: "Meridian-Ack", query: "ack").map { text throws(MeridianError) in
+            guard let mode = AckMode(rawValue: text) else {
+                throw Self.invalid("Meridian-Ack", text, "use one of \(AckMode.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return mode
+        }
+        if consistency == .bounded && maxStalenessMs == nil {
+            throw MeridianError(.invalidHeader, "A bounded read needs Meridian-Max-Staleness-Ms, the staleness it accepts in milliseconds.",
+                                context: ["header": "Meridian-Max-Staleness-Ms"])
+        }
+        if maxStalenessMs != nil && consistency != .bounded {
+            throw MeridianError(.invalidHeader, "Meridian-Max-Staleness-Ms applies only to bounded reads; add Meridian-Consistency: bounded or drop it.",
+                                context: ["header": "Meridian-Max-Staleness-Ms"])
+        }
+    }
+
+    private static func option(_ request: Request, header: String, query: String) throws(MeridianError) -> String? {
+        let name = HTTPField.Name(header)!
+        let values = request.headers[values: name]
+        guard values.count <= 1 else {
+            throw MeridianError(.invalidHeader, "\(header) is given \(values.count) times; give it once.", context: ["header": header])
+        }
+        if let value = values.first { return value.trimmingCharacters(in: .whitespaces) }
+        return request.uri.queryParameters.get(query)
+    }
+
+    private static func invalid(_ header: String, _ value: String, _ hint: String) -> MeridianError {
+        MeridianError(.invalidHeader, "\(header) '\(value.prefix(64))' is not valid: \(hint).", context: ["header": header, "value": String(value.prefix(64))])
+    }
+
+    /// Parses `If-Match`: `*`, or one or more quoted versions.
+    static func precondition(_ request: Request) throws(MeridianError) -> [IfMatch]? {
+        let values = request.headers[values: .ifMatch]
+        guard !values.isEmpty else { return nil }
+        var result: [IfMatch] = []
+        for part in values.flatMap({ $0.split(separator: ",") }) {
+            let tag = part.trimmingCharacters(in: .whitespaces)
+            if tag == "*" {
+                result.append(.any)
+                continue
+            }
+            guard tag.count >= 2, tag.hasPrefix("\""), tag.hasSuffix("\""), let version = Version(parsing: tag.dropFirst().dropLast()) else {
+                throw MeridianError(.invalidHeader, "If-Match '\(tag.prefix(80))' is not an ETag this API issued; use the quoted ETag from a read, or *.",
+                                    context: ["header": "If-Match"])
+            }
+            result.append(.version(version))
+        }
+        guard result.count <= 16 else {
+            throw MeridianError(.invalidHeader, "If-Match names \(result.count) ETags; at most 16 are accepted.", context: ["header": "If-Match"])
+        }
+        return result
+    }
+
+    enum IfMatch: Equatable {
+        case any
+        case version(Version)
+    }
+}

@@ -1,0 +1,50 @@
+import MeridianStore
+import Prometheus
+
+/// The node's Prometheus metrics, in a registry of its own (no global bootstrap, so tests can run many nodes).
+public final class NodeMetrics: StoreObserver, Sendable {
+    /// The registry `/metrics` renders.
+    public let registry = PrometheusCollectorRegistry()
+    private let commitBatch: ValueHistogram
+    private let commitDuration: DurationHistogram
+
+    private static let latencyBuckets: [Duration] = [
+        .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+        .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(2.5), .seconds(5),
+    ]
+
+    /// Creates the node's metrics.
+    public init() {
+        commitBatch = registry.makeValueHistogram(
+            descriptor: MetricNameDescriptor(namespace: "meridian", subsystem: "store", metricName: "commit_batch", unitName: "writes",
+                                             helpText: "Writes that shared one store transaction and fsync."),
+            buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+        commitDuration = registry.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(namespace: "meridian", subsystem: "store", metricName: "commit_duration", unitName: "seconds",
+                                             helpText: "Time to commit one store transaction, including the fsync of the write-ahead log."),
+            buckets: Self.latencyBuckets)
+    }
+
+    /// Records one HTTP request.
+    /// - Parameters:
+    ///   - route: The matched route pattern (never the raw path, which would give unbounded label values).
+    func recordRequest(route: String, method: String, status: Int, duration: Duration) {
+        registry.makeCounter(
+            descriptor: MetricNameDescriptor(namespace: "meridian", subsystem: "http", metricName: "requests", unitName: "total",
+                                             helpText: "HTTP requests served, by route, method and status."),
+            labels: [("route", route), ("method", method), ("status", String(status))]
+        ).increment()
+        registry.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(namespace: "meridian", subsystem: "http", metricName: "request_duration", unitName: "seconds",
+                                             helpText: "HTTP request latency, by route, method and status."),
+            labels: [("route", route), ("method", method), ("status", String(status))],
+            buckets: Self.latencyBuckets
+        ).record(duration)
+    }
+
+    public func commitCompleted(writes: Int, commitSeconds: Double) {
+        commitBatch.record(Double(writes))
+        commitDuration.record(.nanoseconds(Int64(commitSeconds * 1e9)))
+    }
+}

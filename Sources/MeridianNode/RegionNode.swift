@@ -1,0 +1,182 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import MeridianCore
+import MeridianStore
+import NIOCore
+
+/// Everything a region node needs to start.
+public struct NodeConfiguration: Sendable {
+    /// The cluster this node belongs to.
+    public var cluster: ClusterConfig
+    /// The region this node serves.
+    public var region: RegionName
+    /// Where the region's SQLite files live.
+    public var dataDirectory: String
+    /// Overrides the client API address from the cluster file (tests bind port 0 this way).
+    public var clientAddress: Endpoint?
+
+    /// Creates a configuration; the region must be one of the cluster's.
+    public init(cluster: ClusterConfig, region: RegionName, dataDirectory: String, clientAddress: Endpoint? = nil) throws(MeridianError) {
+        guard cluster.region(region) != nil else {
+            throw MeridianError(.unknownRegion, "Region '\(region)' is not in the cluster file; its regions are \(cluster.regions.map(\.name.rawValue).joined(separator: ", ")).",
+                                context: ["region": region.rawValue])
+        }
+        self.cluster = cluster
+        self.region = region
+        self.dataDirectory = dataDirectory
+        self.clientAddress = clientAddress
+    }
+}
+
+/// One region's server: the v1 HTTP API over the region's store.
+///
+/// The node is a shell: it validates and decodes requests, asks the core (`Admission`) what may be done,
+/// carries it out against the store, and renders the answer.
+public final class RegionNode: Sendable {
+    /// The node's configuration.
+    public let configuration: NodeConfiguration
+    /// The region's durable store.
+    public let store: RegionStore
+    /// The node's metrics.
+    public let metrics: NodeMetrics
+    let logger: Logger
+    let startedAtMs: UInt64
+
+    /// The wall clock in ms since the Unix epoch; the one place the node reads it.
+    static let wallClockMs: @Sendable () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
+
+    /// Opens the region's store and prepares the API.
+    /// - Throws: `MeridianError` when the data directory cannot be used.
+    public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "meridian.node")) throws(MeridianError) {
+        var logger = logger
+        logger[metadataKey: "region"] = "\(configuration.region)"
+        do {
+            try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw MeridianError(.storageFailure, "Cannot create the data directory \(configuration.dataDirectory): \(error.localizedDescription)",
+                                context: ["path": configuration.dataDirectory])
+        }
+        let metrics = NodeMetrics()
+        self.store = try RegionStore(
+            path: (configuration.dataDirectory as NSString).appendingPathComponent("\(configuration.region).sqlite"),
+            region: configuration.region, limits: configuration.cluster.limits, physicalClockMs: Self.wallClockMs,
+            observer: metrics, logger: logger)
+        self.configuration = configuration
+        self.metrics = metrics
+        self.logger = logger
+        self.startedAtMs = Self.wallClockMs()
+    }
+
+    var region: RegionName { configuration.region }
+    var limits: Limits { configuration.cluster.limits }
+
+    /// What this region can confirm writes with right now: itself only, until replication links exist.
+    var admission: Admission { Admission(region: region, reachable: [region]) }
+
+    /// Builds the router with every route of the v1 API.
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: APIMiddleware(node: self))
+        router.get("/health") { _, _ in JSON.response(["status": "ok", "region": self.region.rawValue]) }
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: self.metrics.registry.emitToBuffer())))
+        }
+        router.get("/v1/status") { _, _ in try await self.status() }
+        router.get("/v1/keyspaces") { _, _ in self.keyspaces() }
+        router.get("/v1/kv/:keyspace") { request, context in try await self.list(request, context) }
+        router.get("/v1/kv/:keyspace/**") { request, context in try await self.get(request, context) }
+        router.put("/v1/kv/:keyspace/**") { request, context in try await self.put(request, context) }
+        router.delete("/v1/kv/:keyspace/**") { request, context in try await self.delete(request, context) }
+        return router
+    }
+
+    /// Serves the API until SIGTERM or SIGINT, then drains in-flight requests and closes the store.
+    /// - Parameter onServerRunning: Called with the bound port once the server listens.
+    public func run(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let address = configuration.clientAddress ?? configuration.cluster.region(region)!.client
+        let app = Application(
+            router: router(),
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: "meridian/\(region)"),
+            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? address.port) },
+            logger: logger)
+        defer { store.close() }
+        logger.info("region \(region) serving on \(address)")
+        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        logger.info("region \(region) stopped")
+    }
+
+    // MARK: - Resolving path parameters
+
+    func policy(_ context: BasicRequestContext) throws(MeridianError) -> KeyspacePolicy {
+        let raw = context.parameters.get("keyspace") ?? ""
+        let name = try KeyspaceName(Self.percentDecoded(raw) ?? raw)
+        guard let policy = configuration.cluster.keyspace(name) else {
+            throw MeridianError(.unknownKeyspace, "Keyspace '\(name)' does not exist; GET /v1/keyspaces lists the keyspaces of this cluster.",
+                                context: ["keyspace": name.rawValue])
+        }
+        return policy
+    }
+
+    /// The key is everything after `/v1/kv/{keyspace}/`, percent-decoded, so keys may contain `/`.
+    func key(_ request: Request) throws(MeridianError) -> Key {
+        let path = request.uri.path
+        let segments = path.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false)
+        // "", "v1", "kv", "{keyspace}/{key...}" → drop the keyspace segment.
+        guard segments.count == 4, let slash = segments[3].firstIndex(of: "/") else {
+            throw MeridianError(.invalidKey, "The request names no key: use /v1/kv/{keyspace}/{key}.")
+        }
+        let encoded = String(segments[3][segments[3].index(after: slash)...])
+        guard let decoded = Self.percentDecoded(encoded) else {
+            throw MeridianError(.invalidKey, "The key is not valid percent-encoded UTF-8.")
+        }
+        return try Key(decoded)
+    }
+
+    static func percentDecoded(_ text: String) -> String? {
+        text.contains("%") ? text.removingPercentEncoding : text
+    }
+}
+
+/// Records metrics, stamps `Meridian-Region`, and turns every error into the JSON error format.
+struct APIMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let node: RegionNode
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let started = ContinuousClock.now
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as MeridianError {
+            response = error.response(region: node.region)
+        } catch let error as HTTPError {
+            response = Self.translate(error, request).response(region: node.region)
+        } catch {
+            node.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            response = MeridianError(.internalError, "The node failed to answer; the error is logged. Retry, and report it if it persists.")
+                .response(region: node.region)
+        }
+        response.headers[HTTPField.Name("Meridian-Region")!] = node.region.rawValue
+        let route = context.endpointPath ?? "unmatched"
+        node.metrics.recordRequest(route: route == "NotFound" ? "unmatched" : route, method: request.method.rawValue,
+                                   status: Int(response.status.code), duration: ContinuousClock.now - started)
+        return response
+    }
+
+    static func translate(_ error: HTTPError, _ request: Request) -> MeridianError {
+        switch error.status {
+        case .notFound:
+            MeridianError(.routeNotFound, "No route \(request.method) \(request.uri.path.prefix(200)); the API is described in the README (v1).",
+                          context: ["path": String(request.uri.path.prefix(200))])
+        case .methodNotAllowed:
+            MeridianError(.methodNotAllowed, "\(request.method) is not supported on \(request.uri.path.prefix(200)).")
+        case .contentTooLarge:
+            MeridianError(.valueTooLarge, "The request body is too large.")
+        default:
+            MeridianError(.invalidRequest, "The request could not be handled: \(error.body ?? error.status.reasonPhrase).")
+        }
+    }
+}

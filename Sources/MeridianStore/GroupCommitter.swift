@@ -1,0 +1,181 @@
+import Foundation
+import GRDB
+import Logging
+import MeridianCore
+
+/// Batches concurrent writes into shared transactions: one commit, one fsync, many writes.
+///
+/// Writes queue in arrival order (bounded by `commitQueueMax`). While one transaction commits, later
+/// writes gather; the next transaction takes up to `commitBatchMax` of them. Sequences and HLC timestamps
+/// are assigned inside the transaction, in commit order, so the log never has a gap: a batch that fails
+/// rolls back and leaves the counters where they were.
+actor GroupCommitter {
+    private struct Pending {
+        let request: WriteRequest
+        let continuation: CheckedContinuation<Result<WriteOutcome, MeridianError>, Never>
+    }
+
+    private let pool: DatabasePool
+    private let region: RegionName
+    private let limits: Limits
+    private let physicalClockMs: @Sendable () -> UInt64
+    private let observer: (any StoreObserver)?
+    private let logger: Logger
+    private var queue: [Pending] = []
+    private var queueHead = 0
+    private var committing = false
+    private var nextSequence: UInt64
+    private var clock: HybridLogicalClock
+
+    init(pool: DatabasePool, region: RegionName, limits: Limits, nextSequence: UInt64, clock: HybridLogicalClock,
+         physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger) {
+        self.pool = pool
+        self.region = region
+        self.limits = limits
+        self.nextSequence = nextSequence
+        self.clock = clock
+        self.physicalClockMs = physicalClockMs
+        self.observer = observer
+        self.logger = logger
+    }
+
+    private var queuedCount: Int { queue.count - queueHead }
+
+    func submit(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
+        guard queuedCount < limits.commitQueueMax else {
+            throw MeridianError(.overloaded, "The region has \(limits.commitQueueMax) writes waiting to commit; retry shortly.",
+                                context: ["commit_queue_max": String(limits.commitQueueMax)])
+        }
+        let result = await withCheckedContinuation { continuation in
+            queue.append(Pending(request: request, continuation: continuation))
+            if !committing {
+                committing = true
+                Task { await self.drain() }
+            }
+        }
+        return try result.get()
+    }
+
+    private func drain() async {
+        while queuedCount > 0 {
+            if limits.commitWaitUs > 0 && queuedCount < limits.commitBatchMax {
+                try? await Task.sleep(for: .microseconds(limits.commitWaitUs))
+            }
+            let end = min(queue.count, queueHead + limits.commitBatchMax)
+            let batch = Array(queue[queueHead..<end])
+            queueHead = end
+            if queueHead > 4096 && queueHead * 2 > queue.count {
+                queue.removeFirst(queueHead)
+                queueHead = 0
+            }
+            await commit(batch)
+        }
+        queue.removeAll(keepingCapacity: true)
+        queueHead = 0
+        committing = false
+    }
+
+    private func commit(_ batch: [Pending]) async {
+        let requests = batch.map(\.request)
+        let region = self.region
+        let firstSequence = nextSequence
+        let startClock = clock
+        let physicalMs = physicalClockMs()
+        let started = ContinuousClock.now
+        do {
+            let (outcomes, sequence, clockAfter) = try await pool.write { db in
+                var sequence = firstSequence
+                var clock = startClock
+                var outcomes: [WriteOutcome] = []
+                outcomes.reserveCapacity(requests.count)
+                for request in requests {
+                    if let precondition = request.precondition {
+                        let current = try Self.currentVersion(db, request.keyspace, request.key)
+                        let holds: Bool
+                        switch precondition {
+                        case .exists: holds = current != nil
+                        case .versionIsOneOf(let expected): holds = current.map(expected.contains) ?? false
+                        }
+                        guard holds else {
+                            outcomes.append(.preconditionFailed(current: current))
+                            continue
+                        }
+                    }
+                    let hlc = clock.now(physicalMs: physicalMs)
+                    let entry = ReplicationEntry(
+                        origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
+                        key: request.key, operation: request.operation, contentType: request.contentType, value: request.value)
+                    try Self.append(db, entry)
+                    try Self.apply(db, entry)
+                    sequence += 1
+                    outcomes.append(.committed(entry))
+                }
+                if sequence != firstSequence {
+                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                                   arguments: ["\(clock.last.physicalMs).\(clock.last.logical)"])
+                }
+                return (outcomes, sequence, clock)
+            }
+            nextSequence = sequence
+            clock = clockAfter
+            let elapsed = ContinuousClock.now - started
+            observer?.commitCompleted(writes: batch.count, commitSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            for (pending, outcome) in zip(batch, outcomes) {
+                pending.continuation.resume(returning: .success(outcome))
+            }
+        } catch {
+            logger.error("group commit of \(batch.count) writes failed", metadata: ["error": "\(error)"])
+            let failure = MeridianError(
+                .storageFailure,
+                "The write could not be made durable (\(Self.describe(error))); nothing was written. Check the data directory's free space and permissions.")
+            for pending in batch {
+                pending.continuation.resume(returning: .failure(failure))
+            }
+        }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let databaseError = error as? DatabaseError {
+            return "SQLite \(databaseError.resultCode): \(databaseError.message ?? "no message")"
+        }
+        return "\(error)"
+    }
+
+    private static func currentVersion(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> Version? {
+        guard let row = try Row.fetchOne(db, sql: """
+            SELECT hlc_physical_ms, hlc_logical, origin, sequence FROM kv WHERE keyspace = ? AND key = ? AND tombstone = 0
+            """, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
+        return try RegionStore.version(row)
+    }
+
+    private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
+        try db.execute(sql: """
+            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [
+                entry.origin.rawValue, Int64(entry.sequence), Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical),
+                Int64(entry.epoch), entry.keyspace.rawValue, entry.key.rawValue, Int(entry.operation.rawValue),
+                entry.contentType, Data(entry.value),
+            ])
+    }
+
+    private static func apply(_ db: Database, _ entry: ReplicationEntry) throws {
+        try db.execute(sql: """
+            INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (keyspace, key) DO UPDATE SET
+                value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
+                hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone
+            """, arguments: [
+                entry.keyspace.rawValue, entry.key.rawValue, Data(entry.value), entry.contentType,
+                Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical), entry.origin.rawValue, Int64(entry.sequence),
+                entry.operation == .delete,
+            ])
+    }
+
+    static func parseHighWater(_ text: String, region: RegionName) -> HLCTimestamp? {
+        let parts = text.split(separator: ".")
+        guard parts.count == 2, let physicalMs = UInt64(parts[0]), let logical = UInt32(parts[1]) else { return nil }
+        return HLCTimestamp(physicalMs: physicalMs, logical: logical, region: region)
+    }
+}

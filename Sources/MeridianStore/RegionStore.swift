@@ -1,0 +1,217 @@
+import Foundation
+import GRDB
+import Logging
+import MeridianCore
+
+/// A region's durable state in SQLite (WAL mode, fsync on every commit): values with version metadata,
+/// the per-origin replication log, and per-peer cursors.
+///
+/// Writes go through a ``GroupCommitter``: concurrent writes share one transaction and one fsync, and a
+/// write is answered only after that transaction is durable. Reads run concurrently on WAL readers.
+public final class RegionStore: Sendable {
+    /// The region this store belongs to; a data directory is bound to one region for its whole life.
+    public let region: RegionName
+    private let pool: DatabasePool
+    private let committer: GroupCommitter
+
+    /// Opens (creating if needed) the store at `path`.
+    /// - Parameters:
+    ///   - path: The SQLite database file.
+    ///   - region: The region this node serves; must match the region the file was created for.
+    ///   - limits: Batch and queue limits for group commit.
+    ///   - physicalClockMs: The wall clock in ms, read once per commit batch to issue HLC timestamps.
+    ///   - observer: Receives commit metrics.
+    /// - Throws: `MeridianError` with code `storage_failure` when the file cannot be opened or belongs to another region.
+    public init(path: String, region: RegionName, limits: Limits, physicalClockMs: @escaping @Sendable () -> UInt64,
+                observer: (any StoreObserver)? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
+        var configuration = Configuration()
+        // WAL with synchronous=FULL fsyncs the log on every commit: a commit that returned is durable.
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        configuration.maximumReaderCount = 8
+        configuration.label = "meridian.\(region)"
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+            let state = try pool.write { db -> (UInt64, HLCTimestamp?) in
+                if let owner = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'region'") {
+                    guard owner == region.rawValue else {
+                        throw MeridianError(.storageFailure, "The data directory belongs to region '\(owner)', not '\(region)'. Use that region's directory or an empty one.",
+                                            context: ["data_region": owner, "region": region.rawValue])
+                    }
+                } else {
+                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('region', ?)", arguments: [region.rawValue])
+                }
+                let lastSequence = try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM log WHERE origin = ?", arguments: [region.rawValue]) ?? 0
+                var floor: HLCTimestamp?
+                if let text = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'") {
+                    floor = GroupCommitter.parseHighWater(text, region: region)
+                }
+                return (UInt64(lastSequence) + 1, floor)
+            }
+            let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.maxClockOffsetMs, floor: state.1)
+            committer = GroupCommitter(
+                pool: pool, region: region, limits: limits, nextSequence: state.0, clock: clock,
+                physicalClockMs: physicalClockMs, observer: observer, logger: logger)
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "Cannot open the store at \(path): \(error)", context: ["path": path])
+        }
+        self.region = region
+    }
+
+    /// Applies a write as its origin, durably, sharing a transaction with concurrent writes.
+    /// - Returns: The committed entry, or why the precondition failed.
+    /// - Throws: `MeridianError` `overloaded` when the commit queue is full, `storage_failure` when the disk refuses.
+    public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
+        try await committer.submit(request)
+    }
+
+    /// Reads a key's current state, tombstones included.
+    public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
+        try await reading { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone
+                FROM kv WHERE keyspace = ? AND key = ?
+                """, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
+            return StoredValue(
+                keyspace: keyspace, key: key, value: Array(row["value"] as Data? ?? Data()),
+                contentType: row["content_type"], version: try Self.version(row), tombstone: row["tombstone"])
+        }
+    }
+
+    /// Lists live keys in byte order.
+    /// - Parameters:
+    ///   - prefix: Only keys starting with these bytes.
+    ///   - after: Only keys sorting after this one (for paging).
+    ///   - limit: The most keys returned.
+    public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {
+        precondition(limit > 0)
+        // Keys are valid UTF-8, which never holds the byte 0xFF, so prefix + 0xFF bounds every key with the prefix.
+        let upper = Data(prefix.utf8) + Data([0xFF])
+        let lower = max(prefix, after ?? "")
+        let strictlyAfter = after != nil && after! >= prefix
+        return try await reading { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT key, length(value) AS value_bytes, content_type, hlc_physical_ms, hlc_logical, origin, sequence
+                FROM kv WHERE keyspace = ? AND key \(strictlyAfter ? ">" : ">=") ? AND key < CAST(? AS TEXT) AND tombstone = 0
+                ORDER BY key LIMIT ?
+                """, arguments: [keyspace.rawValue, lower, upper, limit])
+            return try rows.map { row in
+                ListedKey(key: try Key(row["key"] as String), version: try Self.version(row),
+                          valueBytes: row["value_bytes"], contentType: row["content_type"])
+            }
+        }
+    }
+
+    /// Reads entries of one origin's replication log after a sequence, in order.
+    public func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
+        try await reading { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT * FROM log WHERE origin = ? AND sequence > ? ORDER BY sequence LIMIT ?
+                """, arguments: [origin.rawValue, Int64(sequence), limit])
+            return try rows.map { row in
+                let origin = try RegionName(row["origin"] as String)
+                guard let operation = MeridianCore.Operation(rawValue: UInt8(row["operation"] as Int)) else {
+                    throw MeridianError(.storageFailure, "The replication log holds an unknown operation.")
+                }
+                return ReplicationEntry(
+                    origin: origin, sequence: UInt64(row["sequence"] as Int64),
+                    hlc: HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin),
+                    epoch: UInt64(row["epoch"] as Int64), keyspace: try KeyspaceName(row["keyspace"] as String), key: try Key(row["key"] as String),
+                    operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()))
+            }
+        }
+    }
+
+    /// The highest sequence of each origin's log held here, by origin name.
+    public func logHighWater() async throws(MeridianError) -> [RegionName: UInt64] {
+        try await reading { db in
+            var result: [RegionName: UInt64] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT origin, MAX(sequence) AS sequence FROM log GROUP BY origin") {
+                result[try RegionName(row["origin"] as String)] = UInt64(row["sequence"] as Int64)
+            }
+            return result
+        }
+    }
+
+    /// Counts live keys per keyspace.
+    public func keyCounts() async throws(MeridianError) -> [String: Int] {
+        try await reading { db in
+            var result: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT keyspace, COUNT(*) AS n FROM kv WHERE tombstone = 0 GROUP BY keyspace") {
+                result[row["keyspace"]] = row["n"]
+            }
+            return result
+        }
+    }
+
+    /// The sequence up to which `peer` has applied `origin`'s log (0 when it has applied nothing).
+    public func cursor(peer: RegionName, origin: RegionName) async throws(MeridianError) -> UInt64 {
+        try await reading { db in
+            UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM cursors WHERE peer = ? AND origin = ?",
+                                      arguments: [peer.rawValue, origin.rawValue]) ?? 0)
+        }
+    }
+
+    /// Durably records that `peer` has applied `origin`'s log up to `sequence`; cursors never move back.
+    public func advanceCursor(peer: RegionName, origin: RegionName, to sequence: UInt64) async throws(MeridianError) {
+        do {
+            try await pool.write { db in
+                try db.execute(sql: """
+                    INSERT INTO cursors (peer, origin, sequence) VALUES (?, ?, ?)
+                    ON CONFLICT (peer, origin) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)
+                    """, arguments: [peer.rawValue, origin.rawValue, Int64(sequence)])
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "Cannot record the replication cursor: \(error)")
+        }
+    }
+
+    /// Closes the database; later calls fail.
+    public func close() {
+        try? pool.close()
+    }
+
+    private func reading<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(MeridianError) -> T {
+        do {
+            return try await pool.read(body)
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    static func version(_ row: Row) throws -> Version {
+        let origin = try RegionName(row["origin"] as String)
+        return Version(
+            hlc: HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin),
+            sequence: UInt64(row["sequence"] as Int64))
+    }
+
+    static let migrator: DatabaseMigrator = {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+                CREATE TABLE kv (
+                    keyspace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, content_type TEXT NOT NULL,
+                    hlc_physical_ms INTEGER NOT NULL, hlc_logical INTEGER NOT NULL, origin TEXT NOT NULL,
+                    sequence INTEGER NOT NULL, tombstone INTEGER NOT NULL,
+                    PRIMARY KEY (keyspace, key)) WITHOUT ROWID;
+                CREATE TABLE log (
+                    origin TEXT NOT NULL, sequence INTEGER NOT NULL, hlc_physical_ms INTEGER NOT NULL,
+                    hlc_logical INTEGER NOT NULL, epoch INTEGER NOT NULL, keyspace TEXT NOT NULL, key TEXT NOT NULL,
+                    operation INTEGER NOT NULL, content_type TEXT NOT NULL, value BLOB NOT NULL,
+                    PRIMARY KEY (origin, sequence)) WITHOUT ROWID;
+                CREATE TABLE cursors (
+                    peer TEXT NOT NULL, origin TEXT NOT NULL, sequence INTEGER NOT NULL,
+                    PRIMARY KEY (peer, origin)) WITHOUT ROWID;
+                """)
+        }
+        return migrator
+    }()
+}

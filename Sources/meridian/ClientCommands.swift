@@ -1,0 +1,155 @@
+import ArgumentParser
+import Foundation
+import MeridianClient
+
+/// Prints a response: the body (and version) on success; the JSON error's code and message on failure, exiting 1.
+func report(_ result: HTTPResult, verbose: Bool, printBody: Bool = true) throws {
+    if verbose {
+        FileHandle.standardError.write(Data("HTTP \(result.status)\n".utf8))
+        for (name, value) in result.headers { FileHandle.standardError.write(Data("\(name): \(value)\n".utf8)) }
+    }
+    guard (200..<300).contains(result.status) else {
+        if let object = try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
+           let error = object["error"] as? [String: Any] {
+            let code = error["code"] as? String ?? "error"
+            let message = error["message"] as? String ?? ""
+            throw CLIFailure("\(result.status) \(code): \(message)")
+        }
+        throw CLIFailure("HTTP \(result.status): \(result.text)")
+    }
+    if printBody {
+        FileHandle.standardOutput.write(Data(result.body))
+        if result.body.last != UInt8(ascii: "\n") { print() }
+    }
+}
+
+struct Put: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a value: meridian put KEYSPACE KEY VALUE (VALUE '-' reads stdin).")
+
+    @OptionGroup var target: TargetOptions
+    @Argument var keyspace: String
+    @Argument var key: String
+    @Argument(help: "The value, or '-' to read it from standard input.") var value: String
+    @Option(help: "The acknowledgement mode: async, majority or all.") var ack: String?
+    @Option(name: .customLong("if-match"), help: "Write only if the current version is this ETag.") var ifMatch: String?
+    @Option(name: .customLong("content-type")) var contentType: String = "text/plain; charset=utf-8"
+    @Flag(name: .shortAndLong, help: "Print the response status and headers to stderr.") var verbose = false
+
+    func run() async throws {
+        let body = value == "-" ? Array(FileHandle.standardInput.readDataToEndOfFile()) : Array(value.utf8)
+        var headers = [("Content-Type", contentType)]
+        if let ack { headers.append(("Meridian-Ack", ack)) }
+        if let ifMatch { headers.append(("If-Match", ifMatch.hasPrefix("\"") || ifMatch == "*" ? ifMatch : "\"\(ifMatch)\"")) }
+        let connection = try await target.connect()
+        defer { Task { await connection.close() } }
+        let result = try await connection.request("PUT", "/v1/kv/\(pathEncoded(keyspace))/\(pathEncoded(key))", headers: headers, body: body)
+        try report(result, verbose: verbose)
+    }
+}
+
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Read a value: meridian get KEYSPACE KEY.")
+
+    @OptionGroup var target: TargetOptions
+    @Argument var keyspace: String
+    @Argument var key: String
+    @Option(help: "strong, bounded, session, prefix or eventual.") var consistency: String?
+    @Option(name: .customLong("max-staleness-ms")) var maxStalenessMs: String?
+    @Option(help: "A session token from an earlier response.") var session: String?
+    @Flag(name: .shortAndLong, help: "Print the response status and headers (version, session token) to stderr.") var verbose = false
+
+    func run() async throws {
+        var headers: [(String, String)] = []
+        if let consistency { headers.append(("Meridian-Consistency", consistency)) }
+        if let maxStalenessMs { headers.append(("Meridian-Max-Staleness-Ms", maxStalenessMs)) }
+        if let session { headers.append(("Meridian-Session", session)) }
+        let connection = try await target.connect()
+        defer { Task { await connection.close() } }
+        let result = try await connection.request("GET", "/v1/kv/\(pathEncoded(keyspace))/\(pathEncoded(key))", headers: headers)
+        try report(result, verbose: verbose)
+        if !verbose, let etag = result.header("ETag") {
+            FileHandle.standardError.write(Data("version \(etag) from \(result.header("Meridian-Region") ?? "?")\n".utf8))
+        }
+    }
+}
+
+struct Del: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete a key: meridian del KEYSPACE KEY.")
+
+    @OptionGroup var target: TargetOptions
+    @Argument var keyspace: String
+    @Argument var key: String
+    @Option(help: "The acknowledgement mode: async, majority or all.") var ack: String?
+    @Flag(name: .shortAndLong) var verbose = false
+
+    func run() async throws {
+        var headers: [(String, String)] = []
+        if let ack { headers.append(("Meridian-Ack", ack)) }
+        let connection = try await target.connect()
+        defer { Task { await connection.close() } }
+        let result = try await connection.request("DELETE", "/v1/kv/\(pathEncoded(keyspace))/\(pathEncoded(key))", headers: headers)
+        try report(result, verbose: verbose)
+    }
+}
+
+struct Ls: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List keys with their versions: meridian ls KEYSPACE [--prefix P].")
+
+    @OptionGroup var target: TargetOptions
+    @Argument var keyspace: String
+    @Option var prefix: String?
+    @Option var after: String?
+    @Option var limit: Int?
+    @Flag(help: "Print the raw JSON.") var json = false
+
+    func run() async throws {
+        var query: [String] = []
+        if let prefix { query.append("prefix=\(queryEncoded(prefix))") }
+        if let after { query.append("after=\(queryEncoded(after))") }
+        if let limit { query.append("limit=\(limit)") }
+        let connection = try await target.connect()
+        defer { Task { await connection.close() } }
+        let result = try await connection.request("GET", "/v1/kv/\(pathEncoded(keyspace))" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+        try report(result, verbose: false, printBody: json)
+        guard !json, let object = try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
+              let keys = object["keys"] as? [[String: Any]] else { return }
+        for item in keys {
+            let key = item["key"] as? String ?? ""
+            print("\(key)\t\(item["version"] as? String ?? "")\t\(item["bytes"] as? Int ?? 0) bytes\t\(item["content_type"] as? String ?? "")")
+        }
+        if let next = object["next_after"] as? String { print("… more: --after '\(next)'") }
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a region's keyspaces, roles and peers.")
+
+    @OptionGroup var target: TargetOptions
+    @Flag(help: "Print the raw JSON.") var json = false
+
+    func run() async throws {
+        let connection = try await target.connect()
+        defer { Task { await connection.close() } }
+        let result = try await connection.request("GET", "/v1/status")
+        try report(result, verbose: false, printBody: json)
+        guard !json, let object = try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any] else { return }
+        print("region \(object["region"] as? String ?? "?") (cluster \(object["cluster"] as? String ?? "?")), up \((object["uptime_ms"] as? Int ?? 0) / 1000) s")
+        print("\nKEYSPACE            TOPOLOGY          ROLE         EPOCH  KEYS")
+        for keyspace in object["keyspaces"] as? [[String: Any]] ?? [] {
+            let name = (keyspace["name"] as? String ?? "").padding(toLength: 20, withPad: " ", startingAt: 0)
+            let topology = (keyspace["topology"] as? String ?? "").padding(toLength: 18, withPad: " ", startingAt: 0)
+            let role = (keyspace["role"] as? String ?? "").padding(toLength: 13, withPad: " ", startingAt: 0)
+            let epoch = (keyspace["epoch"] as? Int).map(String.init) ?? "-"
+            print("\(name)\(topology)\(role)\(epoch.padding(toLength: 7, withPad: " ", startingAt: 0))\(keyspace["keys"] as? Int ?? 0)")
+        }
+        print("\nPEER            LINK            RTT ms   LAG ms   LAG entries  CURSOR")
+        for peer in object["peers"] as? [[String: Any]] ?? [] {
+            let name = (peer["region"] as? String ?? "").padding(toLength: 16, withPad: " ", startingAt: 0)
+            let link = (peer["link"] as? String ?? "").padding(toLength: 16, withPad: " ", startingAt: 0)
+            let rtt = ((peer["rtt_ms"] as? Double).map { String(format: "%.0f", $0) } ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
+            let lag = ((peer["lag_ms"] as? Double).map { String(format: "%.1f", $0) } ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
+            let entries = String(peer["lag_entries"] as? Int ?? 0).padding(toLength: 13, withPad: " ", startingAt: 0)
+            print("\(name)\(link)\(rtt)\(lag)\(entries)\(peer["cursor"] as? Int ?? 0)")
+        }
+    }
+}

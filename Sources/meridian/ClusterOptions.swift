@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import MeridianClient
+import MeridianCore
+
+/// `--config FILE`, shared by every command that needs the cluster file (the built-in demo when absent).
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "The cluster YAML file (default: the built-in demo cluster, see `meridian config demo`).")
+    var config: String?
+
+    func load() throws -> ClusterConfig {
+        guard let path = config else { return try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "<demo>") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("Cannot read the cluster file \(path).")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ValidationError("\(path) is not UTF-8 text.")
+        }
+        do {
+            return try ClusterConfig.parse(yaml: text, file: path)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+/// Which node a client command talks to.
+struct TargetOptions: ParsableArguments {
+    @OptionGroup var cluster: ConfigOption
+
+    @Option(name: .long, help: "The region to talk to, by name from the cluster file (default: the first region).")
+    var region: String?
+
+    @Option(name: .long, help: "The node's address as host:port (overrides --region).")
+    var endpoint: String?
+
+    func resolve() throws -> Endpoint {
+        if let endpoint {
+            let trimmed = endpoint.replacingOccurrences(of: "http://", with: "")
+            guard let parsed = Endpoint(parsing: trimmed.hasSuffix("/") ? String(trimmed.dropLast()) : trimmed) else {
+                throw ValidationError("--endpoint '\(endpoint)' is not host:port.")
+            }
+            return parsed
+        }
+        let config = try cluster.load()
+        guard let name = region else { return config.regions[0].client }
+        let regionName: RegionName
+        do { regionName = try RegionName(name) } catch { throw ValidationError(error.message) }
+        guard let region = config.region(regionName) else {
+            throw ValidationError("Region '\(name)' is not in the cluster; regions are \(config.regions.map(\.name.rawValue).joined(separator: ", ")).")
+        }
+        return region.client
+    }
+
+    func connect() async throws -> HTTPConnection {
+        let target = try resolve()
+        do {
+            return try await HTTPConnection.connect(host: target.host, port: target.port, timeoutSeconds: 30)
+        } catch {
+            throw CLIFailure("cannot reach a Meridian node at \(target): is `meridian up` running?")
+        }
+    }
+}
+
+/// Percent-encodes one path segment (keys may hold `/`, which stays as is so paths read naturally).
+func pathEncoded(_ text: String) -> String {
+    var allowed = CharacterSet.urlPathAllowed
+    allowed.remove(charactersIn: "?#%")
+    return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+}
+
+func queryEncoded(_ text: String) -> String {
+    var allowed = CharacterSet.urlQueryAllowed
+    allowed.remove(charactersIn: "&=+#%")
+    return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+}
+
+/// A failure the CLI reports as one line on stderr, exiting with status 1.
+struct CLIFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

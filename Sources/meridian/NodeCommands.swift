@@ -1,0 +1,187 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeridianClient
+import MeridianCore
+import MeridianNode
+import UnixSignals
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config", abstract: "Print or check cluster files.", subcommands: [Demo.self, Check.self])
+
+    struct Demo: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the built-in demo cluster file, to copy and edit.")
+        func run() { print(DemoCluster.yaml, terminator: "") }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate a cluster file and summarise it.")
+        @Argument var file: String
+        func run() throws {
+            let config = try ConfigOption(config: file).load()
+            print("\(file): valid — \(config.regions.count) regions, \(config.keyspaces.count) keyspaces")
+        }
+    }
+}
+
+extension ConfigOption {
+    init(config: String?) {
+        self.init()
+        self.config = config
+    }
+}
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "node", abstract: "Run one region's node.")
+
+    @OptionGroup var cluster: ConfigOption
+    @Option(help: "The region this node serves.") var region: String
+    @Option(help: "The region's data directory.") var data: String
+    @Option(help: "Serve the client API on host:port instead of the address in the cluster file.") var listen: String?
+    @Flag(help: "Exit when the parent process exits (used by `meridian up`, so no node outlives it).") var exitWithParent = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    func run() async throws {
+        let config = try cluster.load()
+        let regionName: RegionName
+        do { regionName = try RegionName(region) } catch { throw ValidationError(error.message) }
+        var address: Endpoint?
+        if let listen {
+            guard let parsed = Endpoint(parsing: listen) else { throw ValidationError("--listen '\(listen)' is not host:port.") }
+            address = parsed
+        }
+        var logger = Logger(label: "meridian")
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level '\(logLevel)' is not a log level.") }
+        logger.logLevel = level
+        let node: RegionNode
+        do {
+            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, dataDirectory: data, clientAddress: address),
+                                  logger: logger)
+        } catch {
+            throw CLIFailure(error.message)
+        }
+        if exitWithParent { watchParent() }
+        try await node.run()
+    }
+
+    /// Polls the parent pid; when the parent is gone, asks this process to shut down gracefully.
+    private func watchParent() {
+        let parent = getppid()
+        Thread.detachNewThread {
+            while getppid() == parent { usleep(250_000) }
+            kill(getpid(), SIGTERM)
+        }
+    }
+}
+
+struct Up: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start every region of a cluster on this machine (the built-in demo when no --config is given).")
+
+    @OptionGroup var cluster: ConfigOption
+    @Option(help: "Where the regions keep their data (one sub-directory per region).") var data: String = "meridian-data"
+    @Option(help: "Seconds to wait for every region to answer /health.") var startupTimeout: Double = 60
+
+    func run() async throws {
+        let config = try cluster.load()
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        let clusterFile: String
+        if let path = cluster.config {
+            clusterFile = path
+        } else {
+            clusterFile = (data as NSString).appendingPathComponent("cluster.yaml")
+            try DemoCluster.yaml.write(toFile: clusterFile, atomically: true, encoding: .utf8)
+        }
+        let executable = LocalProcesses.currentExecutable()
+        var children: [(RegionConfig, Process, String)] = []
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+
+        func stopAll() async {
+            await withTaskGroup(of: Void.self) { group in
+                for (_, process, _) in children { group.addTask { await LocalProcesses.stop(process) } }
+            }
+        }
+
+        for region in config.regions {
+            let directory = (data as NSString).appendingPathComponent(region.name.rawValue)
+            let log = (data as NSString).appendingPathComponent("\(region.name).log")
+            do {
+                let process = try LocalProcesses.start(executable, [
+                    "node", "--config", clusterFile, "--region", region.name.rawValue, "--data", directory, "--exit-with-parent",
+                ], logPath: log)
+                children.append((region, process, log))
+            } catch {
+                await stopAll()
+                throw CLIFailure("cannot start region \(region.name): \(error)")
+            }
+        }
+        for (region, process, log) in children {
+            let healthy = await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: process, timeoutSeconds: startupTimeout)
+            if !healthy {
+                await stopAll()
+                let tail = (try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
+                throw CLIFailure("region \(region.name) did not become healthy (see \(log)):\n\(tail)")
+            }
+        }
+
+        print("Meridian cluster '\(config.name)' is up: \(config.regions.count) regions. Ctrl-C stops it.\n")
+        print("REGION          CLIENT API                  PEER              PID      LOG")
+        for (region, process, log) in children {
+            print("\(region.name.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0))"
+                + "http://\(region.client)".padding(toLength: 28, withPad: " ", startingAt: 0)
+                + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
+                + "\(process.processIdentifier)".padding(toLength: 9, withPad: " ", startingAt: 0) + log)
+        }
+        let first = config.regions[0].client
+        let keyspace = config.keyspaces.first { $0.ack == .async && $0.topology == .multiLeader }?.name.rawValue ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
+        print("""
+
+            Try:
+              curl -X PUT http://\(first)/v1/kv/\(keyspace)/hello -d world
+              curl http://\(first)/v1/kv/\(keyspace)/hello
+              curl http://\(first)/v1/status
+            Cross-region replication is not running yet: each region keeps its own data.
+            """)
+
+        // Wait for a signal, or for every region to exit on its own, reporting each exit.
+        let stop = StopFlag()
+        let signalWatch = Task {
+            for await _ in signals {
+                stop.set()
+                return
+            }
+        }
+        var exited: Set<String> = []
+        while !stop.isSet && exited.count < children.count {
+            for (region, process, log) in children where !process.isRunning && !exited.contains(region.name.rawValue) {
+                exited.insert(region.name.rawValue)
+                print("region \(region.name) exited with status \(process.terminationStatus); see \(log)")
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        signalWatch.cancel()
+        print("\nstopping \(children.count) regions…")
+        await stopAll()
+        print("stopped.")
+    }
+}
+
+/// A flag set once from another task.
+final class StopFlag: @unchecked Sendable {
+    // Safety: `value` is guarded by `lock`.
+    private let lock = NSLock()
+    private var value = false
+
+    var isSet: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
+
+    func set() {
+        lock.lock()
+        value = true
+        lock.unlock()
+    }
+}

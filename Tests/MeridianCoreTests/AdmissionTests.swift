@@ -1,0 +1,83 @@
+// Proves the core's admission rules: which region takes a write, what ack modes can be met, which
+// consistency levels a keyspace allows, and how residency refuses or redirects — each with its error code.
+import MeridianCore
+import Testing
+
+@Suite struct AdmissionTests {
+    let config = try! ClusterConfig.parse(yaml: DemoCluster.yaml, file: "demo")
+    let usEast = RegionName(validated: "us-east")
+    let euWest = RegionName(validated: "eu-west")
+
+    func policy(_ name: String) -> KeyspacePolicy { config.keyspace(try! KeyspaceName(name))! }
+
+    func code(_ body: () throws -> Void) -> MeridianError.Code? {
+        do { try body(); return nil } catch let error as MeridianError { return error.code } catch { return .internalError }
+    }
+
+    @Test func asyncWritesAreAcceptedLocallyInMultiLeaderKeyspaces() throws {
+        let alone = Admission(region: euWest, reachable: [euWest])
+        #expect(try alone.admitWrite(policy("profiles"), key: Key("k"), ack: nil) == .accept(ack: .async, ackRegionsRequired: 1, epoch: 0))
+    }
+
+    @Test func ackModesNeedEnoughReachableReplicas() throws {
+        let alone = Admission(region: usEast, reachable: [usEast])
+        #expect(code { _ = try alone.admitWrite(policy("accounts"), key: Key("k"), ack: nil) } == .ackUnavailable)
+        #expect(code { _ = try alone.admitWrite(policy("profiles"), key: Key("k"), ack: .all) } == .ackUnavailable)
+        let pair = Admission(region: usEast, reachable: [usEast, euWest])
+        #expect(try pair.admitWrite(policy("accounts"), key: Key("k"), ack: nil) == .accept(ack: .majority, ackRegionsRequired: 2, epoch: 1))
+        #expect(code { _ = try pair.admitWrite(policy("accounts"), key: Key("k"), ack: .all) } == .ackUnavailable)
+    }
+
+    @Test func followersDoNotAcceptSingleLeaderWrites() throws {
+        let follower = Admission(region: euWest, reachable: [euWest])
+        do {
+            _ = try follower.admitWrite(policy("accounts"), key: Key("k"), ack: .async)
+            Issue.record("a follower accepted a write")
+        } catch {
+            #expect(error.code == .leaderUnavailable)
+            #expect(error.context["leader"] == "us-east")
+        }
+    }
+
+    @Test func strongReadsNeedASingleLeader() throws {
+        let leader = Admission(region: usEast, reachable: [usEast])
+        #expect(try leader.admitRead(policy("accounts"), level: nil) == .strong)
+        #expect(code { _ = try leader.admitRead(policy("profiles"), level: .strong) } == .consistencyNotAllowed)
+        #expect(try leader.admitRead(policy("profiles"), level: .eventual) == .eventual)
+        let follower = Admission(region: euWest, reachable: [euWest])
+        #expect(code { _ = try follower.admitRead(policy("accounts"), level: .strong) } == .consistencyUnavailable)
+        #expect(try follower.admitRead(policy("accounts"), level: .session) == .session)
+    }
+
+    @Test func residencyKeepsDataInItsRegions() throws {
+        let outside = Admission(region: usEast, reachable: [usEast])
+        #expect(code { _ = try outside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) } == .regionUnavailable)
+        #expect(code { _ = try outside.admitRead(policy("eu_users"), level: nil) } == .regionUnavailable)
+        let inside = Admission(region: euWest, reachable: [euWest])
+        #expect(try inside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) == .accept(ack: .async, ackRegionsRequired: 1, epoch: 0))
+
+        let denying = try ClusterConfig.parse(yaml: """
+            regions:
+              - { name: us-east, client: 127.0.0.1:1, peer: 127.0.0.1:2 }
+              - { name: eu-west, client: 127.0.0.1:3, peer: 127.0.0.1:4 }
+            keyspaces:
+              - { name: k, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
+            """, file: "c").keyspaces[0]
+        #expect(code { _ = try outside.admitRead(denying, level: nil) } == .notReplicaRegion)
+    }
+}
+
+@Suite struct SessionTokenTests {
+    @Test func roundTripsAndRejectsTampering() throws {
+        var token = SessionToken()
+        token.observe(Version(hlc: HLCTimestamp(physicalMs: 1, logical: 0, region: RegionName(validated: "us-east")), sequence: 42))
+        token.observe(Version(hlc: HLCTimestamp(physicalMs: 2, logical: 0, region: RegionName(validated: "eu-west")), sequence: 7))
+        token.observe(Version(hlc: HLCTimestamp(physicalMs: 3, logical: 0, region: RegionName(validated: "us-east")), sequence: 40))
+        let decoded = try SessionToken(decoding: token.encoded)
+        #expect(decoded == token)
+        #expect(decoded.seen[RegionName(validated: "us-east")] == 42)
+        for bad in ["", "v2.AA", "v1.!!!", "v1." + String(repeating: "A", count: 5000), String(token.encoded.dropLast(3))] {
+            #expect(throws: MeridianError.self) { try SessionToken(decoding: bad) }
+        }
+    }
+}

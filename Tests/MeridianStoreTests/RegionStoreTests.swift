@@ -1,0 +1,200 @@
+// Proves the SQLite store's contract: writes are durable with version metadata and a gap-free
+// per-origin log, concurrent writes share transactions (group commit), If-Match preconditions hold,
+// listing pages correctly, and sequences, HLC and data survive closing and reopening the files.
+import Foundation
+import MeridianCore
+import MeridianStore
+import Testing
+
+final class ManualClock: @unchecked Sendable {
+    // Safety: guarded by `lock`.
+    private let lock = NSLock()
+    private var nowMs: UInt64
+    init(_ nowMs: UInt64) { self.nowMs = nowMs }
+    func read() -> UInt64 { lock.lock(); defer { lock.unlock() }; return nowMs }
+    func set(_ value: UInt64) { lock.lock(); nowMs = value; lock.unlock() }
+}
+
+final class BatchRecorder: StoreObserver, @unchecked Sendable {
+    // Safety: guarded by `lock`.
+    private let lock = NSLock()
+    private var sizes: [Int] = []
+    func commitCompleted(writes: Int, commitSeconds: Double) { lock.lock(); sizes.append(writes); lock.unlock() }
+    var batches: [Int] { lock.lock(); defer { lock.unlock() }; return sizes }
+}
+
+struct StoreFixture {
+    let directory: String
+    let region = RegionName(validated: "us-east")
+    let keyspace = try! KeyspaceName("ks")
+    let clock = ManualClock(10_000_000)
+
+    init() {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-store-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    var path: String { directory + "/store.sqlite" }
+
+    func open(limits: Limits = Limits(), observer: (any StoreObserver)? = nil, region: RegionName? = nil) throws -> RegionStore {
+        let clock = self.clock
+        return try RegionStore(path: path, region: region ?? self.region, limits: limits, physicalClockMs: { clock.read() }, observer: observer)
+    }
+
+    func put(_ key: String, _ value: String, precondition: WriteRequest.Precondition? = nil) -> WriteRequest {
+        WriteRequest(keyspace: keyspace, key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(value.utf8), precondition: precondition)
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
+    guard case .committed(let entry) = outcome else { throw MeridianError(.internalError, "expected a commit, got \(outcome)") }
+    return entry
+}
+
+@Suite struct RegionStoreTests {
+    @Test func writesAreReadBackWithTheirVersion() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        let entry = try committed(try await store.write(fixture.put("a", "1")))
+        #expect(entry.sequence == 1 && entry.origin == fixture.region)
+        #expect(entry.hlc.physicalMs == 10_000_000)
+        let stored = try #require(try await store.get(keyspace: fixture.keyspace, key: Key("a")))
+        #expect(stored.value == Array("1".utf8) && stored.contentType == "text/plain")
+        #expect(stored.version == entry.version && !stored.tombstone)
+
+        let deleted = try committed(try await store.write(WriteRequest(keyspace: fixture.keyspace, key: Key("a"), operation: .delete, contentType: "", value: [])))
+        #expect(deleted.sequence == 2 && deleted.hlc > entry.hlc)
+        let tombstone = try #require(try await store.get(keyspace: fixture.keyspace, key: Key("a")))
+        #expect(tombstone.tombstone && tombstone.version == deleted.version)
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("never")) == nil)
+        store.close()
+    }
+
+    @Test func concurrentWritesShareTransactionsAndKeepAGapFreeLog() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let recorder = BatchRecorder()
+        var limits = Limits()
+        limits.commitBatchMax = 64
+        let store = try fixture.open(limits: limits, observer: recorder)
+        let writes = 400
+        let sequences = try await withThrowingTaskGroup(of: UInt64.self) { group in
+            for index in 0..<writes {
+                group.addTask { try committed(try await store.write(fixture.put("k\(index)", "v\(index)"))).sequence }
+            }
+            return try await group.reduce(into: [UInt64]()) { $0.append($1) }
+        }
+        #expect(sequences.sorted() == Array(1...UInt64(writes)), "every write got its own consecutive sequence")
+        let batches = recorder.batches
+        #expect(batches.reduce(0, +) == writes)
+        #expect(batches.allSatisfy { $0 <= 64 }, "batches respect commit_batch_max")
+        #expect(batches.count < writes, "some writes shared a commit: \(batches)")
+        let log = try await store.logEntries(origin: fixture.region, after: 0, limit: 1000)
+        #expect(log.map(\.sequence) == Array(1...UInt64(writes)))
+        // The log's HLC order matches its sequence order.
+        #expect(zip(log, log.dropFirst()).allSatisfy { $0.hlc < $1.hlc })
+        store.close()
+    }
+
+    @Test func preconditionsCompareTheCurrentVersion() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        #expect(try await store.write(fixture.put("a", "x", precondition: .exists)) == .preconditionFailed(current: nil))
+        let first = try committed(try await store.write(fixture.put("a", "1")))
+        let second = try committed(try await store.write(fixture.put("a", "2", precondition: .versionIsOneOf([first.version]))))
+        #expect(try await store.write(fixture.put("a", "3", precondition: .versionIsOneOf([first.version]))) == .preconditionFailed(current: second.version))
+        _ = try committed(try await store.write(fixture.put("a", "4", precondition: .exists)))
+        // A refused write consumes no sequence.
+        let next = try committed(try await store.write(fixture.put("b", "1")))
+        #expect(next.sequence == 4)
+        store.close()
+    }
+
+    @Test func listsByPrefixWithPaging() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        for key in ["user/1", "user/2", "user/3", "users", "user0", "admin", "user/é"] {
+            _ = try await store.write(fixture.put(key, key))
+        }
+        _ = try await store.write(WriteRequest(keyspace: fixture.keyspace, key: Key("user/2"), operation: .delete, contentType: "", value: []))
+        let page1 = try await store.list(keyspace: fixture.keyspace, prefix: "user/", after: nil, limit: 2)
+        #expect(page1.map(\.key.rawValue) == ["user/1", "user/3"])
+        let page2 = try await store.list(keyspace: fixture.keyspace, prefix: "user/", after: "user/3", limit: 2)
+        #expect(page2.map(\.key.rawValue) == ["user/é"])
+        let all = try await store.list(keyspace: fixture.keyspace, prefix: "", after: nil, limit: 100)
+        #expect(all.map(\.key.rawValue) == ["admin", "user/1", "user/3", "user/é", "user0", "users"])
+        let afterOnly = try await store.list(keyspace: fixture.keyspace, prefix: "", after: "user0", limit: 100)
+        #expect(afterOnly.map(\.key.rawValue) == ["users"])
+        #expect(all.first?.valueBytes == 5)
+        store.close()
+    }
+
+    @Test func reopeningKeepsDataSequencesAndClockOrder() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        var store = try fixture.open()
+        var last: ReplicationEntry?
+        for index in 0..<10 { last = try committed(try await store.write(fixture.put("k\(index)", "v"))) }
+        store.close()
+        // The wall clock stepped back an hour across the restart; versions must still increase.
+        fixture.clock.set(10_000_000 - 3_600_000)
+        store = try fixture.open()
+        let next = try committed(try await store.write(fixture.put("after", "restart")))
+        #expect(next.sequence == 11)
+        #expect(next.hlc > last!.hlc)
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("k9"))?.version == last!.version)
+        store.close()
+    }
+
+    @Test func aDataDirectoryBelongsToOneRegion() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        try fixture.open().close()
+        do {
+            _ = try fixture.open(region: RegionName(validated: "eu-west"))
+            Issue.record("opened another region's data")
+        } catch let error as MeridianError {
+            #expect(error.code == .storageFailure)
+            #expect(error.message.contains("us-east"))
+        }
+    }
+
+    @Test func cursorsOnlyMoveForward() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        let peer = RegionName(validated: "eu-west")
+        #expect(try await store.cursor(peer: peer, origin: fixture.region) == 0)
+        try await store.advanceCursor(peer: peer, origin: fixture.region, to: 5)
+        try await store.advanceCursor(peer: peer, origin: fixture.region, to: 3)
+        #expect(try await store.cursor(peer: peer, origin: fixture.region) == 5)
+        store.close()
+    }
+
+    @Test func aFullQueueRefusesWithOverloaded() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        var limits = Limits()
+        limits.commitQueueMax = 4
+        limits.commitBatchMax = 1
+        let store = try fixture.open(limits: limits)
+        let results = await withTaskGroup(of: MeridianError.Code?.self) { group in
+            for index in 0..<200 {
+                group.addTask {
+                    do { _ = try await store.write(fixture.put("k\(index)", "v")); return nil } catch let error as MeridianError { return error.code } catch { return .internalError }
+                }
+            }
+            return await group.reduce(into: [MeridianError.Code?]()) { $0.append($1) }
+        }
+        let refused = results.compactMap { $0 }
+        #expect(!refused.isEmpty && refused.allSatisfy { $0 == .overloaded })
+        let written = try await store.logEntries(origin: fixture.region, after: 0, limit: 1000)
+        #expect(written.count == results.count - refused.count, "every accepted write is in the log, no refused one is")
+        store.close()
+    }
+}

@@ -1,0 +1,231 @@
+// Proves the v1 HTTP API over the router in memory: the happy paths (write, read, list, delete,
+// ETag/If-Match, headers, status, keyspaces, metrics) and every error code with one bad input each,
+// each answered in the JSON error format with its documented status.
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import MeridianCore
+import MeridianNode
+import NIOCore
+import Testing
+
+struct NodeFixture {
+    static let yaml = """
+        cluster: test
+        regions:
+          - { name: us-east, client: 127.0.0.1:17101, peer: 127.0.0.1:17201 }
+          - { name: eu-west, client: 127.0.0.1:17102, peer: 127.0.0.1:17202 }
+        limits: { value_bytes_max: 1024, list_limit_max: 50, list_limit_default: 10 }
+        keyspaces:
+          - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
+          - { name: ledger, topology: single-leader, leader: eu-west, ack: async }
+          - { name: profiles, topology: multi-leader, conflict: lww, ack: async, cache: { ttl_ms: 30000 } }
+          - { name: eu_users, topology: geo-partitioned, home: eu-west, residency: { regions: [eu-west], access: proxy } }
+          - { name: eu_secret, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
+        """
+
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-node-\(UUID().uuidString)").path
+
+    func withApp(_ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        let config = try ClusterConfig.parse(yaml: Self.yaml, file: "test.yaml")
+        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), dataDirectory: directory))
+        defer {
+            node.store.close()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let app = Application(router: node.router())
+        try await app.test(.router, test)
+    }
+}
+
+/// The decoded JSON error of a response, checked against the contract's shape.
+func errorCode(_ response: TestResponse) throws -> String {
+    #expect(response.headers[.contentType] == "application/json")
+    #expect(response.headers[HTTPField.Name("Meridian-Region")!] == "us-east")
+    let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+    let error = try #require(object["error"] as? [String: Any])
+    let message = try #require(error["message"] as? String)
+    #expect(message.count > 10, "the message is a sentence a user can act on")
+    return try #require(error["code"] as? String)
+}
+
+func json(_ response: TestResponse) throws -> [String: Any] {
+    try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+}
+
+@Suite struct HTTPAPITests {
+    let fixture = NodeFixture()
+
+    @Test func writeReadListDeleteWithVersions() async throws {
+        try await fixture.withApp { client in
+            var etag = ""
+            try await client.execute(uri: "/v1/kv/profiles/users/42", method: .put, headers: [.contentType: "application/json"],
+                                     body: ByteBuffer(string: #"{"name":"Ada"}"#)) { response throws in
+                #expect(response.status == .ok)
+                let body = try json(response)
+                #expect(body["keyspace"] as? String == "profiles" && body["key"] as? String == "users/42")
+                #expect(body["region"] as? String == "us-east" && body["ack"] as? String == "async")
+                #expect(body["acked_by"] as? [String] == ["us-east"])
+                etag = try #require(response.headers[.eTag])
+                #expect(etag == "\"\(body["version"] as! String)\"")
+                #expect(response.headers[HTTPField.Name("Meridian-Session")!]?.hasPrefix("v1.") == true)
+            }
+            try await client.execute(uri: "/v1/kv/profiles/users/42", method: .get) { response throws in
+                #expect(response.status == .ok)
+                #expect(String(buffer: response.body) == #"{"name":"Ada"}"#)
+                #expect(response.headers[.contentType] == "application/json")
+                #expect(response.headers[.eTag] == etag)
+                #expect(response.headers[.cacheControl] == "max-age=30")
+                #expect(response.headers[HTTPField.Name("Meridian-Region")!] == "us-east")
+            }
+            // Percent-encoded keys decode to the same key.
+            try await client.execute(uri: "/v1/kv/profiles/users%2F42", method: .get) { response throws in
+                #expect(response.status == .ok)
+            }
+            try await client.execute(uri: "/v1/kv/profiles/users/7", method: .put, body: ByteBuffer(string: "x")) { response throws in
+                #expect(response.status == .ok)
+            }
+            try await client.execute(uri: "/v1/kv/profiles?prefix=users/&limit=1", method: .get) { response throws in
+                let body = try json(response)
+                let keys = try #require(body["keys"] as? [[String: Any]])
+                #expect(keys.map { $0["key"] as? String } == ["users/42"])
+                #expect(body["next_after"] as? String == "users/42")
+            }
+            try await client.execute(uri: "/v1/kv/profiles?prefix=users/&after=users/42", method: .get) { response throws in
+                let keys = try #require(try json(response)["keys"] as? [[String: Any]])
+                #expect(keys.map { $0["key"] as? String } == ["users/7"])
+                #expect(keys.first?["content_type"] as? String == "application/octet-stream")
+            }
+            try await client.execute(uri: "/v1/kv/profiles/users/42", method: .delete) { response throws in
+                #expect(response.status == .ok)
+                #expect(try json(response)["operation"] as? String == "delete")
+            }
+            try await client.execute(uri: "/v1/kv/profiles/users/42", method: .get) { response throws in
+                #expect(response.status == .notFound)
+                #expect(try errorCode(response) == "key_not_found")
+            }
+        }
+    }
+
+    @Test func ifMatchMakesWritesConditional() async throws {
+        try await fixture.withApp { client in
+            let first = try await client.execute(uri: "/v1/kv/profiles/k", method: .put, body: ByteBuffer(string: "1")) { $0.headers[.eTag]! }
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .put, headers: [.ifMatch: first], body: ByteBuffer(string: "2")) { response throws in
+                #expect(response.status == .ok)
+            }
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .put, headers: [.ifMatch: first], body: ByteBuffer(string: "3")) { response throws in
+                #expect(response.status == .preconditionFailed)
+                #expect(try errorCode(response) == "precondition_failed")
+                #expect(try (json(response)["error"] as? [String: Any])?["current_version"] is String)
+            }
+            try await client.execute(uri: "/v1/kv/profiles/new", method: .put, headers: [.ifMatch: "*"], body: ByteBuffer(string: "x")) { response throws in
+                #expect(response.status == .preconditionFailed)
+            }
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .put, headers: [.ifMatch: "*"], body: ByteBuffer(string: "4")) { response throws in
+                #expect(response.status == .ok)
+            }
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .get) { response throws in
+                #expect(String(buffer: response.body) == "4")
+            }
+        }
+    }
+
+    /// One bad request per error path: the method, URI, headers, body, expected status and code.
+    static let badRequests: [(HTTPRequest.Method, String, HTTPFields, String, HTTPResponse.Status, String)] = [
+        (.put, "/v1/kv/Bad!/k", [:], "v", .badRequest, "invalid_keyspace"),
+        (.get, "/v1/kv/nope/k", [:], "", .notFound, "unknown_keyspace"),
+        (.put, "/v1/kv/profiles/a%0Ab", [:], "v", .badRequest, "invalid_key"),
+        (.put, "/v1/kv/profiles/" + String(repeating: "k", count: 1025), [:], "v", .badRequest, "invalid_key"),
+        (.put, "/v1/kv/profiles/%FF", [:], "v", .badRequest, "invalid_key"),
+        (.put, "/v1/kv/profiles/big", [:], String(repeating: "x", count: 1025), .contentTooLarge, "value_too_large"),
+        (.put, "/v1/kv/profiles/k", [.ifMatch: "not-an-etag"], "v", .badRequest, "invalid_header"),
+        (.put, "/v1/kv/profiles/k", [.ifMatch: "\"1.0.us-east.999\""], "v", .preconditionFailed, "precondition_failed"),
+        (.put, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Ack")!: "mostly"], "v", .badRequest, "invalid_header"),
+        (.put, "/v1/kv/profiles/k?ack=sometimes", [:], "v", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Consistency")!: "linearizable"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Consistency")!: "bounded"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Max-Staleness-Ms")!: "-5", HTTPField.Name("Meridian-Consistency")!: "bounded"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "forged"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Consistency")!: "strong"], "", .conflict, "consistency_not_allowed"),
+        (.get, "/v1/kv/profiles/k?consistency=strong", [:], "", .conflict, "consistency_not_allowed"),
+        (.get, "/v1/kv/profiles?limit=0", [:], "", .badRequest, "invalid_parameter"),
+        (.get, "/v1/kv/profiles?limit=51", [:], "", .badRequest, "invalid_parameter"),
+        (.get, "/v1/kv/profiles?limit=ten", [:], "", .badRequest, "invalid_parameter"),
+        (.get, "/v1/kv/profiles?after=a%0Ab", [:], "", .badRequest, "invalid_parameter"),
+        (.get, "/v1/kv/profiles/absent", [:], "", .notFound, "key_not_found"),
+        (.get, "/v1/nothing-here", [:], "", .notFound, "route_not_found"),
+        (.put, "/v1/kv/accounts/k", [:], "v", .serviceUnavailable, "ack_unavailable"),
+        (.put, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Ack")!: "all"], "v", .serviceUnavailable, "ack_unavailable"),
+        (.put, "/v1/kv/ledger/k", [:], "v", .serviceUnavailable, "leader_unavailable"),
+        (.get, "/v1/kv/ledger/k", [HTTPField.Name("Meridian-Consistency")!: "strong"], "", .serviceUnavailable, "consistency_unavailable"),
+        (.put, "/v1/kv/eu_users/k", [:], "v", .serviceUnavailable, "region_unavailable"),
+        (.get, "/v1/kv/eu_secret/k", [:], "", .conflict, "not_replica_region"),
+        (.put, "/v1/kv/profiles/k", [.contentType: String(repeating: "t", count: 300)], "v", .badRequest, "invalid_header"),
+    ]
+
+    @Test(arguments: 0..<badRequests.count)
+    func everyErrorHasItsStatusAndCode(_ index: Int) async throws {
+        let (method, uri, headers, body, status, code) = Self.badRequests[index]
+        try await fixture.withApp { client in
+            try await client.execute(uri: uri, method: method, headers: headers, body: body.isEmpty ? nil : ByteBuffer(string: body)) { response throws in
+                #expect(response.status == status, "\(method) \(uri)")
+                #expect(try errorCode(response) == code, "\(method) \(uri)")
+                if status == .serviceUnavailable { #expect(response.headers[.retryAfter] != nil, "503 carries Retry-After") }
+            }
+        }
+    }
+
+    @Test func nothingIsWrittenByARefusedRequest() async throws {
+        try await fixture.withApp { client in
+            try await client.execute(uri: "/v1/kv/accounts/k", method: .put, body: ByteBuffer(string: "v")) { #expect($0.status == .serviceUnavailable) }
+            try await client.execute(uri: "/v1/kv/profiles/big", method: .put, body: ByteBuffer(string: String(repeating: "x", count: 5000))) {
+                #expect($0.status == .contentTooLarge)
+            }
+            // An explicit weaker ack is accepted on the single-leader keyspace's leader.
+            try await client.execute(uri: "/v1/kv/accounts/k", method: .get) { #expect($0.status == .notFound) }
+            try await client.execute(uri: "/v1/kv/profiles/big", method: .get) { #expect($0.status == .notFound) }
+            try await client.execute(uri: "/v1/kv/accounts/k", method: .put, headers: [HTTPField.Name("Meridian-Ack")!: "async"],
+                                     body: ByteBuffer(string: "v")) { response throws in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("Meridian-Epoch")!] == "1")
+            }
+            try await client.execute(uri: "/v1/kv/accounts/k?consistency=strong", method: .get) { #expect($0.status == .ok) }
+        }
+    }
+
+    @Test func healthStatusKeyspacesAndMetrics() async throws {
+        try await fixture.withApp { client in
+            try await client.execute(uri: "/health", method: .get) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/kv/profiles/a", method: .put, body: ByteBuffer(string: "1")) { _ in }
+            try await client.execute(uri: "/v1/status", method: .get) { response throws in
+                let body = try json(response)
+                #expect(body["region"] as? String == "us-east")
+                let keyspaces = try #require(body["keyspaces"] as? [[String: Any]])
+                let roles = Dictionary(uniqueKeysWithValues: keyspaces.map { ($0["name"] as! String, $0["role"] as! String) })
+                #expect(roles == ["accounts": "leader", "ledger": "follower", "profiles": "leader", "eu_users": "not_replica", "eu_secret": "not_replica"])
+                #expect(keyspaces.first { $0["name"] as? String == "profiles" }?["keys"] as? Int == 1)
+                let peers = try #require(body["peers"] as? [[String: Any]])
+                #expect(peers.count == 1 && peers[0]["region"] as? String == "eu-west")
+                #expect(peers[0]["lag_entries"] as? Int == 1, "eu-west has applied none of us-east's one entry")
+            }
+            try await client.execute(uri: "/v1/keyspaces", method: .get) { response throws in
+                let keyspaces = try #require(try json(response)["keyspaces"] as? [[String: Any]])
+                let accounts = try #require(keyspaces.first { $0["name"] as? String == "accounts" })
+                #expect(accounts["topology"] as? String == "single-leader" && accounts["leader"] as? String == "us-east")
+                #expect(accounts["ack"] as? String == "majority")
+                #expect((accounts["consistency"] as? [String: Any])?["default"] as? String == "strong")
+                #expect((accounts["failover"] as? [String: Any])?["missed_heartbeats"] as? Int == 5)
+                let eu = try #require(keyspaces.first { $0["name"] as? String == "eu_users" })
+                #expect((eu["residency"] as? [String: Any])?["classification"] as? String == "restricted")
+            }
+            try await client.execute(uri: "/metrics", method: .get) { response throws in
+                let text = String(buffer: response.body)
+                #expect(text.contains(#"meridian_http_requests_total{route="/v1/kv/{keyspace}/**",method="PUT",status="200"} 1"#))
+                #expect(text.contains("meridian_http_request_duration_seconds_bucket"))
+                #expect(text.contains("meridian_store_commit_batch_writes_count 1"))
+                #expect(text.contains("meridian_store_commit_duration_seconds_bucket"))
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import Foundation
+import MeridianClient
+import Testing
+
+/// Locates the `meridian` binary built alongside the tests.
+enum MeridianBinary {
+    static let path: String = {
+        if let explicit = ProcessInfo.processInfo.environment["MERIDIAN_BINARY"] { return explicit }
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("meridian").path,
+            URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent(".build/debug/meridian").path,
+        ]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[0]
+    }()
+}
+
+/// A temporary directory removed at the end of a test.
+struct Scratch {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-live-\(UUID().uuidString)").path
+
+    init() throws { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
+
+    func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Runs the CLI to completion (bounded by `timeoutSeconds`) and captures its output.
+func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: MeridianBinary.path)
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    let deadline = Date().addingTimeInterval(timeoutSeconds)
+    while process.isRunning && Date() < deadline { usleep(20_000) }
+    if process.isRunning {
+        process.terminate()
+        process.waitUntilExit()
+        Issue.record("meridian \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
+    }
+    let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (process.terminationStatus, stdout, stderr)
+}
+
+/// Whether a process with this pid still exists (and is not a zombie we could reap).
+func processExists(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 else { return false }
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+    return !status.contains(") Z ")
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:port.
+func portAcceptsConnections(_ port: Int) async -> Bool {
+    guard let connection = try? await HTTPConnection.connect(host: "127.0.0.1", port: port, timeoutSeconds: 1) else { return false }
+    await connection.close()
+    return true
+}
+
+/// A one- or more-region cluster file on free ports.
+func clusterYAML(regions: [String], ports: [Int], keyspaces: String) -> String {
+    var text = "cluster: live\nregions:\n"
+    for (index, region) in regions.enumerated() {
+        text += "  - { name: \(region), client: 127.0.0.1:\(ports[2 * index]), peer: 127.0.0.1:\(ports[2 * index + 1]) }\n"
+    }
+    return text + "keyspaces:\n" + keyspaces
+}

@@ -1,0 +1,100 @@
+// Proves `meridian up` as a user runs it: every region of the file starts, answers the README's curl
+// flow, the CLI reads and writes through it, and SIGTERM (or the parent being SIGKILLed) stops every
+// region process — no orphans, no ports left open.
+import Foundation
+import MeridianClient
+import Testing
+
+@Suite(.serialized) struct UpCommandTests {
+    func startCluster(_ scratch: Scratch) throws -> (process: Process, ports: [Int], config: String) {
+        var ports: [Int] = []
+        for _ in 0..<6 { ports.append(try LocalProcesses.freePort()) }
+        let config = scratch.file("cluster.yaml")
+        try clusterYAML(regions: ["us-east", "eu-west", "ap-southeast"], ports: ports, keyspaces: """
+              - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
+              - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
+
+            """).write(toFile: config, atomically: true, encoding: .utf8)
+        let up = try LocalProcesses.start(MeridianBinary.path, ["up", "--config", config, "--data", scratch.file("data")], logPath: scratch.file("up.log"))
+        return (up, ports, config)
+    }
+
+    func childPids(of parent: Int32) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == parent
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func upServesEveryRegionAndStopsCleanly() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (up, ports, config) = try startCluster(scratch)
+        defer { if up.isRunning { kill(up.processIdentifier, SIGKILL) } }
+        for index in 0..<3 {
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
+        }
+        let children = childPids(of: up.processIdentifier)
+        #expect(children.count == 3)
+
+        // The README's flow: PUT then GET on the first region.
+        let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
+        let put = try await connection.request("PUT", "/v1/kv/profiles/k", body: Array("v".utf8))
+        #expect(put.status == 200)
+        let get = try await connection.request("GET", "/v1/kv/profiles/k")
+        #expect(get.status == 200 && get.text == "v")
+        await connection.close()
+
+        // The CLI against the same cluster: success exits 0, errors exit non-zero with the error code.
+        let endpoint = "127.0.0.1:\(ports[2])"
+        let cliPut = try runCLI(["put", "--config", config, "--region", "eu-west", "profiles", "greeting", "hello"])
+        #expect(cliPut.status == 0, "\(cliPut.stderr)")
+        #expect(cliPut.stdout.contains("\"region\":\"eu-west\""))
+        let cliGet = try runCLI(["get", "--endpoint", endpoint, "profiles", "greeting"])
+        #expect(cliGet.status == 0 && cliGet.stdout == "hello\n", "\(cliGet)")
+        #expect(cliGet.stderr.contains("version"))
+        let cliLs = try runCLI(["ls", "--endpoint", endpoint, "profiles"])
+        #expect(cliLs.status == 0 && cliLs.stdout.hasPrefix("greeting\t"), "\(cliLs)")
+        let cliMissing = try runCLI(["get", "--endpoint", endpoint, "profiles", "absent"])
+        #expect(cliMissing.status != 0 && cliMissing.stderr.contains("key_not_found"), "\(cliMissing)")
+        let cliRefused = try runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "accounts", "a", "1"])
+        #expect(cliRefused.status != 0 && cliRefused.stderr.contains("ack_unavailable"), "\(cliRefused)")
+        let cliDel = try runCLI(["del", "--endpoint", endpoint, "profiles", "greeting"])
+        #expect(cliDel.status == 0)
+        let cliStatus = try runCLI(["status", "--endpoint", endpoint])
+        #expect(cliStatus.status == 0 && cliStatus.stdout.contains("region eu-west"), "\(cliStatus)")
+        let cliDown = try runCLI(["get", "--endpoint", "127.0.0.1:\(try LocalProcesses.freePort())", "profiles", "k"])
+        #expect(cliDown.status != 0 && cliDown.stderr.contains("cannot reach"))
+
+        #expect(await LocalProcesses.stop(up, graceSeconds: 30), "up exits on SIGTERM")
+        #expect(up.terminationStatus == 0)
+        for pid in children { #expect(!processExists(pid), "region process \(pid) outlived `meridian up`") }
+        for index in 0..<3 { #expect(!(await portAcceptsConnections(ports[2 * index]))) }
+        let log = try String(contentsOfFile: scratch.file("up.log"), encoding: .utf8)
+        #expect(log.contains("http://127.0.0.1:\(ports[0])"), "the endpoint table names every region")
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func regionsExitWhenUpIsKilled() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (up, ports, _) = try startCluster(scratch)
+        for index in 0..<3 {
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
+        }
+        let children = childPids(of: up.processIdentifier)
+        #expect(children.count == 3)
+        kill(up.processIdentifier, SIGKILL)
+        up.waitUntilExit()
+        let deadline = Date().addingTimeInterval(20)
+        while children.contains(where: processExists) && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        for pid in children {
+            #expect(!processExists(pid), "region process \(pid) was orphaned")
+            if processExists(pid) { kill(pid, SIGKILL) }
+        }
+    }
+}

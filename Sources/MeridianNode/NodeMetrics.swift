@@ -1,5 +1,6 @@
 import MeridianStore
 import Prometheus
+import Synchronization
 
 /// The node's Prometheus metrics, in a registry of its own (no global bootstrap, so tests can run many nodes).
 public final class NodeMetrics: StoreObserver, Sendable {
@@ -7,6 +8,15 @@ public final class NodeMetrics: StoreObserver, Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let commitBatch: ValueHistogram
     private let commitDuration: DurationHistogram
+    /// Handles per (route, method, status), so the hot path skips the registry's name lookup. Bounded: routes
+    /// are patterns and statuses a small set, never raw paths.
+    private let requestMetrics = Mutex<[RequestLabels: (Counter, DurationHistogram)]>([:])
+
+    private struct RequestLabels: Hashable {
+        let route: String
+        let method: String
+        let status: Int
+    }
 
     private static let latencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
@@ -30,17 +40,29 @@ public final class NodeMetrics: StoreObserver, Sendable {
     /// - Parameters:
     ///   - route: The matched route pattern (never the raw path, which would give unbounded label values).
     func recordRequest(route: String, method: String, status: Int, duration: Duration) {
-        registry.makeCounter(
+        let labels = RequestLabels(route: route, method: method, status: status)
+        let (counter, histogram) = requestMetrics.withLock { cache in
+            if let cached = cache[labels] { return cached }
+            let made = makeRequestMetrics(labels)
+            cache[labels] = made
+            return made
+        }
+        counter.increment()
+        histogram.record(duration)
+    }
+
+    private func makeRequestMetrics(_ labels: RequestLabels) -> (Counter, DurationHistogram) {
+        let route = labels.route, method = labels.method, status = labels.status
+        let counter = registry.makeCounter(
             descriptor: MetricNameDescriptor(namespace: "meridian", subsystem: "http", metricName: "requests", unitName: "total",
                                              helpText: "HTTP requests served, by route, method and status."),
-            labels: [("route", route), ("method", method), ("status", String(status))]
-        ).increment()
-        registry.makeDurationHistogram(
+            labels: [("route", route), ("method", method), ("status", String(status))])
+        let histogram = registry.makeDurationHistogram(
             descriptor: MetricNameDescriptor(namespace: "meridian", subsystem: "http", metricName: "request_duration", unitName: "seconds",
                                              helpText: "HTTP request latency, by route, method and status."),
             labels: [("route", route), ("method", method), ("status", String(status))],
-            buckets: Self.latencyBuckets
-        ).record(duration)
+            buckets: Self.latencyBuckets)
+        return (counter, histogram)
     }
 
     public func commitCompleted(writes: Int, commitSeconds: Double) {

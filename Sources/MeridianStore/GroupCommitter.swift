@@ -142,17 +142,18 @@ actor GroupCommitter {
     }
 
     private static func currentVersion(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> Version? {
-        guard let row = try Row.fetchOne(db, sql: """
+        let statement = try db.cachedStatement(sql: """
             SELECT hlc_physical_ms, hlc_logical, origin, sequence FROM kv WHERE keyspace = ? AND key = ? AND tombstone = 0
-            """, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
+            """)
+        guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
         return try RegionStore.version(row)
     }
 
     private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """, arguments: [
+            """).execute(arguments: [
                 entry.origin.rawValue, Int64(entry.sequence), Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical),
                 Int64(entry.epoch), entry.keyspace.rawValue, entry.key.rawValue, Int(entry.operation.rawValue),
                 entry.contentType, Data(entry.value),
@@ -160,13 +161,13 @@ actor GroupCommitter {
     }
 
     private static func apply(_ db: Database, _ entry: ReplicationEntry) throws {
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (keyspace, key) DO UPDATE SET
                 value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
                 hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone
-            """, arguments: [
+            """).execute(arguments: [
                 entry.keyspace.rawValue, entry.key.rawValue, Data(entry.value), entry.contentType,
                 Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical), entry.origin.rawValue, Int64(entry.sequence),
                 entry.operation == .delete,

@@ -1,6 +1,6 @@
 // Proves the core's admission rules: which region takes a write, what ack modes can be met, which
 // consistency levels a keyspace allows, and how residency refuses or redirects — each with its error code.
-import MeridianCore
+@testable import MeridianCore
 import Testing
 
 @Suite struct AdmissionTests {
@@ -79,5 +79,20 @@ import Testing
         for bad in ["", "v2.AA", "v1.!!!", "v1." + String(repeating: "A", count: 5000), String(token.encoded.dropLast(3))] {
             #expect(throws: MeridianError.self) { try SessionToken(decoding: bad) }
         }
+    }
+}
+
+@Suite struct Base64URLTests {
+    @Test func matchesRFC4648Vectors() {
+        // RFC 4648 §10 test vectors, unpadded, in the URL-safe alphabet.
+        let vectors = ["": "", "f": "Zg", "fo": "Zm8", "foo": "Zm9v", "foob": "Zm9vYg", "fooba": "Zm9vYmE", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors {
+            #expect(Base64URL.encode(Array(plain.utf8)) == encoded)
+            #expect(Base64URL.decode(Array(encoded.utf8)) == Array(plain.utf8))
+        }
+        #expect(Base64URL.encode([0xFB, 0xFF]) == "-_8")
+        #expect(Base64URL.decode(Array("Zh".utf8)) == nil, "non-zero leftover bits")
+        #expect(Base64URL.decode(Array("Z".utf8)) == nil)
+        #expect(Base64URL.decode(Array("Zm9v+".utf8)) == nil)
     }
 }

@@ -5,7 +5,9 @@
 //   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only.
 //   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
 //   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
-//   MeridianNode   -> MeridianCore, MeridianStore, Hummingbird, Prometheus (the region server shell)
+//   MeridianHTTP   -> MeridianCore, Hummingbird              (JSON and error rendering shared by the HTTP shells)
+//   MeridianNode   -> MeridianCore, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
+//   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
 //   meridian       -> everything above, ArgumentParser   (the CLI)
 import PackageDescription
 
@@ -59,9 +61,32 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "MeridianHTTP",
+            dependencies: [
+                "MeridianCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianWAN",
+            dependencies: [
+                "MeridianCore",
+                "MeridianHTTP",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "MeridianNode",
             dependencies: [
                 "MeridianCore",
+                "MeridianHTTP",
                 "MeridianStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -78,8 +103,10 @@ let package = Package(
                 "MeridianCore",
                 "MeridianStore",
                 "MeridianNode",
+                "MeridianWAN",
                 "MeridianClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -108,6 +135,18 @@ let package = Package(
                 "MeridianStore",
                 "MeridianNode",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MeridianWANTests",
+            dependencies: [
+                "MeridianCore",
+                "MeridianWAN",
+                "MeridianClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict
         ),

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import MeridianCore
+import MeridianHTTP
 import MeridianStore
 import NIOCore
 
@@ -151,13 +152,13 @@ struct APIMiddleware: RouterMiddleware {
         do {
             response = try await next(request, context)
         } catch let error as MeridianError {
-            response = error.response(region: node.region)
+            response = error.response()
         } catch let error as HTTPError {
-            response = Self.translate(error, request).response(region: node.region)
+            response = Self.translate(error, request).response()
         } catch {
             node.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             response = MeridianError(.internalError, "The node failed to answer; the error is logged. Retry, and report it if it persists.")
-                .response(region: node.region)
+                .response()
         }
         response.headers[HTTPField.Name("Meridian-Region")!] = node.region.rawValue
         let route = context.endpointPath ?? "unmatched"

@@ -25,14 +25,20 @@ public final class RegionStore: Sendable {
     public init(path: String, region: RegionName, limits: Limits, physicalClockMs: @escaping @Sendable () -> UInt64,
                 observer: (any StoreObserver)? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
         var configuration = Configuration()
-        // WAL with synchronous=FULL fsyncs the log on every commit: a commit that returned is durable.
-        configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-        }
         configuration.maximumReaderCount = 8
         configuration.label = "meridian.\(region)"
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
+            // WAL with synchronous=FULL fsyncs the log on every commit, so a commit that returned is durable.
+            // It must be set after the pool opens: GRDB's WAL set-up lowers the writer to NORMAL, which in WAL
+            // mode does not sync on commit. Checked, because acknowledging an unsynced write breaks the contract.
+            let synchronous = try pool.writeWithoutTransaction { db -> Int in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                return try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
+            }
+            guard synchronous == 2 else {
+                throw MeridianError(.storageFailure, "SQLite refused synchronous=FULL (it reports \(synchronous)); writes could not be made durable.")
+            }
             try Self.migrator.migrate(pool)
             let state = try pool.write { db -> (UInt64, HLCTimestamp?) in
                 if let owner = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'region'") {
@@ -168,6 +174,15 @@ public final class RegionStore: Sendable {
             }
         } catch {
             throw MeridianError(.storageFailure, "Cannot record the replication cursor: \(error)")
+        }
+    }
+
+    /// The writer connection's `PRAGMA synchronous` (2 is FULL: the WAL is synced on every commit).
+    public func synchronousLevel() async throws(MeridianError) -> Int {
+        do {
+            return try await pool.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+        } catch {
+            throw MeridianError(.storageFailure, "Cannot read the store's sync level: \(error)")
         }
     }
 

@@ -80,3 +80,9 @@ struct CLIFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
+
+/// Prints a line straight to standard output, unbuffered, so long-running commands (up, wan) show their
+/// tables at once even when their output goes to a file or pipe.
+func say(_ line: String = "") {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

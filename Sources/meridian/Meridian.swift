@@ -9,7 +9,7 @@ struct Meridian: AsyncParsableCommand {
         commandName: "meridian",
         abstract: "Meridian: a geo-distributed, multi-region data store.",
         subcommands: [
-            Up.self, NodeCommand.self, ConfigCommand.self,
+            Up.self, NodeCommand.self, WANCommand.self, Chaos.self, ConfigCommand.self,
             Put.self, Get.self, Del.self, Ls.self, Status.self,
             Bench.self,
         ])

@@ -125,17 +125,17 @@ struct Up: AsyncParsableCommand {
             }
         }
 
-        print("Meridian cluster '\(config.name)' is up: \(config.regions.count) regions. Ctrl-C stops it.\n")
-        print("REGION          CLIENT API                  PEER              PID      LOG")
+        say("Meridian cluster '\(config.name)' is up: \(config.regions.count) regions. Ctrl-C stops it.\n")
+        say("REGION          CLIENT API                  PEER              PID      LOG")
         for (region, process, log) in children {
-            print("\(region.name.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0))"
+            say("\(region.name.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0))"
                 + "http://\(region.client)".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
                 + "\(process.processIdentifier)".padding(toLength: 9, withPad: " ", startingAt: 0) + log)
         }
         let first = config.regions[0].client
         let keyspace = config.keyspaces.first { $0.ack == .async && $0.topology == .multiLeader }?.name.rawValue ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
-        print("""
+        say("""
 
             Try:
               curl -X PUT http://\(first)/v1/kv/\(keyspace)/hello -d world
@@ -156,14 +156,14 @@ struct Up: AsyncParsableCommand {
         while !stop.isSet && exited.count < children.count {
             for (region, process, log) in children where !process.isRunning && !exited.contains(region.name.rawValue) {
                 exited.insert(region.name.rawValue)
-                print("region \(region.name) exited with status \(process.terminationStatus); see \(log)")
+                say("region \(region.name) exited with status \(process.terminationStatus); see \(log)")
             }
             try? await Task.sleep(for: .milliseconds(200))
         }
         signalWatch.cancel()
-        print("\nstopping \(children.count) regions…")
+        say("\nstopping \(children.count) regions…")
         await stopAll()
-        print("stopped.")
+        say("stopped.")
     }
 }
 

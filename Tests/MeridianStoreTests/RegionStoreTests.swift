@@ -73,6 +73,17 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
         store.close()
     }
 
+    @Test func commitsSyncTheWriteAheadLog() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        _ = try await store.write(fixture.put("a", "1"))
+        // 2 = FULL: in WAL mode only FULL syncs on every commit; NORMAL (GRDB's default) would acknowledge
+        // writes that a power loss can take back.
+        #expect(try await store.synchronousLevel() == 2)
+        store.close()
+    }
+
     @Test func concurrentWritesShareTransactionsAndKeepAGapFreeLog() async throws {
         let fixture = StoreFixture()
         defer { fixture.remove() }

@@ -49,6 +49,10 @@ public struct WANConfig: Sendable, Hashable {
     public var latencyScale: Double
     /// Random extra one-way delay, up to this many ms.
     public var jitterMs: Double
+    /// Where the WAN emulator serves its admin API (partition, heal, latency, status).
+    public var admin: Endpoint
+    /// The first port of the emulator's proxies: one per directed link, in `WANTable.links` order, on the admin host.
+    public var basePort: Int
 
     /// The configured round-trip time between two regions (0 within one region, nil when not configured).
     public func rttMs(_ a: RegionName, _ b: RegionName) -> Double? {
@@ -229,7 +233,7 @@ struct ConfigParser {
         let regions = try parseRegions(regionsValue)
         let names = regions.map(\.name)
         let wan = try fields["wan"].map { value throws(ConfigProblem) in try parseWAN(value, regions: names) }
-            ?? WANConfig(rttMs: [:], latencyScale: 1, jitterMs: 0)
+            ?? WANConfig(rttMs: [:], latencyScale: 1, jitterMs: 0, admin: Endpoint(host: "127.0.0.1", port: 7300), basePort: 7310)
         let limits = try fields["limits"].map { value throws(ConfigProblem) in try parseLimits(value) } ?? Limits()
         var keyspaces: [KeyspacePolicy] = []
         for item in try fields["keyspaces"]?.sequence() ?? [] {
@@ -275,8 +279,17 @@ struct ConfigParser {
     }
 
     private func parseWAN(_ value: YAMLValue, regions: [RegionName]) throws(ConfigProblem) -> WANConfig {
-        let fields = try value.mapping(allowed: ["latency_scale", "jitter_ms", "rtt_ms"])
-        var wan = WANConfig(rttMs: [:], latencyScale: 1, jitterMs: 0)
+        let fields = try value.mapping(allowed: ["latency_scale", "jitter_ms", "rtt_ms", "admin", "base_port"])
+        var wan = WANConfig(rttMs: [:], latencyScale: 1, jitterMs: 0, admin: Endpoint(host: "127.0.0.1", port: 7300), basePort: 7310)
+        if let admin = fields["admin"] {
+            let text = try admin.string()
+            guard let endpoint = Endpoint(parsing: text) else {
+                throw ConfigProblem(path: admin.path, message: "'\(text)' is not host:port with a port from 1 to 65535")
+            }
+            wan.admin = endpoint
+        }
+        let linkCount = regions.count * (regions.count - 1)
+        if let base = fields["base_port"] { wan.basePort = try base.int(in: 1...(65535 - max(linkCount, 1) + 1)) }
         if let scale = fields["latency_scale"] { wan.latencyScale = try scale.double(in: 0...100) }
         if let jitter = fields["jitter_ms"] { wan.jitterMs = try jitter.double(in: 0...10_000) }
         for item in try fields["rtt_ms"]?.sequence() ?? [] {

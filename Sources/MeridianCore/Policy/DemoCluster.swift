@@ -25,7 +25,10 @@ public enum DemoCluster {
             peer: 127.0.0.1:7203
 
         # The emulated WAN between regions (round-trip times from shared/latency/rtt-ms.csv).
+        # `meridian wan` runs one delaying proxy per directed link on base_port, base_port+1, ...
         wan:
+          admin: 127.0.0.1:7300
+          base_port: 7310
           latency_scale: 1.0
           jitter_ms: 0
           rtt_ms:

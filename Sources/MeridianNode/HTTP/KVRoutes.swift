@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import MeridianCore
+import MeridianHTTP
 import MeridianStore
 import NIOCore
 

@@ -1,6 +1,7 @@
 import HTTPTypes
 import Hummingbird
 import MeridianCore
+import MeridianHTTP
 import MeridianStore
 
 /// The JSON of `GET /v1/status`.

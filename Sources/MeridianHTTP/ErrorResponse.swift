@@ -5,7 +5,7 @@ import MeridianCore
 
 extension MeridianError.Code {
     /// The HTTP status of each error code, as the API contract in DESIGN.md lists them.
-    var httpStatus: HTTPResponse.Status {
+    package var httpStatus: HTTPResponse.Status {
         switch self {
         case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
              .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .clockOffsetExceeded:
@@ -21,7 +21,7 @@ extension MeridianError.Code {
     }
 
     /// Seconds a client should wait before retrying, for the codes that answer 503.
-    var retryAfterSeconds: Int? {
+    package var retryAfterSeconds: Int? {
         switch httpStatus {
         case .serviceUnavailable: self == .overloaded ? 1 : 5
         default: nil
@@ -31,7 +31,7 @@ extension MeridianError.Code {
 
 extension MeridianError {
     /// The JSON error response: `{"error": {"code", "message", ...context}}`.
-    func response(region: RegionName) -> Response {
+    package func response() -> Response {
         var fields = context
         fields["code"] = code.description
         fields["message"] = message
@@ -42,8 +42,8 @@ extension MeridianError {
 }
 
 /// JSON rendering with sorted keys, so responses are byte-stable.
-enum JSON {
-    static func encode(_ value: some Encodable) -> ByteBuffer {
+package enum JSON {
+    package static func encode(_ value: some Encodable) -> ByteBuffer {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         do {
@@ -53,7 +53,7 @@ enum JSON {
         }
     }
 
-    static func response(_ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
+    package static func response(_ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
         var headers = headers
         headers[.contentType] = "application/json"
         return Response(status: status, headers: headers, body: .init(byteBuffer: encode(value)))

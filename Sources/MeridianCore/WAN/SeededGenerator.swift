@@ -1,0 +1,16 @@
+/// A seeded, deterministic random number generator (SplitMix64), so every random choice replays from its seed.
+public struct SeededGenerator: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    /// Creates a generator; the same seed always yields the same sequence.
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        // SplitMix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number generators", 2014).
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

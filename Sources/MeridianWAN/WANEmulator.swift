@@ -92,7 +92,6 @@ public final class WANEmulator: Sendable {
                 let channel = try await ServerBootstrap(group: group)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .childChannelOption(.autoRead, value: false)
                     .childChannelInitializer { [self] inbound in
                         accept(inbound, proxy: proxy)
                     }
@@ -137,9 +136,9 @@ public final class WANEmulator: Sendable {
             .whenComplete { result in
                 switch result {
                 case .success(let outbound):
+                    // Bytes the client sent meanwhile waited in the upstream relay (bounded by its high-water mark).
                     upstream.attach(destination: outbound)
                     downstream.attach(destination: inbound)
-                    inbound.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in inbound.read() }
                 case .failure:
                     // The target is down: refuse the way a closed port does.
                     inbound.close(promise: nil)

@@ -69,7 +69,7 @@ extension Bench {
             for index in 1...pings {
                 let started = ContinuousClock.now
                 try await channel.writeAndFlush(ByteBuffer(bytes: payload))
-                try await collector.wait(until: index * pingBytes)
+                try await collector.wait(until: index * pingBytes, timeoutSeconds: 30, eventLoop: channel.eventLoop)
                 let elapsed = ContinuousClock.now - started
                 _ = histogram.record(UInt64(elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000))
             }
@@ -117,15 +117,24 @@ private final class PingCollector: ChannelInboundHandler, @unchecked Sendable {
         pending?.continuation.resume(throwing: CLIFailure("the WAN proxy closed the connection"))
     }
 
-    func wait(until target: Int) async throws {
+    /// Waits until `target` bytes came back, at most `timeoutSeconds`.
+    func wait(until target: Int, timeoutSeconds: Int64, eventLoop: any EventLoop) async throws {
         try await withCheckedThrowingContinuation { continuation in
             lock.lock()
             if count >= target {
                 lock.unlock()
                 continuation.resume()
-            } else {
-                waiter = (target, continuation)
-                lock.unlock()
+                return
+            }
+            waiter = (target, continuation)
+            lock.unlock()
+            eventLoop.scheduleTask(in: .seconds(timeoutSeconds)) {
+                self.lock.lock()
+                let expired = self.waiter?.target == target ? self.waiter : nil
+                if expired != nil { self.waiter = nil }
+                let received = self.count
+                self.lock.unlock()
+                expired?.continuation.resume(throwing: CLIFailure("no echo within \(timeoutSeconds) s: \(received) of \(target) bytes came back"))
             }
         }
     }

@@ -167,6 +167,21 @@ struct WANHarness {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func theFirstBytesOfEveryNewConnectionArrive() async throws {
+        // Regression: bytes sent before the proxy's outbound connection was up were sometimes never read.
+        let harness = try await WANHarness.start(rttMs: 1)
+        defer { Task { await harness.stop() } }
+        var lost = 0
+        for index in 0..<60 {
+            let (channel, collector) = try await harness.connect()
+            try await channel.writeAndFlush(ByteBuffer(bytes: [UInt8(index), 1, 2]))
+            if !(await collector.waitFor(count: 3, timeoutSeconds: 2)) { lost += 1 }
+            try await channel.close()
+        }
+        #expect(lost == 0, "\(lost) of 60 connections lost their first bytes")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func aDownTargetRefusesTheConnection() async throws {
         let harness = try await WANHarness.start(rttMs: 2)
         try await harness.echo.close()

@@ -14,6 +14,8 @@ public struct Limits: Sendable, Hashable, Encodable {
     public var commitWaitUs: Int = 0
     /// The most writes waiting for a commit; beyond it writes are refused with `overloaded`.
     public var commitQueueMax: Int = 8192
+    /// The most value bytes waiting for a commit; beyond it writes are refused with `overloaded`.
+    public var commitQueueBytesMax: Int = 64 << 20
     /// The largest lead of a peer's clock over ours that is accepted, in ms.
     public var maxClockOffsetMs: UInt64 = HybridLogicalClock.maxOffsetMsDefault
 
@@ -28,6 +30,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("commit_batch_max", 1...10_000),
         ("commit_wait_us", 0...100_000),
         ("commit_queue_max", 1...1_000_000),
+        ("commit_queue_bytes_max", 1...(4 << 30)),
         ("max_clock_offset_ms", 1...60_000),
     ]
 
@@ -38,6 +41,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         case commitBatchMax = "commit_batch_max"
         case commitWaitUs = "commit_wait_us"
         case commitQueueMax = "commit_queue_max"
+        case commitQueueBytesMax = "commit_queue_bytes_max"
         case maxClockOffsetMs = "max_clock_offset_ms"
     }
 }

@@ -43,10 +43,10 @@ public final class RegionNode: Sendable {
     /// The node's metrics.
     public let metrics: NodeMetrics
     let logger: Logger
-    let startedAtMs: UInt64
+    let startedAt: ContinuousClock.Instant
 
     /// The wall clock in ms since the Unix epoch; the one place the node reads it.
-    static let wallClockMs: @Sendable () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
+    static let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }
 
     /// Opens the region's store and prepares the API.
     /// - Throws: `MeridianError` when the data directory cannot be used.
@@ -67,14 +67,16 @@ public final class RegionNode: Sendable {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
-        self.startedAtMs = Self.wallClockMs()
+        self.startedAt = ContinuousClock.now
     }
 
     var region: RegionName { configuration.region }
     var limits: Limits { configuration.cluster.limits }
 
     /// What this region can confirm writes with right now: itself only, until replication links exist.
-    var admission: Admission { Admission(region: region, reachable: [region]) }
+    var admission: Admission {
+        Admission(region: region, reachable: [region], clusterRegions: Set(configuration.cluster.regions.map(\.name)))
+    }
 
     /// Builds the router with every route of the v1 API.
     public func router() -> Router<BasicRequestContext> {

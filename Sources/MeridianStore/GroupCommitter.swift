@@ -1,7 +1,9 @@
+import DequeModule
 import Foundation
 import GRDB
 import Logging
 import MeridianCore
+import Synchronization
 
 /// Batches concurrent writes into shared transactions: one commit, one fsync, many writes.
 ///
@@ -21,14 +23,17 @@ actor GroupCommitter {
     private let physicalClockMs: @Sendable () -> UInt64
     private let observer: (any StoreObserver)?
     private let logger: Logger
-    private var queue: [Pending] = []
-    private var queueHead = 0
+    private var queue: Deque<Pending> = []
+    private var queuedBytes = 0
     private var committing = false
+    private let lastCommittedSequence: SequenceHighWater
     private var nextSequence: UInt64
     private var clock: HybridLogicalClock
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, nextSequence: UInt64, clock: HybridLogicalClock,
-         physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger) {
+         physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger,
+         lastCommittedSequence: SequenceHighWater) {
+        self.lastCommittedSequence = lastCommittedSequence
         self.pool = pool
         self.region = region
         self.limits = limits
@@ -39,14 +44,17 @@ actor GroupCommitter {
         self.logger = logger
     }
 
-    private var queuedCount: Int { queue.count - queueHead }
-
     func submit(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
-        guard queuedCount < limits.commitQueueMax else {
+        guard queue.count < limits.commitQueueMax else {
             throw MeridianError(.overloaded, "The region has \(limits.commitQueueMax) writes waiting to commit; retry shortly.",
                                 context: ["commit_queue_max": String(limits.commitQueueMax)])
         }
+        guard queuedBytes + request.value.count <= limits.commitQueueBytesMax else {
+            throw MeridianError(.overloaded, "The region has \(queuedBytes) bytes of writes waiting to commit (limit \(limits.commitQueueBytesMax)); retry shortly.",
+                                context: ["commit_queue_bytes_max": String(limits.commitQueueBytesMax)])
+        }
         let result = await withCheckedContinuation { continuation in
+            queuedBytes += request.value.count
             queue.append(Pending(request: request, continuation: continuation))
             if !committing {
                 committing = true
@@ -57,21 +65,16 @@ actor GroupCommitter {
     }
 
     private func drain() async {
-        while queuedCount > 0 {
-            if limits.commitWaitUs > 0 && queuedCount < limits.commitBatchMax {
+        while !queue.isEmpty {
+            if limits.commitWaitUs > 0 && queue.count < limits.commitBatchMax {
                 try? await Task.sleep(for: .microseconds(limits.commitWaitUs))
             }
-            let end = min(queue.count, queueHead + limits.commitBatchMax)
-            let batch = Array(queue[queueHead..<end])
-            queueHead = end
-            if queueHead > 4096 && queueHead * 2 > queue.count {
-                queue.removeFirst(queueHead)
-                queueHead = 0
-            }
+            let batch = Array(queue.prefix(limits.commitBatchMax))
+            queue.removeFirst(batch.count)
+            // The batch's bytes stay counted until it is answered, so the bound covers the batch in flight.
             await commit(batch)
+            queuedBytes -= batch.reduce(0) { $0 + $1.request.value.count }
         }
-        queue.removeAll(keepingCapacity: true)
-        queueHead = 0
         committing = false
     }
 
@@ -118,6 +121,9 @@ actor GroupCommitter {
             }
             nextSequence = sequence
             clock = clockAfter
+            // Published before any write of the batch is answered, so a read that follows an acknowledged
+            // write always sees it applied (read-your-writes in this region).
+            lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
             let elapsed = ContinuousClock.now - started
             observer?.commitCompleted(writes: batch.count, commitSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
             for (pending, outcome) in zip(batch, outcomes) {
@@ -179,4 +185,10 @@ actor GroupCommitter {
         guard parts.count == 2, let physicalMs = UInt64(parts[0]), let logical = UInt32(parts[1]) else { return nil }
         return HLCTimestamp(physicalMs: physicalMs, logical: logical, region: region)
     }
+}
+
+/// The highest committed sequence of this region's log, shared between the committer and readers.
+final class SequenceHighWater: Sendable {
+    let value: Atomic<UInt64>
+    init(_ initial: UInt64) { value = Atomic(initial) }
 }

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import MeridianCore
+import Synchronization
 
 /// A region's durable state in SQLite (WAL mode, fsync on every commit): values with version metadata,
 /// the per-origin replication log, and per-peer cursors.
@@ -13,6 +14,7 @@ public final class RegionStore: Sendable {
     public let region: RegionName
     private let pool: DatabasePool
     private let committer: GroupCommitter
+    private let lastCommittedSequence: SequenceHighWater
 
     /// Opens (creating if needed) the store at `path`.
     /// - Parameters:
@@ -57,9 +59,11 @@ public final class RegionStore: Sendable {
                 return (UInt64(lastSequence) + 1, floor)
             }
             let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.maxClockOffsetMs, floor: state.1)
+            let committed = SequenceHighWater(state.0 - 1)
+            lastCommittedSequence = committed
             committer = GroupCommitter(
                 pool: pool, region: region, limits: limits, nextSequence: state.0, clock: clock,
-                physicalClockMs: physicalClockMs, observer: observer, logger: logger)
+                physicalClockMs: physicalClockMs, observer: observer, logger: logger, lastCommittedSequence: committed)
         } catch let error as MeridianError {
             throw error
         } catch {
@@ -73,6 +77,13 @@ public final class RegionStore: Sendable {
     /// - Throws: `MeridianError` `overloaded` when the commit queue is full, `storage_failure` when the disk refuses.
     public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
         try await committer.submit(request)
+    }
+
+    /// How far this region has applied each origin's log: the highest committed sequence per origin.
+    /// Only this region's own log exists until cross-region replication applies other origins' entries.
+    public func appliedHighWater() -> [RegionName: UInt64] {
+        let own = lastCommittedSequence.value.load(ordering: .acquiring)
+        return own > 0 ? [region: own] : [:]
     }
 
     /// Reads a key's current state, tombstones included.
@@ -98,8 +109,10 @@ public final class RegionStore: Sendable {
         precondition(limit > 0)
         // Keys are valid UTF-8, which never holds the byte 0xFF, so prefix + 0xFF bounds every key with the prefix.
         let upper = Data(prefix.utf8) + Data([0xFF])
-        let lower = max(prefix, after ?? "")
-        let strictlyAfter = after != nil && after! >= prefix
+        // Compare as SQLite does, by bytes (Swift's String order treats canonically equivalent text as equal).
+        let startsAfter = after.map { !Array($0.utf8).lexicographicallyPrecedes(Array(prefix.utf8)) } ?? false
+        let lower = startsAfter ? after! : prefix
+        let strictlyAfter = startsAfter
         return try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
                 SELECT key, length(value) AS value_bytes, content_type, hlc_physical_ms, hlc_logical, origin, sequence

@@ -68,6 +68,8 @@ struct NodeCommand: AsyncParsableCommand {
     /// Polls the parent pid; when the parent is gone, asks this process to shut down gracefully.
     private func watchParent() {
         let parent = getppid()
+        // Started after the parent already exited (reparented to init): exit now.
+        if parent == 1 { kill(getpid(), SIGTERM) }
         Thread.detachNewThread {
             while getppid() == parent { usleep(250_000) }
             kill(getpid(), SIGTERM)
@@ -96,6 +98,14 @@ struct Up: AsyncParsableCommand {
         let executable = LocalProcesses.currentExecutable()
         var children: [(RegionConfig, Process, String)] = []
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        let stop = StopFlag()
+        let signalWatch = Task {
+            for await _ in signals {
+                stop.set()
+                return
+            }
+        }
+        defer { signalWatch.cancel() }
 
         func stopAll() async {
             await withTaskGroup(of: Void.self) { group in
@@ -117,7 +127,13 @@ struct Up: AsyncParsableCommand {
             }
         }
         for (region, process, log) in children {
-            let healthy = await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: process, timeoutSeconds: startupTimeout)
+            let healthy = await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: process,
+                                                           timeoutSeconds: startupTimeout, stop: { stop.isSet })
+            if stop.isSet {
+                say("interrupted during start-up; stopping \(children.count) regions…")
+                await stopAll()
+                return
+            }
             if !healthy {
                 await stopAll()
                 let tail = (try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
@@ -145,13 +161,6 @@ struct Up: AsyncParsableCommand {
             """)
 
         // Wait for a signal, or for every region to exit on its own, reporting each exit.
-        let stop = StopFlag()
-        let signalWatch = Task {
-            for await _ in signals {
-                stop.set()
-                return
-            }
-        }
         var exited: Set<String> = []
         while !stop.isSet && exited.count < children.count {
             for (region, process, log) in children where !process.isRunning && !exited.contains(region.name.rawValue) {
@@ -160,7 +169,6 @@ struct Up: AsyncParsableCommand {
             }
             try? await Task.sleep(for: .milliseconds(200))
         }
-        signalWatch.cancel()
         say("\nstopping \(children.count) regions…")
         await stopAll()
         say("stopped.")

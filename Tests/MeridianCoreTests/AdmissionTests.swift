@@ -41,12 +41,44 @@ import Testing
 
     @Test func strongReadsNeedASingleLeader() throws {
         let leader = Admission(region: usEast, reachable: [usEast])
-        #expect(try leader.admitRead(policy("accounts"), level: nil) == .strong)
+        #expect(try leader.admitRead(policy("accounts"), level: nil).level == .strong)
         #expect(code { _ = try leader.admitRead(policy("profiles"), level: .strong) } == .consistencyNotAllowed)
-        #expect(try leader.admitRead(policy("profiles"), level: .eventual) == .eventual)
+        #expect(try leader.admitRead(policy("profiles"), level: .eventual).level == .eventual)
         let follower = Admission(region: euWest, reachable: [euWest])
         #expect(code { _ = try follower.admitRead(policy("accounts"), level: .strong) } == .consistencyUnavailable)
-        #expect(try follower.admitRead(policy("accounts"), level: .session) == .session)
+        #expect(try follower.admitRead(policy("accounts"), level: .session).level == .session)
+    }
+
+    var everyRegion: Set<RegionName> { Set(config.regions.map(\.name)) }
+
+    func token(_ seen: [(RegionName, UInt64)]) -> SessionToken {
+        var token = SessionToken()
+        for (origin, sequence) in seen { token.observe(Version(hlc: HLCTimestamp(physicalMs: 1, logical: 0, region: origin), sequence: sequence)) }
+        return token
+    }
+
+    @Test func sessionReadsWaitForEverythingTheSessionSaw() throws {
+        let here = Admission(region: euWest, reachable: [euWest], clusterRegions: everyRegion)
+        // The session wrote in us-east; eu-west has applied none of it: serving would break read-your-writes.
+        #expect(code { _ = try here.admitRead(policy("profiles"), level: .session, session: token([(usEast, 3)]), applied: [euWest: 10]) } == .consistencyUnavailable)
+        #expect(try here.admitRead(policy("profiles"), level: .session, session: token([(usEast, 3)]), applied: [usEast: 3]).level == .session)
+        #expect(try here.admitRead(policy("profiles"), level: .session, session: token([(euWest, 9)]), applied: [euWest: 10]).level == .session)
+        // Eventual reads make no such promise.
+        #expect(try here.admitRead(policy("profiles"), level: .eventual, session: token([(usEast, 3)]), applied: [:]).level == .eventual)
+        // A token naming a region outside the cluster is not one this cluster issued.
+        #expect(code { _ = try here.admitRead(policy("profiles"), level: .session, session: token([(RegionName(validated: "mars"), 1)])) } == .invalidHeader)
+    }
+
+    @Test func boundedReadsNeedABoundAndAKnownStaleness() throws {
+        let leader = Admission(region: usEast, reachable: [usEast], clusterRegions: everyRegion)
+        let decision = try leader.admitRead(policy("accounts"), level: .bounded, maxStalenessMs: 100)
+        #expect(decision == Admission.ReadDecision(level: .bounded, stalenessMs: 0), "every write originates at the leader")
+        #expect(code { _ = try leader.admitRead(policy("accounts"), level: .bounded) } == .invalidHeader)
+        #expect(code { _ = try leader.admitRead(policy("accounts"), level: .session, maxStalenessMs: 5) } == .invalidHeader)
+        // Other regions write profiles; without their heartbeats staleness cannot be bounded.
+        #expect(code { _ = try leader.admitRead(policy("profiles"), level: .bounded, maxStalenessMs: 100) } == .consistencyUnavailable)
+        let follower = Admission(region: euWest, reachable: [euWest], clusterRegions: everyRegion)
+        #expect(code { _ = try follower.admitRead(policy("accounts"), level: .bounded, maxStalenessMs: 100_000) } == .consistencyUnavailable)
     }
 
     @Test func residencyKeepsDataInItsRegions() throws {

@@ -20,7 +20,7 @@ import Testing
     }
 
     static let entries = zip(
-        Gen.int(in: 0...3), Gen.uint64(in: 1...UInt64.max), Gen.uint64(in: 0...UInt64.max), Gen.uint32(in: 0...UInt32.max),
+        Gen.int(in: 0...3), Gen.uint64(in: 1...UInt64(Int64.max)), Gen.uint64(in: 0...UInt64(Int64.max)), Gen.uint32(in: 0...UInt32.max),
         Gen.uint64(in: 0...1000), Gen.letterOrNumber.string(of: 1...40), Gen.bool, Gen.uint8(in: 0...255).array(of: 0...300)
     ).map { entry(region: $0, sequence: $1, physical: $2, logical: $3, epoch: $4, key: $5, delete: $6, value: $7) }
 
@@ -73,6 +73,8 @@ import Testing
         let operationOffset = 4 + 1 + 1 + 7 + 8 + 12 + 8 + 1 + 4 + 2 + 1
         #expect(failure { $0[operationOffset] = 7 } == .codecInvalidField)
         #expect(failure { $0[6] = UInt8(ascii: "U") } == .invalidRegion)
+        // Sequence 2^63 would not fit the store's signed integers.
+        #expect(failure { $0[13] = 0x80 } == .codecInvalidField)
         // Sequence 0 is not a log position.
         #expect(failure { for i in 13..<21 { $0[i] = 0 } } == .codecInvalidField)
         // A value larger than the decoder's limit.

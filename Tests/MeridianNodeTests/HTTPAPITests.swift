@@ -108,6 +108,18 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
+    @Test func sessionTokensGiveReadYourWrites() async throws {
+        try await fixture.withApp { client in
+            let token = try await client.execute(uri: "/v1/kv/profiles/mine", method: .put, body: ByteBuffer(string: "1")) { response throws in
+                try #require(response.headers[HTTPField.Name("Meridian-Session")!])
+            }
+            try await client.execute(uri: "/v1/kv/profiles/mine", method: .get, headers: [HTTPField.Name("Meridian-Session")!: token]) { response throws in
+                #expect(response.status == .ok)
+                #expect(String(buffer: response.body) == "1")
+            }
+        }
+    }
+
     @Test func ifMatchMakesWritesConditional() async throws {
         try await fixture.withApp { client in
             let first = try await client.execute(uri: "/v1/kv/profiles/k", method: .put, body: ByteBuffer(string: "1")) { $0.headers[.eTag]! }
@@ -162,6 +174,12 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         (.put, "/v1/kv/eu_users/k", [:], "v", .serviceUnavailable, "region_unavailable"),
         (.get, "/v1/kv/eu_secret/k", [:], "", .conflict, "not_replica_region"),
         (.put, "/v1/kv/profiles/k", [.contentType: String(repeating: "t", count: 300)], "v", .badRequest, "invalid_header"),
+        (.put, "/v1/kv/profiles/k", [.ifMatch: ","], "v", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Max-Staleness-Ms")!: "10"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k?consistency=bounded&max-staleness-ms=10", [:], "", .serviceUnavailable, "consistency_unavailable"),
+        // A token that saw eu-west's 5th write: this region (us-east) has applied none of eu-west's log.
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQdldS13ZXN0AAAAAAAAAAU"], "", .serviceUnavailable, "consistency_unavailable"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQRtYXJzAAAAAAAAAAE"], "", .badRequest, "invalid_header"),
     ]
 
     @Test(arguments: 0..<badRequests.count)
@@ -191,6 +209,10 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(response.headers[HTTPField.Name("Meridian-Epoch")!] == "1")
             }
             try await client.execute(uri: "/v1/kv/accounts/k?consistency=strong", method: .get) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/kv/accounts/k?consistency=bounded&max-staleness-ms=50", method: .get) { response throws in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("Meridian-Staleness-Ms")!] == "0")
+            }
         }
     }
 

@@ -139,7 +139,12 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
         #expect(page2.map(\.key.rawValue) == ["user/é"])
         let all = try await store.list(keyspace: fixture.keyspace, prefix: "", after: nil, limit: 100)
         #expect(all.map(\.key.rawValue) == ["admin", "user/1", "user/3", "user/é", "user0", "users"])
-        let afterOnly = try await store.list(keyspace: fixture.keyspace, prefix: "", after: "user0", limit: 100)
+        // `after` is compared by bytes, as SQLite does: "e\u{301}z" sorts before "é" in bytes though Swift calls them close.
+        _ = try await store.write(fixture.put("é1", "x"))
+        _ = try await store.write(fixture.put("f", "x"))
+        let accented = try await store.list(keyspace: fixture.keyspace, prefix: "é", after: "e\u{301}z", limit: 100)
+        #expect(accented.map(\.key.rawValue) == ["é1"])
+        let afterOnly = try await store.list(keyspace: fixture.keyspace, prefix: "u", after: "user0", limit: 100)
         #expect(afterOnly.map(\.key.rawValue) == ["users"])
         #expect(all.first?.valueBytes == 5)
         store.close()
@@ -184,6 +189,27 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
         try await store.advanceCursor(peer: peer, origin: fixture.region, to: 5)
         try await store.advanceCursor(peer: peer, origin: fixture.region, to: 3)
         #expect(try await store.cursor(peer: peer, origin: fixture.region) == 5)
+        store.close()
+    }
+
+    @Test func queuedBytesAreBounded() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        var limits = Limits()
+        limits.commitQueueBytesMax = 3000
+        limits.commitBatchMax = 1
+        let store = try fixture.open(limits: limits)
+        let big = String(repeating: "x", count: 1000)
+        let results = await withTaskGroup(of: MeridianError.Code?.self) { group in
+            for index in 0..<50 {
+                group.addTask {
+                    do { _ = try await store.write(fixture.put("k\(index)", big)); return nil } catch let error as MeridianError { return error.code } catch { return .internalError }
+                }
+            }
+            return await group.reduce(into: [MeridianError.Code?]()) { $0.append($1) }
+        }
+        #expect(results.contains(.overloaded), "50 concurrent 1000-byte writes exceed a 3000-byte queue")
+        #expect(results.compactMap { $0 }.allSatisfy { $0 == .overloaded })
         store.close()
     }
 

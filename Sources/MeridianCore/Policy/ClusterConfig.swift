@@ -319,9 +319,13 @@ struct ConfigParser {
             case "commit_batch_max": limits.commitBatchMax = number
             case "commit_wait_us": limits.commitWaitUs = number
             case "commit_queue_max": limits.commitQueueMax = number
+            case "commit_queue_bytes_max": limits.commitQueueBytesMax = number
             case "max_clock_offset_ms": limits.maxClockOffsetMs = UInt64(number)
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
+        }
+        guard limits.commitQueueBytesMax >= limits.valueBytesMax else {
+            throw ConfigProblem(path: value.child("commit_queue_bytes_max"), message: "must be at least value_bytes_max (\(limits.valueBytesMax)), or no value could be written")
         }
         guard limits.listLimitDefault <= limits.listLimitMax else {
             throw ConfigProblem(path: value.child("list_limit_default"), message: "must not exceed list_limit_max (\(limits.listLimitMax))")

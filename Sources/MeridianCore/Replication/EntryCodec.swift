@@ -120,6 +120,11 @@ public struct EntryCodec: Sendable {
         let physicalMs = try body.required(body.readUInt64(), "hlc_physical_ms")
         let logical = try body.required(body.readUInt32(), "hlc_logical")
         let epoch = try body.required(body.readUInt64(), "epoch")
+        // Stores keep these as signed 64-bit integers; larger values can only come from a corrupt or hostile peer.
+        for (field, value) in [("sequence", sequence), ("hlc_physical_ms", physicalMs), ("epoch", epoch)] where value > UInt64(Int64.max) {
+            throw MeridianError(.codecInvalidField, "The replication frame's \(field) \(value) exceeds \(Int64.max).",
+                                context: ["field": field, "value": String(value)])
+        }
         let keyspaceLength = Int(try body.required(body.readUInt8(), "keyspace_length"))
         let keyspace = try KeyspaceName(try body.utf8(keyspaceLength, "keyspace"))
         let keyLength = Int(try body.required(body.readUInt16(), "key_length"))

@@ -5,12 +5,15 @@ public struct Admission: Sendable {
     public let region: RegionName
     /// The regions this region can currently confirm writes with, itself included.
     public let reachable: Set<RegionName>
+    /// Every region of the cluster.
+    public let clusterRegions: Set<RegionName>
 
     /// Creates an admission check.
-    public init(region: RegionName, reachable: Set<RegionName>) {
+    public init(region: RegionName, reachable: Set<RegionName>, clusterRegions: Set<RegionName>? = nil) {
         precondition(reachable.contains(region), "a region always reaches itself")
         self.region = region
         self.reachable = reachable
+        self.clusterRegions = clusterRegions ?? reachable
     }
 
     /// The verdict for a write.
@@ -47,11 +50,25 @@ public struct Admission: Sendable {
         return .accept(ack: ack, ackRegionsRequired: required, epoch: policy.topology == .singleLeader ? 1 : 0)
     }
 
-    /// Decides whether a read at `level` (or the keyspace default) may be served here.
-    /// - Returns: The level that will be served.
-    /// - Throws: `MeridianError` `consistency_not_allowed` (409) when the policy forbids the level, or a 503 code
-    ///   when the level needs a region this one cannot reach.
-    public func admitRead(_ policy: KeyspacePolicy, level requested: ConsistencyLevel?) throws(MeridianError) -> ConsistencyLevel {
+    /// The verdict for a read.
+    public struct ReadDecision: Sendable, Hashable {
+        /// The level served.
+        public let level: ConsistencyLevel
+        /// The staleness served, in ms, when the level promises a bound (`Meridian-Staleness-Ms`).
+        public let stalenessMs: UInt64?
+    }
+
+    /// Decides whether a read may be served here, and at what level.
+    /// - Parameters:
+    ///   - level: The level the request named (nil: the keyspace default).
+    ///   - maxStalenessMs: The bound of a bounded read.
+    ///   - session: The client's session token, if it sent one.
+    ///   - applied: How far this region has applied each origin's log (the highest sequence).
+    /// - Throws: `MeridianError` `consistency_not_allowed` (409) when the policy forbids the level,
+    ///   `invalid_header` for a missing or misplaced bound or a token that names unknown writes, or
+    ///   `consistency_unavailable` (503) when this region cannot serve the level now.
+    public func admitRead(_ policy: KeyspacePolicy, level requested: ConsistencyLevel?, maxStalenessMs: UInt64? = nil,
+                          session: SessionToken? = nil, applied: [RegionName: UInt64] = [:]) throws(MeridianError) -> ReadDecision {
         let level = requested ?? policy.consistency.default
         guard policy.consistency.allowed.contains(level) else {
             let hint = level == .strong && policy.topology != .singleLeader
@@ -60,14 +77,68 @@ public struct Admission: Sendable {
             throw MeridianError(.consistencyNotAllowed, "Consistency '\(level.rawValue)' is not allowed here. \(hint)",
                                 context: ["keyspace": policy.name.rawValue, "consistency": level.rawValue])
         }
-        try checkResidency(policy)
-        if level == .strong, let leader = policy.leader, leader != region {
-            throw MeridianError(
-                .consistencyUnavailable,
-                "Strong reads of keyspace '\(policy.name)' are served by its leader \(leader), and this region (\(region)) cannot forward them yet. Read from \(leader), or use session or bounded here.",
-                context: ["keyspace": policy.name.rawValue, "leader": leader.rawValue])
+        if level == .bounded && maxStalenessMs == nil {
+            throw MeridianError(.invalidHeader, "A bounded read needs Meridian-Max-Staleness-Ms, the staleness it accepts in milliseconds.",
+                                context: ["header": "Meridian-Max-Staleness-Ms"])
         }
-        return level
+        if level != .bounded && maxStalenessMs != nil {
+            throw MeridianError(.invalidHeader, "Meridian-Max-Staleness-Ms applies only to bounded reads; this read is \(level.rawValue). Add Meridian-Consistency: bounded or drop it.",
+                                context: ["header": "Meridian-Max-Staleness-Ms"])
+        }
+        try checkResidency(policy)
+        if let session { try checkSessionOrigins(session) }
+        switch level {
+        case .strong:
+            if let leader = policy.leader, leader != region {
+                throw MeridianError(
+                    .consistencyUnavailable,
+                    "Strong reads of keyspace '\(policy.name)' are served by its leader \(leader), and this region (\(region)) cannot forward them yet. Read from \(leader), or use session or bounded here.",
+                    context: ["keyspace": policy.name.rawValue, "leader": leader.rawValue])
+            }
+            return ReadDecision(level: level, stalenessMs: nil)
+        case .bounded:
+            // Staleness is known to be 0 only when every write of the keyspace originates here; bounding it
+            // against other origins needs their heartbeats, which arrive with cross-region replication.
+            let others = writerRegions(policy).filter { $0 != region }
+            guard others.isEmpty else {
+                throw MeridianError(
+                    .consistencyUnavailable,
+                    "This region (\(region)) cannot bound its staleness for keyspace '\(policy.name)': it has no heartbeat from \(others.map(\.rawValue).joined(separator: ", ")). Read from the writer region or use eventual.",
+                    context: ["keyspace": policy.name.rawValue, "unreachable": others.map(\.rawValue).joined(separator: ",")])
+            }
+            return ReadDecision(level: level, stalenessMs: 0)
+        case .session:
+            guard let session else { return ReadDecision(level: level, stalenessMs: nil) }
+            // Read-your-writes and monotonic reads: this region must have applied everything the session saw.
+            let behind = session.seen.filter { applied[$0.key, default: 0] < $0.value }.keys.sorted()
+            guard behind.isEmpty else {
+                let detail = behind.map { "\($0) up to \(applied[$0, default: 0]) of \(session.seen[$0]!)" }.joined(separator: "; ")
+                throw MeridianError(
+                    .consistencyUnavailable,
+                    "This region (\(region)) has not yet applied writes your session has seen (\(detail)). Retry shortly or read from \(behind.map(\.rawValue).joined(separator: ", ")).",
+                    context: ["keyspace": policy.name.rawValue, "unreachable": behind.map(\.rawValue).joined(separator: ",")])
+            }
+            return ReadDecision(level: level, stalenessMs: nil)
+        case .prefix, .eventual:
+            return ReadDecision(level: level, stalenessMs: nil)
+        }
+    }
+
+    /// The regions whose writes a keyspace receives.
+    func writerRegions(_ policy: KeyspacePolicy) -> [RegionName] {
+        switch policy.topology {
+        case .singleLeader: return policy.leader.map { [$0] } ?? []
+        case .multiLeader: return policy.replicas
+        case .geoPartitioned: return Array(Set([policy.home].compactMap { $0 } + (policy.homes ?? []).map(\.region))).sorted()
+        }
+    }
+
+    /// A token may only name regions of this cluster, and never more of this region's writes than it issued.
+    private func checkSessionOrigins(_ session: SessionToken) throws(MeridianError) {
+        for origin in session.seen.keys.sorted() where !clusterRegions.contains(origin) {
+            throw MeridianError(.invalidHeader, "The Meridian-Session token names region '\(origin)', which is not in this cluster. Send back a token this cluster issued, or none.",
+                                context: ["header": "Meridian-Session"])
+        }
     }
 
     private func checkResidency(_ policy: KeyspacePolicy) throws(MeridianError) {

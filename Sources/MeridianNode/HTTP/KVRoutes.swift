@@ -58,12 +58,14 @@ extension RegionNode {
     static let regionHeader = HTTPField.Name("Meridian-Region")!
     static let epochHeader = HTTPField.Name("Meridian-Epoch")!
     static let sessionHeader = HTTPField.Name("Meridian-Session")!
+    static let stalenessHeader = HTTPField.Name("Meridian-Staleness-Ms")!
 
     func get(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
         let options = try RequestOptions(request)
-        _ = try admission.admitRead(policy, level: options.consistency)
+        let decision = try admission.admitRead(policy, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
+                                               session: options.session, applied: store.appliedHighWater())
         guard let stored = try await store.get(keyspace: policy.name, key: key), !stored.tombstone else {
             throw MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
                                 context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))])
@@ -76,6 +78,7 @@ extension RegionNode {
             Self.sessionHeader: session.encoded,
         ]
         if policy.topology == .singleLeader { headers[Self.epochHeader] = "1" }
+        if let staleness = decision.stalenessMs { headers[Self.stalenessHeader] = String(staleness) }
         headers[.cacheControl] = policy.cache.ttlMs > 0 ? "max-age=\(policy.cache.ttlMs / 1000)" : "no-cache"
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: stored.value)))
     }
@@ -155,7 +158,9 @@ extension RegionNode {
             }
             limit = value
         }
-        _ = try admission.admitRead(policy, level: try RequestOptions(request).consistency)
+        let options = try RequestOptions(request)
+        _ = try admission.admitRead(policy, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
+                                    session: options.session, applied: store.appliedHighWater())
         let keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
         let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
         return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil))

@@ -35,14 +35,6 @@ struct RequestOptions {
             }
             return mode
         }
-        if consistency == .bounded && maxStalenessMs == nil {
-            throw MeridianError(.invalidHeader, "A bounded read needs Meridian-Max-Staleness-Ms, the staleness it accepts in milliseconds.",
-                                context: ["header": "Meridian-Max-Staleness-Ms"])
-        }
-        if maxStalenessMs != nil && consistency != .bounded {
-            throw MeridianError(.invalidHeader, "Meridian-Max-Staleness-Ms applies only to bounded reads; add Meridian-Consistency: bounded or drop it.",
-                                context: ["header": "Meridian-Max-Staleness-Ms"])
-        }
     }
 
     private static func option(_ request: Request, header: String, query: String) throws(MeridianError) -> String? {
@@ -75,6 +67,9 @@ struct RequestOptions {
                                     context: ["header": "If-Match"])
             }
             result.append(.version(version))
+        }
+        guard !result.isEmpty else {
+            throw MeridianError(.invalidHeader, "If-Match is empty; use the quoted ETag from a read, or *.", context: ["header": "If-Match"])
         }
         guard result.count <= 16 else {
             throw MeridianError(.invalidHeader, "If-Match names \(result.count) ETags; at most 16 are accepted.", context: ["header": "If-Match"])

@@ -88,7 +88,7 @@ extension RegionNode {
                 epoch: policy.topology == .singleLeader ? 1 : nil, keys: counts[policy.name.rawValue] ?? 0)
         }
         return JSON.response(StatusAnswer(
-            region: region.rawValue, cluster: configuration.cluster.name, uptimeMs: Self.wallClockMs() - startedAtMs,
+            region: region.rawValue, cluster: configuration.cluster.name, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),
             keyspaces: keyspaces, peers: peers,
             log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), limits: limits))
     }

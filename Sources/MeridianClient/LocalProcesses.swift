@@ -23,6 +23,30 @@ public enum LocalProcesses {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// The first of `count` consecutive ports on 127.0.0.1 that were all free a moment ago.
+    public static func freePortRange(count: Int, attempts: Int = 200) throws -> Int {
+        precondition(count > 0)
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<attempts {
+            let base = Int.random(in: 20_000...(60_000 - count), using: &generator)
+            if (base..<(base + count)).allSatisfy(isFree) { return base }
+        }
+        throw ConnectionError(description: "no \(count) consecutive free ports found in \(attempts) attempts")
+    }
+
+    private static func isFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
     /// The path of the running executable.
     public static func currentExecutable() -> String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

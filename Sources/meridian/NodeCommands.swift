@@ -64,16 +64,16 @@ struct NodeCommand: AsyncParsableCommand {
         if exitWithParent { watchParent() }
         try await node.run()
     }
+}
 
-    /// Polls the parent pid; when the parent is gone, asks this process to shut down gracefully.
-    private func watchParent() {
-        let parent = getppid()
-        // Started after the parent already exited (reparented to init): exit now.
-        if parent == 1 { kill(getpid(), SIGTERM) }
-        Thread.detachNewThread {
-            while getppid() == parent { usleep(250_000) }
-            kill(getpid(), SIGTERM)
-        }
+/// Polls the parent pid; when the parent is gone, asks this process to shut down gracefully (SIGTERM).
+func watchParent() {
+    let parent = getppid()
+    // Started after the parent already exited (reparented to init): exit now.
+    if parent == 1 { kill(getpid(), SIGTERM) }
+    Thread.detachNewThread {
+        while getppid() == parent { usleep(250_000) }
+        kill(getpid(), SIGTERM)
     }
 }
 
@@ -84,6 +84,7 @@ struct Up: AsyncParsableCommand {
     @OptionGroup var cluster: ConfigOption
     @Option(help: "Where the regions keep their data (one sub-directory per region).") var data: String = "meridian-data"
     @Option(help: "Seconds to wait for every region to answer /health.") var startupTimeout: Double = 60
+    @Option(help: "Multiply every emulated WAN delay (0.1 for fast experiments).") var latencyScale: Double?
 
     func run() async throws {
         let config = try cluster.load()
@@ -107,10 +108,33 @@ struct Up: AsyncParsableCommand {
         }
         defer { signalWatch.cancel() }
 
+        var wan: Process?
         func stopAll() async {
             await withTaskGroup(of: Void.self) { group in
                 for (_, process, _) in children { group.addTask { await LocalProcesses.stop(process) } }
             }
+            if let wan { await LocalProcesses.stop(wan) }
+        }
+
+        // The WAN emulator first, so `meridian chaos` works as soon as the regions are up. Replication streams
+        // between regions will run through its proxies; until they exist it carries no traffic.
+        let wanLog = (data as NSString).appendingPathComponent("wan.log")
+        do {
+            var arguments = ["wan", "--config", clusterFile, "--exit-with-parent"]
+            if let latencyScale { arguments += ["--latency-scale", String(latencyScale)] }
+            let process = try LocalProcesses.start(executable, arguments, logPath: wanLog)
+            let admin = config.wan.admin
+            guard await LocalProcesses.waitHealthy(host: admin.host, port: admin.port, process: process, timeoutSeconds: startupTimeout,
+                                                   stop: { stop.isSet }) else {
+                await LocalProcesses.stop(process)
+                let tail = (try? String(contentsOfFile: wanLog, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
+                throw CLIFailure("the WAN emulator did not start (see \(wanLog)):\n\(tail)")
+            }
+            wan = process
+        } catch let error as CLIFailure {
+            throw error
+        } catch {
+            throw CLIFailure("cannot start the WAN emulator: \(error)")
         }
 
         for region in config.regions {
@@ -153,10 +177,13 @@ struct Up: AsyncParsableCommand {
         let keyspace = config.keyspaces.first { $0.ack == .async && $0.topology == .multiLeader }?.name.rawValue ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
         say("""
 
+            WAN emulator: admin http://\(config.wan.admin), proxies from port \(config.wan.basePort), log \(wanLog)
+
             Try:
               curl -X PUT http://\(first)/v1/kv/\(keyspace)/hello -d world
               curl http://\(first)/v1/kv/\(keyspace)/hello
               curl http://\(first)/v1/status
+              meridian chaos status
             Cross-region replication is not running yet: each region keeps its own data.
             """)
 

@@ -13,6 +13,7 @@ struct WANCommand: AsyncParsableCommand {
     @OptionGroup var cluster: ConfigOption
     @Option(help: "Multiply every delay (tests run at 0.1; default: the file's wan.latency_scale).") var latencyScale: Double?
     @Option(help: "Seed for jitter.") var seed: UInt64 = 1
+    @Flag(help: "Exit when the parent process exits (used by `meridian up`).") var exitWithParent = false
 
     func validate() throws {
         if let latencyScale, !(latencyScale >= 0 && latencyScale <= 100) { throw ValidationError("--latency-scale must be 0 to 100.") }
@@ -21,7 +22,12 @@ struct WANCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try cluster.load()
         let emulator = WANEmulator(cluster: config, latencyScale: latencyScale, seed: seed)
-        try await emulator.start()
+        do {
+            try await emulator.start()
+        } catch let error as MeridianError {
+            throw CLIFailure(error.message)
+        }
+        if exitWithParent { watchParent() }
         say("WAN emulator: \(emulator.proxies.count) links, latency scale \(latencyScale ?? config.wan.latencyScale), admin http://\(config.wan.admin)")
         say("LINK                          LISTEN            TARGET            RTT ms")
         for proxy in emulator.proxies {

@@ -12,8 +12,8 @@ import Testing
         defer { scratch.remove() }
         let port = try LocalProcesses.freePort()
         let config = scratch.file("cluster.yaml")
-        try clusterYAML(regions: ["solo"], ports: [port, try LocalProcesses.freePort()],
-                        keyspaces: "  - { name: kv, topology: single-leader, leader: solo, ack: majority }\n")
+        try (try clusterYAML(regions: ["solo"], ports: [port, try LocalProcesses.freePort()],
+                        keyspaces: "  - { name: kv, topology: single-leader, leader: solo, ack: majority }\n"))
             .write(toFile: config, atomically: true, encoding: .utf8)
         let arguments = ["node", "--config", config, "--region", "solo", "--data", scratch.file("data"), "--exit-with-parent", "--log-level", "warning"]
 

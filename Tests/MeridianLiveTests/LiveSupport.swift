@@ -62,9 +62,12 @@ func portAcceptsConnections(_ port: Int) async -> Bool {
     return true
 }
 
-/// A one- or more-region cluster file on free ports.
-func clusterYAML(regions: [String], ports: [Int], keyspaces: String) -> String {
-    var text = "cluster: live\nregions:\n"
+/// A one- or more-region cluster file on free ports, its WAN emulator included.
+func clusterYAML(regions: [String], ports: [Int], keyspaces: String) throws -> String {
+    let links = regions.count * (regions.count - 1)
+    var text = "cluster: live\n"
+    text += "wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: max(links, 1))) }\n"
+    text += "regions:\n"
     for (index, region) in regions.enumerated() {
         text += "  - { name: \(region), client: 127.0.0.1:\(ports[2 * index]), peer: 127.0.0.1:\(ports[2 * index + 1]) }\n"
     }

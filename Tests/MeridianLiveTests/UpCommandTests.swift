@@ -10,11 +10,11 @@ import Testing
         var ports: [Int] = []
         for _ in 0..<6 { ports.append(try LocalProcesses.freePort()) }
         let config = scratch.file("cluster.yaml")
-        try clusterYAML(regions: ["us-east", "eu-west", "ap-southeast"], ports: ports, keyspaces: """
+        try (try clusterYAML(regions: ["us-east", "eu-west", "ap-southeast"], ports: ports, keyspaces: """
               - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
               - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
 
-            """).write(toFile: config, atomically: true, encoding: .utf8)
+            """)).write(toFile: config, atomically: true, encoding: .utf8)
         let up = try LocalProcesses.start(MeridianBinary.path, ["up", "--config", config, "--data", scratch.file("data")], logPath: scratch.file("up.log"))
         return (up, ports, config)
     }
@@ -39,7 +39,13 @@ import Testing
             #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
         }
         let children = childPids(of: up.processIdentifier)
-        #expect(children.count == 3)
+        #expect(children.count == 4, "three regions and the WAN emulator")
+
+        // The WAN emulator answers `meridian chaos`.
+        let chaos = try runCLI(["chaos", "partition", "--config", config, "us-east", "eu-west"])
+        #expect(chaos.status == 0 && chaos.stdout.contains("PARTITIONED"), "\(chaos)")
+        let healed = try runCLI(["chaos", "heal", "--config", config])
+        #expect(healed.status == 0 && !healed.stdout.contains("PARTITIONED"), "\(healed)")
 
         // The README's flow: PUT then GET on the first region.
         let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
@@ -87,7 +93,7 @@ import Testing
             #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
         }
         let children = childPids(of: up.processIdentifier)
-        #expect(children.count == 3)
+        #expect(children.count == 4)
         kill(up.processIdentifier, SIGKILL)
         up.waitUntilExit()
         let deadline = Date().addingTimeInterval(20)

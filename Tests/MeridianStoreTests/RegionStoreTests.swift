@@ -53,6 +53,25 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
     return entry
 }
 
+/// Starts `count` writes at once; each result is nil (committed) or the error code it failed with.
+func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int, value: String) async -> [MeridianError.Code?] {
+    await withTaskGroup(of: MeridianError.Code?.self) { group in
+        for index in 0..<count {
+            group.addTask {
+                do {
+                    _ = try await store.write(fixture.put("k\(index)", value))
+                    return nil
+                } catch let error as MeridianError {
+                    return error.code
+                } catch {
+                    return .internalError
+                }
+            }
+        }
+        return await group.reduce(into: [MeridianError.Code?]()) { $0.append($1) }
+    }
+}
+
 @Suite struct RegionStoreTests {
     @Test func writesAreReadBackWithTheirVersion() async throws {
         let fixture = StoreFixture()
@@ -199,15 +218,7 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
         limits.commitQueueBytesMax = 3000
         limits.commitBatchMax = 1
         let store = try fixture.open(limits: limits)
-        let big = String(repeating: "x", count: 1000)
-        let results = await withTaskGroup(of: MeridianError.Code?.self) { group in
-            for index in 0..<50 {
-                group.addTask {
-                    do { _ = try await store.write(fixture.put("k\(index)", big)); return nil } catch let error as MeridianError { return error.code } catch { return .internalError }
-                }
-            }
-            return await group.reduce(into: [MeridianError.Code?]()) { $0.append($1) }
-        }
+        let results = await concurrentWrites(store, fixture, count: 50, value: String(repeating: "x", count: 1000))
         #expect(results.contains(.overloaded), "50 concurrent 1000-byte writes exceed a 3000-byte queue")
         #expect(results.compactMap { $0 }.allSatisfy { $0 == .overloaded })
         store.close()
@@ -220,14 +231,7 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
         limits.commitQueueMax = 4
         limits.commitBatchMax = 1
         let store = try fixture.open(limits: limits)
-        let results = await withTaskGroup(of: MeridianError.Code?.self) { group in
-            for index in 0..<200 {
-                group.addTask {
-                    do { _ = try await store.write(fixture.put("k\(index)", "v")); return nil } catch let error as MeridianError { return error.code } catch { return .internalError }
-                }
-            }
-            return await group.reduce(into: [MeridianError.Code?]()) { $0.append($1) }
-        }
+        let results = await concurrentWrites(store, fixture, count: 200, value: "v")
         let refused = results.compactMap { $0 }
         #expect(!refused.isEmpty && refused.allSatisfy { $0 == .overloaded })
         let written = try await store.logEntries(origin: fixture.region, after: 0, limit: 1000)

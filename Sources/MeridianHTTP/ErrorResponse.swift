@@ -8,7 +8,7 @@ extension MeridianError.Code {
     package var httpStatus: HTTPResponse.Status {
         switch self {
         case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
-             .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .clockOffsetExceeded:
+             .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .clockOffsetExceeded, .replicationProtocol:
             .badRequest
         case .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound: .notFound
         case .methodNotAllowed: .methodNotAllowed

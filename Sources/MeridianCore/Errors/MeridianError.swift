@@ -33,6 +33,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case codecUnsupportedVersion = "codec_unsupported_version"
             case codecInvalidField = "codec_invalid_field"
             case codecLengthMismatch = "codec_length_mismatch"
+            case replicationProtocol = "replication_protocol"
             case internalError = "internal_error"
         }
         private let value: Value
@@ -68,6 +69,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let codecUnsupportedVersion = Code(.codecUnsupportedVersion)
         public static let codecInvalidField = Code(.codecInvalidField)
         public static let codecLengthMismatch = Code(.codecLengthMismatch)
+        public static let replicationProtocol = Code(.replicationProtocol)
         public static let internalError = Code(.internalError)
     }
 

@@ -1,0 +1,172 @@
+/// Ships one origin's log to one peer over a stream: in order, in batches, with a bounded number of
+/// entries in flight, resuming from the peer's acknowledged cursor after every reconnect.
+///
+/// Pure: the shell tells it what happened (stream opened or closed, log grew, ack arrived) and carries out
+/// the effects it returns, in order. Unacknowledged entries are resent after a reconnect; the receiver
+/// (``LogReceiver``) drops the duplicates, so an entry is applied exactly once.
+public struct LogShipper: Sendable {
+    /// Batch and window limits.
+    public struct Limits: Sendable, Hashable {
+        /// The most entries in one `send`.
+        public var batchEntriesMax: Int
+        /// The most entries sent but not yet acknowledged.
+        public var inflightEntriesMax: Int
+
+        /// Creates limits; both must be positive and the batch no larger than the window.
+        public init(batchEntriesMax: Int = 256, inflightEntriesMax: Int = 4096) {
+            precondition(batchEntriesMax > 0 && inflightEntriesMax >= batchEntriesMax, "invalid LogShipper limits")
+            self.batchEntriesMax = batchEntriesMax
+            self.inflightEntriesMax = inflightEntriesMax
+        }
+    }
+
+    /// What the shell must do.
+    public enum Effect: Sendable, Hashable {
+        /// Read `count` entries of the log starting at `fromSequence` and send them on the stream, in order.
+        case send(fromSequence: UInt64, count: Int)
+        /// Durably record that the peer has applied the log up to `sequence` (the resume point).
+        case persistCursor(UInt64)
+    }
+
+    /// The peer this shipper feeds.
+    public let peer: RegionName
+    /// Batch and window limits.
+    public let limits: Limits
+    /// The peer has durably applied every entry up to here.
+    public private(set) var acknowledged: UInt64
+    /// The highest entry sent on the current stream (equal to `acknowledged` right after a reconnect).
+    public private(set) var sentUpTo: UInt64
+    /// The highest entry in the local log.
+    public private(set) var logHighWater: UInt64
+    /// Whether a stream to the peer is open.
+    public private(set) var streamOpen = false
+
+    /// Creates a shipper.
+    /// - Parameters:
+    ///   - acknowledged: The peer's persisted cursor.
+    ///   - logHighWater: The highest sequence in the local log.
+    public init(peer: RegionName, acknowledged: UInt64, logHighWater: UInt64, limits: Limits = Limits()) {
+        precondition(acknowledged <= logHighWater, "a peer cannot have applied entries the log does not hold")
+        self.peer = peer
+        self.limits = limits
+        self.acknowledged = acknowledged
+        self.sentUpTo = acknowledged
+        self.logHighWater = logHighWater
+    }
+
+    /// Entries the peer has not acknowledged (the replication lag in entries).
+    public var lagEntries: UInt64 { logHighWater - acknowledged }
+
+    /// A stream to the peer opened: start from the acknowledged cursor.
+    public mutating func streamOpened() -> [Effect] {
+        streamOpen = true
+        sentUpTo = acknowledged
+        return pump()
+    }
+
+    /// The stream closed or failed: what was sent but not acknowledged is sent again on the next stream.
+    public mutating func streamClosed() {
+        streamOpen = false
+        sentUpTo = acknowledged
+    }
+
+    /// The local log grew to `sequence`.
+    public mutating func entriesAppended(upTo sequence: UInt64) -> [Effect] {
+        precondition(sequence >= logHighWater, "the log only grows")
+        logHighWater = sequence
+        return pump()
+    }
+
+    /// The peer acknowledged applying the log up to `sequence`.
+    /// - Throws: `replication_protocol` when the peer acknowledges entries never sent on this stream.
+    public mutating func ackReceived(upTo sequence: UInt64) throws(MeridianError) -> [Effect] {
+        guard sequence <= sentUpTo else {
+            throw MeridianError(.replicationProtocol, "\(peer) acknowledged entry \(sequence), but only \(sentUpTo) were sent; the stream is closed and resumes from \(acknowledged).",
+                                context: ["peer": peer.rawValue, "acked": String(sequence), "sent": String(sentUpTo)])
+        }
+        // An old or repeated ack (reordered across streams) moves nothing.
+        guard sequence > acknowledged else { return [] }
+        acknowledged = sequence
+        return [.persistCursor(sequence)] + pump()
+    }
+
+    // Sends as much as the window allows, in batches.
+    private mutating func pump() -> [Effect] {
+        var effects: [Effect] = []
+        while streamOpen && sentUpTo < logHighWater {
+            let inflight = Int(sentUpTo - acknowledged)
+            let room = limits.inflightEntriesMax - inflight
+            guard room > 0 else { break }
+            let count = min(limits.batchEntriesMax, room, Int(min(logHighWater - sentUpTo, UInt64(Int.max))))
+            effects.append(.send(fromSequence: sentUpTo + 1, count: count))
+            sentUpTo += UInt64(count)
+        }
+        return effects
+    }
+}
+
+/// Applies one origin's entries as they arrive from a stream: in sequence order, each exactly once.
+///
+/// Entries at or below the applied point are duplicates from a resumed stream and are dropped; an entry
+/// beyond the next expected one means the stream lost something, which the shell answers by closing
+/// the stream (the shipper then resumes from the last acknowledged entry).
+public struct LogReceiver: Sendable {
+    /// The origin whose log this receiver applies.
+    public let origin: RegionName
+    /// Every entry up to here is durably applied.
+    public private(set) var applied: UInt64
+    /// Entries handed out for applying but not yet reported durable.
+    public private(set) var pendingUpTo: UInt64
+
+    /// Creates a receiver that has durably applied the origin's log up to `applied`.
+    public init(origin: RegionName, applied: UInt64) {
+        self.origin = origin
+        self.applied = applied
+        self.pendingUpTo = applied
+    }
+
+    /// What to do with a batch that arrived.
+    public struct Delivery: Sendable, Hashable {
+        /// The entries to apply, in order, duplicates removed. Persist them, then call `persisted(upTo:)` and ack.
+        public let toApply: [ReplicationEntry]
+        /// Acknowledge this sequence now: the batch held only entries already durable here. The origin resent
+        /// them because an earlier ack was lost, and without a fresh ack it would wait for one forever.
+        public let reacknowledge: UInt64?
+    }
+
+    /// Entries arrived on the stream.
+    /// - Throws: `replication_protocol` for an entry of another origin or a gap in the sequence.
+    public mutating func received(_ entries: [ReplicationEntry]) throws(MeridianError) -> Delivery {
+        var toApply: [ReplicationEntry] = []
+        var expected = pendingUpTo + 1
+        for entry in entries {
+            guard entry.origin == origin else {
+                throw MeridianError(.replicationProtocol, "A stream for \(origin)'s log carried an entry of \(entry.origin).",
+                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
+            }
+            if entry.sequence < expected { continue }
+            guard entry.sequence == expected else {
+                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(expected - 1) to \(entry.sequence); the stream must resume from \(applied).",
+                                    context: ["origin": origin.rawValue, "expected": String(expected), "received": String(entry.sequence)])
+            }
+            toApply.append(entry)
+            expected += 1
+        }
+        pendingUpTo = expected - 1
+        let onlyDurableDuplicates = toApply.isEmpty && !entries.isEmpty && pendingUpTo == applied
+        return Delivery(toApply: toApply, reacknowledge: onlyDurableDuplicates ? applied : nil)
+    }
+
+    /// The entries up to `sequence` are durable.
+    /// - Returns: The sequence to acknowledge to the origin.
+    public mutating func persisted(upTo sequence: UInt64) -> UInt64 {
+        precondition(sequence <= pendingUpTo && sequence >= applied, "only entries handed out can be persisted, in order")
+        applied = sequence
+        return sequence
+    }
+
+    /// The stream closed: entries handed out but not persisted will be sent again.
+    public mutating func streamClosed() {
+        pendingUpTo = applied
+    }
+}

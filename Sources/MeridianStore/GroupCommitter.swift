@@ -166,6 +166,9 @@ actor GroupCommitter {
             ])
     }
 
+    /// Makes an entry visible: the key takes the entry's value only if the entry's HLC is the highest the key
+    /// has seen (last-writer-wins, region name breaking ties), so every region converges whatever the order
+    /// entries of different origins arrive in.
     private static func apply(_ db: Database, _ entry: ReplicationEntry) throws {
         try db.cachedStatement(sql: """
             INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone)
@@ -173,11 +176,59 @@ actor GroupCommitter {
             ON CONFLICT (keyspace, key) DO UPDATE SET
                 value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
                 hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone
+            WHERE (excluded.hlc_physical_ms, excluded.hlc_logical, excluded.origin) > (kv.hlc_physical_ms, kv.hlc_logical, kv.origin)
             """).execute(arguments: [
                 entry.keyspace.rawValue, entry.key.rawValue, Data(entry.value), entry.contentType,
                 Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical), entry.origin.rawValue, Int64(entry.sequence),
                 entry.operation == .delete,
             ])
+    }
+
+    /// Applies entries of another origin's log, in order, in one transaction.
+    ///
+    /// Entries at or below the origin's applied sequence are duplicates and are skipped; a gap is refused.
+    /// The local HLC moves past every applied entry, so writes made here afterwards order after them.
+    /// - Returns: The origin's applied sequence afterwards.
+    func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName, appliedBefore: UInt64) async throws(MeridianError) -> UInt64 {
+        precondition(origin != region, "a region never receives its own log")
+        var expected = appliedBefore + 1
+        var fresh: [ReplicationEntry] = []
+        for entry in entries {
+            guard entry.origin == origin else {
+                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log holds an entry of \(entry.origin).")
+            }
+            if entry.sequence < expected { continue }
+            guard entry.sequence == expected else {
+                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(expected - 1) to \(entry.sequence); nothing of the batch was applied.",
+                                    context: ["origin": origin.rawValue, "expected": String(expected), "received": String(entry.sequence)])
+            }
+            fresh.append(entry)
+            expected += 1
+        }
+        guard !fresh.isEmpty else { return appliedBefore }
+        var clockAfter = clock
+        let physicalMs = physicalClockMs()
+        for entry in fresh {
+            // A remote clock beyond the maximum offset does not drag ours along; the entry still applies, by its
+            // own timestamp, so every region converges. (Fencing such a region is the failover issue's work.)
+            _ = try? clockAfter.receive(entry.hlc, physicalMs: physicalMs)
+        }
+        let last = clockAfter.last
+        let toApply = fresh
+        do {
+            try await pool.write { db in
+                for entry in toApply {
+                    try Self.append(db, entry)
+                    try Self.apply(db, entry)
+                }
+                try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                               arguments: ["\(last.physicalMs).\(last.logical)"])
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "Entries of \(origin)'s log could not be applied (\(Self.describe(error))); nothing of the batch was applied.")
+        }
+        clock = clockAfter
+        return expected - 1
     }
 
     static func parseHighWater(_ text: String, region: RegionName) -> HLCTimestamp? {

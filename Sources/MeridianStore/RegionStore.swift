@@ -15,6 +15,9 @@ public final class RegionStore: Sendable {
     private let pool: DatabasePool
     private let committer: GroupCommitter
     private let lastCommittedSequence: SequenceHighWater
+    /// The applied high-water of every other origin's log. Updated only by `applyReplicated`, which callers
+    /// run one at a time per origin (one receiving stream per origin).
+    private let appliedOthers: Mutex<[RegionName: UInt64]>
 
     /// Opens (creating if needed) the store at `path`.
     /// - Parameters:
@@ -42,7 +45,7 @@ public final class RegionStore: Sendable {
                 throw MeridianError(.storageFailure, "SQLite refused synchronous=FULL (it reports \(synchronous)); writes could not be made durable.")
             }
             try Self.migrator.migrate(pool)
-            let state = try pool.write { db -> (UInt64, HLCTimestamp?) in
+            let state = try pool.write { db -> (UInt64, HLCTimestamp?, [RegionName: UInt64]) in
                 if let owner = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'region'") {
                     guard owner == region.rawValue else {
                         throw MeridianError(.storageFailure, "The data directory belongs to region '\(owner)', not '\(region)'. Use that region's directory or an empty one.",
@@ -56,8 +59,14 @@ public final class RegionStore: Sendable {
                 if let text = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'") {
                     floor = GroupCommitter.parseHighWater(text, region: region)
                 }
-                return (UInt64(lastSequence) + 1, floor)
+                var others: [RegionName: UInt64] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT origin, MAX(sequence) AS sequence FROM log WHERE origin != ? GROUP BY origin",
+                                            arguments: [region.rawValue]) {
+                    others[try RegionName(row["origin"] as String)] = UInt64(row["sequence"] as Int64)
+                }
+                return (UInt64(lastSequence) + 1, floor, others)
             }
+            appliedOthers = Mutex(state.2)
             let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.maxClockOffsetMs, floor: state.1)
             let committed = SequenceHighWater(state.0 - 1)
             lastCommittedSequence = committed
@@ -83,7 +92,22 @@ public final class RegionStore: Sendable {
     /// Only this region's own log exists until cross-region replication applies other origins' entries.
     public func appliedHighWater() -> [RegionName: UInt64] {
         let own = lastCommittedSequence.value.load(ordering: .acquiring)
-        return own > 0 ? [region: own] : [:]
+        var result = appliedOthers.withLock { $0 }
+        if own > 0 { result[region] = own }
+        return result
+    }
+
+    /// Applies a batch of another origin's log entries (replication), exactly once and in order.
+    /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
+    /// - Throws: `replication_protocol` on a gap or a foreign entry (nothing applied), `storage_failure`.
+    public func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName) async throws(MeridianError) -> UInt64 {
+        guard origin != region else {
+            throw MeridianError(.replicationProtocol, "Region \(region) was sent its own log; check the peers' addresses.")
+        }
+        let before = appliedOthers.withLock { $0[origin, default: 0] }
+        let after = try await committer.applyReplicated(entries, origin: origin, appliedBefore: before)
+        appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
+        return after
     }
 
     /// Reads a key's current state, tombstones included.

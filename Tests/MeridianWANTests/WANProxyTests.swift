@@ -1,6 +1,7 @@
 // Proves the WAN emulator over real loopback sockets: the round trip through a link's proxy is never
 // shorter than the configured RTT and close to it (the 5%-or-1-ms fidelity target is checked on the
-// release build by `meridian bench wan`; this debug build adds a few ms of its own), a partition holds bytes until heal and then delivers them,
+// release build by `meridian bench wan`; this debug build, sharing the CPU with other suites, adds
+// noise of its own), a partition holds bytes until heal and then delivers them,
 // a byte stream with jitter arrives complete and in order, and a down target refuses the connection.
 import Foundation
 import MeridianClient
@@ -124,7 +125,9 @@ struct WANHarness {
             samplesMs.append(Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000)
         }
         let median = samplesMs.sorted()[samplesMs.count / 2]
-        #expect(median >= 40 && median <= 48, "p50 RTT \(median) ms through a 40 ms link")
+        // Wide enough for a loaded machine running other suites in parallel, narrow enough to catch a delay
+        // missing in one direction (~20 ms) or applied twice (~80 ms). Precision is `meridian bench wan`'s job.
+        #expect(median >= 40 && median < 70, "p50 RTT \(median) ms through a 40 ms link")
         #expect(samplesMs.min()! >= 40, "never faster than the link")
         try await channel.close()
     }

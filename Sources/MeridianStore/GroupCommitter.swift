@@ -191,20 +191,7 @@ actor GroupCommitter {
     /// - Returns: The origin's applied sequence afterwards.
     func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName, appliedBefore: UInt64) async throws(MeridianError) -> UInt64 {
         precondition(origin != region, "a region never receives its own log")
-        var expected = appliedBefore + 1
-        var fresh: [ReplicationEntry] = []
-        for entry in entries {
-            guard entry.origin == origin else {
-                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log holds an entry of \(entry.origin).")
-            }
-            if entry.sequence < expected { continue }
-            guard entry.sequence == expected else {
-                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(expected - 1) to \(entry.sequence); nothing of the batch was applied.",
-                                    context: ["origin": origin.rawValue, "expected": String(expected), "received": String(entry.sequence)])
-            }
-            fresh.append(entry)
-            expected += 1
-        }
+        let fresh = try ReplicationEntry.continuation(of: entries, origin: origin, after: appliedBefore)
         guard !fresh.isEmpty else { return appliedBefore }
         var clockAfter = clock
         let physicalMs = physicalClockMs()
@@ -228,7 +215,7 @@ actor GroupCommitter {
             throw MeridianError(.storageFailure, "Entries of \(origin)'s log could not be applied (\(Self.describe(error))); nothing of the batch was applied.")
         }
         clock = clockAfter
-        return expected - 1
+        return appliedBefore + UInt64(fresh.count)
     }
 
     static func parseHighWater(_ text: String, region: RegionName) -> HLCTimestamp? {

@@ -137,22 +137,8 @@ public struct LogReceiver: Sendable {
     /// Entries arrived on the stream.
     /// - Throws: `replication_protocol` for an entry of another origin or a gap in the sequence.
     public mutating func received(_ entries: [ReplicationEntry]) throws(MeridianError) -> Delivery {
-        var toApply: [ReplicationEntry] = []
-        var expected = pendingUpTo + 1
-        for entry in entries {
-            guard entry.origin == origin else {
-                throw MeridianError(.replicationProtocol, "A stream for \(origin)'s log carried an entry of \(entry.origin).",
-                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
-            }
-            if entry.sequence < expected { continue }
-            guard entry.sequence == expected else {
-                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(expected - 1) to \(entry.sequence); the stream must resume from \(applied).",
-                                    context: ["origin": origin.rawValue, "expected": String(expected), "received": String(entry.sequence)])
-            }
-            toApply.append(entry)
-            expected += 1
-        }
-        pendingUpTo = expected - 1
+        let toApply = try ReplicationEntry.continuation(of: entries, origin: origin, after: pendingUpTo)
+        pendingUpTo += UInt64(toApply.count)
         let onlyDurableDuplicates = toApply.isEmpty && !entries.isEmpty && pendingUpTo == applied
         return Delivery(toApply: toApply, reacknowledge: onlyDurableDuplicates ? applied : nil)
     }

@@ -87,3 +87,28 @@ public struct ReplicationEntry: Hashable, Sendable {
     /// The version this entry gives its key.
     public var version: Version { Version(hlc: hlc, sequence: sequence) }
 }
+
+extension ReplicationEntry {
+    /// The entries of a batch that follow `applied` in `origin`'s log, in order: duplicates at or below
+    /// `applied` (a resumed stream resends them) are dropped, and the rest must continue the log without a gap.
+    /// The one rule both the stream receiver and the store's apply path follow.
+    /// - Throws: `replication_protocol` for an entry of another origin or a gap.
+    public static func continuation(of entries: [ReplicationEntry], origin: RegionName, after applied: UInt64) throws(MeridianError) -> [ReplicationEntry] {
+        var expected = applied + 1
+        var fresh: [ReplicationEntry] = []
+        for entry in entries {
+            guard entry.origin == origin else {
+                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log holds an entry of \(entry.origin).",
+                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
+            }
+            if entry.sequence < expected { continue }
+            guard entry.sequence == expected else {
+                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(expected - 1) to \(entry.sequence); the stream must resume from \(applied).",
+                                    context: ["origin": origin.rawValue, "expected": String(expected), "received": String(entry.sequence)])
+            }
+            fresh.append(entry)
+            expected += 1
+        }
+        return fresh
+    }
+}

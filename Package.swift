@@ -5,6 +5,7 @@
 //   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only.
 //   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
 //   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
+//   MeridianSimulator -> MeridianCore                     (deterministic multi-region runs of the core under faults)
 //   MeridianHTTP   -> MeridianCore, Hummingbird              (JSON and error rendering shared by the HTTP shells)
 //   MeridianNode   -> MeridianCore, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
@@ -63,6 +64,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "MeridianSimulator",
+            dependencies: ["MeridianCore"],
+            swiftSettings: strict
+        ),
+        .target(
             name: "MeridianHTTP",
             dependencies: [
                 "MeridianCore",
@@ -106,6 +112,7 @@ let package = Package(
                 "MeridianStore",
                 "MeridianNode",
                 "MeridianWAN",
+                "MeridianSimulator",
                 "MeridianClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -121,6 +128,7 @@ let package = Package(
             name: "MeridianCoreTests",
             dependencies: [
                 "MeridianCore",
+                "MeridianSimulator",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict

@@ -1,0 +1,40 @@
+import ArgumentParser
+import MeridianSimulator
+
+struct Sim: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the deterministic simulator: regions replicating under latency, partitions, crashes and clock skew.",
+        discussion: "Each seed replays exactly. Exits non-zero when an invariant breaks, printing the failing seed.")
+
+    @Option(help: "The first seed.") var seed: UInt64 = 1
+    @Option(help: "How many consecutive seeds to run.") var seeds: Int = 1
+    @Option(help: "Random steps (writes and faults) per run.") var steps: Int = 300
+    @Option(help: "Regions per run, 3 to 5.") var regions: Int = 3
+    @Flag(help: "Print every run's report, not only failures.") var verbose = false
+
+    func validate() throws {
+        guard (3...5).contains(regions) else { throw ValidationError("--regions must be 3 to 5.") }
+        guard (1...1_000_000).contains(seeds) else { throw ValidationError("--seeds must be 1 to 1000000.") }
+        guard (0...1_000_000).contains(steps) else { throw ValidationError("--steps must be 0 to 1000000.") }
+    }
+
+    func run() throws {
+        var failed: [UInt64] = []
+        var acknowledged = 0, writes = 0, crashes = 0, partitions = 0
+        for offset in 0..<seeds {
+            var simulation = Simulation(.init(seed: seed + UInt64(offset), steps: steps, regions: regions))
+            let report = simulation.run()
+            writes += report.writes
+            acknowledged += report.acknowledged
+            crashes += report.crashes
+            partitions += report.partitions
+            if !report.passed { failed.append(report.seed) }
+            if verbose || !report.passed { print(report) }
+            if !report.passed {
+                print("replay: meridian sim --seed \(report.seed) --steps \(steps) --regions \(regions) --verbose")
+            }
+        }
+        print("\(seeds - failed.count) passed, \(failed.count) failed: \(seeds) seeds, \(writes) writes, \(acknowledged) majority-acknowledged, \(crashes) crashes, \(partitions) partitions")
+        if !failed.isEmpty { throw CLIFailure("invariants broken for seeds \(failed.map(String.init).joined(separator: ", "))") }
+    }
+}

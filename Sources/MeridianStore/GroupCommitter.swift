@@ -113,14 +113,12 @@ actor GroupCommitter {
                     sequence += 1
                     outcomes.append(.committed(entry))
                 }
-                if sequence != firstSequence {
-                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                                   arguments: ["\(clock.last.physicalMs).\(clock.last.logical)"])
-                }
+                if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
                 return (outcomes, sequence, clock)
             }
             nextSequence = sequence
-            clock = clockAfter
+            // Join, never overwrite: an apply of replicated entries may have advanced the clock during the await.
+            clock.advance(past: clockAfter.last)
             // Published before any write of the batch is answered, so a read that follows an acknowledged
             // write always sees it applied (read-your-writes in this region).
             lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
@@ -184,7 +182,9 @@ actor GroupCommitter {
             ])
     }
 
-    /// Applies entries of another origin's log, in order, in one transaction.
+    /// Applies entries of another origin's log, in order, in one transaction. Callers apply one batch of an
+    /// origin at a time (one receiving stream per origin); a second batch before the first is durable would
+    /// be refused as a gap.
     ///
     /// Entries at or below the origin's applied sequence are duplicates and are skipped; a gap is refused.
     /// The local HLC moves past every applied entry, so writes made here afterwards order after them.
@@ -208,14 +208,22 @@ actor GroupCommitter {
                     try Self.append(db, entry)
                     try Self.apply(db, entry)
                 }
-                try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                               arguments: ["\(last.physicalMs).\(last.logical)"])
+                try Self.raiseHighWater(db, last, region: region)
             }
         } catch {
             throw MeridianError(.storageFailure, "Entries of \(origin)'s log could not be applied (\(Self.describe(error))); nothing of the batch was applied.")
         }
-        clock = clockAfter
+        // Join, never overwrite: a local commit may have issued later timestamps during the await.
+        clock.advance(past: clockAfter.last)
         return appliedBefore + UInt64(fresh.count)
+    }
+
+    /// Records the clock's reading as the floor for restarts, never lowering it (commits and applies interleave).
+    private static func raiseHighWater(_ db: Database, _ reading: HLCTimestamp, region: RegionName) throws {
+        let current = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'").flatMap { parseHighWater($0, region: region) }
+        if let current, current >= reading { return }
+        try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                       arguments: ["\(reading.physicalMs).\(reading.logical)"])
     }
 
     static func parseHighWater(_ text: String, region: RegionName) -> HLCTimestamp? {

@@ -97,7 +97,8 @@ public final class RegionStore: Sendable {
         return result
     }
 
-    /// Applies a batch of another origin's log entries (replication), exactly once and in order.
+    /// Applies a batch of another origin's log entries (replication), exactly once and in order. Apply one
+    /// batch of an origin at a time: the next must wait until this one returned.
     /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
     /// - Throws: `replication_protocol` on a gap or a foreign entry (nothing applied), `storage_failure`.
     public func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName) async throws(MeridianError) -> UInt64 {

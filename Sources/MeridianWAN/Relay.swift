@@ -13,6 +13,8 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
     static let lowWaterBytes = 1 << 20
     /// How often a cut link is checked for healing.
     static let partitionPollNs: Int64 = 10_000_000
+    /// How often a destination that stopped accepting writes is checked again.
+    static let writabilityPollNs: Int64 = 1_000_000
 
     let link: DirectedLink
     private let network: WANEmulator
@@ -74,7 +76,8 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
         let now = NIODeadline.now().uptimeNanoseconds
         let state = network.state(link)
         if state.partitioned {
-            if !queue.isEmpty { schedule(at: now + UInt64(Self.partitionPollNs), on: destination.eventLoop) }
+            // Keep polling while anything waits to cross, the close included.
+            if !queue.isEmpty || sourceClosed { schedule(at: now + UInt64(Self.partitionPollNs), on: destination.eventLoop) }
             return
         }
         // The link is up: chunks held by a cut get their delay from now, as retransmissions after a heal would.
@@ -82,7 +85,9 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
             queue[index].releaseNs = line.releaseTime(arrivalNs: now, link: state)
         }
         var written = 0
-        while let first = queue.first, let release = first.releaseNs, release <= now {
+        // A destination that cannot keep up stops the pump; the queue then fills and pauses reading the source,
+        // so a slow receiver slows the sender as TCP flow control would.
+        while destination.isWritable, let first = queue.first, let release = first.releaseNs, release <= now {
             queue.removeFirst()
             queuedBytes -= first.bytes.readableBytes
             written += first.bytes.readableBytes
@@ -97,7 +102,9 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
             source.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             source.read()
         }
-        if let next = queue.first?.releaseNs {
+        if !destination.isWritable && !queue.isEmpty {
+            schedule(at: now + UInt64(Self.writabilityPollNs), on: destination.eventLoop)
+        } else if let next = queue.first?.releaseNs {
             schedule(at: next, on: destination.eventLoop)
         } else if sourceClosed {
             // Everything sent before the close has arrived; now the close reaches the other side.

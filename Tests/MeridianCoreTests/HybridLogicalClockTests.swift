@@ -49,6 +49,22 @@ import Testing
         #expect(clock.now(physicalMs: 4000) > floor)
     }
 
+    @Test func joiningTwoCopiesKeepsTheLaterReading() {
+        // A local commit and a replicated apply each advance their own copy of the clock; joining must never
+        // move it back, or the next local write could reuse a timestamp already issued.
+        var base = HybridLogicalClock(region: here)
+        _ = base.now(physicalMs: 100)
+        var committing = base, applying = base
+        let issued = (0..<5).map { _ in committing.now(physicalMs: 100) }
+        _ = try? applying.receive(HLCTimestamp(physicalMs: 99, logical: 0, region: there), physicalMs: 100)
+        var joined = base
+        joined.advance(past: committing.last)
+        joined.advance(past: applying.last)
+        #expect(joined.now(physicalMs: 100) > issued.last!)
+        joined.advance(past: HLCTimestamp(physicalMs: 1, logical: 0, region: here))
+        #expect(joined.last.physicalMs == 100, "advancing to an earlier reading changes nothing")
+    }
+
     @Test func logicalCounterOverflowBorrowsAMillisecond() {
         var clock = HybridLogicalClock(region: here, floor: HLCTimestamp(physicalMs: 100, logical: .max, region: here))
         let next = clock.now(physicalMs: 50)

@@ -103,6 +103,15 @@ public struct HybridLogicalClock: Sendable {
         return last
     }
 
+    /// Moves this clock to at least `timestamp` (same region's earlier readings), without issuing anything.
+    /// Used when two copies of one region's clock were advanced separately and must be joined.
+    public mutating func advance(past timestamp: HLCTimestamp) {
+        if (timestamp.physicalMs, timestamp.logical) > (lastPhysicalMs, lastLogical) {
+            lastPhysicalMs = timestamp.physicalMs
+            lastLogical = timestamp.logical
+        }
+    }
+
     // The logical counter is bounded; at its limit the clock borrows one millisecond from the future,
     // which keeps timestamps strictly increasing at the cost of 1 ms of drift per 2^32 events.
     private mutating func advanceLogical() {

@@ -78,15 +78,19 @@ public struct LogShipper: Sendable {
     }
 
     /// The peer acknowledged applying the log up to `sequence`.
-    /// - Throws: `replication_protocol` when the peer acknowledges entries never sent on this stream.
+    ///
+    /// An ack is the peer's durable state, whichever stream carried it, so a late ack from an earlier stream
+    /// still moves the cursor (and skips resending what it covers).
+    /// - Throws: `replication_protocol` when the peer acknowledges entries the log does not hold.
     public mutating func ackReceived(upTo sequence: UInt64) throws(MeridianError) -> [Effect] {
-        guard sequence <= sentUpTo else {
-            throw MeridianError(.replicationProtocol, "\(peer) acknowledged entry \(sequence), but only \(sentUpTo) were sent; the stream is closed and resumes from \(acknowledged).",
-                                context: ["peer": peer.rawValue, "acked": String(sequence), "sent": String(sentUpTo)])
+        guard sequence <= logHighWater else {
+            throw MeridianError(.replicationProtocol, "\(peer) acknowledged entry \(sequence), but the log ends at \(logHighWater); the stream is closed and resumes from \(acknowledged).",
+                                context: ["peer": peer.rawValue, "acked": String(sequence), "log": String(logHighWater)])
         }
-        // An old or repeated ack (reordered across streams) moves nothing.
+        // An old or repeated ack moves nothing.
         guard sequence > acknowledged else { return [] }
         acknowledged = sequence
+        sentUpTo = max(sentUpTo, sequence)
         return [.persistCursor(sequence)] + pump()
     }
 
@@ -144,15 +148,19 @@ public struct LogReceiver: Sendable {
     }
 
     /// The entries up to `sequence` are durable.
-    /// - Returns: The sequence to acknowledge to the origin.
+    /// - Returns: The sequence to acknowledge to the origin (on whichever stream is open now).
     public mutating func persisted(upTo sequence: UInt64) -> UInt64 {
-        precondition(sequence <= pendingUpTo && sequence >= applied, "only entries handed out can be persisted, in order")
-        applied = sequence
-        return sequence
+        precondition(sequence <= pendingUpTo, "only entries handed out can be persisted")
+        applied = max(applied, sequence)
+        return applied
     }
 
-    /// The stream closed: entries handed out but not persisted will be sent again.
-    public mutating func streamClosed() {
+    /// Persisting the entries handed out failed: they will be accepted again when resent.
+    public mutating func persistFailed() {
         pendingUpTo = applied
     }
+
+    /// The stream closed. Entries already handed out stay handed out: their write may still complete, and
+    /// taking them again from the next stream would apply them twice. A resend of them counts as duplicates.
+    public mutating func streamClosed() {}
 }

@@ -18,6 +18,23 @@ public struct Limits: Sendable, Hashable, Encodable {
     public var commitQueueBytesMax: Int = 64 << 20
     /// The largest lead of a peer's clock over ours that is accepted, in ms.
     public var maxClockOffsetMs: UInt64 = HybridLogicalClock.maxOffsetMsDefault
+    /// How long a `majority` or `all` write waits for its confirmations before answering 504, in ms.
+    public var ackTimeoutMs: Int = 5_000
+    /// How often an idle replication stream sends a heartbeat, in ms.
+    public var heartbeatIntervalMs: Int = 100
+    /// Missed heartbeat intervals (beyond the link's round trip) after which a peer counts as unreachable.
+    public var missedHeartbeatsMax: Int = 5
+    /// The most log entries in one replication batch.
+    public var replicationBatchEntriesMax: Int = 256
+    /// The most log entries sent to a peer and not yet acknowledged.
+    public var replicationInflightEntriesMax: Int = 4096
+    /// The largest replication frame, in bytes (a batch is cut to fit; one entry of the largest value always fits).
+    public var replicationFrameBytesMax: Int = 4 << 20
+    /// The most entries of this region's log kept for peers that have not applied them; a peer further
+    /// behind is marked as needing a full resync.
+    public var logRetentionEntries: Int = 1_000_000
+    /// The most writes forwarded to other regions and not yet answered.
+    public var forwardsInflightMax: Int = 1024
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -32,6 +49,14 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("commit_queue_max", 1...1_000_000),
         ("commit_queue_bytes_max", 1...(4 << 30)),
         ("max_clock_offset_ms", 1...60_000),
+        ("ack_timeout_ms", 1...600_000),
+        ("heartbeat_interval_ms", 5...60_000),
+        ("missed_heartbeats_max", 1...1000),
+        ("replication_batch_entries_max", 1...100_000),
+        ("replication_inflight_entries_max", 1...10_000_000),
+        ("replication_frame_bytes_max", 4096...(256 << 20)),
+        ("log_retention_entries", 1...1_000_000_000),
+        ("forwards_inflight_max", 1...1_000_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -43,5 +68,13 @@ public struct Limits: Sendable, Hashable, Encodable {
         case commitQueueMax = "commit_queue_max"
         case commitQueueBytesMax = "commit_queue_bytes_max"
         case maxClockOffsetMs = "max_clock_offset_ms"
+        case ackTimeoutMs = "ack_timeout_ms"
+        case heartbeatIntervalMs = "heartbeat_interval_ms"
+        case missedHeartbeatsMax = "missed_heartbeats_max"
+        case replicationBatchEntriesMax = "replication_batch_entries_max"
+        case replicationInflightEntriesMax = "replication_inflight_entries_max"
+        case replicationFrameBytesMax = "replication_frame_bytes_max"
+        case logRetentionEntries = "log_retention_entries"
+        case forwardsInflightMax = "forwards_inflight_max"
     }
 }

@@ -15,6 +15,7 @@ extension MeridianError.Code {
         case .consistencyNotAllowed, .notReplicaRegion: .conflict
         case .preconditionFailed: .preconditionFailed
         case .valueTooLarge: .contentTooLarge
+        case .ackTimeout: .gatewayTimeout
         case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure: .serviceUnavailable
         default: .internalServerError
         }
@@ -29,16 +30,36 @@ extension MeridianError.Code {
     }
 }
 
+/// A complete answer held in memory: what a route returns, and what a forwarded write carries back.
+package struct RenderedResponse: Sendable {
+    package var status: HTTPResponse.Status
+    package var headers: HTTPFields
+    package var body: ByteBuffer
+
+    package init(status: HTTPResponse.Status, headers: HTTPFields, body: ByteBuffer) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    package func response() -> Response {
+        Response(status: status, headers: headers, body: .init(byteBuffer: body))
+    }
+}
+
 extension MeridianError {
     /// The JSON error response: `{"error": {"code", "message", ...context}}`.
-    package func response() -> Response {
+    package func rendered() -> RenderedResponse {
         var fields = context
         fields["code"] = code.description
         fields["message"] = message
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retry = code.retryAfterSeconds { headers[.retryAfter] = String(retry) }
-        return Response(status: code.httpStatus, headers: headers, body: .init(byteBuffer: JSON.encode(["error": fields])))
+        return RenderedResponse(status: code.httpStatus, headers: headers, body: JSON.encode(["error": fields]))
     }
+
+    /// The JSON error response.
+    package func response() -> Response { rendered().response() }
 }
 
 /// JSON rendering with sorted keys, so responses are byte-stable.
@@ -54,8 +75,12 @@ package enum JSON {
     }
 
     package static func response(_ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
+        rendered(value, status: status, headers: headers).response()
+    }
+
+    package static func rendered(_ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> RenderedResponse {
         var headers = headers
         headers[.contentType] = "application/json"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: encode(value)))
+        return RenderedResponse(status: status, headers: headers, body: encode(value))
     }
 }

@@ -17,9 +17,12 @@ public struct NodeConfiguration: Sendable {
     public var dataDirectory: String
     /// Overrides the client API address from the cluster file (tests bind port 0 this way).
     public var clientAddress: Endpoint?
+    /// How the node reaches its peers: through the WAN emulator (the default) or directly.
+    public var peerRoute: PeerRoute
 
     /// Creates a configuration; the region must be one of the cluster's.
-    public init(cluster: ClusterConfig, region: RegionName, dataDirectory: String, clientAddress: Endpoint? = nil) throws(MeridianError) {
+    public init(cluster: ClusterConfig, region: RegionName, dataDirectory: String, clientAddress: Endpoint? = nil,
+                peerRoute: PeerRoute = .wan) throws(MeridianError) {
         guard cluster.region(region) != nil else {
             throw MeridianError(.unknownRegion, "Region '\(region)' is not in the cluster file; its regions are \(cluster.regions.map(\.name.rawValue).joined(separator: ", ")).",
                                 context: ["region": region.rawValue])
@@ -28,6 +31,7 @@ public struct NodeConfiguration: Sendable {
         self.region = region
         self.dataDirectory = dataDirectory
         self.clientAddress = clientAddress
+        self.peerRoute = peerRoute
     }
 }
 
@@ -42,6 +46,8 @@ public final class RegionNode: Sendable {
     public let store: RegionStore
     /// The node's metrics.
     public let metrics: NodeMetrics
+    /// Streams to and from the other regions.
+    let replicator: Replicator
     let logger: Logger
     let startedAt: ContinuousClock.Instant
 
@@ -64,6 +70,8 @@ public final class RegionNode: Sendable {
             path: (configuration.dataDirectory as NSString).appendingPathComponent("\(configuration.region).sqlite"),
             region: configuration.region, limits: configuration.cluster.limits, physicalClockMs: Self.wallClockMs,
             observer: metrics, logger: logger)
+        self.replicator = Replicator(region: configuration.region, cluster: configuration.cluster, store: store, route: configuration.peerRoute,
+                                     wallClockMs: Self.wallClockMs, logger: logger)
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
@@ -73,9 +81,9 @@ public final class RegionNode: Sendable {
     var region: RegionName { configuration.region }
     var limits: Limits { configuration.cluster.limits }
 
-    /// What this region can confirm writes with right now: itself only, until replication links exist.
+    /// What this region can do right now, given which peers' streams are up.
     var admission: Admission {
-        Admission(region: region, reachable: [region], clusterRegions: Set(configuration.cluster.regions.map(\.name)))
+        Admission(region: region, reachable: replicator.reachable(), clusterRegions: Set(configuration.cluster.regions.map(\.name)))
     }
 
     /// Builds the router with every route of the v1 API.
@@ -96,7 +104,7 @@ public final class RegionNode: Sendable {
         return router
     }
 
-    /// Serves the API until SIGTERM or SIGINT, then drains in-flight requests and closes the store.
+    /// Serves the API and replicates until SIGTERM or SIGINT, then drains in-flight requests and closes the store.
     /// - Parameter onServerRunning: Called with the bound port once the server listens.
     public func run(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let address = configuration.clientAddress ?? configuration.cluster.region(region)!.client
@@ -107,7 +115,14 @@ public final class RegionNode: Sendable {
             logger: logger)
         defer { store.close() }
         logger.info("region \(region) serving on \(address)")
-        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await self.replicator.run(forward: { await self.serveForwarded($0) }) }
+            tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
+            // Either ending ends the node: a stopped API stops replication, and a replication port that cannot
+            // be bound stops the API (the error says why).
+            defer { tasks.cancelAll() }
+            try await tasks.next()
+        }
         logger.info("region \(region) stopped")
     }
 

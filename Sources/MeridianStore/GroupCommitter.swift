@@ -182,40 +182,56 @@ actor GroupCommitter {
             ])
     }
 
-    /// Applies entries of another origin's log, in order, in one transaction. Callers apply one batch of an
-    /// origin at a time (one receiving stream per origin); a second batch before the first is durable would
-    /// be refused as a gap.
+    /// Applies a batch of another origin's log covering sequences `from...through`, in one transaction.
     ///
-    /// Entries at or below the origin's applied sequence are duplicates and are skipped; a gap is refused.
+    /// `entries` are the batch's entries this region replicates, in order; the range may cover more (entries
+    /// of keyspaces kept elsewhere). The origin's applied point is read and moved inside the transaction, so
+    /// batches are applied exactly once and without a gap however callers interleave: entries at or below
+    /// the applied point are skipped, and a range starting beyond it is refused with nothing applied.
     /// The local HLC moves past every applied entry, so writes made here afterwards order after them.
     /// - Returns: The origin's applied sequence afterwards.
-    func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName, appliedBefore: UInt64) async throws(MeridianError) -> UInt64 {
+    func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
         precondition(origin != region, "a region never receives its own log")
-        let fresh = try ReplicationEntry.continuation(of: entries, origin: origin, after: appliedBefore)
-        guard !fresh.isEmpty else { return appliedBefore }
+        precondition(from >= 1 && from <= through && entries.allSatisfy { $0.origin == origin && (from...through).contains($0.sequence) })
         var clockAfter = clock
         let physicalMs = physicalClockMs()
-        for entry in fresh {
+        for entry in entries {
             // A remote clock beyond the maximum offset does not drag ours along; the entry still applies, by its
             // own timestamp, so every region converges. (Fencing such a region is the failover issue's work.)
             _ = try? clockAfter.receive(entry.hlc, physicalMs: physicalMs)
         }
         let last = clockAfter.last
-        let toApply = fresh
+        let region = self.region
+        let outcome: Result<UInt64, MeridianError>
         do {
-            try await pool.write { db in
-                for entry in toApply {
+            outcome = try await pool.write { db -> Result<UInt64, MeridianError> in
+                let applied = UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM applied WHERE origin = ?", arguments: [origin.rawValue]) ?? 0)
+                guard from <= applied + 1 else {
+                    return .failure(MeridianError(
+                        .replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
+                        context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)]))
+                }
+                guard through > applied else { return .success(applied) }
+                var appliedAny = false
+                for entry in entries where entry.sequence > applied {
                     try Self.append(db, entry)
                     try Self.apply(db, entry)
+                    appliedAny = true
                 }
-                try Self.raiseHighWater(db, last, region: region)
+                try db.cachedStatement(sql: """
+                    INSERT INTO applied (origin, sequence) VALUES (?, ?)
+                    ON CONFLICT (origin) DO UPDATE SET sequence = excluded.sequence
+                    """).execute(arguments: [origin.rawValue, Int64(through)])
+                if appliedAny { try Self.raiseHighWater(db, last, region: region) }
+                return .success(through)
             }
         } catch {
             throw MeridianError(.storageFailure, "Entries of \(origin)'s log could not be applied (\(Self.describe(error))); nothing of the batch was applied.")
         }
+        let applied = try outcome.get()
         // Join, never overwrite: a local commit may have issued later timestamps during the await.
         clock.advance(past: clockAfter.last)
-        return appliedBefore + UInt64(fresh.count)
+        return applied
     }
 
     /// Records the clock's reading as the floor for restarts, never lowering it (commits and applies interleave).

@@ -18,6 +18,8 @@ public final class RegionStore: Sendable {
     /// The applied high-water of every other origin's log. Updated only by `applyReplicated`, which callers
     /// run one at a time per origin (one receiving stream per origin).
     private let appliedOthers: Mutex<[RegionName: UInt64]>
+    /// This region's log is trimmed up to here.
+    private let trimmedThrough: SequenceHighWater
 
     /// Opens (creating if needed) the store at `path`.
     /// - Parameters:
@@ -45,7 +47,7 @@ public final class RegionStore: Sendable {
                 throw MeridianError(.storageFailure, "SQLite refused synchronous=FULL (it reports \(synchronous)); writes could not be made durable.")
             }
             try Self.migrator.migrate(pool)
-            let state = try pool.write { db -> (UInt64, HLCTimestamp?, [RegionName: UInt64]) in
+            let state = try pool.write { db -> (UInt64, HLCTimestamp?, [RegionName: UInt64], UInt64) in
                 if let owner = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'region'") {
                     guard owner == region.rawValue else {
                         throw MeridianError(.storageFailure, "The data directory belongs to region '\(owner)', not '\(region)'. Use that region's directory or an empty one.",
@@ -60,13 +62,15 @@ public final class RegionStore: Sendable {
                     floor = GroupCommitter.parseHighWater(text, region: region)
                 }
                 var others: [RegionName: UInt64] = [:]
-                for row in try Row.fetchAll(db, sql: "SELECT origin, MAX(sequence) AS sequence FROM log WHERE origin != ? GROUP BY origin",
-                                            arguments: [region.rawValue]) {
+                for row in try Row.fetchAll(db, sql: "SELECT origin, sequence FROM applied WHERE origin != ?", arguments: [region.rawValue]) {
                     others[try RegionName(row["origin"] as String)] = UInt64(row["sequence"] as Int64)
                 }
-                return (UInt64(lastSequence) + 1, floor, others)
+                let trimmed = UInt64(try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'log_floor'").flatMap { UInt64($0) } ?? 0)
+                // The log may have been trimmed empty: the next sequence continues after the floor.
+                return (max(UInt64(lastSequence), trimmed) + 1, floor, others, trimmed)
             }
             appliedOthers = Mutex(state.2)
+            trimmedThrough = SequenceHighWater(state.3)
             let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.maxClockOffsetMs, floor: state.1)
             let committed = SequenceHighWater(state.0 - 1)
             lastCommittedSequence = committed
@@ -97,18 +101,75 @@ public final class RegionStore: Sendable {
         return result
     }
 
-    /// Applies a batch of another origin's log entries (replication), exactly once and in order. Apply one
-    /// batch of an origin at a time: the next must wait until this one returned.
+    /// Applies a dense batch of another origin's log entries (each sequence present), exactly once and in order.
     /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
     /// - Throws: `replication_protocol` on a gap or a foreign entry (nothing applied), `storage_failure`.
     public func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName) async throws(MeridianError) -> UInt64 {
+        guard let first = entries.first, let last = entries.last else { return appliedOthers.withLock { $0[origin, default: 0] } }
+        let dense = try ReplicationEntry.continuation(of: entries, origin: origin, after: first.sequence - 1)
+        return try await applyReplicated(origin: origin, from: first.sequence, through: last.sequence, entries: dense)
+    }
+
+    /// Applies a batch of another origin's log covering sequences `from...through` (replication), exactly
+    /// once and in order. `entries` are those of the range this region replicates; the rest of the range
+    /// holds keyspaces kept elsewhere and only moves the applied point.
+    ///
+    /// The applied point is read and moved inside the batch's transaction, so concurrent or repeated batches
+    /// (a resumed stream racing an old one) can neither skip nor repeat an entry.
+    /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
+    /// - Throws: `replication_protocol` on a gap, a foreign or out-of-range entry, or this region's own log
+    ///   (nothing applied); `storage_failure` when the disk refuses.
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
         guard origin != region else {
             throw MeridianError(.replicationProtocol, "Region \(region) was sent its own log; check the peers' addresses.")
         }
-        let before = appliedOthers.withLock { $0[origin, default: 0] }
-        let after = try await committer.applyReplicated(entries, origin: origin, appliedBefore: before)
+        guard from >= 1, from <= through else {
+            throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covers \(from) through \(through), which is no range.")
+        }
+        var previous: UInt64 = 0
+        for entry in entries {
+            guard entry.origin == origin, (from...through).contains(entry.sequence), entry.sequence > previous else {
+                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covering \(from) through \(through) holds entry \(entry.sequence) of \(entry.origin) out of place.",
+                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
+            }
+            previous = entry.sequence
+        }
+        let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries)
         appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
         return after
+    }
+
+    /// The highest sequence of this region's log that has been trimmed away (0: nothing trimmed).
+    public func logFloor() -> UInt64 { trimmedThrough.value.load(ordering: .acquiring) }
+
+    /// Deletes entries of `origin`'s log up to `sequence` from the local log (retention). For this region's
+    /// own log the floor is recorded: a peer that has not applied past it can only be repaired by a resync.
+    public func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) {
+        let own = origin == region
+        guard !own || sequence > logFloor() else { return }
+        do {
+            try await pool.write { db in
+                try db.execute(sql: "DELETE FROM log WHERE origin = ? AND sequence <= ?", arguments: [origin.rawValue, Int64(sequence)])
+                if own {
+                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('log_floor', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                                   arguments: [String(sequence)])
+                }
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "Cannot trim the replication log: \(error)")
+        }
+        if own { trimmedThrough.value.store(sequence, ordering: .releasing) }
+    }
+
+    /// Every persisted replication cursor: how far each peer has applied each origin's log.
+    public func cursors() async throws(MeridianError) -> [RegionName: [RegionName: UInt64]] {
+        try await reading { db in
+            var result: [RegionName: [RegionName: UInt64]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT peer, origin, sequence FROM cursors") {
+                result[try RegionName(row["peer"] as String), default: [:]][try RegionName(row["origin"] as String)] = UInt64(row["sequence"] as Int64)
+            }
+            return result
+        }
     }
 
     /// Reads a key's current state, tombstones included.
@@ -273,6 +334,16 @@ public final class RegionStore: Sendable {
                 CREATE TABLE cursors (
                     peer TEXT NOT NULL, origin TEXT NOT NULL, sequence INTEGER NOT NULL,
                     PRIMARY KEY (peer, origin)) WITHOUT ROWID;
+                """)
+        }
+        // How far each other origin's log is applied. Batches may cover entries of keyspaces kept elsewhere,
+        // which never reach this region's log, so the log's highest entry no longer tells.
+        migrator.registerMigration("v2-applied") { db in
+            try db.execute(sql: """
+                CREATE TABLE applied (origin TEXT PRIMARY KEY NOT NULL, sequence INTEGER NOT NULL) WITHOUT ROWID;
+                INSERT INTO applied (origin, sequence)
+                    SELECT origin, MAX(sequence) FROM log
+                    WHERE origin != (SELECT value FROM meta WHERE name = 'region') GROUP BY origin;
                 """)
         }
         return migrator

@@ -48,9 +48,9 @@ public final class WANEmulator: Sendable {
                 targetOverrides: [RegionName: Endpoint] = [:], seed: UInt64 = 1,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "meridian.wan")) {
         let table = WANTable(cluster: cluster, latencyScale: latencyScale)
-        proxies = table.links.enumerated().map { index, link in
+        proxies = table.links.map { link in
             Proxy(link: link,
-                  listen: listenOverrides[link] ?? Endpoint(host: cluster.wan.admin.host, port: cluster.wan.basePort + index),
+                  listen: listenOverrides[link] ?? cluster.wanListenEndpoint(from: link.from, to: link.to)!,
                   target: targetOverrides[link.to] ?? cluster.region(link.to)!.peer)
         }
         self.table = Mutex(table)

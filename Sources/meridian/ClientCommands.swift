@@ -142,7 +142,7 @@ struct Status: AsyncParsableCommand {
             let epoch = (keyspace["epoch"] as? Int).map(String.init) ?? "-"
             print("\(name)\(topology)\(role)\(epoch.padding(toLength: 7, withPad: " ", startingAt: 0))\(keyspace["keys"] as? Int ?? 0)")
         }
-        print("\nPEER            LINK            RTT ms   LAG ms   LAG entries  CURSOR")
+        print("\nTO PEER         LINK            RTT ms   LAG ms   LAG entries  CURSOR")
         for peer in object["peers"] as? [[String: Any]] ?? [] {
             let name = (peer["region"] as? String ?? "").padding(toLength: 16, withPad: " ", startingAt: 0)
             let link = (peer["link"] as? String ?? "").padding(toLength: 16, withPad: " ", startingAt: 0)
@@ -150,6 +150,18 @@ struct Status: AsyncParsableCommand {
             let lag = ((peer["lag_ms"] as? Double).map { String(format: "%.1f", $0) } ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
             let entries = String(peer["lag_entries"] as? Int ?? 0).padding(toLength: 13, withPad: " ", startingAt: 0)
             print("\(name)\(link)\(rtt)\(lag)\(entries)\(peer["cursor"] as? Int ?? 0)")
+            if let error = peer["last_error"] as? String { print("                \(error)") }
+        }
+        print("\nFROM PEER       LINK            APPLIED    LAG entries  APPLY LAG ms p50/p99/max")
+        for peer in object["peers"] as? [[String: Any]] ?? [] {
+            let inbound = peer["inbound"] as? [String: Any] ?? [:]
+            let lag = inbound["apply_lag_ms"] as? [String: Any] ?? [:]
+            let name = (peer["region"] as? String ?? "").padding(toLength: 16, withPad: " ", startingAt: 0)
+            let link = (inbound["link"] as? String ?? "").padding(toLength: 16, withPad: " ", startingAt: 0)
+            let applied = String(inbound["applied"] as? Int ?? 0).padding(toLength: 11, withPad: " ", startingAt: 0)
+            let entries = String(inbound["lag_entries"] as? Int ?? 0).padding(toLength: 13, withPad: " ", startingAt: 0)
+            let summary = (lag["samples"] as? Int ?? 0) == 0 ? "-" : "\(lag["p50"] as? Int ?? 0)/\(lag["p99"] as? Int ?? 0)/\(lag["max"] as? Int ?? 0)"
+            print("\(name)\(link)\(applied)\(entries)\(summary)")
         }
     }
 }

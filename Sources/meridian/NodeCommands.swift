@@ -41,6 +41,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Serve the client API on host:port instead of the address in the cluster file.") var listen: String?
     @Flag(help: "Exit when the parent process exits (used by `meridian up`, so no node outlives it).") var exitWithParent = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @Option(help: "How to reach the other regions: wan (through `meridian wan`'s proxies) or direct.") var peerRoute: String = "wan"
 
     func run() async throws {
         let config = try cluster.load()
@@ -51,12 +52,15 @@ struct NodeCommand: AsyncParsableCommand {
             guard let parsed = Endpoint(parsing: listen) else { throw ValidationError("--listen '\(listen)' is not host:port.") }
             address = parsed
         }
+        guard let route = PeerRoute(rawValue: peerRoute) else {
+            throw ValidationError("--peer-route '\(peerRoute)' is not one of \(PeerRoute.allCases.map(\.rawValue).joined(separator: ", ")).")
+        }
         var logger = Logger(label: "meridian")
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level '\(logLevel)' is not a log level.") }
         logger.logLevel = level
         let node: RegionNode
         do {
-            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, dataDirectory: data, clientAddress: address),
+            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, dataDirectory: data, clientAddress: address, peerRoute: route),
                                   logger: logger)
         } catch {
             throw CLIFailure(error.message)
@@ -116,8 +120,8 @@ struct Up: AsyncParsableCommand {
             if let wan { await LocalProcesses.stop(wan) }
         }
 
-        // The WAN emulator first, so `meridian chaos` works as soon as the regions are up. Replication streams
-        // between regions will run through its proxies; until they exist it carries no traffic.
+        // The WAN emulator first: the regions' replication streams run through its proxies, and `meridian chaos`
+        // works as soon as the regions are up.
         let wanLog = (data as NSString).appendingPathComponent("wan.log")
         do {
             var arguments = ["wan", "--config", clusterFile, "--exit-with-parent"]
@@ -173,18 +177,19 @@ struct Up: AsyncParsableCommand {
                 + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
                 + "\(process.processIdentifier)".padding(toLength: 9, withPad: " ", startingAt: 0) + log)
         }
-        let first = config.regions[0].client
-        let keyspace = config.keyspaces.first { $0.ack == .async && $0.topology == .multiLeader }?.name.rawValue ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
+        let first = config.regions[0]
+        let last = config.regions[config.regions.count - 1]
+        let keyspace = config.keyspaces.first { $0.ack == .async && $0.topology == .multiLeader && $0.residency.regions.count == config.regions.count }?.name.rawValue
+            ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
         say("""
 
             WAN emulator: admin http://\(config.wan.admin), proxies from port \(config.wan.basePort), log \(wanLog)
 
             Try:
-              curl -X PUT http://\(first)/v1/kv/\(keyspace)/hello -d world
-              curl http://\(first)/v1/kv/\(keyspace)/hello
-              curl http://\(first)/v1/status
-              meridian chaos status
-            Cross-region replication is not running yet: each region keeps its own data.
+              curl -X PUT http://\(first.client)/v1/kv/\(keyspace)/hello -d world      # write in \(first.name)
+              curl http://\(last.client)/v1/kv/\(keyspace)/hello                       # read in \(last.name)
+              meridian chaos partition \(first.name) \(last.name)                       # cut the link; then: meridian chaos heal
+              meridian status --region \(last.name)
             """)
 
         // Wait for a signal, or for every region to exit on its own, reporting each exit.

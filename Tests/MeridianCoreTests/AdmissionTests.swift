@@ -28,11 +28,13 @@ import Testing
         #expect(code { _ = try pair.admitWrite(policy("accounts"), key: Key("k"), ack: .all) } == .ackUnavailable)
     }
 
-    @Test func followersDoNotAcceptSingleLeaderWrites() throws {
+    @Test func followersForwardSingleLeaderWritesOnce() throws {
         let follower = Admission(region: euWest, reachable: [euWest])
+        #expect(try follower.admitWrite(policy("accounts"), key: Key("k"), ack: .async) == .forward(to: usEast))
+        // A write that was already forwarded is never forwarded again (no loops between disagreeing regions).
         do {
-            _ = try follower.admitWrite(policy("accounts"), key: Key("k"), ack: .async)
-            Issue.record("a follower accepted a write")
+            _ = try follower.admitWrite(policy("accounts"), key: Key("k"), ack: .async, forwarded: true)
+            Issue.record("a follower accepted a forwarded write")
         } catch {
             #expect(error.code == .leaderUnavailable)
             #expect(error.context["leader"] == "us-east")
@@ -83,7 +85,9 @@ import Testing
 
     @Test func residencyKeepsDataInItsRegions() throws {
         let outside = Admission(region: usEast, reachable: [usEast])
-        #expect(code { _ = try outside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) } == .regionUnavailable)
+        // Writes from outside the residency are proxied to the key's home; they are never written here.
+        #expect(try outside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) == .forward(to: euWest))
+        #expect(code { _ = try outside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil, forwarded: true) } == .regionUnavailable)
         #expect(code { _ = try outside.admitRead(policy("eu_users"), level: nil) } == .regionUnavailable)
         let inside = Admission(region: euWest, reachable: [euWest])
         #expect(try inside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) == .accept(ack: .async, ackRegionsRequired: 1, epoch: 0))
@@ -96,6 +100,7 @@ import Testing
               - { name: k, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
             """, file: "c").keyspaces[0]
         #expect(code { _ = try outside.admitRead(denying, level: nil) } == .notReplicaRegion)
+        #expect(code { _ = try outside.admitWrite(denying, key: Key("k"), ack: nil) } == .notReplicaRegion)
     }
 }
 

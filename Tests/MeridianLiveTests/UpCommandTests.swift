@@ -67,8 +67,17 @@ import Testing
         #expect(cliLs.status == 0 && cliLs.stdout.hasPrefix("greeting\t"), "\(cliLs)")
         let cliMissing = try runCLI(["get", "--endpoint", endpoint, "profiles", "absent"])
         #expect(cliMissing.status != 0 && cliMissing.stderr.contains("key_not_found"), "\(cliMissing)")
-        let cliRefused = try runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "accounts", "a", "1"])
-        #expect(cliRefused.status != 0 && cliRefused.stderr.contains("ack_unavailable"), "\(cliRefused)")
+        let cliRefused = try runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "no_such_keyspace", "a", "1"])
+        #expect(cliRefused.status != 0 && cliRefused.stderr.contains("unknown_keyspace"), "\(cliRefused)")
+        // The regions `up` started replicate: eu-west's write reaches us-east through the WAN emulator.
+        let usEast = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
+        var replicated = false
+        for _ in 0..<200 where !replicated {
+            replicated = try await usEast.request("GET", "/v1/kv/profiles/greeting").text == "hello"
+            if !replicated { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        await usEast.close()
+        #expect(replicated, "eu-west's write never reached us-east")
         let cliDel = try runCLI(["del", "--endpoint", endpoint, "profiles", "greeting"])
         #expect(cliDel.status == 0)
         let cliStatus = try runCLI(["status", "--endpoint", endpoint])

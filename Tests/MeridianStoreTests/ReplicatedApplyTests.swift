@@ -85,3 +85,67 @@ import Testing
         store.close()
     }
 }
+
+@Suite struct ReplicatedRangeApplyTests {
+    let eu = RegionName(validated: "eu-west")
+
+    func remote(_ sequence: UInt64, key: String) -> ReplicationEntry {
+        ReplicationEntry(origin: eu, sequence: sequence, hlc: HLCTimestamp(physicalMs: 1_000 + sequence, logical: 0, region: eu), epoch: 0,
+                         keyspace: try! KeyspaceName("ks"), key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(key.utf8))
+    }
+
+    @Test func rangesWithLeftOutEntriesMoveTheAppliedPointDurably() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        var store = try fixture.open()
+        // Sequences 1 and 3 are of a keyspace this region does not replicate: only 2 and 4 arrive.
+        #expect(try await store.applyReplicated(origin: eu, from: 1, through: 4, entries: [remote(2, key: "b"), remote(4, key: "d")]) == 4)
+        #expect(try await store.applyReplicated(origin: eu, from: 5, through: 7, entries: []) == 7)
+        // A resend of what is applied changes nothing; a range past the applied point is refused, nothing applied.
+        #expect(try await store.applyReplicated(origin: eu, from: 3, through: 7, entries: [remote(4, key: "d-again")]) == 7)
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("d"))?.value == Array("d".utf8))
+        do {
+            _ = try await store.applyReplicated(origin: eu, from: 9, through: 9, entries: [remote(9, key: "i")])
+            Issue.record("a gap was applied")
+        } catch {
+            #expect(error.code == .replicationProtocol)
+        }
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("i")) == nil)
+        // Malformed input from a peer is refused, not trapped on.
+        await #expect(throws: MeridianError.self) { try await store.applyReplicated(origin: eu, from: 8, through: 9, entries: [remote(10, key: "j")]) }
+        await #expect(throws: MeridianError.self) { try await store.applyReplicated(origin: eu, from: 9, through: 8, entries: []) }
+        // Concurrent batches (an old stream racing a new one) never double-apply or skip.
+        let shared = store, batch = [remote(8, key: "h")], origin = eu
+        try await withThrowingTaskGroup(of: UInt64.self) { group in
+            for _ in 0..<2 { group.addTask { try await shared.applyReplicated(origin: origin, from: 8, through: 10, entries: batch) } }
+            for try await applied in group { #expect(applied == 10) }
+        }
+        #expect(store.appliedHighWater()[eu] == 10)
+        store.close()
+        // The applied point survives a restart even though the log's highest entry of eu-west is 8.
+        store = try fixture.open()
+        #expect(store.appliedHighWater()[eu] == 10)
+        #expect(try await store.logEntries(origin: eu, after: 0, limit: 10).map(\.sequence) == [2, 4, 8])
+        store.close()
+    }
+
+    @Test func trimmingKeepsTheLogContinuous() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        var store = try fixture.open()
+        for index in 0..<5 { _ = try await store.write(fixture.put("k\(index)", "v")) }
+        try await store.trimLog(origin: fixture.region, through: 5)
+        #expect(store.logFloor() == 5)
+        #expect(try await store.logEntries(origin: fixture.region, after: 0, limit: 10).isEmpty)
+        store.close()
+        // Restarted with an empty log, the next write continues after the floor: no sequence is reused.
+        store = try fixture.open()
+        #expect(store.logFloor() == 5)
+        guard case .committed(let entry) = try await store.write(fixture.put("next", "v")) else {
+            Issue.record("write failed")
+            return
+        }
+        #expect(entry.sequence == 6)
+        store.close()
+    }
+}

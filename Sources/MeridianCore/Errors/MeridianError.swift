@@ -23,6 +23,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case preconditionFailed = "precondition_failed"
             case valueTooLarge = "value_too_large"
             case ackUnavailable = "ack_unavailable"
+            case ackTimeout = "ack_timeout"
             case leaderUnavailable = "leader_unavailable"
             case consistencyUnavailable = "consistency_unavailable"
             case regionUnavailable = "region_unavailable"
@@ -59,6 +60,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let preconditionFailed = Code(.preconditionFailed)
         public static let valueTooLarge = Code(.valueTooLarge)
         public static let ackUnavailable = Code(.ackUnavailable)
+        public static let ackTimeout = Code(.ackTimeout)
         public static let leaderUnavailable = Code(.leaderUnavailable)
         public static let consistencyUnavailable = Code(.consistencyUnavailable)
         public static let regionUnavailable = Code(.regionUnavailable)

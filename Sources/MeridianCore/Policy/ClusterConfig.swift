@@ -321,11 +321,22 @@ struct ConfigParser {
             case "commit_queue_max": limits.commitQueueMax = number
             case "commit_queue_bytes_max": limits.commitQueueBytesMax = number
             case "max_clock_offset_ms": limits.maxClockOffsetMs = UInt64(number)
+            case "ack_timeout_ms": limits.ackTimeoutMs = number
+            case "heartbeat_interval_ms": limits.heartbeatIntervalMs = number
+            case "missed_heartbeats_max": limits.missedHeartbeatsMax = number
+            case "replication_batch_entries_max": limits.replicationBatchEntriesMax = number
+            case "replication_inflight_entries_max": limits.replicationInflightEntriesMax = number
+            case "replication_frame_bytes_max": limits.replicationFrameBytesMax = number
+            case "log_retention_entries": limits.logRetentionEntries = number
+            case "forwards_inflight_max": limits.forwardsInflightMax = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }
         guard limits.commitQueueBytesMax >= limits.valueBytesMax else {
             throw ConfigProblem(path: value.child("commit_queue_bytes_max"), message: "must be at least value_bytes_max (\(limits.valueBytesMax)), or no value could be written")
+        }
+        guard limits.replicationBatchEntriesMax <= limits.replicationInflightEntriesMax else {
+            throw ConfigProblem(path: value.child("replication_batch_entries_max"), message: "must not exceed replication_inflight_entries_max (\(limits.replicationInflightEntriesMax)), or a batch could never be sent")
         }
         guard limits.listLimitDefault <= limits.listLimitMax else {
             throw ConfigProblem(path: value.child("list_limit_default"), message: "must not exceed list_limit_max (\(limits.listLimitMax))")

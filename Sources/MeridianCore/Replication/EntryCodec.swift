@@ -40,6 +40,12 @@ public struct EntryCodec: Sendable {
             + (1 + Self.contentTypeBytesMax) + (4 + valueBytesMax)
     }
 
+    /// The bytes `encode` writes for an entry, length prefix included.
+    public static func encodedBytes(_ entry: ReplicationEntry) -> Int {
+        lengthPrefixBytes + 1 + 1 + entry.origin.rawValue.utf8.count + 8 + 12 + 8 + 1 + entry.keyspace.rawValue.utf8.count
+            + 2 + entry.key.rawValue.utf8.count + 1 + 1 + min(entry.contentType.utf8.count, contentTypeBytesMax) + 4 + entry.value.count
+    }
+
     /// Appends one frame to `buffer`.
     public func encode(_ entry: ReplicationEntry, into buffer: inout [UInt8]) {
         let origin = Array(entry.origin.rawValue.utf8)
@@ -161,6 +167,9 @@ struct ByteReader {
     init(_ bytes: ArraySlice<UInt8>) { self.bytes = bytes }
 
     var remaining: Int { bytes.count }
+
+    /// The bytes not yet read.
+    func rest() -> ArraySlice<UInt8> { bytes }
 
     mutating func take(_ count: Int) -> ArraySlice<UInt8>? {
         guard count >= 0, bytes.count >= count else { return nil }

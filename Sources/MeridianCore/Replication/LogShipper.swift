@@ -147,6 +147,52 @@ public struct LogReceiver: Sendable {
         return Delivery(toApply: toApply, reacknowledge: onlyDurableDuplicates ? applied : nil)
     }
 
+    /// A batch covering the origin's sequences `from...through` arrived; `entries` are the ones this region
+    /// replicates, in order (the origin leaves out keyspaces kept elsewhere, so the range may hold fewer).
+    /// - Returns: What to apply, and `covers`: persist the range up to there (even when nothing is left to
+    ///   apply), then call `persisted(upTo:)` and ack.
+    /// - Throws: `replication_protocol` for an entry of another origin, an entry outside the range or out of
+    ///   order, or a range that starts after the next expected sequence (the stream lost a batch).
+    public mutating func received(from: UInt64, through: UInt64, entries: [ReplicationEntry]) throws(MeridianError) -> RangeDelivery {
+        guard from >= 1, from <= through else {
+            throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covers \(from) through \(through), which is no range.",
+                                context: ["origin": origin.rawValue])
+        }
+        guard from <= pendingUpTo + 1 else {
+            throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(pendingUpTo) to \(from); the stream must resume from \(applied).",
+                                context: ["origin": origin.rawValue, "expected": String(pendingUpTo + 1), "received": String(from)])
+        }
+        var previous: UInt64 = 0
+        for entry in entries {
+            guard entry.origin == origin else {
+                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log holds an entry of \(entry.origin).",
+                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
+            }
+            guard (from...through).contains(entry.sequence), entry.sequence > previous else {
+                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covering \(from) through \(through) holds entry \(entry.sequence) out of range or order.",
+                                    context: ["origin": origin.rawValue, "received": String(entry.sequence)])
+            }
+            previous = entry.sequence
+        }
+        guard through > pendingUpTo else {
+            // Everything here was handed out before: a resend after a lost ack.
+            return RangeDelivery(toApply: [], covers: nil, reacknowledge: pendingUpTo == applied ? applied : nil)
+        }
+        let fresh = entries.filter { $0.sequence > pendingUpTo }
+        pendingUpTo = through
+        return RangeDelivery(toApply: fresh, covers: through, reacknowledge: nil)
+    }
+
+    /// What to do with a batch that arrived as a range.
+    public struct RangeDelivery: Sendable, Hashable {
+        /// The entries to apply, in order, duplicates removed.
+        public let toApply: [ReplicationEntry]
+        /// Persist the origin's log as applied up to here (nil: nothing new).
+        public let covers: UInt64?
+        /// Acknowledge this sequence now: the batch held only entries already durable here.
+        public let reacknowledge: UInt64?
+    }
+
     /// The entries up to `sequence` are durable.
     /// - Returns: The sequence to acknowledge to the origin (on whichever stream is open now).
     public mutating func persisted(upTo sequence: UInt64) -> UInt64 {

@@ -20,22 +20,34 @@ public struct Admission: Sendable {
     public enum WriteDecision: Sendable, Hashable {
         /// Accept locally as origin; answer once `ackRegionsRequired` replica regions applied it.
         case accept(ack: AckMode, ackRegionsRequired: Int, epoch: UInt64)
+        /// Another region takes this write (the leader, the key's home, or a region allowed to hold the data):
+        /// forward it there over the WAN and relay the answer.
+        case forward(to: RegionName)
     }
 
-    /// Decides whether a write to `key` may be accepted here.
+    /// Decides whether a write to `key` may be accepted here, or where to forward it.
     /// - Parameters:
     ///   - policy: The keyspace's policy.
     ///   - key: The key written.
     ///   - ack: The ack mode the request asked for, if any.
+    ///   - forwarded: The write was forwarded here by another region; it is never forwarded again.
     /// - Throws: `MeridianError` naming the region that takes the write or the regions missing for the ack mode.
-    public func admitWrite(_ policy: KeyspacePolicy, key: Key, ack requested: AckMode?) throws(MeridianError) -> WriteDecision {
-        try checkResidency(policy)
-        if let writer = policy.writeRegion(for: key), writer != region {
-            // Forwarding to the writer region arrives with cross-region replication; until then say where to go.
-            throw MeridianError(
-                .leaderUnavailable,
-                "Writes to '\(key)' in keyspace '\(policy.name)' are taken by \(writer), and this region (\(region)) cannot forward them yet. Send the write to \(writer).",
-                context: ["keyspace": policy.name.rawValue, "leader": writer.rawValue, "region": region.rawValue])
+    public func admitWrite(_ policy: KeyspacePolicy, key: Key, ack requested: AckMode?, forwarded: Bool = false) throws(MeridianError) -> WriteDecision {
+        let writer = policy.writeRegion(for: key)
+        if !policy.isReplica(region) {
+            if policy.residency.access == .proxy && !forwarded {
+                return .forward(to: writer ?? policy.replicas.first { reachable.contains($0) } ?? policy.replicas[0])
+            }
+            try checkResidency(policy)
+        }
+        if let writer, writer != region {
+            guard !forwarded else {
+                throw MeridianError(
+                    .leaderUnavailable,
+                    "A write to '\(key)' in keyspace '\(policy.name)' was forwarded to \(region), but \(writer) takes it; the regions disagree about the cluster file. Check that every region runs the same one.",
+                    context: ["keyspace": policy.name.rawValue, "leader": writer.rawValue, "region": region.rawValue])
+            }
+            return .forward(to: writer)
         }
         let ack = requested ?? policy.ack
         let required = ack.regionsRequired(replicaCount: policy.replicas.count)
@@ -153,7 +165,7 @@ public struct Admission: Sendable {
         case .proxy:
             throw MeridianError(
                 .regionUnavailable,
-                "Keyspace '\(policy.name)' is kept only in \(holders); this region (\(region)) cannot proxy to them yet. Send the request to one of those regions.",
+                "Keyspace '\(policy.name)' is kept only in \(holders); this region (\(region)) does not proxy this request to them. Send it to one of those regions.",
                 context: ["keyspace": policy.name.rawValue, "replicas": holders])
         }
     }

@@ -145,3 +145,15 @@ public struct DelayLine: Sendable {
         return release
     }
 }
+
+extension ClusterConfig {
+    /// Where the emulated WAN listens for the directed link `from`→`to`: the admin host, at `wan.base_port`
+    /// plus the link's index among all directed links in name order. Nodes connect to their peers here.
+    public func wanListenEndpoint(from: RegionName, to: RegionName) -> Endpoint? {
+        let names = regions.map(\.name).sorted()
+        guard from != to, names.contains(from), names.contains(to) else { return nil }
+        let links = names.flatMap { a in names.filter { $0 != a }.map { DirectedLink(from: a, to: $0) } }
+        guard let index = links.firstIndex(of: DirectedLink(from: from, to: to)) else { return nil }
+        return Endpoint(host: wan.admin.host, port: wan.basePort + index)
+    }
+}

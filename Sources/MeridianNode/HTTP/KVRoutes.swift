@@ -59,6 +59,8 @@ extension RegionNode {
     static let epochHeader = HTTPField.Name("Meridian-Epoch")!
     static let sessionHeader = HTTPField.Name("Meridian-Session")!
     static let stalenessHeader = HTTPField.Name("Meridian-Staleness-Ms")!
+    /// Set on a write this region forwarded: the region that took it.
+    static let forwardedToHeader = HTTPField.Name("Meridian-Forwarded-To")!
 
     func get(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
@@ -86,28 +88,71 @@ extension RegionNode {
     func put(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
-        let contentType = request.headers[.contentType] ?? Self.contentTypeDefault
-        guard contentType.utf8.count <= EntryCodec.contentTypeBytesMax,
-              !contentType.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
-            throw MeridianError(.invalidHeader, "Content-Type is longer than \(EntryCodec.contentTypeBytesMax) bytes or holds control characters.",
-                                context: ["header": "Content-Type"])
-        }
+        let contentType = try Self.validContentType(request.headers[.contentType] ?? Self.contentTypeDefault)
         let body = try await readBody(request)
-        return try await write(request, policy: policy, key: key, operation: .put, contentType: contentType, value: body)
+        let query = request.uri.queryParameters
+        return try await write(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, operation: .put,
+                               contentType: contentType, value: body, forwarded: false).response()
     }
 
     func delete(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
-        return try await write(request, policy: policy, key: key, operation: .delete, contentType: "", value: [])
+        let query = request.uri.queryParameters
+        return try await write(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, operation: .delete,
+                               contentType: "", value: [], forwarded: false).response()
     }
 
-    private func write(_ request: Request, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
-                       contentType: String, value: [UInt8]) async throws(MeridianError) -> Response {
-        let options = try RequestOptions(request)
-        let ifMatch = try RequestOptions.precondition(request)
-        guard case .accept(let ack, _, let epoch) = try admission.admitWrite(policy, key: key, ack: options.ack)
-        else { preconditionFailure("admitWrite has one accepting verdict") }
+    static func validContentType(_ contentType: String) throws(MeridianError) -> String {
+        guard contentType.utf8.count <= EntryCodec.contentTypeBytesMax,
+              !contentType.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw MeridianError(.invalidHeader, "Content-Type is longer than \(EntryCodec.contentTypeBytesMax) bytes or holds control characters.",
+                                context: ["header": "Content-Type"])
+        }
+        return contentType
+    }
+
+    /// The headers a forwarded write carries to the region that takes it.
+    static let forwardedHeaderNames: [HTTPField.Name] = [HTTPField.Name("Meridian-Ack")!, .ifMatch, sessionHeader]
+
+    /// A write sent here by another region (which found that this region takes it): run it as if a client
+    /// had sent it here, never forwarding it again, and render the answer for the stream.
+    func serveForwarded(_ write: ForwardedWrite) async -> ForwardedReply {
+        let rendered: RenderedResponse
+        do throws(MeridianError) {
+            guard let policy = configuration.cluster.keyspace(write.keyspace) else {
+                throw MeridianError(.unknownKeyspace, "Keyspace '\(write.keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
+                                    context: ["keyspace": write.keyspace.rawValue])
+            }
+            var headers = HTTPFields()
+            for header in write.headers {
+                guard let name = HTTPField.Name(header.name), Self.forwardedHeaderNames.contains(name) else { continue }
+                headers.append(HTTPField(name: name, value: header.value))
+            }
+            let contentType = write.operation == .put ? try Self.validContentType(write.contentType) : ""
+            guard write.value.count <= limits.valueBytesMax else {
+                throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(limits.valueBytesMax) bytes.")
+            }
+            rendered = try await self.write(headers: headers, query: { _ in nil }, policy: policy, key: write.key, operation: write.operation,
+                                            contentType: contentType, value: write.value, forwarded: true)
+        } catch {
+            rendered = error.rendered()
+        }
+        return ForwardedReply(id: write.id, status: UInt16(rendered.status.code),
+                              headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
+                              body: Array(buffer: rendered.body))
+    }
+
+    private func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
+                       contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
+        let options = try RequestOptions(headers: headers, query: query)
+        let ifMatch = try RequestOptions.precondition(headers)
+        let decision = try admission.admitWrite(policy, key: key, ack: options.ack, forwarded: forwarded)
+        guard case .accept(let ack, let required, let epoch) = decision else {
+            guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
+            return try await forwardWrite(to: target, headers: headers, options: options, policy: policy, key: key, operation: operation,
+                                          contentType: contentType, value: value)
+        }
         let precondition: WriteRequest.Precondition? = ifMatch.map { tags in
             tags.contains(.any) ? .exists : .versionIsOneOf(tags.compactMap { if case .version(let v) = $0 { v } else { nil } })
         }
@@ -125,15 +170,56 @@ extension RegionNode {
                     : "If-Match did not hold: the key's current version is \(current!). Read it again and retry with its ETag.",
                 context: context)
         case .committed(let entry):
+            replicator.logGrew(to: entry.sequence)
+            var ackedBy = [region]
+            if required > 1 {
+                switch try await replicator.confirm(sequence: entry.sequence, required: required, replicas: policy.replicas) {
+                case .acknowledged(_, let confirmed):
+                    ackedBy = confirmed
+                case .timedOut(_, let confirmed, let missing):
+                    throw MeridianError(
+                        .ackTimeout,
+                        "The write is durable in \(region) as version \(entry.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. It will still replicate; read it back, or retry with If-Match: \"\(entry.version)\".",
+                        context: ["version": entry.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
+                                  "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue])
+                }
+            }
             var session = options.session ?? SessionToken()
             session.observe(entry.version)
             var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded]
             if policy.topology == .singleLeader { headers[Self.epochHeader] = String(epoch) }
-            return JSON.response(
+            return JSON.rendered(
                 WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
-                            ack: ack.rawValue, ackedBy: [region.rawValue], operation: operation.description),
+                            ack: ack.rawValue, ackedBy: ackedBy.map(\.rawValue), operation: operation.description),
                 headers: headers)
         }
+    }
+
+    /// Sends the write to the region that takes it, over the stream to that region, and relays its answer.
+    private func forwardWrite(to target: RegionName, headers: HTTPFields, options: RequestOptions, policy: KeyspacePolicy, key: Key,
+                              operation: MeridianCore.Operation, contentType: String, value: [UInt8]) async throws(MeridianError) -> RenderedResponse {
+        var carried: [ForwardedHeader] = []
+        if let ack = options.ack { carried.append(ForwardedHeader(name: "Meridian-Ack", value: ack.rawValue)) }
+        for tag in headers[values: .ifMatch] { carried.append(ForwardedHeader(name: "If-Match", value: tag)) }
+        if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded)) }
+        let reply: ForwardedReply
+        do {
+            reply = try await replicator.forward(to: target) { id in
+                ForwardedWrite(id: id, keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value, headers: carried)
+            }
+        } catch where error.code == .regionUnavailable && policy.topology == .singleLeader {
+            // For a single-leader keyspace the unreachable region is the leader: say so in the code clients branch on.
+            var context = error.context
+            context["leader"] = target.rawValue
+            throw MeridianError(.leaderUnavailable, error.message, context: context)
+        }
+        var answer = HTTPFields()
+        for header in reply.headers {
+            guard let name = HTTPField.Name(header.name), name != Self.regionHeader else { continue }
+            answer.append(HTTPField(name: name, value: header.value))
+        }
+        answer[Self.forwardedToHeader] = target.rawValue
+        return RenderedResponse(status: HTTPResponse.Status(code: Int(reply.status)), headers: answer, body: ByteBuffer(bytes: reply.body))
     }
 
     func list(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {

@@ -14,22 +14,28 @@ struct RequestOptions {
 
     /// Reads each option from its header, or else from the query parameter of the same name without the prefix.
     init(_ request: Request) throws(MeridianError) {
-        consistency = try Self.option(request, header: "Meridian-Consistency", query: "consistency").map { text throws(MeridianError) in
+        let query = request.uri.queryParameters
+        try self.init(headers: request.headers, query: { query.get($0) })
+    }
+
+    /// Reads each option from `headers`, or else from `query` by the parameter name.
+    init(headers: HTTPFields, query: (String) -> String?) throws(MeridianError) {
+        consistency = try Self.option(headers, query("consistency"), header: "Meridian-Consistency").map { text throws(MeridianError) in
             guard let level = ConsistencyLevel(rawValue: text) else {
                 throw Self.invalid("Meridian-Consistency", text, "use one of \(ConsistencyLevel.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return level
         }
-        maxStalenessMs = try Self.option(request, header: "Meridian-Max-Staleness-Ms", query: "max-staleness-ms").map { text throws(MeridianError) in
+        maxStalenessMs = try Self.option(headers, query("max-staleness-ms"), header: "Meridian-Max-Staleness-Ms").map { text throws(MeridianError) in
             guard let value = UInt64(text), value <= Self.maxStalenessMsMax else {
                 throw Self.invalid("Meridian-Max-Staleness-Ms", text, "use a whole number of milliseconds from 0 to \(Self.maxStalenessMsMax)")
             }
             return value
         }
-        session = try Self.option(request, header: "Meridian-Session", query: "session").map { text throws(MeridianError) in
+        session = try Self.option(headers, query("session"), header: "Meridian-Session").map { text throws(MeridianError) in
             try SessionToken(decoding: text)
         }
-        ack = try Self.option(request, header: "Meridian-Ack", query: "ack").map { text throws(MeridianError) in
+        ack = try Self.option(headers, query("ack"), header: "Meridian-Ack").map { text throws(MeridianError) in
             guard let mode = AckMode(rawValue: text) else {
                 throw Self.invalid("Meridian-Ack", text, "use one of \(AckMode.allCases.map(\.rawValue).joined(separator: ", "))")
             }
@@ -37,14 +43,14 @@ struct RequestOptions {
         }
     }
 
-    private static func option(_ request: Request, header: String, query: String) throws(MeridianError) -> String? {
+    private static func option(_ headers: HTTPFields, _ queryValue: String?, header: String) throws(MeridianError) -> String? {
         let name = HTTPField.Name(header)!
-        let values = request.headers[values: name]
+        let values = headers[values: name]
         guard values.count <= 1 else {
             throw MeridianError(.invalidHeader, "\(header) is given \(values.count) times; give it once.", context: ["header": header])
         }
         if let value = values.first { return value.trimmingCharacters(in: .whitespaces) }
-        return request.uri.queryParameters.get(query)
+        return queryValue
     }
 
     private static func invalid(_ header: String, _ value: String, _ hint: String) -> MeridianError {
@@ -52,8 +58,8 @@ struct RequestOptions {
     }
 
     /// Parses `If-Match`: `*`, or one or more quoted versions.
-    static func precondition(_ request: Request) throws(MeridianError) -> [IfMatch]? {
-        let values = request.headers[values: .ifMatch]
+    static func precondition(_ headers: HTTPFields) throws(MeridianError) -> [IfMatch]? {
+        let values = headers[values: .ifMatch]
         guard !values.isEmpty else { return nil }
         var result: [IfMatch] = []
         for part in values.flatMap({ $0.split(separator: ",") }) {

@@ -3,6 +3,7 @@ import Hummingbird
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
+import Histogram
 
 /// The JSON of `GET /v1/status`.
 struct StatusAnswer: Encodable {
@@ -15,20 +16,28 @@ struct StatusAnswer: Encodable {
     }
 
     struct PeerStatus: Encodable {
+        /// This region's stream of its own log to the peer.
         let region: String
         let client: String
         let peer: String
         let rttMs: Double?
+        /// `up`, `connecting`, `down` or `resync_required`.
         let link: String
+        /// How long the oldest entry the peer has not confirmed has waited (0 when caught up).
         let lagMs: Double?
         let lagEntries: UInt64
+        /// The peer has durably applied this region's log up to here.
         let cursor: UInt64
+        let lastError: String?
+        /// The peer's stream of its log into this region.
+        let inbound: InboundStatus
 
         enum CodingKeys: String, CodingKey {
-            case region, client, peer, link, cursor
+            case region, client, peer, link, cursor, inbound
             case rttMs = "rtt_ms"
             case lagMs = "lag_ms"
             case lagEntries = "lag_entries"
+            case lastError = "last_error"
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -41,7 +50,35 @@ struct StatusAnswer: Encodable {
             try container.encode(lagMs, forKey: .lagMs)
             try container.encode(lagEntries, forKey: .lagEntries)
             try container.encode(cursor, forKey: .cursor)
+            try container.encode(lastError, forKey: .lastError)
+            try container.encode(inbound, forKey: .inbound)
         }
+    }
+
+    struct InboundStatus: Encodable {
+        /// `up` while the peer's stream is connected and heard from.
+        let link: String
+        /// This region has applied the peer's log up to here.
+        let applied: UInt64
+        /// The peer's log end, from its latest heartbeat.
+        let originLog: UInt64
+        let lagEntries: UInt64
+        /// Time from an entry's commit at the peer to its apply here, since this node started.
+        let applyLagMs: LagSummary
+
+        enum CodingKeys: String, CodingKey {
+            case link, applied
+            case originLog = "origin_log"
+            case lagEntries = "lag_entries"
+            case applyLagMs = "apply_lag_ms"
+        }
+    }
+
+    struct LagSummary: Encodable {
+        let samples: UInt64
+        let p50: UInt64
+        let p99: UInt64
+        let max: UInt64
     }
 
     let region: String
@@ -72,15 +109,33 @@ extension RegionNode {
     func status() async throws(MeridianError) -> Response {
         let counts = try await store.keyCounts()
         let highWater = try await store.logHighWater()
-        let ownHighWater = highWater[region] ?? 0
+        let ownHighWater = store.appliedHighWater()[region] ?? 0
+        let applied = store.appliedHighWater()
+        let states = replicator.peerStates()
+        let nowMs = Self.wallClockMs()
         var peers: [StatusAnswer.PeerStatus] = []
         for peer in configuration.cluster.regions where peer.name != region {
-            let cursor = try await store.cursor(peer: peer.name, origin: region)
+            guard let (outbound, inbound) = states[peer.name] else { continue }
+            let cursor = min(outbound.acknowledged, ownHighWater)
+            var lagMs: Double = 0
+            if cursor < ownHighWater, let oldest = try await store.logEntries(origin: region, after: cursor, limit: 1).first {
+                lagMs = Double(nowMs > oldest.hlc.physicalMs ? nowMs - oldest.hlc.physicalMs : 0)
+            }
+            let appliedHere = applied[peer.name] ?? 0
+            let originLog = max(inbound?.originLogHighWater ?? 0, appliedHere)
+            let heard = inbound?.lastHeard.map { ContinuousClock.now - $0 < outboundSilence(peer.name) } ?? false
+            let histogram = inbound?.applyLagMs
             peers.append(StatusAnswer.PeerStatus(
                 region: peer.name.rawValue, client: peer.client.description, peer: peer.peer.description,
                 rttMs: configuration.cluster.wan.rttMs(region, peer.name),
-                // Replication streams between regions are not built yet (roadmap step 2): no link is ever up.
-                link: "not_connected", lagMs: nil, lagEntries: ownHighWater - min(cursor, ownHighWater), cursor: cursor))
+                link: outbound.health.rawValue, lagMs: lagMs, lagEntries: ownHighWater - cursor, cursor: cursor,
+                lastError: outbound.health == .up ? nil : outbound.lastError,
+                inbound: StatusAnswer.InboundStatus(
+                    link: (inbound?.connections ?? 0) > 0 && heard ? "up" : "down", applied: appliedHere, originLog: originLog,
+                    lagEntries: originLog - appliedHere,
+                    applyLagMs: StatusAnswer.LagSummary(
+                        samples: histogram?.totalCount ?? 0, p50: histogram?.valueAtPercentile(50) ?? 0,
+                        p99: histogram?.valueAtPercentile(99) ?? 0, max: histogram?.max ?? 0))))
         }
         let keyspaces = configuration.cluster.keyspaces.map { policy in
             StatusAnswer.KeyspaceStatus(
@@ -99,5 +154,11 @@ extension RegionNode {
             let keyspaces: [KeyspacePolicy]
         }
         return JSON.response(Answer(region: region.rawValue, keyspaces: configuration.cluster.keyspaces))
+    }
+}
+
+extension RegionNode {
+    func outboundSilence(_ peer: RegionName) -> Duration {
+        replicator.links[peer]?.silenceLimit ?? .seconds(1)
     }
 }

@@ -1,0 +1,382 @@
+/// One message of the replication stream between two regions.
+///
+/// A stream is opened by the origin (the region whose log it ships) towards a peer, through the WAN link
+/// between them. The origin speaks first with `hello`; the peer answers `welcome` with how much of the
+/// origin's log it already holds, durably, which is where shipping resumes. The origin then sends
+/// `batch`es (and `heartbeat`s when idle) and the peer answers each with an `ack`. The same stream carries
+/// writes forwarded to the peer (`forward`) and their answers (`forwardReply`). Either side may send a
+/// `refusal` before closing, saying why.
+public enum PeerFrame: Sendable, Hashable {
+    /// The origin introduces itself.
+    case hello(PeerHello)
+    /// The peer holds the origin's log up to `applied`; shipping resumes after it.
+    case welcome(applied: UInt64)
+    /// Entries of the origin's log covering sequences `from...through`. Entries of keyspaces the peer does not
+    /// replicate are left out (residency: they never leave the regions that may hold them); the range still
+    /// covers them, so the peer knows nothing is missing.
+    case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
+    /// The peer durably applied the origin's log up to `applied`.
+    case ack(applied: UInt64)
+    /// Sent by the origin when it has nothing else to send: its log's end and its clock, so the peer can
+    /// tell an idle origin from a silent one.
+    case heartbeat(logHighWater: UInt64, physicalMs: UInt64)
+    /// A write sent to the region that takes it (the leader or the key's home).
+    case forward(ForwardedWrite)
+    /// The answer to a forwarded write, as the HTTP response the client receives.
+    case forwardReply(ForwardedReply)
+    /// Why the sender is about to close the stream.
+    case refusal(code: String, message: String)
+
+    var typeByte: UInt8 {
+        switch self {
+        case .hello: 1
+        case .welcome: 2
+        case .batch: 3
+        case .ack: 4
+        case .heartbeat: 5
+        case .forward: 6
+        case .forwardReply: 7
+        case .refusal: 8
+        }
+    }
+}
+
+/// The first frame of a stream.
+public struct PeerHello: Sendable, Hashable {
+    /// The stream protocol version the origin speaks.
+    public let protocolVersion: UInt8
+    /// The cluster's name; a stream between regions of different clusters is refused.
+    public let cluster: String
+    /// The region opening the stream (whose log it ships).
+    public let from: RegionName
+    /// The region the origin means to reach; a peer that is another region refuses the stream.
+    public let to: RegionName
+
+    public init(protocolVersion: UInt8 = PeerFrameCodec.protocolVersion, cluster: String, from: RegionName, to: RegionName) {
+        self.protocolVersion = protocolVersion
+        self.cluster = cluster
+        self.from = from
+        self.to = to
+    }
+}
+
+/// One HTTP header carried by a forwarded write or its answer.
+public struct ForwardedHeader: Sendable, Hashable {
+    public let name: String
+    public let value: String
+
+    public init(name: String, value: String) {
+        self.name = name
+        self.value = value
+    }
+}
+
+/// A client's write, forwarded to the region that takes it.
+public struct ForwardedWrite: Sendable, Hashable {
+    /// Pairs the write with its reply on the stream.
+    public let id: UInt64
+    public let keyspace: KeyspaceName
+    public let key: Key
+    public let operation: Operation
+    /// The media type of `value` (empty for deletes).
+    public let contentType: String
+    public let value: [UInt8]
+    /// The request headers that shape the write (`Meridian-Ack`, `If-Match`, `Meridian-Session`).
+    public let headers: [ForwardedHeader]
+
+    public init(id: UInt64, keyspace: KeyspaceName, key: Key, operation: Operation, contentType: String, value: [UInt8], headers: [ForwardedHeader]) {
+        self.id = id
+        self.keyspace = keyspace
+        self.key = key
+        self.operation = operation
+        self.contentType = contentType
+        self.value = value
+        self.headers = headers
+    }
+}
+
+/// The answer to a forwarded write.
+public struct ForwardedReply: Sendable, Hashable {
+    /// The id of the forwarded write.
+    public let id: UInt64
+    /// The HTTP status.
+    public let status: UInt16
+    public let headers: [ForwardedHeader]
+    public let body: [UInt8]
+
+    public init(id: UInt64, status: UInt16, headers: [ForwardedHeader], body: [UInt8]) {
+        self.id = id
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// The binary form of ``PeerFrame``s on a replication stream.
+///
+/// Layout (integers big-endian): `u32 length` (bytes after it), `u8 type`, then the payload:
+///
+///     1 hello        u8 protocolVersion, str8 cluster, str8 from, str8 to
+///     2 welcome      u64 applied
+///     3 batch        u64 from, u64 through, u32 count, count × EntryCodec frame
+///     4 ack          u64 applied
+///     5 heartbeat    u64 logHighWater, u64 physicalMs
+///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value, headers
+///     7 forwardReply u64 id, u16 status, headers, u32 + body
+///     8 refusal      str8 code, str16 message
+///
+/// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
+/// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
+/// input gives a typed error, never a trap.
+public struct PeerFrameCodec: Sendable {
+    /// The stream protocol version this build speaks.
+    public static let protocolVersion: UInt8 = 1
+    /// The most headers a forwarded write or reply carries.
+    public static let headersMax = 32
+
+    /// Decodes the entries inside batches.
+    public let entryCodec: EntryCodec
+    /// The largest frame accepted, length prefix included.
+    public let frameBytesMax: Int
+
+    /// Creates a codec.
+    /// - Parameters:
+    ///   - valueBytesMax: The largest value an entry or forwarded write may carry.
+    ///   - frameBytesMax: The largest frame; at least one entry of the largest value must fit.
+    public init(valueBytesMax: Int, frameBytesMax: Int) {
+        entryCodec = EntryCodec(valueBytesMax: valueBytesMax)
+        self.frameBytesMax = max(frameBytesMax, entryCodec.frameBytesMax + 64, valueBytesMax + 70_000)
+    }
+
+    /// Appends one frame to `buffer`.
+    public func encode(_ frame: PeerFrame, into buffer: inout [UInt8]) {
+        let start = buffer.count
+        buffer += [0, 0, 0, 0, frame.typeByte]
+        switch frame {
+        case .hello(let hello):
+            buffer.append(hello.protocolVersion)
+            appendString8(hello.cluster, to: &buffer)
+            appendString8(hello.from.rawValue, to: &buffer)
+            appendString8(hello.to.rawValue, to: &buffer)
+        case .welcome(let applied), .ack(let applied):
+            append(applied, to: &buffer)
+        case .batch(let from, let through, let entries):
+            append(from, to: &buffer)
+            append(through, to: &buffer)
+            append(UInt32(entries.count), to: &buffer)
+            for entry in entries { entryCodec.encode(entry, into: &buffer) }
+        case .heartbeat(let logHighWater, let physicalMs):
+            append(logHighWater, to: &buffer)
+            append(physicalMs, to: &buffer)
+        case .forward(let write):
+            append(write.id, to: &buffer)
+            appendString8(write.keyspace.rawValue, to: &buffer)
+            appendString16(write.key.rawValue, to: &buffer)
+            buffer.append(write.operation.rawValue)
+            appendString8(write.contentType, to: &buffer)
+            append(UInt32(write.value.count), to: &buffer)
+            buffer += write.value
+            appendHeaders(write.headers, to: &buffer)
+        case .forwardReply(let reply):
+            append(reply.id, to: &buffer)
+            append(reply.status, to: &buffer)
+            appendHeaders(reply.headers, to: &buffer)
+            append(UInt32(reply.body.count), to: &buffer)
+            buffer += reply.body
+        case .refusal(let code, let message):
+            appendString8(code, to: &buffer)
+            appendString16(message, to: &buffer)
+        }
+        let length = UInt32(buffer.count - start - 4)
+        withUnsafeBytes(of: length.bigEndian) { bytes in
+            for (offset, byte) in bytes.enumerated() { buffer[start + offset] = byte }
+        }
+    }
+
+    /// Encodes one frame.
+    public func encode(_ frame: PeerFrame) -> [UInt8] {
+        var buffer: [UInt8] = []
+        encode(frame, into: &buffer)
+        return buffer
+    }
+
+    /// The body length announced by a frame whose first four bytes are `prefix`, checked against the limit.
+    /// - Throws: `codec_length_mismatch` when the frame would exceed `frameBytesMax` (or is empty).
+    public func announcedLength(_ prefix: UInt32) throws(MeridianError) -> Int {
+        let length = Int(prefix)
+        guard length >= 1, length + 4 <= frameBytesMax else {
+            throw MeridianError(.codecLengthMismatch, "The peer frame announces \(length) bytes; frames hold 1 to \(frameBytesMax - 4).",
+                                context: ["frame_bytes": String(length)])
+        }
+        return length
+    }
+
+    /// Decodes the first frame of a stream buffer.
+    /// - Returns: The frame and the bytes it used, or nil when the buffer does not yet hold a whole frame.
+    /// - Throws: `MeridianError` when the bytes cannot be a valid frame.
+    public func decodeFrame(_ bytes: ArraySlice<UInt8>) throws(MeridianError) -> (PeerFrame, Int)? {
+        var reader = ByteReader(bytes)
+        guard let prefix = reader.readUInt32() else { return nil }
+        let length = try announcedLength(prefix)
+        guard let body = reader.take(length) else { return nil }
+        return (try decodeBody(body), 4 + length)
+    }
+
+    /// Decodes a frame body (the bytes after the length prefix).
+    public func decodeBody(_ bytes: ArraySlice<UInt8>) throws(MeridianError) -> PeerFrame {
+        var body = ByteReader(bytes)
+        let type = try body.required(body.readUInt8(), "frame_type")
+        let frame: PeerFrame
+        switch type {
+        case 1:
+            let version = try body.required(body.readUInt8(), "protocol_version")
+            guard version == Self.protocolVersion else {
+                throw MeridianError(.codecUnsupportedVersion, "The peer speaks replication protocol \(version); this node speaks \(Self.protocolVersion). Upgrade the older region.",
+                                    context: ["protocol_version": String(version)])
+            }
+            let cluster = try string8(&body, "cluster")
+            let from = try RegionName(try string8(&body, "from"))
+            let to = try RegionName(try string8(&body, "to"))
+            frame = .hello(PeerHello(protocolVersion: version, cluster: cluster, from: from, to: to))
+        case 2:
+            frame = .welcome(applied: try sequenceField(&body, "applied", minimum: 0))
+        case 3:
+            let from = try sequenceField(&body, "from", minimum: 1)
+            let through = try sequenceField(&body, "through", minimum: 1)
+            guard from <= through else {
+                throw MeridianError(.codecInvalidField, "The batch covers \(from) through \(through), an empty range.", context: ["field": "through"])
+            }
+            let count = Int(try body.required(body.readUInt32(), "entry_count"))
+            guard UInt64(count) <= through - from + 1 else {
+                throw MeridianError(.codecInvalidField, "The batch holds \(count) entries but covers only \(through - from + 1) sequences.",
+                                    context: ["field": "entry_count"])
+            }
+            var entries: [ReplicationEntry] = []
+            entries.reserveCapacity(min(count, 4096))
+            var remaining = body.rest()
+            for _ in 0..<count {
+                guard let (entry, used) = try entryCodec.decodeFrame(remaining) else {
+                    throw MeridianError(.codecTruncated, "The batch ends inside entry \(entries.count + 1) of \(count).", context: ["field": "entries"])
+                }
+                guard (from...through).contains(entry.sequence), entry.sequence > (entries.last?.sequence ?? 0) else {
+                    throw MeridianError(.codecInvalidField, "The batch covering \(from) through \(through) holds entry \(entry.sequence) out of range or out of order.",
+                                        context: ["field": "entries"])
+                }
+                entries.append(entry)
+                remaining = remaining.dropFirst(used)
+            }
+            body = ByteReader(remaining)
+            frame = .batch(from: from, through: through, entries: entries)
+        case 4:
+            frame = .ack(applied: try sequenceField(&body, "applied", minimum: 0))
+        case 5:
+            frame = .heartbeat(logHighWater: try sequenceField(&body, "log_high_water", minimum: 0),
+                               physicalMs: try sequenceField(&body, "physical_ms", minimum: 0))
+        case 6:
+            let id = try body.required(body.readUInt64(), "id")
+            let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
+            let key = try Key(try string16(&body, "key"))
+            let operationByte = try body.required(body.readUInt8(), "operation")
+            guard let operation = Operation(rawValue: operationByte) else {
+                throw MeridianError(.codecInvalidField, "The forwarded write has operation \(operationByte); known operations are 1 (put) and 2 (delete).",
+                                    context: ["field": "operation"])
+            }
+            let contentType = try string8(&body, "content_type")
+            let value = try blob(&body, "value", max: entryCodec.valueBytesMax)
+            let headers = try headers(&body)
+            frame = .forward(ForwardedWrite(id: id, keyspace: keyspace, key: key, operation: operation, contentType: contentType, value: value, headers: headers))
+        case 7:
+            let id = try body.required(body.readUInt64(), "id")
+            let status = try body.required(body.readUInt16(), "status")
+            guard (100...599).contains(status) else {
+                throw MeridianError(.codecInvalidField, "The forwarded reply has HTTP status \(status).", context: ["field": "status"])
+            }
+            let headers = try headers(&body)
+            let replyBody = try blob(&body, "body", max: frameBytesMax)
+            frame = .forwardReply(ForwardedReply(id: id, status: status, headers: headers, body: replyBody))
+        case 8:
+            frame = .refusal(code: try string8(&body, "code"), message: try string16(&body, "message"))
+        default:
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 8.", context: ["field": "frame_type"])
+        }
+        guard body.remaining == 0 else {
+            throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",
+                                context: ["unused_bytes": String(body.remaining)])
+        }
+        return frame
+    }
+
+    // MARK: - Fields
+
+    private func sequenceField(_ body: inout ByteReader, _ field: String, minimum: UInt64) throws(MeridianError) -> UInt64 {
+        let value = try body.required(body.readUInt64(), field)
+        guard value >= minimum, value <= UInt64(Int64.max) else {
+            throw MeridianError(.codecInvalidField, "The peer frame's \(field) \(value) is out of range.", context: ["field": field])
+        }
+        return value
+    }
+
+    private func string8(_ body: inout ByteReader, _ field: String) throws(MeridianError) -> String {
+        try body.utf8(Int(try body.required(body.readUInt8(), field + "_length")), field)
+    }
+
+    private func string16(_ body: inout ByteReader, _ field: String) throws(MeridianError) -> String {
+        try body.utf8(Int(try body.required(body.readUInt16(), field + "_length")), field)
+    }
+
+    private func blob(_ body: inout ByteReader, _ field: String, max: Int) throws(MeridianError) -> [UInt8] {
+        let count = Int(try body.required(body.readUInt32(), field + "_length"))
+        guard count <= max else {
+            throw MeridianError(.codecInvalidField, "The peer frame's \(field) holds \(count) bytes; the limit is \(max).", context: ["field": field])
+        }
+        return Array(try body.required(body.take(count), field))
+    }
+
+    private func headers(_ body: inout ByteReader) throws(MeridianError) -> [ForwardedHeader] {
+        let count = Int(try body.required(body.readUInt8(), "header_count"))
+        guard count <= Self.headersMax else {
+            throw MeridianError(.codecInvalidField, "The peer frame carries \(count) headers; the limit is \(Self.headersMax).", context: ["field": "header_count"])
+        }
+        var headers: [ForwardedHeader] = []
+        for _ in 0..<count {
+            headers.append(ForwardedHeader(name: try string8(&body, "header_name"), value: try string16(&body, "header_value")))
+        }
+        return headers
+    }
+
+    private func appendHeaders(_ headers: [ForwardedHeader], to buffer: inout [UInt8]) {
+        let kept = headers.prefix(Self.headersMax)
+        buffer.append(UInt8(kept.count))
+        for header in kept {
+            appendString8(header.name, to: &buffer)
+            appendString16(header.value, to: &buffer)
+        }
+    }
+
+    private func appendString8(_ text: String, to buffer: inout [UInt8]) {
+        let bytes = Self.truncated(text, to: Int(UInt8.max))
+        buffer.append(UInt8(bytes.count))
+        buffer += bytes
+    }
+
+    private func appendString16(_ text: String, to buffer: inout [UInt8]) {
+        let bytes = Self.truncated(text, to: Int(UInt16.max))
+        append(UInt16(bytes.count), to: &buffer)
+        buffer += bytes
+    }
+
+    /// The text's UTF-8 bytes, cut at a character boundary so they fit `limit` and stay valid UTF-8.
+    private static func truncated(_ text: String, to limit: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for scalar in text.unicodeScalars {
+            let encoded = Array(String(scalar).utf8)
+            guard bytes.count + encoded.count <= limit else { break }
+            bytes += encoded
+        }
+        return bytes
+    }
+
+    private func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {
+        withUnsafeBytes(of: value.bigEndian) { buffer.append(contentsOf: $0) }
+    }
+}

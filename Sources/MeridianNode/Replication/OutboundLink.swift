@@ -1,0 +1,259 @@
+import MeridianCore
+import Synchronization
+
+/// This region's side of the stream that ships its log to one peer: the core's ``LogShipper`` for the
+/// current connection, what the peer has confirmed, the link's health, and writes forwarded to the peer.
+///
+/// The connection task reads frames and calls in; the effects (batches to send, heartbeats, forwarded
+/// writes) go to the connection's outbox, which one writer task drains in order.
+final class OutboundLink: Sendable {
+    /// What the connection's writer task sends.
+    enum Command: Sendable {
+        /// Send the log entries `fromSequence ..< fromSequence + count` (those the peer replicates).
+        case ship(fromSequence: UInt64, count: Int)
+        case heartbeat
+        case forward(ForwardedWrite)
+    }
+
+    /// How the link is doing, for status and admission.
+    enum Health: String, Sendable {
+        /// Streaming: the peer answered within the silence limit.
+        case up
+        /// Connected, waiting for the peer's welcome.
+        case connecting
+        /// No connection, or the peer went silent.
+        case down
+        /// The peer is behind this region's log retention; only a full resync can repair it.
+        case resyncRequired = "resync_required"
+    }
+
+    struct Snapshot: Sendable {
+        let health: Health
+        let acknowledged: UInt64
+        let logHighWater: UInt64
+        let lastHeard: ContinuousClock.Instant?
+        let lastError: String?
+    }
+
+    private struct State {
+        var shipper: LogShipper?
+        var outbox: AsyncStream<Command>.Continuation?
+        var logHighWater: UInt64
+        var acknowledged: UInt64
+        var connected = false
+        var lastHeard: ContinuousClock.Instant?
+        var lastSent = ContinuousClock.now
+        var lastError: String?
+        var resyncRequired = false
+        var forwards: [UInt64: CheckedContinuation<Result<ForwardedReply, MeridianError>, Never>] = [:]
+        var nextForwardID: UInt64 = 1
+    }
+
+    let peer: RegionName
+    /// Where to connect: the WAN emulator's proxy for this link, or the peer's address.
+    let endpoint: Endpoint
+    /// The peer counts as unreachable after this long without a frame from it.
+    let silenceLimit: Duration
+    let shipperLimits: LogShipper.Limits
+    let forwardsMax: Int
+    private let state: Mutex<State>
+
+    init(peer: RegionName, endpoint: Endpoint, silenceLimit: Duration, acknowledged: UInt64, logHighWater: UInt64,
+         shipperLimits: LogShipper.Limits, forwardsMax: Int) {
+        self.peer = peer
+        self.endpoint = endpoint
+        self.silenceLimit = silenceLimit
+        self.shipperLimits = shipperLimits
+        self.forwardsMax = forwardsMax
+        state = Mutex(State(logHighWater: logHighWater, acknowledged: min(acknowledged, logHighWater)))
+    }
+
+    // MARK: - Connection events
+
+    /// A connection opened; its writer drains `outbox`.
+    func connected(outbox: AsyncStream<Command>.Continuation) {
+        state.withLock {
+            $0.connected = true
+            $0.outbox = outbox
+            $0.lastHeard = .now
+            $0.shipper = nil
+        }
+    }
+
+    /// The peer said how much of this region's log it holds: shipping starts after it.
+    /// - Throws: `replication_protocol` when the peer claims entries the log never had, or is behind retention.
+    func welcomed(applied: UInt64, logFloor: UInt64) throws(MeridianError) {
+        try state.withLock { (state: inout State) throws(MeridianError) in
+            guard state.shipper == nil else {
+                throw MeridianError(.replicationProtocol, "\(peer) sent a second welcome on one stream.")
+            }
+            guard applied <= state.logHighWater else {
+                throw MeridianError(.replicationProtocol,
+                                    "\(peer) holds this region's log up to \(applied), but the log ends at \(state.logHighWater): this region lost committed writes (restored from an old copy?). Replication to \(peer) is stopped; repair this region before it writes again.",
+                                    context: ["peer": peer.rawValue, "applied": String(applied), "log": String(state.logHighWater)])
+            }
+            guard applied >= logFloor else {
+                state.resyncRequired = true
+                throw MeridianError(.replicationProtocol,
+                                    "\(peer) has applied this region's log up to \(applied), but entries up to \(logFloor) were trimmed (log_retention_entries); \(peer) needs a full resync.",
+                                    context: ["peer": peer.rawValue, "applied": String(applied), "log_floor": String(logFloor)])
+            }
+            state.resyncRequired = false
+            state.acknowledged = applied
+            var shipper = LogShipper(peer: peer, acknowledged: applied, logHighWater: state.logHighWater, limits: shipperLimits)
+            let effects = shipper.streamOpened()
+            state.shipper = shipper
+            Self.carry(effects, &state)
+        }
+    }
+
+    /// The peer durably applied this region's log up to `applied`.
+    /// - Throws: `replication_protocol` when it acknowledges entries never sent.
+    func acked(_ applied: UInt64) throws(MeridianError) {
+        try state.withLock { (state: inout State) throws(MeridianError) in
+            guard var shipper = state.shipper else {
+                throw MeridianError(.replicationProtocol, "\(peer) acknowledged before the stream was set up.")
+            }
+            let effects = try shipper.ackReceived(upTo: applied)
+            state.shipper = shipper
+            state.acknowledged = max(state.acknowledged, applied)
+            Self.carry(effects, &state)
+        }
+    }
+
+    /// Any frame arrived from the peer.
+    func heard() {
+        state.withLock { $0.lastHeard = .now }
+    }
+
+    /// The writer sent something.
+    func sent() {
+        state.withLock { $0.lastSent = .now }
+    }
+
+    /// The connection ended: unconfirmed entries are resent on the next one; forwarded writes waiting for an
+    /// answer fail, since whether the peer applied them is unknown.
+    func disconnected(reason: String?) {
+        let waiting = state.withLock { state in
+            state.connected = false
+            state.shipper = nil
+            state.outbox?.finish()
+            state.outbox = nil
+            if let reason { state.lastError = reason }
+            let waiting = state.forwards
+            state.forwards = [:]
+            return waiting
+        }
+        for (_, continuation) in waiting {
+            continuation.resume(returning: .failure(MeridianError(
+                .regionUnavailable,
+                "The stream to \(peer) closed before it answered the forwarded write; it may or may not have been applied. Read the key to check before retrying.",
+                context: ["region": peer.rawValue])))
+        }
+    }
+
+    /// This region's log grew to `sequence`.
+    func logGrew(to sequence: UInt64) {
+        state.withLock { state in
+            guard sequence > state.logHighWater else { return }
+            state.logHighWater = sequence
+            guard var shipper = state.shipper else { return }
+            let effects = shipper.entriesAppended(upTo: sequence)
+            state.shipper = shipper
+            Self.carry(effects, &state)
+        }
+    }
+
+    /// Called on every heartbeat interval.
+    /// - Returns: Whether the peer went silent (the connection should close).
+    func tick(heartbeatInterval: Duration) -> Bool {
+        state.withLock { state in
+            let now = ContinuousClock.now
+            if let heard = state.lastHeard, now - heard > silenceLimit { return true }
+            if state.shipper != nil, now - state.lastSent >= heartbeatInterval { state.outbox?.yield(.heartbeat) }
+            return false
+        }
+    }
+
+    // MARK: - Forwarding
+
+    /// Sends a write to the peer and waits for its answer.
+    /// - Throws: `region_unavailable` when the stream is down or closes first; `overloaded` beyond `forwardsMax`.
+    func forward(_ make: (UInt64) -> ForwardedWrite, timeout: Duration) async throws(MeridianError) -> ForwardedReply {
+        let id: UInt64? = try state.withLock { (state: inout State) throws(MeridianError) -> UInt64? in
+            guard state.shipper != nil, state.outbox != nil else { return nil }
+            guard state.forwards.count < forwardsMax else {
+                throw MeridianError(.overloaded, "\(forwardsMax) writes are already forwarded to \(peer) and waiting; retry shortly.",
+                                    context: ["forwards_inflight_max": String(forwardsMax)])
+            }
+            let id = state.nextForwardID
+            state.nextForwardID += 1
+            return id
+        }
+        guard let id else {
+            throw MeridianError(.regionUnavailable, "This write is taken by \(peer), which this region cannot reach now. Retry shortly, or send it to \(peer) directly.",
+                                context: ["region": peer.rawValue])
+        }
+        let write = make(id)
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.resolveForward(id: id, .failure(MeridianError(
+                .ackTimeout, "\(peer) did not answer the forwarded write within \(timeout); it may or may not have been applied. Read the key to check before retrying.",
+                context: ["region": peer.rawValue])))
+        }
+        defer { timer.cancel() }
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<ForwardedReply, MeridianError>, Never>) in
+            let sent = state.withLock { state -> Bool in
+                guard let outbox = state.outbox else { return false }
+                state.forwards[id] = continuation
+                outbox.yield(.forward(write))
+                return true
+            }
+            if !sent {
+                continuation.resume(returning: .failure(MeridianError(
+                    .regionUnavailable, "The stream to \(peer) closed before the write could be forwarded; nothing was sent. Retry shortly.",
+                    context: ["region": peer.rawValue])))
+            }
+        }
+        return try result.get()
+    }
+
+    /// The peer answered a forwarded write.
+    func forwardAnswered(_ reply: ForwardedReply) {
+        resolveForward(id: reply.id, .success(reply))
+    }
+
+    private func resolveForward(id: UInt64, _ result: Result<ForwardedReply, MeridianError>) {
+        state.withLock { $0.forwards.removeValue(forKey: id) }?.resume(returning: result)
+    }
+
+    // MARK: - Reading state
+
+    var snapshot: Snapshot {
+        state.withLock { state in
+            let health: Health
+            if state.resyncRequired {
+                health = .resyncRequired
+            } else if state.shipper != nil, let heard = state.lastHeard, ContinuousClock.now - heard <= silenceLimit {
+                health = .up
+            } else if state.connected {
+                health = .connecting
+            } else {
+                health = .down
+            }
+            return Snapshot(health: health, acknowledged: state.acknowledged, logHighWater: state.logHighWater,
+                            lastHeard: state.lastHeard, lastError: state.lastError)
+        }
+    }
+
+    private static func carry(_ effects: [LogShipper.Effect], _ state: inout State) {
+        for effect in effects {
+            switch effect {
+            case .send(let from, let count): state.outbox?.yield(.ship(fromSequence: from, count: count))
+            // The node persists cursors periodically from `acknowledged`: the resume point itself comes from
+            // the peer's welcome, so a cursor only serves status and log retention.
+            case .persistCursor: break
+            }
+        }
+    }
+}

@@ -1,0 +1,496 @@
+import Foundation
+import Histogram
+import Logging
+import MeridianCore
+import MeridianStore
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// How a node reaches its peers' replication ports.
+public enum PeerRoute: String, Sendable, CaseIterable {
+    /// Through the WAN emulator's proxy for each directed link (`meridian wan`, started by `meridian up`).
+    case wan
+    /// Straight to each peer's address from the cluster file.
+    case direct
+}
+
+/// Executes a write forwarded here by another region and renders the answer.
+typealias ForwardHandler = @Sendable (ForwardedWrite) async -> ForwardedReply
+
+/// The node's replication shell: it ships this region's log to every peer over long-lived streams, applies
+/// the streams of other origins, confirms `majority`/`all` writes, and carries forwarded writes. The
+/// decisions (what to send, what to apply, when a write is confirmed) are the core's `LogShipper`,
+/// `LogReceiver` and `AckTracker`; this type does the I/O.
+final class Replicator: Sendable {
+    let region: RegionName
+    let cluster: ClusterConfig
+    let store: RegionStore
+    let codec: PeerFrameCodec
+    let links: [RegionName: OutboundLink]
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let acks: AckWaiters
+    private let inboundStates = Mutex<[RegionName: InboundState]>([:])
+    private let forwardsServed = Atomic<Int>(0)
+    private let wallClockMs: @Sendable () -> UInt64
+
+    var limits: Limits { cluster.limits }
+    private var heartbeatInterval: Duration { .milliseconds(limits.heartbeatIntervalMs) }
+
+    /// What this region knows about one origin's stream into it.
+    struct InboundState: Sendable {
+        /// Open streams from the origin (a new one may open before a stale one is noticed and closed).
+        var connections = 0
+        var lastHeard: ContinuousClock.Instant?
+        /// The origin's log end and clock, from its latest heartbeat.
+        var originLogHighWater: UInt64 = 0
+        var originPhysicalMs: UInt64 = 0
+        /// Apply lag in ms (apply time here minus the entry's HLC time at its origin), since the node started.
+        var applyLagMs = Histogram<UInt64>(highestTrackableValue: 3_600_000, numberOfSignificantValueDigits: .three)
+    }
+
+    init(region: RegionName, cluster: ClusterConfig, store: RegionStore, route: PeerRoute, wallClockMs: @escaping @Sendable () -> UInt64,
+         logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.region = region
+        self.cluster = cluster
+        self.store = store
+        self.logger = logger
+        self.group = group
+        self.wallClockMs = wallClockMs
+        let limits = cluster.limits
+        codec = PeerFrameCodec(valueBytesMax: limits.valueBytesMax, frameBytesMax: limits.replicationFrameBytesMax)
+        acks = AckWaiters(origin: region)
+        let highWater = store.appliedHighWater()[region] ?? 0
+        var links: [RegionName: OutboundLink] = [:]
+        for peer in cluster.regions where peer.name != region {
+            let endpoint = route == .wan ? cluster.wanListenEndpoint(from: region, to: peer.name)! : peer.peer
+            let rttMs = (cluster.wan.rttMs(region, peer.name) ?? 0) * max(cluster.wan.latencyScale, 1)
+            let silence = Duration.milliseconds(limits.heartbeatIntervalMs * limits.missedHeartbeatsMax) + .milliseconds(Int(rttMs.rounded(.up)))
+            links[peer.name] = OutboundLink(
+                peer: peer.name, endpoint: endpoint, silenceLimit: silence,
+                acknowledged: 0, logHighWater: highWater,
+                shipperLimits: LogShipper.Limits(batchEntriesMax: limits.replicationBatchEntriesMax, inflightEntriesMax: limits.replicationInflightEntriesMax),
+                forwardsMax: limits.forwardsInflightMax)
+        }
+        self.links = links
+    }
+
+    // MARK: - Running
+
+    /// Listens for peers, keeps a stream to every peer, and runs the timers, until cancelled.
+    /// - Parameter onListening: Called once the peer port is bound.
+    func run(forward: @escaping ForwardHandler, onListening: @escaping @Sendable () -> Void = {}) async throws {
+        let address = cluster.region(region)!.peer
+        let codec = self.codec
+        let server: NIOAsyncChannel<PeerChannel, Never>
+        do {
+            server = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: address.host, port: address.port) { channel in PeerChannel.wrap(channel, codec: codec) }
+        } catch {
+            throw MeridianError(.invalidConfig, "Region \(region) cannot listen for peers on \(address): \(error). Is another node running with this cluster file?",
+                                context: ["peer": address.description])
+        }
+        logger.info("replication listening on \(address)")
+        onListening()
+        try await withThrowingDiscardingTaskGroup { tasks in
+            tasks.addTask {
+                try await server.executeThenClose { connections in
+                    try await withThrowingDiscardingTaskGroup { connectionTasks in
+                        for try await connection in connections {
+                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward) }
+                        }
+                    }
+                }
+            }
+            for link in links.values {
+                tasks.addTask { await self.keepConnected(link) }
+            }
+            tasks.addTask { await self.tickAcks() }
+            tasks.addTask { await self.maintain() }
+        }
+    }
+
+    /// Connects to a peer, streams, and reconnects with backoff, until cancelled.
+    private func keepConnected(_ link: OutboundLink) async {
+        var failures = 0
+        var lastLogged: String?
+        while !Task.isCancelled {
+            var reason: String?
+            do {
+                try await stream(to: link)
+                failures = 0
+            } catch {
+                failures += 1
+                reason = (error as? MeridianError)?.message ?? "\(error)"
+                if reason != lastLogged {
+                    logger.warning("stream to \(link.peer) ended", metadata: ["peer": "\(link.endpoint)", "reason": "\(reason!)"])
+                    lastLogged = reason
+                }
+            }
+            link.disconnected(reason: reason)
+            let backoffMs = min(1_000, 25 << min(failures, 6))
+            try? await Task.sleep(for: .milliseconds(backoffMs))
+        }
+    }
+
+    /// One outbound connection: hello, then batches and heartbeats out, welcome and acks in.
+    private func stream(to link: OutboundLink) async throws {
+        let codec = self.codec
+        let channel = try await ClientBootstrap(group: group)
+            .connectTimeout(.seconds(2))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: link.endpoint.host, port: link.endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec) }
+        let (commands, outbox) = AsyncStream<OutboundLink.Command>.makeStream()
+        link.connected(outbox: outbox)
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(.hello(PeerHello(cluster: cluster.name, from: region, to: link.peer)))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await self.writeOutbound(commands, to: outbound, link: link) }
+                tasks.addTask {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: self.heartbeatInterval)
+                        if link.tick(heartbeatInterval: self.heartbeatInterval) {
+                            channel.channel.close(promise: nil)
+                            return
+                        }
+                    }
+                }
+                defer {
+                    outbox.finish()
+                    tasks.cancelAll()
+                }
+                do {
+                    for try await frame in inbound {
+                        link.heard()
+                        switch frame {
+                        case .welcome(let applied):
+                            try link.welcomed(applied: applied, logFloor: store.logFloor())
+                            acks.peerApplied(link.peer, upTo: applied)
+                        case .ack(let applied):
+                            try link.acked(applied)
+                            acks.peerApplied(link.peer, upTo: applied)
+                        case .forwardReply(let reply):
+                            link.forwardAnswered(reply)
+                        case .refusal(let code, let message):
+                            throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
+                        case .hello, .batch, .heartbeat, .forward:
+                            throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
+                        }
+                    }
+                } catch let error as MeridianError {
+                    try? await outbound.write(.refusal(code: error.code.description, message: error.message))
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// Drains a connection's outbox in order.
+    private func writeOutbound(_ commands: AsyncStream<OutboundLink.Command>, to outbound: NIOAsyncChannelOutboundWriter<PeerFrame>, link: OutboundLink) async throws {
+        for await command in commands {
+            switch command {
+            case .ship(let from, let count):
+                let entries = try await store.logEntries(origin: region, after: from - 1, limit: count)
+                guard entries.count == count, entries.first?.sequence == from else {
+                    throw MeridianError(.replicationProtocol, "Entries \(from) to \(from + UInt64(count) - 1) of this region's log are no longer held (retention); \(link.peer) needs a full resync.")
+                }
+                for frame in batches(entries, from: from, through: from + UInt64(count) - 1, for: link.peer) {
+                    try await outbound.write(frame)
+                }
+            case .heartbeat:
+                try await outbound.write(.heartbeat(logHighWater: link.snapshot.logHighWater, physicalMs: wallClockMs()))
+            case .forward(let write):
+                try await outbound.write(.forward(write))
+            }
+            link.sent()
+        }
+    }
+
+    /// Cuts a range of the log into frames for one peer: only entries of keyspaces the peer replicates travel
+    /// (residency), and no frame exceeds the frame limit. The frames cover the whole range, so the peer can
+    /// tell left-out entries from lost ones.
+    func batches(_ entries: [ReplicationEntry], from: UInt64, through: UInt64, for peer: RegionName) -> [PeerFrame] {
+        let budget = codec.frameBytesMax - 64
+        var frames: [PeerFrame] = []
+        var start = from
+        var current: [ReplicationEntry] = []
+        var bytes = 0
+        for entry in entries {
+            guard cluster.keyspace(entry.keyspace)?.isReplica(peer) == true else { continue }
+            let size = EntryCodec.encodedBytes(entry)
+            if !current.isEmpty && bytes + size > budget {
+                frames.append(.batch(from: start, through: entry.sequence - 1, entries: current))
+                start = entry.sequence
+                current = []
+                bytes = 0
+            }
+            current.append(entry)
+            bytes += size
+        }
+        frames.append(.batch(from: start, through: through, entries: current))
+        return frames
+    }
+
+    /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.
+    private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler) async {
+        var origin: RegionName?
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                let (replies, replyOut) = AsyncStream<PeerFrame>.makeStream()
+                try await withThrowingTaskGroup(of: Void.self) { tasks in
+                    tasks.addTask {
+                        for await frame in replies { try await outbound.write(frame) }
+                    }
+                    // An origin sends at least a heartbeat per interval; a stream silent for much longer is stale
+                    // (its origin reconnected, or the link was cut) and is closed.
+                    let lastFrame = Mutex(ContinuousClock.now)
+                    let idleLimit = Duration.milliseconds(limits.heartbeatIntervalMs * limits.missedHeartbeatsMax * 4) + .seconds(1)
+                    tasks.addTask {
+                        while true {
+                            try await Task.sleep(for: self.heartbeatInterval)
+                            if ContinuousClock.now - lastFrame.withLock({ $0 }) > idleLimit {
+                                connection.channel.close(promise: nil)
+                                return
+                            }
+                        }
+                    }
+                    defer {
+                        replyOut.finish()
+                        tasks.cancelAll()
+                    }
+                    var receiver: LogReceiver?
+                    do {
+                        for try await frame in inbound {
+                            lastFrame.withLock { $0 = .now }
+                            if let origin { heardFrom(origin) }
+                            switch frame {
+                            case .hello(let hello):
+                                guard origin == nil else { throw MeridianError(.replicationProtocol, "A stream said hello twice.") }
+                                try check(hello)
+                                origin = hello.from
+                                let applied = store.appliedHighWater()[hello.from] ?? 0
+                                receiver = LogReceiver(origin: hello.from, applied: applied)
+                                inboundStates.withLock { $0[hello.from, default: InboundState()].connections += 1 }
+                                heardFrom(hello.from)
+                                replyOut.yield(.welcome(applied: applied))
+                            case .batch(let from, let through, let entries):
+                                guard let origin, var current = receiver else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
+                                let delivery = try current.received(from: from, through: through, entries: entries)
+                                if let covers = delivery.covers {
+                                    let applied: UInt64
+                                    do {
+                                        applied = try await store.applyReplicated(origin: origin, from: from, through: covers, entries: delivery.toApply)
+                                    } catch {
+                                        current.persistFailed()
+                                        receiver = current
+                                        throw error
+                                    }
+                                    _ = current.persisted(upTo: covers)
+                                    recordApplied(delivery.toApply, origin: origin)
+                                    replyOut.yield(.ack(applied: applied))
+                                } else if let again = delivery.reacknowledge {
+                                    replyOut.yield(.ack(applied: again))
+                                }
+                                receiver = current
+                            case .heartbeat(let logHighWater, let physicalMs):
+                                guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
+                                inboundStates.withLock {
+                                    $0[origin, default: InboundState()].originLogHighWater = logHighWater
+                                    $0[origin, default: InboundState()].originPhysicalMs = physicalMs
+                                }
+                                replyOut.yield(.ack(applied: store.appliedHighWater()[origin] ?? 0))
+                            case .forward(let write):
+                                guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded write arrived before hello.") }
+                                guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
+                                    forwardsServed.subtract(1, ordering: .relaxed)
+                                    let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded writes; retry shortly.").rendered()
+                                    replyOut.yield(.forwardReply(ForwardedReply(id: write.id, status: UInt16(refused.status.code), headers: [], body: Array(buffer: refused.body))))
+                                    continue
+                                }
+                                tasks.addTask {
+                                    defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
+                                    replyOut.yield(.forwardReply(await forward(write)))
+                                }
+                            case .welcome, .ack, .forwardReply, .refusal:
+                                throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
+                            }
+                        }
+                    } catch let error as MeridianError {
+                        try? await outbound.write(.refusal(code: error.code.description, message: error.message))
+                        throw error
+                    }
+                }
+            }
+        } catch {
+            logger.warning("stream from \(origin.map(\.rawValue) ?? "an unidentified peer") ended", metadata: ["reason": "\((error as? MeridianError)?.message ?? "\(error)")"])
+        }
+        if let origin { inboundStates.withLock { $0[origin]?.connections -= 1 } }
+    }
+
+    private func check(_ hello: PeerHello) throws(MeridianError) {
+        guard hello.cluster == cluster.name else {
+            throw MeridianError(.replicationProtocol, "A region of cluster '\(hello.cluster)' connected to cluster '\(cluster.name)'; check the peers' addresses.")
+        }
+        guard hello.to == region else {
+            throw MeridianError(.replicationProtocol, "\(hello.from) meant to reach \(hello.to) but reached \(region); check the peers' addresses.")
+        }
+        guard hello.from != region, cluster.region(hello.from) != nil else {
+            throw MeridianError(.replicationProtocol, "Region '\(hello.from)' is not a peer of \(region) in the cluster file.")
+        }
+    }
+
+    private func heardFrom(_ origin: RegionName) {
+        inboundStates.withLock { $0[origin, default: InboundState()].lastHeard = .now }
+    }
+
+    private func recordApplied(_ entries: [ReplicationEntry], origin: RegionName) {
+        guard !entries.isEmpty else { return }
+        let now = wallClockMs()
+        inboundStates.withLock { all in
+            for entry in entries {
+                all[origin, default: InboundState()].applyLagMs.record(now > entry.hlc.physicalMs ? now - entry.hlc.physicalMs : 0)
+            }
+        }
+    }
+
+    // MARK: - Timers
+
+    private func tickAcks() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(20))
+            acks.tick()
+        }
+    }
+
+    /// Persists cursors and trims the log, once a second.
+    private func maintain() async {
+        var persisted: [RegionName: UInt64] = [:]
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            var lowest = store.appliedHighWater()[region] ?? 0
+            for (peer, link) in links {
+                let acknowledged = link.snapshot.acknowledged
+                lowest = min(lowest, acknowledged)
+                if acknowledged > persisted[peer, default: 0] {
+                    do {
+                        try await store.advanceCursor(peer: peer, origin: region, to: acknowledged)
+                        persisted[peer] = acknowledged
+                    } catch {
+                        logger.warning("cannot persist the cursor of \(peer)", metadata: ["reason": "\(error.message)"])
+                    }
+                }
+            }
+            // Keep what some peer still needs, up to the retention bound; a peer beyond it needs a resync.
+            let highWater = store.appliedHighWater()[region] ?? 0
+            let retention = UInt64(limits.logRetentionEntries)
+            let floor = highWater > retention ? max(lowest, highWater - retention) : lowest
+            if floor > store.logFloor() {
+                do { try await store.trimLog(origin: region, through: floor) } catch {
+                    logger.warning("cannot trim the log", metadata: ["reason": "\(error.message)"])
+                }
+            }
+        }
+    }
+
+    // MARK: - What the write path asks
+
+    /// The regions this region can confirm writes with now: itself and every peer whose stream is up.
+    func reachable() -> Set<RegionName> {
+        var result: Set<RegionName> = [region]
+        for (peer, link) in links where link.snapshot.health == .up { result.insert(peer) }
+        return result
+    }
+
+    /// This region's log grew to `sequence` (a local write committed).
+    func logGrew(to sequence: UInt64) {
+        for link in links.values { link.logGrew(to: sequence) }
+    }
+
+    /// Waits until enough replica regions applied a committed write, or the ack timeout passes.
+    func confirm(sequence: UInt64, required: Int, replicas: [RegionName]) async throws(MeridianError) -> AckTracker.Resolution {
+        try await acks.wait(sequence: sequence, required: required, replicas: replicas, timeoutMs: UInt64(limits.ackTimeoutMs))
+    }
+
+    /// Forwards a write to the region that takes it and waits for the answer.
+    func forward(to target: RegionName, _ make: (UInt64) -> ForwardedWrite) async throws(MeridianError) -> ForwardedReply {
+        guard let link = links[target] else {
+            throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region).", context: ["region": target.rawValue])
+        }
+        return try await link.forward(make, timeout: .milliseconds(limits.ackTimeoutMs + 2_000))
+    }
+
+    /// Per peer: the outbound stream's state and the inbound stream's.
+    func peerStates() -> [RegionName: (outbound: OutboundLink.Snapshot, inbound: InboundState?)] {
+        let inboundStates = inboundStates.withLock { $0 }
+        return links.mapValues { ($0.snapshot, inboundStates[$0.peer]) }
+    }
+}
+
+/// Writes waiting for `majority`/`all` confirmation: the core's ``AckTracker`` plus the suspended requests.
+final class AckWaiters: Sendable {
+    private struct State {
+        var tracker: AckTracker
+        var waiting: [UInt64: CheckedContinuation<Result<AckTracker.Resolution, MeridianError>, Never>] = [:]
+    }
+
+    private let state: Mutex<State>
+    private let started = ContinuousClock.now
+
+    init(origin: RegionName) {
+        state = Mutex(State(tracker: AckTracker(origin: origin)))
+    }
+
+    private var nowMs: UInt64 {
+        let elapsed = ContinuousClock.now - started
+        return UInt64(elapsed.components.seconds) * 1000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    func wait(sequence: UInt64, required: Int, replicas: [RegionName], timeoutMs: UInt64) async throws(MeridianError) -> AckTracker.Resolution {
+        let deadline = nowMs + timeoutMs
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<AckTracker.Resolution, MeridianError>, Never>) in
+            let immediate = state.withLock { state -> Result<AckTracker.Resolution, MeridianError>? in
+                do throws(MeridianError) {
+                    if let done = try state.tracker.register(sequence: sequence, required: required, replicas: replicas, deadlineMs: deadline) {
+                        return .success(done)
+                    }
+                    state.waiting[sequence] = continuation
+                    return nil
+                } catch {
+                    return .failure(error)
+                }
+            }
+            if let immediate { continuation.resume(returning: immediate) }
+        }
+        return try result.get()
+    }
+
+    func peerApplied(_ peer: RegionName, upTo sequence: UInt64) {
+        let resumes = state.withLock { state in
+            state.tracker.peerApplied(peer, upTo: sequence).compactMap { resolution in
+                state.waiting.removeValue(forKey: resolution.sequence).map { ($0, resolution) }
+            }
+        }
+        for (continuation, resolution) in resumes { continuation.resume(returning: .success(resolution)) }
+    }
+
+    func tick() {
+        let now = nowMs
+        let resumes = state.withLock { state in
+            state.tracker.tick(nowMs: now).compactMap { resolution in
+                state.waiting.removeValue(forKey: resolution.sequence).map { ($0, resolution) }
+            }
+        }
+        for (continuation, resolution) in resumes { continuation.resume(returning: .success(resolution)) }
+    }
+}
+
+extension AckTracker.Resolution {
+    var sequence: UInt64 {
+        switch self {
+        case .acknowledged(let sequence, _), .timedOut(let sequence, _, _): sequence
+        }
+    }
+}

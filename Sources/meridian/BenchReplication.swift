@@ -1,0 +1,224 @@
+import ArgumentParser
+import Foundation
+import MeridianClient
+import MeridianCore
+
+extension Bench {
+    struct Replication: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "replication",
+            abstract: "Cross-region write latency per ack mode and async replication lag per link, on a cluster of real processes behind the WAN emulator.",
+            discussion: """
+                Starts its own cluster with the demo's regions and RTTs on free ports (a WAN emulator and one node per region, \
+                all stopped at the end), then:
+                  1. for each origin region, writes at --rate writes/s for --seconds (async ack) and reads every replica's \
+                apply lag for that origin (apply time minus the write's HLC time at its origin, so it includes the origin's \
+                fsync: an upper bound of the time from the origin's ack to the apply);
+                  2. for each origin region and ack mode, --writes sequential writes from --clients clients, timing each.
+                Each figure is printed beside the emulated RTT (or one-way delay) and the fiber floor, as a ratio. Build with -c release.
+                """)
+
+        @Option(help: "Multiply every emulated delay (1 = real scale).") var latencyScale: Double = 1
+        @Option(help: "Async writes per second per origin in the lag phase.") var rate: Double = 2000
+        @Option(help: "Seconds of writing per origin in the lag phase.") var seconds: Double = 5
+        @Option(help: "Writes per origin and ack mode in the latency phase.") var writes: Int = 200
+        @Option(help: "Concurrent clients in the latency phase.") var clients: Int = 4
+        @Option(help: "Where the cluster's data and logs go (default: a temporary directory, removed afterwards).") var data: String?
+
+        func validate() throws {
+            guard latencyScale > 0 && latencyScale <= 10 else { throw ValidationError("--latency-scale must be above 0 and at most 10.") }
+            guard rate > 0 && rate <= 100_000 else { throw ValidationError("--rate must be above 0 and at most 100000.") }
+            guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds must be above 0 and at most 600.") }
+            guard (1...100_000).contains(writes) else { throw ValidationError("--writes must be 1 to 100000.") }
+            guard (1...256).contains(clients) else { throw ValidationError("--clients must be 1 to 256.") }
+        }
+
+        func run() async throws {
+            let cluster = try BenchCluster(directory: data, latencyScale: latencyScale)
+            do {
+                try await cluster.start()
+                try await measure(cluster)
+            } catch {
+                await cluster.stop()
+                throw error
+            }
+            await cluster.stop()
+        }
+
+        private func measure(_ cluster: BenchCluster) async throws {
+            let regions = cluster.config.regions.map(\.name)
+            let scale = latencyScale
+            say("meridian bench replication: \(regions.count) regions, latency scale \(scale), \(String(format: "%.0f", rate)) async writes/s per origin for \(String(format: "%.0f", seconds)) s, then \(writes) writes per origin and ack mode from \(clients) clients")
+            say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
+
+            // 1. Async replication lag per link.
+            var lagRows: [String] = []
+            var lagMisses = 0
+            for origin in regions {
+                let client = cluster.config.region(origin)!.client
+                let pool = try await ConnectionPool.open(client, count: 16)
+                let count = Int(rate * seconds)
+                let result = try await pool.run(seconds: seconds * 3, requestsMax: count, ratePerSecond: rate) { connection, index in
+                    try await connection.request("PUT", "/v1/kv/bench/\(origin)-lag-\(index)", headers: [("Meridian-Ack", "async")], body: Array(repeating: 0x61, count: 100))
+                }
+                await pool.close()
+                try result.requireSuccess("async writes in \(origin)")
+                try await cluster.waitCaughtUp(origin: origin, entries: UInt64(count))
+                for replica in regions where replica != origin {
+                    let lag = try await cluster.applyLag(at: replica, from: origin)
+                    let oneWay = cluster.rttMs(origin, replica) / 2 * scale
+                    let floor = (Bench.WAN.floorMs(DirectedLink(from: origin, to: replica)) ?? 0) / 2 * scale
+                    let p50Target = oneWay + 2, p99Target = oneWay + 10
+                    let met = Double(lag.p50) <= p50Target && Double(lag.p99) <= p99Target
+                    if !met { lagMisses += 1 }
+                    lagRows.append("\(origin)->\(replica)".padding(toLength: 28, withPad: " ", startingAt: 0)
+                        + String(format: "%7.1f %8.1f %8d %7d %7d  %6.2fx  %6.2fx   %@", oneWay, floor, lag.samples, lag.p50, lag.p99,
+                                 Double(lag.p50) / max(oneWay, 0.001), Double(lag.p50) / max(floor, 0.001), met ? "yes" : "NO"))
+                }
+                say(String(format: "  %@: %d writes at %.0f/s, p50 %.2f ms, p99 %.2f ms", origin.rawValue, result.requests, result.throughput,
+                           Double(result.histogram.valueAtPercentile(50)) / 1000, Double(result.histogram.valueAtPercentile(99)) / 1000))
+            }
+            say("\nASYNC REPLICATION LAG (ms; apply at the replica minus HLC time at the origin, 1 ms resolution)")
+            say("LINK                        ONE-WAY    FLOOR  SAMPLES     p50     p99  p50/1way p50/floor  target (1way+2 p50, 1way+10 p99)")
+            for row in lagRows { say(row) }
+
+            // 2. Write latency per origin and ack mode.
+            say("\nWRITE LATENCY BY ACK MODE (ms, \(writes) writes per row, \(clients) clients)")
+            say("ORIGIN          ACK       BOUND ms  FLOOR ms   p50 ms   p99 ms  p50/bound  p50/floor  target")
+            var latencyMisses = 0
+            for origin in regions {
+                let client = cluster.config.region(origin)!.client
+                for ack in [AckMode.async, .majority, .all] {
+                    let pool = try await ConnectionPool.open(client, count: clients)
+                    let result = try await pool.run(seconds: 600, requestsMax: writes) { connection, index in
+                        try await connection.request("PUT", "/v1/kv/bench/\(origin)-\(ack.rawValue)-\(index)", headers: [("Meridian-Ack", ack.rawValue)],
+                                                     body: Array(repeating: 0x62, count: 100))
+                    }
+                    await pool.close()
+                    try result.requireSuccess("\(ack.rawValue) writes in \(origin)")
+                    let peers = regions.filter { $0 != origin }
+                    let rtts = peers.map { cluster.rttMs(origin, $0) * scale }.sorted()
+                    let floors = peers.map { (Bench.WAN.floorMs(DirectedLink(from: origin, to: $0)) ?? 0) * scale }.sorted()
+                    // majority of 3 needs the nearest peer; all needs the farthest.
+                    let (bound, floor): (Double, Double) = switch ack {
+                    case .async: (0, 0)
+                    case .majority: (rtts[0], floors[0])
+                    case .all: (rtts[rtts.count - 1], floors[floors.count - 1])
+                    }
+                    let p50 = Double(result.histogram.valueAtPercentile(50)) / 1000, p99 = Double(result.histogram.valueAtPercentile(99)) / 1000
+                    let target: String
+                    switch ack {
+                    case .async: target = "-"
+                    case .majority:
+                        let met = p50 <= bound + 3
+                        if !met { latencyMisses += 1 }
+                        target = (met ? "yes" : "NO") + " (p50 <= RTT+3)"
+                    case .all:
+                        let met = p99 <= bound + 10
+                        if !met { latencyMisses += 1 }
+                        target = (met ? "yes" : "NO") + " (p99 <= RTT+10)"
+                    }
+                    say(origin.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0) + ack.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)
+                        + String(format: "%9.1f %9.1f %8.2f %8.2f  %8@  %8@  %@", bound, floor, p50, p99,
+                                 bound > 0 ? String(format: "%.2fx", p50 / bound) : "-", floor > 0 ? String(format: "%.2fx", p50 / floor) : "-", target))
+                }
+            }
+            say("\nBOUND: the emulated RTT to the nearest peer (majority of 3) or the farthest (all); FLOOR: the fiber floor RTT from rtt-ms.csv.")
+            if lagMisses + latencyMisses > 0 { say("\(lagMisses + latencyMisses) rows missed their target.") }
+        }
+    }
+}
+
+/// A cluster of real processes for benchmarks: the demo's regions and RTTs on free ports, a WAN emulator and
+/// one node per region, all started by `start` and stopped by `stop`.
+final class BenchCluster {
+    let config: ClusterConfig
+    let directory: String
+    let removeAfter: Bool
+    let latencyScale: Double
+    private let file: String
+    private var processes: [Process] = []
+
+    init(directory: String?, latencyScale: Double) throws {
+        self.directory = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
+        removeAfter = directory == nil
+        self.latencyScale = latencyScale
+        try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        let names = ["us-east", "eu-west", "ap-southeast"]
+        var yaml = "cluster: bench\n"
+        yaml += "wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: 6)), rtt_ms: ["
+        yaml += DemoCluster.rttMs.map { "{ between: [\($0.0), \($0.1)], ms: \($0.2) }" }.joined(separator: ", ") + "] }\n"
+        yaml += "regions:\n"
+        for name in names {
+            yaml += "  - { name: \(name), client: 127.0.0.1:\(try LocalProcesses.freePort()), peer: 127.0.0.1:\(try LocalProcesses.freePort()) }\n"
+        }
+        yaml += "keyspaces:\n  - { name: bench, topology: multi-leader, conflict: lww, ack: async }\n"
+        file = (self.directory as NSString).appendingPathComponent("cluster.yaml")
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        config = try ClusterConfig.parse(yaml: yaml, file: file)
+    }
+
+    func rttMs(_ a: RegionName, _ b: RegionName) -> Double { config.wan.rttMs(a, b) ?? 0 }
+
+    func start() async throws {
+        let executable = LocalProcesses.currentExecutable()
+        func log(_ name: String) -> String { (directory as NSString).appendingPathComponent("\(name).log") }
+        let wan = try LocalProcesses.start(executable, ["wan", "--config", file, "--latency-scale", String(latencyScale), "--exit-with-parent"], logPath: log("wan"))
+        processes.append(wan)
+        guard await LocalProcesses.waitHealthy(host: config.wan.admin.host, port: config.wan.admin.port, process: wan, timeoutSeconds: 30) else {
+            throw CLIFailure("the WAN emulator did not start; see \(log("wan"))")
+        }
+        for region in config.regions {
+            processes.append(try LocalProcesses.start(executable, [
+                "node", "--config", file, "--region", region.name.rawValue, "--data", (directory as NSString).appendingPathComponent(region.name.rawValue),
+                "--exit-with-parent", "--log-level", "warning",
+            ], logPath: log(region.name.rawValue)))
+        }
+        for (region, process) in zip(config.regions, processes.dropFirst()) {
+            guard await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: process, timeoutSeconds: 60) else {
+                throw CLIFailure("region \(region.name) did not start; see \(log(region.name.rawValue))")
+            }
+        }
+        // Every stream up before measuring.
+        let deadline = Date().addingTimeInterval(30)
+        for region in config.regions {
+            while try await peers(region.name).contains(where: { $0["link"] as? String != "up" }) {
+                guard Date() < deadline else { throw CLIFailure("the replication streams of \(region.name) did not come up") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    func peers(_ region: RegionName) async throws -> [[String: Any]] {
+        let client = config.region(region)!.client
+        let connection = try await HTTPConnection.connect(host: client.host, port: client.port)
+        defer { Task { await connection.close() } }
+        let status = try await connection.request("GET", "/v1/status")
+        return ((try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any])?["peers"] as? [[String: Any]]) ?? []
+    }
+
+    /// Waits until every other region applied `origin`'s log up to at least `entries`.
+    func waitCaughtUp(origin: RegionName, entries: UInt64, timeoutSeconds: Double = 60) async throws {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        for region in config.regions.map(\.name) where region != origin {
+            while true {
+                let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
+                if UInt64(inbound?["applied"] as? Int ?? 0) >= entries { break }
+                guard Date() < deadline else { throw CLIFailure("\(region) did not catch up with \(origin) within \(Int(timeoutSeconds)) s") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    /// The apply lag `region` measured for `origin`'s entries.
+    func applyLag(at region: RegionName, from origin: RegionName) async throws -> (samples: Int, p50: Int, p99: Int) {
+        let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
+        let lag = inbound?["apply_lag_ms"] as? [String: Any] ?? [:]
+        return (lag["samples"] as? Int ?? 0, lag["p50"] as? Int ?? 0, lag["p99"] as? Int ?? 0)
+    }
+
+    func stop() async {
+        for process in processes.reversed() { await LocalProcesses.stop(process) }
+        if removeAfter { try? FileManager.default.removeItem(atPath: directory) }
+    }
+}

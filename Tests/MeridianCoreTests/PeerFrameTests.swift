@@ -1,0 +1,115 @@
+// Proves the replication stream's frame codec: every frame type round-trips, a stream decodes frame by
+// frame however its bytes are split, and truncated, oversized, out-of-range or random bytes give typed
+// errors, never a crash. Also the receiving side's range rule: batches may leave out entries of keyspaces
+// kept elsewhere, and a range that skips past the applied point is refused.
+import MeridianCore
+import PropertyBased
+import Testing
+
+@Suite struct PeerFrameTests {
+    let codec = PeerFrameCodec(valueBytesMax: 4096, frameBytesMax: 1 << 16)
+    let us = RegionName(validated: "us-east")
+    let eu = RegionName(validated: "eu-west")
+
+    func entry(_ sequence: UInt64, origin: RegionName? = nil) -> ReplicationEntry {
+        EntryCodecTests.entry(region: origin == eu ? 1 : 0, sequence: sequence, physical: 100 + sequence, logical: 0, epoch: 0,
+                              key: "k\(sequence)", delete: false, value: [UInt8(sequence % 256)])
+    }
+
+    var everyKind: [PeerFrame] {
+        [
+            .hello(PeerHello(cluster: "demo", from: us, to: eu)),
+            .welcome(applied: 0), .welcome(applied: 42),
+            .batch(from: 1, through: 3, entries: [entry(1), entry(3)]),
+            .batch(from: 5, through: 9, entries: []),
+            .ack(applied: 7),
+            .heartbeat(logHighWater: 9, physicalMs: 1_795_000_000_000),
+            .forward(ForwardedWrite(id: 3, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"), operation: .put, contentType: "text/plain",
+                                    value: Array("100".utf8), headers: [ForwardedHeader(name: "Meridian-Ack", value: "majority")])),
+            .forward(ForwardedWrite(id: 4, keyspace: try! KeyspaceName("accounts"), key: try! Key("x"), operation: .delete, contentType: "", value: [], headers: [])),
+            .forwardReply(ForwardedReply(id: 3, status: 200, headers: [ForwardedHeader(name: "ETag", value: "\"1.0.us-east.1\"")], body: Array("{}".utf8))),
+            .refusal(code: "replication_protocol", message: "naïve peer ✓"),
+        ]
+    }
+
+    @Test func everyFrameRoundTripsAndAStreamDecodesIncrementally() throws {
+        var stream: [UInt8] = []
+        for frame in everyKind {
+            let bytes = codec.encode(frame)
+            #expect(try codec.decodeFrame(bytes[...])?.0 == frame)
+            stream += bytes
+        }
+        var decoded: [PeerFrame] = []
+        var offset = 0
+        for end in 1...stream.count {
+            while let (frame, used) = try codec.decodeFrame(stream[offset..<end]) {
+                decoded.append(frame)
+                offset += used
+            }
+        }
+        #expect(decoded == everyKind)
+    }
+
+    @Test func badFramesAreTypedErrors() throws {
+        func code(_ bytes: [UInt8]) -> MeridianError.Code? {
+            do { _ = try codec.decodeFrame(bytes[...]); return nil } catch { return error.code }
+        }
+        // Longer than the limit: refused from the prefix alone, before buffering.
+        #expect(code([0x7F, 0xFF, 0xFF, 0xFF]) == .codecLengthMismatch)
+        #expect(code([0, 0, 0, 0]) == .codecLengthMismatch, "an empty frame")
+        #expect(code([0, 0, 0, 1, 99]) == .codecInvalidField, "an unknown type")
+        #expect(code([0, 0, 0, 2, 1, 9]) == .codecUnsupportedVersion)
+        // A batch whose range is empty, whose entries leave the range, or that claims more entries than it covers.
+        #expect(code(codec.encode(.batch(from: 5, through: 4, entries: []))) == .codecInvalidField)
+        #expect(code(codec.encode(.batch(from: 1, through: 2, entries: [entry(3)]))) == .codecInvalidField)
+        #expect(code(codec.encode(.batch(from: 1, through: 3, entries: [entry(2), entry(1)]))) == .codecInvalidField)
+        var overclaimed = codec.encode(.batch(from: 1, through: 1, entries: [entry(1)]))
+        overclaimed[5 + 16 + 3] = 2
+        #expect(code(overclaimed) == .codecInvalidField)
+        // Trailing bytes inside the announced length.
+        var padded = codec.encode(.ack(applied: 1))
+        padded[3] += 1
+        padded.append(0)
+        #expect(code(padded) == .codecLengthMismatch)
+        // Every truncation of every kind either waits for more bytes or is a typed error.
+        for frame in everyKind {
+            let bytes = codec.encode(frame)
+            for length in 0..<bytes.count { #expect(try codec.decodeFrame(bytes.prefix(length)[...]) == nil) }
+        }
+    }
+
+    @Test func randomBytesNeverCrash() async {
+        let good = everyKind.flatMap { codec.encode($0) }
+        let flips = zip(Gen.int(in: 0...(good.count - 1)), Gen.uint8(in: 0...255)).array(of: 1...8)
+        await propertyCheck(count: 1000, input: flips) { flips in
+            var bytes = good
+            for (index, value) in flips { bytes[index] = value }
+            var offset = 0
+            while offset < bytes.count, let (_, used) = try? codec.decodeFrame(bytes[offset...]) { offset += used }
+        }
+        await propertyCheck(count: 1000, input: Gen.uint8(in: 0...255).array(of: 0...200)) { garbage in
+            _ = try? codec.decodeFrame(garbage[...])
+        }
+    }
+
+    @Test func receiverAcceptsRangesWithLeftOutEntriesAndRefusesSkips() throws {
+        var receiver = LogReceiver(origin: us, applied: 2)
+        // Entries 3 and 5 belong to keyspaces kept elsewhere: the range still covers them.
+        let first = try receiver.received(from: 3, through: 6, entries: [entry(4), entry(6)])
+        #expect(first.toApply.map(\.sequence) == [4, 6] && first.covers == 6)
+        #expect(receiver.persisted(upTo: 6) == 6)
+        // An all-left-out range still moves the applied point.
+        let empty = try receiver.received(from: 7, through: 9, entries: [])
+        #expect(empty.toApply.isEmpty && empty.covers == 9)
+        #expect(receiver.persisted(upTo: 9) == 9)
+        // A resend overlapping what is durable applies only the new part; a pure resend is acknowledged again.
+        let overlap = try receiver.received(from: 8, through: 11, entries: [entry(8), entry(11)])
+        #expect(overlap.toApply.map(\.sequence) == [11] && overlap.covers == 11)
+        #expect(receiver.persisted(upTo: 11) == 11)
+        #expect(try receiver.received(from: 10, through: 11, entries: []).reacknowledge == 11)
+        // A range that starts past the next expected sequence lost a batch.
+        #expect(throws: MeridianError.self) { try receiver.received(from: 13, through: 14, entries: []) }
+        #expect(throws: MeridianError.self) { try receiver.received(from: 12, through: 13, entries: [entry(12, origin: eu)]) }
+        #expect(throws: MeridianError.self) { try receiver.received(from: 12, through: 13, entries: [entry(14)]) }
+    }
+}

@@ -1,0 +1,266 @@
+// Proves cross-region replication with real processes: three region nodes and the WAN emulator (latency
+// scale 0.1), talking over real sockets. A write in each region is read in every other; a partitioned
+// region misses writes and catches up after heal; a follower killed with SIGKILL catches up with no gap or
+// duplicate; a `majority` write acknowledged just before its origin is killed is in the surviving regions;
+// a follower forwards single-leader writes; `all` under a cut link answers 503 naming the region.
+import Foundation
+import MeridianClient
+import Testing
+
+/// A three-region cluster of real processes behind the WAN emulator; every process is stopped at the end.
+final class LiveCluster {
+    let regions = ["us-east", "eu-west", "ap-southeast"]
+    let scratch: Scratch
+    let config: String
+    private(set) var clientPorts: [String: Int] = [:]
+    private var nodes: [String: Process] = [:]
+    private var wan: Process?
+
+    init(keyspaces: String, extraYAML: String = "") throws {
+        scratch = try Scratch()
+        var ports: [Int] = []
+        for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
+        var yaml = try clusterYAML(regions: regions, ports: ports, keyspaces: keyspaces)
+        yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
+        // RTTs of the demo cluster; the emulator runs them at a tenth.
+        yaml = yaml.replacingOccurrences(
+            of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
+        config = scratch.file("cluster.yaml")
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        for (index, region) in regions.enumerated() { clientPorts[region] = ports[2 * index] }
+    }
+
+    func start() async throws {
+        let wan = try LocalProcesses.start(MeridianBinary.path, ["wan", "--config", config, "--latency-scale", "0.1", "--exit-with-parent"],
+                                           logPath: scratch.file("wan.log"))
+        self.wan = wan
+        for region in regions { try startNode(region) }
+        for region in regions {
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: clientPorts[region]!, process: nodes[region], timeoutSeconds: 60))
+        }
+        try await waitUntilLinksUp()
+    }
+
+    func startNode(_ region: String) throws {
+        nodes[region] = try LocalProcesses.start(MeridianBinary.path, [
+            "node", "--config", config, "--region", region, "--data", scratch.file(region), "--exit-with-parent", "--log-level", "warning",
+        ], logPath: scratch.file("\(region).log"))
+    }
+
+    func restartNode(_ region: String) async throws {
+        try startNode(region)
+        #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: clientPorts[region]!, process: nodes[region], timeoutSeconds: 60))
+    }
+
+    func kill9(_ region: String) {
+        guard let node = nodes[region] else { return }
+        kill(node.processIdentifier, SIGKILL)
+        node.waitUntilExit()
+    }
+
+    func chaos(_ arguments: String...) throws {
+        let result = try runCLI(["chaos"] + arguments + ["--config", config])
+        #expect(result.status == 0, "\(result)")
+    }
+
+    func connect(_ region: String) async throws -> HTTPConnection {
+        try await HTTPConnection.connect(host: "127.0.0.1", port: clientPorts[region]!)
+    }
+
+    /// Waits (bounded) until every region's outbound stream to every peer is up.
+    func waitUntilLinksUp(timeoutSeconds: Double = 30) async throws {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        for region in regions {
+            let connection = try await connect(region)
+            defer { Task { await connection.close() } }
+            while true {
+                let status = try await connection.request("GET", "/v1/status")
+                let peers = (try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any])?["peers"] as? [[String: Any]] ?? []
+                if peers.count == regions.count - 1 && peers.allSatisfy({ $0["link"] as? String == "up" }) { break }
+                guard Date() < deadline else {
+                    Issue.record("\(region)'s links did not come up: \(status.text)")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    /// Polls a key in a region until it has `value` (nil: absent), bounded in time.
+    func waitForValue(_ region: String, _ path: String, _ value: String?, timeoutSeconds: Double = 20) async throws -> Bool {
+        let connection = try await connect(region)
+        defer { Task { await connection.close() } }
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while Date() < deadline {
+            let response = try await connection.request("GET", path)
+            if value == nil ? response.status == 404 : (response.status == 200 && response.text == value) { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
+    func status(_ region: String) async throws -> [String: Any] {
+        let connection = try await connect(region)
+        defer { Task { await connection.close() } }
+        let response = try await connection.request("GET", "/v1/status")
+        return (try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]) ?? [:]
+    }
+
+    func stop() async {
+        for (_, node) in nodes where node.isRunning { _ = await LocalProcesses.stop(node) }
+        if let wan, wan.isRunning { _ = await LocalProcesses.stop(wan) }
+        scratch.remove()
+    }
+}
+
+/// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
+func withLiveCluster(keyspaces: String, _ body: (LiveCluster) async throws -> Void) async throws {
+    let cluster = try LiveCluster(keyspaces: keyspaces)
+    do {
+        try await cluster.start()
+        try await body(cluster)
+    } catch {
+        await cluster.stop()
+        throw error
+    }
+    await cluster.stop()
+}
+
+@Suite(.serialized) struct ReplicationLiveTests {
+    static let keyspaces = """
+          - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
+          - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
+          - { name: eu_only, topology: geo-partitioned, home: eu-west, residency: { regions: [eu-west], access: proxy } }
+
+        """
+
+    @Test(.timeLimit(.minutes(3)))
+    func writesInEachRegionAreReadEverywhereAndResidencyHolds() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            for origin in cluster.regions {
+                let connection = try await cluster.connect(origin)
+                let response = try await connection.request("PUT", "/v1/kv/profiles/from-\(origin)", body: Array("hello from \(origin)".utf8))
+                #expect(response.status == 200, "\(response.text)")
+                await connection.close()
+            }
+            for origin in cluster.regions {
+                for reader in cluster.regions {
+                    #expect(try await cluster.waitForValue(reader, "/v1/kv/profiles/from-\(origin)", "hello from \(origin)"), "\(reader) never saw \(origin)'s write")
+                }
+            }
+            // A follower forwards a single-leader write to the leader; `majority` is confirmed by two regions.
+            let follower = try await cluster.connect("ap-southeast")
+            let forwarded = try await follower.request("PUT", "/v1/kv/accounts/alice", body: Array("100".utf8))
+            #expect(forwarded.status == 200, "\(forwarded.text)")
+            #expect(forwarded.header("Meridian-Forwarded-To") == "us-east")
+            #expect(forwarded.text.contains("\"region\":\"us-east\"") && forwarded.text.contains("\"ack\":\"majority\""), "\(forwarded.text)")
+            // Residency: a write from outside eu-west is proxied there and its data never leaves eu-west.
+            let proxied = try await follower.request("PUT", "/v1/kv/eu_only/gdpr", body: Array("secret".utf8))
+            #expect(proxied.status == 200 && proxied.header("Meridian-Forwarded-To") == "eu-west", "\(proxied.text)")
+            await follower.close()
+            for reader in cluster.regions {
+                #expect(try await cluster.waitForValue(reader, "/v1/kv/accounts/alice?consistency=eventual", "100"))
+            }
+            #expect(try await cluster.waitForValue("eu-west", "/v1/kv/eu_only/gdpr", "secret"))
+            // A later write from eu-west travels after the residency-held one; once it arrived, the held one did not.
+            let eu = try await cluster.connect("eu-west")
+            #expect(try await eu.request("PUT", "/v1/kv/profiles/after-gdpr", body: Array("x".utf8)).status == 200)
+            await eu.close()
+            for reader in ["us-east", "ap-southeast"] {
+                #expect(try await cluster.waitForValue(reader, "/v1/kv/profiles/after-gdpr", "x"))
+                let status = try await cluster.status(reader)
+                let stored = (status["keyspaces"] as? [[String: Any]])?.first { $0["name"] as? String == "eu_only" }?["keys"] as? Int
+                #expect(stored == 0, "restricted data reached \(reader)")
+                let applied = (status["peers"] as? [[String: Any]])?.first { $0["region"] as? String == "eu-west" }?["inbound"] as? [String: Any]
+                #expect(applied?["applied"] as? Int == 3, "\(reader) should have covered eu-west's 3 entries: \(String(describing: applied))")
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func partitionedRegionCatchesUpAfterHeal() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            try cluster.chaos("isolate", "ap-southeast")
+            let us = try await cluster.connect("us-east")
+            for index in 0..<50 {
+                #expect(try await us.request("PUT", "/v1/kv/profiles/p\(index)", body: Array("v\(index)".utf8)).status == 200)
+            }
+            // `all` cannot be met while a replica region is cut off: refused up front, nothing written.
+            let refused = try await us.request("PUT", "/v1/kv/profiles/needs-all", headers: [("Meridian-Ack", "all")], body: Array("x".utf8))
+            if refused.status == 200 { Issue.record("an `all` write succeeded across a partition") }
+            #expect([503, 504].contains(refused.status) && refused.text.contains("ap-southeast"), "\(refused.text)")
+            await us.close()
+            #expect(try await cluster.waitForValue("eu-west", "/v1/kv/profiles/p49", "v49"))
+            try await Task.sleep(for: .milliseconds(500))
+            let during = try await cluster.connect("ap-southeast")
+            #expect(try await during.request("GET", "/v1/kv/profiles/p0").status == 404, "an isolated region received a write")
+            await during.close()
+            try cluster.chaos("heal")
+            for index in [0, 25, 49] {
+                #expect(try await cluster.waitForValue("ap-southeast", "/v1/kv/profiles/p\(index)", "v\(index)"))
+            }
+            let status = try await cluster.status("ap-southeast")
+            let fromUS = (status["peers"] as? [[String: Any]])?.first { $0["region"] as? String == "us-east" }?["inbound"] as? [String: Any]
+            #expect(fromUS?["applied"] as? Int == 50 || fromUS?["applied"] as? Int == 51, "\(String(describing: fromUS))")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func followerKilledWithSIGKILLCatchesUpWithoutGapOrDuplicate() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            let us = try await cluster.connect("us-east")
+            // Writes keep flowing while eu-west dies and comes back.
+            var written = 0
+            for index in 0..<300 {
+                if index == 100 { cluster.kill9("eu-west") }
+                if index == 200 { try await cluster.restartNode("eu-west") }
+                let response = try await us.request("PUT", "/v1/kv/profiles/k\(index)", headers: [("Meridian-Ack", "async")], body: Array("v\(index)".utf8))
+                #expect(response.status == 200, "\(response.text)")
+                if response.status == 200 { written += 1 }
+            }
+            await us.close()
+            #expect(try await cluster.waitForValue("eu-west", "/v1/kv/profiles/k299", "v299"))
+            let eu = try await cluster.connect("eu-west")
+            var missing: [Int] = []
+            for index in 0..<300 where try await eu.request("GET", "/v1/kv/profiles/k\(index)").text != "v\(index)" { missing.append(index) }
+            #expect(missing.isEmpty, "eu-west is missing \(missing.count) writes after restart: \(missing.prefix(10))")
+            let list = try await eu.request("GET", "/v1/kv/profiles?limit=1000")
+            await eu.close()
+            let keys = ((try JSONSerialization.jsonObject(with: Data(list.body)) as? [String: Any])?["keys"] as? [[String: Any]]) ?? []
+            #expect(keys.count == 300, "each key exactly once")
+            // Exactly the origin's 300 entries applied: no gap, and no entry applied twice (the applied point equals the log).
+            let fromUS = (try await cluster.status("eu-west")["peers"] as? [[String: Any]])?.first { $0["region"] as? String == "us-east" }?["inbound"] as? [String: Any]
+            #expect(fromUS?["applied"] as? Int == written)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func majorityWriteSurvivesTheLossOfItsOrigin() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            let us = try await cluster.connect("us-east")
+            var acknowledged: [(key: String, value: String, confirmedBy: [String])] = []
+            for index in 0..<20 {
+                let value = "balance-\(index)-\(UUID().uuidString.prefix(8))"
+                let response = try await us.request("PUT", "/v1/kv/accounts/acct\(index)", body: Array(value.utf8))
+                #expect(response.status == 200 && response.text.contains("\"ack\":\"majority\""), "\(response.text)")
+                let answer = try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]
+                let peers = (answer?["acked_by"] as? [String] ?? []).filter { $0 != "us-east" }
+                #expect(!peers.isEmpty, "a majority write was acknowledged without another region: \(response.text)")
+                if response.status == 200 { acknowledged.append(("acct\(index)", value, peers)) }
+            }
+            // Killed the instant the last write is acknowledged: no time to ship anything more.
+            cluster.kill9("us-east")
+            await us.close()
+            // Each region named in a write's acked_by applied it before the write was acknowledged.
+            var lost: [String] = []
+            for (key, value, peers) in acknowledged {
+                for peer in peers {
+                    let reader = try await cluster.connect(peer)
+                    if try await reader.request("GET", "/v1/kv/accounts/\(key)?consistency=eventual").text != value { lost.append("\(key)@\(peer)") }
+                    await reader.close()
+                }
+            }
+            #expect(lost.isEmpty, "majority-acknowledged writes missing from the regions that confirmed them: \(lost)")
+        }
+    }
+}

@@ -9,8 +9,8 @@ import Synchronization
 final class OutboundLink: Sendable {
     /// What the connection's writer task sends.
     enum Command: Sendable {
-        /// Send the log entries `fromSequence ..< fromSequence + count` (those the peer replicates).
-        case ship(fromSequence: UInt64, count: Int)
+        /// Send the log entries the shipper released since the last `ship` (``takeShipment()``).
+        case ship
         case heartbeat
         case forward(ForwardedWrite)
     }
@@ -47,6 +47,9 @@ final class OutboundLink: Sendable {
         var resyncRequired = false
         var forwards: [UInt64: CheckedContinuation<Result<ForwardedReply, MeridianError>, Never>] = [:]
         var nextForwardID: UInt64 = 1
+        /// Entries released by the shipper and not yet taken by the writer. Consecutive releases merge, so
+        /// a burst of writes travels as one batch rather than a frame (and a peer fsync) per write.
+        var shipment: ClosedRange<UInt64>?
     }
 
     let peer: RegionName
@@ -77,6 +80,7 @@ final class OutboundLink: Sendable {
             $0.outbox = outbox
             $0.lastHeard = .now
             $0.shipper = nil
+            $0.shipment = nil
         }
     }
 
@@ -139,6 +143,7 @@ final class OutboundLink: Sendable {
             state.shipper = nil
             state.outbox?.finish()
             state.outbox = nil
+            state.shipment = nil
             if let reason { state.lastError = reason }
             let waiting = state.forwards
             state.forwards = [:]
@@ -218,6 +223,14 @@ final class OutboundLink: Sendable {
         return try result.get()
     }
 
+    /// The entries to send now (nil: none), taken from the shipment.
+    func takeShipment() -> ClosedRange<UInt64>? {
+        state.withLock { state in
+            defer { state.shipment = nil }
+            return state.shipment
+        }
+    }
+
     /// The peer answered a forwarded write.
     func forwardAnswered(_ reply: ForwardedReply) {
         resolveForward(id: reply.id, .success(reply))
@@ -249,7 +262,15 @@ final class OutboundLink: Sendable {
     private static func carry(_ effects: [LogShipper.Effect], _ state: inout State) {
         for effect in effects {
             switch effect {
-            case .send(let from, let count): state.outbox?.yield(.ship(fromSequence: from, count: count))
+            case .send(let from, let count):
+                let through = from + UInt64(count) - 1
+                if let pending = state.shipment {
+                    precondition(pending.upperBound + 1 == from, "the shipper releases the log in order")
+                    state.shipment = pending.lowerBound...through
+                } else {
+                    state.shipment = from...through
+                    state.outbox?.yield(.ship)
+                }
             // The node persists cursors periodically from `acknowledged`: the resume point itself comes from
             // the peer's welcome, so a cursor only serves status and log retention.
             case .persistCursor: break

@@ -192,13 +192,20 @@ final class Replicator: Sendable {
     private func writeOutbound(_ commands: AsyncStream<OutboundLink.Command>, to outbound: NIOAsyncChannelOutboundWriter<PeerFrame>, link: OutboundLink) async throws {
         for await command in commands {
             switch command {
-            case .ship(let from, let count):
-                let entries = try await store.logEntries(origin: region, after: from - 1, limit: count)
-                guard entries.count == count, entries.first?.sequence == from else {
-                    throw MeridianError(.replicationProtocol, "Entries \(from) to \(from + UInt64(count) - 1) of this region's log are no longer held (retention); \(link.peer) needs a full resync.")
-                }
-                for frame in batches(entries, from: from, through: from + UInt64(count) - 1, for: link.peer) {
-                    try await outbound.write(frame)
+            case .ship:
+                guard let range = link.takeShipment() else { continue }
+                // Read and send in chunks of the batch size, so one large shipment does not hold the whole window in memory.
+                var from = range.lowerBound
+                while from <= range.upperBound {
+                    let count = Int(min(UInt64(limits.replicationBatchEntriesMax), range.upperBound - from + 1))
+                    let entries = try await store.logEntries(origin: region, after: from - 1, limit: count)
+                    guard entries.count == count, entries.first?.sequence == from else {
+                        throw MeridianError(.replicationProtocol, "Entries \(from) to \(from + UInt64(count) - 1) of this region's log are no longer held (retention); \(link.peer) needs a full resync.")
+                    }
+                    for frame in batches(entries, from: from, through: from + UInt64(count) - 1, for: link.peer) {
+                        try await outbound.write(frame)
+                    }
+                    from += UInt64(count)
                 }
             case .heartbeat:
                 try await outbound.write(.heartbeat(logHighWater: link.snapshot.logHighWater, physicalMs: wallClockMs()))
@@ -261,7 +268,7 @@ final class Replicator: Sendable {
                         replyOut.finish()
                         tasks.cancelAll()
                     }
-                    var receiver: LogReceiver?
+                    var applier: BatchApplier?
                     do {
                         for try await frame in inbound {
                             lastFrame.withLock { $0 = .now }
@@ -272,29 +279,15 @@ final class Replicator: Sendable {
                                 try check(hello)
                                 origin = hello.from
                                 let applied = store.appliedHighWater()[hello.from] ?? 0
-                                receiver = LogReceiver(origin: hello.from, applied: applied)
+                                let started = BatchApplier(receiver: LogReceiver(origin: hello.from, applied: applied))
+                                applier = started
+                                tasks.addTask { try await self.applyBatches(started, origin: hello.from, replies: replyOut) }
                                 inboundStates.withLock { $0[hello.from, default: InboundState()].connections += 1 }
                                 heardFrom(hello.from)
                                 replyOut.yield(.welcome(applied: applied))
                             case .batch(let from, let through, let entries):
-                                guard let origin, var current = receiver else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
-                                let delivery = try current.received(from: from, through: through, entries: entries)
-                                if let covers = delivery.covers {
-                                    let applied: UInt64
-                                    do {
-                                        applied = try await store.applyReplicated(origin: origin, from: from, through: covers, entries: delivery.toApply)
-                                    } catch {
-                                        current.persistFailed()
-                                        receiver = current
-                                        throw error
-                                    }
-                                    _ = current.persisted(upTo: covers)
-                                    recordApplied(delivery.toApply, origin: origin)
-                                    replyOut.yield(.ack(applied: applied))
-                                } else if let again = delivery.reacknowledge {
-                                    replyOut.yield(.ack(applied: again))
-                                }
-                                receiver = current
+                                guard origin != nil, let applier else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
+                                try applier.received(from: from, through: through, entries: entries)
                             case .heartbeat(let logHighWater, let physicalMs):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
                                 inboundStates.withLock {
@@ -328,6 +321,30 @@ final class Replicator: Sendable {
             logger.warning("stream from \(origin.map(\.rawValue) ?? "an unidentified peer") ended", metadata: ["reason": "\((error as? MeridianError)?.message ?? "\(error)")"])
         }
         if let origin { inboundStates.withLock { $0[origin]?.connections -= 1 } }
+    }
+
+    /// Applies what arrived on one inbound stream: everything queued since the last apply goes in one store
+    /// transaction (one fsync), then one ack covers it.
+    private func applyBatches(_ applier: BatchApplier, origin: RegionName, replies: AsyncStream<PeerFrame>.Continuation) async throws {
+        for await _ in applier.doorbell {
+            while let work = applier.take() {
+                switch work {
+                case .apply(let from, let through, let entries):
+                    let applied: UInt64
+                    do {
+                        applied = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries)
+                    } catch {
+                        applier.failed()
+                        throw error
+                    }
+                    applier.persisted(upTo: through)
+                    recordApplied(entries, origin: origin)
+                    replies.yield(.ack(applied: applied))
+                case .reacknowledge(let applied):
+                    replies.yield(.ack(applied: applied))
+                }
+            }
+        }
     }
 
     private func check(_ hello: PeerHello) throws(MeridianError) {
@@ -493,4 +510,70 @@ extension AckTracker.Resolution {
         case .acknowledged(let sequence, _), .timedOut(let sequence, _, _): sequence
         }
     }
+}
+
+/// Batches received on one inbound stream and waiting to be applied. The core's ``LogReceiver`` checks each
+/// batch as it arrives (order, gaps, origin); consecutive checked batches merge into one apply. The queue is
+/// bounded by the origin's in-flight window: it sends nothing more until these are acknowledged.
+final class BatchApplier: Sendable {
+    enum Work: Sendable {
+        case apply(from: UInt64, through: UInt64, entries: [ReplicationEntry])
+        case reacknowledge(UInt64)
+    }
+
+    private struct State {
+        var receiver: LogReceiver
+        var pending: (from: UInt64, through: UInt64, entries: [ReplicationEntry])?
+        var reacknowledge: UInt64?
+    }
+
+    private let state: Mutex<State>
+    let doorbell: AsyncStream<Void>
+    private let ring: AsyncStream<Void>.Continuation
+
+    init(receiver: LogReceiver) {
+        state = Mutex(State(receiver: receiver))
+        (doorbell, ring) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// A batch arrived: check it and queue what it adds.
+    func received(from: UInt64, through: UInt64, entries: [ReplicationEntry]) throws(MeridianError) {
+        try state.withLock { (state: inout State) throws(MeridianError) in
+            let delivery = try state.receiver.received(from: from, through: through, entries: entries)
+            if let covers = delivery.covers {
+                if let pending = state.pending {
+                    state.pending = (pending.from, covers, pending.entries + delivery.toApply)
+                } else {
+                    state.pending = (from, covers, delivery.toApply)
+                }
+            } else if let again = delivery.reacknowledge {
+                state.reacknowledge = again
+            }
+        }
+        ring.yield()
+    }
+
+    func take() -> Work? {
+        state.withLock { state in
+            if let pending = state.pending {
+                state.pending = nil
+                return .apply(from: pending.from, through: pending.through, entries: pending.entries)
+            }
+            if let again = state.reacknowledge {
+                state.reacknowledge = nil
+                return .reacknowledge(again)
+            }
+            return nil
+        }
+    }
+
+    func persisted(upTo sequence: UInt64) {
+        state.withLock { _ = $0.receiver.persisted(upTo: sequence) }
+    }
+
+    func failed() {
+        state.withLock { $0.receiver.persistFailed() }
+    }
+
+    func finish() { ring.finish() }
 }

@@ -21,10 +21,10 @@ final class LiveCluster {
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
         var yaml = try clusterYAML(regions: regions, ports: ports, keyspaces: keyspaces)
-        yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
         // RTTs of the demo cluster; the emulator runs them at a tenth.
         yaml = yaml.replacingOccurrences(
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
+        yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
         config = scratch.file("cluster.yaml")
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         for (index, region) in regions.enumerated() { clientPorts[region] = ports[2 * index] }
@@ -114,8 +114,8 @@ final class LiveCluster {
 }
 
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
-func withLiveCluster(keyspaces: String, _ body: (LiveCluster) async throws -> Void) async throws {
-    let cluster = try LiveCluster(keyspaces: keyspaces)
+func withLiveCluster(keyspaces: String, extraYAML: String = "", _ body: (LiveCluster) async throws -> Void) async throws {
+    let cluster = try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML)
     do {
         try await cluster.start()
         try await body(cluster)
@@ -261,6 +261,32 @@ func withLiveCluster(keyspaces: String, _ body: (LiveCluster) async throws -> Vo
                 }
             }
             #expect(lost.isEmpty, "majority-acknowledged writes missing from the regions that confirmed them: \(lost)")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aPeerBeyondLogRetentionIsMarkedForResync() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: "limits: { log_retention_entries: 10 }\n") { cluster in
+            try cluster.chaos("isolate", "ap-southeast")
+            let us = try await cluster.connect("us-east")
+            for index in 0..<40 { #expect(try await us.request("PUT", "/v1/kv/profiles/r\(index)", body: Array("v".utf8)).status == 200) }
+            await us.close()
+            // The log keeps only the last 10 entries once eu-west has them; ap-southeast needs the first 40.
+            try await Task.sleep(for: .seconds(2))
+            try cluster.chaos("heal")
+            var link: String?
+            let deadline = Date().addingTimeInterval(20)
+            while link != "resync_required" && Date() < deadline {
+                link = (try await cluster.status("us-east")["peers"] as? [[String: Any]])?.first { $0["region"] as? String == "ap-southeast" }?["link"] as? String
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(link == "resync_required", "us-east should report ap-southeast as needing a resync")
+            // Nothing was shipped with a gap: ap-southeast applied none of the trimmed range.
+            let ap = try await cluster.connect("ap-southeast")
+            #expect(try await ap.request("GET", "/v1/kv/profiles/r39").status == 404)
+            await ap.close()
+            // eu-west, which kept up, has everything.
+            #expect(try await cluster.waitForValue("eu-west", "/v1/kv/profiles/r39", "v"))
         }
     }
 }

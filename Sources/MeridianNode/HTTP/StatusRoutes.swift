@@ -109,8 +109,8 @@ extension RegionNode {
     func status() async throws(MeridianError) -> Response {
         let counts = try await store.keyCounts()
         let highWater = try await store.logHighWater()
-        let ownHighWater = store.appliedHighWater()[region] ?? 0
         let applied = store.appliedHighWater()
+        let ownHighWater = applied[region] ?? 0
         let states = replicator.peerStates()
         let nowMs = Self.wallClockMs()
         var peers: [StatusAnswer.PeerStatus] = []

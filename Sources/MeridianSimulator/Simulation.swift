@@ -1,13 +1,28 @@
 import MeridianCore
 
 /// A deterministic simulation of K regions replicating one multi-leader keyspace with `majority` acks,
-/// driving the core's real state machines (`LogShipper`, `LogReceiver`, `AckTracker`) under simulated
-/// time, WAN latency, partitions, message loss on broken streams, and crashes that lose everything not
-/// durable. A seed chooses every fault; the same seed replays the same run.
+/// driving the core's real state machines (`LogShipper`, `LogReceiver`, `AckTracker`,
+/// `HybridLogicalClock`) under simulated time, WAN latency, partitions, crashes that lose everything not
+/// durable, and the permanent loss of a region. A seed chooses every fault; the same seed replays the
+/// same run.
+///
+/// The model follows the node's protocol step by step, so the windows the node has are windows here:
+/// - a stream opens with hello; the receiver answers with the applied point it holds durably (welcome),
+///   and the origin ships from there;
+/// - a receiver hands entries out when they arrive, persists them later (a simulated fsync a crash can
+///   interrupt), moves its durable applied point inside that persist (skipping what another stream already
+///   applied, refusing a gap), and only then acknowledges, on the stream that carried them;
+/// - origins send heartbeats, receivers answer them with their durable point, and an origin closes a stream
+///   it has not heard from within the silence limit;
+/// - a stream is a byte stream (FIFO), but different streams are not ordered with each other, and a
+///   partition holds bytes rather than dropping them: after the heal, batches of a stream its origin
+///   already abandoned still arrive, interleaved with the new stream's;
+/// - a restarted region's clock starts above every timestamp it recorded, its own writes' and applied ones.
 ///
 /// Invariants checked: every `majority`-acknowledged write was durable in a majority when acknowledged and
-/// is never lost; every region applies each origin's log as a gap-free prefix, each entry once; after the
-/// faults stop and the network heals, every region converges to the same state within a time budget.
+/// is never lost (with a region lost for good: it survives in a surviving region); every region applies
+/// each origin's log as a gap-free prefix, each entry once; a region's new write orders after everything it
+/// has applied; after the faults stop and the network heals, the regions converge within a time budget.
 public struct Simulation {
     /// What a run is asked to do.
     public struct Options: Sendable {
@@ -17,15 +32,18 @@ public struct Simulation {
         public var steps: Int
         /// How many regions (3 to 5).
         public var regions: Int
+        /// Lose one region for good (process and disk) at a random point of the fault phase.
+        public var loseARegion: Bool
         /// Simulated time to converge after the faults stop, in ms.
         public var convergenceBudgetMs: UInt64 = 60_000
 
         /// Creates options.
-        public init(seed: UInt64, steps: Int, regions: Int) {
+        public init(seed: UInt64, steps: Int, regions: Int, loseARegion: Bool = false) {
             precondition((3...5).contains(regions) && steps >= 0)
             self.seed = seed
             self.steps = steps
             self.regions = regions
+            self.loseARegion = loseARegion
         }
     }
 
@@ -43,8 +61,16 @@ public struct Simulation {
         public var unanswered = 0
         /// Crashes, partitions and heals injected.
         public var crashes = 0, partitions = 0, heals = 0
+        /// The region lost for good, if any.
+        public var lostRegion: String?
         /// Messages delivered and dropped.
         public var delivered = 0, dropped = 0
+        /// Batches that arrived on a stream its origin had already closed.
+        public var staleBatches = 0
+        /// Persists interrupted by a crash (entries handed out, never made durable).
+        public var persistsLost = 0
+        /// Streams closed because the peer went silent.
+        public var silenceCloses = 0
         /// Simulated ms from the final heal to identical state, if reached.
         public var convergenceMs: UInt64?
         /// Every invariant broken, described.
@@ -55,7 +81,9 @@ public struct Simulation {
 
         public var description: String {
             var text = "seed \(seed): \(writes) writes, \(acknowledged) majority-acknowledged, \(timedOut) timed out, \(unanswered) unanswered; "
-            text += "\(crashes) crashes, \(partitions) partitions, \(heals) heals; \(delivered) messages delivered, \(dropped) dropped; "
+            text += "\(crashes) crashes, \(partitions) partitions, \(heals) heals"
+            if let lostRegion { text += ", \(lostRegion) lost for good" }
+            text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if !violations.isEmpty { text += "\nVIOLATIONS:\n- " + violations.joined(separator: "\n- ") }
             return text
@@ -65,58 +93,98 @@ public struct Simulation {
     // MARK: - Model
 
     private enum Message {
-        case entries(origin: Int, to: Int, stream: UInt64, first: UInt64, count: Int)
-        case ack(origin: Int, from: Int, stream: UInt64, upTo: UInt64)
+        case hello
+        case welcome(applied: UInt64)
+        case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
+        case heartbeat
+        case ack(upTo: UInt64)
+    }
+
+    /// One direction of one stream: origin to peer, or back.
+    private struct Channel: Hashable {
+        let stream: UInt64
+        let toPeer: Bool
+    }
+
+    private struct Stream {
+        let origin: Int
+        let peer: Int
+        /// The origin still uses it (it closes a stream on silence, a protocol error or a crash).
+        var openAtOrigin = true
+        var lastHeardMs: UInt64
+        var lastSentMs: UInt64
+    }
+
+    /// The receiving side of one stream at its peer, as the node's `BatchApplier`.
+    private struct Inbound {
+        let origin: Int
+        var receiver: LogReceiver
+        /// Checked batches waiting for the next persist (merged).
+        var queued: (from: UInt64, through: UInt64, entries: [ReplicationEntry])?
+        /// The batch being persisted now.
+        var persisting: (from: UInt64, through: UInt64, entries: [ReplicationEntry])?
+        var reacknowledge: UInt64?
+    }
+
+    private enum EventKind {
+        case channel(Channel)
+        case persist(region: Int, stream: UInt64, generation: Int)
+        case reconnect(from: Int, to: Int)
+        case restart(Int)
+        case tick
     }
 
     private struct Event {
         let timeMs: UInt64
         let order: UInt64
-        let kind: Kind
-        enum Kind {
-            case deliver(Message)
-            case reconnect(from: Int, to: Int)
-            case restart(Int)
-            case tick
-        }
+        let kind: EventKind
+        func precedes(_ other: Event) -> Bool { (timeMs, order) < (other.timeMs, other.order) }
     }
 
     /// One region's state; `durable` parts survive a crash, the rest is rebuilt from them.
     private struct Region {
         let name: RegionName
         var up = true
+        var lost = false
+        /// Incremented by every crash: work started before it (a persist in progress) is void after it.
+        var generation = 0
         // Durable.
         var log: [ReplicationEntry] = []
-        var applied: [[ReplicationEntry]]          // per origin, the entries applied here (own origin: its log)
-        var cursors: [UInt64]                      // per peer: how far the peer acknowledged our log
+        var applied: [[ReplicationEntry]]          // per origin, the entries durably applied here (own origin: its log)
         var kv: [String: ReplicationEntry] = [:]
-        var clock: HybridLogicalClock
+        /// The highest timestamp recorded here, by a write or an apply (the store's `hlc_high_water`).
+        var hlcHighWater: HLCTimestamp?
         // Volatile.
-        var shippers: [LogShipper?]
-        var receivers: [LogReceiver]
+        var clock: HybridLogicalClock
         var acks: AckTracker
-        var streams: [UInt64?]                     // per peer: the open outbound stream id
+        var outbound: [UInt64?]                    // per peer: the stream this region ships on
+        var shippers: [LogShipper?]                // per peer: set once the stream is welcomed
+        var inbound: [UInt64: Inbound] = [:]       // per stream from an origin
+        var reconnectFailures: [Int]               // per peer, for backoff
     }
 
     private let options: Options
     private var generator: SeededGenerator
     private var nowMs: UInt64 = 1_000_000
-    /// Each region's clock error, within the maximum offset the HLC accepts.
+    /// Each region's clock error: two regions differ by up to 480 ms, within the 500 ms the HLC accepts.
     private var skewMs: [Int64] = []
-    private var queue: [Event] = []
+    private var events: [Event] = []
     private var order: UInt64 = 0
     private var nextStream: UInt64 = 1
+    private var streams: [UInt64: Stream] = [:]
+    private var channels: [Channel: [(atMs: UInt64, message: Message)]] = [:]
     private var regions: [Region]
     private var names: [RegionName]
     private var rttMs: [[UInt64]]
     private var cut: Set<[Int]> = []
-    private var lastDeliveryMs: [[Int]: UInt64] = [:]
     private var reconnectPending: Set<[Int]> = []
     private var report: Report
-    /// Acknowledged writes: (origin, sequence, key, regions durable at ack time).
+    /// Acknowledged writes: (origin, sequence).
     private var acknowledgedWrites: [(origin: Int, sequence: UInt64)] = []
     private let keyspace = try! KeyspaceName("sim")
     private let ackTimeoutMs: UInt64 = 2_000
+    private let heartbeatIntervalMs: UInt64 = 100
+    private let shipperLimits = LogShipper.Limits(batchEntriesMax: 8, inflightEntriesMax: 32)
 
     /// Prepares a run.
     public init(_ options: Options) {
@@ -134,25 +202,25 @@ public struct Simulation {
         rttMs = all.map { a in all.map { b in a == b ? 0 : table[[a.rawValue, b.rawValue]] ?? 150 } }
         let count = options.regions
         regions = all.map { name in
-            Region(name: name, applied: Array(repeating: [], count: count), cursors: Array(repeating: 0, count: count),
-                   clock: HybridLogicalClock(region: name), shippers: Array(repeating: nil, count: count),
-                   receivers: all.map { LogReceiver(origin: $0, applied: 0) }, acks: AckTracker(origin: name),
-                   streams: Array(repeating: nil, count: count))
+            Region(name: name, applied: Array(repeating: [], count: count), clock: HybridLogicalClock(region: name),
+                   acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
+                   shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count))
         }
         report = Report(seed: options.seed)
-        skewMs = (0..<count).map { _ in Int64.random(in: -200...200, using: &generator) }
+        skewMs = (0..<count).map { _ in Int64.random(in: -240...240, using: &generator) }
     }
 
     private func physicalMs(_ index: Int) -> UInt64 { UInt64(Int64(nowMs) + skewMs[index]) }
 
     /// Runs the fault phase, heals, runs the convergence phase, and checks every invariant.
     public mutating func run() -> Report {
-        for index in regions.indices { rebuildVolatile(index) }
         for origin in regions.indices { for peer in regions.indices where peer != origin { connect(origin, peer) } }
         schedule(after: 50, .tick)
+        let lossStep = options.loseARegion ? Int.random(in: 0..<max(options.steps, 1), using: &generator) : -1
         // Safety phase: writes and faults.
-        for _ in 0..<options.steps {
+        for step in 0..<options.steps {
             advance(by: UInt64.random(in: 1...40, using: &generator))
+            if step == lossStep { loseForGood(Int.random(in: regions.indices, using: &generator)) }
             let roll = Int.random(in: 0..<100, using: &generator)
             switch roll {
             case 0..<70: clientWrite(at: Int.random(in: regions.indices, using: &generator))
@@ -162,9 +230,10 @@ public struct Simulation {
             default: break
             }
         }
-        // Liveness phase: heal, restart everyone, and demand convergence within the budget.
+        if options.loseARegion && report.lostRegion == nil { loseForGood(Int.random(in: regions.indices, using: &generator)) }
+        // Liveness phase: heal, restart everyone not lost, and demand convergence within the budget.
         healAll()
-        for index in regions.indices where !regions[index].up { restart(index) }
+        for index in regions.indices where !regions[index].up && !regions[index].lost { restart(index) }
         let healedAt = nowMs
         while nowMs - healedAt < options.convergenceBudgetMs {
             advance(by: 100)
@@ -185,12 +254,16 @@ public struct Simulation {
         let key = "k\(Int.random(in: 0..<20, using: &generator))"
         let sequence = UInt64(regions[index].log.count + 1)
         let hlc = regions[index].clock.now(physicalMs: physicalMs(index))
+        if let highWater = regions[index].hlcHighWater, hlc <= highWater {
+            report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
+        }
         let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace,
                                      key: try! Key(key), operation: .put, contentType: "", value: Array("\(regions[index].name)-\(sequence)".utf8))
         // Group commit: durable before anything else.
         regions[index].log.append(entry)
         regions[index].applied[index].append(entry)
         applyLWW(index, entry)
+        regions[index].hlcHighWater = max(regions[index].hlcHighWater ?? hlc, hlc)
         let required = AckMode.majority.regionsRequired(replicaCount: regions.count)
         do {
             if let done = try regions[index].acks.register(sequence: sequence, required: required, replicas: names, deadlineMs: nowMs + ackTimeoutMs) {
@@ -218,7 +291,7 @@ public struct Simulation {
             for name in ackedBy {
                 let region = names.firstIndex(of: name)!
                 if regions[region].applied[origin].count < Int(sequence) {
-                    report.violations.append("write \(names[origin])#\(sequence) acknowledged by \(name), which has not applied it")
+                    report.violations.append("write \(names[origin])#\(sequence) acknowledged by \(name), which has not durably applied it")
                 }
             }
         case .timedOut:
@@ -226,102 +299,252 @@ public struct Simulation {
         }
     }
 
-    // MARK: - Replication
+    // MARK: - Streams, origin side
 
+    /// Opens a stream: through the WAN proxy the connection itself succeeds even towards a cut link or a down
+    /// peer; the hello then waits, or is lost, and the silence limit closes the stream.
     private mutating func connect(_ origin: Int, _ peer: Int) {
-        // A down origin reconnects when it restarts; otherwise keep retrying until the link and peer are up.
-        guard regions[origin].up, regions[origin].streams[peer] == nil else { return }
-        guard regions[peer].up, !cut.contains([origin, peer]) else {
-            if !reconnectPending.contains([origin, peer]) {
-                reconnectPending.insert([origin, peer])
-                schedule(after: 500, .reconnect(from: origin, to: peer))
-            }
-            return
-        }
-        let stream = nextStream
+        guard regions[origin].up, regions[origin].outbound[peer] == nil else { return }
+        let id = nextStream
         nextStream += 1
-        regions[origin].streams[peer] = stream
-        regions[peer].receivers[origin].streamClosed()
-        carry(origin, peer, regions[origin].shippers[peer]!.streamOpened())
+        streams[id] = Stream(origin: origin, peer: peer, lastHeardMs: nowMs, lastSentMs: nowMs)
+        regions[origin].outbound[peer] = id
+        regions[origin].shippers[peer] = nil
+        send(.hello, on: id, toPeer: true)
     }
 
-    private mutating func disconnect(_ origin: Int, _ peer: Int) {
-        guard regions[origin].streams[peer] != nil else { return }
-        regions[origin].streams[peer] = nil
-        regions[origin].shippers[peer]?.streamClosed()
-        if regions[peer].up { regions[peer].receivers[origin].streamClosed() }
-        if !reconnectPending.contains([origin, peer]) {
-            reconnectPending.insert([origin, peer])
-            schedule(after: 200 + UInt64.random(in: 0...300, using: &generator), .reconnect(from: origin, to: peer))
-        }
+    /// The origin stops using its stream to `peer` and reconnects after a backoff (unless it is down).
+    private mutating func close(_ origin: Int, _ peer: Int) {
+        guard let id = regions[origin].outbound[peer] else { return }
+        streams[id]?.openAtOrigin = false
+        regions[origin].outbound[peer] = nil
+        regions[origin].shippers[peer] = nil
+        guard regions[origin].up, !reconnectPending.contains([origin, peer]) else { return }
+        reconnectPending.insert([origin, peer])
+        let failures = regions[origin].reconnectFailures[peer]
+        regions[origin].reconnectFailures[peer] = failures + 1
+        let backoff = min(1_000, UInt64(25) << UInt64(min(failures, 6)))
+        schedule(after: backoff + UInt64.random(in: 0...50, using: &generator), .reconnect(from: origin, to: peer))
     }
 
     private mutating func carry(_ origin: Int, _ peer: Int, _ effects: [LogShipper.Effect]) {
-        guard let stream = regions[origin].streams[peer] else { return }
+        guard let id = regions[origin].outbound[peer] else { return }
         for effect in effects {
             switch effect {
             case .send(let first, let count):
-                send(.entries(origin: origin, to: peer, stream: stream, first: first, count: count), from: origin, to: peer)
-            case .persistCursor(let sequence):
-                regions[origin].cursors[peer] = sequence
+                let entries = Array(regions[origin].log[Int(first - 1)..<Int(first - 1) + count])
+                send(.batch(from: first, through: first + UInt64(count) - 1, entries: entries), on: id, toPeer: true)
+            case .persistCursor:
+                break // The node persists cursors for status and retention only; resume comes from the welcome.
             }
         }
     }
 
-    private mutating func send(_ message: Message, from: Int, to: Int) {
-        // Jitter varies the delay, but a stream is a byte stream: a message never overtakes an earlier one.
-        let oneWay = rttMs[from][to] / 2 + UInt64.random(in: 0...5, using: &generator)
-        let at = max(nowMs + oneWay, lastDeliveryMs[[from, to], default: 0])
-        lastDeliveryMs[[from, to]] = at
-        schedule(after: at - nowMs, .deliver(message))
-    }
-
-    private mutating func deliver(_ message: Message) {
+    /// A frame arrived at the origin on stream `id`.
+    private mutating func originReceived(_ message: Message, on id: UInt64) {
+        guard let stream = streams[id], stream.openAtOrigin, regions[stream.origin].up,
+              regions[stream.origin].outbound[stream.peer] == id else {
+            report.dropped += 1
+            return
+        }
+        let (origin, peer) = (stream.origin, stream.peer)
+        report.delivered += 1
+        streams[id]?.lastHeardMs = nowMs
         switch message {
-        case .entries(let origin, let peer, let stream, let first, let count):
-            guard regions[origin].streams[peer] == stream, regions[peer].up else { report.dropped += 1; return }
-            report.delivered += 1
-            let batch = Array(regions[origin].log[Int(first - 1)..<Int(first - 1) + count])
-            do {
-                let delivery = try regions[peer].receivers[origin].received(batch)
-                for entry in delivery.toApply {
-                    regions[peer].applied[origin].append(entry)
-                    applyLWW(peer, entry)
-                    do {
-                        _ = try regions[peer].clock.receive(entry.hlc, physicalMs: physicalMs(peer))
-                    } catch {
-                        report.violations.append("\(names[peer]) refused a timestamp within the skew bound: \(error)")
-                    }
-                }
-                if let last = delivery.toApply.last {
-                    let upTo = regions[peer].receivers[origin].persisted(upTo: last.sequence)
-                    send(.ack(origin: origin, from: peer, stream: stream, upTo: upTo), from: peer, to: origin)
-                }
-                if let again = delivery.reacknowledge {
-                    send(.ack(origin: origin, from: peer, stream: stream, upTo: again), from: peer, to: origin)
-                }
-            } catch {
-                report.violations.append("\(names[peer]) refused \(names[origin])'s batch \(first)+\(count): \(error)")
-                disconnect(origin, peer)
+        case .welcome(let applied):
+            guard regions[origin].shippers[peer] == nil else {
+                report.violations.append("\(names[peer]) welcomed one stream twice")
+                return close(origin, peer)
             }
-        case .ack(let origin, let peer, let stream, let upTo):
-            guard regions[origin].streams[peer] == stream, regions[origin].up else { report.dropped += 1; return }
-            report.delivered += 1
+            guard applied <= UInt64(regions[origin].log.count) else {
+                report.violations.append("\(names[peer]) holds \(names[origin])'s log up to \(applied), beyond its end \(regions[origin].log.count): the origin lost durable entries")
+                return close(origin, peer)
+            }
+            regions[origin].reconnectFailures[peer] = 0
+            var shipper = LogShipper(peer: names[peer], acknowledged: applied, logHighWater: UInt64(regions[origin].log.count), limits: shipperLimits)
+            let effects = shipper.streamOpened()
+            regions[origin].shippers[peer] = shipper
+            carry(origin, peer, effects)
+            for resolution in regions[origin].acks.peerApplied(names[peer], upTo: applied) { resolve(origin, resolution) }
+        case .ack(let upTo):
+            guard var shipper = regions[origin].shippers[peer] else {
+                report.violations.append("\(names[peer]) acknowledged on a stream it never welcomed")
+                return close(origin, peer)
+            }
             do {
-                carry(origin, peer, try regions[origin].shippers[peer]!.ackReceived(upTo: upTo))
+                let effects = try shipper.ackReceived(upTo: upTo)
+                regions[origin].shippers[peer] = shipper
+                carry(origin, peer, effects)
             } catch {
                 report.violations.append("\(names[origin]) refused an ack from \(names[peer]): \(error)")
-                disconnect(origin, peer)
-                return
+                return close(origin, peer)
             }
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: upTo) { resolve(origin, resolution) }
+        case .hello, .batch, .heartbeat:
+            report.violations.append("an origin received a frame only origins send")
         }
+    }
+
+    // MARK: - Streams, receiving side
+
+    /// A frame arrived at the peer on stream `id`. Bytes a partition held are delivered even when the origin
+    /// has since abandoned the stream (the connection's close follows its data).
+    private mutating func peerReceived(_ message: Message, on id: UInt64) {
+        guard let stream = streams[id], regions[stream.peer].up else {
+            report.dropped += 1
+            return
+        }
+        let (origin, peer) = (stream.origin, stream.peer)
+        if case .hello = message {
+            report.delivered += 1
+            guard regions[peer].inbound[id] == nil else {
+                report.violations.append("one stream said hello twice")
+                return
+            }
+            let applied = UInt64(regions[peer].applied[origin].count)
+            regions[peer].inbound[id] = Inbound(origin: origin, receiver: LogReceiver(origin: names[origin], applied: applied))
+            send(.welcome(applied: applied), on: id, toPeer: false)
+            return
+        }
+        // A stream this region does not know opened before its restart: the connection died with the process.
+        guard var inbound = regions[peer].inbound[id] else {
+            report.dropped += 1
+            return
+        }
+        report.delivered += 1
+        switch message {
+        case .batch(let from, let through, let entries):
+            if !stream.openAtOrigin { report.staleBatches += 1 }
+            do {
+                let delivery = try inbound.receiver.received(from: from, through: through, entries: entries)
+                if let covers = delivery.covers {
+                    if let queued = inbound.queued {
+                        inbound.queued = (queued.from, covers, queued.entries + delivery.toApply)
+                    } else {
+                        inbound.queued = (from, covers, delivery.toApply)
+                    }
+                } else if let again = delivery.reacknowledge {
+                    inbound.reacknowledge = again
+                }
+                regions[peer].inbound[id] = inbound
+                startPersist(peer, stream: id)
+            } catch {
+                report.violations.append("\(names[peer]) refused \(names[origin])'s batch \(from)...\(through): \(error)")
+                regions[peer].inbound[id] = nil
+            }
+        case .heartbeat:
+            send(.ack(upTo: UInt64(regions[peer].applied[origin].count)), on: id, toPeer: false)
+        case .hello, .welcome, .ack:
+            report.violations.append("a receiving region received a frame only receivers send")
+        }
+    }
+
+    /// Starts persisting what one stream queued, unless a persist of it is under way (one at a time per
+    /// stream, as the node's applier task); answers a pending re-acknowledgement when idle.
+    private mutating func startPersist(_ region: Int, stream id: UInt64) {
+        guard var inbound = regions[region].inbound[id], inbound.persisting == nil else { return }
+        if let queued = inbound.queued {
+            inbound.persisting = queued
+            inbound.queued = nil
+            regions[region].inbound[id] = inbound
+            // The fsync: a crash before it completes loses the batch.
+            schedule(after: UInt64.random(in: 1...8, using: &generator), .persist(region: region, stream: id, generation: regions[region].generation))
+        } else if let again = inbound.reacknowledge {
+            inbound.reacknowledge = nil
+            regions[region].inbound[id] = inbound
+            send(.ack(upTo: again), on: id, toPeer: false)
+        }
+    }
+
+    /// A persist completed: apply in one transaction against the durable applied point (as
+    /// `RegionStore.applyReplicated`: skip what is already applied, refuse a gap), then acknowledge.
+    private mutating func persistCompleted(_ region: Int, stream id: UInt64, generation: Int) {
+        guard regions[region].up, regions[region].generation == generation,
+              var inbound = regions[region].inbound[id], let batch = inbound.persisting else {
+            report.persistsLost += 1
+            return
+        }
+        let origin = inbound.origin
+        let durable = UInt64(regions[region].applied[origin].count)
+        guard batch.from <= durable + 1 else {
+            report.violations.append("\(names[region]) was asked to persist \(names[origin])'s \(batch.from)...\(batch.through) after applying only up to \(durable)")
+            regions[region].inbound[id] = nil
+            return
+        }
+        var acknowledged = durable
+        if batch.through > durable {
+            for entry in batch.entries where entry.sequence > durable {
+                regions[region].applied[origin].append(entry)
+                applyLWW(region, entry)
+                do {
+                    _ = try regions[region].clock.receive(entry.hlc, physicalMs: physicalMs(region))
+                } catch {
+                    report.violations.append("\(names[region]) refused a timestamp within the skew bound: \(error)")
+                }
+                regions[region].hlcHighWater = max(regions[region].hlcHighWater ?? entry.hlc, entry.hlc)
+            }
+            acknowledged = batch.through
+        }
+        _ = inbound.receiver.persisted(upTo: batch.through)
+        inbound.persisting = nil
+        regions[region].inbound[id] = inbound
+        send(.ack(upTo: acknowledged), on: id, toPeer: false)
+        startPersist(region, stream: id)
     }
 
     private mutating func applyLWW(_ index: Int, _ entry: ReplicationEntry) {
         let key = entry.key.rawValue
         if let current = regions[index].kv[key], current.hlc >= entry.hlc { return }
         regions[index].kv[key] = entry
+    }
+
+    // MARK: - Network
+
+    private mutating func send(_ message: Message, on id: UInt64, toPeer: Bool) {
+        guard var stream = streams[id] else { return }
+        let (from, to) = toPeer ? (stream.origin, stream.peer) : (stream.peer, stream.origin)
+        if toPeer {
+            stream.lastSentMs = nowMs
+            streams[id] = stream
+        }
+        let channel = Channel(stream: id, toPeer: toPeer)
+        let at = nowMs + rttMs[from][to] / 2 + UInt64.random(in: 0...5, using: &generator)
+        let wasEmpty = channels[channel, default: []].isEmpty
+        channels[channel, default: []].append((at, message))
+        if wasEmpty { schedule(after: at - nowMs, .channel(channel)) }
+    }
+
+    /// Delivers the head of a channel, in order; a cut link holds it until the heal.
+    private mutating func deliverHead(_ channel: Channel) {
+        guard let stream = streams[channel.stream], let head = channels[channel]?.first else { return }
+        let (from, to) = channel.toPeer ? (stream.origin, stream.peer) : (stream.peer, stream.origin)
+        if cut.contains([from, to]) {
+            schedule(after: 50, .channel(channel))
+            return
+        }
+        channels[channel]!.removeFirst()
+        if channel.toPeer { peerReceived(head.message, on: channel.stream) } else { originReceived(head.message, on: channel.stream) }
+        if let next = channels[channel]?.first {
+            schedule(after: next.atMs > nowMs ? next.atMs - nowMs : 0, .channel(channel))
+        } else {
+            channels[channel] = nil
+        }
+    }
+
+    /// Heartbeats on idle streams, and the silence limit.
+    private mutating func heartbeatAndSilence() {
+        for origin in regions.indices where regions[origin].up {
+            for peer in regions.indices where peer != origin {
+                guard let id = regions[origin].outbound[peer], let stream = streams[id] else { continue }
+                let silenceLimit = heartbeatIntervalMs * 5 + rttMs[origin][peer]
+                if nowMs - stream.lastHeardMs > silenceLimit {
+                    report.silenceCloses += 1
+                    close(origin, peer)
+                } else if regions[origin].shippers[peer] != nil, nowMs - stream.lastSentMs >= heartbeatIntervalMs {
+                    send(.heartbeat, on: id, toPeer: true)
+                }
+            }
+        }
     }
 
     // MARK: - Faults
@@ -333,8 +556,6 @@ public struct Simulation {
         report.partitions += 1
         cut.insert([a, b])
         cut.insert([b, a])
-        disconnect(a, b)
-        disconnect(b, a)
     }
 
     private mutating func healAll() {
@@ -348,52 +569,78 @@ public struct Simulation {
         report.crashes += 1
         report.unanswered += regions[index].acks.waitingCount
         regions[index].up = false
-        for peer in regions.indices where peer != index {
-            disconnect(index, peer)
-            disconnect(peer, index)
-        }
-        schedule(after: 500 + UInt64.random(in: 0...2_000, using: &generator), .restart(index))
+        regions[index].generation += 1
+        for peer in regions.indices where peer != index { close(index, peer) }
+        regions[index].inbound = [:]
+        // Restarts are sometimes quick, so a clock that forgot what it recorded would show.
+        let downMs = Bool.random(using: &generator) ? UInt64.random(in: 20...300, using: &generator) : UInt64.random(in: 300...2_500, using: &generator)
+        schedule(after: downMs, .restart(index))
+    }
+
+    /// The region and its disk are gone; it never returns.
+    private mutating func loseForGood(_ index: Int) {
+        guard report.lostRegion == nil else { return }
+        crash(index)
+        regions[index].lost = true
+        report.lostRegion = names[index].rawValue
     }
 
     private mutating func restart(_ index: Int) {
-        guard !regions[index].up else { return }
+        guard !regions[index].up, !regions[index].lost else { return }
         regions[index].up = true
-        rebuildVolatile(index)
-        for peer in regions.indices where peer != index {
-            connect(index, peer)
-            connect(peer, index)
-        }
-    }
-
-    /// Rebuilds what a crash loses from what is durable, as a node does at start-up.
-    private mutating func rebuildVolatile(_ index: Int) {
         let count = regions.count
-        let logHighWater = UInt64(regions[index].log.count)
-        regions[index].shippers = (0..<count).map { peer in
-            peer == index ? nil : LogShipper(peer: names[peer], acknowledged: regions[index].cursors[peer], logHighWater: logHighWater,
-                                             limits: .init(batchEntriesMax: 8, inflightEntriesMax: 32))
-        }
-        regions[index].receivers = (0..<count).map { origin in LogReceiver(origin: names[origin], applied: UInt64(regions[index].applied[origin].count)) }
+        regions[index].shippers = Array(repeating: nil, count: count)
+        regions[index].outbound = Array(repeating: nil, count: count)
+        regions[index].inbound = [:]
         regions[index].acks = AckTracker(origin: names[index])
-        regions[index].streams = Array(repeating: nil, count: count)
-        regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].log.last?.hlc)
+        regions[index].reconnectFailures = Array(repeating: 0, count: count)
+        // As the node: the clock starts above the highest timestamp the store recorded, applied ones included.
+        regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].hlcHighWater)
+        for peer in regions.indices where peer != index { connect(index, peer) }
     }
 
     // MARK: - Time
 
-    private mutating func schedule(after delayMs: UInt64, _ kind: Event.Kind) {
+    private mutating func schedule(after delayMs: UInt64, _ kind: EventKind) {
         order += 1
-        queue.append(Event(timeMs: nowMs + delayMs, order: order, kind: kind))
+        events.append(Event(timeMs: nowMs + delayMs, order: order, kind: kind))
+        // Sift up (binary min-heap by time, then scheduling order).
+        var child = events.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard events[child].precedes(events[parent]) else { break }
+            events.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    private mutating func popEvent() -> Event {
+        let first = events[0]
+        let last = events.removeLast()
+        if !events.isEmpty {
+            events[0] = last
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1, right = left + 1
+                var smallest = parent
+                if left < events.count && events[left].precedes(events[smallest]) { smallest = left }
+                if right < events.count && events[right].precedes(events[smallest]) { smallest = right }
+                if smallest == parent { break }
+                events.swapAt(parent, smallest)
+                parent = smallest
+            }
+        }
+        return first
     }
 
     private mutating func advance(by deltaMs: UInt64) {
         let until = nowMs + deltaMs
-        while let next = queue.indices.min(by: { (queue[$0].timeMs, queue[$0].order) < (queue[$1].timeMs, queue[$1].order) }),
-              queue[next].timeMs <= until {
-            let event = queue.remove(at: next)
+        while let next = events.first, next.timeMs <= until {
+            let event = popEvent()
             nowMs = max(nowMs, event.timeMs)
             switch event.kind {
-            case .deliver(let message): deliver(message)
+            case .channel(let channel): deliverHead(channel)
+            case .persist(let region, let stream, let generation): persistCompleted(region, stream: stream, generation: generation)
             case .reconnect(let from, let to):
                 reconnectPending.remove([from, to])
                 connect(from, to)
@@ -402,6 +649,7 @@ public struct Simulation {
                 for index in regions.indices where regions[index].up {
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }
                 }
+                heartbeatAndSilence()
                 schedule(after: 50, .tick)
             }
         }
@@ -410,26 +658,40 @@ public struct Simulation {
 
     // MARK: - Invariants
 
+    private var survivors: [Int] { regions.indices.filter { !regions[$0].lost } }
+
+    /// Every surviving region has applied every surviving origin's whole log; with no region lost, all hold
+    /// the same value for every key.
     private func converged() -> Bool {
-        let first = regions[0]
-        return regions.allSatisfy { region in
-            region.up && region.kv.mapValues(\.version) == first.kv.mapValues(\.version)
-                && region.applied.map(\.count) == regions.map { $0.log.count }
+        let survivors = self.survivors
+        for index in survivors {
+            guard regions[index].up else { return false }
+            for origin in survivors where regions[index].applied[origin].count != regions[origin].log.count { return false }
         }
+        guard report.lostRegion == nil else { return true }
+        let first = regions[0].kv.mapValues(\.version)
+        return regions.allSatisfy { $0.kv.mapValues(\.version) == first }
     }
 
     private mutating func checkInvariants() {
         if report.convergenceMs == nil {
             report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied counts \(regions.map { $0.applied.map(\.count) }), logs \(regions.map(\.log.count))")
         }
-        for (index, region) in regions.enumerated() {
-            for origin in regions.indices where region.applied[origin] != Array(regions[origin].log.prefix(region.applied[origin].count)) {
+        let survivors = self.survivors
+        for index in survivors {
+            for origin in regions.indices where regions[index].applied[origin] != Array(regions[origin].log.prefix(regions[index].applied[origin].count)) {
                 report.violations.append("\(names[index]) applied \(names[origin])'s log out of order or with a gap")
             }
         }
         for write in acknowledgedWrites {
-            for (index, region) in regions.enumerated() where region.applied[write.origin].count < Int(write.sequence) {
-                report.violations.append("acknowledged write \(names[write.origin])#\(write.sequence) missing in \(names[index]) after convergence")
+            let holders = survivors.filter { regions[$0].applied[write.origin].count >= Int(write.sequence) }
+            if regions[write.origin].lost {
+                // RPO 0 for majority writes: the loss of any one region, its origin included, loses none.
+                if holders.isEmpty {
+                    report.violations.append("acknowledged write \(names[write.origin])#\(write.sequence) was lost with its region")
+                }
+            } else if holders.count != survivors.count {
+                report.violations.append("acknowledged write \(names[write.origin])#\(write.sequence) missing in \(survivors.filter { !holders.contains($0) }.map { names[$0].rawValue }) after convergence")
             }
         }
     }

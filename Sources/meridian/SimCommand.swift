@@ -10,6 +10,7 @@ struct Sim: ParsableCommand {
     @Option(help: "How many consecutive seeds to run.") var seeds: Int = 1
     @Option(help: "Random steps (writes and faults) per run.") var steps: Int = 300
     @Option(help: "Regions per run, 3 to 5.") var regions: Int = 3
+    @Flag(help: "Lose one region for good (process and disk) at a random step of every run.") var loseARegion = false
     @Flag(help: "Print every run's report, not only failures.") var verbose = false
 
     func validate() throws {
@@ -22,7 +23,7 @@ struct Sim: ParsableCommand {
         var failed: [UInt64] = []
         var acknowledged = 0, writes = 0, crashes = 0, partitions = 0
         for offset in 0..<seeds {
-            var simulation = Simulation(.init(seed: seed + UInt64(offset), steps: steps, regions: regions))
+            var simulation = Simulation(.init(seed: seed + UInt64(offset), steps: steps, regions: regions, loseARegion: loseARegion))
             let report = simulation.run()
             writes += report.writes
             acknowledged += report.acknowledged
@@ -31,7 +32,7 @@ struct Sim: ParsableCommand {
             if !report.passed { failed.append(report.seed) }
             if verbose || !report.passed { print(report) }
             if !report.passed {
-                print("replay: meridian sim --seed \(report.seed) --steps \(steps) --regions \(regions) --verbose")
+                print("replay: meridian sim --seed \(report.seed) --steps \(steps) --regions \(regions)\(loseARegion ? " --lose-a-region" : "") --verbose")
             }
         }
         print("\(seeds - failed.count) passed, \(failed.count) failed: \(seeds) seeds, \(writes) writes, \(acknowledged) majority-acknowledged, \(crashes) crashes, \(partitions) partitions")

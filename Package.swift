@@ -2,7 +2,7 @@
 // Meridian: a geo-distributed, multi-region data store.
 //
 // Module graph (arrows are "may import"):
-//   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only.
+//   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only (Yams, Crypto).
 //   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
 //   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
 //   MeridianSimulator -> MeridianCore                     (deterministic multi-region runs of the core under faults)
@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
@@ -40,7 +41,7 @@ let package = Package(
     targets: [
         .target(
             name: "MeridianCore",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: [.product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         .target(

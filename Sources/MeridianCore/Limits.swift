@@ -35,6 +35,9 @@ public struct Limits: Sendable, Hashable, Encodable {
     public var logRetentionEntries: Int = 1_000_000
     /// The most writes forwarded to other regions and not yet answered.
     public var forwardsInflightMax: Int = 1024
+    /// How long a session, bounded or strong read waits for this region to catch up (or for its confirmations)
+    /// before it is forwarded or refused, in ms. A wait before forwarding is also capped by the RTT to the target.
+    public var readWaitMs: Int = 1_000
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -57,6 +60,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("replication_frame_bytes_max", 4096...(256 << 20)),
         ("log_retention_entries", 1...1_000_000_000),
         ("forwards_inflight_max", 1...1_000_000),
+        ("read_wait_ms", 0...600_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -76,5 +80,6 @@ public struct Limits: Sendable, Hashable, Encodable {
         case replicationFrameBytesMax = "replication_frame_bytes_max"
         case logRetentionEntries = "log_retention_entries"
         case forwardsInflightMax = "forwards_inflight_max"
+        case readWaitMs = "read_wait_ms"
     }
 }

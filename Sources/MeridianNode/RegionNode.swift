@@ -50,6 +50,8 @@ public final class RegionNode: Sendable {
     let replicator: Replicator
     let logger: Logger
     let startedAt: ContinuousClock.Instant
+    /// Authenticates the session tokens this region issues and accepts.
+    let sessionKey: SessionKey
 
     /// The wall clock in ms since the Unix epoch; the one place the node reads it.
     static let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }
@@ -76,6 +78,10 @@ public final class RegionNode: Sendable {
         self.metrics = metrics
         self.logger = logger
         self.startedAt = ContinuousClock.now
+        self.sessionKey = configuration.cluster.sessionKey
+        if !sessionKey.isSecret {
+            logger.warning("the cluster file sets no session_secret: session tokens are checked for corruption but a client could forge one; set the same session_secret in every region's cluster file")
+        }
     }
 
     var region: RegionName { configuration.region }
@@ -116,7 +122,9 @@ public final class RegionNode: Sendable {
         defer { store.close() }
         logger.info("region \(region) serving on \(address)")
         try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await self.replicator.run(forward: { await self.serveForwarded($0) }) }
+            tasks.addTask {
+                try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0) })
+            }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
             // Either ending ends the node: a stopped API stops replication, and a replication port that cannot
             // be bound stops the API (the error says why).

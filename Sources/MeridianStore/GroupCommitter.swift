@@ -104,6 +104,9 @@ actor GroupCommitter {
                             continue
                         }
                     }
+                    // Past what the session saw; a timestamp beyond the clock-offset bound is not followed (the
+                    // token is authenticated, so only a region with a runaway clock could have issued it).
+                    if let after = request.after { _ = try? clock.receive(after, physicalMs: physicalMs) }
                     let hlc = clock.now(physicalMs: physicalMs)
                     let entry = ReplicationEntry(
                         origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,

@@ -52,10 +52,14 @@ public struct WriteRequest: Sendable, Hashable {
     public let epoch: UInt64
     /// A condition on the current version, from `If-Match`.
     public let precondition: Precondition?
+    /// A timestamp the write must order after: the highest the client's session saw (monotonic writes and
+    /// writes-follow-reads under last-writer-wins, even when the session moved from a region with a faster clock).
+    public let after: HLCTimestamp?
 
     /// Creates a write request.
     public init(keyspace: KeyspaceName, key: Key, operation: MeridianCore.Operation, contentType: String, value: [UInt8],
-                epoch: UInt64 = 0, precondition: Precondition? = nil) {
+                epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil) {
+        self.after = after
         self.keyspace = keyspace
         self.key = key
         self.operation = operation

@@ -152,7 +152,7 @@ struct Status: AsyncParsableCommand {
             print("\(name)\(link)\(rtt)\(lag)\(entries)\(peer["cursor"] as? Int ?? 0)")
             if let error = peer["last_error"] as? String { print("                \(error)") }
         }
-        print("\nFROM PEER       LINK            APPLIED    LAG entries  APPLY LAG ms p50/p99/max")
+        print("\nFROM PEER       LINK            APPLIED    LAG entries  STALENESS ms  APPLY LAG ms p50/p99/max")
         for peer in object["peers"] as? [[String: Any]] ?? [] {
             let inbound = peer["inbound"] as? [String: Any] ?? [:]
             let lag = inbound["apply_lag_ms"] as? [String: Any] ?? [:]
@@ -161,7 +161,8 @@ struct Status: AsyncParsableCommand {
             let applied = String(inbound["applied"] as? Int ?? 0).padding(toLength: 11, withPad: " ", startingAt: 0)
             let entries = String(inbound["lag_entries"] as? Int ?? 0).padding(toLength: 13, withPad: " ", startingAt: 0)
             let summary = (lag["samples"] as? Int ?? 0) == 0 ? "-" : "\(lag["p50"] as? Int ?? 0)/\(lag["p99"] as? Int ?? 0)/\(lag["max"] as? Int ?? 0)"
-            print("\(name)\(link)\(applied)\(entries)\(summary)")
+            let staleness = ((inbound["staleness_ms"] as? Int).map(String.init) ?? "-").padding(toLength: 14, withPad: " ", startingAt: 0)
+            print("\(name)\(link)\(applied)\(entries)\(staleness)\(summary)")
         }
     }
 }

@@ -98,7 +98,10 @@ struct Up: AsyncParsableCommand {
             clusterFile = path
         } else {
             clusterFile = (data as NSString).appendingPathComponent("cluster.yaml")
-            try DemoCluster.yaml.write(toFile: clusterFile, atomically: true, encoding: .utf8)
+            // A fresh secret per run: the demo's session tokens are authenticated, not just checksummed.
+            var generator = SystemRandomNumberGenerator()
+            let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+            try (DemoCluster.yaml + "\nsession_secret: \(secret)\n").write(toFile: clusterFile, atomically: true, encoding: .utf8)
         }
         let executable = LocalProcesses.currentExecutable()
         var children: [(RegionConfig, Process, String)] = []

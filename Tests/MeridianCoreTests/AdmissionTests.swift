@@ -8,6 +8,8 @@ import Testing
     let usEast = RegionName(validated: "us-east")
     let euWest = RegionName(validated: "eu-west")
 
+    var everyRegion: Set<RegionName> { Set(config.regions.map(\.name)) }
+
     func policy(_ name: String) -> KeyspacePolicy { config.keyspace(try! KeyspaceName(name))! }
 
     func code(_ body: () throws -> Void) -> MeridianError.Code? {
@@ -41,17 +43,34 @@ import Testing
         }
     }
 
-    @Test func strongReadsNeedASingleLeader() throws {
-        let leader = Admission(region: usEast, reachable: [usEast])
-        #expect(try leader.admitRead(policy("accounts"), level: nil).level == .strong)
-        #expect(code { _ = try leader.admitRead(policy("profiles"), level: .strong) } == .consistencyNotAllowed)
-        #expect(try leader.admitRead(policy("profiles"), level: .eventual).level == .eventual)
-        let follower = Admission(region: euWest, reachable: [euWest])
-        #expect(code { _ = try follower.admitRead(policy("accounts"), level: .strong) } == .consistencyUnavailable)
-        #expect(try follower.admitRead(policy("accounts"), level: .session).level == .session)
+    func read(_ admission: Admission, _ keyspace: String, key: String? = "k", _ level: ConsistencyLevel?, bound: UInt64? = nil,
+              session: SessionToken? = nil, view: Admission.ReadView = .init(), forwarded: Bool = false) throws -> Admission.ReadDecision {
+        try admission.admitRead(policy(keyspace), key: key.map { try Key($0) }, level: level, maxStalenessMs: bound, session: session,
+                                view: view, forwarded: forwarded)
     }
 
-    var everyRegion: Set<RegionName> { Set(config.regions.map(\.name)) }
+    /// The error a `behind` verdict answers with when nowhere else can serve, and where it would forward first.
+    func behind(_ decision: Admission.ReadDecision) -> (MeridianError.Code, RegionName?)? {
+        if case .behind(_, let error, let forwardTo) = decision { return (error.code, forwardTo) }
+        return nil
+    }
+
+    @Test func strongReadsGoToTheLeaderWhichNeedsAMajority() throws {
+        let withMajority = Admission.ReadView(reachable: [usEast, euWest])
+        let leader = Admission(region: usEast, reachable: [usEast])
+        #expect(try read(leader, "accounts", nil, view: withMajority) == .serve(level: .strong, stalenessMs: nil))
+        // Cut off from a majority, the leader may have been replaced: it does not answer strong reads.
+        let cutOff = try read(leader, "accounts", nil, view: .init(reachable: []))
+        #expect(behind(cutOff)?.0 == .consistencyUnavailable && behind(cutOff)?.1 == nil)
+        #expect(code { _ = try self.read(leader, "profiles", .strong) } == .consistencyNotAllowed)
+        #expect(try read(leader, "profiles", .eventual) == .serve(level: .eventual, stalenessMs: nil))
+        // A follower forwards strong reads to the leader, once.
+        let follower = Admission(region: euWest, reachable: [euWest])
+        #expect(try read(follower, "accounts", .strong) == .forward(to: usEast, level: .strong))
+        #expect(code { _ = try self.read(follower, "accounts", .strong, forwarded: true) } == .consistencyUnavailable)
+        #expect(code { _ = try self.read(follower, "accounts", key: nil, .strong) } == .consistencyUnavailable, "listings are not forwarded")
+        #expect(try read(follower, "accounts", .session) == .serve(level: .session, stalenessMs: nil))
+    }
 
     func token(_ seen: [(RegionName, UInt64)]) -> SessionToken {
         var token = SessionToken()
@@ -59,28 +78,38 @@ import Testing
         return token
     }
 
-    @Test func sessionReadsWaitForEverythingTheSessionSaw() throws {
+    @Test func sessionReadsWaitForEverythingTheSessionSawThenForward() throws {
         let here = Admission(region: euWest, reachable: [euWest], clusterRegions: everyRegion)
         // The session wrote in us-east; eu-west has applied none of it: serving would break read-your-writes.
-        #expect(code { _ = try here.admitRead(policy("profiles"), level: .session, session: token([(usEast, 3)]), applied: [euWest: 10]) } == .consistencyUnavailable)
-        #expect(try here.admitRead(policy("profiles"), level: .session, session: token([(usEast, 3)]), applied: [usEast: 3]).level == .session)
-        #expect(try here.admitRead(policy("profiles"), level: .session, session: token([(euWest, 9)]), applied: [euWest: 10]).level == .session)
-        // Eventual reads make no such promise.
-        #expect(try here.admitRead(policy("profiles"), level: .eventual, session: token([(usEast, 3)]), applied: [:]).level == .eventual)
+        let early = try read(here, "profiles", .session, session: token([(usEast, 3)]), view: .init(applied: [euWest: 10]))
+        #expect(behind(early)?.0 == .consistencyUnavailable && behind(early)?.1 == usEast)
+        let forwardedEarly = try read(here, "profiles", .session, session: token([(usEast, 3)]), view: .init(applied: [euWest: 10]), forwarded: true)
+        #expect(behind(forwardedEarly)?.1 == nil, "a forwarded read is not forwarded again")
+        #expect(try read(here, "profiles", .session, session: token([(usEast, 3)]), view: .init(applied: [usEast: 3])) == .serve(level: .session, stalenessMs: nil))
+        #expect(try read(here, "profiles", .session, session: token([(euWest, 9)]), view: .init(applied: [euWest: 10])) == .serve(level: .session, stalenessMs: nil))
+        // Eventual and prefix reads make no such promise.
+        #expect(try read(here, "profiles", .eventual, session: token([(usEast, 3)])) == .serve(level: .eventual, stalenessMs: nil))
+        #expect(try read(here, "profiles", .prefix, session: token([(usEast, 3)])) == .serve(level: .prefix, stalenessMs: nil))
         // A token naming a region outside the cluster is not one this cluster issued.
-        #expect(code { _ = try here.admitRead(policy("profiles"), level: .session, session: token([(RegionName(validated: "mars"), 1)])) } == .invalidHeader)
+        #expect(code { _ = try self.read(here, "profiles", .session, session: self.token([(RegionName(validated: "mars"), 1)])) } == .invalidHeader)
     }
 
-    @Test func boundedReadsNeedABoundAndAKnownStaleness() throws {
+    @Test func boundedReadsServeWithinTheBoundElseWaitAndForward() throws {
+        let apSoutheast = RegionName(validated: "ap-southeast")
         let leader = Admission(region: usEast, reachable: [usEast], clusterRegions: everyRegion)
-        let decision = try leader.admitRead(policy("accounts"), level: .bounded, maxStalenessMs: 100)
-        #expect(decision == Admission.ReadDecision(level: .bounded, stalenessMs: 0), "every write originates at the leader")
-        #expect(code { _ = try leader.admitRead(policy("accounts"), level: .bounded) } == .invalidHeader)
-        #expect(code { _ = try leader.admitRead(policy("accounts"), level: .session, maxStalenessMs: 5) } == .invalidHeader)
-        // Other regions write profiles; without their heartbeats staleness cannot be bounded.
-        #expect(code { _ = try leader.admitRead(policy("profiles"), level: .bounded, maxStalenessMs: 100) } == .consistencyUnavailable)
+        #expect(try read(leader, "accounts", .bounded, bound: 100) == .serve(level: .bounded, stalenessMs: 0), "every write originates at the leader")
+        #expect(code { _ = try self.read(leader, "accounts", .bounded) } == .invalidHeader)
+        #expect(code { _ = try self.read(leader, "accounts", .session, bound: 5) } == .invalidHeader)
+        // Other regions write profiles: the bound holds only when each of them is known to be close enough.
+        let fresh = Admission.ReadView(stalenessMs: [euWest: 120, apSoutheast: 300])
+        #expect(try read(leader, "profiles", .bounded, bound: 300, view: fresh) == .serve(level: .bounded, stalenessMs: 300))
+        let tooStale = try read(leader, "profiles", .bounded, bound: 200, view: fresh)
+        #expect(behind(tooStale)?.0 == .consistencyUnavailable && behind(tooStale)?.1 == apSoutheast, "forward to the stalest origin")
+        let unknown = try read(leader, "profiles", .bounded, bound: 100_000, view: .init(stalenessMs: [euWest: 1]))
+        #expect(behind(unknown)?.1 == apSoutheast, "no heartbeat answered yet: unknown staleness is no bound")
         let follower = Admission(region: euWest, reachable: [euWest], clusterRegions: everyRegion)
-        #expect(code { _ = try follower.admitRead(policy("accounts"), level: .bounded, maxStalenessMs: 100_000) } == .consistencyUnavailable)
+        #expect(behind(try read(follower, "accounts", .bounded, bound: 50, view: .init(stalenessMs: [usEast: 90])))?.1 == usEast)
+        #expect(try read(follower, "accounts", .bounded, bound: 100, view: .init(stalenessMs: [usEast: 90])) == .serve(level: .bounded, stalenessMs: 90))
     }
 
     @Test func residencyKeepsDataInItsRegions() throws {
@@ -88,7 +117,10 @@ import Testing
         // Writes from outside the residency are proxied to the key's home; they are never written here.
         #expect(try outside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) == .forward(to: euWest))
         #expect(code { _ = try outside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil, forwarded: true) } == .regionUnavailable)
-        #expect(code { _ = try outside.admitRead(policy("eu_users"), level: nil) } == .regionUnavailable)
+        // Reads of a key from outside are proxied the same way; listings are refused.
+        #expect(try read(outside, "eu_users", nil) == .forward(to: euWest, level: policy("eu_users").consistency.default))
+        #expect(code { _ = try self.read(outside, "eu_users", nil, forwarded: true) } == .regionUnavailable)
+        #expect(code { _ = try self.read(outside, "eu_users", key: nil, nil) } == .regionUnavailable)
         let inside = Admission(region: euWest, reachable: [euWest])
         #expect(try inside.admitWrite(policy("eu_users"), key: Key("k"), ack: nil) == .accept(ack: .async, ackRegionsRequired: 1, epoch: 0))
 
@@ -99,23 +131,37 @@ import Testing
             keyspaces:
               - { name: k, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
             """, file: "c").keyspaces[0]
-        #expect(code { _ = try outside.admitRead(denying, level: nil) } == .notReplicaRegion)
+        #expect(code { _ = try outside.admitRead(denying, key: Key("k"), level: nil, view: .init()) } == .notReplicaRegion)
         #expect(code { _ = try outside.admitWrite(denying, key: Key("k"), ack: nil) } == .notReplicaRegion)
     }
 }
 
 @Suite struct SessionTokenTests {
+    let key = SessionKey(secret: "a-secret-shared-by-every-region")
+
     @Test func roundTripsAndRejectsTampering() throws {
         var token = SessionToken()
         token.observe(Version(hlc: HLCTimestamp(physicalMs: 1, logical: 0, region: RegionName(validated: "us-east")), sequence: 42))
         token.observe(Version(hlc: HLCTimestamp(physicalMs: 2, logical: 0, region: RegionName(validated: "eu-west")), sequence: 7))
         token.observe(Version(hlc: HLCTimestamp(physicalMs: 3, logical: 0, region: RegionName(validated: "us-east")), sequence: 40))
-        let decoded = try SessionToken(decoding: token.encoded)
+        let encoded = token.encoded(with: key)
+        let decoded = try SessionToken(decoding: encoded, key: key)
         #expect(decoded == token)
         #expect(decoded.seen[RegionName(validated: "us-east")] == 42)
-        for bad in ["", "v2.AA", "v1.!!!", "v1." + String(repeating: "A", count: 5000), String(token.encoded.dropLast(3))] {
-            #expect(throws: MeridianError.self) { try SessionToken(decoding: bad) }
+        #expect(decoded.clock == HLCTimestamp(physicalMs: 3, logical: 0, region: RegionName(validated: "us-east")), "the highest timestamp seen")
+        #expect(try SessionToken(decoding: SessionToken().encoded(with: key), key: key) == SessionToken())
+        for bad in ["", "v2.AA", "v1.!!!", "v2." + String(repeating: "A", count: 5000), String(encoded.dropLast(3))] {
+            #expect(throws: MeridianError.self) { try SessionToken(decoding: bad, key: self.key) }
         }
+        // Any changed character fails the tag, and a token of another cluster (another key) is refused.
+        let characters = Array(encoded)
+        for index in 3..<characters.count {
+            var altered = characters
+            altered[index] = altered[index] == "A" ? "B" : "A"
+            #expect(throws: MeridianError.self) { try SessionToken(decoding: String(altered), key: self.key) }
+        }
+        #expect(throws: MeridianError.self) { try SessionToken(decoding: encoded, key: SessionKey(secret: "another-cluster-secret-value")) }
+        #expect(throws: MeridianError.self) { try SessionToken(decoding: encoded, key: SessionKey(clusterName: "demo")) }
     }
 }
 

@@ -22,13 +22,15 @@ import Testing
             .welcome(applied: 0), .welcome(applied: 42),
             .batch(from: 1, through: 3, entries: [entry(1), entry(3)]),
             .batch(from: 5, through: 9, entries: []),
-            .ack(applied: 7),
-            .heartbeat(logHighWater: 9, physicalMs: 1_795_000_000_000),
+            .ack(applied: 7, echoMs: 1_795_000_000_123),
+            .heartbeat(logHighWater: 9, physicalMs: 1_795_000_000_000, echoMs: 1_795_000_000_123),
             .forward(ForwardedWrite(id: 3, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"), operation: .put, contentType: "text/plain",
                                     value: Array("100".utf8), headers: [ForwardedHeader(name: "Meridian-Ack", value: "majority")])),
             .forward(ForwardedWrite(id: 4, keyspace: try! KeyspaceName("accounts"), key: try! Key("x"), operation: .delete, contentType: "", value: [], headers: [])),
             .forwardReply(ForwardedReply(id: 3, status: 200, headers: [ForwardedHeader(name: "ETag", value: "\"1.0.us-east.1\"")], body: Array("{}".utf8))),
             .refusal(code: "replication_protocol", message: "naïve peer ✓"),
+            .forwardRead(ForwardedRead(id: 9, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"),
+                                       headers: [ForwardedHeader(name: "Meridian-Consistency", value: "strong")])),
         ]
     }
 
@@ -67,7 +69,11 @@ import Testing
         overclaimed[5 + 16 + 3] = 2
         #expect(code(overclaimed) == .codecInvalidField)
         // Trailing bytes inside the announced length.
-        var padded = codec.encode(.ack(applied: 1))
+        // A forwarded read of a key no client could send.
+        var badKey = codec.encode(.forwardRead(ForwardedRead(id: 1, keyspace: try KeyspaceName("k"), key: try Key("x"), headers: [])))
+        badKey[5 + 8 + 2 + 2] = 0x07
+        #expect(code(badKey) == .invalidKey)
+        var padded = codec.encode(.ack(applied: 1, echoMs: 0))
         padded[3] += 1
         padded.append(0)
         #expect(code(padded) == .codecLengthMismatch)

@@ -16,7 +16,7 @@ struct NodeFixture {
         regions:
           - { name: us-east, client: 127.0.0.1:17101, peer: 127.0.0.1:17201 }
           - { name: eu-west, client: 127.0.0.1:17102, peer: 127.0.0.1:17202 }
-        limits: { value_bytes_max: 1024, list_limit_max: 50, list_limit_default: 10 }
+        limits: { value_bytes_max: 1024, list_limit_max: 50, list_limit_default: 10, read_wait_ms: 100 }
         keyspaces:
           - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
           - { name: ledger, topology: single-leader, leader: eu-west, ack: async }
@@ -24,6 +24,15 @@ struct NodeFixture {
           - { name: eu_users, topology: geo-partitioned, home: eu-west, residency: { regions: [eu-west], access: proxy } }
           - { name: eu_secret, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
         """
+
+    /// A session token signed as this cluster's regions sign them (the cluster sets no secret: its name is the key).
+    static func token(_ seen: [String: UInt64], key: SessionKey = SessionKey(clusterName: "test")) -> String {
+        var token = SessionToken()
+        for (origin, sequence) in seen {
+            token.observe(Version(hlc: HLCTimestamp(physicalMs: 1, logical: 0, region: RegionName(validated: origin)), sequence: sequence))
+        }
+        return token.encoded(with: key)
+    }
 
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-node-\(UUID().uuidString)").path
 
@@ -69,7 +78,7 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(body["acked_by"] as? [String] == ["us-east"])
                 etag = try #require(response.headers[.eTag])
                 #expect(etag == "\"\(body["version"] as! String)\"")
-                #expect(response.headers[HTTPField.Name("Meridian-Session")!]?.hasPrefix("v1.") == true)
+                #expect(response.headers[HTTPField.Name("Meridian-Session")!]?.hasPrefix("v2.") == true)
             }
             try await client.execute(uri: "/v1/kv/profiles/users/42", method: .get) { response throws in
                 #expect(response.status == .ok)
@@ -170,7 +179,10 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         (.put, "/v1/kv/accounts/k", [:], "v", .serviceUnavailable, "ack_unavailable"),
         (.put, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Ack")!: "all"], "v", .serviceUnavailable, "ack_unavailable"),
         (.put, "/v1/kv/ledger/k", [:], "v", .serviceUnavailable, "leader_unavailable"),
-        (.get, "/v1/kv/ledger/k", [HTTPField.Name("Meridian-Consistency")!: "strong"], "", .serviceUnavailable, "consistency_unavailable"),
+        // A follower forwards strong reads to the leader; with the leader unreachable it says so.
+        (.get, "/v1/kv/ledger/k", [HTTPField.Name("Meridian-Consistency")!: "strong"], "", .serviceUnavailable, "leader_unavailable"),
+        // A leader that cannot reach a majority of the replicas does not answer strong reads (its lease).
+        (.get, "/v1/kv/accounts/k", [:], "", .serviceUnavailable, "consistency_unavailable"),
         (.put, "/v1/kv/eu_users/k", [:], "v", .serviceUnavailable, "region_unavailable"),
         (.get, "/v1/kv/eu_secret/k", [:], "", .conflict, "not_replica_region"),
         (.put, "/v1/kv/profiles/k", [.contentType: String(repeating: "t", count: 300)], "v", .badRequest, "invalid_header"),
@@ -178,8 +190,12 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Max-Staleness-Ms")!: "10"], "", .badRequest, "invalid_header"),
         (.get, "/v1/kv/profiles/k?consistency=bounded&max-staleness-ms=10", [:], "", .serviceUnavailable, "consistency_unavailable"),
         // A token that saw eu-west's 5th write: this region (us-east) has applied none of eu-west's log.
-        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQdldS13ZXN0AAAAAAAAAAU"], "", .serviceUnavailable, "consistency_unavailable"),
-        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQRtYXJzAAAAAAAAAAE"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["eu-west": 5])], "", .serviceUnavailable, "consistency_unavailable"),
+        // A correctly signed token naming a region outside the cluster, and tokens of the old format or another cluster.
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["mars": 1])], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQdldS13ZXN0AAAAAAAAAAU"], "", .badRequest, "invalid_header"),
+        (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["eu-west": 5], key: SessionKey(clusterName: "other"))], "",
+         .badRequest, "invalid_header"),
     ]
 
     @Test(arguments: 0..<badRequests.count)
@@ -201,14 +217,16 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect($0.status == .contentTooLarge)
             }
             // An explicit weaker ack is accepted on the single-leader keyspace's leader.
-            try await client.execute(uri: "/v1/kv/accounts/k", method: .get) { #expect($0.status == .notFound) }
+            try await client.execute(uri: "/v1/kv/accounts/k?consistency=eventual", method: .get) { #expect($0.status == .notFound) }
             try await client.execute(uri: "/v1/kv/profiles/big", method: .get) { #expect($0.status == .notFound) }
             try await client.execute(uri: "/v1/kv/accounts/k", method: .put, headers: [HTTPField.Name("Meridian-Ack")!: "async"],
                                      body: ByteBuffer(string: "v")) { response throws in
                 #expect(response.status == .ok)
                 #expect(response.headers[HTTPField.Name("Meridian-Epoch")!] == "1")
             }
-            try await client.execute(uri: "/v1/kv/accounts/k?consistency=strong", method: .get) { #expect($0.status == .ok) }
+            // Alone, the leader holds no lease: strong reads wait for a majority rather than risk a stale answer.
+            try await client.execute(uri: "/v1/kv/accounts/k?consistency=strong", method: .get) { #expect($0.status == .serviceUnavailable) }
+            try await client.execute(uri: "/v1/kv/accounts/k?consistency=eventual", method: .get) { #expect($0.status == .ok) }
             try await client.execute(uri: "/v1/kv/accounts/k?consistency=bounded&max-staleness-ms=50", method: .get) { response throws in
                 #expect(response.status == .ok)
                 #expect(response.headers[HTTPField.Name("Meridian-Staleness-Ms")!] == "0")

@@ -113,11 +113,11 @@ struct WANHarness {
 @Suite(.serialized) struct WANProxyTests {
     @Test(.timeLimit(.minutes(1)))
     func roundTripMatchesTheConfiguredRTT() async throws {
-        let harness = try await WANHarness.start(rttMs: 40)
+        let harness = try await WANHarness.start(rttMs: 100)
         defer { Task { await harness.stop() } }
         let (channel, collector) = try await harness.connect()
         var samplesMs: [Double] = []
-        for index in 1...30 {
+        for index in 1...25 {
             let started = ContinuousClock.now
             try await channel.writeAndFlush(ByteBuffer(bytes: [UInt8(index)]))
             #expect(await collector.waitFor(count: index, timeoutSeconds: 5))
@@ -125,10 +125,11 @@ struct WANHarness {
             samplesMs.append(Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000)
         }
         let median = samplesMs.sorted()[samplesMs.count / 2]
-        // Wide enough for a loaded machine running other suites in parallel, narrow enough to catch a delay
-        // missing in one direction (~20 ms) or applied twice (~80 ms). Precision is `meridian bench wan`'s job.
-        #expect(median >= 40 && median < 70, "p50 RTT \(median) ms through a 40 ms link")
-        #expect(samplesMs.min()! >= 40, "never faster than the link")
+        // Wide enough for a loaded machine running live clusters of other suites in parallel, narrow enough to
+        // catch a delay missing in one direction (~50 ms) or applied twice (~200 ms). Precision is
+        // `meridian bench wan`'s job.
+        #expect(median >= 100 && median < 160, "p50 RTT \(median) ms through a 100 ms link")
+        #expect(samplesMs.min()! >= 100, "never faster than the link")
         try await channel.close()
     }
 

@@ -1,15 +1,57 @@
-/// What a client has seen: for each origin region, the highest log sequence it has read or written.
+import Crypto
+
+/// The key that authenticates session tokens. Every region of a cluster derives the same one, from the
+/// cluster file's `session_secret` (or, without one, from the cluster's name, which only detects corruption).
+public struct SessionKey: Sendable {
+    let key: SymmetricKey
+    /// Whether the key comes from a secret (tokens cannot be forged) or from the cluster name (they can).
+    public let isSecret: Bool
+
+    /// A key from a shared secret.
+    public init(secret: String) {
+        key = SymmetricKey(data: SHA256.hash(data: Array("meridian-session-key|".utf8) + Array(secret.utf8)))
+        isSecret = true
+    }
+
+    /// A key anyone who knows the cluster's name can derive: tokens are checked for corruption only.
+    public init(clusterName: String) {
+        key = SymmetricKey(data: SHA256.hash(data: Array("meridian-session-name|".utf8) + Array(clusterName.utf8)))
+        isSecret = false
+    }
+
+    func tag(_ payload: [UInt8]) -> [UInt8] {
+        Array(Array(HMAC<SHA256>.authenticationCode(for: payload, using: key)).prefix(SessionToken.tagBytes))
+    }
+
+    /// Compares in constant time, so response timing does not reveal how much of a forged tag was right.
+    func matches(_ payload: [UInt8], tag: ArraySlice<UInt8>) -> Bool {
+        let expected = self.tag(payload)
+        guard tag.count == expected.count else { return false }
+        var difference: UInt8 = 0
+        for (a, b) in zip(expected, tag) { difference |= a ^ b }
+        return difference == 0
+    }
+}
+
+/// What a client has seen: for each origin region, the highest log sequence it has read or written, and
+/// the highest timestamp among them (so the session's next write orders after everything it saw).
 ///
-/// Encoded as `v1.` followed by base64url of `u8 count` and, per origin in name order, `u8 nameLength,
-/// name bytes, u64 sequence` (big-endian). Opaque to clients: they echo it back in `Meridian-Session`.
+/// Encoded as `v2.` followed by base64url of the payload and a 16-byte HMAC-SHA256 tag over it. Payload:
+/// `u8 count`, per origin in name order `u8 nameLength, name bytes, u64 sequence`, then `u8 hasClock` and,
+/// when 1, `u64 physicalMs, u32 logical, u8 nameLength, name bytes` (integers big-endian). Opaque to
+/// clients: they echo it back in `Meridian-Session`; a changed byte fails the tag.
 public struct SessionToken: Sendable, Hashable {
     /// The most origins a token names.
     public static let originsMax = 32
     /// The longest encoded token accepted, in characters.
     public static let encodedLengthMax = 4096
+    /// Bytes of the authentication tag.
+    static let tagBytes = 16
 
     /// Highest seen sequence per origin.
     public private(set) var seen: [RegionName: UInt64]
+    /// The highest timestamp of anything the session saw.
+    public private(set) var clock: HLCTimestamp?
 
     /// Creates a token that has seen nothing.
     public init() { seen = [:] }
@@ -17,31 +59,51 @@ public struct SessionToken: Sendable, Hashable {
     /// Records that the client saw `version`.
     public mutating func observe(_ version: Version) {
         seen[version.origin] = max(seen[version.origin] ?? 0, version.sequence)
+        clock = max(clock ?? version.hlc, version.hlc)
     }
 
-    /// The encoded form.
-    public var encoded: String {
-        var bytes: [UInt8] = [UInt8(seen.count)]
-        for (origin, sequence) in seen.sorted(by: { $0.key < $1.key }) {
+    /// Records that the client saw everything in `dependencies` (what a value it read depended on).
+    public mutating func observe(dependencies: [RegionName: UInt64]) {
+        for (origin, sequence) in dependencies { seen[origin] = max(seen[origin] ?? 0, sequence) }
+    }
+
+    /// The encoded, authenticated form.
+    public func encoded(with key: SessionKey) -> String {
+        var bytes: [UInt8] = [UInt8(min(seen.count, Self.originsMax))]
+        for (origin, sequence) in seen.sorted(by: { $0.key < $1.key }).prefix(Self.originsMax) {
             let name = Array(origin.rawValue.utf8)
             bytes.append(UInt8(name.count))
             bytes += name
             withUnsafeBytes(of: sequence.bigEndian) { bytes += $0 }
         }
-        return "v1." + Base64URL.encode(bytes)
+        if let clock {
+            bytes.append(1)
+            withUnsafeBytes(of: clock.physicalMs.bigEndian) { bytes += $0 }
+            withUnsafeBytes(of: clock.logical.bigEndian) { bytes += $0 }
+            let name = Array(clock.region.rawValue.utf8)
+            bytes.append(UInt8(name.count))
+            bytes += name
+        } else {
+            bytes.append(0)
+        }
+        return "v2." + Base64URL.encode(bytes + key.tag(bytes))
     }
 
-    /// Decodes a token a client sent back.
-    /// - Throws: `MeridianError` `invalid_header` when the token is malformed.
-    public init(decoding text: String) throws(MeridianError) {
+    /// Decodes and authenticates a token a client sent back.
+    /// - Throws: `MeridianError` `invalid_header` when the token is malformed, from another cluster, or altered.
+    public init(decoding text: String, key: SessionKey) throws(MeridianError) {
         func invalid(_ why: String) -> MeridianError {
             MeridianError(.invalidHeader, "The Meridian-Session token is not valid (\(why)). Send back the token a Meridian response gave you, or none.",
                           context: ["header": "Meridian-Session"])
         }
         guard text.utf8.count <= Self.encodedLengthMax else { throw invalid("too long") }
-        guard text.hasPrefix("v1.") else { throw invalid("unknown version") }
-        guard let bytes = Base64URL.decode(text.utf8.dropFirst(3)) else { throw invalid("not base64url") }
-        var reader = ByteReader(bytes[...])
+        guard text.hasPrefix("v2.") else { throw invalid("unknown version") }
+        guard let bytes = Base64URL.decode(text.utf8.dropFirst(3)), bytes.count > Self.tagBytes else { throw invalid("not base64url") }
+        let payload = Array(bytes.dropLast(Self.tagBytes))
+        guard key.matches(payload, tag: bytes.suffix(Self.tagBytes)) else {
+            throw invalid("its authentication tag does not match: it was altered, or issued by another cluster")
+        }
+        var reader = ByteReader(payload[...])
         guard let count = reader.readUInt8(), Int(count) <= Self.originsMax else { throw invalid("bad origin count") }
         var seen: [RegionName: UInt64] = [:]
         for _ in 0..<count {
@@ -51,8 +113,17 @@ public struct SessionToken: Sendable, Hashable {
             else { throw invalid("bad origin entry") }
             seen[origin] = sequence
         }
-        guard reader.remaining == 0 else { throw invalid("trailing bytes") }
         self.seen = seen
+        switch reader.readUInt8() {
+        case 0: clock = nil
+        case 1:
+            guard let physicalMs = reader.readUInt64(), let logical = reader.readUInt32(), let length = reader.readUInt8(),
+                  let name = reader.take(Int(length)), let text = String(validating: name, as: UTF8.self), let region = try? RegionName(text)
+            else { throw invalid("bad clock") }
+            clock = HLCTimestamp(physicalMs: physicalMs, logical: logical, region: region)
+        default: throw invalid("bad clock flag")
+        }
+        guard reader.remaining == 0 else { throw invalid("trailing bytes") }
     }
 }
 

@@ -87,6 +87,21 @@ public struct ClusterConfig: Sendable {
     public let limits: Limits
     /// Every keyspace, in file order.
     public let keyspaces: [KeyspacePolicy]
+    /// The shared secret that authenticates session tokens (`session_secret`), if the file sets one.
+    public let sessionSecret: String?
+
+    /// The key session tokens are authenticated with: from `session_secret`, or else from the cluster name.
+    public var sessionKey: SessionKey { sessionSecret.map { SessionKey(secret: $0) } ?? SessionKey(clusterName: name) }
+
+    /// Creates a configuration (the parser validates; this does not).
+    public init(name: String, regions: [RegionConfig], wan: WANConfig, limits: Limits, keyspaces: [KeyspacePolicy], sessionSecret: String? = nil) {
+        self.name = name
+        self.regions = regions
+        self.wan = wan
+        self.limits = limits
+        self.keyspaces = keyspaces
+        self.sessionSecret = sessionSecret
+    }
 
     /// The region with this name, if the cluster has one.
     public func region(_ name: RegionName) -> RegionConfig? { regions.first { $0.name == name } }
@@ -227,8 +242,15 @@ struct ConfigParser {
     let root: YAMLValue
 
     func parse() throws(ConfigProblem) -> ClusterConfig {
-        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces"])
+        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret"])
         let name = try fields["cluster"]?.string() ?? "meridian"
+        let sessionSecret = try fields["session_secret"].map { value throws(ConfigProblem) in
+            let secret = try value.string()
+            guard (16...256).contains(secret.utf8.count) else {
+                throw ConfigProblem(path: value.path, message: "use 16 to 256 characters (for example the output of `openssl rand -hex 32`); every region must have the same one")
+            }
+            return secret
+        }
         guard let regionsValue = fields["regions"] else { throw ConfigProblem(path: "regions", message: "the cluster needs at least one region") }
         let regions = try parseRegions(regionsValue)
         let names = regions.map(\.name)
@@ -243,7 +265,7 @@ struct ConfigParser {
             }
             keyspaces.append(keyspace)
         }
-        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces)
+        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret)
     }
 
     private func parseRegions(_ value: YAMLValue) throws(ConfigProblem) -> [RegionConfig] {
@@ -329,6 +351,7 @@ struct ConfigParser {
             case "replication_frame_bytes_max": limits.replicationFrameBytesMax = number
             case "log_retention_entries": limits.logRetentionEntries = number
             case "forwards_inflight_max": limits.forwardsInflightMax = number
+            case "read_wait_ms": limits.readWaitMs = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

@@ -52,6 +52,11 @@ public struct AckTracker: Sendable {
         return nil
     }
 
+    /// Whether `required` of `replicas` (the origin included) have applied this region's log up to `sequence`.
+    public func isConfirmed(sequence: UInt64, required: Int, replicas: [RegionName]) -> Bool {
+        replicas.filter { $0 == origin || appliedByPeer[$0, default: 0] >= sequence }.count >= required
+    }
+
     /// A peer durably applied this region's log up to `sequence`.
     /// - Returns: The writes this confirmed, in sequence order.
     public mutating func peerApplied(_ peer: RegionName, upTo sequence: UInt64) -> [Resolution] {

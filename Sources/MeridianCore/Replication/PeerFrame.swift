@@ -15,15 +15,22 @@ public enum PeerFrame: Sendable, Hashable {
     /// replicate are left out (residency: they never leave the regions that may hold them); the range still
     /// covers them, so the peer knows nothing is missing.
     case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
-    /// The peer durably applied the origin's log up to `applied`.
-    case ack(applied: UInt64)
-    /// Sent by the origin when it has nothing else to send: its log's end and its clock, so the peer can
-    /// tell an idle origin from a silent one.
-    case heartbeat(logHighWater: UInt64, physicalMs: UInt64)
+    /// The peer durably applied the origin's log up to `applied`. `echoMs` is the peer's own clock when it
+    /// sent this; the origin returns it in its next heartbeat.
+    case ack(applied: UInt64, echoMs: UInt64)
+    /// Sent by the origin every heartbeat interval: its log's end and its clock, so the peer can tell an idle
+    /// origin from a silent one, and `echoMs`, the latest `ack.echoMs` it received from the peer. Every write
+    /// the origin answered before that ack arrived is at or below `logHighWater`, so once the peer has applied
+    /// up to there it holds everything the origin accepted up to its own time `echoMs`: staleness is bounded
+    /// with the peer's clock alone, whatever the clocks' offset.
+    case heartbeat(logHighWater: UInt64, physicalMs: UInt64, echoMs: UInt64)
     /// A write sent to the region that takes it (the leader or the key's home).
     case forward(ForwardedWrite)
-    /// The answer to a forwarded write, as the HTTP response the client receives.
+    /// The answer to a forwarded write or read, as the HTTP response the client receives.
     case forwardReply(ForwardedReply)
+    /// A read sent to a region that can serve it at the level asked (the leader for strong reads, an origin
+    /// a session or a staleness bound needs).
+    case forwardRead(ForwardedRead)
     /// Why the sender is about to close the stream.
     case refusal(code: String, message: String)
 
@@ -37,6 +44,7 @@ public enum PeerFrame: Sendable, Hashable {
         case .forward: 6
         case .forwardReply: 7
         case .refusal: 8
+        case .forwardRead: 9
         }
     }
 }
@@ -95,7 +103,24 @@ public struct ForwardedWrite: Sendable, Hashable {
     }
 }
 
-/// The answer to a forwarded write.
+/// A client's read of one key, forwarded to a region that can serve it at the level it asks.
+public struct ForwardedRead: Sendable, Hashable {
+    /// Pairs the read with its reply on the stream.
+    public let id: UInt64
+    public let keyspace: KeyspaceName
+    public let key: Key
+    /// The request headers that shape the read (`Meridian-Consistency`, `Meridian-Max-Staleness-Ms`, `Meridian-Session`).
+    public let headers: [ForwardedHeader]
+
+    public init(id: UInt64, keyspace: KeyspaceName, key: Key, headers: [ForwardedHeader]) {
+        self.id = id
+        self.keyspace = keyspace
+        self.key = key
+        self.headers = headers
+    }
+}
+
+/// The answer to a forwarded write or read.
 public struct ForwardedReply: Sendable, Hashable {
     /// The id of the forwarded write.
     public let id: UInt64
@@ -119,18 +144,19 @@ public struct ForwardedReply: Sendable, Hashable {
 ///     1 hello        u8 protocolVersion, str8 cluster, str8 from, str8 to
 ///     2 welcome      u64 applied
 ///     3 batch        u64 from, u64 through, u32 count, count × EntryCodec frame
-///     4 ack          u64 applied
-///     5 heartbeat    u64 logHighWater, u64 physicalMs
+///     4 ack          u64 applied, u64 echoMs
+///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs
 ///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value, headers
 ///     7 forwardReply u64 id, u16 status, headers, u32 + body
 ///     8 refusal      str8 code, str16 message
+///     9 forwardRead  u64 id, str8 keyspace, str16 key, headers
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
 /// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 1
+    public static let protocolVersion: UInt8 = 2
     /// The most headers a forwarded write or reply carries.
     public static let headersMax = 32
 
@@ -158,16 +184,20 @@ public struct PeerFrameCodec: Sendable {
             appendString8(hello.cluster, to: &buffer)
             appendString8(hello.from.rawValue, to: &buffer)
             appendString8(hello.to.rawValue, to: &buffer)
-        case .welcome(let applied), .ack(let applied):
+        case .welcome(let applied):
             append(applied, to: &buffer)
+        case .ack(let applied, let echoMs):
+            append(applied, to: &buffer)
+            append(echoMs, to: &buffer)
         case .batch(let from, let through, let entries):
             append(from, to: &buffer)
             append(through, to: &buffer)
             append(UInt32(entries.count), to: &buffer)
             for entry in entries { entryCodec.encode(entry, into: &buffer) }
-        case .heartbeat(let logHighWater, let physicalMs):
+        case .heartbeat(let logHighWater, let physicalMs, let echoMs):
             append(logHighWater, to: &buffer)
             append(physicalMs, to: &buffer)
+            append(echoMs, to: &buffer)
         case .forward(let write):
             append(write.id, to: &buffer)
             appendString8(write.keyspace.rawValue, to: &buffer)
@@ -186,6 +216,11 @@ public struct PeerFrameCodec: Sendable {
         case .refusal(let code, let message):
             appendString8(code, to: &buffer)
             appendString16(message, to: &buffer)
+        case .forwardRead(let read):
+            append(read.id, to: &buffer)
+            appendString8(read.keyspace.rawValue, to: &buffer)
+            appendString16(read.key.rawValue, to: &buffer)
+            appendHeaders(read.headers, to: &buffer)
         }
         let length = UInt32(buffer.count - start - 4)
         withUnsafeBytes(of: length.bigEndian) { bytes in
@@ -268,10 +303,11 @@ public struct PeerFrameCodec: Sendable {
             body = ByteReader(remaining)
             frame = .batch(from: from, through: through, entries: entries)
         case 4:
-            frame = .ack(applied: try sequenceField(&body, "applied", minimum: 0))
+            frame = .ack(applied: try sequenceField(&body, "applied", minimum: 0), echoMs: try sequenceField(&body, "echo_ms", minimum: 0))
         case 5:
             frame = .heartbeat(logHighWater: try sequenceField(&body, "log_high_water", minimum: 0),
-                               physicalMs: try sequenceField(&body, "physical_ms", minimum: 0))
+                               physicalMs: try sequenceField(&body, "physical_ms", minimum: 0),
+                               echoMs: try sequenceField(&body, "echo_ms", minimum: 0))
         case 6:
             let id = try body.required(body.readUInt64(), "id")
             let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
@@ -296,8 +332,13 @@ public struct PeerFrameCodec: Sendable {
             frame = .forwardReply(ForwardedReply(id: id, status: status, headers: headers, body: replyBody))
         case 8:
             frame = .refusal(code: try string8(&body, "code"), message: try string16(&body, "message"))
+        case 9:
+            let id = try body.required(body.readUInt64(), "id")
+            let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
+            let key = try Key(try string16(&body, "key"))
+            frame = .forwardRead(ForwardedRead(id: id, keyspace: keyspace, key: key, headers: try headers(&body)))
         default:
-            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 8.", context: ["field": "frame_type"])
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 9.", context: ["field": "frame_type"])
         }
         guard body.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",

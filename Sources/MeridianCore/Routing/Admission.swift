@@ -62,25 +62,49 @@ public struct Admission: Sendable {
         return .accept(ack: ack, ackRegionsRequired: required, epoch: policy.topology == .singleLeader ? 1 : 0)
     }
 
-    /// The verdict for a read.
-    public struct ReadDecision: Sendable, Hashable {
-        /// The level served.
-        public let level: ConsistencyLevel
-        /// The staleness served, in ms, when the level promises a bound (`Meridian-Staleness-Ms`).
-        public let stalenessMs: UInt64?
+    /// What this region knows, at the moment of a read, about how current its copy is.
+    public struct ReadView: Sendable, Hashable {
+        /// How far this region has durably applied each origin's log (its own: its log's end).
+        public var applied: [RegionName: UInt64]
+        /// Per other origin: an upper bound, in ms, on how stale this region's copy of that origin's writes is
+        /// (absent: unknown, e.g. no heartbeat yet).
+        public var stalenessMs: [RegionName: UInt64]
+        /// This region can confirm now that it still leads: a majority of each keyspace's replicas heard from
+        /// within the silence limit (the lease a leader needs to serve strong reads).
+        public var reachable: Set<RegionName>
+
+        public init(applied: [RegionName: UInt64] = [:], stalenessMs: [RegionName: UInt64] = [:], reachable: Set<RegionName> = []) {
+            self.applied = applied
+            self.stalenessMs = stalenessMs
+            self.reachable = reachable
+        }
     }
 
-    /// Decides whether a read may be served here, and at what level.
+    /// The verdict for a read.
+    public enum ReadDecision: Sendable, Hashable {
+        /// Serve the read here now. `stalenessMs` is the bound served, for `Meridian-Staleness-Ms`.
+        case serve(level: ConsistencyLevel, stalenessMs: UInt64?)
+        /// Another region serves it (strong reads go to the leader or the key's home; reads outside the
+        /// residency are proxied).
+        case forward(to: RegionName, level: ConsistencyLevel)
+        /// Not servable here yet: this region is behind what the read needs. Wait for replication (bounded),
+        /// then forward to `forwardTo` if set; if there is nowhere to go, answer `error`.
+        case behind(level: ConsistencyLevel, error: MeridianError, forwardTo: RegionName?)
+    }
+
+    /// Decides whether a read may be served here, at which level, or where else.
     /// - Parameters:
+    ///   - key: The key read (nil: a listing of the keyspace).
     ///   - level: The level the request named (nil: the keyspace default).
     ///   - maxStalenessMs: The bound of a bounded read.
     ///   - session: The client's session token, if it sent one.
-    ///   - applied: How far this region has applied each origin's log (the highest sequence).
-    /// - Throws: `MeridianError` `consistency_not_allowed` (409) when the policy forbids the level,
-    ///   `invalid_header` for a missing or misplaced bound or a token that names unknown writes, or
-    ///   `consistency_unavailable` (503) when this region cannot serve the level now.
-    public func admitRead(_ policy: KeyspacePolicy, level requested: ConsistencyLevel?, maxStalenessMs: UInt64? = nil,
-                          session: SessionToken? = nil, applied: [RegionName: UInt64] = [:]) throws(MeridianError) -> ReadDecision {
+    ///   - view: How current this region is.
+    ///   - forwarded: Another region forwarded this read here; it is never forwarded again.
+    /// - Throws: `consistency_not_allowed` (409) when the policy forbids the level, `invalid_header` for a
+    ///   missing or misplaced bound or a token that names regions outside the cluster, residency errors, or
+    ///   `consistency_unavailable` (503) when no region can serve the level now.
+    public func admitRead(_ policy: KeyspacePolicy, key: Key?, level requested: ConsistencyLevel?, maxStalenessMs: UInt64? = nil,
+                          session: SessionToken? = nil, view: ReadView, forwarded: Bool = false) throws(MeridianError) -> ReadDecision {
         let level = requested ?? policy.consistency.default
         guard policy.consistency.allowed.contains(level) else {
             let hint = level == .strong && policy.topology != .singleLeader
@@ -97,47 +121,81 @@ public struct Admission: Sendable {
             throw MeridianError(.invalidHeader, "Meridian-Max-Staleness-Ms applies only to bounded reads; this read is \(level.rawValue). Add Meridian-Consistency: bounded or drop it.",
                                 context: ["header": "Meridian-Max-Staleness-Ms"])
         }
-        try checkResidency(policy)
         if let session { try checkSessionOrigins(session) }
+        if !policy.isReplica(region) {
+            // The data is not kept here: proxy a single-key read to a region that holds it, or refuse.
+            if policy.residency.access == .proxy && !forwarded, let key {
+                let holder = policy.writeRegion(for: key).flatMap { policy.isReplica($0) ? $0 : nil }
+                    ?? policy.replicas.first { reachable.contains($0) } ?? policy.replicas[0]
+                return .forward(to: holder, level: level)
+            }
+            try checkResidency(policy)
+        }
         switch level {
         case .strong:
-            if let leader = policy.leader, leader != region {
-                throw MeridianError(
-                    .consistencyUnavailable,
-                    "Strong reads of keyspace '\(policy.name)' are served by its leader \(leader), and this region (\(region)) cannot forward them yet. Read from \(leader), or use session or bounded here.",
-                    context: ["keyspace": policy.name.rawValue, "leader": leader.rawValue])
+            guard let writer = key.flatMap({ policy.writeRegion(for: $0) }) ?? policy.leader else {
+                throw MeridianError(.consistencyUnavailable,
+                                    "A strong listing of keyspace '\(policy.name)' has no single region that takes every write (each key has its home). Read keys one at a time, or list with session or bounded.",
+                                    context: ["keyspace": policy.name.rawValue])
             }
-            return ReadDecision(level: level, stalenessMs: nil)
+            if writer != region {
+                guard !forwarded, key != nil else {
+                    let why = forwarded
+                        ? "was forwarded to \(region), but \(writer) takes its writes; the regions disagree about the cluster file."
+                        : "is served by \(writer), which takes its writes; listings are not forwarded. List at \(writer), or use session or bounded here."
+                    throw MeridianError(.consistencyUnavailable, "A strong read of keyspace '\(policy.name)' \(why)",
+                                        context: ["keyspace": policy.name.rawValue, "leader": writer.rawValue])
+                }
+                return .forward(to: writer, level: level)
+            }
+            // The lease: a writer cut off from a majority of the replicas may already have been replaced, so it
+            // does not answer strong reads until it hears from a majority again.
+            let majority = AckMode.majority.regionsRequired(replicaCount: policy.replicas.count)
+            let heard = policy.replicas.filter { $0 == region || view.reachable.contains($0) }
+            guard heard.count >= majority else {
+                let missing = policy.replicas.filter { !heard.contains($0) }
+                return .behind(level: level, error: MeridianError(
+                    .consistencyUnavailable,
+                    "\(region) takes the writes of keyspace '\(policy.name)' but cannot reach a majority of its replicas (\(missing.map(\.rawValue).joined(separator: ", ")) unreachable), so it cannot promise it still does. Retry shortly, or use bounded or session.",
+                    context: ["keyspace": policy.name.rawValue, "unreachable": missing.map(\.rawValue).joined(separator: ",")]), forwardTo: nil)
+            }
+            return .serve(level: level, stalenessMs: nil)
         case .bounded:
-            // Staleness is known to be 0 only when every write of the keyspace originates here; bounding it
-            // against other origins needs their heartbeats, which arrive with cross-region replication.
-            let others = writerRegions(policy).filter { $0 != region }
-            guard others.isEmpty else {
-                throw MeridianError(
-                    .consistencyUnavailable,
-                    "This region (\(region)) cannot bound its staleness for keyspace '\(policy.name)': it has no heartbeat from \(others.map(\.rawValue).joined(separator: ", ")). Read from the writer region or use eventual.",
-                    context: ["keyspace": policy.name.rawValue, "unreachable": others.map(\.rawValue).joined(separator: ",")])
+            let bound = maxStalenessMs!
+            var worst: (origin: RegionName, ms: UInt64?)?
+            for origin in writerRegions(policy, key: key) where origin != region {
+                let staleness = view.stalenessMs[origin]
+                if worst == nil || (staleness ?? .max) > (worst!.ms ?? .max) { worst = (origin, staleness) }
             }
-            return ReadDecision(level: level, stalenessMs: 0)
+            guard let worst else { return .serve(level: level, stalenessMs: 0) }
+            if let ms = worst.ms, ms <= bound { return .serve(level: level, stalenessMs: ms) }
+            let known = worst.ms.map { "up to \($0) ms behind" } ?? "of unknown staleness (no heartbeat answered yet)"
+            return .behind(level: level, error: MeridianError(
+                .consistencyUnavailable,
+                "This region (\(region)) is \(known) on \(worst.origin)'s writes to keyspace '\(policy.name)', beyond the \(bound) ms asked, and no region could serve the read within the bound. Retry, raise Meridian-Max-Staleness-Ms, or read at \(worst.origin).",
+                context: ["keyspace": policy.name.rawValue, "unreachable": worst.origin.rawValue, "max_staleness_ms": String(bound)]),
+                forwardTo: forwarded ? nil : worst.origin)
         case .session:
-            guard let session else { return ReadDecision(level: level, stalenessMs: nil) }
+            guard let session else { return .serve(level: level, stalenessMs: nil) }
             // Read-your-writes and monotonic reads: this region must have applied everything the session saw.
-            let behind = session.seen.filter { applied[$0.key, default: 0] < $0.value }.keys.sorted()
-            guard behind.isEmpty else {
-                let detail = behind.map { "\($0) up to \(applied[$0, default: 0]) of \(session.seen[$0]!)" }.joined(separator: "; ")
-                throw MeridianError(
-                    .consistencyUnavailable,
-                    "This region (\(region)) has not yet applied writes your session has seen (\(detail)). Retry shortly or read from \(behind.map(\.rawValue).joined(separator: ", ")).",
-                    context: ["keyspace": policy.name.rawValue, "unreachable": behind.map(\.rawValue).joined(separator: ",")])
-            }
-            return ReadDecision(level: level, stalenessMs: nil)
+            let behind = session.seen.filter { view.applied[$0.key, default: 0] < $0.value }.keys.sorted()
+            guard !behind.isEmpty else { return .serve(level: level, stalenessMs: nil) }
+            let detail = behind.map { "\($0) up to \(view.applied[$0, default: 0]) of \(session.seen[$0]!)" }.joined(separator: "; ")
+            return .behind(level: level, error: MeridianError(
+                .consistencyUnavailable,
+                "This region (\(region)) has not yet applied writes your session has seen (\(detail)), and no region could serve the read in time. Retry shortly or read at \(behind.map(\.rawValue).joined(separator: ", ")).",
+                context: ["keyspace": policy.name.rawValue, "unreachable": behind.map(\.rawValue).joined(separator: ",")]),
+                forwardTo: forwarded || behind.contains(region) ? nil : behind.first)
         case .prefix, .eventual:
-            return ReadDecision(level: level, stalenessMs: nil)
+            // Each origin's log is applied here as a gap-free prefix, in one transaction per batch, so any local
+            // read already sees a prefix of every origin's writes.
+            return .serve(level: level, stalenessMs: nil)
         }
     }
 
-    /// The regions whose writes a keyspace receives.
-    func writerRegions(_ policy: KeyspacePolicy) -> [RegionName] {
+    /// The regions whose writes a read of `key` (nil: of the whole keyspace) may need.
+    func writerRegions(_ policy: KeyspacePolicy, key: Key? = nil) -> [RegionName] {
+        if let key, let writer = policy.writeRegion(for: key) { return [writer] }
         switch policy.topology {
         case .singleLeader: return policy.leader.map { [$0] } ?? []
         case .multiLeader: return policy.replicas

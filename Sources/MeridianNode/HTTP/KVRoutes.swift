@@ -65,24 +65,150 @@ extension RegionNode {
     func get(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
-        let options = try RequestOptions(request)
-        let decision = try admission.admitRead(policy, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
-                                               session: options.session, applied: store.appliedHighWater())
-        guard let stored = try await store.get(keyspace: policy.name, key: key), !stored.tombstone else {
+        let query = request.uri.queryParameters
+        return try await read(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, forwarded: false).response()
+    }
+
+    static let consistencyHeader = HTTPField.Name("Meridian-Consistency")!
+    static let maxStalenessHeader = HTTPField.Name("Meridian-Max-Staleness-Ms")!
+    /// The headers a forwarded read carries to the region that serves it.
+    static let forwardedReadHeaderNames: [HTTPField.Name] = [consistencyHeader, maxStalenessHeader, sessionHeader]
+
+    /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
+    func serveForwardedRead(_ read: ForwardedRead) async -> ForwardedReply {
+        let rendered: RenderedResponse
+        do throws(MeridianError) {
+            guard let policy = configuration.cluster.keyspace(read.keyspace) else {
+                throw MeridianError(.unknownKeyspace, "Keyspace '\(read.keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
+                                    context: ["keyspace": read.keyspace.rawValue])
+            }
+            var headers = HTTPFields()
+            for header in read.headers {
+                guard let name = HTTPField.Name(header.name), Self.forwardedReadHeaderNames.contains(name) else { continue }
+                headers.append(HTTPField(name: name, value: header.value))
+            }
+            rendered = try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true)
+        } catch {
+            rendered = error.rendered()
+        }
+        return ForwardedReply(id: read.id, status: UInt16(rendered.status.code),
+                              headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
+                              body: Array(buffer: rendered.body))
+    }
+
+    /// Where a read goes once this region knows enough.
+    private enum ReadRoute {
+        case serve(level: ConsistencyLevel, stalenessMs: UInt64?)
+        /// Forward to `to`; if it cannot be reached, answer `otherwise` (nil: say it is unreachable).
+        case forward(to: RegionName, otherwise: MeridianError?)
+    }
+
+    /// Asks the core where a read may be served, waiting (bounded) while this region catches up: a read this
+    /// region is behind for waits up to `read_wait_ms`, and no longer than a round trip to the region it
+    /// would otherwise be forwarded to (waiting longer would be slower than asking there).
+    private func route(_ policy: KeyspacePolicy, key: Key?, options: RequestOptions, forwarded: Bool) async throws(MeridianError) -> ReadRoute {
+        let started = ContinuousClock.now
+        while true {
+            let decision = try admission.admitRead(policy, key: key, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
+                                                   session: options.session, view: replicator.readView(), forwarded: forwarded)
+            switch decision {
+            case .serve(let level, let stalenessMs):
+                return .serve(level: level, stalenessMs: stalenessMs)
+            case .forward(let target, _):
+                return .forward(to: target, otherwise: nil)
+            case .behind(_, let error, let target):
+                let target = key == nil ? nil : target
+                var budget = Duration.milliseconds(limits.readWaitMs)
+                if let target, let rtt = configuration.cluster.wan.rttMs(region, target) {
+                    budget = min(budget, .milliseconds(max(10, Int((rtt * configuration.cluster.wan.latencyScale).rounded(.up)))))
+                }
+                let waited = ContinuousClock.now - started
+                if waited < budget {
+                    await replicator.progress.wait(atMost: min(budget - waited, .milliseconds(50)))
+                    continue
+                }
+                if let target { return .forward(to: target, otherwise: error) }
+                throw error
+            }
+        }
+    }
+
+    private func read(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
+        let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
+        let (level, stalenessMs): (ConsistencyLevel, UInt64?)
+        switch try await route(policy, key: key, options: options, forwarded: forwarded) {
+        case .forward(let target, let otherwise):
+            do {
+                return try await forwardRead(to: target, options: options, policy: policy, key: key)
+            } catch where error.code == .regionUnavailable {
+                // Nowhere to go: the reason this region could not serve the read is the answer.
+                if let otherwise { throw otherwise }
+                guard policy.topology == .singleLeader, target == policy.leader else { throw error }
+                var context = error.context
+                context["leader"] = target.rawValue
+                throw MeridianError(.leaderUnavailable, error.message, context: context)
+            }
+        case .serve(let servedLevel, let servedStaleness):
+            (level, stalenessMs) = (servedLevel, servedStaleness)
+        }
+        let stored = try await store.get(keyspace: policy.name, key: key)
+        if level == .strong, let stored { try await awaitMajority(stored.version, policy: policy) }
+        guard let stored, !stored.tombstone else {
             throw MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
                                 context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))])
         }
         var session = options.session ?? SessionToken()
         session.observe(stored.version)
-        var headers: HTTPFields = [
+        var answer: HTTPFields = [
             .contentType: stored.contentType,
             .eTag: "\"\(stored.version)\"",
-            Self.sessionHeader: session.encoded,
+            Self.sessionHeader: session.encoded(with: sessionKey),
         ]
-        if policy.topology == .singleLeader { headers[Self.epochHeader] = "1" }
-        if let staleness = decision.stalenessMs { headers[Self.stalenessHeader] = String(staleness) }
-        headers[.cacheControl] = policy.cache.ttlMs > 0 ? "max-age=\(policy.cache.ttlMs / 1000)" : "no-cache"
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: stored.value)))
+        if policy.topology == .singleLeader { answer[Self.epochHeader] = "1" }
+        if let stalenessMs { answer[Self.stalenessHeader] = String(stalenessMs) }
+        answer[.cacheControl] = policy.cache.ttlMs > 0 ? "max-age=\(policy.cache.ttlMs / 1000)" : "no-cache"
+        return RenderedResponse(status: .ok, headers: answer, body: ByteBuffer(bytes: stored.value))
+    }
+
+    /// A strong read returns only a version a majority of replicas holds: after a failover the new leader is
+    /// one of them, so no later read can miss what this one saw. Waits (up to the ack timeout) for a write
+    /// this region made that is not confirmed yet.
+    private func awaitMajority(_ version: Version, policy: KeyspacePolicy) async throws(MeridianError) {
+        guard version.origin == region, policy.replicas.count > 1 else { return }
+        let required = AckMode.majority.regionsRequired(replicaCount: policy.replicas.count)
+        let deadline = ContinuousClock.now + .milliseconds(limits.ackTimeoutMs)
+        while !replicator.isConfirmed(sequence: version.sequence, required: required, replicas: policy.replicas) {
+            let now = ContinuousClock.now
+            guard now < deadline else {
+                throw MeridianError(.consistencyUnavailable,
+                                    "The latest version of this key (\(version)) is not yet held by a majority of keyspace '\(policy.name)''s replicas, so a strong read cannot return it. Retry shortly.",
+                                    context: ["keyspace": policy.name.rawValue, "version": version.description])
+            }
+            await replicator.progress.wait(atMost: min(deadline - now, .milliseconds(50)))
+        }
+    }
+
+    /// Sends a read to a region that can serve it, over the stream to that region, and relays its answer.
+    private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key) async throws(MeridianError) -> RenderedResponse {
+        var carried: [ForwardedHeader] = []
+        if let level = options.consistency { carried.append(ForwardedHeader(name: "Meridian-Consistency", value: level.rawValue)) }
+        if let bound = options.maxStalenessMs { carried.append(ForwardedHeader(name: "Meridian-Max-Staleness-Ms", value: String(bound))) }
+        if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded(with: sessionKey))) }
+        let reply = try await replicator.forward(to: target) { id in
+            .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: key, headers: carried))
+        }
+        return relay(reply, from: target)
+    }
+
+    /// A forwarded request's answer, as this region sends it to the client.
+    private func relay(_ reply: ForwardedReply, from target: RegionName) -> RenderedResponse {
+        var answer = HTTPFields()
+        for header in reply.headers {
+            guard let name = HTTPField.Name(header.name), name != Self.regionHeader else { continue }
+            answer.append(HTTPField(name: name, value: header.value))
+        }
+        answer[Self.forwardedToHeader] = target.rawValue
+        return RenderedResponse(status: HTTPResponse.Status(code: Int(reply.status)), headers: answer, body: ByteBuffer(bytes: reply.body))
     }
 
     func put(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
@@ -145,7 +271,7 @@ extension RegionNode {
 
     private func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
                        contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
-        let options = try RequestOptions(headers: headers, query: query)
+        let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
         let ifMatch = try RequestOptions.precondition(headers)
         let decision = try admission.admitWrite(policy, key: key, ack: options.ack, forwarded: forwarded)
         guard case .accept(let ack, let required, let epoch) = decision else {
@@ -158,7 +284,7 @@ extension RegionNode {
         }
         let outcome = try await store.write(WriteRequest(
             keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value,
-            epoch: epoch, precondition: precondition))
+            epoch: epoch, precondition: precondition, after: options.session?.clock))
         switch outcome {
         case .preconditionFailed(let current):
             var context = ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]
@@ -186,7 +312,7 @@ extension RegionNode {
             }
             var session = options.session ?? SessionToken()
             session.observe(entry.version)
-            var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded]
+            var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded(with: sessionKey)]
             if policy.topology == .singleLeader { headers[Self.epochHeader] = String(epoch) }
             return JSON.rendered(
                 WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
@@ -201,11 +327,11 @@ extension RegionNode {
         var carried: [ForwardedHeader] = []
         if let ack = options.ack { carried.append(ForwardedHeader(name: "Meridian-Ack", value: ack.rawValue)) }
         for tag in headers[values: .ifMatch] { carried.append(ForwardedHeader(name: "If-Match", value: tag)) }
-        if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded)) }
+        if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded(with: sessionKey))) }
         let reply: ForwardedReply
         do {
             reply = try await replicator.forward(to: target) { id in
-                ForwardedWrite(id: id, keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value, headers: carried)
+                .forward(ForwardedWrite(id: id, keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value, headers: carried))
             }
         } catch where error.code == .regionUnavailable && policy.topology == .singleLeader {
             // For a single-leader keyspace the unreachable region is the leader: say so in the code clients branch on.
@@ -213,13 +339,7 @@ extension RegionNode {
             context["leader"] = target.rawValue
             throw MeridianError(.leaderUnavailable, error.message, context: context)
         }
-        var answer = HTTPFields()
-        for header in reply.headers {
-            guard let name = HTTPField.Name(header.name), name != Self.regionHeader else { continue }
-            answer.append(HTTPField(name: name, value: header.value))
-        }
-        answer[Self.forwardedToHeader] = target.rawValue
-        return RenderedResponse(status: HTTPResponse.Status(code: Int(reply.status)), headers: answer, body: ByteBuffer(bytes: reply.body))
+        return relay(reply, from: target)
     }
 
     func list(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
@@ -244,9 +364,13 @@ extension RegionNode {
             }
             limit = value
         }
-        let options = try RequestOptions(request)
-        _ = try admission.admitRead(policy, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
-                                    session: options.session, applied: store.appliedHighWater())
+        let options = try RequestOptions(request, sessionKey: sessionKey)
+        // A listing is served here or refused: it is never forwarded, so a route elsewhere means "not here".
+        if case .forward(let target, let otherwise) = try await route(policy, key: nil, options: options, forwarded: false) {
+            if let otherwise { throw otherwise }
+            throw MeridianError(.consistencyUnavailable, "This listing of keyspace '\(policy.name)' can only be served at \(target); send it there.",
+                                context: ["keyspace": policy.name.rawValue, "region": target.rawValue])
+        }
         let keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
         let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
         return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil))

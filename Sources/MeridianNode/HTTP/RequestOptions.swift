@@ -13,13 +13,13 @@ struct RequestOptions {
     static let maxStalenessMsMax: UInt64 = 86_400_000
 
     /// Reads each option from its header, or else from the query parameter of the same name without the prefix.
-    init(_ request: Request) throws(MeridianError) {
+    init(_ request: Request, sessionKey: SessionKey) throws(MeridianError) {
         let query = request.uri.queryParameters
-        try self.init(headers: request.headers, query: { query.get($0) })
+        try self.init(headers: request.headers, query: { query.get($0) }, sessionKey: sessionKey)
     }
 
     /// Reads each option from `headers`, or else from `query` by the parameter name.
-    init(headers: HTTPFields, query: (String) -> String?) throws(MeridianError) {
+    init(headers: HTTPFields, query: (String) -> String?, sessionKey: SessionKey) throws(MeridianError) {
         consistency = try Self.option(headers, query("consistency"), header: "Meridian-Consistency").map { text throws(MeridianError) in
             guard let level = ConsistencyLevel(rawValue: text) else {
                 throw Self.invalid("Meridian-Consistency", text, "use one of \(ConsistencyLevel.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -33,7 +33,7 @@ struct RequestOptions {
             return value
         }
         session = try Self.option(headers, query("session"), header: "Meridian-Session").map { text throws(MeridianError) in
-            try SessionToken(decoding: text)
+            try SessionToken(decoding: text, key: sessionKey)
         }
         ack = try Self.option(headers, query("ack"), header: "Meridian-Ack").map { text throws(MeridianError) in
             guard let mode = AckMode(rawValue: text) else {

@@ -65,12 +65,26 @@ struct StatusAnswer: Encodable {
         let lagEntries: UInt64
         /// Time from an entry's commit at the peer to its apply here, since this node started.
         let applyLagMs: LagSummary
+        /// An upper bound on how stale this region's copy of the peer's writes is now (what bounded reads
+        /// are checked against); nil until the peer's heartbeats have echoed one of our acks.
+        let stalenessMs: UInt64?
 
         enum CodingKeys: String, CodingKey {
             case link, applied
             case originLog = "origin_log"
             case lagEntries = "lag_entries"
             case applyLagMs = "apply_lag_ms"
+            case stalenessMs = "staleness_ms"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(link, forKey: .link)
+            try container.encode(applied, forKey: .applied)
+            try container.encode(originLog, forKey: .originLog)
+            try container.encode(lagEntries, forKey: .lagEntries)
+            try container.encode(applyLagMs, forKey: .applyLagMs)
+            try container.encode(stalenessMs, forKey: .stalenessMs)
         }
     }
 
@@ -112,6 +126,7 @@ extension RegionNode {
         let applied = store.appliedHighWater()
         let ownHighWater = applied[region] ?? 0
         let states = replicator.peerStates()
+        let staleness = replicator.readView().stalenessMs
         let nowMs = Self.wallClockMs()
         var peers: [StatusAnswer.PeerStatus] = []
         for peer in configuration.cluster.regions where peer.name != region {
@@ -135,7 +150,8 @@ extension RegionNode {
                     lagEntries: originLog - appliedHere,
                     applyLagMs: StatusAnswer.LagSummary(
                         samples: histogram?.totalCount ?? 0, p50: histogram?.valueAtPercentile(50) ?? 0,
-                        p99: histogram?.valueAtPercentile(99) ?? 0, max: histogram?.max ?? 0))))
+                        p99: histogram?.valueAtPercentile(99) ?? 0, max: histogram?.max ?? 0),
+                    stalenessMs: staleness[peer.name])))
         }
         let keyspaces = configuration.cluster.keyspaces.map { policy in
             StatusAnswer.KeyspaceStatus(

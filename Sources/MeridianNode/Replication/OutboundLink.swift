@@ -12,7 +12,8 @@ final class OutboundLink: Sendable {
         /// Send the log entries the shipper released since the last `ship` (``takeShipment()``).
         case ship
         case heartbeat
-        case forward(ForwardedWrite)
+        /// A forwarded write or read.
+        case forward(PeerFrame)
     }
 
     /// How the link is doing, for status and admission.
@@ -33,6 +34,8 @@ final class OutboundLink: Sendable {
         let logHighWater: UInt64
         let lastHeard: ContinuousClock.Instant?
         let lastError: String?
+        /// The latest `echoMs` the peer acknowledged with (its own clock), returned in heartbeats.
+        let echoMs: UInt64
     }
 
     private struct State {
@@ -42,9 +45,9 @@ final class OutboundLink: Sendable {
         var acknowledged: UInt64
         var connected = false
         var lastHeard: ContinuousClock.Instant?
-        var lastSent = ContinuousClock.now
         var lastError: String?
         var resyncRequired = false
+        var echoMs: UInt64 = 0
         var forwards: [UInt64: CheckedContinuation<Result<ForwardedReply, MeridianError>, Never>] = [:]
         var nextForwardID: UInt64 = 1
         /// Entries released by the shipper and not yet taken by the writer. Consecutive releases merge, so
@@ -111,10 +114,11 @@ final class OutboundLink: Sendable {
         }
     }
 
-    /// The peer durably applied this region's log up to `applied`.
+    /// The peer durably applied this region's log up to `applied`; it sent the ack at its own time `echoMs`.
     /// - Throws: `replication_protocol` when it acknowledges entries never sent.
-    func acked(_ applied: UInt64) throws(MeridianError) {
+    func acked(_ applied: UInt64, echoMs: UInt64) throws(MeridianError) {
         try state.withLock { (state: inout State) throws(MeridianError) in
+            state.echoMs = max(state.echoMs, echoMs)
             guard var shipper = state.shipper else {
                 throw MeridianError(.replicationProtocol, "\(peer) acknowledged before the stream was set up.")
             }
@@ -128,11 +132,6 @@ final class OutboundLink: Sendable {
     /// Any frame arrived from the peer.
     func heard() {
         state.withLock { $0.lastHeard = .now }
-    }
-
-    /// The writer sent something.
-    func sent() {
-        state.withLock { $0.lastSent = .now }
     }
 
     /// The connection ended: unconfirmed entries are resent on the next one; forwarded writes waiting for an
@@ -169,22 +168,23 @@ final class OutboundLink: Sendable {
         }
     }
 
-    /// Called on every heartbeat interval.
+    /// Called on every heartbeat interval: a heartbeat goes out even when batches are flowing, since it
+    /// carries the echo that bounds the peer's staleness.
     /// - Returns: Whether the peer went silent (the connection should close).
-    func tick(heartbeatInterval: Duration) -> Bool {
+    func tick() -> Bool {
         state.withLock { state in
-            let now = ContinuousClock.now
-            if let heard = state.lastHeard, now - heard > silenceLimit { return true }
-            if state.shipper != nil, now - state.lastSent >= heartbeatInterval { state.outbox?.yield(.heartbeat) }
+            if let heard = state.lastHeard, ContinuousClock.now - heard > silenceLimit { return true }
+            if state.shipper != nil { state.outbox?.yield(.heartbeat) }
             return false
         }
     }
 
     // MARK: - Forwarding
 
-    /// Sends a write to the peer and waits for its answer.
+    /// Sends a write or read to the peer and waits for its answer.
+    /// - Parameter make: Builds the frame (`forward` or `forwardRead`) from the id its reply will carry.
     /// - Throws: `region_unavailable` when the stream is down or closes first; `overloaded` beyond `forwardsMax`.
-    func forward(_ make: (UInt64) -> ForwardedWrite, timeout: Duration) async throws(MeridianError) -> ForwardedReply {
+    func forward(_ make: (UInt64) -> PeerFrame, timeout: Duration) async throws(MeridianError) -> ForwardedReply {
         let id: UInt64? = try state.withLock { (state: inout State) throws(MeridianError) -> UInt64? in
             guard state.shipper != nil, state.outbox != nil else { return nil }
             guard state.forwards.count < forwardsMax else {
@@ -196,14 +196,14 @@ final class OutboundLink: Sendable {
             return id
         }
         guard let id else {
-            throw MeridianError(.regionUnavailable, "This write is taken by \(peer), which this region cannot reach now. Retry shortly, or send it to \(peer) directly.",
+            throw MeridianError(.regionUnavailable, "This request is served by \(peer), which this region cannot reach now. Retry shortly, or send it to \(peer) directly.",
                                 context: ["region": peer.rawValue])
         }
-        let write = make(id)
+        let frame = make(id)
         let timer = Task {
             try? await Task.sleep(for: timeout)
             self.resolveForward(id: id, .failure(MeridianError(
-                .ackTimeout, "\(peer) did not answer the forwarded write within \(timeout); it may or may not have been applied. Read the key to check before retrying.",
+                .ackTimeout, "\(peer) did not answer the forwarded request within \(timeout); a forwarded write may or may not have been applied. Read the key to check before retrying.",
                 context: ["region": peer.rawValue])))
         }
         defer { timer.cancel() }
@@ -211,12 +211,12 @@ final class OutboundLink: Sendable {
             let sent = state.withLock { state -> Bool in
                 guard let outbox = state.outbox else { return false }
                 state.forwards[id] = continuation
-                outbox.yield(.forward(write))
+                outbox.yield(.forward(frame))
                 return true
             }
             if !sent {
                 continuation.resume(returning: .failure(MeridianError(
-                    .regionUnavailable, "The stream to \(peer) closed before the write could be forwarded; nothing was sent. Retry shortly.",
+                    .regionUnavailable, "The stream to \(peer) closed before the request could be forwarded; nothing was sent. Retry shortly.",
                     context: ["region": peer.rawValue])))
             }
         }
@@ -255,7 +255,7 @@ final class OutboundLink: Sendable {
                 health = .down
             }
             return Snapshot(health: health, acknowledged: state.acknowledged, logHighWater: state.logHighWater,
-                            lastHeard: state.lastHeard, lastError: state.lastError)
+                            lastHeard: state.lastHeard, lastError: state.lastError, echoMs: state.echoMs)
         }
     }
 

@@ -17,6 +17,8 @@ public enum PeerRoute: String, Sendable, CaseIterable {
 
 /// Executes a write forwarded here by another region and renders the answer.
 typealias ForwardHandler = @Sendable (ForwardedWrite) async -> ForwardedReply
+/// Serves a read forwarded here by another region and renders the answer.
+typealias ForwardReadHandler = @Sendable (ForwardedRead) async -> ForwardedReply
 
 /// The node's replication shell: it ships this region's log to every peer over long-lived streams, applies
 /// the streams of other origins, confirms `majority`/`all` writes, and carries forwarded writes. The
@@ -34,6 +36,10 @@ final class Replicator: Sendable {
     private let inboundStates = Mutex<[RegionName: InboundState]>([:])
     private let forwardsServed = Atomic<Int>(0)
     private let wallClockMs: @Sendable () -> UInt64
+    private let started = ContinuousClock.now
+    /// Rung whenever this region applies entries, hears how fresh it is, or a peer acknowledges: reads
+    /// waiting to catch up look again.
+    let progress = ProgressSignal()
 
     var limits: Limits { cluster.limits }
     private var heartbeatInterval: Duration { .milliseconds(limits.heartbeatIntervalMs) }
@@ -48,6 +54,26 @@ final class Replicator: Sendable {
         var originPhysicalMs: UInt64 = 0
         /// Apply lag in ms (apply time here minus the entry's HLC time at its origin), since the node started.
         var applyLagMs = Histogram<UInt64>(highestTrackableValue: 3_600_000, numberOfSignificantValueDigits: .three)
+        /// This region holds every write the origin accepted up to this time of this region's own monotonic
+        /// clock (``Replicator/monotonicMs``): from heartbeats echoing our acks, once applied up to their log end.
+        var freshAsOfMs: UInt64?
+        /// Heartbeats heard but not yet covered by what is applied: (origin log end, echoed time), oldest first.
+        var pendingFreshness: [(logHighWater: UInt64, echoMs: UInt64)] = []
+        static let pendingFreshnessMax = 64
+
+        /// Applied up to `applied`: every heartbeat it covers makes this region fresh as of its echo.
+        mutating func advanceFreshness(applied: UInt64) {
+            while let first = pendingFreshness.first, first.logHighWater <= applied {
+                freshAsOfMs = max(freshAsOfMs ?? 0, first.echoMs)
+                pendingFreshness.removeFirst()
+            }
+        }
+    }
+
+    /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
+    var monotonicMs: UInt64 {
+        let elapsed = ContinuousClock.now - started
+        return UInt64(elapsed.components.seconds) * 1000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
     }
 
     init(region: RegionName, cluster: ClusterConfig, store: RegionStore, route: PeerRoute, wallClockMs: @escaping @Sendable () -> UInt64,
@@ -80,7 +106,7 @@ final class Replicator: Sendable {
 
     /// Listens for peers, keeps a stream to every peer, and runs the timers, until cancelled.
     /// - Parameter onListening: Called once the peer port is bound.
-    func run(forward: @escaping ForwardHandler, onListening: @escaping @Sendable () -> Void = {}) async throws {
+    func run(forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler, onListening: @escaping @Sendable () -> Void = {}) async throws {
         let address = cluster.region(region)!.peer
         let codec = self.codec
         let server: NIOAsyncChannel<PeerChannel, Never>
@@ -100,7 +126,7 @@ final class Replicator: Sendable {
                 try await server.executeThenClose { connections in
                     try await withThrowingDiscardingTaskGroup { connectionTasks in
                         for try await connection in connections {
-                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward) }
+                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward, forwardRead: forwardRead) }
                         }
                     }
                 }
@@ -152,7 +178,7 @@ final class Replicator: Sendable {
                 tasks.addTask {
                     while !Task.isCancelled {
                         try await Task.sleep(for: self.heartbeatInterval)
-                        if link.tick(heartbeatInterval: self.heartbeatInterval) {
+                        if link.tick() {
                             channel.channel.close(promise: nil)
                             return
                         }
@@ -169,14 +195,16 @@ final class Replicator: Sendable {
                         case .welcome(let applied):
                             try link.welcomed(applied: applied, logFloor: store.logFloor())
                             acks.peerApplied(link.peer, upTo: applied)
-                        case .ack(let applied):
-                            try link.acked(applied)
+                            progress.signal()
+                        case .ack(let applied, let echoMs):
+                            try link.acked(applied, echoMs: echoMs)
                             acks.peerApplied(link.peer, upTo: applied)
+                            progress.signal()
                         case .forwardReply(let reply):
                             link.forwardAnswered(reply)
                         case .refusal(let code, let message):
                             throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
-                        case .hello, .batch, .heartbeat, .forward:
+                        case .hello, .batch, .heartbeat, .forward, .forwardRead:
                             throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
                         }
                     }
@@ -208,11 +236,12 @@ final class Replicator: Sendable {
                     from += UInt64(count)
                 }
             case .heartbeat:
-                try await outbound.write(.heartbeat(logHighWater: link.snapshot.logHighWater, physicalMs: wallClockMs()))
-            case .forward(let write):
-                try await outbound.write(.forward(write))
+                // The echo first, then the log end: everything answered before the echoed ack arrived is below it.
+                let snapshot = link.snapshot
+                try await outbound.write(.heartbeat(logHighWater: snapshot.logHighWater, physicalMs: wallClockMs(), echoMs: snapshot.echoMs))
+            case .forward(let frame):
+                try await outbound.write(frame)
             }
-            link.sent()
         }
     }
 
@@ -242,7 +271,7 @@ final class Replicator: Sendable {
     }
 
     /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.
-    private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler) async {
+    private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler) async {
         var origin: RegionName?
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -285,16 +314,27 @@ final class Replicator: Sendable {
                                 inboundStates.withLock { $0[hello.from, default: InboundState()].connections += 1 }
                                 heardFrom(hello.from)
                                 replyOut.yield(.welcome(applied: applied))
+                                progress.signal()
                             case .batch(let from, let through, let entries):
                                 guard origin != nil, let applier else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
                                 try applier.received(from: from, through: through, entries: entries)
-                            case .heartbeat(let logHighWater, let physicalMs):
+                            case .heartbeat(let logHighWater, let physicalMs, let echoMs):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
-                                inboundStates.withLock {
-                                    $0[origin, default: InboundState()].originLogHighWater = logHighWater
-                                    $0[origin, default: InboundState()].originPhysicalMs = physicalMs
+                                let applied = store.appliedHighWater()[origin] ?? 0
+                                inboundStates.withLock { all in
+                                    var state = all[origin, default: InboundState()]
+                                    state.originLogHighWater = logHighWater
+                                    state.originPhysicalMs = physicalMs
+                                    // Echo 0: the origin has no ack of ours yet, so it vouches for no time.
+                                    if echoMs > 0 && echoMs <= monotonicMs {
+                                        if state.pendingFreshness.count == InboundState.pendingFreshnessMax { state.pendingFreshness.removeFirst() }
+                                        state.pendingFreshness.append((logHighWater, echoMs))
+                                        state.advanceFreshness(applied: applied)
+                                    }
+                                    all[origin] = state
                                 }
-                                replyOut.yield(.ack(applied: store.appliedHighWater()[origin] ?? 0))
+                                progress.signal()
+                                replyOut.yield(.ack(applied: applied, echoMs: monotonicMs))
                             case .forward(let write):
                                 guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded write arrived before hello.") }
                                 guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
@@ -306,6 +346,18 @@ final class Replicator: Sendable {
                                 tasks.addTask {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
                                     replyOut.yield(.forwardReply(await forward(write)))
+                                }
+                            case .forwardRead(let read):
+                                guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded read arrived before hello.") }
+                                guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
+                                    forwardsServed.subtract(1, ordering: .relaxed)
+                                    let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered()
+                                    replyOut.yield(.forwardReply(ForwardedReply(id: read.id, status: UInt16(refused.status.code), headers: [], body: Array(buffer: refused.body))))
+                                    continue
+                                }
+                                tasks.addTask {
+                                    defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
+                                    replyOut.yield(.forwardReply(await forwardRead(read)))
                                 }
                             case .welcome, .ack, .forwardReply, .refusal:
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
@@ -338,10 +390,11 @@ final class Replicator: Sendable {
                         throw error
                     }
                     applier.persisted(upTo: through)
-                    recordApplied(entries, origin: origin)
-                    replies.yield(.ack(applied: applied))
+                    recordApplied(entries, origin: origin, applied: applied)
+                    progress.signal()
+                    replies.yield(.ack(applied: applied, echoMs: monotonicMs))
                 case .reacknowledge(let applied):
-                    replies.yield(.ack(applied: applied))
+                    replies.yield(.ack(applied: applied, echoMs: monotonicMs))
                 }
             }
         }
@@ -363,10 +416,10 @@ final class Replicator: Sendable {
         inboundStates.withLock { $0[origin, default: InboundState()].lastHeard = .now }
     }
 
-    private func recordApplied(_ entries: [ReplicationEntry], origin: RegionName) {
-        guard !entries.isEmpty else { return }
+    private func recordApplied(_ entries: [ReplicationEntry], origin: RegionName, applied: UInt64) {
         let now = wallClockMs()
         inboundStates.withLock { all in
+            all[origin, default: InboundState()].advanceFreshness(applied: applied)
             for entry in entries {
                 all[origin, default: InboundState()].applyLagMs.record(now > entry.hlc.physicalMs ? now - entry.hlc.physicalMs : 0)
             }
@@ -431,12 +484,26 @@ final class Replicator: Sendable {
         try await acks.wait(sequence: sequence, required: required, replicas: replicas, timeoutMs: UInt64(limits.ackTimeoutMs))
     }
 
-    /// Forwards a write to the region that takes it and waits for the answer.
-    func forward(to target: RegionName, _ make: (UInt64) -> ForwardedWrite) async throws(MeridianError) -> ForwardedReply {
+    /// Forwards a write or read to another region and waits for the answer.
+    func forward(to target: RegionName, _ make: (UInt64) -> PeerFrame) async throws(MeridianError) -> ForwardedReply {
         guard let link = links[target] else {
             throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region).", context: ["region": target.rawValue])
         }
         return try await link.forward(make, timeout: .milliseconds(limits.ackTimeoutMs + 2_000))
+    }
+
+    /// How current this region is, for admitting a read.
+    func readView() -> Admission.ReadView {
+        let now = monotonicMs
+        let staleness = inboundStates.withLock { all in
+            all.compactMapValues { state in state.freshAsOfMs.map { now > $0 ? now - $0 : 0 } }
+        }
+        return Admission.ReadView(applied: store.appliedHighWater(), stalenessMs: staleness, reachable: reachable())
+    }
+
+    /// Whether enough replica regions applied this region's write `sequence`.
+    func isConfirmed(sequence: UInt64, required: Int, replicas: [RegionName]) -> Bool {
+        acks.isConfirmed(sequence: sequence, required: required, replicas: replicas)
     }
 
     /// Per peer: the outbound stream's state and the inbound stream's.
@@ -482,6 +549,10 @@ final class AckWaiters: Sendable {
             if let immediate { continuation.resume(returning: immediate) }
         }
         return try result.get()
+    }
+
+    func isConfirmed(sequence: UInt64, required: Int, replicas: [RegionName]) -> Bool {
+        state.withLock { $0.tracker.isConfirmed(sequence: sequence, required: required, replicas: replicas) }
     }
 
     func peerApplied(_ peer: RegionName, upTo sequence: UInt64) {
@@ -576,4 +647,88 @@ final class BatchApplier: Sendable {
     }
 
     func finish() { ring.finish() }
+}
+
+/// Wakes tasks waiting for this region's state to move (entries applied, freshness heard, peers' acks).
+/// A waiter that misses a signal is still woken by its timeout, so a wait never outlives its bound.
+final class ProgressSignal: Sendable {
+    private enum Slot {
+        /// Allocated, continuation not yet registered.
+        case allocated
+        case waiting(CheckedContinuation<Void, Never>)
+        /// The timeout passed before the continuation was registered.
+        case expired
+    }
+
+    private struct State {
+        var next: UInt64 = 0
+        var slots: [UInt64: Slot] = [:]
+    }
+
+    /// The most tasks that may wait at once; beyond it a waiter just sleeps out its timeout.
+    static let waitersMax = 65_536
+    private let state = Mutex(State())
+
+    /// Wakes every waiter.
+    func signal() {
+        let woken = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            var woken: [CheckedContinuation<Void, Never>] = []
+            for (id, slot) in state.slots {
+                if case .waiting(let continuation) = slot {
+                    woken.append(continuation)
+                    state.slots[id] = nil
+                }
+            }
+            return woken
+        }
+        for continuation in woken { continuation.resume() }
+    }
+
+    /// Returns at the next signal, or after `timeout`, whichever comes first.
+    func wait(atMost timeout: Duration) async {
+        let id: UInt64? = state.withLock { state in
+            guard state.slots.count < Self.waitersMax else { return nil }
+            state.next += 1
+            state.slots[state.next] = .allocated
+            return state.next
+        }
+        guard let id else {
+            try? await Task.sleep(for: timeout)
+            return
+        }
+        let timer = Task {
+            do { try await Task.sleep(for: timeout) } catch { return }
+            self.expire(id)
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLock { state -> Bool in
+                if case .expired = state.slots[id] {
+                    state.slots[id] = nil
+                    return true
+                }
+                state.slots[id] = .waiting(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+        timer.cancel()
+    }
+
+    /// The timeout of waiter `id` passed. Every path removes the slot exactly once, so a late call finds
+    /// nothing and leaves nothing behind.
+    private func expire(_ id: UInt64) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            switch state.slots[id] {
+            case .waiting(let continuation):
+                state.slots[id] = nil
+                return continuation
+            case .allocated:
+                state.slots[id] = .expired
+                return nil
+            case .expired, nil:
+                return nil
+            }
+        }
+        continuation?.resume()
+    }
 }

@@ -110,7 +110,8 @@ actor GroupCommitter {
                     let hlc = clock.now(physicalMs: physicalMs)
                     let entry = ReplicationEntry(
                         origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
-                        key: request.key, operation: request.operation, contentType: request.contentType, value: request.value)
+                        key: request.key, operation: request.operation, contentType: request.contentType, value: request.value,
+                        dependencies: request.dependencies.filter { $0.key != region })
                     try Self.append(db, entry)
                     try Self.apply(db, entry)
                     sequence += 1
@@ -158,12 +159,12 @@ actor GroupCommitter {
 
     private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
         try db.cachedStatement(sql: """
-            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
                 entry.origin.rawValue, Int64(entry.sequence), Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical),
                 Int64(entry.epoch), entry.keyspace.rawValue, entry.key.rawValue, Int(entry.operation.rawValue),
-                entry.contentType, Data(entry.value),
+                entry.contentType, Data(entry.value), RegionStore.dependenciesColumn(entry.dependencies),
             ])
     }
 
@@ -172,16 +173,17 @@ actor GroupCommitter {
     /// entries of different origins arrive in.
     private static func apply(_ db: Database, _ entry: ReplicationEntry) throws {
         try db.cachedStatement(sql: """
-            INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (keyspace, key) DO UPDATE SET
                 value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
-                hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone
+                hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
+                dependencies = excluded.dependencies
             WHERE (excluded.hlc_physical_ms, excluded.hlc_logical, excluded.origin) > (kv.hlc_physical_ms, kv.hlc_logical, kv.origin)
             """).execute(arguments: [
                 entry.keyspace.rawValue, entry.key.rawValue, Data(entry.value), entry.contentType,
                 Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical), entry.origin.rawValue, Int64(entry.sequence),
-                entry.operation == .delete,
+                entry.operation == .delete, RegionStore.dependenciesColumn(entry.dependencies),
             ])
     }
 

@@ -176,13 +176,14 @@ public final class RegionStore: Sendable {
     public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
         try await reading { db in
             let statement = try db.cachedStatement(sql: """
-                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone
+                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies
                 FROM kv WHERE keyspace = ? AND key = ?
                 """)
             guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
             return StoredValue(
                 keyspace: keyspace, key: key, value: Array(row["value"] as Data? ?? Data()),
-                contentType: row["content_type"], version: try Self.version(row), tombstone: row["tombstone"])
+                contentType: row["content_type"], version: try Self.version(row), tombstone: row["tombstone"],
+                dependencies: try Self.dependencies(row))
         }
     }
 
@@ -227,7 +228,8 @@ public final class RegionStore: Sendable {
                     origin: origin, sequence: UInt64(row["sequence"] as Int64),
                     hlc: HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin),
                     epoch: UInt64(row["epoch"] as Int64), keyspace: try KeyspaceName(row["keyspace"] as String), key: try Key(row["key"] as String),
-                    operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()))
+                    operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()),
+                    dependencies: try Self.dependencies(row))
             }
         }
     }
@@ -346,6 +348,29 @@ public final class RegionStore: Sendable {
                     WHERE origin != (SELECT value FROM meta WHERE name = 'region') GROUP BY origin;
                 """)
         }
+        // Session dependencies of each write, in the log (shipped again on catch-up) and on the key's current
+        // value (a reader's session token takes them in). NULL: none.
+        migrator.registerMigration("v3-dependencies") { db in
+            try db.execute(sql: """
+                ALTER TABLE log ADD COLUMN dependencies BLOB;
+                ALTER TABLE kv ADD COLUMN dependencies BLOB;
+                """)
+        }
         return migrator
     }()
+
+    /// The store's form of dependencies: NULL for none.
+    static func dependenciesColumn(_ dependencies: [RegionName: UInt64]) -> Data? {
+        guard !dependencies.isEmpty else { return nil }
+        var bytes: [UInt8] = []
+        DependencyCodec.append(dependencies, to: &bytes)
+        return Data(bytes)
+    }
+
+    static func dependencies(_ row: Row) throws -> [RegionName: UInt64] {
+        guard let data = row["dependencies"] as Data? else { return [:] }
+        do { return try DependencyCodec.decode(Array(data)) } catch {
+            throw MeridianError(.storageFailure, "A stored write's dependencies are corrupt: \(error.message)")
+        }
+    }
 }

@@ -14,6 +14,8 @@ public struct StoredValue: Sendable, Hashable {
     public let version: Version
     /// Whether the key was deleted.
     public let tombstone: Bool
+    /// What the writer's session had seen of other origins (a reader's session takes it in).
+    public var dependencies: [RegionName: UInt64] = [:]
 }
 
 /// One key of a list result.
@@ -55,11 +57,14 @@ public struct WriteRequest: Sendable, Hashable {
     /// A timestamp the write must order after: the highest the client's session saw (monotonic writes and
     /// writes-follow-reads under last-writer-wins, even when the session moved from a region with a faster clock).
     public let after: HLCTimestamp?
+    /// What the writer's session had seen of other origins' logs (recorded on the entry).
+    public let dependencies: [RegionName: UInt64]
 
     /// Creates a write request.
     public init(keyspace: KeyspaceName, key: Key, operation: MeridianCore.Operation, contentType: String, value: [UInt8],
-                epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil) {
+                epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil, dependencies: [RegionName: UInt64] = [:]) {
         self.after = after
+        self.dependencies = dependencies
         self.keyspace = keyspace
         self.key = key
         self.operation = operation

@@ -13,10 +13,14 @@ import Testing
     static func entry(region: Int, sequence: UInt64, physical: UInt64, logical: UInt32, epoch: UInt64, key: String,
                       delete: Bool, value: [UInt8]) -> ReplicationEntry {
         let origin = RegionName(validated: regionNames[region])
+        // Odd sequences carry session dependencies on the other regions' logs.
+        let dependencies = sequence % 2 == 1
+            ? Dictionary(uniqueKeysWithValues: regionNames.indices.filter { $0 != region }.map { (RegionName(validated: regionNames[$0]), sequence % 1000 + UInt64($0) + 1) })
+            : [:]
         return ReplicationEntry(
             origin: origin, sequence: sequence, hlc: HLCTimestamp(physicalMs: physical, logical: logical, region: origin), epoch: epoch,
             keyspace: try! KeyspaceName("ks_1"), key: try! Key(key), operation: delete ? .delete : .put,
-            contentType: delete ? "" : "application/json", value: delete ? [] : value)
+            contentType: delete ? "" : "application/json", value: delete ? [] : value, dependencies: dependencies)
     }
 
     static let entries = zip(

@@ -1,7 +1,8 @@
 // Proves the read consistency levels on three real region processes behind the WAN emulator (latency
 // scale 0.1): a session token carries read-your-writes from us-east to ap-southeast; a strong read at a
 // follower is served by the leader and reflects the latest acknowledged write; a bounded read reports the
-// staleness it served and is forwarded when the region cannot meet the bound; a leader cut off from its
+// staleness it served and is forwarded when the region cannot meet the bound; a reader who saw a session's
+// later write is owed its earlier one (writes-follow-reads across three regions); a leader cut off from its
 // majority refuses strong reads; an altered token is refused.
 import Foundation
 import MeridianClient
@@ -72,6 +73,33 @@ import Testing
             let tight = try await eu.request("GET", "/v1/kv/accounts/alice", headers: [("Meridian-Consistency", "bounded"), ("Meridian-Max-Staleness-Ms", "1")])
             #expect(tight.status == 200 && tight.header("Meridian-Forwarded-To") == "us-east", "\(tight.status) \(tight.text)")
             #expect(tight.header("Meridian-Staleness-Ms") == "0", "the leader is never stale on its own writes")
+
+            // Writes-follow-reads seen by another client: a session writes `a` in eu-west, then (with its token)
+            // `b` in us-east. With eu-west cut off from ap-southeast, a reader there sees `b` (it came from
+            // us-east); its token then owes it `a`, which ap-southeast cannot have: it must not answer 404.
+            try cluster.chaos("partition", "eu-west", "ap-southeast")
+            let first = try await eu.request("PUT", "/v1/kv/profiles/wfr-a", body: Array("a1".utf8))
+            let second = try await us.request("PUT", "/v1/kv/profiles/wfr-b", headers: [("Meridian-Session", try #require(first.header("Meridian-Session")))],
+                                              body: Array("b1".utf8))
+            #expect(second.status == 200)
+            var observed: HTTPResult?
+            for _ in 0..<200 {
+                observed = try await ap.request("GET", "/v1/kv/profiles/wfr-b")
+                if observed?.status == 200 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(observed?.text == "b1")
+            let observerToken = try #require(observed?.header("Meridian-Session"))
+            let owed = try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
+            #expect(owed.status == 503 && owed.text.contains("consistency_unavailable"), "a reader who saw b must see a, or be told it cannot: \(owed.status) \(owed.text)")
+            try cluster.chaos("heal")
+            var healed: HTTPResult?
+            for _ in 0..<100 {
+                healed = try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
+                if healed?.status == 200 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(healed?.status == 200 && healed?.text == "a1", "\(healed?.text ?? "")")
 
             // A leader cut off from every replica cannot promise it still leads: strong reads are refused.
             try cluster.chaos("isolate", "us-east")

@@ -92,6 +92,30 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         store.close()
     }
 
+    @Test func sessionWritesKeepTheirDependenciesAndOrderAfterWhatTheSessionSaw() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        let euWest = RegionName(validated: "eu-west")
+        // The session saw eu-west's 7th write, stamped 400 ms ahead of this region's clock.
+        let seen = HLCTimestamp(physicalMs: 10_000_400, logical: 3, region: euWest)
+        let request = WriteRequest(keyspace: fixture.keyspace, key: try Key("b"), operation: .put, contentType: "text/plain", value: Array("2".utf8),
+                                   after: seen, dependencies: [euWest: 7, fixture.region: 99])
+        let entry = try committed(try await store.write(request))
+        #expect(entry.hlc > seen, "the write orders after what its session saw")
+        #expect(entry.dependencies == [euWest: 7], "a write never depends on its own origin's log")
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("b"))?.dependencies == [euWest: 7])
+        #expect(try await store.logEntries(origin: fixture.region, after: 0, limit: 10).first?.dependencies == [euWest: 7])
+        // A replicated entry keeps its dependencies too.
+        let remote = ReplicationEntry(origin: euWest, sequence: 1, hlc: HLCTimestamp(physicalMs: 9_000_000, logical: 0, region: euWest), epoch: 0,
+                                      keyspace: fixture.keyspace, key: try Key("c"), operation: .put, contentType: "", value: [1],
+                                      dependencies: [fixture.region: 1])
+        _ = try await store.applyReplicated(origin: euWest, from: 1, through: 1, entries: [remote])
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("c"))?.dependencies == [fixture.region: 1])
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("a")) == nil)
+        store.close()
+    }
+
     @Test func commitsSyncTheWriteAheadLog() async throws {
         let fixture = StoreFixture()
         defer { fixture.remove() }

@@ -3,7 +3,7 @@
 /// Frame layout (all integers big-endian):
 ///
 ///     u32 frameLength        bytes after this field
-///     u8  codecVersion       1
+///     u8  codecVersion       2
 ///     u8  originLength, origin bytes
 ///     u64 sequence
 ///     u64 hlcPhysicalMs, u32 hlcLogical
@@ -13,12 +13,13 @@
 ///     u8  operation          1 put, 2 delete
 ///     u8  contentTypeLength, content type bytes
 ///     u32 valueLength, value bytes
+///     u8  dependencyCount, per dependency: u8 originLength, origin bytes, u64 sequence
 ///
 /// Decoding validates every field and returns a typed error for truncated, oversized or garbage input;
 /// it never traps.
 public struct EntryCodec: Sendable {
     /// The codec version this build writes and reads.
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     /// Bytes before the frame body: the u32 length.
     public static let lengthPrefixBytes = 4
     /// The most bytes of a content type.
@@ -37,13 +38,14 @@ public struct EntryCodec: Sendable {
     /// The largest frame this codec will decode, prefix included.
     public var frameBytesMax: Int {
         Self.lengthPrefixBytes + 1 + (1 + 64) + 8 + 12 + 8 + (1 + 64) + (2 + Key.utf8BytesMax) + 1
-            + (1 + Self.contentTypeBytesMax) + (4 + valueBytesMax)
+            + (1 + Self.contentTypeBytesMax) + (4 + valueBytesMax) + 1 + ReplicationEntry.dependenciesMax * (1 + 64 + 8)
     }
 
     /// The bytes `encode` writes for an entry, length prefix included.
     public static func encodedBytes(_ entry: ReplicationEntry) -> Int {
         lengthPrefixBytes + 1 + 1 + entry.origin.rawValue.utf8.count + 8 + 12 + 8 + 1 + entry.keyspace.rawValue.utf8.count
             + 2 + entry.key.rawValue.utf8.count + 1 + 1 + min(entry.contentType.utf8.count, contentTypeBytesMax) + 4 + entry.value.count
+            + DependencyCodec.encodedBytes(entry.dependencies)
     }
 
     /// Appends one frame to `buffer`.
@@ -53,7 +55,7 @@ public struct EntryCodec: Sendable {
         let key = Array(entry.key.rawValue.utf8)
         let contentType = Array(entry.contentType.utf8.prefix(Self.contentTypeBytesMax))
         let bodyLength = 1 + 1 + origin.count + 8 + 12 + 8 + 1 + keyspace.count + 2 + key.count + 1
-            + 1 + contentType.count + 4 + entry.value.count
+            + 1 + contentType.count + 4 + entry.value.count + DependencyCodec.encodedBytes(entry.dependencies)
         buffer.reserveCapacity(buffer.count + Self.lengthPrefixBytes + bodyLength)
         append(UInt32(bodyLength), to: &buffer)
         buffer.append(Self.version)
@@ -67,6 +69,7 @@ public struct EntryCodec: Sendable {
         buffer.append(entry.operation.rawValue)
         buffer.append(UInt8(contentType.count)); buffer += contentType
         append(UInt32(entry.value.count), to: &buffer); buffer += entry.value
+        DependencyCodec.append(entry.dependencies, to: &buffer)
     }
 
     /// Encodes one entry as a standalone frame.
@@ -148,11 +151,14 @@ public struct EntryCodec: Sendable {
                                 context: ["field": "value_length", "value": String(valueLength)])
         }
         let value = Array(try body.required(body.take(valueLength), "value"))
+        var dependencies = try DependencyCodec.read(&body)
+        // An entry never depends on its own origin: its log order already says that.
+        dependencies[origin] = nil
         return ReplicationEntry(
             origin: origin, sequence: sequence,
             hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin),
             epoch: epoch, keyspace: keyspace, key: key, operation: operation,
-            contentType: contentType, value: value)
+            contentType: contentType, value: value, dependencies: dependencies)
     }
 
     private func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {

@@ -65,14 +65,24 @@ public struct ReplicationEntry: Hashable, Sendable {
     public let contentType: String
     /// The bytes stored (empty for deletes).
     public let value: [UInt8]
+    /// What the writing client's session had seen of other origins' logs when it wrote (its token): a reader
+    /// who sees this write is owed those writes too (monotonic writes, writes-follow-reads). Empty for writes
+    /// outside a session.
+    public let dependencies: [RegionName: UInt64]
 
-    /// Creates an entry; the HLC's region must be the origin.
+    /// The most origins an entry's dependencies name.
+    public static let dependenciesMax = 32
+
+    /// Creates an entry; the HLC's region must be the origin, and dependencies name only other origins.
     public init(
         origin: RegionName, sequence: UInt64, hlc: HLCTimestamp, epoch: UInt64,
-        keyspace: KeyspaceName, key: Key, operation: Operation, contentType: String, value: [UInt8]
+        keyspace: KeyspaceName, key: Key, operation: Operation, contentType: String, value: [UInt8],
+        dependencies: [RegionName: UInt64] = [:]
     ) {
         precondition(hlc.region == origin, "an entry's HLC is issued by its origin")
         precondition(sequence >= 1, "sequences start at 1")
+        precondition(dependencies[origin] == nil && dependencies.count <= Self.dependenciesMax, "dependencies name other origins, at most 32")
+        self.dependencies = dependencies
         self.origin = origin
         self.sequence = sequence
         self.hlc = hlc
@@ -86,6 +96,56 @@ public struct ReplicationEntry: Hashable, Sendable {
 
     /// The version this entry gives its key.
     public var version: Version { Version(hlc: hlc, sequence: sequence) }
+}
+
+/// The compact binary form of dependencies, shared by the entry codec and the store: `u8 count`, then per
+/// origin in name order `u8 nameLength, name bytes, u64 sequence` (big-endian). Empty dependencies encode as
+/// no bytes at all in the store (NULL) and as a zero count on the wire.
+public enum DependencyCodec {
+    /// Appends the encoded form, count included.
+    public static func append(_ dependencies: [RegionName: UInt64], to buffer: inout [UInt8]) {
+        buffer.append(UInt8(dependencies.count))
+        for (origin, sequence) in dependencies.sorted(by: { $0.key < $1.key }) {
+            let name = Array(origin.rawValue.utf8)
+            buffer.append(UInt8(name.count))
+            buffer += name
+            withUnsafeBytes(of: sequence.bigEndian) { buffer += $0 }
+        }
+    }
+
+    /// The encoded size, count included.
+    public static func encodedBytes(_ dependencies: [RegionName: UInt64]) -> Int {
+        1 + dependencies.keys.reduce(0) { $0 + 1 + $1.rawValue.utf8.count + 8 }
+    }
+
+    /// Decodes a whole blob (the store's column).
+    public static func decode(_ bytes: [UInt8]) throws(MeridianError) -> [RegionName: UInt64] {
+        var reader = ByteReader(bytes[...])
+        let dependencies = try read(&reader)
+        guard reader.remaining == 0 else {
+            throw MeridianError(.codecLengthMismatch, "Entry dependencies are followed by \(reader.remaining) unexpected bytes.")
+        }
+        return dependencies
+    }
+
+    static func read(_ reader: inout ByteReader) throws(MeridianError) -> [RegionName: UInt64] {
+        let count = Int(try reader.required(reader.readUInt8(), "dependency_count"))
+        guard count <= ReplicationEntry.dependenciesMax else {
+            throw MeridianError(.codecInvalidField, "The entry names \(count) dependencies; at most \(ReplicationEntry.dependenciesMax) are allowed.",
+                                context: ["field": "dependency_count"])
+        }
+        var dependencies: [RegionName: UInt64] = [:]
+        for _ in 0..<count {
+            let length = Int(try reader.required(reader.readUInt8(), "dependency_origin_length"))
+            let origin = try RegionName(try reader.utf8(length, "dependency_origin"))
+            let sequence = try reader.required(reader.readUInt64(), "dependency_sequence")
+            guard dependencies[origin] == nil, sequence >= 1, sequence <= UInt64(Int64.max) else {
+                throw MeridianError(.codecInvalidField, "The entry's dependency on \(origin) is repeated or out of range.", context: ["field": "dependencies"])
+            }
+            dependencies[origin] = sequence
+        }
+        return dependencies
+    }
 }
 
 extension ReplicationEntry {

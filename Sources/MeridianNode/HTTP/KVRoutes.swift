@@ -159,6 +159,9 @@ extension RegionNode {
         }
         var session = options.session ?? SessionToken()
         session.observe(stored.version)
+        // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
+        // reads this value next with the token, in any region).
+        session.observe(dependencies: stored.dependencies)
         var answer: HTTPFields = [
             .contentType: stored.contentType,
             .eTag: "\"\(stored.version)\"",
@@ -284,7 +287,7 @@ extension RegionNode {
         }
         let outcome = try await store.write(WriteRequest(
             keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value,
-            epoch: epoch, precondition: precondition, after: options.session?.clock))
+            epoch: epoch, precondition: precondition, after: options.session?.clock, dependencies: options.session?.seen ?? [:]))
         switch outcome {
         case .preconditionFailed(let current):
             var context = ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]

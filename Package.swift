@@ -5,7 +5,8 @@
 //   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only (Yams, Crypto).
 //   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
 //   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
-//   MeridianSimulator -> MeridianCore                     (deterministic multi-region runs of the core under faults)
+//   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
+//   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the core under faults)
 //   MeridianHTTP   -> MeridianCore, Hummingbird              (JSON and error rendering shared by the HTTP shells)
 //   MeridianNode   -> MeridianCore, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
@@ -65,8 +66,13 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
-            name: "MeridianSimulator",
+            name: "MeridianTestKit",
             dependencies: ["MeridianCore"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianSimulator",
+            dependencies: ["MeridianCore", "MeridianTestKit"],
             swiftSettings: strict
         ),
         .target(
@@ -132,6 +138,7 @@ let package = Package(
             dependencies: [
                 "MeridianCore",
                 "MeridianSimulator",
+                "MeridianTestKit",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict

@@ -1,4 +1,5 @@
 import MeridianCore
+import MeridianTestKit
 
 /// A deterministic simulation of K regions replicating one multi-leader keyspace with `majority` acks,
 /// driving the core's real state machines (`LogShipper`, `LogReceiver`, `AckTracker`,
@@ -67,6 +68,10 @@ public struct Simulation {
         public var delivered = 0, dropped = 0
         /// Batches that arrived on a stream its origin had already closed.
         public var staleBatches = 0
+        /// Reads answered, and reads refused (no region could serve them at their level in time).
+        public var readsServed = 0, readsRefused = 0
+        /// Operations the linearizability, session and staleness checkers examined.
+        public var strongOperations = 0, sessionOperations = 0, boundedReads = 0
         /// Persists interrupted by a crash (entries handed out, never made durable).
         public var persistsLost = 0
         /// Streams closed because the peer went silent.
@@ -83,6 +88,7 @@ public struct Simulation {
             var text = "seed \(seed): \(writes) writes, \(acknowledged) majority-acknowledged, \(timedOut) timed out, \(unanswered) unanswered; "
             text += "\(crashes) crashes, \(partitions) partitions, \(heals) heals"
             if let lostRegion { text += ", \(lostRegion) lost for good" }
+            text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if !violations.isEmpty { text += "\nVIOLATIONS:\n- " + violations.joined(separator: "\n- ") }
@@ -96,8 +102,10 @@ public struct Simulation {
         case hello
         case welcome(applied: UInt64)
         case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
-        case heartbeat
-        case ack(upTo: UInt64)
+        /// The origin's log end when sent, and the latest `ack.echo` it had from the peer.
+        case heartbeat(logHighWater: UInt64, echo: UInt64)
+        /// `echo`: the peer's own (monotonic) clock when it sent the ack.
+        case ack(upTo: UInt64, echo: UInt64)
     }
 
     /// One direction of one stream: origin to peer, or back.
@@ -112,7 +120,7 @@ public struct Simulation {
         /// The origin still uses it (it closes a stream on silence, a protocol error or a crash).
         var openAtOrigin = true
         var lastHeardMs: UInt64
-        var lastSentMs: UInt64
+        var lastHeartbeatMs: UInt64
     }
 
     /// The receiving side of one stream at its peer, as the node's `BatchApplier`.
@@ -132,6 +140,7 @@ public struct Simulation {
         case reconnect(from: Int, to: Int)
         case restart(Int)
         case tick
+        case read(Int)
     }
 
     private struct Event {
@@ -161,6 +170,30 @@ public struct Simulation {
         var shippers: [LogShipper?]                // per peer: set once the stream is welcomed
         var inbound: [UInt64: Inbound] = [:]       // per stream from an origin
         var reconnectFailures: [Int]               // per peer, for backoff
+        var echoFrom: [UInt64]                     // per peer: the latest echo it acknowledged with
+        var freshAsOf: [UInt64?]                   // per origin: holds every write the origin took before this time
+        var pendingFreshness: [[(logHighWater: UInt64, echo: UInt64)]]  // per origin: heartbeats not yet covered
+    }
+
+    /// A read in progress: where it is being tried, until when, for which session.
+    private struct PendingRead {
+        var region: Int
+        let session: Int
+        let keyspace: KeyspaceName
+        let key: String
+        let level: ConsistencyLevel
+        let bound: UInt64?
+        let call: UInt64
+        var deadline: UInt64
+        var forwarded: Bool
+    }
+
+    /// An operation on the strong (single-leader) keyspace, for the linearizability checker.
+    private struct StrongOperation {
+        let key: String
+        let kind: RegisterOperation.Kind
+        let call: UInt64
+        var returned: UInt64?
     }
 
     private let options: Options
@@ -182,7 +215,21 @@ public struct Simulation {
     /// Acknowledged writes: (origin, sequence).
     private var acknowledgedWrites: [(origin: Int, sequence: UInt64)] = []
     private let keyspace = try! KeyspaceName("sim")
+    /// A single-leader keyspace led by the first region: strong reads and writes.
+    private let strongKeyspace = try! KeyspaceName("strong")
+    private let cluster: ClusterConfig
     private let ackTimeoutMs: UInt64 = 2_000
+    private let readWaitMs: UInt64 = 1_000
+    /// Client sessions: their tokens, and what each did and saw, for the session checker.
+    private var tokens: [SessionToken]
+    private var sessionHistory: [[SessionOperation]]
+    private var strongOperations: [StrongOperation] = []
+    private var strongPending: [UInt64: Int] = [:]
+    private var stalenessWrites: [StalenessChecker.Write] = []
+    private var stalenessReads: [StalenessChecker.Read] = []
+    private var pendingReads: [Int: PendingRead] = [:]
+    private var nextRead = 0
+    private var strongValue = 0
     private let heartbeatIntervalMs: UInt64 = 100
     private let shipperLimits = LogShipper.Limits(batchEntriesMax: 8, inflightEntriesMax: 32)
 
@@ -204,8 +251,20 @@ public struct Simulation {
         regions = all.map { name in
             Region(name: name, applied: Array(repeating: [], count: count), clock: HybridLogicalClock(region: name),
                    acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
-                   shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count))
+                   shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
+                   echoFrom: Array(repeating: 0, count: count), freshAsOf: Array(repeating: nil, count: count),
+                   pendingFreshness: Array(repeating: [], count: count))
         }
+        cluster = try! ClusterConfig.parse(yaml: """
+            cluster: sim
+            regions:
+            \(all.enumerated().map { "  - { name: \($1), client: 127.0.0.1:\(1000 + $0), peer: 127.0.0.1:\(2000 + $0) }" }.joined(separator: "\n"))
+            keyspaces:
+              - { name: sim, topology: multi-leader, ack: majority, consistency: { default: session } }
+              - { name: strong, topology: single-leader, leader: \(all[0]), ack: majority }
+            """, file: "simulation")
+        tokens = Array(repeating: SessionToken(), count: 4)
+        sessionHistory = Array(repeating: [], count: 4)
         report = Report(seed: options.seed)
         skewMs = (0..<count).map { _ in Int64.random(in: -240...240, using: &generator) }
     }
@@ -223,7 +282,9 @@ public struct Simulation {
             if step == lossStep { loseForGood(Int.random(in: regions.indices, using: &generator)) }
             let roll = Int.random(in: 0..<100, using: &generator)
             switch roll {
-            case 0..<70: clientWrite(at: Int.random(in: regions.indices, using: &generator))
+            case 0..<30: clientWrite(at: Int.random(in: regions.indices, using: &generator), session: Int.random(in: 0..<tokens.count, using: &generator))
+            case 30..<40: strongWrite()
+            case 40..<70: startRead()
             case 70..<78: partitionRandomPair()
             case 78..<86: healAll()
             case 86..<90: crash(Int.random(in: regions.indices, using: &generator))
@@ -248,22 +309,57 @@ public struct Simulation {
 
     // MARK: - Clients
 
-    private mutating func clientWrite(at index: Int) {
+    /// A session's write to the multi-leader keyspace: ordered after what the session saw, recording it as
+    /// the entry's dependencies, as the node does with a token.
+    private mutating func clientWrite(at index: Int, session: Int) {
         guard regions[index].up else { return }
+        let key = "k\(Int.random(in: 0..<6, using: &generator))"
+        let token = tokens[session]
+        if let seen = token.clock { _ = try? regions[index].clock.receive(seen, physicalMs: physicalMs(index)) }
+        guard let entry = commit(at: index, keyspace: keyspace, key: key, dependencies: token.seen.filter { $0.key != names[index] }) else { return }
+        tokens[session].observe(entry.version)
+        sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: false)))
+        stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, acknowledged: nowMs))
+    }
+
+    /// A write to the strong keyspace at its leader; its outcome is known once a majority confirms it.
+    private mutating func strongWrite() {
+        guard regions[0].up else { return }
+        strongValue += 1
+        let key = "s\(Int.random(in: 0..<4, using: &generator))"
+        let value = "s\(strongValue)"
+        strongOperations.append(StrongOperation(key: key, kind: .write(value), call: nowMs, returned: nil))
+        let index = strongOperations.count - 1
+        guard let entry = commit(at: 0, keyspace: strongKeyspace, key: key, value: value, register: false) else { return }
+        strongPending[entry.sequence] = index
+        registerAck(0, entry.sequence)
+    }
+
+    /// Commits a write at `index` as its origin (durable at once, as a group commit) and ships it.
+    private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, value: String? = nil,
+                                 dependencies: [RegionName: UInt64] = [:], register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
-        let key = "k\(Int.random(in: 0..<20, using: &generator))"
         let sequence = UInt64(regions[index].log.count + 1)
         let hlc = regions[index].clock.now(physicalMs: physicalMs(index))
         if let highWater = regions[index].hlcHighWater, hlc <= highWater {
             report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
         }
         let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace,
-                                     key: try! Key(key), operation: .put, contentType: "", value: Array("\(regions[index].name)-\(sequence)".utf8))
+                                     key: try! Key(key), operation: .put, contentType: "", value: Array((value ?? "\(regions[index].name)-\(sequence)").utf8),
+                                     dependencies: dependencies)
         // Group commit: durable before anything else.
         regions[index].log.append(entry)
         regions[index].applied[index].append(entry)
         applyLWW(index, entry)
         regions[index].hlcHighWater = max(regions[index].hlcHighWater ?? hlc, hlc)
+        if register { registerAck(index, sequence) }
+        for peer in regions.indices where peer != index {
+            carry(index, peer, regions[index].shippers[peer]?.entriesAppended(upTo: sequence) ?? [])
+        }
+        return entry
+    }
+
+    private mutating func registerAck(_ index: Int, _ sequence: UInt64) {
         let required = AckMode.majority.regionsRequired(replicaCount: regions.count)
         do {
             if let done = try regions[index].acks.register(sequence: sequence, required: required, replicas: names, deadlineMs: nowMs + ackTimeoutMs) {
@@ -272,15 +368,112 @@ public struct Simulation {
         } catch {
             report.violations.append("ack tracker refused a write: \(error)")
         }
+    }
+
+    // MARK: - Reads
+
+    /// A client read at a random region and level; it is tried (and retried, and forwarded) by `.read` events.
+    private mutating func startRead() {
+        let session = Int.random(in: 0..<tokens.count, using: &generator)
+        let level = [ConsistencyLevel.session, .bounded, .eventual, .strong].randomElement(using: &generator)!
+        let strong = level == .strong
+        let read = PendingRead(
+            region: Int.random(in: regions.indices, using: &generator), session: session,
+            keyspace: strong ? strongKeyspace : keyspace,
+            key: strong ? "s\(Int.random(in: 0..<4, using: &generator))" : "k\(Int.random(in: 0..<6, using: &generator))",
+            level: level, bound: level == .bounded ? UInt64.random(in: 10...1_000, using: &generator) : nil,
+            call: nowMs, deadline: nowMs + readWaitMs, forwarded: false)
+        nextRead += 1
+        pendingReads[nextRead] = read
+        schedule(after: 0, .read(nextRead))
+    }
+
+    /// What region `index` can tell a read about itself, as the node's `Replicator.readView()`.
+    private func readView(_ index: Int) -> (Admission, Admission.ReadView) {
+        var reachable: Set<RegionName> = [names[index]]
         for peer in regions.indices where peer != index {
-            carry(index, peer, regions[index].shippers[peer]?.entriesAppended(upTo: sequence) ?? [])
+            guard let id = regions[index].outbound[peer], regions[index].shippers[peer] != nil, let stream = streams[id] else { continue }
+            if nowMs - stream.lastHeardMs <= heartbeatIntervalMs * 5 + rttMs[index][peer] { reachable.insert(names[peer]) }
         }
+        var applied: [RegionName: UInt64] = [:]
+        var staleness: [RegionName: UInt64] = [:]
+        for origin in regions.indices {
+            applied[names[origin]] = UInt64(regions[index].applied[origin].count)
+            if let fresh = regions[index].freshAsOf[origin] { staleness[names[origin]] = nowMs - fresh }
+        }
+        return (Admission(region: names[index], reachable: reachable, clusterRegions: Set(names)),
+                Admission.ReadView(applied: applied, stalenessMs: staleness, reachable: reachable))
+    }
+
+    private mutating func attemptRead(_ id: Int) {
+        guard var read = pendingReads[id] else { return }
+        let region = read.region
+        guard regions[region].up else { return finishRead(id, served: false) }
+        let (admission, view) = readView(region)
+        let decision: Admission.ReadDecision
+        do {
+            decision = try admission.admitRead(cluster.keyspace(read.keyspace)!, key: try Key(read.key), level: read.level,
+                                               maxStalenessMs: read.bound, session: tokens[read.session], view: view, forwarded: read.forwarded)
+        } catch {
+            return finishRead(id, served: false)
+        }
+        let rtt = rttMs[region]
+        switch decision {
+        case .serve(let level, _):
+            let current = regions[region].kv["\(read.keyspace)/\(read.key)"]
+            // A strong read returns only a version a majority holds (the leader waits for its confirmation).
+            if level == .strong, let current, current.origin == names[region],
+               !regions[region].acks.isConfirmed(sequence: current.sequence, required: AckMode.majority.regionsRequired(replicaCount: regions.count), replicas: names) {
+                guard nowMs < read.deadline + ackTimeoutMs else { return finishRead(id, served: false) }
+                return schedule(after: 20, .read(id))
+            }
+            served(read, current)
+            finishRead(id, served: true)
+        case .forward(let target, _):
+            read.region = names.firstIndex(of: target)!
+            read.forwarded = true
+            pendingReads[id] = read
+            schedule(after: rtt[read.region] / 2, .read(id))
+        case .behind(_, _, let target):
+            if nowMs < read.deadline { return schedule(after: 20, .read(id)) }
+            guard let target, !read.forwarded else { return finishRead(id, served: false) }
+            read.region = names.firstIndex(of: target)!
+            read.forwarded = true
+            read.deadline = nowMs + readWaitMs
+            pendingReads[id] = read
+            schedule(after: rtt[read.region] / 2, .read(id))
+        }
+    }
+
+    /// Records what a served read returned, in the histories its level is checked by, and updates the token.
+    private mutating func served(_ read: PendingRead, _ current: ReplicationEntry?) {
+        report.readsServed += 1
+        switch read.level {
+        case .strong:
+            strongOperations.append(StrongOperation(key: read.key, kind: .read(current.map { String(decoding: $0.value, as: UTF8.self) }),
+                                                    call: read.call, returned: nowMs))
+        case .session:
+            sessionHistory[read.session].append(SessionOperation(session: read.session, key: read.key, kind: .read(current?.version)))
+        case .bounded:
+            stalenessReads.append(StalenessChecker.Read(key: read.key, call: read.call, maxStalenessMs: read.bound!, returned: current?.version))
+        case .prefix, .eventual:
+            break
+        }
+        guard read.level != .strong, let current else { return }
+        tokens[read.session].observe(current.version)
+        tokens[read.session].observe(dependencies: current.dependencies)
+    }
+
+    private mutating func finishRead(_ id: Int, served: Bool) {
+        pendingReads[id] = nil
+        if !served { report.readsRefused += 1 }
     }
 
     private mutating func resolve(_ origin: Int, _ resolution: AckTracker.Resolution) {
         switch resolution {
         case .acknowledged(let sequence, let ackedBy):
             report.acknowledged += 1
+            if origin == 0, let index = strongPending.removeValue(forKey: sequence) { strongOperations[index].returned = nowMs }
             acknowledgedWrites.append((origin, sequence))
             // The ack's promise: durable right now in every region it names, and those are a majority, so
             // the write survives the loss of any one region (RPO 0).
@@ -294,8 +487,10 @@ public struct Simulation {
                     report.violations.append("write \(names[origin])#\(sequence) acknowledged by \(name), which has not durably applied it")
                 }
             }
-        case .timedOut:
+        case .timedOut(let sequence, _, _):
             report.timedOut += 1
+            // The outcome stays unknown to the client: it may take effect later, or (here) already has.
+            if origin == 0 { strongPending[sequence] = nil }
         }
     }
 
@@ -307,7 +502,7 @@ public struct Simulation {
         guard regions[origin].up, regions[origin].outbound[peer] == nil else { return }
         let id = nextStream
         nextStream += 1
-        streams[id] = Stream(origin: origin, peer: peer, lastHeardMs: nowMs, lastSentMs: nowMs)
+        streams[id] = Stream(origin: origin, peer: peer, lastHeardMs: nowMs, lastHeartbeatMs: nowMs)
         regions[origin].outbound[peer] = id
         regions[origin].shippers[peer] = nil
         send(.hello, on: id, toPeer: true)
@@ -366,7 +561,8 @@ public struct Simulation {
             regions[origin].shippers[peer] = shipper
             carry(origin, peer, effects)
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: applied) { resolve(origin, resolution) }
-        case .ack(let upTo):
+        case .ack(let upTo, let echo):
+            regions[origin].echoFrom[peer] = max(regions[origin].echoFrom[peer], echo)
             guard var shipper = regions[origin].shippers[peer] else {
                 report.violations.append("\(names[peer]) acknowledged on a stream it never welcomed")
                 return close(origin, peer)
@@ -432,8 +628,13 @@ public struct Simulation {
                 report.violations.append("\(names[peer]) refused \(names[origin])'s batch \(from)...\(through): \(error)")
                 regions[peer].inbound[id] = nil
             }
-        case .heartbeat:
-            send(.ack(upTo: UInt64(regions[peer].applied[origin].count)), on: id, toPeer: false)
+        case .heartbeat(let logHighWater, let echo):
+            if echo > 0 {
+                if regions[peer].pendingFreshness[origin].count == 64 { regions[peer].pendingFreshness[origin].removeFirst() }
+                regions[peer].pendingFreshness[origin].append((logHighWater, echo))
+                advanceFreshness(peer, origin: origin)
+            }
+            send(.ack(upTo: UInt64(regions[peer].applied[origin].count), echo: nowMs), on: id, toPeer: false)
         case .hello, .welcome, .ack:
             report.violations.append("a receiving region received a frame only receivers send")
         }
@@ -452,7 +653,7 @@ public struct Simulation {
         } else if let again = inbound.reacknowledge {
             inbound.reacknowledge = nil
             regions[region].inbound[id] = inbound
-            send(.ack(upTo: again), on: id, toPeer: false)
+            send(.ack(upTo: again, echo: nowMs), on: id, toPeer: false)
         }
     }
 
@@ -488,12 +689,22 @@ public struct Simulation {
         _ = inbound.receiver.persisted(upTo: batch.through)
         inbound.persisting = nil
         regions[region].inbound[id] = inbound
-        send(.ack(upTo: acknowledged), on: id, toPeer: false)
+        advanceFreshness(region, origin: origin)
+        send(.ack(upTo: acknowledged, echo: nowMs), on: id, toPeer: false)
         startPersist(region, stream: id)
     }
 
+    /// Heartbeats covered by what `region` durably applied make it fresh as of their echo.
+    private mutating func advanceFreshness(_ region: Int, origin: Int) {
+        let applied = UInt64(regions[region].applied[origin].count)
+        while let first = regions[region].pendingFreshness[origin].first, first.logHighWater <= applied {
+            regions[region].freshAsOf[origin] = max(regions[region].freshAsOf[origin] ?? 0, first.echo)
+            regions[region].pendingFreshness[origin].removeFirst()
+        }
+    }
+
     private mutating func applyLWW(_ index: Int, _ entry: ReplicationEntry) {
-        let key = entry.key.rawValue
+        let key = "\(entry.keyspace)/\(entry.key)"
         if let current = regions[index].kv[key], current.hlc >= entry.hlc { return }
         regions[index].kv[key] = entry
     }
@@ -503,8 +714,8 @@ public struct Simulation {
     private mutating func send(_ message: Message, on id: UInt64, toPeer: Bool) {
         guard var stream = streams[id] else { return }
         let (from, to) = toPeer ? (stream.origin, stream.peer) : (stream.peer, stream.origin)
-        if toPeer {
-            stream.lastSentMs = nowMs
+        if toPeer, case .heartbeat = message {
+            stream.lastHeartbeatMs = nowMs
             streams[id] = stream
         }
         let channel = Channel(stream: id, toPeer: toPeer)
@@ -540,8 +751,9 @@ public struct Simulation {
                 if nowMs - stream.lastHeardMs > silenceLimit {
                     report.silenceCloses += 1
                     close(origin, peer)
-                } else if regions[origin].shippers[peer] != nil, nowMs - stream.lastSentMs >= heartbeatIntervalMs {
-                    send(.heartbeat, on: id, toPeer: true)
+                } else if regions[origin].shippers[peer] != nil, nowMs - stream.lastHeartbeatMs >= heartbeatIntervalMs {
+                    // Every interval, even while batches flow: the echo bounds the peer's staleness.
+                    send(.heartbeat(logHighWater: UInt64(regions[origin].log.count), echo: regions[origin].echoFrom[peer]), on: id, toPeer: true)
                 }
             }
         }
@@ -568,6 +780,7 @@ public struct Simulation {
         guard regions[index].up else { return }
         report.crashes += 1
         report.unanswered += regions[index].acks.waitingCount
+        if index == 0 { strongPending = [:] }  // their outcome stays unknown to the clients
         regions[index].up = false
         regions[index].generation += 1
         for peer in regions.indices where peer != index { close(index, peer) }
@@ -594,6 +807,9 @@ public struct Simulation {
         regions[index].inbound = [:]
         regions[index].acks = AckTracker(origin: names[index])
         regions[index].reconnectFailures = Array(repeating: 0, count: count)
+        regions[index].echoFrom = Array(repeating: 0, count: count)
+        regions[index].freshAsOf = Array(repeating: nil, count: count)
+        regions[index].pendingFreshness = Array(repeating: [], count: count)
         // As the node: the clock starts above the highest timestamp the store recorded, applied ones included.
         regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].hlcHighWater)
         for peer in regions.indices where peer != index { connect(index, peer) }
@@ -645,6 +861,7 @@ public struct Simulation {
                 reconnectPending.remove([from, to])
                 connect(from, to)
             case .restart(let index): restart(index)
+            case .read(let id): attemptRead(id)
             case .tick:
                 for index in regions.indices where regions[index].up {
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }
@@ -662,6 +879,25 @@ public struct Simulation {
 
     /// Every surviving region has applied every surviving origin's whole log; with no region lost, all hold
     /// the same value for every key.
+    /// The client-visible guarantees, by the test kit's checkers over what the simulated clients saw.
+    private mutating func checkHistories() {
+        let strong = strongOperations.map { RegisterOperation(key: $0.key, kind: $0.kind, call: $0.call, returned: $0.returned) }
+        report.strongOperations = strong.count
+        switch LinearizabilityChecker().check(strong) {
+        case .linearizable: break
+        case .violation(let key, let operations):
+            report.violations.append("strong operations on '\(key)' are not linearizable: \(operations.map { "\($0.kind)@\($0.call)-\($0.returned.map(String.init) ?? "?")" })")
+        case .unknown(let key):
+            report.violations.append("the linearizability search on '\(key)' gave up undecided")
+        }
+        report.sessionOperations = sessionHistory.reduce(0) { $0 + $1.count }
+        for violation in SessionChecker().check(sessionHistory) { report.violations.append("session guarantee broken: \(violation)") }
+        report.boundedReads = stalenessReads.count
+        for (read, owed) in StalenessChecker().check(writes: stalenessWrites, reads: stalenessReads) {
+            report.violations.append("bounded read of '\(read.key)' at \(read.call) (bound \(read.maxStalenessMs) ms) returned \(read.returned.map(\.description) ?? "nothing"), missing \(owed.version) acknowledged at \(owed.acknowledged)")
+        }
+    }
+
     private func converged() -> Bool {
         let survivors = self.survivors
         for index in survivors {
@@ -683,6 +919,7 @@ public struct Simulation {
                 report.violations.append("\(names[index]) applied \(names[origin])'s log out of order or with a gap")
             }
         }
+        checkHistories()
         for write in acknowledgedWrites {
             let holders = survivors.filter { regions[$0].applied[write.origin].count >= Int(write.sequence) }
             if regions[write.origin].lost {

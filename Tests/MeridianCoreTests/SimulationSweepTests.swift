@@ -2,7 +2,9 @@
 // partitions that hold bytes, crashes that interrupt persists, the loss of a region for good, clock skew
 // within the maximum offset) in which no majority-acknowledged write is
 // acknowledged without a durable majority or lost, every region applies every origin's log as a gap-free
-// prefix, and all regions converge within the budget after the final heal. A failing seed replays with
+// prefix, all regions converge within the budget after the final heal, and the clients' histories pass
+// the test kit's checkers: strong operations linearizable, session guarantees kept by sessions that move
+// between regions, bounded reads never staler than their bound. A failing seed replays with
 // `meridian sim --seed N --regions K --steps 200 [--lose-a-region] --verbose`.
 import MeridianSimulator
 import Testing
@@ -10,7 +12,7 @@ import Testing
 @Suite struct SimulationSweepTests {
     @Test func fiveHundredSeedsKeepEveryInvariant() {
         var failures: [String] = []
-        var acknowledged = 0, staleBatches = 0, persistsLost = 0
+        var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -18,6 +20,9 @@ import Testing
             let report = simulation.run()
             staleBatches += report.staleBatches
             persistsLost += report.persistsLost
+            strong += report.strongOperations
+            session += report.sessionOperations
+            bounded += report.boundedReads
             acknowledged += report.acknowledged
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
@@ -26,6 +31,8 @@ import Testing
         // The windows the model exists for were actually exercised.
         #expect(staleBatches > 0, "batches arrived on streams their origin had abandoned")
         #expect(persistsLost > 0, "crashes interrupted persists of handed-out entries")
+        // And the client-visible checkers had histories to judge.
+        #expect(strong > 10_000 && session > 20_000 && bounded > 1_000, "checked \(strong) strong ops, \(session) session ops, \(bounded) bounded reads")
     }
 
     @Test func aSeedReplaysExactly() {

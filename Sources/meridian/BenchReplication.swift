@@ -153,12 +153,18 @@ final class BenchCluster {
             yaml += "  - { name: \(name), client: 127.0.0.1:\(try LocalProcesses.freePort()), peer: 127.0.0.1:\(try LocalProcesses.freePort()) }\n"
         }
         yaml += "keyspaces:\n  - { name: bench, topology: multi-leader, conflict: lww, ack: async }\n"
+        yaml += "  - { name: ledger, topology: single-leader, leader: us-east, ack: majority }\n"
         file = (self.directory as NSString).appendingPathComponent("cluster.yaml")
         try yaml.write(toFile: file, atomically: true, encoding: .utf8)
         config = try ClusterConfig.parse(yaml: yaml, file: file)
     }
 
     func rttMs(_ a: RegionName, _ b: RegionName) -> Double { config.wan.rttMs(a, b) ?? 0 }
+
+    func connect(_ region: RegionName) async throws -> HTTPConnection {
+        let client = config.region(region)!.client
+        return try await HTTPConnection.connect(host: client.host, port: client.port)
+    }
 
     func start() async throws {
         let executable = LocalProcesses.currentExecutable()

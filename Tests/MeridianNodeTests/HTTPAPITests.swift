@@ -100,6 +100,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 let keys = try #require(body["keys"] as? [[String: Any]])
                 #expect(keys.map { $0["key"] as? String } == ["users/42"])
                 #expect(body["next_after"] as? String == "users/42")
+                // The listing's versions join the session: the token now names us-east's writes.
+                let token = try #require(response.headers[HTTPField.Name("Meridian-Session")!])
+                #expect(try SessionToken(decoding: token, key: SessionKey(clusterName: "test")).seen[RegionName(validated: "us-east")] != nil)
             }
             try await client.execute(uri: "/v1/kv/profiles?prefix=users/&after=users/42", method: .get) { response throws in
                 let keys = try #require(try json(response)["keys"] as? [[String: Any]])

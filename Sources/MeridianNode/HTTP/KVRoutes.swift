@@ -376,7 +376,11 @@ extension RegionNode {
         }
         let keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
         let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
-        return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil))
+        // The listing's versions join the session: later session reads, anywhere, reflect at least them.
+        var session = options.session ?? SessionToken()
+        for key in keys { session.observe(key.version) }
+        return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil),
+                             headers: [Self.sessionHeader: session.encoded(with: sessionKey)])
     }
 
     /// Reads the request body, refusing more than `valueBytesMax` bytes with 413 before buffering them.

@@ -89,19 +89,46 @@ public enum LocalProcesses {
         return false
     }
 
-    /// Sends SIGTERM, waits up to `graceSeconds` for exit, then SIGKILLs.
+    /// Whether the process has exited. Foundation's `isRunning` alone is not trusted: on Linux it can miss a
+    /// child's exit under load and report a zombie as running forever (and `waitUntilExit` then spins), so a
+    /// process the kernel lists as a zombie, or no longer lists, counts as exited.
+    public static func hasExited(_ process: Process) -> Bool {
+        guard process.isRunning else { return true }
+        #if os(Linux)
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8) else { return true }
+        // The state follows the command name in parentheses: "pid (comm) S ...".
+        guard let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+        #else
+        return false
+        #endif
+    }
+
+    /// Waits, bounded, until the process has exited.
+    /// - Returns: false when it was still running after `timeoutSeconds`.
+    @discardableResult
+    public static func waitExited(_ process: Process, timeoutSeconds: Double = 10) async -> Bool {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while !hasExited(process) {
+            guard Date() < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        // Give Foundation a moment to notice too, so the caller can read the termination status (unless it
+        // missed the exit altogether: then `isRunning` stays true and the status must not be read).
+        let noticed = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < noticed { try? await Task.sleep(for: .milliseconds(10)) }
+        return true
+    }
+
+    /// Sends SIGTERM, waits up to `graceSeconds` for exit, then SIGKILLs and waits (bounded) again.
     /// - Returns: true when the process exited on SIGTERM within the grace period.
     @discardableResult
     public static func stop(_ process: Process, graceSeconds: Double = 10) async -> Bool {
-        guard process.isRunning else { return true }
+        guard !hasExited(process) else { return true }
         kill(process.processIdentifier, SIGTERM)
-        let deadline = Date().addingTimeInterval(graceSeconds)
-        while process.isRunning && Date() < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        guard process.isRunning else { return true }
+        if await waitExited(process, timeoutSeconds: graceSeconds) { return true }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        await waitExited(process, timeoutSeconds: 10)
         return false
     }
 }

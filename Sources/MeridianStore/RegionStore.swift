@@ -202,13 +202,13 @@ public final class RegionStore: Sendable {
         let strictlyAfter = startsAfter
         return try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
-                SELECT key, length(value) AS value_bytes, content_type, hlc_physical_ms, hlc_logical, origin, sequence
+                SELECT key, length(value) AS value_bytes, content_type, hlc_physical_ms, hlc_logical, origin, sequence, dependencies
                 FROM kv WHERE keyspace = ? AND key \(strictlyAfter ? ">" : ">=") ? AND key < CAST(? AS TEXT) AND tombstone = 0
                 ORDER BY key LIMIT ?
                 """, arguments: [keyspace.rawValue, lower, upper, limit])
             return try rows.map { row in
                 ListedKey(key: try Key(row["key"] as String), version: try Self.version(row),
-                          valueBytes: row["value_bytes"], contentType: row["content_type"])
+                          valueBytes: row["value_bytes"], contentType: row["content_type"], dependencies: try Self.dependencies(row))
             }
         }
     }

@@ -28,6 +28,8 @@ public struct ListedKey: Sendable, Hashable {
     public let valueBytes: Int
     /// Its media type.
     public let contentType: String
+    /// What the writer's session had seen of other origins.
+    public var dependencies: [RegionName: UInt64] = [:]
 }
 
 /// A write to apply in this region as origin.

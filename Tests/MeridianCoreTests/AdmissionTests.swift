@@ -87,6 +87,9 @@ import Testing
         #expect(behind(forwardedEarly)?.1 == nil, "a forwarded read is not forwarded again")
         #expect(try read(here, "profiles", .session, session: token([(usEast, 3)]), view: .init(applied: [usEast: 3])) == .serve(level: .session, stalenessMs: nil))
         #expect(try read(here, "profiles", .session, session: token([(euWest, 9)]), view: .init(applied: [euWest: 10])) == .serve(level: .session, stalenessMs: nil))
+        // A region that does not hold the keyspace is never asked (residency), even if the session is behind on it.
+        let kept = try read(here, "eu_users", .session, session: token([(usEast, 3)]), view: .init(applied: [euWest: 10]))
+        #expect(behind(kept)?.0 == .consistencyUnavailable && behind(kept)?.1 == nil)
         // Eventual and prefix reads make no such promise.
         #expect(try read(here, "profiles", .eventual, session: token([(usEast, 3)])) == .serve(level: .eventual, stalenessMs: nil))
         #expect(try read(here, "profiles", .prefix, session: token([(usEast, 3)])) == .serve(level: .prefix, stalenessMs: nil))

@@ -18,7 +18,7 @@ import Testing
         let arguments = ["node", "--config", config, "--region", "solo", "--data", scratch.file("data"), "--exit-with-parent", "--log-level", "warning"]
 
         var node = try LocalProcesses.start(MeridianBinary.path, arguments, logPath: scratch.file("node.log"))
-        defer { if node.isRunning { kill(node.processIdentifier, SIGKILL); node.waitUntilExit() } }
+        defer { if node.isRunning { kill(node.processIdentifier, SIGKILL) } }
         #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: port, process: node, timeoutSeconds: 60))
 
         // 500 writes over 10 concurrent connections, so group commit batches them.
@@ -43,8 +43,7 @@ import Testing
         #expect(acknowledged.count == writers * perWriter)
 
         kill(node.processIdentifier, SIGKILL)
-        node.waitUntilExit()
-        #expect(node.terminationReason == .uncaughtSignal)
+        #expect(await LocalProcesses.waitExited(node), "the node survived SIGKILL")
 
         node = try LocalProcesses.start(MeridianBinary.path, arguments, logPath: scratch.file("node.log"))
         #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: port, process: node, timeoutSeconds: 60))

@@ -37,15 +37,17 @@ func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) throws -> (statu
     process.standardInput = FileHandle.nullDevice
     try process.run()
     let deadline = Date().addingTimeInterval(timeoutSeconds)
-    while process.isRunning && Date() < deadline { usleep(20_000) }
-    if process.isRunning {
-        process.terminate()
-        process.waitUntilExit()
+    while !LocalProcesses.hasExited(process) && Date() < deadline { usleep(20_000) }
+    if !LocalProcesses.hasExited(process) {
+        kill(process.processIdentifier, SIGKILL)
         Issue.record("meridian \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
     }
     let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return (process.terminationStatus, stdout, stderr)
+    // Foundation may notice the exit a moment after the kernel; its status is unreadable until then.
+    let noticed = Date().addingTimeInterval(5)
+    while process.isRunning && Date() < noticed { usleep(10_000) }
+    return (process.isRunning ? -1 : process.terminationStatus, stdout, stderr)
 }
 
 /// Whether a process with this pid still exists (and is not a zombie we could reap).

@@ -85,8 +85,12 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(String(buffer: response.body) == #"{"name":"Ada"}"#)
                 #expect(response.headers[.contentType] == "application/json")
                 #expect(response.headers[.eTag] == etag)
-                #expect(response.headers[.cacheControl] == "max-age=30")
+                // A session read (the keyspace's default) is never cached; an eventual one may be, by this client only.
+                #expect(response.headers[.cacheControl] == "no-store")
                 #expect(response.headers[HTTPField.Name("Meridian-Region")!] == "us-east")
+            }
+            try await client.execute(uri: "/v1/kv/profiles/users/42?consistency=eventual", method: .get) { response throws in
+                #expect(response.headers[.cacheControl] == "private, max-age=30")
             }
             // Percent-encoded keys decode to the same key.
             try await client.execute(uri: "/v1/kv/profiles/users%2F42", method: .get) { response throws in
@@ -109,13 +113,19 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(keys.map { $0["key"] as? String } == ["users/7"])
                 #expect(keys.first?["content_type"] as? String == "application/octet-stream")
             }
-            try await client.execute(uri: "/v1/kv/profiles/users/42", method: .delete) { response throws in
+            let deleted = try await client.execute(uri: "/v1/kv/profiles/users/42", method: .delete) { response throws in
                 #expect(response.status == .ok)
                 #expect(try json(response)["operation"] as? String == "delete")
+                let text = try #require(try json(response)["version"] as? String)
+                return try #require(Version(parsing: text))
             }
             try await client.execute(uri: "/v1/kv/profiles/users/42", method: .get) { response throws in
                 #expect(response.status == .notFound)
                 #expect(try errorCode(response) == "key_not_found")
+                // The delete was seen: the token names it, so no session read anywhere brings the value back.
+                let token = try #require(response.headers[HTTPField.Name("Meridian-Session")!])
+                #expect(try SessionToken(decoding: token, key: SessionKey(clusterName: "test")).seen[RegionName(validated: "us-east")] == deleted.sequence)
+                #expect(response.headers[.eTag] == "\"\(deleted)\"")
             }
         }
     }
@@ -196,6 +206,7 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["eu-west": 5])], "", .serviceUnavailable, "consistency_unavailable"),
         // A correctly signed token naming a region outside the cluster, and tokens of the old format or another cluster.
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["mars": 1])], "", .badRequest, "invalid_header"),
+        (.put, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["mars": 1])], "v", .badRequest, "invalid_header"),
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQdldS13ZXN0AAAAAAAAAAU"], "", .badRequest, "invalid_header"),
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["eu-west": 5], key: SessionKey(clusterName: "other"))], "",
          .badRequest, "invalid_header"),

@@ -85,14 +85,22 @@ struct WANHarness {
               rtt_ms: [ { between: [us-east, eu-west], ms: \(rttMs) } ]
             """, file: "wan-test")
         let us = RegionName(validated: "us-east"), eu = RegionName(validated: "eu-west")
-        let proxyPort = try LocalProcesses.freePort()
-        let emulator = WANEmulator(
-            cluster: config,
-            listenOverrides: [DirectedLink(from: us, to: eu): Endpoint(host: "127.0.0.1", port: proxyPort),
-                              DirectedLink(from: eu, to: us): Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())],
-            targetOverrides: [eu: Endpoint(host: "127.0.0.1", port: echo.localAddress!.port!)])
-        try await emulator.start()
-        return WANHarness(emulator: emulator, echo: echo, proxyPort: proxyPort)
+        // A port found free can be taken by another suite's connection before the proxy binds it: try again.
+        for attempt in 1...5 {
+            let proxyPort = try LocalProcesses.freePort()
+            let emulator = WANEmulator(
+                cluster: config,
+                listenOverrides: [DirectedLink(from: us, to: eu): Endpoint(host: "127.0.0.1", port: proxyPort),
+                                  DirectedLink(from: eu, to: us): Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())],
+                targetOverrides: [eu: Endpoint(host: "127.0.0.1", port: echo.localAddress!.port!)])
+            do {
+                try await emulator.start()
+                return WANHarness(emulator: emulator, echo: echo, proxyPort: proxyPort)
+            } catch where attempt < 5 {
+                await emulator.stop()
+            }
+        }
+        preconditionFailure("unreachable: the last attempt rethrows")
     }
 
     func connect() async throws -> (any Channel, Collector) {

@@ -109,7 +109,7 @@ public struct SessionToken: Sendable, Hashable {
         for _ in 0..<count {
             guard let length = reader.readUInt8(), let name = reader.take(Int(length)),
                   let text = String(validating: name, as: UTF8.self), let origin = try? RegionName(text),
-                  let sequence = reader.readUInt64(), seen[origin] == nil
+                  let sequence = reader.readUInt64(), seen[origin] == nil, (1...UInt64(Int64.max)).contains(sequence)
             else { throw invalid("bad origin entry") }
             seen[origin] = sequence
         }
@@ -118,7 +118,8 @@ public struct SessionToken: Sendable, Hashable {
         case 0: clock = nil
         case 1:
             guard let physicalMs = reader.readUInt64(), let logical = reader.readUInt32(), let length = reader.readUInt8(),
-                  let name = reader.take(Int(length)), let text = String(validating: name, as: UTF8.self), let region = try? RegionName(text)
+                  let name = reader.take(Int(length)), let text = String(validating: name, as: UTF8.self), let region = try? RegionName(text),
+                  physicalMs <= UInt64(Int64.max)
             else { throw invalid("bad clock") }
             clock = HLCTimestamp(physicalMs: physicalMs, logical: logical, region: region)
         default: throw invalid("bad clock flag")

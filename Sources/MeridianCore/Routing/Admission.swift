@@ -174,7 +174,7 @@ public struct Admission: Sendable {
                 .consistencyUnavailable,
                 "This region (\(region)) is \(known) on \(worst.origin)'s writes to keyspace '\(policy.name)', beyond the \(bound) ms asked, and no region could serve the read within the bound. Retry, raise Meridian-Max-Staleness-Ms, or read at \(worst.origin).",
                 context: ["keyspace": policy.name.rawValue, "unreachable": worst.origin.rawValue, "max_staleness_ms": String(bound)]),
-                forwardTo: forwarded ? nil : worst.origin)
+                forwardTo: forwarded || !policy.isReplica(worst.origin) ? nil : worst.origin)
         case .session:
             guard let session else { return .serve(level: level, stalenessMs: nil) }
             // Read-your-writes and monotonic reads: this region must have applied everything the session saw.
@@ -185,7 +185,8 @@ public struct Admission: Sendable {
                 .consistencyUnavailable,
                 "This region (\(region)) has not yet applied writes your session has seen (\(detail)), and no region could serve the read in time. Retry shortly or read at \(behind.map(\.rawValue).joined(separator: ", ")).",
                 context: ["keyspace": policy.name.rawValue, "unreachable": behind.map(\.rawValue).joined(separator: ",")]),
-                forwardTo: forwarded || behind.contains(region) ? nil : behind.first)
+                // Only a region that holds the keyspace may be asked (residency), preferably one the session is behind on.
+                forwardTo: forwarded || behind.contains(region) ? nil : behind.first(where: policy.isReplica))
         case .prefix, .eventual:
             // Each origin's log is applied here as a gap-free prefix, in one transaction per batch, so any local
             // read already sees a prefix of every origin's writes.
@@ -203,8 +204,8 @@ public struct Admission: Sendable {
         }
     }
 
-    /// A token may only name regions of this cluster, and never more of this region's writes than it issued.
-    private func checkSessionOrigins(_ session: SessionToken) throws(MeridianError) {
+    /// A token may only name regions of this cluster.
+    public func checkSessionOrigins(_ session: SessionToken) throws(MeridianError) {
         for origin in session.seen.keys.sorted() where !clusterRegions.contains(origin) {
             throw MeridianError(.invalidHeader, "The Meridian-Session token names region '\(origin)', which is not in this cluster. Send back a token this cluster issued, or none.",
                                 context: ["header": "Meridian-Session"])

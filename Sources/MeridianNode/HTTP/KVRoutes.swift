@@ -153,15 +153,22 @@ extension RegionNode {
         }
         let stored = try await store.get(keyspace: policy.name, key: key)
         if level == .strong, let stored { try await awaitMajority(stored.version, policy: policy) }
-        guard let stored, !stored.tombstone else {
-            throw MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
-                                context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))])
-        }
         var session = options.session ?? SessionToken()
-        session.observe(stored.version)
-        // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
-        // reads this value next with the token, in any region).
-        session.observe(dependencies: stored.dependencies)
+        if let stored {
+            // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
+            // reads this value next with the token, in any region). A delete counts too: having seen it, the
+            // session must never see the value again.
+            session.observe(stored.version)
+            session.observe(dependencies: stored.dependencies)
+        }
+        guard let stored, !stored.tombstone else {
+            var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
+                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered()
+            notFound.headers[Self.sessionHeader] = session.encoded(with: sessionKey)
+            if let stored { notFound.headers[.eTag] = "\"\(stored.version)\"" }
+            notFound.headers[.cacheControl] = "no-store"
+            return notFound
+        }
         var answer: HTTPFields = [
             .contentType: stored.contentType,
             .eTag: "\"\(stored.version)\"",
@@ -169,8 +176,15 @@ extension RegionNode {
         ]
         if policy.topology == .singleLeader { answer[Self.epochHeader] = "1" }
         if let stalenessMs { answer[Self.stalenessHeader] = String(stalenessMs) }
-        answer[.cacheControl] = policy.cache.ttlMs > 0 ? "max-age=\(policy.cache.ttlMs / 1000)" : "no-cache"
+        answer[.cacheControl] = Self.cacheControl(policy, level: level)
         return RenderedResponse(status: .ok, headers: answer, body: ByteBuffer(bytes: stored.value))
+    }
+
+    /// Only eventual and prefix answers may be reused, and only by the client that got them (the answer carries
+    /// its session token): a cached strong, bounded or session answer would outlive its promise.
+    static func cacheControl(_ policy: KeyspacePolicy, level: ConsistencyLevel) -> String {
+        guard policy.cache.ttlMs > 0, level == .eventual || level == .prefix else { return "no-store" }
+        return "private, max-age=\(policy.cache.ttlMs / 1000)"
     }
 
     /// A strong read returns only a version a majority of replicas holds: after a failover the new leader is
@@ -275,6 +289,7 @@ extension RegionNode {
     private func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
                        contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
         let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
+        if let session = options.session { try admission.checkSessionOrigins(session) }
         let ifMatch = try RequestOptions.precondition(headers)
         let decision = try admission.admitWrite(policy, key: key, ack: options.ack, forwarded: forwarded)
         guard case .accept(let ack, let required, let epoch) = decision else {
@@ -301,20 +316,24 @@ extension RegionNode {
         case .committed(let entry):
             replicator.logGrew(to: entry.sequence)
             var ackedBy = [region]
+            var session = options.session ?? SessionToken()
+            session.observe(entry.version)
             if required > 1 {
                 switch try await replicator.confirm(sequence: entry.sequence, required: required, replicas: policy.replicas) {
                 case .acknowledged(_, let confirmed):
                     ackedBy = confirmed
                 case .timedOut(_, let confirmed, let missing):
-                    throw MeridianError(
+                    // The write is durable here: the token names it, so the client's next session read sees it.
+                    var timedOut = MeridianError(
                         .ackTimeout,
                         "The write is durable in \(region) as version \(entry.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. It will still replicate; read it back, or retry with If-Match: \"\(entry.version)\".",
                         context: ["version": entry.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
-                                  "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue])
+                                  "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue]).rendered()
+                    timedOut.headers[Self.sessionHeader] = session.encoded(with: sessionKey)
+                    timedOut.headers[.eTag] = "\"\(entry.version)\""
+                    return timedOut
                 }
             }
-            var session = options.session ?? SessionToken()
-            session.observe(entry.version)
             var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded(with: sessionKey)]
             if policy.topology == .singleLeader { headers[Self.epochHeader] = String(epoch) }
             return JSON.rendered(
@@ -369,18 +388,30 @@ extension RegionNode {
         }
         let options = try RequestOptions(request, sessionKey: sessionKey)
         // A listing is served here or refused: it is never forwarded, so a route elsewhere means "not here".
-        if case .forward(let target, let otherwise) = try await route(policy, key: nil, options: options, forwarded: false) {
+        let level: ConsistencyLevel
+        switch try await route(policy, key: nil, options: options, forwarded: false) {
+        case .forward(let target, let otherwise):
             if let otherwise { throw otherwise }
             throw MeridianError(.consistencyUnavailable, "This listing of keyspace '\(policy.name)' can only be served at \(target); send it there.",
                                 context: ["keyspace": policy.name.rawValue, "region": target.rawValue])
+        case .serve(let servedLevel, _):
+            level = servedLevel
         }
         let keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
+        // A strong listing shows only versions a majority holds; peers apply in log order, so confirming the
+        // highest of this region's sequences listed confirms them all.
+        if level == .strong, let newest = keys.map(\.version).filter({ $0.origin == region }).max(by: { $0.sequence < $1.sequence }) {
+            try await awaitMajority(newest, policy: policy)
+        }
         let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
         // The listing's versions join the session: later session reads, anywhere, reflect at least them.
         var session = options.session ?? SessionToken()
-        for key in keys { session.observe(key.version) }
+        for key in keys {
+            session.observe(key.version)
+            session.observe(dependencies: key.dependencies)
+        }
         return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil),
-                             headers: [Self.sessionHeader: session.encoded(with: sessionKey)])
+                             headers: [Self.sessionHeader: session.encoded(with: sessionKey), .cacheControl: Self.cacheControl(policy, level: level)])
     }
 
     /// Reads the request body, refusing more than `valueBytesMax` bytes with 413 before buffering them.

@@ -81,6 +81,8 @@ final class OutboundLink: Sendable {
         state.withLock {
             $0.connected = true
             $0.outbox = outbox
+            // An echo vouches only for the stream (and the peer's run) that carried it.
+            $0.echoMs = 0
             $0.lastHeard = .now
             $0.shipper = nil
             $0.shipment = nil

@@ -484,12 +484,14 @@ final class Replicator: Sendable {
         try await acks.wait(sequence: sequence, required: required, replicas: replicas, timeoutMs: UInt64(limits.ackTimeoutMs))
     }
 
-    /// Forwards a write or read to another region and waits for the answer.
+    /// Forwards a write or read to another region and waits for the answer: as long as the target may take
+    /// (a write waits for its acks; a read may also wait to catch up first), plus the round trip and a margin.
     func forward(to target: RegionName, _ make: (UInt64) -> PeerFrame) async throws(MeridianError) -> ForwardedReply {
         guard let link = links[target] else {
             throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region).", context: ["region": target.rawValue])
         }
-        return try await link.forward(make, timeout: .milliseconds(limits.ackTimeoutMs + 2_000))
+        let rttMs = Int(((cluster.wan.rttMs(region, target) ?? 0) * max(cluster.wan.latencyScale, 1)).rounded(.up))
+        return try await link.forward(make, timeout: .milliseconds(limits.readWaitMs + limits.ackTimeoutMs + rttMs + 2_000))
     }
 
     /// How current this region is, for admitting a read.

@@ -2,8 +2,27 @@ import Foundation
 
 /// Starts and stops local `meridian` processes: used by `meridian up`, the benchmarks and the live tests.
 public enum LocalProcesses {
-    /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it for a socket we then closed).
+    /// A TCP port on 127.0.0.1 that was free a moment ago, chosen below the ephemeral range.
     public static func freePort() throws -> Int {
+        // Outside the kernel's ephemeral range, so no outgoing connection (of this or another test) can take the
+        // port between this probe and the bind of whoever it is for.
+        var generator = SystemRandomNumberGenerator()
+        let ceiling = ephemeralLow - 1
+        for _ in 0..<200 {
+            let port = Int.random(in: 15_000...ceiling, using: &generator)
+            if isFree(port) { return port }
+        }
+        return try kernelAssignedPort()
+    }
+
+    /// The lowest port the kernel hands to outgoing connections (`ip_local_port_range`), 32768 if unknown.
+    static let ephemeralLow: Int = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let low = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } ?? 32_768
+        return max(low, 16_000)
+    }()
+
+    private static func kernelAssignedPort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ConnectionError(description: "socket() failed: errno \(errno)") }
         defer { close(fd) }
@@ -28,7 +47,7 @@ public enum LocalProcesses {
         precondition(count > 0)
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<attempts {
-            let base = Int.random(in: 20_000...(60_000 - count), using: &generator)
+            let base = Int.random(in: 15_000...(ephemeralLow - 1 - count), using: &generator)
             if (base..<(base + count)).allSatisfy(isFree) { return base }
         }
         throw ConnectionError(description: "no \(count) consecutive free ports found in \(attempts) attempts")

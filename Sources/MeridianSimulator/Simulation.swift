@@ -316,10 +316,13 @@ public struct Simulation {
         let key = "k\(Int.random(in: 0..<6, using: &generator))"
         let token = tokens[session]
         if let seen = token.clock { _ = try? regions[index].clock.receive(seen, physicalMs: physicalMs(index)) }
-        guard let entry = commit(at: index, keyspace: keyspace, key: key, dependencies: token.seen.filter { $0.key != names[index] }) else { return }
+        // One write in six is a delete: a tombstone a session sees must never be undone for it.
+        let delete = Int.random(in: 0..<6, using: &generator) == 0
+        guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put,
+                                 dependencies: token.seen.filter { $0.key != names[index] }) else { return }
         tokens[session].observe(entry.version)
-        sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: false)))
-        stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, acknowledged: nowMs))
+        sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: delete)))
+        stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, deleted: delete, acknowledged: nowMs))
     }
 
     /// A write to the strong keyspace at its leader; its outcome is known once a majority confirms it.
@@ -327,16 +330,17 @@ public struct Simulation {
         guard regions[0].up else { return }
         strongValue += 1
         let key = "s\(Int.random(in: 0..<4, using: &generator))"
+        let delete = Int.random(in: 0..<6, using: &generator) == 0
         let value = "s\(strongValue)"
-        strongOperations.append(StrongOperation(key: key, kind: .write(value), call: nowMs, returned: nil))
+        strongOperations.append(StrongOperation(key: key, kind: .write(delete ? nil : value), call: nowMs, returned: nil))
         let index = strongOperations.count - 1
-        guard let entry = commit(at: 0, keyspace: strongKeyspace, key: key, value: value, register: false) else { return }
+        guard let entry = commit(at: 0, keyspace: strongKeyspace, key: key, operation: delete ? .delete : .put, value: value, register: false) else { return }
         strongPending[entry.sequence] = index
         registerAck(0, entry.sequence)
     }
 
     /// Commits a write at `index` as its origin (durable at once, as a group commit) and ships it.
-    private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, value: String? = nil,
+    private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, operation: MeridianCore.Operation = .put, value: String? = nil,
                                  dependencies: [RegionName: UInt64] = [:], register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
         let sequence = UInt64(regions[index].log.count + 1)
@@ -345,7 +349,8 @@ public struct Simulation {
             report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
         }
         let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace,
-                                     key: try! Key(key), operation: .put, contentType: "", value: Array((value ?? "\(regions[index].name)-\(sequence)").utf8),
+                                     key: try! Key(key), operation: operation, contentType: "",
+                                     value: operation == .delete ? [] : Array((value ?? "\(regions[index].name)-\(sequence)").utf8),
                                      dependencies: dependencies)
         // Group commit: durable before anything else.
         regions[index].log.append(entry)
@@ -450,7 +455,8 @@ public struct Simulation {
         report.readsServed += 1
         switch read.level {
         case .strong:
-            strongOperations.append(StrongOperation(key: read.key, kind: .read(current.map { String(decoding: $0.value, as: UTF8.self) }),
+            let seen = current.flatMap { $0.operation == .delete ? nil : String(decoding: $0.value, as: UTF8.self) }
+            strongOperations.append(StrongOperation(key: read.key, kind: .read(seen),
                                                     call: read.call, returned: nowMs))
         case .session:
             sessionHistory[read.session].append(SessionOperation(session: read.session, key: read.key, kind: .read(current?.version)))

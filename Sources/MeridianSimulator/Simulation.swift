@@ -127,11 +127,10 @@ public struct Simulation {
     private struct Inbound {
         let origin: Int
         var receiver: LogReceiver
-        /// Checked batches waiting for the next persist (merged).
-        var queued: (from: UInt64, through: UInt64, entries: [ReplicationEntry])?
+        /// Checked batches waiting for the next persist (merged), as the node's applier queues them.
+        var queue = ApplyQueue()
         /// The batch being persisted now.
-        var persisting: (from: UInt64, through: UInt64, entries: [ReplicationEntry])?
-        var reacknowledge: UInt64?
+        var persisting: ApplyQueue.Batch?
     }
 
     private enum EventKind {
@@ -171,8 +170,7 @@ public struct Simulation {
         var inbound: [UInt64: Inbound] = [:]       // per stream from an origin
         var reconnectFailures: [Int]               // per peer, for backoff
         var echoFrom: [UInt64]                     // per peer: the latest echo it acknowledged with
-        var freshAsOf: [UInt64?]                   // per origin: holds every write the origin took before this time
-        var pendingFreshness: [[(logHighWater: UInt64, echo: UInt64)]]  // per origin: heartbeats not yet covered
+        var freshness: [FreshnessTracker]          // per origin, on the true clock (a perfect monotonic clock)
     }
 
     /// A read in progress: where it is being tried, until when, for which session.
@@ -252,8 +250,7 @@ public struct Simulation {
             Region(name: name, applied: Array(repeating: [], count: count), clock: HybridLogicalClock(region: name),
                    acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
                    shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
-                   echoFrom: Array(repeating: 0, count: count), freshAsOf: Array(repeating: nil, count: count),
-                   pendingFreshness: Array(repeating: [], count: count))
+                   echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count))
         }
         cluster = try! ClusterConfig.parse(yaml: """
             cluster: sim
@@ -404,7 +401,7 @@ public struct Simulation {
         var staleness: [RegionName: UInt64] = [:]
         for origin in regions.indices {
             applied[names[origin]] = UInt64(regions[index].applied[origin].count)
-            if let fresh = regions[index].freshAsOf[origin] { staleness[names[origin]] = nowMs - fresh }
+            if let stale = regions[index].freshness[origin].stalenessMs(now: nowMs) { staleness[names[origin]] = stale }
         }
         return (Admission(region: names[index], reachable: reachable, clusterRegions: Set(names)),
                 Admission.ReadView(applied: applied, stalenessMs: staleness, reachable: reachable))
@@ -618,16 +615,7 @@ public struct Simulation {
         case .batch(let from, let through, let entries):
             if !stream.openAtOrigin { report.staleBatches += 1 }
             do {
-                let delivery = try inbound.receiver.received(from: from, through: through, entries: entries)
-                if let covers = delivery.covers {
-                    if let queued = inbound.queued {
-                        inbound.queued = (queued.from, covers, queued.entries + delivery.toApply)
-                    } else {
-                        inbound.queued = (from, covers, delivery.toApply)
-                    }
-                } else if let again = delivery.reacknowledge {
-                    inbound.reacknowledge = again
-                }
+                inbound.queue.add(try inbound.receiver.received(from: from, through: through, entries: entries), from: from)
                 regions[peer].inbound[id] = inbound
                 startPersist(peer, stream: id)
             } catch {
@@ -635,11 +623,8 @@ public struct Simulation {
                 regions[peer].inbound[id] = nil
             }
         case .heartbeat(let logHighWater, let echo):
-            if echo > 0 {
-                if regions[peer].pendingFreshness[origin].count == 64 { regions[peer].pendingFreshness[origin].removeFirst() }
-                regions[peer].pendingFreshness[origin].append((logHighWater, echo))
-                advanceFreshness(peer, origin: origin)
-            }
+            regions[peer].freshness[origin].heard(logHighWater: logHighWater, echo: echo, now: nowMs,
+                                                  applied: UInt64(regions[peer].applied[origin].count))
             send(.ack(upTo: UInt64(regions[peer].applied[origin].count), echo: nowMs), on: id, toPeer: false)
         case .hello, .welcome, .ack:
             report.violations.append("a receiving region received a frame only receivers send")
@@ -650,14 +635,12 @@ public struct Simulation {
     /// stream, as the node's applier task); answers a pending re-acknowledgement when idle.
     private mutating func startPersist(_ region: Int, stream id: UInt64) {
         guard var inbound = regions[region].inbound[id], inbound.persisting == nil else { return }
-        if let queued = inbound.queued {
-            inbound.persisting = queued
-            inbound.queued = nil
+        if let batch = inbound.queue.takeBatch() {
+            inbound.persisting = batch
             regions[region].inbound[id] = inbound
             // The fsync: a crash before it completes loses the batch.
             schedule(after: UInt64.random(in: 1...8, using: &generator), .persist(region: region, stream: id, generation: regions[region].generation))
-        } else if let again = inbound.reacknowledge {
-            inbound.reacknowledge = nil
+        } else if let again = inbound.queue.takeReacknowledgement() {
             regions[region].inbound[id] = inbound
             send(.ack(upTo: again, echo: nowMs), on: id, toPeer: false)
         }
@@ -695,18 +678,9 @@ public struct Simulation {
         _ = inbound.receiver.persisted(upTo: batch.through)
         inbound.persisting = nil
         regions[region].inbound[id] = inbound
-        advanceFreshness(region, origin: origin)
+        regions[region].freshness[origin].advance(applied: UInt64(regions[region].applied[origin].count))
         send(.ack(upTo: acknowledged, echo: nowMs), on: id, toPeer: false)
         startPersist(region, stream: id)
-    }
-
-    /// Heartbeats covered by what `region` durably applied make it fresh as of their echo.
-    private mutating func advanceFreshness(_ region: Int, origin: Int) {
-        let applied = UInt64(regions[region].applied[origin].count)
-        while let first = regions[region].pendingFreshness[origin].first, first.logHighWater <= applied {
-            regions[region].freshAsOf[origin] = max(regions[region].freshAsOf[origin] ?? 0, first.echo)
-            regions[region].pendingFreshness[origin].removeFirst()
-        }
     }
 
     private mutating func applyLWW(_ index: Int, _ entry: ReplicationEntry) {
@@ -814,8 +788,7 @@ public struct Simulation {
         regions[index].acks = AckTracker(origin: names[index])
         regions[index].reconnectFailures = Array(repeating: 0, count: count)
         regions[index].echoFrom = Array(repeating: 0, count: count)
-        regions[index].freshAsOf = Array(repeating: nil, count: count)
-        regions[index].pendingFreshness = Array(repeating: [], count: count)
+        regions[index].freshness = Array(repeating: FreshnessTracker(), count: count)
         // As the node: the clock starts above the highest timestamp the store recorded, applied ones included.
         regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].hlcHighWater)
         for peer in regions.indices where peer != index { connect(index, peer) }

@@ -31,15 +31,7 @@ extension Bench {
         }
 
         func run() async throws {
-            let cluster = try BenchCluster(directory: data, latencyScale: latencyScale)
-            do {
-                try await cluster.start()
-                try await measure(cluster)
-            } catch {
-                await cluster.stop()
-                throw error
-            }
-            await cluster.stop()
+            try await BenchCluster.with(directory: data, latencyScale: latencyScale) { try await measure($0) }
         }
 
         private func measure(_ cluster: BenchCluster) async throws {

@@ -34,15 +34,7 @@ extension Bench {
         }
 
         func run() async throws {
-            let cluster = try BenchCluster(directory: data, latencyScale: latencyScale)
-            do {
-                try await cluster.start()
-                try await measure(cluster)
-            } catch {
-                await cluster.stop()
-                throw error
-            }
-            await cluster.stop()
+            try await BenchCluster.with(directory: data, latencyScale: latencyScale) { try await measure($0) }
         }
 
         private func measure(_ cluster: BenchCluster) async throws {
@@ -157,6 +149,19 @@ final class BenchCluster {
         file = (self.directory as NSString).appendingPathComponent("cluster.yaml")
         try yaml.write(toFile: file, atomically: true, encoding: .utf8)
         config = try ClusterConfig.parse(yaml: yaml, file: file)
+    }
+
+    /// Starts a cluster, runs `body` against it, and stops every process it started, whatever happens.
+    static func with(directory: String?, latencyScale: Double, _ body: (BenchCluster) async throws -> Void) async throws {
+        let cluster = try BenchCluster(directory: directory, latencyScale: latencyScale)
+        do {
+            try await cluster.start()
+            try await body(cluster)
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
     }
 
     func rttMs(_ a: RegionName, _ b: RegionName) -> Double { config.wan.rttMs(a, b) ?? 0 }

@@ -210,3 +210,90 @@ public struct LogReceiver: Sendable {
     /// taking them again from the next stream would apply them twice. A resend of them counts as duplicates.
     public mutating func streamClosed() {}
 }
+
+/// Checked batches of one inbound stream waiting to be persisted: consecutive ranges merge, so everything
+/// queued while a persist runs goes into the next one (one transaction, one fsync, one ack); a batch of
+/// only durable duplicates asks for a re-acknowledgement, answered once nothing is left to persist.
+public struct ApplyQueue: Sendable {
+    /// A merged range to persist.
+    public struct Batch: Sendable, Hashable {
+        public let from: UInt64
+        public let through: UInt64
+        public let entries: [ReplicationEntry]
+    }
+
+    private var pending: Batch?
+    private var reacknowledge: UInt64?
+
+    public init() {}
+
+    /// Queues what the receiver made of a batch that covered `from...`.
+    public mutating func add(_ delivery: LogReceiver.RangeDelivery, from: UInt64) {
+        if let covers = delivery.covers {
+            pending = pending.map { Batch(from: $0.from, through: covers, entries: $0.entries + delivery.toApply) }
+                ?? Batch(from: from, through: covers, entries: delivery.toApply)
+        } else if let again = delivery.reacknowledge {
+            reacknowledge = again
+        }
+    }
+
+    /// The next range to persist, if any.
+    public mutating func takeBatch() -> Batch? {
+        defer { pending = nil }
+        return pending
+    }
+
+    /// The re-acknowledgement owed, if any (take it once no batch is pending).
+    public mutating func takeReacknowledgement() -> UInt64? {
+        defer { reacknowledge = nil }
+        return reacknowledge
+    }
+}
+
+/// How fresh a region's copy of one origin's writes is, from heartbeats that echo the region's own clock.
+///
+/// The region stamps each ack with its own clock; the origin returns the latest stamp in its next heartbeat,
+/// with its log end at that moment. Every write the origin accepted before it received the stamp is at or
+/// below that log end, so once the region has applied up to there it holds all of them: it is fresh as of
+/// the stamp, on its own clock, whatever the offset between the two regions' clocks.
+public struct FreshnessTracker: Sendable, Hashable {
+    /// The region holds every write the origin accepted before this time of its own clock.
+    public private(set) var freshAsOf: UInt64?
+    /// Heartbeats heard but not yet covered by what is applied, oldest first.
+    private var pending: [Heard] = []
+
+    private struct Heard: Sendable, Hashable {
+        let logHighWater: UInt64
+        let echo: UInt64
+    }
+
+    /// The most heartbeats remembered; beyond it the oldest is dropped (a newer one vouches for more).
+    public static let pendingMax = 64
+
+    public init() {}
+
+    /// A heartbeat arrived: the origin's log end when sent, and the stamp it echoes.
+    /// - Parameters:
+    ///   - now: This region's clock now; an echo from the future (a previous run's clock) vouches for nothing.
+    ///   - applied: How far this region has durably applied the origin's log.
+    public mutating func heard(logHighWater: UInt64, echo: UInt64, now: UInt64, applied: UInt64) {
+        // Echo 0: the origin has no ack of ours yet, so it vouches for no time.
+        guard echo > 0, echo <= now else { return }
+        if pending.count == Self.pendingMax { pending.removeFirst() }
+        pending.append(Heard(logHighWater: logHighWater, echo: echo))
+        advance(applied: applied)
+    }
+
+    /// The origin's log is durably applied up to `applied`.
+    public mutating func advance(applied: UInt64) {
+        while let first = pending.first, first.logHighWater <= applied {
+            freshAsOf = max(freshAsOf ?? 0, first.echo)
+            pending.removeFirst()
+        }
+    }
+
+    /// An upper bound on the staleness now, on this region's clock (nil: unknown).
+    public func stalenessMs(now: UInt64) -> UInt64? {
+        freshAsOf.map { now > $0 ? now - $0 : 0 }
+    }
+}

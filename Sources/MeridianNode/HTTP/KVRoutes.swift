@@ -76,22 +76,34 @@ extension RegionNode {
 
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
     func serveForwardedRead(_ read: ForwardedRead) async -> ForwardedReply {
+        await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames) {
+            policy, headers throws(MeridianError) in
+            try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true)
+        }
+    }
+
+    /// Runs a request another region forwarded here: resolves its keyspace, keeps only the headers that shape
+    /// it, and renders the answer (or the error) for the stream.
+    private func serveForwardedRequest(
+        id: UInt64, keyspace: KeyspaceName, headers carried: [ForwardedHeader], allowed: [HTTPField.Name],
+        _ serve: (KeyspacePolicy, HTTPFields) async throws(MeridianError) -> RenderedResponse
+    ) async -> ForwardedReply {
         let rendered: RenderedResponse
         do throws(MeridianError) {
-            guard let policy = configuration.cluster.keyspace(read.keyspace) else {
-                throw MeridianError(.unknownKeyspace, "Keyspace '\(read.keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
-                                    context: ["keyspace": read.keyspace.rawValue])
+            guard let policy = configuration.cluster.keyspace(keyspace) else {
+                throw MeridianError(.unknownKeyspace, "Keyspace '\(keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
+                                    context: ["keyspace": keyspace.rawValue])
             }
             var headers = HTTPFields()
-            for header in read.headers {
-                guard let name = HTTPField.Name(header.name), Self.forwardedReadHeaderNames.contains(name) else { continue }
+            for header in carried {
+                guard let name = HTTPField.Name(header.name), allowed.contains(name) else { continue }
                 headers.append(HTTPField(name: name, value: header.value))
             }
-            rendered = try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true)
+            rendered = try await serve(policy, headers)
         } catch {
             rendered = error.rendered()
         }
-        return ForwardedReply(id: read.id, status: UInt16(rendered.status.code),
+        return ForwardedReply(id: id, status: UInt16(rendered.status.code),
                               headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
                               body: Array(buffer: rendered.body))
     }
@@ -261,29 +273,15 @@ extension RegionNode {
     /// A write sent here by another region (which found that this region takes it): run it as if a client
     /// had sent it here, never forwarding it again, and render the answer for the stream.
     func serveForwarded(_ write: ForwardedWrite) async -> ForwardedReply {
-        let rendered: RenderedResponse
-        do throws(MeridianError) {
-            guard let policy = configuration.cluster.keyspace(write.keyspace) else {
-                throw MeridianError(.unknownKeyspace, "Keyspace '\(write.keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
-                                    context: ["keyspace": write.keyspace.rawValue])
-            }
-            var headers = HTTPFields()
-            for header in write.headers {
-                guard let name = HTTPField.Name(header.name), Self.forwardedHeaderNames.contains(name) else { continue }
-                headers.append(HTTPField(name: name, value: header.value))
-            }
+        await serveForwardedRequest(id: write.id, keyspace: write.keyspace, headers: write.headers, allowed: Self.forwardedHeaderNames) {
+            policy, headers throws(MeridianError) in
             let contentType = write.operation == .put ? try Self.validContentType(write.contentType) : ""
-            guard write.value.count <= limits.valueBytesMax else {
-                throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(limits.valueBytesMax) bytes.")
+            guard write.value.count <= self.limits.valueBytesMax else {
+                throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(self.limits.valueBytesMax) bytes.")
             }
-            rendered = try await self.write(headers: headers, query: { _ in nil }, policy: policy, key: write.key, operation: write.operation,
-                                            contentType: contentType, value: write.value, forwarded: true)
-        } catch {
-            rendered = error.rendered()
+            return try await self.write(headers: headers, query: { _ in nil }, policy: policy, key: write.key, operation: write.operation,
+                                        contentType: contentType, value: write.value, forwarded: true)
         }
-        return ForwardedReply(id: write.id, status: UInt16(rendered.status.code),
-                              headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
-                              body: Array(buffer: rendered.body))
     }
 
     private func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,

@@ -54,20 +54,8 @@ final class Replicator: Sendable {
         var originPhysicalMs: UInt64 = 0
         /// Apply lag in ms (apply time here minus the entry's HLC time at its origin), since the node started.
         var applyLagMs = Histogram<UInt64>(highestTrackableValue: 3_600_000, numberOfSignificantValueDigits: .three)
-        /// This region holds every write the origin accepted up to this time of this region's own monotonic
-        /// clock (``Replicator/monotonicMs``): from heartbeats echoing our acks, once applied up to their log end.
-        var freshAsOfMs: UInt64?
-        /// Heartbeats heard but not yet covered by what is applied: (origin log end, echoed time), oldest first.
-        var pendingFreshness: [(logHighWater: UInt64, echoMs: UInt64)] = []
-        static let pendingFreshnessMax = 64
-
-        /// Applied up to `applied`: every heartbeat it covers makes this region fresh as of its echo.
-        mutating func advanceFreshness(applied: UInt64) {
-            while let first = pendingFreshness.first, first.logHighWater <= applied {
-                freshAsOfMs = max(freshAsOfMs ?? 0, first.echoMs)
-                pendingFreshness.removeFirst()
-            }
-        }
+        /// How fresh this region is on the origin's writes, on ``Replicator/monotonicMs``.
+        var freshness = FreshnessTracker()
     }
 
     /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
@@ -321,40 +309,26 @@ final class Replicator: Sendable {
                             case .heartbeat(let logHighWater, let physicalMs, let echoMs):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
                                 let applied = store.appliedHighWater()[origin] ?? 0
+                                let now = monotonicMs
                                 inboundStates.withLock { all in
                                     var state = all[origin, default: InboundState()]
                                     state.originLogHighWater = logHighWater
                                     state.originPhysicalMs = physicalMs
-                                    // Echo 0: the origin has no ack of ours yet, so it vouches for no time.
-                                    if echoMs > 0 && echoMs <= monotonicMs {
-                                        if state.pendingFreshness.count == InboundState.pendingFreshnessMax { state.pendingFreshness.removeFirst() }
-                                        state.pendingFreshness.append((logHighWater, echoMs))
-                                        state.advanceFreshness(applied: applied)
-                                    }
+                                    state.freshness.heard(logHighWater: logHighWater, echo: echoMs, now: now, applied: applied)
                                     all[origin] = state
                                 }
                                 progress.signal()
                                 replyOut.yield(.ack(applied: applied, echoMs: monotonicMs))
                             case .forward(let write):
                                 guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded write arrived before hello.") }
-                                guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
-                                    forwardsServed.subtract(1, ordering: .relaxed)
-                                    let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded writes; retry shortly.").rendered()
-                                    replyOut.yield(.forwardReply(ForwardedReply(id: write.id, status: UInt16(refused.status.code), headers: [], body: Array(buffer: refused.body))))
-                                    continue
-                                }
+                                guard admitForwarded(id: write.id, replies: replyOut) else { continue }
                                 tasks.addTask {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
                                     replyOut.yield(.forwardReply(await forward(write)))
                                 }
                             case .forwardRead(let read):
                                 guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded read arrived before hello.") }
-                                guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
-                                    forwardsServed.subtract(1, ordering: .relaxed)
-                                    let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered()
-                                    replyOut.yield(.forwardReply(ForwardedReply(id: read.id, status: UInt16(refused.status.code), headers: [], body: Array(buffer: refused.body))))
-                                    continue
-                                }
+                                guard admitForwarded(id: read.id, replies: replyOut) else { continue }
                                 tasks.addTask {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
                                     replyOut.yield(.forwardReply(await forwardRead(read)))
@@ -400,6 +374,18 @@ final class Replicator: Sendable {
         }
     }
 
+    /// Counts a forwarded request in, within `forwards_inflight_max`; beyond it answers `overloaded` at once.
+    /// The caller subtracts one when an admitted request is answered.
+    private func admitForwarded(id: UInt64, replies: AsyncStream<PeerFrame>.Continuation) -> Bool {
+        guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
+            forwardsServed.subtract(1, ordering: .relaxed)
+            let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered()
+            replies.yield(.forwardReply(ForwardedReply(id: id, status: UInt16(refused.status.code), headers: [], body: Array(buffer: refused.body))))
+            return false
+        }
+        return true
+    }
+
     private func check(_ hello: PeerHello) throws(MeridianError) {
         guard hello.cluster == cluster.name else {
             throw MeridianError(.replicationProtocol, "A region of cluster '\(hello.cluster)' connected to cluster '\(cluster.name)'; check the peers' addresses.")
@@ -419,7 +405,7 @@ final class Replicator: Sendable {
     private func recordApplied(_ entries: [ReplicationEntry], origin: RegionName, applied: UInt64) {
         let now = wallClockMs()
         inboundStates.withLock { all in
-            all[origin, default: InboundState()].advanceFreshness(applied: applied)
+            all[origin, default: InboundState()].freshness.advance(applied: applied)
             for entry in entries {
                 all[origin, default: InboundState()].applyLagMs.record(now > entry.hlc.physicalMs ? now - entry.hlc.physicalMs : 0)
             }
@@ -498,7 +484,7 @@ final class Replicator: Sendable {
     func readView() -> Admission.ReadView {
         let now = monotonicMs
         let staleness = inboundStates.withLock { all in
-            all.compactMapValues { state in state.freshAsOfMs.map { now > $0 ? now - $0 : 0 } }
+            all.compactMapValues { $0.freshness.stalenessMs(now: now) }
         }
         return Admission.ReadView(applied: store.appliedHighWater(), stalenessMs: staleness, reachable: reachable())
     }
@@ -596,8 +582,7 @@ final class BatchApplier: Sendable {
 
     private struct State {
         var receiver: LogReceiver
-        var pending: (from: UInt64, through: UInt64, entries: [ReplicationEntry])?
-        var reacknowledge: UInt64?
+        var queue = ApplyQueue()
     }
 
     private let state: Mutex<State>
@@ -612,31 +597,15 @@ final class BatchApplier: Sendable {
     /// A batch arrived: check it and queue what it adds.
     func received(from: UInt64, through: UInt64, entries: [ReplicationEntry]) throws(MeridianError) {
         try state.withLock { (state: inout State) throws(MeridianError) in
-            let delivery = try state.receiver.received(from: from, through: through, entries: entries)
-            if let covers = delivery.covers {
-                if let pending = state.pending {
-                    state.pending = (pending.from, covers, pending.entries + delivery.toApply)
-                } else {
-                    state.pending = (from, covers, delivery.toApply)
-                }
-            } else if let again = delivery.reacknowledge {
-                state.reacknowledge = again
-            }
+            state.queue.add(try state.receiver.received(from: from, through: through, entries: entries), from: from)
         }
         ring.yield()
     }
 
     func take() -> Work? {
         state.withLock { state in
-            if let pending = state.pending {
-                state.pending = nil
-                return .apply(from: pending.from, through: pending.through, entries: pending.entries)
-            }
-            if let again = state.reacknowledge {
-                state.reacknowledge = nil
-                return .reacknowledge(again)
-            }
-            return nil
+            if let batch = state.queue.takeBatch() { return .apply(from: batch.from, through: batch.through, entries: batch.entries) }
+            return state.queue.takeReacknowledgement().map { .reacknowledge($0) }
         }
     }
 

@@ -38,6 +38,9 @@ public struct Limits: Sendable, Hashable, Encodable {
     /// How long a session, bounded or strong read waits for this region to catch up (or for its confirmations)
     /// before it is forwarded or refused, in ms. A wait before forwarding is also capped by the RTT to the target.
     public var readWaitMs: Int = 1_000
+    /// The most records each keyspace's conflicts log keeps in a region; the oldest are dropped beyond it
+    /// (and counted in `meridian_conflicts_dropped_total`).
+    public var conflictsLogMax: Int = 10_000
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -61,6 +64,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("log_retention_entries", 1...1_000_000_000),
         ("forwards_inflight_max", 1...1_000_000),
         ("read_wait_ms", 0...600_000),
+        ("conflicts_log_max", 1...10_000_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -81,5 +85,6 @@ public struct Limits: Sendable, Hashable, Encodable {
         case logRetentionEntries = "log_retention_entries"
         case forwardsInflightMax = "forwards_inflight_max"
         case readWaitMs = "read_wait_ms"
+        case conflictsLogMax = "conflicts_log_max"
     }
 }

@@ -1,3 +1,4 @@
+import MeridianCore
 import MeridianStore
 import Prometheus
 import Synchronization
@@ -68,5 +69,15 @@ public final class NodeMetrics: StoreObserver, Sendable {
     public func commitCompleted(writes: Int, commitSeconds: Double) {
         commitBatch.record(Double(writes))
         commitDuration.record(.nanoseconds(Int64(commitSeconds * 1e9)))
+    }
+
+    /// Values discarded by a keyspace's conflict rule were logged; keyspaces are a configured, bounded set.
+    public func conflictsRecorded(keyspace: KeyspaceName, recorded: Int, dropped: Int) {
+        if recorded > 0 {
+            registry.makeCounter(name: "meridian_conflicts_total", labels: [("keyspace", keyspace.rawValue)]).increment(by: Int64(recorded))
+        }
+        if dropped > 0 {
+            registry.makeCounter(name: "meridian_conflicts_dropped_total", labels: [("keyspace", keyspace.rawValue)]).increment(by: Int64(dropped))
+        }
     }
 }

@@ -70,7 +70,9 @@ public final class RegionNode: Sendable {
         let metrics = NodeMetrics()
         self.store = try RegionStore(
             path: (configuration.dataDirectory as NSString).appendingPathComponent("\(configuration.region).sqlite"),
-            region: configuration.region, limits: configuration.cluster.limits, physicalClockMs: Self.wallClockMs,
+            region: configuration.region, limits: configuration.cluster.limits,
+            conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
+            physicalClockMs: Self.wallClockMs,
             observer: metrics, logger: logger)
         self.replicator = Replicator(region: configuration.region, cluster: configuration.cluster, store: store, route: configuration.peerRoute,
                                      wallClockMs: Self.wallClockMs, logger: logger)
@@ -107,6 +109,9 @@ public final class RegionNode: Sendable {
         router.get("/v1/kv/:keyspace/**") { request, context in try await self.get(request, context) }
         router.put("/v1/kv/:keyspace/**") { request, context in try await self.put(request, context) }
         router.delete("/v1/kv/:keyspace/**") { request, context in try await self.delete(request, context) }
+        router.get("/v1/crdt/:keyspace/**") { request, context in try await self.crdtGet(request, context) }
+        router.post("/v1/crdt/:keyspace/**") { request, context in try await self.crdtPost(request, context) }
+        router.get("/v1/conflicts/:keyspace") { request, context in try await self.conflicts(request, context) }
         return router
     }
 

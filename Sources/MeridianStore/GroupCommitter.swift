@@ -29,11 +29,13 @@ actor GroupCommitter {
     private let lastCommittedSequence: SequenceHighWater
     private var nextSequence: UInt64
     private var clock: HybridLogicalClock
+    private let rules: [KeyspaceName: ConflictRule]
 
-    init(pool: DatabasePool, region: RegionName, limits: Limits, nextSequence: UInt64, clock: HybridLogicalClock,
+    init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
          physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger,
          lastCommittedSequence: SequenceHighWater) {
         self.lastCommittedSequence = lastCommittedSequence
+        self.rules = rules
         self.pool = pool
         self.region = region
         self.limits = limits
@@ -85,15 +87,20 @@ actor GroupCommitter {
         let startClock = clock
         let physicalMs = physicalClockMs()
         let started = ContinuousClock.now
+        let rules = self.rules
+        let limits = self.limits
         do {
-            let (outcomes, sequence, clockAfter) = try await pool.write { db in
+            let (outcomes, sequence, clockAfter, recorded) = try await pool.write { db in
                 var sequence = firstSequence
                 var clock = startClock
                 var outcomes: [WriteOutcome] = []
+                var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 outcomes.reserveCapacity(requests.count)
                 for request in requests {
+                    let rule = rules[request.keyspace] ?? .lww
+                    let state = try KeyStateRows.load(db, request.keyspace, request.key)
                     if let precondition = request.precondition {
-                        let current = try Self.currentVersion(db, request.keyspace, request.key)
+                        let current = state.map { $0.winner(rule) }.flatMap { $0.tombstone ? nil : $0.version }
                         let holds: Bool
                         switch precondition {
                         case .exists: holds = current != nil
@@ -108,17 +115,31 @@ actor GroupCommitter {
                     // token is authenticated, so only a region with a runaway clock could have issued it).
                     if let after = request.after { _ = try? clock.receive(after, physicalMs: physicalMs) }
                     let hlc = clock.now(physicalMs: physicalMs)
+                    var write = (operation: request.operation, contentType: request.contentType, value: request.value)
+                    switch Self.prepareCRDT(request, rule: rule, state: state, at: hlc, limits: limits) {
+                    case .failure(let error):
+                        outcomes.append(.refused(error))
+                        continue
+                    case .success(let delta?):
+                        write = (.merge, KeyStateRows.crdtContentType, delta)
+                    case .success(nil):
+                        break
+                    }
+                    // What the write supersedes: everything this region holds of the key, except under `siblings`,
+                    // where a write replaces only the versions its client read (the context it sent).
+                    let seen = rule == .siblings ? (request.context ?? VersionVector()) : (state?.context ?? VersionVector())
                     let entry = ReplicationEntry(
                         origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
-                        key: request.key, operation: request.operation, contentType: request.contentType, value: request.value,
-                        dependencies: request.dependencies.filter { $0.key != region })
+                        key: request.key, operation: write.operation, contentType: write.contentType, value: write.value,
+                        dependencies: request.dependencies.filter { $0.key != region }, context: Self.counters(seen))
                     try Self.append(db, entry)
-                    try Self.apply(db, entry)
+                    let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits)
+                    recorded[entry.keyspace, default: .init()].add(applied)
                     sequence += 1
                     outcomes.append(.committed(entry))
                 }
                 if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
-                return (outcomes, sequence, clock)
+                return (outcomes, sequence, clock, recorded)
             }
             nextSequence = sequence
             // Join, never overwrite: an apply of replicated entries may have advanced the clock during the await.
@@ -128,6 +149,7 @@ actor GroupCommitter {
             lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
             let elapsed = ContinuousClock.now - started
             observer?.commitCompleted(writes: batch.count, commitSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            report(recorded)
             for (pending, outcome) in zip(batch, outcomes) {
                 pending.continuation.resume(returning: .success(outcome))
             }
@@ -149,41 +171,65 @@ actor GroupCommitter {
         return "\(error)"
     }
 
-    private static func currentVersion(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> Version? {
-        let statement = try db.cachedStatement(sql: """
-            SELECT hlc_physical_ms, hlc_logical, origin, sequence FROM kv WHERE keyspace = ? AND key = ? AND tombstone = 0
-            """)
-        guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
-        return try RegionStore.version(row)
+    /// For a CRDT operation: the delta to log, computed from the key's value (its type must match).
+    /// - Returns: nil for a plain put or delete (refused in a `crdt` keyspace), or why the operation is refused.
+    private static func prepareCRDT(_ request: WriteRequest, rule: ConflictRule, state: KeyState?, at hlc: HLCTimestamp,
+                                    limits: Limits) -> Result<[UInt8]?, MeridianError> {
+        guard let crdt = request.crdt else {
+            guard rule != .crdt else {
+                return .failure(MeridianError(.conflictPolicyMismatch, "Keyspace '\(request.keyspace)' holds CRDT values; change them with POST /v1/crdt/\(request.keyspace)/{key}.",
+                                              context: ["keyspace": request.keyspace.rawValue]))
+            }
+            return .success(nil)
+        }
+        guard rule == .crdt else {
+            return .failure(MeridianError(.conflictPolicyMismatch, "Keyspace '\(request.keyspace)' resolves conflicts by \(rule.name), not crdt; write it with PUT /v1/kv/\(request.keyspace)/{key}.",
+                                          context: ["keyspace": request.keyspace.rawValue, "conflict": rule.name]))
+        }
+        var value = CRDTValue.empty(crdt.type)
+        if let current = state?.winner(.crdt), !current.tombstone {
+            do { value = try CRDTCodec.decode(current.value) } catch {
+                return .failure(MeridianError(.storageFailure, "The stored value of '\(request.key)' is not a readable CRDT (\(error.message)).", context: ["key": request.key.rawValue]))
+            }
+        }
+        guard value.type == crdt.type else {
+            return .failure(MeridianError(.crdtTypeMismatch, "Key '\(request.key)' holds a \(value.type.rawValue), not a \(crdt.type.rawValue).",
+                                          context: ["key": request.key.rawValue, "type": value.type.rawValue]))
+        }
+        do {
+            let delta = try value.apply(crdt.operation, at: hlc)
+            let size = CRDTCodec.encode(value).count
+            guard size <= limits.valueBytesMax else {
+                return .failure(MeridianError(.valueTooLarge, "The operation would grow '\(request.key)' to \(size) bytes; the limit is \(limits.valueBytesMax).",
+                                              context: ["value_bytes_max": String(limits.valueBytesMax)]))
+            }
+            return .success(CRDTCodec.encode(delta))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    static func counters(_ vector: VersionVector) -> [RegionName: UInt64] {
+        var counters: [RegionName: UInt64] = [:]
+        for region in vector.regions { counters[region] = vector[region] }
+        return counters
+    }
+
+    private func report(_ recorded: [KeyspaceName: KeyStateRows.Applied]) {
+        for (keyspace, applied) in recorded where applied.conflictsRecorded > 0 || applied.conflictsDropped > 0 {
+            observer?.conflictsRecorded(keyspace: keyspace, recorded: applied.conflictsRecorded, dropped: applied.conflictsDropped)
+        }
     }
 
     private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
         try db.cachedStatement(sql: """
-            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies, context)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
                 entry.origin.rawValue, Int64(entry.sequence), Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical),
                 Int64(entry.epoch), entry.keyspace.rawValue, entry.key.rawValue, Int(entry.operation.rawValue),
                 entry.contentType, Data(entry.value), RegionStore.dependenciesColumn(entry.dependencies),
-            ])
-    }
-
-    /// Makes an entry visible: the key takes the entry's value only if the entry's HLC is the highest the key
-    /// has seen (last-writer-wins, region name breaking ties), so every region converges whatever the order
-    /// entries of different origins arrive in.
-    private static func apply(_ db: Database, _ entry: ReplicationEntry) throws {
-        try db.cachedStatement(sql: """
-            INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (keyspace, key) DO UPDATE SET
-                value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
-                hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
-                dependencies = excluded.dependencies
-            WHERE (excluded.hlc_physical_ms, excluded.hlc_logical, excluded.origin) > (kv.hlc_physical_ms, kv.hlc_logical, kv.origin)
-            """).execute(arguments: [
-                entry.keyspace.rawValue, entry.key.rawValue, Data(entry.value), entry.contentType,
-                Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical), entry.origin.rawValue, Int64(entry.sequence),
-                entry.operation == .delete, RegionStore.dependenciesColumn(entry.dependencies),
+                RegionStore.dependenciesColumn(entry.context),
             ])
     }
 
@@ -207,20 +253,25 @@ actor GroupCommitter {
         }
         let last = clockAfter.last
         let region = self.region
-        let outcome: Result<UInt64, MeridianError>
+        let rules = self.rules
+        let limits = self.limits
+        let outcome: Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>
         do {
-            outcome = try await pool.write { db -> Result<UInt64, MeridianError> in
+            outcome = try await pool.write { db -> Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError> in
                 let applied = UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM applied WHERE origin = ?", arguments: [origin.rawValue]) ?? 0)
                 guard from <= applied + 1 else {
                     return .failure(MeridianError(
                         .replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
                         context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)]))
                 }
-                guard through > applied else { return .success(applied) }
+                guard through > applied else { return .success((applied, [:])) }
                 var appliedAny = false
+                var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 for entry in entries where entry.sequence > applied {
                     try Self.append(db, entry)
-                    try Self.apply(db, entry)
+                    let state = try KeyStateRows.load(db, entry.keyspace, entry.key)
+                    let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits)
+                    recorded[entry.keyspace, default: .init()].add(step)
                     appliedAny = true
                 }
                 try db.cachedStatement(sql: """
@@ -228,12 +279,13 @@ actor GroupCommitter {
                     ON CONFLICT (origin) DO UPDATE SET sequence = excluded.sequence
                     """).execute(arguments: [origin.rawValue, Int64(through)])
                 if appliedAny { try Self.raiseHighWater(db, last, region: region) }
-                return .success(through)
+                return .success((through, recorded))
             }
         } catch {
             throw MeridianError(.storageFailure, "Entries of \(origin)'s log could not be applied (\(Self.describe(error))); nothing of the batch was applied.")
         }
-        let applied = try outcome.get()
+        let (applied, recorded) = try outcome.get()
+        report(recorded)
         // Join, never overwrite: a local commit may have issued later timestamps during the await.
         clock.advance(past: clockAfter.last)
         return applied

@@ -29,7 +29,9 @@ public final class RegionStore: Sendable {
     ///   - physicalClockMs: The wall clock in ms, read once per commit batch to issue HLC timestamps.
     ///   - observer: Receives commit metrics.
     /// - Throws: `MeridianError` with code `storage_failure` when the file cannot be opened or belongs to another region.
-    public init(path: String, region: RegionName, limits: Limits, physicalClockMs: @escaping @Sendable () -> UInt64,
+    ///   - conflictRules: How each keyspace resolves concurrent writes (keyspaces not named: `lww`).
+    public init(path: String, region: RegionName, limits: Limits, conflictRules: [KeyspaceName: ConflictRule] = [:],
+                physicalClockMs: @escaping @Sendable () -> UInt64,
                 observer: (any StoreObserver)? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
         var configuration = Configuration()
         configuration.maximumReaderCount = 8
@@ -75,7 +77,7 @@ public final class RegionStore: Sendable {
             let committed = SequenceHighWater(state.0 - 1)
             lastCommittedSequence = committed
             committer = GroupCommitter(
-                pool: pool, region: region, limits: limits, nextSequence: state.0, clock: clock,
+                pool: pool, region: region, limits: limits, rules: conflictRules, nextSequence: state.0, clock: clock,
                 physicalClockMs: physicalClockMs, observer: observer, logger: logger, lastCommittedSequence: committed)
         } catch let error as MeridianError {
             throw error
@@ -176,14 +178,57 @@ public final class RegionStore: Sendable {
     public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
         try await reading { db in
             let statement = try db.cachedStatement(sql: """
-                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies
+                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, concurrent
                 FROM kv WHERE keyspace = ? AND key = ?
                 """)
             guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
             return StoredValue(
                 keyspace: keyspace, key: key, value: Array(row["value"] as Data? ?? Data()),
                 contentType: row["content_type"], version: try Self.version(row), tombstone: row["tombstone"],
-                dependencies: try Self.dependencies(row))
+                dependencies: try Self.dependencies(row), concurrent: row["concurrent"])
+        }
+    }
+
+    /// A key's full state: every version not superseded (concurrent writes) and its causal context.
+    public func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? {
+        try await reading { db in try KeyStateRows.load(db, keyspace, key) }
+    }
+
+    /// A page of a keyspace's conflicts log, oldest first.
+    /// - Parameters:
+    ///   - after: Only records after this id (paging).
+    ///   - key: Only records of this key.
+    ///   - limit: The most records returned.
+    public func conflicts(keyspace: KeyspaceName, key: Key? = nil, after: Int64 = 0, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
+        precondition(limit > 0)
+        return try await reading { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT * FROM conflicts WHERE keyspace = ? AND id > ? \(key == nil ? "" : "AND key = ?") ORDER BY id LIMIT ?
+                """, arguments: StatementArguments([keyspace.rawValue, after] + (key.map { [$0.rawValue] } ?? []) + [limit]))
+            return try rows.map { row in
+                let loserOrigin = try RegionName(row["loser_origin"] as String)
+                let winnerOrigin = try RegionName(row["winner_origin"] as String)
+                return ConflictRecord(
+                    id: row["id"], keyspace: keyspace, key: try Key(row["key"] as String), rule: row["rule"],
+                    recordedMs: UInt64(row["recorded_ms"] as Int64),
+                    loser: KeyVersion(
+                        version: Version(hlc: HLCTimestamp(physicalMs: UInt64(row["loser_hlc_physical_ms"] as Int64), logical: UInt32(row["loser_hlc_logical"] as Int64),
+                                                           region: loserOrigin), sequence: UInt64(row["loser_sequence"] as Int64)),
+                        tombstone: row["loser_tombstone"], contentType: row["loser_content_type"], value: Array(row["loser_value"] as Data? ?? Data())),
+                    winner: Version(hlc: HLCTimestamp(physicalMs: UInt64(row["winner_hlc_physical_ms"] as Int64), logical: UInt32(row["winner_hlc_logical"] as Int64),
+                                                      region: winnerOrigin), sequence: UInt64(row["winner_sequence"] as Int64)))
+            }
+        }
+    }
+
+    /// How many records each keyspace's conflicts log holds.
+    public func conflictCounts() async throws(MeridianError) -> [String: Int] {
+        try await reading { db in
+            var result: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT keyspace, COUNT(*) AS n FROM conflicts GROUP BY keyspace") {
+                result[row["keyspace"]] = row["n"]
+            }
+            return result
         }
     }
 
@@ -229,7 +274,8 @@ public final class RegionStore: Sendable {
                     hlc: HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin),
                     epoch: UInt64(row["epoch"] as Int64), keyspace: try KeyspaceName(row["keyspace"] as String), key: try Key(row["key"] as String),
                     operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()),
-                    dependencies: try Self.dependencies(row))
+                    dependencies: try Self.dependencies(row),
+                    context: try (row["context"] as Data?).map { try KeyStateRows.decodeVector($0) } ?? [:])
             }
         }
     }
@@ -354,6 +400,29 @@ public final class RegionStore: Sendable {
             try db.execute(sql: """
                 ALTER TABLE log ADD COLUMN dependencies BLOB;
                 ALTER TABLE kv ADD COLUMN dependencies BLOB;
+                """)
+        }
+        // Conflict handling: each write's causal context (in the log, shipped again on catch-up; on the key, every
+        // write to it seen here), the versions kept beside the winner while concurrent writes are unresolved,
+        // and the conflicts log of values discarded by a keyspace's rule.
+        migrator.registerMigration("v4-conflicts") { db in
+            try db.execute(sql: """
+                ALTER TABLE log ADD COLUMN context BLOB;
+                ALTER TABLE kv ADD COLUMN context BLOB;
+                ALTER TABLE kv ADD COLUMN concurrent INTEGER NOT NULL DEFAULT 0;
+                CREATE TABLE frontier (
+                    keyspace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, content_type TEXT NOT NULL,
+                    hlc_physical_ms INTEGER NOT NULL, hlc_logical INTEGER NOT NULL, origin TEXT NOT NULL,
+                    sequence INTEGER NOT NULL, tombstone INTEGER NOT NULL, dependencies BLOB,
+                    PRIMARY KEY (keyspace, key, origin, sequence)) WITHOUT ROWID;
+                CREATE TABLE conflicts (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, keyspace TEXT NOT NULL, key TEXT NOT NULL, rule TEXT NOT NULL,
+                    recorded_ms INTEGER NOT NULL, loser_origin TEXT NOT NULL, loser_sequence INTEGER NOT NULL,
+                    loser_hlc_physical_ms INTEGER NOT NULL, loser_hlc_logical INTEGER NOT NULL, loser_tombstone INTEGER NOT NULL,
+                    loser_content_type TEXT NOT NULL, loser_value BLOB NOT NULL, winner_origin TEXT NOT NULL,
+                    winner_sequence INTEGER NOT NULL, winner_hlc_physical_ms INTEGER NOT NULL, winner_hlc_logical INTEGER NOT NULL);
+                CREATE UNIQUE INDEX conflicts_loser ON conflicts (keyspace, key, loser_origin, loser_sequence);
+                CREATE INDEX conflicts_keyspace ON conflicts (keyspace, id);
                 """)
         }
         return migrator

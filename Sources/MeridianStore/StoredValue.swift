@@ -16,6 +16,8 @@ public struct StoredValue: Sendable, Hashable {
     public let tombstone: Bool
     /// What the writer's session had seen of other origins (a reader's session takes it in).
     public var dependencies: [RegionName: UInt64] = [:]
+    /// How many other versions of the key are held beside this one (concurrent writes not yet superseded).
+    public var concurrent: Int = 0
 }
 
 /// One key of a list result.
@@ -61,10 +63,19 @@ public struct WriteRequest: Sendable, Hashable {
     public let after: HLCTimestamp?
     /// What the writer's session had seen of other origins' logs (recorded on the entry).
     public let dependencies: [RegionName: UInt64]
+    /// Under the `siblings` policy, the causal context the client read: the write replaces exactly the
+    /// versions it names (nil: replaces none, and becomes a sibling of what is there). Other policies
+    /// supersede everything the region holds.
+    public let context: VersionVector?
+    /// A CRDT operation (the keyspace's policy must be `crdt`); `operation` and `value` are then unused.
+    public let crdt: CRDTRequest?
 
     /// Creates a write request.
     public init(keyspace: KeyspaceName, key: Key, operation: MeridianCore.Operation, contentType: String, value: [UInt8],
-                epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil, dependencies: [RegionName: UInt64] = [:]) {
+                epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil, dependencies: [RegionName: UInt64] = [:],
+                context: VersionVector? = nil, crdt: CRDTRequest? = nil) {
+        self.context = context
+        self.crdt = crdt
         self.after = after
         self.dependencies = dependencies
         self.keyspace = keyspace
@@ -77,12 +88,28 @@ public struct WriteRequest: Sendable, Hashable {
     }
 }
 
+/// An operation on a key's CRDT value.
+public struct CRDTRequest: Sendable, Hashable {
+    /// The type the key holds (or is created as).
+    public let type: CRDTType
+    /// What to do to it.
+    public let operation: CRDTOperation
+
+    public init(type: CRDTType, operation: CRDTOperation) {
+        self.type = type
+        self.operation = operation
+    }
+}
+
 /// What became of a write request.
 public enum WriteOutcome: Sendable, Hashable {
     /// The write is durable with this version; the entry is in the replication log.
     case committed(ReplicationEntry)
     /// `If-Match` did not hold; nothing was written. Carries the key's current version, if it has one.
     case preconditionFailed(current: Version?)
+    /// The write does not fit the key or keyspace (a CRDT type or policy mismatch, a value grown too large);
+    /// nothing was written.
+    case refused(MeridianError)
 }
 
 /// Receives store events for metrics; called off the request path, must not block.
@@ -92,4 +119,27 @@ public protocol StoreObserver: Sendable {
     ///   - writes: How many writes shared the transaction.
     ///   - commitSeconds: How long the transaction took, fsync of the WAL included.
     func commitCompleted(writes: Int, commitSeconds: Double)
+    /// Values that lost a conflict were recorded in a keyspace's conflicts log (and old records dropped
+    /// beyond its retention).
+    func conflictsRecorded(keyspace: KeyspaceName, recorded: Int, dropped: Int)
+}
+
+extension StoreObserver {
+    public func conflictsRecorded(keyspace: KeyspaceName, recorded: Int, dropped: Int) {}
+}
+
+/// One record of a keyspace's conflicts log: a value this region discarded because a concurrent write won.
+public struct ConflictRecord: Sendable, Hashable {
+    /// The record's position in the log (increasing; page with it).
+    public let id: Int64
+    public let keyspace: KeyspaceName
+    public let key: Key
+    /// The rule that decided (`lww`, `fww`, `region-priority`, or `crdt-type` for a CRDT type clash).
+    public let rule: String
+    /// When this region recorded it (its wall clock, ms).
+    public let recordedMs: UInt64
+    /// The version that lost, and what it held.
+    public let loser: KeyVersion
+    /// The version that won.
+    public let winner: Version
 }

@@ -7,50 +7,50 @@ import MeridianCore
 import PropertyBased
 import Testing
 
-/// A CRDT the law tests can drive: `op` picks an operation deterministically.
+/// A CRDT the law tests can drive: `op` picks an operation deterministically; it returns the delta.
 protocol Scripted: ConvergentType {
     init()
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64)
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> Self
 }
 
 extension GCounter: Scripted {
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) { increment(op % 5 + 1, at: region) }
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> GCounter { increment(op % 5 + 1, at: region) }
 }
 
 extension PNCounter: Scripted {
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) { add(Int64(op % 11) - 5, at: region) }
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> PNCounter { add(Int64(op % 11) - 5, at: region) }
 }
 
 extension ORSet: Scripted {
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) {
-        if op % 3 == 0 { remove("e\(op / 3 % 4)") } else { add("e\(op / 3 % 4)", at: region) }
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> ORSet {
+        if op % 3 == 0 { return remove("e\(op / 3 % 4)") }
+        return add("e\(op / 3 % 4)", at: region)
     }
 }
 
 extension LWWRegister: Scripted {
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) {
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> LWWRegister {
         assign("v\(op % 100)", at: HLCTimestamp(physicalMs: clock / 2, logical: UInt32(op % 2), region: region))
     }
 }
 
 extension MVRegister: Scripted {
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) { assign("v\(op % 100)", at: region) }
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> MVRegister { assign("v\(op % 100)", at: region) }
 }
 
 extension ORMap: Scripted {
-    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) {
+    mutating func apply(op: UInt64, at region: RegionName, clock: UInt64) -> ORMap {
         let key = "f\(op % 3)"
-        switch op / 3 % 4 {
-        case 0: remove(key)
-        case 1: update(key, at: region, initial: .pnCounter(PNCounter())) { field in
-            if case .pnCounter(var counter) = field { counter.add(Int64(op % 7) - 3, at: region); field = .pnCounter(counter) }
-        }
-        case 2: update("s\(op % 2)", at: region, initial: .orSet(ORSet())) { field in
-            if case .orSet(var set) = field { set.add("x\(op % 5)", at: region); field = .orSet(set) }
-        }
-        default: update("r", at: region, initial: .mvRegister(MVRegister())) { field in
-            if case .mvRegister(var register) = field { register.assign("m\(op % 9)", at: region); field = .mvRegister(register) }
-        }
+        let at = HLCTimestamp(physicalMs: clock, logical: 0, region: region)
+        do {
+            switch op / 3 % 4 {
+            case 0: return remove(key)
+            case 1: return try update(key, type: .pnCounter, .increment(op % 7 + 1), at: at)
+            case 2: return try update("s\(op % 2)", type: .orSet, .add(["x\(op % 5)"]), at: at)
+            default: return try update("r", type: .mvRegister, .assign("m\(op % 9)"), at: at)
+            }
+        } catch {
+            preconditionFailure("the script only applies operations of each field's own type: \(error)")
         }
     }
 }
@@ -66,7 +66,7 @@ extension ORMap: Scripted {
             if word / 9 % 4 == 0 && i != j {
                 replicas[i].merge(replicas[j])
             } else {
-                replicas[i].apply(op: word / 36, at: regions[i], clock: UInt64(step + 1))
+                _ = replicas[i].apply(op: word / 36, at: regions[i], clock: UInt64(step + 1))
             }
         }
         return replicas
@@ -83,6 +83,44 @@ extension ORMap: Scripted {
             let finals = Set(orders.map { replicas[$0[0]].merged(replicas[$0[1]]).merged(replicas[$0[2]]) })
             #expect(finals.count == 1, "every merge order converges")
         }
+    }
+
+    /// Replicas that exchange only deltas, delivered in any order (even an origin's own deltas out of their
+    /// order), end equal to each other and to the merge of full states.
+    func checkDeltas<T: Scripted>(_ type: T.Type) async {
+        await propertyCheck(count: 200, input: Gen.uint64(in: 0...UInt64.max).array(of: 1...50)) { script in
+            var replicas = [T(), T(), T()]
+            var deltas: [(from: Int, delta: T)] = []
+            var delivered = [Set<Int>(), Set<Int>(), Set<Int>()]
+            for (step, word) in script.enumerated() {
+                let i = Int(word % 3)
+                if word / 3 % 3 == 0, !deltas.isEmpty {
+                    // Deliver a delta chosen by the script, not necessarily the next one.
+                    let index = Int(word / 9 % UInt64(deltas.count))
+                    if deltas[index].from != i && delivered[i].insert(index).inserted { replicas[i].merge(deltas[index].delta) }
+                } else {
+                    deltas.append((i, replicas[i].apply(op: word / 36, at: Self.regions[i], clock: UInt64(step + 1))))
+                    delivered[i].insert(deltas.count - 1)
+                }
+            }
+            for i in 0..<3 {
+                for index in deltas.indices.reversed() where delivered[i].insert(index).inserted { replicas[i].merge(deltas[index].delta) }
+            }
+            #expect(replicas[0] == replicas[1] && replicas[1] == replicas[2], "deltas in any order converge")
+            var fromDeltas = T()
+            var generator = SplitMix(seed: script[0])
+            for entry in deltas.shuffled(using: &generator) { fromDeltas.merge(entry.delta) }
+            #expect(fromDeltas == replicas[0], "the deltas alone rebuild the state")
+        }
+    }
+
+    @Test func deltasConverge() async {
+        await checkDeltas(GCounter.self)
+        await checkDeltas(PNCounter.self)
+        await checkDeltas(ORSet.self)
+        await checkDeltas(LWWRegister.self)
+        await checkDeltas(MVRegister.self)
+        await checkDeltas(ORMap.self)
     }
 
     @Test func gCounter() async { await checkLaws(GCounter.self) }
@@ -150,15 +188,11 @@ extension ORMap: Scripted {
         #expect(c.merged(d).value == d.merged(c).value)
     }
 
-    @Test func orMapFieldsMergeAndAConcurrentUpdateRevivesARemovedKey() {
+    @Test func orMapFieldsMergeAndAConcurrentUpdateRevivesARemovedKey() throws {
         var a = ORMap()
-        a.update("likes", at: us, initial: .pnCounter(PNCounter())) { field in
-            if case .pnCounter(var counter) = field { counter.add(2, at: us); field = .pnCounter(counter) }
-        }
+        try a.update("likes", type: .pnCounter, .increment(2), at: HLCTimestamp(physicalMs: 1, logical: 0, region: us))
         var b = a
-        b.update("likes", at: eu, initial: .pnCounter(PNCounter())) { field in
-            if case .pnCounter(var counter) = field { counter.add(3, at: eu); field = .pnCounter(counter) }
-        }
+        try b.update("likes", type: .pnCounter, .increment(3), at: HLCTimestamp(physicalMs: 2, logical: 0, region: eu))
         a.remove("likes")
         let merged = a.merged(b)
         guard case .pnCounter(let counter)? = merged["likes"] else {
@@ -166,5 +200,18 @@ extension ORMap: Scripted {
             return
         }
         #expect(counter.value == 5 && merged == b.merged(a))
+    }
+}
+
+/// A seeded generator, so a failing property run repeats exactly.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

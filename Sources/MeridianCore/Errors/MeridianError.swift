@@ -20,6 +20,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case methodNotAllowed = "method_not_allowed"
             case consistencyNotAllowed = "consistency_not_allowed"
             case notReplicaRegion = "not_replica_region"
+            case crdtTypeMismatch = "crdt_type_mismatch"
+            case conflictPolicyMismatch = "conflict_policy_mismatch"
             case preconditionFailed = "precondition_failed"
             case valueTooLarge = "value_too_large"
             case ackUnavailable = "ack_unavailable"
@@ -57,6 +59,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let methodNotAllowed = Code(.methodNotAllowed)
         public static let consistencyNotAllowed = Code(.consistencyNotAllowed)
         public static let notReplicaRegion = Code(.notReplicaRegion)
+        public static let crdtTypeMismatch = Code(.crdtTypeMismatch)
+        public static let conflictPolicyMismatch = Code(.conflictPolicyMismatch)
         public static let preconditionFailed = Code(.preconditionFailed)
         public static let valueTooLarge = Code(.valueTooLarge)
         public static let ackUnavailable = Code(.ackUnavailable)

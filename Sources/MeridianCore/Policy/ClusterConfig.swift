@@ -352,6 +352,7 @@ struct ConfigParser {
             case "log_retention_entries": limits.logRetentionEntries = number
             case "forwards_inflight_max": limits.forwardsInflightMax = number
             case "read_wait_ms": limits.readWaitMs = number
+            case "conflicts_log_max": limits.conflictsLogMax = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

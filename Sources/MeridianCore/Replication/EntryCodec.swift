@@ -3,23 +3,24 @@
 /// Frame layout (all integers big-endian):
 ///
 ///     u32 frameLength        bytes after this field
-///     u8  codecVersion       2
+///     u8  codecVersion       3
 ///     u8  originLength, origin bytes
 ///     u64 sequence
 ///     u64 hlcPhysicalMs, u32 hlcLogical
 ///     u64 epoch
 ///     u8  keyspaceLength, keyspace bytes
 ///     u16 keyLength, key bytes
-///     u8  operation          1 put, 2 delete
+///     u8  operation          1 put, 2 delete, 3 merge (a CRDT delta)
 ///     u8  contentTypeLength, content type bytes
 ///     u32 valueLength, value bytes
 ///     u8  dependencyCount, per dependency: u8 originLength, origin bytes, u64 sequence
+///     u8  contextCount, per origin: u8 originLength, origin bytes, u64 sequence
 ///
 /// Decoding validates every field and returns a typed error for truncated, oversized or garbage input;
 /// it never traps.
 public struct EntryCodec: Sendable {
     /// The codec version this build writes and reads.
-    public static let version: UInt8 = 2
+    public static let version: UInt8 = 3
     /// Bytes before the frame body: the u32 length.
     public static let lengthPrefixBytes = 4
     /// The most bytes of a content type.
@@ -38,14 +39,14 @@ public struct EntryCodec: Sendable {
     /// The largest frame this codec will decode, prefix included.
     public var frameBytesMax: Int {
         Self.lengthPrefixBytes + 1 + (1 + 64) + 8 + 12 + 8 + (1 + 64) + (2 + Key.utf8BytesMax) + 1
-            + (1 + Self.contentTypeBytesMax) + (4 + valueBytesMax) + 1 + ReplicationEntry.dependenciesMax * (1 + 64 + 8)
+            + (1 + Self.contentTypeBytesMax) + (4 + valueBytesMax) + 2 * (1 + ReplicationEntry.dependenciesMax * (1 + 64 + 8))
     }
 
     /// The bytes `encode` writes for an entry, length prefix included.
     public static func encodedBytes(_ entry: ReplicationEntry) -> Int {
         lengthPrefixBytes + 1 + 1 + entry.origin.rawValue.utf8.count + 8 + 12 + 8 + 1 + entry.keyspace.rawValue.utf8.count
             + 2 + entry.key.rawValue.utf8.count + 1 + 1 + min(entry.contentType.utf8.count, contentTypeBytesMax) + 4 + entry.value.count
-            + DependencyCodec.encodedBytes(entry.dependencies)
+            + DependencyCodec.encodedBytes(entry.dependencies) + DependencyCodec.encodedBytes(entry.context)
     }
 
     /// Appends one frame to `buffer`.
@@ -56,6 +57,7 @@ public struct EntryCodec: Sendable {
         let contentType = Array(entry.contentType.utf8.prefix(Self.contentTypeBytesMax))
         let bodyLength = 1 + 1 + origin.count + 8 + 12 + 8 + 1 + keyspace.count + 2 + key.count + 1
             + 1 + contentType.count + 4 + entry.value.count + DependencyCodec.encodedBytes(entry.dependencies)
+            + DependencyCodec.encodedBytes(entry.context)
         buffer.reserveCapacity(buffer.count + Self.lengthPrefixBytes + bodyLength)
         append(UInt32(bodyLength), to: &buffer)
         buffer.append(Self.version)
@@ -70,6 +72,7 @@ public struct EntryCodec: Sendable {
         buffer.append(UInt8(contentType.count)); buffer += contentType
         append(UInt32(entry.value.count), to: &buffer); buffer += entry.value
         DependencyCodec.append(entry.dependencies, to: &buffer)
+        DependencyCodec.append(entry.context, to: &buffer)
     }
 
     /// Encodes one entry as a standalone frame.
@@ -140,7 +143,7 @@ public struct EntryCodec: Sendable {
         let key = try Key(try body.utf8(keyLength, "key"))
         let operationByte = try body.required(body.readUInt8(), "operation")
         guard let operation = Operation(rawValue: operationByte) else {
-            throw MeridianError(.codecInvalidField, "The replication frame has operation \(operationByte); known operations are 1 (put) and 2 (delete).",
+            throw MeridianError(.codecInvalidField, "The replication frame has operation \(operationByte); known operations are 1 (put), 2 (delete) and 3 (merge).",
                                 context: ["field": "operation", "value": String(operationByte)])
         }
         let contentTypeLength = Int(try body.required(body.readUInt8(), "content_type_length"))
@@ -154,11 +157,12 @@ public struct EntryCodec: Sendable {
         var dependencies = try DependencyCodec.read(&body)
         // An entry never depends on its own origin: its log order already says that.
         dependencies[origin] = nil
+        let context = try DependencyCodec.read(&body)
         return ReplicationEntry(
             origin: origin, sequence: sequence,
             hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin),
             epoch: epoch, keyspace: keyspace, key: key, operation: operation,
-            contentType: contentType, value: value, dependencies: dependencies)
+            contentType: contentType, value: value, dependencies: dependencies, context: context)
     }
 
     private func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {

@@ -156,7 +156,7 @@ public struct ForwardedReply: Sendable, Hashable {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 2
+    public static let protocolVersion: UInt8 = 3
     /// The most headers a forwarded write or reply carries.
     public static let headersMax = 32
 

@@ -4,11 +4,14 @@ public enum Operation: UInt8, Sendable, Hashable, CustomStringConvertible {
     case put = 1
     /// Replace the value with a tombstone.
     case delete = 2
+    /// Merge a CRDT delta into the key's CRDT value.
+    case merge = 3
 
     public var description: String {
         switch self {
         case .put: "put"
         case .delete: "delete"
+        case .merge: "merge"
         }
     }
 }
@@ -69,6 +72,9 @@ public struct ReplicationEntry: Hashable, Sendable {
     /// who sees this write is owed those writes too (monotonic writes, writes-follow-reads). Empty for writes
     /// outside a session.
     public let dependencies: [RegionName: UInt64]
+    /// Every earlier write to this key the writer had seen, as a version vector of log sequences: the
+    /// write supersedes exactly those. A write concurrent with this one is one this context does not name.
+    public let context: [RegionName: UInt64]
 
     /// The most origins an entry's dependencies name.
     public static let dependenciesMax = 32
@@ -77,12 +83,14 @@ public struct ReplicationEntry: Hashable, Sendable {
     public init(
         origin: RegionName, sequence: UInt64, hlc: HLCTimestamp, epoch: UInt64,
         keyspace: KeyspaceName, key: Key, operation: Operation, contentType: String, value: [UInt8],
-        dependencies: [RegionName: UInt64] = [:]
+        dependencies: [RegionName: UInt64] = [:], context: [RegionName: UInt64] = [:]
     ) {
         precondition(hlc.region == origin, "an entry's HLC is issued by its origin")
         precondition(sequence >= 1, "sequences start at 1")
         precondition(dependencies[origin] == nil && dependencies.count <= Self.dependenciesMax, "dependencies name other origins, at most 32")
+        precondition(context.count <= Self.dependenciesMax && context.values.allSatisfy { $0 >= 1 }, "a context names at most 32 origins")
         self.dependencies = dependencies
+        self.context = context
         self.origin = origin
         self.sequence = sequence
         self.hlc = hlc

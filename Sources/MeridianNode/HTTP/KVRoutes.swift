@@ -15,9 +15,12 @@ struct WriteAnswer: Encodable {
     let ack: String
     let ackedBy: [String]
     let operation: String
+    /// For a CRDT operation: the key's type and value after it.
+    var type: String?
+    var value: JSONValue?
 
     enum CodingKeys: String, CodingKey {
-        case keyspace, key, version, region, ack, operation
+        case keyspace, key, version, region, ack, operation, type, value
         case ackedBy = "acked_by"
     }
 }
@@ -72,13 +75,20 @@ extension RegionNode {
     static let consistencyHeader = HTTPField.Name("Meridian-Consistency")!
     static let maxStalenessHeader = HTTPField.Name("Meridian-Max-Staleness-Ms")!
     /// The headers a forwarded read carries to the region that serves it.
-    static let forwardedReadHeaderNames: [HTTPField.Name] = [consistencyHeader, maxStalenessHeader, sessionHeader]
+    static let forwardedReadHeaderNames: [HTTPField.Name] = [consistencyHeader, maxStalenessHeader, sessionHeader, readAsHeader]
+
+    /// How a read renders the value: as stored bytes (`/v1/kv`) or as a CRDT's JSON (`/v1/crdt`).
+    enum ReadAs: String {
+        case value
+        case crdt
+    }
 
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
     func serveForwardedRead(_ read: ForwardedRead) async -> ForwardedReply {
         await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames) {
             policy, headers throws(MeridianError) in
-            try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true)
+            try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true,
+                                as: headers[Self.readAsHeader] == ReadAs.crdt.rawValue ? .crdt : .value)
         }
     }
 
@@ -145,13 +155,16 @@ extension RegionNode {
         }
     }
 
-    private func read(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
+    func read(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, forwarded: Bool,
+              as mode: ReadAs = .value) async throws(MeridianError) -> RenderedResponse {
+        let rule = ConflictRule(policy: policy)
+        guard (rule == .crdt) == (mode == .crdt) else { throw policyMismatch(policy, crdtAPI: mode == .crdt) }
         let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
         let (level, stalenessMs): (ConsistencyLevel, UInt64?)
         switch try await route(policy, key: key, options: options, forwarded: forwarded) {
         case .forward(let target, let otherwise):
             do {
-                return try await forwardRead(to: target, options: options, policy: policy, key: key)
+                return try await forwardRead(to: target, options: options, policy: policy, key: key, as: mode)
             } catch where error.code == .regionUnavailable {
                 // Nowhere to go: the reason this region could not serve the read is the answer.
                 if let otherwise { throw otherwise }
@@ -166,6 +179,9 @@ extension RegionNode {
         let stored = try await store.get(keyspace: policy.name, key: key)
         if level == .strong, let stored { try await awaitMajority(stored.version, policy: policy) }
         var session = options.session ?? SessionToken()
+        if rule == .siblings, let answer = try await renderSiblings(policy: policy, key: key, session: &session, level: level, stalenessMs: stalenessMs) {
+            return answer
+        }
         if let stored {
             // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
             // reads this value next with the token, in any region). A delete counts too: having seen it, the
@@ -181,15 +197,16 @@ extension RegionNode {
             notFound.headers[.cacheControl] = "no-store"
             return notFound
         }
-        var answer: HTTPFields = [
-            .contentType: stored.contentType,
-            .eTag: "\"\(stored.version)\"",
-            Self.sessionHeader: session.encoded(with: sessionKey),
-        ]
+        var rendered = mode == .crdt
+            ? try renderCRDT(policy: policy, key: key, stored: stored)
+            : RenderedResponse(status: .ok, headers: [.contentType: stored.contentType, .eTag: "\"\(stored.version)\""], body: ByteBuffer(bytes: stored.value))
+        var answer = rendered.headers
+        answer[Self.sessionHeader] = session.encoded(with: sessionKey)
         if policy.topology == .singleLeader { answer[Self.epochHeader] = "1" }
         if let stalenessMs { answer[Self.stalenessHeader] = String(stalenessMs) }
         answer[.cacheControl] = Self.cacheControl(policy, level: level)
-        return RenderedResponse(status: .ok, headers: answer, body: ByteBuffer(bytes: stored.value))
+        rendered.headers = answer
+        return rendered
     }
 
     /// Only eventual and prefix answers may be reused, and only by the client that got them (the answer carries
@@ -218,8 +235,8 @@ extension RegionNode {
     }
 
     /// Sends a read to a region that can serve it, over the stream to that region, and relays its answer.
-    private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key) async throws(MeridianError) -> RenderedResponse {
-        var carried: [ForwardedHeader] = []
+    private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key, as mode: ReadAs) async throws(MeridianError) -> RenderedResponse {
+        var carried: [ForwardedHeader] = [ForwardedHeader(name: Self.readAsHeader.canonicalName, value: mode.rawValue)]
         if let level = options.consistency { carried.append(ForwardedHeader(name: "Meridian-Consistency", value: level.rawValue)) }
         if let bound = options.maxStalenessMs { carried.append(ForwardedHeader(name: "Meridian-Max-Staleness-Ms", value: String(bound))) }
         if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded(with: sessionKey))) }
@@ -268,14 +285,14 @@ extension RegionNode {
     }
 
     /// The headers a forwarded write carries to the region that takes it.
-    static let forwardedHeaderNames: [HTTPField.Name] = [HTTPField.Name("Meridian-Ack")!, .ifMatch, sessionHeader]
+    static let forwardedHeaderNames: [HTTPField.Name] = [HTTPField.Name("Meridian-Ack")!, .ifMatch, sessionHeader, contextHeader]
 
     /// A write sent here by another region (which found that this region takes it): run it as if a client
     /// had sent it here, never forwarding it again, and render the answer for the stream.
     func serveForwarded(_ write: ForwardedWrite) async -> ForwardedReply {
         await serveForwardedRequest(id: write.id, keyspace: write.keyspace, headers: write.headers, allowed: Self.forwardedHeaderNames) {
             policy, headers throws(MeridianError) in
-            let contentType = write.operation == .put ? try Self.validContentType(write.contentType) : ""
+            let contentType = write.operation == .delete ? "" : try Self.validContentType(write.contentType)
             guard write.value.count <= self.limits.valueBytesMax else {
                 throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(self.limits.valueBytesMax) bytes.")
             }
@@ -284,8 +301,20 @@ extension RegionNode {
         }
     }
 
-    private func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
-                       contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
+    /// A put, a delete, or (operation `merge`, the value being the JSON operation) a CRDT operation.
+    func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
+               contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
+        let rule = ConflictRule(policy: policy)
+        guard (rule == .crdt) == (operation == .merge) else { throw policyMismatch(policy, crdtAPI: operation == .merge) }
+        let crdt = operation == .merge ? try CRDTJSON.parse(value) : nil
+        var causalContext: VersionVector?
+        if rule == .siblings {
+            let values = headers[values: Self.contextHeader]
+            guard values.count <= 1 else {
+                throw MeridianError(.invalidHeader, "Meridian-Context is given \(values.count) times; give it once.", context: ["header": "Meridian-Context"])
+            }
+            causalContext = try values.first.map { text throws(MeridianError) in try CausalContextToken.decode(text, key: sessionKey) }
+        }
         let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
         if let session = options.session { try admission.checkSessionOrigins(session) }
         let ifMatch = try RequestOptions.precondition(headers)
@@ -299,9 +328,12 @@ extension RegionNode {
             tags.contains(.any) ? .exists : .versionIsOneOf(tags.compactMap { if case .version(let v) = $0 { v } else { nil } })
         }
         let outcome = try await store.write(WriteRequest(
-            keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value,
-            epoch: epoch, precondition: precondition, after: options.session?.clock, dependencies: options.session?.seen ?? [:]))
+            keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: crdt == nil ? value : [],
+            epoch: epoch, precondition: precondition, after: options.session?.clock, dependencies: options.session?.seen ?? [:],
+            context: causalContext, crdt: crdt))
         switch outcome {
+        case .refused(let error):
+            throw error
         case .preconditionFailed(let current):
             var context = ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]
             context["current_version"] = current?.description
@@ -334,10 +366,13 @@ extension RegionNode {
             }
             var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded(with: sessionKey)]
             if policy.topology == .singleLeader { headers[Self.epochHeader] = String(epoch) }
-            return JSON.rendered(
-                WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
-                            ack: ack.rawValue, ackedBy: ackedBy.map(\.rawValue), operation: operation.description),
-                headers: headers)
+            var answer = WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
+                                     ack: ack.rawValue, ackedBy: ackedBy.map(\.rawValue), operation: crdt?.operation.name ?? operation.description)
+            if crdt != nil, let stored = try await store.get(keyspace: policy.name, key: key), let current = try? CRDTCodec.decode(stored.value) {
+                answer.type = current.type.rawValue
+                answer.value = CRDTJSON.render(current)
+            }
+            return JSON.rendered(answer, headers: headers)
         }
     }
 
@@ -348,6 +383,7 @@ extension RegionNode {
         if let ack = options.ack { carried.append(ForwardedHeader(name: "Meridian-Ack", value: ack.rawValue)) }
         for tag in headers[values: .ifMatch] { carried.append(ForwardedHeader(name: "If-Match", value: tag)) }
         if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded(with: sessionKey))) }
+        if let context = headers[Self.contextHeader] { carried.append(ForwardedHeader(name: Self.contextHeader.canonicalName, value: context)) }
         let reply: ForwardedReply
         do {
             reply = try await replicator.forward(to: target) { id in
@@ -413,7 +449,7 @@ extension RegionNode {
     }
 
     /// Reads the request body, refusing more than `valueBytesMax` bytes with 413 before buffering them.
-    private func readBody(_ request: Request) async throws(MeridianError) -> [UInt8] {
+    func readBody(_ request: Request) async throws(MeridianError) -> [UInt8] {
         let limit = limits.valueBytesMax
         let tooLarge = MeridianError(.valueTooLarge, "The value is larger than the limit of \(limit) bytes. Split it, or raise limits.value_bytes_max.",
                                      context: ["value_bytes_max": String(limit)])

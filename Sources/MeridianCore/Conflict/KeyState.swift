@@ -1,0 +1,166 @@
+/// How a keyspace picks the visible value among concurrent writes to one key.
+public enum ConflictRule: Sendable, Hashable {
+    /// Highest HLC wins; region name breaks ties (the HLC order includes it).
+    case lww
+    /// Lowest HLC wins.
+    case fww
+    /// The write from the region listed first wins; regions not listed rank after every listed one, and
+    /// two writes of equally ranked regions fall back to `lww`.
+    case regionPriority([RegionName])
+    /// Values are CRDT states; concurrent operations merge, so no write loses.
+    case crdt
+    /// Concurrent versions are all kept and returned; the client resolves them.
+    case siblings
+
+    /// The rule a keyspace's policy names. Keyspaces with a single writer per key resolve by `lww`, which
+    /// only matters across a failover (two leaders' terms) and orders them by HLC like everything else.
+    public init(policy: KeyspacePolicy) {
+        switch policy.conflict {
+        case .none, .lww: self = .lww
+        case .fww: self = .fww
+        case .regionPriority: self = .regionPriority(policy.priority ?? [])
+        case .crdt: self = .crdt
+        case .siblings: self = .siblings
+        }
+    }
+
+    /// The rule's name as the cluster file and the conflicts log spell it.
+    public var name: String {
+        switch self {
+        case .lww: ConflictPolicy.lww.rawValue
+        case .fww: ConflictPolicy.fww.rawValue
+        case .regionPriority: ConflictPolicy.regionPriority.rawValue
+        case .crdt: ConflictPolicy.crdt.rawValue
+        case .siblings: ConflictPolicy.siblings.rawValue
+        }
+    }
+
+    /// Whether the rule picks one value and discards the others (each discarded value is a loss to log).
+    public var discardsLosers: Bool {
+        switch self {
+        case .lww, .fww, .regionPriority: true
+        case .crdt, .siblings: false
+        }
+    }
+
+    /// Whether `a` beats `b`, a write concurrent with it. A strict total order over distinct writes, so
+    /// every region picks the same winner from the same set, whatever order the writes arrived in.
+    public func prefers(_ a: KeyVersion, over b: KeyVersion) -> Bool {
+        switch self {
+        case .siblings:
+            // The version that stands for a set of siblings is a live one when there is one.
+            if a.tombstone != b.tombstone { return !a.tombstone }
+            return a.version.hlc > b.version.hlc
+        case .lww, .crdt:
+            return a.version.hlc > b.version.hlc
+        case .fww:
+            return a.version.hlc < b.version.hlc
+        case .regionPriority(let order):
+            let rankA = order.firstIndex(of: a.version.origin) ?? order.count
+            let rankB = order.firstIndex(of: b.version.origin) ?? order.count
+            if rankA != rankB { return rankA < rankB }
+            return a.version.hlc > b.version.hlc
+        }
+    }
+}
+
+/// One write of a key as a region keeps it: its version, what it stored, and the session dependencies
+/// it carries.
+public struct KeyVersion: Sendable, Hashable {
+    /// The write's version (origin, log sequence, HLC).
+    public let version: Version
+    /// Whether the write deleted the key.
+    public let tombstone: Bool
+    /// The media type of `value`.
+    public let contentType: String
+    /// The bytes stored (empty for a tombstone).
+    public let value: [UInt8]
+    /// What the writer's session had seen of other origins.
+    public let dependencies: [RegionName: UInt64]
+
+    /// Creates a version.
+    public init(version: Version, tombstone: Bool, contentType: String, value: [UInt8], dependencies: [RegionName: UInt64] = [:]) {
+        self.version = version
+        self.tombstone = tombstone
+        self.contentType = contentType
+        self.value = value
+        self.dependencies = dependencies
+    }
+
+    /// The version an entry writes.
+    public init(entry: ReplicationEntry) {
+        self.init(version: entry.version, tombstone: entry.operation == .delete, contentType: entry.contentType,
+                  value: entry.value, dependencies: entry.dependencies)
+    }
+
+    /// The write as an event: its origin and its place in the origin's log. Sequences of one origin grow,
+    /// and every region applies an origin's log in order, so a history that includes a write of an origin
+    /// includes every earlier one: a version vector of log sequences describes a key's causal past exactly.
+    public var dot: Dot { Dot(region: version.origin, counter: version.sequence) }
+}
+
+/// A key's state in one region: every write to the key this region has seen (its causal context, as a
+/// version vector of log sequences), and the writes no other seen write superseded (its frontier, as
+/// dotted version vectors keep them). A write supersedes exactly the writes its own context names, so
+/// concurrency is decided by causality, never guessed from timestamps.
+public struct KeyState: Sendable, Hashable {
+    /// Every write to the key this state has seen.
+    public private(set) var context: VersionVector
+    /// The writes not superseded, in dot order; never empty. More than one means concurrent writes.
+    public private(set) var versions: [KeyVersion]
+
+    /// A state holding the given versions and context. The context is widened to include every version.
+    public init(context: VersionVector, versions: [KeyVersion]) {
+        precondition(!versions.isEmpty, "a key's state holds at least one version")
+        var context = context
+        for version in versions where !context.contains(version.dot) { context.set(version.version.origin, version.version.sequence) }
+        self.context = context
+        self.versions = versions.sorted { $0.dot < $1.dot }
+    }
+
+    /// The version reads show under `rule`: the one it prefers over all others (for siblings, the one
+    /// that stands for the set: its version is the key's ETag).
+    public func winner(_ rule: ConflictRule) -> KeyVersion {
+        versions.dropFirst().reduce(versions[0]) { best, candidate in rule.prefers(candidate, over: best) ? candidate : best }
+    }
+
+    /// The versions that lose to the winner under a rule that discards losers (empty otherwise).
+    public func losers(_ rule: ConflictRule) -> [KeyVersion] {
+        guard rule.discardsLosers, versions.count > 1 else { return [] }
+        let best = winner(rule)
+        return versions.filter { $0.dot != best.dot }
+    }
+
+    /// What applying a write did.
+    public enum Outcome: Sendable, Hashable {
+        /// The key's context already names the write: a later write that saw it superseded it first.
+        case superseded
+        /// The new state.
+        case applied(KeyState)
+    }
+
+    /// Applies a write whose writer had seen `context` of this key (not including the write itself).
+    /// The write supersedes every version `context` names; versions it did not see stay beside it.
+    /// - Parameter state: The key's state before, nil when the key was never written here.
+    public static func applying(_ write: KeyVersion, context: VersionVector, to state: KeyState?) -> Outcome {
+        guard let state else { return .applied(KeyState(context: context, versions: [write])) }
+        if state.context.contains(write.dot) { return .superseded }
+        let kept = state.versions.filter { !context.contains($0.dot) }
+        return .applied(KeyState(context: state.context.merged(with: context), versions: kept + [write]))
+    }
+
+    /// The state that has seen everything both states have (anti-entropy): a version survives when both
+    /// hold it, or when the side without it never saw it. Commutative, associative and idempotent.
+    public func merged(with other: KeyState) -> KeyState {
+        let mine = Dictionary(uniqueKeysWithValues: versions.map { ($0.dot, $0) })
+        let theirs = Dictionary(uniqueKeysWithValues: other.versions.map { ($0.dot, $0) })
+        var kept: [Dot: KeyVersion] = [:]
+        for (dot, version) in mine where theirs[dot] != nil || !other.context.contains(dot) { kept[dot] = version }
+        for (dot, version) in theirs where mine[dot] != nil || !context.contains(dot) { kept[dot] = kept[dot] ?? version }
+        // Consistent states always keep a version: a version superseded on one side was superseded by one
+        // that side still holds or saw superseded in turn, ending in a version neither side saw superseded.
+        // States from a peer are not trusted to be consistent, so an empty result keeps both sides' versions.
+        if kept.isEmpty { kept = mine.merging(theirs) { first, _ in first } }
+        return KeyState(context: context.merged(with: other.context), versions: Array(kept.values))
+    }
+}

@@ -1,0 +1,362 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import MeridianCore
+import MeridianHTTP
+import MeridianStore
+import NIOCore
+
+/// A JSON value for answers whose shape depends on data (CRDT values).
+enum JSONValue: Encodable, Equatable {
+    case null
+    case integer(Int64)
+    case unsigned(UInt64)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .integer(let value): try container.encode(value)
+        case .unsigned(let value): try container.encode(value)
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+}
+
+/// A stored value in JSON: as text when it is UTF-8, else as base64.
+struct StoredBytes: Encodable {
+    let bytes: [UInt8]
+
+    enum CodingKeys: String, CodingKey {
+        case value
+        case valueBase64 = "value_base64"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        if let text = String(validating: bytes, as: UTF8.self) {
+            try container.encode(text, forKey: .value)
+        } else {
+            try container.encode(Data(bytes).base64EncodedString(), forKey: .valueBase64)
+        }
+    }
+}
+
+/// The 300 answer of a `siblings` read with concurrent versions.
+struct SiblingsAnswer: Encodable {
+    struct Sibling: Encodable {
+        let version: String
+        let region: String
+        let contentType: String
+        let value: StoredBytes
+
+        enum CodingKeys: String, CodingKey {
+            case version, region
+            case contentType = "content_type"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(version, forKey: .version)
+            try container.encode(region, forKey: .region)
+            try container.encode(contentType, forKey: .contentType)
+            try value.encode(to: encoder)
+        }
+    }
+
+    let keyspace: String
+    let key: String
+    let siblings: [Sibling]
+    let context: String
+}
+
+/// The JSON answer of `GET /v1/conflicts/{keyspace}`.
+struct ConflictsAnswer: Encodable {
+    struct Loser: Encodable {
+        let version: String
+        let region: String
+        let deleted: Bool
+        let contentType: String
+        let value: StoredBytes
+
+        enum CodingKeys: String, CodingKey {
+            case version, region, deleted
+            case contentType = "content_type"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(version, forKey: .version)
+            try container.encode(region, forKey: .region)
+            try container.encode(deleted, forKey: .deleted)
+            try container.encode(contentType, forKey: .contentType)
+            try value.encode(to: encoder)
+        }
+    }
+
+    struct Winner: Encodable {
+        let version: String
+        let region: String
+    }
+
+    struct Record: Encodable {
+        let id: Int64
+        let key: String
+        let rule: String
+        let recordedMs: UInt64
+        let loser: Loser
+        let winner: Winner
+
+        enum CodingKeys: String, CodingKey {
+            case id, key, rule, loser, winner
+            case recordedMs = "recorded_ms"
+        }
+    }
+
+    let keyspace: String
+    let region: String
+    let conflicts: [Record]
+    let nextAfter: Int64?
+
+    enum CodingKeys: String, CodingKey {
+        case keyspace, region, conflicts
+        case nextAfter = "next_after"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(keyspace, forKey: .keyspace)
+        try container.encode(region, forKey: .region)
+        try container.encode(conflicts, forKey: .conflicts)
+        try container.encode(nextAfter, forKey: .nextAfter)
+    }
+}
+
+/// The JSON forms of CRDT operations and values (documented in the README).
+enum CRDTJSON {
+    /// The most elements or fields one operation names.
+    static let namesPerOperationMax = 1000
+
+    /// Parses an operation: `{"type": "pn-counter", "op": "increment", "by": 5}` and the like.
+    static func parse(_ body: [UInt8]) throws(MeridianError) -> CRDTRequest {
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: Data(body)) } catch {
+            throw invalid("The body is not JSON; send an operation such as {\"type\":\"pn-counter\",\"op\":\"increment\",\"by\":1}.")
+        }
+        return try parse(object, nested: false)
+    }
+
+    private static func invalid(_ message: String) -> MeridianError {
+        MeridianError(.invalidRequest, message)
+    }
+
+    private static func parse(_ object: Any, nested: Bool) throws(MeridianError) -> CRDTRequest {
+        guard let fields = object as? [String: Any] else { throw invalid("A CRDT operation is a JSON object with \"type\" and \"op\".") }
+        guard let typeName = fields["type"] as? String, let type = CRDTType(rawValue: typeName) else {
+            throw invalid("\"type\" must be one of \(CRDTType.allCases.map(\.rawValue).joined(separator: ", ")).")
+        }
+        guard let op = fields["op"] as? String else { throw invalid("\"op\" must name the operation, such as \"increment\".") }
+        let allowed: Set<String>
+        let operation: CRDTOperation
+        switch (type, op) {
+        case (.gCounter, "increment"), (.pnCounter, "increment"), (.pnCounter, "decrement"):
+            allowed = ["type", "op", "by"]
+            let by = try amount(fields["by"])
+            operation = op == "increment" ? .increment(by) : .decrement(by)
+        case (.orSet, "add"), (.orSet, "remove"):
+            allowed = ["type", "op", "element", "elements"]
+            let names = try strings(fields, single: "element", plural: "elements")
+            operation = op == "add" ? .add(names) : .remove(names)
+        case (.lwwRegister, "assign"), (.mvRegister, "assign"):
+            allowed = ["type", "op", "value"]
+            guard let value = fields["value"] as? String else { throw invalid("\"assign\" needs \"value\", a string.") }
+            operation = .assign(value)
+        case (.orMap, "update"):
+            allowed = ["type", "op", "field", "value"]
+            guard !nested else { throw invalid("An or-map field cannot itself be an or-map.") }
+            guard let field = fields["field"] as? String, !field.isEmpty else { throw invalid("\"update\" needs \"field\", a non-empty string.") }
+            guard let inner = fields["value"] else { throw invalid("\"update\" needs \"value\": the operation on the field, such as {\"type\":\"pn-counter\",\"op\":\"increment\"}.") }
+            let request = try parse(inner, nested: true)
+            operation = .update(field: field, type: request.type, request.operation)
+        case (.orMap, "remove"):
+            allowed = ["type", "op", "field", "fields"]
+            operation = .removeFields(try strings(fields, single: "field", plural: "fields"))
+        default:
+            throw invalid("A \(type.rawValue) has no operation '\(op.prefix(32))'; see the README's CRDT section for the operations of each type.")
+        }
+        if let unknown = fields.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw invalid("Field \"\(unknown.prefix(32))\" is not part of a \(type.rawValue) '\(op)' operation.")
+        }
+        return CRDTRequest(type: type, operation: operation)
+    }
+
+    private static func amount(_ value: Any?) throws(MeridianError) -> UInt64 {
+        guard let value else { return 1 }
+        // JSONSerialization gives true/false as a Bool that also casts to Int; 2.5 and 1e30 do not cast to Int64.
+        guard !(value is Bool), let whole = value as? Int64, whole >= 1 else {
+            throw invalid("\"by\" must be a whole number of at least 1 (omit it for 1).")
+        }
+        return UInt64(whole)
+    }
+
+    private static func strings(_ fields: [String: Any], single: String, plural: String) throws(MeridianError) -> [String] {
+        var names: [String] = []
+        if let one = fields[single] {
+            guard let text = one as? String else { throw invalid("\"\(single)\" must be a string.") }
+            names.append(text)
+        }
+        if let many = fields[plural] {
+            guard let list = many as? [String] else { throw invalid("\"\(plural)\" must be a list of strings.") }
+            names += list
+        }
+        guard !names.isEmpty, names.count <= namesPerOperationMax else {
+            throw invalid("Name 1 to \(namesPerOperationMax) items with \"\(single)\" or \"\(plural)\".")
+        }
+        return names
+    }
+
+    /// A value as the API shows it.
+    static func render(_ value: CRDTValue) -> JSONValue {
+        switch value {
+        case .gCounter(let counter): .unsigned(counter.value)
+        case .pnCounter(let counter): .integer(counter.value)
+        case .orSet(let set): .array(set.elements.map(JSONValue.string))
+        case .lwwRegister(let register): register.value.map(JSONValue.string) ?? .null
+        case .mvRegister(let register): .array(register.values.map(JSONValue.string))
+        case .orMap(let map):
+            .object(Dictionary(uniqueKeysWithValues: map.keys.compactMap { key in
+                map[key].map { (key, JSONValue.object(["type": .string($0.type.rawValue), "value": render($0)])) }
+            }))
+        }
+    }
+}
+
+/// The JSON answer of a CRDT read.
+struct CRDTAnswer: Encodable {
+    let keyspace: String
+    let key: String
+    let type: String
+    let value: JSONValue
+    let version: String
+}
+
+extension RegionNode {
+    static let contextHeader = HTTPField.Name(CausalContextToken.header)!
+    /// Carried on forwarded reads only: how the serving region renders the value.
+    static let readAsHeader = HTTPField.Name("Meridian-Read-As")!
+
+    func crdtGet(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let key = try key(request)
+        let query = request.uri.queryParameters
+        return try await read(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, forwarded: false, as: .crdt).response()
+    }
+
+    func crdtPost(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let key = try key(request)
+        let body = try await readBody(request)
+        let query = request.uri.queryParameters
+        return try await write(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, operation: .merge,
+                               contentType: "application/json", value: body, forwarded: false).response()
+    }
+
+    /// Renders a read of a `siblings` keyspace: one live version as a value, several as a 300 list; either
+    /// way with the causal context the next write sends back.
+    func renderSiblings(policy: KeyspacePolicy, key: Key, session: inout SessionToken, level: ConsistencyLevel,
+                        stalenessMs: UInt64?) async throws(MeridianError) -> RenderedResponse? {
+        guard let state = try await store.state(keyspace: policy.name, key: key) else { return nil }
+        for version in state.versions {
+            session.observe(version.version)
+            session.observe(dependencies: version.dependencies)
+        }
+        let live = state.versions.filter { !$0.tombstone }.sorted { $0.version.hlc > $1.version.hlc }
+        let contextToken = CausalContextToken.encode(state.context, key: sessionKey)
+        var headers: HTTPFields = [Self.contextHeader: contextToken, Self.sessionHeader: session.encoded(with: sessionKey)]
+        headers[.eTag] = "\"\(state.winner(.siblings).version)\""
+        if let stalenessMs { headers[Self.stalenessHeader] = String(stalenessMs) }
+        headers[.cacheControl] = Self.cacheControl(policy, level: level)
+        switch live.count {
+        case 0:
+            var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
+                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered()
+            for field in headers where field.name != .cacheControl { notFound.headers[field.name] = field.value }
+            notFound.headers[.cacheControl] = "no-store"
+            return notFound
+        case 1:
+            headers[.contentType] = live[0].contentType
+            return RenderedResponse(status: .ok, headers: headers, body: ByteBuffer(bytes: live[0].value))
+        default:
+            let answer = SiblingsAnswer(
+                keyspace: policy.name.rawValue, key: key.rawValue,
+                siblings: live.map { SiblingsAnswer.Sibling(version: $0.version.description, region: $0.version.origin.rawValue,
+                                                            contentType: $0.contentType, value: StoredBytes(bytes: $0.value)) },
+                context: contextToken)
+            return JSON.rendered(answer, status: .multipleChoices, headers: headers)
+        }
+    }
+
+    /// Renders a CRDT read.
+    func renderCRDT(policy: KeyspacePolicy, key: Key, stored: StoredValue) throws(MeridianError) -> RenderedResponse {
+        let value: CRDTValue
+        do { value = try CRDTCodec.decode(stored.value) } catch {
+            throw MeridianError(.storageFailure, "The stored value of '\(key.rawValue.prefix(200))' is not a readable CRDT (\(error.message)).")
+        }
+        return JSON.rendered(CRDTAnswer(keyspace: policy.name.rawValue, key: key.rawValue, type: value.type.rawValue,
+                                        value: CRDTJSON.render(value), version: stored.version.description),
+                             headers: [.eTag: "\"\(stored.version)\""])
+    }
+
+    /// The refusal for a read or write through the wrong API for the keyspace's conflict policy.
+    func policyMismatch(_ policy: KeyspacePolicy, crdtAPI: Bool) -> MeridianError {
+        let name = policy.name
+        return crdtAPI
+            ? MeridianError(.conflictPolicyMismatch, "Keyspace '\(name)' resolves conflicts by \(ConflictRule(policy: policy).name), not crdt; use /v1/kv/\(name)/{key}.",
+                            context: ["keyspace": name.rawValue])
+            : MeridianError(.conflictPolicyMismatch, "Keyspace '\(name)' holds CRDT values; use GET or POST /v1/crdt/\(name)/{key}.",
+                            context: ["keyspace": name.rawValue])
+    }
+
+    func conflicts(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let query = request.uri.queryParameters
+        var after: Int64 = 0
+        if let text = query.get("after") {
+            guard let value = Int64(text), value >= 0 else {
+                throw MeridianError(.invalidParameter, "after '\(text.prefix(32))' must be a record id (a whole number).", context: ["parameter": "after"])
+            }
+            after = value
+        }
+        var limit = limits.listLimitDefault
+        if let text = query.get("limit") {
+            guard let value = Int(text), (1...limits.listLimitMax).contains(value) else {
+                throw MeridianError(.invalidParameter, "limit '\(text.prefix(32))' must be a whole number from 1 to \(limits.listLimitMax).",
+                                    context: ["parameter": "limit", "limit_max": String(limits.listLimitMax)])
+            }
+            limit = value
+        }
+        var key: Key?
+        if let text = query.get("key") {
+            do { key = try Key(text) } catch {
+                throw MeridianError(.invalidParameter, "key must be a key: \(error.message)", context: ["parameter": "key"])
+            }
+        }
+        let records = try await store.conflicts(keyspace: policy.name, key: key, after: after, limit: limit)
+        let answer = ConflictsAnswer(
+            keyspace: policy.name.rawValue, region: region.rawValue,
+            conflicts: records.map { record in
+                ConflictsAnswer.Record(
+                    id: record.id, key: record.key.rawValue, rule: record.rule, recordedMs: record.recordedMs,
+                    loser: .init(version: record.loser.version.description, region: record.loser.version.origin.rawValue,
+                                 deleted: record.loser.tombstone, contentType: record.loser.contentType, value: StoredBytes(bytes: record.loser.value)),
+                    winner: .init(version: record.winner.description, region: record.winner.origin.rawValue))
+            },
+            nextAfter: records.count == limit ? records.last?.id : nil)
+        return JSON.response(answer, headers: [.cacheControl: "no-store"])
+    }
+}

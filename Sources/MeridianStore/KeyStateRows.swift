@@ -1,0 +1,188 @@
+import Foundation
+import GRDB
+import MeridianCore
+
+/// How a key's state is kept in SQLite, and the one apply step every write goes through, local or
+/// replicated, inside the caller's transaction.
+///
+/// `kv` holds the version reads show (the rule's winner) with the key's causal context; when concurrent
+/// writes are unresolved the other versions sit in `frontier` and `kv.concurrent` counts them. A key with
+/// no concurrency costs one row read and one row write, as before conflict handling existed.
+enum KeyStateRows {
+    /// The media type of a `crdt` keyspace's values (the CRDT codec's bytes).
+    static let crdtContentType = "application/vnd.meridian.crdt"
+
+    /// What one apply recorded, for metrics.
+    struct Applied {
+        var conflictsRecorded = 0
+        var conflictsDropped = 0
+
+        mutating func add(_ other: Applied) {
+            conflictsRecorded += other.conflictsRecorded
+            conflictsDropped += other.conflictsDropped
+        }
+    }
+
+    static func load(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
+        let statement = try db.cachedStatement(sql: """
+            SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent
+            FROM kv WHERE keyspace = ? AND key = ?
+            """)
+        guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
+        var versions = [try version(row)]
+        if (row["concurrent"] as Int) > 0 {
+            let others = try Row.fetchAll(db.cachedStatement(sql: """
+                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies
+                FROM frontier WHERE keyspace = ? AND key = ?
+                """), arguments: [keyspace.rawValue, key.rawValue])
+            versions += try others.map(version)
+        }
+        // Rows written before conflict handling carry no context: their write saw only itself.
+        let context = try (row["context"] as Data?).map { VersionVector(try decodeVector($0)) } ?? VersionVector()
+        return KeyState(context: context, versions: versions)
+    }
+
+    static func version(_ row: Row) throws -> KeyVersion {
+        KeyVersion(version: try RegionStore.version(row), tombstone: row["tombstone"], contentType: row["content_type"],
+                   value: Array(row["value"] as Data? ?? Data()), dependencies: try RegionStore.dependencies(row))
+    }
+
+    /// Applies one entry of any origin to its key under `rule`, recording losers in the conflicts log.
+    /// - Parameter state: The key's state before (the caller has read it with `load`).
+    static func apply(_ db: Database, _ entry: ReplicationEntry, rule: ConflictRule, state: KeyState?,
+                      nowMs: UInt64, limits: Limits) throws -> Applied {
+        if let state, state.context.contains(Dot(region: entry.origin, counter: entry.sequence)) { return Applied() }
+        if entry.operation == .merge { return try merge(db, entry, state: state, nowMs: nowMs, limits: limits) }
+        switch KeyState.applying(KeyVersion(entry: entry), context: VersionVector(entry.context), to: state) {
+        case .superseded:
+            return Applied()
+        case .applied(let next):
+            try store(db, entry.keyspace, entry.key, old: state, new: next, rule: rule)
+            return try recordConflicts(db, entry.keyspace, entry.key, old: state, new: next, rule: rule, nowMs: nowMs, limits: limits)
+        }
+    }
+
+    /// A CRDT delta: merged into the key's value. Merges commute, so the order entries of different origins
+    /// arrive in does not matter; the row's version is the highest HLC merged, the same everywhere.
+    private static func merge(_ db: Database, _ entry: ReplicationEntry, state: KeyState?, nowMs: UInt64, limits: Limits) throws -> Applied {
+        let delta = try CRDTCodec.decode(entry.value)
+        let current = state.map { $0.winner(.crdt) }
+        var value = delta
+        var applied = Applied()
+        if let current, !current.tombstone, let held = try? CRDTCodec.decode(current.value) {
+            value = held.merged(delta)
+            if held.type != delta.type {
+                // Two regions created the key with different types at once; the codec's order picked one.
+                let lost = value.type == held.type ? KeyVersion(entry: entry) : current
+                let kept = value.type == held.type ? current : KeyVersion(entry: entry)
+                applied = try record(db, entry.keyspace, entry.key, loser: lost, winner: kept, rule: "crdt-type", nowMs: nowMs, limits: limits)
+            }
+        }
+        let newest = current.map { $0.version.hlc > entry.hlc ? $0.version : entry.version } ?? entry.version
+        let merged = KeyVersion(version: newest, tombstone: false, contentType: crdtContentType, value: CRDTCodec.encode(value),
+                                dependencies: (current?.dependencies ?? [:]).merging(entry.dependencies) { max($0, $1) })
+        var context = state?.context ?? VersionVector()
+        context = context.merged(with: VersionVector(entry.context))
+        context.set(entry.origin, max(context[entry.origin], entry.sequence))
+        let next = KeyState(context: context, versions: [merged])
+        try store(db, entry.keyspace, entry.key, old: state, new: next, rule: .crdt)
+        return applied
+    }
+
+    /// Writes a key's new state: the winner in `kv`, the rest in `frontier`.
+    static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, new: KeyState, rule: ConflictRule) throws {
+        let winner = new.winner(rule)
+        try db.cachedStatement(sql: """
+            INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (keyspace, key) DO UPDATE SET
+                value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
+                hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
+                dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent
+            """).execute(arguments: [
+                keyspace.rawValue, key.rawValue, Data(winner.value), winner.contentType,
+                Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical), winner.version.origin.rawValue,
+                Int64(winner.version.sequence), winner.tombstone, RegionStore.dependenciesColumn(winner.dependencies),
+                encodeVector(new.context), new.versions.count - 1,
+            ])
+        guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return }
+        try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?").execute(arguments: [keyspace.rawValue, key.rawValue])
+        for version in new.versions where version.dot != winner.dot {
+            try db.cachedStatement(sql: """
+                INSERT INTO frontier (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """).execute(arguments: [
+                    keyspace.rawValue, key.rawValue, Data(version.value), version.contentType,
+                    Int64(version.version.hlc.physicalMs), Int64(version.version.hlc.logical), version.version.origin.rawValue,
+                    Int64(version.version.sequence), version.tombstone, RegionStore.dependenciesColumn(version.dependencies),
+                ])
+        }
+    }
+
+    /// Brings the conflicts log in line with a key's new state under a rule that discards losers: every
+    /// version that loses to the winner is recorded (once); a version that wins again after losing here
+    /// (first-writer-wins can promote a hidden version when a write supersedes the one that beat it) has
+    /// its record removed, so the log names exactly the writes this region discarded.
+    private static func recordConflicts(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, new: KeyState,
+                                        rule: ConflictRule, nowMs: UInt64, limits: Limits) throws -> Applied {
+        guard rule.discardsLosers else { return Applied() }
+        var applied = Applied()
+        let winner = new.winner(rule)
+        if (old?.versions.count ?? 1) > 1 {
+            try db.cachedStatement(sql: "DELETE FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?")
+                .execute(arguments: [keyspace.rawValue, key.rawValue, winner.version.origin.rawValue, Int64(winner.version.sequence)])
+        }
+        for loser in new.losers(rule) {
+            let step = try record(db, keyspace, key, loser: loser, winner: winner, rule: rule.name, nowMs: nowMs, limits: limits)
+            applied.conflictsRecorded += step.conflictsRecorded
+            applied.conflictsDropped += step.conflictsDropped
+        }
+        return applied
+    }
+
+    private static func record(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, loser: KeyVersion, winner: KeyVersion,
+                               rule: String, nowMs: UInt64, limits: Limits) throws -> Applied {
+        let loserArguments: StatementArguments = [keyspace.rawValue, key.rawValue, loser.version.origin.rawValue, Int64(loser.version.sequence)]
+        let winnerArguments: StatementArguments = [
+            winner.version.origin.rawValue, Int64(winner.version.sequence), Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical),
+        ]
+        let held = try Bool.fetchOne(db.cachedStatement(sql: """
+            SELECT 1 FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?
+            """), arguments: loserArguments) ?? false
+        if held {
+            // Lost again, perhaps to another winner: the record names the latest.
+            try db.cachedStatement(sql: """
+                UPDATE conflicts SET winner_origin = ?, winner_sequence = ?, winner_hlc_physical_ms = ?, winner_hlc_logical = ?
+                WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?
+                """).execute(arguments: winnerArguments + loserArguments)
+            return Applied()
+        }
+        try db.cachedStatement(sql: """
+            INSERT INTO conflicts (keyspace, key, loser_origin, loser_sequence, winner_origin, winner_sequence, winner_hlc_physical_ms,
+                                   winner_hlc_logical, rule, recorded_ms, loser_hlc_physical_ms, loser_hlc_logical, loser_tombstone,
+                                   loser_content_type, loser_value)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """).execute(arguments: loserArguments + winnerArguments + [
+                rule, Int64(nowMs), Int64(loser.version.hlc.physicalMs), Int64(loser.version.hlc.logical),
+                loser.tombstone, loser.contentType, Data(loser.value),
+            ])
+        // Bounded retention: the oldest records of the keyspace beyond the limit go.
+        try db.cachedStatement(sql: """
+            DELETE FROM conflicts WHERE keyspace = ? AND id <= (
+                SELECT id FROM conflicts WHERE keyspace = ? ORDER BY id DESC LIMIT 1 OFFSET ?)
+            """).execute(arguments: [keyspace.rawValue, keyspace.rawValue, limits.conflictsLogMax])
+        return Applied(conflictsRecorded: 1, conflictsDropped: db.changesCount)
+    }
+
+    static func encodeVector(_ vector: VersionVector) -> Data? {
+        var counters: [RegionName: UInt64] = [:]
+        for region in vector.regions { counters[region] = vector[region] }
+        return RegionStore.dependenciesColumn(counters)
+    }
+
+    static func decodeVector(_ data: Data) throws -> [RegionName: UInt64] {
+        do { return try DependencyCodec.decode(Array(data)) } catch {
+            throw MeridianError(.storageFailure, "A stored causal context is corrupt: \(error.message)")
+        }
+    }
+}

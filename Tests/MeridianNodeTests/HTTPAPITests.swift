@@ -23,6 +23,8 @@ struct NodeFixture {
           - { name: profiles, topology: multi-leader, conflict: lww, ack: async, cache: { ttl_ms: 30000 } }
           - { name: eu_users, topology: geo-partitioned, home: eu-west, residency: { regions: [eu-west], access: proxy } }
           - { name: eu_secret, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
+          - { name: likes, topology: multi-leader, conflict: crdt, ack: async }
+          - { name: carts, topology: multi-leader, conflict: siblings, ack: async }
         """
 
     /// A session token signed as this cluster's regions sign them (the cluster sets no secret: its name is the key).
@@ -210,6 +212,31 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: "v1.AQdldS13ZXN0AAAAAAAAAAU"], "", .badRequest, "invalid_header"),
         (.get, "/v1/kv/profiles/k", [HTTPField.Name("Meridian-Session")!: NodeFixture.token(["eu-west": 5], key: SessionKey(clusterName: "other"))], "",
          .badRequest, "invalid_header"),
+        // CRDT operations: malformed, of an unknown type or operation, with a field that does not belong, with
+        // amounts that are not whole positive numbers; and each API used on the other kind of keyspace.
+        (.post, "/v1/crdt/likes/k", [:], "{not json", .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"counter","op":"increment"}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"g-counter","op":"decrement"}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"g-counter","op":"increment","by":true}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"g-counter","op":"increment","by":2.5}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"g-counter","op":"increment","by":0}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"g-counter","op":"increment","by":1e30}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"g-counter","op":"increment","amount":1}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"or-set","op":"add"}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"or-set","op":"add","elements":[1]}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"or-map","op":"update","field":"f","value":{"type":"or-map","op":"remove","field":"g"}}"#,
+         .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/likes/k", [:], #"{"type":"lww-register","op":"assign","value":5}"#, .badRequest, "invalid_request"),
+        (.post, "/v1/crdt/profiles/k", [:], #"{"type":"g-counter","op":"increment"}"#, .conflict, "conflict_policy_mismatch"),
+        (.get, "/v1/crdt/profiles/k", [:], "", .conflict, "conflict_policy_mismatch"),
+        (.put, "/v1/kv/likes/k", [:], "v", .conflict, "conflict_policy_mismatch"),
+        (.get, "/v1/kv/likes/k", [:], "", .conflict, "conflict_policy_mismatch"),
+        (.get, "/v1/crdt/likes/absent", [:], "", .notFound, "key_not_found"),
+        (.put, "/v1/kv/carts/k", [HTTPField.Name("Meridian-Context")!: "c1.AAAAAAAAAAAAAAAAAAAAAAAA"], "v", .badRequest, "invalid_header"),
+        (.put, "/v1/kv/carts/k", [HTTPField.Name("Meridian-Context")!: NodeFixture.token(["eu-west": 5])], "v", .badRequest, "invalid_header"),
+        (.get, "/v1/conflicts/profiles?limit=0", [:], "", .badRequest, "invalid_parameter"),
+        (.get, "/v1/conflicts/profiles?after=-1", [:], "", .badRequest, "invalid_parameter"),
+        (.get, "/v1/conflicts/nope", [:], "", .notFound, "unknown_keyspace"),
     ]
 
     @Test(arguments: 0..<badRequests.count)
@@ -220,6 +247,49 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(response.status == status, "\(method) \(uri)")
                 #expect(try errorCode(response) == code, "\(method) \(uri)")
                 if status == .serviceUnavailable { #expect(response.headers[.retryAfter] != nil, "503 carries Retry-After") }
+            }
+        }
+    }
+
+    @Test func crdtOperationsAnswerTheNewValue() async throws {
+        try await fixture.withApp { client in
+            func post(_ key: String, _ body: String, _ check: @escaping @Sendable ([String: Any]) -> Void) async throws {
+                try await client.execute(uri: "/v1/crdt/likes/\(key)", method: .post, body: ByteBuffer(string: body)) { response throws in
+                    #expect(response.status == .ok, "\(String(buffer: response.body))")
+                    check(try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any]))
+                }
+            }
+            try await post("n", #"{"type":"pn-counter","op":"increment","by":5}"#) { #expect($0["value"] as? Int == 5) }
+            try await post("n", #"{"type":"pn-counter","op":"decrement","by":7}"#) { #expect($0["value"] as? Int == -2) }
+            try await client.execute(uri: "/v1/crdt/likes/n", method: .post, body: ByteBuffer(string: #"{"type":"or-set","op":"add","element":"x"}"#)) {
+                response throws in
+                let code = try errorCode(response)
+                #expect(response.status == .conflict && code == "crdt_type_mismatch")
+            }
+            try await post("s", #"{"type":"or-set","op":"add","elements":["b","a","b"]}"#) { #expect($0["value"] as? [String] == ["a", "b"]) }
+            try await post("s", #"{"type":"or-set","op":"remove","element":"a"}"#) { #expect($0["value"] as? [String] == ["b"]) }
+            try await post("r", #"{"type":"mv-register","op":"assign","value":"red"}"#) { #expect($0["value"] as? [String] == ["red"]) }
+            try await post("l", #"{"type":"lww-register","op":"assign","value":"v1"}"#) { #expect($0["value"] as? String == "v1") }
+            try await post("m", #"{"type":"or-map","op":"update","field":"apples","value":{"type":"g-counter","op":"increment","by":3}}"#) { object in
+                let fields = object["value"] as? [String: [String: Any]]
+                #expect(fields?["apples"]?["type"] as? String == "g-counter" && fields?["apples"]?["value"] as? Int == 3, "\(object)")
+            }
+            try await post("m", #"{"type":"or-map","op":"remove","field":"apples"}"#) { #expect(($0["value"] as? [String: Any])?.isEmpty == true) }
+            try await client.execute(uri: "/v1/crdt/likes/n", method: .get) { response throws in
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+                #expect(object["type"] as? String == "pn-counter" && object["value"] as? Int == -2)
+            }
+            // Siblings: a blind write beside an existing value keeps both (300); the context resolves them.
+            try await client.execute(uri: "/v1/kv/carts/c", method: .put, body: ByteBuffer(string: "one")) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/kv/carts/c", method: .put, body: ByteBuffer(string: "two")) { #expect($0.status == .ok) }
+            let context = try await client.execute(uri: "/v1/kv/carts/c", method: .get) { response throws -> String in
+                #expect(response.status == .multipleChoices, "\(String(buffer: response.body))")
+                return try #require(response.headers[HTTPField.Name("Meridian-Context")!])
+            }
+            try await client.execute(uri: "/v1/kv/carts/c", method: .put, headers: [HTTPField.Name("Meridian-Context")!: context],
+                                     body: ByteBuffer(string: "one+two")) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/kv/carts/c", method: .get) { response throws in
+                #expect(response.status == .ok && String(buffer: response.body) == "one+two")
             }
         }
     }
@@ -257,7 +327,8 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(body["region"] as? String == "us-east")
                 let keyspaces = try #require(body["keyspaces"] as? [[String: Any]])
                 let roles = Dictionary(uniqueKeysWithValues: keyspaces.map { ($0["name"] as! String, $0["role"] as! String) })
-                #expect(roles == ["accounts": "leader", "ledger": "follower", "profiles": "leader", "eu_users": "not_replica", "eu_secret": "not_replica"])
+                #expect(roles == ["accounts": "leader", "ledger": "follower", "profiles": "leader", "eu_users": "not_replica", "eu_secret": "not_replica",
+                                  "likes": "leader", "carts": "leader"])
                 #expect(keyspaces.first { $0["name"] as? String == "profiles" }?["keys"] as? Int == 1)
                 let peers = try #require(body["peers"] as? [[String: Any]])
                 #expect(peers.count == 1 && peers[0]["region"] as? String == "eu-west")

@@ -160,6 +160,7 @@ enum CRDTJSON {
         guard let typeName = fields["type"] as? String, let type = CRDTType(rawValue: typeName) else {
             throw invalid("\"type\" must be one of \(CRDTType.allCases.map(\.rawValue).joined(separator: ", ")).")
         }
+        guard !(nested && type == .orMap) else { throw invalid("An or-map field cannot itself be an or-map; use one of the other types.") }
         guard let op = fields["op"] as? String else { throw invalid("\"op\" must name the operation, such as \"increment\".") }
         let allowed: Set<String>
         let operation: CRDTOperation
@@ -178,7 +179,6 @@ enum CRDTJSON {
             operation = .assign(value)
         case (.orMap, "update"):
             allowed = ["type", "op", "field", "value"]
-            guard !nested else { throw invalid("An or-map field cannot itself be an or-map.") }
             guard let field = fields["field"] as? String, !field.isEmpty else { throw invalid("\"update\" needs \"field\", a non-empty string.") }
             guard let inner = fields["value"] else { throw invalid("\"update\" needs \"value\": the operation on the field, such as {\"type\":\"pn-counter\",\"op\":\"increment\"}.") }
             let request = try parse(inner, nested: true)
@@ -197,8 +197,10 @@ enum CRDTJSON {
 
     private static func amount(_ value: Any?) throws(MeridianError) -> UInt64 {
         guard let value else { return 1 }
-        // JSONSerialization gives true/false as a Bool that also casts to Int; 2.5 and 1e30 do not cast to Int64.
-        guard !(value is Bool), let whole = value as? Int64, whole >= 1 else {
+        // JSONSerialization's numbers all cast to Bool and true/false to Int; the number's type code tells them
+        // apart ("c" is a boolean). 2.5 and 1e30 do not cast to Int64.
+        guard let number = value as? NSNumber, String(cString: number.objCType) != "c",
+              let whole = value as? Int64, whole >= 1 else {
             throw invalid("\"by\" must be a whole number of at least 1 (omit it for 1).")
         }
         return UInt64(whole)

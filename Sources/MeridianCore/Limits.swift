@@ -41,6 +41,9 @@ public struct Limits: Sendable, Hashable, Encodable {
     /// The most records each keyspace's conflicts log keeps in a region; the oldest are dropped beyond it
     /// (and counted in `meridian_conflicts_dropped_total`).
     public var conflictsLogMax: Int = 10_000
+    /// How often, in ms, a region compares each keyspace's Merkle tree with every other replica's and
+    /// repairs what differs (0: only on `meridian repair`).
+    public var antiEntropyIntervalMs: Int = 30_000
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -65,6 +68,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("forwards_inflight_max", 1...1_000_000),
         ("read_wait_ms", 0...600_000),
         ("conflicts_log_max", 1...10_000_000),
+        ("anti_entropy_interval_ms", 0...86_400_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -86,5 +90,6 @@ public struct Limits: Sendable, Hashable, Encodable {
         case forwardsInflightMax = "forwards_inflight_max"
         case readWaitMs = "read_wait_ms"
         case conflictsLogMax = "conflicts_log_max"
+        case antiEntropyIntervalMs = "anti_entropy_interval_ms"
     }
 }

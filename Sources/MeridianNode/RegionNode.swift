@@ -112,6 +112,8 @@ public final class RegionNode: Sendable {
         router.get("/v1/crdt/:keyspace/**") { request, context in try await self.crdtGet(request, context) }
         router.post("/v1/crdt/:keyspace/**") { request, context in try await self.crdtPost(request, context) }
         router.get("/v1/conflicts/:keyspace") { request, context in try await self.conflicts(request, context) }
+        router.post("/v1/admin/repair") { request, context in try await self.repairNow(request, context) }
+        router.get("/v1/admin/merkle/:keyspace") { request, context in try await self.merkleRoot(request, context) }
         return router
     }
 
@@ -131,6 +133,11 @@ public final class RegionNode: Sendable {
                 try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0) })
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
+            tasks.addTask {
+                await self.runAntiEntropy()
+                // Disabled (interval 0): wait for the others without ending the node.
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+            }
             // Either ending ends the node: a stopped API stops replication, and a replication port that cannot
             // be bound stops the API (the error says why).
             defer { tasks.cancelAll() }

@@ -193,7 +193,7 @@ actor GroupCommitter {
             }
         }
         guard value.type == crdt.type else {
-            return .failure(MeridianError(.crdtTypeMismatch, "Key '\(request.key)' holds a \(value.type.rawValue), not a \(crdt.type.rawValue).",
+            return .failure(MeridianError(.crdtTypeMismatch, "Key '\(request.key)' holds \(value.type.withArticle), not \(crdt.type.withArticle).",
                                           context: ["key": request.key.rawValue, "type": value.type.rawValue]))
         }
         do {
@@ -289,6 +289,61 @@ actor GroupCommitter {
         // Join, never overwrite: a local commit may have issued later timestamps during the await.
         clock.advance(past: clockAfter.last)
         return applied
+    }
+
+    /// Merges key states another region sent (anti-entropy) into this region's, in one transaction: each key
+    /// ends with what both regions have seen. Values that lose under the keyspace's rule are logged as for
+    /// replicated writes. Nothing enters the replication log: every version came from some origin's log.
+    /// - Returns: How many keys changed here.
+    func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int {
+        let rule = rules[keyspace] ?? .lww
+        let limits = self.limits
+        let physicalMs = physicalClockMs()
+        var clockAfter = clock
+        for item in states {
+            for version in item.state.versions { _ = try? clockAfter.receive(version.version.hlc, physicalMs: physicalMs) }
+        }
+        let region = self.region
+        let last = clockAfter.last
+        let outcome: (Int, KeyStateRows.Applied)
+        do {
+            outcome = try await pool.write { db -> (Int, KeyStateRows.Applied) in
+                var changed = 0
+                var recorded = KeyStateRows.Applied()
+                for item in states {
+                    let local = try KeyStateRows.load(db, keyspace, item.key)
+                    let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
+                    guard merged != local else { continue }
+                    try KeyStateRows.store(db, keyspace, item.key, old: local, new: merged, rule: rule)
+                    recorded.add(try KeyStateRows.recordConflicts(db, keyspace, item.key, old: local, new: merged, rule: rule, nowMs: physicalMs, limits: limits))
+                    changed += 1
+                }
+                if changed > 0 { try Self.raiseHighWater(db, last, region: region) }
+                return (changed, recorded)
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "Repaired keys of \(keyspace) could not be stored (\(Self.describe(error))); nothing was changed.")
+        }
+        report([keyspace: outcome.1])
+        clock.advance(past: clockAfter.last)
+        return outcome.0
+    }
+
+    /// Moves another origin's applied point forward (never back) after anti-entropy brought in every write of
+    /// its log up to `sequence`.
+    func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 {
+        precondition(origin != region)
+        do {
+            return try await pool.write { db -> UInt64 in
+                try db.execute(sql: """
+                    INSERT INTO applied (origin, sequence) VALUES (?, ?)
+                    ON CONFLICT (origin) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)
+                    """, arguments: [origin.rawValue, Int64(sequence)])
+                return UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM applied WHERE origin = ?", arguments: [origin.rawValue]) ?? 0)
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The applied point of \(origin) could not be raised (\(Self.describe(error))).")
+        }
     }
 
     /// Records the clock's reading as the floor for restarts, never lowering it (commits and applies interleave).

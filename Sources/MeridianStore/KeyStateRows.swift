@@ -10,7 +10,7 @@ import MeridianCore
 /// no concurrency costs one row read and one row write, as before conflict handling existed.
 enum KeyStateRows {
     /// The media type of a `crdt` keyspace's values (the CRDT codec's bytes).
-    static let crdtContentType = "application/vnd.meridian.crdt"
+    static let crdtContentType = CRDTCodec.contentType
 
     /// What one apply recorded, for metrics.
     struct Applied {
@@ -29,6 +29,23 @@ enum KeyStateRows {
             FROM kv WHERE keyspace = ? AND key = ?
             """)
         guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
+        // Rows written before conflict handling carry no context: their write saw only itself.
+        return try state(db, keyspace, key, row)
+    }
+
+    /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key).
+    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, _ body: (Key, KeyState) throws -> Bool) throws {
+        let rows = try Row.fetchCursor(db, sql: """
+            SELECT key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent
+            FROM kv WHERE keyspace = ? AND key > ? ORDER BY key
+            """, arguments: [keyspace.rawValue, after?.rawValue ?? ""])
+        while let row = try rows.next() {
+            let key = try Key(row["key"] as String)
+            guard try body(key, try state(db, keyspace, key, row)) else { return }
+        }
+    }
+
+    private static func state(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, _ row: Row) throws -> KeyState {
         var versions = [try version(row)]
         if (row["concurrent"] as Int) > 0 {
             let others = try Row.fetchAll(db.cachedStatement(sql: """
@@ -37,7 +54,6 @@ enum KeyStateRows {
                 """), arguments: [keyspace.rawValue, key.rawValue])
             versions += try others.map(version)
         }
-        // Rows written before conflict handling carry no context: their write saw only itself.
         let context = try (row["context"] as Data?).map { VersionVector(try decodeVector($0)) } ?? VersionVector()
         return KeyState(context: context, versions: versions)
     }
@@ -123,7 +139,7 @@ enum KeyStateRows {
     /// version that loses to the winner is recorded (once); a version that wins again after losing here
     /// (first-writer-wins can promote a hidden version when a write supersedes the one that beat it) has
     /// its record removed, so the log names exactly the writes this region discarded.
-    private static func recordConflicts(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, new: KeyState,
+    static func recordConflicts(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, new: KeyState,
                                         rule: ConflictRule, nowMs: UInt64, limits: Limits) throws -> Applied {
         guard rule.discardsLosers else { return Applied() }
         var applied = Applied()

@@ -194,6 +194,73 @@ public final class RegionStore: Sendable {
         try await reading { db in try KeyStateRows.load(db, keyspace, key) }
     }
 
+    /// The keyspace's Merkle tree in this region, and how many keys it covers.
+    public func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
+        do {
+            return try await pool.read { db in
+                var builder = MerkleTree.Builder()
+                try KeyStateRows.forEach(db, keyspace) { key, state in
+                    builder.add(key, digest: MerkleTree.digest(state))
+                    return true
+                }
+                return (builder.tree, builder.keys)
+            }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    /// Key states of the given Merkle buckets, in key order after `after`, up to about `bytesMax` encoded bytes
+    /// (at least one key).
+    /// - Returns: The states, and the key to continue after when more remain.
+    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+        do {
+            return try await pool.read { db in
+                var states: [(key: Key, state: KeyState)] = []
+                var bytes = 0
+                var next: Key?
+                try KeyStateRows.forEach(db, keyspace, after: after) { key, state in
+                    guard buckets.contains(MerkleTree.bucket(of: key)) else { return true }
+                    var encoded: [UInt8] = []
+                    KeyStateCodec.append(state, to: &encoded)
+                    if !states.isEmpty && bytes + encoded.count + key.rawValue.utf8.count + 2 > bytesMax {
+                        next = states.last?.key
+                        return false
+                    }
+                    bytes += encoded.count + key.rawValue.utf8.count + 2
+                    states.append((key, state))
+                    return true
+                }
+                return (states, next)
+            }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    /// Merges another region's key states into this region's (anti-entropy repair).
+    /// - Returns: How many keys changed here.
+    public func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int {
+        guard !states.isEmpty else { return 0 }
+        return try await committer.merge(keyspace: keyspace, states: states)
+    }
+
+    /// Records that this region holds every write of `origin`'s log up to `sequence` because anti-entropy
+    /// merged the origin's whole state as of then (a replica behind the origin's log retention resumes
+    /// streaming from there). Never moves back.
+    /// - Returns: The applied point afterwards.
+    @discardableResult
+    public func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 {
+        guard origin != region else { return appliedHighWater()[region] ?? 0 }
+        let after = try await committer.raiseApplied(origin: origin, to: sequence)
+        appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
+        return after
+    }
+
     /// A page of a keyspace's conflicts log, oldest first.
     /// - Parameters:
     ///   - after: Only records after this id (paging).

@@ -265,8 +265,9 @@ func withLiveCluster(keyspaces: String, extraYAML: String = "", _ body: (LiveClu
     }
 
     @Test(.timeLimit(.minutes(3)))
-    func aPeerBeyondLogRetentionIsMarkedForResync() async throws {
-        try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: "limits: { log_retention_entries: 10 }\n") { cluster in
+    func aPeerBeyondLogRetentionIsMarkedForResyncAndRepairHealsIt() async throws {
+        // Periodic anti-entropy off, so the gap stays until `meridian repair` is asked to close it.
+        try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: "limits: { log_retention_entries: 10, anti_entropy_interval_ms: 0 }\n") { cluster in
             try cluster.chaos("isolate", "ap-southeast")
             // Write only once us-east has given up on its stream: batches sent into the cut are held by the
             // emulator and delivered after the heal, which would (rightly) leave nothing to resync.
@@ -296,6 +297,33 @@ func withLiveCluster(keyspaces: String, extraYAML: String = "", _ body: (LiveClu
             await ap.close()
             // eu-west, which kept up, has everything.
             #expect(try await cluster.waitForValue("eu-west", "/v1/kv/profiles/r39", "v"))
+
+            // Anti-entropy heals it: the repair pulls the differing Merkle buckets from us-east, then moves
+            // ap-southeast's applied point of us-east's log to where us-east's state was read, so the stream resumes.
+            let repair = try runCLI(["repair", "--config", cluster.config], timeoutSeconds: 120)
+            #expect(repair.status == 0, "\(repair)")
+            #expect(repair.stdout.contains("ap-southeast    profiles            us-east"), "\(repair.stdout)")
+            #expect(try await cluster.waitForValue("ap-southeast", "/v1/kv/profiles/r39", "v", timeoutSeconds: 5))
+            var resumed: String?
+            let upBy = Date().addingTimeInterval(30)
+            while resumed != "up" && Date() < upBy {
+                resumed = (try await cluster.status("us-east")["peers"] as? [[String: Any]])?.first { $0["region"] as? String == "ap-southeast" }?["link"] as? String
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(resumed == "up", "the stream to ap-southeast resumes after the repair: \(resumed ?? "-")")
+            let again = try await cluster.connect("us-east")
+            #expect(try await again.request("PUT", "/v1/kv/profiles/after-repair", body: Array("w".utf8)).status == 200)
+            await again.close()
+            #expect(try await cluster.waitForValue("ap-southeast", "/v1/kv/profiles/after-repair", "w"), "streaming carries new writes again")
+            // Every region holds the same keyspace: equal Merkle roots.
+            var roots: [String] = []
+            for region in cluster.regions {
+                let connection = try await cluster.connect(region)
+                let answer = try await connection.request("GET", "/v1/admin/merkle/profiles")
+                await connection.close()
+                roots.append(((try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any])?["root"] as? String ?? "")
+            }
+            #expect(Set(roots).count == 1 && !roots[0].isEmpty, "\(roots)")
         }
     }
 }

@@ -15,6 +15,8 @@
 /// Decoding validates every count against the bytes that remain and returns a typed error; it never traps.
 public enum CRDTCodec {
     static let formatVersion: UInt8 = 1
+    /// The media type of a stored CRDT value.
+    public static let contentType = "application/vnd.meridian.crdt"
 
     /// Encodes a value.
     public static func encode(_ value: CRDTValue) -> [UInt8] {

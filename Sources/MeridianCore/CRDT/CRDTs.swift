@@ -280,7 +280,9 @@ public struct ORSet: ConvergentType {
 /// An observed-remove map with add-wins keys: each key's presence is tracked like an ``ORSet`` element,
 /// and its field is a CRDT that merges. Updating a field marks the key present; removing a key hides it
 /// and its field (an update concurrent with the remove brings the key back, with the field merged).
-/// Fields are any type but a map.
+/// Remove hides, it does not reset: an update after a remove continues from the field's earlier value
+/// (a counter counts on from where it was). Resetting would need every field type to track its events
+/// by dot, as Riak's embedded counters do. Fields are any type but a map.
 public struct ORMap: ConvergentType {
     public private(set) var presence = ORSet()
     public private(set) var fields: [String: CRDTValue] = [:]
@@ -309,7 +311,7 @@ public struct ORMap: ConvergentType {
         }
         var field = fields[key] ?? CRDTValue.empty(type)
         guard field.type == type else {
-            throw MeridianError(.crdtTypeMismatch, "Field '\(key)' is a \(field.type.rawValue), not a \(type.rawValue).",
+            throw MeridianError(.crdtTypeMismatch, "Field '\(key)' is \(field.type.withArticle), not \(type.withArticle).",
                                 context: ["field": key, "type": field.type.rawValue])
         }
         let fieldDelta = try field.apply(operation, at: timestamp)
@@ -347,6 +349,9 @@ public enum CRDTType: String, Sendable, Hashable, CaseIterable {
     case lwwRegister = "lww-register"
     case mvRegister = "mv-register"
     case orMap = "or-map"
+
+    /// The name with its indefinite article, for messages ("an or-set", "a g-counter").
+    public var withArticle: String { (rawValue.hasPrefix("o") ? "an " : "a ") + rawValue }
 
     /// The codec's tag.
     var tag: UInt8 {
@@ -461,7 +466,7 @@ public enum CRDTValue: ConvergentType {
             self = .orMap(map)
             return .orMap(delta)
         default:
-            throw MeridianError(.crdtTypeMismatch, "Operation '\(operation.name)' does not apply to a \(type.rawValue).",
+            throw MeridianError(.crdtTypeMismatch, "Operation '\(operation.name)' does not apply to \(type.withArticle).",
                                 context: ["type": type.rawValue, "op": operation.name])
         }
     }

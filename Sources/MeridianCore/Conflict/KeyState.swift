@@ -164,3 +164,20 @@ public struct KeyState: Sendable, Hashable {
         return KeyState(context: context.merged(with: other.context), versions: Array(kept.values))
     }
 }
+
+extension KeyState {
+    /// Anti-entropy's merge under a keyspace's rule: CRDT values merge by their type (one version, the
+    /// newest version stamp, the contexts joined); every other rule keeps the versions neither side saw
+    /// superseded (`merged(with:)`).
+    public func merged(with other: KeyState, rule: ConflictRule) -> KeyState {
+        guard rule == .crdt else { return merged(with: other) }
+        let mine = winner(.crdt), theirs = other.winner(.crdt)
+        let context = self.context.merged(with: other.context)
+        guard let a = try? CRDTCodec.decode(mine.value) else { return KeyState(context: context, versions: [theirs]) }
+        guard let b = try? CRDTCodec.decode(theirs.value) else { return KeyState(context: context, versions: [mine]) }
+        let newest = mine.version.hlc > theirs.version.hlc ? mine.version : theirs.version
+        let value = KeyVersion(version: newest, tombstone: false, contentType: CRDTCodec.contentType, value: CRDTCodec.encode(a.merged(b)),
+                               dependencies: mine.dependencies.merging(theirs.dependencies) { max($0, $1) })
+        return KeyState(context: context, versions: [value])
+    }
+}

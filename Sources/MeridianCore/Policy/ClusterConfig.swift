@@ -353,6 +353,7 @@ struct ConfigParser {
             case "forwards_inflight_max": limits.forwardsInflightMax = number
             case "read_wait_ms": limits.readWaitMs = number
             case "conflicts_log_max": limits.conflictsLogMax = number
+            case "anti_entropy_interval_ms": limits.antiEntropyIntervalMs = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

@@ -229,7 +229,7 @@ enum CRDTJSON {
         case .pnCounter(let counter): .integer(counter.value)
         case .orSet(let set): .array(set.elements.map(JSONValue.string))
         case .lwwRegister(let register): register.value.map(JSONValue.string) ?? .null
-        case .mvRegister(let register): .array(register.values.map(JSONValue.string))
+        case .mvRegister(let register): .array(register.values.sorted().map(JSONValue.string))
         case .orMap(let map):
             .object(Dictionary(uniqueKeysWithValues: map.keys.compactMap { key in
                 map[key].map { (key, JSONValue.object(["type": .string($0.type.rawValue), "value": render($0)])) }

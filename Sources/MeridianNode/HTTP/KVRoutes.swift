@@ -85,7 +85,10 @@ extension RegionNode {
 
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
     func serveForwardedRead(_ read: ForwardedRead) async -> ForwardedReply {
-        await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames) {
+        if let kind = read.headers.first(where: { $0.name.lowercased() == Self.internalHeader.lowercased() })?.value {
+            return await serveAntiEntropy(read, kind: kind)
+        }
+        return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames) {
             policy, headers throws(MeridianError) in
             try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true,
                                 as: headers[Self.readAsHeader] == ReadAs.crdt.rawValue ? .crdt : .value)

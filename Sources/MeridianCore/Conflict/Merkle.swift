@@ -1,0 +1,193 @@
+import Crypto
+
+/// A keyspace's contents in one region as a Merkle tree, so two regions find the keys they disagree on
+/// without sending them: keys fall into 256 buckets by the first byte of their SHA-256; a bucket's leaf
+/// hashes its keys' state digests in key order; the root hashes the leaves. Regions compare roots, and on
+/// a difference exchange the 256 leaves (8 KiB, one round trip at WAN latencies rather than one per tree
+/// level) and repair only the differing buckets.
+public struct MerkleTree: Sendable, Hashable {
+    /// Buckets, and so leaves.
+    public static let bucketCount = 256
+    static let digestBytes = 32
+
+    /// One hash per bucket (all zeros for an empty bucket).
+    public let leaves: [[UInt8]]
+
+    /// The bucket a key belongs to.
+    public static func bucket(of key: Key) -> Int {
+        Int(Array(SHA256.hash(data: Array(key.rawValue.utf8)))[0])
+    }
+
+    /// Builds the tree from every key's state digest, in any order.
+    public init(digests: [(key: Key, digest: [UInt8])]) {
+        var builder = Builder()
+        for item in digests.sorted(by: { Array($0.key.rawValue.utf8).lexicographicallyPrecedes(Array($1.key.rawValue.utf8)) }) {
+            builder.add(item.key, digest: item.digest)
+        }
+        self = builder.tree
+    }
+
+    /// Builds a tree from keys streamed in ascending byte order (as the store lists them), in constant
+    /// memory per bucket.
+    public struct Builder {
+        private var hashers = [SHA256?](repeating: nil, count: MerkleTree.bucketCount)
+        /// Keys added.
+        public private(set) var keys = 0
+
+        public init() {}
+
+        /// Adds a key's state digest; keys must come in ascending byte order.
+        public mutating func add(_ key: Key, digest: [UInt8]) {
+            let bucket = MerkleTree.bucket(of: key)
+            var hasher = hashers[bucket] ?? SHA256()
+            let bytes = Array(key.rawValue.utf8)
+            hasher.update(data: [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes)
+            hasher.update(data: digest)
+            hashers[bucket] = hasher
+            keys += 1
+        }
+
+        /// The tree of everything added.
+        public var tree: MerkleTree {
+            MerkleTree(leaves: hashers.map { $0.map { Array($0.finalize()) } ?? [UInt8](repeating: 0, count: MerkleTree.digestBytes) })
+        }
+    }
+
+    init(leaves: [[UInt8]]) { self.leaves = leaves }
+
+    /// The root: the hash of every leaf in order.
+    public var root: [UInt8] {
+        var hasher = SHA256()
+        for leaf in leaves { hasher.update(data: leaf) }
+        return Array(hasher.finalize())
+    }
+
+    /// The buckets whose leaves differ from another region's tree.
+    public func differingBuckets(_ other: MerkleTree) -> [Int] {
+        (0..<Self.bucketCount).filter { leaves[$0] != other.leaves[$0] }
+    }
+
+    /// The leaves as bytes (256 × 32).
+    public var encoded: [UInt8] { leaves.flatMap { $0 } }
+
+    /// Reads leaves sent by a peer.
+    /// - Throws: `codec_length_mismatch` unless exactly 256 × 32 bytes.
+    public init(encoded bytes: [UInt8]) throws(MeridianError) {
+        guard bytes.count == Self.bucketCount * Self.digestBytes else {
+            throw MeridianError(.codecLengthMismatch, "A Merkle tree is \(Self.bucketCount * Self.digestBytes) bytes; \(bytes.count) arrived.")
+        }
+        leaves = (0..<Self.bucketCount).map { Array(bytes[$0 * Self.digestBytes..<($0 + 1) * Self.digestBytes]) }
+    }
+
+    /// The digest of one key's state: its causal context and every version, value bytes included. Equal
+    /// states have equal digests in every region (all fields in a fixed order).
+    public static func digest(_ state: KeyState) -> [UInt8] {
+        var bytes: [UInt8] = []
+        KeyStateCodec.append(state, to: &bytes)
+        return Array(SHA256.hash(data: bytes))
+    }
+
+    /// A short hex form of a root, for reports.
+    public static func hex(_ digest: [UInt8]) -> String {
+        digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+}
+
+/// The binary form of key states, as anti-entropy sends them between regions and digests them.
+///
+/// A state: the context (`DependencyCodec`), `u32 versionCount`, then per version in dot order: `u8 originLength,
+/// origin, u64 sequence, u64 hlcPhysicalMs, u32 hlcLogical, u8 tombstone, u8 contentTypeLength, content type,
+/// u32 valueLength, value`, dependencies (`DependencyCodec`). A list of keyed states: `u32 count`, then per
+/// state `u16 keyLength, key`, the state.
+public enum KeyStateCodec {
+    public static func append(_ state: KeyState, to bytes: inout [UInt8]) {
+        var context: [RegionName: UInt64] = [:]
+        for region in state.context.regions { context[region] = state.context[region] }
+        DependencyCodec.append(context, to: &bytes)
+        append(UInt32(state.versions.count), to: &bytes)
+        for version in state.versions {
+            let origin = Array(version.version.origin.rawValue.utf8)
+            bytes.append(UInt8(origin.count))
+            bytes += origin
+            append(version.version.sequence, to: &bytes)
+            append(version.version.hlc.physicalMs, to: &bytes)
+            append(version.version.hlc.logical, to: &bytes)
+            bytes.append(version.tombstone ? 1 : 0)
+            let contentType = Array(version.contentType.utf8.prefix(EntryCodec.contentTypeBytesMax))
+            bytes.append(UInt8(contentType.count))
+            bytes += contentType
+            append(UInt32(version.value.count), to: &bytes)
+            bytes += version.value
+            DependencyCodec.append(version.dependencies, to: &bytes)
+        }
+    }
+
+    /// Encodes keyed states.
+    public static func encode(_ states: [(key: Key, state: KeyState)]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        append(UInt32(states.count), to: &bytes)
+        for item in states {
+            let key = Array(item.key.rawValue.utf8)
+            append(UInt16(key.count), to: &bytes)
+            bytes += key
+            append(item.state, to: &bytes)
+        }
+        return bytes
+    }
+
+    /// Decodes keyed states sent by a peer.
+    /// - Parameter valueBytesMax: The largest value a version may hold.
+    /// - Throws: `codec_*` errors for anything malformed.
+    public static func decode(_ bytes: [UInt8], valueBytesMax: Int) throws(MeridianError) -> [(key: Key, state: KeyState)] {
+        var reader = ByteReader(bytes[...])
+        let count = Int(try reader.required(reader.readUInt32(), "state_count"))
+        guard count <= reader.remaining / 8 else {
+            throw MeridianError(.codecTruncated, "Anti-entropy states claim \(count) keys, more than their bytes can hold.", context: ["field": "state_count"])
+        }
+        var result: [(key: Key, state: KeyState)] = []
+        for _ in 0..<count {
+            let keyLength = Int(try reader.required(reader.readUInt16(), "key_length"))
+            let key = try Key(try reader.utf8(keyLength, "key"))
+            let context = VersionVector(try DependencyCodec.read(&reader))
+            let versionCount = Int(try reader.required(reader.readUInt32(), "version_count"))
+            guard versionCount >= 1, versionCount <= reader.remaining / 27 else {
+                throw MeridianError(.codecInvalidField, "A key state holds \(versionCount) versions; it must hold at least one that fits its bytes.",
+                                    context: ["field": "version_count"])
+            }
+            var versions: [KeyVersion] = []
+            var dots: Set<Dot> = []
+            for _ in 0..<versionCount {
+                let originLength = Int(try reader.required(reader.readUInt8(), "origin_length"))
+                let origin = try RegionName(try reader.utf8(originLength, "origin"))
+                let sequence = try reader.required(reader.readUInt64(), "sequence")
+                let physicalMs = try reader.required(reader.readUInt64(), "hlc_physical_ms")
+                let logical = try reader.required(reader.readUInt32(), "hlc_logical")
+                let tombstone = try reader.required(reader.readUInt8(), "tombstone")
+                let contentTypeLength = Int(try reader.required(reader.readUInt8(), "content_type_length"))
+                let contentType = try reader.utf8(contentTypeLength, "content_type")
+                let valueLength = Int(try reader.required(reader.readUInt32(), "value_length"))
+                guard (1...UInt64(Int64.max)).contains(sequence), physicalMs <= UInt64(Int64.max), tombstone <= 1, valueLength <= valueBytesMax else {
+                    throw MeridianError(.codecInvalidField, "A key state's version of \(origin) is out of range.", context: ["field": "version"])
+                }
+                let value = Array(try reader.required(reader.take(valueLength), "value"))
+                var dependencies = try DependencyCodec.read(&reader)
+                dependencies[origin] = nil
+                let version = KeyVersion(version: Version(hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin), sequence: sequence),
+                                         tombstone: tombstone == 1, contentType: contentType, value: value, dependencies: dependencies)
+                guard dots.insert(version.dot).inserted else {
+                    throw MeridianError(.codecInvalidField, "A key state names version \(version.dot) twice.", context: ["field": "version"])
+                }
+                versions.append(version)
+            }
+            result.append((key, KeyState(context: context, versions: versions)))
+        }
+        guard reader.remaining == 0 else {
+            throw MeridianError(.codecLengthMismatch, "Anti-entropy states are followed by \(reader.remaining) unexpected bytes.")
+        }
+        return result
+    }
+
+    private static func append<I: FixedWidthInteger>(_ value: I, to bytes: inout [UInt8]) {
+        withUnsafeBytes(of: value.bigEndian) { bytes += $0 }
+    }
+}

@@ -1,0 +1,228 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import MeridianCore
+import MeridianHTTP
+import MeridianStore
+
+/// What one anti-entropy round with one peer found and did, for a keyspace.
+struct RepairReport: Encodable, Sendable {
+    let keyspace: String
+    let region: String
+    let peer: String
+    /// This region's Merkle root before and after, and the peer's.
+    let rootBefore: String
+    let rootAfter: String
+    let peerRoot: String
+    let keys: Int
+    /// Buckets whose leaves differed.
+    let bucketsDiffering: Int
+    /// Key states the peer sent (every key of the differing buckets) and how many of them changed a key here.
+    let keysReceived: Int
+    let keysChanged: Int
+    let error: String?
+
+    enum CodingKeys: String, CodingKey {
+        case keyspace, region, peer, keys, error
+        case rootBefore = "root_before"
+        case rootAfter = "root_after"
+        case peerRoot = "peer_root"
+        case bucketsDiffering = "buckets_differing"
+        case keysReceived = "keys_received"
+        case keysChanged = "keys_changed"
+    }
+}
+
+extension RegionNode {
+    /// Marks a forwarded read as an anti-entropy request between regions (never set from a client's headers:
+    /// forwarded reads carry only headers the forwarding node sets itself).
+    static let internalHeader = "Meridian-Internal"
+    static let bucketsHeader = "Meridian-Buckets"
+    static let afterHeader = "Meridian-After"
+    static let nextHeader = "Meridian-Next"
+    static let fromHeader = "Meridian-From"
+    static let logHighWaterHeader = "Meridian-Log-High-Water"
+    static let antiEntropyKey: Key = {
+        do { return try Key("_anti_entropy") } catch { preconditionFailure("a constant key is valid") }
+    }()
+
+    /// Answers a peer's anti-entropy request: this region's Merkle tree of a keyspace, or the states of some
+    /// of its buckets. Only for a peer that holds a replica of the keyspace (residency).
+    func serveAntiEntropy(_ read: ForwardedRead, kind: String) async -> ForwardedReply {
+        func header(_ name: String) -> String? { read.headers.first { $0.name.lowercased() == name.lowercased() }?.value }
+        func reply(_ status: Int, _ headers: [ForwardedHeader] = [], _ body: [UInt8]) -> ForwardedReply {
+            ForwardedReply(id: read.id, status: UInt16(status), headers: headers, body: body)
+        }
+        func failure(_ error: MeridianError) -> ForwardedReply {
+            let rendered = error.rendered()
+            return reply(rendered.status.code, [], Array(buffer: rendered.body))
+        }
+        guard let policy = configuration.cluster.keyspace(read.keyspace), policy.isReplica(region),
+              let from = header(Self.fromHeader).flatMap({ try? RegionName($0) }), policy.isReplica(from) else {
+            return failure(MeridianError(.notReplicaRegion, "Anti-entropy of '\(read.keyspace)' runs only between regions that hold a replica of it."))
+        }
+        do throws(MeridianError) {
+            switch kind {
+            case "merkle":
+                // Read before the tree: every write of this region's log up to here is in the states that follow.
+                let highWater = store.appliedHighWater()[region] ?? 0
+                let (tree, keys) = try await store.merkleTree(keyspace: policy.name)
+                return reply(200, [ForwardedHeader(name: "Meridian-Keys", value: String(keys)),
+                                   ForwardedHeader(name: Self.logHighWaterHeader, value: String(highWater))], tree.encoded)
+            case "states":
+                let buckets = Set((header(Self.bucketsHeader) ?? "").split(separator: ",").compactMap { Int($0) }
+                    .filter { (0..<MerkleTree.bucketCount).contains($0) })
+                let after = try header(Self.afterHeader).map { text throws(MeridianError) in try Key(text) }
+                let page = try await store.states(keyspace: policy.name, buckets: buckets, after: after,
+                                                  bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
+                var headers: [ForwardedHeader] = []
+                if let next = page.next { headers.append(ForwardedHeader(name: Self.nextHeader, value: next.rawValue)) }
+                return reply(200, headers, KeyStateCodec.encode(page.states))
+            default:
+                return failure(MeridianError(.invalidRequest, "Unknown anti-entropy request '\(kind.prefix(32))'."))
+            }
+        } catch {
+            return failure(error)
+        }
+    }
+
+    /// One anti-entropy round for a keyspace with one peer: compare trees, pull the states of the differing
+    /// buckets, merge them here. The peer does the same with this region on its own schedule (or when
+    /// `meridian repair` asks every region), so both end with everything either had.
+    func repair(_ policy: KeyspacePolicy, with peer: RegionName) async -> RepairReport {
+        await repairRound(policy, with: peer).report
+    }
+
+    /// One round, and the peer's own log high-water read before its tree (nil unless the round completed).
+    private func repairRound(_ policy: KeyspacePolicy, with peer: RegionName) async -> (report: RepairReport, peerLogHighWater: UInt64?) {
+        var peerLogHighWater: UInt64?
+        var before = MerkleTree(digests: []), keys = 0, peerTree: MerkleTree?
+        var differing: [Int] = [], received = 0, changed = 0
+        var problem: String?
+        do throws(MeridianError) {
+            (before, keys) = try await store.merkleTree(keyspace: policy.name)
+            let common = [ForwardedHeader(name: Self.fromHeader, value: region.rawValue)]
+            let treeReply = try await replicator.forward(to: peer) { id in
+                .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey,
+                                           headers: common + [ForwardedHeader(name: Self.internalHeader, value: "merkle")]))
+            }
+            guard treeReply.status == 200 else { throw Self.peerRefused(peer, treeReply) }
+            let highWater = treeReply.headers.first { $0.name.lowercased() == Self.logHighWaterHeader.lowercased() }.flatMap { UInt64($0.value) }
+            let theirs = try MerkleTree(encoded: treeReply.body)
+            peerTree = theirs
+            differing = before.differingBuckets(theirs)
+            var after: String?
+            var pages = 0
+            while !differing.isEmpty {
+                pages += 1
+                guard pages <= 100_000 else { break }
+                var headers = common + [ForwardedHeader(name: Self.internalHeader, value: "states"),
+                                        ForwardedHeader(name: Self.bucketsHeader, value: differing.map(String.init).joined(separator: ","))]
+                if let after { headers.append(ForwardedHeader(name: Self.afterHeader, value: after)) }
+                let page = try await replicator.forward(to: peer) { id in
+                    .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
+                }
+                guard page.status == 200 else { throw Self.peerRefused(peer, page) }
+                let states = try KeyStateCodec.decode(page.body, valueBytesMax: limits.valueBytesMax)
+                received += states.count
+                changed += try await store.merge(keyspace: policy.name, states: states)
+                after = page.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
+                if after == nil { break }
+            }
+            if after == nil { peerLogHighWater = highWater }
+        } catch {
+            problem = error.message
+        }
+        let rootAfter = (try? await store.merkleTree(keyspace: policy.name).tree.root) ?? before.root
+        if changed > 0 {
+            logger.info("anti-entropy repaired keys", metadata: ["keyspace": "\(policy.name)", "peer": "\(peer)", "changed": "\(changed)",
+                                                                  "buckets": "\(differing.count)"])
+        }
+        let report = RepairReport(keyspace: policy.name.rawValue, region: region.rawValue, peer: peer.rawValue,
+                                  rootBefore: MerkleTree.hex(before.root), rootAfter: MerkleTree.hex(rootAfter),
+                                  peerRoot: peerTree.map { MerkleTree.hex($0.root) } ?? "", keys: keys,
+                                  bucketsDiffering: differing.count, keysReceived: received, keysChanged: changed, error: problem)
+        return (report, problem == nil ? peerLogHighWater : nil)
+    }
+
+    /// Repairs every keyspace this region shares with `peer`. When all of them completed, this region holds
+    /// every write of the peer's log up to the high-water the peer read before its first tree, so the applied
+    /// point of that log moves there: a region behind the peer's log retention resumes streaming.
+    func repair(with peer: RegionName, keyspaces: [KeyspacePolicy]) async -> [RepairReport] {
+        var reports: [RepairReport] = []
+        var floor: UInt64?
+        var complete = true
+        for policy in keyspaces {
+            let (report, highWater) = await repairRound(policy, with: peer)
+            reports.append(report)
+            if let highWater { floor = min(floor ?? highWater, highWater) } else { complete = false }
+        }
+        let shared = antiEntropyPeers().filter { $0.1.contains(peer) }.map(\.0.name)
+        if complete, let floor, Set(shared).isSubset(of: keyspaces.map(\.name)) {
+            let before = store.appliedHighWater()[peer] ?? 0
+            if floor > before, (try? await store.raiseApplied(origin: peer, to: floor)) != nil {
+                logger.info("anti-entropy brought this region up to the peer's log", metadata: ["peer": "\(peer)", "from": "\(before)", "to": "\(floor)"])
+            }
+        }
+        return reports
+    }
+
+    private static func peerRefused(_ peer: RegionName, _ reply: ForwardedReply) -> MeridianError {
+        MeridianError(.regionUnavailable, "\(peer) refused the anti-entropy request (\(reply.status)): \(String(decoding: reply.body.prefix(300), as: UTF8.self))",
+                      context: ["region": peer.rawValue])
+    }
+
+    /// The keyspaces this region repairs, with their other replicas.
+    func antiEntropyPeers(_ only: KeyspaceName? = nil) -> [(KeyspacePolicy, [RegionName])] {
+        configuration.cluster.keyspaces.filter { ($0.name == only || only == nil) && $0.isReplica(region) }
+            .map { ($0, $0.replicas.filter { $0 != region }) }
+            .filter { !$0.1.isEmpty }
+    }
+
+    /// Runs anti-entropy for every keyspace with every peer, every `anti_entropy_interval_ms`, until cancelled.
+    func runAntiEntropy() async {
+        let interval = limits.antiEntropyIntervalMs
+        guard interval > 0 else { return }
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(interval))
+            for peer in configuration.cluster.regions.map(\.name) where peer != region && replicator.readView().reachable.contains(peer) {
+                guard !Task.isCancelled else { return }
+                let shared = antiEntropyPeers().filter { $0.1.contains(peer) }.map(\.0)
+                if !shared.isEmpty { _ = await repair(with: peer, keyspaces: shared) }
+            }
+        }
+    }
+
+    /// `POST /v1/admin/repair[?keyspace=K]`: one anti-entropy round now with every peer, and what it found.
+    func repairNow(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        var only: KeyspaceName?
+        if let text = request.uri.queryParameters.get("keyspace") {
+            only = try KeyspaceName(text)
+            guard configuration.cluster.keyspace(only!) != nil else {
+                throw MeridianError(.unknownKeyspace, "Keyspace '\(only!)' does not exist; GET /v1/keyspaces lists them.", context: ["keyspace": only!.rawValue])
+            }
+        }
+        var reports: [RepairReport] = []
+        for peer in configuration.cluster.regions.map(\.name) where peer != region {
+            let shared = antiEntropyPeers(only).filter { $0.1.contains(peer) }.map(\.0)
+            if !shared.isEmpty { reports += await repair(with: peer, keyspaces: shared) }
+        }
+        return JSON.response(["repairs": reports], headers: [.cacheControl: "no-store"])
+    }
+
+    /// `GET /v1/admin/merkle/{keyspace}`: this region's Merkle root of a keyspace and how many keys it covers.
+    func merkleRoot(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        let (tree, keys) = try await store.merkleTree(keyspace: policy.name)
+        return JSON.response(MerkleAnswer(keyspace: policy.name.rawValue, region: region.rawValue, root: MerkleTree.hex(tree.root), keys: keys),
+                             headers: [.cacheControl: "no-store"])
+    }
+}
+
+struct MerkleAnswer: Encodable {
+    let keyspace: String
+    let region: String
+    let root: String
+    let keys: Int
+}

@@ -76,6 +76,10 @@ public struct Simulation {
         public var persistsLost = 0
         /// Streams closed because the peer went silent.
         public var silenceCloses = 0
+        /// Writes to the conflict-policy keyspaces (fww, region-priority, siblings, crdt), and what they caused:
+        /// values logged as discarded (summed over regions), the most siblings one key held, the final counter total.
+        public var policyWrites = 0, conflictsLogged = 0, siblingsMax = 0
+        public var counterTotal: UInt64 = 0
         /// Simulated ms from the final heal to identical state, if reached.
         public var convergenceMs: UInt64?
         /// Every invariant broken, described.
@@ -89,6 +93,7 @@ public struct Simulation {
             text += "\(crashes) crashes, \(partitions) partitions, \(heals) heals"
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
+            text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if !violations.isEmpty { text += "\nVIOLATIONS:\n- " + violations.joined(separator: "\n- ") }
@@ -159,7 +164,10 @@ public struct Simulation {
         // Durable.
         var log: [ReplicationEntry] = []
         var applied: [[ReplicationEntry]]          // per origin, the entries durably applied here (own origin: its log)
-        var kv: [String: ReplicationEntry] = [:]
+        /// Every key's state ("keyspace/key"), as the store keeps it: the versions not superseded and the context.
+        var kv: [String: KeyState] = [:]
+        /// The conflicts log: per key, the versions this region discarded (the store's `conflicts` table).
+        var conflicts: [String: Set<Dot>] = [:]
         /// The highest timestamp recorded here, by a write or an apply (the store's `hlc_high_water`).
         var hlcHighWater: HLCTimestamp?
         // Volatile.
@@ -215,6 +223,14 @@ public struct Simulation {
     private let keyspace = try! KeyspaceName("sim")
     /// A single-leader keyspace led by the first region: strong reads and writes.
     private let strongKeyspace = try! KeyspaceName("strong")
+    /// Multi-leader keyspaces of the other conflict policies (the `sim` keyspace resolves by lww).
+    private let policyKeyspaces = ["fww", "prio", "sib", "crdt"].map { try! KeyspaceName($0) }
+    private var rules: [KeyspaceName: ConflictRule] = [:]
+    /// Versions a local write superseded while they were the value its region showed (a causal overwrite,
+    /// not a conflict), and every increment made to each counter: for the conflicts-log accounting and the
+    /// counter's exact total.
+    private var overwrittenVisible: Set<Dot> = []
+    private var increments: [Dot: UInt64] = [:]
     private let cluster: ClusterConfig
     private let ackTimeoutMs: UInt64 = 2_000
     private let readWaitMs: UInt64 = 1_000
@@ -259,7 +275,12 @@ public struct Simulation {
             keyspaces:
               - { name: sim, topology: multi-leader, ack: majority, consistency: { default: session } }
               - { name: strong, topology: single-leader, leader: \(all[0]), ack: majority }
+              - { name: fww, topology: multi-leader, conflict: fww, ack: majority }
+              - { name: prio, topology: multi-leader, conflict: region-priority, priority: [\(all.reversed().map(\.rawValue).joined(separator: ", "))], ack: majority }
+              - { name: sib, topology: multi-leader, conflict: siblings, ack: majority }
+              - { name: crdt, topology: multi-leader, conflict: crdt, ack: majority }
             """, file: "simulation")
+        rules = Dictionary(uniqueKeysWithValues: cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) })
         tokens = Array(repeating: SessionToken(), count: 4)
         sessionHistory = Array(repeating: [], count: 4)
         report = Report(seed: options.seed)
@@ -279,9 +300,10 @@ public struct Simulation {
             if step == lossStep { loseForGood(Int.random(in: regions.indices, using: &generator)) }
             let roll = Int.random(in: 0..<100, using: &generator)
             switch roll {
-            case 0..<30: clientWrite(at: Int.random(in: regions.indices, using: &generator), session: Int.random(in: 0..<tokens.count, using: &generator))
-            case 30..<40: strongWrite()
-            case 40..<70: startRead()
+            case 0..<22: clientWrite(at: Int.random(in: regions.indices, using: &generator), session: Int.random(in: 0..<tokens.count, using: &generator))
+            case 22..<30: strongWrite()
+            case 30..<45: policyWrite(at: Int.random(in: regions.indices, using: &generator))
+            case 45..<70: startRead()
             case 70..<78: partitionRandomPair()
             case 78..<86: healAll()
             case 86..<90: crash(Int.random(in: regions.indices, using: &generator))
@@ -322,6 +344,35 @@ public struct Simulation {
         stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, deleted: delete, acknowledged: nowMs))
     }
 
+    /// A write to a keyspace of another conflict policy. Under fww and region-priority the write supersedes
+    /// what the region holds; under siblings, a client that just read the key here sends its context, and a
+    /// blind one sends none; under crdt it increments a counter (the delta is what ships).
+    private mutating func policyWrite(at index: Int) {
+        guard regions[index].up else { return }
+        let keyspace = policyKeyspaces.randomElement(using: &generator)!
+        let key = "p\(Int.random(in: 0..<3, using: &generator))"
+        let state = regions[index].kv["\(keyspace)/\(key)"]
+        report.policyWrites += 1
+        switch rules[keyspace]! {
+        case .crdt:
+            var counter = CRDTValue.empty(.gCounter)
+            if let current = state?.winner(.crdt), let held = try? CRDTCodec.decode(current.value) { counter = held }
+            let amount = UInt64.random(in: 1...5, using: &generator)
+            let hlc = regions[index].clock.now(physicalMs: physicalMs(index))
+            guard let delta = try? counter.apply(.increment(amount), at: hlc) else {
+                return report.violations.append("a counter increment was refused at \(names[index])")
+            }
+            guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: .merge, bytes: CRDTCodec.encode(delta), hlc: hlc,
+                                     context: state?.context ?? VersionVector()) else { return }
+            increments[Dot(region: entry.origin, counter: entry.sequence)] = amount
+        case .siblings:
+            let context = Bool.random(using: &generator) ? (state?.context ?? VersionVector()) : VersionVector()
+            _ = commit(at: index, keyspace: keyspace, key: key, operation: Int.random(in: 0..<6, using: &generator) == 0 ? .delete : .put, context: context)
+        default:
+            _ = commit(at: index, keyspace: keyspace, key: key, operation: Int.random(in: 0..<6, using: &generator) == 0 ? .delete : .put)
+        }
+    }
+
     /// A write to the strong keyspace at its leader; its outcome is known once a majority confirms it.
     private mutating func strongWrite() {
         guard regions[0].up else { return }
@@ -338,21 +389,28 @@ public struct Simulation {
 
     /// Commits a write at `index` as its origin (durable at once, as a group commit) and ships it.
     private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, operation: MeridianCore.Operation = .put, value: String? = nil,
+                                 bytes: [UInt8]? = nil, hlc issued: HLCTimestamp? = nil, context: VersionVector? = nil,
                                  dependencies: [RegionName: UInt64] = [:], register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
         let sequence = UInt64(regions[index].log.count + 1)
-        let hlc = regions[index].clock.now(physicalMs: physicalMs(index))
+        let hlc = issued ?? regions[index].clock.now(physicalMs: physicalMs(index))
+        // What the write supersedes: the key as this region holds it, unless the caller says otherwise (siblings).
+        let held = regions[index].kv["\(keyspace)/\(key)"]
+        let seen = context ?? held?.context ?? VersionVector()
+        if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
+        var contextCounters: [RegionName: UInt64] = [:]
+        for region in seen.regions { contextCounters[region] = seen[region] }
         if let highWater = regions[index].hlcHighWater, hlc <= highWater {
             report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
         }
         let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace,
                                      key: try! Key(key), operation: operation, contentType: "",
-                                     value: operation == .delete ? [] : Array((value ?? "\(regions[index].name)-\(sequence)").utf8),
-                                     dependencies: dependencies)
+                                     value: bytes ?? (operation == .delete ? [] : Array((value ?? "\(regions[index].name)-\(sequence)").utf8)),
+                                     dependencies: dependencies, context: contextCounters)
         // Group commit: durable before anything else.
         regions[index].log.append(entry)
         regions[index].applied[index].append(entry)
-        applyLWW(index, entry)
+        apply(index, entry)
         regions[index].hlcHighWater = max(regions[index].hlcHighWater ?? hlc, hlc)
         if register { registerAck(index, sequence) }
         for peer in regions.indices where peer != index {
@@ -422,10 +480,10 @@ public struct Simulation {
         let rtt = rttMs[region]
         switch decision {
         case .serve(let level, _):
-            let current = regions[region].kv["\(read.keyspace)/\(read.key)"]
+            let current = regions[region].kv["\(read.keyspace)/\(read.key)"]?.winner(.lww)
             // A strong read returns only a version a majority holds (the leader waits for its confirmation).
-            if level == .strong, let current, current.origin == names[region],
-               !regions[region].acks.isConfirmed(sequence: current.sequence, required: AckMode.majority.regionsRequired(replicaCount: regions.count), replicas: names) {
+            if level == .strong, let current, current.version.origin == names[region],
+               !regions[region].acks.isConfirmed(sequence: current.version.sequence, required: AckMode.majority.regionsRequired(replicaCount: regions.count), replicas: names) {
                 guard nowMs < read.deadline + ackTimeoutMs else { return finishRead(id, served: false) }
                 return schedule(after: 20, .read(id))
             }
@@ -448,11 +506,11 @@ public struct Simulation {
     }
 
     /// Records what a served read returned, in the histories its level is checked by, and updates the token.
-    private mutating func served(_ read: PendingRead, _ current: ReplicationEntry?) {
+    private mutating func served(_ read: PendingRead, _ current: KeyVersion?) {
         report.readsServed += 1
         switch read.level {
         case .strong:
-            let seen = current.flatMap { $0.operation == .delete ? nil : String(decoding: $0.value, as: UTF8.self) }
+            let seen = current.flatMap { $0.tombstone ? nil : String(decoding: $0.value, as: UTF8.self) }
             strongOperations.append(StrongOperation(key: read.key, kind: .read(seen),
                                                     call: read.call, returned: nowMs))
         case .session:
@@ -665,7 +723,7 @@ public struct Simulation {
         if batch.through > durable {
             for entry in batch.entries where entry.sequence > durable {
                 regions[region].applied[origin].append(entry)
-                applyLWW(region, entry)
+                apply(region, entry)
                 do {
                     _ = try regions[region].clock.receive(entry.hlc, physicalMs: physicalMs(region))
                 } catch {
@@ -683,10 +741,22 @@ public struct Simulation {
         startPersist(region, stream: id)
     }
 
-    private mutating func applyLWW(_ index: Int, _ entry: ReplicationEntry) {
+    /// Applies an entry to its key through the core's `KeyChange`, as the store does, keeping the conflicts log.
+    private mutating func apply(_ index: Int, _ entry: ReplicationEntry) {
         let key = "\(entry.keyspace)/\(entry.key)"
-        if let current = regions[index].kv[key], current.hlc >= entry.hlc { return }
-        regions[index].kv[key] = entry
+        let change: KeyChange?
+        do {
+            change = try KeyChange.applying(entry, rule: rules[entry.keyspace] ?? .lww, to: regions[index].kv[key])
+        } catch {
+            return report.violations.append("\(names[index]) could not apply \(entry.origin)#\(entry.sequence): \(error)")
+        }
+        guard let change else { return }
+        regions[index].kv[key] = change.state
+        report.siblingsMax = max(report.siblingsMax, change.state.versions.count)
+        if let restored = change.restored { regions[index].conflicts[key]?.remove(restored) }
+        for loss in change.losses where regions[index].conflicts[key, default: []].insert(loss.loser.dot).inserted {
+            report.conflictsLogged += 1
+        }
     }
 
     // MARK: - Network
@@ -877,6 +947,38 @@ public struct Simulation {
         }
     }
 
+    /// Nothing discarded silently: every write to a keyspace whose rule discards losers, held by the surviving
+    /// regions, is the value they show, or was the value its overwriter's region showed when a later write
+    /// replaced it, or is in some region's conflicts log. And the counters hold every increment they received.
+    private mutating func checkConflicts() {
+        let survivors = self.survivors
+        guard let reference = survivors.first, report.convergenceMs != nil else { return }
+        var logged: Set<Dot> = []
+        for region in regions { for dots in region.conflicts.values { logged.formUnion(dots) } }
+        var winners: Set<Dot> = []
+        for (key, state) in regions[reference].kv {
+            let keyspace = try! KeyspaceName(String(key.prefix { $0 != "/" }))
+            winners.insert(state.winner(rules[keyspace] ?? .lww).dot)
+        }
+        for origin in regions.indices {
+            for entry in regions[reference].applied[origin] where (rules[entry.keyspace] ?? .lww).discardsLosers && entry.keyspace != strongKeyspace {
+                let dot = Dot(region: entry.origin, counter: entry.sequence)
+                guard !winners.contains(dot), !overwrittenVisible.contains(dot), !logged.contains(dot) else { continue }
+                report.violations.append("\(entry.keyspace)/\(entry.key) write \(entry.origin)#\(entry.sequence) was discarded without a conflicts-log record")
+            }
+        }
+        for (key, state) in regions[reference].kv where key.hasPrefix("crdt/") {
+            guard let value = try? CRDTCodec.decode(state.winner(.crdt).value), case .gCounter(let counter) = value else {
+                report.violations.append("\(key) does not hold a counter")
+                continue
+            }
+            let held = regions[reference].applied.flatMap { $0 }.filter { "\($0.keyspace)/\($0.key)" == key }
+            let expected = held.reduce(UInt64(0)) { $0 + (increments[Dot(region: $1.origin, counter: $1.sequence)] ?? 0) }
+            report.counterTotal += counter.value
+            if counter.value != expected { report.violations.append("\(key) counts \(counter.value); the increments it applied add up to \(expected)") }
+        }
+    }
+
     private func converged() -> Bool {
         let survivors = self.survivors
         for index in survivors {
@@ -884,12 +986,19 @@ public struct Simulation {
             for origin in survivors where regions[index].applied[origin].count != regions[origin].log.count { return false }
         }
         guard report.lostRegion == nil else { return true }
-        let first = regions[0].kv.mapValues(\.version)
-        return regions.allSatisfy { $0.kv.mapValues(\.version) == first }
+        // Byte-identical: equal Merkle roots over every key's full state, values and concurrent versions included.
+        let roots = regions.map { region in
+            MerkleTree(digests: region.kv.map { (key: try! Key($0.key), digest: MerkleTree.digest($0.value)) }).root
+        }
+        return roots.allSatisfy { $0 == roots[0] }
     }
 
     private mutating func checkInvariants() {
         if report.convergenceMs == nil {
+            let diverged = regions[0].kv.filter { key, state in regions.contains { $0.kv[key] != state } }.sorted { $0.key < $1.key }.prefix(5)
+            for (key, _) in diverged {
+                report.violations.append("\(key) diverged: " + regions.map { r in "\(r.name): ctx \(r.kv[key]?.context.description ?? "-") versions \(r.kv[key]?.versions.map { "\($0.dot)\($0.tombstone ? "T" : "")@\($0.version.hlc)" } ?? [])" }.joined(separator: " | "))
+            }
             report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied counts \(regions.map { $0.applied.map(\.count) }), logs \(regions.map(\.log.count))")
         }
         let survivors = self.survivors
@@ -899,6 +1008,7 @@ public struct Simulation {
             }
         }
         checkHistories()
+        checkConflicts()
         for write in acknowledgedWrites {
             let holders = survivors.filter { regions[$0].applied[write.origin].count >= Int(write.sequence) }
             if regions[write.origin].lost {

@@ -315,7 +315,8 @@ actor GroupCommitter {
                     let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
                     guard merged != local else { continue }
                     try KeyStateRows.store(db, keyspace, item.key, old: local, new: merged, rule: rule)
-                    recorded.add(try KeyStateRows.recordConflicts(db, keyspace, item.key, old: local, new: merged, rule: rule, nowMs: physicalMs, limits: limits))
+                    recorded.add(try KeyStateRows.record(db, keyspace, item.key, KeyChange.changes(old: local, new: merged, rule: rule),
+                                                         nowMs: physicalMs, limits: limits))
                     changed += 1
                 }
                 if changed > 0 { try Self.raiseHighWater(db, last, region: region) }

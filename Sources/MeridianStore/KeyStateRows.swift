@@ -67,42 +67,9 @@ enum KeyStateRows {
     /// - Parameter state: The key's state before (the caller has read it with `load`).
     static func apply(_ db: Database, _ entry: ReplicationEntry, rule: ConflictRule, state: KeyState?,
                       nowMs: UInt64, limits: Limits) throws -> Applied {
-        if let state, state.context.contains(Dot(region: entry.origin, counter: entry.sequence)) { return Applied() }
-        if entry.operation == .merge { return try merge(db, entry, state: state, nowMs: nowMs, limits: limits) }
-        switch KeyState.applying(KeyVersion(entry: entry), context: VersionVector(entry.context), to: state) {
-        case .superseded:
-            return Applied()
-        case .applied(let next):
-            try store(db, entry.keyspace, entry.key, old: state, new: next, rule: rule)
-            return try recordConflicts(db, entry.keyspace, entry.key, old: state, new: next, rule: rule, nowMs: nowMs, limits: limits)
-        }
-    }
-
-    /// A CRDT delta: merged into the key's value. Merges commute, so the order entries of different origins
-    /// arrive in does not matter; the row's version is the highest HLC merged, the same everywhere.
-    private static func merge(_ db: Database, _ entry: ReplicationEntry, state: KeyState?, nowMs: UInt64, limits: Limits) throws -> Applied {
-        let delta = try CRDTCodec.decode(entry.value)
-        let current = state.map { $0.winner(.crdt) }
-        var value = delta
-        var applied = Applied()
-        if let current, !current.tombstone, let held = try? CRDTCodec.decode(current.value) {
-            value = held.merged(delta)
-            if held.type != delta.type {
-                // Two regions created the key with different types at once; the codec's order picked one.
-                let lost = value.type == held.type ? KeyVersion(entry: entry) : current
-                let kept = value.type == held.type ? current : KeyVersion(entry: entry)
-                applied = try record(db, entry.keyspace, entry.key, loser: lost, winner: kept, rule: "crdt-type", nowMs: nowMs, limits: limits)
-            }
-        }
-        let newest = current.map { $0.version.hlc > entry.hlc ? $0.version : entry.version } ?? entry.version
-        let merged = KeyVersion(version: newest, tombstone: false, contentType: crdtContentType, value: CRDTCodec.encode(value),
-                                dependencies: (current?.dependencies ?? [:]).merging(entry.dependencies) { max($0, $1) })
-        var context = state?.context ?? VersionVector()
-        context = context.merged(with: VersionVector(entry.context))
-        context.set(entry.origin, max(context[entry.origin], entry.sequence))
-        let next = KeyState(context: context, versions: [merged])
-        try store(db, entry.keyspace, entry.key, old: state, new: next, rule: .crdt)
-        return applied
+        guard let change = try KeyChange.applying(entry, rule: rule, to: state) else { return Applied() }
+        try store(db, entry.keyspace, entry.key, old: state, new: change.state, rule: rule)
+        return try record(db, entry.keyspace, entry.key, change, nowMs: nowMs, limits: limits)
     }
 
     /// Writes a key's new state: the winner in `kv`, the rest in `frontier`.
@@ -135,23 +102,17 @@ enum KeyStateRows {
         }
     }
 
-    /// Brings the conflicts log in line with a key's new state under a rule that discards losers: every
-    /// version that loses to the winner is recorded (once); a version that wins again after losing here
-    /// (first-writer-wins can promote a hidden version when a write supersedes the one that beat it) has
-    /// its record removed, so the log names exactly the writes this region discarded.
-    static func recordConflicts(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, new: KeyState,
-                                        rule: ConflictRule, nowMs: UInt64, limits: Limits) throws -> Applied {
-        guard rule.discardsLosers else { return Applied() }
+    /// Brings the conflicts log in line with a key's change: every version that loses is recorded (once);
+    /// a version that wins again after losing here has its record removed, so the log names exactly the
+    /// writes this region discards.
+    static func record(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, _ change: KeyChange, nowMs: UInt64, limits: Limits) throws -> Applied {
         var applied = Applied()
-        let winner = new.winner(rule)
-        if (old?.versions.count ?? 1) > 1 {
+        if let restored = change.restored {
             try db.cachedStatement(sql: "DELETE FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?")
-                .execute(arguments: [keyspace.rawValue, key.rawValue, winner.version.origin.rawValue, Int64(winner.version.sequence)])
+                .execute(arguments: [keyspace.rawValue, key.rawValue, restored.region.rawValue, Int64(restored.counter)])
         }
-        for loser in new.losers(rule) {
-            let step = try record(db, keyspace, key, loser: loser, winner: winner, rule: rule.name, nowMs: nowMs, limits: limits)
-            applied.conflictsRecorded += step.conflictsRecorded
-            applied.conflictsDropped += step.conflictsDropped
+        for loss in change.losses {
+            applied.add(try record(db, keyspace, key, loser: loss.loser, winner: loss.winner, rule: loss.rule, nowMs: nowMs, limits: limits))
         }
         return applied
     }

@@ -138,6 +138,39 @@ import Testing
     }
 }
 
+@Suite struct CRDTApplyTests {
+    let us = RegionName(validated: "us-east")
+    let ap = RegionName(validated: "ap-southeast")
+
+    func increment(_ region: RegionName, _ sequence: UInt64, by amount: UInt64, on state: KeyState?) throws -> ReplicationEntry {
+        var value = CRDTValue.empty(.gCounter)
+        if let state, let held = try? CRDTCodec.decode(state.winner(.crdt).value) { value = held }
+        let hlc = HLCTimestamp(physicalMs: sequence, logical: 0, region: region)
+        let delta = try value.apply(.increment(amount), at: hlc)
+        var context: [RegionName: UInt64] = [:]
+        for origin in state?.context.regions ?? [] { context[origin] = state!.context[origin] }
+        return ReplicationEntry(origin: region, sequence: sequence, hlc: hlc, epoch: 0, keyspace: try KeyspaceName("likes"),
+                                key: try Key("post"), operation: .merge, contentType: CRDTCodec.contentType, value: CRDTCodec.encode(delta),
+                                context: context)
+    }
+
+    /// Found by the simulator: a delta whose writer had seen another region's delta must not mark that delta
+    /// as merged where it arrives first, or the earlier increment is skipped when it comes.
+    @Test func aDeltaArrivingBeforeOneItsWriterSawStillCountsBoth() throws {
+        let first = try increment(us, 1, by: 3, on: nil)
+        let atAP = try #require(try KeyChange.applying(first, rule: .crdt, to: nil)).state
+        let second = try increment(ap, 1, by: 4, on: atAP)
+        #expect(!second.context.isEmpty, "ap-southeast's delta was written having seen us-east's")
+        // eu-west receives ap-southeast's delta first, then us-east's.
+        let afterSecond = try #require(try KeyChange.applying(second, rule: .crdt, to: nil)).state
+        let afterBoth = try #require(try KeyChange.applying(first, rule: .crdt, to: afterSecond), "us-east's delta was skipped").state
+        guard case .gCounter(let counter) = try CRDTCodec.decode(afterBoth.winner(.crdt).value) else { throw CancellationError() }
+        #expect(counter.value == 7)
+        // Delivered again, a delta changes nothing.
+        #expect(try KeyChange.applying(first, rule: .crdt, to: afterBoth) == nil)
+    }
+}
+
 @Suite struct CRDTCodecTests {
     let us = RegionName(validated: "us-east")
     let eu = RegionName(validated: "eu-west")

@@ -133,11 +133,11 @@ struct WANHarness {
             samplesMs.append(Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000)
         }
         let median = samplesMs.sorted()[samplesMs.count / 2]
-        // Wide enough for a loaded machine running live clusters of other suites in parallel, narrow enough to
-        // catch a delay missing in one direction (~50 ms) or applied twice (~200 ms). Precision is
-        // `meridian bench wan`'s job.
-        #expect(median >= 100 && median < 160, "p50 RTT \(median) ms through a 100 ms link")
-        #expect(samplesMs.min()! >= 100, "never faster than the link")
+        // The fastest of 25 round trips: a loaded machine (live clusters of other suites run in parallel) adds
+        // delay to some samples, rarely to all, while a delay missing in one direction (~50 ms) or applied
+        // twice (~200 ms) shows in every one. Precision is `meridian bench wan`'s job.
+        let fastest = samplesMs.min()!
+        #expect(fastest >= 100 && fastest < 160, "fastest RTT \(fastest) ms (p50 \(median) ms) through a 100 ms link")
         try await channel.close()
     }
 

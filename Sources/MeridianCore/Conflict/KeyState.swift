@@ -181,3 +181,66 @@ extension KeyState {
         return KeyState(context: context, versions: [value])
     }
 }
+
+/// A value a region discarded under its keyspace's rule: what its conflicts log records.
+public struct ConflictLoss: Sendable, Hashable {
+    public let loser: KeyVersion
+    public let winner: KeyVersion
+    /// `lww`, `fww`, `region-priority`, or `crdt-type` when two regions created a CRDT key with different types.
+    public let rule: String
+}
+
+/// What applying one entry does to a key in a region: the one step the store and the simulator share.
+public struct KeyChange: Sendable, Hashable {
+    /// The key's state afterwards.
+    public let state: KeyState
+    /// Values this region now discards (record them, once each).
+    public let losses: [ConflictLoss]
+    /// A version recorded as lost earlier that wins again (remove its record): under first-writer-wins a
+    /// write can supersede the version that beat a hidden one, which then shows.
+    public let restored: Dot?
+
+    /// Applies an entry to a key under `rule`.
+    /// - Returns: nil when the key's context already names the entry (a write that saw it came first).
+    /// - Throws: `codec_*` when a CRDT delta cannot be decoded.
+    public static func applying(_ entry: ReplicationEntry, rule: ConflictRule, to old: KeyState?) throws(MeridianError) -> KeyChange? {
+        if let old, old.context.contains(Dot(region: entry.origin, counter: entry.sequence)) { return nil }
+        if entry.operation == .merge { return try merging(entry, into: old) }
+        guard case .applied(let new) = KeyState.applying(KeyVersion(entry: entry), context: VersionVector(entry.context), to: old) else { return nil }
+        return changes(old: old, new: new, rule: rule)
+    }
+
+    /// The conflicts-log changes of a key going from `old` to `new` (anti-entropy merges use it too).
+    public static func changes(old: KeyState?, new: KeyState, rule: ConflictRule) -> KeyChange {
+        guard rule.discardsLosers else { return KeyChange(state: new, losses: [], restored: nil) }
+        let winner = new.winner(rule)
+        let restored = (old?.versions.count ?? 1) > 1 ? winner.dot : nil
+        return KeyChange(state: new, losses: new.losers(rule).map { ConflictLoss(loser: $0, winner: winner, rule: rule.name) }, restored: restored)
+    }
+
+    /// A CRDT delta merged into the key's value. Merges commute, so the order entries of different origins
+    /// arrive in does not matter; the version stamp is the highest HLC merged, the same everywhere.
+    private static func merging(_ entry: ReplicationEntry, into old: KeyState?) throws(MeridianError) -> KeyChange {
+        let delta = try CRDTCodec.decode(entry.value)
+        let current = old.map { $0.winner(.crdt) }
+        var value = delta
+        var losses: [ConflictLoss] = []
+        if let current, !current.tombstone, let held = try? CRDTCodec.decode(current.value) {
+            value = held.merged(delta)
+            if held.type != delta.type {
+                // Two regions created the key with different types at once; the type order picked one.
+                let incoming = KeyVersion(entry: entry)
+                let keptHeld = value.type == held.type
+                losses.append(ConflictLoss(loser: keptHeld ? incoming : current, winner: keptHeld ? current : incoming, rule: "crdt-type"))
+            }
+        }
+        let newest = current.map { $0.version.hlc > entry.hlc ? $0.version : entry.version } ?? entry.version
+        let merged = KeyVersion(version: newest, tombstone: false, contentType: CRDTCodec.contentType, value: CRDTCodec.encode(value),
+                                dependencies: (current?.dependencies ?? [:]).merging(entry.dependencies) { max($0, $1) })
+        // Only the deltas merged here: a delta carries its own effect, not the effects its writer had seen, so
+        // the writer's context must not mark those as merged (they would be skipped when they arrive).
+        var context = old?.context ?? VersionVector()
+        context.set(entry.origin, max(context[entry.origin], entry.sequence))
+        return KeyChange(state: KeyState(context: context, versions: [merged]), losses: losses, restored: nil)
+    }
+}

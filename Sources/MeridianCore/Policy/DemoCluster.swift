@@ -77,6 +77,12 @@ public enum DemoCluster {
             priority: [us-east, eu-west, ap-southeast]
             ack: majority
 
+          # A seat booked in two regions at once goes to the first booking (lowest timestamp).
+          - name: bookings
+            topology: multi-leader
+            conflict: fww
+            ack: async
+
           # EU personal data: stored only in eu-west; other regions proxy to it.
           - name: eu_users
             topology: geo-partitioned

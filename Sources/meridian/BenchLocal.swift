@@ -5,7 +5,7 @@ import MeridianClient
 import MeridianCore
 
 struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure Meridian.", subcommands: [Local.self, WAN.self, Replication.self, Consistency.self])
+    static let configuration = CommandConfiguration(abstract: "Measure Meridian.", subcommands: [Local.self, WAN.self, Replication.self, Consistency.self, Convergence.self])
 
     struct Local: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -146,6 +146,8 @@ final class BenchCluster {
         }
         yaml += "keyspaces:\n  - { name: bench, topology: multi-leader, conflict: lww, ack: async }\n"
         yaml += "  - { name: ledger, topology: single-leader, leader: us-east, ack: majority }\n"
+        yaml += "  - { name: conflicts, topology: multi-leader, conflict: lww, ack: async }\n"
+        yaml += "  - { name: counters, topology: multi-leader, conflict: crdt, ack: async }\n"
         file = (self.directory as NSString).appendingPathComponent("cluster.yaml")
         try yaml.write(toFile: file, atomically: true, encoding: .utf8)
         config = try ClusterConfig.parse(yaml: yaml, file: file)

@@ -110,6 +110,7 @@ enum KeyStateRows {
         if let restored = change.restored {
             try db.cachedStatement(sql: "DELETE FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?")
                 .execute(arguments: [keyspace.rawValue, key.rawValue, restored.region.rawValue, Int64(restored.counter)])
+            if db.changesCount > 0 { try count(db, keyspace, by: -db.changesCount) }
         }
         for loss in change.losses {
             applied.add(try record(db, keyspace, key, loser: loss.loser, winner: loss.winner, rule: loss.rule, nowMs: nowMs, limits: limits))
@@ -143,12 +144,28 @@ enum KeyStateRows {
                 rule, Int64(nowMs), Int64(loser.version.hlc.physicalMs), Int64(loser.version.hlc.logical),
                 loser.tombstone, loser.contentType, Data(loser.value),
             ])
-        // Bounded retention: the oldest records of the keyspace beyond the limit go.
+        // Bounded retention: beyond the limit the oldest records of the keyspace go. The count is kept beside the
+        // log, so a record costs a few index steps, not a scan of the keyspace's records.
+        let records = try count(db, keyspace, by: 1)
+        var dropped = 0
+        if records > limits.conflictsLogMax {
+            try db.cachedStatement(sql: """
+                DELETE FROM conflicts WHERE id IN (SELECT id FROM conflicts WHERE keyspace = ? ORDER BY id LIMIT ?)
+                """).execute(arguments: [keyspace.rawValue, records - limits.conflictsLogMax])
+            dropped = db.changesCount
+            try count(db, keyspace, by: -dropped)
+        }
+        return Applied(conflictsRecorded: 1, conflictsDropped: dropped)
+    }
+
+    /// Moves a keyspace's record count and returns it.
+    @discardableResult
+    private static func count(_ db: Database, _ keyspace: KeyspaceName, by delta: Int) throws -> Int {
         try db.cachedStatement(sql: """
-            DELETE FROM conflicts WHERE keyspace = ? AND id <= (
-                SELECT id FROM conflicts WHERE keyspace = ? ORDER BY id DESC LIMIT 1 OFFSET ?)
-            """).execute(arguments: [keyspace.rawValue, keyspace.rawValue, limits.conflictsLogMax])
-        return Applied(conflictsRecorded: 1, conflictsDropped: db.changesCount)
+            INSERT INTO conflict_counts (keyspace, records) VALUES (?, ?)
+            ON CONFLICT (keyspace) DO UPDATE SET records = MAX(records + ?, 0)
+            """).execute(arguments: [keyspace.rawValue, max(delta, 0), delta])
+        return try Int.fetchOne(db.cachedStatement(sql: "SELECT records FROM conflict_counts WHERE keyspace = ?"), arguments: [keyspace.rawValue]) ?? 0
     }
 
     static func encodeVector(_ vector: VersionVector) -> Data? {

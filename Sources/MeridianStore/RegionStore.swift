@@ -490,6 +490,7 @@ public final class RegionStore: Sendable {
                     winner_sequence INTEGER NOT NULL, winner_hlc_physical_ms INTEGER NOT NULL, winner_hlc_logical INTEGER NOT NULL);
                 CREATE UNIQUE INDEX conflicts_loser ON conflicts (keyspace, key, loser_origin, loser_sequence);
                 CREATE INDEX conflicts_keyspace ON conflicts (keyspace, id);
+                CREATE TABLE conflict_counts (keyspace TEXT PRIMARY KEY NOT NULL, records INTEGER NOT NULL) WITHOUT ROWID;
                 """)
         }
         return migrator

@@ -73,20 +73,29 @@ extension Bench {
             // 2. Heal, and time until every region's Merkle root of the keyspace is the same.
             let healed = ContinuousClock.now
             try await cluster.wan("POST", "/v1/wan/heal", [:])
+            // Polls the cheap signal (every origin's entries acknowledged by every peer, i.e. durably applied there),
+            // then compares Merkle roots; computing trees in a tight loop would slow the very applies it times.
             var roots: [String] = []
             var keyCounts: [Int] = []
             var converged: Double?
             while seconds(ContinuousClock.now - healed) < 600 {
-                roots = []
-                keyCounts = []
-                for region in regions {
-                    let (root, count) = try await cluster.merkle(region, keyspace: "conflicts")
-                    roots.append(root)
-                    keyCounts.append(count)
+                var caughtUp = true
+                for region in regions where caughtUp {
+                    caughtUp = try await cluster.peers(region).allSatisfy { $0["link"] as? String == "up" && ($0["lag_entries"] as? Int ?? 1) == 0 }
                 }
-                if Set(roots).count == 1 && keyCounts.allSatisfy({ $0 == keys }) {
-                    converged = seconds(ContinuousClock.now - healed) * 1000
-                    break
+                if caughtUp {
+                    let at = ContinuousClock.now
+                    roots = []
+                    keyCounts = []
+                    for region in regions {
+                        let (root, count) = try await cluster.merkle(region, keyspace: "conflicts")
+                        roots.append(root)
+                        keyCounts.append(count)
+                    }
+                    if Set(roots).count == 1 && keyCounts.allSatisfy({ $0 == keys }) {
+                        converged = seconds(at - healed) * 1000
+                        break
+                    }
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }

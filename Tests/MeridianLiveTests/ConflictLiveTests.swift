@@ -89,6 +89,13 @@ import Testing
             #expect(after.allSatisfy { $0.status == 200 && $0.text == "from-us+from-eu" }, "the resolution replaced both: \(after.map(\.text))")
             let conflictsOfSiblings = try await us.request("GET", "/v1/conflicts/carts")
             #expect((Self.json(conflictsOfSiblings)["conflicts"] as? [Any])?.isEmpty == true, "siblings discard nothing")
+            // Byte-identical everywhere: every region's Merkle root of each keyspace is the same.
+            for keyspace in ["last", "first", "ranked", "carts"] {
+                let roots = try await Self.converge(connections, "/v1/admin/merkle/\(keyspace)") { answers in
+                    Set(answers.map { Self.json($0)["root"] as? String ?? "" }).count == 1
+                }
+                #expect(Set(roots.map { Self.json($0)["root"] as? String ?? "" }).count == 1, "\(keyspace): \(roots.map(\.text))")
+            }
             // A forged context is refused rather than trusted.
             let forged = try await us.request("PUT", "/v1/kv/carts/item", headers: [("Meridian-Context", "c1.AAAA")], body: Array("x".utf8))
             #expect(forged.status == 400, "\(forged.text)")

@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 
 /// Starts and stops local `meridian` processes: used by `meridian up`, the benchmarks and the live tests.
@@ -10,9 +11,21 @@ public enum LocalProcesses {
         let ceiling = ephemeralLow - 1
         for _ in 0..<200 {
             let port = Int.random(in: 15_000...ceiling, using: &generator)
-            if isFree(port) { return port }
+            if isFree(port) && reserve(port..<(port + 1)) { return port }
         }
         return try kernelAssignedPort()
+    }
+
+    /// Ports this process has handed out: a port picked for one cluster is free until its process binds it,
+    /// and suites that start clusters in parallel must not be handed the same one in between.
+    private static let handedOut = Mutex<Set<Int>>([])
+
+    private static func reserve(_ ports: Range<Int>) -> Bool {
+        handedOut.withLock { taken in
+            guard ports.allSatisfy({ !taken.contains($0) }) else { return false }
+            taken.formUnion(ports)
+            return true
+        }
     }
 
     /// The lowest port the kernel hands to outgoing connections (`ip_local_port_range`), 32768 if unknown.
@@ -48,7 +61,7 @@ public enum LocalProcesses {
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<attempts {
             let base = Int.random(in: 15_000...(ephemeralLow - 1 - count), using: &generator)
-            if (base..<(base + count)).allSatisfy(isFree) { return base }
+            if (base..<(base + count)).allSatisfy(isFree) && reserve(base..<(base + count)) { return base }
         }
         throw ConnectionError(description: "no \(count) consecutive free ports found in \(attempts) attempts")
     }

@@ -44,6 +44,9 @@ public struct Limits: Sendable, Hashable, Encodable {
     /// How often, in ms, a region compares each keyspace's Merkle tree with every other replica's and
     /// repairs what differs (0: only on `meridian repair`).
     public var antiEntropyIntervalMs: Int = 30_000
+    /// The most versions a key of a `siblings` keyspace may hold; a write that would add one more (a blind
+    /// write, or one whose context misses versions) is refused with `too_many_siblings`.
+    public var siblingsMax: Int = 16
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -69,6 +72,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("read_wait_ms", 0...600_000),
         ("conflicts_log_max", 1...10_000_000),
         ("anti_entropy_interval_ms", 0...86_400_000),
+        ("siblings_max", 1...1000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -91,5 +95,6 @@ public struct Limits: Sendable, Hashable, Encodable {
         case readWaitMs = "read_wait_ms"
         case conflictsLogMax = "conflicts_log_max"
         case antiEntropyIntervalMs = "anti_entropy_interval_ms"
+        case siblingsMax = "siblings_max"
     }
 }

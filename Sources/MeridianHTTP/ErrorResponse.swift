@@ -12,7 +12,7 @@ extension MeridianError.Code {
             .badRequest
         case .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound: .notFound
         case .methodNotAllowed: .methodNotAllowed
-        case .consistencyNotAllowed, .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch: .conflict
+        case .consistencyNotAllowed, .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings: .conflict
         case .preconditionFailed: .preconditionFailed
         case .valueTooLarge: .contentTooLarge
         case .ackTimeout: .gatewayTimeout

@@ -41,7 +41,6 @@ extension RegionNode {
     static let bucketsHeader = "Meridian-Buckets"
     static let afterHeader = "Meridian-After"
     static let nextHeader = "Meridian-Next"
-    static let fromHeader = "Meridian-From"
     static let logHighWaterHeader = "Meridian-Log-High-Water"
     static let antiEntropyKey: Key = {
         do { return try Key("_anti_entropy") } catch { preconditionFailure("a constant key is valid") }
@@ -49,7 +48,8 @@ extension RegionNode {
 
     /// Answers a peer's anti-entropy request: this region's Merkle tree of a keyspace, or the states of some
     /// of its buckets. Only for a peer that holds a replica of the keyspace (residency).
-    func serveAntiEntropy(_ read: ForwardedRead, kind: String) async -> ForwardedReply {
+    /// - Parameter from: The peer, as its stream's hello named it (never a header it could set itself).
+    func serveAntiEntropy(_ read: ForwardedRead, kind: String, from: RegionName) async -> ForwardedReply {
         func header(_ name: String) -> String? { read.headers.first { $0.name.lowercased() == name.lowercased() }?.value }
         func reply(_ status: Int, _ headers: [ForwardedHeader] = [], _ body: [UInt8]) -> ForwardedReply {
             ForwardedReply(id: read.id, status: UInt16(status), headers: headers, body: body)
@@ -58,8 +58,7 @@ extension RegionNode {
             let rendered = error.rendered()
             return reply(rendered.status.code, [], Array(buffer: rendered.body))
         }
-        guard let policy = configuration.cluster.keyspace(read.keyspace), policy.isReplica(region),
-              let from = header(Self.fromHeader).flatMap({ try? RegionName($0) }), policy.isReplica(from) else {
+        guard let policy = configuration.cluster.keyspace(read.keyspace), policy.isReplica(region), policy.isReplica(from) else {
             return failure(MeridianError(.notReplicaRegion, "Anti-entropy of '\(read.keyspace)' runs only between regions that hold a replica of it."))
         }
         do throws(MeridianError) {
@@ -102,7 +101,7 @@ extension RegionNode {
         var problem: String?
         do throws(MeridianError) {
             (before, keys) = try await store.merkleTree(keyspace: policy.name)
-            let common = [ForwardedHeader(name: Self.fromHeader, value: region.rawValue)]
+            let common: [ForwardedHeader] = []
             let treeReply = try await replicator.forward(to: peer) { id in
                 .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey,
                                            headers: common + [ForwardedHeader(name: Self.internalHeader, value: "merkle")]))
@@ -124,7 +123,14 @@ extension RegionNode {
                     .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
                 }
                 guard page.status == 200 else { throw Self.peerRefused(peer, page) }
-                let states = try KeyStateCodec.decode(page.body, valueBytesMax: limits.valueBytesMax)
+                // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
+                let states = try KeyStateCodec.decode(page.body, valueBytesMax: limits.replicationFrameBytesMax)
+                guard states.allSatisfy({ item in
+                    item.state.context.regions.allSatisfy { configuration.cluster.region($0) != nil }
+                        && item.state.versions.allSatisfy { configuration.cluster.region($0.version.origin) != nil }
+                }) else {
+                    throw MeridianError(.replicationProtocol, "\(peer) sent key states naming regions outside the cluster; check that every region runs the same cluster file.")
+                }
                 received += states.count
                 changed += try await store.merge(keyspace: policy.name, states: states)
                 after = page.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
@@ -134,7 +140,7 @@ extension RegionNode {
         } catch {
             problem = error.message
         }
-        let rootAfter = (try? await store.merkleTree(keyspace: policy.name).tree.root) ?? before.root
+        let rootAfter = changed == 0 ? before.root : ((try? await store.merkleTree(keyspace: policy.name).tree.root) ?? before.root)
         if changed > 0 {
             logger.info("anti-entropy repaired keys", metadata: ["keyspace": "\(policy.name)", "peer": "\(peer)", "changed": "\(changed)",
                                                                   "buckets": "\(differing.count)"])

@@ -130,7 +130,7 @@ public final class RegionNode: Sendable {
         logger.info("region \(region) serving on \(address)")
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
-                try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0) })
+                try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) })
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
             tasks.addTask {

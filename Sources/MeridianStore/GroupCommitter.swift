@@ -126,8 +126,17 @@ actor GroupCommitter {
                         break
                     }
                     // What the write supersedes: everything this region holds of the key, except under `siblings`,
-                    // where a write replaces only the versions its client read (the context it sent).
-                    let seen = rule == .siblings ? (request.context ?? VersionVector()) : (state?.context ?? VersionVector())
+                    // where a write replaces only the versions its client read (the context it sent); a delete
+                    // without one removes every version held here (a blind delete that removed nothing would
+                    // answer 200 and change nothing a reader sees).
+                    var seen = state?.context ?? VersionVector()
+                    if rule == .siblings, let given = request.context ?? (request.operation == .delete ? nil : VersionVector()) {
+                        seen = given
+                        if let refusal = Self.siblingsRefusal(state: state, seen: seen, adding: write.value.count, request: request, limits: limits) {
+                            outcomes.append(.refused(refusal))
+                            continue
+                        }
+                    }
                     let entry = ReplicationEntry(
                         origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
                         key: request.key, operation: write.operation, contentType: write.contentType, value: write.value,
@@ -207,6 +216,18 @@ actor GroupCommitter {
         } catch {
             return .failure(error)
         }
+    }
+
+    /// Siblings are bounded in count and bytes: a forwarded read or an anti-entropy page carries a key's
+    /// versions in one frame.
+    private static func siblingsRefusal(state: KeyState?, seen: VersionVector, adding bytes: Int, request: WriteRequest, limits: Limits) -> MeridianError? {
+        let kept = (state?.versions ?? []).filter { !seen.contains($0.dot) }
+        let keptBytes = kept.reduce(0) { $0 + $1.value.count }
+        guard kept.count + 1 > limits.siblingsMax || keptBytes + bytes > limits.replicationFrameBytesMax / 2 else { return nil }
+        return MeridianError(
+            .tooManySiblings,
+            "Key '\(request.key)' already holds \(kept.count) versions (\(keptBytes) bytes) this write did not see; the limit is \(limits.siblingsMax) versions and \(limits.replicationFrameBytesMax / 2) bytes. Read the key and write with its Meridian-Context to resolve them.",
+            context: ["key": request.key.rawValue, "siblings": String(kept.count), "siblings_max": String(limits.siblingsMax)])
     }
 
     static func counters(_ vector: VersionVector) -> [RegionName: UInt64] {

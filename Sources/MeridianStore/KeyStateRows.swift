@@ -34,13 +34,15 @@ enum KeyStateRows {
     }
 
     /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key).
-    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, _ body: (Key, KeyState) throws -> Bool) throws {
+    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, including: (Key) -> Bool = { _ in true },
+                        _ body: (Key, KeyState) throws -> Bool) throws {
         let rows = try Row.fetchCursor(db, sql: """
             SELECT key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent
             FROM kv WHERE keyspace = ? AND key > ? ORDER BY key
             """, arguments: [keyspace.rawValue, after?.rawValue ?? ""])
         while let row = try rows.next() {
             let key = try Key(row["key"] as String)
+            guard including(key) else { continue }
             guard try body(key, try state(db, keyspace, key, row)) else { return }
         }
     }

@@ -226,14 +226,18 @@ import Testing
         var context = VersionVector()
         context.set(us, 7)
         context.set(eu, 3)
-        let token = CausalContextToken.encode(context, key: key)
-        #expect(try CausalContextToken.decode(token, key: key) == context)
-        #expect(throws: MeridianError.self) { try CausalContextToken.decode(token, key: SessionKey(secret: "another-secret-entirely")) }
+        let (keyspace, item) = (try KeyspaceName("carts"), try Key("alice"))
+        let token = CausalContextToken.encode(context, keyspace: keyspace, key: item, with: key)
+        #expect(try CausalContextToken.decode(token, keyspace: keyspace, key: item, with: key) == context)
+        #expect(throws: MeridianError.self) { try CausalContextToken.decode(token, keyspace: keyspace, key: item, with: SessionKey(secret: "another-secret-entirely")) }
+        // One key's context is not another's: it would name writes that are not that key's.
+        #expect(throws: MeridianError.self) { try CausalContextToken.decode(token, keyspace: keyspace, key: try Key("bob"), with: key) }
+        #expect(throws: MeridianError.self) { try CausalContextToken.decode(token, keyspace: try KeyspaceName("carts2"), key: item, with: key) }
         var altered = Array(token.utf8)
         altered[5] = altered[5] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
-        #expect(throws: MeridianError.self) { try CausalContextToken.decode(String(decoding: altered, as: UTF8.self), key: key) }
+        #expect(throws: MeridianError.self) { try CausalContextToken.decode(String(decoding: altered, as: UTF8.self), keyspace: keyspace, key: item, with: key) }
         // A session token is not a context, even though the same key signs both.
         let session = SessionToken().encoded(with: key)
-        #expect(throws: MeridianError.self) { try CausalContextToken.decode("c1." + session.dropFirst(3), key: key) }
+        #expect(throws: MeridianError.self) { try CausalContextToken.decode("c1." + session.dropFirst(3), keyspace: keyspace, key: item, with: key) }
     }
 }

@@ -16,7 +16,7 @@ struct NodeFixture {
         regions:
           - { name: us-east, client: 127.0.0.1:17101, peer: 127.0.0.1:17201 }
           - { name: eu-west, client: 127.0.0.1:17102, peer: 127.0.0.1:17202 }
-        limits: { value_bytes_max: 1024, list_limit_max: 50, list_limit_default: 10, read_wait_ms: 100 }
+        limits: { value_bytes_max: 1024, list_limit_max: 50, list_limit_default: 10, read_wait_ms: 100, siblings_max: 3 }
         keyspaces:
           - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
           - { name: ledger, topology: single-leader, leader: eu-west, ack: async }
@@ -290,6 +290,38 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                                      body: ByteBuffer(string: "one+two")) { #expect($0.status == .ok) }
             try await client.execute(uri: "/v1/kv/carts/c", method: .get) { response throws in
                 #expect(response.status == .ok && String(buffer: response.body) == "one+two")
+            }
+            // One key's context does not pass for another's.
+            try await client.execute(uri: "/v1/kv/carts/other", method: .put, headers: [HTTPField.Name("Meridian-Context")!: context],
+                                     body: ByteBuffer(string: "x")) { response throws in
+                let code = try errorCode(response)
+                #expect(response.status == .badRequest && code == "invalid_header")
+            }
+            // Siblings are bounded (siblings_max 3 here): a fourth blind write is refused, nothing written.
+            for value in ["b1", "b2"] {
+                try await client.execute(uri: "/v1/kv/carts/c", method: .put, body: ByteBuffer(string: value)) { #expect($0.status == .ok) }
+            }
+            try await client.execute(uri: "/v1/kv/carts/c", method: .put, body: ByteBuffer(string: "b3")) { response throws in
+                let code = try errorCode(response)
+                #expect(response.status == .conflict && code == "too_many_siblings")
+            }
+            try await client.execute(uri: "/v1/kv/carts/c", method: .get) { response throws in
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+                #expect(response.status == .multipleChoices && (object["siblings"] as? [Any])?.count == 3)
+            }
+            // A delete without a context removes every version the region holds.
+            try await client.execute(uri: "/v1/kv/carts/c", method: .delete) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/kv/carts/c", method: .get) { #expect($0.status == .notFound) }
+            // A counter that would overflow is refused, not wrapped.
+            let most = #"{"type":"g-counter","op":"increment","by":9223372036854775807}"#
+            try await client.execute(uri: "/v1/crdt/likes/big", method: .post, body: ByteBuffer(string: most)) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/crdt/likes/big", method: .post, body: ByteBuffer(string: most)) { response throws in
+                let code = try errorCode(response)
+                #expect(response.status == .badRequest && code == "invalid_request")
+            }
+            try await client.execute(uri: "/v1/crdt/likes/big", method: .get) { response throws in
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+                #expect(object["value"] as? Int64 == Int64.max)
             }
         }
     }

@@ -137,7 +137,9 @@ public enum CRDTCodec {
     private static func readDot(_ reader: inout ByteReader) throws(MeridianError) -> Dot {
         let region = try readRegion(&reader, "dot_region")
         let counter = try reader.required(reader.readUInt64(), "dot_counter")
-        guard counter >= 1 else { throw MeridianError(.codecInvalidField, "A CRDT dot counts from 1; found 0.", context: ["field": "dot_counter"]) }
+        guard (1...UInt64(Int64.max)).contains(counter) else {
+            throw MeridianError(.codecInvalidField, "A CRDT dot counts from 1 to \(Int64.max); found \(counter).", context: ["field": "dot_counter"])
+        }
         return Dot(region: region, counter: counter)
     }
 
@@ -157,7 +159,11 @@ public enum CRDTCodec {
     }
 
     private static func readContext(_ reader: inout ByteReader) throws(MeridianError) -> DotContext {
-        let vector = VersionVector(try readCounts(&reader))
+        let counters = try readCounts(&reader)
+        guard counters.values.allSatisfy({ $0 <= UInt64(Int64.max) }) else {
+            throw MeridianError(.codecInvalidField, "A CRDT causal context counts beyond \(Int64.max).", context: ["field": "context"])
+        }
+        let vector = VersionVector(counters)
         let cloudCount = Int(try reader.required(reader.readUInt32(), "cloud_count"))
         guard cloudCount <= reader.remaining / 10 else { throw truncated("cloud_count") }
         var cloud: Set<Dot> = []

@@ -79,21 +79,20 @@ public struct DotContext: Sendable, Hashable {
         compact()
     }
 
+    /// One sorted sweep per region: drops dots the vector covers and folds runs that continue it.
     private mutating func compact() {
-        var changed = true
-        while changed {
-            changed = false
-            for dot in cloud {
-                if vector.contains(dot) {
-                    cloud.remove(dot)
-                    changed = true
-                } else if dot.counter == vector[dot.region] + 1 {
-                    vector.set(dot.region, dot.counter)
-                    cloud.remove(dot)
-                    changed = true
-                }
+        guard !cloud.isEmpty else { return }
+        var kept: Set<Dot> = []
+        for (region, dots) in Dictionary(grouping: cloud, by: \.region) {
+            var high = vector[region]
+            for dot in dots.sorted() {
+                if dot.counter <= high { continue }
+                if dot.counter == high + 1 { high += 1 } else { kept.insert(dot) }
             }
+            vector.set(region, high)
+            kept = kept.filter { $0.region != region || $0.counter > high }
         }
+        cloud = kept
     }
 }
 
@@ -426,6 +425,10 @@ public enum CRDTValue: ConvergentType {
         let region = timestamp.region
         switch (self, operation) {
         case (.gCounter(var counter), .increment(let amount)):
+            guard !counter.counts[region, default: 0].addingReportingOverflow(amount).overflow,
+                  !counter.value.addingReportingOverflow(amount).overflow, counter.value + amount <= UInt64(Int64.max) else {
+                throw MeridianError(.invalidRequest, "The counter would pass \(Int64.max); it cannot count further.", context: ["by": String(amount)])
+            }
             let delta = counter.increment(amount, at: region)
             self = .gCounter(counter)
             return .gCounter(delta)
@@ -434,6 +437,12 @@ public enum CRDTValue: ConvergentType {
                 throw MeridianError(.invalidRequest, "A counter changes by at most \(Int64.max) per operation.", context: ["by": String(amount)])
             }
             let signed = Int64(amount)
+            let half = operationIsIncrement(operation) ? counter.increments : counter.decrements
+            let result = operationIsIncrement(operation) ? counter.value.addingReportingOverflow(signed) : counter.value.subtractingReportingOverflow(signed)
+            guard !half.counts[region, default: 0].addingReportingOverflow(amount).overflow, !result.overflow,
+                  !half.value.addingReportingOverflow(amount).overflow else {
+                throw MeridianError(.invalidRequest, "The counter would leave the range \(Int64.min) to \(Int64.max).", context: ["by": String(amount)])
+            }
             let delta: PNCounter
             if case .increment = operation { delta = counter.add(signed, at: region) } else { delta = counter.add(-signed, at: region) }
             self = .pnCounter(counter)
@@ -482,6 +491,11 @@ public enum CRDTValue: ConvergentType {
         default: if other.type.tag > type.tag { self = other }
         }
     }
+}
+
+private func operationIsIncrement(_ operation: CRDTOperation) -> Bool {
+    if case .increment = operation { return true }
+    return false
 }
 
 extension CRDTOperation {

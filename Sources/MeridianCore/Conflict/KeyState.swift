@@ -7,7 +7,8 @@ public enum ConflictRule: Sendable, Hashable {
     /// The write from the region listed first wins; regions not listed rank after every listed one, and
     /// two writes of equally ranked regions fall back to `lww`.
     case regionPriority([RegionName])
-    /// Values are CRDT states; concurrent operations merge, so no write loses.
+    /// Values are CRDT states; concurrent operations merge, so no operation loses (only a value created
+    /// concurrently with another type, which the conflicts log records when a replicated delta settles it).
     case crdt
     /// Concurrent versions are all kept and returned; the client resolves them.
     case siblings

@@ -170,8 +170,7 @@ public enum KeyStateCodec {
                     throw MeridianError(.codecInvalidField, "A key state's version of \(origin) is out of range.", context: ["field": "version"])
                 }
                 let value = Array(try reader.required(reader.take(valueLength), "value"))
-                var dependencies = try DependencyCodec.read(&reader)
-                dependencies[origin] = nil
+                let dependencies = try DependencyCodec.read(&reader)
                 let version = KeyVersion(version: Version(hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin), sequence: sequence),
                                          tombstone: tombstone == 1, contentType: contentType, value: value, dependencies: dependencies)
                 guard dots.insert(version.dot).inserted else {

@@ -22,6 +22,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case notReplicaRegion = "not_replica_region"
             case crdtTypeMismatch = "crdt_type_mismatch"
             case conflictPolicyMismatch = "conflict_policy_mismatch"
+            case tooManySiblings = "too_many_siblings"
             case preconditionFailed = "precondition_failed"
             case valueTooLarge = "value_too_large"
             case ackUnavailable = "ack_unavailable"
@@ -61,6 +62,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let notReplicaRegion = Code(.notReplicaRegion)
         public static let crdtTypeMismatch = Code(.crdtTypeMismatch)
         public static let conflictPolicyMismatch = Code(.conflictPolicyMismatch)
+        public static let tooManySiblings = Code(.tooManySiblings)
         public static let preconditionFailed = Code(.preconditionFailed)
         public static let valueTooLarge = Code(.valueTooLarge)
         public static let ackUnavailable = Code(.ackUnavailable)

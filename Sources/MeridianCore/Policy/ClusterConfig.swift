@@ -354,6 +354,7 @@ struct ConfigParser {
             case "read_wait_ms": limits.readWaitMs = number
             case "conflicts_log_max": limits.conflictsLogMax = number
             case "anti_entropy_interval_ms": limits.antiEntropyIntervalMs = number
+            case "siblings_max": limits.siblingsMax = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

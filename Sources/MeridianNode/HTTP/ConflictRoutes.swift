@@ -278,7 +278,7 @@ extension RegionNode {
             session.observe(dependencies: version.dependencies)
         }
         let live = state.versions.filter { !$0.tombstone }.sorted { $0.version.hlc > $1.version.hlc }
-        let contextToken = CausalContextToken.encode(state.context, key: sessionKey)
+        let contextToken = CausalContextToken.encode(state.context, keyspace: policy.name, key: key, with: sessionKey)
         var headers: HTTPFields = [Self.contextHeader: contextToken, Self.sessionHeader: session.encoded(with: sessionKey)]
         headers[.eTag] = "\"\(state.winner(.siblings).version)\""
         if let stalenessMs { headers[Self.stalenessHeader] = String(stalenessMs) }

@@ -84,9 +84,9 @@ extension RegionNode {
     }
 
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
-    func serveForwardedRead(_ read: ForwardedRead) async -> ForwardedReply {
+    func serveForwardedRead(_ read: ForwardedRead, from peer: RegionName) async -> ForwardedReply {
         if let kind = read.headers.first(where: { $0.name.lowercased() == Self.internalHeader.lowercased() })?.value {
-            return await serveAntiEntropy(read, kind: kind)
+            return await serveAntiEntropy(read, kind: kind, from: peer)
         }
         return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames) {
             policy, headers throws(MeridianError) in
@@ -184,6 +184,12 @@ extension RegionNode {
         var session = options.session ?? SessionToken()
         if rule == .siblings, let answer = try await renderSiblings(policy: policy, key: key, session: &session, level: level, stalenessMs: stalenessMs) {
             return answer
+        }
+        if mode == .crdt, let state = try await store.state(keyspace: policy.name, key: key) {
+            // A CRDT value holds every delta merged here, not only the newest one: the session has seen them all.
+            var merged: [RegionName: UInt64] = [:]
+            for origin in state.context.regions { merged[origin] = state.context[origin] }
+            session.observe(dependencies: merged)
         }
         if let stored {
             // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
@@ -316,7 +322,17 @@ extension RegionNode {
             guard values.count <= 1 else {
                 throw MeridianError(.invalidHeader, "Meridian-Context is given \(values.count) times; give it once.", context: ["header": "Meridian-Context"])
             }
-            causalContext = try values.first.map { text throws(MeridianError) in try CausalContextToken.decode(text, key: sessionKey) }
+            if let text = values.first {
+                // Only what this region holds can be superseded here: a version the client saw that has not
+                // arrived stays beside the write as a sibling rather than vanishing when it arrives.
+                let claimed = try CausalContextToken.decode(text, keyspace: policy.name, key: key, with: sessionKey)
+                let applied = store.appliedHighWater()
+                var held = VersionVector()
+                for origin in claimed.regions where configuration.cluster.region(origin) != nil {
+                    held.set(origin, min(claimed[origin], applied[origin] ?? 0))
+                }
+                causalContext = held
+            }
         }
         let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
         if let session = options.session { try admission.checkSessionOrigins(session) }

@@ -18,7 +18,8 @@ public enum PeerRoute: String, Sendable, CaseIterable {
 /// Executes a write forwarded here by another region and renders the answer.
 typealias ForwardHandler = @Sendable (ForwardedWrite) async -> ForwardedReply
 /// Serves a read forwarded here by another region and renders the answer.
-typealias ForwardReadHandler = @Sendable (ForwardedRead) async -> ForwardedReply
+/// Serves a read another region forwarded; the second argument is that region, as its stream's hello named it.
+typealias ForwardReadHandler = @Sendable (ForwardedRead, RegionName) async -> ForwardedReply
 
 /// The node's replication shell: it ships this region's log to every peer over long-lived streams, applies
 /// the streams of other origins, confirms `majority`/`all` writes, and carries forwarded writes. The
@@ -327,11 +328,11 @@ final class Replicator: Sendable {
                                     replyOut.yield(.forwardReply(await forward(write)))
                                 }
                             case .forwardRead(let read):
-                                guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded read arrived before hello.") }
+                                guard let from = origin else { throw MeridianError(.replicationProtocol, "A forwarded read arrived before hello.") }
                                 guard admitForwarded(id: read.id, replies: replyOut) else { continue }
                                 tasks.addTask {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
-                                    replyOut.yield(.forwardReply(await forwardRead(read)))
+                                    replyOut.yield(.forwardReply(await forwardRead(read, from)))
                                 }
                             case .welcome, .ack, .forwardReply, .refusal:
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
@@ -349,6 +350,17 @@ final class Replicator: Sendable {
         if let origin { inboundStates.withLock { $0[origin]?.connections -= 1 } }
     }
 
+    /// An entry whose context and dependencies name only regions of this cluster: a peer's bytes never
+    /// grow a key's causal context past the cluster's regions (contexts are joined on every apply).
+    private func withClusterRegionsOnly(_ entry: ReplicationEntry) -> ReplicationEntry {
+        let known = { (counters: [RegionName: UInt64]) in counters.filter { self.cluster.region($0.key) != nil } }
+        let context = known(entry.context), dependencies = known(entry.dependencies)
+        guard context.count != entry.context.count || dependencies.count != entry.dependencies.count else { return entry }
+        return ReplicationEntry(origin: entry.origin, sequence: entry.sequence, hlc: entry.hlc, epoch: entry.epoch, keyspace: entry.keyspace,
+                                key: entry.key, operation: entry.operation, contentType: entry.contentType, value: entry.value,
+                                dependencies: dependencies, context: context)
+    }
+
     /// Applies what arrived on one inbound stream: everything queued since the last apply goes in one store
     /// transaction (one fsync), then one ack covers it.
     private func applyBatches(_ applier: BatchApplier, origin: RegionName, replies: AsyncStream<PeerFrame>.Continuation) async throws {
@@ -358,7 +370,7 @@ final class Replicator: Sendable {
                 case .apply(let from, let through, let entries):
                     let applied: UInt64
                     do {
-                        applied = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries)
+                        applied = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries.map(withClusterRegionsOnly))
                     } catch {
                         applier.failed()
                         throw error

@@ -7,17 +7,9 @@
 # Run it against `meridian up` (the demo cluster); see examples/README.md.
 set -euo pipefail
 
-US=${US:-http://localhost:7101}   # us-east
-EU=${EU:-http://localhost:7102}   # eu-west
-AP=${AP:-http://localhost:7103}   # ap-southeast
-# The CLI for the chaos commands: `meridian` on PATH unless MERIDIAN says otherwise (a path such as
-# .build/release/meridian). `swift run -c release meridian` works too but checks the build first, slowly.
-# WAN_ADMIN (host:port) is only needed when the cluster is not the built-in demo.
-MERIDIAN=${MERIDIAN:-meridian}
-chaos() { $MERIDIAN chaos "$1" ${WAN_ADMIN:+--admin "$WAN_ADMIN"} "${@:2}" >/dev/null; }
+# US, EU, AP, MERIDIAN, WAN_ADMIN and the helpers chaos, cut_all and api: see common.sh.
+source "$(dirname "$0")/common.sh"
 
-# api CURL_ARGS...: print the answer's body; on an HTTP error print the error JSON and fail.
-api() { local body; body=$(curl -sS --fail-with-body "$@") || { echo "$body" >&2; return 1; }; echo "$body"; }
 
 POST=/v1/crdt/likes/post:$(date +%s)-$$   # a new post each run, so its count starts at zero
 
@@ -46,9 +38,7 @@ for url in "$US" "$EU" "$AP"; do wait_count "$url" 3; done   # replication is as
 show
 
 echo "2. Cut every link: each region is on its own."
-chaos partition us-east eu-west
-chaos partition us-east ap-southeast
-chaos partition eu-west ap-southeast
+cut_all
 
 echo "3. While partitioned: 5 likes in us-east, 3 in eu-west, 4 in ap-southeast."
 likes "$US" 5; likes "$EU" 3; likes "$AP" 4

@@ -47,58 +47,48 @@ struct StoredBytes: Encodable {
     }
 }
 
-/// The 300 answer of a `siblings` read with concurrent versions.
-struct SiblingsAnswer: Encodable {
-    struct Sibling: Encodable {
-        let version: String
-        let region: String
-        let contentType: String
-        let value: StoredBytes
+/// One version of a key in JSON: its version, origin region, media type and value, and, in the
+/// conflicts log, whether it was a delete.
+struct VersionJSON: Encodable {
+    let version: String
+    let region: String
+    let contentType: String
+    let value: StoredBytes
+    var deleted: Bool?
 
-        enum CodingKeys: String, CodingKey {
-            case version, region
-            case contentType = "content_type"
-        }
-
-        func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(version, forKey: .version)
-            try container.encode(region, forKey: .region)
-            try container.encode(contentType, forKey: .contentType)
-            try value.encode(to: encoder)
-        }
+    init(_ version: KeyVersion, showDeleted: Bool = false) {
+        self.version = version.version.description
+        region = version.version.origin.rawValue
+        contentType = version.contentType
+        value = StoredBytes(bytes: version.value)
+        deleted = showDeleted ? version.tombstone : nil
     }
 
+    enum CodingKeys: String, CodingKey {
+        case version, region, deleted
+        case contentType = "content_type"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(version, forKey: .version)
+        try container.encode(region, forKey: .region)
+        try container.encode(contentType, forKey: .contentType)
+        try container.encodeIfPresent(deleted, forKey: .deleted)
+        try value.encode(to: encoder)
+    }
+}
+
+/// The 300 answer of a `siblings` read with concurrent versions.
+struct SiblingsAnswer: Encodable {
     let keyspace: String
     let key: String
-    let siblings: [Sibling]
+    let siblings: [VersionJSON]
     let context: String
 }
 
 /// The JSON answer of `GET /v1/conflicts/{keyspace}`.
 struct ConflictsAnswer: Encodable {
-    struct Loser: Encodable {
-        let version: String
-        let region: String
-        let deleted: Bool
-        let contentType: String
-        let value: StoredBytes
-
-        enum CodingKeys: String, CodingKey {
-            case version, region, deleted
-            case contentType = "content_type"
-        }
-
-        func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(version, forKey: .version)
-            try container.encode(region, forKey: .region)
-            try container.encode(deleted, forKey: .deleted)
-            try container.encode(contentType, forKey: .contentType)
-            try value.encode(to: encoder)
-        }
-    }
-
     struct Winner: Encodable {
         let version: String
         let region: String
@@ -109,7 +99,7 @@ struct ConflictsAnswer: Encodable {
         let key: String
         let rule: String
         let recordedMs: UInt64
-        let loser: Loser
+        let loser: VersionJSON
         let winner: Winner
 
         enum CodingKeys: String, CodingKey {
@@ -296,8 +286,7 @@ extension RegionNode {
         default:
             let answer = SiblingsAnswer(
                 keyspace: policy.name.rawValue, key: key.rawValue,
-                siblings: live.map { SiblingsAnswer.Sibling(version: $0.version.description, region: $0.version.origin.rawValue,
-                                                            contentType: $0.contentType, value: StoredBytes(bytes: $0.value)) },
+                siblings: live.map { VersionJSON($0) },
                 context: contextToken)
             return JSON.rendered(answer, status: .multipleChoices, headers: headers)
         }
@@ -354,8 +343,7 @@ extension RegionNode {
             conflicts: records.map { record in
                 ConflictsAnswer.Record(
                     id: record.id, key: record.key.rawValue, rule: record.rule, recordedMs: record.recordedMs,
-                    loser: .init(version: record.loser.version.description, region: record.loser.version.origin.rawValue,
-                                 deleted: record.loser.tombstone, contentType: record.loser.contentType, value: StoredBytes(bytes: record.loser.value)),
+                    loser: VersionJSON(record.loser, showDeleted: true),
                     winner: .init(version: record.winner.description, region: record.winner.origin.rawValue))
             },
             nextAfter: records.count == limit ? records.last?.id : nil)

@@ -1,0 +1,292 @@
+/// How far a region's copy of a single-leader keyspace reaches: the epoch of the newest write it holds and
+/// that write's place in its leader's log. Later epochs win; within an epoch, the longer log.
+public struct LogPosition: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let epoch: UInt64
+    public let sequence: UInt64
+
+    public init(epoch: UInt64, sequence: UInt64) {
+        self.epoch = epoch
+        self.sequence = sequence
+    }
+
+    public static let zero = LogPosition(epoch: 0, sequence: 0)
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { (lhs.epoch, lhs.sequence) < (rhs.epoch, rhs.sequence) }
+
+    public var description: String { "\(epoch)/\(sequence)" }
+}
+
+/// What a region must keep on disk for elections, per keyspace, before it acts on it: the highest epoch it
+/// knows with its leader, and the epoch it last voted in with its choice. A region that forgot its vote
+/// could vote twice in one epoch and let two leaders be elected.
+public struct ElectionRecord: Hashable, Sendable {
+    public var epoch: UInt64
+    public var leader: RegionName?
+    public var votedEpoch: UInt64
+    public var votedFor: RegionName?
+
+    public init(epoch: UInt64 = 1, leader: RegionName?, votedEpoch: UInt64 = 0, votedFor: RegionName? = nil) {
+        self.epoch = epoch
+        self.leader = leader
+        self.votedEpoch = votedEpoch
+        self.votedFor = votedFor
+    }
+}
+
+/// The messages regions exchange to keep and elect a keyspace's leader.
+public enum ElectionMessage: Hashable, Sendable {
+    /// The leader of `epoch` is alive; `sentMs` is its own clock when sent (echoed back to time its lease).
+    case heartbeat(epoch: UInt64, sentMs: UInt64)
+    /// A follower of `epoch` heard the heartbeat sent at `sentMs` and will not vote for another candidate
+    /// until its election timeout has passed since it heard it.
+    case heartbeatAck(epoch: UInt64, sentMs: UInt64)
+    /// A candidate asks for votes in `epoch`, stating how far its copy reaches.
+    case voteRequest(epoch: UInt64, position: LogPosition)
+    /// A region's answer to a vote request.
+    case vote(epoch: UInt64, granted: Bool)
+    /// A region knows a later epoch than the sender; the sender must step down and follow.
+    case newerEpoch(epoch: UInt64, leader: RegionName?)
+}
+
+/// One region's part in electing a single-leader keyspace's leader: failure detection, epoch elections with
+/// one durable vote per epoch, and the leader's lease. Pure and deterministic: time comes in with every call
+/// and everything it wants done comes out as effects, so the node and the simulator drive the same logic.
+///
+/// Safety rests on three rules:
+/// - a leader needs the votes of a majority of the keyspace's replicas for its epoch, and a region votes at
+///   most once per epoch, durably: at most one leader per epoch;
+/// - a region votes only for a candidate at least as caught up as itself: every write a majority held is
+///   held by the new leader (RPO 0 for `majority` writes);
+/// - a region that heard the leader within its election timeout votes for no one, and a leader acknowledges
+///   writes only while a majority heard it within its lease, which is shorter than the election timeout by
+///   the maximum clock-rate error: a deposed leader has stopped acknowledging before a successor can exist.
+public struct ElectionMember: Sendable {
+    /// Fixed settings of one keyspace's election in one region.
+    public struct Settings: Sendable {
+        /// The keyspace's replicas, in failover order (the first is the preferred leader).
+        public var order: [RegionName]
+        public var heartbeatIntervalMs: UInt64
+        /// Heartbeat intervals without word from the leader before it is suspected.
+        public var missedHeartbeats: UInt64
+        /// The round trip to each peer, in ms: a slow link is not a dead one.
+        public var rttMs: [RegionName: UInt64]
+        /// How long after a candidacy without a majority a region may stand again.
+        public var candidacyTimeoutMs: UInt64
+
+        public init(order: [RegionName], heartbeatIntervalMs: UInt64, missedHeartbeats: UInt64, rttMs: [RegionName: UInt64]) {
+            precondition(!order.isEmpty && heartbeatIntervalMs > 0 && missedHeartbeats > 0)
+            self.order = order
+            self.heartbeatIntervalMs = heartbeatIntervalMs
+            self.missedHeartbeats = missedHeartbeats
+            self.rttMs = rttMs
+            candidacyTimeoutMs = heartbeatIntervalMs * missedHeartbeats + 2 * (rttMs.values.max() ?? 0)
+        }
+
+        /// Silence after which `region` counts as failed: missed heartbeats plus the round trip to it.
+        public func suspicionMs(_ region: RegionName) -> UInt64 {
+            heartbeatIntervalMs * missedHeartbeats + (rttMs[region] ?? 0)
+        }
+
+        /// How long a leader may acknowledge writes after a majority last confirmed it: half the shortest
+        /// suspicion time, so clock rates may differ by a factor of two before it matters.
+        public var leaseMs: UInt64 {
+            (order.map { suspicionMs($0) }.min() ?? heartbeatIntervalMs * missedHeartbeats) / 2
+        }
+
+        var majority: Int { order.count / 2 + 1 }
+    }
+
+    /// What the caller must do.
+    public enum Effect: Hashable, Sendable {
+        /// Make the record durable before sending anything that follows it.
+        case persist(ElectionRecord)
+        case send(to: RegionName, ElectionMessage)
+        /// This region leads `epoch` from now on (it may acknowledge writes while `holdsLease`).
+        case becameLeader(epoch: UInt64)
+        /// This region no longer leads; `leader` leads `epoch` (nil while an election runs).
+        case following(epoch: UInt64, leader: RegionName?)
+    }
+
+    public enum Role: Hashable, Sendable {
+        case follower
+        case candidate
+        case leader
+    }
+
+    public let region: RegionName
+    public let settings: Settings
+    public private(set) var record: ElectionRecord
+    public private(set) var role: Role
+    /// When this region last heard the leader (or granted a vote), on its own clock.
+    private var lastHeardMs: UInt64
+    /// Candidate: votes received in the current candidacy.
+    private var votes: Set<RegionName> = []
+    private var candidacyStartedMs: UInt64 = 0
+    /// Leader: per follower, the send time of the newest heartbeat it acknowledged.
+    private var confirmedSentMs: [RegionName: UInt64] = [:]
+    private var lastHeartbeatMs: UInt64 = 0
+
+    /// Starts a member from its durable record (a restart forgets everything else). A restarted region
+    /// never resumes leading by itself: it follows, and stands again only through an election.
+    public init(region: RegionName, settings: Settings, record: ElectionRecord, nowMs: UInt64) {
+        precondition(settings.order.contains(region), "only a replica takes part in its keyspace's elections")
+        self.region = region
+        self.settings = settings
+        self.record = record
+        role = .follower
+        lastHeardMs = nowMs
+        if record.leader == region {
+            // Led before the restart: step down in a fresh epoch's election rather than trust an old lease.
+            self.record.leader = nil
+        }
+    }
+
+    /// The leader this region knows, if any.
+    public var leader: RegionName? { role == .leader ? region : record.leader }
+
+    /// Whether this region may acknowledge a write now: it leads, and a majority confirmed it within the lease.
+    public func holdsLease(nowMs: UInt64) -> Bool {
+        guard role == .leader else { return false }
+        let fresh = settings.order.filter { peer in
+            peer == region || (confirmedSentMs[peer].map { nowMs < $0 + settings.leaseMs } ?? false)
+        }
+        return fresh.count >= settings.majority
+    }
+
+    /// Time passes: heartbeats go out, silence becomes suspicion, suspicion becomes a candidacy.
+    /// - Parameter position: How far this region's copy of the keyspace reaches now.
+    public mutating func tick(nowMs: UInt64, position: LogPosition) -> [Effect] {
+        switch role {
+        case .leader:
+            guard nowMs >= lastHeartbeatMs + settings.heartbeatIntervalMs else { return [] }
+            lastHeartbeatMs = nowMs
+            return peers.map { .send(to: $0, .heartbeat(epoch: record.epoch, sentMs: nowMs)) }
+        case .candidate:
+            guard nowMs >= candidacyStartedMs + settings.candidacyTimeoutMs + stagger else { return [] }
+            return stand(nowMs: nowMs, position: position)
+        case .follower:
+            let silence = record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(region)
+            // Regions stand in failover order: each waits its rank in heartbeat intervals more, so the preferred
+            // region usually asks first, and one candidacy usually settles it.
+            guard nowMs >= lastHeardMs + silence + stagger else { return [] }
+            return stand(nowMs: nowMs, position: position)
+        }
+    }
+
+    /// A message from a peer arrived.
+    /// - Parameter position: How far this region's copy of the keyspace reaches now.
+    public mutating func received(_ message: ElectionMessage, from peer: RegionName, nowMs: UInt64, position: LogPosition) -> [Effect] {
+        guard settings.order.contains(peer), peer != region else { return [] }
+        switch message {
+        case .heartbeat(let epoch, let sentMs):
+            if epoch < record.epoch { return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))] }
+            var effects = follow(epoch: epoch, leader: peer)
+            lastHeardMs = nowMs
+            effects.append(.send(to: peer, .heartbeatAck(epoch: epoch, sentMs: sentMs)))
+            return effects
+        case .heartbeatAck(let epoch, let sentMs):
+            guard role == .leader, epoch == record.epoch else { return [] }
+            confirmedSentMs[peer] = max(confirmedSentMs[peer] ?? 0, sentMs)
+            return []
+        case .voteRequest(let epoch, let candidatePosition):
+            if epoch < record.epoch {
+                // The candidate is behind: tell it the epoch to beat, so its next candidacy can win.
+                return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))]
+            }
+            if epoch <= record.votedEpoch {
+                return [.send(to: peer, .vote(epoch: epoch, granted: false))]
+            }
+            // Heard a live leader within the election timeout: that leader may still hold its lease. Its epoch
+            // stands, so a region cut off and back cannot depose a working leader by asking.
+            let leaderAlive = (role == .leader) || (record.leader != nil && nowMs < lastHeardMs + settings.suspicionMs(record.leader!))
+            if leaderAlive { return [.send(to: peer, .vote(epoch: epoch, granted: false))] }
+            guard candidatePosition >= position else {
+                // Less caught up than this region: no vote. The epoch is taken, though, so this region's own
+                // next candidacy asks for a later one, which every region can still grant.
+                var effects: [Effect] = [.send(to: peer, .vote(epoch: epoch, granted: false))]
+                if epoch > record.epoch {
+                    role = .follower
+                    votes = []
+                    record.epoch = epoch
+                    record.leader = nil
+                    effects.insert(contentsOf: [.persist(record), .following(epoch: epoch, leader: nil)], at: 0)
+                }
+                return effects
+            }
+            var effects: [Effect] = []
+            if role != .follower {
+                role = .follower
+            }
+            record.votedEpoch = epoch
+            record.votedFor = peer
+            if epoch > record.epoch {
+                record.epoch = epoch
+                record.leader = nil
+                effects.append(.following(epoch: epoch, leader: nil))
+            }
+            // Granting a vote restarts this region's own timeout: the candidate gets its chance first.
+            lastHeardMs = nowMs
+            effects.insert(.persist(record), at: 0)
+            effects.append(.send(to: peer, .vote(epoch: epoch, granted: true)))
+            return effects
+        case .vote(let epoch, let granted):
+            guard role == .candidate, epoch == record.epoch, granted else { return [] }
+            votes.insert(peer)
+            guard votes.count >= settings.majority else { return [] }
+            role = .leader
+            record.leader = region
+            confirmedSentMs = [:]
+            lastHeartbeatMs = nowMs
+            return [.persist(record), .becameLeader(epoch: epoch)] + peers.map { .send(to: $0, .heartbeat(epoch: epoch, sentMs: nowMs)) }
+        case .newerEpoch(let epoch, let leader):
+            guard epoch > record.epoch else { return [] }
+            lastHeardMs = nowMs
+            return follow(epoch: epoch, leader: leader)
+        }
+    }
+
+    private var peers: [RegionName] { settings.order.filter { $0 != region } }
+
+    private var stagger: UInt64 {
+        UInt64(settings.order.firstIndex(of: region) ?? settings.order.count) * settings.heartbeatIntervalMs * 2
+    }
+
+    /// Follows `leader` in `epoch`: a later epoch, or the elected leader of the current one (a candidate
+    /// that lost steps down). Two leaders in one epoch cannot happen (one vote per epoch), so a leader ignores
+    /// a claim to its own epoch.
+    private mutating func follow(epoch: UInt64, leader: RegionName?) -> [Effect] {
+        if epoch < record.epoch { return [] }
+        if epoch == record.epoch {
+            if role == .leader { return [] }
+            if role == .follower && (record.leader == leader || leader == nil) { return [] }
+        }
+        role = .follower
+        votes = []
+        confirmedSentMs = [:]
+        record.epoch = epoch
+        record.leader = leader
+        return [.persist(record), .following(epoch: epoch, leader: leader)]
+    }
+
+    /// Stands for the next epoch: votes for itself (durably) and asks every peer.
+    private mutating func stand(nowMs: UInt64, position: LogPosition) -> [Effect] {
+        let epoch = max(record.epoch, record.votedEpoch) + 1
+        role = .candidate
+        record.epoch = epoch
+        record.leader = nil
+        record.votedEpoch = epoch
+        record.votedFor = region
+        votes = [region]
+        candidacyStartedMs = nowMs
+        var effects: [Effect] = [.persist(record), .following(epoch: epoch, leader: nil)]
+        if votes.count >= settings.majority {
+            // A keyspace with one replica elects itself.
+            role = .leader
+            record.leader = region
+            lastHeartbeatMs = nowMs
+            return effects + [.persist(record), .becameLeader(epoch: epoch)]
+        }
+        effects += peers.map { .send(to: $0, .voteRequest(epoch: epoch, position: position)) }
+        return effects
+    }
+}

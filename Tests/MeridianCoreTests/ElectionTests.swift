@@ -1,0 +1,296 @@
+// Proves the election core (`ElectionMember`) the failover issue builds on: the preferred region is
+// elected, a dead leader is replaced in the next epoch, a region that hears its leader votes for no one,
+// a less caught-up candidate is refused, and a vote is given once per epoch. Then a seeded sweep of a small
+// world (3 or 5 regions, WAN delays, clock offsets, partitions that drop messages, crashes that keep only
+// the durable record) with a leader replicating writes: at most one leader per epoch, at most one region
+// holding a lease at any instant, every majority-acknowledged write in the final leader's log, and a
+// leader elected within a budget once the faults stop.
+import MeridianCore
+import Testing
+
+@Suite struct ElectionTests {
+    static let names = ["us-east", "eu-west", "ap-southeast", "sa-east", "ap-northeast"].map { RegionName(validated: $0) }
+
+    static func settings(_ count: Int) -> ElectionMember.Settings {
+        let order = Array(names.prefix(count))
+        return ElectionMember.Settings(order: order, heartbeatIntervalMs: 100, missedHeartbeats: 5,
+                                       rttMs: Dictionary(uniqueKeysWithValues: order.map { ($0, 150) }))
+    }
+
+    @Test func thePreferredRegionIsElectedAndADeadLeaderReplaced() {
+        var world = ElectionWorld(seed: 1, regions: 3, faults: false)
+        world.run(untilMs: 3_000)
+        #expect(world.currentLeader == 0, "us-east, first in the failover order, leads: \(world.trace)")
+        let firstEpoch = world.epoch(of: 0)
+        world.crash(0, forMs: 100_000)
+        world.run(untilMs: 8_000)
+        #expect(world.currentLeader == 1, "eu-west takes over: \(world.trace)")
+        #expect(world.epoch(of: 1) > firstEpoch)
+        #expect(world.violations.isEmpty, "\(world.violations)")
+    }
+
+    @Test func aRegionThatHearsItsLeaderVotesForNoOneAndVotesOncePerEpoch() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        var voter = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: us), nowMs: 0)
+        _ = voter.received(.heartbeat(epoch: 4, sentMs: 0), from: us, nowMs: 10, position: .zero)
+        let refused = voter.received(.voteRequest(epoch: 5, position: LogPosition(epoch: 4, sequence: 9)), from: eu, nowMs: 20, position: .zero)
+        #expect(refused == [.send(to: eu, .vote(epoch: 5, granted: false))], "the leader was heard 10 ms ago")
+        // After the suspicion time, a vote; a second candidate in the same epoch gets none.
+        let granted = voter.received(.voteRequest(epoch: 5, position: LogPosition(epoch: 4, sequence: 9)), from: eu, nowMs: 2_000, position: .zero)
+        #expect(granted.contains(.send(to: eu, .vote(epoch: 5, granted: true))))
+        #expect(granted.first.map { if case .persist(let record) = $0 { record.votedEpoch == 5 && record.votedFor == eu } else { false } } == true,
+                "the vote is made durable before it is sent")
+        let second = voter.received(.voteRequest(epoch: 5, position: LogPosition(epoch: 9, sequence: 1)), from: us, nowMs: 2_001, position: .zero)
+        #expect(second == [.send(to: us, .vote(epoch: 5, granted: false))])
+        // A candidate behind the voter's copy is refused.
+        var ahead = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: nil), nowMs: 0)
+        let behind = ahead.received(.voteRequest(epoch: 6, position: LogPosition(epoch: 4, sequence: 3)), from: eu, nowMs: 5_000,
+                                    position: LogPosition(epoch: 4, sequence: 7))
+        #expect(behind.contains(.send(to: eu, .vote(epoch: 6, granted: false))) && !behind.contains(where: { if case .becameLeader = $0 { true } else { false } }))
+        #expect(ahead.record.epoch == 6 && ahead.record.votedEpoch == 0, "the epoch is taken, so its own next candidacy asks for a later one")
+    }
+
+    @Test func aLeaderCutOffFromItsMajorityLosesItsLeaseBeforeASuccessorIsElected() {
+        var world = ElectionWorld(seed: 7, regions: 3, faults: false)
+        world.run(untilMs: 3_000)
+        #expect(world.currentLeader == 0)
+        world.isolate(0)
+        world.run(untilMs: 10_000)
+        #expect(world.currentLeader != nil && world.currentLeader != 0, "a majority elected another leader: \(world.trace)")
+        #expect(!world.holdsLease(0), "the isolated leader stopped acknowledging writes")
+        world.healAll()
+        world.run(untilMs: 14_000)
+        #expect(world.leaders.count == 1, "the old leader follows again: \(world.trace)")
+        #expect(world.violations.isEmpty, "\(world.violations)")
+    }
+
+    @Test func aSweepOfFaultyWorldsKeepsEverySafetyRule() {
+        var failures: [String] = []
+        var elections = 0, acknowledged = 0
+        for seed in UInt64(1)...60 {
+            var world = ElectionWorld(seed: seed, regions: seed % 2 == 0 ? 5 : 3, faults: true)
+            world.run(untilMs: 30_000)
+            world.stopFaults()
+            let healedAt = world.nowMs
+            world.run(untilMs: healedAt + 10_000)
+            world.checkFinal(healedAtMs: healedAt, budgetMs: 10_000)
+            elections += world.electionsWon
+            acknowledged += world.acknowledged.count
+            if !world.violations.isEmpty { failures.append("seed \(seed): \(world.violations.prefix(3))") }
+        }
+        #expect(failures.isEmpty, "\(failures.count) seeds broke a rule; first: \(failures.first ?? "")")
+        #expect(elections > 120 && acknowledged > 3_000, "\(elections) elections won, \(acknowledged) writes acknowledged by a majority")
+    }
+}
+
+/// A small deterministic world of regions running `ElectionMember`, with a leader that replicates writes
+/// (each region's log a chain of entry epochs, replaced by the leader's on every replicate it accepts, as a
+/// follower truncates a diverged suffix) and acknowledges a write once a majority holds it.
+struct ElectionWorld {
+    enum Message {
+        case election(ElectionMessage)
+        case replicate(epoch: UInt64, chain: [UInt64])
+        case ack(epoch: UInt64, length: Int)
+    }
+
+    var nowMs: UInt64 = 0
+    private var generator: SplitMix
+    let count: Int
+    let settings: ElectionMember.Settings
+    private var members: [ElectionMember?]
+    private var records: [ElectionRecord]
+    private var offsets: [UInt64]
+    private var chains: [[UInt64]]
+    private var restartAt: [UInt64?]
+    private var cut: Set<[Int]> = []
+    private var queue: [(atMs: UInt64, order: Int, from: Int, to: Int, message: Message)] = []
+    private var order = 0
+    private var faults: Bool
+    /// Per leader: how far each follower acknowledged its chain in its epoch.
+    private var ackedLength: [Int: [Int: Int]] = [:]
+    private var leaderOfEpoch: [UInt64: Int] = [:]
+    private(set) var acknowledged: Set<[UInt64]> = []    // [index, epoch]
+    private(set) var violations: [String] = []
+    private(set) var electionsWon = 0
+    private(set) var trace: [String] = []
+
+    init(seed: UInt64, regions: Int, faults: Bool) {
+        var generator = SplitMix(seed: seed)
+        let settings = ElectionTests.settings(regions)
+        let records = settings.order.map { _ in ElectionRecord(epoch: 1, leader: settings.order[0]) }
+        let offsets = (0..<regions).map { _ in UInt64.random(in: 0...400, using: &generator) }
+        self.generator = generator
+        self.settings = settings
+        self.records = records
+        self.offsets = offsets
+        count = regions
+        self.faults = faults
+        members = (0..<regions).map { ElectionMember(region: settings.order[$0], settings: settings, record: records[$0], nowMs: offsets[$0]) }
+        chains = Array(repeating: [], count: regions)
+        restartAt = Array(repeating: nil, count: regions)
+    }
+
+    var leaders: [Int] { (0..<count).filter { members[$0]?.role == .leader } }
+    var currentLeader: Int? { leaders.first { holdsLease($0) } }
+    func epoch(of index: Int) -> UInt64 { records[index].epoch }
+    func holdsLease(_ index: Int) -> Bool { members[index]?.holdsLease(nowMs: nowMs + offsets[index]) ?? false }
+
+    mutating func crash(_ index: Int, forMs: UInt64) {
+        members[index] = nil
+        restartAt[index] = nowMs + forMs
+    }
+
+    mutating func isolate(_ index: Int) {
+        for other in 0..<count where other != index { cut.insert([min(index, other), max(index, other)]) }
+    }
+
+    mutating func healAll() { cut = [] }
+
+    mutating func stopFaults() {
+        faults = false
+        cut = []
+        for index in 0..<count where members[index] == nil { restartAt[index] = nowMs }
+    }
+
+    private func position(_ index: Int) -> LogPosition {
+        LogPosition(epoch: chains[index].last ?? 0, sequence: UInt64(chains[index].count))
+    }
+
+    mutating func run(untilMs: UInt64) {
+        while nowMs < untilMs {
+            nowMs += 10
+            deliverDue()
+            for index in 0..<count {
+                if members[index] == nil, let at = restartAt[index], at <= nowMs {
+                    members[index] = ElectionMember(region: settings.order[index], settings: settings, record: records[index], nowMs: nowMs + offsets[index])
+                    restartAt[index] = nil
+                }
+                guard var member = members[index] else { continue }
+                let effects = member.tick(nowMs: nowMs + offsets[index], position: position(index))
+                members[index] = member
+                carry(index, effects)
+                // The leader writes now and then, and resends its log with every heartbeat.
+                if member.role == .leader {
+                    if member.holdsLease(nowMs: nowMs + offsets[index]) && Int.random(in: 0..<10, using: &generator) == 0 {
+                        chains[index].append(records[index].epoch)
+                    }
+                    if effects.contains(where: { if case .send(_, .heartbeat) = $0 { true } else { false } }) { broadcastChain(index) }
+                }
+            }
+            checkLeases()
+            if faults { injectFault() }
+        }
+    }
+
+    private mutating func broadcastChain(_ index: Int) {
+        for peer in 0..<count where peer != index {
+            send(from: index, to: peer, .replicate(epoch: records[index].epoch, chain: chains[index]))
+        }
+        settleAcks(index)
+    }
+
+    private mutating func injectFault() {
+        switch Int.random(in: 0..<1_000, using: &generator) {
+        case 0..<4:
+            let a = Int.random(in: 0..<count, using: &generator), b = Int.random(in: 0..<count, using: &generator)
+            if a != b { cut.insert([min(a, b), max(a, b)]) }
+        case 4..<8:
+            cut = []
+        case 8..<10:
+            let index = Int.random(in: 0..<count, using: &generator)
+            if members[index] != nil { crash(index, forMs: UInt64.random(in: 50...3_000, using: &generator)) }
+        default:
+            break
+        }
+    }
+
+    private mutating func send(from: Int, to: Int, _ message: Message) {
+        guard !cut.contains([min(from, to), max(from, to)]) else { return }
+        order += 1
+        let delay = settings.rttMs[settings.order[to]]! / 2 + UInt64.random(in: 0...20, using: &generator)
+        queue.append((nowMs + delay, order, from, to, message))
+    }
+
+    private mutating func deliverDue() {
+        let due = queue.filter { $0.atMs <= nowMs }.sorted { ($0.atMs, $0.order) < ($1.atMs, $1.order) }
+        queue.removeAll { $0.atMs <= nowMs }
+        for item in due {
+            // A cut drops what is in flight too; a down region receives nothing.
+            guard !cut.contains([min(item.from, item.to), max(item.from, item.to)]), var member = members[item.to] else { continue }
+            let local = nowMs + offsets[item.to]
+            switch item.message {
+            case .election(let message):
+                let effects = member.received(message, from: settings.order[item.from], nowMs: local, position: position(item.to))
+                members[item.to] = member
+                carry(item.to, effects)
+            case .replicate(let epoch, let chain):
+                // Fencing: entries of an older epoch than this region knows are refused.
+                guard epoch >= records[item.to].epoch else { continue }
+                chains[item.to] = chain
+                send(from: item.to, to: item.from, .ack(epoch: epoch, length: chain.count))
+            case .ack(let epoch, let length):
+                guard member.role == .leader, epoch == records[item.to].epoch else { continue }
+                ackedLength[item.to, default: [:]][item.from] = max(ackedLength[item.to]?[item.from] ?? 0, length)
+                settleAcks(item.to)
+            }
+        }
+    }
+
+    /// Entries of the leader's chain a majority holds (in its epoch) are acknowledged.
+    private mutating func settleAcks(_ leader: Int) {
+        guard members[leader]?.role == .leader else { return }
+        let lengths = [chains[leader].count] + (ackedLength[leader] ?? [:]).values
+        let majority = count / 2 + 1
+        guard lengths.count >= majority else { return }
+        // An ack longer than this chain can only come from another leader's chain (a safety bug the checks report).
+        let held = min(lengths.sorted(by: >)[majority - 1], chains[leader].count)
+        for index in 0..<held { acknowledged.insert([UInt64(index), chains[leader][index]]) }
+    }
+
+    private mutating func carry(_ index: Int, _ effects: [ElectionMember.Effect]) {
+        for effect in effects {
+            switch effect {
+            case .persist(let record):
+                records[index] = record
+            case .send(let to, let message):
+                send(from: index, to: settings.order.firstIndex(of: to)!, .election(message))
+            case .becameLeader(let epoch):
+                electionsWon += 1
+                trace.append("\(nowMs): \(settings.order[index]) leads \(epoch)")
+                if let other = leaderOfEpoch[epoch], other != index {
+                    violations.append("two leaders in epoch \(epoch): \(settings.order[other]) and \(settings.order[index])")
+                }
+                leaderOfEpoch[epoch] = index
+                ackedLength[index] = [:]
+            case .following:
+                break
+            }
+        }
+    }
+
+    private mutating func checkLeases() {
+        let holders = (0..<count).filter(holdsLease)
+        if holders.count > 1 {
+            violations.append("at \(nowMs) ms \(holders.map { settings.order[$0].rawValue }) all hold a lease")
+        }
+    }
+
+    /// After the faults stopped: one leader, with a lease, that every region follows, within the budget; and
+    /// every majority-acknowledged write in its log.
+    mutating func checkFinal(healedAtMs: UInt64, budgetMs: UInt64) {
+        guard let leader = currentLeader else {
+            violations.append("no leader holds a lease \(budgetMs) ms after the faults stopped: \(trace.suffix(5))")
+            return
+        }
+        for index in 0..<count where members[index]?.leader != settings.order[leader] {
+            violations.append("\(settings.order[index]) does not follow \(settings.order[leader])")
+        }
+        for entry in acknowledged {
+            let index = Int(entry[0])
+            if index >= chains[leader].count || chains[leader][index] != entry[1] {
+                violations.append("the write at \(index) of epoch \(entry[1]), acknowledged by a majority, is not in \(settings.order[leader])'s log")
+            }
+        }
+    }
+}

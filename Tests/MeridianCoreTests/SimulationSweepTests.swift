@@ -6,7 +6,8 @@
 // the test kit's checkers: strong operations linearizable, session guarantees kept by sessions that move
 // between regions, bounded reads never staler than their bound. Concurrent writes to keyspaces of every
 // conflict policy (lww, fww, region-priority, siblings, crdt) converge to byte-identical states (equal
-// Merkle roots); every discarded write is in a conflicts log; counters hold every increment. A failing seed replays with
+// Merkle roots, among the survivors too when a region is lost, by anti-entropy); every discarded write is
+// in a conflicts log; counters hold every increment. A failing seed replays with
 // `meridian sim --seed N --regions K --steps 200 [--lose-a-region] --verbose`.
 import MeridianSimulator
 import Testing
@@ -15,7 +16,7 @@ import Testing
     @Test func fiveHundredSeedsKeepEveryInvariant() {
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
-        var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0
+        var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -31,6 +32,7 @@ import Testing
             conflicts += report.conflictsLogged
             siblingsMax = max(siblingsMax, report.siblingsMax)
             counted += report.counterTotal
+            repaired += report.keysRepaired
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
         #expect(failures.isEmpty, "\(failures.count) seeds broke an invariant; first: \(failures.first ?? "")")
@@ -43,6 +45,9 @@ import Testing
         // Conflicts really happened: values were discarded and logged, siblings piled up, counters counted.
         #expect(policyWrites > 10_000 && conflicts > 5_000 && siblingsMax >= 3 && counted > 5_000,
                 "\(policyWrites) policy writes, \(conflicts) conflicts logged, up to \(siblingsMax) siblings, counters at \(counted)")
+        // With a region lost for good, survivors that received different parts of its log converge only by
+        // anti-entropy; it had work to do.
+        #expect(repaired > 50, "anti-entropy repaired \(repaired) keys")
     }
 
     @Test func aSeedReplaysExactly() {

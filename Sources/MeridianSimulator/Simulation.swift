@@ -405,15 +405,13 @@ public struct Simulation {
         let held = regions[index].kv["\(keyspace)/\(key)"]
         let seen = context ?? held?.context ?? VersionVector()
         if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
-        var contextCounters: [RegionName: UInt64] = [:]
-        for region in seen.regions { contextCounters[region] = seen[region] }
         if let highWater = regions[index].hlcHighWater, hlc <= highWater {
             report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
         }
         let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace,
                                      key: try! Key(key), operation: operation, contentType: "",
                                      value: bytes ?? (operation == .delete ? [] : Array((value ?? "\(regions[index].name)-\(sequence)").utf8)),
-                                     dependencies: dependencies, context: contextCounters)
+                                     dependencies: dependencies, context: seen.byRegion)
         // Group commit: durable before anything else.
         regions[index].log.append(entry)
         regions[index].applied[index].append(entry)

@@ -140,7 +140,7 @@ actor GroupCommitter {
                     let entry = ReplicationEntry(
                         origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
                         key: request.key, operation: write.operation, contentType: write.contentType, value: write.value,
-                        dependencies: request.dependencies.filter { $0.key != region }, context: Self.counters(seen))
+                        dependencies: request.dependencies.filter { $0.key != region }, context: seen.byRegion)
                     try Self.append(db, entry)
                     let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits)
                     recorded[entry.keyspace, default: .init()].add(applied)
@@ -228,12 +228,6 @@ actor GroupCommitter {
             .tooManySiblings,
             "Key '\(request.key)' already holds \(kept.count) versions (\(keptBytes) bytes) this write did not see; the limit is \(limits.siblingsMax) versions and \(limits.replicationFrameBytesMax / 2) bytes. Read the key and write with its Meridian-Context to resolve them.",
             context: ["key": request.key.rawValue, "siblings": String(kept.count), "siblings_max": String(limits.siblingsMax)])
-    }
-
-    static func counters(_ vector: VersionVector) -> [RegionName: UInt64] {
-        var counters: [RegionName: UInt64] = [:]
-        for region in vector.regions { counters[region] = vector[region] }
-        return counters
     }
 
     private func report(_ recorded: [KeyspaceName: KeyStateRows.Applied]) {

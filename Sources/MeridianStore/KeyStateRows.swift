@@ -171,9 +171,7 @@ enum KeyStateRows {
     }
 
     static func encodeVector(_ vector: VersionVector) -> Data? {
-        var counters: [RegionName: UInt64] = [:]
-        for region in vector.regions { counters[region] = vector[region] }
-        return RegionStore.dependenciesColumn(counters)
+        RegionStore.dependenciesColumn(vector.byRegion)
     }
 
     static func decodeVector(_ data: Data) throws -> [RegionName: UInt64] {

@@ -20,6 +20,14 @@ public struct StoredValue: Sendable, Hashable {
     public var concurrent: Int = 0
 }
 
+extension StoredValue {
+    /// The stored form of one version of a key (the one reads show).
+    public init(keyspace: KeyspaceName, key: Key, winner: KeyVersion) {
+        self.init(keyspace: keyspace, key: key, value: winner.value, contentType: winner.contentType, version: winner.version,
+                  tombstone: winner.tombstone, dependencies: winner.dependencies)
+    }
+}
+
 /// One key of a list result.
 public struct ListedKey: Sendable, Hashable {
     /// The key.

@@ -74,9 +74,7 @@ public enum CRDTCodec {
         }
 
         mutating func context(_ context: DotContext) {
-            var vector: [RegionName: UInt64] = [:]
-            for region in context.vector.regions { vector[region] = context.vector[region] }
-            counts(vector)
+            counts(context.vector.byRegion)
             integer(UInt32(context.cloud.count))
             for dot in context.cloud.sorted() { self.dot(dot) }
         }

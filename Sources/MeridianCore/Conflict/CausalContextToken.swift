@@ -16,9 +16,7 @@ public enum CausalContextToken {
     /// Encodes a context.
     public static func encode(_ context: VersionVector, keyspace: KeyspaceName, key: Key, with sessionKey: SessionKey) -> String {
         var payload: [UInt8] = []
-        var counters: [RegionName: UInt64] = [:]
-        for region in context.regions { counters[region] = context[region] }
-        DependencyCodec.append(counters, to: &payload)
+        DependencyCodec.append(context.byRegion, to: &payload)
         return "c1." + Base64URL.encode(payload + sessionKey.tag(signed(payload, keyspace, key)))
     }
 

@@ -101,9 +101,7 @@ public struct MerkleTree: Sendable, Hashable {
 /// state `u16 keyLength, key`, the state.
 public enum KeyStateCodec {
     public static func append(_ state: KeyState, to bytes: inout [UInt8]) {
-        var context: [RegionName: UInt64] = [:]
-        for region in state.context.regions { context[region] = state.context[region] }
-        DependencyCodec.append(context, to: &bytes)
+        DependencyCodec.append(state.context.byRegion, to: &bytes)
         append(UInt32(state.versions.count), to: &bytes)
         for version in state.versions {
             let origin = Array(version.version.origin.rawValue.utf8)

@@ -32,6 +32,11 @@ public struct VersionVector: Hashable, Sendable, CustomStringConvertible {
     /// The regions with a non-zero counter, in name order.
     public var regions: [RegionName] { counters.map(\.region) }
 
+    /// The non-zero counters by region (the form the codecs and session tokens take).
+    public var byRegion: [RegionName: UInt64] {
+        Dictionary(uniqueKeysWithValues: counters.map { ($0.region, $0.counter) })
+    }
+
     /// Records one more write from `region`.
     public mutating func increment(_ region: RegionName) {
         set(region, self[region] + 1)

@@ -260,9 +260,8 @@ extension RegionNode {
 
     /// Renders a read of a `siblings` keyspace: one live version as a value, several as a 300 list; either
     /// way with the causal context the next write sends back.
-    func renderSiblings(policy: KeyspacePolicy, key: Key, session: inout SessionToken, level: ConsistencyLevel,
-                        stalenessMs: UInt64?) async throws(MeridianError) -> RenderedResponse? {
-        guard let state = try await store.state(keyspace: policy.name, key: key) else { return nil }
+    func renderSiblings(policy: KeyspacePolicy, key: Key, state: KeyState, session: inout SessionToken, level: ConsistencyLevel,
+                        stalenessMs: UInt64?) -> RenderedResponse {
         for version in state.versions {
             session.observe(version.version)
             session.observe(dependencies: version.dependencies)
@@ -323,14 +322,7 @@ extension RegionNode {
             }
             after = value
         }
-        var limit = limits.listLimitDefault
-        if let text = query.get("limit") {
-            guard let value = Int(text), (1...limits.listLimitMax).contains(value) else {
-                throw MeridianError(.invalidParameter, "limit '\(text.prefix(32))' must be a whole number from 1 to \(limits.listLimitMax).",
-                                    context: ["parameter": "limit", "limit_max": String(limits.listLimitMax)])
-            }
-            limit = value
-        }
+        let limit = try pageLimit(query.get("limit"))
         var key: Key?
         if let text = query.get("key") {
             do { key = try Key(text) } catch {

@@ -179,17 +179,21 @@ extension RegionNode {
         case .serve(let servedLevel, let servedStaleness):
             (level, stalenessMs) = (servedLevel, servedStaleness)
         }
-        let stored = try await store.get(keyspace: policy.name, key: key)
+        // Siblings and CRDT reads need the key's whole state (every version, the causal context); one read
+        // gives it, and the version shown is the rule's winner, as `kv` holds it.
+        let wholeState = rule == .siblings || rule == .crdt
+        let state = wholeState ? try await store.state(keyspace: policy.name, key: key) : nil
+        let stored = wholeState
+            ? state.map { StoredValue(keyspace: policy.name, key: key, winner: $0.winner(rule)) }
+            : try await store.get(keyspace: policy.name, key: key)
         if level == .strong, let stored { try await awaitMajority(stored.version, policy: policy) }
         var session = options.session ?? SessionToken()
-        if rule == .siblings, let answer = try await renderSiblings(policy: policy, key: key, session: &session, level: level, stalenessMs: stalenessMs) {
-            return answer
+        if rule == .siblings, let state {
+            return renderSiblings(policy: policy, key: key, state: state, session: &session, level: level, stalenessMs: stalenessMs)
         }
-        if mode == .crdt, let state = try await store.state(keyspace: policy.name, key: key) {
+        if mode == .crdt, let state {
             // A CRDT value holds every delta merged here, not only the newest one: the session has seen them all.
-            var merged: [RegionName: UInt64] = [:]
-            for origin in state.context.regions { merged[origin] = state.context[origin] }
-            session.observe(dependencies: merged)
+            session.observe(dependencies: state.context.byRegion)
         }
         if let stored {
             // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
@@ -417,6 +421,16 @@ extension RegionNode {
         return relay(reply, from: target)
     }
 
+    /// A page size from the `limit` query parameter: `list_limit_default` when absent, at most `list_limit_max`.
+    func pageLimit(_ text: String?) throws(MeridianError) -> Int {
+        guard let text else { return limits.listLimitDefault }
+        guard let value = Int(text), (1...limits.listLimitMax).contains(value) else {
+            throw MeridianError(.invalidParameter, "limit '\(text.prefix(32))' must be a whole number from 1 to \(limits.listLimitMax).",
+                                context: ["parameter": "limit", "limit_max": String(limits.listLimitMax)])
+        }
+        return value
+    }
+
     func list(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let query = request.uri.queryParameters
@@ -431,14 +445,7 @@ extension RegionNode {
                 throw MeridianError(.invalidParameter, "after must be a key: \(error.message)", context: ["parameter": "after"])
             }
         }
-        var limit = limits.listLimitDefault
-        if let text = query.get("limit") {
-            guard let value = Int(text), (1...limits.listLimitMax).contains(value) else {
-                throw MeridianError(.invalidParameter, "limit '\(text.prefix(32))' must be a whole number from 1 to \(limits.listLimitMax).",
-                                    context: ["parameter": "limit", "limit_max": String(limits.listLimitMax)])
-            }
-            limit = value
-        }
+        let limit = try pageLimit(query.get("limit"))
         let options = try RequestOptions(request, sessionKey: sessionKey)
         // A listing is served here or refused: it is never forwarded, so a route elsewhere means "not here".
         let level: ConsistencyLevel

@@ -164,7 +164,8 @@ extension RegionNode {
             reports.append(report)
             if let highWater { floor = min(floor ?? highWater, highWater) } else { complete = false }
         }
-        let shared = antiEntropyPeers().filter { $0.1.contains(peer) }.map(\.0.name)
+        // Every keyspace both regions hold must have been pulled (not only those repaired from this peer).
+        let shared = configuration.cluster.keyspaces.filter { $0.isReplica(region) && $0.isReplica(peer) }.map(\.name)
         if complete, let floor, Set(shared).isSubset(of: keyspaces.map(\.name)) {
             let before = store.appliedHighWater()[peer] ?? 0
             if floor > before, (try? await store.raiseApplied(origin: peer, to: floor)) != nil {
@@ -180,9 +181,17 @@ extension RegionNode {
     }
 
     /// The keyspaces this region repairs, with their other replicas.
+    /// A single-leader keyspace repairs only from its leader: the leader's copy is the keyspace's history, and
+    /// a follower's may hold a deposed leader's writes that were kept aside (merging those would revive them).
     func antiEntropyPeers(_ only: KeyspaceName? = nil) -> [(KeyspacePolicy, [RegionName])] {
         configuration.cluster.keyspaces.filter { ($0.name == only || only == nil) && $0.isReplica(region) }
-            .map { ($0, $0.replicas.filter { $0 != region }) }
+            .map { policy in
+                guard policy.topology == .singleLeader, leadership.snapshot(policy.name) != nil else {
+                    return (policy, policy.replicas.filter { $0 != region })
+                }
+                let leader = leadership.leader(policy.name)
+                return (policy, leader.map { $0 == region ? [] : [$0] } ?? [])
+            }
             .filter { !$0.1.isEmpty }
     }
 

@@ -48,6 +48,8 @@ public final class RegionNode: Sendable {
     public let metrics: NodeMetrics
     /// Streams to and from the other regions.
     let replicator: Replicator
+    /// Who leads each single-leader keyspace, and this region's part in electing them.
+    let leadership: Leadership
     let logger: Logger
     let startedAt: ContinuousClock.Instant
     /// Authenticates the session tokens this region issues and accepts.
@@ -74,8 +76,11 @@ public final class RegionNode: Sendable {
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
             physicalClockMs: Self.wallClockMs,
             observer: metrics, logger: logger)
+        let leadership = try Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
+                                        wallClockMs: Self.wallClockMs, logger: logger)
+        self.leadership = leadership
         self.replicator = Replicator(region: configuration.region, cluster: configuration.cluster, store: store, route: configuration.peerRoute,
-                                     wallClockMs: Self.wallClockMs, logger: logger)
+                                     wallClockMs: Self.wallClockMs, logger: logger, fence: leadership)
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
@@ -88,6 +93,10 @@ public final class RegionNode: Sendable {
 
     var region: RegionName { configuration.region }
     var limits: Limits { configuration.cluster.limits }
+
+    @Sendable func sendElection(_ peer: RegionName, _ frame: PeerFrame) {
+        replicator.send(to: peer, frame)
+    }
 
     /// What this region can do right now, given which peers' streams are up.
     var admission: Admission {
@@ -114,6 +123,9 @@ public final class RegionNode: Sendable {
         router.get("/v1/conflicts/:keyspace") { request, context in try await self.conflicts(request, context) }
         router.post("/v1/admin/repair") { request, context in try await self.repairNow(request, context) }
         router.get("/v1/admin/merkle/:keyspace") { request, context in try await self.merkleRoot(request, context) }
+        router.get("/v1/failovers") { request, context in try await self.failovers(request, context) }
+        router.get("/v1/divergence") { request, context in try await self.divergence(request, context) }
+        router.post("/v1/admin/divergence/:id/reapply") { request, context in try await self.reapply(request, context) }
         return router
     }
 
@@ -130,7 +142,15 @@ public final class RegionNode: Sendable {
         logger.info("region \(region) serving on \(address)")
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
-                try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) })
+                try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) },
+                                              election: { keyspace, message, start, peer in
+                                                  await self.leadership.received(message, start: start, keyspace: keyspace, from: peer,
+                                                                                 send: self.sendElection, repair: self.bringBack)
+                                              })
+            }
+            tasks.addTask {
+                await self.leadership.run(send: self.sendElection, repair: self.bringBack)
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
             tasks.addTask {

@@ -256,7 +256,8 @@ actor GroupCommitter {
     /// the applied point are skipped, and a range starting beyond it is refused with nothing applied.
     /// The local HLC moves past every applied entry, so writes made here afterwards order after them.
     /// - Returns: The origin's applied sequence afterwards.
-    func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
+    func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                         diverted: [UInt64: UInt64] = [:]) async throws(MeridianError) -> UInt64 {
         precondition(origin != region, "a region never receives its own log")
         precondition(from >= 1 && from <= through && entries.allSatisfy { $0.origin == origin && (from...through).contains($0.sequence) })
         var clockAfter = clock
@@ -283,6 +284,10 @@ actor GroupCommitter {
                 var appliedAny = false
                 var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 for entry in entries where entry.sequence > applied {
+                    if let successor = diverted[entry.sequence] {
+                        try RegionStore.insertDiverted(db, entry, successorEpoch: successor, nowMs: physicalMs)
+                        continue
+                    }
                     try Self.append(db, entry)
                     let state = try KeyStateRows.load(db, entry.keyspace, entry.key)
                     let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits)

@@ -12,7 +12,8 @@ import Synchronization
 public final class RegionStore: Sendable {
     /// The region this store belongs to; a data directory is bound to one region for its whole life.
     public let region: RegionName
-    private let pool: DatabasePool
+    let pool: DatabasePool
+    private let rules: [KeyspaceName: ConflictRule]
     private let committer: GroupCommitter
     private let lastCommittedSequence: SequenceHighWater
     /// The applied high-water of every other origin's log. Updated only by `applyReplicated`, which callers
@@ -85,7 +86,11 @@ public final class RegionStore: Sendable {
             throw MeridianError(.storageFailure, "Cannot open the store at \(path): \(error)", context: ["path": path])
         }
         self.region = region
+        self.rules = conflictRules
     }
+
+    /// How a keyspace resolves concurrent writes.
+    func conflictRule(_ keyspace: KeyspaceName) -> ConflictRule { rules[keyspace] ?? .lww }
 
     /// Applies a write as its origin, durably, sharing a transaction with concurrent writes.
     /// - Returns: The committed entry, or why the precondition failed.
@@ -121,7 +126,10 @@ public final class RegionStore: Sendable {
     /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
     /// - Throws: `replication_protocol` on a gap, a foreign or out-of-range entry, or this region's own log
     ///   (nothing applied); `storage_failure` when the disk refuses.
-    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
+    /// - Parameter diverted: Sequences of entries a fence refused (a deposed leader's writes its successor never
+    ///   held), kept in the divergence log under the given successor epoch instead of applied.
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                                diverted: [UInt64: UInt64] = [:]) async throws(MeridianError) -> UInt64 {
         guard origin != region else {
             throw MeridianError(.replicationProtocol, "Region \(region) was sent its own log; check the peers' addresses.")
         }
@@ -136,7 +144,7 @@ public final class RegionStore: Sendable {
             }
             previous = entry.sequence
         }
-        let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries)
+        let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted)
         appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
         return after
     }
@@ -407,7 +415,7 @@ public final class RegionStore: Sendable {
     // Reads run synchronously on the calling thread: a point read from SQLite's page cache takes microseconds,
     // far less than the two thread hops of GRDB's async read, which measured at 3x the cost of the read itself.
     // The pool has more reader connections than the cooperative pool has threads, so this never waits long.
-    private func reading<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(MeridianError) -> T {
+    func reading<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(MeridianError) -> T {
         do {
             return try readOnCallingThread(body)
         } catch let error as MeridianError {
@@ -492,6 +500,7 @@ public final class RegionStore: Sendable {
                 CREATE TABLE conflict_counts (keyspace TEXT PRIMARY KEY NOT NULL, records INTEGER NOT NULL) WITHOUT ROWID;
                 """)
         }
+        registerFailoverMigration(&migrator)
         return migrator
     }()
 

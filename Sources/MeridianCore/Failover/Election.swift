@@ -46,6 +46,13 @@ public enum ElectionMessage: Hashable, Sendable {
     case vote(epoch: UInt64, granted: Bool)
     /// A region knows a later epoch than the sender; the sender must step down and follow.
     case newerEpoch(epoch: UInt64, leader: RegionName?)
+    /// Before standing, a region asks whether it could win `epoch` (the one it would stand in). Nobody's state
+    /// changes, so a region cut off from the others and back cannot depose a working leader by having
+    /// counted epochs up while alone (Raft's pre-vote).
+    case preVoteRequest(epoch: UInt64, position: LogPosition)
+    /// The answer: granted when the region has not heard a leader within its election timeout and the asker
+    /// is at least as caught up.
+    case preVote(epoch: UInt64, granted: Bool)
 }
 
 /// One region's part in electing a single-leader keyspace's leader: failure detection, epoch elections with
@@ -58,8 +65,8 @@ public enum ElectionMessage: Hashable, Sendable {
 /// - a region votes only for a candidate at least as caught up as itself: every write a majority held is
 ///   held by the new leader (RPO 0 for `majority` writes);
 /// - a region that heard the leader within its election timeout votes for no one, and a leader acknowledges
-///   writes only while a majority heard it within its lease, which is shorter than the election timeout by
-///   the maximum clock-rate error: a deposed leader has stopped acknowledging before a successor can exist.
+///   writes only while a majority heard it within its lease (half of each confirming region's timeout, the
+///   maximum clock-rate error): a deposed leader has stopped acknowledging before a successor can exist.
 public struct ElectionMember: Sendable {
     /// Fixed settings of one keyspace's election in one region.
     public struct Settings: Sendable {
@@ -87,10 +94,12 @@ public struct ElectionMember: Sendable {
             heartbeatIntervalMs * missedHeartbeats + (rttMs[region] ?? 0)
         }
 
-        /// How long a leader may acknowledge writes after a majority last confirmed it: half the shortest
-        /// suspicion time, so clock rates may differ by a factor of two before it matters.
-        public var leaseMs: UInt64 {
-            (order.map { suspicionMs($0) }.min() ?? heartbeatIntervalMs * missedHeartbeats) / 2
+        /// How long after sending a heartbeat that `peer` acknowledged the leader may count on `peer`: half the
+        /// silence after which `peer` suspects it (missed heartbeats plus their round trip), so clock rates may
+        /// differ by a factor of two before it matters. `peer` votes for no one before that silence has passed
+        /// since it heard the heartbeat, which was after the leader sent it.
+        public func leaseMs(confirmedBy peer: RegionName) -> UInt64 {
+            (heartbeatIntervalMs * missedHeartbeats + (rttMs[peer] ?? 0)) / 2
         }
 
         var majority: Int { order.count / 2 + 1 }
@@ -122,13 +131,19 @@ public struct ElectionMember: Sendable {
     /// Candidate: votes received in the current candidacy.
     private var votes: Set<RegionName> = []
     private var candidacyStartedMs: UInt64 = 0
+    /// Follower asking whether it could win: the epoch it asks about and the regions that said yes.
+    private var preVoteEpoch: UInt64?
+    private var preVotes: Set<RegionName> = []
+    private var preVoteStartedMs: UInt64 = 0
     /// Leader: per follower, the send time of the newest heartbeat it acknowledged.
     private var confirmedSentMs: [RegionName: UInt64] = [:]
     private var lastHeartbeatMs: UInt64 = 0
 
     /// Starts a member from its durable record (a restart forgets everything else). A restarted region
     /// never resumes leading by itself: it follows, and stands again only through an election.
-    public init(region: RegionName, settings: Settings, record: ElectionRecord, nowMs: UInt64) {
+    /// - Parameter firstTerm: The keyspace has never held an election anywhere (its first start): the region
+    ///   the record names leads epoch 1 without one, once a majority acknowledges its heartbeats (its lease).
+    public init(region: RegionName, settings: Settings, record: ElectionRecord, nowMs: UInt64, firstTerm: Bool = false) {
         precondition(settings.order.contains(region), "only a replica takes part in its keyspace's elections")
         self.region = region
         self.settings = settings
@@ -136,8 +151,14 @@ public struct ElectionMember: Sendable {
         role = .follower
         lastHeardMs = nowMs
         if record.leader == region {
-            // Led before the restart: step down in a fresh epoch's election rather than trust an old lease.
-            self.record.leader = nil
+            if (firstTerm && record.epoch == 1 && record.votedEpoch == 0) || settings.order.count == 1 {
+                // The first term, or the keyspace's only replica: nobody else can have led meanwhile.
+                role = .leader
+                lastHeartbeatMs = 0
+            } else {
+                // Led before the restart: step down in a fresh epoch's election rather than trust an old lease.
+                self.record.leader = nil
+            }
         }
     }
 
@@ -148,7 +169,7 @@ public struct ElectionMember: Sendable {
     public func holdsLease(nowMs: UInt64) -> Bool {
         guard role == .leader else { return false }
         let fresh = settings.order.filter { peer in
-            peer == region || (confirmedSentMs[peer].map { nowMs < $0 + settings.leaseMs } ?? false)
+            peer == region || (confirmedSentMs[peer].map { nowMs < $0 + settings.leaseMs(confirmedBy: peer) } ?? false)
         }
         return fresh.count >= settings.majority
     }
@@ -163,13 +184,18 @@ public struct ElectionMember: Sendable {
             return peers.map { .send(to: $0, .heartbeat(epoch: record.epoch, sentMs: nowMs)) }
         case .candidate:
             guard nowMs >= candidacyStartedMs + settings.candidacyTimeoutMs + stagger else { return [] }
-            return stand(nowMs: nowMs, position: position)
+            // The candidacy failed: ask again before standing, so a region cut off meanwhile stops counting up.
+            role = .follower
+            votes = []
+            return askPreVotes(nowMs: nowMs, position: position)
         case .follower:
+            if settings.order.count == 1 { return stand(nowMs: nowMs, position: position) }
             let silence = record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(region)
             // Regions stand in failover order: each waits its rank in heartbeat intervals more, so the preferred
             // region usually asks first, and one candidacy usually settles it.
             guard nowMs >= lastHeardMs + silence + stagger else { return [] }
-            return stand(nowMs: nowMs, position: position)
+            if preVoteEpoch != nil && nowMs < preVoteStartedMs + settings.candidacyTimeoutMs { return [] }
+            return askPreVotes(nowMs: nowMs, position: position)
         }
     }
 
@@ -182,6 +208,7 @@ public struct ElectionMember: Sendable {
             if epoch < record.epoch { return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))] }
             var effects = follow(epoch: epoch, leader: peer)
             lastHeardMs = nowMs
+            preVoteEpoch = nil
             effects.append(.send(to: peer, .heartbeatAck(epoch: epoch, sentMs: sentMs)))
             return effects
         case .heartbeatAck(let epoch, let sentMs):
@@ -242,10 +269,32 @@ public struct ElectionMember: Sendable {
             guard epoch > record.epoch else { return [] }
             lastHeardMs = nowMs
             return follow(epoch: epoch, leader: leader)
+        case .preVoteRequest(let epoch, let candidatePosition):
+            if epoch <= record.epoch {
+                // The asker is behind on epochs: tell it the current one (and its leader), so it follows.
+                return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))]
+            }
+            let leaderAlive = (role == .leader) || (record.leader != nil && nowMs < lastHeardMs + settings.suspicionMs(record.leader!))
+            return [.send(to: peer, .preVote(epoch: epoch, granted: !leaderAlive && candidatePosition >= position))]
+        case .preVote(let epoch, let granted):
+            guard role == .follower, preVoteEpoch == epoch, granted else { return [] }
+            preVotes.insert(peer)
+            guard preVotes.count >= settings.majority else { return [] }
+            return stand(nowMs: nowMs, position: position)
         }
     }
 
     private var peers: [RegionName] { settings.order.filter { $0 != region } }
+
+    /// Asks every peer whether it would vote for this region in the next epoch; only a majority's yes makes it
+    /// stand (and move the epoch).
+    private mutating func askPreVotes(nowMs: UInt64, position: LogPosition) -> [Effect] {
+        let epoch = max(record.epoch, record.votedEpoch) + 1
+        preVoteEpoch = epoch
+        preVotes = [region]
+        preVoteStartedMs = nowMs
+        return peers.map { .send(to: $0, .preVoteRequest(epoch: epoch, position: position)) }
+    }
 
     private var stagger: UInt64 {
         UInt64(settings.order.firstIndex(of: region) ?? settings.order.count) * settings.heartbeatIntervalMs * 2
@@ -262,6 +311,7 @@ public struct ElectionMember: Sendable {
         }
         role = .follower
         votes = []
+        preVoteEpoch = nil
         confirmedSentMs = [:]
         record.epoch = epoch
         record.leader = leader
@@ -270,6 +320,7 @@ public struct ElectionMember: Sendable {
 
     /// Stands for the next epoch: votes for itself (durably) and asks every peer.
     private mutating func stand(nowMs: UInt64, position: LogPosition) -> [Effect] {
+        preVoteEpoch = nil
         let epoch = max(record.epoch, record.votedEpoch) + 1
         role = .candidate
         record.epoch = epoch

@@ -33,6 +33,10 @@ public enum PeerFrame: Sendable, Hashable {
     case forwardRead(ForwardedRead)
     /// Why the sender is about to close the stream.
     case refusal(code: String, message: String)
+    /// A message of a single-leader keyspace's election (heartbeats of its leader, votes, fencing), sent on
+    /// the sender's own stream. A leader's heartbeats carry where its term began, so followers can tell the
+    /// writes of earlier terms that count from those a deposed leader never shipped.
+    case election(keyspace: KeyspaceName, message: ElectionMessage, start: EpochStart?)
 
     var typeByte: UInt8 {
         switch self {
@@ -45,6 +49,7 @@ public enum PeerFrame: Sendable, Hashable {
         case .forwardReply: 7
         case .refusal: 8
         case .forwardRead: 9
+        case .election: 10
         }
     }
 }
@@ -150,13 +155,18 @@ public struct ForwardedReply: Sendable, Hashable {
 ///     7 forwardReply u64 id, u16 status, headers, u32 + body
 ///     8 refusal      str8 code, str16 message
 ///     9 forwardRead  u64 id, str8 keyspace, str16 key, headers
+///    10 election     str8 keyspace, u8 kind, kind's fields, u8 hasStart, [u64 epoch, str8 leader, u8 count,
+///                    count × (str8 origin, u64 sequence)]; kinds: 1 heartbeat (u64 epoch, u64 sentMs),
+///                    2 heartbeatAck (same), 3 voteRequest (u64 epoch, u64 positionEpoch, u64 positionSequence),
+///                    4 vote (u64 epoch, u8 granted), 5 newerEpoch (u64 epoch, str8 leader, empty for none),
+///                    6 preVoteRequest (as 3), 7 preVote (as 4)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
 /// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 3
+    public static let protocolVersion: UInt8 = 4
     /// The most headers a forwarded write or reply carries.
     public static let headersMax = 32
 
@@ -221,6 +231,53 @@ public struct PeerFrameCodec: Sendable {
             appendString8(read.keyspace.rawValue, to: &buffer)
             appendString16(read.key.rawValue, to: &buffer)
             appendHeaders(read.headers, to: &buffer)
+        case .election(let keyspace, let message, let start):
+            appendString8(keyspace.rawValue, to: &buffer)
+            switch message {
+            case .heartbeat(let epoch, let sentMs):
+                buffer.append(1)
+                append(epoch, to: &buffer)
+                append(sentMs, to: &buffer)
+            case .heartbeatAck(let epoch, let sentMs):
+                buffer.append(2)
+                append(epoch, to: &buffer)
+                append(sentMs, to: &buffer)
+            case .voteRequest(let epoch, let position):
+                buffer.append(3)
+                append(epoch, to: &buffer)
+                append(position.epoch, to: &buffer)
+                append(position.sequence, to: &buffer)
+            case .vote(let epoch, let granted):
+                buffer.append(4)
+                append(epoch, to: &buffer)
+                buffer.append(granted ? 1 : 0)
+            case .newerEpoch(let epoch, let leader):
+                buffer.append(5)
+                append(epoch, to: &buffer)
+                appendString8(leader?.rawValue ?? "", to: &buffer)
+            case .preVoteRequest(let epoch, let position):
+                buffer.append(6)
+                append(epoch, to: &buffer)
+                append(position.epoch, to: &buffer)
+                append(position.sequence, to: &buffer)
+            case .preVote(let epoch, let granted):
+                buffer.append(7)
+                append(epoch, to: &buffer)
+                buffer.append(granted ? 1 : 0)
+            }
+            if let start {
+                let applied = start.applied.sorted { $0.key < $1.key }.prefix(Self.originsMax)
+                buffer.append(1)
+                append(start.epoch, to: &buffer)
+                appendString8(start.leader.rawValue, to: &buffer)
+                buffer.append(UInt8(applied.count))
+                for (origin, sequence) in applied {
+                    appendString8(origin.rawValue, to: &buffer)
+                    append(sequence, to: &buffer)
+                }
+            } else {
+                buffer.append(0)
+            }
         }
         let length = UInt32(buffer.count - start - 4)
         withUnsafeBytes(of: length.bigEndian) { bytes in
@@ -337,14 +394,65 @@ public struct PeerFrameCodec: Sendable {
             let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
             let key = try Key(try string16(&body, "key"))
             frame = .forwardRead(ForwardedRead(id: id, keyspace: keyspace, key: key, headers: try headers(&body)))
+        case 10:
+            frame = try election(&body)
         default:
-            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 9.", context: ["field": "frame_type"])
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 10.", context: ["field": "frame_type"])
         }
         guard body.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",
                                 context: ["unused_bytes": String(body.remaining)])
         }
         return frame
+    }
+
+    /// The most origins an epoch's start names (regions of a cluster).
+    public static let originsMax = 64
+
+    private func election(_ body: inout ByteReader) throws(MeridianError) -> PeerFrame {
+        let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
+        let kind = try body.required(body.readUInt8(), "election_kind")
+        let epoch = try sequenceField(&body, "epoch", minimum: 1)
+        let message: ElectionMessage
+        switch kind {
+        case 1: message = .heartbeat(epoch: epoch, sentMs: try sequenceField(&body, "sent_ms", minimum: 0))
+        case 2: message = .heartbeatAck(epoch: epoch, sentMs: try sequenceField(&body, "sent_ms", minimum: 0))
+        case 3, 6:
+            let positionEpoch = try sequenceField(&body, "position_epoch", minimum: 0)
+            let position = LogPosition(epoch: positionEpoch, sequence: try sequenceField(&body, "position_sequence", minimum: 0))
+            message = kind == 3 ? .voteRequest(epoch: epoch, position: position) : .preVoteRequest(epoch: epoch, position: position)
+        case 4, 7:
+            let granted = try body.required(body.readUInt8(), "granted")
+            guard granted <= 1 else {
+                throw MeridianError(.codecInvalidField, "The vote's granted flag is \(granted); it is 0 or 1.", context: ["field": "granted"])
+            }
+            message = kind == 4 ? .vote(epoch: epoch, granted: granted == 1) : .preVote(epoch: epoch, granted: granted == 1)
+        case 5:
+            let leader = try string8(&body, "leader")
+            message = .newerEpoch(epoch: epoch, leader: leader.isEmpty ? nil : try RegionName(leader))
+        default:
+            throw MeridianError(.codecInvalidField, "The election message has kind \(kind); known kinds are 1 to 7.", context: ["field": "election_kind"])
+        }
+        let hasStart = try body.required(body.readUInt8(), "has_start")
+        guard hasStart <= 1 else {
+            throw MeridianError(.codecInvalidField, "The election message's start flag is \(hasStart); it is 0 or 1.", context: ["field": "has_start"])
+        }
+        guard hasStart == 1 else { return .election(keyspace: keyspace, message: message, start: nil) }
+        let startEpoch = try sequenceField(&body, "start_epoch", minimum: 1)
+        let leader = try RegionName(try string8(&body, "start_leader"))
+        let count = Int(try body.required(body.readUInt8(), "start_origins"))
+        guard count <= Self.originsMax else {
+            throw MeridianError(.codecInvalidField, "The epoch's start names \(count) origins; the limit is \(Self.originsMax).", context: ["field": "start_origins"])
+        }
+        var applied: [RegionName: UInt64] = [:]
+        for _ in 0..<count {
+            let origin = try RegionName(try string8(&body, "start_origin"))
+            guard applied[origin] == nil else {
+                throw MeridianError(.codecInvalidField, "The epoch's start names origin \(origin) twice.", context: ["field": "start_origin"])
+            }
+            applied[origin] = try sequenceField(&body, "start_sequence", minimum: 0)
+        }
+        return .election(keyspace: keyspace, message: message, start: EpochStart(epoch: startEpoch, leader: leader, applied: applied))
     }
 
     // MARK: - Fields

@@ -44,7 +44,7 @@ public struct Admission: Sendable {
             guard !forwarded else {
                 throw MeridianError(
                     .leaderUnavailable,
-                    "A write to '\(key)' in keyspace '\(policy.name)' was forwarded to \(region), but \(writer) takes it; the regions disagree about the cluster file. Check that every region runs the same one.",
+                    "A write to '\(key)' in keyspace '\(policy.name)' was forwarded to \(region), but \(writer) takes it: the leader changed while the write was on its way (or the regions run different cluster files). Nothing was written; retry.",
                     context: ["keyspace": policy.name.rawValue, "leader": writer.rawValue, "region": region.rawValue])
             }
             return .forward(to: writer)
@@ -59,7 +59,8 @@ public struct Admission: Sendable {
                 "Ack '\(ack.rawValue)' needs \(required) of \(policy.replicas.count) replica regions, but only \(confirming.map(\.rawValue).joined(separator: ", ")) can confirm now; unreachable: \(missing.map(\.rawValue).joined(separator: ", ")). Nothing was written. Retry later or ask for a weaker ack with Meridian-Ack.",
                 context: ["ack": ack.rawValue, "unreachable": missing.map(\.rawValue).joined(separator: ","), "required": String(required)])
         }
-        return .accept(ack: ack, ackRegionsRequired: required, epoch: policy.topology == .singleLeader ? 1 : 0)
+        // The node stamps a single-leader write with the term it holds (0 here: none).
+        return .accept(ack: ack, ackRegionsRequired: required, epoch: 0)
     }
 
     /// What this region knows, at the moment of a read, about how current its copy is.

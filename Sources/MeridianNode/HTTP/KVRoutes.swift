@@ -133,9 +133,17 @@ extension RegionNode {
     /// would otherwise be forwarded to (waiting longer would be slower than asking there).
     private func route(_ policy: KeyspacePolicy, key: Key?, options: RequestOptions, forwarded: Bool) async throws(MeridianError) -> ReadRoute {
         let started = ContinuousClock.now
+        if (options.consistency ?? policy.consistency.default) == .strong { _ = await settledPolicy(policy) }
         while true {
+            let policy = routed(policy)
+            var view = replicator.readView()
+            if policy.topology == .singleLeader, let term = leadership.snapshot(policy.name) {
+                if term.leader == nil && (options.consistency ?? policy.consistency.default) == .strong { throw electionRunning(policy) }
+                // A strong read is served by the leader only while it holds its lease (a majority heard it lately).
+                view.reachable = term.holdsLease ? Set(policy.replicas) : [region]
+            }
             let decision = try admission.admitRead(policy, key: key, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
-                                                   session: options.session, view: replicator.readView(), forwarded: forwarded)
+                                                   session: options.session, view: view, forwarded: forwarded)
             switch decision {
             case .serve(let level, let stalenessMs):
                 return .serve(level: level, stalenessMs: stalenessMs)
@@ -171,7 +179,7 @@ extension RegionNode {
             } catch where error.code == .regionUnavailable {
                 // Nowhere to go: the reason this region could not serve the read is the answer.
                 if let otherwise { throw otherwise }
-                guard policy.topology == .singleLeader, target == policy.leader else { throw error }
+                guard policy.topology == .singleLeader, target == routed(policy).leader else { throw error }
                 var context = error.context
                 context["leader"] = target.rawValue
                 throw MeridianError(.leaderUnavailable, error.message, context: context)
@@ -215,7 +223,7 @@ extension RegionNode {
             : RenderedResponse(status: .ok, headers: [.contentType: stored.contentType, .eTag: "\"\(stored.version)\""], body: ByteBuffer(bytes: stored.value))
         var answer = rendered.headers
         answer[Self.sessionHeader] = session.encoded(with: sessionKey)
-        if policy.topology == .singleLeader { answer[Self.epochHeader] = "1" }
+        if policy.topology == .singleLeader, let term = leadership.snapshot(policy.name) { answer[Self.epochHeader] = String(term.epoch) }
         if let stalenessMs { answer[Self.stalenessHeader] = String(stalenessMs) }
         answer[.cacheControl] = Self.cacheControl(policy, level: level)
         rendered.headers = answer
@@ -341,11 +349,18 @@ extension RegionNode {
         let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
         if let session = options.session { try admission.checkSessionOrigins(session) }
         let ifMatch = try RequestOptions.precondition(headers)
-        let decision = try admission.admitWrite(policy, key: key, ack: options.ack, forwarded: forwarded)
-        guard case .accept(let ack, let required, let epoch) = decision else {
+        let routedPolicy = await settledPolicy(policy)
+        if routedPolicy.topology == .singleLeader && routedPolicy.leader == nil && routedPolicy.isReplica(region) { throw electionRunning(policy) }
+        let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded)
+        guard case .accept(let ack, let required, var epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
             return try await forwardWrite(to: target, headers: headers, options: options, policy: policy, key: key, operation: operation,
                                           contentType: contentType, value: value)
+        }
+        if policy.topology == .singleLeader {
+            // The leader writes only while a majority confirms it still leads; the write carries its term.
+            guard let term = leadership.writableEpoch(policy.name) else { throw leaseLost(policy) }
+            epoch = term
         }
         let precondition: WriteRequest.Precondition? = ifMatch.map { tags in
             tags.contains(.any) ? .exists : .versionIsOneOf(tags.compactMap { if case .version(let v) = $0 { v } else { nil } })
@@ -368,6 +383,7 @@ extension RegionNode {
                 context: context)
         case .committed(let entry):
             replicator.logGrew(to: entry.sequence)
+            if policy.topology == .singleLeader { await leadership.committed(policy.name, epoch: epoch) }
             var ackedBy = [region]
             var session = options.session ?? SessionToken()
             session.observe(entry.version)
@@ -388,7 +404,19 @@ extension RegionNode {
                 }
             }
             var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded(with: sessionKey)]
-            if policy.topology == .singleLeader { headers[Self.epochHeader] = String(epoch) }
+            if policy.topology == .singleLeader {
+                // Acknowledged only if this region still held its lease once the ack mode was met: otherwise a
+                // successor may exist that never held the write, which then is kept aside, not lost.
+                guard leadership.writableEpoch(policy.name) == epoch else {
+                    var lost = MeridianError(
+                        .leaderUnavailable,
+                        "The write is durable in \(region) as version \(entry.version), but \(region) lost its lease on keyspace '\(policy.name)' (epoch \(epoch)) before it could acknowledge it: if another region took over without it, it is kept in the divergence log (GET /v1/divergence) rather than applied. Read the key at the new leader before retrying.",
+                        context: ["keyspace": policy.name.rawValue, "epoch": String(epoch), "version": entry.version.description]).rendered()
+                    lost.headers[.eTag] = "\"\(entry.version)\""
+                    return lost
+                }
+                headers[Self.epochHeader] = String(epoch)
+            }
             var answer = WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
                                      ack: ack.rawValue, ackedBy: ackedBy.map(\.rawValue), operation: crdt?.operation.name ?? operation.description)
             if crdt != nil, let stored = try await store.get(keyspace: policy.name, key: key), let current = try? CRDTCodec.decode(stored.value) {

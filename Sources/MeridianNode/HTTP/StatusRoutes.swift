@@ -12,6 +12,10 @@ struct StatusAnswer: Encodable {
         let topology: String
         let role: String
         let epoch: UInt64?
+        /// Single-leader: the leader this region knows (absent while an election runs), and whether this region,
+        /// leading, holds its lease now.
+        let leader: String?
+        let lease: Bool?
         let keys: Int
     }
 
@@ -114,7 +118,13 @@ extension RegionNode {
     func role(_ policy: KeyspacePolicy) -> String {
         guard policy.isReplica(region) else { return "not_replica" }
         switch policy.topology {
-        case .singleLeader: return policy.leader == region ? "leader" : "follower"
+        case .singleLeader:
+            guard let term = leadership.snapshot(policy.name) else { return policy.leader == region ? "leader" : "follower" }
+            switch term.role {
+            case .leader: return "leader"
+            case .candidate: return "candidate"
+            case .follower: return "follower"
+            }
         case .multiLeader: return "leader"
         case .geoPartitioned: return policy.home == region || (policy.homes ?? []).contains { $0.region == region } ? "home" : "replica"
         }
@@ -154,9 +164,11 @@ extension RegionNode {
                     stalenessMs: staleness[peer.name])))
         }
         let keyspaces = configuration.cluster.keyspaces.map { policy in
-            StatusAnswer.KeyspaceStatus(
+            let term = leadership.snapshot(policy.name)
+            return StatusAnswer.KeyspaceStatus(
                 name: policy.name.rawValue, topology: policy.topology.rawValue, role: role(policy),
-                epoch: policy.topology == .singleLeader ? 1 : nil, keys: counts[policy.name.rawValue] ?? 0)
+                epoch: term?.epoch, leader: term?.leader?.rawValue ?? (term == nil ? policy.leader?.rawValue : nil),
+                lease: term.map { $0.role == .leader ? $0.holdsLease : false }, keys: counts[policy.name.rawValue] ?? 0)
         }
         return JSON.response(StatusAnswer(
             region: region.rawValue, cluster: configuration.cluster.name, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),

@@ -181,6 +181,14 @@ final class OutboundLink: Sendable {
         }
     }
 
+    /// Queues a frame on the stream if it is set up; dropped otherwise.
+    func send(_ frame: PeerFrame) {
+        state.withLock { state in
+            guard state.shipper != nil else { return }
+            state.outbox?.yield(.forward(frame))
+        }
+    }
+
     // MARK: - Forwarding
 
     /// Sends a write or read to the peer and waits for its answer.

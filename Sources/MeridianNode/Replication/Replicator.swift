@@ -20,6 +20,8 @@ typealias ForwardHandler = @Sendable (ForwardedWrite) async -> ForwardedReply
 /// Serves a read forwarded here by another region and renders the answer.
 /// Serves a read another region forwarded; the second argument is that region, as its stream's hello named it.
 typealias ForwardReadHandler = @Sendable (ForwardedRead, RegionName) async -> ForwardedReply
+/// Takes an election message of a single-leader keyspace from the region whose stream carried it.
+typealias ElectionHandler = @Sendable (KeyspaceName, ElectionMessage, EpochStart?, RegionName) async -> Void
 
 /// The node's replication shell: it ships this region's log to every peer over long-lived streams, applies
 /// the streams of other origins, confirms `majority`/`all` writes, and carries forwarded writes. The
@@ -31,6 +33,9 @@ final class Replicator: Sendable {
     let store: RegionStore
     let codec: PeerFrameCodec
     let links: [RegionName: OutboundLink]
+    /// Decides which replicated entries of single-leader keyspaces apply (nil: no fencing, in tests of the
+    /// replication shell alone).
+    let fence: Leadership?
     private let logger: Logger
     private let group: any EventLoopGroup
     private let acks: AckWaiters
@@ -66,8 +71,9 @@ final class Replicator: Sendable {
     }
 
     init(region: RegionName, cluster: ClusterConfig, store: RegionStore, route: PeerRoute, wallClockMs: @escaping @Sendable () -> UInt64,
-         logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+         logger: Logger, fence: Leadership? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.region = region
+        self.fence = fence
         self.cluster = cluster
         self.store = store
         self.logger = logger
@@ -95,7 +101,8 @@ final class Replicator: Sendable {
 
     /// Listens for peers, keeps a stream to every peer, and runs the timers, until cancelled.
     /// - Parameter onListening: Called once the peer port is bound.
-    func run(forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler, onListening: @escaping @Sendable () -> Void = {}) async throws {
+    func run(forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler, election: @escaping ElectionHandler = { _, _, _, _ in },
+             onListening: @escaping @Sendable () -> Void = {}) async throws {
         let address = cluster.region(region)!.peer
         let codec = self.codec
         let server: NIOAsyncChannel<PeerChannel, Never>
@@ -115,7 +122,7 @@ final class Replicator: Sendable {
                 try await server.executeThenClose { connections in
                     try await withThrowingDiscardingTaskGroup { connectionTasks in
                         for try await connection in connections {
-                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward, forwardRead: forwardRead) }
+                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election) }
                         }
                     }
                 }
@@ -193,7 +200,7 @@ final class Replicator: Sendable {
                             link.forwardAnswered(reply)
                         case .refusal(let code, let message):
                             throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
-                        case .hello, .batch, .heartbeat, .forward, .forwardRead:
+                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election:
                             throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
                         }
                     }
@@ -260,7 +267,8 @@ final class Replicator: Sendable {
     }
 
     /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.
-    private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler) async {
+    private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler,
+                              election: @escaping ElectionHandler) async {
         var origin: RegionName?
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -334,6 +342,11 @@ final class Replicator: Sendable {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
                                     replyOut.yield(.forwardReply(await forwardRead(read, from)))
                                 }
+                            case .election(let keyspace, let message, let start):
+                                guard let from = origin else { throw MeridianError(.replicationProtocol, "An election message arrived before hello.") }
+                                // In order, on the stream: a leader's heartbeat naming its term's start arrives before
+                                // the term's entries are applied.
+                                await election(keyspace, message, start, from)
                             case .welcome, .ack, .forwardReply, .refusal:
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
                             }
@@ -369,9 +382,15 @@ final class Replicator: Sendable {
                 switch work {
                 case .apply(let from, let through, let entries):
                     let applied: UInt64
+                    // Entries of single-leader keyspaces pass the fence first: a deposed leader's unshipped writes
+                    // are kept aside, and entries wait while an election this region took part in settles.
+                    let diverted = try await fence?.admit(entries) ?? [:]
                     do {
-                        applied = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries.map(withClusterRegionsOnly))
+                        applied = try await store.applyReplicated(origin: origin, from: from, through: through,
+                                                                  entries: entries.map(withClusterRegionsOnly), diverted: diverted)
+                        fence?.applied(entries, diverted: diverted)
                     } catch {
+                        fence?.applied([], diverted: [:])
                         applier.failed()
                         throw error
                     }
@@ -470,6 +489,12 @@ final class Replicator: Sendable {
         var result: Set<RegionName> = [region]
         for (peer, link) in links where link.snapshot.health == .up { result.insert(peer) }
         return result
+    }
+
+    /// Sends a frame on this region's stream to `peer`, if the stream is up (election messages: a lost one is
+    /// like a dropped packet, which elections tolerate).
+    func send(to peer: RegionName, _ frame: PeerFrame) {
+        links[peer]?.send(frame)
     }
 
     /// This region's log grew to `sequence` (a local write committed).

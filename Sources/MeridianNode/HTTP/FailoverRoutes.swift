@@ -1,0 +1,250 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import MeridianCore
+import MeridianHTTP
+import MeridianStore
+
+extension RegionNode {
+    /// The policy with the leader this region knows now (single-leader keyspaces it takes part in); the
+    /// leader is nil while an election runs.
+    func routed(_ policy: KeyspacePolicy) -> KeyspacePolicy {
+        guard policy.topology == .singleLeader, let snapshot = leadership.snapshot(policy.name) else { return policy }
+        var routed = policy
+        routed.leader = snapshot.leader
+        return routed
+    }
+
+    /// The policy once the keyspace's leadership has settled: waits (up to `read_wait_ms`) while an election
+    /// runs, or while this region, leading, has not yet heard a majority within its lease (a new leader hears
+    /// one within a round trip). A client writing through a failover sees a short pause, not an error.
+    func settledPolicy(_ policy: KeyspacePolicy) async -> KeyspacePolicy {
+        guard policy.topology == .singleLeader, leadership.snapshot(policy.name) != nil else { return policy }
+        let deadline = ContinuousClock.now + .milliseconds(limits.readWaitMs)
+        while true {
+            let routed = routed(policy)
+            let settled = routed.leader != nil && (routed.leader != region || leadership.writableEpoch(policy.name) != nil)
+            if settled || ContinuousClock.now >= deadline { return routed }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    /// The answer while a single-leader keyspace has no leader this region knows.
+    func electionRunning(_ policy: KeyspacePolicy) -> MeridianError {
+        let epoch = leadership.snapshot(policy.name)?.epoch ?? 0
+        return MeridianError(
+            .leaderUnavailable,
+            "Keyspace '\(policy.name)' is electing a new leader (epoch \(epoch)); nothing was written. Retry in a moment: a leader is normally elected within a few seconds.",
+            context: ["keyspace": policy.name.rawValue, "epoch": String(epoch)])
+    }
+
+    /// The answer when this region leads a keyspace but cannot confirm with a majority that it still does.
+    func leaseLost(_ policy: KeyspacePolicy) -> MeridianError {
+        let epoch = leadership.snapshot(policy.name)?.epoch ?? 0
+        return MeridianError(
+            .leaderUnavailable,
+            "\(region) led keyspace '\(policy.name)' in epoch \(epoch) but has not heard a majority of its replicas within its lease, so another region may lead it now; nothing was written. Retry shortly, at any region.",
+            context: ["keyspace": policy.name.rawValue, "epoch": String(epoch), "region": region.rawValue])
+    }
+
+    /// Brings keys back to the new leader's state after a failover: writes of `keyspace` this region holds that
+    /// the leader of `start` never held (a deposed leader's unshipped writes, its own or applied from it) go to
+    /// the divergence log, and their keys take the leader's state. Retries until done or the node stops; the
+    /// keyspace's replicated entries wait meanwhile.
+    @Sendable func bringBack(_ keyspace: KeyspaceName, _ start: EpochStart) async {
+        guard let policy = configuration.cluster.keyspace(keyspace) else { return }
+        for attempt in 1...3_600 {
+            if Task.isCancelled { return }
+            do throws(MeridianError) {
+                var keys = Set<Key>()
+                for (origin, sequence) in store.appliedHighWater() where origin != start.leader && sequence > start.applied[origin, default: 0] {
+                    keys.formUnion(try await store.divertHeld(keyspace: keyspace, origin: origin, after: start.applied[origin, default: 0],
+                                                              successorEpoch: start.epoch, nowMs: Self.wallClockMs()))
+                }
+                guard !keys.isEmpty else { return }
+                let states = try await leaderStates(policy, keys: keys, from: start.leader)
+                try await store.replaceStates(keyspace: keyspace, states)
+                logger.notice("writes of a deposed leader kept aside in the divergence log; their keys follow the new leader",
+                              metadata: ["keyspace": "\(keyspace)", "epoch": "\(start.epoch)", "keys": "\(keys.count)"])
+                return
+            } catch {
+                if attempt == 1 || attempt % 30 == 0 {
+                    logger.warning("cannot yet bring keys back to the new leader's state; retrying", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        logger.error("gave up bringing keys back to the new leader's state", metadata: ["keyspace": "\(keyspace)"])
+    }
+
+    /// The leader's states of `keys` (nil for a key it does not hold), pulled by Merkle bucket.
+    private func leaderStates(_ policy: KeyspacePolicy, keys: Set<Key>, from leader: RegionName) async throws(MeridianError) -> [(key: Key, state: KeyState?)] {
+        let buckets = Set(keys.map { MerkleTree.bucket(of: $0) }).sorted()
+        var found: [Key: KeyState] = [:]
+        var after: String?
+        for _ in 0..<100_000 {
+            var headers = [ForwardedHeader(name: Self.internalHeader, value: "states"),
+                           ForwardedHeader(name: Self.bucketsHeader, value: buckets.map(String.init).joined(separator: ","))]
+            if let after { headers.append(ForwardedHeader(name: Self.afterHeader, value: after)) }
+            let page = try await replicator.forward(to: leader) { id in
+                .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
+            }
+            guard page.status == 200 else {
+                throw MeridianError(.regionUnavailable, "\(leader) refused to send key states (\(page.status)).", context: ["region": leader.rawValue])
+            }
+            for item in try KeyStateCodec.decode(page.body, valueBytesMax: limits.replicationFrameBytesMax) where keys.contains(item.key) {
+                found[item.key] = item.state
+            }
+            after = page.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
+            if after == nil { break }
+        }
+        return keys.sorted().map { ($0, found[$0]) }
+    }
+
+    // MARK: - Reports
+
+    /// `GET /v1/failovers`: the failovers this region won, with their timings, and the writes this region kept
+    /// aside per keyspace and fencing epoch.
+    func failovers(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let events = try await store.failovers(limit: 1_000)
+        let diverted = try await store.divergenceCounts()
+        let rendered = events.map { event in
+            FailoverAnswer(
+                keyspace: event.keyspace.rawValue, epoch: event.epoch, leader: event.leader.rawValue, previousLeader: event.previousLeader?.rawValue,
+                reason: event.reason, lastHeardMs: event.lastHeardMs, suspectedMs: event.suspectedMs, electedMs: event.electedMs,
+                firstWriteMs: event.firstWriteMs,
+                rtoMs: event.firstWriteMs.flatMap { first in event.lastHeardMs.map { first > $0 ? first - $0 : 0 } },
+                electionMs: event.electedMs > event.suspectedMs ? event.electedMs - event.suspectedMs : 0,
+                divertedHere: diverted["\(event.keyspace)/\(event.epoch)"] ?? 0)
+        }
+        return JSON.response(FailoversAnswer(region: region.rawValue, failovers: rendered, diverted: diverted), headers: [.cacheControl: "no-store"])
+    }
+
+    /// `GET /v1/divergence[?keyspace=K&after=ID&limit=N]`: writes kept aside in this region.
+    func divergence(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let query = request.uri.queryParameters
+        var keyspace: KeyspaceName?
+        if let text = query.get("keyspace") {
+            keyspace = try KeyspaceName(text)
+            guard configuration.cluster.keyspace(keyspace!) != nil else {
+                throw MeridianError(.unknownKeyspace, "Keyspace '\(keyspace!)' does not exist; GET /v1/keyspaces lists them.", context: ["keyspace": keyspace!.rawValue])
+            }
+        }
+        let after = try query.get("after").map { text throws(MeridianError) -> Int64 in
+            guard let value = Int64(text), value >= 0 else {
+                throw MeridianError(.invalidRequest, "after must be a divergence id (a whole number at least 0); got '\(text.prefix(40))'.", context: ["parameter": "after"])
+            }
+            return value
+        } ?? 0
+        let limit = try pageLimit(query.get("limit"))
+        let writes = try await store.divergence(keyspace: keyspace, after: after, limit: limit)
+        return JSON.response(DivergenceAnswer(region: region.rawValue, writes: writes.map(DivergedWriteAnswer.init), next: writes.count == limit ? writes.last?.id : nil),
+                             headers: [.cacheControl: "no-store"])
+    }
+
+    /// `POST /v1/admin/divergence/{id}/reapply`: writes a kept-aside write again, as a new write through the
+    /// keyspace's current leader (once).
+    func reapply(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        guard let text = context.parameters.get("id"), let id = Int64(text), id > 0 else {
+            throw MeridianError(.invalidRequest, "The divergence id must be a whole number above 0; GET /v1/divergence lists them.", context: ["parameter": "id"])
+        }
+        guard let diverged = try await store.divergedWrite(id: id) else {
+            throw MeridianError(.keyNotFound, "No write with divergence id \(id) is kept in \(region); GET /v1/divergence lists them.", context: ["id": text])
+        }
+        guard diverged.reappliedMs == nil else {
+            throw MeridianError(.preconditionFailed, "Divergence id \(id) was already re-applied.", context: ["id": text])
+        }
+        guard let policy = configuration.cluster.keyspace(diverged.keyspace) else {
+            throw MeridianError(.unknownKeyspace, "Keyspace '\(diverged.keyspace)' is no longer in the cluster file.", context: ["keyspace": diverged.keyspace.rawValue])
+        }
+        let answer = try await write(headers: [:], query: { _ in nil }, policy: policy, key: diverged.key, operation: diverged.operation,
+                                     contentType: diverged.contentType, value: diverged.value, forwarded: false)
+        if answer.status.code < 300 { _ = try await store.markReapplied(id: id, nowMs: Self.wallClockMs()) }
+        return answer.response()
+    }
+}
+
+struct FailoverAnswer: Encodable {
+    let keyspace: String
+    let epoch: UInt64
+    let leader: String
+    let previousLeader: String?
+    let reason: String
+    let lastHeardMs: UInt64?
+    let suspectedMs: UInt64
+    let electedMs: UInt64
+    let firstWriteMs: UInt64?
+    /// From the last word of the previous leader to the first write of the new term, as the new leader saw it.
+    let rtoMs: UInt64?
+    let electionMs: UInt64
+    let divertedHere: Int
+
+    enum CodingKeys: String, CodingKey {
+        case keyspace, epoch, leader, reason
+        case previousLeader = "previous_leader"
+        case lastHeardMs = "last_heard_ms"
+        case suspectedMs = "suspected_ms"
+        case electedMs = "elected_ms"
+        case firstWriteMs = "first_write_ms"
+        case rtoMs = "rto_ms"
+        case electionMs = "election_ms"
+        case divertedHere = "diverted_here"
+    }
+}
+
+struct FailoversAnswer: Encodable {
+    let region: String
+    let failovers: [FailoverAnswer]
+    /// Writes kept aside in this region, by "keyspace/epoch" of the term that fenced them.
+    let diverted: [String: Int]
+}
+
+struct DivergedWriteAnswer: Encodable {
+    let id: Int64
+    let keyspace: String
+    let key: String
+    let origin: String
+    let sequence: UInt64
+    let epoch: UInt64
+    let successorEpoch: UInt64
+    let version: String
+    let operation: String
+    let contentType: String
+    let value: String
+    let valueBase64: String?
+    let recordedMs: UInt64
+    let reappliedMs: UInt64?
+
+    init(_ write: DivergedWrite) {
+        id = write.id
+        keyspace = write.keyspace.rawValue
+        key = write.key.rawValue
+        origin = write.origin.rawValue
+        sequence = write.sequence
+        epoch = write.epoch
+        successorEpoch = write.successorEpoch
+        version = Version(hlc: write.hlc, sequence: write.sequence).description
+        operation = write.operation.description
+        contentType = write.contentType
+        let text = String(validating: write.value, as: UTF8.self)
+        value = text ?? ""
+        valueBase64 = text == nil ? Data(write.value).base64EncodedString() : nil
+        recordedMs = write.recordedMs
+        reappliedMs = write.reappliedMs
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, keyspace, key, origin, sequence, epoch, version, operation, value
+        case successorEpoch = "successor_epoch"
+        case contentType = "content_type"
+        case valueBase64 = "value_base64"
+        case recordedMs = "recorded_ms"
+        case reappliedMs = "reapplied_ms"
+    }
+}
+
+struct DivergenceAnswer: Encodable {
+    let region: String
+    let writes: [DivergedWriteAnswer]
+    let next: Int64?
+}

@@ -1,0 +1,335 @@
+import Foundation
+import Logging
+import MeridianCore
+import MeridianStore
+import Synchronization
+
+/// Who leads each single-leader keyspace, as this region knows it, and this region's part in electing them.
+///
+/// The shell around the core's ``ElectionMember`` (one per keyspace this region replicates): it ticks the
+/// members, carries their messages over the replication streams, makes their records durable before
+/// anything that depends on them is sent, and decides with ``Fence`` which replicated entries apply.
+final class Leadership: Sendable {
+    /// One keyspace's election in this region.
+    struct Term: Sendable {
+        var member: ElectionMember
+        /// Where the followed term began (nil while an election runs or until its leader says).
+        var start: EpochStart?
+        /// The newest epoch among this keyspace's writes held here, and that epoch's leader.
+        var newest: (epoch: UInt64, origin: RegionName)
+        /// Wall-clock ms when this region last heard the leader, and when it stood for election.
+        var leaderHeardWallMs: UInt64?
+        var stoodWallMs: UInt64?
+        /// The leader before the current election, for the failover report.
+        var previousLeader: RegionName?
+        /// Writes of a deposed leader held here are being kept aside and their keys brought back to the new
+        /// leader's state: the keyspace's entries wait until that is done.
+        var reverting = false
+        /// The epoch whose start this region has checked its copy against.
+        var checkedEpoch: UInt64 = 0
+        /// Whether the first write of this region's own term was recorded (the end of the failover's RTO).
+        var firstWriteRecorded = true
+        /// A term this region just won whose start is being taken: entries wait, then the start is recorded.
+        var capturing = false
+    }
+
+    struct Snapshot: Sendable {
+        let epoch: UInt64
+        let leader: RegionName?
+        let role: ElectionMember.Role
+        let holdsLease: Bool
+        let start: EpochStart?
+    }
+
+    let region: RegionName
+    let store: RegionStore
+    let logger: Logger
+    private let terms: Mutex<[KeyspaceName: Term]>
+    /// Replicated batches between their fence check and their commit: a new leader takes its start only when
+    /// none is in flight, so nothing it applies is missing from the start it announces.
+    private let applying = Atomic<Int>(0)
+    private let started = ContinuousClock.now
+    private let wallClockMs: @Sendable () -> UInt64
+    let tickInterval: Duration
+
+    /// Loads every single-leader keyspace's durable election state (a keyspace never elected starts in epoch 1
+    /// led by its configured leader).
+    init(region: RegionName, cluster: ClusterConfig, store: RegionStore, wallClockMs: @escaping @Sendable () -> UInt64,
+         logger: Logger) throws(MeridianError) {
+        self.region = region
+        self.store = store
+        self.logger = logger
+        self.wallClockMs = wallClockMs
+        let limits = cluster.limits
+        tickInterval = .milliseconds(max(5, limits.heartbeatIntervalMs / 4))
+        let stored = try store.elections()
+        var terms: [KeyspaceName: Term] = [:]
+        let nowMs = Self.ms(ContinuousClock.now - started)
+        for policy in cluster.keyspaces where policy.topology == .singleLeader && policy.isReplica(region) {
+            let order = policy.failover?.order ?? policy.leader.map { [$0] + policy.replicas.filter { $0 != policy.leader } } ?? policy.replicas
+            guard order.contains(region), let configured = order.first else { continue }
+            var rtt: [RegionName: UInt64] = [:]
+            for peer in order where peer != region {
+                rtt[peer] = UInt64(((cluster.wan.rttMs(region, peer) ?? 0) * max(cluster.wan.latencyScale, 1)).rounded(.up))
+            }
+            let settings = ElectionMember.Settings(
+                order: order, heartbeatIntervalMs: UInt64(limits.heartbeatIntervalMs),
+                missedHeartbeats: UInt64(policy.failover?.missedHeartbeats ?? limits.missedHeartbeatsMax), rttMs: rtt)
+            // A keyspace never elected here starts in epoch 1 led by its configured leader; the record is stored
+            // at once, so only the very first start of a region leads without an election.
+            let firstTerm = stored[policy.name] == nil
+            let election = stored[policy.name] ?? StoredElection(record: ElectionRecord(leader: configured), start: .initial(leader: configured))
+            if firstTerm { try store.saveElection(policy.name, election) }
+            let newest = try store.newestEpoch(keyspace: policy.name) ?? (0, configured)
+            let member = ElectionMember(region: region, settings: settings, record: election.record, nowMs: nowMs, firstTerm: firstTerm)
+            terms[policy.name] = Term(member: member, start: election.start, newest: newest, firstWriteRecorded: true)
+        }
+        self.terms = Mutex(terms)
+    }
+
+    private static func ms(_ duration: Duration) -> UInt64 {
+        UInt64(duration.components.seconds) * 1000 + UInt64(duration.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// The members' clock: ms since this node started, never jumping.
+    private var nowMs: UInt64 { Self.ms(ContinuousClock.now - started) }
+
+    var keyspaces: [KeyspaceName] { terms.withLock { Array($0.keys) } }
+
+    func snapshot(_ keyspace: KeyspaceName) -> Snapshot? {
+        let now = nowMs
+        return terms.withLock { terms in
+            guard let term = terms[keyspace] else { return nil }
+            return Snapshot(epoch: term.member.record.epoch, leader: term.member.leader, role: term.member.role,
+                            holdsLease: term.member.holdsLease(nowMs: now), start: term.start)
+        }
+    }
+
+    /// How far this region's copy of the keyspace reaches, for elections.
+    private func position(_ term: Term) -> LogPosition {
+        let sequence = term.newest.origin == region ? (store.appliedHighWater()[region] ?? 0) : (store.appliedHighWater()[term.newest.origin] ?? 0)
+        return LogPosition(epoch: term.newest.epoch, sequence: sequence)
+    }
+
+    // MARK: - Driving the members
+
+    /// Ticks every member until cancelled.
+    func run(send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: tickInterval)
+            for keyspace in keyspaces {
+                let now = nowMs
+                let effects = terms.withLock { terms -> [ElectionMember.Effect] in
+                    guard var term = terms[keyspace] else { return [] }
+                    let effects = term.member.tick(nowMs: now, position: position(term))
+                    if term.member.role == .candidate && term.stoodWallMs == nil { term.stoodWallMs = wallClockMs() }
+                    terms[keyspace] = term
+                    return effects
+                }
+                await carry(effects, keyspace, send: send, repair: repair)
+            }
+        }
+    }
+
+    /// A peer's election message arrived on its stream.
+    func received(_ message: ElectionMessage, start: EpochStart?, keyspace: KeyspaceName, from peer: RegionName,
+                  send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async {
+        let now = nowMs
+        let wall = wallClockMs()
+        let effects = terms.withLock { terms -> [ElectionMember.Effect] in
+            guard var term = terms[keyspace] else { return [] }
+            var effects = term.member.received(message, from: peer, nowMs: now, position: position(term))
+            if case .heartbeat(let epoch, _) = message, term.member.record.epoch == epoch, term.member.leader == peer {
+                term.leaderHeardWallMs = wall
+                // The leader says where its term began: learn it once, durably (with the record).
+                if let start, start.epoch == epoch, start.leader == peer, term.start != start {
+                    term.start = start
+                    if !effects.contains(where: { if case .persist = $0 { true } else { false } }) {
+                        effects.insert(.persist(term.member.record), at: 0)
+                    }
+                }
+            }
+            terms[keyspace] = term
+            return effects
+        }
+        await carry(effects, keyspace, send: send, repair: repair)
+    }
+
+    /// Carries out a member's effects in order: nothing after a `persist` goes out unless the record is durable.
+    private func carry(_ effects: [ElectionMember.Effect], _ keyspace: KeyspaceName,
+                       send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async {
+        for effect in effects {
+            switch effect {
+            case .persist(let record):
+                let start = terms.withLock { $0[keyspace]?.start }
+                // A record of a later epoch than the known start drops it: the start belongs to an older term.
+                let kept = start.flatMap { $0.epoch == record.epoch ? $0 : nil }
+                do {
+                    try store.saveElection(keyspace, StoredElection(record: record, start: kept))
+                } catch {
+                    logger.error("election state not stored; not acting on it", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+                    return
+                }
+            case .send(let peer, let message):
+                var start: EpochStart?
+                if case .heartbeat = message { start = terms.withLock { $0[keyspace]?.start } }
+                send(peer, .election(keyspace: keyspace, message: message, start: start))
+            case .becameLeader(let epoch):
+                await takeOffice(keyspace, epoch: epoch)
+            case .following(let epoch, let leader):
+                terms.withLock { terms in
+                    guard var term = terms[keyspace] else { return }
+                    if let leader, leader != region {
+                        term.leaderHeardWallMs = wallClockMs()
+                        term.previousLeader = nil
+                        term.stoodWallMs = nil
+                    } else if term.previousLeader == nil {
+                        // An election began: remember who led before, for the failover report.
+                        term.previousLeader = term.start?.leader
+                    }
+                    if term.start?.epoch != epoch { term.start = nil }
+                    terms[keyspace] = term
+                }
+                logger.info("following", metadata: ["keyspace": "\(keyspace)", "epoch": "\(epoch)", "leader": "\(leader.map(\.rawValue) ?? "none yet")"])
+            }
+        }
+        // A known start this region has not checked its copy against: keep aside what a deposed leader wrote.
+        let pending: EpochStart? = terms.withLock { terms in
+            guard var term = terms[keyspace], let start = term.start, start.epoch == term.member.record.epoch,
+                  term.checkedEpoch < start.epoch, !term.capturing else { return nil }
+            term.checkedEpoch = start.epoch
+            let applied = store.appliedHighWater()
+            let ahead = applied.contains { origin, sequence in origin != start.leader && sequence > start.applied[origin, default: 0] }
+            term.reverting = ahead
+            terms[keyspace] = term
+            return ahead ? start : nil
+        }
+        if let pending {
+            Task {
+                await repair(keyspace, pending)
+                self.terms.withLock { $0[keyspace]?.reverting = false }
+            }
+        }
+    }
+
+    /// This region won `epoch`: once no replicated batch is between its fence check and its commit, the term's
+    /// start is what this region holds, recorded durably before the first heartbeat announces it.
+    private func takeOffice(_ keyspace: KeyspaceName, epoch: UInt64) async {
+        terms.withLock { $0[keyspace]?.capturing = true }
+        for _ in 0..<2_000 where applying.load(ordering: .acquiring) > 0 {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        let applied = store.appliedHighWater()
+        let wall = wallClockMs()
+        let (record, previous, heard, stood) = terms.withLock { terms -> (ElectionRecord?, RegionName?, UInt64?, UInt64?) in
+            guard var term = terms[keyspace], term.member.record.epoch == epoch else { return (nil, nil, nil, nil) }
+            term.start = EpochStart(epoch: epoch, leader: region, applied: applied.filter { $0.key != region })
+                .with(own: applied[region] ?? 0, region: region)
+            term.capturing = false
+            term.checkedEpoch = epoch
+            term.firstWriteRecorded = false
+            let previous = term.previousLeader, heard = term.leaderHeardWallMs, stood = term.stoodWallMs
+            term.previousLeader = nil
+            term.stoodWallMs = nil
+            terms[keyspace] = term
+            return (term.member.record, previous, heard, stood)
+        }
+        guard let record else { return }
+        let start = terms.withLock { $0[keyspace]?.start }
+        do {
+            try store.saveElection(keyspace, StoredElection(record: record, start: start))
+            if epoch > 1 {
+                try await store.recordFailover(keyspace: keyspace, epoch: epoch, leader: region, previousLeader: previous, lastHeardMs: heard,
+                                               suspectedMs: stood ?? wall, electedMs: wall, reason: "failure")
+            }
+        } catch {
+            logger.error("the new term could not be recorded", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+        }
+        logger.notice("leading", metadata: ["keyspace": "\(keyspace)", "epoch": "\(epoch)", "previous": "\(previous.map(\.rawValue) ?? "none")"])
+    }
+
+    // MARK: - The write path
+
+    /// The term a write accepted here now belongs to, if this region leads the keyspace and holds its lease.
+    func writableEpoch(_ keyspace: KeyspaceName) -> UInt64? {
+        let now = nowMs
+        return terms.withLock { terms in
+            guard let term = terms[keyspace], term.member.holdsLease(nowMs: now), term.start?.epoch == term.member.record.epoch,
+                  !term.capturing else { return nil }
+            return term.member.record.epoch
+        }
+    }
+
+    /// A write of `epoch` committed here: the keyspace's copy reaches that epoch, and the first write of a term
+    /// this region won ends that failover's RTO.
+    func committed(_ keyspace: KeyspaceName, epoch: UInt64) async {
+        let first = terms.withLock { terms -> Bool in
+            guard var term = terms[keyspace] else { return false }
+            if epoch > term.newest.epoch || (epoch == term.newest.epoch && term.newest.origin != region) { term.newest = (epoch, region) }
+            let first = !term.firstWriteRecorded && term.member.record.epoch == epoch
+            term.firstWriteRecorded = true
+            terms[keyspace] = term
+            return first
+        }
+        if first, epoch > 1 { try? await store.recordFirstWrite(keyspace: keyspace, epoch: epoch, atMs: wallClockMs()) }
+    }
+
+    // MARK: - The apply path
+
+    /// Waits until every entry of a replicated batch can be judged, then returns the entries to keep aside
+    /// (sequence → the epoch that fenced them). The caller must call ``applied(_:)`` after committing.
+    /// - Throws: `CancellationError` when the node stops while entries wait (nothing may apply unjudged).
+    func admit(_ entries: [ReplicationEntry]) async throws -> [UInt64: UInt64] {
+        var waited = 0
+        while true {
+            let verdict = terms.withLock { terms -> [UInt64: UInt64]? in
+                var diverted: [UInt64: UInt64] = [:]
+                for entry in entries {
+                    guard let term = terms[entry.keyspace] else { continue }
+                    if term.capturing || term.reverting { return nil }
+                    switch Fence.verdict(epoch: entry.epoch, origin: entry.origin, sequence: entry.sequence,
+                                         following: term.member.record.epoch, start: term.start) {
+                    case .apply: break
+                    case .divert: diverted[entry.sequence] = term.member.record.epoch
+                    case .wait: return nil
+                    }
+                }
+                applying.add(1, ordering: .acquiringAndReleasing)
+                return diverted
+            }
+            if let verdict { return verdict }
+            try Task.checkCancellation()
+            waited += 1
+            if waited % 500 == 0 {
+                logger.info("replicated entries wait for an election to settle", metadata: ["waited_ms": "\(waited * 10)"])
+            }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// A batch admitted by ``admit(_:)`` was committed (or failed): the copy's newest epoch moves on.
+    func applied(_ entries: [ReplicationEntry], diverted: [UInt64: UInt64]) {
+        terms.withLock { terms in
+            for entry in entries where diverted[entry.sequence] == nil {
+                guard var term = terms[entry.keyspace] else { continue }
+                if entry.epoch > term.newest.epoch { term.newest = (entry.epoch, entry.origin) }
+                terms[entry.keyspace] = term
+            }
+        }
+        applying.subtract(1, ordering: .acquiringAndReleasing)
+    }
+
+    /// For anti-entropy: single-leader keyspaces repair only from their leader, whose copy is the truth.
+    func leader(_ keyspace: KeyspaceName) -> RegionName? {
+        terms.withLock { $0[keyspace]?.member.leader }
+    }
+}
+
+extension EpochStart {
+    /// The start with the leader's own log end included (its own writes of earlier terms count).
+    func with(own sequence: UInt64, region: RegionName) -> EpochStart {
+        var applied = self.applied
+        applied[region] = sequence
+        return EpochStart(epoch: epoch, leader: leader, applied: applied)
+    }
+}

@@ -1,0 +1,309 @@
+import Foundation
+import GRDB
+import MeridianCore
+
+/// What a region keeps on disk about one single-leader keyspace's elections: its election record (epoch,
+/// leader, vote) and where the term it follows began.
+public struct StoredElection: Sendable, Hashable {
+    public var record: ElectionRecord
+    public var start: EpochStart?
+
+    public init(record: ElectionRecord, start: EpochStart?) {
+        self.record = record
+        self.start = start
+    }
+}
+
+/// A write kept aside because its leader was deposed before its successor held it.
+public struct DivergedWrite: Sendable, Hashable {
+    public let id: Int64
+    public let keyspace: KeyspaceName
+    public let key: Key
+    public let origin: RegionName
+    public let sequence: UInt64
+    /// The epoch the deposed leader wrote it in, and the epoch that fenced it off.
+    public let epoch: UInt64
+    public let successorEpoch: UInt64
+    public let hlc: HLCTimestamp
+    public let operation: MeridianCore.Operation
+    public let contentType: String
+    public let value: [UInt8]
+    public let recordedMs: UInt64
+    /// When an operator re-applied it through the current leader (nil: not yet).
+    public let reappliedMs: UInt64?
+}
+
+/// A failover as the region elected in it saw it, for the RTO report.
+public struct FailoverEvent: Sendable, Hashable {
+    public let id: Int64
+    public let keyspace: KeyspaceName
+    public let epoch: UInt64
+    public let leader: RegionName
+    public let previousLeader: RegionName?
+    /// Wall-clock ms: when the new leader last heard the previous one, when it stood, when it won, and
+    /// when it first committed a write in the new epoch (nil until then).
+    public let lastHeardMs: UInt64?
+    public let suspectedMs: UInt64
+    public let electedMs: UInt64
+    public let firstWriteMs: UInt64?
+    /// Why the term began: `failure` (the leader went silent) or `transfer` (an operator moved it).
+    public let reason: String
+}
+
+extension RegionStore {
+    static func registerFailoverMigration(_ migrator: inout DatabaseMigrator) {
+        // Elections of single-leader keyspaces (record and the followed term's start), writes of deposed
+        // leaders kept aside, and the failovers this region won.
+        migrator.registerMigration("v5-failover") { db in
+            try db.execute(sql: """
+                CREATE TABLE elections (
+                    keyspace TEXT PRIMARY KEY NOT NULL, epoch INTEGER NOT NULL, leader TEXT,
+                    voted_epoch INTEGER NOT NULL, voted_for TEXT, start TEXT) WITHOUT ROWID;
+                CREATE TABLE divergence (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, keyspace TEXT NOT NULL, key TEXT NOT NULL,
+                    origin TEXT NOT NULL, sequence INTEGER NOT NULL, epoch INTEGER NOT NULL, successor_epoch INTEGER NOT NULL,
+                    hlc_physical_ms INTEGER NOT NULL, hlc_logical INTEGER NOT NULL, operation INTEGER NOT NULL,
+                    content_type TEXT NOT NULL, value BLOB NOT NULL, recorded_ms INTEGER NOT NULL, reapplied_ms INTEGER);
+                CREATE UNIQUE INDEX divergence_entry ON divergence (origin, sequence);
+                CREATE TABLE failovers (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, keyspace TEXT NOT NULL, epoch INTEGER NOT NULL, leader TEXT NOT NULL,
+                    previous_leader TEXT, last_heard_ms INTEGER, suspected_ms INTEGER NOT NULL, elected_ms INTEGER NOT NULL,
+                    first_write_ms INTEGER, reason TEXT NOT NULL);
+                CREATE UNIQUE INDEX failovers_epoch ON failovers (keyspace, epoch);
+                """)
+        }
+    }
+
+    // MARK: - Elections
+
+    /// Every keyspace's stored election state.
+    public func elections() throws(MeridianError) -> [KeyspaceName: StoredElection] {
+        try readingNow { db in
+            var result: [KeyspaceName: StoredElection] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM elections") {
+                let record = ElectionRecord(
+                    epoch: UInt64(row["epoch"] as Int64), leader: try (row["leader"] as String?).map { try RegionName($0) },
+                    votedEpoch: UInt64(row["voted_epoch"] as Int64), votedFor: try (row["voted_for"] as String?).map { try RegionName($0) })
+                let start = try (row["start"] as String?).map(Self.parseStart)
+                result[try KeyspaceName(row["keyspace"] as String)] = StoredElection(record: record, start: start ?? nil)
+            }
+            return result
+        }
+    }
+
+    /// Makes a keyspace's election state durable (before anything that depends on it is sent).
+    public func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) throws(MeridianError) {
+        do {
+            try pool.write { db in
+                try db.execute(sql: """
+                    INSERT INTO elections (keyspace, epoch, leader, voted_epoch, voted_for, start) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (keyspace) DO UPDATE SET epoch = excluded.epoch, leader = excluded.leader,
+                        voted_epoch = excluded.voted_epoch, voted_for = excluded.voted_for, start = excluded.start
+                    """, arguments: [keyspace.rawValue, Int64(election.record.epoch), election.record.leader?.rawValue,
+                                     Int64(election.record.votedEpoch), election.record.votedFor?.rawValue,
+                                     election.start.map(Self.formatStart)])
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The election state of \(keyspace) could not be stored (\(error)); the region does not vote or lead until it can.")
+        }
+    }
+
+    static func formatStart(_ start: EpochStart) -> String {
+        "\(start.epoch) \(start.leader) " + start.applied.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+    }
+
+    static func parseStart(_ text: String) throws -> EpochStart? {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
+        guard parts.count == 3, let epoch = UInt64(parts[0]) else { return nil }
+        var applied: [RegionName: UInt64] = [:]
+        for pair in parts[2].split(separator: ",") {
+            let fields = pair.split(separator: "=")
+            guard fields.count == 2, let sequence = UInt64(fields[1]) else { return nil }
+            applied[try RegionName(String(fields[0]))] = sequence
+        }
+        return EpochStart(epoch: epoch, leader: try RegionName(String(parts[1])), applied: applied)
+    }
+
+    /// Where this region's copy of a single-leader keyspace reaches: the newest epoch among the keyspace's
+    /// entries it holds, and that epoch's leader (whose applied point gives the position's sequence).
+    public func newestEpoch(keyspace: KeyspaceName) throws(MeridianError) -> (epoch: UInt64, origin: RegionName)? {
+        try readingNow { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT epoch, origin FROM log WHERE keyspace = ? ORDER BY epoch DESC LIMIT 1",
+                                             arguments: [keyspace.rawValue]) else { return nil }
+            return (UInt64(row["epoch"] as Int64), try RegionName(row["origin"] as String))
+        }
+    }
+
+    /// A read on the calling thread, for start-up.
+    private func readingNow<T>(_ body: (Database) throws -> T) throws(MeridianError) -> T {
+        do {
+            return try pool.read(body)
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    // MARK: - Divergence
+
+    /// Keeps aside the writes of `keyspace` this region holds from `origin`'s log beyond `after` in epochs
+    /// before `successorEpoch` (a deposed leader's writes its successor never held), and returns their keys:
+    /// the caller brings those keys back to the current leader's state.
+    public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, successorEpoch: UInt64, nowMs: UInt64) async throws(MeridianError) -> Set<Key> {
+        do {
+            return try await pool.write { db in
+                let rows = try Row.fetchAll(db, sql: """
+                    SELECT * FROM log WHERE origin = ? AND sequence > ? AND keyspace = ? AND epoch < ? ORDER BY sequence
+                    """, arguments: [origin.rawValue, Int64(after), keyspace.rawValue, Int64(successorEpoch)])
+                var keys: Set<Key> = []
+                for row in rows {
+                    try Self.insertDiverted(db, keyspace: keyspace, key: row["key"], origin: origin, sequence: row["sequence"], epoch: row["epoch"],
+                                            successorEpoch: successorEpoch, physicalMs: row["hlc_physical_ms"], logical: row["hlc_logical"],
+                                            operation: row["operation"], contentType: row["content_type"], value: row["value"] as Data? ?? Data(), nowMs: nowMs)
+                    keys.insert(try Key(row["key"] as String))
+                }
+                return keys
+            }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "Writes of a deposed leader could not be kept aside (\(error)).")
+        }
+    }
+
+    static func insertDiverted(_ db: Database, _ entry: ReplicationEntry, successorEpoch: UInt64, nowMs: UInt64) throws {
+        try insertDiverted(db, keyspace: entry.keyspace, key: entry.key.rawValue, origin: entry.origin, sequence: Int64(entry.sequence),
+                           epoch: Int64(entry.epoch), successorEpoch: successorEpoch, physicalMs: Int64(entry.hlc.physicalMs),
+                           logical: Int64(entry.hlc.logical), operation: Int(entry.operation.rawValue), contentType: entry.contentType,
+                           value: Data(entry.value), nowMs: nowMs)
+    }
+
+    private static func insertDiverted(_ db: Database, keyspace: KeyspaceName, key: String, origin: RegionName, sequence: Int64, epoch: Int64,
+                                       successorEpoch: UInt64, physicalMs: Int64, logical: Int64, operation: Int, contentType: String,
+                                       value: Data, nowMs: UInt64) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO divergence (keyspace, key, origin, sequence, epoch, successor_epoch, hlc_physical_ms, hlc_logical, operation,
+                                    content_type, value, recorded_ms)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (origin, sequence) DO NOTHING
+            """).execute(arguments: [keyspace.rawValue, key, origin.rawValue, sequence, epoch, Int64(successorEpoch), physicalMs, logical,
+                                     operation, contentType, value, Int64(nowMs)])
+    }
+
+    /// Puts keys back to the current leader's state (nil: the leader has no such key), replacing what this
+    /// region held: used only for keys whose local state includes a diverted write.
+    public func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError) {
+        let rule = conflictRule(keyspace)
+        do {
+            try await pool.write { db in
+                for item in states {
+                    let old = try KeyStateRows.load(db, keyspace, item.key)
+                    if let new = item.state {
+                        try KeyStateRows.store(db, keyspace, item.key, old: old, new: new, rule: rule)
+                    } else {
+                        try db.execute(sql: "DELETE FROM kv WHERE keyspace = ? AND key = ?", arguments: [keyspace.rawValue, item.key.rawValue])
+                        try db.execute(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?", arguments: [keyspace.rawValue, item.key.rawValue])
+                    }
+                }
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "Keys of \(keyspace) could not be brought back to the leader's state (\(error)).")
+        }
+    }
+
+    /// The writes kept aside, oldest first, after `after` (an id), at most `limit`.
+    public func divergence(keyspace: KeyspaceName?, after: Int64 = 0, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
+        try await reading { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT * FROM divergence WHERE (? IS NULL OR keyspace = ?) AND id > ? ORDER BY id LIMIT ?
+                """, arguments: [keyspace?.rawValue, keyspace?.rawValue, after, limit])
+            return try rows.map(Self.divergedWrite)
+        }
+    }
+
+    /// One write kept aside, by id.
+    public func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite? {
+        try await reading { db in try Row.fetchOne(db, sql: "SELECT * FROM divergence WHERE id = ?", arguments: [id]).map(Self.divergedWrite) }
+    }
+
+    /// Marks a write kept aside as re-applied (once).
+    /// - Returns: false when it was already re-applied.
+    public func markReapplied(id: Int64, nowMs: UInt64) async throws(MeridianError) -> Bool {
+        do {
+            return try await pool.write { db in
+                try db.execute(sql: "UPDATE divergence SET reapplied_ms = ? WHERE id = ? AND reapplied_ms IS NULL", arguments: [Int64(nowMs), id])
+                return db.changesCount == 1
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The divergence log could not be updated (\(error)).")
+        }
+    }
+
+    private static func divergedWrite(_ row: Row) throws -> DivergedWrite {
+        let origin = try RegionName(row["origin"] as String)
+        guard let operation = MeridianCore.Operation(rawValue: UInt8(row["operation"] as Int)) else {
+            throw MeridianError(.storageFailure, "The divergence log holds an unknown operation.")
+        }
+        return DivergedWrite(
+            id: row["id"], keyspace: try KeyspaceName(row["keyspace"] as String), key: try Key(row["key"] as String), origin: origin,
+            sequence: UInt64(row["sequence"] as Int64), epoch: UInt64(row["epoch"] as Int64), successorEpoch: UInt64(row["successor_epoch"] as Int64),
+            hlc: HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin),
+            operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()),
+            recordedMs: UInt64(row["recorded_ms"] as Int64), reappliedMs: (row["reapplied_ms"] as Int64?).map(UInt64.init))
+    }
+
+    // MARK: - Failovers
+
+    /// Records a failover this region won (once per keyspace and epoch).
+    public func recordFailover(keyspace: KeyspaceName, epoch: UInt64, leader: RegionName, previousLeader: RegionName?,
+                               lastHeardMs: UInt64?, suspectedMs: UInt64, electedMs: UInt64, reason: String) async throws(MeridianError) {
+        do {
+            try await pool.write { db in
+                try db.execute(sql: """
+                    INSERT INTO failovers (keyspace, epoch, leader, previous_leader, last_heard_ms, suspected_ms, elected_ms, reason)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (keyspace, epoch) DO NOTHING
+                    """, arguments: [keyspace.rawValue, Int64(epoch), leader.rawValue, previousLeader?.rawValue,
+                                     lastHeardMs.map(Int64.init), Int64(suspectedMs), Int64(electedMs), reason])
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The failover could not be recorded (\(error)).")
+        }
+    }
+
+    /// Notes the first write committed in a failover's epoch (the end of its RTO).
+    public func recordFirstWrite(keyspace: KeyspaceName, epoch: UInt64, atMs: UInt64) async throws(MeridianError) {
+        do {
+            try await pool.write { db in
+                try db.execute(sql: "UPDATE failovers SET first_write_ms = ? WHERE keyspace = ? AND epoch = ? AND first_write_ms IS NULL",
+                               arguments: [Int64(atMs), keyspace.rawValue, Int64(epoch)])
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The failover could not be updated (\(error)).")
+        }
+    }
+
+    /// The failovers this region won, oldest first.
+    public func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent] {
+        try await reading { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM failovers ORDER BY id DESC LIMIT ?", arguments: [limit]).reversed().map { row in
+                FailoverEvent(
+                    id: row["id"], keyspace: try KeyspaceName(row["keyspace"] as String), epoch: UInt64(row["epoch"] as Int64),
+                    leader: try RegionName(row["leader"] as String), previousLeader: try (row["previous_leader"] as String?).map { try RegionName($0) },
+                    lastHeardMs: (row["last_heard_ms"] as Int64?).map(UInt64.init), suspectedMs: UInt64(row["suspected_ms"] as Int64),
+                    electedMs: UInt64(row["elected_ms"] as Int64), firstWriteMs: (row["first_write_ms"] as Int64?).map(UInt64.init),
+                    reason: row["reason"])
+            }
+        }
+    }
+
+    /// How many writes were kept aside per keyspace and fencing epoch.
+    public func divergenceCounts() async throws(MeridianError) -> [String: Int] {
+        try await reading { db in
+            var counts: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT keyspace, successor_epoch, COUNT(*) AS n FROM divergence GROUP BY keyspace, successor_epoch") {
+                counts["\(row["keyspace"] as String)/\(row["successor_epoch"] as Int64)"] = row["n"]
+            }
+            return counts
+        }
+    }
+}

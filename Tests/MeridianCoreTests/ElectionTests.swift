@@ -51,6 +51,63 @@ import Testing
         #expect(ahead.record.epoch == 6 && ahead.record.votedEpoch == 0, "the epoch is taken, so its own next candidacy asks for a later one")
     }
 
+    @Test func aRegionCutOffAndBackDoesNotDeposeAWorkingLeader() {
+        var world = ElectionWorld(seed: 11, regions: 3, faults: false)
+        world.run(untilMs: 3_000)
+        #expect(world.currentLeader == 0)
+        let epoch = world.epoch(of: 0)
+        world.isolate(2)
+        world.run(untilMs: 12_000)
+        // Alone, ap-southeast asks for pre-votes and gets none: its epoch does not move.
+        #expect(world.epoch(of: 2) == epoch, "an isolated region counted epochs up: \(world.trace)")
+        world.healAll()
+        world.run(untilMs: 15_000)
+        #expect(world.currentLeader == 0 && world.epoch(of: 0) == epoch, "the leader kept its term after the heal: \(world.trace)")
+        #expect(world.violations.isEmpty, "\(world.violations)")
+    }
+
+    @Test func aPreVoteChangesNothingAndIsGrantedOnlyWhenTheLeaderIsSilent() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        var voter = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: us), nowMs: 0)
+        _ = voter.received(.heartbeat(epoch: 4, sentMs: 0), from: us, nowMs: 10, position: .zero)
+        let before = voter.record
+        #expect(voter.received(.preVoteRequest(epoch: 5, position: .zero), from: eu, nowMs: 20, position: .zero)
+                == [.send(to: eu, .preVote(epoch: 5, granted: false))])
+        #expect(voter.received(.preVoteRequest(epoch: 5, position: LogPosition(epoch: 4, sequence: 1)), from: eu, nowMs: 5_000, position: .zero)
+                == [.send(to: eu, .preVote(epoch: 5, granted: true))])
+        #expect(voter.record == before, "a pre-vote is not a vote: nothing durable changes")
+        // An asker behind on epochs is told the current one.
+        #expect(voter.received(.preVoteRequest(epoch: 3, position: .zero), from: eu, nowMs: 5_001, position: .zero)
+                == [.send(to: eu, .newerEpoch(epoch: 4, leader: us))])
+    }
+
+    @Test func onlyTheFirstStartOrASoleReplicaLeadsWithoutAnElection() {
+        let us = Self.names[0]
+        let fresh = ElectionMember(region: us, settings: Self.settings(3), record: ElectionRecord(leader: us), nowMs: 0, firstTerm: true)
+        #expect(fresh.role == .leader && !fresh.holdsLease(nowMs: 0), "leads epoch 1, but acknowledges nothing before a majority answers")
+        let restarted = ElectionMember(region: us, settings: Self.settings(3), record: ElectionRecord(leader: us), nowMs: 0)
+        #expect(restarted.role == .follower && restarted.leader == nil)
+        let solo = ElectionMember(region: us, settings: ElectionMember.Settings(order: [us], heartbeatIntervalMs: 100, missedHeartbeats: 5, rttMs: [:]),
+                                  record: ElectionRecord(epoch: 3, leader: us, votedEpoch: 3, votedFor: us), nowMs: 0)
+        #expect(solo.role == .leader && solo.holdsLease(nowMs: 1))
+    }
+
+    @Test func theFenceAppliesTheHistoryAndDivertsWhatADeposedLeaderNeverShipped() {
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        // eu-west took over epoch 5 holding us-east's log up to 40.
+        let start = EpochStart(epoch: 5, leader: eu, applied: [us: 40, eu: 12, ap: 3])
+        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 40, following: 5, start: start) == .apply)
+        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 41, following: 5, start: start) == .divert)
+        #expect(Fence.verdict(epoch: 5, origin: eu, sequence: 13, following: 5, start: start) == .apply)
+        #expect(Fence.verdict(epoch: 5, origin: us, sequence: 99, following: 5, start: start) == .divert, "one leader per epoch")
+        #expect(Fence.verdict(epoch: 2, origin: ap, sequence: 4, following: 5, start: start) == .divert)
+        // Unknown: an epoch not heard of yet, or an election whose winner has not said where its term began.
+        #expect(Fence.verdict(epoch: 6, origin: ap, sequence: 1, following: 5, start: start) == .wait)
+        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 1, following: 6, start: start) == .wait)
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 1, following: 1, start: .initial(leader: us)) == .apply)
+    }
+
     @Test func aLeaderCutOffFromItsMajorityLosesItsLeaseBeforeASuccessorIsElected() {
         var world = ElectionWorld(seed: 7, regions: 3, faults: false)
         world.run(untilMs: 3_000)

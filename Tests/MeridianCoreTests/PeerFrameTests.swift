@@ -31,6 +31,15 @@ import Testing
             .refusal(code: "replication_protocol", message: "naïve peer ✓"),
             .forwardRead(ForwardedRead(id: 9, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"),
                                        headers: [ForwardedHeader(name: "Meridian-Consistency", value: "strong")])),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .heartbeat(epoch: 3, sentMs: 1_234),
+                      start: EpochStart(epoch: 3, leader: eu, applied: [us: 40, eu: 7])),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .heartbeatAck(epoch: 3, sentMs: 1_234), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .voteRequest(epoch: 4, position: LogPosition(epoch: 3, sequence: 9)), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .vote(epoch: 4, granted: true), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .newerEpoch(epoch: 4, leader: nil), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .newerEpoch(epoch: 4, leader: us), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .preVoteRequest(epoch: 5, position: .zero), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .preVote(epoch: 5, granted: false), start: nil),
         ]
     }
 
@@ -73,6 +82,21 @@ import Testing
         var badKey = codec.encode(.forwardRead(ForwardedRead(id: 1, keyspace: try KeyspaceName("k"), key: try Key("x"), headers: [])))
         badKey[5 + 8 + 2 + 2] = 0x07
         #expect(code(badKey) == .invalidKey)
+        // Election messages: an unknown kind, a vote flag beyond 0/1, epoch 0, an origin named twice in a start.
+        let ks = try KeyspaceName("k")
+        var kind = codec.encode(.election(keyspace: ks, message: .vote(epoch: 2, granted: true), start: nil))
+        kind[5 + 2] = 9
+        #expect(code(kind) == .codecInvalidField)
+        var flag = codec.encode(.election(keyspace: ks, message: .vote(epoch: 2, granted: true), start: nil))
+        flag[5 + 2 + 1 + 8] = 2
+        #expect(code(flag) == .codecInvalidField)
+        #expect(code(codec.encode(.election(keyspace: ks, message: .vote(epoch: 0, granted: true), start: nil))) == .codecInvalidField)
+        var twice = codec.encode(.election(keyspace: ks, message: .vote(epoch: 2, granted: true), start: EpochStart(epoch: 2, leader: us, applied: [us: 1, eu: 2])))
+        // The second origin's name ("us-east" sorts after "eu-west") rewritten to the first's.
+        let second = twice.lastIndex(of: UInt8(ascii: "u"))! // inside "us-east" of the second pair
+        let firstName = Array("eu-west".utf8)
+        twice.replaceSubrange((second)..<(second + 7), with: firstName)
+        #expect(code(twice) == .codecInvalidField)
         var padded = codec.encode(.ack(applied: 1, echoMs: 0))
         padded[3] += 1
         padded.append(0)

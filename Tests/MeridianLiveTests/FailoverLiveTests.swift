@@ -1,0 +1,210 @@
+// Proves regional failover with real processes behind the WAN emulator (latency scale 0.1): the leader of a
+// single-leader keyspace is killed with SIGKILL under a steady write load and another region takes the writes
+// in a new epoch, with every majority-acknowledged write kept; the old leader returns as a follower. A leader
+// cut off from the others stops acknowledging within its lease; the async writes it acknowledged meanwhile
+// that its successor never held are kept in its divergence log (not applied anywhere), every region ends
+// with the new leader's data, and a kept-aside write can be re-applied on request.
+import Foundation
+import MeridianClient
+import Testing
+
+@Suite(.serialized) struct FailoverLiveTests {
+    static let keyspaces = """
+          - { name: accounts, topology: single-leader, leader: us-east, ack: majority, failover: { order: [us-east, eu-west, ap-southeast] } }
+          - { name: ledger, topology: single-leader, leader: us-east, ack: async, failover: { order: [us-east, eu-west, ap-southeast] } }
+
+        """
+
+    /// The keyspace's entry in a region's status.
+    static func term(_ status: [String: Any], _ keyspace: String) -> [String: Any] {
+        (status["keyspaces"] as? [[String: Any]])?.first { $0["name"] as? String == keyspace } ?? [:]
+    }
+
+    /// Polls until `check` holds for the region's status (bounded).
+    static func waitForStatus(_ cluster: LiveCluster, _ region: String, timeoutSeconds: Double = 20, _ check: ([String: Any]) -> Bool) async throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        var status: [String: Any] = [:]
+        while Date() < deadline {
+            status = (try? await cluster.status(region)) ?? [:]
+            if check(status) { return status }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return status
+    }
+
+    static func merkleRoots(_ cluster: LiveCluster, _ keyspace: String, regions: [String]) async throws -> [String] {
+        var roots: [String] = []
+        for region in regions {
+            let connection = try await cluster.connect(region)
+            let response = try await connection.request("GET", "/v1/admin/merkle/\(keyspace)")
+            await connection.close()
+            roots.append(((try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any])?["root"] as? String ?? "")
+        }
+        return roots
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aLeaderKilledUnderLoadIsReplacedWithoutLosingAMajorityWrite() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            let eu = try await cluster.connect("eu-west")
+            var acknowledged: [(key: String, value: String)] = []
+            var index = 0
+            func write() async throws -> HTTPResult {
+                index += 1
+                let value = "v\(index)-\(UUID().uuidString.prefix(6))"
+                let response = try await eu.request("PUT", "/v1/kv/accounts/a\(index)", body: Array(value.utf8))
+                if response.status == 200 { acknowledged.append(("a\(index)", value)) }
+                return response
+            }
+            // Written at eu-west, forwarded to the leader us-east, majority-acknowledged.
+            for _ in 0..<30 {
+                let response = try await write()
+                #expect(response.status == 200 && response.header("Meridian-Epoch") == "1", "\(response.text)")
+            }
+            await cluster.kill9("us-east")
+            let killed = ContinuousClock.now
+            // Keep writing: refusals (an election is running) until eu-west, next in the failover order, leads.
+            var recovered: HTTPResult?
+            for _ in 0..<2_000 {
+                let response = try await write()
+                if response.status == 200 { recovered = response; break }
+                #expect([503, 504].contains(response.status), "a refusal while the leader is gone is a 503/504: \(response.text)")
+                guard ContinuousClock.now - killed < .seconds(20) else { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let rto = ContinuousClock.now - killed
+            let answer = recovered.flatMap { try? JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any] }
+            #expect(answer?["region"] as? String == "eu-west", "eu-west took the writes: \(recovered?.text ?? "none")")
+            #expect(Int(recovered?.header("Meridian-Epoch") ?? "") ?? 0 >= 2, "in a new epoch")
+            #expect(rto < .seconds(10), "writes resumed after \(rto)")
+            for _ in 0..<20 { #expect(try await write().status == 200) }
+            await eu.close()
+            // Every acknowledged write is in both survivors.
+            for (key, value) in acknowledged {
+                for region in ["eu-west", "ap-southeast"] {
+                    #expect(try await cluster.waitForValue(region, "/v1/kv/accounts/\(key)?consistency=eventual", value, timeoutSeconds: 10), "\(key) at \(region)")
+                }
+            }
+            // The old leader returns as a follower of the new epoch and catches up.
+            try await cluster.restartNode("us-east")
+            let status = try await Self.waitForStatus(cluster, "us-east") { status in
+                let term = Self.term(status, "accounts")
+                return term["role"] as? String == "follower" && term["leader"] as? String == "eu-west"
+            }
+            #expect(Self.term(status, "accounts")["role"] as? String == "follower", "\(status)")
+            let us = try await cluster.connect("us-east")
+            let forwarded = try await us.request("PUT", "/v1/kv/accounts/after-return", body: Array("x".utf8))
+            await us.close()
+            #expect(forwarded.status == 200 && forwarded.header("Meridian-Forwarded-To") == "eu-west", "\(forwarded.text)")
+            let last = acknowledged.last!
+            #expect(try await cluster.waitForValue("us-east", "/v1/kv/accounts/\(last.key)?consistency=eventual", last.value))
+            var roots: [String] = []
+            for _ in 0..<200 {
+                roots = try await Self.merkleRoots(cluster, "accounts", regions: cluster.regions)
+                if Set(roots).count == 1 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(Set(roots).count == 1, "every region holds the same accounts: \(roots)")
+            // The new leader reports the failover with its timings.
+            let report = try await cluster.connect("eu-west")
+            let failovers = try await report.request("GET", "/v1/failovers")
+            await report.close()
+            let events = ((try? JSONSerialization.jsonObject(with: Data(failovers.body))) as? [String: Any])?["failovers"] as? [[String: Any]] ?? []
+            let event = events.first { $0["keyspace"] as? String == "accounts" }
+            #expect(event?["previous_leader"] as? String == "us-east" && event?["rto_ms"] is Int, "\(failovers.text)")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func anIsolatedLeadersUnshippedWritesAreKeptAsideNotLost() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            let us = try await cluster.connect("us-east")
+            #expect(try await us.request("PUT", "/v1/kv/ledger/shared", body: Array("before".utf8)).status == 200)
+            #expect(try await cluster.waitForValue("eu-west", "/v1/kv/ledger/shared?consistency=eventual", "before"))
+            // A writer keeps writing at us-east while us-east is cut off: it acknowledges async writes until its
+            // lease runs out, then refuses.
+            let config = cluster.config
+            let cut = Task {
+                try await Task.sleep(for: .milliseconds(300))
+                return try runCLI(["chaos", "isolate", "us-east", "--config", config]).status
+            }
+            var acknowledged: [(key: String, value: String)] = []
+            var refusals = 0
+            for index in 0..<5_000 {
+                let value = "u\(index)"
+                let response = try await us.request("PUT", "/v1/kv/ledger/d\(index % 50)", body: Array(value.utf8))
+                if response.status == 200 {
+                    acknowledged.append(("d\(index % 50)", value))
+                    refusals = 0
+                } else {
+                    #expect(response.status == 503 && response.text.contains("leader_unavailable"), "\(response.text)")
+                    refusals += 1
+                    if refusals >= 5 { break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            #expect(try await cut.value == 0, "the chaos command cut us-east off")
+            #expect(refusals >= 5, "the isolated leader stopped acknowledging")
+            await us.close()
+            // eu-west and ap-southeast elect eu-west, which writes one of the same keys.
+            let elected = try await Self.waitForStatus(cluster, "eu-west") { Self.term($0, "ledger")["role"] as? String == "leader" }
+            #expect(Self.term(elected, "ledger")["role"] as? String == "leader", "\(elected)")
+            let eu = try await cluster.connect("eu-west")
+            let overwrite = try await eu.request("PUT", "/v1/kv/ledger/d0", body: Array("from-new-leader".utf8))
+            #expect(overwrite.status == 200, "\(overwrite.text)")
+            try cluster.chaos("heal")
+            // us-east follows the new term and keeps aside what eu-west never held.
+            let back = try await Self.waitForStatus(cluster, "us-east") { Self.term($0, "ledger")["leader"] as? String == "eu-west" }
+            #expect(Self.term(back, "ledger")["role"] as? String == "follower", "\(back)")
+            let usAgain = try await cluster.connect("us-east")
+            var diverted: [[String: Any]] = []
+            var roots: [String] = []
+            for _ in 0..<400 {
+                let listing = try await usAgain.request("GET", "/v1/divergence?keyspace=ledger&limit=1000")
+                diverted = ((try? JSONSerialization.jsonObject(with: Data(listing.body))) as? [String: Any])?["writes"] as? [[String: Any]] ?? []
+                roots = try await Self.merkleRoots(cluster, "ledger", regions: cluster.regions)
+                if !diverted.isEmpty && Set(roots).count == 1 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(!diverted.isEmpty, "the writes us-east acknowledged after the cut are kept aside")
+            #expect(Set(roots).count == 1, "every region ends with the new leader's ledger: \(roots)")
+            // Each acknowledged write is either in the new leader's history or kept aside: none vanished.
+            let keptAside = Set(diverted.compactMap { write in (write["key"] as? String).map { "\($0)=\(write["value"] as? String ?? "")" } })
+            var current: [String: String] = [:]
+            var currentVersion: [String: String] = [:]
+            for key in Set(acknowledged.map(\.key)) {
+                let response = try await eu.request("GET", "/v1/kv/ledger/\(key)")
+                current[key] = response.text
+                currentVersion[key] = response.header("ETag")
+            }
+            // A kept-aside write is in no region's data: the leader never applied one (the fence refused them
+            // when they arrived after the heal), and us-east brought its keys back to the leader's state.
+            for write in diverted {
+                guard let key = write["key"] as? String, let version = write["version"] as? String else { continue }
+                #expect(currentVersion[key] != "\"\(version)\"", "kept-aside write \(key) \(version) is the leader's current value")
+            }
+            var lastByKey: [String: String] = [:]
+            for (key, value) in acknowledged { lastByKey[key] = value }
+            for (key, value) in lastByKey where key != "d0" {
+                #expect(current[key] == value || keptAside.contains("\(key)=\(value)"), "\(key)=\(value) was acknowledged, yet is neither at the leader (\(current[key] ?? "-")) nor kept aside")
+            }
+            // No kept-aside value is visible anywhere: us-east reads what the leader has.
+            for write in diverted.prefix(20) {
+                guard let key = write["key"] as? String else { continue }
+                let here = try await usAgain.request("GET", "/v1/kv/ledger/\(key)?consistency=eventual")
+                #expect(here.text == current[key] ?? "" || (key == "d0" && here.text == "from-new-leader"), "\(key) at us-east: \(here.text)")
+            }
+            #expect(current["d0"] == "from-new-leader")
+            // A kept-aside write re-applied on request goes through the current leader.
+            if let first = diverted.first, let id = first["id"] as? Int, let key = first["key"] as? String, let value = first["value"] as? String {
+                let reapplied = try await usAgain.request("POST", "/v1/admin/divergence/\(id)/reapply")
+                #expect(reapplied.status == 200 && reapplied.header("Meridian-Forwarded-To") == "eu-west", "\(reapplied.text)")
+                #expect(try await cluster.waitForValue("eu-west", "/v1/kv/ledger/\(key)", value))
+                let again = try await usAgain.request("POST", "/v1/admin/divergence/\(id)/reapply")
+                #expect(again.status == 412, "re-applied once: \(again.text)")
+            }
+            await usAgain.close()
+            await eu.close()
+        }
+    }
+}

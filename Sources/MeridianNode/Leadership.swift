@@ -31,6 +31,12 @@ final class Leadership: Sendable {
         var firstWriteRecorded = true
         /// A term this region just won whose start is being taken: entries wait, then the start is recorded.
         var capturing = false
+        /// Leading, and handing over to another region: no new write is accepted.
+        var handingOver = false
+        /// This region stands because its leader handed over to it (the failover report's reason).
+        var handedTo = false
+        /// The term this region leads was handed to it (an operator's choice, which failback leaves alone).
+        var wonByHandOver = false
     }
 
     struct Snapshot: Sendable {
@@ -139,6 +145,7 @@ final class Leadership: Sendable {
         let effects = terms.withLock { terms -> [ElectionMember.Effect] in
             guard var term = terms[keyspace] else { return [] }
             var effects = term.member.received(message, from: peer, nowMs: now, position: position(term))
+            if case .timeoutNow = message, term.member.role == .candidate { term.handedTo = true }
             if case .heartbeat(let epoch, _) = message, term.member.record.epoch == epoch, term.member.leader == peer {
                 term.leaderHeardWallMs = wall
                 // The leader says where its term began: learn it once, durably (with the record).
@@ -234,13 +241,19 @@ final class Leadership: Sendable {
             terms[keyspace] = term
             return (term.member.record, previous, heard, stood)
         }
+        let reason = terms.withLock { terms -> String in
+            let handedTo = terms[keyspace]?.handedTo == true
+            terms[keyspace]?.handedTo = false
+            terms[keyspace]?.wonByHandOver = handedTo
+            return handedTo ? "transfer" : "failure"
+        }
         guard let record else { return }
         let start = terms.withLock { $0[keyspace]?.start }
         do {
             try store.saveElection(keyspace, StoredElection(record: record, start: start))
             if epoch > 1 {
                 try await store.recordFailover(keyspace: keyspace, epoch: epoch, leader: region, previousLeader: previous, lastHeardMs: heard,
-                                               suspectedMs: stood ?? wall, electedMs: wall, reason: "failure")
+                                               suspectedMs: stood ?? wall, electedMs: wall, reason: reason)
             }
         } catch {
             logger.error("the new term could not be recorded", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
@@ -255,7 +268,7 @@ final class Leadership: Sendable {
         let now = nowMs
         return terms.withLock { terms in
             guard let term = terms[keyspace], term.member.holdsLease(nowMs: now), term.start?.epoch == term.member.record.epoch,
-                  !term.capturing else { return nil }
+                  !term.capturing, !term.handingOver else { return nil }
             return term.member.record.epoch
         }
     }
@@ -317,6 +330,65 @@ final class Leadership: Sendable {
             }
         }
         applying.subtract(1, ordering: .acquiringAndReleasing)
+    }
+
+    // MARK: - Handing over
+
+    /// Hands leadership of a keyspace this region leads to `target`: stops accepting writes, waits (bounded)
+    /// until `target` has applied this region's whole log, then steps down and tells `target` to stand.
+    /// - Parameter acknowledged: How far `target` has applied this region's log (nil: its stream is down).
+    /// - Throws: `leader_unavailable` when this region does not lead; `region_unavailable` when `target` does
+    ///   not catch up within `timeout` (leadership stays here and writes resume).
+    func handOver(_ keyspace: KeyspaceName, to target: RegionName, timeout: Duration, acknowledged: @Sendable () -> UInt64?,
+                  send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async throws(MeridianError) {
+        let started = terms.withLock { terms -> Bool in
+            guard var term = terms[keyspace], term.member.role == .leader, !term.handingOver else { return false }
+            term.handingOver = true
+            terms[keyspace] = term
+            return true
+        }
+        guard started else {
+            throw MeridianError(.leaderUnavailable, "\(region) does not lead keyspace '\(keyspace)' now, so it cannot hand it over.", context: ["keyspace": keyspace.rawValue])
+        }
+        let deadline = ContinuousClock.now + timeout
+        var caughtUp = false
+        // Writes admitted before the hand-over began commit within moments; the target must hold them all.
+        try? await Task.sleep(for: .milliseconds(20))
+        while ContinuousClock.now < deadline {
+            let own = store.appliedHighWater()[region] ?? 0
+            if let applied = acknowledged(), applied >= own {
+                caughtUp = true
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        guard caughtUp else {
+            terms.withLock { $0[keyspace]?.handingOver = false }
+            throw MeridianError(.regionUnavailable, "\(target) did not catch up with \(region)'s log within \(timeout); \(region) keeps leading keyspace '\(keyspace)'.",
+                                context: ["keyspace": keyspace.rawValue, "region": target.rawValue])
+        }
+        let now = nowMs
+        let effects = terms.withLock { terms -> [ElectionMember.Effect] in
+            guard var term = terms[keyspace] else { return [] }
+            let effects = term.member.handOver(to: target, nowMs: now)
+            term.handingOver = false
+            terms[keyspace] = term
+            return effects
+        }
+        await carry(effects, keyspace, send: send, repair: repair)
+        logger.notice("handed over", metadata: ["keyspace": "\(keyspace)", "to": "\(target)"])
+    }
+
+    /// Single-leader keyspaces whose leader here should hand back to the first region of their failover order:
+    /// those this region won by an election after a failure (a manual failover stays where it was sent).
+    func failbackCandidates(_ cluster: ClusterConfig) -> [(KeyspaceName, RegionName)] {
+        terms.withLock { terms in
+            terms.compactMap { name, term in
+                guard term.member.role == .leader, !term.handingOver, !term.wonByHandOver, let policy = cluster.keyspace(name), policy.failover?.failback == true,
+                      let preferred = term.member.settings.order.first, preferred != region else { return nil }
+                return (name, preferred)
+            }
+        }
     }
 
     /// For anti-entropy: single-leader keyspaces repair only from their leader, whose copy is the truth.

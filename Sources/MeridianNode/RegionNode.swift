@@ -124,6 +124,7 @@ public final class RegionNode: Sendable {
         router.post("/v1/admin/repair") { request, context in try await self.repairNow(request, context) }
         router.get("/v1/admin/merkle/:keyspace") { request, context in try await self.merkleRoot(request, context) }
         router.get("/v1/failovers") { request, context in try await self.failovers(request, context) }
+        router.post("/v1/admin/failover") { request, context in try await self.failover(request, context) }
         router.get("/v1/divergence") { request, context in try await self.divergence(request, context) }
         router.post("/v1/admin/divergence/:id/reapply") { request, context in try await self.reapply(request, context) }
         return router
@@ -150,6 +151,10 @@ public final class RegionNode: Sendable {
             }
             tasks.addTask {
                 await self.leadership.run(send: self.sendElection, repair: self.bringBack)
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+            }
+            tasks.addTask {
+                await self.runFailback()
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }

@@ -93,6 +93,38 @@ import Testing
         #expect(solo.role == .leader && solo.holdsLease(nowMs: 1))
     }
 
+    @Test func aHandOverStopsTheLeaderAtOnceAndElectsTheTargetThoughOthersHeardTheLeader() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        var leader = ElectionMember(region: us, settings: settings, record: ElectionRecord(leader: us), nowMs: 0, firstTerm: true)
+        var target = ElectionMember(region: ap, settings: settings, record: ElectionRecord(leader: us), nowMs: 0)
+        var other = ElectionMember(region: eu, settings: settings, record: ElectionRecord(leader: us), nowMs: 0)
+        _ = target.received(.heartbeat(epoch: 1, sentMs: 0), from: us, nowMs: 10, position: .zero)
+        _ = other.received(.heartbeat(epoch: 1, sentMs: 0), from: us, nowMs: 10, position: .zero)
+        _ = leader.received(.heartbeatAck(epoch: 1, sentMs: 0), from: eu, nowMs: 20, position: .zero)
+        #expect(leader.holdsLease(nowMs: 30))
+        let effects = leader.handOver(to: ap, nowMs: 30)
+        #expect(!leader.holdsLease(nowMs: 31) && leader.leader == nil, "the old leader stops acknowledging before the target stands")
+        #expect(effects.last == .send(to: ap, .timeoutNow(epoch: 1)))
+        let standing = target.received(.timeoutNow(epoch: 1), from: us, nowMs: 40, position: LogPosition(epoch: 1, sequence: 5))
+        let request = ElectionMessage.transferVoteRequest(epoch: 2, position: LogPosition(epoch: 1, sequence: 5))
+        #expect(standing.contains(.send(to: eu, request)))
+        // eu-west heard us-east 40 ms ago, yet grants the handed-over candidate; an ordinary request it refuses.
+        #expect(other.received(request, from: ap, nowMs: 50, position: LogPosition(epoch: 1, sequence: 5)).contains(.send(to: ap, .vote(epoch: 2, granted: true))))
+        var fresh = ElectionMember(region: eu, settings: settings, record: ElectionRecord(leader: us), nowMs: 0)
+        _ = fresh.received(.heartbeat(epoch: 1, sentMs: 0), from: us, nowMs: 10, position: .zero)
+        #expect(fresh.received(.voteRequest(epoch: 2, position: LogPosition(epoch: 1, sequence: 5)), from: ap, nowMs: 50, position: .zero)
+                == [.send(to: ap, .vote(epoch: 2, granted: false))])
+        // Still only a caught-up candidate: one behind eu-west's copy is refused even when handed over.
+        var ahead = ElectionMember(region: eu, settings: settings, record: ElectionRecord(leader: us), nowMs: 0)
+        #expect(ahead.received(request, from: ap, nowMs: 50, position: LogPosition(epoch: 1, sequence: 9)).contains(.send(to: ap, .vote(epoch: 2, granted: false))))
+        let won = target.received(.vote(epoch: 2, granted: true), from: eu, nowMs: 60, position: .zero)
+        #expect(won.contains(.becameLeader(epoch: 2)))
+        // A timeoutNow from a region that is not this region's leader is ignored.
+        var stranger = ElectionMember(region: eu, settings: settings, record: ElectionRecord(leader: us), nowMs: 0)
+        #expect(stranger.received(.timeoutNow(epoch: 1), from: ap, nowMs: 10, position: .zero).isEmpty)
+    }
+
     @Test func theFenceAppliesTheHistoryAndDivertsWhatADeposedLeaderNeverShipped() {
         let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
         // eu-west took over epoch 5 holding us-east's log up to 40.

@@ -40,6 +40,8 @@ import Testing
             .election(keyspace: try! KeyspaceName("accounts"), message: .newerEpoch(epoch: 4, leader: us), start: nil),
             .election(keyspace: try! KeyspaceName("accounts"), message: .preVoteRequest(epoch: 5, position: .zero), start: nil),
             .election(keyspace: try! KeyspaceName("accounts"), message: .preVote(epoch: 5, granted: false), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .timeoutNow(epoch: 5), start: nil),
+            .election(keyspace: try! KeyspaceName("accounts"), message: .transferVoteRequest(epoch: 6, position: LogPosition(epoch: 5, sequence: 2)), start: nil),
         ]
     }
 
@@ -85,7 +87,7 @@ import Testing
         // Election messages: an unknown kind, a vote flag beyond 0/1, epoch 0, an origin named twice in a start.
         let ks = try KeyspaceName("k")
         var kind = codec.encode(.election(keyspace: ks, message: .vote(epoch: 2, granted: true), start: nil))
-        kind[5 + 2] = 9
+        kind[5 + 2] = 99
         #expect(code(kind) == .codecInvalidField)
         var flag = codec.encode(.election(keyspace: ks, message: .vote(epoch: 2, granted: true), start: nil))
         flag[5 + 2 + 1 + 8] = 2

@@ -53,6 +53,12 @@ public enum ElectionMessage: Hashable, Sendable {
     /// The answer: granted when the region has not heard a leader within its election timeout and the asker
     /// is at least as caught up.
     case preVote(epoch: UInt64, granted: Bool)
+    /// The leader of `epoch` has stepped down in favour of the receiver (manual failover or failback) after it
+    /// caught up: the receiver stands at once.
+    case timeoutNow(epoch: UInt64)
+    /// A vote request of a region its leader handed over to: voters grant it although they heard that
+    /// leader lately (it stopped acknowledging before it handed over), still only to a caught-up candidate.
+    case transferVoteRequest(epoch: UInt64, position: LogPosition)
 }
 
 /// One region's part in electing a single-leader keyspace's leader: failure detection, epoch elections with
@@ -215,7 +221,7 @@ public struct ElectionMember: Sendable {
             guard role == .leader, epoch == record.epoch else { return [] }
             confirmedSentMs[peer] = max(confirmedSentMs[peer] ?? 0, sentMs)
             return []
-        case .voteRequest(let epoch, let candidatePosition):
+        case .voteRequest(let epoch, let candidatePosition), .transferVoteRequest(let epoch, let candidatePosition):
             if epoch < record.epoch {
                 // The candidate is behind: tell it the epoch to beat, so its next candidacy can win.
                 return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))]
@@ -226,7 +232,9 @@ public struct ElectionMember: Sendable {
             // Heard a live leader within the election timeout: that leader may still hold its lease. Its epoch
             // stands, so a region cut off and back cannot depose a working leader by asking.
             let leaderAlive = (role == .leader) || (record.leader != nil && nowMs < lastHeardMs + settings.suspicionMs(record.leader!))
-            if leaderAlive { return [.send(to: peer, .vote(epoch: epoch, granted: false))] }
+            var handedOver = false
+            if case .transferVoteRequest = message { handedOver = role != .leader }
+            if leaderAlive && !handedOver { return [.send(to: peer, .vote(epoch: epoch, granted: false))] }
             guard candidatePosition >= position else {
                 // Less caught up than this region: no vote. The epoch is taken, though, so this region's own
                 // next candidacy asks for a later one, which every region can still grant.
@@ -281,7 +289,24 @@ public struct ElectionMember: Sendable {
             preVotes.insert(peer)
             guard preVotes.count >= settings.majority else { return [] }
             return stand(nowMs: nowMs, position: position)
+        case .timeoutNow(let epoch):
+            // Only from the leader this region follows, in its epoch.
+            guard role == .follower, epoch == record.epoch, record.leader == peer else { return [] }
+            return stand(nowMs: nowMs, position: position, handedOver: true)
         }
+    }
+
+    /// Leader: hands leadership to `target`, which the caller has seen catch up with every write acknowledged
+    /// here. This region stops acknowledging at once (no lease), then tells `target` to stand; voters grant
+    /// `target` although they heard this region lately. If `target` fails to win, an ordinary election follows.
+    public mutating func handOver(to target: RegionName, nowMs: UInt64) -> [Effect] {
+        guard role == .leader, target != region, settings.order.contains(target) else { return [] }
+        role = .follower
+        confirmedSentMs = [:]
+        record.leader = nil
+        // Give the successor its chance before standing again itself.
+        lastHeardMs = nowMs
+        return [.persist(record), .following(epoch: record.epoch, leader: nil), .send(to: target, .timeoutNow(epoch: record.epoch))]
     }
 
     private var peers: [RegionName] { settings.order.filter { $0 != region } }
@@ -319,7 +344,7 @@ public struct ElectionMember: Sendable {
     }
 
     /// Stands for the next epoch: votes for itself (durably) and asks every peer.
-    private mutating func stand(nowMs: UInt64, position: LogPosition) -> [Effect] {
+    private mutating func stand(nowMs: UInt64, position: LogPosition, handedOver: Bool = false) -> [Effect] {
         preVoteEpoch = nil
         let epoch = max(record.epoch, record.votedEpoch) + 1
         role = .candidate
@@ -337,7 +362,7 @@ public struct ElectionMember: Sendable {
             lastHeartbeatMs = nowMs
             return effects + [.persist(record), .becameLeader(epoch: epoch)]
         }
-        effects += peers.map { .send(to: $0, .voteRequest(epoch: epoch, position: position)) }
+        effects += peers.map { .send(to: $0, handedOver ? .transferVoteRequest(epoch: epoch, position: position) : .voteRequest(epoch: epoch, position: position)) }
         return effects
     }
 }

@@ -159,7 +159,8 @@ public struct ForwardedReply: Sendable, Hashable {
 ///                    count × (str8 origin, u64 sequence)]; kinds: 1 heartbeat (u64 epoch, u64 sentMs),
 ///                    2 heartbeatAck (same), 3 voteRequest (u64 epoch, u64 positionEpoch, u64 positionSequence),
 ///                    4 vote (u64 epoch, u8 granted), 5 newerEpoch (u64 epoch, str8 leader, empty for none),
-///                    6 preVoteRequest (as 3), 7 preVote (as 4)
+///                    6 preVoteRequest (as 3), 7 preVote (as 4), 8 timeoutNow (u64 epoch),
+///                    9 transferVoteRequest (as 3)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
 /// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
@@ -264,6 +265,14 @@ public struct PeerFrameCodec: Sendable {
                 buffer.append(7)
                 append(epoch, to: &buffer)
                 buffer.append(granted ? 1 : 0)
+            case .timeoutNow(let epoch):
+                buffer.append(8)
+                append(epoch, to: &buffer)
+            case .transferVoteRequest(let epoch, let position):
+                buffer.append(9)
+                append(epoch, to: &buffer)
+                append(position.epoch, to: &buffer)
+                append(position.sequence, to: &buffer)
             }
             if let start {
                 let applied = start.applied.sorted { $0.key < $1.key }.prefix(Self.originsMax)
@@ -417,10 +426,13 @@ public struct PeerFrameCodec: Sendable {
         switch kind {
         case 1: message = .heartbeat(epoch: epoch, sentMs: try sequenceField(&body, "sent_ms", minimum: 0))
         case 2: message = .heartbeatAck(epoch: epoch, sentMs: try sequenceField(&body, "sent_ms", minimum: 0))
-        case 3, 6:
+        case 3, 6, 9:
             let positionEpoch = try sequenceField(&body, "position_epoch", minimum: 0)
             let position = LogPosition(epoch: positionEpoch, sequence: try sequenceField(&body, "position_sequence", minimum: 0))
-            message = kind == 3 ? .voteRequest(epoch: epoch, position: position) : .preVoteRequest(epoch: epoch, position: position)
+            message = kind == 3 ? .voteRequest(epoch: epoch, position: position)
+                : kind == 6 ? .preVoteRequest(epoch: epoch, position: position) : .transferVoteRequest(epoch: epoch, position: position)
+        case 8:
+            message = .timeoutNow(epoch: epoch)
         case 4, 7:
             let granted = try body.required(body.readUInt8(), "granted")
             guard granted <= 1 else {
@@ -431,7 +443,7 @@ public struct PeerFrameCodec: Sendable {
             let leader = try string8(&body, "leader")
             message = .newerEpoch(epoch: epoch, leader: leader.isEmpty ? nil : try RegionName(leader))
         default:
-            throw MeridianError(.codecInvalidField, "The election message has kind \(kind); known kinds are 1 to 7.", context: ["field": "election_kind"])
+            throw MeridianError(.codecInvalidField, "The election message has kind \(kind); known kinds are 1 to 9.", context: ["field": "election_kind"])
         }
         let hasStart = try body.required(body.readUInt8(), "has_start")
         guard hasStart <= 1 else {

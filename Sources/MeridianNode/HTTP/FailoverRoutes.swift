@@ -4,6 +4,7 @@ import Hummingbird
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
+import NIOCore
 
 extension RegionNode {
     /// The policy with the leader this region knows now (single-leader keyspaces it takes part in); the
@@ -99,6 +100,118 @@ extension RegionNode {
             if after == nil { break }
         }
         return keys.sorted().map { ($0, found[$0]) }
+    }
+
+    // MARK: - Manual failover and failback
+
+    static let handOverKind = "handover"
+    static let handOverTargetHeader = "Meridian-Hand-Over-To"
+
+    /// `POST /v1/admin/failover` with `{"keyspace": K, "to": REGION}`: moves leadership of a single-leader
+    /// keyspace to REGION once it has every write of the current leader, whichever region is asked.
+    func failover(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let body = try await readBody(request)
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any],
+              let keyspaceText = object["keyspace"] as? String, let toText = object["to"] as? String, object.count == 2 else {
+            throw MeridianError(.invalidRequest, "The body must be a JSON object with exactly \"keyspace\" and \"to\", e.g. {\"keyspace\":\"accounts\",\"to\":\"eu-west\"}.")
+        }
+        let name = try KeyspaceName(keyspaceText)
+        let target = try RegionName(toText)
+        guard let policy = configuration.cluster.keyspace(name) else {
+            throw MeridianError(.unknownKeyspace, "Keyspace '\(name)' does not exist; GET /v1/keyspaces lists them.", context: ["keyspace": name.rawValue])
+        }
+        guard policy.topology == .singleLeader, let order = policy.failover?.order else {
+            throw MeridianError(.invalidRequest, "Keyspace '\(name)' is \(policy.topology.rawValue); only single-leader keyspaces have a leader to move.",
+                                context: ["keyspace": name.rawValue])
+        }
+        guard order.contains(target) else {
+            throw MeridianError(.invalidRequest, "\(target) is not in the failover order of '\(name)' (\(order.map(\.rawValue).joined(separator: ", "))).",
+                                context: ["keyspace": name.rawValue, "region": target.rawValue])
+        }
+        let before = await settledPolicy(policy)
+        guard let leader = before.leader else { throw electionRunning(policy) }
+        let epochBefore = leadership.snapshot(name)?.epoch ?? 0
+        if leader != target {
+            if leader == region {
+                try await handOver(policy, to: target)
+            } else {
+                let reply = try await replicator.forward(to: leader) { id in
+                    .forwardRead(ForwardedRead(id: id, keyspace: name, key: Self.antiEntropyKey, headers: [
+                        ForwardedHeader(name: Self.internalHeader, value: Self.handOverKind),
+                        ForwardedHeader(name: Self.handOverTargetHeader, value: target.rawValue),
+                    ]))
+                }
+                guard reply.status == 200 else {
+                    return Response(status: HTTPResponse.Status(code: Int(reply.status)), headers: [.contentType: "application/json"],
+                                    body: .init(byteBuffer: ByteBuffer(bytes: reply.body)))
+                }
+            }
+        }
+        // Answer once this region sees the target lead (bounded).
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if let term = leadership.snapshot(name), term.leader == target, leader == target || term.epoch > epochBefore {
+                return JSON.response(["keyspace": name.rawValue, "from": leader.rawValue, "to": target.rawValue, "epoch": String(term.epoch)],
+                                     headers: [.cacheControl: "no-store"])
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        throw MeridianError(.leaderUnavailable, "\(leader) handed keyspace '\(name)' over, but \(region) has not seen \(target) lead within 10 s; an election follows. Check GET /v1/status.",
+                            context: ["keyspace": name.rawValue, "region": target.rawValue])
+    }
+
+    /// Hands a keyspace this region leads over to `target`, waiting up to the ack timeout for it to catch up.
+    func handOver(_ policy: KeyspacePolicy, to target: RegionName) async throws(MeridianError) {
+        let link = replicator.links[target]
+        try await leadership.handOver(policy.name, to: target, timeout: .milliseconds(limits.ackTimeoutMs),
+                                      acknowledged: { link.flatMap { $0.snapshot.health == .up ? $0.snapshot.acknowledged : nil } },
+                                      send: sendElection, repair: bringBack)
+    }
+
+    /// A peer asks this region, which leads the keyspace, to hand it over (`POST /v1/admin/failover` elsewhere).
+    func serveHandOver(_ read: ForwardedRead) async -> ForwardedReply {
+        let rendered: RenderedResponse
+        do throws(MeridianError) {
+            guard let policy = configuration.cluster.keyspace(read.keyspace), policy.topology == .singleLeader,
+                  let text = read.headers.first(where: { $0.name.lowercased() == Self.handOverTargetHeader.lowercased() })?.value else {
+                throw MeridianError(.invalidRequest, "A hand-over request names no single-leader keyspace or target.")
+            }
+            try await handOver(policy, to: try RegionName(text))
+            rendered = JSON.rendered(["handed_over_to": text])
+        } catch {
+            rendered = error.rendered()
+        }
+        return ForwardedReply(id: read.id, status: UInt16(rendered.status.code), headers: [], body: Array(buffer: rendered.body))
+    }
+
+    /// Failback: every `failback` keyspace this region leads in place of the first region of its failover
+    /// order goes back to it once that region's stream has been up and within a batch of this region's log
+    /// for `failbackSteadyMs` in a row (so a region that flaps does not take leadership back and forth).
+    func runFailback() async {
+        let steadyMs: UInt64 = 5_000
+        var healthySince: [KeyspaceName: ContinuousClock.Instant] = [:]
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            let candidates = leadership.failbackCandidates(configuration.cluster)
+            healthySince = healthySince.filter { entry in candidates.contains { $0.0 == entry.key } }
+            for (keyspace, preferred) in candidates {
+                guard let link = replicator.links[preferred], let policy = configuration.cluster.keyspace(keyspace) else { continue }
+                let snapshot = link.snapshot
+                let own = store.appliedHighWater()[region] ?? 0
+                let close = snapshot.health == .up && own - min(own, snapshot.acknowledged) <= UInt64(limits.replicationBatchEntriesMax)
+                guard close else { healthySince[keyspace] = nil; continue }
+                let since = healthySince[keyspace] ?? .now
+                healthySince[keyspace] = since
+                guard ContinuousClock.now - since >= .milliseconds(steadyMs) else { continue }
+                healthySince[keyspace] = nil
+                do {
+                    try await handOver(policy, to: preferred)
+                    logger.notice("failback", metadata: ["keyspace": "\(keyspace)", "to": "\(preferred)"])
+                } catch {
+                    logger.warning("failback postponed", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+                }
+            }
+        }
     }
 
     // MARK: - Reports

@@ -29,11 +29,13 @@ extension WANEmulator {
         }
 
         let latencyScale: Double
+        let jitterPercent: Double
         let links: [Link]
 
         enum CodingKeys: String, CodingKey {
             case links
             case latencyScale = "latency_scale"
+            case jitterPercent = "jitter_percent"
         }
     }
 
@@ -43,9 +45,10 @@ extension WANEmulator {
         let b: String?
         let region: String?
         let rttMs: Double?
+        var percent: Double? = nil
 
         enum CodingKeys: String, CodingKey {
-            case a, b, region
+            case a, b, region, percent
             case rttMs = "rtt_ms"
         }
     }
@@ -75,6 +78,14 @@ extension WANEmulator {
             try self.withTable { table throws(MeridianError) in try table.heal(a, b) }
             return JSON.response(self.status())
         }
+        router.post("/v1/wan/jitter") { request, _ in
+            let command = try await Self.command(request)
+            guard let percent = command.percent else {
+                throw MeridianError(.invalidRequest, "Give the jitter as \"percent\" of each link's delay, e.g. {\"percent\": 50}.")
+            }
+            try self.withTable { table throws(MeridianError) in try table.setJitter(percent: percent) }
+            return JSON.response(self.status())
+        }
         router.post("/v1/wan/latency") { request, _ in
             let command = try await Self.command(request)
             let (a, b) = try Self.pair(command)
@@ -89,7 +100,7 @@ extension WANEmulator {
 
     func status() -> StatusAnswer {
         let (table, counters) = snapshot()
-        return StatusAnswer(latencyScale: table.latencyScale, links: proxies.map { proxy in
+        return StatusAnswer(latencyScale: table.latencyScale, jitterPercent: table.jitterPercent, links: proxies.map { proxy in
             let state = table.state(proxy.link)
             let counter = counters[proxy.link] ?? LinkCounters()
             return StatusAnswer.Link(

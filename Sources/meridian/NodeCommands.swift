@@ -117,6 +117,17 @@ struct Up: AsyncParsableCommand {
 
         var wan: Process?
         func stopAll() async {
+            // A region that died and was started again by another command (`meridian gameday` restarts the
+            // region it kills) is no child of this one: ask it for its pid and stop it too.
+            for (region, process, _) in children where !process.isRunning {
+                guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
+                      let status = try? await connection.request("GET", "/v1/status") else { continue }
+                await connection.close()
+                if let object = try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any], let pid = object["pid"] as? Int32,
+                   object["region"] as? String == region.name.rawValue, pid > 1 {
+                    kill(pid, SIGTERM)
+                }
+            }
             await withTaskGroup(of: Void.self) { group in
                 for (_, process, _) in children { group.addTask { await LocalProcesses.stop(process) } }
             }

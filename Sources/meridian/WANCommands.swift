@@ -48,7 +48,7 @@ struct WANCommand: AsyncParsableCommand {
 struct Chaos: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Change the emulated WAN: partition, isolate, heal, latency, status.",
-        subcommands: [Partition.self, Isolate.self, Heal.self, Latency.self, WANStatus.self])
+        subcommands: [Partition.self, Isolate.self, Heal.self, Latency.self, Jitter.self, WANStatus.self])
 
     /// Where the WAN emulator's admin API is.
     struct AdminOption: ParsableArguments {
@@ -131,6 +131,13 @@ struct Chaos: AsyncParsableCommand {
         @Argument var b: String
         @Argument var rttMs: Double
         func run() async throws { try await admin.post("/v1/wan/latency", ["a": a, "b": b, "rtt_ms": rttMs]) }
+    }
+
+    struct Jitter: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make every link's delay vary by ± PERCENT of itself (0 turns jitter off).")
+        @OptionGroup var admin: AdminOption
+        @Argument var percent: Double
+        func run() async throws { try await admin.post("/v1/wan/jitter", ["percent": percent]) }
     }
 
     struct WANStatus: AsyncParsableCommand {

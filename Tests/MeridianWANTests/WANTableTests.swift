@@ -17,6 +17,26 @@ import Testing
         #expect(WANTable(cluster: config).state(DirectedLink(from: eu, to: ap)).oneWayDelayMs == 85)
     }
 
+    @Test func jitterInPercentSpansThatShareOfEachDelayEitherWay() throws {
+        var table = WANTable(cluster: config)
+        try table.setJitter(percent: 50)
+        let link = table.state(DirectedLink(from: us, to: ap))
+        // 115 ms one way ± 50%: from 57.5 to 172.5 ms.
+        #expect(abs(link.oneWayDelayMs - 57.5) < 1e-9 && abs(link.jitterMs - 115) < 1e-9)
+        var line = DelayLine(seed: 3)
+        var lowest = UInt64.max, highest: UInt64 = 0
+        for index in 0..<2_000 {
+            let arrival = UInt64(index) * 1_000_000_000
+            let delay = line.releaseTime(arrivalNs: arrival, link: link) - arrival
+            lowest = min(lowest, delay)
+            highest = max(highest, delay)
+        }
+        #expect(lowest >= 57_500_000 && highest <= 172_500_000 && highest - lowest > 100_000_000, "\(lowest) ... \(highest)")
+        #expect(throws: MeridianError.self) { try table.setJitter(percent: 150) }
+        try table.setJitter(percent: 0)
+        #expect(table.state(DirectedLink(from: us, to: ap)).oneWayDelayMs == 115)
+    }
+
     @Test func partitionIsolateAndHealCutExactlyWhatTheyName() throws {
         var table = WANTable(cluster: config)
         try table.partition(us, eu)

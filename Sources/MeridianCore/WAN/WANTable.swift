@@ -43,6 +43,8 @@ public struct WANTable: Sendable {
     public let latencyScale: Double
     private var rttMs: [RegionPair: Double]
     private var jitterMs: Double
+    /// Latency jitter in percent of each link's one-way delay: a byte takes the delay ± this share.
+    public private(set) var jitterPercent: Double = 0
     private var cut: Set<DirectedLink> = []
 
     /// Builds the table from the cluster's WAN section; pairs without a configured RTT get `defaultRttMs`.
@@ -68,7 +70,9 @@ public struct WANTable: Sendable {
     /// What the link does now.
     public func state(_ link: DirectedLink) -> LinkState {
         let rtt = rttMs[RegionPair(link.from, link.to)] ?? 0
-        return LinkState(oneWayDelayMs: rtt / 2 * latencyScale, jitterMs: jitterMs * latencyScale, partitioned: cut.contains(link))
+        let oneWay = rtt / 2 * latencyScale, share = jitterPercent / 100
+        // ± a share of the delay: the fixed part drops by the share, the random part spans twice it.
+        return LinkState(oneWayDelayMs: oneWay * (1 - share), jitterMs: jitterMs * latencyScale + 2 * share * oneWay, partitioned: cut.contains(link))
     }
 
     /// The configured round-trip time between two regions, unscaled.
@@ -112,6 +116,14 @@ public struct WANTable: Sendable {
             throw MeridianError(.invalidParameter, "A round-trip time must be from 0 to 60000 ms; got \(value).", context: ["rtt_ms": String(value)])
         }
         rttMs[RegionPair(a, b)] = value
+    }
+
+    /// Sets every link's latency jitter to ± `percent` of its one-way delay (0 turns it off).
+    public mutating func setJitter(percent: Double) throws(MeridianError) {
+        guard percent.isFinite, (0...100).contains(percent) else {
+            throw MeridianError(.invalidParameter, "Jitter is a percentage of each link's delay from 0 to 100; got \(percent).", context: ["percent": String(percent)])
+        }
+        jitterPercent = percent
     }
 
     /// The cut directed links, in order.

@@ -1,3 +1,4 @@
+import Foundation
 import HTTPTypes
 import Hummingbird
 import MeridianCore
@@ -101,6 +102,8 @@ struct StatusAnswer: Encodable {
 
     let region: String
     let cluster: String
+    /// The node's process id (so a local game day can kill and restart it).
+    let pid: Int32
     let uptimeMs: UInt64
     let keyspaces: [KeyspaceStatus]
     let peers: [PeerStatus]
@@ -109,6 +112,7 @@ struct StatusAnswer: Encodable {
 
     enum CodingKeys: String, CodingKey {
         case region, cluster, keyspaces, peers, log, limits
+        case pid
         case uptimeMs = "uptime_ms"
     }
 }
@@ -171,7 +175,7 @@ extension RegionNode {
                 lease: term.map { $0.role == .leader ? $0.holdsLease : false }, keys: counts[policy.name.rawValue] ?? 0)
         }
         return JSON.response(StatusAnswer(
-            region: region.rawValue, cluster: configuration.cluster.name, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),
+            region: region.rawValue, cluster: configuration.cluster.name, pid: ProcessInfo.processInfo.processIdentifier, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),
             keyspaces: keyspaces, peers: peers,
             log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), limits: limits))
     }

@@ -1,0 +1,348 @@
+import ArgumentParser
+import Foundation
+import MeridianClient
+import MeridianCore
+import Synchronization
+
+/// `meridian gameday`: a failure drill against a running local cluster (`meridian up`), measured from the
+/// client's side.
+struct Gameday: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a failover drill against a running local cluster and report RTO and RPO as clients saw them.",
+        discussion: """
+            Each round: a steady write load (through the regions that do not lead, so writes are forwarded to the \
+            leader), then the leader region's process is killed with SIGKILL. RTO is the time from the kill until \
+            every writer has had a write acknowledged again; RPO counts acknowledged writes the cluster no longer \
+            has (and those kept aside in divergence logs). The killed region is started again with its own command \
+            line, every region's Merkle root of the keyspace is compared, and (with failback) leadership is \
+            awaited back at the first region of the failover order.
+            With --soak-seconds the drill kills nothing: it runs the load with --jitter-percent latency jitter on \
+            every link and counts failovers, each of which is a false one.
+            """)
+
+    @OptionGroup var cluster: ConfigOption
+    @Option(help: "The single-leader keyspace (default: the first one with a failover order).") var keyspace: String?
+    @Option(help: "Failovers to run.") var rounds: Int = 3
+    @Option(help: "Concurrent writers.") var writers: Int = 4
+    @Option(help: "Seconds of load before each kill.") var warmupSeconds: Double = 3
+    @Option(help: "Seconds the killed region stays down.") var downSeconds: Double = 5
+    @Option(help: "Seconds to wait for failback and for the regions to agree.") var settleSeconds: Double = 60
+    @Option(help: "Instead of killing: seconds of load under jitter, counting failovers (all false).") var soakSeconds: Double = 0
+    @Option(help: "Latency jitter during the soak, in percent of each link's delay.") var jitterPercent: Double = 50
+
+    func validate() throws {
+        guard (1...100).contains(rounds) else { throw ValidationError("--rounds is 1 to 100.") }
+        guard (1...64).contains(writers) else { throw ValidationError("--writers is 1 to 64.") }
+        guard warmupSeconds >= 0, downSeconds >= 0, settleSeconds > 0, soakSeconds >= 0, (0...100).contains(jitterPercent) else {
+            throw ValidationError("Durations are positive seconds; --jitter-percent is 0 to 100.")
+        }
+    }
+
+    func run() async throws {
+        let config = try cluster.load()
+        let policies = config.keyspaces.filter { $0.topology == .singleLeader && $0.failover != nil }
+        guard let policy = keyspace.map({ name in policies.first { $0.name.rawValue == name } }) ?? policies.first else {
+            throw CLIFailure("No single-leader keyspace with a failover order\(keyspace.map { " named '\($0)'" } ?? "") in the cluster file.")
+        }
+        let drill = Drill(config: config, policy: policy, writers: writers)
+        print("game day: keyspace \(policy.name) (ack \(policy.ack.rawValue)), failover order \(policy.failover!.order.map(\.rawValue).joined(separator: " > ")), \(writers) writers")
+        if soakSeconds > 0 {
+            try await drill.soak(seconds: soakSeconds, jitterPercent: jitterPercent)
+            return
+        }
+        var results: [Drill.Round] = []
+        for round in 1...rounds {
+            let result = try await drill.round(round, warmupSeconds: warmupSeconds, downSeconds: downSeconds, settleSeconds: settleSeconds)
+            results.append(result)
+            print(result.line)
+        }
+        Drill.summarize(results)
+        if results.contains(where: { $0.lost > 0 || !$0.agreed }) { throw CLIFailure("the drill found lost writes or regions that disagree; see above.") }
+    }
+}
+
+/// One game day's state and steps.
+struct Drill {
+    let config: ClusterConfig
+    let policy: KeyspacePolicy
+    let writers: Int
+    let runID = String(UUID().uuidString.prefix(8)).lowercased()
+
+    struct Round {
+        let number: Int
+        let killed: String
+        let newLeader: String
+        /// Client-side: from the kill until every writer had a write acknowledged again; and per writer.
+        let rtoMs: Double
+        let writerGapsMs: [Double]
+        let acknowledged: Int
+        let lost: Int
+        let keptAside: Int
+        let agreed: Bool
+        let failbackMs: Double?
+        let serverRtoMs: Int?
+
+        var line: String {
+            let gaps = writerGapsMs.sorted()
+            return "round \(number): killed \(killed), \(newLeader) led; RTO \(Int(rtoMs)) ms (writers \(Int(gaps.first ?? 0))–\(Int(gaps.last ?? 0)) ms, "
+                + "leader's own view \(serverRtoMs.map { "\($0) ms" } ?? "-")); \(acknowledged) writes acknowledged, \(lost) lost, \(keptAside) kept aside; "
+                + "regions agree: \(agreed ? "yes" : "NO"); failback \(failbackMs.map { "after \(Int($0)) ms" } ?? "none")"
+        }
+    }
+
+    private func status(_ region: RegionConfig) async -> [String: Any]? {
+        guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2) else { return nil }
+        defer { Task { await connection.close() } }
+        guard let result = try? await connection.request("GET", "/v1/status"), result.status == 200 else { return nil }
+        return (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+    }
+
+    private func term(_ status: [String: Any]?) -> [String: Any] {
+        (status?["keyspaces"] as? [[String: Any]])?.first { $0["name"] as? String == policy.name.rawValue } ?? [:]
+    }
+
+    /// The region that leads the keyspace now, as the regions report it (polling up to `seconds`).
+    private func leader(within seconds: Double) async -> RegionConfig? {
+        let deadline = Date().addingTimeInterval(seconds)
+        repeat {
+            for region in config.regions where term(await status(region))["role"] as? String == "leader" { return region }
+            try? await Task.sleep(for: .milliseconds(100))
+        } while Date() < deadline
+        return nil
+    }
+
+    /// Each writer's outcomes, shared with the drill.
+    final class Load: Sendable {
+        struct Write: Sendable {
+            let key: String
+            let value: String
+            let acknowledgedAt: ContinuousClock.Instant
+            let region: String
+        }
+
+        let acknowledged = Mutex<[Write]>([])
+        let lastSuccess = Mutex<[Int: ContinuousClock.Instant]>([:])
+        let refused = Atomic<Int>(0)
+        let stop = Atomic<Bool>(false)
+    }
+
+    /// Runs `writers` writers until `load.stop`, each through a region other than `avoiding`.
+    private func startLoad(_ load: Load, round: Int, avoiding leader: RegionName) -> Task<Void, Never> {
+        let targets = config.regions.filter { $0.name != leader }
+        let keyspace = policy.name.rawValue, runID = runID, writers = writers
+        return Task {
+            await withTaskGroup(of: Void.self) { group in
+                for writer in 0..<writers {
+                    let region = targets[writer % targets.count]
+                    group.addTask {
+                        var connection: HTTPConnection?
+                        var index = 0
+                        while !load.stop.load(ordering: .relaxed) {
+                            if connection == nil {
+                                connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2)
+                                if connection == nil { try? await Task.sleep(for: .milliseconds(50)); continue }
+                            }
+                            index += 1
+                            let key = "gameday-\(runID)-r\(round)-w\(writer)-\(index)", value = "\(index)-\(UUID().uuidString.prefix(8))"
+                            do {
+                                let result = try await connection!.request("PUT", "/v1/kv/\(keyspace)/\(key)", body: Array(value.utf8))
+                                if result.status == 200 {
+                                    let answer = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+                                    let now = ContinuousClock.now
+                                    load.acknowledged.withLock { $0.append(Load.Write(key: key, value: value, acknowledgedAt: now, region: answer?["region"] as? String ?? "")) }
+                                    load.lastSuccess.withLock { $0[writer] = now }
+                                } else {
+                                    load.refused.add(1, ordering: .relaxed)
+                                    try? await Task.sleep(for: .milliseconds(20))
+                                }
+                            } catch {
+                                await connection?.close()
+                                connection = nil
+                                load.refused.add(1, ordering: .relaxed)
+                            }
+                        }
+                        await connection?.close()
+                    }
+                }
+            }
+        }
+    }
+
+    func round(_ number: Int, warmupSeconds: Double, downSeconds: Double, settleSeconds: Double) async throws -> Round {
+        guard let leader = await leader(within: settleSeconds), let pid = (await status(leader))?["pid"] as? Int32, pid > 1 else {
+            throw CLIFailure("No region reports leading \(policy.name); is the cluster up (meridian up)?")
+        }
+        let (arguments, directory) = try Self.commandLine(of: pid)
+        let load = Load()
+        let loader = startLoad(load, round: number, avoiding: leader.name)
+        try await Task.sleep(for: .seconds(warmupSeconds))
+        let killedAt = ContinuousClock.now
+        guard kill(pid, SIGKILL) == 0 else { throw CLIFailure("cannot kill \(leader.name) (pid \(pid)): errno \(errno)") }
+        // Every writer must have a write acknowledged after the kill, by the new leader.
+        let deadline = killedAt + .seconds(settleSeconds)
+        var gaps: [Double] = []
+        while ContinuousClock.now < deadline {
+            let successes = load.lastSuccess.withLock { $0 }.filter { $0.value > killedAt }
+            if successes.count == writers {
+                gaps = successes.values.map { Self.ms($0 - killedAt) }
+                break
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let rto = gaps.max() ?? Self.ms(ContinuousClock.now - killedAt)
+        let newLeader = await self.leader(within: 5)?.name.rawValue ?? "nobody"
+        try await Task.sleep(for: .seconds(downSeconds))
+        let restarted = try Self.restart(arguments, in: directory, log: "\(directory)/\(leader.name).gameday.log")
+        print("  restarted \(leader.name) as pid \(restarted) (log \(directory)/\(leader.name).gameday.log); `meridian up` stops it on Ctrl-C")
+        // Failback, if the keyspace asks for it and the killed region was the preferred one.
+        var failbackMs: Double?
+        if policy.failover?.failback == true && policy.failover?.order.first == leader.name {
+            let started = ContinuousClock.now
+            while ContinuousClock.now - started < .seconds(settleSeconds) {
+                if term(await status(leader))["role"] as? String == "leader" { failbackMs = Self.ms(ContinuousClock.now - started); break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        load.stop.store(true, ordering: .relaxed)
+        await loader.value
+        let writes = load.acknowledged.withLock { $0 }
+        let (lost, keptAside) = try await rpo(writes)
+        let agreed = await regionsAgree(within: settleSeconds)
+        let serverRto = await serverRTO(epochLeader: newLeader)
+        return Round(number: number, killed: leader.name.rawValue, newLeader: newLeader, rtoMs: rto, writerGapsMs: gaps, acknowledged: writes.count,
+                     lost: lost, keptAside: keptAside, agreed: agreed, failbackMs: failbackMs, serverRtoMs: serverRto)
+    }
+
+    /// Acknowledged writes the current leader does not hold (read strongly), and writes kept aside anywhere.
+    private func rpo(_ writes: [Load.Write]) async throws -> (lost: Int, keptAside: Int) {
+        guard let leader = await leader(within: 10) else { return (writes.count, 0) }
+        let connection = try await HTTPConnection.connect(host: leader.client.host, port: leader.client.port, timeoutSeconds: 10)
+        var lost = 0
+        for write in writes {
+            let result = try await connection.request("GET", "/v1/kv/\(policy.name)/\(write.key)")
+            if result.status != 200 || result.text != write.value { lost += 1 }
+        }
+        await connection.close()
+        var keptAside = 0
+        for region in config.regions {
+            guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
+                  let result = try? await connection.request("GET", "/v1/divergence?keyspace=\(policy.name)&limit=1000") else { continue }
+            await connection.close()
+            let answer = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+            keptAside += (answer?["writes"] as? [[String: Any]] ?? []).filter { ($0["key"] as? String)?.hasPrefix("gameday-\(runID)") == true }.count
+        }
+        return (lost, keptAside)
+    }
+
+    /// Whether every region's Merkle root of the keyspace is the same (polled until it is, bounded).
+    private func regionsAgree(within seconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        repeat {
+            var roots: Set<String> = []
+            for region in config.regions where policy.isReplica(region.name) {
+                guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
+                      let result = try? await connection.request("GET", "/v1/admin/merkle/\(policy.name)") else { roots.insert("unreachable"); continue }
+                await connection.close()
+                roots.insert(((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["root"] as? String ?? "?")
+            }
+            if roots.count == 1 && !roots.contains("unreachable") { return true }
+            try? await Task.sleep(for: .milliseconds(200))
+        } while Date() < deadline
+        return false
+    }
+
+    /// The newest failover the new leader recorded for the keyspace: its own RTO view.
+    private func serverRTO(epochLeader: String) async -> Int? {
+        guard let region = config.regions.first(where: { $0.name.rawValue == epochLeader }),
+              let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
+              let result = try? await connection.request("GET", "/v1/failovers") else { return nil }
+        await connection.close()
+        let events = (((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["failovers"] as? [[String: Any]]) ?? []
+        return events.last { $0["keyspace"] as? String == policy.name.rawValue && $0["reason"] as? String == "failure" }?["rto_ms"] as? Int
+    }
+
+    /// Load under latency jitter, killing nothing: every epoch change is a false failover.
+    func soak(seconds: Double, jitterPercent: Double) async throws {
+        let singleLeader = config.keyspaces.filter { $0.topology == .singleLeader }.map(\.name.rawValue)
+        func epochs() async -> [String: Int] {
+            var result: [String: Int] = [:]
+            for region in config.regions {
+                for keyspace in (await status(region))?["keyspaces"] as? [[String: Any]] ?? [] where singleLeader.contains(keyspace["name"] as? String ?? "") {
+                    let name = keyspace["name"] as? String ?? ""
+                    result[name] = max(result[name] ?? 0, keyspace["epoch"] as? Int ?? 0)
+                }
+            }
+            return result
+        }
+        guard let leader = await leader(within: 10) else { throw CLIFailure("No region reports leading \(policy.name); is the cluster up?") }
+        try await setJitter(jitterPercent)
+        let before = await epochs()
+        let load = Load()
+        let loader = startLoad(load, round: 0, avoiding: leader.name)
+        let started = ContinuousClock.now
+        var reported = 0
+        while ContinuousClock.now - started < .seconds(seconds) {
+            try await Task.sleep(for: .seconds(1))
+            let elapsed = Int(Self.ms(ContinuousClock.now - started) / 1000)
+            if elapsed / 60 > reported {
+                reported = elapsed / 60
+                print("  \(elapsed) s: \(load.acknowledged.withLock { $0.count }) writes acknowledged, epochs \(await epochs())")
+            }
+        }
+        load.stop.store(true, ordering: .relaxed)
+        await loader.value
+        let after = await epochs()
+        try await setJitter(0)
+        let changes = before.keys.reduce(0) { $0 + max(0, (after[$1] ?? 0) - (before[$1] ?? 0)) }
+        let writes = load.acknowledged.withLock { $0 }
+        let (lost, _) = try await rpo(writes)
+        print("soak: \(Int(seconds)) s at ±\(Int(jitterPercent))% latency jitter; \(writes.count) writes acknowledged, \(load.refused.load(ordering: .relaxed)) refused, \(lost) lost")
+        print("epochs before \(before), after \(after): \(changes) false failovers")
+        if changes > 0 || lost > 0 { throw CLIFailure("\(changes) false failovers, \(lost) lost writes during the soak.") }
+    }
+
+    private func setJitter(_ percent: Double) async throws {
+        let admin = config.wan.admin
+        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5)
+        let body = try JSONSerialization.data(withJSONObject: ["percent": percent])
+        let result = try await connection.request("POST", "/v1/wan/jitter", headers: [("Content-Type", "application/json")], body: Array(body))
+        await connection.close()
+        try report(result, verbose: false, printBody: false)
+    }
+
+    static func summarize(_ rounds: [Round]) {
+        let rtos = rounds.map(\.rtoMs).sorted()
+        func percentile(_ p: Double) -> Int { Int(rtos[min(rtos.count - 1, Int((Double(rtos.count) * p).rounded(.up)) - 1)]) }
+        print("\nRTO (client side) over \(rounds.count) failovers: p50 \(percentile(0.5)) ms, p99 \(percentile(0.99)) ms, max \(Int(rtos.last ?? 0)) ms")
+        print("RPO: \(rounds.map(\.lost).reduce(0, +)) acknowledged writes lost of \(rounds.map(\.acknowledged).reduce(0, +)); \(rounds.map(\.keptAside).reduce(0, +)) kept aside in divergence logs")
+        print("regions agreed after every round: \(rounds.allSatisfy(\.agreed) ? "yes" : "NO")")
+    }
+
+    static func ms(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+    }
+
+    /// A process's command line and working directory, from /proc (Linux), to start it again after the kill.
+    static func commandLine(of pid: Int32) throws -> ([String], String) {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty,
+              let directory = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd") else {
+            throw CLIFailure("cannot read the command line of pid \(pid) from /proc; game days run against a local cluster on Linux.")
+        }
+        let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        return (arguments, directory)
+    }
+
+    /// Starts the command again, detached from this one's lifetime (without --exit-with-parent).
+    static func restart(_ arguments: [String], in directory: String, log: String) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : (directory as NSString).appendingPathComponent(arguments[0]))
+        process.arguments = Array(arguments.dropFirst()).filter { $0 != "--exit-with-parent" }
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = FileHandle(forWritingAtPath: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process.processIdentifier
+    }
+}

@@ -87,7 +87,10 @@ final class Leadership: Sendable {
             let election = stored[policy.name] ?? StoredElection(record: ElectionRecord(leader: configured), start: .initial(leader: configured))
             if firstTerm { try store.saveElection(policy.name, election) }
             let newest = try store.newestEpoch(keyspace: policy.name) ?? (0, configured)
-            let member = ElectionMember(region: region, settings: settings, record: election.record, nowMs: nowMs, firstTerm: firstTerm)
+            // Right after a start, streams take a moment (and reconnect backoff) to come up: a follower waits ten
+            // suspicion times before suspecting a leader it has not heard yet. A sole replica needs none.
+            let grace = order.count > 1 ? 10 * settings.heartbeatIntervalMs * settings.missedHeartbeats : 0
+            let member = ElectionMember(region: region, settings: settings, record: election.record, nowMs: nowMs, firstTerm: firstTerm, graceMs: grace)
             terms[policy.name] = Term(member: member, start: election.start, newest: newest, firstWriteRecorded: true)
         }
         self.terms = Mutex(terms)
@@ -201,19 +204,25 @@ final class Leadership: Sendable {
             }
         }
         // A known start this region has not checked its copy against: keep aside what a deposed leader wrote.
+        // The keyspace's entries wait meanwhile, and batches admitted under the previous term commit first, so
+        // the check sees everything applied before the start was known.
         let pending: EpochStart? = terms.withLock { terms in
             guard var term = terms[keyspace], let start = term.start, start.epoch == term.member.record.epoch,
                   term.checkedEpoch < start.epoch, !term.capturing else { return nil }
             term.checkedEpoch = start.epoch
-            let applied = store.appliedHighWater()
-            let ahead = applied.contains { origin, sequence in origin != start.leader && sequence > start.applied[origin, default: 0] }
-            term.reverting = ahead
+            term.reverting = true
             terms[keyspace] = term
-            return ahead ? start : nil
+            return start
         }
         if let pending {
             Task {
-                await repair(keyspace, pending)
+                for _ in 0..<2_000 where self.applying.load(ordering: .acquiring) > 0 {
+                    try? await Task.sleep(for: .milliseconds(1))
+                }
+                let ahead = self.store.appliedHighWater().contains { origin, sequence in
+                    origin != pending.leader && sequence > pending.applied[origin, default: 0]
+                }
+                if ahead { await repair(keyspace, pending) }
                 self.terms.withLock { $0[keyspace]?.reverting = false }
             }
         }

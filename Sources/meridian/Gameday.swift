@@ -81,12 +81,13 @@ struct Drill {
         let agreed: Bool
         let failbackMs: Double?
         let serverRtoMs: Int?
+        let refusals: String
 
         var line: String {
             let gaps = writerGapsMs.sorted()
             return "round \(number): killed \(killed), \(newLeader) led; RTO \(Int(rtoMs)) ms (writers \(Int(gaps.first ?? 0))–\(Int(gaps.last ?? 0)) ms, "
                 + "leader's own view \(serverRtoMs.map { "\($0) ms" } ?? "-")); \(acknowledged) writes acknowledged, \(lost) lost, \(keptAside) kept aside; "
-                + "regions agree: \(agreed ? "yes" : "NO"); failback \(failbackMs.map { "after \(Int($0)) ms" } ?? "none")"
+                + "regions agree: \(agreed ? "yes" : "NO"); failback \(failbackMs.map { "after \(Int($0)) ms" } ?? "none"); refused meanwhile: \(refusals)"
         }
     }
 
@@ -121,8 +122,16 @@ struct Drill {
         }
 
         let acknowledged = Mutex<[Write]>([])
-        let lastSuccess = Mutex<[Int: ContinuousClock.Instant]>([:])
+        /// Per writer: its latest acknowledged write and the region that took it.
+        let lastSuccess = Mutex<[Int: (at: ContinuousClock.Instant, region: String)]>([:])
         let refused = Atomic<Int>(0)
+        /// Refusals by error code (or `connection` when the request got no answer).
+        let refusals = Mutex<[String: Int]>([:])
+
+        func refusedSummary() -> String {
+            let counts = refusals.withLock { $0 }
+            return counts.isEmpty ? "none" : counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+        }
         let stop = Atomic<Bool>(false)
     }
 
@@ -148,17 +157,21 @@ struct Drill {
                                 let result = try await connection!.request("PUT", "/v1/kv/\(keyspace)/\(key)", body: Array(value.utf8))
                                 if result.status == 200 {
                                     let answer = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
-                                    let now = ContinuousClock.now
-                                    load.acknowledged.withLock { $0.append(Load.Write(key: key, value: value, acknowledgedAt: now, region: answer?["region"] as? String ?? "")) }
-                                    load.lastSuccess.withLock { $0[writer] = now }
+                                    let now = ContinuousClock.now, taker = answer?["region"] as? String ?? ""
+                                    load.acknowledged.withLock { $0.append(Load.Write(key: key, value: value, acknowledgedAt: now, region: taker)) }
+                                    load.lastSuccess.withLock { $0[writer] = (now, taker) }
                                 } else {
                                     load.refused.add(1, ordering: .relaxed)
+                                    let error = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+                                    let code = (error?["error"] as? [String: Any])?["code"] as? String ?? "http_\(result.status)"
+                                    load.refusals.withLock { $0[code, default: 0] += 1 }
                                     try? await Task.sleep(for: .milliseconds(20))
                                 }
                             } catch {
                                 await connection?.close()
                                 connection = nil
                                 load.refused.add(1, ordering: .relaxed)
+                                load.refusals.withLock { $0["connection", default: 0] += 1 }
                             }
                         }
                         await connection?.close()
@@ -178,13 +191,14 @@ struct Drill {
         try await Task.sleep(for: .seconds(warmupSeconds))
         let killedAt = ContinuousClock.now
         guard kill(pid, SIGKILL) == 0 else { throw CLIFailure("cannot kill \(leader.name) (pid \(pid)): errno \(errno)") }
-        // Every writer must have a write acknowledged after the kill, by the new leader.
+        // Every writer must have a write acknowledged after the kill by another region (answers the killed
+        // leader sent just before dying may still arrive after the kill).
         let deadline = killedAt + .seconds(settleSeconds)
         var gaps: [Double] = []
         while ContinuousClock.now < deadline {
-            let successes = load.lastSuccess.withLock { $0 }.filter { $0.value > killedAt }
+            let successes = load.lastSuccess.withLock { $0 }.filter { $0.value.at > killedAt && $0.value.region != leader.name.rawValue }
             if successes.count == writers {
-                gaps = successes.values.map { Self.ms($0 - killedAt) }
+                gaps = successes.values.map { Self.ms($0.at - killedAt) }
                 break
             }
             try await Task.sleep(for: .milliseconds(5))
@@ -206,15 +220,15 @@ struct Drill {
         load.stop.store(true, ordering: .relaxed)
         await loader.value
         let writes = load.acknowledged.withLock { $0 }
-        let (lost, keptAside) = try await rpo(writes)
+        let (lost, keptAside) = try await rpo(writes, round: number)
         let agreed = await regionsAgree(within: settleSeconds)
         let serverRto = await serverRTO(epochLeader: newLeader)
         return Round(number: number, killed: leader.name.rawValue, newLeader: newLeader, rtoMs: rto, writerGapsMs: gaps, acknowledged: writes.count,
-                     lost: lost, keptAside: keptAside, agreed: agreed, failbackMs: failbackMs, serverRtoMs: serverRto)
+                     lost: lost, keptAside: keptAside, agreed: agreed, failbackMs: failbackMs, serverRtoMs: serverRto, refusals: load.refusedSummary())
     }
 
     /// Acknowledged writes the current leader does not hold (read strongly), and writes kept aside anywhere.
-    private func rpo(_ writes: [Load.Write]) async throws -> (lost: Int, keptAside: Int) {
+    private func rpo(_ writes: [Load.Write], round: Int) async throws -> (lost: Int, keptAside: Int) {
         guard let leader = await leader(within: 10) else { return (writes.count, 0) }
         let connection = try await HTTPConnection.connect(host: leader.client.host, port: leader.client.port, timeoutSeconds: 10)
         var lost = 0
@@ -229,7 +243,7 @@ struct Drill {
                   let result = try? await connection.request("GET", "/v1/divergence?keyspace=\(policy.name)&limit=1000") else { continue }
             await connection.close()
             let answer = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
-            keptAside += (answer?["writes"] as? [[String: Any]] ?? []).filter { ($0["key"] as? String)?.hasPrefix("gameday-\(runID)") == true }.count
+            keptAside += (answer?["writes"] as? [[String: Any]] ?? []).filter { ($0["key"] as? String)?.hasPrefix("gameday-\(runID)-r\(round)-") == true }.count
         }
         return (lost, keptAside)
     }
@@ -295,8 +309,8 @@ struct Drill {
         try await setJitter(0)
         let changes = before.keys.reduce(0) { $0 + max(0, (after[$1] ?? 0) - (before[$1] ?? 0)) }
         let writes = load.acknowledged.withLock { $0 }
-        let (lost, _) = try await rpo(writes)
-        print("soak: \(Int(seconds)) s at ±\(Int(jitterPercent))% latency jitter; \(writes.count) writes acknowledged, \(load.refused.load(ordering: .relaxed)) refused, \(lost) lost")
+        let (lost, _) = try await rpo(writes, round: 0)
+        print("soak: \(Int(seconds)) s at ±\(Int(jitterPercent))% latency jitter; \(writes.count) writes acknowledged, \(lost) lost; refused: \(load.refusedSummary())")
         print("epochs before \(before), after \(after): \(changes) false failovers")
         if changes > 0 || lost > 0 { throw CLIFailure("\(changes) false failovers, \(lost) lost writes during the soak.") }
     }

@@ -32,6 +32,12 @@ import Testing
         return status
     }
 
+    /// Waits until `region` leads `keyspace` with its lease (the first term at start-up).
+    static func expectLeading(_ cluster: LiveCluster, _ region: String, _ keyspace: String) async throws {
+        let status = try await waitForStatus(cluster, region) { term($0, keyspace)["lease"] as? Bool == true }
+        #expect(term(status, keyspace)["role"] as? String == "leader", "\(region) leads \(keyspace): \(status)")
+    }
+
     static func merkleRoots(_ cluster: LiveCluster, _ keyspace: String, regions: [String]) async throws -> [String] {
         var roots: [String] = []
         for region in regions {
@@ -46,6 +52,7 @@ import Testing
     @Test(.timeLimit(.minutes(3)))
     func aLeaderKilledUnderLoadIsReplacedWithoutLosingAMajorityWrite() async throws {
         try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            try await Self.expectLeading(cluster, "us-east", "accounts")
             let eu = try await cluster.connect("eu-west")
             var acknowledged: [(key: String, value: String)] = []
             var index = 0
@@ -59,7 +66,7 @@ import Testing
             // Written at eu-west, forwarded to the leader us-east, majority-acknowledged.
             for _ in 0..<30 {
                 let response = try await write()
-                #expect(response.status == 200 && response.header("Meridian-Epoch") == "1", "\(response.text)")
+                #expect(response.status == 200 && response.header("Meridian-Epoch") == "1", "\(response.status) \(response.text)")
             }
             await cluster.kill9("us-east")
             let killed = ContinuousClock.now
@@ -134,6 +141,7 @@ import Testing
     @Test(.timeLimit(.minutes(3)))
     func aManualFailoverMovesLeadershipWithoutLosingAWriteAndStays() async throws {
         try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            try await Self.expectLeading(cluster, "us-east", "accounts")
             // A writer at us-east keeps writing while an operator at ap-southeast moves accounts to ap-southeast.
             let config = cluster.config
             let moved = Task {
@@ -187,6 +195,7 @@ import Testing
     @Test(.timeLimit(.minutes(3)))
     func anIsolatedLeadersUnshippedWritesAreKeptAsideNotLost() async throws {
         try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            try await Self.expectLeading(cluster, "us-east", "ledger")
             let us = try await cluster.connect("us-east")
             #expect(try await us.request("PUT", "/v1/kv/ledger/shared", body: Array("before".utf8)).status == 200)
             #expect(try await cluster.waitForValue("eu-west", "/v1/kv/ledger/shared?consistency=eventual", "before"))

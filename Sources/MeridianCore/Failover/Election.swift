@@ -147,15 +147,18 @@ public struct ElectionMember: Sendable {
 
     /// Starts a member from its durable record (a restart forgets everything else). A restarted region
     /// never resumes leading by itself: it follows, and stands again only through an election.
-    /// - Parameter firstTerm: The keyspace has never held an election anywhere (its first start): the region
-    ///   the record names leads epoch 1 without one, once a majority acknowledges its heartbeats (its lease).
-    public init(region: RegionName, settings: Settings, record: ElectionRecord, nowMs: UInt64, firstTerm: Bool = false) {
+    /// - Parameters:
+    ///   - firstTerm: The keyspace has never held an election anywhere (its first start): the region the record
+    ///     names leads epoch 1 without one, once a majority acknowledges its heartbeats (its lease).
+    ///   - graceMs: How long after starting the region gives its streams to connect before it suspects a leader
+    ///     it has not heard yet (regions of a cluster starting together must not elect before they can hear).
+    public init(region: RegionName, settings: Settings, record: ElectionRecord, nowMs: UInt64, firstTerm: Bool = false, graceMs: UInt64 = 0) {
         precondition(settings.order.contains(region), "only a replica takes part in its keyspace's elections")
         self.region = region
         self.settings = settings
         self.record = record
         role = .follower
-        lastHeardMs = nowMs
+        lastHeardMs = nowMs + graceMs
         if record.leader == region {
             if (firstTerm && record.epoch == 1 && record.votedEpoch == 0) || settings.order.count == 1 {
                 // The first term, or the keyspace's only replica: nobody else can have led meanwhile.

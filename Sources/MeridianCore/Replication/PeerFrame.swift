@@ -142,6 +142,32 @@ public struct ForwardedReply: Sendable, Hashable {
     }
 }
 
+extension ElectionMessage {
+    /// The message's kind byte in an election frame.
+    var kind: UInt8 {
+        switch self {
+        case .heartbeat: 1
+        case .heartbeatAck: 2
+        case .voteRequest: 3
+        case .vote: 4
+        case .newerEpoch: 5
+        case .preVoteRequest: 6
+        case .preVote: 7
+        case .timeoutNow: 8
+        case .transferVoteRequest: 9
+        }
+    }
+
+    /// The epoch every election message names.
+    var epoch: UInt64 {
+        switch self {
+        case .heartbeat(let epoch, _), .heartbeatAck(let epoch, _), .voteRequest(let epoch, _), .vote(let epoch, _), .newerEpoch(let epoch, _),
+             .preVoteRequest(let epoch, _), .preVote(let epoch, _), .timeoutNow(let epoch), .transferVoteRequest(let epoch, _):
+            epoch
+        }
+    }
+}
+
 /// The binary form of ``PeerFrame``s on a replication stream.
 ///
 /// Layout (integers big-endian): `u32 length` (bytes after it), `u8 type`, then the payload:
@@ -234,45 +260,20 @@ public struct PeerFrameCodec: Sendable {
             appendHeaders(read.headers, to: &buffer)
         case .election(let keyspace, let message, let start):
             appendString8(keyspace.rawValue, to: &buffer)
+            buffer.append(message.kind)
+            append(message.epoch, to: &buffer)
             switch message {
-            case .heartbeat(let epoch, let sentMs):
-                buffer.append(1)
-                append(epoch, to: &buffer)
+            case .heartbeat(_, let sentMs), .heartbeatAck(_, let sentMs):
                 append(sentMs, to: &buffer)
-            case .heartbeatAck(let epoch, let sentMs):
-                buffer.append(2)
-                append(epoch, to: &buffer)
-                append(sentMs, to: &buffer)
-            case .voteRequest(let epoch, let position):
-                buffer.append(3)
-                append(epoch, to: &buffer)
+            case .voteRequest(_, let position), .preVoteRequest(_, let position), .transferVoteRequest(_, let position):
                 append(position.epoch, to: &buffer)
                 append(position.sequence, to: &buffer)
-            case .vote(let epoch, let granted):
-                buffer.append(4)
-                append(epoch, to: &buffer)
+            case .vote(_, let granted), .preVote(_, let granted):
                 buffer.append(granted ? 1 : 0)
-            case .newerEpoch(let epoch, let leader):
-                buffer.append(5)
-                append(epoch, to: &buffer)
+            case .newerEpoch(_, let leader):
                 appendString8(leader?.rawValue ?? "", to: &buffer)
-            case .preVoteRequest(let epoch, let position):
-                buffer.append(6)
-                append(epoch, to: &buffer)
-                append(position.epoch, to: &buffer)
-                append(position.sequence, to: &buffer)
-            case .preVote(let epoch, let granted):
-                buffer.append(7)
-                append(epoch, to: &buffer)
-                buffer.append(granted ? 1 : 0)
-            case .timeoutNow(let epoch):
-                buffer.append(8)
-                append(epoch, to: &buffer)
-            case .transferVoteRequest(let epoch, let position):
-                buffer.append(9)
-                append(epoch, to: &buffer)
-                append(position.epoch, to: &buffer)
-                append(position.sequence, to: &buffer)
+            case .timeoutNow:
+                break
             }
             if let start {
                 let applied = start.applied.sorted { $0.key < $1.key }.prefix(Self.originsMax)

@@ -41,6 +41,8 @@ func seeds(_ target: Target) -> [[UInt8]] {
             peerCodec.encode(.batch(from: 1, through: 7, entries: entries)),
             peerCodec.encode(.forwardRead(ForwardedRead(id: 3, keyspace: keyspace, key: key, headers: [ForwardedHeader(name: "Meridian-Consistency", value: "strong")]))),
             peerCodec.encode(.forwardReply(ForwardedReply(id: 3, status: 300, headers: [], body: Array("{}".utf8)))),
+            peerCodec.encode(.election(keyspace: keyspace, message: .heartbeat(epoch: 2, sentMs: 99), start: EpochStart(epoch: 2, leader: eu, applied: [us: 7, eu: 3]))),
+            peerCodec.encode(.election(keyspace: keyspace, message: .voteRequest(epoch: 3, position: LogPosition(epoch: 2, sequence: 7)), start: nil)),
         ]
     case .entry:
         return entries.map { entryCodec.encode($0) }

@@ -54,6 +54,8 @@ final class Leadership: Sendable {
     /// Replicated batches between their fence check and their commit: a new leader takes its start only when
     /// none is in flight, so nothing it applies is missing from the start it announces.
     private let applying = Atomic<Int>(0)
+    /// Held while an election state is saved (saves go one at a time, newest state each).
+    private let saving = Mutex<Void>(())
     private let started = ContinuousClock.now
     private let wallClockMs: @Sendable () -> UInt64
     let tickInterval: Duration
@@ -147,6 +149,17 @@ final class Leadership: Sendable {
         let wall = wallClockMs()
         let effects = terms.withLock { terms -> [ElectionMember.Effect] in
             guard var term = terms[keyspace] else { return [] }
+            if case .timeoutNow = message {
+                // Stand only holding everything the handing-over leader's term began with (its own log it checked
+                // itself): otherwise a majority write of an earlier term, held by the leader but not here, could be
+                // left behind. Not caught up: decline, and an ordinary election follows.
+                let applied = store.appliedHighWater()
+                guard let start, start.leader == peer,
+                      start.applied.allSatisfy({ origin, sequence in origin == peer || applied[origin, default: 0] >= sequence }) else {
+                    logger.warning("declined a hand-over: not caught up with the leader's term", metadata: ["keyspace": "\(keyspace)", "from": "\(peer)"])
+                    return []
+                }
+            }
             var effects = term.member.received(message, from: peer, nowMs: now, position: position(term))
             if case .timeoutNow = message, term.member.role == .candidate { term.handedTo = true }
             if case .heartbeat(let epoch, _) = message, term.member.record.epoch == epoch, term.member.leader == peer {
@@ -170,22 +183,26 @@ final class Leadership: Sendable {
                        send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async {
         for effect in effects {
             switch effect {
-            case .persist(let record):
-                let start = terms.withLock { $0[keyspace]?.start }
-                // A record of a later epoch than the known start drops it: the start belongs to an older term.
-                let kept = start.flatMap { $0.epoch == record.epoch ? $0 : nil }
+            case .persist:
+                // The member's current record (never an older copy), with the start if it belongs to its epoch.
                 do {
-                    try store.saveElection(keyspace, StoredElection(record: record, start: kept))
+                    try persist(keyspace)
                 } catch {
                     logger.error("election state not stored; not acting on it", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+                    stepDown(keyspace)
                     return
                 }
             case .send(let peer, let message):
                 var start: EpochStart?
-                if case .heartbeat = message { start = terms.withLock { $0[keyspace]?.start } }
+                switch message {
+                case .heartbeat, .timeoutNow: start = terms.withLock { $0[keyspace]?.start }
+                default: break
+                }
                 send(peer, .election(keyspace: keyspace, message: message, start: start))
             case .becameLeader(let epoch):
-                await takeOffice(keyspace, epoch: epoch)
+                // Off the stream's and the ticker's loops: it waits for batches in flight.
+                terms.withLock { $0[keyspace]?.capturing = true }
+                Task { await self.takeOffice(keyspace, epoch: epoch) }
             case .following(let epoch, let leader):
                 terms.withLock { terms in
                     guard var term = terms[keyspace] else { return }
@@ -216,58 +233,97 @@ final class Leadership: Sendable {
         }
         if let pending {
             Task {
-                for _ in 0..<2_000 where self.applying.load(ordering: .acquiring) > 0 {
-                    try? await Task.sleep(for: .milliseconds(1))
-                }
+                await self.drainApplying(keyspace, "checking for a deposed leader's writes")
                 let ahead = self.store.appliedHighWater().contains { origin, sequence in
                     origin != pending.leader && sequence > pending.applied[origin, default: 0]
                 }
                 if ahead { await repair(keyspace, pending) }
-                self.terms.withLock { $0[keyspace]?.reverting = false }
+                self.terms.withLock { terms in
+                    // A newer term's check owns the flag now.
+                    if terms[keyspace]?.checkedEpoch == pending.epoch { terms[keyspace]?.reverting = false }
+                }
             }
         }
     }
 
     /// This region won `epoch`: once no replicated batch is between its fence check and its commit, the term's
-    /// start is what this region holds, recorded durably before the first heartbeat announces it.
+    /// start is what this region holds, recorded durably before any heartbeat announces it or any write is taken.
     private func takeOffice(_ keyspace: KeyspaceName, epoch: UInt64) async {
         terms.withLock { $0[keyspace]?.capturing = true }
-        for _ in 0..<2_000 where applying.load(ordering: .acquiring) > 0 {
-            try? await Task.sleep(for: .milliseconds(1))
-        }
+        await drainApplying(keyspace, "taking office")
         let applied = store.appliedHighWater()
         let wall = wallClockMs()
-        let (record, previous, heard, stood) = terms.withLock { terms -> (ElectionRecord?, RegionName?, UInt64?, UInt64?) in
-            guard var term = terms[keyspace], term.member.record.epoch == epoch else { return (nil, nil, nil, nil) }
-            term.start = EpochStart(epoch: epoch, leader: region, applied: applied.filter { $0.key != region })
-                .with(own: applied[region] ?? 0, region: region)
-            term.capturing = false
+        let taken = terms.withLock { terms -> (record: ElectionRecord, start: EpochStart, previous: RegionName?, heard: UInt64?, stood: UInt64?, handedTo: Bool)? in
+            guard var term = terms[keyspace] else { return nil }
+            guard term.member.record.epoch == epoch, term.member.role == .leader else {
+                // A newer epoch arrived meanwhile: this term is over before it began.
+                term.capturing = false
+                terms[keyspace] = term
+                return nil
+            }
+            let start = EpochStart(epoch: epoch, leader: region, applied: applied)
+            term.start = start
             term.checkedEpoch = epoch
             term.firstWriteRecorded = false
-            let previous = term.previousLeader, heard = term.leaderHeardWallMs, stood = term.stoodWallMs
+            let taken = (term.member.record, start, term.previousLeader, term.leaderHeardWallMs, term.stoodWallMs, term.handedTo)
             term.previousLeader = nil
             term.stoodWallMs = nil
+            term.handedTo = false
+            term.wonByHandOver = taken.5
             terms[keyspace] = term
-            return (term.member.record, previous, heard, stood)
+            return taken
         }
-        let reason = terms.withLock { terms -> String in
-            let handedTo = terms[keyspace]?.handedTo == true
-            terms[keyspace]?.handedTo = false
-            terms[keyspace]?.wonByHandOver = handedTo
-            return handedTo ? "transfer" : "failure"
-        }
-        guard let record else { return }
-        let start = terms.withLock { $0[keyspace]?.start }
+        guard let taken else { return }
         do {
-            try store.saveElection(keyspace, StoredElection(record: record, start: start))
-            if epoch > 1 {
-                try await store.recordFailover(keyspace: keyspace, epoch: epoch, leader: region, previousLeader: previous, lastHeardMs: heard,
-                                               suspectedMs: stood ?? wall, electedMs: wall, reason: reason)
-            }
+            try persist(keyspace)
         } catch {
-            logger.error("the new term could not be recorded", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+            // Without a durable start the term cannot be announced: step down so the others elect a successor.
+            logger.error("the new term could not be stored; not leading it", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+            stepDown(keyspace)
+            return
         }
-        logger.notice("leading", metadata: ["keyspace": "\(keyspace)", "epoch": "\(epoch)", "previous": "\(previous.map(\.rawValue) ?? "none")"])
+        terms.withLock { $0[keyspace]?.capturing = false }
+        if epoch > 1 {
+            do {
+                try await store.recordFailover(keyspace: keyspace, epoch: epoch, leader: region, previousLeader: taken.previous, lastHeardMs: taken.heard,
+                                               suspectedMs: taken.stood ?? wall, electedMs: wall, reason: taken.handedTo ? "transfer" : "failure")
+            } catch {
+                logger.warning("the failover could not be recorded in the report", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+            }
+        }
+        logger.notice("leading", metadata: ["keyspace": "\(keyspace)", "epoch": "\(epoch)", "previous": "\(taken.previous.map(\.rawValue) ?? "none")"])
+    }
+
+    /// Stops leading a keyspace whose election state cannot be stored: its heartbeats stop, so the others elect.
+    private func stepDown(_ keyspace: KeyspaceName) {
+        let now = nowMs
+        terms.withLock { terms in
+            guard var term = terms[keyspace] else { return }
+            _ = term.member.stepDown(nowMs: now)
+            term.capturing = false
+            terms[keyspace] = term
+        }
+    }
+
+    /// Waits until no replicated batch is between its fence check and its commit (bounded: 2 s, then says so).
+    private func drainApplying(_ keyspace: KeyspaceName, _ purpose: String) async {
+        let deadline = ContinuousClock.now + .seconds(2)
+        while applying.load(ordering: .acquiring) > 0 {
+            guard ContinuousClock.now < deadline else {
+                logger.warning("replicated batches still committing after 2 s; going on", metadata: ["keyspace": "\(keyspace)", "step": "\(purpose)"])
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    /// Stores the keyspace's current election record and start, one save at a time, so a save computed
+    /// earlier can never overwrite a later one (a forgotten vote could let this region vote twice).
+    private func persist(_ keyspace: KeyspaceName) throws(MeridianError) {
+        try saving.withLock { _ throws(MeridianError) in
+            guard let (record, start) = terms.withLock({ terms in terms[keyspace].map { ($0.member.record, $0.start) } }) else { return }
+            try store.saveElection(keyspace, StoredElection(record: record, start: start.flatMap { $0.epoch == record.epoch ? $0 : nil }))
+        }
     }
 
     // MARK: - The write path
@@ -403,14 +459,5 @@ final class Leadership: Sendable {
     /// For anti-entropy: single-leader keyspaces repair only from their leader, whose copy is the truth.
     func leader(_ keyspace: KeyspaceName) -> RegionName? {
         terms.withLock { $0[keyspace]?.member.leader }
-    }
-}
-
-extension EpochStart {
-    /// The start with the leader's own log end included (its own writes of earlier terms count).
-    func with(own sequence: UInt64, region: RegionName) -> EpochStart {
-        var applied = self.applied
-        applied[region] = sequence
-        return EpochStart(epoch: epoch, leader: leader, applied: applied)
     }
 }

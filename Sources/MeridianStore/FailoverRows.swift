@@ -239,6 +239,15 @@ extension RegionStore {
         }
     }
 
+    /// Releases a claim of `markReapplied` whose write was refused.
+    public func unmarkReapplied(id: Int64) async throws(MeridianError) {
+        do {
+            try await pool.write { db in try db.execute(sql: "UPDATE divergence SET reapplied_ms = NULL WHERE id = ?", arguments: [id]) }
+        } catch {
+            throw MeridianError(.storageFailure, "The divergence log could not be updated (\(error)).")
+        }
+    }
+
     private static func divergedWrite(_ row: Row) throws -> DivergedWrite {
         let origin = try RegionName(row["origin"] as String)
         guard let operation = MeridianCore.Operation(rawValue: UInt8(row["operation"] as Int)) else {

@@ -92,6 +92,8 @@ import Testing
         (regions + "keyspaces:\n  - { name: k, topology: multi-leader, residency: { access: maybe } }\n", "keyspaces[0].residency.access", "proxy, deny"),
         (regions + "keyspaces:\n  - { name: k, topology: geo-partitioned }\n", "keyspaces[0].home", "default home"),
         (regions + "keyspaces:\n  - { name: k, topology: single-leader, leader: us-east, failover: { missed_heartbeats: 0 } }\n", "keyspaces[0].failover.missed_heartbeats", "out of range"),
+        (regions + "keyspaces:\n  - { name: k, topology: single-leader, leader: us-east, failover: { order: [us-east, eu-west] } }\n", "keyspaces[0].failover.order", "every replica"),
+        (regions + "keyspaces:\n  - { name: k, topology: single-leader, leader: us-east, failover: { order: [eu-west, us-east, ap-southeast] } }\n", "keyspaces[0].failover.order", "put it first"),
         (regions + "keyspaces:\n  - { name: k, topology: multi-leader, cache: { ttl_ms: -1 } }\n", "keyspaces[0].cache.ttl_ms", "out of range"),
         (regions + "keyspaces:\n  - { name: k, topology: multi-leader }\n  - { name: k, topology: multi-leader }\n", "keyspaces[1].name", "defined twice"),
         (regions + "keyspaces:\n  - { name: Bad!, topology: multi-leader }\n", "keyspaces[0].name", "a-z"),

@@ -299,6 +299,17 @@ public struct ElectionMember: Sendable {
         }
     }
 
+    /// Leader: stops leading at once (its disk failed, say) without handing over: the others elect a successor
+    /// once its heartbeats stop.
+    public mutating func stepDown(nowMs: UInt64) -> [Effect] {
+        guard role == .leader else { return [] }
+        role = .follower
+        confirmedSentMs = [:]
+        record.leader = nil
+        lastHeardMs = nowMs
+        return [.following(epoch: record.epoch, leader: nil)]
+    }
+
     /// Leader: hands leadership to `target`, which the caller has seen catch up with every write acknowledged
     /// here. This region stops acknowledging at once (no lease), then tells `target` to stand; voters grant
     /// `target` although they heard this region lately. If `target` fails to win, an ordinary election follows.

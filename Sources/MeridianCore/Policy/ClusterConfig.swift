@@ -442,6 +442,14 @@ struct ConfigParser {
                     for (index, region) in order.enumerated() where !replicas.contains(region) {
                         throw ConfigProblem(path: "\(orderValue.path)[\(index)]", message: "'\(region)' is not a replica of this keyspace")
                     }
+                    // Elections count the regions of the order, acks count every replica: they must be the same set,
+                    // or a majority-acknowledged write could miss the voters that elect the next leader.
+                    if let missing = replicas.first(where: { !order.contains($0) }) {
+                        throw ConfigProblem(path: orderValue.path, message: "the failover order must list every replica of the keyspace; '\(missing)' is missing")
+                    }
+                    if order.first != chosen {
+                        throw ConfigProblem(path: orderValue.path, message: "the failover order starts with the keyspace's leader '\(chosen)'; put it first")
+                    }
                     failover?.order = order
                 }
                 if let missed = failoverFields["missed_heartbeats"] { failover?.missedHeartbeats = try missed.int(in: 1...100) }

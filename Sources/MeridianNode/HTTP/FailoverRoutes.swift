@@ -55,7 +55,8 @@ extension RegionNode {
     @Sendable func bringBack(_ keyspace: KeyspaceName, _ start: EpochStart) async {
         guard let policy = configuration.cluster.keyspace(keyspace) else { return }
         for attempt in 1...3_600 {
-            if Task.isCancelled { return }
+            // A newer term's check replaces this one (its leader is the one to follow).
+            if Task.isCancelled || leadership.snapshot(keyspace)?.epoch != start.epoch { return }
             do throws(MeridianError) {
                 var keys = Set<Key>()
                 for (origin, sequence) in store.appliedHighWater() where origin != start.leader && sequence > start.applied[origin, default: 0] {
@@ -264,15 +265,27 @@ extension RegionNode {
         guard let diverged = try await store.divergedWrite(id: id) else {
             throw MeridianError(.keyNotFound, "No write with divergence id \(id) is kept in \(region); GET /v1/divergence lists them.", context: ["id": text])
         }
-        guard diverged.reappliedMs == nil else {
-            throw MeridianError(.preconditionFailed, "Divergence id \(id) was already re-applied.", context: ["id": text])
-        }
         guard let policy = configuration.cluster.keyspace(diverged.keyspace) else {
             throw MeridianError(.unknownKeyspace, "Keyspace '\(diverged.keyspace)' is no longer in the cluster file.", context: ["keyspace": diverged.keyspace.rawValue])
         }
-        let answer = try await write(headers: [:], query: { _ in nil }, policy: policy, key: diverged.key, operation: diverged.operation,
+        // Claimed first, so two requests at once cannot both write it; released if the write is refused.
+        guard try await store.markReapplied(id: id, nowMs: Self.wallClockMs()) else {
+            throw MeridianError(.preconditionFailed, "Divergence id \(id) was already re-applied.", context: ["id": text])
+        }
+        func release() async {
+            do { try await store.unmarkReapplied(id: id) } catch {
+                logger.warning("a refused re-apply stays marked as done", metadata: ["id": "\(id)", "reason": "\(error.message)"])
+            }
+        }
+        let answer: RenderedResponse
+        do {
+            answer = try await write(headers: [:], query: { _ in nil }, policy: policy, key: diverged.key, operation: diverged.operation,
                                      contentType: diverged.contentType, value: diverged.value, forwarded: false)
-        if answer.status.code < 300 { _ = try await store.markReapplied(id: id, nowMs: Self.wallClockMs()) }
+        } catch {
+            await release()
+            throw error
+        }
+        if answer.status.code >= 300 { await release() }
         return answer.response()
     }
 }

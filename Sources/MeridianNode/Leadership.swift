@@ -234,10 +234,7 @@ final class Leadership: Sendable {
         if let pending {
             Task {
                 await self.drainApplying(keyspace, "checking for a deposed leader's writes")
-                let ahead = self.store.appliedHighWater().contains { origin, sequence in
-                    origin != pending.leader && sequence > pending.applied[origin, default: 0]
-                }
-                if ahead { await repair(keyspace, pending) }
+                await repair(keyspace, pending)
                 self.terms.withLock { terms in
                     // A newer term's check owns the flag now.
                     if terms[keyspace]?.checkedEpoch == pending.epoch { terms[keyspace]?.reverting = false }
@@ -252,6 +249,14 @@ final class Leadership: Sendable {
         terms.withLock { $0[keyspace]?.capturing = true }
         await drainApplying(keyspace, "taking office")
         let applied = store.appliedHighWater()
+        let history: [TermEnd]
+        do {
+            history = try store.terms(keyspace: keyspace)
+        } catch {
+            logger.error("the keyspace's terms could not be read; not leading it", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
+            stepDown(keyspace)
+            return
+        }
         let wall = wallClockMs()
         let taken = terms.withLock { terms -> (record: ElectionRecord, start: EpochStart, previous: RegionName?, heard: UInt64?, stood: UInt64?, handedTo: Bool)? in
             guard var term = terms[keyspace] else { return nil }
@@ -261,7 +266,7 @@ final class Leadership: Sendable {
                 terms[keyspace] = term
                 return nil
             }
-            let start = EpochStart(epoch: epoch, leader: region, applied: applied)
+            let start = EpochStart(epoch: epoch, leader: region, applied: applied, terms: history.filter { $0.epoch < epoch })
             term.start = start
             term.checkedEpoch = epoch
             term.firstWriteRecorded = false

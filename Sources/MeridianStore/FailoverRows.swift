@@ -72,6 +72,28 @@ extension RegionStore {
                 CREATE UNIQUE INDEX failovers_epoch ON failovers (keyspace, epoch);
                 """)
         }
+        // Per single-leader keyspace, the last write of each term's leader held here: a new term's start names
+        // these, so an old term's entries are judged by their own term, however late they arrive.
+        migrator.registerMigration("v6-keyspace-terms") { db in
+            try db.execute(sql: """
+                CREATE TABLE keyspace_terms (
+                    keyspace TEXT NOT NULL, origin TEXT NOT NULL, epoch INTEGER NOT NULL, last INTEGER NOT NULL,
+                    PRIMARY KEY (keyspace, origin, epoch)) WITHOUT ROWID;
+                INSERT INTO keyspace_terms (keyspace, origin, epoch, last)
+                    SELECT keyspace, origin, epoch, MAX(sequence) FROM log WHERE epoch > 0 GROUP BY keyspace, origin, epoch;
+                """)
+        }
+    }
+
+    /// The terms of a keyspace whose writes this region holds: per term, its leader and the last of its
+    /// writes held here; the newest `limit` terms.
+    public func terms(keyspace: KeyspaceName, limit: Int = EpochStart.termsMax) throws(MeridianError) -> [TermEnd] {
+        try readingNow { db in
+            try Row.fetchAll(db, sql: "SELECT origin, epoch, last FROM keyspace_terms WHERE keyspace = ? ORDER BY epoch DESC LIMIT ?",
+                             arguments: [keyspace.rawValue, limit]).map { row in
+                TermEnd(epoch: UInt64(row["epoch"] as Int64), leader: try RegionName(row["origin"] as String), last: UInt64(row["last"] as Int64))
+            }
+        }
     }
 
     // MARK: - Elections
@@ -85,7 +107,7 @@ extension RegionStore {
                     epoch: UInt64(row["epoch"] as Int64), leader: try (row["leader"] as String?).map { try RegionName($0) },
                     votedEpoch: UInt64(row["voted_epoch"] as Int64), votedFor: try (row["voted_for"] as String?).map { try RegionName($0) })
                 let start = try (row["start"] as String?).map(Self.parseStart)
-                result[try KeyspaceName(row["keyspace"] as String)] = StoredElection(record: record, start: start ?? nil)
+                result[try KeyspaceName(row["keyspace"] as String)] = StoredElection(record: record, start: start)
             }
             return result
         }
@@ -110,18 +132,30 @@ extension RegionStore {
 
     static func formatStart(_ start: EpochStart) -> String {
         "\(start.epoch) \(start.leader) " + start.applied.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            + " " + start.terms.map { "\($0.epoch):\($0.leader)=\($0.last)" }.joined(separator: ",")
     }
 
-    static func parseStart(_ text: String) throws -> EpochStart? {
+    /// - Throws: `storage_failure` when the stored text is not a start this code wrote.
+    static func parseStart(_ text: String) throws -> EpochStart {
         let parts = text.split(separator: " ", omittingEmptySubsequences: false)
-        guard parts.count == 3, let epoch = UInt64(parts[0]) else { return nil }
+        func corrupt() -> MeridianError { MeridianError(.storageFailure, "A stored election start is unreadable: '\(text.prefix(200))'.") }
+        guard parts.count == 3 || parts.count == 4, let epoch = UInt64(parts[0]) else { throw corrupt() }
         var applied: [RegionName: UInt64] = [:]
         for pair in parts[2].split(separator: ",") {
             let fields = pair.split(separator: "=")
-            guard fields.count == 2, let sequence = UInt64(fields[1]) else { return nil }
+            guard fields.count == 2, let sequence = UInt64(fields[1]) else { throw corrupt() }
             applied[try RegionName(String(fields[0]))] = sequence
         }
-        return EpochStart(epoch: epoch, leader: try RegionName(String(parts[1])), applied: applied)
+        var terms: [TermEnd] = []
+        if parts.count == 4 {
+            for item in parts[3].split(separator: ",") {
+                let fields = item.split(separator: "=")
+                let head = fields.first?.split(separator: ":") ?? []
+                guard fields.count == 2, head.count == 2, let termEpoch = UInt64(head[0]), let last = UInt64(fields[1]) else { throw corrupt() }
+                terms.append(TermEnd(epoch: termEpoch, leader: try RegionName(String(head[1])), last: last))
+            }
+        }
+        return EpochStart(epoch: epoch, leader: try RegionName(String(parts[1])), applied: applied, terms: terms)
     }
 
     /// Where this region's copy of a single-leader keyspace reaches: the newest epoch among the keyspace's
@@ -150,12 +184,18 @@ extension RegionStore {
     /// Keeps aside the writes of `keyspace` this region holds from `origin`'s log beyond `after` in epochs
     /// before `successorEpoch` (a deposed leader's writes its successor never held), and returns their keys:
     /// the caller brings those keys back to the current leader's state.
-    public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, successorEpoch: UInt64, nowMs: UInt64) async throws(MeridianError) -> Set<Key> {
+    /// - Parameter epoch: Only writes of this term (nil: of every term before `successorEpoch`).
+    public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64? = nil, successorEpoch: UInt64,
+                           nowMs: UInt64) async throws(MeridianError) -> Set<Key> {
         do {
             return try await pool.write { db in
                 let rows = try Row.fetchAll(db, sql: """
-                    SELECT * FROM log WHERE origin = ? AND sequence > ? AND keyspace = ? AND epoch < ? ORDER BY sequence
-                    """, arguments: [origin.rawValue, Int64(after), keyspace.rawValue, Int64(successorEpoch)])
+                    SELECT * FROM log WHERE origin = ? AND sequence > ? AND keyspace = ? AND epoch < ? AND (? IS NULL OR epoch = ?) ORDER BY sequence
+                    """, arguments: [origin.rawValue, Int64(after), keyspace.rawValue, Int64(successorEpoch), epoch.map(Int64.init), epoch.map(Int64.init)])
+                // The term's writes held here now end before the first one kept aside.
+                try db.execute(sql: """
+                    UPDATE keyspace_terms SET last = MIN(last, ?) WHERE keyspace = ? AND origin = ? AND epoch < ? AND (? IS NULL OR epoch = ?) AND last > ?
+                    """, arguments: [Int64(after), keyspace.rawValue, origin.rawValue, Int64(successorEpoch), epoch.map(Int64.init), epoch.map(Int64.init), Int64(after)])
                 var keys: Set<Key> = []
                 for row in rows {
                     try Self.insertDiverted(db, keyspace: keyspace, key: row["key"], origin: origin, sequence: row["sequence"], epoch: row["epoch"],

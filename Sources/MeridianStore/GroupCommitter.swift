@@ -246,6 +246,13 @@ actor GroupCommitter {
                 entry.contentType, Data(entry.value), RegionStore.dependenciesColumn(entry.dependencies),
                 RegionStore.dependenciesColumn(entry.context),
             ])
+        // Single-leader writes (epoch above 0): how far each term's leader's writes of the keyspace are held here.
+        if entry.epoch > 0 {
+            try db.cachedStatement(sql: """
+                INSERT INTO keyspace_terms (keyspace, origin, epoch, last) VALUES (?, ?, ?, ?)
+                ON CONFLICT (keyspace, origin, epoch) DO UPDATE SET last = MAX(last, excluded.last)
+                """).execute(arguments: [entry.keyspace.rawValue, entry.origin.rawValue, Int64(entry.epoch), Int64(entry.sequence)])
+        }
     }
 
     /// Applies a batch of another origin's log covering sequences `from...through`, in one transaction.

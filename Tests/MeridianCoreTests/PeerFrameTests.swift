@@ -32,7 +32,7 @@ import Testing
             .forwardRead(ForwardedRead(id: 9, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"),
                                        headers: [ForwardedHeader(name: "Meridian-Consistency", value: "strong")])),
             .election(keyspace: try! KeyspaceName("accounts"), message: .heartbeat(epoch: 3, sentMs: 1_234),
-                      start: EpochStart(epoch: 3, leader: eu, applied: [us: 40, eu: 7])),
+                      start: EpochStart(epoch: 3, leader: eu, applied: [us: 40, eu: 7], terms: [TermEnd(epoch: 1, leader: us, last: 40)])),
             .election(keyspace: try! KeyspaceName("accounts"), message: .heartbeatAck(epoch: 3, sentMs: 1_234), start: nil),
             .election(keyspace: try! KeyspaceName("accounts"), message: .voteRequest(epoch: 4, position: LogPosition(epoch: 3, sequence: 9)), start: nil),
             .election(keyspace: try! KeyspaceName("accounts"), message: .vote(epoch: 4, granted: true), start: nil),
@@ -99,6 +99,9 @@ import Testing
         let firstName = Array("eu-west".utf8)
         twice.replaceSubrange((second)..<(second + 7), with: firstName)
         #expect(code(twice) == .codecInvalidField)
+        // A start naming a term not before its own epoch.
+        #expect(code(codec.encode(.election(keyspace: ks, message: .heartbeat(epoch: 2, sentMs: 0),
+                                            start: EpochStart(epoch: 2, leader: us, applied: [:], terms: [TermEnd(epoch: 2, leader: us, last: 1)])))) == .codecInvalidField)
         var padded = codec.encode(.ack(applied: 1, echoMs: 0))
         padded[3] += 1
         padded.append(0)

@@ -1,17 +1,32 @@
-/// Where a leader's term of a single-leader keyspace begins: the epoch, its leader, and how far the leader
-/// had applied every origin's log when it took over. The writes of earlier terms that count are exactly
-/// those the new leader held; the rest (async writes a deposed leader acknowledged but never shipped to it)
-/// are diverted to the divergence log instead of being applied.
+/// Where a leader's term of a single-leader keyspace begins: the epoch, its leader, how far the leader had
+/// applied every origin's log, and how far it held each earlier term's writes when it took over. The writes
+/// of earlier terms that count are exactly those the new leader held; the rest (async writes a deposed
+/// leader acknowledged but never shipped to it) are diverted to the divergence log instead of being applied.
 public struct EpochStart: Hashable, Sendable, CustomStringConvertible {
     public let epoch: UInt64
     public let leader: RegionName
     /// Per origin, the last sequence of its log the leader had applied when its term began.
     public let applied: [RegionName: UInt64]
+    /// The keyspace's history as the new leader held it: per earlier term, that term's leader and the last of
+    /// its writes the new leader held (the newest `termsMax` terms). An earlier term's write counts only up to
+    /// there, however late it arrives, even when its leader leads again later.
+    public let terms: [TermEnd]
 
-    public init(epoch: UInt64, leader: RegionName, applied: [RegionName: UInt64]) {
+    /// The most earlier terms a start names; writes of older terms are judged as not held.
+    public static let termsMax = 64
+
+    public init(epoch: UInt64, leader: RegionName, applied: [RegionName: UInt64], terms: [TermEnd] = []) {
         self.epoch = epoch
         self.leader = leader
         self.applied = applied
+        // One leader per term: a term named twice keeps its first mention.
+        var seen: Set<UInt64> = []
+        self.terms = Array(terms.sorted { $0.epoch > $1.epoch }.filter { seen.insert($0.epoch).inserted }.prefix(Self.termsMax))
+    }
+
+    /// How far the new leader held the writes of `epoch` by `origin` (nil: none).
+    public func last(of origin: RegionName, in epoch: UInt64) -> UInt64? {
+        terms.first { $0.epoch == epoch && $0.leader == origin }?.last
     }
 
     /// The first term of a keyspace: the configured leader, with nothing before it.
@@ -19,6 +34,19 @@ public struct EpochStart: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         "epoch \(epoch) led by \(leader) from " + applied.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
+    }
+}
+
+/// The writes of one term of a single-leader keyspace that a region holds: its leader's, up to `last`.
+public struct TermEnd: Hashable, Sendable {
+    public let epoch: UInt64
+    public let leader: RegionName
+    public let last: UInt64
+
+    public init(epoch: UInt64, leader: RegionName, last: UInt64) {
+        self.epoch = epoch
+        self.leader = leader
+        self.last = last
     }
 }
 
@@ -47,6 +75,9 @@ public enum Fence {
         if epoch > following { return .wait }
         guard let start, start.epoch == following else { return .wait }
         if origin == start.leader && epoch == following { return .apply }
-        return sequence <= start.applied[origin, default: 0] ? .apply : .divert
+        // An earlier term's write counts up to where the new leader held that term's writes; a term it held
+        // nothing of counts nothing.
+        guard let last = start.last(of: origin, in: epoch) else { return .divert }
+        return sequence <= last ? .apply : .divert
     }
 }

@@ -182,7 +182,8 @@ extension ElectionMessage {
 ///     8 refusal      str8 code, str16 message
 ///     9 forwardRead  u64 id, str8 keyspace, str16 key, headers
 ///    10 election     str8 keyspace, u8 kind, kind's fields, u8 hasStart, [u64 epoch, str8 leader, u8 count,
-///                    count × (str8 origin, u64 sequence)]; kinds: 1 heartbeat (u64 epoch, u64 sentMs),
+///                    count × (str8 origin, u64 sequence), u8 terms, terms × (u64 epoch, str8 leader, u64 last)];
+///                    kinds: 1 heartbeat (u64 epoch, u64 sentMs),
 ///                    2 heartbeatAck (same), 3 voteRequest (u64 epoch, u64 positionEpoch, u64 positionSequence),
 ///                    4 vote (u64 epoch, u8 granted), 5 newerEpoch (u64 epoch, str8 leader, empty for none),
 ///                    6 preVoteRequest (as 3), 7 preVote (as 4), 8 timeoutNow (u64 epoch),
@@ -284,6 +285,12 @@ public struct PeerFrameCodec: Sendable {
                 for (origin, sequence) in applied {
                     appendString8(origin.rawValue, to: &buffer)
                     append(sequence, to: &buffer)
+                }
+                buffer.append(UInt8(start.terms.count))
+                for term in start.terms {
+                    append(term.epoch, to: &buffer)
+                    appendString8(term.leader.rawValue, to: &buffer)
+                    append(term.last, to: &buffer)
                 }
             } else {
                 buffer.append(0)
@@ -465,7 +472,20 @@ public struct PeerFrameCodec: Sendable {
             }
             applied[origin] = try sequenceField(&body, "start_sequence", minimum: 0)
         }
-        return .election(keyspace: keyspace, message: message, start: EpochStart(epoch: startEpoch, leader: leader, applied: applied))
+        let termCount = Int(try body.required(body.readUInt8(), "start_terms"))
+        guard termCount <= EpochStart.termsMax else {
+            throw MeridianError(.codecInvalidField, "The epoch's start names \(termCount) earlier terms; the limit is \(EpochStart.termsMax).", context: ["field": "start_terms"])
+        }
+        var terms: [TermEnd] = []
+        for _ in 0..<termCount {
+            let termEpoch = try sequenceField(&body, "term_epoch", minimum: 1)
+            guard termEpoch < startEpoch, !terms.contains(where: { $0.epoch == termEpoch }) else {
+                throw MeridianError(.codecInvalidField, "The epoch's start names term \(termEpoch) twice or not before its own epoch \(startEpoch).",
+                                    context: ["field": "term_epoch"])
+            }
+            terms.append(TermEnd(epoch: termEpoch, leader: try RegionName(try string8(&body, "term_leader")), last: try sequenceField(&body, "term_last", minimum: 0)))
+        }
+        return .election(keyspace: keyspace, message: message, start: EpochStart(epoch: startEpoch, leader: leader, applied: applied, terms: terms))
     }
 
     // MARK: - Fields

@@ -58,9 +58,14 @@ extension RegionNode {
             // A newer term's check replaces this one (its leader is the one to follow).
             if Task.isCancelled || leadership.snapshot(keyspace)?.epoch != start.epoch { return }
             do throws(MeridianError) {
+                // Every earlier term whose writes this region holds beyond where the new leader held them. Terms
+                // older than those the start names (it names the newest `termsMax`) are settled.
                 var keys = Set<Key>()
-                for (origin, sequence) in store.appliedHighWater() where origin != start.leader && sequence > start.applied[origin, default: 0] {
-                    keys.formUnion(try await store.divertHeld(keyspace: keyspace, origin: origin, after: start.applied[origin, default: 0],
+                let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
+                for term in try store.terms(keyspace: keyspace, limit: 100_000) where term.epoch < start.epoch && term.epoch >= oldestNamed {
+                    let held = start.last(of: term.leader, in: term.epoch) ?? 0
+                    guard term.last > held else { continue }
+                    keys.formUnion(try await store.divertHeld(keyspace: keyspace, origin: term.leader, after: held, epoch: term.epoch,
                                                               successorEpoch: start.epoch, nowMs: Self.wallClockMs()))
                 }
                 guard !keys.isEmpty else { return }

@@ -54,10 +54,7 @@ extension RegionNode {
         func reply(_ status: Int, _ headers: [ForwardedHeader] = [], _ body: [UInt8]) -> ForwardedReply {
             ForwardedReply(id: read.id, status: UInt16(status), headers: headers, body: body)
         }
-        func failure(_ error: MeridianError) -> ForwardedReply {
-            let rendered = error.rendered()
-            return reply(rendered.status.code, [], Array(buffer: rendered.body))
-        }
+        func failure(_ error: MeridianError) -> ForwardedReply { ForwardedReply(id: read.id, rendered: error.rendered()) }
         guard let policy = configuration.cluster.keyspace(read.keyspace), policy.isReplica(region), policy.isReplica(from) else {
             return failure(MeridianError(.notReplicaRegion, "Anti-entropy of '\(read.keyspace)' runs only between regions that hold a replica of it."))
         }
@@ -111,32 +108,11 @@ extension RegionNode {
             let theirs = try MerkleTree(encoded: treeReply.body)
             peerTree = theirs
             differing = before.differingBuckets(theirs)
-            var after: String?
-            var pages = 0
-            while !differing.isEmpty {
-                pages += 1
-                guard pages <= 100_000 else { break }
-                var headers = common + [ForwardedHeader(name: Self.internalHeader, value: "states"),
-                                        ForwardedHeader(name: Self.bucketsHeader, value: differing.map(String.init).joined(separator: ","))]
-                if let after { headers.append(ForwardedHeader(name: Self.afterHeader, value: after)) }
-                let page = try await replicator.forward(to: peer) { id in
-                    .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
-                }
-                guard page.status == 200 else { throw Self.peerRefused(peer, page) }
-                // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
-                let states = try KeyStateCodec.decode(page.body, valueBytesMax: limits.replicationFrameBytesMax)
-                guard states.allSatisfy({ item in
-                    item.state.context.regions.allSatisfy { configuration.cluster.region($0) != nil }
-                        && item.state.versions.allSatisfy { configuration.cluster.region($0.version.origin) != nil }
-                }) else {
-                    throw MeridianError(.replicationProtocol, "\(peer) sent key states naming regions outside the cluster; check that every region runs the same cluster file.")
-                }
+            let complete = try await pullStates(policy, buckets: differing, from: peer) { states throws(MeridianError) in
                 received += states.count
                 changed += try await store.merge(keyspace: policy.name, states: states)
-                after = page.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
-                if after == nil { break }
             }
-            if after == nil { peerLogHighWater = highWater }
+            if complete { peerLogHighWater = highWater }
         } catch {
             problem = error.message
         }
@@ -150,6 +126,36 @@ extension RegionNode {
                                   peerRoot: peerTree.map { MerkleTree.hex($0.root) } ?? "", keys: keys,
                                   bucketsDiffering: differing.count, keysReceived: received, keysChanged: changed, error: problem)
         return (report, problem == nil ? peerLogHighWater : nil)
+    }
+
+    /// Pulls a peer's key states of some Merkle buckets, page by page, handing each page (checked to name only
+    /// regions of the cluster) to `page`.
+    /// - Returns: Whether every page was pulled (false only past the page bound).
+    func pullStates(_ policy: KeyspacePolicy, buckets: [Int], from peer: RegionName,
+                    _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
+        guard !buckets.isEmpty else { return true }
+        var after: String?
+        for _ in 0..<100_000 {
+            var headers = [ForwardedHeader(name: Self.internalHeader, value: "states"),
+                           ForwardedHeader(name: Self.bucketsHeader, value: buckets.map(String.init).joined(separator: ","))]
+            if let after { headers.append(ForwardedHeader(name: Self.afterHeader, value: after)) }
+            let reply = try await replicator.forward(to: peer) { id in
+                .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
+            }
+            guard reply.status == 200 else { throw Self.peerRefused(peer, reply) }
+            // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
+            let states = try KeyStateCodec.decode(reply.body, valueBytesMax: limits.replicationFrameBytesMax)
+            guard states.allSatisfy({ item in
+                item.state.context.regions.allSatisfy { configuration.cluster.region($0) != nil }
+                    && item.state.versions.allSatisfy { configuration.cluster.region($0.version.origin) != nil }
+            }) else {
+                throw MeridianError(.replicationProtocol, "\(peer) sent key states naming regions outside the cluster; check that every region runs the same cluster file.")
+            }
+            try await page(states)
+            after = reply.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
+            if after == nil { return true }
+        }
+        return false
     }
 
     /// Repairs every keyspace this region shares with `peer`. When all of them completed, this region holds

@@ -72,7 +72,7 @@ final class Leadership: Sendable {
         tickInterval = .milliseconds(max(5, limits.heartbeatIntervalMs / 4))
         let stored = try store.elections()
         var terms: [KeyspaceName: Term] = [:]
-        let nowMs = Self.ms(ContinuousClock.now - started)
+        let nowMs = (ContinuousClock.now - started).wholeMilliseconds
         for policy in cluster.keyspaces where policy.topology == .singleLeader && policy.isReplica(region) {
             let order = policy.failover?.order ?? policy.leader.map { [$0] + policy.replicas.filter { $0 != policy.leader } } ?? policy.replicas
             guard order.contains(region), let configured = order.first else { continue }
@@ -98,12 +98,8 @@ final class Leadership: Sendable {
         self.terms = Mutex(terms)
     }
 
-    private static func ms(_ duration: Duration) -> UInt64 {
-        UInt64(duration.components.seconds) * 1000 + UInt64(duration.components.attoseconds / 1_000_000_000_000_000)
-    }
-
     /// The members' clock: ms since this node started, never jumping.
-    private var nowMs: UInt64 { Self.ms(ContinuousClock.now - started) }
+    private var nowMs: UInt64 { (ContinuousClock.now - started).wholeMilliseconds }
 
     var keyspaces: [KeyspaceName] { terms.withLock { Array($0.keys) } }
 
@@ -118,8 +114,7 @@ final class Leadership: Sendable {
 
     /// How far this region's copy of the keyspace reaches, for elections.
     private func position(_ term: Term) -> LogPosition {
-        let sequence = term.newest.origin == region ? (store.appliedHighWater()[region] ?? 0) : (store.appliedHighWater()[term.newest.origin] ?? 0)
-        return LogPosition(epoch: term.newest.epoch, sequence: sequence)
+        LogPosition(epoch: term.newest.epoch, sequence: store.appliedHighWater()[term.newest.origin] ?? 0)
     }
 
     // MARK: - Driving the members
@@ -464,5 +459,12 @@ final class Leadership: Sendable {
     /// For anti-entropy: single-leader keyspaces repair only from their leader, whose copy is the truth.
     func leader(_ keyspace: KeyspaceName) -> RegionName? {
         terms.withLock { $0[keyspace]?.member.leader }
+    }
+}
+
+extension Duration {
+    /// The duration in whole milliseconds (never negative: the node's clocks only run forward).
+    var wholeMilliseconds: UInt64 {
+        UInt64(max(0, components.seconds)) * 1000 + UInt64(max(0, components.attoseconds) / 1_000_000_000_000_000)
     }
 }

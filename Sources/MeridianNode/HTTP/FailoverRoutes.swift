@@ -86,24 +86,12 @@ extension RegionNode {
 
     /// The leader's states of `keys` (nil for a key it does not hold), pulled by Merkle bucket.
     private func leaderStates(_ policy: KeyspacePolicy, keys: Set<Key>, from leader: RegionName) async throws(MeridianError) -> [(key: Key, state: KeyState?)] {
-        let buckets = Set(keys.map { MerkleTree.bucket(of: $0) }).sorted()
         var found: [Key: KeyState] = [:]
-        var after: String?
-        for _ in 0..<100_000 {
-            var headers = [ForwardedHeader(name: Self.internalHeader, value: "states"),
-                           ForwardedHeader(name: Self.bucketsHeader, value: buckets.map(String.init).joined(separator: ","))]
-            if let after { headers.append(ForwardedHeader(name: Self.afterHeader, value: after)) }
-            let page = try await replicator.forward(to: leader) { id in
-                .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
-            }
-            guard page.status == 200 else {
-                throw MeridianError(.regionUnavailable, "\(leader) refused to send key states (\(page.status)).", context: ["region": leader.rawValue])
-            }
-            for item in try KeyStateCodec.decode(page.body, valueBytesMax: limits.replicationFrameBytesMax) where keys.contains(item.key) {
-                found[item.key] = item.state
-            }
-            after = page.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
-            if after == nil { break }
+        let complete = try await pullStates(policy, buckets: Set(keys.map { MerkleTree.bucket(of: $0) }).sorted(), from: leader) { states in
+            for item in states where keys.contains(item.key) { found[item.key] = item.state }
+        }
+        guard complete else {
+            throw MeridianError(.regionUnavailable, "\(leader)'s key states of '\(policy.name)' did not fit the page bound.", context: ["region": leader.rawValue])
         }
         return keys.sorted().map { ($0, found[$0]) }
     }
@@ -147,10 +135,7 @@ extension RegionNode {
                         ForwardedHeader(name: Self.handOverTargetHeader, value: target.rawValue),
                     ]))
                 }
-                guard reply.status == 200 else {
-                    return Response(status: HTTPResponse.Status(code: Int(reply.status)), headers: [.contentType: "application/json"],
-                                    body: .init(byteBuffer: ByteBuffer(bytes: reply.body)))
-                }
+                guard reply.status == 200 else { return relay(reply, from: leader).response() }
             }
         }
         // Answer once this region sees the target lead (bounded).
@@ -187,7 +172,7 @@ extension RegionNode {
         } catch {
             rendered = error.rendered()
         }
-        return ForwardedReply(id: read.id, status: UInt16(rendered.status.code), headers: [], body: Array(buffer: rendered.body))
+        return ForwardedReply(id: read.id, rendered: rendered)
     }
 
     /// Failback: every `failback` keyspace this region leads in place of the first region of its failover

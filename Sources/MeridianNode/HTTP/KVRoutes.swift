@@ -117,9 +117,7 @@ extension RegionNode {
         } catch {
             rendered = error.rendered()
         }
-        return ForwardedReply(id: id, status: UInt16(rendered.status.code),
-                              headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
-                              body: Array(buffer: rendered.body))
+        return ForwardedReply(id: id, rendered: rendered)
     }
 
     /// Where a read goes once this region knows enough.
@@ -269,7 +267,7 @@ extension RegionNode {
     }
 
     /// A forwarded request's answer, as this region sends it to the client.
-    private func relay(_ reply: ForwardedReply, from target: RegionName) -> RenderedResponse {
+    func relay(_ reply: ForwardedReply, from target: RegionName) -> RenderedResponse {
         var answer = HTTPFields()
         for header in reply.headers {
             guard let name = HTTPField.Name(header.name), name != Self.regionHeader else { continue }
@@ -517,5 +515,14 @@ extension RegionNode {
         } catch {
             throw MeridianError(.invalidRequest, "The request body could not be read: \(error).")
         }
+    }
+}
+
+extension ForwardedReply {
+    /// A rendered answer (or error) as it travels back to the region that forwarded the request.
+    init(id: UInt64, rendered: RenderedResponse) {
+        self.init(id: id, status: UInt16(rendered.status.code),
+                  headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
+                  body: Array(buffer: rendered.body))
     }
 }

@@ -66,8 +66,7 @@ final class Replicator: Sendable {
 
     /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
     var monotonicMs: UInt64 {
-        let elapsed = ContinuousClock.now - started
-        return UInt64(elapsed.components.seconds) * 1000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
+        (ContinuousClock.now - started).wholeMilliseconds
     }
 
     init(region: RegionName, cluster: ClusterConfig, store: RegionStore, route: PeerRoute, wallClockMs: @escaping @Sendable () -> UInt64,
@@ -411,7 +410,7 @@ final class Replicator: Sendable {
         guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
             forwardsServed.subtract(1, ordering: .relaxed)
             let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered()
-            replies.yield(.forwardReply(ForwardedReply(id: id, status: UInt16(refused.status.code), headers: [], body: Array(buffer: refused.body))))
+            replies.yield(.forwardReply(ForwardedReply(id: id, rendered: refused)))
             return false
         }
         return true
@@ -553,8 +552,7 @@ final class AckWaiters: Sendable {
     }
 
     private var nowMs: UInt64 {
-        let elapsed = ContinuousClock.now - started
-        return UInt64(elapsed.components.seconds) * 1000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
+        (ContinuousClock.now - started).wholeMilliseconds
     }
 
     func wait(sequence: UInt64, required: Int, replicas: [RegionName], timeoutMs: UInt64) async throws(MeridianError) -> AckTracker.Resolution {

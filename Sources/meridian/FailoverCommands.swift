@@ -40,17 +40,30 @@ struct Failovers: AsyncParsableCommand {
     func run() async throws {
         let config = try cluster.load()
         var rows: [(Int, String)] = []
-        var diverted: [String: Int] = [:]
+        // The same write may be kept aside in several regions (the deposed leader, and followers it reached
+        // late): count each once, by origin and sequence, per keyspace and fencing epoch.
+        var diverted: [String: Set<String>] = [:]
         for region in config.regions {
             guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 10) else {
                 print("\(region.name): unreachable")
                 continue
             }
             let result = try await connection.request("GET", "/v1/failovers")
-            await connection.close()
             try report(result, verbose: false, printBody: json)
             let answer = parsedJSON(result)
-            for (key, count) in answer["diverted"] as? [String: Int] ?? [:] { diverted[key, default: 0] += count }
+            var after = 0
+            for _ in 0..<1_000 {
+                let page = try await connection.request("GET", "/v1/divergence?limit=1000&after=\(after)")
+                try report(page, verbose: false, printBody: false)
+                let listing = parsedJSON(page)
+                for write in listing["writes"] as? [[String: Any]] ?? [] {
+                    let key = "\(write["keyspace"] as? String ?? "")/\(write["successor_epoch"] as? Int ?? 0)"
+                    diverted[key, default: []].insert("\(write["origin"] as? String ?? "").\(write["sequence"] as? Int ?? 0)")
+                }
+                guard let next = listing["next"] as? Int else { break }
+                after = next
+            }
+            await connection.close()
             for event in answer["failovers"] as? [[String: Any]] ?? [] {
                 let heard = event["last_heard_ms"] as? Int
                 let suspected = event["suspected_ms"] as? Int ?? 0
@@ -69,7 +82,7 @@ struct Failovers: AsyncParsableCommand {
               + column("ELECT ms", 10) + column("RTO ms", 10) + "KEPT ASIDE")
         for (_, row) in rows.sorted(by: { $0.0 < $1.0 }) {
             let parts = row.split(separator: "\u{1}", maxSplits: 1)
-            print(String(parts[0]) + String(diverted[String(parts[1])] ?? 0))
+            print(String(parts[0]) + String(diverted[String(parts[1])]?.count ?? 0))
         }
     }
 }

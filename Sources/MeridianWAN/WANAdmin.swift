@@ -100,12 +100,16 @@ extension WANEmulator {
 
     func status() -> StatusAnswer {
         let (table, counters) = snapshot()
-        return StatusAnswer(latencyScale: table.latencyScale, jitterPercent: table.jitterPercent, links: proxies.map { proxy in
-            let state = table.state(proxy.link)
-            let counter = counters[proxy.link] ?? LinkCounters()
+        // A link is served by its own proxy, or in source-address mode by its destination's gateway.
+        let endpoints = proxies.map { ($0.link, $0.listen, $0.target) } + gateways.flatMap { gateway in
+            table.links.filter { $0.to == gateway.region }.map { ($0, gateway.listen, gateway.target) }
+        }
+        return StatusAnswer(latencyScale: table.latencyScale, jitterPercent: table.jitterPercent, links: endpoints.map { link, listen, target in
+            let state = table.state(link)
+            let counter = counters[link] ?? LinkCounters()
             return StatusAnswer.Link(
-                from: proxy.link.from.rawValue, to: proxy.link.to.rawValue, listen: proxy.listen.description,
-                target: proxy.target.description, rttMs: table.rttMs(proxy.link.from, proxy.link.to),
+                from: link.from.rawValue, to: link.to.rawValue, listen: listen.description,
+                target: target.description, rttMs: table.rttMs(link.from, link.to),
                 oneWayMs: state.oneWayDelayMs, jitterMs: state.jitterMs, partitioned: state.partitioned,
                 connections: counter.connections, bytes: counter.bytes)
         })

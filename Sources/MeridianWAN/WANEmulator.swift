@@ -20,6 +20,16 @@ public final class WANEmulator: Sendable {
         public let target: Endpoint
     }
 
+    /// A listener for one destination region in source-address mode (see `init(cluster:gateways:sources:)`).
+    public struct Gateway: Sendable, Hashable {
+        /// The region connections arriving here go to.
+        public let region: RegionName
+        /// Where the gateway listens.
+        public let listen: Endpoint
+        /// Where it forwards (the region's peer address).
+        public let target: Endpoint
+    }
+
     /// Counters of one directed link.
     public struct LinkCounters: Sendable, Hashable {
         /// Connections accepted by the link's proxy.
@@ -28,8 +38,12 @@ public final class WANEmulator: Sendable {
         public var bytes = 0
     }
 
-    /// Every proxy, in link order.
+    /// Every proxy, in link order (none in source-address mode).
     public let proxies: [Proxy]
+    /// Every gateway, in region order (only in source-address mode).
+    public let gateways: [Gateway]
+    /// The region each source address belongs to (source-address mode).
+    private let sources: [String: RegionName]
     private let table: Mutex<WANTable>
     private let counters: Mutex<[DirectedLink: LinkCounters]>
     private let listeners = Mutex<[any Channel]>([])
@@ -53,6 +67,31 @@ public final class WANEmulator: Sendable {
                   listen: listenOverrides[link] ?? cluster.wanListenEndpoint(from: link.from, to: link.to)!,
                   target: targetOverrides[link.to] ?? cluster.region(link.to)!.peer)
         }
+        gateways = []
+        sources = [:]
+        self.table = Mutex(table)
+        self.counters = Mutex(Dictionary(uniqueKeysWithValues: table.links.map { ($0, LinkCounters()) }))
+        self.seed = seed
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Prepares the emulator in source-address mode, for systems whose members all dial one advertised address
+    /// per member (etcd's peer URLs), so the dialled port cannot tell the link: one gateway per region forwards
+    /// to that region's peer address, and the link is found from the address the connection comes from (each
+    /// region's processes then need an address of their own, such as a network namespace). A connection from an
+    /// address not in `sources`, or from the gateway's own region, is refused.
+    /// - Throws: `invalidConfig` when a gateway or source names a region the cluster lacks.
+    public init(cluster: ClusterConfig, latencyScale: Double? = nil, gateways: [RegionName: Endpoint], sources: [String: RegionName],
+                seed: UInt64 = 1, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                logger: Logger = Logger(label: "meridian.wan")) throws(MeridianError) {
+        for name in Array(gateways.keys) + Array(sources.values) where cluster.region(name) == nil {
+            throw MeridianError(.invalidConfig, "The WAN gateway names region '\(name)', which the cluster file lacks. Use one of: \(cluster.regions.map(\.name.rawValue).joined(separator: ", ")).")
+        }
+        let table = WANTable(cluster: cluster, latencyScale: latencyScale)
+        proxies = []
+        self.gateways = gateways.keys.sorted().map { Gateway(region: $0, listen: gateways[$0]!, target: cluster.region($0)!.peer) }
+        self.sources = sources
         self.table = Mutex(table)
         self.counters = Mutex(Dictionary(uniqueKeysWithValues: table.links.map { ($0, LinkCounters()) }))
         self.seed = seed
@@ -88,22 +127,35 @@ public final class WANEmulator: Sendable {
     /// - Throws: When a listen address is taken; proxies already bound are closed again.
     public func start() async throws {
         for proxy in proxies {
-            do {
-                let channel = try await ServerBootstrap(group: group)
-                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .childChannelInitializer { [self] inbound in
-                        accept(inbound, proxy: proxy)
-                    }
-                    .bind(host: proxy.listen.host, port: proxy.listen.port).get()
-                listeners.withLock { $0.append(channel) }
-            } catch {
-                await stop()
-                throw MeridianError(.invalidConfig, "The WAN proxy for \(proxy.link) cannot listen on \(proxy.listen): \(error). Choose another wan.base_port.",
-                                    context: ["listen": proxy.listen.description])
+            try await listen(proxy.listen, what: "proxy for \(proxy.link)") { [self] inbound in
+                accept(inbound, link: proxy.link, target: proxy.target)
             }
         }
-        logger.info("WAN emulator proxying \(proxies.count) links")
+        for gateway in gateways {
+            try await listen(gateway.listen, what: "gateway to \(gateway.region)") { [self] inbound in
+                guard let address = inbound.remoteAddress?.ipAddress, let from = sources[address], from != gateway.region else {
+                    logger.warning("WAN gateway to \(gateway.region) refused a connection from \(inbound.remoteAddress?.description ?? "?"): not a known source address of another region")
+                    return inbound.close()
+                }
+                return accept(inbound, link: DirectedLink(from: from, to: gateway.region), target: gateway.target)
+            }
+        }
+        logger.info("WAN emulator proxying \(proxies.count) links and \(gateways.count) gateways")
+    }
+
+    private func listen(_ endpoint: Endpoint, what: String, _ accept: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) async throws {
+        do {
+            let channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer(accept)
+                .bind(host: endpoint.host, port: endpoint.port).get()
+            listeners.withLock { $0.append(channel) }
+        } catch {
+            await stop()
+            throw MeridianError(.invalidConfig, "The WAN \(what) cannot listen on \(endpoint): \(error). Choose another wan.base_port (or gateway address).",
+                                context: ["listen": endpoint.description])
+        }
     }
 
     /// Closes every proxy listener (established connections end when either side closes).
@@ -115,11 +167,11 @@ public final class WANEmulator: Sendable {
         for channel in channels { try? await channel.close() }
     }
 
-    private func accept(_ inbound: any Channel, proxy: Proxy) -> EventLoopFuture<Void> {
-        counters.withLock { $0[proxy.link, default: LinkCounters()].connections += 1 }
+    private func accept(_ inbound: any Channel, link: DirectedLink, target: Endpoint) -> EventLoopFuture<Void> {
+        counters.withLock { $0[link, default: LinkCounters()].connections += 1 }
         let connection = connectionSeed.add(1, ordering: .relaxed).newValue
-        let reverse = DirectedLink(from: proxy.link.to, to: proxy.link.from)
-        let upstream = Relay(link: proxy.link, network: self, seed: seed &* 31 &+ connection &* 2)
+        let reverse = DirectedLink(from: link.to, to: link.from)
+        let upstream = Relay(link: link, network: self, seed: seed &* 31 &+ connection &* 2)
         let downstream = Relay(link: reverse, network: self, seed: seed &* 31 &+ connection &* 2 &+ 1)
         do {
             try inbound.pipeline.syncOperations.addHandler(upstream)
@@ -132,7 +184,7 @@ public final class WANEmulator: Sendable {
             .channelInitializer { outbound in
                 outbound.eventLoop.makeCompletedFuture { try outbound.pipeline.syncOperations.addHandler(downstream) }
             }
-            .connect(host: proxy.target.host, port: proxy.target.port)
+            .connect(host: target.host, port: target.port)
             .whenComplete { result in
                 switch result {
                 case .success(let outbound):

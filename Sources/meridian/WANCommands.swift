@@ -14,15 +14,51 @@ struct WANCommand: AsyncParsableCommand {
     @Option(help: "Multiply every delay (tests run at 0.1; default: the file's wan.latency_scale).") var latencyScale: Double?
     @Option(help: "Seed for jitter.") var seed: UInt64 = 1
     @Flag(help: "Exit when the parent process exits (used by `meridian up`).") var exitWithParent = false
+    @Option(name: .customLong("gateway"), help: ArgumentHelp(
+        "Source-address mode: REGION=HOST:PORT, a listener forwarding to REGION's peer address; the link is told by the connecting address (see --source). Repeat per region.",
+        valueName: "region=host:port")) var gatewayArguments: [String] = []
+    @Option(name: .customLong("source"), help: ArgumentHelp(
+        "Source-address mode: ADDRESS=REGION, the address REGION's processes connect from. Repeat per region.",
+        valueName: "address=region")) var sourceArguments: [String] = []
 
     func validate() throws {
         if let latencyScale, !(latencyScale >= 0 && latencyScale <= 100) { throw ValidationError("--latency-scale must be 0 to 100.") }
+        _ = try gateways()
+        _ = try sources()
+        if gatewayArguments.isEmpty != sourceArguments.isEmpty { throw ValidationError("--gateway and --source go together: source-address mode needs both.") }
+    }
+
+    private func gateways() throws -> [RegionName: Endpoint] {
+        var gateways: [RegionName: Endpoint] = [:]
+        for argument in gatewayArguments {
+            let parts = argument.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let region = try? RegionName(parts[0]), let endpoint = Endpoint(parsing: parts[1]) else {
+                throw ValidationError("--gateway '\(argument)' is not REGION=HOST:PORT, such as eu-west=10.231.2.1:24002.")
+            }
+            guard gateways.updateValue(endpoint, forKey: region) == nil else { throw ValidationError("--gateway names \(region) twice.") }
+        }
+        return gateways
+    }
+
+    private func sources() throws -> [String: RegionName] {
+        var sources: [String: RegionName] = [:]
+        for argument in sourceArguments {
+            let parts = argument.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let region = try? RegionName(parts[1]) else {
+                throw ValidationError("--source '\(argument)' is not ADDRESS=REGION, such as 10.231.2.2=eu-west.")
+            }
+            guard sources.updateValue(region, forKey: parts[0]) == nil else { throw ValidationError("--source names \(parts[0]) twice.") }
+        }
+        return sources
     }
 
     func run() async throws {
         let config = try cluster.load()
-        let emulator = WANEmulator(cluster: config, latencyScale: latencyScale, seed: seed)
+        let emulator: WANEmulator
         do {
+            emulator = gatewayArguments.isEmpty
+                ? WANEmulator(cluster: config, latencyScale: latencyScale, seed: seed)
+                : try WANEmulator(cluster: config, latencyScale: latencyScale, gateways: try gateways(), sources: try sources(), seed: seed)
             try await emulator.start()
         } catch let error as MeridianError {
             throw CLIFailure(error.message)
@@ -35,6 +71,10 @@ struct WANCommand: AsyncParsableCommand {
             say("\(proxy.link)".padding(toLength: 30, withPad: " ", startingAt: 0)
                 + "\(proxy.listen)".padding(toLength: 18, withPad: " ", startingAt: 0)
                 + "\(proxy.target)".padding(toLength: 18, withPad: " ", startingAt: 0) + String(format: "%.0f", rtt))
+        }
+        for gateway in emulator.gateways {
+            say("* -> \(gateway.region) (by source)".padding(toLength: 30, withPad: " ", startingAt: 0)
+                + "\(gateway.listen)".padding(toLength: 18, withPad: " ", startingAt: 0) + "\(gateway.target)")
         }
         let app = Application(
             router: emulator.adminRouter(),

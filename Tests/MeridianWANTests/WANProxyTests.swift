@@ -211,3 +211,75 @@ struct WANHarness {
         }
     }
 }
+
+/// Source-address mode, as `bench/peers` runs it for etcd: one gateway per region, the link told by the address
+/// a connection comes from (loopback's 127.0.0.2 and 127.0.0.3 stand in for two regions' own addresses).
+@Suite(.serialized) struct WANGatewayTests {
+    static let config = """
+        regions:
+          - { name: us-east, client: 127.0.0.1:1, peer: 127.0.0.1:2 }
+          - { name: eu-west, client: 127.0.0.1:3, peer: 127.0.0.1:4 }
+          - { name: ap-southeast, client: 127.0.0.1:5, peer: 127.0.0.1:6 }
+        wan:
+          rtt_ms:
+            - { between: [us-east, ap-southeast], ms: 120 }
+            - { between: [eu-west, ap-southeast], ms: 40 }
+            - { between: [us-east, eu-west], ms: 80 }
+        """
+
+    /// The fastest of `pings` round trips from `source` through the gateway, or nil when the gateway closed the connection.
+    static func fastestRoundTripMs(from source: String, to port: Int, pings: Int = 8) async throws -> Double? {
+        let collector = Collector()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) } }
+            .bind(to: try SocketAddress(ipAddress: source, port: 0))
+            .connect(host: "127.0.0.1", port: port).get()
+        defer { channel.close(promise: nil) }
+        var fastest = Double.infinity
+        for index in 1...pings {
+            let started = ContinuousClock.now
+            // A refused connection may already be closed when the ping goes out.
+            guard (try? await channel.writeAndFlush(ByteBuffer(bytes: [UInt8(index)]))) != nil,
+                  await collector.waitFor(count: index, timeoutSeconds: 3) else { return nil }
+            let elapsed = ContinuousClock.now - started
+            fastest = min(fastest, Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000)
+        }
+        return fastest
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func theLinkIsToldByTheSourceAddress() async throws {
+        let echo = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) } }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { echo.close(promise: nil) }
+        let cluster = try ClusterConfig.parse(yaml: Self.config.replacingOccurrences(of: "127.0.0.1:6", with: "127.0.0.1:\(echo.localAddress!.port!)"), file: "gateway-test")
+        let ap = RegionName(validated: "ap-southeast")
+        let port = try LocalProcesses.freePort()
+        let emulator = try WANEmulator(cluster: cluster, gateways: [ap: Endpoint(host: "127.0.0.1", port: port)],
+                                       sources: ["127.0.0.2": RegionName(validated: "us-east"), "127.0.0.3": RegionName(validated: "eu-west")])
+        try await emulator.start()
+        defer { Task { await emulator.stop() } }
+
+        let fromUS = try #require(try await Self.fastestRoundTripMs(from: "127.0.0.2", to: port))
+        let fromEU = try #require(try await Self.fastestRoundTripMs(from: "127.0.0.3", to: port))
+        #expect(fromUS >= 120 && fromUS < 170, "us-east -> ap-southeast: fastest RTT \(fromUS) ms through a 120 ms link")
+        #expect(fromEU >= 40 && fromEU < 90, "eu-west -> ap-southeast: fastest RTT \(fromEU) ms through a 40 ms link")
+        // An address of no region (and the gateway's own region) is refused rather than given some link's delay.
+        #expect(try await Self.fastestRoundTripMs(from: "127.0.0.1", to: port, pings: 1) == nil)
+        let links = emulator.snapshot().counters
+        #expect(links[DirectedLink(from: RegionName(validated: "us-east"), to: ap)]?.connections == 1)
+        #expect(links[DirectedLink(from: RegionName(validated: "eu-west"), to: ap)]?.connections == 1)
+    }
+
+    @Test func aGatewayOrSourceOfAnUnknownRegionIsAConfigError() throws {
+        let cluster = try ClusterConfig.parse(yaml: Self.config, file: "gateway-test")
+        #expect(throws: MeridianError.self) {
+            try WANEmulator(cluster: cluster, gateways: [RegionName(validated: "mars"): Endpoint(host: "127.0.0.1", port: 1)], sources: [:])
+        }
+        #expect(throws: MeridianError.self) {
+            try WANEmulator(cluster: cluster, gateways: [:], sources: ["127.0.0.2": RegionName(validated: "mars")])
+        }
+    }
+}

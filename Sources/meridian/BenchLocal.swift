@@ -5,7 +5,7 @@ import MeridianClient
 import MeridianCore
 
 struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure Meridian.", subcommands: [Local.self, WAN.self, Replication.self, Consistency.self, Convergence.self])
+    static let configuration = CommandConfiguration(abstract: "Measure Meridian.", subcommands: [Local.self, WAN.self, Replication.self, Consistency.self, Convergence.self, Peers.self])
 
     struct Local: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -27,48 +27,19 @@ struct Bench: AsyncParsableCommand {
         }
 
         func run() async throws {
-            var node: Process?
-            var directory: String?
-            let target: Endpoint
             if let endpoint {
-                guard let parsed = Endpoint(parsing: endpoint) else { throw ValidationError("--endpoint is not host:port.") }
-                target = parsed
-            } else {
-                let port = try LocalProcesses.freePort()
-                let peerPort = try LocalProcesses.freePort()
-                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(getpid())").path
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-                let file = (dir as NSString).appendingPathComponent("cluster.yaml")
-                try """
-                    cluster: bench
-                    regions:
-                      - { name: local, client: 127.0.0.1:\(port), peer: 127.0.0.1:\(peerPort) }
-                    keyspaces:
-                      - { name: \(keyspace), topology: multi-leader, conflict: lww, ack: async }
-                    """.write(toFile: file, atomically: true, encoding: .utf8)
-                let process = try LocalProcesses.start(
-                    LocalProcesses.currentExecutable(),
-                    ["node", "--config", file, "--region", "local", "--data", (dir as NSString).appendingPathComponent("data"),
-                     "--exit-with-parent", "--log-level", "warning"],
-                    logPath: (dir as NSString).appendingPathComponent("node.log"))
-                node = process
-                directory = dir
-                target = Endpoint(host: "127.0.0.1", port: port)
-                guard await LocalProcesses.waitHealthy(host: target.host, port: port, process: process, timeoutSeconds: 60) else {
-                    await LocalProcesses.stop(process)
-                    throw CLIFailure("the benchmark node did not start; see \(dir)/node.log")
-                }
-            }
-            defer {
-                if let directory { try? FileManager.default.removeItem(atPath: directory) }
-            }
-            do {
+                guard let target = Endpoint(parsing: endpoint) else { throw ValidationError("--endpoint is not host:port.") }
                 try await measure(target)
+                return
+            }
+            let node = try await SingleNode.start(keyspace: keyspace)
+            do {
+                try await measure(node.endpoint)
             } catch {
-                if let node { await LocalProcesses.stop(node) }
+                await node.stop()
                 throw error
             }
-            if let node { await LocalProcesses.stop(node) }
+            await node.stop()
         }
 
         private func measure(_ target: Endpoint) async throws {
@@ -104,6 +75,46 @@ struct Bench: AsyncParsableCommand {
             getHalf.printRow(String(format: "GET at %.0f/s (open loop)", halfRate))
             print("\nPUT latency includes the group commit's fsync; open-loop latency is measured from each request's scheduled start.")
         }
+    }
+}
+
+/// A one-region node of its own, in a temporary directory, for one-node benchmarks.
+struct SingleNode {
+    let process: Process
+    let directory: String
+    let endpoint: Endpoint
+
+    /// Starts the node with one async multi-leader keyspace and waits until it is healthy.
+    static func start(keyspace: String) async throws -> SingleNode {
+        let port = try LocalProcesses.freePort()
+        let peerPort = try LocalProcesses.freePort()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let file = (directory as NSString).appendingPathComponent("cluster.yaml")
+        try """
+            cluster: bench
+            regions:
+              - { name: local, client: 127.0.0.1:\(port), peer: 127.0.0.1:\(peerPort) }
+            keyspaces:
+              - { name: \(keyspace), topology: multi-leader, conflict: lww, ack: async }
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let process = try LocalProcesses.start(
+            LocalProcesses.currentExecutable(),
+            ["node", "--config", file, "--region", "local", "--data", (directory as NSString).appendingPathComponent("data"),
+             "--exit-with-parent", "--log-level", "warning"],
+            logPath: (directory as NSString).appendingPathComponent("node.log"))
+        let node = SingleNode(process: process, directory: directory, endpoint: Endpoint(host: "127.0.0.1", port: port))
+        guard await LocalProcesses.waitHealthy(host: "127.0.0.1", port: port, process: process, timeoutSeconds: 60) else {
+            await LocalProcesses.stop(process)
+            throw CLIFailure("the benchmark node did not start; see \(directory)/node.log")
+        }
+        return node
+    }
+
+    /// Stops the node and removes its directory.
+    func stop() async {
+        await LocalProcesses.stop(process)
+        try? FileManager.default.removeItem(atPath: directory)
     }
 }
 

@@ -230,6 +230,17 @@ final class BenchCluster {
         return (lag["samples"] as? Int ?? 0, lag["p50"] as? Int ?? 0, lag["p99"] as? Int ?? 0)
     }
 
+    /// The whole apply-lag distribution `region` measured for `origin`'s entries: [percentile, ms] points.
+    func applyLagDistribution(at region: RegionName, from origin: RegionName) async throws -> (samples: Int, distribution: [[Double]]) {
+        let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
+        let lag = inbound?["apply_lag_ms"] as? [String: Any] ?? [:]
+        let points = (lag["distribution"] as? [[Any]] ?? []).compactMap { point -> [Double]? in
+            guard point.count == 2, let p = (point[0] as? NSNumber)?.doubleValue, let ms = (point[1] as? NSNumber)?.doubleValue else { return nil }
+            return [p, ms]
+        }
+        return (lag["samples"] as? Int ?? 0, points)
+    }
+
     func stop() async {
         for process in processes.reversed() { await LocalProcesses.stop(process) }
         if removeAfter { try? FileManager.default.removeItem(atPath: directory) }

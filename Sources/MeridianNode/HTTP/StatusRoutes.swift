@@ -98,6 +98,10 @@ struct StatusAnswer: Encodable {
         let p50: UInt64
         let p99: UInt64
         let max: UInt64
+        /// [percentile, ms] points of the whole distribution (for benchmark plots).
+        let distribution: [[Double]]
+
+        static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
     }
 
     let region: String
@@ -164,7 +168,10 @@ extension RegionNode {
                     lagEntries: originLog - appliedHere,
                     applyLagMs: StatusAnswer.LagSummary(
                         samples: histogram?.totalCount ?? 0, p50: histogram?.valueAtPercentile(50) ?? 0,
-                        p99: histogram?.valueAtPercentile(99) ?? 0, max: histogram?.max ?? 0),
+                        p99: histogram?.valueAtPercentile(99) ?? 0, max: histogram?.max ?? 0,
+                        distribution: histogram.map { histogram in
+                            StatusAnswer.LagSummary.percentiles.map { [$0, Double(histogram.valueAtPercentile($0))] } + [[100, Double(histogram.max)]]
+                        } ?? []),
                     stalenessMs: staleness[peer.name])))
         }
         let keyspaces = configuration.cluster.keyspaces.map { policy in

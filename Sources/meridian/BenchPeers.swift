@@ -318,29 +318,22 @@ struct PeerRunner {
     /// Runs pgbench (libpq, PostgreSQL's own benchmark client) from a region: `options.writes` transactions of
     /// `sql` from `options.clients` connections, and reads each transaction's latency from its log.
     func pgbench(_ postgres: PeerTargets.Postgres, _ via: Endpoint, sql: String, label: String) async throws -> Histogram<UInt64> {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pgbench-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let script = (directory as NSString).appendingPathComponent("write.sql")
-        try sql.write(toFile: script, atomically: true, encoding: .utf8)
         let perClient = max(1, options.writes / options.clients)
-        let process = try LocalProcesses.start(postgres.pgbench, [
-            "-n", "-h", via.host, "-p", String(via.port), "-U", "postgres", "-c", String(options.clients), "-j", "1",
-            "-t", String(perClient), "-f", script, "-l", "--log-prefix", (directory as NSString).appendingPathComponent("log"), "postgres",
-        ], logPath: (directory as NSString).appendingPathComponent("pgbench.out"))
-        guard await LocalProcesses.waitExited(process, timeoutSeconds: 600), process.terminationStatus == 0 else {
-            let output = (try? String(contentsOfFile: (directory as NSString).appendingPathComponent("pgbench.out"), encoding: .utf8)) ?? ""
-            await LocalProcesses.stop(process)
-            throw CLIFailure("pgbench (\(label)) failed: \(output.suffix(500))")
-        }
-        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-        for file in try FileManager.default.contentsOfDirectory(atPath: directory) where file.hasPrefix("log") {
-            let text = try String(contentsOfFile: (directory as NSString).appendingPathComponent(file), encoding: .utf8)
-            // client_id transaction_no latency_us script_no epoch_s epoch_us
-            for line in text.split(separator: "\n") {
-                let fields = line.split(separator: " ")
-                if fields.count >= 3, let latency = UInt64(fields[2]) { _ = histogram.record(max(1, latency)) }
+        let histogram = try await ToolScratch.with { scratch in
+            let script = try scratch.write(sql, to: "write.sql")
+            _ = try await scratch.run(postgres.pgbench, [
+                "-n", "-h", via.host, "-p", String(via.port), "-U", "postgres", "-c", String(options.clients), "-j", "1",
+                "-t", String(perClient), "-f", script, "-l", "--log-prefix", scratch.path("log"), "postgres",
+            ], timeoutSeconds: 600)
+            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+            for file in try FileManager.default.contentsOfDirectory(atPath: scratch.directory) where file.hasPrefix("log") {
+                // client_id transaction_no latency_us script_no epoch_s epoch_us
+                for line in try String(contentsOfFile: scratch.path(file), encoding: .utf8).split(separator: "\n") {
+                    let fields = line.split(separator: " ")
+                    if fields.count >= 3, let latency = UInt64(fields[2]) { _ = histogram.record(max(1, latency)) }
+                }
             }
+            return histogram
         }
         guard histogram.totalCount >= UInt64(perClient * options.clients) else {
             throw CLIFailure("pgbench (\(label)) logged \(histogram.totalCount) of \(perClient * options.clients) transactions")
@@ -444,20 +437,18 @@ struct PeerRunner {
                 }
             }))
         }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pgbench-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let script = (directory as NSString).appendingPathComponent("lag.sql")
-        try "INSERT INTO lag (t) VALUES (clock_timestamp());".write(toFile: script, atomically: true, encoding: .utf8)
-        // Open loop at the rate (-R), as many connections as Meridian's writer uses, for the same seconds.
-        let writer = try LocalProcesses.start(postgres.pgbench, [
-            "-n", "-h", primary.host, "-p", String(primary.port), "-U", "postgres", "-c", "16", "-j", "2", "-R", String(Int(options.rate)),
-            "-T", String(Int(options.seconds)), "-f", script, "postgres",
-        ], logPath: (directory as NSString).appendingPathComponent("pgbench.out"))
-        guard await LocalProcesses.waitExited(writer, timeoutSeconds: options.seconds + 60), writer.terminationStatus == 0 else {
-            await LocalProcesses.stop(writer)
+        do {
+            try await ToolScratch.with { scratch in
+                let script = try scratch.write("INSERT INTO lag (t) VALUES (clock_timestamp());", to: "lag.sql")
+                // Open loop at the rate (-R), as many connections as Meridian's writer uses, for the same seconds.
+                _ = try await scratch.run(postgres.pgbench, [
+                    "-n", "-h", primary.host, "-p", String(primary.port), "-U", "postgres", "-c", "16", "-j", "2", "-R", String(Int(options.rate)),
+                    "-T", String(Int(options.seconds)), "-f", script, "postgres",
+                ], timeoutSeconds: options.seconds + 60)
+            }
+        } catch {
             for (_, observer) in observers { observer.cancel() }
-            throw CLIFailure("pgbench (lag writer) failed: \((try? String(contentsOfFile: (directory as NSString).appendingPathComponent("pgbench.out"), encoding: .utf8)) ?? "")")
+            throw error
         }
         let end = try await onThread {
             Int(try PostgresConnection(host: primary.host, port: primary.port).scalar("SELECT coalesce(max(id), 0) FROM lag") ?? "") ?? 0
@@ -607,11 +598,6 @@ struct PeerRunner {
     /// Preloads `keys` keys when the script writes nothing (reads need them), then runs wrk with the Lua `script`
     /// for `seconds` and reads its request rate and latency percentiles. Non-2xx answers fail the phase.
     static func wrk(_ base: String, connections: Int, seconds: Double, keys: Int, script: String) async throws -> LoadResult {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-wrk-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let file = (directory as NSString).appendingPathComponent("script.lua")
-        try script.write(toFile: file, atomically: true, encoding: .utf8)
         if !script.contains("\"PUT\"") && !script.contains("/v3/kv/put") {
             // Reads follow the write phase, which covers the keys only by chance: write each once.
             let put = script.contains("/v3/") ? "/v3/kv/put" : nil
@@ -628,15 +614,10 @@ struct PeerRunner {
             await pool.close()
             try preload.requireSuccess("preload of \(keys) keys")
         }
-        let output = (directory as NSString).appendingPathComponent("out.txt")
-        let process = try LocalProcesses.start("/usr/bin/wrk", [
-            "-t1", "-c\(connections)", "-d\(Int(seconds))s", "--latency", "-s", file, base,
-        ], logPath: output)
-        guard await LocalProcesses.waitExited(process, timeoutSeconds: seconds + 60), process.terminationStatus == 0 else {
-            await LocalProcesses.stop(process)
-            throw CLIFailure("wrk failed: \((try? String(contentsOfFile: output, encoding: .utf8)) ?? "")")
+        let text = try await ToolScratch.with { scratch in
+            try await scratch.run("/usr/bin/wrk", ["-t1", "-c\(connections)", "-d\(Int(seconds))s", "--latency", "-s", try scratch.write(script, to: "script.lua"), base],
+                                  timeoutSeconds: seconds + 60)
         }
-        let text = try String(contentsOfFile: output, encoding: .utf8)
         if let line = text.split(separator: "\n").first(where: { $0.contains("Non-2xx") }) { throw CLIFailure("wrk against \(base): \(line)") }
         func ms(_ percentile: String) -> Double? {
             guard let line = text.split(separator: "\n").first(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix(percentile + " ") }),
@@ -664,19 +645,12 @@ struct PeerRunner {
     }
 
     static func redisBenchmark(_ endpoint: Endpoint, test: String, requests: Int, connections: Int) async throws -> LoadResult {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-redis-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let output = (directory as NSString).appendingPathComponent("out.csv")
-        let process = try LocalProcesses.start("/usr/bin/redis-benchmark", [
-            "-h", endpoint.host, "-p", String(endpoint.port), "-c", String(connections), "-n", String(requests), "-d", "100",
-            "-r", "10000", "-t", test, "--csv",
-        ], logPath: output)
-        guard await LocalProcesses.waitExited(process, timeoutSeconds: 600), process.terminationStatus == 0 else {
-            await LocalProcesses.stop(process)
-            throw CLIFailure("redis-benchmark -t \(test) failed: \((try? String(contentsOfFile: output, encoding: .utf8)) ?? "")")
+        let text = try await ToolScratch.with { scratch in
+            try await scratch.run("/usr/bin/redis-benchmark", [
+                "-h", endpoint.host, "-p", String(endpoint.port), "-c", String(connections), "-n", String(requests), "-d", "100",
+                "-r", "10000", "-t", test, "--csv",
+            ], timeoutSeconds: 600)
         }
-        let text = try String(contentsOfFile: output, encoding: .utf8)
         // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
         guard let line = text.split(separator: "\n").first(where: { $0.uppercased().hasPrefix("\"\(test.uppercased())") }) else {
             throw CLIFailure("redis-benchmark -t \(test) printed no result: \(text.prefix(300))")
@@ -684,6 +658,40 @@ struct PeerRunner {
         let fields = line.split(separator: ",").map { Double($0.trimmingCharacters(in: CharacterSet(charactersIn: "\""))) ?? 0 }
         guard fields.count >= 7, fields[1] > 0 else { throw CLIFailure("redis-benchmark printed an unexpected line: \(line)") }
         return LoadResult(requests: requests, opsPerSecond: fields[1], p50Ms: fields[4], p99Ms: fields[6])
+    }
+}
+
+/// A scratch directory for runs of an external tool (pgbench, wrk, redis-benchmark), removed afterwards.
+struct ToolScratch {
+    let directory: String
+
+    static func with<T>(_ body: (ToolScratch) async throws -> T) async throws -> T {
+        let scratch = ToolScratch(directory: FileManager.default.temporaryDirectory.appendingPathComponent("meridian-tool-\(UUID().uuidString)").path)
+        try FileManager.default.createDirectory(atPath: scratch.directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch.directory) }
+        return try await body(scratch)
+    }
+
+    func path(_ file: String) -> String { (directory as NSString).appendingPathComponent(file) }
+
+    /// Writes `text` to `file` here and returns its path.
+    func write(_ text: String, to file: String) throws -> String {
+        try text.write(toFile: path(file), atomically: true, encoding: .utf8)
+        return path(file)
+    }
+
+    /// Runs a tool to completion within `timeoutSeconds` and returns what it printed.
+    /// - Throws: With the end of its output when it fails or overruns (it is stopped then).
+    func run(_ executable: String, _ arguments: [String], timeoutSeconds: Double) async throws -> String {
+        let output = path("\((executable as NSString).lastPathComponent).out")
+        let process = try LocalProcesses.start(executable, arguments, logPath: output)
+        let exited = await LocalProcesses.waitExited(process, timeoutSeconds: timeoutSeconds)
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        guard exited, process.terminationStatus == 0 else {
+            await LocalProcesses.stop(process)
+            throw CLIFailure("\((executable as NSString).lastPathComponent) \(exited ? "failed" : "ran past \(Int(timeoutSeconds)) s"): \(text.suffix(500))")
+        }
+        return text
     }
 }
 

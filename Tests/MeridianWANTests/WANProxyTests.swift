@@ -137,7 +137,9 @@ struct WANHarness {
         // delay to some samples, rarely to all, while a delay missing in one direction (~50 ms) or applied
         // twice (~200 ms) shows in every one. Precision is `meridian bench wan`'s job.
         let fastest = samplesMs.min()!
-        #expect(fastest >= 100 && fastest < 160, "fastest RTT \(fastest) ms (p50 \(median) ms) through a 100 ms link")
+        // Under 190 ms: a CI run with every suite in parallel once saw the fastest at 161 ms (p50 255 ms), and a
+        // delay applied twice still shows as 200 ms or more.
+        #expect(fastest >= 100 && fastest < 190, "fastest RTT \(fastest) ms (p50 \(median) ms) through a 100 ms link")
         try await channel.close()
     }
 
@@ -222,7 +224,7 @@ struct WANHarness {
           - { name: ap-southeast, client: 127.0.0.1:5, peer: 127.0.0.1:6 }
         wan:
           rtt_ms:
-            - { between: [us-east, ap-southeast], ms: 120 }
+            - { between: [us-east, ap-southeast], ms: 300 }
             - { between: [eu-west, ap-southeast], ms: 40 }
             - { between: [us-east, eu-west], ms: 80 }
         """
@@ -264,8 +266,11 @@ struct WANHarness {
 
         let fromUS = try #require(try await Self.fastestRoundTripMs(from: "127.0.0.2", to: port))
         let fromEU = try #require(try await Self.fastestRoundTripMs(from: "127.0.0.3", to: port))
-        #expect(fromUS >= 120 && fromUS < 170, "us-east -> ap-southeast: fastest RTT \(fromUS) ms through a 120 ms link")
-        #expect(fromEU >= 40 && fromEU < 90, "eu-west -> ap-southeast: fastest RTT \(fromEU) ms through a 40 ms link")
+        // Lower bounds hold under any load; a source given the other region's link breaks one of them (through
+        // the 300 ms link no round trip is under 300 ms; through the 40 ms link, one of 8 stays far below it
+        // unless every ping stalls by 260 ms).
+        #expect(fromUS >= 300, "us-east -> ap-southeast: fastest RTT \(fromUS) ms through a 300 ms link")
+        #expect(fromEU >= 40 && fromEU < 300, "eu-west -> ap-southeast: fastest RTT \(fromEU) ms through a 40 ms link")
         // An address of no region (and the gateway's own region) is refused rather than given some link's delay.
         #expect(try await Self.fastestRoundTripMs(from: "127.0.0.1", to: port, pings: 1) == nil)
         let links = emulator.snapshot().counters

@@ -406,9 +406,7 @@ struct PeerRunner {
     /// new rows and takes each row's lag as the poll's clock_timestamp() minus the row's.
     func postgresLag(_ postgres: PeerTargets.Postgres, count: Int) async throws -> [(RegionName, Histogram<UInt64>)] {
         guard let primary = postgres.via[postgres.primaryRegion].flatMap(Endpoint.init(parsing:)) else { return [] }
-        let start = try await onThread {
-            Int(try PostgresConnection(host: primary.host, port: primary.port).scalar("SELECT coalesce(max(id), 0) FROM lag") ?? "") ?? 0
-        }
+        let start = try await Self.lagHighWater(primary)
         let shared = LagShared(count: 0)
         var observers: [(RegionName, Task<Histogram<UInt64>, any Error>)] = []
         let deadline = Date().addingTimeInterval(options.seconds + 60)
@@ -450,13 +448,18 @@ struct PeerRunner {
             for (_, observer) in observers { observer.cancel() }
             throw error
         }
-        let end = try await onThread {
-            Int(try PostgresConnection(host: primary.host, port: primary.port).scalar("SELECT coalesce(max(id), 0) FROM lag") ?? "") ?? 0
-        }
+        let end = try await Self.lagHighWater(primary)
         shared.expected.store(end - start, ordering: .releasing)
         var out: [(RegionName, Histogram<UInt64>)] = []
         for (region, observer) in observers { out.append((region, try await observer.value)) }
         return out
+    }
+
+    /// The newest row id of the lag table on the primary.
+    static func lagHighWater(_ primary: Endpoint) async throws -> Int {
+        try await onThread {
+            Int(try PostgresConnection(host: primary.host, port: primary.port).scalar("SELECT coalesce(max(id), 0) FROM lag") ?? "") ?? 0
+        }
     }
 
     /// One connection SETs keys named by their sequence number at the rate on the master; a thread per replica

@@ -225,15 +225,19 @@ final class BenchCluster {
 
     /// The apply lag `region` measured for `origin`'s entries.
     func applyLag(at region: RegionName, from origin: RegionName) async throws -> (samples: Int, p50: Int, p99: Int) {
-        let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
-        let lag = inbound?["apply_lag_ms"] as? [String: Any] ?? [:]
+        let lag = try await applyLagSummary(at: region, from: origin)
         return (lag["samples"] as? Int ?? 0, lag["p50"] as? Int ?? 0, lag["p99"] as? Int ?? 0)
+    }
+
+    /// The `apply_lag_ms` object of `region`'s status for `origin`'s inbound stream.
+    private func applyLagSummary(at region: RegionName, from origin: RegionName) async throws -> [String: Any] {
+        let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
+        return inbound?["apply_lag_ms"] as? [String: Any] ?? [:]
     }
 
     /// The whole apply-lag distribution `region` measured for `origin`'s entries: [percentile, ms] points.
     func applyLagDistribution(at region: RegionName, from origin: RegionName) async throws -> (samples: Int, distribution: [[Double]]) {
-        let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
-        let lag = inbound?["apply_lag_ms"] as? [String: Any] ?? [:]
+        let lag = try await applyLagSummary(at: region, from: origin)
         let points = (lag["distribution"] as? [[Any]] ?? []).compactMap { point -> [Double]? in
             guard point.count == 2, let p = (point[0] as? NSNumber)?.doubleValue, let ms = (point[1] as? NSNumber)?.doubleValue else { return nil }
             return [p, ms]

@@ -326,8 +326,8 @@ struct DivergedWriteAnswer: Encodable {
     let version: String
     let operation: String
     let contentType: String
-    let value: String
-    let valueBase64: String?
+    /// As text when it is UTF-8, else as `value_base64`, like every stored value the API shows.
+    let value: StoredBytes
     let recordedMs: UInt64
     let reappliedMs: UInt64?
 
@@ -342,20 +342,34 @@ struct DivergedWriteAnswer: Encodable {
         version = Version(hlc: write.hlc, sequence: write.sequence).description
         operation = write.operation.description
         contentType = write.contentType
-        let text = String(validating: write.value, as: UTF8.self)
-        value = text ?? ""
-        valueBase64 = text == nil ? Data(write.value).base64EncodedString() : nil
+        value = StoredBytes(bytes: write.value)
         recordedMs = write.recordedMs
         reappliedMs = write.reappliedMs
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, keyspace, key, origin, sequence, epoch, version, operation, value
+        case id, keyspace, key, origin, sequence, epoch, version, operation
         case successorEpoch = "successor_epoch"
         case contentType = "content_type"
-        case valueBase64 = "value_base64"
         case recordedMs = "recorded_ms"
         case reappliedMs = "reapplied_ms"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(keyspace, forKey: .keyspace)
+        try container.encode(key, forKey: .key)
+        try container.encode(origin, forKey: .origin)
+        try container.encode(sequence, forKey: .sequence)
+        try container.encode(epoch, forKey: .epoch)
+        try container.encode(successorEpoch, forKey: .successorEpoch)
+        try container.encode(version, forKey: .version)
+        try container.encode(operation, forKey: .operation)
+        try container.encode(contentType, forKey: .contentType)
+        try container.encode(recordedMs, forKey: .recordedMs)
+        try container.encodeIfPresent(reappliedMs, forKey: .reappliedMs)
+        try value.encode(to: encoder)
     }
 }
 

@@ -16,7 +16,9 @@ extension MeridianError.Code {
         case .preconditionFailed: .preconditionFailed
         case .valueTooLarge: .contentTooLarge
         case .ackTimeout: .gatewayTimeout
-        case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure: .serviceUnavailable
+        case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure, .clockFenced, .storageReadOnly:
+            .serviceUnavailable
+        case .storageFull: HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
         default: .internalServerError
         }
     }

@@ -59,6 +59,8 @@ final class Leadership: Sendable {
     private let started = ContinuousClock.now
     private let wallClockMs: @Sendable () -> UInt64
     let tickInterval: Duration
+    /// This region's clock is out of tolerance (``ClockWatch``): the members learn it on their next tick.
+    private let clockFenced = Atomic<Bool>(false)
 
     /// Loads every single-leader keyspace's durable election state (a keyspace never elected starts in epoch 1
     /// led by its configured leader).
@@ -123,11 +125,12 @@ final class Leadership: Sendable {
     func run(send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: tickInterval)
+            let fenced = clockFenced.load(ordering: .relaxed)
             for keyspace in keyspaces {
                 let now = nowMs
                 let effects = terms.withLock { terms -> [ElectionMember.Effect] in
                     guard var term = terms[keyspace] else { return [] }
-                    let effects = term.member.tick(nowMs: now, position: position(term))
+                    let effects = term.member.setFenced(fenced, nowMs: now) + term.member.tick(nowMs: now, position: position(term))
                     if term.member.role == .candidate && term.stoodWallMs == nil { term.stoodWallMs = wallClockMs() }
                     terms[keyspace] = term
                     return effects
@@ -329,6 +332,11 @@ final class Leadership: Sendable {
     // MARK: - The write path
 
     /// The term a write accepted here now belongs to, if this region leads the keyspace and holds its lease.
+    /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
+    func clockFenced(_ fenced: Bool) {
+        clockFenced.store(fenced, ordering: .relaxed)
+    }
+
     func writableEpoch(_ keyspace: KeyspaceName) -> UInt64? {
         let now = nowMs
         return terms.withLock { terms in

@@ -19,10 +19,12 @@ public struct NodeConfiguration: Sendable {
     public var clientAddress: Endpoint?
     /// How the node reaches its peers: through the WAN emulator (the default) or directly.
     public var peerRoute: PeerRoute
+    /// Added to this host's wall clock wherever the node reads it: a skewed clock, for fault injection.
+    public var clockOffsetMs: Int64
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, dataDirectory: String, clientAddress: Endpoint? = nil,
-                peerRoute: PeerRoute = .wan) throws(MeridianError) {
+                peerRoute: PeerRoute = .wan, clockOffsetMs: Int64 = 0) throws(MeridianError) {
         guard cluster.region(region) != nil else {
             throw MeridianError(.unknownRegion, "Region '\(region)' is not in the cluster file; its regions are \(cluster.regions.map(\.name.rawValue).joined(separator: ", ")).",
                                 context: ["region": region.rawValue])
@@ -32,6 +34,7 @@ public struct NodeConfiguration: Sendable {
         self.dataDirectory = dataDirectory
         self.clientAddress = clientAddress
         self.peerRoute = peerRoute
+        self.clockOffsetMs = clockOffsetMs
     }
 }
 
@@ -55,8 +58,10 @@ public final class RegionNode: Sendable {
     /// Authenticates the session tokens this region issues and accepts.
     let sessionKey: SessionKey
 
-    /// The wall clock in ms since the Unix epoch; the one place the node reads it.
-    static let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }
+    /// The wall clock in ms since the Unix epoch, plus the configured offset; the one place the node reads it.
+    let wallClockMs: @Sendable () -> UInt64
+    /// This region's clock against its peers'; beyond the maximum offset the region fences itself.
+    let clock: ClockWatch
 
     /// Opens the region's store and prepares the API.
     /// - Throws: `MeridianError` when the data directory cannot be used.
@@ -70,17 +75,26 @@ public final class RegionNode: Sendable {
                                 context: ["path": configuration.dataDirectory])
         }
         let metrics = NodeMetrics()
+        let offsetMs = Double(configuration.clockOffsetMs)
+        let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000 + offsetMs)) }
+        self.wallClockMs = wallClockMs
         self.store = try RegionStore(
             path: (configuration.dataDirectory as NSString).appendingPathComponent("\(configuration.region).sqlite"),
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
-            physicalClockMs: Self.wallClockMs,
+            physicalClockMs: wallClockMs,
             observer: metrics, logger: logger)
         let leadership = try Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
-                                        wallClockMs: Self.wallClockMs, logger: logger)
+                                        wallClockMs: wallClockMs, logger: logger)
         self.leadership = leadership
+        let clock = ClockWatch(region: configuration.region, cluster: configuration.cluster, injectedOffsetMs: configuration.clockOffsetMs,
+                               logger: logger, onChange: { leadership.clockFenced($0) })
+        self.clock = clock
         self.replicator = Replicator(region: configuration.region, cluster: configuration.cluster, store: store, route: configuration.peerRoute,
-                                     wallClockMs: Self.wallClockMs, logger: logger, fence: leadership)
+                                     wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock)
+        if configuration.clockOffsetMs != 0 {
+            logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
+        }
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger

@@ -42,6 +42,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: "Exit when the parent process exits (used by `meridian up`, so no node outlives it).") var exitWithParent = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
     @Option(help: "How to reach the other regions: wan (through `meridian wan`'s proxies) or direct.") var peerRoute: String = "wan"
+    @Option(help: ArgumentHelp("Add this many ms (may be negative) to the node's wall clock: a skewed clock, for fault injection.",
+                               valueName: "ms")) var clockOffsetMs: Int64 = 0
 
     func run() async throws {
         let config = try cluster.load()
@@ -60,7 +62,8 @@ struct NodeCommand: AsyncParsableCommand {
         logger.logLevel = level
         let node: RegionNode
         do {
-            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, dataDirectory: data, clientAddress: address, peerRoute: route),
+            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, dataDirectory: data, clientAddress: address, peerRoute: route,
+                                                                         clockOffsetMs: clockOffsetMs),
                                   logger: logger)
         } catch {
             throw CLIFailure(error.message)

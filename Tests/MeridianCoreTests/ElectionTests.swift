@@ -51,6 +51,34 @@ import Testing
         #expect(ahead.record.epoch == 6 && ahead.record.votedEpoch == 0, "the epoch is taken, so its own next candidacy asks for a later one")
     }
 
+    @Test func aLeaderWhoseClockIsFencedStepsDownAndNeverStandsUntilItComesBack() {
+        var world = ElectionWorld(seed: 5, regions: 3, faults: false)
+        world.run(untilMs: 3_000)
+        #expect(world.currentLeader == 0)
+        let epoch = world.epoch(of: 0)
+        world.fence(0, true)
+        #expect(!world.holdsLease(0), "a fenced leader gives up its lease at once")
+        world.run(untilMs: 10_000)
+        #expect(world.currentLeader == 1, "eu-west takes over: \(world.trace)")
+        #expect(world.epoch(of: 1) > epoch)
+        // Fenced, us-east stands in no election even when eu-west dies; ap-southeast is the only candidate.
+        world.crash(1, forMs: 1_000_000)
+        world.run(untilMs: 20_000)
+        #expect(world.currentLeader == 2, "ap-southeast takes over, not the fenced us-east: \(world.trace)")
+        world.fence(0, false)
+        world.crash(2, forMs: 1_000_000)
+        world.run(untilMs: 26_000)
+        #expect(world.currentLeader == nil, "one region of three cannot elect itself")
+        #expect(world.violations.isEmpty, "\(world.violations)")
+        // A fenced candidate's votes do not make it leader; a fenced follower ignores a hand-over.
+        let settings = Self.settings(3)
+        let (us, eu) = (Self.names[0], Self.names[1])
+        var follower = ElectionMember(region: eu, settings: settings, record: ElectionRecord(epoch: 3, leader: us), nowMs: 0)
+        _ = follower.setFenced(true, nowMs: 0)
+        #expect(follower.received(.timeoutNow(epoch: 3), from: us, nowMs: 10, position: .zero).isEmpty)
+        #expect(follower.tick(nowMs: 60_000, position: .zero).isEmpty, "no pre-votes while fenced")
+    }
+
     @Test func aRegionCutOffAndBackDoesNotDeposeAWorkingLeader() {
         var world = ElectionWorld(seed: 11, regions: 3, faults: false)
         world.run(untilMs: 3_000)
@@ -255,6 +283,14 @@ struct ElectionWorld {
     }
 
     mutating func healAll() { cut = [] }
+
+    /// The region's clock goes out of tolerance (or comes back), as its node's clock fence decides.
+    mutating func fence(_ index: Int, _ fenced: Bool) {
+        guard var member = members[index] else { return }
+        let effects = member.setFenced(fenced, nowMs: nowMs + offsets[index])
+        members[index] = member
+        carry(index, effects)
+    }
 
     mutating func stopFaults() {
         faults = false

@@ -15,6 +15,8 @@ final class LiveCluster {
     private(set) var clientPorts: [String: Int] = [:]
     private var nodes: [String: Process] = [:]
     private var wan: Process?
+    /// Extra `meridian node` arguments per region (a clock offset, say).
+    var nodeArguments: [String: [String]] = [:]
 
     init(keyspaces: String, extraYAML: String = "") throws {
         scratch = try Scratch()
@@ -44,7 +46,7 @@ final class LiveCluster {
     func startNode(_ region: String) throws {
         nodes[region] = try LocalProcesses.start(MeridianBinary.path, [
             "node", "--config", config, "--region", region, "--data", scratch.file(region), "--exit-with-parent", "--log-level", "warning",
-        ], logPath: scratch.file("\(region).log"))
+        ] + nodeArguments[region, default: []], logPath: scratch.file("\(region).log"))
     }
 
     func restartNode(_ region: String) async throws {
@@ -114,8 +116,10 @@ final class LiveCluster {
 }
 
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
-func withLiveCluster(keyspaces: String, extraYAML: String = "", _ body: (LiveCluster) async throws -> Void) async throws {
+func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:],
+                     _ body: (LiveCluster) async throws -> Void) async throws {
     let cluster = try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML)
+    cluster.nodeArguments = nodeArguments
     do {
         try await cluster.start()
         try await body(cluster)

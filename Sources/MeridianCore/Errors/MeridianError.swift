@@ -33,6 +33,9 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case overloaded = "overloaded"
             case storageFailure = "storage_failure"
             case clockOffsetExceeded = "clock_offset_exceeded"
+            case clockFenced = "clock_fenced"
+            case storageFull = "storage_full"
+            case storageReadOnly = "storage_read_only"
             case codecTruncated = "codec_truncated"
             case codecUnsupportedVersion = "codec_unsupported_version"
             case codecInvalidField = "codec_invalid_field"
@@ -73,6 +76,12 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let overloaded = Code(.overloaded)
         public static let storageFailure = Code(.storageFailure)
         public static let clockOffsetExceeded = Code(.clockOffsetExceeded)
+        /// This region's clock is too far from its peers': it refuses writes and does not lead.
+        public static let clockFenced = Code(.clockFenced)
+        /// The data directory's disk is full: writes are refused, reads go on.
+        public static let storageFull = Code(.storageFull)
+        /// The data directory cannot be written (read-only file system or permissions): writes are refused, reads go on.
+        public static let storageReadOnly = Code(.storageReadOnly)
         public static let codecTruncated = Code(.codecTruncated)
         public static let codecUnsupportedVersion = Code(.codecUnsupportedVersion)
         public static let codecInvalidField = Code(.codecInvalidField)

@@ -144,6 +144,8 @@ public struct ElectionMember: Sendable {
     /// Leader: per follower, the send time of the newest heartbeat it acknowledged.
     private var confirmedSentMs: [RegionName: UInt64] = [:]
     private var lastHeartbeatMs: UInt64 = 0
+    /// The region's clock is out of tolerance (``ClockFence``): it neither stands, nor wins, nor leads.
+    public private(set) var fenced = false
 
     /// Starts a member from its durable record (a restart forgets everything else). A restarted region
     /// never resumes leading by itself: it follows, and stands again only through an election.
@@ -176,7 +178,7 @@ public struct ElectionMember: Sendable {
 
     /// Whether this region may acknowledge a write now: it leads, and a majority confirmed it within the lease.
     public func holdsLease(nowMs: UInt64) -> Bool {
-        guard role == .leader else { return false }
+        guard role == .leader, !fenced else { return false }
         let fresh = settings.order.filter { peer in
             peer == region || (confirmedSentMs[peer].map { nowMs < $0 + settings.leaseMs(confirmedBy: peer) } ?? false)
         }
@@ -198,6 +200,7 @@ public struct ElectionMember: Sendable {
             votes = []
             return askPreVotes(nowMs: nowMs, position: position)
         case .follower:
+            if fenced { return [] }
             if settings.order.count == 1 { return stand(nowMs: nowMs, position: position) }
             let silence = record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(region)
             // Regions stand in failover order: each waits its rank in heartbeat intervals more, so the preferred
@@ -268,7 +271,7 @@ public struct ElectionMember: Sendable {
             effects.append(.send(to: peer, .vote(epoch: epoch, granted: true)))
             return effects
         case .vote(let epoch, let granted):
-            guard role == .candidate, epoch == record.epoch, granted else { return [] }
+            guard role == .candidate, !fenced, epoch == record.epoch, granted else { return [] }
             votes.insert(peer)
             guard votes.count >= settings.majority else { return [] }
             role = .leader
@@ -288,14 +291,34 @@ public struct ElectionMember: Sendable {
             let leaderAlive = (role == .leader) || (record.leader != nil && nowMs < lastHeardMs + settings.suspicionMs(record.leader!))
             return [.send(to: peer, .preVote(epoch: epoch, granted: !leaderAlive && candidatePosition >= position))]
         case .preVote(let epoch, let granted):
-            guard role == .follower, preVoteEpoch == epoch, granted else { return [] }
+            guard role == .follower, !fenced, preVoteEpoch == epoch, granted else { return [] }
             preVotes.insert(peer)
             guard preVotes.count >= settings.majority else { return [] }
             return stand(nowMs: nowMs, position: position)
         case .timeoutNow(let epoch):
             // Only from the leader this region follows, in its epoch.
-            guard role == .follower, epoch == record.epoch, record.leader == peer else { return [] }
+            guard role == .follower, !fenced, epoch == record.epoch, record.leader == peer else { return [] }
             return stand(nowMs: nowMs, position: position, handedOver: true)
+        }
+    }
+
+    /// This region's clock went out of tolerance, or came back. Fenced, a leader steps down at once, a
+    /// candidate gives up, and the region stands in no election (it still votes: a vote carries no timestamp).
+    public mutating func setFenced(_ fenced: Bool, nowMs: UInt64) -> [Effect] {
+        guard fenced != self.fenced else { return [] }
+        self.fenced = fenced
+        guard fenced else { lastHeardMs = nowMs; return [] }
+        switch role {
+        case .leader:
+            return stepDown(nowMs: nowMs)
+        case .candidate:
+            role = .follower
+            votes = []
+            lastHeardMs = nowMs
+            return []
+        case .follower:
+            preVoteEpoch = nil
+            return []
         }
     }
 

@@ -66,7 +66,7 @@ extension RegionNode {
                     let held = start.last(of: term.leader, in: term.epoch) ?? 0
                     guard term.last > held else { continue }
                     keys.formUnion(try await store.divertHeld(keyspace: keyspace, origin: term.leader, after: held, epoch: term.epoch,
-                                                              successorEpoch: start.epoch, nowMs: Self.wallClockMs()))
+                                                              successorEpoch: start.epoch, nowMs: wallClockMs()))
                 }
                 guard !keys.isEmpty else { return }
                 let states = try await leaderStates(policy, keys: keys, from: start.leader)
@@ -259,7 +259,7 @@ extension RegionNode {
             throw MeridianError(.unknownKeyspace, "Keyspace '\(diverged.keyspace)' is no longer in the cluster file.", context: ["keyspace": diverged.keyspace.rawValue])
         }
         // Claimed first, so two requests at once cannot both write it; released if the write is refused.
-        guard try await store.markReapplied(id: id, nowMs: Self.wallClockMs()) else {
+        guard try await store.markReapplied(id: id, nowMs: wallClockMs()) else {
             throw MeridianError(.preconditionFailed, "Divergence id \(id) was already re-applied.", context: ["id": text])
         }
         func release() async {

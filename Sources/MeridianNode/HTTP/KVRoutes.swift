@@ -356,6 +356,8 @@ extension RegionNode {
             return try await forwardWrite(to: target, headers: headers, options: options, policy: policy, key: key, operation: operation,
                                           contentType: contentType, value: value)
         }
+        // A timestamp from a clock out of tolerance would corrupt last-writer-wins order: refuse the write.
+        if let refusal = clock.refusal { throw refusal }
         if policy.topology == .singleLeader {
             // The leader writes only while a majority confirms it still leads; the write carries its term.
             guard let term = leadership.writableEpoch(policy.name) else { throw leaseLost(policy) }

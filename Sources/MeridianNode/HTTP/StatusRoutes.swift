@@ -104,6 +104,45 @@ struct StatusAnswer: Encodable {
         static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
     }
 
+    /// This region's clock against its peers': beyond `max_offset_ms` from half the cluster it is fenced
+    /// (no writes, no leading).
+    struct ClockStatus: Encodable {
+        struct PeerOffset: Encodable {
+            /// The peer's clock minus this region's lies in [low_ms, high_ms] (from the latest heartbeat).
+            let lowMs: Int64
+            let highMs: Int64
+
+            enum CodingKeys: String, CodingKey {
+                case lowMs = "low_ms"
+                case highMs = "high_ms"
+            }
+        }
+
+        /// `ok` or `fenced`.
+        let state: String
+        let maxOffsetMs: UInt64
+        /// Added to this host's clock by `--clock-offset-ms` (fault injection); 0 normally.
+        let injectedOffsetMs: Int64
+        let peers: [String: PeerOffset]
+        /// Why the region is fenced, as writes are told (null when `ok`).
+        let reason: String?
+
+        enum CodingKeys: String, CodingKey {
+            case state, peers, reason
+            case maxOffsetMs = "max_offset_ms"
+            case injectedOffsetMs = "injected_offset_ms"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(state, forKey: .state)
+            try container.encode(maxOffsetMs, forKey: .maxOffsetMs)
+            try container.encode(injectedOffsetMs, forKey: .injectedOffsetMs)
+            try container.encode(peers, forKey: .peers)
+            try container.encode(reason, forKey: .reason)
+        }
+    }
+
     let region: String
     let cluster: String
     /// The node's process id (so a local game day can kill and restart it).
@@ -112,16 +151,25 @@ struct StatusAnswer: Encodable {
     let keyspaces: [KeyspaceStatus]
     let peers: [PeerStatus]
     let log: [String: UInt64]
+    let clock: ClockStatus
     let limits: Limits
 
     enum CodingKeys: String, CodingKey {
-        case region, cluster, keyspaces, peers, log, limits
+        case region, cluster, keyspaces, peers, log, clock, limits
         case pid
         case uptimeMs = "uptime_ms"
     }
 }
 
 extension RegionNode {
+    func clockStatus() -> StatusAnswer.ClockStatus {
+        let fence = clock.snapshot
+        return StatusAnswer.ClockStatus(
+            state: fence.isFenced ? "fenced" : "ok", maxOffsetMs: fence.maxOffsetMs, injectedOffsetMs: clock.injectedOffsetMs,
+            peers: Dictionary(uniqueKeysWithValues: fence.offsets.map { ($0.key.rawValue, StatusAnswer.ClockStatus.PeerOffset(lowMs: $0.value.lowMs, highMs: $0.value.highMs)) }),
+            reason: fence.refusal?.message)
+    }
+
     /// This region's role for a keyspace.
     func role(_ policy: KeyspacePolicy) -> String {
         guard policy.isReplica(region) else { return "not_replica" }
@@ -145,7 +193,7 @@ extension RegionNode {
         let ownHighWater = applied[region] ?? 0
         let states = replicator.peerStates()
         let staleness = replicator.readView().stalenessMs
-        let nowMs = Self.wallClockMs()
+        let nowMs = wallClockMs()
         var peers: [StatusAnswer.PeerStatus] = []
         for peer in configuration.cluster.regions where peer.name != region {
             guard let (outbound, inbound) = states[peer.name] else { continue }
@@ -184,7 +232,7 @@ extension RegionNode {
         return JSON.response(StatusAnswer(
             region: region.rawValue, cluster: configuration.cluster.name, pid: ProcessInfo.processInfo.processIdentifier, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),
             keyspaces: keyspaces, peers: peers,
-            log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), limits: limits))
+            log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), clock: clockStatus(), limits: limits))
     }
 
     func keyspaces() -> Response {

@@ -36,6 +36,8 @@ final class Replicator: Sendable {
     /// Decides which replicated entries of single-leader keyspaces apply (nil: no fencing, in tests of the
     /// replication shell alone).
     let fence: Leadership?
+    /// Brackets each peer's clock from its heartbeats (nil in tests that need no clock check).
+    let clock: ClockWatch?
     private let logger: Logger
     private let group: any EventLoopGroup
     private let acks: AckWaiters
@@ -70,9 +72,10 @@ final class Replicator: Sendable {
     }
 
     init(region: RegionName, cluster: ClusterConfig, store: RegionStore, route: PeerRoute, wallClockMs: @escaping @Sendable () -> UInt64,
-         logger: Logger, fence: Leadership? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+         logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.region = region
         self.fence = fence
+        self.clock = clock
         self.cluster = cluster
         self.store = store
         self.logger = logger
@@ -318,6 +321,12 @@ final class Replicator: Sendable {
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
                                 let applied = store.appliedHighWater()[origin] ?? 0
                                 let now = monotonicMs
+                                // The origin read its clock after this region's ack stamped `echoMs` arrived, and before
+                                // now: a bracket of its clock against ours (0: no ack of this stream's echoed yet).
+                                if let clock, echoMs > 0, echoMs <= now {
+                                    let wallNow = wallClockMs()
+                                    clock.sample(peer: origin, sentMs: wallNow - min(wallNow, now - echoMs), peerMs: physicalMs, receivedMs: wallNow)
+                                }
                                 inboundStates.withLock { all in
                                     var state = all[origin, default: InboundState()]
                                     state.originLogHighWater = logHighWater

@@ -1,0 +1,100 @@
+/// Decides whether this region's wall clock is too far from its peers' to issue timestamps.
+///
+/// Last-writer-wins orders writes by hybrid logical clock, whose physical part is the issuing region's wall
+/// clock. A region whose clock leads the others by more than the maximum offset would win every conflict it
+/// takes part in for as long as it leads; one that trails would lose writes made after the ones it beats.
+/// Rather than corrupt that order, a region whose clock is out of tolerance with at least half of the
+/// cluster fences itself: it neither leads nor accepts writes until its clock comes back.
+///
+/// Each sample is a bracket, as NTP takes one: this region sent a message at its time `sentMs`, the peer read
+/// its own clock (`peerMs`) after that message arrived, and this region read the peer's answer at its time
+/// `receivedMs`. The peer's reading happened between the two local readings, so the peer's offset (peer minus
+/// this region) lies in `[peerMs - receivedMs, peerMs - sentMs]` whatever the delays, queues or pauses on
+/// the way: a delay widens the bracket, never moves it. Only a bracket lying wholly outside
+/// `±maxOffsetMs` counts as evidence.
+///
+/// Evidence does not expire: a peer's latest bracket stands until a newer one replaces it, so a region cut
+/// off after it was found out stays fenced. Until a peer's first bracket arrives the peer counts for neither
+/// side (a region that has heard nobody, cut off or starting, is not fenced).
+public struct ClockFence: Sendable, Hashable {
+    /// One peer's offset, as bracketed by its latest sample.
+    public struct Offset: Sendable, Hashable {
+        /// The least and greatest offset of the peer's clock from this region's, in ms (peer minus this region).
+        public let lowMs: Int64
+        public let highMs: Int64
+
+        public init(lowMs: Int64, highMs: Int64) {
+            self.lowMs = lowMs
+            self.highMs = highMs
+        }
+
+        /// The smallest offset the bracket allows, as a magnitude (0 when the bracket spans zero).
+        public var leastMagnitudeMs: UInt64 {
+            if lowMs > 0 { return UInt64(lowMs) }
+            if highMs < 0 { return UInt64(-highMs) }
+            return 0
+        }
+
+        /// The middle of the bracket, as the best single estimate.
+        public var estimateMs: Int64 { lowMs + (highMs - lowMs) / 2 }
+    }
+
+    /// Whether this region may issue timestamps, and why not.
+    public enum Verdict: Sendable, Hashable {
+        case withinTolerance
+        /// The listed peers' clocks are provably more than the maximum offset from this region's.
+        case fenced(outOfTolerance: [RegionName])
+    }
+
+    public let region: RegionName
+    public let maxOffsetMs: UInt64
+    /// Every region of the cluster, this one included.
+    public let clusterSize: Int
+    public private(set) var offsets: [RegionName: Offset] = [:]
+
+    /// - Parameters:
+    ///   - region: This region.
+    ///   - peers: The other regions of the cluster.
+    ///   - maxOffsetMs: The largest offset between two regions' clocks that keeps LWW order.
+    public init(region: RegionName, peers: [RegionName], maxOffsetMs: UInt64) {
+        self.region = region
+        self.maxOffsetMs = maxOffsetMs
+        self.clusterSize = Set(peers).subtracting([region]).count + 1
+    }
+
+    /// Records a bracket of `peer`'s clock.
+    /// - Parameters:
+    ///   - sentMs: This region's wall clock when it sent what the peer answered (before the peer's reading).
+    ///   - peerMs: The peer's wall clock when it answered.
+    ///   - receivedMs: This region's wall clock when the answer arrived (after the peer's reading).
+    /// - Returns: Whether the verdict changed.
+    @discardableResult
+    public mutating func sample(peer: RegionName, sentMs: UInt64, peerMs: UInt64, receivedMs: UInt64) -> Bool {
+        guard peer != region, sentMs <= receivedMs else { return false }
+        let before = verdict
+        let low = Int64(clamping: peerMs) - Int64(clamping: receivedMs)
+        let high = Int64(clamping: peerMs) - Int64(clamping: sentMs)
+        offsets[peer] = Offset(lowMs: low, highMs: high)
+        return verdict != before
+    }
+
+    /// Fenced when the peers provably out of tolerance are at least half the cluster: with three regions, both
+    /// peers; a region whose only fault is one skewed peer keeps going (that peer fences itself instead).
+    public var verdict: Verdict {
+        let far = offsets.filter { $0.value.leastMagnitudeMs > maxOffsetMs }.map(\.key).sorted()
+        return !far.isEmpty && far.count * 2 >= clusterSize ? .fenced(outOfTolerance: far) : .withinTolerance
+    }
+
+    public var isFenced: Bool { verdict != .withinTolerance }
+
+    /// The error a write or an election answers while fenced (nil when within tolerance).
+    public var refusal: MeridianError? {
+        guard case .fenced(let far) = verdict else { return nil }
+        let detail = far.map { peer in "\(peer) \(offsets[peer].map { $0.estimateMs > 0 ? "+\($0.estimateMs)" : "\($0.estimateMs)" } ?? "?") ms" }
+            .joined(separator: ", ")
+        return MeridianError(
+            .clockFenced,
+            "\(region)'s clock is more than \(maxOffsetMs) ms (max_clock_offset_ms) from its peers' (\(detail), peer minus this region), so it accepts no writes and does not lead until the clock is corrected; fix time synchronisation (NTP) on this host, or write through another region.",
+            context: ["region": region.rawValue, "max_offset_ms": String(maxOffsetMs), "out_of_tolerance": far.map(\.rawValue).joined(separator: ",")])
+    }
+}

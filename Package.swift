@@ -112,6 +112,8 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            // The API's OpenAPI document, served at /openapi.yaml from the binary itself.
+            resources: [.embedInCode("openapi.yaml")],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -155,6 +157,7 @@ let package = Package(
                 "MeridianStore",
                 "MeridianNode",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict
         ),

@@ -6,6 +6,7 @@ import MeridianCore
 import MeridianHTTP
 import MeridianStore
 import NIOCore
+import Synchronization
 
 /// Everything a region node needs to start.
 public struct NodeConfiguration: Sendable {
@@ -120,11 +121,15 @@ public final class RegionNode: Sendable {
     /// Builds the router with every route of the v1 API.
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
-        router.add(middleware: APIMiddleware(node: self))
+        let index = RouteIndex()
+        router.add(middleware: APIMiddleware(node: self, routes: index))
         router.get("/health") { _, _ in JSON.response(["status": "ok", "region": self.region.rawValue]) }
         router.get("/metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(bytes: self.metrics.registry.emitToBuffer())))
+        }
+        router.get("/openapi.yaml") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(bytes: Self.openAPIDocument)))
         }
         router.get("/v1/status") { _, _ in try await self.status() }
         router.get("/v1/keyspaces") { _, _ in self.keyspaces() }
@@ -141,8 +146,12 @@ public final class RegionNode: Sendable {
         router.post("/v1/admin/failover") { request, context in try await self.failover(request, context) }
         router.get("/v1/divergence") { request, context in try await self.divergence(request, context) }
         router.post("/v1/admin/divergence/:id/reapply") { request, context in try await self.reapply(request, context) }
+        index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }
+
+    /// The OpenAPI 3 document of this API (`Sources/MeridianNode/openapi.yaml`, embedded at build time).
+    public static var openAPIDocument: [UInt8] { PackageResources.openapi_yaml }
 
     /// Serves the API and replicates until SIGTERM or SIGINT, then drains in-flight requests and closes the store.
     /// - Parameter onServerRunning: Called with the bound port once the server listens.
@@ -217,10 +226,38 @@ public final class RegionNode: Sendable {
     }
 }
 
+/// The router's routes, to tell a path served with other methods (405, with `Allow`) from an unknown one (404).
+final class RouteIndex: Sendable {
+    private let routes = Mutex<[(method: HTTPRequest.Method, segments: [Substring])]>([])
+
+    func set(_ routes: [(HTTPRequest.Method, String)]) {
+        self.routes.withLock { $0 = routes.map { ($0.0, $0.1.split(separator: "/")) } }
+    }
+
+    /// The methods served on `path`, sorted.
+    func methods(_ path: String) -> [String] {
+        let segments = path.split(separator: "/")
+        return routes.withLock { routes in
+            Set(routes.filter { Self.matches($0.segments, segments) }.map(\.method.rawValue)).sorted()
+        }
+    }
+
+    /// A parameter (`{name}` as the router describes it) matches one segment, `**` the rest (one segment or
+    /// more), anything else itself.
+    static func matches(_ pattern: [Substring], _ segments: [Substring]) -> Bool {
+        for (index, part) in pattern.enumerated() {
+            if part == "**" { return segments.count > index }
+            guard index < segments.count, part.hasPrefix("{") || part.hasPrefix(":") || part == segments[index] else { return false }
+        }
+        return pattern.count == segments.count
+    }
+}
+
 /// Records metrics, stamps `Meridian-Region`, and turns every error into the JSON error format.
 struct APIMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let node: RegionNode
+    let routes: RouteIndex
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let started = ContinuousClock.now
@@ -230,7 +267,15 @@ struct APIMiddleware: RouterMiddleware {
         } catch let error as MeridianError {
             response = error.response()
         } catch let error as HTTPError {
-            response = Self.translate(error, request).response()
+            // Hummingbird answers an unserved method on a known path as not found: say which methods it has.
+            let allowed = error.status == .notFound ? routes.methods(request.uri.path) : []
+            if !allowed.isEmpty {
+                response = MeridianError(.methodNotAllowed, "\(request.method) is not served on \(request.uri.path.prefix(200)); it answers \(allowed.joined(separator: ", ")).",
+                                         context: ["allow": allowed.joined(separator: ", ")]).response()
+                response.headers[.allow] = allowed.joined(separator: ", ")
+            } else {
+                response = Self.translate(error, request).response()
+            }
         } catch {
             node.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             response = MeridianError(.internalError, "The node failed to answer; the error is logged. Retry, and report it if it persists.")
@@ -246,7 +291,7 @@ struct APIMiddleware: RouterMiddleware {
     static func translate(_ error: HTTPError, _ request: Request) -> MeridianError {
         switch error.status {
         case .notFound:
-            MeridianError(.routeNotFound, "No route \(request.method) \(request.uri.path.prefix(200)); the API is described in the README (v1).",
+            MeridianError(.routeNotFound, "No route \(request.method) \(request.uri.path.prefix(200)); GET /openapi.yaml describes the API.",
                           context: ["path": String(request.uri.path.prefix(200))])
         case .methodNotAllowed:
             MeridianError(.methodNotAllowed, "\(request.method) is not supported on \(request.uri.path.prefix(200)).")

@@ -68,7 +68,7 @@ import Testing
         let follower = Admission(region: euWest, reachable: [euWest])
         #expect(try read(follower, "accounts", .strong) == .forward(to: usEast, level: .strong))
         #expect(code { _ = try self.read(follower, "accounts", .strong, forwarded: true) } == .consistencyUnavailable)
-        #expect(code { _ = try self.read(follower, "accounts", key: nil, .strong) } == .consistencyUnavailable, "listings are not forwarded")
+        #expect(code { _ = try self.read(follower, "accounts", key: nil, .strong) } == .consistencyNotAllowed, "listings are not forwarded: list at the leader")
         #expect(try read(follower, "accounts", .session) == .serve(level: .session, stalenessMs: nil))
     }
 

@@ -135,7 +135,8 @@ public struct Admission: Sendable {
         switch level {
         case .strong:
             guard let writer = key.flatMap({ policy.writeRegion(for: $0) }) ?? policy.leader else {
-                throw MeridianError(.consistencyUnavailable,
+                // The request asks for what this keyspace cannot give anywhere: not a passing unavailability.
+                throw MeridianError(.consistencyNotAllowed,
                                     "A strong listing of keyspace '\(policy.name)' has no single region that takes every write (each key has its home). Read keys one at a time, or list with session or bounded.",
                                     context: ["keyspace": policy.name.rawValue])
             }
@@ -144,7 +145,9 @@ public struct Admission: Sendable {
                     let why = forwarded
                         ? "was forwarded to \(region), but \(writer) takes its writes; the regions disagree about the cluster file."
                         : "is served by \(writer), which takes its writes; listings are not forwarded. List at \(writer), or use session or bounded here."
-                    throw MeridianError(.consistencyUnavailable, "A strong read of keyspace '\(policy.name)' \(why)",
+                    // A listing sent to the wrong region is the request's to fix (409); a forwarded read the
+                    // regions disagree about is the cluster's (503).
+                    throw MeridianError(forwarded ? .consistencyUnavailable : .consistencyNotAllowed, "A strong read of keyspace '\(policy.name)' \(why)",
                                         context: ["keyspace": policy.name.rawValue, "leader": writer.rawValue])
                 }
                 return .forward(to: writer, level: level)

@@ -30,10 +30,16 @@ actor GroupCommitter {
     private var nextSequence: UInt64
     private var clock: HybridLogicalClock
     private let rules: [KeyspaceName: ConflictRule]
+    /// The data directory, examined when a write fails.
+    private let directory: String
+    /// The latest failed commit, until one succeeds.
+    let faults: WriteFaults
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
          physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger,
-         lastCommittedSequence: SequenceHighWater) {
+         lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults) {
+        self.directory = directory
+        self.faults = faults
         self.lastCommittedSequence = lastCommittedSequence
         self.rules = rules
         self.pool = pool
@@ -156,6 +162,7 @@ actor GroupCommitter {
             // Published before any write of the batch is answered, so a read that follows an acknowledged
             // write always sees it applied (read-your-writes in this region).
             lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
+            faults.clear()
             let elapsed = ContinuousClock.now - started
             observer?.commitCompleted(writes: batch.count, commitSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
             report(recorded)
@@ -163,22 +170,16 @@ actor GroupCommitter {
                 pending.continuation.resume(returning: .success(outcome))
             }
         } catch {
-            logger.error("group commit of \(batch.count) writes failed", metadata: ["error": "\(error)"])
-            let failure = MeridianError(
-                .storageFailure,
-                "The write could not be made durable (\(Self.describe(error))); nothing was written. Check the data directory's free space and permissions.")
+            let failure = StorageFault.error(error, directory: directory, what: "The write was not made durable and nothing was written")
+            logger.error("group commit of \(batch.count) writes failed", metadata: ["code": "\(failure.code)", "error": "\(Self.describe(error))"])
+            faults.record(failure)
             for pending in batch {
                 pending.continuation.resume(returning: .failure(failure))
             }
         }
     }
 
-    private static func describe(_ error: any Error) -> String {
-        if let databaseError = error as? DatabaseError {
-            return "SQLite \(databaseError.resultCode): \(databaseError.message ?? "no message")"
-        }
-        return "\(error)"
-    }
+    private static func describe(_ error: any Error) -> String { StorageFault.describe(error) }
 
     /// For a CRDT operation: the delta to log, computed from the key's value (its type must match).
     /// - Returns: nil for a plain put or delete (refused in a `crdt` keyspace), or why the operation is refused.
@@ -309,7 +310,7 @@ actor GroupCommitter {
                 return .success((through, recorded))
             }
         } catch {
-            throw MeridianError(.storageFailure, "Entries of \(origin)'s log could not be applied (\(Self.describe(error))); nothing of the batch was applied.")
+            throw StorageFault.error(error, directory: directory, what: "Entries of \(origin)'s log could not be applied; nothing of the batch was applied")
         }
         let (applied, recorded) = try outcome.get()
         report(recorded)
@@ -350,7 +351,7 @@ actor GroupCommitter {
                 return (changed, recorded)
             }
         } catch {
-            throw MeridianError(.storageFailure, "Repaired keys of \(keyspace) could not be stored (\(Self.describe(error))); nothing was changed.")
+            throw StorageFault.error(error, directory: directory, what: "Repaired keys of \(keyspace) could not be stored; nothing was changed")
         }
         report([keyspace: outcome.1])
         clock.advance(past: clockAfter.last)

@@ -15,6 +15,8 @@ public final class RegionStore: Sendable {
     let pool: DatabasePool
     private let rules: [KeyspaceName: ConflictRule]
     private let committer: GroupCommitter
+    /// The latest failed commit of this region's writes (a full or read-only disk), until one succeeds.
+    public let writeFaults = WriteFaults()
     private let lastCommittedSequence: SequenceHighWater
     /// The applied high-water of every other origin's log. Updated only by `applyReplicated`, which callers
     /// run one at a time per origin (one receiving stream per origin).
@@ -79,7 +81,8 @@ public final class RegionStore: Sendable {
             lastCommittedSequence = committed
             committer = GroupCommitter(
                 pool: pool, region: region, limits: limits, rules: conflictRules, nextSequence: state.0, clock: clock,
-                physicalClockMs: physicalClockMs, observer: observer, logger: logger, lastCommittedSequence: committed)
+                physicalClockMs: physicalClockMs, observer: observer, logger: logger, lastCommittedSequence: committed,
+                directory: Self.directory(of: path), faults: writeFaults)
         } catch let error as MeridianError {
             throw error
         } catch {
@@ -87,6 +90,11 @@ public final class RegionStore: Sendable {
         }
         self.region = region
         self.rules = conflictRules
+    }
+
+    private static func directory(of path: String) -> String {
+        let directory = (path as NSString).deletingLastPathComponent
+        return directory.isEmpty ? "." : directory
     }
 
     /// How a keyspace resolves concurrent writes.

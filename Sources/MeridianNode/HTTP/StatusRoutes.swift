@@ -152,16 +152,42 @@ struct StatusAnswer: Encodable {
     let peers: [PeerStatus]
     let log: [String: UInt64]
     let clock: ClockStatus
+    let storage: StorageStatus
     let limits: Limits
 
+    /// Whether this region's own writes commit: `ok`, or the latest commit's failure (`full`, `read_only`,
+    /// `failing`) until one succeeds. Reads are served either way.
+    struct StorageStatus: Encodable {
+        let state: String
+        let reason: String?
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(state, forKey: .state)
+            try container.encode(reason, forKey: .reason)
+        }
+
+        enum CodingKeys: String, CodingKey { case state, reason }
+    }
+
     enum CodingKeys: String, CodingKey {
-        case region, cluster, keyspaces, peers, log, clock, limits
+        case region, cluster, keyspaces, peers, log, clock, storage, limits
         case pid
         case uptimeMs = "uptime_ms"
     }
 }
 
 extension RegionNode {
+    func storageStatus() -> StatusAnswer.StorageStatus {
+        guard let fault = store.writeFaults.current else { return StatusAnswer.StorageStatus(state: "ok", reason: nil) }
+        let state = switch fault.code {
+        case .storageFull: "full"
+        case .storageReadOnly: "read_only"
+        default: "failing"
+        }
+        return StatusAnswer.StorageStatus(state: state, reason: fault.message)
+    }
+
     func clockStatus() -> StatusAnswer.ClockStatus {
         let fence = clock.snapshot
         return StatusAnswer.ClockStatus(
@@ -232,7 +258,7 @@ extension RegionNode {
         return JSON.response(StatusAnswer(
             region: region.rawValue, cluster: configuration.cluster.name, pid: ProcessInfo.processInfo.processIdentifier, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),
             keyspaces: keyspaces, peers: peers,
-            log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), clock: clockStatus(), limits: limits))
+            log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), clock: clockStatus(), storage: storageStatus(), limits: limits))
     }
 
     func keyspaces() -> Response {

@@ -124,6 +124,7 @@ let package = Package(
                 "MeridianNode",
                 "MeridianWAN",
                 "MeridianSimulator",
+                "MeridianTestKit",
                 "MeridianClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -1,0 +1,683 @@
+import ArgumentParser
+import Foundation
+import MeridianClient
+import MeridianCore
+import MeridianTestKit
+import Synchronization
+
+/// `meridian nemesis`: Jepsen-style fault injection against a cluster of real processes that it starts itself.
+struct Nemesis: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start the demo cluster, run clients in every region while injecting faults, then heal and check every guarantee.",
+        discussion: """
+            Clients in every region write unique values (majority and async) and a few shared registers to the \
+            single-leader keyspace `accounts`, read the registers strongly, increment a CRDT counter in `likes`, \
+            read `profiles` with a staleness bound, and move session clients between regions. A seeded schedule \
+            injects one fault at a time: partitions and isolations through the WAN emulator, SIGKILL and restart, \
+            SIGSTOP/SIGCONT pauses longer than the lease, clock skew within and beyond max_clock_offset_ms \
+            (a restart with --clock-offset-ms), and slowed links. Then everything heals, the regions must agree \
+            (Merkle roots), and the checkers run: acknowledged writes lost per ack mode, linearizability of the \
+            strong operations, session guarantees, bounded staleness, counter bounds, a fenced region for every \
+            skew beyond the maximum, and every lost async write in a divergence log. Exits non-zero on any \
+            violation. The same seed gives the same schedule of faults.
+            """)
+
+    @Option(help: "Seconds of load and faults.") var duration: Double = 60
+    @Option(help: "Seed of the fault schedule.") var seed: UInt64 = 1
+    @Option(help: "Multiply every emulated WAN delay (0.1 to 1).") var latencyScale: Double = 0.1
+    @Option(help: "Faults to draw from: partition, isolate, kill, pause, skew, slow (comma-separated).")
+    var faults: String = "partition,isolate,kill,pause,skew,slow"
+    @Option(help: "Seconds each fault lasts, at most (at least a third of it).") var faultSeconds: Double = 4
+    @Option(help: "Seconds to wait for the regions to agree after healing.") var settleSeconds: Double = 90
+    @Option(help: "Where the cluster keeps its data and logs (default: a new temporary directory, removed unless a check fails).")
+    var data: String?
+
+    func validate() throws {
+        guard duration >= 5, duration <= 7_200 else { throw ValidationError("--duration is 5 to 7200 seconds.") }
+        guard (0.1...1).contains(latencyScale) else { throw ValidationError("--latency-scale is 0.1 to 1.") }
+        guard faultSeconds >= 1, faultSeconds <= 60, settleSeconds >= 5 else {
+            throw ValidationError("--fault-seconds is 1 to 60 and --settle-seconds at least 5.")
+        }
+        let kinds = faults.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let unknown = kinds.filter { Fault.Kind(rawValue: $0) == nil }
+        guard !kinds.isEmpty, unknown.isEmpty else {
+            throw ValidationError("--faults: unknown \(unknown.joined(separator: ", ")); choose from \(Fault.Kind.allCases.map(\.rawValue).joined(separator: ", ")).")
+        }
+    }
+
+    func run() async throws {
+        let kinds = faults.split(separator: ",").compactMap { Fault.Kind(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
+        let directory = data ?? (FileManager.default.temporaryDirectory.appendingPathComponent("meridian-nemesis-\(seed)-\(UUID().uuidString.prefix(8))").path)
+        let cluster = try NemesisCluster(directory: directory, latencyScale: latencyScale)
+        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ",")); data and logs in \(directory)")
+        var passed = false
+        do {
+            try await cluster.start()
+            let run = NemesisRun(cluster: cluster, seed: seed, kinds: kinds, faultSeconds: faultSeconds)
+            let report = try await run.execute(durationSeconds: duration, settleSeconds: settleSeconds)
+            print(report.text)
+            passed = report.violations.isEmpty
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
+        if passed {
+            if data == nil { try? FileManager.default.removeItem(atPath: directory) }
+        } else {
+            throw CLIFailure("nemesis found violations (seed \(seed)); the cluster's logs are in \(directory).")
+        }
+    }
+}
+
+/// One injected fault, as the report lists it.
+struct Fault: Sendable {
+    enum Kind: String, CaseIterable, Sendable {
+        case partition, isolate, kill, pause, skew, slow
+    }
+
+    let kind: Kind
+    let startedMs: UInt64
+    var description: String
+}
+
+/// The demo cluster's keyspaces and latencies on free ports, as real processes: the WAN emulator and one node per
+/// region, each restartable with its own clock offset.
+final class NemesisCluster: @unchecked Sendable {
+    let directory: String
+    let configPath: String
+    let config: ClusterConfig
+    let regions: [RegionConfig]
+    let baseRTT: [String: Double]
+    private let lock = NSLock()
+    private var nodes: [String: Process] = [:]
+    private var offsets: [String: Int64] = [:]
+    private var incarnations: [String: Int] = [:]
+    private var wan: Process?
+
+    init(directory: String, latencyScale: Double) throws {
+        self.directory = directory
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var yaml = DemoCluster.yaml
+        for (index, port) in [7101, 7102, 7103, 7201, 7202, 7203].enumerated() {
+            _ = index
+            yaml = yaml.replacingOccurrences(of: "127.0.0.1:\(port)", with: "127.0.0.1:\(try LocalProcesses.freePort())")
+        }
+        yaml = yaml.replacingOccurrences(of: "admin: 127.0.0.1:7300", with: "admin: 127.0.0.1:\(try LocalProcesses.freePort())")
+        yaml = yaml.replacingOccurrences(of: "base_port: 7310", with: "base_port: \(try LocalProcesses.freePortRange(count: 6))")
+        yaml = yaml.replacingOccurrences(of: "latency_scale: 1.0", with: "latency_scale: \(latencyScale)")
+        var generator = SystemRandomNumberGenerator()
+        yaml += "\nsession_secret: \((0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined())\n"
+        configPath = (directory as NSString).appendingPathComponent("cluster.yaml")
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        config = try ClusterConfig.parse(yaml: yaml, file: configPath)
+        regions = config.regions
+        var rtt: [String: Double] = [:]
+        for a in config.regions {
+            for b in config.regions where a.name < b.name { rtt["\(a.name)|\(b.name)"] = config.wan.rttMs(a.name, b.name) ?? 0 }
+        }
+        baseRTT = rtt
+    }
+
+    func start() async throws {
+        let executable = LocalProcesses.currentExecutable()
+        let wan = try LocalProcesses.start(executable, ["wan", "--config", configPath, "--exit-with-parent"],
+                                           logPath: (directory as NSString).appendingPathComponent("wan.log"))
+        lock.withLock { self.wan = wan }
+        for region in regions { try startNode(region.name.rawValue, clockOffsetMs: 0) }
+        for region in regions { try await waitHealthy(region.name.rawValue) }
+    }
+
+    func startNode(_ region: String, clockOffsetMs: Int64) throws {
+        let incarnation = lock.withLock { () -> Int in
+            incarnations[region, default: 0] += 1
+            offsets[region] = clockOffsetMs
+            return incarnations[region]!
+        }
+        let process = try LocalProcesses.start(LocalProcesses.currentExecutable(), [
+            "node", "--config", configPath, "--region", region, "--data", (directory as NSString).appendingPathComponent(region),
+            "--exit-with-parent", "--log-level", "notice", "--clock-offset-ms=\(clockOffsetMs)",
+        ], logPath: (directory as NSString).appendingPathComponent("\(region).\(incarnation).log"))
+        lock.withLock { nodes[region] = process }
+    }
+
+    func waitHealthy(_ region: String) async throws {
+        let endpoint = client(region)
+        let process = lock.withLock { nodes[region] }
+        guard await LocalProcesses.waitHealthy(host: endpoint.host, port: endpoint.port, process: process, timeoutSeconds: 60) else {
+            throw CLIFailure("\(region) did not answer /health within 60 s; see its log in \(directory).")
+        }
+    }
+
+    func client(_ region: String) -> Endpoint { regions.first { $0.name.rawValue == region }!.client }
+
+    func pid(_ region: String) -> Int32? { lock.withLock { nodes[region]?.processIdentifier } }
+
+    func offset(_ region: String) -> Int64 { lock.withLock { offsets[region] ?? 0 } }
+
+    func kill9(_ region: String) async {
+        guard let process = lock.withLock({ nodes[region] }) else { return }
+        kill(process.processIdentifier, SIGCONT)
+        kill(process.processIdentifier, SIGKILL)
+        _ = await LocalProcesses.waitExited(process)
+    }
+
+    func signal(_ region: String, _ signal: Int32) {
+        if let pid = pid(region) { kill(pid, signal) }
+    }
+
+    /// POSTs a command to the WAN emulator's admin API.
+    func wan(_ path: String, _ body: [String: Any]) async throws {
+        let admin = config.wan.admin
+        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5)
+        defer { Task { await connection.close() } }
+        let result = try await connection.request("POST", "/v1/wan/\(path)", headers: [("Content-Type", "application/json")],
+                                                  body: Array(try JSONSerialization.data(withJSONObject: body)))
+        guard result.status == 200 else { throw CLIFailure("the WAN emulator refused \(path) \(body): \(result.text)") }
+    }
+
+    func stop() async {
+        let (all, wan) = lock.withLock { (Array(nodes.values), self.wan) }
+        for process in all {
+            kill(process.processIdentifier, SIGCONT)
+            if process.isRunning { _ = await LocalProcesses.stop(process) }
+        }
+        if let wan, wan.isRunning { _ = await LocalProcesses.stop(wan) }
+    }
+}
+
+/// The clients' histories, shared by every client task.
+final class NemesisHistory: Sendable {
+    struct State {
+        var majorityAcked: [(key: String, value: String)] = []
+        var asyncAcked: [(key: String, value: String)] = []
+        var registers: [RegisterOperation] = []
+        var sessions: [Int: [SessionOperation]] = [:]
+        /// Per session, one line per recorded operation (time, region, version), to explain a violation.
+        var sessionTraces: [Int: [String]] = [:]
+        var staleWrites: [StalenessChecker.Write] = []
+        var staleReads: [StalenessChecker.Read] = []
+        var incrementsAcked = 0
+        var incrementsAttempted = 0
+        var operations: [String: Int] = [:]
+        var refusals: [String: Int] = [:]
+    }
+
+    let state = Mutex(State())
+    let started = ContinuousClock.now
+
+    /// Ms since the run began, on the one clock every client shares.
+    var nowMs: UInt64 { UInt64(max(0, (ContinuousClock.now - started) / .milliseconds(1))) }
+
+    func count(_ operation: String, _ result: HTTPResult?) {
+        state.withLock { state in
+            state.operations[operation, default: 0] += 1
+            if let result, result.status != 200 {
+                let code = (((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["error"] as? [String: Any])?["code"] as? String
+                state.refusals["\(result.status) \(code ?? "?")", default: 0] += 1
+            } else if result == nil {
+                state.refusals["no answer", default: 0] += 1
+            }
+        }
+    }
+}
+
+/// The load, the fault schedule, healing and the checks of one run.
+final class NemesisRun: Sendable {
+    let cluster: NemesisCluster
+    let seed: UInt64
+    let kinds: [Fault.Kind]
+    let faultSeconds: Double
+
+    init(cluster: NemesisCluster, seed: UInt64, kinds: [Fault.Kind], faultSeconds: Double) {
+        self.cluster = cluster
+        self.seed = seed
+        self.kinds = kinds
+        self.faultSeconds = faultSeconds
+    }
+    let history = NemesisHistory()
+    let stopFlag = Atomic<Bool>(false)
+    static let registerKeys = ["reg-0", "reg-1", "reg-2"]
+    static let sessionKeys = ["s-0", "s-1", "s-2"]
+    static let counterKey = "nemesis-counter"
+
+    struct Report {
+        let text: String
+        let violations: [String]
+    }
+
+    var regionNames: [String] { cluster.regions.map(\.name.rawValue) }
+
+    // MARK: - Clients
+
+    /// One request on a connection to `region` (reconnecting as needed); nil when nothing came back in time.
+    final class Client: @unchecked Sendable {
+        let cluster: NemesisCluster
+        private var connections: [String: HTTPConnection] = [:]
+
+        init(cluster: NemesisCluster) { self.cluster = cluster }
+
+        func request(_ region: String, _ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil) async -> HTTPResult? {
+            do {
+                let connection: HTTPConnection
+                if let open = connections[region] {
+                    connection = open
+                } else {
+                    let endpoint = cluster.client(region)
+                    connection = try await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 3)
+                    connections[region] = connection
+                }
+                return try await connection.request(method, path, headers: headers, body: body)
+            } catch {
+                if let broken = connections.removeValue(forKey: region) { await broken.close() }
+                return nil
+            }
+        }
+
+        func close() async {
+            for connection in connections.values { await connection.close() }
+            connections = [:]
+        }
+    }
+
+    /// A refused write that provably wrote nothing: a 4xx, or a 503 whose code says so.
+    static func definitelyNotWritten(_ result: HTTPResult) -> Bool {
+        if (400..<500).contains(result.status) { return true }
+        let code = (((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["error"] as? [String: Any])?["code"] as? String
+        return ["ack_unavailable", "clock_fenced", "overloaded", "storage_full", "storage_read_only", "region_unavailable"].contains(code ?? "")
+    }
+
+    private func writerLoop(_ region: String) async {
+        let client = Client(cluster: cluster)
+        var index = 0
+        while !stopFlag.load(ordering: .relaxed) {
+            index += 1
+            switch index % 4 {
+            case 0, 2:
+                // A unique key and value, majority-acknowledged: must survive anything.
+                let key = "u-\(region)-\(index)", value = "v-\(region)-\(index)"
+                let result = await client.request(region, "PUT", "/v1/kv/accounts/\(key)", body: Array(value.utf8))
+                history.count("majority write", result)
+                if result?.status == 200 { history.state.withLock { $0.majorityAcked.append((key, value)) } }
+            case 1:
+                // A shared register, for linearizability.
+                let key = Self.registerKeys[index / 4 % Self.registerKeys.count], value = "r-\(region)-\(index)"
+                let call = history.nowMs
+                let result = await client.request(region, "PUT", "/v1/kv/accounts/\(key)", body: Array(value.utf8))
+                let returned = history.nowMs
+                history.count("register write", result)
+                if let result, Self.definitelyNotWritten(result) { break }
+                history.state.withLock { $0.registers.append(RegisterOperation(key: key, kind: .write(value), call: call, returned: result?.status == 200 ? returned : nil)) }
+            default:
+                // A unique async write: if the leader that acknowledged it is deposed, it must be kept aside.
+                let key = "a-\(region)-\(index)", value = "v-\(region)-\(index)"
+                let result = await client.request(region, "PUT", "/v1/kv/accounts/\(key)", headers: [("Meridian-Ack", "async")], body: Array(value.utf8))
+                history.count("async write", result)
+                if result?.status == 200 { history.state.withLock { $0.asyncAcked.append((key, value)) } }
+            }
+            try? await Task.sleep(for: .milliseconds(15))
+        }
+        await client.close()
+    }
+
+    private func strongReaderLoop(_ region: String) async {
+        let client = Client(cluster: cluster)
+        var index = 0
+        while !stopFlag.load(ordering: .relaxed) {
+            index += 1
+            let key = Self.registerKeys[index % Self.registerKeys.count]
+            let call = history.nowMs
+            let result = await client.request(region, "GET", "/v1/kv/accounts/\(key)", headers: [("Meridian-Consistency", "strong")])
+            let returned = history.nowMs
+            history.count("strong read", result)
+            if let result, result.status == 200 || (result.status == 404 && result.text.contains("key_not_found")) {
+                let value = result.status == 200 ? result.text : nil
+                history.state.withLock { $0.registers.append(RegisterOperation(key: key, kind: .read(value), call: call, returned: returned)) }
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        await client.close()
+    }
+
+    private func counterLoop(_ region: String) async {
+        let client = Client(cluster: cluster)
+        while !stopFlag.load(ordering: .relaxed) {
+            history.state.withLock { $0.incrementsAttempted += 1 }
+            let result = await client.request(region, "POST", "/v1/crdt/likes/\(Self.counterKey)", headers: [("Content-Type", "application/json")],
+                                              body: Array(#"{"type":"pn-counter","op":"increment","by":1}"#.utf8))
+            history.count("counter increment", result)
+            if let result {
+                if result.status == 200 { history.state.withLock { $0.incrementsAcked += 1 } }
+                else if Self.definitelyNotWritten(result) { history.state.withLock { $0.incrementsAttempted -= 1 } }
+            }
+            try? await Task.sleep(for: .milliseconds(40))
+        }
+        await client.close()
+    }
+
+    /// A session that moves to the next region on every operation, carrying its token.
+    private func sessionLoop(_ session: Int) async {
+        let client = Client(cluster: cluster)
+        let regions = regionNames
+        var token: String?
+        var index = 0
+        var operations: [SessionOperation] = []
+        var trace: [String] = []
+        while !stopFlag.load(ordering: .relaxed) {
+            index += 1
+            let region = regions[(index + session) % regions.count]
+            let key = Self.sessionKeys[(index / 2 + session) % Self.sessionKeys.count]
+            var headers: [(String, String)] = [("Meridian-Consistency", "session")]
+            if let token { headers.append(("Meridian-Session", token)) }
+            if index % 2 == 0 {
+                let result = await client.request(region, "PUT", "/v1/kv/profiles/\(key)", headers: headers.filter { $0.0 != "Meridian-Consistency" },
+                                                  body: Array("s\(session)-\(index)".utf8))
+                history.count("session write", result)
+                guard let result, result.status == 200, let etag = result.header("ETag"),
+                      let version = Version(parsing: etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))) else { continue }
+                token = result.header("Meridian-Session") ?? token
+                operations.append(SessionOperation(session: session, key: key, kind: .write(version, deleted: false)))
+                trace.append("\(history.nowMs) ms write \(key) at \(region) → \(version)")
+                history.state.withLock { $0.staleWrites.append(StalenessChecker.Write(key: key, version: version, acknowledged: history.nowMs)) }
+            } else {
+                let result = await client.request(region, "GET", "/v1/kv/profiles/\(key)", headers: headers)
+                history.count("session read", result)
+                guard let result else { continue }
+                let served = "\(region)\(result.header("Meridian-Forwarded-To").map { " via \($0)" } ?? "")"
+                if result.status == 200, let etag = result.header("ETag"),
+                   let version = Version(parsing: etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))) {
+                    operations.append(SessionOperation(session: session, key: key, kind: .read(version)))
+                    trace.append("\(history.nowMs) ms read \(key) at \(served) → \(version)")
+                } else if result.status == 404, result.text.contains("key_not_found") {
+                    operations.append(SessionOperation(session: session, key: key, kind: .read(nil)))
+                    trace.append("\(history.nowMs) ms read \(key) at \(served) → absent")
+                } else {
+                    continue
+                }
+                token = result.header("Meridian-Session") ?? token
+            }
+            try? await Task.sleep(for: .milliseconds(25))
+        }
+        history.state.withLock {
+            $0.sessions[session] = operations
+            $0.sessionTraces[session] = trace
+        }
+        await client.close()
+    }
+
+    /// Bounded reads of the session keys: each must reflect every write acknowledged more than the bound before it.
+    private func boundedReaderLoop(_ region: String) async {
+        let client = Client(cluster: cluster)
+        let boundMs: UInt64 = 2_000
+        var index = 0
+        while !stopFlag.load(ordering: .relaxed) {
+            index += 1
+            let key = Self.sessionKeys[index % Self.sessionKeys.count]
+            let call = history.nowMs
+            let result = await client.request(region, "GET", "/v1/kv/profiles/\(key)",
+                                              headers: [("Meridian-Consistency", "bounded"), ("Meridian-Max-Staleness-Ms", String(boundMs))])
+            history.count("bounded read", result)
+            if let result {
+                if result.status == 200, let etag = result.header("ETag"),
+                   let version = Version(parsing: etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))) {
+                    history.state.withLock { $0.staleReads.append(StalenessChecker.Read(key: key, call: call, maxStalenessMs: boundMs, returned: version)) }
+                } else if result.status == 404, result.text.contains("key_not_found") {
+                    history.state.withLock { $0.staleReads.append(StalenessChecker.Read(key: key, call: call, maxStalenessMs: boundMs, returned: nil)) }
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(30))
+        }
+        await client.close()
+    }
+
+    // MARK: - Faults
+
+    private func status(_ region: String) async -> [String: Any]? {
+        let endpoint = cluster.client(region)
+        guard let connection = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 2) else { return nil }
+        defer { Task { await connection.close() } }
+        guard let result = try? await connection.request("GET", "/v1/status"), result.status == 200 else { return nil }
+        return (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+    }
+
+    /// Injects one fault, holds it, and heals it. Returns what was done and whether it behaved (a skew beyond the
+    /// maximum offset must fence the region).
+    private func inject(_ kind: Fault.Kind, generator: inout SeededGenerator) async throws -> (Fault, String?) {
+        let regions = regionNames
+        let region = regions[Int.random(in: 0..<regions.count, using: &generator)]
+        let other = regions.filter { $0 != region }[Int.random(in: 0..<(regions.count - 1), using: &generator)]
+        let hold = Double.random(in: (faultSeconds / 3)...faultSeconds, using: &generator)
+        let started = history.nowMs
+        var violation: String?
+        let description: String
+        switch kind {
+        case .partition:
+            try await cluster.wan("partition", ["a": region, "b": other])
+            try await Task.sleep(for: .seconds(hold))
+            try await cluster.wan("heal", ["a": region, "b": other])
+            description = "partition \(region) | \(other) for \(Self.seconds(hold))"
+        case .isolate:
+            try await cluster.wan("isolate", ["region": region])
+            try await Task.sleep(for: .seconds(hold))
+            try await cluster.wan("heal", [:])
+            description = "isolate \(region) for \(Self.seconds(hold))"
+        case .kill:
+            await cluster.kill9(region)
+            try await Task.sleep(for: .seconds(hold))
+            try cluster.startNode(region, clockOffsetMs: cluster.offset(region))
+            try await cluster.waitHealthy(region)
+            description = "SIGKILL \(region), restarted after \(Self.seconds(hold))"
+        case .pause:
+            // Longer than the lease (about missed_heartbeats × heartbeat interval, plus the RTT).
+            let pause = max(hold, 2.5)
+            cluster.signal(region, SIGSTOP)
+            try await Task.sleep(for: .seconds(pause))
+            cluster.signal(region, SIGCONT)
+            description = "SIGSTOP \(region) for \(Self.seconds(pause)), then SIGCONT"
+        case .skew:
+            let maxOffset = Int64(cluster.config.limits.maxClockOffsetMs)
+            let beyond = Bool.random(using: &generator)
+            let sign: Int64 = Bool.random(using: &generator) ? 1 : -1
+            let offset = sign * (beyond ? maxOffset * 4 : maxOffset * 2 / 5)
+            await cluster.kill9(region)
+            try cluster.startNode(region, clockOffsetMs: offset)
+            try await cluster.waitHealthy(region)
+            let deadline = Date().addingTimeInterval(max(hold, 3))
+            var fenced = false
+            while Date() < deadline {
+                if ((await status(region))?["clock"] as? [String: Any])?["state"] as? String == "fenced" { fenced = true }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            if beyond && !fenced { violation = "\(region) ran \(offset) ms off (beyond \(maxOffset)) and never reported itself fenced" }
+            if !beyond && fenced { violation = "\(region) ran \(offset) ms off (within \(maxOffset)) but fenced itself" }
+            await cluster.kill9(region)
+            try cluster.startNode(region, clockOffsetMs: 0)
+            try await cluster.waitHealthy(region)
+            description = "clock of \(region) \(offset > 0 ? "+" : "")\(offset) ms (\(beyond ? "beyond" : "within") the \(maxOffset) ms maximum; \(fenced ? "fenced" : "not fenced")) for \(Self.seconds(max(hold, 3)))"
+        case .slow:
+            let key = [region, other].sorted().joined(separator: "|")
+            let base = cluster.baseRTT[key] ?? 100
+            try await cluster.wan("latency", ["a": region, "b": other, "rtt_ms": base * 4])
+            try await Task.sleep(for: .seconds(hold))
+            try await cluster.wan("latency", ["a": region, "b": other, "rtt_ms": base])
+            description = "slow \(region) – \(other) to \(Int(base * 4)) ms RTT for \(Self.seconds(hold))"
+        }
+        return (Fault(kind: kind, startedMs: started, description: description), violation)
+    }
+
+    static func seconds(_ value: Double) -> String { String(format: "%.1f s", value) }
+
+    // MARK: - The run
+
+    func execute(durationSeconds: Double, settleSeconds: Double) async throws -> Report {
+        var tasks: [Task<Void, Never>] = []
+        for region in regionNames {
+            tasks.append(Task { await writerLoop(region) })
+            tasks.append(Task { await strongReaderLoop(region) })
+            tasks.append(Task { await counterLoop(region) })
+            tasks.append(Task { await boundedReaderLoop(region) })
+        }
+        for session in 0..<2 { tasks.append(Task { await sessionLoop(session) }) }
+
+        var generator = SeededGenerator(seed: seed)
+        var faults: [Fault] = []
+        var violations: [String] = []
+        let deadline = ContinuousClock.now + .milliseconds(Int64(durationSeconds * 1000))
+        try await Task.sleep(for: .seconds(min(2, durationSeconds / 4)))
+        while ContinuousClock.now < deadline {
+            let kind = kinds[Int.random(in: 0..<kinds.count, using: &generator)]
+            let (fault, violation) = try await inject(kind, generator: &generator)
+            faults.append(fault)
+            print(String(format: "  %7.1f s  %@", Double(fault.startedMs) / 1000, fault.description))
+            if let violation { violations.append(violation) }
+            // A quiet spell between faults, so the cluster recovers and the clients make progress.
+            try await Task.sleep(for: .seconds(Double.random(in: 0.5...1.5, using: &generator)))
+        }
+        stopFlag.store(true, ordering: .relaxed)
+        for task in tasks { await task.value }
+
+        // Heal: every link, every paused process, every clock.
+        try await cluster.wan("heal", [:])
+        for region in regionNames {
+            cluster.signal(region, SIGCONT)
+            if cluster.offset(region) != 0 {
+                await cluster.kill9(region)
+                try cluster.startNode(region, clockOffsetMs: 0)
+                try await cluster.waitHealthy(region)
+            }
+        }
+        let agreed = await converge(within: settleSeconds)
+        if !agreed.isEmpty { violations.append("the regions did not converge within \(Int(settleSeconds)) s: \(agreed.joined(separator: "; "))") }
+        violations += try await check()
+        return report(faults: faults, violations: violations)
+    }
+
+    /// Waits until every region's Merkle root agrees for each keyspace the clients used; returns what still differs.
+    private func converge(within seconds: Double) async -> [String] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var differing: [String] = []
+        repeat {
+            differing = []
+            for keyspace in ["accounts", "profiles", "likes"] {
+                var roots: Set<String> = []
+                for region in regionNames {
+                    let endpoint = cluster.client(region)
+                    guard let connection = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 3),
+                          let result = try? await connection.request("GET", "/v1/admin/merkle/\(keyspace)") else {
+                        roots.insert("unreachable \(region)")
+                        continue
+                    }
+                    await connection.close()
+                    roots.insert(((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["root"] as? String ?? "none \(region)")
+                }
+                if roots.count != 1 { differing.append("\(keyspace): \(roots.count) different roots") }
+            }
+            if differing.isEmpty { return [] }
+            try? await Task.sleep(for: .milliseconds(500))
+        } while Date() < deadline
+        return differing
+    }
+
+    /// Runs every checker over the histories and the healed cluster's state.
+    private func check() async throws -> [String] {
+        var violations: [String] = []
+        let state = history.state.withLock { $0 }
+        let client = Client(cluster: cluster)
+        defer { Task { await client.close() } }
+        let reader = regionNames[0]
+
+        // Acknowledged majority writes: every one must be the current value of its key (strong read).
+        var lostMajority: [String] = []
+        for write in state.majorityAcked {
+            var result = await client.request(reader, "GET", "/v1/kv/accounts/\(write.key)", headers: [("Meridian-Consistency", "strong")])
+            if result?.status != 200 || result?.text != write.value {
+                try? await Task.sleep(for: .milliseconds(200))
+                result = await client.request(reader, "GET", "/v1/kv/accounts/\(write.key)", headers: [("Meridian-Consistency", "strong")])
+            }
+            if result?.status != 200 || result?.text != write.value { lostMajority.append(write.key) }
+        }
+        if !lostMajority.isEmpty { violations.append("\(lostMajority.count) acknowledged majority writes lost: \(lostMajority.prefix(10).joined(separator: ", "))") }
+
+        // Acknowledged async writes: current, or kept aside in some region's divergence log.
+        var keptAside: Set<String> = []
+        for region in regionNames {
+            var after = "0"
+            for _ in 0..<100 {
+                guard let result = await client.request(region, "GET", "/v1/divergence?keyspace=accounts&limit=1000&after=\(after)"),
+                      result.status == 200,
+                      let answer = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any] else { break }
+                for write in answer["writes"] as? [[String: Any]] ?? [] {
+                    if let key = write["key"] as? String, let value = write["value"] as? String { keptAside.insert("\(key)=\(value)") }
+                }
+                guard let next = answer["next"] as? Int else { break }
+                after = String(next)
+            }
+        }
+        var unaccounted: [String] = []
+        var asyncLostButKept = 0
+        for write in state.asyncAcked {
+            let result = await client.request(reader, "GET", "/v1/kv/accounts/\(write.key)", headers: [("Meridian-Consistency", "strong")])
+            if result?.status == 200 && result?.text == write.value { continue }
+            if keptAside.contains("\(write.key)=\(write.value)") { asyncLostButKept += 1; continue }
+            unaccounted.append(write.key)
+        }
+        if !unaccounted.isEmpty { violations.append("\(unaccounted.count) acknowledged async writes neither current nor in a divergence log: \(unaccounted.prefix(10).joined(separator: ", "))") }
+
+        // Linearizability of the strong register operations.
+        switch LinearizabilityChecker().check(state.registers) {
+        case .linearizable: break
+        case .violation(let key, let operations): violations.append("register '\(key)' is not linearizable (\(operations.count) operations)")
+        case .unknown(let key): violations.append("register '\(key)': the linearizability search did not finish")
+        }
+
+        // Session guarantees and bounded staleness.
+        let sessionViolations = SessionChecker().check(state.sessions.keys.sorted().map { state.sessions[$0]! })
+        violations += sessionViolations.prefix(10).map { violation in
+            let trace = state.sessionTraces[violation.session] ?? []
+            let window = trace[max(0, violation.index - 8)..<min(trace.count, violation.index + 1)]
+            return "session: \(violation)\n      " + window.joined(separator: "\n      ")
+        }
+        let stale = StalenessChecker().check(writes: state.staleWrites, reads: state.staleReads)
+        violations += stale.prefix(10).map { "bounded read of '\($0.read.key)' at \($0.read.call) ms returned \($0.read.returned?.description ?? "nothing"), owed \($0.owed.version)" }
+
+        // The counter: at least every acknowledged increment, at most every attempted one, the same everywhere.
+        var counterValues: [String] = []
+        for region in regionNames {
+            let result = await client.request(region, "GET", "/v1/crdt/likes/\(Self.counterKey)")
+            let value = ((try? JSONSerialization.jsonObject(with: Data(result?.body ?? []))) as? [String: Any])?["value"] as? Int ?? -1
+            counterValues.append("\(region)=\(value)")
+            if value < state.incrementsAcked || value > state.incrementsAttempted {
+                violations.append("the counter at \(region) is \(value), outside [\(state.incrementsAcked) acknowledged, \(state.incrementsAttempted) attempted]")
+            }
+        }
+        lastSummary.withLock {
+            $0 = """
+                checked: \(state.majorityAcked.count) majority writes acknowledged, \(lostMajority.count) lost; \(state.asyncAcked.count) async writes acknowledged, \
+                \(asyncLostButKept) overwritten by a failover and kept aside, \(unaccounted.count) unaccounted; \(state.registers.count) register operations \
+                (linearizability); \(state.sessions.values.map(\.count).reduce(0, +)) session operations in \(state.sessions.count) sessions, \
+                \(sessionViolations.count) violations; \(state.staleReads.count) bounded reads, \(stale.count) too stale; counter \
+                \(counterValues.joined(separator: " ")) for \(state.incrementsAcked) acknowledged of \(state.incrementsAttempted) attempted increments
+                """
+        }
+        return violations
+    }
+
+    let lastSummary = Mutex<String>("")
+
+    private func report(faults: [Fault], violations: [String]) -> Report {
+        let state = history.state.withLock { $0 }
+        var lines: [String] = []
+        let byKind = Dictionary(grouping: faults, by: \.kind).map { "\($0.value.count) \($0.key.rawValue)" }.sorted()
+        lines.append("faults: \(faults.count) (\(byKind.joined(separator: ", ")))")
+        lines.append("operations: \(state.operations.values.reduce(0, +)) (\(state.operations.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))")
+        lines.append("not acknowledged: \(state.refusals.sorted { $0.value > $1.value }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))")
+        lines.append(lastSummary.withLock { $0 })
+        if violations.isEmpty {
+            lines.append("violations: none")
+        } else {
+            lines.append("violations: \(violations.count)")
+            lines += violations.map { "  - \($0)" }
+        }
+        return Report(text: lines.joined(separator: "\n"), violations: violations)
+    }
+}

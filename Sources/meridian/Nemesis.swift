@@ -99,8 +99,7 @@ final class NemesisCluster: @unchecked Sendable {
         self.directory = directory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var yaml = DemoCluster.yaml
-        for (index, port) in [7101, 7102, 7103, 7201, 7202, 7203].enumerated() {
-            _ = index
+        for port in [7101, 7102, 7103, 7201, 7202, 7203] {
             yaml = yaml.replacingOccurrences(of: "127.0.0.1:\(port)", with: "127.0.0.1:\(try LocalProcesses.freePort())")
         }
         yaml = yaml.replacingOccurrences(of: "admin: 127.0.0.1:7300", with: "admin: 127.0.0.1:\(try LocalProcesses.freePort())")

@@ -8,6 +8,8 @@ final class ClockWatch: Sendable {
     /// The configured offset added to this host's clock (`meridian node --clock-offset-ms`), for status.
     let injectedOffsetMs: Int64
     private let fence: Mutex<ClockFence>
+    /// The verdict, readable without the lock: every write asks.
+    private let fenced = Atomic<Bool>(false)
     private let logger: Logger
     /// Told when the verdict changes, so elections stop (or resume) standing for this region.
     private let onChange: @Sendable (Bool) -> Void
@@ -25,6 +27,7 @@ final class ClockWatch: Sendable {
             (fence.sample(peer: peer, sentMs: sentMs, peerMs: peerMs, receivedMs: receivedMs), fence)
         }
         guard changed else { return }
+        fenced.store(now.isFenced, ordering: .releasing)
         if let refusal = now.refusal {
             logger.error("clock fenced: this region refuses writes and leadership", metadata: ["reason": "\(refusal.message)"])
         } else {
@@ -34,8 +37,11 @@ final class ClockWatch: Sendable {
         onChange(now.isFenced)
     }
 
-    /// Why this region may not issue a timestamp now, if it may not.
-    var refusal: MeridianError? { fence.withLock { $0.refusal } }
+    /// Why this region may not issue a timestamp now, if it may not (the lock is taken only while fenced).
+    var refusal: MeridianError? {
+        guard fenced.load(ordering: .acquiring) else { return nil }
+        return fence.withLock { $0.refusal }
+    }
 
     var snapshot: ClockFence { fence.withLock { $0 } }
 }

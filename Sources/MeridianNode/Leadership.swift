@@ -331,12 +331,12 @@ final class Leadership: Sendable {
 
     // MARK: - The write path
 
-    /// The term a write accepted here now belongs to, if this region leads the keyspace and holds its lease.
     /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
     func clockFenced(_ fenced: Bool) {
         clockFenced.store(fenced, ordering: .relaxed)
     }
 
+    /// The term a write accepted here now belongs to, if this region leads the keyspace and holds its lease.
     func writableEpoch(_ keyspace: KeyspaceName) -> UInt64? {
         let now = nowMs
         return terms.withLock { terms in

@@ -82,11 +82,21 @@ enum StorageFault {
 /// `/v1/status` reports as the storage state.
 public final class WriteFaults: Sendable {
     private let latest = Mutex<MeridianError?>(nil)
+    /// Whether `latest` holds a failure: every successful commit asks, and takes the lock only after a failure.
+    private let failing = Atomic<Bool>(false)
 
     public init() {}
 
-    func record(_ error: MeridianError) { latest.withLock { $0 = error } }
-    func clear() { latest.withLock { if $0 != nil { $0 = nil } } }
+    func record(_ error: MeridianError) {
+        latest.withLock { $0 = error }
+        failing.store(true, ordering: .releasing)
+    }
+
+    func clear() {
+        guard failing.load(ordering: .acquiring) else { return }
+        latest.withLock { $0 = nil }
+        failing.store(false, ordering: .releasing)
+    }
 
     /// The error of the latest commit, if it failed.
     public var current: MeridianError? { latest.withLock { $0 } }

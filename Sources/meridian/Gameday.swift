@@ -92,10 +92,7 @@ struct Drill {
     }
 
     private func status(_ region: RegionConfig) async -> [String: Any]? {
-        guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2) else { return nil }
-        defer { Task { await connection.close() } }
-        guard let result = try? await connection.request("GET", "/v1/status"), result.status == 200 else { return nil }
-        return (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+        await RegionProbe.json(region.client, "/v1/status")
     }
 
     private func term(_ status: [String: Any]?) -> [String: Any] {
@@ -250,28 +247,14 @@ struct Drill {
 
     /// Whether every region's Merkle root of the keyspace is the same (polled until it is, bounded).
     private func regionsAgree(within seconds: Double) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        repeat {
-            var roots: Set<String> = []
-            for region in config.regions where policy.isReplica(region.name) {
-                guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
-                      let result = try? await connection.request("GET", "/v1/admin/merkle/\(policy.name)") else { roots.insert("unreachable"); continue }
-                await connection.close()
-                roots.insert(((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["root"] as? String ?? "?")
-            }
-            if roots.count == 1 && !roots.contains("unreachable") { return true }
-            try? await Task.sleep(for: .milliseconds(200))
-        } while Date() < deadline
-        return false
+        await RegionProbe.rootsAgree(config.regions.filter { policy.isReplica($0.name) }.map(\.client), keyspace: policy.name.rawValue, within: seconds)
     }
 
     /// The newest failover the new leader recorded for the keyspace: its own RTO view.
     private func serverRTO(epochLeader: String) async -> Int? {
         guard let region = config.regions.first(where: { $0.name.rawValue == epochLeader }),
-              let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
-              let result = try? await connection.request("GET", "/v1/failovers") else { return nil }
-        await connection.close()
-        let events = (((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["failovers"] as? [[String: Any]]) ?? []
+              let answer = await RegionProbe.json(region.client, "/v1/failovers") else { return nil }
+        let events = answer["failovers"] as? [[String: Any]] ?? []
         return events.last { $0["keyspace"] as? String == policy.name.rawValue && $0["reason"] as? String == "failure" }?["rto_ms"] as? Int
     }
 

@@ -432,11 +432,7 @@ final class NemesisRun: Sendable {
     // MARK: - Faults
 
     private func status(_ region: String) async -> [String: Any]? {
-        let endpoint = cluster.client(region)
-        guard let connection = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 2) else { return nil }
-        defer { Task { await connection.close() } }
-        guard let result = try? await connection.request("GET", "/v1/status"), result.status == 200 else { return nil }
-        return (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+        await RegionProbe.json(cluster.client(region), "/v1/status")
     }
 
     /// Injects one fault, holds it, and heals it. Returns what was done and whether it behaved (a skew beyond the
@@ -551,29 +547,16 @@ final class NemesisRun: Sendable {
         return report(faults: faults, violations: violations)
     }
 
-    /// Waits until every region's Merkle root agrees for each keyspace the clients used; returns what still differs.
+    /// Waits until every region's Merkle root agrees for each keyspace the clients used (within one deadline);
+    /// returns the keyspaces that still differ.
     private func converge(within seconds: Double) async -> [String] {
         let deadline = Date().addingTimeInterval(seconds)
         var differing: [String] = []
-        repeat {
-            differing = []
-            for keyspace in ["accounts", "profiles", "likes"] {
-                var roots: Set<String> = []
-                for region in regionNames {
-                    let endpoint = cluster.client(region)
-                    guard let connection = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 3),
-                          let result = try? await connection.request("GET", "/v1/admin/merkle/\(keyspace)") else {
-                        roots.insert("unreachable \(region)")
-                        continue
-                    }
-                    await connection.close()
-                    roots.insert(((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["root"] as? String ?? "none \(region)")
-                }
-                if roots.count != 1 { differing.append("\(keyspace): \(roots.count) different roots") }
-            }
-            if differing.isEmpty { return [] }
-            try? await Task.sleep(for: .milliseconds(500))
-        } while Date() < deadline
+        for keyspace in ["accounts", "profiles", "likes"] {
+            let agreed = await RegionProbe.rootsAgree(cluster.regions.map(\.client), keyspace: keyspace,
+                                                      within: max(0.5, deadline.timeIntervalSinceNow))
+            if !agreed { differing.append("\(keyspace): the regions' Merkle roots differ") }
+        }
         return differing
     }
 

@@ -35,8 +35,8 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-for _ in $(seq 1 600); do
-  curl -sf localhost:7103/health >/dev/null 2>&1 && curl -sf localhost:7101/health >/dev/null 2>&1 && break
+for _ in $(seq 1 900); do
+  grep -q "is up:" "$data/up.log" 2>/dev/null && break
   kill -0 "$up" 2>/dev/null || { cat "$data/up.log"; echo "api-fuzz: meridian up exited" >&2; exit 1; }
   sleep 0.1
 done

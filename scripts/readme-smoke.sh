@@ -15,8 +15,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 600); do
-  curl -sf localhost:7103/health >/dev/null 2>&1 && break
+# Wait for `meridian up` to say the cluster is up, as a newcomer would.
+for _ in $(seq 1 900); do
+  grep -q "is up:" "$log" 2>/dev/null && break
   kill -0 "$up" 2>/dev/null || { cat "$log"; echo "readme-smoke: meridian up exited"; exit 1; }
   sleep 0.1
 done

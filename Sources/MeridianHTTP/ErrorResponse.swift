@@ -8,7 +8,7 @@ extension MeridianError.Code {
     package var httpStatus: HTTPResponse.Status {
         switch self {
         case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
-             .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .clockOffsetExceeded, .replicationProtocol:
+             .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .replicationProtocol:
             .badRequest
         case .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound: .notFound
         case .methodNotAllowed: .methodNotAllowed
@@ -16,7 +16,7 @@ extension MeridianError.Code {
         case .preconditionFailed: .preconditionFailed
         case .valueTooLarge: .contentTooLarge
         case .ackTimeout: .gatewayTimeout
-        case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure, .clockFenced, .storageReadOnly:
+        case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure, .clockFenced, .clockUnverified, .clockOffsetExceeded, .storageReadOnly:
             .serviceUnavailable
         case .storageFull: HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
         default: .internalServerError
@@ -26,7 +26,7 @@ extension MeridianError.Code {
     /// Seconds a client should wait before retrying, for the codes that answer 503.
     package var retryAfterSeconds: Int? {
         switch httpStatus {
-        case .serviceUnavailable: self == .overloaded ? 1 : 5
+        case .serviceUnavailable: self == .overloaded || self == .clockUnverified ? 1 : 5
         default: nil
         }
     }

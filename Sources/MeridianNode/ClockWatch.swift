@@ -8,38 +8,46 @@ final class ClockWatch: Sendable {
     /// The configured offset added to this host's clock (`meridian node --clock-offset-ms`), for status.
     let injectedOffsetMs: Int64
     private let fence: Mutex<ClockFence>
-    /// The verdict, readable without the lock: every write asks.
-    private let fenced = Atomic<Bool>(false)
+    /// Whether the verdict lets this region write, readable without the lock: every write asks.
+    private let writable: Atomic<Bool>
     private let logger: Logger
     /// Told when the verdict changes, so elections stop (or resume) standing for this region.
     private let onChange: @Sendable (Bool) -> Void
 
     init(region: RegionName, cluster: ClusterConfig, injectedOffsetMs: Int64, logger: Logger, onChange: @escaping @Sendable (Bool) -> Void) {
         self.injectedOffsetMs = injectedOffsetMs
-        self.fence = Mutex(ClockFence(region: region, peers: cluster.regions.map(\.name), maxOffsetMs: cluster.limits.maxClockOffsetMs))
+        let fence = ClockFence(region: region, peers: cluster.regions.map(\.name), maxOffsetMs: cluster.limits.maxClockOffsetMs)
+        self.fence = Mutex(fence)
+        self.writable = Atomic(fence.mayWrite)
         self.logger = logger
         self.onChange = onChange
     }
 
     /// A peer's clock reading, bracketed by two of this region's (see ``ClockFence/sample(peer:sentMs:peerMs:receivedMs:)``).
     func sample(peer: RegionName, sentMs: UInt64, peerMs: UInt64, receivedMs: UInt64) {
-        let (changed, now) = fence.withLock { fence in
-            (fence.sample(peer: peer, sentMs: sentMs, peerMs: peerMs, receivedMs: receivedMs), fence)
+        let (before, now) = fence.withLock { fence in
+            let before = fence.verdict
+            fence.sample(peer: peer, sentMs: sentMs, peerMs: peerMs, receivedMs: receivedMs)
+            return (before, fence)
         }
-        guard changed else { return }
-        fenced.store(now.isFenced, ordering: .releasing)
-        if let refusal = now.refusal {
-            logger.error("clock fenced: this region refuses writes and leadership", metadata: ["reason": "\(refusal.message)"])
-        } else {
-            logger.notice("clock back within tolerance: this region accepts writes and may lead again",
+        guard now.verdict != before else { return }
+        writable.store(now.mayWrite, ordering: .releasing)
+        switch now.verdict {
+        case .fenced:
+            logger.error("clock fenced: this region refuses writes and leadership", metadata: ["reason": "\(now.refusal?.message ?? "")"])
+        case .withinTolerance:
+            logger.notice(before.isFenced ? "clock back within tolerance: this region accepts writes and may lead again"
+                                          : "clock within tolerance of a majority: this region accepts writes",
                           metadata: ["offsets_ms": "\(now.offsets.mapValues(\.estimateMs))"])
+        case .unproven:
+            if before.isFenced { logger.notice("clock no longer provably out of tolerance; waiting to be proven within it") }
         }
-        onChange(now.isFenced)
+        if before.isFenced != now.isFenced { onChange(now.isFenced) }
     }
 
-    /// Why this region may not issue a timestamp now, if it may not (the lock is taken only while fenced).
+    /// Why this region may not issue a timestamp now, if it may not (the lock is taken only while it may not).
     var refusal: MeridianError? {
-        guard fenced.load(ordering: .acquiring) else { return nil }
+        guard !writable.load(ordering: .acquiring) else { return nil }
         return fence.withLock { $0.refusal }
     }
 

@@ -28,7 +28,7 @@ actor GroupCommitter {
     private var committing = false
     private let lastCommittedSequence: SequenceHighWater
     private var nextSequence: UInt64
-    private var clock: HybridLogicalClock
+    private let clock: TransactionClock
     private let rules: [KeyspaceName: ConflictRule]
     /// The data directory, examined when a write fails.
     private let directory: String
@@ -46,7 +46,7 @@ actor GroupCommitter {
         self.region = region
         self.limits = limits
         self.nextSequence = nextSequence
-        self.clock = clock
+        self.clock = TransactionClock(clock, physicalClockMs: physicalClockMs)
         self.physicalClockMs = physicalClockMs
         self.observer = observer
         self.logger = logger
@@ -90,15 +90,14 @@ actor GroupCommitter {
         let requests = batch.map(\.request)
         let region = self.region
         let firstSequence = nextSequence
-        let startClock = clock
+        let clock = self.clock
         let physicalMs = physicalClockMs()
         let started = ContinuousClock.now
         let rules = self.rules
         let limits = self.limits
         do {
-            let (outcomes, sequence, clockAfter, recorded) = try await pool.write { db in
+            let (outcomes, sequence, recorded) = try await pool.write { db in
                 var sequence = firstSequence
-                var clock = startClock
                 var outcomes: [WriteOutcome] = []
                 var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 outcomes.reserveCapacity(requests.count)
@@ -117,10 +116,15 @@ actor GroupCommitter {
                             continue
                         }
                     }
-                    // Past what the session saw; a timestamp beyond the clock-offset bound is not followed (the
-                    // token is authenticated, so only a region with a runaway clock could have issued it).
-                    if let after = request.after { _ = try? clock.receive(after, physicalMs: physicalMs) }
-                    let hlc = clock.now(physicalMs: physicalMs)
+                    // Issued inside the transaction, so past every entry applied before it (and so past
+                    // everything it supersedes), and past what the session saw.
+                    let hlc: HLCTimestamp
+                    switch clock.issue(after: request.after) {
+                    case .success(let issued): hlc = issued
+                    case .failure(let refusal):
+                        outcomes.append(.refused(refusal))
+                        continue
+                    }
                     var write = (operation: request.operation, contentType: request.contentType, value: request.value)
                     switch Self.prepareCRDT(request, rule: rule, state: state, at: hlc, limits: limits) {
                     case .failure(let error):
@@ -154,11 +158,9 @@ actor GroupCommitter {
                     outcomes.append(.committed(entry))
                 }
                 if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
-                return (outcomes, sequence, clock, recorded)
+                return (outcomes, sequence, recorded)
             }
             nextSequence = sequence
-            // Join, never overwrite: an apply of replicated entries may have advanced the clock during the await.
-            clock.advance(past: clockAfter.last)
             // Published before any write of the batch is answered, so a read that follows an acknowledged
             // write always sees it applied (read-your-writes in this region).
             lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
@@ -268,14 +270,8 @@ actor GroupCommitter {
                          diverted: [UInt64: UInt64] = [:]) async throws(MeridianError) -> UInt64 {
         precondition(origin != region, "a region never receives its own log")
         precondition(from >= 1 && from <= through && entries.allSatisfy { $0.origin == origin && (from...through).contains($0.sequence) })
-        var clockAfter = clock
+        let clock = self.clock
         let physicalMs = physicalClockMs()
-        for entry in entries {
-            // A remote clock beyond the maximum offset does not drag ours along; the entry still applies, by its
-            // own timestamp, so every region converges. (Fencing such a region is the failover issue's work.)
-            _ = try? clockAfter.receive(entry.hlc, physicalMs: physicalMs)
-        }
-        let last = clockAfter.last
         let region = self.region
         let rules = self.rules
         let limits = self.limits
@@ -300,13 +296,16 @@ actor GroupCommitter {
                     let state = try KeyStateRows.load(db, entry.keyspace, entry.key)
                     let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits)
                     recorded[entry.keyspace, default: .init()].add(step)
+                    // A remote clock beyond the maximum offset does not drag ours along (the clock fence stops
+                    // such a region writing); the entry still applies, by its own timestamp, so regions converge.
+                    clock.receive(entry.hlc)
                     appliedAny = true
                 }
                 try db.cachedStatement(sql: """
                     INSERT INTO applied (origin, sequence) VALUES (?, ?)
                     ON CONFLICT (origin) DO UPDATE SET sequence = excluded.sequence
                     """).execute(arguments: [origin.rawValue, Int64(through)])
-                if appliedAny { try Self.raiseHighWater(db, last, region: region) }
+                if appliedAny { try Self.raiseHighWater(db, clock.last, region: region) }
                 return .success((through, recorded))
             }
         } catch {
@@ -314,8 +313,6 @@ actor GroupCommitter {
         }
         let (applied, recorded) = try outcome.get()
         report(recorded)
-        // Join, never overwrite: a local commit may have issued later timestamps during the await.
-        clock.advance(past: clockAfter.last)
         return applied
     }
 
@@ -327,12 +324,8 @@ actor GroupCommitter {
         let rule = rules[keyspace] ?? .lww
         let limits = self.limits
         let physicalMs = physicalClockMs()
-        var clockAfter = clock
-        for item in states {
-            for version in item.state.versions { _ = try? clockAfter.receive(version.version.hlc, physicalMs: physicalMs) }
-        }
+        let clock = self.clock
         let region = self.region
-        let last = clockAfter.last
         let outcome: (Int, KeyStateRows.Applied)
         do {
             outcome = try await pool.write { db -> (Int, KeyStateRows.Applied) in
@@ -342,19 +335,19 @@ actor GroupCommitter {
                     let local = try KeyStateRows.load(db, keyspace, item.key)
                     let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
                     guard merged != local else { continue }
+                    for version in item.state.versions { clock.receive(version.version.hlc) }
                     try KeyStateRows.store(db, keyspace, item.key, old: local, new: merged, rule: rule)
                     recorded.add(try KeyStateRows.record(db, keyspace, item.key, KeyChange.changes(old: local, new: merged, rule: rule),
                                                          nowMs: physicalMs, limits: limits))
                     changed += 1
                 }
-                if changed > 0 { try Self.raiseHighWater(db, last, region: region) }
+                if changed > 0 { try Self.raiseHighWater(db, clock.last, region: region) }
                 return (changed, recorded)
             }
         } catch {
             throw StorageFault.error(error, directory: directory, what: "Repaired keys of \(keyspace) could not be stored; nothing was changed")
         }
         report([keyspace: outcome.1])
-        clock.advance(past: clockAfter.last)
         return outcome.0
     }
 
@@ -388,6 +381,60 @@ actor GroupCommitter {
         guard parts.count == 2, let physicalMs = UInt64(parts[0]), let logical = UInt32(parts[1]) else { return nil }
         return HLCTimestamp(physicalMs: physicalMs, logical: logical, region: region)
     }
+}
+
+/// The region's hybrid logical clock, moved only inside write transactions. SQLite runs one write transaction
+/// at a time, so the clock moves in commit order: a timestamp a local write is issued is past every entry
+/// applied before it, which are all it can supersede, however long the write waited for its turn. Each
+/// reading takes the wall clock afresh, so a wait never makes a remote timestamp look further ahead than it
+/// is. A rolled-back transaction leaves the clock advanced, which costs nothing (timestamps only need to grow).
+final class TransactionClock: Sendable {
+    private let state: Mutex<HybridLogicalClock>
+    private let physicalClockMs: @Sendable () -> UInt64
+
+    init(_ clock: HybridLogicalClock, physicalClockMs: @escaping @Sendable () -> UInt64) {
+        state = Mutex(clock)
+        self.physicalClockMs = physicalClockMs
+    }
+
+    /// A timestamp for a local write, past `after` (what the writer's session has seen).
+    /// - Returns: The timestamp, or `clock_offset_exceeded` when `after` leads this region's wall clock by more
+    ///   than the maximum offset: following it would adopt a runaway clock, ignoring it would order the write
+    ///   before what its session saw.
+    func issue(after: HLCTimestamp?) -> Result<HLCTimestamp, MeridianError> {
+        let physicalMs = physicalClockMs()
+        return state.withLock { clock in
+            if let after {
+                do throws(MeridianError) {
+                    _ = try clock.receive(after, physicalMs: physicalMs)
+                } catch {
+                    let leadMs = after.physicalMs - physicalMs
+                    return .failure(MeridianError(
+                        .clockOffsetExceeded,
+                        "This session has seen a write timestamped \(leadMs) ms ahead of \(clock.region)'s clock, beyond max_clock_offset_ms (\(clock.maxOffsetMs) ms), so a write here cannot be ordered after it; nothing was written. One of the two regions' clocks is wrong: retry shortly, or write through \(after.region).",
+                        context: ["region": clock.region.rawValue, "lead_ms": String(leadMs), "max_offset_ms": String(clock.maxOffsetMs),
+                                  "issued_by": after.region.rawValue]))
+                }
+            }
+            return .success(clock.now(physicalMs: physicalMs))
+        }
+    }
+
+    /// Moves the clock past a timestamp another region issued, unless it leads this region's wall clock by
+    /// more than the maximum offset. This region's own wall clock is not folded in: only a write does that.
+    /// A region that may not write (its clock fenced or not yet verified) applies entries all the same, and
+    /// its clock, persisted as the floor for restarts, must not carry its wrong wall clock past a restart
+    /// that corrects it.
+    func receive(_ remote: HLCTimestamp) {
+        let physicalMs = physicalClockMs()
+        state.withLock { clock in
+            guard remote.physicalMs <= physicalMs || remote.physicalMs - physicalMs <= clock.maxOffsetMs else { return }
+            clock.advance(past: remote)
+        }
+    }
+
+    /// The latest timestamp issued or received.
+    var last: HLCTimestamp { state.withLock { $0.last } }
 }
 
 /// The highest committed sequence of this region's log, shared between the committer and readers.

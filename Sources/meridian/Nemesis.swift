@@ -200,6 +200,8 @@ final class NemesisHistory: Sendable {
         var incrementsAttempted = 0
         var operations: [String: Int] = [:]
         var refusals: [String: Int] = [:]
+        /// The first answer of each refusal, as the operation that got it and the error's message.
+        var firstRefusal: [String: String] = [:]
     }
 
     let state = Mutex(State())
@@ -212,8 +214,12 @@ final class NemesisHistory: Sendable {
         state.withLock { state in
             state.operations[operation, default: 0] += 1
             if let result, result.status != 200 {
-                let code = (((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["error"] as? [String: Any])?["code"] as? String
-                state.refusals["\(result.status) \(code ?? "?")", default: 0] += 1
+                let error = ((try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])?["error"] as? [String: Any]
+                let refusal = "\(result.status) \(error?["code"] as? String ?? "?")"
+                state.refusals[refusal, default: 0] += 1
+                if state.firstRefusal[refusal] == nil {
+                    state.firstRefusal[refusal] = "\(operation), at \(nowMs) ms: \(error?["message"] as? String ?? result.text.prefix(200).description)"
+                }
             } else if result == nil {
                 state.refusals["no answer", default: 0] += 1
             }
@@ -478,13 +484,16 @@ final class NemesisRun: Sendable {
             try cluster.startNode(region, clockOffsetMs: offset)
             try await cluster.waitHealthy(region)
             let deadline = Date().addingTimeInterval(max(hold, 3))
-            var fenced = false
+            var states: Set<String> = []
             while Date() < deadline {
-                if ((await status(region))?["clock"] as? [String: Any])?["state"] as? String == "fenced" { fenced = true }
-                try await Task.sleep(for: .milliseconds(200))
+                if let state = ((await status(region))?["clock"] as? [String: Any])?["state"] as? String { states.insert(state) }
+                try await Task.sleep(for: .milliseconds(100))
             }
+            let fenced = states.contains("fenced")
             if beyond && !fenced { violation = "\(region) ran \(offset) ms off (beyond \(maxOffset)) and never reported itself fenced" }
+            if beyond && states.contains("ok") { violation = "\(region) ran \(offset) ms off (beyond \(maxOffset)) yet reported its clock ok (writable)" }
             if !beyond && fenced { violation = "\(region) ran \(offset) ms off (within \(maxOffset)) but fenced itself" }
+            if !beyond && !states.contains("ok") { violation = "\(region) ran \(offset) ms off (within \(maxOffset)) but never had its clock verified (\(states.sorted()))" }
             await cluster.kill9(region)
             try cluster.startNode(region, clockOffsetMs: 0)
             try await cluster.waitHealthy(region)
@@ -653,6 +662,7 @@ final class NemesisRun: Sendable {
         lines.append("faults: \(faults.count) (\(byKind.joined(separator: ", ")))")
         lines.append("operations: \(state.operations.values.reduce(0, +)) (\(state.operations.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))")
         lines.append("not acknowledged: \(state.refusals.sorted { $0.value > $1.value }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))")
+        for (refusal, first) in state.firstRefusal.sorted(by: { $0.key < $1.key }) { lines.append("  first \(refusal): \(first)") }
         lines.append(lastSummary.withLock { $0 })
         if violations.isEmpty {
             lines.append("violations: none")

@@ -67,6 +67,47 @@ import Testing
         #expect(!fence.isFenced)
     }
 
+    @Test func aRegionWritesOnlyOnceAMajorityHasBracketedItWithinTolerance() {
+        var fence = ClockFence(region: Self.us, peers: [Self.us, Self.eu, Self.ap], maxOffsetMs: 500)
+        // Just started: no evidence either way. It may lead (a cluster must start) but takes no write.
+        #expect(fence.verdict == .unproven(inTolerance: []))
+        #expect(!fence.isFenced && !fence.mayWrite)
+        #expect(fence.refusal?.code == .clockUnverified)
+        #expect(fence.refusal?.message.contains("max_clock_offset_ms") == true)
+        // One far peer of three neither fences it nor proves it.
+        fence.sample(peer: Self.eu, sentMs: 0, peerMs: 5_000, receivedMs: 50)
+        #expect(fence.verdict == .unproven(inTolerance: []))
+        // A paused exchange (a bracket wider than twice the maximum) proves nothing.
+        fence.sample(peer: Self.ap, sentMs: 0, peerMs: 500, receivedMs: 3_000)
+        #expect(fence.verdict == .unproven(inTolerance: []))
+        // A tight bracket within the limit: with itself, two of three.
+        let changed = fence.sample(peer: Self.ap, sentMs: 10_000, peerMs: 10_030, receivedMs: 10_060)
+        #expect(changed)
+        #expect(fence.verdict == .withinTolerance && fence.mayWrite && fence.refusal == nil)
+        // Proof does not expire: cut off now, it keeps writing.
+        #expect(fence.mayWrite)
+        // A one-region cluster needs nobody.
+        #expect(ClockFence(region: Self.us, peers: [], maxOffsetMs: 500).mayWrite)
+        // Two regions: the one peer must answer.
+        var pair = ClockFence(region: Self.us, peers: [Self.eu], maxOffsetMs: 500)
+        #expect(!pair.mayWrite)
+        pair.sample(peer: Self.eu, sentMs: 0, peerMs: 10, receivedMs: 20)
+        #expect(pair.mayWrite)
+    }
+
+    @Test func aSkewedRegionStartingUpIsFencedBeforeItEverWrites() {
+        // us-east restarts 2 s ahead. Whatever order its peers' brackets arrive in, it never passes through
+        // a state that takes writes.
+        for order in [[Self.eu, Self.ap], [Self.ap, Self.eu]] {
+            var fence = ClockFence(region: Self.us, peers: [Self.us, Self.eu, Self.ap], maxOffsetMs: 500)
+            for peer in order {
+                #expect(!fence.mayWrite)
+                fence.sample(peer: peer, sentMs: 12_000, peerMs: 10_040, receivedMs: 12_080)
+            }
+            #expect(fence.isFenced && !fence.mayWrite)
+        }
+    }
+
     @Test func twoRegionsThatDisagreeBothFence() {
         // Neither can tell whose clock is wrong, so neither writes.
         var fence = ClockFence(region: Self.us, peers: [Self.eu], maxOffsetMs: 500)

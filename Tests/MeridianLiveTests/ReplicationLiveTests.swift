@@ -69,7 +69,8 @@ final class LiveCluster {
         try await HTTPConnection.connect(host: "127.0.0.1", port: clientPorts[region]!)
     }
 
-    /// Waits (bounded) until every region's outbound stream to every peer is up.
+    /// Waits (bounded) until every region's outbound stream to every peer is up, and its peers have compared
+    /// clocks with it (a region takes writes only then; a skewed one is fenced instead).
     func waitUntilLinksUp(timeoutSeconds: Double = 30) async throws {
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         for region in regions {
@@ -77,8 +78,10 @@ final class LiveCluster {
             defer { Task { await connection.close() } }
             while true {
                 let status = try await connection.request("GET", "/v1/status")
-                let peers = (try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any])?["peers"] as? [[String: Any]] ?? []
-                if peers.count == regions.count - 1 && peers.allSatisfy({ $0["link"] as? String == "up" }) { break }
+                let answer = (try? JSONSerialization.jsonObject(with: Data(status.body))) as? [String: Any] ?? [:]
+                let peers = answer["peers"] as? [[String: Any]] ?? []
+                let clock = (answer["clock"] as? [String: Any])?["state"] as? String
+                if peers.count == regions.count - 1 && peers.allSatisfy({ $0["link"] as? String == "up" }) && clock != "unverified" { break }
                 guard Date() < deadline else {
                     Issue.record("\(region)'s links did not come up: \(status.text)")
                     return

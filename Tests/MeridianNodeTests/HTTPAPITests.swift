@@ -6,7 +6,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import MeridianCore
-import MeridianNode
+@testable import MeridianNode
 import NIOCore
 import Testing
 
@@ -38,15 +38,23 @@ struct NodeFixture {
 
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-node-\(UUID().uuidString)").path
 
-    func withApp(_ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    func withApp(proveClock: Bool = true, _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let config = try ClusterConfig.parse(yaml: Self.yaml, file: "test.yaml")
         let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), dataDirectory: directory))
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: directory)
         }
+        if proveClock { Self.proveClock(node) }
         let app = Application(router: node.router())
         try await app.test(.router, test)
+    }
+
+    /// Feeds the node the bracket a heartbeat from eu-west would (clocks in step), as its replication streams
+    /// would a moment after start; until then a region of two takes no write.
+    static func proveClock(_ node: RegionNode) {
+        let now = UInt64(Date().timeIntervalSince1970 * 1000)
+        node.clock.sample(peer: RegionName(validated: "eu-west"), sentMs: now, peerMs: now, receivedMs: now)
     }
 }
 
@@ -128,6 +136,55 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 let token = try #require(response.headers[HTTPField.Name("Meridian-Session")!])
                 #expect(try SessionToken(decoding: token, key: SessionKey(clusterName: "test")).seen[RegionName(validated: "us-east")] == deleted.sequence)
                 #expect(response.headers[.eTag] == "\"\(deleted)\"")
+            }
+        }
+    }
+
+    @Test func aRegionTakesNoWriteUntilAPeerHasComparedClocksWithIt() async throws {
+        try await fixture.withApp(proveClock: false) { client in
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .put, body: ByteBuffer(string: "early")) { response throws in
+                #expect(response.status == .serviceUnavailable)
+                #expect(try errorCode(response) == "clock_unverified")
+                #expect(response.headers[.retryAfter] == "1")
+            }
+            try await client.execute(uri: "/v1/status", method: .get) { response throws in
+                let clock = try #require(try json(response)["clock"] as? [String: Any])
+                #expect(clock["state"] as? String == "unverified")
+                #expect((clock["reason"] as? String)?.contains("max_clock_offset_ms") == true)
+            }
+            // Reads go on; nothing was written.
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .get) { response throws in
+                #expect(response.status == .notFound)
+            }
+        }
+    }
+
+    @Test func aWriteIsNotOrderedBeforeATimestampItsSessionSawFarAhead() async throws {
+        try await fixture.withApp { client in
+            // A session that has seen a write stamped an hour ahead of this region's clock.
+            var token = SessionToken()
+            let ahead = UInt64(Date().timeIntervalSince1970 * 1000) + 3_600_000
+            token.observe(Version(hlc: HLCTimestamp(physicalMs: ahead, logical: 0, region: RegionName(validated: "eu-west")), sequence: 1))
+            let encoded = token.encoded(with: SessionKey(clusterName: "test"))
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .put, headers: [HTTPField.Name("Meridian-Session")!: encoded],
+                                     body: ByteBuffer(string: "v")) { response throws in
+                #expect(response.status == .serviceUnavailable, "\(String(buffer: response.body))")
+                #expect(try errorCode(response) == "clock_offset_exceeded")
+            }
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .get) { response throws in
+                #expect(response.status == .notFound, "nothing was written")
+            }
+            // One within the maximum offset is followed: the write is stamped after it.
+            var near = SessionToken()
+            let soon = UInt64(Date().timeIntervalSince1970 * 1000) + 300
+            near.observe(Version(hlc: HLCTimestamp(physicalMs: soon, logical: 0, region: RegionName(validated: "eu-west")), sequence: 1))
+            try await client.execute(uri: "/v1/kv/profiles/k", method: .put,
+                                     headers: [HTTPField.Name("Meridian-Session")!: near.encoded(with: SessionKey(clusterName: "test"))],
+                                     body: ByteBuffer(string: "v")) { response throws in
+                #expect(response.status == .ok)
+                let text = try #require(try json(response)["version"] as? String)
+                let version = try #require(Version(parsing: text))
+                #expect(version.hlc.physicalMs >= soon)
             }
         }
     }

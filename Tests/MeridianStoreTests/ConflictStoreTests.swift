@@ -112,6 +112,57 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         right.close()
     }
 
+    @Test func aLocalWriteIsStampedAfterEveryEntryItSupersedesHoweverCommitsAndAppliesInterleave() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try open(fixture, rule: .lww)
+        // eu-west's clock runs 300 ms ahead (within the maximum offset). Its entries arrive while local writes
+        // wait for their transaction; each local write supersedes what the store holds when its transaction
+        // runs, so its timestamp must follow those entries, not merely what the clock knew when it queued.
+        let rounds = 40
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for index in 1...rounds {
+                    _ = try await store.applyReplicated([self.entry(self.eu, UInt64(index), key: "k", value: "eu-\(index)", ms: 10_000_300 + UInt64(index))],
+                                                        origin: self.eu)
+                }
+            }
+            for index in 0..<rounds {
+                group.addTask { _ = try await store.write(fixture.put("k", "us-\(index)")) }
+            }
+            try await group.waitForAll()
+        }
+        let remote = try await store.logEntries(origin: eu, after: 0, limit: 1000)
+        let local = try await store.logEntries(origin: fixture.region, after: 0, limit: 1000)
+        #expect(remote.count == rounds && local.count == rounds)
+        var misordered: [String] = []
+        for write in local {
+            for superseded in remote where superseded.sequence <= write.context[eu, default: 0] && superseded.hlc >= write.hlc {
+                misordered.append("\(write.version) supersedes \(superseded.version)")
+            }
+        }
+        #expect(misordered.isEmpty, "stamped before what they supersede: \(misordered.prefix(5))")
+        store.close()
+    }
+
+    @Test func applyingEntriesDoesNotCarryAWrongWallClockPastARestart() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        // Started with its clock 2 s ahead (fenced, so it writes nothing), the region still applies entries.
+        fixture.clock.set(10_002_000)
+        let skewed = try open(fixture, rule: .lww)
+        _ = try await skewed.applyReplicated([entry(eu, 1, key: "a", value: "eu", ms: 10_000_000)], origin: eu)
+        skewed.close()
+        // Restarted with the clock corrected: its first write is stamped by the right clock, after the entry.
+        fixture.clock.set(10_000_050)
+        let corrected = try open(fixture, rule: .lww)
+        let write = try committed(try await corrected.write(fixture.put("b", "us")))
+        #expect(write.hlc.physicalMs == 10_000_050, "stamped \(write.hlc), not by the wrong clock")
+        let after = try committed(try await corrected.write(fixture.put("a", "us")))
+        #expect(after.hlc > HLCTimestamp(physicalMs: 10_000_000, logical: 0, region: eu))
+        corrected.close()
+    }
+
     @Test func aLocalWriteSupersedesWhatItsRegionHeld() async throws {
         let fixture = StoreFixture()
         defer { fixture.remove() }

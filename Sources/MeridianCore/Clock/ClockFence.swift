@@ -14,8 +14,12 @@
 /// `±maxOffsetMs` counts as evidence.
 ///
 /// Evidence does not expire: a peer's latest bracket stands until a newer one replaces it, so a region cut
-/// off after it was found out stays fenced. Until a peer's first bracket arrives the peer counts for neither
-/// side (a region that has heard nobody, cut off or starting, is not fenced).
+/// off after it was found out stays fenced, and one cut off after it was found in tolerance keeps writing.
+/// Until a peer's first bracket arrives the peer counts for neither side. A region starts unproven: it
+/// writes only once peers whose brackets allow it to be in tolerance make, with itself, a majority of the
+/// cluster. Otherwise a node restarted with a clock far off would issue timestamps in the moments before
+/// its peers' first heartbeats fence it, and those timestamps would outrank every honest write for as long
+/// as the clock is off.
 public struct ClockFence: Sendable, Hashable {
     /// One peer's offset, as bracketed by its latest sample.
     public struct Offset: Sendable, Hashable {
@@ -35,6 +39,9 @@ public struct ClockFence: Sendable, Hashable {
             return 0
         }
 
+        /// How wide the bracket is: the exchange's round trip, as this region's clock measured it.
+        public var widthMs: UInt64 { UInt64(highMs - lowMs) }
+
         /// The middle of the bracket, as the best single estimate.
         public var estimateMs: Int64 { lowMs + (highMs - lowMs) / 2 }
     }
@@ -42,8 +49,15 @@ public struct ClockFence: Sendable, Hashable {
     /// Whether this region may issue timestamps, and why not.
     public enum Verdict: Sendable, Hashable {
         case withinTolerance
+        /// Too few peers have bracketed this region's clock yet to show it is within tolerance (the listed ones have).
+        case unproven(inTolerance: [RegionName])
         /// The listed peers' clocks are provably more than the maximum offset from this region's.
         case fenced(outOfTolerance: [RegionName])
+
+        public var isFenced: Bool {
+            if case .fenced = self { return true }
+            return false
+        }
     }
 
     public let region: RegionName
@@ -80,15 +94,35 @@ public struct ClockFence: Sendable, Hashable {
 
     /// Fenced when the peers provably out of tolerance are at least half the cluster: with three regions, both
     /// peers; a region whose only fault is one skewed peer keeps going (that peer fences itself instead).
+    /// Otherwise within tolerance once the peers whose brackets allow an offset within the maximum make, with
+    /// this region, a majority (one peer of three, or of two; none in a one-region cluster); unproven before.
+    /// A bracket wider than twice the maximum (a paused or stalled exchange) proves nothing either way.
     public var verdict: Verdict {
         let far = offsets.filter { $0.value.leastMagnitudeMs > maxOffsetMs }.map(\.key).sorted()
-        return !far.isEmpty && far.count * 2 >= clusterSize ? .fenced(outOfTolerance: far) : .withinTolerance
+        if !far.isEmpty && far.count * 2 >= clusterSize { return .fenced(outOfTolerance: far) }
+        let near = offsets.filter { $0.value.leastMagnitudeMs <= maxOffsetMs && $0.value.widthMs <= 2 * maxOffsetMs }.map(\.key).sorted()
+        return (near.count + 1) * 2 > clusterSize ? .withinTolerance : .unproven(inTolerance: near)
     }
 
-    public var isFenced: Bool { verdict != .withinTolerance }
+    /// Whether this region must not lead: its clock is provably out of tolerance (an unproven one may lead,
+    /// as it must to start a cluster, but takes no write until proven).
+    public var isFenced: Bool { verdict.isFenced }
 
-    /// The error a write or an election answers while fenced (nil when within tolerance).
+    /// Whether this region may issue timestamps for writes.
+    public var mayWrite: Bool { verdict == .withinTolerance }
+
+    /// Peers needed, besides those that have bracketed this region in tolerance, before it may write.
+    private var peersNeeded: Int { clusterSize / 2 }
+
+    /// The error a write answers while fenced or unproven (nil when within tolerance), or an election while fenced.
     public var refusal: MeridianError? {
+        if case .unproven(let near) = verdict {
+            return MeridianError(
+                .clockUnverified,
+                "\(region) has not yet compared its clock with enough peers to know it is within \(maxOffsetMs) ms (max_clock_offset_ms) of theirs: \(near.count) of the \(peersNeeded) it needs have answered since it started. It takes writes once the replication streams to them are up (one heartbeat); retry shortly, or write through another region.",
+                context: ["region": region.rawValue, "max_offset_ms": String(maxOffsetMs), "peers_needed": String(peersNeeded),
+                          "peers_in_tolerance": near.map(\.rawValue).joined(separator: ",")])
+        }
         guard case .fenced(let far) = verdict else { return nil }
         let detail = far.map { peer in "\(peer) \(offsets[peer].map { $0.estimateMs > 0 ? "+\($0.estimateMs)" : "\($0.estimateMs)" } ?? "?") ms" }
             .joined(separator: ", ")

@@ -103,8 +103,8 @@ public struct HybridLogicalClock: Sendable {
         return last
     }
 
-    /// Moves this clock to at least `timestamp` (same region's earlier readings), without issuing anything.
-    /// Used when two copies of one region's clock were advanced separately and must be joined.
+    /// Moves this clock to at least `timestamp` (an earlier reading of this region's clock, or a remote timestamp
+    /// already checked against the offset bound), without issuing anything and without reading the wall clock.
     public mutating func advance(past timestamp: HLCTimestamp) {
         if (timestamp.physicalMs, timestamp.logical) > (lastPhysicalMs, lastLogical) {
             lastPhysicalMs = timestamp.physicalMs

@@ -34,6 +34,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case storageFailure = "storage_failure"
             case clockOffsetExceeded = "clock_offset_exceeded"
             case clockFenced = "clock_fenced"
+            case clockUnverified = "clock_unverified"
             case storageFull = "storage_full"
             case storageReadOnly = "storage_read_only"
             case codecTruncated = "codec_truncated"
@@ -75,9 +76,12 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let regionUnavailable = Code(.regionUnavailable)
         public static let overloaded = Code(.overloaded)
         public static let storageFailure = Code(.storageFailure)
+        /// A timestamp (a peer's, or one a session saw) leads this region's clock by more than the maximum offset.
         public static let clockOffsetExceeded = Code(.clockOffsetExceeded)
         /// This region's clock is too far from its peers': it refuses writes and does not lead.
         public static let clockFenced = Code(.clockFenced)
+        /// This region has not yet compared its clock with enough peers since it started: it refuses writes for now.
+        public static let clockUnverified = Code(.clockUnverified)
         /// The data directory's disk is full: writes are refused, reads go on.
         public static let storageFull = Code(.storageFull)
         /// The data directory cannot be written (read-only file system or permissions): writes are refused, reads go on.

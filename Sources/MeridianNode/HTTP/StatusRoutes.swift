@@ -190,8 +190,13 @@ extension RegionNode {
 
     func clockStatus() -> StatusAnswer.ClockStatus {
         let fence = clock.snapshot
+        let state = switch fence.verdict {
+        case .withinTolerance: "ok"
+        case .unproven: "unverified"
+        case .fenced: "fenced"
+        }
         return StatusAnswer.ClockStatus(
-            state: fence.isFenced ? "fenced" : "ok", maxOffsetMs: fence.maxOffsetMs, injectedOffsetMs: clock.injectedOffsetMs,
+            state: state, maxOffsetMs: fence.maxOffsetMs, injectedOffsetMs: clock.injectedOffsetMs,
             peers: Dictionary(uniqueKeysWithValues: fence.offsets.map { ($0.key.rawValue, StatusAnswer.ClockStatus.PeerOffset(lowMs: $0.value.lowMs, highMs: $0.value.highMs)) }),
             reason: fence.refusal?.message)
     }

@@ -58,7 +58,7 @@ public struct LinearizabilityChecker: Sendable {
             byKey[operation.key, default: []].append(operation)
         }
         for key in byKey.keys.sorted() {
-            let operations = byKey[key]!.sorted { $0.call < $1.call }
+            let operations = Self.boundingUnknownWrites(byKey[key]!, initial: initial).sorted { $0.call < $1.call }
             switch checkKey(operations, initial: initial) {
             case true?: continue
             case false?: return .violation(key: key, operations: operations)
@@ -66,6 +66,32 @@ public struct LinearizabilityChecker: Sendable {
             }
         }
         return .linearizable
+    }
+
+    /// Narrows the writes whose outcome is unknown (timeouts), which otherwise stay open to the end of the
+    /// history and make the search exponential in their number. Both steps keep the verdict exact:
+    /// - a write whose value no read returned is dropped: wherever a linearization places it, the next
+    ///   operation on the key is a write (a read would have returned its value), so the same order without
+    ///   it is a linearization too; and one without it extends by placing it last;
+    /// - a write of a value no other write and not the initial state holds, which some read returned, must
+    ///   take effect before that read does, so before the earliest such read returned: that becomes its return.
+    static func boundingUnknownWrites(_ operations: [RegisterOperation], initial: String?) -> [RegisterOperation] {
+        var earliestRead: [String?: UInt64] = [:]
+        var writers: [String?: Int] = [:]
+        for operation in operations {
+            switch operation.kind {
+            case .read(let seen):
+                if let returned = operation.returned { earliestRead[seen] = min(earliestRead[seen] ?? .max, returned) }
+            case .write(let value):
+                writers[value, default: 0] += 1
+            }
+        }
+        return operations.compactMap { operation in
+            guard operation.returned == nil, case .write(let value) = operation.kind else { return operation }
+            guard let readBy = earliestRead[value] else { return nil }
+            guard value != nil, value != initial, writers[value] == 1 else { return operation }
+            return RegisterOperation(key: operation.key, kind: operation.kind, call: operation.call, returned: max(operation.call, readBy))
+        }
     }
 
     /// One key: true (linearizable), false (not), nil (undecided within the step budget).

@@ -200,6 +200,9 @@ final class BenchCluster {
                 try await Task.sleep(for: .milliseconds(50))
             }
         }
+        // And every region's clock compared with its peers' (it takes no write before).
+        let unverified = await Up.waitUntilClocksVerified(config.regions.map(\.client), timeoutSeconds: 30, stop: { false })
+        guard unverified.isEmpty else { throw CLIFailure("the clocks of \(unverified) were not verified by their peers within 30 s") }
     }
 
     func peers(_ region: RegionName) async throws -> [[String: Any]] {

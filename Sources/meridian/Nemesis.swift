@@ -125,6 +125,8 @@ final class NemesisCluster: @unchecked Sendable {
         lock.withLock { self.wan = wan }
         for region in regions { try startNode(region.name.rawValue, clockOffsetMs: 0) }
         for region in regions { try await waitHealthy(region.name.rawValue) }
+        let unverified = await Up.waitUntilClocksVerified(regions.map(\.client), timeoutSeconds: 30, stop: { false })
+        guard unverified.isEmpty else { throw CLIFailure("the clocks of \(unverified) were not verified by their peers within 30 s; see the logs in \(directory).") }
     }
 
     func startNode(_ region: String, clockOffsetMs: Int64) throws {
@@ -615,10 +617,24 @@ final class NemesisRun: Sendable {
         if !unaccounted.isEmpty { violations.append("\(unaccounted.count) acknowledged async writes neither current nor in a divergence log: \(unaccounted.prefix(10).joined(separator: ", "))") }
 
         // Linearizability of the strong register operations.
-        switch LinearizabilityChecker().check(state.registers) {
+        let verdict = LinearizabilityChecker().check(state.registers)
+        if verdict != .linearizable {
+            // The history, one operation per line (key, kind, value, call and return in ms; return null: timed
+            // out), kept with the logs for whoever examines it.
+            let file = (cluster.directory as NSString).appendingPathComponent("registers.tsv")
+            let lines = state.registers.map { operation -> String in
+                let (kind, value): (String, String?) = switch operation.kind {
+                case .write(let value): ("write", value)
+                case .read(let value): ("read", value)
+                }
+                return [operation.key, kind, value ?? "-", String(operation.call), operation.returned.map(String.init) ?? "-"].joined(separator: "\t")
+            }
+            try? (["key\tkind\tvalue\tcall_ms\treturned_ms"] + lines).joined(separator: "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        switch verdict {
         case .linearizable: break
-        case .violation(let key, let operations): violations.append("register '\(key)' is not linearizable (\(operations.count) operations)")
-        case .unknown(let key): violations.append("register '\(key)': the linearizability search did not finish")
+        case .violation(let key, let operations): violations.append("register '\(key)' is not linearizable (\(operations.count) operations; the history is in registers.tsv)")
+        case .unknown(let key): violations.append("register '\(key)': the linearizability search did not finish (the history is in registers.tsv)")
         }
 
         // Session guarantees and bounded staleness.

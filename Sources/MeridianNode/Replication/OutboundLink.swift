@@ -153,7 +153,7 @@ final class OutboundLink: Sendable {
         for (_, continuation) in waiting {
             continuation.resume(returning: .failure(MeridianError(
                 .regionUnavailable,
-                "The stream to \(peer) closed before it answered the forwarded write; it may or may not have been applied. Read the key to check before retrying.",
+                "The stream to \(peer) closed before it answered the forwarded request. A read can be retried; a write may or may not have been applied, so read the key to check before retrying it.",
                 context: ["region": peer.rawValue])))
         }
     }

@@ -26,20 +26,8 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   python3 -m pip install --quiet 'schemathesis>=4.3,<5'
 fi
 
-data=$(mktemp -d)
-"$binary" up --data "$data" --latency-scale 0.1 >"$data/up.log" 2>&1 &
-up=$!
-cleanup() {
-  kill -TERM "$up" 2>/dev/null || true
-  wait "$up" 2>/dev/null || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
-for _ in $(seq 1 900); do
-  grep -q "is up:" "$data/up.log" 2>/dev/null && break
-  kill -0 "$up" 2>/dev/null || { cat "$data/up.log"; echo "api-fuzz: meridian up exited" >&2; exit 1; }
-  sleep 0.1
-done
+. scripts/lib/demo-cluster.sh
+start_demo_cluster api-fuzz --latency-scale 0.1
 
 # One worker: schemathesis's coverage phase is not thread-safe on every Python (it fails with
 # "AST constructor recursion depth mismatch" under two workers on 3.11).

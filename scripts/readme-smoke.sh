@@ -4,23 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary=${MERIDIAN_BINARY:-.build/debug/meridian}
-data=$(mktemp -d)
-log="$data/up.log"
-"$binary" up --data "$data" >"$log" 2>&1 &
-up=$!
-cleanup() {
-  kill -TERM "$up" 2>/dev/null || true
-  wait "$up" 2>/dev/null || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
-
-# Wait for `meridian up` to say the cluster is up, as a newcomer would.
-for _ in $(seq 1 900); do
-  grep -q "is up:" "$log" 2>/dev/null && break
-  kill -0 "$up" 2>/dev/null || { cat "$log"; echo "readme-smoke: meridian up exited"; exit 1; }
-  sleep 0.1
-done
+. scripts/lib/demo-cluster.sh
+start_demo_cluster readme-smoke
 
 # The two commands from the README, verbatim.
 curl -sf -X PUT localhost:7101/v1/kv/profiles/k -d v >/dev/null

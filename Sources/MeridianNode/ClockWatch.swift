@@ -30,9 +30,10 @@ final class ClockWatch: Sendable {
             fence.sample(peer: peer, sentMs: sentMs, peerMs: peerMs, receivedMs: receivedMs)
             return (before, fence)
         }
-        guard now.verdict != before else { return }
-        writable.store(now.mayWrite, ordering: .releasing)
-        switch now.verdict {
+        let after = now.verdict
+        guard after != before else { return }
+        writable.store(after == .withinTolerance, ordering: .releasing)
+        switch after {
         case .fenced:
             logger.error("clock fenced: this region refuses writes and leadership", metadata: ["reason": "\(now.refusal?.message ?? "")"])
         case .withinTolerance:
@@ -42,7 +43,7 @@ final class ClockWatch: Sendable {
         case .unproven:
             if before.isFenced { logger.notice("clock no longer provably out of tolerance; waiting to be proven within it") }
         }
-        if before.isFenced != now.isFenced { onChange(now.isFenced) }
+        if before.isFenced != after.isFenced { onChange(after.isFenced) }
     }
 
     /// Why this region may not issue a timestamp now, if it may not (the lock is taken only while it may not).

@@ -201,7 +201,7 @@ final class BenchCluster {
             }
         }
         // And every region's clock compared with its peers' (it takes no write before).
-        let unverified = await Up.waitUntilClocksVerified(config.regions.map(\.client), timeoutSeconds: 30, stop: { false })
+        let unverified = await RegionProbe.waitForVerifiedClocks(config.regions.map(\.client), timeoutSeconds: 30, stop: { false })
         guard unverified.isEmpty else { throw CLIFailure("the clocks of \(unverified) were not verified by their peers within 30 s") }
     }
 

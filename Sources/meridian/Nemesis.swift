@@ -125,7 +125,7 @@ final class NemesisCluster: @unchecked Sendable {
         lock.withLock { self.wan = wan }
         for region in regions { try startNode(region.name.rawValue, clockOffsetMs: 0) }
         for region in regions { try await waitHealthy(region.name.rawValue) }
-        let unverified = await Up.waitUntilClocksVerified(regions.map(\.client), timeoutSeconds: 30, stop: { false })
+        let unverified = await RegionProbe.waitForVerifiedClocks(regions.map(\.client), timeoutSeconds: 30, stop: { false })
         guard unverified.isEmpty else { throw CLIFailure("the clocks of \(unverified) were not verified by their peers within 30 s; see the logs in \(directory).") }
     }
 

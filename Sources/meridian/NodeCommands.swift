@@ -188,7 +188,7 @@ struct Up: AsyncParsableCommand {
 
         // A region takes writes once its peers have compared clocks with it (one heartbeat after its
         // streams connect): say the cluster is up only then, so the first write the banner suggests lands.
-        let unverified = await Self.waitUntilClocksVerified(config.regions.map(\.client), timeoutSeconds: startupTimeout, stop: { stop.isSet })
+        let unverified = await RegionProbe.waitForVerifiedClocks(config.regions.map(\.client), timeoutSeconds: startupTimeout, stop: { stop.isSet })
         if stop.isSet {
             say("interrupted during start-up; stopping \(children.count) regions…")
             await stopAll()
@@ -232,24 +232,6 @@ struct Up: AsyncParsableCommand {
         say("\nstopping \(children.count) regions…")
         await stopAll()
         say("stopped.")
-    }
-}
-
-extension Up {
-    /// Polls every region's status until none reports its clock `unverified` (bounded); returns those that still do.
-    static func waitUntilClocksVerified(_ regions: [Endpoint], timeoutSeconds: Double, stop: () -> Bool) async -> [Endpoint] {
-        let deadline = Date().addingTimeInterval(timeoutSeconds)
-        var pending = regions
-        while !pending.isEmpty && Date() < deadline && !stop() {
-            var still: [Endpoint] = []
-            for region in pending {
-                let state = (await RegionProbe.json(region, "/v1/status")?["clock"] as? [String: Any])?["state"] as? String
-                if state == nil || state == "unverified" { still.append(region) }
-            }
-            pending = still
-            if !pending.isEmpty { try? await Task.sleep(for: .milliseconds(100)) }
-        }
-        return pending
     }
 }
 

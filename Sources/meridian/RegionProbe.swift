@@ -2,8 +2,8 @@ import Foundation
 import MeridianClient
 import MeridianCore
 
-/// What the drills (`gameday`, `nemesis`) ask a running region: one JSON answer, or whether the regions'
-/// Merkle roots agree.
+/// What the drills (`up`, `gameday`, `nemesis`, the benchmarks) ask running regions: one JSON answer, whether
+/// their clocks are verified, or whether their Merkle roots agree.
 enum RegionProbe {
     /// GETs `path` from the region and decodes the JSON object; nil when it cannot be reached or does not answer 200.
     static func json(_ endpoint: Endpoint, _ path: String, timeoutSeconds: Int64 = 2) async -> [String: Any]? {
@@ -11,6 +11,23 @@ enum RegionProbe {
         defer { Task { await connection.close() } }
         guard let result = try? await connection.request("GET", path), result.status == 200 else { return nil }
         return (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+    }
+
+    /// Polls every region's status until none reports its clock `unverified` (a region takes no write before
+    /// its peers have compared clocks with it), bounded by `seconds`; returns those that still do.
+    static func waitForVerifiedClocks(_ regions: [Endpoint], timeoutSeconds seconds: Double, stop: () -> Bool) async -> [Endpoint] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var pending = regions
+        while !pending.isEmpty && Date() < deadline && !stop() {
+            var still: [Endpoint] = []
+            for region in pending {
+                let state = (await json(region, "/v1/status")?["clock"] as? [String: Any])?["state"] as? String
+                if state == nil || state == "unverified" { still.append(region) }
+            }
+            pending = still
+            if !pending.isEmpty { try? await Task.sleep(for: .milliseconds(100)) }
+        }
+        return pending
     }
 
     /// Polls until every region answers the same Merkle root of `keyspace` (bounded by `seconds`).

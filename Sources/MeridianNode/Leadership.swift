@@ -414,14 +414,17 @@ final class Leadership: Sendable {
     ///   not catch up within `timeout` (leadership stays here and writes resume).
     func handOver(_ keyspace: KeyspaceName, to target: RegionName, timeout: Duration, acknowledged: @Sendable () -> UInt64?,
                   send: @escaping @Sendable (RegionName, PeerFrame) -> Void, repair: @escaping @Sendable (KeyspaceName, EpochStart) async -> Void) async throws(MeridianError) {
+        let startedMs = nowMs
         let started = terms.withLock { terms -> Bool in
-            guard var term = terms[keyspace], term.member.role == .leader, !term.handingOver else { return false }
+            // Leading is not enough: a leader deposed while cut off still believes it leads until it hears so.
+            guard var term = terms[keyspace], term.member.holdsLease(nowMs: startedMs), !term.handingOver else { return false }
             term.handingOver = true
             terms[keyspace] = term
             return true
         }
         guard started else {
-            throw MeridianError(.leaderUnavailable, "\(region) does not lead keyspace '\(keyspace)' now, so it cannot hand it over.", context: ["keyspace": keyspace.rawValue])
+            throw MeridianError(.leaderUnavailable, "\(region) does not lead keyspace '\(keyspace)' now (or has not heard a majority within its lease), so it cannot hand it over.",
+                                context: ["keyspace": keyspace.rawValue])
         }
         let deadline = ContinuousClock.now + timeout
         var caughtUp = false
@@ -448,6 +451,10 @@ final class Leadership: Sendable {
             terms[keyspace] = term
             return effects
         }
+        guard !effects.isEmpty else {
+            throw MeridianError(.leaderUnavailable, "\(region) lost its lease on keyspace '\(keyspace)' while \(target) caught up, so it handed nothing over; an election follows if it was deposed.",
+                                context: ["keyspace": keyspace.rawValue, "region": target.rawValue])
+        }
         await carry(effects, keyspace, send: send, repair: repair)
         logger.notice("handed over", metadata: ["keyspace": "\(keyspace)", "to": "\(target)"])
     }
@@ -455,9 +462,10 @@ final class Leadership: Sendable {
     /// Single-leader keyspaces whose leader here should hand back to the first region of their failover order:
     /// those this region won by an election after a failure (a manual failover stays where it was sent).
     func failbackCandidates(_ cluster: ClusterConfig) -> [(KeyspaceName, RegionName)] {
-        terms.withLock { terms in
+        let now = nowMs
+        return terms.withLock { terms in
             terms.compactMap { name, term in
-                guard term.member.role == .leader, !term.handingOver, !term.wonByHandOver, let policy = cluster.keyspace(name), policy.failover?.failback == true,
+                guard term.member.holdsLease(nowMs: now), !term.handingOver, !term.wonByHandOver, let policy = cluster.keyspace(name), policy.failover?.failback == true,
                       let preferred = term.member.settings.order.first, preferred != region else { return nil }
                 return (name, preferred)
             }

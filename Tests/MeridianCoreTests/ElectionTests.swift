@@ -202,6 +202,56 @@ import Testing
         #expect(world.violations.isEmpty, "\(world.violations)")
     }
 
+    @Test func thePreferredRegionLeadsAfterAPauseThoughALaterOneHeardTheLeaderLast() {
+        // The demo's links: us-east–eu-west 81 ms, us-east–ap-southeast 230, eu-west–ap-southeast 170. eu-west leads
+        // and is paused: us-east suspects it first, but ap-southeast heard it later and said no to us-east's first
+        // pre-vote. us-east, first in the failover order, must still take over (it once waited a whole candidacy,
+        // and ap-southeast, last in the order, won meanwhile, which costs a second hand-over at failback).
+        for offsetMs in stride(from: UInt64(0), through: 90, by: 10) {
+            var world = LinkWorld(rttMs: [[0, 81, 230], [81, 0, 170], [230, 170, 0]], leader: 1)
+            world.run(untilMs: 2_000 + offsetMs)
+            #expect(world.leader == 1, "eu-west leads epoch 1: \(world.trace)")
+            world.pause(1)
+            world.run(untilMs: 8_000)
+            #expect(world.leader == 0, "us-east takes over (paused at +\(offsetMs) ms): \(world.trace)")
+            #expect(!world.stood.contains(2), "ap-southeast never stood: \(world.trace)")
+        }
+    }
+
+    @Test func aLowerRankedRegionGetsNoPreVoteFromACaughtUpPreferredOneUntilThatHadItsChance() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        var preferred = ElectionMember(region: us, settings: settings, record: ElectionRecord(epoch: 4, leader: eu), nowMs: 0)
+        let position = LogPosition(epoch: 4, sequence: 7)
+        // The leader's silence has run out at us-east (500 + 150 ms), which stands at once (rank 0, no stagger).
+        #expect(preferred.received(.preVoteRequest(epoch: 5, position: position), from: ap, nowMs: 700, position: position)
+                == [.send(to: ap, .preVote(epoch: 5, granted: false))], "us-east, preferred and as caught up, has its chance first")
+        #expect(preferred.received(.preVoteRequest(epoch: 5, position: LogPosition(epoch: 4, sequence: 8)), from: ap, nowMs: 700, position: position)
+                == [.send(to: ap, .preVote(epoch: 5, granted: true))], "a candidate further ahead gets the yes")
+        // One candidacy (500 + 2 × 150 ms) after its own chance began, us-east says yes: the rule never blocks an election.
+        #expect(preferred.received(.preVoteRequest(epoch: 5, position: position), from: ap, nowMs: 650 + 800, position: position)
+                == [.send(to: ap, .preVote(epoch: 5, granted: true))])
+        // A region ranked after the asker, and a fenced one, say yes as before.
+        var later = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: us), nowMs: 0)
+        #expect(later.received(.preVoteRequest(epoch: 5, position: position), from: eu, nowMs: 700, position: position)
+                == [.send(to: eu, .preVote(epoch: 5, granted: true))])
+        var fenced = ElectionMember(region: us, settings: settings, record: ElectionRecord(epoch: 4, leader: eu), nowMs: 0)
+        _ = fenced.setFenced(true, nowMs: 0)
+        #expect(fenced.received(.preVoteRequest(epoch: 5, position: position), from: ap, nowMs: 700, position: position)
+                == [.send(to: ap, .preVote(epoch: 5, granted: true))])
+    }
+
+    @Test func aLeaderWithoutItsLeaseHandsOverNothing() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        var leader = ElectionMember(region: us, settings: settings, record: ElectionRecord(leader: us), nowMs: 0, firstTerm: true)
+        _ = leader.received(.heartbeatAck(epoch: 1, sentMs: 0), from: eu, nowMs: 20, position: .zero)
+        // Cut off since: its lease (half of 500 + 150 ms) ran out, and it may have been deposed without hearing so.
+        #expect(!leader.holdsLease(nowMs: 400))
+        #expect(leader.handOver(to: ap, nowMs: 400).isEmpty, "no hand-over, no needless election")
+        #expect(leader.role == .leader)
+    }
+
     @Test func aSweepOfFaultyWorldsKeepsEverySafetyRule() {
         var failures: [String] = []
         var elections = 0, acknowledged = 0
@@ -435,6 +485,67 @@ struct ElectionWorld {
             let index = Int(entry[0])
             if index >= chains[leader].count || chains[leader][index] != entry[1] {
                 violations.append("the write at \(index) of epoch \(entry[1]), acknowledged by a majority, is not in \(settings.order[leader])'s log")
+            }
+        }
+    }
+}
+
+/// Three (or more) election members joined by links of fixed one-way delays (half each pair's round trip), each
+/// member timing its peers by its own links, as the node does; a paused region neither hears nor speaks.
+struct LinkWorld {
+    var nowMs: UInt64 = 0
+    private let order: [RegionName]
+    private let rttMs: [[UInt64]]
+    private var members: [ElectionMember]
+    private var paused: Set<Int> = []
+    private var queue: [(atMs: UInt64, order: Int, from: Int, to: Int, message: ElectionMessage)] = []
+    private var sent = 0
+    private(set) var stood: Set<Int> = []
+    private(set) var trace: [String] = []
+
+    init(rttMs: [[UInt64]], leader: Int) {
+        order = Array(ElectionTests.names.prefix(rttMs.count))
+        self.rttMs = rttMs
+        let order = self.order
+        members = order.indices.map { index in
+            var peers: [RegionName: UInt64] = [:]
+            for peer in order.indices where peer != index { peers[order[peer]] = rttMs[index][peer] }
+            let settings = ElectionMember.Settings(order: order, heartbeatIntervalMs: 100, missedHeartbeats: 5, rttMs: peers)
+            return ElectionMember(region: order[index], settings: settings, record: ElectionRecord(leader: order[leader]), nowMs: 0, firstTerm: index == leader)
+        }
+    }
+
+    /// The region that leads and holds its lease, if one does.
+    var leader: Int? { members.indices.first { !paused.contains($0) && members[$0].holdsLease(nowMs: nowMs) } }
+
+    mutating func pause(_ index: Int) { paused.insert(index) }
+
+    mutating func run(untilMs: UInt64) {
+        while nowMs < untilMs {
+            nowMs += 1
+            let due = queue.filter { $0.atMs <= nowMs }.sorted { ($0.atMs, $0.order) < ($1.atMs, $1.order) }
+            queue.removeAll { $0.atMs <= nowMs }
+            for item in due where !paused.contains(item.to) {
+                carry(item.to, members[item.to].received(item.message, from: order[item.from], nowMs: nowMs, position: .zero))
+            }
+            for index in members.indices where !paused.contains(index) {
+                carry(index, members[index].tick(nowMs: nowMs, position: .zero))
+            }
+        }
+    }
+
+    private mutating func carry(_ index: Int, _ effects: [ElectionMember.Effect]) {
+        for effect in effects {
+            switch effect {
+            case .persist, .following:
+                break
+            case .send(let to, let message):
+                let peer = order.firstIndex(of: to)!
+                if case .voteRequest = message { stood.insert(index) }
+                sent += 1
+                queue.append((nowMs + rttMs[index][peer] / 2, sent, index, peer, message))
+            case .becameLeader(let epoch):
+                trace.append("\(nowMs): \(order[index]) leads \(epoch)")
             }
         }
     }

@@ -141,6 +141,8 @@ public struct ElectionMember: Sendable {
     private var preVoteEpoch: UInt64?
     private var preVotes: Set<RegionName> = []
     private var preVoteStartedMs: UInt64 = 0
+    /// When the pre-vote requests last went out (they are repeated each heartbeat interval while unanswered).
+    private var preVoteAskedMs: UInt64 = 0
     /// Leader: per follower, the send time of the newest heartbeat it acknowledged.
     private var confirmedSentMs: [RegionName: UInt64] = [:]
     private var lastHeartbeatMs: UInt64 = 0
@@ -206,7 +208,14 @@ public struct ElectionMember: Sendable {
             // Regions stand in failover order: each waits its rank in heartbeat intervals more, so the preferred
             // region usually asks first, and one candidacy usually settles it.
             guard nowMs >= lastHeardMs + silence + stagger else { return [] }
-            if preVoteEpoch != nil && nowMs < preVoteStartedMs + settings.candidacyTimeoutMs { return [] }
+            if let asked = preVoteEpoch, asked == nextEpoch, nowMs < preVoteStartedMs + settings.candidacyTimeoutMs {
+                // Still asking. A peer that said no may only have heard the leader a little later than this region
+                // (a longer link to it): ask again each heartbeat interval, so this region, preferred over the
+                // peers that stand later, is not overtaken by one of them while it waits a whole candidacy.
+                guard nowMs >= preVoteAskedMs + settings.heartbeatIntervalMs else { return [] }
+                preVoteAskedMs = nowMs
+                return peers.filter { !preVotes.contains($0) }.map { .send(to: $0, .preVoteRequest(epoch: asked, position: position)) }
+            }
             return askPreVotes(nowMs: nowMs, position: position)
         }
     }
@@ -289,7 +298,8 @@ public struct ElectionMember: Sendable {
                 return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))]
             }
             let leaderAlive = (role == .leader) || (record.leader != nil && nowMs < lastHeardMs + settings.suspicionMs(record.leader!))
-            return [.send(to: peer, .preVote(epoch: epoch, granted: !leaderAlive && candidatePosition >= position))]
+            let granted = !leaderAlive && candidatePosition >= position && !prefersItself(over: peer, candidatePosition: candidatePosition, position: position, nowMs: nowMs)
+            return [.send(to: peer, .preVote(epoch: epoch, granted: granted))]
         case .preVote(let epoch, let granted):
             guard role == .follower, !fenced, preVoteEpoch == epoch, granted else { return [] }
             preVotes.insert(peer)
@@ -336,8 +346,10 @@ public struct ElectionMember: Sendable {
     /// Leader: hands leadership to `target`, which the caller has seen catch up with every write acknowledged
     /// here. This region stops acknowledging at once (no lease), then tells `target` to stand; voters grant
     /// `target` although they heard this region lately. If `target` fails to win, an ordinary election follows.
+    /// A leader that no longer holds its lease does nothing: a successor may exist already (it was deposed while
+    /// cut off and has not heard yet), and telling a region to stand would start a needless election.
     public mutating func handOver(to target: RegionName, nowMs: UInt64) -> [Effect] {
-        guard role == .leader, target != region, settings.order.contains(target) else { return [] }
+        guard holdsLease(nowMs: nowMs), target != region, settings.order.contains(target) else { return [] }
         role = .follower
         confirmedSentMs = [:]
         record.leader = nil
@@ -351,11 +363,27 @@ public struct ElectionMember: Sendable {
     /// Asks every peer whether it would vote for this region in the next epoch; only a majority's yes makes it
     /// stand (and move the epoch).
     private mutating func askPreVotes(nowMs: UInt64, position: LogPosition) -> [Effect] {
-        let epoch = max(record.epoch, record.votedEpoch) + 1
+        let epoch = nextEpoch
         preVoteEpoch = epoch
         preVotes = [region]
         preVoteStartedMs = nowMs
+        preVoteAskedMs = nowMs
         return peers.map { .send(to: $0, .preVoteRequest(epoch: epoch, position: position)) }
+    }
+
+    /// The epoch this region would stand in next.
+    private var nextEpoch: UInt64 { max(record.epoch, record.votedEpoch) + 1 }
+
+    /// Whether this region, preferred over `peer` in the failover order and at least as caught up, should have
+    /// its own chance first: it says no to `peer`'s pre-vote from the moment its own silence ran out until one
+    /// candidacy later. The preferred region reachable from a majority so leads, rather than one that happened
+    /// to hear the old leader later (a longer link) and then got this region's yes; a region that cannot win in
+    /// that time says yes again, so the rule delays an election by at most one candidacy and never blocks one.
+    private func prefersItself(over peer: RegionName, candidatePosition: LogPosition, position: LogPosition, nowMs: UInt64) -> Bool {
+        guard !fenced, role != .leader, position >= candidatePosition,
+              let own = settings.order.firstIndex(of: region), let theirs = settings.order.firstIndex(of: peer), own < theirs else { return false }
+        let silence = record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(region)
+        return nowMs < lastHeardMs + silence + stagger + settings.candidacyTimeoutMs
     }
 
     private var stagger: UInt64 {

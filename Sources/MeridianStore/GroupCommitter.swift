@@ -102,60 +102,26 @@ actor GroupCommitter {
                 var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 outcomes.reserveCapacity(requests.count)
                 for request in requests {
-                    let rule = rules[request.keyspace] ?? .lww
                     let state = try KeyStateRows.load(db, request.keyspace, request.key)
-                    if let precondition = request.precondition {
-                        let current = state.map { $0.winner(rule) }.flatMap { $0.tombstone ? nil : $0.version }
-                        let holds: Bool
-                        switch precondition {
-                        case .exists: holds = current != nil
-                        case .versionIsOneOf(let expected): holds = current.map(expected.contains) ?? false
-                        }
-                        guard holds else {
-                            outcomes.append(.preconditionFailed(current: current))
-                            continue
-                        }
+                    let rule = rules[request.keyspace] ?? .lww
+                    // Planned inside the transaction, so its timestamp is past every entry applied before it (and
+                    // so past everything it supersedes), and past what the session saw.
+                    let plan = clock.plan { hlc, physicalMs in
+                        WritePlanner.plan(request, state: state, rule: rule, origin: region, sequence: sequence, clock: &hlc,
+                                          physicalMs: physicalMs, limits: limits)
                     }
-                    // Issued inside the transaction, so past every entry applied before it (and so past
-                    // everything it supersedes), and past what the session saw.
-                    let hlc: HLCTimestamp
-                    switch clock.issue(after: request.after) {
-                    case .success(let issued): hlc = issued
-                    case .failure(let refusal):
-                        outcomes.append(.refused(refusal))
-                        continue
-                    }
-                    var write = (operation: request.operation, contentType: request.contentType, value: request.value)
-                    switch Self.prepareCRDT(request, rule: rule, state: state, at: hlc, limits: limits) {
-                    case .failure(let error):
+                    switch plan {
+                    case .refused(let error):
                         outcomes.append(.refused(error))
-                        continue
-                    case .success(let delta?):
-                        write = (.merge, KeyStateRows.crdtContentType, delta)
-                    case .success(nil):
-                        break
+                    case .preconditionFailed(let current):
+                        outcomes.append(.preconditionFailed(current: current))
+                    case .append(let entry):
+                        try Self.append(db, entry)
+                        let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits)
+                        recorded[entry.keyspace, default: .init()].add(applied)
+                        sequence += 1
+                        outcomes.append(.committed(entry))
                     }
-                    // What the write supersedes: everything this region holds of the key, except under `siblings`,
-                    // where a write replaces only the versions its client read (the context it sent); a delete
-                    // without one removes every version held here (a blind delete that removed nothing would
-                    // answer 200 and change nothing a reader sees).
-                    var seen = state?.context ?? VersionVector()
-                    if rule == .siblings, let given = request.context ?? (request.operation == .delete ? nil : VersionVector()) {
-                        seen = given
-                        if let refusal = Self.siblingsRefusal(state: state, seen: seen, adding: write.value.count, request: request, limits: limits) {
-                            outcomes.append(.refused(refusal))
-                            continue
-                        }
-                    }
-                    let entry = ReplicationEntry(
-                        origin: region, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
-                        key: request.key, operation: write.operation, contentType: write.contentType, value: write.value,
-                        dependencies: request.dependencies.filter { $0.key != region }, context: seen.byRegion)
-                    try Self.append(db, entry)
-                    let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits)
-                    recorded[entry.keyspace, default: .init()].add(applied)
-                    sequence += 1
-                    outcomes.append(.committed(entry))
                 }
                 if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
                 return (outcomes, sequence, recorded)
@@ -172,7 +138,7 @@ actor GroupCommitter {
                 pending.continuation.resume(returning: .success(outcome))
             }
         } catch {
-            let failure = StorageFault.error(error, directory: directory, what: "The write was not made durable and nothing was written")
+            let failure = StorageFault.error(error, directory: directory, what: "The commit of this write failed")
             logger.error("group commit of \(batch.count) writes failed", metadata: ["code": "\(failure.code)", "error": "\(Self.describe(error))"])
             faults.record(failure)
             for pending in batch {
@@ -182,56 +148,6 @@ actor GroupCommitter {
     }
 
     private static func describe(_ error: any Error) -> String { StorageFault.describe(error) }
-
-    /// For a CRDT operation: the delta to log, computed from the key's value (its type must match).
-    /// - Returns: nil for a plain put or delete (refused in a `crdt` keyspace), or why the operation is refused.
-    private static func prepareCRDT(_ request: WriteRequest, rule: ConflictRule, state: KeyState?, at hlc: HLCTimestamp,
-                                    limits: Limits) -> Result<[UInt8]?, MeridianError> {
-        guard let crdt = request.crdt else {
-            guard rule != .crdt else {
-                return .failure(MeridianError(.conflictPolicyMismatch, "Keyspace '\(request.keyspace)' holds CRDT values; change them with POST /v1/crdt/\(request.keyspace)/{key}.",
-                                              context: ["keyspace": request.keyspace.rawValue]))
-            }
-            return .success(nil)
-        }
-        guard rule == .crdt else {
-            return .failure(MeridianError(.conflictPolicyMismatch, "Keyspace '\(request.keyspace)' resolves conflicts by \(rule.name), not crdt; write it with PUT /v1/kv/\(request.keyspace)/{key}.",
-                                          context: ["keyspace": request.keyspace.rawValue, "conflict": rule.name]))
-        }
-        var value = CRDTValue.empty(crdt.type)
-        if let current = state?.winner(.crdt), !current.tombstone {
-            do { value = try CRDTCodec.decode(current.value) } catch {
-                return .failure(MeridianError(.storageFailure, "The stored value of '\(request.key)' is not a readable CRDT (\(error.message)).", context: ["key": request.key.rawValue]))
-            }
-        }
-        guard value.type == crdt.type else {
-            return .failure(MeridianError(.crdtTypeMismatch, "Key '\(request.key)' holds \(value.type.withArticle), not \(crdt.type.withArticle).",
-                                          context: ["key": request.key.rawValue, "type": value.type.rawValue]))
-        }
-        do {
-            let delta = try value.apply(crdt.operation, at: hlc)
-            let size = CRDTCodec.encode(value).count
-            guard size <= limits.valueBytesMax else {
-                return .failure(MeridianError(.valueTooLarge, "The operation would grow '\(request.key)' to \(size) bytes; the limit is \(limits.valueBytesMax).",
-                                              context: ["value_bytes_max": String(limits.valueBytesMax)]))
-            }
-            return .success(CRDTCodec.encode(delta))
-        } catch {
-            return .failure(error)
-        }
-    }
-
-    /// Siblings are bounded in count and bytes: a forwarded read or an anti-entropy page carries a key's
-    /// versions in one frame.
-    private static func siblingsRefusal(state: KeyState?, seen: VersionVector, adding bytes: Int, request: WriteRequest, limits: Limits) -> MeridianError? {
-        let kept = (state?.versions ?? []).filter { !seen.contains($0.dot) }
-        let keptBytes = kept.reduce(0) { $0 + $1.value.count }
-        guard kept.count + 1 > limits.siblingsMax || keptBytes + bytes > limits.replicationFrameBytesMax / 2 else { return nil }
-        return MeridianError(
-            .tooManySiblings,
-            "Key '\(request.key)' already holds \(kept.count) versions (\(keptBytes) bytes) this write did not see; the limit is \(limits.siblingsMax) versions and \(limits.replicationFrameBytesMax / 2) bytes. Read the key and write with its Meridian-Context to resolve them.",
-            context: ["key": request.key.rawValue, "siblings": String(kept.count), "siblings_max": String(limits.siblingsMax)])
-    }
 
     private func report(_ recorded: [KeyspaceName: KeyStateRows.Applied]) {
         for (keyspace, applied) in recorded where applied.conflictsRecorded > 0 || applied.conflictsDropped > 0 {
@@ -397,27 +313,10 @@ final class TransactionClock: Sendable {
         self.physicalClockMs = physicalClockMs
     }
 
-    /// A timestamp for a local write, past `after` (what the writer's session has seen).
-    /// - Returns: The timestamp, or `clock_offset_exceeded` when `after` leads this region's wall clock by more
-    ///   than the maximum offset: following it would adopt a runaway clock, ignoring it would order the write
-    ///   before what its session saw.
-    func issue(after: HLCTimestamp?) -> Result<HLCTimestamp, MeridianError> {
+    /// Runs `body` with the clock and a fresh wall-clock reading, for planning one write.
+    func plan<Planned>(_ body: (inout HybridLogicalClock, UInt64) -> Planned) -> Planned {
         let physicalMs = physicalClockMs()
-        return state.withLock { clock in
-            if let after {
-                do throws(MeridianError) {
-                    _ = try clock.receive(after, physicalMs: physicalMs)
-                } catch {
-                    let leadMs = after.physicalMs - physicalMs
-                    return .failure(MeridianError(
-                        .clockOffsetExceeded,
-                        "This session has seen a write timestamped \(leadMs) ms ahead of \(clock.region)'s clock, beyond max_clock_offset_ms (\(clock.maxOffsetMs) ms), so a write here cannot be ordered after it; nothing was written. One of the two regions' clocks is wrong: retry shortly, or write through \(after.region).",
-                        context: ["region": clock.region.rawValue, "lead_ms": String(leadMs), "max_offset_ms": String(clock.maxOffsetMs),
-                                  "issued_by": after.region.rawValue]))
-                }
-            }
-            return .success(clock.now(physicalMs: physicalMs))
-        }
+        return state.withLock { clock in body(&clock, physicalMs) }
     }
 
     /// Moves the clock past a timestamp another region issued, unless it leads this region's wall clock by

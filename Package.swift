@@ -7,7 +7,8 @@
 //   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
 //   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the core under faults)
-//   MeridianHTTP   -> MeridianCore, Hummingbird              (JSON and error rendering shared by the HTTP shells)
+//   MeridianAPI    -> MeridianCore, HTTPTypes                (the v1 HTTP contract: headers, error statuses, answers, openapi.yaml)
+//   MeridianHTTP   -> MeridianCore, MeridianAPI, Hummingbird (JSON and error rendering shared by the HTTP shells)
 //   MeridianNode   -> MeridianCore, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
 //   meridian       -> everything above, ArgumentParser   (the CLI)
@@ -76,9 +77,20 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "MeridianAPI",
+            dependencies: [
+                "MeridianCore",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            // The API's OpenAPI document, served at /openapi.yaml from the binary itself.
+            resources: [.embedInCode("openapi.yaml")],
+            swiftSettings: strict
+        ),
+        .target(
             name: "MeridianHTTP",
             dependencies: [
                 "MeridianCore",
+                "MeridianAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
@@ -101,6 +113,7 @@ let package = Package(
             name: "MeridianNode",
             dependencies: [
                 "MeridianCore",
+                "MeridianAPI",
                 "MeridianHTTP",
                 "MeridianStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -112,8 +125,6 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            // The API's OpenAPI document, served at /openapi.yaml from the binary itself.
-            resources: [.embedInCode("openapi.yaml")],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -155,6 +166,7 @@ let package = Package(
             name: "MeridianNodeTests",
             dependencies: [
                 "MeridianCore",
+                "MeridianAPI",
                 "MeridianStore",
                 "MeridianNode",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

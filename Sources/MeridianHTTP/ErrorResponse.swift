@@ -1,36 +1,8 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import MeridianAPI
 import MeridianCore
-
-extension MeridianError.Code {
-    /// The HTTP status of each error code, as the API contract in DESIGN.md lists them.
-    package var httpStatus: HTTPResponse.Status {
-        switch self {
-        case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
-             .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .replicationProtocol:
-            .badRequest
-        case .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound: .notFound
-        case .methodNotAllowed: .methodNotAllowed
-        case .consistencyNotAllowed, .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings: .conflict
-        case .preconditionFailed: .preconditionFailed
-        case .valueTooLarge: .contentTooLarge
-        case .ackTimeout: .gatewayTimeout
-        case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure, .clockFenced, .clockUnverified, .clockOffsetExceeded, .storageReadOnly:
-            .serviceUnavailable
-        case .storageFull: HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
-        default: .internalServerError
-        }
-    }
-
-    /// Seconds a client should wait before retrying, for the codes that answer 503.
-    package var retryAfterSeconds: Int? {
-        switch httpStatus {
-        case .serviceUnavailable: self == .overloaded || self == .clockUnverified ? 1 : 5
-        default: nil
-        }
-    }
-}
 
 /// A complete answer held in memory: what a route returns, and what a forwarded write carries back.
 package struct RenderedResponse: Sendable {
@@ -50,18 +22,23 @@ package struct RenderedResponse: Sendable {
 }
 
 extension MeridianError {
-    /// The JSON error response: `{"error": {"code", "message", ...context}}`.
-    package func rendered() -> RenderedResponse {
-        var fields = context
-        fields["code"] = code.description
-        fields["message"] = message
+    /// The JSON error response: `{"error": {"code", "message", "applied", ...context}}`.
+    /// - Parameter change: The request changes data or state: the answer says whether the change took effect.
+    package func rendered(change: Bool) -> RenderedResponse {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retry = code.retryAfterSeconds { headers[.retryAfter] = String(retry) }
-        return RenderedResponse(status: code.httpStatus, headers: headers, body: JSON.encode(["error": fields]))
+        return RenderedResponse(status: code.httpStatus, headers: headers, body: JSON.encode(["error": errorFields(change: change)]))
     }
 
     /// The JSON error response.
-    package func response() -> Response { rendered().response() }
+    /// - Parameter change: The request changes data or state: the answer says whether the change took effect.
+    package func response(change: Bool) -> Response { rendered(change: change).response() }
+}
+
+extension HTTPRequest.Method {
+    /// Whether a request of this method may change data or state (everything but GET and HEAD): its refusals
+    /// say whether the change took effect.
+    package var changes: Bool { self != .get && self != .head }
 }
 
 /// JSON rendering with sorted keys, so responses are byte-stable.

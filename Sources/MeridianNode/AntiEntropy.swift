@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import MeridianAPI
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
@@ -54,7 +55,7 @@ extension RegionNode {
         func reply(_ status: Int, _ headers: [ForwardedHeader] = [], _ body: [UInt8]) -> ForwardedReply {
             ForwardedReply(id: read.id, status: UInt16(status), headers: headers, body: body)
         }
-        func failure(_ error: MeridianError) -> ForwardedReply { ForwardedReply(id: read.id, rendered: error.rendered()) }
+        func failure(_ error: MeridianError) -> ForwardedReply { ForwardedReply(id: read.id, rendered: error.rendered(change: false)) }
         guard let policy = configuration.cluster.keyspace(read.keyspace), policy.isReplica(region), policy.isReplica(from) else {
             return failure(MeridianError(.notReplicaRegion, "Anti-entropy of '\(read.keyspace)' runs only between regions that hold a replica of it."))
         }

@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import MeridianAPI
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
@@ -129,7 +130,7 @@ public final class RegionNode: Sendable {
                      body: .init(byteBuffer: ByteBuffer(bytes: self.metrics.registry.emitToBuffer())))
         }
         router.get("/openapi.yaml") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(bytes: Self.openAPIDocument)))
+            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(bytes: OpenAPIDocument.yaml)))
         }
         router.get("/v1/status") { _, _ in try await self.status() }
         router.get("/v1/keyspaces") { _, _ in self.keyspaces() }
@@ -149,9 +150,6 @@ public final class RegionNode: Sendable {
         index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }
-
-    /// The OpenAPI 3 document of this API (`Sources/MeridianNode/openapi.yaml`, embedded at build time).
-    public static var openAPIDocument: [UInt8] { PackageResources.openapi_yaml }
 
     /// Serves the API and replicates until SIGTERM or SIGINT, then drains in-flight requests and closes the store.
     /// - Parameter onServerRunning: Called with the bound port once the server listens.
@@ -265,23 +263,23 @@ struct APIMiddleware: RouterMiddleware {
         do {
             response = try await next(request, context)
         } catch let error as MeridianError {
-            response = error.response()
+            response = error.response(change: request.method.changes)
         } catch let error as HTTPError {
             // Hummingbird answers an unserved method on a known path as not found: say which methods it has.
             let allowed = error.status == .notFound ? routes.methods(request.uri.path) : []
             if !allowed.isEmpty {
                 response = MeridianError(.methodNotAllowed, "\(request.method) is not served on \(request.uri.path.prefix(200)); it answers \(allowed.joined(separator: ", ")).",
-                                         context: ["allow": allowed.joined(separator: ", ")]).response()
+                                         context: ["allow": allowed.joined(separator: ", ")]).response(change: request.method.changes)
                 response.headers[.allow] = allowed.joined(separator: ", ")
             } else {
-                response = Self.translate(error, request).response()
+                response = Self.translate(error, request).response(change: request.method.changes)
             }
         } catch {
             node.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             response = MeridianError(.internalError, "The node failed to answer; the error is logged. Retry, and report it if it persists.")
-                .response()
+                .response(change: request.method.changes)
         }
-        response.headers[HTTPField.Name("Meridian-Region")!] = node.region.rawValue
+        response.headers[MeridianHeader.region] = node.region.rawValue
         let route = context.endpointPath ?? "unmatched"
         node.metrics.recordRequest(route: route == "NotFound" ? "unmatched" : route, method: request.method.rawValue,
                                    status: Int(response.status.code), duration: ContinuousClock.now - started)

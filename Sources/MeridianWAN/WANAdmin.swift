@@ -145,11 +145,11 @@ struct AdminErrors: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as MeridianError {
-            return error.response()
+            return error.response(change: request.method.changes)
         } catch let error as HTTPError where error.status == .notFound {
-            return MeridianError(.routeNotFound, "No route \(request.method) \(request.uri.path.prefix(200)) on the WAN admin API.").response()
+            return MeridianError(.routeNotFound, "No route \(request.method) \(request.uri.path.prefix(200)) on the WAN admin API.").response(change: request.method.changes)
         } catch {
-            return MeridianError(.invalidRequest, "The request could not be handled: \(error).").response()
+            return MeridianError(.invalidRequest, "The request could not be handled: \(error).").response(change: request.method.changes)
         }
     }
 }

@@ -69,6 +69,13 @@ func errorCode(_ response: TestResponse) throws -> String {
     return try #require(error["code"] as? String)
 }
 
+/// The JSON error's `applied` field (nil when absent: it is there on the refusal of every request but a GET).
+func errorApplied(_ response: TestResponse) throws -> String? {
+    let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+    let error = try #require(object["error"] as? [String: Any])
+    return error["applied"] as? String
+}
+
 func json(_ response: TestResponse) throws -> [String: Any] {
     try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
 }
@@ -304,6 +311,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
                 #expect(response.status == status, "\(method) \(uri)")
                 #expect(try errorCode(response) == code, "\(method) \(uri)")
                 if status == .serviceUnavailable { #expect(response.headers[.retryAfter] != nil, "503 carries Retry-After") }
+                // Every refused change says it took no effect (each of these is refused before anything is
+                // written or sent, a forward to an unreachable region included); a read's refusal says nothing.
+                #expect(try errorApplied(response) == (method == .get ? nil : "no"), "\(method) \(uri)")
             }
         }
     }

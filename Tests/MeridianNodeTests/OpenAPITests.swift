@@ -1,4 +1,4 @@
-// Proves the OpenAPI document (`Sources/MeridianNode/openapi.yaml`) describes the server that really runs:
+// Proves the OpenAPI document (`Sources/MeridianAPI/openapi.yaml`) describes the server that really runs:
 // it is served at /openapi.yaml, it documents exactly the routes the router has (no route missing, none
 // invented), every operation documents its error answers in the one JSON error shape, and a method a known
 // path does not serve is answered 405 with `Allow`, as the document says.
@@ -6,6 +6,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import MeridianAPI
 import MeridianCore
 import MeridianNode
 import NIOCore
@@ -14,7 +15,7 @@ import Yams
 
 @Suite struct OpenAPITests {
     static func document() throws -> [String: Any] {
-        try #require(try Yams.load(yaml: String(decoding: RegionNode.openAPIDocument, as: UTF8.self)) as? [String: Any])
+        try #require(try Yams.load(yaml: String(decoding: OpenAPIDocument.yaml, as: UTF8.self)) as? [String: Any])
     }
 
     /// `/v1/kv/{keyspace}/{key}` in the document's terms is the router's `/v1/kv/{keyspace}/**`: the key is the
@@ -76,7 +77,7 @@ import Yams
             try await client.execute(uri: "/openapi.yaml", method: .get) { response in
                 #expect(response.status == .ok)
                 #expect(response.headers[.contentType] == "application/yaml")
-                #expect(Array(buffer: response.body) == RegionNode.openAPIDocument)
+                #expect(Array(buffer: response.body) == OpenAPIDocument.yaml)
             }
             try await client.execute(uri: "/v1/kv/profiles/some/key", method: .patch) { response throws in
                 #expect(response.status == .methodNotAllowed)

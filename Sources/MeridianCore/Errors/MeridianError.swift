@@ -50,6 +50,69 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         /// The snake_case string sent to clients.
         public var description: String { value.rawValue }
 
+        /// What kind of failure a code is; the HTTP contract maps each kind to one status.
+        public enum Kind: Hashable, Sendable, CaseIterable {
+            /// The request, a peer's frame or a config file is malformed: fix it (400).
+            case badInput
+            /// The keyspace, region, key or route does not exist (404).
+            case notFound
+            /// The path does not serve that method (405).
+            case methodNotAllowed
+            /// The keyspace's policy does not allow the operation here (409).
+            case notAllowedByPolicy
+            /// A condition the request set does not hold (412).
+            case preconditionFailed
+            /// The value or body exceeds a limit (413).
+            case tooLarge
+            /// The cluster cannot do it now: regions, a leader, a clock or the disk; retry later (503).
+            case unavailable
+            /// A wait ran out before the request's guarantee was met (504).
+            case timedOut
+            /// The region's disk is full (507).
+            case storageFull
+            /// A failure of the node itself (500).
+            case internalFailure
+        }
+
+        /// The code's kind. The switch is exhaustive: a new code must say which it is.
+        public var kind: Kind {
+            switch value {
+            case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
+                 .codecTruncated, .codecUnsupportedVersion, .codecInvalidField, .codecLengthMismatch, .replicationProtocol:
+                .badInput
+            case .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound: .notFound
+            case .methodNotAllowed: .methodNotAllowed
+            case .consistencyNotAllowed, .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings: .notAllowedByPolicy
+            case .preconditionFailed: .preconditionFailed
+            case .valueTooLarge: .tooLarge
+            case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure,
+                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly:
+                .unavailable
+            case .ackTimeout: .timedOut
+            case .storageFull: .storageFull
+            case .internalError: .internalFailure
+            }
+        }
+
+        /// Whether a refused change took effect, when the code is all that is known. Only codes raised before
+        /// anything is written say `no`; the rest say `maybe`: answering `no` for a write that did take effect
+        /// would make a client apply it twice. A refusal that knows better states it (``MeridianError/applied``).
+        public var appliedUnlessStated: Applied {
+            switch value {
+            case .invalidRegion, .invalidKeyspace, .invalidKey, .invalidHeader, .invalidParameter, .invalidRequest, .invalidConfig,
+                 .unknownKeyspace, .unknownRegion, .keyNotFound, .routeNotFound, .methodNotAllowed, .consistencyNotAllowed,
+                 .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings, .preconditionFailed, .valueTooLarge,
+                 .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
+                 .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
+                 .codecLengthMismatch, .replicationProtocol:
+                .no
+            // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
+            // a commit whose fsync failed, and the node's own failures: the change may be there.
+            case .regionUnavailable, .ackTimeout, .storageFailure, .internalError:
+                .maybe
+            }
+        }
+
         public static let invalidRegion = Code(.invalidRegion)
         public static let invalidKeyspace = Code(.invalidKeyspace)
         public static let invalidKey = Code(.invalidKey)
@@ -94,23 +157,41 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let internalError = Code(.internalError)
     }
 
+    /// Whether a refused change (a write, a delete, a CRDT operation, an admin action) took effect: what a
+    /// client needs to know to decide whether it may simply retry.
+    public enum Applied: String, Hashable, Sendable {
+        /// Certainly not, in any region: retrying is safe.
+        case no
+        /// It may have (it is durable somewhere, or the answer was lost on its way): read before retrying, or
+        /// retry with `If-Match`.
+        case maybe
+    }
+
     /// What kind of failure this is.
     public let code: Code
     /// A sentence that says what went wrong and what to do about it.
     public let message: String
     /// Extra fields that name the offending values (sorted by key when rendered).
     public let context: [String: String]
+    /// Whether the refused change took effect, where the refusal knows better than its code (nil: the code's
+    /// ``Code/appliedUnlessStated``).
+    public let applied: Applied?
 
     /// Creates an error.
     /// - Parameters:
     ///   - code: The stable code.
     ///   - message: A sentence a user can act on.
     ///   - context: The offending values, by field name.
-    public init(_ code: Code, _ message: String, context: [String: String] = [:]) {
+    ///   - applied: Whether the refused change took effect, if the code alone does not tell.
+    public init(_ code: Code, _ message: String, context: [String: String] = [:], applied: Applied? = nil) {
         self.code = code
         self.message = message
         self.context = context
+        self.applied = applied
     }
+
+    /// Whether the refused change took effect: as stated, or as the code implies.
+    public var appliedOrImplied: Applied { applied ?? code.appliedUnlessStated }
 
     public var description: String { "\(code): \(message)" }
 }

@@ -1,32 +1,11 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import MeridianAPI
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
 import NIOCore
-
-/// A JSON value for answers whose shape depends on data (CRDT values).
-enum JSONValue: Encodable, Equatable {
-    case null
-    case integer(Int64)
-    case unsigned(UInt64)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .null: try container.encodeNil()
-        case .integer(let value): try container.encode(value)
-        case .unsigned(let value): try container.encode(value)
-        case .string(let value): try container.encode(value)
-        case .array(let value): try container.encode(value)
-        case .object(let value): try container.encode(value)
-        }
-    }
-}
 
 /// A stored value in JSON: as text when it is UTF-8, else as base64.
 struct StoredBytes: Encodable {
@@ -238,7 +217,6 @@ struct CRDTAnswer: Encodable {
 }
 
 extension RegionNode {
-    static let contextHeader = HTTPField.Name(CausalContextToken.header)!
     /// Carried on forwarded reads only: how the serving region renders the value.
     static let readAsHeader = HTTPField.Name("Meridian-Read-As")!
 
@@ -268,14 +246,14 @@ extension RegionNode {
         }
         let live = state.versions.filter { !$0.tombstone }.sorted { $0.version.hlc > $1.version.hlc }
         let contextToken = CausalContextToken.encode(state.context, keyspace: policy.name, key: key, with: sessionKey)
-        var headers: HTTPFields = [Self.contextHeader: contextToken, Self.sessionHeader: session.encoded(with: sessionKey)]
+        var headers: HTTPFields = [MeridianHeader.context: contextToken, MeridianHeader.session: session.encoded(with: sessionKey)]
         headers[.eTag] = "\"\(state.winner(.siblings).version)\""
-        if let stalenessMs { headers[Self.stalenessHeader] = String(stalenessMs) }
+        if let stalenessMs { headers[MeridianHeader.stalenessMs] = String(stalenessMs) }
         headers[.cacheControl] = Self.cacheControl(policy, level: level)
         switch live.count {
         case 0:
             var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
-                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered()
+                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered(change: false)
             for field in headers where field.name != .cacheControl { notFound.headers[field.name] = field.value }
             notFound.headers[.cacheControl] = "no-store"
             return notFound

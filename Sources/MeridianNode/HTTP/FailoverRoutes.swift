@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import MeridianAPI
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
@@ -148,7 +149,7 @@ extension RegionNode {
             try? await Task.sleep(for: .milliseconds(20))
         }
         throw MeridianError(.leaderUnavailable, "\(leader) handed keyspace '\(name)' over, but \(region) has not seen \(target) lead within 10 s; an election follows. Check GET /v1/status.",
-                            context: ["keyspace": name.rawValue, "region": target.rawValue])
+                            context: ["keyspace": name.rawValue, "region": target.rawValue], applied: .maybe)
     }
 
     /// Hands a keyspace this region leads over to `target`, waiting up to the ack timeout for it to catch up.
@@ -170,7 +171,7 @@ extension RegionNode {
             try await handOver(policy, to: try RegionName(text))
             rendered = JSON.rendered(["handed_over_to": text])
         } catch {
-            rendered = error.rendered()
+            rendered = error.rendered(change: true)
         }
         return ForwardedReply(id: read.id, rendered: rendered)
     }

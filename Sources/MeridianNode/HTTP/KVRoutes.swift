@@ -1,69 +1,14 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import MeridianAPI
 import MeridianCore
 import MeridianHTTP
 import MeridianStore
 import NIOCore
 
-/// The JSON answer to a write.
-struct WriteAnswer: Encodable {
-    let keyspace: String
-    let key: String
-    let version: String
-    let region: String
-    let ack: String
-    let ackedBy: [String]
-    let operation: String
-    /// For a CRDT operation: the key's type and value after it.
-    var type: String?
-    var value: JSONValue?
-
-    enum CodingKeys: String, CodingKey {
-        case keyspace, key, version, region, ack, operation, type, value
-        case ackedBy = "acked_by"
-    }
-}
-
-/// The JSON answer to a list.
-struct ListAnswer: Encodable {
-    struct Item: Encodable {
-        let key: String
-        let version: String
-        let bytes: Int
-        let contentType: String
-
-        enum CodingKeys: String, CodingKey {
-            case key, version, bytes
-            case contentType = "content_type"
-        }
-    }
-
-    let keyspace: String
-    let keys: [Item]
-    let nextAfter: String?
-
-    enum CodingKeys: String, CodingKey {
-        case keyspace, keys
-        case nextAfter = "next_after"
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(keyspace, forKey: .keyspace)
-        try container.encode(keys, forKey: .keys)
-        try container.encode(nextAfter, forKey: .nextAfter)
-    }
-}
-
 extension RegionNode {
     static let contentTypeDefault = "application/octet-stream"
-    static let regionHeader = HTTPField.Name("Meridian-Region")!
-    static let epochHeader = HTTPField.Name("Meridian-Epoch")!
-    static let sessionHeader = HTTPField.Name("Meridian-Session")!
-    static let stalenessHeader = HTTPField.Name("Meridian-Staleness-Ms")!
-    /// Set on a write this region forwarded: the region that took it.
-    static let forwardedToHeader = HTTPField.Name("Meridian-Forwarded-To")!
 
     func get(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
@@ -72,10 +17,8 @@ extension RegionNode {
         return try await read(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, forwarded: false).response()
     }
 
-    static let consistencyHeader = HTTPField.Name("Meridian-Consistency")!
-    static let maxStalenessHeader = HTTPField.Name("Meridian-Max-Staleness-Ms")!
     /// The headers a forwarded read carries to the region that serves it.
-    static let forwardedReadHeaderNames: [HTTPField.Name] = [consistencyHeader, maxStalenessHeader, sessionHeader, readAsHeader]
+    static let forwardedReadHeaderNames: [HTTPField.Name] = [MeridianHeader.consistency, MeridianHeader.maxStalenessMs, MeridianHeader.session, readAsHeader]
 
     /// How a read renders the value: as stored bytes (`/v1/kv`) or as a CRDT's JSON (`/v1/crdt`).
     enum ReadAs: String {
@@ -89,7 +32,7 @@ extension RegionNode {
             if kind == Self.handOverKind { return await serveHandOver(read) }
             return await serveAntiEntropy(read, kind: kind, from: peer)
         }
-        return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames) {
+        return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames, change: false) {
             policy, headers throws(MeridianError) in
             try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true,
                                 as: headers[Self.readAsHeader] == ReadAs.crdt.rawValue ? .crdt : .value)
@@ -99,7 +42,7 @@ extension RegionNode {
     /// Runs a request another region forwarded here: resolves its keyspace, keeps only the headers that shape
     /// it, and renders the answer (or the error) for the stream.
     private func serveForwardedRequest(
-        id: UInt64, keyspace: KeyspaceName, headers carried: [ForwardedHeader], allowed: [HTTPField.Name],
+        id: UInt64, keyspace: KeyspaceName, headers carried: [ForwardedHeader], allowed: [HTTPField.Name], change: Bool,
         _ serve: (KeyspacePolicy, HTTPFields) async throws(MeridianError) -> RenderedResponse
     ) async -> ForwardedReply {
         let rendered: RenderedResponse
@@ -115,7 +58,7 @@ extension RegionNode {
             }
             rendered = try await serve(policy, headers)
         } catch {
-            rendered = error.rendered()
+            rendered = error.rendered(change: change)
         }
         return ForwardedReply(id: id, rendered: rendered)
     }
@@ -181,7 +124,7 @@ extension RegionNode {
                 guard policy.topology == .singleLeader, target == routed(policy).leader else { throw error }
                 var context = error.context
                 context["leader"] = target.rawValue
-                throw MeridianError(.leaderUnavailable, error.message, context: context)
+                throw MeridianError(.leaderUnavailable, error.message, context: context, applied: error.appliedOrImplied)
             }
         case .serve(let servedLevel, let servedStaleness):
             (level, stalenessMs) = (servedLevel, servedStaleness)
@@ -211,8 +154,8 @@ extension RegionNode {
         }
         guard let stored, !stored.tombstone else {
             var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
-                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered()
-            notFound.headers[Self.sessionHeader] = session.encoded(with: sessionKey)
+                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered(change: false)
+            notFound.headers[MeridianHeader.session] = session.encoded(with: sessionKey)
             if let stored { notFound.headers[.eTag] = "\"\(stored.version)\"" }
             notFound.headers[.cacheControl] = "no-store"
             return notFound
@@ -221,9 +164,9 @@ extension RegionNode {
             ? try renderCRDT(policy: policy, key: key, stored: stored)
             : RenderedResponse(status: .ok, headers: [.contentType: stored.contentType, .eTag: "\"\(stored.version)\""], body: ByteBuffer(bytes: stored.value))
         var answer = rendered.headers
-        answer[Self.sessionHeader] = session.encoded(with: sessionKey)
-        if policy.topology == .singleLeader, let term = leadership.snapshot(policy.name) { answer[Self.epochHeader] = String(term.epoch) }
-        if let stalenessMs { answer[Self.stalenessHeader] = String(stalenessMs) }
+        answer[MeridianHeader.session] = session.encoded(with: sessionKey)
+        if policy.topology == .singleLeader, let term = leadership.snapshot(policy.name) { answer[MeridianHeader.epoch] = String(term.epoch) }
+        if let stalenessMs { answer[MeridianHeader.stalenessMs] = String(stalenessMs) }
         answer[.cacheControl] = Self.cacheControl(policy, level: level)
         rendered.headers = answer
         return rendered
@@ -257,9 +200,9 @@ extension RegionNode {
     /// Sends a read to a region that can serve it, over the stream to that region, and relays its answer.
     private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key, as mode: ReadAs) async throws(MeridianError) -> RenderedResponse {
         var carried: [ForwardedHeader] = [ForwardedHeader(name: Self.readAsHeader.canonicalName, value: mode.rawValue)]
-        if let level = options.consistency { carried.append(ForwardedHeader(name: "Meridian-Consistency", value: level.rawValue)) }
-        if let bound = options.maxStalenessMs { carried.append(ForwardedHeader(name: "Meridian-Max-Staleness-Ms", value: String(bound))) }
-        if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded(with: sessionKey))) }
+        if let level = options.consistency { carried.append(ForwardedHeader(name: MeridianHeader.consistency.canonicalName, value: level.rawValue)) }
+        if let bound = options.maxStalenessMs { carried.append(ForwardedHeader(name: MeridianHeader.maxStalenessMs.canonicalName, value: String(bound))) }
+        if let session = options.session { carried.append(ForwardedHeader(name: MeridianHeader.session.canonicalName, value: session.encoded(with: sessionKey))) }
         let reply = try await replicator.forward(to: target) { id in
             .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: key, headers: carried))
         }
@@ -270,10 +213,10 @@ extension RegionNode {
     func relay(_ reply: ForwardedReply, from target: RegionName) -> RenderedResponse {
         var answer = HTTPFields()
         for header in reply.headers {
-            guard let name = HTTPField.Name(header.name), name != Self.regionHeader else { continue }
+            guard let name = HTTPField.Name(header.name), name != MeridianHeader.region else { continue }
             answer.append(HTTPField(name: name, value: header.value))
         }
-        answer[Self.forwardedToHeader] = target.rawValue
+        answer[MeridianHeader.forwardedTo] = target.rawValue
         return RenderedResponse(status: HTTPResponse.Status(code: Int(reply.status)), headers: answer, body: ByteBuffer(bytes: reply.body))
     }
 
@@ -305,12 +248,12 @@ extension RegionNode {
     }
 
     /// The headers a forwarded write carries to the region that takes it.
-    static let forwardedHeaderNames: [HTTPField.Name] = [HTTPField.Name("Meridian-Ack")!, .ifMatch, sessionHeader, contextHeader]
+    static let forwardedHeaderNames: [HTTPField.Name] = [MeridianHeader.ack, .ifMatch, MeridianHeader.session, MeridianHeader.context]
 
     /// A write sent here by another region (which found that this region takes it): run it as if a client
     /// had sent it here, never forwarding it again, and render the answer for the stream.
     func serveForwarded(_ write: ForwardedWrite) async -> ForwardedReply {
-        await serveForwardedRequest(id: write.id, keyspace: write.keyspace, headers: write.headers, allowed: Self.forwardedHeaderNames) {
+        await serveForwardedRequest(id: write.id, keyspace: write.keyspace, headers: write.headers, allowed: Self.forwardedHeaderNames, change: true) {
             policy, headers throws(MeridianError) in
             let contentType = write.operation == .delete ? "" : try Self.validContentType(write.contentType)
             guard write.value.count <= self.limits.valueBytesMax else {
@@ -329,7 +272,7 @@ extension RegionNode {
         let crdt = operation == .merge ? try CRDTJSON.parse(value) : nil
         var causalContext: VersionVector?
         if rule == .siblings {
-            let values = headers[values: Self.contextHeader]
+            let values = headers[values: MeridianHeader.context]
             guard values.count <= 1 else {
                 throw MeridianError(.invalidHeader, "Meridian-Context is given \(values.count) times; give it once.", context: ["header": "Meridian-Context"])
             }
@@ -398,13 +341,14 @@ extension RegionNode {
                         .ackTimeout,
                         "The write is durable in \(region) as version \(entry.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. It will still replicate; read it back, or retry with If-Match: \"\(entry.version)\".",
                         context: ["version": entry.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
-                                  "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue]).rendered()
-                    timedOut.headers[Self.sessionHeader] = session.encoded(with: sessionKey)
+                                  "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
+                        applied: .maybe).rendered(change: true)
+                    timedOut.headers[MeridianHeader.session] = session.encoded(with: sessionKey)
                     timedOut.headers[.eTag] = "\"\(entry.version)\""
                     return timedOut
                 }
             }
-            var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", Self.sessionHeader: session.encoded(with: sessionKey)]
+            var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", MeridianHeader.session: session.encoded(with: sessionKey)]
             if policy.topology == .singleLeader {
                 // Acknowledged only if this region still held its lease once the ack mode was met: otherwise a
                 // successor may exist that never held the write, which then is kept aside, not lost.
@@ -412,11 +356,12 @@ extension RegionNode {
                     var lost = MeridianError(
                         .leaderUnavailable,
                         "The write is durable in \(region) as version \(entry.version), but \(region) lost its lease on keyspace '\(policy.name)' (epoch \(epoch)) before it could acknowledge it: if another region took over without it, it is kept in the divergence log (GET /v1/divergence) rather than applied. Read the key at the new leader before retrying.",
-                        context: ["keyspace": policy.name.rawValue, "epoch": String(epoch), "version": entry.version.description]).rendered()
+                        context: ["keyspace": policy.name.rawValue, "epoch": String(epoch), "version": entry.version.description],
+                        applied: .maybe).rendered(change: true)
                     lost.headers[.eTag] = "\"\(entry.version)\""
                     return lost
                 }
-                headers[Self.epochHeader] = String(epoch)
+                headers[MeridianHeader.epoch] = String(epoch)
             }
             var answer = WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
                                      ack: ack.rawValue, ackedBy: ackedBy.map(\.rawValue), operation: crdt?.operation.name ?? operation.description)
@@ -432,10 +377,10 @@ extension RegionNode {
     private func forwardWrite(to target: RegionName, headers: HTTPFields, options: RequestOptions, policy: KeyspacePolicy, key: Key,
                               operation: MeridianCore.Operation, contentType: String, value: [UInt8]) async throws(MeridianError) -> RenderedResponse {
         var carried: [ForwardedHeader] = []
-        if let ack = options.ack { carried.append(ForwardedHeader(name: "Meridian-Ack", value: ack.rawValue)) }
+        if let ack = options.ack { carried.append(ForwardedHeader(name: MeridianHeader.ack.canonicalName, value: ack.rawValue)) }
         for tag in headers[values: .ifMatch] { carried.append(ForwardedHeader(name: "If-Match", value: tag)) }
-        if let session = options.session { carried.append(ForwardedHeader(name: "Meridian-Session", value: session.encoded(with: sessionKey))) }
-        if let context = headers[Self.contextHeader] { carried.append(ForwardedHeader(name: Self.contextHeader.canonicalName, value: context)) }
+        if let session = options.session { carried.append(ForwardedHeader(name: MeridianHeader.session.canonicalName, value: session.encoded(with: sessionKey))) }
+        if let context = headers[MeridianHeader.context] { carried.append(ForwardedHeader(name: MeridianHeader.context.canonicalName, value: context)) }
         let reply: ForwardedReply
         do {
             reply = try await replicator.forward(to: target) { id in
@@ -445,7 +390,7 @@ extension RegionNode {
             // For a single-leader keyspace the unreachable region is the leader: say so in the code clients branch on.
             var context = error.context
             context["leader"] = target.rawValue
-            throw MeridianError(.leaderUnavailable, error.message, context: context)
+            throw MeridianError(.leaderUnavailable, error.message, context: context, applied: error.appliedOrImplied)
         }
         return relay(reply, from: target)
     }
@@ -500,7 +445,7 @@ extension RegionNode {
             session.observe(dependencies: key.dependencies)
         }
         return JSON.response(ListAnswer(keyspace: policy.name.rawValue, keys: items, nextAfter: keys.count == limit ? keys.last?.key.rawValue : nil),
-                             headers: [Self.sessionHeader: session.encoded(with: sessionKey), .cacheControl: Self.cacheControl(policy, level: level)])
+                             headers: [MeridianHeader.session: session.encoded(with: sessionKey), .cacheControl: Self.cacheControl(policy, level: level)])
     }
 
     /// Reads the request body, refusing more than `valueBytesMax` bytes with 413 before buffering them.

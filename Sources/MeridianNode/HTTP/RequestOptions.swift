@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import MeridianAPI
 import MeridianCore
 
 /// The `Meridian-*` request headers (or their query-parameter forms), validated.
@@ -20,22 +21,22 @@ struct RequestOptions {
 
     /// Reads each option from `headers`, or else from `query` by the parameter name.
     init(headers: HTTPFields, query: (String) -> String?, sessionKey: SessionKey) throws(MeridianError) {
-        consistency = try Self.option(headers, query("consistency"), header: "Meridian-Consistency").map { text throws(MeridianError) in
+        consistency = try Self.option(headers, query, MeridianHeader.consistency).map { text throws(MeridianError) in
             guard let level = ConsistencyLevel(rawValue: text) else {
                 throw Self.invalid("Meridian-Consistency", text, "use one of \(ConsistencyLevel.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return level
         }
-        maxStalenessMs = try Self.option(headers, query("max-staleness-ms"), header: "Meridian-Max-Staleness-Ms").map { text throws(MeridianError) in
+        maxStalenessMs = try Self.option(headers, query, MeridianHeader.maxStalenessMs).map { text throws(MeridianError) in
             guard let value = UInt64(text), value <= Self.maxStalenessMsMax else {
                 throw Self.invalid("Meridian-Max-Staleness-Ms", text, "use a whole number of milliseconds from 0 to \(Self.maxStalenessMsMax)")
             }
             return value
         }
-        session = try Self.option(headers, query("session"), header: "Meridian-Session").map { text throws(MeridianError) in
+        session = try Self.option(headers, query, MeridianHeader.session).map { text throws(MeridianError) in
             try SessionToken(decoding: text, key: sessionKey)
         }
-        ack = try Self.option(headers, query("ack"), header: "Meridian-Ack").map { text throws(MeridianError) in
+        ack = try Self.option(headers, query, MeridianHeader.ack).map { text throws(MeridianError) in
             guard let mode = AckMode(rawValue: text) else {
                 throw Self.invalid("Meridian-Ack", text, "use one of \(AckMode.allCases.map(\.rawValue).joined(separator: ", "))")
             }
@@ -43,14 +44,14 @@ struct RequestOptions {
         }
     }
 
-    private static func option(_ headers: HTTPFields, _ queryValue: String?, header: String) throws(MeridianError) -> String? {
-        let name = HTTPField.Name(header)!
+    private static func option(_ headers: HTTPFields, _ query: (String) -> String?, _ name: HTTPField.Name) throws(MeridianError) -> String? {
+        let header = name.canonicalName
         let values = headers[values: name]
         guard values.count <= 1 else {
             throw MeridianError(.invalidHeader, "\(header) is given \(values.count) times; give it once.", context: ["header": header])
         }
         if let value = values.first { return value.trimmingCharacters(in: .whitespaces) }
-        return queryValue
+        return query(MeridianHeader.queryName(name))
     }
 
     private static func invalid(_ header: String, _ value: String, _ hint: String) -> MeridianError {

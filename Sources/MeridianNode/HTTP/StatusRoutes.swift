@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import MeridianAPI
 import MeridianCore
 import MeridianHTTP
 import MeridianStore

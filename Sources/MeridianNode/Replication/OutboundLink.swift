@@ -206,8 +206,8 @@ final class OutboundLink: Sendable {
             return id
         }
         guard let id else {
-            throw MeridianError(.regionUnavailable, "This request is served by \(peer), which this region cannot reach now. Retry shortly, or send it to \(peer) directly.",
-                                context: ["region": peer.rawValue])
+            throw MeridianError(.regionUnavailable, "This request is served by \(peer), which this region cannot reach now; nothing was sent. Retry shortly, or send it to \(peer) directly.",
+                                context: ["region": peer.rawValue], applied: .no)
         }
         let frame = make(id)
         let timer = Task {
@@ -227,7 +227,7 @@ final class OutboundLink: Sendable {
             if !sent {
                 continuation.resume(returning: .failure(MeridianError(
                     .regionUnavailable, "The stream to \(peer) closed before the request could be forwarded; nothing was sent. Retry shortly.",
-                    context: ["region": peer.rawValue])))
+                    context: ["region": peer.rawValue], applied: .no)))
             }
         }
         return try result.get()

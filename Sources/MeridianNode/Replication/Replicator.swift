@@ -418,7 +418,7 @@ final class Replicator: Sendable {
     private func admitForwarded(id: UInt64, replies: AsyncStream<PeerFrame>.Continuation) -> Bool {
         guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
             forwardsServed.subtract(1, ordering: .relaxed)
-            let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered()
+            let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered(change: true)
             replies.yield(.forwardReply(ForwardedReply(id: id, rendered: refused)))
             return false
         }
@@ -519,7 +519,7 @@ final class Replicator: Sendable {
     /// (a write waits for its acks; a read may also wait to catch up first), plus the round trip and a margin.
     func forward(to target: RegionName, _ make: (UInt64) -> PeerFrame) async throws(MeridianError) -> ForwardedReply {
         guard let link = links[target] else {
-            throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region).", context: ["region": target.rawValue])
+            throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region); nothing was sent.", context: ["region": target.rawValue], applied: .no)
         }
         let rttMs = Int(((cluster.wan.rttMs(region, target) ?? 0) * max(cluster.wan.latencyScale, 1)).rounded(.up))
         return try await link.forward(make, timeout: .milliseconds(limits.readWaitMs + limits.ackTimeoutMs + rttMs + 2_000))

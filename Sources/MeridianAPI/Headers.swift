@@ -1,0 +1,33 @@
+import HTTPTypes
+import MeridianCore
+
+/// The `Meridian-*` headers of the v1 API, as DESIGN.md lists them: every request option is also accepted as
+/// a query parameter of the same name without the prefix, lower-case (``queryName``).
+public enum MeridianHeader {
+    // Request options.
+    /// The read's consistency level: `strong`, `bounded`, `session`, `prefix` or `eventual`.
+    public static let consistency = HTTPField.Name("Meridian-Consistency")!
+    /// A bounded read's staleness bound, in ms.
+    public static let maxStalenessMs = HTTPField.Name("Meridian-Max-Staleness-Ms")!
+    /// The session token (request and answer).
+    public static let session = HTTPField.Name("Meridian-Session")!
+    /// A write's acknowledgement mode: `async`, `majority` or `all`.
+    public static let ack = HTTPField.Name("Meridian-Ack")!
+    /// A `siblings` write's causal context: the versions its client read.
+    public static let context = HTTPField.Name(CausalContextToken.header)!
+
+    // Answers.
+    /// The region that served the request.
+    public static let region = HTTPField.Name("Meridian-Region")!
+    /// The term of a single-leader keyspace's leader that took the write or served the read.
+    public static let epoch = HTTPField.Name("Meridian-Epoch")!
+    /// How stale a replica read may be, in ms.
+    public static let stalenessMs = HTTPField.Name("Meridian-Staleness-Ms")!
+    /// The region a forwarded request was served by.
+    public static let forwardedTo = HTTPField.Name("Meridian-Forwarded-To")!
+
+    /// The query parameter that stands for a request option's header when the header is absent.
+    public static func queryName(_ header: HTTPField.Name) -> String {
+        String(header.canonicalName.lowercased().dropFirst("meridian-".count))
+    }
+}

@@ -114,6 +114,14 @@ public final class RegionNode: Sendable {
         replicator.send(to: peer, frame)
     }
 
+    /// The replication streams' view of each peer, for the region machine's hand-overs and failback.
+    @Sendable func peerLinks() -> [RegionName: RegionMachine.PeerLink] {
+        replicator.links.mapValues { link in
+            let snapshot = link.snapshot
+            return RegionMachine.PeerLink(up: snapshot.health == .up, acknowledged: snapshot.acknowledged)
+        }
+    }
+
     /// What this region can do right now, given which peers' streams are up.
     var admission: Admission {
         Admission(region: region, reachable: replicator.reachable(), clusterRegions: Set(configuration.cluster.regions.map(\.name)))
@@ -162,20 +170,16 @@ public final class RegionNode: Sendable {
             logger: logger)
         defer { store.close() }
         logger.info("region \(region) serving on \(address)")
+        leadership.start(Leadership.Carriers(send: sendElection, revert: bringBack, peers: peerLinks))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) },
                                               election: { keyspace, message, start, peer in
-                                                  await self.leadership.received(message, start: start, keyspace: keyspace, from: peer,
-                                                                                 send: self.sendElection, repair: self.bringBack)
+                                                  self.leadership.received(message, start: start, keyspace: keyspace, from: peer)
                                               })
             }
             tasks.addTask {
-                await self.leadership.run(send: self.sendElection, repair: self.bringBack)
-                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-            }
-            tasks.addTask {
-                await self.runFailback()
+                await self.leadership.run()
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }

@@ -2,18 +2,6 @@ import Foundation
 import GRDB
 import MeridianCore
 
-/// What a region keeps on disk about one single-leader keyspace's elections: its election record (epoch,
-/// leader, vote) and where the term it follows began.
-public struct StoredElection: Sendable, Hashable {
-    public var record: ElectionRecord
-    public var start: EpochStart?
-
-    public init(record: ElectionRecord, start: EpochStart?) {
-        self.record = record
-        self.start = start
-    }
-}
-
 /// A write kept aside because its leader was deposed before its successor held it.
 public struct DivergedWrite: Sendable, Hashable {
     public let id: Int64

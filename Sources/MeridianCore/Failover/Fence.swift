@@ -81,3 +81,15 @@ public enum Fence {
         return sequence <= last ? .apply : .divert
     }
 }
+
+/// What a region keeps on disk about one single-leader keyspace's elections: its election record (epoch,
+/// leader, vote) and where the term it follows began.
+public struct StoredElection: Sendable, Hashable {
+    public var record: ElectionRecord
+    public var start: EpochStart?
+
+    public init(record: ElectionRecord, start: EpochStart?) {
+        self.record = record
+        self.start = start
+    }
+}

@@ -58,6 +58,12 @@ public struct WANConfig: Sendable, Hashable {
     public func rttMs(_ a: RegionName, _ b: RegionName) -> Double? {
         a == b ? 0 : rttMs[RegionPair(a, b)]
     }
+
+    /// The round trip to allow for in a timeout, in whole ms: the configured RTT at real scale or slower (a
+    /// cluster run at a tenth of its latency keeps its real timeouts), 0 when not configured.
+    public func timeoutRttMs(_ a: RegionName, _ b: RegionName) -> UInt64 {
+        UInt64(((rttMs(a, b) ?? 0) * max(latencyScale, 1)).rounded(.up))
+    }
 }
 
 /// An unordered pair of distinct regions.

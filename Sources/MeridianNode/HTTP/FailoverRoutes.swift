@@ -26,8 +26,10 @@ extension RegionNode {
         while true {
             let routed = routed(policy)
             let settled = routed.leader != nil && (routed.leader != region || leadership.writableEpoch(policy.name) != nil)
-            if settled || ContinuousClock.now >= deadline { return routed }
-            try? await Task.sleep(for: .milliseconds(5))
+            let now = ContinuousClock.now
+            if settled || now >= deadline { return routed }
+            // Woken by the machine's next event; a lease that a heartbeat's answer renews is such an event.
+            await leadership.waitForChange(atMost: min(deadline - now, .milliseconds(50)))
         }
     }
 
@@ -57,7 +59,7 @@ extension RegionNode {
         guard let policy = configuration.cluster.keyspace(keyspace) else { return }
         for attempt in 1...3_600 {
             // A newer term's check replaces this one (its leader is the one to follow).
-            if Task.isCancelled || leadership.snapshot(keyspace)?.epoch != start.epoch { return }
+            if Task.isCancelled || !leadership.follows(keyspace, epoch: start.epoch) { return }
             do throws(MeridianError) {
                 // Every earlier term whose writes this region holds beyond where the new leader held them. Terms
                 // older than those the start names (it names the newest `termsMax`) are settled.
@@ -146,7 +148,7 @@ extension RegionNode {
                 return JSON.response(["keyspace": name.rawValue, "from": leader.rawValue, "to": target.rawValue, "epoch": String(term.epoch)],
                                      headers: [.cacheControl: "no-store"])
             }
-            try? await Task.sleep(for: .milliseconds(20))
+            await leadership.waitForChange(atMost: min(deadline - ContinuousClock.now, .milliseconds(100)))
         }
         throw MeridianError(.leaderUnavailable, "\(leader) handed keyspace '\(name)' over, but \(region) has not seen \(target) lead within 10 s; an election follows. Check GET /v1/status.",
                             context: ["keyspace": name.rawValue, "region": target.rawValue], applied: .maybe)
@@ -154,10 +156,7 @@ extension RegionNode {
 
     /// Hands a keyspace this region leads over to `target`, waiting up to the ack timeout for it to catch up.
     func handOver(_ policy: KeyspacePolicy, to target: RegionName) async throws(MeridianError) {
-        let link = replicator.links[target]
-        try await leadership.handOver(policy.name, to: target, timeout: .milliseconds(limits.ackTimeoutMs),
-                                      acknowledged: { link.flatMap { $0.snapshot.health == .up ? $0.snapshot.acknowledged : nil } },
-                                      send: sendElection, repair: bringBack)
+        try await leadership.handOver(policy.name, to: target, timeoutMs: UInt64(limits.ackTimeoutMs))
     }
 
     /// A peer asks this region, which leads the keyspace, to hand it over (`POST /v1/admin/failover` elsewhere).
@@ -174,36 +173,6 @@ extension RegionNode {
             rendered = error.rendered(change: true)
         }
         return ForwardedReply(id: read.id, rendered: rendered)
-    }
-
-    /// Failback: every `failback` keyspace this region leads in place of the first region of its failover
-    /// order goes back to it once that region's stream has been up and within a batch of this region's log
-    /// for `failbackSteadyMs` in a row (so a region that flaps does not take leadership back and forth).
-    func runFailback() async {
-        let steadyMs: UInt64 = 5_000
-        var healthySince: [KeyspaceName: ContinuousClock.Instant] = [:]
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(250))
-            let candidates = leadership.failbackCandidates(configuration.cluster)
-            healthySince = healthySince.filter { entry in candidates.contains { $0.0 == entry.key } }
-            for (keyspace, preferred) in candidates {
-                guard let link = replicator.links[preferred], let policy = configuration.cluster.keyspace(keyspace) else { continue }
-                let snapshot = link.snapshot
-                let own = store.appliedHighWater()[region] ?? 0
-                let close = snapshot.health == .up && own - min(own, snapshot.acknowledged) <= UInt64(limits.replicationBatchEntriesMax)
-                guard close else { healthySince[keyspace] = nil; continue }
-                let since = healthySince[keyspace] ?? .now
-                healthySince[keyspace] = since
-                guard ContinuousClock.now - since >= .milliseconds(steadyMs) else { continue }
-                healthySince[keyspace] = nil
-                do {
-                    try await handOver(policy, to: preferred)
-                    logger.notice("failback", metadata: ["keyspace": "\(keyspace)", "to": "\(preferred)"])
-                } catch {
-                    logger.warning("failback postponed", metadata: ["keyspace": "\(keyspace)", "reason": "\(error.message)"])
-                }
-            }
-        }
     }
 
     // MARK: - Reports

@@ -301,11 +301,15 @@ extension RegionNode {
         }
         // A timestamp from a clock out of tolerance would corrupt last-writer-wins order: refuse the write.
         if let refusal = clock.refusal { throw refusal }
+        // The leader writes only while a majority confirms it still leads; the write carries its term, and stays
+        // counted until it commits or is refused (a hand-over waits for it).
+        var admittedUnderLease = false
         if policy.topology == .singleLeader {
-            // The leader writes only while a majority confirms it still leads; the write carries its term.
-            guard let term = leadership.writableEpoch(policy.name) else { throw leaseLost(policy) }
+            guard let term = leadership.admitWrite(policy.name) else { throw leaseLost(policy) }
             epoch = term
+            admittedUnderLease = true
         }
+        defer { if admittedUnderLease { leadership.writeAbandoned(policy.name) } }
         let precondition: WriteRequest.Precondition? = ifMatch.map { tags in
             tags.contains(.any) ? .exists : .versionIsOneOf(tags.compactMap { if case .version(let v) = $0 { v } else { nil } })
         }
@@ -327,7 +331,10 @@ extension RegionNode {
                 context: context)
         case .committed(let entry):
             replicator.logGrew(to: entry.sequence)
-            if policy.topology == .singleLeader { await leadership.committed(policy.name, epoch: epoch) }
+            if admittedUnderLease {
+                leadership.writeCommitted(policy.name, epoch: epoch)
+                admittedUnderLease = false
+            }
             var ackedBy = [region]
             var session = options.session ?? SessionToken()
             session.observe(entry.version)

@@ -392,13 +392,13 @@ final class Replicator: Sendable {
                     let applied: UInt64
                     // Entries of single-leader keyspaces pass the fence first: a deposed leader's unshipped writes
                     // are kept aside, and entries wait while an election this region took part in settles.
-                    let diverted = try await fence?.admit(entries) ?? [:]
+                    let admitted = try await fence?.admit(entries)
                     do {
                         applied = try await store.applyReplicated(origin: origin, from: from, through: through,
-                                                                  entries: entries.map(withClusterRegionsOnly), diverted: diverted)
-                        fence?.applied(entries, diverted: diverted)
+                                                                  entries: entries.map(withClusterRegionsOnly), diverted: admitted?.diverted ?? [:])
+                        if let admitted { fence?.committed(admitted, true) }
                     } catch {
-                        fence?.applied([], diverted: [:])
+                        if let admitted { fence?.committed(admitted, false) }
                         applier.failed()
                         throw error
                     }

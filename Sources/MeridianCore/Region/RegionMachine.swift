@@ -1,0 +1,648 @@
+/// How one region takes part in leading its single-leader keyspaces: the joints between the core's parts that
+/// decide when a leader's term starts, when a leader may acknowledge, which replicated entries apply, what
+/// becomes of a deposed leader's writes, and when leadership is handed over or failed back.
+///
+/// Pure and deterministic, as ``ElectionMember`` is: every call is an event with the time it happened (`nowMs`,
+/// a monotonic clock of the region; `wallMs`, its wall clock, only for reports), and everything to be done
+/// comes back as ``Effect``s. The node and the simulator drive the same machine.
+///
+/// Rules it keeps (each has a test that plants its violation):
+/// - A new leader's term starts from what this region holds once no replicated batch is between admission and
+///   commit: new batches wait while earlier ones commit, so nothing applied is missing from the start it
+///   announces, and no wait is cut short by a timeout.
+/// - A leader acknowledges only within its lease, in a term whose start is durable, and not while it hands over.
+/// - A replicated entry of a single-leader keyspace applies only when ``Fence`` says so; a deposed leader's
+///   unshipped entries are diverted; entries wait while the term they belong to is unknown, and while the
+///   region brings keys back from a deposed leader's writes.
+/// - A hand-over goes out only once every write admitted before it began has committed and the target has
+///   acknowledged this region's whole log, and only while the lease is held.
+public struct RegionMachine: Sendable {
+    /// Identifies a replicated batch between its arrival and its commit.
+    public typealias BatchID = UInt64
+    /// Identifies a hand-over request awaiting its answer.
+    public typealias RequestID = UInt64
+
+    /// A peer as the region's replication streams see it now.
+    public struct PeerLink: Sendable, Hashable {
+        /// The stream to the peer is up (heard within its silence limit).
+        public var up: Bool
+        /// How far the peer has applied this region's log.
+        public var acknowledged: UInt64
+
+        public init(up: Bool, acknowledged: UInt64) {
+            self.up = up
+            self.acknowledged = acknowledged
+        }
+    }
+
+    /// Something that happened to the region.
+    public enum Event: Sendable {
+        /// The node started: first terms are stored before anything else is done.
+        case started
+        /// Time passed. `applied` is the store's applied point per origin; `peers` the streams' view.
+        case ticked(applied: [RegionName: UInt64], peers: [RegionName: PeerLink])
+        /// A peer's election message arrived on its stream.
+        case electionReceived(keyspace: KeyspaceName, message: ElectionMessage, start: EpochStart?, from: RegionName,
+                              applied: [RegionName: UInt64])
+        /// This region's clock went out of tolerance with its peers', or came back.
+        case clockFenceChanged(fenced: Bool)
+        /// A batch of another origin's log arrived and waits to be admitted.
+        case batchArrived(BatchID, entries: [ReplicationEntry])
+        /// The node stopped waiting for a batch (its stream closed or the node stops): forget it.
+        case batchAbandoned(BatchID)
+        /// An admitted batch was committed (or failed to be, `committed` false).
+        case batchCommitted(BatchID, committed: Bool)
+        /// The store's applied points and the keyspace's term history, read for a term this region won.
+        case startCaptured(keyspace: KeyspaceName, epoch: UInt64, applied: [RegionName: UInt64], history: [TermEnd])
+        /// The store could not be read for a term this region won.
+        case startCaptureFailed(keyspace: KeyspaceName, epoch: UInt64, reason: String)
+        /// A ``Effect/persist(_:_:)`` could not be carried out: the region must not act on that state.
+        case persistFailed(keyspace: KeyspaceName, reason: String)
+        /// The deposed leader's writes of a term's start were kept aside and their keys brought back.
+        case revertFinished(keyspace: KeyspaceName, epoch: UInt64)
+        /// An operator (or a peer on an operator's behalf) asks this region to hand a keyspace it leads to `target`.
+        case handOverRequested(RequestID, keyspace: KeyspaceName, target: RegionName, timeoutMs: UInt64)
+        /// A write admitted with ``RegionMachine/admitWrite(_:nowMs:)`` committed in `epoch`.
+        case writeCommitted(keyspace: KeyspaceName, epoch: UInt64)
+        /// A write admitted with ``RegionMachine/admitWrite(_:nowMs:)`` was not committed (refused or failed).
+        case writeAbandoned(keyspace: KeyspaceName)
+    }
+
+    /// What the caller must do, in order. A `persist` must be durable before any later effect is carried out;
+    /// if it fails, the caller drops the later effects of its keyspace (``Effect/keyspace``; answers to requests
+    /// and admitted batches are always carried) and reports ``Event/persistFailed(keyspace:reason:)``.
+    public enum Effect: Sendable, Hashable {
+        /// Store the keyspace's election state durably.
+        case persist(KeyspaceName, StoredElection)
+        /// Send a frame to a peer over its stream.
+        case send(RegionName, PeerFrame)
+        /// Apply an arrived batch, keeping aside the entries named (sequence → the epoch that fenced them), then
+        /// report ``Event/batchCommitted(_:committed:)``.
+        case applyBatch(BatchID, diverted: [UInt64: UInt64])
+        /// Read the store's applied points and the keyspace's term history, then report
+        /// ``Event/startCaptured(keyspace:epoch:applied:history:)``.
+        case captureStart(KeyspaceName, epoch: UInt64)
+        /// Keep aside the writes of earlier terms held here beyond where the leader of `start` held them, bring
+        /// their keys to that leader's state, then report ``Event/revertFinished(keyspace:epoch:)``.
+        case revert(KeyspaceName, EpochStart)
+        /// Record a failover this region won, for the RTO report.
+        case recordFailover(FailoverRecord)
+        /// Record the first write of a term this region won (the end of that failover's RTO).
+        case recordFirstWrite(KeyspaceName, epoch: UInt64, atWallMs: UInt64)
+        /// Answer a hand-over request: the region now led by `target`, or why not.
+        case handOverFinished(RequestID, Result<RegionName, MeridianError>)
+        /// Write a line to the node's log.
+        case log(LogLine)
+    }
+
+    /// The single-leader keyspace whose term an effect acts on (nil: an answer or an admitted batch, which a
+    /// failed persist never holds back).
+    public static func keyspace(of effect: Effect) -> KeyspaceName? {
+        switch effect {
+        case .persist(let keyspace, _), .captureStart(let keyspace, _), .revert(let keyspace, _), .recordFirstWrite(let keyspace, _, _):
+            keyspace
+        case .send(_, .election(let keyspace, _, _)): keyspace
+        case .recordFailover(let record): record.keyspace
+        case .send, .applyBatch, .handOverFinished, .log: nil
+        }
+    }
+
+    /// A failover as the region elected in it saw it.
+    public struct FailoverRecord: Sendable, Hashable {
+        public let keyspace: KeyspaceName
+        public let epoch: UInt64
+        public let leader: RegionName
+        public let previousLeader: RegionName?
+        public let lastHeardWallMs: UInt64?
+        public let suspectedWallMs: UInt64
+        public let electedWallMs: UInt64
+        /// `failure` (an election after silence) or `transfer` (a hand-over).
+        public let reason: String
+    }
+
+    /// A line for the node's log.
+    public struct LogLine: Sendable, Hashable {
+        public enum Level: Sendable, Hashable { case info, notice, warning, error }
+        public let level: Level
+        public let message: String
+        public let metadata: [String: String]
+
+        public init(_ level: Level, _ message: String, _ metadata: [String: String] = [:]) {
+            self.level = level
+            self.message = message
+            self.metadata = metadata
+        }
+    }
+
+    /// What the routes see of one keyspace's leadership.
+    public struct Snapshot: Sendable, Hashable {
+        public let epoch: UInt64
+        public let leader: RegionName?
+        public let role: ElectionMember.Role
+        public let holdsLease: Bool
+        public let start: EpochStart?
+    }
+
+    /// How long the preferred region's stream must stay up and close behind before failback hands back to it.
+    public static let failbackSteadyMs: UInt64 = 5_000
+
+    /// Where one keyspace's term stands in this region.
+    enum Phase: Sendable, Hashable {
+        /// Nothing in progress.
+        case steady
+        /// Won `epoch`: waiting until no admitted batch is uncommitted (new batches wait), then capture.
+        case drainingForStart(epoch: UInt64)
+        /// Won `epoch`: the store is being read for its start.
+        case capturingStart(epoch: UInt64)
+        /// Learnt `start`, not yet checked against this region's copy: waiting until no batch is uncommitted.
+        case drainingForRevert(EpochStart)
+        /// Keeping aside a deposed leader's writes for `epoch`'s start; the keyspace's entries wait.
+        case reverting(epoch: UInt64)
+
+        var holdsEntries: Bool { self != .steady }
+        /// A term this region won is being started: it takes no write yet.
+        var startsTerm: Bool {
+            switch self {
+            case .drainingForStart, .capturingStart: true
+            case .steady, .drainingForRevert, .reverting: false
+            }
+        }
+        var drains: Bool {
+            switch self {
+            case .drainingForStart, .drainingForRevert: true
+            case .steady, .capturingStart, .reverting: false
+            }
+        }
+    }
+
+    /// A hand-over in progress.
+    struct HandOver: Sendable, Hashable {
+        let target: RegionName
+        let request: RequestID?
+        let deadlineMs: UInt64
+    }
+
+    /// One keyspace's election and term in this region.
+    struct Term: Sendable {
+        var member: ElectionMember
+        var failback: Bool
+        /// Where the followed term began (nil while an election runs or until its leader says).
+        var start: EpochStart?
+        /// The newest epoch among this keyspace's writes held here, and that epoch's leader.
+        var newest: (epoch: UInt64, origin: RegionName)
+        var phase: Phase = .steady
+        /// The epoch whose start this region has checked its copy against.
+        var checkedEpoch: UInt64 = 0
+        var handOver: HandOver?
+        /// Writes admitted under this region's lease and not yet committed or abandoned.
+        var writesInFlight = 0
+        /// For the failover report: when the leader was last heard, when this region stood, who led before.
+        var leaderHeardWallMs: UInt64?
+        var stoodWallMs: UInt64?
+        var previousLeader: RegionName?
+        var firstWriteRecorded = true
+        /// This region stands because its leader handed over to it; the term it leads was handed to it (an
+        /// operator's choice, which failback leaves alone).
+        var handedTo = false
+        var wonByHandOver = false
+        /// Failback: since when the preferred region has been up and close behind (nil: it is not).
+        var preferredSteadySinceMs: UInt64?
+    }
+
+    public let region: RegionName
+    private let limits: Limits
+    private var terms: [KeyspaceName: Term]
+    /// Keyspaces never elected anywhere: their first term is stored at start.
+    private var firstTerms: [KeyspaceName]
+    /// Arrived batches not yet admitted, in arrival order.
+    private var waiting: [(id: BatchID, entries: [ReplicationEntry])] = []
+    /// Admitted batches not yet committed, with what they keep aside.
+    private var inFlight: [BatchID: (entries: [ReplicationEntry], diverted: [UInt64: UInt64])] = [:]
+    private var nowMs: UInt64
+    private var wallMs: UInt64
+
+    /// The machine of `region`, from each single-leader keyspace's durable election state.
+    /// - Parameters:
+    ///   - stored: The election state the store holds, per keyspace (absent: never elected here).
+    ///   - newest: Per keyspace, the newest epoch among the writes the store holds and that epoch's leader.
+    ///   - nowMs: The region's monotonic clock now; `wallMs` its wall clock.
+    public init(region: RegionName, cluster: ClusterConfig, stored: [KeyspaceName: StoredElection],
+                newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)], nowMs: UInt64, wallMs: UInt64) {
+        self.region = region
+        limits = cluster.limits
+        self.nowMs = nowMs
+        self.wallMs = wallMs
+        var terms: [KeyspaceName: Term] = [:]
+        var firstTerms: [KeyspaceName] = []
+        for policy in cluster.keyspaces where policy.topology == .singleLeader && policy.isReplica(region) {
+            let order = policy.failover?.order ?? policy.leader.map { [$0] + policy.replicas.filter { $0 != policy.leader } } ?? policy.replicas
+            guard order.contains(region), let configured = order.first else { continue }
+            var rtt: [RegionName: UInt64] = [:]
+            for peer in order where peer != region { rtt[peer] = cluster.wan.timeoutRttMs(region, peer) }
+            let settings = ElectionMember.Settings(
+                order: order, heartbeatIntervalMs: UInt64(limits.heartbeatIntervalMs),
+                missedHeartbeats: UInt64(policy.failover?.missedHeartbeats ?? limits.missedHeartbeatsMax), rttMs: rtt)
+            // A keyspace never elected here starts in epoch 1 led by its configured leader; its record is stored
+            // at start, so only the very first start of a region leads without an election.
+            let firstTerm = stored[policy.name] == nil
+            if firstTerm { firstTerms.append(policy.name) }
+            let election = stored[policy.name] ?? StoredElection(record: ElectionRecord(leader: configured), start: .initial(leader: configured))
+            // Right after a start, streams take a moment (and reconnect backoff) to come up: a follower waits ten
+            // suspicion times before suspecting a leader it has not heard yet. A sole replica needs none.
+            let graceMs = order.count > 1 ? 10 * settings.heartbeatIntervalMs * settings.missedHeartbeats : 0
+            let member = ElectionMember(region: region, settings: settings, record: election.record, nowMs: nowMs, firstTerm: firstTerm, graceMs: graceMs)
+            terms[policy.name] = Term(member: member, failback: policy.failover?.failback == true, start: election.start,
+                                      newest: newest[policy.name] ?? (0, configured))
+        }
+        self.terms = terms
+        self.firstTerms = firstTerms.sorted()
+    }
+
+    // MARK: - Queries
+
+    /// The single-leader keyspaces this region takes part in, sorted.
+    public var keyspaces: [KeyspaceName] { terms.keys.sorted() }
+
+    /// One keyspace's leadership as the routes see it (nil: not a single-leader keyspace of this region).
+    public func snapshot(_ keyspace: KeyspaceName, nowMs: UInt64) -> Snapshot? {
+        guard let term = terms[keyspace] else { return nil }
+        return Snapshot(epoch: term.member.record.epoch, leader: term.member.leader, role: term.member.role,
+                        holdsLease: term.member.holdsLease(nowMs: nowMs), start: term.start)
+    }
+
+    /// The term a write accepted here now would belong to: this region leads, holds its lease, its term's start
+    /// is durable, and it is not handing over (nil otherwise).
+    public func writableEpoch(_ keyspace: KeyspaceName, nowMs: UInt64) -> UInt64? {
+        guard let term = terms[keyspace], term.member.holdsLease(nowMs: nowMs), term.start?.epoch == term.member.record.epoch,
+              !term.phase.startsTerm, term.handOver == nil else { return nil }
+        return term.member.record.epoch
+    }
+
+    /// Whether `epoch` is still the term this region follows (a revert of an older term's start stops).
+    public func follows(_ keyspace: KeyspaceName, epoch: UInt64) -> Bool {
+        terms[keyspace]?.member.record.epoch == epoch
+    }
+
+    /// Single-leader keyspaces repair only from their leader, whose copy is the truth.
+    public func leader(_ keyspace: KeyspaceName) -> RegionName? {
+        terms[keyspace]?.member.leader
+    }
+
+    // MARK: - The write gate
+
+    /// Admits a local write of a single-leader keyspace: the term it belongs to, counted until it commits or is
+    /// abandoned (a hand-over waits for it). Nil: this region may not write it now.
+    public mutating func admitWrite(_ keyspace: KeyspaceName, nowMs: UInt64) -> UInt64? {
+        guard let epoch = writableEpoch(keyspace, nowMs: nowMs) else { return nil }
+        terms[keyspace]?.writesInFlight += 1
+        return epoch
+    }
+
+    // MARK: - Events
+
+    /// Handles one event at `nowMs` (monotonic) and `wallMs` (wall clock), returning what to do, in order.
+    public mutating func handle(_ event: Event, nowMs: UInt64, wallMs: UInt64) -> [Effect] {
+        self.nowMs = max(self.nowMs, nowMs)
+        self.wallMs = wallMs
+        var effects: [Effect] = []
+        switch event {
+        case .started:
+            for keyspace in firstTerms { effects += persist(keyspace) }
+            firstTerms = []
+        case .ticked(let applied, let peers):
+            effects += tick(applied: applied, peers: peers)
+        case .electionReceived(let keyspace, let message, let start, let peer, let applied):
+            effects += received(message, start: start, keyspace: keyspace, from: peer, applied: applied)
+        case .clockFenceChanged(let fenced):
+            for keyspace in keyspaces {
+                effects += carry(keyspace, terms[keyspace]!.member.setFenced(fenced, nowMs: self.nowMs))
+            }
+        case .batchArrived(let id, let entries):
+            waiting.append((id, entries))
+        case .batchAbandoned(let id):
+            waiting.removeAll { $0.id == id }
+        case .batchCommitted(let id, let committed):
+            guard let batch = inFlight.removeValue(forKey: id) else { preconditionFailure("batch \(id) committed without being admitted") }
+            if committed {
+                for entry in batch.entries where batch.diverted[entry.sequence] == nil {
+                    guard var term = terms[entry.keyspace] else { continue }
+                    if entry.epoch > term.newest.epoch { term.newest = (entry.epoch, entry.origin) }
+                    terms[entry.keyspace] = term
+                }
+            }
+        case .startCaptured(let keyspace, let epoch, let applied, let history):
+            effects += takeOffice(keyspace, epoch: epoch, applied: applied, history: history)
+        case .startCaptureFailed(let keyspace, let epoch, let reason):
+            guard terms[keyspace]?.phase == .capturingStart(epoch: epoch) else { break }
+            effects.append(.log(LogLine(.error, "the keyspace's terms could not be read; not leading it", ["keyspace": keyspace.rawValue, "reason": reason])))
+            effects += stepDown(keyspace)
+        case .persistFailed(let keyspace, let reason):
+            effects.append(.log(LogLine(.error, "election state not stored; not acting on it", ["keyspace": keyspace.rawValue, "reason": reason])))
+            effects += stepDown(keyspace)
+        case .revertFinished(let keyspace, let epoch):
+            if terms[keyspace]?.phase == .reverting(epoch: epoch) { terms[keyspace]?.phase = .steady }
+        case .handOverRequested(let id, let keyspace, let target, let timeoutMs):
+            effects += beginHandOver(keyspace, to: target, request: id, timeoutMs: timeoutMs)
+        case .writeCommitted(let keyspace, let epoch):
+            guard var term = terms[keyspace] else { break }
+            term.writesInFlight -= 1
+            precondition(term.writesInFlight >= 0, "a write committed that was not admitted")
+            if epoch > term.newest.epoch || (epoch == term.newest.epoch && term.newest.origin != region) { term.newest = (epoch, region) }
+            if !term.firstWriteRecorded && term.member.record.epoch == epoch {
+                term.firstWriteRecorded = true
+                if epoch > 1 { effects.append(.recordFirstWrite(keyspace, epoch: epoch, atWallMs: self.wallMs)) }
+            }
+            terms[keyspace] = term
+        case .writeAbandoned(let keyspace):
+            terms[keyspace]?.writesInFlight -= 1
+            precondition((terms[keyspace]?.writesInFlight ?? 0) >= 0, "a write abandoned that was not admitted")
+        }
+        effects += advancePhases()
+        effects += admitWaiting()
+        return effects
+    }
+
+    // MARK: - Elections
+
+    private mutating func tick(applied: [RegionName: UInt64], peers: [RegionName: PeerLink]) -> [Effect] {
+        var effects: [Effect] = []
+        for keyspace in keyspaces {
+            var term = terms[keyspace]!
+            let memberEffects = term.member.tick(nowMs: nowMs, position: position(term, applied))
+            if term.member.role == .candidate && term.stoodWallMs == nil { term.stoodWallMs = wallMs }
+            terms[keyspace] = term
+            effects += carry(keyspace, memberEffects)
+            effects += progressHandOver(keyspace, applied: applied, peers: peers)
+            effects += considerFailback(keyspace, applied: applied, peers: peers)
+        }
+        return effects
+    }
+
+    private mutating func received(_ message: ElectionMessage, start: EpochStart?, keyspace: KeyspaceName, from peer: RegionName,
+                                   applied: [RegionName: UInt64]) -> [Effect] {
+        guard var term = terms[keyspace] else { return [] }
+        if case .timeoutNow = message {
+            // Stand only holding everything the handing-over leader's term began with (its own log it checked
+            // itself): otherwise a majority write of an earlier term, held by the leader but not here, could be
+            // left behind. Not caught up: decline, and an ordinary election follows.
+            guard let start, start.leader == peer,
+                  start.applied.allSatisfy({ origin, sequence in origin == peer || applied[origin, default: 0] >= sequence }) else {
+                return [.log(LogLine(.warning, "declined a hand-over: not caught up with the leader's term", ["keyspace": keyspace.rawValue, "from": peer.rawValue]))]
+            }
+        }
+        var memberEffects = term.member.received(message, from: peer, nowMs: nowMs, position: position(term, applied))
+        if case .timeoutNow = message, term.member.role == .candidate { term.handedTo = true }
+        if case .heartbeat(let epoch, _) = message, term.member.record.epoch == epoch, term.member.leader == peer {
+            term.leaderHeardWallMs = wallMs
+            // The leader says where its term began: learn it once, durably (with the record).
+            if let start, start.epoch == epoch, start.leader == peer, term.start != start {
+                term.start = start
+                if !memberEffects.contains(where: { if case .persist = $0 { true } else { false } }) {
+                    memberEffects.insert(.persist(term.member.record), at: 0)
+                }
+            }
+        }
+        terms[keyspace] = term
+        return carry(keyspace, memberEffects)
+    }
+
+    /// How far this region's copy of the keyspace reaches, for elections.
+    private func position(_ term: Term, _ applied: [RegionName: UInt64]) -> LogPosition {
+        LogPosition(epoch: term.newest.epoch, sequence: applied[term.newest.origin] ?? 0)
+    }
+
+    /// The machine's effects for a member's: the record made durable (with the start of its epoch), messages
+    /// sent with the start they announce, and the term's phase moved.
+    private mutating func carry(_ keyspace: KeyspaceName, _ memberEffects: [ElectionMember.Effect]) -> [Effect] {
+        var effects: [Effect] = []
+        for effect in memberEffects {
+            switch effect {
+            case .persist:
+                effects += persist(keyspace)
+            case .send(let peer, let message):
+                var start: EpochStart?
+                switch message {
+                case .heartbeat, .timeoutNow: start = terms[keyspace]?.start
+                default: break
+                }
+                effects.append(.send(peer, .election(keyspace: keyspace, message: message, start: start)))
+            case .becameLeader(let epoch):
+                terms[keyspace]?.phase = .drainingForStart(epoch: epoch)
+            case .following(let epoch, let leader):
+                guard var term = terms[keyspace] else { continue }
+                if let leader, leader != region {
+                    term.leaderHeardWallMs = wallMs
+                    term.previousLeader = nil
+                    term.stoodWallMs = nil
+                } else if term.previousLeader == nil {
+                    // An election began: remember who led before, for the failover report.
+                    term.previousLeader = term.start?.leader
+                }
+                if term.start?.epoch != epoch { term.start = nil }
+                // A term this region won and had not yet started is over before it began.
+                if term.phase.startsTerm { term.phase = .steady }
+                if let handOver = term.handOver {
+                    term.handOver = nil
+                    if let request = handOver.request {
+                        effects.append(.handOverFinished(request, .failure(MeridianError(
+                            .leaderUnavailable, "\(region) stopped leading keyspace '\(keyspace)' (epoch \(epoch)) before \(handOver.target) caught up; nothing was handed over.",
+                            context: ["keyspace": keyspace.rawValue, "region": handOver.target.rawValue]))))
+                    }
+                }
+                terms[keyspace] = term
+                effects.append(.log(LogLine(.info, "following", ["keyspace": keyspace.rawValue, "epoch": String(epoch), "leader": leader?.rawValue ?? "none yet"])))
+            }
+        }
+        // A known start this region has not checked its copy against: keep aside what a deposed leader wrote,
+        // once the batches admitted under the previous term have committed (the keyspace's entries wait).
+        if var term = terms[keyspace], let start = term.start, start.epoch == term.member.record.epoch, term.checkedEpoch < start.epoch,
+           term.phase == .steady || { if case .reverting = term.phase { true } else { false } }() {
+            term.checkedEpoch = start.epoch
+            term.phase = .drainingForRevert(start)
+            terms[keyspace] = term
+        }
+        return effects
+    }
+
+    /// The keyspace's current record, with the start if it belongs to its epoch.
+    private func persist(_ keyspace: KeyspaceName) -> [Effect] {
+        guard let term = terms[keyspace] else { return [] }
+        let record = term.member.record
+        return [.persist(keyspace, StoredElection(record: record, start: term.start.flatMap { $0.epoch == record.epoch ? $0 : nil }))]
+    }
+
+    /// Stops leading (or standing for) a keyspace whose state cannot be stored or read: its heartbeats stop,
+    /// so the others elect a successor.
+    private mutating func stepDown(_ keyspace: KeyspaceName) -> [Effect] {
+        guard var term = terms[keyspace] else { return [] }
+        _ = term.member.stepDown(nowMs: nowMs)
+        if term.phase.startsTerm { term.phase = .steady }
+        var effects: [Effect] = []
+        if let handOver = term.handOver, let request = handOver.request {
+            effects.append(.handOverFinished(request, .failure(MeridianError(
+                .leaderUnavailable, "\(region) stepped down from keyspace '\(keyspace)' (its election state could not be stored); nothing was handed over.",
+                context: ["keyspace": keyspace.rawValue]))))
+        }
+        term.handOver = nil
+        terms[keyspace] = term
+        return effects
+    }
+
+    // MARK: - Starting a term
+
+    /// Drained phases move on: a won term's start is captured, a learnt start is checked (its revert begins).
+    /// While any keyspace drains, no batch is admitted, so the drain ends as soon as the admitted ones commit.
+    private mutating func advancePhases() -> [Effect] {
+        guard inFlight.isEmpty else { return [] }
+        var effects: [Effect] = []
+        for keyspace in keyspaces {
+            switch terms[keyspace]!.phase {
+            case .drainingForStart(let epoch):
+                terms[keyspace]!.phase = .capturingStart(epoch: epoch)
+                effects.append(.captureStart(keyspace, epoch: epoch))
+            case .drainingForRevert(let start):
+                terms[keyspace]!.phase = .reverting(epoch: start.epoch)
+                effects.append(.revert(keyspace, start))
+            case .steady, .capturingStart, .reverting:
+                break
+            }
+        }
+        return effects
+    }
+
+    /// This region won `epoch` and the store says what it holds: that is the term's start, recorded durably
+    /// before any heartbeat announces it or any write is taken.
+    private mutating func takeOffice(_ keyspace: KeyspaceName, epoch: UInt64, applied: [RegionName: UInt64], history: [TermEnd]) -> [Effect] {
+        guard var term = terms[keyspace], term.phase == .capturingStart(epoch: epoch) else { return [] }
+        term.phase = .steady
+        guard term.member.record.epoch == epoch, term.member.role == .leader else {
+            // A newer epoch arrived meanwhile: this term is over before it began.
+            terms[keyspace] = term
+            return []
+        }
+        let start = EpochStart(epoch: epoch, leader: region, applied: applied, terms: history.filter { $0.epoch < epoch })
+        let record = FailoverRecord(keyspace: keyspace, epoch: epoch, leader: region, previousLeader: term.previousLeader,
+                                    lastHeardWallMs: term.leaderHeardWallMs, suspectedWallMs: term.stoodWallMs ?? wallMs, electedWallMs: wallMs,
+                                    reason: term.handedTo ? "transfer" : "failure")
+        term.start = start
+        term.checkedEpoch = epoch
+        term.firstWriteRecorded = false
+        term.wonByHandOver = term.handedTo
+        term.previousLeader = nil
+        term.stoodWallMs = nil
+        term.handedTo = false
+        terms[keyspace] = term
+        var effects = persist(keyspace)
+        if epoch > 1 { effects.append(.recordFailover(record)) }
+        effects.append(.log(LogLine(.notice, "leading", ["keyspace": keyspace.rawValue, "epoch": String(epoch),
+                                                         "previous": record.previousLeader?.rawValue ?? "none"])))
+        return effects
+    }
+
+    // MARK: - The apply path
+
+    /// Admits waiting batches, in arrival order, that can be judged now; each comes out as an `applyBatch`.
+    private mutating func admitWaiting() -> [Effect] {
+        guard !terms.values.contains(where: { $0.phase.drains }) else { return [] }
+        var effects: [Effect] = []
+        var stillWaiting: [(id: BatchID, entries: [ReplicationEntry])] = []
+        for batch in waiting {
+            guard let diverted = verdict(batch.entries) else {
+                stillWaiting.append(batch)
+                continue
+            }
+            inFlight[batch.id] = (batch.entries, diverted)
+            effects.append(.applyBatch(batch.id, diverted: diverted))
+        }
+        waiting = stillWaiting
+        return effects
+    }
+
+    /// The entries of a batch to keep aside (sequence → the epoch that fenced them), or nil when some entry
+    /// cannot be judged yet.
+    private func verdict(_ entries: [ReplicationEntry]) -> [UInt64: UInt64]? {
+        var diverted: [UInt64: UInt64] = [:]
+        for entry in entries {
+            guard let term = terms[entry.keyspace] else { continue }
+            if term.phase.holdsEntries { return nil }
+            switch Fence.verdict(epoch: entry.epoch, origin: entry.origin, sequence: entry.sequence,
+                                 following: term.member.record.epoch, start: term.start) {
+            case .apply: break
+            case .divert: diverted[entry.sequence] = term.member.record.epoch
+            case .wait: return nil
+            }
+        }
+        return diverted
+    }
+
+    // MARK: - Handing over
+
+    private mutating func beginHandOver(_ keyspace: KeyspaceName, to target: RegionName, request: RequestID?, timeoutMs: UInt64) -> [Effect] {
+        guard var term = terms[keyspace], term.member.holdsLease(nowMs: nowMs), term.handOver == nil, !term.phase.startsTerm,
+              term.member.settings.order.contains(target), target != region else {
+            let refusal = MeridianError(
+                .leaderUnavailable,
+                "\(region) does not lead keyspace '\(keyspace)' now (or has not heard a majority within its lease, or is already handing it over), so it cannot hand it over to \(target).",
+                context: ["keyspace": keyspace.rawValue, "region": target.rawValue])
+            return request.map { [.handOverFinished($0, .failure(refusal))] } ?? [.log(LogLine(.warning, refusal.message, ["keyspace": keyspace.rawValue]))]
+        }
+        // No new write from now on; those admitted already must commit, and the target hold them, first.
+        term.handOver = HandOver(target: target, request: request, deadlineMs: nowMs + timeoutMs)
+        terms[keyspace] = term
+        return []
+    }
+
+    /// A hand-over goes out once no admitted write is uncommitted and `target` acknowledged this region's whole
+    /// log; it fails at its deadline (leadership stays here and writes resume).
+    private mutating func progressHandOver(_ keyspace: KeyspaceName, applied: [RegionName: UInt64], peers: [RegionName: PeerLink]) -> [Effect] {
+        guard var term = terms[keyspace], let handOver = term.handOver else { return [] }
+        let own = applied[region] ?? 0
+        let caughtUp = term.writesInFlight == 0 && peers[handOver.target].map { $0.up && $0.acknowledged >= own } == true
+        if !caughtUp {
+            guard nowMs >= handOver.deadlineMs else { return [] }
+            term.handOver = nil
+            terms[keyspace] = term
+            let failure = MeridianError(
+                .regionUnavailable, "\(handOver.target) did not catch up with \(region)'s log in time; \(region) keeps leading keyspace '\(keyspace)'.",
+                context: ["keyspace": keyspace.rawValue, "region": handOver.target.rawValue], applied: .no)
+            return [handOver.request.map { .handOverFinished($0, .failure(failure)) } ?? .log(LogLine(.warning, "failback did not go through", ["keyspace": keyspace.rawValue, "reason": failure.message]))]
+        }
+        let memberEffects = term.member.handOver(to: handOver.target, nowMs: nowMs)
+        term.handOver = nil
+        terms[keyspace] = term
+        guard !memberEffects.isEmpty else {
+            let failure = MeridianError(
+                .leaderUnavailable, "\(region) lost its lease on keyspace '\(keyspace)' while \(handOver.target) caught up, so it handed nothing over; an election follows if it was deposed.",
+                context: ["keyspace": keyspace.rawValue, "region": handOver.target.rawValue])
+            return [handOver.request.map { .handOverFinished($0, .failure(failure)) } ?? .log(LogLine(.warning, "failback did not go through", ["keyspace": keyspace.rawValue, "reason": failure.message]))]
+        }
+        var effects = carry(keyspace, memberEffects)
+        effects.append(.log(LogLine(.notice, handOver.request == nil ? "failback" : "handed over", ["keyspace": keyspace.rawValue, "to": handOver.target.rawValue])))
+        if let request = handOver.request { effects.append(.handOverFinished(request, .success(handOver.target))) }
+        return effects
+    }
+
+    /// Failback: a keyspace this region leads after a failure, in place of the first region of its failover
+    /// order, goes back to it once that region's stream has been up and within a batch of this region's log for
+    /// ``failbackSteadyMs`` in a row (a region that flaps does not take leadership back and forth). A term won
+    /// by a hand-over stays where an operator sent it.
+    private mutating func considerFailback(_ keyspace: KeyspaceName, applied: [RegionName: UInt64], peers: [RegionName: PeerLink]) -> [Effect] {
+        guard var term = terms[keyspace] else { return [] }
+        guard term.failback, term.member.holdsLease(nowMs: nowMs), term.handOver == nil, !term.phase.startsTerm, !term.wonByHandOver,
+              let preferred = term.member.settings.order.first, preferred != region else {
+            terms[keyspace]?.preferredSteadySinceMs = nil
+            return []
+        }
+        let own = applied[region] ?? 0
+        guard let link = peers[preferred], link.up, own - min(own, link.acknowledged) <= UInt64(limits.replicationBatchEntriesMax) else {
+            terms[keyspace]?.preferredSteadySinceMs = nil
+            return []
+        }
+        let since = term.preferredSteadySinceMs ?? nowMs
+        term.preferredSteadySinceMs = since
+        terms[keyspace] = term
+        guard nowMs - since >= Self.failbackSteadyMs else { return [] }
+        terms[keyspace]?.preferredSteadySinceMs = nil
+        return beginHandOver(keyspace, to: preferred, request: nil, timeoutMs: UInt64(limits.ackTimeoutMs))
+    }
+}

@@ -1,0 +1,207 @@
+// Proves the region machine's leadership joints with explicit time, asserting on its effects: a won term's
+// start is captured only once no admitted batch is uncommitted (and before any later batch is released); a
+// leader admits writes only within its lease and never while its term starts or it hands over; a deposed
+// leader's unshipped entries are diverted and entries of an unknown term wait until it is known and checked; a
+// hand-over goes out only once admitted writes committed and the target acknowledged the whole log, and fails
+// at its deadline; failback hands back only after the preferred region has been steady. Each rule is also a
+// planted bug the simulator's sweep must catch (SimulationSweepTests).
+import MeridianCore
+import Testing
+
+@Suite struct RegionMachineTests {
+    static let cluster = try! ClusterConfig.parse(yaml: DemoCluster.yaml, file: "demo")
+    static let (us, eu, ap) = (RegionName(validated: "us-east"), RegionName(validated: "eu-west"), RegionName(validated: "ap-southeast"))
+    static let accounts = try! KeyspaceName("accounts")
+    static let profiles = try! KeyspaceName("profiles")
+
+    /// A machine and its clock; `handle` advances nothing by itself.
+    struct Driver {
+        var machine: RegionMachine
+        var nowMs: UInt64 = 0
+        var effects: [RegionMachine.Effect] = []
+
+        init(_ region: RegionName, stored: [KeyspaceName: StoredElection] = [:]) {
+            machine = RegionMachine(region: region, cluster: RegionMachineTests.cluster, stored: stored, newest: [:], nowMs: 0, wallMs: 1_000_000)
+            handle(.started)
+        }
+
+        @discardableResult
+        mutating func handle(_ event: RegionMachine.Event) -> [RegionMachine.Effect] {
+            let out = machine.handle(event, nowMs: nowMs, wallMs: 1_000_000 + nowMs)
+            effects += out
+            return out
+        }
+
+        mutating func tick(at ms: UInt64, applied: [RegionName: UInt64] = [:], peers: [RegionName: RegionMachine.PeerLink] = [:]) -> [RegionMachine.Effect] {
+            nowMs = ms
+            return handle(.ticked(applied: applied, peers: peers))
+        }
+
+        /// A peer acknowledges the heartbeat sent at `sentMs` (the leader's lease).
+        mutating func ack(_ keyspace: KeyspaceName, epoch: UInt64, sentMs: UInt64, from peer: RegionName) {
+            handle(.electionReceived(keyspace: keyspace, message: .heartbeatAck(epoch: epoch, sentMs: sentMs), start: nil, from: peer, applied: [:]))
+        }
+
+        /// Stands for and wins the next epoch with `voter`'s votes, and captures its start from `applied`.
+        mutating func win(_ keyspace: KeyspaceName, at ms: UInt64, voter: RegionName, applied: [RegionName: UInt64] = [:]) -> UInt64 {
+            let asks = tick(at: ms)
+            guard let epoch = asks.compactMap({ effect -> UInt64? in
+                if case .send(_, .election(_, .preVoteRequest(let epoch, _), _)) = effect { epoch } else { nil }
+            }).first else { preconditionFailure("no pre-vote asked at \(ms): \(asks)") }
+            handle(.electionReceived(keyspace: keyspace, message: .preVote(epoch: epoch, granted: true), start: nil, from: voter, applied: [:]))
+            let won = handle(.electionReceived(keyspace: keyspace, message: .vote(epoch: epoch, granted: true), start: nil, from: voter, applied: [:]))
+            if won.contains(.captureStart(keyspace, epoch: epoch)) {
+                handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: applied, history: []))
+            }
+            return epoch
+        }
+    }
+
+    static func entry(_ keyspace: KeyspaceName, origin: RegionName, sequence: UInt64, epoch: UInt64) -> ReplicationEntry {
+        ReplicationEntry(origin: origin, sequence: sequence, hlc: HLCTimestamp(physicalMs: sequence, logical: 0, region: origin), epoch: epoch,
+                         keyspace: keyspace, key: try! Key("k\(sequence)"), operation: .put, contentType: "text/plain", value: [1])
+    }
+
+    static func applied(_ effects: [RegionMachine.Effect]) -> [RegionMachine.BatchID: [UInt64: UInt64]] {
+        var result: [RegionMachine.BatchID: [UInt64: UInt64]] = [:]
+        for case .applyBatch(let id, let diverted) in effects { result[id] = diverted }
+        return result
+    }
+
+    @Test func aFirstTermIsStoredAtStartAndItsLeaderWritesOnlyWithinItsLease() {
+        var leader = Driver(Self.us)
+        #expect(leader.effects.contains { if case .persist(Self.accounts, let stored) = $0 { stored.record.epoch == 1 } else { false } },
+                "the first term's record is durable before anything else")
+        #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 0) == nil, "no write before a majority heard the leader")
+        _ = leader.tick(at: 100)
+        leader.ack(Self.accounts, epoch: 1, sentMs: 100, from: Self.eu)
+        #expect(leader.machine.admitWrite(Self.accounts, nowMs: 150) == 1)
+        // eu-west's lease for us-east is half its silence limit: (5 × 100 + 81) / 2 = 290 ms after the heartbeat.
+        #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 389) == 1)
+        #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 390) == nil, "a leader acknowledging after its lease ran out")
+        #expect(leader.machine.admitWrite(Self.accounts, nowMs: 390) == nil)
+        leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1))
+    }
+
+    @Test func aTermStartsOnlyOnceNoAdmittedBatchIsUncommitted() {
+        var follower = Driver(Self.eu)
+        // A batch of ap-southeast's log (a multi-leader keyspace) is admitted and not yet committed.
+        let first = follower.handle(.batchArrived(1, entries: [Self.entry(Self.profiles, origin: Self.ap, sequence: 1, epoch: 0)]))
+        #expect(Self.applied(first) == [1: [:]])
+        // us-east went silent; eu-west wins epoch 2 with ap-southeast's vote while that batch is in flight.
+        var drive = follower
+        let asks = drive.tick(at: 6_000)
+        #expect(asks.contains(.send(Self.ap, .election(keyspace: Self.accounts, message: .preVoteRequest(epoch: 2, position: .zero), start: nil))))
+        drive.handle(.electionReceived(keyspace: Self.accounts, message: .preVote(epoch: 2, granted: true), start: nil, from: Self.ap, applied: [:]))
+        let won = drive.handle(.electionReceived(keyspace: Self.accounts, message: .vote(epoch: 2, granted: true), start: nil, from: Self.ap, applied: [:]))
+        #expect(!won.contains(.captureStart(Self.accounts, epoch: 2)), "a term started while entries of the previous term are still being applied")
+        // A later batch, even of another keyspace, waits: the drain cannot be starved.
+        let second = drive.handle(.batchArrived(2, entries: [Self.entry(Self.profiles, origin: Self.ap, sequence: 2, epoch: 0)]))
+        #expect(Self.applied(second).isEmpty)
+        #expect(drive.machine.writableEpoch(Self.accounts, nowMs: 6_000) == nil)
+        // The first batch commits: the start is captured first, then the waiting batch is released.
+        let drained = drive.handle(.batchCommitted(1, committed: true))
+        let capture = drained.firstIndex(of: .captureStart(Self.accounts, epoch: 2))
+        let release = drained.firstIndex(of: .applyBatch(2, diverted: [:]))
+        #expect(capture != nil && release != nil && capture! < release!, "\(drained)")
+        let taken = drive.handle(.startCaptured(keyspace: Self.accounts, epoch: 2, applied: [Self.ap: 1], history: [TermEnd(epoch: 1, leader: Self.us, last: 40)]))
+        guard case .persist(Self.accounts, let stored)? = taken.first else {
+            Issue.record("the start is not made durable first: \(taken)")
+            return
+        }
+        #expect(stored.start == EpochStart(epoch: 2, leader: Self.eu, applied: [Self.ap: 1], terms: [TermEnd(epoch: 1, leader: Self.us, last: 40)]))
+        #expect(taken.contains { if case .recordFailover(let record) = $0 { record.reason == "failure" && record.previousLeader == Self.us } else { false } })
+        #expect(drive.machine.writableEpoch(Self.accounts, nowMs: 6_000) == nil, "no lease yet")
+        drive.ack(Self.accounts, epoch: 2, sentMs: 6_000, from: Self.ap)
+        #expect(drive.machine.writableEpoch(Self.accounts, nowMs: 6_010) == 2)
+    }
+
+    @Test func aDeposedLeadersUnshippedEntriesAreDivertedAndEntriesOfAnUnknownTermWait() {
+        // ap-southeast follows eu-west's epoch 2, which began holding us-east's epoch-1 writes up to 10.
+        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
+        // The start is checked against this region's copy first (a revert), with the keyspace's entries waiting.
+        let checked = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
+        #expect(checked.contains(.revert(Self.accounts, start)))
+        let held = follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 10, epoch: 1),
+                                                              Self.entry(Self.accounts, origin: Self.us, sequence: 11, epoch: 1)]))
+        #expect(Self.applied(held).isEmpty, "entries wait while a deposed leader's writes are being kept aside")
+        let released = follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        #expect(Self.applied(released) == [1: [11: 2]], "a deposed leader's unshipped entry applied at a replica")
+        follower.handle(.batchCommitted(1, committed: true))
+        // An entry of epoch 3, which this region has not heard of, waits until epoch 3's leader says where it began.
+        let early = follower.handle(.batchArrived(2, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 12, epoch: 3)]))
+        #expect(Self.applied(early).isEmpty)
+        let third = EpochStart(epoch: 3, leader: Self.us, applied: [Self.us: 11], terms: [TermEnd(epoch: 2, leader: Self.eu, last: 5), TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        let heard = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
+        #expect(Self.applied(heard).isEmpty && heard.contains(.revert(Self.accounts, third)))
+        #expect(Self.applied(follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))) == [2: [:]])
+    }
+
+    @Test func aHandOverGoesOutOnlyOnceAdmittedWritesCommittedAndTheTargetHoldsTheWholeLog() {
+        var leader = Driver(Self.us)
+        _ = leader.tick(at: 100)
+        leader.ack(Self.accounts, epoch: 1, sentMs: 100, from: Self.ap)
+        #expect(leader.machine.admitWrite(Self.accounts, nowMs: 110) == 1)
+        leader.nowMs = 120
+        #expect(leader.handle(.handOverRequested(7, keyspace: Self.accounts, target: Self.eu, timeoutMs: 5_000)).isEmpty)
+        #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 120) == nil, "no new write once a hand-over began")
+        // eu-west holds the whole log as it stood, but the admitted write has not committed: no hand-over.
+        var sentMs: UInt64 = 200
+        var out = leader.tick(at: sentMs, applied: [Self.us: 5], peers: [Self.eu: .init(up: true, acknowledged: 5)])
+        #expect(!out.contains { if case .send(_, .election(_, .timeoutNow, _)) = $0 { true } else { false } },
+                "a hand-over before the target holds the leader's log")
+        leader.ack(Self.accounts, epoch: 1, sentMs: sentMs, from: Self.ap)
+        leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1))
+        sentMs = 300
+        out = leader.tick(at: sentMs, applied: [Self.us: 6], peers: [Self.eu: .init(up: true, acknowledged: 5)])
+        #expect(!out.contains { if case .send(_, .election(_, .timeoutNow, _)) = $0 { true } else { false } }, "eu-west lacks write 6")
+        leader.ack(Self.accounts, epoch: 1, sentMs: sentMs, from: Self.ap)
+        out = leader.tick(at: 400, applied: [Self.us: 6], peers: [Self.eu: .init(up: true, acknowledged: 6)])
+        #expect(out.contains(.send(Self.eu, .election(keyspace: Self.accounts, message: .timeoutNow(epoch: 1), start: .initial(leader: Self.us)))))
+        #expect(out.contains(.handOverFinished(7, .success(Self.eu))))
+        #expect(leader.machine.snapshot(Self.accounts, nowMs: 400)?.role == .follower)
+    }
+
+    @Test func aHandOverThatTimesOutKeepsLeadershipAndWritesResume() {
+        var leader = Driver(Self.us)
+        _ = leader.tick(at: 100)
+        leader.ack(Self.accounts, epoch: 1, sentMs: 100, from: Self.eu)
+        leader.nowMs = 110
+        leader.handle(.handOverRequested(1, keyspace: Self.accounts, target: Self.ap, timeoutMs: 100))
+        let out = leader.tick(at: 210, applied: [Self.us: 3], peers: [Self.ap: .init(up: false, acknowledged: 0)])
+        guard case .handOverFinished(1, .failure(let error))? = out.last else {
+            Issue.record("no answer at the deadline: \(out)")
+            return
+        }
+        #expect(error.code == .regionUnavailable && error.appliedOrImplied == .no)
+        leader.ack(Self.accounts, epoch: 1, sentMs: 200, from: Self.eu)
+        #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 220) == 1)
+        // Without its lease a leader refuses at once.
+        leader.nowMs = 5_000
+        guard case .handOverFinished(2, .failure(let refusal))? = leader.handle(.handOverRequested(2, keyspace: Self.accounts, target: Self.eu, timeoutMs: 100)).last else {
+            Issue.record("a leader without its lease began a hand-over")
+            return
+        }
+        #expect(refusal.code == .leaderUnavailable)
+    }
+
+    @Test func failbackHandsBackOnlyAfterThePreferredRegionHasBeenSteady() {
+        var leader = Driver(Self.eu, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 1, leader: Self.us), start: .initial(leader: Self.us))])
+        let epoch = leader.win(Self.accounts, at: 6_000, voter: Self.ap)
+        #expect(epoch == 2)
+        let up = [Self.us: RegionMachine.PeerLink(up: true, acknowledged: 9)]
+        var sawTimeoutNow = false
+        var ms: UInt64 = 6_100
+        while ms <= 6_000 + RegionMachine.failbackSteadyMs + 500 && !sawTimeoutNow {
+            leader.ack(Self.accounts, epoch: epoch, sentMs: ms - 100, from: Self.ap)
+            let out = leader.tick(at: ms, applied: [Self.eu: 9], peers: up)
+            sawTimeoutNow = out.contains { if case .send(Self.us, .election(_, .timeoutNow(epoch), _)) = $0 { true } else { false } }
+            if sawTimeoutNow {
+                #expect(ms >= 6_100 + RegionMachine.failbackSteadyMs, "failback before us-east was steady for 5 s (at \(ms))")
+            }
+            ms += 100
+        }
+        #expect(sawTimeoutNow, "failback to us-east")
+    }
+}

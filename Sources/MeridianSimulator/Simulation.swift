@@ -1,11 +1,19 @@
 import MeridianCore
 import MeridianTestKit
 
-/// A deterministic simulation of K regions replicating one multi-leader keyspace with `majority` acks,
-/// driving the core's real state machines (`LogShipper`, `LogReceiver`, `AckTracker`,
-/// `HybridLogicalClock`) under simulated time, WAN latency, partitions, crashes that lose everything not
-/// durable, and the permanent loss of a region. A seed chooses every fault; the same seed replays the
-/// same run.
+/// A deterministic simulation of K regions replicating keyspaces of every topology and conflict policy with
+/// `majority` acks, driving the core's real state machines (`RegionMachine` with its `ElectionMember`s,
+/// `LogShipper`, `LogReceiver`, `AckTracker`, `HybridLogicalClock`, `WritePlanner`'s clock rules, `Admission`)
+/// with the node's `Limits`, under simulated time, WAN latency, partitions and isolations, crashes that lose
+/// everything not durable, pauses past the lease (SIGSTOP), operators' hand-overs, and the permanent loss of a
+/// region. A seed chooses every fault; the same seed replays the same run.
+///
+/// The single-leader keyspace is led as the node leads it: every region runs a `RegionMachine` rebuilt from its
+/// durable election state at each start; election frames travel on the regions' streams; a leader writes only
+/// through the machine's write gate (its lease) and answers a `majority` write only if it still holds the lease;
+/// replicated batches pass the machine's fence before they are persisted (a deposed leader's unshipped entries
+/// go to the divergence log); a won term's start is captured from the durable state; reverts pull the new
+/// leader's key states; failback and hand-overs go through the machine's ticks.
 ///
 /// The model follows the node's protocol step by step, so the windows the node has are windows here:
 /// - a stream opens with hello; the receiver answers with the applied point it holds durably (welcome),
@@ -19,6 +27,12 @@ import MeridianTestKit
 ///   partition holds bytes rather than dropping them: after the heal, batches of a stream its origin
 ///   already abandoned still arrive, interleaved with the new stream's;
 /// - a restarted region's clock starts above every timestamp it recorded, its own writes' and applied ones.
+///
+/// Failover invariants: at most one lease holder at any instant and one leader per epoch; no write taken without
+/// the lease; no term started while an admitted batch is uncommitted; no hand-over sent before its target durably
+/// holds the leader's whole log; no majority-acknowledged write kept aside, and no acknowledged async write kept
+/// aside by a term a hand-over started; no kept-aside write in any region's state after convergence. Each has a
+/// planted bug (`RegionMachine.PlantedBug`) that the sweep shows is caught.
 ///
 /// Invariants checked: every `majority`-acknowledged write was durable in a majority when acknowledged and
 /// is never lost (with a region lost for good: it survives in a surviving region); every region applies
@@ -38,14 +52,17 @@ public struct Simulation {
         public var loseARegion: Bool
         /// Simulated time to converge after the faults stop, in ms.
         public var convergenceBudgetMs: UInt64 = 60_000
+        /// A rule every region machine breaks on purpose: the run must report a violation.
+        public var plantedBug: RegionMachine.PlantedBug?
 
         /// Creates options.
-        public init(seed: UInt64, steps: Int, regions: Int, loseARegion: Bool = false) {
+        public init(seed: UInt64, steps: Int, regions: Int, loseARegion: Bool = false, plantedBug: RegionMachine.PlantedBug? = nil) {
             precondition((3...5).contains(regions) && steps >= 0)
             self.seed = seed
             self.steps = steps
             self.regions = regions
             self.loseARegion = loseARegion
+            self.plantedBug = plantedBug
         }
     }
 
@@ -86,6 +103,10 @@ public struct Simulation {
         /// Keys anti-entropy changed after the heal (with a region lost for good: its writes that only some
         /// survivors received).
         public var keysRepaired = 0
+        /// The strong keyspace's leadership: terms won by an election after a failure and by a hand-over (manual
+        /// or failback), hand-overs asked for, pauses past the lease, writes a leader kept aside for a successor
+        /// that never held them, and strong writes refused because no region held the write gate.
+        public var elections = 0, transfers = 0, handOversAsked = 0, pauses = 0, diverted = 0, strongRefused = 0
         /// Every invariant broken, described.
         public var violations: [String] = []
 
@@ -98,6 +119,7 @@ public struct Simulation {
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
+            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(strongRefused) strong writes refused"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
@@ -116,6 +138,8 @@ public struct Simulation {
         case heartbeat(logHighWater: UInt64, echo: UInt64)
         /// `echo`: the peer's own (monotonic) clock when it sent the ack.
         case ack(upTo: UInt64, echo: UInt64)
+        /// An election frame of the strong keyspace, carried on the sender's stream as the node carries it.
+        case election(keyspace: KeyspaceName, message: ElectionMessage, start: EpochStart?)
     }
 
     /// One direction of one stream: origin to peer, or back.
@@ -139,8 +163,12 @@ public struct Simulation {
         var receiver: LogReceiver
         /// Checked batches waiting for the next persist (merged), as the node's applier queues them.
         var queue = ApplyQueue()
-        /// The batch being persisted now.
+        /// The batch being persisted now, once the region machine admitted it (`admission` names it until then),
+        /// and its entries to keep aside.
         var persisting: ApplyQueue.Batch?
+        var admission: RegionMachine.BatchID?
+        var admitted = false
+        var diverted: [UInt64: UInt64] = [:]
     }
 
     private enum EventKind {
@@ -150,6 +178,8 @@ public struct Simulation {
         case restart(Int)
         case tick
         case read(Int)
+        /// A revert of the strong keyspace for `epoch`'s start (the pull from its leader took a round trip).
+        case revert(region: Int, start: EpochStart, generation: Int)
     }
 
     private struct Event {
@@ -175,6 +205,12 @@ public struct Simulation {
         var conflicts: [String: Set<Dot>] = [:]
         /// The highest timestamp recorded here, by a write or an apply (the store's `hlc_high_water`).
         var hlcHighWater: HLCTimestamp?
+        /// The strong keyspace's election state, how far each term's writes are held here (`keyspace_terms`), the
+        /// newest epoch among its writes in the log, and the writes kept aside with the epoch that fenced them.
+        var election: StoredElection?
+        var strongTerms: [UInt64: TermEnd] = [:]
+        var strongNewest: (epoch: UInt64, origin: RegionName)?
+        var divergence: [(entry: ReplicationEntry, successor: UInt64)] = []
         // Volatile.
         var clock: HybridLogicalClock
         var acks: AckTracker
@@ -184,6 +220,10 @@ public struct Simulation {
         var reconnectFailures: [Int]               // per peer, for backoff
         var echoFrom: [UInt64]                     // per peer: the latest echo it acknowledged with
         var freshness: [FreshnessTracker]          // per origin, on the true clock (a perfect monotonic clock)
+        /// The region machine, rebuilt from the durable election state at every start.
+        var machine: RegionMachine?
+        /// A paused process (SIGSTOP) neither runs nor hears until then; its state stays.
+        var pausedUntilMs: UInt64 = 0
     }
 
     /// A read in progress: where it is being tried, until when, for which session.
@@ -243,13 +283,22 @@ public struct Simulation {
     private var tokens: [SessionToken]
     private var sessionHistory: [[SessionOperation]]
     private var strongOperations: [StrongOperation] = []
-    private var strongPending: [UInt64: Int] = [:]
+    /// Strong writes awaiting their majority, by the entry's dot: the operation and the term it was taken in.
+    private var strongPending: [Dot: (operation: Int, epoch: UInt64)] = [:]
+    /// Async writes to the strong keyspace a leader acknowledged (a hand-over must never keep one aside).
+    private var asyncAcknowledged: [Dot: UInt64] = [:]
+    /// Who led each term of the strong keyspace (at most one per epoch), and the terms won by a hand-over.
+    private var leaderOfEpoch: [UInt64: Int] = [:]
+    private var transferEpochs: Set<UInt64> = []
+    private var nextBatchID: RegionMachine.BatchID = 0
+    private var nextHandOver: RegionMachine.RequestID = 0
     private var stalenessWrites: [StalenessChecker.Write] = []
     private var stalenessReads: [StalenessChecker.Read] = []
     private var pendingReads: [Int: PendingRead] = [:]
     private var nextRead = 0
     private var strongValue = 0
-    private let heartbeatIntervalMs: UInt64 = 100
+    /// The node's heartbeat interval (`Limits.heartbeatIntervalMs`), which streams and elections share.
+    private let heartbeatIntervalMs = UInt64(Limits().heartbeatIntervalMs)
     private let shipperLimits = LogShipper.Limits(batchEntriesMax: 8, inflightEntriesMax: 32)
 
     /// Prepares a run.
@@ -273,13 +322,19 @@ public struct Simulation {
                    shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
                    echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count))
         }
+        var links: [String] = []
+        for a in all.indices { for b in all.indices where a < b { links.append("    - { between: [\(all[a]), \(all[b])], ms: \(rttMs[a][b]) }") } }
         cluster = try! ClusterConfig.parse(yaml: """
             cluster: sim
+            wan:
+              rtt_ms:
+            \(links.joined(separator: "\n"))
             regions:
             \(all.enumerated().map { "  - { name: \($1), client: 127.0.0.1:\(1000 + $0), peer: 127.0.0.1:\(2000 + $0) }" }.joined(separator: "\n"))
             keyspaces:
               - { name: sim, topology: multi-leader, ack: majority, consistency: { default: session } }
-              - { name: strong, topology: single-leader, leader: \(all[0]), ack: majority }
+              - { name: strong, topology: single-leader, leader: \(all[0]), ack: majority,
+                  failover: { order: [\(all.map(\.rawValue).joined(separator: ", "))], missed_heartbeats: 5, failback: true } }
               - { name: fww, topology: multi-leader, conflict: fww, ack: majority }
               - { name: prio, topology: multi-leader, conflict: region-priority, priority: [\(all.reversed().map(\.rawValue).joined(separator: ", "))], ack: majority }
               - { name: sib, topology: multi-leader, conflict: siblings, ack: majority }
@@ -290,6 +345,8 @@ public struct Simulation {
         sessionHistory = Array(repeating: [], count: 4)
         report = Report(seed: options.seed)
         skewMs = (0..<count).map { _ in Int64.random(in: -240...240, using: &generator) }
+        leaderOfEpoch[1] = 0
+        for index in regions.indices { startMachine(index) }
     }
 
     private func physicalMs(_ index: Int) -> UInt64 { UInt64(Int64(nowMs) + skewMs[index]) }
@@ -305,13 +362,16 @@ public struct Simulation {
             if step == lossStep { loseForGood(Int.random(in: regions.indices, using: &generator)) }
             let roll = Int.random(in: 0..<100, using: &generator)
             switch roll {
-            case 0..<22: clientWrite(at: Int.random(in: regions.indices, using: &generator), session: Int.random(in: 0..<tokens.count, using: &generator))
-            case 22..<30: strongWrite()
-            case 30..<45: policyWrite(at: Int.random(in: regions.indices, using: &generator))
-            case 45..<70: startRead()
-            case 70..<78: partitionRandomPair()
-            case 78..<86: healAll()
-            case 86..<90: crash(Int.random(in: regions.indices, using: &generator))
+            case 0..<20: clientWrite(at: Int.random(in: regions.indices, using: &generator), session: Int.random(in: 0..<tokens.count, using: &generator))
+            case 20..<32: strongWrite()
+            case 32..<46: policyWrite(at: Int.random(in: regions.indices, using: &generator))
+            case 46..<70: startRead()
+            case 70..<76: partitionRandomPair()
+            case 76..<77: isolate(faultTarget())
+            case 77..<84: healAll()
+            case 84..<87: crash(Int.random(in: regions.indices, using: &generator))
+            case 87..<88: pause(faultTarget())
+            case 88..<89: askHandOver()
             default: break
             }
         }
@@ -319,6 +379,7 @@ public struct Simulation {
         // Liveness phase: heal, restart everyone not lost, and demand convergence within the budget.
         healAll()
         for index in regions.indices where !regions[index].up && !regions[index].lost { restart(index) }
+        for index in regions.indices { regions[index].pausedUntilMs = min(regions[index].pausedUntilMs, nowMs) }
         let healedAt = nowMs
         while nowMs - healedAt < options.convergenceBudgetMs {
             advance(by: 100)
@@ -338,7 +399,7 @@ public struct Simulation {
     /// A session's write to the multi-leader keyspace: ordered after what the session saw, recording it as
     /// the entry's dependencies, as the node does with a token.
     private mutating func clientWrite(at index: Int, session: Int) {
-        guard regions[index].up else { return }
+        guard isRunning(index) else { return }
         let key = "k\(Int.random(in: 0..<6, using: &generator))"
         let token = tokens[session]
         if let seen = token.clock { _ = try? regions[index].clock.receive(seen, physicalMs: physicalMs(index)) }
@@ -355,7 +416,7 @@ public struct Simulation {
     /// what the region holds; under siblings, a client that just read the key here sends its context, and a
     /// blind one sends none; under crdt it increments a counter (the delta is what ships).
     private mutating func policyWrite(at index: Int) {
-        guard regions[index].up else { return }
+        guard isRunning(index) else { return }
         let keyspace = policyKeyspaces.randomElement(using: &generator)!
         let key = "p\(Int.random(in: 0..<3, using: &generator))"
         let state = regions[index].kv["\(keyspace)/\(key)"]
@@ -380,24 +441,41 @@ public struct Simulation {
         }
     }
 
-    /// A write to the strong keyspace at its leader; its outcome is known once a majority confirms it.
+    /// A write to the strong keyspace, taken by a region whose machine admits it (a client reaches the leader
+    /// through forwarding, which is not modelled); none may while an election runs. Two writes in three wait for a
+    /// majority (register keys `s*`, checked for linearizability); the rest are async (keys `a*`: a hand-over must
+    /// never keep one aside).
     private mutating func strongWrite() {
-        guard regions[0].up else { return }
+        let writable = regions.indices.filter { isRunning($0) && regions[$0].machine!.writableEpoch(strongKeyspace, nowMs: nowMs) != nil }
+        guard let leader = writable.randomElement(using: &generator), let epoch = regions[leader].machine!.admitWrite(strongKeyspace, nowMs: nowMs) else {
+            report.strongRefused += 1
+            return
+        }
+        if regions[leader].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.holdsLease != true {
+            report.violations.append("\(names[leader]) took a write of epoch \(epoch) without holding its lease")
+        }
+        let async = Bool.random(using: &generator)
         strongValue += 1
-        let key = "s\(Int.random(in: 0..<4, using: &generator))"
+        let key = (async ? "a" : "s") + "\(Int.random(in: 0..<4, using: &generator))"
         let delete = Int.random(in: 0..<6, using: &generator) == 0
         let value = "s\(strongValue)"
-        strongOperations.append(StrongOperation(key: key, kind: .write(delete ? nil : value), call: nowMs, returned: nil))
-        let index = strongOperations.count - 1
-        guard let entry = commit(at: 0, keyspace: strongKeyspace, key: key, operation: delete ? .delete : .put, value: value, register: false) else { return }
-        strongPending[entry.sequence] = index
-        registerAck(0, entry.sequence)
+        if !async { strongOperations.append(StrongOperation(key: key, kind: .write(delete ? nil : value), call: nowMs, returned: nil)) }
+        guard let entry = commit(at: leader, keyspace: strongKeyspace, key: key, operation: delete ? .delete : .put, value: value, epoch: epoch,
+                                 register: false) else { return }
+        carryMachine(leader, regions[leader].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch), nowMs: nowMs, wallMs: physicalMs(leader)))
+        let dot = Dot(region: entry.origin, counter: entry.sequence)
+        if async {
+            asyncAcknowledged[dot] = epoch
+        } else {
+            strongPending[dot] = (strongOperations.count - 1, epoch)
+            registerAck(leader, entry.sequence)
+        }
     }
 
     /// Commits a write at `index` as its origin (durable at once, as a group commit) and ships it.
     private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, operation: MeridianCore.Operation = .put, value: String? = nil,
                                  bytes: [UInt8]? = nil, hlc issued: HLCTimestamp? = nil, context: VersionVector? = nil,
-                                 dependencies: [RegionName: UInt64] = [:], register: Bool = true) -> ReplicationEntry? {
+                                 dependencies: [RegionName: UInt64] = [:], epoch: UInt64 = 0, register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
         let sequence = UInt64(regions[index].log.count + 1)
         let hlc = issued ?? regions[index].clock.now(physicalMs: physicalMs(index))
@@ -408,7 +486,7 @@ public struct Simulation {
         if let highWater = regions[index].hlcHighWater, hlc <= highWater {
             report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
         }
-        let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace,
+        let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: epoch, keyspace: keyspace,
                                      key: try! Key(key), operation: operation, contentType: "",
                                      value: bytes ?? (operation == .delete ? [] : Array((value ?? "\(regions[index].name)-\(sequence)").utf8)),
                                      dependencies: dependencies, context: seen.byRegion)
@@ -416,6 +494,7 @@ public struct Simulation {
         regions[index].log.append(entry)
         regions[index].applied[index].append(entry)
         apply(index, entry)
+        recordTerm(index, entry)
         regions[index].hlcHighWater = max(regions[index].hlcHighWater ?? hlc, hlc)
         if register { registerAck(index, sequence) }
         for peer in regions.indices where peer != index {
@@ -474,10 +553,22 @@ public struct Simulation {
         guard var read = pendingReads[id] else { return }
         let region = read.region
         guard regions[region].up else { return finishRead(id, served: false) }
-        let (admission, view) = readView(region)
+        if regions[region].pausedUntilMs > nowMs { return schedule(after: regions[region].pausedUntilMs - nowMs, .read(id)) }
+        let (admission, baseView) = readView(region)
+        var view = baseView
+        var policy = cluster.keyspace(read.keyspace)!
+        if read.keyspace == strongKeyspace, let term = regions[region].machine!.snapshot(strongKeyspace, nowMs: nowMs) {
+            // As the node routes: to the leader this region knows, which serves strong reads only within its lease;
+            // while an election runs a strong read waits (bounded) for one.
+            policy.leader = term.leader
+            if term.leader == nil && read.level == .strong {
+                return nowMs < read.deadline ? schedule(after: 20, .read(id)) : finishRead(id, served: false)
+            }
+            view.reachable = term.holdsLease ? Set(policy.replicas) : [names[region]]
+        }
         let decision: Admission.ReadDecision
         do {
-            decision = try admission.admitRead(cluster.keyspace(read.keyspace)!, key: try Key(read.key), level: read.level,
+            decision = try admission.admitRead(policy, key: try Key(read.key), level: read.level,
                                                maxStalenessMs: read.bound, session: tokens[read.session], view: view, forwarded: read.forwarded)
         } catch {
             return finishRead(id, served: false)
@@ -539,7 +630,12 @@ public struct Simulation {
         switch resolution {
         case .acknowledged(let sequence, let ackedBy):
             report.acknowledged += 1
-            if origin == 0, let index = strongPending.removeValue(forKey: sequence) { strongOperations[index].returned = nowMs }
+            // As the node: answered only if the leader still holds its lease in the write's term; otherwise the
+            // client is told the outcome is open (a successor may not hold it, and then keeps it aside).
+            if let pending = strongPending.removeValue(forKey: Dot(region: names[origin], counter: sequence)),
+               regions[origin].machine?.writableEpoch(strongKeyspace, nowMs: nowMs) == pending.epoch {
+                strongOperations[pending.operation].returned = nowMs
+            }
             acknowledgedWrites.append((origin, sequence))
             // The ack's promise: durable right now in every region it names, and those are a majority, so
             // the write survives the loss of any one region (RPO 0).
@@ -556,7 +652,7 @@ public struct Simulation {
         case .timedOut(let sequence, _, _):
             report.timedOut += 1
             // The outcome stays unknown to the client: it may take effect later, or (here) already has.
-            if origin == 0 { strongPending[sequence] = nil }
+            strongPending[Dot(region: names[origin], counter: sequence)] = nil
         }
     }
 
@@ -642,7 +738,7 @@ public struct Simulation {
                 return close(origin, peer)
             }
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: upTo) { resolve(origin, resolution) }
-        case .hello, .batch, .heartbeat:
+        case .hello, .batch, .heartbeat, .election:
             report.violations.append("an origin received a frame only origins send")
         }
     }
@@ -689,6 +785,9 @@ public struct Simulation {
             regions[peer].freshness[origin].heard(logHighWater: logHighWater, echo: echo, now: nowMs,
                                                   applied: UInt64(regions[peer].applied[origin].count))
             send(.ack(upTo: UInt64(regions[peer].applied[origin].count), echo: nowMs), on: id, toPeer: false)
+        case .election(let keyspace, let message, let start):
+            carryMachine(peer, regions[peer].machine!.handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: names[origin],
+                                                                               applied: appliedPoints(peer)), nowMs: nowMs, wallMs: physicalMs(peer)))
         case .hello, .welcome, .ack:
             report.violations.append("a receiving region received a frame only receivers send")
         }
@@ -699,10 +798,12 @@ public struct Simulation {
     private mutating func startPersist(_ region: Int, stream id: UInt64) {
         guard var inbound = regions[region].inbound[id], inbound.persisting == nil else { return }
         if let batch = inbound.queue.takeBatch() {
+            // The region machine judges the batch first (the fence); its `applyBatch` starts the persist.
+            nextBatchID += 1
             inbound.persisting = batch
+            inbound.admission = nextBatchID
             regions[region].inbound[id] = inbound
-            // The fsync: a crash before it completes loses the batch.
-            schedule(after: UInt64.random(in: 1...8, using: &generator), .persist(region: region, stream: id, generation: regions[region].generation))
+            carryMachine(region, regions[region].machine!.handle(.batchArrived(nextBatchID, entries: batch.entries), nowMs: nowMs, wallMs: physicalMs(region)))
         } else if let again = inbound.queue.takeReacknowledgement() {
             regions[region].inbound[id] = inbound
             send(.ack(upTo: again, echo: nowMs), on: id, toPeer: false)
@@ -728,7 +829,14 @@ public struct Simulation {
         if batch.through > durable {
             for entry in batch.entries where entry.sequence > durable {
                 regions[region].applied[origin].append(entry)
+                // Kept aside, as the store does, with the epoch that fenced it: in the divergence log, not applied.
+                if let successor = inbound.diverted[entry.sequence] {
+                    regions[region].divergence.append((entry, successor))
+                    report.diverted += 1
+                    continue
+                }
                 apply(region, entry)
+                recordTerm(region, entry)
                 do {
                     _ = try regions[region].clock.receive(entry.hlc, physicalMs: physicalMs(region))
                 } catch {
@@ -739,8 +847,15 @@ public struct Simulation {
             acknowledged = batch.through
         }
         _ = inbound.receiver.persisted(upTo: batch.through)
+        let admitted = inbound.admission
         inbound.persisting = nil
+        inbound.admission = nil
+        inbound.admitted = false
+        inbound.diverted = [:]
         regions[region].inbound[id] = inbound
+        if let admitted {
+            carryMachine(region, regions[region].machine!.handle(.batchCommitted(admitted, committed: true), nowMs: nowMs, wallMs: physicalMs(region)))
+        }
         regions[region].freshness[origin].advance(applied: UInt64(regions[region].applied[origin].count))
         send(.ack(upTo: acknowledged, echo: nowMs), on: id, toPeer: false)
         startPersist(region, stream: id)
@@ -788,6 +903,11 @@ public struct Simulation {
             schedule(after: 50, .channel(channel))
             return
         }
+        // A paused process reads nothing; its socket buffers hold the bytes.
+        if regions[to].pausedUntilMs > nowMs {
+            schedule(after: regions[to].pausedUntilMs - nowMs, .channel(channel))
+            return
+        }
         channels[channel]!.removeFirst()
         if channel.toPeer { peerReceived(head.message, on: channel.stream) } else { originReceived(head.message, on: channel.stream) }
         if let next = channels[channel]?.first {
@@ -799,7 +919,7 @@ public struct Simulation {
 
     /// Heartbeats on idle streams, and the silence limit.
     private mutating func heartbeatAndSilence() {
-        for origin in regions.indices where regions[origin].up {
+        for origin in regions.indices where isRunning(origin) {
             for peer in regions.indices where peer != origin {
                 guard let id = regions[origin].outbound[peer], let stream = streams[id] else { continue }
                 let silenceLimit = heartbeatIntervalMs * 5 + rttMs[origin][peer]
@@ -825,6 +945,22 @@ public struct Simulation {
         cut.insert([b, a])
     }
 
+    /// Cuts every link of one region at once (its bytes in flight are held until the heal).
+    private mutating func isolate(_ index: Int) {
+        report.partitions += 1
+        for other in regions.indices where other != index {
+            cut.insert([index, other])
+            cut.insert([other, index])
+        }
+    }
+
+    /// The region a fault hits: the strong keyspace's leader half the time (the faults failover exists for).
+    private mutating func faultTarget() -> Int {
+        let leader = regions.indices.first { regions[$0].up && regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.role == .leader }
+        if let leader, Bool.random(using: &generator) { return leader }
+        return Int.random(in: regions.indices, using: &generator)
+    }
+
     private mutating func healAll() {
         guard !cut.isEmpty else { return }
         report.heals += 1
@@ -835,8 +971,9 @@ public struct Simulation {
         guard regions[index].up else { return }
         report.crashes += 1
         report.unanswered += regions[index].acks.waitingCount
-        if index == 0 { strongPending = [:] }  // their outcome stays unknown to the clients
+        strongPending = strongPending.filter { $0.key.region != names[index] }  // their outcome stays unknown to the clients
         regions[index].up = false
+        regions[index].pausedUntilMs = 0
         regions[index].generation += 1
         for peer in regions.indices where peer != index { close(index, peer) }
         regions[index].inbound = [:]
@@ -866,7 +1003,166 @@ public struct Simulation {
         regions[index].freshness = Array(repeating: FreshnessTracker(), count: count)
         // As the node: the clock starts above the highest timestamp the store recorded, applied ones included.
         regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].hlcHighWater)
+        startMachine(index)
         for peer in regions.indices where peer != index { connect(index, peer) }
+    }
+
+    /// SIGSTOP for longer than the lease: the process keeps its state and its clock runs on, but it does nothing
+    /// (no tick, no read of its sockets, no persist) until it resumes.
+    private mutating func pause(_ index: Int) {
+        guard isRunning(index) else { return }
+        report.pauses += 1
+        regions[index].pausedUntilMs = nowMs + UInt64.random(in: 300...2_500, using: &generator)
+    }
+
+    /// An operator moves the strong keyspace's leadership to another region (as `POST /v1/admin/failover`).
+    private mutating func askHandOver() {
+        guard let leader = regions.indices.first(where: { isRunning($0) && regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.holdsLease == true }) else { return }
+        // An operator moves it to a region that is up (one down would hold writes back until the deadline).
+        guard let target = regions.indices.filter({ $0 != leader && isRunning($0) }).randomElement(using: &generator) else { return }
+        report.handOversAsked += 1
+        nextHandOver += 1
+        carryMachine(leader, regions[leader].machine!.handle(.handOverRequested(nextHandOver, keyspace: strongKeyspace, target: names[target],
+                                                                                timeoutMs: ackTimeoutMs), nowMs: nowMs, wallMs: physicalMs(leader)))
+    }
+
+    // MARK: - The region machine
+
+    /// Whether a region runs now: up and not paused.
+    /// Print what every region machine logs (elections, terms, hand-overs), with the simulated time.
+    public var trace = false
+
+    private func isRunning(_ index: Int) -> Bool { regions[index].up && regions[index].pausedUntilMs <= nowMs }
+
+    /// Builds the region's machine from its durable election state, as a node does when it starts.
+    private mutating func startMachine(_ index: Int) {
+        var machine = RegionMachine(region: names[index], cluster: cluster,
+                                    stored: regions[index].election.map { [strongKeyspace: $0] } ?? [:],
+                                    newest: regions[index].strongNewest.map { [strongKeyspace: $0] } ?? [:],
+                                    nowMs: nowMs, wallMs: physicalMs(index))
+        machine.plantedBug = options.plantedBug
+        regions[index].machine = machine
+        carryMachine(index, regions[index].machine!.handle(.started, nowMs: nowMs, wallMs: physicalMs(index)))
+    }
+
+    /// The store's applied point per origin, as the machine reads it.
+    private func appliedPoints(_ index: Int) -> [RegionName: UInt64] {
+        var applied: [RegionName: UInt64] = [:]
+        for origin in regions.indices { applied[names[origin]] = UInt64(regions[index].applied[origin].count) }
+        return applied
+    }
+
+    /// The streams' view of each peer, as the node's `peerLinks`.
+    private func peerLinks(_ index: Int) -> [RegionName: RegionMachine.PeerLink] {
+        var links: [RegionName: RegionMachine.PeerLink] = [:]
+        for peer in regions.indices where peer != index {
+            guard let id = regions[index].outbound[peer], let shipper = regions[index].shippers[peer], let stream = streams[id] else {
+                links[names[peer]] = RegionMachine.PeerLink(up: false, acknowledged: 0)
+                continue
+            }
+            let up = nowMs - stream.lastHeardMs <= heartbeatIntervalMs * 5 + rttMs[index][peer]
+            links[names[peer]] = RegionMachine.PeerLink(up: up, acknowledged: shipper.acknowledged)
+        }
+        return links
+    }
+
+    /// How far the strong keyspace's writes of each term are held here (the store's `keyspace_terms`), and the
+    /// newest epoch among them in the log.
+    private mutating func recordTerm(_ index: Int, _ entry: ReplicationEntry) {
+        guard entry.keyspace == strongKeyspace, entry.epoch > 0 else { return }
+        let held = regions[index].strongTerms[entry.epoch]
+        if held == nil || held!.last < entry.sequence {
+            regions[index].strongTerms[entry.epoch] = TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence)
+        }
+        if regions[index].strongNewest.map({ entry.epoch > $0.epoch }) ?? true { regions[index].strongNewest = (entry.epoch, entry.origin) }
+    }
+
+    /// Carries out a machine's effects in order, as the node's `Leadership` shell does.
+    private mutating func carryMachine(_ index: Int, _ effects: [RegionMachine.Effect]) {
+        var queue = effects[...]
+        while let effect = queue.popFirst() {
+            switch effect {
+            case .persist(_, let election):
+                regions[index].election = election
+            case .send(let peer, .election(let keyspace, let message, let start)):
+                // As the node's link: only on a stream the peer has welcomed.
+                let to = names.firstIndex(of: peer)!
+                // A hand-over goes to a region that durably holds this region's whole log.
+                if case .timeoutNow = message, regions[to].applied[index].count < regions[index].log.count {
+                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(regions[to].applied[index].count) of \(regions[index].log.count)")
+                }
+                guard let id = regions[index].outbound[to], regions[index].shippers[to] != nil else { continue }
+                send(.election(keyspace: keyspace, message: message, start: start), on: id, toPeer: true)
+            case .send:
+                continue
+            case .applyBatch(let id, let diverted):
+                guard let stream = regions[index].inbound.first(where: { $0.value.admission == id })?.key else { continue }
+                regions[index].inbound[stream]!.diverted = diverted
+                regions[index].inbound[stream]!.admitted = true
+                // The fsync: a crash before it completes loses the batch; now and then the disk stalls.
+                let fsyncMs = Int.random(in: 0..<33, using: &generator) == 0 ? UInt64.random(in: 300...1_500, using: &generator) : UInt64.random(in: 1...8, using: &generator)
+                schedule(after: fsyncMs, .persist(region: index, stream: stream, generation: regions[index].generation))
+            case .captureStart(let keyspace, let epoch):
+                // The start is what this region holds: no admitted batch may be between admission and commit.
+                if regions[index].inbound.values.contains(where: { $0.admitted }) {
+                    report.violations.append("\(names[index]) started epoch \(epoch) while a replicated batch it admitted was still being applied")
+                }
+                let history = regions[index].strongTerms.values.sorted { $0.epoch > $1.epoch }
+                queue += regions[index].machine!.handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: appliedPoints(index), history: Array(history)),
+                                                        nowMs: nowMs, wallMs: physicalMs(index))
+            case .revert(_, let start):
+                let leader = names.firstIndex(of: start.leader)!
+                schedule(after: rttMs[index][leader], .revert(region: index, start: start, generation: regions[index].generation))
+            case .recordFailover(let record):
+                let winner = names.firstIndex(of: record.leader)!
+                if let other = leaderOfEpoch[record.epoch], other != winner {
+                    report.violations.append("two leaders of the strong keyspace in epoch \(record.epoch): \(names[other]) and \(names[winner])")
+                }
+                leaderOfEpoch[record.epoch] = winner
+                if record.reason == "transfer" {
+                    report.transfers += 1
+                    transferEpochs.insert(record.epoch)
+                } else {
+                    report.elections += 1
+                }
+            case .log(let line):
+                if trace { print("\(nowMs) ms \(names[index]): \(line.message) \(line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))") }
+            case .recordFirstWrite, .handOverFinished:
+                continue
+            }
+        }
+    }
+
+    /// The node's `bringBack`: writes of earlier terms held here beyond where the new term's leader held them go
+    /// to the divergence log, and their keys take that leader's state (pulled from it; retried while it cannot
+    /// be reached). A newer term's check replaces this one.
+    private mutating func revert(_ index: Int, start: EpochStart, generation: Int) {
+        guard regions[index].up, regions[index].generation == generation else { return }
+        if regions[index].pausedUntilMs > nowMs { return schedule(after: regions[index].pausedUntilMs - nowMs, .revert(region: index, start: start, generation: generation)) }
+        guard regions[index].machine!.follows(strongKeyspace, epoch: start.epoch) else {
+            return carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
+        }
+        let leader = names.firstIndex(of: start.leader)!
+        guard leader == index || (regions[leader].up && !cut.contains([index, leader])) else {
+            return schedule(after: 1_000, .revert(region: index, start: start, generation: generation))
+        }
+        let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
+        var keys: Set<String> = []
+        let diverted = Set(regions[index].divergence.map { Dot(region: $0.entry.origin, counter: $0.entry.sequence) })
+        for term in regions[index].strongTerms.values.sorted(by: { $0.epoch < $1.epoch }) where term.epoch < start.epoch && term.epoch >= oldestNamed {
+            let held = start.last(of: term.leader, in: term.epoch) ?? 0
+            guard term.last > held else { continue }
+            let origin = names.firstIndex(of: term.leader)!
+            for entry in regions[index].applied[origin] where entry.keyspace == strongKeyspace && entry.epoch == term.epoch && entry.sequence > held
+                && !diverted.contains(Dot(region: entry.origin, counter: entry.sequence)) {
+                regions[index].divergence.append((entry, start.epoch))
+                report.diverted += 1
+                keys.insert("\(entry.keyspace)/\(entry.key)")
+            }
+            regions[index].strongTerms[term.epoch] = TermEnd(epoch: term.epoch, leader: term.leader, last: held)
+        }
+        for key in keys { regions[index].kv[key] = regions[leader].kv[key] }
+        carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
     }
 
     // MARK: - Time
@@ -910,24 +1206,68 @@ public struct Simulation {
             nowMs = max(nowMs, event.timeMs)
             switch event.kind {
             case .channel(let channel): deliverHead(channel)
+            case .persist(let region, let stream, let generation) where regions[region].pausedUntilMs > nowMs:
+                schedule(after: regions[region].pausedUntilMs - nowMs, .persist(region: region, stream: stream, generation: generation))
             case .persist(let region, let stream, let generation): persistCompleted(region, stream: stream, generation: generation)
+            case .revert(let region, let start, let generation): revert(region, start: start, generation: generation)
+            case .reconnect(let from, let to) where regions[from].pausedUntilMs > nowMs:
+                schedule(after: regions[from].pausedUntilMs - nowMs, .reconnect(from: from, to: to))
             case .reconnect(let from, let to):
                 reconnectPending.remove([from, to])
                 connect(from, to)
             case .restart(let index): restart(index)
             case .read(let id): attemptRead(id)
             case .tick:
-                for index in regions.indices where regions[index].up {
+                for index in regions.indices where isRunning(index) {
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }
+                    carryMachine(index, regions[index].machine!.handle(.ticked(applied: appliedPoints(index), peers: peerLinks(index)),
+                                                                       nowMs: nowMs, wallMs: physicalMs(index)))
                 }
                 heartbeatAndSilence()
-                schedule(after: 50, .tick)
+                checkLeases()
+                schedule(after: 25, .tick)
             }
         }
         nowMs = until
     }
 
     // MARK: - Invariants
+
+    /// At most one region holds the strong keyspace's lease at any instant (a paused one included: its lease
+    /// runs on the clock, not on its work).
+    private mutating func checkLeases() {
+        let holders = regions.indices.filter { regions[$0].up && regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.holdsLease == true }
+        if holders.count > 1 {
+            report.violations.append("at \(nowMs) ms \(holders.map { names[$0].rawValue }) all hold the strong keyspace's lease")
+        }
+    }
+
+    /// Failover's promises: no majority-acknowledged write is kept aside; no async write a leader acknowledged is
+    /// kept aside by a term it handed over to (a hand-over waits until the target holds the whole log); and no
+    /// write kept aside anywhere is part of any region's state once they converged.
+    private mutating func checkFailover() {
+        var diverted: [Dot: UInt64] = [:]
+        for region in regions { for item in region.divergence { diverted[Dot(region: item.entry.origin, counter: item.entry.sequence)] = item.successor } }
+        for write in acknowledgedWrites {
+            let dot = Dot(region: names[write.origin], counter: UInt64(write.sequence))
+            if let successor = diverted[dot] {
+                report.violations.append("majority-acknowledged write \(dot) was kept aside by epoch \(successor)")
+            }
+        }
+        for (dot, epoch) in asyncAcknowledged.sorted(by: { ($0.key.region, $0.key.counter) < ($1.key.region, $1.key.counter) }) {
+            if let successor = diverted[dot], transferEpochs.contains(successor) {
+                report.violations.append("async write \(dot) of epoch \(epoch), acknowledged, was kept aside by epoch \(successor), which a hand-over started")
+            }
+        }
+        guard report.convergenceMs != nil else { return }
+        for index in survivors {
+            for (key, state) in regions[index].kv where key.hasPrefix("\(strongKeyspace)/") {
+                for version in state.versions where diverted[version.dot] != nil {
+                    report.violations.append("\(names[index]) holds \(key) version \(version.dot), which was kept aside by epoch \(diverted[version.dot]!)")
+                }
+            }
+        }
+    }
 
     private var survivors: [Int] { regions.indices.filter { !regions[$0].lost } }
 
@@ -960,6 +1300,9 @@ public struct Simulation {
             for b in live where b != a {
                 for (key, theirs) in regions[b].kv {
                     let keyspace = try! KeyspaceName(String(key.prefix { $0 != "/" }))
+                    // The strong keyspace repairs only from its leader: a follower's copy may hold a deposed
+                    // leader's writes that were kept aside, which merging would revive.
+                    if keyspace == strongKeyspace && regions[a].machine?.leader(strongKeyspace) != names[b] { continue }
                     let rule = rules[keyspace] ?? .lww
                     let mine = regions[a].kv[key]
                     let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
@@ -1039,6 +1382,7 @@ public struct Simulation {
         }
         checkHistories()
         checkConflicts()
+        checkFailover()
         for write in acknowledgedWrites {
             let holders = survivors.filter { regions[$0].applied[write.origin].count >= Int(write.sequence) }
             if regions[write.origin].lost {

@@ -241,6 +241,23 @@ import Testing
                 == [.send(to: ap, .preVote(epoch: 5, granted: true))])
     }
 
+    @Test func aRestartedRegionVotesAfterASilenceButStandsOnlyAfterItsGraceOrOnceItsStreamsAreUp() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        // ap-southeast restarts while us-east leads (paused, say): it forgot when it last heard us-east.
+        var restarted = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: us), nowMs: 0, graceMs: 5_000)
+        let request = ElectionMessage.voteRequest(epoch: 5, position: .zero)
+        #expect(restarted.received(request, from: eu, nowMs: 100, position: .zero) == [.send(to: eu, .vote(epoch: 5, granted: false))],
+                "a lease counted on its acknowledgement before the restart may still run")
+        // After one silence (500 + 150 ms) it votes: the grace holds back its own candidacy, not the others' election.
+        #expect(restarted.received(request, from: eu, nowMs: 700, position: .zero).contains(.send(to: eu, .vote(epoch: 5, granted: true))))
+        var alone = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: us), nowMs: 0, graceMs: 5_000)
+        #expect(alone.tick(nowMs: 2_000, position: .zero).isEmpty, "no candidacy within the grace")
+        alone.streamsConnected(nowMs: 2_000)
+        #expect(alone.tick(nowMs: 2_010, position: .zero).contains(.send(to: us, .preVoteRequest(epoch: 5, position: .zero))),
+                "with every stream up, a silent leader is a dead one")
+    }
+
     @Test func aLeaderWithoutItsLeaseHandsOverNothing() {
         let settings = Self.settings(3)
         let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])

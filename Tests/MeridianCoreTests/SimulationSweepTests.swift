@@ -7,8 +7,11 @@
 // between regions, bounded reads never staler than their bound. Concurrent writes to keyspaces of every
 // conflict policy (lww, fww, region-priority, siblings, crdt) converge to byte-identical states (equal
 // Merkle roots, among the survivors too when a region is lost, by anti-entropy); every discarded write is
-// in a conflicts log; counters hold every increment. A failing seed replays with
-// `meridian sim --seed N --regions K --steps 200 [--lose-a-region] --verbose`.
+// in a conflicts log; counters hold every increment. The single-leader keyspace runs the node's region machine:
+// leaders are elected, lose their lease, are paused, isolated, killed, handed over and failed back, and a deposed
+// leader's writes are kept aside; each failover rule's planted bug is caught by a short sweep. A failing seed
+// replays with `meridian sim --seed N --regions K --steps 200 [--lose-a-region] [--planted-bug B] --verbose --trace`.
+import MeridianCore
 import MeridianSimulator
 import Testing
 
@@ -17,6 +20,7 @@ import Testing
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
+        var elections = 0, transfers = 0, pauses = 0, diverted = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -33,6 +37,10 @@ import Testing
             siblingsMax = max(siblingsMax, report.siblingsMax)
             counted += report.counterTotal
             repaired += report.keysRepaired
+            elections += report.elections
+            transfers += report.transfers
+            pauses += report.pauses
+            diverted += report.diverted
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
         #expect(failures.isEmpty, "\(failures.count) seeds broke an invariant; first: \(failures.first ?? "")")
@@ -41,13 +49,32 @@ import Testing
         #expect(staleBatches > 0, "batches arrived on streams their origin had abandoned")
         #expect(persistsLost > 0, "crashes interrupted persists of handed-out entries")
         // And the client-visible checkers had histories to judge.
-        #expect(strong > 8_000 && session > 15_000 && bounded > 1_000, "checked \(strong) strong ops, \(session) session ops, \(bounded) bounded reads")
+        #expect(strong > 2_500 && session > 15_000 && bounded > 1_000, "checked \(strong) strong ops, \(session) session ops, \(bounded) bounded reads")
         // Conflicts really happened: values were discarded and logged, siblings piled up, counters counted.
-        #expect(policyWrites > 10_000 && conflicts > 5_000 && siblingsMax >= 3 && counted > 5_000,
+        #expect(policyWrites > 8_000 && conflicts > 5_000 && siblingsMax >= 3 && counted > 5_000,
                 "\(policyWrites) policy writes, \(conflicts) conflicts logged, up to \(siblingsMax) siblings, counters at \(counted)")
         // With a region lost for good, survivors that received different parts of its log converge only by
         // anti-entropy; it had work to do.
         #expect(repaired > 50, "anti-entropy repaired \(repaired) keys")
+        // Failover ran: leaders were elected after failures and pauses, handed over, and deposed leaders' writes kept aside.
+        // (Strong writes are taken only under a lease, so the strong history is smaller than when region 0 wrote
+        // unconditionally; writes kept aside need a leader cut off with async writes in flight, which the longer
+        // runs of the planted-bug sweep see more of.)
+        #expect(elections > 300 && transfers > 50 && pauses > 500 && diverted > 0,
+                "\(elections) elections, \(transfers) hand-overs, \(pauses) pauses, \(diverted) writes kept aside")
+    }
+
+    /// Each failover rule broken on purpose is caught: a short sweep of longer runs (more elections each) finds a
+    /// seed that reports the violation.
+    @Test(arguments: RegionMachine.PlantedBug.allCases)
+    func aPlantedBugIsCaught(_ bug: RegionMachine.PlantedBug) {
+        var caught: Simulation.Report?
+        for seed in UInt64(1)...100 where caught == nil {
+            var simulation = Simulation(.init(seed: seed, steps: 600, regions: 3, plantedBug: bug))
+            let report = simulation.run()
+            if !report.passed { caught = report }
+        }
+        #expect(caught != nil, "no seed of 100 caught \(bug.rawValue)")
     }
 
     @Test func aSeedReplaysExactly() {

@@ -134,6 +134,8 @@ public struct ElectionMember: Sendable {
     public private(set) var role: Role
     /// When this region last heard the leader (or granted a vote), on its own clock.
     private var lastHeardMs: UInt64
+    /// Before this, right after a start, the region does not stand (its streams are still coming up).
+    private var standNotBeforeMs: UInt64
     /// Candidate: votes received in the current candidacy.
     private var votes: Set<RegionName> = []
     private var candidacyStartedMs: UInt64 = 0
@@ -154,7 +156,7 @@ public struct ElectionMember: Sendable {
     /// - Parameters:
     ///   - firstTerm: The keyspace has never held an election anywhere (its first start): the region the record
     ///     names leads epoch 1 without one, once a majority acknowledges its heartbeats (its lease).
-    ///   - graceMs: How long after starting the region gives its streams to connect before it suspects a leader
+    ///   - graceMs: How long after starting the region gives its streams to connect before it stands against a leader
     ///     it has not heard yet (regions of a cluster starting together must not elect before they can hear).
     public init(region: RegionName, settings: Settings, record: ElectionRecord, nowMs: UInt64, firstTerm: Bool = false, graceMs: UInt64 = 0) {
         precondition(settings.order.contains(region), "only a replica takes part in its keyspace's elections")
@@ -162,7 +164,12 @@ public struct ElectionMember: Sendable {
         self.settings = settings
         self.record = record
         role = .follower
-        lastHeardMs = nowMs + graceMs
+        // A restart forgets when the leader was last heard: treat it as heard now, so no vote goes to a candidate
+        // before a whole silence has passed (a lease counted on this region's earlier acknowledgement may still
+        // run). Standing waits longer, for the streams to come up; voting does not, or a region restarted while
+        // the leader was down would hold up the others' election for the whole grace.
+        lastHeardMs = nowMs
+        standNotBeforeMs = nowMs + graceMs
         if record.leader == region {
             if (firstTerm && record.epoch == 1 && record.votedEpoch == 0) || settings.order.count == 1 {
                 // The first term, or the keyspace's only replica: nobody else can have led meanwhile.
@@ -207,7 +214,7 @@ public struct ElectionMember: Sendable {
             let silence = record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(region)
             // Regions stand in failover order: each waits its rank in heartbeat intervals more, so the preferred
             // region usually asks first, and one candidacy usually settles it.
-            guard nowMs >= lastHeardMs + silence + stagger else { return [] }
+            guard nowMs >= lastHeardMs + silence + stagger, nowMs >= standNotBeforeMs else { return [] }
             if let asked = preVoteEpoch, asked == nextEpoch, nowMs < preVoteStartedMs + settings.candidacyTimeoutMs {
                 // Still asking. A peer that said no may only have heard the leader a little later than this region
                 // (a longer link to it): ask again each heartbeat interval, so this region, preferred over the
@@ -332,6 +339,12 @@ public struct ElectionMember: Sendable {
         }
     }
 
+    /// Every peer's stream is up: the start-up grace has served its purpose (a silent leader now is a dead one),
+    /// so this region may stand after an ordinary silence.
+    public mutating func streamsConnected(nowMs: UInt64) {
+        standNotBeforeMs = min(standNotBeforeMs, nowMs)
+    }
+
     /// Leader: stops leading at once (its disk failed, say) without handing over: the others elect a successor
     /// once its heartbeats stop.
     public mutating func stepDown(nowMs: UInt64) -> [Effect] {
@@ -382,8 +395,10 @@ public struct ElectionMember: Sendable {
     private func prefersItself(over peer: RegionName, candidatePosition: LogPosition, position: LogPosition, nowMs: UInt64) -> Bool {
         guard !fenced, role != .leader, position >= candidatePosition,
               let own = settings.order.firstIndex(of: region), let theirs = settings.order.firstIndex(of: peer), own < theirs else { return false }
+        // Only once its own silence ran out (it stands within its stagger): a region still in its start-up grace,
+        // or that heard the leader later, would hold the others back without standing itself.
         let silence = record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(region)
-        return nowMs < lastHeardMs + silence + stagger + settings.candidacyTimeoutMs
+        return nowMs >= lastHeardMs + silence && nowMs >= standNotBeforeMs && nowMs < lastHeardMs + silence + stagger + settings.candidacyTimeoutMs
     }
 
     private var stagger: UInt64 {

@@ -143,6 +143,22 @@ public struct RegionMachine: Sendable {
         public let start: EpochStart?
     }
 
+    /// A rule broken on purpose, for the simulator's sweeps to show they catch its violation (FoundationDB's
+    /// planted bugs). The node never sets one.
+    public enum PlantedBug: String, Sendable, Hashable, CaseIterable {
+        /// A leader admits writes, and answers them, after its lease ran out.
+        case acknowledgeAfterLease = "acknowledge-after-lease"
+        /// A deposed leader's unshipped entry is applied at a replica instead of kept aside.
+        case applyDivertedEntries = "apply-diverted-entries"
+        /// A hand-over goes out before the target holds the leader's whole log.
+        case handOverBeforeCaughtUp = "hand-over-before-caught-up"
+        /// A won term's start is captured while replicated batches are still being applied.
+        case startTermWhileApplying = "start-term-while-applying"
+    }
+
+    /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).
+    public var plantedBug: PlantedBug?
+
     /// How long the preferred region's stream must stay up and close behind before failback hands back to it.
     public static let failbackSteadyMs: UInt64 = 5_000
 
@@ -273,8 +289,9 @@ public struct RegionMachine: Sendable {
     /// The term a write accepted here now would belong to: this region leads, holds its lease, its term's start
     /// is durable, and it is not handing over (nil otherwise).
     public func writableEpoch(_ keyspace: KeyspaceName, nowMs: UInt64) -> UInt64? {
-        guard let term = terms[keyspace], term.member.holdsLease(nowMs: nowMs), term.start?.epoch == term.member.record.epoch,
-              !term.phase.startsTerm, term.handOver == nil else { return nil }
+        guard let term = terms[keyspace], term.start?.epoch == term.member.record.epoch, !term.phase.startsTerm, term.handOver == nil else { return nil }
+        let leads = plantedBug == .acknowledgeAfterLease ? term.member.role == .leader : term.member.holdsLease(nowMs: nowMs)
+        guard leads else { return nil }
         return term.member.record.epoch
     }
 
@@ -368,6 +385,7 @@ public struct RegionMachine: Sendable {
         var effects: [Effect] = []
         for keyspace in keyspaces {
             var term = terms[keyspace]!
+            if term.member.settings.order.allSatisfy({ $0 == region || peers[$0]?.up == true }) { term.member.streamsConnected(nowMs: nowMs) }
             let memberEffects = term.member.tick(nowMs: nowMs, position: position(term, applied))
             if term.member.role == .candidate && term.stoodWallMs == nil { term.stoodWallMs = wallMs }
             terms[keyspace] = term
@@ -493,9 +511,9 @@ public struct RegionMachine: Sendable {
     /// Drained phases move on: a won term's start is captured, a learnt start is checked (its revert begins).
     /// While any keyspace drains, no batch is admitted, so the drain ends as soon as the admitted ones commit.
     private mutating func advancePhases() -> [Effect] {
-        guard inFlight.isEmpty else { return [] }
         var effects: [Effect] = []
         for keyspace in keyspaces {
+            guard inFlight.isEmpty || (plantedBug == .startTermWhileApplying && terms[keyspace]!.phase.startsTerm) else { continue }
             switch terms[keyspace]!.phase {
             case .drainingForStart(let epoch):
                 terms[keyspace]!.phase = .capturingStart(epoch: epoch)
@@ -568,6 +586,7 @@ public struct RegionMachine: Sendable {
             switch Fence.verdict(epoch: entry.epoch, origin: entry.origin, sequence: entry.sequence,
                                  following: term.member.record.epoch, start: term.start) {
             case .apply: break
+            case .divert where plantedBug == .applyDivertedEntries: break
             case .divert: diverted[entry.sequence] = term.member.record.epoch
             case .wait: return nil
             }
@@ -597,7 +616,7 @@ public struct RegionMachine: Sendable {
     private mutating func progressHandOver(_ keyspace: KeyspaceName, applied: [RegionName: UInt64], peers: [RegionName: PeerLink]) -> [Effect] {
         guard var term = terms[keyspace], let handOver = term.handOver else { return [] }
         let own = applied[region] ?? 0
-        let caughtUp = term.writesInFlight == 0 && peers[handOver.target].map { $0.up && $0.acknowledged >= own } == true
+        let caughtUp = plantedBug == .handOverBeforeCaughtUp || (term.writesInFlight == 0 && peers[handOver.target].map { $0.up && $0.acknowledged >= own } == true)
         if !caughtUp {
             guard nowMs >= handOver.deadlineMs else { return [] }
             term.handOver = nil

@@ -556,15 +556,12 @@ public struct Simulation {
         if regions[region].pausedUntilMs > nowMs { return schedule(after: regions[region].pausedUntilMs - nowMs, .read(id)) }
         let (admission, baseView) = readView(region)
         var view = baseView
-        var policy = cluster.keyspace(read.keyspace)!
+        let policy = cluster.keyspace(read.keyspace)!
         if read.keyspace == strongKeyspace, let term = regions[region].machine!.snapshot(strongKeyspace, nowMs: nowMs) {
             // As the node routes: to the leader this region knows, which serves strong reads only within its lease;
-            // while an election runs a strong read waits (bounded) for one.
-            policy.leader = term.leader
-            if term.leader == nil && read.level == .strong {
-                return nowMs < read.deadline ? schedule(after: 20, .read(id)) : finishRead(id, served: false)
-            }
-            view.reachable = term.holdsLease ? Set(policy.replicas) : [names[region]]
+            // while an election runs a strong read waits (bounded, as the node's settled policy) for one.
+            if term.leader == nil && read.level == .strong && nowMs < read.deadline { return schedule(after: 20, .read(id)) }
+            view.leadership = Admission.ReadView.Leadership(leader: term.leader, holdsLease: term.holdsLease)
         }
         let decision: Admission.ReadDecision
         do {

@@ -72,6 +72,21 @@ import Testing
         #expect(try read(follower, "accounts", .session) == .serve(level: .session, stalenessMs: nil))
     }
 
+    @Test func anElectedLeaderServesStrongReadsOnlyWithinItsLease() throws {
+        // eu-west leads accounts after a failover (configured: us-east). Its machine's view decides, not the file.
+        let elected = Admission.ReadView(reachable: [usEast, euWest], leadership: .init(leader: euWest, holdsLease: true))
+        let leader = Admission(region: euWest, reachable: [euWest, usEast])
+        #expect(try read(leader, "accounts", nil, view: elected) == .serve(level: .strong, stalenessMs: nil))
+        // Streams up to a majority are not enough: without the lease (a majority's confirmation of its term) it
+        // may have been deposed already.
+        let lapsed = try read(leader, "accounts", nil, view: .init(reachable: [usEast, euWest], leadership: .init(leader: euWest, holdsLease: false)))
+        #expect(behind(lapsed)?.0 == .consistencyUnavailable)
+        // us-east, the configured leader, forwards to the elected one; during an election nobody serves.
+        let follower = Admission(region: usEast, reachable: [usEast, euWest])
+        #expect(try read(follower, "accounts", .strong, view: .init(leadership: .init(leader: euWest, holdsLease: false))) == .forward(to: euWest, level: .strong))
+        #expect(code { _ = try self.read(follower, "accounts", .strong, view: .init(leadership: .init(leader: nil, holdsLease: false))) } == .leaderUnavailable)
+    }
+
     func token(_ seen: [(RegionName, UInt64)]) -> SessionToken {
         var token = SessionToken()
         for (origin, sequence) in seen { token.observe(Version(hlc: HLCTimestamp(physicalMs: 1, logical: 0, region: origin), sequence: sequence)) }

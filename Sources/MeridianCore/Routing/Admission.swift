@@ -70,14 +70,32 @@ public struct Admission: Sendable {
         /// Per other origin: an upper bound, in ms, on how stale this region's copy of that origin's writes is
         /// (absent: unknown, e.g. no heartbeat yet).
         public var stalenessMs: [RegionName: UInt64]
-        /// This region can confirm now that it still leads: a majority of each keyspace's replicas heard from
-        /// within the silence limit (the lease a leader needs to serve strong reads).
+        /// The regions whose streams this region has heard from within the silence limit.
         public var reachable: Set<RegionName>
+        /// For a single-leader keyspace this region takes part in: its leader as this region's machine knows it,
+        /// and whether this region, leading, holds its lease (nil: the keyspace's configured leader decides, and
+        /// a leader serves strong reads while it reaches a majority).
+        public var leadership: Leadership?
 
-        public init(applied: [RegionName: UInt64] = [:], stalenessMs: [RegionName: UInt64] = [:], reachable: Set<RegionName> = []) {
+        /// A single-leader keyspace's leadership as the region machine knows it.
+        public struct Leadership: Sendable, Hashable {
+            /// The leader of the current epoch (nil while an election runs).
+            public var leader: RegionName?
+            /// This region leads and a majority confirmed it within its lease.
+            public var holdsLease: Bool
+
+            public init(leader: RegionName?, holdsLease: Bool) {
+                self.leader = leader
+                self.holdsLease = holdsLease
+            }
+        }
+
+        public init(applied: [RegionName: UInt64] = [:], stalenessMs: [RegionName: UInt64] = [:], reachable: Set<RegionName> = [],
+                    leadership: Leadership? = nil) {
             self.applied = applied
             self.stalenessMs = stalenessMs
             self.reachable = reachable
+            self.leadership = leadership
         }
     }
 
@@ -104,8 +122,11 @@ public struct Admission: Sendable {
     /// - Throws: `consistency_not_allowed` (409) when the policy forbids the level, `invalid_header` for a
     ///   missing or misplaced bound or a token that names regions outside the cluster, residency errors, or
     ///   `consistency_unavailable` (503) when no region can serve the level now.
-    public func admitRead(_ policy: KeyspacePolicy, key: Key?, level requested: ConsistencyLevel?, maxStalenessMs: UInt64? = nil,
+    public func admitRead(_ configured: KeyspacePolicy, key: Key?, level requested: ConsistencyLevel?, maxStalenessMs: UInt64? = nil,
                           session: SessionToken? = nil, view: ReadView, forwarded: Bool = false) throws(MeridianError) -> ReadDecision {
+        // The elected leader takes the configured one's place.
+        var policy = configured
+        if configured.topology == .singleLeader, let leadership = view.leadership { policy.leader = leadership.leader }
         let level = requested ?? policy.consistency.default
         guard policy.consistency.allowed.contains(level) else {
             let hint = level == .strong && policy.topology != .singleLeader
@@ -134,6 +155,11 @@ public struct Admission: Sendable {
         }
         switch level {
         case .strong:
+            if policy.topology == .singleLeader, let leadership = view.leadership, leadership.leader == nil {
+                throw MeridianError(.leaderUnavailable,
+                                    "Keyspace '\(policy.name)' is electing a new leader, and a strong read needs one. Retry in a moment (a leader is normally elected within a few seconds), or read with session or bounded.",
+                                    context: ["keyspace": policy.name.rawValue])
+            }
             guard let writer = key.flatMap({ policy.writeRegion(for: $0) }) ?? policy.leader else {
                 // The request asks for what this keyspace cannot give anywhere: not a passing unavailability.
                 throw MeridianError(.consistencyNotAllowed,
@@ -153,10 +179,11 @@ public struct Admission: Sendable {
                 return .forward(to: writer, level: level)
             }
             // The lease: a writer cut off from a majority of the replicas may already have been replaced, so it
-            // does not answer strong reads until it hears from a majority again.
+            // does not answer strong reads until a majority confirms it again (an elected leader: within its
+            // lease; otherwise: a majority's streams heard from).
             let majority = AckMode.majority.regionsRequired(replicaCount: policy.replicas.count)
             let heard = policy.replicas.filter { $0 == region || view.reachable.contains($0) }
-            guard heard.count >= majority else {
+            guard view.leadership.map(\.holdsLease) ?? (heard.count >= majority) else {
                 let missing = policy.replicas.filter { !heard.contains($0) }
                 return .behind(level: level, error: MeridianError(
                     .consistencyUnavailable,

@@ -77,12 +77,9 @@ extension RegionNode {
         let started = ContinuousClock.now
         if (options.consistency ?? policy.consistency.default) == .strong { _ = await settledPolicy(policy) }
         while true {
-            let policy = routed(policy)
             var view = replicator.readView()
             if policy.topology == .singleLeader, let term = leadership.snapshot(policy.name) {
-                if term.leader == nil && (options.consistency ?? policy.consistency.default) == .strong { throw electionRunning(policy) }
-                // A strong read is served by the leader only while it holds its lease (a majority heard it lately).
-                view.reachable = term.holdsLease ? Set(policy.replicas) : [region]
+                view.leadership = Admission.ReadView.Leadership(leader: term.leader, holdsLease: term.holdsLease)
             }
             let decision = try admission.admitRead(policy, key: key, level: options.consistency, maxStalenessMs: options.maxStalenessMs,
                                                    session: options.session, view: view, forwarded: forwarded)

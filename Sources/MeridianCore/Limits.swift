@@ -17,7 +17,7 @@ public struct Limits: Sendable, Hashable, Encodable {
     /// The most value bytes waiting for a commit; beyond it writes are refused with `overloaded`.
     public var commitQueueBytesMax: Int = 64 << 20
     /// The largest lead of a peer's clock over ours that is accepted, in ms.
-    public var maxClockOffsetMs: UInt64 = HybridLogicalClock.maxOffsetMsDefault
+    public var clockOffsetMsMax: UInt64 = HybridLogicalClock.maxOffsetMsDefault
     /// How long a `majority` or `all` write waits for its confirmations before answering 504, in ms.
     public var ackTimeoutMs: Int = 5_000
     /// How often an idle replication stream sends a heartbeat, in ms.
@@ -83,7 +83,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         case commitWaitUs = "commit_wait_us"
         case commitQueueMax = "commit_queue_max"
         case commitQueueBytesMax = "commit_queue_bytes_max"
-        case maxClockOffsetMs = "max_clock_offset_ms"
+        case clockOffsetMsMax = "max_clock_offset_ms"
         case ackTimeoutMs = "ack_timeout_ms"
         case heartbeatIntervalMs = "heartbeat_interval_ms"
         case missedHeartbeatsMax = "missed_heartbeats_max"

@@ -175,8 +175,15 @@ extension RegionNode {
         let shared = configuration.cluster.keyspaces.filter { $0.isReplica(region) && $0.isReplica(peer) }.map(\.name)
         if complete, let floor, Set(shared).isSubset(of: keyspaces.map(\.name)) {
             let before = store.appliedHighWater()[peer] ?? 0
-            if floor > before, (try? await store.raiseApplied(origin: peer, to: floor)) != nil {
-                logger.info("anti-entropy brought this region up to the peer's log", metadata: ["peer": "\(peer)", "from": "\(before)", "to": "\(floor)"])
+            if floor > before {
+                do throws(MeridianError) {
+                    _ = try await store.raiseApplied(origin: peer, to: floor)
+                    logger.info("anti-entropy brought this region up to the peer's log", metadata: ["peer": "\(peer)", "from": "\(before)", "to": "\(floor)"])
+                } catch {
+                    // Not raised is safe (the stream re-sends from the old point); say so rather than hide it.
+                    logger.warning("anti-entropy could not raise the applied point; the stream resumes from the old one",
+                                   metadata: ["peer": "\(peer)", "reason": "\(error.message)"])
+                }
             }
         }
         return reports

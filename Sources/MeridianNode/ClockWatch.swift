@@ -16,7 +16,7 @@ final class ClockWatch: Sendable {
 
     init(region: RegionName, cluster: ClusterConfig, injectedOffsetMs: Int64, logger: Logger, onChange: @escaping @Sendable (Bool) -> Void) {
         self.injectedOffsetMs = injectedOffsetMs
-        let fence = ClockFence(region: region, peers: cluster.regions.map(\.name), maxOffsetMs: cluster.limits.maxClockOffsetMs)
+        let fence = ClockFence(region: region, peers: cluster.regions.map(\.name), maxOffsetMs: cluster.limits.clockOffsetMsMax)
         self.fence = Mutex(fence)
         self.writable = Atomic(fence.mayWrite)
         self.logger = logger

@@ -688,8 +688,6 @@ public struct Simulation {
             case .send(let first, let count):
                 let entries = Array(regions[origin].log[Int(first - 1)..<Int(first - 1) + count])
                 send(.batch(from: first, through: first + UInt64(count) - 1, entries: entries), on: id, toPeer: true)
-            case .persistCursor:
-                break // The node persists cursors for status and retention only; resume comes from the welcome.
             }
         }
     }

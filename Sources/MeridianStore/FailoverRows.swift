@@ -71,6 +71,10 @@ extension RegionStore {
                     SELECT keyspace, origin, epoch, MAX(sequence) FROM log WHERE epoch > 0 GROUP BY keyspace, origin, epoch;
                 """)
         }
+        // Peers' cursors were written every second and never read: a stream resumes from the peer's welcome.
+        migrator.registerMigration("v7-no-cursors") { db in
+            try db.execute(sql: "DROP TABLE cursors")
+        }
     }
 
     /// The terms of a keyspace whose writes this region holds: per term, its leader and the last of its

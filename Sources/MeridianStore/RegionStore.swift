@@ -5,7 +5,7 @@ import MeridianCore
 import Synchronization
 
 /// A region's durable state in SQLite (WAL mode, fsync on every commit): values with version metadata,
-/// the per-origin replication log, and per-peer cursors.
+/// and the per-origin replication log.
 ///
 /// Writes go through a ``GroupCommitter``: concurrent writes share one transaction and one fsync, and a
 /// write is answered only after that transaction is durable. Reads run concurrently on WAL readers.
@@ -76,7 +76,7 @@ public final class RegionStore: Sendable {
             }
             appliedOthers = Mutex(state.2)
             trimmedThrough = SequenceHighWater(state.3)
-            let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.maxClockOffsetMs, floor: state.1)
+            let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.clockOffsetMsMax, floor: state.1)
             let committed = SequenceHighWater(state.0 - 1)
             lastCommittedSequence = committed
             committer = GroupCommitter(
@@ -177,17 +177,6 @@ public final class RegionStore: Sendable {
             throw MeridianError(.storageFailure, "Cannot trim the replication log: \(error)")
         }
         if own { trimmedThrough.value.store(sequence, ordering: .releasing) }
-    }
-
-    /// Every persisted replication cursor: how far each peer has applied each origin's log.
-    public func cursors() async throws(MeridianError) -> [RegionName: [RegionName: UInt64]] {
-        try await reading { db in
-            var result: [RegionName: [RegionName: UInt64]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT peer, origin, sequence FROM cursors") {
-                result[try RegionName(row["peer"] as String), default: [:]][try RegionName(row["origin"] as String)] = UInt64(row["sequence"] as Int64)
-            }
-            return result
-        }
     }
 
     /// Reads a key's current state, tombstones included.
@@ -381,28 +370,6 @@ public final class RegionStore: Sendable {
                 result[row["keyspace"]] = row["n"]
             }
             return result
-        }
-    }
-
-    /// The sequence up to which `peer` has applied `origin`'s log (0 when it has applied nothing).
-    public func cursor(peer: RegionName, origin: RegionName) async throws(MeridianError) -> UInt64 {
-        try await reading { db in
-            UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM cursors WHERE peer = ? AND origin = ?",
-                                      arguments: [peer.rawValue, origin.rawValue]) ?? 0)
-        }
-    }
-
-    /// Durably records that `peer` has applied `origin`'s log up to `sequence`; cursors never move back.
-    public func advanceCursor(peer: RegionName, origin: RegionName, to sequence: UInt64) async throws(MeridianError) {
-        do {
-            try await pool.write { db in
-                try db.execute(sql: """
-                    INSERT INTO cursors (peer, origin, sequence) VALUES (?, ?, ?)
-                    ON CONFLICT (peer, origin) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)
-                    """, arguments: [peer.rawValue, origin.rawValue, Int64(sequence)])
-            }
-        } catch {
-            throw MeridianError(.storageFailure, "Cannot record the replication cursor: \(error)")
         }
     }
 

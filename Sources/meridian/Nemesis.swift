@@ -478,7 +478,7 @@ final class NemesisRun: Sendable {
             cluster.signal(region, SIGCONT)
             description = "SIGSTOP \(region) for \(Self.seconds(pause)), then SIGCONT"
         case .skew:
-            let maxOffset = Int64(cluster.config.limits.maxClockOffsetMs)
+            let maxOffset = Int64(cluster.config.limits.clockOffsetMsMax)
             let beyond = Bool.random(using: &generator)
             let sign: Int64 = Bool.random(using: &generator) ? 1 : -1
             let offset = sign * (beyond ? maxOffset * 4 : maxOffset * 2 / 5)

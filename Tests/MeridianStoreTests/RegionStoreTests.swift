@@ -223,18 +223,6 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         }
     }
 
-    @Test func cursorsOnlyMoveForward() async throws {
-        let fixture = StoreFixture()
-        defer { fixture.remove() }
-        let store = try fixture.open()
-        let peer = RegionName(validated: "eu-west")
-        #expect(try await store.cursor(peer: peer, origin: fixture.region) == 0)
-        try await store.advanceCursor(peer: peer, origin: fixture.region, to: 5)
-        try await store.advanceCursor(peer: peer, origin: fixture.region, to: 3)
-        #expect(try await store.cursor(peer: peer, origin: fixture.region) == 5)
-        store.close()
-    }
-
     @Test func queuedBytesAreBounded() async throws {
         let fixture = StoreFixture()
         defer { fixture.remove() }

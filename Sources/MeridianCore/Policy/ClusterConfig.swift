@@ -348,7 +348,7 @@ struct ConfigParser {
             case "commit_wait_us": limits.commitWaitUs = number
             case "commit_queue_max": limits.commitQueueMax = number
             case "commit_queue_bytes_max": limits.commitQueueBytesMax = number
-            case "max_clock_offset_ms": limits.maxClockOffsetMs = UInt64(number)
+            case "max_clock_offset_ms": limits.clockOffsetMsMax = UInt64(number)
             case "ack_timeout_ms": limits.ackTimeoutMs = number
             case "heartbeat_interval_ms": limits.heartbeatIntervalMs = number
             case "missed_heartbeats_max": limits.missedHeartbeatsMax = number

@@ -24,8 +24,6 @@ public struct LogShipper: Sendable {
     public enum Effect: Sendable, Hashable {
         /// Read `count` entries of the log starting at `fromSequence` and send them on the stream, in order.
         case send(fromSequence: UInt64, count: Int)
-        /// Durably record that the peer has applied the log up to `sequence` (the resume point).
-        case persistCursor(UInt64)
     }
 
     /// The peer this shipper feeds.
@@ -91,7 +89,7 @@ public struct LogShipper: Sendable {
         guard sequence > acknowledged else { return [] }
         acknowledged = sequence
         sentUpTo = max(sentUpTo, sequence)
-        return [.persistCursor(sequence)] + pump()
+        return pump()
     }
 
     // Sends as much as the window allows, in batches.

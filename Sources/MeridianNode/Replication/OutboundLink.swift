@@ -281,9 +281,6 @@ final class OutboundLink: Sendable {
                     state.shipment = from...through
                     state.outbox?.yield(.ship)
                 }
-            // The node persists cursors periodically from `acknowledged`: the resume point itself comes from
-            // the peer's welcome, so a cursor only serves status and log retention.
-            case .persistCursor: break
             }
         }
     }

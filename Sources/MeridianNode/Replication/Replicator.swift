@@ -460,24 +460,13 @@ final class Replicator: Sendable {
         }
     }
 
-    /// Persists cursors and trims the log, once a second.
+    /// Trims the log once a second: a peer resumes from the applied point its welcome names, so what every
+    /// peer acknowledged is no longer needed (up to the retention bound).
     private func maintain() async {
-        var persisted: [RegionName: UInt64] = [:]
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
             var lowest = store.appliedHighWater()[region] ?? 0
-            for (peer, link) in links {
-                let acknowledged = link.snapshot.acknowledged
-                lowest = min(lowest, acknowledged)
-                if acknowledged > persisted[peer, default: 0] {
-                    do {
-                        try await store.advanceCursor(peer: peer, origin: region, to: acknowledged)
-                        persisted[peer] = acknowledged
-                    } catch {
-                        logger.warning("cannot persist the cursor of \(peer)", metadata: ["reason": "\(error.message)"])
-                    }
-                }
-            }
+            for link in links.values { lowest = min(lowest, link.snapshot.acknowledged) }
             // Keep what some peer still needs, up to the retention bound; a peer beyond it needs a resync.
             let highWater = store.appliedHighWater()[region] ?? 0
             let retention = UInt64(limits.logRetentionEntries)

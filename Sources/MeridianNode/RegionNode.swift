@@ -12,25 +12,39 @@ import Synchronization
 /// Everything a region node needs to start.
 public struct NodeConfiguration: Sendable {
     /// The cluster this node belongs to.
-    public var cluster: ClusterConfig
+    public let cluster: ClusterConfig
     /// The region this node serves.
-    public var region: RegionName
+    public let region: RegionName
     /// Where the region's SQLite files live.
     public var dataDirectory: String
     /// Overrides the client API address from the cluster file (tests bind port 0 this way).
     public var clientAddress: Endpoint?
     /// How the node reaches its peers: through the WAN emulator (the default) or directly.
-    public var peerRoute: PeerRoute
+    public let peerRoute: PeerRoute
     /// Added to this host's wall clock wherever the node reads it: a skewed clock, for fault injection.
     public var clockOffsetMs: Int64
+    /// This region's entry in the cluster file (its client and peer addresses).
+    public let own: RegionConfig
+    /// Where this node reaches each peer: through the WAN emulator's listener for the link, or directly.
+    public let peerEndpoints: [RegionName: Endpoint]
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, dataDirectory: String, clientAddress: Endpoint? = nil,
                 peerRoute: PeerRoute = .wan, clockOffsetMs: Int64 = 0) throws(MeridianError) {
-        guard cluster.region(region) != nil else {
+        guard let own = cluster.region(region) else {
             throw MeridianError(.unknownRegion, "Region '\(region)' is not in the cluster file; its regions are \(cluster.regions.map(\.name.rawValue).joined(separator: ", ")).",
                                 context: ["region": region.rawValue])
         }
+        var peerEndpoints: [RegionName: Endpoint] = [:]
+        for peer in cluster.regions where peer.name != region {
+            guard let endpoint = peerRoute == .wan ? cluster.wanListenEndpoint(from: region, to: peer.name) : peer.peer else {
+                throw MeridianError(.invalidConfig, "The WAN emulator has no listener for the link \(region)→\(peer.name); check wan.base_port.",
+                                    context: ["region": peer.name.rawValue])
+            }
+            peerEndpoints[peer.name] = endpoint
+        }
+        self.own = own
+        self.peerEndpoints = peerEndpoints
         self.cluster = cluster
         self.region = region
         self.dataDirectory = dataDirectory
@@ -92,7 +106,7 @@ public final class RegionNode: Sendable {
         let clock = ClockWatch(region: configuration.region, cluster: configuration.cluster, injectedOffsetMs: configuration.clockOffsetMs,
                                logger: logger, onChange: { leadership.clockFenced($0) })
         self.clock = clock
-        self.replicator = Replicator(region: configuration.region, cluster: configuration.cluster, store: store, route: configuration.peerRoute,
+        self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock)
         if configuration.clockOffsetMs != 0 {
             logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
@@ -162,7 +176,7 @@ public final class RegionNode: Sendable {
     /// Serves the API and replicates until SIGTERM or SIGINT, then drains in-flight requests and closes the store.
     /// - Parameter onServerRunning: Called with the bound port once the server listens.
     public func run(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        let address = configuration.clientAddress ?? configuration.cluster.region(region)!.client
+        let address = configuration.clientAddress ?? configuration.own.client
         let app = Application(
             router: router(),
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: "meridian/\(region)"),

@@ -169,7 +169,7 @@ public struct Admission: Sendable {
             if writer != region {
                 guard !forwarded, key != nil else {
                     let why = forwarded
-                        ? "was forwarded to \(region), but \(writer) takes its writes; the regions disagree about the cluster file."
+                        ? "was forwarded to \(region), but \(writer) takes its writes now: the leader changed while the read was on its way (or the regions run different cluster files). Retry."
                         : "is served by \(writer), which takes its writes; listings are not forwarded. List at \(writer), or use session or bounded here."
                     // A listing sent to the wrong region is the request's to fix (409); a forwarded read the
                     // regions disagree about is the cluster's (503).

@@ -29,6 +29,8 @@ typealias ElectionHandler = @Sendable (KeyspaceName, ElectionMessage, EpochStart
 /// `LogReceiver` and `AckTracker`; this type does the I/O.
 final class Replicator: Sendable {
     let region: RegionName
+    /// Where this region accepts its peers' streams.
+    let peerAddress: Endpoint
     let cluster: ClusterConfig
     let store: RegionStore
     let codec: PeerFrameCodec
@@ -71,9 +73,11 @@ final class Replicator: Sendable {
         (ContinuousClock.now - started).wholeMilliseconds
     }
 
-    init(region: RegionName, cluster: ClusterConfig, store: RegionStore, route: PeerRoute, wallClockMs: @escaping @Sendable () -> UInt64,
+    init(own: RegionConfig, cluster: ClusterConfig, store: RegionStore, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        let region = own.name
         self.region = region
+        peerAddress = own.peer
         self.fence = fence
         self.clock = clock
         self.cluster = cluster
@@ -86,12 +90,10 @@ final class Replicator: Sendable {
         acks = AckWaiters(origin: region)
         let highWater = store.appliedHighWater()[region] ?? 0
         var links: [RegionName: OutboundLink] = [:]
-        for peer in cluster.regions where peer.name != region {
-            let endpoint = route == .wan ? cluster.wanListenEndpoint(from: region, to: peer.name)! : peer.peer
-            let rttMs = (cluster.wan.rttMs(region, peer.name) ?? 0) * max(cluster.wan.latencyScale, 1)
-            let silence = Duration.milliseconds(limits.heartbeatIntervalMs * limits.missedHeartbeatsMax) + .milliseconds(Int(rttMs.rounded(.up)))
-            links[peer.name] = OutboundLink(
-                peer: peer.name, endpoint: endpoint, silenceLimit: silence,
+        for (peer, endpoint) in peerEndpoints {
+            let silence = Duration.milliseconds(limits.heartbeatIntervalMs * limits.missedHeartbeatsMax) + .milliseconds(Int(cluster.wan.timeoutRttMs(region, peer)))
+            links[peer] = OutboundLink(
+                peer: peer, endpoint: endpoint, silenceLimit: silence,
                 acknowledged: 0, logHighWater: highWater,
                 shipperLimits: LogShipper.Limits(batchEntriesMax: limits.replicationBatchEntriesMax, inflightEntriesMax: limits.replicationInflightEntriesMax),
                 forwardsMax: limits.forwardsInflightMax)
@@ -105,7 +107,7 @@ final class Replicator: Sendable {
     /// - Parameter onListening: Called once the peer port is bound.
     func run(forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler, election: @escaping ElectionHandler = { _, _, _, _ in },
              onListening: @escaping @Sendable () -> Void = {}) async throws {
-        let address = cluster.region(region)!.peer
+        let address = peerAddress
         let codec = self.codec
         let server: NIOAsyncChannel<PeerChannel, Never>
         do {
@@ -510,8 +512,7 @@ final class Replicator: Sendable {
         guard let link = links[target] else {
             throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region); nothing was sent.", context: ["region": target.rawValue], applied: .no)
         }
-        let rttMs = Int(((cluster.wan.rttMs(region, target) ?? 0) * max(cluster.wan.latencyScale, 1)).rounded(.up))
-        return try await link.forward(make, timeout: .milliseconds(limits.readWaitMs + limits.ackTimeoutMs + rttMs + 2_000))
+        return try await link.forward(make, timeout: .milliseconds(limits.readWaitMs + limits.ackTimeoutMs + Int(cluster.wan.timeoutRttMs(region, target)) + 2_000))
     }
 
     /// How current this region is, for admitting a read.

@@ -2,14 +2,15 @@
 // Meridian: a geo-distributed, multi-region data store.
 //
 // Module graph (arrows are "may import"):
-//   MeridianCore   <- pure protocol logic and types; no I/O, no clock, seeded randomness only (Yams, Crypto).
+//   MeridianCore   <- pure protocol logic and types, the region machine among them; no I/O, no clock, seeded
+//                     randomness only (Yams, Crypto).
 //   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
 //   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
-//   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the core under faults)
+//   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the region machine under faults)
 //   MeridianAPI    -> MeridianCore, HTTPTypes                (the v1 HTTP contract: headers, error statuses, answers, openapi.yaml)
 //   MeridianHTTP   -> MeridianCore, MeridianAPI, Hummingbird (JSON and error rendering shared by the HTTP shells)
-//   MeridianNode   -> MeridianCore, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
+//   MeridianNode   -> MeridianCore, MeridianAPI, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
 //   meridian       -> everything above, ArgumentParser   (the CLI)
 import PackageDescription

@@ -61,12 +61,9 @@ import Testing
             }
             let leader = FailoverLiveTests.term(led, "accounts")["leader"] as? String
             #expect(leader == "eu-west" || leader == "ap-southeast", "\(led)")
-            var accepted = false
-            for _ in 0..<100 where !accepted {
-                let write = try await eu.request("PUT", "/v1/kv/accounts/a1", body: Array("1".utf8))
-                accepted = write.status == 200
-                if !accepted { try await Task.sleep(for: .milliseconds(100)) }
-            }
+            let accepted = try await eventually(timeoutSeconds: 10, every: .milliseconds(100), {
+                try await eu.request("PUT", "/v1/kv/accounts/a1", body: Array("1".utf8)).status == 200
+            }, until: { $0 })
             #expect(accepted, "accounts took no write after us-east stepped down")
             let eastStatus = try await cluster.status("us-east")
             #expect(FailoverLiveTests.term(eastStatus, "accounts")["role"] as? String != "leader", "\(eastStatus)")

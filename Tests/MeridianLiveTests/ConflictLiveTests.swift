@@ -22,14 +22,11 @@ import Testing
     /// Polls every region until `check` holds for all of them (bounded), and returns the last answers.
     static func converge(_ connections: [HTTPConnection], _ path: String, seconds: Double = 15,
                          _ check: ([HTTPResult]) -> Bool) async throws -> [HTTPResult] {
-        let deadline = Date().addingTimeInterval(seconds)
-        var answers: [HTTPResult] = []
-        while true {
-            answers = []
+        try await eventually(timeoutSeconds: seconds, {
+            var answers: [HTTPResult] = []
             for connection in connections { answers.append(try await connection.request("GET", path)) }
-            if check(answers) || Date() > deadline { return answers }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+            return answers
+        }, until: check)
     }
 
     static func json(_ result: HTTPResult) -> [String: Any] {

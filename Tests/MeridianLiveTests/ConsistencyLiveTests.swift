@@ -61,12 +61,9 @@ import Testing
 
             // Bounded: a loose bound is served locally with the staleness stated; a bound no follower can meet
             // (below the round trip) is forwarded to the leader.
-            var loose: HTTPResult?
-            for _ in 0..<50 {
-                loose = try await eu.request("GET", "/v1/kv/accounts/alice", headers: [("Meridian-Consistency", "bounded"), ("Meridian-Max-Staleness-Ms", "5000")])
-                if loose?.status == 200 { break }
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            let loose: HTTPResult? = try await eventually(timeoutSeconds: 2.5, {
+                try await eu.request("GET", "/v1/kv/accounts/alice", headers: [("Meridian-Consistency", "bounded"), ("Meridian-Max-Staleness-Ms", "5000")])
+            }, until: { $0.status == 200 })
             #expect(loose?.status == 200 && loose?.header("Meridian-Forwarded-To") == nil, "\(loose?.text ?? "")")
             let staleness = loose?.header("Meridian-Staleness-Ms").flatMap(Int.init)
             #expect(staleness != nil && staleness! <= 5000, "Meridian-Staleness-Ms: \(String(describing: staleness))")
@@ -82,33 +79,24 @@ import Testing
             let second = try await us.request("PUT", "/v1/kv/profiles/wfr-b", headers: [("Meridian-Session", try #require(first.header("Meridian-Session")))],
                                               body: Array("b1".utf8))
             #expect(second.status == 200)
-            var observed: HTTPResult?
-            for _ in 0..<200 {
-                observed = try await ap.request("GET", "/v1/kv/profiles/wfr-b")
-                if observed?.status == 200 { break }
-                try await Task.sleep(for: .milliseconds(10))
-            }
+            let observed: HTTPResult? = try await eventually(timeoutSeconds: 2, every: .milliseconds(10), {
+                try await ap.request("GET", "/v1/kv/profiles/wfr-b")
+            }, until: { $0.status == 200 })
             #expect(observed?.text == "b1")
             let observerToken = try #require(observed?.header("Meridian-Session"))
             let owed = try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
             #expect(owed.status == 503 && owed.text.contains("consistency_unavailable"), "a reader who saw b must see a, or be told it cannot: \(owed.status) \(owed.text)")
             try cluster.chaos("heal")
-            var healed: HTTPResult?
-            for _ in 0..<100 {
-                healed = try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
-                if healed?.status == 200 { break }
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            let healed: HTTPResult? = try await eventually(timeoutSeconds: 5, {
+                try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
+            }, until: { $0.status == 200 })
             #expect(healed?.status == 200 && healed?.text == "a1", "\(healed?.text ?? "")")
 
             // A leader cut off from every replica cannot promise it still leads: strong reads are refused.
             try cluster.chaos("isolate", "us-east")
-            var refused: HTTPResult?
-            for _ in 0..<100 {
-                refused = try await us.request("GET", "/v1/kv/accounts/alice")
-                if refused?.status == 503 { break }
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            let refused: HTTPResult? = try await eventually(timeoutSeconds: 5, {
+                try await us.request("GET", "/v1/kv/accounts/alice")
+            }, until: { $0.status == 503 })
             #expect(refused?.status == 503 && refused?.text.contains("consistency_unavailable") == true, "\(refused?.text ?? "")")
             // Eventual reads still answer locally.
             #expect(try await us.request("GET", "/v1/kv/accounts/alice?consistency=eventual").status == 200)

@@ -22,14 +22,7 @@ import Testing
 
     /// Polls until `check` holds for the region's status (bounded).
     static func waitForStatus(_ cluster: LiveCluster, _ region: String, timeoutSeconds: Double = 20, _ check: ([String: Any]) -> Bool) async throws -> [String: Any] {
-        let deadline = Date().addingTimeInterval(timeoutSeconds)
-        var status: [String: Any] = [:]
-        while Date() < deadline {
-            status = (try? await cluster.status(region)) ?? [:]
-            if check(status) { return status }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        return status
+        try await eventually(timeoutSeconds: timeoutSeconds, { (try? await cluster.status(region)) ?? [:] }, until: check)
     }
 
     /// Waits until `region` leads `keyspace` with its lease (the first term at start-up).
@@ -123,12 +116,7 @@ import Testing
             await eu.close()
             let last = acknowledged.last!
             #expect(try await cluster.waitForValue("us-east", "/v1/kv/accounts/\(last.key)?consistency=eventual", last.value))
-            var roots: [String] = []
-            for _ in 0..<200 {
-                roots = try await Self.merkleRoots(cluster, "accounts", regions: cluster.regions)
-                if Set(roots).count == 1 { break }
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            let roots = try await eventually({ try await Self.merkleRoots(cluster, "accounts", regions: cluster.regions) }, until: { Set($0).count == 1 })
             #expect(Set(roots).count == 1, "every region holds the same accounts: \(roots)")
             // The new leader reports the failover with its timings.
             let report = try await cluster.connect(newLeader)

@@ -36,18 +36,56 @@ func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) throws -> (statu
     process.standardError = err
     process.standardInput = FileHandle.nullDevice
     try process.run()
+    // Read both pipes while the child runs: a child that fills a pipe's buffer would otherwise block on it
+    // until the timeout killed it.
+    let captured = OutputCapture()
+    let readers = DispatchGroup()
+    for (pipe, isError) in [(out, false), (err, true)] {
+        DispatchQueue.global().async(group: readers) { captured.set(pipe.fileHandleForReading.readDataToEndOfFile(), isError: isError) }
+    }
     let deadline = Date().addingTimeInterval(timeoutSeconds)
     while !LocalProcesses.hasExited(process) && Date() < deadline { usleep(20_000) }
     if !LocalProcesses.hasExited(process) {
         kill(process.processIdentifier, SIGKILL)
         Issue.record("meridian \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
     }
-    let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    // The pipes end when the child (and anything it left holding them) is gone; bounded all the same.
+    _ = readers.wait(timeout: .now() + 10)
+    let (stdout, stderr) = captured.texts
     // Foundation may notice the exit a moment after the kernel; its status is unreadable until then.
     let noticed = Date().addingTimeInterval(5)
     while process.isRunning && Date() < noticed { usleep(10_000) }
     return (process.isRunning ? -1 : process.terminationStatus, stdout, stderr)
+}
+
+/// Repeats `attempt` until `done` holds for its result or `timeoutSeconds` have passed, and returns the last
+/// result: the one way live tests wait for a condition (never a bare sleep).
+func eventually<T>(timeoutSeconds: Double = 10, every interval: Duration = .milliseconds(50),
+                   _ attempt: () async throws -> T, until done: (T) -> Bool) async throws -> T {
+    let deadline = ContinuousClock.now + .milliseconds(Int(timeoutSeconds * 1000))
+    while true {
+        let result = try await attempt()
+        if done(result) || ContinuousClock.now >= deadline { return result }
+        try await Task.sleep(for: interval)
+    }
+}
+
+/// What a child wrote to its standard output and error, filled by the reading threads.
+final class OutputCapture: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stdout = Data(), stderr = Data()
+
+    func set(_ data: Data, isError: Bool) {
+        lock.lock()
+        defer { lock.unlock() }
+        if isError { stderr = data } else { stdout = data }
+    }
+
+    var texts: (String, String) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    }
 }
 
 /// Whether a process with this pid still exists (and is not a zombie we could reap).

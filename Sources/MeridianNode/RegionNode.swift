@@ -190,7 +190,8 @@ public final class RegionNode: Sendable {
                 try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) },
                                               election: { keyspace, message, start, peer in
                                                   self.leadership.received(message, start: start, keyspace: keyspace, from: peer)
-                                              })
+                                              },
+                                              handOver: { keyspace, target in await self.serveHandOver(keyspace, to: target) })
             }
             tasks.addTask {
                 await self.leadership.run()

@@ -42,6 +42,9 @@ import Testing
             .election(keyspace: try! KeyspaceName("accounts"), message: .preVote(epoch: 5, granted: false), start: nil),
             .election(keyspace: try! KeyspaceName("accounts"), message: .timeoutNow(epoch: 5), start: nil),
             .election(keyspace: try! KeyspaceName("accounts"), message: .transferVoteRequest(epoch: 6, position: LogPosition(epoch: 5, sequence: 2)), start: nil),
+            .handOverRequest(id: 12, keyspace: try! KeyspaceName("accounts"), target: eu),
+            .handOverReply(id: 12, outcome: .handedOver(to: eu)),
+            .handOverReply(id: 13, outcome: .refused(code: "region_unavailable", message: "eu-west did not catch up in time ✓")),
         ]
     }
 
@@ -102,6 +105,13 @@ import Testing
         // A start naming a term not before its own epoch.
         #expect(code(codec.encode(.election(keyspace: ks, message: .heartbeat(epoch: 2, sentMs: 0),
                                             start: EpochStart(epoch: 2, leader: us, applied: [:], terms: [TermEnd(epoch: 2, leader: us, last: 1)])))) == .codecInvalidField)
+        // A hand-over reply with an unknown outcome, and a request naming no valid region.
+        var outcome = codec.encode(.handOverReply(id: 1, outcome: .handedOver(to: eu)))
+        outcome[5 + 8] = 3
+        #expect(code(outcome) == .codecInvalidField)
+        var target = codec.encode(.handOverRequest(id: 1, keyspace: ks, target: eu))
+        target[target.count - 1] = UInt8(ascii: "!")
+        #expect(code(target) == .invalidRegion)
         var padded = codec.encode(.ack(applied: 1, echoMs: 0))
         padded[3] += 1
         padded.append(0)

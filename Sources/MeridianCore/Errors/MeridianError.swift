@@ -50,6 +50,12 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         /// The snake_case string sent to clients.
         public var description: String { value.rawValue }
 
+        /// The code a peer or a client names by its string (nil: a code this build does not know).
+        public init?(_ text: String) {
+            guard let value = Value(rawValue: text) else { return nil }
+            self.value = value
+        }
+
         /// What kind of failure a code is; the HTTP contract maps each kind to one status.
         public enum Kind: Hashable, Sendable, CaseIterable {
             /// The request, a peer's frame or a config file is malformed: fix it (400).

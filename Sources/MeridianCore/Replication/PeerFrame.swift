@@ -37,6 +37,11 @@ public enum PeerFrame: Sendable, Hashable {
     /// the sender's own stream. A leader's heartbeats carry where its term began, so followers can tell the
     /// writes of earlier terms that count from those a deposed leader never shipped.
     case election(keyspace: KeyspaceName, message: ElectionMessage, start: EpochStart?)
+    /// An operator asks the receiving region, which leads `keyspace`, to hand it over to `target`
+    /// (`POST /v1/admin/failover` at another region).
+    case handOverRequest(id: UInt64, keyspace: KeyspaceName, target: RegionName)
+    /// The answer to a hand-over request.
+    case handOverReply(id: UInt64, outcome: HandOverOutcome)
 
     var typeByte: UInt8 {
         switch self {
@@ -50,8 +55,18 @@ public enum PeerFrame: Sendable, Hashable {
         case .refusal: 8
         case .forwardRead: 9
         case .election: 10
+        case .handOverRequest: 11
+        case .handOverReply: 12
         }
     }
+}
+
+/// What became of a hand-over request: transport-neutral, so any shell renders it its own way.
+public enum HandOverOutcome: Sendable, Hashable {
+    /// The leader handed the keyspace over to this region.
+    case handedOver(to: RegionName)
+    /// The leader did not hand it over: the error's code and sentence.
+    case refused(code: String, message: String)
 }
 
 /// The first frame of a stream.
@@ -188,13 +203,15 @@ extension ElectionMessage {
 ///                    4 vote (u64 epoch, u8 granted), 5 newerEpoch (u64 epoch, str8 leader, empty for none),
 ///                    6 preVoteRequest (as 3), 7 preVote (as 4), 8 timeoutNow (u64 epoch),
 ///                    9 transferVoteRequest (as 3)
+///    11 handOverRequest u64 id, str8 keyspace, str8 target
+///    12 handOverReply   u64 id, u8 outcome: 1 handed over (str8 region), 2 refused (str8 code, str16 message)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
 /// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 4
+    public static let protocolVersion: UInt8 = 5
     /// The most headers a forwarded write or reply carries.
     public static let headersMax = 32
 
@@ -259,6 +276,21 @@ public struct PeerFrameCodec: Sendable {
             appendString8(read.keyspace.rawValue, to: &buffer)
             appendString16(read.key.rawValue, to: &buffer)
             appendHeaders(read.headers, to: &buffer)
+        case .handOverRequest(let id, let keyspace, let target):
+            append(id, to: &buffer)
+            appendString8(keyspace.rawValue, to: &buffer)
+            appendString8(target.rawValue, to: &buffer)
+        case .handOverReply(let id, let outcome):
+            append(id, to: &buffer)
+            switch outcome {
+            case .handedOver(let region):
+                buffer.append(1)
+                appendString8(region.rawValue, to: &buffer)
+            case .refused(let code, let message):
+                buffer.append(2)
+                appendString8(code, to: &buffer)
+                appendString16(message, to: &buffer)
+            }
         case .election(let keyspace, let message, let start):
             appendString8(keyspace.rawValue, to: &buffer)
             buffer.append(message.kind)
@@ -413,8 +445,19 @@ public struct PeerFrameCodec: Sendable {
             frame = .forwardRead(ForwardedRead(id: id, keyspace: keyspace, key: key, headers: try headers(&body)))
         case 10:
             frame = try election(&body)
+        case 11:
+            let id = try body.required(body.readUInt64(), "id")
+            frame = .handOverRequest(id: id, keyspace: try KeyspaceName(try string8(&body, "keyspace")), target: try RegionName(try string8(&body, "target")))
+        case 12:
+            let id = try body.required(body.readUInt64(), "id")
+            switch try body.required(body.readUInt8(), "outcome") {
+            case 1: frame = .handOverReply(id: id, outcome: .handedOver(to: try RegionName(try string8(&body, "region"))))
+            case 2: frame = .handOverReply(id: id, outcome: .refused(code: try string8(&body, "code"), message: try string16(&body, "message")))
+            case let other:
+                throw MeridianError(.codecInvalidField, "The hand-over reply has outcome \(other); it is 1 (handed over) or 2 (refused).", context: ["field": "outcome"])
+            }
         default:
-            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 10.", context: ["field": "frame_type"])
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 12.", context: ["field": "frame_type"])
         }
         guard body.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",

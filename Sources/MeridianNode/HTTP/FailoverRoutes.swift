@@ -101,8 +101,6 @@ extension RegionNode {
 
     // MARK: - Manual failover and failback
 
-    static let handOverKind = "handover"
-    static let handOverTargetHeader = "Meridian-Hand-Over-To"
 
     /// `POST /v1/admin/failover` with `{"keyspace": K, "to": REGION}`: moves leadership of a single-leader
     /// keyspace to REGION once it has every write of the current leader, whichever region is asked.
@@ -132,13 +130,13 @@ extension RegionNode {
             if leader == region {
                 try await handOver(policy, to: target)
             } else {
-                let reply = try await replicator.forward(to: leader) { id in
-                    .forwardRead(ForwardedRead(id: id, keyspace: name, key: Self.antiEntropyKey, headers: [
-                        ForwardedHeader(name: Self.internalHeader, value: Self.handOverKind),
-                        ForwardedHeader(name: Self.handOverTargetHeader, value: target.rawValue),
-                    ]))
+                switch try await replicator.requestHandOver(from: leader, keyspace: name, to: target) {
+                case .handedOver: break
+                case .refused(let code, let message):
+                    // The leader's refusal, as it gave it; it handed nothing over.
+                    throw MeridianError(MeridianError.Code(code) ?? .leaderUnavailable, message,
+                                        context: ["keyspace": name.rawValue, "leader": leader.rawValue, "region": target.rawValue], applied: .no)
                 }
-                guard reply.status == 200 else { return relay(reply, from: leader).response() }
             }
         }
         // Answer once this region sees the target lead (bounded).
@@ -160,19 +158,16 @@ extension RegionNode {
     }
 
     /// A peer asks this region, which leads the keyspace, to hand it over (`POST /v1/admin/failover` elsewhere).
-    func serveHandOver(_ read: ForwardedRead) async -> ForwardedReply {
-        let rendered: RenderedResponse
+    func serveHandOver(_ keyspace: KeyspaceName, to target: RegionName) async -> HandOverOutcome {
         do throws(MeridianError) {
-            guard let policy = configuration.cluster.keyspace(read.keyspace), policy.topology == .singleLeader,
-                  let text = read.headers.first(where: { $0.name.lowercased() == Self.handOverTargetHeader.lowercased() })?.value else {
-                throw MeridianError(.invalidRequest, "A hand-over request names no single-leader keyspace or target.")
+            guard let policy = configuration.cluster.keyspace(keyspace), policy.topology == .singleLeader else {
+                throw MeridianError(.invalidRequest, "Keyspace '\(keyspace)' is not a single-leader keyspace of \(region)'s cluster file; there is no leader to move.")
             }
-            try await handOver(policy, to: try RegionName(text))
-            rendered = JSON.rendered(["handed_over_to": text])
+            try await handOver(policy, to: target)
+            return .handedOver(to: target)
         } catch {
-            rendered = error.rendered(change: true)
+            return .refused(code: error.code.description, message: error.message)
         }
-        return ForwardedReply(id: read.id, rendered: rendered)
     }
 
     // MARK: - Reports

@@ -29,7 +29,6 @@ extension RegionNode {
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
     func serveForwardedRead(_ read: ForwardedRead, from peer: RegionName) async -> ForwardedReply {
         if let kind = read.headers.first(where: { $0.name.lowercased() == Self.internalHeader.lowercased() })?.value {
-            if kind == Self.handOverKind { return await serveHandOver(read) }
             return await serveAntiEntropy(read, kind: kind, from: peer)
         }
         return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames, change: false) {

@@ -48,7 +48,8 @@ final class OutboundLink: Sendable {
         var lastError: String?
         var resyncRequired = false
         var echoMs: UInt64 = 0
-        var forwards: [UInt64: CheckedContinuation<Result<ForwardedReply, MeridianError>, Never>] = [:]
+        /// Requests sent to the peer (forwarded writes and reads, hand-overs) awaiting their answers, by id.
+        var forwards: [UInt64: CheckedContinuation<Result<PeerReply, MeridianError>, Never>] = [:]
         var nextForwardID: UInt64 = 1
         /// Entries released by the shipper and not yet taken by the writer. Consecutive releases merge, so
         /// a burst of writes travels as one batch rather than a frame (and a peer fsync) per write.
@@ -195,6 +196,22 @@ final class OutboundLink: Sendable {
     /// - Parameter make: Builds the frame (`forward` or `forwardRead`) from the id its reply will carry.
     /// - Throws: `region_unavailable` when the stream is down or closes first; `overloaded` beyond `forwardsMax`.
     func forward(_ make: (UInt64) -> PeerFrame, timeout: Duration) async throws(MeridianError) -> ForwardedReply {
+        switch try await request(make, timeout: timeout) {
+        case .forwarded(let reply): return reply
+        case .handOver: throw MeridianError(.replicationProtocol, "\(peer) answered a forwarded request with a hand-over reply.")
+        }
+    }
+
+    /// Asks the peer to hand a keyspace it leads over to `target`, and waits (bounded) for its answer.
+    func requestHandOver(keyspace: KeyspaceName, to target: RegionName, timeout: Duration) async throws(MeridianError) -> HandOverOutcome {
+        switch try await request({ .handOverRequest(id: $0, keyspace: keyspace, target: target) }, timeout: timeout) {
+        case .handOver(let outcome): return outcome
+        case .forwarded: throw MeridianError(.replicationProtocol, "\(peer) answered a hand-over request with a forwarded reply.")
+        }
+    }
+
+    /// Sends a request frame built from the id its answer will carry, and waits (bounded) for the answer.
+    private func request(_ make: (UInt64) -> PeerFrame, timeout: Duration) async throws(MeridianError) -> PeerReply {
         let id: UInt64? = try state.withLock { (state: inout State) throws(MeridianError) -> UInt64? in
             guard state.shipper != nil, state.outbox != nil else { return nil }
             guard state.forwards.count < forwardsMax else {
@@ -217,7 +234,7 @@ final class OutboundLink: Sendable {
                 context: ["region": peer.rawValue])))
         }
         defer { timer.cancel() }
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<ForwardedReply, MeridianError>, Never>) in
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<PeerReply, MeridianError>, Never>) in
             let sent = state.withLock { state -> Bool in
                 guard let outbox = state.outbox else { return false }
                 state.forwards[id] = continuation
@@ -241,12 +258,17 @@ final class OutboundLink: Sendable {
         }
     }
 
-    /// The peer answered a forwarded write.
+    /// The peer answered a forwarded write or read.
     func forwardAnswered(_ reply: ForwardedReply) {
-        resolveForward(id: reply.id, .success(reply))
+        resolveForward(id: reply.id, .success(.forwarded(reply)))
     }
 
-    private func resolveForward(id: UInt64, _ result: Result<ForwardedReply, MeridianError>) {
+    /// The peer answered a hand-over request.
+    func handOverAnswered(id: UInt64, _ outcome: HandOverOutcome) {
+        resolveForward(id: id, .success(.handOver(outcome)))
+    }
+
+    private func resolveForward(id: UInt64, _ result: Result<PeerReply, MeridianError>) {
         state.withLock { $0.forwards.removeValue(forKey: id) }?.resume(returning: result)
     }
 
@@ -284,4 +306,10 @@ final class OutboundLink: Sendable {
             }
         }
     }
+}
+
+/// An answer to a request this region sent on its stream.
+enum PeerReply: Sendable {
+    case forwarded(ForwardedReply)
+    case handOver(HandOverOutcome)
 }

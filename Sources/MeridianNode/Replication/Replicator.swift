@@ -22,6 +22,8 @@ typealias ForwardHandler = @Sendable (ForwardedWrite) async -> ForwardedReply
 typealias ForwardReadHandler = @Sendable (ForwardedRead, RegionName) async -> ForwardedReply
 /// Takes an election message of a single-leader keyspace from the region whose stream carried it.
 typealias ElectionHandler = @Sendable (KeyspaceName, ElectionMessage, EpochStart?, RegionName) async -> Void
+/// Hands a keyspace this region leads over to a region, as another region asked on an operator's behalf.
+typealias HandOverHandler = @Sendable (KeyspaceName, RegionName) async -> HandOverOutcome
 
 /// The node's replication shell: it ships this region's log to every peer over long-lived streams, applies
 /// the streams of other origins, confirms `majority`/`all` writes, and carries forwarded writes. The
@@ -106,6 +108,7 @@ final class Replicator: Sendable {
     /// Listens for peers, keeps a stream to every peer, and runs the timers, until cancelled.
     /// - Parameter onListening: Called once the peer port is bound.
     func run(forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler, election: @escaping ElectionHandler = { _, _, _, _ in },
+             handOver: @escaping HandOverHandler = { _, _ in .refused(code: "leader_unavailable", message: "This region serves no hand-overs.") },
              onListening: @escaping @Sendable () -> Void = {}) async throws {
         let address = peerAddress
         let codec = self.codec
@@ -126,7 +129,7 @@ final class Replicator: Sendable {
                 try await server.executeThenClose { connections in
                     try await withThrowingDiscardingTaskGroup { connectionTasks in
                         for try await connection in connections {
-                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election) }
+                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver) }
                         }
                     }
                 }
@@ -202,9 +205,11 @@ final class Replicator: Sendable {
                             progress.signal()
                         case .forwardReply(let reply):
                             link.forwardAnswered(reply)
+                        case .handOverReply(let id, let outcome):
+                            link.handOverAnswered(id: id, outcome)
                         case .refusal(let code, let message):
                             throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
-                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election:
+                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest:
                             throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
                         }
                     }
@@ -272,7 +277,7 @@ final class Replicator: Sendable {
 
     /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.
     private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler,
-                              election: @escaping ElectionHandler) async {
+                              election: @escaping ElectionHandler, handOver: @escaping HandOverHandler) async {
         var origin: RegionName?
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -357,7 +362,19 @@ final class Replicator: Sendable {
                                 // In order, on the stream: a leader's heartbeat naming its term's start arrives before
                                 // the term's entries are applied.
                                 await election(keyspace, message, start, from)
-                            case .welcome, .ack, .forwardReply, .refusal:
+                            case .handOverRequest(let id, let keyspace, let target):
+                                guard origin != nil else { throw MeridianError(.replicationProtocol, "A hand-over request arrived before hello.") }
+                                guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
+                                    forwardsServed.subtract(1, ordering: .relaxed)
+                                    replyOut.yield(.handOverReply(id: id, outcome: .refused(code: MeridianError.Code.overloaded.description,
+                                                                                            message: "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.")))
+                                    continue
+                                }
+                                tasks.addTask {
+                                    defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
+                                    replyOut.yield(.handOverReply(id: id, outcome: await handOver(keyspace, target)))
+                                }
+                            case .welcome, .ack, .forwardReply, .handOverReply, .refusal:
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
                             }
                         }
@@ -513,6 +530,17 @@ final class Replicator: Sendable {
             throw MeridianError(.regionUnavailable, "Region '\(target)' is not a peer of \(region); nothing was sent.", context: ["region": target.rawValue], applied: .no)
         }
         return try await link.forward(make, timeout: .milliseconds(limits.readWaitMs + limits.ackTimeoutMs + Int(cluster.wan.timeoutRttMs(region, target)) + 2_000))
+    }
+
+    /// Asks `leader` to hand `keyspace` over to `target`, over the stream to it; bounded by the hand-over's own
+    /// wait (the ack timeout) plus the round trip.
+    /// - Throws: `region_unavailable` when the stream to `leader` is down (nothing was sent) or closes first.
+    func requestHandOver(from leader: RegionName, keyspace: KeyspaceName, to target: RegionName) async throws(MeridianError) -> HandOverOutcome {
+        guard let link = links[leader] else {
+            throw MeridianError(.regionUnavailable, "Region '\(leader)' is not a peer of \(region); nothing was sent.", context: ["region": leader.rawValue], applied: .no)
+        }
+        return try await link.requestHandOver(keyspace: keyspace, to: target,
+                                              timeout: .milliseconds(limits.ackTimeoutMs + Int(cluster.wan.timeoutRttMs(region, leader)) + 2_000))
     }
 
     /// How current this region is, for admitting a read.

@@ -5,7 +5,8 @@
 //   MeridianCore   <- pure protocol logic and types, the region machine among them; no I/O, no clock, seeded
 //                     randomness only (Yams, Crypto).
 //   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
-//   MeridianClient -> MeridianCore, NIO                  (HTTP/1.1 keep-alive client for the CLI and benchmarks)
+//   MeridianHarness -> MeridianCore, NIO                 (test, drill and benchmark plumbing: an HTTP/1.1 keep-alive client and
+//                                                         local process helpers; not the client library, which will be MeridianClient)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
 //   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the region machine under faults)
 //   MeridianAPI    -> MeridianCore, HTTPTypes                (the v1 HTTP contract: headers, error statuses, answers, openapi.yaml)
@@ -58,7 +59,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
-            name: "MeridianClient",
+            name: "MeridianHarness",
             dependencies: [
                 "MeridianCore",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -137,7 +138,7 @@ let package = Package(
                 "MeridianWAN",
                 "MeridianSimulator",
                 "MeridianTestKit",
-                "MeridianClient",
+                "MeridianHarness",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -181,7 +182,7 @@ let package = Package(
             dependencies: [
                 "MeridianCore",
                 "MeridianWAN",
-                "MeridianClient",
+                "MeridianHarness",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
@@ -190,7 +191,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianLiveTests",
-            dependencies: ["MeridianCore", "MeridianClient"],
+            dependencies: ["MeridianCore", "MeridianHarness"],
             swiftSettings: strict
         ),
     ],

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import Histogram
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 
 extension Bench {

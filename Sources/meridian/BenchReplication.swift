@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 
 extension Bench {

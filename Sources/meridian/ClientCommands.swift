@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeridianClient
+import MeridianHarness
 
 /// Prints a response: the body (and version) on success; the JSON error's code and message on failure, exiting 1.
 func report(_ result: HTTPResult, verbose: Bool, printBody: Bool = true) throws {

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 
 /// `--config FILE`, shared by every command that needs the cluster file (the built-in demo when absent).

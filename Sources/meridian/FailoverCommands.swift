@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 
 private func column(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }

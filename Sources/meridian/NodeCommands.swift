@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 import MeridianNode
 import UnixSignals

@@ -1,5 +1,5 @@
 import Foundation
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 
 /// What the drills (`up`, `gameday`, `nemesis`, the benchmarks) ask running regions: one JSON answer, whether

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 import MeridianWAN
 

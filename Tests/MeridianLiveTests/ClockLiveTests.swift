@@ -4,7 +4,7 @@
 // and gives up leading its single-leader keyspace, which another region then leads and writes. The regions
 // within tolerance are not fenced.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 @Suite(.serialized) struct ClockLiveTests {

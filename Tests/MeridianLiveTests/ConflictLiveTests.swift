@@ -5,7 +5,7 @@
 // counter incremented in all three regions while each is cut off from the others ends at the exact total,
 // and an add-wins cart keeps an item added on one side while the other side removed it.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 @Suite(.serialized) struct ConflictLiveTests {

@@ -5,7 +5,7 @@
 // later write is owed its earlier one (writes-follow-reads across three regions); a leader cut off from its
 // majority refuses strong reads; an altered token is refused.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 @Suite(.serialized) struct ConsistencyLiveTests {

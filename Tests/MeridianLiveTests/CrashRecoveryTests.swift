@@ -2,7 +2,7 @@
 // chance to flush anything), restarts on the same data directory, and every acknowledged write is
 // there with the value and version it was acknowledged with; new writes continue the log.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 @Suite(.serialized) struct CrashRecoveryTests {

@@ -5,7 +5,7 @@
 // that its successor never held are kept in its divergence log (not applied anywhere), every region ends
 // with the new leader's data, and a kept-aside write can be re-applied on request.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 @Suite(.serialized) struct FailoverLiveTests {

@@ -1,5 +1,5 @@
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 /// Locates the `meridian` binary built alongside the tests.

@@ -4,7 +4,7 @@
 // duplicate; a `majority` write acknowledged just before its origin is killed is in the surviving regions;
 // a follower forwards single-leader writes; `all` under a cut link answers 503 naming the region.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 /// A three-region cluster of real processes behind the WAN emulator; every process is stopped at the end.

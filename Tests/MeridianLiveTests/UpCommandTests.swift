@@ -2,7 +2,7 @@
 // flow, the CLI reads and writes through it, and SIGTERM (or the parent being SIGKILLed) stops every
 // region process — no orphans, no ports left open.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import Testing
 
 @Suite(.serialized) struct UpCommandTests {

@@ -4,7 +4,7 @@
 // noise of its own), a partition holds bytes until heal and then delivers them,
 // a byte stream with jitter arrives complete and in order, and a down target refuses the connection.
 import Foundation
-import MeridianClient
+import MeridianHarness
 import MeridianCore
 import MeridianWAN
 import NIOCore

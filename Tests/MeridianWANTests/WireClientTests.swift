@@ -1,6 +1,6 @@
 // The peer benchmark's wire decoders (Redis RESP2, PostgreSQL simple query), fed byte by byte as a socket may
 // deliver them: every reply shape they read, and a typed error rather than a trap or a hang on bad input.
-import MeridianClient
+import MeridianHarness
 import Testing
 
 /// A reader over fixed bytes, handed out `chunk` at a time; past the end it throws as a closed socket does.

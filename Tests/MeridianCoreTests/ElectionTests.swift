@@ -258,6 +258,26 @@ import Testing
                 "with every stream up, a silent leader is a dead one")
     }
 
+    @Test func aRegionThatJustVotedGivesNoPreVoteForTheNextEpochUntilASilencePassed() {
+        let settings = Self.settings(3)
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        // ap-southeast votes for eu-west in epoch 5 at 1,000 ms; us-east, which refused eu-west, asks to stand in 6.
+        var voter = ElectionMember(region: ap, settings: settings, record: ElectionRecord(epoch: 4, leader: nil), nowMs: 0)
+        #expect(voter.received(.voteRequest(epoch: 5, position: .zero), from: eu, nowMs: 1_000, position: .zero).contains(.send(to: eu, .vote(epoch: 5, granted: true))))
+        #expect(voter.received(.preVoteRequest(epoch: 6, position: .zero), from: us, nowMs: 1_100, position: .zero)
+                == [.send(to: us, .preVote(epoch: 6, granted: false))], "its higher epoch would depose the winner as it is elected")
+        // A silence later (500 + 150 ms) with no leader heard, the election it voted in has failed: yes.
+        #expect(voter.received(.preVoteRequest(epoch: 6, position: .zero), from: us, nowMs: 1_700, position: .zero)
+                == [.send(to: us, .preVote(epoch: 6, granted: true))])
+        // A candidate gives no pre-vote for a later epoch while its own candidacy runs.
+        var candidate = ElectionMember(region: eu, settings: settings, record: ElectionRecord(epoch: 4, leader: us), nowMs: 0)
+        let stood = candidate.tick(nowMs: 10_000, position: .zero)
+        _ = candidate.received(.preVote(epoch: 5, granted: true), from: ap, nowMs: 10_050, position: .zero)
+        #expect(candidate.role == .candidate, "\(stood)")
+        #expect(candidate.received(.preVoteRequest(epoch: 6, position: .zero), from: ap, nowMs: 10_100, position: .zero)
+                == [.send(to: ap, .preVote(epoch: 6, granted: false))])
+    }
+
     @Test func aLeaderWithoutItsLeaseHandsOverNothing() {
         let settings = Self.settings(3)
         let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])

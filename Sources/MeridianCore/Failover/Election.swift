@@ -304,8 +304,14 @@ public struct ElectionMember: Sendable {
                 // The asker is behind on epochs: tell it the current one (and its leader), so it follows.
                 return [.send(to: peer, .newerEpoch(epoch: record.epoch, leader: leader))]
             }
-            let leaderAlive = (role == .leader) || (record.leader != nil && nowMs < lastHeardMs + settings.suspicionMs(record.leader!))
-            let granted = !leaderAlive && candidatePosition >= position && !prefersItself(over: peer, candidatePosition: candidatePosition, position: position, nowMs: nowMs)
+            // No while this region leads, runs its own candidacy, or heard a leader or gave a vote within a
+            // silence: a region that just voted in an election still running must not let another candidacy
+            // start, whose higher epoch would depose the winner the moment it is elected (a livelock the
+            // simulator found when the most caught-up region could not win).
+            let busy = role == .leader
+                || (role == .candidate && nowMs < candidacyStartedMs + settings.candidacyTimeoutMs)
+                || nowMs < lastHeardMs + (record.leader.map { settings.suspicionMs($0) } ?? settings.suspicionMs(peer))
+            let granted = !busy && candidatePosition >= position && !prefersItself(over: peer, candidatePosition: candidatePosition, position: position, nowMs: nowMs)
             return [.send(to: peer, .preVote(epoch: epoch, granted: granted))]
         case .preVote(let epoch, let granted):
             guard role == .follower, !fenced, preVoteEpoch == epoch, granted else { return [] }

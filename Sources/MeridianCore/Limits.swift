@@ -47,6 +47,12 @@ public struct Limits: Sendable, Hashable, Encodable {
     /// The most versions a key of a `siblings` keyspace may hold; a write that would add one more (a blind
     /// write, or one whose context misses versions) is refused with `too_many_siblings`.
     public var siblingsMax: Int = 16
+    /// How long, in ms, the first region of a keyspace's failover order must have been up and close behind
+    /// before leadership fails back to it (a region that flaps does not take leadership back and forth).
+    public var failbackSteadyMs: Int = 5_000
+    /// Silences (missed heartbeats plus the round trip) a region waits after starting before it stands
+    /// against a leader it has not heard, unless every stream is up sooner.
+    public var electionGraceSilences: Int = 10
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -73,6 +79,8 @@ public struct Limits: Sendable, Hashable, Encodable {
         ("conflicts_log_max", 1...10_000_000),
         ("anti_entropy_interval_ms", 0...86_400_000),
         ("siblings_max", 1...1000),
+        ("failback_steady_ms", 0...3_600_000),
+        ("election_grace_silences", 0...100),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -96,5 +104,7 @@ public struct Limits: Sendable, Hashable, Encodable {
         case conflictsLogMax = "conflicts_log_max"
         case antiEntropyIntervalMs = "anti_entropy_interval_ms"
         case siblingsMax = "siblings_max"
+        case failbackSteadyMs = "failback_steady_ms"
+        case electionGraceSilences = "election_grace_silences"
     }
 }

@@ -99,6 +99,8 @@ import Testing
         (regions + "keyspaces:\n  - { name: Bad!, topology: multi-leader }\n", "keyspaces[0].name", "a-z"),
         (regions + "limits: { value_bytes_max: 0 }\n", "limits.value_bytes_max", "out of range"),
         (regions + "limits: { list_limit_default: 50, list_limit_max: 10 }\n", "limits.list_limit_default", "list_limit_max"),
+        (regions + "limits: { failback_steady_ms: -1 }\n", "limits.failback_steady_ms", "out of range"),
+        (regions + "limits: { election_grace_silences: 1000 }\n", "limits.election_grace_silences", "out of range"),
         (regions + "wan: { rtt_ms: [ { between: [us-east], ms: 3 } ] }\n", "wan.rtt_ms[0].between", "exactly two"),
         (regions + "wan: { latency_scale: fast }\n", "wan.latency_scale", "expected a number"),
     ]

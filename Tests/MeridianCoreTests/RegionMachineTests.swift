@@ -193,12 +193,13 @@ import Testing
         let up = [Self.us: RegionMachine.PeerLink(up: true, acknowledged: 9)]
         var sawTimeoutNow = false
         var ms: UInt64 = 6_100
-        while ms <= 6_000 + RegionMachine.failbackSteadyMs + 500 && !sawTimeoutNow {
+        let steadyMs = UInt64(Limits().failbackSteadyMs)
+        while ms <= 6_000 + steadyMs + 500 && !sawTimeoutNow {
             leader.ack(Self.accounts, epoch: epoch, sentMs: ms - 100, from: Self.ap)
             let out = leader.tick(at: ms, applied: [Self.eu: 9], peers: up)
             sawTimeoutNow = out.contains { if case .send(Self.us, .election(_, .timeoutNow(epoch), _)) = $0 { true } else { false } }
             if sawTimeoutNow {
-                #expect(ms >= 6_100 + RegionMachine.failbackSteadyMs, "failback before us-east was steady for 5 s (at \(ms))")
+                #expect(ms >= 6_100 + steadyMs, "failback before us-east was steady for 5 s (at \(ms))")
             }
             ms += 100
         }

@@ -361,6 +361,8 @@ struct ConfigParser {
             case "conflicts_log_max": limits.conflictsLogMax = number
             case "anti_entropy_interval_ms": limits.antiEntropyIntervalMs = number
             case "siblings_max": limits.siblingsMax = number
+            case "failback_steady_ms": limits.failbackSteadyMs = number
+            case "election_grace_silences": limits.electionGraceSilences = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

@@ -159,8 +159,6 @@ public struct RegionMachine: Sendable {
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).
     public var plantedBug: PlantedBug?
 
-    /// How long the preferred region's stream must stay up and close behind before failback hands back to it.
-    public static let failbackSteadyMs: UInt64 = 5_000
 
     /// Where one keyspace's term stands in this region.
     enum Phase: Sendable, Hashable {
@@ -265,7 +263,7 @@ public struct RegionMachine: Sendable {
             let election = stored[policy.name] ?? StoredElection(record: ElectionRecord(leader: configured), start: .initial(leader: configured))
             // Right after a start, streams take a moment (and reconnect backoff) to come up: a follower waits ten
             // suspicion times before suspecting a leader it has not heard yet. A sole replica needs none.
-            let graceMs = order.count > 1 ? 10 * settings.heartbeatIntervalMs * settings.missedHeartbeats : 0
+            let graceMs = order.count > 1 ? UInt64(limits.electionGraceSilences) * settings.heartbeatIntervalMs * settings.missedHeartbeats : 0
             let member = ElectionMember(region: region, settings: settings, record: election.record, nowMs: nowMs, firstTerm: firstTerm, graceMs: graceMs)
             terms[policy.name] = Term(member: member, failback: policy.failover?.failback == true, start: election.start,
                                       newest: newest[policy.name] ?? (0, configured))
@@ -643,7 +641,7 @@ public struct RegionMachine: Sendable {
 
     /// Failback: a keyspace this region leads after a failure, in place of the first region of its failover
     /// order, goes back to it once that region's stream has been up and within a batch of this region's log for
-    /// ``failbackSteadyMs`` in a row (a region that flaps does not take leadership back and forth). A term won
+    /// `Limits.failbackSteadyMs` in a row (a region that flaps does not take leadership back and forth). A term won
     /// by a hand-over stays where an operator sent it.
     private mutating func considerFailback(_ keyspace: KeyspaceName, applied: [RegionName: UInt64], peers: [RegionName: PeerLink]) -> [Effect] {
         guard var term = terms[keyspace] else { return [] }
@@ -660,7 +658,7 @@ public struct RegionMachine: Sendable {
         let since = term.preferredSteadySinceMs ?? nowMs
         term.preferredSteadySinceMs = since
         terms[keyspace] = term
-        guard nowMs - since >= Self.failbackSteadyMs else { return [] }
+        guard nowMs - since >= UInt64(limits.failbackSteadyMs) else { return [] }
         terms[keyspace]?.preferredSteadySinceMs = nil
         return beginHandOver(keyspace, to: preferred, request: nil, timeoutMs: UInt64(limits.ackTimeoutMs))
     }

@@ -29,7 +29,8 @@ import MeridianTestKit
 /// - a restarted region's clock starts above every timestamp it recorded, its own writes' and applied ones.
 ///
 /// Failover invariants: at most one lease holder at any instant and one leader per epoch; no write taken without
-/// the lease; no term started while an admitted batch is uncommitted; no hand-over sent before its target durably
+/// the lease; no replicated entry applied that the start of the term the region follows does not count; no term
+/// started while an admitted batch is uncommitted; no hand-over sent before its target durably
 /// holds the leader's whole log; no majority-acknowledged write kept aside, and no acknowledged async write kept
 /// aside by a term a hand-over started; no kept-aside write in any region's state after convergence. Each has a
 /// planted bug (`RegionMachine.PlantedBug`) that the sweep shows is caught.
@@ -1093,6 +1094,16 @@ public struct Simulation {
                 continue
             case .applyBatch(let id, let diverted):
                 guard let stream = regions[index].inbound.first(where: { $0.value.admission == id })?.key else { continue }
+                // Every entry released to apply belongs to the history of the term this region follows: its
+                // start counts it (or it is that term's leader's own); a deposed leader's unshipped entry never is.
+                let start = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start
+                for entry in regions[index].inbound[stream]!.persisting?.entries ?? [] where entry.keyspace == strongKeyspace && diverted[entry.sequence] == nil {
+                    guard let start else { continue }
+                    let counted = (entry.origin == start.leader && entry.epoch == start.epoch) || (start.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
+                    if !counted && entry.sequence > UInt64(regions[index].applied[names.firstIndex(of: entry.origin)!].count) {
+                        report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch), which the start of epoch \(start.epoch) does not count")
+                    }
+                }
                 regions[index].inbound[stream]!.diverted = diverted
                 regions[index].inbound[stream]!.admitted = true
                 // The fsync: a crash before it completes loses the batch; now and then the disk stalls.

@@ -263,13 +263,29 @@ final class Leadership: Sendable {
     ///   `target` does not catch up in time (leadership stays here and writes resume).
     func handOver(_ keyspace: KeyspaceName, to target: RegionName, timeoutMs: UInt64) async throws(MeridianError) {
         let (now, wall) = (nowMs, wallClockMs())
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<RegionName, MeridianError>, Never>) in
-            state.withLock { state in
-                state.nextID += 1
-                let id = state.nextID
-                state.handOvers[id] = continuation
-                carry(state.machine.handle(.handOverRequested(id, keyspace: keyspace, target: target, timeoutMs: timeoutMs), nowMs: now, wallMs: wall), &state)
+        let id = state.withLock { state -> RegionMachine.RequestID in
+            state.nextID += 1
+            return state.nextID
+        }
+        // The machine answers at the latest at the hand-over's deadline, on a tick; a node that stops meanwhile
+        // answers for it, so no request outlives the node.
+        let stopping = MeridianError(.regionUnavailable, "\(region) is stopping; keyspace '\(keyspace)' was not handed over.",
+                                     context: ["keyspace": keyspace.rawValue], applied: .no)
+        let stoppingMidway = MeridianError(.regionUnavailable, "\(region) is stopping while it hands keyspace '\(keyspace)' over to \(target); the hand-over may still complete. Check GET /v1/status.",
+                                           context: ["keyspace": keyspace.rawValue, "region": target.rawValue], applied: .maybe)
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<RegionName, MeridianError>, Never>) in
+                state.withLock { state in
+                    guard !Task.isCancelled else {
+                        continuation.resume(returning: .failure(stopping))
+                        return
+                    }
+                    state.handOvers[id] = continuation
+                    carry(state.machine.handle(.handOverRequested(id, keyspace: keyspace, target: target, timeoutMs: timeoutMs), nowMs: now, wallMs: wall), &state)
+                }
             }
+        } onCancel: {
+            state.withLock { $0.handOvers.removeValue(forKey: id) }?.resume(returning: .failure(stoppingMidway))
         }
         changed.signal()
         _ = try result.get()

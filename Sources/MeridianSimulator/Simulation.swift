@@ -827,7 +827,7 @@ public struct Simulation {
                 regions[region].applied[origin].append(entry)
                 // Kept aside, as the store does, with the epoch that fenced it: in the divergence log, not applied.
                 if let successor = inbound.diverted[entry.sequence] {
-                    if trace { print("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
+                    if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
                     regions[region].divergence.append((entry, successor))
                     report.diverted += 1
                     continue
@@ -1026,8 +1026,9 @@ public struct Simulation {
     // MARK: - The region machine
 
     /// Whether a region runs now: up and not paused.
-    /// Print what every region machine logs (elections, terms, hand-overs), with the simulated time.
-    public var trace = false
+    /// Receives a line for everything every region machine logs (elections, terms, hand-overs), writes kept
+    /// aside and starts captured, with the simulated time (nil: nothing is traced).
+    public var trace: (@Sendable (String) -> Void)?
 
     private func isRunning(_ index: Int) -> Bool { regions[index].up && regions[index].pausedUntilMs <= nowMs }
 
@@ -1115,7 +1116,7 @@ public struct Simulation {
                     report.violations.append("\(names[index]) started epoch \(epoch) while a replicated batch it admitted was still being applied")
                 }
                 let history = regions[index].strongTerms.values.sorted { $0.epoch > $1.epoch }
-                if trace { print("\(nowMs) ms \(names[index]): captures epoch \(epoch) from \(appliedPoints(index)) terms \(history.map { "\($0.epoch):\($0.leader):\($0.last)" })") }
+                if let trace { trace("\(nowMs) ms \(names[index]): captures epoch \(epoch) from \(appliedPoints(index)) terms \(history.map { "\($0.epoch):\($0.leader):\($0.last)" })") }
                 queue += regions[index].machine!.handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: appliedPoints(index), history: Array(history)),
                                                         nowMs: nowMs, wallMs: physicalMs(index))
             case .revert(_, let start):
@@ -1134,7 +1135,7 @@ public struct Simulation {
                     report.elections += 1
                 }
             case .log(let line):
-                if trace { print("\(nowMs) ms \(names[index]): \(line.message) \(line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))") }
+                if let trace { trace("\(nowMs) ms \(names[index]): \(line.message) \(line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))") }
             case .recordFirstWrite, .handOverFinished:
                 continue
             }
@@ -1164,7 +1165,7 @@ public struct Simulation {
             for entry in regions[index].applied[origin] where entry.keyspace == strongKeyspace && entry.epoch == term.epoch && entry.sequence > held
                 && !diverted.contains(Dot(region: entry.origin, counter: entry.sequence)) {
                 regions[index].divergence.append((entry, start.epoch))
-                if trace { print("\(nowMs) ms \(names[index]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) by revert (start \(start))") }
+                if let trace { trace("\(nowMs) ms \(names[index]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) by revert (start \(start))") }
                 report.diverted += 1
                 keys.insert("\(entry.keyspace)/\(entry.key)")
             }

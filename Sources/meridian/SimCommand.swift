@@ -28,7 +28,7 @@ struct Sim: ParsableCommand {
         var acknowledged = 0, writes = 0, crashes = 0, partitions = 0
         for offset in 0..<seeds {
             var simulation = Simulation(.init(seed: seed + UInt64(offset), steps: steps, regions: regions, loseARegion: loseARegion, plantedBug: plantedBug))
-            simulation.trace = trace
+            if trace { simulation.trace = { print($0) } }
             let report = simulation.run()
             writes += report.writes
             acknowledged += report.acknowledged

@@ -65,7 +65,10 @@ import Testing
                 try await eu.request("PUT", "/v1/kv/accounts/a1", body: Array("1".utf8)).status == 200
             }, until: { $0 })
             #expect(accepted, "accounts took no write after us-east stepped down")
-            let eastStatus = try await cluster.status("us-east")
+            // us-east follows the new leader once it hears its heartbeats (a moment later on a loaded machine).
+            let eastStatus = try await FailoverLiveTests.waitForStatus(cluster, "us-east") { status in
+                FailoverLiveTests.term(status, "accounts")["leader"] as? String == leader
+            }
             #expect(FailoverLiveTests.term(eastStatus, "accounts")["role"] as? String != "leader", "\(eastStatus)")
             // A write to accounts at us-east is forwarded to the new leader (us-east timestamps nothing).
             let forwarded = try await east.request("PUT", "/v1/kv/accounts/a2", body: Array("2".utf8))

@@ -43,6 +43,7 @@ extension RegionNode {
     static let afterHeader = "Meridian-After"
     static let nextHeader = "Meridian-Next"
     static let logHighWaterHeader = "Meridian-Log-High-Water"
+    static let termsHeader = "Meridian-Terms"
     static let antiEntropyKey: Key = {
         do { return try Key("_anti_entropy") } catch { preconditionFailure("a constant key is valid") }
     }()
@@ -62,11 +63,14 @@ extension RegionNode {
         do throws(MeridianError) {
             switch kind {
             case "merkle":
-                // Read before the tree: every write of this region's log up to here is in the states that follow.
+                // Read before the tree: every write of this region's log up to here, and of every term as far as
+                // it is held here, is in the states that follow.
                 let highWater = store.appliedHighWater()[region] ?? 0
+                let terms = policy.topology == .singleLeader ? try store.terms(keyspace: policy.name) : []
                 let (tree, keys) = try await store.merkleTree(keyspace: policy.name)
                 return reply(200, [ForwardedHeader(name: "Meridian-Keys", value: String(keys)),
-                                   ForwardedHeader(name: Self.logHighWaterHeader, value: String(highWater))], tree.encoded)
+                                   ForwardedHeader(name: Self.logHighWaterHeader, value: String(highWater)),
+                                   ForwardedHeader(name: Self.termsHeader, value: TermEnd.encode(terms))], tree.encoded)
             case "states":
                 let buckets = Set((header(Self.bucketsHeader) ?? "").split(separator: ",").compactMap { Int($0) }
                     .filter { (0..<MerkleTree.bucketCount).contains($0) })
@@ -91,8 +95,21 @@ extension RegionNode {
         await repairRound(policy, with: peer).report
     }
 
+    /// The region machine's catch-up: one round with the keyspace's leader, handing over the terms it holds
+    /// (read before its tree) as soon as they arrive.
+    /// - Throws: Why the round did not merge every state that differs (the machine tries again later).
+    @Sendable func catchUp(_ keyspace: KeyspaceName, from leader: RegionName, termsRead: @escaping @Sendable ([TermEnd]) -> Void) async throws(MeridianError) {
+        guard let policy = configuration.cluster.keyspace(keyspace) else { return }
+        let (report, highWater) = await repairRound(policy, with: leader, termsRead: termsRead)
+        guard highWater != nil else {
+            throw MeridianError(.regionUnavailable, "Catching up '\(keyspace)' from \(leader) did not complete: \(report.error ?? "the key states did not fit the page bound").",
+                                context: ["region": leader.rawValue])
+        }
+    }
+
     /// One round, and the peer's own log high-water read before its tree (nil unless the round completed).
-    private func repairRound(_ policy: KeyspacePolicy, with peer: RegionName) async -> (report: RepairReport, peerLogHighWater: UInt64?) {
+    private func repairRound(_ policy: KeyspacePolicy, with peer: RegionName,
+                             termsRead: (@Sendable ([TermEnd]) -> Void)? = nil) async -> (report: RepairReport, peerLogHighWater: UInt64?) {
         var peerLogHighWater: UInt64?
         var before = MerkleTree(digests: []), keys = 0, peerTree: MerkleTree?
         var differing: [Int] = [], received = 0, changed = 0
@@ -106,6 +123,13 @@ extension RegionNode {
             }
             guard treeReply.status == 200 else { throw Self.peerRefused(peer, treeReply) }
             let highWater = treeReply.headers.first { $0.name.lowercased() == Self.logHighWaterHeader.lowercased() }.flatMap { UInt64($0.value) }
+            if let termsRead {
+                let terms = try TermEnd.decode(Substring(treeReply.headers.first { $0.name.lowercased() == Self.termsHeader.lowercased() }?.value ?? ""))
+                guard terms.allSatisfy({ configuration.cluster.region($0.leader) != nil }) else {
+                    throw MeridianError(.replicationProtocol, "\(peer) named terms led by regions outside the cluster; check that every region runs the same cluster file.")
+                }
+                termsRead(terms)
+            }
             let theirs = try MerkleTree(encoded: treeReply.body)
             peerTree = theirs
             differing = before.differingBuckets(theirs)

@@ -17,6 +17,9 @@ final class Leadership: Sendable {
         let revert: @Sendable (KeyspaceName, EpochStart) async -> Void
         /// The replication streams' view of each peer.
         let peers: @Sendable () -> [RegionName: RegionMachine.PeerLink]
+        /// Pulls a keyspace's states from its leader: hands over the terms the leader holds as soon as it said
+        /// them (read before its states), then returns once every state that differs here is merged.
+        let catchUp: @Sendable (KeyspaceName, RegionName, _ termsRead: @escaping @Sendable ([TermEnd]) -> Void) async throws(MeridianError) -> Void
     }
 
     /// The outcome of waiting for a replicated batch to be admitted.
@@ -57,10 +60,12 @@ final class Leadership: Sendable {
         tickInterval = .milliseconds(max(5, cluster.limits.heartbeatIntervalMs / 4))
         let stored = try store.elections()
         var newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)] = [:]
+        var held: [KeyspaceName: [TermEnd]] = [:]
         for policy in cluster.keyspaces where policy.topology == .singleLeader && policy.isReplica(region) {
             newest[policy.name] = try store.newestEpoch(keyspace: policy.name)
+            held[policy.name] = try store.terms(keyspace: policy.name)
         }
-        let machine = RegionMachine(region: region, cluster: cluster, stored: stored, newest: newest, nowMs: 0, wallMs: wallClockMs())
+        let machine = RegionMachine(region: region, cluster: cluster, stored: stored, newest: newest, held: held, nowMs: 0, wallMs: wallClockMs())
         state = Mutex(State(machine: machine))
     }
 
@@ -166,6 +171,25 @@ final class Leadership: Sendable {
                     await revert(keyspace, start)
                     self.handle(.revertFinished(keyspace: keyspace, epoch: start.epoch))
                 }
+            case .catchUp(let keyspace, let leader, let epoch):
+                guard let catchUp = state.carriers?.catchUp else { preconditionFailure("a catch-up before the leadership shell started") }
+                Task {
+                    do throws(MeridianError) {
+                        try await catchUp(keyspace, leader) { terms in self.handle(.catchUpTermsRead(keyspace: keyspace, epoch: epoch, terms: terms)) }
+                        self.handle(.catchUpPulled(keyspace: keyspace, epoch: epoch))
+                    } catch {
+                        self.handle(.catchUpFailed(keyspace: keyspace, epoch: epoch, reason: error.message))
+                    }
+                }
+            case .raiseHeld(let keyspace, let terms):
+                let event: RegionMachine.Event
+                do {
+                    try store.raiseTerms(keyspace: keyspace, terms)
+                    event = .heldRaised(keyspace: keyspace, terms: terms)
+                } catch {
+                    event = .catchUpFailed(keyspace: keyspace, epoch: 0, reason: error.message)
+                }
+                queue += state.machine.handle(event, nowMs: nowMs, wallMs: wallClockMs())
             case .recordFailover(let record):
                 Task {
                     do throws(MeridianError) {
@@ -202,15 +226,15 @@ final class Leadership: Sendable {
     // MARK: - The write path
 
     /// Admits a local write of a single-leader keyspace: its term, or nil when this region may not write it
-    /// now. Every admitted write must be reported once, by ``writeCommitted(_:epoch:)`` or ``writeAbandoned(_:)``.
+    /// now. Every admitted write must be reported once, by ``writeCommitted(_:epoch:sequence:)`` or ``writeAbandoned(_:)``.
     func admitWrite(_ keyspace: KeyspaceName) -> UInt64? {
         let now = nowMs
         return state.withLock { $0.machine.admitWrite(keyspace, nowMs: now) }
     }
 
-    /// An admitted write committed in `epoch`.
-    func writeCommitted(_ keyspace: KeyspaceName, epoch: UInt64) {
-        handle(.writeCommitted(keyspace: keyspace, epoch: epoch))
+    /// An admitted write committed in `epoch` at `sequence` of this region's log.
+    func writeCommitted(_ keyspace: KeyspaceName, epoch: UInt64, sequence: UInt64) {
+        handle(.writeCommitted(keyspace: keyspace, epoch: epoch, sequence: sequence))
     }
 
     /// An admitted write was refused or failed before it committed.

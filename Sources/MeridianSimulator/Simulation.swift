@@ -108,6 +108,8 @@ public struct Simulation {
         /// or failback), hand-overs asked for, pauses past the lease, writes a leader kept aside for a successor
         /// that never held them, and strong writes refused because no region held the write gate.
         public var elections = 0, transfers = 0, handOversAsked = 0, pauses = 0, diverted = 0, strongRefused = 0
+        /// Pulls from the leader of earlier terms' writes no stream had brought (log matching's catch-up).
+        public var catchUps = 0
         /// Every invariant broken, described.
         public var violations: [String] = []
 
@@ -120,7 +122,7 @@ public struct Simulation {
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
-            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(strongRefused) strong writes refused"
+            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
@@ -181,6 +183,9 @@ public struct Simulation {
         case read(Int)
         /// A revert of the strong keyspace for `epoch`'s start (the pull from its leader took a round trip).
         case revert(region: Int, start: EpochStart, generation: Int)
+        /// A catch-up's first answer (the leader's terms) arrives, then its states a round trip later.
+        case catchUpTerms(region: Int, from: Int, epoch: UInt64, generation: Int)
+        case catchUpStates(region: Int, from: Int, epoch: UInt64, generation: Int)
     }
 
     private struct Event {
@@ -463,7 +468,7 @@ public struct Simulation {
         if !async { strongOperations.append(StrongOperation(key: key, kind: .write(delete ? nil : value), call: nowMs, returned: nil)) }
         guard let entry = commit(at: leader, keyspace: strongKeyspace, key: key, operation: delete ? .delete : .put, value: value, epoch: epoch,
                                  register: false) else { return }
-        carryMachine(leader, regions[leader].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch), nowMs: nowMs, wallMs: physicalMs(leader)))
+        carryMachine(leader, regions[leader].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch, sequence: entry.sequence), nowMs: nowMs, wallMs: physicalMs(leader)))
         let dot = Dot(region: entry.origin, counter: entry.sequence)
         if async {
             asyncAcknowledged[dot] = epoch
@@ -630,11 +635,13 @@ public struct Simulation {
             report.acknowledged += 1
             // As the node: answered only if the leader still holds its lease in the write's term; otherwise the
             // client is told the outcome is open (a successor may not hold it, and then keeps it aside).
-            if let pending = strongPending.removeValue(forKey: Dot(region: names[origin], counter: sequence)),
-               regions[origin].machine?.writableEpoch(strongKeyspace, nowMs: nowMs) == pending.epoch {
-                strongOperations[pending.operation].returned = nowMs
+            var answered = true
+            if let pending = strongPending.removeValue(forKey: Dot(region: names[origin], counter: sequence)) {
+                answered = regions[origin].machine?.writableEpoch(strongKeyspace, nowMs: nowMs) == pending.epoch
+                if answered { strongOperations[pending.operation].returned = nowMs }
             }
-            acknowledgedWrites.append((origin, sequence))
+            // Only a write its client was told is acknowledged must never be kept aside or lost.
+            if answered { acknowledgedWrites.append((origin, sequence)) }
             // The ack's promise: durable right now in every region it names, and those are a majority, so
             // the write survives the loss of any one region (RPO 0).
             let majority = AckMode.majority.regionsRequired(replicaCount: regions.count)
@@ -1037,6 +1044,7 @@ public struct Simulation {
         var machine = RegionMachine(region: names[index], cluster: cluster,
                                     stored: regions[index].election.map { [strongKeyspace: $0] } ?? [:],
                                     newest: regions[index].strongNewest.map { [strongKeyspace: $0] } ?? [:],
+                                    held: [strongKeyspace: Array(regions[index].strongTerms.values)],
                                     nowMs: nowMs, wallMs: physicalMs(index))
         machine.plantedBug = options.plantedBug
         regions[index].machine = machine
@@ -1099,10 +1107,14 @@ public struct Simulation {
                 // start counts it (or it is that term's leader's own); a deposed leader's unshipped entry never is.
                 let start = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start
                 for entry in regions[index].inbound[stream]!.persisting?.entries ?? [] where entry.keyspace == strongKeyspace && diverted[entry.sequence] == nil {
-                    guard let start else { continue }
+                    guard let start, entry.sequence > UInt64(regions[index].applied[names.firstIndex(of: entry.origin)!].count) else { continue }
                     let counted = (entry.origin == start.leader && entry.epoch == start.epoch) || (start.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
-                    if !counted && entry.sequence > UInt64(regions[index].applied[names.firstIndex(of: entry.origin)!].count) {
+                    if !counted {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch), which the start of epoch \(start.epoch) does not count")
+                    }
+                    // Log matching: a write of a term applies only where every earlier term's counted write is held.
+                    if let missing = missingEarlierWrite(index, before: entry, start: start) {
+                        report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) without holding \(missing), which the start of epoch \(start.epoch) counts")
                     }
                 }
                 regions[index].inbound[stream]!.diverted = diverted
@@ -1136,10 +1148,64 @@ public struct Simulation {
                 }
             case .log(let line):
                 if let trace { trace("\(nowMs) ms \(names[index]): \(line.message) \(line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))") }
+            case .catchUp(_, let from, let epoch):
+                let leader = names.firstIndex(of: from)!
+                schedule(after: rttMs[index][leader], .catchUpTerms(region: index, from: leader, epoch: epoch, generation: regions[index].generation))
+            case .raiseHeld(let keyspace, let terms):
+                for term in terms where (regions[index].strongTerms[term.epoch].map { $0.leader != term.leader || $0.last < term.last }) ?? true {
+                    regions[index].strongTerms[term.epoch] = term
+                }
+                if let trace { trace("\(nowMs) ms \(names[index]): holds terms \(TermEnd.encode(terms))") }
+                queue += regions[index].machine!.handle(.heldRaised(keyspace: keyspace, terms: terms), nowMs: nowMs, wallMs: physicalMs(index))
             case .recordFirstWrite, .handOverFinished:
                 continue
             }
         }
+    }
+
+    /// The first write the start counts of a term before `entry`'s, led by another region, that region `index`
+    /// does not hold (neither applied from its origin's log nor merged into its key's state).
+    private func missingEarlierWrite(_ index: Int, before entry: ReplicationEntry, start: EpochStart) -> Dot? {
+        let kept = Set(regions[index].divergence.map { Dot(region: $0.entry.origin, counter: $0.entry.sequence) })
+        for term in start.terms where term.epoch < entry.epoch && term.leader != entry.origin {
+            let origin = names.firstIndex(of: term.leader)!
+            for write in regions[origin].log.prefix(Int(term.last)) where write.keyspace == strongKeyspace && write.epoch == term.epoch {
+                let dot = Dot(region: write.origin, counter: write.sequence)
+                let applied = regions[index].applied[origin].count >= Int(write.sequence) && !kept.contains(dot)
+                if !applied && regions[index].kv["\(write.keyspace)/\(write.key)"]?.context.contains(dot) != true { return dot }
+            }
+        }
+        return nil
+    }
+
+    /// The node's catch-up: the leader's terms (read before its states), then, a round trip later, its states
+    /// of the strong keyspace merged here; either fails when the leader cannot be reached then.
+    private mutating func catchUp(_ index: Int, from leader: Int, epoch: UInt64, generation: Int, states: Bool) {
+        guard regions[index].up, regions[index].generation == generation else { return }
+        if regions[index].pausedUntilMs > nowMs {
+            return schedule(after: regions[index].pausedUntilMs - nowMs,
+                            states ? .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation)
+                                   : .catchUpTerms(region: index, from: leader, epoch: epoch, generation: generation))
+        }
+        guard isRunning(leader), !cut.contains([index, leader]), !cut.contains([leader, index]) else {
+            return carryMachine(index, regions[index].machine!.handle(.catchUpFailed(keyspace: strongKeyspace, epoch: epoch, reason: "\(names[leader]) unreachable"),
+                                                                      nowMs: nowMs, wallMs: physicalMs(index)))
+        }
+        guard states else {
+            report.catchUps += 1
+            let terms = regions[leader].strongTerms.values.sorted { $0.epoch > $1.epoch }
+            carryMachine(index, regions[index].machine!.handle(.catchUpTermsRead(keyspace: strongKeyspace, epoch: epoch, terms: terms), nowMs: nowMs, wallMs: physicalMs(index)))
+            return schedule(after: rttMs[index][leader], .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation))
+        }
+        let rule = rules[strongKeyspace] ?? .lww
+        for (key, theirs) in regions[leader].kv where key.hasPrefix("\(strongKeyspace)/") {
+            let mine = regions[index].kv[key]
+            let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
+            guard merged != mine else { continue }
+            regions[index].kv[key] = merged
+        }
+        if let trace { trace("\(nowMs) ms \(names[index]): caught up from \(names[leader]) for epoch \(epoch)") }
+        carryMachine(index, regions[index].machine!.handle(.catchUpPulled(keyspace: strongKeyspace, epoch: epoch), nowMs: nowMs, wallMs: physicalMs(index)))
     }
 
     /// The node's `bringBack`: writes of earlier terms held here beyond where the new term's leader held them go
@@ -1220,6 +1286,10 @@ public struct Simulation {
                 schedule(after: regions[region].pausedUntilMs - nowMs, .persist(region: region, stream: stream, generation: generation))
             case .persist(let region, let stream, let generation): persistCompleted(region, stream: stream, generation: generation)
             case .revert(let region, let start, let generation): revert(region, start: start, generation: generation)
+            case .catchUpTerms(let region, let from, let epoch, let generation):
+                catchUp(region, from: from, epoch: epoch, generation: generation, states: false)
+            case .catchUpStates(let region, let from, let epoch, let generation):
+                catchUp(region, from: from, epoch: epoch, generation: generation, states: true)
             case .reconnect(let from, let to) where regions[from].pausedUntilMs > nowMs:
                 schedule(after: regions[from].pausedUntilMs - nowMs, .reconnect(from: from, to: to))
             case .reconnect(let from, let to):

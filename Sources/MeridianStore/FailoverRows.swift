@@ -88,6 +88,23 @@ extension RegionStore {
         }
     }
 
+    /// Records that this region holds these terms' writes up to their `last` (never lowering): a catch-up
+    /// merged every state the leader served after it said so.
+    public func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) throws(MeridianError) {
+        do {
+            try pool.write { db in
+                for term in terms {
+                    try db.execute(sql: """
+                        INSERT INTO keyspace_terms (keyspace, origin, epoch, last) VALUES (?, ?, ?, ?)
+                        ON CONFLICT (keyspace, origin, epoch) DO UPDATE SET last = MAX(last, excluded.last)
+                        """, arguments: [keyspace.rawValue, term.leader.rawValue, Int64(term.epoch), Int64(term.last)])
+                }
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The terms of \(keyspace) held here could not be recorded (\(error)); the catch-up is tried again.")
+        }
+    }
+
     // MARK: - Elections
 
     /// Every keyspace's stored election state.
@@ -124,7 +141,7 @@ extension RegionStore {
 
     static func formatStart(_ start: EpochStart) -> String {
         "\(start.epoch) \(start.leader) " + start.applied.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            + " " + start.terms.map { "\($0.epoch):\($0.leader)=\($0.last)" }.joined(separator: ",")
+            + " " + TermEnd.encode(start.terms)
     }
 
     /// - Throws: `storage_failure` when the stored text is not a start this code wrote.
@@ -140,12 +157,7 @@ extension RegionStore {
         }
         var terms: [TermEnd] = []
         if parts.count == 4 {
-            for item in parts[3].split(separator: ",") {
-                let fields = item.split(separator: "=")
-                let head = fields.first?.split(separator: ":") ?? []
-                guard fields.count == 2, head.count == 2, let termEpoch = UInt64(head[0]), let last = UInt64(fields[1]) else { throw corrupt() }
-                terms.append(TermEnd(epoch: termEpoch, leader: try RegionName(String(head[1])), last: last))
-            }
+            do { terms = try TermEnd.decode(parts[3]) } catch { throw corrupt() }
         }
         return EpochStart(epoch: epoch, leader: try RegionName(String(parts[1])), applied: applied, terms: terms)
     }

@@ -158,17 +158,43 @@ import Testing
         // eu-west took over epoch 5 holding us-east's epoch-4 writes up to 40 and ap-southeast's epoch-2 ones up to 3.
         let start = EpochStart(epoch: 5, leader: eu, applied: [us: 90, eu: 12, ap: 30],
                                terms: [TermEnd(epoch: 4, leader: us, last: 40), TermEnd(epoch: 2, leader: ap, last: 3)])
-        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 40, following: 5, start: start) == .apply)
-        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 41, following: 5, start: start) == .divert)
-        #expect(Fence.verdict(epoch: 5, origin: eu, sequence: 13, following: 5, start: start) == .apply)
-        #expect(Fence.verdict(epoch: 5, origin: us, sequence: 99, following: 5, start: start) == .divert, "one leader per epoch")
-        #expect(Fence.verdict(epoch: 2, origin: ap, sequence: 3, following: 5, start: start) == .apply)
-        #expect(Fence.verdict(epoch: 2, origin: ap, sequence: 4, following: 5, start: start) == .divert)
-        #expect(Fence.verdict(epoch: 3, origin: ap, sequence: 1, following: 5, start: start) == .divert, "a term the leader held nothing of")
+        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 40, following: 5, start: start, held: Self.holding(start)) == .apply)
+        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 41, following: 5, start: start, held: Self.holding(start)) == .divert)
+        #expect(Fence.verdict(epoch: 5, origin: eu, sequence: 13, following: 5, start: start, held: Self.holding(start)) == .apply)
+        #expect(Fence.verdict(epoch: 5, origin: us, sequence: 99, following: 5, start: start, held: Self.holding(start)) == .divert, "one leader per epoch")
+        #expect(Fence.verdict(epoch: 2, origin: ap, sequence: 3, following: 5, start: start, held: Self.holding(start)) == .apply)
+        #expect(Fence.verdict(epoch: 2, origin: ap, sequence: 4, following: 5, start: start, held: Self.holding(start)) == .divert)
+        #expect(Fence.verdict(epoch: 3, origin: ap, sequence: 1, following: 5, start: start, held: Self.holding(start)) == .divert, "a term the leader held nothing of")
         // Unknown: an epoch not heard of yet, or an election whose winner has not said where its term began.
-        #expect(Fence.verdict(epoch: 6, origin: ap, sequence: 1, following: 5, start: start) == .wait)
-        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 1, following: 6, start: start) == .wait)
-        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 1, following: 1, start: .initial(leader: us)) == .apply)
+        #expect(Fence.verdict(epoch: 6, origin: ap, sequence: 1, following: 5, start: start, held: Self.holding(start)) == .wait)
+        #expect(Fence.verdict(epoch: 4, origin: us, sequence: 1, following: 6, start: start, held: Self.holding(start)) == .wait)
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 1, following: 1, start: .initial(leader: us), held: [:]) == .apply)
+    }
+
+    /// A region that holds every term a start counts.
+    static func holding(_ start: EpochStart) -> [UInt64: TermEnd] {
+        Dictionary(uniqueKeysWithValues: start.terms.map { ($0.epoch, $0) })
+    }
+
+    @Test func aWriteOfATermAppliesOnlyOnceEveryEarlierTermItsStartCountsIsHeld() {
+        let (us, eu, ap) = (Self.names[0], Self.names[1], Self.names[2])
+        // us-east led epoch 1 and had write 2 acknowledged by eu-west; eu-west took over epoch 2 holding it.
+        // ap-southeast never heard us-east's stream: it must not apply eu-west's term (and so stand as holding it).
+        let start = EpochStart(epoch: 2, leader: eu, applied: [us: 2], terms: [TermEnd(epoch: 1, leader: us, last: 2)])
+        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 7, following: 2, start: start, held: [:]) == .catchUp)
+        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 7, following: 2, start: start,
+                              held: [1: TermEnd(epoch: 1, leader: us, last: 1)]) == .catchUp, "holding part of a term is not enough")
+        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 7, following: 2, start: start,
+                              held: [1: TermEnd(epoch: 1, leader: us, last: 2)]) == .apply)
+        // The earlier term's own writes need nothing before them; a write to keep aside needs no catching up.
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 2, following: 2, start: start, held: [:]) == .apply)
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 3, following: 2, start: start, held: [:]) == .divert)
+        // Only terms before the entry's: an epoch-3 start counting epochs 1 and 2; an epoch-1 write needs neither.
+        let later = EpochStart(epoch: 3, leader: ap, applied: [:], terms: [TermEnd(epoch: 2, leader: eu, last: 9), TermEnd(epoch: 1, leader: us, last: 2)])
+        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 9, following: 3, start: later, held: [:]) == .catchUp)
+        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 9, following: 3, start: later, held: [1: TermEnd(epoch: 1, leader: us, last: 5)]) == .apply)
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 1, following: 3, start: later, held: [:]) == .apply)
+        #expect(Fence.verdict(epoch: 3, origin: ap, sequence: 1, following: 3, start: later, held: [1: TermEnd(epoch: 1, leader: us, last: 5)]) == .catchUp)
     }
 
     @Test func aDeposedLeadersWritesStayAsideWhenItLeadsAgainLater() {
@@ -177,11 +203,11 @@ import Testing
         // us-east leads again in epoch 3: its log now reaches 300, yet its epoch-1 writes still count only up to 100.
         let failback = EpochStart(epoch: 3, leader: us, applied: [us: 300, eu: 50],
                                   terms: [TermEnd(epoch: 1, leader: us, last: 100), TermEnd(epoch: 2, leader: eu, last: 50)])
-        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 105, following: 3, start: failback) == .divert,
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 105, following: 3, start: failback, held: Self.holding(failback)) == .divert,
                 "a region that lagged since epoch 1 must not apply a write set aside in epoch 2")
-        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 100, following: 3, start: failback) == .apply)
-        #expect(Fence.verdict(epoch: 3, origin: us, sequence: 250, following: 3, start: failback) == .apply)
-        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 50, following: 3, start: failback) == .apply)
+        #expect(Fence.verdict(epoch: 1, origin: us, sequence: 100, following: 3, start: failback, held: Self.holding(failback)) == .apply)
+        #expect(Fence.verdict(epoch: 3, origin: us, sequence: 250, following: 3, start: failback, held: Self.holding(failback)) == .apply)
+        #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 50, following: 3, start: failback, held: Self.holding(failback)) == .apply)
         // A term named twice keeps one mention; at most `termsMax` terms, the newest.
         let many = EpochStart(epoch: 200, leader: us, applied: [:],
                               terms: (1...150).map { TermEnd(epoch: UInt64($0), leader: eu, last: 1) } + [TermEnd(epoch: 150, leader: us, last: 9)])

@@ -3,7 +3,8 @@
 // leader admits writes only within its lease and never while its term starts or it hands over; a deposed
 // leader's unshipped entries are diverted and entries of an unknown term wait until it is known and checked; a
 // hand-over goes out only once admitted writes committed and the target acknowledged the whole log, and fails
-// at its deadline; failback hands back only after the preferred region has been steady. Each rule is also a
+// at its deadline; failback hands back only after the preferred region has been steady; a term's writes wait
+// for the earlier terms its start counts, which are pulled from the leader after a silence. Each rule is also a
 // planted bug the simulator's sweep must catch (SimulationSweepTests).
 import MeridianCore
 import Testing
@@ -80,7 +81,7 @@ import Testing
         #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 389) == 1)
         #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 390) == nil, "a leader acknowledging after its lease ran out")
         #expect(leader.machine.admitWrite(Self.accounts, nowMs: 390) == nil)
-        leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1))
+        leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1, sequence: 1))
     }
 
     @Test func aTermStartsOnlyOnceNoAdmittedBatchIsUncommitted() {
@@ -132,10 +133,56 @@ import Testing
         // An entry of epoch 3, which this region has not heard of, waits until epoch 3's leader says where it began.
         let early = follower.handle(.batchArrived(2, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 12, epoch: 3)]))
         #expect(Self.applied(early).isEmpty)
-        let third = EpochStart(epoch: 3, leader: Self.us, applied: [Self.us: 11], terms: [TermEnd(epoch: 2, leader: Self.eu, last: 5), TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        let third = EpochStart(epoch: 3, leader: Self.us, applied: [Self.us: 11], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
         let heard = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
         #expect(Self.applied(heard).isEmpty && heard.contains(.revert(Self.accounts, third)))
         #expect(Self.applied(follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))) == [2: [:]])
+    }
+
+    @Test func aTermsWritesWaitForEarlierTermsItsStartCountsAndAreCaughtUpFromTheLeaderAfterASilence() {
+        // ap-southeast follows eu-west's epoch 2, which began holding us-east's epoch-1 writes up to 10; us-east's
+        // stream never reached ap-southeast, which holds none of them.
+        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
+        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
+        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        // eu-west's epoch-2 write waits, and so does its multi-leader write in the same batch.
+        let waiting = follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2),
+                                                                 Self.entry(Self.profiles, origin: Self.eu, sequence: 4, epoch: 0)]))
+        #expect(Self.applied(waiting).isEmpty, "a region lacking an earlier term's writes applied a later term's")
+        // For one silence the streams may still bring them: us-east's batch comes, but only up to 9.
+        #expect(!follower.tick(at: 100).contains { if case .catchUp = $0 { true } else { false } })
+        #expect(Self.applied(follower.handle(.batchArrived(2, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 9, epoch: 1)]))) == [2: [:]])
+        #expect(Self.applied(follower.handle(.batchCommitted(2, committed: true))).isEmpty, "holding part of a term is not enough")
+        // A silence (5 × 100 ms) later, the leader is asked.
+        let asked = follower.tick(at: 600)
+        #expect(asked.contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
+        #expect(!follower.tick(at: 700).contains { if case .catchUp = $0 { true } else { false } }, "one pull at a time")
+        // The leader's terms come first: nothing counts as held until every state it serves is merged.
+        let leaderTerms = [TermEnd(epoch: 2, leader: Self.eu, last: 2), TermEnd(epoch: 1, leader: Self.us, last: 10)]
+        let read = follower.handle(.catchUpTermsRead(keyspace: Self.accounts, epoch: 2, terms: leaderTerms))
+        #expect(Self.applied(read).isEmpty && !read.contains { if case .raiseHeld = $0 { true } else { false } },
+                "an anti-entropy round raised the applied point past what it pulled")
+        let pulled = follower.handle(.catchUpPulled(keyspace: Self.accounts, epoch: 2))
+        #expect(pulled == [.raiseHeld(Self.accounts, leaderTerms)])
+        #expect(Self.applied(follower.handle(.heldRaised(keyspace: Self.accounts, terms: leaderTerms))) == [1: [:]])
+        follower.handle(.batchCommitted(1, committed: true))
+        // What was caught up stays held.
+        let again = follower.handle(.batchArrived(3, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 5, epoch: 2)]))
+        #expect(Self.applied(again) == [3: [:]])
+    }
+
+    @Test func aFailedCatchUpIsTriedAgainASilenceLater() {
+        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
+        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
+        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2)]))
+        _ = follower.tick(at: 10)
+        #expect(follower.tick(at: 600).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
+        follower.handle(.catchUpFailed(keyspace: Self.accounts, epoch: 2, reason: "eu-west unreachable"))
+        #expect(!follower.tick(at: 1_000).contains { if case .catchUp = $0 { true } else { false } })
+        #expect(follower.tick(at: 1_100).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
     }
 
     @Test func aHandOverGoesOutOnlyOnceAdmittedWritesCommittedAndTheTargetHoldsTheWholeLog() {
@@ -152,7 +199,7 @@ import Testing
         #expect(!out.contains { if case .send(_, .election(_, .timeoutNow, _)) = $0 { true } else { false } },
                 "a hand-over before the target holds the leader's log")
         leader.ack(Self.accounts, epoch: 1, sentMs: sentMs, from: Self.ap)
-        leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1))
+        leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1, sequence: 1))
         sentMs = 300
         out = leader.tick(at: sentMs, applied: [Self.us: 6], peers: [Self.eu: .init(up: true, acknowledged: 5)])
         #expect(!out.contains { if case .send(_, .election(_, .timeoutNow, _)) = $0 { true } else { false } }, "eu-west lacks write 6")

@@ -3,7 +3,8 @@
 // in a new epoch, with every majority-acknowledged write kept; the old leader returns as a follower. A leader
 // cut off from the others stops acknowledging within its lease; the async writes it acknowledged meanwhile
 // that its successor never held are kept in its divergence log (not applied anywhere), every region ends
-// with the new leader's data, and a kept-aside write can be re-applied on request.
+// with the new leader's data, and a kept-aside write can be re-applied on request. A region that missed an
+// earlier term's write catches up from the leader before it applies the new term's.
 import Foundation
 import MeridianCore
 import MeridianHarness
@@ -126,6 +127,42 @@ import Testing
             let events = ((try? JSONSerialization.jsonObject(with: Data(failovers.body))) as? [String: Any])?["failovers"] as? [[String: Any]] ?? []
             let event = events.first { $0["keyspace"] as? String == "accounts" }
             #expect(event?["previous_leader"] as? String == "us-east" && event?["rto_ms"] is Int, "\(failovers.text)")
+        }
+    }
+
+    /// Log matching, live: ap-southeast never received us-east's stream, so it lacks a write eu-west
+    /// acknowledged for epoch 1. Once eu-west leads epoch 2 with us-east dead, ap-southeast holds eu-west's
+    /// entries until it holds that write (pulled from eu-west after a silence), so the majority write that
+    /// needs its acknowledgement finds it holding both.
+    @Test(.timeLimit(.minutes(3)))
+    func aRegionMissingAnEarlierTermsWriteCatchesUpFromTheLeaderBeforeApplyingItsTerm() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            try await Self.expectLeading(cluster, "us-east", "accounts")
+            let admin = try ClusterConfig.parse(yaml: String(contentsOfFile: cluster.config, encoding: .utf8), file: cluster.config).wan.admin
+            let wanAdmin = try await HTTPConnection.connect(host: admin.host, port: admin.port)
+            let cut = try await wanAdmin.request("POST", "/v1/wan/partition", headers: [("Content-Type", "application/json")],
+                                                 body: Array(#"{"a":"us-east","b":"ap-southeast"}"#.utf8))
+            await wanAdmin.close()
+            #expect(cut.status == 200, "the WAN emulator cut us-east from ap-southeast: \(cut.text)")
+            // Acknowledged by us-east and eu-west; ap-southeast never hears of it.
+            let us = try await cluster.connect("us-east")
+            let first = try await eventually(timeoutSeconds: 10, { try await us.request("PUT", "/v1/kv/accounts/first", body: Array("epoch-1".utf8)) },
+                                             until: { $0.status == 200 })
+            await us.close()
+            #expect(first.status == 200, "\(first.text)")
+            await cluster.kill9("us-east")
+            // eu-west holds more of us-east's log, so it is elected; its term's writes need ap-southeast's ack.
+            _ = try await Self.waitForStatus(cluster, "eu-west") { Self.term($0, "accounts")["role"] as? String == "leader" && Self.term($0, "accounts")["lease"] as? Bool == true }
+            let eu = try await cluster.connect("eu-west")
+            let second = try await eventually(timeoutSeconds: 20, { try await eu.request("PUT", "/v1/kv/accounts/second", body: Array("epoch-2".utf8)) },
+                                              until: { $0.status == 200 })
+            #expect(second.status == 200 && second.text.contains("ap-southeast"), "ap-southeast acknowledged eu-west's write: \(second.text)")
+            await eu.close()
+            // Holding epoch 2's write, ap-southeast holds epoch 1's too, at once.
+            let ap = try await cluster.connect("ap-southeast")
+            let read = try await ap.request("GET", "/v1/kv/accounts/first?consistency=eventual")
+            await ap.close()
+            #expect(read.status == 200 && read.text == "epoch-1", "ap-southeast applied epoch 2 without epoch 1's write: \(read.status) \(read.text)")
         }
     }
 

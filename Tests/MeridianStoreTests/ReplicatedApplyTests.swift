@@ -148,4 +148,28 @@ import Testing
         #expect(entry.sequence == 6)
         store.close()
     }
+
+    @Test func termsHeldRiseWithAppliedWritesAndCaughtUpTermsNeverLowerAndSurviveAReopen() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let keyspace = try KeyspaceName("ks")
+        let us = RegionName(validated: "us-east")
+        do {
+            let store = try fixture.open()
+            func strong(_ sequence: UInt64, epoch: UInt64) -> ReplicationEntry {
+                ReplicationEntry(origin: eu, sequence: sequence, hlc: HLCTimestamp(physicalMs: sequence, logical: 0, region: eu), epoch: epoch,
+                                 keyspace: keyspace, key: try! Key("k\(sequence)"), operation: .put, contentType: "text/plain", value: [1])
+            }
+            _ = try await store.applyReplicated([strong(1, epoch: 2), strong(2, epoch: 2)], origin: eu)
+            #expect(try store.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2)])
+            // A catch-up raises what it pulled, and never lowers what the log brought.
+            try store.raiseTerms(keyspace: keyspace, [TermEnd(epoch: 2, leader: eu, last: 1), TermEnd(epoch: 1, leader: us, last: 7)])
+            #expect(try store.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2), TermEnd(epoch: 1, leader: us, last: 7)])
+        }
+        let reopened = try fixture.open()
+        #expect(try reopened.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2), TermEnd(epoch: 1, leader: us, last: 7)])
+        // As a leader's answer carries them.
+        #expect(try TermEnd.decode(Substring(TermEnd.encode(try reopened.terms(keyspace: keyspace)))) == (try reopened.terms(keyspace: keyspace)))
+        #expect(throws: MeridianError.self) { try TermEnd.decode("2:eu-west") }
+    }
 }

@@ -50,6 +50,28 @@ public struct TermEnd: Hashable, Sendable {
     }
 }
 
+extension TermEnd {
+    /// Terms as text, `epoch:leader=last` joined by commas: how stored starts and the leader's answer to a
+    /// catch-up carry them.
+    public static func encode(_ terms: [TermEnd]) -> String {
+        terms.map { "\($0.epoch):\($0.leader)=\($0.last)" }.joined(separator: ",")
+    }
+
+    /// - Throws: `invalidRequest` naming the first item that is not `epoch:leader=last`.
+    public static func decode(_ text: Substring) throws(MeridianError) -> [TermEnd] {
+        var terms: [TermEnd] = []
+        for item in text.split(separator: ",") {
+            let fields = item.split(separator: "=")
+            let head = fields.first?.split(separator: ":") ?? []
+            guard fields.count == 2, head.count == 2, let epoch = UInt64(head[0]), let last = UInt64(fields[1]) else {
+                throw MeridianError(.invalidRequest, "'\(item.prefix(100))' is not a term (epoch:leader=last).")
+            }
+            terms.append(TermEnd(epoch: epoch, leader: try RegionName(String(head[1])), last: last))
+        }
+        return terms
+    }
+}
+
 /// What a region does with a replicated entry of a single-leader keyspace.
 public enum FenceVerdict: Hashable, Sendable {
     /// The entry belongs to the keyspace's history: apply it.
@@ -59,6 +81,10 @@ public enum FenceVerdict: Hashable, Sendable {
     /// This region cannot tell yet (it voted in an election whose winner has not spoken, or the entry is of
     /// an epoch it has not heard of): hold the stream until it can.
     case wait
+    /// The entry counts, but this region lacks writes of an earlier term that the start counts (their origin's
+    /// stream has not brought them): hold the stream until it holds them, pulling them from the leader if they
+    /// do not come.
+    case catchUp
 }
 
 /// Decides which replicated entries of a single-leader keyspace a region applies, from the epoch the region
@@ -66,19 +92,37 @@ public enum FenceVerdict: Hashable, Sendable {
 ///
 /// Followers refuse what a deposed leader wrote after its successor took over, so a returning leader cannot
 /// overwrite the new term's writes, and what it wrote is kept aside rather than lost.
+///
+/// Log matching, as Raft's: a region applies a write of epoch `e` only once it holds every write of the terms
+/// before `e` that the start counts. A keyspace's terms span several origins' logs, so without this rule a
+/// region could hold a newer term's writes while missing an older term's majority-acknowledged write (its
+/// origin's stream never reached it), stand with the newest position, win, and start a term that keeps that
+/// write aside. With it, holding a write of epoch `e` implies holding everything counted before it.
 public enum Fence {
     /// - Parameters:
     ///   - epoch: The entry's epoch; `origin`/`sequence`: its place in its origin's log.
     ///   - following: The highest epoch this region knows for the keyspace.
     ///   - start: Where the term of `following` began, if its leader has said (nil: an election is running).
-    public static func verdict(epoch: UInt64, origin: RegionName, sequence: UInt64, following: UInt64, start: EpochStart?) -> FenceVerdict {
+    ///   - held: How far this region holds each earlier term's writes of the keyspace (epoch → its leader and
+    ///     last write held).
+    public static func verdict(epoch: UInt64, origin: RegionName, sequence: UInt64, following: UInt64, start: EpochStart?,
+                               held: [UInt64: TermEnd]) -> FenceVerdict {
         if epoch > following { return .wait }
         guard let start, start.epoch == following else { return .wait }
-        if origin == start.leader && epoch == following { return .apply }
-        // An earlier term's write counts up to where the new leader held that term's writes; a term it held
-        // nothing of counts nothing.
-        guard let last = start.last(of: origin, in: epoch) else { return .divert }
-        return sequence <= last ? .apply : .divert
+        if !(origin == start.leader && epoch == following) {
+            // An earlier term's write counts up to where the new leader held that term's writes; a term it held
+            // nothing of counts nothing.
+            guard let last = start.last(of: origin, in: epoch), sequence <= last else { return .divert }
+        }
+        return holdsEarlierTerms(before: epoch, origin: origin, start: start, held: held) ? .apply : .catchUp
+    }
+
+    /// Whether this region holds every write the start counts of the terms before `epoch` led by other regions
+    /// than `origin` (the origin's own earlier writes precede the entry in its log).
+    public static func holdsEarlierTerms(before epoch: UInt64, origin: RegionName, start: EpochStart, held: [UInt64: TermEnd]) -> Bool {
+        start.terms.allSatisfy { term in
+            term.epoch >= epoch || term.leader == origin || held[term.epoch].map { $0.leader == term.leader && $0.last >= term.last } == true
+        }
     }
 }
 

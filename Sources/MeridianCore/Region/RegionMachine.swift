@@ -16,6 +16,9 @@
 ///   region brings keys back from a deposed leader's writes.
 /// - A hand-over goes out only once every write admitted before it began has committed and the target has
 ///   acknowledged this region's whole log, and only while the lease is held.
+/// - A term's writes apply only once this region holds every earlier term's writes its start counts (log
+///   matching); what the streams do not bring within a silence is pulled from the leader, and the terms a pull
+///   brought count as held only once every state it read is merged.
 public struct RegionMachine: Sendable {
     /// Identifies a replicated batch between its arrival and its commit.
     public typealias BatchID = UInt64
@@ -62,10 +65,20 @@ public struct RegionMachine: Sendable {
         case revertFinished(keyspace: KeyspaceName, epoch: UInt64)
         /// An operator (or a peer on an operator's behalf) asks this region to hand a keyspace it leads to `target`.
         case handOverRequested(RequestID, keyspace: KeyspaceName, target: RegionName, timeoutMs: UInt64)
-        /// A write admitted with ``RegionMachine/admitWrite(_:nowMs:)`` committed in `epoch`.
-        case writeCommitted(keyspace: KeyspaceName, epoch: UInt64)
+        /// A write admitted with ``RegionMachine/admitWrite(_:nowMs:)`` committed in `epoch`, at `sequence` of this
+        /// region's log.
+        case writeCommitted(keyspace: KeyspaceName, epoch: UInt64, sequence: UInt64)
         /// A write admitted with ``RegionMachine/admitWrite(_:nowMs:)`` was not committed (refused or failed).
         case writeAbandoned(keyspace: KeyspaceName)
+        /// The leader asked by ``Effect/catchUp(_:from:epoch:)`` said which terms' writes it holds, read before the
+        /// states it serves.
+        case catchUpTermsRead(keyspace: KeyspaceName, epoch: UInt64, terms: [TermEnd])
+        /// Every state of the keyspace the leader served in that round is merged here.
+        case catchUpPulled(keyspace: KeyspaceName, epoch: UInt64)
+        /// The round failed (the leader unreachable, a page refused, the store): it is tried again later.
+        case catchUpFailed(keyspace: KeyspaceName, epoch: UInt64, reason: String)
+        /// The store now records the terms of ``Effect/raiseHeld(_:_:)`` as held.
+        case heldRaised(keyspace: KeyspaceName, terms: [TermEnd])
     }
 
     /// What the caller must do, in order. A `persist` must be durable before any later effect is carried out;
@@ -91,6 +104,15 @@ public struct RegionMachine: Sendable {
         case recordFirstWrite(KeyspaceName, epoch: UInt64, atWallMs: UInt64)
         /// Answer a hand-over request: the region now led by `target`, or why not.
         case handOverFinished(RequestID, Result<RegionName, MeridianError>)
+        /// Pull the keyspace's states from its leader `from`: first the terms it holds (report
+        /// ``Event/catchUpTermsRead(keyspace:epoch:terms:)``), read before its states, then every state that
+        /// differs here, merged (report ``Event/catchUpPulled(keyspace:epoch:)``, or
+        /// ``Event/catchUpFailed(keyspace:epoch:reason:)``).
+        case catchUp(KeyspaceName, from: RegionName, epoch: UInt64)
+        /// Record durably that this region holds these terms' writes up to their `last` (never lowering), then
+        /// report ``Event/heldRaised(keyspace:terms:)``; on failure report
+        /// ``Event/catchUpFailed(keyspace:epoch:reason:)`` with epoch 0.
+        case raiseHeld(KeyspaceName, [TermEnd])
         /// Write a line to the node's log.
         case log(LogLine)
     }
@@ -99,7 +121,8 @@ public struct RegionMachine: Sendable {
     /// failed persist never holds back).
     public static func keyspace(of effect: Effect) -> KeyspaceName? {
         switch effect {
-        case .persist(let keyspace, _), .captureStart(let keyspace, _), .revert(let keyspace, _), .recordFirstWrite(let keyspace, _, _):
+        case .persist(let keyspace, _), .captureStart(let keyspace, _), .revert(let keyspace, _), .recordFirstWrite(let keyspace, _, _),
+             .catchUp(let keyspace, _, _), .raiseHeld(let keyspace, _):
             keyspace
         case .send(_, .election(let keyspace, _, _)): keyspace
         case .recordFailover(let record): record.keyspace
@@ -154,6 +177,9 @@ public struct RegionMachine: Sendable {
         case handOverBeforeCaughtUp = "hand-over-before-caught-up"
         /// A won term's start is captured while replicated batches are still being applied.
         case startTermWhileApplying = "start-term-while-applying"
+        /// A catch-up round counts the leader's terms as held as soon as it read them, before it pulled their
+        /// writes (an anti-entropy round raising the applied point past what it pulled).
+        case raisePastPulled = "raise-past-pulled"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).
@@ -221,6 +247,29 @@ public struct RegionMachine: Sendable {
         var wonByHandOver = false
         /// Failback: since when the preferred region has been up and close behind (nil: it is not).
         var preferredSteadySinceMs: UInt64?
+        /// How far this region holds each term's writes of the keyspace (the store's record, mirrored).
+        var held: [UInt64: TermEnd]
+        /// Since when entries of the keyspace wait for earlier terms' writes this region lacks (nil: none do).
+        var behindSinceMs: UInt64?
+        /// A pull of the leader's states under way, with the terms it said it holds once read.
+        var catchUp: CatchUp?
+        /// No new pull before then (one silence after the last one ended).
+        var catchUpNotBeforeMs: UInt64 = 0
+
+        /// A silence: how long a follower waits for its streams before acting on their absence.
+        var silenceMs: UInt64 { member.settings.heartbeatIntervalMs * member.settings.missedHeartbeats }
+
+        mutating func hold(_ written: TermEnd) {
+            if let mine = held[written.epoch], mine.leader == written.leader, mine.last >= written.last { return }
+            held[written.epoch] = written
+        }
+    }
+
+    /// A pull of a keyspace's states from its leader, to hold an earlier term's writes no stream brought.
+    struct CatchUp: Sendable {
+        let epoch: UInt64
+        let from: RegionName
+        var terms: [TermEnd]?
     }
 
     public let region: RegionName
@@ -239,9 +288,10 @@ public struct RegionMachine: Sendable {
     /// - Parameters:
     ///   - stored: The election state the store holds, per keyspace (absent: never elected here).
     ///   - newest: Per keyspace, the newest epoch among the writes the store holds and that epoch's leader.
+    ///   - held: Per keyspace, how far the store holds each term's writes (its `terms`).
     ///   - nowMs: The region's monotonic clock now; `wallMs` its wall clock.
     public init(region: RegionName, cluster: ClusterConfig, stored: [KeyspaceName: StoredElection],
-                newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)], nowMs: UInt64, wallMs: UInt64) {
+                newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)], held: [KeyspaceName: [TermEnd]] = [:], nowMs: UInt64, wallMs: UInt64) {
         self.region = region
         limits = cluster.limits
         self.nowMs = nowMs
@@ -265,8 +315,10 @@ public struct RegionMachine: Sendable {
             // suspicion times before suspecting a leader it has not heard yet. A sole replica needs none.
             let graceMs = order.count > 1 ? UInt64(limits.electionGraceSilences) * settings.heartbeatIntervalMs * settings.missedHeartbeats : 0
             let member = ElectionMember(region: region, settings: settings, record: election.record, nowMs: nowMs, firstTerm: firstTerm, graceMs: graceMs)
-            terms[policy.name] = Term(member: member, failback: policy.failover?.failback == true, start: election.start,
-                                      newest: newest[policy.name] ?? (0, configured))
+            var term = Term(member: member, failback: policy.failover?.failback == true, start: election.start,
+                            newest: newest[policy.name] ?? (0, configured), held: [:])
+            for written in held[policy.name] ?? [] { term.hold(written) }
+            terms[policy.name] = term
         }
         self.terms = terms
         self.firstTerms = firstTerms.sorted()
@@ -342,6 +394,7 @@ public struct RegionMachine: Sendable {
                 for entry in batch.entries where batch.diverted[entry.sequence] == nil {
                     guard var term = terms[entry.keyspace] else { continue }
                     if entry.epoch > term.newest.epoch { term.newest = (entry.epoch, entry.origin) }
+                    if entry.epoch > 0 { term.hold(TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence)) }
                     terms[entry.keyspace] = term
                 }
             }
@@ -356,11 +409,21 @@ public struct RegionMachine: Sendable {
             effects += stepDown(keyspace)
         case .revertFinished(let keyspace, let epoch):
             if terms[keyspace]?.phase == .reverting(epoch: epoch) { terms[keyspace]?.phase = .steady }
+            // The store now holds earlier terms' writes only as far as that start's leader did.
+            if var term = terms[keyspace], let start = term.start, start.epoch == epoch {
+                let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
+                for (termEpoch, mine) in term.held where termEpoch < epoch && termEpoch >= oldestNamed {
+                    let kept = min(mine.last, start.last(of: mine.leader, in: termEpoch) ?? 0)
+                    term.held[termEpoch] = kept == 0 ? nil : TermEnd(epoch: termEpoch, leader: mine.leader, last: kept)
+                }
+                terms[keyspace] = term
+            }
         case .handOverRequested(let id, let keyspace, let target, let timeoutMs):
             effects += beginHandOver(keyspace, to: target, request: id, timeoutMs: timeoutMs)
-        case .writeCommitted(let keyspace, let epoch):
+        case .writeCommitted(let keyspace, let epoch, let sequence):
             guard var term = terms[keyspace] else { break }
             term.writesInFlight -= 1
+            term.hold(TermEnd(epoch: epoch, leader: region, last: sequence))
             precondition(term.writesInFlight >= 0, "a write committed that was not admitted")
             if epoch > term.newest.epoch || (epoch == term.newest.epoch && term.newest.origin != region) { term.newest = (epoch, region) }
             if !term.firstWriteRecorded && term.member.record.epoch == epoch {
@@ -371,6 +434,32 @@ public struct RegionMachine: Sendable {
         case .writeAbandoned(let keyspace):
             terms[keyspace]?.writesInFlight -= 1
             precondition((terms[keyspace]?.writesInFlight ?? 0) >= 0, "a write abandoned that was not admitted")
+        case .catchUpTermsRead(let keyspace, let epoch, let read):
+            guard var term = terms[keyspace], term.catchUp?.epoch == epoch else { break }
+            term.catchUp?.terms = read
+            terms[keyspace] = term
+            if plantedBug == .raisePastPulled { effects.append(.raiseHeld(keyspace, read)) }
+        case .catchUpPulled(let keyspace, let epoch):
+            guard var term = terms[keyspace], let catchUp = term.catchUp, catchUp.epoch == epoch else { break }
+            term.catchUp = nil
+            term.catchUpNotBeforeMs = self.nowMs + term.silenceMs
+            terms[keyspace] = term
+            // Every state read after those terms is merged: their writes are held here now.
+            if let read = catchUp.terms, plantedBug != .raisePastPulled { effects.append(.raiseHeld(keyspace, read)) }
+        case .catchUpFailed(let keyspace, let epoch, let reason):
+            guard var term = terms[keyspace] else { break }
+            if epoch != 0 {
+                guard term.catchUp?.epoch == epoch else { break }
+                term.catchUp = nil
+                term.catchUpNotBeforeMs = self.nowMs + term.silenceMs
+                terms[keyspace] = term
+            }
+            effects.append(.log(LogLine(.warning, "could not pull an earlier term's writes from the leader; trying again",
+                                        ["keyspace": keyspace.rawValue, "reason": reason])))
+        case .heldRaised(let keyspace, let raised):
+            guard var term = terms[keyspace] else { break }
+            for written in raised { term.hold(written) }
+            terms[keyspace] = term
         }
         effects += advancePhases()
         effects += admitWaiting()
@@ -390,8 +479,21 @@ public struct RegionMachine: Sendable {
             effects += carry(keyspace, memberEffects)
             effects += progressHandOver(keyspace, applied: applied, peers: peers)
             effects += considerFailback(keyspace, applied: applied, peers: peers)
+            effects += considerCatchUp(keyspace)
         }
         return effects
+    }
+
+    /// Entries that waited a silence for earlier terms' writes no stream brought (their origin is down or cut
+    /// off from this region): pull them from the leader, which holds everything its start counts.
+    private mutating func considerCatchUp(_ keyspace: KeyspaceName) -> [Effect] {
+        guard var term = terms[keyspace], let since = term.behindSinceMs, term.catchUp == nil, let start = term.start,
+              start.epoch == term.member.record.epoch, start.leader != region,
+              nowMs >= term.catchUpNotBeforeMs, nowMs - since >= term.silenceMs else { return [] }
+        term.catchUp = CatchUp(epoch: start.epoch, from: start.leader, terms: nil)
+        terms[keyspace] = term
+        return [.catchUp(keyspace, from: start.leader, epoch: start.epoch),
+                .log(LogLine(.notice, "pulling earlier terms' writes from the leader", ["keyspace": keyspace.rawValue, "leader": start.leader.rawValue]))]
     }
 
     private mutating func received(_ message: ElectionMessage, start: EpochStart?, keyspace: KeyspaceName, from peer: RegionName,
@@ -562,8 +664,9 @@ public struct RegionMachine: Sendable {
         guard !terms.values.contains(where: { $0.phase.drains }) else { return [] }
         var effects: [Effect] = []
         var stillWaiting: [(id: BatchID, entries: [ReplicationEntry])] = []
+        var behind: Set<KeyspaceName> = []
         for batch in waiting {
-            guard let diverted = verdict(batch.entries) else {
+            guard let diverted = verdict(batch.entries, behind: &behind) else {
                 stillWaiting.append(batch)
                 continue
             }
@@ -571,22 +674,32 @@ public struct RegionMachine: Sendable {
             effects.append(.applyBatch(batch.id, diverted: diverted))
         }
         waiting = stillWaiting
+        for keyspace in keyspaces {
+            if behind.contains(keyspace) {
+                if terms[keyspace]!.behindSinceMs == nil { terms[keyspace]!.behindSinceMs = nowMs }
+            } else {
+                terms[keyspace]!.behindSinceMs = nil
+            }
+        }
         return effects
     }
 
     /// The entries of a batch to keep aside (sequence → the epoch that fenced them), or nil when some entry
-    /// cannot be judged yet.
-    private func verdict(_ entries: [ReplicationEntry]) -> [UInt64: UInt64]? {
+    /// cannot be judged yet (its keyspace added to `behind` when it waits for earlier terms' writes).
+    private func verdict(_ entries: [ReplicationEntry], behind: inout Set<KeyspaceName>) -> [UInt64: UInt64]? {
         var diverted: [UInt64: UInt64] = [:]
         for entry in entries {
             guard let term = terms[entry.keyspace] else { continue }
             if term.phase.holdsEntries { return nil }
             switch Fence.verdict(epoch: entry.epoch, origin: entry.origin, sequence: entry.sequence,
-                                 following: term.member.record.epoch, start: term.start) {
+                                 following: term.member.record.epoch, start: term.start, held: term.held) {
             case .apply: break
             case .divert where plantedBug == .applyDivertedEntries: break
             case .divert: diverted[entry.sequence] = term.member.record.epoch
             case .wait: return nil
+            case .catchUp:
+                behind.insert(entry.keyspace)
+                return nil
             }
         }
         return diverted

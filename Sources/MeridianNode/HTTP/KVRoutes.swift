@@ -328,7 +328,7 @@ extension RegionNode {
         case .committed(let entry):
             replicator.logGrew(to: entry.sequence)
             if admittedUnderLease {
-                leadership.writeCommitted(policy.name, epoch: epoch)
+                leadership.writeCommitted(policy.name, epoch: epoch, sequence: entry.sequence)
                 admittedUnderLease = false
             }
             var ackedBy = [region]

@@ -4,14 +4,17 @@
 // Module graph (arrows are "may import"):
 //   MeridianCore   <- pure protocol logic and types, the region machine among them; no I/O, no clock, seeded
 //                     randomness only (Yams, Crypto).
-//   MeridianStore  -> MeridianCore, GRDB                 (the durable regional store)
+//   MeridianStorage -> MeridianCore                      (the storage protocols, split by concern, and their neutral types;
+//                                                         an in-memory backend)
+//   MeridianStore  -> MeridianCore, MeridianStorage, GRDB (the SQLite backend of the storage protocols)
 //   MeridianHarness -> MeridianCore, NIO                 (test, drill and benchmark plumbing: an HTTP/1.1 keep-alive client and
 //                                                         local process helpers; not the client library, which will be MeridianClient)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
 //   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the region machine under faults)
 //   MeridianAPI    -> MeridianCore, HTTPTypes                (the v1 HTTP contract: headers, error statuses, answers, openapi.yaml)
 //   MeridianHTTP   -> MeridianCore, MeridianAPI, Hummingbird (JSON and error rendering shared by the HTTP shells)
-//   MeridianNode   -> MeridianCore, MeridianAPI, MeridianStore, MeridianHTTP, Prometheus (the region server shell)
+//   MeridianNode   -> MeridianCore, MeridianAPI, MeridianStorage, MeridianHTTP, Prometheus (the region server shell;
+//                                                         given a store factory, it never sees the engine)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
 //   meridian       -> everything above, ArgumentParser   (the CLI)
 import PackageDescription
@@ -49,9 +52,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "MeridianStorage",
+            dependencies: ["MeridianCore"],
+            swiftSettings: strict
+        ),
+        .target(
             name: "MeridianStore",
             dependencies: [
                 "MeridianCore",
+                "MeridianStorage",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,7 +126,7 @@ let package = Package(
                 "MeridianCore",
                 "MeridianAPI",
                 "MeridianHTTP",
-                "MeridianStore",
+                "MeridianStorage",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -133,6 +142,7 @@ let package = Package(
             name: "meridian",
             dependencies: [
                 "MeridianCore",
+                "MeridianStorage",
                 "MeridianStore",
                 "MeridianNode",
                 "MeridianWAN",
@@ -161,7 +171,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianStoreTests",
-            dependencies: ["MeridianCore", "MeridianStore"],
+            dependencies: ["MeridianCore", "MeridianStorage", "MeridianStore"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -169,6 +179,7 @@ let package = Package(
             dependencies: [
                 "MeridianCore",
                 "MeridianAPI",
+                "MeridianStorage",
                 "MeridianStore",
                 "MeridianNode",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

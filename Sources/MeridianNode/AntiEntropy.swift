@@ -5,7 +5,7 @@ import Logging
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
-import MeridianStore
+import MeridianStorage
 
 /// What one anti-entropy round with one peer found and did, for a keyspace.
 struct RepairReport: Encodable, Sendable {

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import MeridianCore
-import MeridianStore
+import MeridianStorage
 import Synchronization
 
 /// The shell around the core's ``RegionMachine``: it feeds the machine events with the time they happened and
@@ -41,7 +41,7 @@ final class Leadership: Sendable {
     }
 
     let region: RegionName
-    let store: RegionStore
+    let store: any RegionStorage
     let logger: Logger
     let tickInterval: Duration
     private let state: Mutex<State>
@@ -51,7 +51,7 @@ final class Leadership: Sendable {
     private let changed = ProgressSignal()
 
     /// Loads every single-leader keyspace's durable election state.
-    init(region: RegionName, cluster: ClusterConfig, store: RegionStore, wallClockMs: @escaping @Sendable () -> UInt64,
+    init(region: RegionName, cluster: ClusterConfig, store: any RegionStorage, wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger) throws(MeridianError) {
         self.region = region
         self.store = store

@@ -1,5 +1,5 @@
 import MeridianCore
-import MeridianStore
+import MeridianStorage
 import Prometheus
 import Synchronization
 

@@ -5,7 +5,7 @@ import Logging
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
-import MeridianStore
+import MeridianStorage
 import NIOCore
 import Synchronization
 
@@ -15,8 +15,6 @@ public struct NodeConfiguration: Sendable {
     public let cluster: ClusterConfig
     /// The region this node serves.
     public let region: RegionName
-    /// Where the region's SQLite files live.
-    public var dataDirectory: String
     /// Overrides the client API address from the cluster file (tests bind port 0 this way).
     public var clientAddress: Endpoint?
     /// How the node reaches its peers: through the WAN emulator (the default) or directly.
@@ -29,7 +27,7 @@ public struct NodeConfiguration: Sendable {
     public let peerEndpoints: [RegionName: Endpoint]
 
     /// Creates a configuration; the region must be one of the cluster's.
-    public init(cluster: ClusterConfig, region: RegionName, dataDirectory: String, clientAddress: Endpoint? = nil,
+    public init(cluster: ClusterConfig, region: RegionName, clientAddress: Endpoint? = nil,
                 peerRoute: PeerRoute = .wan, clockOffsetMs: Int64 = 0) throws(MeridianError) {
         guard let own = cluster.region(region) else {
             throw MeridianError(.unknownRegion, "Region '\(region)' is not in the cluster file; its regions are \(cluster.regions.map(\.name.rawValue).joined(separator: ", ")).",
@@ -47,7 +45,6 @@ public struct NodeConfiguration: Sendable {
         self.peerEndpoints = peerEndpoints
         self.cluster = cluster
         self.region = region
-        self.dataDirectory = dataDirectory
         self.clientAddress = clientAddress
         self.peerRoute = peerRoute
         self.clockOffsetMs = clockOffsetMs
@@ -61,8 +58,8 @@ public struct NodeConfiguration: Sendable {
 public final class RegionNode: Sendable {
     /// The node's configuration.
     public let configuration: NodeConfiguration
-    /// The region's durable store.
-    public let store: RegionStore
+    /// The region's durable store (whichever engine the factory opened).
+    public let store: any RegionStorage
     /// The node's metrics.
     public let metrics: NodeMetrics
     /// Streams to and from the other regions.
@@ -79,27 +76,19 @@ public final class RegionNode: Sendable {
     /// This region's clock against its peers'; beyond the maximum offset the region fences itself.
     let clock: ClockWatch
 
-    /// Opens the region's store and prepares the API.
-    /// - Throws: `MeridianError` when the data directory cannot be used.
-    public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "meridian.node")) throws(MeridianError) {
+    /// Opens the region's store with `openStore` and prepares the API.
+    /// - Throws: `MeridianError` when the store cannot be opened.
+    public init(configuration: NodeConfiguration, store openStore: StoreFactory, logger: Logger = Logger(label: "meridian.node")) throws(MeridianError) {
         var logger = logger
         logger[metadataKey: "region"] = "\(configuration.region)"
-        do {
-            try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw MeridianError(.storageFailure, "Cannot create the data directory \(configuration.dataDirectory): \(error.localizedDescription)",
-                                context: ["path": configuration.dataDirectory])
-        }
         let metrics = NodeMetrics()
         let offsetMs = Double(configuration.clockOffsetMs)
         let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000 + offsetMs)) }
         self.wallClockMs = wallClockMs
-        self.store = try RegionStore(
-            path: (configuration.dataDirectory as NSString).appendingPathComponent("\(configuration.region).sqlite"),
+        self.store = try openStore(StoreContext(
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
-            physicalClockMs: wallClockMs,
-            observer: metrics, logger: logger)
+            physicalClockMs: wallClockMs, observer: metrics))
         let leadership = try Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
                                         wallClockMs: wallClockMs, logger: logger)
         self.leadership = leadership

@@ -1,42 +1,7 @@
 import Foundation
 import GRDB
 import MeridianCore
-
-/// A write kept aside because its leader was deposed before its successor held it.
-public struct DivergedWrite: Sendable, Hashable {
-    public let id: Int64
-    public let keyspace: KeyspaceName
-    public let key: Key
-    public let origin: RegionName
-    public let sequence: UInt64
-    /// The epoch the deposed leader wrote it in, and the epoch that fenced it off.
-    public let epoch: UInt64
-    public let successorEpoch: UInt64
-    public let hlc: HLCTimestamp
-    public let operation: MeridianCore.Operation
-    public let contentType: String
-    public let value: [UInt8]
-    public let recordedMs: UInt64
-    /// When an operator re-applied it through the current leader (nil: not yet).
-    public let reappliedMs: UInt64?
-}
-
-/// A failover as the region elected in it saw it, for the RTO report.
-public struct FailoverEvent: Sendable, Hashable {
-    public let id: Int64
-    public let keyspace: KeyspaceName
-    public let epoch: UInt64
-    public let leader: RegionName
-    public let previousLeader: RegionName?
-    /// Wall-clock ms: when the new leader last heard the previous one, when it stood, when it won, and
-    /// when it first committed a write in the new epoch (nil until then).
-    public let lastHeardMs: UInt64?
-    public let suspectedMs: UInt64
-    public let electedMs: UInt64
-    public let firstWriteMs: UInt64?
-    /// Why the term began: `failure` (the leader went silent) or `transfer` (an operator moved it).
-    public let reason: String
-}
+import MeridianStorage
 
 extension RegionStore {
     static func registerFailoverMigration(_ migrator: inout DatabaseMigrator) {
@@ -79,7 +44,7 @@ extension RegionStore {
 
     /// The terms of a keyspace whose writes this region holds: per term, its leader and the last of its
     /// writes held here; the newest `limit` terms.
-    public func terms(keyspace: KeyspaceName, limit: Int = EpochStart.termsMax) throws(MeridianError) -> [TermEnd] {
+    public func terms(keyspace: KeyspaceName, limit: Int) throws(MeridianError) -> [TermEnd] {
         try readingNow { db in
             try Row.fetchAll(db, sql: "SELECT origin, epoch, last FROM keyspace_terms WHERE keyspace = ? ORDER BY epoch DESC LIMIT ?",
                              arguments: [keyspace.rawValue, limit]).map { row in
@@ -189,7 +154,7 @@ extension RegionStore {
     /// before `successorEpoch` (a deposed leader's writes its successor never held), and returns their keys:
     /// the caller brings those keys back to the current leader's state.
     /// - Parameter epoch: Only writes of this term (nil: of every term before `successorEpoch`).
-    public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64? = nil, successorEpoch: UInt64,
+    public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64?, successorEpoch: UInt64,
                            nowMs: UInt64) async throws(MeridianError) -> Set<Key> {
         do {
             return try await pool.write { db in
@@ -256,7 +221,7 @@ extension RegionStore {
     }
 
     /// The writes kept aside, oldest first, after `after` (an id), at most `limit`.
-    public func divergence(keyspace: KeyspaceName?, after: Int64 = 0, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
+    public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
         try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
                 SELECT * FROM divergence WHERE (? IS NULL OR keyspace = ?) AND id > ? ORDER BY id LIMIT ?

@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import Logging
 import MeridianCore
+import MeridianStorage
 import Synchronization
 
 /// Batches concurrent writes into shared transactions: one commit, one fsync, many writes.

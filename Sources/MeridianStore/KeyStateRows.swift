@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import MeridianCore
+import MeridianStorage
 
 /// How a key's state is kept in SQLite, and the one apply step every write goes through, local or
 /// replicated, inside the caller's transaction.

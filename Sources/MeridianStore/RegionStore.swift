@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import MeridianCore
+import MeridianStorage
 import Synchronization
 
 /// A region's durable state in SQLite (WAL mode, fsync on every commit): values with version metadata,
@@ -9,7 +10,7 @@ import Synchronization
 ///
 /// Writes go through a ``GroupCommitter``: concurrent writes share one transaction and one fsync, and a
 /// write is answered only after that transaction is durable. Reads run concurrently on WAL readers.
-public final class RegionStore: Sendable {
+public final class RegionStore: RegionStorage {
     /// The region this store belongs to; a data directory is bound to one region for its whole life.
     public let region: RegionName
     let pool: DatabasePool
@@ -114,15 +115,6 @@ public final class RegionStore: Sendable {
         var result = appliedOthers.withLock { $0 }
         if own > 0 { result[region] = own }
         return result
-    }
-
-    /// Applies a dense batch of another origin's log entries (each sequence present), exactly once and in order.
-    /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
-    /// - Throws: `replication_protocol` on a gap or a foreign entry (nothing applied), `storage_failure`.
-    public func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName) async throws(MeridianError) -> UInt64 {
-        guard let first = entries.first, let last = entries.last else { return appliedOthers.withLock { $0[origin, default: 0] } }
-        let dense = try ReplicationEntry.continuation(of: entries, origin: origin, after: first.sequence - 1)
-        return try await applyReplicated(origin: origin, from: first.sequence, through: last.sequence, entries: dense)
     }
 
     /// Applies a batch of another origin's log covering sequences `from...through` (replication), exactly
@@ -270,7 +262,7 @@ public final class RegionStore: Sendable {
     ///   - after: Only records after this id (paging).
     ///   - key: Only records of this key.
     ///   - limit: The most records returned.
-    public func conflicts(keyspace: KeyspaceName, key: Key? = nil, after: Int64 = 0, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
+    public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
         precondition(limit > 0)
         return try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
@@ -491,6 +483,24 @@ public final class RegionStore: Sendable {
         guard let data = row["dependencies"] as Data? else { return [:] }
         do { return try DependencyCodec.decode(Array(data)) } catch {
             throw MeridianError(.storageFailure, "A stored write's dependencies are corrupt: \(error.message)")
+        }
+    }
+}
+
+extension RegionStore {
+    /// The SQLite backend as a node opens it: each region's store is `<directory>/<region>.sqlite`, the directory
+    /// created if needed.
+    public static func factory(directory: String, logger: Logger = Logger(label: "meridian.store")) -> StoreFactory {
+        { context throws(MeridianError) in
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw MeridianError(.storageFailure, "Cannot create the data directory \(directory): \(error.localizedDescription)",
+                                    context: ["path": directory])
+            }
+            return try RegionStore(path: (directory as NSString).appendingPathComponent("\(context.region).sqlite"), region: context.region,
+                                   limits: context.limits, conflictRules: context.conflictRules, physicalClockMs: context.physicalClockMs,
+                                   observer: context.observer, logger: logger)
         }
     }
 }

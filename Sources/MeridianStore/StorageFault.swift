@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import MeridianCore
+import MeridianStorage
 import Synchronization
 
 /// Names why the data directory refused a write, so a full disk and a read-only one each get an error a user
@@ -76,28 +77,4 @@ enum StorageFault {
         }
         return "\(error)"
     }
-}
-
-/// The latest failed commit of this region's own writes, cleared by the next commit that succeeds: what
-/// `/v1/status` reports as the storage state.
-public final class WriteFaults: Sendable {
-    private let latest = Mutex<MeridianError?>(nil)
-    /// Whether `latest` holds a failure: every successful commit asks, and takes the lock only after a failure.
-    private let failing = Atomic<Bool>(false)
-
-    public init() {}
-
-    func record(_ error: MeridianError) {
-        latest.withLock { $0 = error }
-        failing.store(true, ordering: .releasing)
-    }
-
-    func clear() {
-        guard failing.load(ordering: .acquiring) else { return }
-        latest.withLock { $0 = nil }
-        failing.store(false, ordering: .releasing)
-    }
-
-    /// The error of the latest commit, if it failed.
-    public var current: MeridianError? { latest.withLock { $0 } }
 }

@@ -4,6 +4,7 @@ import Logging
 import MeridianHarness
 import MeridianCore
 import MeridianNode
+import MeridianStore
 import UnixSignals
 
 struct ConfigCommand: AsyncParsableCommand {
@@ -62,9 +63,9 @@ struct NodeCommand: AsyncParsableCommand {
         logger.logLevel = level
         let node: RegionNode
         do {
-            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, dataDirectory: data, clientAddress: address, peerRoute: route,
+            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route,
                                                                          clockOffsetMs: clockOffsetMs),
-                                  logger: logger)
+                                  store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {
             throw CLIFailure(error.message)
         }

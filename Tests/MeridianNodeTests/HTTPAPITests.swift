@@ -7,6 +7,7 @@ import Hummingbird
 import HummingbirdTesting
 import MeridianCore
 @testable import MeridianNode
+import MeridianStore
 import NIOCore
 import Testing
 
@@ -40,7 +41,7 @@ struct NodeFixture {
 
     func withApp(proveClock: Bool = true, _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let config = try ClusterConfig.parse(yaml: Self.yaml, file: "test.yaml")
-        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), dataDirectory: directory))
+        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: directory))
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: directory)

@@ -9,6 +9,7 @@ import HummingbirdTesting
 import MeridianAPI
 import MeridianCore
 import MeridianNode
+import MeridianStore
 import NIOCore
 import Testing
 import Yams
@@ -36,7 +37,7 @@ import Yams
         }
         let fixture = NodeFixture()
         let config = try ClusterConfig.parse(yaml: NodeFixture.yaml, file: "test.yaml")
-        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), dataDirectory: fixture.directory))
+        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: fixture.directory))
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: fixture.directory)

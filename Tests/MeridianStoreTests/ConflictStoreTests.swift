@@ -4,6 +4,7 @@
 // another store's states to the same Merkle root, idempotently; a local write supersedes what it saw.
 import Foundation
 import MeridianCore
+import MeridianStorage
 import MeridianStore
 import Testing
 
@@ -49,14 +50,14 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
             let stored = try #require(try await store.get(keyspace: fixture.keyspace, key: Key("k")))
             let (winner, loser) = rule == .lww ? ("from-ap", "from-eu") : ("from-eu", "from-ap")
             #expect(stored.value == Array(winner.utf8) && stored.concurrent == 1)
-            let log = try await store.conflicts(keyspace: fixture.keyspace, limit: 10)
+            let log = try await store.conflicts(keyspace: fixture.keyspace, key: nil, after: 0, limit: 10)
             #expect(log.count == 1 && log[0].loser.value == Array(loser.utf8) && log[0].rule == rule.name && counter.recorded == 1)
             // A write that saw both supersedes both: one version again, the log unchanged.
             let resolved = entry(eu, 2, key: "k", value: "resolved", ms: 50, context: [eu: 1, ap: 1])
             _ = try await store.applyReplicated([resolved], origin: eu)
             let after = try #require(try await store.state(keyspace: fixture.keyspace, key: Key("k")))
             #expect(after.versions.map(\.value) == [Array("resolved".utf8)], "causally later, even with a lower timestamp")
-            #expect(try await store.conflicts(keyspace: fixture.keyspace, limit: 10).count == 1)
+            #expect(try await store.conflicts(keyspace: fixture.keyspace, key: nil, after: 0, limit: 10).count == 1)
             store.close()
         }
     }
@@ -72,11 +73,11 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
             _ = try await store.applyReplicated([entry(eu, UInt64(index + 1), key: "k\(index)", value: "eu", ms: 100)], origin: eu)
             _ = try await store.applyReplicated([entry(ap, UInt64(index + 1), key: "k\(index)", value: "ap", ms: 200)], origin: ap)
         }
-        let log = try await store.conflicts(keyspace: fixture.keyspace, limit: 10)
+        let log = try await store.conflicts(keyspace: fixture.keyspace, key: nil, after: 0, limit: 10)
         #expect(log.map(\.key.rawValue) == ["k2", "k3", "k4"], "the newest three kept")
         #expect(counter.recorded == 5 && counter.dropped == 2)
         // Paging by id.
-        let page = try await store.conflicts(keyspace: fixture.keyspace, after: log[0].id, limit: 1)
+        let page = try await store.conflicts(keyspace: fixture.keyspace, key: nil, after: log[0].id, limit: 1)
         #expect(page.map(\.key.rawValue) == ["k3"])
         store.close()
     }
@@ -103,8 +104,8 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         #expect(try await left.merge(keyspace: a.keyspace, states: decodedRight) == 0, "merging again changes nothing")
         #expect(try await left.get(keyspace: a.keyspace, key: Key("shared"))?.value == Array("ap".utf8))
         // Both logged the lww loser of the shared key.
-        #expect(try await left.conflicts(keyspace: a.keyspace, limit: 5).map(\.loser.value) == [Array("eu".utf8)])
-        #expect(try await right.conflicts(keyspace: b.keyspace, limit: 5).map(\.loser.value) == [Array("eu".utf8)])
+        #expect(try await left.conflicts(keyspace: a.keyspace, key: nil, after: 0, limit: 5).map(\.loser.value) == [Array("eu".utf8)])
+        #expect(try await right.conflicts(keyspace: b.keyspace, key: nil, after: 0, limit: 5).map(\.loser.value) == [Array("eu".utf8)])
         // Entries the merge already brought are skipped when the log delivers them later.
         _ = try await right.applyReplicated([entry(eu, 1, key: "x", value: "eu-x", ms: 10), entry(eu, 2, key: "shared", value: "eu", ms: 20)], origin: eu)
         #expect(try await right.merkleTree(keyspace: b.keyspace).tree == leftTree)
@@ -173,7 +174,7 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         let local = try committed(try await store.write(fixture.put("k", "local")))
         #expect(local.context[eu] == 1, "the entry names what it supersedes")
         #expect(try await store.get(keyspace: fixture.keyspace, key: Key("k"))?.value == Array("local".utf8))
-        #expect(try await store.conflicts(keyspace: fixture.keyspace, limit: 5).isEmpty)
+        #expect(try await store.conflicts(keyspace: fixture.keyspace, key: nil, after: 0, limit: 5).isEmpty)
         store.close()
     }
 }

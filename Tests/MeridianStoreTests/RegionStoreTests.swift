@@ -3,6 +3,7 @@
 // listing pages correctly, and sequences, HLC and data survive closing and reopening the files.
 import Foundation
 import MeridianCore
+import MeridianStorage
 import MeridianStore
 import Testing
 

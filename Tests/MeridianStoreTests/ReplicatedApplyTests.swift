@@ -3,6 +3,7 @@
 // local clock moving past applied entries, and the applied high-water surviving a restart.
 import Foundation
 import MeridianCore
+import MeridianStorage
 import MeridianStore
 import Testing
 

@@ -4,7 +4,7 @@ import Hummingbird
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
-import MeridianStore
+import MeridianStorage
 import NIOCore
 
 /// A stored value in JSON: as text when it is UTF-8, else as base64.

@@ -4,7 +4,7 @@ import Hummingbird
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
-import MeridianStore
+import MeridianStorage
 import NIOCore
 
 extension RegionNode {

@@ -4,7 +4,7 @@ import Hummingbird
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
-import MeridianStore
+import MeridianStorage
 import Histogram
 
 /// The JSON of `GET /v1/status`.

@@ -2,7 +2,7 @@ import Foundation
 import Histogram
 import Logging
 import MeridianCore
-import MeridianStore
+import MeridianStorage
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -34,7 +34,7 @@ final class Replicator: Sendable {
     /// Where this region accepts its peers' streams.
     let peerAddress: Endpoint
     let cluster: ClusterConfig
-    let store: RegionStore
+    let store: any RegionStorage
     let codec: PeerFrameCodec
     let links: [RegionName: OutboundLink]
     /// Decides which replicated entries of single-leader keyspaces apply (nil: no fencing, in tests of the
@@ -75,7 +75,7 @@ final class Replicator: Sendable {
         (ContinuousClock.now - started).wholeMilliseconds
     }
 
-    init(own: RegionConfig, cluster: ClusterConfig, store: RegionStore, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
+    init(own: RegionConfig, cluster: ClusterConfig, store: any RegionStorage, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         let region = own.name
         self.region = region

@@ -1,0 +1,156 @@
+import MeridianCore
+
+// What a region's store must do, split by concern, with no storage engine in sight. The node, the shells and
+// the tests see only these protocols; a backend (SQLite, in memory, and later PostgreSQL) implements all of
+// them and passes the conformance suite (`StorageConformance` in the tests).
+
+/// The one port through which this region's own writes enter its log.
+///
+/// Contract: a write is planned against the key's state as committed (``WritePlanner``), then made durable
+/// with its log entry in one step. Sequences and timestamps are assigned in commit order: a write committed
+/// after another has the next sequence of this region's log and a higher timestamp, and no sequence is skipped
+/// or reused, even across restarts.
+public protocol CommitPort: Sendable {
+    /// Plans and commits one write.
+    /// - Returns: `committed` with its log entry, `preconditionFailed` when If-Match did not hold, or `refused`
+    ///   when the write does not fit the key (nothing written either way).
+    /// - Throws: `storage_full`, `storage_read_only` or `storage_failure` when nothing could be written.
+    func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome
+    /// The latest failed commit, cleared by the next one that succeeds.
+    var writeFaults: WriteFaults { get }
+}
+
+/// Reading keys as they stand in this region.
+public protocol KeyReads: Sendable {
+    /// The key's current value (the winning version), or nil when the region never held the key.
+    func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue?
+    /// The key's full state: every version not superseded and what it has seen.
+    func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState?
+    /// Live keys in key order after `after`, starting with `prefix`, at most `limit`.
+    func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey]
+    /// Live keys per keyspace.
+    func keyCounts() async throws(MeridianError) -> [String: Int]
+}
+
+/// The per-origin replication logs: this region's own (shipped to peers) and how far every other origin's has
+/// been applied here.
+public protocol ReplicationLogStore: Sendable {
+    /// Per origin, the last sequence applied here (this region's own: its log's end). Never blocks for long.
+    func appliedHighWater() -> [RegionName: UInt64]
+    /// Applies `from...through` of another origin's log in one step, exactly once: entries at or below the applied
+    /// point are skipped, a range beginning past it is refused with nothing applied. `entries` are those this
+    /// region replicates; the named sequences of `diverted` (→ the epoch that fenced them) are kept aside in
+    /// the divergence log instead of applied.
+    /// - Returns: The origin's applied point afterwards.
+    func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                         diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64
+    /// Moves an origin's applied point up to `sequence` (never down), after anti-entropy brought everything
+    /// up to there. - Returns: The applied point afterwards.
+    func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64
+    /// This region's own log after `sequence`, at most `limit` entries.
+    func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry]
+    /// Per origin, the last sequence held in the log.
+    func logHighWater() async throws(MeridianError) -> [RegionName: UInt64]
+    /// The last sequence of this region's log trimmed away (a peer behind it needs anti-entropy).
+    func logFloor() -> UInt64
+    /// Drops this region's log entries up to `sequence` (every peer has applied them).
+    func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError)
+}
+
+/// What anti-entropy and reverts read and write: whole key states.
+public protocol RepairStore: Sendable {
+    /// The keyspace's Merkle tree over every key's full state, and how many keys it covers.
+    func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int)
+    /// A page of the states of the keys in `buckets`, in key order after `after`, within about `bytesMax`.
+    func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?)
+    /// Merges states another region holds into this region's, logging what loses. - Returns: keys changed.
+    func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int
+    /// Replaces keys' states outright (nil: the key is removed), as a new leader holds them.
+    func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError)
+}
+
+/// The conflicts log: values this region discarded because a concurrent write won.
+public protocol ConflictLogStore: Sendable {
+    /// Records after `after`, oldest first, of one key when `key` is given.
+    func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) async throws(MeridianError) -> [ConflictRecord]
+    /// Records held per keyspace.
+    func conflictCounts() async throws(MeridianError) -> [String: Int]
+}
+
+/// Elections, terms and what failover keeps aside. The election part is synchronous: the region machine's
+/// effects are carried in order while the machine is held, and a persist must be durable before the next one.
+public protocol FailoverStore: Sendable {
+    /// The terms of a single-leader keyspace whose writes this region holds (newest first, at most `limit`).
+    func terms(keyspace: KeyspaceName, limit: Int) throws(MeridianError) -> [TermEnd]
+    /// Records these terms' writes as held up to their `last`, never lowering.
+    func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) throws(MeridianError)
+    /// Every keyspace's stored election state.
+    func elections() throws(MeridianError) -> [KeyspaceName: StoredElection]
+    /// Makes a keyspace's election state durable.
+    func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) throws(MeridianError)
+    /// The newest epoch among the keyspace's writes held here, and that epoch's leader.
+    func newestEpoch(keyspace: KeyspaceName) throws(MeridianError) -> (epoch: UInt64, origin: RegionName)?
+    /// Keeps aside this region's applied writes of `origin` after `after` (of `epoch`, if given) in the
+    /// divergence log, lowering the held terms to match. - Returns: the keys they touched.
+    func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64?, successorEpoch: UInt64,
+                    nowMs: UInt64) async throws(MeridianError) -> Set<Key>
+    /// Writes kept aside, after `after`, of one keyspace or all.
+    func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite]
+    func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite?
+    /// Marks a kept-aside write re-applied. - Returns: false when it already was.
+    func markReapplied(id: Int64, nowMs: UInt64) async throws(MeridianError) -> Bool
+    func unmarkReapplied(id: Int64) async throws(MeridianError)
+    /// Kept-aside writes per keyspace.
+    func divergenceCounts() async throws(MeridianError) -> [String: Int]
+    /// Records a failover this region won, and later its first write.
+    func recordFailover(keyspace: KeyspaceName, epoch: UInt64, leader: RegionName, previousLeader: RegionName?,
+                        lastHeardMs: UInt64?, suspectedMs: UInt64, electedMs: UInt64, reason: String) async throws(MeridianError)
+    func recordFirstWrite(keyspace: KeyspaceName, epoch: UInt64, atMs: UInt64) async throws(MeridianError)
+    /// The newest failovers, newest first.
+    func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent]
+}
+
+/// A region's whole store.
+public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore {
+    /// The region whose log this store numbers.
+    var region: RegionName { get }
+    /// Releases the store; nothing is called afterwards.
+    func close()
+}
+
+/// What a node needs to open its region's store.
+public struct StoreContext: Sendable {
+    public let region: RegionName
+    public let limits: Limits
+    public let conflictRules: [KeyspaceName: ConflictRule]
+    /// The wall clock the store stamps writes with (the node's, offset included).
+    public let physicalClockMs: @Sendable () -> UInt64
+    public let observer: (any StoreObserver)?
+
+    public init(region: RegionName, limits: Limits, conflictRules: [KeyspaceName: ConflictRule],
+                physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?) {
+        self.region = region
+        self.limits = limits
+        self.conflictRules = conflictRules
+        self.physicalClockMs = physicalClockMs
+        self.observer = observer
+    }
+}
+
+/// Opens a region's store: the node is given one, and never learns which engine is behind it.
+public typealias StoreFactory = @Sendable (StoreContext) throws(MeridianError) -> any RegionStorage
+
+extension ReplicationLogStore {
+    /// Applies a contiguous run of another origin's entries (those after the applied point are applied).
+    public func applyReplicated(_ entries: [ReplicationEntry], origin: RegionName) async throws(MeridianError) -> UInt64 {
+        guard let first = entries.first, let last = entries.last else { return appliedHighWater()[origin, default: 0] }
+        let dense = try ReplicationEntry.continuation(of: entries, origin: origin, after: first.sequence - 1)
+        return try await applyReplicated(origin: origin, from: first.sequence, through: last.sequence, entries: dense, diverted: [:])
+    }
+}
+
+extension FailoverStore {
+    public func terms(keyspace: KeyspaceName) throws(MeridianError) -> [TermEnd] {
+        try terms(keyspace: keyspace, limit: EpochStart.termsMax)
+    }
+}

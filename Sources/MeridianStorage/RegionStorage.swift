@@ -106,7 +106,7 @@ public protocol FailoverStore: Sendable {
     func recordFailover(keyspace: KeyspaceName, epoch: UInt64, leader: RegionName, previousLeader: RegionName?,
                         lastHeardMs: UInt64?, suspectedMs: UInt64, electedMs: UInt64, reason: String) async throws(MeridianError)
     func recordFirstWrite(keyspace: KeyspaceName, epoch: UInt64, atMs: UInt64) async throws(MeridianError)
-    /// The newest failovers, newest first.
+    /// The newest `limit` failovers this region won, oldest first.
     func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent]
 }
 
@@ -146,6 +146,34 @@ extension ReplicationLogStore {
         guard let first = entries.first, let last = entries.last else { return appliedHighWater()[origin, default: 0] }
         let dense = try ReplicationEntry.continuation(of: entries, origin: origin, after: first.sequence - 1)
         return try await applyReplicated(origin: origin, from: first.sequence, through: last.sequence, entries: dense, diverted: [:])
+    }
+}
+
+/// The checks every backend makes before applying a range of another origin's log: a peer's malformed batch is
+/// refused with `replication_protocol`, never trapped on.
+public enum ReplicatedRange {
+    public static func check(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry], region: RegionName) throws(MeridianError) {
+        guard origin != region else {
+            throw MeridianError(.replicationProtocol, "Region \(region) was sent its own log; check the peers' addresses.")
+        }
+        guard from >= 1, from <= through else {
+            throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covers \(from) through \(through), which is no range.")
+        }
+        var previous: UInt64 = 0
+        for entry in entries {
+            guard entry.origin == origin, (from...through).contains(entry.sequence), entry.sequence > previous else {
+                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covering \(from) through \(through) holds entry \(entry.sequence) of \(entry.origin) out of place.",
+                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
+            }
+            previous = entry.sequence
+        }
+    }
+}
+
+extension ReplicationLogStore {
+    /// Applies `from...through` of another origin's log, keeping nothing aside.
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
+        try await applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: [:])
     }
 }
 

@@ -129,21 +129,8 @@ public final class RegionStore: RegionStorage {
     /// - Parameter diverted: Sequences of entries a fence refused (a deposed leader's writes its successor never
     ///   held), kept in the divergence log under the given successor epoch instead of applied.
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                                diverted: [UInt64: UInt64] = [:]) async throws(MeridianError) -> UInt64 {
-        guard origin != region else {
-            throw MeridianError(.replicationProtocol, "Region \(region) was sent its own log; check the peers' addresses.")
-        }
-        guard from >= 1, from <= through else {
-            throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covers \(from) through \(through), which is no range.")
-        }
-        var previous: UInt64 = 0
-        for entry in entries {
-            guard entry.origin == origin, (from...through).contains(entry.sequence), entry.sequence > previous else {
-                throw MeridianError(.replicationProtocol, "A batch of \(origin)'s log covering \(from) through \(through) holds entry \(entry.sequence) of \(entry.origin) out of place.",
-                                    context: ["origin": origin.rawValue, "entry_origin": entry.origin.rawValue])
-            }
-            previous = entry.sequence
-        }
+                                diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64 {
+        try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
         let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted)
         appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
         return after

@@ -7,6 +7,7 @@ import Hummingbird
 import HummingbirdTesting
 import MeridianCore
 @testable import MeridianNode
+import MeridianStorage
 import MeridianStore
 import NIOCore
 import Testing
@@ -39,9 +40,15 @@ struct NodeFixture {
 
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-node-\(UUID().uuidString)").path
 
-    func withApp(proveClock: Bool = true, _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    /// The node on each storage backend: its HTTP behaviour does not depend on the engine.
+    enum Store: String, CaseIterable, Sendable {
+        case sqlite, memory
+    }
+
+    func withApp(proveClock: Bool = true, store: Store = .sqlite, _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let config = try ClusterConfig.parse(yaml: Self.yaml, file: "test.yaml")
-        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: directory))
+        let factory = store == .sqlite ? RegionStore.factory(directory: directory) : MemoryStore.factory(MemoryDisks())
+        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: factory)
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: directory)
@@ -84,8 +91,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
 @Suite struct HTTPAPITests {
     let fixture = NodeFixture()
 
-    @Test func writeReadListDeleteWithVersions() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func writeReadListDeleteWithVersions(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             var etag = ""
             try await client.execute(uri: "/v1/kv/profiles/users/42", method: .put, headers: [.contentType: "application/json"],
                                      body: ByteBuffer(string: #"{"name":"Ada"}"#)) { response throws in
@@ -148,8 +156,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func aRegionTakesNoWriteUntilAPeerHasComparedClocksWithIt() async throws {
-        try await fixture.withApp(proveClock: false) { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func aRegionTakesNoWriteUntilAPeerHasComparedClocksWithIt(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(proveClock: false, store: store) { client in
             try await client.execute(uri: "/v1/kv/profiles/k", method: .put, body: ByteBuffer(string: "early")) { response throws in
                 #expect(response.status == .serviceUnavailable)
                 #expect(try errorCode(response) == "clock_unverified")
@@ -167,8 +176,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func aWriteIsNotOrderedBeforeATimestampItsSessionSawFarAhead() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func aWriteIsNotOrderedBeforeATimestampItsSessionSawFarAhead(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             // A session that has seen a write stamped an hour ahead of this region's clock.
             var token = SessionToken()
             let ahead = UInt64(Date().timeIntervalSince1970 * 1000) + 3_600_000
@@ -197,8 +207,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func sessionTokensGiveReadYourWrites() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func sessionTokensGiveReadYourWrites(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             let token = try await client.execute(uri: "/v1/kv/profiles/mine", method: .put, body: ByteBuffer(string: "1")) { response throws in
                 try #require(response.headers[HTTPField.Name("Meridian-Session")!])
             }
@@ -209,8 +220,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func ifMatchMakesWritesConditional() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func ifMatchMakesWritesConditional(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             let first = try await client.execute(uri: "/v1/kv/profiles/k", method: .put, body: ByteBuffer(string: "1")) { $0.headers[.eTag]! }
             try await client.execute(uri: "/v1/kv/profiles/k", method: .put, headers: [.ifMatch: first], body: ByteBuffer(string: "2")) { response throws in
                 #expect(response.status == .ok)
@@ -319,8 +331,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func crdtOperationsAnswerTheNewValue() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func crdtOperationsAnswerTheNewValue(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             func post(_ key: String, _ body: String, _ check: @escaping @Sendable ([String: Any]) -> Void) async throws {
                 try await client.execute(uri: "/v1/crdt/likes/\(key)", method: .post, body: ByteBuffer(string: body)) { response throws in
                     #expect(response.status == .ok, "\(String(buffer: response.body))")
@@ -394,8 +407,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func nothingIsWrittenByARefusedRequest() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func nothingIsWrittenByARefusedRequest(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             try await client.execute(uri: "/v1/kv/accounts/k", method: .put, body: ByteBuffer(string: "v")) { #expect($0.status == .serviceUnavailable) }
             try await client.execute(uri: "/v1/kv/profiles/big", method: .put, body: ByteBuffer(string: String(repeating: "x", count: 5000))) {
                 #expect($0.status == .contentTooLarge)
@@ -417,8 +431,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
-    @Test func healthStatusKeyspacesAndMetrics() async throws {
-        try await fixture.withApp { client in
+    @Test(arguments: NodeFixture.Store.allCases)
+    func healthStatusKeyspacesAndMetrics(_ store: NodeFixture.Store) async throws {
+        try await fixture.withApp(store: store) { client in
             try await client.execute(uri: "/health", method: .get) { #expect($0.status == .ok) }
             try await client.execute(uri: "/v1/kv/profiles/a", method: .put, body: ByteBuffer(string: "1")) { _ in }
             try await client.execute(uri: "/v1/status", method: .get) { response throws in

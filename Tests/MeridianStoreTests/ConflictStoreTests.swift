@@ -30,16 +30,14 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
                          value: Array(value.utf8), context: context)
     }
 
-    func open(_ fixture: StoreFixture, rule: ConflictRule, limits: Limits = Limits(), observer: (any StoreObserver)? = nil) throws -> RegionStore {
-        let clock = fixture.clock
-        return try RegionStore(path: fixture.path, region: fixture.region, limits: limits, conflictRules: [fixture.keyspace: rule],
-                               physicalClockMs: { clock.read() }, observer: observer)
+    func open(_ fixture: StoreFixture, rule: ConflictRule, limits: Limits = Limits(), observer: (any StoreObserver)? = nil) throws -> any RegionStorage {
+        try fixture.open(limits: limits, observer: observer, rules: [fixture.keyspace: rule])
     }
 
-    @Test(arguments: [ConflictRule.lww, .fww])
-    func concurrentWritesResolveAndTheLoserIsLoggedOnce(_ rule: ConflictRule) async throws {
+    @Test(arguments: Backend.allCases, [ConflictRule.lww, .fww])
+    func concurrentWritesResolveAndTheLoserIsLoggedOnce(_ backend: Backend, _ rule: ConflictRule) async throws {
         for euFirst in [true, false] {
-            let fixture = StoreFixture()
+            let fixture = StoreFixture(backend)
             defer { fixture.remove() }
             let counter = ConflictCounter()
             let store = try open(fixture, rule: rule, observer: counter)
@@ -62,8 +60,9 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         }
     }
 
-    @Test func theConflictsLogIsBoundedOldestFirst() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func theConflictsLogIsBoundedOldestFirst(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         var limits = Limits()
         limits.conflictsLogMax = 3
@@ -82,8 +81,9 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         store.close()
     }
 
-    @Test func antiEntropyMergesToTheSameRootIdempotently() async throws {
-        let a = StoreFixture(), b = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func antiEntropyMergesToTheSameRootIdempotently(_ backend: Backend) async throws {
+        let a = StoreFixture(backend), b = StoreFixture(backend)
         defer { a.remove(); b.remove() }
         let left = try open(a, rule: .lww), right = try open(b, rule: .lww)
         // Each store saw a different part: eu's writes on one side, ap's on the other, one key on both.
@@ -113,8 +113,9 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         right.close()
     }
 
-    @Test func aLocalWriteIsStampedAfterEveryEntryItSupersedesHoweverCommitsAndAppliesInterleave() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func aLocalWriteIsStampedAfterEveryEntryItSupersedesHoweverCommitsAndAppliesInterleave(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try open(fixture, rule: .lww)
         // eu-west's clock runs 300 ms ahead (within the maximum offset). Its entries arrive while local writes
@@ -146,8 +147,9 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         store.close()
     }
 
-    @Test func applyingEntriesDoesNotCarryAWrongWallClockPastARestart() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func applyingEntriesDoesNotCarryAWrongWallClockPastARestart(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         // Started with its clock 2 s ahead (fenced, so it writes nothing), the region still applies entries.
         fixture.clock.set(10_002_000)
@@ -164,8 +166,9 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         corrected.close()
     }
 
-    @Test func aLocalWriteSupersedesWhatItsRegionHeld() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func aLocalWriteSupersedesWhatItsRegionHeld(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try open(fixture, rule: .fww)
         // A remote write with a timestamp far in the future, then a local write: under fww the local write has

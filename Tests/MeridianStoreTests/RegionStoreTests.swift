@@ -24,22 +24,45 @@ final class BatchRecorder: StoreObserver, @unchecked Sendable {
     var batches: [Int] { lock.lock(); defer { lock.unlock() }; return sizes }
 }
 
+/// The storage backends every contract test runs against (the conformance suite): SQLite and in memory.
+enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, memory
+    var testDescription: String { rawValue }
+}
+
 struct StoreFixture {
+    let backend: Backend
     let directory: String
+    /// The in-memory backend's "disk": what survives a close and a reopen.
+    let disk = MemoryDisk()
     let region = RegionName(validated: "us-east")
     let keyspace = try! KeyspaceName("ks")
     let clock = ManualClock(10_000_000)
 
-    init() {
+    init(_ backend: Backend = .sqlite) {
+        self.backend = backend
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-store-\(UUID().uuidString)").path
         try! FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
 
     var path: String { directory + "/store.sqlite" }
 
-    func open(limits: Limits = Limits(), observer: (any StoreObserver)? = nil, region: RegionName? = nil) throws -> RegionStore {
+    /// Opens the fixture's store (again), on its one file or disk, whatever region is asked.
+    func open(limits: Limits = Limits(), observer: (any StoreObserver)? = nil, region: RegionName? = nil,
+              rules: [KeyspaceName: ConflictRule] = [:]) throws -> any RegionStorage {
         let clock = self.clock
-        return try RegionStore(path: path, region: region ?? self.region, limits: limits, physicalClockMs: { clock.read() }, observer: observer)
+        let context = StoreContext(region: region ?? self.region, limits: limits, conflictRules: rules, physicalClockMs: { clock.read() }, observer: observer)
+        switch backend {
+        case .sqlite: return try RegionStore(path: path, region: context.region, limits: limits, conflictRules: rules, physicalClockMs: context.physicalClockMs, observer: observer)
+        case .memory: return try MemoryStore(disk: disk, context: context)
+        }
+    }
+
+    /// The SQLite store itself, for what only it has (group commit, sync level).
+    func openSQLite(limits: Limits = Limits(), observer: (any StoreObserver)? = nil) throws -> RegionStore {
+        precondition(backend == .sqlite)
+        let clock = self.clock
+        return try RegionStore(path: path, region: region, limits: limits, physicalClockMs: { clock.read() }, observer: observer)
     }
 
     func put(_ key: String, _ value: String, precondition: WriteRequest.Precondition? = nil) -> WriteRequest {
@@ -55,7 +78,7 @@ func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
 }
 
 /// Starts `count` writes at once; each result is nil (committed) or the error code it failed with.
-func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int, value: String) async -> [MeridianError.Code?] {
+func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count: Int, value: String) async -> [MeridianError.Code?] {
     await withTaskGroup(of: MeridianError.Code?.self) { group in
         for index in 0..<count {
             group.addTask {
@@ -74,8 +97,9 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
 }
 
 @Suite struct RegionStoreTests {
-    @Test func writesAreReadBackWithTheirVersion() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func writesAreReadBackWithTheirVersion(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         let entry = try committed(try await store.write(fixture.put("a", "1")))
@@ -93,8 +117,9 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         store.close()
     }
 
-    @Test func sessionWritesKeepTheirDependenciesAndOrderAfterWhatTheSessionSaw() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func sessionWritesKeepTheirDependenciesAndOrderAfterWhatTheSessionSaw(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         let euWest = RegionName(validated: "eu-west")
@@ -120,7 +145,7 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
     @Test func commitsSyncTheWriteAheadLog() async throws {
         let fixture = StoreFixture()
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try fixture.openSQLite()
         _ = try await store.write(fixture.put("a", "1"))
         // 2 = FULL: in WAL mode only FULL syncs on every commit; NORMAL (GRDB's default) would acknowledge
         // writes that a power loss can take back.
@@ -134,7 +159,7 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         let recorder = BatchRecorder()
         var limits = Limits()
         limits.commitBatchMax = 64
-        let store = try fixture.open(limits: limits, observer: recorder)
+        let store = try fixture.openSQLite(limits: limits, observer: recorder)
         let writes = 400
         let sequences = try await withThrowingTaskGroup(of: UInt64.self) { group in
             for index in 0..<writes {
@@ -154,8 +179,9 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         store.close()
     }
 
-    @Test func preconditionsCompareTheCurrentVersion() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func preconditionsCompareTheCurrentVersion(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         #expect(try await store.write(fixture.put("a", "x", precondition: .exists)) == .preconditionFailed(current: nil))
@@ -169,8 +195,9 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         store.close()
     }
 
-    @Test func listsByPrefixWithPaging() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func listsByPrefixWithPaging(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         for key in ["user/1", "user/2", "user/3", "users", "user0", "admin", "user/é"] {
@@ -194,8 +221,9 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         store.close()
     }
 
-    @Test func reopeningKeepsDataSequencesAndClockOrder() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func reopeningKeepsDataSequencesAndClockOrder(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         var store = try fixture.open()
         var last: ReplicationEntry?
@@ -211,8 +239,9 @@ func concurrentWrites(_ store: RegionStore, _ fixture: StoreFixture, count: Int,
         store.close()
     }
 
-    @Test func aDataDirectoryBelongsToOneRegion() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func aDataDirectoryBelongsToOneRegion(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         try fixture.open().close()
         do {

@@ -17,8 +17,9 @@ import Testing
                                 contentType: "text/plain", value: delete ? [] : Array(value.utf8))
     }
 
-    @Test func appliesOnceInOrderAndRefusesGaps() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func appliesOnceInOrderAndRefusesGaps(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         #expect(try await store.applyReplicated([remote(1, key: "a", value: "1", physicalMs: 5), remote(2, key: "b", value: "2", physicalMs: 6)], origin: eu) == 2)
@@ -43,8 +44,9 @@ import Testing
         store.close()
     }
 
-    @Test func lastWriterWinsByHLCInAnyArrivalOrder() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func lastWriterWinsByHLCInAnyArrivalOrder(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         // The local write is at 10_000_000 ms (the fixture's clock); a remote write of the same key at an earlier
@@ -61,8 +63,9 @@ import Testing
         store.close()
     }
 
-    @Test func localWritesOrderAfterAppliedEntries() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func localWritesOrderAfterAppliedEntries(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try fixture.open()
         // eu-west's clock is 300 ms ahead (within the maximum offset): our next write must still be later.
@@ -73,8 +76,9 @@ import Testing
         store.close()
     }
 
-    @Test func appliedHighWaterSurvivesRestart() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func appliedHighWaterSurvivesRestart(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         var store = try fixture.open()
         _ = try await store.applyReplicated((1...4).map { remote(UInt64($0), key: "k\($0)", value: "v", physicalMs: UInt64($0)) }, origin: eu)
@@ -95,8 +99,9 @@ import Testing
                          keyspace: try! KeyspaceName("ks"), key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(key.utf8))
     }
 
-    @Test func rangesWithLeftOutEntriesMoveTheAppliedPointDurably() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func rangesWithLeftOutEntriesMoveTheAppliedPointDurably(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         var store = try fixture.open()
         // Sequences 1 and 3 are of a keyspace this region does not replicate: only 2 and 4 arrive.
@@ -130,8 +135,9 @@ import Testing
         store.close()
     }
 
-    @Test func trimmingKeepsTheLogContinuous() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func trimmingKeepsTheLogContinuous(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         var store = try fixture.open()
         for index in 0..<5 { _ = try await store.write(fixture.put("k\(index)", "v")) }
@@ -150,8 +156,9 @@ import Testing
         store.close()
     }
 
-    @Test func termsHeldRiseWithAppliedWritesAndCaughtUpTermsNeverLowerAndSurviveAReopen() async throws {
-        let fixture = StoreFixture()
+    @Test(arguments: Backend.allCases)
+    func termsHeldRiseWithAppliedWritesAndCaughtUpTermsNeverLowerAndSurviveAReopen(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let keyspace = try KeyspaceName("ks")
         let us = RegionName(validated: "us-east")

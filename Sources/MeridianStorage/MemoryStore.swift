@@ -1,0 +1,556 @@
+import MeridianCore
+import Synchronization
+
+/// What an in-memory store keeps across a close and a reopen: its "disk". A store opened again on the same disk
+/// finds everything committed before, as a SQLite file would; the simulator and tests crash a region by
+/// dropping the store and keeping the disk.
+public final class MemoryDisk: Sendable {
+    fileprivate let contents = Mutex<MemoryStore.Contents?>(nil)
+
+    public init() {}
+}
+
+/// A region's store held in memory, implementing every storage protocol with the same rules as the SQLite
+/// backend (the conformance suite checks both): writes planned by the core's ``WritePlanner`` and applied by
+/// ``KeyChange``, one log per origin, exactly-once applies, the conflicts and divergence logs with their
+/// bounds. Every call runs under one lock, so commits are serial and sequences follow commit order.
+public final class MemoryStore: RegionStorage {
+    /// Everything the store holds; it lives on the ``MemoryDisk``.
+    struct Contents: Sendable {
+        let region: RegionName
+        var log: [RegionName: [ReplicationEntry]] = [:]
+        var applied: [RegionName: UInt64] = [:]
+        var logFloor: UInt64 = 0
+        var nextSequence: UInt64 = 1
+        var hlcHighWater: HLCTimestamp?
+        var keys: [KeyspaceName: [Key: KeyState]] = [:]
+        var conflicts: [ConflictRecord] = []
+        var nextConflictID: Int64 = 1
+        /// Per keyspace, per (origin, epoch): the last write of that term held.
+        var terms: [KeyspaceName: [TermKey: UInt64]] = [:]
+        var elections: [KeyspaceName: StoredElection] = [:]
+        var divergence: [DivergedWrite] = []
+        var nextDivergenceID: Int64 = 1
+        var failovers: [FailoverEvent] = []
+        var nextFailoverID: Int64 = 1
+    }
+
+    struct TermKey: Hashable, Sendable {
+        let origin: RegionName
+        let epoch: UInt64
+    }
+
+    /// The open store's view: the disk's contents and the clock rebuilt from them.
+    private struct Open: Sendable {
+        var contents: Contents
+        var clock: HybridLogicalClock
+        var closed = false
+    }
+
+    public let region: RegionName
+    public let writeFaults = WriteFaults()
+    private let disk: MemoryDisk
+    private let state: Mutex<Open>
+    private let limits: Limits
+    private let rules: [KeyspaceName: ConflictRule]
+    private let physicalClockMs: @Sendable () -> UInt64
+    private let observer: (any StoreObserver)?
+
+    /// Opens the store on `disk` (empty: a new store for `context.region`).
+    /// - Throws: `storage_failure` when the disk belongs to another region.
+    public init(disk: MemoryDisk, context: StoreContext) throws(MeridianError) {
+        let contents = try disk.contents.withLock { stored throws(MeridianError) -> Contents in
+            if let stored {
+                guard stored.region == context.region else {
+                    throw MeridianError(.storageFailure, "The in-memory store belongs to region '\(stored.region)', not '\(context.region)'. Use that region's store or an empty one.",
+                                        context: ["data_region": stored.region.rawValue, "region": context.region.rawValue])
+                }
+                return stored
+            }
+            let fresh = Contents(region: context.region)
+            stored = fresh
+            return fresh
+        }
+        self.disk = disk
+        region = context.region
+        limits = context.limits
+        rules = context.conflictRules
+        physicalClockMs = context.physicalClockMs
+        observer = context.observer
+        let clock = HybridLogicalClock(region: context.region, maxOffsetMs: context.limits.clockOffsetMsMax, floor: contents.hlcHighWater)
+        state = Mutex(Open(contents: contents, clock: clock))
+    }
+
+    /// A factory opening every region's store on its own disk from `disks` (created on first use).
+    public static func factory(_ disks: MemoryDisks) -> StoreFactory {
+        { context throws(MeridianError) in try MemoryStore(disk: disks.disk(for: context.region), context: context) }
+    }
+
+    public func close() {
+        state.withLock { $0.closed = true }
+    }
+
+    // MARK: - Running under the lock
+
+    /// Reads under the lock.
+    private func reading<T>(_ body: (borrowing Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
+        try state.withLock { open throws(MeridianError) -> T in
+            guard !open.closed else { throw Self.closedError }
+            return try body(open)
+        }
+    }
+
+    /// Changes under the lock, then makes the contents "durable" on the disk.
+    private func changing<T>(_ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
+        try state.withLock { open throws(MeridianError) -> T in
+            guard !open.closed else { throw Self.closedError }
+            var draft = open
+            let result = try body(&draft)
+            open = draft
+            let contents = draft.contents
+            disk.contents.withLock { $0 = contents }
+            return result
+        }
+    }
+
+    private static let closedError = MeridianError(.storageFailure, "The store is closed.")
+
+    private func rule(_ keyspace: KeyspaceName) -> ConflictRule { rules[keyspace] ?? .lww }
+
+    // MARK: - Commits
+
+    public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
+        let limits = self.limits
+        let rule = rule(request.keyspace)
+        let region = self.region
+        let physicalMs = physicalClockMs()
+        let (outcome, recorded) = try changing { open throws(MeridianError) -> (WriteOutcome, Recorded) in
+            let current = open.contents.keys[request.keyspace]?[request.key]
+            let sequence = open.contents.nextSequence
+            switch WritePlanner.plan(request, state: current, rule: rule, origin: region, sequence: sequence, clock: &open.clock,
+                                     physicalMs: physicalMs, limits: limits) {
+            case .refused(let error):
+                return (.refused(error), Recorded())
+            case .preconditionFailed(let version):
+                return (.preconditionFailed(current: version), Recorded())
+            case .append(let entry):
+                open.contents.log[region, default: []].append(entry)
+                open.contents.nextSequence = sequence + 1
+                let recorded = try Self.apply(entry, rule: rule, to: &open.contents, nowMs: physicalMs, limits: limits)
+                open.contents.hlcHighWater = open.clock.last
+                return (.committed(entry), recorded)
+            }
+        }
+        if case .committed = outcome { observer?.commitCompleted(writes: 1, commitSeconds: 0) }
+        report(request.keyspace, recorded)
+        return outcome
+    }
+
+    /// Conflict records added, and old ones dropped past the bound.
+    struct Recorded: Sendable {
+        var added = 0, dropped = 0
+        mutating func add(_ other: Recorded) {
+            added += other.added
+            dropped += other.dropped
+        }
+    }
+
+    /// Applies one entry to its key, records the losers, and notes the term it belongs to.
+    private static func apply(_ entry: ReplicationEntry, rule: ConflictRule, to contents: inout Contents, nowMs: UInt64,
+                              limits: Limits) throws(MeridianError) -> Recorded {
+        let old = contents.keys[entry.keyspace]?[entry.key]
+        let change = try KeyChange.applying(entry, rule: rule, to: old)
+        if entry.epoch > 0 {
+            let term = TermKey(origin: entry.origin, epoch: entry.epoch)
+            contents.terms[entry.keyspace, default: [:]][term] = max(contents.terms[entry.keyspace]?[term] ?? 0, entry.sequence)
+        }
+        guard let change else { return Recorded() }
+        contents.keys[entry.keyspace, default: [:]][entry.key] = change.state
+        return record(change, keyspace: entry.keyspace, key: entry.key, in: &contents, nowMs: nowMs, limits: limits)
+    }
+
+    /// Brings the conflicts log in line with a key's change, as the SQLite backend does: each loser recorded once
+    /// (naming its latest winner), a restored version's record removed, the oldest dropped past the bound.
+    private static func record(_ change: KeyChange, keyspace: KeyspaceName, key: Key, in contents: inout Contents, nowMs: UInt64, limits: Limits) -> Recorded {
+        if let restored = change.restored {
+            contents.conflicts.removeAll { $0.keyspace == keyspace && $0.key == key && $0.loser.dot == restored }
+        }
+        var recorded = Recorded()
+        for loss in change.losses {
+            if let index = contents.conflicts.firstIndex(where: { $0.keyspace == keyspace && $0.key == key && $0.loser.dot == loss.loser.dot }) {
+                let held = contents.conflicts[index]
+                contents.conflicts[index] = ConflictRecord(id: held.id, keyspace: keyspace, key: key, rule: held.rule, recordedMs: held.recordedMs,
+                                                           loser: held.loser, winner: loss.winner.version)
+                continue
+            }
+            contents.conflicts.append(ConflictRecord(id: contents.nextConflictID, keyspace: keyspace, key: key, rule: loss.rule, recordedMs: nowMs,
+                                                     loser: KeyVersion(version: loss.loser.version, tombstone: loss.loser.tombstone,
+                                                                       contentType: loss.loser.contentType, value: loss.loser.value),
+                                                     winner: loss.winner.version))
+            contents.nextConflictID += 1
+            recorded.added += 1
+            let held = contents.conflicts.filter { $0.keyspace == keyspace }
+            if held.count > limits.conflictsLogMax {
+                let dropped = Set(held.prefix(held.count - limits.conflictsLogMax).map(\.id))
+                contents.conflicts.removeAll { dropped.contains($0.id) }
+                recorded.dropped += dropped.count
+            }
+        }
+        return recorded
+    }
+
+    private func report(_ keyspace: KeyspaceName, _ recorded: Recorded) {
+        guard recorded.added > 0 || recorded.dropped > 0 else { return }
+        observer?.conflictsRecorded(keyspace: keyspace, recorded: recorded.added, dropped: recorded.dropped)
+    }
+
+    // MARK: - Keys
+
+    public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
+        let rule = rule(keyspace)
+        return try reading { open in
+            guard let state = open.contents.keys[keyspace]?[key] else { return nil }
+            var value = StoredValue(keyspace: keyspace, key: key, winner: state.winner(rule))
+            value.concurrent = state.versions.count - 1
+            return value
+        }
+    }
+
+    public func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? {
+        try reading { open in open.contents.keys[keyspace]?[key] }
+    }
+
+    /// A keyspace's keys in ascending byte order, as SQLite compares text.
+    private static func sortedKeys(_ keys: [Key: KeyState]?) -> [Key] {
+        (keys.map { Array($0.keys) } ?? []).sorted { Array($0.rawValue.utf8).lexicographicallyPrecedes(Array($1.rawValue.utf8)) }
+    }
+
+    public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {
+        precondition(limit > 0)
+        let rule = rule(keyspace)
+        let prefixBytes = Array(prefix.utf8)
+        let afterBytes = after.map { Array($0.utf8) }
+        return try reading { open in
+            let keys = open.contents.keys[keyspace] ?? [:]
+            var listed: [ListedKey] = []
+            for key in Self.sortedKeys(keys) {
+                let bytes = Array(key.rawValue.utf8)
+                guard bytes.starts(with: prefixBytes) else { continue }
+                if let afterBytes, !afterBytes.lexicographicallyPrecedes(bytes) { continue }
+                let winner = keys[key]!.winner(rule)
+                guard !winner.tombstone else { continue }
+                listed.append(ListedKey(key: key, version: winner.version, valueBytes: winner.value.count, contentType: winner.contentType,
+                                        dependencies: winner.dependencies))
+                if listed.count == limit { break }
+            }
+            return listed
+        }
+    }
+
+    public func keyCounts() async throws(MeridianError) -> [String: Int] {
+        try reading { open in
+            var counts: [String: Int] = [:]
+            for (keyspace, keys) in open.contents.keys {
+                let rule = rule(keyspace)
+                let live = keys.values.filter { !$0.winner(rule).tombstone }.count
+                if live > 0 { counts[keyspace.rawValue] = live }
+            }
+            return counts
+        }
+    }
+
+    // MARK: - Replication logs
+
+    public func appliedHighWater() -> [RegionName: UInt64] {
+        state.withLock { open in
+            var applied = open.contents.applied
+            let own = open.contents.nextSequence - 1
+            if own > 0 { applied[region] = own }
+            return applied
+        }
+    }
+
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                                diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64 {
+        try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
+        let limits = self.limits
+        let physicalMs = physicalClockMs()
+        var recorded: [KeyspaceName: Recorded] = [:]
+        let after = try changing { open throws(MeridianError) -> UInt64 in
+            let applied = open.contents.applied[origin] ?? 0
+            guard from <= applied + 1 else {
+                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
+                                    context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)])
+            }
+            guard through > applied else { return applied }
+            for entry in entries where entry.sequence > applied {
+                if let successor = diverted[entry.sequence] {
+                    Self.insertDiverted(entry, successorEpoch: successor, into: &open.contents, nowMs: physicalMs)
+                    continue
+                }
+                open.contents.log[origin, default: []].append(entry)
+                recorded[entry.keyspace, default: Recorded()].add(try Self.apply(entry, rule: rule(entry.keyspace), to: &open.contents, nowMs: physicalMs, limits: limits))
+                Self.receive(entry.hlc, clock: &open.clock, physicalMs: physicalMs)
+            }
+            open.contents.applied[origin] = through
+            open.contents.hlcHighWater = open.clock.last
+            return through
+        }
+        for (keyspace, counts) in recorded { report(keyspace, counts) }
+        return after
+    }
+
+    /// Moves the clock past another region's timestamp unless it leads this region's wall clock by more than
+    /// the maximum offset (as the SQLite backend's transaction clock).
+    private static func receive(_ remote: HLCTimestamp, clock: inout HybridLogicalClock, physicalMs: UInt64) {
+        guard remote.physicalMs <= physicalMs || remote.physicalMs - physicalMs <= clock.maxOffsetMs else { return }
+        clock.advance(past: remote)
+    }
+
+    public func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 {
+        guard origin != region else { return appliedHighWater()[region] ?? 0 }
+        return try changing { open in
+            open.contents.applied[origin] = max(open.contents.applied[origin] ?? 0, sequence)
+            return open.contents.applied[origin]!
+        }
+    }
+
+    public func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
+        try reading { open in Array((open.contents.log[origin] ?? []).lazy.filter { $0.sequence > sequence }.prefix(limit)) }
+    }
+
+    public func logHighWater() async throws(MeridianError) -> [RegionName: UInt64] {
+        try reading { open in open.contents.log.compactMapValues { $0.last?.sequence } }
+    }
+
+    public func logFloor() -> UInt64 {
+        state.withLock { $0.contents.logFloor }
+    }
+
+    public func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) {
+        let own = origin == region
+        try changing { open in
+            guard !own || sequence > open.contents.logFloor else { return }
+            open.contents.log[origin]?.removeAll { $0.sequence <= sequence }
+            if own { open.contents.logFloor = sequence }
+        }
+    }
+
+    // MARK: - Repair
+
+    public func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
+        try reading { open in
+            var builder = MerkleTree.Builder()
+            let keys = open.contents.keys[keyspace] ?? [:]
+            for key in Self.sortedKeys(keys) { builder.add(key, digest: MerkleTree.digest(keys[key]!)) }
+            return (builder.tree, builder.keys)
+        }
+    }
+
+    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+        let afterBytes = after.map { Array($0.rawValue.utf8) }
+        return try reading { open in
+            let keys = open.contents.keys[keyspace] ?? [:]
+            var states: [(key: Key, state: KeyState)] = []
+            var bytes = 0
+            for key in Self.sortedKeys(keys) where buckets.contains(MerkleTree.bucket(of: key)) {
+                if let afterBytes, !afterBytes.lexicographicallyPrecedes(Array(key.rawValue.utf8)) { continue }
+                var encoded: [UInt8] = []
+                KeyStateCodec.append(keys[key]!, to: &encoded)
+                let size = encoded.count + key.rawValue.utf8.count + 2
+                if !states.isEmpty && bytes + size > bytesMax { return (states, states.last?.key) }
+                bytes += size
+                states.append((key, keys[key]!))
+            }
+            return (states, nil)
+        }
+    }
+
+    public func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int {
+        guard !states.isEmpty else { return 0 }
+        let rule = rule(keyspace)
+        let limits = self.limits
+        let physicalMs = physicalClockMs()
+        let (changed, recorded) = try changing { open in
+            var changed = 0, recorded = Recorded()
+            for item in states {
+                let local = open.contents.keys[keyspace]?[item.key]
+                let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
+                guard merged != local else { continue }
+                for version in item.state.versions { Self.receive(version.version.hlc, clock: &open.clock, physicalMs: physicalMs) }
+                open.contents.keys[keyspace, default: [:]][item.key] = merged
+                recorded.add(Self.record(KeyChange.changes(old: local, new: merged, rule: rule), keyspace: keyspace, key: item.key,
+                                        in: &open.contents, nowMs: physicalMs, limits: limits))
+                changed += 1
+            }
+            open.contents.hlcHighWater = open.clock.last
+            return (changed, recorded)
+        }
+        report(keyspace, recorded)
+        return changed
+    }
+
+    public func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError) {
+        try changing { open in
+            for item in states { open.contents.keys[keyspace, default: [:]][item.key] = item.state }
+        }
+    }
+
+    // MARK: - Conflicts log
+
+    public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
+        precondition(limit > 0)
+        return try reading { open in
+            Array(open.contents.conflicts.lazy.filter { $0.keyspace == keyspace && $0.id > after && (key == nil || $0.key == key) }.prefix(limit))
+        }
+    }
+
+    public func conflictCounts() async throws(MeridianError) -> [String: Int] {
+        try reading { open in
+            var counts: [String: Int] = [:]
+            for record in open.contents.conflicts { counts[record.keyspace.rawValue, default: 0] += 1 }
+            return counts
+        }
+    }
+
+    // MARK: - Elections, terms, divergence, failovers
+
+    public func terms(keyspace: KeyspaceName, limit: Int) throws(MeridianError) -> [TermEnd] {
+        try reading { open in
+            let held = (open.contents.terms[keyspace] ?? [:]).map { TermEnd(epoch: $0.key.epoch, leader: $0.key.origin, last: $0.value) }
+            return Array(held.sorted { ($0.epoch, $0.leader.rawValue) > ($1.epoch, $1.leader.rawValue) }.prefix(limit))
+        }
+    }
+
+    public func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) throws(MeridianError) {
+        try changing { open in
+            for term in terms {
+                let key = TermKey(origin: term.leader, epoch: term.epoch)
+                open.contents.terms[keyspace, default: [:]][key] = max(open.contents.terms[keyspace]?[key] ?? 0, term.last)
+            }
+        }
+    }
+
+    public func elections() throws(MeridianError) -> [KeyspaceName: StoredElection] {
+        try reading { open in open.contents.elections }
+    }
+
+    public func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) throws(MeridianError) {
+        try changing { open in open.contents.elections[keyspace] = election }
+    }
+
+    public func newestEpoch(keyspace: KeyspaceName) throws(MeridianError) -> (epoch: UInt64, origin: RegionName)? {
+        try reading { open in
+            var newest: (epoch: UInt64, origin: RegionName)?
+            for entries in open.contents.log.values {
+                for entry in entries where entry.keyspace == keyspace && entry.epoch >= (newest?.epoch ?? 0) { newest = (entry.epoch, entry.origin) }
+            }
+            return newest
+        }
+    }
+
+    public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64?, successorEpoch: UInt64,
+                           nowMs: UInt64) async throws(MeridianError) -> Set<Key> {
+        try changing { open in
+            var keys: Set<Key> = []
+            for entry in open.contents.log[origin] ?? [] where entry.sequence > after && entry.keyspace == keyspace && entry.epoch < successorEpoch
+                && (epoch == nil || entry.epoch == epoch) {
+                Self.insertDiverted(entry, successorEpoch: successorEpoch, into: &open.contents, nowMs: nowMs)
+                keys.insert(entry.key)
+            }
+            for (term, last) in open.contents.terms[keyspace] ?? [:] where term.origin == origin && term.epoch < successorEpoch
+                && (epoch == nil || term.epoch == epoch) && last > after {
+                open.contents.terms[keyspace]![term] = after
+            }
+            return keys
+        }
+    }
+
+    private static func insertDiverted(_ entry: ReplicationEntry, successorEpoch: UInt64, into contents: inout Contents, nowMs: UInt64) {
+        guard !contents.divergence.contains(where: { $0.origin == entry.origin && $0.sequence == entry.sequence }) else { return }
+        contents.divergence.append(DivergedWrite(
+            id: contents.nextDivergenceID, keyspace: entry.keyspace, key: entry.key, origin: entry.origin, sequence: entry.sequence, epoch: entry.epoch,
+            successorEpoch: successorEpoch, hlc: entry.hlc, operation: entry.operation, contentType: entry.contentType, value: entry.value,
+            recordedMs: nowMs, reappliedMs: nil))
+        contents.nextDivergenceID += 1
+    }
+
+    public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
+        try reading { open in
+            Array(open.contents.divergence.lazy.filter { ($0.keyspace == keyspace || keyspace == nil) && $0.id > after }.prefix(limit))
+        }
+    }
+
+    public func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite? {
+        try reading { open in open.contents.divergence.first { $0.id == id } }
+    }
+
+    public func markReapplied(id: Int64, nowMs: UInt64) async throws(MeridianError) -> Bool {
+        try changing { open in Self.setReapplied(id: id, to: nowMs, in: &open.contents, onlyIfUnset: true) }
+    }
+
+    public func unmarkReapplied(id: Int64) async throws(MeridianError) {
+        try changing { open in _ = Self.setReapplied(id: id, to: nil, in: &open.contents, onlyIfUnset: false) }
+    }
+
+    private static func setReapplied(id: Int64, to ms: UInt64?, in contents: inout Contents, onlyIfUnset: Bool) -> Bool {
+        guard let index = contents.divergence.firstIndex(where: { $0.id == id }) else { return false }
+        let held = contents.divergence[index]
+        if onlyIfUnset && held.reappliedMs != nil { return false }
+        contents.divergence[index] = DivergedWrite(
+            id: held.id, keyspace: held.keyspace, key: held.key, origin: held.origin, sequence: held.sequence, epoch: held.epoch,
+            successorEpoch: held.successorEpoch, hlc: held.hlc, operation: held.operation, contentType: held.contentType, value: held.value,
+            recordedMs: held.recordedMs, reappliedMs: ms)
+        return true
+    }
+
+    public func divergenceCounts() async throws(MeridianError) -> [String: Int] {
+        try reading { open in
+            var counts: [String: Int] = [:]
+            for write in open.contents.divergence { counts["\(write.keyspace)/\(write.successorEpoch)", default: 0] += 1 }
+            return counts
+        }
+    }
+
+    public func recordFailover(keyspace: KeyspaceName, epoch: UInt64, leader: RegionName, previousLeader: RegionName?,
+                               lastHeardMs: UInt64?, suspectedMs: UInt64, electedMs: UInt64, reason: String) async throws(MeridianError) {
+        try changing { open in
+            guard !open.contents.failovers.contains(where: { $0.keyspace == keyspace && $0.epoch == epoch }) else { return }
+            open.contents.failovers.append(FailoverEvent(
+                id: open.contents.nextFailoverID, keyspace: keyspace, epoch: epoch, leader: leader, previousLeader: previousLeader,
+                lastHeardMs: lastHeardMs, suspectedMs: suspectedMs, electedMs: electedMs, firstWriteMs: nil, reason: reason))
+            open.contents.nextFailoverID += 1
+        }
+    }
+
+    public func recordFirstWrite(keyspace: KeyspaceName, epoch: UInt64, atMs: UInt64) async throws(MeridianError) {
+        try changing { open in
+            guard let index = open.contents.failovers.firstIndex(where: { $0.keyspace == keyspace && $0.epoch == epoch }),
+                  open.contents.failovers[index].firstWriteMs == nil else { return }
+            let held = open.contents.failovers[index]
+            open.contents.failovers[index] = FailoverEvent(
+                id: held.id, keyspace: held.keyspace, epoch: held.epoch, leader: held.leader, previousLeader: held.previousLeader,
+                lastHeardMs: held.lastHeardMs, suspectedMs: held.suspectedMs, electedMs: held.electedMs, firstWriteMs: atMs, reason: held.reason)
+        }
+    }
+
+    public func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent] {
+        try reading { open in Array(open.contents.failovers.suffix(limit)) }
+    }
+}
+
+/// One ``MemoryDisk`` per region, for a whole simulated or test cluster.
+public final class MemoryDisks: Sendable {
+    private let disks = Mutex<[RegionName: MemoryDisk]>([:])
+
+    public init() {}
+
+    public func disk(for region: RegionName) -> MemoryDisk {
+        disks.withLock { disks in
+            if let disk = disks[region] { return disk }
+            let disk = MemoryDisk()
+            disks[region] = disk
+            return disk
+        }
+    }
+}

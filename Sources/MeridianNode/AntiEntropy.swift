@@ -36,55 +36,31 @@ struct RepairReport: Encodable, Sendable {
 }
 
 extension RegionNode {
-    /// Marks a forwarded read as an anti-entropy request between regions (never set from a client's headers:
-    /// forwarded reads carry only headers the forwarding node sets itself).
-    static let internalHeader = "Meridian-Internal"
-    static let bucketsHeader = "Meridian-Buckets"
-    static let afterHeader = "Meridian-After"
-    static let nextHeader = "Meridian-Next"
-    static let logHighWaterHeader = "Meridian-Log-High-Water"
-    static let termsHeader = "Meridian-Terms"
-    static let antiEntropyKey: Key = {
-        do { return try Key("_anti_entropy") } catch { preconditionFailure("a constant key is valid") }
-    }()
-
-    /// Answers a peer's anti-entropy request: this region's Merkle tree of a keyspace, or the states of some
-    /// of its buckets. Only for a peer that holds a replica of the keyspace (residency).
-    /// - Parameter from: The peer, as its stream's hello named it (never a header it could set itself).
-    func serveAntiEntropy(_ read: ForwardedRead, kind: String, from: RegionName) async -> ForwardedReply {
-        func header(_ name: String) -> String? { read.headers.first { $0.name.lowercased() == name.lowercased() }?.value }
-        func reply(_ status: Int, _ headers: [ForwardedHeader] = [], _ body: [UInt8]) -> ForwardedReply {
-            ForwardedReply(id: read.id, status: UInt16(status), headers: headers, body: body)
-        }
-        func failure(_ error: MeridianError) -> ForwardedReply { ForwardedReply(id: read.id, rendered: error.rendered(change: false)) }
-        guard let policy = configuration.cluster.keyspace(read.keyspace), policy.isReplica(region), policy.isReplica(from) else {
-            return failure(MeridianError(.notReplicaRegion, "Anti-entropy of '\(read.keyspace)' runs only between regions that hold a replica of it."))
+    /// Answers one step of a peer's anti-entropy round: this region's Merkle tree of a keyspace (with its log's
+    /// end and the terms it holds, read before the tree), or a page of the states of some of its buckets. Only
+    /// for a peer that holds a replica of the keyspace (residency).
+    /// - Parameter peer: The peer, as its stream's hello named it.
+    func serveRepair(_ keyspace: KeyspaceName, _ request: RepairRequest, from peer: RegionName) async -> RepairReply {
+        func refused(_ error: MeridianError) -> RepairReply { .refused(code: error.code.description, message: error.message) }
+        guard let policy = configuration.cluster.keyspace(keyspace), policy.isReplica(region), policy.isReplica(peer) else {
+            return refused(MeridianError(.notReplicaRegion, "Anti-entropy of '\(keyspace)' runs only between regions that hold a replica of it."))
         }
         do throws(MeridianError) {
-            switch kind {
-            case "merkle":
+            switch request {
+            case .tree:
                 // Read before the tree: every write of this region's log up to here, and of every term as far as
                 // it is held here, is in the states that follow.
                 let highWater = store.appliedHighWater()[region] ?? 0
                 let terms = policy.topology == .singleLeader ? try store.terms(keyspace: policy.name) : []
                 let (tree, keys) = try await store.merkleTree(keyspace: policy.name)
-                return reply(200, [ForwardedHeader(name: "Meridian-Keys", value: String(keys)),
-                                   ForwardedHeader(name: Self.logHighWaterHeader, value: String(highWater)),
-                                   ForwardedHeader(name: Self.termsHeader, value: TermEnd.encode(terms))], tree.encoded)
-            case "states":
-                let buckets = Set((header(Self.bucketsHeader) ?? "").split(separator: ",").compactMap { Int($0) }
-                    .filter { (0..<MerkleTree.bucketCount).contains($0) })
-                let after = try header(Self.afterHeader).map { text throws(MeridianError) in try Key(text) }
-                let page = try await store.states(keyspace: policy.name, buckets: buckets, after: after,
+                return .tree(RepairTree(logHighWater: highWater, keys: UInt64(keys), terms: terms, tree: tree))
+            case .states(let buckets, let after):
+                let page = try await store.states(keyspace: policy.name, buckets: Set(buckets), after: after,
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
-                var headers: [ForwardedHeader] = []
-                if let next = page.next { headers.append(ForwardedHeader(name: Self.nextHeader, value: next.rawValue)) }
-                return reply(200, headers, KeyStateCodec.encode(page.states))
-            default:
-                return failure(MeridianError(.invalidRequest, "Unknown anti-entropy request '\(kind.prefix(32))'."))
+                return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
             }
         } catch {
-            return failure(error)
+            return refused(error)
         }
     }
 
@@ -116,28 +92,26 @@ extension RegionNode {
         var problem: String?
         do throws(MeridianError) {
             (before, keys) = try await store.merkleTree(keyspace: policy.name)
-            let common: [ForwardedHeader] = []
-            let treeReply = try await replicator.forward(to: peer) { id in
-                .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey,
-                                           headers: common + [ForwardedHeader(name: Self.internalHeader, value: "merkle")]))
+            guard case .tree(let theirs) = try Self.answer(try await replicator.requestRepair(from: peer, keyspace: policy.name, .tree), from: peer) else {
+                throw MeridianError(.replicationProtocol, "\(peer) answered a tree request with states.")
             }
-            guard treeReply.status == 200 else { throw Self.peerRefused(peer, treeReply) }
-            let highWater = treeReply.headers.first { $0.name.lowercased() == Self.logHighWaterHeader.lowercased() }.flatMap { UInt64($0.value) }
-            if let termsRead {
-                let terms = try TermEnd.decode(Substring(treeReply.headers.first { $0.name.lowercased() == Self.termsHeader.lowercased() }?.value ?? ""))
-                guard terms.allSatisfy({ configuration.cluster.region($0.leader) != nil }) else {
-                    throw MeridianError(.replicationProtocol, "\(peer) named terms led by regions outside the cluster; check that every region runs the same cluster file.")
-                }
-                termsRead(terms)
+            guard theirs.terms.allSatisfy({ configuration.cluster.region($0.leader) != nil }) else {
+                throw MeridianError(.replicationProtocol, "\(peer) named terms led by regions outside the cluster; check that every region runs the same cluster file.")
             }
-            let theirs = try MerkleTree(encoded: treeReply.body)
-            peerTree = theirs
-            differing = before.differingBuckets(theirs)
+            termsRead?(theirs.terms)
+            peerTree = theirs.tree
+            differing = before.differingBuckets(theirs.tree)
             let complete = try await pullStates(policy, buckets: differing, from: peer) { states throws(MeridianError) in
                 received += states.count
                 changed += try await store.merge(keyspace: policy.name, states: states)
             }
-            if complete { peerLogHighWater = highWater }
+            if complete {
+                peerLogHighWater = theirs.logHighWater
+                // A catch-up reports its own terms; a periodic round records what it merged as held.
+                if termsRead == nil && policy.topology == .singleLeader && !theirs.terms.isEmpty {
+                    leadership.statesPulled(policy.name, terms: theirs.terms)
+                }
+            }
         } catch {
             problem = error.message
         }
@@ -159,17 +133,14 @@ extension RegionNode {
     func pullStates(_ policy: KeyspacePolicy, buckets: [Int], from peer: RegionName,
                     _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
         guard !buckets.isEmpty else { return true }
-        var after: String?
+        var after: Key?
         for _ in 0..<100_000 {
-            var headers = [ForwardedHeader(name: Self.internalHeader, value: "states"),
-                           ForwardedHeader(name: Self.bucketsHeader, value: buckets.map(String.init).joined(separator: ","))]
-            if let after { headers.append(ForwardedHeader(name: Self.afterHeader, value: after)) }
-            let reply = try await replicator.forward(to: peer) { id in
-                .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: Self.antiEntropyKey, headers: headers))
+            guard case .states(let encoded, let next) = try Self.answer(
+                try await replicator.requestRepair(from: peer, keyspace: policy.name, .states(buckets: buckets, after: after)), from: peer) else {
+                throw MeridianError(.replicationProtocol, "\(peer) answered a states request with a tree.")
             }
-            guard reply.status == 200 else { throw Self.peerRefused(peer, reply) }
             // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
-            let states = try KeyStateCodec.decode(reply.body, valueBytesMax: limits.replicationFrameBytesMax)
+            let states = try KeyStateCodec.decode(encoded, valueBytesMax: limits.replicationFrameBytesMax)
             guard states.allSatisfy({ item in
                 item.state.context.regions.allSatisfy { configuration.cluster.region($0) != nil }
                     && item.state.versions.allSatisfy { configuration.cluster.region($0.version.origin) != nil }
@@ -177,10 +148,20 @@ extension RegionNode {
                 throw MeridianError(.replicationProtocol, "\(peer) sent key states naming regions outside the cluster; check that every region runs the same cluster file.")
             }
             try await page(states)
-            after = reply.headers.first { $0.name.lowercased() == Self.nextHeader.lowercased() }?.value
-            if after == nil { return true }
+            guard let next else { return true }
+            guard next != after else {
+                throw MeridianError(.replicationProtocol, "\(peer) sent the same page of key states twice.")
+            }
+            after = next
         }
         return false
+    }
+
+    /// A reply's content, or the peer's refusal as an error.
+    private static func answer(_ reply: RepairReply, from peer: RegionName) throws(MeridianError) -> RepairReply {
+        guard case .refused(let code, let message) = reply else { return reply }
+        throw MeridianError(.regionUnavailable, "\(peer) refused the anti-entropy request (\(code)): \(message.prefix(300))",
+                            context: ["region": peer.rawValue])
     }
 
     /// Repairs every keyspace this region shares with `peer`. When all of them completed, this region holds
@@ -211,11 +192,6 @@ extension RegionNode {
             }
         }
         return reports
-    }
-
-    private static func peerRefused(_ peer: RegionName, _ reply: ForwardedReply) -> MeridianError {
-        MeridianError(.regionUnavailable, "\(peer) refused the anti-entropy request (\(reply.status)): \(String(decoding: reply.body.prefix(300), as: UTF8.self))",
-                      context: ["region": peer.rawValue])
     }
 
     /// The keyspaces this region repairs, with their other replicas.

@@ -128,6 +128,12 @@ final class Leadership: Sendable {
         handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: peer, applied: store.appliedHighWater()))
     }
 
+    /// An anti-entropy round merged every differing state of a single-leader keyspace from a peer that held
+    /// these terms' writes when it read its tree.
+    func statesPulled(_ keyspace: KeyspaceName, terms: [TermEnd]) {
+        handle(.statesPulled(keyspace: keyspace, terms: terms))
+    }
+
     /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
     func clockFenced(_ fenced: Bool) {
         handle(.clockFenceChanged(fenced: fenced))

@@ -180,7 +180,8 @@ public final class RegionNode: Sendable {
                                               election: { keyspace, message, start, peer in
                                                   self.leadership.received(message, start: start, keyspace: keyspace, from: peer)
                                               },
-                                              handOver: { keyspace, target in await self.serveHandOver(keyspace, to: target) })
+                                              handOver: { keyspace, target in await self.serveHandOver(keyspace, to: target) },
+                                              repair: { keyspace, request, peer in await self.serveRepair(keyspace, request, from: peer) })
             }
             tasks.addTask {
                 await self.leadership.run()

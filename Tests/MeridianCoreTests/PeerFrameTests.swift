@@ -45,6 +45,14 @@ import Testing
             .handOverRequest(id: 12, keyspace: try! KeyspaceName("accounts"), target: eu),
             .handOverReply(id: 12, outcome: .handedOver(to: eu)),
             .handOverReply(id: 13, outcome: .refused(code: "region_unavailable", message: "eu-west did not catch up in time ✓")),
+            .repairRequest(id: 14, keyspace: try! KeyspaceName("accounts"), .tree),
+            .repairRequest(id: 15, keyspace: try! KeyspaceName("accounts"), .states(buckets: [0, 17, 255], after: nil)),
+            .repairRequest(id: 16, keyspace: try! KeyspaceName("accounts"), .states(buckets: [3], after: try! Key("a/é"))),
+            .repairReply(id: 14, .tree(RepairTree(logHighWater: 40, keys: 3, terms: [TermEnd(epoch: 2, leader: eu, last: 7), TermEnd(epoch: 1, leader: us, last: 40)],
+                                                  tree: MerkleTree(digests: [(key: try! Key("a"), digest: [1, 2, 3])])))),
+            .repairReply(id: 15, .states(encoded: [0, 0, 0, 0], next: try! Key("k9"))),
+            .repairReply(id: 16, .states(encoded: [], next: nil)),
+            .repairReply(id: 17, .refused(code: "not_replica_region", message: "no replica here ✓")),
         ]
     }
 
@@ -112,6 +120,22 @@ import Testing
         var target = codec.encode(.handOverRequest(id: 1, keyspace: ks, target: eu))
         target[target.count - 1] = UInt8(ascii: "!")
         #expect(code(target) == .invalidRegion)
+        // Repair frames: a bucket past the tree, an unknown kind, a tree of the wrong size.
+        var bucket = codec.encode(.repairRequest(id: 1, keyspace: ks, .states(buckets: [7], after: nil)))
+        bucket[5 + 8 + 2 + 1 + 2] = 0x01
+        #expect(code(bucket) == .codecInvalidField)
+        var repairKind = codec.encode(.repairRequest(id: 1, keyspace: ks, .tree))
+        repairKind[repairKind.count - 1] = 9
+        #expect(code(repairKind) == .codecInvalidField)
+        var shortTree = codec.encode(.repairReply(id: 1, .tree(RepairTree(logHighWater: 0, keys: 0, terms: [], tree: MerkleTree(digests: [])))))
+        shortTree.removeLast(32)
+        func rewrite(_ bytes: inout [UInt8], at offset: Int, minus: UInt32) {
+            let value = bytes[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } - minus
+            for index in 0..<4 { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (24 - 8 * UInt32(index))) }
+        }
+        rewrite(&shortTree, at: 0, minus: 32)
+        rewrite(&shortTree, at: 5 + 8 + 1 + 8 + 8 + 1, minus: 32)
+        #expect(code(shortTree) == .codecLengthMismatch)
         var padded = codec.encode(.ack(applied: 1, echoMs: 0))
         padded[3] += 1
         padded.append(0)

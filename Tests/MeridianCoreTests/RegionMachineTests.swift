@@ -172,6 +172,17 @@ import Testing
         #expect(Self.applied(again) == [3: [:]])
     }
 
+    @Test func aPeriodicRepairRecordsAsHeldTheTermsItMergedBeyondWhatTheLogBrought() {
+        var follower = Driver(Self.ap)
+        follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 4, epoch: 1)]))
+        follower.handle(.batchCommitted(1, committed: true))
+        // The leader held us-east's epoch-1 writes up to 9: only that is new here.
+        let pulled = follower.handle(.statesPulled(keyspace: Self.accounts, terms: [TermEnd(epoch: 1, leader: Self.us, last: 9)]))
+        #expect(pulled == [.raiseHeld(Self.accounts, [TermEnd(epoch: 1, leader: Self.us, last: 9)])])
+        follower.handle(.heldRaised(keyspace: Self.accounts, terms: [TermEnd(epoch: 1, leader: Self.us, last: 9)]))
+        #expect(follower.handle(.statesPulled(keyspace: Self.accounts, terms: [TermEnd(epoch: 1, leader: Self.us, last: 9)])).isEmpty, "nothing new to record")
+    }
+
     @Test func aFailedCatchUpIsTriedAgainASilenceLater() {
         let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
         var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])

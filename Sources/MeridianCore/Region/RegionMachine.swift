@@ -79,6 +79,9 @@ public struct RegionMachine: Sendable {
         case catchUpFailed(keyspace: KeyspaceName, epoch: UInt64, reason: String)
         /// The store now records the terms of ``Effect/raiseHeld(_:_:)`` as held.
         case heldRaised(keyspace: KeyspaceName, terms: [TermEnd])
+        /// A periodic anti-entropy round merged every state of the keyspace that differed from the peer's, which
+        /// said before its tree how far it held each term's writes.
+        case statesPulled(keyspace: KeyspaceName, terms: [TermEnd])
     }
 
     /// What the caller must do, in order. A `persist` must be durable before any later effect is carried out;
@@ -460,6 +463,12 @@ public struct RegionMachine: Sendable {
             guard var term = terms[keyspace] else { break }
             for written in raised { term.hold(written) }
             terms[keyspace] = term
+        case .statesPulled(let keyspace, let pulled):
+            // The writes are merged here whether or not this region's log brought them (anti-entropy may move the
+            // peer's applied point past them): record them held, or a start captured here would leave them out.
+            guard let term = terms[keyspace] else { break }
+            let raised = pulled.filter { written in term.held[written.epoch].map { $0.leader != written.leader || $0.last < written.last } ?? true }
+            if !raised.isEmpty { effects.append(.raiseHeld(keyspace, raised)) }
         }
         effects += advancePhases()
         effects += admitWaiting()

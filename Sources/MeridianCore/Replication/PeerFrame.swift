@@ -42,6 +42,11 @@ public enum PeerFrame: Sendable, Hashable {
     case handOverRequest(id: UInt64, keyspace: KeyspaceName, target: RegionName)
     /// The answer to a hand-over request.
     case handOverReply(id: UInt64, outcome: HandOverOutcome)
+    /// Anti-entropy: a region asks the receiving peer for its Merkle tree of `keyspace`, or for a page of the
+    /// states of some of its buckets.
+    case repairRequest(id: UInt64, keyspace: KeyspaceName, RepairRequest)
+    /// The answer to a repair request.
+    case repairReply(id: UInt64, RepairReply)
 
     var typeByte: UInt8 {
         switch self {
@@ -57,8 +62,45 @@ public enum PeerFrame: Sendable, Hashable {
         case .election: 10
         case .handOverRequest: 11
         case .handOverReply: 12
+        case .repairRequest: 13
+        case .repairReply: 14
         }
     }
+}
+
+/// What one step of an anti-entropy round asks a peer for.
+public enum RepairRequest: Sendable, Hashable {
+    /// The keyspace's Merkle tree, with what the peer held when it read it.
+    case tree
+    /// One page of the states of the keys in these Merkle buckets, in key order after `after`.
+    case states(buckets: [Int], after: Key?)
+}
+
+/// A peer's Merkle tree of a keyspace and what it held when it read it: its own log's end (every write of its
+/// log up to there is in the states that follow) and how far it held each term's writes (single-leader
+/// keyspaces).
+public struct RepairTree: Sendable, Hashable {
+    public let logHighWater: UInt64
+    public let keys: UInt64
+    public let terms: [TermEnd]
+    public let tree: MerkleTree
+
+    public init(logHighWater: UInt64, keys: UInt64, terms: [TermEnd], tree: MerkleTree) {
+        self.logHighWater = logHighWater
+        self.keys = keys
+        self.terms = terms
+        self.tree = tree
+    }
+}
+
+/// The answer to a ``RepairRequest``: transport-neutral.
+public enum RepairReply: Sendable, Hashable {
+    case tree(RepairTree)
+    /// A page of states as ``KeyStateCodec`` encodes them (the asker decodes them with its own bounds), and the
+    /// key to continue after when more remain.
+    case states(encoded: [UInt8], next: Key?)
+    /// The peer does not serve it: the error's code and sentence.
+    case refused(code: String, message: String)
 }
 
 /// What became of a hand-over request: transport-neutral, so any shell renders it its own way.
@@ -205,13 +247,18 @@ extension ElectionMessage {
 ///                    9 transferVoteRequest (as 3)
 ///    11 handOverRequest u64 id, str8 keyspace, str8 target
 ///    12 handOverReply   u64 id, u8 outcome: 1 handed over (str8 region), 2 refused (str8 code, str16 message)
+///    13 repairRequest   u64 id, str8 keyspace, u8 kind: 1 tree; 2 states (u16 count, count × u16 bucket,
+///                       u8 hasAfter, [str16 after])
+///    14 repairReply     u64 id, u8 kind: 1 tree (u64 logHighWater, u64 keys, u8 terms, terms × (u64 epoch,
+///                       str8 leader, u64 last), u32 + tree leaves); 2 states (u8 hasNext, [str16 next],
+///                       u32 + states); 3 refused (str8 code, str16 message)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
 /// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 5
+    public static let protocolVersion: UInt8 = 6
     /// The most headers a forwarded write or reply carries.
     public static let headersMax = 32
 
@@ -288,6 +335,48 @@ public struct PeerFrameCodec: Sendable {
                 appendString8(region.rawValue, to: &buffer)
             case .refused(let code, let message):
                 buffer.append(2)
+                appendString8(code, to: &buffer)
+                appendString16(message, to: &buffer)
+            }
+        case .repairRequest(let id, let keyspace, let request):
+            append(id, to: &buffer)
+            appendString8(keyspace.rawValue, to: &buffer)
+            switch request {
+            case .tree:
+                buffer.append(1)
+            case .states(let buckets, let after):
+                buffer.append(2)
+                let kept = buckets.prefix(MerkleTree.bucketCount)
+                append(UInt16(kept.count), to: &buffer)
+                for bucket in kept { append(UInt16(clamping: bucket), to: &buffer) }
+                buffer.append(after == nil ? 0 : 1)
+                if let after { appendString16(after.rawValue, to: &buffer) }
+            }
+        case .repairReply(let id, let reply):
+            append(id, to: &buffer)
+            switch reply {
+            case .tree(let tree):
+                buffer.append(1)
+                append(tree.logHighWater, to: &buffer)
+                append(tree.keys, to: &buffer)
+                let terms = tree.terms.prefix(EpochStart.termsMax)
+                buffer.append(UInt8(terms.count))
+                for term in terms {
+                    append(term.epoch, to: &buffer)
+                    appendString8(term.leader.rawValue, to: &buffer)
+                    append(term.last, to: &buffer)
+                }
+                let leaves = tree.tree.encoded
+                append(UInt32(leaves.count), to: &buffer)
+                buffer += leaves
+            case .states(let encoded, let next):
+                buffer.append(2)
+                buffer.append(next == nil ? 0 : 1)
+                if let next { appendString16(next.rawValue, to: &buffer) }
+                append(UInt32(encoded.count), to: &buffer)
+                buffer += encoded
+            case .refused(let code, let message):
+                buffer.append(3)
                 appendString8(code, to: &buffer)
                 appendString16(message, to: &buffer)
             }
@@ -456,8 +545,12 @@ public struct PeerFrameCodec: Sendable {
             case let other:
                 throw MeridianError(.codecInvalidField, "The hand-over reply has outcome \(other); it is 1 (handed over) or 2 (refused).", context: ["field": "outcome"])
             }
+        case 13:
+            frame = try repairRequest(&body)
+        case 14:
+            frame = try repairReply(&body)
         default:
-            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 12.", context: ["field": "frame_type"])
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 14.", context: ["field": "frame_type"])
         }
         guard body.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",
@@ -468,6 +561,67 @@ public struct PeerFrameCodec: Sendable {
 
     /// The most origins an epoch's start names (regions of a cluster).
     public static let originsMax = 64
+
+    private func repairRequest(_ body: inout ByteReader) throws(MeridianError) -> PeerFrame {
+        let id = try body.required(body.readUInt64(), "id")
+        let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
+        switch try body.required(body.readUInt8(), "repair_kind") {
+        case 1:
+            return .repairRequest(id: id, keyspace: keyspace, .tree)
+        case 2:
+            let count = Int(try body.required(body.readUInt16(), "bucket_count"))
+            guard count <= MerkleTree.bucketCount else {
+                throw MeridianError(.codecInvalidField, "The repair request names \(count) buckets; a tree has \(MerkleTree.bucketCount).", context: ["field": "bucket_count"])
+            }
+            var buckets: [Int] = []
+            for _ in 0..<count {
+                let bucket = Int(try body.required(body.readUInt16(), "bucket"))
+                guard bucket < MerkleTree.bucketCount else {
+                    throw MeridianError(.codecInvalidField, "The repair request names bucket \(bucket); buckets are 0 to \(MerkleTree.bucketCount - 1).", context: ["field": "bucket"])
+                }
+                buckets.append(bucket)
+            }
+            let after = try flag(&body, "has_after") ? try Key(try string16(&body, "after")) : nil
+            return .repairRequest(id: id, keyspace: keyspace, .states(buckets: buckets, after: after))
+        case let other:
+            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree) or 2 (states).", context: ["field": "repair_kind"])
+        }
+    }
+
+    private func repairReply(_ body: inout ByteReader) throws(MeridianError) -> PeerFrame {
+        let id = try body.required(body.readUInt64(), "id")
+        switch try body.required(body.readUInt8(), "repair_kind") {
+        case 1:
+            let logHighWater = try sequenceField(&body, "log_high_water", minimum: 0)
+            let keys = try sequenceField(&body, "keys", minimum: 0)
+            let count = Int(try body.required(body.readUInt8(), "terms"))
+            guard count <= EpochStart.termsMax else {
+                throw MeridianError(.codecInvalidField, "The repair reply names \(count) terms; the limit is \(EpochStart.termsMax).", context: ["field": "terms"])
+            }
+            var terms: [TermEnd] = []
+            for _ in 0..<count {
+                terms.append(TermEnd(epoch: try sequenceField(&body, "term_epoch", minimum: 1), leader: try RegionName(try string8(&body, "term_leader")),
+                                     last: try sequenceField(&body, "term_last", minimum: 0)))
+            }
+            let tree = try MerkleTree(encoded: try blob(&body, "tree", max: MerkleTree.bucketCount * 64))
+            return .repairReply(id: id, .tree(RepairTree(logHighWater: logHighWater, keys: keys, terms: terms, tree: tree)))
+        case 2:
+            let next = try flag(&body, "has_next") ? try Key(try string16(&body, "next")) : nil
+            return .repairReply(id: id, .states(encoded: try blob(&body, "states", max: frameBytesMax), next: next))
+        case 3:
+            return .repairReply(id: id, .refused(code: try string8(&body, "code"), message: try string16(&body, "message")))
+        case let other:
+            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states) or 3 (refused).", context: ["field": "repair_kind"])
+        }
+    }
+
+    private func flag(_ body: inout ByteReader, _ field: String) throws(MeridianError) -> Bool {
+        let value = try body.required(body.readUInt8(), field)
+        guard value <= 1 else {
+            throw MeridianError(.codecInvalidField, "The peer frame's \(field) is \(value); it is 0 or 1.", context: ["field": field])
+        }
+        return value == 1
+    }
 
     private func election(_ body: inout ByteReader) throws(MeridianError) -> PeerFrame {
         let keyspace = try KeyspaceName(try string8(&body, "keyspace"))

@@ -28,9 +28,6 @@ extension RegionNode {
 
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
     func serveForwardedRead(_ read: ForwardedRead, from peer: RegionName) async -> ForwardedReply {
-        if let kind = read.headers.first(where: { $0.name.lowercased() == Self.internalHeader.lowercased() })?.value {
-            return await serveAntiEntropy(read, kind: kind, from: peer)
-        }
         return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames, change: false) {
             policy, headers throws(MeridianError) in
             try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true,

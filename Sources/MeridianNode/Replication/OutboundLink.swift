@@ -198,7 +198,15 @@ final class OutboundLink: Sendable {
     func forward(_ make: (UInt64) -> PeerFrame, timeout: Duration) async throws(MeridianError) -> ForwardedReply {
         switch try await request(make, timeout: timeout) {
         case .forwarded(let reply): return reply
-        case .handOver: throw MeridianError(.replicationProtocol, "\(peer) answered a forwarded request with a hand-over reply.")
+        case .handOver, .repair: throw MeridianError(.replicationProtocol, "\(peer) answered a forwarded request with another kind of reply.")
+        }
+    }
+
+    /// Asks the peer for one step of an anti-entropy round, and waits (bounded) for its answer.
+    func requestRepair(keyspace: KeyspaceName, _ request: RepairRequest, timeout: Duration) async throws(MeridianError) -> RepairReply {
+        switch try await self.request({ .repairRequest(id: $0, keyspace: keyspace, request) }, timeout: timeout) {
+        case .repair(let reply): return reply
+        case .forwarded, .handOver: throw MeridianError(.replicationProtocol, "\(peer) answered a repair request with another kind of reply.")
         }
     }
 
@@ -206,7 +214,7 @@ final class OutboundLink: Sendable {
     func requestHandOver(keyspace: KeyspaceName, to target: RegionName, timeout: Duration) async throws(MeridianError) -> HandOverOutcome {
         switch try await request({ .handOverRequest(id: $0, keyspace: keyspace, target: target) }, timeout: timeout) {
         case .handOver(let outcome): return outcome
-        case .forwarded: throw MeridianError(.replicationProtocol, "\(peer) answered a hand-over request with a forwarded reply.")
+        case .forwarded, .repair: throw MeridianError(.replicationProtocol, "\(peer) answered a hand-over request with another kind of reply.")
         }
     }
 
@@ -268,6 +276,11 @@ final class OutboundLink: Sendable {
         resolveForward(id: id, .success(.handOver(outcome)))
     }
 
+    /// The peer answered a repair request.
+    func repairAnswered(id: UInt64, _ reply: RepairReply) {
+        resolveForward(id: id, .success(.repair(reply)))
+    }
+
     private func resolveForward(id: UInt64, _ result: Result<PeerReply, MeridianError>) {
         state.withLock { $0.forwards.removeValue(forKey: id) }?.resume(returning: result)
     }
@@ -312,4 +325,5 @@ final class OutboundLink: Sendable {
 enum PeerReply: Sendable {
     case forwarded(ForwardedReply)
     case handOver(HandOverOutcome)
+    case repair(RepairReply)
 }

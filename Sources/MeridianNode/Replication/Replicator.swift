@@ -24,6 +24,8 @@ typealias ForwardReadHandler = @Sendable (ForwardedRead, RegionName) async -> Fo
 typealias ElectionHandler = @Sendable (KeyspaceName, ElectionMessage, EpochStart?, RegionName) async -> Void
 /// Hands a keyspace this region leads over to a region, as another region asked on an operator's behalf.
 typealias HandOverHandler = @Sendable (KeyspaceName, RegionName) async -> HandOverOutcome
+/// Serves one step of a peer's anti-entropy round (the peer as its stream's hello named it).
+typealias RepairHandler = @Sendable (KeyspaceName, RepairRequest, RegionName) async -> RepairReply
 
 /// The node's replication shell: it ships this region's log to every peer over long-lived streams, applies
 /// the streams of other origins, confirms `majority`/`all` writes, and carries forwarded writes. The
@@ -109,6 +111,7 @@ final class Replicator: Sendable {
     /// - Parameter onListening: Called once the peer port is bound.
     func run(forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler, election: @escaping ElectionHandler = { _, _, _, _ in },
              handOver: @escaping HandOverHandler = { _, _ in .refused(code: "leader_unavailable", message: "This region serves no hand-overs.") },
+             repair: @escaping RepairHandler = { _, _, _ in .refused(code: "not_replica_region", message: "This region serves no anti-entropy.") },
              onListening: @escaping @Sendable () -> Void = {}) async throws {
         let address = peerAddress
         let codec = self.codec
@@ -129,7 +132,9 @@ final class Replicator: Sendable {
                 try await server.executeThenClose { connections in
                     try await withThrowingDiscardingTaskGroup { connectionTasks in
                         for try await connection in connections {
-                            connectionTasks.addTask { await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver) }
+                            connectionTasks.addTask {
+                                await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver, repair: repair)
+                            }
                         }
                     }
                 }
@@ -207,9 +212,11 @@ final class Replicator: Sendable {
                             link.forwardAnswered(reply)
                         case .handOverReply(let id, let outcome):
                             link.handOverAnswered(id: id, outcome)
+                        case .repairReply(let id, let reply):
+                            link.repairAnswered(id: id, reply)
                         case .refusal(let code, let message):
                             throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
-                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest:
+                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest, .repairRequest:
                             throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
                         }
                     }
@@ -277,7 +284,7 @@ final class Replicator: Sendable {
 
     /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.
     private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler,
-                              election: @escaping ElectionHandler, handOver: @escaping HandOverHandler) async {
+                              election: @escaping ElectionHandler, handOver: @escaping HandOverHandler, repair: @escaping RepairHandler) async {
         var origin: RegionName?
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -374,7 +381,19 @@ final class Replicator: Sendable {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
                                     replyOut.yield(.handOverReply(id: id, outcome: await handOver(keyspace, target)))
                                 }
-                            case .welcome, .ack, .forwardReply, .handOverReply, .refusal:
+                            case .repairRequest(let id, let keyspace, let request):
+                                guard let from = origin else { throw MeridianError(.replicationProtocol, "A repair request arrived before hello.") }
+                                guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
+                                    forwardsServed.subtract(1, ordering: .relaxed)
+                                    replyOut.yield(.repairReply(id: id, .refused(code: MeridianError.Code.overloaded.description,
+                                                                                 message: "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.")))
+                                    continue
+                                }
+                                tasks.addTask {
+                                    defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
+                                    replyOut.yield(.repairReply(id: id, await repair(keyspace, request, from)))
+                                }
+                            case .welcome, .ack, .forwardReply, .handOverReply, .repairReply, .refusal:
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
                             }
                         }
@@ -541,6 +560,16 @@ final class Replicator: Sendable {
         }
         return try await link.requestHandOver(keyspace: keyspace, to: target,
                                               timeout: .milliseconds(limits.ackTimeoutMs + Int(cluster.wan.timeoutRttMs(region, leader)) + 2_000))
+    }
+
+    /// Asks `peer` for one step of an anti-entropy round over the stream to it, bounded by the round trip plus
+    /// a margin for the peer's read.
+    /// - Throws: `region_unavailable` when the stream is down (nothing was sent) or closes first.
+    func requestRepair(from peer: RegionName, keyspace: KeyspaceName, _ request: RepairRequest) async throws(MeridianError) -> RepairReply {
+        guard let link = links[peer] else {
+            throw MeridianError(.regionUnavailable, "Region '\(peer)' is not a peer of \(region); nothing was sent.", context: ["region": peer.rawValue], applied: .no)
+        }
+        return try await link.requestRepair(keyspace: keyspace, request, timeout: .milliseconds(limits.readWaitMs + Int(cluster.wan.timeoutRttMs(region, peer)) + 2_000))
     }
 
     /// How current this region is, for admitting a read.

@@ -121,36 +121,26 @@ extension Bench {
     }
 }
 
-/// A cluster of real processes for benchmarks: the demo's regions and RTTs on free ports, a WAN emulator and
-/// one node per region, all started by `start` and stopped by `stop`.
+/// A cluster of real processes for benchmarks: the demo's regions and RTTs on free ports, with the benchmarks'
+/// keyspaces, started by the shared ``LocalCluster`` launcher and measured through the regions' status.
 final class BenchCluster {
-    let config: ClusterConfig
-    let directory: String
+    let local: LocalCluster
     let removeAfter: Bool
-    let latencyScale: Double
-    private let file: String
-    private var processes: [Process] = []
+    var config: ClusterConfig { local.config }
+    var directory: String { local.directory }
 
     init(directory: String?, latencyScale: Double) throws {
-        self.directory = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
         removeAfter = directory == nil
-        self.latencyScale = latencyScale
-        try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
-        let names = ["us-east", "eu-west", "ap-southeast"]
-        var yaml = "cluster: bench\n"
-        yaml += "wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: 6)), rtt_ms: ["
-        yaml += DemoCluster.rttMs.map { "{ between: [\($0.0), \($0.1)], ms: \($0.2) }" }.joined(separator: ", ") + "] }\n"
-        yaml += "regions:\n"
-        for name in names {
-            yaml += "  - { name: \(name), client: 127.0.0.1:\(try LocalProcesses.freePort()), peer: 127.0.0.1:\(try LocalProcesses.freePort()) }\n"
-        }
-        yaml += "keyspaces:\n  - { name: bench, topology: multi-leader, conflict: lww, ack: async }\n"
-        yaml += "  - { name: ledger, topology: single-leader, leader: us-east, ack: majority }\n"
-        yaml += "  - { name: conflicts, topology: multi-leader, conflict: lww, ack: async }\n"
-        yaml += "  - { name: counters, topology: multi-leader, conflict: crdt, ack: async }\n"
-        file = (self.directory as NSString).appendingPathComponent("cluster.yaml")
-        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
-        config = try ClusterConfig.parse(yaml: yaml, file: file)
+        let directory = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
+        let keyspaces = """
+              - { name: bench, topology: multi-leader, conflict: lww, ack: async }
+              - { name: ledger, topology: single-leader, leader: us-east, ack: majority }
+              - { name: conflicts, topology: multi-leader, conflict: lww, ack: async }
+              - { name: counters, topology: multi-leader, conflict: crdt, ack: async }
+
+            """
+        local = try LocalCluster(yaml: try LocalCluster.demoYAML(keyspaces: keyspaces),
+                                 options: LocalCluster.Options(directory: directory, latencyScale: latencyScale, logLevel: "warning"))
     }
 
     /// Starts a cluster, runs `body` against it, and stops every process it started, whatever happens.
@@ -169,40 +159,18 @@ final class BenchCluster {
     func rttMs(_ a: RegionName, _ b: RegionName) -> Double { config.wan.rttMs(a, b) ?? 0 }
 
     func connect(_ region: RegionName) async throws -> HTTPConnection {
-        let client = config.region(region)!.client
-        return try await HTTPConnection.connect(host: client.host, port: client.port)
+        try await local.connect(region)
     }
 
+    /// Every region up, every stream up and every clock verified before measuring.
     func start() async throws {
-        let executable = LocalProcesses.currentExecutable()
-        func log(_ name: String) -> String { (directory as NSString).appendingPathComponent("\(name).log") }
-        let wan = try LocalProcesses.start(executable, ["wan", "--config", file, "--latency-scale", String(latencyScale), "--exit-with-parent"], logPath: log("wan"))
-        processes.append(wan)
-        guard await LocalProcesses.waitHealthy(host: config.wan.admin.host, port: config.wan.admin.port, process: wan, timeoutSeconds: 30) else {
-            throw CLIFailure("the WAN emulator did not start; see \(log("wan"))")
+        do {
+            try await local.start()
+        } catch let failure as LocalCluster.LaunchFailure {
+            throw CLIFailure(failure.description)
         }
-        for region in config.regions {
-            processes.append(try LocalProcesses.start(executable, [
-                "node", "--config", file, "--region", region.name.rawValue, "--data", (directory as NSString).appendingPathComponent(region.name.rawValue),
-                "--exit-with-parent", "--log-level", "warning",
-            ], logPath: log(region.name.rawValue)))
-        }
-        for (region, process) in zip(config.regions, processes.dropFirst()) {
-            guard await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: process, timeoutSeconds: 60) else {
-                throw CLIFailure("region \(region.name) did not start; see \(log(region.name.rawValue))")
-            }
-        }
-        // Every stream up before measuring.
-        let deadline = Date().addingTimeInterval(30)
-        for region in config.regions {
-            while try await peers(region.name).contains(where: { $0["link"] as? String != "up" }) {
-                guard Date() < deadline else { throw CLIFailure("the replication streams of \(region.name) did not come up") }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
-        // And every region's clock compared with its peers' (it takes no write before).
-        let unverified = await RegionProbe.waitForVerifiedClocks(config.regions.map(\.client), timeoutSeconds: 30, stop: { false })
-        guard unverified.isEmpty else { throw CLIFailure("the clocks of \(unverified) were not verified by their peers within 30 s") }
+        let pending = await local.waitReady(timeoutSeconds: 30)
+        guard pending.isEmpty else { throw CLIFailure("the streams or clocks of \(pending) were not ready within 30 s; see the logs in \(directory)") }
     }
 
     func peers(_ region: RegionName) async throws -> [[String: Any]] {
@@ -249,7 +217,7 @@ final class BenchCluster {
     }
 
     func stop() async {
-        for process in processes.reversed() { await LocalProcesses.stop(process) }
+        await local.stop()
         if removeAfter { try? FileManager.default.removeItem(atPath: directory) }
     }
 }

@@ -81,110 +81,68 @@ struct Fault: Sendable {
     var description: String
 }
 
-/// The demo cluster's keyspaces and latencies on free ports, as real processes: the WAN emulator and one node per
-/// region, each restartable with its own clock offset.
-final class NemesisCluster: @unchecked Sendable {
-    let directory: String
-    let configPath: String
-    let config: ClusterConfig
-    let regions: [RegionConfig]
+/// The demo cluster's keyspaces and latencies on free ports, as real processes (the shared ``LocalCluster``):
+/// the WAN emulator and one node per region, each restartable with its own clock offset.
+final class NemesisCluster: Sendable {
+    let local: LocalCluster
     let baseRTT: [String: Double]
-    private let lock = NSLock()
-    private var nodes: [String: Process] = [:]
-    private var offsets: [String: Int64] = [:]
-    private var incarnations: [String: Int] = [:]
-    private var wan: Process?
+    var directory: String { local.directory }
+    var configPath: String { local.configPath }
+    var config: ClusterConfig { local.config }
+    var regions: [RegionConfig] { local.config.regions }
 
     init(directory: String, latencyScale: Double) throws {
-        self.directory = directory
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var yaml = DemoCluster.yaml
-        for port in [7101, 7102, 7103, 7201, 7202, 7203] {
-            yaml = yaml.replacingOccurrences(of: "127.0.0.1:\(port)", with: "127.0.0.1:\(try LocalProcesses.freePort())")
-        }
-        yaml = yaml.replacingOccurrences(of: "admin: 127.0.0.1:7300", with: "admin: 127.0.0.1:\(try LocalProcesses.freePort())")
-        yaml = yaml.replacingOccurrences(of: "base_port: 7310", with: "base_port: \(try LocalProcesses.freePortRange(count: 6))")
-        yaml = yaml.replacingOccurrences(of: "latency_scale: 1.0", with: "latency_scale: \(latencyScale)")
-        var generator = SystemRandomNumberGenerator()
-        yaml += "\nsession_secret: \((0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined())\n"
-        configPath = (directory as NSString).appendingPathComponent("cluster.yaml")
-        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
-        config = try ClusterConfig.parse(yaml: yaml, file: configPath)
-        regions = config.regions
+        local = try LocalCluster(yaml: try LocalCluster.demoYAML(),
+                                 options: LocalCluster.Options(directory: directory, latencyScale: latencyScale, logLevel: "notice"))
         var rtt: [String: Double] = [:]
-        for a in config.regions {
-            for b in config.regions where a.name < b.name { rtt["\(a.name)|\(b.name)"] = config.wan.rttMs(a.name, b.name) ?? 0 }
+        for a in local.config.regions {
+            for b in local.config.regions where a.name < b.name { rtt["\(a.name)|\(b.name)"] = local.config.wan.rttMs(a.name, b.name) ?? 0 }
         }
         baseRTT = rtt
     }
 
     func start() async throws {
-        let executable = LocalProcesses.currentExecutable()
-        let wan = try LocalProcesses.start(executable, ["wan", "--config", configPath, "--exit-with-parent"],
-                                           logPath: (directory as NSString).appendingPathComponent("wan.log"))
-        lock.withLock { self.wan = wan }
-        for region in regions { try startNode(region.name.rawValue, clockOffsetMs: 0) }
-        for region in regions { try await waitHealthy(region.name.rawValue) }
+        do {
+            try await local.start()
+        } catch let failure as LocalCluster.LaunchFailure {
+            throw CLIFailure(failure.description)
+        }
         let unverified = await RegionProbe.waitForVerifiedClocks(regions.map(\.client), timeoutSeconds: 30, stop: { false })
         guard unverified.isEmpty else { throw CLIFailure("the clocks of \(unverified) were not verified by their peers within 30 s; see the logs in \(directory).") }
     }
 
     func startNode(_ region: String, clockOffsetMs: Int64) throws {
-        let incarnation = lock.withLock { () -> Int in
-            incarnations[region, default: 0] += 1
-            offsets[region] = clockOffsetMs
-            return incarnations[region]!
-        }
-        let process = try LocalProcesses.start(LocalProcesses.currentExecutable(), [
-            "node", "--config", configPath, "--region", region, "--data", (directory as NSString).appendingPathComponent(region),
-            "--exit-with-parent", "--log-level", "notice", "--clock-offset-ms=\(clockOffsetMs)",
-        ], logPath: (directory as NSString).appendingPathComponent("\(region).\(incarnation).log"))
-        lock.withLock { nodes[region] = process }
+        try local.startNode(RegionName(validated: region), clockOffsetMs: clockOffsetMs)
     }
 
     func waitHealthy(_ region: String) async throws {
-        let endpoint = client(region)
-        let process = lock.withLock { nodes[region] }
-        guard await LocalProcesses.waitHealthy(host: endpoint.host, port: endpoint.port, process: process, timeoutSeconds: 60) else {
-            throw CLIFailure("\(region) did not answer /health within 60 s; see its log in \(directory).")
+        do {
+            try await local.waitHealthy(RegionName(validated: region))
+        } catch let failure as LocalCluster.LaunchFailure {
+            throw CLIFailure(failure.description)
         }
     }
 
-    func client(_ region: String) -> Endpoint { regions.first { $0.name.rawValue == region }!.client }
+    func client(_ region: String) -> Endpoint { local.endpoint(RegionName(validated: region)) }
 
-    func pid(_ region: String) -> Int32? { lock.withLock { nodes[region]?.processIdentifier } }
+    func pid(_ region: String) -> Int32? { local.pid(RegionName(validated: region)) }
 
-    func offset(_ region: String) -> Int64 { lock.withLock { offsets[region] ?? 0 } }
+    func offset(_ region: String) -> Int64 { local.clockOffsetMs(RegionName(validated: region)) }
 
-    func kill9(_ region: String) async {
-        guard let process = lock.withLock({ nodes[region] }) else { return }
-        kill(process.processIdentifier, SIGCONT)
-        kill(process.processIdentifier, SIGKILL)
-        _ = await LocalProcesses.waitExited(process)
-    }
+    func kill9(_ region: String) async { await local.kill9(RegionName(validated: region)) }
 
-    func signal(_ region: String, _ signal: Int32) {
-        if let pid = pid(region) { kill(pid, signal) }
-    }
+    func signal(_ region: String, _ signal: Int32) { local.signal(RegionName(validated: region), signal) }
 
     /// POSTs a command to the WAN emulator's admin API.
     func wan(_ path: String, _ body: [String: Any]) async throws {
-        let admin = config.wan.admin
-        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5)
-        defer { Task { await connection.close() } }
-        let result = try await connection.request("POST", "/v1/wan/\(path)", headers: [("Content-Type", "application/json")],
-                                                  body: Array(try JSONSerialization.data(withJSONObject: body)))
-        guard result.status == 200 else { throw CLIFailure("the WAN emulator refused \(path) \(body): \(result.text)") }
+        do {
+            try await local.wan(path, body)
+        } catch let failure as LocalCluster.LaunchFailure {
+            throw CLIFailure(failure.description)
+        }
     }
 
-    func stop() async {
-        let (all, wan) = lock.withLock { (Array(nodes.values), self.wan) }
-        for process in all {
-            kill(process.processIdentifier, SIGCONT)
-            if process.isRunning { _ = await LocalProcesses.stop(process) }
-        }
-        if let wan, wan.isRunning { _ = await LocalProcesses.stop(wan) }
-    }
+    func stop() async { await local.stop() }
 }
 
 /// The clients' histories, shared by every client task.

@@ -95,20 +95,20 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Multiply every emulated WAN delay (0.1 for fast experiments).") var latencyScale: Double?
 
     func run() async throws {
-        let config = try cluster.load()
-        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-        let clusterFile: String
-        if let path = cluster.config {
-            clusterFile = path
-        } else {
-            clusterFile = (data as NSString).appendingPathComponent("cluster.yaml")
-            // A fresh secret per run: the demo's session tokens are authenticated, not just checksummed.
-            var generator = SystemRandomNumberGenerator()
-            let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
-            try (DemoCluster.yaml + "\nsession_secret: \(secret)\n").write(toFile: clusterFile, atomically: true, encoding: .utf8)
+        _ = try cluster.load()
+        let local: LocalCluster
+        let options = LocalCluster.Options(directory: data, latencyScale: latencyScale, startupTimeoutSeconds: startupTimeout)
+        do {
+            if let path = cluster.config {
+                local = try LocalCluster(configPath: path, options: options)
+            } else {
+                // A fresh secret per run: the demo's session tokens are authenticated, not just checksummed.
+                local = try LocalCluster(yaml: DemoCluster.yaml + "\nsession_secret: \(LocalCluster.secret())\n", options: options)
+            }
+        } catch let error as MeridianError {
+            throw CLIFailure(error.message)
         }
-        let executable = LocalProcesses.currentExecutable()
-        var children: [(RegionConfig, Process, String)] = []
+        let config = local.config
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         let stop = StopFlag()
         let signalWatch = Task {
@@ -119,79 +119,36 @@ struct Up: AsyncParsableCommand {
         }
         defer { signalWatch.cancel() }
 
-        var wan: Process?
         func stopAll() async {
             // A region that died and was started again by another command (`meridian gameday` restarts the
             // region it kills) is no child of this one: ask it for its pid and stop it too.
-            for (region, process, _) in children where !process.isRunning {
-                guard let connection = try? await HTTPConnection.connect(host: region.client.host, port: region.client.port, timeoutSeconds: 2),
-                      let status = try? await connection.request("GET", "/v1/status") else { continue }
-                await connection.close()
-                if let object = try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any], let pid = object["pid"] as? Int32,
-                   object["region"] as? String == region.name.rawValue, pid > 1 {
-                    kill(pid, SIGTERM)
-                }
+            for region in config.regions where local.process(region.name).map({ !$0.isRunning }) ?? false {
+                guard let status = await RegionProbe.json(region.client, "/v1/status"), let pid = status["pid"] as? Int32,
+                      status["region"] as? String == region.name.rawValue, pid > 1 else { continue }
+                kill(pid, SIGTERM)
             }
-            await withTaskGroup(of: Void.self) { group in
-                for (_, process, _) in children { group.addTask { await LocalProcesses.stop(process) } }
-            }
-            if let wan { await LocalProcesses.stop(wan) }
+            await local.stop()
         }
 
         // The WAN emulator first: the regions' replication streams run through its proxies, and `meridian chaos`
         // works as soon as the regions are up.
-        let wanLog = (data as NSString).appendingPathComponent("wan.log")
         do {
-            var arguments = ["wan", "--config", clusterFile, "--exit-with-parent"]
-            if let latencyScale { arguments += ["--latency-scale", String(latencyScale)] }
-            let process = try LocalProcesses.start(executable, arguments, logPath: wanLog)
-            let admin = config.wan.admin
-            guard await LocalProcesses.waitHealthy(host: admin.host, port: admin.port, process: process, timeoutSeconds: startupTimeout,
-                                                   stop: { stop.isSet }) else {
-                await LocalProcesses.stop(process)
-                let tail = (try? String(contentsOfFile: wanLog, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
-                throw CLIFailure("the WAN emulator did not start (see \(wanLog)):\n\(tail)")
-            }
-            wan = process
-        } catch let error as CLIFailure {
-            throw error
+            try await local.start(stop: { stop.isSet })
         } catch {
-            throw CLIFailure("cannot start the WAN emulator: \(error)")
+            await stopAll()
+            throw CLIFailure("\(error)")
         }
-
-        for region in config.regions {
-            let directory = (data as NSString).appendingPathComponent(region.name.rawValue)
-            let log = (data as NSString).appendingPathComponent("\(region.name).log")
-            do {
-                let process = try LocalProcesses.start(executable, [
-                    "node", "--config", clusterFile, "--region", region.name.rawValue, "--data", directory, "--exit-with-parent",
-                ], logPath: log)
-                children.append((region, process, log))
-            } catch {
-                await stopAll()
-                throw CLIFailure("cannot start region \(region.name): \(error)")
-            }
-        }
-        for (region, process, log) in children {
-            let healthy = await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: process,
-                                                           timeoutSeconds: startupTimeout, stop: { stop.isSet })
-            if stop.isSet {
-                say("interrupted during start-up; stopping \(children.count) regions…")
-                await stopAll()
-                return
-            }
-            if !healthy {
-                await stopAll()
-                let tail = (try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
-                throw CLIFailure("region \(region.name) did not become healthy (see \(log)):\n\(tail)")
-            }
+        if stop.isSet {
+            say("interrupted during start-up; stopping \(config.regions.count) regions…")
+            await stopAll()
+            return
         }
 
         // A region takes writes once its peers have compared clocks with it (one heartbeat after its
         // streams connect): say the cluster is up only then, so the first write the banner suggests lands.
         let unverified = await RegionProbe.waitForVerifiedClocks(config.regions.map(\.client), timeoutSeconds: startupTimeout, stop: { stop.isSet })
         if stop.isSet {
-            say("interrupted during start-up; stopping \(children.count) regions…")
+            say("interrupted during start-up; stopping \(config.regions.count) regions…")
             await stopAll()
             return
         }
@@ -200,11 +157,11 @@ struct Up: AsyncParsableCommand {
         }
         say("Meridian cluster '\(config.name)' is up: \(config.regions.count) regions. Ctrl-C stops it.\n")
         say("REGION          CLIENT API                  PEER              PID      LOG")
-        for (region, process, log) in children {
+        for region in config.regions {
             say("\(region.name.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0))"
                 + "http://\(region.client)".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
-                + "\(process.processIdentifier)".padding(toLength: 9, withPad: " ", startingAt: 0) + log)
+                + "\(local.pid(region.name) ?? 0)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.log(region.name))
         }
         let first = config.regions[0]
         let last = config.regions[config.regions.count - 1]
@@ -212,7 +169,7 @@ struct Up: AsyncParsableCommand {
             ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
         say("""
 
-            WAN emulator: admin http://\(config.wan.admin), proxies from port \(config.wan.basePort), log \(wanLog)
+            WAN emulator: admin http://\(config.wan.admin), proxies from port \(config.wan.basePort), log \(local.wanLog)
 
             Try:
               curl -X PUT http://\(first.client)/v1/kv/\(keyspace)/hello -d world      # write in \(first.name)
@@ -222,15 +179,16 @@ struct Up: AsyncParsableCommand {
             """)
 
         // Wait for a signal, or for every region to exit on its own, reporting each exit.
-        var exited: Set<String> = []
-        while !stop.isSet && exited.count < children.count {
-            for (region, process, log) in children where !process.isRunning && !exited.contains(region.name.rawValue) {
-                exited.insert(region.name.rawValue)
-                say("region \(region.name) exited with status \(process.terminationStatus); see \(log)")
+        var exited: Set<RegionName> = []
+        while !stop.isSet && exited.count < config.regions.count {
+            for region in config.regions.map(\.name) where !exited.contains(region) {
+                guard let process = local.process(region), !process.isRunning else { continue }
+                exited.insert(region)
+                say("region \(region) exited with status \(process.terminationStatus); see \(local.log(region))")
             }
             try? await Task.sleep(for: .milliseconds(200))
         }
-        say("\nstopping \(children.count) regions…")
+        say("\nstopping \(config.regions.count) regions…")
         await stopAll()
         say("stopped.")
     }

@@ -4,21 +4,19 @@
 // duplicate; a `majority` write acknowledged just before its origin is killed is in the surviving regions;
 // a follower forwards single-leader writes; `all` under a cut link answers 503 naming the region.
 import Foundation
+import MeridianCore
 import MeridianHarness
 import Testing
 
-/// A three-region cluster of real processes behind the WAN emulator; every process is stopped at the end.
+/// A three-region cluster of real processes behind the WAN emulator (the shared ``LocalCluster`` launcher, on
+/// the built `meridian`); every process is stopped at the end.
 final class LiveCluster {
     let regions = ["us-east", "eu-west", "ap-southeast"]
     let scratch: Scratch
-    let config: String
-    private(set) var clientPorts: [String: Int] = [:]
-    private var nodes: [String: Process] = [:]
-    private var wan: Process?
-    /// Extra `meridian node` arguments per region (a clock offset, say).
-    var nodeArguments: [String: [String]] = [:]
+    let local: LocalCluster
+    var config: String { local.configPath }
 
-    init(keyspaces: String, extraYAML: String = "") throws {
+    init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:]) throws {
         scratch = try Scratch()
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
@@ -27,37 +25,26 @@ final class LiveCluster {
         yaml = yaml.replacingOccurrences(
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
         yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
-        config = scratch.file("cluster.yaml")
-        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
-        for (index, region) in regions.enumerated() { clientPorts[region] = ports[2 * index] }
+        local = try LocalCluster(yaml: yaml, options: LocalCluster.Options(executable: MeridianBinary.path, directory: scratch.path, latencyScale: 0.1,
+                                                                           logLevel: "warning", nodeArguments: nodeArguments))
     }
 
     func start() async throws {
-        let wan = try LocalProcesses.start(MeridianBinary.path, ["wan", "--config", config, "--latency-scale", "0.1", "--exit-with-parent"],
-                                           logPath: scratch.file("wan.log"))
-        self.wan = wan
-        for region in regions { try startNode(region) }
-        for region in regions {
-            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: clientPorts[region]!, process: nodes[region], timeoutSeconds: 60))
-        }
+        try await local.start()
         try await waitUntilLinksUp()
     }
 
     func startNode(_ region: String) throws {
-        nodes[region] = try LocalProcesses.start(MeridianBinary.path, [
-            "node", "--config", config, "--region", region, "--data", scratch.file(region), "--exit-with-parent", "--log-level", "warning",
-        ] + nodeArguments[region, default: []], logPath: scratch.file("\(region).log"))
+        try local.startNode(RegionName(validated: region))
     }
 
     func restartNode(_ region: String) async throws {
         try startNode(region)
-        #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: clientPorts[region]!, process: nodes[region], timeoutSeconds: 60))
+        try await local.waitHealthy(RegionName(validated: region))
     }
 
     func kill9(_ region: String) async {
-        guard let node = nodes[region] else { return }
-        kill(node.processIdentifier, SIGKILL)
-        #expect(await LocalProcesses.waitExited(node), "\(region) survived SIGKILL")
+        #expect(await local.kill9(RegionName(validated: region)), "\(region) survived SIGKILL")
     }
 
     func chaos(_ arguments: String...) throws {
@@ -66,7 +53,7 @@ final class LiveCluster {
     }
 
     func connect(_ region: String) async throws -> HTTPConnection {
-        try await HTTPConnection.connect(host: "127.0.0.1", port: clientPorts[region]!)
+        try await local.connect(RegionName(validated: region))
     }
 
     /// Waits (bounded) until every region's outbound stream to every peer is up, and its peers have compared
@@ -112,8 +99,7 @@ final class LiveCluster {
     }
 
     func stop() async {
-        for (_, node) in nodes where node.isRunning { _ = await LocalProcesses.stop(node) }
-        if let wan, wan.isRunning { _ = await LocalProcesses.stop(wan) }
+        await local.stop()
         scratch.remove()
     }
 }
@@ -121,8 +107,7 @@ final class LiveCluster {
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
 func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:],
                      _ body: (LiveCluster) async throws -> Void) async throws {
-    let cluster = try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML)
-    cluster.nodeArguments = nodeArguments
+    let cluster = try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments)
     do {
         try await cluster.start()
         try await body(cluster)

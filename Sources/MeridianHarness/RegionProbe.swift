@@ -1,12 +1,11 @@
 import Foundation
-import MeridianHarness
 import MeridianCore
 
 /// What the drills (`up`, `gameday`, `nemesis`, the benchmarks) ask running regions: one JSON answer, whether
 /// their clocks are verified, or whether their Merkle roots agree.
-enum RegionProbe {
+public enum RegionProbe {
     /// GETs `path` from the region and decodes the JSON object; nil when it cannot be reached or does not answer 200.
-    static func json(_ endpoint: Endpoint, _ path: String, timeoutSeconds: Int64 = 2) async -> [String: Any]? {
+    public static func json(_ endpoint: Endpoint, _ path: String, timeoutSeconds: Int64 = 2) async -> [String: Any]? {
         guard let connection = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: timeoutSeconds) else { return nil }
         defer { Task { await connection.close() } }
         guard let result = try? await connection.request("GET", path), result.status == 200 else { return nil }
@@ -15,7 +14,7 @@ enum RegionProbe {
 
     /// Polls every region's status until none reports its clock `unverified` (a region takes no write before
     /// its peers have compared clocks with it), bounded by `seconds`; returns those that still do.
-    static func waitForVerifiedClocks(_ regions: [Endpoint], timeoutSeconds seconds: Double, stop: () -> Bool) async -> [Endpoint] {
+    public static func waitForVerifiedClocks(_ regions: [Endpoint], timeoutSeconds seconds: Double, stop: () -> Bool) async -> [Endpoint] {
         let deadline = Date().addingTimeInterval(seconds)
         var pending = regions
         while !pending.isEmpty && Date() < deadline && !stop() {
@@ -31,7 +30,7 @@ enum RegionProbe {
     }
 
     /// Polls until every region answers the same Merkle root of `keyspace` (bounded by `seconds`).
-    static func rootsAgree(_ regions: [Endpoint], keyspace: String, within seconds: Double) async -> Bool {
+    public static func rootsAgree(_ regions: [Endpoint], keyspace: String, within seconds: Double) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         repeat {
             var roots: Set<String> = []

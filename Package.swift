@@ -7,7 +7,7 @@
 //   MeridianStorage -> MeridianCore                      (the storage protocols, split by concern, and their neutral types;
 //                                                         an in-memory backend)
 //   MeridianStore  -> MeridianCore, MeridianStorage, GRDB (the SQLite backend of the storage protocols)
-//   MeridianHarness -> MeridianCore, NIO                 (test, drill and benchmark plumbing: an HTTP/1.1 keep-alive client and
+//   MeridianHarness -> MeridianCore, NIO, Histogram      (test, drill and benchmark plumbing: the local-cluster launcher, an HTTP/1.1 keep-alive client and
 //                                                         local process helpers; not the client library, which will be MeridianClient)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
 //   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the region machine under faults)
@@ -29,6 +29,8 @@ let package = Package(
     products: [
         .executable(name: "meridian", targets: ["meridian"]),
         .library(name: "MeridianCore", targets: ["MeridianCore"]),
+        // For bench/, a package of its own: the local-cluster launcher and load plumbing.
+        .library(name: "MeridianHarness", targets: ["MeridianHarness"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -74,6 +76,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict
         ),

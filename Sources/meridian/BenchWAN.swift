@@ -78,10 +78,7 @@ extension Bench {
         }
 
         /// The fiber floor RTT from shared/latency/rtt-ms.csv for the demo's pairs, when known.
-        static func floorMs(_ link: DirectedLink) -> Double? {
-            let floors: [Set<String>: Double] = [["us-east", "eu-west"]: 55, ["us-east", "ap-southeast"]: 155, ["eu-west", "ap-southeast"]: 109]
-            return floors[[link.from.rawValue, link.to.rawValue]]
-        }
+        static func floorMs(_ link: DirectedLink) -> Double? { DemoCluster.fiberFloorMs(link.from, link.to) }
     }
 }
 

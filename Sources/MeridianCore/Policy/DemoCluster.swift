@@ -7,6 +7,13 @@ public enum DemoCluster {
         ("eu-west", "ap-southeast", 170),
     ]
 
+    /// The fiber floor RTT, in ms, between two demo regions (shared/latency/rtt-ms.csv), when known: what no
+    /// network between them can beat.
+    public static func fiberFloorMs(_ a: RegionName, _ b: RegionName) -> Double? {
+        let floors: [Set<String>: Double] = [["us-east", "eu-west"]: 55, ["us-east", "ap-southeast"]: 155, ["eu-west", "ap-southeast"]: 109]
+        return floors[[a.rawValue, b.rawValue]]
+    }
+
     /// The demo cluster file, with comments, as `meridian config demo` prints it.
     public static let yaml: String = """
         # Meridian demo cluster: three regions on one machine.

@@ -5,10 +5,10 @@ import MeridianHarness
 import MeridianCore
 import Synchronization
 
-extension Bench {
-    struct Peers: AsyncParsableCommand {
+@main
+struct PeersBenchmark: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "peers",
+            commandName: "meridian-peers",
             abstract: "Meridian beside etcd, PostgreSQL and Redis on the same emulated WAN: write latency, async lag, one-node throughput.",
             discussion: """
                 Run it through bench/peers, which starts the peer systems (three members each behind `meridian wan`, \
@@ -23,6 +23,7 @@ extension Bench {
                 """)
 
         @Option(help: "The targets file bench/peers writes.") var targets: String
+        @Option(help: "The meridian binary whose cluster is measured (build it with -c release).") var meridian: String = "../.build/release/meridian"
         @Option(help: "Where the JSON results go.") var results: String?
         @Option(help: "Writes per system, region and row in the latency tables.") var writes: Int = 200
         @Option(help: "Concurrent clients per region in the latency tables.") var clients: Int = 4
@@ -66,7 +67,10 @@ extension Bench {
             say("peers: etcd \(peers.etcd?.version ?? "absent"), PostgreSQL \(peers.postgres?.version ?? "absent"), Redis \(peers.redis?.version ?? "absent")")
 
             if !selected.isDisjoint(with: ["lag", "latency"]) {
-                try await BenchCluster.with(directory: nil, latencyScale: 1) { cluster in
+                guard FileManager.default.isExecutableFile(atPath: meridian) else {
+                    throw CLIFailure("no meridian binary at \(meridian); build it with swift build -c release, or pass --meridian PATH.")
+                }
+                try await BenchCluster.with(directory: nil, latencyScale: 1, executable: meridian) { cluster in
                     let runner = PeerRunner(options: self, peers: peers, cluster: cluster)
                     // Meridian's lag comes from its own apply-lag figures per origin, so its lag phase runs first,
                     // before any other write from us-east.
@@ -84,7 +88,17 @@ extension Bench {
                 say("\nresults: \(results)")
             }
         }
-    }
+}
+
+/// A failure reported as one line on stderr, exiting with status 1.
+struct CLIFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Prints a line straight to standard output, unbuffered.
+func say(_ line: String = "") {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 /// What bench/peers started, as its targets file says.
@@ -236,7 +250,7 @@ struct PeerReport: Encodable {
 
 /// Runs the phases against the peers and the Meridian cluster.
 struct PeerRunner {
-    let options: Bench.Peers
+    let options: PeersBenchmark
     let peers: PeerTargets
     let cluster: BenchCluster
 
@@ -244,7 +258,7 @@ struct PeerRunner {
     var primary: RegionName { RegionName(validated: "us-east") }
 
     func rtt(_ a: RegionName, _ b: RegionName) -> Double { cluster.rttMs(a, b) }
-    func floor(_ a: RegionName, _ b: RegionName) -> Double { Bench.WAN.floorMs(DirectedLink(from: a, to: b)) ?? 0 }
+    func floor(_ a: RegionName, _ b: RegionName) -> Double { DemoCluster.fiberFloorMs(a, b) ?? 0 }
 
     /// The nearest and farthest other region from `region`, by emulated RTT.
     func nearest(_ region: RegionName) -> RegionName { regions.filter { $0 != region }.min { rtt(region, $0) < rtt(region, $1) }! }
@@ -520,7 +534,7 @@ struct PeerRunner {
 
     // MARK: Throughput
 
-    static func throughputTable(options: Bench.Peers, peers: PeerTargets, report: inout PeerReport) async throws {
+    static func throughputTable(options: PeersBenchmark, peers: PeerTargets, report: inout PeerReport) async throws {
         let connections = options.connections, seconds = options.throughputSeconds, keys = 10_000
         func add(_ system: String, _ operation: String, _ result: LoadResult) {
             report.add(PeerRow(throughput: system, operation: operation, opsPerSecond: result.opsPerSecond, p50Ms: result.p50Ms, p99Ms: result.p99Ms,
@@ -529,7 +543,7 @@ struct PeerRunner {
         // Meridian and etcd are driven by wrk, a C load generator like redis-benchmark, so no system's figure
         // carries a heavier client than another's on the shared cores. Keys are preloaded before any read.
         // Meridian: one region of its own, durable (group-committed fsync) PUT and local GET over HTTP/1.1.
-        let node = try await SingleNode.start(keyspace: "bench")
+        let node = try await SingleNode.start(keyspace: "bench", executable: options.meridian)
         do {
             let base = "http://\(node.endpoint.host):\(node.endpoint.port)"
             add("Meridian (fsync per group commit)", "write", try await wrk(base, connections: connections, seconds: seconds, keys: keys, script: """

@@ -1,0 +1,141 @@
+import Foundation
+import MeridianCore
+
+/// A cluster of real processes for benchmarks: the demo's regions and RTTs on free ports, with the benchmarks'
+/// keyspaces, started by the shared ``LocalCluster`` launcher and measured through the regions' status.
+public final class BenchCluster {
+    public let local: LocalCluster
+    let removeAfter: Bool
+    public var config: ClusterConfig { local.config }
+    public var directory: String { local.directory }
+
+    /// - Parameter executable: The `meridian` binary (default: this process's own).
+    public init(directory: String?, latencyScale: Double, executable: String = LocalProcesses.currentExecutable()) throws {
+        removeAfter = directory == nil
+        let directory = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
+        let keyspaces = """
+              - { name: bench, topology: multi-leader, conflict: lww, ack: async }
+              - { name: ledger, topology: single-leader, leader: us-east, ack: majority }
+              - { name: conflicts, topology: multi-leader, conflict: lww, ack: async }
+              - { name: counters, topology: multi-leader, conflict: crdt, ack: async }
+
+            """
+        local = try LocalCluster(yaml: try LocalCluster.demoYAML(keyspaces: keyspaces),
+                                 options: LocalCluster.Options(executable: executable, directory: directory, latencyScale: latencyScale, logLevel: "warning"))
+    }
+
+    /// Starts a cluster, runs `body` against it, and stops every process it started, whatever happens.
+    public static func with(directory: String?, latencyScale: Double, executable: String = LocalProcesses.currentExecutable(),
+                            _ body: (BenchCluster) async throws -> Void) async throws {
+        let cluster = try BenchCluster(directory: directory, latencyScale: latencyScale, executable: executable)
+        do {
+            try await cluster.start()
+            try await body(cluster)
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
+    }
+
+    public func rttMs(_ a: RegionName, _ b: RegionName) -> Double { config.wan.rttMs(a, b) ?? 0 }
+
+    public func connect(_ region: RegionName) async throws -> HTTPConnection {
+        try await local.connect(region)
+    }
+
+    /// Every region up, every stream up and every clock verified before measuring.
+    public func start() async throws {
+        try await local.start()
+        let pending = await local.waitReady(timeoutSeconds: 30)
+        guard pending.isEmpty else { throw BenchFailure("the streams or clocks of \(pending) were not ready within 30 s; see the logs in \(directory)") }
+    }
+
+    public func peers(_ region: RegionName) async throws -> [[String: Any]] {
+        let client = config.region(region)!.client
+        let connection = try await HTTPConnection.connect(host: client.host, port: client.port)
+        defer { Task { await connection.close() } }
+        let status = try await connection.request("GET", "/v1/status")
+        return ((try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any])?["peers"] as? [[String: Any]]) ?? []
+    }
+
+    /// Waits until every other region applied `origin`'s log up to at least `entries`.
+    public func waitCaughtUp(origin: RegionName, entries: UInt64, timeoutSeconds: Double = 60) async throws {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        for region in config.regions.map(\.name) where region != origin {
+            while true {
+                let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
+                if UInt64(inbound?["applied"] as? Int ?? 0) >= entries { break }
+                guard Date() < deadline else { throw BenchFailure("\(region) did not catch up with \(origin) within \(Int(timeoutSeconds)) s") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    /// The apply lag `region` measured for `origin`'s entries.
+    public func applyLag(at region: RegionName, from origin: RegionName) async throws -> (samples: Int, p50: Int, p99: Int) {
+        let lag = try await applyLagSummary(at: region, from: origin)
+        return (lag["samples"] as? Int ?? 0, lag["p50"] as? Int ?? 0, lag["p99"] as? Int ?? 0)
+    }
+
+    /// The `apply_lag_ms` object of `region`'s status for `origin`'s inbound stream.
+    private func applyLagSummary(at region: RegionName, from origin: RegionName) async throws -> [String: Any] {
+        let inbound = try await peers(region).first { $0["region"] as? String == origin.rawValue }?["inbound"] as? [String: Any]
+        return inbound?["apply_lag_ms"] as? [String: Any] ?? [:]
+    }
+
+    /// The whole apply-lag distribution `region` measured for `origin`'s entries: [percentile, ms] points.
+    public func applyLagDistribution(at region: RegionName, from origin: RegionName) async throws -> (samples: Int, distribution: [[Double]]) {
+        let lag = try await applyLagSummary(at: region, from: origin)
+        let points = (lag["distribution"] as? [[Any]] ?? []).compactMap { point -> [Double]? in
+            guard point.count == 2, let p = (point[0] as? NSNumber)?.doubleValue, let ms = (point[1] as? NSNumber)?.doubleValue else { return nil }
+            return [p, ms]
+        }
+        return (lag["samples"] as? Int ?? 0, points)
+    }
+
+    public func stop() async {
+        await local.stop()
+        if removeAfter { try? FileManager.default.removeItem(atPath: directory) }
+    }
+}
+
+/// A one-region node of its own, in a temporary directory, for one-node benchmarks.
+public struct SingleNode {
+    public let process: Process
+    public let directory: String
+    public let endpoint: Endpoint
+
+    /// Starts the node with one async multi-leader keyspace and waits until it is healthy.
+    public static func start(keyspace: String, executable: String = LocalProcesses.currentExecutable()) async throws -> SingleNode {
+        let port = try LocalProcesses.freePort()
+        let peerPort = try LocalProcesses.freePort()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let file = (directory as NSString).appendingPathComponent("cluster.yaml")
+        try """
+            cluster: bench
+            regions:
+              - { name: local, client: 127.0.0.1:\(port), peer: 127.0.0.1:\(peerPort) }
+            keyspaces:
+              - { name: \(keyspace), topology: multi-leader, conflict: lww, ack: async }
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let process = try LocalProcesses.start(
+            executable,
+            ["node", "--config", file, "--region", "local", "--data", (directory as NSString).appendingPathComponent("data"),
+             "--exit-with-parent", "--log-level", "warning"],
+            logPath: (directory as NSString).appendingPathComponent("node.log"))
+        let node = SingleNode(process: process, directory: directory, endpoint: Endpoint(host: "127.0.0.1", port: port))
+        guard await LocalProcesses.waitHealthy(host: "127.0.0.1", port: port, process: process, timeoutSeconds: 60) else {
+            await LocalProcesses.stop(process)
+            throw BenchFailure("the benchmark node did not start; see \(directory)/node.log")
+        }
+        return node
+    }
+
+    /// Stops the node and removes its directory.
+    public func stop() async {
+        await LocalProcesses.stop(process)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}

@@ -10,6 +10,8 @@
 //   MeridianHarness -> MeridianCore, NIO, Histogram      (test, drill and benchmark plumbing: the local-cluster launcher, an HTTP/1.1 keep-alive client and
 //                                                         local process helpers; not the client library, which will be MeridianClient)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
+//   MeridianDrills -> MeridianCore, MeridianHarness, MeridianTestKit (the nemesis and the game day against real processes,
+//                                                         as a library the CLI and the tests call)
 //   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the region machine under faults)
 //   MeridianAPI    -> MeridianCore, HTTPTypes                (the v1 HTTP contract: headers, error statuses, answers, openapi.yaml)
 //   MeridianHTTP   -> MeridianCore, MeridianAPI, Hummingbird (JSON and error rendering shared by the HTTP shells)
@@ -78,6 +80,11 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianDrills",
+            dependencies: ["MeridianCore", "MeridianHarness", "MeridianTestKit"],
             swiftSettings: strict
         ),
         .target(
@@ -152,6 +159,7 @@ let package = Package(
                 "MeridianSimulator",
                 "MeridianTestKit",
                 "MeridianHarness",
+                "MeridianDrills",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -205,7 +213,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianLiveTests",
-            dependencies: ["MeridianCore", "MeridianHarness"],
+            dependencies: ["MeridianCore", "MeridianHarness", "MeridianDrills"],
             swiftSettings: strict
         ),
     ],

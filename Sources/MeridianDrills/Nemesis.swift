@@ -481,14 +481,22 @@ public final class NemesisRun: Sendable {
         defer { Task { await client.close() } }
         let reader = regionNames[0]
 
+        // A strong read's answer, retried (bounded) while the cluster cannot answer it (a failback hand-over may
+        // still run): only an answer, a value or 404, says whether a write is there.
+        func strongRead(_ key: String) async -> HTTPResult? {
+            var result: HTTPResult?
+            for attempt in 0..<25 {
+                result = await client.request(reader, "GET", "/v1/kv/accounts/\(key)", headers: [("Meridian-Consistency", "strong")])
+                if let status = result?.status, status == 200 || status == 404 { return result }
+                if attempt < 24 { try? await Task.sleep(for: .milliseconds(200)) }
+            }
+            return result
+        }
+
         // Acknowledged majority writes: every one must be the current value of its key (strong read).
         var lostMajority: [String] = []
         for write in state.majorityAcked {
-            var result = await client.request(reader, "GET", "/v1/kv/accounts/\(write.key)", headers: [("Meridian-Consistency", "strong")])
-            if result?.status != 200 || result?.text != write.value {
-                try? await Task.sleep(for: .milliseconds(200))
-                result = await client.request(reader, "GET", "/v1/kv/accounts/\(write.key)", headers: [("Meridian-Consistency", "strong")])
-            }
+            let result = await strongRead(write.key)
             if result?.status != 200 || result?.text != write.value { lostMajority.append(write.key) }
         }
         if !lostMajority.isEmpty { violations.append("\(lostMajority.count) acknowledged majority writes lost: \(lostMajority.prefix(10).joined(separator: ", "))") }
@@ -511,7 +519,7 @@ public final class NemesisRun: Sendable {
         var unaccounted: [String] = []
         var asyncLostButKept = 0
         for write in state.asyncAcked {
-            let result = await client.request(reader, "GET", "/v1/kv/accounts/\(write.key)", headers: [("Meridian-Consistency", "strong")])
+            let result = await strongRead(write.key)
             if result?.status == 200 && result?.text == write.value { continue }
             if keptAside.contains("\(write.key)=\(write.value)") { asyncLostButKept += 1; continue }
             unaccounted.append(write.key)

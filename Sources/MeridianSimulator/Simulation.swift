@@ -110,6 +110,9 @@ public struct Simulation {
         public var elections = 0, transfers = 0, handOversAsked = 0, pauses = 0, diverted = 0, strongRefused = 0
         /// Pulls from the leader of earlier terms' writes no stream had brought (log matching's catch-up).
         public var catchUps = 0
+        /// Times a region's clock fence closed (restarted with its clock beyond the maximum offset), and writes a
+        /// region refused because its clock was not proven within tolerance.
+        public var clockFences = 0, clockRefused = 0
         /// Every invariant broken, described.
         public var violations: [String] = []
 
@@ -122,7 +125,7 @@ public struct Simulation {
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
-            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused"
+            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(clockFences) clock fences, \(clockRefused) writes refused for the clock"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
@@ -137,8 +140,8 @@ public struct Simulation {
         case hello
         case welcome(applied: UInt64)
         case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
-        /// The origin's log end when sent, and the latest `ack.echo` it had from the peer.
-        case heartbeat(logHighWater: UInt64, echo: UInt64)
+        /// The origin's log end and its wall clock when sent, and the latest `ack.echo` it had from the peer.
+        case heartbeat(logHighWater: UInt64, physicalMs: UInt64, echo: UInt64)
         /// `echo`: the peer's own (monotonic) clock when it sent the ack.
         case ack(upTo: UInt64, echo: UInt64)
         /// An election frame of the strong keyspace, carried on the sender's stream as the node carries it.
@@ -230,6 +233,9 @@ public struct Simulation {
         var machine: RegionMachine?
         /// A paused process (SIGSTOP) neither runs nor hears until then; its state stays.
         var pausedUntilMs: UInt64 = 0
+        /// The clock fence, from the brackets of its peers' clocks their heartbeats give (rebuilt unproven at
+        /// every start, as the node's).
+        var fence: ClockFence
     }
 
     /// A read in progress: where it is being tried, until when, for which session.
@@ -326,7 +332,8 @@ public struct Simulation {
             Region(name: name, applied: Array(repeating: [], count: count), clock: HybridLogicalClock(region: name),
                    acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
                    shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
-                   echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count))
+                   echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
+                   fence: ClockFence(region: name, peers: all, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault))
         }
         var links: [String] = []
         for a in all.indices { for b in all.indices where a < b { links.append("    - { between: [\(all[a]), \(all[b])], ms: \(rttMs[a][b]) }") } }
@@ -405,7 +412,7 @@ public struct Simulation {
     /// A session's write to the multi-leader keyspace: ordered after what the session saw, recording it as
     /// the entry's dependencies, as the node does with a token.
     private mutating func clientWrite(at index: Int, session: Int) {
-        guard isRunning(index) else { return }
+        guard isRunning(index), mayWrite(index) else { return }
         let key = "k\(Int.random(in: 0..<6, using: &generator))"
         let token = tokens[session]
         if let seen = token.clock { _ = try? regions[index].clock.receive(seen, physicalMs: physicalMs(index)) }
@@ -422,7 +429,7 @@ public struct Simulation {
     /// what the region holds; under siblings, a client that just read the key here sends its context, and a
     /// blind one sends none; under crdt it increments a counter (the delta is what ships).
     private mutating func policyWrite(at index: Int) {
-        guard isRunning(index) else { return }
+        guard isRunning(index), mayWrite(index) else { return }
         let keyspace = policyKeyspaces.randomElement(using: &generator)!
         let key = "p\(Int.random(in: 0..<3, using: &generator))"
         let state = regions[index].kv["\(keyspace)/\(key)"]
@@ -452,7 +459,7 @@ public struct Simulation {
     /// majority (register keys `s*`, checked for linearizability); the rest are async (keys `a*`: a hand-over must
     /// never keep one aside).
     private mutating func strongWrite() {
-        let writable = regions.indices.filter { isRunning($0) && regions[$0].machine!.writableEpoch(strongKeyspace, nowMs: nowMs) != nil }
+        let writable = regions.indices.filter { isRunning($0) && mayWrite($0) && regions[$0].machine!.writableEpoch(strongKeyspace, nowMs: nowMs) != nil }
         guard let leader = writable.randomElement(using: &generator), let epoch = regions[leader].machine!.admitWrite(strongKeyspace, nowMs: nowMs) else {
             report.strongRefused += 1
             return
@@ -483,6 +490,9 @@ public struct Simulation {
                                  bytes: [UInt8]? = nil, hlc issued: HLCTimestamp? = nil, context: VersionVector? = nil,
                                  dependencies: [RegionName: UInt64] = [:], epoch: UInt64 = 0, register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
+        if Self.clockIsWrong(skewMs[index]) {
+            report.violations.append("\(names[index]) issued a write while its clock was \(skewMs[index]) ms off, beyond the maximum offset of every honest region's")
+        }
         let sequence = UInt64(regions[index].log.count + 1)
         let hlc = issued ?? regions[index].clock.now(physicalMs: physicalMs(index))
         // What the write supersedes: the key as this region holds it, unless the caller says otherwise (siblings).
@@ -784,9 +794,21 @@ public struct Simulation {
                 report.violations.append("\(names[peer]) refused \(names[origin])'s batch \(from)...\(through): \(error)")
                 regions[peer].inbound[id] = nil
             }
-        case .heartbeat(let logHighWater, let echo):
+        case .heartbeat(let logHighWater, let originMs, let echo):
             regions[peer].freshness[origin].heard(logHighWater: logHighWater, echo: echo, now: nowMs,
                                                   applied: UInt64(regions[peer].applied[origin].count))
+            // The origin read its clock after this region's ack stamped `echo` arrived: a bracket of its clock,
+            // as the node's replicator takes one; a change of verdict reaches the region machine.
+            if echo > 0, echo <= nowMs {
+                let wallNow = physicalMs(peer)
+                let wasFenced = regions[peer].fence.isFenced
+                regions[peer].fence.sample(peer: names[origin], sentMs: wallNow - min(wallNow, nowMs - echo), peerMs: originMs, receivedMs: wallNow)
+                if regions[peer].fence.isFenced != wasFenced {
+                    if regions[peer].fence.isFenced { report.clockFences += 1 }
+                    if let trace { trace("\(nowMs) ms \(names[peer]): clock \(regions[peer].fence.isFenced ? "fenced" : "back in tolerance")") }
+                    carryMachine(peer, regions[peer].machine!.handle(.clockFenceChanged(fenced: regions[peer].fence.isFenced), nowMs: nowMs, wallMs: wallNow))
+                }
+            }
             send(.ack(upTo: UInt64(regions[peer].applied[origin].count), echo: nowMs), on: id, toPeer: false)
         case .election(let keyspace, let message, let start):
             carryMachine(peer, regions[peer].machine!.handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: names[origin],
@@ -841,12 +863,16 @@ public struct Simulation {
                 }
                 apply(region, entry)
                 recordTerm(region, entry)
+                // As the store: a timestamp beyond the maximum offset of this region's wall clock does not move
+                // its clock (this region's, or the writer's, clock is off; the fence stops the one that is).
+                let ahead = Int64(entry.hlc.physicalMs) - Int64(physicalMs(region))
                 do {
-                    _ = try regions[region].clock.receive(entry.hlc, physicalMs: physicalMs(region))
+                    if ahead <= Int64(HybridLogicalClock.maxOffsetMsDefault) { _ = try regions[region].clock.receive(entry.hlc, physicalMs: physicalMs(region)) }
                 } catch {
                     report.violations.append("\(names[region]) refused a timestamp within the skew bound: \(error)")
                 }
-                regions[region].hlcHighWater = max(regions[region].hlcHighWater ?? entry.hlc, entry.hlc)
+                // As the store: the high-water is the clock's reading, which an entry beyond the maximum offset does not move.
+                regions[region].hlcHighWater = max(regions[region].hlcHighWater ?? regions[region].clock.last, regions[region].clock.last)
             }
             acknowledged = batch.through
         }
@@ -932,7 +958,8 @@ public struct Simulation {
                     close(origin, peer)
                 } else if regions[origin].shippers[peer] != nil, nowMs - stream.lastHeartbeatMs >= heartbeatIntervalMs {
                     // Every interval, even while batches flow: the echo bounds the peer's staleness.
-                    send(.heartbeat(logHighWater: UInt64(regions[origin].log.count), echo: regions[origin].echoFrom[peer]), on: id, toPeer: true)
+                    send(.heartbeat(logHighWater: UInt64(regions[origin].log.count), physicalMs: physicalMs(origin), echo: regions[origin].echoFrom[peer]),
+                         on: id, toPeer: true)
                 }
             }
         }
@@ -1007,6 +1034,16 @@ public struct Simulation {
         regions[index].freshness = Array(repeating: FreshnessTracker(), count: count)
         // As the node: the clock starts above the highest timestamp the store recorded, applied ones included.
         regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].hlcHighWater)
+        // Now and then the host's clock comes back wrong, beyond the maximum offset of every honest region's
+        // (as the nemesis restarts a node with --clock-offset-ms), never for a majority at once (the fence cannot
+        // tell which side is wrong then); otherwise it is put right again.
+        let othersWrong = regions.indices.filter { $0 != index && Self.clockIsWrong(skewMs[$0]) }.count
+        if Int.random(in: 0..<10, using: &generator) == 0 && (othersWrong + 1) * 2 < regions.count {
+            skewMs[index] = (Bool.random(using: &generator) ? 1 : -1) * Int64.random(in: 2_000...3_000, using: &generator)
+        } else if abs(skewMs[index]) > 240 {
+            skewMs[index] = Int64.random(in: -240...240, using: &generator)
+        }
+        regions[index].fence = ClockFence(region: names[index], peers: names, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault)
         startMachine(index)
         for peer in regions.indices where peer != index { connect(index, peer) }
     }
@@ -1038,6 +1075,19 @@ public struct Simulation {
     public var trace: (@Sendable (String) -> Void)?
 
     private func isRunning(_ index: Int) -> Bool { regions[index].up && regions[index].pausedUntilMs <= nowMs }
+
+    /// As the node: a region writes only once its peers' brackets prove its clock within tolerance (and never
+    /// while fenced); a refusal is counted.
+    private mutating func mayWrite(_ index: Int) -> Bool {
+        if regions[index].fence.mayWrite { return true }
+        report.clockRefused += 1
+        return false
+    }
+
+    /// A clock set wrong on purpose: at least 2 s off. An honest region's is at most 240 ms off, and a bracket
+    /// counts as in tolerance only if it is at most twice the maximum offset wide, so no honest peer's bracket
+    /// can allow a wrong clock within the maximum offset (500 ms): 2,000 − 240 > 500 + 2 × 500.
+    private static func clockIsWrong(_ skewMs: Int64) -> Bool { abs(skewMs) >= 2_000 }
 
     /// Builds the region's machine from its durable election state, as a node does when it starts.
     private mutating func startMachine(_ index: Int) {

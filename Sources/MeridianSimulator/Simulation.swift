@@ -863,14 +863,12 @@ public struct Simulation {
                 }
                 apply(region, entry)
                 recordTerm(region, entry)
-                // As the store: a timestamp beyond the maximum offset of this region's wall clock does not move
-                // its clock (this region's, or the writer's, clock is off; the fence stops the one that is).
+                // As the store's transaction clock: the clock moves past the entry, unless the entry is beyond the
+                // maximum offset of this region's wall clock; the wall clock itself is not folded in (only a write
+                // does that), so a region whose clock is wrong while it cannot write does not carry it past a
+                // restart that corrects it.
                 let ahead = Int64(entry.hlc.physicalMs) - Int64(physicalMs(region))
-                do {
-                    if ahead <= Int64(HybridLogicalClock.maxOffsetMsDefault) { _ = try regions[region].clock.receive(entry.hlc, physicalMs: physicalMs(region)) }
-                } catch {
-                    report.violations.append("\(names[region]) refused a timestamp within the skew bound: \(error)")
-                }
+                if ahead <= Int64(HybridLogicalClock.maxOffsetMsDefault) { regions[region].clock.advance(past: entry.hlc) }
                 // As the store: the high-water is the clock's reading, which an entry beyond the maximum offset does not move.
                 regions[region].hlcHighWater = max(regions[region].hlcHighWater ?? regions[region].clock.last, regions[region].clock.last)
             }

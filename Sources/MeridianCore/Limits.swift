@@ -1,7 +1,8 @@
 /// Every size and count limit of a node, in one value, validated when the configuration is read.
 ///
-/// Exceeding a limit gives back-pressure or a clear rejection, never unbounded memory.
-public struct Limits: Sendable, Hashable, Encodable {
+/// Exceeding a limit gives back-pressure or a clear rejection, never unbounded memory. Its JSON (in
+/// `GET /v1/status`) decodes as it encodes, without the range checks `ClusterConfig.parse` makes.
+public struct Limits: Sendable, Hashable, Codable {
     /// The largest value a write may store, in bytes.
     public var valueBytesMax: Int = 1 << 20
     /// The most keys one list request returns.

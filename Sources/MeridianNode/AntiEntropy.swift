@@ -7,34 +7,6 @@ import MeridianCore
 import MeridianHTTP
 import MeridianStorage
 
-/// What one anti-entropy round with one peer found and did, for a keyspace.
-struct RepairReport: Encodable, Sendable {
-    let keyspace: String
-    let region: String
-    let peer: String
-    /// This region's Merkle root before and after, and the peer's.
-    let rootBefore: String
-    let rootAfter: String
-    let peerRoot: String
-    let keys: Int
-    /// Buckets whose leaves differed.
-    let bucketsDiffering: Int
-    /// Key states the peer sent (every key of the differing buckets) and how many of them changed a key here.
-    let keysReceived: Int
-    let keysChanged: Int
-    let error: String?
-
-    enum CodingKeys: String, CodingKey {
-        case keyspace, region, peer, keys, error
-        case rootBefore = "root_before"
-        case rootAfter = "root_after"
-        case peerRoot = "peer_root"
-        case bucketsDiffering = "buckets_differing"
-        case keysReceived = "keys_received"
-        case keysChanged = "keys_changed"
-    }
-}
-
 extension RegionNode {
     /// Answers one step of a peer's anti-entropy round: this region's Merkle tree of a keyspace (with its log's
     /// end and the terms it holds, read before the tree), or a page of the states of some of its buckets. Only
@@ -247,11 +219,4 @@ extension RegionNode {
         return JSON.response(MerkleAnswer(keyspace: policy.name.rawValue, region: region.rawValue, root: MerkleTree.hex(tree.root), keys: keys),
                              headers: [.cacheControl: "no-store"])
     }
-}
-
-struct MerkleAnswer: Encodable {
-    let keyspace: String
-    let region: String
-    let root: String
-    let keys: Int
 }

@@ -7,102 +7,12 @@ import MeridianHTTP
 import MeridianStorage
 import NIOCore
 
-/// A stored value in JSON: as text when it is UTF-8, else as base64.
-struct StoredBytes: Encodable {
-    let bytes: [UInt8]
-
-    enum CodingKeys: String, CodingKey {
-        case value
-        case valueBase64 = "value_base64"
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        if let text = String(validating: bytes, as: UTF8.self) {
-            try container.encode(text, forKey: .value)
-        } else {
-            try container.encode(Data(bytes).base64EncodedString(), forKey: .valueBase64)
-        }
-    }
-}
-
-/// One version of a key in JSON: its version, origin region, media type and value, and, in the
-/// conflicts log, whether it was a delete.
-struct VersionJSON: Encodable {
-    let version: String
-    let region: String
-    let contentType: String
-    let value: StoredBytes
-    var deleted: Bool?
-
+extension VersionJSON {
+    /// One version of a key as the API shows it.
+    /// - Parameter showDeleted: Say whether it was a delete (the conflicts log does).
     init(_ version: KeyVersion, showDeleted: Bool = false) {
-        self.version = version.version.description
-        region = version.version.origin.rawValue
-        contentType = version.contentType
-        value = StoredBytes(bytes: version.value)
-        deleted = showDeleted ? version.tombstone : nil
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case version, region, deleted
-        case contentType = "content_type"
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(version, forKey: .version)
-        try container.encode(region, forKey: .region)
-        try container.encode(contentType, forKey: .contentType)
-        try container.encodeIfPresent(deleted, forKey: .deleted)
-        try value.encode(to: encoder)
-    }
-}
-
-/// The 300 answer of a `siblings` read with concurrent versions.
-struct SiblingsAnswer: Encodable {
-    let keyspace: String
-    let key: String
-    let siblings: [VersionJSON]
-    let context: String
-}
-
-/// The JSON answer of `GET /v1/conflicts/{keyspace}`.
-struct ConflictsAnswer: Encodable {
-    struct Winner: Encodable {
-        let version: String
-        let region: String
-    }
-
-    struct Record: Encodable {
-        let id: Int64
-        let key: String
-        let rule: String
-        let recordedMs: UInt64
-        let loser: VersionJSON
-        let winner: Winner
-
-        enum CodingKeys: String, CodingKey {
-            case id, key, rule, loser, winner
-            case recordedMs = "recorded_ms"
-        }
-    }
-
-    let keyspace: String
-    let region: String
-    let conflicts: [Record]
-    let nextAfter: Int64?
-
-    enum CodingKeys: String, CodingKey {
-        case keyspace, region, conflicts
-        case nextAfter = "next_after"
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(keyspace, forKey: .keyspace)
-        try container.encode(region, forKey: .region)
-        try container.encode(conflicts, forKey: .conflicts)
-        try container.encode(nextAfter, forKey: .nextAfter)
+        self.init(version: version.version.description, region: version.version.origin.rawValue, contentType: version.contentType,
+                  value: StoredBytes(bytes: version.value), deleted: showDeleted ? version.tombstone : nil)
     }
 }
 
@@ -205,15 +115,6 @@ enum CRDTJSON {
             }))
         }
     }
-}
-
-/// The JSON answer of a CRDT read.
-struct CRDTAnswer: Encodable {
-    let keyspace: String
-    let key: String
-    let type: String
-    let value: JSONValue
-    let version: String
 }
 
 extension RegionNode {

@@ -245,101 +245,14 @@ extension RegionNode {
     }
 }
 
-struct FailoverAnswer: Encodable {
-    let keyspace: String
-    let epoch: UInt64
-    let leader: String
-    let previousLeader: String?
-    let reason: String
-    let lastHeardMs: UInt64?
-    let suspectedMs: UInt64
-    let electedMs: UInt64
-    let firstWriteMs: UInt64?
-    /// From the last word of the previous leader to the first write of the new term, as the new leader saw it.
-    let rtoMs: UInt64?
-    let electionMs: UInt64
-    let divertedHere: Int
-
-    enum CodingKeys: String, CodingKey {
-        case keyspace, epoch, leader, reason
-        case previousLeader = "previous_leader"
-        case lastHeardMs = "last_heard_ms"
-        case suspectedMs = "suspected_ms"
-        case electedMs = "elected_ms"
-        case firstWriteMs = "first_write_ms"
-        case rtoMs = "rto_ms"
-        case electionMs = "election_ms"
-        case divertedHere = "diverted_here"
-    }
-}
-
-struct FailoversAnswer: Encodable {
-    let region: String
-    let failovers: [FailoverAnswer]
-    /// Writes kept aside in this region, by "keyspace/epoch" of the term that fenced them.
-    let diverted: [String: Int]
-}
-
-struct DivergedWriteAnswer: Encodable {
-    let id: Int64
-    let keyspace: String
-    let key: String
-    let origin: String
-    let sequence: UInt64
-    let epoch: UInt64
-    let successorEpoch: UInt64
-    let version: String
-    let operation: String
-    let contentType: String
-    /// As text when it is UTF-8, else as `value_base64`, like every stored value the API shows.
-    let value: StoredBytes
-    let recordedMs: UInt64
-    let reappliedMs: UInt64?
-
+extension DivergedWriteAnswer {
+    /// A kept-aside write as the API shows it.
     init(_ write: DivergedWrite) {
-        id = write.id
-        keyspace = write.keyspace.rawValue
-        key = write.key.rawValue
-        origin = write.origin.rawValue
-        sequence = write.sequence
-        epoch = write.epoch
-        successorEpoch = write.successorEpoch
-        version = Version(hlc: write.hlc, sequence: write.sequence).description
-        operation = write.operation.description
-        contentType = write.contentType
-        value = StoredBytes(bytes: write.value)
-        recordedMs = write.recordedMs
-        reappliedMs = write.reappliedMs
+        self.init(
+            id: write.id, keyspace: write.keyspace.rawValue, key: write.key.rawValue, origin: write.origin.rawValue,
+            sequence: write.sequence, epoch: write.epoch, successorEpoch: write.successorEpoch,
+            version: Version(hlc: write.hlc, sequence: write.sequence).description, operation: write.operation.description,
+            contentType: write.contentType, value: StoredBytes(bytes: write.value), recordedMs: write.recordedMs,
+            reappliedMs: write.reappliedMs)
     }
-
-    enum CodingKeys: String, CodingKey {
-        case id, keyspace, key, origin, sequence, epoch, version, operation
-        case successorEpoch = "successor_epoch"
-        case contentType = "content_type"
-        case recordedMs = "recorded_ms"
-        case reappliedMs = "reapplied_ms"
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(id, forKey: .id)
-        try container.encode(keyspace, forKey: .keyspace)
-        try container.encode(key, forKey: .key)
-        try container.encode(origin, forKey: .origin)
-        try container.encode(sequence, forKey: .sequence)
-        try container.encode(epoch, forKey: .epoch)
-        try container.encode(successorEpoch, forKey: .successorEpoch)
-        try container.encode(version, forKey: .version)
-        try container.encode(operation, forKey: .operation)
-        try container.encode(contentType, forKey: .contentType)
-        try container.encode(recordedMs, forKey: .recordedMs)
-        try container.encodeIfPresent(reappliedMs, forKey: .reappliedMs)
-        try value.encode(to: encoder)
-    }
-}
-
-struct DivergenceAnswer: Encodable {
-    let region: String
-    let writes: [DivergedWriteAnswer]
-    let next: Int64?
 }

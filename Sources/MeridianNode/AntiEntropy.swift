@@ -46,9 +46,9 @@ extension RegionNode {
     /// The region machine's catch-up: one round with the keyspace's leader, handing over the terms it holds
     /// (read before its tree) as soon as they arrive.
     /// - Throws: Why the round did not merge every state that differs (the machine tries again later).
-    @Sendable func catchUp(_ keyspace: KeyspaceName, from leader: RegionName, termsRead: @escaping @Sendable ([TermEnd]) -> Void) async throws(MeridianError) {
+    @Sendable func catchUp(_ keyspace: KeyspaceName, from leader: RegionName, epoch: UInt64, termsRead: @escaping @Sendable ([TermEnd]) -> Void) async throws(MeridianError) {
         guard let policy = configuration.cluster.keyspace(keyspace) else { return }
-        let (report, highWater) = await repairRound(policy, with: leader, termsRead: termsRead)
+        let (report, highWater) = await repairRound(policy, with: leader, token: epoch, termsRead: termsRead)
         guard highWater != nil else {
             throw MeridianError(.regionUnavailable, "Catching up '\(keyspace)' from \(leader) did not complete: \(report.error ?? "the key states did not fit the page bound").",
                                 context: ["region": leader.rawValue])
@@ -56,8 +56,28 @@ extension RegionNode {
     }
 
     /// One round, and the peer's own log high-water read before its tree (nil unless the round completed).
-    private func repairRound(_ policy: KeyspacePolicy, with peer: RegionName,
+    /// A single-leader keyspace's merges go through the region machine's merge gate under `token` (default: the
+    /// term followed now), so none lands unseen after the term changed.
+    private func repairRound(_ policy: KeyspacePolicy, with peer: RegionName, token given: UInt64? = nil,
                              termsRead: (@Sendable ([TermEnd]) -> Void)? = nil) async -> (report: RepairReport, peerLogHighWater: UInt64?) {
+        let gated = leadership.mergeToken(policy.name)
+        let token = given ?? gated ?? 0
+        // Merges one page of states: through the gate for a single-leader keyspace.
+        func merge(_ states: [(key: Key, state: KeyState)], terms: [TermEnd]?) async throws(MeridianError) -> Int {
+            guard gated != nil else { return try await store.merge(keyspace: policy.name, states: states) }
+            guard leadership.admitMerge(policy.name, token: token) else {
+                throw MeridianError(.leaderUnavailable, "The term of '\(policy.name)' changed during the repair; it is not merged.")
+            }
+            var changed = 0
+            do {
+                changed = try await store.merge(keyspace: policy.name, states: states)
+            } catch {
+                leadership.mergeCommitted(policy.name, token: token, keys: [], terms: nil)
+                throw error
+            }
+            leadership.mergeCommitted(policy.name, token: token, keys: Set(states.map(\.key)), terms: terms)
+            return changed
+        }
         var peerLogHighWater: UInt64?
         var before = MerkleTree(digests: []), keys = 0, peerTree: MerkleTree?
         var differing: [Int] = [], received = 0, changed = 0
@@ -75,14 +95,12 @@ extension RegionNode {
             differing = before.differingBuckets(theirs.tree)
             let complete = try await pullStates(policy, buckets: differing, from: peer) { states throws(MeridianError) in
                 received += states.count
-                changed += try await store.merge(keyspace: policy.name, states: states)
+                changed += try await merge(states, terms: nil)
             }
             if complete {
+                // Every differing state is merged: the writes of the terms the peer held are held here now.
+                if gated != nil { _ = try await merge([], terms: theirs.terms) }
                 peerLogHighWater = theirs.logHighWater
-                // A catch-up reports its own terms; a periodic round records what it merged as held.
-                if termsRead == nil && policy.topology == .singleLeader && !theirs.terms.isEmpty {
-                    leadership.statesPulled(policy.name, terms: theirs.terms)
-                }
             }
         } catch {
             problem = error.message

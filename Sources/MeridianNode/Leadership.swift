@@ -14,12 +14,12 @@ final class Leadership: Sendable {
         /// Sends a frame to a peer over its stream.
         let send: @Sendable (RegionName, PeerFrame) -> Void
         /// Keeps aside a deposed leader's writes and brings their keys to the new leader's state.
-        let revert: @Sendable (KeyspaceName, EpochStart) async -> Void
+        let revert: @Sendable (KeyspaceName, EpochStart, _ keys: Set<Key>) async -> Void
         /// The replication streams' view of each peer.
         let peers: @Sendable () -> [RegionName: RegionMachine.PeerLink]
         /// Pulls a keyspace's states from its leader: hands over the terms the leader holds as soon as it said
         /// them (read before its states), then returns once every state that differs here is merged.
-        let catchUp: @Sendable (KeyspaceName, RegionName, _ termsRead: @escaping @Sendable ([TermEnd]) -> Void) async throws(MeridianError) -> Void
+        let catchUp: @Sendable (KeyspaceName, RegionName, _ epoch: UInt64, _ termsRead: @escaping @Sendable ([TermEnd]) -> Void) async throws(MeridianError) -> Void
     }
 
     /// The outcome of waiting for a replicated batch to be admitted.
@@ -128,10 +128,25 @@ final class Leadership: Sendable {
         handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: peer, applied: store.appliedHighWater()))
     }
 
-    /// An anti-entropy round merged every differing state of a single-leader keyspace from a peer that held
-    /// these terms' writes when it read its tree.
-    func statesPulled(_ keyspace: KeyspaceName, terms: [TermEnd]) {
-        handle(.statesPulled(keyspace: keyspace, terms: terms))
+    /// The term a merge of a peer's states of a single-leader keyspace would be admitted under (nil: none now,
+    /// or not a single-leader keyspace of this region).
+    func mergeToken(_ keyspace: KeyspaceName) -> UInt64? {
+        state.withLock { $0.machine.keyspaces.contains(keyspace) ? $0.machine.mergeToken(keyspace) : nil }
+    }
+
+    /// Admits one merge under `token`; every admitted merge is reported once with ``mergeCommitted(_:token:keys:terms:)``.
+    func admitMerge(_ keyspace: KeyspaceName, token: UInt64) -> Bool {
+        state.withLock { $0.machine.admitMerge(keyspace, token: token) }
+    }
+
+    /// Keys a revert could not bring back because its term is over: the next revert does.
+    func reconcileLater(_ keyspace: KeyspaceName, keys: Set<Key>) {
+        handle(.reconcileLater(keyspace: keyspace, keys: keys))
+    }
+
+    /// An admitted merge committed (or failed: empty keys); `terms` on a complete round's last one.
+    func mergeCommitted(_ keyspace: KeyspaceName, token: UInt64, keys: Set<Key>, terms: [TermEnd]?) {
+        handle(.mergeCommitted(keyspace: keyspace, token: token, keys: keys, terms: terms))
     }
 
     /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
@@ -171,17 +186,17 @@ final class Leadership: Sendable {
                     event = .startCaptureFailed(keyspace: keyspace, epoch: epoch, reason: error.message)
                 }
                 queue += state.machine.handle(event, nowMs: nowMs, wallMs: wallClockMs())
-            case .revert(let keyspace, let start):
+            case .revert(let keyspace, let start, let keys):
                 guard let revert = state.carriers?.revert else { preconditionFailure("a revert before the leadership shell started") }
                 Task {
-                    await revert(keyspace, start)
+                    await revert(keyspace, start, keys)
                     self.handle(.revertFinished(keyspace: keyspace, epoch: start.epoch))
                 }
             case .catchUp(let keyspace, let leader, let epoch):
                 guard let catchUp = state.carriers?.catchUp else { preconditionFailure("a catch-up before the leadership shell started") }
                 Task {
                     do throws(MeridianError) {
-                        try await catchUp(keyspace, leader) { terms in self.handle(.catchUpTermsRead(keyspace: keyspace, epoch: epoch, terms: terms)) }
+                        try await catchUp(keyspace, leader, epoch) { terms in self.handle(.catchUpTermsRead(keyspace: keyspace, epoch: epoch, terms: terms)) }
                         self.handle(.catchUpPulled(keyspace: keyspace, epoch: epoch))
                     } catch {
                         self.handle(.catchUpFailed(keyspace: keyspace, epoch: epoch, reason: error.message))

@@ -173,7 +173,9 @@ public final class RegionNode: Sendable {
             logger: logger)
         defer { store.close() }
         logger.info("region \(region) serving on \(address)")
-        leadership.start(Leadership.Carriers(send: sendElection, revert: bringBack, peers: peerLinks, catchUp: catchUp))
+        leadership.start(Leadership.Carriers(send: sendElection, revert: bringBack, peers: peerLinks, catchUp: { keyspace, leader, epoch, termsRead throws(MeridianError) in
+            try await self.catchUp(keyspace, from: leader, epoch: epoch, termsRead: termsRead)
+        }))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) },

@@ -185,7 +185,7 @@ public struct Simulation {
         case tick
         case read(Int)
         /// A revert of the strong keyspace for `epoch`'s start (the pull from its leader took a round trip).
-        case revert(region: Int, start: EpochStart, generation: Int)
+        case revert(region: Int, start: EpochStart, keys: Set<Key>, generation: Int)
         /// A catch-up's first answer (the leader's terms) arrives, then its states a round trip later.
         case catchUpTerms(region: Int, from: Int, epoch: UInt64, generation: Int)
         case catchUpStates(region: Int, from: Int, epoch: UInt64, generation: Int)
@@ -273,6 +273,8 @@ public struct Simulation {
     private var names: [RegionName]
     private var rttMs: [[UInt64]]
     private var cut: Set<[Int]> = []
+    /// Per region, the terms its catch-up's leader said it held (what the round's last merge reports).
+    private var catchUpTerms: [Int: [TermEnd]] = [:]
     private var reconnectPending: Set<[Int]> = []
     private var report: Report
     /// Acknowledged writes: (origin, sequence).
@@ -1179,9 +1181,9 @@ public struct Simulation {
                 if let trace { trace("\(nowMs) ms \(names[index]): captures epoch \(epoch) from \(appliedPoints(index)) terms \(history.map { "\($0.epoch):\($0.leader):\($0.last)" })") }
                 queue += regions[index].machine!.handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: appliedPoints(index), history: Array(history)),
                                                         nowMs: nowMs, wallMs: physicalMs(index))
-            case .revert(_, let start):
+            case .revert(_, let start, let keys):
                 let leader = names.firstIndex(of: start.leader)!
-                schedule(after: rttMs[index][leader], .revert(region: index, start: start, generation: regions[index].generation))
+                schedule(after: rttMs[index][leader], .revert(region: index, start: start, keys: keys, generation: regions[index].generation))
             case .recordFailover(let record):
                 let winner = names.firstIndex(of: record.leader)!
                 if let other = leaderOfEpoch[record.epoch], other != winner {
@@ -1242,35 +1244,50 @@ public struct Simulation {
         guard states else {
             report.catchUps += 1
             let terms = regions[leader].strongTerms.values.sorted { $0.epoch > $1.epoch }
+            catchUpTerms[index] = terms
             carryMachine(index, regions[index].machine!.handle(.catchUpTermsRead(keyspace: strongKeyspace, epoch: epoch, terms: terms), nowMs: nowMs, wallMs: physicalMs(index)))
             return schedule(after: rttMs[index][leader], .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation))
         }
+        // Through the machine's merge gate, as the node: no merge lands after the term changed.
+        guard regions[index].machine!.admitMerge(strongKeyspace, token: epoch) else {
+            return carryMachine(index, regions[index].machine!.handle(.catchUpFailed(keyspace: strongKeyspace, epoch: epoch, reason: "the term changed"),
+                                                                      nowMs: nowMs, wallMs: physicalMs(index)))
+        }
         let rule = rules[strongKeyspace] ?? .lww
+        var keys: Set<Key> = []
         for (key, theirs) in regions[leader].kv where key.hasPrefix("\(strongKeyspace)/") {
             let mine = regions[index].kv[key]
             let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
+            keys.insert(try! Key(String(key.dropFirst(strongKeyspace.rawValue.count + 1))))
             guard merged != mine else { continue }
+            if let trace { trace("\(nowMs) ms \(names[index]): catch-up merged \(key) from \(names[leader]): \(merged.versions.map(\.dot))") }
             regions[index].kv[key] = merged
         }
         if let trace { trace("\(nowMs) ms \(names[index]): caught up from \(names[leader]) for epoch \(epoch)") }
+        carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: epoch, keys: keys, terms: catchUpTerms[index]),
+                                                           nowMs: nowMs, wallMs: physicalMs(index)))
         carryMachine(index, regions[index].machine!.handle(.catchUpPulled(keyspace: strongKeyspace, epoch: epoch), nowMs: nowMs, wallMs: physicalMs(index)))
     }
 
     /// The node's `bringBack`: writes of earlier terms held here beyond where the new term's leader held them go
     /// to the divergence log, and their keys take that leader's state (pulled from it; retried while it cannot
     /// be reached). A newer term's check replaces this one.
-    private mutating func revert(_ index: Int, start: EpochStart, generation: Int) {
+    private mutating func revert(_ index: Int, start: EpochStart, keys merged: Set<Key>, generation: Int) {
         guard regions[index].up, regions[index].generation == generation else { return }
-        if regions[index].pausedUntilMs > nowMs { return schedule(after: regions[index].pausedUntilMs - nowMs, .revert(region: index, start: start, generation: generation)) }
+        if regions[index].pausedUntilMs > nowMs {
+            return schedule(after: regions[index].pausedUntilMs - nowMs, .revert(region: index, start: start, keys: merged, generation: generation))
+        }
         guard regions[index].machine!.follows(strongKeyspace, epoch: start.epoch) else {
+            if !merged.isEmpty { carryMachine(index, regions[index].machine!.handle(.reconcileLater(keyspace: strongKeyspace, keys: merged), nowMs: nowMs, wallMs: physicalMs(index))) }
             return carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
         }
         let leader = names.firstIndex(of: start.leader)!
         guard leader == index || (regions[leader].up && !cut.contains([index, leader])) else {
-            return schedule(after: 1_000, .revert(region: index, start: start, generation: generation))
+            return schedule(after: 1_000, .revert(region: index, start: start, keys: merged, generation: generation))
         }
         let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
-        var keys: Set<String> = []
+        // Keys merged from a peer under a term that ended take this term's leader's state too.
+        var keys = Set(merged.map { "\(strongKeyspace)/\($0)" })
         let diverted = Set(regions[index].divergence.map { Dot(region: $0.entry.origin, counter: $0.entry.sequence) })
         for term in regions[index].strongTerms.values.sorted(by: { $0.epoch < $1.epoch }) where term.epoch < start.epoch && term.epoch >= oldestNamed {
             let held = start.last(of: term.leader, in: term.epoch) ?? 0
@@ -1285,7 +1302,18 @@ public struct Simulation {
             }
             regions[index].strongTerms[term.epoch] = TermEnd(epoch: term.epoch, leader: term.leader, last: held)
         }
-        for key in keys { regions[index].kv[key] = regions[leader].kv[key] }
+        // The leader's states come in through the merge gate, as the node's: they may hold the leader's own writes
+        // of this term, which a later term may keep aside, so the next revert compares every key.
+        if !keys.isEmpty && leader != index {
+            guard regions[index].machine!.admitMerge(strongKeyspace, token: start.epoch) else {
+                if !merged.isEmpty { carryMachine(index, regions[index].machine!.handle(.reconcileLater(keyspace: strongKeyspace, keys: merged), nowMs: nowMs, wallMs: physicalMs(index))) }
+                return carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
+            }
+            for key in keys { regions[index].kv[key] = regions[leader].kv[key] }
+            let merged = Set(keys.map { try! Key(String($0.dropFirst(strongKeyspace.rawValue.count + 1))) })
+            carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: start.epoch, keys: merged, terms: nil),
+                                                               nowMs: nowMs, wallMs: physicalMs(index)))
+        }
         carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
     }
 
@@ -1333,7 +1361,7 @@ public struct Simulation {
             case .persist(let region, let stream, let generation) where regions[region].pausedUntilMs > nowMs:
                 schedule(after: regions[region].pausedUntilMs - nowMs, .persist(region: region, stream: stream, generation: generation))
             case .persist(let region, let stream, let generation): persistCompleted(region, stream: stream, generation: generation)
-            case .revert(let region, let start, let generation): revert(region, start: start, generation: generation)
+            case .revert(let region, let start, let keys, let generation): revert(region, start: start, keys: keys, generation: generation)
             case .catchUpTerms(let region, let from, let epoch, let generation):
                 catchUp(region, from: from, epoch: epoch, generation: generation, states: false)
             case .catchUpStates(let region, let from, let epoch, let generation):
@@ -1440,22 +1468,36 @@ public struct Simulation {
         let live = survivors.filter { regions[$0].up }
         for a in live {
             for b in live where b != a {
+                // The strong keyspace repairs only from its leader (a follower's copy may hold a deposed leader's
+                // writes that were kept aside, which merging would revive), through the region machine's merge
+                // gate, recording the leader's held terms as the node does.
+                let strongFromLeader = regions[a].machine?.leader(strongKeyspace) == names[b]
+                let token = regions[a].machine?.mergeToken(strongKeyspace) ?? 0
+                let mergeStrong = strongFromLeader && regions[a].machine!.admitMerge(strongKeyspace, token: token)
+                var strongKeys: Set<Key> = []
                 for (key, theirs) in regions[b].kv {
                     let keyspace = try! KeyspaceName(String(key.prefix { $0 != "/" }))
-                    // The strong keyspace repairs only from its leader: a follower's copy may hold a deposed
-                    // leader's writes that were kept aside, which merging would revive.
-                    if keyspace == strongKeyspace && regions[a].machine?.leader(strongKeyspace) != names[b] { continue }
+                    if keyspace == strongKeyspace && !mergeStrong { continue }
                     let rule = rules[keyspace] ?? .lww
                     let mine = regions[a].kv[key]
                     let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
                     guard merged != mine else { continue }
                     report.keysRepaired += 1
+                    if keyspace == strongKeyspace {
+                        strongKeys.insert(try! Key(String(key.dropFirst(strongKeyspace.rawValue.count + 1))))
+                        if let trace { trace("\(nowMs) ms \(names[a]): anti-entropy merged \(key) from \(names[b]): \(merged.versions.map(\.dot))") }
+                    }
                     let change = KeyChange.changes(old: mine, new: merged, rule: rule)
                     regions[a].kv[key] = merged
                     if let restored = change.restored { regions[a].conflicts[key]?.remove(restored) }
                     for loss in change.losses where regions[a].conflicts[key, default: []].insert(loss.loser.dot).inserted {
                         report.conflictsLogged += 1
                     }
+                }
+                if mergeStrong {
+                    let terms = regions[b].strongTerms.values.sorted { $0.epoch > $1.epoch }
+                    carryMachine(a, regions[a].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: token, keys: strongKeys, terms: terms),
+                                                               nowMs: nowMs, wallMs: physicalMs(a)))
                 }
             }
         }

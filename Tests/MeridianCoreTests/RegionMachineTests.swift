@@ -4,7 +4,8 @@
 // leader's unshipped entries are diverted and entries of an unknown term wait until it is known and checked; a
 // hand-over goes out only once admitted writes committed and the target acknowledged the whole log, and fails
 // at its deadline; failback hands back only after the preferred region has been steady; a term's writes wait
-// for the earlier terms its start counts, which are pulled from the leader after a silence. Each rule is also a
+// for the earlier terms its start counts, which are pulled from the leader after a silence; merges of a peer's
+// states pass a gate a term's start and revert wait on. Each rule is also a
 // planted bug the simulator's sweep must catch (SimulationSweepTests).
 import MeridianCore
 import Testing
@@ -123,7 +124,7 @@ import Testing
         var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
         // The start is checked against this region's copy first (a revert), with the keyspace's entries waiting.
         let checked = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
-        #expect(checked.contains(.revert(Self.accounts, start)))
+        #expect(checked.contains(.revert(Self.accounts, start, keys: [])))
         let held = follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 10, epoch: 1),
                                                               Self.entry(Self.accounts, origin: Self.us, sequence: 11, epoch: 1)]))
         #expect(Self.applied(held).isEmpty, "entries wait while a deposed leader's writes are being kept aside")
@@ -135,7 +136,7 @@ import Testing
         #expect(Self.applied(early).isEmpty)
         let third = EpochStart(epoch: 3, leader: Self.us, applied: [Self.us: 11], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
         let heard = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
-        #expect(Self.applied(heard).isEmpty && heard.contains(.revert(Self.accounts, third)))
+        #expect(Self.applied(heard).isEmpty && heard.contains(.revert(Self.accounts, third, keys: [])))
         #expect(Self.applied(follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))) == [2: [:]])
     }
 
@@ -163,24 +164,43 @@ import Testing
         let read = follower.handle(.catchUpTermsRead(keyspace: Self.accounts, epoch: 2, terms: leaderTerms))
         #expect(Self.applied(read).isEmpty && !read.contains { if case .raiseHeld = $0 { true } else { false } },
                 "an anti-entropy round raised the applied point past what it pulled")
-        let pulled = follower.handle(.catchUpPulled(keyspace: Self.accounts, epoch: 2))
-        #expect(pulled == [.raiseHeld(Self.accounts, leaderTerms)])
+        // The states pass the merge gate; the round's last merge reports the terms, which count as held only
+        // once the store records them.
+        let admitted2 = follower.machine.admitMerge(Self.accounts, token: 2)
+        #expect(admitted2)
+        let merged = follower.handle(.mergeCommitted(keyspace: Self.accounts, token: 2, keys: [try! Key("k1")], terms: leaderTerms))
+        #expect(merged == [.raiseHeld(Self.accounts, leaderTerms)])
         #expect(Self.applied(follower.handle(.heldRaised(keyspace: Self.accounts, terms: leaderTerms))) == [1: [:]])
+        #expect(follower.handle(.catchUpPulled(keyspace: Self.accounts, epoch: 2)).isEmpty)
         follower.handle(.batchCommitted(1, committed: true))
         // What was caught up stays held.
         let again = follower.handle(.batchArrived(3, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 5, epoch: 2)]))
         #expect(Self.applied(again) == [3: [:]])
     }
 
-    @Test func aPeriodicRepairRecordsAsHeldTheTermsItMergedBeyondWhatTheLogBrought() {
-        var follower = Driver(Self.ap)
-        follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 4, epoch: 1)]))
-        follower.handle(.batchCommitted(1, committed: true))
-        // The leader held us-east's epoch-1 writes up to 9: only that is new here.
-        let pulled = follower.handle(.statesPulled(keyspace: Self.accounts, terms: [TermEnd(epoch: 1, leader: Self.us, last: 9)]))
-        #expect(pulled == [.raiseHeld(Self.accounts, [TermEnd(epoch: 1, leader: Self.us, last: 9)])])
-        follower.handle(.heldRaised(keyspace: Self.accounts, terms: [TermEnd(epoch: 1, leader: Self.us, last: 9)]))
-        #expect(follower.handle(.statesPulled(keyspace: Self.accounts, terms: [TermEnd(epoch: 1, leader: Self.us, last: 9)])).isEmpty, "nothing new to record")
+    @Test func mergesPassAGateAndThoseOfATermThatEndedAreBroughtToTheNewLeadersState() {
+        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
+        #expect(follower.machine.mergeToken(Self.accounts) == 0, "no merge before this region's copy is checked against the term's start")
+        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
+        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        #expect(follower.machine.mergeToken(Self.accounts) == 2)
+        // A complete repair round from the leader records the terms it merged as held (the log may never bring them).
+        let admitted2 = follower.machine.admitMerge(Self.accounts, token: 2)
+        #expect(admitted2)
+        let complete = follower.handle(.mergeCommitted(keyspace: Self.accounts, token: 2, keys: [], terms: [TermEnd(epoch: 2, leader: Self.eu, last: 30)]))
+        #expect(complete == [.raiseHeld(Self.accounts, [TermEnd(epoch: 2, leader: Self.eu, last: 30)])])
+        follower.handle(.heldRaised(keyspace: Self.accounts, terms: [TermEnd(epoch: 2, leader: Self.eu, last: 30)]))
+        // A merge in flight when a new term begins: the new term's revert waits for it, and brings its keys back.
+        let admittedAgain = follower.machine.admitMerge(Self.accounts, token: 2)
+        #expect(admittedAgain)
+        let third = EpochStart(epoch: 3, leader: Self.us, applied: [:], terms: [TermEnd(epoch: 2, leader: Self.eu, last: 25), TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        let heard = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
+        #expect(!heard.contains { if case .revert = $0 { true } else { false } }, "a revert ran while a merge of the ended term was uncommitted")
+        let refused = !follower.machine.admitMerge(Self.accounts, token: 2)
+        #expect(refused, "a merge admitted under a term that is over")
+        let late = follower.handle(.mergeCommitted(keyspace: Self.accounts, token: 2, keys: [try! Key("k7")], terms: nil))
+        #expect(late.contains(.revert(Self.accounts, third, keys: [try! Key("k7")])), "the keys of a merge that landed after its term ended take the new leader's state")
     }
 
     @Test func aFailedCatchUpIsTriedAgainASilenceLater() {

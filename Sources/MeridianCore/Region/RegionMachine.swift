@@ -73,15 +73,22 @@ public struct RegionMachine: Sendable {
         /// The leader asked by ``Effect/catchUp(_:from:epoch:)`` said which terms' writes it holds, read before the
         /// states it serves.
         case catchUpTermsRead(keyspace: KeyspaceName, epoch: UInt64, terms: [TermEnd])
-        /// Every state of the keyspace the leader served in that round is merged here.
+        /// The round ended with every state of the keyspace the leader served merged here (each page admitted with
+        /// ``RegionMachine/admitMerge(_:token:)``, the last reporting the terms).
         case catchUpPulled(keyspace: KeyspaceName, epoch: UInt64)
         /// The round failed (the leader unreachable, a page refused, the store): it is tried again later.
         case catchUpFailed(keyspace: KeyspaceName, epoch: UInt64, reason: String)
         /// The store now records the terms of ``Effect/raiseHeld(_:_:)`` as held.
         case heldRaised(keyspace: KeyspaceName, terms: [TermEnd])
-        /// A periodic anti-entropy round merged every state of the keyspace that differed from the peer's, which
-        /// said before its tree how far it held each term's writes.
-        case statesPulled(keyspace: KeyspaceName, terms: [TermEnd])
+        /// A merge admitted with ``RegionMachine/admitMerge(_:token:)`` was committed: the states of `keys`, pulled
+        /// from a peer (anti-entropy, a catch-up, a revert's pull from its leader). `terms`: on a round's last
+        /// merge, the peer's held terms read before its tree, when the round merged every state that differed (or
+        /// the merge failed and nothing changed: empty keys, nil terms). A term that changed since the admission
+        /// may exclude writes the states hold: their keys are brought to its leader's state.
+        case mergeCommitted(keyspace: KeyspaceName, token: UInt64, keys: Set<Key>, terms: [TermEnd]?)
+        /// A revert could not bring these keys (of its ``Effect/revert(_:_:keys:)``) back because its term is over:
+        /// the next revert does.
+        case reconcileLater(keyspace: KeyspaceName, keys: Set<Key>)
     }
 
     /// What the caller must do, in order. A `persist` must be durable before any later effect is carried out;
@@ -99,8 +106,9 @@ public struct RegionMachine: Sendable {
         /// ``Event/startCaptured(keyspace:epoch:applied:history:)``.
         case captureStart(KeyspaceName, epoch: UInt64)
         /// Keep aside the writes of earlier terms held here beyond where the leader of `start` held them, bring
-        /// their keys to that leader's state, then report ``Event/revertFinished(keyspace:epoch:)``.
-        case revert(KeyspaceName, EpochStart)
+        /// their keys and `keys` (merged from a peer while the term changed) to that leader's state, then report
+        /// ``Event/revertFinished(keyspace:epoch:)``.
+        case revert(KeyspaceName, EpochStart, keys: Set<Key>)
         /// Record a failover this region won, for the RTO report.
         case recordFailover(FailoverRecord)
         /// Record the first write of a term this region won (the end of that failover's RTO).
@@ -124,7 +132,7 @@ public struct RegionMachine: Sendable {
     /// failed persist never holds back).
     public static func keyspace(of effect: Effect) -> KeyspaceName? {
         switch effect {
-        case .persist(let keyspace, _), .captureStart(let keyspace, _), .revert(let keyspace, _), .recordFirstWrite(let keyspace, _, _),
+        case .persist(let keyspace, _), .captureStart(let keyspace, _), .revert(let keyspace, _, _), .recordFirstWrite(let keyspace, _, _),
              .catchUp(let keyspace, _, _), .raiseHeld(let keyspace, _):
             keyspace
         case .send(_, .election(let keyspace, _, _)): keyspace
@@ -258,6 +266,11 @@ public struct RegionMachine: Sendable {
         var catchUp: CatchUp?
         /// No new pull before then (one silence after the last one ended).
         var catchUpNotBeforeMs: UInt64 = 0
+        /// Keys merged from a peer under a term that ended before the merge committed: the next revert brings them
+        /// to its leader's state (a merged write is not in the log, where a revert looks).
+        var reconcile: Set<Key> = []
+        /// Merges admitted and not yet committed: a term's start or a revert waits for them, as for batches.
+        var mergesInFlight = 0
 
         /// A silence: how long a follower waits for its streams before acting on their absence.
         var silenceMs: UInt64 { member.settings.heartbeatIntervalMs * member.settings.missedHeartbeats }
@@ -358,6 +371,26 @@ public struct RegionMachine: Sendable {
         terms[keyspace]?.member.leader
     }
 
+    /// The term a merge of a peer's states is admitted under: the followed epoch once its start is known and
+    /// this region's copy was checked against it (0 otherwise: no merge now).
+    public func mergeToken(_ keyspace: KeyspaceName) -> UInt64 {
+        guard let term = terms[keyspace], let start = term.start, start.epoch == term.member.record.epoch,
+              term.checkedEpoch == start.epoch, !term.phase.startsTerm else { return 0 }
+        return start.epoch
+    }
+
+    // MARK: - The merge gate
+
+    /// Admits one merge of a peer's states of a single-leader keyspace (a page of anti-entropy, a catch-up, a
+    /// revert's pull), counted until ``Event/mergeCommitted(keyspace:token:keys:terms:)``: only while the region
+    /// still follows the term `token` names, checked, and no term start or revert drains. A term's start and a
+    /// revert wait for admitted merges as for batches, so no merge lands unseen after the term changed.
+    public mutating func admitMerge(_ keyspace: KeyspaceName, token: UInt64) -> Bool {
+        guard token != 0, mergeToken(keyspace) == token, terms[keyspace]?.phase.drains == false else { return false }
+        terms[keyspace]?.mergesInFlight += 1
+        return true
+    }
+
     // MARK: - The write gate
 
     /// Admits a local write of a single-leader keyspace: the term it belongs to, counted until it commits or is
@@ -411,7 +444,10 @@ public struct RegionMachine: Sendable {
             effects.append(.log(LogLine(.error, "election state not stored; not acting on it", ["keyspace": keyspace.rawValue, "reason": reason])))
             effects += stepDown(keyspace)
         case .revertFinished(let keyspace, let epoch):
-            if terms[keyspace]?.phase == .reverting(epoch: epoch) { terms[keyspace]?.phase = .steady }
+            if terms[keyspace]?.phase == .reverting(epoch: epoch) {
+                terms[keyspace]?.phase = .steady
+
+            }
             // The store now holds earlier terms' writes only as far as that start's leader did.
             if var term = terms[keyspace], let start = term.start, start.epoch == epoch {
                 let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
@@ -447,8 +483,6 @@ public struct RegionMachine: Sendable {
             term.catchUp = nil
             term.catchUpNotBeforeMs = self.nowMs + term.silenceMs
             terms[keyspace] = term
-            // Every state read after those terms is merged: their writes are held here now.
-            if let read = catchUp.terms, plantedBug != .raisePastPulled { effects.append(.raiseHeld(keyspace, read)) }
         case .catchUpFailed(let keyspace, let epoch, let reason):
             guard var term = terms[keyspace] else { break }
             if epoch != 0 {
@@ -463,16 +497,40 @@ public struct RegionMachine: Sendable {
             guard var term = terms[keyspace] else { break }
             for written in raised { term.hold(written) }
             terms[keyspace] = term
-        case .statesPulled(let keyspace, let pulled):
+        case .mergeCommitted(let keyspace, let token, let keys, let pulled):
+            guard var term = terms[keyspace] else { break }
+            term.mergesInFlight -= 1
+            precondition(term.mergesInFlight >= 0, "a merge committed that was not admitted")
+            terms[keyspace] = term
             // The writes are merged here whether or not this region's log brought them (anti-entropy may move the
             // peer's applied point past them): record them held, or a start captured here would leave them out.
-            guard let term = terms[keyspace] else { break }
-            let raised = pulled.filter { written in term.held[written.epoch].map { $0.leader != written.leader || $0.last < written.last } ?? true }
-            if !raised.isEmpty { effects.append(.raiseHeld(keyspace, raised)) }
+            // Recorded before any drained phase moves on (a start captured here counts them).
+            if plantedBug != .raisePastPulled {
+                let raised = (pulled ?? []).filter { written in term.held[written.epoch].map { $0.leader != written.leader || $0.last < written.last } ?? true }
+                if !raised.isEmpty { effects.append(.raiseHeld(keyspace, raised)) }
+            }
+            // Admitted under a term that is over: its leader may have served writes the new term keeps aside, which a
+            // revert cannot find in the log; the new term's revert brings these keys to its leader's state.
+            if mergeToken(keyspace) != token { effects += reconcile(keyspace, keys) }
+        case .reconcileLater(let keyspace, let keys):
+            effects += reconcile(keyspace, keys)
         }
         effects += advancePhases()
         effects += admitWaiting()
         return effects
+    }
+
+    /// Keys merged under a term that is over: a revert of the current term's start brings them to its leader's
+    /// state, now (if the start's own revert is done) or with that revert.
+    private mutating func reconcile(_ keyspace: KeyspaceName, _ keys: Set<Key>) -> [Effect] {
+        // A region that leads (or is starting its term) counted what it merged in its start: nothing to bring back.
+        guard var term = terms[keyspace], !keys.isEmpty, term.member.role != .leader, !term.phase.startsTerm else { return [] }
+        term.reconcile.formUnion(keys)
+        if term.phase == .steady, let start = term.start, start.epoch == term.member.record.epoch, term.checkedEpoch == start.epoch, start.leader != region {
+            term.phase = .drainingForRevert(start)
+        }
+        terms[keyspace] = term
+        return [.log(LogLine(.notice, "keys merged under a term that ended are brought to the leader's state", ["keyspace": keyspace.rawValue, "keys": String(keys.count)]))]
     }
 
     // MARK: - Elections
@@ -622,14 +680,15 @@ public struct RegionMachine: Sendable {
     private mutating func advancePhases() -> [Effect] {
         var effects: [Effect] = []
         for keyspace in keyspaces {
-            guard inFlight.isEmpty || (plantedBug == .startTermWhileApplying && terms[keyspace]!.phase.startsTerm) else { continue }
+            guard (inFlight.isEmpty && terms[keyspace]!.mergesInFlight == 0) || (plantedBug == .startTermWhileApplying && terms[keyspace]!.phase.startsTerm) else { continue }
             switch terms[keyspace]!.phase {
             case .drainingForStart(let epoch):
                 terms[keyspace]!.phase = .capturingStart(epoch: epoch)
                 effects.append(.captureStart(keyspace, epoch: epoch))
             case .drainingForRevert(let start):
                 terms[keyspace]!.phase = .reverting(epoch: start.epoch)
-                effects.append(.revert(keyspace, start))
+                effects.append(.revert(keyspace, start, keys: terms[keyspace]!.reconcile))
+                terms[keyspace]!.reconcile = []
             case .steady, .capturingStart, .reverting:
                 break
             }

@@ -55,15 +55,20 @@ extension RegionNode {
     /// the leader of `start` never held (a deposed leader's unshipped writes, its own or applied from it) go to
     /// the divergence log, and their keys take the leader's state. Retries until done or the node stops; the
     /// keyspace's replicated entries wait meanwhile.
-    @Sendable func bringBack(_ keyspace: KeyspaceName, _ start: EpochStart) async {
+    /// `merged`: keys merged here from a peer under a term that ended (writes the log does not show), also brought
+    /// to the leader's state.
+    @Sendable func bringBack(_ keyspace: KeyspaceName, _ start: EpochStart, _ merged: Set<Key>) async {
         guard let policy = configuration.cluster.keyspace(keyspace) else { return }
         for attempt in 1...3_600 {
             // A newer term's check replaces this one (its leader is the one to follow).
-            if Task.isCancelled || !leadership.follows(keyspace, epoch: start.epoch) { return }
+            if Task.isCancelled || !leadership.follows(keyspace, epoch: start.epoch) {
+                if !merged.isEmpty { leadership.reconcileLater(keyspace, keys: merged) }
+                return
+            }
             do throws(MeridianError) {
                 // Every earlier term whose writes this region holds beyond where the new leader held them. Terms
                 // older than those the start names (it names the newest `termsMax`) are settled.
-                var keys = Set<Key>()
+                var keys = merged
                 let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
                 for term in try store.terms(keyspace: keyspace, limit: 100_000) where term.epoch < start.epoch && term.epoch >= oldestNamed {
                     let held = start.last(of: term.leader, in: term.epoch) ?? 0
@@ -73,7 +78,19 @@ extension RegionNode {
                 }
                 guard !keys.isEmpty else { return }
                 let states = try await leaderStates(policy, keys: keys, from: start.leader)
-                try await store.replaceStates(keyspace: keyspace, states)
+                // Through the merge gate: a newer term's revert replaces this one rather than racing it (and takes
+                // the keys merged from elsewhere this one was to bring back).
+                guard leadership.admitMerge(keyspace, token: start.epoch) else {
+                    if !merged.isEmpty { leadership.reconcileLater(keyspace, keys: merged) }
+                    return
+                }
+                do {
+                    try await store.replaceStates(keyspace: keyspace, states)
+                } catch {
+                    leadership.mergeCommitted(keyspace, token: start.epoch, keys: [], terms: nil)
+                    throw error
+                }
+                leadership.mergeCommitted(keyspace, token: start.epoch, keys: keys, terms: nil)
                 logger.notice("writes of a deposed leader kept aside in the divergence log; their keys follow the new leader",
                               metadata: ["keyspace": "\(keyspace)", "epoch": "\(start.epoch)", "keys": "\(keys.count)"])
                 return

@@ -110,6 +110,8 @@ public struct Simulation {
         public var elections = 0, transfers = 0, handOversAsked = 0, pauses = 0, diverted = 0, strongRefused = 0
         /// Pulls from the leader of earlier terms' writes no stream had brought (log matching's catch-up).
         public var catchUps = 0
+        /// Writes to the keyspace restricted to one region.
+        public var residentWrites = 0
         /// Times a region's clock fence closed (restarted with its clock beyond the maximum offset), and writes a
         /// region refused because its clock was not proven within tolerance.
         public var clockFences = 0, clockRefused = 0
@@ -125,7 +127,7 @@ public struct Simulation {
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
-            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(clockFences) clock fences, \(clockRefused) writes refused for the clock"
+            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
@@ -208,6 +210,9 @@ public struct Simulation {
         // Durable.
         var log: [ReplicationEntry] = []
         var applied: [[ReplicationEntry]]          // per origin, the entries durably applied here (own origin: its log)
+        /// Per origin, how far its log is applied here: entries of keyspaces this region does not replicate are
+        /// left out of `applied` (residency) but covered by the applied point, as the store's.
+        var appliedThrough: [UInt64]
         /// Every key's state ("keyspace/key"), as the store keeps it: the versions not superseded and the context.
         var kv: [String: KeyState] = [:]
         /// The conflicts log: per key, the versions this region discarded (the store's `conflicts` table).
@@ -284,6 +289,9 @@ public struct Simulation {
     private let strongKeyspace = try! KeyspaceName("strong")
     /// Multi-leader keyspaces of the other conflict policies (the `sim` keyspace resolves by lww).
     private let policyKeyspaces = ["fww", "prio", "sib", "crdt"].map { try! KeyspaceName($0) }
+    /// A keyspace restricted to region 1 (residency): its writes must never reach another region.
+    private let residentKeyspace = try! KeyspaceName("resident")
+    private let residentHome = 1
     private var rules: [KeyspaceName: ConflictRule] = [:]
     /// Versions a local write superseded while they were the value its region showed (a causal overwrite,
     /// not a conflict), and every increment made to each counter: for the conflicts-log accounting and the
@@ -331,7 +339,7 @@ public struct Simulation {
         rttMs = all.map { a in all.map { b in a == b ? 0 : table[[a.rawValue, b.rawValue]] ?? 150 } }
         let count = options.regions
         regions = all.map { name in
-            Region(name: name, applied: Array(repeating: [], count: count), clock: HybridLogicalClock(region: name),
+            Region(name: name, applied: Array(repeating: [], count: count), appliedThrough: Array(repeating: 0, count: count), clock: HybridLogicalClock(region: name),
                    acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
                    shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
                    echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
@@ -354,6 +362,7 @@ public struct Simulation {
               - { name: prio, topology: multi-leader, conflict: region-priority, priority: [\(all.reversed().map(\.rawValue).joined(separator: ", "))], ack: majority }
               - { name: sib, topology: multi-leader, conflict: siblings, ack: majority }
               - { name: crdt, topology: multi-leader, conflict: crdt, ack: majority }
+              - { name: resident, topology: geo-partitioned, home: \(all[1]), residency: { regions: [\(all[1])], access: proxy } }
             """, file: "simulation")
         rules = Dictionary(uniqueKeysWithValues: cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) })
         tokens = Array(repeating: SessionToken(), count: 4)
@@ -387,6 +396,7 @@ public struct Simulation {
             case 84..<87: crash(Int.random(in: regions.indices, using: &generator))
             case 87..<88: pause(faultTarget())
             case 88..<89: askHandOver()
+            case 89..<92: residentWrite()
             default: break
             }
         }
@@ -430,6 +440,13 @@ public struct Simulation {
     /// A write to a keyspace of another conflict policy. Under fww and region-priority the write supersedes
     /// what the region holds; under siblings, a client that just read the key here sends its context, and a
     /// blind one sends none; under crdt it increments a counter (the delta is what ships).
+    /// A write to the keyspace restricted to its home region, taken there (the node forwards it from elsewhere).
+    private mutating func residentWrite() {
+        guard isRunning(residentHome), mayWrite(residentHome) else { return }
+        report.residentWrites += 1
+        _ = commit(at: residentHome, keyspace: residentKeyspace, key: "r\(Int.random(in: 0..<3, using: &generator))", register: false)
+    }
+
     private mutating func policyWrite(at index: Int) {
         guard isRunning(index), mayWrite(index) else { return }
         let keyspace = policyKeyspaces.randomElement(using: &generator)!
@@ -511,6 +528,7 @@ public struct Simulation {
         // Group commit: durable before anything else.
         regions[index].log.append(entry)
         regions[index].applied[index].append(entry)
+        regions[index].appliedThrough[index] = sequence
         apply(index, entry)
         recordTerm(index, entry)
         regions[index].hlcHighWater = max(regions[index].hlcHighWater ?? hlc, hlc)
@@ -560,7 +578,7 @@ public struct Simulation {
         var applied: [RegionName: UInt64] = [:]
         var staleness: [RegionName: UInt64] = [:]
         for origin in regions.indices {
-            applied[names[origin]] = UInt64(regions[index].applied[origin].count)
+            applied[names[origin]] = regions[index].appliedThrough[origin]
             if let stale = regions[index].freshness[origin].stalenessMs(now: nowMs) { staleness[names[origin]] = stale }
         }
         return (Admission(region: names[index], reachable: reachable, clusterRegions: Set(names)),
@@ -662,7 +680,7 @@ public struct Simulation {
             }
             for name in ackedBy {
                 let region = names.firstIndex(of: name)!
-                if regions[region].applied[origin].count < Int(sequence) {
+                if regions[region].appliedThrough[origin] < sequence {
                     report.violations.append("write \(names[origin])#\(sequence) acknowledged by \(name), which has not durably applied it")
                 }
             }
@@ -706,8 +724,12 @@ public struct Simulation {
         for effect in effects {
             switch effect {
             case .send(let first, let count):
+                // Cut as the node cuts them: only entries of keyspaces the peer replicates travel (residency).
                 let entries = Array(regions[origin].log[Int(first - 1)..<Int(first - 1) + count])
-                send(.batch(from: first, through: first + UInt64(count) - 1, entries: entries), on: id, toPeer: true)
+                for case .batch(let from, let through, let shipped) in Shipment.batches(entries, from: first, through: first + UInt64(count) - 1,
+                                                                                         for: names[peer], cluster: cluster, bytesMax: 1 << 20) {
+                    send(.batch(from: from, through: through, entries: shipped), on: id, toPeer: true)
+                }
             }
         }
     }
@@ -774,7 +796,7 @@ public struct Simulation {
                 report.violations.append("one stream said hello twice")
                 return
             }
-            let applied = UInt64(regions[peer].applied[origin].count)
+            let applied = regions[peer].appliedThrough[origin]
             regions[peer].inbound[id] = Inbound(origin: origin, receiver: LogReceiver(origin: names[origin], applied: applied))
             send(.welcome(applied: applied), on: id, toPeer: false)
             return
@@ -798,7 +820,7 @@ public struct Simulation {
             }
         case .heartbeat(let logHighWater, let originMs, let echo):
             regions[peer].freshness[origin].heard(logHighWater: logHighWater, echo: echo, now: nowMs,
-                                                  applied: UInt64(regions[peer].applied[origin].count))
+                                                  applied: regions[peer].appliedThrough[origin])
             // The origin read its clock after this region's ack stamped `echo` arrived: a bracket of its clock,
             // as the node's replicator takes one; a change of verdict reaches the region machine.
             if echo > 0, echo <= nowMs {
@@ -811,7 +833,7 @@ public struct Simulation {
                     carryMachine(peer, regions[peer].machine!.handle(.clockFenceChanged(fenced: regions[peer].fence.isFenced), nowMs: nowMs, wallMs: wallNow))
                 }
             }
-            send(.ack(upTo: UInt64(regions[peer].applied[origin].count), echo: nowMs), on: id, toPeer: false)
+            send(.ack(upTo: regions[peer].appliedThrough[origin], echo: nowMs), on: id, toPeer: false)
         case .election(let keyspace, let message, let start):
             carryMachine(peer, regions[peer].machine!.handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: names[origin],
                                                                                applied: appliedPoints(peer)), nowMs: nowMs, wallMs: physicalMs(peer)))
@@ -846,7 +868,7 @@ public struct Simulation {
             return
         }
         let origin = inbound.origin
-        let durable = UInt64(regions[region].applied[origin].count)
+        let durable = regions[region].appliedThrough[origin]
         guard batch.from <= durable + 1 else {
             report.violations.append("\(names[region]) was asked to persist \(names[origin])'s \(batch.from)...\(batch.through) after applying only up to \(durable)")
             regions[region].inbound[id] = nil
@@ -874,6 +896,7 @@ public struct Simulation {
                 // As the store: the high-water is the clock's reading, which an entry beyond the maximum offset does not move.
                 regions[region].hlcHighWater = max(regions[region].hlcHighWater ?? regions[region].clock.last, regions[region].clock.last)
             }
+            regions[region].appliedThrough[origin] = batch.through
             acknowledged = batch.through
         }
         _ = inbound.receiver.persisted(upTo: batch.through)
@@ -886,7 +909,7 @@ public struct Simulation {
         if let admitted {
             carryMachine(region, regions[region].machine!.handle(.batchCommitted(admitted, committed: true), nowMs: nowMs, wallMs: physicalMs(region)))
         }
-        regions[region].freshness[origin].advance(applied: UInt64(regions[region].applied[origin].count))
+        regions[region].freshness[origin].advance(applied: regions[region].appliedThrough[origin])
         send(.ack(upTo: acknowledged, echo: nowMs), on: id, toPeer: false)
         startPersist(region, stream: id)
     }
@@ -1104,7 +1127,7 @@ public struct Simulation {
     /// The store's applied point per origin, as the machine reads it.
     private func appliedPoints(_ index: Int) -> [RegionName: UInt64] {
         var applied: [RegionName: UInt64] = [:]
-        for origin in regions.indices { applied[names[origin]] = UInt64(regions[index].applied[origin].count) }
+        for origin in regions.indices { applied[names[origin]] = regions[index].appliedThrough[origin] }
         return applied
     }
 
@@ -1144,8 +1167,8 @@ public struct Simulation {
                 // As the node's link: only on a stream the peer has welcomed.
                 let to = names.firstIndex(of: peer)!
                 // A hand-over goes to a region that durably holds this region's whole log.
-                if case .timeoutNow = message, regions[to].applied[index].count < regions[index].log.count {
-                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(regions[to].applied[index].count) of \(regions[index].log.count)")
+                if case .timeoutNow = message, regions[to].appliedThrough[index] < UInt64(regions[index].log.count) {
+                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(regions[to].appliedThrough[index]) of \(regions[index].log.count)")
                 }
                 guard let id = regions[index].outbound[to], regions[index].shippers[to] != nil else { continue }
                 send(.election(keyspace: keyspace, message: message, start: start), on: id, toPeer: true)
@@ -1157,7 +1180,7 @@ public struct Simulation {
                 // start counts it (or it is that term's leader's own); a deposed leader's unshipped entry never is.
                 let start = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start
                 for entry in regions[index].inbound[stream]!.persisting?.entries ?? [] where entry.keyspace == strongKeyspace && diverted[entry.sequence] == nil {
-                    guard let start, entry.sequence > UInt64(regions[index].applied[names.firstIndex(of: entry.origin)!].count) else { continue }
+                    guard let start, entry.sequence > regions[index].appliedThrough[names.firstIndex(of: entry.origin)!] else { continue }
                     let counted = (entry.origin == start.leader && entry.epoch == start.epoch) || (start.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
                     if !counted {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch), which the start of epoch \(start.epoch) does not count")
@@ -1221,7 +1244,7 @@ public struct Simulation {
             let origin = names.firstIndex(of: term.leader)!
             for write in regions[origin].log.prefix(Int(term.last)) where write.keyspace == strongKeyspace && write.epoch == term.epoch {
                 let dot = Dot(region: write.origin, counter: write.sequence)
-                let applied = regions[index].applied[origin].count >= Int(write.sequence) && !kept.contains(dot)
+                let applied = regions[index].appliedThrough[origin] >= write.sequence && !kept.contains(dot)
                 if !applied && regions[index].kv["\(write.keyspace)/\(write.key)"]?.context.contains(dot) != true { return dot }
             }
         }
@@ -1478,6 +1501,8 @@ public struct Simulation {
                 for (key, theirs) in regions[b].kv {
                     let keyspace = try! KeyspaceName(String(key.prefix { $0 != "/" }))
                     if keyspace == strongKeyspace && !mergeStrong { continue }
+                    // Only keyspaces both regions replicate (residency), as the node's rounds.
+                    guard let policy = cluster.keyspace(keyspace), policy.isReplica(names[a]), policy.isReplica(names[b]) else { continue }
                     let rule = rules[keyspace] ?? .lww
                     let mine = regions[a].kv[key]
                     let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
@@ -1540,12 +1565,15 @@ public struct Simulation {
         let survivors = self.survivors
         for index in survivors {
             guard regions[index].up else { return false }
-            for origin in survivors where regions[index].applied[origin].count != regions[origin].log.count { return false }
+            for origin in survivors where regions[index].appliedThrough[origin] != UInt64(regions[origin].log.count) { return false }
         }
         // Byte-identical: equal Merkle roots over every key's full state, values and concurrent versions included.
         // With a region lost for good, its writes reached some survivors and not others; anti-entropy evens that out.
+        // Over the keyspaces every surviving region replicates (a restricted one lives in its home region only).
+        let shared = Set(cluster.keyspaces.filter { policy in survivors.allSatisfy { policy.isReplica(names[$0]) } }.map { "\($0.name)/" })
         let roots = survivors.map { regions[$0] }.map { region in
-            MerkleTree(digests: region.kv.map { (key: try! Key($0.key), digest: MerkleTree.digest($0.value)) }).root
+            MerkleTree(digests: region.kv.filter { key, _ in shared.contains(where: { key.hasPrefix($0) }) }
+                .map { (key: try! Key($0.key), digest: MerkleTree.digest($0.value)) }).root
         }
         return roots.allSatisfy { $0 == roots[0] }
     }
@@ -1556,19 +1584,28 @@ public struct Simulation {
             for (key, _) in diverged {
                 report.violations.append("\(key) diverged: " + regions.map { r in "\(r.name): ctx \(r.kv[key]?.context.description ?? "-") versions \(r.kv[key]?.versions.map { "\($0.dot)\($0.tombstone ? "T" : "")@\($0.version.hlc)" } ?? [])" }.joined(separator: " | "))
             }
-            report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied counts \(regions.map { $0.applied.map(\.count) }), logs \(regions.map(\.log.count))")
+            report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied points \(regions.map(\.appliedThrough)), logs \(regions.map(\.log.count))")
         }
         let survivors = self.survivors
         for index in survivors {
-            for origin in regions.indices where regions[index].applied[origin] != Array(regions[origin].log.prefix(regions[index].applied[origin].count)) {
+            for origin in regions.indices where regions[index].applied[origin]
+                != regions[origin].log.prefix(Int(regions[index].appliedThrough[origin])).filter({ cluster.keyspace($0.keyspace)?.isReplica(names[index]) == true }) {
                 report.violations.append("\(names[index]) applied \(names[origin])'s log out of order or with a gap")
             }
         }
         checkHistories()
         checkConflicts()
         checkFailover()
+        // Residency: no byte of the restricted keyspace outside its home, in a key's state or a log.
+        for index in regions.indices where index != residentHome {
+            if regions[index].kv.keys.contains(where: { $0.hasPrefix("\(residentKeyspace)/") })
+                || regions[index].applied.contains(where: { $0.contains { $0.keyspace == residentKeyspace } }) {
+                report.violations.append("\(names[index]) holds writes of \(residentKeyspace), which may live only in \(names[residentHome])")
+            }
+        }
+
         for write in acknowledgedWrites {
-            let holders = survivors.filter { regions[$0].applied[write.origin].count >= Int(write.sequence) }
+            let holders = survivors.filter { regions[$0].appliedThrough[write.origin] >= write.sequence }
             if regions[write.origin].lost {
                 // RPO 0 for majority writes: the loss of any one region, its origin included, loses none.
                 if holders.isEmpty {

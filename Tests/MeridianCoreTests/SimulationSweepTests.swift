@@ -1,7 +1,8 @@
 // Proves the replication core under faults: 500 seeded simulator runs (3 to 5 regions, WAN latencies,
 // partitions that hold bytes, crashes that interrupt persists, the loss of a region for good, clock skew
 // within the maximum offset, and restarts with a clock seconds off, which the clock fence must stop writing
-// from its peers' brackets) in which no majority-acknowledged write is
+// from its peers' brackets, and a keyspace resident in one region whose writes must never leave it, shipped by
+// the core's `Shipment`) in which no majority-acknowledged write is
 // acknowledged without a durable majority or lost, every region applies every origin's log as a gap-free
 // prefix, all regions converge within the budget after the final heal, and the clients' histories pass
 // the test kit's checkers: strong operations linearizable, session guarantees kept by sessions that move
@@ -21,7 +22,7 @@ import Testing
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
-        var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0
+        var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -43,6 +44,7 @@ import Testing
             pauses += report.pauses
             diverted += report.diverted
             clockFences += report.clockFences
+            resident += report.residentWrites
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
         #expect(failures.isEmpty, "\(failures.count) seeds broke an invariant; first: \(failures.first ?? "")")
@@ -68,6 +70,8 @@ import Testing
                 "\(elections) elections, \(transfers) hand-overs, \(pauses) pauses, \(diverted) writes kept aside")
         // Regions came back with a clock seconds off, and their fence closed (none of them wrote: an invariant).
         #expect(clockFences > 20, "\(clockFences) clock fences closed")
+        // A keyspace restricted to one region was written (its writes never left it: an invariant).
+        #expect(resident > 300, "\(resident) writes resident in one region")
     }
 
     /// Each failover rule broken on purpose is caught: a short sweep of longer runs (more elections each) finds a

@@ -295,3 +295,34 @@ public struct FreshnessTracker: Sendable, Hashable {
         freshAsOf.map { now > $0 ? now - $0 : 0 }
     }
 }
+
+/// Cuts a range of an origin's log into the batches one peer receives: only entries of keyspaces the peer holds a
+/// replica of travel (residency: a restricted keyspace's writes never leave its regions), and no batch's entries
+/// exceed `bytesMax` encoded. The batches cover the whole range, so the peer tells left-out entries from lost ones.
+public enum Shipment {
+    /// - Parameters:
+    ///   - entries: The log's entries `from...through`, in order.
+    ///   - peer: The region the batches go to.
+    ///   - bytesMax: The most encoded entry bytes one batch holds (at least one entry always fits).
+    public static func batches(_ entries: [ReplicationEntry], from: UInt64, through: UInt64, for peer: RegionName, cluster: ClusterConfig,
+                               bytesMax: Int) -> [PeerFrame] {
+        var frames: [PeerFrame] = []
+        var start = from
+        var current: [ReplicationEntry] = []
+        var bytes = 0
+        for entry in entries {
+            guard cluster.keyspace(entry.keyspace)?.isReplica(peer) == true else { continue }
+            let size = EntryCodec.encodedBytes(entry)
+            if !current.isEmpty && bytes + size > bytesMax {
+                frames.append(.batch(from: start, through: entry.sequence - 1, entries: current))
+                start = entry.sequence
+                current = []
+                bytes = 0
+            }
+            current.append(entry)
+            bytes += size
+        }
+        frames.append(.batch(from: start, through: through, entries: current))
+        return frames
+    }
+}

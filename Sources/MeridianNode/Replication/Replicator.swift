@@ -242,7 +242,8 @@ final class Replicator: Sendable {
                     guard entries.count == count, entries.first?.sequence == from else {
                         throw MeridianError(.replicationProtocol, "Entries \(from) to \(from + UInt64(count) - 1) of this region's log are no longer held (retention); \(link.peer) needs a full resync.")
                     }
-                    for frame in batches(entries, from: from, through: from + UInt64(count) - 1, for: link.peer) {
+                    for frame in Shipment.batches(entries, from: from, through: from + UInt64(count) - 1, for: link.peer, cluster: cluster,
+                                                   bytesMax: codec.frameBytesMax - 64) {
                         try await outbound.write(frame)
                     }
                     from += UInt64(count)
@@ -255,31 +256,6 @@ final class Replicator: Sendable {
                 try await outbound.write(frame)
             }
         }
-    }
-
-    /// Cuts a range of the log into frames for one peer: only entries of keyspaces the peer replicates travel
-    /// (residency), and no frame exceeds the frame limit. The frames cover the whole range, so the peer can
-    /// tell left-out entries from lost ones.
-    func batches(_ entries: [ReplicationEntry], from: UInt64, through: UInt64, for peer: RegionName) -> [PeerFrame] {
-        let budget = codec.frameBytesMax - 64
-        var frames: [PeerFrame] = []
-        var start = from
-        var current: [ReplicationEntry] = []
-        var bytes = 0
-        for entry in entries {
-            guard cluster.keyspace(entry.keyspace)?.isReplica(peer) == true else { continue }
-            let size = EntryCodec.encodedBytes(entry)
-            if !current.isEmpty && bytes + size > budget {
-                frames.append(.batch(from: start, through: entry.sequence - 1, entries: current))
-                start = entry.sequence
-                current = []
-                bytes = 0
-            }
-            current.append(entry)
-            bytes += size
-        }
-        frames.append(.batch(from: start, through: through, entries: current))
-        return frames
     }
 
     /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.

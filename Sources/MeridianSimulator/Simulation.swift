@@ -1580,9 +1580,12 @@ public struct Simulation {
 
     private mutating func checkInvariants() {
         if report.convergenceMs == nil {
-            let diverged = regions[0].kv.filter { key, state in regions.contains { $0.kv[key] != state } }.sorted { $0.key < $1.key }.prefix(5)
-            for (key, _) in diverged {
-                report.violations.append("\(key) diverged: " + regions.map { r in "\(r.name): ctx \(r.kv[key]?.context.description ?? "-") versions \(r.kv[key]?.versions.map { "\($0.dot)\($0.tombstone ? "T" : "")@\($0.version.hlc)" } ?? [])" }.joined(separator: " | "))
+            // Keys the surviving regions disagree on (a region lost for good is left out).
+            let survivors = self.survivors
+            let keys = Set(survivors.flatMap { regions[$0].kv.keys })
+            let diverged = keys.filter { key in survivors.contains { regions[$0].kv[key] != regions[survivors[0]].kv[key] } }.sorted().prefix(5)
+            for key in diverged {
+                report.violations.append("\(key) diverged: " + survivors.map { regions[$0] }.map { r in "\(r.name): ctx \(r.kv[key]?.context.description ?? "-") versions \(r.kv[key]?.versions.map { "\($0.dot)\($0.tombstone ? "T" : "")@\($0.version.hlc)" } ?? [])" }.joined(separator: " | "))
             }
             report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied points \(regions.map(\.appliedThrough)), logs \(regions.map(\.log.count))")
         }

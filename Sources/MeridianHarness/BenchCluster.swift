@@ -27,15 +27,8 @@ public final class BenchCluster {
     /// Starts a cluster, runs `body` against it, and stops every process it started, whatever happens.
     public static func with(directory: String?, latencyScale: Double, executable: String = LocalProcesses.currentExecutable(),
                             _ body: (BenchCluster) async throws -> Void) async throws {
-        let cluster = try BenchCluster(directory: directory, latencyScale: latencyScale, executable: executable)
-        do {
-            try await cluster.start()
-            try await body(cluster)
-        } catch {
-            await cluster.stop()
-            throw error
-        }
-        await cluster.stop()
+        try await whileStarted(try BenchCluster(directory: directory, latencyScale: latencyScale, executable: executable),
+                               start: { try await $0.start() }, stop: { await $0.stop() }, body)
     }
 
     public func rttMs(_ a: RegionName, _ b: RegionName) -> Double { config.wan.rttMs(a, b) ?? 0 }

@@ -238,3 +238,17 @@ public final class LocalCluster: Sendable {
         (try? String(contentsOfFile: path, encoding: .utf8))?.split(separator: "\n").suffix(lines).joined(separator: "\n") ?? ""
     }
 }
+
+/// Starts `value`, runs `body` with it, and stops it whatever happens (a failed start included): how every
+/// cluster a test, drill or benchmark starts is used.
+public func whileStarted<T>(_ value: T, start: (T) async throws -> Void, stop: (T) async -> Void,
+                            _ body: (T) async throws -> Void) async throws {
+    do {
+        try await start(value)
+        try await body(value)
+    } catch {
+        await stop(value)
+        throw error
+    }
+    await stop(value)
+}

@@ -25,9 +25,18 @@ final class ClockWatch: Sendable {
 
     /// A peer's clock reading, bracketed by two of this region's (see ``ClockFence/sample(peer:sentMs:peerMs:receivedMs:)``).
     func sample(peer: RegionName, sentMs: UInt64, peerMs: UInt64, receivedMs: UInt64) {
+        update { $0.sample(peer: peer, sentMs: sentMs, peerMs: peerMs, receivedMs: receivedMs) }
+    }
+
+    /// A peer's stream connected anew (see ``ClockFence/peerReconnected(_:)``).
+    func peerReconnected(_ peer: RegionName) {
+        update { $0.peerReconnected(peer) }
+    }
+
+    private func update(_ change: (inout ClockFence) -> Bool) {
         let (before, now) = fence.withLock { fence in
             let before = fence.verdict
-            fence.sample(peer: peer, sentMs: sentMs, peerMs: peerMs, receivedMs: receivedMs)
+            _ = change(&fence)
             return (before, fence)
         }
         let after = now.verdict

@@ -798,6 +798,10 @@ public struct Simulation {
             }
             let applied = regions[peer].appliedThrough[origin]
             regions[peer].inbound[id] = Inbound(origin: origin, receiver: LogReceiver(origin: names[origin], applied: applied))
+            // As the node: a new stream may be a new process with its clock set anew.
+            let wasWritable = regions[peer].fence.mayWrite
+            regions[peer].fence.peerReconnected(names[origin])
+            if wasWritable && !regions[peer].fence.mayWrite, let trace { trace("\(nowMs) ms \(names[peer]): clock proof from \(names[origin]) dropped on reconnect") }
             send(.welcome(applied: applied), on: id, toPeer: false)
             return
         }
@@ -829,7 +833,10 @@ public struct Simulation {
                 regions[peer].fence.sample(peer: names[origin], sentMs: wallNow - min(wallNow, nowMs - echo), peerMs: originMs, receivedMs: wallNow)
                 if regions[peer].fence.isFenced != wasFenced {
                     if regions[peer].fence.isFenced { report.clockFences += 1 }
-                    if let trace { trace("\(nowMs) ms \(names[peer]): clock \(regions[peer].fence.isFenced ? "fenced" : "back in tolerance")") }
+                    if let trace {
+                        let brackets = regions[peer].fence.offsets.sorted { $0.key < $1.key }.map { "\($0.key) [\($0.value.lowMs), \($0.value.highMs)]" }.joined(separator: ", ")
+                        trace("\(nowMs) ms \(names[peer]): clock \(regions[peer].fence.isFenced ? "fenced" : "no longer fenced") (skew \(skewMs[peer]) ms; \(brackets))")
+                    }
                     carryMachine(peer, regions[peer].machine!.handle(.clockFenceChanged(fenced: regions[peer].fence.isFenced), nowMs: nowMs, wallMs: wallNow))
                 }
             }

@@ -95,6 +95,24 @@ import Testing
         #expect(pair.mayWrite)
     }
 
+    @Test func aReconnectedPeerNoLongerVouchesForThisClockButStillFencesIt() {
+        let (us, eu, ap) = (RegionName(validated: "us-east"), RegionName(validated: "eu-west"), RegionName(validated: "ap-southeast"))
+        var fence = ClockFence(region: us, peers: [us, eu, ap], maxOffsetMs: 500)
+        fence.sample(peer: eu, sentMs: 1_000, peerMs: 1_050, receivedMs: 1_100)
+        #expect(fence.mayWrite)
+        // eu-west's stream connects anew (it may have restarted with its clock set otherwise): unproven again.
+        let changed = fence.peerReconnected(eu)
+        #expect(changed && !fence.mayWrite && !fence.isFenced)
+        fence.sample(peer: eu, sentMs: 2_000, peerMs: 2_050, receivedMs: 2_100)
+        #expect(fence.mayWrite)
+        // Evidence that this region is out of tolerance survives reconnects: a region found out stays fenced.
+        fence.sample(peer: eu, sentMs: 3_000, peerMs: 5_000, receivedMs: 3_100)
+        fence.sample(peer: ap, sentMs: 3_000, peerMs: 5_000, receivedMs: 3_100)
+        #expect(fence.isFenced)
+        let dropped = fence.peerReconnected(eu)
+        #expect(!dropped && fence.isFenced)
+    }
+
     @Test func aSkewedRegionStartingUpIsFencedBeforeItEverWrites() {
         // us-east restarts 2 s ahead. Whatever order its peers' brackets arrive in, it never passes through
         // a state that takes writes.

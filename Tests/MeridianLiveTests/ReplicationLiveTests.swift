@@ -107,15 +107,8 @@ final class LiveCluster {
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
 func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:],
                      _ body: (LiveCluster) async throws -> Void) async throws {
-    let cluster = try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments)
-    do {
-        try await cluster.start()
-        try await body(cluster)
-    } catch {
-        await cluster.stop()
-        throw error
-    }
-    await cluster.stop()
+    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments),
+                           start: { try await $0.start() }, stop: { await $0.stop() }, body)
 }
 
 @Suite(.serialized) struct ReplicationLiveTests {

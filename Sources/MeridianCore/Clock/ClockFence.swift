@@ -92,6 +92,18 @@ public struct ClockFence: Sendable, Hashable {
         return verdict != before
     }
 
+    /// A peer's stream connected anew: it may be a new process with a clock set differently, so its bracket no
+    /// longer vouches for this region's clock. One that proves this region out of tolerance stands (a region
+    /// found out stays fenced); one that allowed tolerance is dropped until the peer brackets this region again.
+    /// - Returns: Whether the verdict changed.
+    @discardableResult
+    public mutating func peerReconnected(_ peer: RegionName) -> Bool {
+        guard let offset = offsets[peer], offset.leastMagnitudeMs <= maxOffsetMs else { return false }
+        let before = verdict
+        offsets[peer] = nil
+        return verdict != before
+    }
+
     /// Fenced when the peers provably out of tolerance are at least half the cluster: with three regions, both
     /// peers; a region whose only fault is one skewed peer keeps going (that peer fences itself instead).
     /// Otherwise within tolerance once the peers whose brackets allow an offset within the maximum make, with

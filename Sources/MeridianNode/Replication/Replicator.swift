@@ -301,6 +301,8 @@ final class Replicator: Sendable {
                                 applier = started
                                 tasks.addTask { try await self.applyBatches(started, origin: hello.from, replies: replyOut) }
                                 inboundStates.withLock { $0[hello.from, default: InboundState()].connections += 1 }
+                                // Possibly a new process with its clock set anew: its old bracket no longer vouches for ours.
+                                clock?.peerReconnected(hello.from)
                                 heardFrom(hello.from)
                                 replyOut.yield(.welcome(applied: applied))
                                 progress.signal()

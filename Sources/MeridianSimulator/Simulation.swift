@@ -403,7 +403,14 @@ public struct Simulation {
         if options.loseARegion && report.lostRegion == nil { loseForGood(Int.random(in: regions.indices, using: &generator)) }
         // Liveness phase: heal, restart everyone not lost, and demand convergence within the budget.
         healAll()
-        for index in regions.indices where !regions[index].up && !regions[index].lost { restart(index) }
+        // A clock left wrong is put right, as the nemesis restarts a skewed node with its clock corrected: with a
+        // region lost for good, the one region holding a term's whole log may be the skewed one, and no term
+        // can start without it.
+        for index in regions.indices where !regions[index].lost && Self.clockIsWrong(skewMs[index]) {
+            crash(index)
+            skewMs[index] = Int64.random(in: -240...240, using: &generator)
+        }
+        for index in regions.indices where !regions[index].up && !regions[index].lost { restart(index, clockWrongChance: false) }
         for index in regions.indices { regions[index].pausedUntilMs = min(regions[index].pausedUntilMs, nowMs) }
         let healedAt = nowMs
         while nowMs - healedAt < options.convergenceBudgetMs {
@@ -1051,7 +1058,7 @@ public struct Simulation {
         report.lostRegion = names[index].rawValue
     }
 
-    private mutating func restart(_ index: Int) {
+    private mutating func restart(_ index: Int, clockWrongChance: Bool = true) {
         guard !regions[index].up, !regions[index].lost else { return }
         regions[index].up = true
         let count = regions.count
@@ -1068,7 +1075,7 @@ public struct Simulation {
         // (as the nemesis restarts a node with --clock-offset-ms), never for a majority at once (the fence cannot
         // tell which side is wrong then); otherwise it is put right again.
         let othersWrong = regions.indices.filter { $0 != index && Self.clockIsWrong(skewMs[$0]) }.count
-        if Int.random(in: 0..<10, using: &generator) == 0 && (othersWrong + 1) * 2 < regions.count {
+        if clockWrongChance && Int.random(in: 0..<10, using: &generator) == 0 && (othersWrong + 1) * 2 < regions.count {
             skewMs[index] = (Bool.random(using: &generator) ? 1 : -1) * Int64.random(in: 2_000...3_000, using: &generator)
         } else if abs(skewMs[index]) > 240 {
             skewMs[index] = Int64.random(in: -240...240, using: &generator)

@@ -1326,10 +1326,16 @@ public struct Simulation {
         // Keys merged from a peer under a term that ended take this term's leader's state too.
         var keys = Set(merged.map { "\(strongKeyspace)/\($0)" })
         let diverted = Set(regions[index].divergence.map { Dot(region: $0.entry.origin, counter: $0.entry.sequence) })
+        // Writes held beyond the start that the log does not show (they came in merged states): they cannot be
+        // found one by one, so every key that differs from the leader's takes its state, and this region holds
+        // the leader's terms afterwards (read before its states).
+        var replaceAll = false
         for term in regions[index].strongTerms.values.sorted(by: { $0.epoch < $1.epoch }) where term.epoch < start.epoch && term.epoch >= oldestNamed {
             let held = start.last(of: term.leader, in: term.epoch) ?? 0
             guard term.last > held else { continue }
             let origin = names.firstIndex(of: term.leader)!
+            let logged = regions[index].applied[origin].last { $0.keyspace == strongKeyspace && $0.epoch == term.epoch }?.sequence ?? 0
+            if logged < term.last { replaceAll = true }
             for entry in regions[index].applied[origin] where entry.keyspace == strongKeyspace && entry.epoch == term.epoch && entry.sequence > held
                 && !diverted.contains(Dot(region: entry.origin, counter: entry.sequence)) {
                 regions[index].divergence.append((entry, start.epoch))
@@ -1339,16 +1345,24 @@ public struct Simulation {
             }
             regions[index].strongTerms[term.epoch] = TermEnd(epoch: term.epoch, leader: term.leader, last: held)
         }
-        // The leader's states come in through the merge gate, as the node's: they may hold the leader's own writes
-        // of this term, which a later term may keep aside, so the next revert compares every key.
-        if !keys.isEmpty && leader != index {
+        var leaderTerms: [TermEnd]?
+        if replaceAll && leader != index {
+            leaderTerms = regions[leader].strongTerms.values.sorted { $0.epoch > $1.epoch }
+            for key in Set(regions[index].kv.keys).union(regions[leader].kv.keys)
+            where key.hasPrefix("\(strongKeyspace)/") && regions[index].kv[key] != regions[leader].kv[key] {
+                keys.insert(key)
+            }
+            if let trace { trace("\(nowMs) ms \(names[index]): writes held beyond the start are not in the log; every key follows \(names[leader])") }
+        }
+        // The leader's states come in through the merge gate, as the node's.
+        if (!keys.isEmpty || leaderTerms != nil) && leader != index {
             guard regions[index].machine!.admitMerge(strongKeyspace, token: start.epoch) else {
                 if !merged.isEmpty { carryMachine(index, regions[index].machine!.handle(.reconcileLater(keyspace: strongKeyspace, keys: merged), nowMs: nowMs, wallMs: physicalMs(index))) }
                 return carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
             }
             for key in keys { regions[index].kv[key] = regions[leader].kv[key] }
             let merged = Set(keys.map { try! Key(String($0.dropFirst(strongKeyspace.rawValue.count + 1))) })
-            carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: start.epoch, keys: merged, terms: nil),
+            carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: start.epoch, keys: merged, terms: leaderTerms),
                                                                nowMs: nowMs, wallMs: physicalMs(index)))
         }
         carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))

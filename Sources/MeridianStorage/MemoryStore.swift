@@ -466,6 +466,12 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
+    public func loggedThrough(keyspace: KeyspaceName, origin: RegionName, epoch: UInt64) async throws(MeridianError) -> UInt64 {
+        try reading { open in
+            (open.contents.log[origin] ?? []).last { $0.keyspace == keyspace && $0.epoch == epoch }?.sequence ?? 0
+        }
+    }
+
     private static func insertDiverted(_ entry: ReplicationEntry, successorEpoch: UInt64, into contents: inout Contents, nowMs: UInt64) {
         guard !contents.divergence.contains(where: { $0.origin == entry.origin && $0.sequence == entry.sequence }) else { return }
         contents.divergence.append(DivergedWrite(

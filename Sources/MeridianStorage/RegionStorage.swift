@@ -94,6 +94,9 @@ public protocol FailoverStore: Sendable {
     /// divergence log, lowering the held terms to match. - Returns: the keys they touched.
     func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64?, successorEpoch: UInt64,
                     nowMs: UInt64) async throws(MeridianError) -> Set<Key>
+    /// The last sequence of `origin`'s writes of `epoch` to the keyspace that this region's log holds (0: none).
+    /// Held terms beyond it came in merged states, not by the log.
+    func loggedThrough(keyspace: KeyspaceName, origin: RegionName, epoch: UInt64) async throws(MeridianError) -> UInt64
     /// Writes kept aside, after `after`, of one keyspace or all.
     func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite]
     func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite?

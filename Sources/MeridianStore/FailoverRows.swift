@@ -201,6 +201,13 @@ extension RegionStore {
 
     /// Puts keys back to the current leader's state (nil: the leader has no such key), replacing what this
     /// region held: used only for keys whose local state includes a diverted write.
+    public func loggedThrough(keyspace: KeyspaceName, origin: RegionName, epoch: UInt64) async throws(MeridianError) -> UInt64 {
+        try await reading { db in
+            UInt64(try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM log WHERE keyspace = ? AND origin = ? AND epoch = ?",
+                                      arguments: [keyspace.rawValue, origin.rawValue, Int64(epoch)]) ?? 0)
+        }
+    }
+
     public func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError) {
         let rule = conflictRule(keyspace)
         do {

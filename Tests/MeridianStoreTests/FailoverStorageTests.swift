@@ -47,6 +47,10 @@ import Testing
         let keys = try await store.divertHeld(keyspace: fixture.keyspace, origin: eu, after: 1, epoch: 1, successorEpoch: 2, nowMs: 77)
         #expect(keys == [try Key("b"), try Key("c")])
         #expect(try store.terms(keyspace: fixture.keyspace) == [TermEnd(epoch: 1, leader: eu, last: 1)])
+        // The log still shows eu-west's epoch-1 writes up to 3 (kept aside ones included); held terms raised by a
+        // merge beyond that are not in the log.
+        #expect(try await store.loggedThrough(keyspace: fixture.keyspace, origin: eu, epoch: 1) == 3)
+        #expect(try await store.loggedThrough(keyspace: fixture.keyspace, origin: eu, epoch: 2) == 0)
         #expect(try await store.divertHeld(keyspace: fixture.keyspace, origin: eu, after: 1, epoch: 1, successorEpoch: 2, nowMs: 78) == [try Key("b"), try Key("c")])
         let listed = try await store.divergence(keyspace: fixture.keyspace, after: 0, limit: 10)
         #expect(listed.map(\.sequence) == [2, 3], "kept aside once, though asked twice")

@@ -69,14 +69,25 @@ extension RegionNode {
                 // Every earlier term whose writes this region holds beyond where the new leader held them. Terms
                 // older than those the start names (it names the newest `termsMax`) are settled.
                 var keys = merged
+                // Writes held beyond the start that the log does not show came in merged states: they cannot be
+                // found one by one, so every key that differs from the leader's takes its state, and this region
+                // holds the leader's terms afterwards (read before its states).
+                var replaceAll = false
                 let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
                 for term in try store.terms(keyspace: keyspace, limit: 100_000) where term.epoch < start.epoch && term.epoch >= oldestNamed {
                     let held = start.last(of: term.leader, in: term.epoch) ?? 0
                     guard term.last > held else { continue }
+                    if try await store.loggedThrough(keyspace: keyspace, origin: term.leader, epoch: term.epoch) < term.last { replaceAll = true }
                     keys.formUnion(try await store.divertHeld(keyspace: keyspace, origin: term.leader, after: held, epoch: term.epoch,
                                                               successorEpoch: start.epoch, nowMs: wallClockMs()))
                 }
-                guard !keys.isEmpty else { return }
+                var leaderTerms: [TermEnd]?
+                if replaceAll {
+                    let (differing, terms) = try await differingKeys(policy, from: start.leader)
+                    keys.formUnion(differing)
+                    leaderTerms = terms
+                }
+                guard !keys.isEmpty || leaderTerms != nil else { return }
                 let states = try await leaderStates(policy, keys: keys, from: start.leader)
                 // Through the merge gate: a newer term's revert replaces this one rather than racing it (and takes
                 // the keys merged from elsewhere this one was to bring back).
@@ -90,7 +101,7 @@ extension RegionNode {
                     leadership.mergeCommitted(keyspace, token: start.epoch, keys: [], terms: nil)
                     throw error
                 }
-                leadership.mergeCommitted(keyspace, token: start.epoch, keys: keys, terms: nil)
+                leadership.mergeCommitted(keyspace, token: start.epoch, keys: keys, terms: leaderTerms)
                 logger.notice("writes of a deposed leader kept aside in the divergence log; their keys follow the new leader",
                               metadata: ["keyspace": "\(keyspace)", "epoch": "\(start.epoch)", "keys": "\(keys.count)"])
                 return
@@ -102,6 +113,30 @@ extension RegionNode {
             }
         }
         logger.error("gave up bringing keys back to the new leader's state", metadata: ["keyspace": "\(keyspace)"])
+    }
+
+    /// The keys, here or at the leader, of the Merkle buckets whose leaves differ from the leader's, and the terms
+    /// the leader held when it read its tree.
+    private func differingKeys(_ policy: KeyspacePolicy, from leader: RegionName) async throws(MeridianError) -> (Set<Key>, [TermEnd]) {
+        let (mine, _) = try await store.merkleTree(keyspace: policy.name)
+        guard case .tree(let theirs) = try await replicator.requestRepair(from: leader, keyspace: policy.name, .tree) else {
+            throw MeridianError(.regionUnavailable, "\(leader) did not send its Merkle tree of '\(policy.name)'.", context: ["region": leader.rawValue])
+        }
+        let buckets = mine.differingBuckets(theirs.tree)
+        var keys = Set<Key>()
+        guard !buckets.isEmpty else { return (keys, theirs.terms) }
+        var after: Key?
+        for _ in 0..<100_000 {
+            let page = try await store.states(keyspace: policy.name, buckets: Set(buckets), after: after, bytesMax: 1 << 20)
+            keys.formUnion(page.states.map(\.key))
+            guard let next = page.next else { break }
+            after = next
+        }
+        let complete = try await pullStates(policy, buckets: buckets, from: leader) { states in keys.formUnion(states.map(\.key)) }
+        guard complete else {
+            throw MeridianError(.regionUnavailable, "\(leader)'s key states of '\(policy.name)' did not fit the page bound.", context: ["region": leader.rawValue])
+        }
+        return (keys, theirs.terms)
     }
 
     /// The leader's states of `keys` (nil for a key it does not hold), pulled by Merkle bucket.

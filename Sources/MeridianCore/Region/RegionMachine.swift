@@ -117,8 +117,9 @@ public struct RegionMachine: Sendable {
         case handOverFinished(RequestID, Result<RegionName, MeridianError>)
         /// Pull the keyspace's states from its leader `from`: first the terms it holds (report
         /// ``Event/catchUpTermsRead(keyspace:epoch:terms:)``), read before its states, then every state that
-        /// differs here, merged (report ``Event/catchUpPulled(keyspace:epoch:)``, or
-        /// ``Event/catchUpFailed(keyspace:epoch:reason:)``).
+        /// differs here, each merge through the gate under `epoch` (``RegionMachine/admitMerge(_:token:)``, the
+        /// round's last ``Event/mergeCommitted(keyspace:token:keys:terms:)`` carrying the terms); then report
+        /// ``Event/catchUpPulled(keyspace:epoch:)``, or ``Event/catchUpFailed(keyspace:epoch:reason:)``.
         case catchUp(KeyspaceName, from: RegionName, epoch: UInt64)
         /// Record durably that this region holds these terms' writes up to their `last` (never lowering), then
         /// report ``Event/heldRaised(keyspace:terms:)``; on failure report

@@ -16,6 +16,20 @@ import Testing
                               key: "k\(sequence)", delete: false, value: [UInt8(sequence % 256)])
     }
 
+    func version(_ origin: RegionName, _ sequence: UInt64) -> Version {
+        Version(hlc: HLCTimestamp(physicalMs: 1_795_000_000_000 + sequence, logical: UInt32(sequence), region: origin), sequence: sequence)
+    }
+
+    /// A key's state of two concurrent versions, one of them a tombstone.
+    var siblings: KeyState {
+        var context = VersionVector()
+        context.set(us, 9)
+        return KeyState(context: context, versions: [
+            KeyVersion(version: version(us, 4), tombstone: false, contentType: "text/plain", value: Array("é".utf8), dependencies: [eu: 2]),
+            KeyVersion(version: version(eu, 3), tombstone: true, contentType: "", value: []),
+        ])
+    }
+
     var everyKind: [PeerFrame] {
         [
             .hello(PeerHello(cluster: "demo", from: us, to: eu)),
@@ -25,12 +39,25 @@ import Testing
             .ack(applied: 7, echoMs: 1_795_000_000_123),
             .heartbeat(logHighWater: 9, physicalMs: 1_795_000_000_000, echoMs: 1_795_000_000_123),
             .forward(ForwardedWrite(id: 3, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"), operation: .put, contentType: "text/plain",
-                                    value: Array("100".utf8), headers: [ForwardedHeader(name: "Meridian-Ack", value: "majority")])),
-            .forward(ForwardedWrite(id: 4, keyspace: try! KeyspaceName("accounts"), key: try! Key("x"), operation: .delete, contentType: "", value: [], headers: [])),
-            .forwardReply(ForwardedReply(id: 3, status: 200, headers: [ForwardedHeader(name: "ETag", value: "\"1.0.us-east.1\"")], body: Array("{}".utf8))),
+                                    value: Array("100".utf8), options: WriteOptions(ack: .majority, precondition: .versionIsOneOf([version(us, 4), version(eu, 9)]),
+                                                                                    session: "token ✓", context: "context"))),
+            .forward(ForwardedWrite(id: 4, keyspace: try! KeyspaceName("accounts"), key: try! Key("x"), operation: .delete, contentType: "", value: [],
+                                    options: WriteOptions(precondition: .exists))),
+            .forward(ForwardedWrite(id: 5, keyspace: try! KeyspaceName("likes"), key: try! Key("x"), operation: .merge, contentType: "application/json",
+                                    value: Array("{}".utf8), options: WriteOptions())),
+            .forwardReply(ForwardedReply(id: 3, answer: .written(ServedWrite(version: version(us, 4), ack: .majority, ackedBy: [us, eu], operation: "put",
+                                                                             epoch: 2, session: "token", crdtValue: nil)))),
+            .forwardReply(ForwardedReply(id: 4, answer: .written(ServedWrite(version: version(eu, 1), ack: .async, ackedBy: [eu], operation: "increment",
+                                                                             epoch: nil, session: "", crdtValue: [1, 2, 3])))),
+            .forwardReply(ForwardedReply(id: 5, answer: .read(ServedRead(level: .bounded, stalenessMs: 250, epoch: nil, state: siblings, session: "token")))),
+            .forwardReply(ForwardedReply(id: 6, answer: .read(ServedRead(level: .strong, stalenessMs: nil, epoch: 7, state: nil, session: "")))),
+            .forwardReply(ForwardedReply(id: 7, answer: .refused(Refusal(MeridianError(.ackTimeout, "not met ✓", context: ["ack": "majority", "missing": "eu-west"], applied: .maybe),
+                                                                         session: "token", version: version(us, 4))))),
+            .forwardReply(ForwardedReply(id: 8, answer: .refused(Refusal(MeridianError(.overloaded, "busy"))))),
             .refusal(code: "replication_protocol", message: "naïve peer ✓"),
-            .forwardRead(ForwardedRead(id: 9, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"),
-                                       headers: [ForwardedHeader(name: "Meridian-Consistency", value: "strong")])),
+            .forwardRead(ForwardedRead(id: 9, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"), form: .value,
+                                       options: ReadOptions(consistency: .strong, maxStalenessMs: 0, session: "token"))),
+            .forwardRead(ForwardedRead(id: 10, keyspace: try! KeyspaceName("likes"), key: try! Key("a"), form: .crdt, options: ReadOptions())),
             .election(keyspace: try! KeyspaceName("accounts"), message: .heartbeat(epoch: 3, sentMs: 1_234),
                       start: EpochStart(epoch: 3, leader: eu, applied: [us: 40, eu: 7], terms: [TermEnd(epoch: 1, leader: us, last: 40)])),
             .election(keyspace: try! KeyspaceName("accounts"), message: .heartbeatAck(epoch: 3, sentMs: 1_234), start: nil),
@@ -92,9 +119,29 @@ import Testing
         #expect(code(overclaimed) == .codecInvalidField)
         // Trailing bytes inside the announced length.
         // A forwarded read of a key no client could send.
-        var badKey = codec.encode(.forwardRead(ForwardedRead(id: 1, keyspace: try KeyspaceName("k"), key: try Key("x"), headers: [])))
+        var badKey = codec.encode(.forwardRead(ForwardedRead(id: 1, keyspace: try KeyspaceName("k"), key: try Key("x"), form: .value, options: ReadOptions())))
         badKey[5 + 8 + 2 + 2] = 0x07
         #expect(code(badKey) == .invalidKey)
+        // Forwarded requests and answers: an unknown read form, an empty precondition, an unknown answer kind,
+        // a refusal code this node does not know, an ack mode no one has.
+        var form = codec.encode(.forwardRead(ForwardedRead(id: 1, keyspace: try KeyspaceName("k"), key: try Key("x"), form: .value, options: ReadOptions())))
+        form[5 + 8 + 2 + 3] = 3
+        #expect(code(form) == .codecInvalidField)
+        var empty = codec.encode(.forward(ForwardedWrite(id: 1, keyspace: try KeyspaceName("k"), key: try Key("x"), operation: .delete, contentType: "", value: [],
+                                                         options: WriteOptions(precondition: .versionIsOneOf([version(us, 1)])))))
+        empty[5 + 8 + 2 + 3 + 1 + 1 + 4 + 1 + 1] = 0
+        #expect(code(empty) == .codecInvalidField)
+        var answerKind = codec.encode(.forwardReply(ForwardedReply(id: 1, answer: .refused(Refusal(MeridianError(.overloaded, "busy"))))))
+        answerKind[5 + 8] = 4
+        #expect(code(answerKind) == .codecInvalidField)
+        var unknownCode = codec.encode(.forwardReply(ForwardedReply(id: 1, answer: .refused(Refusal(MeridianError(.overloaded, "busy"))))))
+        unknownCode[5 + 8 + 1 + 1] = UInt8(ascii: "O")
+        #expect(code(unknownCode) == .codecInvalidField)
+        var ack = codec.encode(.forwardReply(ForwardedReply(id: 1, answer: .written(ServedWrite(version: version(us, 1), ack: .all, ackedBy: [], operation: "put",
+                                                                                             epoch: nil, session: "", crdtValue: nil)))))
+        let ackAt = 5 + 8 + 1 + (1 + 7 + 8 + 8 + 4) + 1
+        ack[ackAt] = UInt8(ascii: "x")
+        #expect(code(ack) == .codecInvalidField)
         // Election messages: an unknown kind, a vote flag beyond 0/1, epoch 0, an origin named twice in a start.
         let ks = try KeyspaceName("k")
         var kind = codec.encode(.election(keyspace: ks, message: .vote(epoch: 2, granted: true), start: nil))

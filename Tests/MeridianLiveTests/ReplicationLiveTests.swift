@@ -116,8 +116,36 @@ func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [
           - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
           - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
           - { name: eu_only, topology: geo-partitioned, home: eu-west, residency: { regions: [eu-west], access: proxy } }
+          - { name: eu_likes, topology: multi-leader, conflict: crdt, replicas: [eu-west], residency: { regions: [eu-west], access: proxy } }
 
         """
+
+    /// Reads, writes and refusals forwarded to the region that serves them come back as that region would
+    /// answer its own client: status, error code and applied, ETag, session, epoch, CRDT values.
+    static func forwardedAnswersRenderAsIfServedHere(_ follower: HTTPConnection, etag: String?) async throws {
+        let stale = try await follower.request("PUT", "/v1/kv/accounts/alice", headers: [("If-Match", "\"1.0.us-east.999\"")], body: Array("lost".utf8))
+        #expect(stale.status == 412 && stale.header("Meridian-Forwarded-To") == "us-east", "\(stale.status) \(stale.text)")
+        #expect(stale.text.contains("\"code\":\"precondition_failed\"") && stale.text.contains("\"applied\":\"no\""), "\(stale.text)")
+        let strong = try await follower.request("GET", "/v1/kv/accounts/alice", headers: [("Meridian-Consistency", "strong")])
+        #expect(strong.status == 200 && strong.text == "100" && strong.header("Meridian-Forwarded-To") == "us-east", "\(strong.status) \(strong.text)")
+        #expect(strong.header("ETag") == etag && strong.header("Meridian-Epoch") != nil && strong.header("Meridian-Session") != nil)
+        #expect(strong.header("Cache-Control") == "no-store")
+        let guarded = try await follower.request("PUT", "/v1/kv/accounts/alice", headers: [("If-Match", etag ?? "*"), ("Meridian-Session", strong.header("Meridian-Session") ?? "")],
+                                                 body: Array("100".utf8))
+        #expect(guarded.status == 200 && guarded.header("Meridian-Forwarded-To") == "us-east", "\(guarded.status) \(guarded.text)")
+        let missing = try await follower.request("GET", "/v1/kv/accounts/nobody", headers: [("Meridian-Consistency", "strong")])
+        #expect(missing.status == 404 && missing.header("Meridian-Forwarded-To") == "us-east" && missing.header("Meridian-Session") != nil, "\(missing.text)")
+        #expect(missing.text.contains("\"code\":\"key_not_found\""), "\(missing.text)")
+        let proxiedRead = try await follower.request("GET", "/v1/kv/eu_only/gdpr")
+        #expect(proxiedRead.status == 200 && proxiedRead.text == "secret" && proxiedRead.header("Meridian-Forwarded-To") == "eu-west", "\(proxiedRead.text)")
+        let merged = try await follower.request("POST", "/v1/crdt/eu_likes/post-1", body: Array(#"{"type":"pn-counter","op":"increment","by":3}"#.utf8))
+        #expect(merged.status == 200 && merged.header("Meridian-Forwarded-To") == "eu-west", "\(merged.status) \(merged.text)")
+        #expect(merged.text.contains("\"value\":3") && merged.text.contains("\"region\":\"eu-west\"") && merged.text.contains("\"operation\":\"increment\""), "\(merged.text)")
+        let counter = try await follower.request("GET", "/v1/crdt/eu_likes/post-1")
+        #expect(counter.status == 200 && counter.text.contains("\"value\":3") && counter.header("Meridian-Forwarded-To") == "eu-west", "\(counter.text)")
+        let mismatch = try await follower.request("GET", "/v1/kv/eu_likes/post-1")
+        #expect(mismatch.status == 409 || mismatch.status == 400, "\(mismatch.status) \(mismatch.text)")
+    }
 
     @Test(.timeLimit(.minutes(3)))
     func writesInEachRegionAreReadEverywhereAndResidencyHolds() async throws {
@@ -142,6 +170,7 @@ func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [
             // Residency: a write from outside eu-west is proxied there and its data never leaves eu-west.
             let proxied = try await follower.request("PUT", "/v1/kv/eu_only/gdpr", body: Array("secret".utf8))
             #expect(proxied.status == 200 && proxied.header("Meridian-Forwarded-To") == "eu-west", "\(proxied.text)")
+            try await Self.forwardedAnswersRenderAsIfServedHere(follower, etag: forwarded.header("ETag"))
             await follower.close()
             for reader in cluster.regions {
                 #expect(try await cluster.waitForValue(reader, "/v1/kv/accounts/alice?consistency=eventual", "100"))
@@ -154,10 +183,13 @@ func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [
             for reader in ["us-east", "ap-southeast"] {
                 #expect(try await cluster.waitForValue(reader, "/v1/kv/profiles/after-gdpr", "x"))
                 let status = try await cluster.status(reader)
-                let stored = (status["keyspaces"] as? [[String: Any]])?.first { $0["name"] as? String == "eu_only" }?["keys"] as? Int
-                #expect(stored == 0, "restricted data reached \(reader)")
+                for restricted in ["eu_only", "eu_likes"] {
+                    let stored = (status["keyspaces"] as? [[String: Any]])?.first { $0["name"] as? String == restricted }?["keys"] as? Int
+                    #expect(stored == 0, "restricted data of \(restricted) reached \(reader)")
+                }
+                // eu-west's own write, the proxied one, the forwarded CRDT operation and the later one.
                 let applied = (status["peers"] as? [[String: Any]])?.first { $0["region"] as? String == "eu-west" }?["inbound"] as? [String: Any]
-                #expect(applied?["applied"] as? Int == 3, "\(reader) should have covered eu-west's 3 entries: \(String(describing: applied))")
+                #expect(applied?["applied"] as? Int == 4, "\(reader) should have covered eu-west's 4 entries: \(String(describing: applied))")
             }
         }
     }

@@ -146,42 +146,65 @@ public enum KeyStateCodec {
         for _ in 0..<count {
             let keyLength = Int(try reader.required(reader.readUInt16(), "key_length"))
             let key = try Key(try reader.utf8(keyLength, "key"))
-            let context = VersionVector(try DependencyCodec.read(&reader))
-            let versionCount = Int(try reader.required(reader.readUInt32(), "version_count"))
-            guard versionCount >= 1, versionCount <= reader.remaining / 27 else {
-                throw MeridianError(.codecInvalidField, "A key state holds \(versionCount) versions; it must hold at least one that fits its bytes.",
-                                    context: ["field": "version_count"])
-            }
-            var versions: [KeyVersion] = []
-            var dots: Set<Dot> = []
-            for _ in 0..<versionCount {
-                let originLength = Int(try reader.required(reader.readUInt8(), "origin_length"))
-                let origin = try RegionName(try reader.utf8(originLength, "origin"))
-                let sequence = try reader.required(reader.readUInt64(), "sequence")
-                let physicalMs = try reader.required(reader.readUInt64(), "hlc_physical_ms")
-                let logical = try reader.required(reader.readUInt32(), "hlc_logical")
-                let tombstone = try reader.required(reader.readUInt8(), "tombstone")
-                let contentTypeLength = Int(try reader.required(reader.readUInt8(), "content_type_length"))
-                let contentType = try reader.utf8(contentTypeLength, "content_type")
-                let valueLength = Int(try reader.required(reader.readUInt32(), "value_length"))
-                guard (1...UInt64(Int64.max)).contains(sequence), physicalMs <= UInt64(Int64.max), tombstone <= 1, valueLength <= valueBytesMax else {
-                    throw MeridianError(.codecInvalidField, "A key state's version of \(origin) is out of range.", context: ["field": "version"])
-                }
-                let value = Array(try reader.required(reader.take(valueLength), "value"))
-                let dependencies = try DependencyCodec.read(&reader)
-                let version = KeyVersion(version: Version(hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin), sequence: sequence),
-                                         tombstone: tombstone == 1, contentType: contentType, value: value, dependencies: dependencies)
-                guard dots.insert(version.dot).inserted else {
-                    throw MeridianError(.codecInvalidField, "A key state names version \(version.dot) twice.", context: ["field": "version"])
-                }
-                versions.append(version)
-            }
-            result.append((key, KeyState(context: context, versions: versions)))
+            result.append((key, try read(&reader, valueBytesMax: valueBytesMax)))
         }
         guard reader.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "Anti-entropy states are followed by \(reader.remaining) unexpected bytes.")
         }
         return result
+    }
+
+    /// Encodes one state.
+    public static func encode(_ state: KeyState) -> [UInt8] {
+        var bytes: [UInt8] = []
+        append(state, to: &bytes)
+        return bytes
+    }
+
+    /// Decodes one state sent by a peer.
+    /// - Throws: `codec_*` errors for anything malformed.
+    public static func decodeState(_ bytes: [UInt8], valueBytesMax: Int) throws(MeridianError) -> KeyState {
+        var reader = ByteReader(bytes[...])
+        let state = try read(&reader, valueBytesMax: valueBytesMax)
+        guard reader.remaining == 0 else {
+            throw MeridianError(.codecLengthMismatch, "A key state is followed by \(reader.remaining) unexpected bytes.")
+        }
+        return state
+    }
+
+    /// Reads one state: its context and its versions.
+    static func read(_ reader: inout ByteReader, valueBytesMax: Int) throws(MeridianError) -> KeyState {
+        let context = VersionVector(try DependencyCodec.read(&reader))
+        let versionCount = Int(try reader.required(reader.readUInt32(), "version_count"))
+        guard versionCount >= 1, versionCount <= reader.remaining / 27 else {
+            throw MeridianError(.codecInvalidField, "A key state holds \(versionCount) versions; it must hold at least one that fits its bytes.",
+                                context: ["field": "version_count"])
+        }
+        var versions: [KeyVersion] = []
+        var dots: Set<Dot> = []
+        for _ in 0..<versionCount {
+            let originLength = Int(try reader.required(reader.readUInt8(), "origin_length"))
+            let origin = try RegionName(try reader.utf8(originLength, "origin"))
+            let sequence = try reader.required(reader.readUInt64(), "sequence")
+            let physicalMs = try reader.required(reader.readUInt64(), "hlc_physical_ms")
+            let logical = try reader.required(reader.readUInt32(), "hlc_logical")
+            let tombstone = try reader.required(reader.readUInt8(), "tombstone")
+            let contentTypeLength = Int(try reader.required(reader.readUInt8(), "content_type_length"))
+            let contentType = try reader.utf8(contentTypeLength, "content_type")
+            let valueLength = Int(try reader.required(reader.readUInt32(), "value_length"))
+            guard (1...UInt64(Int64.max)).contains(sequence), physicalMs <= UInt64(Int64.max), tombstone <= 1, valueLength <= valueBytesMax else {
+                throw MeridianError(.codecInvalidField, "A key state's version of \(origin) is out of range.", context: ["field": "version"])
+            }
+            let value = Array(try reader.required(reader.take(valueLength), "value"))
+            let dependencies = try DependencyCodec.read(&reader)
+            let version = KeyVersion(version: Version(hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin), sequence: sequence),
+                                     tombstone: tombstone == 1, contentType: contentType, value: value, dependencies: dependencies)
+            guard dots.insert(version.dot).inserted else {
+                throw MeridianError(.codecInvalidField, "A key state names version \(version.dot) twice.", context: ["field": "version"])
+            }
+            versions.append(version)
+        }
+        return KeyState(context: context, versions: versions)
     }
 
     private static func append<I: FixedWidthInteger>(_ value: I, to bytes: inout [UInt8]) {

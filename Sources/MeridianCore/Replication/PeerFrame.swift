@@ -26,7 +26,7 @@ public enum PeerFrame: Sendable, Hashable {
     case heartbeat(logHighWater: UInt64, physicalMs: UInt64, echoMs: UInt64)
     /// A write sent to the region that takes it (the leader or the key's home).
     case forward(ForwardedWrite)
-    /// The answer to a forwarded write or read, as the HTTP response the client receives.
+    /// The answer to a forwarded write or read: what the serving region answered, in the protocol's own terms.
     case forwardReply(ForwardedReply)
     /// A read sent to a region that can serve it at the level asked (the leader for strong reads, an origin
     /// a session or a staleness bound needs).
@@ -130,75 +130,6 @@ public struct PeerHello: Sendable, Hashable {
     }
 }
 
-/// One HTTP header carried by a forwarded write or its answer.
-public struct ForwardedHeader: Sendable, Hashable {
-    public let name: String
-    public let value: String
-
-    public init(name: String, value: String) {
-        self.name = name
-        self.value = value
-    }
-}
-
-/// A client's write, forwarded to the region that takes it.
-public struct ForwardedWrite: Sendable, Hashable {
-    /// Pairs the write with its reply on the stream.
-    public let id: UInt64
-    public let keyspace: KeyspaceName
-    public let key: Key
-    public let operation: Operation
-    /// The media type of `value` (empty for deletes).
-    public let contentType: String
-    public let value: [UInt8]
-    /// The request headers that shape the write (`Meridian-Ack`, `If-Match`, `Meridian-Session`).
-    public let headers: [ForwardedHeader]
-
-    public init(id: UInt64, keyspace: KeyspaceName, key: Key, operation: Operation, contentType: String, value: [UInt8], headers: [ForwardedHeader]) {
-        self.id = id
-        self.keyspace = keyspace
-        self.key = key
-        self.operation = operation
-        self.contentType = contentType
-        self.value = value
-        self.headers = headers
-    }
-}
-
-/// A client's read of one key, forwarded to a region that can serve it at the level it asks.
-public struct ForwardedRead: Sendable, Hashable {
-    /// Pairs the read with its reply on the stream.
-    public let id: UInt64
-    public let keyspace: KeyspaceName
-    public let key: Key
-    /// The request headers that shape the read (`Meridian-Consistency`, `Meridian-Max-Staleness-Ms`, `Meridian-Session`).
-    public let headers: [ForwardedHeader]
-
-    public init(id: UInt64, keyspace: KeyspaceName, key: Key, headers: [ForwardedHeader]) {
-        self.id = id
-        self.keyspace = keyspace
-        self.key = key
-        self.headers = headers
-    }
-}
-
-/// The answer to a forwarded write or read.
-public struct ForwardedReply: Sendable, Hashable {
-    /// The id of the forwarded write.
-    public let id: UInt64
-    /// The HTTP status.
-    public let status: UInt16
-    public let headers: [ForwardedHeader]
-    public let body: [UInt8]
-
-    public init(id: UInt64, status: UInt16, headers: [ForwardedHeader], body: [UInt8]) {
-        self.id = id
-        self.status = status
-        self.headers = headers
-        self.body = body
-    }
-}
-
 extension ElectionMessage {
     /// The message's kind byte in an election frame.
     var kind: UInt8 {
@@ -234,10 +165,17 @@ extension ElectionMessage {
 ///     3 batch        u64 from, u64 through, u32 count, count × EntryCodec frame
 ///     4 ack          u64 applied, u64 echoMs
 ///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs
-///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value, headers
-///     7 forwardReply u64 id, u16 status, headers, u32 + body
+///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value,
+///                    opt(str8 ack), u8 precondition: 0 none, 1 exists, 2 versions (u8 count × version),
+///                    opt(str16 session), opt(str16 context)
+///     7 forwardReply u64 id, u8 answer: 1 read (str8 level, opt(u64 stalenessMs), opt(u64 epoch), str16 session,
+///                    opt(u32 + state)); 2 written (version, str8 ack, u8 count × str8 region, str8 operation,
+///                    opt(u64 epoch), str16 session, opt(u32 + CRDT value)); 3 refused (str8 code, str16 message,
+///                    u8 applied: 0 as the code implies, 1 no, 2 maybe, u8 count × (str8 name, str16 value),
+///                    opt(str16 session), opt(version))
 ///     8 refusal      str8 code, str16 message
-///     9 forwardRead  u64 id, str8 keyspace, str16 key, headers
+///     9 forwardRead  u64 id, str8 keyspace, str16 key, u8 form (1 value, 2 crdt), opt(str8 level),
+///                    opt(u64 maxStalenessMs), opt(str16 session)
 ///    10 election     str8 keyspace, u8 kind, kind's fields, u8 hasStart, [u64 epoch, str8 leader, u8 count,
 ///                    count × (str8 origin, u64 sequence), u8 terms, terms × (u64 epoch, str8 leader, u64 last)];
 ///                    kinds: 1 heartbeat (u64 epoch, u64 sentMs),
@@ -253,14 +191,15 @@ extension ElectionMessage {
 ///                       str8 leader, u64 last), u32 + tree leaves); 2 states (u8 hasNext, [str16 next],
 ///                       u32 + states); 3 refused (str8 code, str16 message)
 ///
-/// where `str8`/`str16` are UTF-8 with a u8/u16 length and `headers` is `u8 count` × (str8 name, str16 value).
+/// where `str8`/`str16` are UTF-8 with a u8/u16 length, `opt(x)` is `u8 present` then `x` when it is 1, `version`
+/// is `str8 origin, u64 sequence, u64 hlcPhysicalMs, u32 hlcLogical`, and a state is ``KeyStateCodec``'s.
 /// Decoding checks the length against `frameBytesMax` before buffering and validates every field; bad
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 6
-    /// The most headers a forwarded write or reply carries.
-    public static let headersMax = 32
+    public static let protocolVersion: UInt8 = 7
+    /// The most fields of context a forwarded refusal carries.
+    public static let refusalContextMax = 32
 
     /// Decodes the entries inside batches.
     public let entryCodec: EntryCodec
@@ -308,13 +247,23 @@ public struct PeerFrameCodec: Sendable {
             appendString8(write.contentType, to: &buffer)
             append(UInt32(write.value.count), to: &buffer)
             buffer += write.value
-            appendHeaders(write.headers, to: &buffer)
+            appendOptional(write.options.ack, to: &buffer) { appendString8($0.rawValue, to: &$1) }
+            switch write.options.precondition {
+            case nil:
+                buffer.append(0)
+            case .exists:
+                buffer.append(1)
+            case .versionIsOneOf(let versions):
+                buffer.append(2)
+                let kept = versions.prefix(WriteOptions.preconditionVersionsMax)
+                buffer.append(UInt8(kept.count))
+                for version in kept { appendVersion(version, to: &buffer) }
+            }
+            appendOptional(write.options.session, to: &buffer) { appendString16($0, to: &$1) }
+            appendOptional(write.options.context, to: &buffer) { appendString16($0, to: &$1) }
         case .forwardReply(let reply):
             append(reply.id, to: &buffer)
-            append(reply.status, to: &buffer)
-            appendHeaders(reply.headers, to: &buffer)
-            append(UInt32(reply.body.count), to: &buffer)
-            buffer += reply.body
+            appendAnswer(reply.answer, to: &buffer)
         case .refusal(let code, let message):
             appendString8(code, to: &buffer)
             appendString16(message, to: &buffer)
@@ -322,7 +271,10 @@ public struct PeerFrameCodec: Sendable {
             append(read.id, to: &buffer)
             appendString8(read.keyspace.rawValue, to: &buffer)
             appendString16(read.key.rawValue, to: &buffer)
-            appendHeaders(read.headers, to: &buffer)
+            buffer.append(read.form.rawValue)
+            appendOptional(read.options.consistency, to: &buffer) { appendString8($0.rawValue, to: &$1) }
+            appendOptional(read.options.maxStalenessMs, to: &buffer) { append($0, to: &$1) }
+            appendOptional(read.options.session, to: &buffer) { appendString16($0, to: &$1) }
         case .handOverRequest(let id, let keyspace, let target):
             append(id, to: &buffer)
             appendString8(keyspace.rawValue, to: &buffer)
@@ -509,29 +461,31 @@ public struct PeerFrameCodec: Sendable {
             let key = try Key(try string16(&body, "key"))
             let operationByte = try body.required(body.readUInt8(), "operation")
             guard let operation = Operation(rawValue: operationByte) else {
-                throw MeridianError(.codecInvalidField, "The forwarded write has operation \(operationByte); known operations are 1 (put) and 2 (delete).",
+                throw MeridianError(.codecInvalidField, "The forwarded write has operation \(operationByte); known operations are 1 (put), 2 (delete) and 3 (merge).",
                                     context: ["field": "operation"])
             }
             let contentType = try string8(&body, "content_type")
             let value = try blob(&body, "value", max: entryCodec.valueBytesMax)
-            let headers = try headers(&body)
-            frame = .forward(ForwardedWrite(id: id, keyspace: keyspace, key: key, operation: operation, contentType: contentType, value: value, headers: headers))
+            let options = try writeOptions(&body)
+            frame = .forward(ForwardedWrite(id: id, keyspace: keyspace, key: key, operation: operation, contentType: contentType, value: value, options: options))
         case 7:
             let id = try body.required(body.readUInt64(), "id")
-            let status = try body.required(body.readUInt16(), "status")
-            guard (100...599).contains(status) else {
-                throw MeridianError(.codecInvalidField, "The forwarded reply has HTTP status \(status).", context: ["field": "status"])
-            }
-            let headers = try headers(&body)
-            let replyBody = try blob(&body, "body", max: frameBytesMax)
-            frame = .forwardReply(ForwardedReply(id: id, status: status, headers: headers, body: replyBody))
+            frame = .forwardReply(ForwardedReply(id: id, answer: try answer(&body)))
         case 8:
             frame = .refusal(code: try string8(&body, "code"), message: try string16(&body, "message"))
         case 9:
             let id = try body.required(body.readUInt64(), "id")
             let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
             let key = try Key(try string16(&body, "key"))
-            frame = .forwardRead(ForwardedRead(id: id, keyspace: keyspace, key: key, headers: try headers(&body)))
+            let formByte = try body.required(body.readUInt8(), "form")
+            guard let form = ForwardedRead.Form(rawValue: formByte) else {
+                throw MeridianError(.codecInvalidField, "The forwarded read has form \(formByte); it is 1 (value) or 2 (crdt).", context: ["field": "form"])
+            }
+            let consistency = try optional(&body, "has_consistency") { body throws(MeridianError) in try consistencyLevel(&body) }
+            let maxStalenessMs = try optional(&body, "has_max_staleness_ms") { body throws(MeridianError) in try sequenceField(&body, "max_staleness_ms", minimum: 0) }
+            let session = try optional(&body, "has_session") { body throws(MeridianError) in try string16(&body, "session") }
+            frame = .forwardRead(ForwardedRead(id: id, keyspace: keyspace, key: key, form: form,
+                                               options: ReadOptions(consistency: consistency, maxStalenessMs: maxStalenessMs, session: session)))
         case 10:
             frame = try election(&body)
         case 11:
@@ -711,25 +665,183 @@ public struct PeerFrameCodec: Sendable {
         return Array(try body.required(body.take(count), field))
     }
 
-    private func headers(_ body: inout ByteReader) throws(MeridianError) -> [ForwardedHeader] {
-        let count = Int(try body.required(body.readUInt8(), "header_count"))
-        guard count <= Self.headersMax else {
-            throw MeridianError(.codecInvalidField, "The peer frame carries \(count) headers; the limit is \(Self.headersMax).", context: ["field": "header_count"])
+    // MARK: - Forwarded requests and answers
+
+    private func writeOptions(_ body: inout ByteReader) throws(MeridianError) -> WriteOptions {
+        var options = WriteOptions()
+        options.ack = try optional(&body, "has_ack") { body throws(MeridianError) in
+            let text = try string8(&body, "ack")
+            guard let mode = AckMode(rawValue: text) else {
+                throw MeridianError(.codecInvalidField, "The forwarded write asks for ack '\(text.prefix(32))'; known modes are \(AckMode.allCases.map(\.rawValue).joined(separator: ", ")).",
+                                    context: ["field": "ack"])
+            }
+            return mode
         }
-        var headers: [ForwardedHeader] = []
-        for _ in 0..<count {
-            headers.append(ForwardedHeader(name: try string8(&body, "header_name"), value: try string16(&body, "header_value")))
+        switch try body.required(body.readUInt8(), "precondition") {
+        case 0:
+            break
+        case 1:
+            options.precondition = .exists
+        case 2:
+            let count = Int(try body.required(body.readUInt8(), "precondition_count"))
+            guard (1...WriteOptions.preconditionVersionsMax).contains(count) else {
+                throw MeridianError(.codecInvalidField, "The forwarded write's precondition names \(count) versions; it names 1 to \(WriteOptions.preconditionVersionsMax).",
+                                    context: ["field": "precondition_count"])
+            }
+            var versions: [Version] = []
+            for _ in 0..<count { versions.append(try version(&body, "precondition_version")) }
+            options.precondition = .versionIsOneOf(versions)
+        case let other:
+            throw MeridianError(.codecInvalidField, "The forwarded write has precondition \(other); it is 0 (none), 1 (exists) or 2 (versions).",
+                                context: ["field": "precondition"])
         }
-        return headers
+        options.session = try optional(&body, "has_session") { body throws(MeridianError) in try string16(&body, "session") }
+        options.context = try optional(&body, "has_context") { body throws(MeridianError) in try string16(&body, "context") }
+        return options
     }
 
-    private func appendHeaders(_ headers: [ForwardedHeader], to buffer: inout [UInt8]) {
-        let kept = headers.prefix(Self.headersMax)
-        buffer.append(UInt8(kept.count))
-        for header in kept {
-            appendString8(header.name, to: &buffer)
-            appendString16(header.value, to: &buffer)
+    private func answer(_ body: inout ByteReader) throws(MeridianError) -> ServedAnswer {
+        switch try body.required(body.readUInt8(), "answer") {
+        case 1:
+            let level = try consistencyLevel(&body)
+            let stalenessMs = try optional(&body, "has_staleness_ms") { body throws(MeridianError) in try sequenceField(&body, "staleness_ms", minimum: 0) }
+            let epoch = try optional(&body, "has_epoch") { body throws(MeridianError) in try sequenceField(&body, "epoch", minimum: 1) }
+            let session = try string16(&body, "session")
+            let state = try optional(&body, "has_state") { body throws(MeridianError) in
+                try KeyStateCodec.decodeState(try blob(&body, "state", max: frameBytesMax), valueBytesMax: entryCodec.valueBytesMax)
+            }
+            return .read(ServedRead(level: level, stalenessMs: stalenessMs, epoch: epoch, state: state, session: session))
+        case 2:
+            let written = try version(&body, "version")
+            let ackText = try string8(&body, "ack")
+            guard let ack = AckMode(rawValue: ackText) else {
+                throw MeridianError(.codecInvalidField, "The forwarded reply names ack '\(ackText.prefix(32))'.", context: ["field": "ack"])
+            }
+            let count = Int(try body.required(body.readUInt8(), "acked_by_count"))
+            guard count <= Self.originsMax else {
+                throw MeridianError(.codecInvalidField, "The forwarded reply names \(count) regions that acknowledged; the limit is \(Self.originsMax).",
+                                    context: ["field": "acked_by_count"])
+            }
+            var ackedBy: [RegionName] = []
+            for _ in 0..<count { ackedBy.append(try RegionName(try string8(&body, "acked_by"))) }
+            let operation = try string8(&body, "operation")
+            let epoch = try optional(&body, "has_epoch") { body throws(MeridianError) in try sequenceField(&body, "epoch", minimum: 1) }
+            let session = try string16(&body, "session")
+            let crdtValue = try optional(&body, "has_crdt_value") { body throws(MeridianError) in try blob(&body, "crdt_value", max: entryCodec.valueBytesMax) }
+            return .written(ServedWrite(version: written, ack: ack, ackedBy: ackedBy, operation: operation, epoch: epoch, session: session, crdtValue: crdtValue))
+        case 3:
+            let codeText = try string8(&body, "code")
+            guard let code = MeridianError.Code(codeText) else {
+                throw MeridianError(.codecInvalidField, "The forwarded reply refuses with code '\(codeText.prefix(64))', which this node does not know.", context: ["field": "code"])
+            }
+            let message = try string16(&body, "message")
+            let applied: MeridianError.Applied?
+            switch try body.required(body.readUInt8(), "applied") {
+            case 0: applied = nil
+            case 1: applied = .no
+            case 2: applied = .maybe
+            case let other:
+                throw MeridianError(.codecInvalidField, "The forwarded refusal says applied \(other); it is 0 (as the code implies), 1 (no) or 2 (maybe).",
+                                    context: ["field": "applied"])
+            }
+            let count = Int(try body.required(body.readUInt8(), "context_count"))
+            guard count <= Self.refusalContextMax else {
+                throw MeridianError(.codecInvalidField, "The forwarded refusal carries \(count) context fields; the limit is \(Self.refusalContextMax).",
+                                    context: ["field": "context_count"])
+            }
+            var context: [String: String] = [:]
+            for _ in 0..<count { context[try string8(&body, "context_name")] = try string16(&body, "context_value") }
+            let session = try optional(&body, "has_session") { body throws(MeridianError) in try string16(&body, "session") }
+            let refused = try optional(&body, "has_version") { body throws(MeridianError) in try version(&body, "version") }
+            return .refused(Refusal(MeridianError(code, message, context: context, applied: applied), session: session, version: refused))
+        case let other:
+            throw MeridianError(.codecInvalidField, "The forwarded reply has answer \(other); it is 1 (read), 2 (written) or 3 (refused).", context: ["field": "answer"])
         }
+    }
+
+    private func appendAnswer(_ answer: ServedAnswer, to buffer: inout [UInt8]) {
+        switch answer {
+        case .read(let read):
+            buffer.append(1)
+            appendString8(read.level.rawValue, to: &buffer)
+            appendOptional(read.stalenessMs, to: &buffer) { append($0, to: &$1) }
+            appendOptional(read.epoch, to: &buffer) { append($0, to: &$1) }
+            appendString16(read.session, to: &buffer)
+            appendOptional(read.state, to: &buffer) { state, buffer in
+                let bytes = KeyStateCodec.encode(state)
+                append(UInt32(bytes.count), to: &buffer)
+                buffer += bytes
+            }
+        case .written(let write):
+            buffer.append(2)
+            appendVersion(write.version, to: &buffer)
+            appendString8(write.ack.rawValue, to: &buffer)
+            let ackedBy = write.ackedBy.prefix(Self.originsMax)
+            buffer.append(UInt8(ackedBy.count))
+            for region in ackedBy { appendString8(region.rawValue, to: &buffer) }
+            appendString8(write.operation, to: &buffer)
+            appendOptional(write.epoch, to: &buffer) { append($0, to: &$1) }
+            appendString16(write.session, to: &buffer)
+            appendOptional(write.crdtValue, to: &buffer) { value, buffer in
+                append(UInt32(value.count), to: &buffer)
+                buffer += value
+            }
+        case .refused(let refusal):
+            buffer.append(3)
+            appendString8(refusal.error.code.description, to: &buffer)
+            appendString16(refusal.error.message, to: &buffer)
+            switch refusal.error.applied {
+            case nil: buffer.append(0)
+            case .no: buffer.append(1)
+            case .maybe: buffer.append(2)
+            }
+            let context = refusal.error.context.sorted { $0.key < $1.key }.prefix(Self.refusalContextMax)
+            buffer.append(UInt8(context.count))
+            for (name, value) in context {
+                appendString8(name, to: &buffer)
+                appendString16(value, to: &buffer)
+            }
+            appendOptional(refusal.session, to: &buffer) { appendString16($0, to: &$1) }
+            appendOptional(refusal.version, to: &buffer) { appendVersion($0, to: &$1) }
+        }
+    }
+
+    private func consistencyLevel(_ body: inout ByteReader) throws(MeridianError) -> ConsistencyLevel {
+        let text = try string8(&body, "consistency")
+        guard let level = ConsistencyLevel(rawValue: text) else {
+            throw MeridianError(.codecInvalidField, "The peer frame names consistency level '\(text.prefix(32))'; known levels are \(ConsistencyLevel.allCases.map(\.rawValue).joined(separator: ", ")).",
+                                context: ["field": "consistency"])
+        }
+        return level
+    }
+
+    private func version(_ body: inout ByteReader, _ field: String) throws(MeridianError) -> Version {
+        let origin = try RegionName(try string8(&body, field + "_origin"))
+        let sequence = try sequenceField(&body, field + "_sequence", minimum: 1)
+        let physicalMs = try sequenceField(&body, field + "_hlc_physical_ms", minimum: 0)
+        let logical = try body.required(body.readUInt32(), field + "_hlc_logical")
+        return Version(hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin), sequence: sequence)
+    }
+
+    private func appendVersion(_ version: Version, to buffer: inout [UInt8]) {
+        appendString8(version.origin.rawValue, to: &buffer)
+        append(version.sequence, to: &buffer)
+        append(version.hlc.physicalMs, to: &buffer)
+        append(version.hlc.logical, to: &buffer)
+    }
+
+    /// Reads `opt(x)`: a presence byte (0 or 1), then the value when present.
+    private func optional<T>(_ body: inout ByteReader, _ field: String, _ read: (inout ByteReader) throws(MeridianError) -> T) throws(MeridianError) -> T? {
+        try flag(&body, field) ? try read(&body) : nil
+    }
+
+    private func appendOptional<T>(_ value: T?, to buffer: inout [UInt8], _ write: (T, inout [UInt8]) -> Void) {
+        guard let value else {
+            buffer.append(0)
+            return
+        }
+        buffer.append(1)
+        write(value, &buffer)
     }
 
     private func appendString8(_ text: String, to buffer: inout [UInt8]) {

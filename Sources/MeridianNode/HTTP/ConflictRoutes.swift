@@ -118,36 +118,28 @@ enum CRDTJSON {
 }
 
 extension RegionNode {
-    /// Carried on forwarded reads only: how the serving region renders the value.
-    static let readAsHeader = HTTPField.Name("Meridian-Read-As")!
-
     func crdtGet(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
-        let query = request.uri.queryParameters
-        return try await read(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, forwarded: false, as: .crdt).response()
+        let options = try RequestOptions(request, sessionKey: sessionKey)
+        let answered = try await read(options: options, policy: policy, key: key, forwarded: false, form: .crdt)
+        return renderRead(answered, policy: policy, key: key, form: .crdt).response()
     }
 
     func crdtPost(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
         let body = try await readBody(request)
-        let query = request.uri.queryParameters
-        return try await write(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, operation: .merge,
-                               contentType: "application/json", value: body, forwarded: false).response()
+        return try await httpWrite(request, policy: policy, key: key, operation: .merge, contentType: "application/json", value: body)
     }
 
     /// Renders a read of a `siblings` keyspace: one live version as a value, several as a 300 list; either
     /// way with the causal context the next write sends back.
-    func renderSiblings(policy: KeyspacePolicy, key: Key, state: KeyState, session: inout SessionToken, level: ConsistencyLevel,
+    func renderSiblings(policy: KeyspacePolicy, key: Key, state: KeyState, session: String, level: ConsistencyLevel,
                         stalenessMs: UInt64?) -> RenderedResponse {
-        for version in state.versions {
-            session.observe(version.version)
-            session.observe(dependencies: version.dependencies)
-        }
         let live = state.versions.filter { !$0.tombstone }.sorted { $0.version.hlc > $1.version.hlc }
         let contextToken = CausalContextToken.encode(state.context, keyspace: policy.name, key: key, with: sessionKey)
-        var headers: HTTPFields = [MeridianHeader.context: contextToken, MeridianHeader.session: session.encoded(with: sessionKey)]
+        var headers: HTTPFields = [MeridianHeader.context: contextToken, MeridianHeader.session: session]
         headers[.eTag] = "\"\(state.winner(.siblings).version)\""
         if let stalenessMs { headers[MeridianHeader.stalenessMs] = String(stalenessMs) }
         headers[.cacheControl] = Self.cacheControl(policy, level: level)
@@ -171,7 +163,7 @@ extension RegionNode {
     }
 
     /// Renders a CRDT read.
-    func renderCRDT(policy: KeyspacePolicy, key: Key, stored: StoredValue) throws(MeridianError) -> RenderedResponse {
+    func renderCRDT(policy: KeyspacePolicy, key: Key, version stored: KeyVersion) throws(MeridianError) -> RenderedResponse {
         let value: CRDTValue
         do { value = try CRDTCodec.decode(stored.value) } catch {
             throw MeridianError(.storageFailure, "The stored value of '\(key.rawValue.prefix(200))' is not a readable CRDT (\(error.message)).")

@@ -284,16 +284,16 @@ extension RegionNode {
                 logger.warning("a refused re-apply stays marked as done", metadata: ["id": "\(id)", "reason": "\(error.message)"])
             }
         }
-        let answer: RenderedResponse
+        let answered: Answered
         do {
-            answer = try await write(headers: [:], query: { _ in nil }, policy: policy, key: diverged.key, operation: diverged.operation,
-                                     contentType: diverged.contentType, value: diverged.value, forwarded: false)
+            answered = try await write(options: RequestOptions(), precondition: nil, contextToken: nil, policy: policy, key: diverged.key,
+                                       operation: diverged.operation, contentType: diverged.contentType, value: diverged.value, forwarded: false)
         } catch {
             await release()
             throw error
         }
-        if answer.status.code >= 300 { await release() }
-        return answer.response()
+        if case .written = answered.answer {} else { await release() }
+        return renderWrite(answered, policy: policy, key: diverged.key).response()
     }
 }
 

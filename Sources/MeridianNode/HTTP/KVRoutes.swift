@@ -7,56 +7,44 @@ import MeridianHTTP
 import MeridianStorage
 import NIOCore
 
+/// A read's or write's answer, and the region that gave it when it was not this one.
+struct Answered {
+    let answer: ServedAnswer
+    /// The region the request was forwarded to; nil when this region served it.
+    let by: RegionName?
+}
+
 extension RegionNode {
     static let contentTypeDefault = "application/octet-stream"
 
     func get(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
-        let query = request.uri.queryParameters
-        return try await read(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, forwarded: false).response()
-    }
-
-    /// The headers a forwarded read carries to the region that serves it.
-    static let forwardedReadHeaderNames: [HTTPField.Name] = [MeridianHeader.consistency, MeridianHeader.maxStalenessMs, MeridianHeader.session, readAsHeader]
-
-    /// How a read renders the value: as stored bytes (`/v1/kv`) or as a CRDT's JSON (`/v1/crdt`).
-    enum ReadAs: String {
-        case value
-        case crdt
+        let options = try RequestOptions(request, sessionKey: sessionKey)
+        let answered = try await read(options: options, policy: policy, key: key, forwarded: false, form: .value)
+        return renderRead(answered, policy: policy, key: key, form: .value).response()
     }
 
     /// A read sent here by another region: serve it as if a client had sent it here, never forwarding it again.
     func serveForwardedRead(_ read: ForwardedRead, from peer: RegionName) async -> ForwardedReply {
-        return await serveForwardedRequest(id: read.id, keyspace: read.keyspace, headers: read.headers, allowed: Self.forwardedReadHeaderNames, change: false) {
-            policy, headers throws(MeridianError) in
-            try await self.read(headers: headers, query: { _ in nil }, policy: policy, key: read.key, forwarded: true,
-                                as: headers[Self.readAsHeader] == ReadAs.crdt.rawValue ? .crdt : .value)
+        let answer: ServedAnswer
+        do throws(MeridianError) {
+            let policy = try forwardedPolicy(read.keyspace)
+            let options = try RequestOptions(read.options, sessionKey: sessionKey)
+            answer = try await self.read(options: options, policy: policy, key: read.key, forwarded: true, form: read.form).answer
+        } catch {
+            answer = .refused(Refusal(error))
         }
+        return ForwardedReply(id: read.id, answer: answer)
     }
 
-    /// Runs a request another region forwarded here: resolves its keyspace, keeps only the headers that shape
-    /// it, and renders the answer (or the error) for the stream.
-    private func serveForwardedRequest(
-        id: UInt64, keyspace: KeyspaceName, headers carried: [ForwardedHeader], allowed: [HTTPField.Name], change: Bool,
-        _ serve: (KeyspacePolicy, HTTPFields) async throws(MeridianError) -> RenderedResponse
-    ) async -> ForwardedReply {
-        let rendered: RenderedResponse
-        do throws(MeridianError) {
-            guard let policy = configuration.cluster.keyspace(keyspace) else {
-                throw MeridianError(.unknownKeyspace, "Keyspace '\(keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
-                                    context: ["keyspace": keyspace.rawValue])
-            }
-            var headers = HTTPFields()
-            for header in carried {
-                guard let name = HTTPField.Name(header.name), allowed.contains(name) else { continue }
-                headers.append(HTTPField(name: name, value: header.value))
-            }
-            rendered = try await serve(policy, headers)
-        } catch {
-            rendered = error.rendered(change: change)
+    /// The keyspace a forwarded request names, as this region's cluster file has it.
+    private func forwardedPolicy(_ keyspace: KeyspaceName) throws(MeridianError) -> KeyspacePolicy {
+        guard let policy = configuration.cluster.keyspace(keyspace) else {
+            throw MeridianError(.unknownKeyspace, "Keyspace '\(keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
+                                context: ["keyspace": keyspace.rawValue])
         }
-        return ForwardedReply(id: id, rendered: rendered)
+        return policy
     }
 
     /// Where a read goes once this region knows enough.
@@ -101,16 +89,16 @@ extension RegionNode {
         }
     }
 
-    func read(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, forwarded: Bool,
-              as mode: ReadAs = .value) async throws(MeridianError) -> RenderedResponse {
+    /// Serves a read here, or forwards it to a region that can serve it at the level asked.
+    func read(options: RequestOptions, policy: KeyspacePolicy, key: Key, forwarded: Bool,
+              form: ForwardedRead.Form) async throws(MeridianError) -> Answered {
         let rule = ConflictRule(policy: policy)
-        guard (rule == .crdt) == (mode == .crdt) else { throw policyMismatch(policy, crdtAPI: mode == .crdt) }
-        let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
+        guard (rule == .crdt) == (form == .crdt) else { throw policyMismatch(policy, crdtAPI: form == .crdt) }
         let (level, stalenessMs): (ConsistencyLevel, UInt64?)
         switch try await route(policy, key: key, options: options, forwarded: forwarded) {
         case .forward(let target, let otherwise):
             do {
-                return try await forwardRead(to: target, options: options, policy: policy, key: key, as: mode)
+                return try await forwardRead(to: target, options: options, policy: policy, key: key, form: form)
             } catch where error.code == .regionUnavailable {
                 // Nowhere to go: the reason this region could not serve the read is the answer.
                 if let otherwise { throw otherwise }
@@ -122,46 +110,87 @@ extension RegionNode {
         case .serve(let servedLevel, let servedStaleness):
             (level, stalenessMs) = (servedLevel, servedStaleness)
         }
-        // Siblings and CRDT reads need the key's whole state (every version, the causal context); one read
-        // gives it, and the version shown is the rule's winner, as `kv` holds it.
-        let wholeState = rule == .siblings || rule == .crdt
-        let state = wholeState ? try await store.state(keyspace: policy.name, key: key) : nil
-        let stored = wholeState
-            ? state.map { StoredValue(keyspace: policy.name, key: key, winner: $0.winner(rule)) }
-            : try await store.get(keyspace: policy.name, key: key)
-        if level == .strong, let stored { try await awaitMajority(stored.version, policy: policy) }
+        // Siblings and CRDT reads need the key's whole state (every version, the causal context); the others
+        // the version reads show, as `kv` holds it.
+        let state: KeyState?
+        if rule == .siblings || rule == .crdt {
+            state = try await store.state(keyspace: policy.name, key: key)
+        } else {
+            state = try await store.get(keyspace: policy.name, key: key).map { stored in
+                KeyState(context: VersionVector(), versions: [KeyVersion(version: stored.version, tombstone: stored.tombstone, contentType: stored.contentType,
+                                                                         value: stored.value, dependencies: stored.dependencies)])
+            }
+        }
+        if level == .strong, let state { try await awaitMajority(state.winner(rule).version, policy: policy) }
+        // What the writers had seen becomes part of what this reader has seen (writes-follow-reads for whoever
+        // reads this value next with the token, in any region). A delete counts too: having seen it, the
+        // session must never see the value again. A siblings read shows every version; a CRDT value holds
+        // every delta merged here, not only the newest one.
         var session = options.session ?? SessionToken()
-        if rule == .siblings, let state {
-            return renderSiblings(policy: policy, key: key, state: state, session: &session, level: level, stalenessMs: stalenessMs)
+        if let state {
+            let shown = rule == .siblings ? state.versions : [state.winner(rule)]
+            for version in shown {
+                session.observe(version.version)
+                session.observe(dependencies: version.dependencies)
+            }
+            if rule == .crdt { session.observe(dependencies: state.context.byRegion) }
         }
-        if mode == .crdt, let state {
-            // A CRDT value holds every delta merged here, not only the newest one: the session has seen them all.
-            session.observe(dependencies: state.context.byRegion)
+        let epoch = policy.topology == .singleLeader ? leadership.snapshot(policy.name)?.epoch : nil
+        return Answered(answer: .read(ServedRead(level: level, stalenessMs: stalenessMs, epoch: epoch, state: state,
+                                                 session: session.encoded(with: sessionKey))), by: nil)
+    }
+
+    /// A read's answer as this region sends it to its HTTP client.
+    func renderRead(_ answered: Answered, policy: KeyspacePolicy, key: Key, form: ForwardedRead.Form) -> RenderedResponse {
+        var rendered: RenderedResponse
+        switch answered.answer {
+        case .read(let served):
+            rendered = renderServedRead(served, policy: policy, key: key, form: form)
+        case .refused(let refusal):
+            rendered = render(refusal, change: false)
+        case .written:
+            rendered = MeridianError(.internalError, "\(answered.by?.rawValue ?? region.rawValue) answered a read with a write's answer; check that every region runs the same version.")
+                .rendered(change: false)
         }
-        if let stored {
-            // What the writer had seen becomes part of what this reader has seen (writes-follow-reads for whoever
-            // reads this value next with the token, in any region). A delete counts too: having seen it, the
-            // session must never see the value again.
-            session.observe(stored.version)
-            session.observe(dependencies: stored.dependencies)
+        if let by = answered.by { rendered.headers[MeridianHeader.forwardedTo] = by.rawValue }
+        return rendered
+    }
+
+    private func renderServedRead(_ served: ServedRead, policy: KeyspacePolicy, key: Key, form: ForwardedRead.Form) -> RenderedResponse {
+        let rule = ConflictRule(policy: policy)
+        if rule == .siblings, let state = served.state {
+            return renderSiblings(policy: policy, key: key, state: state, session: served.session, level: served.level, stalenessMs: served.stalenessMs)
         }
-        guard let stored, !stored.tombstone else {
+        guard let winner = served.state?.winner(rule), !winner.tombstone else {
             var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
                                          context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered(change: false)
-            notFound.headers[MeridianHeader.session] = session.encoded(with: sessionKey)
-            if let stored { notFound.headers[.eTag] = "\"\(stored.version)\"" }
+            notFound.headers[MeridianHeader.session] = served.session
+            if let winner = served.state?.winner(rule) { notFound.headers[.eTag] = "\"\(winner.version)\"" }
             notFound.headers[.cacheControl] = "no-store"
             return notFound
         }
-        var rendered = mode == .crdt
-            ? try renderCRDT(policy: policy, key: key, stored: stored)
-            : RenderedResponse(status: .ok, headers: [.contentType: stored.contentType, .eTag: "\"\(stored.version)\""], body: ByteBuffer(bytes: stored.value))
-        var answer = rendered.headers
-        answer[MeridianHeader.session] = session.encoded(with: sessionKey)
-        if policy.topology == .singleLeader, let term = leadership.snapshot(policy.name) { answer[MeridianHeader.epoch] = String(term.epoch) }
-        if let stalenessMs { answer[MeridianHeader.stalenessMs] = String(stalenessMs) }
-        answer[.cacheControl] = Self.cacheControl(policy, level: level)
-        rendered.headers = answer
+        var rendered: RenderedResponse
+        if form == .crdt {
+            do throws(MeridianError) {
+                rendered = try renderCRDT(policy: policy, key: key, version: winner)
+            } catch {
+                return error.rendered(change: false)
+            }
+        } else {
+            rendered = RenderedResponse(status: .ok, headers: [.contentType: winner.contentType, .eTag: "\"\(winner.version)\""], body: ByteBuffer(bytes: winner.value))
+        }
+        rendered.headers[MeridianHeader.session] = served.session
+        if let epoch = served.epoch { rendered.headers[MeridianHeader.epoch] = String(epoch) }
+        if let stalenessMs = served.stalenessMs { rendered.headers[MeridianHeader.stalenessMs] = String(stalenessMs) }
+        rendered.headers[.cacheControl] = Self.cacheControl(policy, level: served.level)
+        return rendered
+    }
+
+    /// A refusal as this region sends it to its HTTP client: the error, and the session token and version it names.
+    func render(_ refusal: Refusal, change: Bool) -> RenderedResponse {
+        var rendered = refusal.error.rendered(change: change)
+        if let session = refusal.session { rendered.headers[MeridianHeader.session] = session }
+        if let version = refusal.version { rendered.headers[.eTag] = "\"\(version)\"" }
         return rendered
     }
 
@@ -190,27 +219,14 @@ extension RegionNode {
         }
     }
 
-    /// Sends a read to a region that can serve it, over the stream to that region, and relays its answer.
-    private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key, as mode: ReadAs) async throws(MeridianError) -> RenderedResponse {
-        var carried: [ForwardedHeader] = [ForwardedHeader(name: Self.readAsHeader.canonicalName, value: mode.rawValue)]
-        if let level = options.consistency { carried.append(ForwardedHeader(name: MeridianHeader.consistency.canonicalName, value: level.rawValue)) }
-        if let bound = options.maxStalenessMs { carried.append(ForwardedHeader(name: MeridianHeader.maxStalenessMs.canonicalName, value: String(bound))) }
-        if let session = options.session { carried.append(ForwardedHeader(name: MeridianHeader.session.canonicalName, value: session.encoded(with: sessionKey))) }
+    /// Sends a read to a region that can serve it, over the stream to that region, and returns its answer.
+    private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key,
+                             form: ForwardedRead.Form) async throws(MeridianError) -> Answered {
+        let carried = ReadOptions(consistency: options.consistency, maxStalenessMs: options.maxStalenessMs, session: options.session?.encoded(with: sessionKey))
         let reply = try await replicator.forward(to: target) { id in
-            .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: key, headers: carried))
+            .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: key, form: form, options: carried))
         }
-        return relay(reply, from: target)
-    }
-
-    /// A forwarded request's answer, as this region sends it to the client.
-    func relay(_ reply: ForwardedReply, from target: RegionName) -> RenderedResponse {
-        var answer = HTTPFields()
-        for header in reply.headers {
-            guard let name = HTTPField.Name(header.name), name != MeridianHeader.region else { continue }
-            answer.append(HTTPField(name: name, value: header.value))
-        }
-        answer[MeridianHeader.forwardedTo] = target.rawValue
-        return RenderedResponse(status: HTTPResponse.Status(code: Int(reply.status)), headers: answer, body: ByteBuffer(bytes: reply.body))
+        return Answered(answer: reply.answer, by: target)
     }
 
     func put(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
@@ -218,17 +234,31 @@ extension RegionNode {
         let key = try key(request)
         let contentType = try Self.validContentType(request.headers[.contentType] ?? Self.contentTypeDefault)
         let body = try await readBody(request)
-        let query = request.uri.queryParameters
-        return try await write(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, operation: .put,
-                               contentType: contentType, value: body, forwarded: false).response()
+        return try await httpWrite(request, policy: policy, key: key, operation: .put, contentType: contentType, value: body)
     }
 
     func delete(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
         let policy = try policy(context)
         let key = try key(request)
-        let query = request.uri.queryParameters
-        return try await write(headers: request.headers, query: { query.get($0) }, policy: policy, key: key, operation: .delete,
-                               contentType: "", value: [], forwarded: false).response()
+        return try await httpWrite(request, policy: policy, key: key, operation: .delete, contentType: "", value: [])
+    }
+
+    /// A write from an HTTP client: its options from the request's headers, its answer rendered for it.
+    func httpWrite(_ request: Request, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation, contentType: String,
+                   value: [UInt8]) async throws(MeridianError) -> Response {
+        let options = try RequestOptions(request, sessionKey: sessionKey)
+        let precondition = try RequestOptions.precondition(request.headers)
+        var contextToken: String?
+        if ConflictRule(policy: policy) == .siblings {
+            let values = request.headers[values: MeridianHeader.context]
+            guard values.count <= 1 else {
+                throw MeridianError(.invalidHeader, "Meridian-Context is given \(values.count) times; give it once.", context: ["header": "Meridian-Context"])
+            }
+            contextToken = values.first
+        }
+        let answered = try await write(options: options, precondition: precondition, contextToken: contextToken, policy: policy, key: key,
+                                       operation: operation, contentType: contentType, value: value, forwarded: false)
+        return renderWrite(answered, policy: policy, key: key).response()
     }
 
     static func validContentType(_ contentType: String) throws(MeridianError) -> String {
@@ -240,57 +270,52 @@ extension RegionNode {
         return contentType
     }
 
-    /// The headers a forwarded write carries to the region that takes it.
-    static let forwardedHeaderNames: [HTTPField.Name] = [MeridianHeader.ack, .ifMatch, MeridianHeader.session, MeridianHeader.context]
-
     /// A write sent here by another region (which found that this region takes it): run it as if a client
-    /// had sent it here, never forwarding it again, and render the answer for the stream.
+    /// had sent it here, never forwarding it again.
     func serveForwarded(_ write: ForwardedWrite) async -> ForwardedReply {
-        await serveForwardedRequest(id: write.id, keyspace: write.keyspace, headers: write.headers, allowed: Self.forwardedHeaderNames, change: true) {
-            policy, headers throws(MeridianError) in
+        let answer: ServedAnswer
+        do throws(MeridianError) {
+            let policy = try forwardedPolicy(write.keyspace)
             let contentType = write.operation == .delete ? "" : try Self.validContentType(write.contentType)
-            guard write.value.count <= self.limits.valueBytesMax else {
-                throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(self.limits.valueBytesMax) bytes.")
+            guard write.value.count <= limits.valueBytesMax else {
+                throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(limits.valueBytesMax) bytes.")
             }
-            return try await self.write(headers: headers, query: { _ in nil }, policy: policy, key: write.key, operation: write.operation,
-                                        contentType: contentType, value: write.value, forwarded: true)
+            let options = try RequestOptions(write.options, sessionKey: sessionKey)
+            answer = try await self.write(options: options, precondition: write.options.precondition, contextToken: write.options.context, policy: policy,
+                                          key: write.key, operation: write.operation, contentType: contentType, value: write.value, forwarded: true).answer
+        } catch {
+            answer = .refused(Refusal(error))
         }
+        return ForwardedReply(id: write.id, answer: answer)
     }
 
-    /// A put, a delete, or (operation `merge`, the value being the JSON operation) a CRDT operation.
-    func write(headers: HTTPFields, query: (String) -> String?, policy: KeyspacePolicy, key: Key, operation: MeridianCore.Operation,
-               contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> RenderedResponse {
+    /// A put, a delete, or (operation `merge`, the value being the JSON operation) a CRDT operation: taken
+    /// here, or forwarded to the region that takes it.
+    func write(options: RequestOptions, precondition: WriteRequest.Precondition?, contextToken: String?, policy: KeyspacePolicy, key: Key,
+               operation: MeridianCore.Operation, contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> Answered {
         let rule = ConflictRule(policy: policy)
         guard (rule == .crdt) == (operation == .merge) else { throw policyMismatch(policy, crdtAPI: operation == .merge) }
         let crdt = operation == .merge ? try CRDTJSON.parse(value) : nil
         var causalContext: VersionVector?
-        if rule == .siblings {
-            let values = headers[values: MeridianHeader.context]
-            guard values.count <= 1 else {
-                throw MeridianError(.invalidHeader, "Meridian-Context is given \(values.count) times; give it once.", context: ["header": "Meridian-Context"])
+        if rule == .siblings, let contextToken {
+            // Only what this region holds can be superseded here: a version the client saw that has not
+            // arrived stays beside the write as a sibling rather than vanishing when it arrives.
+            let claimed = try CausalContextToken.decode(contextToken, keyspace: policy.name, key: key, with: sessionKey)
+            let applied = store.appliedHighWater()
+            var held = VersionVector()
+            for origin in claimed.regions where configuration.cluster.region(origin) != nil {
+                held.set(origin, min(claimed[origin], applied[origin] ?? 0))
             }
-            if let text = values.first {
-                // Only what this region holds can be superseded here: a version the client saw that has not
-                // arrived stays beside the write as a sibling rather than vanishing when it arrives.
-                let claimed = try CausalContextToken.decode(text, keyspace: policy.name, key: key, with: sessionKey)
-                let applied = store.appliedHighWater()
-                var held = VersionVector()
-                for origin in claimed.regions where configuration.cluster.region(origin) != nil {
-                    held.set(origin, min(claimed[origin], applied[origin] ?? 0))
-                }
-                causalContext = held
-            }
+            causalContext = held
         }
-        let options = try RequestOptions(headers: headers, query: query, sessionKey: sessionKey)
         if let session = options.session { try admission.checkSessionOrigins(session) }
-        let ifMatch = try RequestOptions.precondition(headers)
         let routedPolicy = await settledPolicy(policy)
         if routedPolicy.topology == .singleLeader && routedPolicy.leader == nil && routedPolicy.isReplica(region) { throw electionRunning(policy) }
         let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded)
         guard case .accept(let ack, let required, var epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
-            return try await forwardWrite(to: target, headers: headers, options: options, policy: policy, key: key, operation: operation,
-                                          contentType: contentType, value: value)
+            let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken)
+            return try await forwardWrite(to: target, options: carried, policy: policy, key: key, operation: operation, contentType: contentType, value: value)
         }
         // A timestamp from a clock out of tolerance would corrupt last-writer-wins order: refuse the write.
         if let refusal = clock.refusal { throw refusal }
@@ -303,9 +328,6 @@ extension RegionNode {
             admittedUnderLease = true
         }
         defer { if admittedUnderLease { leadership.writeAbandoned(policy.name) } }
-        let precondition: WriteRequest.Precondition? = ifMatch.map { tags in
-            tags.contains(.any) ? .exists : .versionIsOneOf(tags.compactMap { if case .version(let v) = $0 { v } else { nil } })
-        }
         let outcome = try await store.write(WriteRequest(
             keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: crdt == nil ? value : [],
             epoch: epoch, precondition: precondition, after: options.session?.clock, dependencies: options.session?.seen ?? [:],
@@ -337,54 +359,66 @@ extension RegionNode {
                     ackedBy = confirmed
                 case .timedOut(_, let confirmed, let missing):
                     // The write is durable here: the token names it, so the client's next session read sees it.
-                    var timedOut = MeridianError(
+                    let timedOut = MeridianError(
                         .ackTimeout,
                         "The write is durable in \(region) as version \(entry.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. It will still replicate; read it back, or retry with If-Match: \"\(entry.version)\".",
                         context: ["version": entry.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
                                   "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
-                        applied: .maybe).rendered(change: true)
-                    timedOut.headers[MeridianHeader.session] = session.encoded(with: sessionKey)
-                    timedOut.headers[.eTag] = "\"\(entry.version)\""
-                    return timedOut
+                        applied: .maybe)
+                    return Answered(answer: .refused(Refusal(timedOut, session: session.encoded(with: sessionKey), version: entry.version)), by: nil)
                 }
             }
-            var headers: HTTPFields = [.eTag: "\"\(entry.version)\"", MeridianHeader.session: session.encoded(with: sessionKey)]
             if policy.topology == .singleLeader {
                 // Acknowledged only if this region still held its lease once the ack mode was met: otherwise a
                 // successor may exist that never held the write, which then is kept aside, not lost.
                 guard leadership.writableEpoch(policy.name) == epoch else {
-                    var lost = MeridianError(
+                    let lost = MeridianError(
                         .leaderUnavailable,
                         "The write is durable in \(region) as version \(entry.version), but \(region) lost its lease on keyspace '\(policy.name)' (epoch \(epoch)) before it could acknowledge it: if another region took over without it, it is kept in the divergence log (GET /v1/divergence) rather than applied. Read the key at the new leader before retrying.",
                         context: ["keyspace": policy.name.rawValue, "epoch": String(epoch), "version": entry.version.description],
-                        applied: .maybe).rendered(change: true)
-                    lost.headers[.eTag] = "\"\(entry.version)\""
-                    return lost
+                        applied: .maybe)
+                    return Answered(answer: .refused(Refusal(lost, version: entry.version)), by: nil)
                 }
-                headers[MeridianHeader.epoch] = String(epoch)
             }
-            var answer = WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: entry.version.description, region: region.rawValue,
-                                     ack: ack.rawValue, ackedBy: ackedBy.map(\.rawValue), operation: crdt?.operation.name ?? operation.description)
-            if crdt != nil, let stored = try await store.get(keyspace: policy.name, key: key), let current = try? CRDTCodec.decode(stored.value) {
-                answer.type = current.type.rawValue
-                answer.value = CRDTJSON.render(current)
-            }
-            return JSON.rendered(answer, headers: headers)
+            let crdtValue = crdt == nil ? nil : try await store.get(keyspace: policy.name, key: key)?.value
+            return Answered(answer: .written(ServedWrite(
+                version: entry.version, ack: ack, ackedBy: ackedBy, operation: crdt?.operation.name ?? operation.description,
+                epoch: policy.topology == .singleLeader ? epoch : nil, session: session.encoded(with: sessionKey), crdtValue: crdtValue)), by: nil)
         }
     }
 
-    /// Sends the write to the region that takes it, over the stream to that region, and relays its answer.
-    private func forwardWrite(to target: RegionName, headers: HTTPFields, options: RequestOptions, policy: KeyspacePolicy, key: Key,
-                              operation: MeridianCore.Operation, contentType: String, value: [UInt8]) async throws(MeridianError) -> RenderedResponse {
-        var carried: [ForwardedHeader] = []
-        if let ack = options.ack { carried.append(ForwardedHeader(name: MeridianHeader.ack.canonicalName, value: ack.rawValue)) }
-        for tag in headers[values: .ifMatch] { carried.append(ForwardedHeader(name: "If-Match", value: tag)) }
-        if let session = options.session { carried.append(ForwardedHeader(name: MeridianHeader.session.canonicalName, value: session.encoded(with: sessionKey))) }
-        if let context = headers[MeridianHeader.context] { carried.append(ForwardedHeader(name: MeridianHeader.context.canonicalName, value: context)) }
+    /// A write's answer as this region sends it to its HTTP client.
+    func renderWrite(_ answered: Answered, policy: KeyspacePolicy, key: Key) -> RenderedResponse {
+        var rendered: RenderedResponse
+        switch answered.answer {
+        case .written(let written):
+            var headers: HTTPFields = [.eTag: "\"\(written.version)\"", MeridianHeader.session: written.session]
+            if let epoch = written.epoch { headers[MeridianHeader.epoch] = String(epoch) }
+            var answer = WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: written.version.description,
+                                     region: (answered.by ?? region).rawValue, ack: written.ack.rawValue, ackedBy: written.ackedBy.map(\.rawValue),
+                                     operation: written.operation)
+            if let bytes = written.crdtValue, let current = try? CRDTCodec.decode(bytes) {
+                answer.type = current.type.rawValue
+                answer.value = CRDTJSON.render(current)
+            }
+            rendered = JSON.rendered(answer, headers: headers)
+        case .refused(let refusal):
+            rendered = render(refusal, change: true)
+        case .read:
+            rendered = MeridianError(.internalError, "\(answered.by?.rawValue ?? region.rawValue) answered a write with a read's answer; check that every region runs the same version.",
+                                     applied: .maybe).rendered(change: true)
+        }
+        if let by = answered.by { rendered.headers[MeridianHeader.forwardedTo] = by.rawValue }
+        return rendered
+    }
+
+    /// Sends the write to the region that takes it, over the stream to that region, and returns its answer.
+    private func forwardWrite(to target: RegionName, options: WriteOptions, policy: KeyspacePolicy, key: Key,
+                              operation: MeridianCore.Operation, contentType: String, value: [UInt8]) async throws(MeridianError) -> Answered {
         let reply: ForwardedReply
         do {
             reply = try await replicator.forward(to: target) { id in
-                .forward(ForwardedWrite(id: id, keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value, headers: carried))
+                .forward(ForwardedWrite(id: id, keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value, options: options))
             }
         } catch where error.code == .regionUnavailable && policy.topology == .singleLeader {
             // For a single-leader keyspace the unreachable region is the leader: say so in the code clients branch on.
@@ -392,7 +426,7 @@ extension RegionNode {
             context["leader"] = target.rawValue
             throw MeridianError(.leaderUnavailable, error.message, context: context, applied: error.appliedOrImplied)
         }
-        return relay(reply, from: target)
+        return Answered(answer: reply.answer, by: target)
     }
 
     /// A page size from the `limit` query parameter: `list_limit_default` when absent, at most `list_limit_max`.
@@ -462,14 +496,5 @@ extension RegionNode {
         } catch {
             throw MeridianError(.invalidRequest, "The request body could not be read: \(error).")
         }
-    }
-}
-
-extension ForwardedReply {
-    /// A rendered answer (or error) as it travels back to the region that forwarded the request.
-    init(id: UInt64, rendered: RenderedResponse) {
-        self.init(id: id, status: UInt16(rendered.status.code),
-                  headers: rendered.headers.map { ForwardedHeader(name: $0.name.canonicalName, value: $0.value) },
-                  body: Array(buffer: rendered.body))
     }
 }

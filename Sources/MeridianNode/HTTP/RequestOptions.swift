@@ -13,6 +13,9 @@ struct RequestOptions {
 
     static let maxStalenessMsMax: UInt64 = 86_400_000
 
+    /// No options: every one as the keyspace's default.
+    init() {}
+
     /// Reads each option from its header, or else from the query parameter of the same name without the prefix.
     init(_ request: Request, sessionKey: SessionKey) throws(MeridianError) {
         let query = request.uri.queryParameters
@@ -58,8 +61,26 @@ struct RequestOptions {
         MeridianError(.invalidHeader, "\(header) '\(value.prefix(64))' is not valid: \(hint).", context: ["header": header, "value": String(value.prefix(64))])
     }
 
-    /// Parses `If-Match`: `*`, or one or more quoted versions.
-    static func precondition(_ headers: HTTPFields) throws(MeridianError) -> [IfMatch]? {
+    /// The options a forwarded read carries; its session token is checked here.
+    init(_ read: ReadOptions, sessionKey: SessionKey) throws(MeridianError) {
+        consistency = read.consistency
+        maxStalenessMs = try read.maxStalenessMs.map { value throws(MeridianError) in
+            guard value <= Self.maxStalenessMsMax else {
+                throw Self.invalid("Meridian-Max-Staleness-Ms", String(value), "use a whole number of milliseconds from 0 to \(Self.maxStalenessMsMax)")
+            }
+            return value
+        }
+        session = try read.session.map { text throws(MeridianError) in try SessionToken(decoding: text, key: sessionKey) }
+    }
+
+    /// The options a forwarded write carries; its session token is checked here.
+    init(_ write: WriteOptions, sessionKey: SessionKey) throws(MeridianError) {
+        ack = write.ack
+        session = try write.session.map { text throws(MeridianError) in try SessionToken(decoding: text, key: sessionKey) }
+    }
+
+    /// Parses `If-Match`: `*` (the key exists), or one or more quoted versions (it is one of them).
+    static func precondition(_ headers: HTTPFields) throws(MeridianError) -> WriteRequest.Precondition? {
         let values = headers[values: .ifMatch]
         guard !values.isEmpty else { return nil }
         var result: [IfMatch] = []
@@ -78,10 +99,11 @@ struct RequestOptions {
         guard !result.isEmpty else {
             throw MeridianError(.invalidHeader, "If-Match is empty; use the quoted ETag from a read, or *.", context: ["header": "If-Match"])
         }
-        guard result.count <= 16 else {
-            throw MeridianError(.invalidHeader, "If-Match names \(result.count) ETags; at most 16 are accepted.", context: ["header": "If-Match"])
+        guard result.count <= WriteOptions.preconditionVersionsMax else {
+            throw MeridianError(.invalidHeader, "If-Match names \(result.count) ETags; at most \(WriteOptions.preconditionVersionsMax) are accepted.",
+                                context: ["header": "If-Match"])
         }
-        return result
+        return result.contains(.any) ? .exists : .versionIsOneOf(result.compactMap { if case .version(let version) = $0 { version } else { nil } })
     }
 
     enum IfMatch: Equatable {

@@ -434,8 +434,8 @@ final class Replicator: Sendable {
     private func admitForwarded(id: UInt64, replies: AsyncStream<PeerFrame>.Continuation) -> Bool {
         guard forwardsServed.add(1, ordering: .relaxed).newValue <= limits.forwardsInflightMax else {
             forwardsServed.subtract(1, ordering: .relaxed)
-            let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.").rendered(change: true)
-            replies.yield(.forwardReply(ForwardedReply(id: id, rendered: refused)))
+            let refused = MeridianError(.overloaded, "\(region) is serving \(limits.forwardsInflightMax) forwarded requests; retry shortly.")
+            replies.yield(.forwardReply(ForwardedReply(id: id, answer: .refused(Refusal(refused)))))
             return false
         }
         return true

@@ -112,6 +112,8 @@ public struct Simulation {
         public var catchUps = 0
         /// Writes to the keyspace restricted to one region.
         public var residentWrites = 0
+        /// Strong writes forwarded from the region the client called to the leader it knew.
+        public var forwardedWrites = 0
         /// Times a region's clock fence closed (restarted with its clock beyond the maximum offset), and writes a
         /// region refused because its clock was not proven within tolerance.
         public var clockFences = 0, clockRefused = 0
@@ -127,7 +129,7 @@ public struct Simulation {
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
-            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
+            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(forwardedWrites) forwarded, \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
@@ -191,6 +193,9 @@ public struct Simulation {
         /// A catch-up's first answer (the leader's terms) arrives, then its states a round trip later.
         case catchUpTerms(region: Int, from: Int, epoch: UInt64, generation: Int)
         case catchUpStates(region: Int, from: Int, epoch: UInt64, generation: Int)
+        /// A strong write forwarded to the leader its region knows arrives there; its answer arrives back.
+        case forwardedWrite(id: Int, to: Int)
+        case forwardedAnswer(id: Int, from: Int)
     }
 
     private struct Event {
@@ -264,6 +269,22 @@ public struct Simulation {
         var returned: UInt64?
     }
 
+    /// A client's write to the strong keyspace, as the region it called takes it or forwards it to the leader.
+    private struct StrongWrite {
+        let key: String
+        /// The value written; nil for a delete.
+        let value: String?
+        /// Acknowledged once durable at the leader (keys `a*`), or with a majority (keys `s*`).
+        let async: Bool
+        /// The region the client called, and its generation then (a crash ends the client's connection).
+        let entry: Int
+        let generation: Int
+        let call: UInt64
+        /// When the region the client called stops waiting for the leader's answer (the node's forward timeout):
+        /// the client is told the outcome is open, and the write may still take effect.
+        let deadline: UInt64
+    }
+
     private let options: Options
     private var generator: SeededGenerator
     private var nowMs: UInt64 = 1_000_000
@@ -306,7 +327,12 @@ public struct Simulation {
     private var sessionHistory: [[SessionOperation]]
     private var strongOperations: [StrongOperation] = []
     /// Strong writes awaiting their majority, by the entry's dot: the operation and the term it was taken in.
-    private var strongPending: [Dot: (operation: Int, epoch: UInt64)] = [:]
+    private var strongPending: [Dot: (operation: Int, epoch: UInt64, forwarded: Int?)] = [:]
+    /// Strong writes forwarded to a leader, by id, until their answer arrives or their client stops waiting.
+    private var forwardedWrites: [Int: StrongWrite] = [:]
+    private var nextForwarded = 0
+    /// Forwarded strong writes the leader answered, by id: their operation, answered when the answer arrives.
+    private var forwardedOperations: [Int: Int] = [:]
     /// Async writes to the strong keyspace a leader acknowledged (a hand-over must never keep one aside).
     private var asyncAcknowledged: [Dot: UInt64] = [:]
     /// Who led each term of the strong keyspace (at most one per epoch), and the terms won by a hand-over.
@@ -480,35 +506,93 @@ public struct Simulation {
         }
     }
 
-    /// A write to the strong keyspace, taken by a region whose machine admits it (a client reaches the leader
-    /// through forwarding, which is not modelled); none may while an election runs. Two writes in three wait for a
-    /// majority (register keys `s*`, checked for linearizability); the rest are async (keys `a*`: a hand-over must
-    /// never keep one aside).
+    /// A client's write to the strong keyspace: half the clients call the region that believes it leads (as a
+    /// client behind a gateway that routes to the leader), the others a random region. The region takes it if it
+    /// leads with its lease, else forwards it to the leader it knows, as the node routes it; refused while no
+    /// leader is known. Half the writes wait for a majority (register keys `s*`, checked for linearizability);
+    /// the rest are async (keys `a*`: a hand-over must never keep one aside).
     private mutating func strongWrite() {
-        let writable = regions.indices.filter { isRunning($0) && mayWrite($0) && regions[$0].machine!.writableEpoch(strongKeyspace, nowMs: nowMs) != nil }
-        guard let leader = writable.randomElement(using: &generator), let epoch = regions[leader].machine!.admitWrite(strongKeyspace, nowMs: nowMs) else {
-            report.strongRefused += 1
-            return
-        }
-        if regions[leader].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.holdsLease != true {
-            report.violations.append("\(names[leader]) took a write of epoch \(epoch) without holding its lease")
-        }
+        let leading = regions.indices.filter { isRunning($0) && regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.role == .leader }
+        let entry = Bool.random(using: &generator) ? (leading.randomElement(using: &generator) ?? 0) : Int.random(in: regions.indices, using: &generator)
         let async = Bool.random(using: &generator)
         strongValue += 1
         let key = (async ? "a" : "s") + "\(Int.random(in: 0..<4, using: &generator))"
         let delete = Int.random(in: 0..<6, using: &generator) == 0
-        let value = "s\(strongValue)"
-        if !async { strongOperations.append(StrongOperation(key: key, kind: .write(delete ? nil : value), call: nowMs, returned: nil)) }
-        guard let entry = commit(at: leader, keyspace: strongKeyspace, key: key, operation: delete ? .delete : .put, value: value, epoch: epoch,
-                                 register: false) else { return }
-        carryMachine(leader, regions[leader].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch, sequence: entry.sequence), nowMs: nowMs, wallMs: physicalMs(leader)))
+        guard isRunning(entry) else {
+            report.strongRefused += 1
+            return
+        }
+        let write = StrongWrite(key: key, value: delete ? nil : "s\(strongValue)", async: async, entry: entry, generation: regions[entry].generation,
+                                call: nowMs, deadline: nowMs + readWaitMs + ackTimeoutMs + 2_000 + rttMs[entry].max()!)
+        take(write, at: entry, forwarded: nil)
+    }
+
+    /// Region `index` takes a strong write if its machine admits it, or forwards it to the leader it knows (a write
+    /// forwarded here, `forwarded` naming it, is never forwarded again: the leader changed on its way).
+    private mutating func take(_ write: StrongWrite, at index: Int, forwarded: Int?) {
+        guard let leader = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.leader.flatMap({ names.firstIndex(of: $0) }) else {
+            report.strongRefused += 1
+            return
+        }
+        if leader != index {
+            guard forwarded == nil else {
+                report.strongRefused += 1
+                return
+            }
+            report.forwardedWrites += 1
+            nextForwarded += 1
+            forwardedWrites[nextForwarded] = write
+            return schedule(after: rttMs[index][leader] / 2, .forwardedWrite(id: nextForwarded, to: leader))
+        }
+        guard mayWrite(index), let epoch = regions[index].machine!.admitWrite(strongKeyspace, nowMs: nowMs) else {
+            report.strongRefused += 1
+            return
+        }
+        if regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.holdsLease != true {
+            report.violations.append("\(names[index]) took a write of epoch \(epoch) without holding its lease")
+        }
+        if !write.async { strongOperations.append(StrongOperation(key: write.key, kind: .write(write.value), call: write.call, returned: nil)) }
+        guard let entry = commit(at: index, keyspace: strongKeyspace, key: write.key, operation: write.value == nil ? .delete : .put, value: write.value ?? "",
+                                 epoch: epoch, register: false) else { return }
+        carryMachine(index, regions[index].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch, sequence: entry.sequence), nowMs: nowMs, wallMs: physicalMs(index)))
         let dot = Dot(region: entry.origin, counter: entry.sequence)
-        if async {
+        if write.async {
             asyncAcknowledged[dot] = epoch
         } else {
-            strongPending[dot] = (strongOperations.count - 1, epoch)
-            registerAck(leader, entry.sequence)
+            strongPending[dot] = (strongOperations.count - 1, epoch, forwarded)
+            registerAck(index, entry.sequence)
         }
+    }
+
+    /// A forwarded strong write reaches the leader over the stream between the regions: a cut link holds it until
+    /// the heal (its client may have stopped waiting by then: it still takes effect), a paused leader reads it when
+    /// it resumes, and a leader that is down never gets it.
+    private mutating func forwardedWriteArrived(_ id: Int, at index: Int) {
+        guard let write = forwardedWrites[id] else { return }
+        if cut.contains([write.entry, index]) { return schedule(after: 50, .forwardedWrite(id: id, to: index)) }
+        if regions[index].pausedUntilMs > nowMs { return schedule(after: regions[index].pausedUntilMs - nowMs, .forwardedWrite(id: id, to: index)) }
+        guard regions[index].up else {
+            forwardedWrites[id] = nil
+            return
+        }
+        take(write, at: index, forwarded: id)
+        // Answered at once unless it waits for a majority (a refusal or an async write needs no further tracking).
+        if !strongPending.values.contains(where: { $0.forwarded == id }) { forwardedWrites[id] = nil }
+    }
+
+    /// The leader's answer to a forwarded write reaches the region the client called: the client learns the write
+    /// took effect, unless that region crashed or stopped waiting first (the outcome then stays open).
+    private mutating func forwardedAnswerArrived(_ id: Int, from leader: Int) {
+        guard let write = forwardedWrites[id] else { return }
+        guard regions[write.entry].up, regions[write.entry].generation == write.generation, nowMs <= write.deadline else {
+            forwardedWrites[id] = nil
+            return
+        }
+        if cut.contains([leader, write.entry]) || regions[write.entry].pausedUntilMs > nowMs {
+            return schedule(after: 50, .forwardedAnswer(id: id, from: leader))
+        }
+        forwardedWrites[id] = nil
+        if let operation = forwardedOperations.removeValue(forKey: id) { strongOperations[operation].returned = nowMs }
     }
 
     /// Commits a write at `index` as its origin (durable at once, as a group commit) and ships it.
@@ -675,7 +759,18 @@ public struct Simulation {
             var answered = true
             if let pending = strongPending.removeValue(forKey: Dot(region: names[origin], counter: sequence)) {
                 answered = regions[origin].machine?.writableEpoch(strongKeyspace, nowMs: nowMs) == pending.epoch
-                if answered { strongOperations[pending.operation].returned = nowMs }
+                if let id = pending.forwarded {
+                    // The answer travels back to the region the client called; the client learns of it there (unless
+                    // that region is gone: then the outcome stays open).
+                    if answered, let write = forwardedWrites[id] {
+                        forwardedOperations[id] = pending.operation
+                        schedule(after: rttMs[origin][write.entry] / 2, .forwardedAnswer(id: id, from: origin))
+                    } else {
+                        forwardedWrites[id] = nil
+                    }
+                } else if answered {
+                    strongOperations[pending.operation].returned = nowMs
+                }
             }
             // Only a write its client was told is acknowledged must never be kept aside or lost.
             if answered { acknowledgedWrites.append((origin, sequence)) }
@@ -694,7 +789,7 @@ public struct Simulation {
         case .timedOut(let sequence, _, _):
             report.timedOut += 1
             // The outcome stays unknown to the client: it may take effect later, or (here) already has.
-            strongPending[Dot(region: names[origin], counter: sequence)] = nil
+            if let id = strongPending.removeValue(forKey: Dot(region: names[origin], counter: sequence))?.forwarded { forwardedWrites[id] = nil }
         }
     }
 
@@ -1039,7 +1134,13 @@ public struct Simulation {
         guard regions[index].up else { return }
         report.crashes += 1
         report.unanswered += regions[index].acks.waitingCount
-        strongPending = strongPending.filter { $0.key.region != names[index] }  // their outcome stays unknown to the clients
+        // Their outcome stays unknown to the clients, and so does that of every forwarded write this region took
+        // or its clients were waiting for.
+        for (dot, pending) in strongPending where dot.region == names[index] {
+            if let id = pending.forwarded { forwardedWrites[id] = nil }
+        }
+        strongPending = strongPending.filter { $0.key.region != names[index] }
+        forwardedWrites = forwardedWrites.filter { $0.value.entry != index }
         regions[index].up = false
         regions[index].pausedUntilMs = 0
         regions[index].generation += 1
@@ -1424,6 +1525,8 @@ public struct Simulation {
                 connect(from, to)
             case .restart(let index): restart(index)
             case .read(let id): attemptRead(id)
+            case .forwardedWrite(let id, let to): forwardedWriteArrived(id, at: to)
+            case .forwardedAnswer(let id, let from): forwardedAnswerArrived(id, from: from)
             case .tick:
                 for index in regions.indices where isRunning(index) {
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }

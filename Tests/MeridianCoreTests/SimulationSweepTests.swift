@@ -10,8 +10,8 @@
 // conflict policy (lww, fww, region-priority, siblings, crdt) converge to byte-identical states (equal
 // Merkle roots, among the survivors too when a region is lost, by anti-entropy); every discarded write is
 // in a conflicts log; counters hold every increment. The single-leader keyspace runs the node's region machine:
-// leaders are elected, lose their lease, are paused, isolated, killed, handed over and failed back, and a deposed
-// leader's writes are kept aside; each failover rule's planted bug is caught by a short sweep. A failing seed
+// leaders are elected, lose their lease, are paused, isolated, killed, handed over and failed back, strong writes
+// are forwarded to the leader a region knows (and their answers back), and a deposed leader's writes are kept aside; each failover rule's planted bug is caught by a short sweep. A failing seed
 // replays with `meridian sim --seed N --regions K --steps 200 [--lose-a-region] [--planted-bug B] --verbose --trace`.
 import MeridianCore
 import MeridianSimulator
@@ -22,7 +22,7 @@ import Testing
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
-        var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0
+        var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0, forwarded = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -45,6 +45,7 @@ import Testing
             diverted += report.diverted
             clockFences += report.clockFences
             resident += report.residentWrites
+            forwarded += report.forwardedWrites
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
         #expect(failures.isEmpty, "\(failures.count) seeds broke an invariant; first: \(failures.first ?? "")")
@@ -72,21 +73,24 @@ import Testing
         #expect(clockFences > 20, "\(clockFences) clock fences closed")
         // A keyspace restricted to one region was written (its writes never left it: an invariant).
         #expect(resident > 300, "\(resident) writes resident in one region")
+        // Strong writes reached the leader from the regions their clients called, as the node forwards them.
+        #expect(forwarded > 3_000, "\(forwarded) strong writes forwarded to the leader")
     }
 
     /// Each failover rule broken on purpose is caught: a short sweep of longer runs (more elections each) finds a
-    /// seed that reports the violation. A catch-up needs an earlier term's writes that no stream brings, which
+    /// seed that reports the violation (the sweep stops at the first; the rarest, a deposed leader's unshipped
+    /// entry applied, needs a leader cut off while its own clients write, which about one seed in sixty has). A catch-up needs an earlier term's writes that no stream brings, which
     /// happens most when a region is lost for good: that bug's sweep loses one of five.
     @Test(arguments: RegionMachine.PlantedBug.allCases)
     func aPlantedBugIsCaught(_ bug: RegionMachine.PlantedBug) {
         var caught: Simulation.Report?
         let losesARegion = bug == .raisePastPulled
-        for seed in UInt64(1)...100 where caught == nil {
+        for seed in UInt64(1)...300 where caught == nil {
             var simulation = Simulation(.init(seed: seed, steps: 600, regions: losesARegion ? 5 : 3, loseARegion: losesARegion, plantedBug: bug))
             let report = simulation.run()
             if !report.passed { caught = report }
         }
-        #expect(caught != nil, "no seed of 100 caught \(bug.rawValue)")
+        #expect(caught != nil, "no seed of 300 caught \(bug.rawValue)")
     }
 
     @Test func aSeedReplaysExactly() {

@@ -12,7 +12,8 @@
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
 //   MeridianDrills -> MeridianCore, MeridianHarness, MeridianTestKit (the nemesis and the game day against real processes,
 //                                                         as a library the CLI and the tests call)
-//   MeridianSimulator -> MeridianCore, MeridianTestKit    (deterministic multi-region runs of the region machine under faults)
+//   MeridianSimulator -> MeridianCore, MeridianStorage, MeridianTestKit (deterministic multi-region runs of the region machine
+//                                                         under faults, each region on the in-memory store)
 //   MeridianAPI    -> MeridianCore, HTTPTypes                (the v1 HTTP contract: headers, error statuses, answers, openapi.yaml)
 //   MeridianHTTP   -> MeridianCore, MeridianAPI, Hummingbird (JSON and error rendering shared by the HTTP shells)
 //   MeridianNode   -> MeridianCore, MeridianAPI, MeridianStorage, MeridianHTTP, Prometheus (the region server shell;
@@ -94,7 +95,7 @@ let package = Package(
         ),
         .target(
             name: "MeridianSimulator",
-            dependencies: ["MeridianCore", "MeridianTestKit"],
+            dependencies: ["MeridianCore", "MeridianStorage", "MeridianTestKit"],
             swiftSettings: strict
         ),
         .target(

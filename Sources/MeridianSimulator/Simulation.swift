@@ -1,5 +1,7 @@
 import MeridianCore
+import MeridianStorage
 import MeridianTestKit
+import Synchronization
 
 /// A deterministic simulation of K regions replicating keyspaces of every topology and conflict policy with
 /// `majority` acks, driving the core's real state machines (`RegionMachine` with its `ElectionMember`s,
@@ -7,6 +9,12 @@ import MeridianTestKit
 /// with the node's `Limits`, under simulated time, WAN latency, partitions and isolations, crashes that lose
 /// everything not durable, pauses past the lease (SIGSTOP), operators' hand-overs, and the permanent loss of a
 /// region. A seed chooses every fault; the same seed replays the same run.
+///
+/// Each region keeps its durable state in the in-memory backend of the node's storage protocols (`MemoryStore`
+/// on a `MemoryDisk`, which the conformance suite holds to the SQLite backend's behaviour): writes are planned
+/// and committed by it, replicated batches applied, held terms recorded, writes kept aside, states merged and
+/// replaced, elections saved, all by the calls the node makes. A crash closes the store and a restart opens a
+/// new one on the same disk; the checks read what each disk holds.
 ///
 /// The single-leader keyspace is led as the node leads it: every region runs a `RegionMachine` rebuilt from its
 /// durable election state at each start; election frames travel on the regions' streams; a leader writes only
@@ -205,33 +213,20 @@ public struct Simulation {
         func precedes(_ other: Event) -> Bool { (timeMs, order) < (other.timeMs, other.order) }
     }
 
-    /// One region's state; `durable` parts survive a crash, the rest is rebuilt from them.
+    /// One region: its store on its disk (what survives a crash), and what a process holds in memory.
     private struct Region {
         let name: RegionName
         var up = true
         var lost = false
         /// Incremented by every crash: work started before it (a persist in progress) is void after it.
         var generation = 0
-        // Durable.
-        var log: [ReplicationEntry] = []
-        var applied: [[ReplicationEntry]]          // per origin, the entries durably applied here (own origin: its log)
-        /// Per origin, how far its log is applied here: entries of keyspaces this region does not replicate are
-        /// left out of `applied` (residency) but covered by the applied point, as the store's.
-        var appliedThrough: [UInt64]
-        /// Every key's state ("keyspace/key"), as the store keeps it: the versions not superseded and the context.
-        var kv: [String: KeyState] = [:]
-        /// The conflicts log: per key, the versions this region discarded (the store's `conflicts` table).
-        var conflicts: [String: Set<Dot>] = [:]
-        /// The highest timestamp recorded here, by a write or an apply (the store's `hlc_high_water`).
-        var hlcHighWater: HLCTimestamp?
-        /// The strong keyspace's election state, how far each term's writes are held here (`keyspace_terms`), the
-        /// newest epoch among its writes in the log, and the writes kept aside with the epoch that fenced them.
-        var election: StoredElection?
-        var strongTerms: [UInt64: TermEnd] = [:]
-        var strongNewest: (epoch: UInt64, origin: RegionName)?
-        var divergence: [(entry: ReplicationEntry, successor: UInt64)] = []
+        /// The region's disk, and the in-memory store opened on it (the node's storage protocols, the same
+        /// backend the conformance suite checks against SQLite): its logs, applied points, key states, conflicts,
+        /// election state, held terms, divergence log and clock high-water. A crash closes the store; a restart
+        /// opens a new one on the same disk.
+        let disk: MemoryDisk
+        var store: MemoryStore
         // Volatile.
-        var clock: HybridLogicalClock
         var acks: AckTracker
         var outbound: [UInt64?]                    // per peer: the stream this region ships on
         var shippers: [LogShipper?]                // per peer: set once the stream is welcomed
@@ -246,6 +241,17 @@ public struct Simulation {
         /// The clock fence, from the brackets of its peers' clocks their heartbeats give (rebuilt unproven at
         /// every start, as the node's).
         var fence: ClockFence
+    }
+
+    /// Every region's wall clock (simulated time plus its skew), shared with the stores that stamp writes by it.
+    private final class WallClocks: Sendable {
+        private let state: Mutex<(nowMs: UInt64, skewMs: [Int64])>
+
+        init(nowMs: UInt64, regions: Int) { state = Mutex((nowMs, Array(repeating: 0, count: regions))) }
+
+        func set(nowMs: UInt64) { state.withLock { $0.nowMs = nowMs } }
+        func set(skewMs: [Int64]) { state.withLock { $0.skewMs = skewMs } }
+        func physicalMs(_ index: Int) -> UInt64 { state.withLock { UInt64(Int64($0.nowMs) + $0.skewMs[index]) } }
     }
 
     /// A read in progress: where it is being tried, until when, for which session.
@@ -287,9 +293,10 @@ public struct Simulation {
 
     private let options: Options
     private var generator: SeededGenerator
-    private var nowMs: UInt64 = 1_000_000
+    private var nowMs: UInt64 = 1_000_000 { didSet { wallClocks.set(nowMs: nowMs) } }
     /// Each region's clock error: two regions differ by up to 480 ms, within the 500 ms the HLC accepts.
-    private var skewMs: [Int64] = []
+    private var skewMs: [Int64] = [] { didSet { wallClocks.set(skewMs: skewMs) } }
+    private let wallClocks: WallClocks
     private var events: [Event] = []
     private var order: UInt64 = 0
     private var nextStream: UInt64 = 1
@@ -364,13 +371,7 @@ public struct Simulation {
         ]
         rttMs = all.map { a in all.map { b in a == b ? 0 : table[[a.rawValue, b.rawValue]] ?? 150 } }
         let count = options.regions
-        regions = all.map { name in
-            Region(name: name, applied: Array(repeating: [], count: count), appliedThrough: Array(repeating: 0, count: count), clock: HybridLogicalClock(region: name),
-                   acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
-                   shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
-                   echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
-                   fence: ClockFence(region: name, peers: all, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault))
-        }
+        wallClocks = WallClocks(nowMs: 1_000_000, regions: count)
         var links: [String] = []
         for a in all.indices { for b in all.indices where a < b { links.append("    - { between: [\(all[a]), \(all[b])], ms: \(rttMs[a][b]) }") } }
         cluster = try! ClusterConfig.parse(yaml: """
@@ -390,16 +391,70 @@ public struct Simulation {
               - { name: crdt, topology: multi-leader, conflict: crdt, ack: majority }
               - { name: resident, topology: geo-partitioned, home: \(all[1]), residency: { regions: [\(all[1])], access: proxy } }
             """, file: "simulation")
-        rules = Dictionary(uniqueKeysWithValues: cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) })
+        let rules = Dictionary(uniqueKeysWithValues: cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) })
+        self.rules = rules
+        let clocks = wallClocks
+        regions = all.enumerated().map { index, name in
+            let disk = MemoryDisk()
+            return Region(name: name, disk: disk, store: Self.open(disk, region: name, index: index, rules: rules, clocks: clocks),
+                          acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
+                          shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
+                          echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
+                          fence: ClockFence(region: name, peers: all, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault))
+        }
         tokens = Array(repeating: SessionToken(), count: 4)
         sessionHistory = Array(repeating: [], count: 4)
         report = Report(seed: options.seed)
         skewMs = (0..<count).map { _ in Int64.random(in: -240...240, using: &generator) }
+        wallClocks.set(skewMs: skewMs)  // (observers do not run in an initializer)
         leaderOfEpoch[1] = 0
         for index in regions.indices { startMachine(index) }
     }
 
     private func physicalMs(_ index: Int) -> UInt64 { UInt64(Int64(nowMs) + skewMs[index]) }
+
+    /// Opens a region's store on its disk, stamping writes with the region's wall clock.
+    private static func open(_ disk: MemoryDisk, region: RegionName, index: Int, rules: [KeyspaceName: ConflictRule], clocks: WallClocks) -> MemoryStore {
+        let context = StoreContext(region: region, limits: Limits(), conflictRules: rules, physicalClockMs: { clocks.physicalMs(index) }, observer: nil)
+        do {
+            return try MemoryStore(disk: disk, context: context)
+        } catch {
+            preconditionFailure("a region's store opens on its own disk: \(error)")
+        }
+    }
+
+    // MARK: - What a region's disk holds
+
+    /// What region `index`'s disk holds now (its store may be closed: down, or lost for good).
+    private func held(_ index: Int) -> MemoryStore.Contents {
+        guard let contents = regions[index].disk.held else { preconditionFailure("every region's store was opened at the start") }
+        return contents
+    }
+
+    /// Region `index`'s own log.
+    private func log(_ index: Int) -> [ReplicationEntry] { held(index).log[names[index]] ?? [] }
+
+    /// How far region `index` holds `origin`'s log: its own log's end, or its applied point of another's.
+    private func appliedThrough(_ index: Int, _ origin: Int) -> UInt64 { held(index).appliedThrough(names[origin]) }
+
+    /// Region `index`'s state of one key.
+    private func state(_ index: Int, _ keyspace: KeyspaceName, _ key: String) -> KeyState? {
+        held(index).keys[keyspace]?[try! Key(key)]
+    }
+
+    /// The strong keyspace's terms region `index` holds writes of, newest first (the store's `keyspace_terms`).
+    private func terms(_ index: Int) -> [TermEnd] {
+        do { return try regions[index].store.terms(keyspace: strongKeyspace, limit: .max) } catch {
+            preconditionFailure("terms are read from regions that are up: \(error)")
+        }
+    }
+
+    /// Every key state region `index` holds, by "keyspace/key".
+    private func states(_ index: Int) -> [String: KeyState] {
+        var all: [String: KeyState] = [:]
+        for (keyspace, keys) in held(index).keys { for (key, state) in keys { all["\(keyspace)/\(key)"] = state } }
+        return all
+    }
 
     /// Runs the fault phase, heals, runs the convergence phase, and checks every invariant.
     public mutating func run() -> Report {
@@ -460,10 +515,9 @@ public struct Simulation {
         guard isRunning(index), mayWrite(index) else { return }
         let key = "k\(Int.random(in: 0..<6, using: &generator))"
         let token = tokens[session]
-        if let seen = token.clock { _ = try? regions[index].clock.receive(seen, physicalMs: physicalMs(index)) }
         // One write in six is a delete: a tombstone a session sees must never be undone for it.
         let delete = Int.random(in: 0..<6, using: &generator) == 0
-        guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put,
+        guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put, after: token.clock,
                                  dependencies: token.seen.filter { $0.key != names[index] }) else { return }
         tokens[session].observe(entry.version)
         sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: delete)))
@@ -484,19 +538,13 @@ public struct Simulation {
         guard isRunning(index), mayWrite(index) else { return }
         let keyspace = policyKeyspaces.randomElement(using: &generator)!
         let key = "p\(Int.random(in: 0..<3, using: &generator))"
-        let state = regions[index].kv["\(keyspace)/\(key)"]
+        let state = state(index, keyspace, key)
         report.policyWrites += 1
         switch rules[keyspace]! {
         case .crdt:
-            var counter = CRDTValue.empty(.gCounter)
-            if let current = state?.winner(.crdt), let held = try? CRDTCodec.decode(current.value) { counter = held }
             let amount = UInt64.random(in: 1...5, using: &generator)
-            let hlc = regions[index].clock.now(physicalMs: physicalMs(index))
-            guard let delta = try? counter.apply(.increment(amount), at: hlc) else {
-                return report.violations.append("a counter increment was refused at \(names[index])")
-            }
-            guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: .merge, bytes: CRDTCodec.encode(delta), hlc: hlc,
-                                     context: state?.context ?? VersionVector()) else { return }
+            guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: .merge,
+                                     crdt: CRDTRequest(type: .gCounter, operation: .increment(amount))) else { return }
             increments[Dot(region: entry.origin, counter: entry.sequence)] = ("\(keyspace)/\(key)", amount)
         case .siblings:
             let context = Bool.random(using: &generator) ? (state?.context ?? VersionVector()) : VersionVector()
@@ -595,39 +643,47 @@ public struct Simulation {
         if let operation = forwardedOperations.removeValue(forKey: id) { strongOperations[operation].returned = nowMs }
     }
 
-    /// Commits a write at `index` as its origin (durable at once, as a group commit) and ships it.
+    /// Commits a write at `index` as its origin through its store (planned by the core's `WritePlanner`, durable at
+    /// once, as a group commit) and ships it.
     private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, operation: MeridianCore.Operation = .put, value: String? = nil,
-                                 bytes: [UInt8]? = nil, hlc issued: HLCTimestamp? = nil, context: VersionVector? = nil,
+                                 crdt: CRDTRequest? = nil, context: VersionVector? = nil, after: HLCTimestamp? = nil,
                                  dependencies: [RegionName: UInt64] = [:], epoch: UInt64 = 0, register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
         if Self.clockIsWrong(skewMs[index]) {
             report.violations.append("\(names[index]) issued a write while its clock was \(skewMs[index]) ms off, beyond the maximum offset of every honest region's")
         }
-        let sequence = UInt64(regions[index].log.count + 1)
-        let hlc = issued ?? regions[index].clock.now(physicalMs: physicalMs(index))
         // What the write supersedes: the key as this region holds it, unless the caller says otherwise (siblings).
-        let held = regions[index].kv["\(keyspace)/\(key)"]
-        let seen = context ?? held?.context ?? VersionVector()
-        if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
-        if let highWater = regions[index].hlcHighWater, hlc <= highWater {
-            report.violations.append("\(names[index]) issued \(hlc) for a new write, not above \(highWater), which it had already recorded")
+        let held = state(index, keyspace, key)
+        let highWater = self.held(index).hlcHighWater
+        let request = WriteRequest(keyspace: keyspace, key: try! Key(key), operation: operation, contentType: "",
+                                   value: crdt != nil || operation == .delete ? [] : Array((value ?? "\(names[index])-w\(report.writes)").utf8),
+                                   epoch: epoch, after: after, dependencies: dependencies, context: context, crdt: crdt)
+        let entry: ReplicationEntry
+        do {
+            guard case .committed(let committed) = try regions[index].store.write(request) else {
+                report.violations.append("\(names[index]) refused a write of \(keyspace)/\(key) no client precondition or limit refuses")
+                return nil
+            }
+            entry = committed
+        } catch {
+            report.violations.append("\(names[index]) could not commit a write of \(keyspace)/\(key): \(error)")
+            return nil
         }
-        let entry = ReplicationEntry(origin: regions[index].name, sequence: sequence, hlc: hlc, epoch: epoch, keyspace: keyspace,
-                                     key: try! Key(key), operation: operation, contentType: "",
-                                     value: bytes ?? (operation == .delete ? [] : Array((value ?? "\(regions[index].name)-\(sequence)").utf8)),
-                                     dependencies: dependencies, context: seen.byRegion)
-        // Group commit: durable before anything else.
-        regions[index].log.append(entry)
-        regions[index].applied[index].append(entry)
-        regions[index].appliedThrough[index] = sequence
-        apply(index, entry)
-        recordTerm(index, entry)
-        regions[index].hlcHighWater = max(regions[index].hlcHighWater ?? hlc, hlc)
-        if register { registerAck(index, sequence) }
+        if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
+        if let highWater, entry.hlc <= highWater {
+            report.violations.append("\(names[index]) issued \(entry.hlc) for a new write, not above \(highWater), which it had already recorded")
+        }
+        noteSiblings(index, keyspace, key)
+        if register { registerAck(index, entry.sequence) }
         for peer in regions.indices where peer != index {
-            carry(index, peer, regions[index].shippers[peer]?.entriesAppended(upTo: sequence) ?? [])
+            carry(index, peer, regions[index].shippers[peer]?.entriesAppended(upTo: entry.sequence) ?? [])
         }
         return entry
+    }
+
+    /// The most concurrent versions one key held.
+    private mutating func noteSiblings(_ index: Int, _ keyspace: KeyspaceName, _ key: String) {
+        report.siblingsMax = max(report.siblingsMax, state(index, keyspace, key)?.versions.count ?? 0)
     }
 
     private mutating func registerAck(_ index: Int, _ sequence: UInt64) {
@@ -669,7 +725,7 @@ public struct Simulation {
         var applied: [RegionName: UInt64] = [:]
         var staleness: [RegionName: UInt64] = [:]
         for origin in regions.indices {
-            applied[names[origin]] = regions[index].appliedThrough[origin]
+            applied[names[origin]] = appliedThrough(index, origin)
             if let stale = regions[index].freshness[origin].stalenessMs(now: nowMs) { staleness[names[origin]] = stale }
         }
         return (Admission(region: names[index], reachable: reachable, clusterRegions: Set(names)),
@@ -700,7 +756,7 @@ public struct Simulation {
         let rtt = rttMs[region]
         switch decision {
         case .serve(let level, _):
-            let current = regions[region].kv["\(read.keyspace)/\(read.key)"]?.winner(.lww)
+            let current = state(region, read.keyspace, read.key)?.winner(.lww)
             // A strong read returns only a version a majority holds (the leader waits for its confirmation).
             if level == .strong, let current, current.version.origin == names[region],
                !regions[region].acks.isConfirmed(sequence: current.version.sequence, required: AckMode.majority.regionsRequired(replicaCount: regions.count), replicas: names) {
@@ -782,7 +838,7 @@ public struct Simulation {
             }
             for name in ackedBy {
                 let region = names.firstIndex(of: name)!
-                if regions[region].appliedThrough[origin] < sequence {
+                if appliedThrough(region, origin) < sequence {
                     report.violations.append("write \(names[origin])#\(sequence) acknowledged by \(name), which has not durably applied it")
                 }
             }
@@ -827,7 +883,7 @@ public struct Simulation {
             switch effect {
             case .send(let first, let count):
                 // Cut as the node cuts them: only entries of keyspaces the peer replicates travel (residency).
-                let entries = Array(regions[origin].log[Int(first - 1)..<Int(first - 1) + count])
+                let entries = Array(log(origin)[Int(first - 1)..<Int(first - 1) + count])
                 for case .batch(let from, let through, let shipped) in Shipment.batches(entries, from: first, through: first + UInt64(count) - 1,
                                                                                          for: names[peer], cluster: cluster, bytesMax: 1 << 20) {
                     send(.batch(from: from, through: through, entries: shipped), on: id, toPeer: true)
@@ -852,12 +908,12 @@ public struct Simulation {
                 report.violations.append("\(names[peer]) welcomed one stream twice")
                 return close(origin, peer)
             }
-            guard applied <= UInt64(regions[origin].log.count) else {
-                report.violations.append("\(names[peer]) holds \(names[origin])'s log up to \(applied), beyond its end \(regions[origin].log.count): the origin lost durable entries")
+            guard applied <= appliedThrough(origin, origin) else {
+                report.violations.append("\(names[peer]) holds \(names[origin])'s log up to \(applied), beyond its end \(appliedThrough(origin, origin)): the origin lost durable entries")
                 return close(origin, peer)
             }
             regions[origin].reconnectFailures[peer] = 0
-            var shipper = LogShipper(peer: names[peer], acknowledged: applied, logHighWater: UInt64(regions[origin].log.count), limits: shipperLimits)
+            var shipper = LogShipper(peer: names[peer], acknowledged: applied, logHighWater: appliedThrough(origin, origin), limits: shipperLimits)
             let effects = shipper.streamOpened()
             regions[origin].shippers[peer] = shipper
             carry(origin, peer, effects)
@@ -898,7 +954,7 @@ public struct Simulation {
                 report.violations.append("one stream said hello twice")
                 return
             }
-            let applied = regions[peer].appliedThrough[origin]
+            let applied = appliedThrough(peer, origin)
             regions[peer].inbound[id] = Inbound(origin: origin, receiver: LogReceiver(origin: names[origin], applied: applied))
             // As the node: a new stream may be a new process with its clock set anew.
             let wasWritable = regions[peer].fence.mayWrite
@@ -926,7 +982,7 @@ public struct Simulation {
             }
         case .heartbeat(let logHighWater, let originMs, let echo):
             regions[peer].freshness[origin].heard(logHighWater: logHighWater, echo: echo, now: nowMs,
-                                                  applied: regions[peer].appliedThrough[origin])
+                                                  applied: appliedThrough(peer, origin))
             // The origin read its clock after this region's ack stamped `echo` arrived: a bracket of its clock,
             // as the node's replicator takes one; a change of verdict reaches the region machine.
             if echo > 0, echo <= nowMs {
@@ -942,7 +998,7 @@ public struct Simulation {
                     carryMachine(peer, regions[peer].machine!.handle(.clockFenceChanged(fenced: regions[peer].fence.isFenced), nowMs: nowMs, wallMs: wallNow))
                 }
             }
-            send(.ack(upTo: regions[peer].appliedThrough[origin], echo: nowMs), on: id, toPeer: false)
+            send(.ack(upTo: appliedThrough(peer, origin), echo: nowMs), on: id, toPeer: false)
         case .election(let keyspace, let message, let start):
             carryMachine(peer, regions[peer].machine!.handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: names[origin],
                                                                                applied: appliedPoints(peer)), nowMs: nowMs, wallMs: physicalMs(peer)))
@@ -968,8 +1024,9 @@ public struct Simulation {
         }
     }
 
-    /// A persist completed: apply in one transaction against the durable applied point (as
-    /// `RegionStore.applyReplicated`: skip what is already applied, refuse a gap), then acknowledge.
+    /// A persist completed: the store applies the batch in one transaction against its durable applied point
+    /// (skipping what is already applied, refusing a gap, keeping aside what the machine diverted), then the
+    /// region acknowledges.
     private mutating func persistCompleted(_ region: Int, stream id: UInt64, generation: Int) {
         guard regions[region].up, regions[region].generation == generation,
               var inbound = regions[region].inbound[id], let batch = inbound.persisting else {
@@ -977,36 +1034,23 @@ public struct Simulation {
             return
         }
         let origin = inbound.origin
-        let durable = regions[region].appliedThrough[origin]
-        guard batch.from <= durable + 1 else {
-            report.violations.append("\(names[region]) was asked to persist \(names[origin])'s \(batch.from)...\(batch.through) after applying only up to \(durable)")
+        let durable = appliedThrough(region, origin)
+        let acknowledged: UInt64
+        do {
+            acknowledged = try regions[region].store.applyReplicated(origin: names[origin], from: batch.from, through: batch.through,
+                                                                     entries: batch.entries, diverted: inbound.diverted)
+        } catch {
+            report.violations.append("\(names[region]) could not persist \(names[origin])'s \(batch.from)...\(batch.through) after applying up to \(durable): \(error)")
             regions[region].inbound[id] = nil
             return
         }
-        var acknowledged = durable
-        if batch.through > durable {
-            for entry in batch.entries where entry.sequence > durable {
-                regions[region].applied[origin].append(entry)
-                // Kept aside, as the store does, with the epoch that fenced it: in the divergence log, not applied.
-                if let successor = inbound.diverted[entry.sequence] {
-                    if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
-                    regions[region].divergence.append((entry, successor))
-                    report.diverted += 1
-                    continue
-                }
-                apply(region, entry)
-                recordTerm(region, entry)
-                // As the store's transaction clock: the clock moves past the entry, unless the entry is beyond the
-                // maximum offset of this region's wall clock; the wall clock itself is not folded in (only a write
-                // does that), so a region whose clock is wrong while it cannot write does not carry it past a
-                // restart that corrects it.
-                let ahead = Int64(entry.hlc.physicalMs) - Int64(physicalMs(region))
-                if ahead <= Int64(HybridLogicalClock.maxOffsetMsDefault) { regions[region].clock.advance(past: entry.hlc) }
-                // As the store: the high-water is the clock's reading, which an entry beyond the maximum offset does not move.
-                regions[region].hlcHighWater = max(regions[region].hlcHighWater ?? regions[region].clock.last, regions[region].clock.last)
+        for entry in batch.entries where entry.sequence > durable {
+            if let successor = inbound.diverted[entry.sequence] {
+                if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
+                report.diverted += 1
+            } else if rules[entry.keyspace] == .siblings {
+                noteSiblings(region, entry.keyspace, entry.key.rawValue)
             }
-            regions[region].appliedThrough[origin] = batch.through
-            acknowledged = batch.through
         }
         _ = inbound.receiver.persisted(upTo: batch.through)
         let admitted = inbound.admission
@@ -1018,27 +1062,9 @@ public struct Simulation {
         if let admitted {
             carryMachine(region, regions[region].machine!.handle(.batchCommitted(admitted, committed: true), nowMs: nowMs, wallMs: physicalMs(region)))
         }
-        regions[region].freshness[origin].advance(applied: regions[region].appliedThrough[origin])
+        regions[region].freshness[origin].advance(applied: appliedThrough(region, origin))
         send(.ack(upTo: acknowledged, echo: nowMs), on: id, toPeer: false)
         startPersist(region, stream: id)
-    }
-
-    /// Applies an entry to its key through the core's `KeyChange`, as the store does, keeping the conflicts log.
-    private mutating func apply(_ index: Int, _ entry: ReplicationEntry) {
-        let key = "\(entry.keyspace)/\(entry.key)"
-        let change: KeyChange?
-        do {
-            change = try KeyChange.applying(entry, rule: rules[entry.keyspace] ?? .lww, to: regions[index].kv[key])
-        } catch {
-            return report.violations.append("\(names[index]) could not apply \(entry.origin)#\(entry.sequence): \(error)")
-        }
-        guard let change else { return }
-        regions[index].kv[key] = change.state
-        report.siblingsMax = max(report.siblingsMax, change.state.versions.count)
-        if let restored = change.restored { regions[index].conflicts[key]?.remove(restored) }
-        for loss in change.losses where regions[index].conflicts[key, default: []].insert(loss.loser.dot).inserted {
-            report.conflictsLogged += 1
-        }
     }
 
     // MARK: - Network
@@ -1090,7 +1116,7 @@ public struct Simulation {
                     close(origin, peer)
                 } else if regions[origin].shippers[peer] != nil, nowMs - stream.lastHeartbeatMs >= heartbeatIntervalMs {
                     // Every interval, even while batches flow: the echo bounds the peer's staleness.
-                    send(.heartbeat(logHighWater: UInt64(regions[origin].log.count), physicalMs: physicalMs(origin), echo: regions[origin].echoFrom[peer]),
+                    send(.heartbeat(logHighWater: appliedThrough(origin, origin), physicalMs: physicalMs(origin), echo: regions[origin].echoFrom[peer]),
                          on: id, toPeer: true)
                 }
             }
@@ -1144,6 +1170,7 @@ public struct Simulation {
         regions[index].up = false
         regions[index].pausedUntilMs = 0
         regions[index].generation += 1
+        regions[index].store.close()
         for peer in regions.indices where peer != index { close(index, peer) }
         regions[index].inbound = [:]
         // Restarts are sometimes quick, so a clock that forgot what it recorded would show.
@@ -1170,8 +1197,6 @@ public struct Simulation {
         regions[index].reconnectFailures = Array(repeating: 0, count: count)
         regions[index].echoFrom = Array(repeating: 0, count: count)
         regions[index].freshness = Array(repeating: FreshnessTracker(), count: count)
-        // As the node: the clock starts above the highest timestamp the store recorded, applied ones included.
-        regions[index].clock = HybridLogicalClock(region: names[index], floor: regions[index].hlcHighWater)
         // Now and then the host's clock comes back wrong, beyond the maximum offset of every honest region's
         // (as the nemesis restarts a node with --clock-offset-ms), never for a majority at once (the fence cannot
         // tell which side is wrong then); otherwise it is put right again.
@@ -1182,6 +1207,9 @@ public struct Simulation {
             skewMs[index] = Int64.random(in: -240...240, using: &generator)
         }
         regions[index].fence = ClockFence(region: names[index], peers: names, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault)
+        // A new process opens the store on the same disk: its clock starts above the highest timestamp the store
+        // recorded, applied ones included.
+        regions[index].store = Self.open(regions[index].disk, region: names[index], index: index, rules: rules, clocks: wallClocks)
         startMachine(index)
         for peer in regions.indices where peer != index { connect(index, peer) }
     }
@@ -1229,11 +1257,15 @@ public struct Simulation {
 
     /// Builds the region's machine from its durable election state, as a node does when it starts.
     private mutating func startMachine(_ index: Int) {
-        var machine = RegionMachine(region: names[index], cluster: cluster,
-                                    stored: regions[index].election.map { [strongKeyspace: $0] } ?? [:],
-                                    newest: regions[index].strongNewest.map { [strongKeyspace: $0] } ?? [:],
-                                    held: [strongKeyspace: Array(regions[index].strongTerms.values)],
-                                    nowMs: nowMs, wallMs: physicalMs(index))
+        let store = regions[index].store
+        var machine: RegionMachine
+        do {
+            machine = RegionMachine(region: names[index], cluster: cluster, stored: try store.elections(),
+                                    newest: try store.newestEpoch(keyspace: strongKeyspace).map { [strongKeyspace: $0] } ?? [:],
+                                    held: [strongKeyspace: try store.terms(keyspace: strongKeyspace, limit: .max)], nowMs: nowMs, wallMs: physicalMs(index))
+        } catch {
+            preconditionFailure("an open in-memory store reads: \(error)")
+        }
         machine.plantedBug = options.plantedBug
         regions[index].machine = machine
         carryMachine(index, regions[index].machine!.handle(.started, nowMs: nowMs, wallMs: physicalMs(index)))
@@ -1242,7 +1274,7 @@ public struct Simulation {
     /// The store's applied point per origin, as the machine reads it.
     private func appliedPoints(_ index: Int) -> [RegionName: UInt64] {
         var applied: [RegionName: UInt64] = [:]
-        for origin in regions.indices { applied[names[origin]] = regions[index].appliedThrough[origin] }
+        for origin in regions.indices { applied[names[origin]] = appliedThrough(index, origin) }
         return applied
     }
 
@@ -1260,30 +1292,21 @@ public struct Simulation {
         return links
     }
 
-    /// How far the strong keyspace's writes of each term are held here (the store's `keyspace_terms`), and the
-    /// newest epoch among them in the log.
-    private mutating func recordTerm(_ index: Int, _ entry: ReplicationEntry) {
-        guard entry.keyspace == strongKeyspace, entry.epoch > 0 else { return }
-        let held = regions[index].strongTerms[entry.epoch]
-        if held == nil || held!.last < entry.sequence {
-            regions[index].strongTerms[entry.epoch] = TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence)
-        }
-        if regions[index].strongNewest.map({ entry.epoch > $0.epoch }) ?? true { regions[index].strongNewest = (entry.epoch, entry.origin) }
-    }
-
     /// Carries out a machine's effects in order, as the node's `Leadership` shell does.
     private mutating func carryMachine(_ index: Int, _ effects: [RegionMachine.Effect]) {
         var queue = effects[...]
         while let effect = queue.popFirst() {
             switch effect {
-            case .persist(_, let election):
-                regions[index].election = election
+            case .persist(let keyspace, let election):
+                do { try regions[index].store.saveElection(keyspace, election) } catch {
+                    queue += regions[index].machine!.handle(.persistFailed(keyspace: keyspace, reason: error.message), nowMs: nowMs, wallMs: physicalMs(index))
+                }
             case .send(let peer, .election(let keyspace, let message, let start)):
                 // As the node's link: only on a stream the peer has welcomed.
                 let to = names.firstIndex(of: peer)!
                 // A hand-over goes to a region that durably holds this region's whole log.
-                if case .timeoutNow = message, regions[to].appliedThrough[index] < UInt64(regions[index].log.count) {
-                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(regions[to].appliedThrough[index]) of \(regions[index].log.count)")
+                if case .timeoutNow = message, appliedThrough(to, index) < appliedThrough(index, index) {
+                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(appliedThrough(to, index)) of \(appliedThrough(index, index))")
                 }
                 guard let id = regions[index].outbound[to], regions[index].shippers[to] != nil else { continue }
                 send(.election(keyspace: keyspace, message: message, start: start), on: id, toPeer: true)
@@ -1295,7 +1318,7 @@ public struct Simulation {
                 // start counts it (or it is that term's leader's own); a deposed leader's unshipped entry never is.
                 let start = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start
                 for entry in regions[index].inbound[stream]!.persisting?.entries ?? [] where entry.keyspace == strongKeyspace && diverted[entry.sequence] == nil {
-                    guard let start, entry.sequence > regions[index].appliedThrough[names.firstIndex(of: entry.origin)!] else { continue }
+                    guard let start, entry.sequence > appliedThrough(index, names.firstIndex(of: entry.origin)!) else { continue }
                     let counted = (entry.origin == start.leader && entry.epoch == start.epoch) || (start.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
                     if !counted {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch), which the start of epoch \(start.epoch) does not count")
@@ -1315,7 +1338,7 @@ public struct Simulation {
                 if regions[index].inbound.values.contains(where: { $0.admitted }) {
                     report.violations.append("\(names[index]) started epoch \(epoch) while a replicated batch it admitted was still being applied")
                 }
-                let history = regions[index].strongTerms.values.sorted { $0.epoch > $1.epoch }
+                let history = terms(index)
                 if let trace { trace("\(nowMs) ms \(names[index]): captures epoch \(epoch) from \(appliedPoints(index)) terms \(history.map { "\($0.epoch):\($0.leader):\($0.last)" })") }
                 queue += regions[index].machine!.handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: appliedPoints(index), history: Array(history)),
                                                         nowMs: nowMs, wallMs: physicalMs(index))
@@ -1340,8 +1363,8 @@ public struct Simulation {
                 let leader = names.firstIndex(of: from)!
                 schedule(after: rttMs[index][leader], .catchUpTerms(region: index, from: leader, epoch: epoch, generation: regions[index].generation))
             case .raiseHeld(let keyspace, let terms):
-                for term in terms where (regions[index].strongTerms[term.epoch].map { $0.leader != term.leader || $0.last < term.last }) ?? true {
-                    regions[index].strongTerms[term.epoch] = term
+                do { try regions[index].store.raiseTerms(keyspace: keyspace, terms) } catch {
+                    report.violations.append("\(names[index]) could not record the terms it holds: \(error)")
                 }
                 if let trace { trace("\(nowMs) ms \(names[index]): holds terms \(TermEnd.encode(terms))") }
                 queue += regions[index].machine!.handle(.heldRaised(keyspace: keyspace, terms: terms), nowMs: nowMs, wallMs: physicalMs(index))
@@ -1354,13 +1377,13 @@ public struct Simulation {
     /// The first write the start counts of a term before `entry`'s, led by another region, that region `index`
     /// does not hold (neither applied from its origin's log nor merged into its key's state).
     private func missingEarlierWrite(_ index: Int, before entry: ReplicationEntry, start: EpochStart) -> Dot? {
-        let kept = Set(regions[index].divergence.map { Dot(region: $0.entry.origin, counter: $0.entry.sequence) })
+        let kept = Set(held(index).divergence.map { Dot(region: $0.origin, counter: $0.sequence) })
         for term in start.terms where term.epoch < entry.epoch && term.leader != entry.origin {
             let origin = names.firstIndex(of: term.leader)!
-            for write in regions[origin].log.prefix(Int(term.last)) where write.keyspace == strongKeyspace && write.epoch == term.epoch {
+            for write in log(origin).prefix(Int(term.last)) where write.keyspace == strongKeyspace && write.epoch == term.epoch {
                 let dot = Dot(region: write.origin, counter: write.sequence)
-                let applied = regions[index].appliedThrough[origin] >= write.sequence && !kept.contains(dot)
-                if !applied && regions[index].kv["\(write.keyspace)/\(write.key)"]?.context.contains(dot) != true { return dot }
+                let applied = appliedThrough(index, origin) >= write.sequence && !kept.contains(dot)
+                if !applied && state(index, write.keyspace, write.key.rawValue)?.context.contains(dot) != true { return dot }
             }
         }
         return nil
@@ -1381,7 +1404,7 @@ public struct Simulation {
         }
         guard states else {
             report.catchUps += 1
-            let terms = regions[leader].strongTerms.values.sorted { $0.epoch > $1.epoch }
+            let terms = terms(leader)
             catchUpTerms[index] = terms
             carryMachine(index, regions[index].machine!.handle(.catchUpTermsRead(keyspace: strongKeyspace, epoch: epoch, terms: terms), nowMs: nowMs, wallMs: physicalMs(index)))
             return schedule(after: rttMs[index][leader], .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation))
@@ -1391,15 +1414,14 @@ public struct Simulation {
             return carryMachine(index, regions[index].machine!.handle(.catchUpFailed(keyspace: strongKeyspace, epoch: epoch, reason: "the term changed"),
                                                                       nowMs: nowMs, wallMs: physicalMs(index)))
         }
-        let rule = rules[strongKeyspace] ?? .lww
-        var keys: Set<Key> = []
-        for (key, theirs) in regions[leader].kv where key.hasPrefix("\(strongKeyspace)/") {
-            let mine = regions[index].kv[key]
-            let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
-            keys.insert(try! Key(String(key.dropFirst(strongKeyspace.rawValue.count + 1))))
-            guard merged != mine else { continue }
-            if let trace { trace("\(nowMs) ms \(names[index]): catch-up merged \(key) from \(names[leader]): \(merged.versions.map(\.dot))") }
-            regions[index].kv[key] = merged
+        // The leader's states, merged by the store as the node's catch-up pages are.
+        let theirs = (held(leader).keys[strongKeyspace] ?? [:]).map { (key: $0.key, state: $0.value) }
+        let keys = Set(theirs.map(\.key))
+        do {
+            let changed = try regions[index].store.merge(keyspace: strongKeyspace, states: theirs)
+            if changed > 0, let trace { trace("\(nowMs) ms \(names[index]): catch-up merged \(changed) keys from \(names[leader])") }
+        } catch {
+            report.violations.append("\(names[index]) could not merge \(names[leader])'s states: \(error)")
         }
         if let trace { trace("\(nowMs) ms \(names[index]): caught up from \(names[leader]) for epoch \(epoch)") }
         carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: epoch, keys: keys, terms: catchUpTerms[index]),
@@ -1425,34 +1447,32 @@ public struct Simulation {
         }
         let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
         // Keys merged from a peer under a term that ended take this term's leader's state too.
-        var keys = Set(merged.map { "\(strongKeyspace)/\($0)" })
-        let diverted = Set(regions[index].divergence.map { Dot(region: $0.entry.origin, counter: $0.entry.sequence) })
+        var keys = merged
+        let store = regions[index].store
+        let divergedBefore = held(index).divergence.count
         // Writes held beyond the start that the log does not show (they came in merged states): they cannot be
         // found one by one, so every key that differs from the leader's takes its state, and this region holds
-        // the leader's terms afterwards (read before its states).
+        // the leader's terms afterwards (read before its states). The store keeps the others aside, as the node's.
         var replaceAll = false
-        for term in regions[index].strongTerms.values.sorted(by: { $0.epoch < $1.epoch }) where term.epoch < start.epoch && term.epoch >= oldestNamed {
-            let held = start.last(of: term.leader, in: term.epoch) ?? 0
-            guard term.last > held else { continue }
-            let origin = names.firstIndex(of: term.leader)!
-            let logged = regions[index].applied[origin].last { $0.keyspace == strongKeyspace && $0.epoch == term.epoch }?.sequence ?? 0
-            if logged < term.last { replaceAll = true }
-            for entry in regions[index].applied[origin] where entry.keyspace == strongKeyspace && entry.epoch == term.epoch && entry.sequence > held
-                && !diverted.contains(Dot(region: entry.origin, counter: entry.sequence)) {
-                regions[index].divergence.append((entry, start.epoch))
-                if let trace { trace("\(nowMs) ms \(names[index]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) by revert (start \(start))") }
-                report.diverted += 1
-                keys.insert("\(entry.keyspace)/\(entry.key)")
+        do {
+            for term in terms(index) where term.epoch < start.epoch && term.epoch >= oldestNamed {
+                let held = start.last(of: term.leader, in: term.epoch) ?? 0
+                guard term.last > held else { continue }
+                if try store.loggedThrough(keyspace: strongKeyspace, origin: term.leader, epoch: term.epoch) < term.last { replaceAll = true }
+                keys.formUnion(try store.divertHeld(keyspace: strongKeyspace, origin: term.leader, after: held, epoch: term.epoch,
+                                                    successorEpoch: start.epoch, nowMs: physicalMs(index)))
             }
-            regions[index].strongTerms[term.epoch] = TermEnd(epoch: term.epoch, leader: term.leader, last: held)
+        } catch {
+            report.violations.append("\(names[index]) could not keep aside the writes epoch \(start.epoch)'s start does not count: \(error)")
         }
+        let kept = held(index).divergence.dropFirst(divergedBefore)
+        report.diverted += kept.count
+        if let trace { for write in kept { trace("\(nowMs) ms \(names[index]): kept aside \(write.origin):\(write.sequence) of epoch \(write.epoch) by revert (start \(start))") } }
         var leaderTerms: [TermEnd]?
         if replaceAll && leader != index {
-            leaderTerms = regions[leader].strongTerms.values.sorted { $0.epoch > $1.epoch }
-            for key in Set(regions[index].kv.keys).union(regions[leader].kv.keys)
-            where key.hasPrefix("\(strongKeyspace)/") && regions[index].kv[key] != regions[leader].kv[key] {
-                keys.insert(key)
-            }
+            leaderTerms = terms(leader)
+            let mine = held(index).keys[strongKeyspace] ?? [:], theirs = held(leader).keys[strongKeyspace] ?? [:]
+            for key in Set(mine.keys).union(theirs.keys) where mine[key] != theirs[key] { keys.insert(key) }
             if let trace { trace("\(nowMs) ms \(names[index]): writes held beyond the start are not in the log; every key follows \(names[leader])") }
         }
         // The leader's states come in through the merge gate, as the node's.
@@ -1461,9 +1481,13 @@ public struct Simulation {
                 if !merged.isEmpty { carryMachine(index, regions[index].machine!.handle(.reconcileLater(keyspace: strongKeyspace, keys: merged), nowMs: nowMs, wallMs: physicalMs(index))) }
                 return carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
             }
-            for key in keys { regions[index].kv[key] = regions[leader].kv[key] }
-            let merged = Set(keys.map { try! Key(String($0.dropFirst(strongKeyspace.rawValue.count + 1))) })
-            carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: start.epoch, keys: merged, terms: leaderTerms),
+            let theirs = held(leader).keys[strongKeyspace] ?? [:]
+            do {
+                try store.replaceStates(keyspace: strongKeyspace, keys.map { (key: $0, state: theirs[$0]) })
+            } catch {
+                report.violations.append("\(names[index]) could not bring keys back to \(names[leader])'s state: \(error)")
+            }
+            carryMachine(index, regions[index].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: start.epoch, keys: keys, terms: leaderTerms),
                                                                nowMs: nowMs, wallMs: physicalMs(index)))
         }
         carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
@@ -1559,10 +1583,10 @@ public struct Simulation {
         // Per write kept aside, the first term that excluded it (a region that learns of it later records the
         // term it follows then).
         var diverted: [Dot: UInt64] = [:]
-        for region in regions {
-            for item in region.divergence {
-                let dot = Dot(region: item.entry.origin, counter: item.entry.sequence)
-                diverted[dot] = min(diverted[dot] ?? .max, item.successor)
+        for index in regions.indices {
+            for item in held(index).divergence {
+                let dot = Dot(region: item.origin, counter: item.sequence)
+                diverted[dot] = min(diverted[dot] ?? .max, item.successorEpoch)
             }
         }
         for write in acknowledgedWrites {
@@ -1581,9 +1605,9 @@ public struct Simulation {
         guard report.convergenceMs != nil,
               let final = survivors.compactMap({ regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start }).max(by: { $0.epoch < $1.epoch }) else { return }
         for index in survivors {
-            for (key, state) in regions[index].kv where key.hasPrefix("\(strongKeyspace)/") {
+            for (key, state) in held(index).keys[strongKeyspace] ?? [:] {
                 for version in state.versions where diverted[version.dot] != nil {
-                    let entry = regions[names.firstIndex(of: version.version.origin)!].log[Int(version.version.sequence) - 1]
+                    let entry = log(names.firstIndex(of: version.version.origin)!)[Int(version.version.sequence) - 1]
                     let counted = (entry.origin == final.leader && entry.epoch == final.epoch) || (final.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
                     if !counted {
                         report.violations.append("\(names[index]) holds \(key) version \(version.dot), which epoch \(diverted[version.dot]!) kept aside and epoch \(final.epoch)'s history does not count")
@@ -1629,29 +1653,29 @@ public struct Simulation {
                 let token = regions[a].machine?.mergeToken(strongKeyspace) ?? 0
                 let mergeStrong = strongFromLeader && regions[a].machine!.admitMerge(strongKeyspace, token: token)
                 var strongKeys: Set<Key> = []
-                for (key, theirs) in regions[b].kv {
-                    let keyspace = try! KeyspaceName(String(key.prefix { $0 != "/" }))
+                for (keyspace, theirs) in held(b).keys {
                     if keyspace == strongKeyspace && !mergeStrong { continue }
                     // Only keyspaces both regions replicate (residency), as the node's rounds.
                     guard let policy = cluster.keyspace(keyspace), policy.isReplica(names[a]), policy.isReplica(names[b]) else { continue }
                     let rule = rules[keyspace] ?? .lww
-                    let mine = regions[a].kv[key]
-                    let merged = mine.map { $0.merged(with: theirs, rule: rule) } ?? theirs
-                    guard merged != mine else { continue }
-                    report.keysRepaired += 1
+                    let mine = held(a).keys[keyspace] ?? [:]
+                    // The pages that differ, merged by the store as the node's rounds merge them.
+                    let differing = theirs.filter { key, state in (mine[key].map { $0.merged(with: state, rule: rule) } ?? state) != mine[key] }
+                    guard !differing.isEmpty else { continue }
+                    report.keysRepaired += differing.count
                     if keyspace == strongKeyspace {
-                        strongKeys.insert(try! Key(String(key.dropFirst(strongKeyspace.rawValue.count + 1))))
-                        if let trace { trace("\(nowMs) ms \(names[a]): anti-entropy merged \(key) from \(names[b]): \(merged.versions.map(\.dot))") }
+                        strongKeys.formUnion(differing.keys)
+                        if let trace { trace("\(nowMs) ms \(names[a]): anti-entropy merged \(differing.keys.map(\.rawValue).sorted()) from \(names[b])") }
                     }
-                    let change = KeyChange.changes(old: mine, new: merged, rule: rule)
-                    regions[a].kv[key] = merged
-                    if let restored = change.restored { regions[a].conflicts[key]?.remove(restored) }
-                    for loss in change.losses where regions[a].conflicts[key, default: []].insert(loss.loser.dot).inserted {
-                        report.conflictsLogged += 1
+                    do {
+                        _ = try regions[a].store.merge(keyspace: keyspace, states: differing.map { (key: $0.key, state: $0.value) })
+                    } catch {
+                        report.violations.append("\(names[a]) could not merge \(names[b])'s states of \(keyspace): \(error)")
                     }
+                    if rule == .siblings { for key in differing.keys { noteSiblings(a, keyspace, key.rawValue) } }
                 }
                 if mergeStrong {
-                    let terms = regions[b].strongTerms.values.sorted { $0.epoch > $1.epoch }
+                    let terms = terms(b)
                     carryMachine(a, regions[a].machine!.handle(.mergeCommitted(keyspace: strongKeyspace, token: token, keys: strongKeys, terms: terms),
                                                                nowMs: nowMs, wallMs: physicalMs(a)))
                 }
@@ -1666,20 +1690,19 @@ public struct Simulation {
         let survivors = self.survivors
         guard let reference = survivors.first, report.convergenceMs != nil else { return }
         var logged: Set<Dot> = []
-        for region in regions { for dots in region.conflicts.values { logged.formUnion(dots) } }
+        for index in regions.indices { logged.formUnion(held(index).conflicts.map(\.loser.dot)) }
         var winners: Set<Dot> = []
-        for (key, state) in regions[reference].kv {
-            let keyspace = try! KeyspaceName(String(key.prefix { $0 != "/" }))
-            winners.insert(state.winner(rules[keyspace] ?? .lww).dot)
+        for (keyspace, keys) in held(reference).keys {
+            for state in keys.values { winners.insert(state.winner(rules[keyspace] ?? .lww).dot) }
         }
         for origin in regions.indices {
-            for entry in regions[reference].applied[origin] where (rules[entry.keyspace] ?? .lww).discardsLosers && entry.keyspace != strongKeyspace {
+            for entry in held(reference).log[names[origin]] ?? [] where (rules[entry.keyspace] ?? .lww).discardsLosers && entry.keyspace != strongKeyspace {
                 let dot = Dot(region: entry.origin, counter: entry.sequence)
                 guard !winners.contains(dot), !overwrittenVisible.contains(dot), !logged.contains(dot) else { continue }
                 report.violations.append("\(entry.keyspace)/\(entry.key) write \(entry.origin)#\(entry.sequence) was discarded without a conflicts-log record")
             }
         }
-        for (key, state) in regions[reference].kv where key.hasPrefix("crdt/") {
+        for (key, state) in states(reference) where key.hasPrefix("crdt/") {
             guard let value = try? CRDTCodec.decode(state.winner(.crdt).value), case .gCounter(let counter) = value else {
                 report.violations.append("\(key) does not hold a counter")
                 continue
@@ -1696,14 +1719,14 @@ public struct Simulation {
         let survivors = self.survivors
         for index in survivors {
             guard regions[index].up else { return false }
-            for origin in survivors where regions[index].appliedThrough[origin] != UInt64(regions[origin].log.count) { return false }
+            for origin in survivors where appliedThrough(index, origin) != appliedThrough(origin, origin) { return false }
         }
         // Byte-identical: equal Merkle roots over every key's full state, values and concurrent versions included.
         // With a region lost for good, its writes reached some survivors and not others; anti-entropy evens that out.
         // Over the keyspaces every surviving region replicates (a restricted one lives in its home region only).
         let shared = Set(cluster.keyspaces.filter { policy in survivors.allSatisfy { policy.isReplica(names[$0]) } }.map { "\($0.name)/" })
-        let roots = survivors.map { regions[$0] }.map { region in
-            MerkleTree(digests: region.kv.filter { key, _ in shared.contains(where: { key.hasPrefix($0) }) }
+        let roots = survivors.map { index in
+            MerkleTree(digests: states(index).filter { key, _ in shared.contains(where: { key.hasPrefix($0) }) }
                 .map { (key: try! Key($0.key), digest: MerkleTree.digest($0.value)) }).root
         }
         return roots.allSatisfy { $0 == roots[0] }
@@ -1713,33 +1736,44 @@ public struct Simulation {
         if report.convergenceMs == nil {
             // Keys the surviving regions disagree on (a region lost for good is left out).
             let survivors = self.survivors
-            let keys = Set(survivors.flatMap { regions[$0].kv.keys })
-            let diverged = keys.filter { key in survivors.contains { regions[$0].kv[key] != regions[survivors[0]].kv[key] } }.sorted().prefix(5)
+            let all = survivors.map { states($0) }
+            let keys = Set(all.flatMap(\.keys))
+            let diverged = keys.filter { key in all.contains { $0[key] != all[0][key] } }.sorted().prefix(5)
             for key in diverged {
-                report.violations.append("\(key) diverged: " + survivors.map { regions[$0] }.map { r in "\(r.name): ctx \(r.kv[key]?.context.description ?? "-") versions \(r.kv[key]?.versions.map { "\($0.dot)\($0.tombstone ? "T" : "")@\($0.version.hlc)" } ?? [])" }.joined(separator: " | "))
+                report.violations.append("\(key) diverged: " + survivors.indices.map { i in "\(names[survivors[i]]): ctx \(all[i][key]?.context.description ?? "-") versions \(all[i][key]?.versions.map { "\($0.dot)\($0.tombstone ? "T" : "")@\($0.version.hlc)" } ?? [])" }.joined(separator: " | "))
             }
-            report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied points \(regions.map(\.appliedThrough)), logs \(regions.map(\.log.count))")
+            let applied = regions.indices.map { index in regions.indices.map { appliedThrough(index, $0) } }
+            report.violations.append("no convergence within \(options.convergenceBudgetMs) ms after heal: applied points \(applied), logs \(regions.indices.map { appliedThrough($0, $0) })")
         }
         let survivors = self.survivors
         for index in survivors {
-            for origin in regions.indices where regions[index].applied[origin]
-                != regions[origin].log.prefix(Int(regions[index].appliedThrough[origin])).filter({ cluster.keyspace($0.keyspace)?.isReplica(names[index]) == true }) {
-                report.violations.append("\(names[index]) applied \(names[origin])'s log out of order or with a gap")
+            let disk = held(index)
+            for origin in regions.indices where origin != index {
+                // What the store holds of the origin's log, and what it kept aside on arrival, is exactly the prefix
+                // of the origin's log it covers, less the entries of keyspaces it does not replicate, each once.
+                let logged = (disk.log[names[origin]] ?? []).map(\.sequence)
+                let keptAside = Set(disk.divergence.filter { $0.origin == names[origin] }.map(\.sequence))
+                let expected = log(origin).prefix(Int(appliedThrough(index, origin))).filter { cluster.keyspace($0.keyspace)?.isReplica(names[index]) == true }.map(\.sequence)
+                if logged != logged.sorted() || Set(logged).count != logged.count || Set(logged).union(keptAside).sorted() != expected {
+                    report.violations.append("\(names[index]) applied \(names[origin])'s log out of order or with a gap")
+                }
             }
         }
+        report.conflictsLogged = regions.indices.reduce(0) { $0 + held($1).conflicts.count }
         checkHistories()
         checkConflicts()
         checkFailover()
         // Residency: no byte of the restricted keyspace outside its home, in a key's state or a log.
         for index in regions.indices where index != residentHome {
-            if regions[index].kv.keys.contains(where: { $0.hasPrefix("\(residentKeyspace)/") })
-                || regions[index].applied.contains(where: { $0.contains { $0.keyspace == residentKeyspace } }) {
+            let disk = held(index)
+            if !(disk.keys[residentKeyspace] ?? [:]).isEmpty || disk.log.values.contains(where: { $0.contains { $0.keyspace == residentKeyspace } })
+                || disk.divergence.contains(where: { $0.keyspace == residentKeyspace }) {
                 report.violations.append("\(names[index]) holds writes of \(residentKeyspace), which may live only in \(names[residentHome])")
             }
         }
 
         for write in acknowledgedWrites {
-            let holders = survivors.filter { regions[$0].appliedThrough[write.origin] >= write.sequence }
+            let holders = survivors.filter { appliedThrough($0, write.origin) >= write.sequence }
             if regions[write.origin].lost {
                 // RPO 0 for majority writes: the loss of any one region, its origin included, loses none.
                 if holders.isEmpty {

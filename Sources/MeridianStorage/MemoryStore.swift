@@ -8,31 +8,46 @@ public final class MemoryDisk: Sendable {
     fileprivate let contents = Mutex<MemoryStore.Contents?>(nil)
 
     public init() {}
+
+    /// What the disk holds now (nil: no store was opened on it yet), for a simulator's checks: a region's logs,
+    /// key states and logs of conflicts and divergence, readable while its store is closed or lost for good.
+    public var held: MemoryStore.Contents? { contents.withLock { $0 } }
 }
 
 /// A region's store held in memory, implementing every storage protocol with the same rules as the SQLite
 /// backend (the conformance suite checks both): writes planned by the core's ``WritePlanner`` and applied by
 /// ``KeyChange``, one log per origin, exactly-once applies, the conflicts and divergence logs with their
 /// bounds. Every call runs under one lock, so commits are serial and sequences follow commit order.
+///
+/// Every method is synchronous (a synchronous method satisfies the protocols' `async` requirements): the
+/// simulator calls them within its single-threaded simulated time, the node awaits them as any backend's.
 public final class MemoryStore: RegionStorage {
     /// Everything the store holds; it lives on the ``MemoryDisk``.
-    struct Contents: Sendable {
-        let region: RegionName
-        var log: [RegionName: [ReplicationEntry]] = [:]
-        var applied: [RegionName: UInt64] = [:]
+    public struct Contents: Sendable {
+        public let region: RegionName
+        /// Per origin, the entries this region holds in log order: its own log, and what it applied of the others'
+        /// (not the entries it kept aside on arrival).
+        public internal(set) var log: [RegionName: [ReplicationEntry]] = [:]
+        /// Per other origin, how far its log is applied here (entries left out by residency or kept aside included).
+        public internal(set) var applied: [RegionName: UInt64] = [:]
         var logFloor: UInt64 = 0
-        var nextSequence: UInt64 = 1
-        var hlcHighWater: HLCTimestamp?
-        var keys: [KeyspaceName: [Key: KeyState]] = [:]
-        var conflicts: [ConflictRecord] = []
+        public internal(set) var nextSequence: UInt64 = 1
+        public internal(set) var hlcHighWater: HLCTimestamp?
+        public internal(set) var keys: [KeyspaceName: [Key: KeyState]] = [:]
+        public internal(set) var conflicts: [ConflictRecord] = []
         var nextConflictID: Int64 = 1
         /// Per keyspace, per (origin, epoch): the last write of that term held.
         var terms: [KeyspaceName: [TermKey: UInt64]] = [:]
         var elections: [KeyspaceName: StoredElection] = [:]
-        var divergence: [DivergedWrite] = []
+        public internal(set) var divergence: [DivergedWrite] = []
         var nextDivergenceID: Int64 = 1
         var failovers: [FailoverEvent] = []
         var nextFailoverID: Int64 = 1
+
+        /// How far this region holds `origin`'s log: its own log's end, or the applied point of another's.
+        public func appliedThrough(_ origin: RegionName) -> UInt64 {
+            origin == region ? nextSequence - 1 : applied[origin] ?? 0
+        }
     }
 
     struct TermKey: Hashable, Sendable {
@@ -119,7 +134,7 @@ public final class MemoryStore: RegionStorage {
 
     // MARK: - Commits
 
-    public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
+    public func write(_ request: WriteRequest) throws(MeridianError) -> WriteOutcome {
         let limits = self.limits
         let rule = rule(request.keyspace)
         let region = self.region
@@ -206,7 +221,7 @@ public final class MemoryStore: RegionStorage {
 
     // MARK: - Keys
 
-    public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
+    public func get(keyspace: KeyspaceName, key: Key) throws(MeridianError) -> StoredValue? {
         let rule = rule(keyspace)
         return try reading { open in
             guard let state = open.contents.keys[keyspace]?[key] else { return nil }
@@ -216,7 +231,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? {
+    public func state(keyspace: KeyspaceName, key: Key) throws(MeridianError) -> KeyState? {
         try reading { open in open.contents.keys[keyspace]?[key] }
     }
 
@@ -225,7 +240,7 @@ public final class MemoryStore: RegionStorage {
         (keys.map { Array($0.keys) } ?? []).sorted { Array($0.rawValue.utf8).lexicographicallyPrecedes(Array($1.rawValue.utf8)) }
     }
 
-    public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {
+    public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) throws(MeridianError) -> [ListedKey] {
         precondition(limit > 0)
         let rule = rule(keyspace)
         let prefixBytes = Array(prefix.utf8)
@@ -247,7 +262,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func keyCounts() async throws(MeridianError) -> [String: Int] {
+    public func keyCounts() throws(MeridianError) -> [String: Int] {
         try reading { open in
             var counts: [String: Int] = [:]
             for (keyspace, keys) in open.contents.keys {
@@ -271,7 +286,7 @@ public final class MemoryStore: RegionStorage {
     }
 
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                                diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64 {
+                                diverted: [UInt64: UInt64]) throws(MeridianError) -> UInt64 {
         try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
         let limits = self.limits
         let physicalMs = physicalClockMs()
@@ -307,7 +322,7 @@ public final class MemoryStore: RegionStorage {
         clock.advance(past: remote)
     }
 
-    public func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 {
+    public func raiseApplied(origin: RegionName, to sequence: UInt64) throws(MeridianError) -> UInt64 {
         guard origin != region else { return appliedHighWater()[region] ?? 0 }
         return try changing { open in
             open.contents.applied[origin] = max(open.contents.applied[origin] ?? 0, sequence)
@@ -315,11 +330,11 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
+    public func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) throws(MeridianError) -> [ReplicationEntry] {
         try reading { open in Array((open.contents.log[origin] ?? []).lazy.filter { $0.sequence > sequence }.prefix(limit)) }
     }
 
-    public func logHighWater() async throws(MeridianError) -> [RegionName: UInt64] {
+    public func logHighWater() throws(MeridianError) -> [RegionName: UInt64] {
         try reading { open in open.contents.log.compactMapValues { $0.last?.sequence } }
     }
 
@@ -327,7 +342,7 @@ public final class MemoryStore: RegionStorage {
         state.withLock { $0.contents.logFloor }
     }
 
-    public func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) {
+    public func trimLog(origin: RegionName, through sequence: UInt64) throws(MeridianError) {
         let own = origin == region
         try changing { open in
             guard !own || sequence > open.contents.logFloor else { return }
@@ -338,7 +353,7 @@ public final class MemoryStore: RegionStorage {
 
     // MARK: - Repair
 
-    public func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
+    public func merkleTree(keyspace: KeyspaceName) throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
         try reading { open in
             var builder = MerkleTree.Builder()
             let keys = open.contents.keys[keyspace] ?? [:]
@@ -347,7 +362,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
         let afterBytes = after.map { Array($0.rawValue.utf8) }
         return try reading { open in
             let keys = open.contents.keys[keyspace] ?? [:]
@@ -366,7 +381,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int {
+    public func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) throws(MeridianError) -> Int {
         guard !states.isEmpty else { return 0 }
         let rule = rule(keyspace)
         let limits = self.limits
@@ -390,7 +405,7 @@ public final class MemoryStore: RegionStorage {
         return changed
     }
 
-    public func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError) {
+    public func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) throws(MeridianError) {
         try changing { open in
             for item in states { open.contents.keys[keyspace, default: [:]][item.key] = item.state }
         }
@@ -398,14 +413,14 @@ public final class MemoryStore: RegionStorage {
 
     // MARK: - Conflicts log
 
-    public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
+    public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) throws(MeridianError) -> [ConflictRecord] {
         precondition(limit > 0)
         return try reading { open in
             Array(open.contents.conflicts.lazy.filter { $0.keyspace == keyspace && $0.id > after && (key == nil || $0.key == key) }.prefix(limit))
         }
     }
 
-    public func conflictCounts() async throws(MeridianError) -> [String: Int] {
+    public func conflictCounts() throws(MeridianError) -> [String: Int] {
         try reading { open in
             var counts: [String: Int] = [:]
             for record in open.contents.conflicts { counts[record.keyspace.rawValue, default: 0] += 1 }
@@ -450,7 +465,7 @@ public final class MemoryStore: RegionStorage {
     }
 
     public func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64?, successorEpoch: UInt64,
-                           nowMs: UInt64) async throws(MeridianError) -> Set<Key> {
+                           nowMs: UInt64) throws(MeridianError) -> Set<Key> {
         try changing { open in
             var keys: Set<Key> = []
             for entry in open.contents.log[origin] ?? [] where entry.sequence > after && entry.keyspace == keyspace && entry.epoch < successorEpoch
@@ -466,7 +481,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func loggedThrough(keyspace: KeyspaceName, origin: RegionName, epoch: UInt64) async throws(MeridianError) -> UInt64 {
+    public func loggedThrough(keyspace: KeyspaceName, origin: RegionName, epoch: UInt64) throws(MeridianError) -> UInt64 {
         try reading { open in
             (open.contents.log[origin] ?? []).last { $0.keyspace == keyspace && $0.epoch == epoch }?.sequence ?? 0
         }
@@ -481,21 +496,21 @@ public final class MemoryStore: RegionStorage {
         contents.nextDivergenceID += 1
     }
 
-    public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
+    public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) throws(MeridianError) -> [DivergedWrite] {
         try reading { open in
             Array(open.contents.divergence.lazy.filter { ($0.keyspace == keyspace || keyspace == nil) && $0.id > after }.prefix(limit))
         }
     }
 
-    public func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite? {
+    public func divergedWrite(id: Int64) throws(MeridianError) -> DivergedWrite? {
         try reading { open in open.contents.divergence.first { $0.id == id } }
     }
 
-    public func markReapplied(id: Int64, nowMs: UInt64) async throws(MeridianError) -> Bool {
+    public func markReapplied(id: Int64, nowMs: UInt64) throws(MeridianError) -> Bool {
         try changing { open in Self.setReapplied(id: id, to: nowMs, in: &open.contents, onlyIfUnset: true) }
     }
 
-    public func unmarkReapplied(id: Int64) async throws(MeridianError) {
+    public func unmarkReapplied(id: Int64) throws(MeridianError) {
         try changing { open in _ = Self.setReapplied(id: id, to: nil, in: &open.contents, onlyIfUnset: false) }
     }
 
@@ -510,7 +525,7 @@ public final class MemoryStore: RegionStorage {
         return true
     }
 
-    public func divergenceCounts() async throws(MeridianError) -> [String: Int] {
+    public func divergenceCounts() throws(MeridianError) -> [String: Int] {
         try reading { open in
             var counts: [String: Int] = [:]
             for write in open.contents.divergence { counts["\(write.keyspace)/\(write.successorEpoch)", default: 0] += 1 }
@@ -519,7 +534,7 @@ public final class MemoryStore: RegionStorage {
     }
 
     public func recordFailover(keyspace: KeyspaceName, epoch: UInt64, leader: RegionName, previousLeader: RegionName?,
-                               lastHeardMs: UInt64?, suspectedMs: UInt64, electedMs: UInt64, reason: String) async throws(MeridianError) {
+                               lastHeardMs: UInt64?, suspectedMs: UInt64, electedMs: UInt64, reason: String) throws(MeridianError) {
         try changing { open in
             guard !open.contents.failovers.contains(where: { $0.keyspace == keyspace && $0.epoch == epoch }) else { return }
             open.contents.failovers.append(FailoverEvent(
@@ -529,7 +544,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func recordFirstWrite(keyspace: KeyspaceName, epoch: UInt64, atMs: UInt64) async throws(MeridianError) {
+    public func recordFirstWrite(keyspace: KeyspaceName, epoch: UInt64, atMs: UInt64) throws(MeridianError) {
         try changing { open in
             guard let index = open.contents.failovers.firstIndex(where: { $0.keyspace == keyspace && $0.epoch == epoch }),
                   open.contents.failovers[index].firstWriteMs == nil else { return }
@@ -540,7 +555,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent] {
+    public func failovers(limit: Int) throws(MeridianError) -> [FailoverEvent] {
         try reading { open in Array(open.contents.failovers.suffix(limit)) }
     }
 }

@@ -23,7 +23,7 @@ extension RegionNode {
                 // Read before the tree: every write of this region's log up to here, and of every term as far as
                 // it is held here, is in the states that follow.
                 let highWater = store.appliedHighWater()[region] ?? 0
-                let terms = policy.topology == .singleLeader ? try store.terms(keyspace: policy.name) : []
+                let terms = policy.topology == .singleLeader ? try await store.terms(keyspace: policy.name) : []
                 let (tree, keys) = try await store.merkleTree(keyspace: policy.name)
                 return .tree(RepairTree(logHighWater: highWater, keys: UInt64(keys), terms: terms, tree: tree))
             case .states(let buckets, let after):

@@ -5,9 +5,18 @@ import MeridianStorage
 import Synchronization
 
 /// The shell around the core's ``RegionMachine``: it feeds the machine events with the time they happened and
-/// carries out its effects, in order, while holding the machine (so no request ever sees a state whose durable
-/// copy is not written yet). It decides nothing: which entries apply, when a term starts, when a leader may
+/// carries out its effects. It decides nothing: which entries apply, when a term starts, when a leader may
 /// write and when to hand over are the machine's.
+///
+/// Events queue in arrival order and one task (``run()``) handles them one at a time: the machine's answer to an
+/// event is carried out to its last effect, awaiting the store where an effect needs it (a persist is durable
+/// before any later effect), before the next event reaches the machine. The machine itself is held only for the
+/// moment it takes to handle an event or answer a query, never across a store call. A keyspace whose election
+/// state is not yet durable admits no write (``writableEpoch(_:)`` is nil) until it is.
+///
+/// The queue needs no bound of its own: each producer has at most a few events outstanding (a stream's batch
+/// waits for its admission, a write reports once, a hand-over waits for its answer), ticks come every
+/// `tickInterval`, and election frames at the rate the peers' heartbeat interval sets.
 final class Leadership: Sendable {
     /// What the node gives the shell to carry effects out with, once its streams exist.
     struct Carriers: Sendable {
@@ -28,6 +37,8 @@ final class Leadership: Sendable {
     private struct State: Sendable {
         var machine: RegionMachine
         var carriers: Carriers?
+        /// Keyspaces whose election state the machine changed and the store has not yet made durable.
+        var unsaved: Set<KeyspaceName> = []
         var nextID: UInt64 = 0
         /// Batches waiting to be admitted, and hand-overs waiting for their answer.
         var batches: [RegionMachine.BatchID: CheckedContinuation<Admission, Never>] = [:]
@@ -49,24 +60,28 @@ final class Leadership: Sendable {
     private let wallClockMs: @Sendable () -> UInt64
     /// Woken after every event: the routes wait on it for leadership to settle.
     private let changed = ProgressSignal()
+    /// Events in arrival order, handled one at a time by ``run()``.
+    private let events: AsyncStream<RegionMachine.Event>
+    private let queue: AsyncStream<RegionMachine.Event>.Continuation
 
     /// Loads every single-leader keyspace's durable election state.
     init(region: RegionName, cluster: ClusterConfig, store: any RegionStorage, wallClockMs: @escaping @Sendable () -> UInt64,
-         logger: Logger) throws(MeridianError) {
+         logger: Logger) async throws(MeridianError) {
         self.region = region
         self.store = store
         self.logger = logger
         self.wallClockMs = wallClockMs
         tickInterval = .milliseconds(max(5, cluster.limits.heartbeatIntervalMs / 4))
-        let stored = try store.elections()
+        let stored = try await store.elections()
         var newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)] = [:]
         var held: [KeyspaceName: [TermEnd]] = [:]
         for policy in cluster.keyspaces where policy.topology == .singleLeader && policy.isReplica(region) {
-            newest[policy.name] = try store.newestEpoch(keyspace: policy.name)
-            held[policy.name] = try store.terms(keyspace: policy.name)
+            newest[policy.name] = try await store.newestEpoch(keyspace: policy.name)
+            held[policy.name] = try await store.terms(keyspace: policy.name)
         }
         let machine = RegionMachine(region: region, cluster: cluster, stored: stored, newest: newest, held: held, nowMs: 0, wallMs: wallClockMs())
         state = Mutex(State(machine: machine))
+        (events, queue) = AsyncStream.makeStream(of: RegionMachine.Event.self)
     }
 
     /// The machine's clock: ms since this node started, never jumping.
@@ -81,10 +96,11 @@ final class Leadership: Sendable {
         return state.withLock { $0.machine.snapshot(keyspace, nowMs: now) }
     }
 
-    /// The term a write accepted here now would belong to, if this region may write the keyspace.
+    /// The term a write accepted here now would belong to, if this region may write the keyspace (never while
+    /// its election state is not yet durable).
     func writableEpoch(_ keyspace: KeyspaceName) -> UInt64? {
         let now = nowMs
-        return state.withLock { $0.machine.writableEpoch(keyspace, nowMs: now) }
+        return state.withLock { $0.unsaved.contains(keyspace) ? nil : $0.machine.writableEpoch(keyspace, nowMs: now) }
     }
 
     /// For anti-entropy: single-leader keyspaces repair only from their leader, whose copy is the truth.
@@ -104,8 +120,8 @@ final class Leadership: Sendable {
 
     // MARK: - Driving the machine
 
-    /// Gives the shell what it carries effects out with, and stores first terms: call once, before any other
-    /// event reaches the machine (the node does, before its streams and ticks start).
+    /// Gives the shell what it carries effects out with: call once, before any other event reaches the machine
+    /// (the node does, before its streams and ticks start).
     func start(_ carriers: Carriers) {
         state.withLock { state in
             precondition(state.carriers == nil, "the leadership shell starts once")
@@ -114,12 +130,24 @@ final class Leadership: Sendable {
         handle(.started)
     }
 
-    /// Ticks the machine until cancelled: the sleep is the timer, the machine decides what the time means.
+    /// Handles the queued events one at a time, and ticks the machine, until cancelled: the sleep is the timer,
+    /// the machine decides what the time means.
     func run() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: tickInterval)
-            let peers = state.withLock { $0.carriers }?.peers() ?? [:]
-            handle(.ticked(applied: store.appliedHighWater(), peers: peers))
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                for await event in self.events {
+                    await self.process(event)
+                    self.changed.signal()
+                }
+            }
+            tasks.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.tickInterval)
+                    let peers = self.state.withLock { $0.carriers }?.peers() ?? [:]
+                    self.handle(.ticked(applied: self.store.appliedHighWater(), peers: peers))
+                }
+                self.queue.finish()
+            }
         }
     }
 
@@ -154,46 +182,67 @@ final class Leadership: Sendable {
         handle(.clockFenceChanged(fenced: fenced))
     }
 
+    /// Queues an event for the machine; ``run()`` handles it after every event queued before it.
     private func handle(_ event: RegionMachine.Event) {
-        let (now, wall) = (nowMs, wallClockMs())
-        state.withLock { state in carry(state.machine.handle(event, nowMs: now, wallMs: wall), &state) }
-        changed.signal()
+        queue.yield(event)
     }
 
-    /// Carries out effects in order, holding the machine. A failed persist drops the later effects of its
-    /// keyspace and is reported to the machine, whose answer is carried in turn.
-    private func carry(_ effects: [RegionMachine.Effect], _ state: inout State) {
-        var queue = effects[...]
+    /// The machine's answer to one event, noting which keyspaces' election state it made unsaved.
+    private func machine(_ event: RegionMachine.Event) -> [RegionMachine.Effect] {
+        let (now, wall) = (nowMs, wallClockMs())
+        return state.withLock { state in
+            let effects = state.machine.handle(event, nowMs: now, wallMs: wall)
+            for case .persist(let keyspace, _) in effects { state.unsaved.insert(keyspace) }
+            return effects
+        }
+    }
+
+    /// Handles one event and carries out the machine's effects in order, awaiting the store where one needs it.
+    /// A failed persist drops the later effects of its keyspace and is reported to the machine, whose answer is
+    /// carried in turn.
+    private func process(_ event: RegionMachine.Event) async {
+        var queue = machine(event)[...]
+        let carriers = state.withLock { $0.carriers }
         while let effect = queue.popFirst() {
             switch effect {
             case .persist(let keyspace, let election):
                 do {
-                    try store.saveElection(keyspace, election)
+                    try await store.saveElection(keyspace, election)
+                    if !queue.contains(where: { if case .persist(keyspace, _) = $0 { true } else { false } }) {
+                        state.withLock { _ = $0.unsaved.remove(keyspace) }
+                    }
                 } catch {
                     queue = queue.filter { RegionMachine.keyspace(of: $0) != keyspace }
-                    queue += state.machine.handle(.persistFailed(keyspace: keyspace, reason: error.message), nowMs: nowMs, wallMs: wallClockMs())
+                    queue += machine(.persistFailed(keyspace: keyspace, reason: error.message))
+                    state.withLock { _ = $0.unsaved.remove(keyspace) }
                 }
             case .send(let peer, let frame):
-                state.carriers?.send(peer, frame)
+                carriers?.send(peer, frame)
             case .applyBatch(let id, let diverted):
-                state.batches.removeValue(forKey: id)?.resume(returning: .success(diverted))
+                // A batch whose stream stopped waiting is reported as not applied, so the machine stops counting it.
+                if let waiting = state.withLock({ $0.batches.removeValue(forKey: id) }) {
+                    waiting.resume(returning: .success(diverted))
+                } else {
+                    queue += machine(.batchCommitted(id, committed: false))
+                }
             case .captureStart(let keyspace, let epoch):
                 let event: RegionMachine.Event
                 do {
-                    // Read in place: the machine admits no batch until the start is captured.
-                    event = .startCaptured(keyspace: keyspace, epoch: epoch, applied: store.appliedHighWater(), history: try store.terms(keyspace: keyspace))
+                    // Read while no event is handled: the machine admits no batch until the start is captured.
+                    let history = try await store.terms(keyspace: keyspace)
+                    event = .startCaptured(keyspace: keyspace, epoch: epoch, applied: store.appliedHighWater(), history: history)
                 } catch {
                     event = .startCaptureFailed(keyspace: keyspace, epoch: epoch, reason: error.message)
                 }
-                queue += state.machine.handle(event, nowMs: nowMs, wallMs: wallClockMs())
+                queue += machine(event)
             case .revert(let keyspace, let start, let keys):
-                guard let revert = state.carriers?.revert else { preconditionFailure("a revert before the leadership shell started") }
+                guard let revert = carriers?.revert else { preconditionFailure("a revert before the leadership shell started") }
                 Task {
                     await revert(keyspace, start, keys)
                     self.handle(.revertFinished(keyspace: keyspace, epoch: start.epoch))
                 }
             case .catchUp(let keyspace, let leader, let epoch):
-                guard let catchUp = state.carriers?.catchUp else { preconditionFailure("a catch-up before the leadership shell started") }
+                guard let catchUp = carriers?.catchUp else { preconditionFailure("a catch-up before the leadership shell started") }
                 Task {
                     do throws(MeridianError) {
                         try await catchUp(keyspace, leader, epoch) { terms in self.handle(.catchUpTermsRead(keyspace: keyspace, epoch: epoch, terms: terms)) }
@@ -205,12 +254,12 @@ final class Leadership: Sendable {
             case .raiseHeld(let keyspace, let terms):
                 let event: RegionMachine.Event
                 do {
-                    try store.raiseTerms(keyspace: keyspace, terms)
+                    try await store.raiseTerms(keyspace: keyspace, terms)
                     event = .heldRaised(keyspace: keyspace, terms: terms)
                 } catch {
                     event = .catchUpFailed(keyspace: keyspace, epoch: 0, reason: error.message)
                 }
-                queue += state.machine.handle(event, nowMs: nowMs, wallMs: wallClockMs())
+                queue += machine(event)
             case .recordFailover(let record):
                 Task {
                     do throws(MeridianError) {
@@ -230,7 +279,7 @@ final class Leadership: Sendable {
                     }
                 }
             case .handOverFinished(let id, let result):
-                state.handOvers.removeValue(forKey: id)?.resume(returning: result)
+                state.withLock { $0.handOvers.removeValue(forKey: id) }?.resume(returning: result)
             case .log(let line):
                 var metadata = Logger.Metadata()
                 for (key, value) in line.metadata { metadata[key] = "\(value)" }
@@ -250,7 +299,7 @@ final class Leadership: Sendable {
     /// now. Every admitted write must be reported once, by ``writeCommitted(_:epoch:sequence:)`` or ``writeAbandoned(_:)``.
     func admitWrite(_ keyspace: KeyspaceName) -> UInt64? {
         let now = nowMs
-        return state.withLock { $0.machine.admitWrite(keyspace, nowMs: now) }
+        return state.withLock { $0.unsaved.contains(keyspace) ? nil : $0.machine.admitWrite(keyspace, nowMs: now) }
     }
 
     /// An admitted write committed in `epoch` at `sequence` of this region's log.
@@ -273,24 +322,22 @@ final class Leadership: Sendable {
             state.nextID += 1
             return state.nextID
         }
-        let (now, wall) = (nowMs, wallClockMs())
         let admission = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Admission, Never>) in
-                state.withLock { state in
-                    guard !Task.isCancelled else {
-                        continuation.resume(returning: .failure(CancellationError()))
-                        return
-                    }
+                let waiting = state.withLock { state in
+                    guard !Task.isCancelled else { return false }
                     state.batches[id] = continuation
-                    carry(state.machine.handle(.batchArrived(id, entries: entries), nowMs: now, wallMs: wall), &state)
+                    return true
                 }
+                guard waiting else { return continuation.resume(returning: .failure(CancellationError())) }
+                handle(.batchArrived(id, entries: entries))
             }
         } onCancel: {
-            state.withLock { state in
-                guard let continuation = state.batches.removeValue(forKey: id) else { return }
-                carry(state.machine.handle(.batchAbandoned(id), nowMs: nowMs, wallMs: wallClockMs()), &state)
-                continuation.resume(returning: .failure(CancellationError()))
-            }
+            guard let continuation = state.withLock({ $0.batches.removeValue(forKey: id) }) else { return }
+            // Still waiting, or admitted a moment ago: the machine drops it either way (``process(_:)`` reports an
+            // admitted batch nobody waits for as not applied).
+            handle(.batchAbandoned(id))
+            continuation.resume(returning: .failure(CancellationError()))
         }
         return AdmittedBatch(id: id, diverted: try admission.get())
     }
@@ -307,7 +354,6 @@ final class Leadership: Sendable {
     /// - Throws: `leader_unavailable` when this region does not lead with its lease; `region_unavailable` when
     ///   `target` does not catch up in time (leadership stays here and writes resume).
     func handOver(_ keyspace: KeyspaceName, to target: RegionName, timeoutMs: UInt64) async throws(MeridianError) {
-        let (now, wall) = (nowMs, wallClockMs())
         let id = state.withLock { state -> RegionMachine.RequestID in
             state.nextID += 1
             return state.nextID
@@ -320,14 +366,13 @@ final class Leadership: Sendable {
                                            context: ["keyspace": keyspace.rawValue, "region": target.rawValue], applied: .maybe)
         let result = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<RegionName, MeridianError>, Never>) in
-                state.withLock { state in
-                    guard !Task.isCancelled else {
-                        continuation.resume(returning: .failure(stopping))
-                        return
-                    }
+                let waiting = state.withLock { state in
+                    guard !Task.isCancelled else { return false }
                     state.handOvers[id] = continuation
-                    carry(state.machine.handle(.handOverRequested(id, keyspace: keyspace, target: target, timeoutMs: timeoutMs), nowMs: now, wallMs: wall), &state)
+                    return true
                 }
+                guard waiting else { return continuation.resume(returning: .failure(stopping)) }
+                handle(.handOverRequested(id, keyspace: keyspace, target: target, timeoutMs: timeoutMs))
             }
         } onCancel: {
             state.withLock { $0.handOvers.removeValue(forKey: id) }?.resume(returning: .failure(stoppingMidway))

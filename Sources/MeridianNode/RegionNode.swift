@@ -78,7 +78,7 @@ public final class RegionNode: Sendable {
 
     /// Opens the region's store with `openStore` and prepares the API.
     /// - Throws: `MeridianError` when the store cannot be opened.
-    public init(configuration: NodeConfiguration, store openStore: StoreFactory, logger: Logger = Logger(label: "meridian.node")) throws(MeridianError) {
+    public init(configuration: NodeConfiguration, store openStore: StoreFactory, logger: Logger = Logger(label: "meridian.node")) async throws(MeridianError) {
         var logger = logger
         logger[metadataKey: "region"] = "\(configuration.region)"
         let metrics = NodeMetrics()
@@ -89,7 +89,7 @@ public final class RegionNode: Sendable {
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
             physicalClockMs: wallClockMs, observer: metrics))
-        let leadership = try Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
+        let leadership = try await Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
                                         wallClockMs: wallClockMs, logger: logger)
         self.leadership = leadership
         let clock = ClockWatch(region: configuration.region, cluster: configuration.cluster, injectedOffsetMs: configuration.clockOffsetMs,

@@ -77,19 +77,19 @@ public protocol ConflictLogStore: Sendable {
     func conflictCounts() async throws(MeridianError) -> [String: Int]
 }
 
-/// Elections, terms and what failover keeps aside. The election part is synchronous: the region machine's
-/// effects are carried in order while the machine is held, and a persist must be durable before the next one.
+/// Elections, terms and what failover keeps aside. A `saveElection` that returns is durable: the region
+/// machine's shell carries out no later effect before it does.
 public protocol FailoverStore: Sendable {
     /// The terms of a single-leader keyspace whose writes this region holds (newest first, at most `limit`).
-    func terms(keyspace: KeyspaceName, limit: Int) throws(MeridianError) -> [TermEnd]
+    func terms(keyspace: KeyspaceName, limit: Int) async throws(MeridianError) -> [TermEnd]
     /// Records these terms' writes as held up to their `last`, never lowering.
-    func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) throws(MeridianError)
+    func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) async throws(MeridianError)
     /// Every keyspace's stored election state.
-    func elections() throws(MeridianError) -> [KeyspaceName: StoredElection]
+    func elections() async throws(MeridianError) -> [KeyspaceName: StoredElection]
     /// Makes a keyspace's election state durable.
-    func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) throws(MeridianError)
+    func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) async throws(MeridianError)
     /// The newest epoch among the keyspace's writes held here, and that epoch's leader.
-    func newestEpoch(keyspace: KeyspaceName) throws(MeridianError) -> (epoch: UInt64, origin: RegionName)?
+    func newestEpoch(keyspace: KeyspaceName) async throws(MeridianError) -> (epoch: UInt64, origin: RegionName)?
     /// Keeps aside this region's applied writes of `origin` after `after` (of `epoch`, if given) in the
     /// divergence log, lowering the held terms to match. - Returns: the keys they touched.
     func divertHeld(keyspace: KeyspaceName, origin: RegionName, after: UInt64, epoch: UInt64?, successorEpoch: UInt64,
@@ -181,7 +181,7 @@ extension ReplicationLogStore {
 }
 
 extension FailoverStore {
-    public func terms(keyspace: KeyspaceName) throws(MeridianError) -> [TermEnd] {
-        try terms(keyspace: keyspace, limit: EpochStart.termsMax)
+    public func terms(keyspace: KeyspaceName) async throws(MeridianError) -> [TermEnd] {
+        try await terms(keyspace: keyspace, limit: EpochStart.termsMax)
     }
 }

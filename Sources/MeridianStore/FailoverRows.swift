@@ -44,8 +44,8 @@ extension RegionStore {
 
     /// The terms of a keyspace whose writes this region holds: per term, its leader and the last of its
     /// writes held here; the newest `limit` terms.
-    public func terms(keyspace: KeyspaceName, limit: Int) throws(MeridianError) -> [TermEnd] {
-        try readingNow { db in
+    public func terms(keyspace: KeyspaceName, limit: Int) async throws(MeridianError) -> [TermEnd] {
+        try await reading { db in
             try Row.fetchAll(db, sql: "SELECT origin, epoch, last FROM keyspace_terms WHERE keyspace = ? ORDER BY epoch DESC LIMIT ?",
                              arguments: [keyspace.rawValue, limit]).map { row in
                 TermEnd(epoch: UInt64(row["epoch"] as Int64), leader: try RegionName(row["origin"] as String), last: UInt64(row["last"] as Int64))
@@ -55,9 +55,9 @@ extension RegionStore {
 
     /// Records that this region holds these terms' writes up to their `last` (never lowering): a catch-up
     /// merged every state the leader served after it said so.
-    public func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) throws(MeridianError) {
+    public func raiseTerms(keyspace: KeyspaceName, _ terms: [TermEnd]) async throws(MeridianError) {
         do {
-            try pool.write { db in
+            try await pool.write { db in
                 for term in terms {
                     try db.execute(sql: """
                         INSERT INTO keyspace_terms (keyspace, origin, epoch, last) VALUES (?, ?, ?, ?)
@@ -73,8 +73,8 @@ extension RegionStore {
     // MARK: - Elections
 
     /// Every keyspace's stored election state.
-    public func elections() throws(MeridianError) -> [KeyspaceName: StoredElection] {
-        try readingNow { db in
+    public func elections() async throws(MeridianError) -> [KeyspaceName: StoredElection] {
+        try await reading { db in
             var result: [KeyspaceName: StoredElection] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT * FROM elections") {
                 let record = ElectionRecord(
@@ -88,9 +88,9 @@ extension RegionStore {
     }
 
     /// Makes a keyspace's election state durable (before anything that depends on it is sent).
-    public func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) throws(MeridianError) {
+    public func saveElection(_ keyspace: KeyspaceName, _ election: StoredElection) async throws(MeridianError) {
         do {
-            try pool.write { db in
+            try await pool.write { db in
                 try db.execute(sql: """
                     INSERT INTO elections (keyspace, epoch, leader, voted_epoch, voted_for, start) VALUES (?, ?, ?, ?, ?, ?)
                     ON CONFLICT (keyspace) DO UPDATE SET epoch = excluded.epoch, leader = excluded.leader,
@@ -129,22 +129,11 @@ extension RegionStore {
 
     /// Where this region's copy of a single-leader keyspace reaches: the newest epoch among the keyspace's
     /// entries it holds, and that epoch's leader (whose applied point gives the position's sequence).
-    public func newestEpoch(keyspace: KeyspaceName) throws(MeridianError) -> (epoch: UInt64, origin: RegionName)? {
-        try readingNow { db in
+    public func newestEpoch(keyspace: KeyspaceName) async throws(MeridianError) -> (epoch: UInt64, origin: RegionName)? {
+        try await reading { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT epoch, origin FROM log WHERE keyspace = ? ORDER BY epoch DESC LIMIT 1",
                                              arguments: [keyspace.rawValue]) else { return nil }
             return (UInt64(row["epoch"] as Int64), try RegionName(row["origin"] as String))
-        }
-    }
-
-    /// A read on the calling thread, for start-up.
-    private func readingNow<T>(_ body: (Database) throws -> T) throws(MeridianError) -> T {
-        do {
-            return try pool.read(body)
-        } catch let error as MeridianError {
-            throw error
-        } catch {
-            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
         }
     }
 

@@ -63,7 +63,7 @@ struct NodeCommand: AsyncParsableCommand {
         logger.logLevel = level
         let node: RegionNode
         do {
-            node = try RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route,
+            node = try await RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route,
                                                                          clockOffsetMs: clockOffsetMs),
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {

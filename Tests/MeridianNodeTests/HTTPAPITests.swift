@@ -48,7 +48,7 @@ struct NodeFixture {
     func withApp(proveClock: Bool = true, store: Store = .sqlite, _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let config = try ClusterConfig.parse(yaml: Self.yaml, file: "test.yaml")
         let factory = store == .sqlite ? RegionStore.factory(directory: directory) : MemoryStore.factory(MemoryDisks())
-        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: factory)
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: factory)
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: directory)

@@ -25,7 +25,7 @@ import Yams
         documented.replacingOccurrences(of: "{key}", with: "**")
     }
 
-    @Test func theDocumentListsExactlyTheRoutesTheRouterServes() throws {
+    @Test func theDocumentListsExactlyTheRoutesTheRouterServes() async throws {
         let document = try Self.document()
         #expect((document["openapi"] as? String)?.hasPrefix("3.") == true)
         let paths = try #require(document["paths"] as? [String: [String: Any]])
@@ -37,7 +37,7 @@ import Yams
         }
         let fixture = NodeFixture()
         let config = try ClusterConfig.parse(yaml: NodeFixture.yaml, file: "test.yaml")
-        let node = try RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: fixture.directory))
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: fixture.directory))
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: fixture.directory)

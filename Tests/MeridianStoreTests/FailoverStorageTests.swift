@@ -25,15 +25,15 @@ import Testing
         let election = StoredElection(record: ElectionRecord(epoch: 3, leader: eu, votedEpoch: 3, votedFor: eu), start: start)
         do {
             let store = try fixture.open()
-            #expect(try store.elections().isEmpty)
-            try store.saveElection(fixture.keyspace, election)
+            #expect(try await store.elections().isEmpty)
+            try await store.saveElection(fixture.keyspace, election)
             store.close()
         }
         let store = try fixture.open()
-        #expect(try store.elections() == [fixture.keyspace: election])
-        #expect(try store.newestEpoch(keyspace: fixture.keyspace) == nil)
+        #expect(try await store.elections() == [fixture.keyspace: election])
+        #expect(try await store.newestEpoch(keyspace: fixture.keyspace) == nil)
         _ = try await store.applyReplicated([strong(1, epoch: 1, key: "a"), strong(2, epoch: 3, key: "b")], origin: eu)
-        #expect(try store.newestEpoch(keyspace: fixture.keyspace).map { "\($0.epoch)/\($0.origin)" } == "3/eu-west")
+        #expect(try await store.newestEpoch(keyspace: fixture.keyspace).map { "\($0.epoch)/\($0.origin)" } == "3/eu-west")
         store.close()
     }
 
@@ -46,7 +46,7 @@ import Testing
         // Epoch 2's leader held eu-west's epoch-1 writes up to 1: 2 and 3 go aside, the term now ends at 1.
         let keys = try await store.divertHeld(keyspace: fixture.keyspace, origin: eu, after: 1, epoch: 1, successorEpoch: 2, nowMs: 77)
         #expect(keys == [try Key("b"), try Key("c")])
-        #expect(try store.terms(keyspace: fixture.keyspace) == [TermEnd(epoch: 1, leader: eu, last: 1)])
+        #expect(try await store.terms(keyspace: fixture.keyspace) == [TermEnd(epoch: 1, leader: eu, last: 1)])
         // The log still shows eu-west's epoch-1 writes up to 3 (kept aside ones included); held terms raised by a
         // merge beyond that are not in the log.
         #expect(try await store.loggedThrough(keyspace: fixture.keyspace, origin: eu, epoch: 1) == 3)

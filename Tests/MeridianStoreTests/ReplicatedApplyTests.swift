@@ -169,15 +169,15 @@ import Testing
                                  keyspace: keyspace, key: try! Key("k\(sequence)"), operation: .put, contentType: "text/plain", value: [1])
             }
             _ = try await store.applyReplicated([strong(1, epoch: 2), strong(2, epoch: 2)], origin: eu)
-            #expect(try store.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2)])
+            #expect(try await store.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2)])
             // A catch-up raises what it pulled, and never lowers what the log brought.
-            try store.raiseTerms(keyspace: keyspace, [TermEnd(epoch: 2, leader: eu, last: 1), TermEnd(epoch: 1, leader: us, last: 7)])
-            #expect(try store.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2), TermEnd(epoch: 1, leader: us, last: 7)])
+            try await store.raiseTerms(keyspace: keyspace, [TermEnd(epoch: 2, leader: eu, last: 1), TermEnd(epoch: 1, leader: us, last: 7)])
+            #expect(try await store.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2), TermEnd(epoch: 1, leader: us, last: 7)])
         }
         let reopened = try fixture.open()
-        #expect(try reopened.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2), TermEnd(epoch: 1, leader: us, last: 7)])
+        #expect(try await reopened.terms(keyspace: keyspace) == [TermEnd(epoch: 2, leader: eu, last: 2), TermEnd(epoch: 1, leader: us, last: 7)])
         // As a leader's answer carries them.
-        #expect(try TermEnd.decode(Substring(TermEnd.encode(try reopened.terms(keyspace: keyspace)))) == (try reopened.terms(keyspace: keyspace)))
+        #expect(try TermEnd.decode(Substring(TermEnd.encode(try await reopened.terms(keyspace: keyspace)))) == (try await reopened.terms(keyspace: keyspace)))
         #expect(throws: MeridianError.self) { try TermEnd.decode("2:eu-west") }
     }
 }

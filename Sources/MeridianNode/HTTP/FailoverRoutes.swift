@@ -74,7 +74,7 @@ extension RegionNode {
                 // holds the leader's terms afterwards (read before its states).
                 var replaceAll = false
                 let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
-                for term in try store.terms(keyspace: keyspace, limit: 100_000) where term.epoch < start.epoch && term.epoch >= oldestNamed {
+                for term in try await store.terms(keyspace: keyspace, limit: 100_000) where term.epoch < start.epoch && term.epoch >= oldestNamed {
                     let held = start.last(of: term.leader, in: term.epoch) ?? 0
                     guard term.last > held else { continue }
                     if try await store.loggedThrough(keyspace: keyspace, origin: term.leader, epoch: term.epoch) < term.last { replaceAll = true }

@@ -4,7 +4,7 @@
 #
 #   scripts/before-after.sh [--before REV] [--nemesis-seconds N] [--out DIR]
 #
-# For each build, in turn: `bench local`, `bench replication`, `bench consistency`, a three-round game day
+# For each build, in turn: `bench local`, `bench replication`, `bench consistency`, a five-round game day
 # against its own demo cluster (RTO, writes lost), then the nemesis for N seconds (default 300) with seeds 1
 # and 2. Every run's output goes to DIR/<step>.<before|after>.log; a summary of the lines that carry the
 # figures is printed at the end. Builds REV in a temporary git worktree (a from-scratch release build, about
@@ -42,7 +42,8 @@ gameday() {
   binary=${binaries[$which]}
   start_demo_cluster "gameday ($which)"
   trap 'stop_demo_cluster; cleanup' EXIT
-  "$binary" gameday --rounds 3 >"$out/gameday.$which.log" 2>&1 || echo "gameday ($which) exited $?" >>"$out/gameday.$which.log"
+  # From the cluster's directory: the game day writes the restarted region's log beside where it runs.
+  (cd "$data" && "$binary" gameday --rounds 5) >"$out/gameday.$which.log" 2>&1 || echo "gameday ($which) exited $?" >>"$out/gameday.$which.log"
   stop_demo_cluster
   trap cleanup EXIT
 }

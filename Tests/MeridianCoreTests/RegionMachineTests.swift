@@ -151,14 +151,15 @@ import Testing
         let waiting = follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2),
                                                                  Self.entry(Self.profiles, origin: Self.eu, sequence: 4, epoch: 0)]))
         #expect(Self.applied(waiting).isEmpty, "a region lacking an earlier term's writes applied a later term's")
-        // For one silence the streams may still bring them: us-east's batch comes, but only up to 9.
-        #expect(!follower.tick(at: 100).contains { if case .catchUp = $0 { true } else { false } })
+        // us-east is reachable, so for one silence its stream may still bring them: its batch comes, but only up to 9.
+        let usUp: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: true, acknowledged: 0), Self.eu: .init(up: true, acknowledged: 0)]
+        #expect(!follower.tick(at: 100, peers: usUp).contains { if case .catchUp = $0 { true } else { false } })
         #expect(Self.applied(follower.handle(.batchArrived(2, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 9, epoch: 1)]))) == [2: [:]])
         #expect(Self.applied(follower.handle(.batchCommitted(2, committed: true))).isEmpty, "holding part of a term is not enough")
         // A silence (5 × 100 ms) later, the leader is asked.
-        let asked = follower.tick(at: 600)
+        let asked = follower.tick(at: 600, peers: usUp)
         #expect(asked.contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
-        #expect(!follower.tick(at: 700).contains { if case .catchUp = $0 { true } else { false } }, "one pull at a time")
+        #expect(!follower.tick(at: 700, peers: usUp).contains { if case .catchUp = $0 { true } else { false } }, "one pull at a time")
         // The leader's terms come first: nothing counts as held until every state it serves is merged.
         let leaderTerms = [TermEnd(epoch: 2, leader: Self.eu, last: 2), TermEnd(epoch: 1, leader: Self.us, last: 10)]
         let read = follower.handle(.catchUpTermsRead(keyspace: Self.accounts, epoch: 2, terms: leaderTerms))
@@ -209,11 +210,24 @@ import Testing
         follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
         follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
         follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2)]))
-        _ = follower.tick(at: 10)
-        #expect(follower.tick(at: 600).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
+        let usUp: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: true, acknowledged: 0)]
+        _ = follower.tick(at: 10, peers: usUp)
+        #expect(follower.tick(at: 600, peers: usUp).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
         follower.handle(.catchUpFailed(keyspace: Self.accounts, epoch: 2, reason: "eu-west unreachable"))
-        #expect(!follower.tick(at: 1_000).contains { if case .catchUp = $0 { true } else { false } })
-        #expect(follower.tick(at: 1_100).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
+        #expect(!follower.tick(at: 1_000, peers: usUp).contains { if case .catchUp = $0 { true } else { false } })
+        #expect(follower.tick(at: 1_100, peers: usUp).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
+    }
+
+    /// The first failover's clients waited a silence more than they had to (game day): the writes a region lacks
+    /// came from the old leader, which is down, so no stream can bring them and the pull goes out at once.
+    @Test func writesNoStreamCanBringArePulledAtOnce() {
+        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
+        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
+        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
+        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2)]))
+        let usDown: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: false, acknowledged: 0), Self.eu: .init(up: true, acknowledged: 0)]
+        #expect(follower.tick(at: 10, peers: usDown).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))
     }
 
     @Test func aHandOverGoesOutOnlyOnceAdmittedWritesCommittedAndTheTargetHoldsTheWholeLog() {

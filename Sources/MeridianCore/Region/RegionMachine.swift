@@ -547,17 +547,23 @@ public struct RegionMachine: Sendable {
             effects += carry(keyspace, memberEffects)
             effects += progressHandOver(keyspace, applied: applied, peers: peers)
             effects += considerFailback(keyspace, applied: applied, peers: peers)
-            effects += considerCatchUp(keyspace)
+            effects += considerCatchUp(keyspace, peers: peers)
         }
         return effects
     }
 
-    /// Entries that waited a silence for earlier terms' writes no stream brought (their origin is down or cut
-    /// off from this region): pull them from the leader, which holds everything its start counts.
-    private mutating func considerCatchUp(_ keyspace: KeyspaceName) -> [Effect] {
+    /// Entries that wait for earlier terms' writes no stream brought: pull them from the leader, which holds
+    /// everything its start counts. At once when no stream can bring them (every region whose writes are
+    /// missing is unreachable: down, or cut off from this one), else after a silence in which none did.
+    private mutating func considerCatchUp(_ keyspace: KeyspaceName, peers: [RegionName: PeerLink]) -> [Effect] {
         guard var term = terms[keyspace], let since = term.behindSinceMs, term.catchUp == nil, let start = term.start,
-              start.epoch == term.member.record.epoch, start.leader != region,
-              nowMs >= term.catchUpNotBeforeMs, nowMs - since >= term.silenceMs else { return [] }
+              start.epoch == term.member.record.epoch, start.leader != region, nowMs >= term.catchUpNotBeforeMs else { return [] }
+        let missing = start.terms.filter { earlier in
+            earlier.epoch < start.epoch && earlier.leader != region
+                && term.held[earlier.epoch].map { $0.leader == earlier.leader && $0.last >= earlier.last } != true
+        }
+        let noStreamCanBringThem = !missing.isEmpty && missing.allSatisfy { peers[$0.leader]?.up != true }
+        guard noStreamCanBringThem || nowMs - since >= term.silenceMs else { return [] }
         term.catchUp = CatchUp(epoch: start.epoch, from: start.leader, terms: nil)
         terms[keyspace] = term
         return [.catchUp(keyspace, from: start.leader, epoch: start.epoch),

@@ -140,13 +140,20 @@ import Testing
         #expect(Self.applied(follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))) == [2: [:]])
     }
 
+    /// ap-southeast following eu-west's epoch 2, which began holding us-east's epoch-1 writes up to 10, none of
+    /// which ap-southeast holds; its copy is checked against the start.
+    static func followerOfEuWestsTerm() -> Driver {
+        let start = EpochStart(epoch: 2, leader: eu, applied: [us: 10], terms: [TermEnd(epoch: 1, leader: us, last: 10)])
+        var follower = Driver(ap, stored: [accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: eu, votedEpoch: 2, votedFor: eu), start: start)])
+        follower.handle(.electionReceived(keyspace: accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: eu, applied: [:]))
+        follower.handle(.revertFinished(keyspace: accounts, epoch: 2))
+        return follower
+    }
+
     @Test func aTermsWritesWaitForEarlierTermsItsStartCountsAndAreCaughtUpFromTheLeaderAfterASilence() {
         // ap-southeast follows eu-west's epoch 2, which began holding us-east's epoch-1 writes up to 10; us-east's
         // stream never reached ap-southeast, which holds none of them.
-        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
-        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
-        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
-        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        var follower = Self.followerOfEuWestsTerm()
         // eu-west's epoch-2 write waits, and so does its multi-leader write in the same batch.
         let waiting = follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2),
                                                                  Self.entry(Self.profiles, origin: Self.eu, sequence: 4, epoch: 0)]))
@@ -205,10 +212,7 @@ import Testing
     }
 
     @Test func aFailedCatchUpIsTriedAgainASilenceLater() {
-        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
-        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
-        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
-        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        var follower = Self.followerOfEuWestsTerm()
         follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2)]))
         let usUp: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: true, acknowledged: 0)]
         _ = follower.tick(at: 10, peers: usUp)
@@ -221,10 +225,7 @@ import Testing
     /// The first failover's clients waited a silence more than they had to (game day): the writes a region lacks
     /// came from the old leader, which is down, so no stream can bring them and the pull goes out at once.
     @Test func writesNoStreamCanBringArePulledAtOnce() {
-        let start = EpochStart(epoch: 2, leader: Self.eu, applied: [Self.us: 10], terms: [TermEnd(epoch: 1, leader: Self.us, last: 10)])
-        var follower = Driver(Self.ap, stored: [Self.accounts: StoredElection(record: ElectionRecord(epoch: 2, leader: Self.eu, votedEpoch: 2, votedFor: Self.eu), start: start)])
-        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
-        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
+        var follower = Self.followerOfEuWestsTerm()
         follower.handle(.batchArrived(1, entries: [Self.entry(Self.accounts, origin: Self.eu, sequence: 3, epoch: 2)]))
         let usDown: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: false, acknowledged: 0), Self.eu: .init(up: true, acknowledged: 0)]
         #expect(follower.tick(at: 10, peers: usDown).contains(.catchUp(Self.accounts, from: Self.eu, epoch: 2)))

@@ -288,6 +288,7 @@ final class Replicator: Sendable {
                     }
                     var applier: BatchApplier?
                     do {
+                        defer { applier?.finish() }
                         for try await frame in inbound {
                             lastFrame.withLock { $0 = .now }
                             if let origin { heardFrom(origin) }
@@ -375,10 +376,17 @@ final class Replicator: Sendable {
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")
                             }
                         }
-                    } catch let error as MeridianError {
-                        try? await outbound.write(.refusal(code: error.code.description, message: error.message))
+                    } catch {
+                        if let error = error as? MeridianError {
+                            try? await outbound.write(.refusal(code: error.code.description, message: error.message))
+                        }
+                        await applier?.drained(withinMs: limits.heartbeatIntervalMs * limits.missedHeartbeatsMax)
                         throw error
                     }
+                    // The stream ended (its origin closed it, or died: a reset). What it sent before is still
+                    // applied: an origin that died may never send it again, and a region holding less of its log
+                    // than another could not take over from it.
+                    await applier?.drained(withinMs: limits.heartbeatIntervalMs * limits.missedHeartbeatsMax)
                 }
             }
         } catch {
@@ -401,6 +409,7 @@ final class Replicator: Sendable {
     /// Applies what arrived on one inbound stream: everything queued since the last apply goes in one store
     /// transaction (one fsync), then one ack covers it.
     private func applyBatches(_ applier: BatchApplier, origin: RegionName, replies: AsyncStream<PeerFrame>.Continuation) async throws {
+        defer { applier.stopped() }
         for await _ in applier.doorbell {
             while let work = applier.take() {
                 switch work {
@@ -657,10 +666,14 @@ final class BatchApplier: Sendable {
     private let state: Mutex<State>
     let doorbell: AsyncStream<Void>
     private let ring: AsyncStream<Void>.Continuation
+    /// Ends when the applying task stops.
+    private let done: AsyncStream<Void>
+    private let doneOut: AsyncStream<Void>.Continuation
 
     init(receiver: LogReceiver) {
         state = Mutex(State(receiver: receiver))
         (doorbell, ring) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        (done, doneOut) = AsyncStream<Void>.makeStream()
     }
 
     /// A batch arrived: check it and queue what it adds.
@@ -686,7 +699,22 @@ final class BatchApplier: Sendable {
         state.withLock { $0.receiver.persistFailed() }
     }
 
+    /// No more batches will arrive: the applying task stops once it has applied what is queued.
     func finish() { ring.finish() }
+
+    /// The applying task stopped (it applied everything queued, or failed, or was cancelled).
+    func stopped() { doneOut.finish() }
+
+    /// Waits until the applying task has applied what was queued before ``finish()`` and stopped, at most
+    /// `withinMs` (the caller then cancels it, and the stream's next connection resends from the last ack).
+    func drained(withinMs: Int) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for await _ in self.done {} }
+            group.addTask { try? await Task.sleep(for: .milliseconds(withinMs)) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
 }
 
 /// Wakes tasks waiting for this region's state to move (entries applied, freshness heard, peers' acks).

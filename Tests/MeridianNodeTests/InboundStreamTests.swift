@@ -1,0 +1,86 @@
+// Proves the node's inbound replication stream over a real socket: a batch that arrives just before its
+// stream ends (the origin closed it, or died and its kernel reset the connection) is still applied. An origin
+// that died never sends those entries again, and a region holding less of its log than another cannot take
+// over from it (the game day saw the last region in the failover order win for that reason).
+import Foundation
+import MeridianCore
+import MeridianHarness
+@testable import MeridianNode
+import MeridianStorage
+import NIOCore
+import NIOPosix
+import Testing
+
+@Suite struct InboundStreamTests {
+    static let rounds: UInt64 = 8
+    static let entriesPerRound: UInt64 = 25
+
+    /// us-east's node, running, with eu-west played by the test over a raw peer connection.
+    static func withNode(_ test: (RegionNode, Endpoint) async throws -> Void) async throws {
+        let (client, peer, euClient, euPeer) = (try LocalProcesses.freePort(), try LocalProcesses.freePort(), try LocalProcesses.freePort(), try LocalProcesses.freePort())
+        let config = try ClusterConfig.parse(yaml: """
+            cluster: test
+            regions:
+              - { name: us-east, client: 127.0.0.1:\(client), peer: 127.0.0.1:\(peer) }
+              - { name: eu-west, client: 127.0.0.1:\(euClient), peer: 127.0.0.1:\(euPeer) }
+            keyspaces:
+              - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
+            """, file: "inbound.yaml")
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), peerRoute: .direct),
+                                        store: MemoryStore.factory(MemoryDisks()))
+        let running = Task { try await node.run() }
+        defer { running.cancel() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: peer)
+        for _ in 0..<200 where !(await Self.accepts(endpoint)) { try await Task.sleep(for: .milliseconds(25)) }
+        try await test(node, endpoint)
+        running.cancel()
+        _ = await running.result
+    }
+
+    static func accepts(_ endpoint: Endpoint) async -> Bool {
+        guard let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: endpoint.host, port: endpoint.port).get() else { return false }
+        try? await channel.close()
+        return true
+    }
+
+    static func batch(from: UInt64, through: UInt64) throws -> PeerFrame {
+        let eu = RegionName(validated: "eu-west")
+        let now = UInt64(Date().timeIntervalSince1970 * 1000)
+        return .batch(from: from, through: through, entries: try (from...through).map { sequence in
+            ReplicationEntry(origin: eu, sequence: sequence, hlc: HLCTimestamp(physicalMs: now, logical: UInt32(sequence), region: eu), epoch: 0,
+                             keyspace: try KeyspaceName("profiles"), key: try Key("k\(sequence)"), operation: .put,
+                             contentType: "text/plain", value: Array("v\(sequence)".utf8))
+        })
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true])
+    func aBatchThatArrivesWithItsStreamsEndIsApplied(reset: Bool) async throws {
+        try await Self.withNode { node, endpoint in
+            let limits = node.configuration.cluster.limits
+            let codec = PeerFrameCodec(valueBytesMax: limits.valueBytesMax, frameBytesMax: limits.replicationFrameBytesMax)
+            let eu = RegionName(validated: "eu-west")
+            // Each round a new stream sends the next entries and ends at once; whether the node applied them
+            // before it noticed the end is a race, so the rounds make losing it show.
+            for round in 1...Self.rounds {
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: endpoint.host, port: endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec) }
+                try await channel.executeThenClose { _, outbound in
+                    try await outbound.write(.hello(PeerHello(cluster: "test", from: eu, to: RegionName(validated: "us-east"))))
+                    try await outbound.write(try Self.batch(from: (round - 1) * Self.entriesPerRound + 1, through: round * Self.entriesPerRound))
+                    if reset {
+                        // What a killed process's kernel does to a connection with unread bytes (the node's welcome).
+                        try await (channel.channel as! any SocketOptionProvider).setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+                    }
+                }
+                var applied: UInt64 = 0
+                for _ in 0..<200 {
+                    applied = node.store.appliedHighWater()[eu] ?? 0
+                    if applied == round * Self.entriesPerRound { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                try #require(applied == round * Self.entriesPerRound,
+                             "round \(round): applied through \(applied), sent through \(round * Self.entriesPerRound) before the stream \(reset ? "was reset" : "closed")")
+            }
+        }
+    }
+}

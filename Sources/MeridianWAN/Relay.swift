@@ -65,9 +65,12 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
         context.fireChannelInactive()
     }
 
+    /// The source failed (a reset, as a killed process's kernel sends when unread bytes remain). Bytes it sent
+    /// before are already on the wire: they still arrive, after their delay, and then the close does.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        sourceClosed = true
         context.close(promise: nil)
-        destination?.close(promise: nil)
+        pump()
     }
 
     /// Writes every chunk whose time has come, then sleeps until the next one.

@@ -72,9 +72,14 @@ struct WANHarness {
     let proxyPort: Int
     let us = RegionName(validated: "us-east"), eu = RegionName(validated: "eu-west")
 
-    static func start(rttMs: Double, jitterMs: Double = 0) async throws -> WANHarness {
+    /// - Parameter target: Collects what reaches the target instead of echoing it back.
+    static func start(rttMs: Double, jitterMs: Double = 0, target: Collector? = nil) async throws -> WANHarness {
         let echo = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) } }
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let target { try channel.pipeline.syncOperations.addHandler(target) } else { try channel.pipeline.syncOperations.addHandler(EchoHandler()) }
+                }
+            }
             .bind(host: "127.0.0.1", port: 0).get()
         let config = try ClusterConfig.parse(yaml: """
             regions:
@@ -160,6 +165,23 @@ struct WANHarness {
         let status = harness.emulator.snapshot()
         #expect(status.counters[DirectedLink(from: harness.us, to: harness.eu)]?.connections == 1)
         try await channel.close()
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func bytesSentBeforeTheSenderResetItsConnectionStillArrive() async throws {
+        // Regression: a reset (what a killed process's kernel sends when unread bytes remain) dropped the bytes
+        // still crossing the link, so a region killed by the game day had sent some regions less than others.
+        let target = Collector()
+        let harness = try await WANHarness.start(rttMs: 400, target: target)
+        defer { Task { await harness.stop() } }
+        let (channel, _) = try await harness.connect()
+        try await channel.writeAndFlush(ByteBuffer(bytes: [1, 2, 3]))
+        // Long enough for the proxy to have read them, far shorter than the 200 ms they take to cross.
+        try await Task.sleep(for: .milliseconds(30))
+        try await (channel as! any SocketOptionProvider).setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+        try await channel.close()
+        #expect(await target.waitFor(count: 3, timeoutSeconds: 5), "bytes on the wire before the reset arrive")
+        #expect(target.received.withLock { $0 } == [1, 2, 3])
     }
 
     @Test(.timeLimit(.minutes(1)))

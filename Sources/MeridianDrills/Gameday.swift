@@ -33,12 +33,15 @@ public struct Drill: Sendable {
         public let failbackMs: Double?
         public let serverRtoMs: Int?
         public let refusals: String
+        /// How far each other region had applied the killed leader's log just before the kill (-1: unknown).
+        public let appliedAtKill: [(region: String, sequence: Int)]
 
         public var line: String {
             let gaps = writerGapsMs.sorted()
             return "round \(number): killed \(killed), \(newLeader) led; RTO \(Int(rtoMs)) ms (writers \(Int(gaps.first ?? 0))–\(Int(gaps.last ?? 0)) ms, "
                 + "leader's own view \(serverRtoMs.map { "\($0) ms" } ?? "-")); \(acknowledged) writes acknowledged, \(lost) lost, \(keptAside) kept aside; "
-                + "regions agree: \(agreed ? "yes" : "NO"); failback \(failbackMs.map { "after \(Int($0)) ms" } ?? "none"); refused meanwhile: \(refusals)"
+                + "regions agree: \(agreed ? "yes" : "NO"); failback \(failbackMs.map { "after \(Int($0)) ms" } ?? "none"); refused meanwhile: \(refusals); "
+                + "\(killed)'s log applied at the kill: \(appliedAtKill.map { "\($0.region) \($0.sequence)" }.joined(separator: ", "))"
         }
     }
 
@@ -137,6 +140,7 @@ public struct Drill: Sendable {
         let load = Load()
         let loader = startLoad(load, round: number, avoiding: leader.name)
         try await Task.sleep(for: .seconds(warmupSeconds))
+        let appliedAtKill = await applied(of: leader)
         let killedAt = ContinuousClock.now
         guard kill(pid, SIGKILL) == 0 else { throw DrillFailure("cannot kill \(leader.name) (pid \(pid)): errno \(errno)") }
         // Every writer must have a write acknowledged after the kill by another region (answers the killed
@@ -172,7 +176,24 @@ public struct Drill: Sendable {
         let agreed = await regionsAgree(within: settleSeconds)
         let serverRto = await serverRTO(epochLeader: newLeader)
         return Round(number: number, killed: leader.name.rawValue, newLeader: newLeader, rtoMs: rto, writerGapsMs: gaps, acknowledged: writes.count,
-                     lost: lost, keptAside: keptAside, agreed: agreed, failbackMs: failbackMs, serverRtoMs: serverRto, refusals: load.refusedSummary())
+                     lost: lost, keptAside: keptAside, agreed: agreed, failbackMs: failbackMs, serverRtoMs: serverRto, refusals: load.refusedSummary(), appliedAtKill: appliedAtKill)
+    }
+
+    /// How far each other region reports having applied `leader`'s log, read from every region at once: the
+    /// election's up-to-date rule lets only a region that holds as much as a majority take over.
+    private func applied(of leader: RegionConfig) async -> [(region: String, sequence: Int)] {
+        await withTaskGroup(of: (String, Int).self) { group in
+            for region in config.regions where region.name != leader.name {
+                group.addTask {
+                    let peers = (await status(region))?["peers"] as? [[String: Any]] ?? []
+                    let inbound = peers.first { $0["region"] as? String == leader.name.rawValue }?["inbound"] as? [String: Any]
+                    return (region.name.rawValue, inbound?["applied"] as? Int ?? -1)
+                }
+            }
+            var found: [(region: String, sequence: Int)] = []
+            for await item in group { found.append(item) }
+            return found.sorted { $0.region < $1.region }
+        }
     }
 
     /// Acknowledged writes the current leader does not hold (read strongly), and writes kept aside anywhere.

@@ -125,6 +125,8 @@ public struct Simulation {
         /// Times a region's clock fence closed (restarted with its clock beyond the maximum offset), and writes a
         /// region refused because its clock was not proven within tolerance.
         public var clockFences = 0, clockRefused = 0
+        /// What the failover drill after the run saw (nil: it did not run, the run having not converged).
+        public var drill: String?
         /// Every invariant broken, described.
         public var violations: [String] = []
 
@@ -141,6 +143,7 @@ public struct Simulation {
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
+            if let drill { text += "; drill: \(drill)" }
             if !violations.isEmpty { text += "\nVIOLATIONS:\n- " + violations.joined(separator: "\n- ") }
             return text
         }
@@ -236,6 +239,8 @@ public struct Simulation {
         var freshness: [FreshnessTracker]          // per origin, on the true clock (a perfect monotonic clock)
         /// The region machine, rebuilt from the durable election state at every start.
         var machine: RegionMachine?
+        /// When the process last started.
+        var startedMs: UInt64 = 0
         /// A paused process (SIGSTOP) neither runs nor hears until then; its state stays.
         var pausedUntilMs: UInt64 = 0
         /// The clock fence, from the brackets of its peers' clocks their heartbeats give (rebuilt unproven at
@@ -504,7 +509,74 @@ public struct Simulation {
             }
         }
         checkInvariants()
+        if report.convergenceMs != nil { failoverDrill() }
         return report
+    }
+
+    /// After the run, the game day's round: the strong keyspace's leader is killed while every other region
+    /// runs and every link is whole, with strong writes in flight. The region that takes over must be the first
+    /// in the failover order among those that could have stood before it holding as much as it did: the
+    /// up-to-date rule lets no region holding less win, and the stagger and the pre-vote let the preferred one go
+    /// first. "Could have": its silence and stagger had run out, and it had held that much, long enough before
+    /// the winner stood for its request for pre-votes to reach the winner (a disk stall that holds back a
+    /// region's apply legitimately lets a region further down the order win). The game day once saw the last
+    /// region in the order win because the next one had dropped the entries its stream delivered as the leader
+    /// died; this drill checks the same rule on every seed's latencies.
+    private mutating func failoverDrill() {
+        // A region restarted less than its start-up grace ago may not stand yet (until its streams are up): wait
+        // for the grace to pass everywhere, so every region may stand.
+        // The strong keyspace's `missed_heartbeats`, and the period of the machines' ticks.
+        let missedHeartbeats = UInt64(5), tickMs = UInt64(25)
+        let graceMs = UInt64(cluster.limits.electionGraceSilences) * heartbeatIntervalMs * missedHeartbeats
+        for _ in 0..<100 where regions.contains(where: { $0.up && nowMs < $0.startedMs + graceMs }) { advance(by: 100) }
+        guard let leader = regions.indices.first(where: { isRunning($0) && regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.holdsLease == true }),
+              let before = regions[leader].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.epoch else { return }
+        let others = regions.indices.filter { $0 != leader && isRunning($0) }
+        guard others.count >= regions.count / 2 + 1 else { return }
+        for _ in 0..<Int.random(in: 1...4, using: &generator) {
+            strongWrite()
+            advance(by: UInt64.random(in: 1...20, using: &generator))
+        }
+        crash(leader)
+        // Down for the whole drill: its restart, scheduled by the crash, finds it lost.
+        regions[leader].lost = true
+        let killedAt = nowMs
+        // When each region may stand at the latest: the leader's last heartbeat reached it by a one-way delay (and
+        // its jitter) after the kill, then its silence and its stagger (two heartbeat intervals per rank) pass.
+        let mayStandMs = Dictionary(uniqueKeysWithValues: others.map { region in
+            (region, killedAt + rttMs[leader][region] / 2 + 5 + heartbeatIntervalMs * missedHeartbeats + rttMs[region][leader] + UInt64(region) * 2 * heartbeatIntervalMs)
+        })
+        var positions: [Int: LogPosition] = [:]
+        var heldSinceMs: [Int: UInt64] = [:]
+        var stood: [Int: (atMs: UInt64, positions: [Int: LogPosition], heldSinceMs: [Int: UInt64])] = [:]
+        while nowMs - killedAt < 20_000 {
+            advance(by: 10)
+            for region in others {
+                let position = regions[region].machine!.position(strongKeyspace, applied: appliedPoints(region))!
+                if positions[region] != position { heldSinceMs[region] = nowMs }
+                positions[region] = position
+            }
+            for region in others where stood[region] == nil {
+                if let snapshot = regions[region].machine!.snapshot(strongKeyspace, nowMs: nowMs), snapshot.epoch > before, snapshot.role != .follower {
+                    stood[region] = (nowMs, positions, heldSinceMs)
+                }
+            }
+            guard let epoch = leaderOfEpoch.keys.filter({ $0 > before }).min(), let winner = leaderOfEpoch[epoch] else { continue }
+            report.drill = "\(names[leader]) killed, \(names[winner]) took over epoch \(epoch) in \(nowMs - killedAt) ms"
+            guard let stand = stood[winner] else { return }
+            // A region's request for pre-votes goes out on a tick, at most a heartbeat interval after it may ask, and
+            // takes a one-way delay (and its jitter) to arrive.
+            let couldHaveStood = others.filter { region in
+                regions[region].fence.mayWrite && stand.positions[region]! >= stand.positions[winner]!
+                    && max(mayStandMs[region]!, stand.heldSinceMs[region]!) + heartbeatIntervalMs + tickMs + rttMs[region][winner] / 2 + 5 <= stand.atMs
+            }
+            if let preferred = couldHaveStood.min(), preferred < winner {
+                report.violations.append("\(names[winner]) took over epoch \(epoch) from the killed \(names[leader]), though \(names[preferred]), before it in the failover order, "
+                                         + "could have stood first and held as much: positions when \(names[winner]) stood \(stand.positions.sorted { $0.key < $1.key }.map { "\(names[$0.key]) \($0.value)" })")
+            }
+            return
+        }
+        report.violations.append("nobody took over from the killed \(names[leader]) within 20 s, with \(others.map { names[$0].rawValue }) running and every link whole")
     }
 
     // MARK: - Clients
@@ -1189,6 +1261,7 @@ public struct Simulation {
     private mutating func restart(_ index: Int, clockWrongChance: Bool = true) {
         guard !regions[index].up, !regions[index].lost else { return }
         regions[index].up = true
+        regions[index].startedMs = nowMs
         let count = regions.count
         regions[index].shippers = Array(repeating: nil, count: count)
         regions[index].outbound = Array(repeating: nil, count: count)

@@ -11,7 +11,9 @@
 // Merkle roots, among the survivors too when a region is lost, by anti-entropy); every discarded write is
 // in a conflicts log; counters hold every increment. The single-leader keyspace runs the node's region machine:
 // leaders are elected, lose their lease, are paused, isolated, killed, handed over and failed back, strong writes
-// are forwarded to the leader a region knows (and their answers back), and a deposed leader's writes are kept aside; each failover rule's planted bug is caught by a short sweep. A failing seed
+// are forwarded to the leader a region knows (and their answers back), and a deposed leader's writes are kept aside;
+// after each run the leader is killed with every link whole, and the region that takes over must be the first in
+// the failover order that could have stood holding as much; each failover rule's planted bug is caught by a short sweep. A failing seed
 // replays with `meridian sim --seed N --regions K --steps 200 [--lose-a-region] [--planted-bug B] --verbose --trace`.
 import MeridianCore
 import MeridianSimulator
@@ -22,7 +24,7 @@ import Testing
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
-        var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0, forwarded = 0
+        var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0, forwarded = 0, drills = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -46,6 +48,7 @@ import Testing
             clockFences += report.clockFences
             resident += report.residentWrites
             forwarded += report.forwardedWrites
+            if report.drill != nil { drills += 1 }
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
         #expect(failures.isEmpty, "\(failures.count) seeds broke an invariant; first: \(failures.first ?? "")")
@@ -75,6 +78,8 @@ import Testing
         #expect(resident > 300, "\(resident) writes resident in one region")
         // Strong writes reached the leader from the regions their clients called, as the node forwards them.
         #expect(forwarded > 3_000, "\(forwarded) strong writes forwarded to the leader")
+        // The failover drill ran after most runs (those that converged with a leader and a majority left).
+        #expect(drills > 300, "the failover drill ran after \(drills) runs")
     }
 
     /// Each failover rule broken on purpose is caught: a short sweep of longer runs (more elections each) finds a

@@ -136,6 +136,9 @@ public struct ElectionMember: Sendable {
     private var lastHeardMs: UInt64
     /// Before this, right after a start, the region does not stand (its streams are still coming up).
     private var standNotBeforeMs: UInt64
+    /// Regions stand in failover order (false only for the simulator's planted bug: each stands once its own
+    /// silence ran out, and none defers to a preferred one).
+    public var ranksByOrder = true
     /// Candidate: votes received in the current candidacy.
     private var votes: Set<RegionName> = []
     private var candidacyStartedMs: UInt64 = 0
@@ -399,7 +402,7 @@ public struct ElectionMember: Sendable {
     /// to hear the old leader later (a longer link) and then got this region's yes; a region that cannot win in
     /// that time says yes again, so the rule delays an election by at most one candidacy and never blocks one.
     private func prefersItself(over peer: RegionName, candidatePosition: LogPosition, position: LogPosition, nowMs: UInt64) -> Bool {
-        guard !fenced, role != .leader, position >= candidatePosition,
+        guard ranksByOrder, !fenced, role != .leader, position >= candidatePosition,
               let own = settings.order.firstIndex(of: region), let theirs = settings.order.firstIndex(of: peer), own < theirs else { return false }
         // Only once its own silence ran out (it stands within its stagger): a region still in its start-up grace,
         // or that heard the leader later, would hold the others back without standing itself.
@@ -408,7 +411,8 @@ public struct ElectionMember: Sendable {
     }
 
     private var stagger: UInt64 {
-        UInt64(settings.order.firstIndex(of: region) ?? settings.order.count) * settings.heartbeatIntervalMs * 2
+        guard ranksByOrder else { return 0 }
+        return UInt64(settings.order.firstIndex(of: region) ?? settings.order.count) * settings.heartbeatIntervalMs * 2
     }
 
     /// Follows `leader` in `epoch`: a later epoch, or the elected leader of the current one (a candidate

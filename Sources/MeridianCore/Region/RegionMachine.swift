@@ -192,10 +192,17 @@ public struct RegionMachine: Sendable {
         /// A catch-up round counts the leader's terms as held as soon as it read them, before it pulled their
         /// writes (an anti-entropy round raising the applied point past what it pulled).
         case raisePastPulled = "raise-past-pulled"
+        /// Regions stand for election regardless of the failover order: no stagger, and no region defers to
+        /// a preferred one that holds as much.
+        case ignoreFailoverOrder = "ignore-failover-order"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).
-    public var plantedBug: PlantedBug?
+    public var plantedBug: PlantedBug? {
+        didSet {
+            for keyspace in terms.keys { terms[keyspace]!.member.ranksByOrder = plantedBug != .ignoreFailoverOrder }
+        }
+    }
 
 
     /// Where one keyspace's term stands in this region.
@@ -351,6 +358,12 @@ public struct RegionMachine: Sendable {
         guard let term = terms[keyspace] else { return nil }
         return Snapshot(epoch: term.member.record.epoch, leader: term.member.leader, role: term.member.role,
                         holdsLease: term.member.holdsLease(nowMs: nowMs), start: term.start)
+    }
+
+    /// How far this region's copy of the keyspace reaches for its elections, given what it has applied of each
+    /// region's log: the newest epoch among the writes it holds, and how far it holds that epoch's leader's log.
+    public func position(_ keyspace: KeyspaceName, applied: [RegionName: UInt64]) -> LogPosition? {
+        terms[keyspace].map { position($0, applied) }
     }
 
     /// The term a write accepted here now would belong to: this region leads, holds its lease, its term's start

@@ -3,8 +3,9 @@
 // in a new epoch, with every majority-acknowledged write kept; the old leader returns as a follower. A leader
 // cut off from the others stops acknowledging within its lease; the async writes it acknowledged meanwhile
 // that its successor never held are kept in its divergence log (not applied anywhere), every region ends
-// with the new leader's data, and a kept-aside write can be re-applied on request. A region that missed an
-// earlier term's write catches up from the leader before it applies the new term's.
+// with the new leader's data, and a kept-aside write can be re-applied on request; a strong read it was serving
+// never returns such a write. A region that missed an earlier term's write catches up from the leader before it
+// applies the new term's.
 import Foundation
 import MeridianCore
 import MeridianHarness
@@ -217,6 +218,60 @@ import Testing
             #expect(badTopology.status == 404, "\(badTopology.text)")
             await ap.close()
             await us.close()
+        }
+    }
+
+    /// Found by the nemesis (seed 1, 300 s): a strong read at the leader waits until a majority holds the version
+    /// it would return. The leader, cut off, had taken a write it could not ship; its successor kept that write
+    /// aside when the link healed, and still acknowledged its sequence, which confirmed the version, so the read
+    /// answered with a value no region keeps. A read now is admitted again (its lease checked) after every wait.
+    @Test(.timeLimit(.minutes(3)))
+    func aStrongReadAtALeaderCutOffNeverReturnsAWriteItsSuccessorKeptAside() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+            try await Self.expectLeading(cluster, "us-east", "accounts")
+            let writer = try await cluster.connect("us-east")
+            let reader = try await cluster.connect("us-east")
+            let admin = try ClusterConfig.parse(yaml: String(contentsOfFile: cluster.config, encoding: .utf8), file: cluster.config).wan.admin
+            let wanAdmin = try await HTTPConnection.connect(host: admin.host, port: admin.port)
+            #expect(try await writer.request("PUT", "/v1/kv/accounts/k", body: Array("before".utf8)).status == 200)
+            // Cut right after an acknowledged write, so us-east still holds its lease for the next moments.
+            let cut = try await wanAdmin.request("POST", "/v1/wan/isolate", headers: [("Content-Type", "application/json")],
+                                                 body: Array(#"{"region":"us-east"}"#.utf8))
+            #expect(cut.status == 200, "\(cut.text)")
+            // A majority write us-east takes and cannot ship: it waits for acks that cannot come.
+            let write = Task { try await writer.request("PUT", "/v1/kv/accounts/k", body: Array("cut-off".utf8)) }
+            #expect(try await cluster.waitForValue("us-east", "/v1/kv/accounts/k?consistency=eventual", "cut-off", timeoutSeconds: 5))
+            // A strong read at us-east while the write is unconfirmed: it waits for a majority to hold it.
+            let read = Task { try await reader.request("GET", "/v1/kv/accounts/k?consistency=strong") }
+            // The others elect a successor; then the link heals, and us-east's stream delivers the cut-off write
+            // to regions that keep it aside.
+            let elected = try await Self.waitForStatus(cluster, "eu-west") {
+                let leader = Self.term($0, "accounts")["leader"] as? String
+                return leader != nil && leader != "us-east"
+            }
+            let newLeader = Self.term(elected, "accounts")["leader"] as? String ?? "none"
+            #expect(["eu-west", "ap-southeast"].contains(newLeader), "a survivor leads accounts: \(Self.term(elected, "accounts"))")
+            let healed = try await wanAdmin.request("POST", "/v1/wan/heal")
+            #expect(healed.status == 200, "\(healed.text)")
+            await wanAdmin.close()
+            let answer = try await read.value
+            _ = try? await write.value
+            // Whatever the strong read answered, the new leader's history holds it.
+            let leader = try await cluster.connect(newLeader)
+            var atLeader = ""
+            for _ in 0..<100 {
+                let response = try await leader.request("GET", "/v1/kv/accounts/k?consistency=strong")
+                if response.status == 200 {
+                    atLeader = response.text
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(answer.status != 200 || answer.text == atLeader,
+                    "a strong read at us-east answered \(answer.status) '\(answer.text)', but the new leader \(newLeader) holds '\(atLeader)'")
+            await writer.close()
+            await reader.close()
+            await leader.close()
         }
     }
 

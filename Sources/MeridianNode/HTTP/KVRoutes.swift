@@ -94,34 +94,43 @@ extension RegionNode {
               form: ForwardedRead.Form) async throws(MeridianError) -> Answered {
         let rule = ConflictRule(policy: policy)
         guard (rule == .crdt) == (form == .crdt) else { throw policyMismatch(policy, crdtAPI: form == .crdt) }
-        let (level, stalenessMs): (ConsistencyLevel, UInt64?)
-        switch try await route(policy, key: key, options: options, forwarded: forwarded) {
-        case .forward(let target, let otherwise):
-            do {
-                return try await forwardRead(to: target, options: options, policy: policy, key: key, form: form)
-            } catch where error.code == .regionUnavailable {
-                // Nowhere to go: the reason this region could not serve the read is the answer.
-                if let otherwise { throw otherwise }
-                guard policy.topology == .singleLeader, target == routed(policy).leader else { throw error }
-                var context = error.context
-                context["leader"] = target.rawValue
-                throw MeridianError(.leaderUnavailable, error.message, context: context, applied: error.appliedOrImplied)
+        var level: ConsistencyLevel, stalenessMs: UInt64?, state: KeyState?
+        // A strong read returns only a version a majority holds, so it may wait for this region's newest write
+        // of the key to be confirmed (up to the ack timeout). It is admitted again, and the key read again, after
+        // every wait: a leader that lost its lease meanwhile may have been succeeded by a term that keeps that
+        // write aside (a peer that kept it aside still acknowledges its sequence), as the simulator reads.
+        let confirmationDeadline = ContinuousClock.now + .milliseconds(limits.ackTimeoutMs)
+        while true {
+            switch try await route(policy, key: key, options: options, forwarded: forwarded) {
+            case .forward(let target, let otherwise):
+                do {
+                    return try await forwardRead(to: target, options: options, policy: policy, key: key, form: form)
+                } catch where error.code == .regionUnavailable {
+                    // Nowhere to go: the reason this region could not serve the read is the answer.
+                    if let otherwise { throw otherwise }
+                    guard policy.topology == .singleLeader, target == routed(policy).leader else { throw error }
+                    var context = error.context
+                    context["leader"] = target.rawValue
+                    throw MeridianError(.leaderUnavailable, error.message, context: context, applied: error.appliedOrImplied)
+                }
+            case .serve(let servedLevel, let servedStaleness):
+                (level, stalenessMs) = (servedLevel, servedStaleness)
             }
-        case .serve(let servedLevel, let servedStaleness):
-            (level, stalenessMs) = (servedLevel, servedStaleness)
-        }
-        // Siblings and CRDT reads need the key's whole state (every version, the causal context); the others
-        // the version reads show, as `kv` holds it.
-        let state: KeyState?
-        if rule == .siblings || rule == .crdt {
-            state = try await store.state(keyspace: policy.name, key: key)
-        } else {
-            state = try await store.get(keyspace: policy.name, key: key).map { stored in
-                KeyState(context: VersionVector(), versions: [KeyVersion(version: stored.version, tombstone: stored.tombstone, contentType: stored.contentType,
-                                                                         value: stored.value, dependencies: stored.dependencies)])
+            // Siblings and CRDT reads need the key's whole state (every version, the causal context); the others
+            // the version reads show, as `kv` holds it.
+            if rule == .siblings || rule == .crdt {
+                state = try await store.state(keyspace: policy.name, key: key)
+            } else {
+                state = try await store.get(keyspace: policy.name, key: key).map { stored in
+                    KeyState(context: VersionVector(), versions: [KeyVersion(version: stored.version, tombstone: stored.tombstone, contentType: stored.contentType,
+                                                                             value: stored.value, dependencies: stored.dependencies)])
+                }
             }
+            guard level == .strong, let version = state?.winner(rule).version, !confirmedByMajority(version, policy: policy) else { break }
+            let now = ContinuousClock.now
+            guard now < confirmationDeadline else { throw notConfirmed(version, policy: policy) }
+            await replicator.progress.wait(atMost: min(confirmationDeadline - now, .milliseconds(50)))
         }
-        if level == .strong, let state { try await awaitMajority(state.winner(rule).version, policy: policy) }
         // What the writers had seen becomes part of what this reader has seen (writes-follow-reads for whoever
         // reads this value next with the token, in any region). A delete counts too: having seen it, the
         // session must never see the value again. A siblings read shows every version; a CRDT value holds
@@ -201,22 +210,19 @@ extension RegionNode {
         return "private, max-age=\(policy.cache.ttlMs / 1000)"
     }
 
-    /// A strong read returns only a version a majority of replicas holds: after a failover the new leader is
-    /// one of them, so no later read can miss what this one saw. Waits (up to the ack timeout) for a write
-    /// this region made that is not confirmed yet.
-    private func awaitMajority(_ version: Version, policy: KeyspacePolicy) async throws(MeridianError) {
-        guard version.origin == region, policy.replicas.count > 1 else { return }
-        let required = AckMode.majority.regionsRequired(replicaCount: policy.replicas.count)
-        let deadline = ContinuousClock.now + .milliseconds(limits.ackTimeoutMs)
-        while !replicator.isConfirmed(sequence: version.sequence, required: required, replicas: policy.replicas) {
-            let now = ContinuousClock.now
-            guard now < deadline else {
-                throw MeridianError(.consistencyUnavailable,
-                                    "The latest version of this key (\(version)) is not yet held by a majority of keyspace '\(policy.name)''s replicas, so a strong read cannot return it. Retry shortly.",
-                                    context: ["keyspace": policy.name.rawValue, "version": version.description])
-            }
-            await replicator.progress.wait(atMost: min(deadline - now, .milliseconds(50)))
-        }
+    /// Whether a majority of the keyspace's replicas holds `version` (a version another region wrote reached
+    /// this region through its log, so a majority holds it already): after a failover the new leader is one of
+    /// them, so no later read can miss what a strong read saw.
+    private func confirmedByMajority(_ version: Version, policy: KeyspacePolicy) -> Bool {
+        guard version.origin == region, policy.replicas.count > 1 else { return true }
+        return replicator.isConfirmed(sequence: version.sequence, required: AckMode.majority.regionsRequired(replicaCount: policy.replicas.count),
+                                      replicas: policy.replicas)
+    }
+
+    private func notConfirmed(_ version: Version, policy: KeyspacePolicy) -> MeridianError {
+        MeridianError(.consistencyUnavailable,
+                      "The latest version of this key (\(version)) is not yet held by a majority of keyspace '\(policy.name)''s replicas, so a strong read cannot return it. Retry shortly.",
+                      context: ["keyspace": policy.name.rawValue, "version": version.description])
     }
 
     /// Sends a read to a region that can serve it, over the stream to that region, and returns its answer.
@@ -456,20 +462,26 @@ extension RegionNode {
         let limit = try pageLimit(query.get("limit"))
         let options = try RequestOptions(request, sessionKey: sessionKey)
         // A listing is served here or refused: it is never forwarded, so a route elsewhere means "not here".
-        let level: ConsistencyLevel
-        switch try await route(policy, key: nil, options: options, forwarded: false) {
-        case .forward(let target, let otherwise):
-            if let otherwise { throw otherwise }
-            throw MeridianError(.consistencyUnavailable, "This listing of keyspace '\(policy.name)' can only be served at \(target); send it there.",
-                                context: ["keyspace": policy.name.rawValue, "region": target.rawValue])
-        case .serve(let servedLevel, _):
-            level = servedLevel
-        }
-        let keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
+        var level: ConsistencyLevel, keys: [ListedKey]
         // A strong listing shows only versions a majority holds; peers apply in log order, so confirming the
-        // highest of this region's sequences listed confirms them all.
-        if level == .strong, let newest = keys.map(\.version).filter({ $0.origin == region }).max(by: { $0.sequence < $1.sequence }) {
-            try await awaitMajority(newest, policy: policy)
+        // highest of this region's sequences listed confirms them all. After a wait for it the listing is
+        // admitted and read again, as a strong read is (a lease lost meanwhile may have ended the term).
+        let confirmationDeadline = ContinuousClock.now + .milliseconds(limits.ackTimeoutMs)
+        while true {
+            switch try await route(policy, key: nil, options: options, forwarded: false) {
+            case .forward(let target, let otherwise):
+                if let otherwise { throw otherwise }
+                throw MeridianError(.consistencyUnavailable, "This listing of keyspace '\(policy.name)' can only be served at \(target); send it there.",
+                                    context: ["keyspace": policy.name.rawValue, "region": target.rawValue])
+            case .serve(let servedLevel, _):
+                level = servedLevel
+            }
+            keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
+            guard level == .strong, let newest = keys.map(\.version).filter({ $0.origin == region }).max(by: { $0.sequence < $1.sequence }),
+                  !confirmedByMajority(newest, policy: policy) else { break }
+            let now = ContinuousClock.now
+            guard now < confirmationDeadline else { throw notConfirmed(newest, policy: policy) }
+            await replicator.progress.wait(atMost: min(confirmationDeadline - now, .milliseconds(50)))
         }
         let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
         // The listing's versions join the session: later session reads, anywhere, reflect at least them.

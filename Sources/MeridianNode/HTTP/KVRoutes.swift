@@ -127,9 +127,7 @@ extension RegionNode {
                 }
             }
             guard level == .strong, let version = state?.winner(rule).version, !confirmedByMajority(version, policy: policy) else { break }
-            let now = ContinuousClock.now
-            guard now < confirmationDeadline else { throw notConfirmed(version, policy: policy) }
-            await replicator.progress.wait(atMost: min(confirmationDeadline - now, .milliseconds(50)))
+            try await waitForConfirmation(of: version, policy: policy, until: confirmationDeadline)
         }
         // What the writers had seen becomes part of what this reader has seen (writes-follow-reads for whoever
         // reads this value next with the token, in any region). A delete counts too: having seen it, the
@@ -219,10 +217,16 @@ extension RegionNode {
                                       replicas: policy.replicas)
     }
 
-    private func notConfirmed(_ version: Version, policy: KeyspacePolicy) -> MeridianError {
-        MeridianError(.consistencyUnavailable,
-                      "The latest version of this key (\(version)) is not yet held by a majority of keyspace '\(policy.name)''s replicas, so a strong read cannot return it. Retry shortly.",
-                      context: ["keyspace": policy.name.rawValue, "version": version.description])
+    /// Waits a moment for this region's progress (an ack may confirm `version`), or refuses the read once
+    /// `deadline` (the ack timeout) has passed.
+    private func waitForConfirmation(of version: Version, policy: KeyspacePolicy, until deadline: ContinuousClock.Instant) async throws(MeridianError) {
+        let now = ContinuousClock.now
+        guard now < deadline else {
+            throw MeridianError(.consistencyUnavailable,
+                                "The latest version of this key (\(version)) is not yet held by a majority of keyspace '\(policy.name)''s replicas, so a strong read cannot return it. Retry shortly.",
+                                context: ["keyspace": policy.name.rawValue, "version": version.description])
+        }
+        await replicator.progress.wait(atMost: min(deadline - now, .milliseconds(50)))
     }
 
     /// Sends a read to a region that can serve it, over the stream to that region, and returns its answer.
@@ -479,9 +483,7 @@ extension RegionNode {
             keys = try await store.list(keyspace: policy.name, prefix: prefix, after: after, limit: limit)
             guard level == .strong, let newest = keys.map(\.version).filter({ $0.origin == region }).max(by: { $0.sequence < $1.sequence }),
                   !confirmedByMajority(newest, policy: policy) else { break }
-            let now = ContinuousClock.now
-            guard now < confirmationDeadline else { throw notConfirmed(newest, policy: policy) }
-            await replicator.progress.wait(atMost: min(confirmationDeadline - now, .milliseconds(50)))
+            try await waitForConfirmation(of: newest, policy: policy, until: confirmationDeadline)
         }
         let items = keys.map { ListAnswer.Item(key: $0.key.rawValue, version: $0.version.description, bytes: $0.valueBytes, contentType: $0.contentType) }
         // The listing's versions join the session: later session reads, anywhere, reflect at least them.

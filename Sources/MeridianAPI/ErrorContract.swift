@@ -6,6 +6,8 @@ extension MeridianError.Code.Kind {
     public var httpStatus: HTTPResponse.Status {
         switch self {
         case .badInput: .badRequest
+        case .unauthenticated: .unauthorized
+        case .forbidden: .forbidden
         case .notFound: .notFound
         case .methodNotAllowed: .methodNotAllowed
         case .notAllowedByPolicy: .conflict

@@ -1,6 +1,34 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
+
+/// What a client presents to a node: the bearer token its requests carry.
+public struct ClientCredentials: Sendable {
+    /// The token sent as `Authorization: Bearer ...` (nil: none).
+    public var token: String?
+
+    public init(token: String? = nil) {
+        self.token = token
+    }
+
+    /// No credentials (the WAN emulator's admin API, or a cluster without authentication).
+    public static let none = ClientCredentials()
+
+    private static let processDefault = Mutex<ClientCredentials>(ClientCredentials(token: ProcessInfo.processInfo.environment["MERIDIAN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }))
+
+    /// What every connection of this process presents unless told otherwise: `MERIDIAN_TOKEN` from the
+    /// environment, or what the command line set (`--token`).
+    public static var process: ClientCredentials {
+        get { processDefault.withLock { $0 } }
+        set { processDefault.withLock { $0 = newValue } }
+    }
+
+    var headers: [(String, String)] {
+        token.map { [("Authorization", "Bearer \($0)")] } ?? []
+    }
+}
 
 /// A response read in full.
 public struct HTTPResult: Sendable {
@@ -37,8 +65,10 @@ public final class HTTPConnection: @unchecked Sendable {
     private let handler: ResponseCollector
     private let host: String
     private let responseBytesMax: Int
+    private let credentials: ClientCredentials
 
-    private init(channel: any Channel, handler: ResponseCollector, host: String, responseBytesMax: Int) {
+    private init(channel: any Channel, handler: ResponseCollector, host: String, responseBytesMax: Int, credentials: ClientCredentials) {
+        self.credentials = credentials
         self.channel = channel
         self.handler = handler
         self.host = host
@@ -49,8 +79,10 @@ public final class HTTPConnection: @unchecked Sendable {
     /// - Parameters:
     ///   - timeoutSeconds: Bounds the connect and every later request.
     ///   - responseBytesMax: The largest response body accepted.
+    ///   - credentials: What every request presents (default: ``ClientCredentials/process``).
     public static func connect(host: String, port: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                               timeoutSeconds: Int64 = 10, responseBytesMax: Int = 64 << 20) async throws -> HTTPConnection {
+                               timeoutSeconds: Int64 = 10, responseBytesMax: Int = 64 << 20,
+                               credentials: ClientCredentials = .process) async throws -> HTTPConnection {
         let handler = ResponseCollector(timeout: .seconds(timeoutSeconds), bodyBytesMax: responseBytesMax)
         do {
             let channel = try await ClientBootstrap(group: group)
@@ -63,7 +95,7 @@ public final class HTTPConnection: @unchecked Sendable {
                     }
                 }
                 .connect(host: host, port: port).get()
-            return HTTPConnection(channel: channel, handler: handler, host: "\(host):\(port)", responseBytesMax: responseBytesMax)
+            return HTTPConnection(channel: channel, handler: handler, host: "\(host):\(port)", responseBytesMax: responseBytesMax, credentials: credentials)
         } catch {
             throw ConnectionError(description: "cannot connect to \(host):\(port): \(error)")
         }
@@ -73,6 +105,9 @@ public final class HTTPConnection: @unchecked Sendable {
     public func request(_ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil) async throws -> HTTPResult {
         var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
         head.headers.add(name: "Host", value: host)
+        if !headers.contains(where: { $0.0.lowercased() == "authorization" }) {
+            for (name, value) in credentials.headers { head.headers.add(name: name, value: value) }
+        }
         for (name, value) in headers { head.headers.add(name: name, value: value) }
         if let body { head.headers.replaceOrAdd(name: "Content-Length", value: String(body.count)) }
         else if method == "PUT" || method == "POST" { head.headers.replaceOrAdd(name: "Content-Length", value: "0") }

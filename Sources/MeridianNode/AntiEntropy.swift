@@ -64,7 +64,12 @@ extension RegionNode {
         let token = given ?? gated ?? 0
         // Merges one page of states: through the gate for a single-leader keyspace.
         func merge(_ states: [(key: Key, state: KeyState)], terms: [TermEnd]?) async throws(MeridianError) -> Int {
-            guard gated != nil else { return try await store.merge(keyspace: policy.name, states: states) }
+            guard gated != nil else {
+                let changed = try await store.merge(keyspace: policy.name, states: states)
+                // Revocations that arrive by repair (after a partition) take effect as those that arrive by replication.
+                if changed > 0 && policy.name == AuthConfig.revocationKeyspace { await loadRevocations() }
+                return changed
+            }
             guard leadership.admitMerge(policy.name, token: token) else {
                 throw MeridianError(.leaderUnavailable, "The term of '\(policy.name)' changed during the repair; it is not merged.")
             }

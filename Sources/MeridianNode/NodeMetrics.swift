@@ -52,6 +52,11 @@ public final class NodeMetrics: StoreObserver, Sendable {
         histogram.record(duration)
     }
 
+    /// Counts a request refused by authentication (401) or authorization (403), by a reason from a fixed set.
+    func recordAuthRefusal(code: String, reason: String) {
+        registry.makeCounter(name: "meridian_auth_refusals_total", labels: [("code", code), ("reason", reason)]).increment()
+    }
+
     private func makeRequestMetrics(_ labels: RequestLabels) -> (Counter, DurationHistogram) {
         let route = labels.route, method = labels.method, status = labels.status
         let counter = registry.makeCounter(

@@ -5,6 +5,7 @@ import Logging
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
+import MeridianSecurity
 import MeridianStorage
 import NIOCore
 import Synchronization
@@ -70,6 +71,8 @@ public final class RegionNode: Sendable {
     let startedAt: ContinuousClock.Instant
     /// Authenticates the session tokens this region issues and accepts.
     let sessionKey: SessionKey
+    /// Verifies client tokens, when the cluster file turns authentication on (`auth`).
+    let verifier: TokenVerifier?
 
     /// The wall clock in ms since the Unix epoch, plus the configured offset; the one place the node reads it.
     let wallClockMs: @Sendable () -> UInt64
@@ -95,8 +98,15 @@ public final class RegionNode: Sendable {
         let clock = ClockWatch(region: configuration.region, cluster: configuration.cluster, injectedOffsetMs: configuration.clockOffsetMs,
                                logger: logger, onChange: { leadership.clockFenced($0) })
         self.clock = clock
+        let verifier: TokenVerifier? = if let auth = configuration.cluster.auth {
+            await TokenVerifier.make(auth: auth, cluster: configuration.cluster.name, nowMs: wallClockMs)
+        } else {
+            nil
+        }
+        self.verifier = verifier
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
-                                     wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock)
+                                     wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
+                                     onApplied: { entries in verifier?.revocations.apply(entries) })
         if configuration.clockOffsetMs != 0 {
             logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
         }
@@ -158,6 +168,7 @@ public final class RegionNode: Sendable {
         router.post("/v1/admin/failover") { request, context in try await self.failover(request, context) }
         router.get("/v1/divergence") { request, context in try await self.divergence(request, context) }
         router.post("/v1/admin/divergence/:id/reapply") { request, context in try await self.reapply(request, context) }
+        router.post("/v1/admin/tokens/revoke") { request, context in try await self.revokeToken(request, context) }
         index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }
@@ -172,6 +183,10 @@ public final class RegionNode: Sendable {
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? address.port) },
             logger: logger)
         defer { store.close() }
+        await loadRevocations()
+        if verifier == nil {
+            logger.warning("the cluster file has no auth section: the client API serves anyone who can reach it")
+        }
         logger.info("region \(region) serving on \(address)")
         leadership.start(Leadership.Carriers(send: sendElection, revert: bringBack, peers: peerLinks, catchUp: { keyspace, leader, epoch, termsRead throws(MeridianError) in
             try await self.catchUp(keyspace, from: leader, epoch: epoch, termsRead: termsRead)
@@ -272,9 +287,19 @@ struct APIMiddleware: RouterMiddleware {
         let started = ContinuousClock.now
         var response: Response
         do {
-            response = try await next(request, context)
+            response = try await node.authorized(request) { try await next(request, context) }
         } catch let error as MeridianError {
             response = error.response(change: request.method.changes)
+            switch error.code {
+            case .unauthenticated:
+                // RFC 6750: a missing token gets the bare challenge, a bad one says why.
+                response.headers[.wwwAuthenticate] = error.context["reason"] == "missing"
+                    ? "Bearer realm=\"meridian\"" : "Bearer realm=\"meridian\", error=\"invalid_token\""
+            case .forbidden:
+                response.headers[.wwwAuthenticate] = "Bearer realm=\"meridian\", error=\"insufficient_scope\""
+            default:
+                break
+            }
         } catch let error as HTTPError {
             // Hummingbird answers an unserved method on a known path as not found: say which methods it has.
             let allowed = error.status == .notFound ? routes.methods(request.uri.path) : []

@@ -8,6 +8,15 @@ struct ConfigOption: ParsableArguments {
     @Option(name: .long, help: "The cluster YAML file (default: the built-in demo cluster, see `meridian config demo`).")
     var config: String?
 
+    @Option(name: .long, help: ArgumentHelp("The client token requests carry, when the cluster has authentication on (default: MERIDIAN_TOKEN).",
+                                            valueName: "token"))
+    var token: String?
+
+    /// Every connection this process opens to a node presents `--token` (else `MERIDIAN_TOKEN`).
+    func validate() throws {
+        if let token { ClientCredentials.process.token = token.isEmpty ? nil : token }
+    }
+
     func load() throws -> ClusterConfig {
         guard let path = config else { return try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "<demo>") }
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -45,8 +45,14 @@ struct NodeFixture {
         case sqlite, memory
     }
 
-    func withApp(proveClock: Bool = true, store: Store = .sqlite, _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
-        let config = try ClusterConfig.parse(yaml: Self.yaml, file: "test.yaml")
+    func withApp(proveClock: Bool = true, store: Store = .sqlite, yaml: String = Self.yaml,
+                 _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        try await withNode(proveClock: proveClock, store: store, yaml: yaml) { _, client in try await test(client) }
+    }
+
+    func withNode(proveClock: Bool = true, store: Store = .sqlite, yaml: String = Self.yaml,
+                  _ test: @escaping @Sendable (RegionNode, any TestClientProtocol) async throws -> Void) async throws {
+        let config = try ClusterConfig.parse(yaml: yaml, file: "test.yaml")
         let factory = store == .sqlite ? RegionStore.factory(directory: directory) : MemoryStore.factory(MemoryDisks())
         let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: factory)
         defer {
@@ -55,7 +61,7 @@ struct NodeFixture {
         }
         if proveClock { Self.proveClock(node) }
         let app = Application(router: node.router())
-        try await app.test(.router, test)
+        try await app.test(.router) { client in try await test(node, client) }
     }
 
     /// Feeds the node the bracket a heartbeat from eu-west would (clocks in step), as its replication streams

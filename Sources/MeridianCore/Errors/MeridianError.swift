@@ -43,6 +43,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case codecLengthMismatch = "codec_length_mismatch"
             case replicationProtocol = "replication_protocol"
             case internalError = "internal_error"
+            case unauthenticated = "unauthenticated"
+            case forbidden = "forbidden"
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -62,6 +64,10 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case badInput
             /// The keyspace, region, key or route does not exist (404).
             case notFound
+            /// The request carries no valid credentials: no token, or one that is malformed, expired, forged or revoked (401).
+            case unauthenticated
+            /// The credentials are valid but do not cover the request: the error names the missing scope (403).
+            case forbidden
             /// The path does not serve that method (405).
             case methodNotAllowed
             /// The keyspace's policy does not allow the operation here (409).
@@ -97,6 +103,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case .ackTimeout: .timedOut
             case .storageFull: .storageFull
             case .internalError: .internalFailure
+            case .unauthenticated: .unauthenticated
+            case .forbidden: .forbidden
             }
         }
 
@@ -110,7 +118,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                  .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings, .preconditionFailed, .valueTooLarge,
                  .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
                  .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
-                 .codecLengthMismatch, .replicationProtocol:
+                 .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden:
                 .no
             // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
             // a commit whose fsync failed, and the node's own failures: the change may be there.
@@ -161,6 +169,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let codecLengthMismatch = Code(.codecLengthMismatch)
         public static let replicationProtocol = Code(.replicationProtocol)
         public static let internalError = Code(.internalError)
+        public static let unauthenticated = Code(.unauthenticated)
+        public static let forbidden = Code(.forbidden)
     }
 
     /// Whether a refused change (a write, a delete, a CRDT operation, an admin action) took effect: what a

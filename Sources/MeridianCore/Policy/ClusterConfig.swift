@@ -95,12 +95,16 @@ public struct ClusterConfig: Sendable {
     public let keyspaces: [KeyspacePolicy]
     /// The shared secret that authenticates session tokens (`session_secret`), if the file sets one.
     public let sessionSecret: String?
+    /// Client authentication (`auth`); nil: the client API is open to anyone who can reach it.
+    public let auth: AuthConfig?
 
     /// The key session tokens are authenticated with: from `session_secret`, or else from the cluster name.
     public var sessionKey: SessionKey { sessionSecret.map { SessionKey(secret: $0) } ?? SessionKey(clusterName: name) }
 
     /// Creates a configuration (the parser validates; this does not).
-    public init(name: String, regions: [RegionConfig], wan: WANConfig, limits: Limits, keyspaces: [KeyspacePolicy], sessionSecret: String? = nil) {
+    public init(name: String, regions: [RegionConfig], wan: WANConfig, limits: Limits, keyspaces: [KeyspacePolicy], sessionSecret: String? = nil,
+                auth: AuthConfig? = nil) {
+        self.auth = auth
         self.name = name
         self.regions = regions
         self.wan = wan
@@ -248,7 +252,7 @@ struct ConfigParser {
     let root: YAMLValue
 
     func parse() throws(ConfigProblem) -> ClusterConfig {
-        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret"])
+        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret", "auth"])
         let name = try fields["cluster"]?.string() ?? "meridian"
         let sessionSecret = try fields["session_secret"].map { value throws(ConfigProblem) in
             let secret = try value.string()
@@ -266,12 +270,22 @@ struct ConfigParser {
         var keyspaces: [KeyspacePolicy] = []
         for item in try fields["keyspaces"]?.sequence() ?? [] {
             let keyspace = try parseKeyspace(item, regions: names)
+            guard !keyspace.name.rawValue.hasPrefix(AccessRule.systemKeyspacePrefix) else {
+                throw ConfigProblem(path: item.child("name"), message: "names starting with '\(AccessRule.systemKeyspacePrefix)' are reserved for Meridian's own keyspaces")
+            }
             guard !keyspaces.contains(where: { $0.name == keyspace.name }) else {
                 throw ConfigProblem(path: item.child("name"), message: "keyspace '\(keyspace.name)' is defined twice")
             }
             keyspaces.append(keyspace)
         }
-        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret)
+        let auth = try fields["auth"].map { value throws(ConfigProblem) in try parseAuth(value) }
+        if auth != nil {
+            guard sessionSecret != nil else {
+                throw ConfigProblem(path: "session_secret", message: "with auth on, session tokens must be unforgeable too: set a session_secret of 16 to 256 characters (for example the output of `openssl rand -hex 32`), the same in every region")
+            }
+            keyspaces.append(try revocationKeyspace(regions: names))
+        }
+        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret, auth: auth)
     }
 
     private func parseRegions(_ value: YAMLValue) throws(ConfigProblem) -> [RegionConfig] {
@@ -378,7 +392,7 @@ struct ConfigParser {
         return limits
     }
 
-    private func parseKeyspace(_ value: YAMLValue, regions: [RegionName]) throws(ConfigProblem) -> KeyspacePolicy {
+    func parseKeyspace(_ value: YAMLValue, regions: [RegionName]) throws(ConfigProblem) -> KeyspacePolicy {
         let fields = try value.mapping(allowed: [
             "name", "topology", "leader", "replicas", "ack", "conflict", "priority", "home", "homes",
             "consistency", "residency", "failover", "cache",

@@ -34,12 +34,16 @@ public struct WriteOptions: Sendable, Hashable {
     public var session: String?
     /// The causal context token the client read (siblings keyspaces): the write supersedes what it names.
     public var context: String?
+    /// The principal the region the client called authorized the write for (nil: authentication is off).
+    public var principal: String?
 
-    public init(ack: AckMode? = nil, precondition: WriteRequest.Precondition? = nil, session: String? = nil, context: String? = nil) {
+    public init(ack: AckMode? = nil, precondition: WriteRequest.Precondition? = nil, session: String? = nil, context: String? = nil,
+                principal: String? = nil) {
         self.ack = ack
         self.precondition = precondition
         self.session = session
         self.context = context
+        self.principal = principal
     }
 
     /// The most versions a precondition names.
@@ -78,11 +82,14 @@ public struct ReadOptions: Sendable, Hashable {
     public var maxStalenessMs: UInt64?
     /// The client's session token as it carries it.
     public var session: String?
+    /// The principal the region the client called authorized the read for (nil: authentication is off).
+    public var principal: String?
 
-    public init(consistency: ConsistencyLevel? = nil, maxStalenessMs: UInt64? = nil, session: String? = nil) {
+    public init(consistency: ConsistencyLevel? = nil, maxStalenessMs: UInt64? = nil, session: String? = nil, principal: String? = nil) {
         self.consistency = consistency
         self.maxStalenessMs = maxStalenessMs
         self.session = session
+        self.principal = principal
     }
 }
 

@@ -167,7 +167,7 @@ extension ElectionMessage {
 ///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs
 ///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value,
 ///                    opt(str8 ack), u8 precondition: 0 none, 1 exists, 2 versions (u8 count × version),
-///                    opt(str16 session), opt(str16 context)
+///                    opt(str16 session), opt(str16 context), opt(str8 principal)
 ///     7 forwardReply u64 id, u8 answer: 1 read (str8 level, opt(u64 stalenessMs), opt(u64 epoch), str16 session,
 ///                    opt(u32 + state)); 2 written (version, str8 ack, u8 count × str8 region, str8 operation,
 ///                    opt(u64 epoch), str16 session, opt(u32 + CRDT value)); 3 refused (str8 code, str16 message,
@@ -175,7 +175,7 @@ extension ElectionMessage {
 ///                    opt(str16 session), opt(version))
 ///     8 refusal      str8 code, str16 message
 ///     9 forwardRead  u64 id, str8 keyspace, str16 key, u8 form (1 value, 2 crdt), opt(str8 level),
-///                    opt(u64 maxStalenessMs), opt(str16 session)
+///                    opt(u64 maxStalenessMs), opt(str16 session), opt(str8 principal)
 ///    10 election     str8 keyspace, u8 kind, kind's fields, u8 hasStart, [u64 epoch, str8 leader, u8 count,
 ///                    count × (str8 origin, u64 sequence), u8 terms, terms × (u64 epoch, str8 leader, u64 last)];
 ///                    kinds: 1 heartbeat (u64 epoch, u64 sentMs),
@@ -197,7 +197,7 @@ extension ElectionMessage {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 7
+    public static let protocolVersion: UInt8 = 8
     /// The most fields of context a forwarded refusal carries.
     public static let refusalContextMax = 32
 
@@ -261,6 +261,7 @@ public struct PeerFrameCodec: Sendable {
             }
             appendOptional(write.options.session, to: &buffer) { appendString16($0, to: &$1) }
             appendOptional(write.options.context, to: &buffer) { appendString16($0, to: &$1) }
+            appendOptional(write.options.principal, to: &buffer) { appendString8($0, to: &$1) }
         case .forwardReply(let reply):
             append(reply.id, to: &buffer)
             appendAnswer(reply.answer, to: &buffer)
@@ -275,6 +276,7 @@ public struct PeerFrameCodec: Sendable {
             appendOptional(read.options.consistency, to: &buffer) { appendString8($0.rawValue, to: &$1) }
             appendOptional(read.options.maxStalenessMs, to: &buffer) { append($0, to: &$1) }
             appendOptional(read.options.session, to: &buffer) { appendString16($0, to: &$1) }
+            appendOptional(read.options.principal, to: &buffer) { appendString8($0, to: &$1) }
         case .handOverRequest(let id, let keyspace, let target):
             append(id, to: &buffer)
             appendString8(keyspace.rawValue, to: &buffer)
@@ -484,8 +486,9 @@ public struct PeerFrameCodec: Sendable {
             let consistency = try optional(&body, "has_consistency") { body throws(MeridianError) in try consistencyLevel(&body) }
             let maxStalenessMs = try optional(&body, "has_max_staleness_ms") { body throws(MeridianError) in try sequenceField(&body, "max_staleness_ms", minimum: 0) }
             let session = try optional(&body, "has_session") { body throws(MeridianError) in try string16(&body, "session") }
+            let principal = try optional(&body, "has_principal") { body throws(MeridianError) in try principalName(&body) }
             frame = .forwardRead(ForwardedRead(id: id, keyspace: keyspace, key: key, form: form,
-                                               options: ReadOptions(consistency: consistency, maxStalenessMs: maxStalenessMs, session: session)))
+                                               options: ReadOptions(consistency: consistency, maxStalenessMs: maxStalenessMs, session: session, principal: principal)))
         case 10:
             frame = try election(&body)
         case 11:
@@ -697,7 +700,17 @@ public struct PeerFrameCodec: Sendable {
         }
         options.session = try optional(&body, "has_session") { body throws(MeridianError) in try string16(&body, "session") }
         options.context = try optional(&body, "has_context") { body throws(MeridianError) in try string16(&body, "context") }
+        options.principal = try optional(&body, "has_principal") { body throws(MeridianError) in try principalName(&body) }
         return options
+    }
+
+    /// The principal a forwarded request was authorized for where it entered.
+    private func principalName(_ body: inout ByteReader) throws(MeridianError) -> String {
+        let name = try string8(&body, "principal")
+        guard Principal.validName(name) else {
+            throw MeridianError(.codecInvalidField, "The forwarded request names an invalid principal.", context: ["field": "principal"])
+        }
+        return name
     }
 
     private func answer(_ body: inout ByteReader) throws(MeridianError) -> ServedAnswer {

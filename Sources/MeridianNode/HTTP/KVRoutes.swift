@@ -31,6 +31,7 @@ extension RegionNode {
         do throws(MeridianError) {
             let policy = try forwardedPolicy(read.keyspace)
             let options = try RequestOptions(read.options, sessionKey: sessionKey)
+            recordForwarded("read", keyspace: read.keyspace, principal: options.principal, from: peer)
             answer = try await self.read(options: options, policy: policy, key: read.key, forwarded: true, form: read.form).answer
         } catch {
             answer = .refused(Refusal(error))
@@ -232,7 +233,8 @@ extension RegionNode {
     /// Sends a read to a region that can serve it, over the stream to that region, and returns its answer.
     private func forwardRead(to target: RegionName, options: RequestOptions, policy: KeyspacePolicy, key: Key,
                              form: ForwardedRead.Form) async throws(MeridianError) -> Answered {
-        let carried = ReadOptions(consistency: options.consistency, maxStalenessMs: options.maxStalenessMs, session: options.session?.encoded(with: sessionKey))
+        let carried = ReadOptions(consistency: options.consistency, maxStalenessMs: options.maxStalenessMs, session: options.session?.encoded(with: sessionKey),
+                                  principal: options.principal)
         let reply = try await replicator.forward(to: target) { id in
             .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: key, form: form, options: carried))
         }
@@ -291,6 +293,7 @@ extension RegionNode {
                 throw MeridianError(.valueTooLarge, "The value is larger than the limit of \(limits.valueBytesMax) bytes.")
             }
             let options = try RequestOptions(write.options, sessionKey: sessionKey)
+            recordForwarded(write.operation.description, keyspace: write.keyspace, principal: options.principal, from: nil)
             answer = try await self.write(options: options, precondition: write.options.precondition, contextToken: write.options.context, policy: policy,
                                           key: write.key, operation: write.operation, contentType: contentType, value: write.value, forwarded: true).answer
         } catch {
@@ -324,7 +327,8 @@ extension RegionNode {
         let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded)
         guard case .accept(let ack, let required, var epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
-            let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken)
+            let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
+                                       principal: options.principal)
             return try await forwardWrite(to: target, options: carried, policy: policy, key: key, operation: operation, contentType: contentType, value: value)
         }
         // A timestamp from a clock out of tolerance would corrupt last-writer-wins order: refuse the write.

@@ -10,6 +10,8 @@ struct RequestOptions {
     var maxStalenessMs: UInt64?
     var session: SessionToken?
     var ack: AckMode?
+    /// Who the request was authorized for, where it entered the cluster (nil: authentication is off).
+    var principal: String?
 
     static let maxStalenessMsMax: UInt64 = 86_400_000
 
@@ -24,6 +26,7 @@ struct RequestOptions {
 
     /// Reads each option from `headers`, or else from `query` by the parameter name.
     init(headers: HTTPFields, query: (String) -> String?, sessionKey: SessionKey) throws(MeridianError) {
+        principal = RequestPrincipal.current?.name
         consistency = try Self.option(headers, query, MeridianHeader.consistency).map { text throws(MeridianError) in
             guard let level = ConsistencyLevel(rawValue: text) else {
                 throw Self.invalid("Meridian-Consistency", text, "use one of \(ConsistencyLevel.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -71,12 +74,14 @@ struct RequestOptions {
             return value
         }
         session = try read.session.map { text throws(MeridianError) in try SessionToken(decoding: text, key: sessionKey) }
+        principal = read.principal
     }
 
     /// The options a forwarded write carries; its session token is checked here.
     init(_ write: WriteOptions, sessionKey: SessionKey) throws(MeridianError) {
         ack = write.ack
         session = try write.session.map { text throws(MeridianError) in try SessionToken(decoding: text, key: sessionKey) }
+        principal = write.principal
     }
 
     /// Parses `If-Match`: `*` (the key exists), or one or more quoted versions (it is one of them).

@@ -72,14 +72,19 @@ final class Replicator: Sendable {
         var freshness = FreshnessTracker()
     }
 
+    /// Told of every batch of entries from a peer once it is committed here.
+    private let onApplied: @Sendable ([ReplicationEntry]) -> Void
+
     /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
     var monotonicMs: UInt64 {
         (ContinuousClock.now - started).wholeMilliseconds
     }
 
     init(own: RegionConfig, cluster: ClusterConfig, store: any RegionStorage, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
-         logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+         logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+         onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }) {
         let region = own.name
+        self.onApplied = onApplied
         self.region = region
         peerAddress = own.peer
         self.fence = fence
@@ -467,6 +472,7 @@ final class Replicator: Sendable {
     }
 
     private func recordApplied(_ entries: [ReplicationEntry], origin: RegionName, applied: UInt64) {
+        onApplied(entries)
         let now = wallClockMs()
         inboundStates.withLock { all in
             all[origin, default: InboundState()].freshness.advance(applied: applied)

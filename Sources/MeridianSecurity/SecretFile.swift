@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import MeridianCore
+
+/// Files holding keys: written readable by their owner only (0600), and whole or not at all.
+public enum SecretFile {
+    /// The most bytes a key, certificate or bundle file may hold.
+    public static let bytesMax = 1 << 20
+
+    /// Writes `contents` to `path` with mode 0600: into a new temporary file created with that mode (never a
+    /// window where another user could read it), synced, then renamed over `path`, so a reader (a node
+    /// reloading its certificates) sees the old file or the new one, never half of one.
+    /// - Throws: `MeridianError` `invalid_config` naming the file and the system's reason.
+    public static func write(_ contents: String, to path: String, mode: mode_t = 0o600) throws(MeridianError) {
+        let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard descriptor >= 0 else { throw failure("cannot create", temporary) }
+        let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: false)
+        do {
+            try handle.write(contentsOf: Data(contents.utf8))
+        } catch {
+            close(descriptor)
+            unlink(temporary)
+            throw failure("cannot write", temporary)
+        }
+        guard fchmod(descriptor, mode) == 0, fsync(descriptor) == 0 else {
+            close(descriptor)
+            unlink(temporary)
+            throw failure("cannot sync", temporary)
+        }
+        close(descriptor)
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw failure("cannot move into place", path)
+        }
+    }
+
+    /// Creates a directory (and its parents) readable by its owner only.
+    public static func makeDirectory(_ path: String) throws(MeridianError) {
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw MeridianError(.invalidConfig, "\(path): cannot create the directory: \(error.localizedDescription)", context: ["file": path])
+        }
+    }
+
+    /// Reads a text file of at most ``bytesMax`` bytes.
+    /// - Parameter what: What the file should hold, for the error message ("the signing key").
+    public static func read(_ path: String, what: String) throws(MeridianError) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw MeridianError(.invalidConfig, "\(path): cannot read \(what): \(String(cString: strerror(errno)))", context: ["file": path])
+        }
+        defer { try? handle.close() }
+        let data = (try? handle.read(upToCount: bytesMax + 1)) ?? Data()
+        guard data.count <= bytesMax else {
+            throw MeridianError(.invalidConfig, "\(path): \(what) is larger than \(bytesMax) bytes; is it the right file?", context: ["file": path])
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw MeridianError(.invalidConfig, "\(path): \(what) is not text (PEM expected)", context: ["file": path])
+        }
+        return text
+    }
+
+    private static func failure(_ action: String, _ path: String) -> MeridianError {
+        MeridianError(.invalidConfig, "\(path): \(action) the file: \(String(cString: strerror(errno)))", context: ["file": path])
+    }
+}

@@ -272,7 +272,7 @@ public struct Drill: Sendable {
 
     private func setJitter(_ percent: Double) async throws {
         let admin = config.wan.admin
-        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5)
+        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5, credentials: .none)
         let body = try JSONSerialization.data(withJSONObject: ["percent": percent])
         let result = try await connection.request("POST", "/v1/wan/jitter", headers: [("Content-Type", "application/json")], body: Array(body))
         await connection.close()

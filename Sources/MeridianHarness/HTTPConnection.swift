@@ -2,15 +2,49 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
 
-/// What a client presents to a node: the bearer token its requests carry.
+/// HTTPS to a node: the cluster's CA bundle to verify it by, and optionally a client certificate.
+public struct ClientTLS: Sendable {
+    let context: NIOSSLContext
+
+    /// Loads the trust bundle (and a client certificate and key, for a client API that asks for one).
+    public init(caPath: String, certificatePath: String? = nil, keyPath: String? = nil) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv13
+        tls.certificateVerification = .fullVerification
+        do {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+        } catch {
+            throw ConnectionError(description: "\(caPath): cannot read the CA bundle: \(error)")
+        }
+        if let certificatePath, let keyPath {
+            do {
+                tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificatePath).map { .certificate($0) }
+                tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem))
+            } catch {
+                throw ConnectionError(description: "\(certificatePath) or \(keyPath): cannot read the client certificate: \(error)")
+            }
+        }
+        do {
+            context = try NIOSSLContext(configuration: tls)
+        } catch {
+            throw ConnectionError(description: "cannot use \(caPath) for TLS: \(error)")
+        }
+    }
+}
+
+/// What a client presents to a node: the bearer token its requests carry, and HTTPS.
 public struct ClientCredentials: Sendable {
     /// The token sent as `Authorization: Bearer ...` (nil: none).
     public var token: String?
+    /// HTTPS (nil: plain HTTP).
+    public var tls: ClientTLS?
 
-    public init(token: String? = nil) {
+    public init(token: String? = nil, tls: ClientTLS? = nil) {
         self.token = token
+        self.tls = tls
     }
 
     /// No credentials (the WAN emulator's admin API, or a cluster without authentication).
@@ -90,6 +124,11 @@ public final class HTTPConnection: @unchecked Sendable {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tls = credentials.tls {
+                            // An address is verified against the certificate's IP names; a name is sent as SNI too.
+                            let literal = (try? SocketAddress(ipAddress: host, port: 0)) != nil
+                            try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.context, serverHostname: literal ? nil : host))
+                        }
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }

@@ -50,6 +50,14 @@ public final class LocalCluster: Sendable {
     public let options: Options
     public var directory: String { options.directory }
     private let processes = Mutex(Processes())
+    private let clientCredentials: Mutex<ClientCredentials>
+
+    /// What connections to the regions present: HTTPS with the cluster's CA bundle when its client API speaks
+    /// it, and the process's token (`MERIDIAN_TOKEN`) unless a test sets another.
+    public var credentials: ClientCredentials {
+        get { clientCredentials.withLock { $0 } }
+        set { clientCredentials.withLock { $0 = newValue } }
+    }
 
     /// A cluster from a cluster file's text, written to `cluster.yaml` in the directory.
     public convenience init(yaml: String, options: Options) throws {
@@ -65,6 +73,9 @@ public final class LocalCluster: Sendable {
         self.configPath = configPath
         self.options = options
         config = try ClusterConfig.parse(yaml: String(contentsOfFile: configPath, encoding: .utf8), file: configPath)
+        var credentials = ClientCredentials.process
+        if let tls = config.tls, tls.clientAPI { credentials.tls = try ClientTLS(caPath: tls.ca) }
+        clientCredentials = Mutex(credentials)
     }
 
     /// The demo cluster (its regions, keyspaces and RTTs) on freshly chosen free ports, with a fresh session
@@ -112,7 +123,8 @@ public final class LocalCluster: Sendable {
         let process = try LocalProcesses.start(options.executable, arguments, logPath: wanLog)
         processes.withLock { $0.wan = process }
         let admin = config.wan.admin
-        guard await LocalProcesses.waitHealthy(host: admin.host, port: admin.port, process: process, timeoutSeconds: options.startupTimeoutSeconds, stop: stop) else {
+        guard await LocalProcesses.waitHealthy(host: admin.host, port: admin.port, process: process, timeoutSeconds: options.startupTimeoutSeconds, stop: stop,
+                                               credentials: .none) else {
             if stop() { return }
             throw LaunchFailure(description: "the WAN emulator did not start (see \(wanLog)):\n\(Self.tail(wanLog))")
         }
@@ -139,7 +151,7 @@ public final class LocalCluster: Sendable {
     public func waitHealthy(_ region: RegionName, stop: @escaping @Sendable () -> Bool = { false }) async throws {
         let client = endpoint(region)
         guard await LocalProcesses.waitHealthy(host: client.host, port: client.port, process: process(region),
-                                               timeoutSeconds: options.startupTimeoutSeconds, stop: stop) else {
+                                               timeoutSeconds: options.startupTimeoutSeconds, stop: stop, credentials: credentials) else {
             if stop() { return }
             throw LaunchFailure(description: "region \(region) did not become healthy (see \(log(region))):\n\(Self.tail(log(region)))")
         }
@@ -200,13 +212,13 @@ public final class LocalCluster: Sendable {
     /// Opens a connection to a region's client API.
     public func connect(_ region: RegionName) async throws -> HTTPConnection {
         let client = endpoint(region)
-        return try await HTTPConnection.connect(host: client.host, port: client.port)
+        return try await HTTPConnection.connect(host: client.host, port: client.port, credentials: credentials)
     }
 
     /// POSTs a command to the WAN emulator's admin API (`partition`, `isolate`, `heal`, `jitter`, `latency`).
     public func wan(_ path: String, _ body: [String: Any]) async throws {
         let admin = config.wan.admin
-        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5)
+        let connection = try await HTTPConnection.connect(host: admin.host, port: admin.port, timeoutSeconds: 5, credentials: .none)
         defer { Task { await connection.close() } }
         let result = try await connection.request("POST", "/v1/wan/\(path)", headers: [("Content-Type", "application/json")],
                                                   body: Array(try JSONSerialization.data(withJSONObject: body)))

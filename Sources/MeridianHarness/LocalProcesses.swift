@@ -107,11 +107,11 @@ public enum LocalProcesses {
     /// Polls `GET /health` until it answers 200.
     /// - Returns: false when `timeoutSeconds` passed, the process exited first, or `stop` said so.
     public static func waitHealthy(host: String, port: Int, process: Process?, timeoutSeconds: Double,
-                                   stop: @Sendable () -> Bool = { false }) async -> Bool {
+                                   stop: @Sendable () -> Bool = { false }, credentials: ClientCredentials = .process) async -> Bool {
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while Date() < deadline && !stop() {
             if let process, !process.isRunning { return false }
-            if let connection = try? await HTTPConnection.connect(host: host, port: port, timeoutSeconds: 2) {
+            if let connection = try? await HTTPConnection.connect(host: host, port: port, timeoutSeconds: 2, credentials: credentials) {
                 let result = try? await connection.request("GET", "/health")
                 await connection.close()
                 if result?.status == 200 { return true }

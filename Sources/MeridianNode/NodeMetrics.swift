@@ -52,6 +52,16 @@ public final class NodeMetrics: StoreObserver, Sendable {
         histogram.record(duration)
     }
 
+    /// Counts a peer stream refused for its TLS identity (no or a bad certificate, or one of another region).
+    func recordPeerRefusal(reason: String) {
+        registry.makeCounter(name: "meridian_peer_refusals_total", labels: [("reason", reason)]).increment()
+    }
+
+    /// Counts a check of the TLS files that found them changed, by outcome (reloaded or failed).
+    func recordTLSReload(outcome: String) {
+        registry.makeCounter(name: "meridian_tls_reloads_total", labels: [("outcome", outcome)]).increment()
+    }
+
     /// Counts a request refused by authentication (401) or authorization (403), by a reason from a fixed set.
     func recordAuthRefusal(code: String, reason: String) {
         registry.makeCounter(name: "meridian_auth_refusals_total", labels: [("code", code), ("reason", reason)]).increment()

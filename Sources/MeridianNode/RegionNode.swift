@@ -9,6 +9,7 @@ import MeridianSecurity
 import MeridianStorage
 import NIOCore
 import Synchronization
+import UnixSignals
 
 /// Everything a region node needs to start.
 public struct NodeConfiguration: Sendable {
@@ -73,6 +74,8 @@ public final class RegionNode: Sendable {
     let sessionKey: SessionKey
     /// Verifies client tokens, when the cluster file turns authentication on (`auth`).
     let verifier: TokenVerifier?
+    /// TLS on peer streams and the client API, when the cluster file configures it (`tls`).
+    let tls: NodeTLS?
 
     /// The wall clock in ms since the Unix epoch, plus the configured offset; the one place the node reads it.
     let wallClockMs: @Sendable () -> UInt64
@@ -104,9 +107,13 @@ public final class RegionNode: Sendable {
             nil
         }
         self.verifier = verifier
+        let tls = try configuration.cluster.tls.map { config throws(MeridianError) in
+            try NodeTLS(config: config, region: configuration.region, cluster: configuration.cluster.name)
+        }
+        self.tls = tls
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
-                                     onApplied: { entries in verifier?.revocations.apply(entries) })
+                                     onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics)
         if configuration.clockOffsetMs != 0 {
             logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
         }
@@ -179,6 +186,7 @@ public final class RegionNode: Sendable {
         let address = configuration.clientAddress ?? configuration.own.client
         let app = Application(
             router: router(),
+            server: apiServer(),
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: "meridian/\(region)"),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? address.port) },
             logger: logger)
@@ -191,6 +199,8 @@ public final class RegionNode: Sendable {
         leadership.start(Leadership.Carriers(send: sendElection, revert: bringBack, peers: peerLinks, catchUp: { keyspace, leader, epoch, termsRead throws(MeridianError) in
             try await self.catchUp(keyspace, from: leader, epoch: epoch, termsRead: termsRead)
         }))
+        // Trapped before the API answers: SIGHUP's default action would end the node.
+        let hangups = tls == nil ? nil : await UnixSignalsSequence(trapping: .sighup)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 try await self.replicator.run(forward: { await self.serveForwarded($0) }, forwardRead: { await self.serveForwardedRead($0, from: $1) },
@@ -205,6 +215,12 @@ public final class RegionNode: Sendable {
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
+            if let hangups {
+                tasks.addTask {
+                    await self.watchCertificates(hangups)
+                    while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+                }
+            }
             tasks.addTask {
                 await self.runAntiEntropy()
                 // Disabled (interval 0): wait for the others without ending the node.

@@ -180,7 +180,7 @@ private func microseconds(_ duration: Duration) -> UInt64 {
 extension BenchCluster {
     /// Calls the WAN emulator's admin API.
     func wan(_ method: String, _ path: String, _ body: [String: Any]) async throws {
-        let connection = try await HTTPConnection.connect(host: config.wan.admin.host, port: config.wan.admin.port)
+        let connection = try await HTTPConnection.connect(host: config.wan.admin.host, port: config.wan.admin.port, credentials: .none)
         defer { Task { await connection.close() } }
         let result = try await connection.request(method, path, headers: [("Content-Type", "application/json")], body: Array(try JSONSerialization.data(withJSONObject: body)))
         guard result.status == 200 else { throw CLIFailure("the WAN emulator refused \(path): \(result.status) \(result.text)") }

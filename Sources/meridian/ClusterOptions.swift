@@ -17,7 +17,8 @@ struct ConfigOption: ParsableArguments {
         if let token { ClientCredentials.process.token = token.isEmpty ? nil : token }
     }
 
-    func load() throws -> ClusterConfig {
+    /// The cluster file; `connecting`: this command talks to the regions (so their client API's TLS is set up).
+    func load(connecting: Bool = true) throws -> ClusterConfig {
         guard let path = config else { return try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "<demo>") }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ValidationError("Cannot read the cluster file \(path).")
@@ -25,11 +26,24 @@ struct ConfigOption: ParsableArguments {
         guard let text = String(data: data, encoding: .utf8) else {
             throw ValidationError("\(path) is not UTF-8 text.")
         }
+        let config: ClusterConfig
         do {
-            return try ClusterConfig.parse(yaml: text, file: path)
+            config = try ClusterConfig.parse(yaml: text, file: path)
         } catch {
             throw ValidationError(error.message)
         }
+        // A cluster whose client API speaks HTTPS is verified with its own CA bundle (or MERIDIAN_CACERT), and
+        // MERIDIAN_CERT / MERIDIAN_KEY present a client certificate where the API asks for one.
+        if connecting, let tls = config.tls, tls.clientAPI, ClientCredentials.process.tls == nil {
+            let environment = ProcessInfo.processInfo.environment
+            do {
+                ClientCredentials.process.tls = try ClientTLS(caPath: environment["MERIDIAN_CACERT"] ?? tls.ca, certificatePath: environment["MERIDIAN_CERT"],
+                                                              keyPath: environment["MERIDIAN_KEY"])
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        return config
     }
 }
 

@@ -11,7 +11,7 @@ struct Meridian: AsyncParsableCommand {
         subcommands: [
             Up.self, NodeCommand.self, WANCommand.self, Chaos.self, ConfigCommand.self,
             Put.self, Get.self, Del.self, Ls.self, Status.self, Repair.self, Failover.self, Failovers.self, Divergence.self, Gameday.self, Nemesis.self,
-            Bench.self, Sim.self, TokenCommand.self,
+            Bench.self, Sim.self, TokenCommand.self, CertsCommand.self,
         ])
 
     /// Runs Swift concurrency on NIO's event loops before anything else, so a request is decoded, handled and

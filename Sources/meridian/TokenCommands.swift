@@ -60,7 +60,7 @@ struct TokenCommand: AsyncParsableCommand {
         @Flag(help: "Print a JSON object (token, id, expires_at_ms) instead.") var json = false
 
         func run() async throws {
-            let config = try cluster.load()
+            let config = try cluster.load(connecting: false)
             guard let auth = config.auth else {
                 throw CLIFailure("The cluster file has no auth section, so its regions accept requests without tokens. Add one: `meridian token keygen` prints it.")
             }

@@ -110,7 +110,7 @@ struct Chaos: AsyncParsableCommand {
             }
             let connection: HTTPConnection
             do {
-                connection = try await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 10)
+                connection = try await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 10, credentials: .none)
             } catch {
                 throw CLIFailure("cannot reach the WAN emulator at \(endpoint): is `meridian wan` (or `meridian up`) running?")
             }

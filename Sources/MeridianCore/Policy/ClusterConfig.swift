@@ -97,14 +97,17 @@ public struct ClusterConfig: Sendable {
     public let sessionSecret: String?
     /// Client authentication (`auth`); nil: the client API is open to anyone who can reach it.
     public let auth: AuthConfig?
+    /// TLS between regions and on the client API (`tls`); nil: plaintext.
+    public let tls: TLSConfig?
 
     /// The key session tokens are authenticated with: from `session_secret`, or else from the cluster name.
     public var sessionKey: SessionKey { sessionSecret.map { SessionKey(secret: $0) } ?? SessionKey(clusterName: name) }
 
     /// Creates a configuration (the parser validates; this does not).
     public init(name: String, regions: [RegionConfig], wan: WANConfig, limits: Limits, keyspaces: [KeyspacePolicy], sessionSecret: String? = nil,
-                auth: AuthConfig? = nil) {
+                auth: AuthConfig? = nil, tls: TLSConfig? = nil) {
         self.auth = auth
+        self.tls = tls
         self.name = name
         self.regions = regions
         self.wan = wan
@@ -137,7 +140,9 @@ public struct ClusterConfig: Sendable {
             throw MeridianError(.invalidConfig, "\(file): not valid YAML: \(error)", context: ["file": file])
         }
         do {
-            return try ConfigParser(root: YAMLValue(node: root, path: "")).parse()
+            // Relative paths in the file (certificates) are read from the file's directory.
+            let directory: String? = file.hasPrefix("<") ? nil : (file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "")
+            return try ConfigParser(root: YAMLValue(node: root, path: ""), directory: directory).parse()
         } catch {
             throw error.error(file: file)
         }
@@ -250,9 +255,11 @@ struct YAMLValue {
 /// Walks the YAML tree once, building and validating the configuration.
 struct ConfigParser {
     let root: YAMLValue
+    /// The cluster file's directory, for relative paths (nil: the file is built in).
+    var directory: String?
 
     func parse() throws(ConfigProblem) -> ClusterConfig {
-        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret", "auth"])
+        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret", "auth", "tls"])
         let name = try fields["cluster"]?.string() ?? "meridian"
         let sessionSecret = try fields["session_secret"].map { value throws(ConfigProblem) in
             let secret = try value.string()
@@ -285,7 +292,8 @@ struct ConfigParser {
             }
             keyspaces.append(try revocationKeyspace(regions: names))
         }
-        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret, auth: auth)
+        let tls = try fields["tls"].map { value throws(ConfigProblem) in try parseTLS(value, directory: directory) }
+        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret, auth: auth, tls: tls)
     }
 
     private func parseRegions(_ value: YAMLValue) throws(ConfigProblem) -> [RegionConfig] {

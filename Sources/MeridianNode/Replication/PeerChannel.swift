@@ -1,4 +1,5 @@
 import MeridianCore
+import MeridianSecurity
 import NIOCore
 
 /// Turns stream bytes into ``PeerFrame``s, refusing a frame longer than the codec's limit before buffering it.
@@ -36,13 +37,27 @@ struct PeerFrameEncoder: MessageToByteEncoder {
 
 typealias PeerChannel = NIOAsyncChannel<PeerFrame, PeerFrame>
 
+/// A peer stream, and (with TLS) the region its other end's certificate proves.
+struct PeerConnection: Sendable {
+    let channel: PeerChannel
+    /// nil without TLS: then only the hello names the other end.
+    let identity: EventLoopFuture<RegionName>?
+
+    /// The region the certificate proves, once the handshake is done (nil without TLS).
+    func certifiedRegion() async throws -> RegionName? {
+        try await identity?.get()
+    }
+}
+
 extension PeerChannel {
-    /// Wraps a freshly connected or accepted channel with the frame codec.
-    static func wrap(_ channel: any Channel, codec: PeerFrameCodec) -> EventLoopFuture<PeerChannel> {
+    /// Wraps a freshly connected or accepted channel: TLS first when configured (as the server of an accepted
+    /// stream, or the client of a dial to `dialing`), then the frame codec.
+    static func wrap(_ channel: any Channel, codec: PeerFrameCodec, tls: NodeTLS?, dialing: RegionName?) -> EventLoopFuture<PeerConnection> {
         channel.eventLoop.makeCompletedFuture {
+            let identity = try tls?.securePeerChannel(channel, dialing: dialing)
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder(codec: codec)))
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(PeerFrameEncoder(codec: codec)))
-            return try PeerChannel(wrappingChannelSynchronously: channel)
+            return PeerConnection(channel: try PeerChannel(wrappingChannelSynchronously: channel), identity: identity)
         }
     }
 }

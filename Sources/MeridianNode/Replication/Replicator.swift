@@ -2,6 +2,7 @@ import Foundation
 import Histogram
 import Logging
 import MeridianCore
+import MeridianSecurity
 import MeridianStorage
 import NIOCore
 import NIOPosix
@@ -74,6 +75,11 @@ final class Replicator: Sendable {
 
     /// Told of every batch of entries from a peer once it is committed here.
     private let onApplied: @Sendable ([ReplicationEntry]) -> Void
+    /// Mutual TLS on every stream, when the cluster file configures it.
+    private let tls: NodeTLS?
+    private let metrics: NodeMetrics?
+    /// Every open peer stream, so a certificate reload can move them all to the new certificates.
+    private let openChannels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
     var monotonicMs: UInt64 {
@@ -82,9 +88,11 @@ final class Replicator: Sendable {
 
     init(own: RegionConfig, cluster: ClusterConfig, store: any RegionStorage, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-         onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }) {
+         onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }, tls: NodeTLS? = nil, metrics: NodeMetrics? = nil) {
         let region = own.name
         self.onApplied = onApplied
+        self.tls = tls
+        self.metrics = metrics
         self.region = region
         peerAddress = own.peer
         self.fence = fence
@@ -120,12 +128,13 @@ final class Replicator: Sendable {
              onListening: @escaping @Sendable () -> Void = {}) async throws {
         let address = peerAddress
         let codec = self.codec
-        let server: NIOAsyncChannel<PeerChannel, Never>
+        let tls = self.tls
+        let server: NIOAsyncChannel<PeerConnection, Never>
         do {
             server = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: address.host, port: address.port) { channel in PeerChannel.wrap(channel, codec: codec) }
+                .bind(host: address.host, port: address.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil) }
         } catch {
             throw MeridianError(.invalidConfig, "Region \(region) cannot listen for peers on \(address): \(error). Is another node running with this cluster file?",
                                 context: ["peer": address.description])
@@ -178,10 +187,23 @@ final class Replicator: Sendable {
     /// One outbound connection: hello, then batches and heartbeats out, welcome and acks in.
     private func stream(to link: OutboundLink) async throws {
         let codec = self.codec
-        let channel = try await ClientBootstrap(group: group)
+        let tls = self.tls
+        let connection = try await ClientBootstrap(group: group)
             .connectTimeout(.seconds(2))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: link.endpoint.host, port: link.endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec) }
+            .connect(host: link.endpoint.host, port: link.endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: link.peer) }
+        let channel = connection.channel
+        // With TLS, nothing is sent before the peer's certificate proves it is the region dialled.
+        do {
+            _ = try await connection.certifiedRegion()
+        } catch {
+            channel.channel.close(promise: nil)
+            metrics?.recordPeerRefusal(reason: "outbound_identity")
+            throw error
+        }
+        let key = ObjectIdentifier(channel.channel)
+        openChannels.withLock { $0[key] = channel.channel }
+        defer { openChannels.withLock { _ = $0.removeValue(forKey: key) } }
         let (commands, outbox) = AsyncStream<OutboundLink.Command>.makeStream()
         link.connected(outbox: outbox)
         try await channel.executeThenClose { inbound, outbound in
@@ -264,9 +286,13 @@ final class Replicator: Sendable {
     }
 
     /// One inbound connection from an origin: apply its batches in order and acknowledge; serve forwarded writes.
-    private func serveInbound(_ connection: PeerChannel, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler,
+    private func serveInbound(_ accepted: PeerConnection, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler,
                               election: @escaping ElectionHandler, handOver: @escaping HandOverHandler, repair: @escaping RepairHandler) async {
         var origin: RegionName?
+        let connection = accepted.channel
+        let key = ObjectIdentifier(connection.channel)
+        openChannels.withLock { $0[key] = connection.channel }
+        defer { openChannels.withLock { _ = $0.removeValue(forKey: key) } }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let (replies, replyOut) = AsyncStream<PeerFrame>.makeStream()
@@ -301,6 +327,7 @@ final class Replicator: Sendable {
                             case .hello(let hello):
                                 guard origin == nil else { throw MeridianError(.replicationProtocol, "A stream said hello twice.") }
                                 try check(hello)
+                                try await checkIdentity(hello, accepted)
                                 origin = hello.from
                                 let applied = store.appliedHighWater()[hello.from] ?? 0
                                 let started = BatchApplier(receiver: LogReceiver(origin: hello.from, applied: applied))
@@ -465,6 +492,27 @@ final class Replicator: Sendable {
         guard hello.from != region, cluster.region(hello.from) != nil else {
             throw MeridianError(.replicationProtocol, "Region '\(hello.from)' is not a peer of \(region) in the cluster file.")
         }
+    }
+
+    /// With TLS, a stream speaks for the region its certificate names, whatever its hello claims.
+    private func checkIdentity(_ hello: PeerHello, _ connection: PeerConnection) async throws {
+        let certified: RegionName?
+        do {
+            certified = try await connection.certifiedRegion()
+        } catch {
+            metrics?.recordPeerRefusal(reason: "handshake")
+            throw error
+        }
+        guard let certified, certified != hello.from else { return }
+        metrics?.recordPeerRefusal(reason: "identity_mismatch")
+        logger.error("refused a peer stream: its hello claims one region, its certificate proves another",
+                     metadata: ["claimed": "\(hello.from)", "certificate": "\(certified)"])
+        throw MeridianError(.unauthenticated, "The stream's hello claims \(hello.from), but its certificate is \(certified)'s; a region joins only as itself.")
+    }
+
+    /// Closes every open peer stream; each reconnects at once, with the TLS contexts current now.
+    func reconnectAll() {
+        for channel in openChannels.withLock({ Array($0.values) }) { channel.close(promise: nil) }
     }
 
     private func heardFrom(_ origin: RegionName) {

@@ -16,7 +16,10 @@ final class LiveCluster {
     let local: LocalCluster
     var config: String { local.configPath }
 
-    init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:]) throws {
+    /// With `secure`, the cluster runs as `meridian up --secure` would: TLS everywhere, made by `meridian certs`,
+    /// and token authentication with a key from `meridian token keygen` (``signingKey``); the launcher's
+    /// connections use the CA bundle, and the token tests give them.
+    init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], secure: Bool = false, logLevel: String = "warning") throws {
         scratch = try Scratch()
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
@@ -25,8 +28,51 @@ final class LiveCluster {
         yaml = yaml.replacingOccurrences(
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
         yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
+        if secure { yaml += try Self.secureSections(yaml, scratch) }
         local = try LocalCluster(yaml: yaml, options: LocalCluster.Options(executable: MeridianBinary.path, directory: scratch.path, latencyScale: 0.1,
-                                                                           logLevel: "warning", nodeArguments: nodeArguments))
+                                                                           logLevel: logLevel, nodeArguments: nodeArguments))
+    }
+
+    var signingKey: String { scratch.file("signing.key") }
+    var certificates: String { scratch.file("certs") }
+
+    /// Creates the signing key, the CA and every region's certificate with the CLI, and returns the cluster
+    /// file's `session_secret`, `auth` and `tls` sections naming them.
+    static func secureSections(_ yaml: String, _ scratch: Scratch) throws -> String {
+        let base = scratch.file("base.yaml")
+        try yaml.write(toFile: base, atomically: true, encoding: .utf8)
+        let keygen = try runCLI(["token", "keygen", "--out", scratch.file("signing.key"), "--id", "live-1"])
+        #expect(keygen.status == 0, "\(keygen)")
+        let publicKey = try #require(keygen.stdout.split(separator: "\n").first { $0.contains("public_key:") }?.split(separator: ":").last)
+            .trimmingCharacters(in: .whitespaces)
+        for arguments in [["certs", "init"], ["certs", "issue", "--all"]] {
+            let made = try runCLI(arguments + ["--config", base, "--dir", scratch.file("certs")])
+            #expect(made.status == 0, "\(made)")
+        }
+        return """
+
+            session_secret: \(LocalCluster.secret())
+            auth:
+              keys: [{ id: live-1, public_key: \(publicKey) }]
+            tls:
+              ca: \(scratch.file("certs"))/ca.pem
+              cert: \(scratch.file("certs"))/{region}.pem
+              key: \(scratch.file("certs"))/{region}.key
+              reload_interval_ms: 300
+
+            """
+    }
+
+    /// Issues a token with the CLI (`meridian token issue`), as its JSON: token, id, expires_at_ms.
+    func issueToken(principal: String = "live", keyspaces: String = "*", ops: String = "read,write,admin", ttl: String = "1h",
+                    prefix: String? = nil) throws -> (token: String, id: String) {
+        var arguments = ["token", "issue", "--config", config, "--signing-key", signingKey, "--principal", principal,
+                         "--keyspace", keyspaces, "--ops", ops, "--ttl", ttl, "--json"]
+        if let prefix { arguments += ["--prefix", prefix] }
+        let issued = try runCLI(arguments)
+        #expect(issued.status == 0, "\(issued)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(issued.stdout.utf8)) as? [String: Any])
+        return (try #require(object["token"] as? String), try #require(object["id"] as? String))
     }
 
     func start() async throws {

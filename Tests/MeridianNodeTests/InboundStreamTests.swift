@@ -63,7 +63,7 @@ import Testing
             // before it noticed the end is a race, so the rounds make losing it show.
             for round in 1...Self.rounds {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .connect(host: endpoint.host, port: endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec) }
+                    .connect(host: endpoint.host, port: endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: nil, dialing: nil).map(\.channel) }
                 try await channel.executeThenClose { _, outbound in
                     try await outbound.write(.hello(PeerHello(cluster: "test", from: eu, to: RegionName(validated: "us-east"))))
                     try await outbound.write(try Self.batch(from: (round - 1) * Self.entriesPerRound + 1, through: round * Self.entriesPerRound))

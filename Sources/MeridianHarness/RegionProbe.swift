@@ -6,10 +6,16 @@ import MeridianCore
 public enum RegionProbe {
     /// GETs `path` from the region and decodes the JSON object; nil when it cannot be reached or does not answer 200.
     public static func json(_ endpoint: Endpoint, _ path: String, timeoutSeconds: Int64 = 2) async -> [String: Any]? {
+        guard let (status, object) = await answer(endpoint, path, timeoutSeconds: timeoutSeconds), status == 200 else { return nil }
+        return object
+    }
+
+    /// GETs `path` and returns the status with the decoded JSON object; nil when the region cannot be reached.
+    public static func answer(_ endpoint: Endpoint, _ path: String, timeoutSeconds: Int64 = 2) async -> (status: Int, object: [String: Any]?)? {
         guard let connection = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: timeoutSeconds) else { return nil }
         defer { Task { await connection.close() } }
-        guard let result = try? await connection.request("GET", path), result.status == 200 else { return nil }
-        return (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any]
+        guard let result = try? await connection.request("GET", path) else { return nil }
+        return (result.status, (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any])
     }
 
     /// Polls every region's status until none reports its clock `unverified` (a region takes no write before
@@ -20,8 +26,11 @@ public enum RegionProbe {
         while !pending.isEmpty && Date() < deadline && !stop() {
             var still: [Endpoint] = []
             for region in pending {
-                let state = (await json(region, "/v1/status")?["clock"] as? [String: Any])?["state"] as? String
-                if state == nil || state == "unverified" { still.append(region) }
+                let answered = await answer(region, "/v1/status")
+                // Without a token for a cluster that asks for one, there is nothing to wait for: the caller says so.
+                if answered?.status == 401 || answered?.status == 403 { continue }
+                let state = (answered?.object?["clock"] as? [String: Any])?["state"] as? String
+                if answered?.status != 200 || state == nil || state == "unverified" { still.append(region) }
             }
             pending = still
             if !pending.isEmpty { try? await Task.sleep(for: .milliseconds(100)) }

@@ -27,6 +27,8 @@ public struct NodeConfiguration: Sendable {
     public let own: RegionConfig
     /// Where this node reaches each peer: through the WAN emulator's listener for the link, or directly.
     public let peerEndpoints: [RegionName: Endpoint]
+    /// Starts without authentication or TLS on an address other machines can reach (protected mode off).
+    public var insecure = false
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, clientAddress: Endpoint? = nil,
@@ -87,6 +89,15 @@ public final class RegionNode: Sendable {
     public init(configuration: NodeConfiguration, store openStore: StoreFactory, logger: Logger = Logger(label: "meridian.node")) async throws(MeridianError) {
         var logger = logger
         logger[metadataKey: "region"] = "\(configuration.region)"
+        if configuration.insecure {
+            do throws(MeridianError) {
+                try ProtectedMode.check(configuration.cluster, region: configuration.region, clientAddress: configuration.clientAddress)
+            } catch {
+                logger.critical("--insecure: \(configuration.region) serves anyone who can reach it, in plaintext or without tokens. \(error.message)")
+            }
+        } else {
+            try ProtectedMode.check(configuration.cluster, region: configuration.region, clientAddress: configuration.clientAddress)
+        }
         let metrics = NodeMetrics()
         let offsetMs = Double(configuration.clockOffsetMs)
         let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000 + offsetMs)) }

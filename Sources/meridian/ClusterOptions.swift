@@ -19,7 +19,13 @@ struct ConfigOption: ParsableArguments {
 
     /// The cluster file; `connecting`: this command talks to the regions (so their client API's TLS is set up).
     func load(connecting: Bool = true) throws -> ClusterConfig {
-        guard let path = config else { return try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "<demo>") }
+        guard let path = config else {
+            // The built-in demo speaks plain HTTP, unless MERIDIAN_CACERT says the regions answer HTTPS (`up --secure`).
+            if connecting, let ca = ProcessInfo.processInfo.environment["MERIDIAN_CACERT"], ClientCredentials.process.tls == nil {
+                do { ClientCredentials.process.tls = try ClientTLS(caPath: ca) } catch { throw ValidationError("\(error)") }
+            }
+            return try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "<demo>")
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ValidationError("Cannot read the cluster file \(path).")
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeridianHarness
+import MeridianSecurity
 import MeridianCore
 import MeridianNode
 import MeridianStore
@@ -45,6 +46,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "How to reach the other regions: wan (through `meridian wan`'s proxies) or direct.") var peerRoute: String = "wan"
     @Option(help: ArgumentHelp("Add this many ms (may be negative) to the node's wall clock: a skewed clock, for fault injection.",
                                valueName: "ms")) var clockOffsetMs: Int64 = 0
+    @Flag(help: "Start even on an address other machines can reach without auth and TLS in the cluster file (protected mode off).")
+    var insecure = false
 
     func run() async throws {
         let config = try cluster.load()
@@ -63,8 +66,9 @@ struct NodeCommand: AsyncParsableCommand {
         logger.logLevel = level
         let node: RegionNode
         do {
-            node = try await RegionNode(configuration: try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route,
-                                                                         clockOffsetMs: clockOffsetMs),
+            var configuration = try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route, clockOffsetMs: clockOffsetMs)
+            configuration.insecure = insecure
+            node = try await RegionNode(configuration: configuration,
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {
             throw CLIFailure(error.message)
@@ -93,17 +97,38 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Where the regions keep their data (one sub-directory per region).") var data: String = "meridian-data"
     @Option(help: "Seconds to wait for every region to answer /health.") var startupTimeout: Double = 60
     @Option(help: "Multiply every emulated WAN delay (0.1 for fast experiments).") var latencyScale: Double?
+    @Flag(help: "The demo with TLS everywhere and token authentication: the CA, certificates, a signing key and an admin token go in DATA/secure.")
+    var secure = false
+    @Flag(help: "Start every node with --insecure (protected mode off: an address other machines reach, without auth and TLS).")
+    var insecure = false
+
+    func validate() throws {
+        if secure && cluster.config != nil {
+            throw ValidationError("--secure sets up the built-in demo; for your own cluster file add auth and tls sections (docs/security.md).")
+        }
+    }
 
     func run() async throws {
-        _ = try cluster.load()
+        _ = try cluster.load(connecting: false)
         let local: LocalCluster
-        let options = LocalCluster.Options(directory: data, latencyScale: latencyScale, startupTimeoutSeconds: startupTimeout)
+        var options = LocalCluster.Options(directory: data, latencyScale: latencyScale, startupTimeoutSeconds: startupTimeout)
+        var setup: SecureSetup?
         do {
             if let path = cluster.config {
+                let config = try cluster.load()
+                if insecure { options.nodeArguments = Dictionary(uniqueKeysWithValues: config.regions.map { ($0.name.rawValue, ["--insecure"]) }) }
                 local = try LocalCluster(configPath: path, options: options)
             } else {
                 // A fresh secret per run: the demo's session tokens are authenticated, not just checksummed.
-                local = try LocalCluster(yaml: DemoCluster.yaml + "\nsession_secret: \(LocalCluster.secret())\n", options: options)
+                var yaml = DemoCluster.yaml + "\nsession_secret: \(LocalCluster.secret())\n"
+                if secure {
+                    let prepared = try await SecureSetup.prepare(directory: (data as NSString).appendingPathComponent("secure"), yaml: yaml)
+                    yaml += prepared.sections
+                    // This command's own probes (clocks, pids) present the admin token over HTTPS.
+                    ClientCredentials.process = ClientCredentials(token: prepared.adminToken, tls: try ClientTLS(caPath: prepared.caPath))
+                    setup = prepared
+                }
+                local = try LocalCluster(yaml: yaml, options: options)
             }
         } catch let error as MeridianError {
             throw CLIFailure(error.message)
@@ -152,19 +177,29 @@ struct Up: AsyncParsableCommand {
             await stopAll()
             return
         }
+        if config.auth != nil && ClientCredentials.process.token == nil {
+            say("note: the cluster asks for tokens and this command has none (--token or MERIDIAN_TOKEN), so it did not wait for the regions' clocks")
+        }
         for endpoint in unverified {
             say("warning: the region at \(endpoint) has not compared its clock with its peers yet and refuses writes until it does (see /v1/status, clock)")
         }
         say("Meridian cluster '\(config.name)' is up: \(config.regions.count) regions. Ctrl-C stops it.\n")
+        let scheme = config.tls?.clientAPI == true ? "https" : "http"
         say("REGION          CLIENT API                  PEER              PID      LOG")
         for region in config.regions {
             say("\(region.name.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0))"
-                + "http://\(region.client)".padding(toLength: 28, withPad: " ", startingAt: 0)
+                + "\(scheme)://\(region.client)".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
                 + "\(local.pid(region.name) ?? 0)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.log(region.name))
         }
         let first = config.regions[0]
         let last = config.regions[config.regions.count - 1]
+        var curlOptions = ""
+        if let setup {
+            curlOptions = " --cacert \(setup.caPath) -H \"Authorization: Bearer $(cat \(setup.adminTokenPath))\""
+            say("TLS and tokens are on: the CA bundle is \(setup.caPath), an admin token (24 h) is in \(setup.adminTokenPath);")
+            say("the CLI takes it as MERIDIAN_TOKEN=$(cat \(setup.adminTokenPath)), with --config \(local.configPath) (which names the CA).\n")
+        }
         let keyspace = config.keyspaces.first { $0.ack == .async && $0.topology == .multiLeader && $0.residency.regions.count == config.regions.count }?.name.rawValue
             ?? config.keyspaces.first?.name.rawValue ?? "KEYSPACE"
         say("""
@@ -172,10 +207,10 @@ struct Up: AsyncParsableCommand {
             WAN emulator: admin http://\(config.wan.admin), proxies from port \(config.wan.basePort), log \(local.wanLog)
 
             Try:
-              curl -X PUT http://\(first.client)/v1/kv/\(keyspace)/hello -d world      # write in \(first.name)
-              curl http://\(last.client)/v1/kv/\(keyspace)/hello                       # read in \(last.name)
+              curl\(curlOptions) -X PUT \(scheme)://\(first.client)/v1/kv/\(keyspace)/hello -d world      # write in \(first.name)
+              curl\(curlOptions) \(scheme)://\(last.client)/v1/kv/\(keyspace)/hello                       # read in \(last.name)
               meridian chaos partition \(first.name) \(last.name)                       # cut the link; then: meridian chaos heal
-              meridian status --region \(last.name)
+              \(setup.map { "MERIDIAN_TOKEN=$(cat \($0.adminTokenPath)) meridian status --config \(local.configPath)" } ?? "meridian status") --region \(last.name)
             """)
 
         // Wait for a signal, or for every region to exit on its own, reporting each exit.

@@ -39,6 +39,9 @@ extension RegionNode {
         ])
     }
 
+    /// The latest expiry a revocation may name: the last ms of the year 9999.
+    static let expiresAtMsMax: UInt64 = 253_402_300_799_999
+
     /// `POST /v1/admin/tokens/revoke` with `{"id": "...", "expires_at_ms": N}`: revokes a token in every region.
     /// The revocation is written to the revocation keyspace here, takes effect here at once, and reaches the
     /// other regions through replication (anti-entropy after a partition).
@@ -58,8 +61,10 @@ extension RegionNode {
         let longest = now + auth.tokenTTLMaxSeconds * 1000
         var expiresAtMs = longest
         if let given = object["expires_at_ms"] {
-            guard let number = given as? NSNumber, let value = UInt64(exactly: number.doubleValue) else {
-                throw MeridianError(.invalidParameter, "expires_at_ms must be a whole number of ms since the Unix epoch.", context: ["parameter": "expires_at_ms"])
+            // Up to the year 9999: beyond it a number is not a time (and JSON numbers past 2^53 are not exact).
+            guard let number = given as? NSNumber, !(given is Bool), let value = UInt64(exactly: number.doubleValue), value <= Self.expiresAtMsMax else {
+                throw MeridianError(.invalidParameter, "expires_at_ms must be a whole number of ms since the Unix epoch, at most \(Self.expiresAtMsMax).",
+                                    context: ["parameter": "expires_at_ms"])
             }
             expiresAtMs = min(value, longest)
         }

@@ -35,8 +35,9 @@ public final class NemesisCluster: Sendable {
     var regions: [RegionConfig] { local.config.regions }
 
     /// - Parameter executable: The `meridian` binary the cluster runs.
-    public init(directory: String, latencyScale: Double, executable: String = LocalProcesses.currentExecutable()) throws {
-        local = try LocalCluster(yaml: try LocalCluster.demoYAML(),
+    /// - Parameter yaml: The cluster file (default: the demo on free ports); connections present ``ClientCredentials/process``.
+    public init(directory: String, latencyScale: Double, executable: String = LocalProcesses.currentExecutable(), yaml: String? = nil) throws {
+        local = try LocalCluster(yaml: try yaml ?? LocalCluster.demoYAML(),
                                  options: LocalCluster.Options(executable: executable, directory: directory, latencyScale: latencyScale, logLevel: "notice"))
         var rtt: [String: Double] = [:]
         for a in local.config.regions {

@@ -4,6 +4,7 @@ import MeridianHarness
 import MeridianCore
 import MeridianTestKit
 import MeridianDrills
+import MeridianSecurity
 import Synchronization
 
 /// `meridian nemesis`: Jepsen-style fault injection against a cluster of real processes that it starts itself.
@@ -32,6 +33,8 @@ struct Nemesis: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the regions to agree after healing.") var settleSeconds: Double = 90
     @Option(help: "Where the cluster keeps its data and logs (default: a new temporary directory, removed unless a check fails).")
     var data: String?
+    @Flag(help: "Run the cluster with TLS on every stream and token authentication, as `meridian up --secure` does.")
+    var secure = false
 
     func validate() throws {
         guard duration >= 5, duration <= 7_200 else { throw ValidationError("--duration is 5 to 7200 seconds.") }
@@ -49,8 +52,20 @@ struct Nemesis: AsyncParsableCommand {
     func run() async throws {
         let kinds = faults.split(separator: ",").compactMap { Fault.Kind(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
         let directory = data ?? (FileManager.default.temporaryDirectory.appendingPathComponent("meridian-nemesis-\(seed)-\(UUID().uuidString.prefix(8))").path)
-        let cluster = try NemesisCluster(directory: directory, latencyScale: latencyScale)
-        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ",")); data and logs in \(directory)")
+        var yaml = try LocalCluster.demoYAML()
+        if secure {
+            let setup: SecureSetup
+            do throws(MeridianError) {
+                setup = try await SecureSetup.prepare(directory: (directory as NSString).appendingPathComponent("secure"), yaml: yaml)
+            } catch {
+                throw CLIFailure(error.message)
+            }
+            yaml += setup.sections
+            // Every client, probe and check of the run presents the admin token over HTTPS.
+            ClientCredentials.process = ClientCredentials(token: setup.adminToken, tls: try ClientTLS(caPath: setup.caPath))
+        }
+        let cluster = try NemesisCluster(directory: directory, latencyScale: latencyScale, yaml: yaml)
+        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ","))\(secure ? ", TLS and tokens on" : ""); data and logs in \(directory)")
         var passed = false
         do {
             try await cluster.start()

@@ -10,18 +10,23 @@ public final class BenchCluster {
     public var directory: String { local.directory }
 
     /// - Parameter executable: The `meridian` binary (default: this process's own).
-    public init(directory: String?, latencyScale: Double, executable: String = LocalProcesses.currentExecutable()) throws {
+    /// - Parameter yaml: The cluster file (default: ``yaml()``).
+    public init(directory: String?, latencyScale: Double, executable: String = LocalProcesses.currentExecutable(), yaml: String? = nil) throws {
         removeAfter = directory == nil
         let directory = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
-        let keyspaces = """
+        local = try LocalCluster(yaml: try yaml ?? Self.yaml(),
+                                 options: LocalCluster.Options(executable: executable, directory: directory, latencyScale: latencyScale, logLevel: "warning"))
+    }
+
+    /// The benchmarks' cluster file: the demo's regions and RTTs on free ports, with the benchmarks' keyspaces.
+    public static func yaml() throws -> String {
+        try LocalCluster.demoYAML(keyspaces: """
               - { name: bench, topology: multi-leader, conflict: lww, ack: async }
               - { name: ledger, topology: single-leader, leader: us-east, ack: majority }
               - { name: conflicts, topology: multi-leader, conflict: lww, ack: async }
               - { name: counters, topology: multi-leader, conflict: crdt, ack: async }
 
-            """
-        local = try LocalCluster(yaml: try LocalCluster.demoYAML(keyspaces: keyspaces),
-                                 options: LocalCluster.Options(executable: executable, directory: directory, latencyScale: latencyScale, logLevel: "warning"))
+            """)
     }
 
     /// Starts a cluster, runs `body` against it, and stops every process it started, whatever happens.
@@ -45,8 +50,7 @@ public final class BenchCluster {
     }
 
     public func peers(_ region: RegionName) async throws -> [[String: Any]] {
-        let client = config.region(region)!.client
-        let connection = try await HTTPConnection.connect(host: client.host, port: client.port)
+        let connection = try await local.connect(region)
         defer { Task { await connection.close() } }
         let status = try await connection.request("GET", "/v1/status")
         return ((try? JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any])?["peers"] as? [[String: Any]]) ?? []

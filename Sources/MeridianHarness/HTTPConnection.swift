@@ -50,10 +50,21 @@ public struct ClientCredentials: Sendable {
     /// No credentials (the WAN emulator's admin API, or a cluster without authentication).
     public static let none = ClientCredentials()
 
-    private static let processDefault = Mutex<ClientCredentials>(ClientCredentials(token: ProcessInfo.processInfo.environment["MERIDIAN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }))
+    private static let processDefault = Mutex<ClientCredentials>(fromEnvironment())
 
-    /// What every connection of this process presents unless told otherwise: `MERIDIAN_TOKEN` from the
-    /// environment, or what the command line set (`--token`).
+    /// `MERIDIAN_TOKEN`, and HTTPS with `MERIDIAN_CACERT` (and a client certificate from `MERIDIAN_CERT` and
+    /// `MERIDIAN_KEY`); a CA bundle that cannot be read leaves plain HTTP, and the connection's error says so.
+    private static func fromEnvironment() -> ClientCredentials {
+        let environment = ProcessInfo.processInfo.environment
+        let token = environment["MERIDIAN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        let tls = environment["MERIDIAN_CACERT"].flatMap { ca in
+            try? ClientTLS(caPath: ca, certificatePath: environment["MERIDIAN_CERT"], keyPath: environment["MERIDIAN_KEY"])
+        }
+        return ClientCredentials(token: token, tls: tls)
+    }
+
+    /// What every connection of this process presents unless told otherwise: `MERIDIAN_TOKEN` and
+    /// `MERIDIAN_CACERT` from the environment, or what the command line set (`--token`, the cluster file's CA).
     public static var process: ClientCredentials {
         get { processDefault.withLock { $0 } }
         set { processDefault.withLock { $0 = newValue } }

@@ -8,8 +8,12 @@ import MeridianCore
 ///     DIRECTORY/certs/ca.pem ...   the CA, its key (0600), every region's certificate and key (0600)
 ///     DIRECTORY/admin.token        an admin token valid 24 h (0600)
 public struct SecureSetup: Sendable {
-    /// The `session_secret`, `auth` and `tls` sections to append to the cluster file.
-    public let sections: String
+    /// The `session_secret` and `auth` sections to append to the cluster file.
+    public let authSections: String
+    /// The `tls` section to append to the cluster file.
+    public let tlsSection: String
+    /// Both.
+    public var sections: String { authSections + tlsSection }
     /// A token for every keyspace and operation.
     public let adminToken: String
     /// Where that token is written.
@@ -56,16 +60,20 @@ public struct SecureSetup: Sendable {
         let tokenPath = "\(directory)/admin.token"
         try SecretFile.write(admin.token + "\n", to: tokenPath)
         let secret = config.sessionSecret == nil ? "session_secret: \((0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())\n" : ""
-        let sections = """
+        let authSections = """
 
             \(secret)auth:
               keys: [{ id: \(issuer.keyID), public_key: \(issuer.verificationKey.encodedPublicKey) }]
+
+            """
+        let tlsSection = """
             tls:
               ca: \(certificates)/ca.pem
               cert: \(certificates)/{region}.pem
               key: \(certificates)/{region}.key
 
             """
-        return SecureSetup(sections: sections, adminToken: admin.token, adminTokenPath: tokenPath, caPath: "\(certificates)/ca.pem")
+        return SecureSetup(authSections: authSections, tlsSection: tlsSection, adminToken: admin.token, adminTokenPath: tokenPath,
+                           caPath: "\(certificates)/ca.pem")
     }
 }

@@ -191,14 +191,32 @@ public final class TokenVerifier: RequestAuthenticator {
         guard authorization.utf8.count <= tokenBytesMax else {
             throw invalid("The Authorization header is longer than \(tokenBytesMax) bytes.", reason: "malformed")
         }
-        let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+        // Parsed as bytes: this runs on every request, and Foundation's trimming (through NSString and UTF-16)
+        // measured at a tenth of a node's CPU time under a GET load.
+        let bytes = authorization.utf8
+        var index = bytes.startIndex
+        for expected in "bearer".utf8 {
+            // `| 0x20` lowercases an ASCII letter; only letters map onto these lowercase targets.
+            guard index != bytes.endIndex, bytes[index] | 0x20 == expected else {
+                throw invalid("The Authorization header must be `Bearer TOKEN`.", reason: "malformed")
+            }
+            bytes.formIndex(after: &index)
+        }
+        guard index != bytes.endIndex, bytes[index] == UInt8(ascii: " ") else {
             throw invalid("The Authorization header must be `Bearer TOKEN`.", reason: "malformed")
         }
-        let token = parts[1].trimmingCharacters(in: .whitespaces)
-        guard token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }), token.utf8.count(where: { $0 == UInt8(ascii: ".") }) == 2 else {
+        while index != bytes.endIndex, bytes[index] == UInt8(ascii: " ") { bytes.formIndex(after: &index) }
+        var end = bytes.endIndex
+        while end > index, bytes[bytes.index(before: end)] == UInt8(ascii: " ") { bytes.formIndex(before: &end) }
+        var dots = 0
+        for byte in bytes[index..<end] {
+            guard byte > 0x20 && byte < 0x7F else { dots = -1; break }
+            if byte == UInt8(ascii: ".") { dots += 1 }
+        }
+        guard dots == 2 else {
             throw invalid("The bearer token is not a JWT (three base64url parts separated by dots).", reason: "malformed")
         }
+        let token = String(Substring(bytes[index..<end]))
         return token
     }
 

@@ -27,27 +27,54 @@ extension Bench {
         func validate() throws {
             guard (0.1...1).contains(latencyScale) else { throw ValidationError("--latency-scale is 0.1 to 1.") }
             guard (1...256).contains(connections), seconds > 0, seconds <= 120 else { throw ValidationError("--connections 1 to 256, --seconds up to 120.") }
+            guard (1...9).contains(rounds) else { throw ValidationError("--rounds is 1 to 9.") }
             guard (10...10_000).contains(writes), rate > 0, rate <= 10_000, (1...50).contains(revocations) else {
                 throw ValidationError("--writes 10 to 10000, --rate up to 10000, --revocations 1 to 50.")
             }
         }
 
+        @Option(help: "GETs per second in the fixed-rate phase (both clusters must sustain it).") var fixedRate: Double = 2000
+        @Option(help: "Rounds of the three clusters (plain, tokens, secure); each figure is the median over rounds.") var rounds: Int = 1
+
         struct Figures {
             var put = 0.0, get = 0.0, majorityP50 = 0.0, majorityP99 = 0.0, lagP50 = 0, lagP99 = 0
+            /// The us-east node's CPU time per request (user + system), in µs: what the node spent, not the load generator.
+            var putCPU = 0.0, getCPU = 0.0
+            /// The same, at a fixed rate of GETs both clusters sustain: a like-for-like cost, since a busier node
+            /// batches more requests per wake-up.
+            var fixedGetCPU = 0.0
+
+            /// The median of each figure over rounds.
+            static func median(_ rounds: [Figures]) -> Figures {
+                func mid<T: Comparable>(_ values: [T]) -> T { values.sorted()[values.count / 2] }
+                return Figures(put: mid(rounds.map(\.put)), get: mid(rounds.map(\.get)), majorityP50: mid(rounds.map(\.majorityP50)),
+                               majorityP99: mid(rounds.map(\.majorityP99)), lagP50: mid(rounds.map(\.lagP50)), lagP99: mid(rounds.map(\.lagP99)),
+                               putCPU: mid(rounds.map(\.putCPU)), getCPU: mid(rounds.map(\.getCPU)), fixedGetCPU: mid(rounds.map(\.fixedGetCPU)))
+            }
+        }
+
+        /// A process's CPU time so far (user + system), in seconds, from /proc.
+        static func cpuSeconds(_ pid: Int32) -> Double {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            // After the command: state is field 3, utime 14 and stime 15 (1-based, over the whole line).
+            guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+            return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
         }
 
         func run() async throws {
             say("meridian bench security: latency scale \(latencyScale), \(connections) connections x \(seconds) s per throughput phase, \(writes) majority writes, \(Int(rate)) async writes/s for 3 s")
             say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load generator on the same machine\n")
             let plainCredentials = ClientCredentials.process
-            var plain = Figures(), secure = Figures()
+            var plainRounds: [Figures] = [], tokenRounds: [Figures] = [], secureRounds: [Figures] = []
             var revocationMs: [String: [Double]] = [:]
             var heartbeatMs = 0, oneWayMs: [String: Double] = [:]
-            for mode in ["plain", "secure"] {
+            // tokens: authentication on, TLS off (to tell the two costs apart; never a deployment).
+            for (round, mode) in (0..<rounds).flatMap({ round in ["plain", "tokens", "secure"].map { (round, $0) } }) {
                 let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-security-\(UUID().uuidString)").path
                 var yaml = try BenchCluster.yaml()
                 var issuer: TokenIssuer?
-                if mode == "secure" {
+                if mode != "plain" {
                     let setup: SecureSetup
                     let signing: TokenIssuer
                     do throws(MeridianError) {
@@ -56,22 +83,26 @@ extension Bench {
                     } catch {
                         throw CLIFailure(error.message)
                     }
-                    yaml += setup.sections
-                    issuer = signing
-                    ClientCredentials.process = ClientCredentials(token: setup.adminToken, tls: try ClientTLS(caPath: setup.caPath))
+                    yaml += mode == "secure" ? setup.sections : setup.authSections
+                    issuer = mode == "secure" ? signing : nil
+                    ClientCredentials.process = ClientCredentials(token: setup.adminToken, tls: mode == "secure" ? try ClientTLS(caPath: setup.caPath) : nil)
                 } else {
                     ClientCredentials.process = plainCredentials
                 }
-                say("\(mode): starting the cluster in \(directory)")
+                say("round \(round + 1), \(mode): starting the cluster in \(directory)")
                 try await whileStarted(try BenchCluster(directory: directory, latencyScale: latencyScale, yaml: yaml),
                                        start: { try await $0.start() }, stop: { cluster in
                                            await cluster.stop()
                                            try? FileManager.default.removeItem(atPath: directory)
                                        }) { cluster in
                     let figures = try await measure(cluster)
-                    if mode == "plain" { plain = figures } else { secure = figures }
+                    switch mode {
+                    case "plain": plainRounds.append(figures)
+                    case "tokens": tokenRounds.append(figures)
+                    default: secureRounds.append(figures)
+                    }
                     heartbeatMs = cluster.config.limits.heartbeatIntervalMs
-                    if let issuer {
+                    if let issuer, round == 0 {
                         revocationMs = try await timeRevocations(cluster, issuer: issuer)
                         for region in cluster.config.regions.map(\.name) {
                             oneWayMs[region.rawValue] = cluster.rttMs(RegionName(validated: "us-east"), region) / 2 * latencyScale
@@ -80,22 +111,28 @@ extension Bench {
                 }
             }
             ClientCredentials.process = plainCredentials
+            let plain = Figures.median(plainRounds), tokens = Figures.median(tokenRounds), secure = Figures.median(secureRounds)
 
-            say("\nCOST OF TLS AND TOKENS (same machine, same run; plain first, then secure)")
-            say("MEASURE                                PLAIN     SECURE    CHANGE   GOAL                MET")
-            func row(_ name: String, _ a: Double, _ b: Double, _ change: String, _ goal: String, _ met: Bool) {
-                say(name.padding(toLength: 37, withPad: " ", startingAt: 0) + String(format: "%8.1f  %9.1f  %8@   ", a, b, change)
-                    + goal.padding(toLength: 20, withPad: " ", startingAt: 0) + (met ? "yes" : "NO"))
+            say("\nCOST OF TLS AND TOKENS (same machine, same run: plain, then tokens only, then secure = tokens + TLS)")
+            say("MEASURE                                PLAIN     TOKENS     SECURE    SECURE vs PLAIN   GOAL          MET")
+            func row(_ name: String, _ a: Double, _ b: Double, _ c: Double, _ change: String, _ goal: String, _ met: Bool) {
+                say(name.padding(toLength: 37, withPad: " ", startingAt: 0) + String(format: "%8.1f  %9.1f  %9.1f    %10@       ", a, b, c, change)
+                    + goal.padding(toLength: 14, withPad: " ", startingAt: 0) + (met ? "yes" : "NO"))
             }
             let putChange = (secure.put / plain.put - 1) * 100, getChange = (secure.get / plain.get - 1) * 100
-            row("local PUT, requests/s (us-east)", plain.put, secure.put, String(format: "%+.1f%%", putChange), "within 10%", putChange >= -10)
-            row("local GET, requests/s (us-east)", plain.get, secure.get, String(format: "%+.1f%%", getChange), "within 10%", getChange >= -10)
+            row("local PUT, requests/s (us-east)", plain.put, tokens.put, secure.put, String(format: "%+.1f%%", putChange), "within 10%", putChange >= -10)
+            row("local GET, requests/s (us-east)", plain.get, tokens.get, secure.get, String(format: "%+.1f%%", getChange), "within 10%", getChange >= -10)
+            let putCPU = (secure.putCPU / plain.putCPU - 1) * 100, getCPU = (secure.getCPU / plain.getCPU - 1) * 100
+            row("us-east CPU per PUT, µs", plain.putCPU, tokens.putCPU, secure.putCPU, String(format: "%+.1f%%", putCPU), "-", true)
+            row("us-east CPU per GET, µs", plain.getCPU, tokens.getCPU, secure.getCPU, String(format: "%+.1f%%", getCPU), "-", true)
+            row("  the same at \(Int(fixedRate)) GET/s, µs", plain.fixedGetCPU, tokens.fixedGetCPU, secure.fixedGetCPU,
+                String(format: "%+.1f", secure.fixedGetCPU - plain.fixedGetCPU), "-", true)
             let majority = secure.majorityP50 - plain.majorityP50
-            row("majority write p50, ms (us-east)", plain.majorityP50, secure.majorityP50, String(format: "%+.2f", majority), "within 1 ms", majority <= 1)
-            row("majority write p99, ms (us-east)", plain.majorityP99, secure.majorityP99, String(format: "%+.2f", secure.majorityP99 - plain.majorityP99), "-", true)
+            row("majority write p50, ms (us-east)", plain.majorityP50, tokens.majorityP50, secure.majorityP50, String(format: "%+.2f", majority), "within 1 ms", majority <= 1)
+            row("majority write p99, ms (us-east)", plain.majorityP99, tokens.majorityP99, secure.majorityP99, String(format: "%+.2f", secure.majorityP99 - plain.majorityP99), "-", true)
             let lag = Double(secure.lagP50 - plain.lagP50)
-            row("async lag p50, ms (us-east->eu-west)", Double(plain.lagP50), Double(secure.lagP50), String(format: "%+.0f", lag), "within 1 ms", lag <= 1)
-            row("async lag p99, ms (us-east->eu-west)", Double(plain.lagP99), Double(secure.lagP99), String(format: "%+.0f", Double(secure.lagP99 - plain.lagP99)), "-", true)
+            row("async lag p50, ms (us-east->eu-west)", Double(plain.lagP50), Double(tokens.lagP50), Double(secure.lagP50), String(format: "%+.0f", lag), "within 1 ms", lag <= 1)
+            row("async lag p99, ms (us-east->eu-west)", Double(plain.lagP99), Double(tokens.lagP99), Double(secure.lagP99), String(format: "%+.0f", Double(secure.lagP99 - plain.lagP99)), "-", true)
 
             say("\nREVOCATION (revoked at us-east; time until each region refuses the token, \(revocations) revocations)")
             say("REGION          ONE-WAY ms  + HEARTBEAT ms   p50 ms   max ms   MET (max <= one-way + heartbeat)")
@@ -118,14 +155,25 @@ extension Bench {
             try (try await pool.run(seconds: 600, requestsMax: keys) { connection, index in
                 try await connection.request("PUT", "/v1/kv/bench/k\(index)", body: value)
             }).requireSuccess("preload")
+            let pid = cluster.local.pid(usEast) ?? 0
+            var cpu = Self.cpuSeconds(pid)
             let put = try await pool.run(seconds: seconds) { connection, index in
                 try await connection.request("PUT", "/v1/kv/bench/k\(index % keys)", body: value)
             }
             try put.requireSuccess("PUT")
+            figures.putCPU = (Self.cpuSeconds(pid) - cpu) / Double(max(put.requests, 1)) * 1e6
+            cpu = Self.cpuSeconds(pid)
             let get = try await pool.run(seconds: seconds) { connection, index in
                 try await connection.request("GET", "/v1/kv/bench/k\(index % keys)", headers: [("Meridian-Consistency", "eventual")])
             }
             try get.requireSuccess("GET")
+            figures.getCPU = (Self.cpuSeconds(pid) - cpu) / Double(max(get.requests, 1)) * 1e6
+            cpu = Self.cpuSeconds(pid)
+            let fixed = try await pool.run(seconds: seconds, ratePerSecond: fixedRate) { connection, index in
+                try await connection.request("GET", "/v1/kv/bench/k\(index % keys)", headers: [("Meridian-Consistency", "eventual")])
+            }
+            try fixed.requireSuccess("GET at a fixed rate")
+            figures.fixedGetCPU = (Self.cpuSeconds(pid) - cpu) / Double(max(fixed.requests, 1)) * 1e6
             await pool.close()
             figures.put = put.throughput
             figures.get = get.throughput

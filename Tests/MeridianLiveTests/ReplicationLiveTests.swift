@@ -19,7 +19,9 @@ final class LiveCluster {
     /// With `secure`, the cluster runs as `meridian up --secure` would: TLS everywhere, made by `meridian certs`,
     /// and token authentication with a key from `meridian token keygen` (``signingKey``); the launcher's
     /// connections use the CA bundle, and the token tests give them.
-    init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], secure: Bool = false, logLevel: String = "warning") throws {
+    /// `tlsFields` adds fields to the `tls` section of a secure cluster (the default reload interval is 300 ms).
+    init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], secure: Bool = false, logLevel: String = "warning",
+         tlsFields: String = "reload_interval_ms: 300") throws {
         scratch = try Scratch()
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
@@ -28,7 +30,7 @@ final class LiveCluster {
         yaml = yaml.replacingOccurrences(
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
         yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
-        if secure { yaml += try Self.secureSections(yaml, scratch) }
+        if secure { yaml += try Self.secureSections(yaml, scratch, tlsFields: tlsFields) }
         local = try LocalCluster(yaml: yaml, options: LocalCluster.Options(executable: MeridianBinary.path, directory: scratch.path, latencyScale: 0.1,
                                                                            logLevel: logLevel, nodeArguments: nodeArguments))
     }
@@ -38,7 +40,7 @@ final class LiveCluster {
 
     /// Creates the signing key, the CA and every region's certificate with the CLI, and returns the cluster
     /// file's `session_secret`, `auth` and `tls` sections naming them.
-    static func secureSections(_ yaml: String, _ scratch: Scratch) throws -> String {
+    static func secureSections(_ yaml: String, _ scratch: Scratch, tlsFields: String) throws -> String {
         let base = scratch.file("base.yaml")
         try yaml.write(toFile: base, atomically: true, encoding: .utf8)
         let keygen = try runCLI(["token", "keygen", "--out", scratch.file("signing.key"), "--id", "live-1"])
@@ -58,7 +60,7 @@ final class LiveCluster {
               ca: \(scratch.file("certs"))/ca.pem
               cert: \(scratch.file("certs"))/{region}.pem
               key: \(scratch.file("certs"))/{region}.key
-              reload_interval_ms: 300
+              \(tlsFields)
 
             """
     }

@@ -17,10 +17,16 @@ import Testing
         """
 
     /// Runs `body` against a started secure cluster whose launcher holds an admin token, and stops it afterwards.
-    static func withSecureCluster(_ body: (LiveCluster) async throws -> Void) async throws {
+    static func withSecureCluster(tlsFields: String = "reload_interval_ms: 300", clientCertificate: Bool = false,
+                                  _ body: (LiveCluster) async throws -> Void) async throws {
         // Info: the leader's log records the principals of the requests forwarded to it.
-        let cluster = try LiveCluster(keyspaces: keyspaces, secure: true, logLevel: "info")
+        let cluster = try LiveCluster(keyspaces: keyspaces, secure: true, logLevel: "info", tlsFields: tlsFields)
         cluster.local.credentials.token = try cluster.issueToken(principal: "ops").token
+        if clientCertificate {
+            // The launcher's connections present us-east's certificate (any certificate of the cluster CA will do).
+            let certs = cluster.certificates
+            cluster.local.credentials.tls = try ClientTLS(caPath: "\(certs)/ca.pem", certificatePath: "\(certs)/us-east.pem", keyPath: "\(certs)/us-east.key")
+        }
         try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }, body)
     }
 
@@ -169,6 +175,44 @@ import Testing
                 }
                 #expect(missing.isEmpty, "\(region) lacks \(missing.count) acknowledged writes, first \(missing.prefix(5))")
             }
+        }
+    }
+
+    @Test func sigHupReloadsTheCertificatesAndTheNodeKeepsRunning() async throws {
+        // Files are looked at only every ten minutes: only SIGHUP can make this reload.
+        try await Self.withSecureCluster(tlsFields: "reload_interval_ms: 600000") { cluster in
+            let base = cluster.scratch.file("base.yaml")
+            #expect(try runCLI(["certs", "issue", "--all", "--config", base, "--dir", cluster.certificates]).status == 0)
+            let regions = cluster.regions.map { RegionName(validated: $0) }
+            for region in regions {
+                #expect(try !String(contentsOfFile: cluster.local.log(region), encoding: .utf8).contains("reloaded the TLS certificates"))
+                kill(try #require(cluster.local.pid(region)), SIGHUP)
+            }
+            for region in regions {
+                let reloaded = try await eventually(timeoutSeconds: 10, { try String(contentsOfFile: cluster.local.log(region), encoding: .utf8) },
+                                                    until: { $0.contains("reloaded the TLS certificates") && $0.contains("trigger=SIGHUP") })
+                #expect(reloaded.contains("trigger=SIGHUP"), "\(region) did not reload on SIGHUP")
+                #expect(cluster.local.process(region)?.isRunning == true, "SIGHUP ended \(region)")
+            }
+            try await cluster.waitUntilLinksUp()
+            let connection = try await cluster.connect("eu-west")
+            defer { Task { await connection.close() } }
+            #expect(try await connection.request("PUT", "/v1/kv/profiles/after-hup", body: Array("x".utf8)).status == 200)
+            #expect(try await cluster.waitForValue("ap-southeast", "/v1/kv/profiles/after-hup", "x"))
+        }
+    }
+
+    @Test func aClientAPIThatRequiresCertificatesRefusesClientsWithoutOne() async throws {
+        try await Self.withSecureCluster(tlsFields: "client_certificates: required", clientCertificate: true) { cluster in
+            let certs = cluster.certificates
+            let withCertificate = try await cluster.connect("eu-west")
+            defer { Task { await withCertificate.close() } }
+            #expect(try await withCertificate.request("GET", "/v1/status").status == 200)
+            let client = try #require(cluster.local.config.region(RegionName(validated: "eu-west"))).client
+            let without = try await HTTPConnection.connect(host: client.host, port: client.port, timeoutSeconds: 5,
+                                                           credentials: ClientCredentials(token: cluster.local.credentials.token, tls: try ClientTLS(caPath: "\(certs)/ca.pem")))
+            defer { Task { await without.close() } }
+            await #expect(throws: ConnectionError.self) { try await without.request("GET", "/v1/status") }
         }
     }
 }

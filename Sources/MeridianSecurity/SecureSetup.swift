@@ -25,12 +25,12 @@ public struct SecureSetup: Sendable {
     public static func prepare(directory: String, yaml: String) async throws(MeridianError) -> SecureSetup {
         let config = try ClusterConfig.parse(yaml: yaml, file: "<secure>")
         try SecretFile.makeDirectory(directory)
-        let directory = URL(fileURLWithPath: directory).standardizedFileURL.path
-        let certificates = "\(directory)/certs"
+        let root = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let certificates = "\(root)/certs"
         try SecretFile.makeDirectory(certificates)
         let fileManager = FileManager.default
 
-        let signingPath = "\(directory)/signing.key"
+        let signingPath = "\(root)/signing.key"
         let issuer: TokenIssuer
         if fileManager.fileExists(atPath: signingPath) {
             issuer = try TokenIssuer.load(path: signingPath, keyID: "up-1", auth: nil)
@@ -39,25 +39,16 @@ public struct SecureSetup: Sendable {
             try SecretFile.write(issuer.pemRepresentation, to: signingPath)
         }
 
-        let authority: CertificateAuthority
-        if fileManager.fileExists(atPath: "\(certificates)/ca.key") {
-            authority = try CertificateAuthority.load(certificatePath: "\(certificates)/ca-current.pem", keyPath: "\(certificates)/ca.key")
-        } else {
-            authority = try CertificateAuthority.create(cluster: config.name, generation: 1)
-            try SecretFile.write(authority.keyPEM, to: "\(certificates)/ca.key")
-            try SecretFile.write(authority.certificatePEM, to: "\(certificates)/ca-current.pem", mode: 0o644)
-            try SecretFile.write(authority.certificatePEM, to: "\(certificates)/ca.pem", mode: 0o644)
-        }
-        for region in config.regions where !fileManager.fileExists(atPath: "\(certificates)/\(region.name).pem") {
-            let issued = try authority.issue(cluster: config.name, region: region.name, hosts: ["localhost", "127.0.0.1", "::1", region.client.host, region.peer.host])
-            try SecretFile.write(issued.keyPEM, to: "\(certificates)/\(region.name).key")
-            try SecretFile.write(issued.certificatePEM, to: "\(certificates)/\(region.name).pem", mode: 0o644)
+        let certificateFiles = CertificateDirectory(certificates)
+        let authority = certificateFiles.hasAuthority ? try certificateFiles.authority() : try certificateFiles.createAuthority(cluster: config.name)
+        for region in config.regions where !fileManager.fileExists(atPath: certificateFiles.file("\(region.name).pem")) {
+            try certificateFiles.issue(authority, cluster: config.name, region: region)
         }
 
         let now = UInt64(Date().timeIntervalSince1970 * 1000)
         let admin = try await issuer.issue(cluster: config.name, principal: "admin", scope: AccessScope(keyspaces: ["*"], operations: [.read, .write, .admin]),
                                            ttlSeconds: 86_400, nowMs: now)
-        let tokenPath = "\(directory)/admin.token"
+        let tokenPath = "\(root)/admin.token"
         try SecretFile.write(admin.token + "\n", to: tokenPath)
         let secret = config.sessionSecret == nil ? "session_secret: \((0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())\n" : ""
         let authSections = """

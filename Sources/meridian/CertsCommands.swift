@@ -23,10 +23,11 @@ struct CertsCommand: AsyncParsableCommand {
         @Option(help: "The certificate directory.") var dir = "certs"
 
         func path(_ name: String) -> String { "\(dir)/\(name)" }
+        var directory: CertificateDirectory { CertificateDirectory(dir) }
 
         func authority() throws -> CertificateAuthority {
             do throws(MeridianError) {
-                return try CertificateAuthority.load(certificatePath: path("ca-current.pem"), keyPath: path("ca.key"))
+                return try directory.authority()
             } catch {
                 throw CLIFailure("\(error.message) (create a CA with `meridian certs init --dir \(dir)`)")
             }
@@ -40,15 +41,11 @@ struct CertsCommand: AsyncParsableCommand {
 
         func run() async throws {
             let config = try options.cluster.load(connecting: false)
-            if FileManager.default.fileExists(atPath: options.path("ca.key")) && !force {
+            if options.directory.hasAuthority && !force {
                 throw CLIFailure("\(options.path("ca.key")) exists; to replace the CA without breaking the cluster use `meridian certs rotate`, or pass --force.")
             }
             do throws(MeridianError) {
-                try SecretFile.makeDirectory(options.dir)
-                let authority = try CertificateAuthority.create(cluster: config.name, generation: 1)
-                try SecretFile.write(authority.keyPEM, to: options.path("ca.key"))
-                try SecretFile.write(authority.certificatePEM, to: options.path("ca-current.pem"), mode: 0o644)
-                try SecretFile.write(authority.certificatePEM, to: options.path("ca.pem"), mode: 0o644)
+                _ = try options.directory.createAuthority(cluster: config.name)
             } catch {
                 throw CLIFailure(error.message)
             }
@@ -77,12 +74,8 @@ struct CertsCommand: AsyncParsableCommand {
             guard !regions.isEmpty else { throw ValidationError("Name a region with --region, or pass --all.") }
             let authority = try options.authority()
             for region in regions {
-                let own = config.region(region)!
-                let hosts = ["localhost", "127.0.0.1", "::1", own.client.host, own.peer.host] + host
                 do throws(MeridianError) {
-                    let issued = try authority.issue(cluster: config.name, region: region, hosts: hosts, lifetimeDays: days)
-                    try SecretFile.write(issued.keyPEM, to: options.path("\(region).key"))
-                    try SecretFile.write(issued.certificatePEM, to: options.path("\(region).pem"), mode: 0o644)
+                    try options.directory.issue(authority, cluster: config.name, region: config.region(region)!, hosts: host, lifetimeDays: days)
                 } catch {
                     throw CLIFailure(error.message)
                 }
@@ -99,19 +92,14 @@ struct CertsCommand: AsyncParsableCommand {
 
         func run() async throws {
             let config = try options.cluster.load(connecting: false)
-            let current = try options.authority()
+            _ = try options.authority()
             do throws(MeridianError) {
                 if finish {
-                    try SecretFile.write(current.certificatePEM, to: options.path("ca.pem"), mode: 0o644)
-                    try? FileManager.default.removeItem(atPath: options.path("ca-previous.pem"))
+                    let current = try options.directory.finishRotation()
                     print("ca.pem now trusts only \(current.certificate.subject); regions reload it within tls.reload_interval_ms (or on SIGHUP)")
                     return
                 }
-                let next = try CertificateAuthority.create(cluster: config.name, generation: current.generation + 1)
-                try SecretFile.write(current.certificatePEM, to: options.path("ca-previous.pem"), mode: 0o644)
-                try SecretFile.write(CertificateAuthority.bundle([next, current]), to: options.path("ca.pem"), mode: 0o644)
-                try SecretFile.write(next.keyPEM, to: options.path("ca.key"))
-                try SecretFile.write(next.certificatePEM, to: options.path("ca-current.pem"), mode: 0o644)
+                let (current, next) = try options.directory.startRotation(cluster: config.name)
                 print("""
                     created CA #\(next.generation); ca.pem trusts it and CA #\(current.generation).
                     Next, once every region has ca.pem (they reload it within tls.reload_interval_ms, or on SIGHUP):

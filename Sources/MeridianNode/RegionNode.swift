@@ -227,10 +227,8 @@ public final class RegionNode: Sendable {
             }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
             if let hangups {
-                tasks.addTask {
-                    await self.watchCertificates(hangups)
-                    while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-                }
+                // Returns only once cancelled (its timer ends with the task).
+                tasks.addTask { await self.watchCertificates(hangups) }
             }
             tasks.addTask {
                 await self.runAntiEntropy()

@@ -16,8 +16,8 @@ extension RegionNode {
     /// Without `auth` in the cluster file every request is served as before.
     func authorized(_ request: Request, _ serve: () async throws -> Response) async throws -> Response {
         guard let verifier else { return try await serve() }
-        let query = request.uri.queryParameters
-        let requirement = RouteAccess.requirement(method: request.method.rawValue, path: request.uri.path, query: { query.get($0) },
+        // The query is parsed only for the routes that need it (a listing's prefix, a conflict's key).
+        let requirement = RouteAccess.requirement(method: request.method.rawValue, path: request.uri.path, query: { request.uri.queryParameters.get($0) },
                                                   open: configuration.cluster.auth?.open ?? [])
         guard requirement != .open else { return try await serve() }
         let principal: Principal

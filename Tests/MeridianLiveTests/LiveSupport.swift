@@ -23,7 +23,11 @@ struct Scratch {
 
     func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
 
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
+    /// Removes the directory, unless MERIDIAN_LIVE_KEEP is set (to read a failed run's logs).
+    func remove() {
+        guard ProcessInfo.processInfo.environment["MERIDIAN_LIVE_KEEP"] == nil else { return }
+        try? FileManager.default.removeItem(atPath: path)
+    }
 }
 
 /// Runs the CLI to completion (bounded by `timeoutSeconds`) and captures its output.

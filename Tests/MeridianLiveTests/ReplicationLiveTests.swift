@@ -118,7 +118,13 @@ final class LiveCluster {
                 let clock = (answer["clock"] as? [String: Any])?["state"] as? String
                 if peers.count == regions.count - 1 && peers.allSatisfy({ $0["link"] as? String == "up" }) && clock != "unverified" { break }
                 guard Date() < deadline else {
-                    Issue.record("\(region)'s links did not come up: \(status.text)")
+                    // Each region's last log lines: a region that died says why there.
+                    let tails = regions.map { name in
+                        let log = (try? String(contentsOfFile: local.log(RegionName(validated: name)), encoding: .utf8)) ?? ""
+                        return "\(name) (running: \(local.process(RegionName(validated: name))?.isRunning ?? false)):\n"
+                            + log.split(separator: "\n").suffix(15).joined(separator: "\n")
+                    }
+                    Issue.record("\(region)'s links did not come up: \(String(peers.description.prefix(2000)))\n\(tails.joined(separator: "\n"))")
                     return
                 }
                 try await Task.sleep(for: .milliseconds(50))

@@ -127,14 +127,9 @@ final class Replicator: Sendable {
              repair: @escaping RepairHandler = { _, _, _ in .refused(code: "not_replica_region", message: "This region serves no anti-entropy.") },
              onListening: @escaping @Sendable () -> Void = {}) async throws {
         let address = peerAddress
-        let codec = self.codec
-        let tls = self.tls
-        let server: NIOAsyncChannel<PeerConnection, Never>
+        let first: NIOAsyncChannel<PeerConnection, Never>
         do {
-            server = try await ServerBootstrap(group: group)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: address.host, port: address.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil) }
+            first = try await bindListener()
         } catch {
             throw MeridianError(.invalidConfig, "Region \(region) cannot listen for peers on \(address): \(error). Is another node running with this cluster file?",
                                 context: ["peer": address.description])
@@ -142,23 +137,48 @@ final class Replicator: Sendable {
         logger.info("replication listening on \(address)")
         onListening()
         try await withThrowingDiscardingTaskGroup { tasks in
-            tasks.addTask {
-                try await server.executeThenClose { connections in
-                    try await withThrowingDiscardingTaskGroup { connectionTasks in
-                        for try await connection in connections {
-                            connectionTasks.addTask {
-                                await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver, repair: repair)
-                            }
-                        }
-                    }
-                }
-            }
             for link in links.values {
                 tasks.addTask { await self.keepConnected(link) }
             }
             tasks.addTask { await self.tickAcks() }
             tasks.addTask { await self.maintain() }
+            // The listener's stream fails when one accepted connection cannot be set up (a peer that reset it
+            // at once, as a reconnecting peer or a cut link does): that must not end the region's replication.
+            // Listen again; the streams already accepted run on in this group, untouched.
+            var listener: NIOAsyncChannel<PeerConnection, Never>? = first
+            var failures = 0
+            while !Task.isCancelled {
+                do {
+                    let current: NIOAsyncChannel<PeerConnection, Never>
+                    if let listener { current = listener } else { current = try await bindListener() }
+                    listener = nil
+                    try await current.executeThenClose { connections in
+                        for try await connection in connections {
+                            failures = 0
+                            tasks.addTask {
+                                await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver, repair: repair)
+                            }
+                        }
+                    }
+                } catch {
+                    guard !Task.isCancelled else { break }
+                    failures += 1
+                    metrics?.recordPeerRefusal(reason: "listener_restart")
+                    logger.warning("the peer listener stopped; listening again", metadata: ["peer": "\(address)", "error": "\(error)"])
+                    // Immediately after a failed accept; backing off only while binding again fails.
+                    if failures > 1 { try? await Task.sleep(for: .milliseconds(min(1_000, 25 << min(failures, 6)))) }
+                }
+            }
         }
+    }
+
+    /// Binds the peer port, each accepted stream wrapped (TLS first when configured, then the frame codec).
+    private func bindListener() async throws -> NIOAsyncChannel<PeerConnection, Never> {
+        let codec = self.codec, tls = self.tls
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: peerAddress.host, port: peerAddress.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil) }
     }
 
     /// Connects to a peer, streams, and reconnects with backoff, until cancelled.

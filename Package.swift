@@ -244,7 +244,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianLiveTests",
-            dependencies: ["MeridianCore", "MeridianHarness", "MeridianDrills"],
+            dependencies: ["MeridianCore", "MeridianAPI", "MeridianHarness", "MeridianDrills"],
             swiftSettings: strict
         ),
     ],

@@ -54,6 +54,9 @@ public struct Limits: Sendable, Hashable, Codable {
     /// Silences (missed heartbeats plus the round trip) a region waits after starting before it stands
     /// against a leader it has not heard, unless every stream is up sooner.
     public var electionGraceSilences: Int = 10
+    /// The most open streams of `GET /v1/topology` (server-sent events) a node serves; more are refused with
+    /// `overloaded`.
+    public var topologyStreamsMax: Int = 256
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -82,6 +85,7 @@ public struct Limits: Sendable, Hashable, Codable {
         ("siblings_max", 1...1000),
         ("failback_steady_ms", 0...3_600_000),
         ("election_grace_silences", 0...100),
+        ("topology_streams_max", 1...100_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -107,5 +111,6 @@ public struct Limits: Sendable, Hashable, Codable {
         case siblingsMax = "siblings_max"
         case failbackSteadyMs = "failback_steady_ms"
         case electionGraceSilences = "election_grace_silences"
+        case topologyStreamsMax = "topology_streams_max"
     }
 }

@@ -67,6 +67,15 @@ public final class NodeMetrics: StoreObserver, Sendable {
         registry.makeCounter(name: "meridian_auth_refusals_total", labels: [("code", code), ("reason", reason)]).increment()
     }
 
+    /// Sets the cluster's verdict on a region (a state set: 1 for its verdict, 0 for the others) and counts the change.
+    func recordHealthVerdict(region: RegionName, verdict: HealthVerdicts.Verdict) {
+        for each in HealthVerdicts.Verdict.allCases {
+            registry.makeGauge(name: "meridian_region_health", labels: [("region", region.rawValue), ("verdict", each.rawValue)])
+                .set(Int64(each == verdict ? 1 : 0))
+        }
+        registry.makeCounter(name: "meridian_region_verdict_changes_total", labels: [("region", region.rawValue), ("verdict", verdict.rawValue)]).increment()
+    }
+
     private func makeRequestMetrics(_ labels: RequestLabels) -> (Counter, DurationHistogram) {
         let route = labels.route, method = labels.method, status = labels.status
         let counter = registry.makeCounter(

@@ -83,6 +83,8 @@ public final class RegionNode: Sendable {
     let wallClockMs: @Sendable () -> UInt64
     /// This region's clock against its peers'; beyond the maximum offset the region fences itself.
     let clock: ClockWatch
+    /// The cluster's health verdicts as this region works them out, and the topology's open streams.
+    let topology: TopologyFeed
 
     /// Opens the region's store with `openStore` and prepares the API.
     /// - Throws: `MeridianError` when the store cannot be opened.
@@ -130,6 +132,10 @@ public final class RegionNode: Sendable {
         }
         self.configuration = configuration
         self.metrics = metrics
+        let limits = configuration.cluster.limits
+        topology = TopologyFeed(region: configuration.region, regions: configuration.cluster.regions.map(\.name),
+                                readmitProbes: configuration.cluster.routing.readmitProbes, streamsMax: limits.topologyStreamsMax,
+                                keepaliveProbes: max(1, 1_000 / limits.heartbeatIntervalMs))
         self.logger = logger
         self.startedAt = ContinuousClock.now
         self.sessionKey = configuration.cluster.sessionKey
@@ -173,6 +179,7 @@ public final class RegionNode: Sendable {
         }
         router.get("/v1/status") { _, _ in try await self.status() }
         router.get("/v1/keyspaces") { _, _ in self.keyspaces() }
+        router.get("/v1/topology") { request, _ in try self.topologyRoute(request) }
         router.get("/v1/kv/:keyspace") { request, context in try await self.list(request, context) }
         router.get("/v1/kv/:keyspace/**") { request, context in try await self.get(request, context) }
         router.put("/v1/kv/:keyspace/**") { request, context in try await self.put(request, context) }
@@ -229,6 +236,10 @@ public final class RegionNode: Sendable {
             if let hangups {
                 // Returns only once cancelled (its timer ends with the task).
                 tasks.addTask { await self.watchCertificates(hangups) }
+            }
+            tasks.addTask {
+                await self.runHealthProbes()
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
             tasks.addTask {
                 await self.runAntiEntropy()

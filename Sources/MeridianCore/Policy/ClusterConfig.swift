@@ -99,14 +99,17 @@ public struct ClusterConfig: Sendable {
     public let auth: AuthConfig?
     /// TLS between regions and on the client API (`tls`); nil: plaintext.
     public let tls: TLSConfig?
+    /// Health verdicts and client routing (`routing`).
+    public let routing: RoutingConfig
 
     /// The key session tokens are authenticated with: from `session_secret`, or else from the cluster name.
     public var sessionKey: SessionKey { sessionSecret.map { SessionKey(secret: $0) } ?? SessionKey(clusterName: name) }
 
     /// Creates a configuration (the parser validates; this does not).
     public init(name: String, regions: [RegionConfig], wan: WANConfig, limits: Limits, keyspaces: [KeyspacePolicy], sessionSecret: String? = nil,
-                auth: AuthConfig? = nil, tls: TLSConfig? = nil) {
+                auth: AuthConfig? = nil, tls: TLSConfig? = nil, routing: RoutingConfig = RoutingConfig()) {
         self.auth = auth
+        self.routing = routing
         self.tls = tls
         self.name = name
         self.regions = regions
@@ -259,7 +262,7 @@ struct ConfigParser {
     var directory: String?
 
     func parse() throws(ConfigProblem) -> ClusterConfig {
-        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret", "auth", "tls"])
+        let fields = try root.mapping(allowed: ["cluster", "regions", "wan", "limits", "keyspaces", "session_secret", "auth", "tls", "routing"])
         let name = try fields["cluster"]?.string() ?? "meridian"
         let sessionSecret = try fields["session_secret"].map { value throws(ConfigProblem) in
             let secret = try value.string()
@@ -293,7 +296,9 @@ struct ConfigParser {
             keyspaces.append(try revocationKeyspace(regions: names))
         }
         let tls = try fields["tls"].map { value throws(ConfigProblem) in try parseTLS(value, directory: directory) }
-        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret, auth: auth, tls: tls)
+        let routing = try fields["routing"].map { value throws(ConfigProblem) in try parseRouting(value, regions: names) } ?? RoutingConfig()
+        return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret, auth: auth, tls: tls,
+                             routing: routing)
     }
 
     private func parseRegions(_ value: YAMLValue) throws(ConfigProblem) -> [RegionConfig] {
@@ -385,6 +390,7 @@ struct ConfigParser {
             case "siblings_max": limits.siblingsMax = number
             case "failback_steady_ms": limits.failbackSteadyMs = number
             case "election_grace_silences": limits.electionGraceSilences = number
+            case "topology_streams_max": limits.topologyStreamsMax = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

@@ -22,8 +22,9 @@ public enum PeerFrame: Sendable, Hashable {
     /// origin from a silent one, and `echoMs`, the latest `ack.echoMs` it received from the peer. Every write
     /// the origin answered before that ack arrived is at or below `logHighWater`, so once the peer has applied
     /// up to there it holds everything the origin accepted up to its own time `echoMs`: staleness is bounded
-    /// with the peer's clock alone, whatever the clocks' offset.
-    case heartbeat(logHighWater: UInt64, physicalMs: UInt64, echoMs: UInt64)
+    /// with the peer's clock alone, whatever the clocks' offset. `unreachable`: the regions the origin's own streams
+    /// cannot reach now, sorted, its vote in the cluster's health verdicts (``HealthVerdicts``).
+    case heartbeat(logHighWater: UInt64, physicalMs: UInt64, echoMs: UInt64, unreachable: [RegionName] = [])
     /// A write sent to the region that takes it (the leader or the key's home).
     case forward(ForwardedWrite)
     /// The answer to a forwarded write or read: what the serving region answered, in the protocol's own terms.
@@ -164,7 +165,7 @@ extension ElectionMessage {
 ///     2 welcome      u64 applied
 ///     3 batch        u64 from, u64 through, u32 count, count × EntryCodec frame
 ///     4 ack          u64 applied, u64 echoMs
-///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs
+///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs, u8 count × str8 unreachable region
 ///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value,
 ///                    opt(str8 ack), u8 precondition: 0 none, 1 exists, 2 versions (u8 count × version),
 ///                    opt(str16 session), opt(str16 context), opt(str8 principal)
@@ -197,7 +198,7 @@ extension ElectionMessage {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 8
+    public static let protocolVersion: UInt8 = 9
     /// The most fields of context a forwarded refusal carries.
     public static let refusalContextMax = 32
 
@@ -235,10 +236,13 @@ public struct PeerFrameCodec: Sendable {
             append(through, to: &buffer)
             append(UInt32(entries.count), to: &buffer)
             for entry in entries { entryCodec.encode(entry, into: &buffer) }
-        case .heartbeat(let logHighWater, let physicalMs, let echoMs):
+        case .heartbeat(let logHighWater, let physicalMs, let echoMs, let unreachable):
             append(logHighWater, to: &buffer)
             append(physicalMs, to: &buffer)
             append(echoMs, to: &buffer)
+            let kept = unreachable.prefix(Int(UInt8.max))
+            buffer.append(UInt8(kept.count))
+            for region in kept { appendString8(region.rawValue, to: &buffer) }
         case .forward(let write):
             append(write.id, to: &buffer)
             appendString8(write.keyspace.rawValue, to: &buffer)
@@ -454,9 +458,13 @@ public struct PeerFrameCodec: Sendable {
         case 4:
             frame = .ack(applied: try sequenceField(&body, "applied", minimum: 0), echoMs: try sequenceField(&body, "echo_ms", minimum: 0))
         case 5:
-            frame = .heartbeat(logHighWater: try sequenceField(&body, "log_high_water", minimum: 0),
-                               physicalMs: try sequenceField(&body, "physical_ms", minimum: 0),
-                               echoMs: try sequenceField(&body, "echo_ms", minimum: 0))
+            let logHighWater = try sequenceField(&body, "log_high_water", minimum: 0)
+            let physicalMs = try sequenceField(&body, "physical_ms", minimum: 0)
+            let echoMs = try sequenceField(&body, "echo_ms", minimum: 0)
+            let count = try body.required(body.readUInt8(), "unreachable")
+            var unreachable: [RegionName] = []
+            for _ in 0..<count { unreachable.append(try RegionName(try string8(&body, "unreachable"))) }
+            frame = .heartbeat(logHighWater: logHighWater, physicalMs: physicalMs, echoMs: echoMs, unreachable: unreachable)
         case 6:
             let id = try body.required(body.readUInt64(), "id")
             let keyspace = try KeyspaceName(try string8(&body, "keyspace"))

@@ -71,6 +71,10 @@ final class Replicator: Sendable {
         var applyLagMs = Histogram<UInt64>(highestTrackableValue: 3_600_000, numberOfSignificantValueDigits: .three)
         /// How fresh this region is on the origin's writes, on ``Replicator/monotonicMs``.
         var freshness = FreshnessTracker()
+        /// The regions the origin's streams could not reach, from its latest heartbeat: its health vote.
+        var reportedUnreachable: Set<RegionName> = []
+        /// A heartbeat carried the vote (a stream's first frames do not).
+        var reported = false
     }
 
     /// Told of every batch of entries from a peer once it is committed here.
@@ -298,7 +302,8 @@ final class Replicator: Sendable {
             case .heartbeat:
                 // The echo first, then the log end: everything answered before the echoed ack arrived is below it.
                 let snapshot = link.snapshot
-                try await outbound.write(.heartbeat(logHighWater: snapshot.logHighWater, physicalMs: wallClockMs(), echoMs: snapshot.echoMs))
+                try await outbound.write(.heartbeat(logHighWater: snapshot.logHighWater, physicalMs: wallClockMs(), echoMs: snapshot.echoMs,
+                                                    unreachable: unreachable()))
             case .forward(let frame):
                 try await outbound.write(frame)
             }
@@ -362,7 +367,7 @@ final class Replicator: Sendable {
                             case .batch(let from, let through, let entries):
                                 guard origin != nil, let applier else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
                                 try applier.received(from: from, through: through, entries: entries)
-                            case .heartbeat(let logHighWater, let physicalMs, let echoMs):
+                            case .heartbeat(let logHighWater, let physicalMs, let echoMs, let unreachable):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
                                 let applied = store.appliedHighWater()[origin] ?? 0
                                 let now = monotonicMs
@@ -377,6 +382,8 @@ final class Replicator: Sendable {
                                     state.originLogHighWater = logHighWater
                                     state.originPhysicalMs = physicalMs
                                     state.freshness.heard(logHighWater: logHighWater, echo: echoMs, now: now, applied: applied)
+                                    state.reportedUnreachable = Set(unreachable)
+                                    state.reported = true
                                     all[origin] = state
                                 }
                                 progress.signal()
@@ -585,6 +592,23 @@ final class Replicator: Sendable {
         var result: Set<RegionName> = [region]
         for (peer, link) in links where link.snapshot.health == .up { result.insert(peer) }
         return result
+    }
+
+    /// The peers this region's streams cannot reach now, sorted: its vote in the health verdicts.
+    func unreachable() -> [RegionName] {
+        links.filter { $0.value.snapshot.health != .up }.keys.sorted()
+    }
+
+    /// The health votes of the peers heard from within their silence limit (a silent peer has no vote).
+    func healthReports() -> [RegionName: Set<RegionName>] {
+        let states = inboundStates.withLock { $0 }
+        let now = ContinuousClock.now
+        var reports: [RegionName: Set<RegionName>] = [:]
+        for (peer, state) in states where state.reported && state.connections > 0 {
+            guard let heard = state.lastHeard, let link = links[peer], now - heard <= link.silenceLimit else { continue }
+            reports[peer] = state.reportedUnreachable
+        }
+        return reports
     }
 
     /// Sends a frame on this region's stream to `peer`, if the stream is up (election messages: a lost one is

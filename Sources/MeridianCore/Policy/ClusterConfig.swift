@@ -186,6 +186,27 @@ struct YAMLValue {
         return result
     }
 
+    /// A mapping whose field names are data (countries, keyspaces), in file order.
+    func entries(what: String) throws(ConfigProblem) -> [(String, YAMLValue)] {
+        guard case .mapping(let mapping) = node else { throw ConfigProblem(path: path, message: "expected a mapping of \(what)") }
+        var result: [(String, YAMLValue)] = []
+        for (keyNode, valueNode) in mapping {
+            guard let key = keyNode.string else { throw ConfigProblem(path: path, message: "field names must be strings") }
+            guard !result.contains(where: { $0.0 == key }) else { throw ConfigProblem(path: child(key), message: "'\(key)' is given twice") }
+            result.append((key, YAMLValue(node: valueNode, path: child(key))))
+        }
+        return result
+    }
+
+    /// A `host:port` address.
+    func endpoint() throws(ConfigProblem) -> Endpoint {
+        let text = try string()
+        guard let endpoint = Endpoint(parsing: text) else {
+            throw ConfigProblem(path: path, message: "'\(text)' is not an address; use host:port, such as 127.0.0.1:7100")
+        }
+        return endpoint
+    }
+
     func sequence() throws(ConfigProblem) -> [YAMLValue] {
         guard case .sequence(let sequence) = node else { throw ConfigProblem(path: path, message: "expected a list") }
         return sequence.enumerated().map { YAMLValue(node: $0.element, path: "\(path)[\($0.offset)]") }
@@ -296,7 +317,7 @@ struct ConfigParser {
             keyspaces.append(try revocationKeyspace(regions: names))
         }
         let tls = try fields["tls"].map { value throws(ConfigProblem) in try parseTLS(value, directory: directory) }
-        let routing = try fields["routing"].map { value throws(ConfigProblem) in try parseRouting(value, regions: names) } ?? RoutingConfig()
+        let routing = try fields["routing"].map { value throws(ConfigProblem) in try parseRouting(value, regions: names, keyspaces: keyspaces) } ?? RoutingConfig()
         return ClusterConfig(name: name, regions: regions, wan: wan, limits: limits, keyspaces: keyspaces, sessionSecret: sessionSecret, auth: auth, tls: tls,
                              routing: routing)
     }

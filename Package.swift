@@ -19,6 +19,8 @@
 //   MeridianNode   -> MeridianCore, MeridianAPI, MeridianStorage, MeridianHTTP, Prometheus (the region server shell;
 //                                                         given a store factory, it never sees the engine)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
+//   MeridianGateway -> MeridianCore, MeridianAPI, MeridianHTTP, Hummingbird, AsyncHTTPClient (the front door: routes each
+//                                                         request to a region by the core's RoutePlanner, and GeoDNS answers)
 //   meridian       -> everything above, ArgumentParser   (the CLI)
 import PackageDescription
 
@@ -53,6 +55,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.30.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.19.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.3.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.24.0"),
     ],
     targets: [
         .target(
@@ -173,6 +176,24 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            name: "MeridianGateway",
+            dependencies: [
+                "MeridianCore",
+                "MeridianAPI",
+                "MeridianHTTP",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "meridian",
             dependencies: [
@@ -186,6 +207,7 @@ let package = Package(
                 "MeridianHarness",
                 "MeridianDrills",
                 "MeridianSecurity",
+                "MeridianGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

@@ -21,6 +21,10 @@ public final class LocalCluster: Sendable {
         public var nodeArguments: [String: [String]]
         /// How long a process may take to answer `/health`.
         public var startupTimeoutSeconds: Double
+        /// Start the gateway too, on `routing.gateway` (``start(stop:)``).
+        public var gateway = false
+        /// The environment of the gateway's process (its token, its CA bundle).
+        public var gatewayEnvironment: [String: String] = [:]
 
         public init(executable: String = LocalProcesses.currentExecutable(), directory: String, latencyScale: Double? = nil, logLevel: String? = nil,
                     nodeArguments: [String: [String]] = [:], startupTimeoutSeconds: Double = 60) {
@@ -40,6 +44,7 @@ public final class LocalCluster: Sendable {
 
     private struct Processes {
         var wan: Process?
+        var gateway: Process?
         var nodes: [RegionName: Process] = [:]
         var incarnations: [RegionName: Int] = [:]
         var offsets: [RegionName: Int64] = [:]
@@ -91,6 +96,9 @@ public final class LocalCluster: Sendable {
         yaml = yaml.replacingOccurrences(of: "admin: \(demo.wan.admin.host):\(demo.wan.admin.port)", with: "admin: 127.0.0.1:\(try LocalProcesses.freePort())")
         let links = demo.regions.count * (demo.regions.count - 1)
         yaml = yaml.replacingOccurrences(of: "base_port: \(demo.wan.basePort)", with: "base_port: \(try LocalProcesses.freePortRange(count: links))")
+        if let gateway = demo.routing.gateway {
+            yaml = yaml.replacingOccurrences(of: "gateway: \(gateway)", with: "gateway: 127.0.0.1:\(try LocalProcesses.freePort())")
+        }
         if let keyspaces, let start = yaml.range(of: "\nkeyspaces:\n") {
             let rest = yaml[start.upperBound...]
             let end = rest.range(of: "\n[a-z_]+:", options: .regularExpression)?.lowerBound ?? rest.endIndex
@@ -114,6 +122,26 @@ public final class LocalCluster: Sendable {
         try await startWAN(stop: stop)
         for region in config.regions { try startNode(region.name) }
         for region in config.regions { try await waitHealthy(region.name, stop: stop) }
+        if options.gateway { try await startGateway(stop: stop) }
+    }
+
+    /// The gateway's address: `routing.gateway`, else the default.
+    public var gatewayEndpoint: Endpoint { config.routing.gateway ?? Endpoint(host: "127.0.0.1", port: 7100) }
+    public var gatewayLog: String { (directory as NSString).appendingPathComponent("gateway.log") }
+    public var gatewayProcess: Process? { processes.withLock { $0.gateway } }
+
+    /// Starts the gateway and waits until it answers `/health`.
+    public func startGateway(stop: @escaping @Sendable () -> Bool = { false }) async throws {
+        var arguments = ["gateway", "--config", configPath, "--exit-with-parent", "--listen", gatewayEndpoint.description]
+        if let level = options.logLevel { arguments += ["--log-level", level] }
+        let process = try LocalProcesses.start(options.executable, arguments, logPath: gatewayLog, environment: options.gatewayEnvironment)
+        processes.withLock { $0.gateway = process }
+        let listen = gatewayEndpoint
+        guard await LocalProcesses.waitHealthy(host: listen.host, port: listen.port, process: process, timeoutSeconds: options.startupTimeoutSeconds, stop: stop,
+                                               credentials: .none) else {
+            if stop() { return }
+            throw LaunchFailure(description: "the gateway did not start (see \(gatewayLog)):\n\(Self.tail(gatewayLog))")
+        }
     }
 
     /// Starts the WAN emulator (the regions' streams run through it) and waits for its admin API.
@@ -159,7 +187,8 @@ public final class LocalCluster: Sendable {
 
     /// Stops every process started (SIGCONT first, so a paused one can exit), the nodes before the WAN emulator.
     public func stop() async {
-        let (nodes, wan) = processes.withLock { (Array($0.nodes.values), $0.wan) }
+        let (nodes, wan, gateway) = processes.withLock { (Array($0.nodes.values), $0.wan, $0.gateway) }
+        if let gateway { await LocalProcesses.stop(gateway) }
         await withTaskGroup(of: Void.self) { group in
             for process in nodes {
                 group.addTask {

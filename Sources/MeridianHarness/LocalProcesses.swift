@@ -84,11 +84,15 @@ public enum LocalProcesses {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 
-    /// Starts `executable` with `arguments`, sending its output to `logPath` (or discarding it).
-    public static func start(_ executable: String, _ arguments: [String], logPath: String?) throws -> Process {
+    /// Starts `executable` with `arguments`, sending its output to `logPath` (or discarding it); `environment` adds
+    /// to (or replaces) variables of this process's environment.
+    public static func start(_ executable: String, _ arguments: [String], logPath: String?, environment: [String: String] = [:]) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         if let logPath {
             FileManager.default.createFile(atPath: logPath, contents: nil)
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))

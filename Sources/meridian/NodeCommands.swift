@@ -112,6 +112,7 @@ struct Up: AsyncParsableCommand {
         _ = try cluster.load(connecting: false)
         let local: LocalCluster
         var options = LocalCluster.Options(directory: data, latencyScale: latencyScale, startupTimeoutSeconds: startupTimeout)
+        options.gateway = true
         var setup: SecureSetup?
         do {
             if let path = cluster.config {
@@ -126,6 +127,7 @@ struct Up: AsyncParsableCommand {
                     yaml += prepared.sections
                     // This command's own probes (clocks, pids) present the admin token over HTTPS.
                     ClientCredentials.process = ClientCredentials(token: prepared.adminToken, tls: try ClientTLS(caPath: prepared.caPath))
+                    options.gatewayEnvironment = ["MERIDIAN_TOKEN": prepared.adminToken, "MERIDIAN_CACERT": prepared.caPath]
                     setup = prepared
                 }
                 local = try LocalCluster(yaml: yaml, options: options)
@@ -192,6 +194,9 @@ struct Up: AsyncParsableCommand {
                 + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
                 + "\(local.pid(region.name) ?? 0)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.log(region.name))
         }
+        say("\("gateway".padding(toLength: 16, withPad: " ", startingAt: 0))"
+            + "http://\(local.gatewayEndpoint)".padding(toLength: 46, withPad: " ", startingAt: 0)
+            + "\(local.gatewayProcess?.processIdentifier ?? 0)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.gatewayLog)
         let first = config.regions[0]
         let last = config.regions[config.regions.count - 1]
         var curlOptions = ""
@@ -209,6 +214,7 @@ struct Up: AsyncParsableCommand {
             Try:
               curl\(curlOptions) -X PUT \(scheme)://\(first.client)/v1/kv/\(keyspace)/hello -d world      # write in \(first.name)
               curl\(curlOptions) \(scheme)://\(last.client)/v1/kv/\(keyspace)/hello                       # read in \(last.name)
+              curl\(curlOptions.replacingOccurrences(of: " --cacert \(setup?.caPath ?? "")", with: "")) -H 'CF-IPCountry: DE' http://\(local.gatewayEndpoint)/v1/kv/\(keyspace)/hello   # through the gateway: the region nearest Germany
               meridian chaos partition \(first.name) \(last.name)                       # cut the link; then: meridian chaos heal
               \(setup.map { "MERIDIAN_TOKEN=$(cat \($0.adminTokenPath)) meridian status --config \(local.configPath)" } ?? "meridian status") --region \(last.name)
             """)

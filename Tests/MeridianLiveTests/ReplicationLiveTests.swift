@@ -20,8 +20,10 @@ final class LiveCluster {
     /// and token authentication with a key from `meridian token keygen` (``signingKey``); the launcher's
     /// connections use the CA bundle, and the token tests give them.
     /// `tlsFields` adds fields to the `tls` section of a secure cluster (the default reload interval is 300 ms).
+    /// With `gateway`, `meridian gateway` runs too, on a free port (`extraYAML` may add to its routing section with
+    /// `routing:` lines of its own, which replace the default).
     init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], secure: Bool = false, logLevel: String = "warning",
-         tlsFields: String = "reload_interval_ms: 300") throws {
+         tlsFields: String = "reload_interval_ms: 300", gateway: Bool = false) throws {
         scratch = try Scratch()
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
@@ -31,8 +33,10 @@ final class LiveCluster {
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
         yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
         if secure { yaml += try Self.secureSections(yaml, scratch, tlsFields: tlsFields) }
-        local = try LocalCluster(yaml: yaml, options: LocalCluster.Options(executable: MeridianBinary.path, directory: scratch.path, latencyScale: 0.1,
-                                                                           logLevel: logLevel, nodeArguments: nodeArguments))
+        var options = LocalCluster.Options(executable: MeridianBinary.path, directory: scratch.path, latencyScale: 0.1,
+                                           logLevel: logLevel, nodeArguments: nodeArguments)
+        options.gateway = gateway
+        local = try LocalCluster(yaml: yaml, options: options)
     }
 
     var signingKey: String { scratch.file("signing.key") }
@@ -159,9 +163,9 @@ final class LiveCluster {
 }
 
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
-func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:],
+func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], gateway: Bool = false,
                      _ body: (LiveCluster) async throws -> Void) async throws {
-    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments),
+    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, gateway: gateway),
                            start: { try await $0.start() }, stop: { await $0.stop() }, body)
 }
 

@@ -46,6 +46,23 @@ public enum DemoCluster {
           list_limit_max: 1000
           commit_batch_max: 512
 
+        # How clients reach the regions: `meridian gateway` listens here, and sends each request to the region nearest
+        # the client's country (from CloudFront-Viewer-Country or CF-IPCountry), skipping regions the cluster marks down.
+        routing:
+          gateway: 127.0.0.1:7100
+          country_regions:
+            US: [us-east, eu-west, ap-southeast]
+            CA: [us-east, eu-west, ap-southeast]
+            BR: [us-east, eu-west, ap-southeast]
+            DE: [eu-west, us-east, ap-southeast]
+            FR: [eu-west, us-east, ap-southeast]
+            GB: [eu-west, us-east, ap-southeast]
+            JP: [ap-southeast, eu-west, us-east]
+            SG: [ap-southeast, eu-west, us-east]
+            AU: [ap-southeast, us-east, eu-west]
+            IN: [ap-southeast, eu-west, us-east]
+            "*": [us-east, eu-west, ap-southeast]
+
         keyspaces:
           # Active-passive: us-east takes every write; majority acks survive the loss of any region.
           - name: accounts

@@ -1,0 +1,283 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import MeridianAPI
+import MeridianCore
+import MeridianHTTP
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Synchronization
+
+/// The front door: one URL for the whole cluster. Each request goes to the region the core's ``RoutePlanner``
+/// picks from what the gateway knows of the cluster (``ClusterView``), streamed both ways, with the region's
+/// answer and its headers passed back unchanged plus `Meridian-Routed-To` and `Meridian-Route-Reason`.
+///
+/// Reads that cannot reach their region (a refused connection, a 503) go to the next one; a read slower than its
+/// region's usual (the hedge percentile) also goes to the next region, within a budget of extra load. Writes go
+/// to exactly one region and are never retried by the gateway (a write that may have been applied is for the
+/// client to retry, with an Idempotency-Key).
+public final class Gateway: Sendable {
+    public let configuration: GatewayConfiguration
+    let view: ClusterView
+    let client: HTTPClient
+    let logger: Logger
+    let metrics = GatewayMetrics()
+    let homes: HomeLookups
+    private let hedgeBudget: Mutex<Double>
+
+    /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+                                        "proxy-authenticate", "proxy-authorization", "host"]
+    static let routedTo = HTTPField.Name("Meridian-Routed-To")!
+    static let routeReason = HTTPField.Name("Meridian-Route-Reason")!
+
+    /// Creates the gateway and its HTTP client (closed by ``run()``).
+    public init(configuration: GatewayConfiguration, logger: Logger = Logger(label: "meridian.gateway")) throws(MeridianError) {
+        self.configuration = configuration
+        self.logger = logger
+        view = ClusterView(cluster: configuration.cluster, logger: logger)
+        var clientConfiguration = HTTPClient.Configuration()
+        if let caPath = configuration.caPath {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.minimumTLSVersion = .tlsv13
+            do {
+                tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+            } catch {
+                throw MeridianError(.invalidConfig, "\(caPath): cannot read the CA bundle: \(error)")
+            }
+            clientConfiguration.tlsConfiguration = tls
+        }
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
+        clientConfiguration.timeout = .init(connect: .seconds(2), read: nil)
+        clientConfiguration.decompression = .disabled
+        clientConfiguration.redirectConfiguration = .disallow
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        hedgeBudget = Mutex(0)
+        homes = HomeLookups(entriesMax: configuration.cluster.routing.homeLookup?.entriesMax ?? 0,
+                            ttlMs: configuration.cluster.routing.homeLookup?.ttlMs ?? 0)
+    }
+
+    /// The gateway's routes: its own (`/health`, `/gateway/status`, `/gateway/metrics`), and everything else proxied.
+    func router() -> Router<GatewayRequestContext> {
+        let router = Router(context: GatewayRequestContext.self)
+        router.add(middleware: ProxyMiddleware(gateway: self))
+        router.get("/health") { _, _ in JSON.response(["status": "ok", "role": "gateway"]) }
+        router.get("/gateway/status") { _, _ in JSON.response(self.status()) }
+        router.get("/gateway/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: self.metrics.registry.emitToBuffer())))
+        }
+        return router
+    }
+
+    /// Serves until SIGTERM or SIGINT, following the regions' topology meanwhile.
+    /// - Parameter onServerRunning: Called with the bound port once the gateway listens.
+    public func run(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let listen = configuration.listen
+        let app = Application(
+            router: router(),
+            configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "meridian-gateway"),
+            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? listen.port) },
+            logger: logger)
+        logger.info("gateway serving on \(listen) for \(configuration.cluster.regions.count) regions")
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                await self.view.watch(client: self.client, token: self.configuration.token)
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+            }
+            tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
+            defer { tasks.cancelAll() }
+            try await tasks.next()
+        }
+        try? await client.shutdown()
+    }
+
+    /// The gateway's view, for operators: each region's verdict as the gateway combines them, its stream, ejection
+    /// and latency.
+    func status() -> GatewayStatus {
+        let routeView = view.routeView()
+        let streams = view.streams
+        let ejected = Set(view.ejected())
+        return GatewayStatus(
+            listen: configuration.listen.description,
+            regions: view.regions.map { region in
+                GatewayStatus.Region(
+                    name: region.rawValue, url: view.urls[region] ?? "", routable: routeView.routable.contains(region),
+                    stream: streams[region]?.live == true ? "live" : "down", ejected: ejected.contains(region),
+                    latencyMs: routeView.latencyMs[region], p95Ms: view.latencyPercentileMs(region, 95))
+            },
+            leaders: Dictionary(uniqueKeysWithValues: routeView.leaders.map { ($0.key.rawValue, $0.value.rawValue) }))
+    }
+
+    // MARK: - Planning
+
+    /// Decodes what routing needs from a request: keyspace, key, kind, consistency, country, session and user.
+    func routeRequest(_ request: Request, remoteAddress: String?) async -> RoutePlanner.RouteRequest {
+        let cluster = configuration.cluster
+        let path = request.uri.path
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        var keyspace: KeyspacePolicy?
+        var key: Key?
+        if parts.count >= 4, parts[1] == "v1", ["kv", "crdt", "conflicts"].contains(parts[2]) {
+            let name = String(parts[3])
+            keyspace = (try? KeyspaceName(name.removingPercentEncoding ?? name)).flatMap { cluster.keyspace($0) }
+            if parts.count >= 5 {
+                let encoded = parts[4...].joined(separator: "/")
+                key = try? Key(encoded.removingPercentEncoding ?? encoded)
+            }
+        }
+        let kind: RoutePlanner.Kind = request.method == .get || request.method == .head ? .read : .write
+        let consistencyText = request.headers[MeridianHeader.consistency] ?? request.uri.queryParameters["consistency"].map(String.init)
+        let consistency = consistencyText.flatMap { ConsistencyLevel(rawValue: $0.lowercased()) }
+        var country: String?
+        var source: String?
+        for name in cluster.routing.locationHeaders {
+            if let value = HTTPField.Name(name).flatMap({ request.headers[$0] })?.uppercased(), RoutingConfig.isCountry(value), value != "*" {
+                country = value
+                source = "location"
+                break
+            }
+        }
+        if country == nil, let prefixes = configuration.prefixes {
+            var address = remoteAddress
+            if cluster.routing.trustForwardedFor, let forwarded = request.headers[.init("X-Forwarded-For")!] {
+                address = forwarded.split(separator: ",").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? address
+            }
+            if let address, let match = prefixes.match(address) {
+                country = match.country
+                source = "address"
+            }
+        }
+        let session = request.headers[MeridianHeader.session].flatMap { try? SessionToken(decoding: $0, key: cluster.sessionKey) }
+        var userHome: RegionName?
+        if let lookup = cluster.routing.homeLookup, let user = HTTPField.Name(lookup.header).flatMap({ request.headers[$0] }), !user.isEmpty {
+            userHome = await home(of: user, lookup: lookup, authorization: request.headers[.authorization])
+        }
+        return RoutePlanner.RouteRequest(keyspace: keyspace, key: key, kind: kind, consistency: consistency, country: country,
+                                         countrySource: source, sessionRegion: session?.clock?.region, userHome: userHome)
+    }
+
+    /// The user's home region from the lookup keyspace (cached): the value names a region, or a country mapped
+    /// by `country_regions`. Nil when the user has none or it cannot be read now.
+    func home(of user: String, lookup: RoutingConfig.HomeLookup, authorization: String?) async -> RegionName? {
+        if let cached = homes.get(user) { return cached.region }
+        guard let key = try? Key(user), let policy = configuration.cluster.keyspace(lookup.keyspace) else { return nil }
+        let plan = RoutePlanner.plan(RoutePlanner.RouteRequest(keyspace: policy, key: key, kind: .read, consistency: .eventual),
+                                     view: view.routeView(), config: configuration.cluster.routing)
+        guard let region = plan.candidates.first?.region, let url = view.urls[region] else { return nil }
+        var request = HTTPClientRequest(url: "\(url)/v1/kv/\(lookup.keyspace)/\(key.rawValue.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? "")")
+        request.headers.add(name: "Meridian-Consistency", value: "eventual")
+        if let authorization { request.headers.add(name: "Authorization", value: authorization) }
+        guard let response = try? await client.execute(request, timeout: .seconds(2)) else { return nil }
+        if response.status == .notFound {
+            homes.put(user, nil)
+            return nil
+        }
+        guard response.status == .ok, let body = try? await response.body.collect(upTo: 4096) else { return nil }
+        let text = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
+        let found = HomeLookups.region(from: text, regions: view.regions, countries: configuration.cluster.routing.countryRegions)
+        homes.put(user, found)
+        return found
+    }
+
+    /// Whether a hedge may be sent now: each read earns `extra_percent_max`/100 of one, a hedge spends one.
+    func earnHedge() {
+        let extra = configuration.cluster.routing.hedgeExtraPercentMax / 100
+        hedgeBudget.withLock { $0 = min(10, $0 + extra) }
+    }
+
+    func spendHedge() -> Bool {
+        hedgeBudget.withLock { budget in
+            guard budget >= 1 else { return false }
+            budget -= 1
+            return true
+        }
+    }
+}
+
+/// The request context of the gateway: the client's address, for the prefix table.
+public struct GatewayRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: Source) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
+
+/// The answer of `GET /gateway/status`.
+struct GatewayStatus: Codable, Sendable {
+    struct Region: Codable, Sendable {
+        let name: String
+        let url: String
+        let routable: Bool
+        let stream: String
+        let ejected: Bool
+        let latencyMs: Double?
+        let p95Ms: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case name, url, routable, stream, ejected
+            case latencyMs = "latency_ms"
+            case p95Ms = "p95_ms"
+        }
+    }
+
+    let listen: String
+    let regions: [Region]
+    let leaders: [String: String]
+}
+
+/// Users' home regions, looked up once and kept for a while. Bounded: the oldest entries go first.
+final class HomeLookups: Sendable {
+    struct Entry: Sendable {
+        let region: RegionName?
+        let expires: ContinuousClock.Instant
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+    let entriesMax: Int
+    let ttlMs: Int
+
+    init(entriesMax: Int, ttlMs: Int) {
+        self.entriesMax = entriesMax
+        self.ttlMs = ttlMs
+    }
+
+    func get(_ user: String) -> Entry? {
+        entries.withLock { entries in
+            guard let entry = entries[user], entry.expires > .now else { return nil }
+            return entry
+        }
+    }
+
+    func put(_ user: String, _ region: RegionName?) {
+        guard entriesMax > 0, ttlMs > 0 else { return }
+        let now = ContinuousClock.now
+        entries.withLock { entries in
+            if entries.count >= entriesMax {
+                entries = entries.filter { $0.value.expires > now }
+                if entries.count >= entriesMax, let oldest = entries.min(by: { $0.value.expires < $1.value.expires })?.key {
+                    entries.removeValue(forKey: oldest)
+                }
+            }
+            entries[user] = Entry(region: region, expires: now + .milliseconds(ttlMs))
+        }
+    }
+
+    /// A home value: a region's name, a country code, or JSON with a `region` or `country` field.
+    static func region(from text: String, regions: [RegionName], countries: [String: [RegionName]]) -> RegionName? {
+        var candidate = text
+        if text.hasPrefix("{"), let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] {
+            candidate = (object["region"] as? String) ?? (object["country"] as? String) ?? ""
+        }
+        if let region = try? RegionName(candidate), regions.contains(region) { return region }
+        let country = candidate.uppercased()
+        guard RoutingConfig.isCountry(country), country != "*" else { return nil }
+        return (countries[country] ?? countries["*"])?.first
+    }
+}

@@ -265,6 +265,18 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "MeridianGatewayTests",
+            dependencies: [
+                "MeridianCore",
+                "MeridianGateway",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "MeridianLiveTests",
             dependencies: ["MeridianCore", "MeridianAPI", "MeridianHarness", "MeridianDrills"],
             swiftSettings: strict

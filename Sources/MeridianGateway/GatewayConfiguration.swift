@@ -18,12 +18,14 @@ public struct GatewayConfiguration: Sendable {
 
     /// Reads the prefix table, if the routing section names one.
     /// - Throws: `MeridianError` when the table cannot be read or parsed, or the regions speak HTTPS with no CA bundle.
-    public init(cluster: ClusterConfig, listen: Endpoint? = nil, token: String? = nil, caPath: String? = nil) throws(MeridianError) {
+    public init(cluster: ClusterConfig, listen: Endpoint? = nil, token: String? = nil, caPath: String? = nil, prefixes given: PrefixTable? = nil) throws(MeridianError) {
         self.cluster = cluster
         self.listen = listen ?? cluster.routing.gateway ?? Endpoint(host: "127.0.0.1", port: 7100)
         self.token = token
         self.caPath = caPath
-        if let file = cluster.routing.ipPrefixes {
+        if let given {
+            prefixes = given
+        } else if let file = cluster.routing.ipPrefixes {
             let text: String
             do {
                 text = try String(contentsOfFile: file, encoding: .utf8)

@@ -75,7 +75,11 @@ extension Gateway {
             } else {
                 outcome = await send(request, to: candidate.region, body: nil, remoteAddress: remoteAddress, deadline: deadline)
             }
-            let reason = candidate.reason + skippedNote + (notes.isEmpty ? "" : "; after " + notes.joined(separator: ", "))
+            var reason = candidate.reason + skippedNote + (notes.isEmpty ? "" : "; after " + notes.joined(separator: ", "))
+            if case .answered(_, let region, _) = outcome, region != candidate.region {
+                let second = plan.candidates.first { $0.region == region }?.reason ?? "fallback"
+                reason = "\(second); hedged: \(candidate.region) (\(candidate.reason)) did not answer within its p\(Int(configuration.cluster.routing.hedgePercentile))"
+            }
             switch outcome {
             case .answered(let response, let region, _) where response.status == .serviceUnavailable && !last:
                 notes.append("\(region) answered 503")

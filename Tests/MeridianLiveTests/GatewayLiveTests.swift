@@ -141,3 +141,39 @@ import Testing
         }
     }
 }
+
+extension GatewayLiveTests {
+    /// A region that stops answering (paused, so its connections stay open and nothing is refused) is covered by
+    /// a hedged read to the next region after the first one's p95, within the hedging budget; and reads carrying a
+    /// session token go to the region the session last wrote at.
+    @Test(.timeLimit(.minutes(3)))
+    func aPausedRegionIsHedgedAroundAndSessionsStickToTheirRegion() async throws {
+        try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: try Self.routing(), gateway: true) { cluster in
+            try await Self.waitAllRoutable(cluster)
+            let gateway = try await Self.gateway(cluster)
+            defer { Task { await gateway.close() } }
+            let write = try await Self.routedTo(gateway, "PUT", "/v1/kv/profiles/h", country: "JP", body: "v")
+            #expect(write.status == 200 && write.header("Meridian-Routed-To") == "ap-southeast")
+            // The session's own region first: its write is there, so a session read need not wait anywhere.
+            let session = try #require(write.header("Meridian-Session"))
+            let sticky = try await gateway.request("GET", "/v1/kv/profiles/h", headers: [("CF-IPCountry", "DE"), ("Meridian-Session", session)])
+            #expect(sticky.status == 200 && sticky.text == "v" && sticky.header("Meridian-Routed-To") == "ap-southeast", "\(sticky.status) \(sticky.text)")
+            #expect(sticky.header("Meridian-Route-Reason") == "session")
+            _ = try await cluster.waitForValue("eu-west", "/v1/kv/profiles/h", "v")
+            _ = try await cluster.waitForValue("us-east", "/v1/kv/profiles/h", "v")
+            // Reads from Germany teach the gateway eu-west's latency and earn hedging budget (5% of reads).
+            for _ in 0..<120 {
+                #expect(try await Self.routedTo(gateway, "GET", "/v1/kv/profiles/h?consistency=eventual", country: "DE").header("Meridian-Routed-To") == "eu-west")
+            }
+            cluster.local.signal(RegionName(validated: "eu-west"), SIGSTOP)
+            defer { cluster.local.signal(RegionName(validated: "eu-west"), SIGCONT) }
+            let started = ContinuousClock.now
+            let hedged = try await Self.routedTo(gateway, "GET", "/v1/kv/profiles/h?consistency=eventual", country: "DE")
+            let took = ContinuousClock.now - started
+            #expect(hedged.status == 200 && hedged.text == "v" && hedged.header("Meridian-Routed-To") == "us-east", "\(hedged.status) \(hedged.text)")
+            #expect(hedged.header("Meridian-Route-Reason")?.contains("hedged: eu-west") == true, "\(String(describing: hedged.header("Meridian-Route-Reason")))")
+            // Answered after the hedge delay, long before the cluster marks eu-west down (a silence, ~0.5 s+).
+            #expect(took < .milliseconds(400), "the hedged read took \(took)")
+        }
+    }
+}

@@ -70,6 +70,7 @@ public final class Gateway: Sendable {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(bytes: self.metrics.registry.emitToBuffer())))
         }
+        addDNSRoutes(to: router)
         return router
     }
 

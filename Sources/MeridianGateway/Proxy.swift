@@ -240,6 +240,10 @@ final class GatewayMetrics: Sendable {
             .record(duration)
     }
 
+    func recordDNSAnswer(region: String) {
+        registry.makeCounter(name: "meridian_gateway_dns_answers_total", labels: [("region", region)]).increment()
+    }
+
     func recordHedge() {
         registry.makeCounter(name: "meridian_gateway_hedged_reads_total").increment()
     }

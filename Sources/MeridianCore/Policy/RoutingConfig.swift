@@ -38,9 +38,24 @@ public struct RoutingConfig: Sendable, Hashable {
         public var entriesMax: Int
     }
 
+    /// GeoDNS through PowerDNS's remote backend (`dns`): the names the gateway answers, each with the address of
+    /// the best healthy region for the client's subnet.
+    public struct DNS: Sendable, Hashable {
+        /// The zone, absolute and lower case (`geo.example.com.`).
+        public var zone: String
+        /// The names answered, absolute and lower case (in the file, `api` is `api.` + the zone, `@` the apex, and a
+        /// name ending in `.` is absolute).
+        public var names: [String]
+        /// The answers' TTL in seconds: how long resolvers keep an answer.
+        public var ttlSeconds: Int
+        /// Each region's public address (IPv4 or IPv6), answered as an A or AAAA record.
+        public var addresses: [RegionName: String]
+    }
+
     /// Consecutive good probes (one per heartbeat interval) a region marked down needs before it is routed to
     /// again (`readmit_probes`).
     public var readmitProbes: Int
+    public var dns: DNS?
     /// The gateway's listen address (`gateway`), unless `meridian gateway --listen` names one.
     public var gateway: Endpoint?
     /// Request headers that carry the client's country, first present wins (`location_headers`).
@@ -66,6 +81,7 @@ public struct RoutingConfig: Sendable, Hashable {
 
     public init(readmitProbes: Int = 10) {
         self.readmitProbes = readmitProbes
+        dns = nil
         gateway = nil
         locationHeaders = ["CloudFront-Viewer-Country", "CF-IPCountry"]
         ipPrefixes = nil
@@ -88,7 +104,7 @@ public struct RoutingConfig: Sendable, Hashable {
 extension ConfigParser {
     func parseRouting(_ value: YAMLValue, regions: [RegionName], keyspaces: [KeyspacePolicy]) throws(ConfigProblem) -> RoutingConfig {
         let fields = try value.mapping(allowed: ["readmit_probes", "gateway", "location_headers", "ip_prefixes", "trust_forwarded_for", "country_regions",
-                                                 "home_lookup", "keyspaces", "hedge", "ejection"])
+                                                 "home_lookup", "keyspaces", "hedge", "ejection", "dns"])
         var config = RoutingConfig()
         if let probes = fields["readmit_probes"] { config.readmitProbes = try probes.int(in: 1...1_000) }
         if let gateway = fields["gateway"] { config.gateway = try gateway.endpoint() }
@@ -168,6 +184,49 @@ extension ConfigParser {
             if let duration = ejectionFields["duration_ms"] { config.ejectionMs = try duration.int(in: 100...600_000) }
             if let share = ejectionFields["regions_percent_max"] { config.ejectionRegionsPercentMax = try share.int(in: 0...100) }
         }
+        if let dns = fields["dns"] { config.dns = try parseDNS(dns, regions: regions) }
         return config
+    }
+
+    private func parseDNS(_ value: YAMLValue, regions: [RegionName]) throws(ConfigProblem) -> RoutingConfig.DNS {
+        let fields = try value.mapping(allowed: ["zone", "names", "ttl_s", "addresses"])
+        /// A name ending in `.` is absolute; any other is relative to `origin` (as in a zone file).
+        func hostname(_ item: YAMLValue, origin: String? = nil) throws(ConfigProblem) -> String {
+            var text = try item.string().lowercased()
+            if !text.hasSuffix(".") { text += origin.map { "." + $0 } ?? "." }
+            let labels = text.dropLast().split(separator: ".", omittingEmptySubsequences: false)
+            guard text.utf8.count <= 254, !labels.isEmpty, labels.allSatisfy({ label in
+                (1...63).contains(label.utf8.count) && label.utf8.allSatisfy { $0 == 0x2D || (0x30...0x39).contains($0) || (0x61...0x7A).contains($0) }
+            }) else {
+                throw ConfigProblem(path: item.path, message: "'\(text)' is not a DNS name (labels of 1 to 63 letters, digits and '-')")
+            }
+            return text
+        }
+        guard let zoneValue = fields["zone"] else { throw ConfigProblem(path: value.child("zone"), message: "name the zone the gateway answers for (geo.example.com)") }
+        let zone = try hostname(zoneValue)
+        var names: [String] = []
+        for item in try fields["names"]?.sequence() ?? [] {
+            let name = try item.string() == "@" ? zone : try hostname(item, origin: zone)
+            guard name == zone || name.hasSuffix("." + zone) else {
+                throw ConfigProblem(path: item.path, message: "'\(name)' is outside the zone \(zone)")
+            }
+            guard !names.contains(name) else { throw ConfigProblem(path: item.path, message: "'\(name)' is listed twice") }
+            names.append(name)
+        }
+        guard !names.isEmpty, names.count <= 100 else { throw ConfigProblem(path: value.child("names"), message: "name 1 to 100 names (use @ for the zone's apex)") }
+        guard let addressesValue = fields["addresses"] else {
+            throw ConfigProblem(path: value.child("addresses"), message: "give each region's public address (an IPv4 or IPv6 address)")
+        }
+        var addresses: [RegionName: String] = [:]
+        for (name, item) in try addressesValue.entries(what: "regions to addresses") {
+            let region = try YAMLValue(node: .scalar(.init(name)), path: addressesValue.child(name)).region(in: regions)
+            let address = try item.string()
+            guard PrefixTable.parseIPv4(address) != nil || PrefixTable.parseIPv6(address) != nil else {
+                throw ConfigProblem(path: item.path, message: "'\(address)' is not an IPv4 or IPv6 address")
+            }
+            addresses[region] = address
+        }
+        guard !addresses.isEmpty else { throw ConfigProblem(path: addressesValue.path, message: "give at least one region's address") }
+        return RoutingConfig.DNS(zone: zone, names: names, ttlSeconds: try fields["ttl_s"]?.int(in: 0...86_400) ?? 5, addresses: addresses)
     }
 }

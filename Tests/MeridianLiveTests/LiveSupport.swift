@@ -117,3 +117,8 @@ func clusterYAML(regions: [String], ports: [Int], keyspaces: String) throws -> S
     }
     return text + "keyspaces:\n" + keyspaces
 }
+
+/// Every suite that starts real processes, one at a time: clusters running side by side on two cores starve each
+/// other's timers (leases expire, elections start), which tests of timing would then report. The suites nest here
+/// so that no test waits inside its own time limit for another to finish.
+@Suite(.serialized) enum LiveTests {}

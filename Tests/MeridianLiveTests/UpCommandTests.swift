@@ -5,111 +5,117 @@ import Foundation
 import MeridianHarness
 import Testing
 
-@Suite(.serialized) struct UpCommandTests {
-    func startCluster(_ scratch: Scratch) throws -> (process: Process, ports: [Int], config: String) {
-        var ports: [Int] = []
-        for _ in 0..<6 { ports.append(try LocalProcesses.freePort()) }
-        let config = scratch.file("cluster.yaml")
-        try (try clusterYAML(regions: ["us-east", "eu-west", "ap-southeast"], ports: ports, keyspaces: """
-              - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
-              - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
+extension LiveTests {
+    @Suite(.serialized) struct UpCommandTests {
+        /// The cluster's regions on ports[0...5] (client, peer), its gateway on ports[6].
+        func startCluster(_ scratch: Scratch) throws -> (process: Process, ports: [Int], config: String) {
+            var ports: [Int] = []
+            for _ in 0..<7 { ports.append(try LocalProcesses.freePort()) }
+            let config = scratch.file("cluster.yaml")
+            try (try clusterYAML(regions: ["us-east", "eu-west", "ap-southeast"], ports: ports, keyspaces: """
+                  - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
+                  - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
+                routing: { gateway: 127.0.0.1:\(ports[6]) }
 
-            """)).write(toFile: config, atomically: true, encoding: .utf8)
-        let up = try LocalProcesses.start(MeridianBinary.path, ["up", "--config", config, "--data", scratch.file("data")], logPath: scratch.file("up.log"))
-        return (up, ports, config)
-    }
-
-    func childPids(of parent: Int32) -> [Int32] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap(Int32.init).filter { pid in
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return false }
-            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-            return fields.count > 1 && Int32(fields[1]) == parent
+                """)).write(toFile: config, atomically: true, encoding: .utf8)
+            let up = try LocalProcesses.start(MeridianBinary.path, ["up", "--config", config, "--data", scratch.file("data")], logPath: scratch.file("up.log"))
+            return (up, ports, config)
         }
-    }
 
-    @Test(.timeLimit(.minutes(3)))
-    func upServesEveryRegionAndStopsCleanly() async throws {
-        let scratch = try Scratch()
-        defer { scratch.remove() }
-        let (up, ports, config) = try startCluster(scratch)
-        defer { if up.isRunning { kill(up.processIdentifier, SIGKILL) } }
-        for index in 0..<3 {
-            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
+        func childPids(of parent: Int32) -> [Int32] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap(Int32.init).filter { pid in
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+                return fields.count > 1 && Int32(fields[1]) == parent
+            }
         }
-        let children = childPids(of: up.processIdentifier)
-        #expect(children.count == 4, "three regions and the WAN emulator")
 
-        // The WAN emulator answers `meridian chaos`.
-        let chaos = try runCLI(["chaos", "partition", "--config", config, "us-east", "eu-west"])
-        #expect(chaos.status == 0 && chaos.stdout.contains("PARTITIONED"), "\(chaos)")
-        let healed = try runCLI(["chaos", "heal", "--config", config])
-        #expect(healed.status == 0 && !healed.stdout.contains("PARTITIONED"), "\(healed)")
+        @Test(.timeLimit(.minutes(3)))
+        func upServesEveryRegionAndStopsCleanly() async throws {
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let (up, ports, config) = try startCluster(scratch)
+            defer { if up.isRunning { kill(up.processIdentifier, SIGKILL) } }
+            for index in 0..<3 {
+                #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
+            }
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[6], process: up, timeoutSeconds: 60, credentials: .none))
+            let children = childPids(of: up.processIdentifier)
+            #expect(children.count == 5, "three regions, the WAN emulator and the gateway")
 
-        // The README's flow: PUT then GET on the first region.
-        let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
-        let put = try await connection.request("PUT", "/v1/kv/profiles/k", body: Array("v".utf8))
-        #expect(put.status == 200)
-        let get = try await connection.request("GET", "/v1/kv/profiles/k")
-        #expect(get.status == 200 && get.text == "v")
-        await connection.close()
+            // The WAN emulator answers `meridian chaos`.
+            let chaos = try runCLI(["chaos", "partition", "--config", config, "us-east", "eu-west"])
+            #expect(chaos.status == 0 && chaos.stdout.contains("PARTITIONED"), "\(chaos)")
+            let healed = try runCLI(["chaos", "heal", "--config", config])
+            #expect(healed.status == 0 && !healed.stdout.contains("PARTITIONED"), "\(healed)")
 
-        // The CLI against the same cluster: success exits 0, errors exit non-zero with the error code.
-        let endpoint = "127.0.0.1:\(ports[2])"
-        let cliPut = try runCLI(["put", "--config", config, "--region", "eu-west", "profiles", "greeting", "hello"])
-        #expect(cliPut.status == 0, "\(cliPut.stderr)")
-        #expect(cliPut.stdout.contains("\"region\":\"eu-west\""))
-        let cliGet = try runCLI(["get", "--endpoint", endpoint, "profiles", "greeting"])
-        #expect(cliGet.status == 0 && cliGet.stdout == "hello\n", "\(cliGet)")
-        #expect(cliGet.stderr.contains("version"))
-        let cliLs = try runCLI(["ls", "--endpoint", endpoint, "profiles"])
-        #expect(cliLs.status == 0 && cliLs.stdout.hasPrefix("greeting\t"), "\(cliLs)")
-        let cliMissing = try runCLI(["get", "--endpoint", endpoint, "profiles", "absent"])
-        #expect(cliMissing.status != 0 && cliMissing.stderr.contains("key_not_found"), "\(cliMissing)")
-        let cliRefused = try runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "no_such_keyspace", "a", "1"])
-        #expect(cliRefused.status != 0 && cliRefused.stderr.contains("unknown_keyspace"), "\(cliRefused)")
-        // The regions `up` started replicate: eu-west's write reaches us-east through the WAN emulator.
-        let usEast = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
-        var replicated = false
-        for _ in 0..<200 where !replicated {
-            replicated = try await usEast.request("GET", "/v1/kv/profiles/greeting").text == "hello"
-            if !replicated { try await Task.sleep(for: .milliseconds(50)) }
+            // The README's flow: PUT then GET on the first region.
+            let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
+            let put = try await connection.request("PUT", "/v1/kv/profiles/k", body: Array("v".utf8))
+            #expect(put.status == 200)
+            let get = try await connection.request("GET", "/v1/kv/profiles/k")
+            #expect(get.status == 200 && get.text == "v")
+            await connection.close()
+
+            // The CLI against the same cluster: success exits 0, errors exit non-zero with the error code.
+            let endpoint = "127.0.0.1:\(ports[2])"
+            let cliPut = try runCLI(["put", "--config", config, "--region", "eu-west", "profiles", "greeting", "hello"])
+            #expect(cliPut.status == 0, "\(cliPut.stderr)")
+            #expect(cliPut.stdout.contains("\"region\":\"eu-west\""))
+            let cliGet = try runCLI(["get", "--endpoint", endpoint, "profiles", "greeting"])
+            #expect(cliGet.status == 0 && cliGet.stdout == "hello\n", "\(cliGet)")
+            #expect(cliGet.stderr.contains("version"))
+            let cliLs = try runCLI(["ls", "--endpoint", endpoint, "profiles"])
+            #expect(cliLs.status == 0 && cliLs.stdout.hasPrefix("greeting\t"), "\(cliLs)")
+            let cliMissing = try runCLI(["get", "--endpoint", endpoint, "profiles", "absent"])
+            #expect(cliMissing.status != 0 && cliMissing.stderr.contains("key_not_found"), "\(cliMissing)")
+            let cliRefused = try runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "no_such_keyspace", "a", "1"])
+            #expect(cliRefused.status != 0 && cliRefused.stderr.contains("unknown_keyspace"), "\(cliRefused)")
+            // The regions `up` started replicate: eu-west's write reaches us-east through the WAN emulator.
+            let usEast = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
+            var replicated = false
+            for _ in 0..<200 where !replicated {
+                replicated = try await usEast.request("GET", "/v1/kv/profiles/greeting").text == "hello"
+                if !replicated { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            await usEast.close()
+            #expect(replicated, "eu-west's write never reached us-east")
+            let cliDel = try runCLI(["del", "--endpoint", endpoint, "profiles", "greeting"])
+            #expect(cliDel.status == 0)
+            let cliStatus = try runCLI(["status", "--endpoint", endpoint])
+            #expect(cliStatus.status == 0 && cliStatus.stdout.contains("region eu-west"), "\(cliStatus)")
+            let cliDown = try runCLI(["get", "--endpoint", "127.0.0.1:\(try LocalProcesses.freePort())", "profiles", "k"])
+            #expect(cliDown.status != 0 && cliDown.stderr.contains("cannot reach"))
+
+            #expect(await LocalProcesses.stop(up, graceSeconds: 30), "up exits on SIGTERM")
+            #expect(!up.isRunning && up.terminationStatus == 0)
+            for pid in children { #expect(!processExists(pid), "region process \(pid) outlived `meridian up`") }
+            for index in 0..<3 { #expect(!(await portAcceptsConnections(ports[2 * index]))) }
+            let log = try String(contentsOfFile: scratch.file("up.log"), encoding: .utf8)
+            #expect(log.contains("http://127.0.0.1:\(ports[0])"), "the endpoint table names every region")
         }
-        await usEast.close()
-        #expect(replicated, "eu-west's write never reached us-east")
-        let cliDel = try runCLI(["del", "--endpoint", endpoint, "profiles", "greeting"])
-        #expect(cliDel.status == 0)
-        let cliStatus = try runCLI(["status", "--endpoint", endpoint])
-        #expect(cliStatus.status == 0 && cliStatus.stdout.contains("region eu-west"), "\(cliStatus)")
-        let cliDown = try runCLI(["get", "--endpoint", "127.0.0.1:\(try LocalProcesses.freePort())", "profiles", "k"])
-        #expect(cliDown.status != 0 && cliDown.stderr.contains("cannot reach"))
 
-        #expect(await LocalProcesses.stop(up, graceSeconds: 30), "up exits on SIGTERM")
-        #expect(!up.isRunning && up.terminationStatus == 0)
-        for pid in children { #expect(!processExists(pid), "region process \(pid) outlived `meridian up`") }
-        for index in 0..<3 { #expect(!(await portAcceptsConnections(ports[2 * index]))) }
-        let log = try String(contentsOfFile: scratch.file("up.log"), encoding: .utf8)
-        #expect(log.contains("http://127.0.0.1:\(ports[0])"), "the endpoint table names every region")
-    }
-
-    @Test(.timeLimit(.minutes(3)))
-    func regionsExitWhenUpIsKilled() async throws {
-        let scratch = try Scratch()
-        defer { scratch.remove() }
-        let (up, ports, _) = try startCluster(scratch)
-        for index in 0..<3 {
-            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
-        }
-        let children = childPids(of: up.processIdentifier)
-        #expect(children.count == 4)
-        kill(up.processIdentifier, SIGKILL)
-        #expect(await LocalProcesses.waitExited(up), "up survived SIGKILL")
-        let deadline = Date().addingTimeInterval(20)
-        while children.contains(where: processExists) && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
-        for pid in children {
-            #expect(!processExists(pid), "region process \(pid) was orphaned")
-            if processExists(pid) { kill(pid, SIGKILL) }
+        @Test(.timeLimit(.minutes(3)))
+        func regionsExitWhenUpIsKilled() async throws {
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let (up, ports, _) = try startCluster(scratch)
+            for index in 0..<3 {
+                #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[2 * index], process: up, timeoutSeconds: 60))
+            }
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: ports[6], process: up, timeoutSeconds: 60, credentials: .none))
+            let children = childPids(of: up.processIdentifier)
+            #expect(children.count == 5)
+            kill(up.processIdentifier, SIGKILL)
+            #expect(await LocalProcesses.waitExited(up), "up survived SIGKILL")
+            let deadline = Date().addingTimeInterval(20)
+            while children.contains(where: processExists) && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
+            for pid in children {
+                #expect(!processExists(pid), "region process \(pid) was orphaned")
+                if processExists(pid) { kill(pid, SIGKILL) }
+            }
         }
     }
 }

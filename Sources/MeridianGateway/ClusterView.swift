@@ -23,12 +23,13 @@ final class ClusterView: Sendable {
         var latency: [RegionName: LatencyWindow] = [:]
         /// When each region's stream last delivered bytes.
         var heardAt: [RegionName: ContinuousClock.Instant] = [:]
+        var agreed: Agreed
     }
 
     let regions: [RegionName]
     let urls: [RegionName: String]
     private let routing: RoutingConfig
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let logger: Logger
     /// A stream silent this long is dead (regions send a comment about once a second).
     let streamSilence: Duration = .seconds(3)
@@ -39,6 +40,7 @@ final class ClusterView: Sendable {
         urls = Dictionary(uniqueKeysWithValues: cluster.regions.map { ($0.name, "\(scheme)://\($0.client)") })
         routing = cluster.routing
         self.logger = logger
+        state = Mutex(State(agreed: Agreed(routable: Set(cluster.regions.map(\.name)))))
     }
 
     // MARK: - The view routing uses
@@ -46,25 +48,45 @@ final class ClusterView: Sendable {
     /// The regions requests may go to now, the leaders in the highest terms seen, and the measured latencies.
     func routeView(now: ContinuousClock.Instant = .now) -> RoutePlanner.RouteView {
         state.withLock { state in
-            let answers = Self.voters(state.streams)
-            var routable = Set(regions)
-            if !answers.isEmpty {
-                for region in regions {
-                    let down = answers.filter { answer in answer.regions.first { $0.name == region.rawValue }?.health == .down }.count
-                    if down * 2 > answers.count { routable.remove(region) }
-                }
-            }
+            var routable = state.agreed.routable
             for (region, until) in state.ejectedUntil where until > now { routable.remove(region) }
-            var leaders: [KeyspaceName: (RegionName, UInt64)] = [:]
-            for answer in answers {
-                for keyspace in answer.keyspaces {
-                    guard let leader = keyspace.leader.flatMap({ try? RegionName($0) }), let name = try? KeyspaceName(keyspace.name) else { continue }
-                    let epoch = keyspace.epoch ?? 0
-                    if leaders[name].map({ epoch > $0.1 }) ?? true { leaders[name] = (leader, epoch) }
-                }
-            }
-            return RoutePlanner.RouteView(regions: regions, routable: routable, leaders: leaders.mapValues(\.0),
+            return RoutePlanner.RouteView(regions: regions, routable: routable, leaders: state.agreed.leaders,
                                           latencyMs: state.latency.compactMapValues(\.averageMs))
+        }
+    }
+
+    /// What the streams agree on, worked out again whenever a stream changes (not on every request).
+    struct Agreed {
+        var routable: Set<RegionName>
+        var leaders: [KeyspaceName: RegionName] = [:]
+    }
+
+    private func agree(_ streams: [RegionName: Stream]) -> Agreed {
+        let answers = Self.voters(streams)
+        var agreed = Agreed(routable: Set(regions))
+        if !answers.isEmpty {
+            for region in regions {
+                let down = answers.filter { answer in answer.regions.first { $0.name == region.rawValue }?.health == .down }.count
+                if down * 2 > answers.count { agreed.routable.remove(region) }
+            }
+        }
+        var leaders: [KeyspaceName: (RegionName, UInt64)] = [:]
+        for answer in answers {
+            for keyspace in answer.keyspaces {
+                guard let leader = keyspace.leader.flatMap({ try? RegionName($0) }), let name = try? KeyspaceName(keyspace.name) else { continue }
+                let epoch = keyspace.epoch ?? 0
+                if leaders[name].map({ epoch > $0.1 }) ?? true { leaders[name] = (leader, epoch) }
+            }
+        }
+        agreed.leaders = leaders.mapValues(\.0)
+        return agreed
+    }
+
+    /// Records a stream's new state and works the agreement out again.
+    private func update(_ region: RegionName, _ change: (inout Stream) -> Void) {
+        state.withLock { state in
+            change(&state.streams[region, default: Stream()])
+            state.agreed = agree(state.streams)
         }
     }
 
@@ -141,7 +163,7 @@ final class ClusterView: Sendable {
                     lastLogged = reason
                 }
             }
-            state.withLock { $0.streams[region, default: Stream()].live = false }
+            update(region) { $0.live = false }
             if !Task.isCancelled { eject(region, reason: "its topology stream ended") }
             try? await Task.sleep(for: .milliseconds(min(1_000, 25 << min(failures, 6))))
         }
@@ -166,7 +188,7 @@ final class ClusterView: Sendable {
                     self.state.withLock { $0.heardAt[region] = .now }
                     for event in try parser.consume(buffer) where event.name == "topology" {
                         let answer = try JSONDecoder().decode(TopologyAnswer.self, from: Data(event.data.utf8))
-                        self.state.withLock { $0.streams[region] = Stream(answer: answer, live: true) }
+                        self.update(region) { $0 = Stream(answer: answer, live: true) }
                         self.answered(region)
                     }
                 }

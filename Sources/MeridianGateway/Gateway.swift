@@ -27,6 +27,8 @@ public final class Gateway: Sendable {
     let metrics = GatewayMetrics()
     let homes: HomeLookups
     private let hedgeBudget: Mutex<Double>
+    /// `routing.location_headers`, parsed once.
+    let locationHeaders: [HTTPField.Name]
 
     /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
     static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
@@ -56,6 +58,7 @@ public final class Gateway: Sendable {
         clientConfiguration.redirectConfiguration = .disallow
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         hedgeBudget = Mutex(0)
+        locationHeaders = configuration.cluster.routing.locationHeaders.compactMap { HTTPField.Name($0) }
         homes = HomeLookups(entriesMax: configuration.cluster.routing.homeLookup?.entriesMax ?? 0,
                             ttlMs: configuration.cluster.routing.homeLookup?.ttlMs ?? 0)
     }
@@ -135,8 +138,8 @@ public final class Gateway: Sendable {
         let consistency = consistencyText.flatMap { ConsistencyLevel(rawValue: $0.lowercased()) }
         var country: String?
         var source: String?
-        for name in cluster.routing.locationHeaders {
-            if let value = HTTPField.Name(name).flatMap({ request.headers[$0] })?.uppercased(), RoutingConfig.isCountry(value), value != "*" {
+        for name in locationHeaders {
+            if let value = request.headers[name]?.uppercased(), RoutingConfig.isCountry(value), value != "*" {
                 country = value
                 source = "location"
                 break
@@ -189,6 +192,9 @@ public final class Gateway: Sendable {
         let extra = configuration.cluster.routing.hedgeExtraPercentMax / 100
         hedgeBudget.withLock { $0 = min(10, $0 + extra) }
     }
+
+    /// Whether a hedge could be spent now (checked before arming one; ``spendHedge()`` decides).
+    var hedgeAvailable: Bool { hedgeBudget.withLock { $0 >= 1 } }
 
     func spendHedge() -> Bool {
         hedgeBudget.withLock { budget in

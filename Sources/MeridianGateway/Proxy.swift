@@ -69,7 +69,8 @@ extension Gateway {
         for (index, candidate) in plan.candidates.enumerated() {
             let last = index == plan.candidates.count - 1
             let outcome: Attempt
-            if index == 0, !last, !streaming, let hedgeAfter = hedgeDelay(candidate.region) {
+            // Hedging only while the budget has one to spend: most reads take the plain path (no timer, no second task).
+            if index == 0, !last, !streaming, hedgeAvailable, let hedgeAfter = hedgeDelay(candidate.region) {
                 outcome = await hedged(request, first: candidate.region, second: plan.candidates[1].region, afterMs: hedgeAfter,
                                        remoteAddress: remoteAddress, deadline: deadline)
             } else {

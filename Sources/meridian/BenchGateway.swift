@@ -68,6 +68,9 @@ extension Bench {
             let us = [("CF-IPCountry", "US"), ("Meridian-Consistency", "eventual")]
 
             var latency: [String: [(p50: Double, p99: Double)]] = [:], throughput: [String: [Double]] = [:]
+            // CPU per request at peak (user + system, from /proc): the gateway's, and the serving node's.
+            var gatewayCPU: [Double] = [], nodeCPU: [String: [Double]] = [:]
+            let gatewayPid = local.gatewayProcess?.processIdentifier ?? 0, nodePid = local.pid(usEast) ?? 0
             for round in 0..<rounds {
                 for (name, target) in [("direct", direct), ("gateway", gateway)] {
                     let single = try await ConnectionPool.open(target, count: 1)
@@ -78,12 +81,16 @@ extension Bench {
                     try sequential.requireSuccess("\(name) sequential GETs")
                     latency[name, default: []].append((Double(sequential.histogram.valueAtPercentile(50)) / 1000, Double(sequential.histogram.valueAtPercentile(99)) / 1000))
                     let pool = try await ConnectionPool.open(target, count: connections)
+                    let (gatewayBefore, nodeBefore) = (Security.cpuSeconds(gatewayPid), Security.cpuSeconds(nodePid))
                     let peak = try await pool.run(seconds: seconds) { connection, index in
                         try await connection.request("GET", "/v1/kv/bench/k\(index % keys)", headers: us)
                     }
                     await pool.close()
                     try peak.requireSuccess("\(name) GETs at peak")
                     throughput[name, default: []].append(peak.throughput)
+                    let requests = Double(max(peak.requests, 1))
+                    nodeCPU[name, default: []].append((Security.cpuSeconds(nodePid) - nodeBefore) / requests * 1e6)
+                    if name == "gateway" { gatewayCPU.append((Security.cpuSeconds(gatewayPid) - gatewayBefore) / requests * 1e6) }
                 }
                 say("round \(round + 1): direct p50 \(String(format: "%.3f", latency["direct"]!.last!.p50)) ms, \(Int(throughput["direct"]!.last!))/s; gateway p50 \(String(format: "%.3f", latency["gateway"]!.last!.p50)) ms, \(Int(throughput["gateway"]!.last!))/s")
             }
@@ -102,6 +109,8 @@ extension Bench {
             row("GET p50, ms (one connection)", directP50, gatewayP50, String(format: "%+.3f ms", gatewayP50 - directP50), "within 0.3 ms", gatewayP50 - directP50 <= 0.3)
             row("GET p99, ms (one connection)", directP99, gatewayP99, String(format: "%+.3f ms", gatewayP99 - directP99), "-", nil)
             row("GETs/s at peak", directPeak, gatewayPeak, String(format: "%.0f%%", gatewayPeak / directPeak * 100), "at least 80%", gatewayPeak >= 0.8 * directPeak)
+            row("us-east CPU per GET, µs", median(nodeCPU["direct"]!), median(nodeCPU["gateway"]!), "-", "-", nil)
+            row("gateway CPU per GET, µs", 0, median(gatewayCPU), "-", "-", nil)
 
             try await killAndReadmit(local, gateway: gateway)
             if jitterSeconds > 0 { try await jitter(local, gateway: gateway) }
@@ -171,6 +180,15 @@ extension Bench {
         /// Jitter on every link: counts every verdict other than up, at any region, and every gateway ejection.
         private func jitter(_ local: LocalCluster, gateway: Endpoint) async throws {
             try await waitRoutable(gateway)
+            // Every region's own verdicts settled too (a region re-admitted after the kill counts its probes first).
+            let deadline = Date().addingTimeInterval(30)
+            for region in local.config.regions {
+                while Date() < deadline {
+                    if let topology = await RegionProbe.json(region.client, "/v1/topology"),
+                       (topology["regions"] as? [[String: Any]])?.allSatisfy({ $0["health"] as? String == "up" }) == true { break }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
             try await local.wan("jitter", ["percent": jitterPercent])
             let started = ContinuousClock.now
             var samples = 0, suspect = 0, down = 0, unroutable = 0

@@ -17,8 +17,8 @@ import Synchronization
 ///
 /// Reads that cannot reach their region (a refused connection, a 503) go to the next one; a read slower than its
 /// region's usual (the hedge percentile) also goes to the next region, within a budget of extra load. Writes go
-/// to exactly one region and are never retried by the gateway (a write that may have been applied is for the
-/// client to retry, with an Idempotency-Key).
+/// to exactly one region and are never retried by the gateway (whether a write that may have been applied is sent
+/// again is the client's decision).
 public final class Gateway: Sendable {
     public let configuration: GatewayConfiguration
     let view: ClusterView

@@ -188,20 +188,23 @@ extension Gateway {
             return Response(status: HTTPResponse.Status(code: Int(upstream.status.code), reasonPhrase: upstream.status.reasonPhrase),
                             headers: headers, body: ResponseBody(asyncSequence: upstream.body))
         case .notSent(let region, let why):
-            metrics.recordRequest(region: region.rawValue, status: 503, duration: ContinuousClock.now - started)
-            var response = MeridianError(.regionUnavailable, "The gateway could not reach \(region) (\(why)); nothing was sent. Retry: the gateway routes around it.",
-                                         context: ["region": region.rawValue]).stating(applied: .no).response(change: change)
-            response.headers[Self.routedTo] = region.rawValue
-            response.headers[Self.routeReason] = reason
-            return response
+            return unreachable(region, MeridianError(
+                .regionUnavailable, "The gateway could not reach \(region) (\(why)); nothing was sent. Retry: the gateway routes around it.",
+                context: ["region": region.rawValue]).stating(applied: .no), reason: reason, change: change, started: started)
         case .failed(let region, let why):
-            metrics.recordRequest(region: region.rawValue, status: 503, duration: ContinuousClock.now - started)
-            var response = MeridianError(.regionUnavailable, "The connection to \(region) failed during the request (\(why)); a write may or may not have been applied. Retry with the same Idempotency-Key.",
-                                         context: ["region": region.rawValue]).stating(applied: .maybe).response(change: change)
-            response.headers[Self.routedTo] = region.rawValue
-            response.headers[Self.routeReason] = reason
-            return response
+            return unreachable(region, MeridianError(
+                .regionUnavailable, "The connection to \(region) failed during the request (\(why)); a write may or may not have been applied: read the key before writing it again.",
+                context: ["region": region.rawValue]).stating(applied: .maybe), reason: reason, change: change, started: started)
         }
+    }
+
+    /// The gateway's own 503 for a region it could not complete the request with, with the routing headers.
+    private func unreachable(_ region: RegionName, _ error: MeridianError, reason: String, change: Bool, started: ContinuousClock.Instant) -> Response {
+        metrics.recordRequest(region: region.rawValue, status: 503, duration: ContinuousClock.now - started)
+        var response = error.response(change: change)
+        response.headers[Self.routedTo] = region.rawValue
+        response.headers[Self.routeReason] = reason
+        return response
     }
 }
 

@@ -19,20 +19,9 @@ extension LiveTests {
 
         /// Runs python3 in the package directory with `arguments` and extra environment; returns its status and output.
         static func python(_ arguments: [String], environment: [String: String]) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["python3"] + arguments
-            process.currentDirectoryURL = URL(fileURLWithPath: package)
-            process.environment = ProcessInfo.processInfo.environment.merging(environment.merging(["PYTHONPATH": package]) { $1 }) { $1 }
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            let deadline = Date().addingTimeInterval(120)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            return (process.isRunning ? -1 : process.terminationStatus, String(decoding: data, as: UTF8.self))
+            let result = try runProgram("/usr/bin/env", ["python3"] + arguments, directory: package,
+                                        environment: environment.merging(["PYTHONPATH": package]) { $1 }, timeoutSeconds: 120)
+            return (result.status, result.stdout + result.stderr)
         }
 
         @Test(.timeLimit(.minutes(4)))

@@ -74,17 +74,8 @@ extension LiveTests {
         }
 
         static func runTool(_ path: String, _ arguments: [String]) throws -> String {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = arguments
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning && Date() < deadline { usleep(10_000) }
-            return String(decoding: data, as: UTF8.self)
+            let result = try runProgram(path, arguments, timeoutSeconds: 10)
+            return result.stdout + result.stderr
         }
 
         @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.fileExists(atPath: "/usr/sbin/pdns_server") || ProcessInfo.processInfo.environment["CI"] != nil))

@@ -32,9 +32,18 @@ struct Scratch {
 
 /// Runs the CLI to completion (bounded by `timeoutSeconds`) and captures its output.
 func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
+    try runProgram(MeridianBinary.path, arguments, timeoutSeconds: timeoutSeconds)
+}
+
+/// Runs a program to completion (bounded by `timeoutSeconds`, then killed and reported) and captures its output;
+/// `environment` adds to this process's, and `directory` is its working directory.
+func runProgram(_ path: String, _ arguments: [String], directory: String? = nil, environment: [String: String] = [:],
+                timeoutSeconds: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: MeridianBinary.path)
+    process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
+    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
@@ -51,7 +60,7 @@ func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) throws -> (statu
     while !LocalProcesses.hasExited(process) && Date() < deadline { usleep(20_000) }
     if !LocalProcesses.hasExited(process) {
         kill(process.processIdentifier, SIGKILL)
-        Issue.record("meridian \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
+        Issue.record("\((path as NSString).lastPathComponent) \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
     }
     // The pipes end when the child (and anything it left holding them) is gone; bounded all the same.
     _ = readers.wait(timeout: .now() + 10)

@@ -209,31 +209,42 @@ final class ClusterView: Sendable {
     }
 }
 
-/// A region's recent response times: a ring of the latest samples, for percentiles, and their average.
+/// A region's recent response times: a ring of the latest samples, for percentiles, and their average. The sorted
+/// copy percentiles read is made again only every ``resortEvery`` samples (a percentile is asked on many requests).
 struct LatencyWindow: Sendable {
     static let size = 256
     /// Fewer samples than this give no percentile (no hedging on a guess).
     static let samplesMin = 20
+    static let resortEvery = 32
     private var samples: [Double] = []
     private var next = 0
+    private var total = 0.0
+    private var sorted: [Double] = []
+    private var sinceSort = 0
 
     mutating func record(_ milliseconds: Double) {
         if samples.count < Self.size {
             samples.append(milliseconds)
         } else {
+            total -= samples[next]
             samples[next] = milliseconds
         }
+        total += milliseconds
         next = (next + 1) % Self.size
+        sinceSort += 1
+        if sorted.isEmpty || sinceSort >= Self.resortEvery || samples.count <= Self.samplesMin {
+            sorted = samples.sorted()
+            sinceSort = 0
+        }
     }
 
     func percentileMs(_ percentile: Double) -> Double? {
-        guard samples.count >= Self.samplesMin else { return nil }
-        let sorted = samples.sorted()
+        guard sorted.count >= Self.samplesMin else { return nil }
         return sorted[min(sorted.count - 1, Int(Double(sorted.count) * percentile / 100))]
     }
 
     var averageMs: Double? {
-        samples.isEmpty ? nil : samples.reduce(0, +) / Double(samples.count)
+        samples.isEmpty ? nil : total / Double(samples.count)
     }
 }
 

@@ -45,6 +45,7 @@ public final class LocalCluster: Sendable {
     private struct Processes {
         var wan: Process?
         var gateway: Process?
+        var gatewayListen: Endpoint?
         var nodes: [RegionName: Process] = [:]
         var incarnations: [RegionName: Int] = [:]
         var offsets: [RegionName: Int64] = [:]
@@ -125,19 +126,24 @@ public final class LocalCluster: Sendable {
         if options.gateway { try await startGateway(stop: stop) }
     }
 
-    /// The gateway's address: `routing.gateway`, else the default.
-    public var gatewayEndpoint: Endpoint { config.routing.gateway ?? Endpoint(host: "127.0.0.1", port: 7100) }
+    /// The gateway's address: where ``startGateway(listen:environment:stop:)`` started it, else `routing.gateway`, else
+    /// the default.
+    public var gatewayEndpoint: Endpoint {
+        processes.withLock { $0.gatewayListen } ?? config.routing.gateway ?? Endpoint(host: "127.0.0.1", port: 7100)
+    }
     public var gatewayLog: String { (directory as NSString).appendingPathComponent("gateway.log") }
     public var gatewayProcess: Process? { processes.withLock { $0.gateway } }
 
-    /// Starts the gateway and waits until it answers `/health`.
-    public func startGateway(stop: @escaping @Sendable () -> Bool = { false }) async throws {
+    /// Starts the gateway (on `listen`, else ``gatewayEndpoint``; with `environment`, else the options') and waits
+    /// until it answers `/health`.
+    public func startGateway(listen: Endpoint? = nil, environment: [String: String]? = nil, stop: @escaping @Sendable () -> Bool = { false }) async throws {
+        if let listen { processes.withLock { $0.gatewayListen = listen } }
         var arguments = ["gateway", "--config", configPath, "--exit-with-parent", "--listen", gatewayEndpoint.description]
         if let level = options.logLevel { arguments += ["--log-level", level] }
-        let process = try LocalProcesses.start(options.executable, arguments, logPath: gatewayLog, environment: options.gatewayEnvironment)
+        let process = try LocalProcesses.start(options.executable, arguments, logPath: gatewayLog, environment: environment ?? options.gatewayEnvironment)
         processes.withLock { $0.gateway = process }
-        let listen = gatewayEndpoint
-        guard await LocalProcesses.waitHealthy(host: listen.host, port: listen.port, process: process, timeoutSeconds: options.startupTimeoutSeconds, stop: stop,
+        let endpoint = gatewayEndpoint
+        guard await LocalProcesses.waitHealthy(host: endpoint.host, port: endpoint.port, process: process, timeoutSeconds: options.startupTimeoutSeconds, stop: stop,
                                                credentials: .none) else {
             if stop() { return }
             throw LaunchFailure(description: "the gateway did not start (see \(gatewayLog)):\n\(Self.tail(gatewayLog))")

@@ -37,6 +37,32 @@ extension LiveTests {
             ((try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any])?["error"] as? [String: Any])?[field] as? String
         }
 
+        /// The gateway in front of a secure cluster: HTTPS and the cluster's CA to every region, its own token to
+        /// follow their topology, and each client's token passed through (a request without one is refused by the
+        /// region, with its challenge).
+        @Test func theGatewaySpeaksTLSToTheRegionsAndPassesTokensThrough() async throws {
+            try await Self.withSecureCluster { cluster in
+                let token = try #require(cluster.local.credentials.token)
+                let listen = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+                try await cluster.local.startGateway(listen: listen, environment: ["MERIDIAN_TOKEN": token, "MERIDIAN_CACERT": "\(cluster.certificates)/ca.pem"])
+                let gateway = try await HTTPConnection.connect(host: listen.host, port: listen.port, credentials: .none)
+                defer { Task { await gateway.close() } }
+                let status = try await eventually(timeoutSeconds: 20, {
+                    (try? JSONSerialization.jsonObject(with: Data(try await gateway.request("GET", "/gateway/status").body)) as? [String: Any]) ?? [:]
+                }, until: { ($0["regions"] as? [[String: Any]])?.allSatisfy { $0["stream"] as? String == "live" } == true })
+                #expect((status["regions"] as? [[String: Any]])?.allSatisfy { ($0["url"] as? String)?.hasPrefix("https://") == true } == true, "\(status)")
+                #expect((status["regions"] as? [[String: Any]])?.allSatisfy { $0["stream"] as? String == "live" } == true, "the gateway follows every region over TLS: \(status)")
+                let write = try await gateway.request("PUT", "/v1/kv/profiles/through-gateway", headers: [("Authorization", "Bearer \(token)"), ("CF-IPCountry", "JP")],
+                                                      body: Array("tls".utf8))
+                // The cluster file has no country map: the gateway routes by its measured latency.
+                #expect(write.status == 200 && write.header("Meridian-Routed-To") != nil && write.header("Meridian-Routed-To") == write.header("Meridian-Region"),
+                        "\(write.status) \(write.text)")
+                let anonymous = try await gateway.request("GET", "/v1/kv/profiles/through-gateway", headers: [("CF-IPCountry", "DE")])
+                #expect(anonymous.status == 401 && anonymous.header("WWW-Authenticate")?.hasPrefix("Bearer") == true, "\(anonymous.status) \(anonymous.text)")
+                #expect(anonymous.header("Meridian-Routed-To") != nil && anonymous.header("Meridian-Routed-To") == anonymous.header("Meridian-Region"))
+            }
+        }
+
         @Test func replicationForwardingStrongReadsAndFailoverWorkAndBadCredentialsAreRefusedEverywhere() async throws {
             try await Self.withSecureCluster { cluster in
                 let usEast = try await cluster.connect("us-east"), euWest = try await cluster.connect("eu-west"), apSoutheast = try await cluster.connect("ap-southeast")

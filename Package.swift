@@ -36,6 +36,8 @@ let package = Package(
         .library(name: "MeridianCore", targets: ["MeridianCore"]),
         // For bench/, a package of its own: the local-cluster launcher and load plumbing.
         .library(name: "MeridianHarness", targets: ["MeridianHarness"]),
+        // The Swift client library: topology discovery, leader and home routing, failover, sessions.
+        .library(name: "MeridianClient", targets: ["MeridianClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -194,6 +196,19 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            name: "MeridianClient",
+            dependencies: [
+                "MeridianCore",
+                "MeridianAPI",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "meridian",
             dependencies: [
@@ -268,6 +283,7 @@ let package = Package(
             name: "MeridianGatewayTests",
             dependencies: [
                 "MeridianCore",
+                "MeridianAPI",
                 "MeridianGateway",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -278,7 +294,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianLiveTests",
-            dependencies: ["MeridianCore", "MeridianAPI", "MeridianHarness", "MeridianDrills"],
+            dependencies: ["MeridianCore", "MeridianAPI", "MeridianHarness", "MeridianDrills", "MeridianClient"],
             swiftSettings: strict
         ),
     ],

@@ -186,7 +186,7 @@ final class ClusterView: Sendable {
                 var parser = EventStreamParser()
                 for try await buffer in response.body {
                     self.state.withLock { $0.heardAt[region] = .now }
-                    for event in try parser.consume(buffer) where event.name == "topology" {
+                    for event in try parser.consume(buffer.readableBytesView) where event.name == "topology" {
                         let answer = try JSONDecoder().decode(TopologyAnswer.self, from: Data(event.data.utf8))
                         self.update(region) { $0 = Stream(answer: answer, live: true) }
                         self.answered(region)
@@ -254,59 +254,3 @@ struct GatewayFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Splits a server-sent event stream into events (fields `event`, `data`, `id`; comments ignored). Bounded: an
-/// event larger than ``eventBytesMax`` is an error.
-struct EventStreamParser {
-    struct Event: Equatable {
-        var name = "message"
-        var data = ""
-        var id: String?
-    }
-
-    static let eventBytesMax = 1 << 20
-    private var pending: [UInt8] = []
-    /// Where to look for the next blank line from (what is before it was searched).
-    private var scanned = 0
-
-    mutating func consume(_ buffer: ByteBuffer) throws -> [Event] {
-        pending += buffer.readableBytesView
-        var events: [Event] = []
-        while let end = Self.blankLine(in: pending, from: scanned) {
-            let block = pending[..<end.start]
-            pending.removeSubrange(..<end.after)
-            scanned = 0
-            var event = Event()
-            var lines: [String] = []
-            for line in block.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-                let text = String(decoding: line.last == UInt8(ascii: "\r") ? line.dropLast() : line, as: UTF8.self)
-                if text.hasPrefix(":") || text.isEmpty { continue }
-                let (field, value) = text.firstIndex(of: ":").map { (String(text[..<$0]), String(text[text.index(after: $0)...]).drop { $0 == " " }) }
-                    ?? (text, Substring(""))
-                switch field {
-                case "event": event.name = String(value)
-                case "data": lines.append(String(value))
-                case "id": event.id = String(value)
-                default: break
-                }
-            }
-            event.data = lines.joined(separator: "\n")
-            if !lines.isEmpty { events.append(event) }
-        }
-        scanned = max(0, pending.count - 2)
-        guard pending.count <= Self.eventBytesMax else { throw GatewayFailure("an event larger than \(Self.eventBytesMax) bytes") }
-        return events
-    }
-
-    /// Where the first blank line (an event's end) is: its start and the index after it.
-    private static func blankLine(in bytes: [UInt8], from start: Int) -> (start: Int, after: Int)? {
-        var index = start
-        while index < bytes.count {
-            if bytes[index] == UInt8(ascii: "\n") {
-                if index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "\n") { return (index, index + 2) }
-                if index + 2 < bytes.count, bytes[index + 1] == UInt8(ascii: "\r"), bytes[index + 2] == UInt8(ascii: "\n") { return (index, index + 3) }
-            }
-            index += 1
-        }
-        return nil
-    }
-}

@@ -101,6 +101,17 @@ import Testing
         #expect(plan(request(nil, nil, country: "JP"), view()).candidates.first?.region == ap)
     }
 
+    @Test func aClientsPreferredRegionsComeBeforeItsCountry() {
+        var request = request("profiles", country: "DE")
+        request.preferredRegions = [ap, us]
+        let plan = plan(request, view())
+        #expect(plan.candidates.map(\.region) == [ap, us, eu] && plan.candidates[0].reason == "preferred")
+        // Not for writes to a leader.
+        var write = self.request("accounts", kind: .write)
+        write.preferredRegions = [ap]
+        #expect(self.plan(write, view()).candidates == [.init(region: us, reason: "leader")])
+    }
+
     @Test func everyCandidateDownFailsOpenAndSaysSo() {
         let all = plan(request("profiles", country: "DE"), view(down: [us, eu, ap]))
         #expect(all.candidates.map(\.region) == [eu, us, ap] && all.candidates.allSatisfy { $0.reason == "unverified" })

@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import MeridianAPI
 import MeridianCore
 @testable import MeridianGateway
 import NIOCore
@@ -26,12 +27,12 @@ import Testing
 
     @Test func eventsAreSplitAcrossChunksAndLineEndings() throws {
         var parser = EventStreamParser()
-        #expect(try parser.consume(ByteBuffer(string: "retry: 500\n\n: keepalive\n\nid: 3\nevent: topo")).isEmpty)
-        let first = try parser.consume(ByteBuffer(string: "logy\ndata: {\"a\":\ndata: 1}\n\nid: 4\r\nevent: topology\r\ndata: x\r\n\r\n"))
+        #expect(try parser.consume(Array("retry: 500\n\n: keepalive\n\nid: 3\nevent: topo".utf8)).isEmpty)
+        let first = try parser.consume(Array("logy\ndata: {\"a\":\ndata: 1}\n\nid: 4\r\nevent: topology\r\ndata: x\r\n\r\n".utf8))
         #expect(first == [.init(name: "topology", data: "{\"a\":\n1}", id: "3"), .init(name: "topology", data: "x", id: "4")])
         // An event that never ends is bounded.
         var endless = EventStreamParser()
-        let chunk = ByteBuffer(string: "data: " + String(repeating: "x", count: 300_000) + "\n")
+        let chunk = Array(("data: " + String(repeating: "x", count: 300_000) + "\n").utf8)
         var failed = false
         for _ in 0..<5 where !failed {
             do { _ = try endless.consume(chunk) } catch { failed = true }

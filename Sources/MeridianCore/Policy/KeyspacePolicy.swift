@@ -77,6 +77,11 @@ public struct ConsistencyPolicy: Sendable, Hashable, Codable {
     public var `default`: ConsistencyLevel
     /// The levels a read may ask for, in the order of `ConsistencyLevel.allCases`.
     public var allowed: [ConsistencyLevel]
+
+    public init(default level: ConsistencyLevel, allowed: [ConsistencyLevel]) {
+        self.default = level
+        self.allowed = allowed
+    }
 }
 
 /// Where a keyspace's data may live and how other regions reach it.
@@ -109,6 +114,10 @@ public struct FailoverPolicy: Sendable, Hashable, Codable {
 public struct CachePolicy: Sendable, Hashable, Codable {
     /// How long, in ms, a read may be served from cache and by HTTP caches (0 disables caching).
     public var ttlMs: UInt64
+
+    public init(ttlMs: UInt64) {
+        self.ttlMs = ttlMs
+    }
 
     enum CodingKeys: String, CodingKey {
         case ttlMs = "ttl_ms"
@@ -151,6 +160,26 @@ public struct KeyspacePolicy: Sendable, Hashable, Encodable {
     public var failover: FailoverPolicy?
     /// Read caching.
     public var cache: CachePolicy
+
+    /// Creates a policy (the cluster file's parser validates; this does not: a client library rebuilds one from a
+    /// region's topology to route by it).
+    public init(name: KeyspaceName, topology: Topology, leader: RegionName?, replicas: [RegionName], ack: AckMode, conflict: ConflictPolicy?,
+                priority: [RegionName]?, home: RegionName?, homes: [HomeRule]?, consistency: ConsistencyPolicy, residency: ResidencyPolicy,
+                failover: FailoverPolicy?, cache: CachePolicy) {
+        self.name = name
+        self.topology = topology
+        self.leader = leader
+        self.replicas = replicas
+        self.ack = ack
+        self.conflict = conflict
+        self.priority = priority
+        self.home = home
+        self.homes = homes
+        self.consistency = consistency
+        self.residency = residency
+        self.failover = failover
+        self.cache = cache
+    }
 
     /// The region that takes writes for `key`: the leader, the key's home, or nil when every replica does.
     public func writeRegion(for key: Key) -> RegionName? {

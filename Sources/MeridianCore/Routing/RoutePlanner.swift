@@ -38,6 +38,9 @@ public enum RoutePlanner {
         public var sessionRegion: RegionName?
         /// The user's home region, looked up by the caller (`routing.home_lookup`).
         public var userHome: RegionName?
+        /// Regions the client named itself, nearest first (a client library's preferred regions): taken as the
+        /// client's location, before any country.
+        public var preferredRegions: [RegionName] = []
 
         public init(keyspace: KeyspacePolicy?, key: Key?, kind: Kind, consistency: ConsistencyLevel? = nil, country: String? = nil,
                     countrySource: String? = nil, sessionRegion: RegionName? = nil, userHome: RegionName? = nil) {
@@ -165,6 +168,7 @@ public enum RoutePlanner {
             case .userHome:
                 if let region = request.userHome { add(region, "user-home") }
             case .location:
+                for region in request.preferredRegions { add(region, "preferred") }
                 if let country = request.country {
                     let regions = config.countryRegions[country] ?? config.countryRegions["*"] ?? []
                     let source = request.countrySource ?? "location"

@@ -165,7 +165,10 @@ extension LiveTests.GatewayLiveTests {
             _ = try await cluster.waitForValue("us-east", "/v1/kv/profiles/h", "v")
             // Reads from Germany teach the gateway eu-west's latency and earn hedging budget (5% of reads).
             for _ in 0..<120 {
-                #expect(try await Self.routedTo(gateway, "GET", "/v1/kv/profiles/h?consistency=eventual", country: "DE").header("Meridian-Routed-To") == "eu-west")
+                // A read slower than eu-west's p95 may be hedged meanwhile, and the hedge may win: that is the point.
+                let read = try await Self.routedTo(gateway, "GET", "/v1/kv/profiles/h?consistency=eventual", country: "DE")
+                #expect(read.header("Meridian-Routed-To") == "eu-west" || read.header("Meridian-Route-Reason")?.contains("hedged") == true,
+                        "\(String(describing: read.header("Meridian-Route-Reason")))")
             }
             cluster.local.signal(RegionName(validated: "eu-west"), SIGSTOP)
             defer { cluster.local.signal(RegionName(validated: "eu-west"), SIGCONT) }

@@ -88,10 +88,8 @@ public final class Gateway: Sendable {
             logger: logger)
         logger.info("gateway serving on \(listen) for \(configuration.cluster.regions.count) regions")
         try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask {
-                await self.view.watch(client: self.client, token: self.configuration.token)
-                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-            }
+            // Returns only once cancelled: every region's stream is followed again when it ends.
+            tasks.addTask { await self.view.watch(client: self.client, token: self.configuration.token) }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
             defer { tasks.cancelAll() }
             try await tasks.next()

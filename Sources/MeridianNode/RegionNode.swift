@@ -237,10 +237,8 @@ public final class RegionNode: Sendable {
                 // Returns only once cancelled (its timer ends with the task).
                 tasks.addTask { await self.watchCertificates(hangups) }
             }
-            tasks.addTask {
-                await self.runHealthProbes()
-                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-            }
+            // Returns only once cancelled (its timer ends with the task).
+            tasks.addTask { await self.runHealthProbes() }
             tasks.addTask {
                 await self.runAntiEntropy()
                 // Disabled (interval 0): wait for the others without ending the node.

@@ -223,6 +223,10 @@ public final class MeridianClient: Sendable {
 
     private func read(_ keyspace: String, _ key: String, path: String, headers: [(String, String)], consistency: ConsistencyLevel?) async throws(Failure) -> Answer {
         let candidates = try plan(keyspace, key, kind: .read, consistency: consistency)
+        if let hedgeAfter = configuration.hedgeAfterMs, candidates.count >= 2,
+           let answer = await hedged(candidates[0], candidates[1], afterMs: hedgeAfter, path: path, headers: headers) {
+            return answer
+        }
         var last: Failure?
         for region in candidates {
             do {
@@ -234,6 +238,26 @@ public final class MeridianClient: Sendable {
             }
         }
         throw last ?? Failure(code: "unreachable", message: "No region could serve the read.", status: 0, applied: nil, region: nil)
+    }
+
+    /// Sends a read to `first`, and to `second` too when `first` has not answered within `afterMs`; the first
+    /// success wins and the other is cancelled. Nil when neither succeeded (the caller then tries in order).
+    private func hedged(_ first: RegionName, _ second: RegionName, afterMs: Int, path: String, headers: [(String, String)]) async -> Answer? {
+        await withTaskGroup(of: Answer?.self) { group in
+            group.addTask { try? await self.attempt(first, method: .GET, path: path, body: nil, headers: headers) }
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(afterMs))
+                guard !Task.isCancelled else { return nil }
+                return try? await self.attempt(second, method: .GET, path: path, body: nil, headers: headers)
+            }
+            while let answer = await group.next() {
+                if let answer {
+                    group.cancelAll()
+                    return answer
+                }
+            }
+            return nil
+        }
     }
 
     private func write(_ keyspace: String, _ key: String, method: HTTPMethod, path: String, body: [UInt8]?, headers: [(String, String)]) async throws(Failure) -> Answer {

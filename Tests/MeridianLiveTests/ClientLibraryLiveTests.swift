@@ -51,6 +51,19 @@ extension LiveTests {
                     #expect(error.code == "key_not_found" && error.status == 404)
                 }
 
+                // Hedged: with eu-west paused (its connections open, nothing refused), a read is answered by the next
+                // region shortly after the hedge delay.
+                let hedging = try MeridianClient(configuration: .init(seeds: seeds, preferredRegions: [RegionName(validated: "eu-west")], hedgeAfterMs: 50))
+                try await hedging.refresh()
+                #expect(try await hedging.get("profiles", "swift", consistency: .eventual).region == "eu-west")
+                cluster.local.signal(RegionName(validated: "eu-west"), SIGSTOP)
+                let started = ContinuousClock.now
+                let hedged = try await hedging.get("profiles", "swift", consistency: .eventual)
+                let took = ContinuousClock.now - started
+                cluster.local.signal(RegionName(validated: "eu-west"), SIGCONT)
+                #expect(hedged.text == "client" && hedged.region != "eu-west" && took < .seconds(2), "\(hedged.region) after \(took)")
+                try await hedging.shutdown()
+
                 await cluster.kill9("eu-west")
                 var served: [String] = []
                 for index in 0..<20 {

@@ -17,6 +17,7 @@ extension MeridianError.Code.Kind {
         case .timedOut: .gatewayTimeout
         case .storageFull: HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
         case .internalFailure: .internalServerError
+        case .unprocessable: .unprocessableContent
         }
     }
 }

@@ -15,6 +15,8 @@ public enum MeridianHeader {
     public static let ack = HTTPField.Name("Meridian-Ack")!
     /// A `siblings` write's causal context: the versions its client read.
     public static let context = HTTPField.Name(CausalContextToken.header)!
+    /// A write's idempotency key: a retry carrying it gets the first attempt's outcome (the IETF draft's name, no prefix).
+    public static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
 
     // Answers.
     /// The region that served the request.
@@ -25,6 +27,8 @@ public enum MeridianHeader {
     public static let stalenessMs = HTTPField.Name("Meridian-Staleness-Ms")!
     /// The region a forwarded request was served by.
     public static let forwardedTo = HTTPField.Name("Meridian-Forwarded-To")!
+    /// `true` on the answer to a retried idempotent write: it is the first attempt's outcome, nothing was applied again.
+    public static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
 
     /// The query parameter that stands for a request option's header when the header is absent.
     public static func queryName(_ header: HTTPField.Name) -> String {

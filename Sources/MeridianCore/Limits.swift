@@ -57,6 +57,11 @@ public struct Limits: Sendable, Hashable, Codable {
     /// The most open streams of `GET /v1/topology` (server-sent events) a node serves; more are refused with
     /// `overloaded`.
     public var topologyStreamsMax: Int = 256
+    /// How long a region keeps an idempotent write's outcome for retries (`Idempotency-Key`): 24 hours.
+    public var idempotencyTtlMs: Int = 86_400_000
+    /// The most idempotency keys a region keeps; past it the oldest are forgotten before their time (and counted
+    /// in `meridian_idempotency_keys_evicted_total`).
+    public var idempotencyKeysMax: Int = 1_000_000
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -86,6 +91,8 @@ public struct Limits: Sendable, Hashable, Codable {
         ("failback_steady_ms", 0...3_600_000),
         ("election_grace_silences", 0...100),
         ("topology_streams_max", 1...100_000),
+        ("idempotency_ttl_ms", 1_000...(30 * 86_400_000)),
+        ("idempotency_keys_max", 1...100_000_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -112,5 +119,7 @@ public struct Limits: Sendable, Hashable, Codable {
         case failbackSteadyMs = "failback_steady_ms"
         case electionGraceSilences = "election_grace_silences"
         case topologyStreamsMax = "topology_streams_max"
+        case idempotencyTtlMs = "idempotency_ttl_ms"
+        case idempotencyKeysMax = "idempotency_keys_max"
     }
 }

@@ -104,4 +104,9 @@ public final class NodeMetrics: StoreObserver, Sendable {
             registry.makeCounter(name: "meridian_conflicts_dropped_total", labels: [("keyspace", keyspace.rawValue)]).increment(by: Int64(dropped))
         }
     }
+
+    /// Live idempotency keys were forgotten before `idempotency_ttl_ms` because `idempotency_keys_max` was reached.
+    public func idempotencyKeysEvicted(_ count: Int) {
+        registry.makeCounter(name: "meridian_idempotency_keys_evicted_total").increment(by: Int64(count))
+    }
 }

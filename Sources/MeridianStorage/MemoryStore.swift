@@ -43,6 +43,8 @@ public final class MemoryStore: RegionStorage {
         var nextDivergenceID: Int64 = 1
         var failovers: [FailoverEvent] = []
         var nextFailoverID: Int64 = 1
+        /// Per keyspace, the outcomes of idempotent writes applied here.
+        public internal(set) var idempotency: [KeyspaceName: [IdempotencyKey: IdempotencyRecord]] = [:]
 
         /// How far this region holds `origin`'s log: its own log's end, or the applied point of another's.
         public func appliedThrough(_ origin: RegionName) -> UInt64 {
@@ -140,6 +142,13 @@ public final class MemoryStore: RegionStorage {
         let region = self.region
         let physicalMs = physicalClockMs()
         let (outcome, recorded) = try changing { open throws(MeridianError) -> (WriteOutcome, Recorded) in
+            if let mark = request.idempotency {
+                switch IdempotencyCheck.check(mark, against: open.contents.liveRecord(request.keyspace, mark.key, nowMs: physicalMs, limits: limits)) {
+                case .apply: break
+                case .replay(let record): return (.replayed(record), Recorded())
+                case .reused(let error): return (.refused(error), Recorded())
+                }
+            }
             let current = open.contents.keys[request.keyspace]?[request.key]
             let sequence = open.contents.nextSequence
             switch WritePlanner.plan(request, state: current, rule: rule, origin: region, sequence: sequence, clock: &open.clock,
@@ -151,8 +160,9 @@ public final class MemoryStore: RegionStorage {
             case .append(let entry):
                 open.contents.log[region, default: []].append(entry)
                 open.contents.nextSequence = sequence + 1
-                let recorded = try Self.apply(entry, rule: rule, to: &open.contents, nowMs: physicalMs, limits: limits)
+                var recorded = try Self.apply(entry, rule: rule, to: &open.contents, nowMs: physicalMs, limits: limits)
                 open.contents.hlcHighWater = open.clock.last
+                recorded.evicted = open.contents.remember(entry, nowMs: physicalMs, limits: limits)
                 return (.committed(entry), recorded)
             }
         }
@@ -161,12 +171,18 @@ public final class MemoryStore: RegionStorage {
         return outcome
     }
 
-    /// Conflict records added, and old ones dropped past the bound.
+    public func idempotencyRecord(keyspace: KeyspaceName, key: IdempotencyKey) throws(MeridianError) -> IdempotencyRecord? {
+        let (limits, nowMs) = (self.limits, physicalClockMs())
+        return try reading { open in open.contents.liveRecord(keyspace, key, nowMs: nowMs, limits: limits) }
+    }
+
+    /// Conflict records added, and old ones dropped past the bound; idempotency keys forgotten early.
     struct Recorded: Sendable {
-        var added = 0, dropped = 0
+        var added = 0, dropped = 0, evicted = 0
         mutating func add(_ other: Recorded) {
             added += other.added
             dropped += other.dropped
+            evicted += other.evicted
         }
     }
 
@@ -215,6 +231,7 @@ public final class MemoryStore: RegionStorage {
     }
 
     private func report(_ keyspace: KeyspaceName, _ recorded: Recorded) {
+        if recorded.evicted > 0 { observer?.idempotencyKeysEvicted(recorded.evicted) }
         guard recorded.added > 0 || recorded.dropped > 0 else { return }
         observer?.conflictsRecorded(keyspace: keyspace, recorded: recorded.added, dropped: recorded.dropped)
     }
@@ -304,7 +321,9 @@ public final class MemoryStore: RegionStorage {
                     continue
                 }
                 open.contents.log[origin, default: []].append(entry)
-                recorded[entry.keyspace, default: Recorded()].add(try Self.apply(entry, rule: rule(entry.keyspace), to: &open.contents, nowMs: physicalMs, limits: limits))
+                var step = try Self.apply(entry, rule: rule(entry.keyspace), to: &open.contents, nowMs: physicalMs, limits: limits)
+                step.evicted = open.contents.remember(entry, nowMs: physicalMs, limits: limits)
+                recorded[entry.keyspace, default: Recorded()].add(step)
                 Self.receive(entry.hlc, clock: &open.clock, physicalMs: physicalMs)
             }
             open.contents.applied[origin] = through
@@ -472,6 +491,10 @@ public final class MemoryStore: RegionStorage {
                 && (epoch == nil || entry.epoch == epoch) {
                 Self.insertDiverted(entry, successorEpoch: successorEpoch, into: &open.contents, nowMs: nowMs)
                 keys.insert(entry.key)
+                // A write kept aside is no longer applied here: a retry of it must apply again.
+                if let mark = entry.idempotency, open.contents.idempotency[keyspace]?[mark.key]?.version == entry.version {
+                    open.contents.idempotency[keyspace]![mark.key] = nil
+                }
             }
             for (term, last) in open.contents.terms[keyspace] ?? [:] where term.origin == origin && term.epoch < successorEpoch
                 && (epoch == nil || term.epoch == epoch) && last > after {
@@ -573,5 +596,30 @@ public final class MemoryDisks: Sendable {
             disks[region] = disk
             return disk
         }
+    }
+}
+
+extension MemoryStore.Contents {
+    /// The record of `key` in `keyspace` if it is still within `idempotency_ttl_ms`.
+    func liveRecord(_ keyspace: KeyspaceName, _ key: IdempotencyKey, nowMs: UInt64, limits: Limits) -> IdempotencyRecord? {
+        idempotency[keyspace]?[key].flatMap { $0.isLive(nowMs: nowMs, ttlMs: UInt64(limits.idempotencyTtlMs)) ? $0 : nil }
+    }
+
+    /// Records an applied entry's idempotency mark (a live record of the key is kept: the first outcome answers),
+    /// forgets expired records, and the oldest past `idempotency_keys_max`. - Returns: live records forgotten early.
+    mutating func remember(_ entry: ReplicationEntry, nowMs: UInt64, limits: Limits) -> Int {
+        guard let record = IdempotencyRecord(entry, recordedMs: nowMs),
+              liveRecord(entry.keyspace, record.mark.key, nowMs: nowMs, limits: limits) == nil else { return 0 }
+        idempotency[entry.keyspace, default: [:]][record.mark.key] = record
+        let held = idempotency.values.reduce(0) { $0 + $1.count }
+        guard held > limits.idempotencyKeysMax else { return 0 }
+        var all = idempotency.flatMap { keyspace, records in records.values.map { (keyspace, $0) } }
+        all.sort { $0.1.recordedMs < $1.1.recordedMs }
+        var evicted = 0
+        for (keyspace, oldest) in all.prefix(held - limits.idempotencyKeysMax) {
+            if oldest.isLive(nowMs: nowMs, ttlMs: UInt64(limits.idempotencyTtlMs)) { evicted += 1 }
+            idempotency[keyspace]![oldest.mark.key] = nil
+        }
+        return evicted
     }
 }

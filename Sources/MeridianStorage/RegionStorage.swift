@@ -11,13 +11,18 @@ import MeridianCore
 /// after another has the next sequence of this region's log and a higher timestamp, and no sequence is skipped
 /// or reused, even across restarts.
 public protocol CommitPort: Sendable {
-    /// Plans and commits one write.
-    /// - Returns: `committed` with its log entry, `preconditionFailed` when If-Match did not hold, or `refused`
-    ///   when the write does not fit the key (nothing written either way).
+    /// Plans and commits one write. A write carrying an idempotency mark is first checked against the live record
+    /// of its key (``IdempotencyCheck``) and, once committed, recorded, in the same step; every applied entry
+    /// that carries a mark is recorded the same way, and a diverted one forgotten.
+    /// - Returns: `committed` with its log entry, `preconditionFailed` when If-Match did not hold, `replayed` for
+    ///   a retry of a write held here, or `refused` when the write does not fit the key (nothing written but
+    ///   the first).
     /// - Throws: `storage_full`, `storage_read_only` or `storage_failure` when nothing could be written.
     func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome
     /// The latest failed commit, cleared by the next one that succeeds.
     var writeFaults: WriteFaults { get }
+    /// The live record of an idempotency key in a keyspace, if this region holds one.
+    func idempotencyRecord(keyspace: KeyspaceName, key: IdempotencyKey) async throws(MeridianError) -> IdempotencyRecord?
 }
 
 /// Reading keys as they stand in this region.

@@ -69,9 +69,12 @@ public enum WriteOutcome: Sendable, Hashable {
     case committed(ReplicationEntry)
     /// `If-Match` did not hold; nothing was written. Carries the key's current version, if it has one.
     case preconditionFailed(current: Version?)
-    /// The write does not fit the key or keyspace (a CRDT type or policy mismatch, a value grown too large);
-    /// nothing was written.
+    /// The write does not fit the key or keyspace (a CRDT type or policy mismatch, a value grown too large, an
+    /// idempotency key reused for another request); nothing was written.
     case refused(MeridianError)
+    /// A retry of an idempotent write this region already holds: nothing was written, and this is the first
+    /// write's outcome.
+    case replayed(IdempotencyRecord)
 }
 
 /// Receives store events for metrics; called off the request path, must not block.
@@ -84,10 +87,13 @@ public protocol StoreObserver: Sendable {
     /// Values that lost a conflict were recorded in a keyspace's conflicts log (and old records dropped
     /// beyond its retention).
     func conflictsRecorded(keyspace: KeyspaceName, recorded: Int, dropped: Int)
+    /// Live idempotency keys were forgotten before their time because more than `idempotency_keys_max` were held.
+    func idempotencyKeysEvicted(_ count: Int)
 }
 
 extension StoreObserver {
     public func conflictsRecorded(keyspace: KeyspaceName, recorded: Int, dropped: Int) {}
+    public func idempotencyKeysEvicted(_ count: Int) {}
 }
 
 /// One record of a keyspace's conflicts log: a value this region discarded because a concurrent write won.

@@ -154,6 +154,7 @@ extension RegionStore {
                 try db.execute(sql: """
                     UPDATE keyspace_terms SET last = MIN(last, ?) WHERE keyspace = ? AND origin = ? AND epoch < ? AND (? IS NULL OR epoch = ?) AND last > ?
                     """, arguments: [Int64(after), keyspace.rawValue, origin.rawValue, Int64(successorEpoch), epoch.map(Int64.init), epoch.map(Int64.init), Int64(after)])
+                try IdempotencyRows.forgetDiverted(db, keyspace: keyspace, origin: origin, after: after, epoch: epoch, successorEpoch: successorEpoch)
                 var keys: Set<Key> = []
                 for row in rows {
                     try Self.insertDiverted(db, keyspace: keyspace, key: row["key"], origin: origin, sequence: row["sequence"], epoch: row["epoch"],

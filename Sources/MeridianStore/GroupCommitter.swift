@@ -35,6 +35,8 @@ actor GroupCommitter {
     private let directory: String
     /// The latest failed commit, until one succeeds.
     let faults: WriteFaults
+    /// Idempotency records written since the table was last pruned (``IdempotencyRows/pruneEvery(_:)``).
+    private var idempotencyRecordsSincePrune = 0
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
          physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger,
@@ -96,13 +98,26 @@ actor GroupCommitter {
         let started = ContinuousClock.now
         let rules = self.rules
         let limits = self.limits
+        let pruneDue = idempotencyRecordsSincePrune >= IdempotencyRows.pruneEvery(limits)
         do {
-            let (outcomes, sequence, recorded) = try await pool.write { db in
+            let (outcomes, sequence, recorded, remembered) = try await pool.write { db in
                 var sequence = firstSequence
                 var outcomes: [WriteOutcome] = []
                 var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
+                var remembered = 0
                 outcomes.reserveCapacity(requests.count)
                 for request in requests {
+                    if let mark = request.idempotency {
+                        switch IdempotencyCheck.check(mark, against: try IdempotencyRows.live(db, request.keyspace, mark.key, nowMs: physicalMs, limits: limits)) {
+                        case .apply: break
+                        case .replay(let record):
+                            outcomes.append(.replayed(record))
+                            continue
+                        case .reused(let error):
+                            outcomes.append(.refused(error))
+                            continue
+                        }
+                    }
                     let state = try KeyStateRows.load(db, request.keyspace, request.key)
                     let rule = rules[request.keyspace] ?? .lww
                     // Planned inside the transaction, so its timestamp is past every entry applied before it (and
@@ -120,13 +135,16 @@ actor GroupCommitter {
                         try Self.append(db, entry)
                         let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits)
                         recorded[entry.keyspace, default: .init()].add(applied)
+                        if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { remembered += 1 }
                         sequence += 1
                         outcomes.append(.committed(entry))
                     }
                 }
                 if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
-                return (outcomes, sequence, recorded)
+                let evicted = try pruneDue ? IdempotencyRows.prune(db, nowMs: physicalMs, limits: limits) : 0
+                return (outcomes, sequence, recorded, (remembered, evicted))
             }
+            noteIdempotencyRecords(remembered, pruned: pruneDue)
             nextSequence = sequence
             // Published before any write of the batch is answered, so a read that follows an acknowledged
             // write always sees it applied (read-your-writes in this region).
@@ -150,6 +168,12 @@ actor GroupCommitter {
 
     private static func describe(_ error: any Error) -> String { StorageFault.describe(error) }
 
+    /// Counts records written since the last prune, and reports live ones a prune forgot early.
+    private func noteIdempotencyRecords(_ counts: (remembered: Int, evicted: Int), pruned: Bool) {
+        idempotencyRecordsSincePrune = pruned ? counts.remembered : idempotencyRecordsSincePrune + counts.remembered
+        if counts.evicted > 0 { observer?.idempotencyKeysEvicted(counts.evicted) }
+    }
+
     private func report(_ recorded: [KeyspaceName: KeyStateRows.Applied]) {
         for (keyspace, applied) in recorded where applied.conflictsRecorded > 0 || applied.conflictsDropped > 0 {
             observer?.conflictsRecorded(keyspace: keyspace, recorded: applied.conflictsRecorded, dropped: applied.conflictsDropped)
@@ -158,13 +182,15 @@ actor GroupCommitter {
 
     private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
         try db.cachedStatement(sql: """
-            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies, context)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies, context,
+                             idempotency_key, idempotency_fingerprint)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
                 entry.origin.rawValue, Int64(entry.sequence), Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical),
                 Int64(entry.epoch), entry.keyspace.rawValue, entry.key.rawValue, Int(entry.operation.rawValue),
                 entry.contentType, Data(entry.value), RegionStore.dependenciesColumn(entry.dependencies),
                 RegionStore.dependenciesColumn(entry.context),
+                IdempotencyRows.columns(entry.idempotency).key, IdempotencyRows.columns(entry.idempotency).fingerprint,
             ])
         // Single-leader writes (epoch above 0): how far each term's leader's writes of the keyspace are held here.
         if entry.epoch > 0 {
@@ -192,16 +218,19 @@ actor GroupCommitter {
         let region = self.region
         let rules = self.rules
         let limits = self.limits
+        let pruneDue = idempotencyRecordsSincePrune >= IdempotencyRows.pruneEvery(limits)
+        var remembered = (0, 0)
         let outcome: Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>
         do {
-            outcome = try await pool.write { db -> Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError> in
+            (outcome, remembered) = try await pool.write { db -> (Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>, (Int, Int)) in
                 let applied = UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM applied WHERE origin = ?", arguments: [origin.rawValue]) ?? 0)
                 guard from <= applied + 1 else {
-                    return .failure(MeridianError(
+                    return (.failure(MeridianError(
                         .replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
-                        context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)]))
+                        context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)])), (0, 0))
                 }
-                guard through > applied else { return .success((applied, [:])) }
+                guard through > applied else { return (.success((applied, [:])), (0, 0)) }
+                var recordedKeys = 0
                 var appliedAny = false
                 var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 for entry in entries where entry.sequence > applied {
@@ -213,6 +242,7 @@ actor GroupCommitter {
                     let state = try KeyStateRows.load(db, entry.keyspace, entry.key)
                     let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits)
                     recorded[entry.keyspace, default: .init()].add(step)
+                    if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { recordedKeys += 1 }
                     // A remote clock beyond the maximum offset does not drag ours along (the clock fence stops
                     // such a region writing); the entry still applies, by its own timestamp, so regions converge.
                     clock.receive(entry.hlc)
@@ -223,11 +253,13 @@ actor GroupCommitter {
                     ON CONFLICT (origin) DO UPDATE SET sequence = excluded.sequence
                     """).execute(arguments: [origin.rawValue, Int64(through)])
                 if appliedAny { try Self.raiseHighWater(db, clock.last, region: region) }
-                return .success((through, recorded))
+                let evicted = try pruneDue ? IdempotencyRows.prune(db, nowMs: physicalMs, limits: limits) : 0
+                return (.success((through, recorded)), (recordedKeys, evicted))
             }
         } catch {
             throw StorageFault.error(error, directory: directory, what: "Entries of \(origin)'s log could not be applied; nothing of the batch was applied")
         }
+        noteIdempotencyRecords(remembered, pruned: pruneDue && (try? outcome.get()) != nil)
         let (applied, recorded) = try outcome.get()
         report(recorded)
         return applied

@@ -15,6 +15,8 @@ public final class RegionStore: RegionStorage {
     public let region: RegionName
     let pool: DatabasePool
     private let rules: [KeyspaceName: ConflictRule]
+    private let limits: Limits
+    private let physicalClockMs: @Sendable () -> UInt64
     private let committer: GroupCommitter
     /// The latest failed commit of this region's writes (a full or read-only disk), until one succeeds.
     public let writeFaults = WriteFaults()
@@ -91,6 +93,8 @@ public final class RegionStore: RegionStorage {
         }
         self.region = region
         self.rules = conflictRules
+        self.limits = limits
+        self.physicalClockMs = physicalClockMs
     }
 
     private static func directory(of path: String) -> String {
@@ -106,6 +110,11 @@ public final class RegionStore: RegionStorage {
     /// - Throws: `MeridianError` `overloaded` when the commit queue is full, `storage_failure` when the disk refuses.
     public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
         try await committer.submit(request)
+    }
+
+    public func idempotencyRecord(keyspace: KeyspaceName, key: IdempotencyKey) async throws(MeridianError) -> IdempotencyRecord? {
+        let (limits, nowMs) = (self.limits, physicalClockMs())
+        return try await reading { db in try IdempotencyRows.live(db, keyspace, key, nowMs: nowMs, limits: limits) }
     }
 
     /// How far this region has applied each origin's log: the highest committed sequence per origin.
@@ -325,7 +334,8 @@ public final class RegionStore: RegionStorage {
                     epoch: UInt64(row["epoch"] as Int64), keyspace: try KeyspaceName(row["keyspace"] as String), key: try Key(row["key"] as String),
                     operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()),
                     dependencies: try Self.dependencies(row),
-                    context: try (row["context"] as Data?).map { try KeyStateRows.decodeVector($0) } ?? [:])
+                    context: try (row["context"] as Data?).map { try KeyStateRows.decodeVector($0) } ?? [:],
+                    idempotency: try IdempotencyRows.mark(row))
             }
         }
     }
@@ -455,6 +465,7 @@ public final class RegionStore: RegionStorage {
                 """)
         }
         registerFailoverMigration(&migrator)
+        IdempotencyRows.registerMigration(&migrator)
         return migrator
     }()
 

@@ -17,10 +17,14 @@ import Testing
         let dependencies = sequence % 2 == 1
             ? Dictionary(uniqueKeysWithValues: regionNames.indices.filter { $0 != region }.map { (RegionName(validated: regionNames[$0]), sequence % 1000 + UInt64($0) + 1) })
             : [:]
+        // Every third entry carries an idempotency key.
+        let idempotency = sequence % 3 == 0
+            ? IdempotencyMark(key: try! IdempotencyKey("retry-\(key)"), fingerprint: Array(value.prefix(16)) + Array(repeating: 7, count: max(0, 16 - value.count)))
+            : nil
         return ReplicationEntry(
             origin: origin, sequence: sequence, hlc: HLCTimestamp(physicalMs: physical, logical: logical, region: origin), epoch: epoch,
             keyspace: try! KeyspaceName("ks_1"), key: try! Key(key), operation: delete ? .delete : .put,
-            contentType: delete ? "" : "application/json", value: delete ? [] : value, dependencies: dependencies)
+            contentType: delete ? "" : "application/json", value: delete ? [] : value, dependencies: dependencies, idempotency: idempotency)
     }
 
     static let entries = zip(

@@ -51,6 +51,9 @@ final class HeldElectionStore: RegionStorage {
     var writeFaults: WriteFaults { inner.writeFaults }
     func close() { inner.close() }
     func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome { try inner.write(request) }
+    func idempotencyRecord(keyspace: KeyspaceName, key: IdempotencyKey) async throws(MeridianError) -> IdempotencyRecord? {
+        try inner.idempotencyRecord(keyspace: keyspace, key: key)
+    }
     func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? { try inner.get(keyspace: keyspace, key: key) }
     func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? { try inner.state(keyspace: keyspace, key: key) }
     func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {

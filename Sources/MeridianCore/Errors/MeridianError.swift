@@ -45,6 +45,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case internalError = "internal_error"
             case unauthenticated = "unauthenticated"
             case forbidden = "forbidden"
+            case idempotencyKeyReused = "idempotency_key_reused"
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -84,6 +85,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case storageFull
             /// A failure of the node itself (500).
             case internalFailure
+            /// The request is well formed but contradicts an earlier one (an idempotency key reused for another request).
+            case unprocessable
         }
 
         /// The code's kind. The switch is exhaustive: a new code must say which it is.
@@ -105,6 +108,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case .internalError: .internalFailure
             case .unauthenticated: .unauthenticated
             case .forbidden: .forbidden
+            case .idempotencyKeyReused: .unprocessable
             }
         }
 
@@ -118,7 +122,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                  .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings, .preconditionFailed, .valueTooLarge,
                  .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
                  .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
-                 .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden:
+                 .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden, .idempotencyKeyReused:
                 .no
             // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
             // a commit whose fsync failed, and the node's own failures: the change may be there.
@@ -171,6 +175,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let internalError = Code(.internalError)
         public static let unauthenticated = Code(.unauthenticated)
         public static let forbidden = Code(.forbidden)
+        /// An `Idempotency-Key` already named a different request (another key, operation, value or condition).
+        public static let idempotencyKeyReused = Code(.idempotencyKeyReused)
     }
 
     /// Whether a refused change (a write, a delete, a CRDT operation, an admin action) took effect: what a

@@ -412,6 +412,8 @@ struct ConfigParser {
             case "failback_steady_ms": limits.failbackSteadyMs = number
             case "election_grace_silences": limits.electionGraceSilences = number
             case "topology_streams_max": limits.topologyStreamsMax = number
+            case "idempotency_ttl_ms": limits.idempotencyTtlMs = number
+            case "idempotency_keys_max": limits.idempotencyKeysMax = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

@@ -3,7 +3,7 @@
 /// Frame layout (all integers big-endian):
 ///
 ///     u32 frameLength        bytes after this field
-///     u8  codecVersion       3
+///     u8  codecVersion       4
 ///     u8  originLength, origin bytes
 ///     u64 sequence
 ///     u64 hlcPhysicalMs, u32 hlcLogical
@@ -15,12 +15,13 @@
 ///     u32 valueLength, value bytes
 ///     u8  dependencyCount, per dependency: u8 originLength, origin bytes, u64 sequence
 ///     u8  contextCount, per origin: u8 originLength, origin bytes, u64 sequence
+///     u8  idempotencyKeyLength (0: none), key bytes, then (if a key) 16 bytes of request fingerprint
 ///
 /// Decoding validates every field and returns a typed error for truncated, oversized or garbage input;
 /// it never traps.
 public struct EntryCodec: Sendable {
     /// The codec version this build writes and reads.
-    public static let version: UInt8 = 3
+    public static let version: UInt8 = 4
     /// Bytes before the frame body: the u32 length.
     public static let lengthPrefixBytes = 4
     /// The most bytes of a content type.
@@ -40,13 +41,19 @@ public struct EntryCodec: Sendable {
     public var frameBytesMax: Int {
         Self.lengthPrefixBytes + 1 + (1 + 64) + 8 + 12 + 8 + (1 + 64) + (2 + Key.utf8BytesMax) + 1
             + (1 + Self.contentTypeBytesMax) + (4 + valueBytesMax) + 2 * (1 + ReplicationEntry.dependenciesMax * (1 + 64 + 8))
+            + 1 + IdempotencyKey.bytesMax + IdempotencyMark.fingerprintBytes
+    }
+
+    /// The bytes of an entry's idempotency mark on the wire, its length byte included.
+    static func markBytes(_ mark: IdempotencyMark?) -> Int {
+        mark.map { 1 + $0.key.rawValue.utf8.count + IdempotencyMark.fingerprintBytes } ?? 1
     }
 
     /// The bytes `encode` writes for an entry, length prefix included.
     public static func encodedBytes(_ entry: ReplicationEntry) -> Int {
         lengthPrefixBytes + 1 + 1 + entry.origin.rawValue.utf8.count + 8 + 12 + 8 + 1 + entry.keyspace.rawValue.utf8.count
             + 2 + entry.key.rawValue.utf8.count + 1 + 1 + min(entry.contentType.utf8.count, contentTypeBytesMax) + 4 + entry.value.count
-            + DependencyCodec.encodedBytes(entry.dependencies) + DependencyCodec.encodedBytes(entry.context)
+            + DependencyCodec.encodedBytes(entry.dependencies) + DependencyCodec.encodedBytes(entry.context) + markBytes(entry.idempotency)
     }
 
     /// Appends one frame to `buffer`.
@@ -57,7 +64,7 @@ public struct EntryCodec: Sendable {
         let contentType = Array(entry.contentType.utf8.prefix(Self.contentTypeBytesMax))
         let bodyLength = 1 + 1 + origin.count + 8 + 12 + 8 + 1 + keyspace.count + 2 + key.count + 1
             + 1 + contentType.count + 4 + entry.value.count + DependencyCodec.encodedBytes(entry.dependencies)
-            + DependencyCodec.encodedBytes(entry.context)
+            + DependencyCodec.encodedBytes(entry.context) + Self.markBytes(entry.idempotency)
         buffer.reserveCapacity(buffer.count + Self.lengthPrefixBytes + bodyLength)
         append(UInt32(bodyLength), to: &buffer)
         buffer.append(Self.version)
@@ -73,6 +80,12 @@ public struct EntryCodec: Sendable {
         append(UInt32(entry.value.count), to: &buffer); buffer += entry.value
         DependencyCodec.append(entry.dependencies, to: &buffer)
         DependencyCodec.append(entry.context, to: &buffer)
+        if let mark = entry.idempotency {
+            buffer.append(UInt8(mark.key.rawValue.utf8.count)); buffer += mark.key.rawValue.utf8
+            buffer += mark.fingerprint
+        } else {
+            buffer.append(0)
+        }
     }
 
     /// Encodes one entry as a standalone frame.
@@ -158,11 +171,22 @@ public struct EntryCodec: Sendable {
         // An entry never depends on its own origin: its log order already says that.
         dependencies[origin] = nil
         let context = try DependencyCodec.read(&body)
+        var idempotency: IdempotencyMark?
+        let markLength = Int(try body.required(body.readUInt8(), "idempotency_key_length"))
+        if markLength > 0 {
+            let key = try body.utf8(markLength, "idempotency_key")
+            do {
+                idempotency = IdempotencyMark(key: try IdempotencyKey(key),
+                                              fingerprint: Array(try body.required(body.take(IdempotencyMark.fingerprintBytes), "idempotency_fingerprint")))
+            } catch where error.code == .invalidHeader {
+                throw MeridianError(.codecInvalidField, "The replication frame's idempotency key is not visible ASCII.", context: ["field": "idempotency_key"])
+            }
+        }
         return ReplicationEntry(
             origin: origin, sequence: sequence,
             hlc: HLCTimestamp(physicalMs: physicalMs, logical: logical, region: origin),
             epoch: epoch, keyspace: keyspace, key: key, operation: operation,
-            contentType: contentType, value: value, dependencies: dependencies, context: context)
+            contentType: contentType, value: value, dependencies: dependencies, context: context, idempotency: idempotency)
     }
 
     private func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {

@@ -36,9 +36,12 @@ public struct WriteOptions: Sendable, Hashable {
     public var context: String?
     /// The principal the region the client called authorized the write for (nil: authentication is off).
     public var principal: String?
+    /// The client's `Idempotency-Key`: a retry of the same request gets the first outcome.
+    public var idempotencyKey: IdempotencyKey?
 
     public init(ack: AckMode? = nil, precondition: WriteRequest.Precondition? = nil, session: String? = nil, context: String? = nil,
-                principal: String? = nil) {
+                principal: String? = nil, idempotencyKey: IdempotencyKey? = nil) {
+        self.idempotencyKey = idempotencyKey
         self.ack = ack
         self.precondition = precondition
         self.session = session
@@ -155,8 +158,12 @@ public struct ServedWrite: Sendable, Hashable {
     public let session: String
     /// For a CRDT operation, the key's value after it (``CRDTCodec``'s form).
     public let crdtValue: [UInt8]?
+    /// The write was a retry of one already applied (the same `Idempotency-Key`): this is the first one's outcome.
+    public let replayed: Bool
 
-    public init(version: Version, ack: AckMode, ackedBy: [RegionName], operation: String, epoch: UInt64?, session: String, crdtValue: [UInt8]?) {
+    public init(version: Version, ack: AckMode, ackedBy: [RegionName], operation: String, epoch: UInt64?, session: String, crdtValue: [UInt8]?,
+                replayed: Bool = false) {
+        self.replayed = replayed
         self.version = version
         self.ack = ack
         self.ackedBy = ackedBy

@@ -168,10 +168,10 @@ extension ElectionMessage {
 ///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs, u8 count × str8 unreachable region
 ///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value,
 ///                    opt(str8 ack), u8 precondition: 0 none, 1 exists, 2 versions (u8 count × version),
-///                    opt(str16 session), opt(str16 context), opt(str8 principal)
+///                    opt(str16 session), opt(str16 context), opt(str8 principal), opt(str8 idempotencyKey)
 ///     7 forwardReply u64 id, u8 answer: 1 read (str8 level, opt(u64 stalenessMs), opt(u64 epoch), str16 session,
 ///                    opt(u32 + state)); 2 written (version, str8 ack, u8 count × str8 region, str8 operation,
-///                    opt(u64 epoch), str16 session, opt(u32 + CRDT value)); 3 refused (str8 code, str16 message,
+///                    opt(u64 epoch), str16 session, opt(u32 + CRDT value), u8 replayed); 3 refused (str8 code, str16 message,
 ///                    u8 applied: 0 as the code implies, 1 no, 2 maybe, u8 count × (str8 name, str16 value),
 ///                    opt(str16 session), opt(version))
 ///     8 refusal      str8 code, str16 message
@@ -198,7 +198,7 @@ extension ElectionMessage {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 9
+    public static let protocolVersion: UInt8 = 10
     /// The most fields of context a forwarded refusal carries.
     public static let refusalContextMax = 32
 
@@ -266,6 +266,7 @@ public struct PeerFrameCodec: Sendable {
             appendOptional(write.options.session, to: &buffer) { appendString16($0, to: &$1) }
             appendOptional(write.options.context, to: &buffer) { appendString16($0, to: &$1) }
             appendOptional(write.options.principal, to: &buffer) { appendString8($0, to: &$1) }
+            appendOptional(write.options.idempotencyKey, to: &buffer) { appendString8($0.rawValue, to: &$1) }
         case .forwardReply(let reply):
             append(reply.id, to: &buffer)
             appendAnswer(reply.answer, to: &buffer)
@@ -709,6 +710,12 @@ public struct PeerFrameCodec: Sendable {
         options.session = try optional(&body, "has_session") { body throws(MeridianError) in try string16(&body, "session") }
         options.context = try optional(&body, "has_context") { body throws(MeridianError) in try string16(&body, "context") }
         options.principal = try optional(&body, "has_principal") { body throws(MeridianError) in try principalName(&body) }
+        options.idempotencyKey = try optional(&body, "has_idempotency_key") { body throws(MeridianError) in
+            let text = try string8(&body, "idempotency_key")
+            do { return try IdempotencyKey(text) } catch {
+                throw MeridianError(.codecInvalidField, "The forwarded write's idempotency key is not 1 to 255 visible ASCII characters.", context: ["field": "idempotency_key"])
+            }
+        }
         return options
     }
 
@@ -749,7 +756,15 @@ public struct PeerFrameCodec: Sendable {
             let epoch = try optional(&body, "has_epoch") { body throws(MeridianError) in try sequenceField(&body, "epoch", minimum: 1) }
             let session = try string16(&body, "session")
             let crdtValue = try optional(&body, "has_crdt_value") { body throws(MeridianError) in try blob(&body, "crdt_value", max: entryCodec.valueBytesMax) }
-            return .written(ServedWrite(version: written, ack: ack, ackedBy: ackedBy, operation: operation, epoch: epoch, session: session, crdtValue: crdtValue))
+            let replayed: Bool
+            switch try body.required(body.readUInt8(), "replayed") {
+            case 0: replayed = false
+            case 1: replayed = true
+            case let other:
+                throw MeridianError(.codecInvalidField, "The forwarded reply's replayed flag is \(other); it is 0 or 1.", context: ["field": "replayed"])
+            }
+            return .written(ServedWrite(version: written, ack: ack, ackedBy: ackedBy, operation: operation, epoch: epoch, session: session, crdtValue: crdtValue,
+                                        replayed: replayed))
         case 3:
             let codeText = try string8(&body, "code")
             guard let code = MeridianError.Code(codeText) else {
@@ -807,6 +822,7 @@ public struct PeerFrameCodec: Sendable {
                 append(UInt32(value.count), to: &buffer)
                 buffer += value
             }
+            buffer.append(write.replayed ? 1 : 0)
         case .refused(let refusal):
             buffer.append(3)
             appendString8(refusal.error.code.description, to: &buffer)

@@ -75,6 +75,9 @@ public struct ReplicationEntry: Hashable, Sendable {
     /// Every earlier write to this key the writer had seen, as a version vector of log sequences: the
     /// write supersedes exactly those. A write concurrent with this one is one this context does not name.
     public let context: [RegionName: UInt64]
+    /// The client's `Idempotency-Key` and the digest of its request, for a write that carried one: every region
+    /// that applies the entry answers a retry of that request with this entry's version.
+    public let idempotency: IdempotencyMark?
 
     /// The most origins an entry's dependencies name.
     public static let dependenciesMax = 32
@@ -83,7 +86,7 @@ public struct ReplicationEntry: Hashable, Sendable {
     public init(
         origin: RegionName, sequence: UInt64, hlc: HLCTimestamp, epoch: UInt64,
         keyspace: KeyspaceName, key: Key, operation: Operation, contentType: String, value: [UInt8],
-        dependencies: [RegionName: UInt64] = [:], context: [RegionName: UInt64] = [:]
+        dependencies: [RegionName: UInt64] = [:], context: [RegionName: UInt64] = [:], idempotency: IdempotencyMark? = nil
     ) {
         precondition(hlc.region == origin, "an entry's HLC is issued by its origin")
         precondition(sequence >= 1, "sequences start at 1")
@@ -91,6 +94,7 @@ public struct ReplicationEntry: Hashable, Sendable {
         precondition(context.count <= Self.dependenciesMax && context.values.allSatisfy { $0 >= 1 }, "a context names at most 32 origins")
         self.dependencies = dependencies
         self.context = context
+        self.idempotency = idempotency
         self.origin = origin
         self.sequence = sequence
         self.hlc = hlc

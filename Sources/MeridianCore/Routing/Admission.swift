@@ -32,14 +32,24 @@ public struct Admission: Sendable {
     ///   - ack: The ack mode the request asked for, if any.
     ///   - forwarded: The write was forwarded here by another region; it is never forwarded again.
     /// - Throws: `MeridianError` naming the region that takes the write or the regions missing for the ack mode.
-    public func admitWrite(_ policy: KeyspacePolicy, key: Key, ack requested: AckMode?, forwarded: Bool = false) throws(MeridianError) -> WriteDecision {
+    ///   - idempotencyKey: The write's `Idempotency-Key`: in a keyspace where any replica takes writes, it is taken
+    ///     by the key's ``IdempotencyHome`` so that retries sent to different regions meet there.
+    ///   - down: The regions the cluster agrees are down (an idempotency home is chosen among the others).
+    public func admitWrite(_ policy: KeyspacePolicy, key: Key, ack requested: AckMode?, forwarded: Bool = false,
+                           idempotencyKey: IdempotencyKey? = nil, down: Set<RegionName> = []) throws(MeridianError) -> WriteDecision {
         let writer = policy.writeRegion(for: key)
+        // A forwarded write is taken where it arrives unless its leader or home moved: two regions that disagree
+        // for a moment on which regions are down must not bounce a write between them.
+        let taker = writer ?? (forwarded ? nil : idempotencyKey.flatMap {
+            IdempotencyHome.region(for: $0, keyspace: policy.name, replicas: policy.replicas, down: down)
+        })
         if !policy.isReplica(region) {
             if policy.residency.access == .proxy && !forwarded {
-                return .forward(to: writer ?? policy.replicas.first { reachable.contains($0) } ?? policy.replicas[0])
+                return .forward(to: taker ?? policy.replicas.first { reachable.contains($0) } ?? policy.replicas[0])
             }
             try checkResidency(policy)
         }
+        if let taker, taker != writer, taker != region { return .forward(to: taker) }
         if let writer, writer != region {
             guard !forwarded else {
                 throw MeridianError(

@@ -145,4 +145,9 @@ public struct HealthVerdicts: Sendable {
     public var routable: [RegionName] {
         regions.filter { health[$0]?.verdict.routable ?? false }
     }
+
+    /// The regions the cluster agrees are down now.
+    public var down: Set<RegionName> {
+        Set(regions.filter { health[$0]?.verdict == .down })
+    }
 }

@@ -33,11 +33,15 @@ public struct WriteRequest: Sendable, Hashable {
     public let context: VersionVector?
     /// A CRDT operation (the keyspace's policy must be `crdt`); `operation` and `value` are then unused.
     public let crdt: CRDTRequest?
+    /// The client's idempotency key and its request's digest: the store answers a retry with the first
+    /// outcome (``IdempotencyCheck``) and records this write's, in the same transaction.
+    public let idempotency: IdempotencyMark?
 
     /// Creates a write request.
     public init(keyspace: KeyspaceName, key: Key, operation: MeridianCore.Operation, contentType: String, value: [UInt8],
                 epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil, dependencies: [RegionName: UInt64] = [:],
-                context: VersionVector? = nil, crdt: CRDTRequest? = nil) {
+                context: VersionVector? = nil, crdt: CRDTRequest? = nil, idempotency: IdempotencyMark? = nil) {
+        self.idempotency = idempotency
         self.context = context
         self.crdt = crdt
         self.after = after
@@ -128,7 +132,7 @@ public enum WritePlanner {
         return .append(ReplicationEntry(
             origin: origin, sequence: sequence, hlc: hlc, epoch: request.epoch, keyspace: request.keyspace,
             key: request.key, operation: write.operation, contentType: write.contentType, value: write.value,
-            dependencies: request.dependencies.filter { $0.key != origin }, context: seen.byRegion))
+            dependencies: request.dependencies.filter { $0.key != origin }, context: seen.byRegion, idempotency: request.idempotency))
     }
 
     /// For a CRDT operation: the delta to log, computed from the key's value (its type must match).

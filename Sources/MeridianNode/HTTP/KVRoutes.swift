@@ -324,11 +324,12 @@ extension RegionNode {
         if let session = options.session { try admission.checkSessionOrigins(session) }
         let routedPolicy = await settledPolicy(policy)
         if routedPolicy.topology == .singleLeader && routedPolicy.leader == nil && routedPolicy.isReplica(region) { throw electionRunning(policy) }
-        let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded)
+        let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded, idempotencyKey: options.idempotencyKey,
+                                                down: topology.snapshot.verdicts.down)
         guard case .accept(let ack, let required, var epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
             let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
-                                       principal: options.principal)
+                                       principal: options.principal, idempotencyKey: options.idempotencyKey)
             return try await forwardWrite(to: target, options: carried, policy: policy, key: key, operation: operation, contentType: contentType, value: value)
         }
         // A timestamp from a clock out of tolerance would corrupt last-writer-wins order: refuse the write.
@@ -345,10 +346,16 @@ extension RegionNode {
         let outcome = try await store.write(WriteRequest(
             keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: crdt == nil ? value : [],
             epoch: epoch, precondition: precondition, after: options.session?.clock, dependencies: options.session?.seen ?? [:],
-            context: causalContext, crdt: crdt))
+            context: causalContext, crdt: crdt,
+            idempotency: options.idempotencyKey.map {
+                IdempotencyMark(key: $0, keyspace: policy.name, dataKey: key, operation: operation, contentType: contentType, value: value, precondition: precondition)
+            }))
         switch outcome {
         case .refused(let error):
             throw error
+        case .replayed(let record):
+            return try await replay(record, operation: crdt?.operation.name ?? operation.description, options: options, policy: policy, ack: ack,
+                                    required: required)
         case .preconditionFailed(let current):
             var context = ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]
             context["current_version"] = current?.description
@@ -401,6 +408,38 @@ extension RegionNode {
         }
     }
 
+    /// The answer to a retry of an idempotent write this region holds: the first write's version, once the ack
+    /// mode asked for is met (a first attempt that timed out waiting for it may be confirmed by now).
+    private func replay(_ record: IdempotencyRecord, operation: String, options: RequestOptions, policy: KeyspacePolicy, ack: AckMode,
+                        required: Int) async throws(MeridianError) -> Answered {
+        var session = options.session ?? SessionToken()
+        session.observe(record.version)
+        var ackedBy = [region]
+        // A version another region wrote reached this region through its log: its origin holds it too.
+        if record.version.origin != region { ackedBy.append(record.version.origin) }
+        if required > ackedBy.count {
+            switch try await replicator.confirm(sequence: record.version.sequence, required: required, replicas: policy.replicas) {
+            case .acknowledged(_, let confirmed):
+                ackedBy = confirmed
+            case .timedOut(_, let confirmed, let missing) where record.version.origin == region:
+                let timedOut = MeridianError(
+                    .ackTimeout,
+                    "This retry's first attempt is durable in \(region) as version \(record.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. Retry again with the same Idempotency-Key.",
+                    context: ["version": record.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
+                              "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
+                    applied: .maybe)
+                return Answered(answer: .refused(Refusal(timedOut, session: session.encoded(with: sessionKey), version: record.version)), by: nil)
+            case .timedOut:
+                break
+            }
+        }
+        let crdtValue = record.operation == .merge ? try await store.get(keyspace: policy.name, key: record.key)?.value : nil
+        return Answered(answer: .written(ServedWrite(
+            version: record.version, ack: ack, ackedBy: ackedBy, operation: operation,
+            epoch: policy.topology == .singleLeader ? record.epoch : nil, session: session.encoded(with: sessionKey), crdtValue: crdtValue,
+            replayed: true)), by: nil)
+    }
+
     /// A write's answer as this region sends it to its HTTP client.
     func renderWrite(_ answered: Answered, policy: KeyspacePolicy, key: Key) -> RenderedResponse {
         var rendered: RenderedResponse
@@ -408,6 +447,7 @@ extension RegionNode {
         case .written(let written):
             var headers: HTTPFields = [.eTag: "\"\(written.version)\"", MeridianHeader.session: written.session]
             if let epoch = written.epoch { headers[MeridianHeader.epoch] = String(epoch) }
+            if written.replayed { headers[MeridianHeader.idempotentReplayed] = "true" }
             var answer = WriteAnswer(keyspace: policy.name.rawValue, key: key.rawValue, version: written.version.description,
                                      region: (answered.by ?? region).rawValue, ack: written.ack.rawValue, ackedBy: written.ackedBy.map(\.rawValue),
                                      operation: written.operation)

@@ -12,6 +12,8 @@ struct RequestOptions {
     var ack: AckMode?
     /// Who the request was authorized for, where it entered the cluster (nil: authentication is off).
     var principal: String?
+    /// A write's `Idempotency-Key` (header only: a key in a URL would end up in access logs and caches).
+    var idempotencyKey: IdempotencyKey?
 
     static let maxStalenessMsMax: UInt64 = 86_400_000
 
@@ -48,6 +50,11 @@ struct RequestOptions {
             }
             return mode
         }
+        let idempotencyKeys = headers[values: MeridianHeader.idempotencyKey]
+        guard idempotencyKeys.count <= 1 else {
+            throw MeridianError(.invalidHeader, "Idempotency-Key is given \(idempotencyKeys.count) times; give it once.", context: ["header": "Idempotency-Key"])
+        }
+        idempotencyKey = try idempotencyKeys.first.map { text throws(MeridianError) in try IdempotencyKey(text) }
     }
 
     private static func option(_ headers: HTTPFields, _ query: (String) -> String?, _ name: HTTPField.Name) throws(MeridianError) -> String? {
@@ -82,6 +89,7 @@ struct RequestOptions {
         ack = write.ack
         session = try write.session.map { text throws(MeridianError) in try SessionToken(decoding: text, key: sessionKey) }
         principal = write.principal
+        idempotencyKey = write.idempotencyKey
     }
 
     /// Parses `If-Match`: `*` (the key exists), or one or more quoted versions (it is one of them).

@@ -462,7 +462,7 @@ final class Replicator: Sendable {
         guard context.count != entry.context.count || dependencies.count != entry.dependencies.count else { return entry }
         return ReplicationEntry(origin: entry.origin, sequence: entry.sequence, hlc: entry.hlc, epoch: entry.epoch, keyspace: entry.keyspace,
                                 key: entry.key, operation: entry.operation, contentType: entry.contentType, value: entry.value,
-                                dependencies: dependencies, context: context)
+                                dependencies: dependencies, context: context, idempotency: entry.idempotency)
     }
 
     /// Applies what arrived on one inbound stream: everything queued since the last apply goes in one store

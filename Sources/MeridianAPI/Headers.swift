@@ -29,6 +29,9 @@ public enum MeridianHeader {
     public static let forwardedTo = HTTPField.Name("Meridian-Forwarded-To")!
     /// `true` on the answer to a retried idempotent write: it is the first attempt's outcome, nothing was applied again.
     public static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
+    /// `local; home=REGION` on an idempotent write a multi-leader region took itself because the key's idempotency
+    /// home could not be reached: a retry whose first attempt reached that home may apply twice.
+    public static let idempotency = HTTPField.Name("Meridian-Idempotency")!
 
     /// The query parameter that stands for a request option's header when the header is absent.
     public static func queryName(_ header: HTTPField.Name) -> String {

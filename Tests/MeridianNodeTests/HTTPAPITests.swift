@@ -320,6 +320,8 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         (.get, "/v1/conflicts/profiles?limit=0", [:], "", .badRequest, "invalid_parameter"),
         (.get, "/v1/conflicts/profiles?after=-1", [:], "", .badRequest, "invalid_parameter"),
         (.get, "/v1/conflicts/nope", [:], "", .notFound, "unknown_keyspace"),
+        (.put, "/v1/kv/profiles/k", [HTTPField.Name("Idempotency-Key")!: "has space"], "v", .badRequest, "invalid_header"),
+        (.put, "/v1/kv/profiles/k", [HTTPField.Name("Idempotency-Key")!: String(repeating: "k", count: 256)], "v", .badRequest, "invalid_header"),
     ]
 
     @Test(arguments: 0..<badRequests.count)
@@ -409,6 +411,68 @@ func json(_ response: TestResponse) throws -> [String: Any] {
             try await client.execute(uri: "/v1/crdt/likes/big", method: .get) { response throws in
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
                 #expect(object["value"] as? Int64 == Int64.max)
+            }
+        }
+    }
+
+    /// Idempotency keys whose home, among the fixture's profiles replicas, is `home`.
+    static func idempotencyKeys(homedIn home: String, count: Int) throws -> [String] {
+        let replicas = [RegionName(validated: "us-east"), RegionName(validated: "eu-west")]
+        return try (0..<400).map { "retry-\($0)" }.filter {
+            IdempotencyHome.region(for: try IdempotencyKey($0), keyspace: try KeyspaceName("profiles"), replicas: replicas, down: []) == RegionName(validated: home)
+        }.prefix(count).map { $0 }
+    }
+
+    @Test(arguments: NodeFixture.Store.allCases)
+    func aRetriedIdempotentWriteGetsTheFirstOutcome(_ store: NodeFixture.Store) async throws {
+        let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+        let here = try #require(try Self.idempotencyKeys(homedIn: "us-east", count: 1).first)
+        let away = try #require(try Self.idempotencyKeys(homedIn: "eu-west", count: 1).first)
+        try await fixture.withApp(store: store) { client in
+            func put(_ key: String, _ value: String, _ idempotency: String) async throws -> (etag: String?, replayed: String?, local: String?, code: String?) {
+                try await client.execute(uri: "/v1/kv/profiles/\(key)", method: .put, headers: [idempotencyKey: idempotency], body: ByteBuffer(string: value)) { response throws in
+                    (response.headers[.eTag], response.headers[HTTPField.Name("Idempotent-Replayed")!], response.headers[HTTPField.Name("Meridian-Idempotency")!],
+                     response.status == .ok ? nil : try errorCode(response))
+                }
+            }
+            let first = try await put("a", "one", here)
+            #expect(first.etag != nil && first.replayed == nil && first.local == nil)
+            let retry = try await put("a", "one", here)
+            #expect(retry.etag == first.etag && retry.replayed == "true")
+            // Another write in between: a retry still answers the first version and changes nothing.
+            _ = try await put("a", "two", "other-key")
+            #expect(try await put("a", "one", here).etag == first.etag)
+            try await client.execute(uri: "/v1/kv/profiles/a", method: .get) { #expect(String(buffer: $0.body) == "two") }
+            // The same key for another request: 422, nothing written.
+            try await client.execute(uri: "/v1/kv/profiles/a", method: .put, headers: [idempotencyKey: here], body: ByteBuffer(string: "three")) { response throws in
+                let (code, applied) = (try errorCode(response), try errorApplied(response))
+                #expect(response.status.code == 422 && code == "idempotency_key_reused" && applied == "no")
+            }
+            try await client.execute(uri: "/v1/kv/profiles/a", method: .get) { #expect(String(buffer: $0.body) == "two") }
+            // A key whose home (eu-west) cannot be reached: taken here. Until the cluster agrees eu-west is down the answer
+            // says the home was skipped; once it does, the home is us-east. Its retry is replayed here either way.
+            let downBefore = try await client.execute(uri: "/v1/topology", method: .get) { response throws in
+                ((try json(response))["regions"] as? [[String: Any]])?.first { $0["name"] as? String == "eu-west" }?["health"] as? String == "down"
+            }
+            let local = try await put("b", "one", away)
+            let downAfter = try await client.execute(uri: "/v1/topology", method: .get) { response throws in
+                return ((try json(response))["regions"] as? [[String: Any]])?.first { $0["name"] as? String == "eu-west" }?["health"] as? String == "down"
+            }
+            #expect(local.etag != nil)
+            if downBefore == downAfter { #expect(local.local == (downAfter ? nil : "local; home=eu-west"), "eu-west down: \(downAfter)") }
+            #expect(try await put("b", "one", away).etag == local.etag)
+            // A CRDT operation retried counts once.
+            for _ in 0..<3 {
+                try await client.execute(uri: "/v1/crdt/likes/post", method: .post, headers: [idempotencyKey: "like-1"],
+                                         body: ByteBuffer(string: #"{"type":"pn-counter","op":"increment","by":2}"#)) { response throws in
+                    let body = try json(response)
+                    #expect(response.status == .ok && body["value"] as? Int == 2, "\(body)")
+                }
+            }
+            try await client.execute(uri: "/v1/status", method: .get) { response throws in
+                let body = try json(response)
+                // Four writes applied: a=one, a=two, b=one, one increment; every retry added nothing to the log.
+                #expect((body["log"] as? [String: Any])?["us-east"] as? Int == 4, "\(String(describing: body["log"]))")
             }
         }
     }

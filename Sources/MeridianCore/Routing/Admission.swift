@@ -39,10 +39,11 @@ public struct Admission: Sendable {
                            idempotencyKey: IdempotencyKey? = nil, down: Set<RegionName> = []) throws(MeridianError) -> WriteDecision {
         let writer = policy.writeRegion(for: key)
         // A forwarded write is taken where it arrives unless its leader or home moved: two regions that disagree
-        // for a moment on which regions are down must not bounce a write between them.
+        // for a moment on which regions are down must not bounce a write between them. An idempotency home this
+        // region cannot reach leaves the write here (``idempotencyHomeUnreachable``): multi-leader writes stay available.
         let taker = writer ?? (forwarded ? nil : idempotencyKey.flatMap {
             IdempotencyHome.region(for: $0, keyspace: policy.name, replicas: policy.replicas, down: down)
-        })
+        }.flatMap { reachable.contains($0) ? $0 : nil })
         if !policy.isReplica(region) {
             if policy.residency.access == .proxy && !forwarded {
                 return .forward(to: taker ?? policy.replicas.first { reachable.contains($0) } ?? policy.replicas[0])
@@ -71,6 +72,17 @@ public struct Admission: Sendable {
         }
         // The node stamps a single-leader write with the term it holds (0 here: none).
         return .accept(ack: ack, ackRegionsRequired: required, epoch: 0)
+    }
+
+    /// The idempotency home of a write this region takes although the home is elsewhere: it could not reach it.
+    /// A retry whose first attempt reached that home and has not replicated here yet applies again; the answer
+    /// says so (`Meridian-Idempotency: local`). Nil when the write is taken where its retries meet.
+    public func idempotencyHomeUnreachable(_ policy: KeyspacePolicy, key: Key, idempotencyKey: IdempotencyKey?, forwarded: Bool,
+                                           down: Set<RegionName>) -> RegionName? {
+        guard !forwarded, policy.writeRegion(for: key) == nil, let idempotencyKey,
+              let home = IdempotencyHome.region(for: idempotencyKey, keyspace: policy.name, replicas: policy.replicas, down: down),
+              home != region, !reachable.contains(home) else { return nil }
+        return home
     }
 
     /// What this region knows, at the moment of a read, about how current its copy is.

@@ -12,6 +12,13 @@ struct Answered {
     let answer: ServedAnswer
     /// The region the request was forwarded to; nil when this region served it.
     let by: RegionName?
+    /// An idempotent write taken here because its idempotency home (this region) could not be reached.
+    var idempotencyHomeUnreachable: RegionName?
+
+    init(answer: ServedAnswer, by: RegionName?) {
+        self.answer = answer
+        self.by = by
+    }
 }
 
 extension RegionNode {
@@ -326,12 +333,25 @@ extension RegionNode {
         if routedPolicy.topology == .singleLeader && routedPolicy.leader == nil && routedPolicy.isReplica(region) { throw electionRunning(policy) }
         let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded, idempotencyKey: options.idempotencyKey,
                                                 down: topology.snapshot.verdicts.down)
-        guard case .accept(let ack, let required, var epoch) = decision else {
+        guard case .accept(let ack, let required, let epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
             let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
                                        principal: options.principal, idempotencyKey: options.idempotencyKey)
             return try await forwardWrite(to: target, options: carried, policy: policy, key: key, operation: operation, contentType: contentType, value: value)
         }
+        var answered = try await take(options: options, precondition: precondition, policy: policy, key: key, operation: operation, contentType: contentType,
+                                      value: value, causalContext: causalContext, crdt: crdt, ack: ack, required: required, epoch: epoch)
+        answered.idempotencyHomeUnreachable = admission.idempotencyHomeUnreachable(
+            routedPolicy, key: key, idempotencyKey: options.idempotencyKey, forwarded: forwarded, down: topology.snapshot.verdicts.down)
+        return answered
+    }
+
+    /// Takes a write here, as its origin: commits it under the keyspace's term (a single-leader one) and answers
+    /// once the ack mode is met.
+    private func take(options: RequestOptions, precondition: WriteRequest.Precondition?, policy: KeyspacePolicy, key: Key,
+                      operation: MeridianCore.Operation, contentType: String, value: [UInt8], causalContext: VersionVector?, crdt: CRDTRequest?,
+                      ack: AckMode, required: Int, epoch: UInt64) async throws(MeridianError) -> Answered {
+        var epoch = epoch
         // A timestamp from a clock out of tolerance would corrupt last-writer-wins order: refuse the write.
         if let refusal = clock.refusal { throw refusal }
         // The leader writes only while a majority confirms it still leads; the write carries its term, and stays
@@ -463,6 +483,7 @@ extension RegionNode {
                                      applied: .maybe).rendered(change: true)
         }
         if let by = answered.by { rendered.headers[MeridianHeader.forwardedTo] = by.rawValue }
+        if let home = answered.idempotencyHomeUnreachable { rendered.headers[MeridianHeader.idempotency] = "local; home=\(home)" }
         return rendered
     }
 

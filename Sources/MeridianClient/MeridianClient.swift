@@ -14,8 +14,10 @@ import Synchronization
 /// stream (``run()``). Each request goes where the core's ``RoutePlanner`` says, from that view and the client's
 /// own circuit breakers: writes and strong reads of single-leader keyspaces to the leader (or the key's home), other
 /// reads to the first healthy region of ``Configuration/preferredRegions``; restricted keyspaces only into their
-/// residency. Reads fail over to the next region at once; writes are sent again only when the answer says nothing
-/// was applied. Each answer's session token is carried on the next request (read-your-writes in any region).
+/// residency. Reads fail over to the next region at once. Every write carries an `Idempotency-Key` (the caller's,
+/// or a fresh UUID), so a write whose fate is open (a lost answer, a 503 or 504 saying `applied: maybe`, a leader
+/// that died) is sent again with the same key until a region answers: the cluster applies it once. Each answer's
+/// session token is carried on the next request (read-your-writes in any region).
 public final class MeridianClient: Sendable {
     public struct Configuration: Sendable {
         /// Client URLs of one or more regions (`http://127.0.0.1:7101`); the rest are discovered.
@@ -172,21 +174,25 @@ public final class MeridianClient: Sendable {
         return try await read(keyspace, key, path: "/v1/kv/\(Self.escape(keyspace))/\(Self.escape(key))", headers: headers, consistency: consistency)
     }
 
+    /// Writes a value. `idempotencyKey` names the write for its retries (default: a fresh UUID); give your own to
+    /// make a retry of the whole call, from your code, safe too.
     public func put(_ keyspace: String, _ key: String, _ value: [UInt8], contentType: String = "application/octet-stream",
-                    ack: AckMode? = nil) async throws(Failure) -> Answer {
+                    ack: AckMode? = nil, idempotencyKey: String? = nil) async throws(Failure) -> Answer {
         var headers = [("Content-Type", contentType)]
         if let ack { headers.append(("Meridian-Ack", ack.rawValue)) }
-        return try await write(keyspace, key, method: .PUT, path: "/v1/kv/\(Self.escape(keyspace))/\(Self.escape(key))", body: value, headers: headers)
+        return try await write(keyspace, key, method: .PUT, path: "/v1/kv/\(Self.escape(keyspace))/\(Self.escape(key))", body: value, headers: headers,
+                               idempotencyKey: idempotencyKey)
     }
 
-    public func delete(_ keyspace: String, _ key: String) async throws(Failure) -> Answer {
-        try await write(keyspace, key, method: .DELETE, path: "/v1/kv/\(Self.escape(keyspace))/\(Self.escape(key))", body: nil, headers: [])
+    public func delete(_ keyspace: String, _ key: String, idempotencyKey: String? = nil) async throws(Failure) -> Answer {
+        try await write(keyspace, key, method: .DELETE, path: "/v1/kv/\(Self.escape(keyspace))/\(Self.escape(key))", body: nil, headers: [],
+                        idempotencyKey: idempotencyKey)
     }
 
     /// A CRDT operation as JSON, e.g. `{"type": "pn-counter", "op": "increment", "by": 1}`.
-    public func crdt(_ keyspace: String, _ key: String, operation json: String) async throws(Failure) -> Answer {
+    public func crdt(_ keyspace: String, _ key: String, operation json: String, idempotencyKey: String? = nil) async throws(Failure) -> Answer {
         try await write(keyspace, key, method: .POST, path: "/v1/crdt/\(Self.escape(keyspace))/\(Self.escape(key))", body: Array(json.utf8),
-                        headers: [("Content-Type", "application/json")])
+                        headers: [("Content-Type", "application/json")], idempotencyKey: idempotencyKey)
     }
 
     // MARK: - Routing
@@ -260,9 +266,11 @@ public final class MeridianClient: Sendable {
         }
     }
 
-    private func write(_ keyspace: String, _ key: String, method: HTTPMethod, path: String, body: [UInt8]?, headers: [(String, String)]) async throws(Failure) -> Answer {
+    private func write(_ keyspace: String, _ key: String, method: HTTPMethod, path: String, body: [UInt8]?, headers: [(String, String)],
+                       idempotencyKey: String?) async throws(Failure) -> Answer {
         let deadline = ContinuousClock.now + .milliseconds(max(configuration.timeoutMs, 10_000))
         var last: Failure?
+        let headers = headers + [("Idempotency-Key", idempotencyKey ?? UUID().uuidString)]
         // Bounded: rounds while a leader is elected or a region is routed around.
         for round in 0..<50 {
             do throws(Failure) {
@@ -271,19 +279,25 @@ public final class MeridianClient: Sendable {
                         return try await attempt(region, method: method, path: path, body: body, headers: headers)
                     } catch {
                         last = error
-                        // Only a write that was certainly not applied is sent again.
-                        guard error.applied == "no", error.status == 0 || error.status == 503 else { throw error }
+                        // With its idempotency key a write whose fate is open is sent again: the cluster applies it
+                        // once. Answers about the request itself (4xx) are final.
+                        guard Self.mayRetry(error) else { throw error }
                     }
                 }
             } catch {
                 last = error
-                guard error.applied == "no" else { throw error }
+                guard Self.mayRetry(error) else { throw error }
             }
             guard ContinuousClock.now < deadline else { break }
             try? await Task.sleep(for: .milliseconds(min(500, 50 * (round + 1))))
             try? await refresh()
         }
         throw last ?? Failure(code: "unreachable", message: "No region took the write.", status: 0, applied: "no", region: nil)
+    }
+
+    /// Whether an idempotent write that failed this way may be sent again: unreachable regions and 5xx answers.
+    static func mayRetry(_ error: Failure) -> Bool {
+        error.status == 0 || [500, 502, 503, 504].contains(error.status)
     }
 
     private func attempt(_ region: RegionName, method: HTTPMethod, path: String, body: [UInt8]?, headers: [(String, String)]) async throws(Failure) -> Answer {

@@ -5,8 +5,9 @@ server-sent event stream (a background thread; it moves to another region when t
 goes to the region the request needs: writes (and strong reads of single-leader keyspaces) to the leader or the
 key's home, other reads to the first healthy region of ``preferred_regions``; restricted keyspaces only ever to
 their residency regions. A region that fails repeatedly is left out by a circuit breaker and tried again after
-a cool-down. Reads fail over to the next region at once; writes are retried elsewhere only when the answer says
-nothing was applied. The session token of every answer is carried on the next request (read-your-writes in any
+a cool-down. Reads fail over to the next region at once. Every write carries an ``Idempotency-Key`` (the caller's,
+or a fresh UUID), so a write whose fate is open (a lost answer, a 503 or 504 saying ``applied: maybe``, a leader
+that died) is sent again with the same key until a region answers: the cluster applies it once. The session token of every answer is carried on the next request (read-your-writes in any
 region). Reads can be hedged: a second region is asked when the first has not answered within ``hedge_after_ms``.
 """
 
@@ -18,6 +19,7 @@ import random
 import ssl
 import threading
 import time
+import uuid
 import urllib.parse
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -256,8 +258,11 @@ class MeridianClient:
         return self._read(keyspace, key, f"/v1/kv/{_quote(keyspace)}/{_quote(key)}", headers, consistency)
 
     def put(self, keyspace: str, key: str, value, content_type: str = "application/octet-stream", ack: Optional[str] = None,
-            if_match: Optional[str] = None) -> Result:
-        """Writes a value (bytes, text, or anything JSON can encode). Returns the answer, with its version."""
+            if_match: Optional[str] = None, idempotency_key: Optional[str] = None) -> Result:
+        """Writes a value (bytes, text, or anything JSON can encode). Returns the answer, with its version.
+
+        ``idempotency_key`` names the write for its retries (default: a fresh UUID); give your own to make a retry of
+        the whole call, from your code, safe too."""
         if isinstance(value, str):
             body, content_type = value.encode("utf-8"), ("text/plain; charset=utf-8" if content_type == "application/octet-stream" else content_type)
         elif isinstance(value, (bytes, bytearray)):
@@ -269,16 +274,16 @@ class MeridianClient:
             headers["Meridian-Ack"] = ack
         if if_match:
             headers["If-Match"] = f'"{if_match}"' if not if_match.startswith('"') and if_match != "*" else if_match
-        return self._write(keyspace, key, "PUT", f"/v1/kv/{_quote(keyspace)}/{_quote(key)}", body, headers)
+        return self._write(keyspace, key, "PUT", f"/v1/kv/{_quote(keyspace)}/{_quote(key)}", body, headers, idempotency_key)
 
-    def delete(self, keyspace: str, key: str, ack: Optional[str] = None) -> Result:
+    def delete(self, keyspace: str, key: str, ack: Optional[str] = None, idempotency_key: Optional[str] = None) -> Result:
         headers = {"Meridian-Ack": ack} if ack else {}
-        return self._write(keyspace, key, "DELETE", f"/v1/kv/{_quote(keyspace)}/{_quote(key)}", None, headers)
+        return self._write(keyspace, key, "DELETE", f"/v1/kv/{_quote(keyspace)}/{_quote(key)}", None, headers, idempotency_key)
 
-    def crdt(self, keyspace: str, key: str, operation: dict) -> Result:
+    def crdt(self, keyspace: str, key: str, operation: dict, idempotency_key: Optional[str] = None) -> Result:
         """Applies a CRDT operation, e.g. ``{"type": "pn-counter", "op": "increment", "by": 1}``."""
         return self._write(keyspace, key, "POST", f"/v1/crdt/{_quote(keyspace)}/{_quote(key)}", json.dumps(operation).encode("utf-8"),
-                           {"Content-Type": "application/json"})
+                           {"Content-Type": "application/json"}, idempotency_key)
 
     def crdt_value(self, keyspace: str, key: str) -> Result:
         return self._read(keyspace, key, f"/v1/crdt/{_quote(keyspace)}/{_quote(key)}", {}, None)
@@ -366,9 +371,11 @@ class MeridianClient:
                 last = error
         raise last or Unavailable("unreachable", "no region could serve the read")
 
-    def _write(self, keyspace: str, key: str, method: str, path: str, body: Optional[bytes], headers: dict) -> Result:
+    def _write(self, keyspace: str, key: str, method: str, path: str, body: Optional[bytes], headers: dict,
+               idempotency_key: Optional[str]) -> Result:
         deadline = time.monotonic() + max(self._timeout, 10.0)
         last: Optional[MeridianError] = None
+        headers = dict(headers, **{"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
         # Bounded: a few rounds over the candidates, while the cluster elects a leader or routes around a region.
         for round_number in range(50):
             for region in self._candidates(keyspace, key, write=True, consistency=None):
@@ -378,8 +385,9 @@ class MeridianClient:
                     raise
                 except MeridianError as error:
                     last = error
-                    # Only what was certainly not applied is sent again.
-                    if error.applied != "no" or error.status not in (0, 503):
+                    # With its idempotency key a write whose fate is open is sent again: the cluster applies it once.
+                    # Answers about the request itself (4xx) are final.
+                    if error.status not in (0, 500, 502, 503, 504):
                         raise
             if time.monotonic() > deadline:
                 break

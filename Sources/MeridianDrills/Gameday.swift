@@ -11,12 +11,15 @@ public struct Drill: Sendable {
     public let config: ClusterConfig
     public let policy: KeyspacePolicy
     public let writers: Int
+    /// Where the log of a region the drill starts again goes (nil: that region's working directory).
+    public let logDirectory: String?
     let runID = String(UUID().uuidString.prefix(8)).lowercased()
 
-    public init(config: ClusterConfig, policy: KeyspacePolicy, writers: Int) {
+    public init(config: ClusterConfig, policy: KeyspacePolicy, writers: Int, logDirectory: String? = nil) {
         self.config = config
         self.policy = policy
         self.writers = writers
+        self.logDirectory = logDirectory
     }
 
     public struct Round: Sendable {
@@ -158,8 +161,9 @@ public struct Drill: Sendable {
         let rto = gaps.max() ?? Self.ms(ContinuousClock.now - killedAt)
         let newLeader = await self.leader(within: 5)?.name.rawValue ?? "nobody"
         try await Task.sleep(for: .seconds(downSeconds))
-        let restarted = try Self.restart(arguments, in: directory, log: "\(directory)/\(leader.name).gameday.log")
-        print("  restarted \(leader.name) as pid \(restarted) (log \(directory)/\(leader.name).gameday.log); `meridian up` stops it on Ctrl-C")
+        let log = "\(logDirectory ?? directory)/\(leader.name).gameday.log"
+        let restarted = try Self.restart(arguments, in: directory, log: log)
+        print("  restarted \(leader.name) as pid \(restarted) (log \(log)); `meridian up` stops it on Ctrl-C")
         // Failback, if the keyspace asks for it and the killed region was the preferred one.
         var failbackMs: Double?
         if policy.failover?.failback == true && policy.failover?.order.first == leader.name {

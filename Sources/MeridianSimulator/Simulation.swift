@@ -122,6 +122,9 @@ public struct Simulation {
         public var residentWrites = 0
         /// Strong writes forwarded from the region the client called to the leader it knew.
         public var forwardedWrites = 0
+        /// Retries of idempotent async writes (their clients never trust an answer), and those answered with the first
+        /// attempt's outcome.
+        public var idempotentRetries = 0, idempotentReplays = 0
         /// Times a region's clock fence closed (restarted with its clock beyond the maximum offset), and writes a
         /// region refused because its clock was not proven within tolerance.
         public var clockFences = 0, clockRefused = 0
@@ -139,7 +142,7 @@ public struct Simulation {
             if let lostRegion { text += ", \(lostRegion) lost for good" }
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
-            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(forwardedWrites) forwarded, \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
+            text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(forwardedWrites) forwarded, \(idempotentRetries) idempotent retries (\(idempotentReplays) replayed), \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
             text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
@@ -207,6 +210,8 @@ public struct Simulation {
         /// A strong write forwarded to the leader its region knows arrives there; its answer arrives back.
         case forwardedWrite(id: Int, to: Int)
         case forwardedAnswer(id: Int, from: Int)
+        /// An idempotent async write's client sends it again, with the same key, to the next region.
+        case idempotentRetry(id: Int)
     }
 
     private struct Event {
@@ -288,12 +293,14 @@ public struct Simulation {
         /// Acknowledged once durable at the leader (keys `a*`), or with a majority (keys `s*`).
         let async: Bool
         /// The region the client called, and its generation then (a crash ends the client's connection).
-        let entry: Int
-        let generation: Int
-        let call: UInt64
+        var entry: Int
+        var generation: Int
+        var call: UInt64
         /// When the region the client called stops waiting for the leader's answer (the node's forward timeout):
         /// the client is told the outcome is open, and the write may still take effect.
-        let deadline: UInt64
+        var deadline: UInt64
+        /// An async put's `Idempotency-Key` and request fingerprint: its retry must not apply it twice.
+        var idempotency: IdempotencyMark?
     }
 
     private let options: Options
@@ -357,6 +364,8 @@ public struct Simulation {
     private var pendingReads: [Int: PendingRead] = [:]
     private var nextRead = 0
     private var strongValue = 0
+    /// Idempotent async writes, by id, until their client's retry.
+    private var idempotentWrites: [Int: StrongWrite] = [:]
     /// The node's heartbeat interval (`Limits.heartbeatIntervalMs`), which streams and elections share.
     private let heartbeatIntervalMs = UInt64(Limits().heartbeatIntervalMs)
     private let shipperLimits = LogShipper.Limits(batchEntriesMax: 8, inflightEntriesMax: 32)
@@ -642,8 +651,29 @@ public struct Simulation {
             report.strongRefused += 1
             return
         }
-        let write = StrongWrite(key: key, value: delete ? nil : "s\(strongValue)", async: async, entry: entry, generation: regions[entry].generation,
+        var write = StrongWrite(key: key, value: delete ? nil : "s\(strongValue)", async: async, entry: entry, generation: regions[entry].generation,
                                 call: nowMs, deadline: nowMs + readWaitMs + ackTimeoutMs + 2_000 + rttMs[entry].max()!)
+        // Every async put carries an idempotency key, and its client sends it again later to the next region
+        // whatever the first answer was (as if it never arrived): the retry must leave one write, never two.
+        if async, let value = write.value {
+            write.idempotency = IdempotencyMark(key: try! IdempotencyKey("retry-\(strongValue)"), keyspace: strongKeyspace, dataKey: try! Key(key), operation: .put,
+                                                contentType: "", value: Array(value.utf8), precondition: nil)
+            idempotentWrites[strongValue] = write
+            schedule(after: 300 + rttMs[entry].max()!, .idempotentRetry(id: strongValue))
+        }
+        take(write, at: entry, forwarded: nil)
+    }
+
+    /// The client of an idempotent async write sends it again, to the region after the one it called first.
+    private mutating func retryIdempotent(_ id: Int) {
+        guard var write = idempotentWrites.removeValue(forKey: id) else { return }
+        let entry = (write.entry + 1) % regions.count
+        guard isRunning(entry) else { return }
+        report.idempotentRetries += 1
+        (write.entry, write.generation, write.call) = (entry, regions[entry].generation, nowMs)
+        write.deadline = nowMs + readWaitMs + ackTimeoutMs + 2_000 + rttMs[entry].max()!
+        // The planted bug: the retry goes without its key, so nothing tells the leader it already holds the write.
+        if options.plantedBug == .applyRetriesAgain { write.idempotency = nil }
         take(write, at: entry, forwarded: nil)
     }
 
@@ -673,7 +703,11 @@ public struct Simulation {
         }
         if !write.async { strongOperations.append(StrongOperation(key: write.key, kind: .write(write.value), call: write.call, returned: nil)) }
         guard let entry = commit(at: index, keyspace: strongKeyspace, key: write.key, operation: write.value == nil ? .delete : .put, value: write.value ?? "",
-                                 epoch: epoch, register: false) else { return }
+                                 epoch: epoch, idempotency: write.idempotency, register: false) else {
+            // Refused, or the retry of a write this leader already holds (answered with its first outcome).
+            carryMachine(index, regions[index].machine!.handle(.writeAbandoned(keyspace: strongKeyspace), nowMs: nowMs, wallMs: physicalMs(index)))
+            return
+        }
         carryMachine(index, regions[index].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch, sequence: entry.sequence), nowMs: nowMs, wallMs: physicalMs(index)))
         let dot = Dot(region: entry.origin, counter: entry.sequence)
         if write.async {
@@ -719,7 +753,8 @@ public struct Simulation {
     /// once, as a group commit) and ships it.
     private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, operation: MeridianCore.Operation = .put, value: String? = nil,
                                  crdt: CRDTRequest? = nil, context: VersionVector? = nil, after: HLCTimestamp? = nil,
-                                 dependencies: [RegionName: UInt64] = [:], epoch: UInt64 = 0, register: Bool = true) -> ReplicationEntry? {
+                                 dependencies: [RegionName: UInt64] = [:], epoch: UInt64 = 0, idempotency: IdempotencyMark? = nil,
+                                 register: Bool = true) -> ReplicationEntry? {
         report.writes += 1
         if Self.clockIsWrong(skewMs[index]) {
             report.violations.append("\(names[index]) issued a write while its clock was \(skewMs[index]) ms off, beyond the maximum offset of every honest region's")
@@ -729,10 +764,16 @@ public struct Simulation {
         let highWater = self.held(index).hlcHighWater
         let request = WriteRequest(keyspace: keyspace, key: try! Key(key), operation: operation, contentType: "",
                                    value: crdt != nil || operation == .delete ? [] : Array((value ?? "\(names[index])-w\(report.writes)").utf8),
-                                   epoch: epoch, after: after, dependencies: dependencies, context: context, crdt: crdt)
+                                   epoch: epoch, after: after, dependencies: dependencies, context: context, crdt: crdt, idempotency: idempotency)
         let entry: ReplicationEntry
         do {
-            guard case .committed(let committed) = try regions[index].store.write(request) else {
+            let outcome = try regions[index].store.write(request)
+            if case .replayed = outcome {
+                report.writes -= 1
+                report.idempotentReplays += 1
+                return nil
+            }
+            guard case .committed(let committed) = outcome else {
                 report.violations.append("\(names[index]) refused a write of \(keyspace)/\(key) no client precondition or limit refuses")
                 return nil
             }
@@ -1624,6 +1665,7 @@ public struct Simulation {
             case .read(let id): attemptRead(id)
             case .forwardedWrite(let id, let to): forwardedWriteArrived(id, at: to)
             case .forwardedAnswer(let id, let from): forwardedAnswerArrived(id, from: from)
+            case .idempotentRetry(let id): retryIdempotent(id)
             case .tick:
                 for index in regions.indices where isRunning(index) {
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }
@@ -1788,6 +1830,25 @@ public struct Simulation {
         }
     }
 
+    /// An idempotent write and its retry leave one write: in no region do two applied entries (not kept aside) carry
+    /// the same async put (its value is unique to it).
+    private mutating func checkIdempotency() {
+        for index in survivors {
+            let disk = held(index)
+            let keptAside = Set(disk.divergence.map { Dot(region: $0.origin, counter: $0.sequence) })
+            var applied: [String: Int] = [:]
+            for entries in disk.log.values {
+                for entry in entries where entry.keyspace == strongKeyspace && entry.key.rawValue.hasPrefix("a") && entry.operation == .put
+                    && !keptAside.contains(Dot(region: entry.origin, counter: entry.sequence)) {
+                    applied[String(decoding: entry.value, as: UTF8.self), default: 0] += 1
+                }
+            }
+            for (value, count) in applied.sorted(by: { $0.key < $1.key }) where count > 1 {
+                report.violations.append("\(names[index]) applied the async put of \(value) \(count) times: its idempotent retry was not recognized")
+            }
+        }
+    }
+
     private func converged() -> Bool {
         let survivors = self.survivors
         for index in survivors {
@@ -1833,6 +1894,7 @@ public struct Simulation {
             }
         }
         report.conflictsLogged = regions.indices.reduce(0) { $0 + held($1).conflicts.count }
+        checkIdempotency()
         checkHistories()
         checkConflicts()
         checkFailover()

@@ -11,7 +11,8 @@
 // Merkle roots, among the survivors too when a region is lost, by anti-entropy); every discarded write is
 // in a conflicts log; counters hold every increment. The single-leader keyspace runs the node's region machine:
 // leaders are elected, lose their lease, are paused, isolated, killed, handed over and failed back, strong writes
-// are forwarded to the leader a region knows (and their answers back), and a deposed leader's writes are kept aside;
+// are forwarded to the leader a region knows (and their answers back), async puts are retried with their idempotency
+// key and never applied twice, and a deposed leader's writes are kept aside;
 // after each run the leader is killed with every link whole, and the region that takes over must be the first in
 // the failover order that could have stood holding as much; each failover rule's planted bug is caught by a short sweep. A failing seed
 // replays with `meridian sim --seed N --regions K --steps 200 [--lose-a-region] [--planted-bug B] --verbose --trace`.
@@ -25,6 +26,7 @@ import Testing
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
         var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0, forwarded = 0, drills = 0
+        var idempotentRetries = 0, idempotentReplays = 0
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
@@ -48,6 +50,8 @@ import Testing
             clockFences += report.clockFences
             resident += report.residentWrites
             forwarded += report.forwardedWrites
+            idempotentRetries += report.idempotentRetries
+            idempotentReplays += report.idempotentReplays
             if report.drill != nil { drills += 1 }
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
@@ -78,6 +82,9 @@ import Testing
         #expect(resident > 300, "\(resident) writes resident in one region")
         // Strong writes reached the leader from the regions their clients called, as the node forwards them.
         #expect(forwarded > 3_000, "\(forwarded) strong writes forwarded to the leader")
+        // Idempotent async puts were sent again, and retries found the first write and were answered with it (the
+        // others found no leader, or a leader the first attempt never reached, and were refused or applied once there).
+        #expect(idempotentRetries > 1_000 && idempotentReplays > 100, "\(idempotentRetries) idempotent retries, \(idempotentReplays) replayed")
         // The failover drill ran after most runs (those that converged with a leader and a majority left).
         #expect(drills > 300, "the failover drill ran after \(drills) runs")
     }

@@ -195,6 +195,9 @@ public struct RegionMachine: Sendable {
         /// Regions stand for election regardless of the failover order: no stagger, and no region defers to
         /// a preferred one that holds as much.
         case ignoreFailoverOrder = "ignore-failover-order"
+        /// A client's retry of an idempotent write reaches the leader without its key (the shell dropped it), so a
+        /// write the leader already holds is applied again. The machine has no part in it; the simulator plants it.
+        case applyRetriesAgain = "apply-retries-again"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).

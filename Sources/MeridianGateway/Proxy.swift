@@ -193,7 +193,7 @@ extension Gateway {
                 context: ["region": region.rawValue]).stating(applied: .no), reason: reason, change: change, started: started)
         case .failed(let region, let why):
             return unreachable(region, MeridianError(
-                .regionUnavailable, "The connection to \(region) failed during the request (\(why)); a write may or may not have been applied: read the key before writing it again.",
+                .regionUnavailable, "The connection to \(region) failed during the request (\(why)); a write may or may not have been applied: send it again with the same Idempotency-Key (or read the key first if it had none).",
                 context: ["region": region.rawValue]).stating(applied: .maybe), reason: reason, change: change, started: started)
         }
     }

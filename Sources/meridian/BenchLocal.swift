@@ -9,7 +9,7 @@ struct Bench: AsyncParsableCommand {
 
     struct Local: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Throughput and latency of one region: durable PUT, GET at peak, GET at half of peak.",
+            abstract: "Throughput and latency of one region: durable PUT (plain, with an Idempotency-Key, and retried), GET at peak, GET at half of peak.",
             discussion: "Starts its own node (a one-region cluster in a temporary directory) unless --endpoint is given. Build with -c release.")
 
         @Option(help: "Concurrent keep-alive connections.") var connections: Int = 32
@@ -49,9 +49,11 @@ struct Bench: AsyncParsableCommand {
             print("meridian bench local: \(connections) connections, \(keys) keys, \(valueBytes)-byte values, \(seconds) s per phase, target \(target)")
             print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load generator on the same machine\n")
 
-            // Preload so GETs hit existing keys.
+            // Preload so GETs hit existing keys; each preload write carries an idempotency key, retried below.
+            let run = UUID().uuidString.prefix(8)
             let preload = try await pool.run(seconds: 600, requestsMax: keys) { connection, index in
-                try await connection.request("PUT", "/v1/kv/\(keyspace)/k\(index % keys)", headers: [("Content-Type", "application/octet-stream")], body: value)
+                try await connection.request("PUT", "/v1/kv/\(keyspace)/k\(index % keys)",
+                                             headers: [("Content-Type", "application/octet-stream"), ("Idempotency-Key", "\(run)-pre-\(index % keys)")], body: value)
             }
             try preload.requireSuccess("preload")
 
@@ -59,6 +61,18 @@ struct Bench: AsyncParsableCommand {
                 try await connection.request("PUT", "/v1/kv/\(keyspace)/k\(index % keys)", headers: [("Content-Type", "application/octet-stream")], body: value)
             }
             try put.requireSuccess("PUT")
+            // A new key per write: the commit also looks the key up and records it.
+            let idempotent = try await pool.run(seconds: seconds) { connection, index in
+                try await connection.request("PUT", "/v1/kv/\(keyspace)/k\(index % keys)",
+                                             headers: [("Content-Type", "application/octet-stream"), ("Idempotency-Key", "\(run)-\(index)")], body: value)
+            }
+            try idempotent.requireSuccess("PUT with Idempotency-Key")
+            // Retries of the preload's writes: each is answered with its first outcome, nothing written.
+            let retried = try await pool.run(seconds: seconds) { connection, index in
+                try await connection.request("PUT", "/v1/kv/\(keyspace)/k\(index % keys)",
+                                             headers: [("Content-Type", "application/octet-stream"), ("Idempotency-Key", "\(run)-pre-\(index % keys)")], body: value)
+            }
+            try retried.requireSuccess("PUT retried")
             let get = try await pool.run(seconds: seconds) { connection, index in
                 try await connection.request("GET", "/v1/kv/\(keyspace)/k\((index &* 7919) % keys)")
             }
@@ -71,6 +85,8 @@ struct Bench: AsyncParsableCommand {
 
             print("PHASE                      REQUESTS   THROUGHPUT/s   p50 ms   p99 ms  p99.9 ms   max ms")
             put.printRow("PUT (durable, async ack)")
+            idempotent.printRow("PUT + Idempotency-Key")
+            retried.printRow("PUT retried (replayed)")
             get.printRow("GET (peak, closed loop)")
             getHalf.printRow(String(format: "GET at %.0f/s (open loop)", halfRate))
             print("\nPUT latency includes the group commit's fsync; open-loop latency is measured from each request's scheduled start.")

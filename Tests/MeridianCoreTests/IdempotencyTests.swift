@@ -1,7 +1,8 @@
 // Proves the core's idempotency rules: what an Idempotency-Key may be, that a request's fingerprint changes with
 // anything that makes it another request, how a retry is told from a reused key, where a multi-leader keyspace's
-// idempotent writes are taken (the same region from every region, moving only the keys of a region that goes
-// down), and that the mark survives the entry codec and a corrupt one is refused.
+// idempotent writes are taken (where they arrive by default; with `idempotency: home` the same region from every
+// region, moving only the keys of a region that goes down), and that the mark survives the entry codec and a
+// corrupt one is refused.
 @testable import MeridianCore
 import Testing
 
@@ -51,9 +52,16 @@ import Testing
         #expect(record.isLive(nowMs: 100 + 59_999, ttlMs: 60_000) && !record.isLive(nowMs: 100 + 60_000, ttlMs: 60_000))
     }
 
-    @Test func aMultiLeaderKeyspacesIdempotentWritesMeetInOneRegion() throws {
-        let policy = config.keyspace(keyspace)!
-        #expect(policy.topology == .multiLeader && policy.replicas.count == 3)
+    @Test func aMultiLeaderKeyspacesIdempotentWritesMeetInOneRegionWhenItAsks() throws {
+        var policy = config.keyspace(keyspace)!
+        #expect(policy.topology == .multiLeader && policy.replicas.count == 3 && policy.idempotency == .local)
+        // By default (`idempotency: local`) every replica takes an idempotent write itself, as any other.
+        for region in policy.replicas {
+            let admission = Admission(region: region, reachable: Set(policy.replicas))
+            #expect(try admission.admitWrite(policy, key: Key("a"), ack: nil, idempotencyKey: IdempotencyKey("k")) == .accept(ack: .async, ackRegionsRequired: 1, epoch: 0))
+            #expect(admission.idempotencyHomeUnreachable(policy, key: try Key("a"), idempotencyKey: try IdempotencyKey("k"), forwarded: false, down: []) == nil)
+        }
+        policy.idempotency = .home
         var homes: [RegionName: Int] = [:]
         var moved = 0
         for index in 0..<600 {
@@ -81,6 +89,24 @@ import Testing
         // Without a key, any replica takes the write, as before.
         let admission = Admission(region: policy.replicas[1], reachable: Set(policy.replicas))
         #expect(try admission.admitWrite(policy, key: Key("a"), ack: nil) == .accept(ack: .async, ackRegionsRequired: 1, epoch: 0))
+    }
+
+    @Test func theScopeIsAMultiLeaderSetting() throws {
+        func parse(_ keyspace: String) -> String? {
+            let yaml = """
+                cluster: c
+                regions:
+                  - { name: us-east, client: 127.0.0.1:1, peer: 127.0.0.1:2 }
+                  - { name: eu-west, client: 127.0.0.1:3, peer: 127.0.0.1:4 }
+                keyspaces:
+                  - \(keyspace)
+                """
+            do { _ = try ClusterConfig.parse(yaml: yaml, file: "c.yaml"); return nil } catch { return "\(error)" }
+        }
+        #expect(parse("{ name: a, topology: multi-leader, idempotency: home }") == nil)
+        #expect(parse("{ name: a, topology: multi-leader, idempotency: local }") == nil)
+        #expect(parse("{ name: a, topology: multi-leader, idempotency: everywhere }")?.contains("use one of local, home") == true)
+        #expect(parse("{ name: a, topology: single-leader, leader: us-east, idempotency: home }")?.contains("idempotency applies to multi-leader keyspaces") == true)
     }
 
     @Test func singleLeaderIdempotentWritesStillGoToTheLeader() throws {

@@ -22,7 +22,7 @@ struct NodeFixture {
         keyspaces:
           - { name: accounts, topology: single-leader, leader: us-east, ack: majority }
           - { name: ledger, topology: single-leader, leader: eu-west, ack: async }
-          - { name: profiles, topology: multi-leader, conflict: lww, ack: async, cache: { ttl_ms: 30000 } }
+          - { name: profiles, topology: multi-leader, conflict: lww, ack: async, cache: { ttl_ms: 30000 }, idempotency: home }
           - { name: eu_users, topology: geo-partitioned, home: eu-west, residency: { regions: [eu-west], access: proxy } }
           - { name: eu_secret, topology: multi-leader, residency: { regions: [eu-west], access: deny } }
           - { name: likes, topology: multi-leader, conflict: crdt, ack: async }

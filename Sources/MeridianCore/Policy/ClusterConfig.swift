@@ -432,7 +432,7 @@ struct ConfigParser {
     func parseKeyspace(_ value: YAMLValue, regions: [RegionName]) throws(ConfigProblem) -> KeyspacePolicy {
         let fields = try value.mapping(allowed: [
             "name", "topology", "leader", "replicas", "ack", "conflict", "priority", "home", "homes",
-            "consistency", "residency", "failover", "cache",
+            "consistency", "residency", "failover", "cache", "idempotency",
         ])
         guard let nameValue = fields["name"] else { throw ConfigProblem(path: value.child("name"), message: "every keyspace needs a name") }
         let name = try nameValue.identifier { text throws(MeridianError) in try KeyspaceName(text) }
@@ -594,9 +594,16 @@ struct ConfigParser {
             if let ttl = cacheFields["ttl_ms"] { cache.ttlMs = UInt64(try ttl.int(in: 0...86_400_000)) }
         }
 
-        return KeyspacePolicy(
+        var policy = KeyspacePolicy(
             name: name, topology: topology, leader: leader, replicas: replicas, ack: ack, conflict: conflict,
             priority: priority, home: home, homes: homes, consistency: consistency, residency: residency,
             failover: failover, cache: cache)
+        if let idempotencyValue = fields["idempotency"] {
+            guard topology == .multiLeader else {
+                throw ConfigProblem(path: idempotencyValue.path, message: "idempotency applies to multi-leader keyspaces; the others take each key's writes in one region, where its retries meet")
+            }
+            policy.idempotency = try idempotencyValue.choice(IdempotencyScope.self)
+        }
+        return policy
     }
 }

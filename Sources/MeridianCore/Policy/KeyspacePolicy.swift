@@ -28,6 +28,16 @@ public enum AckMode: String, Sendable, Hashable, CaseIterable, Codable {
 }
 
 /// How concurrent writes to one key in a multi-leader keyspace are resolved.
+/// Where a multi-leader keyspace takes a write that carries an `Idempotency-Key`.
+public enum IdempotencyScope: String, Sendable, Hashable, CaseIterable, Codable {
+    /// In the region the client called, like any write (no extra hop): a retry is recognized wherever the first
+    /// attempt has replicated to, which a retry sent to another region too soon may miss.
+    case local
+    /// At the key's ``IdempotencyHome`` (one replica chosen from the key), so retries sent anywhere meet there: applied
+    /// once across regions, for a round trip to that region on two writes of three.
+    case home
+}
+
 public enum ConflictPolicy: String, Sendable, Hashable, CaseIterable, Codable {
     /// Highest HLC wins; region name breaks ties.
     case lww
@@ -160,6 +170,8 @@ public struct KeyspacePolicy: Sendable, Hashable, Encodable {
     public var failover: FailoverPolicy?
     /// Read caching.
     public var cache: CachePolicy
+    /// Where idempotent writes are taken (multi-leader only; the others have one writer per key).
+    public var idempotency: IdempotencyScope = .local
 
     /// Creates a policy (the cluster file's parser validates; this does not: a client library rebuilds one from a
     /// region's topology to route by it).

@@ -32,8 +32,8 @@ public struct Admission: Sendable {
     ///   - ack: The ack mode the request asked for, if any.
     ///   - forwarded: The write was forwarded here by another region; it is never forwarded again.
     /// - Throws: `MeridianError` naming the region that takes the write or the regions missing for the ack mode.
-    ///   - idempotencyKey: The write's `Idempotency-Key`: in a keyspace where any replica takes writes, it is taken
-    ///     by the key's ``IdempotencyHome`` so that retries sent to different regions meet there.
+    ///   - idempotencyKey: The write's `Idempotency-Key`: in a multi-leader keyspace with `idempotency: home`, it is
+    ///     taken by the key's ``IdempotencyHome`` so that retries sent to different regions meet there.
     ///   - down: The regions the cluster agrees are down (an idempotency home is chosen among the others).
     public func admitWrite(_ policy: KeyspacePolicy, key: Key, ack requested: AckMode?, forwarded: Bool = false,
                            idempotencyKey: IdempotencyKey? = nil, down: Set<RegionName> = []) throws(MeridianError) -> WriteDecision {
@@ -41,7 +41,7 @@ public struct Admission: Sendable {
         // A forwarded write is taken where it arrives unless its leader or home moved: two regions that disagree
         // for a moment on which regions are down must not bounce a write between them. An idempotency home this
         // region cannot reach leaves the write here (``idempotencyHomeUnreachable``): multi-leader writes stay available.
-        let taker = writer ?? (forwarded ? nil : idempotencyKey.flatMap {
+        let taker = writer ?? (forwarded || policy.idempotency != .home ? nil : idempotencyKey.flatMap {
             IdempotencyHome.region(for: $0, keyspace: policy.name, replicas: policy.replicas, down: down)
         }.flatMap { reachable.contains($0) ? $0 : nil })
         if !policy.isReplica(region) {
@@ -79,7 +79,7 @@ public struct Admission: Sendable {
     /// says so (`Meridian-Idempotency: local`). Nil when the write is taken where its retries meet.
     public func idempotencyHomeUnreachable(_ policy: KeyspacePolicy, key: Key, idempotencyKey: IdempotencyKey?, forwarded: Bool,
                                            down: Set<RegionName>) -> RegionName? {
-        guard !forwarded, policy.writeRegion(for: key) == nil, let idempotencyKey,
+        guard !forwarded, policy.writeRegion(for: key) == nil, policy.idempotency == .home, let idempotencyKey,
               let home = IdempotencyHome.region(for: idempotencyKey, keyspace: policy.name, replicas: policy.replicas, down: down),
               home != region, !reachable.contains(home) else { return nil }
         return home

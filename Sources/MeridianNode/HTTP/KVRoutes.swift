@@ -400,13 +400,8 @@ extension RegionNode {
                     ackedBy = confirmed
                 case .timedOut(_, let confirmed, let missing):
                     // The write is durable here: the token names it, so the client's next session read sees it.
-                    let timedOut = MeridianError(
-                        .ackTimeout,
-                        "The write is durable in \(region) as version \(entry.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. It will still replicate; read it back, or retry with If-Match: \"\(entry.version)\".",
-                        context: ["version": entry.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
-                                  "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
-                        applied: .maybe)
-                    return Answered(answer: .refused(Refusal(timedOut, session: session.encoded(with: sessionKey), version: entry.version)), by: nil)
+                    return ackTimedOut(entry.version, what: "The write", confirmed: confirmed, missing: missing, ack: ack, session: session,
+                                       advice: "It will still replicate; retry with the same Idempotency-Key, or read it back, or retry with If-Match: \"\(entry.version)\".")
                 }
             }
             if policy.topology == .singleLeader {
@@ -435,29 +430,38 @@ extension RegionNode {
         var session = options.session ?? SessionToken()
         session.observe(record.version)
         var ackedBy = [region]
-        // A version another region wrote reached this region through its log: its origin holds it too.
-        if record.version.origin != region { ackedBy.append(record.version.origin) }
-        if required > ackedBy.count {
-            switch try await replicator.confirm(sequence: record.version.sequence, required: required, replicas: policy.replicas) {
-            case .acknowledged(_, let confirmed):
-                ackedBy = confirmed
-            case .timedOut(_, let confirmed, let missing) where record.version.origin == region:
-                let timedOut = MeridianError(
-                    .ackTimeout,
-                    "This retry's first attempt is durable in \(region) as version \(record.version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. Retry again with the same Idempotency-Key.",
-                    context: ["version": record.version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
-                              "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
-                    applied: .maybe)
-                return Answered(answer: .refused(Refusal(timedOut, session: session.encoded(with: sessionKey), version: record.version)), by: nil)
-            case .timedOut:
-                break
+        if record.version.origin == region {
+            // This region's own write: the ack mode is checked on its log, as for the first attempt.
+            if required > 1 {
+                switch try await replicator.confirm(sequence: record.version.sequence, required: required, replicas: policy.replicas) {
+                case .acknowledged(_, let confirmed):
+                    ackedBy = confirmed
+                case .timedOut(_, let confirmed, let missing):
+                    return ackTimedOut(record.version, what: "This retry's first attempt", confirmed: confirmed, missing: missing, ack: ack, session: session,
+                                       advice: "Retry again with the same Idempotency-Key.")
+                }
             }
+        } else {
+            // Another region's write reached this one through its log: both hold it.
+            ackedBy.append(record.version.origin)
         }
         let crdtValue = record.operation == .merge ? try await store.get(keyspace: policy.name, key: record.key)?.value : nil
         return Answered(answer: .written(ServedWrite(
             version: record.version, ack: ack, ackedBy: ackedBy, operation: operation,
             epoch: policy.topology == .singleLeader ? record.epoch : nil, session: session.encoded(with: sessionKey), crdtValue: crdtValue,
             replayed: true)), by: nil)
+    }
+
+    /// The answer to a write durable here whose ack mode was not met within the ack timeout: it may take effect.
+    private func ackTimedOut(_ version: Version, what: String, confirmed: [RegionName], missing: [RegionName], ack: AckMode, session: SessionToken,
+                             advice: String) -> Answered {
+        let timedOut = MeridianError(
+            .ackTimeout,
+            "\(what) is durable in \(region) as version \(version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. \(advice)",
+            context: ["version": version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
+                      "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
+            applied: .maybe)
+        return Answered(answer: .refused(Refusal(timedOut, session: session.encoded(with: sessionKey), version: version)), by: nil)
     }
 
     /// A write's answer as this region sends it to its HTTP client.

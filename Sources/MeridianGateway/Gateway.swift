@@ -66,6 +66,7 @@ public final class Gateway: Sendable {
     /// The gateway's routes: its own (`/health`, `/gateway/status`, `/gateway/metrics`), and everything else proxied.
     func router() -> Router<GatewayRequestContext> {
         let router = Router(context: GatewayRequestContext.self)
+        router.add(middleware: AdminAccessMiddleware(gateway: self))
         router.add(middleware: ProxyMiddleware(gateway: self))
         router.get("/health") { _, _ in JSON.response(["status": "ok", "role": "gateway"]) }
         router.get("/gateway/status") { _, _ in JSON.response(self.status()) }

@@ -48,8 +48,18 @@ extension LiveTests {
                 let gateway = try await HTTPConnection.connect(host: listen.host, port: listen.port, credentials: .none)
                 defer { Task { await gateway.close() } }
                 let status = try await eventually(timeoutSeconds: 20, {
-                    (try? JSONSerialization.jsonObject(with: Data(try await gateway.request("GET", "/gateway/status").body)) as? [String: Any]) ?? [:]
+                    (try? JSONSerialization.jsonObject(with: Data(try await gateway.request("GET", "/gateway/status", headers: [("Authorization", "Bearer \(token)")]).body))
+                        as? [String: Any]) ?? [:]
                 }, until: { ($0["regions"] as? [[String: Any]])?.allSatisfy { $0["stream"] as? String == "live" } == true })
+                // The gateway's operator routes ask for what GET /v1/topology asks for (a region checks the token).
+                let anonymousStatus = try await gateway.request("GET", "/gateway/status")
+                #expect(anonymousStatus.status == 401 && anonymousStatus.header("WWW-Authenticate") == "Bearer" && anonymousStatus.text.contains("unauthenticated"),
+                        "\(anonymousStatus.status) \(anonymousStatus.text)")
+                let forged = try await gateway.request("GET", "/gateway/metrics", headers: [("Authorization", "Bearer not-a-token")])
+                #expect(forged.status == 401 && !forged.text.contains("meridian_gateway"), "\(forged.status) \(forged.text)")
+                let metrics = try await gateway.request("GET", "/gateway/metrics", headers: [("Authorization", "Bearer \(token)")])
+                #expect(metrics.status == 200, "\(metrics.status) \(metrics.text)")
+                #expect(try await gateway.request("GET", "/health").status == 200)
                 #expect((status["regions"] as? [[String: Any]])?.allSatisfy { ($0["url"] as? String)?.hasPrefix("https://") == true } == true, "\(status)")
                 #expect((status["regions"] as? [[String: Any]])?.allSatisfy { $0["stream"] as? String == "live" } == true, "the gateway follows every region over TLS: \(status)")
                 let write = try await gateway.request("PUT", "/v1/kv/profiles/through-gateway", headers: [("Authorization", "Bearer \(token)"), ("CF-IPCountry", "JP")],

@@ -26,6 +26,8 @@ extension Bench {
         @Option(help: "Rounds of direct and gateway phases, interleaved; each figure is the median over rounds.") var rounds: Int = 3
         @Option(help: "Seconds of WAN jitter in the exclusion phase (0 skips it).") var jitterSeconds: Double = 60
         @Option(help: "Jitter, in percent of each link's delay.") var jitterPercent: Double = 50
+        @Option(help: "HAProxy (Debian's haproxy) to measure beside the gateway, in front of us-east alone, as the floor of an HTTP proxy on these cores; none to skip.")
+        var haproxy: String = "/usr/sbin/haproxy"
 
         func validate() throws {
             guard (0.1...1).contains(latencyScale) else { throw ValidationError("--latency-scale is 0.1 to 1.") }
@@ -68,11 +70,15 @@ extension Bench {
             let us = [("CF-IPCountry", "US"), ("Meridian-Consistency", "eventual")]
 
             var latency: [String: [(p50: Double, p99: Double)]] = [:], throughput: [String: [Double]] = [:]
-            // CPU per request at peak (user + system, from /proc): the gateway's, and the serving node's.
-            var gatewayCPU: [Double] = [], nodeCPU: [String: [Double]] = [:]
-            let gatewayPid = local.gatewayProcess?.processIdentifier ?? 0, nodePid = local.pid(usEast) ?? 0
+            // CPU per request at peak (user + system, from /proc): the proxy's (gateway or HAProxy), and the serving node's.
+            var proxyCPU: [String: [Double]] = [:], nodeCPU: [String: [Double]] = [:]
+            let nodePid = local.pid(usEast) ?? 0
+            var targets = [("direct", direct, Int32(0)), ("gateway", gateway, local.gatewayProcess?.processIdentifier ?? 0)]
+            let peer = try await startHAProxy(in: local.directory, upstream: direct)
+            defer { if let peer { kill(peer.process.processIdentifier, SIGKILL) } }
+            if let peer { targets.append(("haproxy", peer.endpoint, peer.process.processIdentifier)) }
             for round in 0..<rounds {
-                for (name, target) in [("direct", direct), ("gateway", gateway)] {
+                for (name, target, proxyPid) in targets {
                     let single = try await ConnectionPool.open(target, count: 1)
                     let sequential = try await single.run(seconds: 600, requestsMax: requests) { connection, index in
                         try await connection.request("GET", "/v1/kv/bench/k\(index % keys)", headers: us)
@@ -81,7 +87,7 @@ extension Bench {
                     try sequential.requireSuccess("\(name) sequential GETs")
                     latency[name, default: []].append((Double(sequential.histogram.valueAtPercentile(50)) / 1000, Double(sequential.histogram.valueAtPercentile(99)) / 1000))
                     let pool = try await ConnectionPool.open(target, count: connections)
-                    let (gatewayBefore, nodeBefore) = (Security.cpuSeconds(gatewayPid), Security.cpuSeconds(nodePid))
+                    let (proxyBefore, nodeBefore) = (Security.cpuSeconds(proxyPid), Security.cpuSeconds(nodePid))
                     let peak = try await pool.run(seconds: seconds) { connection, index in
                         try await connection.request("GET", "/v1/kv/bench/k\(index % keys)", headers: us)
                     }
@@ -90,9 +96,11 @@ extension Bench {
                     throughput[name, default: []].append(peak.throughput)
                     let requests = Double(max(peak.requests, 1))
                     nodeCPU[name, default: []].append((Security.cpuSeconds(nodePid) - nodeBefore) / requests * 1e6)
-                    if name == "gateway" { gatewayCPU.append((Security.cpuSeconds(gatewayPid) - gatewayBefore) / requests * 1e6) }
+                    if proxyPid > 0 { proxyCPU[name, default: []].append((Security.cpuSeconds(proxyPid) - proxyBefore) / requests * 1e6) }
                 }
-                say("round \(round + 1): direct p50 \(String(format: "%.3f", latency["direct"]!.last!.p50)) ms, \(Int(throughput["direct"]!.last!))/s; gateway p50 \(String(format: "%.3f", latency["gateway"]!.last!.p50)) ms, \(Int(throughput["gateway"]!.last!))/s")
+                say("round \(round + 1): " + targets.map { name, _, _ in
+                    "\(name) p50 \(String(format: "%.3f", latency[name]!.last!.p50)) ms, \(Int(throughput[name]!.last!))/s"
+                }.joined(separator: "; "))
             }
             func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
             let directP50 = median(latency["direct"]!.map(\.p50)), gatewayP50 = median(latency["gateway"]!.map(\.p50))
@@ -110,10 +118,58 @@ extension Bench {
             row("GET p99, ms (one connection)", directP99, gatewayP99, String(format: "%+.3f ms", gatewayP99 - directP99), "-", nil)
             row("GETs/s at peak", directPeak, gatewayPeak, String(format: "%.0f%%", gatewayPeak / directPeak * 100), "at least 80%", gatewayPeak >= 0.8 * directPeak)
             row("us-east CPU per GET, µs", median(nodeCPU["direct"]!), median(nodeCPU["gateway"]!), "-", "-", nil)
-            row("gateway CPU per GET, µs", 0, median(gatewayCPU), "-", "-", nil)
+            row("gateway CPU per GET, µs", 0, median(proxyCPU["gateway"]!), "-", "-", nil)
+            if peer != nil {
+                // The floor of any HTTP proxy sharing these cores: HAProxy relaying to us-east alone (no routing).
+                let peerP50 = median(latency["haproxy"]!.map(\.p50)), peerPeak = median(throughput["haproxy"]!)
+                say("\nHAPROXY IN FRONT OF US-EAST (the same phases, interleaved; no routing, health or headers of its own)")
+                say("MEASURE                          DIRECT    HAPROXY    DIFFERENCE")
+                say("GET p50, ms (one connection)   " + String(format: "%8.3f  %9.3f    %+.3f ms", directP50, peerP50, peerP50 - directP50))
+                say("GETs/s at peak                 " + String(format: "%8.0f  %9.0f    %.0f%%", directPeak, peerPeak, peerPeak / directPeak * 100))
+                say("haproxy CPU per GET, µs        " + String(format: "%8.3f  %9.3f", 0.0, median(proxyCPU["haproxy"]!)))
+            }
 
             try await killAndReadmit(local, gateway: gateway)
             if jitterSeconds > 0 { try await jitter(local, gateway: gateway) }
+        }
+
+        /// Starts HAProxy in HTTP mode on a free port, relaying to `upstream` over reused keep-alive connections; nil
+        /// when `--haproxy none` or the binary is not there.
+        private func startHAProxy(in directory: String, upstream: Endpoint) async throws -> (process: Process, endpoint: Endpoint)? {
+            guard haproxy != "none", FileManager.default.isExecutableFile(atPath: haproxy) else {
+                if haproxy != "none" { say("(no HAProxy at \(haproxy): apt-get install haproxy to measure it beside the gateway)") }
+                return nil
+            }
+            let endpoint = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+            let config = """
+                global
+                  maxconn 4096
+                defaults
+                  mode http
+                  timeout connect 2s
+                  timeout client 60s
+                  timeout server 60s
+                  http-reuse always
+                frontend meridian
+                  bind \(endpoint)
+                  default_backend us_east
+                backend us_east
+                  server us_east \(upstream)
+
+                """
+            let path = (directory as NSString).appendingPathComponent("haproxy.cfg")
+            try config.write(toFile: path, atomically: true, encoding: .utf8)
+            let process = try LocalProcesses.start(haproxy, ["-db", "-f", path], logPath: (directory as NSString).appendingPathComponent("haproxy.log"))
+            let deadline = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < deadline {
+                if let probe = try? await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 1) {
+                    await probe.close()
+                    return (process, endpoint)
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            kill(process.processIdentifier, SIGKILL)
+            throw BenchFailure("HAProxy did not listen on \(endpoint) within 5 s; see \(directory)/haproxy.log")
         }
 
         /// Waits until the gateway routes to every region.

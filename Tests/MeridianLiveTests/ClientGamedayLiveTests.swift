@@ -129,6 +129,13 @@ extension LiveTests {
                     """
                 let python = Task { try ClientLibraryLiveTests.python(["-c", script], environment: [:]) }
                 try await Task.sleep(for: .seconds(2))
+                // Meanwhile a retry refused before it reaches the store still says the write may be applied: eu-west
+                // holds the first attempt.
+                let euWest = try await cluster.connect("eu-west")
+                let refused = try await euWest.request("POST", "/v1/crdt/tally/swift", headers: [("Idempotency-Key", keys[0])],
+                                                       body: Array(#"{"type":"pn-counter","op":"increment","by":1}"#.utf8))
+                await euWest.close()
+                #expect([503, 504].contains(refused.status) && refused.text.contains("\"applied\":\"maybe\""), "\(refused.status) \(refused.text)")
                 cluster.local.signal(RegionName(validated: "ap-southeast"), SIGCONT)
                 let swiftAnswer = try await swift.value
                 let (pythonStatus, pythonOutput) = try await python.value

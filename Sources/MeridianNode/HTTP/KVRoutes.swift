@@ -313,6 +313,25 @@ extension RegionNode {
     /// here, or forwarded to the region that takes it.
     func write(options: RequestOptions, precondition: WriteRequest.Precondition?, contextToken: String?, policy: KeyspacePolicy, key: Key,
                operation: MeridianCore.Operation, contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> Answered {
+        do {
+            return try await attemptWrite(options: options, precondition: precondition, contextToken: contextToken, policy: policy, key: key,
+                                          operation: operation, contentType: contentType, value: value, forwarded: forwarded)
+        } catch where error.appliedOrImplied == .no {
+            // `applied: no` speaks of this attempt. When this region holds an earlier attempt of the same request, the
+            // write was applied: say `maybe`, so the client keeps retrying with its key rather than giving up on it.
+            guard let idempotencyKey = options.idempotencyKey,
+                  let record = try? await store.idempotencyRecord(keyspace: policy.name, key: idempotencyKey),
+                  record.mark == IdempotencyMark(key: idempotencyKey, keyspace: policy.name, dataKey: key, operation: operation, contentType: contentType,
+                                                 value: value, precondition: precondition) else { throw error }
+            var context = error.context
+            context["version"] = record.version.description
+            throw MeridianError(error.code, error.message + " An earlier attempt with this Idempotency-Key was applied as version \(record.version); retry with the key.",
+                                context: context, applied: .maybe)
+        }
+    }
+
+    private func attemptWrite(options: RequestOptions, precondition: WriteRequest.Precondition?, contextToken: String?, policy: KeyspacePolicy, key: Key,
+                              operation: MeridianCore.Operation, contentType: String, value: [UInt8], forwarded: Bool) async throws(MeridianError) -> Answered {
         let rule = ConflictRule(policy: policy)
         guard (rule == .crdt) == (operation == .merge) else { throw policyMismatch(policy, crdtAPI: operation == .merge) }
         let crdt = operation == .merge ? try CRDTJSON.parse(value) : nil
@@ -339,8 +358,8 @@ extension RegionNode {
                                        principal: options.principal, idempotencyKey: options.idempotencyKey)
             return try await forwardWrite(to: target, options: carried, policy: policy, key: key, operation: operation, contentType: contentType, value: value)
         }
-        var answered = try await take(options: options, precondition: precondition, policy: policy, key: key, operation: operation, contentType: contentType,
-                                      value: value, causalContext: causalContext, crdt: crdt, ack: ack, required: required, epoch: epoch)
+        var answered = try await take(options: options, precondition: precondition, contextToken: contextToken, policy: policy, key: key, operation: operation,
+                                      contentType: contentType, value: value, causalContext: causalContext, crdt: crdt, ack: ack, required: required, epoch: epoch)
         answered.idempotencyHomeUnreachable = admission.idempotencyHomeUnreachable(
             routedPolicy, key: key, idempotencyKey: options.idempotencyKey, forwarded: forwarded, down: topology.snapshot.verdicts.down)
         return answered
@@ -348,7 +367,7 @@ extension RegionNode {
 
     /// Takes a write here, as its origin: commits it under the keyspace's term (a single-leader one) and answers
     /// once the ack mode is met.
-    private func take(options: RequestOptions, precondition: WriteRequest.Precondition?, policy: KeyspacePolicy, key: Key,
+    private func take(options: RequestOptions, precondition: WriteRequest.Precondition?, contextToken: String?, policy: KeyspacePolicy, key: Key,
                       operation: MeridianCore.Operation, contentType: String, value: [UInt8], causalContext: VersionVector?, crdt: CRDTRequest?,
                       ack: AckMode, required: Int, epoch: UInt64) async throws(MeridianError) -> Answered {
         var epoch = epoch
@@ -374,6 +393,18 @@ extension RegionNode {
         case .refused(let error):
             throw error
         case .replayed(let record):
+            // Only its origin tracks which regions confirmed a write: a multi-leader retry whose ack mode needs more than
+            // this region and the origin asks the origin (which replays it there), unless it cannot be reached.
+            if record.version.origin != region, required > 2, policy.topology == .multiLeader, policy.isReplica(record.version.origin) {
+                let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
+                                           principal: options.principal, idempotencyKey: options.idempotencyKey)
+                do {
+                    return try await forwardWrite(to: record.version.origin, options: carried, policy: policy, key: key, operation: operation,
+                                                  contentType: contentType, value: value)
+                } catch where error.code == .regionUnavailable {
+                    // Answered below: not claimed here.
+                }
+            }
             return try await replay(record, operation: crdt?.operation.name ?? operation.description, options: options, policy: policy, ack: ack,
                                     required: required)
         case .preconditionFailed(let current):
@@ -442,8 +473,15 @@ extension RegionNode {
                 }
             }
         } else {
-            // Another region's write reached this one through its log: both hold it.
+            // Another region's write reached this one through its log: both hold it. Whether more do is known only at
+            // its origin, so an ack mode that needs more is not claimed here.
             ackedBy.append(record.version.origin)
+            let unknown = policy.replicas.filter { !ackedBy.contains($0) }
+            if required > ackedBy.count {
+                return ackTimedOut(record.version, what: "This retry's first attempt", confirmed: ackedBy, missing: unknown, ack: ack, session: session,
+                                   unconfirmed: "\(region) cannot tell whether \(unknown.map(\.rawValue).joined(separator: ", ")) hold it and \(record.version.origin), its origin, which can, is unreachable",
+                                   advice: "Retry with the same Idempotency-Key later.")
+            }
         }
         let crdtValue = record.operation == .merge ? try await store.get(keyspace: policy.name, key: record.key)?.value : nil
         return Answered(answer: .written(ServedWrite(
@@ -453,11 +491,13 @@ extension RegionNode {
     }
 
     /// The answer to a write durable here whose ack mode was not met within the ack timeout: it may take effect.
+    /// `unconfirmed` says why the others do not count (default: they did not confirm within the ack timeout).
     private func ackTimedOut(_ version: Version, what: String, confirmed: [RegionName], missing: [RegionName], ack: AckMode, session: SessionToken,
-                             advice: String) -> Answered {
+                             unconfirmed: String? = nil, advice: String) -> Answered {
+        let names = missing.map(\.rawValue).joined(separator: ", ")
         let timedOut = MeridianError(
             .ackTimeout,
-            "\(what) is durable in \(region) as version \(version), but \(missing.map(\.rawValue).joined(separator: ", ")) did not confirm it within \(limits.ackTimeoutMs) ms, so ack '\(ack.rawValue)' is not met yet. \(advice)",
+            "\(what) is durable in \(region) as version \(version), but \(unconfirmed ?? "\(names) did not confirm it within \(limits.ackTimeoutMs) ms"), so ack '\(ack.rawValue)' is not met yet. \(advice)",
             context: ["version": version.description, "missing": missing.map(\.rawValue).joined(separator: ","),
                       "acked_by": confirmed.map(\.rawValue).joined(separator: ","), "ack": ack.rawValue],
             applied: .maybe)

@@ -77,6 +77,7 @@ public final class MeridianClient: Sendable {
         var topology: TopologyAnswer?
         var breakers: [RegionName: Breaker] = [:]
         var session: String?
+        var shutDown = false
     }
 
     public let configuration: Configuration
@@ -106,7 +107,14 @@ public final class MeridianClient: Sendable {
 
     /// Closes the client's connections.
     public func shutdown() async throws {
+        state.withLock { $0.shutDown = true }
         try await client.shutdown()
+    }
+
+    /// A client dropped without ``shutdown()`` (an error thrown past it, say) closes its connections in the background
+    /// instead of trapping.
+    deinit {
+        if !state.withLock({ $0.shutDown }) { client.shutdown { _ in } }
     }
 
     /// The topology as last heard.

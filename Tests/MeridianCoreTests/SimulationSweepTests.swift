@@ -21,7 +21,9 @@ import MeridianSimulator
 import Testing
 
 @Suite struct SimulationSweepTests {
-    @Test func fiveHundredSeedsKeepEveryInvariant() {
+    /// Async, yielding between seeds: the sweep runs for a minute or more, and live tests in the same process must not
+    /// starve of threads meanwhile (a live test's timers and clients run on the same cooperative pool).
+    @Test func fiveHundredSeedsKeepEveryInvariant() async {
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
@@ -30,6 +32,7 @@ import Testing
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
+            await Task.yield()
             var simulation = Simulation(.init(seed: seed, steps: 200, regions: regions, loseARegion: seed % 4 == 0))
             let report = simulation.run()
             staleBatches += report.staleBatches
@@ -94,10 +97,11 @@ import Testing
     /// entry applied, needs a leader cut off while its own clients write, which about one seed in sixty has). A catch-up needs an earlier term's writes that no stream brings, which
     /// happens most when a region is lost for good: that bug's sweep loses one of five.
     @Test(arguments: RegionMachine.PlantedBug.allCases)
-    func aPlantedBugIsCaught(_ bug: RegionMachine.PlantedBug) {
+    func aPlantedBugIsCaught(_ bug: RegionMachine.PlantedBug) async {
         var caught: Simulation.Report?
         let losesARegion = bug == .raisePastPulled
         for seed in UInt64(1)...300 where caught == nil {
+            await Task.yield()
             var simulation = Simulation(.init(seed: seed, steps: 600, regions: losesARegion ? 5 : 3, loseARegion: losesARegion, plantedBug: bug))
             let report = simulation.run()
             if !report.passed { caught = report }

@@ -113,17 +113,21 @@ extension LiveTests {
                   - { name: tally, topology: multi-leader, conflict: crdt, ack: all }
 
                 """
-            try await withLiveCluster(keyspaces: keyspaces, extraYAML: "limits: { ack_timeout_ms: 300 }\n") { cluster in
+            // The ack timeout is short so that the first attempts time out while ap-southeast is frozen, and long enough
+            // for the retries to be confirmed once it resumes on a machine busy with other tests.
+            try await withLiveCluster(keyspaces: keyspaces, extraYAML: "limits: { ack_timeout_ms: 1000 }\n") { cluster in
                 try await cluster.waitUntilLinksUp()
                 let seeds = cluster.regions.map { "http://\(cluster.local.endpoint(RegionName(validated: $0)))" }
                 let keys = ["open-fate-\(UUID().uuidString)", "open-fate-\(UUID().uuidString)"]
-                let client = try MeridianClient(configuration: .init(seeds: seeds, preferredRegions: [RegionName(validated: "eu-west"), RegionName(validated: "us-east")]))
+                var configuration = MeridianClient.Configuration(seeds: seeds, preferredRegions: [RegionName(validated: "eu-west"), RegionName(validated: "us-east")])
+                configuration.timeoutMs = 60_000
+                let client = try MeridianClient(configuration: configuration)
                 try await client.refresh()
                 cluster.local.signal(RegionName(validated: "ap-southeast"), SIGSTOP)
                 let swift = Task { try await client.crdt("tally", "swift", operation: #"{"type":"pn-counter","op":"increment","by":1}"#, idempotencyKey: keys[0]) }
                 let script = """
                     from meridian_client import MeridianClient
-                    client = MeridianClient([\(seeds.map { "'\($0)'" }.joined(separator: ", "))], preferred_regions=['eu-west', 'us-east'], follow_topology=False)
+                    client = MeridianClient([\(seeds.map { "'\($0)'" }.joined(separator: ", "))], preferred_regions=['eu-west', 'us-east'], follow_topology=False, timeout=60.0)
                     answer = client.crdt('tally', 'python', {'type': 'pn-counter', 'op': 'increment', 'by': 1}, idempotency_key='\(keys[1])')
                     print(answer.status, answer.headers.get('idempotent-replayed'), answer.text)
                     """
@@ -137,7 +141,15 @@ extension LiveTests {
                 await euWest.close()
                 #expect([503, 504].contains(refused.status) && refused.text.contains("\"applied\":\"maybe\""), "\(refused.status) \(refused.text)")
                 cluster.local.signal(RegionName(validated: "ap-southeast"), SIGCONT)
-                let swiftAnswer = try await swift.value
+                let swiftAnswer: MeridianClient.Answer
+                do {
+                    swiftAnswer = try await swift.value
+                } catch {
+                    Issue.record("the Swift client's increment failed: \(error)")
+                    _ = try? await python.value
+                    try await client.shutdown()
+                    return
+                }
                 let (pythonStatus, pythonOutput) = try await python.value
                 // Each first attempt timed out waiting for ap-southeast (applied: maybe); a retry got the first outcome.
                 #expect(swiftAnswer.status == 200 && swiftAnswer.headers["idempotent-replayed"] == "true", "\(swiftAnswer.headers) \(swiftAnswer.text)")

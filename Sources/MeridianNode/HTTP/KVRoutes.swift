@@ -350,8 +350,11 @@ extension RegionNode {
         if let session = options.session { try admission.checkSessionOrigins(session) }
         let routedPolicy = await settledPolicy(policy)
         if routedPolicy.topology == .singleLeader && routedPolicy.leader == nil && routedPolicy.isReplica(region) { throw electionRunning(policy) }
+        let admission = self.admission
+        // The regions agreed down matter only to an idempotent write of a keyspace that takes it at its idempotency home.
+        let down = options.idempotencyKey != nil && routedPolicy.idempotency == .home ? topology.snapshot.verdicts.down : []
         let decision = try admission.admitWrite(routedPolicy, key: key, ack: options.ack, forwarded: forwarded, idempotencyKey: options.idempotencyKey,
-                                                down: topology.snapshot.verdicts.down)
+                                                down: down)
         guard case .accept(let ack, let required, let epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
             let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
@@ -361,7 +364,7 @@ extension RegionNode {
         var answered = try await take(options: options, precondition: precondition, contextToken: contextToken, policy: policy, key: key, operation: operation,
                                       contentType: contentType, value: value, causalContext: causalContext, crdt: crdt, ack: ack, required: required, epoch: epoch)
         answered.idempotencyHomeUnreachable = admission.idempotencyHomeUnreachable(
-            routedPolicy, key: key, idempotencyKey: options.idempotencyKey, forwarded: forwarded, down: topology.snapshot.verdicts.down)
+            routedPolicy, key: key, idempotencyKey: options.idempotencyKey, forwarded: forwarded, down: down)
         return answered
     }
 

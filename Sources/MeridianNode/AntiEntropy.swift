@@ -70,7 +70,7 @@ extension RegionNode {
                 if changed > 0 && policy.name == AuthConfig.revocationKeyspace { await loadRevocations() }
                 return changed
             }
-            guard leadership.admitMerge(policy.name, token: token) else {
+            guard leadership.admitMerge(policy.name, token: token, from: peer) else {
                 throw MeridianError(.leaderUnavailable, "The term of '\(policy.name)' changed during the repair; it is not merged.")
             }
             var changed = 0

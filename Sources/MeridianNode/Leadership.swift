@@ -163,8 +163,8 @@ final class Leadership: Sendable {
     }
 
     /// Admits one merge under `token`; every admitted merge is reported once with ``mergeCommitted(_:token:keys:terms:)``.
-    func admitMerge(_ keyspace: KeyspaceName, token: UInt64) -> Bool {
-        state.withLock { $0.machine.admitMerge(keyspace, token: token) }
+    func admitMerge(_ keyspace: KeyspaceName, token: UInt64, from peer: RegionName) -> Bool {
+        state.withLock { $0.machine.admitMerge(keyspace, token: token, from: peer) }
     }
 
     /// Keys a revert could not bring back because its term is over: the next revert does.

@@ -1524,7 +1524,7 @@ public struct Simulation {
             return schedule(after: rttMs[index][leader], .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation))
         }
         // Through the machine's merge gate, as the node: no merge lands after the term changed.
-        guard regions[index].machine!.admitMerge(strongKeyspace, token: epoch) else {
+        guard regions[index].machine!.admitMerge(strongKeyspace, token: epoch, from: names[leader]) else {
             return carryMachine(index, regions[index].machine!.handle(.catchUpFailed(keyspace: strongKeyspace, epoch: epoch, reason: "the term changed"),
                                                                       nowMs: nowMs, wallMs: physicalMs(index)))
         }
@@ -1591,7 +1591,7 @@ public struct Simulation {
         }
         // The leader's states come in through the merge gate, as the node's.
         if (!keys.isEmpty || leaderTerms != nil) && leader != index {
-            guard regions[index].machine!.admitMerge(strongKeyspace, token: start.epoch) else {
+            guard regions[index].machine!.admitMerge(strongKeyspace, token: start.epoch, from: start.leader) else {
                 if !merged.isEmpty { carryMachine(index, regions[index].machine!.handle(.reconcileLater(keyspace: strongKeyspace, keys: merged), nowMs: nowMs, wallMs: physicalMs(index))) }
                 return carryMachine(index, regions[index].machine!.handle(.revertFinished(keyspace: strongKeyspace, epoch: start.epoch), nowMs: nowMs, wallMs: physicalMs(index)))
             }
@@ -1766,7 +1766,7 @@ public struct Simulation {
                 // gate, recording the leader's held terms as the node does.
                 let strongFromLeader = regions[a].machine?.leader(strongKeyspace) == names[b]
                 let token = regions[a].machine?.mergeToken(strongKeyspace) ?? 0
-                let mergeStrong = strongFromLeader && regions[a].machine!.admitMerge(strongKeyspace, token: token)
+                let mergeStrong = strongFromLeader && regions[a].machine!.admitMerge(strongKeyspace, token: token, from: names[b])
                 var strongKeys: Set<Key> = []
                 for (keyspace, theirs) in held(b).keys {
                     if keyspace == strongKeyspace && !mergeStrong { continue }

@@ -174,7 +174,7 @@ import Testing
                 "an anti-entropy round raised the applied point past what it pulled")
         // The states pass the merge gate; the round's last merge reports the terms, which count as held only
         // once the store records them.
-        let admitted2 = follower.machine.admitMerge(Self.accounts, token: 2)
+        let admitted2 = follower.machine.admitMerge(Self.accounts, token: 2, from: Self.eu)
         #expect(admitted2)
         let merged = follower.handle(.mergeCommitted(keyspace: Self.accounts, token: 2, keys: [try! Key("k1")], terms: leaderTerms))
         #expect(merged == [.raiseHeld(Self.accounts, leaderTerms)])
@@ -193,19 +193,23 @@ import Testing
         follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 2, sentMs: 0), start: start, from: Self.eu, applied: [:]))
         follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 2))
         #expect(follower.machine.mergeToken(Self.accounts) == 2)
+        // Only the term's leader's states: an anti-entropy round that chose us-east while it led, and takes its token
+        // once eu-west's term began, would bring in the writes us-east acknowledged after its term ended.
+        let fromDeposed = follower.machine.admitMerge(Self.accounts, token: 2, from: Self.us)
+        #expect(!fromDeposed, "a merge of the deposed leader's states admitted under the new term")
         // A complete repair round from the leader records the terms it merged as held (the log may never bring them).
-        let admitted2 = follower.machine.admitMerge(Self.accounts, token: 2)
+        let admitted2 = follower.machine.admitMerge(Self.accounts, token: 2, from: Self.eu)
         #expect(admitted2)
         let complete = follower.handle(.mergeCommitted(keyspace: Self.accounts, token: 2, keys: [], terms: [TermEnd(epoch: 2, leader: Self.eu, last: 30)]))
         #expect(complete == [.raiseHeld(Self.accounts, [TermEnd(epoch: 2, leader: Self.eu, last: 30)])])
         follower.handle(.heldRaised(keyspace: Self.accounts, terms: [TermEnd(epoch: 2, leader: Self.eu, last: 30)]))
         // A merge in flight when a new term begins: the new term's revert waits for it, and brings its keys back.
-        let admittedAgain = follower.machine.admitMerge(Self.accounts, token: 2)
+        let admittedAgain = follower.machine.admitMerge(Self.accounts, token: 2, from: Self.eu)
         #expect(admittedAgain)
         let third = EpochStart(epoch: 3, leader: Self.us, applied: [:], terms: [TermEnd(epoch: 2, leader: Self.eu, last: 25), TermEnd(epoch: 1, leader: Self.us, last: 10)])
         let heard = follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
         #expect(!heard.contains { if case .revert = $0 { true } else { false } }, "a revert ran while a merge of the ended term was uncommitted")
-        let refused = !follower.machine.admitMerge(Self.accounts, token: 2)
+        let refused = !follower.machine.admitMerge(Self.accounts, token: 2, from: Self.eu)
         #expect(refused, "a merge admitted under a term that is over")
         let late = follower.handle(.mergeCommitted(keyspace: Self.accounts, token: 2, keys: [try! Key("k7")], terms: nil))
         #expect(late.contains(.revert(Self.accounts, third, keys: [try! Key("k7")])), "the keys of a merge that landed after its term ended take the new leader's state")

@@ -74,13 +74,13 @@ public struct RegionMachine: Sendable {
         /// states it serves.
         case catchUpTermsRead(keyspace: KeyspaceName, epoch: UInt64, terms: [TermEnd])
         /// The round ended with every state of the keyspace the leader served merged here (each page admitted with
-        /// ``RegionMachine/admitMerge(_:token:)``, the last reporting the terms).
+        /// ``RegionMachine/admitMerge(_:token:from:)``, the last reporting the terms).
         case catchUpPulled(keyspace: KeyspaceName, epoch: UInt64)
         /// The round failed (the leader unreachable, a page refused, the store): it is tried again later.
         case catchUpFailed(keyspace: KeyspaceName, epoch: UInt64, reason: String)
         /// The store now records the terms of ``Effect/raiseHeld(_:_:)`` as held.
         case heldRaised(keyspace: KeyspaceName, terms: [TermEnd])
-        /// A merge admitted with ``RegionMachine/admitMerge(_:token:)`` was committed: the states of `keys`, pulled
+        /// A merge admitted with ``RegionMachine/admitMerge(_:token:from:)`` was committed: the states of `keys`, pulled
         /// from a peer (anti-entropy, a catch-up, a revert's pull from its leader). `terms`: on a round's last
         /// merge, the peer's held terms read before its tree, when the round merged every state that differed (or
         /// the merge failed and nothing changed: empty keys, nil terms). A term that changed since the admission
@@ -117,7 +117,7 @@ public struct RegionMachine: Sendable {
         case handOverFinished(RequestID, Result<RegionName, MeridianError>)
         /// Pull the keyspace's states from its leader `from`: first the terms it holds (report
         /// ``Event/catchUpTermsRead(keyspace:epoch:terms:)``), read before its states, then every state that
-        /// differs here, each merge through the gate under `epoch` (``RegionMachine/admitMerge(_:token:)``, the
+        /// differs here, each merge through the gate under `epoch` (``RegionMachine/admitMerge(_:token:from:)``, the
         /// round's last ``Event/mergeCommitted(keyspace:token:keys:terms:)`` carrying the terms); then report
         /// ``Event/catchUpPulled(keyspace:epoch:)``, or ``Event/catchUpFailed(keyspace:epoch:reason:)``.
         case catchUp(KeyspaceName, from: RegionName, epoch: UInt64)
@@ -402,8 +402,12 @@ public struct RegionMachine: Sendable {
     /// revert's pull), counted until ``Event/mergeCommitted(keyspace:token:keys:terms:)``: only while the region
     /// still follows the term `token` names, checked, and no term start or revert drains. A term's start and a
     /// revert wait for admitted merges as for batches, so no merge lands unseen after the term changed.
-    public mutating func admitMerge(_ keyspace: KeyspaceName, token: UInt64) -> Bool {
-        guard token != 0, mergeToken(keyspace) == token, terms[keyspace]?.phase.drains == false else { return false }
+    /// The states must come from that term's leader (`peer`), and a leader merges none: a round that began while a
+    /// deposed leader led would otherwise bring the writes it acknowledged after its term ended into the new term,
+    /// while the deposed leader keeps the same writes aside.
+    public mutating func admitMerge(_ keyspace: KeyspaceName, token: UInt64, from peer: RegionName) -> Bool {
+        guard token != 0, mergeToken(keyspace) == token, let term = terms[keyspace], !term.phase.drains,
+              term.start?.leader == peer, peer != region else { return false }
         terms[keyspace]?.mergesInFlight += 1
         return true
     }

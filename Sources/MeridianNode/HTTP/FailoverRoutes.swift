@@ -91,7 +91,7 @@ extension RegionNode {
                 let states = try await leaderStates(policy, keys: keys, from: start.leader)
                 // Through the merge gate: a newer term's revert replaces this one rather than racing it (and takes
                 // the keys merged from elsewhere this one was to bring back).
-                guard leadership.admitMerge(keyspace, token: start.epoch) else {
+                guard leadership.admitMerge(keyspace, token: start.epoch, from: start.leader) else {
                     if !merged.isEmpty { leadership.reconcileLater(keyspace, keys: merged) }
                     return
                 }

@@ -8,12 +8,17 @@ import MeridianCore
 import MeridianHTTP
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 import Synchronization
 
 /// The front door: one URL for the whole cluster. Each request goes to the region the core's ``RoutePlanner``
 /// picks from what the gateway knows of the cluster (``ClusterView``), streamed both ways, with the region's
 /// answer and its headers passed back unchanged plus `Meridian-Routed-To` and `Meridian-Route-Reason`.
+///
+/// The data path is NIO channels (``FrontConnection``, ``UpstreamPool``): a request is routed from its head and
+/// relayed over a pooled connection on the client connection's own event loop. The gateway's own routes are
+/// served by a Hummingbird app on an internal loopback port, reached the same way.
 ///
 /// Reads that cannot reach their region (a refused connection, a 503) go to the next one; a read slower than its
 /// region's usual (the hedge percentile) also goes to the next region, within a budget of extra load. Writes go
@@ -27,8 +32,18 @@ public final class Gateway: Sendable {
     let metrics = GatewayMetrics()
     let homes: HomeLookups
     private let hedgeBudget: Mutex<Double>
-    /// `routing.location_headers`, parsed once.
-    let locationHeaders: [HTTPField.Name]
+    /// `routing.location_headers`, lower-cased once.
+    let locationHeaders: [String]
+    /// Each region's client API, as the data path reaches it.
+    let targets: [RegionName: UpstreamTarget]
+    /// The port of the internal server of the gateway's own routes (0 until it listens).
+    private let internalPort = Atomic<Int>(0)
+    let pools: UpstreamPools
+    /// Client connections open now, and the most the gateway holds (more are closed at once).
+    let openConnections = Atomic<Int>(0)
+    static let connectionsMax = 10_000
+    /// The largest request body relayed: a value at its limit plus room for a CRDT operation's JSON.
+    let bodyBytesMax: Int64
 
     /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
     static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
@@ -42,32 +57,40 @@ public final class Gateway: Sendable {
         self.logger = logger
         view = ClusterView(cluster: configuration.cluster, logger: logger)
         var clientConfiguration = HTTPClient.Configuration()
+        var sslContext: NIOSSLContext?
         if let caPath = configuration.caPath {
             var tls = TLSConfiguration.makeClientConfiguration()
             tls.minimumTLSVersion = .tlsv13
             do {
                 tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+                sslContext = try NIOSSLContext(configuration: tls)
             } catch {
                 throw MeridianError(.invalidConfig, "\(caPath): cannot read the CA bundle: \(error)")
             }
             clientConfiguration.tlsConfiguration = tls
         }
+        pools = UpstreamPools(sslContext: sslContext)
+        let tls = configuration.cluster.tls?.clientAPI ?? false
+        targets = Dictionary(uniqueKeysWithValues: configuration.cluster.regions.map { region in
+            (region.name, UpstreamTarget(name: region.name.rawValue, host: region.client.host, port: region.client.port, tls: tls, region: region.name))
+        })
+        bodyBytesMax = Int64(configuration.cluster.limits.valueBytesMax + 65_536)
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
         clientConfiguration.timeout = .init(connect: .seconds(2), read: nil)
         clientConfiguration.decompression = .disabled
         clientConfiguration.redirectConfiguration = .disallow
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         hedgeBudget = Mutex(0)
-        locationHeaders = configuration.cluster.routing.locationHeaders.compactMap { HTTPField.Name($0) }
+        locationHeaders = configuration.cluster.routing.locationHeaders.map { $0.lowercased() }
         homes = HomeLookups(entriesMax: configuration.cluster.routing.homeLookup?.entriesMax ?? 0,
                             ttlMs: configuration.cluster.routing.homeLookup?.ttlMs ?? 0)
     }
 
-    /// The gateway's routes: its own (`/health`, `/gateway/status`, `/gateway/metrics`), and everything else proxied.
+    /// The gateway's own routes (`/health`, `/gateway/status`, `/gateway/metrics`, `/dnsapi/...`), served on the
+    /// internal port; everything else never reaches them.
     func router() -> Router<GatewayRequestContext> {
         let router = Router(context: GatewayRequestContext.self)
         router.add(middleware: AdminAccessMiddleware(gateway: self))
-        router.add(middleware: ProxyMiddleware(gateway: self))
         router.get("/health") { _, _ in JSON.response(["status": "ok", "role": "gateway"]) }
         router.get("/gateway/status") { _, _ in JSON.response(self.status()) }
         router.get("/gateway/metrics") { _, _ in
@@ -78,21 +101,51 @@ public final class Gateway: Sendable {
         return router
     }
 
+    /// Where the data path sends the gateway's own routes.
+    var internalTarget: UpstreamTarget {
+        UpstreamTarget(name: "gateway", host: "127.0.0.1", port: internalPort.load(ordering: .relaxed), tls: false, region: nil)
+    }
+
     /// Serves until SIGTERM or SIGINT, following the regions' topology meanwhile.
     /// - Parameter onServerRunning: Called with the bound port once the gateway listens.
     public func run(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let listen = configuration.listen
+        let (internalListening, listening) = AsyncStream.makeStream(of: Int.self)
         let app = Application(
             router: router(),
-            configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "meridian-gateway"),
-            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? listen.port) },
+            configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "meridian-gateway"),
+            onServerRunning: { channel in
+                listening.yield(channel.localAddress?.port ?? 0)
+                listening.finish()
+            },
             logger: logger)
-        logger.info("gateway serving on \(listen) for \(configuration.cluster.regions.count) regions")
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             // Returns only once cancelled: every region's stream is followed again when it ends.
             tasks.addTask { await self.view.watch(client: self.client, token: self.configuration.token) }
             tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
             defer { tasks.cancelAll() }
+            var ports = internalListening.makeAsyncIterator()
+            guard let port = await ports.next(), port > 0 else {
+                try await tasks.next()
+                throw GatewayFailure("the gateway's internal server did not start")
+            }
+            internalPort.store(port, ordering: .relaxed)
+            let front = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(FrontConnection(gateway: self, pool: self.pools.pool(for: channel.eventLoop)))
+                    }
+                }
+                .bind(host: listen.host, port: listen.port).get()
+            defer { front.close(promise: nil) }
+            logger.info("gateway serving on \(listen) for \(configuration.cluster.regions.count) regions")
+            await onServerRunning(front.localAddress?.port ?? listen.port)
+            // The internal app returns on SIGTERM or SIGINT; the front door closes with it.
             try await tasks.next()
         }
         try? await client.shutdown()
@@ -117,10 +170,18 @@ public final class Gateway: Sendable {
 
     // MARK: - Planning
 
-    /// Decodes what routing needs from a request: keyspace, key, kind, consistency, country, session and user.
-    func routeRequest(_ request: Request, remoteAddress: String?) async -> RoutePlanner.RouteRequest {
+    /// What routing needs from a request, and the user whose home must be looked up first (not cached).
+    struct DecodedRequest {
+        var request: RoutePlanner.RouteRequest
+        var homeLookupUser: String?
+    }
+
+    /// Decodes what routing needs from a request head: keyspace, key, kind, consistency, country, session and
+    /// user (the home region when it is cached).
+    func routeRequest(method: NIOHTTP1.HTTPMethod, uri: String, headers: HTTPHeaders, remoteAddress: String?) -> DecodedRequest {
         let cluster = configuration.cluster
-        let path = request.uri.path
+        let split = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = split.first.map(String.init) ?? uri
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         var keyspace: KeyspacePolicy?
         var key: Key?
@@ -132,13 +193,18 @@ public final class Gateway: Sendable {
                 key = try? Key(encoded.removingPercentEncoding ?? encoded)
             }
         }
-        let kind: RoutePlanner.Kind = request.method == .get || request.method == .head ? .read : .write
-        let consistencyText = request.headers[MeridianHeader.consistency] ?? request.uri.queryParameters["consistency"].map(String.init)
+        let kind: RoutePlanner.Kind = method == .GET || method == .HEAD ? .read : .write
+        var consistencyText = headers.first(name: MeridianHeader.consistency.rawName)
+        if consistencyText == nil, split.count == 2 {
+            for pair in split[1].split(separator: "&") where pair.hasPrefix("consistency=") {
+                consistencyText = String(pair.dropFirst("consistency=".count))
+            }
+        }
         let consistency = consistencyText.flatMap { ConsistencyLevel(rawValue: $0.lowercased()) }
         var country: String?
         var source: String?
         for name in locationHeaders {
-            if let value = request.headers[name]?.uppercased(), RoutingConfig.isCountry(value), value != "*" {
+            if let value = headers.first(name: name)?.uppercased(), RoutingConfig.isCountry(value), value != "*" {
                 country = value
                 source = "location"
                 break
@@ -146,7 +212,7 @@ public final class Gateway: Sendable {
         }
         if country == nil, let prefixes = configuration.prefixes {
             var address = remoteAddress
-            if cluster.routing.trustForwardedFor, let forwarded = request.headers[.init("X-Forwarded-For")!] {
+            if cluster.routing.trustForwardedFor, let forwarded = headers.first(name: "x-forwarded-for") {
                 address = forwarded.split(separator: ",").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? address
             }
             if let address, let match = prefixes.match(address) {
@@ -154,13 +220,26 @@ public final class Gateway: Sendable {
                 source = "address"
             }
         }
-        let session = request.headers[MeridianHeader.session].flatMap { try? SessionToken(decoding: $0, key: cluster.sessionKey) }
-        var userHome: RegionName?
-        if let lookup = cluster.routing.homeLookup, let user = HTTPField.Name(lookup.header).flatMap({ request.headers[$0] }), !user.isEmpty {
-            userHome = await home(of: user, lookup: lookup, authorization: request.headers[.authorization])
+        let session = headers.first(name: MeridianHeader.session.rawName).flatMap { try? SessionToken(decoding: $0, key: cluster.sessionKey) }
+        var decoded = DecodedRequest(request: RoutePlanner.RouteRequest(keyspace: keyspace, key: key, kind: kind, consistency: consistency, country: country,
+                                                                        countrySource: source, sessionRegion: session?.clock?.region))
+        if let lookup = cluster.routing.homeLookup, let user = headers.first(name: lookup.header), !user.isEmpty {
+            if let cached = homes.get(user) {
+                decoded.request.userHome = cached.region
+            } else {
+                decoded.homeLookupUser = user
+            }
         }
-        return RoutePlanner.RouteRequest(keyspace: keyspace, key: key, kind: kind, consistency: consistency, country: country,
-                                         countrySource: source, sessionRegion: session?.clock?.region, userHome: userHome)
+        return decoded
+    }
+
+    /// ``routeRequest(method:uri:headers:remoteAddress:)`` with the home looked up when it is not cached.
+    func routeRequest(_ head: HTTPRequestHead, remoteAddress: String?) async -> RoutePlanner.RouteRequest {
+        var decoded = routeRequest(method: head.method, uri: head.uri, headers: head.headers, remoteAddress: remoteAddress)
+        if let user = decoded.homeLookupUser, let lookup = configuration.cluster.routing.homeLookup {
+            decoded.request.userHome = await home(of: user, lookup: lookup, authorization: head.headers.first(name: "authorization"))
+        }
+        return decoded.request
     }
 
     /// The user's home region from the lookup keyspace (cached): the value names a region, or a country mapped

@@ -8,6 +8,7 @@ import MeridianAPI
 import MeridianCore
 @testable import MeridianGateway
 import NIOCore
+import NIOHTTP1
 import Testing
 
 @Suite struct GatewayPartsTests {
@@ -91,16 +92,14 @@ import Testing
         let gateway = try Gateway(configuration: GatewayConfiguration(cluster: config, prefixes: table))
         var token = SessionToken()
         token.observe(Version(hlc: HLCTimestamp(physicalMs: 5, logical: 0, region: RegionName(validated: "ap-southeast")), sequence: 9))
-        let request = Request(head: HTTPRequest(method: .get, scheme: "http", authority: "gw", path: "/v1/kv/profiles/users%2F42?consistency=eventual",
-                                                headerFields: [HTTPField.Name("X-Country")!: "de", HTTPField.Name("Meridian-Session")!: token.encoded(with: config.sessionKey)]),
-                              body: .init(buffer: ByteBuffer()))
+        let request = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/v1/kv/profiles/users%2F42?consistency=eventual",
+                                      headers: ["X-Country": "de", "Meridian-Session": token.encoded(with: config.sessionKey)])
         let decoded = await gateway.routeRequest(request, remoteAddress: nil)
         #expect(decoded.keyspace?.name.rawValue == "profiles" && decoded.key?.rawValue == "users/42" && decoded.kind == .read)
         #expect(decoded.consistency == .eventual && decoded.country == "DE" && decoded.countrySource == "location")
         #expect(decoded.sessionRegion == RegionName(validated: "ap-southeast"))
         // No header: the client's address through the prefix table.
-        let bare = Request(head: HTTPRequest(method: .put, scheme: "http", authority: "gw", path: "/v1/kv/profiles/x", headerFields: [:]),
-                           body: .init(buffer: ByteBuffer()))
+        let bare = HTTPRequestHead(version: .http1_1, method: .PUT, uri: "/v1/kv/profiles/x")
         let byAddress = await gateway.routeRequest(bare, remoteAddress: "198.51.100.7")
         #expect(byAddress.country == "DE" && byAddress.countrySource == "address" && byAddress.kind == .write)
         #expect(await gateway.routeRequest(bare, remoteAddress: "192.0.2.1").country == nil)

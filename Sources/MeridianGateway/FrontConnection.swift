@@ -344,11 +344,14 @@ final class FrontConnection: ChannelDuplexHandler, UpstreamDelegate {
         answer(exchange, error.rendered(change: exchange.change), routedTo: exchange.own ? nil : name, reason: exchange.own ? nil : reason(exchange, attempt))
     }
 
+    /// `Meridian-Route-Reason`: free of control characters (the notes quote errors; headers are not validated again).
     private func reason(_ exchange: Exchange, _ attempt: Attempt) -> String {
         if attempt.hedge, let first = exchange.candidates.first {
             return "\(attempt.reason); hedged: \(first.target.name) (\(first.reason)) did not answer within its p\(Int(gateway.configuration.cluster.routing.hedgePercentile))"
         }
-        return attempt.reason + exchange.skippedNote + (exchange.notes.isEmpty ? "" : "; after " + exchange.notes.joined(separator: ", "))
+        guard !exchange.notes.isEmpty || !exchange.skippedNote.isEmpty else { return attempt.reason }
+        let text = attempt.reason + exchange.skippedNote + (exchange.notes.isEmpty ? "" : "; after " + exchange.notes.joined(separator: ", "))
+        return String(String.UnicodeScalarView(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }))
     }
 
     private func expired(_ exchange: Exchange) {

@@ -98,8 +98,12 @@ final class UpstreamConnection: ChannelInboundHandler {
         channel?.flush()
     }
 
+    /// Reads were paused (the client reads slower than the region answers).
+    private var paused = false
+
     func setReading(_ reading: Bool) {
-        guard let channel, !closed else { return }
+        guard let channel, !closed, paused == reading else { return }
+        paused = !reading
         channel.setOption(ChannelOptions.autoRead, value: reading).whenFailure { _ in }
         if reading { channel.read() }
     }
@@ -167,7 +171,7 @@ final class UpstreamPool {
                     if let sslContext {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                     }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
                     try channel.pipeline.syncOperations.addHandler(handler.value)
                 }
             }

@@ -19,7 +19,7 @@
 //   MeridianNode   -> MeridianCore, MeridianAPI, MeridianStorage, MeridianHTTP, Prometheus (the region server shell;
 //                                                         given a store factory, it never sees the engine)
 //   MeridianWAN    -> MeridianCore, MeridianHTTP, NIO        (the WAN emulator: delaying TCP proxies and their admin API)
-//   MeridianGateway -> MeridianCore, MeridianAPI, MeridianHTTP, Hummingbird, AsyncHTTPClient (the front door: routes each
+//   MeridianGateway -> MeridianCore, MeridianAPI, MeridianHTTP, NIO, NIOSSL, Hummingbird, AsyncHTTPClient (the front door: routes each
 //                                                         request to a region by the core's RoutePlanner, and GeoDNS answers)
 //   meridian       -> everything above, ArgumentParser   (the CLI)
 import PackageDescription

@@ -46,6 +46,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case unauthenticated = "unauthenticated"
             case forbidden = "forbidden"
             case idempotencyKeyReused = "idempotency_key_reused"
+            case sealedValueUnreadable = "sealed_value_unreadable"
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -105,7 +106,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                 .unavailable
             case .ackTimeout: .timedOut
             case .storageFull: .storageFull
-            case .internalError: .internalFailure
+            case .internalError, .sealedValueUnreadable: .internalFailure
             case .unauthenticated: .unauthenticated
             case .forbidden: .forbidden
             case .idempotencyKeyReused: .unprocessable
@@ -122,7 +123,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                  .notReplicaRegion, .crdtTypeMismatch, .conflictPolicyMismatch, .tooManySiblings, .preconditionFailed, .valueTooLarge,
                  .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
                  .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
-                 .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden, .idempotencyKeyReused:
+                 .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden, .idempotencyKeyReused,
+                 .sealedValueUnreadable:
                 .no
             // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
             // a commit whose fsync failed, and the node's own failures: the change may be there.
@@ -177,6 +179,9 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let forbidden = Code(.forbidden)
         /// An `Idempotency-Key` already named a different request (another key, operation, value or condition).
         public static let idempotencyKeyReused = Code(.idempotencyKeyReused)
+        /// A sealed value or its subject's data key does not open with this region's root key (a wrong root key,
+        /// or corrupted bytes): nothing is served in its place.
+        public static let sealedValueUnreadable = Code(.sealedValueUnreadable)
     }
 
     /// Whether a refused change (a write, a delete, a CRDT operation, an admin action) took effect: what a

@@ -1,0 +1,181 @@
+import Crypto
+import Foundation
+
+// Sealed values (issue 21): a restricted keyspace's values are encrypted with AES-GCM under a data key per
+// subject, bound to their keyspace, key and version; each region wraps the data keys under a key-encryption key
+// derived from its own root key, which never leaves it. Destroying a subject's wrapped data keys everywhere
+// makes every copy of its values unreadable at once (erasure). These are the primitives; the store seals at
+// commit, when the version is known.
+
+/// Who a sealed value belongs to: the unit of erasure (a user, a customer). 1 to 255 bytes of UTF-8, no control
+/// characters.
+public struct Subject: Hashable, Sendable, CustomStringConvertible {
+    public static let utf8BytesMax = 255
+    public let rawValue: String
+
+    public init(_ rawValue: String) throws(MeridianError) {
+        guard !rawValue.isEmpty, rawValue.utf8.count <= Self.utf8BytesMax,
+              !rawValue.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw MeridianError(.invalidHeader, "A subject must have 1 to \(Self.utf8BytesMax) bytes of UTF-8 and no control characters.")
+        }
+        self.rawValue = rawValue
+    }
+
+    public var description: String { rawValue }
+}
+
+/// How a keyspace finds a key's subject: the key's first segments (`users/42/email`, split by `/` to depth 2, has
+/// subject `users/42`), or the whole key.
+public enum SubjectRule: Hashable, Sendable {
+    /// The first `depth` segments of the key split by `separator` (the whole key when it has fewer).
+    case keyPrefix(separator: Character, depth: Int)
+    /// The key itself.
+    case wholeKey
+
+    /// The subject of `key`.
+    public func subject(of key: Key) throws(MeridianError) -> Subject {
+        switch self {
+        case .wholeKey:
+            return try Subject(key.rawValue)
+        case .keyPrefix(let separator, let depth):
+            let segments = key.rawValue.split(separator: separator, maxSplits: depth, omittingEmptySubsequences: false)
+            let prefix = segments.count > depth ? segments[..<depth].joined(separator: String(separator)) : key.rawValue
+            return try Subject(prefix)
+        }
+    }
+}
+
+/// A region's root key: 32 random bytes that never leave the region. Every key-encryption key of the region is
+/// derived from it.
+public struct RegionRootKey: Sendable {
+    public static let byteCount = 32
+    let key: SymmetricKey
+
+    /// - Throws: `invalid_config` unless `bytes` has exactly 32 bytes.
+    public init(bytes: [UInt8], source: String) throws(MeridianError) {
+        guard bytes.count == Self.byteCount else {
+            throw MeridianError(.invalidConfig, "\(source): a region root key has \(Self.byteCount) bytes; this one has \(bytes.count). Make one with `head -c 32 /dev/urandom | base64`.")
+        }
+        key = SymmetricKey(data: bytes)
+    }
+
+    /// Reads the base64 text of a root key (a file's content or an environment variable's value).
+    /// - Throws: `invalid_config` naming `source` when it is not base64 of 32 bytes.
+    public init(base64 text: String, source: String) throws(MeridianError) {
+        guard let data = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw MeridianError(.invalidConfig, "\(source): a region root key is 32 random bytes in base64; this is not base64. Make one with `head -c 32 /dev/urandom | base64`.")
+        }
+        try self.init(bytes: Array(data), source: source)
+    }
+
+    /// The key-encryption key of `keyspace` in `region` for `epoch` (HKDF-SHA256; a rotation starts a new epoch).
+    public func keyEncryptionKey(region: RegionName, keyspace: KeyspaceName, epoch: UInt32) -> KeyEncryptionKey {
+        let info = Array("meridian/kek/v1\0\(region.rawValue)\0\(keyspace.rawValue)\0\(epoch)".utf8)
+        let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: info, outputByteCount: 32)
+        return KeyEncryptionKey(key: derived, region: region, keyspace: keyspace, epoch: epoch)
+    }
+}
+
+/// Wraps and unwraps a region's data keys of one keyspace in one epoch.
+public struct KeyEncryptionKey: Sendable {
+    let key: SymmetricKey
+    public let region: RegionName
+    public let keyspace: KeyspaceName
+    public let epoch: UInt32
+
+    /// A data key wrapped for `subject`: bound to this region, keyspace, epoch and subject (a wrap cannot be
+    /// moved to another subject or region).
+    public func wrap(_ dataKey: DataKey, subject: Subject) -> WrappedDataKey {
+        let raw = dataKey.key.withUnsafeBytes { Array($0) }
+        do {
+            let box = try AES.GCM.seal(raw, using: key, authenticating: associatedData(subject))
+            return WrappedDataKey(epoch: epoch, bytes: Array(box.combined!))
+        } catch {
+            preconditionFailure("AES-GCM sealing with a 256-bit key and a random nonce cannot fail: \(error)")
+        }
+    }
+
+    /// - Throws: `sealed_value_unreadable` when the wrap was not made by this key for `subject` (another region's
+    ///   or epoch's, a wrong root key, or corrupted bytes).
+    public func unwrap(_ wrapped: WrappedDataKey, subject: Subject) throws(MeridianError) -> DataKey {
+        guard wrapped.epoch == epoch else {
+            throw MeridianError(.sealedValueUnreadable, "The data key of subject '\(subject)' in '\(keyspace)' is wrapped in key epoch \(wrapped.epoch), not \(epoch).")
+        }
+        do {
+            let box = try AES.GCM.SealedBox(combined: wrapped.bytes)
+            let raw = try AES.GCM.open(box, using: key, authenticating: associatedData(subject))
+            guard raw.count == DataKey.byteCount else { throw CryptoKitError.incorrectKeySize }
+            return DataKey(key: SymmetricKey(data: raw))
+        } catch {
+            throw MeridianError(.sealedValueUnreadable, "The data key of subject '\(subject)' in '\(keyspace)' does not open with \(region)'s key of epoch \(epoch): the root key is not the one it was wrapped with, or the wrap is corrupted.")
+        }
+    }
+
+    private func associatedData(_ subject: Subject) -> [UInt8] {
+        Array("meridian/wrap/v1\0\(region.rawValue)\0\(keyspace.rawValue)\0\(epoch)\0\(subject.rawValue)".utf8)
+    }
+}
+
+/// A subject's data key as one region keeps it: wrapped under that region's key-encryption key.
+public struct WrappedDataKey: Hashable, Sendable {
+    public let epoch: UInt32
+    /// Nonce, ciphertext and tag (AES-GCM's combined form).
+    public let bytes: [UInt8]
+
+    public init(epoch: UInt32, bytes: [UInt8]) {
+        self.epoch = epoch
+        self.bytes = bytes
+    }
+}
+
+/// The key a subject's values are sealed with.
+public struct DataKey: Sendable {
+    public static let byteCount = 32
+    let key: SymmetricKey
+
+    /// A new random data key.
+    public static func generate() -> DataKey { DataKey(key: SymmetricKey(size: .bits256)) }
+}
+
+/// A sealed value's bytes: a format byte, then AES-GCM's nonce, ciphertext and tag, bound to the value's
+/// keyspace, key and version (a sealed value moved to another key or version does not open).
+public enum SealedValue {
+    /// The first byte of every sealed value (format 1).
+    public static let format: UInt8 = 0xA1
+    /// Bytes a sealed value adds to its plaintext: the format byte, a 12-byte nonce and a 16-byte tag.
+    public static let overheadBytes = 1 + 12 + 16
+
+    public static func seal(_ plaintext: [UInt8], with dataKey: DataKey, keyspace: KeyspaceName, key: Key, version: Version) -> [UInt8] {
+        do {
+            let box = try AES.GCM.seal(plaintext, using: dataKey.key, authenticating: associatedData(keyspace, key, version))
+            return [format] + Array(box.combined!)
+        } catch {
+            preconditionFailure("AES-GCM sealing with a 256-bit key and a random nonce cannot fail: \(error)")
+        }
+    }
+
+    /// - Throws: `sealed_value_unreadable` when the bytes are not a sealed value of this keyspace, key and version
+    ///   under `dataKey`.
+    public static func open(_ sealed: [UInt8], with dataKey: DataKey, keyspace: KeyspaceName, key: Key, version: Version) throws(MeridianError) -> [UInt8] {
+        guard sealed.count >= overheadBytes, sealed[0] == format else {
+            throw MeridianError(.sealedValueUnreadable, "The stored value of \(keyspace) at version \(version) is not a sealed value (format \(sealed.first.map { String($0) } ?? "none")).")
+        }
+        do {
+            let box = try AES.GCM.SealedBox(combined: sealed[1...])
+            return Array(try AES.GCM.open(box, using: dataKey.key, authenticating: associatedData(keyspace, key, version)))
+        } catch {
+            throw MeridianError(.sealedValueUnreadable, "The stored value of \(keyspace) at version \(version) does not open with its subject's data key: it was moved from another key or version, or corrupted.")
+        }
+    }
+
+    private static func associatedData(_ keyspace: KeyspaceName, _ key: Key, _ version: Version) -> [UInt8] {
+        var bytes = Array("meridian/value/v1\0\(keyspace.rawValue)\0".utf8)
+        bytes += withUnsafeBytes(of: UInt32(key.rawValue.utf8.count).bigEndian, Array.init)
+        bytes += Array(key.rawValue.utf8)
+        bytes += withUnsafeBytes(of: version.hlc.physicalMs.bigEndian, Array.init)
+        bytes += withUnsafeBytes(of: version.hlc.logical.bigEndian, Array.init)
+        bytes += Array("\0\(version.hlc.region.rawValue)\0".utf8)
+        bytes += withUnsafeBytes(of: version.sequence.bigEndian, Array.init)
+        return bytes
+    }
+}

@@ -322,7 +322,9 @@ struct APIMiddleware: RouterMiddleware {
         var response: Response
         do {
             response = try await node.authorized(request) { try await next(request, context) }
-        } catch let error as MeridianError {
+        } catch let raw as MeridianError {
+            // A restricted keyspace's key name is shown only as its hash, wherever the error was made.
+            let error = node.configuration.cluster.hidingKey(in: raw, path: request.uri.path)
             response = error.response(change: request.method.changes)
             switch error.code {
             case .unauthenticated:
@@ -338,31 +340,37 @@ struct APIMiddleware: RouterMiddleware {
             // Hummingbird answers an unserved method on a known path as not found: say which methods it has.
             let allowed = error.status == .notFound ? routes.methods(request.uri.path) : []
             if !allowed.isEmpty {
-                response = MeridianError(.methodNotAllowed, "\(request.method) is not served on \(request.uri.path.prefix(200)); it answers \(allowed.joined(separator: ", ")).",
+                response = MeridianError(.methodNotAllowed, "\(request.method) is not served on \(node.configuration.cluster.shownPath(request.uri.path)); it answers \(allowed.joined(separator: ", ")).",
                                          context: ["allow": allowed.joined(separator: ", ")]).response(change: request.method.changes)
                 response.headers[.allow] = allowed.joined(separator: ", ")
             } else {
-                response = Self.translate(error, request).response(change: request.method.changes)
+                response = Self.translate(error, request, cluster: node.configuration.cluster).response(change: request.method.changes)
             }
         } catch {
-            node.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            // The route, not the path: a restricted keyspace's key names stay out of the logs.
+            node.logger.error("request failed", metadata: ["route": "\(context.endpointPath ?? "unmatched")", "error": "\(error)"])
             response = MeridianError(.internalError, "The node failed to answer; the error is logged. Retry, and report it if it persists.")
                 .response(change: request.method.changes)
         }
         response.headers[MeridianHeader.region] = node.region.rawValue
+        // Errors are never cached; nor is anything about a restricted keyspace, here or where it is relayed.
+        if response.status.code >= 400 && response.headers[.cacheControl] == nil || node.configuration.cluster.pathNamesRestrictedKeyspace(request.uri.path) {
+            response.headers[.cacheControl] = "no-store"
+        }
         let route = context.endpointPath ?? "unmatched"
         node.metrics.recordRequest(route: route == "NotFound" ? "unmatched" : route, method: request.method.rawValue,
                                    status: Int(response.status.code), duration: ContinuousClock.now - started)
         return response
     }
 
-    static func translate(_ error: HTTPError, _ request: Request) -> MeridianError {
-        switch error.status {
+    static func translate(_ error: HTTPError, _ request: Request, cluster: ClusterConfig) -> MeridianError {
+        let path = cluster.shownPath(request.uri.path)
+        return switch error.status {
         case .notFound:
-            MeridianError(.routeNotFound, "No route \(request.method) \(request.uri.path.prefix(200)); GET /openapi.yaml describes the API.",
-                          context: ["path": String(request.uri.path.prefix(200))])
+            MeridianError(.routeNotFound, "No route \(request.method) \(path); GET /openapi.yaml describes the API.",
+                          context: ["path": path])
         case .methodNotAllowed:
-            MeridianError(.methodNotAllowed, "\(request.method) is not supported on \(request.uri.path.prefix(200)).")
+            MeridianError(.methodNotAllowed, "\(request.method) is not supported on \(path).")
         case .contentTooLarge:
             MeridianError(.valueTooLarge, "The request body is too large.")
         default:

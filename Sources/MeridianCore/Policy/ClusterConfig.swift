@@ -592,6 +592,9 @@ struct ConfigParser {
         if let cacheValue = fields["cache"] {
             let cacheFields = try cacheValue.mapping(allowed: ["ttl_ms"])
             if let ttl = cacheFields["ttl_ms"] { cache.ttlMs = UInt64(try ttl.int(in: 0...86_400_000)) }
+            if cache.ttlMs > 0 && residency.classification == .restricted {
+                throw ConfigProblem(path: cacheValue.child("ttl_ms"), message: "a restricted keyspace's answers are never cached (they carry Cache-Control: no-store, also when a region outside the residency relays them): remove cache, or classify the keyspace global")
+            }
         }
 
         var policy = KeyspacePolicy(

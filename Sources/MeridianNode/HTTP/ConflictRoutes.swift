@@ -145,8 +145,9 @@ extension RegionNode {
         headers[.cacheControl] = Self.cacheControl(policy, level: level)
         switch live.count {
         case 0:
-            var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
-                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered(change: false)
+            let shown = configuration.cluster.shownKey(key, in: policy)
+            var notFound = MeridianError(.keyNotFound, "Key '\(shown)' is not in keyspace '\(policy.name)'.",
+                                         context: ["keyspace": policy.name.rawValue, "key": shown]).rendered(change: false)
             for field in headers where field.name != .cacheControl { notFound.headers[field.name] = field.value }
             notFound.headers[.cacheControl] = "no-store"
             return notFound
@@ -166,7 +167,7 @@ extension RegionNode {
     func renderCRDT(policy: KeyspacePolicy, key: Key, version stored: KeyVersion) throws(MeridianError) -> RenderedResponse {
         let value: CRDTValue
         do { value = try CRDTCodec.decode(stored.value) } catch {
-            throw MeridianError(.storageFailure, "The stored value of '\(key.rawValue.prefix(200))' is not a readable CRDT (\(error.message)).")
+            throw MeridianError(.storageFailure, "The stored value of '\(configuration.cluster.shownKey(key, in: policy))' is not a readable CRDT (\(error.message)).")
         }
         return JSON.rendered(CRDTAnswer(keyspace: policy.name.rawValue, key: key.rawValue, type: value.type.rawValue,
                                         value: CRDTJSON.render(value), version: stored.version.description),

@@ -162,7 +162,7 @@ extension RegionNode {
         case .read(let served):
             rendered = renderServedRead(served, policy: policy, key: key, form: form)
         case .refused(let refusal):
-            rendered = render(refusal, change: false)
+            rendered = render(refusal, change: false, policy: policy, key: key)
         case .written:
             rendered = MeridianError(.internalError, "\(answered.by?.rawValue ?? region.rawValue) answered a read with a write's answer; check that every region runs the same version.")
                 .rendered(change: false)
@@ -177,8 +177,9 @@ extension RegionNode {
             return renderSiblings(policy: policy, key: key, state: state, session: served.session, level: served.level, stalenessMs: served.stalenessMs)
         }
         guard let winner = served.state?.winner(rule), !winner.tombstone else {
-            var notFound = MeridianError(.keyNotFound, "Key '\(key.rawValue.prefix(200))' is not in keyspace '\(policy.name)'.",
-                                         context: ["keyspace": policy.name.rawValue, "key": String(key.rawValue.prefix(200))]).rendered(change: false)
+            let shown = configuration.cluster.shownKey(key, in: policy)
+            var notFound = MeridianError(.keyNotFound, "Key '\(shown)' is not in keyspace '\(policy.name)'.",
+                                         context: ["keyspace": policy.name.rawValue, "key": shown]).rendered(change: false)
             notFound.headers[MeridianHeader.session] = served.session
             if let winner = served.state?.winner(rule) { notFound.headers[.eTag] = "\"\(winner.version)\"" }
             notFound.headers[.cacheControl] = "no-store"
@@ -201,9 +202,10 @@ extension RegionNode {
         return rendered
     }
 
-    /// A refusal as this region sends it to its HTTP client: the error, and the session token and version it names.
-    func render(_ refusal: Refusal, change: Bool) -> RenderedResponse {
-        var rendered = refusal.error.rendered(change: change)
+    /// A refusal as this region sends it to its HTTP client: the error (a restricted keyspace's key shown as its
+    /// hash, wherever the refusal was made), and the session token and version it names.
+    func render(_ refusal: Refusal, change: Bool, policy: KeyspacePolicy, key: Key) -> RenderedResponse {
+        var rendered = configuration.cluster.hiding(key, of: policy, in: refusal.error).rendered(change: change)
         if let session = refusal.session { rendered.headers[MeridianHeader.session] = session }
         if let version = refusal.version { rendered.headers[.eTag] = "\"\(version)\"" }
         return rendered
@@ -212,7 +214,7 @@ extension RegionNode {
     /// Only eventual and prefix answers may be reused, and only by the client that got them (the answer carries
     /// its session token): a cached strong, bounded or session answer would outlive its promise.
     static func cacheControl(_ policy: KeyspacePolicy, level: ConsistencyLevel) -> String {
-        guard policy.cache.ttlMs > 0, level == .eventual || level == .prefix else { return "no-store" }
+        guard policy.cache.ttlMs > 0, !policy.keyNamesArePrivate, level == .eventual || level == .prefix else { return "no-store" }
         return "private, max-age=\(policy.cache.ttlMs / 1000)"
     }
 
@@ -524,7 +526,7 @@ extension RegionNode {
             }
             rendered = JSON.rendered(answer, headers: headers)
         case .refused(let refusal):
-            rendered = render(refusal, change: true)
+            rendered = render(refusal, change: true, policy: policy, key: key)
         case .read:
             rendered = MeridianError(.internalError, "\(answered.by?.rawValue ?? region.rawValue) answered a write with a read's answer; check that every region runs the same version.",
                                      applied: .maybe).rendered(change: true)

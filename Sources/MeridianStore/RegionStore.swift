@@ -42,6 +42,13 @@ public final class RegionStore: RegionStorage {
         var configuration = Configuration()
         configuration.maximumReaderCount = 8
         configuration.label = "meridian.\(region)"
+        // On every connection: a deleted or overwritten row's bytes are zeroed in the file, not left in free pages
+        // (a restricted keyspace's key names and values do not linger after they go), and temporary tables and
+        // sorts stay in memory, never in a temp file beside the database.
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA secure_delete = ON")
+            try db.execute(sql: "PRAGMA temp_store = MEMORY")
+        }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
             // WAL with synchronous=FULL fsyncs the log on every commit, so a commit that returned is durable.
@@ -359,6 +366,19 @@ public final class RegionStore: RegionStorage {
                 result[row["keyspace"]] = row["n"]
             }
             return result
+        }
+    }
+
+    /// `PRAGMA secure_delete` and `temp_store` of the writer and of a reader connection (1 and 2: deleted bytes are
+    /// zeroed, temporary storage is in memory).
+    public func eraseSettings() async throws(MeridianError) -> (writer: [Int], reader: [Int]) {
+        do {
+            let read: @Sendable (Database) throws -> [Int] = { db in
+                [try Int.fetchOne(db, sql: "PRAGMA secure_delete") ?? -1, try Int.fetchOne(db, sql: "PRAGMA temp_store") ?? -1]
+            }
+            return (try await pool.write(read), try await pool.read(read))
+        } catch {
+            throw MeridianError(.storageFailure, "Cannot read the store's settings: \(error)")
         }
     }
 

@@ -50,6 +50,12 @@ struct NodeCommand: AsyncParsableCommand {
     var insecure = false
 
     func run() async throws {
+        // A core dump would write the node's memory (values, keys, root keys) to a file anywhere the kernel says:
+        // none is ever written, whatever limit the shell set.
+        var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+        guard setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore) == 0 else {
+            throw CLIFailure("Cannot turn core dumps off (setrlimit RLIMIT_CORE: errno \(errno)); the node does not start with them on.")
+        }
         let config = try cluster.load()
         let regionName: RegionName
         do { regionName = try RegionName(region) } catch { throw ValidationError(error.message) }

@@ -56,6 +56,13 @@ extension LiveTests {
                     await connection.close()
                 }
                 await us.close()
+                // No node can dump its memory to a core file.
+                for region in cluster.regions {
+                    let pid = try #require(cluster.local.pid(try RegionName(region)))
+                    let limits = (try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)) ?? ""
+                    let core = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") }.map { $0.split(separator: " ", omittingEmptySubsequences: true) } ?? []
+                    #expect(core.count >= 6 && core[4] == "0" && core[5] == "0", "\(region): \(core.joined(separator: " "))")
+                }
                 for region in ["us-east", "ap-southeast"] {
                     let log = (try? String(contentsOfFile: cluster.local.log(try RegionName(region)), encoding: .utf8)) ?? ""
                     #expect(!log.isEmpty, "\(region) wrote a log")

@@ -153,6 +153,16 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
         store.close()
     }
 
+    @Test func deletedBytesAreZeroedAndTemporaryDataStaysInMemory() async throws {
+        let fixture = StoreFixture()
+        defer { fixture.remove() }
+        let store = try fixture.openSQLite()
+        _ = try await store.write(fixture.put("a", "1"))
+        let settings = try await store.eraseSettings()
+        #expect(settings.writer == [1, 2] && settings.reader == [1, 2], "secure_delete and temp_store: \(settings)")
+        store.close()
+    }
+
     @Test func concurrentWritesShareTransactionsAndKeepAGapFreeLog() async throws {
         let fixture = StoreFixture()
         defer { fixture.remove() }

@@ -83,7 +83,9 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
             throw MeridianError(
                 .invalidKey,
                 "The key holds the control character U+\(String(bad.value, radix: 16, uppercase: true)); keys may not contain control characters.",
-                context: ["key": NameRule.printable(rawValue)])
+                // Not the key itself: key names may be personal data, and this error can be made outside a
+                // restricted keyspace's residency (the key is refused before its keyspace is known).
+                context: ["key_bytes": String(byteCount), "character": "U+\(String(bad.value, radix: 16, uppercase: true))"])
         }
         self.rawValue = rawValue
     }

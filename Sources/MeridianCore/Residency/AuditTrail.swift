@@ -1,0 +1,188 @@
+import Crypto
+import Foundation
+
+// The audit trail (issue 21): per region, append-only and hash-chained (each record's hash covers the one before),
+// with the chain's head signed in checkpoints the other regions keep. A trail whose bytes were changed fails its
+// own chain; one that was cut short, or recomputed from a changed record on, disagrees with a checkpoint a peer
+// holds. These are the core's parts: records, the chain, checkpoints, and verification. The node appends and
+// exchanges them.
+
+/// One audited event in one region's trail.
+public struct AuditRecord: Hashable, Sendable {
+    /// What happened.
+    public enum Kind: String, Hashable, Sendable, CaseIterable {
+        case replicationSent = "replication_sent"
+        case replicationReceived = "replication_received"
+        case proxied
+        case forwarded
+        case repair
+        case reapplied
+        case backup
+        case restore
+        case keyWrap = "key_wrap"
+        case keyRotation = "key_rotation"
+        case erasure
+        case authenticationFailed = "authentication_failed"
+        case authorizationFailed = "authorization_failed"
+        case configChange = "config_change"
+    }
+
+    /// The record's place in its region's trail, from 1, without gaps.
+    public let sequence: UInt64
+    public let timeMs: UInt64
+    public let region: RegionName
+    public let kind: Kind
+    /// What the record names (peer, keyspace, sequence range, bytes, digest, principal, key hash...): never a
+    /// restricted key's name or a value.
+    public let fields: [String: String]
+    /// The hash of the record before (32 zero bytes for the first).
+    public let previous: [UInt8]
+    /// SHA-256 over `previous` and the record's canonical bytes.
+    public let hash: [UInt8]
+
+    /// The hash a record with these contents must have.
+    public static func hash(sequence: UInt64, timeMs: UInt64, region: RegionName, kind: Kind, fields: [String: String], previous: [UInt8]) -> [UInt8] {
+        var bytes = Array("meridian/audit/v1".utf8)
+        bytes += previous
+        bytes += withUnsafeBytes(of: sequence.bigEndian, Array.init)
+        bytes += withUnsafeBytes(of: timeMs.bigEndian, Array.init)
+        func text(_ value: String) {
+            bytes += withUnsafeBytes(of: UInt32(value.utf8.count).bigEndian, Array.init)
+            bytes += Array(value.utf8)
+        }
+        text(region.rawValue)
+        text(kind.rawValue)
+        bytes += withUnsafeBytes(of: UInt32(fields.count).bigEndian, Array.init)
+        for (name, value) in fields.sorted(by: { $0.key < $1.key }) {
+            text(name)
+            text(value)
+        }
+        return Array(SHA256.hash(data: bytes))
+    }
+
+    /// Whether `hash` is the hash of the record's contents.
+    public var isSealed: Bool {
+        hash == Self.hash(sequence: sequence, timeMs: timeMs, region: region, kind: kind, fields: fields, previous: previous)
+    }
+
+    public init(sequence: UInt64, timeMs: UInt64, region: RegionName, kind: Kind, fields: [String: String], previous: [UInt8], hash: [UInt8]) {
+        self.sequence = sequence
+        self.timeMs = timeMs
+        self.region = region
+        self.kind = kind
+        self.fields = fields
+        self.previous = previous
+        self.hash = hash
+    }
+}
+
+/// The head of a region's trail: where the next record goes and what it chains to.
+public struct AuditChain: Hashable, Sendable {
+    public static let genesis = [UInt8](repeating: 0, count: 32)
+    public let region: RegionName
+    public private(set) var sequence: UInt64
+    public private(set) var hash: [UInt8]
+
+    /// A trail's head: a new trail's (nothing yet), or the last record's when the trail is read back.
+    public init(region: RegionName, sequence: UInt64 = 0, hash: [UInt8] = AuditChain.genesis) {
+        self.region = region
+        self.sequence = sequence
+        self.hash = hash
+    }
+
+    /// The next record, chained to the head, which moves to it.
+    public mutating func append(_ kind: AuditRecord.Kind, fields: [String: String], timeMs: UInt64) -> AuditRecord {
+        let next = sequence + 1
+        let sealed = AuditRecord.hash(sequence: next, timeMs: timeMs, region: region, kind: kind, fields: fields, previous: hash)
+        let record = AuditRecord(sequence: next, timeMs: timeMs, region: region, kind: kind, fields: fields, previous: hash, hash: sealed)
+        sequence = next
+        hash = sealed
+        return record
+    }
+}
+
+/// A region's signed statement of its trail's head, kept by its peers as witnesses.
+public struct AuditCheckpoint: Hashable, Sendable {
+    public let region: RegionName
+    public let sequence: UInt64
+    public let hash: [UInt8]
+    public let signature: [UInt8]
+
+    public init(region: RegionName, sequence: UInt64, hash: [UInt8], signature: [UInt8]) {
+        self.region = region
+        self.sequence = sequence
+        self.hash = hash
+        self.signature = signature
+    }
+
+    /// The head of `chain`, signed with the region's audit key.
+    public static func sign(_ chain: AuditChain, with key: Curve25519.Signing.PrivateKey) -> AuditCheckpoint {
+        let payload = signedBytes(region: chain.region, sequence: chain.sequence, hash: chain.hash)
+        let signature: Data
+        do {
+            signature = try key.signature(for: payload)
+        } catch {
+            preconditionFailure("Ed25519 signing cannot fail: \(error)")
+        }
+        return AuditCheckpoint(region: chain.region, sequence: chain.sequence, hash: chain.hash, signature: Array(signature))
+    }
+
+    /// Whether the region's audit key signed this checkpoint.
+    public func isSigned(by key: Curve25519.Signing.PublicKey) -> Bool {
+        key.isValidSignature(signature, for: Self.signedBytes(region: region, sequence: sequence, hash: hash))
+    }
+
+    private static func signedBytes(region: RegionName, sequence: UInt64, hash: [UInt8]) -> [UInt8] {
+        Array("meridian/audit-checkpoint/v1\0\(region.rawValue)\0".utf8) + withUnsafeBytes(of: sequence.bigEndian, Array.init) + hash
+    }
+}
+
+/// What verifying a trail found.
+public enum AuditVerdict: Hashable, Sendable {
+    /// The chain holds from its first record to `head`, and every checkpoint given agrees with it.
+    case intact(head: UInt64, checkpoints: Int)
+    /// The first thing wrong, at `sequence`, in a sentence an operator can act on.
+    case broken(sequence: UInt64, reason: String)
+}
+
+public enum AuditVerifier {
+    /// Verifies a region's trail, read in order from `anchor` (the record before the first one given: genesis
+    /// for a whole trail, or where retention cut it), against checkpoints its peers witnessed.
+    /// - Parameters:
+    ///   - key: The region's audit public key (checkpoints not signed by it are reported, not trusted).
+    public static func verify(_ records: [AuditRecord], region: RegionName, anchor: (sequence: UInt64, hash: [UInt8]) = (0, AuditChain.genesis),
+                              checkpoints: [AuditCheckpoint] = [], key: Curve25519.Signing.PublicKey? = nil) -> AuditVerdict {
+        var previous = anchor
+        // The anchor is witnessed too: a retention cut keeps the hash of the last record it dropped.
+        var byHash: [UInt64: [UInt8]] = anchor.sequence > 0 ? [anchor.sequence: anchor.hash] : [:]
+        for record in records {
+            let expected = previous.sequence + 1
+            guard record.sequence == expected else {
+                return .broken(sequence: expected, reason: "\(region)'s trail skips from record \(previous.sequence) to \(record.sequence): records were deleted or reordered.")
+            }
+            guard record.region == region else {
+                return .broken(sequence: record.sequence, reason: "Record \(record.sequence) names region \(record.region), not \(region): it was copied from another trail.")
+            }
+            guard record.previous == previous.hash else {
+                return .broken(sequence: record.sequence, reason: "Record \(record.sequence) does not chain to record \(previous.sequence): a record before it was changed, or the trail was spliced.")
+            }
+            guard record.isSealed else {
+                return .broken(sequence: record.sequence, reason: "Record \(record.sequence)'s contents do not match its hash: the record was changed after it was written.")
+            }
+            byHash[record.sequence] = record.hash
+            previous = (record.sequence, record.hash)
+        }
+        for checkpoint in checkpoints.sorted(by: { $0.sequence < $1.sequence }) where checkpoint.region == region && checkpoint.sequence >= max(anchor.sequence, 1) {
+            if let key, !checkpoint.isSigned(by: key) {
+                return .broken(sequence: checkpoint.sequence, reason: "A checkpoint of \(region) at record \(checkpoint.sequence) is not signed by \(region)'s audit key: it cannot witness the trail.")
+            }
+            guard let hash = byHash[checkpoint.sequence] else {
+                return .broken(sequence: checkpoint.sequence, reason: "A peer witnessed \(region)'s trail at record \(checkpoint.sequence), but the trail ends at \(previous.sequence): its newest records were deleted.")
+            }
+            guard hash == checkpoint.hash else {
+                return .broken(sequence: checkpoint.sequence, reason: "Record \(checkpoint.sequence) is not the one a peer witnessed: the trail was rewritten (its chain recomputed) from there or before.")
+            }
+        }
+        return .intact(head: previous.sequence, checkpoints: checkpoints.filter { $0.region == region && $0.sequence >= max(anchor.sequence, 1) }.count)
+    }
+}

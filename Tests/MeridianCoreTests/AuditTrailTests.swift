@@ -1,0 +1,107 @@
+import Crypto
+@testable import MeridianCore
+import Testing
+
+/// The audit trail's chain and its witnessed checkpoints catch a changed byte, deleted newest records and a
+/// recomputed chain, and pass an untouched trail.
+@Suite struct AuditTrailTests {
+    static let eu = RegionName(validated: "eu-west")
+    static let us = RegionName(validated: "us-east")
+
+    /// A trail of `count` records and the checkpoints signed after every fifth record.
+    static func trail(_ count: Int, key: Curve25519.Signing.PrivateKey) -> ([AuditRecord], [AuditCheckpoint]) {
+        var chain = AuditChain(region: eu)
+        var records: [AuditRecord] = []
+        var checkpoints: [AuditCheckpoint] = []
+        for index in 1...count {
+            let kind: AuditRecord.Kind = index % 2 == 0 ? .replicationSent : .proxied
+            records.append(chain.append(kind, fields: ["peer": "us-east", "keyspace": "eu_health", "first": "\(index * 10)", "last": "\(index * 10 + 9)"],
+                                        timeMs: 1_000 + UInt64(index)))
+            if index % 5 == 0 { checkpoints.append(AuditCheckpoint.sign(chain, with: key)) }
+        }
+        return (records, checkpoints)
+    }
+
+    @Test func anUntouchedTrailVerifiesWithItsWitnesses() {
+        let key = Curve25519.Signing.PrivateKey()
+        let (records, checkpoints) = Self.trail(23, key: key)
+        #expect(AuditVerifier.verify(records, region: Self.eu, checkpoints: checkpoints, key: key.publicKey) == .intact(head: 23, checkpoints: 4))
+        // A trail cut by retention verifies from its anchor (the last record it dropped).
+        let kept = Array(records.dropFirst(10))
+        #expect(AuditVerifier.verify(kept, region: Self.eu, anchor: (10, records[9].hash), checkpoints: checkpoints, key: key.publicKey)
+                == .intact(head: 23, checkpoints: 3))
+    }
+
+    @Test func aChangedByteAnywhereBreaksTheChainWhereItWasChanged() {
+        let key = Curve25519.Signing.PrivateKey()
+        let (records, checkpoints) = Self.trail(12, key: key)
+        for index in records.indices {
+            let original = records[index]
+            var fields = original.fields
+            fields["last"] = (fields["last"] ?? "") + "0"
+            var tampered = records
+            tampered[index] = AuditRecord(sequence: original.sequence, timeMs: original.timeMs, region: original.region, kind: original.kind,
+                                          fields: fields, previous: original.previous, hash: original.hash)
+            guard case .broken(let at, let reason) = AuditVerifier.verify(tampered, region: Self.eu, checkpoints: checkpoints) else {
+                Issue.record("a changed record \(index + 1) went unnoticed")
+                continue
+            }
+            #expect(at == original.sequence && reason.contains("changed"), "\(at): \(reason)")
+            // A flipped byte of the hash itself breaks the next record's link (or, for the newest, its seal).
+            var flipped = records
+            var hash = original.hash
+            hash[0] ^= 1
+            flipped[index] = AuditRecord(sequence: original.sequence, timeMs: original.timeMs, region: original.region, kind: original.kind,
+                                         fields: original.fields, previous: original.previous, hash: hash)
+            #expect(AuditVerifier.verify(flipped, region: Self.eu, checkpoints: checkpoints) != .intact(head: 12, checkpoints: 2))
+        }
+    }
+
+    @Test func deletedNewestRecordsAreCaughtByAPeersCheckpoint() {
+        let key = Curve25519.Signing.PrivateKey()
+        let (records, checkpoints) = Self.trail(20, key: key)
+        let cut = Array(records.prefix(17))
+        // Alone, a shorter chain is still a chain: only the witnesses know it was longer.
+        #expect(AuditVerifier.verify(cut, region: Self.eu) == .intact(head: 17, checkpoints: 0))
+        guard case .broken(let at, let reason) = AuditVerifier.verify(cut, region: Self.eu, checkpoints: checkpoints, key: key.publicKey) else {
+            Issue.record("deleting the newest records went unnoticed")
+            return
+        }
+        #expect(at == 20 && reason.contains("deleted"), "\(at): \(reason)")
+        // A record deleted from the middle breaks the sequence.
+        var gap = records
+        gap.remove(at: 7)
+        guard case .broken(let missing, _) = AuditVerifier.verify(gap, region: Self.eu) else { Issue.record("a gap went unnoticed"); return }
+        #expect(missing == 8)
+    }
+
+    @Test func aRecomputedChainIsCaughtByTheCheckpointsItCannotResign() {
+        let key = Curve25519.Signing.PrivateKey()
+        let (records, checkpoints) = Self.trail(15, key: key)
+        // Change record 4 and recompute every hash from there: the chain is whole again.
+        var chain = AuditChain(region: Self.eu, sequence: 3, hash: records[2].hash)
+        var rewritten = Array(records.prefix(3))
+        for record in records.dropFirst(3) {
+            var fields = record.fields
+            if record.sequence == 4 { fields["peer"] = "ap-southeast" }
+            rewritten.append(chain.append(record.kind, fields: fields, timeMs: record.timeMs))
+        }
+        #expect(AuditVerifier.verify(rewritten, region: Self.eu) == .intact(head: 15, checkpoints: 0))
+        guard case .broken(let at, let reason) = AuditVerifier.verify(rewritten, region: Self.eu, checkpoints: checkpoints, key: key.publicKey) else {
+            Issue.record("a recomputed chain went unnoticed")
+            return
+        }
+        #expect(at == 5 && reason.contains("rewritten"), "\(at): \(reason)")
+        // New checkpoints for the rewritten chain need the region's key: another key's are refused.
+        let forged = [AuditCheckpoint.sign(chain, with: Curve25519.Signing.PrivateKey())]
+        guard case .broken(_, let why) = AuditVerifier.verify(rewritten, region: Self.eu, checkpoints: forged, key: key.publicKey) else {
+            Issue.record("a forged checkpoint was trusted")
+            return
+        }
+        #expect(why.contains("not signed"))
+        // A record copied from another region's trail is refused.
+        var other = AuditChain(region: Self.us)
+        let foreign = other.append(.proxied, fields: [:], timeMs: 1)
+        guard case .broken = AuditVerifier.verify([foreign], region: Self.eu) else { Issue.record("a foreign record was accepted"); return }
+    }
+}

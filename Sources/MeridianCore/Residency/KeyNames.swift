@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 
 /// Key names of restricted keyspaces are personal data (an e-mail address as a key): wherever a key would be
 /// shown (an error's message or context, a log line), a keyed hash stands in for it, the same in every region,
@@ -73,29 +74,10 @@ extension ClusterConfig {
 }
 
 extension String {
-    /// The percent-decoded string, or the string itself when it is not valid percent-encoding.
+    /// The percent-decoded string (Foundation's decoding), or the string itself when it is not valid
+    /// percent-encoding.
     var removingPercentEncodingOrSelf: String {
-        guard utf8.contains(UInt8(ascii: "%")) else { return self }
-        var bytes: [UInt8] = []
-        var iterator = utf8.makeIterator()
-        while let byte = iterator.next() {
-            guard byte == UInt8(ascii: "%") else {
-                bytes.append(byte)
-                continue
-            }
-            guard let high = iterator.next().flatMap(Self.hexValue), let low = iterator.next().flatMap(Self.hexValue) else { return self }
-            bytes.append(high << 4 | low)
-        }
-        return String(validating: bytes, as: UTF8.self) ?? self
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
+        utf8.contains(UInt8(ascii: "%")) ? (removingPercentEncoding ?? self) : self
     }
 }
 

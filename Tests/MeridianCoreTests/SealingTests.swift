@@ -26,32 +26,35 @@ import Testing
     }
 
     @Test func aSealedValueOpensOnlyForItsKeyspaceKeyAndVersion() throws {
-        let dataKey = DataKey.generate()
+        var random = SystemRandomNumberGenerator()
+        let dataKey = DataKey.generate(using: &random)
         let key = try Key("users/42/email")
         let plaintext = Array("ada@example.eu".utf8)
-        let sealed = SealedValue.seal(plaintext, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5))
+        let sealed = SealedValue.seal(plaintext, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5), using: &random)
         #expect(sealed.count == plaintext.count + SealedValue.overheadBytes)
         #expect(!String(decoding: sealed, as: UTF8.self).contains("ada@example.eu"), "the plaintext shows through")
         #expect(try SealedValue.open(sealed, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5)) == plaintext)
         // Moved to another key, version, keyspace, or opened with another subject's key: refused, never garbage.
+        let otherKey = DataKey.generate(using: &random)
         let moves: [() throws -> [UInt8]] = [
             { try SealedValue.open(sealed, with: dataKey, keyspace: Self.health, key: try Key("users/43/email"), version: Self.version(5)) },
             { try SealedValue.open(sealed, with: dataKey, keyspace: Self.health, key: key, version: Self.version(6)) },
             { try SealedValue.open(sealed, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5, at: 1_001)) },
             { try SealedValue.open(sealed, with: dataKey, keyspace: try KeyspaceName("profiles"), key: key, version: Self.version(5)) },
-            { try SealedValue.open(sealed, with: DataKey.generate(), keyspace: Self.health, key: key, version: Self.version(5)) },
+            { try SealedValue.open(sealed, with: otherKey, keyspace: Self.health, key: key, version: Self.version(5)) },
         ]
         for (index, move) in moves.enumerated() {
             #expect(Self.unreadable(move), "move \(index) opened")
         }
         // Two seals of the same value differ (a fresh nonce each time).
-        #expect(SealedValue.seal(plaintext, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5)) != sealed)
+        #expect(SealedValue.seal(plaintext, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5), using: &random) != sealed)
     }
 
     @Test func everyFlippedByteOfASealedValueIsCaught() throws {
-        let dataKey = DataKey.generate()
+        var random = SystemRandomNumberGenerator()
+        let dataKey = DataKey.generate(using: &random)
         let key = try Key("k")
-        let sealed = SealedValue.seal(Array("marker-1".utf8), with: dataKey, keyspace: Self.health, key: key, version: Self.version(1))
+        let sealed = SealedValue.seal(Array("marker-1".utf8), with: dataKey, keyspace: Self.health, key: key, version: Self.version(1), using: &random)
         for index in sealed.indices {
             var flipped = sealed
             flipped[index] ^= 0x01
@@ -63,12 +66,13 @@ import Testing
     }
 
     @Test func aWrappedDataKeyOpensOnlyInItsRegionKeyspaceEpochAndSubject() throws {
+        var random = SystemRandomNumberGenerator()
         let subject = try Subject("users/42")
         let kek = Self.root.keyEncryptionKey(region: Self.eu, keyspace: Self.health, epoch: 1)
-        let dataKey = DataKey.generate()
-        let wrapped = kek.wrap(dataKey, subject: subject)
+        let dataKey = DataKey.generate(using: &random)
+        let wrapped = kek.wrap(dataKey, subject: subject, using: &random)
         let key = try Key("users/42/email")
-        let sealed = SealedValue.seal(Array("v".utf8), with: dataKey, keyspace: Self.health, key: key, version: Self.version(1))
+        let sealed = SealedValue.seal(Array("v".utf8), with: dataKey, keyspace: Self.health, key: key, version: Self.version(1), using: &random)
         // Unwrapped by the same derivation (a restart re-derives it from the root key), it opens the value.
         let again = try Self.root.keyEncryptionKey(region: Self.eu, keyspace: Self.health, epoch: 1).unwrap(wrapped, subject: subject)
         #expect(try SealedValue.open(sealed, with: again, keyspace: Self.health, key: key, version: Self.version(1)) == Array("v".utf8))
@@ -83,6 +87,15 @@ import Testing
         for (name, wrong) in wrongs {
             #expect(Self.unreadable(wrong), "a wrapped data key opened with \(name)")
         }
+    }
+
+    @Test func aSeededGeneratorSealsTheSameBytesTwice() throws {
+        // The simulator's seeded generator makes sealing deterministic; two generators of one seed agree.
+        var first = SeededGenerator(seed: 42), second = SeededGenerator(seed: 42)
+        let key = try Key("k")
+        let a = SealedValue.seal(Array("v".utf8), with: DataKey.generate(using: &first), keyspace: Self.health, key: key, version: Self.version(1), using: &first)
+        let b = SealedValue.seal(Array("v".utf8), with: DataKey.generate(using: &second), keyspace: Self.health, key: key, version: Self.version(1), using: &second)
+        #expect(a == b)
     }
 
     @Test func rootKeysAndSubjectsAreValidated() throws {

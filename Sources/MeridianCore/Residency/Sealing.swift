@@ -5,7 +5,9 @@ import Foundation
 // subject, bound to their keyspace, key and version; each region wraps the data keys under a key-encryption key
 // derived from its own root key, which never leaves it. Destroying a subject's wrapped data keys everywhere
 // makes every copy of its values unreadable at once (erasure). These are the primitives; the store seals at
-// commit, when the version is known.
+// commit, when the version is known. Randomness (data keys, nonces) comes from the caller's generator, so the
+// core stays deterministic under the simulator's seeded one; shells pass `SystemRandomNumberGenerator`, which is
+// cryptographically secure.
 
 /// Who a sealed value belongs to: the unit of erasure (a user, a customer). 1 to 255 bytes of UTF-8, no control
 /// characters.
@@ -85,10 +87,10 @@ public struct KeyEncryptionKey: Sendable {
 
     /// A data key wrapped for `subject`: bound to this region, keyspace, epoch and subject (a wrap cannot be
     /// moved to another subject or region).
-    public func wrap(_ dataKey: DataKey, subject: Subject) -> WrappedDataKey {
+    public func wrap(_ dataKey: DataKey, subject: Subject, using generator: inout some RandomNumberGenerator) -> WrappedDataKey {
         let raw = dataKey.key.withUnsafeBytes { Array($0) }
         do {
-            let box = try AES.GCM.seal(raw, using: key, authenticating: associatedData(subject))
+            let box = try AES.GCM.seal(raw, using: key, nonce: SealedValue.nonce(using: &generator), authenticating: associatedData(subject))
             return WrappedDataKey(epoch: epoch, bytes: Array(box.combined!))
         } catch {
             preconditionFailure("AES-GCM sealing with a 256-bit key and a random nonce cannot fail: \(error)")
@@ -133,8 +135,10 @@ public struct DataKey: Sendable {
     public static let byteCount = 32
     let key: SymmetricKey
 
-    /// A new random data key.
-    public static func generate() -> DataKey { DataKey(key: SymmetricKey(size: .bits256)) }
+    /// A new data key of `generator`'s bytes.
+    public static func generate(using generator: inout some RandomNumberGenerator) -> DataKey {
+        DataKey(key: SymmetricKey(data: SealedValue.randomBytes(byteCount, using: &generator)))
+    }
 }
 
 /// A sealed value's bytes: a format byte, then AES-GCM's nonce, ciphertext and tag, bound to the value's
@@ -145,9 +149,11 @@ public enum SealedValue {
     /// Bytes a sealed value adds to its plaintext: the format byte, a 12-byte nonce and a 16-byte tag.
     public static let overheadBytes = 1 + 12 + 16
 
-    public static func seal(_ plaintext: [UInt8], with dataKey: DataKey, keyspace: KeyspaceName, key: Key, version: Version) -> [UInt8] {
+    /// - Parameter generator: Where the nonce comes from (96 random bits per seal).
+    public static func seal(_ plaintext: [UInt8], with dataKey: DataKey, keyspace: KeyspaceName, key: Key, version: Version,
+                            using generator: inout some RandomNumberGenerator) -> [UInt8] {
         do {
-            let box = try AES.GCM.seal(plaintext, using: dataKey.key, authenticating: associatedData(keyspace, key, version))
+            let box = try AES.GCM.seal(plaintext, using: dataKey.key, nonce: nonce(using: &generator), authenticating: associatedData(keyspace, key, version))
             return [format] + Array(box.combined!)
         } catch {
             preconditionFailure("AES-GCM sealing with a 256-bit key and a random nonce cannot fail: \(error)")
@@ -165,6 +171,18 @@ public enum SealedValue {
             return Array(try AES.GCM.open(box, using: dataKey.key, authenticating: associatedData(keyspace, key, version)))
         } catch {
             throw MeridianError(.sealedValueUnreadable, "The stored value of \(keyspace) at version \(version) does not open with its subject's data key: it was moved from another key or version, or corrupted.")
+        }
+    }
+
+    static func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
+        (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+
+    static func nonce(using generator: inout some RandomNumberGenerator) -> AES.GCM.Nonce {
+        do {
+            return try AES.GCM.Nonce(data: randomBytes(12, using: &generator))
+        } catch {
+            preconditionFailure("a 12-byte AES-GCM nonce is always valid: \(error)")
         }
     }
 

@@ -18,6 +18,7 @@ extension MeridianError.Code.Kind {
         case .storageFull: HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
         case .internalFailure: .internalServerError
         case .unprocessable: .unprocessableContent
+        case .gone: .gone
         }
     }
 }

@@ -32,7 +32,7 @@ public enum RouteAccess {
             return scoped(.write, keyspace, key(parts))
         case ("conflicts", "GET") where parts.count == 3:
             return scoped(.read, keyspace, query("key").map { .key($0) } ?? .keyspace)
-        case ("admin", _) where parts.count == 4 && parts[2] == "merkle":
+        case ("admin", _) where parts.count == 4 && (parts[2] == "merkle" || parts[2] == "erase"):
             return scoped(.admin, keyspaceName(parts[3]), .keyspace)
         case ("admin", _), ("divergence", _):
             return .operation(.admin, keyspace: nil, target: .keyspace)

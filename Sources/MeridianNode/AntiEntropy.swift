@@ -30,6 +30,8 @@ extension RegionNode {
                 let page = try await store.states(keyspace: policy.name, buckets: Set(buckets), after: after,
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
+            case .dataKeys, .erase:
+                return await serveDataKeys(policy, request, from: peer)
             }
         } catch {
             return refused(error)
@@ -64,6 +66,8 @@ extension RegionNode {
         let token = given ?? gated ?? 0
         // Merges one page of states: through the gate for a single-leader keyspace.
         func merge(_ states: [(key: Key, state: KeyState)], terms: [TermEnd]?) async throws(MeridianError) -> Int {
+            // The keys of sealed values arrive first: a CRDT merge opens them, and reads will.
+            try await replicator.bringDataKeys(for: states.flatMap { item in item.state.versions.map { (policy.name, $0.value) } }, from: [peer])
             guard gated != nil else {
                 let changed = try await store.merge(keyspace: policy.name, states: states)
                 // Revocations that arrive by repair (after a partition) take effect as those that arrive by replication.

@@ -29,6 +29,8 @@ public struct NodeConfiguration: Sendable {
     public let peerEndpoints: [RegionName: Endpoint]
     /// Starts without authentication or TLS on an address other machines can reach (protected mode off).
     public var insecure = false
+    /// The region's root key, which seals the data keys of sealed keyspaces (required when the cluster has one).
+    public var rootKey: RegionRootKey?
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, clientAddress: Endpoint? = nil,
@@ -104,10 +106,18 @@ public final class RegionNode: Sendable {
         let offsetMs = Double(configuration.clockOffsetMs)
         let wallClockMs: @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000 + offsetMs)) }
         self.wallClockMs = wallClockMs
+        let sealed = ValueSealer.sealedKeyspaces(configuration.cluster)
+        var sealer: ValueSealer?
+        if !sealed.isEmpty {
+            guard let rootKey = configuration.rootKey else {
+                throw MeridianError(.invalidConfig, "Keyspaces \(sealed.keys.map(\.rawValue).sorted().joined(separator: ", ")) are sealed, and region \(configuration.region) has no root key: start the node with --root-key-file, or set MERIDIAN_ROOT_KEY.")
+            }
+            sealer = ValueSealer(region: configuration.region, root: rootKey, sealed: sealed)
+        }
         self.store = try openStore(StoreContext(
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
-            physicalClockMs: wallClockMs, observer: metrics))
+            physicalClockMs: wallClockMs, observer: metrics, sealer: sealer))
         let leadership = try await Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
                                         wallClockMs: wallClockMs, logger: logger)
         self.leadership = leadership
@@ -194,6 +204,7 @@ public final class RegionNode: Sendable {
         router.get("/v1/divergence") { request, context in try await self.divergence(request, context) }
         router.post("/v1/admin/divergence/:id/reapply") { request, context in try await self.reapply(request, context) }
         router.post("/v1/admin/tokens/revoke") { request, context in try await self.revokeToken(request, context) }
+        router.post("/v1/admin/erase/:keyspace") { request, context in try await self.erase(request, context) }
         index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }

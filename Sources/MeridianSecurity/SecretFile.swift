@@ -71,3 +71,35 @@ public enum SecretFile {
         MeridianError(.invalidConfig, "\(path): \(action) the file: \(String(cString: strerror(errno)))", context: ["file": path])
     }
 }
+
+/// Where a region's root key comes from: the `MERIDIAN_ROOT_KEY` environment variable (base64 of 32 bytes), or a
+/// file readable by its owner only. The key never leaves the region: nothing else reads or sends it.
+public enum RootKeyFile {
+    public static let environmentVariable = "MERIDIAN_ROOT_KEY"
+
+    /// The root key from the environment, else from `path`. A file that does not exist is made (32 random bytes,
+    /// mode 0600) only when `mayCreate` (a data directory that holds nothing yet): starting a store that holds
+    /// wrapped keys with a new root key would make all of them unreadable.
+    /// - Throws: `invalid_config` naming the variable or the file: missing, readable by others, or not 32 bytes.
+    public static func load(path: String, environment: [String: String], mayCreate: Bool) throws(MeridianError) -> RegionRootKey {
+        if let text = environment[environmentVariable] {
+            return try RegionRootKey(base64: text, source: environmentVariable)
+        }
+        var status = stat()
+        if stat(path, &status) != 0 {
+            guard errno == ENOENT, mayCreate else {
+                throw MeridianError(.invalidConfig, "\(path): the region's root key is missing (\(String(cString: strerror(errno)))), and the data directory already holds data sealed under one. Restore that key file, or set \(environmentVariable).",
+                                    context: ["file": path])
+            }
+            var generator = SystemRandomNumberGenerator()
+            let bytes = (0..<RegionRootKey.byteCount).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            try SecretFile.write(Data(bytes).base64EncodedString() + "\n", to: path)
+            return try RegionRootKey(bytes: bytes, source: path)
+        }
+        guard status.st_mode & 0o077 == 0 else {
+            throw MeridianError(.invalidConfig, "\(path): the root key file can be read by other users (mode \(String(status.st_mode & 0o777, radix: 8))); run `chmod 600 \(path)`.",
+                                context: ["file": path])
+        }
+        return try RegionRootKey(base64: try SecretFile.read(path, what: "the region's root key"), source: path)
+    }
+}

@@ -45,6 +45,9 @@ public final class MemoryStore: RegionStorage {
         var nextFailoverID: Int64 = 1
         /// Per keyspace, the outcomes of idempotent writes applied here.
         public internal(set) var idempotency: [KeyspaceName: [IdempotencyKey: IdempotencyRecord]] = [:]
+        /// The key table of sealed keyspaces: wrapped data keys, and the ids of those erased.
+        public internal(set) var dataKeys: [KeyspaceName: [DataKeyID: StoredDataKey]] = [:]
+        public internal(set) var erasedKeys: [KeyspaceName: Set<DataKeyID>] = [:]
 
         /// How far this region holds `origin`'s log: its own log's end, or the applied point of another's.
         public func appliedThrough(_ origin: RegionName) -> UInt64 {
@@ -72,6 +75,7 @@ public final class MemoryStore: RegionStorage {
     private let rules: [KeyspaceName: ConflictRule]
     private let physicalClockMs: @Sendable () -> UInt64
     private let observer: (any StoreObserver)?
+    private let sealer: ValueSealer?
 
     /// Opens the store on `disk` (empty: a new store for `context.region`).
     /// - Throws: `storage_failure` when the disk belongs to another region.
@@ -94,6 +98,7 @@ public final class MemoryStore: RegionStorage {
         rules = context.conflictRules
         physicalClockMs = context.physicalClockMs
         observer = context.observer
+        sealer = context.sealer
         let clock = HybridLogicalClock(region: context.region, maxOffsetMs: context.limits.clockOffsetMsMax, floor: contents.hlcHighWater)
         state = Mutex(Open(contents: contents, clock: clock))
     }
@@ -151,8 +156,25 @@ public final class MemoryStore: RegionStorage {
             }
             let current = open.contents.keys[request.keyspace]?[request.key]
             let sequence = open.contents.nextSequence
-            switch WritePlanner.plan(request, state: current, rule: rule, origin: region, sequence: sequence, clock: &open.clock,
-                                     physicalMs: physicalMs, limits: limits) {
+            let sealed = sealer?.isSealed(request.keyspace) == true ? sealer : nil
+            // A CRDT operation plans on the opened value; the entry is sealed before it is logged or applied.
+            var plan: WritePlan
+            do throws(MeridianError) {
+                var planned = current
+                if let sealed, rule == .crdt, let current {
+                    let contents = open.contents
+                    planned = try sealerStep("Opening a value") { try sealed.opened(current, keyspace: request.keyspace, key: request.key, in: contents) }
+                }
+                plan = WritePlanner.plan(request, state: planned, rule: rule, origin: region, sequence: sequence, clock: &open.clock,
+                                         physicalMs: physicalMs, limits: limits)
+                if let sealed, case .append(let entry) = plan {
+                    let subject = try sealed.subject(of: request.key, in: request.keyspace, given: request.subject)
+                    plan = .append(try sealerStep("Sealing a value") { try sealed.sealing(entry, subject: subject, in: &open.contents) })
+                }
+            } catch {
+                return (.refused(error), Recorded())
+            }
+            switch plan {
             case .refused(let error):
                 return (.refused(error), Recorded())
             case .preconditionFailed(let version):
@@ -160,7 +182,7 @@ public final class MemoryStore: RegionStorage {
             case .append(let entry):
                 open.contents.log[region, default: []].append(entry)
                 open.contents.nextSequence = sequence + 1
-                var recorded = try Self.apply(entry, rule: rule, to: &open.contents, nowMs: physicalMs, limits: limits)
+                var recorded = try Self.apply(entry, rule: rule, to: &open.contents, nowMs: physicalMs, limits: limits, sealer: sealed)
                 open.contents.hlcHighWater = open.clock.last
                 recorded.evicted = open.contents.remember(entry, nowMs: physicalMs, limits: limits)
                 return (.committed(entry), recorded)
@@ -188,9 +210,15 @@ public final class MemoryStore: RegionStorage {
 
     /// Applies one entry to its key, records the losers, and notes the term it belongs to.
     private static func apply(_ entry: ReplicationEntry, rule: ConflictRule, to contents: inout Contents, nowMs: UInt64,
-                              limits: Limits) throws(MeridianError) -> Recorded {
+                              limits: Limits, sealer: ValueSealer?) throws(MeridianError) -> Recorded {
         let old = contents.keys[entry.keyspace]?[entry.key]
-        let change = try KeyChange.applying(entry, rule: rule, to: old)
+        let table = contents
+        let change: KeyChange?
+        if let sealer {
+            change = try sealerStep("Applying a sealed entry") { try sealer.change(applying: entry, rule: rule, to: old, in: table) }
+        } else {
+            change = try KeyChange.applying(entry, rule: rule, to: old)
+        }
         if entry.epoch > 0 {
             let term = TermKey(origin: entry.origin, epoch: entry.epoch)
             contents.terms[entry.keyspace, default: [:]][term] = max(contents.terms[entry.keyspace]?[term] ?? 0, entry.sequence)
@@ -240,16 +268,28 @@ public final class MemoryStore: RegionStorage {
 
     public func get(keyspace: KeyspaceName, key: Key) throws(MeridianError) -> StoredValue? {
         let rule = rule(keyspace)
-        return try reading { open in
+        let sealer = self.sealer
+        return try reading { open throws(MeridianError) in
             guard let state = open.contents.keys[keyspace]?[key] else { return nil }
-            var value = StoredValue(keyspace: keyspace, key: key, winner: state.winner(rule))
+            var winner = state.winner(rule)
+            if let sealer {
+                let contents = open.contents
+                winner = try sealerStep("Opening a value") { try sealer.opened(winner, keyspace: keyspace, key: key, in: contents) }
+            }
+            var value = StoredValue(keyspace: keyspace, key: key, winner: winner)
             value.concurrent = state.versions.count - 1
             return value
         }
     }
 
     public func state(keyspace: KeyspaceName, key: Key) throws(MeridianError) -> KeyState? {
-        try reading { open in open.contents.keys[keyspace]?[key] }
+        let sealer = self.sealer
+        return try reading { open throws(MeridianError) in
+            guard let state = open.contents.keys[keyspace]?[key] else { return nil }
+            guard let sealer else { return state }
+            let contents = open.contents
+            return try sealerStep("Opening a value") { try sealer.opened(state, keyspace: keyspace, key: key, in: contents) }
+        }
     }
 
     /// A keyspace's keys in ascending byte order, as SQLite compares text.
@@ -321,7 +361,7 @@ public final class MemoryStore: RegionStorage {
                     continue
                 }
                 open.contents.log[origin, default: []].append(entry)
-                var step = try Self.apply(entry, rule: rule(entry.keyspace), to: &open.contents, nowMs: physicalMs, limits: limits)
+                var step = try Self.apply(entry, rule: rule(entry.keyspace), to: &open.contents, nowMs: physicalMs, limits: limits, sealer: sealer)
                 step.evicted = open.contents.remember(entry, nowMs: physicalMs, limits: limits)
                 recorded[entry.keyspace, default: Recorded()].add(step)
                 Self.receive(entry.hlc, clock: &open.clock, physicalMs: physicalMs)
@@ -405,11 +445,18 @@ public final class MemoryStore: RegionStorage {
         let rule = rule(keyspace)
         let limits = self.limits
         let physicalMs = physicalClockMs()
-        let (changed, recorded) = try changing { open in
+        let sealer = self.sealer
+        let (changed, recorded) = try changing { open throws(MeridianError) in
             var changed = 0, recorded = Recorded()
             for item in states {
                 let local = open.contents.keys[keyspace]?[item.key]
-                let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
+                let contents = open.contents
+                var merged = item.state
+                if let local, let sealer {
+                    merged = try sealerStep("Merging a sealed state") { try sealer.merged(local, with: item.state, rule: rule, keyspace: keyspace, key: item.key, in: contents) }
+                } else if let local {
+                    merged = local.merged(with: item.state, rule: rule)
+                }
                 guard merged != local else { continue }
                 for version in item.state.versions { Self.receive(version.version.hlc, clock: &open.clock, physicalMs: physicalMs) }
                 open.contents.keys[keyspace, default: [:]][item.key] = merged
@@ -434,8 +481,20 @@ public final class MemoryStore: RegionStorage {
 
     public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) throws(MeridianError) -> [ConflictRecord] {
         precondition(limit > 0)
-        return try reading { open in
-            Array(open.contents.conflicts.lazy.filter { $0.keyspace == keyspace && $0.id > after && (key == nil || $0.key == key) }.prefix(limit))
+        let sealer = self.sealer
+        return try reading { open throws(MeridianError) in
+            let records = Array(open.contents.conflicts.lazy.filter { $0.keyspace == keyspace && $0.id > after && (key == nil || $0.key == key) }.prefix(limit))
+            guard let sealer else { return records }
+            let contents = open.contents
+            // A record whose value was erased is left out, as the SQLite backend does.
+            return try sealerStep("Opening a conflict record") {
+                try records.compactMap { record in
+                    try ValueSealer.unlessErased {
+                        ConflictRecord(id: record.id, keyspace: keyspace, key: record.key, rule: record.rule, recordedMs: record.recordedMs,
+                                       loser: try sealer.opened(record.loser, keyspace: keyspace, key: record.key, in: contents), winner: record.winner)
+                    }
+                }
+            }
         }
     }
 
@@ -520,13 +579,78 @@ public final class MemoryStore: RegionStorage {
     }
 
     public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) throws(MeridianError) -> [DivergedWrite] {
-        try reading { open in
-            Array(open.contents.divergence.lazy.filter { ($0.keyspace == keyspace || keyspace == nil) && $0.id > after }.prefix(limit))
+        let sealer = self.sealer
+        return try reading { open throws(MeridianError) in
+            let writes = Array(open.contents.divergence.lazy.filter { ($0.keyspace == keyspace || keyspace == nil) && $0.id > after }.prefix(limit))
+            let contents = open.contents
+            // A write whose value was erased is left out, as the SQLite backend does.
+            return try sealerStep("Opening a kept-aside write") {
+                try writes.compactMap { write in try ValueSealer.unlessErased { try Self.opened(write, sealer: sealer, in: contents) } }
+            }
         }
     }
 
     public func divergedWrite(id: Int64) throws(MeridianError) -> DivergedWrite? {
-        try reading { open in open.contents.divergence.first { $0.id == id } }
+        let sealer = self.sealer
+        return try reading { open throws(MeridianError) in
+            let contents = open.contents
+            return try open.contents.divergence.first { $0.id == id }.map { write throws(MeridianError) in
+                try sealerStep("Opening a kept-aside write") { try Self.opened(write, sealer: sealer, in: contents) }
+            }
+        }
+    }
+
+    /// A kept-aside write with its value opened (a sealed keyspace's).
+    private static func opened(_ write: DivergedWrite, sealer: ValueSealer?, in contents: Contents) throws -> DivergedWrite {
+        guard let sealer, sealer.isSealed(write.keyspace) else { return write }
+        let value = try sealer.open(write.value, keyspace: write.keyspace, key: write.key, version: Version(hlc: write.hlc, sequence: write.sequence), in: contents)
+        return DivergedWrite(id: write.id, keyspace: write.keyspace, key: write.key, origin: write.origin, sequence: write.sequence, epoch: write.epoch,
+                             successorEpoch: write.successorEpoch, hlc: write.hlc, operation: write.operation, contentType: write.contentType,
+                             value: value, recordedMs: write.recordedMs, reappliedMs: write.reappliedMs)
+    }
+
+    // MARK: - Data keys
+
+    public func missingDataKeys(_ values: [(keyspace: KeyspaceName, value: [UInt8])]) throws(MeridianError) -> [KeyspaceName: Set<DataKeyID>] {
+        guard let sealer else { return [:] }
+        return try reading { open throws(MeridianError) in
+            let contents = open.contents
+            return try sealerStep("Looking up data keys") { try sealer.missing(values, in: contents) }
+        }
+    }
+
+    public func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID]) {
+        guard let sealer else { return ([], []) }
+        return try reading { open throws(MeridianError) in
+            let contents = open.contents
+            return try sealerStep("Granting data keys") { try sealer.grants(keyspace: keyspace, ids: ids, in: contents) }
+        }
+    }
+
+    public func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) throws(MeridianError) {
+        guard let sealer else { return }
+        try changing { open throws(MeridianError) in
+            for id in erased {
+                open.contents.dataKeys[keyspace]?[id] = nil
+                open.contents.erasedKeys[keyspace, default: []].insert(id)
+            }
+            try sealerStep("Storing granted data keys") { try sealer.install(grants, keyspace: keyspace, in: &open.contents) }
+        }
+        sealer.forget(keyspace: keyspace, ids: erased)
+    }
+
+    public func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) throws(MeridianError) -> [DataKeyID] {
+        guard let sealer else { return [] }
+        let ids = try changing { open throws(MeridianError) -> [DataKeyID] in
+            let ids = (open.contents.dataKeys[keyspace] ?? [:]).values.filter { $0.subject == subject }.map(\.id).sorted()
+            for id in ids {
+                open.contents.dataKeys[keyspace]?[id] = nil
+                open.contents.erasedKeys[keyspace, default: []].insert(id)
+            }
+            return ids
+        }
+        sealer.forget(keyspace: keyspace, ids: ids)
+        return ids
     }
 
     public func markReapplied(id: Int64, nowMs: UInt64) throws(MeridianError) -> Bool {
@@ -621,5 +745,20 @@ extension MemoryStore.Contents {
             idempotency[keyspace]![oldest.mark.key] = nil
         }
         return evicted
+    }
+}
+
+extension MemoryStore.Contents: DataKeyTable {
+    public func dataKey(keyspace: KeyspaceName, id: DataKeyID) throws -> StoredDataKey? { dataKeys[keyspace]?[id] }
+
+    public func dataKeys(keyspace: KeyspaceName, subject: Subject) throws -> [StoredDataKey] {
+        (dataKeys[keyspace] ?? [:]).values.filter { $0.subject == subject }.sorted { $0.id < $1.id }
+    }
+
+    public func isErased(keyspace: KeyspaceName, id: DataKeyID) throws -> Bool { erasedKeys[keyspace]?.contains(id) ?? false }
+
+    public mutating func insert(_ key: StoredDataKey) throws {
+        guard dataKeys[key.keyspace]?[key.id] == nil else { return }
+        dataKeys[key.keyspace, default: [:]][key.id] = key
     }
 }

@@ -118,8 +118,23 @@ public protocol FailoverStore: Sendable {
     func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent]
 }
 
+/// The key table of sealed keyspaces: which data keys this region holds (wrapped under its own key-encryption key),
+/// which it erased, and granting and taking keys between allowed regions. Reads open sealed values with it; every
+/// other port moves them sealed.
+public protocol DataKeyStore: Sendable {
+    /// The data keys these sealed values need that this region neither holds nor erased.
+    func missingDataKeys(_ values: [(keyspace: KeyspaceName, value: [UInt8])]) async throws(MeridianError) -> [KeyspaceName: Set<DataKeyID>]
+    /// The keys of `ids` this region holds (raw, for the authenticated peer stream only) and those it erased.
+    func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) async throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID])
+    /// Keeps keys a peer granted, wrapped under this region's key; records those the peer erased as erased here.
+    func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) async throws(MeridianError)
+    /// Destroys every data key of `subject` held here (its wraps are deleted, their bytes zeroed), and remembers
+    /// their ids as erased. - Returns: the ids destroyed.
+    func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID]
+}
+
 /// A region's whole store.
-public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore {
+public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore, DataKeyStore {
     /// The region whose log this store numbers.
     var region: RegionName { get }
     /// Releases the store; nothing is called afterwards.
@@ -134,9 +149,12 @@ public struct StoreContext: Sendable {
     /// The wall clock the store stamps writes with (the node's, offset included).
     public let physicalClockMs: @Sendable () -> UInt64
     public let observer: (any StoreObserver)?
+    /// Seals the values of sealed keyspaces (nil: the cluster has none).
+    public let sealer: ValueSealer?
 
     public init(region: RegionName, limits: Limits, conflictRules: [KeyspaceName: ConflictRule],
-                physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?) {
+                physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer? = nil) {
+        self.sealer = sealer
         self.region = region
         self.limits = limits
         self.conflictRules = conflictRules
@@ -188,5 +206,17 @@ extension ReplicationLogStore {
 extension FailoverStore {
     public func terms(keyspace: KeyspaceName) async throws(MeridianError) -> [TermEnd] {
         try await terms(keyspace: keyspace, limit: EpochStart.termsMax)
+    }
+}
+
+/// Runs a step of the sealer's (whose table is the store's own) with its failures typed: the sealer's own errors
+/// (`erased`, `data_key_unavailable`, `sealed_value_unreadable`) pass through, anything else is a storage failure.
+public func sealerStep<T>(_ what: String, _ body: () throws -> T) throws(MeridianError) -> T {
+    do {
+        return try body()
+    } catch let error as MeridianError {
+        throw error
+    } catch {
+        throw MeridianError(.storageFailure, "\(what) failed: \(error).")
     }
 }

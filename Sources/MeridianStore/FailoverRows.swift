@@ -219,17 +219,22 @@ extension RegionStore {
 
     /// The writes kept aside, oldest first, after `after` (an id), at most `limit`.
     public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
-        try await reading { db in
+        let sealer = self.sealer
+        return try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
                 SELECT * FROM divergence WHERE (? IS NULL OR keyspace = ?) AND id > ? ORDER BY id LIMIT ?
                 """, arguments: [keyspace?.rawValue, keyspace?.rawValue, after, limit])
-            return try rows.map(Self.divergedWrite)
+            // A write whose value was erased is left out: what it held no longer exists anywhere.
+            return try rows.compactMap { row in try ValueSealer.unlessErased { try Self.divergedWrite(row, db: db, sealer: sealer) } }
         }
     }
 
     /// One write kept aside, by id.
     public func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite? {
-        try await reading { db in try Row.fetchOne(db, sql: "SELECT * FROM divergence WHERE id = ?", arguments: [id]).map(Self.divergedWrite) }
+        let sealer = self.sealer
+        return try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM divergence WHERE id = ?", arguments: [id]).map { try Self.divergedWrite($0, db: db, sealer: sealer) }
+        }
     }
 
     /// Marks a write kept aside as re-applied (once).
@@ -254,16 +259,22 @@ extension RegionStore {
         }
     }
 
-    private static func divergedWrite(_ row: Row) throws -> DivergedWrite {
+    /// A kept-aside write, its value opened (a sealed keyspace's).
+    private static func divergedWrite(_ row: Row, db: Database, sealer: ValueSealer?) throws -> DivergedWrite {
         let origin = try RegionName(row["origin"] as String)
         guard let operation = MeridianCore.Operation(rawValue: UInt8(row["operation"] as Int)) else {
             throw MeridianError(.storageFailure, "The divergence log holds an unknown operation.")
         }
+        let keyspace = try KeyspaceName(row["keyspace"] as String), key = try Key(row["key"] as String)
+        let hlc = HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin)
+        let sequence = UInt64(row["sequence"] as Int64)
+        var value = Array(row["value"] as Data? ?? Data())
+        if let sealer { value = try sealer.open(value, keyspace: keyspace, key: key, version: Version(hlc: hlc, sequence: sequence), in: DataKeyRows(db: db)) }
         return DivergedWrite(
-            id: row["id"], keyspace: try KeyspaceName(row["keyspace"] as String), key: try Key(row["key"] as String), origin: origin,
-            sequence: UInt64(row["sequence"] as Int64), epoch: UInt64(row["epoch"] as Int64), successorEpoch: UInt64(row["successor_epoch"] as Int64),
-            hlc: HLCTimestamp(physicalMs: UInt64(row["hlc_physical_ms"] as Int64), logical: UInt32(row["hlc_logical"] as Int64), region: origin),
-            operation: operation, contentType: row["content_type"], value: Array(row["value"] as Data? ?? Data()),
+            id: row["id"], keyspace: keyspace, key: key, origin: origin,
+            sequence: sequence, epoch: UInt64(row["epoch"] as Int64), successorEpoch: UInt64(row["successor_epoch"] as Int64),
+            hlc: hlc,
+            operation: operation, contentType: row["content_type"], value: value,
             recordedMs: UInt64(row["recorded_ms"] as Int64), reappliedMs: (row["reapplied_ms"] as Int64?).map(UInt64.init))
     }
 

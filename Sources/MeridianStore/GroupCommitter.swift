@@ -31,6 +31,7 @@ actor GroupCommitter {
     private var nextSequence: UInt64
     private let clock: TransactionClock
     private let rules: [KeyspaceName: ConflictRule]
+    private let sealer: ValueSealer?
     /// The data directory, examined when a write fails.
     private let directory: String
     /// The latest failed commit, until one succeeds.
@@ -39,8 +40,9 @@ actor GroupCommitter {
     private var idempotencyRecordsSincePrune = 0
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
-         physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, logger: Logger,
+         physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer?, logger: Logger,
          lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults) {
+        self.sealer = sealer
         self.directory = directory
         self.faults = faults
         self.lastCommittedSequence = lastCommittedSequence
@@ -99,6 +101,7 @@ actor GroupCommitter {
         let rules = self.rules
         let limits = self.limits
         let pruneDue = idempotencyRecordsSincePrune >= IdempotencyRows.pruneEvery(limits)
+        let sealer = self.sealer
         do {
             let (outcomes, sequence, recorded, remembered) = try await pool.write { db in
                 var sequence = firstSequence
@@ -120,11 +123,21 @@ actor GroupCommitter {
                     }
                     let state = try KeyStateRows.load(db, request.keyspace, request.key)
                     let rule = rules[request.keyspace] ?? .lww
+                    let sealed = sealer?.isSealed(request.keyspace) == true ? sealer : nil
                     // Planned inside the transaction, so its timestamp is past every entry applied before it (and
-                    // so past everything it supersedes), and past what the session saw.
-                    let plan = clock.plan { hlc, physicalMs in
-                        WritePlanner.plan(request, state: state, rule: rule, origin: region, sequence: sequence, clock: &hlc,
-                                          physicalMs: physicalMs, limits: limits)
+                    // so past everything it supersedes), and past what the session saw. A CRDT operation plans on
+                    // the opened value; the entry is sealed before it is logged or applied.
+                    let plan: WritePlan
+                    do {
+                        let planned = try sealed.flatMap { sealer in
+                            try rule == .crdt ? state.map { try sealer.opened($0, keyspace: request.keyspace, key: request.key, in: DataKeyRows(db: db)) } : nil
+                        } ?? state
+                        plan = try Self.sealing(clock.plan { hlc, physicalMs in
+                            WritePlanner.plan(request, state: planned, rule: rule, origin: region, sequence: sequence, clock: &hlc,
+                                              physicalMs: physicalMs, limits: limits)
+                        }, request: request, sealer: sealed, db: db)
+                    } catch let error as MeridianError {
+                        plan = .refused(error)
                     }
                     switch plan {
                     case .refused(let error):
@@ -133,7 +146,7 @@ actor GroupCommitter {
                         outcomes.append(.preconditionFailed(current: current))
                     case .append(let entry):
                         try Self.append(db, entry)
-                        let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits)
+                        let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits, sealer: sealed)
                         recorded[entry.keyspace, default: .init()].add(applied)
                         if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { remembered += 1 }
                         sequence += 1
@@ -167,6 +180,14 @@ actor GroupCommitter {
     }
 
     private static func describe(_ error: any Error) -> String { StorageFault.describe(error) }
+
+    /// A plan whose entry is sealed when its keyspace is (a subject's first write makes its data key).
+    private static func sealing(_ plan: WritePlan, request: WriteRequest, sealer: ValueSealer?, db: Database) throws -> WritePlan {
+        guard let sealer, case .append(let entry) = plan else { return plan }
+        var table = DataKeyRows(db: db)
+        let subject = try sealer.subject(of: request.key, in: request.keyspace, given: request.subject)
+        return .append(try sealer.sealing(entry, subject: subject, in: &table))
+    }
 
     /// Counts records written since the last prune, and reports live ones a prune forgot early.
     private func noteIdempotencyRecords(_ counts: (remembered: Int, evicted: Int), pruned: Bool) {
@@ -219,6 +240,7 @@ actor GroupCommitter {
         let rules = self.rules
         let limits = self.limits
         let pruneDue = idempotencyRecordsSincePrune >= IdempotencyRows.pruneEvery(limits)
+        let sealer = self.sealer
         var remembered = (0, 0)
         let outcome: Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>
         do {
@@ -240,7 +262,8 @@ actor GroupCommitter {
                     }
                     try Self.append(db, entry)
                     let state = try KeyStateRows.load(db, entry.keyspace, entry.key)
-                    let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits)
+                    let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits,
+                                                      sealer: sealer)
                     recorded[entry.keyspace, default: .init()].add(step)
                     if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { recordedKeys += 1 }
                     // A remote clock beyond the maximum offset does not drag ours along (the clock fence stops
@@ -256,6 +279,8 @@ actor GroupCommitter {
                 let evicted = try pruneDue ? IdempotencyRows.prune(db, nowMs: physicalMs, limits: limits) : 0
                 return (.success((through, recorded)), (recordedKeys, evicted))
             }
+        } catch let error as MeridianError {
+            throw error
         } catch {
             throw StorageFault.error(error, directory: directory, what: "Entries of \(origin)'s log could not be applied; nothing of the batch was applied")
         }
@@ -275,6 +300,7 @@ actor GroupCommitter {
         let physicalMs = physicalClockMs()
         let clock = self.clock
         let region = self.region
+        let sealer = self.sealer
         let outcome: (Int, KeyStateRows.Applied)
         do {
             outcome = try await pool.write { db -> (Int, KeyStateRows.Applied) in
@@ -282,7 +308,10 @@ actor GroupCommitter {
                 var recorded = KeyStateRows.Applied()
                 for item in states {
                     let local = try KeyStateRows.load(db, keyspace, item.key)
-                    let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
+                    let merged = try local.map { local in
+                        try sealer.map { try $0.merged(local, with: item.state, rule: rule, keyspace: keyspace, key: item.key, in: DataKeyRows(db: db)) }
+                            ?? local.merged(with: item.state, rule: rule)
+                    } ?? item.state
                     guard merged != local else { continue }
                     for version in item.state.versions { clock.receive(version.version.hlc) }
                     try KeyStateRows.store(db, keyspace, item.key, old: local, new: merged, rule: rule)
@@ -293,6 +322,8 @@ actor GroupCommitter {
                 if changed > 0 { try Self.raiseHighWater(db, clock.last, region: region) }
                 return (changed, recorded)
             }
+        } catch let error as MeridianError {
+            throw error
         } catch {
             throw StorageFault.error(error, directory: directory, what: "Repaired keys of \(keyspace) could not be stored; nothing was changed")
         }

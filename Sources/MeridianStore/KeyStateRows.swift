@@ -68,9 +68,11 @@ enum KeyStateRows {
 
     /// Applies one entry of any origin to its key under `rule`, recording losers in the conflicts log.
     /// - Parameter state: The key's state before (the caller has read it with `load`).
+    /// - Parameter sealer: Given, a sealed keyspace's entry and state are sealed, and so is the change.
     static func apply(_ db: Database, _ entry: ReplicationEntry, rule: ConflictRule, state: KeyState?,
-                      nowMs: UInt64, limits: Limits) throws -> Applied {
-        guard let change = try KeyChange.applying(entry, rule: rule, to: state) else { return Applied() }
+                      nowMs: UInt64, limits: Limits, sealer: ValueSealer?) throws -> Applied {
+        let change = try sealer.map { try $0.change(applying: entry, rule: rule, to: state, in: DataKeyRows(db: db)) } ?? KeyChange.applying(entry, rule: rule, to: state)
+        guard let change else { return Applied() }
         try store(db, entry.keyspace, entry.key, old: state, new: change.state, rule: rule)
         return try record(db, entry.keyspace, entry.key, change, nowMs: nowMs, limits: limits)
     }

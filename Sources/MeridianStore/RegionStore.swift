@@ -26,6 +26,8 @@ public final class RegionStore: RegionStorage {
     private let appliedOthers: Mutex<[RegionName: UInt64]>
     /// This region's log is trimmed up to here.
     private let trimmedThrough: SequenceHighWater
+    /// Seals and opens the values of sealed keyspaces (nil: none).
+    let sealer: ValueSealer?
 
     /// Opens (creating if needed) the store at `path`.
     /// - Parameters:
@@ -38,7 +40,8 @@ public final class RegionStore: RegionStorage {
     ///   - conflictRules: How each keyspace resolves concurrent writes (keyspaces not named: `lww`).
     public init(path: String, region: RegionName, limits: Limits, conflictRules: [KeyspaceName: ConflictRule] = [:],
                 physicalClockMs: @escaping @Sendable () -> UInt64,
-                observer: (any StoreObserver)? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
+                observer: (any StoreObserver)? = nil, sealer: ValueSealer? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
+        self.sealer = sealer
         var configuration = Configuration()
         configuration.maximumReaderCount = 8
         configuration.label = "meridian.\(region)"
@@ -71,6 +74,17 @@ public final class RegionStore: RegionStorage {
                 } else {
                     try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('region', ?)", arguments: [region.rawValue])
                 }
+                if let sealer {
+                    // The data keys here are wrapped under one root key: another one would open none of them.
+                    if let check = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'root_key_check'") {
+                        guard check == sealer.rootFingerprint else {
+                            throw MeridianError(.invalidConfig, "\(sealer.rootSource): this root key is not the one the data keys in \(path) were wrapped with; start the node with that region's own root key (the file it was first started with).",
+                                                context: ["file": sealer.rootSource, "path": path])
+                        }
+                    } else {
+                        try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('root_key_check', ?)", arguments: [sealer.rootFingerprint])
+                    }
+                }
                 let lastSequence = try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM log WHERE origin = ?", arguments: [region.rawValue]) ?? 0
                 var floor: HLCTimestamp?
                 if let text = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'") {
@@ -91,7 +105,7 @@ public final class RegionStore: RegionStorage {
             lastCommittedSequence = committed
             committer = GroupCommitter(
                 pool: pool, region: region, limits: limits, rules: conflictRules, nextSequence: state.0, clock: clock,
-                physicalClockMs: physicalClockMs, observer: observer, logger: logger, lastCommittedSequence: committed,
+                physicalClockMs: physicalClockMs, observer: observer, sealer: sealer, logger: logger, lastCommittedSequence: committed,
                 directory: Self.directory(of: path), faults: writeFaults)
         } catch let error as MeridianError {
             throw error
@@ -176,22 +190,30 @@ public final class RegionStore: RegionStorage {
 
     /// Reads a key's current state, tombstones included.
     public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
-        try await reading { db in
+        let sealer = self.sealer
+        return try await reading { db in
             let statement = try db.cachedStatement(sql: """
                 SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, concurrent
                 FROM kv WHERE keyspace = ? AND key = ?
                 """)
             guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
+            let version = try Self.version(row)
+            var value = Array(row["value"] as Data? ?? Data())
+            if let sealer { value = try sealer.open(value, keyspace: keyspace, key: key, version: version, in: DataKeyRows(db: db)) }
             return StoredValue(
-                keyspace: keyspace, key: key, value: Array(row["value"] as Data? ?? Data()),
-                contentType: row["content_type"], version: try Self.version(row), tombstone: row["tombstone"],
+                keyspace: keyspace, key: key, value: value,
+                contentType: row["content_type"], version: version, tombstone: row["tombstone"],
                 dependencies: try Self.dependencies(row), concurrent: row["concurrent"])
         }
     }
 
     /// A key's full state: every version not superseded (concurrent writes) and its causal context.
     public func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? {
-        try await reading { db in try KeyStateRows.load(db, keyspace, key) }
+        let sealer = self.sealer
+        return try await reading { db in
+            guard let state = try KeyStateRows.load(db, keyspace, key) else { return nil }
+            return try sealer.map { try $0.opened(state, keyspace: keyspace, key: key, in: DataKeyRows(db: db)) } ?? state
+        }
     }
 
     /// The keyspace's Merkle tree in this region, and how many keys it covers.
@@ -267,15 +289,18 @@ public final class RegionStore: RegionStorage {
     ///   - limit: The most records returned.
     public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
         precondition(limit > 0)
+        let sealer = self.sealer
         return try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
                 SELECT * FROM conflicts WHERE keyspace = ? AND id > ? \(key == nil ? "" : "AND key = ?") ORDER BY id LIMIT ?
                 """, arguments: StatementArguments([keyspace.rawValue, after] + (key.map { [$0.rawValue] } ?? []) + [limit]))
-            return try rows.map { row in
+            // A record whose value was erased is left out: what it held no longer exists anywhere.
+            return try rows.compactMap { row in
                 let loserOrigin = try RegionName(row["loser_origin"] as String)
                 let winnerOrigin = try RegionName(row["winner_origin"] as String)
-                return ConflictRecord(
-                    id: row["id"], keyspace: keyspace, key: try Key(row["key"] as String), rule: row["rule"],
+                let key = try Key(row["key"] as String)
+                let record = ConflictRecord(
+                    id: row["id"], keyspace: keyspace, key: key, rule: row["rule"],
                     recordedMs: UInt64(row["recorded_ms"] as Int64),
                     loser: KeyVersion(
                         version: Version(hlc: HLCTimestamp(physicalMs: UInt64(row["loser_hlc_physical_ms"] as Int64), logical: UInt32(row["loser_hlc_logical"] as Int64),
@@ -283,6 +308,9 @@ public final class RegionStore: RegionStorage {
                         tombstone: row["loser_tombstone"], contentType: row["loser_content_type"], value: Array(row["loser_value"] as Data? ?? Data())),
                     winner: Version(hlc: HLCTimestamp(physicalMs: UInt64(row["winner_hlc_physical_ms"] as Int64), logical: UInt32(row["winner_hlc_logical"] as Int64),
                                                       region: winnerOrigin), sequence: UInt64(row["winner_sequence"] as Int64)))
+                guard let sealer else { return record }
+                guard let loser = try ValueSealer.unlessErased({ try sealer.opened(record.loser, keyspace: keyspace, key: key, in: DataKeyRows(db: db)) }) else { return nil }
+                return ConflictRecord(id: record.id, keyspace: keyspace, key: key, rule: record.rule, recordedMs: record.recordedMs, loser: loser, winner: record.winner)
             }
         }
     }
@@ -486,6 +514,7 @@ public final class RegionStore: RegionStorage {
         }
         registerFailoverMigration(&migrator)
         IdempotencyRows.registerMigration(&migrator)
+        DataKeyRows.registerMigration(&migrator)
         return migrator
     }()
 
@@ -518,7 +547,7 @@ extension RegionStore {
             }
             return try RegionStore(path: (directory as NSString).appendingPathComponent("\(context.region).sqlite"), region: context.region,
                                    limits: context.limits, conflictRules: context.conflictRules, physicalClockMs: context.physicalClockMs,
-                                   observer: context.observer, logger: logger)
+                                   observer: context.observer, sealer: context.sealer, logger: logger)
         }
     }
 }

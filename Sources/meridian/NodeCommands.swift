@@ -48,6 +48,8 @@ struct NodeCommand: AsyncParsableCommand {
                                valueName: "ms")) var clockOffsetMs: Int64 = 0
     @Flag(help: "Start even on an address other machines can reach without auth and TLS in the cluster file (protected mode off).")
     var insecure = false
+    @Option(help: ArgumentHelp("The region's root key (base64 of 32 bytes, mode 0600), which seals the data keys of sealed keyspaces; made when the data directory is new. Default: <data>/<region>.root-key. MERIDIAN_ROOT_KEY overrides it.",
+                               valueName: "file")) var rootKeyFile: String?
 
     func run() async throws {
         // A core dump would write the node's memory (values, keys, root keys) to a file anywhere the kernel says:
@@ -74,6 +76,13 @@ struct NodeCommand: AsyncParsableCommand {
         do {
             var configuration = try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route, clockOffsetMs: clockOffsetMs)
             configuration.insecure = insecure
+            if !ValueSealer.sealedKeyspaces(config).isEmpty {
+                try SecretFile.makeDirectory(data)
+                let store = (data as NSString).appendingPathComponent("\(regionName).sqlite")
+                configuration.rootKey = try RootKeyFile.load(path: rootKeyFile ?? (data as NSString).appendingPathComponent("\(regionName).root-key"),
+                                                             environment: ProcessInfo.processInfo.environment,
+                                                             mayCreate: !FileManager.default.fileExists(atPath: store))
+            }
             node = try await RegionNode(configuration: configuration,
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {

@@ -30,7 +30,7 @@ import Testing
         let dataKey = DataKey.generate(using: &random)
         let key = try Key("users/42/email")
         let plaintext = Array("ada@example.eu".utf8)
-        let sealed = SealedValue.seal(plaintext, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5), using: &random)
+        let sealed = SealedValue.seal(plaintext, with: dataKey, id: DataKeyID.generate(using: &random), keyspace: Self.health, key: key, version: Self.version(5))
         #expect(sealed.count == plaintext.count + SealedValue.overheadBytes)
         #expect(!String(decoding: sealed, as: UTF8.self).contains("ada@example.eu"), "the plaintext shows through")
         #expect(try SealedValue.open(sealed, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5)) == plaintext)
@@ -46,15 +46,20 @@ import Testing
         for (index, move) in moves.enumerated() {
             #expect(Self.unreadable(move), "move \(index) opened")
         }
-        // Two seals of the same value differ (a fresh nonce each time).
-        #expect(SealedValue.seal(plaintext, with: dataKey, keyspace: Self.health, key: key, version: Self.version(5), using: &random) != sealed)
+        // The nonce is synthetic: the same value of the same version seals to the same bytes (regions agree on a
+        // merged CRDT value), and any other plaintext or version gets another nonce.
+        let id = try #require(SealedValue.keyID(of: sealed))
+        #expect(SealedValue.seal(plaintext, with: dataKey, id: id, keyspace: Self.health, key: key, version: Self.version(5)) == sealed)
+        let nonce = { (bytes: [UInt8]) in Array(bytes[(1 + DataKeyID.byteCount)..<(1 + DataKeyID.byteCount + 12)]) }
+        #expect(nonce(SealedValue.seal(Array("ada@example.eu!".utf8), with: dataKey, id: id, keyspace: Self.health, key: key, version: Self.version(5))) != nonce(sealed))
+        #expect(nonce(SealedValue.seal(plaintext, with: dataKey, id: id, keyspace: Self.health, key: key, version: Self.version(6))) != nonce(sealed))
     }
 
     @Test func everyFlippedByteOfASealedValueIsCaught() throws {
         var random = SystemRandomNumberGenerator()
         let dataKey = DataKey.generate(using: &random)
         let key = try Key("k")
-        let sealed = SealedValue.seal(Array("marker-1".utf8), with: dataKey, keyspace: Self.health, key: key, version: Self.version(1), using: &random)
+        let sealed = SealedValue.seal(Array("marker-1".utf8), with: dataKey, id: DataKeyID.generate(using: &random), keyspace: Self.health, key: key, version: Self.version(1))
         for index in sealed.indices {
             var flipped = sealed
             flipped[index] ^= 0x01
@@ -72,7 +77,7 @@ import Testing
         let dataKey = DataKey.generate(using: &random)
         let wrapped = kek.wrap(dataKey, subject: subject, using: &random)
         let key = try Key("users/42/email")
-        let sealed = SealedValue.seal(Array("v".utf8), with: dataKey, keyspace: Self.health, key: key, version: Self.version(1), using: &random)
+        let sealed = SealedValue.seal(Array("v".utf8), with: dataKey, id: DataKeyID.generate(using: &random), keyspace: Self.health, key: key, version: Self.version(1))
         // Unwrapped by the same derivation (a restart re-derives it from the root key), it opens the value.
         let again = try Self.root.keyEncryptionKey(region: Self.eu, keyspace: Self.health, epoch: 1).unwrap(wrapped, subject: subject)
         #expect(try SealedValue.open(sealed, with: again, keyspace: Self.health, key: key, version: Self.version(1)) == Array("v".utf8))
@@ -93,8 +98,8 @@ import Testing
         // The simulator's seeded generator makes sealing deterministic; two generators of one seed agree.
         var first = SeededGenerator(seed: 42), second = SeededGenerator(seed: 42)
         let key = try Key("k")
-        let a = SealedValue.seal(Array("v".utf8), with: DataKey.generate(using: &first), keyspace: Self.health, key: key, version: Self.version(1), using: &first)
-        let b = SealedValue.seal(Array("v".utf8), with: DataKey.generate(using: &second), keyspace: Self.health, key: key, version: Self.version(1), using: &second)
+        let a = SealedValue.seal(Array("v".utf8), with: DataKey.generate(using: &first), id: DataKeyID.generate(using: &first), keyspace: Self.health, key: key, version: Self.version(1))
+        let b = SealedValue.seal(Array("v".utf8), with: DataKey.generate(using: &second), id: DataKeyID.generate(using: &second), keyspace: Self.health, key: key, version: Self.version(1))
         #expect(a == b)
     }
 

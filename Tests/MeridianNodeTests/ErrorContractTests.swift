@@ -12,7 +12,7 @@ import Testing
     @Test func everyKindHasTheStatusTheContractLists() {
         let expected: [MeridianError.Code.Kind: Int] = [
             .badInput: 400, .notFound: 404, .methodNotAllowed: 405, .notAllowedByPolicy: 409, .preconditionFailed: 412,
-            .tooLarge: 413, .unavailable: 503, .timedOut: 504, .storageFull: 507, .internalFailure: 500, .unprocessable: 422, .unauthenticated: 401, .forbidden: 403,
+            .tooLarge: 413, .unavailable: 503, .timedOut: 504, .storageFull: 507, .internalFailure: 500, .unprocessable: 422, .unauthenticated: 401, .forbidden: 403, .gone: 410,
         ]
         #expect(Set(expected.keys) == Set(MeridianError.Code.Kind.allCases))
         for kind in MeridianError.Code.Kind.allCases { #expect(kind.httpStatus.code == expected[kind], "\(kind)") }

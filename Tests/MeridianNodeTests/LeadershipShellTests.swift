@@ -109,6 +109,18 @@ final class HeldElectionStore: RegionStorage {
         try inner.recordFirstWrite(keyspace: keyspace, epoch: epoch, atMs: atMs)
     }
     func failovers(limit: Int) async throws(MeridianError) -> [FailoverEvent] { try inner.failovers(limit: limit) }
+    func missingDataKeys(_ values: [(keyspace: KeyspaceName, value: [UInt8])]) async throws(MeridianError) -> [KeyspaceName: Set<DataKeyID>] {
+        try inner.missingDataKeys(values)
+    }
+    func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) async throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID]) {
+        try inner.grantDataKeys(keyspace: keyspace, ids: ids)
+    }
+    func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) async throws(MeridianError) {
+        try inner.installDataKeys(keyspace: keyspace, grants, erased: erased, nowMs: nowMs)
+    }
+    func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID] {
+        try inner.erase(keyspace: keyspace, subject: subject, nowMs: nowMs)
+    }
 }
 
 @Suite struct LeadershipShellTests {

@@ -49,11 +49,13 @@ struct StoreFixture {
 
     /// Opens the fixture's store (again), on its one file or disk, whatever region is asked.
     func open(limits: Limits = Limits(), observer: (any StoreObserver)? = nil, region: RegionName? = nil,
-              rules: [KeyspaceName: ConflictRule] = [:]) throws -> any RegionStorage {
+              rules: [KeyspaceName: ConflictRule] = [:], sealer: ValueSealer? = nil) throws -> any RegionStorage {
         let clock = self.clock
-        let context = StoreContext(region: region ?? self.region, limits: limits, conflictRules: rules, physicalClockMs: { clock.read() }, observer: observer)
+        let context = StoreContext(region: region ?? self.region, limits: limits, conflictRules: rules, physicalClockMs: { clock.read() }, observer: observer,
+                                   sealer: sealer)
         switch backend {
-        case .sqlite: return try RegionStore(path: path, region: context.region, limits: limits, conflictRules: rules, physicalClockMs: context.physicalClockMs, observer: observer)
+        case .sqlite: return try RegionStore(path: path, region: context.region, limits: limits, conflictRules: rules, physicalClockMs: context.physicalClockMs,
+                                             observer: observer, sealer: sealer)
         case .memory: return try MemoryStore(disk: disk, context: context)
         }
     }

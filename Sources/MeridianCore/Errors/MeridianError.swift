@@ -47,6 +47,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case forbidden = "forbidden"
             case idempotencyKeyReused = "idempotency_key_reused"
             case sealedValueUnreadable = "sealed_value_unreadable"
+            case dataKeyUnavailable = "data_key_unavailable"
+            case erased = "erased"
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -88,6 +90,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case internalFailure
             /// The request is well formed but contradicts an earlier one (an idempotency key reused for another request).
             case unprocessable
+            /// What was asked for existed and was destroyed on purpose (a subject's data erased) (410).
+            case gone
         }
 
         /// The code's kind. The switch is exhaustive: a new code must say which it is.
@@ -102,7 +106,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case .preconditionFailed: .preconditionFailed
             case .valueTooLarge: .tooLarge
             case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure,
-                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly:
+                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly, .dataKeyUnavailable:
                 .unavailable
             case .ackTimeout: .timedOut
             case .storageFull: .storageFull
@@ -110,6 +114,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case .unauthenticated: .unauthenticated
             case .forbidden: .forbidden
             case .idempotencyKeyReused: .unprocessable
+            case .erased: .gone
             }
         }
 
@@ -124,7 +129,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                  .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
                  .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
                  .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden, .idempotencyKeyReused,
-                 .sealedValueUnreadable:
+                 .sealedValueUnreadable, .dataKeyUnavailable, .erased:
                 .no
             // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
             // a commit whose fsync failed, and the node's own failures: the change may be there.
@@ -182,6 +187,11 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         /// A sealed value or its subject's data key does not open with this region's root key (a wrong root key,
         /// or corrupted bytes): nothing is served in its place.
         public static let sealedValueUnreadable = Code(.sealedValueUnreadable)
+        /// This region does not hold the data key a sealed value needs yet, and no region of the keyspace's residency
+        /// granted it: retry shortly.
+        public static let dataKeyUnavailable = Code(.dataKeyUnavailable)
+        /// The value belonged to a subject whose data key was destroyed (erasure): it can never be read again.
+        public static let erased = Code(.erased)
     }
 
     /// Whether a refused change (a write, a delete, a CRDT operation, an admin action) took effect: what a

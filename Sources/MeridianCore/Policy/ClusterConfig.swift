@@ -255,6 +255,23 @@ struct YAMLValue {
         do { return try make(text) } catch { throw ConfigProblem(path: path, message: error.message) }
     }
 
+    /// A subject rule: `key`, or `{separator: "/", segments: N}`.
+    func subjectRule() throws(ConfigProblem) -> SubjectRule {
+        if case .scalar = node {
+            guard try string() == "key" else {
+                throw ConfigProblem(path: path, message: "a subject is 'key' (the whole key) or {separator: \"/\", segments: 1} (the key's first segments)")
+            }
+            return .wholeKey
+        }
+        let fields = try mapping(allowed: ["separator", "segments"])
+        let separator = try fields["separator"]?.string() ?? "/"
+        guard separator.count == 1, let character = separator.first, separator.utf8.count == 1 else {
+            throw ConfigProblem(path: child("separator"), message: "a separator is one ASCII character, such as /")
+        }
+        let depth = try fields["segments"]?.int(in: 1...16) ?? 1
+        return .keyPrefix(separator: character, depth: depth)
+    }
+
     func region(in known: [RegionName]) throws(ConfigProblem) -> RegionName {
         let text = try string()
         let name = try identifier { text throws(MeridianError) in try RegionName(text) }
@@ -444,7 +461,7 @@ struct ConfigParser {
         // Residency bounds everything else: replicas, leader and homes must lie inside it.
         var residency = ResidencyPolicy(regions: regions, access: .proxy, classification: .global)
         if let residencyValue = fields["residency"] {
-            let residencyFields = try residencyValue.mapping(allowed: ["regions", "access", "classification"])
+            let residencyFields = try residencyValue.mapping(allowed: ["regions", "access", "classification", "encryption", "subject"])
             if let list = residencyFields["regions"] { residency.regions = try list.regionList(in: regions) }
             if let access = residencyFields["access"] { residency.access = try access.choice(ResidencyAccess.self) }
             if let classification = residencyFields["classification"] {
@@ -456,6 +473,14 @@ struct ConfigParser {
             }
             if residencyFields["classification"] == nil && residency.regions.count < regions.count {
                 residency.classification = .restricted
+            }
+            residency.encryption = residency.classification == .restricted ? .sealed : .none
+            if let encryption = residencyFields["encryption"] { residency.encryption = try encryption.choice(ValueEncryption.self) }
+            if let subjectValue = residencyFields["subject"] {
+                guard residency.encryption == .sealed else {
+                    throw ConfigProblem(path: subjectValue.path, message: "a subject names the unit of erasure of sealed values; this keyspace is not sealed (set encryption: sealed, or remove subject)")
+                }
+                residency.subject = try subjectValue.subjectRule()
             }
         }
         residency.regions.sort()

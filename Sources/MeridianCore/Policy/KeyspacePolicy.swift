@@ -102,6 +102,19 @@ public struct ResidencyPolicy: Sendable, Hashable, Codable {
     public var access: ResidencyAccess
     /// How sensitive the data is.
     public var classification: DataClassification
+    /// How values are kept at rest and between regions (`sealed` by default for restricted data).
+    public var encryption: ValueEncryption = .none
+    /// How a key's subject (the unit of erasure) is found.
+    public var subject: SubjectRule = .keyPrefix(separator: "/", depth: 1)
+
+    public init(regions: [RegionName], access: ResidencyAccess, classification: DataClassification,
+                encryption: ValueEncryption = .none, subject: SubjectRule = .keyPrefix(separator: "/", depth: 1)) {
+        self.regions = regions
+        self.access = access
+        self.classification = classification
+        self.encryption = encryption
+        self.subject = subject
+    }
 }
 
 /// Leader failover settings of a single-leader keyspace.

@@ -75,6 +75,15 @@ public enum RepairRequest: Sendable, Hashable {
     case tree
     /// One page of the states of the keys in these Merkle buckets, in key order after `after`.
     case states(buckets: [Int], after: Key?)
+    /// The data keys of a sealed keyspace with these ids (only a region of its residency is granted them).
+    case dataKeys(ids: [DataKeyID])
+    /// Destroy every data key of `subject` (an erasure another region of the residency carries out).
+    case erase(subject: Subject)
+}
+
+/// The most data keys one request names (a batch's entries name at most that many).
+public enum DataKeyRequestBounds {
+    public static let idsMax = 1_024
 }
 
 /// A peer's Merkle tree of a keyspace and what it held when it read it: its own log's end (every write of its
@@ -102,6 +111,10 @@ public enum RepairReply: Sendable, Hashable {
     case states(encoded: [UInt8], next: Key?)
     /// The peer does not serve it: the error's code and sentence.
     case refused(code: String, message: String)
+    /// The keys asked for that the peer holds, and those it erased (the rest it never held).
+    case dataKeys(granted: [DataKeyGrant], erased: [DataKeyID])
+    /// The peer destroyed the subject's keys: the ids it held.
+    case erased(ids: [DataKeyID])
 }
 
 /// What became of a hand-over request: transport-neutral, so any shell renders it its own way.
@@ -190,7 +203,10 @@ extension ElectionMessage {
 ///                       u8 hasAfter, [str16 after])
 ///    14 repairReply     u64 id, u8 kind: 1 tree (u64 logHighWater, u64 keys, u8 terms, terms × (u64 epoch,
 ///                       str8 leader, u64 last), u32 + tree leaves); 2 states (u8 hasNext, [str16 next],
-///                       u32 + states); 3 refused (str8 code, str16 message)
+///                       u32 + states); 3 refused (str8 code, str16 message); 4 data keys (u16 granted,
+///                       granted × (16-byte id, str8 subject, 32-byte key), u16 erased, erased × 16-byte id);
+///                       5 erased (u16 count, count × 16-byte id)
+///                    (repairRequest kinds 3 data keys: u16 count, count × 16-byte id; 4 erase: str8 subject)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length, `opt(x)` is `u8 present` then `x` when it is 1, `version`
 /// is `str8 origin, u64 sequence, u64 hlcPhysicalMs, u32 hlcLogical`, and a state is ``KeyStateCodec``'s.
@@ -310,6 +326,12 @@ public struct PeerFrameCodec: Sendable {
                 for bucket in kept { append(UInt16(clamping: bucket), to: &buffer) }
                 buffer.append(after == nil ? 0 : 1)
                 if let after { appendString16(after.rawValue, to: &buffer) }
+            case .dataKeys(let ids):
+                buffer.append(3)
+                appendKeyIDs(ids, to: &buffer)
+            case .erase(let subject):
+                buffer.append(4)
+                appendString8(subject.rawValue, to: &buffer)
             }
         case .repairReply(let id, let reply):
             append(id, to: &buffer)
@@ -338,6 +360,19 @@ public struct PeerFrameCodec: Sendable {
                 buffer.append(3)
                 appendString8(code, to: &buffer)
                 appendString16(message, to: &buffer)
+            case .dataKeys(let granted, let erased):
+                buffer.append(4)
+                let kept = granted.prefix(DataKeyRequestBounds.idsMax)
+                append(UInt16(kept.count), to: &buffer)
+                for grant in kept {
+                    buffer += grant.id.bytes
+                    appendString8(grant.subject.rawValue, to: &buffer)
+                    buffer += grant.key
+                }
+                appendKeyIDs(erased, to: &buffer)
+            case .erased(let ids):
+                buffer.append(5)
+                appendKeyIDs(ids, to: &buffer)
             }
         case .election(let keyspace, let message, let start):
             appendString8(keyspace.rawValue, to: &buffer)
@@ -549,8 +584,12 @@ public struct PeerFrameCodec: Sendable {
             }
             let after = try flag(&body, "has_after") ? try Key(try string16(&body, "after")) : nil
             return .repairRequest(id: id, keyspace: keyspace, .states(buckets: buckets, after: after))
+        case 3:
+            return .repairRequest(id: id, keyspace: keyspace, .dataKeys(ids: try keyIDs(&body, "data_key")))
+        case 4:
+            return .repairRequest(id: id, keyspace: keyspace, .erase(subject: try Subject(try string8(&body, "subject"))))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree) or 2 (states).", context: ["field": "repair_kind"])
+            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys) or 4 (erase).", context: ["field": "repair_kind"])
         }
     }
 
@@ -576,9 +615,33 @@ public struct PeerFrameCodec: Sendable {
             return .repairReply(id: id, .states(encoded: try blob(&body, "states", max: frameBytesMax), next: next))
         case 3:
             return .repairReply(id: id, .refused(code: try string8(&body, "code"), message: try string16(&body, "message")))
+        case 4:
+            let count = Int(try body.required(body.readUInt16(), "granted"))
+            guard count <= DataKeyRequestBounds.idsMax else {
+                throw MeridianError(.codecInvalidField, "The reply grants \(count) data keys; the limit is \(DataKeyRequestBounds.idsMax).", context: ["field": "granted"])
+            }
+            var granted: [DataKeyGrant] = []
+            for _ in 0..<count {
+                let id = try DataKeyID(bytes: Array(try body.required(body.take(DataKeyID.byteCount), "data_key")))
+                let subject = try Subject(try string8(&body, "subject"))
+                granted.append(DataKeyGrant(id: id, subject: subject, key: Array(try body.required(body.take(DataKey.byteCount), "key"))))
+            }
+            return .repairReply(id: id, .dataKeys(granted: granted, erased: try keyIDs(&body, "erased")))
+        case 5:
+            return .repairReply(id: id, .erased(ids: try keyIDs(&body, "erased")))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states) or 3 (refused).", context: ["field": "repair_kind"])
+            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states), 3 (refused), 4 (data keys) or 5 (erased).", context: ["field": "repair_kind"])
         }
+    }
+
+    private func keyIDs(_ body: inout ByteReader, _ field: String) throws(MeridianError) -> [DataKeyID] {
+        let count = Int(try body.required(body.readUInt16(), field + "_count"))
+        guard count <= DataKeyRequestBounds.idsMax else {
+            throw MeridianError(.codecInvalidField, "The frame names \(count) data keys; the limit is \(DataKeyRequestBounds.idsMax).", context: ["field": field + "_count"])
+        }
+        var ids: [DataKeyID] = []
+        for _ in 0..<count { ids.append(try DataKeyID(bytes: Array(try body.required(body.take(DataKeyID.byteCount), field)))) }
+        return ids
     }
 
     private func flag(_ body: inout ByteReader, _ field: String) throws(MeridianError) -> Bool {
@@ -879,6 +942,12 @@ public struct PeerFrameCodec: Sendable {
         }
         buffer.append(1)
         write(value, &buffer)
+    }
+
+    private func appendKeyIDs(_ ids: [DataKeyID], to buffer: inout [UInt8]) {
+        let kept = ids.prefix(DataKeyRequestBounds.idsMax)
+        append(UInt16(kept.count), to: &buffer)
+        for id in kept { buffer += id.bytes }
     }
 
     private func appendString8(_ text: String, to buffer: inout [UInt8]) {

@@ -5,9 +5,10 @@ import Foundation
 // subject, bound to their keyspace, key and version; each region wraps the data keys under a key-encryption key
 // derived from its own root key, which never leaves it. Destroying a subject's wrapped data keys everywhere
 // makes every copy of its values unreadable at once (erasure). These are the primitives; the store seals at
-// commit, when the version is known. Randomness (data keys, nonces) comes from the caller's generator, so the
-// core stays deterministic under the simulator's seeded one; shells pass `SystemRandomNumberGenerator`, which is
-// cryptographically secure.
+// commit, when the version is known. Randomness (data keys, their ids, wrap nonces) comes from the caller's
+// generator, so the core stays deterministic under the simulator's seeded one; shells pass
+// `SystemRandomNumberGenerator`, which is cryptographically secure. A value's nonce is synthetic (see
+// ``SealedValue``).
 
 /// Who a sealed value belongs to: the unit of erasure (a user, a customer). 1 to 255 bytes of UTF-8, no control
 /// characters.
@@ -27,8 +28,8 @@ public struct Subject: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// How a keyspace finds a key's subject: the key's first segments (`users/42/email`, split by `/` to depth 2, has
-/// subject `users/42`), or the whole key.
-public enum SubjectRule: Hashable, Sendable {
+/// subject `users/42`), or the whole key. Encoded as `{"separator": "/", "segments": 2}` or `"key"`.
+public enum SubjectRule: Hashable, Sendable, Codable {
     /// The first `depth` segments of the key split by `separator` (the whole key when it has fewer).
     case keyPrefix(separator: Character, depth: Int)
     /// The key itself.
@@ -45,6 +46,35 @@ public enum SubjectRule: Hashable, Sendable {
             return try Subject(prefix)
         }
     }
+
+    private enum CodingKeys: String, CodingKey {
+        case separator, segments
+    }
+
+    public init(from decoder: any Decoder) throws {
+        if let text = try? decoder.singleValueContainer().decode(String.self), text == "key" {
+            self = .wholeKey
+            return
+        }
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let separator = try container.decode(String.self, forKey: .separator)
+        guard separator.count == 1, let character = separator.first else {
+            throw DecodingError.dataCorruptedError(forKey: .separator, in: container, debugDescription: "a separator is one character")
+        }
+        self = .keyPrefix(separator: character, depth: try container.decode(Int.self, forKey: .segments))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .wholeKey:
+            var container = encoder.singleValueContainer()
+            try container.encode("key")
+        case .keyPrefix(let separator, let depth):
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(String(separator), forKey: .separator)
+            try container.encode(depth, forKey: .segments)
+        }
+    }
 }
 
 /// A region's root key: 32 random bytes that never leave the region. Every key-encryption key of the region is
@@ -52,6 +82,8 @@ public enum SubjectRule: Hashable, Sendable {
 public struct RegionRootKey: Sendable {
     public static let byteCount = 32
     let key: SymmetricKey
+    /// Where the key came from (a file's path, an environment variable's name).
+    public let source: String
 
     /// - Throws: `invalid_config` unless `bytes` has exactly 32 bytes.
     public init(bytes: [UInt8], source: String) throws(MeridianError) {
@@ -59,6 +91,7 @@ public struct RegionRootKey: Sendable {
             throw MeridianError(.invalidConfig, "\(source): a region root key has \(Self.byteCount) bytes; this one has \(bytes.count). Make one with `head -c 32 /dev/urandom | base64`.")
         }
         key = SymmetricKey(data: bytes)
+        self.source = source
     }
 
     /// Reads the base64 text of a root key (a file's content or an environment variable's value).
@@ -68,6 +101,13 @@ public struct RegionRootKey: Sendable {
             throw MeridianError(.invalidConfig, "\(source): a region root key is 32 random bytes in base64; this is not base64. Make one with `head -c 32 /dev/urandom | base64`.")
         }
         try self.init(bytes: Array(data), source: source)
+    }
+
+    /// A check value of the key (HKDF, 16 bytes in hex), stored beside the data: a node started with another root
+    /// key than the one its data keys were wrapped with is told so at once, naming the file.
+    public var fingerprint: String {
+        let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Array("meridian/root-check/v1".utf8), outputByteCount: 16)
+        return derived.withUnsafeBytes { Array($0) }.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 
     /// The key-encryption key of `keyspace` in `region` for `epoch` (HKDF-SHA256; a rotation starts a new epoch).
@@ -130,6 +170,44 @@ public struct WrappedDataKey: Hashable, Sendable {
     }
 }
 
+/// The name of one data key: 16 random bytes, written in front of every value sealed with it, so a region can
+/// tell which key a value needs (and fetch it from a peer, or know it was erased) without opening it.
+public struct DataKeyID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public static let byteCount = 16
+    public let bytes: [UInt8]
+
+    /// - Throws: `codec_invalid_field` unless `bytes` has exactly 16 bytes.
+    public init(bytes: [UInt8]) throws(MeridianError) {
+        guard bytes.count == Self.byteCount else {
+            throw MeridianError(.codecInvalidField, "A data key id has \(Self.byteCount) bytes; this one has \(bytes.count).")
+        }
+        self.bytes = bytes
+    }
+
+    /// Parses the hex form `description` writes.
+    public init?(hex: some StringProtocol) {
+        let digits = Array(hex.utf8)
+        guard digits.count == Self.byteCount * 2 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: digits.count, by: 2) {
+            guard let byte = UInt8(String(decoding: digits[index...index + 1], as: UTF8.self), radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        self.bytes = bytes
+    }
+
+    /// A new id of `generator`'s bytes.
+    public static func generate(using generator: inout some RandomNumberGenerator) -> DataKeyID {
+        DataKeyID(unchecked: SealedValue.randomBytes(byteCount, using: &generator))
+    }
+
+    init(unchecked bytes: [UInt8]) { self.bytes = bytes }
+
+    public var description: String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+
+    public static func < (a: DataKeyID, b: DataKeyID) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+}
+
 /// The key a subject's values are sealed with.
 public struct DataKey: Sendable {
     public static let byteCount = 32
@@ -139,42 +217,73 @@ public struct DataKey: Sendable {
     public static func generate(using generator: inout some RandomNumberGenerator) -> DataKey {
         DataKey(key: SymmetricKey(data: SealedValue.randomBytes(byteCount, using: &generator)))
     }
+
+    /// A data key from its raw bytes (as a peer granted it over the authenticated stream).
+    /// - Throws: `codec_invalid_field` unless `bytes` has exactly 32 bytes.
+    public init(bytes: [UInt8]) throws(MeridianError) {
+        guard bytes.count == Self.byteCount else {
+            throw MeridianError(.codecInvalidField, "A data key has \(Self.byteCount) bytes; this one has \(bytes.count).")
+        }
+        key = SymmetricKey(data: bytes)
+    }
+
+    init(key: SymmetricKey) { self.key = key }
+
+    /// The raw bytes, for granting the key to another allowed region over the authenticated peer stream only.
+    public var bytes: [UInt8] { key.withUnsafeBytes { Array($0) } }
 }
 
-/// A sealed value's bytes: a format byte, then AES-GCM's nonce, ciphertext and tag, bound to the value's
-/// keyspace, key and version (a sealed value moved to another key or version does not open).
+/// A sealed value's bytes: a format byte, the data key's id, then AES-GCM's nonce, ciphertext and tag, bound to
+/// the value's keyspace, key and version (a sealed value moved to another key or version does not open).
+///
+/// The nonce is synthetic: an HMAC, under a key derived from the data key, of the bound fields and the plaintext.
+/// Two regions sealing the same value of the same version with the same data key write the same bytes (a CRDT's
+/// merged value, which every region computes on its own, digests alike for anti-entropy), and two different
+/// plaintexts get different nonces, so a nonce never repeats under one key for two messages.
 public enum SealedValue {
-    /// The first byte of every sealed value (format 1).
-    public static let format: UInt8 = 0xA1
-    /// Bytes a sealed value adds to its plaintext: the format byte, a 12-byte nonce and a 16-byte tag.
-    public static let overheadBytes = 1 + 12 + 16
+    /// The first byte of every sealed value (format 2).
+    public static let format: UInt8 = 0xA2
+    /// Bytes a sealed value adds to its plaintext: the format byte, the 16-byte key id, a 12-byte nonce and a
+    /// 16-byte tag.
+    public static let overheadBytes = 1 + DataKeyID.byteCount + 12 + 16
 
-    /// - Parameter generator: Where the nonce comes from (96 random bits per seal).
-    public static func seal(_ plaintext: [UInt8], with dataKey: DataKey, keyspace: KeyspaceName, key: Key, version: Version,
-                            using generator: inout some RandomNumberGenerator) -> [UInt8] {
+    public static func seal(_ plaintext: [UInt8], with dataKey: DataKey, id: DataKeyID, keyspace: KeyspaceName, key: Key, version: Version) -> [UInt8] {
+        let bound = associatedData(keyspace, key, version, id)
+        let nonceKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey.key, info: Array("meridian/nonce/v1".utf8), outputByteCount: 32)
+        var mac = HMAC<SHA256>(key: nonceKey)
+        mac.update(data: bound)
+        mac.update(data: plaintext)
         do {
-            let box = try AES.GCM.seal(plaintext, using: dataKey.key, nonce: nonce(using: &generator), authenticating: associatedData(keyspace, key, version))
-            return [format] + Array(box.combined!)
+            let nonce = try AES.GCM.Nonce(data: Array(mac.finalize()).prefix(12))
+            let box = try AES.GCM.seal(plaintext, using: dataKey.key, nonce: nonce, authenticating: bound)
+            return [format] + id.bytes + Array(box.combined!)
         } catch {
-            preconditionFailure("AES-GCM sealing with a 256-bit key and a random nonce cannot fail: \(error)")
+            preconditionFailure("AES-GCM sealing with a 256-bit key and a 12-byte nonce cannot fail: \(error)")
         }
+    }
+
+    /// The id of the data key a sealed value needs (nil: the bytes are not a sealed value).
+    public static func keyID(of sealed: [UInt8]) -> DataKeyID? {
+        guard sealed.count >= overheadBytes, sealed[0] == format else { return nil }
+        return DataKeyID(unchecked: Array(sealed[1...DataKeyID.byteCount]))
     }
 
     /// - Throws: `sealed_value_unreadable` when the bytes are not a sealed value of this keyspace, key and version
     ///   under `dataKey`.
     public static func open(_ sealed: [UInt8], with dataKey: DataKey, keyspace: KeyspaceName, key: Key, version: Version) throws(MeridianError) -> [UInt8] {
-        guard sealed.count >= overheadBytes, sealed[0] == format else {
+        guard let id = keyID(of: sealed) else {
             throw MeridianError(.sealedValueUnreadable, "The stored value of \(keyspace) at version \(version) is not a sealed value (format \(sealed.first.map { String($0) } ?? "none")).")
         }
         do {
-            let box = try AES.GCM.SealedBox(combined: sealed[1...])
-            return Array(try AES.GCM.open(box, using: dataKey.key, authenticating: associatedData(keyspace, key, version)))
+            let box = try AES.GCM.SealedBox(combined: sealed[(1 + DataKeyID.byteCount)...])
+            return Array(try AES.GCM.open(box, using: dataKey.key, authenticating: associatedData(keyspace, key, version, id)))
         } catch {
             throw MeridianError(.sealedValueUnreadable, "The stored value of \(keyspace) at version \(version) does not open with its subject's data key: it was moved from another key or version, or corrupted.")
         }
     }
 
-    static func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
+    /// `count` bytes of `generator`'s.
+    public static func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
         (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
     }
 
@@ -186,8 +295,9 @@ public enum SealedValue {
         }
     }
 
-    private static func associatedData(_ keyspace: KeyspaceName, _ key: Key, _ version: Version) -> [UInt8] {
-        var bytes = Array("meridian/value/v1\0\(keyspace.rawValue)\0".utf8)
+    /// What a sealed value is bound to: its keyspace, key, version, and the id of its data key.
+    private static func associatedData(_ keyspace: KeyspaceName, _ key: Key, _ version: Version, _ id: DataKeyID) -> [UInt8] {
+        var bytes = Array("meridian/value/v2\0\(keyspace.rawValue)\0".utf8) + id.bytes
         bytes += withUnsafeBytes(of: UInt32(key.rawValue.utf8.count).bigEndian, Array.init)
         bytes += Array(key.rawValue.utf8)
         bytes += withUnsafeBytes(of: version.hlc.physicalMs.bigEndian, Array.init)

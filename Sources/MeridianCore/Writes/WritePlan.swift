@@ -36,12 +36,16 @@ public struct WriteRequest: Sendable, Hashable {
     /// The client's idempotency key and its request's digest: the store answers a retry with the first
     /// outcome (``IdempotencyCheck``) and records this write's, in the same transaction.
     public let idempotency: IdempotencyMark?
+    /// Whose data the value is, for a sealed keyspace (`Meridian-Subject`); nil: the keyspace's subject rule finds
+    /// it from the key.
+    public let subject: Subject?
 
     /// Creates a write request.
     public init(keyspace: KeyspaceName, key: Key, operation: MeridianCore.Operation, contentType: String, value: [UInt8],
                 epoch: UInt64 = 0, precondition: Precondition? = nil, after: HLCTimestamp? = nil, dependencies: [RegionName: UInt64] = [:],
-                context: VersionVector? = nil, crdt: CRDTRequest? = nil, idempotency: IdempotencyMark? = nil) {
+                context: VersionVector? = nil, crdt: CRDTRequest? = nil, idempotency: IdempotencyMark? = nil, subject: Subject? = nil) {
         self.idempotency = idempotency
+        self.subject = subject
         self.context = context
         self.crdt = crdt
         self.after = after

@@ -127,9 +127,9 @@ extension RegionNode {
             // Siblings and CRDT reads need the key's whole state (every version, the causal context); the others
             // the version reads show, as `kv` holds it.
             if rule == .siblings || rule == .crdt {
-                state = try await store.state(keyspace: policy.name, key: key)
+                state = try await openingSealed(policy.name) { () async throws(MeridianError) in try await store.state(keyspace: policy.name, key: key) }
             } else {
-                state = try await store.get(keyspace: policy.name, key: key).map { stored in
+                state = try await openingSealed(policy.name) { () async throws(MeridianError) in try await store.get(keyspace: policy.name, key: key) }.map { stored in
                     KeyState(context: VersionVector(), versions: [KeyVersion(version: stored.version, tombstone: stored.tombstone, contentType: stored.contentType,
                                                                              value: stored.value, dependencies: stored.dependencies)])
                 }

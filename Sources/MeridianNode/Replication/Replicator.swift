@@ -50,7 +50,7 @@ final class Replicator: Sendable {
     private let acks: AckWaiters
     private let inboundStates = Mutex<[RegionName: InboundState]>([:])
     private let forwardsServed = Atomic<Int>(0)
-    private let wallClockMs: @Sendable () -> UInt64
+    let wallClockMs: @Sendable () -> UInt64
     private let started = ContinuousClock.now
     /// Rung whenever this region applies entries, hears how fresh it is, or a peer acknowledges: reads
     /// waiting to catch up look again.
@@ -476,6 +476,9 @@ final class Replicator: Sendable {
                     let applied: UInt64
                     // Entries of single-leader keyspaces pass the fence first: a deposed leader's unshipped writes
                     // are kept aside, and entries wait while an election this region took part in settles.
+                    // The data keys of sealed values arrive before the values are applied (a CRDT delta opens
+                    // there; reads open later without a round trip).
+                    try await bringDataKeys(for: entries.map { ($0.keyspace, $0.value) }, from: [origin])
                     let admitted = try await fence?.admit(entries)
                     do {
                         applied = try await store.applyReplicated(origin: origin, from: from, through: through,

@@ -1,0 +1,156 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import MeridianAPI
+import MeridianCore
+import MeridianHTTP
+import MeridianStorage
+
+// The node's side of sealed keyspaces: data keys move between the regions of a keyspace's residency over the
+// authenticated peer streams (a region that applies or reads a value sealed under a key it lacks asks the region
+// that sent it), and an erasure destroys a subject's keys in every region of the residency.
+
+extension Replicator {
+    /// Brings in the data keys `values` need from `peers`, tried in order, and keeps them wrapped under this
+    /// region's key. Keys a peer erased are recorded as erased here.
+    /// - Throws: `data_key_unavailable` when a key is still missing after every peer was asked.
+    func bringDataKeys(for values: [(keyspace: KeyspaceName, value: [UInt8])], from peers: [RegionName]) async throws(MeridianError) {
+        let missing = try await store.missingDataKeys(values)
+        for (keyspace, ids) in missing {
+            var wanted = Array(ids.sorted().prefix(DataKeyRequestBounds.idsMax))
+            var lastError: MeridianError?
+            for peer in peers where peer != region && !wanted.isEmpty {
+                do throws(MeridianError) {
+                    switch try await requestRepair(from: peer, keyspace: keyspace, .dataKeys(ids: wanted)) {
+                    case .dataKeys(let granted, let erased):
+                        try await store.installDataKeys(keyspace: keyspace, granted.filter { wanted.contains($0.id) },
+                                                        erased: erased.filter { wanted.contains($0) }, nowMs: wallClockMs())
+                        let answered = Set(granted.map(\.id)).union(erased)
+                        wanted.removeAll { answered.contains($0) }
+                    case .refused(let code, let message):
+                        lastError = MeridianError(MeridianError.Code(code) ?? .dataKeyUnavailable, "\(peer): \(message)")
+                    case .tree, .states, .erased:
+                        lastError = MeridianError(.replicationProtocol, "\(peer) answered a data key request with another kind of reply.")
+                    }
+                } catch {
+                    lastError = error
+                }
+            }
+            if let first = wanted.first {
+                throw MeridianError(.dataKeyUnavailable, "Region \(region) lacks data key \(first) of '\(keyspace)', and no region of its residency granted it (\(lastError?.message ?? "none was asked")); retry shortly.",
+                                    context: ["keyspace": keyspace.rawValue, "data_key": first.description])
+            }
+        }
+    }
+}
+
+extension RegionNode {
+    /// The regions a sealed keyspace's data keys may be asked of: the other replicas of its residency.
+    func keyHolders(_ keyspace: KeyspaceName) -> [RegionName] {
+        (configuration.cluster.keyspace(keyspace)?.replicas ?? []).filter { $0 != region }
+    }
+
+    /// Runs a read, and once more after bringing in a data key the first attempt found missing (a value that
+    /// arrived by a path that did not bring its key along).
+    func openingSealed<T>(_ keyspace: KeyspaceName, _ body: () async throws(MeridianError) -> T) async throws(MeridianError) -> T {
+        do {
+            return try await body()
+        } catch where error.code == .dataKeyUnavailable {
+            guard let text = error.context["data_key"], let id = DataKeyID(hex: text) else { throw error }
+            try await replicator.bringDataKeys(for: [(keyspace, Self.placeholder(sealedWith: id))], from: keyHolders(keyspace))
+            return try await body()
+        }
+    }
+
+    /// A stand-in sealed value naming `id`, for asking which keys are missing.
+    private static func placeholder(sealedWith id: DataKeyID) -> [UInt8] {
+        [SealedValue.format] + id.bytes + [UInt8](repeating: 0, count: SealedValue.overheadBytes - 1 - DataKeyID.byteCount)
+    }
+
+    /// Answers a peer's request for data keys, or to erase a subject: only for a region that holds a replica of
+    /// the sealed keyspace.
+    func serveDataKeys(_ policy: KeyspacePolicy, _ request: RepairRequest, from peer: RegionName) async -> RepairReply {
+        guard policy.residency.encryption == .sealed else {
+            return .refused(code: MeridianError.Code.invalidRequest.description, message: "Keyspace '\(policy.name)' is not sealed; it has no data keys.")
+        }
+        do throws(MeridianError) {
+            switch request {
+            case .dataKeys(let ids):
+                let (granted, erased) = try await store.grantDataKeys(keyspace: policy.name, ids: ids)
+                logger.info("granted data keys", metadata: ["keyspace": "\(policy.name)", "peer": "\(peer)", "granted": "\(granted.count)", "erased": "\(erased.count)"])
+                return .dataKeys(granted: granted, erased: erased)
+            case .erase(let subject):
+                let ids = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
+                logger.notice("erased a subject's data keys", metadata: ["keyspace": "\(policy.name)", "asked_by": "\(peer)", "keys": "\(ids.count)"])
+                return .erased(ids: ids)
+            case .tree, .states:
+                return .refused(code: MeridianError.Code.internalError.description, message: "Not a data key request.")
+            }
+        } catch {
+            return .refused(code: error.code.description, message: error.message)
+        }
+    }
+
+    /// `POST /v1/admin/erase/{keyspace}` with `{"subject": "..."}`: destroys the subject's data keys here and in
+    /// every other replica region of the keyspace, so each of its values, old versions, log entries, conflict and
+    /// divergence records and backup copies becomes unreadable. Answers which regions confirmed; when one did not,
+    /// 503 `region_unavailable` naming it (the erasure is idempotent: run it again).
+    func erase(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        let policy = try policy(context)
+        guard policy.residency.encryption == .sealed else {
+            throw MeridianError(.invalidRequest, "Keyspace '\(policy.name)' is not sealed (residency.encryption: sealed): its values have no data keys to destroy. Delete the keys instead.",
+                                context: ["keyspace": policy.name.rawValue])
+        }
+        guard policy.isReplica(region) else {
+            throw MeridianError(.notReplicaRegion, "Region \(region) holds no replica of '\(policy.name)'; send the erasure to one of \(policy.replicas.map(\.rawValue).joined(separator: ", ")).",
+                                context: ["keyspace": policy.name.rawValue])
+        }
+        let body = try await readBody(request)
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any], Set(object.keys) == ["subject"],
+              let text = object["subject"] as? String else {
+            throw MeridianError(.invalidRequest, "The body must be a JSON object with \"subject\": the subject whose data is erased (see the keyspace's residency.subject rule).")
+        }
+        let subject = try Subject(text)
+        let own = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
+        var confirmed = [region.rawValue], pending: [String] = [], reasons: [String] = []
+        var destroyed = own.count
+        for peer in keyHolders(policy.name) {
+            do throws(MeridianError) {
+                switch try await replicator.requestRepair(from: peer, keyspace: policy.name, .erase(subject: subject)) {
+                case .erased(let ids):
+                    confirmed.append(peer.rawValue)
+                    destroyed += ids.count
+                case .refused(_, let message):
+                    pending.append(peer.rawValue)
+                    reasons.append("\(peer): \(message)")
+                case .tree, .states, .dataKeys:
+                    pending.append(peer.rawValue)
+                    reasons.append("\(peer) answered with another kind of reply")
+                }
+            } catch {
+                pending.append(peer.rawValue)
+                reasons.append("\(peer): \(error.message)")
+            }
+        }
+        logger.notice("erasure", metadata: ["keyspace": "\(policy.name)", "confirmed": "\(confirmed.joined(separator: ","))",
+                                            "pending": "\(pending.joined(separator: ","))", "keys": "\(destroyed)"])
+        guard pending.isEmpty else {
+            throw MeridianError(.regionUnavailable, "The subject's data keys were destroyed in \(confirmed.joined(separator: ", ")) but not yet in \(pending.joined(separator: ", ")) (\(reasons.joined(separator: "; "))). Run the erasure again: it is idempotent.",
+                                context: ["keyspace": policy.name.rawValue, "confirmed": confirmed.joined(separator: ","), "pending": pending.joined(separator: ",")],
+                                applied: .maybe)
+        }
+        return JSON.response(EraseAnswer(keyspace: policy.name.rawValue, confirmed: confirmed, keysDestroyed: destroyed), headers: [.cacheControl: "no-store"])
+    }
+}
+
+/// The answer to an erasure: every replica region confirmed it.
+struct EraseAnswer: Encodable {
+    let keyspace: String
+    let confirmed: [String]
+    let keysDestroyed: Int
+
+    enum CodingKeys: String, CodingKey {
+        case keyspace, confirmed
+        case keysDestroyed = "keys_destroyed"
+    }
+}

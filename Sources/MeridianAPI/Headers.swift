@@ -17,6 +17,8 @@ public enum MeridianHeader {
     public static let context = HTTPField.Name(CausalContextToken.header)!
     /// A write's idempotency key: a retry carrying it gets the first attempt's outcome (the IETF draft's name, no prefix).
     public static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    /// Whose data a write to a sealed keyspace is (the unit of erasure), instead of the keyspace's subject rule.
+    public static let subject = HTTPField.Name("Meridian-Subject")!
 
     // Answers.
     /// The region that served the request.

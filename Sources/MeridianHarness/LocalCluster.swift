@@ -172,7 +172,9 @@ public final class LocalCluster: Sendable {
             state.offsets[region] = clockOffsetMs
             return state.incarnations[region]!
         }
-        var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent"]
+        // Root keys live apart from the data: a copy of a data directory (a backup) holds no key that opens it.
+        var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent",
+                         "--root-key-file", rootKeyFile(region)]
         if let level = options.logLevel { arguments += ["--log-level", level] }
         if clockOffsetMs != 0 { arguments.append("--clock-offset-ms=\(clockOffsetMs)") }
         arguments += options.nodeArguments[region.rawValue, default: []]
@@ -235,6 +237,9 @@ public final class LocalCluster: Sendable {
     }
 
     public func dataDirectory(_ region: RegionName) -> String { (directory as NSString).appendingPathComponent(region.rawValue) }
+
+    /// Where the region's root key is kept (made on its first start), apart from its data directory.
+    public func rootKeyFile(_ region: RegionName) -> String { (directory as NSString).appendingPathComponent("keys/\(region).root-key") }
 
     /// The log of the region's current (or given) start.
     public func log(_ region: RegionName, incarnation: Int? = nil) -> String {

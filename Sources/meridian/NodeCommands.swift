@@ -79,7 +79,9 @@ struct NodeCommand: AsyncParsableCommand {
             if !ValueSealer.sealedKeyspaces(config).isEmpty {
                 try SecretFile.makeDirectory(data)
                 let store = (data as NSString).appendingPathComponent("\(regionName).sqlite")
-                configuration.rootKey = try RootKeyFile.load(path: rootKeyFile ?? (data as NSString).appendingPathComponent("\(regionName).root-key"),
+                let keyPath = rootKeyFile ?? (data as NSString).appendingPathComponent("\(regionName).root-key")
+                try SecretFile.makeDirectory((keyPath as NSString).deletingLastPathComponent.isEmpty ? "." : (keyPath as NSString).deletingLastPathComponent)
+                configuration.rootKey = try RootKeyFile.load(path: keyPath,
                                                              environment: ProcessInfo.processInfo.environment,
                                                              mayCreate: !FileManager.default.fileExists(atPath: store))
             }

@@ -70,5 +70,87 @@ extension LiveTests {
                 }
             }
         }
+
+        static let sealedKeyspaces = """
+              - { name: vault, topology: multi-leader, conflict: lww, replicas: [eu-west, ap-southeast], residency: { regions: [eu-west, ap-southeast], access: proxy } }
+              - { name: vault_counts, topology: multi-leader, conflict: crdt, replicas: [eu-west, ap-southeast], residency: { regions: [eu-west, ap-southeast], access: proxy } }
+              - { name: vault_sibs, topology: multi-leader, conflict: siblings, replicas: [eu-west, ap-southeast], residency: { regions: [eu-west, ap-southeast], access: proxy } }
+              - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
+
+            """
+
+        /// Runs `meridian residency check` for one keyspace over the cluster's directory.
+        static func residencyCheck(_ cluster: LiveCluster, keyspace: String, markers: [String], keyNames: [String] = []) throws -> (status: Int32, stdout: String, stderr: String) {
+            try runCLI(["residency", "check", "--config", cluster.config, "--keyspace", keyspace, "--data", cluster.scratch.path]
+                       + markers.flatMap { ["--marker", $0] } + keyNames.flatMap { ["--key-name", $0] })
+        }
+
+        @Test(.timeLimit(.minutes(4)))
+        func sealedValuesAreCiphertextEverywhereTheyRestAndAnErasureReachesEveryReplica() async throws {
+            let cluster = try LiveCluster(keyspaces: Self.sealedKeyspaces)
+            try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
+                let run = UUID().uuidString.prefix(8)
+                let markers = (1...6).map { "mk\($0)-\(run)-plain" }
+                let eu = try await cluster.connect("eu-west"), ap = try await cluster.connect("ap-southeast"), us = try await cluster.connect("us-east")
+                defer { Task { await eu.close(); await ap.close(); await us.close() } }
+                // Every path in: direct in each replica region, proxied from outside the residency, a CRDT, siblings.
+                #expect(try await eu.request("PUT", "/v1/kv/vault/ada@example.eu/email", body: Array(markers[0].utf8)).status == 200)
+                let proxied = try await us.request("PUT", "/v1/kv/vault/bob@example.eu/email", body: Array(markers[1].utf8))
+                #expect(proxied.status == 200 && proxied.header("Meridian-Forwarded-To") != nil, "\(proxied.status) \(proxied.text)")
+                #expect(try await ap.request("PUT", "/v1/kv/vault/carol@example.eu/email", headers: [("Meridian-Subject", "carol")],
+                                             body: Array(markers[2].utf8)).status == 200)
+                let add = #"{"type":"or-set","op":"add","elements":["\#(markers[3])"]}"#
+                #expect(try await us.request("POST", "/v1/crdt/vault_counts/ada@example.eu/tags", body: Array(add.utf8)).status == 200)
+                #expect(try await eu.request("PUT", "/v1/kv/vault_sibs/ada@example.eu/note", body: Array(markers[4].utf8)).status == 200)
+                #expect(try await ap.request("PUT", "/v1/kv/vault_sibs/ada@example.eu/note", body: Array(markers[5].utf8)).status == 200)
+                // A header subject on a keyspace that is not sealed is refused.
+                #expect(try await eu.request("PUT", "/v1/kv/profiles/p1", headers: [("Meridian-Subject", "x")], body: Array("v".utf8)).status == 400)
+
+                // Each replica reads what the other took: the data keys came along with replication.
+                let fromAP = try await eventually(timeoutSeconds: 20) { try await ap.request("GET", "/v1/kv/vault/ada@example.eu/email") } until: { $0.status == 200 }
+                #expect(fromAP.text == markers[0], "\(fromAP.status) \(fromAP.text)")
+                let fromEU = try await eventually(timeoutSeconds: 20) { try await eu.request("GET", "/v1/kv/vault/carol@example.eu/email") } until: { $0.status == 200 }
+                #expect(fromEU.text == markers[2], "\(fromEU.status) \(fromEU.text)")
+                let tags = try await eventually(timeoutSeconds: 20) { try await ap.request("GET", "/v1/crdt/vault_counts/ada@example.eu/tags") } until: { $0.text.contains(markers[3]) }
+                #expect(tags.text.contains(markers[3]), "\(tags.status) \(tags.text)")
+                let siblings = try await eventually(timeoutSeconds: 20) { try await eu.request("GET", "/v1/kv/vault_sibs/ada@example.eu/note") } until: { $0.status == 300 }
+                #expect(siblings.text.contains(markers[4]) || siblings.text.contains(Data(markers[4].utf8).base64EncodedString()), "\(siblings.status) \(siblings.text)")
+                let relayed = try await us.request("GET", "/v1/kv/vault/ada@example.eu/email")
+                #expect(relayed.text == markers[0] && relayed.header("Cache-Control") == "no-store")
+                // Anti-entropy moves the same ciphertext.
+                for connection in [eu, ap] { #expect(try await connection.request("POST", "/v1/admin/repair").status == 200) }
+
+                // Nowhere a marker in any form: not outside the residency, and not in plaintext inside it; no key
+                // name outside it.
+                let names = ["ada@example.eu/email", "bob@example.eu/email", "carol@example.eu/email"]
+                for (keyspace, planted) in [("vault", Array(markers[0...2])), ("vault_counts", [markers[3]]), ("vault_sibs", Array(markers[4...5]))] {
+                    let check = try Self.residencyCheck(cluster, keyspace: keyspace, markers: planted, keyNames: keyspace == "vault" ? names : [])
+                    #expect(check.status == 0 && check.stdout.contains(": 0 hits"), "\(keyspace): \(check.stdout) \(check.stderr)")
+                }
+                // The check finds what is there: a marker written to a global keyspace is in every region, in plaintext.
+                let control = "control-\(run)-plain"
+                #expect(try await eu.request("PUT", "/v1/kv/profiles/control", body: Array(control.utf8)).status == 200)
+                _ = try await eventually(timeoutSeconds: 20) { try await us.request("GET", "/v1/kv/profiles/control") } until: { $0.status == 200 }
+                let caught = try Self.residencyCheck(cluster, keyspace: "vault", markers: [control])
+                #expect(caught.status == 1 && caught.stdout.contains("HIT us-east") && caught.stdout.contains("plaintext inside the residency"), "\(caught.stdout)")
+
+                // Erasure: in every replica region at once; reads answer 410 erased there and through a proxy. Another
+                // subject is untouched, and the erased subject's new writes read again.
+                let erased = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "ada@example.eu"])
+                #expect(erased.status == 0 && erased.stdout.contains("eu-west") && erased.stdout.contains("ap-southeast"), "\(erased)")
+                for (name, connection) in [("eu-west", eu), ("ap-southeast", ap), ("us-east", us)] {
+                    let gone = try await connection.request("GET", "/v1/kv/vault/ada@example.eu/email")
+                    #expect(gone.status == 410 && gone.text.contains("erased"), "\(name): \(gone.status) \(gone.text)")
+                }
+                #expect(try await ap.request("GET", "/v1/kv/vault/bob@example.eu/email").text == markers[1])
+                #expect(try await eu.request("PUT", "/v1/kv/vault/ada@example.eu/email", body: Array("fresh".utf8)).status == 200)
+                #expect(try await eu.request("GET", "/v1/kv/vault/ada@example.eu/email").text == "fresh")
+                // Erasing from outside the residency is refused; a keyspace that is not sealed has nothing to erase.
+                let outside = try runCLI(["erase", "--config", cluster.config, "--region", "us-east", "--keyspace", "vault", "--subject", "bob@example.eu"])
+                #expect(outside.status != 0 && outside.stderr.contains("not_replica_region"), "\(outside)")
+                let plain = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "profiles", "--subject", "bob@example.eu"])
+                #expect(plain.status != 0 && plain.stderr.contains("invalid_request"), "\(plain)")
+            }
+        }
     }
 }

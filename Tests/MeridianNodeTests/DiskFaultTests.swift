@@ -116,7 +116,7 @@ struct SmallDisk {
         try disk.create(megabytes: 16)
         let directory = (disk.path as NSString).appendingPathComponent("us-east")
         let config = try ClusterConfig.parse(yaml: Self.yaml, file: "disk.yaml")
-        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: directory))
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")).withTestRootKey(), store: RegionStore.factory(directory: directory))
         let acknowledged = Mutex<[String: String]>([:])
         let app = Application(router: node.router())
         try await app.test(.router) { client in
@@ -173,7 +173,7 @@ struct SmallDisk {
         let database = try DatabaseQueue(path: (directory as NSString).appendingPathComponent("us-east.sqlite"))
         #expect(try await database.read { try String.fetchOne($0, sql: "PRAGMA integrity_check") } == "ok")
         try await database.close()
-        let reopened = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: directory))
+        let reopened = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")).withTestRootKey(), store: RegionStore.factory(directory: directory))
         defer { reopened.store.close() }
         for (key, value) in acknowledged.withLock({ $0 }) {
             let stored = try await reopened.store.get(keyspace: KeyspaceName("profiles"), key: Key(key))

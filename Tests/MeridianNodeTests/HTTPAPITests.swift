@@ -54,7 +54,7 @@ struct NodeFixture {
                   _ test: @escaping @Sendable (RegionNode, any TestClientProtocol) async throws -> Void) async throws {
         let config = try ClusterConfig.parse(yaml: yaml, file: "test.yaml")
         let factory = store == .sqlite ? RegionStore.factory(directory: directory) : MemoryStore.factory(MemoryDisks())
-        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: factory)
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")).withTestRootKey(), store: factory)
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: directory)

@@ -26,7 +26,7 @@ import Testing
             keyspaces:
               - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
             """, file: "inbound.yaml")
-        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), peerRoute: .direct),
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), peerRoute: .direct).withTestRootKey(),
                                         store: MemoryStore.factory(MemoryDisks()))
         let running = Task { try await node.run() }
         defer { running.cancel() }

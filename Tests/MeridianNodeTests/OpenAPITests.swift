@@ -37,7 +37,7 @@ import Yams
         }
         let fixture = NodeFixture()
         let config = try ClusterConfig.parse(yaml: NodeFixture.yaml, file: "test.yaml")
-        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")), store: RegionStore.factory(directory: fixture.directory))
+        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east")).withTestRootKey(), store: RegionStore.factory(directory: fixture.directory))
         defer {
             node.store.close()
             try? FileManager.default.removeItem(atPath: fixture.directory)

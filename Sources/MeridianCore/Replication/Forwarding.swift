@@ -38,9 +38,12 @@ public struct WriteOptions: Sendable, Hashable {
     public var principal: String?
     /// The client's `Idempotency-Key`: a retry of the same request gets the first outcome.
     public var idempotencyKey: IdempotencyKey?
+    /// The client's `Meridian-Subject`: whose data a sealed keyspace's value is.
+    public var subject: Subject?
 
     public init(ack: AckMode? = nil, precondition: WriteRequest.Precondition? = nil, session: String? = nil, context: String? = nil,
-                principal: String? = nil, idempotencyKey: IdempotencyKey? = nil) {
+                principal: String? = nil, idempotencyKey: IdempotencyKey? = nil, subject: Subject? = nil) {
+        self.subject = subject
         self.idempotencyKey = idempotencyKey
         self.ack = ack
         self.precondition = precondition

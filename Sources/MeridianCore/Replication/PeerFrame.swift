@@ -181,7 +181,8 @@ extension ElectionMessage {
 ///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs, u8 count × str8 unreachable region
 ///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value,
 ///                    opt(str8 ack), u8 precondition: 0 none, 1 exists, 2 versions (u8 count × version),
-///                    opt(str16 session), opt(str16 context), opt(str8 principal), opt(str8 idempotencyKey)
+///                    opt(str16 session), opt(str16 context), opt(str8 principal), opt(str8 idempotencyKey),
+///                       opt(str8 subject)
 ///     7 forwardReply u64 id, u8 answer: 1 read (str8 level, opt(u64 stalenessMs), opt(u64 epoch), str16 session,
 ///                    opt(u32 + state)); 2 written (version, str8 ack, u8 count × str8 region, str8 operation,
 ///                    opt(u64 epoch), str16 session, opt(u32 + CRDT value), u8 replayed); 3 refused (str8 code, str16 message,
@@ -283,6 +284,7 @@ public struct PeerFrameCodec: Sendable {
             appendOptional(write.options.context, to: &buffer) { appendString16($0, to: &$1) }
             appendOptional(write.options.principal, to: &buffer) { appendString8($0, to: &$1) }
             appendOptional(write.options.idempotencyKey, to: &buffer) { appendString8($0.rawValue, to: &$1) }
+            appendOptional(write.options.subject, to: &buffer) { appendString8($0.rawValue, to: &$1) }
         case .forwardReply(let reply):
             append(reply.id, to: &buffer)
             appendAnswer(reply.answer, to: &buffer)
@@ -779,6 +781,7 @@ public struct PeerFrameCodec: Sendable {
                 throw MeridianError(.codecInvalidField, "The forwarded write's idempotency key is not 1 to 255 visible ASCII characters.", context: ["field": "idempotency_key"])
             }
         }
+        options.subject = try optional(&body, "has_subject") { body throws(MeridianError) in try Subject(try string8(&body, "subject")) }
         return options
     }
 

@@ -350,6 +350,10 @@ extension RegionNode {
             causalContext = held
         }
         if let session = options.session { try admission.checkSessionOrigins(session) }
+        if options.subject != nil && policy.residency.encryption != .sealed {
+            throw MeridianError(.invalidHeader, "Meridian-Subject names whose data a sealed keyspace's value is; '\(policy.name)' is not sealed. Leave the header out.",
+                                context: ["header": "Meridian-Subject", "keyspace": policy.name.rawValue])
+        }
         let routedPolicy = await settledPolicy(policy)
         if routedPolicy.topology == .singleLeader && routedPolicy.leader == nil && routedPolicy.isReplica(region) { throw electionRunning(policy) }
         let admission = self.admission
@@ -360,7 +364,7 @@ extension RegionNode {
         guard case .accept(let ack, let required, let epoch) = decision else {
             guard case .forward(let target) = decision else { preconditionFailure("admitWrite has two verdicts") }
             let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
-                                       principal: options.principal, idempotencyKey: options.idempotencyKey)
+                                       principal: options.principal, idempotencyKey: options.idempotencyKey, subject: options.subject)
             return try await forwardWrite(to: target, options: carried, policy: policy, key: key, operation: operation, contentType: contentType, value: value)
         }
         var answered = try await take(options: options, precondition: precondition, contextToken: contextToken, policy: policy, key: key, operation: operation,
@@ -393,7 +397,7 @@ extension RegionNode {
             context: causalContext, crdt: crdt,
             idempotency: options.idempotencyKey.map {
                 IdempotencyMark(key: $0, keyspace: policy.name, dataKey: key, operation: operation, contentType: contentType, value: value, precondition: precondition)
-            }))
+            }, subject: options.subject))
         switch outcome {
         case .refused(let error):
             throw error
@@ -402,7 +406,7 @@ extension RegionNode {
             // this region and the origin asks the origin (which replays it there), unless it cannot be reached.
             if record.version.origin != region, required > 2, policy.topology == .multiLeader, policy.isReplica(record.version.origin) {
                 let carried = WriteOptions(ack: options.ack, precondition: precondition, session: options.session?.encoded(with: sessionKey), context: contextToken,
-                                           principal: options.principal, idempotencyKey: options.idempotencyKey)
+                                           principal: options.principal, idempotencyKey: options.idempotencyKey, subject: options.subject)
                 do {
                     return try await forwardWrite(to: record.version.origin, options: carried, policy: policy, key: key, operation: operation,
                                                   contentType: contentType, value: value)

@@ -14,6 +14,8 @@ struct RequestOptions {
     var principal: String?
     /// A write's `Idempotency-Key` (header only: a key in a URL would end up in access logs and caches).
     var idempotencyKey: IdempotencyKey?
+    /// A write's `Meridian-Subject` (header only, as it names a person).
+    var subject: Subject?
 
     static let maxStalenessMsMax: UInt64 = 86_400_000
 
@@ -55,6 +57,15 @@ struct RequestOptions {
             throw MeridianError(.invalidHeader, "Idempotency-Key is given \(idempotencyKeys.count) times; give it once.", context: ["header": "Idempotency-Key"])
         }
         idempotencyKey = try idempotencyKeys.first.map { text throws(MeridianError) in try IdempotencyKey(text) }
+        let subjects = headers[values: MeridianHeader.subject]
+        guard subjects.count <= 1 else {
+            throw MeridianError(.invalidHeader, "Meridian-Subject is given \(subjects.count) times; give it once.", context: ["header": "Meridian-Subject"])
+        }
+        subject = try subjects.first.map { text throws(MeridianError) in
+            do throws(MeridianError) { return try Subject(text) } catch {
+                throw MeridianError(.invalidHeader, "Meridian-Subject: \(error.message)", context: ["header": "Meridian-Subject"])
+            }
+        }
     }
 
     private static func option(_ headers: HTTPFields, _ query: (String) -> String?, _ name: HTTPField.Name) throws(MeridianError) -> String? {
@@ -90,6 +101,7 @@ struct RequestOptions {
         session = try write.session.map { text throws(MeridianError) in try SessionToken(decoding: text, key: sessionKey) }
         principal = write.principal
         idempotencyKey = write.idempotencyKey
+        subject = write.subject
     }
 
     /// Parses `If-Match`: `*` (the key exists), or one or more quoted versions (it is one of them).

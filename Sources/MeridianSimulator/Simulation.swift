@@ -408,9 +408,11 @@ public struct Simulation {
         let rules = Dictionary(uniqueKeysWithValues: cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) })
         self.rules = rules
         let clocks = wallClocks
+        let (parsed, seed) = (cluster, options.seed)
         regions = all.enumerated().map { index, name in
             let disk = MemoryDisk()
-            return Region(name: name, disk: disk, store: Self.open(disk, region: name, index: index, rules: rules, clocks: clocks),
+            return Region(name: name, disk: disk, store: Self.open(disk, region: name, index: index, rules: rules, clocks: clocks,
+                                                                   sealer: Self.sealer(parsed, region: name, seed: seed, index: index, generation: 0)),
                           acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
                           shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
                           echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
@@ -428,13 +430,27 @@ public struct Simulation {
     private func physicalMs(_ index: Int) -> UInt64 { UInt64(Int64(nowMs) + skewMs[index]) }
 
     /// Opens a region's store on its disk, stamping writes with the region's wall clock.
-    private static func open(_ disk: MemoryDisk, region: RegionName, index: Int, rules: [KeyspaceName: ConflictRule], clocks: WallClocks) -> MemoryStore {
-        let context = StoreContext(region: region, limits: Limits(), conflictRules: rules, physicalClockMs: { clocks.physicalMs(index) }, observer: nil)
+    /// - Parameter sealer: Seals the restricted keyspace's values, as a node's does.
+    private static func open(_ disk: MemoryDisk, region: RegionName, index: Int, rules: [KeyspaceName: ConflictRule], clocks: WallClocks,
+                             sealer: ValueSealer) -> MemoryStore {
+        let context = StoreContext(region: region, limits: Limits(), conflictRules: rules, physicalClockMs: { clocks.physicalMs(index) }, observer: nil,
+                                   sealer: sealer)
         do {
             return try MemoryStore(disk: disk, context: context)
         } catch {
             preconditionFailure("a region's store opens on its own disk: \(error)")
         }
+    }
+
+    /// A region's sealer: its root key fixed by the seed (it survives restarts, as a key file does), its data keys
+    /// drawn from a generator of the seed, the region and the process's generation (a restart draws anew).
+    private static func sealer(_ cluster: ClusterConfig, region: RegionName, seed: UInt64, index: Int, generation: Int) -> ValueSealer {
+        var rootSource = SeededGenerator(seed: seed ^ (0x5EA1 &* UInt64(index + 1)))
+        let root = try! RegionRootKey(bytes: SealedValue.randomBytes(RegionRootKey.byteCount, using: &rootSource), source: "simulated \(region)")
+        let draws = Mutex(SeededGenerator(seed: seed &+ UInt64(index) << 40 &+ UInt64(generation) << 20 &+ 1))
+        return ValueSealer(region: region, root: root, sealed: ValueSealer.sealedKeyspaces(cluster), random: { count in
+            draws.withLock { SealedValue.randomBytes(count, using: &$0) }
+        })
     }
 
     // MARK: - What a region's disk holds
@@ -997,8 +1013,10 @@ public struct Simulation {
             case .send(let first, let count):
                 // Cut as the node cuts them: only entries of keyspaces the peer replicates travel (residency).
                 let entries = Array(log(origin)[Int(first - 1)..<Int(first - 1) + count])
-                for case .batch(let from, let through, let shipped) in Shipment.batches(entries, from: first, through: first + UInt64(count) - 1,
-                                                                                         for: names[peer], cluster: cluster, bytesMax: 1 << 20) {
+                let frames = options.plantedBug == .shipOutsideResidency
+                    ? [.batch(from: first, through: first + UInt64(count) - 1, entries: entries)]
+                    : Shipment.batches(entries, from: first, through: first + UInt64(count) - 1, for: names[peer], cluster: cluster, bytesMax: 1 << 20)
+                for case .batch(let from, let through, let shipped) in frames {
                     send(.batch(from: from, through: through, entries: shipped), on: id, toPeer: true)
                 }
             }
@@ -1085,6 +1103,10 @@ public struct Simulation {
         switch message {
         case .batch(let from, let through, let entries):
             if !stream.openAtOrigin { report.staleBatches += 1 }
+            // Residency, checked where bytes arrive: no entry of a keyspace reaches a region outside its residency.
+            for entry in entries where cluster.keyspace(entry.keyspace)?.residency.regions.contains(names[peer]) != true {
+                report.violations.append("\(names[peer]) was sent \(names[origin])'s entry \(entry.sequence) of \(entry.keyspace), which may live only in \(cluster.keyspace(entry.keyspace)?.residency.regions.map(\.rawValue) ?? [])")
+            }
             do {
                 inbound.queue.add(try inbound.receiver.received(from: from, through: through, entries: entries), from: from)
                 regions[peer].inbound[id] = inbound
@@ -1323,7 +1345,8 @@ public struct Simulation {
         regions[index].fence = ClockFence(region: names[index], peers: names, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault)
         // A new process opens the store on the same disk: its clock starts above the highest timestamp the store
         // recorded, applied ones included.
-        regions[index].store = Self.open(regions[index].disk, region: names[index], index: index, rules: rules, clocks: wallClocks)
+        regions[index].store = Self.open(regions[index].disk, region: names[index], index: index, rules: rules, clocks: wallClocks,
+                                         sealer: Self.sealer(cluster, region: names[index], seed: options.seed, index: index, generation: regions[index].generation))
         startMachine(index)
         for peer in regions.indices where peer != index { connect(index, peer) }
     }
@@ -1898,6 +1921,13 @@ public struct Simulation {
         checkHistories()
         checkConflicts()
         checkFailover()
+        // Sealing: the restricted keyspace's values rest only as ciphertext at its home, in key states and the log.
+        let home = held(residentHome)
+        let plaintext = (home.keys[residentKeyspace] ?? [:]).values.flatMap { $0.versions.map(\.value) }
+            + home.log.values.flatMap { $0.filter { $0.keyspace == residentKeyspace }.map(\.value) }
+        if plaintext.contains(where: { !$0.isEmpty && SealedValue.keyID(of: $0) == nil }) {
+            report.violations.append("\(names[residentHome]) holds a value of \(residentKeyspace) that is not sealed")
+        }
         // Residency: no byte of the restricted keyspace outside its home, in a key's state or a log.
         for index in regions.indices where index != residentHome {
             let disk = held(index)

@@ -198,6 +198,9 @@ public struct RegionMachine: Sendable {
         /// A client's retry of an idempotent write reaches the leader without its key (the shell dropped it), so a
         /// write the leader already holds is applied again. The machine has no part in it; the simulator plants it.
         case applyRetriesAgain = "apply-retries-again"
+        /// A log's entries go to every peer, a restricted keyspace's too (the shipping cut by residency skipped).
+        /// The machine has no part in it; the simulator plants it.
+        case shipOutsideResidency = "ship-outside-residency"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).

@@ -24,6 +24,7 @@ struct Erase: AsyncParsableCommand {
         try report(result, verbose: false, printBody: false)
         let answer = (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any] ?? [:]
         let confirmed = (answer["confirmed"] as? [String] ?? []).joined(separator: ", ")
-        print("erased in \(confirmed) (\(answer["keys_destroyed"] as? Int ?? 0) data keys destroyed)")
+        let destroyed = answer["keys_destroyed"] as? Int ?? 0
+        print("erased in \(confirmed) (\(destroyed) data key\(destroyed == 1 ? "" : "s") destroyed)")
     }
 }

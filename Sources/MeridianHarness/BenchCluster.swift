@@ -103,8 +103,9 @@ public struct SingleNode {
     public let directory: String
     public let endpoint: Endpoint
 
-    /// Starts the node with one async multi-leader keyspace and waits until it is healthy.
-    public static func start(keyspace: String, executable: String = LocalProcesses.currentExecutable()) async throws -> SingleNode {
+    /// Starts the node with one async multi-leader keyspace (and `extraKeyspaces`, lines of the cluster file's
+    /// keyspace list) and waits until it is healthy.
+    public static func start(keyspace: String, extraKeyspaces: [String] = [], executable: String = LocalProcesses.currentExecutable()) async throws -> SingleNode {
         let port = try LocalProcesses.freePort()
         let peerPort = try LocalProcesses.freePort()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
@@ -116,6 +117,7 @@ public struct SingleNode {
               - { name: local, client: 127.0.0.1:\(port), peer: 127.0.0.1:\(peerPort) }
             keyspaces:
               - { name: \(keyspace), topology: multi-leader, conflict: lww, ack: async }
+            \(extraKeyspaces.map { "  - \($0)" }.joined(separator: "\n"))
             """.write(toFile: file, atomically: true, encoding: .utf8)
         let process = try LocalProcesses.start(
             executable,

@@ -32,10 +32,15 @@ public struct PhaseResult: Sendable {
     }
 
     public func printRow(_ name: String) {
+        print(row(name))
+    }
+
+    /// The phase's line of a results table: requests, throughput, p50, p99, p99.9 and max latency in ms.
+    public func row(_ name: String) -> String {
         func ms(_ percentile: Double) -> String { String(format: "%8.3f", Double(histogram.valueAtPercentile(percentile)) / 1000) }
-        print(name.padding(toLength: 25, withPad: " ", startingAt: 0)
+        return name.padding(toLength: 25, withPad: " ", startingAt: 0)
             + String(format: "%10d %14.0f", requests, throughput)
-            + " \(ms(50)) \(ms(99)) \(ms(99.9))  " + String(format: "%8.3f", Double(histogram.max) / 1000))
+            + " \(ms(50)) \(ms(99)) \(ms(99.9))  " + String(format: "%8.3f", Double(histogram.max) / 1000)
     }
 }
 

@@ -78,14 +78,12 @@ extension Bench {
                             : try await connection.request("GET", path(keyspace, index &* 7919))
                     }
                     try result.requireSuccess("\(operation) \(keyspace)")
-                    result.printRow("\(operation) \(keyspace) (round \(round))")
-                    fflush(stdout)
+                    say(result.row("\(operation) \(keyspace) (round \(round))"))
                     totals["\(operation) \(keyspace)", default: PhaseResult()].mergeTimed(result)
                 }
             }
             say("\nALL ROUNDS")
-            for name in ["PUT plain", "PUT sealed", "GET plain", "GET sealed"] { totals[name]!.printRow(name) }
-            fflush(stdout)
+            for name in ["PUT plain", "PUT sealed", "GET plain", "GET sealed"] { say(totals[name]!.row(name)) }
             for operation in ["PUT", "GET"] {
                 let plain = totals["\(operation) plain"]!, sealed = totals["\(operation) sealed"]!
                 say(String(format: "%@: sealed serves %.1f%% of plain's throughput; p50 %+.3f ms", operation, 100 * sealed.throughput / plain.throughput,

@@ -34,7 +34,7 @@ public enum RouteAccess {
             return scoped(.read, keyspace, query("key").map { .key($0) } ?? .keyspace)
         case ("admin", _) where parts.count == 4 && (parts[2] == "merkle" || parts[2] == "erase"):
             return scoped(.admin, keyspaceName(parts[3]), .keyspace)
-        case ("admin", _), ("divergence", _):
+        case ("admin", _), ("divergence", _), ("audit", _):
             return .operation(.admin, keyspace: nil, target: .keyspace)
         default:
             // status, keyspaces, failovers, and whatever is not a route (answered 404 once authenticated).

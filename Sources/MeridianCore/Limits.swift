@@ -62,6 +62,9 @@ public struct Limits: Sendable, Hashable, Codable {
     /// The most idempotency keys a region keeps; past it the oldest are forgotten before their time (and counted
     /// in `meridian_idempotency_keys_evicted_total`).
     public var idempotencyKeysMax: Int = 1_000_000
+    /// The most records a region's audit trail keeps; the oldest go beyond it (the trail keeps the last one dropped
+    /// as its anchor, so what remains still verifies).
+    public var auditRecordsMax: Int = 1_000_000
 
     /// The limits a node starts with when the configuration names none.
     public init() {}
@@ -93,6 +96,7 @@ public struct Limits: Sendable, Hashable, Codable {
         ("topology_streams_max", 1...100_000),
         ("idempotency_ttl_ms", 1_000...(30 * 86_400_000)),
         ("idempotency_keys_max", 1...100_000_000),
+        ("audit_records_max", 1_000...100_000_000),
     ]
 
     enum CodingKeys: String, CodingKey {
@@ -121,5 +125,6 @@ public struct Limits: Sendable, Hashable, Codable {
         case topologyStreamsMax = "topology_streams_max"
         case idempotencyTtlMs = "idempotency_ttl_ms"
         case idempotencyKeysMax = "idempotency_keys_max"
+        case auditRecordsMax = "audit_records_max"
     }
 }

@@ -70,6 +70,9 @@ extension RegionNode {
             try await replicator.bringDataKeys(for: states.flatMap { item in item.state.versions.map { (policy.name, $0.value) } }, from: [peer])
             guard gated != nil else {
                 let changed = try await store.merge(keyspace: policy.name, states: states)
+                if changed > 0 && policy.residency.classification == .restricted {
+                    audit?.record(.repair, ["peer": peer.rawValue, "keyspace": policy.name.rawValue, "keys_changed": String(changed)])
+                }
                 // Revocations that arrive by repair (after a partition) take effect as those that arrive by replication.
                 if changed > 0 && policy.name == AuthConfig.revocationKeyspace { await loadRevocations() }
                 return changed

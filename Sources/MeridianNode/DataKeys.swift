@@ -25,6 +25,8 @@ extension Replicator {
                     case .dataKeys(let granted, let erased):
                         try await store.installDataKeys(keyspace: keyspace, granted.filter { wanted.contains($0.id) },
                                                         erased: erased.filter { wanted.contains($0) }, nowMs: wallClockMs())
+                        audit?.record(.keyWrap, ["keyspace": keyspace.rawValue, "from": peer.rawValue, "wrapped": String(granted.count),
+                                                 "learned_erased": String(erased.count)])
                         let answered = Set(granted.map(\.id)).union(erased)
                         wanted.removeAll { answered.contains($0) }
                     case .refused(let code, let message):
@@ -78,10 +80,13 @@ extension RegionNode {
             case .dataKeys(let ids):
                 let (granted, erased) = try await store.grantDataKeys(keyspace: policy.name, ids: ids)
                 logger.info("granted data keys", metadata: ["keyspace": "\(policy.name)", "peer": "\(peer)", "granted": "\(granted.count)", "erased": "\(erased.count)"])
+                audit?.record(.keyWrap, ["keyspace": policy.name.rawValue, "granted_to": peer.rawValue, "granted": String(granted.count), "erased": String(erased.count)])
                 return .dataKeys(granted: granted, erased: erased)
             case .erase(let subject):
                 let ids = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
                 logger.notice("erased a subject's data keys", metadata: ["keyspace": "\(policy.name)", "asked_by": "\(peer)", "keys": "\(ids.count)"])
+                audit?.record(.erasure, ["keyspace": policy.name.rawValue, "subject": subjectHash(policy.name, subject), "asked_by": peer.rawValue,
+                                         "keys_destroyed": String(ids.count)])
                 return .erased(ids: ids)
             case .tree, .states:
                 return .refused(code: MeridianError.Code.internalError.description, message: "Not a data key request.")
@@ -132,6 +137,9 @@ extension RegionNode {
                 reasons.append("\(peer): \(error.message)")
             }
         }
+        // The receipt: which regions confirmed, on this region's trail (each of the others has its own record).
+        audit?.record(.erasure, ["keyspace": policy.name.rawValue, "subject": subjectHash(policy.name, subject), "principal": RequestPrincipal.current?.name ?? "",
+                                 "confirmed": confirmed.joined(separator: ","), "pending": pending.joined(separator: ","), "keys_destroyed": String(destroyed)])
         logger.notice("erasure", metadata: ["keyspace": "\(policy.name)", "confirmed": "\(confirmed.joined(separator: ","))",
                                             "pending": "\(pending.joined(separator: ","))", "keys": "\(destroyed)"])
         guard pending.isEmpty else {
@@ -140,6 +148,14 @@ extension RegionNode {
                                 applied: .maybe)
         }
         return JSON.response(EraseAnswer(keyspace: policy.name.rawValue, confirmed: confirmed, keysDestroyed: destroyed), headers: [.cacheControl: "no-store"])
+    }
+}
+
+extension RegionNode {
+    /// A subject as the audit trail names it: a keyed hash (the subject is personal data), the same in every region.
+    func subjectHash(_ keyspace: KeyspaceName, _ subject: Subject) -> String {
+        guard let key = try? Key(subject.rawValue) else { return KeyNameHasher.prefix + "subject" }
+        return configuration.cluster.keyNameHasher.hash(keyspace, key)
     }
 }
 

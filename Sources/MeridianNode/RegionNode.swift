@@ -87,6 +87,8 @@ public final class RegionNode: Sendable {
     let clock: ClockWatch
     /// The cluster's health verdicts as this region works them out, and the topology's open streams.
     let topology: TopologyFeed
+    /// The region's audit trail (nil when the node has no root key to sign its checkpoints with).
+    let audit: AuditLog?
 
     /// Opens the region's store with `openStore` and prepares the API.
     /// - Throws: `MeridianError` when the store cannot be opened.
@@ -134,9 +136,12 @@ public final class RegionNode: Sendable {
             try NodeTLS(config: config, region: configuration.region, cluster: configuration.cluster.name)
         }
         self.tls = tls
+        let opened = store
+        let audit = configuration.rootKey.map { AuditLog(region: configuration.region, store: opened, rootKey: $0, wallClockMs: wallClockMs) }
+        self.audit = audit
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
-                                     onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics)
+                                     onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics, audit: audit)
         if configuration.clockOffsetMs != 0 {
             logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
         }
@@ -205,6 +210,7 @@ public final class RegionNode: Sendable {
         router.post("/v1/admin/divergence/:id/reapply") { request, context in try await self.reapply(request, context) }
         router.post("/v1/admin/tokens/revoke") { request, context in try await self.revokeToken(request, context) }
         router.post("/v1/admin/erase/:keyspace") { request, context in try await self.erase(request, context) }
+        router.get("/v1/audit") { request, context in try await self.auditRoute(request, context) }
         index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }
@@ -250,6 +256,9 @@ public final class RegionNode: Sendable {
             }
             // Returns only once cancelled (its timer ends with the task).
             tasks.addTask { await self.runHealthProbes() }
+            if audit != nil {
+                tasks.addTask { await self.runAuditTrail() }
+            }
             tasks.addTask {
                 await self.runAntiEntropy()
                 // Disabled (interval 0): wait for the others without ending the node.
@@ -339,10 +348,15 @@ struct APIMiddleware: RouterMiddleware {
             response = error.response(change: request.method.changes)
             switch error.code {
             case .unauthenticated:
+                // On the trail by route, never by path (a restricted keyspace's key names stay out of it).
+                node.audit?.record(.authenticationFailed, ["route": "\(request.method) \(context.endpointPath ?? "unmatched")",
+                                                           "reason": error.context["reason"] ?? ""])
                 // RFC 6750: a missing token gets the bare challenge, a bad one says why.
                 response.headers[.wwwAuthenticate] = error.context["reason"] == "missing"
                     ? "Bearer realm=\"meridian\"" : "Bearer realm=\"meridian\", error=\"invalid_token\""
             case .forbidden:
+                node.audit?.record(.authorizationFailed, ["route": "\(request.method) \(context.endpointPath ?? "unmatched")",
+                                                          "principal": RequestPrincipal.current?.name ?? error.context["principal"] ?? ""])
                 response.headers[.wwwAuthenticate] = "Bearer realm=\"meridian\", error=\"insufficient_scope\""
             default:
                 break

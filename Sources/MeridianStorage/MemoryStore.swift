@@ -48,6 +48,11 @@ public final class MemoryStore: RegionStorage {
         /// The key table of sealed keyspaces: wrapped data keys, and the ids of those erased.
         public internal(set) var dataKeys: [KeyspaceName: [DataKeyID: StoredDataKey]] = [:]
         public internal(set) var erasedKeys: [KeyspaceName: Set<DataKeyID>] = [:]
+        /// The audit trail, its anchor, and the checkpoints of other regions' trails witnessed here.
+        public internal(set) var audit: [AuditRecord] = []
+        var auditAnchor = AuditAnchor()
+        var witnessed: [RegionName: [AuditCheckpoint]] = [:]
+        var auditKeys: [RegionName: [UInt8]] = [:]
 
         /// How far this region holds `origin`'s log: its own log's end, or the applied point of another's.
         public func appliedThrough(_ origin: RegionName) -> UInt64 {
@@ -607,6 +612,53 @@ public final class MemoryStore: RegionStorage {
         return DivergedWrite(id: write.id, keyspace: write.keyspace, key: write.key, origin: write.origin, sequence: write.sequence, epoch: write.epoch,
                              successorEpoch: write.successorEpoch, hlc: write.hlc, operation: write.operation, contentType: write.contentType,
                              value: value, recordedMs: write.recordedMs, reappliedMs: write.reappliedMs)
+    }
+
+    // MARK: - Audit trail
+
+    public func appendAudit(_ drafts: [AuditDraft]) throws(MeridianError) -> [AuditRecord] {
+        let (region, recordsMax) = (self.region, limits.auditRecordsMax)
+        return try changing { open in
+            var chain = open.contents.audit.last.map { AuditChain(region: region, sequence: $0.sequence, hash: $0.hash) }
+                ?? AuditChain(region: region, sequence: open.contents.auditAnchor.sequence, hash: open.contents.auditAnchor.hash)
+            let records = chain.append(drafts)
+            open.contents.audit += records
+            if open.contents.audit.count > recordsMax {
+                let dropped = open.contents.audit.count - recordsMax
+                let last = open.contents.audit[dropped - 1]
+                open.contents.auditAnchor = AuditAnchor(sequence: last.sequence, hash: last.hash)
+                open.contents.audit.removeFirst(dropped)
+            }
+            return records
+        }
+    }
+
+    public func auditRecords(after: UInt64, limit: Int) throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor) {
+        try reading { open in (Array(open.contents.audit.lazy.filter { $0.sequence > after }.prefix(limit)), open.contents.auditAnchor) }
+    }
+
+    public func auditHead() throws(MeridianError) -> AuditChain {
+        let region = self.region
+        return try reading { open in
+            open.contents.audit.last.map { AuditChain(region: region, sequence: $0.sequence, hash: $0.hash) }
+                ?? AuditChain(region: region, sequence: open.contents.auditAnchor.sequence, hash: open.contents.auditAnchor.hash)
+        }
+    }
+
+    public func witness(_ checkpoint: AuditCheckpoint, publicKey: [UInt8]) throws(MeridianError) {
+        try changing { open throws(MeridianError) in
+            try checkpoint.admit(publicKey: publicKey, pinned: open.contents.auditKeys[checkpoint.region])
+            open.contents.auditKeys[checkpoint.region] = publicKey
+            var held = open.contents.witnessed[checkpoint.region, default: []]
+            guard !held.contains(where: { $0.sequence == checkpoint.sequence }) else { return }
+            held.append(checkpoint)
+            held.sort { $0.sequence < $1.sequence }
+            open.contents.witnessed[checkpoint.region] = Array(held.suffix(AuditBounds.witnessedPerRegionMax))
+        }
+    }
+
+    public func witnessed(region: RegionName, limit: Int) throws(MeridianError) -> (publicKey: [UInt8]?, checkpoints: [AuditCheckpoint]) {
+        try reading { open in (open.contents.auditKeys[region], Array(open.contents.witnessed[region, default: []].suffix(limit))) }
     }
 
     // MARK: - Data keys

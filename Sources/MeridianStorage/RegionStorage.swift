@@ -133,8 +133,30 @@ public protocol DataKeyStore: Sendable {
     func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID]
 }
 
+/// The region's audit trail (append-only, hash-chained, bounded by `limits.audit_records_max`: the oldest records
+/// go, and the trail keeps the last one dropped as its anchor), and the checkpoints of other regions' trails this
+/// region witnessed.
+public protocol AuditStore: Sendable {
+    /// Chains `drafts` onto the trail's head and keeps them, in one step. - Returns: the records as kept.
+    func appendAudit(_ drafts: [AuditDraft]) async throws(MeridianError) -> [AuditRecord]
+    /// Records after `after`, oldest first, at most `limit`, and the trail's anchor.
+    func auditRecords(after: UInt64, limit: Int) async throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor)
+    /// The trail's head.
+    func auditHead() async throws(MeridianError) -> AuditChain
+    /// Keeps a checkpoint another region signed, with the public key it was signed with. The first key seen for a
+    /// region is kept (pinned); a checkpoint under another key is refused, as is one not signed by its key.
+    func witness(_ checkpoint: AuditCheckpoint, publicKey: [UInt8]) async throws(MeridianError)
+    /// The checkpoints of `region`'s trail witnessed here (newest `limit`, oldest first) and its pinned key.
+    func witnessed(region: RegionName, limit: Int) async throws(MeridianError) -> (publicKey: [UInt8]?, checkpoints: [AuditCheckpoint])
+}
+
+/// The most checkpoints of one region's trail a region keeps as witness (older ones go).
+public enum AuditBounds {
+    public static let witnessedPerRegionMax = 1_000
+}
+
 /// A region's whole store.
-public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore, DataKeyStore {
+public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore, DataKeyStore, AuditStore {
     /// The region whose log this store numbers.
     var region: RegionName { get }
     /// Releases the store; nothing is called afterwards.

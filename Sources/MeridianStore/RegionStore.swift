@@ -15,7 +15,7 @@ public final class RegionStore: RegionStorage {
     public let region: RegionName
     let pool: DatabasePool
     private let rules: [KeyspaceName: ConflictRule]
-    private let limits: Limits
+    let limits: Limits
     private let physicalClockMs: @Sendable () -> UInt64
     private let committer: GroupCommitter
     /// The latest failed commit of this region's writes (a full or read-only disk), until one succeeds.
@@ -515,6 +515,7 @@ public final class RegionStore: RegionStorage {
         registerFailoverMigration(&migrator)
         IdempotencyRows.registerMigration(&migrator)
         DataKeyRows.registerMigration(&migrator)
+        AuditRows.registerMigration(&migrator)
         return migrator
     }()
 

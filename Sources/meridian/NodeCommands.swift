@@ -76,15 +76,14 @@ struct NodeCommand: AsyncParsableCommand {
         do {
             var configuration = try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route, clockOffsetMs: clockOffsetMs)
             configuration.insecure = insecure
-            if !ValueSealer.sealedKeyspaces(config).isEmpty {
-                try SecretFile.makeDirectory(data)
-                let store = (data as NSString).appendingPathComponent("\(regionName).sqlite")
-                let keyPath = rootKeyFile ?? (data as NSString).appendingPathComponent("\(regionName).root-key")
-                try SecretFile.makeDirectory((keyPath as NSString).deletingLastPathComponent.isEmpty ? "." : (keyPath as NSString).deletingLastPathComponent)
-                configuration.rootKey = try RootKeyFile.load(path: keyPath,
-                                                             environment: ProcessInfo.processInfo.environment,
-                                                             mayCreate: !FileManager.default.fileExists(atPath: store))
-            }
+            // The root key seals sealed keyspaces' data keys and signs the audit trail's checkpoints. A new one is made
+            // for a new data directory, or where nothing was sealed under the old one.
+            try SecretFile.makeDirectory(data)
+            let store = (data as NSString).appendingPathComponent("\(regionName).sqlite")
+            let keyPath = rootKeyFile ?? (data as NSString).appendingPathComponent("\(regionName).root-key")
+            try SecretFile.makeDirectory((keyPath as NSString).deletingLastPathComponent.isEmpty ? "." : (keyPath as NSString).deletingLastPathComponent)
+            configuration.rootKey = try RootKeyFile.load(path: keyPath, environment: ProcessInfo.processInfo.environment,
+                                                         mayCreate: !FileManager.default.fileExists(atPath: store) || ValueSealer.sealedKeyspaces(config).isEmpty)
             node = try await RegionNode(configuration: configuration,
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {

@@ -82,6 +82,13 @@ import Testing
             .repairReply(id: 15, .states(encoded: [0, 0, 0, 0], next: try! Key("k9"))),
             .repairReply(id: 16, .states(encoded: [], next: nil)),
             .repairReply(id: 17, .refused(code: "not_replica_region", message: "no replica here ✓")),
+            .repairRequest(id: 18, keyspace: try! KeyspaceName("vault"), .dataKeys(ids: [try! DataKeyID(bytes: Array(repeating: 1, count: 16)), try! DataKeyID(bytes: Array(0..<16))])),
+            .repairRequest(id: 19, keyspace: try! KeyspaceName("vault"), .erase(subject: try! Subject("ada@example.eu"))),
+            .repairReply(id: 18, .dataKeys(granted: [DataKeyGrant(id: try! DataKeyID(bytes: Array(0..<16)), subject: try! Subject("ada"), key: Array(repeating: 9, count: 32))],
+                                           erased: [try! DataKeyID(bytes: Array(repeating: 1, count: 16))])),
+            .repairReply(id: 19, .erased(ids: [try! DataKeyID(bytes: Array(repeating: 2, count: 16))])),
+            .auditCheckpoint(AuditCheckpoint(region: eu, sequence: 42, hash: Array(repeating: 3, count: 32), signature: Array(repeating: 4, count: 64)),
+                             publicKey: Array(repeating: 5, count: 32)),
         ]
     }
 

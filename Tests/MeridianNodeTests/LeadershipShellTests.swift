@@ -121,6 +121,15 @@ final class HeldElectionStore: RegionStorage {
     func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID] {
         try inner.erase(keyspace: keyspace, subject: subject, nowMs: nowMs)
     }
+    func appendAudit(_ drafts: [AuditDraft]) async throws(MeridianError) -> [AuditRecord] { try inner.appendAudit(drafts) }
+    func auditRecords(after: UInt64, limit: Int) async throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor) {
+        try inner.auditRecords(after: after, limit: limit)
+    }
+    func auditHead() async throws(MeridianError) -> AuditChain { try inner.auditHead() }
+    func witness(_ checkpoint: AuditCheckpoint, publicKey: [UInt8]) async throws(MeridianError) { try inner.witness(checkpoint, publicKey: publicKey) }
+    func witnessed(region: RegionName, limit: Int) async throws(MeridianError) -> (publicKey: [UInt8]?, checkpoints: [AuditCheckpoint]) {
+        try inner.witnessed(region: region, limit: limit)
+    }
 }
 
 @Suite struct LeadershipShellTests {

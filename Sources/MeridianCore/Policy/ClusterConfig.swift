@@ -431,6 +431,7 @@ struct ConfigParser {
             case "topology_streams_max": limits.topologyStreamsMax = number
             case "idempotency_ttl_ms": limits.idempotencyTtlMs = number
             case "idempotency_keys_max": limits.idempotencyKeysMax = number
+            case "audit_records_max": limits.auditRecordsMax = number
             default: preconditionFailure("Limits.ranges names a field the parser does not set: \(field)")
             }
         }

@@ -48,6 +48,9 @@ public enum PeerFrame: Sendable, Hashable {
     case repairRequest(id: UInt64, keyspace: KeyspaceName, RepairRequest)
     /// The answer to a repair request.
     case repairReply(id: UInt64, RepairReply)
+    /// The sending region's signed statement of its audit trail's head, and the key it signed with: the receiver
+    /// keeps it as a witness of the trail.
+    case auditCheckpoint(AuditCheckpoint, publicKey: [UInt8])
 
     var typeByte: UInt8 {
         switch self {
@@ -65,6 +68,7 @@ public enum PeerFrame: Sendable, Hashable {
         case .handOverReply: 12
         case .repairRequest: 13
         case .repairReply: 14
+        case .auditCheckpoint: 15
         }
     }
 }
@@ -202,6 +206,7 @@ extension ElectionMessage {
 ///    12 handOverReply   u64 id, u8 outcome: 1 handed over (str8 region), 2 refused (str8 code, str16 message)
 ///    13 repairRequest   u64 id, str8 keyspace, u8 kind: 1 tree; 2 states (u16 count, count × u16 bucket,
 ///                       u8 hasAfter, [str16 after])
+///    15 auditCheckpoint str8 region, u64 sequence, 32-byte hash, 64-byte Ed25519 signature, 32-byte public key
 ///    14 repairReply     u64 id, u8 kind: 1 tree (u64 logHighWater, u64 keys, u8 terms, terms × (u64 epoch,
 ///                       str8 leader, u64 last), u32 + tree leaves); 2 states (u8 hasNext, [str16 next],
 ///                       u32 + states); 3 refused (str8 code, str16 message); 4 data keys (u16 granted,
@@ -376,6 +381,12 @@ public struct PeerFrameCodec: Sendable {
                 buffer.append(5)
                 appendKeyIDs(ids, to: &buffer)
             }
+        case .auditCheckpoint(let checkpoint, let key):
+            appendString8(checkpoint.region.rawValue, to: &buffer)
+            append(checkpoint.sequence, to: &buffer)
+            buffer += checkpoint.hash.prefix(32) + [UInt8](repeating: 0, count: max(0, 32 - checkpoint.hash.count))
+            buffer += checkpoint.signature.prefix(64) + [UInt8](repeating: 0, count: max(0, 64 - checkpoint.signature.count))
+            buffer += key.prefix(32) + [UInt8](repeating: 0, count: max(0, 32 - key.count))
         case .election(let keyspace, let message, let start):
             appendString8(keyspace.rawValue, to: &buffer)
             buffer.append(message.kind)
@@ -552,8 +563,15 @@ public struct PeerFrameCodec: Sendable {
             frame = try repairRequest(&body)
         case 14:
             frame = try repairReply(&body)
+        case 15:
+            let region = try RegionName(try string8(&body, "region"))
+            let sequence = try body.required(body.readUInt64(), "sequence")
+            let hash = Array(try body.required(body.take(32), "hash"))
+            let signature = Array(try body.required(body.take(64), "signature"))
+            let key = Array(try body.required(body.take(32), "public_key"))
+            frame = .auditCheckpoint(AuditCheckpoint(region: region, sequence: sequence, hash: hash, signature: signature), publicKey: key)
         default:
-            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 14.", context: ["field": "frame_type"])
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 15.", context: ["field": "frame_type"])
         }
         guard body.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",

@@ -25,6 +25,8 @@ public struct AuditRecord: Hashable, Sendable {
         case authenticationFailed = "authentication_failed"
         case authorizationFailed = "authorization_failed"
         case configChange = "config_change"
+        /// Records the node could not keep (its buffer was full): how many, so the loss is on the trail too.
+        case overflow
     }
 
     /// The record's place in its region's trail, from 1, without gaps.
@@ -184,5 +186,78 @@ public enum AuditVerifier {
             }
         }
         return .intact(head: previous.sequence, checkpoints: checkpoints.filter { $0.region == region && $0.sequence >= max(anchor.sequence, 1) }.count)
+    }
+}
+
+/// A record not yet on the trail: the trail gives it its place and chains it.
+public struct AuditDraft: Hashable, Sendable {
+    public let kind: AuditRecord.Kind
+    public let fields: [String: String]
+    public let timeMs: UInt64
+
+    public init(_ kind: AuditRecord.Kind, _ fields: [String: String], timeMs: UInt64) {
+        self.kind = kind
+        self.fields = fields
+        self.timeMs = timeMs
+    }
+}
+
+/// Where a trail begins after retention dropped its oldest records: the last record dropped.
+public struct AuditAnchor: Hashable, Sendable {
+    public let sequence: UInt64
+    public let hash: [UInt8]
+
+    public init(sequence: UInt64 = 0, hash: [UInt8] = AuditChain.genesis) {
+        self.sequence = sequence
+        self.hash = hash
+    }
+}
+
+extension AuditChain {
+    /// Chains drafts onto the head, which moves to the last.
+    public mutating func append(_ drafts: [AuditDraft]) -> [AuditRecord] {
+        drafts.map { append($0.kind, fields: $0.fields, timeMs: $0.timeMs) }
+    }
+}
+
+/// What a replication batch of a restricted keyspace carried, as both ends record it: the same entries give the
+/// same count, bytes and digest at the sender and the receiver.
+public enum AuditedBatch {
+    /// Per restricted keyspace among `entries`: its entries' count, encoded bytes and SHA-256 digest (hex).
+    public static func summaries(_ entries: [ReplicationEntry], cluster: ClusterConfig) -> [(keyspace: KeyspaceName, entries: Int, bytes: Int, digest: String)] {
+        var grouped: [KeyspaceName: [ReplicationEntry]] = [:]
+        for entry in entries where cluster.keyspace(entry.keyspace)?.residency.classification == .restricted {
+            grouped[entry.keyspace, default: []].append(entry)
+        }
+        return grouped.sorted { $0.key < $1.key }.map { keyspace, entries in
+            var hasher = SHA256()
+            var bytes = 0
+            let codec = EntryCodec(valueBytesMax: Int(UInt32.max))
+            for entry in entries {
+                var encoded: [UInt8] = []
+                codec.encode(entry, into: &encoded)
+                bytes += encoded.count
+                hasher.update(data: encoded)
+            }
+            return (keyspace, entries.count, bytes, Array(hasher.finalize()).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+        }
+    }
+}
+
+extension AuditCheckpoint {
+    /// Checks a checkpoint another region sent before it is kept: signed by the key it names, and that key the one
+    /// pinned for the region (the first seen), if one is.
+    /// - Throws: `replication_protocol` saying which.
+    public func admit(publicKey: [UInt8], pinned: [UInt8]?) throws(MeridianError) {
+        let key: Curve25519.Signing.PublicKey
+        do { key = try Curve25519.Signing.PublicKey(rawRepresentation: publicKey) } catch {
+            throw MeridianError(.replicationProtocol, "\(region)'s audit checkpoint names a public key that is not an Ed25519 key.")
+        }
+        guard isSigned(by: key) else {
+            throw MeridianError(.replicationProtocol, "\(region)'s audit checkpoint at record \(sequence) is not signed by the key it names.")
+        }
+        if let pinned, pinned != publicKey {
+            throw MeridianError(.replicationProtocol, "\(region)'s audit checkpoint is signed by another key than the one pinned for it; it is not kept.")
+        }
     }
 }

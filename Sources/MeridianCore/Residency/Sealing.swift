@@ -110,6 +110,12 @@ public struct RegionRootKey: Sendable {
         return derived.withUnsafeBytes { Array($0) }.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 
+    /// `count` bytes derived from the key for `info` (HKDF-SHA256): a key of the region's other than its
+    /// key-encryption keys (its audit signing key).
+    public func derivedBytes(info: String, count: Int) -> [UInt8] {
+        HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Array(info.utf8), outputByteCount: count).withUnsafeBytes { Array($0) }
+    }
+
     /// The key-encryption key of `keyspace` in `region` for `epoch` (HKDF-SHA256; a rotation starts a new epoch).
     public func keyEncryptionKey(region: RegionName, keyspace: KeyspaceName, epoch: UInt32) -> KeyEncryptionKey {
         let info = Array("meridian/kek/v1\0\(region.rawValue)\0\(keyspace.rawValue)\0\(epoch)".utf8)

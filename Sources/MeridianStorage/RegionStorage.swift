@@ -128,6 +128,11 @@ public protocol DataKeyStore: Sendable {
     func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) async throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID])
     /// Keeps keys a peer granted, wrapped under this region's key; records those the peer erased as erased here.
     func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) async throws(MeridianError)
+    /// Wraps up to `limit` data keys held under an older epoch again under the sealer's current one (a rotation).
+    /// - Returns: How many were wrapped again (0: none is left under an older epoch).
+    func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int
+    /// How many data keys are held under each epoch.
+    func dataKeyEpochs() async throws(MeridianError) -> [UInt32: Int]
     /// Destroys every data key of `subject` held here (its wraps are deleted, their bytes zeroed), and remembers
     /// their ids as erased. - Returns: the ids destroyed.
     func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID]

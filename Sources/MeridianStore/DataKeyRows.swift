@@ -88,6 +88,41 @@ extension RegionStore {
         sealer.forget(keyspace: keyspace, ids: erased)
     }
 
+    public func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int {
+        guard let sealer else { return 0 }
+        let path = databasePath
+        do {
+            return try await pool.write { db in
+                try Self.checkRootKeys(db, sealer: sealer, path: path)
+                let rows = try Row.fetchAll(db, sql: "SELECT keyspace, id, subject, epoch, wrapped FROM data_keys WHERE epoch < ? LIMIT ?",
+                                            arguments: [Int64(sealer.epoch), limit])
+                for row in rows {
+                    let stored = StoredDataKey(keyspace: try KeyspaceName(row["keyspace"] as String), id: try DataKeyID(bytes: Array(row["id"] as Data)),
+                                               subject: try Subject(row["subject"] as String),
+                                               wrapped: WrappedDataKey(epoch: UInt32(row["epoch"] as Int64), bytes: Array(row["wrapped"] as Data)))
+                    let again = try sealer.rewrapped(stored)
+                    try db.execute(sql: "UPDATE data_keys SET epoch = ?, wrapped = ? WHERE keyspace = ? AND id = ?",
+                                   arguments: [Int64(again.wrapped.epoch), Data(again.wrapped.bytes), stored.keyspace.rawValue, Data(stored.id.bytes)])
+                }
+                return rows.count
+            }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "Data keys could not be wrapped again (\(error)); the rotation stopped, and running it again goes on.")
+        }
+    }
+
+    public func dataKeyEpochs() async throws(MeridianError) -> [UInt32: Int] {
+        try await reading { db in
+            var counts: [UInt32: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT epoch, COUNT(*) AS n FROM data_keys GROUP BY epoch") {
+                counts[UInt32(row["epoch"] as Int64)] = row["n"]
+            }
+            return counts
+        }
+    }
+
     public func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID] {
         guard let sealer else { return [] }
         let ids: [DataKeyID]

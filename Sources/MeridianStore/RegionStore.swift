@@ -28,6 +28,8 @@ public final class RegionStore: RegionStorage {
     private let trimmedThrough: SequenceHighWater
     /// Seals and opens the values of sealed keyspaces (nil: none).
     let sealer: ValueSealer?
+    /// The SQLite file, for messages.
+    let databasePath: String
 
     /// Opens (creating if needed) the store at `path`.
     /// - Parameters:
@@ -42,6 +44,7 @@ public final class RegionStore: RegionStorage {
                 physicalClockMs: @escaping @Sendable () -> UInt64,
                 observer: (any StoreObserver)? = nil, sealer: ValueSealer? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
         self.sealer = sealer
+        self.databasePath = path
         var configuration = Configuration()
         configuration.maximumReaderCount = 8
         configuration.label = "meridian.\(region)"
@@ -74,17 +77,7 @@ public final class RegionStore: RegionStorage {
                 } else {
                     try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('region', ?)", arguments: [region.rawValue])
                 }
-                if let sealer {
-                    // The data keys here are wrapped under one root key: another one would open none of them.
-                    if let check = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'root_key_check'") {
-                        guard check == sealer.rootFingerprint else {
-                            throw MeridianError(.invalidConfig, "\(sealer.rootSource): this root key is not the one the data keys in \(path) were wrapped with; start the node with that region's own root key (the file it was first started with).",
-                                                context: ["file": sealer.rootSource, "path": path])
-                        }
-                    } else {
-                        try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('root_key_check', ?)", arguments: [sealer.rootFingerprint])
-                    }
-                }
+                if let sealer { try Self.checkRootKeys(db, sealer: sealer, path: path) }
                 let lastSequence = try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM log WHERE origin = ?", arguments: [region.rawValue]) ?? 0
                 var floor: HLCTimestamp?
                 if let text = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'") {
@@ -121,6 +114,22 @@ public final class RegionStore: RegionStorage {
     private static func directory(of path: String) -> String {
         let directory = (path as NSString).deletingLastPathComponent
         return directory.isEmpty ? "." : directory
+    }
+
+    /// The data keys here are wrapped under the region's root keys, one per epoch: another key for an epoch would
+    /// open none of them. Each epoch's check value is kept on first sight and compared on every open.
+    static func checkRootKeys(_ db: Database, sealer: ValueSealer, path: String) throws {
+        for (epoch, check) in sealer.rootChecks.sorted(by: { $0.key < $1.key }) {
+            let name = epoch == 1 ? "root_key_check" : "root_key_check_\(epoch)"
+            if let held = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = ?", arguments: [name]) {
+                guard held == check else {
+                    throw MeridianError(.invalidConfig, "\(sealer.rootSource): the root key of epoch \(epoch) is not the one the data keys in \(path) were wrapped with; start the node with that region's own root key file.",
+                                        context: ["file": sealer.rootSource, "path": path])
+                }
+            } else {
+                try db.execute(sql: "INSERT INTO meta (name, value) VALUES (?, ?)", arguments: [name, check])
+            }
+        }
     }
 
     /// How a keyspace resolves concurrent writes.

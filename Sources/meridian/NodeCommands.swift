@@ -82,8 +82,10 @@ struct NodeCommand: AsyncParsableCommand {
             let store = (data as NSString).appendingPathComponent("\(regionName).sqlite")
             let keyPath = rootKeyFile ?? (data as NSString).appendingPathComponent("\(regionName).root-key")
             try SecretFile.makeDirectory((keyPath as NSString).deletingLastPathComponent.isEmpty ? "." : (keyPath as NSString).deletingLastPathComponent)
-            configuration.rootKey = try RootKeyFile.load(path: keyPath, environment: ProcessInfo.processInfo.environment,
-                                                         mayCreate: !FileManager.default.fileExists(atPath: store) || ValueSealer.sealedKeyspaces(config).isEmpty)
+            let environment = ProcessInfo.processInfo.environment
+            configuration.rootKeys = try RootKeyFile.load(path: keyPath, environment: environment,
+                                                          mayCreate: !FileManager.default.fileExists(atPath: store) || ValueSealer.sealedKeyspaces(config).isEmpty)
+            configuration.rootKeyFile = environment[RootKeyFile.environmentVariable] == nil ? keyPath : nil
             node = try await RegionNode(configuration: configuration,
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {

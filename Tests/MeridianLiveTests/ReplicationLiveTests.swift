@@ -71,9 +71,10 @@ final class LiveCluster {
 
     /// Issues a token with the CLI (`meridian token issue`), as its JSON: token, id, expires_at_ms.
     func issueToken(principal: String = "live", keyspaces: String = "*", ops: String = "read,write,admin", ttl: String = "1h",
-                    prefix: String? = nil) throws -> (token: String, id: String) {
+                    prefix: String? = nil, regions: String? = nil) throws -> (token: String, id: String) {
         var arguments = ["token", "issue", "--config", config, "--signing-key", signingKey, "--principal", principal,
                          "--keyspace", keyspaces, "--ops", ops, "--ttl", ttl, "--json"]
+        if let regions { arguments += ["--regions", regions] }
         if let prefix { arguments += ["--prefix", prefix] }
         let issued = try runCLI(arguments)
         #expect(issued.status == 0, "\(issued)")

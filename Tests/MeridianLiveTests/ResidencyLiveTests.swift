@@ -150,6 +150,16 @@ extension LiveTests {
                 #expect(outside.status != 0 && outside.stderr.contains("not_replica_region"), "\(outside)")
                 let plain = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "profiles", "--subject", "bob@example.eu"])
                 #expect(plain.status != 0 && plain.stderr.contains("invalid_request"), "\(plain)")
+
+                // Key rotation in every region: values still read, new writes too, and only the new epoch's root key
+                // is left in each region's file.
+                let rotated = try runCLI(["keys", "rotate", "--all", "--config", cluster.config])
+                #expect(rotated.status == 0 && rotated.stdout.contains("eu-west: epoch 2") && rotated.stdout.contains("epochs 1 destroyed"), "\(rotated)")
+                #expect(try await ap.request("GET", "/v1/kv/vault/bob@example.eu/email").text == markers[1])
+                #expect(try await eu.request("GET", "/v1/kv/vault/carol@example.eu/email").text == markers[2])
+                #expect(try await eu.request("PUT", "/v1/kv/vault/dan@example.eu/email", body: Array("after".utf8)).status == 200)
+                let keyFile = try String(contentsOfFile: cluster.local.rootKeyFile(RegionName(validated: "eu-west")), encoding: .utf8)
+                #expect(keyFile.contains("epoch 2 ") && !keyFile.contains("epoch 1 ") && keyFile.contains("audit "), "\(keyFile.count) bytes")
             }
         }
     }

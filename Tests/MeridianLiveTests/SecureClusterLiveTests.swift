@@ -154,6 +154,22 @@ extension LiveTests {
                 }
                 let metrics = try await cluster.connect("eu-west").request("GET", "/metrics").text
                 #expect(metrics.contains("meridian_peer_refusals_total{reason=\"identity_mismatch\"}"), "the refusal is counted")
+                // And audited, with the region claimed and the one the certificate proves; so is a token used in a
+                // region its scope excludes.
+                let euOnly = try cluster.issueToken(principal: "eu-only", keyspaces: "profiles", ops: "read", regions: "eu-west")
+                let usConnection = try await cluster.connect("us-east")
+                let outside = try await usConnection.request("GET", "/v1/kv/profiles/ada", headers: Self.bearer(euOnly.token))
+                #expect(outside.status == 403, "\(outside.text)")
+                for (region, expected) in [("eu-west", ["authentication_failed", "identity_mismatch", "ap-southeast", "us-east"]),
+                                           ("us-east", ["authorization_failed", "eu-only"])] {
+                    let connection = try await cluster.connect(region)
+                    let trail = try await eventually(timeoutSeconds: 10) { try await connection.request("GET", "/v1/audit?limit=10000") } until: { answer in
+                        expected.allSatisfy { answer.text.contains($0) }
+                    }
+                    #expect(expected.allSatisfy { trail.text.contains($0) }, "\(region)'s trail: \(trail.text.prefix(2000))")
+                    await connection.close()
+                }
+                await usConnection.close()
                 // A node given another region's certificate does not start, and says why.
                 let misconfigured = try String(contentsOfFile: cluster.config, encoding: .utf8)
                     .replacingOccurrences(of: "cert: \(certs)/{region}.pem", with: "cert: \(certs)/us-east.pem")

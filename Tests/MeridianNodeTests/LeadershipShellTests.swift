@@ -122,6 +122,8 @@ final class HeldElectionStore: RegionStorage {
         try inner.erase(keyspace: keyspace, subject: subject, nowMs: nowMs)
     }
     func appendAudit(_ drafts: [AuditDraft]) async throws(MeridianError) -> [AuditRecord] { try inner.appendAudit(drafts) }
+    func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int { try inner.rewrapDataKeys(limit: limit) }
+    func dataKeyEpochs() async throws(MeridianError) -> [UInt32: Int] { try inner.dataKeyEpochs() }
     func auditRecords(after: UInt64, limit: Int) async throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor) {
         try inner.auditRecords(after: after, limit: limit)
     }

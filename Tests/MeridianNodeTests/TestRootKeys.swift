@@ -6,7 +6,7 @@ extension NodeConfiguration {
     /// restricted ones).
     func withTestRootKey() -> NodeConfiguration {
         var configuration = self
-        configuration.rootKey = try! RegionRootKey(bytes: Array(repeating: 0x5A, count: RegionRootKey.byteCount), source: "test root key")
+        configuration.rootKeys = RegionKeyRing(single: try! RegionRootKey(bytes: Array(repeating: 0x5A, count: RegionRootKey.byteCount), source: "test root key"))
         return configuration
     }
 }

@@ -154,4 +154,44 @@ import Testing
         #expect(try await again.get(keyspace: Self.health, key: try Key("ada@example.eu/email"))?.value == Array("v".utf8))
         again.close()
     }
+
+    @Test func aRotationWrapsEveryKeyAgainAndAnOldCopyOfTheKeyTableDiesWithTheOldEpoch() async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        let sealer = Self.sealer(Self.us, root: 1)
+        let store = try fixture.open(region: Self.us, sealer: sealer)
+        for index in 0..<30 { _ = try await store.write(Self.put("s\(index % 10)/k\(index)", "v\(index)")) }
+        #expect(try await store.dataKeyEpochs() == [1: 10])
+        store.close()
+        // An old backup: a copy of the file before the rotation.
+        let backup = fixture.directory + "/backup.sqlite"
+        for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: fixture.path + suffix) {
+            try FileManager.default.copyItem(atPath: fixture.path + suffix, toPath: backup + suffix)
+        }
+        let reopened = try fixture.open(region: Self.us, sealer: sealer)
+        let next = try sealer.keyRing.rotated(bytes: Array(repeating: 7, count: 32))
+        sealer.adopt(next)
+        var rewrapped = 0
+        for _ in 0..<100 {
+            let count = try await reopened.rewrapDataKeys(limit: 3)
+            rewrapped += count
+            if count == 0 { break }
+        }
+        let epochs = try await reopened.dataKeyEpochs()
+        #expect(rewrapped == 10 && epochs == [2: 10])
+        sealer.adopt(next.retiring(below: 2))
+        #expect(try await reopened.get(keyspace: Self.health, key: try Key("s3/k13"))?.value == Array("v13".utf8), "values read after the rotation")
+        _ = try await reopened.write(Self.put("s99/k", "new"))
+        #expect(try await reopened.dataKeyEpochs() == [2: 11])
+        reopened.close()
+        // The old copy holds the values: with the keys of before (a new process, nothing cached), they read.
+        let before = try RegionStore(path: backup, region: Self.us, limits: Limits(), physicalClockMs: { 20_000_000 }, sealer: Self.sealer(Self.us, root: 1))
+        #expect(try await before.get(keyspace: Self.health, key: try Key("s3/k13"))?.value == Array("v13".utf8))
+        before.close()
+        // With the rotated keys, none of its data keys opens: their epoch is destroyed.
+        let fresh = ValueSealer(region: Self.us, keys: sealer.keyRing, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)])
+        let old = try RegionStore(path: backup, region: Self.us, limits: Limits(), physicalClockMs: { 20_000_000 }, sealer: fresh)
+        #expect(await Self.code { _ = try await old.get(keyspace: Self.health, key: try Key("s3/k13")) } == .sealedValueUnreadable)
+        old.close()
+    }
 }

@@ -107,6 +107,29 @@ public struct ResidencyPolicy: Sendable, Hashable, Codable {
     /// How a key's subject (the unit of erasure) is found.
     public var subject: SubjectRule = .keyPrefix(separator: "/", depth: 1)
 
+    enum CodingKeys: String, CodingKey {
+        case regions, access, classification, encryption, subject
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        regions = try container.decode([RegionName].self, forKey: .regions)
+        access = try container.decode(ResidencyAccess.self, forKey: .access)
+        classification = try container.decode(DataClassification.self, forKey: .classification)
+        encryption = try container.decodeIfPresent(ValueEncryption.self, forKey: .encryption) ?? .none
+        subject = try container.decodeIfPresent(SubjectRule.self, forKey: .subject) ?? .keyPrefix(separator: "/", depth: 1)
+    }
+
+    /// The subject rule is shown only for a sealed keyspace, where it means something.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(regions, forKey: .regions)
+        try container.encode(access, forKey: .access)
+        try container.encode(classification, forKey: .classification)
+        try container.encode(encryption, forKey: .encryption)
+        if encryption == .sealed { try container.encode(subject, forKey: .subject) }
+    }
+
     public init(regions: [RegionName], access: ResidencyAccess, classification: DataClassification,
                 encryption: ValueEncryption = .none, subject: SubjectRule = .keyPrefix(separator: "/", depth: 1)) {
         self.regions = regions

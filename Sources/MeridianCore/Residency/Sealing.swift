@@ -94,6 +94,9 @@ public struct RegionRootKey: Sendable {
         self.source = source
     }
 
+    /// The key in base64, for the root key file only.
+    var base64: String { key.withUnsafeBytes { Data($0).base64EncodedString() } }
+
     /// Reads the base64 text of a root key (a file's content or an environment variable's value).
     /// - Throws: `invalid_config` naming `source` when it is not base64 of 32 bytes.
     public init(base64 text: String, source: String) throws(MeridianError) {
@@ -121,6 +124,79 @@ public struct RegionRootKey: Sendable {
         let info = Array("meridian/kek/v1\0\(region.rawValue)\0\(keyspace.rawValue)\0\(epoch)".utf8)
         let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: info, outputByteCount: 32)
         return KeyEncryptionKey(key: derived, region: region, keyspace: keyspace, epoch: epoch)
+    }
+}
+
+/// A region's root keys, one per key-encryption epoch (the newest wraps new data keys; a rotation adds an epoch,
+/// re-wraps every data key under it, then destroys the older ones), and the material its audit signing key comes
+/// from, which rotations keep. Its text form, as the root key file holds it: `epoch N <base64>` lines and one
+/// `audit <base64>` line; a file of one base64 line is epoch 1, and the audit material is derived from it.
+public struct RegionKeyRing: Sendable {
+    public private(set) var roots: [UInt32: RegionRootKey]
+    /// What the region's audit signing key is derived from.
+    public let audit: RegionRootKey
+    /// Where the keys came from (a file's path, an environment variable's name).
+    public let source: String
+
+    /// The epoch new wraps use: the newest.
+    public var current: UInt32 { roots.keys.max() ?? 1 }
+
+    /// One root key, epoch 1; the audit material is derived from it (one-way, so keeping it after a rotation
+    /// destroyed epoch 1 reveals nothing of that epoch's key).
+    public init(single root: RegionRootKey) {
+        roots = [1: root]
+        audit = try! RegionRootKey(bytes: root.derivedBytes(info: "meridian/audit-material/v1", count: RegionRootKey.byteCount), source: root.source)
+        source = root.source
+    }
+
+    init(roots: [UInt32: RegionRootKey], audit: RegionRootKey, source: String) {
+        self.roots = roots
+        self.audit = audit
+        self.source = source
+    }
+
+    /// Reads the text form.
+    /// - Throws: `invalid_config` naming `source` and the line at fault.
+    public init(text: String, source: String) throws(MeridianError) {
+        let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        if lines.count == 1, !lines[0].contains(" ") {
+            self.init(single: try RegionRootKey(base64: lines[0], source: source))
+            return
+        }
+        var roots: [UInt32: RegionRootKey] = [:]
+        var audit: RegionRootKey?
+        for (index, line) in lines.enumerated() {
+            let parts = line.split(separator: " ")
+            if parts.count == 3, parts[0] == "epoch", let epoch = UInt32(parts[1]), epoch >= 1, roots[epoch] == nil {
+                roots[epoch] = try RegionRootKey(base64: String(parts[2]), source: "\(source) line \(index + 1)")
+            } else if parts.count == 2, parts[0] == "audit", audit == nil {
+                audit = try RegionRootKey(base64: String(parts[1]), source: "\(source) line \(index + 1)")
+            } else {
+                throw MeridianError(.invalidConfig, "\(source) line \(index + 1): a root key file holds 'epoch N <base64>' lines and one 'audit <base64>' line (or a single base64 key); this line is neither.",
+                                    context: ["file": source])
+            }
+        }
+        guard let audit, !roots.isEmpty else {
+            throw MeridianError(.invalidConfig, "\(source): a root key file with epochs needs at least one 'epoch N <base64>' line and one 'audit <base64>' line.", context: ["file": source])
+        }
+        self.init(roots: roots, audit: audit, source: source)
+    }
+
+    /// The text form (the file's content).
+    public var text: String {
+        roots.sorted { $0.key < $1.key }.map { "epoch \($0.key) \($0.value.base64)" }.joined(separator: "\n") + "\naudit \(audit.base64)\n"
+    }
+
+    /// The ring with a new epoch after the current one, its root key `bytes`.
+    public func rotated(bytes: [UInt8]) throws(MeridianError) -> RegionKeyRing {
+        var next = roots
+        next[current + 1] = try RegionRootKey(bytes: bytes, source: source)
+        return RegionKeyRing(roots: next, audit: audit, source: source)
+    }
+
+    /// The ring without the epochs before `epoch`: their root keys are destroyed.
+    public func retiring(below epoch: UInt32) -> RegionKeyRing {
+        RegionKeyRing(roots: roots.filter { $0.key >= epoch }, audit: audit, source: source)
     }
 }
 

@@ -60,9 +60,8 @@ public final class ValueSealer: Sendable {
     public static let cachedKeysMax = 65_536
 
     public let region: RegionName
-    /// The key-encryption epoch new wraps use.
-    public let epoch: UInt32
-    private let root: RegionRootKey
+    /// The region's root keys, by key-encryption epoch (a rotation changes them while the node runs).
+    private let ring: Mutex<RegionKeyRing>
     private let subjects: [KeyspaceName: SubjectRule]
     private let random: @Sendable (Int) -> [UInt8]
     private let cache = Mutex<KeyCache>(KeyCache())
@@ -83,16 +82,41 @@ public final class ValueSealer: Sendable {
     ///   - sealed: Each sealed keyspace and how it finds a key's subject.
     ///   - random: Where data keys, their ids and wrap nonces come from (the system's secure generator in a node,
     ///     a seeded one in the simulator).
-    public init(region: RegionName, root: RegionRootKey, sealed: [KeyspaceName: SubjectRule], epoch: UInt32 = 1,
-                random: @escaping @Sendable (Int) -> [UInt8] = { count in
-                    var generator = SystemRandomNumberGenerator()
-                    return SealedValue.randomBytes(count, using: &generator)
-                }) {
+    public init(region: RegionName, keys: RegionKeyRing, sealed: [KeyspaceName: SubjectRule],
+                random: @escaping @Sendable (Int) -> [UInt8] = ValueSealer.systemRandom) {
         self.region = region
-        self.root = root
+        self.ring = Mutex(keys)
         self.subjects = sealed
-        self.epoch = epoch
         self.random = random
+    }
+
+    /// A sealer with one root key (epoch 1).
+    public convenience init(region: RegionName, root: RegionRootKey, sealed: [KeyspaceName: SubjectRule],
+                            random: @escaping @Sendable (Int) -> [UInt8] = ValueSealer.systemRandom) {
+        self.init(region: region, keys: RegionKeyRing(single: root), sealed: sealed, random: random)
+    }
+
+    /// `count` bytes of the system's cryptographically secure generator.
+    public static let systemRandom: @Sendable (Int) -> [UInt8] = { count in
+        var generator = SystemRandomNumberGenerator()
+        return SealedValue.randomBytes(count, using: &generator)
+    }
+
+    /// The key-encryption epoch new wraps use.
+    public var epoch: UInt32 { ring.withLock { $0.current } }
+
+    /// The root keys as they stand.
+    public var keyRing: RegionKeyRing { ring.withLock { $0 } }
+
+    /// Takes new root keys (a rotation's): new wraps use their newest epoch, and epochs they lack no longer open.
+    public func adopt(_ keys: RegionKeyRing) {
+        ring.withLock { $0 = keys }
+        cache.withLock { $0.keys = [:] }
+    }
+
+    /// A stored data key wrapped again under the current epoch (a rotation's re-wrap; the data key is unchanged).
+    public func rewrapped(_ stored: StoredDataKey) throws -> StoredDataKey {
+        try wrap(unwrapped(stored), id: stored.id, keyspace: stored.keyspace, subject: stored.subject)
     }
 
     /// Every keyspace of `config` whose values are sealed, with its subject rule.
@@ -106,11 +130,11 @@ public final class ValueSealer: Sendable {
 
     public func isSealed(_ keyspace: KeyspaceName) -> Bool { subjects[keyspace] != nil }
 
-    /// The root key's check value (``RegionRootKey/fingerprint``).
-    public var rootFingerprint: String { root.fingerprint }
+    /// Each epoch's root key's check value (``RegionRootKey/fingerprint``).
+    public var rootChecks: [UInt32: String] { ring.withLock { $0.roots.mapValues(\.fingerprint) } }
 
-    /// Where the root key came from, for error messages.
-    public var rootSource: String { root.source }
+    /// Where the root keys came from, for error messages.
+    public var rootSource: String { ring.withLock { $0.source } }
 
     /// The subject a write to `key` belongs to: the one given (`Meridian-Subject`), else the keyspace's rule.
     public func subject(of key: Key, in keyspace: KeyspaceName, given: Subject?) throws(MeridianError) -> Subject {
@@ -269,6 +293,10 @@ public final class ValueSealer: Sendable {
     private func unwrapped(_ stored: StoredDataKey) throws -> DataKey {
         let cacheKey = CacheKey(keyspace: stored.keyspace, id: stored.id)
         if let cached = cache.withLock({ $0.keys[cacheKey] }) { return cached }
+        guard let root = ring.withLock({ $0.roots[stored.wrapped.epoch] }) else {
+            throw MeridianError(.sealedValueUnreadable, "The data key of a subject of '\(stored.keyspace)' is wrapped in key epoch \(stored.wrapped.epoch), whose root key a rotation destroyed: this copy of the key table (an old backup) can no longer be opened.",
+                                context: ["keyspace": stored.keyspace.rawValue, "epoch": String(stored.wrapped.epoch)])
+        }
         let dataKey = try root.keyEncryptionKey(region: region, keyspace: stored.keyspace, epoch: stored.wrapped.epoch).unwrap(stored.wrapped, subject: stored.subject)
         remember(dataKey, keyspace: stored.keyspace, id: stored.id)
         return dataKey
@@ -276,6 +304,7 @@ public final class ValueSealer: Sendable {
 
     private func wrap(_ dataKey: DataKey, id: DataKeyID, keyspace: KeyspaceName, subject: Subject) -> StoredDataKey {
         var generator = ClosureRandom(random: random)
+        let (root, epoch) = ring.withLock { ($0.roots[$0.current]!, $0.current) }
         let kek = root.keyEncryptionKey(region: region, keyspace: keyspace, epoch: epoch)
         return StoredDataKey(keyspace: keyspace, id: id, subject: subject, wrapped: kek.wrap(dataKey, subject: subject, using: &generator))
     }

@@ -20,14 +20,27 @@ extension RegionNode {
         let requirement = RouteAccess.requirement(method: request.method.rawValue, path: request.uri.path, query: { request.uri.queryParameters.get($0) },
                                                   open: configuration.cluster.auth?.open ?? [])
         guard requirement != .open else { return try await serve() }
-        let principal: Principal
+        var principal: Principal?
         do {
-            principal = try await verifier.authenticate(authorization: request.headers[.authorization])
-            try AccessRule.authorize(principal, requirement, in: region)
+            let known = try await verifier.authenticate(authorization: request.headers[.authorization])
+            principal = known
+            try AccessRule.authorize(known, requirement, in: region)
         } catch {
             metrics.recordAuthRefusal(code: error.code.description, reason: error.context["reason"] ?? error.context["missing_scope"].map { $0.split(separator: ":").first.map(String.init) ?? "" } ?? "")
+            // On the trail by method and keyspace, never by path (a restricted keyspace's key names stay out of it).
+            var fields = ["method": request.method.rawValue]
+            if case .operation(_, let keyspace, _) = requirement, let keyspace { fields["keyspace"] = keyspace.rawValue }
+            if let principal {
+                fields["principal"] = principal.name
+                fields["missing_scope"] = error.context["missing_scope"] ?? ""
+                audit?.record(.authorizationFailed, fields)
+            } else {
+                fields["reason"] = error.context["reason"] ?? error.code.description
+                audit?.record(.authenticationFailed, fields)
+            }
             throw error
         }
+        guard let principal else { return try await serve() }
         return try await RequestPrincipal.$current.withValue(principal) { try await serve() }
     }
 

@@ -563,6 +563,7 @@ final class Replicator: Sendable {
         }
         guard let certified, certified != hello.from else { return }
         metrics?.recordPeerRefusal(reason: "identity_mismatch")
+        audit?.record(.authenticationFailed, ["peer_claimed": hello.from.rawValue, "peer_certificate": certified.rawValue, "reason": "identity_mismatch"])
         logger.error("refused a peer stream: its hello claims one region, its certificate proves another",
                      metadata: ["claimed": "\(hello.from)", "certificate": "\(certified)"])
         throw MeridianError(.unauthenticated, "The stream's hello claims \(hello.from), but its certificate is \(certified)'s; a region joins only as itself.")

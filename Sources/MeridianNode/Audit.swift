@@ -122,17 +122,13 @@ extension RegionNode {
         }
         let (records, anchor) = try await store.auditRecords(after: after, limit: limit)
         return JSON.response(AuditAnswer(region: region.rawValue, anchor: AuditAnswer.Anchor(sequence: anchor.sequence, hash: Self.hex(anchor.hash)),
-                                         publicKey: audit.publicKey.hexString,
+                                         publicKey: Hex.encode(audit.publicKey),
                                          records: records.map { AuditAnswer.Record(sequence: $0.sequence, timeMs: $0.timeMs, kind: $0.kind.rawValue, fields: $0.fields,
                                                                                    previous: Self.hex($0.previous), hash: Self.hex($0.hash)) }),
                              headers: [.cacheControl: "no-store"])
     }
 
-    static func hex(_ bytes: [UInt8]) -> String { bytes.hexString }
-}
-
-extension Array where Element == UInt8 {
-    var hexString: String { map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+    static func hex(_ bytes: [UInt8]) -> String { Hex.encode(bytes) }
 }
 
 struct AuditAnswer: Encodable {

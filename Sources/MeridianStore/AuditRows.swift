@@ -23,7 +23,7 @@ enum AuditRows {
 
     static func anchor(_ db: Database) throws -> AuditAnchor {
         guard let sequence = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'audit_anchor_sequence'").flatMap(UInt64.init),
-              let hex = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'audit_anchor_hash'"), let hash = bytes(hex: hex) else {
+              let hex = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'audit_anchor_hash'"), let hash = Hex.decode(hex) else {
             return AuditAnchor()
         }
         return AuditAnchor(sequence: sequence, hash: hash)
@@ -52,20 +52,6 @@ enum AuditRows {
         return String(decoding: data, as: UTF8.self)
     }
 
-    static func bytes(hex: String) -> [UInt8]? {
-        guard hex.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        var index = hex.startIndex
-        while index < hex.endIndex {
-            let next = hex.index(index, offsetBy: 2)
-            guard let byte = UInt8(hex[index..<next], radix: 16) else { return nil }
-            bytes.append(byte)
-            index = next
-        }
-        return bytes
-    }
-
-    static func hex(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
 }
 
 extension RegionStore {
@@ -88,7 +74,7 @@ extension RegionStore {
                     try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('audit_anchor_sequence', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                                    arguments: [String(last["sequence"] as Int64)])
                     try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('audit_anchor_hash', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                                   arguments: [AuditRows.hex(Array(last["hash"] as Data))])
+                                   arguments: [Hex.encode(last["hash"] as Data)])
                 }
                 return records
             }

@@ -78,16 +78,7 @@ struct AuditReader {
         }
     }
 
-    static func bytes(_ hex: String) -> [UInt8]? {
-        let digits = Array(hex.utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            guard let byte = UInt8(String(decoding: digits[index...index + 1], as: UTF8.self), radix: 16) else { return nil }
-            bytes.append(byte)
-        }
-        return bytes
-    }
+    static func bytes(_ hex: String) -> [UInt8]? { Hex.decode(hex) }
 }
 
 struct AuditVerify: AsyncParsableCommand {

@@ -239,7 +239,7 @@ public enum AuditedBatch {
                 bytes += encoded.count
                 hasher.update(data: encoded)
             }
-            return (keyspace, entries.count, bytes, Array(hasher.finalize()).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+            return (keyspace, entries.count, bytes, Hex.encode(hasher.finalize()))
         }
     }
 }

@@ -29,7 +29,7 @@ public enum ResidencyScan {
     public static func forms(of needle: String) -> [Form] {
         let raw = Array(needle.utf8)
         var forms = [Form(encoding: "raw", bytes: raw)]
-        let hex = raw.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let hex = Hex.encode(raw)
         forms.append(Form(encoding: "hex", bytes: Array(hex.utf8)))
         forms.append(Form(encoding: "HEX", bytes: Array(hex.uppercased().utf8)))
         for shift in 0..<3 {

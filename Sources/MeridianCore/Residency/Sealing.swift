@@ -110,7 +110,7 @@ public struct RegionRootKey: Sendable {
     /// key than the one its data keys were wrapped with is told so at once, naming the file.
     public var fingerprint: String {
         let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Array("meridian/root-check/v1".utf8), outputByteCount: 16)
-        return derived.withUnsafeBytes { Array($0) }.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        return derived.withUnsafeBytes { Hex.encode($0) }
     }
 
     /// `count` bytes derived from the key for `info` (HKDF-SHA256): a key of the region's other than its
@@ -268,13 +268,7 @@ public struct DataKeyID: Hashable, Sendable, Comparable, CustomStringConvertible
 
     /// Parses the hex form `description` writes.
     public init?(hex: some StringProtocol) {
-        let digits = Array(hex.utf8)
-        guard digits.count == Self.byteCount * 2 else { return nil }
-        var bytes: [UInt8] = []
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            guard let byte = UInt8(String(decoding: digits[index...index + 1], as: UTF8.self), radix: 16) else { return nil }
-            bytes.append(byte)
-        }
+        guard let bytes = Hex.decode(hex), bytes.count == Self.byteCount else { return nil }
         self.bytes = bytes
     }
 
@@ -285,7 +279,7 @@ public struct DataKeyID: Hashable, Sendable, Comparable, CustomStringConvertible
 
     init(unchecked bytes: [UInt8]) { self.bytes = bytes }
 
-    public var description: String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+    public var description: String { Hex.encode(bytes) }
 
     public static func < (a: DataKeyID, b: DataKeyID) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
 }

@@ -30,7 +30,7 @@ extension RegionNode {
                 let page = try await store.states(keyspace: policy.name, buckets: Set(buckets), after: after,
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
-            case .dataKeys, .erase:
+            case .dataKeys, .erase, .erasedKeys:
                 return await serveDataKeys(policy, request, from: peer)
             }
         } catch {
@@ -174,6 +174,8 @@ extension RegionNode {
         var floor: UInt64?
         var complete = true
         for policy in keyspaces {
+            // Erasures first: a region that missed one destroys the keys before it serves or merges anything more.
+            _ = await learnErasures(policy, from: peer)
             let (report, highWater) = await repairRound(policy, with: peer)
             reports.append(report)
             if let highWater { floor = min(floor ?? highWater, highWater) } else { complete = false }

@@ -83,6 +83,8 @@ extension RegionNode {
                 logger.info("granted data keys", metadata: ["keyspace": "\(policy.name)", "peer": "\(peer)", "granted": "\(granted.count)", "erased": "\(erased.count)"])
                 audit?.record(.keyWrap, ["keyspace": policy.name.rawValue, "granted_to": peer.rawValue, "granted": String(granted.count), "erased": String(erased.count)])
                 return .dataKeys(granted: granted, erased: erased)
+            case .erasedKeys(let after):
+                return .dataKeys(granted: [], erased: try await store.erasedDataKeys(keyspace: policy.name, after: after, limit: DataKeyRequestBounds.idsMax))
             case .erase(let subject):
                 let ids = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
                 logger.notice("erased a subject's data keys", metadata: ["keyspace": "\(policy.name)", "asked_by": "\(peer)", "keys": "\(ids.count)"])
@@ -157,6 +159,41 @@ extension RegionNode {
     func subjectHash(_ keyspace: KeyspaceName, _ subject: Subject) -> String {
         guard let key = try? Key(subject.rawValue) else { return KeyNameHasher.prefix + "subject" }
         return configuration.cluster.keyNameHasher.hash(keyspace, key)
+    }
+}
+
+extension RegionNode {
+    /// Learns the erasures `peer` made of a sealed keyspace (a region that was down or cut off during an erasure
+    /// destroys the subject's keys here too). Pages through the peer's erased ids; bounded.
+    /// - Returns: How many erased ids were new here.
+    func learnErasures(_ policy: KeyspacePolicy, from peer: RegionName) async -> Int {
+        guard policy.residency.encryption == .sealed else { return 0 }
+        var after: DataKeyID?
+        var learned = 0
+        for _ in 0..<1_000 {
+            let page: [DataKeyID]
+            do throws(MeridianError) {
+                guard case .dataKeys(_, let erased) = try await replicator.requestRepair(from: peer, keyspace: policy.name, .erasedKeys(after: after)) else { return learned }
+                page = erased
+                // Only ids not already erased here are news.
+                let known = Set(try await store.grantDataKeys(keyspace: policy.name, ids: page).erased)
+                let news = page.filter { !known.contains($0) }
+                if !news.isEmpty {
+                    try await store.installDataKeys(keyspace: policy.name, [], erased: news, nowMs: wallClockMs())
+                    learned += news.count
+                }
+            } catch {
+                logger.warning("could not learn a peer's erasures", metadata: ["peer": "\(peer)", "keyspace": "\(policy.name)", "error": "\(error.message)"])
+                return learned
+            }
+            guard page.count == DataKeyRequestBounds.idsMax, let last = page.last else { break }
+            after = last
+        }
+        if learned > 0 {
+            audit?.record(.erasure, ["keyspace": policy.name.rawValue, "learned_from": peer.rawValue, "keys_destroyed": String(learned)])
+            logger.notice("learned erasures from a peer", metadata: ["peer": "\(peer)", "keyspace": "\(policy.name)", "keys": "\(learned)"])
+        }
+        return learned
     }
 }
 

@@ -691,6 +691,10 @@ public final class MemoryStore: RegionStorage {
         sealer.forget(keyspace: keyspace, ids: erased)
     }
 
+    public func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) throws(MeridianError) -> [DataKeyID] {
+        try reading { open in Array((open.contents.erasedKeys[keyspace] ?? []).filter { after == nil || after! < $0 }.sorted().prefix(limit)) }
+    }
+
     public func rewrapDataKeys(limit: Int) throws(MeridianError) -> Int {
         guard let sealer else { return 0 }
         return try changing { open throws(MeridianError) -> Int in

@@ -128,6 +128,8 @@ public protocol DataKeyStore: Sendable {
     func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) async throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID])
     /// Keeps keys a peer granted, wrapped under this region's key; records those the peer erased as erased here.
     func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) async throws(MeridianError)
+    /// The ids of the keys erased here, in id order after `after`, at most `limit`.
+    func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) async throws(MeridianError) -> [DataKeyID]
     /// Wraps up to `limit` data keys held under an older epoch again under the sealer's current one (a rotation).
     /// - Returns: How many were wrapped again (0: none is left under an older epoch).
     func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int

@@ -88,6 +88,14 @@ extension RegionStore {
         sealer.forget(keyspace: keyspace, ids: erased)
     }
 
+    public func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) async throws(MeridianError) -> [DataKeyID] {
+        try await reading { db in
+            try Data.fetchAll(db, sql: "SELECT id FROM erased_keys WHERE keyspace = ? AND id > ? ORDER BY id LIMIT ?",
+                              arguments: [keyspace.rawValue, Data(after?.bytes ?? []), limit])
+                .map { try DataKeyID(bytes: Array($0)) }
+        }
+    }
+
     public func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int {
         guard let sealer else { return 0 }
         let path = databasePath

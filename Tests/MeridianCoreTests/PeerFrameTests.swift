@@ -84,6 +84,8 @@ import Testing
             .repairReply(id: 17, .refused(code: "not_replica_region", message: "no replica here ✓")),
             .repairRequest(id: 18, keyspace: try! KeyspaceName("vault"), .dataKeys(ids: [try! DataKeyID(bytes: Array(repeating: 1, count: 16)), try! DataKeyID(bytes: Array(0..<16))])),
             .repairRequest(id: 19, keyspace: try! KeyspaceName("vault"), .erase(subject: try! Subject("ada@example.eu"))),
+            .repairRequest(id: 20, keyspace: try! KeyspaceName("vault"), .erasedKeys(after: nil)),
+            .repairRequest(id: 21, keyspace: try! KeyspaceName("vault"), .erasedKeys(after: try! DataKeyID(bytes: Array(repeating: 7, count: 16)))),
             .repairReply(id: 18, .dataKeys(granted: [DataKeyGrant(id: try! DataKeyID(bytes: Array(0..<16)), subject: try! Subject("ada"), key: Array(repeating: 9, count: 32))],
                                            erased: [try! DataKeyID(bytes: Array(repeating: 1, count: 16))])),
             .repairReply(id: 19, .erased(ids: [try! DataKeyID(bytes: Array(repeating: 2, count: 16))])),

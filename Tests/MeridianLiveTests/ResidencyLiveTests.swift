@@ -162,5 +162,34 @@ extension LiveTests {
                 #expect(keyFile.contains("epoch 2 ") && !keyFile.contains("epoch 1 ") && keyFile.contains("audit "), "\(keyFile.count) bytes")
             }
         }
+
+        @Test(.timeLimit(.minutes(3)))
+        func aRegionThatMissedAnErasureLearnsItBeforeServingTheSubjectAgain() async throws {
+            let cluster = try LiveCluster(keyspaces: Self.sealedKeyspaces)
+            try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
+                let eu = try await cluster.connect("eu-west")
+                #expect(try await eu.request("PUT", "/v1/kv/vault/erin@example.eu/email", body: Array("erin-value-1".utf8)).status == 200)
+                let ap = try await cluster.connect("ap-southeast")
+                let before = try await eventually(timeoutSeconds: 20) { try await ap.request("GET", "/v1/kv/vault/erin@example.eu/email") } until: { $0.status == 200 }
+                #expect(before.text == "erin-value-1")
+                await ap.close()
+                // ap-southeast is down while the subject is erased: the erasure names it as pending.
+                await cluster.kill9("ap-southeast")
+                let partial = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "erin@example.eu"])
+                #expect(partial.status != 0 && partial.stderr.contains("region_unavailable") && partial.stderr.contains("ap-southeast"), "\(partial)")
+                #expect(try await eu.request("GET", "/v1/kv/vault/erin@example.eu/email").status == 410)
+                // Back up, it still holds the key; its next anti-entropy round with eu-west learns the erasure first.
+                try await cluster.restartNode("ap-southeast")
+                try await cluster.waitUntilLinksUp()
+                let restarted = try await cluster.connect("ap-southeast")
+                #expect(try await restarted.request("POST", "/v1/admin/repair?keyspace=vault").status == 200)
+                let after = try await restarted.request("GET", "/v1/kv/vault/erin@example.eu/email")
+                #expect(after.status == 410 && after.text.contains("erased"), "\(after.status) \(after.text)")
+                let trail = try await eventually(timeoutSeconds: 10) { try await restarted.request("GET", "/v1/audit?limit=10000") } until: { $0.text.contains("learned_from") }
+                #expect(trail.text.contains("\"learned_from\":\"eu-west\""), "the learned erasure is on ap-southeast's trail")
+                await restarted.close()
+                await eu.close()
+            }
+        }
     }
 }

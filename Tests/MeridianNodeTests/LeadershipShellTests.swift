@@ -123,6 +123,9 @@ final class HeldElectionStore: RegionStorage {
     }
     func appendAudit(_ drafts: [AuditDraft]) async throws(MeridianError) -> [AuditRecord] { try inner.appendAudit(drafts) }
     func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int { try inner.rewrapDataKeys(limit: limit) }
+    func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) async throws(MeridianError) -> [DataKeyID] {
+        try inner.erasedDataKeys(keyspace: keyspace, after: after, limit: limit)
+    }
     func dataKeyEpochs() async throws(MeridianError) -> [UInt32: Int] { try inner.dataKeyEpochs() }
     func auditRecords(after: UInt64, limit: Int) async throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor) {
         try inner.auditRecords(after: after, limit: limit)

@@ -83,6 +83,9 @@ public enum RepairRequest: Sendable, Hashable {
     case dataKeys(ids: [DataKeyID])
     /// Destroy every data key of `subject` (an erasure another region of the residency carries out).
     case erase(subject: Subject)
+    /// The ids of data keys the peer erased, in id order after `after` (a region that missed an erasure learns it).
+    /// Answered with ``RepairReply/dataKeys(granted:erased:)``, nothing granted.
+    case erasedKeys(after: DataKeyID?)
 }
 
 /// The most data keys one request names (a batch's entries name at most that many).
@@ -212,7 +215,8 @@ extension ElectionMessage {
 ///                       u32 + states); 3 refused (str8 code, str16 message); 4 data keys (u16 granted,
 ///                       granted × (16-byte id, str8 subject, 32-byte key), u16 erased, erased × 16-byte id);
 ///                       5 erased (u16 count, count × 16-byte id)
-///                    (repairRequest kinds 3 data keys: u16 count, count × 16-byte id; 4 erase: str8 subject)
+///                    (repairRequest kinds 3 data keys: u16 count, count × 16-byte id; 4 erase: str8 subject;
+///                    5 erased keys: u8 hasAfter, [16-byte id])
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length, `opt(x)` is `u8 present` then `x` when it is 1, `version`
 /// is `str8 origin, u64 sequence, u64 hlcPhysicalMs, u32 hlcLogical`, and a state is ``KeyStateCodec``'s.
@@ -339,6 +343,10 @@ public struct PeerFrameCodec: Sendable {
             case .erase(let subject):
                 buffer.append(4)
                 appendString8(subject.rawValue, to: &buffer)
+            case .erasedKeys(let after):
+                buffer.append(5)
+                buffer.append(after == nil ? 0 : 1)
+                if let after { buffer += after.bytes }
             }
         case .repairReply(let id, let reply):
             append(id, to: &buffer)
@@ -608,8 +616,11 @@ public struct PeerFrameCodec: Sendable {
             return .repairRequest(id: id, keyspace: keyspace, .dataKeys(ids: try keyIDs(&body, "data_key")))
         case 4:
             return .repairRequest(id: id, keyspace: keyspace, .erase(subject: try Subject(try string8(&body, "subject"))))
+        case 5:
+            let after = try flag(&body, "has_after") ? try DataKeyID(bytes: Array(try body.required(body.take(DataKeyID.byteCount), "after"))) : nil
+            return .repairRequest(id: id, keyspace: keyspace, .erasedKeys(after: after))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys) or 4 (erase).", context: ["field": "repair_kind"])
+            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys), 4 (erase) or 5 (erased keys).", context: ["field": "repair_kind"])
         }
     }
 

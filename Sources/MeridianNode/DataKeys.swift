@@ -120,21 +120,19 @@ extension RegionNode {
         }
         let subject = try Subject(text)
         let own = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
-        var confirmed = [region.rawValue], pending: [String] = [], reasons: [String] = []
+        var confirmed: [String] = [region.rawValue]
+        var pending: [String] = []
+        var reasons: [String] = []
         var destroyed = own.count
         // Every other replica at once: the erasure takes about the farthest round trip, not their sum.
         let replicator = self.replicator
         let answers = await withTaskGroup(of: (RegionName, Result<RepairReply, MeridianError>).self) { group in
             for peer in keyHolders(policy.name) {
-                group.addTask {
-                    do throws(MeridianError) {
-                        return (peer, .success(try await replicator.requestRepair(from: peer, keyspace: policy.name, .erase(subject: subject))))
-                    } catch {
-                        return (peer, .failure(error))
-                    }
-                }
+                group.addTask { (peer, await replicator.repairResult(from: peer, keyspace: policy.name, .erase(subject: subject))) }
             }
-            return await group.reduce(into: [(RegionName, Result<RepairReply, MeridianError>)]()) { $0.append($1) }
+            var answers: [(RegionName, Result<RepairReply, MeridianError>)] = []
+            for await answer in group { answers.append(answer) }
+            return answers
         }
         for (peer, answer) in answers.sorted(by: { $0.0 < $1.0 }) {
             switch answer {

@@ -686,9 +686,9 @@ public final class MemoryStore: RegionStorage {
                 open.contents.dataKeys[keyspace]?[id] = nil
                 open.contents.erasedKeys[keyspace, default: []].insert(id)
             }
+            sealer.forget(keyspace: keyspace, ids: erased)
             try sealerStep("Storing granted data keys") { try sealer.install(grants, keyspace: keyspace, in: &open.contents) }
         }
-        sealer.forget(keyspace: keyspace, ids: erased)
     }
 
     public func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) throws(MeridianError) -> [DataKeyID] {
@@ -723,9 +723,9 @@ public final class MemoryStore: RegionStorage {
                 open.contents.dataKeys[keyspace]?[id] = nil
                 open.contents.erasedKeys[keyspace, default: []].insert(id)
             }
+            sealer.forget(keyspace: keyspace, ids: ids)
             return ids
         }
-        sealer.forget(keyspace: keyspace, ids: ids)
         return ids
     }
 

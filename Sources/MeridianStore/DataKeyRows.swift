@@ -78,6 +78,7 @@ extension RegionStore {
             try await pool.write { db in
                 var table = DataKeyRows(db: db)
                 try table.markErased(keyspace: keyspace, ids: erased, nowMs: nowMs)
+                sealer.forget(keyspace: keyspace, ids: erased)
                 try sealer.install(grants, keyspace: keyspace, in: &table)
             }
         } catch let error as MeridianError {
@@ -85,7 +86,6 @@ extension RegionStore {
         } catch {
             throw MeridianError(.storageFailure, "Data keys granted for \(keyspace) could not be stored (\(error)).")
         }
-        sealer.forget(keyspace: keyspace, ids: erased)
     }
 
     public func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) async throws(MeridianError) -> [DataKeyID] {
@@ -139,12 +139,13 @@ extension RegionStore {
                 let table = DataKeyRows(db: db)
                 let ids = try table.dataKeys(keyspace: keyspace, subject: subject).map(\.id)
                 try table.markErased(keyspace: keyspace, ids: ids, nowMs: nowMs)
+                // Before the commit, so no later write seals with them.
+                sealer.forget(keyspace: keyspace, ids: ids)
                 return ids
             }
         } catch {
             throw MeridianError(.storageFailure, "The data keys of a subject of \(keyspace) could not be destroyed (\(error)); nothing was erased. Retry.")
         }
-        sealer.forget(keyspace: keyspace, ids: ids)
         return ids
     }
 }

@@ -27,6 +27,7 @@ extension Bench {
         @Option(help: "Value size in bytes.") var valueBytes: Int = 100
         @Option(help: "Erasures timed in part 2 (0: skip it).") var erasures: Int = 20
         @Option(help: "Multiply every emulated delay in part 2 (1 = real scale).") var latencyScale: Double = 1
+        @Option(help: "Keep part 2's data directories and node logs here (default: a temporary directory, removed after).") var data: String?
 
         func validate() throws {
             guard (1...1024).contains(connections) else { throw ValidationError("--connections must be 1 to 1024.") }
@@ -96,7 +97,7 @@ extension Bench {
                   - { name: vault, topology: multi-leader, conflict: lww, ack: majority, residency: { encryption: sealed } }
 
                 """)
-            try await whileStarted(try BenchCluster(directory: nil, latencyScale: latencyScale, yaml: yaml),
+            try await whileStarted(try BenchCluster(directory: data, latencyScale: latencyScale, yaml: yaml),
                                    start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 let regions = cluster.config.regions.map(\.name)
                 let first = regions[0]

@@ -101,8 +101,9 @@ import Testing
         #expect(try await us.logEntries(origin: Self.us, after: 0, limit: 10).count == 2)
         let after = try await us.grantDataKeys(keyspace: Self.health, ids: [id])
         #expect(after.granted.isEmpty && after.erased == [id])
-        // A new write of the subject takes a new key, and reads again.
-        _ = try await us.write(Self.put("ada@example.eu/email", "third"))
+        // A new write of the subject takes a new key (not the one the writer had in memory), and reads again.
+        let third = try committed(try await us.write(Self.put("ada@example.eu/email", "third")))
+        #expect(SealedValue.keyID(of: third.value) != id)
         #expect(try await us.get(keyspace: Self.health, key: key)?.value == Array("third".utf8))
         us.close()
         eu.close()

@@ -288,6 +288,8 @@ public struct DataKeyID: Hashable, Sendable, Comparable, CustomStringConvertible
 public struct DataKey: Sendable {
     public static let byteCount = 32
     let key: SymmetricKey
+    /// The key synthetic nonces are computed under, derived once per data key (not per seal).
+    let nonceKey: SymmetricKey
 
     /// A new data key of `generator`'s bytes.
     public static func generate(using generator: inout some RandomNumberGenerator) -> DataKey {
@@ -300,10 +302,13 @@ public struct DataKey: Sendable {
         guard bytes.count == Self.byteCount else {
             throw MeridianError(.codecInvalidField, "A data key has \(Self.byteCount) bytes; this one has \(bytes.count).")
         }
-        key = SymmetricKey(data: bytes)
+        self.init(key: SymmetricKey(data: bytes))
     }
 
-    init(key: SymmetricKey) { self.key = key }
+    init(key: SymmetricKey) {
+        self.key = key
+        nonceKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Array("meridian/nonce/v1".utf8), outputByteCount: 32)
+    }
 
     /// The raw bytes, for granting the key to another allowed region over the authenticated peer stream only.
     public var bytes: [UInt8] { key.withUnsafeBytes { Array($0) } }
@@ -325,8 +330,7 @@ public enum SealedValue {
 
     public static func seal(_ plaintext: [UInt8], with dataKey: DataKey, id: DataKeyID, keyspace: KeyspaceName, key: Key, version: Version) -> [UInt8] {
         let bound = associatedData(keyspace, key, version, id)
-        let nonceKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey.key, info: Array("meridian/nonce/v1".utf8), outputByteCount: 32)
-        var mac = HMAC<SHA256>(key: nonceKey)
+        var mac = HMAC<SHA256>(key: dataKey.nonceKey)
         mac.update(data: bound)
         mac.update(data: plaintext)
         do {

@@ -68,6 +68,10 @@ public final class ValueSealer: Sendable {
 
     private struct KeyCache {
         var keys: [CacheKey: DataKey] = [:]
+        /// Each subject's key new values are sealed with, so a write does not look it up in the key table. Used only
+        /// while `keys` holds the key, which an erasure drops inside its transaction (and `destroyed` keeps out);
+        /// dropped for a subject when another key of it is installed.
+        var current: [SubjectKey: DataKeyID] = [:]
         /// Keys erased since this node started: a read that unwrapped one just before the erasure does not
         /// bring it back.
         var destroyed: Set<CacheKey> = []
@@ -76,6 +80,11 @@ public final class ValueSealer: Sendable {
     private struct CacheKey: Hashable {
         let keyspace: KeyspaceName
         let id: DataKeyID
+    }
+
+    private struct SubjectKey: Hashable {
+        let keyspace: KeyspaceName
+        let subject: Subject
     }
 
     /// - Parameters:
@@ -111,7 +120,10 @@ public final class ValueSealer: Sendable {
     /// Takes new root keys (a rotation's): new wraps use their newest epoch, and epochs they lack no longer open.
     public func adopt(_ keys: RegionKeyRing) {
         ring.withLock { $0 = keys }
-        cache.withLock { $0.keys = [:] }
+        cache.withLock {
+            $0.keys = [:]
+            $0.current = [:]
+        }
     }
 
     /// A stored data key wrapped again under the current epoch (a rotation's re-wrap; the data key is unchanged).
@@ -265,15 +277,33 @@ public final class ValueSealer: Sendable {
 
     /// The key new values of `subject` are sealed with: the lowest id among its keys here (every region that holds
     /// the same keys picks the same one), or a new key.
+    /// Called only inside the store's writing transaction, which erasures and installs also run in, so the cached
+    /// choice never outlives the keys it names.
     private func currentKey(keyspace: KeyspaceName, subject: Subject, in table: inout some DataKeyTable) throws -> (DataKeyID, DataKey) {
-        if let stored = try table.dataKeys(keyspace: keyspace, subject: subject).min(by: { $0.id < $1.id }) {
-            return (stored.id, try unwrapped(stored))
+        let subjectKey = SubjectKey(keyspace: keyspace, subject: subject)
+        let cached = cache.withLock { cache -> (DataKeyID, DataKey)? in
+            guard let id = cache.current[subjectKey], let dataKey = cache.keys[CacheKey(keyspace: keyspace, id: id)] else { return nil }
+            return (id, dataKey)
         }
-        let id = DataKeyID(unchecked: random(DataKeyID.byteCount))
-        let dataKey = DataKey(key: .init(data: random(DataKey.byteCount)))
-        try table.insert(wrap(dataKey, id: id, keyspace: keyspace, subject: subject))
-        remember(dataKey, keyspace: keyspace, id: id)
-        return (id, dataKey)
+        if let cached { return cached }
+        let chosen: (DataKeyID, DataKey)
+        if let stored = try table.dataKeys(keyspace: keyspace, subject: subject).min(by: { $0.id < $1.id }) {
+            chosen = (stored.id, try unwrapped(stored))
+        } else {
+            let id = DataKeyID(unchecked: random(DataKeyID.byteCount))
+            let dataKey = DataKey(key: .init(data: random(DataKey.byteCount)))
+            try table.insert(wrap(dataKey, id: id, keyspace: keyspace, subject: subject))
+            remember(dataKey, keyspace: keyspace, id: id)
+            chosen = (id, dataKey)
+        }
+        cache.withLock { cache in
+            guard !cache.destroyed.contains(CacheKey(keyspace: keyspace, id: chosen.0)) else { return }
+            if cache.current.count >= Self.cachedKeysMax {
+                for key in cache.current.keys.prefix(Self.cachedKeysMax / 2) { cache.current[key] = nil }
+            }
+            cache.current[subjectKey] = chosen.0
+        }
+        return chosen
     }
 
     /// A data key this region holds, with its subject.
@@ -329,8 +359,10 @@ public final class ValueSealer: Sendable {
         }
     }
 
-    /// Drops erased keys from memory: nothing opens with them afterwards.
+    /// Drops erased keys from memory: nothing opens or seals with them afterwards. A store calls it inside the
+    /// transaction that erases them, before any later write can pick them.
     public func forget(keyspace: KeyspaceName, ids: [DataKeyID]) {
+        guard !ids.isEmpty else { return }
         cache.withLock { cache in
             for id in ids {
                 cache.keys[CacheKey(keyspace: keyspace, id: id)] = nil
@@ -370,6 +402,8 @@ public final class ValueSealer: Sendable {
         for grant in grants where try table.dataKey(keyspace: keyspace, id: grant.id) == nil && !table.isErased(keyspace: keyspace, id: grant.id) {
             let dataKey = try DataKey(bytes: grant.key)
             try table.insert(wrap(dataKey, id: grant.id, keyspace: keyspace, subject: grant.subject))
+            // The subject's choice is the lowest id it holds, and this key may be lower.
+            cache.withLock { _ = $0.current.removeValue(forKey: SubjectKey(keyspace: keyspace, subject: grant.subject)) }
         }
     }
 }

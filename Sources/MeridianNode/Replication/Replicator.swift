@@ -679,6 +679,15 @@ final class Replicator: Sendable {
                                               timeout: .milliseconds(limits.ackTimeoutMs + Int(cluster.wan.timeoutRttMs(region, leader)) + 2_000))
     }
 
+    /// ``requestRepair(from:keyspace:_:)``'s answer or error, as a value (for a task group asking several peers).
+    func repairResult(from peer: RegionName, keyspace: KeyspaceName, _ request: RepairRequest) async -> Result<RepairReply, MeridianError> {
+        do {
+            return .success(try await requestRepair(from: peer, keyspace: keyspace, request))
+        } catch {
+            return .failure(error)
+        }
+    }
+
     /// Asks `peer` for one step of an anti-entropy round over the stream to it, bounded by the round trip plus
     /// a margin for the peer's read.
     /// - Throws: `region_unavailable` when the stream is down (nothing was sent) or closes first.

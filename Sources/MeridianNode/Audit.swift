@@ -21,10 +21,13 @@ final class AuditLog: Sendable {
     private let signingKey: Curve25519.Signing.PrivateKey
     private let wallClockMs: @Sendable () -> UInt64
     private let pending = Mutex<(drafts: [AuditDraft], dropped: Int, lastSigned: UInt64)>(([], 0, 0))
+    /// A restored region's trail waits (buffered, bounded) until its `restore` record says where it resumes.
+    private let held: Mutex<Bool>
 
     /// - Parameter rootKey: The region's root key; the audit signing key is derived from it (HKDF), so it
     ///   survives restarts and never leaves the region.
-    init(region: RegionName, store: any RegionStorage, rootKey: RegionRootKey, wallClockMs: @escaping @Sendable () -> UInt64) {
+    init(region: RegionName, store: any RegionStorage, rootKey: RegionRootKey, wallClockMs: @escaping @Sendable () -> UInt64, held: Bool = false) {
+        self.held = Mutex(held)
         self.region = region
         self.store = store
         self.signingKey = rootKey.auditSigningKey(region: region)
@@ -44,6 +47,7 @@ final class AuditLog: Sendable {
 
     /// Writes what is buffered. - Returns: the checkpoint to send when the head moved since the last one.
     func flush() async throws(MeridianError) -> AuditCheckpoint? {
+        guard !held.withLock({ $0 }) else { return nil }
         let (drafts, dropped) = pending.withLock { pending in
             let taken = Array(pending.drafts.prefix(Self.flushMax))
             pending.drafts.removeFirst(taken.count)
@@ -59,6 +63,16 @@ final class AuditLog: Sendable {
             return head.sequence != pending.lastSigned
         }
         return moved && head.sequence > 0 ? AuditCheckpoint.sign(head, with: signingKey) : nil
+    }
+}
+
+extension AuditLog {
+    /// Resumes a restored region's trail: the `restore` record first (``RestoreCatchUp/auditFields(head:)``: it takes
+    /// its place after the records peers witnessed and the backup lost), then what was buffered meanwhile.
+    func resume(restoreFields: [String: String]) async throws(MeridianError) {
+        guard held.withLock({ $0 }) else { return }
+        _ = try await store.appendAudit([AuditDraft(.restore, restoreFields, timeMs: wallClockMs())])
+        held.withLock { $0 = false }
     }
 }
 

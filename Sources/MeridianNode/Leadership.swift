@@ -65,8 +65,10 @@ final class Leadership: Sendable {
     private let queue: AsyncStream<RegionMachine.Event>.Continuation
 
     /// Loads every single-leader keyspace's durable election state.
+    /// - Parameter restoring: The store was restored from a backup and the region has not caught up yet
+    ///   (``RegionMachine/restoring``).
     init(region: RegionName, cluster: ClusterConfig, store: any RegionStorage, wallClockMs: @escaping @Sendable () -> UInt64,
-         logger: Logger) async throws(MeridianError) {
+         logger: Logger, restoring: Bool = false) async throws(MeridianError) {
         self.region = region
         self.store = store
         self.logger = logger
@@ -79,7 +81,8 @@ final class Leadership: Sendable {
             newest[policy.name] = try await store.newestEpoch(keyspace: policy.name)
             held[policy.name] = try await store.terms(keyspace: policy.name)
         }
-        let machine = RegionMachine(region: region, cluster: cluster, stored: stored, newest: newest, held: held, nowMs: 0, wallMs: wallClockMs())
+        let machine = RegionMachine(region: region, cluster: cluster, stored: stored, newest: newest, held: held, nowMs: 0, wallMs: wallClockMs(),
+                                    restoring: restoring)
         state = Mutex(State(machine: machine))
         (events, queue) = AsyncStream.makeStream(of: RegionMachine.Event.self)
     }
@@ -178,6 +181,11 @@ final class Leadership: Sendable {
     }
 
     /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
+    /// The region, restored from a backup, caught up: it votes and stands again.
+    func restoreEnded() {
+        handle(.restoreEnded)
+    }
+
     func clockFenced(_ fenced: Bool) {
         handle(.clockFenceChanged(fenced: fenced))
     }

@@ -35,6 +35,8 @@ public struct NodeConfiguration: Sendable {
     /// The file the root keys came from, which a rotation rewrites (nil: they came from the environment, and
     /// cannot be rotated by the node).
     public var rootKeyFile: String?
+    /// Where `POST /v1/admin/backup` writes backups (nil: backups are refused).
+    public var backupDirectory: String?
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, clientAddress: Endpoint? = nil,
@@ -97,6 +99,8 @@ public final class RegionNode: Sendable {
     let sealer: ValueSealer?
     /// Whether a key rotation is running (one at a time).
     let rotation = Mutex(false)
+    /// A restored region's catch-up with its peers (empty: not restored, or caught up).
+    let restore: RestoreState
 
     /// Opens the region's store with `openStore` and prepares the API.
     /// - Throws: `MeridianError` when the store cannot be opened.
@@ -128,8 +132,13 @@ public final class RegionNode: Sendable {
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
             physicalClockMs: wallClockMs, observer: metrics, sealer: sealer))
+        let restoredLogEnd = try await store.restorePending()
+        let restore = RestoreState(restoredLogEnd.map {
+            RestoreCatchUp(region: configuration.region, peers: Set(configuration.cluster.regions.map(\.name)), backupLogEnd: $0)
+        })
+        self.restore = restore
         let leadership = try await Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
-                                        wallClockMs: wallClockMs, logger: logger)
+                                        wallClockMs: wallClockMs, logger: logger, restoring: restoredLogEnd != nil)
         self.leadership = leadership
         let clock = ClockWatch(region: configuration.region, cluster: configuration.cluster, injectedOffsetMs: configuration.clockOffsetMs,
                                logger: logger, onChange: { leadership.clockFenced($0) })
@@ -145,12 +154,15 @@ public final class RegionNode: Sendable {
         }
         self.tls = tls
         let opened = store
-        let audit = configuration.rootKeys.map { AuditLog(region: configuration.region, store: opened, rootKey: $0.audit, wallClockMs: wallClockMs) }
+        let audit = configuration.rootKeys.map {
+            AuditLog(region: configuration.region, store: opened, rootKey: $0.audit, wallClockMs: wallClockMs, held: restoredLogEnd != nil)
+        }
         self.sealer = sealer
         self.audit = audit
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
-                                     onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics, audit: audit)
+                                     onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics, audit: audit,
+                                     restore: restore)
         if configuration.clockOffsetMs != 0 {
             logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
         }
@@ -221,6 +233,7 @@ public final class RegionNode: Sendable {
         router.post("/v1/admin/erase/:keyspace") { request, context in try await self.erase(request, context) }
         router.get("/v1/audit") { request, context in try await self.auditRoute(request, context) }
         router.post("/v1/admin/keys/rotate") { request, context in try await self.rotateKeys(request, context) }
+        router.post("/v1/admin/backup") { request, context in try await self.backupRoute(request, context) }
         index.set(router.routes.map { ($0.method, $0.path.description) })
         return router
     }
@@ -269,7 +282,10 @@ public final class RegionNode: Sendable {
             if audit != nil {
                 tasks.addTask { await self.runAuditTrail() }
             }
+
             tasks.addTask {
+                // A restored region catches up first (returns at once otherwise); its rounds run here meanwhile.
+                await self.runRestoreCatchUp()
                 await self.runAntiEntropy()
                 // Disabled (interval 0): wait for the others without ending the node.
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
@@ -285,6 +301,8 @@ public final class RegionNode: Sendable {
     // MARK: - Resolving path parameters
 
     func policy(_ context: BasicRequestContext) throws(MeridianError) -> KeyspacePolicy {
+        // A region restored from a backup serves no keyspace until it caught up with its peers.
+        try restore.admitRequest()
         let raw = context.parameters.get("keyspace") ?? ""
         let name = try KeyspaceName(Self.percentDecoded(raw) ?? raw)
         guard let policy = configuration.cluster.keyspace(name) else {

@@ -31,6 +31,8 @@ public final class MemoryStore: RegionStorage {
         /// Per other origin, how far its log is applied here (entries left out by residency or kept aside included).
         public internal(set) var applied: [RegionName: UInt64] = [:]
         var logFloor: UInt64 = 0
+        /// The backup's log end while a restored copy's region catches up (set by ``markRestored()``).
+        var restorePending: UInt64?
         public internal(set) var nextSequence: UInt64 = 1
         public internal(set) var hlcHighWater: HLCTimestamp?
         public internal(set) var keys: [KeyspaceName: [Key: KeyState]] = [:]
@@ -635,6 +637,29 @@ public final class MemoryStore: RegionStorage {
 
     public func auditRecords(after: UInt64, limit: Int) throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor) {
         try reading { open in (Array(open.contents.audit.lazy.filter { $0.sequence > after }.prefix(limit)), open.contents.auditAnchor) }
+    }
+
+    public func backup(to path: String) throws(MeridianError) -> BackupSummary {
+        throw MeridianError(.invalidRequest, "Region \(region) keeps its data in memory: there is no file to back up. Run it with the SQLite store to take backups.")
+    }
+
+    /// Marks this store as a restored copy (tests of a restore's catch-up; the in-memory store has no file to restore).
+    public func markRestored() {
+        state.withLock { $0.contents.restorePending = $0.contents.nextSequence - 1 }
+    }
+
+    public func restorePending() throws(MeridianError) -> UInt64? {
+        try reading { open in open.contents.restorePending }
+    }
+
+    public func finishRestore(logEnd: UInt64) throws(MeridianError) {
+        try changing { open in
+            if logEnd >= open.contents.nextSequence {
+                open.contents.nextSequence = logEnd + 1
+                open.contents.logFloor = max(open.contents.logFloor, logEnd)
+            }
+            open.contents.restorePending = nil
+        }
     }
 
     public func auditHead() throws(MeridianError) -> AuditChain {

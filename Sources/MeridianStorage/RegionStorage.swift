@@ -162,8 +162,50 @@ public enum AuditBounds {
     public static let witnessedPerRegionMax = 1_000
 }
 
+/// What a backup holds, read from its `meta` and tables.
+public struct BackupSummary: Sendable, Hashable, Codable {
+    /// The region whose store it is a copy of.
+    public let region: String
+    /// The last sequence of that region's log in the copy.
+    public let logEnd: UInt64
+    /// The newest record of the region's audit trail in the copy.
+    public let auditHead: UInt64
+    /// Keys and data keys it holds (sealed values stay sealed; data keys stay wrapped under the region's root key).
+    public let keys: Int
+    public let dataKeys: Int
+    public let bytes: Int
+
+    public init(region: String, logEnd: UInt64, auditHead: UInt64, keys: Int, dataKeys: Int, bytes: Int) {
+        self.region = region
+        self.logEnd = logEnd
+        self.auditHead = auditHead
+        self.keys = keys
+        self.dataKeys = dataKeys
+        self.bytes = bytes
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case region, keys, bytes
+        case logEnd = "log_end"
+        case auditHead = "audit_head"
+        case dataKeys = "data_keys"
+    }
+}
+
+/// Backups of the region's store, and the mark a restored store carries until its region caught up.
+public protocol BackupStore: Sendable {
+    /// Copies the store to a new file at `path` (absolute, on the node's machine) while it keeps serving.
+    /// - Throws: `invalid_request` when the path exists or its directory does not, or the backend keeps no file.
+    func backup(to path: String) async throws(MeridianError) -> BackupSummary
+    /// The backup's log end while a restored store's region has not caught up (nil: not restored, or caught up).
+    func restorePending() async throws(MeridianError) -> UInt64?
+    /// Ends a restore: the log continues after `logEnd`, and the mark goes.
+    func finishRestore(logEnd: UInt64) async throws(MeridianError)
+}
+
 /// A region's whole store.
-public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore, DataKeyStore, AuditStore {
+public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, RepairStore, ConflictLogStore, FailoverStore, DataKeyStore, AuditStore,
+                               BackupStore {
     /// The region whose log this store numbers.
     var region: RegionName { get }
     /// Releases the store; nothing is called afterwards.

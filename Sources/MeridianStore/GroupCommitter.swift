@@ -405,3 +405,30 @@ final class SequenceHighWater: Sendable {
     let value: Atomic<UInt64>
     init(_ initial: UInt64) { value = Atomic(initial) }
 }
+
+extension GroupCommitter {
+    /// Raises the next sequence past `logEnd` and records it as the log's floor, with the restore mark removed, in
+    /// one transaction. Only between commits (a restored region takes no writes until this returns).
+    func continueLog(after logEnd: UInt64) async throws(MeridianError) {
+        guard queue.isEmpty, !committing else {
+            throw MeridianError(.overloaded, "Writes are committing; the restore ends once they are done. Retry.")
+        }
+        let region = self.region
+        do {
+            try await pool.write { db in
+                let last = try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM log WHERE origin = ?", arguments: [region.rawValue]) ?? 0
+                if logEnd > UInt64(last) {
+                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('log_floor', ?) ON CONFLICT (name) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                                   arguments: [String(logEnd)])
+                }
+                try db.execute(sql: "DELETE FROM meta WHERE name = 'restore_pending'")
+            }
+        } catch {
+            throw MeridianError(.storageFailure, "The restore could not be ended (\(error)); the node tries again.")
+        }
+        if logEnd >= nextSequence {
+            nextSequence = logEnd + 1
+            lastCommittedSequence.value.store(logEnd, ordering: .releasing)
+        }
+    }
+}

@@ -17,7 +17,7 @@ public final class RegionStore: RegionStorage {
     private let rules: [KeyspaceName: ConflictRule]
     let limits: Limits
     private let physicalClockMs: @Sendable () -> UInt64
-    private let committer: GroupCommitter
+    let committer: GroupCommitter
     /// The latest failed commit of this region's writes (a full or read-only disk), until one succeeds.
     public let writeFaults = WriteFaults()
     private let lastCommittedSequence: SequenceHighWater
@@ -25,7 +25,7 @@ public final class RegionStore: RegionStorage {
     /// run one at a time per origin (one receiving stream per origin).
     private let appliedOthers: Mutex<[RegionName: UInt64]>
     /// This region's log is trimmed up to here.
-    private let trimmedThrough: SequenceHighWater
+    let trimmedThrough: SequenceHighWater
     /// Seals and opens the values of sealed keyspaces (nil: none).
     let sealer: ValueSealer?
     /// The SQLite file, for messages.

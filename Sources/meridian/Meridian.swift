@@ -10,7 +10,7 @@ struct Meridian: AsyncParsableCommand {
         abstract: "Meridian: a geo-distributed, multi-region data store.",
         subcommands: [
             Up.self, NodeCommand.self, GatewayCommand.self, WANCommand.self, Chaos.self, ConfigCommand.self,
-            Put.self, Get.self, Del.self, Ls.self, Status.self, Repair.self, Failover.self, Failovers.self, Divergence.self, Erase.self, ResidencyCommand.self, AuditCommand.self, KeysCommand.self, Gameday.self, Nemesis.self,
+            Put.self, Get.self, Del.self, Ls.self, Status.self, Repair.self, Failover.self, Failovers.self, Divergence.self, Erase.self, Backup.self, Restore.self, ResidencyCommand.self, AuditCommand.self, KeysCommand.self, Gameday.self, Nemesis.self,
             Bench.self, Sim.self, TokenCommand.self, CertsCommand.self,
         ])
 

@@ -86,6 +86,7 @@ struct NodeCommand: AsyncParsableCommand {
             configuration.rootKeys = try RootKeyFile.load(path: keyPath, environment: environment,
                                                           mayCreate: !FileManager.default.fileExists(atPath: store) || ValueSealer.sealedKeyspaces(config).isEmpty)
             configuration.rootKeyFile = environment[RootKeyFile.environmentVariable] == nil ? keyPath : nil
+            configuration.backupDirectory = (data as NSString).appendingPathComponent("backups")
             node = try await RegionNode(configuration: configuration,
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {

@@ -75,6 +75,34 @@ import Testing
         #expect(missing == 8)
     }
 
+    @Test func aRestoredTrailResumesAfterTheWitnessedRecordsItLostAndNoOtherGapPasses() {
+        let key = Curve25519.Signing.PrivateKey()
+        let (records, checkpoints) = Self.trail(20, key: key)
+        // The backup held records 1...12; peers witnessed up to 20 (checkpoints at 5, 10, 15, 20).
+        var chain = AuditChain(region: Self.eu, sequence: 12, hash: records[11].hash)
+        var catchUp = RestoreCatchUp(region: Self.eu, peers: [Self.eu, Self.us], backupLogEnd: 40)
+        #expect(throws: MeridianError.self) { try catchUp.admitRequest() }
+        catchUp.welcomed(by: Self.us, log: 55, audit: 20)
+        #expect(!catchUp.isCaughtUp && catchUp.waitingFor == [Self.us])
+        catchUp.repairEnded(with: Self.us)
+        #expect(catchUp.isCaughtUp && catchUp.logEnd == 55)
+        let restore = chain.append(.restore, fields: catchUp.auditFields(head: 12), timeMs: 5_000)
+        #expect(restore.sequence == 21 && restore.previous == records[11].hash)
+        let after = chain.append(.proxied, fields: ["keyspace": "eu_health"], timeMs: 5_001)
+        let resumed = Array(records.prefix(12)) + [restore, after]
+        let signed = checkpoints + [AuditCheckpoint.sign(chain, with: key)]
+        // Checkpoints of the lost records (15 and 20) are set aside; 5, 10 and the new head's hold.
+        #expect(AuditVerifier.verify(resumed, region: Self.eu, checkpoints: signed, key: key.publicKey) == .intact(head: 22, checkpoints: 3))
+        // A restore record claiming other records lost than those skipped is a gap like any other.
+        var forged = records.prefix(12).map { $0 }
+        var other = AuditChain(region: Self.eu, sequence: 12, hash: records[11].hash)
+        forged.append(other.append(.restore, fields: ["lost_from": "13", "lost_through": "17"], timeMs: 5_000))
+        forged.append(AuditRecord(sequence: 25, timeMs: 5_001, region: Self.eu, kind: .proxied, fields: [:], previous: forged.last!.hash,
+                                  hash: AuditRecord.hash(sequence: 25, timeMs: 5_001, region: Self.eu, kind: .proxied, fields: [:], previous: forged.last!.hash)))
+        guard case .broken(let at, _) = AuditVerifier.verify(forged, region: Self.eu) else { Issue.record("an unexplained gap went unnoticed"); return }
+        #expect(at == 19)
+    }
+
     @Test func aRecomputedChainIsCaughtByTheCheckpointsItCannotResign() {
         let key = Curve25519.Signing.PrivateKey()
         let (records, checkpoints) = Self.trail(15, key: key)

@@ -33,7 +33,7 @@ import Testing
     var everyKind: [PeerFrame] {
         [
             .hello(PeerHello(cluster: "demo", from: us, to: eu)),
-            .welcome(applied: 0), .welcome(applied: 42),
+            .welcome(applied: 0, auditWitnessed: 0), .welcome(applied: 42, auditWitnessed: 7),
             .batch(from: 1, through: 3, entries: [entry(1), entry(3)]),
             .batch(from: 5, through: 9, entries: []),
             .ack(applied: 7, echoMs: 1_795_000_000_123),

@@ -22,8 +22,9 @@ import Testing
         var nowMs: UInt64 = 0
         var effects: [RegionMachine.Effect] = []
 
-        init(_ region: RegionName, stored: [KeyspaceName: StoredElection] = [:]) {
-            machine = RegionMachine(region: region, cluster: RegionMachineTests.cluster, stored: stored, newest: [:], nowMs: 0, wallMs: 1_000_000)
+        init(_ region: RegionName, stored: [KeyspaceName: StoredElection] = [:], restoring: Bool = false) {
+            machine = RegionMachine(region: region, cluster: RegionMachineTests.cluster, stored: stored, newest: [:], nowMs: 0, wallMs: 1_000_000,
+                                    restoring: restoring)
             handle(.started)
         }
 
@@ -83,6 +84,23 @@ import Testing
         #expect(leader.machine.writableEpoch(Self.accounts, nowMs: 390) == nil, "a leader acknowledging after its lease ran out")
         #expect(leader.machine.admitWrite(Self.accounts, nowMs: 390) == nil)
         leader.handle(.writeCommitted(keyspace: Self.accounts, epoch: 1, sequence: 1))
+    }
+
+    /// A region restored from a backup may have voted, before its copy was lost, in epochs its stored record does not
+    /// show: until it caught up it neither votes nor stands, and afterwards it votes in no epoch it heard of meanwhile.
+    @Test func aRestoredRegionVotesInNoEpochItMayHaveVotedInBefore() {
+        var restored = Driver(Self.eu, restoring: true)
+        let asked = restored.handle(.electionReceived(keyspace: Self.accounts, message: .voteRequest(epoch: 7, position: LogPosition(epoch: 6, sequence: 99)),
+                                                      start: nil, from: Self.ap, applied: [:]))
+        #expect(!asked.contains { if case .send(_, .election(_, .vote, _)) = $0 { true } else { false } }, "voted while restoring: \(asked)")
+        let silent = restored.tick(at: 600_000)
+        #expect(!silent.contains { if case .send(_, .election(_, .preVoteRequest, _)) = $0 { true } else { false } }, "stood while restoring: \(silent)")
+        let ended = restored.handle(.restoreEnded)
+        #expect(ended.contains { if case .persist(Self.accounts, let stored) = $0 { stored.record.votedEpoch == 7 } else { false } }, "\(ended)")
+        // Asked again in epoch 7, it refuses; in a later epoch it may grant.
+        let again = restored.handle(.electionReceived(keyspace: Self.accounts, message: .voteRequest(epoch: 7, position: LogPosition(epoch: 6, sequence: 99)),
+                                                      start: nil, from: Self.us, applied: [:]))
+        #expect(!again.contains { if case .send(_, .election(_, .vote(7, true), _)) = $0 { true } else { false } }, "voted twice in epoch 7: \(again)")
     }
 
     @Test func aTermStartsOnlyOnceNoAdmittedBatchIsUncommitted() {

@@ -131,6 +131,9 @@ final class HeldElectionStore: RegionStorage {
         try inner.auditRecords(after: after, limit: limit)
     }
     func auditHead() async throws(MeridianError) -> AuditChain { try inner.auditHead() }
+    func backup(to path: String) async throws(MeridianError) -> BackupSummary { try inner.backup(to: path) }
+    func restorePending() async throws(MeridianError) -> UInt64? { try inner.restorePending() }
+    func finishRestore(logEnd: UInt64) async throws(MeridianError) { try inner.finishRestore(logEnd: logEnd) }
     func witness(_ checkpoint: AuditCheckpoint, publicKey: [UInt8]) async throws(MeridianError) { try inner.witness(checkpoint, publicKey: publicKey) }
     func witnessed(region: RegionName, limit: Int) async throws(MeridianError) -> (publicKey: [UInt8]?, checkpoints: [AuditCheckpoint]) {
         try inner.witnessed(region: region, limit: limit)

@@ -49,6 +49,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case sealedValueUnreadable = "sealed_value_unreadable"
             case dataKeyUnavailable = "data_key_unavailable"
             case erased = "erased"
+            case restorePending = "restore_pending"
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -106,7 +107,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case .preconditionFailed: .preconditionFailed
             case .valueTooLarge: .tooLarge
             case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure,
-                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly, .dataKeyUnavailable:
+                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly, .dataKeyUnavailable, .restorePending:
                 .unavailable
             case .ackTimeout: .timedOut
             case .storageFull: .storageFull
@@ -129,7 +130,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                  .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
                  .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
                  .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden, .idempotencyKeyReused,
-                 .sealedValueUnreadable, .dataKeyUnavailable, .erased:
+                 .sealedValueUnreadable, .dataKeyUnavailable, .erased, .restorePending:
                 .no
             // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
             // a commit whose fsync failed, and the node's own failures: the change may be there.
@@ -192,6 +193,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let dataKeyUnavailable = Code(.dataKeyUnavailable)
         /// The value belonged to a subject whose data key was destroyed (erasure): it can never be read again.
         public static let erased = Code(.erased)
+        /// The region was restored from a backup and takes no request until it has caught up from its peers.
+        public static let restorePending = Code(.restorePending)
     }
 
     /// Whether a refused change (a write, a delete, a CRDT operation, an admin action) took effect: what a

@@ -433,6 +433,15 @@ public struct ElectionMember: Sendable {
         return [.persist(record), .following(epoch: epoch, leader: leader)]
     }
 
+    /// A region restored from a backup may have voted, before its copy was lost, in any epoch up to `epoch`: it votes
+    /// in none of them again (a second vote in one epoch could elect two leaders), and stands only above them.
+    public mutating func forgoVotes(through epoch: UInt64) -> [Effect] {
+        guard epoch > record.votedEpoch else { return [] }
+        record.votedEpoch = epoch
+        record.votedFor = nil
+        return [.persist(record)]
+    }
+
     /// Stands for the next epoch: votes for itself (durably) and asks every peer.
     private mutating func stand(nowMs: UInt64, position: LogPosition, handedOver: Bool = false) -> [Effect] {
         preVoteEpoch = nil

@@ -59,6 +59,9 @@ public struct RegionMachine: Sendable {
         case startCaptured(keyspace: KeyspaceName, epoch: UInt64, applied: [RegionName: UInt64], history: [TermEnd])
         /// The store could not be read for a term this region won.
         case startCaptureFailed(keyspace: KeyspaceName, epoch: UInt64, reason: String)
+        /// The region, restored from a backup, caught up with its peers (``RestoreCatchUp``): it votes and stands
+        /// again, never in an epoch it heard of while restoring.
+        case restoreEnded
         /// A ``Effect/persist(_:_:)`` could not be carried out: the region must not act on that state.
         case persistFailed(keyspace: KeyspaceName, reason: String)
         /// The deposed leader's writes of a term's start were kept aside and their keys brought back.
@@ -313,6 +316,11 @@ public struct RegionMachine: Sendable {
     private var inFlight: [BatchID: (entries: [ReplicationEntry], diverted: [UInt64: UInt64])] = [:]
     private var nowMs: UInt64
     private var wallMs: UInt64
+    /// Restored from a backup and not caught up: the region's stored votes may be older than votes it gave before
+    /// its copy was lost, so it neither votes nor stands; it follows the leaders it hears, and notes the newest
+    /// epoch each keyspace's messages named.
+    public private(set) var restoring: Bool
+    private var epochsHeard: [KeyspaceName: UInt64] = [:]
 
     /// The machine of `region`, from each single-leader keyspace's durable election state.
     /// - Parameters:
@@ -321,8 +329,10 @@ public struct RegionMachine: Sendable {
     ///   - held: Per keyspace, how far the store holds each term's writes (its `terms`).
     ///   - nowMs: The region's monotonic clock now; `wallMs` its wall clock.
     public init(region: RegionName, cluster: ClusterConfig, stored: [KeyspaceName: StoredElection],
-                newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)], held: [KeyspaceName: [TermEnd]] = [:], nowMs: UInt64, wallMs: UInt64) {
+                newest: [KeyspaceName: (epoch: UInt64, origin: RegionName)], held: [KeyspaceName: [TermEnd]] = [:], nowMs: UInt64, wallMs: UInt64,
+                restoring: Bool = false) {
         self.region = region
+        self.restoring = restoring
         limits = cluster.limits
         self.nowMs = nowMs
         self.wallMs = wallMs
@@ -464,6 +474,14 @@ public struct RegionMachine: Sendable {
             guard terms[keyspace]?.phase == .capturingStart(epoch: epoch) else { break }
             effects.append(.log(LogLine(.error, "the keyspace's terms could not be read; not leading it", ["keyspace": keyspace.rawValue, "reason": reason])))
             effects += stepDown(keyspace)
+        case .restoreEnded:
+            guard restoring else { break }
+            restoring = false
+            for keyspace in keyspaces {
+                let heard = max(epochsHeard[keyspace] ?? 0, terms[keyspace]!.member.record.epoch)
+                effects += carry(keyspace, terms[keyspace]!.member.forgoVotes(through: heard))
+            }
+            epochsHeard = [:]
         case .persistFailed(let keyspace, let reason):
             effects.append(.log(LogLine(.error, "election state not stored; not acting on it", ["keyspace": keyspace.rawValue, "reason": reason])))
             effects += stepDown(keyspace)
@@ -564,7 +582,8 @@ public struct RegionMachine: Sendable {
         for keyspace in keyspaces {
             var term = terms[keyspace]!
             if term.member.settings.order.allSatisfy({ $0 == region || peers[$0]?.up == true }) { term.member.streamsConnected(nowMs: nowMs) }
-            let memberEffects = term.member.tick(nowMs: nowMs, position: position(term, applied))
+            // Restoring: no candidacy (a tick is where a follower that heard no leader stands).
+            let memberEffects = restoring ? [] : term.member.tick(nowMs: nowMs, position: position(term, applied))
             if term.member.role == .candidate && term.stoodWallMs == nil { term.stoodWallMs = wallMs }
             terms[keyspace] = term
             effects += carry(keyspace, memberEffects)
@@ -596,6 +615,15 @@ public struct RegionMachine: Sendable {
     private mutating func received(_ message: ElectionMessage, start: EpochStart?, keyspace: KeyspaceName, from peer: RegionName,
                                    applied: [RegionName: UInt64]) -> [Effect] {
         guard var term = terms[keyspace] else { return [] }
+        if restoring {
+            epochsHeard[keyspace] = max(epochsHeard[keyspace] ?? 0, message.epoch)
+            switch message {
+            case .voteRequest, .preVoteRequest, .transferVoteRequest, .timeoutNow:
+                return [.log(LogLine(.notice, "restored from a backup and catching up: not voting", ["keyspace": keyspace.rawValue, "from": peer.rawValue]))]
+            default:
+                break
+            }
+        }
         if case .timeoutNow = message {
             // Stand only holding everything the handing-over leader's term began with (its own log it checked
             // itself): otherwise a majority write of an earlier term, held by the leader but not here, could be

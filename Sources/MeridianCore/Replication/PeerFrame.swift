@@ -10,7 +10,9 @@ public enum PeerFrame: Sendable, Hashable {
     /// The origin introduces itself.
     case hello(PeerHello)
     /// The peer holds the origin's log up to `applied`; shipping resumes after it.
-    case welcome(applied: UInt64)
+    /// `auditWitnessed`: the newest record of the origin's audit trail this peer keeps a checkpoint of (a region
+    /// restored from a backup resumes its trail after it).
+    case welcome(applied: UInt64, auditWitnessed: UInt64)
     /// Entries of the origin's log covering sequences `from...through`. Entries of keyspaces the peer does not
     /// replicate are left out (residency: they never leave the regions that may hold them); the range still
     /// covers them, so the peer knows nothing is missing.
@@ -182,7 +184,7 @@ extension ElectionMessage {
 /// Layout (integers big-endian): `u32 length` (bytes after it), `u8 type`, then the payload:
 ///
 ///     1 hello        u8 protocolVersion, str8 cluster, str8 from, str8 to
-///     2 welcome      u64 applied
+///     2 welcome      u64 applied, u64 auditWitnessed
 ///     3 batch        u64 from, u64 through, u32 count, count × EntryCodec frame
 ///     4 ack          u64 applied, u64 echoMs
 ///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs, u8 count × str8 unreachable region
@@ -252,8 +254,9 @@ public struct PeerFrameCodec: Sendable {
             appendString8(hello.cluster, to: &buffer)
             appendString8(hello.from.rawValue, to: &buffer)
             appendString8(hello.to.rawValue, to: &buffer)
-        case .welcome(let applied):
+        case .welcome(let applied, let auditWitnessed):
             append(applied, to: &buffer)
+            append(auditWitnessed, to: &buffer)
         case .ack(let applied, let echoMs):
             append(applied, to: &buffer)
             append(echoMs, to: &buffer)
@@ -484,7 +487,7 @@ public struct PeerFrameCodec: Sendable {
             let to = try RegionName(try string8(&body, "to"))
             frame = .hello(PeerHello(protocolVersion: version, cluster: cluster, from: from, to: to))
         case 2:
-            frame = .welcome(applied: try sequenceField(&body, "applied", minimum: 0))
+            frame = .welcome(applied: try sequenceField(&body, "applied", minimum: 0), auditWitnessed: try sequenceField(&body, "audit_witnessed", minimum: 0))
         case 3:
             let from = try sequenceField(&body, "from", minimum: 1)
             let through = try sequenceField(&body, "through", minimum: 1)

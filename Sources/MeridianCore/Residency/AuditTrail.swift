@@ -62,6 +62,13 @@ public struct AuditRecord: Hashable, Sendable {
         return Array(SHA256.hash(data: bytes))
     }
 
+    /// The records a `restore` record says were lost with the backup's newer records (nil: none, or not a restore).
+    static func lostRange(kind: Kind, fields: [String: String]) -> ClosedRange<UInt64>? {
+        guard kind == .restore, let from = fields["lost_from"].flatMap(UInt64.init), let through = fields["lost_through"].flatMap(UInt64.init),
+              from >= 1, through >= from else { return nil }
+        return from...through
+    }
+
     /// Whether `hash` is the hash of the record's contents.
     public var isSealed: Bool {
         hash == Self.hash(sequence: sequence, timeMs: timeMs, region: region, kind: kind, fields: fields, previous: previous)
@@ -92,9 +99,12 @@ public struct AuditChain: Hashable, Sendable {
         self.hash = hash
     }
 
-    /// The next record, chained to the head, which moves to it.
+    /// The next record, chained to the head, which moves to it. A `restore` record whose `lost_through` lies ahead
+    /// takes the place after it: the records a restored backup lost keep their numbers, witnessed by peers, and
+    /// the trail goes on after them (``AuditVerifier`` accepts exactly that gap).
     public mutating func append(_ kind: AuditRecord.Kind, fields: [String: String], timeMs: UInt64) -> AuditRecord {
-        let next = sequence + 1
+        var next = sequence + 1
+        if kind == .restore, let lost = AuditRecord.lostRange(kind: kind, fields: fields), lost.lowerBound == next { next = lost.upperBound + 1 }
         let sealed = AuditRecord.hash(sequence: next, timeMs: timeMs, region: region, kind: kind, fields: fields, previous: hash)
         let record = AuditRecord(sequence: next, timeMs: timeMs, region: region, kind: kind, fields: fields, previous: hash, hash: sealed)
         sequence = next
@@ -157,9 +167,14 @@ public enum AuditVerifier {
         var previous = anchor
         // The anchor is witnessed too: a retention cut keeps the hash of the last record it dropped.
         var byHash: [UInt64: [UInt8]] = anchor.sequence > 0 ? [anchor.sequence: anchor.hash] : [:]
+        // Records a restore lost: peers witnessed them, and the trail no longer holds them.
+        var lost: [ClosedRange<UInt64>] = []
         for record in records {
             let expected = previous.sequence + 1
-            guard record.sequence == expected else {
+            if record.sequence != expected, let range = AuditRecord.lostRange(kind: record.kind, fields: record.fields),
+               range.lowerBound == expected, range.upperBound + 1 == record.sequence {
+                lost.append(range)
+            } else if record.sequence != expected {
                 return .broken(sequence: expected, reason: "\(region)'s trail skips from record \(previous.sequence) to \(record.sequence): records were deleted or reordered.")
             }
             guard record.region == region else {
@@ -174,7 +189,10 @@ public enum AuditVerifier {
             byHash[record.sequence] = record.hash
             previous = (record.sequence, record.hash)
         }
-        for checkpoint in checkpoints.sorted(by: { $0.sequence < $1.sequence }) where checkpoint.region == region && checkpoint.sequence >= max(anchor.sequence, 1) {
+        let checked = checkpoints.filter { checkpoint in
+            checkpoint.region == region && checkpoint.sequence >= max(anchor.sequence, 1) && !lost.contains { $0.contains(checkpoint.sequence) }
+        }
+        for checkpoint in checked.sorted(by: { $0.sequence < $1.sequence }) {
             if let key, !checkpoint.isSigned(by: key) {
                 return .broken(sequence: checkpoint.sequence, reason: "A checkpoint of \(region) at record \(checkpoint.sequence) is not signed by \(region)'s audit key: it cannot witness the trail.")
             }
@@ -185,7 +203,7 @@ public enum AuditVerifier {
                 return .broken(sequence: checkpoint.sequence, reason: "Record \(checkpoint.sequence) is not the one a peer witnessed: the trail was rewritten (its chain recomputed) from there or before.")
             }
         }
-        return .intact(head: previous.sequence, checkpoints: checkpoints.filter { $0.region == region && $0.sequence >= max(anchor.sequence, 1) }.count)
+        return .intact(head: previous.sequence, checkpoints: checked.count)
     }
 }
 

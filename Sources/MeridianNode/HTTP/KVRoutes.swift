@@ -48,6 +48,7 @@ extension RegionNode {
 
     /// The keyspace a forwarded request names, as this region's cluster file has it.
     private func forwardedPolicy(_ keyspace: KeyspaceName) throws(MeridianError) -> KeyspacePolicy {
+        try restore.admitRequest()
         guard let policy = configuration.cluster.keyspace(keyspace) else {
             throw MeridianError(.unknownKeyspace, "Keyspace '\(keyspace)' does not exist in \(region)'s cluster file; check that every region runs the same one.",
                                 context: ["keyspace": keyspace.rawValue])

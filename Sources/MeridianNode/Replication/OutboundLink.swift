@@ -54,6 +54,8 @@ final class OutboundLink: Sendable {
         /// Entries released by the shipper and not yet taken by the writer. Consecutive releases merge, so
         /// a burst of writes travels as one batch rather than a frame (and a peer fsync) per write.
         var shipment: ClosedRange<UInt64>?
+        /// Welcomed while this region restores from a backup: requests (anti-entropy) go out, log entries do not.
+        var restoring = false
     }
 
     let peer: RegionName
@@ -87,7 +89,13 @@ final class OutboundLink: Sendable {
             $0.lastHeard = .now
             $0.shipper = nil
             $0.shipment = nil
+            $0.restoring = false
         }
+    }
+
+    /// The peer welcomed the stream while this region restores: it carries anti-entropy requests only.
+    func heldForRestore() {
+        state.withLock { $0.restoring = true }
     }
 
     /// The peer said how much of this region's log it holds: shipping starts after it.
@@ -221,7 +229,7 @@ final class OutboundLink: Sendable {
     /// Sends a request frame built from the id its answer will carry, and waits (bounded) for the answer.
     private func request(_ make: (UInt64) -> PeerFrame, timeout: Duration) async throws(MeridianError) -> PeerReply {
         let id: UInt64? = try state.withLock { (state: inout State) throws(MeridianError) -> UInt64? in
-            guard state.shipper != nil, state.outbox != nil else { return nil }
+            guard state.shipper != nil || state.restoring, state.outbox != nil else { return nil }
             guard state.forwards.count < forwardsMax else {
                 throw MeridianError(.overloaded, "\(forwardsMax) writes are already forwarded to \(peer) and waiting; retry shortly.",
                                     context: ["forwards_inflight_max": String(forwardsMax)])

@@ -86,6 +86,8 @@ final class Replicator: Sendable {
     private let openChannels = Mutex<[ObjectIdentifier: any Channel]>([:])
     /// The region's audit trail (nil: none kept): batches of restricted keyspaces sent and received go on it.
     let audit: AuditLog?
+    /// A restored region's catch-up: while it runs, peers' welcomes are noted and nothing is shipped.
+    let restore: RestoreState
 
     /// Milliseconds since this node started, on a clock that never jumps: the time echoed to origins.
     var monotonicMs: UInt64 {
@@ -95,9 +97,10 @@ final class Replicator: Sendable {
     init(own: RegionConfig, cluster: ClusterConfig, store: any RegionStorage, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
          onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }, tls: NodeTLS? = nil, metrics: NodeMetrics? = nil,
-         audit: AuditLog? = nil) {
+         audit: AuditLog? = nil, restore: RestoreState = RestoreState(nil)) {
         let region = own.name
         self.audit = audit
+        self.restore = restore
         self.onApplied = onApplied
         self.tls = tls
         self.metrics = metrics
@@ -255,7 +258,12 @@ final class Replicator: Sendable {
                     for try await frame in inbound {
                         link.heard()
                         switch frame {
-                        case .welcome(let applied):
+                        case .welcome(let applied, let auditWitnessed):
+                            // Restoring: the log's end is what the peers hold, not yet known; ship nothing.
+                            if restore.welcomed(by: link.peer, log: applied, audit: auditWitnessed) {
+                                link.heldForRestore()
+                                continue
+                            }
                             try link.welcomed(applied: applied, logFloor: store.logFloor())
                             acks.peerApplied(link.peer, upTo: applied)
                             progress.signal()
@@ -373,7 +381,9 @@ final class Replicator: Sendable {
                                 // Possibly a new process with its clock set anew: its old bracket no longer vouches for ours.
                                 clock?.peerReconnected(hello.from)
                                 heardFrom(hello.from)
-                                replyOut.yield(.welcome(applied: applied))
+                                // How far this region witnessed the origin's trail: a restored origin resumes after it.
+                                let witnessed = (try? await store.witnessed(region: hello.from, limit: 1))?.checkpoints.last?.sequence ?? 0
+                                replyOut.yield(.welcome(applied: applied, auditWitnessed: witnessed))
                                 progress.signal()
                             case .batch(let from, let through, let entries):
                                 guard let origin, let applier else { throw MeridianError(.replicationProtocol, "A batch arrived before hello.") }

@@ -1,0 +1,96 @@
+// Backups and restore with real processes (issue 21): an online backup of a region, then an erasure and more writes,
+// then the region's disk lost and the backup restored in its place. The restored region takes no request until it
+// caught up from its peers; then the subject erased after the backup stays erased, the writes made after the backup
+// are back, its next write takes a sequence its peers never held (so they apply it rather than drop it as a
+// duplicate), and its audit trail verifies with a restore record naming the records lost. A backup restored into
+// another region is refused.
+import Foundation
+import MeridianCore
+import MeridianHarness
+import Testing
+
+extension LiveTests {
+    @Suite(.serialized) struct BackupLiveTests {
+        static let keyspaces = """
+              - { name: vault, topology: multi-leader, conflict: lww, ack: all, residency: { encryption: sealed } }
+
+            """
+
+        @Test(.timeLimit(.minutes(4)))
+        func aRestoredRegionCatchesUpKeepsErasuresAndNeverReusesASequence() async throws {
+            let cluster = try LiveCluster(keyspaces: Self.keyspaces)
+            try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
+                let us = try await cluster.connect("us-east"), eu = try await cluster.connect("eu-west")
+                for subject in ["s1", "s2"] {
+                    #expect(try await us.request("PUT", "/v1/kv/vault/\(subject)/v", body: Array("before-\(subject)".utf8)).status == 200)
+                }
+                let backup = try runCLI(["backup", "--config", cluster.config, "--region", "us-east", "--name", "nightly.db"])
+                #expect(backup.status == 0 && backup.stdout.contains("log end 2"), "\(backup)")
+                let file = ((cluster.local.dataDirectory(RegionName(validated: "us-east")) as NSString).appendingPathComponent("backups") as NSString)
+                    .appendingPathComponent("nightly.db")
+                #expect(FileManager.default.fileExists(atPath: file))
+                // A name that would leave the backup directory is refused.
+                let escaping = try await us.request("POST", "/v1/admin/backup", headers: [("Content-Type", "application/json")], body: Array(#"{"name":"../x"}"#.utf8))
+                #expect(escaping.status == 400, "\(escaping.text)")
+
+                // After the backup: s1 erased everywhere, and writes the backup does not hold.
+                let erased = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "s1"])
+                #expect(erased.status == 0, "\(erased)")
+                for index in 0..<5 {
+                    #expect(try await us.request("PUT", "/v1/kv/vault/s3/v\(index)", body: Array("after-\(index)".utf8)).status == 200)
+                }
+                await us.close()
+
+                // us-east's disk is lost; its backup comes back in its place.
+                await cluster.kill9("us-east")
+                let data = cluster.local.dataDirectory(RegionName(validated: "us-east"))
+                let lost = data + ".lost"
+                try FileManager.default.moveItem(atPath: data, toPath: lost)
+                let backupCopy = lost + "/backups/nightly.db"
+                let other = try runCLI(["restore", "--region", "eu-west", "--backup", backupCopy, "--data", cluster.local.directory + "/elsewhere"])
+                #expect(other.status != 0 && other.stderr.contains("not eu-west"), "a backup of us-east restored into eu-west: \(other)")
+                let restored = try runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
+                #expect(restored.status == 0 && restored.stdout.contains("log end 2"), "\(restored)")
+                let again = try runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
+                #expect(again.status != 0 && again.stderr.contains("fresh data directory"), "restored over a store: \(again)")
+                try await cluster.restartNode("us-east")
+
+                // Caught up: no request is served before; afterwards the erasure holds and the later writes are back.
+                let restarted = try await cluster.connect("us-east")
+                let first = try await restarted.request("GET", "/v1/kv/vault/s2/v")
+                #expect(first.status == 200 || (first.status == 503 && first.text.contains("restore_pending")), "\(first.status) \(first.text)")
+                let caughtUp = try await eventually(timeoutSeconds: 30, every: .milliseconds(200)) {
+                    try await restarted.request("GET", "/v1/kv/vault/s3/v4")
+                } until: { $0.status == 200 }
+                #expect(caughtUp.status == 200 && caughtUp.text == "after-4", "\(caughtUp.status) \(caughtUp.text)")
+                #expect(try await restarted.request("GET", "/v1/kv/vault/s2/v").text == "before-s2")
+                let erasedRead = try await restarted.request("GET", "/v1/kv/vault/s1/v")
+                #expect(erasedRead.status == 410, "the backup brought an erased subject back: \(erasedRead.status) \(erasedRead.text)")
+
+                // Its next write continues after the sequences its peers hold: eu-west applies it.
+                let next = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
+                    try await restarted.request("PUT", "/v1/kv/vault/s4/v", body: Array("restored-write".utf8))
+                } until: { $0.status == 200 }
+                #expect(next.status == 200, "\(next.status) \(next.text)")
+                let sequence = next.header("ETag").flatMap { $0.split(separator: ".").last.flatMap { UInt64($0.filter(\.isNumber)) } } ?? 0
+                #expect(sequence > 7, "the restored region reused a sequence: ETag \(next.header("ETag") ?? "none")")
+                let seen = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
+                    try await eu.request("GET", "/v1/kv/vault/s4/v")
+                } until: { $0.status == 200 }
+                #expect(seen.text == "restored-write", "eu-west did not apply the restored region's write: \(seen.status) \(seen.text)")
+                await restarted.close()
+                await eu.close()
+
+                // The trail: a restore record resumes it after the records the backup lost; it verifies.
+                let verified = try await eventually(timeoutSeconds: 20, every: .milliseconds(300)) {
+                    try runCLI(["audit", "verify", "--config", cluster.config])
+                } until: { $0.status == 0 }
+                #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+                let trail = try await cluster.connect("us-east")
+                let records = try await trail.request("GET", "/v1/audit?limit=10000")
+                await trail.close()
+                #expect(records.text.contains("\"restore\"") && records.text.contains("lost_through"), "no restore record: \(records.text.prefix(400))")
+            }
+        }
+    }
+}

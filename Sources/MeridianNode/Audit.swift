@@ -76,6 +76,24 @@ extension AuditLog {
     }
 }
 
+extension RegionNode {
+    /// Puts the configuration this node starts with on the trail when it differs from the one last recorded.
+    func recordConfiguration() async {
+        guard let audit else { return }
+        do throws(MeridianError) {
+            let previous = try await store.lastAuditRecord(.configChange)
+            guard let fields = ConfigurationAudit.startFields(configuration.cluster, previous: previous) else { return }
+            audit.record(.configChange, fields)
+            logger.notice("the configuration changed since the trail last recorded it", metadata: [
+                "added": "\(fields["keyspaces_added"] ?? "")", "removed": "\(fields["keyspaces_removed"] ?? "")",
+                "changed": "\(fields["keyspaces_changed"] ?? "")",
+            ])
+        } catch {
+            logger.warning("the configuration could not be compared with the trail's last record", metadata: ["reason": "\(error.message)"])
+        }
+    }
+}
+
 extension RegionRootKey {
     /// The region's audit signing key (Ed25519), derived from its root key.
     func auditSigningKey(region: RegionName) -> Curve25519.Signing.PrivateKey {

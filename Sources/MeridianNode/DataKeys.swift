@@ -87,6 +87,7 @@ extension RegionNode {
                 return .dataKeys(granted: [], erased: try await store.erasedDataKeys(keyspace: policy.name, after: after, limit: DataKeyRequestBounds.idsMax))
             case .erase(let subject):
                 let ids = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
+                noteErased(policy.name, ids)
                 logger.notice("erased a subject's data keys", metadata: ["keyspace": "\(policy.name)", "asked_by": "\(peer)", "keys": "\(ids.count)"])
                 audit?.record(.erasure, ["keyspace": policy.name.rawValue, "subject": subjectHash(policy.name, subject), "asked_by": peer.rawValue,
                                          "keys_destroyed": String(ids.count)])
@@ -120,6 +121,7 @@ extension RegionNode {
         }
         let subject = try Subject(text)
         let own = try await store.erase(keyspace: policy.name, subject: subject, nowMs: wallClockMs())
+        noteErased(policy.name, own)
         var confirmed: [String] = [region.rawValue]
         var pending: [String] = []
         var reasons: [String] = []
@@ -190,6 +192,7 @@ extension RegionNode {
                 let news = page.filter { !known.contains($0) }
                 if !news.isEmpty {
                     try await store.installDataKeys(keyspace: policy.name, [], erased: news, nowMs: wallClockMs())
+                    noteErased(policy.name, news)
                     learned += news.count
                 }
             } catch {
@@ -204,6 +207,44 @@ extension RegionNode {
             logger.notice("learned erasures from a peer", metadata: ["peer": "\(peer)", "keyspace": "\(policy.name)", "keys": "\(learned)"])
         }
         return learned
+    }
+}
+
+extension RegionNode {
+    /// Adds erased keys to the erasure ledger. A failure is logged: the next start adds every key the store holds
+    /// as erased and the ledger lacks.
+    func noteErased(_ keyspace: KeyspaceName, _ ids: [DataKeyID]) {
+        do throws(MeridianError) {
+            try erasureLedger?.append(keyspace: keyspace, ids: ids)
+        } catch {
+            logger.error("the erasure ledger could not be written; the next start adds the keys to it", metadata: ["reason": "\(error.message)"])
+        }
+    }
+
+    /// At start, before serving: destroys every key the erasure ledger names that the store still holds (a backup
+    /// restored from before the erasure), and adds to the ledger every key the store erased that it lacks.
+    func syncErasureLedger() async throws(MeridianError) {
+        guard let erasureLedger else { return }
+        let ledger = try erasureLedger.read()
+        for policy in configuration.cluster.keyspaces where policy.residency.encryption == .sealed && policy.isReplica(region) {
+            let listed = Set(ledger[policy.name] ?? [])
+            var erasedHere: Set<DataKeyID> = []
+            var after: DataKeyID?
+            for _ in 0..<100_000 {
+                let page = try await store.erasedDataKeys(keyspace: policy.name, after: after, limit: DataKeyRequestBounds.idsMax)
+                erasedHere.formUnion(page)
+                guard page.count == DataKeyRequestBounds.idsMax, let last = page.last else { break }
+                after = last
+            }
+            let destroy = listed.subtracting(erasedHere).sorted()
+            if !destroy.isEmpty {
+                try await store.installDataKeys(keyspace: policy.name, [], erased: destroy, nowMs: wallClockMs())
+                audit?.record(.erasure, ["keyspace": policy.name.rawValue, "learned_from": "erasure_ledger", "keys_destroyed": String(destroy.count)])
+                logger.notice("destroyed keys the erasure ledger names (this store is older than the erasures)",
+                              metadata: ["keyspace": "\(policy.name)", "keys": "\(destroy.count)"])
+            }
+            try erasureLedger.append(keyspace: policy.name, ids: erasedHere.subtracting(listed).sorted())
+        }
     }
 }
 

@@ -101,6 +101,9 @@ public final class RegionNode: Sendable {
     let rotation = Mutex(false)
     /// A restored region's catch-up with its peers (empty: not restored, or caught up).
     let restore: RestoreState
+    /// The erased keys' ids beside the root key file, outside every backup (nil: the root key came from the
+    /// environment, or nothing is sealed).
+    let erasureLedger: ErasureLedger?
 
     /// Opens the region's store with `openStore` and prepares the API.
     /// - Throws: `MeridianError` when the store cannot be opened.
@@ -158,6 +161,7 @@ public final class RegionNode: Sendable {
             AuditLog(region: configuration.region, store: opened, rootKey: $0.audit, wallClockMs: wallClockMs, held: restoredLogEnd != nil)
         }
         self.sealer = sealer
+        self.erasureLedger = sealer == nil ? nil : configuration.rootKeyFile.map { ErasureLedger(rootKeyFile: $0) }
         self.audit = audit
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
@@ -250,6 +254,8 @@ public final class RegionNode: Sendable {
             logger: logger)
         defer { store.close() }
         await loadRevocations()
+        await recordConfiguration()
+        try await syncErasureLedger()
         if verifier == nil {
             logger.warning("the cluster file has no auth section: the client API serves anyone who can reach it")
         }

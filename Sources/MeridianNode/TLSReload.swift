@@ -1,6 +1,7 @@
 import Hummingbird
 import HummingbirdCore
 import Logging
+import MeridianCore
 import MeridianSecurity
 import NIOCore
 import NIOSSL
@@ -47,6 +48,8 @@ extension RegionNode {
                         "trigger": "\(trigger)", "not_valid_after": "\(contexts.notValidAfter)", "trusted": "\(contexts.trusted.joined(separator: "; "))",
                     ])
                     replicator.reconnectAll()
+                    audit?.record(.configChange, ConfigurationAudit.tlsReloadFields(configuration.cluster, notValidAfter: "\(contexts.notValidAfter)",
+                                                                                    trusted: contexts.trusted))
                 case .failed(let error):
                     // Once per problem: a file being rewritten fails one check, a wrong one every check until fixed.
                     guard error.message != lastFailure || trigger == "SIGHUP" else { break }

@@ -108,3 +108,56 @@ public enum RootKeyFile {
         try SecretFile.write(keys.text, to: path)
     }
 }
+
+/// The ids of the data keys a region erased, kept beside its root key file (`<root key file>.erasures`), outside
+/// the data directory and so outside every backup of it. A backup restored later still holds the erased keys'
+/// wraps: the node destroys them again from this file when it starts, so an erased subject never reads again, even
+/// in a keyspace no other region holds. One line per key, `<keyspace> <id in hex>`; ids are random, not personal.
+public struct ErasureLedger: Sendable {
+    /// The most bytes the ledger may hold (about a million erasures).
+    public static let bytesMax = 64 << 20
+    public let path: String
+
+    public init(rootKeyFile: String) { path = rootKeyFile + ".erasures" }
+
+    /// Every erased key the ledger holds, by keyspace (empty when there is no ledger yet).
+    /// - Throws: `invalid_config` naming the file and line when it is not a ledger, or is larger than ``bytesMax``.
+    public func read() throws(MeridianError) -> [KeyspaceName: [DataKeyID]] {
+        guard FileManager.default.fileExists(atPath: path) else { return [:] }
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw MeridianError(.invalidConfig, "\(path): cannot read the erasure ledger: \(String(cString: strerror(errno)))", context: ["file": path])
+        }
+        defer { try? handle.close() }
+        let data = (try? handle.read(upToCount: Self.bytesMax + 1)) ?? Data()
+        guard data.count <= Self.bytesMax else {
+            throw MeridianError(.invalidConfig, "\(path): the erasure ledger is larger than \(Self.bytesMax) bytes; is it the right file?", context: ["file": path])
+        }
+        var erased: [KeyspaceName: [DataKeyID]] = [:]
+        for (index, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, let keyspace = try? KeyspaceName(String(parts[0])), let bytes = Hex.decode(String(parts[1])),
+                  let id = try? DataKeyID(bytes: bytes) else {
+                throw MeridianError(.invalidConfig, "\(path), line \(index + 1): not '<keyspace> <key id in hex>'. The erasure ledger was changed by hand; restore it from the region's other copy, or remove the line.",
+                                    context: ["file": path, "line": String(index + 1)])
+            }
+            erased[keyspace, default: []].append(id)
+        }
+        return erased
+    }
+
+    /// Appends erased keys, synced before it returns.
+    /// - Throws: `storage_failure` naming the file when it cannot be written.
+    public func append(keyspace: KeyspaceName, ids: [DataKeyID]) throws(MeridianError) {
+        guard !ids.isEmpty else { return }
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw MeridianError(.storageFailure, "\(path): cannot open the erasure ledger: \(String(cString: strerror(errno)))", context: ["file": path])
+        }
+        defer { close(descriptor) }
+        let text = ids.map { "\(keyspace.rawValue) \($0)\n" }.joined()
+        let written = text.utf8CString.withUnsafeBufferPointer { buffer in write(descriptor, buffer.baseAddress, buffer.count - 1) }
+        guard written == text.utf8.count, fsync(descriptor) == 0 else {
+            throw MeridianError(.storageFailure, "\(path): cannot write the erasure ledger: \(String(cString: strerror(errno)))", context: ["file": path])
+        }
+    }
+}

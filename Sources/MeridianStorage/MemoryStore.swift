@@ -662,6 +662,10 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
+    public func lastAuditRecord(_ kind: AuditRecord.Kind) throws(MeridianError) -> AuditRecord? {
+        try reading { open in open.contents.audit.last { $0.kind == kind } }
+    }
+
     public func auditHead() throws(MeridianError) -> AuditChain {
         let region = self.region
         return try reading { open in

@@ -150,6 +150,8 @@ public protocol AuditStore: Sendable {
     func auditRecords(after: UInt64, limit: Int) async throws(MeridianError) -> (records: [AuditRecord], anchor: AuditAnchor)
     /// The trail's head.
     func auditHead() async throws(MeridianError) -> AuditChain
+    /// The newest record of `kind` still on the trail (nil: none).
+    func lastAuditRecord(_ kind: AuditRecord.Kind) async throws(MeridianError) -> AuditRecord?
     /// Keeps a checkpoint another region signed, with the public key it was signed with. The first key seen for a
     /// region is kept (pinned); a checkpoint under another key is refused, as is one not signed by its key.
     func witness(_ checkpoint: AuditCheckpoint, publicKey: [UInt8]) async throws(MeridianError)

@@ -94,6 +94,14 @@ extension RegionStore {
         }
     }
 
+    public func lastAuditRecord(_ kind: AuditRecord.Kind) async throws(MeridianError) -> AuditRecord? {
+        let region = self.region
+        return try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM audit WHERE kind = ? ORDER BY sequence DESC LIMIT 1", arguments: [kind.rawValue])
+                .map { try AuditRows.record($0, region: region) }
+        }
+    }
+
     public func auditHead() async throws(MeridianError) -> AuditChain {
         let region = self.region
         return try await reading { db in try AuditRows.head(db, region: region) }

@@ -133,3 +133,31 @@ import Testing
         guard case .broken = AuditVerifier.verify([foreign], region: Self.eu) else { Issue.record("a foreign record was accepted"); return }
     }
 }
+
+/// A node starting with another cluster file than the trail last recorded puts a `config_change` on it, naming the
+/// keyspaces added, removed or changed; the same file again records nothing.
+@Suite struct ConfigurationAuditTests {
+    static func record(_ fields: [String: String]) -> AuditRecord {
+        var chain = AuditChain(region: RegionName(validated: "us-east"))
+        return chain.append(.configChange, fields: fields, timeMs: 1)
+    }
+
+    @Test func aChangedClusterFileIsRecordedWithTheKeyspacesItChanged() throws {
+        let demo = try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "demo")
+        let first = try #require(ConfigurationAudit.startFields(demo, previous: nil))
+        #expect(first["event"] == "started" && first["keyspaces_added"]?.contains("accounts") == true && first["file_digest"]?.count == 64)
+        // The same file again: nothing to record, in this process or another (the digests do not depend on it).
+        let again = try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "demo")
+        #expect(ConfigurationAudit.startFields(again, previous: Self.record(first)) == nil)
+        // The profiles keyspace's session default changed and accounts is gone.
+        var yaml = DemoCluster.yaml.replacingOccurrences(of: "consistency: { default: session }", with: "consistency: { default: eventual }")
+        let accounts = try #require(yaml.range(of: "  - name: accounts"))
+        let next = try #require(yaml.range(of: "\n\n", range: accounts.upperBound..<yaml.endIndex))
+        yaml.removeSubrange(accounts.lowerBound..<next.upperBound)
+        let changed = try ClusterConfig.parse(yaml: yaml, file: "demo")
+        let fields = try #require(ConfigurationAudit.startFields(changed, previous: Self.record(first)))
+        #expect(fields["keyspaces_removed"] == "accounts" && fields["keyspaces_changed"]?.contains("profiles") == true && fields["keyspaces_added"] == "",
+                "\(fields)")
+        #expect(fields["previous_file_digest"] == first["file_digest"] && fields["file_digest"] != first["file_digest"])
+    }
+}

@@ -33,6 +33,36 @@ extension LiveTests {
             #expect(result.status == 0, "\(result.stdout) \(result.stderr)")
         }
 
+        /// A node started with a changed cluster file records the change (which keyspaces) on its trail; started with
+        /// the same file again, it records nothing.
+        @Test(.timeLimit(.minutes(3)))
+        func aChangedClusterFileGoesOnTheTrail() async throws {
+            let cluster = try LiveCluster(keyspaces: Self.keyspaces)
+            try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
+                func configRecords() async throws -> [[String: String]] {
+                    let connection = try await cluster.connect("us-east")
+                    defer { Task { await connection.close() } }
+                    let answer = try await eventually(timeoutSeconds: 10, every: .milliseconds(100)) {
+                        try await connection.request("GET", "/v1/audit?limit=10000")
+                    } until: { $0.text.contains("config_change") }
+                    let records = (try JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])?["records"] as? [[String: Any]] ?? []
+                    return records.filter { $0["kind"] as? String == "config_change" }.compactMap { $0["fields"] as? [String: String] }
+                }
+                let first = try await configRecords()
+                #expect(first.count == 1 && first.first?["event"] == "started" && first.first?["keyspaces_added"] == "vault", "\(first)")
+                try await cluster.restartAfterKill("us-east")
+                #expect(try await configRecords().count == 1, "the same file was recorded again")
+                await cluster.kill9("us-east")
+                let text = try String(contentsOfFile: cluster.config, encoding: .utf8)
+                try text.replacingOccurrences(of: "name: vault, topology: multi-leader, conflict: lww,", with: "name: vault, topology: multi-leader, conflict: lww, consistency: { default: eventual },")
+                    .write(toFile: cluster.config, atomically: true, encoding: .utf8)
+                try await cluster.restartNode("us-east")
+                let records = try await eventually(timeoutSeconds: 10, every: .milliseconds(100)) { try await configRecords() } until: { $0.count == 2 }
+                #expect(records.count == 2 && records.last?["keyspaces_changed"] == "vault" && records.last?["previous_file_digest"] == first.first?["file_digest"],
+                        "\(records)")
+            }
+        }
+
         @Test(.timeLimit(.minutes(4)))
         func trailsVerifyAndPairAndEveryTamperingIsCaught() async throws {
             let cluster = try LiveCluster(keyspaces: Self.keyspaces)

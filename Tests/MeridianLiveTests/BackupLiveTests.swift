@@ -13,6 +13,7 @@ extension LiveTests {
     @Suite(.serialized) struct BackupLiveTests {
         static let keyspaces = """
               - { name: vault, topology: multi-leader, conflict: lww, ack: all, residency: { encryption: sealed } }
+              - { name: solo, topology: multi-leader, conflict: lww, replicas: [us-east], residency: { regions: [us-east], encryption: sealed } }
 
             """
 
@@ -24,8 +25,10 @@ extension LiveTests {
                 for subject in ["s1", "s2"] {
                     #expect(try await us.request("PUT", "/v1/kv/vault/\(subject)/v", body: Array("before-\(subject)".utf8)).status == 200)
                 }
+                // A keyspace no other region holds: after a restore, no peer can tell it what was erased.
+                #expect(try await us.request("PUT", "/v1/kv/solo/s5/v", body: Array("only-here".utf8)).status == 200)
                 let backup = try runCLI(["backup", "--config", cluster.config, "--region", "us-east", "--name", "nightly.db"])
-                #expect(backup.status == 0 && backup.stdout.contains("log end 2"), "\(backup)")
+                #expect(backup.status == 0 && backup.stdout.contains("log end 3"), "\(backup)")
                 let file = ((cluster.local.dataDirectory(RegionName(validated: "us-east")) as NSString).appendingPathComponent("backups") as NSString)
                     .appendingPathComponent("nightly.db")
                 #expect(FileManager.default.fileExists(atPath: file))
@@ -36,6 +39,8 @@ extension LiveTests {
                 // After the backup: s1 erased everywhere, and writes the backup does not hold.
                 let erased = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "s1"])
                 #expect(erased.status == 0, "\(erased)")
+                let erasedSolo = try runCLI(["erase", "--config", cluster.config, "--region", "us-east", "--keyspace", "solo", "--subject", "s5"])
+                #expect(erasedSolo.status == 0, "\(erasedSolo)")
                 for index in 0..<5 {
                     #expect(try await us.request("PUT", "/v1/kv/vault/s3/v\(index)", body: Array("after-\(index)".utf8)).status == 200)
                 }
@@ -50,7 +55,7 @@ extension LiveTests {
                 let other = try runCLI(["restore", "--region", "eu-west", "--backup", backupCopy, "--data", cluster.local.directory + "/elsewhere"])
                 #expect(other.status != 0 && other.stderr.contains("not eu-west"), "a backup of us-east restored into eu-west: \(other)")
                 let restored = try runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
-                #expect(restored.status == 0 && restored.stdout.contains("log end 2"), "\(restored)")
+                #expect(restored.status == 0 && restored.stdout.contains("log end 3"), "\(restored)")
                 let again = try runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
                 #expect(again.status != 0 && again.stderr.contains("fresh data directory"), "restored over a store: \(again)")
                 try await cluster.restartNode("us-east")
@@ -66,6 +71,9 @@ extension LiveTests {
                 #expect(try await restarted.request("GET", "/v1/kv/vault/s2/v").text == "before-s2")
                 let erasedRead = try await restarted.request("GET", "/v1/kv/vault/s1/v")
                 #expect(erasedRead.status == 410, "the backup brought an erased subject back: \(erasedRead.status) \(erasedRead.text)")
+                // The erasure ledger beside the root key destroyed the single-region subject's keys again.
+                let erasedSoloRead = try await restarted.request("GET", "/v1/kv/solo/s5/v")
+                #expect(erasedSoloRead.status == 410, "the backup brought back a subject only this region held: \(erasedSoloRead.status) \(erasedSoloRead.text)")
 
                 // Its next write continues after the sequences its peers hold: eu-west applies it.
                 let next = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
@@ -73,7 +81,7 @@ extension LiveTests {
                 } until: { $0.status == 200 }
                 #expect(next.status == 200, "\(next.status) \(next.text)")
                 let sequence = next.header("ETag").flatMap { $0.split(separator: ".").last.flatMap { UInt64($0.filter(\.isNumber)) } } ?? 0
-                #expect(sequence > 7, "the restored region reused a sequence: ETag \(next.header("ETag") ?? "none")")
+                #expect(sequence > 8, "the restored region reused a sequence: ETag \(next.header("ETag") ?? "none")")
                 let seen = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
                     try await eu.request("GET", "/v1/kv/vault/s4/v")
                 } until: { $0.status == 200 }

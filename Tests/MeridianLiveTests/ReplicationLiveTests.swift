@@ -96,6 +96,11 @@ final class LiveCluster {
         try await local.waitHealthy(RegionName(validated: region))
     }
 
+    func restartAfterKill(_ region: String) async throws {
+        await kill9(region)
+        try await restartNode(region)
+    }
+
     func kill9(_ region: String) async {
         #expect(await local.kill9(RegionName(validated: region)), "\(region) survived SIGKILL")
     }

@@ -131,6 +131,7 @@ final class HeldElectionStore: RegionStorage {
         try inner.auditRecords(after: after, limit: limit)
     }
     func auditHead() async throws(MeridianError) -> AuditChain { try inner.auditHead() }
+    func lastAuditRecord(_ kind: AuditRecord.Kind) async throws(MeridianError) -> AuditRecord? { try inner.lastAuditRecord(kind) }
     func backup(to path: String) async throws(MeridianError) -> BackupSummary { try inner.backup(to: path) }
     func restorePending() async throws(MeridianError) -> UInt64? { try inner.restorePending() }
     func finishRestore(logEnd: UInt64) async throws(MeridianError) { try inner.finishRestore(logEnd: logEnd) }

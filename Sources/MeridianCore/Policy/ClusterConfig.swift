@@ -1,3 +1,4 @@
+import Crypto
 import Yams
 
 /// A `host:port` address.
@@ -101,6 +102,8 @@ public struct ClusterConfig: Sendable {
     public let tls: TLSConfig?
     /// Health verdicts and client routing (`routing`).
     public let routing: RoutingConfig
+    /// SHA-256 of the cluster file's text, in hex (empty for a configuration built in code).
+    public private(set) var sourceDigest = ""
 
     /// The key session tokens are authenticated with: from `session_secret`, or else from the cluster name.
     public var sessionKey: SessionKey { sessionSecret.map { SessionKey(secret: $0) } ?? SessionKey(clusterName: name) }
@@ -145,7 +148,9 @@ public struct ClusterConfig: Sendable {
         do {
             // Relative paths in the file (certificates) are read from the file's directory.
             let directory: String? = file.hasPrefix("<") ? nil : (file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "")
-            return try ConfigParser(root: YAMLValue(node: root, path: ""), directory: directory).parse()
+            var config = try ConfigParser(root: YAMLValue(node: root, path: ""), directory: directory).parse()
+            config.sourceDigest = Hex.encode(SHA256.hash(data: Array(yaml.utf8)))
+            return config
         } catch {
             throw error.error(file: file)
         }

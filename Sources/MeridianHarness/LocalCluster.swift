@@ -286,7 +286,7 @@ public final class LocalCluster: Sendable {
         return pending
     }
 
-    static func tail(_ path: String, lines: Int = 5) -> String {
+    public static func tail(_ path: String, lines: Int = 5) -> String {
         (try? String(contentsOfFile: path, encoding: .utf8))?.split(separator: "\n").suffix(lines).joined(separator: "\n") ?? ""
     }
 }

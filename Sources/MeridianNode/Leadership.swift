@@ -106,6 +106,12 @@ final class Leadership: Sendable {
         return state.withLock { $0.unsaved.contains(keyspace) ? nil : $0.machine.writableEpoch(keyspace, nowMs: now) }
     }
 
+    /// Whether the log may be trimmed up to what the peers acknowledged (``RegionMachine/mayTrimAcknowledged(nowMs:)``).
+    func mayTrimAcknowledged() -> Bool {
+        let now = nowMs
+        return state.withLock { $0.machine.mayTrimAcknowledged(nowMs: now) }
+    }
+
     /// For anti-entropy: single-leader keyspaces repair only from their leader, whose copy is the truth.
     func leader(_ keyspace: KeyspaceName) -> RegionName? {
         state.withLock { $0.machine.leader(keyspace) }

@@ -103,6 +103,23 @@ import Testing
         #expect(!again.contains { if case .send(_, .election(_, .vote(7, true), _)) = $0 { true } else { false } }, "voted twice in epoch 7: \(again)")
     }
 
+    /// A region trims its log up to its peers' acknowledgements only while its leadership is settled: a leader
+    /// within its lease, a follower whose copy was checked against its term's start. An isolated leader whose lease
+    /// ran out keeps its log, where its revert will look for the writes to keep aside.
+    @Test func theLogIsTrimmedPastAcknowledgementsOnlyWhileLeadershipIsSettled() {
+        var follower = Driver(Self.eu)
+        follower.tick(at: 10)
+        #expect(!follower.machine.mayTrimAcknowledged(nowMs: 10), "a follower whose revert is still running")
+        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 1))
+        #expect(follower.machine.mayTrimAcknowledged(nowMs: 10), "a settled follower of the first term")
+        var leader = Driver(Self.us)
+        _ = leader.tick(at: 100)
+        leader.handle(.revertFinished(keyspace: Self.accounts, epoch: 1))
+        leader.ack(Self.accounts, epoch: 1, sentMs: 100, from: Self.eu)
+        #expect(leader.machine.mayTrimAcknowledged(nowMs: 150), "a leader within its lease")
+        #expect(!leader.machine.mayTrimAcknowledged(nowMs: 390), "a leader whose lease ran out")
+    }
+
     @Test func aTermStartsOnlyOnceNoAdmittedBatchIsUncommitted() {
         var follower = Driver(Self.eu)
         // A batch of ap-southeast's log (a multi-leader keyspace) is admitted and not yet committed.

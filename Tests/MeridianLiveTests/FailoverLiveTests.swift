@@ -337,6 +337,19 @@ extension LiveTests {
                     if !diverted.isEmpty && Set(roots).count == 1 { break }
                     try await Task.sleep(for: .milliseconds(50))
                 }
+                if diverted.isEmpty {
+                    // Where did they go? Kept aside at the peers instead (us-east trimmed its log before its revert),
+                    // or nowhere.
+                    var elsewhere: [String] = []
+                    for region in ["eu-west", "ap-southeast"] {
+                        let peer = try await cluster.connect(region)
+                        let listing = try await peer.request("GET", "/v1/divergence?keyspace=ledger&limit=1000")
+                        await peer.close()
+                        let count = (((try? JSONSerialization.jsonObject(with: Data(listing.body))) as? [String: Any])?["writes"] as? [Any])?.count ?? -1
+                        elsewhere.append("\(region): \(count) kept aside")
+                    }
+                    Issue.record("us-east kept nothing aside; \(elsewhere.joined(separator: ", ")). us-east's log tail: \(LocalCluster.tail(cluster.local.log(RegionName(validated: "us-east")), lines: 40))")
+                }
                 #expect(!diverted.isEmpty, "the writes us-east acknowledged after the cut are kept aside (acknowledged \(acknowledged.count), after the cut \(acknowledgedAfterCut), new leader \(newLeader))")
                 #expect(Set(roots).count == 1, "every region ends with the new leader's ledger: \(roots)")
                 // Each acknowledged write is either in the new leader's history or kept aside: none vanished.

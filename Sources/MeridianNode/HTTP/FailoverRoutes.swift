@@ -59,16 +59,19 @@ extension RegionNode {
     /// to the leader's state.
     @Sendable func bringBack(_ keyspace: KeyspaceName, _ start: EpochStart, _ merged: Set<Key>) async {
         guard let policy = configuration.cluster.keyspace(keyspace) else { return }
+        // Keys whose writes an attempt kept aside: keeping aside commits before the leader's states are fetched, so
+        // a retry finds nothing more to keep aside and must still bring these back.
+        var kept = merged
         for attempt in 1...3_600 {
             // A newer term's check replaces this one (its leader is the one to follow).
             if Task.isCancelled || !leadership.follows(keyspace, epoch: start.epoch) {
-                if !merged.isEmpty { leadership.reconcileLater(keyspace, keys: merged) }
+                if !kept.isEmpty { leadership.reconcileLater(keyspace, keys: kept) }
                 return
             }
             do throws(MeridianError) {
                 // Every earlier term whose writes this region holds beyond where the new leader held them. Terms
                 // older than those the start names (it names the newest `termsMax`) are settled.
-                var keys = merged
+                var keys = kept
                 // Writes held beyond the start that the log does not show came in merged states: they cannot be
                 // found one by one, so every key that differs from the leader's takes its state, and this region
                 // holds the leader's terms afterwards (read before its states).
@@ -81,6 +84,7 @@ extension RegionNode {
                     keys.formUnion(try await store.divertHeld(keyspace: keyspace, origin: term.leader, after: held, epoch: term.epoch,
                                                               successorEpoch: start.epoch, nowMs: wallClockMs()))
                 }
+                kept = keys
                 var leaderTerms: [TermEnd]?
                 if replaceAll {
                     let (differing, terms) = try await differingKeys(policy, from: start.leader)
@@ -92,7 +96,7 @@ extension RegionNode {
                 // Through the merge gate: a newer term's revert replaces this one rather than racing it (and takes
                 // the keys merged from elsewhere this one was to bring back).
                 guard leadership.admitMerge(keyspace, token: start.epoch, from: start.leader) else {
-                    if !merged.isEmpty { leadership.reconcileLater(keyspace, keys: merged) }
+                    if !kept.isEmpty { leadership.reconcileLater(keyspace, keys: kept) }
                     return
                 }
                 do {
@@ -113,6 +117,7 @@ extension RegionNode {
             }
         }
         logger.error("gave up bringing keys back to the new leader's state", metadata: ["keyspace": "\(keyspace)"])
+        if !kept.isEmpty { leadership.reconcileLater(keyspace, keys: kept) }
     }
 
     /// The keys, here or at the leader, of the Merkle buckets whose leaves differ from the leader's, and the terms

@@ -615,6 +615,8 @@ final class Replicator: Sendable {
             try? await Task.sleep(for: .seconds(1))
             var lowest = store.appliedHighWater()[region] ?? 0
             for link in links.values { lowest = min(lowest, link.snapshot.acknowledged) }
+            // Acknowledged is not enough while leadership is unsettled here: the entries may have been kept aside.
+            if fence?.mayTrimAcknowledged() == false { lowest = store.logFloor() }
             // Keep what some peer still needs, up to the retention bound; a peer beyond it needs a resync.
             let highWater = store.appliedHighWater()[region] ?? 0
             let retention = UInt64(limits.logRetentionEntries)

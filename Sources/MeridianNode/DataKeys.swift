@@ -177,15 +177,19 @@ extension RegionNode {
 extension RegionNode {
     /// Learns the erasures `peer` made of a sealed keyspace (a region that was down or cut off during an erasure
     /// destroys the subject's keys here too). Pages through the peer's erased ids; bounded.
-    /// - Returns: How many erased ids were new here.
-    func learnErasures(_ policy: KeyspacePolicy, from peer: RegionName) async -> Int {
+    /// - Returns: How many erased ids were new here; nil when the peer could not be asked or the store refused
+    ///   (some may have been learned).
+    func learnErasures(_ policy: KeyspacePolicy, from peer: RegionName) async -> Int? {
         guard policy.residency.encryption == .sealed else { return 0 }
         var after: DataKeyID?
         var learned = 0
         for _ in 0..<1_000 {
             let page: [DataKeyID]
             do throws(MeridianError) {
-                guard case .dataKeys(_, let erased) = try await replicator.requestRepair(from: peer, keyspace: policy.name, .erasedKeys(after: after)) else { return learned }
+                guard case .dataKeys(_, let erased) = try await replicator.requestRepair(from: peer, keyspace: policy.name, .erasedKeys(after: after)) else {
+                    logger.warning("a peer answered a request for its erasures with another kind of reply", metadata: ["peer": "\(peer)", "keyspace": "\(policy.name)"])
+                    return nil
+                }
                 page = erased
                 // Only ids not already erased here are news.
                 let known = Set(try await store.grantDataKeys(keyspace: policy.name, ids: page).erased)
@@ -197,7 +201,7 @@ extension RegionNode {
                 }
             } catch {
                 logger.warning("could not learn a peer's erasures", metadata: ["peer": "\(peer)", "keyspace": "\(policy.name)", "error": "\(error.message)"])
-                return learned
+                return nil
             }
             guard page.count == DataKeyRequestBounds.idsMax, let last = page.last else { break }
             after = last

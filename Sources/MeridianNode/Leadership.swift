@@ -43,6 +43,8 @@ final class Leadership: Sendable {
         /// Batches waiting to be admitted, and hand-overs waiting for their answer.
         var batches: [RegionMachine.BatchID: CheckedContinuation<Admission, Never>] = [:]
         var handOvers: [RegionMachine.RequestID: CheckedContinuation<Result<RegionName, MeridianError>, Never>] = [:]
+        /// Waiting for a ``RegionMachine/Event/restoreEnded`` to be handled: whether its records became durable.
+        var restoreEnded: [CheckedContinuation<Bool, Never>] = []
     }
 
     /// A batch the machine admitted: what to keep aside, and the id its commit is reported under.
@@ -186,12 +188,16 @@ final class Leadership: Sendable {
         handle(.mergeCommitted(keyspace: keyspace, token: token, keys: keys, terms: terms))
     }
 
-    /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
-    /// The region, restored from a backup, caught up: it votes and stands again.
-    func restoreEnded() {
-        handle(.restoreEnded)
+    /// The region, restored from a backup, caught up: it votes and stands again. Returns once the machine's
+    /// election records (with the votes it forgoes) are durable: true, or false when one could not be stored.
+    func restoreEnded() async -> Bool {
+        await withCheckedContinuation { continuation in
+            state.withLock { $0.restoreEnded.append(continuation) }
+            handle(.restoreEnded)
+        }
     }
 
+    /// The clock went out of tolerance, or came back: leaders step down and nobody here stands, or may again.
     func clockFenced(_ fenced: Bool) {
         handle(.clockFenceChanged(fenced: fenced))
     }
@@ -217,6 +223,12 @@ final class Leadership: Sendable {
     private func process(_ event: RegionMachine.Event) async {
         var queue = machine(event)[...]
         let carriers = state.withLock { $0.carriers }
+        var persisted = true
+        defer {
+            if case .restoreEnded = event {
+                for waiting in state.withLock({ state in defer { state.restoreEnded = [] }; return state.restoreEnded }) { waiting.resume(returning: persisted) }
+            }
+        }
         while let effect = queue.popFirst() {
             switch effect {
             case .persist(let keyspace, let election):
@@ -226,6 +238,7 @@ final class Leadership: Sendable {
                         state.withLock { _ = $0.unsaved.remove(keyspace) }
                     }
                 } catch {
+                    persisted = false
                     queue = queue.filter { RegionMachine.keyspace(of: $0) != keyspace }
                     queue += machine(.persistFailed(keyspace: keyspace, reason: error.message))
                     state.withLock { _ = $0.unsaved.remove(keyspace) }

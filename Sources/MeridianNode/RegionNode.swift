@@ -136,9 +136,7 @@ public final class RegionNode: Sendable {
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
             physicalClockMs: wallClockMs, observer: metrics, sealer: sealer))
         let restoredLogEnd = try await store.restorePending()
-        let restore = RestoreState(restoredLogEnd.map {
-            RestoreCatchUp(region: configuration.region, peers: Set(configuration.cluster.regions.map(\.name)), backupLogEnd: $0)
-        })
+        let restore = RestoreState(restoredLogEnd.map { RestoreCatchUp(region: configuration.region, cluster: configuration.cluster, backupLogEnd: $0) })
         self.restore = restore
         let leadership = try await Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
                                         wallClockMs: wallClockMs, logger: logger, restoring: restoredLogEnd != nil)

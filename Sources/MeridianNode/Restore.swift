@@ -29,6 +29,10 @@ final class RestoreState: Sendable {
         state.withLock { $0?.repairEnded(with: peer) }
     }
 
+    func repairedFromLeader(_ keyspace: KeyspaceName) {
+        state.withLock { $0?.repairedFromLeader(keyspace) }
+    }
+
     /// - Throws: `restore_pending` while the region catches up.
     func admitRequest() throws(MeridianError) {
         try state.withLock { (state: inout RestoreCatchUp?) throws(MeridianError) in try state?.admitRequest() }
@@ -45,14 +49,16 @@ struct BackupAnswer: Encodable {
 }
 
 extension RegionNode {
-    /// Catches a restored region up with every peer, then ends the restore: a full anti-entropy round with each
-    /// peer that welcomed this region's streams (erasures first), and once all have, the log continues after the
-    /// highest sequence any peer holds, the trail resumes with a `restore` record, and the streams open anew.
-    /// Returns once the restore ended or the task is cancelled.
+    /// Catches a restored region up with every peer, then ends the restore. With each peer that welcomed this
+    /// region's streams: its erasures of every shared sealed keyspace, then a full anti-entropy round of the shared
+    /// keyspaces that are not single-leader; each single-leader keyspace from its current leader. Once all have
+    /// ended, the log continues after the highest sequence any peer holds, the trail resumes with a `restore`
+    /// record, and the streams open anew. Returns once the restore ended or the task is cancelled.
     func runRestoreCatchUp() async {
         guard let started = restore.pending else { return }
         logger.notice("restored from a backup: catching up from every peer before taking requests",
                       metadata: ["backup_log_end": "\(started.backupLogEnd)", "peers": "\(started.peers.sorted())"])
+        let cluster = configuration.cluster
         while !Task.isCancelled, let catchUp = restore.pending {
             if catchUp.isCaughtUp {
                 do throws(MeridianError) {
@@ -63,24 +69,43 @@ extension RegionNode {
                 }
             }
             for peer in catchUp.waitingFor where catchUp.heard[peer] != nil && !catchUp.repaired.contains(peer) {
-                let shared = antiEntropyPeers().filter { $0.1.contains(peer) }.map(\.0)
-                let reports = shared.isEmpty ? [] : await repair(with: peer, keyspaces: shared)
-                if reports.allSatisfy({ $0.error == nil }) {
+                let round = catchUp.round(with: peer, in: cluster)
+                var complete = true
+                for policy in round.erasures where await learnErasures(policy, from: peer) == nil { complete = false }
+                if complete && !round.states.isEmpty {
+                    complete = await repair(with: peer, keyspaces: round.states).allSatisfy { $0.error == nil }
+                }
+                if complete {
                     restore.repairEnded(with: peer)
-                    logger.info("restore: caught up with a peer", metadata: ["peer": "\(peer)", "keyspaces": "\(shared.count)"])
+                    logger.info("restore: caught up with a peer", metadata: ["peer": "\(peer)", "keyspaces": "\(round.states.count)"])
+                }
+            }
+            for keyspace in catchUp.ledKeyspaces.subtracting(catchUp.repairedFromLeader) {
+                // Only from a leader this region follows and checked its copy against (the merge gate refuses
+                // other merges); while an election runs or the leader is not known yet, the next pass tries again.
+                guard let (policy, from) = antiEntropyPeers(keyspace).first, let leader = from.first,
+                      catchUp.heard[leader] != nil else { continue }
+                if await repair(with: leader, keyspaces: [policy]).allSatisfy({ $0.error == nil }) {
+                    restore.repairedFromLeader(keyspace)
                 }
             }
             try? await Task.sleep(for: .milliseconds(limits.heartbeatIntervalMs))
         }
     }
 
+    /// Ends the restore, in an order a crash at any point leaves safe: the `restore` record and the election
+    /// records with the votes forgone are durable before the store's mark goes (a node that restarts before that
+    /// restores again, and the record it adds next is an ordinary one).
     private func endRestore(_ catchUp: RestoreCatchUp) async throws(MeridianError) {
-        try await store.finishRestore(logEnd: catchUp.logEnd)
         let head = try await store.auditHead().sequence
         try await audit?.resume(restoreFields: catchUp.auditFields(head: head))
-        restore.end()
-        leadership.restoreEnded()
+        guard await leadership.restoreEnded() else {
+            throw MeridianError(.storageFailure, "The election records could not be stored; the restore ends once they are.")
+        }
+        try await store.finishRestore(logEnd: catchUp.logEnd)
+        // The links' log end first: a welcome arriving once the gate opens is checked against it.
         replicator.logGrew(to: catchUp.logEnd)
+        restore.end()
         // Streams welcomed while restoring never shipped: open them again against the log's new end.
         replicator.reconnectAll()
         logger.notice("restore ended: caught up with every peer", metadata: ["log_end": "\(catchUp.logEnd)", "audit_lost_through": "\(catchUp.auditWitnessed)"])

@@ -154,6 +154,9 @@ public final class MemoryStore: RegionStorage {
         let region = self.region
         let physicalMs = physicalClockMs()
         let (outcome, recorded) = try changing { open throws(MeridianError) -> (WriteOutcome, Recorded) in
+            guard open.contents.restorePending == nil else {
+                throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
+            }
             if let mark = request.idempotency {
                 switch IdempotencyCheck.check(mark, against: open.contents.liveRecord(request.keyspace, mark.key, nowMs: physicalMs, limits: limits)) {
                 case .apply: break

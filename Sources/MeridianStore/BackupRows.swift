@@ -105,6 +105,6 @@ extension RegionStore {
     /// it this store lacks count as trimmed, so a peer behind them resyncs), and the pending mark goes.
     public func finishRestore(logEnd: UInt64) async throws(MeridianError) {
         try await committer.continueLog(after: logEnd)
-        if logEnd > logFloor() { trimmedThrough.value.store(logEnd, ordering: .releasing) }
+        trimmedThrough.raise(to: logEnd)
     }
 }

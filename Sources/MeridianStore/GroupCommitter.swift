@@ -38,10 +38,14 @@ actor GroupCommitter {
     let faults: WriteFaults
     /// Idempotency records written since the table was last pruned (``IdempotencyRows/pruneEvery(_:)``).
     private var idempotencyRecordsSincePrune = 0
+    /// A store restored from a backup numbers no write of its own until its log's end is known
+    /// (``continueLog(after:)``): every sequence after the backup's may already name another write at a peer.
+    private var restoring: Bool
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
          physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer?, logger: Logger,
-         lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults) {
+         lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults, restoring: Bool = false) {
+        self.restoring = restoring
         self.sealer = sealer
         self.directory = directory
         self.faults = faults
@@ -58,6 +62,9 @@ actor GroupCommitter {
     }
 
     func submit(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
+        guard !restoring else {
+            throw MeridianError(.restorePending, "This region's store was restored from a backup and takes no write until the region has caught up from its peers; write through another region meanwhile.")
+        }
         guard queue.count < limits.commitQueueMax else {
             throw MeridianError(.overloaded, "The region has \(limits.commitQueueMax) writes waiting to commit; retry shortly.",
                                 context: ["commit_queue_max": String(limits.commitQueueMax)])
@@ -171,6 +178,8 @@ actor GroupCommitter {
             }
         } catch {
             let failure = StorageFault.error(error, directory: directory, what: "The commit of this write failed")
+            // A data key made in the transaction was rolled back with it: no later write may seal with it.
+            sealer?.forgetCurrentKeys()
             logger.error("group commit of \(batch.count) writes failed", metadata: ["code": "\(failure.code)", "error": "\(Self.describe(error))"])
             faults.record(failure)
             for pending in batch {
@@ -404,12 +413,18 @@ final class TransactionClock: Sendable {
 final class SequenceHighWater: Sendable {
     let value: Atomic<UInt64>
     init(_ initial: UInt64) { value = Atomic(initial) }
+
+    /// Moves the value up to `sequence`, never down (concurrent raises keep the highest).
+    func raise(to sequence: UInt64) {
+        _ = value.max(sequence, ordering: .acquiringAndReleasing)
+    }
 }
 
 extension GroupCommitter {
     /// Raises the next sequence past `logEnd` and records it as the log's floor, with the restore mark removed, in
     /// one transaction. Only between commits (a restored region takes no writes until this returns).
     func continueLog(after logEnd: UInt64) async throws(MeridianError) {
+        // Submits are refused while restoring, so nothing commits while the log's end moves.
         guard queue.isEmpty, !committing else {
             throw MeridianError(.overloaded, "Writes are committing; the restore ends once they are done. Retry.")
         }
@@ -430,5 +445,6 @@ extension GroupCommitter {
             nextSequence = logEnd + 1
             lastCommittedSequence.value.store(logEnd, ordering: .releasing)
         }
+        restoring = false
     }
 }

@@ -68,7 +68,7 @@ public final class RegionStore: RegionStorage {
                 throw MeridianError(.storageFailure, "SQLite refused synchronous=FULL (it reports \(synchronous)); writes could not be made durable.")
             }
             try Self.migrator.migrate(pool)
-            let state = try pool.write { db -> (UInt64, HLCTimestamp?, [RegionName: UInt64], UInt64) in
+            let state = try pool.write { db -> (UInt64, HLCTimestamp?, [RegionName: UInt64], UInt64, Bool) in
                 if let owner = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'region'") {
                     guard owner == region.rawValue else {
                         throw MeridianError(.storageFailure, "The data directory belongs to region '\(owner)', not '\(region)'. Use that region's directory or an empty one.",
@@ -89,7 +89,8 @@ public final class RegionStore: RegionStorage {
                 }
                 let trimmed = UInt64(try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'log_floor'").flatMap { UInt64($0) } ?? 0)
                 // The log may have been trimmed empty: the next sequence continues after the floor.
-                return (max(UInt64(lastSequence), trimmed) + 1, floor, others, trimmed)
+                let restoring = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'restore_pending'") != nil
+                return (max(UInt64(lastSequence), trimmed) + 1, floor, others, trimmed, restoring)
             }
             appliedOthers = Mutex(state.2)
             trimmedThrough = SequenceHighWater(state.3)
@@ -99,7 +100,7 @@ public final class RegionStore: RegionStorage {
             committer = GroupCommitter(
                 pool: pool, region: region, limits: limits, rules: conflictRules, nextSequence: state.0, clock: clock,
                 physicalClockMs: physicalClockMs, observer: observer, sealer: sealer, logger: logger, lastCommittedSequence: committed,
-                directory: Self.directory(of: path), faults: writeFaults)
+                directory: Self.directory(of: path), faults: writeFaults, restoring: state.4)
         } catch let error as MeridianError {
             throw error
         } catch {
@@ -187,14 +188,14 @@ public final class RegionStore: RegionStorage {
             try await pool.write { db in
                 try db.execute(sql: "DELETE FROM log WHERE origin = ? AND sequence <= ?", arguments: [origin.rawValue, Int64(sequence)])
                 if own {
-                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('log_floor', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('log_floor', ?) ON CONFLICT (name) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                                    arguments: [String(sequence)])
                 }
             }
         } catch {
             throw MeridianError(.storageFailure, "Cannot trim the replication log: \(error)")
         }
-        if own { trimmedThrough.value.store(sequence, ordering: .releasing) }
+        if own { trimmedThrough.raise(to: sequence) }
     }
 
     /// Reads a key's current state, tombstones included.

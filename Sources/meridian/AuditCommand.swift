@@ -117,6 +117,10 @@ struct AuditVerify: AsyncParsableCommand {
             switch verdict {
             case .intact(let head, let checkpoints):
                 say("\(region): intact, \(trail.records.count) records through \(head), \(checkpoints) checkpoints witnessed by \(witnessed.filter { !$0.checkpoints.isEmpty }.map(\.witness.rawValue).joined(separator: ", "))")
+                // Restores are the one gap a trail may have: each is shown, with the records it lost.
+                for record in trail.records where record.kind == .restore {
+                    say("  restored from a backup at record \(record.sequence): records \(record.fields["lost_from"] ?? "?") to \(record.fields["lost_through"] ?? "?") were lost with the backup's age")
+                }
             case .broken(let sequence, let reason):
                 broken += 1
                 say("\(region): BROKEN at record \(sequence): \(reason)")

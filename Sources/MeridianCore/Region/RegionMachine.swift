@@ -492,13 +492,14 @@ public struct RegionMachine: Sendable {
             effects.append(.log(LogLine(.error, "the keyspace's terms could not be read; not leading it", ["keyspace": keyspace.rawValue, "reason": reason])))
             effects += stepDown(keyspace)
         case .restoreEnded:
-            guard restoring else { break }
+            // Every keyspace's record is stored again (the votes forgone included), also when this is a retry of
+            // an end whose records did not all become durable: the caller ends the restore only once they are.
             restoring = false
             for keyspace in keyspaces {
                 let heard = max(epochsHeard[keyspace] ?? 0, terms[keyspace]!.member.record.epoch)
-                effects += carry(keyspace, terms[keyspace]!.member.forgoVotes(through: heard))
+                let forgone = carry(keyspace, terms[keyspace]!.member.forgoVotes(through: heard))
+                effects += forgone.isEmpty ? persist(keyspace) : forgone
             }
-            epochsHeard = [:]
         case .persistFailed(let keyspace, let reason):
             effects.append(.log(LogLine(.error, "election state not stored; not acting on it", ["keyspace": keyspace.rawValue, "reason": reason])))
             effects += stepDown(keyspace)

@@ -20,11 +20,37 @@ public struct RestoreCatchUp: Sendable, Hashable {
     public private(set) var heard: [RegionName: (log: UInt64, audit: UInt64)] = [:]
     /// Peers a full anti-entropy round (erasures first) ended with.
     public private(set) var repaired: Set<RegionName> = []
+    /// The single-leader keyspaces this region shares with another region: each repairs only from its current
+    /// leader, which must be known (and not this region) before the restore can end.
+    public let ledKeyspaces: Set<KeyspaceName>
+    /// Those repaired from their leader.
+    public private(set) var repairedFromLeader: Set<KeyspaceName> = []
 
-    public init(region: RegionName, peers: Set<RegionName>, backupLogEnd: UInt64) {
+    public init(region: RegionName, peers: Set<RegionName>, backupLogEnd: UInt64, ledKeyspaces: Set<KeyspaceName> = []) {
         self.region = region
         self.peers = peers.subtracting([region])
         self.backupLogEnd = backupLogEnd
+        self.ledKeyspaces = ledKeyspaces
+    }
+
+    /// The catch-up of `region` in `cluster`, restored from a backup whose log ends at `backupLogEnd`.
+    public init(region: RegionName, cluster: ClusterConfig, backupLogEnd: UInt64) {
+        let led = cluster.keyspaces.filter { $0.topology == .singleLeader && $0.isReplica(region) && $0.replicas.contains { $0 != region } }
+        self.init(region: region, peers: Set(cluster.regions.map(\.name)), backupLogEnd: backupLogEnd, ledKeyspaces: Set(led.map(\.name)))
+    }
+
+    /// What a round with `peer` covers in `cluster`: the sealed keyspaces whose erasures it learns (every shared
+    /// one), and the keyspaces whose states it merges (every shared one but the single-leader keyspaces, which
+    /// repair from their leader).
+    public func round(with peer: RegionName, in cluster: ClusterConfig) -> (erasures: [KeyspacePolicy], states: [KeyspacePolicy]) {
+        let shared = cluster.keyspaces.filter { $0.isReplica(region) && $0.isReplica(peer) }
+        return (shared.filter { $0.residency.encryption == .sealed }, shared.filter { $0.topology != .singleLeader })
+    }
+
+    /// A single-leader keyspace was repaired from its current leader.
+    public mutating func repairedFromLeader(_ keyspace: KeyspaceName) {
+        guard ledKeyspaces.contains(keyspace) else { return }
+        repairedFromLeader.insert(keyspace)
     }
 
     public static func == (a: RestoreCatchUp, b: RestoreCatchUp) -> Bool {
@@ -52,7 +78,9 @@ public struct RestoreCatchUp: Sendable, Hashable {
     }
 
     /// Every peer has been heard and repaired from.
-    public var isCaughtUp: Bool { peers.allSatisfy { heard[$0] != nil } && repaired.isSuperset(of: peers) }
+    public var isCaughtUp: Bool {
+        peers.allSatisfy { heard[$0] != nil } && repaired.isSuperset(of: peers) && repairedFromLeader.isSuperset(of: ledKeyspaces)
+    }
 
     /// Where this region's log continues: after the highest sequence any peer holds (or the backup's own).
     public var logEnd: UInt64 { heard.values.map(\.log).reduce(backupLogEnd, max) }
@@ -67,8 +95,10 @@ public struct RestoreCatchUp: Sendable, Hashable {
     /// - Throws: `restore_pending`, naming the peers it waits for.
     public func admitRequest() throws(MeridianError) {
         guard !isCaughtUp else { return }
-        throw MeridianError(.restorePending, "\(region) was restored from a backup and is catching up from its peers (waiting for \(waitingFor.map(\.rawValue).joined(separator: ", "))); it takes requests once every peer has answered. Use another region meanwhile.",
-                            context: ["region": region.rawValue, "waiting_for": waitingFor.map(\.rawValue).joined(separator: ",")])
+        let keyspaces = ledKeyspaces.subtracting(repairedFromLeader).map(\.rawValue).sorted()
+        let waiting = waitingFor.map(\.rawValue) + keyspaces.map { "the leader of \($0)" }
+        throw MeridianError(.restorePending, "\(region) was restored from a backup and is catching up from its peers (waiting for \(waiting.joined(separator: ", "))); it takes requests once every peer has answered. Use another region meanwhile.",
+                            context: ["region": region.rawValue, "waiting_for": waiting.joined(separator: ",")])
     }
 
     /// The fields of the `restore` record that resumes the audit trail at `head` (the backup's head): the records

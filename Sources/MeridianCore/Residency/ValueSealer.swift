@@ -359,6 +359,12 @@ public final class ValueSealer: Sendable {
         }
     }
 
+    /// Forgets which key each subject's new values take (a transaction that made keys rolled back): the next
+    /// write of each subject finds its key in the table again.
+    public func forgetCurrentKeys() {
+        cache.withLock { $0.current = [:] }
+    }
+
     /// Drops erased keys from memory: nothing opens or seals with them afterwards. A store calls it inside the
     /// transaction that erases them, before any later write can pick them.
     public func forget(keyspace: KeyspaceName, ids: [DataKeyID]) {

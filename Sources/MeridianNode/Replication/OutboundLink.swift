@@ -184,7 +184,9 @@ final class OutboundLink: Sendable {
     /// - Returns: Whether the peer went silent (the connection should close).
     func tick() -> Bool {
         state.withLock { state in
-            if let heard = state.lastHeard, ContinuousClock.now - heard > silenceLimit { return true }
+            // A stream held for a restore carries requests only, each with its own timeout: the peer has nothing to
+            // say on it between them, so its silence ends nothing.
+            if let heard = state.lastHeard, ContinuousClock.now - heard > silenceLimit, !state.restoring { return true }
             if state.shipper != nil { state.outbox?.yield(.heartbeat) }
             return false
         }
@@ -193,7 +195,7 @@ final class OutboundLink: Sendable {
     /// Queues a frame on the stream if it is set up; dropped otherwise.
     func send(_ frame: PeerFrame) {
         state.withLock { state in
-            guard state.shipper != nil else { return }
+            guard state.shipper != nil || state.restoring else { return }
             state.outbox?.yield(.forward(frame))
         }
     }

@@ -382,7 +382,8 @@ final class Replicator: Sendable {
                                 clock?.peerReconnected(hello.from)
                                 heardFrom(hello.from)
                                 // How far this region witnessed the origin's trail: a restored origin resumes after it.
-                                let witnessed = (try? await store.witnessed(region: hello.from, limit: 1))?.checkpoints.last?.sequence ?? 0
+                                // Unreadable: the stream ends rather than understate it (a restored origin would resume over it).
+                                let witnessed = try await store.witnessed(region: hello.from, limit: 1).checkpoints.last?.sequence ?? 0
                                 replyOut.yield(.welcome(applied: applied, auditWitnessed: witnessed))
                                 progress.signal()
                             case .batch(let from, let through, let entries):

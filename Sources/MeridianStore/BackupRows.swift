@@ -49,6 +49,12 @@ extension RegionStore {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw MeridianError(.invalidRequest, "The directory of \(path) does not exist on the node's machine.")
         }
+        // Made here, readable by its owner only and never over an existing file; SQLite takes an empty file as new.
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw MeridianError(.invalidRequest, "\(path) cannot be created (\(String(cString: strerror(errno)))); a backup never overwrites a file.")
+        }
+        Glibc.close(descriptor)
         do {
             return try BackupRows.copy(pool, to: path)
         } catch {

@@ -86,7 +86,8 @@ struct NodeCommand: AsyncParsableCommand {
             configuration.rootKeys = try RootKeyFile.load(path: keyPath, environment: environment,
                                                           mayCreate: !FileManager.default.fileExists(atPath: store) || ValueSealer.sealedKeyspaces(config).isEmpty)
             configuration.rootKeyFile = environment[RootKeyFile.environmentVariable] == nil ? keyPath : nil
-            configuration.backupDirectory = (data as NSString).appendingPathComponent("backups")
+            // Absolute: the node's working directory is not the operator's, and backups name absolute paths.
+            configuration.backupDirectory = URL(fileURLWithPath: data).appendingPathComponent("backups").standardizedFileURL.path
             node = try await RegionNode(configuration: configuration,
                                   store: RegionStore.factory(directory: data, logger: logger), logger: logger)
         } catch {

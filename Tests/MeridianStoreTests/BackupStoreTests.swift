@@ -30,6 +30,8 @@ import Testing
         let backup = fixture.directory + "/nightly.db"
         let summary = try await store.backup(to: backup)
         #expect(summary.region == "us-east" && summary.logEnd == 3 && summary.keys == 3)
+        let mode = (try FileManager.default.attributesOfItem(atPath: backup)[.posixPermissions] as? NSNumber)?.intValue
+        #expect(mode == 0o600, "the backup is readable by others: \(String(mode ?? 0, radix: 8))")
         #expect(await Self.code { _ = try await store.backup(to: backup) } == .invalidRequest, "a backup overwrote a file")
         #expect(await Self.code { _ = try await store.backup(to: "relative.db") } == .invalidRequest)
         _ = try await store.write(Self.put(fixture, "after"))

@@ -286,7 +286,9 @@ extension RegionNode {
             throw MeridianError(.overloaded, "A rotation of region \(region)'s keys is already running; wait for it to answer.")
         }
         defer { rotation.withLock { $0 = false } }
-        let before = sealer.keyRing
+        guard let before = sealer.keyRing else {
+            throw MeridianError(.invalidRequest, "Region \(region)'s data keys are wrapped by \(sealer.rootSource), which rotates its own keys.")
+        }
         let next = try before.rotated(bytes: ValueSealer.systemRandom(RegionRootKey.byteCount))
         // The file first: a crash after it leaves both epochs there, and every wrap opens.
         try RootKeyFile.save(next, to: path)

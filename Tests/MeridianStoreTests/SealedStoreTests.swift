@@ -7,6 +7,7 @@ import Foundation
 import MeridianCore
 import MeridianStorage
 import MeridianStore
+import Synchronization
 import Testing
 
 @Suite struct SealedStoreTests {
@@ -139,6 +140,44 @@ import Testing
         eu.close()
     }
 
+    /// Keys held elsewhere (a KMS, Vault's transit engine): the sealer asks the service to wrap and unwrap, once
+    /// per data key. A stand-in with a key the store never sees, counting its calls.
+    final class ExternalWrapper: DataKeyWrapping, @unchecked Sendable {
+        let ring = RegionKeyRing(single: try! RegionRootKey(bytes: Array(repeating: 9, count: 32), source: "kms"))
+        private let calls = Mutex((wraps: 0, unwraps: 0))
+        var counts: (wraps: Int, unwraps: Int) { calls.withLock { $0 } }
+        var currentEpoch: UInt32 { 1 }
+        var checkValues: [UInt32: String] { [1: "external"] }
+        var source: String { "kms://test" }
+        func wrap(_ dataKey: DataKey, region: RegionName, keyspace: KeyspaceName, subject: Subject,
+                  using generator: inout some RandomNumberGenerator) throws(MeridianError) -> WrappedDataKey {
+            calls.withLock { $0.wraps += 1 }
+            return try ring.wrap(dataKey, region: region, keyspace: keyspace, subject: subject, using: &generator)
+        }
+        func unwrap(_ wrapped: WrappedDataKey, region: RegionName, keyspace: KeyspaceName, subject: Subject) throws(MeridianError) -> DataKey {
+            calls.withLock { $0.unwraps += 1 }
+            return try ring.unwrap(wrapped, region: region, keyspace: keyspace, subject: subject)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func keysHeldByAnExternalServiceSealAndOpenAndAreAskedOncePerDataKey(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
+        defer { fixture.remove() }
+        let wrapper = ExternalWrapper()
+        let sealer = ValueSealer(region: Self.us, keys: wrapper, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)])
+        let store = try fixture.open(region: Self.us, sealer: sealer)
+        for index in 0..<10 { _ = try await store.write(Self.put("ada/k\(index)", "v\(index)")) }
+        for index in 0..<10 { #expect(try await store.get(keyspace: Self.health, key: try Key("ada/k\(index)"))?.value == Array("v\(index)".utf8)) }
+        #expect(wrapper.counts.wraps == 1 && wrapper.counts.unwraps == 0, "\(wrapper.counts)")
+        store.close()
+        // Another process (a restart): the wrap is unwrapped once, then cached.
+        let reopened = try fixture.open(region: Self.us, sealer: ValueSealer(region: Self.us, keys: wrapper, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)]))
+        for index in 0..<10 { #expect(try await reopened.get(keyspace: Self.health, key: try Key("ada/k\(index)"))?.value == Array("v\(index)".utf8)) }
+        #expect(wrapper.counts.unwraps == 1, "\(wrapper.counts)")
+        reopened.close()
+    }
+
     @Test func aStoreRefusesARootKeyOtherThanTheOneItsKeysWereWrappedWith() async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
@@ -170,7 +209,7 @@ import Testing
             try FileManager.default.copyItem(atPath: fixture.path + suffix, toPath: backup + suffix)
         }
         let reopened = try fixture.open(region: Self.us, sealer: sealer)
-        let next = try sealer.keyRing.rotated(bytes: Array(repeating: 7, count: 32))
+        let next = try #require(sealer.keyRing).rotated(bytes: Array(repeating: 7, count: 32))
         sealer.adopt(next)
         var rewrapped = 0
         for _ in 0..<100 {
@@ -190,7 +229,7 @@ import Testing
         #expect(try await before.get(keyspace: Self.health, key: try Key("s3/k13"))?.value == Array("v13".utf8))
         before.close()
         // With the rotated keys, none of its data keys opens: their epoch is destroyed.
-        let fresh = ValueSealer(region: Self.us, keys: sealer.keyRing, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)])
+        let fresh = ValueSealer(region: Self.us, keys: try #require(sealer.keyRing), sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)])
         let old = try RegionStore(path: backup, region: Self.us, limits: Limits(), physicalClockMs: { 20_000_000 }, sealer: fresh)
         #expect(await Self.code { _ = try await old.get(keyspace: Self.health, key: try Key("s3/k13")) } == .sealedValueUnreadable)
         old.close()

@@ -60,8 +60,8 @@ public final class ValueSealer: Sendable {
     public static let cachedKeysMax = 65_536
 
     public let region: RegionName
-    /// The region's root keys, by key-encryption epoch (a rotation changes them while the node runs).
-    private let ring: Mutex<RegionKeyRing>
+    /// The region's key-encryption keys, by epoch (a rotation changes them while the node runs).
+    private let ring: Mutex<any DataKeyWrapping>
     private let subjects: [KeyspaceName: SubjectRule]
     private let random: @Sendable (Int) -> [UInt8]
     private let cache = Mutex<KeyCache>(KeyCache())
@@ -91,7 +91,7 @@ public final class ValueSealer: Sendable {
     ///   - sealed: Each sealed keyspace and how it finds a key's subject.
     ///   - random: Where data keys, their ids and wrap nonces come from (the system's secure generator in a node,
     ///     a seeded one in the simulator).
-    public init(region: RegionName, keys: RegionKeyRing, sealed: [KeyspaceName: SubjectRule],
+    public init(region: RegionName, keys: any DataKeyWrapping, sealed: [KeyspaceName: SubjectRule],
                 random: @escaping @Sendable (Int) -> [UInt8] = ValueSealer.systemRandom) {
         self.region = region
         self.ring = Mutex(keys)
@@ -112,13 +112,13 @@ public final class ValueSealer: Sendable {
     }
 
     /// The key-encryption epoch new wraps use.
-    public var epoch: UInt32 { ring.withLock { $0.current } }
+    public var epoch: UInt32 { ring.withLock { $0.currentEpoch } }
 
-    /// The root keys as they stand.
-    public var keyRing: RegionKeyRing { ring.withLock { $0 } }
+    /// The root keys as they stand, when they are the node's own (nil: another ``DataKeyWrapping`` holds them).
+    public var keyRing: RegionKeyRing? { ring.withLock { $0 as? RegionKeyRing } }
 
-    /// Takes new root keys (a rotation's): new wraps use their newest epoch, and epochs they lack no longer open.
-    public func adopt(_ keys: RegionKeyRing) {
+    /// Takes new keys (a rotation's): new wraps use their current epoch, and epochs they lack no longer open.
+    public func adopt(_ keys: any DataKeyWrapping) {
         ring.withLock { $0 = keys }
         cache.withLock {
             $0.keys = [:]
@@ -143,7 +143,7 @@ public final class ValueSealer: Sendable {
     public func isSealed(_ keyspace: KeyspaceName) -> Bool { subjects[keyspace] != nil }
 
     /// Each epoch's root key's check value (``RegionRootKey/fingerprint``).
-    public var rootChecks: [UInt32: String] { ring.withLock { $0.roots.mapValues(\.fingerprint) } }
+    public var rootChecks: [UInt32: String] { ring.withLock { $0.checkValues } }
 
     /// Where the root keys came from, for error messages.
     public var rootSource: String { ring.withLock { $0.source } }
@@ -323,20 +323,16 @@ public final class ValueSealer: Sendable {
     private func unwrapped(_ stored: StoredDataKey) throws -> DataKey {
         let cacheKey = CacheKey(keyspace: stored.keyspace, id: stored.id)
         if let cached = cache.withLock({ $0.keys[cacheKey] }) { return cached }
-        guard let root = ring.withLock({ $0.roots[stored.wrapped.epoch] }) else {
-            throw MeridianError(.sealedValueUnreadable, "The data key of a subject of '\(stored.keyspace)' is wrapped in key epoch \(stored.wrapped.epoch), whose root key a rotation destroyed: this copy of the key table (an old backup) can no longer be opened.",
-                                context: ["keyspace": stored.keyspace.rawValue, "epoch": String(stored.wrapped.epoch)])
-        }
-        let dataKey = try root.keyEncryptionKey(region: region, keyspace: stored.keyspace, epoch: stored.wrapped.epoch).unwrap(stored.wrapped, subject: stored.subject)
+        let keys = ring.withLock { $0 }
+        let dataKey = try keys.unwrap(stored.wrapped, region: region, keyspace: stored.keyspace, subject: stored.subject)
         remember(dataKey, keyspace: stored.keyspace, id: stored.id)
         return dataKey
     }
 
-    private func wrap(_ dataKey: DataKey, id: DataKeyID, keyspace: KeyspaceName, subject: Subject) -> StoredDataKey {
+    private func wrap(_ dataKey: DataKey, id: DataKeyID, keyspace: KeyspaceName, subject: Subject) throws(MeridianError) -> StoredDataKey {
         var generator = ClosureRandom(random: random)
-        let (root, epoch) = ring.withLock { ($0.roots[$0.current]!, $0.current) }
-        let kek = root.keyEncryptionKey(region: region, keyspace: keyspace, epoch: epoch)
-        return StoredDataKey(keyspace: keyspace, id: id, subject: subject, wrapped: kek.wrap(dataKey, subject: subject, using: &generator))
+        let keys = ring.withLock { $0 }
+        return StoredDataKey(keyspace: keyspace, id: id, subject: subject, wrapped: try keys.wrap(dataKey, region: region, keyspace: keyspace, subject: subject, using: &generator))
     }
 
     private func remember(_ dataKey: DataKey, keyspace: KeyspaceName, id: DataKeyID) {

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import MeridianCore
+import MeridianStore
+
+extension Bench {
+    struct Apply: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "apply",
+            abstract: "The apply path of replicated batches in one process: entries per second and microseconds per entry.",
+            discussion: """
+                Opens a temporary SQLite store of eu-west and applies us-east's log to it in batches, as a replica's \
+                stream does, in three phases: entries to keys the store does not hold yet, entries overwriting keys it \
+                holds, and entries meeting a concurrent version (ap-southeast's log wrote the same keys first, so each \
+                entry leaves an LWW loser in the conflicts log). No network and no HTTP: only the store's apply. \
+                Build with -c release. For instructions per entry, run it under callgrind and divide by the entries: \
+                valgrind --tool=callgrind --toggle-collect='*applyReplicated*' ./.build/release/meridian bench apply
+                """)
+
+        @Option(help: "Entries per batch (a replication batch holds at most 256).") var batchEntries: Int = 256
+        @Option(help: "Batches per phase.") var batches: Int = 100
+        @Option(help: "Value size in bytes.") var valueBytes: Int = 100
+
+        func validate() throws {
+            guard (1...4_096).contains(batchEntries) else { throw ValidationError("--batch-entries must be 1 to 4096.") }
+            guard (1...100_000).contains(batches) else { throw ValidationError("--batches must be 1 to 100000.") }
+            guard (0...(1 << 20)).contains(valueBytes) else { throw ValidationError("--value-bytes must be 0 to 1048576.") }
+        }
+
+        func run() async throws {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-apply-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let keyspace = try KeyspaceName("bench")
+            let (us, eu, ap) = (RegionName(validated: "us-east"), RegionName(validated: "eu-west"), RegionName(validated: "ap-southeast"))
+            let store = try RegionStore(path: directory + "/eu-west.sqlite", region: eu, limits: Limits(), conflictRules: [keyspace: .lww],
+                                        physicalClockMs: { UInt64(Date().timeIntervalSince1970 * 1000) })
+            defer { store.close() }
+            let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueBytes)
+            let keys = batches * batchEntries
+            var next: [RegionName: UInt64] = [:]
+            func batch(_ origin: RegionName, keys range: Range<Int>, ms: UInt64) -> [ReplicationEntry] {
+                range.map { index in
+                    let sequence = next[origin, default: 0] + 1
+                    next[origin] = sequence
+                    return ReplicationEntry(origin: origin, sequence: sequence, hlc: HLCTimestamp(physicalMs: ms + UInt64(index), logical: 0, region: origin),
+                                            epoch: 0, keyspace: keyspace, key: try! Key("k\(index)"), operation: .put, contentType: "application/octet-stream",
+                                            value: value)
+                }
+            }
+            func apply(_ origin: RegionName, _ entries: [ReplicationEntry]) async throws {
+                _ = try await store.applyReplicated(origin: origin, from: entries.first!.sequence, through: entries.last!.sequence, entries: entries, diverted: [:])
+            }
+            say("meridian bench apply: \(batches) batches of \(batchEntries) entries per phase, \(valueBytes)-byte values, one SQLite store, one process")
+            say("PHASE                        ENTRIES   ENTRIES/s   µs/entry")
+            func phase(_ name: String, _ body: () async throws -> Void) async throws {
+                let started = ContinuousClock.now
+                try await body()
+                let elapsed = ContinuousClock.now - started
+                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                say(name.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: " %9d %11.0f %10.2f", keys, Double(keys) / seconds, seconds * 1e6 / Double(keys)))
+            }
+            let base: UInt64 = 1_800_000_000_000
+            try await phase("new keys") {
+                for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(us, batch(us, keys: start..<min(start + batchEntries, keys), ms: base)) }
+            }
+            try await phase("overwrites") {
+                for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(us, batch(us, keys: start..<min(start + batchEntries, keys), ms: base + 10_000_000)) }
+            }
+            // ap-southeast writes every key without having seen us-east's last write; us-east's next write has not
+            // seen ap-southeast's either: each of those entries meets a concurrent version and leaves a loser.
+            for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(ap, batch(ap, keys: start..<min(start + batchEntries, keys), ms: base + 20_000_000)) }
+            try await phase("concurrent (LWW losers)") {
+                for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(us, batch(us, keys: start..<min(start + batchEntries, keys), ms: base + 30_000_000)) }
+            }
+            let conflicts = try await store.conflicts(keyspace: keyspace, key: nil, after: 0, limit: 1)
+            say("conflicts log: \(conflicts.isEmpty ? "empty" : "holds the losers") (bounded by limits.conflicts_log_max)")
+        }
+    }
+}

@@ -11,17 +11,6 @@ import Testing
         WriteRequest(keyspace: fixture.keyspace, key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(key.utf8))
     }
 
-    static func code(_ body: () async throws -> Void) async -> MeridianError.Code? {
-        do {
-            try await body()
-            return nil
-        } catch let error as MeridianError {
-            return error.code
-        } catch {
-            return .internalError
-        }
-    }
-
     @Test func aRestoredStoreWritesOnlyOnceItsLogEndIsKnownAndThenAfterIt() async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
@@ -32,8 +21,8 @@ import Testing
         #expect(summary.region == "us-east" && summary.logEnd == 3 && summary.keys == 3)
         let mode = (try FileManager.default.attributesOfItem(atPath: backup)[.posixPermissions] as? NSNumber)?.intValue
         #expect(mode == 0o600, "the backup is readable by others: \(String(mode ?? 0, radix: 8))")
-        #expect(await Self.code { _ = try await store.backup(to: backup) } == .invalidRequest, "a backup overwrote a file")
-        #expect(await Self.code { _ = try await store.backup(to: "relative.db") } == .invalidRequest)
+        #expect(await errorCode { _ = try await store.backup(to: backup) } == .invalidRequest, "a backup overwrote a file")
+        #expect(await errorCode { _ = try await store.backup(to: "relative.db") } == .invalidRequest)
         _ = try await store.write(Self.put(fixture, "after"))
         store.close()
 
@@ -45,7 +34,7 @@ import Testing
         let restored = try RegionStore(path: restoredPath, region: fixture.region, limits: Limits(), physicalClockMs: { fixture.clock.read() })
         defer { restored.close() }
         #expect(try await restored.restorePending() == 3)
-        #expect(await Self.code { _ = try await restored.write(Self.put(fixture, "early")) } == .restorePending, "a restored store wrote before its log end was known")
+        #expect(await errorCode { _ = try await restored.write(Self.put(fixture, "early")) } == .restorePending, "a restored store wrote before its log end was known")
         // The peers hold this region's log up to 9: the next write is 10.
         try await restored.finishRestore(logEnd: 9)
         #expect(try await restored.restorePending() == nil && restored.logFloor() == 9)
@@ -60,7 +49,7 @@ import Testing
         let fixture = StoreFixture(.memory)
         defer { fixture.remove() }
         let store = try fixture.open()
-        #expect(await Self.code { _ = try await store.backup(to: fixture.directory + "/x.db") } == .invalidRequest)
+        #expect(await errorCode { _ = try await store.backup(to: fixture.directory + "/x.db") } == .invalidRequest)
         store.close()
     }
 }

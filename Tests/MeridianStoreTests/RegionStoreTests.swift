@@ -30,6 +30,18 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     var testDescription: String { rawValue }
 }
 
+/// The code of the `MeridianError` `body` throws (nil: it threw none; `internal_error`: it threw something else).
+func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
+    do {
+        try await body()
+        return nil
+    } catch let error as MeridianError {
+        return error.code
+    } catch {
+        return .internalError
+    }
+}
+
 struct StoreFixture {
     let backend: Backend
     let directory: String

@@ -30,17 +30,6 @@ import Testing
         return (0...(haystack.count - bytes.count)).contains { Array(haystack[$0..<$0 + bytes.count]) == bytes }
     }
 
-    static func code(_ body: () async throws -> Void) async -> MeridianError.Code? {
-        do {
-            try await body()
-            return nil
-        } catch let error as MeridianError {
-            return error.code
-        } catch {
-            return .internalError
-        }
-    }
-
     @Test(arguments: Backend.allCases)
     func valuesAreCiphertextEverywhereButWhereAReadOpensThem(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
@@ -80,7 +69,7 @@ import Testing
         let entries = try await us.logEntries(origin: Self.us, after: 0, limit: 10)
         #expect(try await eu.applyReplicated(entries, origin: Self.us) == 2)
         // Applied as ciphertext; a read needs the key, which eu-west does not hold yet.
-        #expect(await Self.code { _ = try await eu.get(keyspace: Self.health, key: key) } == .dataKeyUnavailable)
+        #expect(await errorCode { _ = try await eu.get(keyspace: Self.health, key: key) } == .dataKeyUnavailable)
         let missing = try await eu.missingDataKeys(entries.map { ($0.keyspace, $0.value) })
         let id = try #require(SealedValue.keyID(of: entries[0].value))
         #expect(missing == [Self.health: [id]])
@@ -96,8 +85,8 @@ import Testing
         #expect(try await us.erase(keyspace: Self.health, subject: subject, nowMs: 2) == [id])
         #expect(try await eu.erase(keyspace: Self.health, subject: subject, nowMs: 2) == [id])
         for store in [us, eu] {
-            #expect(await Self.code { _ = try await store.get(keyspace: Self.health, key: key) } == .erased)
-            #expect(await Self.code { _ = try await store.state(keyspace: Self.health, key: key) } == .erased)
+            #expect(await errorCode { _ = try await store.get(keyspace: Self.health, key: key) } == .erased)
+            #expect(await errorCode { _ = try await store.state(keyspace: Self.health, key: key) } == .erased)
         }
         #expect(try await us.logEntries(origin: Self.us, after: 0, limit: 10).count == 2)
         let after = try await us.grantDataKeys(keyspace: Self.health, ids: [id])
@@ -124,7 +113,7 @@ import Testing
         _ = try committed(try await us.write(increment(3)))
         let fromUS = try await us.logEntries(origin: Self.us, after: 0, limit: 10)
         // A sealed delta cannot be merged without its key: nothing is applied.
-        #expect(await Self.code { _ = try await eu.applyReplicated(fromUS, origin: Self.us) } == .dataKeyUnavailable)
+        #expect(await errorCode { _ = try await eu.applyReplicated(fromUS, origin: Self.us) } == .dataKeyUnavailable)
         try await eu.installDataKeys(keyspace: Self.health, try await us.grantDataKeys(keyspace: Self.health, ids: fromUS.compactMap { SealedValue.keyID(of: $0.value) }).granted,
                                      erased: [], nowMs: 1)
         #expect(try await eu.applyReplicated(fromUS, origin: Self.us) == 1)
@@ -231,7 +220,7 @@ import Testing
         // With the rotated keys, none of its data keys opens: their epoch is destroyed.
         let fresh = ValueSealer(region: Self.us, keys: try #require(sealer.keyRing), sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)])
         let old = try RegionStore(path: backup, region: Self.us, limits: Limits(), physicalClockMs: { 20_000_000 }, sealer: fresh)
-        #expect(await Self.code { _ = try await old.get(keyspace: Self.health, key: try Key("s3/k13")) } == .sealedValueUnreadable)
+        #expect(await errorCode { _ = try await old.get(keyspace: Self.health, key: try Key("s3/k13")) } == .sealedValueUnreadable)
         old.close()
     }
 }

@@ -113,9 +113,10 @@ actor GroupCommitter {
             let (outcomes, sequence, recorded, remembered) = try await pool.write { db in
                 var sequence = firstSequence
                 var outcomes: [WriteOutcome] = []
-                var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
                 var remembered = 0
                 outcomes.reserveCapacity(requests.count)
+                var states = KeyStateBatch()
+                try states.read(db, requests.map { KeyStateBatch.StateKey(keyspace: $0.keyspace, key: $0.key) })
                 for request in requests {
                     if let mark = request.idempotency {
                         switch IdempotencyCheck.check(mark, against: try IdempotencyRows.live(db, request.keyspace, mark.key, nowMs: physicalMs, limits: limits)) {
@@ -128,7 +129,7 @@ actor GroupCommitter {
                             continue
                         }
                     }
-                    let state = try KeyStateRows.load(db, request.keyspace, request.key)
+                    let state = try states.state(db, request.keyspace, request.key)
                     let rule = rules[request.keyspace] ?? .lww
                     let sealed = sealer?.isSealed(request.keyspace) == true ? sealer : nil
                     // Planned inside the transaction, so its timestamp is past every entry applied before it (and
@@ -153,13 +154,13 @@ actor GroupCommitter {
                         outcomes.append(.preconditionFailed(current: current))
                     case .append(let entry):
                         try Self.append(db, entry)
-                        let applied = try KeyStateRows.apply(db, entry, rule: rule, state: state, nowMs: physicalMs, limits: limits, sealer: sealed)
-                        recorded[entry.keyspace, default: .init()].add(applied)
+                        try states.apply(db, entry, rule: rule, sealer: sealed)
                         if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { remembered += 1 }
                         sequence += 1
                         outcomes.append(.committed(entry))
                     }
                 }
+                let recorded = try states.write(db, nowMs: physicalMs, limits: limits)
                 if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
                 let evicted = try pruneDue ? IdempotencyRows.prune(db, nowMs: physicalMs, limits: limits) : 0
                 return (outcomes, sequence, recorded, (remembered, evicted))
@@ -211,17 +212,27 @@ actor GroupCommitter {
     }
 
     private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
-        try db.cachedStatement(sql: """
+        try DirectStatement(db, sql: """
             INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies, context,
                              idempotency_key, idempotency_fingerprint)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """).execute(arguments: [
-                entry.origin.rawValue, Int64(entry.sequence), Int64(entry.hlc.physicalMs), Int64(entry.hlc.logical),
-                Int64(entry.epoch), entry.keyspace.rawValue, entry.key.rawValue, Int(entry.operation.rawValue),
-                entry.contentType, Data(entry.value), RegionStore.dependenciesColumn(entry.dependencies),
-                RegionStore.dependenciesColumn(entry.context),
-                IdempotencyRows.columns(entry.idempotency).key, IdempotencyRows.columns(entry.idempotency).fingerprint,
-            ])
+            """).execute { row in
+                row.bind(entry.origin.rawValue)
+                row.bind(entry.sequence)
+                row.bind(entry.hlc.physicalMs)
+                row.bind(Int64(entry.hlc.logical))
+                row.bind(entry.epoch)
+                row.bind(entry.keyspace.rawValue)
+                row.bind(entry.key.rawValue)
+                row.bind(Int64(entry.operation.rawValue))
+                row.bind(entry.contentType)
+                row.bind(entry.value)
+                row.bind(RegionStore.dependenciesColumn(entry.dependencies))
+                row.bind(RegionStore.dependenciesColumn(entry.context))
+                let idempotency = IdempotencyRows.columns(entry.idempotency)
+                row.bind(idempotency.key)
+                row.bind(idempotency.fingerprint)
+            }
         // Single-leader writes (epoch above 0): how far each term's leader's writes of the keyspace are held here.
         if entry.epoch > 0 {
             try db.cachedStatement(sql: """
@@ -263,23 +274,23 @@ actor GroupCommitter {
                 guard through > applied else { return (.success((applied, [:])), (0, 0)) }
                 var recordedKeys = 0
                 var appliedAny = false
-                var recorded: [KeyspaceName: KeyStateRows.Applied] = [:]
+                let fresh = entries.filter { $0.sequence > applied && diverted[$0.sequence] == nil }
+                var states = KeyStateBatch()
+                try states.read(db, fresh.map { KeyStateBatch.StateKey(keyspace: $0.keyspace, key: $0.key) })
                 for entry in entries where entry.sequence > applied {
                     if let successor = diverted[entry.sequence] {
                         try RegionStore.insertDiverted(db, entry, successorEpoch: successor, nowMs: physicalMs)
                         continue
                     }
                     try Self.append(db, entry)
-                    let state = try KeyStateRows.load(db, entry.keyspace, entry.key)
-                    let step = try KeyStateRows.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, state: state, nowMs: physicalMs, limits: limits,
-                                                      sealer: sealer)
-                    recorded[entry.keyspace, default: .init()].add(step)
+                    try states.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, sealer: sealer)
                     if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { recordedKeys += 1 }
                     // A remote clock beyond the maximum offset does not drag ours along (the clock fence stops
                     // such a region writing); the entry still applies, by its own timestamp, so regions converge.
                     clock.receive(entry.hlc)
                     appliedAny = true
                 }
+                let recorded = try states.write(db, nowMs: physicalMs, limits: limits)
                 try db.cachedStatement(sql: """
                     INSERT INTO applied (origin, sequence) VALUES (?, ?)
                     ON CONFLICT (origin) DO UPDATE SET sequence = excluded.sequence
@@ -314,20 +325,20 @@ actor GroupCommitter {
         do {
             outcome = try await pool.write { db -> (Int, KeyStateRows.Applied) in
                 var changed = 0
-                var recorded = KeyStateRows.Applied()
+                var batch = KeyStateBatch()
+                try batch.read(db, states.map { KeyStateBatch.StateKey(keyspace: keyspace, key: $0.key) })
                 for item in states {
-                    let local = try KeyStateRows.load(db, keyspace, item.key)
+                    let local = try batch.state(db, keyspace, item.key)
                     let merged = try local.map { local in
                         try sealer.map { try $0.merged(local, with: item.state, rule: rule, keyspace: keyspace, key: item.key, in: DataKeyRows(db: db)) }
                             ?? local.merged(with: item.state, rule: rule)
                     } ?? item.state
                     guard merged != local else { continue }
                     for version in item.state.versions { clock.receive(version.version.hlc) }
-                    try KeyStateRows.store(db, keyspace, item.key, old: local, new: merged, rule: rule)
-                    recorded.add(try KeyStateRows.record(db, keyspace, item.key, KeyChange.changes(old: local, new: merged, rule: rule),
-                                                         nowMs: physicalMs, limits: limits))
+                    batch.set(keyspace, item.key, merged, rule: rule, change: KeyChange.changes(old: local, new: merged, rule: rule))
                     changed += 1
                 }
+                let recorded = try batch.write(db, nowMs: physicalMs, limits: limits)[keyspace] ?? .init()
                 if changed > 0 { try Self.raiseHighWater(db, clock.last, region: region) }
                 return (changed, recorded)
             }

@@ -3,8 +3,8 @@ import GRDB
 import MeridianCore
 import MeridianStorage
 
-/// How a key's state is kept in SQLite, and the one apply step every write goes through, local or
-/// replicated, inside the caller's transaction.
+/// How a key's state is kept in SQLite. Writes, local or replicated, reach it through ``KeyStateBatch``, which
+/// reads and writes these rows once per key and transaction.
 ///
 /// `kv` holds the version reads show (the rule's winner) with the key's causal context; when concurrent
 /// writes are unresolved the other versions sit in `frontier` and `kv.concurrent` counts them. A key with
@@ -13,7 +13,7 @@ enum KeyStateRows {
     /// The media type of a `crdt` keyspace's values (the CRDT codec's bytes).
     static let crdtContentType = CRDTCodec.contentType
 
-    /// What one apply recorded, for metrics.
+    /// What a transaction recorded in the conflicts log, for metrics.
     struct Applied {
         var conflictsRecorded = 0
         var conflictsDropped = 0
@@ -24,80 +24,154 @@ enum KeyStateRows {
         }
     }
 
+    /// The columns of a stored version, in the order ``version(_:from:)`` reads them.
+    private static let versionColumns = "value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies"
+    /// A `kv` row as every reader selects it: the key, the version `kv` holds, the causal context, the count of others.
+    private static let keyColumns = "key, \(versionColumns), context, concurrent"
+
     static func load(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
-        let statement = try db.cachedStatement(sql: """
-            SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent
-            FROM kv WHERE keyspace = ? AND key = ?
-            """)
+        let statement = try db.cachedStatement(sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key = ?")
         guard let row = try Row.fetchOne(statement, arguments: [keyspace.rawValue, key.rawValue]) else { return nil }
-        // Rows written before conflict handling carry no context: their write saw only itself.
         return try state(db, keyspace, key, row)
+    }
+
+    /// The stored states of `keys` (at most `chunk`, a shorter list padded with its last key so one statement
+    /// serves every call), each with the version `kv` holds. Keys not stored are left out.
+    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key], chunk: Int) throws -> [Key: (state: KeyState, winner: Dot)] {
+        precondition(!keys.isEmpty && keys.count <= chunk)
+        let marks = Array(repeating: "?", count: chunk).joined(separator: ", ")
+        func bind(_ keys: [Key]) -> (inout DirectStatement.Binder) -> Void {
+            { row in
+                row.bind(keyspace.rawValue)
+                for index in 0..<chunk { row.bind(keys[min(index, keys.count - 1)].rawValue) }
+            }
+        }
+        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool)] = []
+        try DirectStatement(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key IN (\(marks))").query(bind(keys)) { row in
+            stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0))
+        }
+        // The other versions of keys with concurrent writes, in one more statement.
+        var others: [Key: [KeyVersion]] = [:]
+        let concurrent = stored.filter(\.concurrent).map(\.key)
+        if !concurrent.isEmpty {
+            try DirectStatement(db, sql: "SELECT key, \(versionColumns) FROM frontier WHERE keyspace = ? AND key IN (\(marks))").query(bind(concurrent)) { row in
+                others[try Key(row.text(0)), default: []].append(try version(row, from: 1))
+            }
+        }
+        var found: [Key: (state: KeyState, winner: Dot)] = [:]
+        for item in stored {
+            // Rows written before conflict handling carry no context: their write saw only itself.
+            let context = try item.context.map { VersionVector(try decodeVector($0)) } ?? VersionVector()
+            found[item.key] = (KeyState(context: context, versions: [item.version] + (others[item.key] ?? [])), item.version.dot)
+        }
+        return found
+    }
+
+    /// A version from `versionColumns` starting at `column`, read straight from SQLite.
+    private static func version(_ row: DirectStatement.Columns, from column: Int32) throws -> KeyVersion {
+        let origin = try RegionName(row.text(column + 4))
+        let hlc = HLCTimestamp(physicalMs: row.uint64(column + 2), logical: UInt32(truncatingIfNeeded: row.int64(column + 3)), region: origin)
+        var dependencies: [RegionName: UInt64] = [:]
+        if !row.isNull(column + 7) {
+            do { dependencies = try DependencyCodec.decode(row.bytes(column + 7)) } catch {
+                throw MeridianError(.storageFailure, "A stored write's dependencies are corrupt: \(error.message)")
+            }
+        }
+        return KeyVersion(version: Version(hlc: hlc, sequence: row.uint64(column + 5)), tombstone: row.bool(column + 6),
+                          contentType: row.text(column + 1), value: row.bytes(column), dependencies: dependencies)
     }
 
     /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key).
     static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, including: (Key) -> Bool = { _ in true },
                         _ body: (Key, KeyState) throws -> Bool) throws {
-        let rows = try Row.fetchCursor(db, sql: """
-            SELECT key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent
-            FROM kv WHERE keyspace = ? AND key > ? ORDER BY key
-            """, arguments: [keyspace.rawValue, after?.rawValue ?? ""])
+        let rows = try Row.fetchCursor(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key > ? ORDER BY key",
+                                       arguments: [keyspace.rawValue, after?.rawValue ?? ""])
         while let row = try rows.next() {
-            let key = try Key(row["key"] as String)
+            let key = try Key(row[0] as String)
             guard including(key) else { continue }
             guard try body(key, try state(db, keyspace, key, row)) else { return }
         }
     }
 
+    /// A key's state from its `kv` row (selected as `keyColumns`), reading its other versions when it has some.
     private static func state(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, _ row: Row) throws -> KeyState {
-        var versions = [try version(row)]
-        if (row["concurrent"] as Int) > 0 {
-            let others = try Row.fetchAll(db.cachedStatement(sql: """
-                SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies
-                FROM frontier WHERE keyspace = ? AND key = ?
-                """), arguments: [keyspace.rawValue, key.rawValue])
-            versions += try others.map(version)
+        var others: [KeyVersion] = []
+        if (row[10] as Int) > 0 {
+            let rows = try Row.fetchCursor(db.cachedStatement(sql: "SELECT \(versionColumns) FROM frontier WHERE keyspace = ? AND key = ?"),
+                                           arguments: [keyspace.rawValue, key.rawValue])
+            while let row = try rows.next() { others.append(try version(row, from: 0)) }
         }
-        let context = try (row["context"] as Data?).map { VersionVector(try decodeVector($0)) } ?? VersionVector()
-        return KeyState(context: context, versions: versions)
+        return try state(row, stored: try version(row, from: 1), others: others)
     }
 
-    static func version(_ row: Row) throws -> KeyVersion {
-        KeyVersion(version: try RegionStore.version(row), tombstone: row["tombstone"], contentType: row["content_type"],
-                   value: Array(row["value"] as Data? ?? Data()), dependencies: try RegionStore.dependencies(row))
+    private static func state(_ row: Row, stored: KeyVersion, others: [KeyVersion]) throws -> KeyState {
+        // Rows written before conflict handling carry no context: their write saw only itself.
+        let context = try (row[9] as Data?).map { VersionVector(try decodeVector($0)) } ?? VersionVector()
+        return KeyState(context: context, versions: [stored] + others)
     }
 
-    /// Applies one entry of any origin to its key under `rule`, recording losers in the conflicts log.
-    /// - Parameter state: The key's state before (the caller has read it with `load`).
-    /// - Parameter sealer: Given, a sealed keyspace's entry and state are sealed, and so is the change.
-    static func apply(_ db: Database, _ entry: ReplicationEntry, rule: ConflictRule, state: KeyState?,
-                      nowMs: UInt64, limits: Limits, sealer: ValueSealer?) throws -> Applied {
-        let change = try sealer.map { try $0.change(applying: entry, rule: rule, to: state, in: DataKeyRows(db: db)) } ?? KeyChange.applying(entry, rule: rule, to: state)
-        guard let change else { return Applied() }
-        try store(db, entry.keyspace, entry.key, old: state, new: change.state, rule: rule)
-        return try record(db, entry.keyspace, entry.key, change, nowMs: nowMs, limits: limits)
+    /// A version from `versionColumns` starting at `column`.
+    static func version(_ row: Row, from column: Int) throws -> KeyVersion {
+        let origin = try RegionName(row[column + 4] as String)
+        let hlc = HLCTimestamp(physicalMs: UInt64(row[column + 2] as Int64), logical: UInt32(row[column + 3] as Int64), region: origin)
+        let dependencies: [RegionName: UInt64]
+        if let data = row[column + 7] as Data? {
+            do { dependencies = try DependencyCodec.decode(Array(data)) } catch {
+                throw MeridianError(.storageFailure, "A stored write's dependencies are corrupt: \(error.message)")
+            }
+        } else {
+            dependencies = [:]
+        }
+        return KeyVersion(version: Version(hlc: hlc, sequence: UInt64(row[column + 5] as Int64)), tombstone: row[column + 6],
+                          contentType: row[column + 1], value: Array(row[column] as Data? ?? Data()), dependencies: dependencies)
     }
 
     /// Writes a key's new state: the winner in `kv`, the rest in `frontier`.
-    static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, new: KeyState, rule: ConflictRule) throws {
+    /// - Parameter storedWinner: Which version of `old` `kv` holds; given, only the `frontier` rows that changed
+    ///   are written, otherwise every one of the key's rows is replaced.
+    static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, storedWinner: Dot? = nil, new: KeyState,
+                      rule: ConflictRule) throws {
         let winner = new.winner(rule)
-        try db.cachedStatement(sql: """
+        try DirectStatement(db, sql: """
             INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (keyspace, key) DO UPDATE SET
                 value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
                 hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
                 dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent
-            """).execute(arguments: [
-                keyspace.rawValue, key.rawValue, Data(winner.value), winner.contentType,
-                Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical), winner.version.origin.rawValue,
-                Int64(winner.version.sequence), winner.tombstone, RegionStore.dependenciesColumn(winner.dependencies),
-                encodeVector(new.context), new.versions.count - 1,
-            ])
-        guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return }
-        try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?").execute(arguments: [keyspace.rawValue, key.rawValue])
-        for version in new.versions where version.dot != winner.dot {
+            """).execute { row in
+                row.bind(keyspace.rawValue)
+                row.bind(key.rawValue)
+                row.bind(winner.value)
+                row.bind(winner.contentType)
+                row.bind(winner.version.hlc.physicalMs)
+                row.bind(Int64(winner.version.hlc.logical))
+                row.bind(winner.version.origin.rawValue)
+                row.bind(winner.version.sequence)
+                row.bind(winner.tombstone)
+                row.bind(RegionStore.dependenciesColumn(winner.dependencies))
+                row.bind(encodeVector(new.context))
+                row.bind(new.versions.count - 1)
+            }
+        let others = new.versions.filter { $0.dot != winner.dot }
+        let stored: [KeyVersion]
+        if let old, let storedWinner {
+            stored = old.versions.filter { $0.dot != storedWinner }
+        } else {
+            guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return }
+            try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?").execute(arguments: [keyspace.rawValue, key.rawValue])
+            stored = []
+        }
+        guard others != stored else { return }
+        let kept = Dictionary(others.map { ($0.dot, $0) }) { first, _ in first }
+        for version in stored where kept[version.dot] != version {
+            try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ? AND origin = ? AND sequence = ?")
+                .execute(arguments: [keyspace.rawValue, key.rawValue, version.version.origin.rawValue, Int64(version.version.sequence)])
+        }
+        let held = Dictionary(stored.map { ($0.dot, $0) }) { first, _ in first }
+        for version in others where held[version.dot] != version {
             try db.cachedStatement(sql: """
-                INSERT INTO frontier (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
+                INSERT OR REPLACE INTO frontier (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """).execute(arguments: [
                     keyspace.rawValue, key.rawValue, Data(version.value), version.contentType,
@@ -107,65 +181,9 @@ enum KeyStateRows {
         }
     }
 
-    /// Brings the conflicts log in line with a key's change: every version that loses is recorded (once);
-    /// a version that wins again after losing here has its record removed, so the log names exactly the
-    /// writes this region discards.
-    static func record(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, _ change: KeyChange, nowMs: UInt64, limits: Limits) throws -> Applied {
-        var applied = Applied()
-        if let restored = change.restored {
-            try db.cachedStatement(sql: "DELETE FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?")
-                .execute(arguments: [keyspace.rawValue, key.rawValue, restored.region.rawValue, Int64(restored.counter)])
-            if db.changesCount > 0 { try count(db, keyspace, by: -db.changesCount) }
-        }
-        for loss in change.losses {
-            applied.add(try record(db, keyspace, key, loser: loss.loser, winner: loss.winner, rule: loss.rule, nowMs: nowMs, limits: limits))
-        }
-        return applied
-    }
-
-    private static func record(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, loser: KeyVersion, winner: KeyVersion,
-                               rule: String, nowMs: UInt64, limits: Limits) throws -> Applied {
-        let loserArguments: StatementArguments = [keyspace.rawValue, key.rawValue, loser.version.origin.rawValue, Int64(loser.version.sequence)]
-        let winnerArguments: StatementArguments = [
-            winner.version.origin.rawValue, Int64(winner.version.sequence), Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical),
-        ]
-        let held = try Bool.fetchOne(db.cachedStatement(sql: """
-            SELECT 1 FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?
-            """), arguments: loserArguments) ?? false
-        if held {
-            // Lost again, perhaps to another winner: the record names the latest.
-            try db.cachedStatement(sql: """
-                UPDATE conflicts SET winner_origin = ?, winner_sequence = ?, winner_hlc_physical_ms = ?, winner_hlc_logical = ?
-                WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?
-                """).execute(arguments: winnerArguments + loserArguments)
-            return Applied()
-        }
-        try db.cachedStatement(sql: """
-            INSERT INTO conflicts (keyspace, key, loser_origin, loser_sequence, winner_origin, winner_sequence, winner_hlc_physical_ms,
-                                   winner_hlc_logical, rule, recorded_ms, loser_hlc_physical_ms, loser_hlc_logical, loser_tombstone,
-                                   loser_content_type, loser_value)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """).execute(arguments: loserArguments + winnerArguments + [
-                rule, Int64(nowMs), Int64(loser.version.hlc.physicalMs), Int64(loser.version.hlc.logical),
-                loser.tombstone, loser.contentType, Data(loser.value),
-            ])
-        // Bounded retention: beyond the limit the oldest records of the keyspace go. The count is kept beside the
-        // log, so a record costs a few index steps, not a scan of the keyspace's records.
-        let records = try count(db, keyspace, by: 1)
-        var dropped = 0
-        if records > limits.conflictsLogMax {
-            try db.cachedStatement(sql: """
-                DELETE FROM conflicts WHERE id IN (SELECT id FROM conflicts WHERE keyspace = ? ORDER BY id LIMIT ?)
-                """).execute(arguments: [keyspace.rawValue, records - limits.conflictsLogMax])
-            dropped = db.changesCount
-            try count(db, keyspace, by: -dropped)
-        }
-        return Applied(conflictsRecorded: 1, conflictsDropped: dropped)
-    }
-
     /// Moves a keyspace's record count and returns it.
     @discardableResult
-    private static func count(_ db: Database, _ keyspace: KeyspaceName, by delta: Int) throws -> Int {
+    static func count(_ db: Database, _ keyspace: KeyspaceName, by delta: Int) throws -> Int {
         try db.cachedStatement(sql: """
             INSERT INTO conflict_counts (keyspace, records) VALUES (?, ?)
             ON CONFLICT (keyspace) DO UPDATE SET records = MAX(records + ?, 0)
@@ -178,7 +196,11 @@ enum KeyStateRows {
     }
 
     static func decodeVector(_ data: Data) throws -> [RegionName: UInt64] {
-        do { return try DependencyCodec.decode(Array(data)) } catch {
+        try decodeVector(Array(data))
+    }
+
+    static func decodeVector(_ bytes: [UInt8]) throws -> [RegionName: UInt64] {
+        do { return try DependencyCodec.decode(bytes) } catch {
             throw MeridianError(.storageFailure, "A stored causal context is corrupt: \(error.message)")
         }
     }

@@ -9,22 +9,25 @@ extension Bench {
             commandName: "apply",
             abstract: "The apply path of replicated batches in one process: entries per second and microseconds per entry.",
             discussion: """
-                Opens a temporary SQLite store of eu-west and applies us-east's log to it in batches, as a replica's \
-                stream does, in three phases: entries to keys the store does not hold yet, entries overwriting keys it \
-                holds, and entries meeting a concurrent version (ap-southeast's log wrote the same keys first, so each \
-                entry leaves an LWW loser in the conflicts log). No network and no HTTP: only the store's apply. \
-                Build with -c release. For instructions per entry, run it under callgrind and divide by the entries: \
-                valgrind --tool=callgrind --toggle-collect='*applyReplicated*' ./.build/release/meridian bench apply
+                Opens a temporary SQLite store of eu-west and applies logs to it in batches, as a replica's stream \
+                does, in four phases: us-east's entries to keys the store does not hold yet; us-east's entries \
+                overwriting them (each having seen the one before); ap-southeast's entries to the same keys, concurrent \
+                with us-east's (each leaves an LWW loser in the conflicts log); us-east's entries concurrent with \
+                those (each leaves another). No network and no HTTP: only the store's apply. Build with -c release. \
+                Instructions per entry, per phase: scripts/instructions.sh apply (callgrind; --through stops after a \
+                phase, so the script counts each phase as a difference of two runs).
                 """)
 
         @Option(help: "Entries per batch (a replication batch holds at most 256).") var batchEntries: Int = 256
         @Option(help: "Batches per phase.") var batches: Int = 100
         @Option(help: "Value size in bytes.") var valueBytes: Int = 100
+        @Option(help: "Stop after this phase (1 to 4).") var through: Int = 4
 
         func validate() throws {
             guard (1...4_096).contains(batchEntries) else { throw ValidationError("--batch-entries must be 1 to 4096.") }
             guard (1...100_000).contains(batches) else { throw ValidationError("--batches must be 1 to 100000.") }
             guard (0...(1 << 20)).contains(valueBytes) else { throw ValidationError("--value-bytes must be 0 to 1048576.") }
+            guard (1...4).contains(through) else { throw ValidationError("--through must be 1 to 4.") }
         }
 
         func run() async throws {
@@ -39,13 +42,17 @@ extension Bench {
             let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueBytes)
             let keys = batches * batchEntries
             var next: [RegionName: UInt64] = [:]
-            func batch(_ origin: RegionName, keys range: Range<Int>, ms: UInt64) -> [ReplicationEntry] {
+            // Per key, the last sequence each origin wrote to it: what a writer that saw those writes names in its context.
+            var written: [[RegionName: UInt64]] = Array(repeating: [:], count: batches * batchEntries)
+            func batch(_ origin: RegionName, keys range: Range<Int>, ms: UInt64, sees: Set<RegionName>) -> [ReplicationEntry] {
                 range.map { index in
                     let sequence = next[origin, default: 0] + 1
                     next[origin] = sequence
+                    let context = written[index].filter { sees.contains($0.key) }
+                    written[index][origin] = sequence
                     return ReplicationEntry(origin: origin, sequence: sequence, hlc: HLCTimestamp(physicalMs: ms + UInt64(index), logical: 0, region: origin),
                                             epoch: 0, keyspace: keyspace, key: try! Key("k\(index)"), operation: .put, contentType: "application/octet-stream",
-                                            value: value)
+                                            value: value, context: context)
                 }
             }
             func apply(_ origin: RegionName, _ entries: [ReplicationEntry]) async throws {
@@ -61,17 +68,19 @@ extension Bench {
                 say(name.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: " %9d %11.0f %10.2f", keys, Double(keys) / seconds, seconds * 1e6 / Double(keys)))
             }
             let base: UInt64 = 1_800_000_000_000
-            try await phase("new keys") {
-                for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(us, batch(us, keys: start..<min(start + batchEntries, keys), ms: base)) }
-            }
-            try await phase("overwrites") {
-                for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(us, batch(us, keys: start..<min(start + batchEntries, keys), ms: base + 10_000_000)) }
-            }
-            // ap-southeast writes every key without having seen us-east's last write; us-east's next write has not
-            // seen ap-southeast's either: each of those entries meets a concurrent version and leaves a loser.
-            for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(ap, batch(ap, keys: start..<min(start + batchEntries, keys), ms: base + 20_000_000)) }
-            try await phase("concurrent (LWW losers)") {
-                for start in stride(from: 0, to: keys, by: batchEntries) { try await apply(us, batch(us, keys: start..<min(start + batchEntries, keys), ms: base + 30_000_000)) }
+            // Each phase writes every key once more: (phase name, origin, HLC base, whose earlier writes the writer saw).
+            let phases: [(String, RegionName, UInt64, Set<RegionName>)] = [
+                ("new keys", us, base, []), ("overwrites", us, base + 10_000_000, [us]),
+                // ap-southeast writes every key without having seen us-east's writes; then us-east writes them again
+                // having seen only its own: each entry meets a concurrent version and leaves a loser.
+                ("concurrent (new losers)", ap, base + 20_000_000, []), ("concurrent (losers again)", us, base + 30_000_000, [us]),
+            ]
+            for (name, origin, ms, sees) in phases.prefix(through) {
+                try await phase(name) {
+                    for start in stride(from: 0, to: keys, by: batchEntries) {
+                        try await apply(origin, batch(origin, keys: start..<min(start + batchEntries, keys), ms: ms, sees: sees))
+                    }
+                }
             }
             let conflicts = try await store.conflicts(keyspace: keyspace, key: nil, after: 0, limit: 1)
             say("conflicts log: \(conflicts.isEmpty ? "empty" : "holds the losers") (bounded by limits.conflicts_log_max)")

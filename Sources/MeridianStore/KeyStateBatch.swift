@@ -1,0 +1,228 @@
+import Foundation
+import GRDB
+import MeridianCore
+import MeridianStorage
+
+/// The key states one write transaction works on: read in bulk, changed in memory as the transaction's writes
+/// apply one after another, and written once per key at the end (``write(_:nowMs:limits:)``).
+///
+/// A batch of n entries to k keys costs about k/32 reads, k row writes and a few statements for its losers,
+/// instead of n reads, n writes and four statements per loser. Nothing else in the transaction may read or
+/// write `kv`, `frontier` or `conflicts` between the first read and ``write(_:nowMs:limits:)``.
+struct KeyStateBatch {
+    struct StateKey: Hashable {
+        let keyspace: KeyspaceName
+        let key: Key
+    }
+
+    private struct Slot {
+        /// The state as stored, and which of its versions `kv` holds (the others are `frontier` rows).
+        let stored: KeyState?
+        let storedWinner: Dot?
+        var current: KeyState?
+        var rule: ConflictRule?
+    }
+
+    private var slots: [StateKey: Slot] = [:]
+    /// Keys changed, in the order of their first change.
+    private var changed: [StateKey] = []
+    private var ledger = ConflictLedger()
+
+    /// Keys per read statement; a shorter list is padded with its last key.
+    static let readChunk = 32
+
+    /// Reads the states of these keys not read yet, in a few statements.
+    mutating func read(_ db: Database, _ keys: some Sequence<StateKey>) throws {
+        var wanted: [KeyspaceName: [Key]] = [:]
+        var seen = Set<StateKey>()
+        for key in keys where slots[key] == nil && seen.insert(key).inserted { wanted[key.keyspace, default: []].append(key.key) }
+        for (keyspace, keys) in wanted {
+            for start in stride(from: 0, to: keys.count, by: Self.readChunk) {
+                let chunk = keys[start..<min(start + Self.readChunk, keys.count)]
+                for (key, row) in try KeyStateRows.loadStored(db, keyspace, Array(chunk), chunk: Self.readChunk) {
+                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, current: row.state)
+                }
+                for key in chunk where slots[StateKey(keyspace: keyspace, key: key)] == nil {
+                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: nil, storedWinner: nil, current: nil)
+                }
+            }
+        }
+    }
+
+    /// The key's state as the transaction's writes so far left it.
+    mutating func state(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
+        let stateKey = StateKey(keyspace: keyspace, key: key)
+        if slots[stateKey] == nil { try read(db, CollectionOfOne(stateKey)) }
+        return slots[stateKey]?.current
+    }
+
+    /// Applies one entry of any origin to its key under `rule`; its losers are recorded at the end.
+    /// - Parameter sealer: Given, a sealed keyspace's entry and state are sealed, and so is the change.
+    mutating func apply(_ db: Database, _ entry: ReplicationEntry, rule: ConflictRule, sealer: ValueSealer?) throws {
+        let state = try state(db, entry.keyspace, entry.key)
+        let change = try sealer.map { try $0.change(applying: entry, rule: rule, to: state, in: DataKeyRows(db: db)) }
+            ?? KeyChange.applying(entry, rule: rule, to: state)
+        guard let change else { return }
+        set(entry.keyspace, entry.key, change.state, rule: rule)
+        ledger.note(entry.keyspace, entry.key, change)
+    }
+
+    /// Sets a key's state (read before with ``state(_:_:_:)``) and records what `change` discards or restores.
+    mutating func set(_ keyspace: KeyspaceName, _ key: Key, _ state: KeyState, rule: ConflictRule, change: KeyChange? = nil) {
+        let stateKey = StateKey(keyspace: keyspace, key: key)
+        guard var slot = slots[stateKey] else { preconditionFailure("a key's state is set only after it was read") }
+        if slot.rule == nil { changed.append(stateKey) }
+        slot.current = state
+        slot.rule = rule
+        slots[stateKey] = slot
+        if let change { ledger.note(keyspace, key, change) }
+    }
+
+    /// Writes every changed key once, and the conflicts log's records.
+    func write(_ db: Database, nowMs: UInt64, limits: Limits) throws -> [KeyspaceName: KeyStateRows.Applied] {
+        for stateKey in changed {
+            let slot = slots[stateKey]!
+            guard let current = slot.current, let rule = slot.rule else { continue }
+            try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current, rule: rule)
+        }
+        return try ledger.write(db, nowMs: nowMs, limits: limits)
+    }
+}
+
+/// The conflicts log's changes of one transaction, kept per losing write and written together: each loser's
+/// last fate counts (recorded with its latest winner, or removed because it won again).
+struct ConflictLedger {
+    struct Loser: Hashable {
+        let keyspace: KeyspaceName
+        let key: Key
+        let origin: RegionName
+        let sequence: UInt64
+    }
+
+    enum Fate {
+        case lost(loser: KeyVersion, winner: KeyVersion, rule: String)
+        case restored
+    }
+
+    private var fates: [Loser: Fate] = [:]
+    private var order: [Loser] = []
+
+    /// Rows per multi-row insert, and losers per lookup of held records.
+    static let insertChunk = 16
+    static let lookupChunk = 32
+
+    mutating func note(_ keyspace: KeyspaceName, _ key: Key, _ change: KeyChange) {
+        if let restored = change.restored {
+            set(Loser(keyspace: keyspace, key: key, origin: restored.region, sequence: restored.counter), .restored)
+        }
+        for loss in change.losses {
+            set(Loser(keyspace: keyspace, key: key, origin: loss.loser.version.origin, sequence: loss.loser.version.sequence),
+                .lost(loser: loss.loser, winner: loss.winner, rule: loss.rule))
+        }
+    }
+
+    private mutating func set(_ loser: Loser, _ fate: Fate) {
+        if fates.updateValue(fate, forKey: loser) == nil { order.append(loser) }
+    }
+
+    /// Brings the conflicts log in line: new losers inserted (in the order they first lost), held ones pointed at
+    /// their latest winner, restored ones removed; then each keyspace's count moves once and, beyond the limit,
+    /// its oldest records go.
+    func write(_ db: Database, nowMs: UInt64, limits: Limits) throws -> [KeyspaceName: KeyStateRows.Applied] {
+        guard !order.isEmpty else { return [:] }
+        let held = try heldRecords(db)
+        var applied: [KeyspaceName: KeyStateRows.Applied] = [:]
+        var deltas: [KeyspaceName: Int] = [:]
+        var inserts: [StatementArguments] = []
+        for loser in order {
+            let base: StatementArguments = [loser.keyspace.rawValue, loser.key.rawValue, loser.origin.rawValue, Int64(loser.sequence)]
+            switch fates[loser]! {
+            case .restored:
+                guard held.contains(loser) else { continue }
+                try db.cachedStatement(sql: "DELETE FROM conflicts WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?")
+                    .execute(arguments: base)
+                deltas[loser.keyspace, default: 0] -= 1
+            case .lost(let version, let winner, let rule):
+                let winnerArguments: StatementArguments = [
+                    winner.version.origin.rawValue, Int64(winner.version.sequence), Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical),
+                ]
+                if held.contains(loser) {
+                    // Lost again, perhaps to another winner: the record names the latest.
+                    try db.cachedStatement(sql: """
+                        UPDATE conflicts SET winner_origin = ?, winner_sequence = ?, winner_hlc_physical_ms = ?, winner_hlc_logical = ?
+                        WHERE keyspace = ? AND key = ? AND loser_origin = ? AND loser_sequence = ?
+                        """).execute(arguments: winnerArguments + base)
+                    continue
+                }
+                inserts.append(base + winnerArguments + [
+                    rule, Int64(nowMs), Int64(version.version.hlc.physicalMs), Int64(version.version.hlc.logical),
+                    version.tombstone, version.contentType, Data(version.value),
+                ])
+                deltas[loser.keyspace, default: 0] += 1
+                applied[loser.keyspace, default: .init()].conflictsRecorded += 1
+            }
+        }
+        try insert(db, inserts)
+        for (keyspace, delta) in deltas.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where delta != 0 {
+            let records = try KeyStateRows.count(db, keyspace, by: delta)
+            guard records > limits.conflictsLogMax else { continue }
+            // Bounded retention: beyond the limit the oldest records of the keyspace go.
+            try db.cachedStatement(sql: """
+                DELETE FROM conflicts WHERE id IN (SELECT id FROM conflicts WHERE keyspace = ? ORDER BY id LIMIT ?)
+                """).execute(arguments: [keyspace.rawValue, records - limits.conflictsLogMax])
+            let dropped = db.changesCount
+            try KeyStateRows.count(db, keyspace, by: -dropped)
+            applied[keyspace, default: .init()].conflictsDropped += dropped
+        }
+        return applied
+    }
+
+    private static let columns = """
+        keyspace, key, loser_origin, loser_sequence, winner_origin, winner_sequence, winner_hlc_physical_ms, winner_hlc_logical,
+        rule, recorded_ms, loser_hlc_physical_ms, loser_hlc_logical, loser_tombstone, loser_content_type, loser_value
+        """
+    private static let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+    /// New records, `insertChunk` rows per statement and the rest one by one, in order (ids grow in loss order).
+    private func insert(_ db: Database, _ rows: [StatementArguments]) throws {
+        var start = 0
+        while rows.count - start >= Self.insertChunk {
+            let statement = try db.cachedStatement(sql: "INSERT INTO conflicts (\(Self.columns)) VALUES "
+                + Array(repeating: Self.row, count: Self.insertChunk).joined(separator: ", "))
+            try statement.execute(arguments: rows[start..<start + Self.insertChunk].reduce(into: StatementArguments()) { $0 += $1 })
+            start += Self.insertChunk
+        }
+        for row in rows[start...] {
+            try db.cachedStatement(sql: "INSERT INTO conflicts (\(Self.columns)) VALUES \(Self.row)").execute(arguments: row)
+        }
+    }
+
+    /// Which of the noted losers the log holds already, `lookupChunk` per statement (a short list padded).
+    private func heldRecords(_ db: Database) throws -> Set<Loser> {
+        var held = Set<Loser>()
+        let byKeyspace = Dictionary(grouping: order, by: \.keyspace)
+        let values = Array(repeating: "(?, ?, ?)", count: Self.lookupChunk).joined(separator: ", ")
+        let statement = try db.cachedStatement(sql: """
+            WITH wanted (key, origin, sequence) AS (VALUES \(values))
+            SELECT c.key, c.loser_origin, c.loser_sequence FROM wanted CROSS JOIN conflicts c
+            ON c.keyspace = ? AND c.key = wanted.key AND c.loser_origin = wanted.origin AND c.loser_sequence = wanted.sequence
+            """)
+        for (keyspace, losers) in byKeyspace {
+            for start in stride(from: 0, to: losers.count, by: Self.lookupChunk) {
+                let chunk = losers[start..<min(start + Self.lookupChunk, losers.count)]
+                var arguments = StatementArguments()
+                for index in 0..<Self.lookupChunk {
+                    let loser = chunk[chunk.startIndex + min(index, chunk.count - 1)]
+                    arguments += [loser.key.rawValue, loser.origin.rawValue, Int64(loser.sequence)]
+                }
+                arguments += [keyspace.rawValue]
+                let rows = try Row.fetchCursor(statement, arguments: arguments)
+                while let row = try rows.next() {
+                    held.insert(Loser(keyspace: keyspace, key: try Key(row[0] as String), origin: try RegionName(row[1] as String),
+                                      sequence: UInt64(row[2] as Int64)))
+                }
+            }
+        }
+        return held
+    }
+}

@@ -1,0 +1,169 @@
+// Proves the batched apply path changes nothing but its cost: random logs of three origins (puts, deletes,
+// CRDT deltas, concurrent writes, keys repeated inside a batch) applied in random batches to SQLite end in
+// exactly the states and conflict records that applying them one entry at a time gives, and that the
+// in-memory store (the simulator's) gives, under every conflict rule; and local writes committed together
+// in one batch see each other.
+import Foundation
+import MeridianCore
+import MeridianStorage
+import MeridianStore
+import Testing
+
+@Suite struct BatchedApplyTests {
+    static let origins = [RegionName(validated: "eu-west"), RegionName(validated: "ap-southeast"), RegionName(validated: "sa-east")]
+    static let keys = (0..<6).map { try! Key("k\($0)") }
+
+    /// One origin's log over a few keys: each entry has seen a random part of what the origin had seen.
+    static func logs(rule: ConflictRule, keyspace: KeyspaceName, entries: Int, random: inout SeededGenerator) throws -> [RegionName: [ReplicationEntry]] {
+        var logs: [RegionName: [ReplicationEntry]] = [:]
+        var counters: [RegionName: [Key: CRDTValue]] = [:]
+        for index in 0..<(entries * origins.count) {
+            let origin = origins[index % origins.count]
+            let sequence = UInt64(logs[origin, default: []].count + 1)
+            let key = keys.randomElement(using: &random)!
+            let hlc = HLCTimestamp(physicalMs: 1_000 + UInt64.random(in: 0...400, using: &random), logical: 0, region: origin)
+            var context: [RegionName: UInt64] = [:]
+            for other in origins where Bool.random(using: &random) {
+                let written = logs[other, default: []].count
+                if written > 0 { context[other] = UInt64.random(in: 1...UInt64(written), using: &random) }
+            }
+            context[origin] = nil
+            let operation: MeridianCore.Operation
+            var value: [UInt8]
+            var contentType = "text/plain"
+            if rule == .crdt {
+                var counter = counters[origin, default: [:]][key] ?? .empty(.gCounter)
+                value = CRDTCodec.encode(try counter.apply(.increment(UInt64.random(in: 1...5, using: &random)), at: hlc))
+                counters[origin, default: [:]][key] = counter
+                (operation, contentType) = (.merge, CRDTCodec.contentType)
+            } else if Int.random(in: 0..<5, using: &random) == 0 {
+                (operation, value) = (.delete, [])
+            } else {
+                (operation, value) = (.put, Array("\(origin):\(sequence)".utf8))
+            }
+            logs[origin, default: []].append(ReplicationEntry(origin: origin, sequence: sequence, hlc: hlc, epoch: 0, keyspace: keyspace, key: key,
+                                                              operation: operation, contentType: contentType, value: value, context: context))
+        }
+        return logs
+    }
+
+    struct Outcome: Equatable {
+        var states: [Key: KeyState] = [:]
+        var conflicts: Set<String> = []
+        var conflictCount = 0
+
+        /// What differs from `other`, briefly.
+        func differences(from other: Outcome) -> [String] {
+            var found = keys.filter { states[$0] != other.states[$0] }.map { "\($0): \(String(describing: states[$0])) against \(String(describing: other.states[$0]))" }
+            found += conflicts.symmetricDifference(other.conflicts).sorted().map { "conflict record only on one side: \($0)" }
+            if conflictCount != other.conflictCount { found.append("conflict count \(conflictCount) against \(other.conflictCount)") }
+            return found
+        }
+    }
+
+    static func outcome(_ store: any RegionStorage, _ keyspace: KeyspaceName) async throws -> Outcome {
+        var outcome = Outcome()
+        for key in keys { outcome.states[key] = try await store.state(keyspace: keyspace, key: key) }
+        for record in try await store.conflicts(keyspace: keyspace, key: nil, after: 0, limit: 100_000) {
+            outcome.conflicts.insert("\(record.key) lost \(record.loser.version.origin):\(record.loser.version.sequence) to \(record.winner.origin):\(record.winner.sequence) by \(record.rule)")
+        }
+        outcome.conflictCount = try await store.conflictCounts()[keyspace.rawValue] ?? 0
+        return outcome
+    }
+
+    @Test(arguments: [ConflictRule.lww, .fww, .siblings, .regionPriority([RegionName(validated: "sa-east"), RegionName(validated: "eu-west")]), .crdt])
+    func batchesEndWhereOneEntryAtATimeEnds(_ rule: ConflictRule) async throws {
+        for seed in UInt64(1)...12 {
+            var random = SeededGenerator(seed: seed)
+            let batched = StoreFixture(.sqlite), single = StoreFixture(.sqlite), memory = StoreFixture(.memory)
+            defer { batched.remove(); single.remove(); memory.remove() }
+            let keyspace = batched.keyspace
+            let rules = [keyspace: rule]
+            let stores = try [batched.open(rules: rules), single.open(rules: rules), memory.open(rules: rules)]
+            defer { for store in stores { store.close() } }
+            let logs = try Self.logs(rule: rule, keyspace: keyspace, entries: 40, random: &random)
+            var applied: [RegionName: Int] = [:]
+            // Batches of random lengths from random origins, until every log is applied; some batches resend a
+            // part already applied, as a reconnecting stream does.
+            for _ in 0..<1_000 {
+                let waiting = Self.origins.filter { applied[$0, default: 0] < logs[$0]!.count }
+                guard let origin = waiting.randomElement(using: &random) else { break }
+                let log = logs[origin]!
+                let start = max(0, applied[origin, default: 0] - Int.random(in: 0...2, using: &random))
+                let end = min(log.count, applied[origin, default: 0] + Int.random(in: 1...12, using: &random))
+                let batch = Array(log[start..<end])
+                let expected = UInt64(end)
+                #expect(try await stores[0].applyReplicated(batch, origin: origin) == expected)
+                for entry in batch { #expect(try await stores[1].applyReplicated([entry], origin: origin) >= entry.sequence) }
+                #expect(try await stores[2].applyReplicated(batch, origin: origin) == expected)
+                applied[origin] = end
+            }
+            #expect(Self.origins.allSatisfy { applied[$0] == logs[$0]!.count })
+            let outcomes = try await stores.asyncMap { try await Self.outcome($0, keyspace) }
+            let oneAtATime = outcomes[0].differences(from: outcomes[1]), inMemory = outcomes[0].differences(from: outcomes[2])
+            #expect(oneAtATime.isEmpty, "seed \(seed): batched and one-at-a-time SQLite differ (\(oneAtATime.count)): \(oneAtATime.prefix(2))")
+            #expect(inMemory.isEmpty, "seed \(seed): SQLite and the in-memory store differ (\(inMemory.count)): \(inMemory.prefix(2))")
+            #expect(rule.discardsLosers == (outcomes[0].conflictCount > 0) || seed > 1, "seed \(seed): the run made no conflict to compare")
+            let roots = try await stores.asyncMap { try await $0.merkleTree(keyspace: keyspace).tree.root }
+            #expect(Set(roots).count == 1, "seed \(seed): Merkle roots differ")
+        }
+    }
+
+    /// Under a small conflicts log, a batch drops the oldest records as one entry at a time does.
+    @Test func theConflictsLogStaysBoundedAcrossBatches() async throws {
+        var random = SeededGenerator(seed: 7)
+        let limits = { var limits = Limits(); limits.conflictsLogMax = 5; return limits }()
+        let batched = StoreFixture(.sqlite), single = StoreFixture(.sqlite)
+        defer { batched.remove(); single.remove() }
+        let counter = ConflictCounter()
+        let stores = try [batched.open(limits: limits, observer: counter, rules: [batched.keyspace: .lww]),
+                          single.open(limits: limits, rules: [single.keyspace: .lww])]
+        defer { for store in stores { store.close() } }
+        let logs = try Self.logs(rule: .lww, keyspace: batched.keyspace, entries: 30, random: &random)
+        for origin in Self.origins {
+            _ = try await stores[0].applyReplicated(logs[origin]!, origin: origin)
+            for entry in logs[origin]! { _ = try await stores[1].applyReplicated([entry], origin: origin) }
+        }
+        let outcomes = try await stores.asyncMap { try await Self.outcome($0, batched.keyspace) }
+        #expect(outcomes[0].conflictCount == 5 && outcomes[0].conflicts.count == 5)
+        #expect(outcomes[0].states == outcomes[1].states && outcomes[0].conflictCount == outcomes[1].conflictCount)
+        #expect(counter.recorded - counter.dropped >= 5 && counter.dropped > 0, "the observer hears what was recorded and dropped: \(counter.recorded), \(counter.dropped)")
+    }
+
+    /// Writes committed in one transaction to the same keys each see the one before: every key ends with the
+    /// last committed write, having seen every earlier one, and the log holds them all in order.
+    @Test func localWritesInOneCommitSeeEachOther() async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        var limits = Limits()
+        limits.commitWaitUs = 2_000
+        let store = try fixture.open(limits: limits)
+        defer { store.close() }
+        let outcomes = try await withThrowingTaskGroup(of: WriteOutcome.self) { group in
+            for index in 0..<60 {
+                group.addTask { try await store.write(fixture.put("k\(index % 3)", "v\(index)")) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        let entries = try outcomes.map { outcome -> ReplicationEntry in
+            guard case .committed(let entry) = outcome else { throw MeridianError(.internalError, "not committed: \(outcome)") }
+            return entry
+        }
+        #expect(Set(entries.map(\.sequence)) == Set(1...60))
+        for key in ["k0", "k1", "k2"] {
+            let writes = entries.filter { $0.key.rawValue == key }.sorted { $0.sequence < $1.sequence }
+            let state = try #require(try await store.state(keyspace: fixture.keyspace, key: Key(key)))
+            #expect(state.versions.count == 1 && state.versions[0].version == writes.last!.version, "\(key) holds its last write only")
+            #expect(writes.allSatisfy { state.context.contains(Dot(region: $0.origin, counter: $0.sequence)) })
+            #expect(zip(writes, writes.dropFirst()).allSatisfy { $0.hlc < $1.hlc }, "\(key)'s writes are stamped in commit order")
+        }
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}

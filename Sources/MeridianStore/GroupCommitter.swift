@@ -115,6 +115,7 @@ actor GroupCommitter {
                 var outcomes: [WriteOutcome] = []
                 var remembered = 0
                 outcomes.reserveCapacity(requests.count)
+                let log = try LogAppender(db)
                 var states = KeyStateBatch()
                 try states.read(db, requests.map { KeyStateBatch.StateKey(keyspace: $0.keyspace, key: $0.key) })
                 for request in requests {
@@ -153,7 +154,7 @@ actor GroupCommitter {
                     case .preconditionFailed(let current):
                         outcomes.append(.preconditionFailed(current: current))
                     case .append(let entry):
-                        try Self.append(db, entry)
+                        try log.append(entry)
                         try states.apply(db, entry, rule: rule, sealer: sealed)
                         if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { remembered += 1 }
                         sequence += 1
@@ -211,37 +212,6 @@ actor GroupCommitter {
         }
     }
 
-    private static func append(_ db: Database, _ entry: ReplicationEntry) throws {
-        try DirectStatement(db, sql: """
-            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies, context,
-                             idempotency_key, idempotency_fingerprint)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """).execute { row in
-                row.bind(entry.origin.rawValue)
-                row.bind(entry.sequence)
-                row.bind(entry.hlc.physicalMs)
-                row.bind(Int64(entry.hlc.logical))
-                row.bind(entry.epoch)
-                row.bind(entry.keyspace.rawValue)
-                row.bind(entry.key.rawValue)
-                row.bind(Int64(entry.operation.rawValue))
-                row.bind(entry.contentType)
-                row.bind(entry.value)
-                row.bind(RegionStore.dependenciesColumn(entry.dependencies))
-                row.bind(RegionStore.dependenciesColumn(entry.context))
-                let idempotency = IdempotencyRows.columns(entry.idempotency)
-                row.bind(idempotency.key)
-                row.bind(idempotency.fingerprint)
-            }
-        // Single-leader writes (epoch above 0): how far each term's leader's writes of the keyspace are held here.
-        if entry.epoch > 0 {
-            try db.cachedStatement(sql: """
-                INSERT INTO keyspace_terms (keyspace, origin, epoch, last) VALUES (?, ?, ?, ?)
-                ON CONFLICT (keyspace, origin, epoch) DO UPDATE SET last = MAX(last, excluded.last)
-                """).execute(arguments: [entry.keyspace.rawValue, entry.origin.rawValue, Int64(entry.epoch), Int64(entry.sequence)])
-        }
-    }
-
     /// Applies a batch of another origin's log covering sequences `from...through`, in one transaction.
     ///
     /// `entries` are the batch's entries this region replicates, in order; the range may cover more (entries
@@ -275,6 +245,7 @@ actor GroupCommitter {
                 var recordedKeys = 0
                 var appliedAny = false
                 let fresh = entries.filter { $0.sequence > applied && diverted[$0.sequence] == nil }
+                let log = try LogAppender(db)
                 var states = KeyStateBatch()
                 try states.read(db, fresh.map { KeyStateBatch.StateKey(keyspace: $0.keyspace, key: $0.key) })
                 for entry in entries where entry.sequence > applied {
@@ -282,7 +253,7 @@ actor GroupCommitter {
                         try RegionStore.insertDiverted(db, entry, successorEpoch: successor, nowMs: physicalMs)
                         continue
                     }
-                    try Self.append(db, entry)
+                    try log.append(entry)
                     try states.apply(db, entry, rule: rules[entry.keyspace] ?? .lww, sealer: sealer)
                     if try IdempotencyRows.remember(db, entry, nowMs: physicalMs, limits: limits) { recordedKeys += 1 }
                     // A remote clock beyond the maximum offset does not drag ours along (the clock fence stops
@@ -457,5 +428,47 @@ extension GroupCommitter {
             lastCommittedSequence.value.store(logEnd, ordering: .releasing)
         }
         restoring = false
+    }
+}
+
+/// Appends entries to the replication log within one transaction, its statement prepared once for all of them.
+struct LogAppender {
+    private let db: Database
+    private let insert: DirectStatement
+
+    init(_ db: Database) throws {
+        self.db = db
+        insert = try DirectStatement(db, sql: """
+            INSERT INTO log (origin, sequence, hlc_physical_ms, hlc_logical, epoch, keyspace, key, operation, content_type, value, dependencies, context,
+                             idempotency_key, idempotency_fingerprint)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+    }
+
+    func append(_ entry: ReplicationEntry) throws {
+        try insert.execute { row in
+            row.bind(entry.origin.rawValue)
+            row.bind(entry.sequence)
+            row.bind(entry.hlc.physicalMs)
+            row.bind(Int64(entry.hlc.logical))
+            row.bind(entry.epoch)
+            row.bind(entry.keyspace.rawValue)
+            row.bind(entry.key.rawValue)
+            row.bind(Int64(entry.operation.rawValue))
+            row.bind(entry.contentType)
+            row.bind(entry.value)
+            row.bind(RegionStore.dependenciesColumn(entry.dependencies))
+            row.bind(RegionStore.dependenciesColumn(entry.context))
+            let idempotency = IdempotencyRows.columns(entry.idempotency)
+            row.bind(idempotency.key)
+            row.bind(idempotency.fingerprint)
+        }
+        // Single-leader writes (epoch above 0): how far each term's leader's writes of the keyspace are held here.
+        if entry.epoch > 0 {
+            try db.cachedStatement(sql: """
+                INSERT INTO keyspace_terms (keyspace, origin, epoch, last) VALUES (?, ?, ?, ?)
+                ON CONFLICT (keyspace, origin, epoch) DO UPDATE SET last = MAX(last, excluded.last)
+                """).execute(arguments: [entry.keyspace.rawValue, entry.origin.rawValue, Int64(entry.epoch), Int64(entry.sequence)])
+        }
     }
 }

@@ -28,18 +28,15 @@ struct KeyStateBatch {
     private var changed: [StateKey] = []
     private var ledger = ConflictLedger()
 
-    /// Keys per read statement; a shorter list is padded with its last key.
-    static let readChunk = 32
-
     /// Reads the states of these keys not read yet, in a few statements.
     mutating func read(_ db: Database, _ keys: some Sequence<StateKey>) throws {
         var wanted: [KeyspaceName: [Key]] = [:]
         var seen = Set<StateKey>()
         for key in keys where slots[key] == nil && seen.insert(key).inserted { wanted[key.keyspace, default: []].append(key.key) }
         for (keyspace, keys) in wanted {
-            for start in stride(from: 0, to: keys.count, by: Self.readChunk) {
-                let chunk = keys[start..<min(start + Self.readChunk, keys.count)]
-                for (key, row) in try KeyStateRows.loadStored(db, keyspace, Array(chunk), chunk: Self.readChunk) {
+            for start in stride(from: 0, to: keys.count, by: KeyStateRows.readChunk) {
+                let chunk = keys[start..<min(start + KeyStateRows.readChunk, keys.count)]
+                for (key, row) in try KeyStateRows.loadStored(db, keyspace, Array(chunk)) {
                     slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, current: row.state)
                 }
                 for key in chunk where slots[StateKey(keyspace: keyspace, key: key)] == nil {
@@ -80,10 +77,12 @@ struct KeyStateBatch {
 
     /// Writes every changed key once, and the conflicts log's records.
     func write(_ db: Database, nowMs: UInt64, limits: Limits) throws -> [KeyspaceName: KeyStateRows.Applied] {
+        let upsert = try DirectStatement(db, sql: KeyStateRows.upsertSQL)
         for stateKey in changed {
             let slot = slots[stateKey]!
             guard let current = slot.current, let rule = slot.rule else { continue }
-            try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current, rule: rule)
+            try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current, rule: rule,
+                                   upsert: upsert)
         }
         return try ledger.write(db, nowMs: nowMs, limits: limits)
     }
@@ -133,9 +132,9 @@ struct ConflictLedger {
         let held = try heldRecords(db)
         var applied: [KeyspaceName: KeyStateRows.Applied] = [:]
         var deltas: [KeyspaceName: Int] = [:]
-        var inserts: [StatementArguments] = []
+        var inserts: [(loser: Loser, version: KeyVersion, winner: KeyVersion, rule: String)] = []
         for loser in order {
-            let base: StatementArguments = [loser.keyspace.rawValue, loser.key.rawValue, loser.origin.rawValue, Int64(loser.sequence)]
+            var base: StatementArguments { [loser.keyspace.rawValue, loser.key.rawValue, loser.origin.rawValue, Int64(loser.sequence)] }
             switch fates[loser]! {
             case .restored:
                 guard held.contains(loser) else { continue }
@@ -143,10 +142,10 @@ struct ConflictLedger {
                     .execute(arguments: base)
                 deltas[loser.keyspace, default: 0] -= 1
             case .lost(let version, let winner, let rule):
-                let winnerArguments: StatementArguments = [
-                    winner.version.origin.rawValue, Int64(winner.version.sequence), Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical),
-                ]
                 if held.contains(loser) {
+                    let winnerArguments: StatementArguments = [
+                        winner.version.origin.rawValue, Int64(winner.version.sequence), Int64(winner.version.hlc.physicalMs), Int64(winner.version.hlc.logical),
+                    ]
                     // Lost again, perhaps to another winner: the record names the latest.
                     try db.cachedStatement(sql: """
                         UPDATE conflicts SET winner_origin = ?, winner_sequence = ?, winner_hlc_physical_ms = ?, winner_hlc_logical = ?
@@ -154,15 +153,12 @@ struct ConflictLedger {
                         """).execute(arguments: winnerArguments + base)
                     continue
                 }
-                inserts.append(base + winnerArguments + [
-                    rule, Int64(nowMs), Int64(version.version.hlc.physicalMs), Int64(version.version.hlc.logical),
-                    version.tombstone, version.contentType, Data(version.value),
-                ])
+                inserts.append((loser, version, winner, rule))
                 deltas[loser.keyspace, default: 0] += 1
                 applied[loser.keyspace, default: .init()].conflictsRecorded += 1
             }
         }
-        try insert(db, inserts)
+        try insert(db, inserts, nowMs: nowMs)
         for (keyspace, delta) in deltas.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where delta != 0 {
             let records = try KeyStateRows.count(db, keyspace, by: delta)
             guard records > limits.conflictsLogMax else { continue }
@@ -182,18 +178,45 @@ struct ConflictLedger {
         rule, recorded_ms, loser_hlc_physical_ms, loser_hlc_logical, loser_tombstone, loser_content_type, loser_value
         """
     private static let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    private static let lookup = """
+        WITH wanted (key, origin, sequence) AS (VALUES \(Array(repeating: "(?, ?, ?)", count: lookupChunk).joined(separator: ", ")))
+        SELECT c.key, c.loser_origin, c.loser_sequence FROM wanted CROSS JOIN conflicts c
+        ON c.keyspace = ? AND c.key = wanted.key AND c.loser_origin = wanted.origin AND c.loser_sequence = wanted.sequence
+        """
+    private static let insertRows = "INSERT INTO conflicts (\(columns)) VALUES " + Array(repeating: row, count: insertChunk).joined(separator: ", ")
 
     /// New records, `insertChunk` rows per statement and the rest one by one, in order (ids grow in loss order).
-    private func insert(_ db: Database, _ rows: [StatementArguments]) throws {
-        var start = 0
-        while rows.count - start >= Self.insertChunk {
-            let statement = try db.cachedStatement(sql: "INSERT INTO conflicts (\(Self.columns)) VALUES "
-                + Array(repeating: Self.row, count: Self.insertChunk).joined(separator: ", "))
-            try statement.execute(arguments: rows[start..<start + Self.insertChunk].reduce(into: StatementArguments()) { $0 += $1 })
-            start += Self.insertChunk
+    private func insert(_ db: Database, _ rows: [(loser: Loser, version: KeyVersion, winner: KeyVersion, rule: String)], nowMs: UInt64) throws {
+        func bind(_ item: (loser: Loser, version: KeyVersion, winner: KeyVersion, rule: String), _ row: inout DirectStatement.Binder) {
+            row.bind(item.loser.keyspace.rawValue)
+            row.bind(item.loser.key.rawValue)
+            row.bind(item.loser.origin.rawValue)
+            row.bind(item.loser.sequence)
+            row.bind(item.winner.version.origin.rawValue)
+            row.bind(item.winner.version.sequence)
+            row.bind(item.winner.version.hlc.physicalMs)
+            row.bind(Int64(item.winner.version.hlc.logical))
+            row.bind(item.rule)
+            row.bind(nowMs)
+            row.bind(item.version.version.hlc.physicalMs)
+            row.bind(Int64(item.version.version.hlc.logical))
+            row.bind(item.version.tombstone)
+            row.bind(item.version.contentType)
+            row.bind(item.version.value)
         }
-        for row in rows[start...] {
-            try db.cachedStatement(sql: "INSERT INTO conflicts (\(Self.columns)) VALUES \(Self.row)").execute(arguments: row)
+        var start = 0
+        if rows.count >= Self.insertChunk {
+            let statement = try DirectStatement(db, sql: Self.insertRows)
+            while rows.count - start >= Self.insertChunk {
+                try statement.execute { row in
+                    for item in rows[start..<start + Self.insertChunk] { bind(item, &row) }
+                }
+                start += Self.insertChunk
+            }
+        }
+        if start < rows.count {
+            let statement = try DirectStatement(db, sql: "INSERT INTO conflicts (\(Self.columns)) VALUES \(Self.row)")
+            for item in rows[start...] { try statement.execute { bind(item, &$0) } }
         }
     }
 
@@ -201,26 +224,21 @@ struct ConflictLedger {
     private func heldRecords(_ db: Database) throws -> Set<Loser> {
         var held = Set<Loser>()
         let byKeyspace = Dictionary(grouping: order, by: \.keyspace)
-        let values = Array(repeating: "(?, ?, ?)", count: Self.lookupChunk).joined(separator: ", ")
-        let statement = try db.cachedStatement(sql: """
-            WITH wanted (key, origin, sequence) AS (VALUES \(values))
-            SELECT c.key, c.loser_origin, c.loser_sequence FROM wanted CROSS JOIN conflicts c
-            ON c.keyspace = ? AND c.key = wanted.key AND c.loser_origin = wanted.origin AND c.loser_sequence = wanted.sequence
-            """)
+        let statement = try DirectStatement(db, sql: Self.lookup)
         for (keyspace, losers) in byKeyspace {
             for start in stride(from: 0, to: losers.count, by: Self.lookupChunk) {
                 let chunk = losers[start..<min(start + Self.lookupChunk, losers.count)]
-                var arguments = StatementArguments()
-                for index in 0..<Self.lookupChunk {
-                    let loser = chunk[chunk.startIndex + min(index, chunk.count - 1)]
-                    arguments += [loser.key.rawValue, loser.origin.rawValue, Int64(loser.sequence)]
-                }
-                arguments += [keyspace.rawValue]
-                let rows = try Row.fetchCursor(statement, arguments: arguments)
-                while let row = try rows.next() {
-                    held.insert(Loser(keyspace: keyspace, key: try Key(row[0] as String), origin: try RegionName(row[1] as String),
-                                      sequence: UInt64(row[2] as Int64)))
-                }
+                try statement.query({ row in
+                    for index in 0..<Self.lookupChunk {
+                        let loser = chunk[chunk.startIndex + min(index, chunk.count - 1)]
+                        row.bind(loser.key.rawValue)
+                        row.bind(loser.origin.rawValue)
+                        row.bind(loser.sequence)
+                    }
+                    row.bind(keyspace.rawValue)
+                }, row: { row in
+                    held.insert(Loser(keyspace: keyspace, key: try Key(row.text(0)), origin: try RegionName(row.text(1)), sequence: row.uint64(2)))
+                })
             }
         }
         return held

@@ -35,11 +35,17 @@ enum KeyStateRows {
         return try state(db, keyspace, key, row)
     }
 
-    /// The stored states of `keys` (at most `chunk`, a shorter list padded with its last key so one statement
+    /// Keys per read statement of ``loadStored(_:_:_:)``.
+    static let readChunk = 32
+    private static let readMarks = Array(repeating: "?", count: readChunk).joined(separator: ", ")
+    private static let loadKeysSQL = "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key IN (\(readMarks))"
+    private static let loadOthersSQL = "SELECT key, \(versionColumns) FROM frontier WHERE keyspace = ? AND key IN (\(readMarks))"
+
+    /// The stored states of `keys` (at most `readChunk`, a shorter list padded with its last key so one statement
     /// serves every call), each with the version `kv` holds. Keys not stored are left out.
-    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key], chunk: Int) throws -> [Key: (state: KeyState, winner: Dot)] {
+    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot)] {
+        let chunk = readChunk
         precondition(!keys.isEmpty && keys.count <= chunk)
-        let marks = Array(repeating: "?", count: chunk).joined(separator: ", ")
         func bind(_ keys: [Key]) -> (inout DirectStatement.Binder) -> Void {
             { row in
                 row.bind(keyspace.rawValue)
@@ -47,14 +53,14 @@ enum KeyStateRows {
             }
         }
         var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool)] = []
-        try DirectStatement(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key IN (\(marks))").query(bind(keys)) { row in
+        try DirectStatement(db, sql: loadKeysSQL).query(bind(keys)) { row in
             stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0))
         }
         // The other versions of keys with concurrent writes, in one more statement.
         var others: [Key: [KeyVersion]] = [:]
         let concurrent = stored.filter(\.concurrent).map(\.key)
         if !concurrent.isEmpty {
-            try DirectStatement(db, sql: "SELECT key, \(versionColumns) FROM frontier WHERE keyspace = ? AND key IN (\(marks))").query(bind(concurrent)) { row in
+            try DirectStatement(db, sql: loadOthersSQL).query(bind(concurrent)) { row in
                 others[try Key(row.text(0)), default: []].append(try version(row, from: 1))
             }
         }
@@ -126,33 +132,37 @@ enum KeyStateRows {
                           contentType: row[column + 1], value: Array(row[column] as Data? ?? Data()), dependencies: dependencies)
     }
 
+    /// Writes a key's row in `kv`.
+    static let upsertSQL = """
+        INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (keyspace, key) DO UPDATE SET
+            value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
+            hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
+            dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent
+        """
+
     /// Writes a key's new state: the winner in `kv`, the rest in `frontier`.
     /// - Parameter storedWinner: Which version of `old` `kv` holds; given, only the `frontier` rows that changed
     ///   are written, otherwise every one of the key's rows is replaced.
+    /// - Parameter upsert: The `kv` upsert (``upsertSQL``), prepared once for a transaction's keys.
     static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, storedWinner: Dot? = nil, new: KeyState,
-                      rule: ConflictRule) throws {
+                      rule: ConflictRule, upsert: DirectStatement? = nil) throws {
         let winner = new.winner(rule)
-        try DirectStatement(db, sql: """
-            INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (keyspace, key) DO UPDATE SET
-                value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
-                hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
-                dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent
-            """).execute { row in
-                row.bind(keyspace.rawValue)
-                row.bind(key.rawValue)
-                row.bind(winner.value)
-                row.bind(winner.contentType)
-                row.bind(winner.version.hlc.physicalMs)
-                row.bind(Int64(winner.version.hlc.logical))
-                row.bind(winner.version.origin.rawValue)
-                row.bind(winner.version.sequence)
-                row.bind(winner.tombstone)
-                row.bind(RegionStore.dependenciesColumn(winner.dependencies))
-                row.bind(encodeVector(new.context))
-                row.bind(new.versions.count - 1)
-            }
+        try (upsert ?? DirectStatement(db, sql: upsertSQL)).execute { row in
+            row.bind(keyspace.rawValue)
+            row.bind(key.rawValue)
+            row.bind(winner.value)
+            row.bind(winner.contentType)
+            row.bind(winner.version.hlc.physicalMs)
+            row.bind(Int64(winner.version.hlc.logical))
+            row.bind(winner.version.origin.rawValue)
+            row.bind(winner.version.sequence)
+            row.bind(winner.tombstone)
+            row.bind(RegionStore.dependenciesColumn(winner.dependencies))
+            row.bind(encodeVector(new.context))
+            row.bind(new.versions.count - 1)
+        }
         let others = new.versions.filter { $0.dot != winner.dot }
         let stored: [KeyVersion]
         if let old, let storedWinner {
@@ -170,14 +180,21 @@ enum KeyStateRows {
         }
         let held = Dictionary(stored.map { ($0.dot, $0) }) { first, _ in first }
         for version in others where held[version.dot] != version {
-            try db.cachedStatement(sql: """
+            try DirectStatement(db, sql: """
                 INSERT OR REPLACE INTO frontier (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """).execute(arguments: [
-                    keyspace.rawValue, key.rawValue, Data(version.value), version.contentType,
-                    Int64(version.version.hlc.physicalMs), Int64(version.version.hlc.logical), version.version.origin.rawValue,
-                    Int64(version.version.sequence), version.tombstone, RegionStore.dependenciesColumn(version.dependencies),
-                ])
+                """).execute { row in
+                row.bind(keyspace.rawValue)
+                row.bind(key.rawValue)
+                row.bind(version.value)
+                row.bind(version.contentType)
+                row.bind(version.version.hlc.physicalMs)
+                row.bind(Int64(version.version.hlc.logical))
+                row.bind(version.version.origin.rawValue)
+                row.bind(version.version.sequence)
+                row.bind(version.tombstone)
+                row.bind(RegionStore.dependenciesColumn(version.dependencies))
+            }
         }
     }
 

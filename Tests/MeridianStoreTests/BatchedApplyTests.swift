@@ -1,5 +1,6 @@
 // Proves the batched apply path changes nothing but its cost: random logs of three origins (puts, deletes,
-// CRDT deltas, concurrent writes, keys repeated inside a batch) applied in random batches to SQLite end in
+// CRDT deltas, concurrent writes, keys repeated inside a batch) applied in random batches, with anti-entropy
+// merging states from a peer now and then, end in
 // exactly the states and conflict records that applying them one entry at a time gives, and that the
 // in-memory store (the simulator's) gives, under every conflict rule; and local writes committed together
 // in one batch see each other.
@@ -82,6 +83,12 @@ import Testing
             let stores = try [batched.open(rules: rules), single.open(rules: rules), memory.open(rules: rules)]
             defer { for store in stores { store.close() } }
             let logs = try Self.logs(rule: rule, keyspace: keyspace, entries: 40, random: &random)
+            // A peer that applied every log already: anti-entropy merges some of its key states now and then.
+            let peer = StoreFixture(.memory)
+            defer { peer.remove() }
+            let peerStore = try peer.open(rules: rules)
+            defer { peerStore.close() }
+            for origin in Self.origins { _ = try await peerStore.applyReplicated(logs[origin]!, origin: origin) }
             var applied: [RegionName: Int] = [:]
             // Batches of random lengths from random origins, until every log is applied; some batches resend a
             // part already applied, as a reconnecting stream does.
@@ -97,6 +104,15 @@ import Testing
                 for entry in batch { #expect(try await stores[1].applyReplicated([entry], origin: origin) >= entry.sequence) }
                 #expect(try await stores[2].applyReplicated(batch, origin: origin) == expected)
                 applied[origin] = end
+                if Int.random(in: 0..<6, using: &random) == 0 {
+                    var states: [(key: Key, state: KeyState)] = []
+                    for key in Self.keys.shuffled(using: &random).prefix(3) {
+                        if let state = try await peerStore.state(keyspace: keyspace, key: key) { states.append((key, state)) }
+                    }
+                    _ = try await stores[0].merge(keyspace: keyspace, states: states)
+                    for item in states { _ = try await stores[1].merge(keyspace: keyspace, states: [item]) }
+                    _ = try await stores[2].merge(keyspace: keyspace, states: states)
+                }
             }
             #expect(Self.origins.allSatisfy { applied[$0] == logs[$0]!.count })
             let outcomes = try await stores.asyncMap { try await Self.outcome($0, keyspace) }

@@ -11,6 +11,7 @@ public final class MemoryDisk: Sendable {
 
     /// What the disk holds now (nil: no store was opened on it yet), for a simulator's checks: a region's logs,
     /// key states and logs of conflicts and divergence, readable while its store is closed or lost for good.
+    /// Steps applied visibly and not yet synced are not on it (``MemoryStore/visibleContents`` has them).
     public var held: MemoryStore.Contents? { contents.withLock { $0 } }
 }
 
@@ -129,7 +130,7 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    /// Changes under the lock, then makes the contents "durable" on the disk.
+    /// Changes under the lock, then makes the contents "durable" on the disk (with every change made visibly before).
     private func changing<T>(_ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
         try state.withLock { open throws(MeridianError) -> T in
             guard !open.closed else { throw Self.closedError }
@@ -138,6 +139,18 @@ public final class MemoryStore: RegionStorage {
             open = draft
             let contents = draft.contents
             disk.contents.withLock { $0 = contents }
+            return result
+        }
+    }
+
+    /// Changes under the lock without making them durable: the disk gets them with the next durable change (as a
+    /// write-ahead log synced later holds every commit before the sync); a close before then loses them.
+    private func visibly<T>(_ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
+        try state.withLock { open throws(MeridianError) -> T in
+            guard !open.closed else { throw Self.closedError }
+            var draft = open
+            let result = try body(&draft)
+            open = draft
             return result
         }
     }
@@ -344,21 +357,43 @@ public final class MemoryStore: RegionStorage {
     // MARK: - Replication logs
 
     public func appliedHighWater() -> [RegionName: UInt64] {
-        state.withLock { open in
-            var applied = open.contents.applied
-            let own = open.contents.nextSequence - 1
-            if own > 0 { applied[region] = own }
-            return applied
-        }
+        // What the disk holds: a step applied visibly is durable once any durable step followed it.
+        disk.contents.withLock { contents in contents.map(Self.highWater) } ?? state.withLock { Self.highWater($0.contents) }
+    }
+
+    /// What the open store holds, visible steps not yet synced included (nil once closed), for a simulator's checks.
+    public var visibleContents: Contents? {
+        state.withLock { $0.closed ? nil : $0.contents }
+    }
+
+    public func visibleHighWater() -> [RegionName: UInt64] {
+        state.withLock { Self.highWater($0.contents) }
+    }
+
+    private static func highWater(_ contents: Contents) -> [RegionName: UInt64] {
+        var applied = contents.applied
+        let own = contents.nextSequence - 1
+        if own > 0 { applied[contents.region] = own }
+        return applied
+    }
+
+    public func syncApplied() throws(MeridianError) -> [RegionName: UInt64] {
+        try changing { _ in }
+        return appliedHighWater()
     }
 
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
                                 diverted: [UInt64: UInt64]) throws(MeridianError) -> UInt64 {
+        try applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted, durable: true)
+    }
+
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                                diverted: [UInt64: UInt64], durable: Bool) throws(MeridianError) -> UInt64 {
         try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
         let limits = self.limits
         let physicalMs = physicalClockMs()
         var recorded: [KeyspaceName: Recorded] = [:]
-        let after = try changing { open throws(MeridianError) -> UInt64 in
+        let after = try (durable ? changing : visibly) { open throws(MeridianError) -> UInt64 in
             let applied = open.contents.applied[origin] ?? 0
             guard from <= applied + 1 else {
                 throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",

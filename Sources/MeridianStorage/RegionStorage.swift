@@ -40,15 +40,23 @@ public protocol KeyReads: Sendable {
 /// The per-origin replication logs: this region's own (shipped to peers) and how far every other origin's has
 /// been applied here.
 public protocol ReplicationLogStore: Sendable {
-    /// Per origin, the last sequence applied here (this region's own: its log's end). Never blocks for long.
+    /// Per origin, the last sequence applied here durably (this region's own: its log's end): what survives a
+    /// crash of the machine, and so all an acknowledgement may count. Never blocks for long.
     func appliedHighWater() -> [RegionName: UInt64]
+    /// Per origin, the last sequence applied here and readable, durable or not (at least ``appliedHighWater()``).
+    func visibleHighWater() -> [RegionName: UInt64]
     /// Applies `from...through` of another origin's log in one step, exactly once: entries at or below the applied
     /// point are skipped, a range beginning past it is refused with nothing applied. `entries` are those this
     /// region replicates; the named sequences of `diverted` (→ the epoch that fenced them) are kept aside in
     /// the divergence log instead of applied.
+    /// - Parameter durable: Whether the step is durable before it returns. Otherwise it is visible at once and
+    ///   durable after the next ``syncApplied()`` (or any durable step after it); a crash of the machine before
+    ///   then loses it whole, with its applied point, and the origin ships it again.
     /// - Returns: The origin's applied point afterwards.
     func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                         diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64
+                         diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64
+    /// Makes every step so far durable. - Returns: ``appliedHighWater()`` afterwards.
+    func syncApplied() async throws(MeridianError) -> [RegionName: UInt64]
     /// Moves an origin's applied point up to `sequence` (never down), after anti-entropy brought everything
     /// up to there. - Returns: The applied point afterwards.
     func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64
@@ -273,6 +281,12 @@ extension ReplicationLogStore {
     /// Applies `from...through` of another origin's log, keeping nothing aside.
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
         try await applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: [:])
+    }
+
+    /// Applies `from...through` of another origin's log durably.
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                                diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64 {
+        try await applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted, durable: true)
     }
 }
 

@@ -220,8 +220,10 @@ actor GroupCommitter {
     /// the applied point are skipped, and a range starting beyond it is refused with nothing applied.
     /// The local HLC moves past every applied entry, so writes made here afterwards order after them.
     /// - Returns: The origin's applied sequence afterwards.
+    /// - Parameter durable: false commits without an fsync (`synchronous=NORMAL` for this transaction): visible at
+    ///   once, durable with the next commit that syncs (``sync()``, or any other), lost whole if the machine crashes first.
     func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                         diverted: [UInt64: UInt64] = [:]) async throws(MeridianError) -> UInt64 {
+                         diverted: [UInt64: UInt64] = [:], durable: Bool = true) async throws(MeridianError) -> UInt64 {
         precondition(origin != region, "a region never receives its own log")
         precondition(from >= 1 && from <= through && entries.allSatisfy { $0.origin == origin && (from...through).contains($0.sequence) })
         let clock = self.clock
@@ -234,7 +236,7 @@ actor GroupCommitter {
         var remembered = (0, 0)
         let outcome: Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>
         do {
-            (outcome, remembered) = try await pool.write { db -> (Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>, (Int, Int)) in
+            (outcome, remembered) = try await writing(durable: durable) { db -> (Result<(UInt64, [KeyspaceName: KeyStateRows.Applied]), MeridianError>, (Int, Int)) in
                 let applied = UInt64(try Int64.fetchOne(db, sql: "SELECT sequence FROM applied WHERE origin = ?", arguments: [origin.rawValue]) ?? 0)
                 guard from <= applied + 1 else {
                     return (.failure(MeridianError(
@@ -279,6 +281,43 @@ actor GroupCommitter {
         let (applied, recorded) = try outcome.get()
         report(recorded)
         return applied
+    }
+
+    /// Runs `body` in a write transaction; unless `durable`, committed without an fsync. The connection is put back
+    /// to `synchronous=FULL` afterwards, whatever happened, so every other commit stays durable.
+    private func writing<T: Sendable>(durable: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        guard !durable else { return try await pool.write(body) }
+        return try await pool.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
+            var result: T?
+            try db.inTransaction(.immediate) {
+                result = try body(db)
+                return .commit
+            }
+            return result!
+        }
+    }
+
+    /// Commits a small write with an fsync, which makes every commit before it durable (the write-ahead log is
+    /// synced whole). - Returns: the other origins' applied points as of that commit.
+    func sync() async throws(MeridianError) -> [RegionName: UInt64] {
+        let region = self.region
+        do {
+            return try await pool.write { db -> [RegionName: UInt64] in
+                try db.execute(sql: """
+                    INSERT INTO meta (name, value) VALUES ('applies_synced', '1')
+                    ON CONFLICT (name) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
+                    """)
+                var applied: [RegionName: UInt64] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT origin, sequence FROM applied WHERE origin != ?", arguments: [region.rawValue]) {
+                    applied[try RegionName(row[0] as String)] = UInt64(row[1] as Int64)
+                }
+                return applied
+            }
+        } catch {
+            throw StorageFault.error(error, directory: directory, what: "Applied entries could not be made durable")
+        }
     }
 
     /// Merges key states another region sent (anti-entropy) into this region's, in one transaction: each key

@@ -21,9 +21,10 @@ public final class RegionStore: RegionStorage {
     /// The latest failed commit of this region's writes (a full or read-only disk), until one succeeds.
     public let writeFaults = WriteFaults()
     private let lastCommittedSequence: SequenceHighWater
-    /// The applied high-water of every other origin's log. Updated only by `applyReplicated`, which callers
-    /// run one at a time per origin (one receiving stream per origin).
-    private let appliedOthers: Mutex<[RegionName: UInt64]>
+    /// The applied high-water of every other origin's log, durable and visible (a step applied without an fsync is
+    /// visible at once and durable after the next sync). Updated by `applyReplicated`, `syncApplied` and
+    /// `raiseApplied`, which callers run one at a time per origin (one receiving stream per origin).
+    private let appliedOthers: Mutex<(durable: [RegionName: UInt64], visible: [RegionName: UInt64])>
     /// This region's log is trimmed up to here.
     let trimmedThrough: SequenceHighWater
     /// Seals and opens the values of sealed keyspaces (nil: none).
@@ -92,7 +93,7 @@ public final class RegionStore: RegionStorage {
                 let restoring = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'restore_pending'") != nil
                 return (max(UInt64(lastSequence), trimmed) + 1, floor, others, trimmed, restoring)
             }
-            appliedOthers = Mutex(state.2)
+            appliedOthers = Mutex((state.2, state.2))
             trimmedThrough = SequenceHighWater(state.3)
             let clock = HybridLogicalClock(region: region, maxOffsetMs: limits.clockOffsetMsMax, floor: state.1)
             let committed = SequenceHighWater(state.0 - 1)
@@ -151,10 +152,28 @@ public final class RegionStore: RegionStorage {
     /// How far this region has applied each origin's log: the highest committed sequence per origin.
     /// Only this region's own log exists until cross-region replication applies other origins' entries.
     public func appliedHighWater() -> [RegionName: UInt64] {
+        highWater(appliedOthers.withLock { $0.durable })
+    }
+
+    public func visibleHighWater() -> [RegionName: UInt64] {
+        highWater(appliedOthers.withLock { $0.visible })
+    }
+
+    private func highWater(_ others: [RegionName: UInt64]) -> [RegionName: UInt64] {
         let own = lastCommittedSequence.value.load(ordering: .acquiring)
-        var result = appliedOthers.withLock { $0 }
+        var result = others
         if own > 0 { result[region] = own }
         return result
+    }
+
+    /// Makes every apply so far durable: a small write committed with an fsync of the write-ahead log, which holds
+    /// every commit before it. The applied points read inside its transaction are durable once it returns.
+    public func syncApplied() async throws(MeridianError) -> [RegionName: UInt64] {
+        let synced = try await committer.sync()
+        appliedOthers.withLock { applied in
+            for (origin, sequence) in synced { applied.durable[origin] = max(applied.durable[origin, default: 0], sequence) }
+        }
+        return appliedHighWater()
     }
 
     /// Applies a batch of another origin's log covering sequences `from...through` (replication), exactly
@@ -169,10 +188,14 @@ public final class RegionStore: RegionStorage {
     /// - Parameter diverted: Sequences of entries a fence refused (a deposed leader's writes its successor never
     ///   held), kept in the divergence log under the given successor epoch instead of applied.
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                                diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64 {
+                                diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64 {
         try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
-        let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted)
-        appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
+        let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted,
+                                                        durable: durable)
+        appliedOthers.withLock { applied in
+            applied.visible[origin] = max(applied.visible[origin, default: 0], after)
+            if durable { applied.durable[origin] = max(applied.durable[origin, default: 0], after) }
+        }
         return after
     }
 
@@ -288,7 +311,10 @@ public final class RegionStore: RegionStorage {
     public func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 {
         guard origin != region else { return appliedHighWater()[region] ?? 0 }
         let after = try await committer.raiseApplied(origin: origin, to: sequence)
-        appliedOthers.withLock { $0[origin] = max($0[origin, default: 0], after) }
+        appliedOthers.withLock { applied in
+            applied.visible[origin] = max(applied.visible[origin, default: 0], after)
+            applied.durable[origin] = max(applied.durable[origin, default: 0], after)
+        }
         return after
     }
 

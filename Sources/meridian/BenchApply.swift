@@ -22,6 +22,8 @@ extension Bench {
         @Option(help: "Batches per phase.") var batches: Int = 100
         @Option(help: "Value size in bytes.") var valueBytes: Int = 100
         @Option(help: "Stop after this phase (1 to 4).") var through: Int = 4
+        @Flag(help: "Apply as a replica does for async entries: visible at once, without an fsync per batch (one sync at the end).")
+        var visible = false
 
         func validate() throws {
             guard (1...4_096).contains(batchEntries) else { throw ValidationError("--batch-entries must be 1 to 4096.") }
@@ -56,9 +58,11 @@ extension Bench {
                 }
             }
             func apply(_ origin: RegionName, _ entries: [ReplicationEntry]) async throws {
-                _ = try await store.applyReplicated(origin: origin, from: entries.first!.sequence, through: entries.last!.sequence, entries: entries, diverted: [:])
+                _ = try await store.applyReplicated(origin: origin, from: entries.first!.sequence, through: entries.last!.sequence, entries: entries,
+                                                    diverted: [:], durable: !visible)
             }
-            say("meridian bench apply: \(batches) batches of \(batchEntries) entries per phase, \(valueBytes)-byte values, one SQLite store, one process")
+            say("meridian bench apply: \(batches) batches of \(batchEntries) entries per phase, \(valueBytes)-byte values, one SQLite store, one process, "
+                + (visible ? "visible applies (no fsync per batch)" : "durable applies (an fsync per batch)"))
             say("PHASE                        ENTRIES   ENTRIES/s   µs/entry")
             func phase(_ name: String, _ body: () async throws -> Void) async throws {
                 let started = ContinuousClock.now
@@ -82,6 +86,7 @@ extension Bench {
                     }
                 }
             }
+            if visible { _ = try await store.syncApplied() }
             let conflicts = try await store.conflicts(keyspace: keyspace, key: nil, after: 0, limit: 1)
             say("conflicts log: \(conflicts.isEmpty ? "empty" : "holds the losers") (bounded by limits.conflicts_log_max)")
         }

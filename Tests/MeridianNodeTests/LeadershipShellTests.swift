@@ -61,10 +61,12 @@ final class HeldElectionStore: RegionStorage {
     }
     func keyCounts() async throws(MeridianError) -> [String: Int] { try inner.keyCounts() }
     func appliedHighWater() -> [RegionName: UInt64] { inner.appliedHighWater() }
+    func visibleHighWater() -> [RegionName: UInt64] { inner.visibleHighWater() }
     func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                         diverted: [UInt64: UInt64]) async throws(MeridianError) -> UInt64 {
-        try inner.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted)
+                         diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64 {
+        try inner.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted, durable: durable)
     }
+    func syncApplied() async throws(MeridianError) -> [RegionName: UInt64] { try inner.syncApplied() }
     func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 { try inner.raiseApplied(origin: origin, to: sequence) }
     func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
         try inner.logEntries(origin: origin, after: sequence, limit: limit)

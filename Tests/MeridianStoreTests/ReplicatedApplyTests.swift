@@ -89,6 +89,48 @@ import Testing
         #expect(try await store.applyReplicated([remote(4, key: "k4", value: "v", physicalMs: 4)], origin: eu) == 4, "duplicates after restart are skipped")
         store.close()
     }
+
+    /// An apply made without an fsync is readable at once and counted visible, not durable, until a sync; the sync
+    /// moves the durable point to it. The connection goes back to syncing every other commit.
+    @Test(arguments: Backend.allCases)
+    func aVisibleApplyIsReadAtOnceAndDurableAfterASync(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        defer { store.close() }
+        _ = try await store.applyReplicated(origin: eu, from: 1, through: 1, entries: [remote(1, key: "a", value: "1", physicalMs: 5)], diverted: [:], durable: true)
+        let visible = try await store.applyReplicated(origin: eu, from: 2, through: 3, entries: [remote(2, key: "b", value: "2", physicalMs: 6),
+                                                                                             remote(3, key: "a", value: "3", physicalMs: 7)],
+                                                      diverted: [:], durable: false)
+        #expect(visible == 3)
+        #expect(try await store.get(keyspace: fixture.keyspace, key: Key("a"))?.value == Array("3".utf8))
+        #expect(store.visibleHighWater()[eu] == 3 && store.appliedHighWater()[eu] == 1, "visible at 3, durable at 1")
+        #expect(try await store.syncApplied()[eu] == 3)
+        #expect(store.appliedHighWater()[eu] == 3 && store.visibleHighWater()[eu] == 3)
+        if backend == .sqlite {
+            store.close()
+            #expect(try await fixture.openSQLite().synchronousLevel() == 2, "commits after a visible apply are synced again")
+        }
+    }
+
+    /// The in-memory disk loses a visible apply whole, with its applied point, when the store closes before a sync
+    /// (the simulator's crash of the machine); a durable step after it, such as a local write, makes it durable too.
+    @Test func aCrashBeforeTheSyncLosesTheVisibleApplyWholeAndADurableStepKeepsIt() async throws {
+        for durableStepAfter in [false, true] {
+            let fixture = StoreFixture(.memory)
+            defer { fixture.remove() }
+            var store = try fixture.open()
+            _ = try await store.applyReplicated(origin: eu, from: 1, through: 2, entries: [remote(1, key: "a", value: "1", physicalMs: 5),
+                                                                                          remote(2, key: "b", value: "2", physicalMs: 6)],
+                                                diverted: [:], durable: false)
+            if durableStepAfter { _ = try await store.write(fixture.put("own", "1")) }
+            store.close()
+            store = try fixture.open()
+            #expect(store.appliedHighWater()[eu] == (durableStepAfter ? 2 : nil))
+            #expect(try await store.get(keyspace: fixture.keyspace, key: Key("b")) == nil ? !durableStepAfter : durableStepAfter)
+            store.close()
+        }
+    }
 }
 
 @Suite struct ReplicatedRangeApplyTests {

@@ -26,11 +26,14 @@ import Synchronization
 /// The model follows the node's protocol step by step, so the windows the node has are windows here:
 /// - a stream opens with hello; the receiver answers with the applied point it holds durably (welcome),
 ///   and the origin ships from there;
-/// - a receiver hands entries out when they arrive, persists them later (a simulated fsync a crash can
-///   interrupt), moves its durable applied point inside that persist (skipping what another stream already
-///   applied, refusing a gap), and only then acknowledges, on the stream that carried them;
-/// - origins send heartbeats, receivers answer them with their durable point, and an origin closes a stream
-///   it has not heard from within the silence limit;
+/// - a receiver hands entries out when they arrive and the machine admits them; it applies them at once without
+///   an fsync (visible, the applied point moved in the same step: skipping what another stream already applied,
+///   refusing a gap) and acknowledges them as visible; a simulated fsync later makes them durable (a crash
+///   before it loses them, applied point and all, as a machine crash loses an unsynced write-ahead log), and
+///   only then does the receiver acknowledge them as durable, on the stream that carried them; only durable
+///   acknowledgements count toward `majority`, and only durable points reach the region machine;
+/// - origins send heartbeats, receivers answer them with their durable and visible points, and an origin
+///   closes a stream it has not heard from within the silence limit;
 /// - a stream is a byte stream (FIFO), but different streams are not ordered with each other, and a
 ///   partition holds bytes rather than dropping them: after the heal, batches of a stream its origin
 ///   already abandoned still arrive, interleaved with the new stream's;
@@ -160,8 +163,8 @@ public struct Simulation {
         case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
         /// The origin's log end and its wall clock when sent, and the latest `ack.echo` it had from the peer.
         case heartbeat(logHighWater: UInt64, physicalMs: UInt64, echo: UInt64)
-        /// `echo`: the peer's own (monotonic) clock when it sent the ack.
-        case ack(upTo: UInt64, echo: UInt64)
+        /// The peer's durable and visible applied points; `echo`: the peer's own (monotonic) clock when it sent the ack.
+        case ack(durable: UInt64, visible: UInt64, echo: UInt64)
         /// An election frame of the strong keyspace, carried on the sender's stream as the node carries it.
         case election(keyspace: KeyspaceName, message: ElectionMessage, start: EpochStart?)
     }
@@ -456,7 +459,14 @@ public struct Simulation {
     // MARK: - What a region's disk holds
 
     /// What region `index`'s disk holds now (its store may be closed: down, or lost for good).
+    /// What region `index` holds as its readers see it: while its store is open, what it applied visibly too.
     private func held(_ index: Int) -> MemoryStore.Contents {
+        if regions[index].up, let contents = regions[index].store.visibleContents { return contents }
+        return durable(index)
+    }
+
+    /// What region `index` holds durably: what survives a crash of its machine.
+    private func durable(_ index: Int) -> MemoryStore.Contents {
         guard let contents = regions[index].disk.held else { preconditionFailure("every region's store was opened at the start") }
         return contents
     }
@@ -466,6 +476,9 @@ public struct Simulation {
 
     /// How far region `index` holds `origin`'s log: its own log's end, or its applied point of another's.
     private func appliedThrough(_ index: Int, _ origin: Int) -> UInt64 { held(index).appliedThrough(names[origin]) }
+
+    /// How far region `index` holds `origin`'s log durably.
+    private func durableThrough(_ index: Int, _ origin: Int) -> UInt64 { durable(index).appliedThrough(names[origin]) }
 
     /// Region `index`'s state of one key.
     private func state(_ index: Int, _ keyspace: KeyspaceName, _ key: String) -> KeyState? {
@@ -967,7 +980,7 @@ public struct Simulation {
             }
             for name in ackedBy {
                 let region = names.firstIndex(of: name)!
-                if appliedThrough(region, origin) < sequence {
+                if durableThrough(region, origin) < sequence {
                     report.violations.append("write \(names[origin])#\(sequence) acknowledged by \(name), which has not durably applied it")
                 }
             }
@@ -1049,7 +1062,9 @@ public struct Simulation {
             regions[origin].shippers[peer] = shipper
             carry(origin, peer, effects)
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: applied) { resolve(origin, resolution) }
-        case .ack(let upTo, let echo):
+        case .ack(let durable, let visible, let echo):
+            // Only the durable point counts (the planted bug counts the visible one).
+            let upTo = options.plantedBug == .countVisibleAcks ? visible : durable
             regions[origin].echoFrom[peer] = max(regions[origin].echoFrom[peer], echo)
             guard var shipper = regions[origin].shippers[peer] else {
                 report.violations.append("\(names[peer]) acknowledged on a stream it never welcomed")
@@ -1085,7 +1100,7 @@ public struct Simulation {
                 report.violations.append("one stream said hello twice")
                 return
             }
-            let applied = appliedThrough(peer, origin)
+            let applied = durableThrough(peer, origin)
             regions[peer].inbound[id] = Inbound(origin: origin, receiver: LogReceiver(origin: names[origin], applied: applied))
             // As the node: a new stream may be a new process with its clock set anew.
             let wasWritable = regions[peer].fence.mayWrite
@@ -1133,7 +1148,7 @@ public struct Simulation {
                     carryMachine(peer, regions[peer].machine!.handle(.clockFenceChanged(fenced: regions[peer].fence.isFenced), nowMs: nowMs, wallMs: wallNow))
                 }
             }
-            send(.ack(upTo: appliedThrough(peer, origin), echo: nowMs), on: id, toPeer: false)
+            send(.ack(durable: durableThrough(peer, origin), visible: appliedThrough(peer, origin), echo: nowMs), on: id, toPeer: false)
         case .election(let keyspace, let message, let start):
             carryMachine(peer, regions[peer].machine!.handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: names[origin],
                                                                                applied: appliedPoints(peer)), nowMs: nowMs, wallMs: physicalMs(peer)))
@@ -1155,13 +1170,46 @@ public struct Simulation {
             carryMachine(region, regions[region].machine!.handle(.batchArrived(nextBatchID, entries: batch.entries), nowMs: nowMs, wallMs: physicalMs(region)))
         } else if let again = inbound.queue.takeReacknowledgement() {
             regions[region].inbound[id] = inbound
-            send(.ack(upTo: again, echo: nowMs), on: id, toPeer: false)
+            send(.ack(durable: again, visible: max(again, appliedThrough(region, inbound.origin)), echo: nowMs), on: id, toPeer: false)
         }
     }
 
-    /// A persist completed: the store applies the batch in one transaction against its durable applied point
-    /// (skipping what is already applied, refusing a gap, keeping aside what the machine diverted), then the
-    /// region acknowledges.
+    /// The machine admitted a batch: the store applies it at once, without an fsync, in one step against its applied
+    /// point (skipping what is already applied, refusing a gap, keeping aside what the machine diverted); the
+    /// region acknowledges it as visible, and the simulated fsync that follows (``persistCompleted``) makes it durable.
+    private mutating func applyVisibly(_ region: Int, stream id: UInt64, diverted: [UInt64: UInt64]) {
+        guard var inbound = regions[region].inbound[id], let batch = inbound.persisting else { return }
+        let origin = inbound.origin
+        let before = appliedThrough(region, origin)
+        let visible: UInt64
+        do {
+            visible = try regions[region].store.applyReplicated(origin: names[origin], from: batch.from, through: batch.through,
+                                                                entries: batch.entries, diverted: diverted, durable: false)
+        } catch {
+            report.violations.append("\(names[region]) could not apply \(names[origin])'s \(batch.from)...\(batch.through) after applying up to \(before): \(error)")
+            regions[region].inbound[id] = nil
+            return
+        }
+        for entry in batch.entries where entry.sequence > before {
+            if let successor = diverted[entry.sequence] {
+                if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
+                report.diverted += 1
+            } else if rules[entry.keyspace] == .siblings {
+                noteSiblings(region, entry.keyspace, entry.key.rawValue)
+            }
+        }
+        inbound.diverted = diverted
+        inbound.admitted = true
+        regions[region].inbound[id] = inbound
+        regions[region].freshness[origin].advance(applied: visible)
+        // The planted bug: the replica calls what it applied visibly durable before its fsync.
+        let durable = options.plantedBug == .acknowledgeVisibleAsDurable ? visible : durableThrough(region, origin)
+        send(.ack(durable: durable, visible: visible, echo: nowMs), on: id, toPeer: false)
+    }
+
+    /// A persist (the fsync after a visible apply) completed: the region's applies so far are durable; the receiver
+    /// and the machine hear so, and the region acknowledges the durable point. A crash before it lost the batch
+    /// whole (the store reopens on the durable disk).
     private mutating func persistCompleted(_ region: Int, stream id: UInt64, generation: Int) {
         guard regions[region].up, regions[region].generation == generation,
               var inbound = regions[region].inbound[id], let batch = inbound.persisting else {
@@ -1169,23 +1217,13 @@ public struct Simulation {
             return
         }
         let origin = inbound.origin
-        let durable = appliedThrough(region, origin)
-        let acknowledged: UInt64
+        let durable: UInt64
         do {
-            acknowledged = try regions[region].store.applyReplicated(origin: names[origin], from: batch.from, through: batch.through,
-                                                                     entries: batch.entries, diverted: inbound.diverted)
+            durable = try regions[region].store.syncApplied()[names[origin]] ?? 0
         } catch {
-            report.violations.append("\(names[region]) could not persist \(names[origin])'s \(batch.from)...\(batch.through) after applying up to \(durable): \(error)")
+            report.violations.append("\(names[region]) could not sync \(names[origin])'s \(batch.from)...\(batch.through): \(error)")
             regions[region].inbound[id] = nil
             return
-        }
-        for entry in batch.entries where entry.sequence > durable {
-            if let successor = inbound.diverted[entry.sequence] {
-                if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
-                report.diverted += 1
-            } else if rules[entry.keyspace] == .siblings {
-                noteSiblings(region, entry.keyspace, entry.key.rawValue)
-            }
         }
         _ = inbound.receiver.persisted(upTo: batch.through)
         let admitted = inbound.admission
@@ -1197,8 +1235,7 @@ public struct Simulation {
         if let admitted {
             carryMachine(region, regions[region].machine!.handle(.batchCommitted(admitted, committed: true), nowMs: nowMs, wallMs: physicalMs(region)))
         }
-        regions[region].freshness[origin].advance(applied: appliedThrough(region, origin))
-        send(.ack(upTo: acknowledged, echo: nowMs), on: id, toPeer: false)
+        send(.ack(durable: durable, visible: appliedThrough(region, origin), echo: nowMs), on: id, toPeer: false)
         startPersist(region, stream: id)
     }
 
@@ -1411,7 +1448,7 @@ public struct Simulation {
     /// The store's applied point per origin, as the machine reads it.
     private func appliedPoints(_ index: Int) -> [RegionName: UInt64] {
         var applied: [RegionName: UInt64] = [:]
-        for origin in regions.indices { applied[names[origin]] = appliedThrough(index, origin) }
+        for origin in regions.indices { applied[names[origin]] = durableThrough(index, origin) }
         return applied
     }
 
@@ -1442,8 +1479,8 @@ public struct Simulation {
                 // As the node's link: only on a stream the peer has welcomed.
                 let to = names.firstIndex(of: peer)!
                 // A hand-over goes to a region that durably holds this region's whole log.
-                if case .timeoutNow = message, appliedThrough(to, index) < appliedThrough(index, index) {
-                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(appliedThrough(to, index)) of \(appliedThrough(index, index))")
+                if case .timeoutNow = message, durableThrough(to, index) < appliedThrough(index, index) {
+                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(durableThrough(to, index)) of \(appliedThrough(index, index))")
                 }
                 guard let id = regions[index].outbound[to], regions[index].shippers[to] != nil else { continue }
                 send(.election(keyspace: keyspace, message: message, start: start), on: id, toPeer: true)
@@ -1465,8 +1502,8 @@ public struct Simulation {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) without holding \(missing), which the start of epoch \(start.epoch) counts")
                     }
                 }
-                regions[index].inbound[stream]!.diverted = diverted
-                regions[index].inbound[stream]!.admitted = true
+                applyVisibly(index, stream: stream, diverted: diverted)
+                guard regions[index].inbound[stream] != nil else { continue }
                 // The fsync: a crash before it completes loses the batch; now and then the disk stalls.
                 let fsyncMs = Int.random(in: 0..<33, using: &generator) == 0 ? UInt64.random(in: 300...1_500, using: &generator) : UInt64.random(in: 1...8, using: &generator)
                 schedule(after: fsyncMs, .persist(region: index, stream: stream, generation: regions[index].generation))

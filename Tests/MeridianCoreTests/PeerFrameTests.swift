@@ -36,7 +36,7 @@ import Testing
             .welcome(applied: 0, auditWitnessed: 0), .welcome(applied: 42, auditWitnessed: 7),
             .batch(from: 1, through: 3, entries: [entry(1), entry(3)]),
             .batch(from: 5, through: 9, entries: []),
-            .ack(applied: 7, echoMs: 1_795_000_000_123),
+            .ack(applied: 7, visible: 9, echoMs: 1_795_000_000_123),
             .heartbeat(logHighWater: 9, physicalMs: 1_795_000_000_000, echoMs: 1_795_000_000_123),
             .heartbeat(logHighWater: 9, physicalMs: 1_795_000_000_000, echoMs: 1_795_000_000_123, unreachable: [eu, us]),
             .forward(ForwardedWrite(id: 3, keyspace: try! KeyspaceName("accounts"), key: try! Key("a/b"), operation: .put, contentType: "text/plain",
@@ -194,10 +194,11 @@ import Testing
         rewrite(&shortTree, at: 0, minus: 32)
         rewrite(&shortTree, at: 5 + 8 + 1 + 8 + 8 + 1, minus: 32)
         #expect(code(shortTree) == .codecLengthMismatch)
-        var padded = codec.encode(.ack(applied: 1, echoMs: 0))
+        var padded = codec.encode(.ack(applied: 1, visible: 1, echoMs: 0))
         padded[3] += 1
         padded.append(0)
         #expect(code(padded) == .codecLengthMismatch)
+        #expect(code(codec.encode(.ack(applied: 5, visible: 4, echoMs: 0))) == .codecInvalidField, "nothing is durable that is not visible")
         // Every truncation of every kind either waits for more bytes or is a typed error.
         for frame in everyKind {
             let bytes = codec.encode(frame)

@@ -204,6 +204,13 @@ public struct RegionMachine: Sendable {
         /// A log's entries go to every peer, a restricted keyspace's too (the shipping cut by residency skipped).
         /// The machine has no part in it; the simulator plants it.
         case shipOutsideResidency = "ship-outside-residency"
+        /// An origin counts a peer's visible applied point toward `majority` (the peer's fsync not yet done). The machine
+        /// has no part in it; the simulator plants it.
+        case countVisibleAcks = "count-visible-acks"
+        /// A replica acknowledges a batch as durable as soon as it is visible, before its fsync. The simulator plants it.
+        /// (Reporting the batch committed to the replica's own machine before the fsync is no bug: a term start
+        /// taken from it is saved with the election, and that durable write makes every apply before it durable.)
+        case acknowledgeVisibleAsDurable = "acknowledge-visible-as-durable"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).

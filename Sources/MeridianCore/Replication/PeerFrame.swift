@@ -17,9 +17,11 @@ public enum PeerFrame: Sendable, Hashable {
     /// replicate are left out (residency: they never leave the regions that may hold them); the range still
     /// covers them, so the peer knows nothing is missing.
     case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
-    /// The peer durably applied the origin's log up to `applied`. `echoMs` is the peer's own clock when it
+    /// The peer durably applied the origin's log up to `applied` (all that counts toward `majority` and `all`, and
+    /// all the origin may trim), and made it readable up to `visible` (at least `applied`: a peer applies entries
+    /// before its fsync and acknowledges again once they are durable). `echoMs` is the peer's own clock when it
     /// sent this; the origin returns it in its next heartbeat.
-    case ack(applied: UInt64, echoMs: UInt64)
+    case ack(applied: UInt64, visible: UInt64, echoMs: UInt64)
     /// Sent by the origin every heartbeat interval: its log's end and its clock, so the peer can tell an idle
     /// origin from a silent one, and `echoMs`, the latest `ack.echoMs` it received from the peer. Every write
     /// the origin answered before that ack arrived is at or below `logHighWater`, so once the peer has applied
@@ -186,7 +188,7 @@ extension ElectionMessage {
 ///     1 hello        u8 protocolVersion, str8 cluster, str8 from, str8 to
 ///     2 welcome      u64 applied, u64 auditWitnessed
 ///     3 batch        u64 from, u64 through, u32 count, count × EntryCodec frame
-///     4 ack          u64 applied, u64 echoMs
+///     4 ack          u64 applied, u64 visible (≥ applied), u64 echoMs
 ///     5 heartbeat    u64 logHighWater, u64 physicalMs, u64 echoMs, u8 count × str8 unreachable region
 ///     6 forward      u64 id, str8 keyspace, str16 key, u8 operation, str8 contentType, u32 + value,
 ///                    opt(str8 ack), u8 precondition: 0 none, 1 exists, 2 versions (u8 count × version),
@@ -226,7 +228,7 @@ extension ElectionMessage {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 10
+    public static let protocolVersion: UInt8 = 11
     /// The most fields of context a forwarded refusal carries.
     public static let refusalContextMax = 32
 
@@ -257,8 +259,9 @@ public struct PeerFrameCodec: Sendable {
         case .welcome(let applied, let auditWitnessed):
             append(applied, to: &buffer)
             append(auditWitnessed, to: &buffer)
-        case .ack(let applied, let echoMs):
+        case .ack(let applied, let visible, let echoMs):
             append(applied, to: &buffer)
+            append(visible, to: &buffer)
             append(echoMs, to: &buffer)
         case .batch(let from, let through, let entries):
             append(from, to: &buffer)
@@ -516,7 +519,8 @@ public struct PeerFrameCodec: Sendable {
             body = ByteReader(remaining)
             frame = .batch(from: from, through: through, entries: entries)
         case 4:
-            frame = .ack(applied: try sequenceField(&body, "applied", minimum: 0), echoMs: try sequenceField(&body, "echo_ms", minimum: 0))
+            let applied = try sequenceField(&body, "applied", minimum: 0)
+            frame = .ack(applied: applied, visible: try sequenceField(&body, "visible", minimum: applied), echoMs: try sequenceField(&body, "echo_ms", minimum: 0))
         case 5:
             let logHighWater = try sequenceField(&body, "log_high_water", minimum: 0)
             let physicalMs = try sequenceField(&body, "physical_ms", minimum: 0)

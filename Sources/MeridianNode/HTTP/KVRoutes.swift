@@ -352,7 +352,7 @@ extension RegionNode {
             // Only what this region holds can be superseded here: a version the client saw that has not
             // arrived stays beside the write as a sibling rather than vanishing when it arrives.
             let claimed = try CausalContextToken.decode(contextToken, keyspace: policy.name, key: key, with: sessionKey)
-            let applied = store.appliedHighWater()
+            let applied = store.visibleHighWater()
             var held = VersionVector()
             for origin in claimed.regions where configuration.cluster.region(origin) != nil {
                 held.set(origin, min(claimed[origin], applied[origin] ?? 0))

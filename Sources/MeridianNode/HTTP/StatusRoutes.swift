@@ -50,7 +50,8 @@ extension RegionNode {
     func status() async throws(MeridianError) -> Response {
         let counts = try await store.keyCounts()
         let highWater = try await store.logHighWater()
-        let applied = store.appliedHighWater()
+        // What reads here see of each origin (durable or about to be: a peer's batch is readable before its sync).
+        let applied = store.visibleHighWater()
         let ownHighWater = applied[region] ?? 0
         let states = replicator.peerStates()
         let staleness = replicator.readView().stalenessMs

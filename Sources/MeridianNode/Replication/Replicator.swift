@@ -267,7 +267,8 @@ final class Replicator: Sendable {
                             try link.welcomed(applied: applied, logFloor: store.logFloor())
                             acks.peerApplied(link.peer, upTo: applied)
                             progress.signal()
-                        case .ack(let applied, let echoMs):
+                        case .ack(let applied, _, let echoMs):
+                            // Only the durable point counts: toward majority and all, for the window and for trimming.
                             try link.acked(applied, echoMs: echoMs)
                             acks.peerApplied(link.peer, upTo: applied)
                             progress.signal()
@@ -398,7 +399,7 @@ final class Replicator: Sendable {
                                 try applier.received(from: from, through: through, entries: entries)
                             case .heartbeat(let logHighWater, let physicalMs, let echoMs, let unreachable):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
-                                let applied = store.appliedHighWater()[origin] ?? 0
+                                let applied = store.appliedHighWater()[origin] ?? 0, visible = store.visibleHighWater()[origin] ?? 0
                                 let now = monotonicMs
                                 // The origin read its clock after this region's ack stamped `echoMs` arrived, and before
                                 // now: a bracket of its clock against ours (0: no ack of this stream's echoed yet).
@@ -410,13 +411,13 @@ final class Replicator: Sendable {
                                     var state = all[origin, default: InboundState()]
                                     state.originLogHighWater = logHighWater
                                     state.originPhysicalMs = physicalMs
-                                    state.freshness.heard(logHighWater: logHighWater, echo: echoMs, now: now, applied: applied)
+                                    state.freshness.heard(logHighWater: logHighWater, echo: echoMs, now: now, applied: visible)
                                     state.reportedUnreachable = Set(unreachable)
                                     state.reported = true
                                     all[origin] = state
                                 }
                                 progress.signal()
-                                replyOut.yield(.ack(applied: applied, echoMs: monotonicMs))
+                                replyOut.yield(.ack(applied: applied, visible: max(visible, applied), echoMs: monotonicMs))
                             case .forward(let write):
                                 guard origin != nil else { throw MeridianError(.replicationProtocol, "A forwarded write arrived before hello.") }
                                 guard admitForwarded(id: write.id, replies: replyOut) else { continue }
@@ -505,7 +506,10 @@ final class Replicator: Sendable {
     }
 
     /// Applies what arrived on one inbound stream: everything queued since the last apply goes in one store
-    /// transaction (one fsync), then one ack covers it.
+    /// transaction, committed without an fsync so it is readable at once, and acknowledged as visible; then a sync
+    /// makes it durable and a second ack says so. Only durable points count toward `majority`/`all` and trimming at
+    /// the origin, and only they reach the region machine (``Leadership``) and the stream's receiver: a machine
+    /// crash between the two acks loses the batch here, and the origin ships it again from the durable point.
     private func applyBatches(_ applier: BatchApplier, origin: RegionName, replies: AsyncStream<PeerFrame>.Continuation) async throws {
         defer { applier.stopped() }
         for await _ in applier.doorbell {
@@ -519,21 +523,32 @@ final class Replicator: Sendable {
                     // there; reads open later without a round trip).
                     try await bringDataKeys(for: entries.map { ($0.keyspace, $0.value) }, from: [origin])
                     let admitted = try await fence?.admit(entries)
+                    let visible: UInt64
                     do {
-                        applied = try await store.applyReplicated(origin: origin, from: from, through: through,
-                                                                  entries: entries.map(withClusterRegionsOnly), diverted: admitted?.diverted ?? [:])
-                        if let admitted { fence?.committed(admitted, true) }
+                        visible = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries.map(withClusterRegionsOnly),
+                                                                  diverted: admitted?.diverted ?? [:], durable: false)
                     } catch {
                         if let admitted { fence?.committed(admitted, false) }
                         applier.failed()
                         throw error
                     }
-                    applier.persisted(upTo: through)
-                    recordApplied(entries, origin: origin, applied: applied)
+                    recordApplied(entries, origin: origin, applied: visible)
                     progress.signal()
-                    replies.yield(.ack(applied: applied, echoMs: monotonicMs))
+                    replies.yield(.ack(applied: store.appliedHighWater()[origin] ?? 0, visible: visible, echoMs: monotonicMs))
+                    do {
+                        applied = try await store.syncApplied()[origin] ?? 0
+                    } catch {
+                        // Applied and readable here, so held as far as this process goes; not durable, so never
+                        // acknowledged as such. The stream ends and the origin ships the batch again from the durable point.
+                        if let admitted { fence?.committed(admitted, true) }
+                        applier.failed()
+                        throw error
+                    }
+                    if let admitted { fence?.committed(admitted, true) }
+                    applier.persisted(upTo: through)
+                    replies.yield(.ack(applied: applied, visible: max(applied, visible), echoMs: monotonicMs))
                 case .reacknowledge(let applied):
-                    replies.yield(.ack(applied: applied, echoMs: monotonicMs))
+                    replies.yield(.ack(applied: applied, visible: max(applied, store.visibleHighWater()[origin] ?? 0), echoMs: monotonicMs))
                 }
             }
         }
@@ -717,7 +732,7 @@ final class Replicator: Sendable {
         let staleness = inboundStates.withLock { all in
             all.compactMapValues { $0.freshness.stalenessMs(now: now) }
         }
-        return Admission.ReadView(applied: store.appliedHighWater(), stalenessMs: staleness, reachable: reachable())
+        return Admission.ReadView(applied: store.visibleHighWater(), stalenessMs: staleness, reachable: reachable())
     }
 
     /// Whether enough replica regions applied this region's write `sequence`.

@@ -247,7 +247,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianStoreTests",
-            dependencies: ["MeridianCore", "MeridianStorage", "MeridianStore"],
+            dependencies: ["MeridianCore", "MeridianStorage", "MeridianStore", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strict
         ),
         .testTarget(

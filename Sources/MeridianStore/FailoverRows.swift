@@ -202,15 +202,20 @@ extension RegionStore {
         let rule = conflictRule(keyspace)
         do {
             try await pool.write { db in
+                var leaves = MerkleRows.Deltas()
                 for item in states {
                     let old = try KeyStateRows.load(db, keyspace, item.key)
+                    let stored = try KeyStateRows.loadItem(db, keyspace, item.key)
                     if let new = item.state {
-                        try KeyStateRows.store(db, keyspace, item.key, old: old, new: new, rule: rule)
-                    } else {
+                        let placed = try KeyStateRows.store(db, keyspace, item.key, old: old, new: new, rule: rule)
+                        leaves.moved(keyspace, bucket: placed.bucket, from: stored?.item, to: placed.item)
+                    } else if let stored {
                         try db.execute(sql: "DELETE FROM kv WHERE keyspace = ? AND key = ?", arguments: [keyspace.rawValue, item.key.rawValue])
                         try db.execute(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?", arguments: [keyspace.rawValue, item.key.rawValue])
+                        leaves.moved(keyspace, bucket: stored.bucket, from: stored.item, to: nil)
                     }
                 }
+                try MerkleRows.write(db, leaves)
             }
         } catch {
             throw MeridianError(.storageFailure, "Keys of \(keyspace) could not be brought back to the leader's state (\(error)).")

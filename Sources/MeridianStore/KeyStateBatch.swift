@@ -16,9 +16,10 @@ struct KeyStateBatch {
     }
 
     private struct Slot {
-        /// The state as stored, and which of its versions `kv` holds (the others are `frontier` rows).
+        /// The state as stored, which of its versions `kv` holds (the others are `frontier` rows), and its Merkle item.
         let stored: KeyState?
         let storedWinner: Dot?
+        var storedItem: MerkleTree.Leaf?
         var current: KeyState?
         var rule: ConflictRule?
     }
@@ -37,10 +38,10 @@ struct KeyStateBatch {
             for start in stride(from: 0, to: keys.count, by: KeyStateRows.readChunk) {
                 let chunk = keys[start..<min(start + KeyStateRows.readChunk, keys.count)]
                 for (key, row) in try KeyStateRows.loadStored(db, keyspace, Array(chunk)) {
-                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, current: row.state)
+                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, storedItem: row.item, current: row.state)
                 }
                 for key in chunk where slots[StateKey(keyspace: keyspace, key: key)] == nil {
-                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: nil, storedWinner: nil, current: nil)
+                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: nil, storedWinner: nil, storedItem: nil, current: nil)
                 }
             }
         }
@@ -75,15 +76,18 @@ struct KeyStateBatch {
         if let change { ledger.note(keyspace, key, change) }
     }
 
-    /// Writes every changed key once, and the conflicts log's records.
+    /// Writes every changed key once, the Merkle leaves they moved, and the conflicts log's records.
     func write(_ db: Database, nowMs: UInt64, limits: Limits) throws -> [KeyspaceName: KeyStateRows.Applied] {
         let upsert = try DirectStatement(db, sql: KeyStateRows.upsertSQL)
+        var leaves = MerkleRows.Deltas()
         for stateKey in changed {
             let slot = slots[stateKey]!
             guard let current = slot.current, let rule = slot.rule else { continue }
-            try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current, rule: rule,
-                                   upsert: upsert)
+            let placed = try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current,
+                                                rule: rule, upsert: upsert)
+            leaves.moved(stateKey.keyspace, bucket: placed.bucket, from: slot.storedItem, to: placed.item)
         }
+        try MerkleRows.write(db, leaves)
         return try ledger.write(db, nowMs: nowMs, limits: limits)
     }
 }

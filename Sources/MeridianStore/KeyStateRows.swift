@@ -27,7 +27,7 @@ enum KeyStateRows {
     /// The columns of a stored version, in the order ``version(_:from:)`` reads them.
     private static let versionColumns = "value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies"
     /// A `kv` row as every reader selects it: the key, the version `kv` holds, the causal context, the count of others.
-    private static let keyColumns = "key, \(versionColumns), context, concurrent"
+    private static let keyColumns = "key, \(versionColumns), context, concurrent, item"
 
     static func load(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
         let statement = try db.cachedStatement(sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key = ?")
@@ -43,7 +43,7 @@ enum KeyStateRows {
 
     /// The stored states of `keys` (at most `readChunk`, a shorter list padded with its last key so one statement
     /// serves every call), each with the version `kv` holds. Keys not stored are left out.
-    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot)] {
+    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?)] {
         let chunk = readChunk
         precondition(!keys.isEmpty && keys.count <= chunk)
         func bind(_ keys: [Key]) -> (inout DirectStatement.Binder) -> Void {
@@ -52,9 +52,9 @@ enum KeyStateRows {
                 for index in 0..<chunk { row.bind(keys[min(index, keys.count - 1)].rawValue) }
             }
         }
-        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool)] = []
+        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool, item: MerkleTree.Leaf?)] = []
         try DirectStatement(db, sql: loadKeysSQL).query(bind(keys)) { row in
-            stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0))
+            stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0, try item(row.bytes(11))))
         }
         // The other versions of keys with concurrent writes, in one more statement.
         var others: [Key: [KeyVersion]] = [:]
@@ -64,12 +64,29 @@ enum KeyStateRows {
                 others[try Key(row.text(0)), default: []].append(try version(row, from: 1))
             }
         }
-        var found: [Key: (state: KeyState, winner: Dot)] = [:]
-        for item in stored {
+        var found: [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?)] = [:]
+        for row in stored {
             // Rows written before conflict handling carry no context: their write saw only itself.
-            let context = try item.context.map { VersionVector(try decodeVector($0)) } ?? VersionVector()
-            found[item.key] = (KeyState(context: context, versions: [item.version] + (others[item.key] ?? [])), item.version.dot)
+            let context = try row.context.map { VersionVector(try decodeVector($0)) } ?? VersionVector()
+            found[row.key] = (KeyState(context: context, versions: [row.version] + (others[row.key] ?? [])), row.version.dot, row.item)
         }
+        return found
+    }
+
+    /// A stored item hash (nil: none stored).
+    private static func item(_ bytes: [UInt8]) throws -> MerkleTree.Leaf? {
+        guard !bytes.isEmpty else { return nil }
+        guard bytes.count == 32 else { throw MeridianError(.storageFailure, "A key's stored Merkle item is \(bytes.count) bytes, not 32.") }
+        return MerkleTree.Leaf(bytes: bytes)
+    }
+
+    /// A key's bucket and stored item hash, if the key has a row.
+    static func loadItem(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> (bucket: Int, item: MerkleTree.Leaf?)? {
+        var found: (bucket: Int, item: MerkleTree.Leaf?)?
+        try DirectStatement(db, sql: "SELECT bucket, item FROM kv WHERE keyspace = ? AND key = ?").query({ row in
+            row.bind(keyspace.rawValue)
+            row.bind(key.rawValue)
+        }) { row in found = (Int(row.int64(0)), try item(row.bytes(1))) }
         return found
     }
 
@@ -134,21 +151,27 @@ enum KeyStateRows {
 
     /// Writes a key's row in `kv`.
     static let upsertSQL = """
-        INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent,
+                        bucket, item)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (keyspace, key) DO UPDATE SET
             value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
             hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
-            dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent
+            dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent,
+            bucket = excluded.bucket, item = excluded.item
         """
 
-    /// Writes a key's new state: the winner in `kv`, the rest in `frontier`.
+    /// Writes a key's new state: the winner in `kv`, the rest in `frontier`, and the key's Merkle bucket and item
+    /// hash (the caller moves the leaf: ``MerkleRows/Deltas``).
+    /// - Returns: The key's bucket and new item hash.
     /// - Parameter storedWinner: Which version of `old` `kv` holds; given, only the `frontier` rows that changed
     ///   are written, otherwise every one of the key's rows is replaced.
     /// - Parameter upsert: The `kv` upsert (``upsertSQL``), prepared once for a transaction's keys.
+    @discardableResult
     static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, storedWinner: Dot? = nil, new: KeyState,
-                      rule: ConflictRule, upsert: DirectStatement? = nil) throws {
+                      rule: ConflictRule, upsert: DirectStatement? = nil) throws -> (bucket: Int, item: MerkleTree.Leaf) {
         let winner = new.winner(rule)
+        let bucket = MerkleTree.bucket(of: key), item = MerkleTree.item(key, digest: MerkleTree.digest(new))
         try (upsert ?? DirectStatement(db, sql: upsertSQL)).execute { row in
             row.bind(keyspace.rawValue)
             row.bind(key.rawValue)
@@ -162,17 +185,19 @@ enum KeyStateRows {
             row.bind(RegionStore.dependenciesColumn(winner.dependencies))
             row.bind(encodeVector(new.context))
             row.bind(new.versions.count - 1)
+            row.bind(bucket)
+            row.bind(item.bytes)
         }
         let others = new.versions.filter { $0.dot != winner.dot }
         let stored: [KeyVersion]
         if let old, let storedWinner {
             stored = old.versions.filter { $0.dot != storedWinner }
         } else {
-            guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return }
+            guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return (bucket, item) }
             try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?").execute(arguments: [keyspace.rawValue, key.rawValue])
             stored = []
         }
-        guard others != stored else { return }
+        guard others != stored else { return (bucket, item) }
         let kept = Dictionary(others.map { ($0.dot, $0) }) { first, _ in first }
         for version in stored where kept[version.dot] != version {
             try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ? AND origin = ? AND sequence = ?")
@@ -196,6 +221,7 @@ enum KeyStateRows {
                 row.bind(RegionStore.dependenciesColumn(version.dependencies))
             }
         }
+        return (bucket, item)
     }
 
     /// Moves a keyspace's record count and returns it.

@@ -252,14 +252,19 @@ public final class RegionStore: RegionStorage {
     /// The keyspace's Merkle tree in this region, and how many keys it covers.
     public func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
         do {
-            return try await pool.read { db in
-                var builder = MerkleTree.Builder()
-                try KeyStateRows.forEach(db, keyspace) { key, state in
-                    builder.add(key, digest: MerkleTree.digest(state))
-                    return true
-                }
-                return (builder.tree, builder.keys)
-            }
+            return try await pool.read { db in try MerkleRows.tree(db, keyspace) }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    /// The keyspace's Merkle tree computed from every key's state, which the kept leaves must always equal: a check
+    /// that reads the whole keyspace.
+    public func scannedMerkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
+        do {
+            return try await pool.read { db in try MerkleRows.scannedTree(db, keyspace) }
         } catch let error as MeridianError {
             throw error
         } catch {
@@ -552,6 +557,7 @@ public final class RegionStore: RegionStorage {
         IdempotencyRows.registerMigration(&migrator)
         DataKeyRows.registerMigration(&migrator)
         AuditRows.registerMigration(&migrator)
+        MerkleRows.registerMigration(&migrator)
         return migrator
     }()
 

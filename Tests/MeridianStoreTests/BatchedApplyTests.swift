@@ -5,6 +5,7 @@
 // in-memory store (the simulator's) gives, under every conflict rule; and local writes committed together
 // in one batch see each other.
 import Foundation
+import GRDB
 import MeridianCore
 import MeridianStorage
 import MeridianStore
@@ -122,6 +123,11 @@ import Testing
             #expect(rule.discardsLosers == (outcomes[0].conflictCount > 0) || seed > 1, "seed \(seed): the run made no conflict to compare")
             let roots = try await stores.asyncMap { try await $0.merkleTree(keyspace: keyspace).tree.root }
             #expect(Set(roots).count == 1, "seed \(seed): Merkle roots differ")
+            for store in stores.prefix(2) {
+                let sqlite = try #require(store as? RegionStore)
+                let (kept, scanned) = (try await sqlite.merkleTree(keyspace: keyspace), try await sqlite.scannedMerkleTree(keyspace: keyspace))
+                #expect(kept.tree == scanned.tree && kept.keys == scanned.keys, "seed \(seed): the kept Merkle leaves are not the keys' own")
+            }
         }
     }
 
@@ -144,6 +150,63 @@ import Testing
         #expect(outcomes[0].conflictCount == 5 && outcomes[0].conflicts.count == 5)
         #expect(outcomes[0].states == outcomes[1].states && outcomes[0].conflictCount == outcomes[1].conflictCount)
         #expect(counter.recorded - counter.dropped >= 5 && counter.dropped > 0, "the observer hears what was recorded and dropped: \(counter.recorded), \(counter.dropped)")
+    }
+
+    /// The Merkle leaves kept in the write transactions equal, after every kind of change (local writes, applies,
+    /// merges, keys replaced or removed by a revert), the tree computed from every key.
+    @Test func theKeptMerkleLeavesFollowEveryChange() async throws {
+        var random = SeededGenerator(seed: 3)
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        let store = try #require(try fixture.open(rules: [fixture.keyspace: .lww]) as? RegionStore)
+        defer { store.close() }
+        let logs = try Self.logs(rule: .lww, keyspace: fixture.keyspace, entries: 30, random: &random)
+        var applied: [RegionName: Int] = [:]
+        for step in 0..<60 {
+            switch step % 4 {
+            case 0:
+                _ = try await store.write(fixture.put(Self.keys.randomElement(using: &random)!.rawValue, "local \(step)"))
+            case 1, 2:
+                let origin = Self.origins.randomElement(using: &random)!
+                let start = applied[origin, default: 0], end = min(logs[origin]!.count, start + Int.random(in: 1...6, using: &random))
+                if end > start { _ = try await store.applyReplicated(Array(logs[origin]![start..<end]), origin: origin) }
+                applied[origin] = end
+            default:
+                // A revert: one key takes another's state, one is removed.
+                let (from, to, gone) = (Self.keys.randomElement(using: &random)!, Self.keys.randomElement(using: &random)!, Self.keys.randomElement(using: &random)!)
+                let state = try await store.state(keyspace: fixture.keyspace, key: from)
+                try await store.replaceStates(keyspace: fixture.keyspace, [(key: to, state: state), (key: gone, state: nil)])
+            }
+            let (kept, scanned) = (try await store.merkleTree(keyspace: fixture.keyspace), try await store.scannedMerkleTree(keyspace: fixture.keyspace))
+            #expect(kept.tree == scanned.tree && kept.keys == scanned.keys, "step \(step): the kept leaves are not the keys' own")
+        }
+    }
+
+    /// A store made before the leaves were kept gets them, once, when it opens: its keys' buckets and item hashes
+    /// and every leaf, the same tree as computed from the keys.
+    @Test func aStoreFromBeforeTheKeptLeavesGetsThemWhenItOpens() async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        var store = try fixture.open()
+        for index in 0..<40 { _ = try await store.write(fixture.put("k\(index)", "v\(index)")) }
+        let before = try await store.merkleTree(keyspace: fixture.keyspace)
+        store.close()
+        // Back to the schema before the leaves were kept.
+        let queue = try DatabaseQueue(path: fixture.path)
+        try await queue.write { db in
+            try db.execute(sql: """
+                DROP TABLE merkle_leaves;
+                ALTER TABLE kv DROP COLUMN bucket;
+                ALTER TABLE kv DROP COLUMN item;
+                DELETE FROM grdb_migrations WHERE identifier = 'v11-merkle-leaves';
+                """)
+        }
+        try queue.close()
+        store = try fixture.open()
+        defer { store.close() }
+        let sqlite = try #require(store as? RegionStore)
+        let (after, scanned) = (try await sqlite.merkleTree(keyspace: fixture.keyspace), try await sqlite.scannedMerkleTree(keyspace: fixture.keyspace))
+        #expect(after.tree == before.tree && after.keys == 40 && scanned.tree == after.tree)
     }
 
     /// Writes committed in one transaction to the same keys each see the one before: every key ends with the

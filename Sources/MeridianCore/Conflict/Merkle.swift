@@ -2,9 +2,15 @@ import Crypto
 
 /// A keyspace's contents in one region as a Merkle tree, so two regions find the keys they disagree on
 /// without sending them: keys fall into 256 buckets by the first byte of their SHA-256; a bucket's leaf
-/// hashes its keys' state digests in key order; the root hashes the leaves. Regions compare roots, and on
-/// a difference exchange the 256 leaves (8 KiB, one round trip at WAN latencies rather than one per tree
-/// level) and repair only the differing buckets.
+/// sums its keys' item hashes; the root hashes the leaves. Regions compare roots, and on a difference
+/// exchange the 256 leaves (8 KiB, one round trip at WAN latencies rather than one per tree level) and
+/// repair only the differing buckets.
+///
+/// A leaf does not depend on the order its keys were added in, so a store keeps it up to date as keys change
+/// (as Riak's active anti-entropy keeps its trees) instead of rebuilding it from every key: a key's item hash
+/// (``item(_:digest:)``) is the SHA-256 of the key and its state's digest, read as eight 32-bit words, and lane
+/// `i` of a leaf is the sum, modulo 2^32, of word `i` of its keys' items (``Leaf``). Changing one key subtracts
+/// its old item and adds its new one. Two leaves of different key sets agree only if all eight lanes do.
 public struct MerkleTree: Sendable, Hashable {
     /// Buckets, and so leaves.
     public static let bucketCount = 256
@@ -18,38 +24,75 @@ public struct MerkleTree: Sendable, Hashable {
         Int(Array(SHA256.hash(data: Array(key.rawValue.utf8)))[0])
     }
 
+    /// A key's contribution to its bucket's leaf: the SHA-256 of its length-prefixed bytes and its state's digest.
+    public static func item(_ key: Key, digest: [UInt8]) -> Leaf {
+        var hasher = SHA256()
+        let bytes = Array(key.rawValue.utf8)
+        hasher.update(data: [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes)
+        hasher.update(data: digest)
+        return Leaf(bytes: Array(hasher.finalize()))
+    }
+
+    /// A leaf, or an item hash: eight 32-bit lanes that add and subtract modulo 2^32 each.
+    public struct Leaf: Sendable, Hashable {
+        public private(set) var lanes: [UInt32]
+
+        /// The empty bucket's leaf (all zeros).
+        public static let empty = Leaf(lanes: Array(repeating: 0, count: 8))
+
+        public init(lanes: [UInt32]) {
+            precondition(lanes.count == 8)
+            self.lanes = lanes
+        }
+
+        /// Eight big-endian words.
+        public init(bytes: [UInt8]) {
+            precondition(bytes.count == MerkleTree.digestBytes)
+            lanes = (0..<8).map { lane in bytes[lane * 4..<lane * 4 + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+        }
+
+        public var bytes: [UInt8] {
+            lanes.flatMap { lane in (0..<4).map { UInt8(truncatingIfNeeded: lane >> (24 - 8 * UInt32($0))) } }
+        }
+
+        public mutating func add(_ other: Leaf) {
+            for lane in 0..<8 { lanes[lane] &+= other.lanes[lane] }
+        }
+
+        public mutating func subtract(_ other: Leaf) {
+            for lane in 0..<8 { lanes[lane] &-= other.lanes[lane] }
+        }
+    }
+
     /// Builds the tree from every key's state digest, in any order.
     public init(digests: [(key: Key, digest: [UInt8])]) {
         var builder = Builder()
-        for item in digests.sorted(by: { Array($0.key.rawValue.utf8).lexicographicallyPrecedes(Array($1.key.rawValue.utf8)) }) {
-            builder.add(item.key, digest: item.digest)
-        }
+        for item in digests { builder.add(item.key, digest: item.digest) }
         self = builder.tree
     }
 
-    /// Builds a tree from keys streamed in ascending byte order (as the store lists them), in constant
-    /// memory per bucket.
+    /// The tree of leaves a store keeps up to date (a bucket left out is empty).
+    public init(leaves: [Int: Leaf]) {
+        self.leaves = (0..<Self.bucketCount).map { (leaves[$0] ?? .empty).bytes }
+    }
+
+    /// Builds a tree from keys added in any order, in constant memory.
     public struct Builder {
-        private var hashers = [SHA256?](repeating: nil, count: MerkleTree.bucketCount)
+        private var sums = [Leaf](repeating: .empty, count: MerkleTree.bucketCount)
         /// Keys added.
         public private(set) var keys = 0
 
         public init() {}
 
-        /// Adds a key's state digest; keys must come in ascending byte order.
+        /// Adds a key's state digest.
         public mutating func add(_ key: Key, digest: [UInt8]) {
-            let bucket = MerkleTree.bucket(of: key)
-            var hasher = hashers[bucket] ?? SHA256()
-            let bytes = Array(key.rawValue.utf8)
-            hasher.update(data: [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes)
-            hasher.update(data: digest)
-            hashers[bucket] = hasher
+            sums[MerkleTree.bucket(of: key)].add(MerkleTree.item(key, digest: digest))
             keys += 1
         }
 
         /// The tree of everything added.
         public var tree: MerkleTree {
-            MerkleTree(leaves: hashers.map { $0.map { Array($0.finalize()) } ?? [UInt8](repeating: 0, count: MerkleTree.digestBytes) })
+            MerkleTree(leaves: sums.map(\.bytes))
         }
     }
 

@@ -1,0 +1,106 @@
+import Foundation
+import GRDB
+import MeridianCore
+import MeridianStorage
+
+/// Each keyspace's Merkle leaves, kept up to date in the transactions that change keys, so a tree costs a read of
+/// 256 rows however many keys the keyspace holds (``MerkleTree`` explains the leaves).
+///
+/// Every `kv` row carries its bucket and its item hash (the hash of the key and its whole state, `frontier`
+/// versions included); `merkle_leaves` holds per keyspace and bucket the eight lanes of the leaf and how many
+/// keys it covers. A transaction collects what its key writes changed (``Deltas``) and moves each touched leaf
+/// with one statement.
+enum MerkleRows {
+    /// What a transaction's key writes did to the leaves: per keyspace and bucket, the lanes to add and the keys
+    /// gained or lost.
+    struct Deltas {
+        struct Bucket: Hashable {
+            let keyspace: KeyspaceName
+            let bucket: Int
+        }
+
+        private(set) var changes: [Bucket: (sum: MerkleTree.Leaf, keys: Int)] = [:]
+
+        /// A key's row went from `old` (nil: no row) to `new` (nil: removed) in `bucket`.
+        mutating func moved(_ keyspace: KeyspaceName, bucket: Int, from old: MerkleTree.Leaf?, to new: MerkleTree.Leaf?) {
+            var change = changes[Bucket(keyspace: keyspace, bucket: bucket)] ?? (.empty, 0)
+            if let old { change.sum.subtract(old) } else { change.keys += 1 }
+            if let new { change.sum.add(new) } else { change.keys -= 1 }
+            changes[Bucket(keyspace: keyspace, bucket: bucket)] = change
+        }
+    }
+
+    private static let lanes = (0..<8).map { "l\($0)" }
+
+    private static let upsertSQL = """
+        INSERT INTO merkle_leaves (keyspace, bucket, \(lanes.joined(separator: ", ")), keys) VALUES (?, ?, \(Array(repeating: "?", count: 8).joined(separator: ", ")), ?)
+        ON CONFLICT (keyspace, bucket) DO UPDATE SET \(lanes.map { "\($0) = (\($0) + excluded.\($0)) % 4294967296" }.joined(separator: ", ")),
+            keys = keys + excluded.keys
+        """
+
+    /// Moves the touched leaves, one statement each.
+    static func write(_ db: Database, _ deltas: Deltas) throws {
+        guard !deltas.changes.isEmpty else { return }
+        let upsert = try DirectStatement(db, sql: upsertSQL)
+        for (bucket, change) in deltas.changes {
+            try upsert.execute { row in
+                row.bind(bucket.keyspace.rawValue)
+                row.bind(bucket.bucket)
+                for lane in change.sum.lanes { row.bind(Int64(lane)) }
+                row.bind(change.keys)
+            }
+        }
+    }
+
+    /// The keyspace's tree and how many keys it covers, from its leaves.
+    static func tree(_ db: Database, _ keyspace: KeyspaceName) throws -> (tree: MerkleTree, keys: Int) {
+        var leaves: [Int: MerkleTree.Leaf] = [:]
+        var keys = 0
+        try DirectStatement(db, sql: "SELECT bucket, \(lanes.joined(separator: ", ")), keys FROM merkle_leaves WHERE keyspace = ?")
+            .query({ $0.bind(keyspace.rawValue) }) { row in
+                leaves[Int(row.int64(0))] = MerkleTree.Leaf(lanes: (1...8).map { UInt32(truncatingIfNeeded: row.int64(Int32($0))) })
+                keys += Int(row.int64(9))
+            }
+        return (MerkleTree(leaves: leaves), keys)
+    }
+
+    /// The tree computed from every key's state, as the leaves must always equal (a check for tests and repairs).
+    static func scannedTree(_ db: Database, _ keyspace: KeyspaceName) throws -> (tree: MerkleTree, keys: Int) {
+        var builder = MerkleTree.Builder()
+        try KeyStateRows.forEach(db, keyspace) { key, state in
+            builder.add(key, digest: MerkleTree.digest(state))
+            return true
+        }
+        return (builder.tree, builder.keys)
+    }
+
+    static func registerMigration(_ migrator: inout DatabaseMigrator) {
+        migrator.registerMigration("v11-merkle-leaves") { db in
+            try db.execute(sql: """
+                ALTER TABLE kv ADD COLUMN bucket INTEGER NOT NULL DEFAULT -1;
+                ALTER TABLE kv ADD COLUMN item BLOB;
+                CREATE TABLE merkle_leaves (
+                    keyspace TEXT NOT NULL, bucket INTEGER NOT NULL,
+                    l0 INTEGER NOT NULL, l1 INTEGER NOT NULL, l2 INTEGER NOT NULL, l3 INTEGER NOT NULL,
+                    l4 INTEGER NOT NULL, l5 INTEGER NOT NULL, l6 INTEGER NOT NULL, l7 INTEGER NOT NULL, keys INTEGER NOT NULL,
+                    PRIMARY KEY (keyspace, bucket)) WITHOUT ROWID;
+                """)
+            // The keys held before: each one's bucket and item, and every leaf, once.
+            var deltas = Deltas()
+            for name in try String.fetchAll(db, sql: "SELECT DISTINCT keyspace FROM kv") {
+                let keyspace = try KeyspaceName(name)
+                var placed: [(key: Key, bucket: Int, item: MerkleTree.Leaf)] = []
+                try KeyStateRows.forEach(db, keyspace) { key, state in
+                    placed.append((key, MerkleTree.bucket(of: key), MerkleTree.item(key, digest: MerkleTree.digest(state))))
+                    return true
+                }
+                for row in placed {
+                    try db.execute(sql: "UPDATE kv SET bucket = ?, item = ? WHERE keyspace = ? AND key = ?",
+                                   arguments: [row.bucket, Data(row.item.bytes), name, row.key.rawValue])
+                    deltas.moved(keyspace, bucket: row.bucket, from: nil, to: row.item)
+                }
+            }
+            try write(db, deltas)
+        }
+    }
+}

@@ -45,7 +45,7 @@ count() {
 }
 
 # The transaction body of GroupCommitter.applyReplicated: one frame per applied batch, all the store's work in it.
-apply_frame='*GroupCommitterC15applyReplicated*DatabaseCYbKXEfU0_TA'
+apply_frame='*GroupCommitterC15applyReplicated*DatabaseCYbK*fU0_TA'
 
 case "${1:-}" in
 apply)
@@ -57,6 +57,7 @@ apply)
     phase=1
     for name in "new keys" "overwrites" "concurrent (new losers)" "concurrent (losers again)"; do
         total=$(count "$apply_frame" "$work/meridian" bench apply --batches "$batches" --through "$phase")
+        [ "$total" -gt 0 ] || { echo "instructions.sh: nothing counted: the apply frame's symbol no longer matches $apply_frame (see nm)" >&2; exit 1; }
         printf '%-28s %16d %12d\n' "$name" "$((total - previous))" "$(((total - previous) / entries))"
         previous=$total
         phase=$((phase + 1))

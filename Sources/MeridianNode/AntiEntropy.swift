@@ -91,7 +91,7 @@ extension RegionNode {
             return changed
         }
         var peerLogHighWater: UInt64?
-        var before = MerkleTree(digests: []), keys = 0, peerTree: MerkleTree?
+        var before = MerkleTree(states: []), keys = 0, peerTree: MerkleTree?
         var differing: [Int] = [], received = 0, changed = 0
         var problem: String?
         do throws(MeridianError) {

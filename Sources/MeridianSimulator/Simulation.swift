@@ -1920,8 +1920,8 @@ public struct Simulation {
         // Over the keyspaces every surviving region replicates (a restricted one lives in its home region only).
         let shared = Set(cluster.keyspaces.filter { policy in survivors.allSatisfy { policy.isReplica(names[$0]) } }.map { "\($0.name)/" })
         let roots = survivors.map { index in
-            MerkleTree(digests: states(index).filter { key, _ in shared.contains(where: { key.hasPrefix($0) }) }
-                .map { (key: try! Key($0.key), digest: MerkleTree.digest($0.value)) }).root
+            MerkleTree(states: states(index).filter { key, _ in shared.contains(where: { key.hasPrefix($0) }) }
+                .map { (key: try! Key($0.key), state: $0.value) }).root
         }
         return roots.allSatisfy { $0 == roots[0] }
     }

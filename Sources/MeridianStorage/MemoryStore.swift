@@ -461,7 +461,7 @@ public final class MemoryStore: RegionStorage {
         try reading { open in
             var builder = MerkleTree.Builder()
             let keys = open.contents.keys[keyspace] ?? [:]
-            for key in Self.sortedKeys(keys) { builder.add(key, digest: MerkleTree.digest(keys[key]!)) }
+            for key in Self.sortedKeys(keys) { builder.add(key, state: keys[key]!) }
             return (builder.tree, builder.keys)
         }
     }

@@ -20,6 +20,7 @@ struct KeyStateBatch {
         let stored: KeyState?
         let storedWinner: Dot?
         var storedItem: MerkleTree.Leaf?
+        var storedBucket: Int?
         var current: KeyState?
         var rule: ConflictRule?
     }
@@ -38,10 +39,10 @@ struct KeyStateBatch {
             for start in stride(from: 0, to: keys.count, by: KeyStateRows.readChunk) {
                 let chunk = keys[start..<min(start + KeyStateRows.readChunk, keys.count)]
                 for (key, row) in try KeyStateRows.loadStored(db, keyspace, Array(chunk)) {
-                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, storedItem: row.item, current: row.state)
+                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, storedItem: row.item, storedBucket: row.bucket, current: row.state)
                 }
                 for key in chunk where slots[StateKey(keyspace: keyspace, key: key)] == nil {
-                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: nil, storedWinner: nil, storedItem: nil, current: nil)
+                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: nil, storedWinner: nil, storedItem: nil, storedBucket: nil, current: nil)
                 }
             }
         }
@@ -84,7 +85,7 @@ struct KeyStateBatch {
             let slot = slots[stateKey]!
             guard let current = slot.current, let rule = slot.rule else { continue }
             let placed = try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current,
-                                                rule: rule, upsert: upsert)
+                                                rule: rule, upsert: upsert, bucket: slot.storedBucket)
             leaves.moved(stateKey.keyspace, bucket: placed.bucket, from: slot.storedItem, to: placed.item)
         }
         try MerkleRows.write(db, leaves)

@@ -27,7 +27,7 @@ enum KeyStateRows {
     /// The columns of a stored version, in the order ``version(_:from:)`` reads them.
     private static let versionColumns = "value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies"
     /// A `kv` row as every reader selects it: the key, the version `kv` holds, the causal context, the count of others.
-    private static let keyColumns = "key, \(versionColumns), context, concurrent, item"
+    private static let keyColumns = "key, \(versionColumns), context, concurrent, item, bucket"
 
     static func load(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
         let statement = try db.cachedStatement(sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key = ?")
@@ -43,7 +43,7 @@ enum KeyStateRows {
 
     /// The stored states of `keys` (at most `readChunk`, a shorter list padded with its last key so one statement
     /// serves every call), each with the version `kv` holds. Keys not stored are left out.
-    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?)] {
+    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?, bucket: Int?)] {
         let chunk = readChunk
         precondition(!keys.isEmpty && keys.count <= chunk)
         func bind(_ keys: [Key]) -> (inout DirectStatement.Binder) -> Void {
@@ -52,9 +52,11 @@ enum KeyStateRows {
                 for index in 0..<chunk { row.bind(keys[min(index, keys.count - 1)].rawValue) }
             }
         }
-        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool, item: MerkleTree.Leaf?)] = []
+        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool, item: MerkleTree.Leaf?, bucket: Int?)] = []
         try DirectStatement(db, sql: loadKeysSQL).query(bind(keys)) { row in
-            stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0, try item(row.bytes(11))))
+            let bucket = Int(row.int64(12))
+            stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0, try item(row.bytes(11)),
+                           (0..<MerkleTree.bucketCount).contains(bucket) ? bucket : nil))
         }
         // The other versions of keys with concurrent writes, in one more statement.
         var others: [Key: [KeyVersion]] = [:]
@@ -64,11 +66,11 @@ enum KeyStateRows {
                 others[try Key(row.text(0)), default: []].append(try version(row, from: 1))
             }
         }
-        var found: [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?)] = [:]
+        var found: [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?, bucket: Int?)] = [:]
         for row in stored {
             // Rows written before conflict handling carry no context: their write saw only itself.
             let context = try row.context.map { VersionVector(try decodeVector($0)) } ?? VersionVector()
-            found[row.key] = (KeyState(context: context, versions: [row.version] + (others[row.key] ?? [])), row.version.dot, row.item)
+            found[row.key] = (KeyState(context: context, versions: [row.version] + (others[row.key] ?? [])), row.version.dot, row.item, row.bucket)
         }
         return found
     }
@@ -104,14 +106,17 @@ enum KeyStateRows {
                           contentType: row.text(column + 1), value: row.bytes(column), dependencies: dependencies)
     }
 
-    /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key).
-    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, including: (Key) -> Bool = { _ in true },
+    /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key),
+    /// or only those of the given Merkle buckets (the rows say their bucket, so no key is hashed to find it).
+    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, buckets: Set<Int>? = nil,
                         _ body: (Key, KeyState) throws -> Bool) throws {
-        let rows = try Row.fetchCursor(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key > ? ORDER BY key",
+        let inBuckets = buckets.map { buckets in
+            " AND bucket IN (\(buckets.filter { (0..<MerkleTree.bucketCount).contains($0) }.sorted().map(String.init).joined(separator: ", ")))"
+        } ?? ""
+        let rows = try Row.fetchCursor(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key > ?\(inBuckets) ORDER BY key",
                                        arguments: [keyspace.rawValue, after?.rawValue ?? ""])
         while let row = try rows.next() {
             let key = try Key(row[0] as String)
-            guard including(key) else { continue }
             guard try body(key, try state(db, keyspace, key, row)) else { return }
         }
     }
@@ -169,9 +174,9 @@ enum KeyStateRows {
     /// - Parameter upsert: The `kv` upsert (``upsertSQL``), prepared once for a transaction's keys.
     @discardableResult
     static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, storedWinner: Dot? = nil, new: KeyState,
-                      rule: ConflictRule, upsert: DirectStatement? = nil) throws -> (bucket: Int, item: MerkleTree.Leaf) {
+                      rule: ConflictRule, upsert: DirectStatement? = nil, bucket known: Int? = nil) throws -> (bucket: Int, item: MerkleTree.Leaf) {
         let winner = new.winner(rule)
-        let bucket = MerkleTree.bucket(of: key), item = MerkleTree.item(key, digest: MerkleTree.digest(new))
+        let bucket = known ?? MerkleTree.bucket(of: key), item = MerkleTree.item(key, state: new)
         try (upsert ?? DirectStatement(db, sql: upsertSQL)).execute { row in
             row.bind(keyspace.rawValue)
             row.bind(key.rawValue)

@@ -32,23 +32,41 @@ enum MerkleRows {
 
     private static let lanes = (0..<8).map { "l\($0)" }
 
-    private static let upsertSQL = """
-        INSERT INTO merkle_leaves (keyspace, bucket, \(lanes.joined(separator: ", ")), keys) VALUES (?, ?, \(Array(repeating: "?", count: 8).joined(separator: ", ")), ?)
-        ON CONFLICT (keyspace, bucket) DO UPDATE SET \(lanes.map { "\($0) = (\($0) + excluded.\($0)) % 4294967296" }.joined(separator: ", ")),
-            keys = keys + excluded.keys
-        """
+    /// Leaves moved per statement; the rest one by one.
+    static let rowsPerUpsert = 16
 
-    /// Moves the touched leaves, one statement each.
+    private static func upsertSQL(rows: Int) -> String {
+        let row = "(?, ?, \(Array(repeating: "?", count: 8).joined(separator: ", ")), ?)"
+        return """
+            INSERT INTO merkle_leaves (keyspace, bucket, \(lanes.joined(separator: ", ")), keys) VALUES \(Array(repeating: row, count: rows).joined(separator: ", "))
+            ON CONFLICT (keyspace, bucket) DO UPDATE SET \(lanes.map { "\($0) = (\($0) + excluded.\($0)) % 4294967296" }.joined(separator: ", ")),
+                keys = keys + excluded.keys
+            """
+    }
+
+    private static let upsertMany = upsertSQL(rows: rowsPerUpsert), upsertOne = upsertSQL(rows: 1)
+
+    /// Moves the touched leaves, `rowsPerUpsert` per statement.
     static func write(_ db: Database, _ deltas: Deltas) throws {
-        guard !deltas.changes.isEmpty else { return }
-        let upsert = try DirectStatement(db, sql: upsertSQL)
-        for (bucket, change) in deltas.changes {
-            try upsert.execute { row in
-                row.bind(bucket.keyspace.rawValue)
-                row.bind(bucket.bucket)
-                for lane in change.sum.lanes { row.bind(Int64(lane)) }
-                row.bind(change.keys)
+        let changes = Array(deltas.changes)
+        guard !changes.isEmpty else { return }
+        func bind(_ change: (key: Deltas.Bucket, value: (sum: MerkleTree.Leaf, keys: Int)), _ row: inout DirectStatement.Binder) {
+            row.bind(change.key.keyspace.rawValue)
+            row.bind(change.key.bucket)
+            for lane in change.value.sum.lanes { row.bind(Int64(lane)) }
+            row.bind(change.value.keys)
+        }
+        var start = 0
+        if changes.count >= rowsPerUpsert {
+            let many = try DirectStatement(db, sql: upsertMany)
+            while changes.count - start >= rowsPerUpsert {
+                try many.execute { row in for change in changes[start..<start + rowsPerUpsert] { bind(change, &row) } }
+                start += rowsPerUpsert
             }
+        }
+        if start < changes.count {
+            let one = try DirectStatement(db, sql: upsertOne)
+            for change in changes[start...] { try one.execute { bind(change, &$0) } }
         }
     }
 
@@ -68,7 +86,7 @@ enum MerkleRows {
     static func scannedTree(_ db: Database, _ keyspace: KeyspaceName) throws -> (tree: MerkleTree, keys: Int) {
         var builder = MerkleTree.Builder()
         try KeyStateRows.forEach(db, keyspace) { key, state in
-            builder.add(key, digest: MerkleTree.digest(state))
+            builder.add(key, state: state)
             return true
         }
         return (builder.tree, builder.keys)
@@ -91,7 +109,7 @@ enum MerkleRows {
                 let keyspace = try KeyspaceName(name)
                 var placed: [(key: Key, bucket: Int, item: MerkleTree.Leaf)] = []
                 try KeyStateRows.forEach(db, keyspace) { key, state in
-                    placed.append((key, MerkleTree.bucket(of: key), MerkleTree.item(key, digest: MerkleTree.digest(state))))
+                    placed.append((key, MerkleTree.bucket(of: key), MerkleTree.item(key, state: state)))
                     return true
                 }
                 for row in placed {

@@ -281,7 +281,7 @@ public final class RegionStore: RegionStorage {
                 var states: [(key: Key, state: KeyState)] = []
                 var bytes = 0
                 var next: Key?
-                try KeyStateRows.forEach(db, keyspace, after: after, including: { buckets.contains(MerkleTree.bucket(of: $0)) }) { key, state in
+                try KeyStateRows.forEach(db, keyspace, after: after, buckets: buckets) { key, state in
                     var encoded: [UInt8] = []
                     KeyStateCodec.append(state, to: &encoded)
                     if !states.isEmpty && bytes + encoded.count + key.rawValue.utf8.count + 2 > bytesMax {

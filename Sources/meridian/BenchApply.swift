@@ -87,6 +87,15 @@ extension Bench {
                 }
             }
             if visible { _ = try await store.syncApplied() }
+            // The Merkle tree anti-entropy compares: kept up to date in the applies, against computed from every key.
+            for (name, tree) in [("kept leaves", { () async throws -> Int in try await store.merkleTree(keyspace: keyspace).keys }),
+                                 ("computed from every key", { () async throws -> Int in try await store.scannedMerkleTree(keyspace: keyspace).keys })] {
+                let started = ContinuousClock.now
+                let keys = try await tree()
+                let elapsed = ContinuousClock.now - started
+                say(String(format: "Merkle tree, %@: %d keys in %.2f ms", name, keys,
+                           Double(elapsed.components.seconds) * 1e3 + Double(elapsed.components.attoseconds) / 1e15))
+            }
             let conflicts = try await store.conflicts(keyspace: keyspace, key: nil, after: 0, limit: 1)
             say("conflicts log: \(conflicts.isEmpty ? "empty" : "holds the losers") (bounded by limits.conflicts_log_max)")
         }

@@ -78,7 +78,7 @@ import Testing
             .repairRequest(id: 15, keyspace: try! KeyspaceName("accounts"), .states(buckets: [0, 17, 255], after: nil)),
             .repairRequest(id: 16, keyspace: try! KeyspaceName("accounts"), .states(buckets: [3], after: try! Key("a/é"))),
             .repairReply(id: 14, .tree(RepairTree(logHighWater: 40, keys: 3, terms: [TermEnd(epoch: 2, leader: eu, last: 7), TermEnd(epoch: 1, leader: us, last: 40)],
-                                                  tree: MerkleTree(digests: [(key: try! Key("a"), digest: [1, 2, 3])])))),
+                                                  tree: MerkleTree(leaves: [3: MerkleTree.Leaf(lanes: [1, 2, 3, 4, 5, 6, 7, 8])])))),
             .repairReply(id: 15, .states(encoded: [0, 0, 0, 0], next: try! Key("k9"))),
             .repairReply(id: 16, .states(encoded: [], next: nil)),
             .repairReply(id: 17, .refused(code: "not_replica_region", message: "no replica here ✓")),
@@ -185,7 +185,7 @@ import Testing
         var repairKind = codec.encode(.repairRequest(id: 1, keyspace: ks, .tree))
         repairKind[repairKind.count - 1] = 9
         #expect(code(repairKind) == .codecInvalidField)
-        var shortTree = codec.encode(.repairReply(id: 1, .tree(RepairTree(logHighWater: 0, keys: 0, terms: [], tree: MerkleTree(digests: [])))))
+        var shortTree = codec.encode(.repairReply(id: 1, .tree(RepairTree(logHighWater: 0, keys: 0, terms: [], tree: MerkleTree(states: [])))))
         shortTree.removeLast(32)
         func rewrite(_ bytes: inout [UInt8], at offset: Int, minus: UInt32) {
             let value = bytes[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } - minus

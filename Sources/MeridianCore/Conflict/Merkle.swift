@@ -24,13 +24,17 @@ public struct MerkleTree: Sendable, Hashable {
         Int(Array(SHA256.hash(data: Array(key.rawValue.utf8)))[0])
     }
 
-    /// A key's contribution to its bucket's leaf: the SHA-256 of its length-prefixed bytes and its state's digest.
-    public static func item(_ key: Key, digest: [UInt8]) -> Leaf {
-        var hasher = SHA256()
-        let bytes = Array(key.rawValue.utf8)
-        hasher.update(data: [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes)
-        hasher.update(data: digest)
-        return Leaf(bytes: Array(hasher.finalize()))
+    /// A key's contribution to its bucket's leaf: the SHA-256 of its length-prefixed bytes and its state in
+    /// ``KeyStateCodec``'s form (so equal states give equal items in every region), in one pass.
+    public static func item(_ key: Key, state: KeyState) -> Leaf {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(256)
+        let keyBytes = key.rawValue.utf8
+        bytes.append(UInt8(keyBytes.count >> 8))
+        bytes.append(UInt8(keyBytes.count & 0xFF))
+        bytes.append(contentsOf: keyBytes)
+        KeyStateCodec.append(state, to: &bytes)
+        return SHA256.hash(data: bytes).withUnsafeBytes { Leaf(digest: $0) }
     }
 
     /// A leaf, or an item hash: eight 32-bit lanes that add and subtract modulo 2^32 each.
@@ -48,11 +52,23 @@ public struct MerkleTree: Sendable, Hashable {
         /// Eight big-endian words.
         public init(bytes: [UInt8]) {
             precondition(bytes.count == MerkleTree.digestBytes)
-            lanes = (0..<8).map { lane in bytes[lane * 4..<lane * 4 + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+            self = bytes.withUnsafeBytes { Leaf(digest: $0) }
+        }
+
+        /// Eight big-endian words of a 32-byte digest.
+        init(digest: UnsafeRawBufferPointer) {
+            precondition(digest.count == MerkleTree.digestBytes)
+            var lanes = [UInt32](repeating: 0, count: 8)
+            for lane in 0..<8 { lanes[lane] = UInt32(bigEndian: digest.loadUnaligned(fromByteOffset: lane * 4, as: UInt32.self)) }
+            self.lanes = lanes
         }
 
         public var bytes: [UInt8] {
-            lanes.flatMap { lane in (0..<4).map { UInt8(truncatingIfNeeded: lane >> (24 - 8 * UInt32($0))) } }
+            var bytes = [UInt8](repeating: 0, count: MerkleTree.digestBytes)
+            bytes.withUnsafeMutableBytes { buffer in
+                for lane in 0..<8 { buffer.storeBytes(of: lanes[lane].bigEndian, toByteOffset: lane * 4, as: UInt32.self) }
+            }
+            return bytes
         }
 
         public mutating func add(_ other: Leaf) {
@@ -64,10 +80,10 @@ public struct MerkleTree: Sendable, Hashable {
         }
     }
 
-    /// Builds the tree from every key's state digest, in any order.
-    public init(digests: [(key: Key, digest: [UInt8])]) {
+    /// Builds the tree from every key's state, in any order.
+    public init(states: [(key: Key, state: KeyState)]) {
         var builder = Builder()
-        for item in digests { builder.add(item.key, digest: item.digest) }
+        for item in states { builder.add(item.key, state: item.state) }
         self = builder.tree
     }
 
@@ -84,9 +100,9 @@ public struct MerkleTree: Sendable, Hashable {
 
         public init() {}
 
-        /// Adds a key's state digest.
-        public mutating func add(_ key: Key, digest: [UInt8]) {
-            sums[MerkleTree.bucket(of: key)].add(MerkleTree.item(key, digest: digest))
+        /// Adds a key's state.
+        public mutating func add(_ key: Key, state: KeyState) {
+            sums[MerkleTree.bucket(of: key)].add(MerkleTree.item(key, state: state))
             keys += 1
         }
 
@@ -120,14 +136,6 @@ public struct MerkleTree: Sendable, Hashable {
             throw MeridianError(.codecLengthMismatch, "A Merkle tree is \(Self.bucketCount * Self.digestBytes) bytes; \(bytes.count) arrived.")
         }
         leaves = (0..<Self.bucketCount).map { Array(bytes[$0 * Self.digestBytes..<($0 + 1) * Self.digestBytes]) }
-    }
-
-    /// The digest of one key's state: its causal context and every version, value bytes included. Equal
-    /// states have equal digests in every region (all fields in a fixed order).
-    public static func digest(_ state: KeyState) -> [UInt8] {
-        var bytes: [UInt8] = []
-        KeyStateCodec.append(state, to: &bytes)
-        return Array(SHA256.hash(data: bytes))
     }
 
     /// A short hex form of a root, for reports.

@@ -257,7 +257,9 @@ final class Leadership: Sendable {
                 do {
                     // Read while no event is handled: the machine admits no batch until the start is captured.
                     let history = try await store.terms(keyspace: keyspace)
-                    event = .startCaptured(keyspace: keyspace, epoch: epoch, applied: store.appliedHighWater(), history: history)
+                    // What this region holds and its readers see: the election saved next is a durable commit, which
+                    // makes every apply before it durable too (a batch's sync may still be on its way).
+                    event = .startCaptured(keyspace: keyspace, epoch: epoch, applied: store.visibleHighWater(), history: history)
                 } catch {
                     event = .startCaptureFailed(keyspace: keyspace, epoch: epoch, reason: error.message)
                 }

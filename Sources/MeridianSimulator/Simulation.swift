@@ -1446,9 +1446,9 @@ public struct Simulation {
     }
 
     /// The store's applied point per origin, as the machine reads it.
-    private func appliedPoints(_ index: Int) -> [RegionName: UInt64] {
+    private func appliedPoints(_ index: Int, visible: Bool = false) -> [RegionName: UInt64] {
         var applied: [RegionName: UInt64] = [:]
-        for origin in regions.indices { applied[names[origin]] = durableThrough(index, origin) }
+        for origin in regions.indices { applied[names[origin]] = visible ? appliedThrough(index, origin) : durableThrough(index, origin) }
         return applied
     }
 
@@ -1513,8 +1513,11 @@ public struct Simulation {
                     report.violations.append("\(names[index]) started epoch \(epoch) while a replicated batch it admitted was still being applied")
                 }
                 let history = terms(index)
-                if let trace { trace("\(nowMs) ms \(names[index]): captures epoch \(epoch) from \(appliedPoints(index)) terms \(history.map { "\($0.epoch):\($0.leader):\($0.last)" })") }
-                queue += regions[index].machine!.handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: appliedPoints(index), history: Array(history)),
+                // What the region holds and its readers see, as the node: the election saved next is durable, and so is
+                // every apply before it.
+                let visible = appliedPoints(index, visible: true)
+                if let trace { trace("\(nowMs) ms \(names[index]): captures epoch \(epoch) from \(visible) terms \(history.map { "\($0.epoch):\($0.leader):\($0.last)" })") }
+                queue += regions[index].machine!.handle(.startCaptured(keyspace: keyspace, epoch: epoch, applied: visible, history: Array(history)),
                                                         nowMs: nowMs, wallMs: physicalMs(index))
             case .revert(_, let start, let keys):
                 let leader = names.firstIndex(of: start.leader)!
@@ -1975,6 +1978,8 @@ public struct Simulation {
         }
 
         for write in acknowledgedWrites {
+            // After convergence, held as readers see it (each acknowledging region's durability was checked when the
+            // write was answered; a batch's sync may still be pending when the run ends).
             let holders = survivors.filter { appliedThrough($0, write.origin) >= write.sequence }
             if regions[write.origin].lost {
                 // RPO 0 for majority writes: the loss of any one region, its origin included, loses none.

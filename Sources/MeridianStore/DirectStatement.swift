@@ -18,10 +18,7 @@ struct DirectStatement {
     /// Binds the values `bind` gives, in parameter order, and runs the statement to completion.
     func execute(_ bind: (inout Binder) -> Void) throws {
         let handle = statement.sqliteStatement
-        sqlite3_reset(handle)
-        var binder = Binder(handle: handle)
-        bind(&binder)
-        precondition(binder.next - 1 == sqlite3_bind_parameter_count(handle), "every parameter of \(statement.sql) is bound")
+        try prepare(bind)
         var code = sqlite3_step(handle)
         while code == SQLITE_ROW { code = sqlite3_step(handle) }
         let failure = code == SQLITE_DONE ? nil : DatabaseError(resultCode: ResultCode(rawValue: code), message: database.lastErrorMessage, sql: statement.sql)
@@ -33,10 +30,7 @@ struct DirectStatement {
     /// Binds the values `bind` gives and hands each result row to `row`, in order.
     func query(_ bind: (inout Binder) -> Void, row: (Columns) throws -> Void) throws {
         let handle = statement.sqliteStatement
-        sqlite3_reset(handle)
-        var binder = Binder(handle: handle)
-        bind(&binder)
-        precondition(binder.next - 1 == sqlite3_bind_parameter_count(handle), "every parameter of \(statement.sql) is bound")
+        try prepare(bind)
         defer {
             sqlite3_reset(handle)
             sqlite3_clear_bindings(handle)
@@ -47,6 +41,23 @@ struct DirectStatement {
             case SQLITE_DONE: return
             case let code: throw DatabaseError(resultCode: ResultCode(rawValue: code), message: database.lastErrorMessage, sql: statement.sql)
             }
+        }
+    }
+
+    /// Resets and binds, inside the caller's transaction only: GRDB refuses statements once SQLite rolled a
+    /// transaction back on its own (a full disk, an I/O error), and so does this, rather than run in autocommit.
+    private func prepare(_ bind: (inout Binder) -> Void) throws {
+        let handle = statement.sqliteStatement
+        guard sqlite3_get_autocommit(database.sqliteConnection) == 0 else {
+            throw DatabaseError(resultCode: .SQLITE_MISUSE, message: "no transaction is open (it was rolled back); nothing was written", sql: statement.sql)
+        }
+        sqlite3_reset(handle)
+        var binder = Binder(handle: handle)
+        bind(&binder)
+        precondition(binder.next - 1 == sqlite3_bind_parameter_count(handle), "every parameter of \(statement.sql) is bound")
+        if let code = binder.failure {
+            sqlite3_clear_bindings(handle)
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: database.lastErrorMessage, sql: statement.sql)
         }
     }
 
@@ -75,6 +86,12 @@ struct DirectStatement {
     struct Binder {
         fileprivate let handle: SQLiteStatement
         fileprivate var next: Int32 = 1
+        /// The first bind SQLite refused (a value too big, memory), reported before the statement runs.
+        fileprivate var failure: Int32?
+
+        private mutating func check(_ code: Int32) {
+            if code != SQLITE_OK && failure == nil { failure = code }
+        }
         /// SQLite copies what it is given before the bind call returns.
         private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
@@ -82,17 +99,17 @@ struct DirectStatement {
             var text = text
             text.withUTF8 { bytes in
                 if let base = bytes.baseAddress, bytes.count > 0 {
-                    _ = base.withMemoryRebound(to: CChar.self, capacity: bytes.count) { sqlite3_bind_text(handle, next, $0, Int32(bytes.count), Self.transient) }
+                    check(base.withMemoryRebound(to: CChar.self, capacity: bytes.count) { sqlite3_bind_text(handle, next, $0, Int32(bytes.count), Self.transient) })
                 } else {
                     // An empty text, not NULL.
-                    _ = sqlite3_bind_text(handle, next, "", 0, Self.transient)
+                    check(sqlite3_bind_text(handle, next, "", 0, Self.transient))
                 }
             }
             next += 1
         }
 
         mutating func bind(_ value: Int64) {
-            sqlite3_bind_int64(handle, next, value)
+            check(sqlite3_bind_int64(handle, next, value))
             next += 1
         }
 
@@ -104,9 +121,9 @@ struct DirectStatement {
         mutating func bind(_ bytes: [UInt8]) {
             bytes.withUnsafeBytes { buffer in
                 if let base = buffer.baseAddress, buffer.count > 0 {
-                    _ = sqlite3_bind_blob(handle, next, base, Int32(buffer.count), Self.transient)
+                    check(sqlite3_bind_blob(handle, next, base, Int32(buffer.count), Self.transient))
                 } else {
-                    _ = sqlite3_bind_zeroblob(handle, next, 0)
+                    check(sqlite3_bind_zeroblob(handle, next, 0))
                 }
             }
             next += 1
@@ -122,7 +139,7 @@ struct DirectStatement {
         }
 
         mutating func bindNull() {
-            sqlite3_bind_null(handle, next)
+            check(sqlite3_bind_null(handle, next))
             next += 1
         }
     }

@@ -1,6 +1,7 @@
 import DequeModule
 import Foundation
 import GRDB
+import GRDBSQLite
 import Logging
 import MeridianCore
 import MeridianStorage
@@ -284,18 +285,34 @@ actor GroupCommitter {
     }
 
     /// Runs `body` in a write transaction; unless `durable`, committed without an fsync. The connection is put back
-    /// to `synchronous=FULL` afterwards, whatever happened, so every other commit stays durable.
+    /// to `synchronous=FULL` afterwards, whatever happened, so every other commit stays durable: through SQLite's C
+    /// API, which a cancelled task cannot stop (GRDB refuses statements once the caller is cancelled). A connection
+    /// that cannot be put back stops the process rather than acknowledge a commit that is not durable.
     private func writing<T: Sendable>(durable: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         guard !durable else { return try await pool.write(body) }
         return try await pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
+            defer { Self.synchronousFull(db) }
             var result: T?
             try db.inTransaction(.immediate) {
                 result = try body(db)
                 return .commit
             }
             return result!
+        }
+    }
+
+    /// Puts the connection back to `synchronous=FULL` and checks it took.
+    private static func synchronousFull(_ db: Database) {
+        var level: Int32 = -1
+        let set = sqlite3_exec(db.sqliteConnection, "PRAGMA synchronous = FULL", nil, nil, nil)
+        var statement: OpaquePointer?
+        if sqlite3_prepare_v2(db.sqliteConnection, "PRAGMA synchronous", -1, &statement, nil) == SQLITE_OK, sqlite3_step(statement) == SQLITE_ROW {
+            level = sqlite3_column_int(statement, 0)
+        }
+        sqlite3_finalize(statement)
+        guard set == SQLITE_OK, level == 2 else {
+            fatalError("The store's writer connection could not be put back to synchronous=FULL (\(set), level \(level)); stopping rather than acknowledge commits that are not durable.")
         }
     }
 

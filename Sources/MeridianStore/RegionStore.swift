@@ -69,6 +69,9 @@ public final class RegionStore: RegionStorage {
                 throw MeridianError(.storageFailure, "SQLite refused synchronous=FULL (it reports \(synchronous)); writes could not be made durable.")
             }
             try Self.migrator.migrate(pool)
+            // Applies committed without an fsync before a crash of this process may still sit in the page cache:
+            // synced now, before the applied points read below are reported durable.
+            try Self.syncWriteAheadLog(path)
             let state = try pool.write { db -> (UInt64, HLCTimestamp?, [RegionName: UInt64], UInt64, Bool) in
                 if let owner = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'region'") {
                     guard owner == region.rawValue else {
@@ -257,6 +260,18 @@ public final class RegionStore: RegionStorage {
             throw error
         } catch {
             throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    /// Syncs the database's write-ahead log, its main file and their directory to disk.
+    static func syncWriteAheadLog(_ path: String) throws(MeridianError) {
+        let directory = (path as NSString).deletingLastPathComponent
+        for file in [path + "-wal", path, directory.isEmpty ? "." : directory] {
+            guard let handle = FileHandle(forReadingAtPath: file) else { continue }
+            defer { try? handle.close() }
+            do { try handle.synchronize() } catch {
+                throw MeridianError(.storageFailure, "\(file) could not be synced to disk (\(error)); the store cannot tell what it holds durably.")
+            }
         }
     }
 

@@ -113,6 +113,30 @@ import Testing
         }
     }
 
+    /// Visible applies whose tasks are cancelled while they run still leave the connection syncing every commit
+    /// (without the reset to `synchronous=FULL` this fails).
+    @Test func aCancelledVisibleApplyLeavesCommitsSynced() async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        let store = try fixture.openSQLite()
+        var next: UInt64 = 1
+        var cancelledWhileApplying = 0
+        for round in 0..<20 {
+            let entries = (0..<1_000).map { index in remote(next + UInt64(index), key: "k\(index)", value: "\(round)", physicalMs: next + UInt64(index)) }
+            let first = next
+            let task = Task { try await store.applyReplicated(origin: eu, from: first, through: first + 999, entries: entries, diverted: [:], durable: false) }
+            // Cancelled a few milliseconds in, while the transaction runs (bounded wait, no sleep).
+            let until = ContinuousClock.now + .milliseconds(1 + round % 6)
+            while ContinuousClock.now < until { await Task.yield() }
+            task.cancel()
+            if (try? await task.value) != nil { next += 1_000 } else { next = (store.visibleHighWater()[eu] ?? 0) + 1 }
+            if next == first { cancelledWhileApplying += 1 }
+        }
+        #expect(cancelledWhileApplying > 0, "some applies were cancelled while they ran")
+        #expect(try await store.synchronousLevel() == 2)
+        store.close()
+    }
+
     /// The in-memory disk loses a visible apply whole, with its applied point, when the store closes before a sync
     /// (the simulator's crash of the machine); a durable step after it, such as a local write, makes it durable too.
     @Test func aCrashBeforeTheSyncLosesTheVisibleApplyWholeAndADurableStepKeepsIt() async throws {

@@ -534,7 +534,8 @@ final class Replicator: Sendable {
                     }
                     recordApplied(entries, origin: origin, applied: visible)
                     progress.signal()
-                    replies.yield(.ack(applied: store.appliedHighWater()[origin] ?? 0, visible: visible, echoMs: monotonicMs))
+                    let durableNow = store.appliedHighWater()[origin] ?? 0
+                    replies.yield(.ack(applied: durableNow, visible: max(visible, durableNow), echoMs: monotonicMs))
                     do {
                         applied = try await store.syncApplied()[origin] ?? 0
                     } catch {

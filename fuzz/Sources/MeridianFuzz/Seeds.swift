@@ -52,7 +52,7 @@ func seeds(_ target: Target) -> [[UInt8]] {
             peerCodec.encode(.election(keyspace: keyspace, message: .voteRequest(epoch: 3, position: LogPosition(epoch: 2, sequence: 7)), start: nil)),
             peerCodec.encode(.repairRequest(id: 4, keyspace: keyspace, .states(buckets: [1, 200], after: key))),
             peerCodec.encode(.repairReply(id: 4, .tree(RepairTree(logHighWater: 7, keys: 1, terms: [TermEnd(epoch: 1, leader: us, last: 7)],
-                                                                  tree: MerkleTree(digests: [(key: key, digest: [9])]))))),
+                                                                  tree: MerkleTree(leaves: [1: MerkleTree.Leaf(lanes: [9, 0, 0, 0, 0, 0, 0, 0])]))))),
         ]
     case .entry:
         return entries.map { entryCodec.encode($0) }

@@ -69,7 +69,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         if let states = try? KeyStateCodec.decode(bytes, valueBytesMax: 1 << 16) {
             let again = try? KeyStateCodec.decode(KeyStateCodec.encode(states), valueBytesMax: 1 << 16)
             check(again.map { $0.map(\.key) } == states.map(\.key) && again.map { $0.map(\.state) } == states.map(\.state), "key states")
-            for item in states { _ = MerkleTree.digest(item.state); _ = item.state.merged(with: item.state) }
+            for item in states { _ = MerkleTree.item(item.key, state: item.state); _ = item.state.merged(with: item.state) }
         }
     }
     return 0

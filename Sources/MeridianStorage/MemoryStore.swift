@@ -132,25 +132,25 @@ public final class MemoryStore: RegionStorage {
 
     /// Changes under the lock, then makes the contents "durable" on the disk (with every change made visibly before).
     private func changing<T>(_ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
-        try state.withLock { open throws(MeridianError) -> T in
-            guard !open.closed else { throw Self.closedError }
-            var draft = open
-            let result = try body(&draft)
-            open = draft
-            let contents = draft.contents
-            disk.contents.withLock { $0 = contents }
-            return result
-        }
+        try change(durable: true, body)
     }
 
     /// Changes under the lock without making them durable: the disk gets them with the next durable change (as a
     /// write-ahead log synced later holds every commit before the sync); a close before then loses them.
     private func visibly<T>(_ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
+        try change(durable: false, body)
+    }
+
+    private func change<T>(durable: Bool, _ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
         try state.withLock { open throws(MeridianError) -> T in
             guard !open.closed else { throw Self.closedError }
             var draft = open
             let result = try body(&draft)
             open = draft
+            if durable {
+                let contents = draft.contents
+                disk.contents.withLock { $0 = contents }
+            }
             return result
         }
     }

@@ -180,14 +180,7 @@ enum KeyStateRows {
         try (upsert ?? DirectStatement(db, sql: upsertSQL)).execute { row in
             row.bind(keyspace.rawValue)
             row.bind(key.rawValue)
-            row.bind(winner.value)
-            row.bind(winner.contentType)
-            row.bind(winner.version.hlc.physicalMs)
-            row.bind(Int64(winner.version.hlc.logical))
-            row.bind(winner.version.origin.rawValue)
-            row.bind(winner.version.sequence)
-            row.bind(winner.tombstone)
-            row.bind(RegionStore.dependenciesColumn(winner.dependencies))
+            row.bind(winner)
             row.bind(encodeVector(new.context))
             row.bind(new.versions.count - 1)
             row.bind(bucket)
@@ -216,14 +209,7 @@ enum KeyStateRows {
                 """).execute { row in
                 row.bind(keyspace.rawValue)
                 row.bind(key.rawValue)
-                row.bind(version.value)
-                row.bind(version.contentType)
-                row.bind(version.version.hlc.physicalMs)
-                row.bind(Int64(version.version.hlc.logical))
-                row.bind(version.version.origin.rawValue)
-                row.bind(version.version.sequence)
-                row.bind(version.tombstone)
-                row.bind(RegionStore.dependenciesColumn(version.dependencies))
+                row.bind(version)
             }
         }
         return (bucket, item)
@@ -251,5 +237,20 @@ enum KeyStateRows {
         do { return try DependencyCodec.decode(bytes) } catch {
             throw MeridianError(.storageFailure, "A stored causal context is corrupt: \(error.message)")
         }
+    }
+}
+
+extension DirectStatement.Binder {
+    /// A stored version's columns, in `versionColumns` order: value, content type, HLC, origin, sequence, tombstone,
+    /// dependencies.
+    mutating func bind(_ version: KeyVersion) {
+        bind(version.value)
+        bind(version.contentType)
+        bind(version.version.hlc.physicalMs)
+        bind(Int64(version.version.hlc.logical))
+        bind(version.version.origin.rawValue)
+        bind(version.version.sequence)
+        bind(version.tombstone)
+        bind(RegionStore.dependenciesColumn(version.dependencies))
     }
 }

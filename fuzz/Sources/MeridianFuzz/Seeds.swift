@@ -39,6 +39,7 @@ func seeds(_ target: Target) -> [[UInt8]] {
         return [
             peerCodec.encode(.hello(PeerHello(cluster: "demo", from: us, to: eu))),
             peerCodec.encode(.batch(from: 1, through: 7, entries: entries)),
+            peerCodec.encode(.ack(applied: 5, visible: 7, echoMs: 1_795_000_000_123)),
             peerCodec.encode(.forwardRead(ForwardedRead(id: 3, keyspace: keyspace, key: key, form: .value,
                                                         options: ReadOptions(consistency: .bounded, maxStalenessMs: 500, session: "t")))),
             peerCodec.encode(.forward(ForwardedWrite(id: 5, keyspace: keyspace, key: key, operation: .put, contentType: "text/plain", value: [1],

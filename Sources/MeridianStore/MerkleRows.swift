@@ -53,7 +53,7 @@ enum MerkleRows {
         func bind(_ change: (key: Deltas.Bucket, value: (sum: MerkleTree.Leaf, keys: Int)), _ row: inout DirectStatement.Binder) {
             row.bind(change.key.keyspace.rawValue)
             row.bind(change.key.bucket)
-            for lane in change.value.sum.lanes { row.bind(Int64(lane)) }
+            for lane in 0..<8 { row.bind(Int64(change.value.sum.lanes[lane])) }
             row.bind(change.value.keys)
         }
         var start = 0

@@ -39,14 +39,18 @@ public struct MerkleTree: Sendable, Hashable {
 
     /// A leaf, or an item hash: eight 32-bit lanes that add and subtract modulo 2^32 each.
     public struct Leaf: Sendable, Hashable {
-        public private(set) var lanes: [UInt32]
+        /// The eight lanes, each added modulo 2^32 (a vector: no allocation, one instruction per add).
+        public private(set) var lanes: SIMD8<UInt32>
 
         /// The empty bucket's leaf (all zeros).
-        public static let empty = Leaf(lanes: Array(repeating: 0, count: 8))
+        public static let empty = Leaf(lanes: SIMD8<UInt32>())
+
+        public init(lanes: SIMD8<UInt32>) {
+            self.lanes = lanes
+        }
 
         public init(lanes: [UInt32]) {
-            precondition(lanes.count == 8)
-            self.lanes = lanes
+            self.init(lanes: SIMD8(lanes))
         }
 
         /// Eight big-endian words.
@@ -58,7 +62,7 @@ public struct MerkleTree: Sendable, Hashable {
         /// Eight big-endian words of a 32-byte digest.
         init(digest: UnsafeRawBufferPointer) {
             precondition(digest.count == MerkleTree.digestBytes)
-            var lanes = [UInt32](repeating: 0, count: 8)
+            var lanes = SIMD8<UInt32>()
             for lane in 0..<8 { lanes[lane] = UInt32(bigEndian: digest.loadUnaligned(fromByteOffset: lane * 4, as: UInt32.self)) }
             self.lanes = lanes
         }
@@ -72,11 +76,11 @@ public struct MerkleTree: Sendable, Hashable {
         }
 
         public mutating func add(_ other: Leaf) {
-            for lane in 0..<8 { lanes[lane] &+= other.lanes[lane] }
+            lanes &+= other.lanes
         }
 
         public mutating func subtract(_ other: Leaf) {
-            for lane in 0..<8 { lanes[lane] &-= other.lanes[lane] }
+            lanes &-= other.lanes
         }
     }
 

@@ -291,8 +291,10 @@ actor GroupCommitter {
     private func writing<T: Sendable>(durable: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         guard !durable else { return try await pool.write(body) }
         return try await pool.writeWithoutTransaction { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            // Back to FULL however the body ends, even when a cancellation interrupts this very statement
+            // after it took effect (GRDB then throws from it).
             defer { Self.synchronousFull(db) }
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
             var result: T?
             try db.inTransaction(.immediate) {
                 result = try body(db)

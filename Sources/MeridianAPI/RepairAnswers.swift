@@ -12,14 +12,16 @@ public struct RepairReport: Codable, Equatable, Sendable {
     public let keys: Int
     /// Buckets whose leaves differed.
     public let bucketsDiffering: Int
-    /// Key states the peer sent (every key of the differing buckets) and how many of them changed a key here.
+    /// Slots of those buckets whose leaves differed (0 when the keyspace is small enough to pull whole buckets).
+    public let slotsDiffering: Int
+    /// Key states the peer sent (every key of the differing buckets or slots) and how many of them changed a key here.
     public let keysReceived: Int
     public let keysChanged: Int
     /// Why the round stopped short (absent when it completed).
     public let error: String?
 
     public init(keyspace: String, region: String, peer: String, rootBefore: String, rootAfter: String, peerRoot: String, keys: Int,
-                bucketsDiffering: Int, keysReceived: Int, keysChanged: Int, error: String?) {
+                bucketsDiffering: Int, slotsDiffering: Int, keysReceived: Int, keysChanged: Int, error: String?) {
         self.keyspace = keyspace
         self.region = region
         self.peer = peer
@@ -28,6 +30,7 @@ public struct RepairReport: Codable, Equatable, Sendable {
         self.peerRoot = peerRoot
         self.keys = keys
         self.bucketsDiffering = bucketsDiffering
+        self.slotsDiffering = slotsDiffering
         self.keysReceived = keysReceived
         self.keysChanged = keysChanged
         self.error = error
@@ -39,6 +42,7 @@ public struct RepairReport: Codable, Equatable, Sendable {
         case rootAfter = "root_after"
         case peerRoot = "peer_root"
         case bucketsDiffering = "buckets_differing"
+        case slotsDiffering = "slots_differing"
         case keysReceived = "keys_received"
         case keysChanged = "keys_changed"
     }

@@ -45,6 +45,9 @@ public struct Limits: Sendable, Hashable, Codable {
     /// How often, in ms, a region compares each keyspace's Merkle tree with every other replica's and
     /// repairs what differs (0: only on `meridian repair`).
     public var antiEntropyIntervalMs: Int = 30_000
+    /// The fewest keys (in either region) at which an anti-entropy round compares the slot leaves of the differing
+    /// buckets and pulls only the differing slots' keys, rather than whole buckets (``MerkleSlots/keysMin``).
+    public var antiEntropySlotKeysMin: Int = MerkleSlots.keysMin
     /// The most versions a key of a `siblings` keyspace may hold; a write that would add one more (a blind
     /// write, or one whose context misses versions) is refused with `too_many_siblings`.
     public var siblingsMax: Int = 16
@@ -90,6 +93,7 @@ public struct Limits: Sendable, Hashable, Codable {
         ("read_wait_ms", 0...600_000),
         ("conflicts_log_max", 1...10_000_000),
         ("anti_entropy_interval_ms", 0...86_400_000),
+        ("anti_entropy_slot_keys_min", 0...1_000_000_000),
         ("siblings_max", 1...1000),
         ("failback_steady_ms", 0...3_600_000),
         ("election_grace_silences", 0...100),
@@ -119,6 +123,7 @@ public struct Limits: Sendable, Hashable, Codable {
         case readWaitMs = "read_wait_ms"
         case conflictsLogMax = "conflicts_log_max"
         case antiEntropyIntervalMs = "anti_entropy_interval_ms"
+        case antiEntropySlotKeysMin = "anti_entropy_slot_keys_min"
         case siblingsMax = "siblings_max"
         case failbackSteadyMs = "failback_steady_ms"
         case electionGraceSilences = "election_grace_silences"

@@ -30,6 +30,12 @@ extension RegionNode {
                 let page = try await store.states(keyspace: policy.name, buckets: Set(buckets), after: after,
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
+            case .slots(let buckets):
+                return .slots(encoded: try await store.merkleSlots(keyspace: policy.name, buckets: buckets).encoded)
+            case .slotStates(let slots, let after):
+                let page = try await store.states(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after,
+                                                  bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
+                return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
             case .dataKeys, .erase, .erasedKeys:
                 return await serveDataKeys(policy, request, from: peer)
             }
@@ -92,7 +98,7 @@ extension RegionNode {
         }
         var peerLogHighWater: UInt64?
         var before = MerkleTree(states: []), keys = 0, peerTree: MerkleTree?
-        var differing: [Int] = [], received = 0, changed = 0
+        var differing: [Int] = [], slotsDiffering: [Int] = [], received = 0, changed = 0
         var problem: String?
         do throws(MeridianError) {
             (before, keys) = try await store.merkleTree(keyspace: policy.name)
@@ -105,9 +111,17 @@ extension RegionNode {
             termsRead?(theirs.terms)
             peerTree = theirs.tree
             differing = before.differingBuckets(theirs.tree)
-            let complete = try await pullStates(policy, buckets: differing, from: peer) { states throws(MeridianError) in
+            let pulled: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void = { states throws(MeridianError) in
                 received += states.count
                 changed += try await merge(states, terms: nil)
+            }
+            let complete: Bool
+            if !differing.isEmpty && MerkleSlots.worthAsking(keys: keys, peerKeys: Int(clamping: theirs.keys), keysMin: limits.antiEntropySlotKeysMin) {
+                // A large keyspace: only the keys of the differing slots of the differing buckets.
+                slotsDiffering = try await differingSlots(policy, buckets: differing, with: peer)
+                complete = try await pullStates(policy, slots: slotsDiffering, from: peer, pulled)
+            } else {
+                complete = try await pullStates(policy, buckets: differing, from: peer, pulled)
             }
             if complete {
                 // Every differing state is merged: the writes of the terms the peer held are held here now.
@@ -125,8 +139,24 @@ extension RegionNode {
         let report = RepairReport(keyspace: policy.name.rawValue, region: region.rawValue, peer: peer.rawValue,
                                   rootBefore: MerkleTree.hex(before.root), rootAfter: MerkleTree.hex(rootAfter),
                                   peerRoot: peerTree.map { MerkleTree.hex($0.root) } ?? "", keys: keys,
-                                  bucketsDiffering: differing.count, keysReceived: received, keysChanged: changed, error: problem)
+                                  bucketsDiffering: differing.count, slotsDiffering: slotsDiffering.count, keysReceived: received, keysChanged: changed, error: problem)
         return (report, problem == nil ? peerLogHighWater : nil)
+    }
+
+    /// The slots of some buckets whose leaves differ between this region and a peer, asking for the peer's slot
+    /// leaves `RepairBounds.slotBucketsMax` buckets at a time.
+    func differingSlots(_ policy: KeyspacePolicy, buckets: [Int], with peer: RegionName) async throws(MeridianError) -> [Int] {
+        var differing: [Int] = []
+        for start in stride(from: 0, to: buckets.count, by: RepairBounds.slotBucketsMax) {
+            let chunk = Array(buckets[start..<min(start + RepairBounds.slotBucketsMax, buckets.count)])
+            guard case .slots(let encoded) = try Self.answer(try await replicator.requestRepair(from: peer, keyspace: policy.name, .slots(buckets: chunk)),
+                                                             from: peer) else {
+                throw MeridianError(.replicationProtocol, "\(peer) answered a slot leaves request with something else.")
+            }
+            let theirs = try MerkleSlots(buckets: chunk, encoded: encoded)
+            differing += try await store.merkleSlots(keyspace: policy.name, buckets: chunk).differingSlots(theirs)
+        }
+        return differing
     }
 
     /// Pulls a peer's key states of some Merkle buckets, page by page, handing each page (checked to name only
@@ -135,11 +165,27 @@ extension RegionNode {
     func pullStates(_ policy: KeyspacePolicy, buckets: [Int], from peer: RegionName,
                     _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
         guard !buckets.isEmpty else { return true }
+        return try await pullPages(policy, from: peer, { .states(buckets: buckets, after: $0) }, page)
+    }
+
+    /// The same for some Merkle slots, `RepairBounds.slotsMax` slots per request.
+    func pullStates(_ policy: KeyspacePolicy, slots: [Int], from peer: RegionName,
+                    _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
+        for start in stride(from: 0, to: slots.count, by: RepairBounds.slotsMax) {
+            let chunk = Array(slots[start..<min(start + RepairBounds.slotsMax, slots.count)])
+            guard try await pullPages(policy, from: peer, { .slotStates(slots: chunk, after: $0) }, page) else { return false }
+        }
+        return true
+    }
+
+    /// Pulls the pages of one request, continuing after the last key of each.
+    private func pullPages(_ policy: KeyspacePolicy, from peer: RegionName, _ request: (Key?) -> RepairRequest,
+                           _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
         var after: Key?
         for _ in 0..<100_000 {
             guard case .states(let encoded, let next) = try Self.answer(
-                try await replicator.requestRepair(from: peer, keyspace: policy.name, .states(buckets: buckets, after: after)), from: peer) else {
-                throw MeridianError(.replicationProtocol, "\(peer) answered a states request with a tree.")
+                try await replicator.requestRepair(from: peer, keyspace: policy.name, request(after)), from: peer) else {
+                throw MeridianError(.replicationProtocol, "\(peer) answered a states request with something else.")
             }
             // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
             let states = try KeyStateCodec.decode(encoded, valueBytesMax: limits.replicationFrameBytesMax)

@@ -466,14 +466,28 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
-    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
-        let afterBytes = after.map { Array($0.rawValue.utf8) }
-        return try reading { open in
+    public func merkleSlots(keyspace: KeyspaceName, buckets: [Int]) throws(MeridianError) -> MerkleSlots {
+        try reading { open in
+            MerkleSlots(buckets: buckets, states: (open.contents.keys[keyspace] ?? [:]).map { (key: $0.key, state: $0.value) })
+        }
+    }
+
+    public func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+        try reading { open in
             let keys = open.contents.keys[keyspace] ?? [:]
+            // In slot order, and in key order (UTF-8 bytes) within a slot, as a SQLite store reads them.
+            let placed = keys.keys.map { (slot: MerkleTree.slot(of: $0), bytes: Array($0.rawValue.utf8), key: $0) }
+                .sorted { $0.slot != $1.slot ? $0.slot < $1.slot : $0.bytes.lexicographicallyPrecedes($1.bytes) }
+            var wanted: [Key] = []
+            for seek in MerkleTree.seeks(slots, after: after) {
+                let afterBytes = seek.after.map { Array($0.rawValue.utf8) }
+                for key in placed where seek.slots.contains(key.slot) && afterBytes.map({ $0.lexicographicallyPrecedes(key.bytes) }) ?? true {
+                    wanted.append(key.key)
+                }
+            }
             var states: [(key: Key, state: KeyState)] = []
             var bytes = 0
-            for key in Self.sortedKeys(keys) where buckets.contains(MerkleTree.bucket(of: key)) {
-                if let afterBytes, !afterBytes.lexicographicallyPrecedes(Array(key.rawValue.utf8)) { continue }
+            for key in wanted {
                 var encoded: [UInt8] = []
                 KeyStateCodec.append(keys[key]!, to: &encoded)
                 let size = encoded.count + key.rawValue.utf8.count + 2

@@ -74,12 +74,22 @@ public protocol ReplicationLogStore: Sendable {
 public protocol RepairStore: Sendable {
     /// The keyspace's Merkle tree over every key's full state, and how many keys it covers.
     func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int)
-    /// A page of the states of the keys in `buckets`, in key order after `after`, within about `bytesMax`.
-    func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?)
+    /// The slot leaves of some of the keyspace's buckets (its tree's second level).
+    func merkleSlots(keyspace: KeyspaceName, buckets: [Int]) async throws(MeridianError) -> MerkleSlots
+    /// A page of the states of the keys in some ranges of Merkle slots, in slot and key order after `after`
+    /// (``MerkleTree/seeks(_:after:)``), within about `bytesMax` (at least one key).
+    func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?)
     /// Merges states another region holds into this region's, logging what loses. - Returns: keys changed.
     func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int
     /// Replaces keys' states outright (nil: the key is removed), as a new leader holds them.
     func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError)
+}
+
+extension RepairStore {
+    /// A page of the states of the keys in whole Merkle buckets.
+    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+        try await states(keyspace: keyspace, slots: buckets.sorted().map(MerkleTree.slots(ofBucket:)), after: after, bytesMax: bytesMax)
+    }
 }
 
 /// The conflicts log: values this region discarded because a concurrent write won.

@@ -208,11 +208,11 @@ extension RegionStore {
                     let stored = try KeyStateRows.loadItem(db, keyspace, item.key)
                     if let new = item.state {
                         let placed = try KeyStateRows.store(db, keyspace, item.key, old: old, new: new, rule: rule)
-                        leaves.moved(keyspace, bucket: placed.bucket, from: stored?.item, to: placed.item)
+                        leaves.moved(keyspace, slot: placed.slot, from: stored?.held, to: placed.held)
                     } else if let stored {
                         try db.execute(sql: "DELETE FROM kv WHERE keyspace = ? AND key = ?", arguments: [keyspace.rawValue, item.key.rawValue])
                         try db.execute(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?", arguments: [keyspace.rawValue, item.key.rawValue])
-                        leaves.moved(keyspace, bucket: stored.bucket, from: stored.item, to: nil)
+                        leaves.moved(keyspace, slot: stored.slot, from: stored.held, to: nil)
                     }
                 }
                 try MerkleRows.write(db, leaves)

@@ -15,17 +15,18 @@ struct KeyStateBatch {
         let key: Key
     }
 
-    private struct Slot {
-        /// The state as stored, which of its versions `kv` holds (the others are `frontier` rows), and its Merkle item.
+    private struct Held {
+        /// The state as stored, which of its versions `kv` holds (the others are `frontier` rows), and what it
+        /// contributes to its Merkle slot.
         let stored: KeyState?
         let storedWinner: Dot?
-        var storedItem: MerkleTree.Leaf?
-        var storedBucket: Int?
+        var storedLeaf: MerkleRows.Held?
+        var storedSlot: Int?
         var current: KeyState?
         var rule: ConflictRule?
     }
 
-    private var slots: [StateKey: Slot] = [:]
+    private var held: [StateKey: Held] = [:]
     /// Keys changed, in the order of their first change.
     private var changed: [StateKey] = []
     private var ledger = ConflictLedger()
@@ -34,15 +35,16 @@ struct KeyStateBatch {
     mutating func read(_ db: Database, _ keys: some Sequence<StateKey>) throws {
         var wanted: [KeyspaceName: [Key]] = [:]
         var seen = Set<StateKey>()
-        for key in keys where slots[key] == nil && seen.insert(key).inserted { wanted[key.keyspace, default: []].append(key.key) }
+        for key in keys where held[key] == nil && seen.insert(key).inserted { wanted[key.keyspace, default: []].append(key.key) }
         for (keyspace, keys) in wanted {
             for start in stride(from: 0, to: keys.count, by: KeyStateRows.readChunk) {
                 let chunk = keys[start..<min(start + KeyStateRows.readChunk, keys.count)]
                 for (key, row) in try KeyStateRows.loadStored(db, keyspace, Array(chunk)) {
-                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: row.state, storedWinner: row.winner, storedItem: row.item, storedBucket: row.bucket, current: row.state)
+                    held[StateKey(keyspace: keyspace, key: key)] = Held(stored: row.state, storedWinner: row.winner, storedLeaf: row.held, storedSlot: row.slot,
+                                                                        current: row.state)
                 }
-                for key in chunk where slots[StateKey(keyspace: keyspace, key: key)] == nil {
-                    slots[StateKey(keyspace: keyspace, key: key)] = Slot(stored: nil, storedWinner: nil, storedItem: nil, storedBucket: nil, current: nil)
+                for key in chunk where held[StateKey(keyspace: keyspace, key: key)] == nil {
+                    held[StateKey(keyspace: keyspace, key: key)] = Held(stored: nil, storedWinner: nil, storedLeaf: nil, storedSlot: nil, current: nil)
                 }
             }
         }
@@ -51,8 +53,8 @@ struct KeyStateBatch {
     /// The key's state as the transaction's writes so far left it.
     mutating func state(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
         let stateKey = StateKey(keyspace: keyspace, key: key)
-        if slots[stateKey] == nil { try read(db, CollectionOfOne(stateKey)) }
-        return slots[stateKey]?.current
+        if held[stateKey] == nil { try read(db, CollectionOfOne(stateKey)) }
+        return held[stateKey]?.current
     }
 
     /// Applies one entry of any origin to its key under `rule`; its losers are recorded at the end.
@@ -69,11 +71,11 @@ struct KeyStateBatch {
     /// Sets a key's state (read before with ``state(_:_:_:)``) and records what `change` discards or restores.
     mutating func set(_ keyspace: KeyspaceName, _ key: Key, _ state: KeyState, rule: ConflictRule, change: KeyChange? = nil) {
         let stateKey = StateKey(keyspace: keyspace, key: key)
-        guard var slot = slots[stateKey] else { preconditionFailure("a key's state is set only after it was read") }
-        if slot.rule == nil { changed.append(stateKey) }
-        slot.current = state
-        slot.rule = rule
-        slots[stateKey] = slot
+        guard var row = held[stateKey] else { preconditionFailure("a key's state is set only after it was read") }
+        if row.rule == nil { changed.append(stateKey) }
+        row.current = state
+        row.rule = rule
+        held[stateKey] = row
         if let change { ledger.note(keyspace, key, change) }
     }
 
@@ -82,11 +84,11 @@ struct KeyStateBatch {
         let upsert = try DirectStatement(db, sql: KeyStateRows.upsertSQL)
         var leaves = MerkleRows.Deltas()
         for stateKey in changed {
-            let slot = slots[stateKey]!
-            guard let current = slot.current, let rule = slot.rule else { continue }
-            let placed = try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: slot.stored, storedWinner: slot.storedWinner, new: current,
-                                                rule: rule, upsert: upsert, bucket: slot.storedBucket)
-            leaves.moved(stateKey.keyspace, bucket: placed.bucket, from: slot.storedItem, to: placed.item)
+            let row = held[stateKey]!
+            guard let current = row.current, let rule = row.rule else { continue }
+            let placed = try KeyStateRows.store(db, stateKey.keyspace, stateKey.key, old: row.stored, storedWinner: row.storedWinner, new: current,
+                                                rule: rule, upsert: upsert, slot: row.storedSlot)
+            leaves.moved(stateKey.keyspace, slot: placed.slot, from: row.storedLeaf, to: placed.held)
         }
         try MerkleRows.write(db, leaves)
         return try ledger.write(db, nowMs: nowMs, limits: limits)

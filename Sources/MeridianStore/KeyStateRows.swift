@@ -27,7 +27,7 @@ enum KeyStateRows {
     /// The columns of a stored version, in the order ``version(_:from:)`` reads them.
     private static let versionColumns = "value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies"
     /// A `kv` row as every reader selects it: the key, the version `kv` holds, the causal context, the count of others.
-    private static let keyColumns = "key, \(versionColumns), context, concurrent, item, bucket"
+    private static let keyColumns = "key, \(versionColumns), context, concurrent, item, slot"
 
     static func load(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> KeyState? {
         let statement = try db.cachedStatement(sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key = ?")
@@ -43,7 +43,7 @@ enum KeyStateRows {
 
     /// The stored states of `keys` (at most `readChunk`, a shorter list padded with its last key so one statement
     /// serves every call), each with the version `kv` holds. Keys not stored are left out.
-    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?, bucket: Int?)] {
+    static func loadStored(_ db: Database, _ keyspace: KeyspaceName, _ keys: [Key]) throws -> [Key: (state: KeyState, winner: Dot, held: MerkleRows.Held?, slot: Int?)] {
         let chunk = readChunk
         precondition(!keys.isEmpty && keys.count <= chunk)
         func bind(_ keys: [Key]) -> (inout DirectStatement.Binder) -> Void {
@@ -52,11 +52,13 @@ enum KeyStateRows {
                 for index in 0..<chunk { row.bind(keys[min(index, keys.count - 1)].rawValue) }
             }
         }
-        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool, item: MerkleTree.Leaf?, bucket: Int?)] = []
+        var stored: [(key: Key, version: KeyVersion, context: [UInt8]?, concurrent: Bool, held: MerkleRows.Held?, slot: Int?)] = []
         try DirectStatement(db, sql: loadKeysSQL).query(bind(keys)) { row in
-            let bucket = Int(row.int64(12))
-            stored.append((try Key(row.text(0)), try version(row, from: 1), row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0, try item(row.bytes(11)),
-                           (0..<MerkleTree.bucketCount).contains(bucket) ? bucket : nil))
+            let slot = Int(row.int64(12))
+            let version = try version(row, from: 1)
+            stored.append((try Key(row.text(0)), version, row.isNull(9) ? nil : row.bytes(9), row.int64(10) > 0,
+                           try item(row.bytes(11)).map { MerkleRows.Held(item: $0, live: !version.tombstone) },
+                           (0..<MerkleTree.slotCount).contains(slot) ? slot : nil))
         }
         // The other versions of keys with concurrent writes, in one more statement.
         var others: [Key: [KeyVersion]] = [:]
@@ -66,11 +68,11 @@ enum KeyStateRows {
                 others[try Key(row.text(0)), default: []].append(try version(row, from: 1))
             }
         }
-        var found: [Key: (state: KeyState, winner: Dot, item: MerkleTree.Leaf?, bucket: Int?)] = [:]
+        var found: [Key: (state: KeyState, winner: Dot, held: MerkleRows.Held?, slot: Int?)] = [:]
         for row in stored {
             // Rows written before conflict handling carry no context: their write saw only itself.
             let context = try row.context.map { VersionVector(try decodeVector($0)) } ?? VersionVector()
-            found[row.key] = (KeyState(context: context, versions: [row.version] + (others[row.key] ?? [])), row.version.dot, row.item, row.bucket)
+            found[row.key] = (KeyState(context: context, versions: [row.version] + (others[row.key] ?? [])), row.version.dot, row.held, row.slot)
         }
         return found
     }
@@ -82,13 +84,13 @@ enum KeyStateRows {
         return MerkleTree.Leaf(bytes: bytes)
     }
 
-    /// A key's bucket and stored item hash, if the key has a row.
-    static func loadItem(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> (bucket: Int, item: MerkleTree.Leaf?)? {
-        var found: (bucket: Int, item: MerkleTree.Leaf?)?
-        try DirectStatement(db, sql: "SELECT bucket, item FROM kv WHERE keyspace = ? AND key = ?").query({ row in
+    /// A key's slot and what it holds there, if the key has a row.
+    static func loadItem(_ db: Database, _ keyspace: KeyspaceName, _ key: Key) throws -> (slot: Int, held: MerkleRows.Held?)? {
+        var found: (slot: Int, held: MerkleRows.Held?)?
+        try DirectStatement(db, sql: "SELECT slot, item, tombstone FROM kv WHERE keyspace = ? AND key = ?").query({ row in
             row.bind(keyspace.rawValue)
             row.bind(key.rawValue)
-        }) { row in found = (Int(row.int64(0)), try item(row.bytes(1))) }
+        }) { row in found = (Int(row.int64(0)), try item(row.bytes(1)).map { MerkleRows.Held(item: $0, live: !row.bool(2)) }) }
         return found
     }
 
@@ -106,18 +108,27 @@ enum KeyStateRows {
                           contentType: row.text(column + 1), value: row.bytes(column), dependencies: dependencies)
     }
 
-    /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key),
-    /// or only those of the given Merkle buckets (the rows say their bucket, so no key is hashed to find it).
-    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, buckets: Set<Int>? = nil,
-                        _ body: (Key, KeyState) throws -> Bool) throws {
-        let inBuckets = buckets.map { buckets in
-            " AND bucket IN (\(buckets.filter { (0..<MerkleTree.bucketCount).contains($0) }.sorted().map(String.init).joined(separator: ", ")))"
-        } ?? ""
-        let rows = try Row.fetchCursor(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key > ?\(inBuckets) ORDER BY key",
+    /// Streams every key state of a keyspace in key order (a row at a time; concurrent versions are read per key).
+    static func forEach(_ db: Database, _ keyspace: KeyspaceName, after: Key? = nil, _ body: (Key, KeyState) throws -> Bool) throws {
+        let rows = try Row.fetchCursor(db, sql: "SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND key > ? ORDER BY key",
                                        arguments: [keyspace.rawValue, after?.rawValue ?? ""])
         while let row = try rows.next() {
             let key = try Key(row[0] as String)
             guard try body(key, try state(db, keyspace, key, row)) else { return }
+        }
+    }
+
+    /// Streams the key states of some Merkle slots in slot and key order after `after` (``MerkleTree/seeks(_:after:)``),
+    /// each range of slots read through the `(keyspace, slot, key)` index: the keys of other slots are not read.
+    static func forEach(_ db: Database, _ keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, _ body: (Key, KeyState) throws -> Bool) throws {
+        for seek in MerkleTree.seeks(slots, after: after) {
+            let rows = try Row.fetchCursor(db.cachedStatement(sql: """
+                SELECT \(keyColumns) FROM kv WHERE keyspace = ? AND slot BETWEEN ? AND ? AND key > ? ORDER BY slot, key
+                """), arguments: [keyspace.rawValue, seek.slots.lowerBound, seek.slots.upperBound, seek.after?.rawValue ?? ""])
+            while let row = try rows.next() {
+                let key = try Key(row[0] as String)
+                guard try body(key, try state(db, keyspace, key, row)) else { return }
+            }
         }
     }
 
@@ -157,33 +168,35 @@ enum KeyStateRows {
     /// Writes a key's row in `kv`.
     static let upsertSQL = """
         INSERT INTO kv (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, context, concurrent,
-                        bucket, item)
+                        slot, item)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (keyspace, key) DO UPDATE SET
             value = excluded.value, content_type = excluded.content_type, hlc_physical_ms = excluded.hlc_physical_ms,
             hlc_logical = excluded.hlc_logical, origin = excluded.origin, sequence = excluded.sequence, tombstone = excluded.tombstone,
             dependencies = excluded.dependencies, context = excluded.context, concurrent = excluded.concurrent,
-            bucket = excluded.bucket, item = excluded.item
+            item = excluded.item
         """
 
-    /// Writes a key's new state: the winner in `kv`, the rest in `frontier`, and the key's Merkle bucket and item
-    /// hash (the caller moves the leaf: ``MerkleRows/Deltas``).
-    /// - Returns: The key's bucket and new item hash.
+    /// Writes a key's new state: the winner in `kv`, the rest in `frontier`, and the key's Merkle slot (a key's
+    /// slot never changes, so an update leaves it and its index entry alone) and item hash (the caller moves the
+    /// leaves: ``MerkleRows/Deltas``).
+    /// - Returns: The key's slot and what it now holds there.
     /// - Parameter storedWinner: Which version of `old` `kv` holds; given, only the `frontier` rows that changed
     ///   are written, otherwise every one of the key's rows is replaced.
     /// - Parameter upsert: The `kv` upsert (``upsertSQL``), prepared once for a transaction's keys.
     @discardableResult
     static func store(_ db: Database, _ keyspace: KeyspaceName, _ key: Key, old: KeyState?, storedWinner: Dot? = nil, new: KeyState,
-                      rule: ConflictRule, upsert: DirectStatement? = nil, bucket known: Int? = nil) throws -> (bucket: Int, item: MerkleTree.Leaf) {
+                      rule: ConflictRule, upsert: DirectStatement? = nil, slot known: Int? = nil) throws -> (slot: Int, held: MerkleRows.Held) {
         let winner = new.winner(rule)
-        let bucket = known ?? MerkleTree.bucket(of: key), item = MerkleTree.item(key, state: new)
+        let slot = known ?? MerkleTree.slot(of: key), item = MerkleTree.item(key, state: new)
+        let held = MerkleRows.Held(item: item, live: !winner.tombstone)
         try (upsert ?? DirectStatement(db, sql: upsertSQL)).execute { row in
             row.bind(keyspace.rawValue)
             row.bind(key.rawValue)
             row.bind(winner)
             row.bind(encodeVector(new.context))
             row.bind(new.versions.count - 1)
-            row.bind(bucket)
+            row.bind(slot)
             row.bind(item.bytes)
         }
         let others = new.versions.filter { $0.dot != winner.dot }
@@ -191,18 +204,18 @@ enum KeyStateRows {
         if let old, let storedWinner {
             stored = old.versions.filter { $0.dot != storedWinner }
         } else {
-            guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return (bucket, item) }
+            guard (old?.versions.count ?? 1) > 1 || new.versions.count > 1 else { return (slot, held) }
             try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ?").execute(arguments: [keyspace.rawValue, key.rawValue])
             stored = []
         }
-        guard others != stored else { return (bucket, item) }
+        guard others != stored else { return (slot, held) }
         let kept = Dictionary(others.map { ($0.dot, $0) }) { first, _ in first }
         for version in stored where kept[version.dot] != version {
             try db.cachedStatement(sql: "DELETE FROM frontier WHERE keyspace = ? AND key = ? AND origin = ? AND sequence = ?")
                 .execute(arguments: [keyspace.rawValue, key.rawValue, version.version.origin.rawValue, Int64(version.version.sequence)])
         }
-        let held = Dictionary(stored.map { ($0.dot, $0) }) { first, _ in first }
-        for version in others where held[version.dot] != version {
+        let storedByDot = Dictionary(stored.map { ($0.dot, $0) }) { first, _ in first }
+        for version in others where storedByDot[version.dot] != version {
             try DirectStatement(db, sql: """
                 INSERT OR REPLACE INTO frontier (keyspace, key, value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -212,7 +225,7 @@ enum KeyStateRows {
                 row.bind(version)
             }
         }
-        return (bucket, item)
+        return (slot, held)
     }
 
     /// Moves a keyspace's record count and returns it.

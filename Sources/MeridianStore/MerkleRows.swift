@@ -4,29 +4,67 @@ import MeridianCore
 import MeridianStorage
 
 /// Each keyspace's Merkle leaves, kept up to date in the transactions that change keys, so a tree costs a read of
-/// 256 rows however many keys the keyspace holds (``MerkleTree`` explains the leaves).
+/// 256 rows however many keys the keyspace holds, and a bucket's slot leaves a read of 256 more (``MerkleTree``
+/// explains buckets, slots and leaves).
 ///
-/// Every `kv` row carries its bucket and its item hash (the hash of the key and its whole state, `frontier`
-/// versions included); `merkle_leaves` holds per keyspace and bucket the eight lanes of the leaf and how many
-/// keys it covers. A transaction collects what its key writes changed (``Deltas``) and moves each touched leaf
-/// with one statement.
+/// Every `kv` row carries its slot and its item hash (the hash of the key and its whole state, `frontier`
+/// versions included), and an index on `(keyspace, slot, key)` finds a slot's keys without a scan.
+/// `merkle_slots` holds per keyspace and slot the eight lanes of the slot's leaf and how many keys it covers;
+/// `merkle_leaves` holds the same per bucket (the sum of its slots), and how many of its keys are live (their
+/// winner is not a tombstone), so counting a keyspace's keys reads 256 rows too. A transaction collects what its
+/// key writes changed (``Deltas``) and moves each touched slot and bucket with one statement.
 enum MerkleRows {
-    /// What a transaction's key writes did to the leaves: per keyspace and bucket, the lanes to add and the keys
-    /// gained or lost.
+    /// What a key contributes to its slot and bucket: its item hash, and whether it is live.
+    struct Held {
+        let item: MerkleTree.Leaf
+        let live: Bool
+    }
+
+    /// What a transaction's key writes did to the leaves: per keyspace and slot, the lanes to add and the keys
+    /// gained or lost (live or in all).
     struct Deltas {
-        struct Bucket: Hashable {
+        struct Place: Hashable {
             let keyspace: KeyspaceName
-            let bucket: Int
+            let index: Int
         }
 
-        private(set) var changes: [Bucket: (sum: MerkleTree.Leaf, keys: Int)] = [:]
+        struct Change {
+            var sum = MerkleTree.Leaf.empty
+            var keys = 0
+            var live = 0
 
-        /// A key's row went from `old` (nil: no row) to `new` (nil: removed) in `bucket`.
-        mutating func moved(_ keyspace: KeyspaceName, bucket: Int, from old: MerkleTree.Leaf?, to new: MerkleTree.Leaf?) {
-            var change = changes[Bucket(keyspace: keyspace, bucket: bucket)] ?? (.empty, 0)
-            if let old { change.sum.subtract(old) } else { change.keys += 1 }
-            if let new { change.sum.add(new) } else { change.keys -= 1 }
-            changes[Bucket(keyspace: keyspace, bucket: bucket)] = change
+            mutating func add(_ other: Change) {
+                sum.add(other.sum)
+                keys += other.keys
+                live += other.live
+            }
+        }
+
+        private(set) var slots: [Place: Change] = [:]
+
+        /// A key's row went from `old` (nil: no row) to `new` (nil: removed) in `slot`.
+        mutating func moved(_ keyspace: KeyspaceName, slot: Int, from old: Held?, to new: Held?) {
+            var change = slots[Place(keyspace: keyspace, index: slot)] ?? Change()
+            if let old {
+                change.sum.subtract(old.item)
+                change.keys -= 1
+                change.live -= old.live ? 1 : 0
+            }
+            if let new {
+                change.sum.add(new.item)
+                change.keys += 1
+                change.live += new.live ? 1 : 0
+            }
+            slots[Place(keyspace: keyspace, index: slot)] = change
+        }
+
+        /// The same changes per bucket.
+        var buckets: [Place: Change] {
+            var buckets: [Place: Change] = [:]
+            for (place, change) in slots {
+                buckets[Place(keyspace: place.keyspace, index: MerkleTree.bucket(ofSlot: place.index)), default: Change()].add(change)
+            }
+            return buckets
         }
     }
 
@@ -35,39 +73,75 @@ enum MerkleRows {
     /// Leaves moved per statement; the rest one by one.
     static let rowsPerUpsert = 16
 
-    private static func upsertSQL(rows: Int) -> String {
-        let row = "(?, ?, \(Array(repeating: "?", count: 8).joined(separator: ", ")), ?)"
+    /// An upsert of `rows` leaves of `table` (indexed by `index`), adding to the lanes and counts already there.
+    private static func upsertSQL(_ table: String, index: String, counts: [String], rows: Int) -> String {
+        let row = "(?, ?, \(Array(repeating: "?", count: 8 + counts.count).joined(separator: ", ")))"
         return """
-            INSERT INTO merkle_leaves (keyspace, bucket, \(lanes.joined(separator: ", ")), keys) VALUES \(Array(repeating: row, count: rows).joined(separator: ", "))
-            ON CONFLICT (keyspace, bucket) DO UPDATE SET \(lanes.map { "\($0) = (\($0) + excluded.\($0)) % 4294967296" }.joined(separator: ", ")),
-                keys = keys + excluded.keys
+            INSERT INTO \(table) (keyspace, \(index), \(lanes.joined(separator: ", ")), \(counts.joined(separator: ", ")))
+            VALUES \(Array(repeating: row, count: rows).joined(separator: ", "))
+            ON CONFLICT (keyspace, \(index)) DO UPDATE SET \(lanes.map { "\($0) = (\($0) + excluded.\($0)) % 4294967296" }.joined(separator: ", ")),
+                \(counts.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
             """
     }
 
-    private static let upsertMany = upsertSQL(rows: rowsPerUpsert), upsertOne = upsertSQL(rows: 1)
+    private static let slotUpserts = (many: upsertSQL("merkle_slots", index: "slot", counts: ["keys"], rows: rowsPerUpsert),
+                                      one: upsertSQL("merkle_slots", index: "slot", counts: ["keys"], rows: 1))
+    private static let bucketUpserts = (many: upsertSQL("merkle_leaves", index: "bucket", counts: ["keys", "live"], rows: rowsPerUpsert),
+                                        one: upsertSQL("merkle_leaves", index: "bucket", counts: ["keys", "live"], rows: 1))
 
-    /// Moves the touched leaves, `rowsPerUpsert` per statement.
+    /// Moves the touched slots and buckets, `rowsPerUpsert` per statement.
     static func write(_ db: Database, _ deltas: Deltas) throws {
-        let changes = Array(deltas.changes)
-        guard !changes.isEmpty else { return }
-        func bind(_ change: (key: Deltas.Bucket, value: (sum: MerkleTree.Leaf, keys: Int)), _ row: inout DirectStatement.Binder) {
+        guard !deltas.slots.isEmpty else { return }
+        try write(db, Array(deltas.slots), upserts: slotUpserts, live: false)
+        try write(db, Array(deltas.buckets), upserts: bucketUpserts, live: true)
+    }
+
+    private static func write(_ db: Database, _ changes: [(key: Deltas.Place, value: Deltas.Change)], upserts: (many: String, one: String), live: Bool) throws {
+        func bind(_ change: (key: Deltas.Place, value: Deltas.Change), _ row: inout DirectStatement.Binder) {
             row.bind(change.key.keyspace.rawValue)
-            row.bind(change.key.bucket)
+            row.bind(change.key.index)
             for lane in 0..<8 { row.bind(Int64(change.value.sum.lanes[lane])) }
             row.bind(change.value.keys)
+            if live { row.bind(change.value.live) }
         }
         var start = 0
         if changes.count >= rowsPerUpsert {
-            let many = try DirectStatement(db, sql: upsertMany)
+            let many = try DirectStatement(db, sql: upserts.many)
             while changes.count - start >= rowsPerUpsert {
                 try many.execute { row in for change in changes[start..<start + rowsPerUpsert] { bind(change, &row) } }
                 start += rowsPerUpsert
             }
         }
         if start < changes.count {
-            let one = try DirectStatement(db, sql: upsertOne)
+            let one = try DirectStatement(db, sql: upserts.one)
             for change in changes[start...] { try one.execute { bind(change, &$0) } }
         }
+    }
+
+    /// The slot leaves of some buckets of the keyspace's tree.
+    static func slots(_ db: Database, _ keyspace: KeyspaceName, buckets: [Int]) throws -> MerkleSlots {
+        var slots: [Int: MerkleTree.Leaf] = [:]
+        let statement = try DirectStatement(db, sql: "SELECT slot, \(lanes.joined(separator: ", ")) FROM merkle_slots WHERE keyspace = ? AND slot BETWEEN ? AND ?")
+        for bucket in Set(buckets) where (0..<MerkleTree.bucketCount).contains(bucket) {
+            let range = MerkleTree.slots(ofBucket: bucket)
+            try statement.query({ row in
+                row.bind(keyspace.rawValue)
+                row.bind(range.lowerBound)
+                row.bind(range.upperBound)
+            }) { row in
+                slots[Int(row.int64(0))] = MerkleTree.Leaf(lanes: (1...8).map { UInt32(truncatingIfNeeded: row.int64(Int32($0))) })
+            }
+        }
+        return MerkleSlots(buckets: buckets.filter { (0..<MerkleTree.bucketCount).contains($0) }, slots: slots)
+    }
+
+    /// Live keys per keyspace, from the buckets' counts.
+    static func liveCounts(_ db: Database) throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT keyspace, SUM(live) AS live FROM merkle_leaves GROUP BY keyspace") where (row["live"] as Int) > 0 {
+            counts[row["keyspace"]] = row["live"]
+        }
+        return counts
     }
 
     /// The keyspace's tree and how many keys it covers, from its leaves.
@@ -103,19 +177,47 @@ enum MerkleRows {
                     l4 INTEGER NOT NULL, l5 INTEGER NOT NULL, l6 INTEGER NOT NULL, l7 INTEGER NOT NULL, keys INTEGER NOT NULL,
                     PRIMARY KEY (keyspace, bucket)) WITHOUT ROWID;
                 """)
-            // The keys held before: each one's bucket and item, and every leaf, once.
+            // The leaves are filled by the next migration, with the second level.
+        }
+        migrator.registerMigration("v12-merkle-slots") { db in
+            // A key's slot, computed in SQL from the key, replaces its bucket (the slot's first byte).
+            let slotOfKey = DatabaseFunction("meridian_merkle_slot", argumentCount: 1, pure: true) { values in
+                guard let text = String.fromDatabaseValue(values[0]), let key = try? Key(text) else { return -1 }
+                return MerkleTree.slot(of: key)
+            }
+            db.add(function: slotOfKey)
+            defer { db.remove(function: slotOfKey) }
+            try db.execute(sql: """
+                ALTER TABLE kv RENAME COLUMN bucket TO slot;
+                UPDATE kv SET slot = meridian_merkle_slot(key);
+                CREATE INDEX kv_slot ON kv (keyspace, slot, key);
+                ALTER TABLE merkle_leaves ADD COLUMN live INTEGER NOT NULL DEFAULT 0;
+                DELETE FROM merkle_leaves;
+                CREATE TABLE merkle_slots (
+                    keyspace TEXT NOT NULL, slot INTEGER NOT NULL,
+                    l0 INTEGER NOT NULL, l1 INTEGER NOT NULL, l2 INTEGER NOT NULL, l3 INTEGER NOT NULL,
+                    l4 INTEGER NOT NULL, l5 INTEGER NOT NULL, l6 INTEGER NOT NULL, l7 INTEGER NOT NULL, keys INTEGER NOT NULL,
+                    PRIMARY KEY (keyspace, slot)) WITHOUT ROWID;
+                """)
+            // Every key held, once: its item hash (computed for a row that has none) into its slot and bucket.
             var deltas = Deltas()
             for name in try String.fetchAll(db, sql: "SELECT DISTINCT keyspace FROM kv") {
                 let keyspace = try KeyspaceName(name)
-                var placed: [(key: Key, bucket: Int, item: MerkleTree.Leaf)] = []
-                try KeyStateRows.forEach(db, keyspace) { key, state in
-                    placed.append((key, MerkleTree.bucket(of: key), MerkleTree.item(key, state: state)))
-                    return true
+                var missing: [(key: Key, slot: Int, live: Bool)] = []
+                let rows = try Row.fetchCursor(db, sql: "SELECT key, slot, item, tombstone FROM kv WHERE keyspace = ?", arguments: [name])
+                while let row = try rows.next() {
+                    let live = !(row["tombstone"] as Bool)
+                    if let item = row["item"] as Data?, item.count == 32 {
+                        deltas.moved(keyspace, slot: row["slot"], from: nil, to: Held(item: MerkleTree.Leaf(bytes: Array(item)), live: live))
+                    } else {
+                        missing.append((try Key(row["key"] as String), row["slot"], live))
+                    }
                 }
-                for row in placed {
-                    try db.execute(sql: "UPDATE kv SET bucket = ?, item = ? WHERE keyspace = ? AND key = ?",
-                                   arguments: [row.bucket, Data(row.item.bytes), name, row.key.rawValue])
-                    deltas.moved(keyspace, bucket: row.bucket, from: nil, to: row.item)
+                for row in missing {
+                    guard let state = try KeyStateRows.load(db, keyspace, row.key) else { continue }
+                    let item = MerkleTree.item(row.key, state: state)
+                    try db.execute(sql: "UPDATE kv SET item = ? WHERE keyspace = ? AND key = ?", arguments: [Data(item.bytes), name, row.key.rawValue])
+                    deltas.moved(keyspace, slot: row.slot, from: nil, to: Held(item: item, live: row.live))
                 }
             }
             try write(db, deltas)

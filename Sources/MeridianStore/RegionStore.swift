@@ -287,16 +287,27 @@ public final class RegionStore: RegionStorage {
         }
     }
 
-    /// Key states of the given Merkle buckets, in key order after `after`, up to about `bytesMax` encoded bytes
-    /// (at least one key).
+    /// The slot leaves of some buckets of the keyspace's tree (read from the rows kept per slot).
+    public func merkleSlots(keyspace: KeyspaceName, buckets: [Int]) async throws(MeridianError) -> MerkleSlots {
+        do {
+            return try await pool.read { db in try MerkleRows.slots(db, keyspace, buckets: buckets) }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    /// Key states of some ranges of Merkle slots, in slot and key order after `after`, up to about `bytesMax`
+    /// encoded bytes (at least one key).
     /// - Returns: The states, and the key to continue after when more remain.
-    public func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+    public func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
         do {
             return try await pool.read { db in
                 var states: [(key: Key, state: KeyState)] = []
                 var bytes = 0
                 var next: Key?
-                try KeyStateRows.forEach(db, keyspace, after: after, buckets: buckets) { key, state in
+                try KeyStateRows.forEach(db, keyspace, slots: slots, after: after) { key, state in
                     var encoded: [UInt8] = []
                     KeyStateCodec.append(state, to: &encoded)
                     if !states.isEmpty && bytes + encoded.count + key.rawValue.utf8.count + 2 > bytesMax {
@@ -442,15 +453,9 @@ public final class RegionStore: RegionStorage {
         }
     }
 
-    /// Counts live keys per keyspace.
+    /// Counts live keys per keyspace (from the counts kept with the Merkle leaves: 256 rows a keyspace).
     public func keyCounts() async throws(MeridianError) -> [String: Int] {
-        try await reading { db in
-            var result: [String: Int] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT keyspace, COUNT(*) AS n FROM kv WHERE tombstone = 0 GROUP BY keyspace") {
-                result[row["keyspace"]] = row["n"]
-            }
-            return result
-        }
+        try await reading { db in try MerkleRows.liveCounts(db) }
     }
 
     /// `PRAGMA secure_delete` and `temp_store` of the writer and of a reader connection (1 and 2: deleted bytes are

@@ -179,7 +179,7 @@ struct Repair: AsyncParsableCommand {
     func run() async throws {
         let config = try cluster.load()
         let query = keyspace.map { "?keyspace=\(pathEncoded($0))" } ?? ""
-        print("REGION          KEYSPACE            PEER            KEYS     BUCKETS  RECEIVED  CHANGED  ROOT AFTER")
+        print("REGION          KEYSPACE            PEER            KEYS     BUCKETS  SLOTS    RECEIVED  CHANGED  ROOT AFTER")
         var failures = 0
         // A second pass: after the first, a region may hold keys it pulled that its peers have not pulled yet.
         // A region that could not reach a peer (a stream still reconnecting, perhaps because this very repair
@@ -206,6 +206,7 @@ struct Repair: AsyncParsableCommand {
                     let root = String((repair["root_after"] as? String ?? "").prefix(16))
                     print(column(region.name.rawValue, 16) + column(repair["keyspace"] as? String ?? "", 20) + column(repair["peer"] as? String ?? "", 16)
                           + column(String(repair["keys"] as? Int ?? 0), 9) + column(String(repair["buckets_differing"] as? Int ?? 0), 9)
+                          + column(String(repair["slots_differing"] as? Int ?? 0), 9)
                           + column(String(repair["keys_received"] as? Int ?? 0), 10) + column(String(repair["keys_changed"] as? Int ?? 0), 9) + root)
                     if let error = repair["error"] as? String {
                         print("                \(error)")

@@ -79,6 +79,10 @@ import Testing
             .repairRequest(id: 16, keyspace: try! KeyspaceName("accounts"), .states(buckets: [3], after: try! Key("a/é"))),
             .repairReply(id: 14, .tree(RepairTree(logHighWater: 40, keys: 3, terms: [TermEnd(epoch: 2, leader: eu, last: 7), TermEnd(epoch: 1, leader: us, last: 40)],
                                                   tree: MerkleTree(leaves: [3: MerkleTree.Leaf(lanes: [1, 2, 3, 4, 5, 6, 7, 8])])))),
+            .repairRequest(id: 22, keyspace: try! KeyspaceName("accounts"), .slots(buckets: [0, 9, 255])),
+            .repairRequest(id: 23, keyspace: try! KeyspaceName("accounts"), .slotStates(slots: [0, 2_310, 65_535], after: nil)),
+            .repairRequest(id: 24, keyspace: try! KeyspaceName("accounts"), .slotStates(slots: [12], after: try! Key("a/é"))),
+            .repairReply(id: 22, .slots(encoded: MerkleSlots(buckets: [9], slots: [2_310: MerkleTree.Leaf(lanes: [8, 7, 6, 5, 4, 3, 2, 1])]).encoded)),
             .repairReply(id: 15, .states(encoded: [0, 0, 0, 0], next: try! Key("k9"))),
             .repairReply(id: 16, .states(encoded: [], next: nil)),
             .repairReply(id: 17, .refused(code: "not_replica_region", message: "no replica here ✓")),
@@ -182,6 +186,19 @@ import Testing
         var bucket = codec.encode(.repairRequest(id: 1, keyspace: ks, .states(buckets: [7], after: nil)))
         bucket[5 + 8 + 2 + 1 + 2] = 0x01
         #expect(code(bucket) == .codecInvalidField)
+        // A slot-leaves request for a bucket past the tree, more slots or buckets than a request may name, slot
+        // leaves too long.
+        var slotBucket = codec.encode(.repairRequest(id: 1, keyspace: ks, .slots(buckets: [7])))
+        slotBucket[5 + 8 + 2 + 1 + 2] = 0x01
+        #expect(code(slotBucket) == .codecInvalidField)
+        for (request, countMax) in [(RepairRequest.slotStates(slots: [1], after: nil), RepairBounds.slotsMax), (.slots(buckets: [1]), RepairBounds.slotBucketsMax)] {
+            var many = codec.encode(.repairRequest(id: 1, keyspace: ks, request))
+            many[5 + 8 + 2 + 1] = UInt8((countMax + 1) >> 8)
+            many[5 + 8 + 2 + 1 + 1] = UInt8((countMax + 1) & 0xFF)
+            #expect(code(many) == .codecInvalidField)
+        }
+        let tooManyLeaves = codec.encode(.repairReply(id: 1, .slots(encoded: Array(repeating: 0, count: (RepairBounds.slotBucketsMax + 1) * 8_192))))
+        #expect(code(tooManyLeaves) != nil)
         var repairKind = codec.encode(.repairRequest(id: 1, keyspace: ks, .tree))
         repairKind[repairKind.count - 1] = 9
         #expect(code(repairKind) == .codecInvalidField)

@@ -348,8 +348,10 @@ extension LiveTests {
 
         @Test(.timeLimit(.minutes(3)))
         func aPeerBeyondLogRetentionIsMarkedForResyncAndRepairHealsIt() async throws {
-            // Periodic anti-entropy off, so the gap stays until `meridian repair` is asked to close it.
-            try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: "limits: { log_retention_entries: 10, anti_entropy_interval_ms: 0 }\n") { cluster in
+            // Periodic anti-entropy off, so the gap stays until `meridian repair` is asked to close it; the second
+            // level of the Merkle tree from the first key, so the repair compares slots as a large keyspace's does.
+            try await withLiveCluster(keyspaces: Self.keyspaces,
+                                      extraYAML: "limits: { log_retention_entries: 10, anti_entropy_interval_ms: 0, anti_entropy_slot_keys_min: 0 }\n") { cluster in
                 try cluster.chaos("isolate", "ap-southeast")
                 // Write only once us-east has given up on its stream: batches sent into the cut are held by the
                 // emulator and delivered after the heal, which would (rightly) leave nothing to resync.
@@ -380,8 +382,19 @@ extension LiveTests {
                 // eu-west, which kept up, has everything.
                 #expect(try await cluster.waitForValue("eu-west", "/v1/kv/profiles/r39", "v"))
 
-                // Anti-entropy heals it: the repair pulls the differing Merkle buckets from us-east, then moves
-                // ap-southeast's applied point of us-east's log to where us-east's state was read, so the stream resumes.
+                // Anti-entropy heals it: ap-southeast's round compares the slot leaves of the differing Merkle
+                // buckets with us-east's and pulls only the keys of the differing slots, then moves its applied
+                // point of us-east's log to where us-east's state was read, so the stream resumes.
+                let asker = try await cluster.connect("ap-southeast")
+                let answer = try await asker.request("POST", "/v1/admin/repair?keyspace=profiles")
+                await asker.close()
+                let reports = ((try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any])?["repairs"] as? [[String: Any]] ?? []
+                let fromUS = reports.first { $0["peer"] as? String == "us-east" }
+                #expect(answer.status == 200 && fromUS?["error"] == nil, "\(answer.status) \(answer.text)")
+                // ap-southeast may hold a few keys from before the cut; it pulls the others, and only those of their slots.
+                let slots = fromUS?["slots_differing"] as? Int ?? 0, received = fromUS?["keys_received"] as? Int ?? 0
+                let held = fromUS?["keys"] as? Int ?? 0, changed = fromUS?["keys_changed"] as? Int ?? 0
+                #expect((1...40).contains(slots) && (1...40).contains(received) && held + changed == 40, "\(answer.text)")
                 let repair = try runCLI(["repair", "--config", cluster.config], timeoutSeconds: 120)
                 #expect(repair.status == 0, "\(repair)")
                 #expect(repair.stdout.contains("ap-southeast    profiles            us-east"), "\(repair.stdout)")

@@ -93,10 +93,10 @@ private func roundTrip<T: Codable & Equatable>(_ value: T, sourceLocation: Sourc
         try roundTrip(DivergenceAnswer(region: "eu-west", writes: [kept, reapplied], next: 2))
         try roundTrip(DivergenceAnswer(region: "eu-west", writes: [], next: nil))
         let report = RepairReport(keyspace: "profiles", region: "us-east", peer: "eu-west", rootBefore: "aa", rootAfter: "bb", peerRoot: "bb",
-                                  keys: 10, bucketsDiffering: 1, keysReceived: 3, keysChanged: 2, error: nil)
+                                  keys: 10, bucketsDiffering: 1, slotsDiffering: 0, keysReceived: 3, keysChanged: 2, error: nil)
         try roundTrip(report)
         try roundTrip(RepairReport(keyspace: "profiles", region: "us-east", peer: "eu-west", rootBefore: "aa", rootAfter: "aa", peerRoot: "",
-                                   keys: 10, bucketsDiffering: 0, keysReceived: 0, keysChanged: 0, error: "eu-west is unreachable"))
+                                   keys: 10, bucketsDiffering: 0, slotsDiffering: 0, keysReceived: 0, keysChanged: 0, error: "eu-west is unreachable"))
         try roundTrip(["repairs": [report]])
         try roundTrip(MerkleAnswer(keyspace: "profiles", region: "us-east", root: "cafe", keys: 10))
     }

@@ -75,8 +75,9 @@ final class HeldElectionStore: RegionStorage {
     func logFloor() -> UInt64 { inner.logFloor() }
     func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) { try inner.trimLog(origin: origin, through: sequence) }
     func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) { try inner.merkleTree(keyspace: keyspace) }
-    func states(keyspace: KeyspaceName, buckets: Set<Int>, after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
-        try inner.states(keyspace: keyspace, buckets: buckets, after: after, bytesMax: bytesMax)
+    func merkleSlots(keyspace: KeyspaceName, buckets: [Int]) async throws(MeridianError) -> MerkleSlots { try inner.merkleSlots(keyspace: keyspace, buckets: buckets) }
+    func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+        try inner.states(keyspace: keyspace, slots: slots, after: after, bytesMax: bytesMax)
     }
     func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int { try inner.merge(keyspace: keyspace, states: states) }
     func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError) { try inner.replaceStates(keyspace: keyspace, states) }

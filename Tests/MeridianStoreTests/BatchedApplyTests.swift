@@ -63,6 +63,28 @@ import Testing
         }
     }
 
+    /// What a store keeps beside its keys equals what the keys say: the tree, every bucket's slot leaves (summing
+    /// to the bucket's leaf), and the count of live keys.
+    static func keptLeavesAreTheKeys(_ store: any RegionStorage, _ keyspace: KeyspaceName, rule: ConflictRule) async throws -> [String] {
+        var found: [String] = []
+        let every = try await store.states(keyspace: keyspace, buckets: Set(0..<MerkleTree.bucketCount), after: nil, bytesMax: 1 << 30)
+        #expect(every.next == nil)
+        let (tree, keys) = try await store.merkleTree(keyspace: keyspace)
+        if tree != MerkleTree(states: every.states) || keys != every.states.count { found.append("the tree is not the keys' own") }
+        let buckets = Array(0..<MerkleTree.bucketCount)
+        let slots = try await store.merkleSlots(keyspace: keyspace, buckets: buckets)
+        let differing = slots.differingSlots(MerkleSlots(buckets: buckets, states: every.states))
+        if !differing.isEmpty { found.append("slot leaves differ from the keys' own in slots \(differing.prefix(5))") }
+        for bucket in buckets {
+            var sum = MerkleTree.Leaf.empty
+            for leaf in slots.leaves[bucket * MerkleTree.slotsPerBucket..<(bucket + 1) * MerkleTree.slotsPerBucket] { sum.add(leaf) }
+            if sum.bytes != tree.leaves[bucket] { found.append("bucket \(bucket)'s leaf is not the sum of its slots") }
+        }
+        let live = every.states.filter { !$0.state.winner(rule).tombstone }.count
+        if (try await store.keyCounts()[keyspace.rawValue] ?? 0) != live { found.append("the live key count is not \(live)") }
+        return found
+    }
+
     static func outcome(_ store: any RegionStorage, _ keyspace: KeyspaceName) async throws -> Outcome {
         var outcome = Outcome()
         for key in keys { outcome.states[key] = try await store.state(keyspace: keyspace, key: key) }
@@ -128,6 +150,10 @@ import Testing
                 let (kept, scanned) = (try await sqlite.merkleTree(keyspace: keyspace), try await sqlite.scannedMerkleTree(keyspace: keyspace))
                 #expect(kept.tree == scanned.tree && kept.keys == scanned.keys, "seed \(seed): the kept Merkle leaves are not the keys' own")
             }
+            for store in stores {
+                let problems = try await Self.keptLeavesAreTheKeys(store, keyspace, rule: rule)
+                #expect(problems.isEmpty, "seed \(seed): \(problems)")
+            }
         }
     }
 
@@ -179,27 +205,42 @@ import Testing
             }
             let (kept, scanned) = (try await store.merkleTree(keyspace: fixture.keyspace), try await store.scannedMerkleTree(keyspace: fixture.keyspace))
             #expect(kept.tree == scanned.tree && kept.keys == scanned.keys, "step \(step): the kept leaves are not the keys' own")
+            let problems = try await Self.keptLeavesAreTheKeys(store, fixture.keyspace, rule: .lww)
+            #expect(problems.isEmpty, "step \(step): \(problems)")
         }
     }
 
-    /// A store made before the leaves were kept gets them, once, when it opens: its keys' buckets and item hashes
-    /// and every leaf, the same tree as computed from the keys.
-    @Test func aStoreFromBeforeTheKeptLeavesGetsThemWhenItOpens() async throws {
+    /// A store made before the leaves were kept gets them, once, when it opens: its keys' slots and item hashes,
+    /// every slot's and bucket's leaf, the same tree as computed from the keys. So does a store that kept only the
+    /// buckets' leaves (from its stored item hashes).
+    @Test(arguments: ["no leaves", "bucket leaves"])
+    func aStoreFromBeforeTheKeptLeavesGetsThemWhenItOpens(_ schema: String) async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
         var store = try fixture.open()
         for index in 0..<40 { _ = try await store.write(fixture.put("k\(index)", "v\(index)")) }
+        _ = try await store.write(fixture.delete("k3"))
         let before = try await store.merkleTree(keyspace: fixture.keyspace)
         store.close()
-        // Back to the schema before the leaves were kept.
+        // Back to the schema before the slots were kept (with buckets in `kv` and no live counts), or before any leaf was.
         let queue = try DatabaseQueue(path: fixture.path)
         try await queue.write { db in
             try db.execute(sql: """
-                DROP TABLE merkle_leaves;
-                ALTER TABLE kv DROP COLUMN bucket;
-                ALTER TABLE kv DROP COLUMN item;
-                DELETE FROM grdb_migrations WHERE identifier = 'v11-merkle-leaves';
+                DROP TABLE merkle_slots;
+                DROP INDEX kv_slot;
+                ALTER TABLE kv RENAME COLUMN slot TO bucket;
+                UPDATE kv SET bucket = bucket / 256;
+                ALTER TABLE merkle_leaves DROP COLUMN live;
+                DELETE FROM grdb_migrations WHERE identifier = 'v12-merkle-slots';
                 """)
+            if schema == "no leaves" {
+                try db.execute(sql: """
+                    DROP TABLE merkle_leaves;
+                    ALTER TABLE kv DROP COLUMN bucket;
+                    ALTER TABLE kv DROP COLUMN item;
+                    DELETE FROM grdb_migrations WHERE identifier = 'v11-merkle-leaves';
+                    """)
+            }
         }
         try queue.close()
         store = try fixture.open()
@@ -207,6 +248,41 @@ import Testing
         let sqlite = try #require(store as? RegionStore)
         let (after, scanned) = (try await sqlite.merkleTree(keyspace: fixture.keyspace), try await sqlite.scannedMerkleTree(keyspace: fixture.keyspace))
         #expect(after.tree == before.tree && after.keys == 40 && scanned.tree == after.tree)
+        let problems = try await Self.keptLeavesAreTheKeys(store, fixture.keyspace, rule: .lww)
+        #expect(problems.isEmpty, "\(problems)")
+        #expect(try await store.keyCounts()[fixture.keyspace.rawValue] == 39)
+        // Writes after the migration keep every level up to date.
+        _ = try await store.write(fixture.put("k3", "back"))
+        _ = try await store.write(fixture.put("k40", "new"))
+        #expect(try await Self.keptLeavesAreTheKeys(store, fixture.keyspace, rule: .lww).isEmpty)
+        #expect(try await store.keyCounts()[fixture.keyspace.rawValue] == 41)
+    }
+
+    /// A page of a few slots' states holds only their keys, each once, in slot then key order, in both stores; so
+    /// does a run of pages of several slot ranges with a small byte bound.
+    @Test(arguments: Backend.allCases)
+    func statesOfSlotsArePagedInSlotOrder(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
+        defer { fixture.remove() }
+        let store = try fixture.open()
+        defer { store.close() }
+        let keys = (0..<600).map { "key-\($0)" }
+        for key in keys { _ = try await store.write(fixture.put(key, "value of \(key)")) }
+        let placed = try keys.map { key in (slot: MerkleTree.slot(of: try Key(key)), key: key) }
+            .sorted { $0.slot != $1.slot ? $0.slot < $1.slot : Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
+        let someSlots = Array(Set(placed.map(\.slot))).sorted().enumerated().filter { $0.offset % 3 == 0 }.map(\.element)
+        let ranges = someSlots.map { $0...$0 } + [MerkleTree.slots(ofBucket: 200)]
+        let expected = placed.filter { item in ranges.contains { $0.contains(item.slot) } }.map(\.key)
+        var read: [String] = []
+        var after: Key?
+        for _ in 0..<1_000 {
+            let page = try await store.states(keyspace: fixture.keyspace, slots: ranges, after: after, bytesMax: 300)
+            #expect(!page.states.isEmpty)
+            read += page.states.map(\.key.rawValue)
+            guard let next = page.next else { break }
+            after = next
+        }
+        #expect(read == expected, "\(read.count) keys read, \(expected.count) expected")
     }
 
     /// Writes committed in one transaction to the same keys each see the one before: every key ends with the

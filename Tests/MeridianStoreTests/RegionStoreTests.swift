@@ -83,6 +83,10 @@ struct StoreFixture {
         WriteRequest(keyspace: keyspace, key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(value.utf8), precondition: precondition)
     }
 
+    func delete(_ key: String) -> WriteRequest {
+        WriteRequest(keyspace: keyspace, key: try! Key(key), operation: .delete, contentType: "", value: [])
+    }
+
     func remove() { try? FileManager.default.removeItem(atPath: directory) }
 }
 

@@ -6,6 +6,12 @@ import Crypto
 /// exchange the 256 leaves (8 KiB, one round trip at WAN latencies rather than one per tree level) and
 /// repair only the differing buckets.
 ///
+/// A large keyspace has a second level: each bucket splits into 256 slots by the second byte of the key's
+/// SHA-256, and a slot's leaf sums its keys' items as a bucket's does (so a bucket's leaf is the sum of its
+/// slots'). Regions that disagree on a few keys of a large keyspace exchange the slot leaves of the differing
+/// buckets (``MerkleSlots``, 8 KiB per bucket) and pull only the keys of the differing slots: a round costs
+/// the buckets plus about `keys / 65,536` keys per differing key, not a bucket's share of every key.
+///
 /// A leaf does not depend on the order its keys were added in, so a store keeps it up to date as keys change
 /// (as Riak's active anti-entropy keeps its trees) instead of rebuilding it from every key: a key's item hash
 /// (``item(_:digest:)``) is the SHA-256 of the key and its state's digest, read as eight 32-bit words, and lane
@@ -19,9 +25,55 @@ public struct MerkleTree: Sendable, Hashable {
     /// One hash per bucket (all zeros for an empty bucket).
     public let leaves: [[UInt8]]
 
+    /// Slots per bucket, and in all.
+    public static let slotsPerBucket = 256
+    public static let slotCount = bucketCount * slotsPerBucket
+
     /// The bucket a key belongs to.
     public static func bucket(of key: Key) -> Int {
-        Int(Array(SHA256.hash(data: Array(key.rawValue.utf8)))[0])
+        bucket(ofSlot: slot(of: key))
+    }
+
+    /// The slot a key belongs to: the first two bytes of its SHA-256 (the first is its bucket).
+    public static func slot(of key: Key) -> Int {
+        SHA256.hash(data: Array(key.rawValue.utf8)).withUnsafeBytes { Int($0[0]) << 8 | Int($0[1]) }
+    }
+
+    public static func bucket(ofSlot slot: Int) -> Int {
+        slot / slotsPerBucket
+    }
+
+    /// A bucket's slots.
+    public static func slots(ofBucket bucket: Int) -> ClosedRange<Int> {
+        bucket * slotsPerBucket...bucket * slotsPerBucket + slotsPerBucket - 1
+    }
+
+    /// Where a page of the keys of some slots starts, as ranges of slots read in order: keys come in slot order,
+    /// and in key order within a slot (their UTF-8 bytes), so the page after key `after` goes on in `after`'s
+    /// slot past it and then in the slots above. Ranges are clamped to the slots that exist and merged.
+    public static func seeks(_ ranges: [ClosedRange<Int>], after: Key?) -> [(slots: ClosedRange<Int>, after: Key?)] {
+        var merged: [ClosedRange<Int>] = []
+        for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            let lower = max(range.lowerBound, 0), upper = min(range.upperBound, slotCount - 1)
+            guard lower <= upper else { continue }
+            if let last = merged.last, lower <= last.upperBound + 1 {
+                merged[merged.count - 1] = last.lowerBound...max(last.upperBound, upper)
+            } else {
+                merged.append(lower...upper)
+            }
+        }
+        guard let after else { return merged.map { ($0, nil) } }
+        let start = slot(of: after)
+        var seeks: [(slots: ClosedRange<Int>, after: Key?)] = []
+        for range in merged where range.upperBound >= start {
+            if range.contains(start) {
+                seeks.append((start...start, after))
+                if start < range.upperBound { seeks.append((start + 1...range.upperBound, nil)) }
+            } else {
+                seeks.append((range, nil))
+            }
+        }
+        return seeks
     }
 
     /// A key's contribution to its bucket's leaf: the SHA-256 of its length-prefixed bytes and its state in
@@ -145,6 +197,75 @@ public struct MerkleTree: Sendable, Hashable {
     /// A short hex form of a root, for reports.
     public static func hex(_ digest: [UInt8]) -> String {
         digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+}
+
+/// The second level of a keyspace's tree for some of its buckets: each bucket's 256 slot leaves, in bucket order
+/// (``MerkleTree`` explains slots). Two regions exchange them only for the buckets whose leaves differ.
+public struct MerkleSlots: Sendable, Hashable {
+    /// The buckets, ascending, each at most once.
+    public let buckets: [Int]
+    /// `buckets.count × 256` leaves: bucket by bucket, slot by slot.
+    public let leaves: [MerkleTree.Leaf]
+
+    static let bucketBytes = MerkleTree.slotsPerBucket * MerkleTree.digestBytes
+
+    /// The fewest keys (in either region's tree) at which a round asks for the slot leaves of the differing
+    /// buckets rather than pulling them whole: 128 keys a bucket on average, where a bucket's states outweigh
+    /// its 8 KiB of slot leaves and the extra round trip.
+    public static let keysMin = 32_768
+
+    /// Whether a round over trees of these key counts goes down to slots.
+    public static func worthAsking(keys: Int, peerKeys: Int, keysMin: Int = keysMin) -> Bool {
+        max(keys, peerKeys) >= keysMin
+    }
+
+    /// The slot leaves of `buckets` computed from every key's state, in any order.
+    public init(buckets: [Int], states: some Sequence<(key: Key, state: KeyState)>) {
+        let wanted = Set(buckets)
+        var slots: [Int: MerkleTree.Leaf] = [:]
+        for item in states {
+            let slot = MerkleTree.slot(of: item.key)
+            guard wanted.contains(MerkleTree.bucket(ofSlot: slot)) else { continue }
+            slots[slot, default: .empty].add(MerkleTree.item(item.key, state: item.state))
+        }
+        self.init(buckets: buckets, slots: slots)
+    }
+
+    /// The slot leaves of `buckets` from the leaves a store keeps per slot (a slot left out is empty).
+    public init(buckets: [Int], slots: [Int: MerkleTree.Leaf]) {
+        self.buckets = Array(Set(buckets)).sorted()
+        leaves = self.buckets.flatMap { bucket in MerkleTree.slots(ofBucket: bucket).map { slots[$0] ?? .empty } }
+    }
+
+    /// The slots whose leaves differ from another region's, within the buckets both name.
+    public func differingSlots(_ other: MerkleSlots) -> [Int] {
+        let theirs = Dictionary(uniqueKeysWithValues: other.buckets.enumerated().map { ($1, $0) })
+        var differing: [Int] = []
+        for (index, bucket) in buckets.enumerated() {
+            guard let their = theirs[bucket] else { continue }
+            for offset in 0..<MerkleTree.slotsPerBucket
+            where leaves[index * MerkleTree.slotsPerBucket + offset] != other.leaves[their * MerkleTree.slotsPerBucket + offset] {
+                differing.append(MerkleTree.slots(ofBucket: bucket).lowerBound + offset)
+            }
+        }
+        return differing
+    }
+
+    /// The leaves as bytes (8 KiB per bucket, in bucket order).
+    public var encoded: [UInt8] { leaves.flatMap(\.bytes) }
+
+    /// Reads the slot leaves a peer sent for the buckets asked for.
+    /// - Throws: `codec_length_mismatch` unless exactly 8 KiB per bucket.
+    public init(buckets: [Int], encoded bytes: [UInt8]) throws(MeridianError) {
+        let sorted = Array(Set(buckets)).sorted()
+        guard bytes.count == sorted.count * Self.bucketBytes else {
+            throw MeridianError(.codecLengthMismatch, "The slot leaves of \(sorted.count) buckets are \(sorted.count * Self.bucketBytes) bytes; \(bytes.count) arrived.")
+        }
+        self.buckets = sorted
+        leaves = (0..<sorted.count * MerkleTree.slotsPerBucket).map { index in
+            MerkleTree.Leaf(bytes: Array(bytes[index * MerkleTree.digestBytes..<(index + 1) * MerkleTree.digestBytes]))
+        }
     }
 }
 

@@ -430,6 +430,7 @@ struct ConfigParser {
             case "read_wait_ms": limits.readWaitMs = number
             case "conflicts_log_max": limits.conflictsLogMax = number
             case "anti_entropy_interval_ms": limits.antiEntropyIntervalMs = number
+            case "anti_entropy_slot_keys_min": limits.antiEntropySlotKeysMin = number
             case "siblings_max": limits.siblingsMax = number
             case "failback_steady_ms": limits.failbackSteadyMs = number
             case "election_grace_silences": limits.electionGraceSilences = number

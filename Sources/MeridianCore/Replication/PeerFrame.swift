@@ -81,8 +81,13 @@ public enum PeerFrame: Sendable, Hashable {
 public enum RepairRequest: Sendable, Hashable {
     /// The keyspace's Merkle tree, with what the peer held when it read it.
     case tree
-    /// One page of the states of the keys in these Merkle buckets, in key order after `after`.
+    /// One page of the states of the keys in these Merkle buckets, in slot and key order after `after`.
     case states(buckets: [Int], after: Key?)
+    /// The slot leaves of these buckets (at most ``RepairBounds/slotBucketsMax``): the tree's second level.
+    case slots(buckets: [Int])
+    /// One page of the states of the keys in these Merkle slots (at most ``RepairBounds/slotsMax``), in slot and
+    /// key order after `after`.
+    case slotStates(slots: [Int], after: Key?)
     /// The data keys of a sealed keyspace with these ids (only a region of its residency is granted them).
     case dataKeys(ids: [DataKeyID])
     /// Destroy every data key of `subject` (an erasure another region of the residency carries out).
@@ -95,6 +100,14 @@ public enum RepairRequest: Sendable, Hashable {
 /// The most data keys one request names (a batch's entries name at most that many).
 public enum DataKeyRequestBounds {
     public static let idsMax = 1_024
+}
+
+/// How much of a tree's second level one repair request names.
+public enum RepairBounds {
+    /// Buckets per slot-leaves request (their reply is 8 KiB per bucket).
+    public static let slotBucketsMax = 32
+    /// Slots per states request.
+    public static let slotsMax = 4_096
 }
 
 /// A peer's Merkle tree of a keyspace and what it held when it read it: its own log's end (every write of its
@@ -120,6 +133,8 @@ public enum RepairReply: Sendable, Hashable {
     /// A page of states as ``KeyStateCodec`` encodes them (the asker decodes them with its own bounds), and the
     /// key to continue after when more remain.
     case states(encoded: [UInt8], next: Key?)
+    /// Slot leaves as ``MerkleSlots`` encodes them, for the buckets asked for.
+    case slots(encoded: [UInt8])
     /// The peer does not serve it: the error's code and sentence.
     case refused(code: String, message: String)
     /// The keys asked for that the peer holds, and those it erased (the rest it never held).
@@ -220,7 +235,9 @@ extension ElectionMessage {
 ///                       granted × (16-byte id, str8 subject, 32-byte key), u16 erased, erased × 16-byte id);
 ///                       5 erased (u16 count, count × 16-byte id)
 ///                    (repairRequest kinds 3 data keys: u16 count, count × 16-byte id; 4 erase: str8 subject;
-///                    5 erased keys: u8 hasAfter, [16-byte id])
+///                    5 erased keys: u8 hasAfter, [16-byte id]; 6 slot leaves: u16 count, count × u16 bucket;
+///                    7 slot states: u16 count, count × u16 slot, u8 hasAfter, [str16 after]; repairReply kind
+///                    6 slot leaves: u32 + 8 KiB per bucket asked for)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length, `opt(x)` is `u8 present` then `x` when it is 1, `version`
 /// is `str8 origin, u64 sequence, u64 hlcPhysicalMs, u32 hlcLogical`, and a state is ``KeyStateCodec``'s.
@@ -228,7 +245,7 @@ extension ElectionMessage {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 11
+    public static let protocolVersion: UInt8 = 12
     /// The most fields of context a forwarded refusal carries.
     public static let refusalContextMax = 32
 
@@ -353,6 +370,18 @@ public struct PeerFrameCodec: Sendable {
                 buffer.append(5)
                 buffer.append(after == nil ? 0 : 1)
                 if let after { buffer += after.bytes }
+            case .slots(let buckets):
+                buffer.append(6)
+                let kept = buckets.prefix(RepairBounds.slotBucketsMax)
+                append(UInt16(kept.count), to: &buffer)
+                for bucket in kept { append(UInt16(clamping: bucket), to: &buffer) }
+            case .slotStates(let slots, let after):
+                buffer.append(7)
+                let kept = slots.prefix(RepairBounds.slotsMax)
+                append(UInt16(kept.count), to: &buffer)
+                for slot in kept { append(UInt16(clamping: slot), to: &buffer) }
+                buffer.append(after == nil ? 0 : 1)
+                if let after { appendString16(after.rawValue, to: &buffer) }
             }
         case .repairReply(let id, let reply):
             append(id, to: &buffer)
@@ -394,6 +423,10 @@ public struct PeerFrameCodec: Sendable {
             case .erased(let ids):
                 buffer.append(5)
                 appendKeyIDs(ids, to: &buffer)
+            case .slots(let encoded):
+                buffer.append(6)
+                append(UInt32(encoded.count), to: &buffer)
+                buffer += encoded
             }
         case .auditCheckpoint(let checkpoint, let key):
             appendString8(checkpoint.region.rawValue, to: &buffer)
@@ -605,20 +638,16 @@ public struct PeerFrameCodec: Sendable {
         case 1:
             return .repairRequest(id: id, keyspace: keyspace, .tree)
         case 2:
-            let count = Int(try body.required(body.readUInt16(), "bucket_count"))
-            guard count <= MerkleTree.bucketCount else {
-                throw MeridianError(.codecInvalidField, "The repair request names \(count) buckets; a tree has \(MerkleTree.bucketCount).", context: ["field": "bucket_count"])
-            }
-            var buckets: [Int] = []
-            for _ in 0..<count {
-                let bucket = Int(try body.required(body.readUInt16(), "bucket"))
-                guard bucket < MerkleTree.bucketCount else {
-                    throw MeridianError(.codecInvalidField, "The repair request names bucket \(bucket); buckets are 0 to \(MerkleTree.bucketCount - 1).", context: ["field": "bucket"])
-                }
-                buckets.append(bucket)
-            }
+            let buckets = try numbers(&body, "bucket", countMax: MerkleTree.bucketCount, below: MerkleTree.bucketCount)
             let after = try flag(&body, "has_after") ? try Key(try string16(&body, "after")) : nil
             return .repairRequest(id: id, keyspace: keyspace, .states(buckets: buckets, after: after))
+        case 6:
+            return .repairRequest(id: id, keyspace: keyspace, .slots(buckets: try numbers(&body, "bucket", countMax: RepairBounds.slotBucketsMax,
+                                                                                         below: MerkleTree.bucketCount)))
+        case 7:
+            let slots = try numbers(&body, "slot", countMax: RepairBounds.slotsMax, below: MerkleTree.slotCount)
+            let after = try flag(&body, "has_after") ? try Key(try string16(&body, "after")) : nil
+            return .repairRequest(id: id, keyspace: keyspace, .slotStates(slots: slots, after: after))
         case 3:
             return .repairRequest(id: id, keyspace: keyspace, .dataKeys(ids: try keyIDs(&body, "data_key")))
         case 4:
@@ -627,8 +656,26 @@ public struct PeerFrameCodec: Sendable {
             let after = try flag(&body, "has_after") ? try DataKeyID(bytes: Array(try body.required(body.take(DataKeyID.byteCount), "after"))) : nil
             return .repairRequest(id: id, keyspace: keyspace, .erasedKeys(after: after))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys), 4 (erase) or 5 (erased keys).", context: ["field": "repair_kind"])
+            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys), 4 (erase), 5 (erased keys), 6 (slot leaves) or 7 (slot states).",
+                                context: ["field": "repair_kind"])
         }
+    }
+
+    /// A u16 count of u16 numbers (buckets or slots), each below `below`.
+    private func numbers(_ body: inout ByteReader, _ field: String, countMax: Int, below: Int) throws(MeridianError) -> [Int] {
+        let count = Int(try body.required(body.readUInt16(), field + "_count"))
+        guard count <= countMax else {
+            throw MeridianError(.codecInvalidField, "The repair request names \(count) of \(field)s; the limit is \(countMax).", context: ["field": field + "_count"])
+        }
+        var numbers: [Int] = []
+        for _ in 0..<count {
+            let number = Int(try body.required(body.readUInt16(), field))
+            guard number < below else {
+                throw MeridianError(.codecInvalidField, "The repair request names \(field) \(number); they are 0 to \(below - 1).", context: ["field": field])
+            }
+            numbers.append(number)
+        }
+        return numbers
     }
 
     private func repairReply(_ body: inout ByteReader) throws(MeridianError) -> PeerFrame {
@@ -667,8 +714,11 @@ public struct PeerFrameCodec: Sendable {
             return .repairReply(id: id, .dataKeys(granted: granted, erased: try keyIDs(&body, "erased")))
         case 5:
             return .repairReply(id: id, .erased(ids: try keyIDs(&body, "erased")))
+        case 6:
+            return .repairReply(id: id, .slots(encoded: try blob(&body, "slots", max: RepairBounds.slotBucketsMax * MerkleTree.slotsPerBucket * 32)))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states), 3 (refused), 4 (data keys) or 5 (erased).", context: ["field": "repair_kind"])
+            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states), 3 (refused), 4 (data keys), 5 (erased) or 6 (slot leaves).",
+                                context: ["field": "repair_kind"])
         }
     }
 

@@ -52,6 +52,9 @@ func seeds(_ target: Target) -> [[UInt8]] {
             peerCodec.encode(.election(keyspace: keyspace, message: .heartbeat(epoch: 2, sentMs: 99), start: EpochStart(epoch: 2, leader: eu, applied: [us: 7, eu: 3]))),
             peerCodec.encode(.election(keyspace: keyspace, message: .voteRequest(epoch: 3, position: LogPosition(epoch: 2, sequence: 7)), start: nil)),
             peerCodec.encode(.repairRequest(id: 4, keyspace: keyspace, .states(buckets: [1, 200], after: key))),
+            peerCodec.encode(.repairRequest(id: 5, keyspace: keyspace, .slots(buckets: [1, 200]))),
+            peerCodec.encode(.repairRequest(id: 6, keyspace: keyspace, .slotStates(slots: [300, 51_200], after: key))),
+            peerCodec.encode(.repairReply(id: 5, .slots(encoded: MerkleSlots(buckets: [1], slots: [300: MerkleTree.Leaf(lanes: [1, 2, 3, 4, 5, 6, 7, 8])]).encoded))),
             peerCodec.encode(.repairReply(id: 4, .tree(RepairTree(logHighWater: 7, keys: 1, terms: [TermEnd(epoch: 1, leader: us, last: 7)],
                                                                   tree: MerkleTree(leaves: [1: MerkleTree.Leaf(lanes: [9, 0, 0, 0, 0, 0, 0, 0])]))))),
         ]

@@ -36,6 +36,22 @@ extension RegionNode {
                 let page = try await store.states(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after,
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
+            case .slotItems(let slots, let after):
+                // As many as fit half a frame, whatever the keys' lengths.
+                let limit = max(64, limits.replicationFrameBytesMax / 2 / (2 + Key.utf8BytesMax + 32))
+                let page = try await store.items(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after, limit: limit)
+                return .items(encoded: KeyItemCodec.encode(page.items), next: page.next)
+            case .keyStates(let keys):
+                let bytesMax = max(64 << 10, limits.replicationFrameBytesMax / 2)
+                var page: [(key: Key, state: KeyState)] = []
+                var bytes = 0
+                for item in try await store.states(keyspace: policy.name, keys: Array(keys.prefix(RepairBounds.keysMax))) {
+                    let size = KeyStateCodec.encode(item.state).count + item.key.rawValue.utf8.count + 2
+                    if !page.isEmpty && bytes + size > bytesMax { return .states(encoded: KeyStateCodec.encode(page), next: page.last?.key) }
+                    bytes += size
+                    page.append(item)
+                }
+                return .states(encoded: KeyStateCodec.encode(page), next: nil)
             case .dataKeys, .erase, .erasedKeys:
                 return await serveDataKeys(policy, request, from: peer)
             }
@@ -117,9 +133,11 @@ extension RegionNode {
             }
             let complete: Bool
             if !differing.isEmpty && MerkleSlots.worthAsking(keys: keys, peerKeys: Int(clamping: theirs.keys), keysMin: limits.antiEntropySlotKeysMin) {
-                // A large keyspace: only the keys of the differing slots of the differing buckets.
+                // A large keyspace: the slots that differ within the differing buckets, the keys whose items differ
+                // within those slots, and the states of only those keys.
                 slotsDiffering = try await differingSlots(policy, buckets: differing, with: peer)
-                complete = try await pullStates(policy, slots: slotsDiffering, from: peer, pulled)
+                let keysDiffering = try await differingKeys(policy, slots: slotsDiffering, with: peer)
+                complete = try await pullStates(policy, keys: keysDiffering, from: peer, pulled)
             } else {
                 complete = try await pullStates(policy, buckets: differing, from: peer, pulled)
             }
@@ -159,6 +177,62 @@ extension RegionNode {
         return differing
     }
 
+    /// The keys of some Merkle slots whose items differ between this region and a peer (held by one side only, or
+    /// with different states), comparing `RepairBounds.slotsMax` slots at a time.
+    func differingKeys(_ policy: KeyspacePolicy, slots: [Int], with peer: RegionName) async throws(MeridianError) -> [Key] {
+        var differing: [Key] = []
+        for start in stride(from: 0, to: slots.count, by: RepairBounds.slotsMax) {
+            let chunk = Array(slots[start..<min(start + RepairBounds.slotsMax, slots.count)])
+            var theirs: [(key: Key, item: MerkleTree.Leaf)] = []
+            var after: Key?
+            for page in 0...100_000 {
+                guard page < 100_000 else { throw MeridianError(.replicationProtocol, "\(peer) listed more pages of key items than a round takes.") }
+                guard case .items(let encoded, let next) = try Self.answer(
+                    try await replicator.requestRepair(from: peer, keyspace: policy.name, .slotItems(slots: chunk, after: after)), from: peer) else {
+                    throw MeridianError(.replicationProtocol, "\(peer) answered a key items request with something else.")
+                }
+                theirs += try KeyItemCodec.decode(encoded)
+                guard let next else { break }
+                guard next != after else { throw MeridianError(.replicationProtocol, "\(peer) sent the same page of key items twice.") }
+                after = next
+            }
+            var mine: [(key: Key, item: MerkleTree.Leaf)] = []
+            after = nil
+            for _ in 0..<100_000 {
+                let page = try await store.items(keyspace: policy.name, slots: chunk.map { $0...$0 }, after: after, limit: 65_536)
+                mine += page.items
+                guard let next = page.next else { break }
+                after = next
+            }
+            differing += KeyItemCodec.differingKeys(mine, theirs)
+        }
+        return differing
+    }
+
+    /// Pulls a peer's states of some keys, `RepairBounds.keysMax` keys per request and as many pages as they take.
+    func pullStates(_ policy: KeyspacePolicy, keys: [Key], from peer: RegionName,
+                    _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
+        var remaining = keys[...]
+        for _ in 0..<100_000 {
+            guard !remaining.isEmpty else { return true }
+            let asked = Array(remaining.prefix(RepairBounds.keysMax))
+            guard case .states(let encoded, let next) = try Self.answer(
+                try await replicator.requestRepair(from: peer, keyspace: policy.name, .keyStates(keys: asked)), from: peer) else {
+                throw MeridianError(.replicationProtocol, "\(peer) answered a key states request with something else.")
+            }
+            try await page(try checkedStates(encoded, from: peer))
+            if let next {
+                guard let index = asked.firstIndex(of: next) else {
+                    throw MeridianError(.replicationProtocol, "\(peer) answered a key states request naming a key it was not asked for.")
+                }
+                remaining = remaining.dropFirst(index + 1)
+            } else {
+                remaining = remaining.dropFirst(asked.count)
+            }
+        }
+        return remaining.isEmpty
+    }
+
     /// Pulls a peer's key states of some Merkle buckets, page by page, handing each page (checked to name only
     /// regions of the cluster) to `page`.
     /// - Returns: Whether every page was pulled (false only past the page bound).
@@ -187,15 +261,7 @@ extension RegionNode {
                 try await replicator.requestRepair(from: peer, keyspace: policy.name, request(after)), from: peer) else {
                 throw MeridianError(.replicationProtocol, "\(peer) answered a states request with something else.")
             }
-            // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
-            let states = try KeyStateCodec.decode(encoded, valueBytesMax: limits.replicationFrameBytesMax)
-            guard states.allSatisfy({ item in
-                item.state.context.regions.allSatisfy { configuration.cluster.region($0) != nil }
-                    && item.state.versions.allSatisfy { configuration.cluster.region($0.version.origin) != nil }
-            }) else {
-                throw MeridianError(.replicationProtocol, "\(peer) sent key states naming regions outside the cluster; check that every region runs the same cluster file.")
-            }
-            try await page(states)
+            try await page(try checkedStates(encoded, from: peer))
             guard let next else { return true }
             guard next != after else {
                 throw MeridianError(.replicationProtocol, "\(peer) sent the same page of key states twice.")
@@ -203,6 +269,19 @@ extension RegionNode {
             after = next
         }
         return false
+    }
+
+    /// A page of states a peer sent, checked to name only regions of the cluster.
+    private func checkedStates(_ encoded: [UInt8], from peer: RegionName) throws(MeridianError) -> [(key: Key, state: KeyState)] {
+        // A merged CRDT value or a version kept beside others may exceed value_bytes_max; a frame bounds it.
+        let states = try KeyStateCodec.decode(encoded, valueBytesMax: limits.replicationFrameBytesMax)
+        guard states.allSatisfy({ item in
+            item.state.context.regions.allSatisfy { configuration.cluster.region($0) != nil }
+                && item.state.versions.allSatisfy { configuration.cluster.region($0.version.origin) != nil }
+        }) else {
+            throw MeridianError(.replicationProtocol, "\(peer) sent key states naming regions outside the cluster; check that every region runs the same cluster file.")
+        }
+        return states
     }
 
     /// A reply's content, or the peer's refusal as an error.

@@ -32,7 +32,7 @@ extension Replicator {
                         wanted.removeAll { answered.contains($0) }
                     case .refused(let code, let message):
                         lastError = MeridianError(MeridianError.Code(code) ?? .dataKeyUnavailable, "\(peer): \(message)")
-                    case .tree, .states, .slots, .erased:
+                    case .tree, .states, .slots, .items, .erased:
                         lastError = MeridianError(.replicationProtocol, "\(peer) answered a data key request with another kind of reply.")
                     }
                 } catch {
@@ -92,7 +92,7 @@ extension RegionNode {
                 audit?.record(.erasure, ["keyspace": policy.name.rawValue, "subject": subjectHash(policy.name, subject), "asked_by": peer.rawValue,
                                          "keys_destroyed": String(ids.count)])
                 return .erased(ids: ids)
-            case .tree, .states, .slots, .slotStates:
+            case .tree, .states, .slots, .slotStates, .slotItems, .keyStates:
                 return .refused(code: MeridianError.Code.internalError.description, message: "Not a data key request.")
             }
         } catch {

@@ -472,19 +472,40 @@ public final class MemoryStore: RegionStorage {
         }
     }
 
+    /// The keys of some slots in slot order, and in key order (UTF-8 bytes) within a slot, as a SQLite store reads them.
+    private static func keys(_ keys: [Key: KeyState], slots: [ClosedRange<Int>], after: Key?) -> [Key] {
+        let placed = keys.keys.map { (slot: MerkleTree.slot(of: $0), bytes: Array($0.rawValue.utf8), key: $0) }
+            .sorted { $0.slot != $1.slot ? $0.slot < $1.slot : $0.bytes.lexicographicallyPrecedes($1.bytes) }
+        var wanted: [Key] = []
+        for seek in MerkleTree.seeks(slots, after: after) {
+            let afterBytes = seek.after.map { Array($0.rawValue.utf8) }
+            for key in placed where seek.slots.contains(key.slot) && afterBytes.map({ $0.lexicographicallyPrecedes(key.bytes) }) ?? true {
+                wanted.append(key.key)
+            }
+        }
+        return wanted
+    }
+
+    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+        try reading { open in
+            let keys = open.contents.keys[keyspace] ?? [:]
+            let wanted = Self.keys(keys, slots: slots, after: after)
+            let items = wanted.prefix(max(limit, 1)).map { (key: $0, item: MerkleTree.item($0, state: keys[$0]!)) }
+            return (items, wanted.count > items.count ? items.last?.key : nil)
+        }
+    }
+
+    public func states(keyspace: KeyspaceName, keys: [Key]) throws(MeridianError) -> [(key: Key, state: KeyState)] {
+        try reading { open in
+            let held = open.contents.keys[keyspace] ?? [:]
+            return keys.compactMap { key in held[key].map { (key, $0) } }
+        }
+    }
+
     public func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
         try reading { open in
             let keys = open.contents.keys[keyspace] ?? [:]
-            // In slot order, and in key order (UTF-8 bytes) within a slot, as a SQLite store reads them.
-            let placed = keys.keys.map { (slot: MerkleTree.slot(of: $0), bytes: Array($0.rawValue.utf8), key: $0) }
-                .sorted { $0.slot != $1.slot ? $0.slot < $1.slot : $0.bytes.lexicographicallyPrecedes($1.bytes) }
-            var wanted: [Key] = []
-            for seek in MerkleTree.seeks(slots, after: after) {
-                let afterBytes = seek.after.map { Array($0.rawValue.utf8) }
-                for key in placed where seek.slots.contains(key.slot) && afterBytes.map({ $0.lexicographicallyPrecedes(key.bytes) }) ?? true {
-                    wanted.append(key.key)
-                }
-            }
+            let wanted = Self.keys(keys, slots: slots, after: after)
             var states: [(key: Key, state: KeyState)] = []
             var bytes = 0
             for key in wanted {

@@ -298,6 +298,23 @@ public final class RegionStore: RegionStorage {
         }
     }
 
+    /// The keys of some ranges of Merkle slots with their stored item hashes, in slot and key order after `after`, at
+    /// most `limit` (read from the slot index and the rows, without decoding a state).
+    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+        do {
+            return try await pool.read { db in try KeyStateRows.items(db, keyspace, slots: slots, after: after, limit: max(limit, 1)) }
+        } catch let error as MeridianError {
+            throw error
+        } catch {
+            throw MeridianError(.storageFailure, "The store could not be read: \(error)")
+        }
+    }
+
+    /// The stored states of those of `keys` this region holds (sealed values stay sealed).
+    public func states(keyspace: KeyspaceName, keys: [Key]) async throws(MeridianError) -> [(key: Key, state: KeyState)] {
+        try await reading { db in try keys.compactMap { key in try KeyStateRows.load(db, keyspace, key).map { (key, $0) } } }
+    }
+
     /// Key states of some ranges of Merkle slots, in slot and key order after `after`, up to about `bytesMax`
     /// encoded bytes (at least one key).
     /// - Returns: The states, and the key to continue after when more remain.

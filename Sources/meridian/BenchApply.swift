@@ -68,7 +68,7 @@ extension Bench {
                 let started = ContinuousClock.now
                 try await body()
                 let elapsed = ContinuousClock.now - started
-                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                let seconds = elapsed.seconds
                 say(name.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: " %9d %11.0f %10.2f", keys, Double(keys) / seconds, seconds * 1e6 / Double(keys)))
             }
             let base: UInt64 = 1_800_000_000_000

@@ -66,7 +66,7 @@ extension Bench {
                 }
                 try await group.waitForAll()
             }
-            let writeSeconds = seconds(ContinuousClock.now - writeStarted)
+            let writeSeconds = (ContinuousClock.now - writeStarted).seconds
             say(String(format: "\nPARTITIONED WRITES: %d keys in each of %d regions in %.1f s (%.0f writes/s in all)", keys, regions.count, writeSeconds,
                        Double(keys * regions.count) / writeSeconds))
 
@@ -78,7 +78,7 @@ extension Bench {
             var roots: [String] = []
             var keyCounts: [Int] = []
             var converged: Double?
-            while seconds(ContinuousClock.now - healed) < 600 {
+            while (ContinuousClock.now - healed).seconds < 600 {
                 var caughtUp = true
                 for region in regions where caughtUp {
                     caughtUp = try await cluster.peers(region).allSatisfy { $0["link"] as? String == "up" && ($0["lag_entries"] as? Int ?? 1) == 0 }
@@ -93,7 +93,7 @@ extension Bench {
                         keyCounts.append(count)
                     }
                     if Set(roots).count == 1 && keyCounts.allSatisfy({ $0 == keys }) {
-                        converged = seconds(at - healed) * 1000
+                        converged = (at - healed).seconds * 1000
                         break
                     }
                 }
@@ -151,11 +151,11 @@ extension Bench {
             // Every region counts every increment.
             var counted: [Int] = []
             var exact: Double?
-            while seconds(ContinuousClock.now - loadEnded) < 120 {
+            while (ContinuousClock.now - loadEnded).seconds < 120 {
                 counted = []
                 for region in regions { counted.append(try await cluster.counterSum(region, keyspace: "counters", counters: counters)) }
                 if counted.allSatisfy({ $0 == total }) {
-                    exact = seconds(ContinuousClock.now - loadEnded) * 1000
+                    exact = (ContinuousClock.now - loadEnded).seconds * 1000
                     break
                 }
                 try await Task.sleep(for: .milliseconds(50))
@@ -165,10 +165,6 @@ extension Bench {
             } else {
                 throw CLIFailure("the counters did not reach the \(total) increments made within 120 s: regions count \(counted)")
             }
-        }
-
-        private func seconds(_ duration: Duration) -> Double {
-            Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
         }
     }
 }

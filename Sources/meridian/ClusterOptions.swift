@@ -115,3 +115,10 @@ struct CLIFailure: Error, CustomStringConvertible {
 func say(_ line: String = "") {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
+
+extension Duration {
+    /// The duration in seconds, for figures.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

@@ -75,6 +75,23 @@ import Testing
         #expect(MerkleTree.seeks([0...10, 5...20, 21...30], after: nil).map(\.slots) == [0...30])
     }
 
+    /// Key items travel as listed, and the keys that differ are those changed or held by one side only.
+    @Test func keyItemsRoundTripAndNameTheKeysThatDiffer() throws {
+        let states = Self.states(50)
+        let mine = states.prefix(40).map { (key: $0.key, item: MerkleTree.item($0.key, state: $0.state)) }
+        var theirs = states.suffix(45).map { (key: $0.key, item: MerkleTree.item($0.key, state: $0.state)) }
+        theirs[0].item = MerkleTree.Leaf(lanes: [1, 2, 3, 4, 5, 6, 7, 8])
+        let decoded = try KeyItemCodec.decode(KeyItemCodec.encode(theirs))
+        #expect(decoded.map(\.key) == theirs.map(\.key) && decoded.map(\.item) == theirs.map(\.item))
+        // Mine holds 0..<40, theirs 5..<50 with key 5 changed: 0..<6 and 40..<50 differ.
+        let expected = Set((0..<6).map { states[$0].key } + (40..<50).map { states[$0].key })
+        #expect(Set(KeyItemCodec.differingKeys(mine, theirs)) == expected)
+        var truncated = KeyItemCodec.encode(theirs)
+        truncated.removeLast()
+        #expect(throws: MeridianError.self) { try KeyItemCodec.decode(truncated) }
+        #expect(throws: MeridianError.self) { try KeyItemCodec.decode([0xFF, 0xFF, 0xFF, 0xFF]) }
+    }
+
     @Test func aRoundGoesDownToSlotsOnlyForLargeKeyspaces() {
         #expect(!MerkleSlots.worthAsking(keys: 100, peerKeys: 10_000))
         #expect(MerkleSlots.worthAsking(keys: 100, peerKeys: MerkleSlots.keysMin))

@@ -82,6 +82,11 @@ import Testing
             .repairRequest(id: 22, keyspace: try! KeyspaceName("accounts"), .slots(buckets: [0, 9, 255])),
             .repairRequest(id: 23, keyspace: try! KeyspaceName("accounts"), .slotStates(slots: [0, 2_310, 65_535], after: nil)),
             .repairRequest(id: 24, keyspace: try! KeyspaceName("accounts"), .slotStates(slots: [12], after: try! Key("a/é"))),
+            .repairRequest(id: 25, keyspace: try! KeyspaceName("accounts"), .slotItems(slots: [1, 65_535], after: nil)),
+            .repairRequest(id: 26, keyspace: try! KeyspaceName("accounts"), .slotItems(slots: [4], after: try! Key("k"))),
+            .repairRequest(id: 27, keyspace: try! KeyspaceName("accounts"), .keyStates(keys: [try! Key("a/é"), try! Key("b")])),
+            .repairReply(id: 25, .items(encoded: KeyItemCodec.encode([(try! Key("k1"), MerkleTree.Leaf(lanes: [1, 1, 1, 1, 2, 2, 2, 2]))]), next: try! Key("k1"))),
+            .repairReply(id: 26, .items(encoded: KeyItemCodec.encode([]), next: nil)),
             .repairReply(id: 22, .slots(encoded: MerkleSlots(buckets: [9], slots: [2_310: MerkleTree.Leaf(lanes: [8, 7, 6, 5, 4, 3, 2, 1])]).encoded)),
             .repairReply(id: 15, .states(encoded: [0, 0, 0, 0], next: try! Key("k9"))),
             .repairReply(id: 16, .states(encoded: [], next: nil)),
@@ -197,10 +202,14 @@ import Testing
             many[5 + 8 + 2 + 1 + 1] = UInt8((countMax + 1) & 0xFF)
             #expect(code(many) == .codecInvalidField)
         }
+        var keys = codec.encode(.repairRequest(id: 1, keyspace: ks, .keyStates(keys: [try Key("a")])))
+        keys[5 + 8 + 2 + 1] = UInt8((RepairBounds.keysMax + 1) >> 8)
+        keys[5 + 8 + 2 + 1 + 1] = UInt8((RepairBounds.keysMax + 1) & 0xFF)
+        #expect(code(keys) == .codecInvalidField)
         let tooManyLeaves = codec.encode(.repairReply(id: 1, .slots(encoded: Array(repeating: 0, count: (RepairBounds.slotBucketsMax + 1) * 8_192))))
         #expect(code(tooManyLeaves) != nil)
         var repairKind = codec.encode(.repairRequest(id: 1, keyspace: ks, .tree))
-        repairKind[repairKind.count - 1] = 9
+        repairKind[repairKind.count - 1] = 10
         #expect(code(repairKind) == .codecInvalidField)
         var shortTree = codec.encode(.repairReply(id: 1, .tree(RepairTree(logHighWater: 0, keys: 0, terms: [], tree: MerkleTree(states: [])))))
         shortTree.removeLast(32)

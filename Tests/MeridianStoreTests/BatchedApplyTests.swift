@@ -283,6 +283,20 @@ import Testing
             after = next
         }
         #expect(read == expected, "\(read.count) keys read, \(expected.count) expected")
+        // The same keys' items, paged, are the items of their states; their states are read back by key.
+        var items: [(key: Key, item: MerkleTree.Leaf)] = []
+        after = nil
+        for _ in 0..<1_000 {
+            let page = try await store.items(keyspace: fixture.keyspace, slots: ranges, after: after, limit: 9)
+            #expect(page.items.count <= 9)
+            items += page.items
+            guard let next = page.next else { break }
+            after = next
+        }
+        #expect(items.map(\.key.rawValue) == expected)
+        let states = try await store.states(keyspace: fixture.keyspace, keys: items.map(\.key) + [try Key("never-written")])
+        #expect(states.map(\.key) == items.map(\.key))
+        #expect(zip(states, items).allSatisfy { MerkleTree.item($0.key, state: $0.state) == $1.item })
     }
 
     /// Writes committed in one transaction to the same keys each see the one before: every key ends with the

@@ -9,8 +9,8 @@ import Crypto
 /// A large keyspace has a second level: each bucket splits into 256 slots by the second byte of the key's
 /// SHA-256, and a slot's leaf sums its keys' items as a bucket's does (so a bucket's leaf is the sum of its
 /// slots'). Regions that disagree on a few keys of a large keyspace exchange the slot leaves of the differing
-/// buckets (``MerkleSlots``, 8 KiB per bucket) and pull only the keys of the differing slots: a round costs
-/// the buckets plus about `keys / 65,536` keys per differing key, not a bucket's share of every key.
+/// buckets (``MerkleSlots``, 8 KiB per bucket), then list the keys of the differing slots with their item hashes
+/// (``KeyItemCodec``, about `keys / 65,536` per differing key) and pull the states of only the keys that differ.
 ///
 /// A leaf does not depend on the order its keys were added in, so a store keeps it up to date as keys change
 /// (as Riak's active anti-entropy keeps its trees) instead of rebuilding it from every key: a key's item hash
@@ -266,6 +266,54 @@ public struct MerkleSlots: Sendable, Hashable {
         leaves = (0..<sorted.count * MerkleTree.slotsPerBucket).map { index in
             MerkleTree.Leaf(bytes: Array(bytes[index * MerkleTree.digestBytes..<(index + 1) * MerkleTree.digestBytes]))
         }
+    }
+}
+
+/// Keys with their item hashes (``MerkleTree/item(_:state:)``), as a region lists the keys of differing slots so
+/// its peer pulls the states of only the keys that differ: `u32 count`, then per key `u16 keyLength, key,
+/// 32-byte item`.
+public enum KeyItemCodec {
+    public static func encode(_ items: [(key: Key, item: MerkleTree.Leaf)]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(4 + items.count * 48)
+        withUnsafeBytes(of: UInt32(items.count).bigEndian) { bytes += $0 }
+        for entry in items {
+            let key = Array(entry.key.rawValue.utf8)
+            withUnsafeBytes(of: UInt16(key.count).bigEndian) { bytes += $0 }
+            bytes += key
+            bytes += entry.item.bytes
+        }
+        return bytes
+    }
+
+    /// - Throws: `codec_*` errors for anything malformed.
+    public static func decode(_ bytes: [UInt8]) throws(MeridianError) -> [(key: Key, item: MerkleTree.Leaf)] {
+        var reader = ByteReader(bytes[...])
+        let count = Int(try reader.required(reader.readUInt32(), "item_count"))
+        guard count <= reader.remaining / (2 + 1 + MerkleTree.digestBytes) else {
+            throw MeridianError(.codecTruncated, "Key items claim \(count) keys, more than their bytes can hold.", context: ["field": "item_count"])
+        }
+        var items: [(key: Key, item: MerkleTree.Leaf)] = []
+        items.reserveCapacity(count)
+        for _ in 0..<count {
+            let keyLength = Int(try reader.required(reader.readUInt16(), "key_length"))
+            let key = try Key(try reader.utf8(keyLength, "key"))
+            items.append((key, MerkleTree.Leaf(bytes: Array(try reader.required(reader.take(MerkleTree.digestBytes), "item")))))
+        }
+        guard reader.remaining == 0 else {
+            throw MeridianError(.codecLengthMismatch, "Key items are followed by \(reader.remaining) unexpected bytes.")
+        }
+        return items
+    }
+
+    /// The keys whose items differ between two listings of the same slots (a key missing on one side differs).
+    public static func differingKeys(_ mine: [(key: Key, item: MerkleTree.Leaf)], _ theirs: [(key: Key, item: MerkleTree.Leaf)]) -> [Key] {
+        let held = Dictionary(mine.map { ($0.key, $0.item) }) { first, _ in first }
+        var differing = Set<Key>()
+        for entry in theirs where held[entry.key] != entry.item { differing.insert(entry.key) }
+        let listed = Set(theirs.map(\.key))
+        for entry in mine where !listed.contains(entry.key) { differing.insert(entry.key) }
+        return differing.sorted { Array($0.rawValue.utf8).lexicographicallyPrecedes(Array($1.rawValue.utf8)) }
     }
 }
 

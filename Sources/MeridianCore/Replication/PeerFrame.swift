@@ -88,6 +88,12 @@ public enum RepairRequest: Sendable, Hashable {
     /// One page of the states of the keys in these Merkle slots (at most ``RepairBounds/slotsMax``), in slot and
     /// key order after `after`.
     case slotStates(slots: [Int], after: Key?)
+    /// One page of the keys of these Merkle slots with their item hashes (``KeyItemCodec``), in slot and key
+    /// order after `after`: the asker then pulls the states of only the keys whose items differ.
+    case slotItems(slots: [Int], after: Key?)
+    /// The states of these keys (at most ``RepairBounds/keysMax``), as many as fit a page; `next` names the last
+    /// one sent when some remain.
+    case keyStates(keys: [Key])
     /// The data keys of a sealed keyspace with these ids (only a region of its residency is granted them).
     case dataKeys(ids: [DataKeyID])
     /// Destroy every data key of `subject` (an erasure another region of the residency carries out).
@@ -106,8 +112,10 @@ public enum DataKeyRequestBounds {
 public enum RepairBounds {
     /// Buckets per slot-leaves request (their reply is 8 KiB per bucket).
     public static let slotBucketsMax = 32
-    /// Slots per states request.
+    /// Slots per states or items request.
     public static let slotsMax = 4_096
+    /// Keys per key states request.
+    public static let keysMax = 1_024
 }
 
 /// A peer's Merkle tree of a keyspace and what it held when it read it: its own log's end (every write of its
@@ -135,6 +143,8 @@ public enum RepairReply: Sendable, Hashable {
     case states(encoded: [UInt8], next: Key?)
     /// Slot leaves as ``MerkleSlots`` encodes them, for the buckets asked for.
     case slots(encoded: [UInt8])
+    /// A page of keys and their items as ``KeyItemCodec`` encodes them, and the key to continue after when more remain.
+    case items(encoded: [UInt8], next: Key?)
     /// The peer does not serve it: the error's code and sentence.
     case refused(code: String, message: String)
     /// The keys asked for that the peer holds, and those it erased (the rest it never held).
@@ -236,8 +246,9 @@ extension ElectionMessage {
 ///                       5 erased (u16 count, count × 16-byte id)
 ///                    (repairRequest kinds 3 data keys: u16 count, count × 16-byte id; 4 erase: str8 subject;
 ///                    5 erased keys: u8 hasAfter, [16-byte id]; 6 slot leaves: u16 count, count × u16 bucket;
-///                    7 slot states: u16 count, count × u16 slot, u8 hasAfter, [str16 after]; repairReply kind
-///                    6 slot leaves: u32 + 8 KiB per bucket asked for)
+///                    7 slot states and 8 slot items: u16 count, count × u16 slot, u8 hasAfter, [str16 after];
+///                    9 key states: u16 count, count × str16 key; repairReply kinds 6 slot leaves: u32 + 8 KiB per
+///                    bucket asked for; 7 key items: u8 hasNext, [str16 next], u32 + items)
 ///
 /// where `str8`/`str16` are UTF-8 with a u8/u16 length, `opt(x)` is `u8 present` then `x` when it is 1, `version`
 /// is `str8 origin, u64 sequence, u64 hlcPhysicalMs, u32 hlcLogical`, and a state is ``KeyStateCodec``'s.
@@ -375,13 +386,18 @@ public struct PeerFrameCodec: Sendable {
                 let kept = buckets.prefix(RepairBounds.slotBucketsMax)
                 append(UInt16(kept.count), to: &buffer)
                 for bucket in kept { append(UInt16(clamping: bucket), to: &buffer) }
-            case .slotStates(let slots, let after):
-                buffer.append(7)
+            case .slotStates(let slots, let after), .slotItems(let slots, let after):
+                if case .slotStates = request { buffer.append(7) } else { buffer.append(8) }
                 let kept = slots.prefix(RepairBounds.slotsMax)
                 append(UInt16(kept.count), to: &buffer)
                 for slot in kept { append(UInt16(clamping: slot), to: &buffer) }
                 buffer.append(after == nil ? 0 : 1)
                 if let after { appendString16(after.rawValue, to: &buffer) }
+            case .keyStates(let keys):
+                buffer.append(9)
+                let kept = keys.prefix(RepairBounds.keysMax)
+                append(UInt16(kept.count), to: &buffer)
+                for key in kept { appendString16(key.rawValue, to: &buffer) }
             }
         case .repairReply(let id, let reply):
             append(id, to: &buffer)
@@ -425,6 +441,12 @@ public struct PeerFrameCodec: Sendable {
                 appendKeyIDs(ids, to: &buffer)
             case .slots(let encoded):
                 buffer.append(6)
+                append(UInt32(encoded.count), to: &buffer)
+                buffer += encoded
+            case .items(let encoded, let next):
+                buffer.append(7)
+                buffer.append(next == nil ? 0 : 1)
+                if let next { appendString16(next.rawValue, to: &buffer) }
                 append(UInt32(encoded.count), to: &buffer)
                 buffer += encoded
             }
@@ -634,7 +656,8 @@ public struct PeerFrameCodec: Sendable {
     private func repairRequest(_ body: inout ByteReader) throws(MeridianError) -> PeerFrame {
         let id = try body.required(body.readUInt64(), "id")
         let keyspace = try KeyspaceName(try string8(&body, "keyspace"))
-        switch try body.required(body.readUInt8(), "repair_kind") {
+        let kind = try body.required(body.readUInt8(), "repair_kind")
+        switch kind {
         case 1:
             return .repairRequest(id: id, keyspace: keyspace, .tree)
         case 2:
@@ -644,10 +667,18 @@ public struct PeerFrameCodec: Sendable {
         case 6:
             return .repairRequest(id: id, keyspace: keyspace, .slots(buckets: try numbers(&body, "bucket", countMax: RepairBounds.slotBucketsMax,
                                                                                          below: MerkleTree.bucketCount)))
-        case 7:
+        case 7, 8:
             let slots = try numbers(&body, "slot", countMax: RepairBounds.slotsMax, below: MerkleTree.slotCount)
             let after = try flag(&body, "has_after") ? try Key(try string16(&body, "after")) : nil
-            return .repairRequest(id: id, keyspace: keyspace, .slotStates(slots: slots, after: after))
+            return .repairRequest(id: id, keyspace: keyspace, kind == 7 ? .slotStates(slots: slots, after: after) : .slotItems(slots: slots, after: after))
+        case 9:
+            let count = Int(try body.required(body.readUInt16(), "key_count"))
+            guard count <= RepairBounds.keysMax else {
+                throw MeridianError(.codecInvalidField, "The repair request names \(count) keys; the limit is \(RepairBounds.keysMax).", context: ["field": "key_count"])
+            }
+            var keys: [Key] = []
+            for _ in 0..<count { keys.append(try Key(try string16(&body, "key"))) }
+            return .repairRequest(id: id, keyspace: keyspace, .keyStates(keys: keys))
         case 3:
             return .repairRequest(id: id, keyspace: keyspace, .dataKeys(ids: try keyIDs(&body, "data_key")))
         case 4:
@@ -656,7 +687,7 @@ public struct PeerFrameCodec: Sendable {
             let after = try flag(&body, "has_after") ? try DataKeyID(bytes: Array(try body.required(body.take(DataKeyID.byteCount), "after"))) : nil
             return .repairRequest(id: id, keyspace: keyspace, .erasedKeys(after: after))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys), 4 (erase), 5 (erased keys), 6 (slot leaves) or 7 (slot states).",
+            throw MeridianError(.codecInvalidField, "The repair request has kind \(other); it is 1 (tree), 2 (states), 3 (data keys), 4 (erase), 5 (erased keys), 6 (slot leaves), 7 (slot states), 8 (slot items) or 9 (key states).",
                                 context: ["field": "repair_kind"])
         }
     }
@@ -716,8 +747,11 @@ public struct PeerFrameCodec: Sendable {
             return .repairReply(id: id, .erased(ids: try keyIDs(&body, "erased")))
         case 6:
             return .repairReply(id: id, .slots(encoded: try blob(&body, "slots", max: RepairBounds.slotBucketsMax * MerkleTree.slotsPerBucket * 32)))
+        case 7:
+            let next = try flag(&body, "has_next") ? try Key(try string16(&body, "next")) : nil
+            return .repairReply(id: id, .items(encoded: try blob(&body, "items", max: frameBytesMax), next: next))
         case let other:
-            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states), 3 (refused), 4 (data keys), 5 (erased) or 6 (slot leaves).",
+            throw MeridianError(.codecInvalidField, "The repair reply has kind \(other); it is 1 (tree), 2 (states), 3 (refused), 4 (data keys), 5 (erased), 6 (slot leaves) or 7 (key items).",
                                 context: ["field": "repair_kind"])
         }
     }

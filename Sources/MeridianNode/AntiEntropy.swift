@@ -31,15 +31,18 @@ extension RegionNode {
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
             case .slots(let buckets):
+                let most = RepairBounds.slotBuckets(frameBytesMax: limits.replicationFrameBytesMax)
+                guard buckets.count <= most else {
+                    return refused(MeridianError(.invalidRequest, "A slot leaves request may name \(most) buckets at this replication_frame_bytes_max; it named \(buckets.count)."))
+                }
                 return .slots(encoded: try await store.merkleSlots(keyspace: policy.name, buckets: buckets).encoded)
             case .slotStates(let slots, let after):
                 let page = try await store.states(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after,
                                                   bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
             case .slotItems(let slots, let after):
-                // As many as fit half a frame, whatever the keys' lengths.
-                let limit = max(64, limits.replicationFrameBytesMax / 2 / (2 + Key.utf8BytesMax + 32))
-                let page = try await store.items(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after, limit: limit)
+                let page = try await store.items(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after,
+                                                 bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .items(encoded: KeyItemCodec.encode(page.items), next: page.next)
             case .keyStates(let keys):
                 let bytesMax = max(64 << 10, limits.replicationFrameBytesMax / 2)
@@ -133,11 +136,11 @@ extension RegionNode {
             }
             let complete: Bool
             if !differing.isEmpty && MerkleSlots.worthAsking(keys: keys, peerKeys: Int(clamping: theirs.keys), keysMin: limits.antiEntropySlotKeysMin) {
-                // A large keyspace: the slots that differ within the differing buckets, the keys whose items differ
-                // within those slots, and the states of only those keys.
-                slotsDiffering = try await differingSlots(policy, buckets: differing, with: peer)
-                let keysDiffering = try await differingKeys(policy, slots: slotsDiffering, with: peer)
-                complete = try await pullStates(policy, keys: keysDiffering, from: peer, pulled)
+                // A large keyspace: the slots that differ within the differing buckets, then within those slots the
+                // keys whose items differ, and the states of only those keys.
+                let slots = try await differingSlots(policy, buckets: differing, with: peer)
+                slotsDiffering = slots.map(\.slot)
+                complete = try await pullDiffering(policy, slots: slots, from: peer, pulled)
             } else {
                 complete = try await pullStates(policy, buckets: differing, from: peer, pulled)
             }
@@ -161,61 +164,85 @@ extension RegionNode {
         return (report, problem == nil ? peerLogHighWater : nil)
     }
 
-    /// The slots of some buckets whose leaves differ between this region and a peer, asking for the peer's slot
-    /// leaves `RepairBounds.slotBucketsMax` buckets at a time.
-    func differingSlots(_ policy: KeyspacePolicy, buckets: [Int], with peer: RegionName) async throws(MeridianError) -> [Int] {
-        var differing: [Int] = []
-        for start in stride(from: 0, to: buckets.count, by: RepairBounds.slotBucketsMax) {
-            let chunk = Array(buckets[start..<min(start + RepairBounds.slotBucketsMax, buckets.count)])
+    /// The slots of some buckets whose leaves differ between this region and a peer, and whether this region holds
+    /// no key of each, asking for the peer's slot leaves as many buckets at a time as half a frame holds (every
+    /// bucket, at the default frame size).
+    func differingSlots(_ policy: KeyspacePolicy, buckets: [Int], with peer: RegionName) async throws(MeridianError) -> [(slot: Int, emptyHere: Bool)] {
+        var differing: [(slot: Int, emptyHere: Bool)] = []
+        let perRequest = RepairBounds.slotBuckets(frameBytesMax: limits.replicationFrameBytesMax)
+        for start in stride(from: 0, to: buckets.count, by: perRequest) {
+            let chunk = Array(buckets[start..<min(start + perRequest, buckets.count)])
             guard case .slots(let encoded) = try Self.answer(try await replicator.requestRepair(from: peer, keyspace: policy.name, .slots(buckets: chunk)),
                                                              from: peer) else {
                 throw MeridianError(.replicationProtocol, "\(peer) answered a slot leaves request with something else.")
             }
             let theirs = try MerkleSlots(buckets: chunk, encoded: encoded)
-            differing += try await store.merkleSlots(keyspace: policy.name, buckets: chunk).differingSlots(theirs)
+            let mine = try await store.merkleSlots(keyspace: policy.name, buckets: chunk)
+            differing += mine.differingSlots(theirs).map { ($0, mine.leaf(ofSlot: $0) == .empty) }
         }
         return differing
     }
 
-    /// The keys of some Merkle slots whose items differ between this region and a peer (held by one side only, or
-    /// with different states), comparing `RepairBounds.slotsMax` slots at a time.
-    func differingKeys(_ policy: KeyspacePolicy, slots: [Int], with peer: RegionName) async throws(MeridianError) -> [Key] {
-        var differing: [Key] = []
+    /// Pulls what differs in some slots, `RepairBounds.slotsMax` at a time: the whole slot where this region
+    /// holds none of its keys (a region catching up from nothing pulls states, not items first); elsewhere the
+    /// peer's keys whose items differ here.
+    /// - Returns: Whether everything was pulled (false only past a page bound).
+    func pullDiffering(_ policy: KeyspacePolicy, slots: [(slot: Int, emptyHere: Bool)], from peer: RegionName,
+                       _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
         for start in stride(from: 0, to: slots.count, by: RepairBounds.slotsMax) {
-            let chunk = Array(slots[start..<min(start + RepairBounds.slotsMax, slots.count)])
-            var theirs: [(key: Key, item: MerkleTree.Leaf)] = []
-            var after: Key?
-            for page in 0...100_000 {
-                guard page < 100_000 else { throw MeridianError(.replicationProtocol, "\(peer) listed more pages of key items than a round takes.") }
-                guard case .items(let encoded, let next) = try Self.answer(
-                    try await replicator.requestRepair(from: peer, keyspace: policy.name, .slotItems(slots: chunk, after: after)), from: peer) else {
-                    throw MeridianError(.replicationProtocol, "\(peer) answered a key items request with something else.")
-                }
-                theirs += try KeyItemCodec.decode(encoded)
-                guard let next else { break }
-                guard next != after else { throw MeridianError(.replicationProtocol, "\(peer) sent the same page of key items twice.") }
-                after = next
-            }
-            var mine: [(key: Key, item: MerkleTree.Leaf)] = []
-            after = nil
-            for _ in 0..<100_000 {
-                let page = try await store.items(keyspace: policy.name, slots: chunk.map { $0...$0 }, after: after, limit: 65_536)
-                mine += page.items
-                guard let next = page.next else { break }
-                after = next
-            }
-            differing += KeyItemCodec.differingKeys(mine, theirs)
+            let chunk = slots[start..<min(start + RepairBounds.slotsMax, slots.count)]
+            let empty = chunk.filter(\.emptyHere).map(\.slot), shared = chunk.filter { !$0.emptyHere }.map(\.slot)
+            guard try await pullStates(policy, slots: empty, from: peer, page) else { return false }
+            guard !shared.isEmpty else { continue }
+            guard try await pullStates(policy, keys: try await keysToPull(policy, slots: shared, from: peer), from: peer, page) else { return false }
         }
-        return differing
+        return true
     }
 
-    /// Pulls a peer's states of some keys, `RepairBounds.keysMax` keys per request and as many pages as they take.
+    /// The keys of some Merkle slots (at most `RepairBounds.slotsMax`) that a peer holds with items that differ
+    /// here: the peer's listing, page by page, against this region's.
+    func keysToPull(_ policy: KeyspacePolicy, slots: [Int], from peer: RegionName) async throws(MeridianError) -> [Key] {
+        var theirs: [(key: Key, item: MerkleTree.Leaf)] = []
+        var after: Key?
+        for page in 0...100_000 {
+            guard page < 100_000 else { throw MeridianError(.replicationProtocol, "\(peer) listed more pages of key items than a round takes.") }
+            guard case .items(let encoded, let next) = try Self.answer(
+                try await replicator.requestRepair(from: peer, keyspace: policy.name, .slotItems(slots: slots, after: after)), from: peer) else {
+                throw MeridianError(.replicationProtocol, "\(peer) answered a key items request with something else.")
+            }
+            theirs += try KeyItemCodec.decode(encoded)
+            guard let next else { break }
+            guard next != after else { throw MeridianError(.replicationProtocol, "\(peer) sent the same page of key items twice.") }
+            after = next
+        }
+        var mine: [(key: Key, item: MerkleTree.Leaf)] = []
+        after = nil
+        for page in 0...100_000 {
+            guard page < 100_000 else { throw MeridianError(.storageFailure, "This region listed more pages of key items than a round takes.") }
+            let listed = try await store.items(keyspace: policy.name, slots: slots.map { $0...$0 }, after: after, bytesMax: 4 << 20)
+            mine += listed.items
+            guard let next = listed.next else { break }
+            after = next
+        }
+        return KeyItemCodec.keysToPull(mine: mine, theirs: theirs)
+    }
+
+    /// Pulls a peer's states of some keys: as many keys per request as half a frame holds (at most
+    /// `RepairBounds.keysMax`), and as many pages as their states take.
     func pullStates(_ policy: KeyspacePolicy, keys: [Key], from peer: RegionName,
                     _ page: ([(key: Key, state: KeyState)]) async throws(MeridianError) -> Void) async throws(MeridianError) -> Bool {
+        let requestBytesMax = max(4_096, limits.replicationFrameBytesMax / 2)
         var remaining = keys[...]
-        for _ in 0..<100_000 {
+        for _ in 0..<1_000_000 {
             guard !remaining.isEmpty else { return true }
-            let asked = Array(remaining.prefix(RepairBounds.keysMax))
+            var asked: [Key] = []
+            var bytes = 0
+            for key in remaining.prefix(RepairBounds.keysMax) {
+                let size = 2 + key.rawValue.utf8.count
+                if !asked.isEmpty && bytes + size > requestBytesMax { break }
+                bytes += size
+                asked.append(key)
+            }
             guard case .states(let encoded, let next) = try Self.answer(
                 try await replicator.requestRepair(from: peer, keyspace: policy.name, .keyStates(keys: asked)), from: peer) else {
                 throw MeridianError(.replicationProtocol, "\(peer) answered a key states request with something else.")

@@ -486,12 +486,18 @@ public final class MemoryStore: RegionStorage {
         return wanted
     }
 
-    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
         try reading { open in
             let keys = open.contents.keys[keyspace] ?? [:]
-            let wanted = Self.keys(keys, slots: slots, after: after)
-            let items = wanted.prefix(max(limit, 1)).map { (key: $0, item: MerkleTree.item($0, state: keys[$0]!)) }
-            return (items, wanted.count > items.count ? items.last?.key : nil)
+            var items: [(key: Key, item: MerkleTree.Leaf)] = []
+            var bytes = 4
+            for key in Self.keys(keys, slots: slots, after: after) {
+                let size = KeyItemCodec.bytes(key)
+                if !items.isEmpty && bytes + size > bytesMax { return (items, items.last?.key) }
+                bytes += size
+                items.append((key, MerkleTree.item(key, state: keys[key]!)))
+            }
+            return (items, nil)
         }
     }
 

@@ -79,9 +79,10 @@ public protocol RepairStore: Sendable {
     /// A page of the states of the keys in some ranges of Merkle slots, in slot and key order after `after`
     /// (``MerkleTree/seeks(_:after:)``), within about `bytesMax` (at least one key).
     func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?)
-    /// The keys of some ranges of Merkle slots with their item hashes, in slot and key order after `after`, at most
-    /// `limit` of them. - Returns: The items, and the key to continue after when more remain.
-    func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?)
+    /// The keys of some ranges of Merkle slots with their item hashes, in slot and key order after `after`, within
+    /// `bytesMax` as ``KeyItemCodec`` encodes them (at least one). - Returns: The items, and the key to continue
+    /// after when more remain.
+    func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?)
     /// The states of those of `keys` this region holds, as stored (sealed values stay sealed), in the order asked.
     func states(keyspace: KeyspaceName, keys: [Key]) async throws(MeridianError) -> [(key: Key, state: KeyState)]
     /// Merges states another region holds into this region's, logging what loses. - Returns: keys changed.

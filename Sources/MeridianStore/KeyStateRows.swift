@@ -94,29 +94,33 @@ enum KeyStateRows {
         return found
     }
 
-    /// The keys of some Merkle slots with their stored item hashes, in slot and key order after `after`, at most
-    /// `limit`; the key to continue after when more remain.
-    static func items(_ db: Database, _ keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) throws -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+    /// The keys of some Merkle slots with their stored item hashes, in slot and key order after `after`, within
+    /// `bytesMax` as ``KeyItemCodec`` encodes them (at least one); the key to continue after when more remain.
+    static func items(_ db: Database, _ keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) throws -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
         var items: [(key: Key, item: MerkleTree.Leaf)] = []
-        var more = false
-        let statement = try DirectStatement(db, sql: "SELECT key, item FROM kv WHERE keyspace = ? AND slot BETWEEN ? AND ? AND key > ? ORDER BY slot, key LIMIT ?")
-        for seek in MerkleTree.seeks(slots, after: after) where !more {
+        var bytes = 4
+        var full = false
+        let statement = try DirectStatement(db, sql: "SELECT key, item FROM kv WHERE keyspace = ? AND slot BETWEEN ? AND ? AND key > ? ORDER BY slot, key")
+        for seek in MerkleTree.seeks(slots, after: after) where !full {
             try statement.query({ row in
                 row.bind(keyspace.rawValue)
                 row.bind(seek.slots.lowerBound)
                 row.bind(seek.slots.upperBound)
                 row.bind(seek.after?.rawValue ?? "")
-                row.bind(limit + 1 - items.count)
             }) { row in
-                guard items.count < limit else {
-                    more = true
+                guard !full else { return }
+                let key = try Key(row.text(0))
+                let size = KeyItemCodec.bytes(key)
+                guard items.isEmpty || bytes + size <= bytesMax else {
+                    full = true
                     return
                 }
                 guard let item = try item(row.bytes(1)) else { throw MeridianError(.storageFailure, "A key's Merkle item is missing.") }
-                items.append((try Key(row.text(0)), item))
+                bytes += size
+                items.append((key, item))
             }
         }
-        return (items, more ? items.last?.key : nil)
+        return (items, full ? items.last?.key : nil)
     }
 
     /// A version from `versionColumns` starting at `column`, read straight from SQLite.

@@ -182,7 +182,9 @@ enum MerkleRows {
         migrator.registerMigration("v12-merkle-slots") { db in
             // A key's slot, computed in SQL from the key, replaces its bucket (the slot's first byte).
             let slotOfKey = DatabaseFunction("meridian_merkle_slot", argumentCount: 1, pure: true) { values in
-                guard let text = String.fromDatabaseValue(values[0]), let key = try? Key(text) else { return -1 }
+                guard let text = String.fromDatabaseValue(values[0]), let key = try? Key(text) else {
+                    throw MeridianError(.storageFailure, "The store holds a key that is not a valid key; it cannot be given a Merkle slot.")
+                }
                 return MerkleTree.slot(of: key)
             }
             db.add(function: slotOfKey)

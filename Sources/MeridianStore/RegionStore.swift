@@ -298,11 +298,11 @@ public final class RegionStore: RegionStorage {
         }
     }
 
-    /// The keys of some ranges of Merkle slots with their stored item hashes, in slot and key order after `after`, at
-    /// most `limit` (read from the slot index and the rows, without decoding a state).
-    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+    /// The keys of some ranges of Merkle slots with their stored item hashes, in slot and key order after `after`,
+    /// within `bytesMax` encoded (read from the slot index and the rows, without decoding a state).
+    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
         do {
-            return try await pool.read { db in try KeyStateRows.items(db, keyspace, slots: slots, after: after, limit: max(limit, 1)) }
+            return try await pool.read { db in try KeyStateRows.items(db, keyspace, slots: slots, after: after, bytesMax: bytesMax) }
         } catch let error as MeridianError {
             throw error
         } catch {

@@ -40,5 +40,16 @@ import Testing
         #expect(try Key("a") < Key("b"))
         #expect(try Key("Z") < Key("a"))
         #expect(try Key("a") < Key("é"))
+        // By bytes: EF AC 81 before F0 90 80 80.
+        #expect(try Key("\u{FB01}") < Key("\u{10000}"))
+    }
+
+    /// Canonically equivalent spellings are different keys, as every store keeps them: equal only byte for byte.
+    @Test func keysAreEqualByTheirBytes() throws {
+        let composed = try Key("cl\u{E9}"), decomposed = try Key("cle\u{301}")
+        #expect(composed.rawValue == decomposed.rawValue, "Swift's strings call them equal")
+        #expect(composed != decomposed && Set([composed, decomposed]).count == 2)
+        #expect(decomposed < composed, "65 CC 81 before C3 A9")
+        #expect(try Key("cl\u{E9}") == composed && Set([composed, try Key("cl\u{E9}")]).count == 1)
     }
 }

@@ -83,9 +83,9 @@ import Testing
         theirs[0].item = MerkleTree.Leaf(lanes: [1, 2, 3, 4, 5, 6, 7, 8])
         let decoded = try KeyItemCodec.decode(KeyItemCodec.encode(theirs))
         #expect(decoded.map(\.key) == theirs.map(\.key) && decoded.map(\.item) == theirs.map(\.item))
-        // Mine holds 0..<40, theirs 5..<50 with key 5 changed: 0..<6 and 40..<50 differ.
-        let expected = Set((0..<6).map { states[$0].key } + (40..<50).map { states[$0].key })
-        #expect(Set(KeyItemCodec.differingKeys(mine, theirs)) == expected)
+        // Mine holds 0..<40, theirs 5..<50 with key 5 changed: 5 and 40..<50 are worth pulling (0..<5 only mine).
+        #expect(KeyItemCodec.keysToPull(mine: Array(mine), theirs: theirs) == [states[5].key] + (40..<50).map { states[$0].key })
+        #expect(KeyItemCodec.bytes(try Key("ab")) == 36 && KeyItemCodec.encode(theirs).count == 4 + theirs.map { KeyItemCodec.bytes($0.key) }.reduce(0, +))
         var truncated = KeyItemCodec.encode(theirs)
         truncated.removeLast()
         #expect(throws: MeridianError.self) { try KeyItemCodec.decode(truncated) }
@@ -96,5 +96,8 @@ import Testing
         #expect(!MerkleSlots.worthAsking(keys: 100, peerKeys: 10_000))
         #expect(MerkleSlots.worthAsking(keys: 100, peerKeys: MerkleSlots.keysMin))
         #expect(MerkleSlots.worthAsking(keys: 0, peerKeys: 0, keysMin: 0))
+        // Slot leaves are asked for in replies of at most half a frame.
+        #expect(RepairBounds.slotBuckets(frameBytesMax: 4096) == 1 && RepairBounds.slotBuckets(frameBytesMax: 1 << 20) == 64)
+        #expect(RepairBounds.slotBuckets(frameBytesMax: 4 << 20) == MerkleTree.bucketCount)
     }
 }

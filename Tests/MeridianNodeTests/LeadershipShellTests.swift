@@ -76,8 +76,8 @@ final class HeldElectionStore: RegionStorage {
     func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) { try inner.trimLog(origin: origin, through: sequence) }
     func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) { try inner.merkleTree(keyspace: keyspace) }
     func merkleSlots(keyspace: KeyspaceName, buckets: [Int]) async throws(MeridianError) -> MerkleSlots { try inner.merkleSlots(keyspace: keyspace, buckets: buckets) }
-    func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, limit: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
-        try inner.items(keyspace: keyspace, slots: slots, after: after, limit: limit)
+    func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+        try inner.items(keyspace: keyspace, slots: slots, after: after, bytesMax: bytesMax)
     }
     func states(keyspace: KeyspaceName, keys: [Key]) async throws(MeridianError) -> [(key: Key, state: KeyState)] { try inner.states(keyspace: keyspace, keys: keys) }
     func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {

@@ -252,6 +252,12 @@ public struct MerkleSlots: Sendable, Hashable {
         return differing
     }
 
+    /// A slot's leaf, when its bucket is among these.
+    public func leaf(ofSlot slot: Int) -> MerkleTree.Leaf? {
+        guard let index = buckets.firstIndex(of: MerkleTree.bucket(ofSlot: slot)) else { return nil }
+        return leaves[index * MerkleTree.slotsPerBucket + slot % MerkleTree.slotsPerBucket]
+    }
+
     /// The leaves as bytes (8 KiB per bucket, in bucket order).
     public var encoded: [UInt8] { leaves.flatMap(\.bytes) }
 
@@ -306,14 +312,16 @@ public enum KeyItemCodec {
         return items
     }
 
-    /// The keys whose items differ between two listings of the same slots (a key missing on one side differs).
-    public static func differingKeys(_ mine: [(key: Key, item: MerkleTree.Leaf)], _ theirs: [(key: Key, item: MerkleTree.Leaf)]) -> [Key] {
+    /// The bytes one key's item takes.
+    public static func bytes(_ key: Key) -> Int {
+        2 + key.rawValue.utf8.count + MerkleTree.digestBytes
+    }
+
+    /// The keys a peer listed whose items differ here (held here differently, or not at all), in the peer's order:
+    /// the states worth pulling. Keys held only here are left out; the peer has nothing to send for them.
+    public static func keysToPull(mine: [(key: Key, item: MerkleTree.Leaf)], theirs: [(key: Key, item: MerkleTree.Leaf)]) -> [Key] {
         let held = Dictionary(mine.map { ($0.key, $0.item) }) { first, _ in first }
-        var differing = Set<Key>()
-        for entry in theirs where held[entry.key] != entry.item { differing.insert(entry.key) }
-        let listed = Set(theirs.map(\.key))
-        for entry in mine where !listed.contains(entry.key) { differing.insert(entry.key) }
-        return differing.sorted { Array($0.rawValue.utf8).lexicographicallyPrecedes(Array($1.rawValue.utf8)) }
+        return theirs.filter { held[$0.key] != $0.item }.map(\.key)
     }
 }
 

@@ -59,6 +59,10 @@ public struct KeyspaceName: Hashable, Comparable, Sendable, CustomStringConverti
 }
 
 /// A key inside a keyspace: valid UTF-8, 1 to 1024 bytes, no control characters.
+///
+/// Two keys are equal when their bytes are, and order by their bytes, as the stores keep them: Swift's `String`
+/// would call canonically equivalent spellings equal ("é" as one scalar or as "e" and a combining accent), which
+/// are two keys everywhere else.
 public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// The most bytes a key may have in UTF-8.
     public static let utf8BytesMax = 1024
@@ -100,7 +104,19 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { rawValue }
-    public static func < (lhs: Self, rhs: Self) -> Bool { Array(lhs.rawValue.utf8).lexicographicallyPrecedes(rhs.rawValue.utf8) }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.rawValue.utf8.elementsEqual(rhs.rawValue.utf8)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        var copy = rawValue
+        copy.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool {
+        lhs.rawValue.utf8.lexicographicallyPrecedes(rhs.rawValue.utf8)
+    }
 }
 
 /// The shared spelling rule of region and keyspace names.

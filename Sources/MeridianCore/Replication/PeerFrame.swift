@@ -110,8 +110,14 @@ public enum DataKeyRequestBounds {
 
 /// How much of a tree's second level one repair request names.
 public enum RepairBounds {
-    /// Buckets per slot-leaves request (their reply is 8 KiB per bucket).
-    public static let slotBucketsMax = 32
+    /// Buckets per slot-leaves request (their reply is 8 KiB per bucket): every bucket of a tree. An asker names
+    /// no more than half a frame's worth (``slotBuckets(frameBytesMax:)``).
+    public static let slotBucketsMax = MerkleTree.bucketCount
+
+    /// Buckets per slot-leaves request whose reply fits half a frame.
+    public static func slotBuckets(frameBytesMax: Int) -> Int {
+        max(1, min(slotBucketsMax, frameBytesMax / 2 / (MerkleTree.slotsPerBucket * 32)))
+    }
     /// Slots per states or items request.
     public static let slotsMax = 4_096
     /// Keys per key states request.
@@ -382,11 +388,13 @@ public struct PeerFrameCodec: Sendable {
                 buffer.append(after == nil ? 0 : 1)
                 if let after { buffer += after.bytes }
             case .slots(let buckets):
+                precondition(buckets.count <= RepairBounds.slotBucketsMax, "a slot leaves request names at most \(RepairBounds.slotBucketsMax) buckets")
                 buffer.append(6)
                 let kept = buckets.prefix(RepairBounds.slotBucketsMax)
                 append(UInt16(kept.count), to: &buffer)
                 for bucket in kept { append(UInt16(clamping: bucket), to: &buffer) }
             case .slotStates(let slots, let after), .slotItems(let slots, let after):
+                precondition(slots.count <= RepairBounds.slotsMax, "a repair request names at most \(RepairBounds.slotsMax) slots")
                 if case .slotStates = request { buffer.append(7) } else { buffer.append(8) }
                 let kept = slots.prefix(RepairBounds.slotsMax)
                 append(UInt16(kept.count), to: &buffer)
@@ -394,6 +402,7 @@ public struct PeerFrameCodec: Sendable {
                 buffer.append(after == nil ? 0 : 1)
                 if let after { appendString16(after.rawValue, to: &buffer) }
             case .keyStates(let keys):
+                precondition(keys.count <= RepairBounds.keysMax, "a key states request names at most \(RepairBounds.keysMax) keys")
                 buffer.append(9)
                 let kept = keys.prefix(RepairBounds.keysMax)
                 append(UInt16(kept.count), to: &buffer)

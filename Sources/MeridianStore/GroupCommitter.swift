@@ -42,11 +42,14 @@ actor GroupCommitter {
     /// A store restored from a backup numbers no write of its own until its log's end is known
     /// (``continueLog(after:)``): every sequence after the backup's may already name another write at a peer.
     private var restoring: Bool
+    /// This region's newest log entries, for shipping.
+    let recentLog: RecentLog
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
          physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer?, logger: Logger,
          lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults, restoring: Bool = false) {
         self.restoring = restoring
+        recentLog = RecentLog(entriesMax: max(8_192, 2 * limits.replicationInflightEntriesMax), bytesMax: 32 << 20)
         self.sealer = sealer
         self.directory = directory
         self.faults = faults
@@ -172,6 +175,10 @@ actor GroupCommitter {
             // Published before any write of the batch is answered, so a read that follows an acknowledged
             // write always sees it applied (read-your-writes in this region).
             lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
+            recentLog.appended(outcomes.compactMap { outcome in
+                guard case .committed(let entry) = outcome else { return nil }
+                return entry
+            })
             faults.clear()
             let elapsed = ContinuousClock.now - started
             observer?.commitCompleted(writes: batch.count, commitSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)

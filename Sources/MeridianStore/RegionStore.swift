@@ -221,7 +221,10 @@ public final class RegionStore: RegionStorage {
         } catch {
             throw MeridianError(.storageFailure, "Cannot trim the replication log: \(error)")
         }
-        if own { trimmedThrough.raise(to: sequence) }
+        if own {
+            trimmedThrough.raise(to: sequence)
+            committer.recentLog.trimmed(through: sequence)
+        }
     }
 
     /// Reads a key's current state, tombstones included.
@@ -438,7 +441,8 @@ public final class RegionStore: RegionStorage {
 
     /// Reads entries of one origin's replication log after a sequence, in order.
     public func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
-        try await reading { db in
+        if origin == region, let recent = committer.recentLog.entries(after: sequence, limit: limit) { return recent }
+        return try await reading { db in
             let rows = try Row.fetchAll(db, sql: """
                 SELECT * FROM log WHERE origin = ? AND sequence > ? ORDER BY sequence LIMIT ?
                 """, arguments: [origin.rawValue, Int64(sequence), limit])

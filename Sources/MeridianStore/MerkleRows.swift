@@ -9,10 +9,17 @@ import MeridianStorage
 ///
 /// Every `kv` row carries its slot and its item hash (the hash of the key and its whole state, `frontier`
 /// versions included), and an index on `(keyspace, slot, key)` finds a slot's keys without a scan.
-/// `merkle_slots` holds per keyspace and slot the eight lanes of the slot's leaf and how many keys it covers;
-/// `merkle_leaves` holds the same per bucket (the sum of its slots), and how many of its keys are live (their
-/// winner is not a tombstone), so counting a keyspace's keys reads 256 rows too. A transaction collects what its
-/// key writes changed (``Deltas``) and moves each touched slot and bucket with one statement.
+/// `merkle_leaves` holds per keyspace and bucket the eight lanes of the bucket's leaf, how many keys it covers and
+/// how many of them are live (their winner is not a tombstone), so counting a keyspace's keys reads 256 rows too.
+/// A transaction collects what its key writes changed (``Deltas``) and moves each touched bucket with one statement.
+///
+/// Slot leaves are kept as a log-structured pair, because a batch of writes touches a few hundred of the 65,536
+/// slots at random, and updating their rows in place dirtied a page each (doubling an applied entry's time):
+/// - each transaction appends one row per keyspace to `merkle_slot_deltas`, all its slots' changes packed in a
+///   blob (sequential pages);
+/// - every `deltasPerFold` rows, the transaction that appends the last one folds them all into `merkle_slots`
+///   (per keyspace and slot: the lanes and the key count), each slot once, and deletes them;
+/// - a slot's leaf is its `merkle_slots` row plus the deltas not folded yet.
 enum MerkleRows {
     /// What a key contributes to its slot and bucket: its item hash, and whether it is live.
     struct Held {
@@ -92,8 +99,67 @@ enum MerkleRows {
     /// Moves the touched slots and buckets, `rowsPerUpsert` per statement.
     static func write(_ db: Database, _ deltas: Deltas) throws {
         guard !deltas.slots.isEmpty else { return }
-        try write(db, Array(deltas.slots), upserts: slotUpserts, live: false)
         try write(db, Array(deltas.buckets), upserts: bucketUpserts, live: true)
+        var byKeyspace: [KeyspaceName: [(slot: Int, change: Deltas.Change)]] = [:]
+        for (place, change) in deltas.slots { byKeyspace[place.keyspace, default: []].append((place.index, change)) }
+        let append = try DirectStatement(db, sql: "INSERT INTO merkle_slot_deltas (keyspace, deltas) VALUES (?, ?)")
+        for (keyspace, changes) in byKeyspace {
+            try append.execute { row in
+                row.bind(keyspace.rawValue)
+                row.bind(packed(changes))
+            }
+        }
+        if try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM merkle_slot_deltas")) ?? 0 >= deltasPerFold { try fold(db) }
+    }
+
+    /// Delta rows appended before they are folded into `merkle_slots`.
+    static let deltasPerFold = 64
+    /// A packed slot change: u16 slot, eight u32 lanes, i32 keys gained or lost.
+    private static let packedBytes = 2 + 32 + 4
+
+    private static func packed(_ changes: [(slot: Int, change: Deltas.Change)]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(changes.count * packedBytes)
+        for (slot, change) in changes {
+            withUnsafeBytes(of: UInt16(slot).bigEndian) { bytes += $0 }
+            for lane in 0..<8 { withUnsafeBytes(of: change.sum.lanes[lane].bigEndian) { bytes += $0 } }
+            withUnsafeBytes(of: Int32(truncatingIfNeeded: change.keys).bigEndian) { bytes += $0 }
+        }
+        return bytes
+    }
+
+    private static func unpacked(_ bytes: [UInt8]) throws -> [(slot: Int, sum: MerkleTree.Leaf, keys: Int)] {
+        guard bytes.count % packedBytes == 0 else { throw MeridianError(.storageFailure, "A stored Merkle slot delta is \(bytes.count) bytes, not a multiple of \(packedBytes).") }
+        return bytes.withUnsafeBytes { raw in
+            stride(from: 0, to: raw.count, by: packedBytes).map { offset in
+                var lanes = SIMD8<UInt32>()
+                for lane in 0..<8 { lanes[lane] = UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: offset + 2 + lane * 4, as: UInt32.self)) }
+                return (Int(UInt16(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self))), MerkleTree.Leaf(lanes: lanes),
+                        Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: offset + 34, as: Int32.self))))
+            }
+        }
+    }
+
+    /// The deltas not folded yet, summed per keyspace and slot (only `keyspace`'s when given).
+    private static func pendingDeltas(_ db: Database, keyspace: KeyspaceName? = nil) throws -> [Deltas.Place: Deltas.Change] {
+        var pending: [Deltas.Place: Deltas.Change] = [:]
+        try DirectStatement(db, sql: "SELECT keyspace, deltas FROM merkle_slot_deltas WHERE ? IS NULL OR keyspace = ?").query({ row in
+            row.bind(keyspace?.rawValue)
+            row.bind(keyspace?.rawValue)
+        }) { row in
+            let name = try KeyspaceName(row.text(0))
+            for change in try unpacked(row.bytes(1)) {
+                pending[Deltas.Place(keyspace: name, index: change.slot), default: Deltas.Change()].add(Deltas.Change(sum: change.sum, keys: change.keys))
+            }
+        }
+        return pending
+    }
+
+    /// Folds every delta row into `merkle_slots`, each slot once, and deletes them.
+    static func fold(_ db: Database) throws {
+        let pending = try pendingDeltas(db)
+        try write(db, Array(pending), upserts: slotUpserts, live: false)
+        try db.execute(sql: "DELETE FROM merkle_slot_deltas")
     }
 
     private static func write(_ db: Database, _ changes: [(key: Deltas.Place, value: Deltas.Change)], upserts: (many: String, one: String), live: Bool) throws {
@@ -131,6 +197,10 @@ enum MerkleRows {
             }) { row in
                 slots[Int(row.int64(0))] = MerkleTree.Leaf(lanes: (1...8).map { UInt32(truncatingIfNeeded: row.int64(Int32($0))) })
             }
+        }
+        let wanted = Set(buckets)
+        for (place, change) in try pendingDeltas(db, keyspace: keyspace) where wanted.contains(MerkleTree.bucket(ofSlot: place.index)) {
+            slots[place.index, default: .empty].add(change.sum)
         }
         return MerkleSlots(buckets: buckets.filter { (0..<MerkleTree.bucketCount).contains($0) }, slots: slots)
     }
@@ -200,6 +270,7 @@ enum MerkleRows {
                     l0 INTEGER NOT NULL, l1 INTEGER NOT NULL, l2 INTEGER NOT NULL, l3 INTEGER NOT NULL,
                     l4 INTEGER NOT NULL, l5 INTEGER NOT NULL, l6 INTEGER NOT NULL, l7 INTEGER NOT NULL, keys INTEGER NOT NULL,
                     PRIMARY KEY (keyspace, slot)) WITHOUT ROWID;
+                CREATE TABLE merkle_slot_deltas (id INTEGER PRIMARY KEY, keyspace TEXT NOT NULL, deltas BLOB NOT NULL);
                 """)
             // Every key held, once: its item hash (computed for a row that has none) into its slot and bucket.
             var deltas = Deltas()
@@ -223,6 +294,7 @@ enum MerkleRows {
                 }
             }
             try write(db, deltas)
+            try fold(db)
         }
     }
 }

@@ -227,6 +227,7 @@ import Testing
         try await queue.write { db in
             try db.execute(sql: """
                 DROP TABLE merkle_slots;
+                DROP TABLE merkle_slot_deltas;
                 DROP INDEX kv_slot;
                 ALTER TABLE kv RENAME COLUMN slot TO bucket;
                 UPDATE kv SET bucket = bucket / 256;

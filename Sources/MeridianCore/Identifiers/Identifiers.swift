@@ -106,7 +106,9 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var description: String { rawValue }
 
     public static func == (lhs: Self, rhs: Self) -> Bool {
-        lhs.rawValue.utf8.elementsEqual(rhs.rawValue.utf8)
+        let (left, right) = (lhs.rawValue.utf8, rhs.rawValue.utf8)
+        guard left.count == right.count else { return false }
+        return Self.bytes(left, right) { $0.elementsEqual($1) } ?? left.elementsEqual(right)
     }
 
     public func hash(into hasher: inout Hasher) {
@@ -115,7 +117,13 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 
     public static func < (lhs: Self, rhs: Self) -> Bool {
-        lhs.rawValue.utf8.lexicographicallyPrecedes(rhs.rawValue.utf8)
+        let (left, right) = (lhs.rawValue.utf8, rhs.rawValue.utf8)
+        return Self.bytes(left, right) { $0.lexicographicallyPrecedes($1) } ?? left.lexicographicallyPrecedes(right)
+    }
+
+    /// `body` over both keys' UTF-8 bytes in place, when both strings hold them contiguously (native strings do).
+    private static func bytes(_ left: String.UTF8View, _ right: String.UTF8View, _ body: (UnsafeBufferPointer<UInt8>, UnsafeBufferPointer<UInt8>) -> Bool) -> Bool? {
+        left.withContiguousStorageIfAvailable { left in right.withContiguousStorageIfAvailable { right in body(left, right) } } ?? nil
     }
 }
 

@@ -45,16 +45,9 @@ extension RegionNode {
                                                  bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
                 return .items(encoded: KeyItemCodec.encode(page.items), next: page.next)
             case .keyStates(let keys):
-                let bytesMax = max(64 << 10, limits.replicationFrameBytesMax / 2)
-                var page: [(key: Key, state: KeyState)] = []
-                var bytes = 0
-                for item in try await store.states(keyspace: policy.name, keys: Array(keys.prefix(RepairBounds.keysMax))) {
-                    let size = KeyStateCodec.encode(item.state).count + item.key.rawValue.utf8.count + 2
-                    if !page.isEmpty && bytes + size > bytesMax { return .states(encoded: KeyStateCodec.encode(page), next: page.last?.key) }
-                    bytes += size
-                    page.append(item)
-                }
-                return .states(encoded: KeyStateCodec.encode(page), next: nil)
+                var page = KeyStatePage(bytesMax: max(64 << 10, limits.replicationFrameBytesMax / 2))
+                for item in try await store.states(keyspace: policy.name, keys: Array(keys.prefix(RepairBounds.keysMax))) where !page.add(item.key, item.state) { break }
+                return .states(encoded: KeyStateCodec.encode(page.states), next: page.next)
             case .dataKeys, .erase, .erasedKeys:
                 return await serveDataKeys(policy, request, from: peer)
             }

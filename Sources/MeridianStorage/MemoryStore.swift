@@ -511,18 +511,9 @@ public final class MemoryStore: RegionStorage {
     public func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
         try reading { open in
             let keys = open.contents.keys[keyspace] ?? [:]
-            let wanted = Self.keys(keys, slots: slots, after: after)
-            var states: [(key: Key, state: KeyState)] = []
-            var bytes = 0
-            for key in wanted {
-                var encoded: [UInt8] = []
-                KeyStateCodec.append(keys[key]!, to: &encoded)
-                let size = encoded.count + key.rawValue.utf8.count + 2
-                if !states.isEmpty && bytes + size > bytesMax { return (states, states.last?.key) }
-                bytes += size
-                states.append((key, keys[key]!))
-            }
-            return (states, nil)
+            var page = KeyStatePage(bytesMax: bytesMax)
+            for key in Self.keys(keys, slots: slots, after: after) where !page.add(key, keys[key]!) { break }
+            return (page.states, page.next)
         }
     }
 

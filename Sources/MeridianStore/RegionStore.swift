@@ -324,21 +324,9 @@ public final class RegionStore: RegionStorage {
     public func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
         do {
             return try await pool.read { db in
-                var states: [(key: Key, state: KeyState)] = []
-                var bytes = 0
-                var next: Key?
-                try KeyStateRows.forEach(db, keyspace, slots: slots, after: after) { key, state in
-                    var encoded: [UInt8] = []
-                    KeyStateCodec.append(state, to: &encoded)
-                    if !states.isEmpty && bytes + encoded.count + key.rawValue.utf8.count + 2 > bytesMax {
-                        next = states.last?.key
-                        return false
-                    }
-                    bytes += encoded.count + key.rawValue.utf8.count + 2
-                    states.append((key, state))
-                    return true
-                }
-                return (states, next)
+                var page = KeyStatePage(bytesMax: bytesMax)
+                try KeyStateRows.forEach(db, keyspace, slots: slots, after: after) { key, state in page.add(key, state) }
+                return (page.states, page.next)
             }
         } catch let error as MeridianError {
             throw error

@@ -325,6 +325,35 @@ public enum KeyItemCodec {
     }
 }
 
+/// A page of keyed states within a byte bound, as ``KeyStateCodec/encode(_:)`` lays them out: at least one state,
+/// and once one does not fit, the key to continue after.
+public struct KeyStatePage {
+    public let bytesMax: Int
+    public private(set) var states: [(key: Key, state: KeyState)] = []
+    /// Set once a state did not fit: the last key of the page.
+    public private(set) var next: Key?
+    private var bytes = 0
+
+    public init(bytesMax: Int) {
+        self.bytesMax = bytesMax
+    }
+
+    /// Adds a state if it fits (the first always does). - Returns: false when the page is full (nothing added).
+    public mutating func add(_ key: Key, _ state: KeyState) -> Bool {
+        guard next == nil else { return false }
+        var encoded: [UInt8] = []
+        KeyStateCodec.append(state, to: &encoded)
+        let size = encoded.count + key.rawValue.utf8.count + 2
+        if !states.isEmpty && bytes + size > bytesMax {
+            next = states.last?.key
+            return false
+        }
+        bytes += size
+        states.append((key, state))
+        return true
+    }
+}
+
 /// The binary form of key states, as anti-entropy sends them between regions and digests them.
 ///
 /// A state: the context (`DependencyCodec`), `u32 versionCount`, then per version in dot order: `u8 originLength,

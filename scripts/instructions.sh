@@ -3,6 +3,9 @@
 # seconds is too noisy. Counts repeat to a few hundred instructions in a billion for the same binary and input.
 #
 #   scripts/instructions.sh apply [BATCHES]   instructions per applied entry, per phase of `meridian bench apply`
+#   scripts/instructions.sh http [SECONDS]  instructions per durable PUT and per GET of one node under wrk
+#                                             (32 connections, SECONDS per phase under callgrind, idle subtracted;
+#                                             KEEP_CALLGRIND=PREFIX keeps each phase's profile as PREFIX.PHASE)
 #   scripts/instructions.sh run PATTERN -- COMMAND...
 #                                             instructions of COMMAND inside the one function matching PATTERN
 #                                             (callgrind's --toggle-collect; '-' counts the whole program)
@@ -18,7 +21,7 @@ cd "$(dirname "$0")/.."
 for tool in valgrind gcc objcopy; do
     command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is missing (apt-get install -y valgrind gcc binutils)" >&2; exit 2; }
 done
-binary=.build/release/meridian
+binary=${MERIDIAN_BINARY:-.build/release/meridian}
 [ -x "$binary" ] || { echo "instructions.sh: build first: swift build -c release --product meridian" >&2; exit 2; }
 
 work=$(mktemp -d)
@@ -62,6 +65,68 @@ apply)
         previous=$total
         phase=$((phase + 1))
     done
+    ;;
+http)
+    seconds=${2:-20}
+    command -v wrk >/dev/null || { echo "instructions.sh: wrk is missing (apt-get install -y wrk)" >&2; exit 2; }
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$work/node"
+    cat > "$work/node/cluster.yaml" <<YAML
+cluster: bench
+regions:
+  - { name: local, client: 127.0.0.1:$port, peer: 127.0.0.1:$((port + 1)) }
+keyspaces:
+  - { name: bench, topology: multi-leader, conflict: lww, ack: async }
+YAML
+    SWIFT_DETERMINISTIC_HASHING=1 LD_PRELOAD="$work/sigsuspend.so" valgrind --tool=callgrind --callgrind-out-file="$work/node/callgrind.out" \
+        "$work/meridian" node --config "$work/node/cluster.yaml" --region local --data "$work/node/data" --log-level warning \
+        > "$work/node/node.log" 2> "$work/node/valgrind.log" &
+    node=$!
+    trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$work"' EXIT
+    for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.2; done
+    curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "instructions.sh: the node did not start under valgrind" >&2; cat "$work/node/valgrind.log" >&2; exit 1; }
+    cat > "$work/put.lua" <<'LUA'
+local n = -1
+local value = string.rep("x", 100)
+request = function()
+  n = n + 1
+  return wrk.format("PUT", "/v1/kv/bench/k" .. (n % 1000), {["Content-Type"] = "application/octet-stream"}, value)
+end
+LUA
+    cat > "$work/get.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 7919
+  return wrk.format("GET", "/v1/kv/bench/k" .. (n % 1000))
+end
+LUA
+    # phase NAME [SCRIPT]: zeroes the counters, runs wrk (or sleeps), dumps; prints the instructions and requests.
+    dumps=0
+    phase() {
+        local requests=0
+        callgrind_control -z "$node" >/dev/null 2>&1
+        if [ -n "${2:-}" ]; then
+            requests=$(wrk -t1 -c32 -d"${seconds}s" --timeout 30s -s "$2" "http://127.0.0.1:$port" | awk '/requests in/ { print $1 }')
+        else
+            sleep "$seconds"
+        fi
+        sleep 1
+        callgrind_control -d "$node" >/dev/null 2>&1
+        dumps=$((dumps + 1))
+        local file
+        file=$(ls -t "$work/node/"callgrind.out.* | head -1)
+        [ -n "${KEEP_CALLGRIND:-}" ] && cp "$file" "$KEEP_CALLGRIND.$1"
+        echo "$(awk '/^(summary|totals):/ { print $2; exit }' "$file") $requests"
+    }
+    wrk -t1 -c32 -d"${seconds}s" --timeout 30s -s "$work/put.lua" "http://127.0.0.1:$port" >/dev/null  # every key once, caches warm
+    read -r idle _ <<<"$(phase idle)"
+    read -r put puts <<<"$(phase put "$work/put.lua")"
+    read -r get gets <<<"$(phase get "$work/get.lua")"
+    echo "instructions per request of one node (callgrind; wrk, 32 connections, ${seconds} s per phase, idle subtracted; $(git rev-parse --short HEAD))"
+    printf '%-20s %10s %16s %12s\n' PHASE REQUESTS INSTRUCTIONS PER_REQUEST
+    printf '%-20s %10s %16d %12s\n' "idle" "-" "$idle" "-"
+    printf '%-20s %10d %16d %12d\n' "PUT (durable)" "$puts" "$((put - idle))" "$(((put - idle) / puts))"
+    printf '%-20s %10d %16d %12d\n' "GET" "$gets" "$((get - idle))" "$(((get - idle) / gets))"
     ;;
 run)
     shift

@@ -244,9 +244,12 @@ public final class RegionNode: Sendable {
     /// - Parameter onServerRunning: Called with the bound port once the server listens.
     public func run(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let address = configuration.clientAddress ?? configuration.own.client
+        let responder = router().buildResponder()
+        let points = PointRouteHandler.Service(responder: responder, logger: logger, serverName: "meridian/\(region)",
+                                               bodyBytesMax: limits.valueBytesMax, dates: HTTPDates())
         let app = Application(
-            router: router(),
-            server: apiServer(),
+            responder: responder,
+            server: apiServer(points: points),
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: "meridian/\(region)"),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? address.port) },
             logger: logger)

@@ -10,10 +10,12 @@ import UnixSignals
 extension RegionNode {
     /// The client API's server: HTTP/1.1, inside TLS when the cluster file asks for HTTPS. Each connection takes
     /// the TLS context current when it is accepted, so a reload needs no restart.
-    func apiServer() -> HTTPServerBuilder {
-        guard let tls, tls.config.clientAPI else { return .http1() }
+    /// The point routes (`PointRouteHandler`) are answered on the connection's event loop, the rest by Hummingbird.
+    func apiServer(points: PointRouteHandler.Service) -> HTTPServerBuilder {
+        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [PointRouteHandler(service: points)])
+        guard let tls, tls.config.clientAPI else { return .http1(configuration: configuration) }
         return HTTPServerBuilder { responder in
-            ReloadingTLSChannel(base: HTTP1Channel(responder: responder), tls: tls)
+            ReloadingTLSChannel(base: HTTP1Channel(responder: responder, configuration: configuration), tls: tls)
         }
     }
 

@@ -31,6 +31,8 @@ public final class RegionStore: RegionStorage {
     let sealer: ValueSealer?
     /// The SQLite file, for messages.
     let databasePath: String
+    /// Point reads of unsealed keyspaces, on each reading thread's own connection.
+    private let pointReader: PointReader
 
     /// Opens (creating if needed) the store at `path`.
     /// - Parameters:
@@ -46,6 +48,7 @@ public final class RegionStore: RegionStorage {
                 observer: (any StoreObserver)? = nil, sealer: ValueSealer? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
         self.sealer = sealer
         self.databasePath = path
+        pointReader = PointReader(path: path)
         var configuration = Configuration()
         configuration.maximumReaderCount = 8
         configuration.label = "meridian.\(region)"
@@ -230,6 +233,13 @@ public final class RegionStore: RegionStorage {
     /// Reads a key's current state, tombstones included.
     public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
         let sealer = self.sealer
+        if sealer?.isSealed(keyspace) != true {
+            switch try pointReader.get(keyspace: keyspace, key: key) {
+            case .found(let value): return value
+            case .absent: return nil
+            case .unavailable: break
+            }
+        }
         return try await reading { db in
             let statement = try db.cachedStatement(sql: """
                 SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, concurrent
@@ -491,6 +501,7 @@ public final class RegionStore: RegionStorage {
 
     /// Closes the database; later calls fail.
     public func close() {
+        pointReader.close()
         try? pool.close()
     }
 

@@ -4,23 +4,29 @@ import Crypto
 /// cluster file's `session_secret` (or, without one, from the cluster's name, which only detects corruption).
 public struct SessionKey: Sendable {
     let key: SymmetricKey
+    /// HMAC keyed once (its padded inner and outer keys hashed): each tag copies it and hashes only the payload.
+    private let keyed: HMAC<SHA256>
     /// Whether the key comes from a secret (tokens cannot be forged) or from the cluster name (they can).
     public let isSecret: Bool
 
     /// A key from a shared secret.
     public init(secret: String) {
         key = SymmetricKey(data: SHA256.hash(data: Array("meridian-session-key|".utf8) + Array(secret.utf8)))
+        keyed = HMAC(key: key)
         isSecret = true
     }
 
     /// A key anyone who knows the cluster's name can derive: tokens are checked for corruption only.
     public init(clusterName: String) {
         key = SymmetricKey(data: SHA256.hash(data: Array("meridian-session-name|".utf8) + Array(clusterName.utf8)))
+        keyed = HMAC(key: key)
         isSecret = false
     }
 
     func tag(_ payload: [UInt8]) -> [UInt8] {
-        Array(Array(HMAC<SHA256>.authenticationCode(for: payload, using: key)).prefix(SessionToken.tagBytes))
+        var mac = keyed
+        mac.update(data: payload)
+        return mac.finalize().withUnsafeBytes { Array($0.prefix(SessionToken.tagBytes)) }
     }
 
     /// Compares in constant time, so response timing does not reveal how much of a forged tag was right.

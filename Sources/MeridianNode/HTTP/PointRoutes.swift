@@ -1,0 +1,286 @@
+import DequeModule
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTPTypes
+import Synchronization
+
+/// Serves the point routes (`GET`, `PUT` and `DELETE` of `/v1/kv/{keyspace}/{key}`) on the connection's event loop,
+/// without Hummingbird's per-connection async bridge; every other request continues down the pipeline to Hummingbird.
+///
+/// A point request runs through the same router and middleware as any other (authentication, the route, its errors,
+/// metrics), called directly with the request's body already collected, and its response is written to the channel
+/// from here. Requests of one connection are answered in the order they arrived (HTTP/1.1 pipelining): a request
+/// waits while an earlier one is served here or by Hummingbird, and the connection stops reading once
+/// ``pipelinedBytesMax`` bytes of requests wait.
+final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    /// What answers a point request: the router's responder, and the names the response carries.
+    struct Service: Sendable {
+        let responder: RouterResponder<BasicRequestContext>
+        let logger: Logger
+        let serverName: String
+        /// The largest body a point request may carry; a larger one is cut here, and the route refuses it.
+        let bodyBytesMax: Int
+        let dates: HTTPDates
+    }
+
+    /// The most bytes of received requests waiting to be served on one connection before it stops reading.
+    static let pipelinedBytesMax = 1 << 20
+
+    private let service: Service
+    /// Received parts not yet served, in order.
+    private var waiting: Deque<HTTPRequestPart> = []
+    private var waitingBytes = 0
+    private var state: State = .idle
+    /// Requests passed on to Hummingbird whose response has not ended.
+    private var passedUnanswered = 0
+    /// A read asked for while too much waits.
+    private var readHeld = false
+    /// The server asked to close once idle, while a point request was in progress.
+    private var quiescePending = false
+    /// Parts were passed on since the last read-complete.
+    private var passedSinceReadComplete = false
+
+    private enum State {
+        case idle
+        /// Collecting a point request's body (`cut`: it grew past the limit, the rest is dropped).
+        case collecting(HTTPRequest, ByteBuffer?, cut: Bool)
+        /// A point request is being answered.
+        case serving
+        /// A request's parts go on to Hummingbird until its end.
+        case passing
+    }
+
+    init(service: Service) {
+        self.service = service
+    }
+
+    /// Whether this handler serves the request: a point route, by method and path.
+    static func serves(_ head: HTTPRequest) -> Bool {
+        switch head.method {
+        case .get, .put, .delete: break
+        default: return false
+        }
+        guard let target = head.path?.utf8, target.starts(with: "/v1/kv/".utf8) else { return false }
+        // /v1/kv/{keyspace}/{key}: a slash after a keyspace, before any query (a listing has none).
+        let rest = target.dropFirst(7).prefix { $0 != UInt8(ascii: "?") }
+        guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return false }
+        return slash != rest.startIndex
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .body(let buffer) = part { waitingBytes += buffer.readableBytes }
+        waiting.append(part)
+        drain(context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if waitingBytes > Self.pipelinedBytesMax {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // Hummingbird's responses pass here on their way out; once the last one ends, waiting requests go on.
+        let ended: Bool
+        if case .end = unwrapOutboundIn(data) { ended = true } else { ended = false }
+        context.write(data, promise: promise)
+        if ended {
+            passedUnanswered -= 1
+            if passedUnanswered == 0 { drain(context: context) }
+        }
+    }
+
+    /// A server shutting down asks connections to close once idle: Hummingbird's handler below cannot see a point
+    /// request in progress, so the ask waits here until this handler is idle too.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else { return context.fireUserInboundEventTriggered(event) }
+        if case .idle = state, waiting.isEmpty {
+            context.fireUserInboundEventTriggered(event)
+        } else {
+            quiescePending = true
+        }
+    }
+
+    /// Requests not yet started when the connection goes are dropped: nobody would read their answers.
+    func channelInactive(context: ChannelHandlerContext) {
+        waiting.removeAll()
+        waitingBytes = 0
+        context.fireChannelInactive()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        passedSinceReadComplete = false
+        context.fireChannelReadComplete()
+    }
+
+    /// Serves or passes on what waits, in order, until a request must wait for an earlier one's answer. Parts passed
+    /// on are followed by a read-complete, which Hummingbird's async channel waits for before it hands them over
+    /// (parts released by an answer, outside a read, would otherwise sit there).
+    private func drain(context: ChannelHandlerContext) {
+        defer {
+            if passedSinceReadComplete {
+                passedSinceReadComplete = false
+                context.fireChannelReadComplete()
+            }
+        }
+        while let part = waiting.first {
+            switch (state, part) {
+            case (.serving, _):
+                return
+            case (.idle, .head(let head)):
+                if Self.serves(head) {
+                    // Hummingbird answers earlier requests first.
+                    guard passedUnanswered == 0 else { return }
+                    state = .collecting(head, nil, cut: false)
+                } else {
+                    passedUnanswered += 1
+                    state = .passing
+                    pass(part, context: context)
+                }
+            case (.collecting(let head, var body, var cut), .body(var buffer)):
+                state = .idle
+                if !cut {
+                    // One byte over the limit is kept, so the route's own check refuses the value; the rest is dropped.
+                    let room = service.bodyBytesMax + 1 - (body?.readableBytes ?? 0)
+                    if buffer.readableBytes > room {
+                        buffer = buffer.getSlice(at: buffer.readerIndex, length: room) ?? ByteBuffer()
+                        cut = true
+                    }
+                    body.setOrWriteImmutableBuffer(buffer)
+                }
+                state = .collecting(head, body, cut: cut)
+            case (.collecting(let head, let body, _), .end):
+                state = .serving
+                serve(head, body: body ?? ByteBuffer(), context: context)
+            case (.passing, .end):
+                state = .idle
+                pass(part, context: context)
+            case (.passing, _):
+                pass(part, context: context)
+            case (.idle, _), (.collecting, .head):
+                // A body or end with no head, or a head before the previous end: not HTTP/1.1 as the decoder gives it.
+                waiting.removeAll()
+                context.close(promise: nil)
+                return
+            }
+            if case .body(let buffer) = waiting.removeFirst() { waitingBytes -= buffer.readableBytes }
+            if readHeld && waitingBytes <= Self.pipelinedBytesMax {
+                readHeld = false
+                context.read()
+            }
+        }
+    }
+
+    private func pass(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        passedSinceReadComplete = true
+        context.fireChannelRead(wrapInboundOut(part))
+    }
+
+    /// Answers one point request through the router, then writes the response and goes on with what waits.
+    private func serve(_ head: HTTPRequest, body: ByteBuffer, context: ChannelHandlerContext) {
+        let service = self.service
+        let channel = context.channel
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((handler: self, context: context), eventLoop: loop)
+        let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
+        Task {
+            let request = Request(head: head, body: RequestBody(buffer: body))
+            let requestContext = BasicRequestContext(source: ApplicationRequestContextSource(channel: channel, logger: service.logger))
+            var response: Response
+            do {
+                response = try await service.responder.respond(to: request, context: requestContext)
+            } catch {
+                service.logger.debug("point route failed", metadata: ["error": "\(error)"])
+                response = Response(status: .internalServerError, body: .init())
+            }
+            response.headers[.date] = service.dates.now()
+            response.headers[.server] = service.serverName
+            if closeAfter { response.headers[.connection] = "close" }
+            let collected = CollectedBody()
+            do {
+                try await response.body.write(collected)
+            } catch {}
+            let bytes = collected.buffer
+            var head = response.head
+            if head.headerFields[.contentLength] == nil, head.status.code >= 200, head.status != .noContent, head.status != .notModified {
+                head.headerFields[.contentLength] = String(bytes.readableBytes)
+            }
+            let answer = head
+            if loop.inEventLoop {
+                let (handler, context) = bound.value
+                handler.answered(answer, body: bytes, close: closeAfter, context: context)
+            } else {
+                loop.execute {
+                    let (handler, context) = bound.value
+                    handler.answered(answer, body: bytes, close: closeAfter, context: context)
+                }
+            }
+        }
+    }
+
+    private func answered(_ head: HTTPResponse, body: ByteBuffer, close: Bool, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
+        if close {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            waiting.removeAll()
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        state = .idle
+        drain(context: context)
+        if quiescePending, case .idle = state, waiting.isEmpty {
+            quiescePending = false
+            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+}
+
+/// A response body gathered into one buffer (the point routes' bodies are single buffers).
+private final class CollectedBody: ResponseBodyWriter {
+    var buffer = ByteBuffer()
+    func write(_ buffer: ByteBuffer) async throws {
+        var buffer = buffer
+        self.buffer.writeBuffer(&buffer)
+    }
+    func finish(_ trailingHeaders: HTTPFields?) async throws {}
+}
+
+/// The `Date` header's value, formatted once a second.
+final class HTTPDates: Sendable {
+    private let cached = Mutex<(second: Int, text: String)>((-1, ""))
+
+    func now() -> String {
+        let now = Date()
+        let second = Int(now.timeIntervalSince1970)
+        return cached.withLock { cached in
+            if cached.second != second {
+                cached = (second, Self.format(now))
+            }
+            return cached.text
+        }
+    }
+
+    private static func format(_ date: Date) -> String {
+        var time = time_t(date.timeIntervalSince1970)
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        return String(format: "%@, %02d %@ %04d %02d:%02d:%02d GMT", days[Int(parts.tm_wday)], Int(parts.tm_mday), months[Int(parts.tm_mon)],
+                      Int(parts.tm_year) + 1900, Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+    }
+}

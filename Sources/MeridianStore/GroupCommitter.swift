@@ -406,10 +406,11 @@ actor GroupCommitter {
 
     /// Records the clock's reading as the floor for restarts, never lowering it (commits and applies interleave).
     private static func raiseHighWater(_ db: Database, _ reading: HLCTimestamp, region: RegionName) throws {
-        let current = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'").flatMap { parseHighWater($0, region: region) }
+        let current = try String.fetchOne(db.cachedStatement(sql: "SELECT value FROM meta WHERE name = 'hlc_high_water'"))
+            .flatMap { parseHighWater($0, region: region) }
         if let current, current >= reading { return }
-        try db.execute(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                       arguments: ["\(reading.physicalMs).\(reading.logical)"])
+        try db.cachedStatement(sql: "INSERT INTO meta (name, value) VALUES ('hlc_high_water', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .execute(arguments: ["\(reading.physicalMs).\(reading.logical)"])
     }
 
     static func parseHighWater(_ text: String, region: RegionName) -> HLCTimestamp? {

@@ -8,7 +8,7 @@ import NIOCore
 import NIOHTTPTypes
 import Synchronization
 
-/// Serves the point routes (`GET`, `PUT` and `DELETE` of `/v1/kv/{keyspace}/{key}`) on the connection's event loop,
+/// Serves the point routes (one key's value or CRDT: ``serves(_:)``) on the connection's event loop,
 /// without Hummingbird's per-connection async bridge; every other request continues down the pipeline to Hummingbird.
 ///
 /// A point request runs through the same router and middleware as any other (authentication, the route, its errors,
@@ -46,6 +46,10 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// The server asked to close once idle, while a point request was in progress.
     private var quiescePending = false
+    /// `drain` is running (an answer given inside it must not start another).
+    private var draining = false
+    /// Answers were written inside `drain` and wait for its flush.
+    private var unflushed = false
     /// Parts were passed on since the last read-complete.
     private var passedSinceReadComplete = false
 
@@ -63,17 +67,24 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.service = service
     }
 
-    /// Whether this handler serves the request: a point route, by method and path.
+    /// Whether this handler serves the request: a point route, by method and path (`GET`, `PUT`, `DELETE` of
+    /// `/v1/kv/{keyspace}/{key}`, `GET` and `POST` of `/v1/crdt/{keyspace}/{key}`).
     static func serves(_ head: HTTPRequest) -> Bool {
+        guard let target = head.path?.utf8 else { return false }
+        let rest: Substring.UTF8View
         switch head.method {
-        case .get, .put, .delete: break
-        default: return false
+        case .get where target.starts(with: "/v1/kv/".utf8), .put where target.starts(with: "/v1/kv/".utf8),
+             .delete where target.starts(with: "/v1/kv/".utf8):
+            rest = target.dropFirst(7)
+        case .get where target.starts(with: "/v1/crdt/".utf8), .post where target.starts(with: "/v1/crdt/".utf8):
+            rest = target.dropFirst(9)
+        default:
+            return false
         }
-        guard let target = head.path?.utf8, target.starts(with: "/v1/kv/".utf8) else { return false }
-        // /v1/kv/{keyspace}/{key}: a slash after a keyspace, before any query (a listing has none).
-        let rest = target.dropFirst(7).prefix { $0 != UInt8(ascii: "?") }
-        guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return false }
-        return slash != rest.startIndex
+        // {keyspace}/{key}: a slash after a keyspace, before any query (a listing has none).
+        let path = rest.prefix { $0 != UInt8(ascii: "?") }
+        guard let slash = path.firstIndex(of: UInt8(ascii: "/")) else { return false }
+        return slash != path.startIndex
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -125,24 +136,48 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelReadComplete()
     }
 
-    /// Serves or passes on what waits, in order, until a request must wait for an earlier one's answer. Parts passed
-    /// on are followed by a read-complete, which Hummingbird's async channel waits for before it hands them over
-    /// (parts released by an answer, outside a read, would otherwise sit there).
+    /// Serves or passes on what waits, in order, until a request must wait for an earlier one's answer.
+    ///
+    /// A point request whose answer needs no wait (a read served here) is answered before `serve` returns, inside
+    /// this loop: its answer is written without a flush, and one flush at the end carries every answer the loop
+    /// wrote. Parts passed on are followed by a read-complete, which Hummingbird's async channel waits for before it
+    /// hands them over (parts released by an answer, outside a read, would otherwise sit there).
     private func drain(context: ChannelHandlerContext) {
+        guard !draining else { return }
+        draining = true
         defer {
+            draining = false
+            if unflushed {
+                unflushed = false
+                context.flush()
+            }
             if passedSinceReadComplete {
                 passedSinceReadComplete = false
                 context.fireChannelReadComplete()
+            }
+            if quiescePending, case .idle = state, waiting.isEmpty {
+                quiescePending = false
+                context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
             }
         }
         while let part = waiting.first {
             switch (state, part) {
             case (.serving, _):
                 return
+            case (.idle, .head(let head)) where Self.serves(head) && passedUnanswered > 0:
+                // Hummingbird answers earlier requests first.
+                return
+            default:
+                break
+            }
+            if case .body(let buffer) = waiting.removeFirst() { waitingBytes -= buffer.readableBytes }
+            if readHeld && waitingBytes <= Self.pipelinedBytesMax {
+                readHeld = false
+                context.read()
+            }
+            switch (state, part) {
             case (.idle, .head(let head)):
                 if Self.serves(head) {
-                    // Hummingbird answers earlier requests first.
-                    guard passedUnanswered == 0 else { return }
                     state = .collecting(head, nil, cut: false)
                 } else {
                     passedUnanswered += 1
@@ -169,16 +204,12 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 pass(part, context: context)
             case (.passing, _):
                 pass(part, context: context)
-            case (.idle, _), (.collecting, .head):
+            case (.serving, _), (.idle, _), (.collecting, .head):
                 // A body or end with no head, or a head before the previous end: not HTTP/1.1 as the decoder gives it.
                 waiting.removeAll()
+                waitingBytes = 0
                 context.close(promise: nil)
                 return
-            }
-            if case .body(let buffer) = waiting.removeFirst() { waitingBytes -= buffer.readableBytes }
-            if readHeld && waitingBytes <= Self.pipelinedBytesMax {
-                readHeld = false
-                context.read()
             }
         }
     }
@@ -237,14 +268,17 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
             waiting.removeAll()
+            waitingBytes = 0
             return
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         state = .idle
-        drain(context: context)
-        if quiescePending, case .idle = state, waiting.isEmpty {
-            quiescePending = false
-            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        if draining {
+            // Answered inside the loop: its flush comes at the loop's end.
+            context.write(wrapOutboundOut(.end(nil)), promise: nil)
+            unflushed = true
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            drain(context: context)
         }
     }
 }

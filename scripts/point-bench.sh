@@ -3,22 +3,23 @@
 # for one or more builds of `meridian` in one run, alternating them round by round so every build sees the same
 # load on the host:
 #
-#   scripts/point-bench.sh [--rounds N] [--seconds S] [--connections C] NAME=BINARY [NAME=BINARY...]
+#   scripts/point-bench.sh [--rounds N] [--seconds S] [--connections C] [--threads T] NAME=BINARY [NAME=BINARY...]
 #
 # Each round starts a fresh one-region node per build (keyspace `bench`: multi-leader, LWW, async ack, so a PUT is
 # answered after its group commit's fsync), preloads 10,000 keys of 100 bytes, then runs wrk GET and wrk PUT for S
 # seconds each. Besides wrk's throughput and p50, it reads the node's CPU time from /proc before and after each
 # phase: CPU µs per request is what the machine's noise blurs least. Needs wrk (apt-get install -y wrk).
 set -euo pipefail
-rounds=3 seconds=5 connections=32
+rounds=3 seconds=5 connections=32 threads=1
 builds=()
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     *=*) builds+=("$1"); shift ;;
-    *) echo "point-bench: unknown argument $1 (use --rounds N, --seconds S, --connections C, NAME=BINARY)" >&2; exit 2 ;;
+    *) echo "point-bench: unknown argument $1 (use --rounds N, --seconds S, --connections C, --threads T, NAME=BINARY)" >&2; exit 2 ;;
   esac
 done
 [ ${#builds[@]} -gt 0 ] || { echo "point-bench: name at least one build as NAME=BINARY" >&2; exit 2; }
@@ -65,7 +66,7 @@ phase() {
   local name=$1 build=$2 script=$3 port=$4
   local before after output requests
   before=$(cpu_ticks "$node_pid")
-  output=$(wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$script" "http://127.0.0.1:$port")
+  output=$(wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -s "$script" "http://127.0.0.1:$port")
   after=$(cpu_ticks "$node_pid")
   if grep -q "Non-2xx" <<<"$output"; then echo "point-bench: $build $name: $(grep Non-2xx <<<"$output")" >&2; exit 1; fi
   requests=$(awk '/requests in/ { print $1 }' <<<"$output")

@@ -113,7 +113,7 @@ enum MerkleRows {
     }
 
     /// Delta rows appended before they are folded into `merkle_slots`.
-    static let deltasPerFold = 64
+    static let deltasPerFold = 512
     /// A packed slot change: u16 slot, eight u32 lanes, i32 keys gained or lost.
     private static let packedBytes = 2 + 32 + 4
 
@@ -157,8 +157,9 @@ enum MerkleRows {
 
     /// Folds every delta row into `merkle_slots`, each slot once, and deletes them.
     static func fold(_ db: Database) throws {
-        let pending = try pendingDeltas(db)
-        try write(db, Array(pending), upserts: slotUpserts, live: false)
+        // In slot order, so the fold walks the table's pages once, front to back.
+        let pending = try pendingDeltas(db).sorted { ($0.key.keyspace.rawValue, $0.key.index) < ($1.key.keyspace.rawValue, $1.key.index) }
+        try write(db, pending, upserts: slotUpserts, live: false)
         try db.execute(sql: "DELETE FROM merkle_slot_deltas")
     }
 

@@ -210,6 +210,36 @@ import Testing
         }
     }
 
+    /// Slot leaves live as appended delta rows until enough gather to be folded into the slot table in one go; across
+    /// folds (and the rows appended after the last one) the kept slots stay the keys' own, with writes and deletes.
+    @Test func slotLeavesStayTheKeysOwnAcrossFolds() async throws {
+        var random = SeededGenerator(seed: 5)
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        let store = try fixture.open(rules: [fixture.keyspace: .lww])
+        defer { store.close() }
+        let keys = (0..<300).map { "fold-\($0)" }
+        var deltaRows: [Int] = []
+        // More than two folds' worth of commits (512 rows each), one write per commit.
+        for step in 0..<1_100 {
+            let key = keys.randomElement(using: &random)!
+            if step % 7 == 6 {
+                _ = try await store.write(WriteRequest(keyspace: fixture.keyspace, key: try Key(key), operation: .delete, contentType: "", value: []))
+            } else {
+                _ = try await store.write(fixture.put(key, "v\(step)"))
+            }
+            if step % 100 == 99 {
+                let problems = try await Self.keptLeavesAreTheKeys(store, fixture.keyspace, rule: .lww)
+                #expect(problems.isEmpty, "step \(step): \(problems)")
+                let rows = try await DatabaseQueue(path: fixture.path).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM merkle_slot_deltas") ?? -1 }
+                deltaRows.append(rows)
+            }
+        }
+        // The rows grew, were folded away (their count fell), and never reached a fold's worth.
+        #expect(zip(deltaRows, deltaRows.dropFirst()).contains { $0 > $1 })
+        #expect(deltaRows.allSatisfy { (0..<512).contains($0) })
+    }
+
     /// A store made before the leaves were kept gets them, once, when it opens: its keys' slots and item hashes,
     /// every slot's and bucket's leaf, the same tree as computed from the keys. So does a store that kept only the
     /// buckets' leaves (from its stored item hashes).

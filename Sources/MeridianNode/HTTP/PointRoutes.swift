@@ -46,10 +46,8 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// The server asked to close once idle, while a point request was in progress.
     private var quiescePending = false
-    /// `drain` is running (an answer given inside it must not start another).
+    /// `drain` is running.
     private var draining = false
-    /// Answers were written inside `drain` and wait for its flush.
-    private var unflushed = false
     /// Parts were passed on since the last read-complete.
     private var passedSinceReadComplete = false
 
@@ -136,21 +134,16 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelReadComplete()
     }
 
-    /// Serves or passes on what waits, in order, until a request must wait for an earlier one's answer.
-    ///
-    /// A point request whose answer needs no wait (a read served here) is answered before `serve` returns, inside
-    /// this loop: its answer is written without a flush, and one flush at the end carries every answer the loop
-    /// wrote. Parts passed on are followed by a read-complete, which Hummingbird's async channel waits for before it
-    /// hands them over (parts released by an answer, outside a read, would otherwise sit there).
+    /// Serves or passes on what waits, in order, until a request must wait for an earlier one's answer. Each part
+    /// leaves `waiting` before it is acted on, and a call made while the loop runs returns at once, so the loop never
+    /// runs twice over the same parts. Parts passed on are followed by a read-complete, which Hummingbird's async
+    /// channel waits for before it hands them over (parts released by an answer, outside a read, would otherwise sit
+    /// there).
     private func drain(context: ChannelHandlerContext) {
         guard !draining else { return }
         draining = true
         defer {
             draining = false
-            if unflushed {
-                unflushed = false
-                context.flush()
-            }
             if passedSinceReadComplete {
                 passedSinceReadComplete = false
                 context.fireChannelReadComplete()
@@ -236,13 +229,18 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 service.logger.debug("point route failed", metadata: ["error": "\(error)"])
                 response = Response(status: .internalServerError, body: .init())
             }
+            var collected = CollectedBody()
+            do {
+                try await response.body.write(collected)
+            } catch {
+                // The point routes' bodies are buffers, which cannot fail to be written; say so if one ever does.
+                service.logger.error("a point route's response body failed", metadata: ["error": "\(error)"])
+                response = Response(status: .internalServerError, body: .init())
+                collected = CollectedBody()
+            }
             response.headers[.date] = service.dates.now()
             response.headers[.server] = service.serverName
             if closeAfter { response.headers[.connection] = "close" }
-            let collected = CollectedBody()
-            do {
-                try await response.body.write(collected)
-            } catch {}
             let bytes = collected.buffer
             var head = response.head
             if head.headerFields[.contentLength] == nil, head.status.code >= 200, head.status != .noContent, head.status != .notModified {
@@ -272,14 +270,8 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         state = .idle
-        if draining {
-            // Answered inside the loop: its flush comes at the loop's end.
-            context.write(wrapOutboundOut(.end(nil)), promise: nil)
-            unflushed = true
-        } else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            drain(context: context)
-        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        drain(context: context)
     }
 }
 

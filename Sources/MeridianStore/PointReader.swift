@@ -5,16 +5,18 @@ import MeridianStorage
 import Synchronization
 
 /// Reads one key's current row on a read-only SQLite connection of the calling thread's own, with its statement
-/// prepared once: no reader pool, no dispatch queue, no lock another thread holds. The event loops that serve
-/// point reads are few and live as long as the process, so each ends up with one connection; at most
-/// `connectionsMax` are opened, and a thread beyond them gets nil (the caller reads through the pool).
+/// prepared once: no reader pool and no dispatch queue. The threads that read are few and live as long as the
+/// process (in the node, Swift concurrency runs on NIO's event loops), so each ends up with one connection; at most
+/// `connectionsMax` threads get one, and the others (and a thread whose connection could not be opened) read
+/// through the pool. The map of connections is looked up under a lock held for a dictionary lookup only.
 ///
 /// Each read is one SELECT outside any transaction, so SQLite runs it against the newest committed WAL snapshot:
 /// a read that starts after a commit returned sees it, as a read through the pool does.
 final class PointReader: Sendable {
     private let path: String
     private let connectionsMax: Int
-    private let connections = Mutex<(byThread: [UInt: Connection], closed: Bool)>(([:], false))
+    /// Each thread's connection (nil: it could not be opened, so that thread reads through the pool).
+    private let connections = Mutex<(byThread: [UInt: Connection?], closed: Bool)>(([:], false))
 
     static let sql = """
         SELECT value, content_type, hlc_physical_ms, hlc_logical, origin, sequence, tombstone, dependencies, concurrent
@@ -44,20 +46,31 @@ final class PointReader: Sendable {
         let all = connections.withLock { state in
             state.closed = true
             defer { state.byThread = [:] }
-            return Array(state.byThread.values)
+            return state.byThread.values.compactMap { $0 }
         }
         for connection in all { connection.close() }
     }
 
     private func connection() -> Connection? {
         let thread = UInt(pthread_self())
-        return connections.withLock { state -> Connection? in
-            guard !state.closed else { return nil }
-            if let connection = state.byThread[thread] { return connection }
-            guard state.byThread.count < connectionsMax, let opened = Connection(path: path) else { return nil }
-            state.byThread[thread] = opened
-            return opened
+        let known = connections.withLock { state -> (connection: Connection?, open: Bool) in
+            guard !state.closed else { return (nil, false) }
+            if let connection = state.byThread[thread] { return (connection, false) }
+            return (nil, state.byThread.count < connectionsMax)
         }
+        guard known.open else { return known.connection }
+        // Opened outside the lock (it reads the schema); only this thread adds its own entry.
+        let opened = Connection(path: path)
+        let kept = connections.withLock { state -> Bool in
+            guard !state.closed, state.byThread.count < connectionsMax else { return false }
+            state.byThread[thread] = .some(opened)
+            return true
+        }
+        guard kept else {
+            opened?.close()
+            return nil
+        }
+        return opened
     }
 
     /// One read-only connection and its prepared statement, used by one thread; the lock only keeps `close`
@@ -113,6 +126,9 @@ final class PointReader: Sendable {
                     } catch {
                         return .failure(error)
                     }
+                case SQLITE_BUSY, SQLITE_LOCKED:
+                    // The file is busy beyond the timeout (a checkpoint, a recovery): the pool reads it instead.
+                    return .success(.unavailable)
                 case let code:
                     let message = String(cString: sqlite3_errmsg(open.database))
                     return .failure(MeridianError(.storageFailure, "The store could not be read: SQLite error \(code): \(message)"))

@@ -1,6 +1,7 @@
 // Proves the point routes' handler on a real node over a raw socket: pipelined requests, point routes mixed with
 // routes Hummingbird serves, are answered in the order they were sent with the right bodies; a value over the limit is
-// refused whether its length is declared or chunked, and the connection goes on; `Connection: close` is honoured.
+// refused whether its length is declared or chunked, and the connection goes on; `Connection: close`, a client's
+// half-close and a malformed request end the connection only after the answers owed before them.
 import Foundation
 import MeridianHarness
 import Testing
@@ -21,16 +22,57 @@ extension LiveTests {
                         + Self.request("GET", "/v1/kv/bench/a"))
                 let answers = try (0..<8).map { _ in try socket.response() }
                 #expect(answers.map(\.status) == [200, 200, 200, 200, 200, 200, 200, 404])
+                // Each answer is the one its request asked for: two kinds of writes, reads, Hummingbird's own routes.
+                #expect(answers[0].body.contains("\"operation\":\"put\""))
                 #expect(answers[1].body == "one")
-                #expect(answers[2].body.contains("\"ok\""))
-                #expect(answers[4].body.contains("\"a\""))
+                #expect(answers[2].body.contains("\"status\":\"ok\""))
+                #expect(answers[3].body.contains("\"operation\":\"put\"") && answers[3].body != answers[0].body)
+                #expect(answers[4].body.contains("\"keys\"") && answers[4].body.contains("\"a\""))
                 #expect(answers[5].body == "two")
                 #expect(answers[7].body.contains("key_not_found"))
                 // Every answer carries the region's name and a date, as Hummingbird's do.
                 for answer in answers {
                     #expect(answer.headers["meridian-region"] == "local")
                     #expect(answer.headers["date"] != nil)
+                    #expect(answer.headers["server"] == "meridian/local")
                 }
+            }
+        }
+
+        /// A client that sends its requests and then shuts its side of the connection still gets every answer.
+        @Test(.timeLimit(.minutes(2)))
+        func aClientThatHalfClosesGetsEveryAnswer() async throws {
+            try await Self.withSocket { socket in
+                try socket.send(Self.request("PUT", "/v1/kv/bench/h", body: "half") + Self.request("GET", "/health")
+                                    + Self.request("GET", "/v1/kv/bench/h"))
+                socket.shutdownWriting()
+                let answers = try (0..<3).map { _ in try socket.response() }
+                #expect(answers.map(\.status) == [200, 200, 200])
+                #expect(answers[2].body == "half")
+            }
+        }
+
+        /// Nothing after a request that asks to close is processed, whichever side answers it; nothing after a
+        /// malformed request either, and the answers before it come first.
+        @Test(.timeLimit(.minutes(2)))
+        func nothingAfterACloseOrAMalformedRequestIsProcessed() async throws {
+            try await Self.withSocket { socket in
+                try socket.send(Self.request("GET", "/health", headers: "Connection: close\r\n") + Self.request("PUT", "/v1/kv/bench/after-close", body: "no"))
+                #expect(try socket.response().status == 200)
+                #expect(try socket.atEnd())
+            } then: { port in
+                let socket = try RawSocket(port: port)
+                defer { socket.close() }
+                try socket.send(Self.request("PUT", "/v1/kv/bench/before-error", body: "yes") + "NOT HTTP AT ALL\r\n\r\n"
+                                    + Self.request("PUT", "/v1/kv/bench/after-error", body: "no"))
+                #expect(try socket.response().status == 200)
+                #expect(try socket.response().status == 400)
+                #expect(try socket.atEnd())
+                let check = try RawSocket(port: port)
+                defer { check.close() }
+                try check.send(Self.request("GET", "/v1/kv/bench/after-close") + Self.request("GET", "/v1/kv/bench/before-error")
+                                   + Self.request("GET", "/v1/kv/bench/after-error"))
+                #expect(try (0..<3).map { _ in try check.response().status } == [404, 200, 404])
             }
         }
 
@@ -63,13 +105,15 @@ extension LiveTests {
             }
         }
 
-        /// Starts a one-region node, connects to it, runs `body`, and stops the node whatever happened.
-        static func withSocket(_ body: (RawSocket) async throws -> Void) async throws {
+        /// Starts a one-region node, connects to it, runs `body` (then `then` with the node's port), and stops the
+        /// node whatever happened.
+        static func withSocket(_ body: (RawSocket) async throws -> Void, then: (Int) async throws -> Void = { _ in }) async throws {
             let node = try await SingleNode.start(keyspace: "bench", executable: MeridianBinary.path)
             do {
                 let socket = try RawSocket(port: node.endpoint.port)
                 defer { socket.close() }
                 try await body(socket)
+                try await then(node.endpoint.port)
             } catch {
                 await node.stop()
                 throw error
@@ -112,9 +156,13 @@ final class RawSocket {
         }
         var timeout = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     func close() { Glibc.close(descriptor) }
+
+    /// Ends this side's sending; answers still arrive.
+    func shutdownWriting() { Glibc.shutdown(descriptor, Int32(SHUT_WR)) }
 
     func send(_ text: String) throws {
         let bytes = Array(text.utf8)

@@ -36,16 +36,27 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
     static let pipelinedBytesMax = 1 << 20
 
     private let service: Service
-    /// Received parts not yet served, in order.
+    /// Received parts not yet served, in order, and what they cost (bodies by their bytes, heads by their fields).
     private var waiting: Deque<HTTPRequestPart> = []
     private var waitingBytes = 0
     private var state: State = .idle
+    /// The point request being answered was answered on its declared length: the rest of its body is dropped.
+    private var droppingBody = false
     /// Requests passed on to Hummingbird whose response has not ended.
     private var passedUnanswered = 0
+    /// The request being passed on asked to close the connection once answered.
+    private var closeAfterPassed = false
+    /// Whether later requests are taken: not after a request passed on with `Connection: close`, nor after a
+    /// decoding error (HTTP/1.1 processes nothing after either).
+    private var takingRequests = true
+    /// A decoding error, handed to Hummingbird (which answers 400 and closes) once the point request ahead of it
+    /// is answered.
+    private var heldError: (any Error)?
+    /// A graceful shutdown's quiesce and the client's half-close, held while requests received before them are
+    /// still to be answered here: Hummingbird, below, would close the connection on either.
+    private var heldEvents: [Any] = []
     /// A read asked for while too much waits.
     private var readHeld = false
-    /// The server asked to close once idle, while a point request was in progress.
-    private var quiescePending = false
     /// `drain` is running.
     private var draining = false
     /// Parts were passed on since the last read-complete.
@@ -86,10 +97,24 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard takingRequests else { return }
         let part = unwrapInboundIn(data)
-        if case .body(let buffer) = part { waitingBytes += buffer.readableBytes }
+        waitingBytes += Self.cost(part)
         waiting.append(part)
         drain(context: context)
+    }
+
+    /// What a waiting part counts toward ``pipelinedBytesMax``: a body its bytes, a head its fields (and something
+    /// for the part itself, so a flood of bare heads is bounded too).
+    private static func cost(_ part: HTTPRequestPart) -> Int {
+        switch part {
+        case .head(let head):
+            64 + (head.path?.utf8.count ?? 0) + head.headerFields.reduce(0) { $0 + $1.name.rawName.utf8.count + $1.value.utf8.count + 4 }
+        case .body(let buffer):
+            64 + buffer.readableBytes
+        case .end:
+            64
+        }
     }
 
     func read(context: ChannelHandlerContext) {
@@ -106,26 +131,29 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .end = unwrapOutboundIn(data) { ended = true } else { ended = false }
         context.write(data, promise: promise)
         if ended {
-            passedUnanswered -= 1
+            passedUnanswered = max(0, passedUnanswered - 1)
             if passedUnanswered == 0 { drain(context: context) }
         }
     }
 
-    /// A server shutting down asks connections to close once idle: Hummingbird's handler below cannot see a point
-    /// request in progress, so the ask waits here until this handler is idle too.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is ChannelShouldQuiesceEvent else { return context.fireUserInboundEventTriggered(event) }
-        if case .idle = state, waiting.isEmpty {
-            context.fireUserInboundEventTriggered(event)
-        } else {
-            quiescePending = true
-        }
+        let held = event is ChannelShouldQuiesceEvent || (event as? ChannelEvent) == .inputClosed
+        guard held, busy else { return context.fireUserInboundEventTriggered(event) }
+        heldEvents.append(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Nothing after a decoding error is taken; Hummingbird answers it once the answers before it are out.
+        takingRequests = false
+        heldError = heldError ?? error
+        drain(context: context)
     }
 
     /// Requests not yet started when the connection goes are dropped: nobody would read their answers.
     func channelInactive(context: ChannelHandlerContext) {
         waiting.removeAll()
         waitingBytes = 0
+        takingRequests = false
         context.fireChannelInactive()
     }
 
@@ -134,11 +162,18 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelReadComplete()
     }
 
+    /// Whether a request received here is still to be answered here or to be passed on.
+    private var busy: Bool {
+        if case .idle = state, waiting.isEmpty, !droppingBody { return false }
+        if case .passing = state, waiting.isEmpty { return false }
+        return true
+    }
+
     /// Serves or passes on what waits, in order, until a request must wait for an earlier one's answer. Each part
     /// leaves `waiting` before it is acted on, and a call made while the loop runs returns at once, so the loop never
     /// runs twice over the same parts. Parts passed on are followed by a read-complete, which Hummingbird's async
     /// channel waits for before it hands them over (parts released by an answer, outside a read, would otherwise sit
-    /// there).
+    /// there). Held events and errors go on once nothing received before them is left here.
     private func drain(context: ChannelHandlerContext) {
         guard !draining else { return }
         draining = true
@@ -148,12 +183,29 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 passedSinceReadComplete = false
                 context.fireChannelReadComplete()
             }
-            if quiescePending, case .idle = state, waiting.isEmpty {
-                quiescePending = false
-                context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+            if heldError != nil, waiting.isEmpty, case .collecting = state {
+                // A request the error cut short: it is not answered.
+                state = .idle
+            }
+            if let error = heldError, !busy {
+                heldError = nil
+                // Hummingbird answers it (400) and ends that answer: counted, so the count stays in step.
+                passedUnanswered += 1
+                context.fireErrorCaught(error)
+            }
+            if !busy, !heldEvents.isEmpty {
+                let events = heldEvents
+                heldEvents = []
+                for event in events { context.fireUserInboundEventTriggered(event) }
             }
         }
         while let part = waiting.first {
+            if droppingBody {
+                // The rest of a body whose request was answered on its declared length.
+                take(context: context)
+                if case .end = part { droppingBody = false }
+                continue
+            }
             switch (state, part) {
             case (.serving, _):
                 return
@@ -163,18 +215,22 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
             default:
                 break
             }
-            if case .body(let buffer) = waiting.removeFirst() { waitingBytes -= buffer.readableBytes }
-            if readHeld && waitingBytes <= Self.pipelinedBytesMax {
-                readHeld = false
-                context.read()
-            }
+            take(context: context)
             switch (state, part) {
             case (.idle, .head(let head)):
                 if Self.serves(head) {
-                    state = .collecting(head, nil, cut: false)
+                    if let declared = head.headerFields[.contentLength].flatMap({ Int($0) }), declared > service.bodyBytesMax {
+                        // The route refuses it on its declared length: answered now, its body dropped as it comes.
+                        state = .serving
+                        droppingBody = true
+                        serve(head, body: ByteBuffer(), context: context)
+                    } else {
+                        state = .collecting(head, nil, cut: false)
+                    }
                 } else {
                     passedUnanswered += 1
                     state = .passing
+                    closeAfterPassed = head.headerFields[.connection]?.lowercased() == "close"
                     pass(part, context: context)
                 }
             case (.collecting(let head, var body, var cut), .body(var buffer)):
@@ -195,15 +251,32 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case (.passing, .end):
                 state = .idle
                 pass(part, context: context)
+                if closeAfterPassed {
+                    // That request asked to close the connection: nothing after it is processed.
+                    takingRequests = false
+                    waiting.removeAll()
+                    waitingBytes = 0
+                    return
+                }
             case (.passing, _):
                 pass(part, context: context)
             case (.serving, _), (.idle, _), (.collecting, .head):
                 // A body or end with no head, or a head before the previous end: not HTTP/1.1 as the decoder gives it.
                 waiting.removeAll()
                 waitingBytes = 0
+                takingRequests = false
                 context.close(promise: nil)
                 return
             }
+        }
+    }
+
+    /// Removes the first waiting part, and reads again once little enough waits.
+    private func take(context: ChannelHandlerContext) {
+        waitingBytes -= Self.cost(waiting.removeFirst())
+        if readHeld && waitingBytes <= Self.pipelinedBytesMax {
+            readHeld = false
+            context.read()
         }
     }
 
@@ -265,6 +338,7 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if close {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            takingRequests = false
             waiting.removeAll()
             waitingBytes = 0
             return

@@ -85,21 +85,9 @@ YAML
     trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$work"' EXIT
     for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.2; done
     curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "instructions.sh: the node did not start under valgrind" >&2; cat "$work/node/valgrind.log" >&2; exit 1; }
-    cat > "$work/put.lua" <<'LUA'
-local n = -1
-local value = string.rep("x", 100)
-request = function()
-  n = n + 1
-  return wrk.format("PUT", "/v1/kv/bench/k" .. (n % 1000), {["Content-Type"] = "application/octet-stream"}, value)
-end
-LUA
-    cat > "$work/get.lua" <<'LUA'
-local n = 0
-request = function()
-  n = n + 7919
-  return wrk.format("GET", "/v1/kv/bench/k" .. (n % 1000))
-end
-LUA
+    # shellcheck source=lib/wrk-scripts.sh
+    source scripts/lib/wrk-scripts.sh
+    write_wrk_scripts "$work" 1000
     # phase NAME [SCRIPT]: zeroes the counters, runs wrk (or sleeps), dumps; prints the instructions and requests.
     dumps=0
     phase() {

@@ -36,30 +36,9 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-cat > "$work/get.lua" <<'LUA'
-local n = 0
-request = function()
-  n = n + 7919
-  return wrk.format("GET", "/v1/kv/bench/k" .. (n % 10000))
-end
-LUA
-cat > "$work/put.lua" <<'LUA'
-local n = 0
-local value = string.rep("x", 100)
-request = function()
-  n = n + 1
-  return wrk.format("PUT", "/v1/kv/bench/k" .. (n % 10000), {["Content-Type"] = "application/octet-stream"}, value)
-end
-LUA
-# Every key once, in order, so the GETs find them.
-cat > "$work/preload.lua" <<'LUA'
-local n = -1
-local value = string.rep("x", 100)
-request = function()
-  n = n + 1
-  return wrk.format("PUT", "/v1/kv/bench/k" .. (n % 10000), {["Content-Type"] = "application/octet-stream"}, value)
-end
-LUA
+# shellcheck source=lib/wrk-scripts.sh
+source "$(dirname "$0")/lib/wrk-scripts.sh"
+write_wrk_scripts "$work" 10000
 
 # phase NAME BUILD SCRIPT: runs wrk against the node, prints one row.
 phase() {
@@ -96,7 +75,8 @@ YAML
       sleep 0.1
     done
     curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "point-bench: $name did not start; its log:" >&2; cat "$work/node/node.log" >&2; exit 1; }
-    wrk -t1 -c"$connections" -d4s -s "$work/preload.lua" "http://127.0.0.1:$port" >/dev/null
+    # Every key written once (in order), so the GETs find them.
+    wrk -t1 -c"$connections" -d4s -s "$work/put.lua" "http://127.0.0.1:$port" >/dev/null
     phase GET "$name" "$work/get.lua" "$port"
     phase PUT "$name" "$work/put.lua" "$port"
     kill "$node_pid" && wait "$node_pid" 2>/dev/null || true

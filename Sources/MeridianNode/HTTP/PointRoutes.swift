@@ -37,8 +37,15 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let service: Service
     /// Received parts not yet served, in order, and what they cost (bodies by their bytes, heads by their fields).
-    private var waiting: Deque<HTTPRequestPart> = []
+    private var waiting: Deque<Waiting> = []
     private var waitingBytes = 0
+
+    /// A received part, what it counts toward ``pipelinedBytesMax``, and (a head) whether this handler serves it.
+    private struct Waiting {
+        let part: HTTPRequestPart
+        let cost: Int
+        let point: Bool
+    }
     private var state: State = .idle
     /// The point request being answered was answered on its declared length: the rest of its body is dropped.
     private var droppingBody = false
@@ -99,8 +106,10 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard takingRequests else { return }
         let part = unwrapInboundIn(data)
-        waitingBytes += Self.cost(part)
-        waiting.append(part)
+        let point = if case .head(let head) = part { Self.serves(head) } else { false }
+        let entry = Waiting(part: part, cost: Self.cost(part), point: point)
+        waitingBytes += entry.cost
+        waiting.append(entry)
         drain(context: context)
     }
 
@@ -199,7 +208,8 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 for event in events { context.fireUserInboundEventTriggered(event) }
             }
         }
-        while let part = waiting.first {
+        while let first = waiting.first {
+            let part = first.part
             if droppingBody {
                 // The rest of a body whose request was answered on its declared length.
                 take(context: context)
@@ -209,7 +219,7 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch (state, part) {
             case (.serving, _):
                 return
-            case (.idle, .head(let head)) where Self.serves(head) && passedUnanswered > 0:
+            case (.idle, .head) where first.point && passedUnanswered > 0:
                 // Hummingbird answers earlier requests first.
                 return
             default:
@@ -218,7 +228,7 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
             take(context: context)
             switch (state, part) {
             case (.idle, .head(let head)):
-                if Self.serves(head) {
+                if first.point {
                     if let declared = head.headerFields[.contentLength].flatMap({ Int($0) }), declared > service.bodyBytesMax {
                         // The route refuses it on its declared length: answered now, its body dropped as it comes.
                         state = .serving
@@ -273,7 +283,7 @@ final class PointRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Removes the first waiting part, and reads again once little enough waits.
     private func take(context: ChannelHandlerContext) {
-        waitingBytes -= Self.cost(waiting.removeFirst())
+        waitingBytes -= waiting.removeFirst().cost
         if readHeld && waitingBytes <= Self.pipelinedBytesMax {
             readHeld = false
             context.read()

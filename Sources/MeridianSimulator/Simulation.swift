@@ -37,14 +37,18 @@ import Synchronization
 /// - a stream is a byte stream (FIFO), but different streams are not ordered with each other, and a
 ///   partition holds bytes rather than dropping them: after the heal, batches of a stream its origin
 ///   already abandoned still arrive, interleaved with the new stream's;
-/// - a restarted region's clock starts above every timestamp it recorded, its own writes' and applied ones.
+/// - a restarted region's clock starts above every timestamp it recorded, its own writes' and applied ones;
+/// - an origin trims its own log by the core's ``LogTrim`` rule, through what every peer acknowledged as durable
+///   while its single-leader keyspace is settled, and ships from what the trim left: a peer that resumes below
+///   the trim, or a shipment the log no longer holds, is a violation.
 ///
 /// Failover invariants: at most one lease holder at any instant and one leader per epoch; no write taken without
 /// the lease; no replicated entry applied that the start of the term the region follows does not count; no term
 /// started while an admitted batch is uncommitted; no hand-over sent before its target durably
 /// holds the leader's whole log; no majority-acknowledged write kept aside, and no acknowledged async write kept
-/// aside by a term a hand-over started; no kept-aside write in any region's state after convergence. Each has a
-/// planted bug (`RegionMachine.PlantedBug`) that the sweep shows is caught.
+/// aside by a term a hand-over started; no kept-aside write in any region's state after convergence; no write
+/// discarded silently (each write of a surviving origin is in the final term's history or in that origin's own
+/// divergence log). Each has a planted bug (`RegionMachine.PlantedBug`) that the sweep shows is caught.
 ///
 /// Invariants checked: every `majority`-acknowledged write was durable in a majority when acknowledged and
 /// is never lost (with a region lost for good: it survives in a surviving region); every region applies
@@ -244,6 +248,10 @@ public struct Simulation {
         var inbound: [UInt64: Inbound] = [:]       // per stream from an origin
         var reconnectFailures: [Int]               // per peer, for backoff
         var echoFrom: [UInt64]                     // per peer: the latest echo it acknowledged with
+        /// Per peer: the highest durable and visible points of this region's log its acks and welcomes named since the
+        /// process started (the log trim counts the durable ones, as the node's links).
+        var peerDurable: [UInt64]
+        var peerVisible: [UInt64]
         var freshness: [FreshnessTracker]          // per origin, on the true clock (a perfect monotonic clock)
         /// The region machine, rebuilt from the durable election state at every start.
         var machine: RegionMachine?
@@ -325,6 +333,8 @@ public struct Simulation {
     private var catchUpTerms: [Int: [TermEnd]] = [:]
     private var reconnectPending: Set<[Int]> = []
     private var report: Report
+    /// Per origin, every entry it committed (its log as it would be untrimmed): what the checks compare with.
+    private var history: [[ReplicationEntry]] = []
     /// Acknowledged writes: (origin, sequence).
     private var acknowledgedWrites: [(origin: Int, sequence: UInt64)] = []
     private let keyspace = try! KeyspaceName("sim")
@@ -418,9 +428,11 @@ public struct Simulation {
                                                                    sealer: Self.sealer(parsed, region: name, seed: seed, index: index, generation: 0)),
                           acks: AckTracker(origin: name), outbound: Array(repeating: nil, count: count),
                           shippers: Array(repeating: nil, count: count), reconnectFailures: Array(repeating: 0, count: count),
-                          echoFrom: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
+                          echoFrom: Array(repeating: 0, count: count), peerDurable: Array(repeating: 0, count: count),
+                          peerVisible: Array(repeating: 0, count: count), freshness: Array(repeating: FreshnessTracker(), count: count),
                           fence: ClockFence(region: name, peers: all, maxOffsetMs: HybridLogicalClock.maxOffsetMsDefault))
         }
+        history = Array(repeating: [], count: count)
         tokens = Array(repeating: SessionToken(), count: 4)
         sessionHistory = Array(repeating: [], count: 4)
         report = Report(seed: options.seed)
@@ -471,8 +483,9 @@ public struct Simulation {
         return contents
     }
 
-    /// Region `index`'s own log.
-    private func log(_ index: Int) -> [ReplicationEntry] { held(index).log[names[index]] ?? [] }
+    /// Every entry region `index` ever committed, in sequence order: its own log before any trim (an origin's
+    /// commit is durable at once here, so no crash takes one back).
+    private func log(_ index: Int) -> [ReplicationEntry] { history[index] }
 
     /// How far region `index` holds `origin`'s log: its own log's end, or its applied point of another's.
     private func appliedThrough(_ index: Int, _ origin: Int) -> UInt64 { held(index).appliedThrough(names[origin]) }
@@ -812,6 +825,10 @@ public struct Simulation {
             return nil
         }
         if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
+        if entry.sequence != UInt64(history[index].count) + 1 {
+            report.violations.append("\(names[index]) numbered a write \(entry.sequence) after \(history[index].count) entries of its log")
+        }
+        history[index].append(entry)
         if let highWater, entry.hlc <= highWater {
             report.violations.append("\(names[index]) issued \(entry.hlc) for a new write, not above \(highWater), which it had already recorded")
         }
@@ -1024,8 +1041,18 @@ public struct Simulation {
         for effect in effects {
             switch effect {
             case .send(let first, let count):
-                // Cut as the node cuts them: only entries of keyspaces the peer replicates travel (residency).
-                let entries = Array(log(origin)[Int(first - 1)..<Int(first - 1) + count])
+                // Read from the origin's log as the node reads it, which the trim may have shortened; cut as the node
+                // cuts them: only entries of keyspaces the peer replicates travel (residency).
+                let entries: [ReplicationEntry]
+                do {
+                    entries = try regions[origin].store.logEntries(origin: names[origin], after: first - 1, limit: count)
+                } catch {
+                    preconditionFailure("an open in-memory store reads: \(error)")
+                }
+                guard entries.count == count, entries.first?.sequence == first else {
+                    report.violations.append("\(names[origin]) must ship \(first)...\(first + UInt64(count) - 1) of its log to \(names[peer]), but trimmed it through \(regions[origin].store.logFloor())")
+                    return close(origin, peer)
+                }
                 let frames = options.plantedBug == .shipOutsideResidency
                     ? [.batch(from: first, through: first + UInt64(count) - 1, entries: entries)]
                     : Shipment.batches(entries, from: first, through: first + UInt64(count) - 1, for: names[peer], cluster: cluster, bytesMax: 1 << 20)
@@ -1056,7 +1083,14 @@ public struct Simulation {
                 report.violations.append("\(names[peer]) holds \(names[origin])'s log up to \(applied), beyond its end \(appliedThrough(origin, origin)): the origin lost durable entries")
                 return close(origin, peer)
             }
+            guard applied >= regions[origin].store.logFloor() else {
+                report.violations.append("\(names[peer]) resumes \(names[origin])'s log after \(applied), but \(names[origin]) trimmed it through \(regions[origin].store.logFloor())")
+                return close(origin, peer)
+            }
             regions[origin].reconnectFailures[peer] = 0
+            // As the node's link: the welcome is the peer's durable point from now on.
+            regions[origin].peerDurable[peer] = applied
+            regions[origin].peerVisible[peer] = applied
             var shipper = LogShipper(peer: names[peer], acknowledged: applied, logHighWater: appliedThrough(origin, origin), limits: shipperLimits)
             let effects = shipper.streamOpened()
             regions[origin].shippers[peer] = shipper
@@ -1066,6 +1100,8 @@ public struct Simulation {
             // Only the durable point counts (the planted bug counts the visible one).
             let upTo = options.plantedBug == .countVisibleAcks ? visible : durable
             regions[origin].echoFrom[peer] = max(regions[origin].echoFrom[peer], echo)
+            regions[origin].peerDurable[peer] = max(regions[origin].peerDurable[peer], durable)
+            regions[origin].peerVisible[peer] = max(regions[origin].peerVisible[peer], visible)
             guard var shipper = regions[origin].shippers[peer] else {
                 report.violations.append("\(names[peer]) acknowledged on a stream it never welcomed")
                 return close(origin, peer)
@@ -1369,6 +1405,8 @@ public struct Simulation {
         regions[index].acks = AckTracker(origin: names[index])
         regions[index].reconnectFailures = Array(repeating: 0, count: count)
         regions[index].echoFrom = Array(repeating: 0, count: count)
+        regions[index].peerDurable = Array(repeating: 0, count: count)
+        regions[index].peerVisible = Array(repeating: 0, count: count)
         regions[index].freshness = Array(repeating: FreshnessTracker(), count: count)
         // Now and then the host's clock comes back wrong, beyond the maximum offset of every honest region's
         // (as the nemesis restarts a node with --clock-offset-ms), never for a majority at once (the fence cannot
@@ -1636,6 +1674,10 @@ public struct Simulation {
                 let held = start.last(of: term.leader, in: term.epoch) ?? 0
                 guard term.last > held else { continue }
                 if try store.loggedThrough(keyspace: strongKeyspace, origin: term.leader, epoch: term.epoch) < term.last { replaceAll = true }
+                if options.plantedBug == .discardInsteadOfKeepingAside {
+                    replaceAll = true
+                    continue
+                }
                 keys.formUnion(try store.divertHeld(keyspace: strongKeyspace, origin: term.leader, after: held, epoch: term.epoch,
                                                     successorEpoch: start.epoch, nowMs: physicalMs(index)))
             }
@@ -1731,6 +1773,7 @@ public struct Simulation {
             case .idempotentRetry(let id): retryIdempotent(id)
             case .tick:
                 for index in regions.indices where isRunning(index) {
+                    trimLog(index)
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }
                     carryMachine(index, regions[index].machine!.handle(.ticked(applied: appliedPoints(index), peers: peerLinks(index)),
                                                                        nowMs: nowMs, wallMs: physicalMs(index)))
@@ -1741,6 +1784,20 @@ public struct Simulation {
             }
         }
         nowMs = until
+    }
+
+    /// The node's log maintenance, every tick rather than every second (a narrower window would hide less): the
+    /// region trims its own log through what every peer acknowledged as durable (``LogTrim``).
+    private mutating func trimLog(_ index: Int) {
+        let peers = regions.indices.filter { $0 != index }
+        let acknowledged = peers.map { options.plantedBug == .trimByVisibleAcks ? regions[index].peerVisible[$0] : regions[index].peerDurable[$0] }
+        guard let through = LogTrim.through(highWater: appliedThrough(index, index), floor: regions[index].store.logFloor(), acknowledged: acknowledged,
+                                            settled: options.plantedBug == .trimWhileUnsettled || regions[index].machine!.mayTrimAcknowledged(nowMs: nowMs), retentionEntries: UInt64(cluster.limits.logRetentionEntries)) else { return }
+        do {
+            try regions[index].store.trimLog(origin: names[index], through: through)
+        } catch {
+            report.violations.append("\(names[index]) could not trim its log through \(through): \(error)")
+        }
     }
 
     // MARK: - Invariants
@@ -1782,6 +1839,20 @@ public struct Simulation {
         // the term that excluded it; what the regions hold must be the final term's history.
         guard report.convergenceMs != nil,
               let final = survivors.compactMap({ regions[$0].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start }).max(by: { $0.epoch < $1.epoch }) else { return }
+        // Nor is a write discarded silently (the contract's second promise): each of the strong keyspace's writes a
+        // surviving origin made is either in the final term's history or kept aside in that region's own divergence
+        // log, where its failover report lists it (peers that kept it aside on arrival are not enough).
+        let oldestNamed = final.terms.count >= EpochStart.termsMax ? (final.terms.map(\.epoch).min() ?? 0) : 0
+        for origin in survivors {
+            let keptHere = Set(held(origin).divergence.map { Dot(region: $0.origin, counter: $0.sequence) })
+            for entry in log(origin) where entry.keyspace == strongKeyspace && entry.epoch >= oldestNamed {
+                let dot = Dot(region: entry.origin, counter: entry.sequence)
+                let counted = (entry.origin == final.leader && entry.epoch == final.epoch) || (final.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
+                if !counted && !keptHere.contains(dot) {
+                    report.violations.append("\(names[origin])'s write \(dot) of epoch \(entry.epoch) was discarded: epoch \(final.epoch)'s history does not count it, and \(names[origin]) did not keep it aside")
+                }
+            }
+        }
         for index in survivors {
             for (key, state) in held(index).keys[strongKeyspace] ?? [:] {
                 for version in state.versions where diverted[version.dot] != nil {
@@ -1874,7 +1945,9 @@ public struct Simulation {
             for state in keys.values { winners.insert(state.winner(rules[keyspace] ?? .lww).dot) }
         }
         for origin in regions.indices {
-            for entry in held(reference).log[names[origin]] ?? [] where (rules[entry.keyspace] ?? .lww).discardsLosers && entry.keyspace != strongKeyspace {
+            // The reference's own log may be trimmed; every entry it committed is in the history.
+            let entries = origin == reference ? log(origin) : held(reference).log[names[origin]] ?? []
+            for entry in entries where (rules[entry.keyspace] ?? .lww).discardsLosers && entry.keyspace != strongKeyspace {
                 let dot = Dot(region: entry.origin, counter: entry.sequence)
                 guard !winners.contains(dot), !overwrittenVisible.contains(dot), !logged.contains(dot) else { continue }
                 report.violations.append("\(entry.keyspace)/\(entry.key) write \(entry.origin)#\(entry.sequence) was discarded without a conflicts-log record")

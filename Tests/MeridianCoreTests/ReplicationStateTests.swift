@@ -147,4 +147,18 @@ import Testing
             #expect(receiver.applied == log && shipper.acknowledged == log && shipper.lagEntries == 0)
         }
     }
+
+    @Test func theLogIsTrimmedThroughWhatEveryPeerHoldsDurably() {
+        // Up to the slowest peer's durable point, never past the log's end, and only forward.
+        #expect(LogTrim.through(highWater: 100, floor: 0, acknowledged: [60, 80], settled: true, retentionEntries: 1_000) == 60)
+        #expect(LogTrim.through(highWater: 100, floor: 60, acknowledged: [60, 80], settled: true, retentionEntries: 1_000) == nil)
+        #expect(LogTrim.through(highWater: 100, floor: 0, acknowledged: [], settled: true, retentionEntries: 1_000) == 100, "a sole replica keeps nothing for peers")
+        #expect(LogTrim.through(highWater: 100, floor: 0, acknowledged: [0, 100], settled: true, retentionEntries: 1_000) == nil,
+                "a peer not heard from since the start holds nothing the trim may assume")
+        // While a single-leader keyspace is unsettled, acknowledged entries stay; the retention bound still trims.
+        #expect(LogTrim.through(highWater: 100, floor: 10, acknowledged: [60, 80], settled: false, retentionEntries: 1_000) == nil)
+        #expect(LogTrim.through(highWater: 100, floor: 10, acknowledged: [60, 80], settled: false, retentionEntries: 30) == 70)
+        #expect(LogTrim.through(highWater: 100, floor: 0, acknowledged: [5], settled: true, retentionEntries: 30) == 70,
+                "a peer further behind than the retention needs a resync")
+    }
 }

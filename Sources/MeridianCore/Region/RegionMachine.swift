@@ -211,6 +211,17 @@ public struct RegionMachine: Sendable {
         /// (Reporting the batch committed to the replica's own machine before the fsync is no bug: a term start
         /// taken from it is saved with the election, and that durable write makes every apply before it durable.)
         case acknowledgeVisibleAsDurable = "acknowledge-visible-as-durable"
+        /// An origin trims its log through what its peers acknowledged as visible, not durable: a replica's crash takes
+        /// back an unsynced apply, and the origin no longer holds what it must ship again (``LogTrim``). The simulator
+        /// plants it.
+        case trimByVisibleAcks = "trim-by-visible-acks"
+        /// A revert brings every key that differs to the new leader's state instead of keeping the deposed leader's
+        /// writes aside: they vanish without a divergence-log record. The simulator plants it.
+        case discardInsteadOfKeepingAside = "discard-instead-of-keeping-aside"
+        /// An origin trims entries its peers acknowledged while a single-leader keyspace is unsettled here
+        /// (``RegionMachine/mayTrimAcknowledged(nowMs:)`` ignored). Peers acknowledge the entries their fence keeps aside,
+        /// so the deposed leader's revert no longer finds its own writes to keep aside. The simulator plants it.
+        case trimWhileUnsettled = "trim-while-unsettled"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).

@@ -630,16 +630,11 @@ final class Replicator: Sendable {
     private func maintain() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
-            var lowest = store.appliedHighWater()[region] ?? 0
-            for link in links.values { lowest = min(lowest, link.snapshot.acknowledged) }
-            // Acknowledged is not enough while leadership is unsettled here: the entries may have been kept aside.
-            if fence?.mayTrimAcknowledged() == false { lowest = store.logFloor() }
-            // Keep what some peer still needs, up to the retention bound; a peer beyond it needs a resync.
-            let highWater = store.appliedHighWater()[region] ?? 0
-            let retention = UInt64(limits.logRetentionEntries)
-            let floor = highWater > retention ? max(lowest, highWater - retention) : lowest
-            if floor > store.logFloor() {
-                do { try await store.trimLog(origin: region, through: floor) } catch {
+            let through = LogTrim.through(highWater: store.appliedHighWater()[region] ?? 0, floor: store.logFloor(),
+                                          acknowledged: links.values.map(\.snapshot.acknowledged), settled: fence?.mayTrimAcknowledged() != false,
+                                          retentionEntries: UInt64(limits.logRetentionEntries))
+            if let through {
+                do { try await store.trimLog(origin: region, through: through) } catch {
                     logger.warning("cannot trim the log", metadata: ["reason": "\(error.message)"])
                 }
             }

@@ -4,7 +4,7 @@ import MeridianTestKit
 import Synchronization
 
 /// A deterministic simulation of K regions replicating keyspaces of every topology and conflict policy with
-/// `majority` acks, driving the core's real state machines (`RegionMachine` with its `ElectionMember`s,
+/// `majority` acks (asked per write in the `async` keyspace `sim`, as `Meridian-Ack` does), driving the core's real state machines (`RegionMachine` with its `ElectionMember`s,
 /// `LogShipper`, `LogReceiver`, `AckTracker`, `HybridLogicalClock`, `WritePlanner`'s clock rules, `Admission`)
 /// with the node's `Limits`, under simulated time, WAN latency, partitions and isolations, crashes that lose
 /// everything not durable, pauses past the lease (SIGSTOP), operators' hand-overs, and the permanent loss of a
@@ -26,12 +26,13 @@ import Synchronization
 /// The model follows the node's protocol step by step, so the windows the node has are windows here:
 /// - a stream opens with hello; the receiver answers with the applied point it holds durably (welcome),
 ///   and the origin ships from there;
-/// - a receiver hands entries out when they arrive and the machine admits them; it applies them at once without
-///   an fsync (visible, the applied point moved in the same step: skipping what another stream already applied,
-///   refusing a gap) and acknowledges them as visible; a simulated fsync later makes them durable (a crash
-///   before it loses them, applied point and all, as a machine crash loses an unsynced write-ahead log), and
-///   only then does the receiver acknowledge them as durable, on the stream that carried them; only durable
-///   acknowledgements count toward `majority`, and only durable points reach the region machine;
+/// - a receiver hands entries out when they arrive and the machine admits them; a batch of `async` keyspaces
+///   only is applied at once without an fsync (visible, the applied point moved in the same step: skipping what
+///   another stream already applied, refusing a gap), and a simulated fsync later makes it durable (a crash
+///   before it loses it, applied point and all, as a machine crash loses an unsynced write-ahead log); any other
+///   batch is applied, visible and durable together, when its fsync completes (``ApplyDurability``); either
+///   way the receiver acknowledges only then, once, on the stream that carried it; only durable points count
+///   toward `majority` and reach the region machine;
 /// - origins send heartbeats, receivers answer them with their durable and visible points, and an origin
 ///   closes a stream it has not heard from within the silence limit;
 /// - a stream is a byte stream (FIFO), but different streams are not ordered with each other, and a
@@ -200,6 +201,9 @@ public struct Simulation {
         var admission: RegionMachine.BatchID?
         var admitted = false
         var diverted: [UInt64: UInt64] = [:]
+        /// How the batch being persisted applies (``ApplyDurability``): a durable one applies, visible and durable at
+        /// once, only when its fsync completes.
+        var durability = ApplyDurability.visibleFirst
     }
 
     private enum EventKind {
@@ -409,7 +413,7 @@ public struct Simulation {
             regions:
             \(all.enumerated().map { "  - { name: \($1), client: 127.0.0.1:\(1000 + $0), peer: 127.0.0.1:\(2000 + $0) }" }.joined(separator: "\n"))
             keyspaces:
-              - { name: sim, topology: multi-leader, ack: majority, consistency: { default: session } }
+              - { name: sim, topology: multi-leader, ack: async, consistency: { default: session } }
               - { name: strong, topology: single-leader, leader: \(all[0]), ack: majority,
                   failover: { order: [\(all.map(\.rawValue).joined(separator: ", "))], missed_heartbeats: 5, failback: true } }
               - { name: fww, topology: multi-leader, conflict: fww, ack: majority }
@@ -1210,21 +1214,31 @@ public struct Simulation {
         }
     }
 
-    /// The machine admitted a batch: the store applies it at once, without an fsync, in one step against its applied
-    /// point (skipping what is already applied, refusing a gap, keeping aside what the machine diverted); the
-    /// region acknowledges it as visible, and the simulated fsync that follows (``persistCompleted``) makes it durable.
+    /// The machine admitted a batch of `async` keyspaces only (``ApplyDurability/visibleFirst``): the store applies it
+    /// at once, without an fsync, in one step against its applied point (skipping what is already applied, refusing a
+    /// gap, keeping aside what the machine diverted), and the simulated fsync that follows (``persistCompleted``) makes
+    /// it durable. As the node's, the region acknowledges it only then.
     private mutating func applyVisibly(_ region: Int, stream id: UInt64, diverted: [UInt64: UInt64]) {
-        guard var inbound = regions[region].inbound[id], let batch = inbound.persisting else { return }
+        guard let visible = apply(region, stream: id, diverted: diverted, durable: false) else { return }
+        // The planted bug: the replica calls what it applied visibly durable before its fsync.
+        if options.plantedBug == .acknowledgeVisibleAsDurable {
+            send(.ack(durable: visible, visible: visible, echo: nowMs), on: id, toPeer: false)
+        }
+    }
+
+    /// Applies the batch being persisted on stream `id` in one step, durably or not; nil when the store refused it.
+    private mutating func apply(_ region: Int, stream id: UInt64, diverted: [UInt64: UInt64], durable: Bool) -> UInt64? {
+        guard var inbound = regions[region].inbound[id], let batch = inbound.persisting else { return nil }
         let origin = inbound.origin
         let before = appliedThrough(region, origin)
         let visible: UInt64
         do {
             visible = try regions[region].store.applyReplicated(origin: names[origin], from: batch.from, through: batch.through,
-                                                                entries: batch.entries, diverted: diverted, durable: false)
+                                                                entries: batch.entries, diverted: diverted, durable: durable)
         } catch {
             report.violations.append("\(names[region]) could not apply \(names[origin])'s \(batch.from)...\(batch.through) after applying up to \(before): \(error)")
             regions[region].inbound[id] = nil
-            return
+            return nil
         }
         for entry in batch.entries where entry.sequence > before {
             if let successor = diverted[entry.sequence] {
@@ -1238,9 +1252,7 @@ public struct Simulation {
         inbound.admitted = true
         regions[region].inbound[id] = inbound
         regions[region].freshness[origin].advance(applied: visible)
-        // The planted bug: the replica calls what it applied visibly durable before its fsync.
-        let durable = options.plantedBug == .acknowledgeVisibleAsDurable ? visible : durableThrough(region, origin)
-        send(.ack(durable: durable, visible: visible, echo: nowMs), on: id, toPeer: false)
+        return visible
     }
 
     /// A persist (the fsync after a visible apply) completed: the region's applies so far are durable; the receiver
@@ -1254,12 +1266,20 @@ public struct Simulation {
         }
         let origin = inbound.origin
         let durable: UInt64
-        do {
-            durable = try regions[region].store.syncApplied()[names[origin]] ?? 0
-        } catch {
-            report.violations.append("\(names[region]) could not sync \(names[origin])'s \(batch.from)...\(batch.through): \(error)")
-            regions[region].inbound[id] = nil
-            return
+        switch inbound.durability {
+        case .durable:
+            // One transaction with its fsync: the batch becomes visible and durable together.
+            guard apply(region, stream: id, diverted: inbound.diverted, durable: true) != nil, let applied = regions[region].inbound[id] else { return }
+            inbound = applied
+            durable = durableThrough(region, origin)
+        case .visibleFirst:
+            do {
+                durable = try regions[region].store.syncApplied()[names[origin]] ?? 0
+            } catch {
+                report.violations.append("\(names[region]) could not sync \(names[origin])'s \(batch.from)...\(batch.through): \(error)")
+                regions[region].inbound[id] = nil
+                return
+            }
         }
         _ = inbound.receiver.persisted(upTo: batch.through)
         let admitted = inbound.admission
@@ -1540,7 +1560,14 @@ public struct Simulation {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) without holding \(missing), which the start of epoch \(start.epoch) counts")
                     }
                 }
-                applyVisibly(index, stream: stream, diverted: diverted)
+                let durability = ApplyDurability.of(regions[index].inbound[stream]!.persisting?.entries ?? [], in: cluster)
+                regions[index].inbound[stream]!.durability = durability
+                switch durability {
+                case .visibleFirst: applyVisibly(index, stream: stream, diverted: diverted)
+                case .durable:
+                    regions[index].inbound[stream]!.diverted = diverted
+                    regions[index].inbound[stream]!.admitted = true
+                }
                 guard regions[index].inbound[stream] != nil else { continue }
                 // The fsync: a crash before it completes loses the batch; now and then the disk stalls.
                 let fsyncMs = Int.random(in: 0..<33, using: &generator) == 0 ? UInt64.random(in: 300...1_500, using: &generator) : UInt64.random(in: 1...8, using: &generator)

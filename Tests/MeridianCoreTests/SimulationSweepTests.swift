@@ -95,18 +95,19 @@ import Testing
     /// Each failover rule broken on purpose is caught: a short sweep of longer runs (more elections each) finds a
     /// seed that reports the violation (the sweep stops at the first; the rarest, a deposed leader's unshipped
     /// entry applied, needs a leader cut off while its own clients write, which about one seed in sixty has). A catch-up needs an earlier term's writes that no stream brings, which
-    /// happens most when a region is lost for good: that bug's sweep loses one of five.
+    /// happens most when a region is lost for good: that bug's sweep loses one of five. A deposed leader that trimmed
+    /// its own entries while unsettled needs every peer to have acknowledged them kept aside, about one seed in forty.
     @Test(arguments: RegionMachine.PlantedBug.allCases)
     func aPlantedBugIsCaught(_ bug: RegionMachine.PlantedBug) async {
         var caught: Simulation.Report?
         let losesARegion = bug == .raisePastPulled
-        for seed in UInt64(1)...300 where caught == nil {
+        for seed in UInt64(1)...600 where caught == nil {
             await Task.yield()
             var simulation = Simulation(.init(seed: seed, steps: 600, regions: losesARegion ? 5 : 3, loseARegion: losesARegion, plantedBug: bug))
             let report = simulation.run()
             if !report.passed { caught = report }
         }
-        #expect(caught != nil, "no seed of 300 caught \(bug.rawValue)")
+        #expect(caught != nil, "no seed of 600 caught \(bug.rawValue)")
     }
 
     @Test func aSeedReplaysExactly() {

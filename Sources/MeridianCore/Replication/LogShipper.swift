@@ -248,6 +248,31 @@ public struct ApplyQueue: Sendable {
     }
 }
 
+/// How a replica applies one batch of another origin's log: the rule the node's applier and the simulator share.
+public enum ApplyDurability: Sendable, Hashable {
+    /// One transaction with its fsync: the entries become visible once durable, and one acknowledgement follows.
+    /// For a batch holding a write of a keyspace whose acknowledgement is `majority` or `all`: its origin waits
+    /// for this region's durable point, and a second transaction (and a second ack frame through the WAN) would
+    /// cost more than the fsync it spares readers. Measured at 697fab8: 22% less replica CPU per write, one
+    /// at a time.
+    case durable
+    /// Visible at once, without an fsync; a sync follows, and one acknowledgement after it. For a batch of `async`
+    /// keyspaces only: no origin waits for it by the keyspaces' rules, and readers here see the writes a fsync
+    /// sooner. A crash before the sync takes the batch back whole, applied point and all; the origin ships it
+    /// again from the durable point.
+    case visibleFirst
+
+    /// How to apply `entries` (one batch, of any keyspaces), by their keyspaces' acknowledgement rules. An entry of a
+    /// keyspace the cluster does not name counts as awaited.
+    public static func of(_ entries: [ReplicationEntry], in cluster: ClusterConfig) -> ApplyDurability {
+        var seen: Set<KeyspaceName> = []
+        for entry in entries where seen.insert(entry.keyspace).inserted {
+            guard let policy = cluster.keyspace(entry.keyspace), policy.ack == .async else { return .durable }
+        }
+        return .visibleFirst
+    }
+}
+
 /// How fresh a region's copy of one origin's writes is, from heartbeats that echo the region's own clock.
 ///
 /// The region stamps each ack with its own clock; the origin returns the latest stamp in its next heartbeat,

@@ -506,10 +506,12 @@ final class Replicator: Sendable {
     }
 
     /// Applies what arrived on one inbound stream: everything queued since the last apply goes in one store
-    /// transaction, committed without an fsync so it is readable at once, and acknowledged as visible; then a sync
-    /// makes it durable and a second ack says so. Only durable points count toward `majority`/`all` and trimming at
-    /// the origin, and only they reach the region machine (``Leadership``) and the stream's receiver: a machine
-    /// crash between the two acks loses the batch here, and the origin ships it again from the durable point.
+    /// transaction (``ApplyDurability``). A batch with a write some origin waits for (`majority` or `all`
+    /// keyspaces) commits with its fsync; a batch of `async` keyspaces commits without one, readable at once, and a
+    /// sync makes it durable. Either way one ack follows, with the durable point. Only durable points count toward
+    /// `majority`/`all` and trimming at the origin, and only they reach the region machine (``Leadership``) and
+    /// the stream's receiver: a machine crash before the sync loses a visible-first batch here, and the origin
+    /// ships it again from the durable point.
     private func applyBatches(_ applier: BatchApplier, origin: RegionName, replies: AsyncStream<PeerFrame>.Continuation) async throws {
         defer { applier.stopped() }
         for await _ in applier.doorbell {
@@ -523,10 +525,11 @@ final class Replicator: Sendable {
                     // there; reads open later without a round trip).
                     try await bringDataKeys(for: entries.map { ($0.keyspace, $0.value) }, from: [origin])
                     let admitted = try await fence?.admit(entries)
+                    let durability = ApplyDurability.of(entries, in: cluster)
                     let visible: UInt64
                     do {
                         visible = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries.map(withClusterRegionsOnly),
-                                                                  diverted: admitted?.diverted ?? [:], durable: false)
+                                                                  diverted: admitted?.diverted ?? [:], durable: durability == .durable)
                     } catch {
                         if let admitted { fence?.committed(admitted, false) }
                         applier.failed()
@@ -534,10 +537,10 @@ final class Replicator: Sendable {
                     }
                     recordApplied(entries, origin: origin, applied: visible)
                     progress.signal()
-                    let durableNow = store.appliedHighWater()[origin] ?? 0
-                    replies.yield(.ack(applied: durableNow, visible: max(visible, durableNow), echoMs: monotonicMs))
                     do {
-                        applied = try await store.syncApplied()[origin] ?? 0
+                        // A visible-first batch is acknowledged once, after its sync: the origin counts only durable
+                        // points, so an ack of the visible one would be a frame through the WAN for nothing.
+                        applied = durability == .durable ? visible : try await store.syncApplied()[origin] ?? 0
                     } catch {
                         // Applied and readable here, so held as far as this process goes; not durable, so never
                         // acknowledged as such. The stream ends and the origin ships the batch again from the durable point.

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # CPU per write when writes come one at a time: the demo cluster (`meridian up`, WAN delays scaled to near zero),
-# one wrk connection writing 100-byte values to the `majority` keyspace `inventory` at us-east, and each process's
-# CPU time from /proc over the run.
+# one wrk connection writing 100-byte values to one keyspace at us-east (the `majority` keyspace `inventory` unless
+# KEYSPACE names another, such as the `async` `profiles`), and each process's CPU time from /proc over the run.
 #
-#   scripts/low-load-cpu.sh BINARY [SECONDS]
+#   [KEYSPACE=NAME] scripts/low-load-cpu.sh BINARY [SECONDS]
 #
 # Prints writes/s, the p50 latency and the CPU milliseconds per write of the WAN emulator and each region. It uses
 # the demo's fixed ports (7100-7320), so nothing else may hold them; it stops everything it started. Needs wrk.
 set -euo pipefail
 binary=${1:?usage: scripts/low-load-cpu.sh BINARY [SECONDS]}
 seconds=${2:-6}
+keyspace=${KEYSPACE:-inventory}
 command -v wrk >/dev/null || { echo "low-load-cpu: wrk is missing (apt-get install -y wrk)" >&2; exit 1; }
 work=$(mktemp -d)
 cluster=""
@@ -19,12 +20,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-cat > "$work/put.lua" <<'LUA'
+cat > "$work/put.lua" <<LUA
 local n = -1
 local value = string.rep("v", 100)
 request = function()
   n = n + 1
-  return wrk.format("PUT", "/v1/kv/inventory/k" .. (n % 1000), {["Content-Type"] = "application/octet-stream"}, value)
+  return wrk.format("PUT", "/v1/kv/$keyspace/k" .. (n % 1000), {["Content-Type"] = "application/octet-stream"}, value)
 end
 LUA
 "$binary" up --data "$work/data" --latency-scale 0.001 > "$work/up.log" 2>&1 &

@@ -253,7 +253,13 @@ actor GroupCommitter {
                         .replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
                         context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)])), (0, 0))
                 }
-                guard through > applied else { return (.success((applied, [:])), (0, 0)) }
+                guard through > applied else {
+                    // Nothing new: a durable apply still writes, so its commit syncs, for the point it returns may be
+                    // another stream's visible apply not synced yet (SQLite commits a transaction that wrote nothing
+                    // without an fsync).
+                    if durable { try Self.markSynced(db) }
+                    return (.success((applied, [:])), (0, 0))
+                }
                 var recordedKeys = 0
                 var appliedAny = false
                 let fresh = entries.filter { $0.sequence > applied && diverted[$0.sequence] == nil }
@@ -334,10 +340,7 @@ actor GroupCommitter {
         let region = self.region
         do {
             return try await pool.write { db -> [RegionName: UInt64] in
-                try db.cachedStatement(sql: """
-                    INSERT INTO meta (name, value) VALUES ('applies_synced', '1')
-                    ON CONFLICT (name) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
-                    """).execute()
+                try Self.markSynced(db)
                 var applied: [RegionName: UInt64] = [:]
                 for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT origin, sequence FROM applied WHERE origin != ?"), arguments: [region.rawValue]) {
                     applied[try RegionName(row[0] as String)] = UInt64(row[1] as Int64)
@@ -347,6 +350,15 @@ actor GroupCommitter {
         } catch {
             throw StorageFault.error(error, directory: directory, what: "Applied entries could not be made durable")
         }
+    }
+
+    /// A small write in the caller's transaction, so its commit appends to the write-ahead log and syncs it, which
+    /// makes every commit before it durable.
+    private static func markSynced(_ db: Database) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO meta (name, value) VALUES ('applies_synced', '1')
+            ON CONFLICT (name) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
+            """).execute()
     }
 
     /// Merges key states another region sent (anti-entropy) into this region's, in one transaction: each key

@@ -188,7 +188,8 @@ public final class RegionStore: RegionStorage {
     ///
     /// The applied point is read and moved inside the batch's transaction, so concurrent or repeated batches
     /// (a resumed stream racing an old one) can neither skip nor repeat an entry.
-    /// - Returns: How far the origin's log is applied afterwards; acknowledge this to the origin.
+    /// - Returns: How far the origin's log is applied afterwards: durable when `durable` (the transaction writes and
+    ///   syncs even when nothing in the range is new), visible only otherwise, until a ``syncApplied()``.
     /// - Throws: `replication_protocol` on a gap, a foreign or out-of-range entry, or this region's own log
     ///   (nothing applied); `storage_failure` when the disk refuses.
     /// - Parameter diverted: Sequences of entries a fence refused (a deposed leader's writes its successor never

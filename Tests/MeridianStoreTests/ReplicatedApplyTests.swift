@@ -2,6 +2,7 @@
 // skipped, gaps refused with nothing applied), last-writer-wins by HLC whatever the arrival order, the
 // local clock moving past applied entries, and the applied high-water surviving a restart.
 import Foundation
+import GRDB
 import MeridianCore
 import MeridianStorage
 import MeridianStore
@@ -111,6 +112,24 @@ import Testing
             store.close()
             #expect(try await fixture.openSQLite().synchronousLevel() == 2, "commits after a visible apply are synced again")
         }
+    }
+
+    /// A durable apply of a range already applied (another stream applied it visibly first) returns that stream's
+    /// point as durable, so its transaction must still write: SQLite commits a transaction that wrote nothing without
+    /// an fsync, and the point acknowledged would not be durable. Without the write in that case this fails.
+    @Test func aDurableApplyOfNothingNewStillSyncs() async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        let store = try fixture.openSQLite()
+        defer { store.close() }
+        let entries = [remote(1, key: "a", value: "1", physicalMs: 5), remote(2, key: "b", value: "2", physicalMs: 6), remote(3, key: "c", value: "3", physicalMs: 7)]
+        _ = try await store.applyReplicated(origin: eu, from: 1, through: 3, entries: entries, diverted: [:], durable: false)
+        let reader = try DatabaseQueue(path: fixture.path)
+        let synced = { try reader.read { db in try Int.fetchOne(db, sql: "SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'applies_synced'") ?? 0 } }
+        let before = try synced()
+        let applied = try await store.applyReplicated(origin: eu, from: 1, through: 2, entries: Array(entries.prefix(2)), diverted: [:], durable: true)
+        #expect(applied == 3 && store.appliedHighWater()[eu] == 3)
+        #expect(try synced() == before + 1, "the durable apply committed a write, so its commit synced the visible apply before it")
     }
 
     /// Visible applies whose tasks are cancelled while they run still leave the connection syncing every commit

@@ -253,11 +253,12 @@ public enum ApplyDurability: Sendable, Hashable {
     /// One transaction with its fsync: the entries become visible once durable, and one acknowledgement follows.
     /// For a batch holding a write of a keyspace whose acknowledgement is `majority` or `all`: its origin waits
     /// for this region's durable point, and a second transaction (and a second ack frame through the WAN) would
-    /// cost more than the fsync it spares readers. Measured at 697fab8: 22% less replica CPU per write, one
-    /// at a time.
+    /// cost more than the fsync it spares readers: 22% less replica CPU per write, one at a time, than the two
+    /// (BENCHMARKS.md). A write that asks for `majority` or `all` in an `async` keyspace (`Meridian-Ack`) takes the
+    /// other path: entries do not carry their ack mode.
     case durable
     /// Visible at once, without an fsync; a sync follows, and one acknowledgement after it. For a batch of `async`
-    /// keyspaces only: no origin waits for it by the keyspaces' rules, and readers here see the writes a fsync
+    /// keyspaces only: no origin waits for it by the keyspaces' own rules, and readers here see the writes an fsync
     /// sooner. A crash before the sync takes the batch back whole, applied point and all; the origin ships it
     /// again from the durable point.
     case visibleFirst

@@ -256,6 +256,8 @@ public struct Simulation {
         /// process started (the log trim counts the durable ones, as the node's links).
         var peerDurable: [UInt64]
         var peerVisible: [UInt64]
+        /// When the region last trimmed its log (the node's maintenance runs once a second).
+        var trimmedMs: UInt64 = 0
         var freshness: [FreshnessTracker]          // per origin, on the true clock (a perfect monotonic clock)
         /// The region machine, rebuilt from the durable election state at every start.
         var machine: RegionMachine?
@@ -1800,7 +1802,7 @@ public struct Simulation {
             case .idempotentRetry(let id): retryIdempotent(id)
             case .tick:
                 for index in regions.indices where isRunning(index) {
-                    trimLog(index)
+                    if nowMs >= regions[index].trimmedMs + 1_000 { trimLog(index) }
                     for resolution in regions[index].acks.tick(nowMs: nowMs) { resolve(index, resolution) }
                     carryMachine(index, regions[index].machine!.handle(.ticked(applied: appliedPoints(index), peers: peerLinks(index)),
                                                                        nowMs: nowMs, wallMs: physicalMs(index)))
@@ -1813,13 +1815,19 @@ public struct Simulation {
         nowMs = until
     }
 
-    /// The node's log maintenance, every tick rather than every second (a narrower window would hide less): the
-    /// region trims its own log through what every peer acknowledged as durable (``LogTrim``).
+    /// The node's log maintenance, once a second: the region trims its own log through what every peer acknowledged
+    /// as durable (``LogTrim``). A trim is a durable step of the store, as the node's is a synced transaction, so
+    /// it also makes the visible applies before it durable; trimming more often than the node would hide windows.
     private mutating func trimLog(_ index: Int) {
+        regions[index].trimmedMs = nowMs
         let peers = regions.indices.filter { $0 != index }
         let acknowledged = peers.map { options.plantedBug == .trimByVisibleAcks ? regions[index].peerVisible[$0] : regions[index].peerDurable[$0] }
         guard let through = LogTrim.through(highWater: appliedThrough(index, index), floor: regions[index].store.logFloor(), acknowledged: acknowledged,
                                             settled: options.plantedBug == .trimWhileUnsettled || regions[index].machine!.mayTrimAcknowledged(nowMs: nowMs), retentionEntries: UInt64(cluster.limits.logRetentionEntries)) else { return }
+        if let trace {
+            let snapshot = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)
+            trace("\(nowMs) ms \(names[index]): trims its log through \(through) (peers acknowledged \(acknowledged); \(snapshot.map { "\($0.role) of epoch \($0.epoch), lease \($0.holdsLease), start \($0.start?.epoch ?? 0)" } ?? ""))")
+        }
         do {
             try regions[index].store.trimLog(origin: names[index], through: through)
         } catch {

@@ -411,16 +411,17 @@ public struct RegionMachine: Sendable {
 
     /// Whether this region may trim its own log up to what its peers acknowledged. Not while a single-leader
     /// keyspace it takes part in is unsettled here: it leads without its lease (a successor may have begun a term
-    /// it has not heard of, and peers acknowledge the entries such a fence keeps aside as applied), an election
-    /// runs, or it follows a term whose start it has not yet checked its copy against (the revert finds the
-    /// deposed leader's writes in the log, to keep them aside here). The retention bound still trims.
+    /// it has not heard of, and peers acknowledge the entries such a fence keeps aside as applied), it follows a
+    /// term it led itself (restarted after leading it: the same successor may exist), an election runs, or it
+    /// follows a term whose start it has not yet checked its copy against (the revert finds the deposed leader's
+    /// writes in the log, to keep them aside here). The retention bound still trims.
     public func mayTrimAcknowledged(nowMs: UInt64) -> Bool {
         terms.values.allSatisfy { term in
             guard term.phase == .steady, let start = term.start, start.epoch == term.member.record.epoch,
                   term.checkedEpoch == start.epoch else { return false }
             switch term.member.role {
             case .leader: return term.member.holdsLease(nowMs: nowMs)
-            case .follower: return true
+            case .follower: return start.leader != region
             case .candidate: return false
             }
         }

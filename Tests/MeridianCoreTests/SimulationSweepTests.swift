@@ -16,13 +16,35 @@
 // after each run the leader is killed with every link whole, and the region that takes over must be the first in
 // the failover order that could have stood holding as much; each failover rule's planted bug is caught by a short sweep. A failing seed
 // replays with `meridian sim --seed N --regions K --steps 200 [--lose-a-region] [--planted-bug B] --verbose --trace`.
+import Dispatch
+import Foundation
 import MeridianCore
 import MeridianSimulator
 import Testing
 
+/// Runs simulations off the cooperative pool, at most two at once in the process. A run is pure CPU for a fraction of
+/// a second; run on the pool, a sweep's cases would hold both of its threads between their yields, and a live test
+/// in the same process (whose timers and clients need the pool) would miss its time limit.
+enum SimulationRunner {
+    private static let slots = DispatchSemaphore(value: 2)
+
+    static func run(_ options: Simulation.Options) async -> Simulation.Report {
+        await withCheckedContinuation { continuation in
+            let thread = Thread {
+                slots.wait()
+                defer { slots.signal() }
+                var simulation = Simulation(options)
+                continuation.resume(returning: simulation.run())
+            }
+            thread.stackSize = 16 << 20
+            thread.start()
+        }
+    }
+}
+
 @Suite struct SimulationSweepTests {
-    /// Async, yielding between seeds: the sweep runs for a minute or more, and live tests in the same process must not
-    /// starve of threads meanwhile (a live test's timers and clients run on the same cooperative pool).
+    /// Each seed runs on a thread of its own (``SimulationRunner``): the sweep takes a minute or more, and live tests in
+    /// the same process must not starve of threads meanwhile (a live test's timers and clients run on the cooperative pool).
     @Test func fiveHundredSeedsKeepEveryInvariant() async {
         var failures: [String] = []
         var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
@@ -32,9 +54,7 @@ import Testing
         for seed in UInt64(1)...500 {
             let regions = 3 + Int(seed % 3)
             // Every fourth seed also loses a region for good.
-            await Task.yield()
-            var simulation = Simulation(.init(seed: seed, steps: 200, regions: regions, loseARegion: seed % 4 == 0))
-            let report = simulation.run()
+            let report = await SimulationRunner.run(.init(seed: seed, steps: 200, regions: regions, loseARegion: seed % 4 == 0))
             staleBatches += report.staleBatches
             persistsLost += report.persistsLost
             strong += report.strongOperations
@@ -102,17 +122,15 @@ import Testing
         var caught: Simulation.Report?
         let losesARegion = bug == .raisePastPulled
         for seed in UInt64(1)...600 where caught == nil {
-            await Task.yield()
-            var simulation = Simulation(.init(seed: seed, steps: 600, regions: losesARegion ? 5 : 3, loseARegion: losesARegion, plantedBug: bug))
-            let report = simulation.run()
+            let report = await SimulationRunner.run(.init(seed: seed, steps: 600, regions: losesARegion ? 5 : 3, loseARegion: losesARegion, plantedBug: bug))
             if !report.passed { caught = report }
         }
         #expect(caught != nil, "no seed of 600 caught \(bug.rawValue)")
     }
 
-    @Test func aSeedReplaysExactly() {
-        var first = Simulation(.init(seed: 42, steps: 300, regions: 4))
-        var second = Simulation(.init(seed: 42, steps: 300, regions: 4))
-        #expect(first.run().description == second.run().description)
+    @Test func aSeedReplaysExactly() async {
+        let first = await SimulationRunner.run(.init(seed: 42, steps: 300, regions: 4))
+        let second = await SimulationRunner.run(.init(seed: 42, steps: 300, regions: 4))
+        #expect(first.description == second.description)
     }
 }

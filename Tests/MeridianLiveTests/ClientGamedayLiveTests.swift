@@ -132,6 +132,15 @@ extension LiveTests {
                     print(answer.status, answer.headers.get('idempotent-replayed'), answer.text)
                     """
                 let python = Task { try ClientLibraryLiveTests.python(["-c", script], environment: [:]) }
+                // Both first attempts are committed at eu-west, and their ack waits (1 s) over, before ap-southeast
+                // resumes: Python's interpreter can take more than a second to start on a machine busy with other tests.
+                let probe = try await cluster.connect("eu-west")
+                for counter in ["swift", "python"] {
+                    _ = try await eventually(timeoutSeconds: 30, {
+                        try await probe.request("GET", "/v1/crdt/tally/\(counter)", headers: [("Meridian-Consistency", "eventual")])
+                    }, until: { $0.status == 200 })
+                }
+                await probe.close()
                 try await Task.sleep(for: .seconds(2))
                 // Meanwhile a retry refused before it reaches the store still says the write may be applied: eu-west
                 // holds the first attempt.

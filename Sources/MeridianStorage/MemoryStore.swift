@@ -438,10 +438,6 @@ public final class MemoryStore: RegionStorage {
         try reading { open in Array((open.contents.log[origin] ?? []).lazy.filter { $0.sequence > sequence }.prefix(limit)) }
     }
 
-    public func logHighWater() throws(MeridianError) -> [RegionName: UInt64] {
-        try reading { open in open.contents.log.compactMapValues { $0.last?.sequence } }
-    }
-
     public func logFloor() -> UInt64 {
         state.withLock { $0.contents.logFloor }
     }

@@ -62,8 +62,6 @@ public protocol ReplicationLogStore: Sendable {
     func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64
     /// This region's own log after `sequence`, at most `limit` entries.
     func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry]
-    /// Per origin, the last sequence held in the log.
-    func logHighWater() async throws(MeridianError) -> [RegionName: UInt64]
     /// The last sequence of this region's log trimmed away (a peer behind it needs anti-entropy).
     func logFloor() -> UInt64
     /// Drops this region's log entries up to `sequence` (every peer has applied them).

@@ -462,17 +462,6 @@ public final class RegionStore: RegionStorage {
         }
     }
 
-    /// The highest sequence of each origin's log held here, by origin name.
-    public func logHighWater() async throws(MeridianError) -> [RegionName: UInt64] {
-        try await reading { db in
-            var result: [RegionName: UInt64] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT origin, MAX(sequence) AS sequence FROM log GROUP BY origin") {
-                result[try RegionName(row["origin"] as String)] = UInt64(row["sequence"] as Int64)
-            }
-            return result
-        }
-    }
-
     /// Counts live keys per keyspace (from the counts kept with the Merkle leaves: 256 rows a keyspace).
     public func keyCounts() async throws(MeridianError) -> [String: Int] {
         try await reading { db in try MerkleRows.liveCounts(db) }

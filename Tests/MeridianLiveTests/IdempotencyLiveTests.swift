@@ -18,7 +18,8 @@ extension LiveTests {
 
             """
 
-        /// Per region, the log ends it holds (its own log and every origin's it applied), once every region agrees.
+        /// Per region, how far it has each origin's log (its own written, every other applied), once every region agrees.
+        /// A trim of the log does not move these, so equal listings before and after mean nothing was written.
         static func settledLogs(_ cluster: LiveCluster, regions: [String]) async throws -> [String: Int] {
             let logs = try await eventually(timeoutSeconds: 20, { () async throws -> [[String: Int]] in
                 var all: [[String: Int]] = []
@@ -106,9 +107,8 @@ extension LiveTests {
                 let again = try await connections["eu-west"]!.request("PUT", "/v1/kv/accounts/alice", headers: [("Idempotency-Key", transfer)], body: Array("100".utf8))
                 #expect(again.status == 200 && again.header("ETag") == first.header("ETag"), "\(again.text)")
                 // No new entry in any survivor's log: neither survivor's own log grew (a retry applied again would be
-                // an entry of the new leader's), and us-east's log ends at the first write. An origin whose entries every
-                // peer applied may be missing from a listing, so us-east's end is read from the first write's version
-                // (its ETag ends with the sequence), not from the listing before the kill.
+                // an entry of the new leader's), and us-east's log ends at the first write, whose sequence
+                // its version names (the ETag ends with it).
                 let survivors = ["eu-west", "ap-southeast"]
                 let logsAfter = try await Self.settledLogs(cluster, regions: survivors)
                 let firstSequence = Int(first.header("ETag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")).split(separator: ".").last ?? "") ?? 0

@@ -71,7 +71,6 @@ final class HeldElectionStore: RegionStorage {
     func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
         try inner.logEntries(origin: origin, after: sequence, limit: limit)
     }
-    func logHighWater() async throws(MeridianError) -> [RegionName: UInt64] { try inner.logHighWater() }
     func logFloor() -> UInt64 { inner.logFloor() }
     func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) { try inner.trimLog(origin: origin, through: sequence) }
     func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) { try inner.merkleTree(keyspace: keyspace) }

@@ -49,7 +49,6 @@ extension RegionNode {
 
     func status() async throws(MeridianError) -> Response {
         let counts = try await store.keyCounts()
-        let highWater = try await store.logHighWater()
         // What reads here see of each origin (durable or about to be: a peer's batch is readable before its sync).
         let applied = store.visibleHighWater()
         let ownHighWater = applied[region] ?? 0
@@ -94,7 +93,7 @@ extension RegionNode {
         return JSON.response(StatusAnswer(
             region: region.rawValue, cluster: configuration.cluster.name, pid: ProcessInfo.processInfo.processIdentifier, uptimeMs: UInt64((ContinuousClock.now - startedAt).components.seconds * 1000),
             keyspaces: keyspaces, peers: peers,
-            log: Dictionary(uniqueKeysWithValues: highWater.map { ($0.key.rawValue, $0.value) }), clock: clockStatus(), storage: storageStatus(), limits: limits))
+            log: Dictionary(uniqueKeysWithValues: applied.map { ($0.key.rawValue, $0.value) }), clock: clockStatus(), storage: storageStatus(), limits: limits))
     }
 
     func keyspaces() -> Response {

@@ -24,8 +24,15 @@ import Synchronization
 /// leader's key states; failback and hand-overs go through the machine's ticks.
 ///
 /// The model follows the node's protocol step by step, so the windows the node has are windows here:
+/// - an origin's writes are a group commit: planned and visible to its later writes at once, shipped to the peers
+///   at once (before the fsync, as a Raft leader sends while it writes its log), durable and answered only when
+///   the simulated fsync completes; a crash before then loses them, and the restarted origin numbers its next
+///   writes from its durable end. The origin then tells its peers its durable point, and a peer applies only up
+///   to the last one it heard (``ApplyQueue/takeBatch(through:)``): no region ever holds an entry its origin
+///   lost, so a number reused after a crash names one write wherever it is held. Readers there, and the states
+///   a catch-up, a revert or anti-entropy pulls, see committed writes only;
 /// - a stream opens with hello; the receiver answers with the applied point it holds durably (welcome),
-///   and the origin ships from there;
+///   the origin says how far its log is durable, and ships from there;
 /// - a receiver hands entries out when they arrive and the machine admits them; a batch of `async` keyspaces
 ///   only is applied at once without an fsync (visible, the applied point moved in the same step: skipping what
 ///   another stream already applied, refusing a gap), and a simulated fsync later makes it durable (a crash
@@ -50,6 +57,8 @@ import Synchronization
 /// aside by a term a hand-over started; no kept-aside write in any region's state after convergence; no write
 /// discarded silently (each write of a surviving origin is in the final term's history or in that origin's own
 /// divergence log). Each has a planted bug (`RegionMachine.PlantedBug`) that the sweep shows is caught.
+///
+/// No region applies an entry beyond what its origin holds durably (the planted bug applies what arrived).
 ///
 /// Invariants checked: every `majority`-acknowledged write was durable in a majority when acknowledged and
 /// is never lost (with a region lost for good: it survives in a surviving region); every region applies
@@ -109,6 +118,8 @@ public struct Simulation {
         public var strongOperations = 0, sessionOperations = 0, boundedReads = 0
         /// Persists interrupted by a crash (entries handed out, never made durable).
         public var persistsLost = 0
+        /// Writes lost with their origin's crash before their commit's fsync (never answered).
+        public var commitsLost = 0
         /// Streams closed because the peer went silent.
         public var silenceCloses = 0
         /// Writes to the conflict-policy keyspaces (fww, region-priority, siblings, crdt), and what they caused:
@@ -151,7 +162,7 @@ public struct Simulation {
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
             text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(forwardedWrites) forwarded, \(idempotentRetries) idempotent retries (\(idempotentReplays) replayed), \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
-            text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(silenceCloses) silence closes; "
+            text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(commitsLost) commits lost in their fsync, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
             if let drill { text += "; drill: \(drill)" }
@@ -172,6 +183,9 @@ public struct Simulation {
         case ack(durable: UInt64, visible: UInt64, echo: UInt64)
         /// An election frame of the strong keyspace, carried on the sender's stream as the node carries it.
         case election(keyspace: KeyspaceName, message: ElectionMessage, start: EpochStart?)
+        /// The origin's log is durable through `through`: entries shipped beyond it (during the commit's fsync) may
+        /// be applied up to there.
+        case durable(through: UInt64)
     }
 
     /// One direction of one stream: origin to peer, or back.
@@ -204,11 +218,33 @@ public struct Simulation {
         /// How the batch being persisted applies (``ApplyDurability``): a durable one applies, visible and durable at
         /// once, only when its fsync completes.
         var durability = ApplyDurability.visibleFirst
+        /// How far the origin said its log is durable on this stream: queued entries beyond it wait.
+        var originDurable: UInt64 = 0
+    }
+
+    /// What the client of a write learns once the origin's commit is durable (the node answers after its group
+    /// commit's fsync): until then it has no answer, and a crash leaves its outcome open.
+    private enum Answer {
+        case none
+        /// A session's write: its token and history record it.
+        case session(session: Int, key: String, delete: Bool)
+        /// A write of the strong keyspace, taken in `epoch`; a `majority` one waits for its acks next.
+        case strong(StrongWrite, epoch: UInt64, forwarded: Int?, operation: Int?)
+    }
+
+    /// A write committed at its origin whose fsync has not completed: visible to later writes there (as the writes
+    /// of one group commit), not yet to readers, and already on its way to the peers.
+    private struct PendingCommit {
+        let entry: ReplicationEntry
+        let register: Bool
+        let answer: Answer
     }
 
     private enum EventKind {
         case channel(Channel)
         case persist(region: Int, stream: UInt64, generation: Int)
+        /// The fsync of a region's group commit completed: its pending writes are durable.
+        case originFsync(region: Int, generation: Int)
         case reconnect(from: Int, to: Int)
         case restart(Int)
         case tick
@@ -268,6 +304,9 @@ public struct Simulation {
         /// The clock fence, from the brackets of its peers' clocks their heartbeats give (rebuilt unproven at
         /// every start, as the node's).
         var fence: ClockFence
+        /// Writes committed here whose fsync is under way, and whether one is.
+        var pendingCommits: [PendingCommit] = []
+        var originFsyncRunning = false
     }
 
     /// Every region's wall clock (simulated time plus its skew), shared with the stores that stamp writes by it.
@@ -483,14 +522,22 @@ public struct Simulation {
         return durable(index)
     }
 
+    /// How far region `index`'s own log is committed, as its process knows it: up to its first write still in its
+    /// commit's fsync (the node's committed sequence moves when the commit returns; a later durable step here may
+    /// have made the pending writes durable already, which the process learns only when their fsync completes).
+    private func committedThrough(_ index: Int) -> UInt64 {
+        if let first = regions[index].pendingCommits.first { return first.entry.sequence - 1 }
+        return regions[index].up ? appliedThrough(index, index) : durableThrough(index, index)
+    }
+
     /// What region `index` holds durably: what survives a crash of its machine.
     private func durable(_ index: Int) -> MemoryStore.Contents {
         guard let contents = regions[index].disk.held else { preconditionFailure("every region's store was opened at the start") }
         return contents
     }
 
-    /// Every entry region `index` ever committed, in sequence order: its own log before any trim (an origin's
-    /// commit is durable at once here, so no crash takes one back).
+    /// Every entry region `index` committed, in sequence order: its own log before any trim. A write lost with a
+    /// crash before its commit's fsync is dropped from it: no region may hold it, and its number goes to a later write.
     private func log(_ index: Int) -> [ReplicationEntry] { history[index] }
 
     /// How far region `index` holds `origin`'s log: its own log's end, or its applied point of another's.
@@ -646,11 +693,8 @@ public struct Simulation {
         let token = tokens[session]
         // One write in six is a delete: a tombstone a session sees must never be undone for it.
         let delete = Int.random(in: 0..<6, using: &generator) == 0
-        guard let entry = commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put, after: token.clock,
-                                 dependencies: token.seen.filter { $0.key != names[index] }) else { return }
-        tokens[session].observe(entry.version)
-        sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: delete)))
-        stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, deleted: delete, acknowledged: nowMs))
+        _ = commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put, after: token.clock,
+                   dependencies: token.seen.filter { $0.key != names[index] }, answer: .session(session: session, key: key, delete: delete))
     }
 
     /// A write to a keyspace of another conflict policy. Under fww and region-priority the write supersedes
@@ -750,19 +794,12 @@ public struct Simulation {
             report.violations.append("\(names[index]) took a write of epoch \(epoch) without holding its lease")
         }
         if !write.async { strongOperations.append(StrongOperation(key: write.key, kind: .write(write.value), call: write.call, returned: nil)) }
-        guard let entry = commit(at: index, keyspace: strongKeyspace, key: write.key, operation: write.value == nil ? .delete : .put, value: write.value ?? "",
-                                 epoch: epoch, idempotency: write.idempotency, register: false) else {
+        guard commit(at: index, keyspace: strongKeyspace, key: write.key, operation: write.value == nil ? .delete : .put, value: write.value ?? "",
+                     epoch: epoch, idempotency: write.idempotency, register: !write.async,
+                     answer: .strong(write, epoch: epoch, forwarded: forwarded, operation: write.async ? nil : strongOperations.count - 1)) != nil else {
             // Refused, or the retry of a write this leader already holds (answered with its first outcome).
             carryMachine(index, regions[index].machine!.handle(.writeAbandoned(keyspace: strongKeyspace), nowMs: nowMs, wallMs: physicalMs(index)))
             return
-        }
-        carryMachine(index, regions[index].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch, sequence: entry.sequence), nowMs: nowMs, wallMs: physicalMs(index)))
-        let dot = Dot(region: entry.origin, counter: entry.sequence)
-        if write.async {
-            asyncAcknowledged[dot] = epoch
-        } else {
-            strongPending[dot] = (strongOperations.count - 1, epoch, forwarded)
-            registerAck(index, entry.sequence)
         }
     }
 
@@ -778,8 +815,12 @@ public struct Simulation {
             return
         }
         take(write, at: index, forwarded: id)
-        // Answered at once unless it waits for a majority (a refusal or an async write needs no further tracking).
-        if !strongPending.values.contains(where: { $0.forwarded == id }) { forwardedWrites[id] = nil }
+        // Refused at once, or taken: then answered once its commit is durable (and its acks, for a majority one).
+        let taken = regions[index].pendingCommits.contains { pending in
+            if case .strong(_, _, let forwarded, _) = pending.answer { return forwarded == id }
+            return false
+        }
+        if !taken { forwardedWrites[id] = nil }
     }
 
     /// The leader's answer to a forwarded write reaches the region the client called: the client learns the write
@@ -797,12 +838,16 @@ public struct Simulation {
         if let operation = forwardedOperations.removeValue(forKey: id) { strongOperations[operation].returned = nowMs }
     }
 
-    /// Commits a write at `index` as its origin through its store (planned by the core's `WritePlanner`, durable at
-    /// once, as a group commit) and ships it.
+    /// Commits a write at `index` as its origin through its store (planned by the core's `WritePlanner`), as the node's
+    /// group commit: the entry goes to the shippers as the transaction's statements end, before its fsync, and the
+    /// write is durable, answered (`answer`) and counted toward its acks only when the fsync completes
+    /// (``originFsyncCompleted(_:generation:)``). A crash before then loses it, at the origin and everywhere else:
+    /// peers apply only what the origin said is durable (``ApplyQueue/takeBatch(through:)``), so no region ever holds
+    /// an entry its origin lost, and the sequence number it had names nothing when the origin gives it to its next write.
     private mutating func commit(at index: Int, keyspace: KeyspaceName, key: String, operation: MeridianCore.Operation = .put, value: String? = nil,
                                  crdt: CRDTRequest? = nil, context: VersionVector? = nil, after: HLCTimestamp? = nil,
                                  dependencies: [RegionName: UInt64] = [:], epoch: UInt64 = 0, idempotency: IdempotencyMark? = nil,
-                                 register: Bool = true) -> ReplicationEntry? {
+                                 register: Bool = true, answer: Answer = .none) -> ReplicationEntry? {
         report.writes += 1
         if Self.clockIsWrong(skewMs[index]) {
             report.violations.append("\(names[index]) issued a write while its clock was \(skewMs[index]) ms off, beyond the maximum offset of every honest region's")
@@ -815,7 +860,7 @@ public struct Simulation {
                                    epoch: epoch, after: after, dependencies: dependencies, context: context, crdt: crdt, idempotency: idempotency)
         let entry: ReplicationEntry
         do {
-            let outcome = try regions[index].store.write(request)
+            let outcome = try regions[index].store.write(request, durable: false)
             if case .replayed = outcome {
                 report.writes -= 1
                 report.idempotentReplays += 1
@@ -839,11 +884,70 @@ public struct Simulation {
             report.violations.append("\(names[index]) issued \(entry.hlc) for a new write, not above \(highWater), which it had already recorded")
         }
         noteSiblings(index, keyspace, key)
-        if register { registerAck(index, entry.sequence) }
+        regions[index].pendingCommits.append(PendingCommit(entry: entry, register: register, answer: answer))
+        startOriginFsync(index)
         for peer in regions.indices where peer != index {
             carry(index, peer, regions[index].shippers[peer]?.entriesAppended(upTo: entry.sequence) ?? [])
         }
         return entry
+    }
+
+    /// Starts the fsync of the region's pending writes unless one is under way (writes that arrive meanwhile join
+    /// the next); now and then the disk stalls.
+    private mutating func startOriginFsync(_ index: Int) {
+        guard !regions[index].originFsyncRunning, !regions[index].pendingCommits.isEmpty else { return }
+        regions[index].originFsyncRunning = true
+        let fsyncMs = Int.random(in: 0..<33, using: &generator) == 0 ? UInt64.random(in: 300...1_500, using: &generator) : UInt64.random(in: 1...8, using: &generator)
+        schedule(after: fsyncMs, .originFsync(region: index, generation: regions[index].generation))
+    }
+
+    /// The group commit's fsync completed: every pending write is durable (the store syncs what it holds, as a
+    /// write-ahead log's fsync covers every commit before it). The peers hear the durable point, and only then may
+    /// apply the entries shipped before it; each write's client gets its answer, and a `majority` write waits for its acks.
+    private mutating func originFsyncCompleted(_ index: Int, generation: Int) {
+        guard regions[index].up, regions[index].generation == generation else { return }
+        if regions[index].pausedUntilMs > nowMs {
+            return schedule(after: regions[index].pausedUntilMs - nowMs, .originFsync(region: index, generation: generation))
+        }
+        regions[index].originFsyncRunning = false
+        do {
+            _ = try regions[index].store.syncApplied()
+        } catch {
+            report.violations.append("\(names[index]) could not sync its commits: \(error)")
+            return
+        }
+        let durable = durableThrough(index, index)
+        let completed = regions[index].pendingCommits.filter { $0.entry.sequence <= durable }
+        regions[index].pendingCommits.removeAll { $0.entry.sequence <= durable }
+        for peer in regions.indices where peer != index {
+            guard let id = regions[index].outbound[peer], regions[index].shippers[peer] != nil else { continue }
+            send(.durable(through: durable), on: id, toPeer: true)
+        }
+        for pending in completed { answer(index, pending) }
+        startOriginFsync(index)
+    }
+
+    /// A durable write's client learns its outcome (an `async` write now; a `majority` one once its acks arrive).
+    private mutating func answer(_ index: Int, _ pending: PendingCommit) {
+        let entry = pending.entry
+        switch pending.answer {
+        case .none:
+            break
+        case .session(let session, let key, let delete):
+            tokens[session].observe(entry.version)
+            sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: delete)))
+            stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, deleted: delete, acknowledged: nowMs))
+        case .strong(let write, let epoch, let forwarded, let operation):
+            carryMachine(index, regions[index].machine!.handle(.writeCommitted(keyspace: strongKeyspace, epoch: epoch, sequence: entry.sequence), nowMs: nowMs, wallMs: physicalMs(index)))
+            let dot = Dot(region: entry.origin, counter: entry.sequence)
+            if write.async {
+                asyncAcknowledged[dot] = epoch
+                if let forwarded { forwardedWrites[forwarded] = nil }
+            } else {
+                strongPending[dot] = (operation!, epoch, forwarded)
+            }
+        }
+        if pending.register { registerAck(index, entry.sequence) }
     }
 
     /// The most concurrent versions one key held.
@@ -921,6 +1025,11 @@ public struct Simulation {
         let rtt = rttMs[region]
         switch decision {
         case .serve(let level, _):
+            // A write of the key whose commit is still in its fsync is not readable yet (the node's readers see
+            // committed transactions only): the read is served once it is.
+            if regions[region].pendingCommits.contains(where: { $0.entry.keyspace.rawValue == read.keyspace.rawValue && $0.entry.key.rawValue == read.key }) {
+                return schedule(after: 1, .read(id))
+            }
             let current = state(region, read.keyspace, read.key)?.winner(.lww)
             // A strong read returns only a version a majority holds (the leader waits for its confirmation).
             if level == .strong, let current, current.version.origin == names[region],
@@ -1100,6 +1209,8 @@ public struct Simulation {
             var shipper = LogShipper(peer: names[peer], acknowledged: applied, logHighWater: appliedThrough(origin, origin), limits: shipperLimits)
             let effects = shipper.streamOpened()
             regions[origin].shippers[peer] = shipper
+            // The durable point first: the peer applies what the stream brings up to it, and waits for the next.
+            send(.durable(through: durableThrough(origin, origin)), on: id, toPeer: true)
             carry(origin, peer, effects)
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: applied) { resolve(origin, resolution) }
         case .ack(let durable, let visible, let echo):
@@ -1121,7 +1232,7 @@ public struct Simulation {
                 return close(origin, peer)
             }
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: upTo) { resolve(origin, resolution) }
-        case .hello, .batch, .heartbeat, .election:
+        case .hello, .batch, .heartbeat, .election, .durable:
             report.violations.append("an origin received a frame only origins send")
         }
     }
@@ -1191,6 +1302,13 @@ public struct Simulation {
                 }
             }
             send(.ack(durable: durableThrough(peer, origin), visible: appliedThrough(peer, origin), echo: nowMs), on: id, toPeer: false)
+        case .durable(let through):
+            if through > appliedThrough(origin, origin) && regions[origin].up {
+                report.violations.append("\(names[origin]) said its log is durable through \(through), beyond its end \(appliedThrough(origin, origin))")
+            }
+            inbound.originDurable = max(inbound.originDurable, through)
+            regions[peer].inbound[id] = inbound
+            startPersist(peer, stream: id)
         case .election(let keyspace, let message, let start):
             carryMachine(peer, regions[peer].machine!.handle(.electionReceived(keyspace: keyspace, message: message, start: start, from: names[origin],
                                                                                applied: appliedPoints(peer)), nowMs: nowMs, wallMs: physicalMs(peer)))
@@ -1203,7 +1321,9 @@ public struct Simulation {
     /// stream, as the node's applier task); answers a pending re-acknowledgement when idle.
     private mutating func startPersist(_ region: Int, stream id: UInt64) {
         guard var inbound = regions[region].inbound[id], inbound.persisting == nil else { return }
-        if let batch = inbound.queue.takeBatch() {
+        // Only what the origin said is durable (the planted bug applies what arrived, durable at its origin or not).
+        let taken = options.plantedBug == .applyBeforeOriginDurable ? inbound.queue.takeBatch() : inbound.queue.takeBatch(through: inbound.originDurable)
+        if let batch = taken {
             // The region machine judges the batch first (the fence); its `applyBatch` starts the persist.
             nextBatchID += 1
             inbound.persisting = batch
@@ -1243,6 +1363,11 @@ public struct Simulation {
             return nil
         }
         for entry in batch.entries where entry.sequence > before {
+            // Applied (readable, or kept aside) only once its origin's commit is durable: an origin that crashes
+            // before its fsync loses the entry, and then no region may hold it.
+            if entry.sequence > durableThrough(origin, origin) {
+                report.violations.append("\(names[region]) applied \(names[origin])'s entry \(entry.sequence), which \(names[origin]) holds durably only through \(durableThrough(origin, origin))")
+            }
             if let successor = diverted[entry.sequence] {
                 if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
                 report.diverted += 1
@@ -1346,7 +1471,7 @@ public struct Simulation {
                     close(origin, peer)
                 } else if regions[origin].shippers[peer] != nil, nowMs - stream.lastHeartbeatMs >= heartbeatIntervalMs {
                     // Every interval, even while batches flow: the echo bounds the peer's staleness.
-                    send(.heartbeat(logHighWater: appliedThrough(origin, origin), physicalMs: physicalMs(origin), echo: regions[origin].echoFrom[peer]),
+                    send(.heartbeat(logHighWater: committedThrough(origin), physicalMs: physicalMs(origin), echo: regions[origin].echoFrom[peer]),
                          on: id, toPeer: true)
                 }
             }
@@ -1401,6 +1526,18 @@ public struct Simulation {
         regions[index].pausedUntilMs = 0
         regions[index].generation += 1
         regions[index].store.close()
+        // Writes whose fsync had not completed are gone (unless a later durable step took them along): their
+        // clients never had an answer, and no peer applied them.
+        let kept = durableThrough(index, index)
+        let lost = history[index].filter { $0.sequence > kept }
+        if !lost.isEmpty {
+            report.commitsLost += lost.count
+            if let trace { trace("\(nowMs) ms \(names[index]): crashed before the fsync of \(lost.map(\.sequence))") }
+            history[index].removeAll { $0.sequence > kept }
+            for entry in lost { increments[Dot(region: entry.origin, counter: entry.sequence)] = nil }
+        }
+        regions[index].pendingCommits = []
+        regions[index].originFsyncRunning = false
         for peer in regions.indices where peer != index { close(index, peer) }
         regions[index].inbound = [:]
         // Restarts are sometimes quick, so a clock that forgot what it recorded would show.
@@ -1508,7 +1645,10 @@ public struct Simulation {
     /// The store's applied point per origin, as the machine reads it.
     private func appliedPoints(_ index: Int, visible: Bool = false) -> [RegionName: UInt64] {
         var applied: [RegionName: UInt64] = [:]
-        for origin in regions.indices { applied[names[origin]] = visible ? appliedThrough(index, origin) : durableThrough(index, origin) }
+        // Its own log as far as it is committed (durable): a write in its commit's fsync is not held yet.
+        for origin in regions.indices {
+            applied[names[origin]] = origin == index ? committedThrough(index) : visible ? appliedThrough(index, origin) : durableThrough(index, origin)
+        }
         return applied
     }
 
@@ -1539,8 +1679,8 @@ public struct Simulation {
                 // As the node's link: only on a stream the peer has welcomed.
                 let to = names.firstIndex(of: peer)!
                 // A hand-over goes to a region that durably holds this region's whole log.
-                if case .timeoutNow = message, durableThrough(to, index) < appliedThrough(index, index) {
-                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(durableThrough(to, index)) of \(appliedThrough(index, index))")
+                if case .timeoutNow = message, durableThrough(to, index) < committedThrough(index) {
+                    report.violations.append("\(names[index]) handed over to \(peer), which held its log up to \(durableThrough(to, index)) of \(committedThrough(index))")
                 }
                 guard let id = regions[index].outbound[to], regions[index].shippers[to] != nil else { continue }
                 send(.election(keyspace: keyspace, message: message, start: start), on: id, toPeer: true)
@@ -1653,6 +1793,10 @@ public struct Simulation {
             carryMachine(index, regions[index].machine!.handle(.catchUpTermsRead(keyspace: strongKeyspace, epoch: epoch, terms: terms), nowMs: nowMs, wallMs: physicalMs(index)))
             return schedule(after: rttMs[index][leader], .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation))
         }
+        // The leader's pages hold committed states only: a write of the keyspace in its fsync there is read once durable.
+        if regions[leader].pendingCommits.contains(where: { $0.entry.keyspace == strongKeyspace }) {
+            return schedule(after: 1, .catchUpStates(region: index, from: leader, epoch: epoch, generation: generation))
+        }
         // Through the machine's merge gate, as the node: no merge lands after the term changed.
         guard regions[index].machine!.admitMerge(strongKeyspace, token: epoch, from: names[leader]) else {
             return carryMachine(index, regions[index].machine!.handle(.catchUpFailed(keyspace: strongKeyspace, epoch: epoch, reason: "the term changed"),
@@ -1688,6 +1832,10 @@ public struct Simulation {
         let leader = names.firstIndex(of: start.leader)!
         guard leader == index || (regions[leader].up && !cut.contains([index, leader])) else {
             return schedule(after: 1_000, .revert(region: index, start: start, keys: merged, generation: generation))
+        }
+        // The leader's states are read as committed: a write of the keyspace in its fsync there is read once durable.
+        if regions[leader].pendingCommits.contains(where: { $0.entry.keyspace == strongKeyspace }) {
+            return schedule(after: 1, .revert(region: index, start: start, keys: merged, generation: generation))
         }
         let oldestNamed = start.terms.count >= EpochStart.termsMax ? (start.terms.map(\.epoch).min() ?? 0) : 0
         // Keys merged from a peer under a term that ended take this term's leader's state too.
@@ -1785,6 +1933,7 @@ public struct Simulation {
             case .persist(let region, let stream, let generation) where regions[region].pausedUntilMs > nowMs:
                 schedule(after: regions[region].pausedUntilMs - nowMs, .persist(region: region, stream: stream, generation: generation))
             case .persist(let region, let stream, let generation): persistCompleted(region, stream: stream, generation: generation)
+            case .originFsync(let region, let generation): originFsyncCompleted(region, generation: generation)
             case .revert(let region, let start, let keys, let generation): revert(region, start: start, keys: keys, generation: generation)
             case .catchUpTerms(let region, let from, let epoch, let generation):
                 catchUp(region, from: from, epoch: epoch, generation: generation, states: false)
@@ -1822,7 +1971,7 @@ public struct Simulation {
         regions[index].trimmedMs = nowMs
         let peers = regions.indices.filter { $0 != index }
         let acknowledged = peers.map { options.plantedBug == .trimByVisibleAcks ? regions[index].peerVisible[$0] : regions[index].peerDurable[$0] }
-        guard let through = LogTrim.through(highWater: appliedThrough(index, index), floor: regions[index].store.logFloor(), acknowledged: acknowledged,
+        guard let through = LogTrim.through(highWater: committedThrough(index), floor: regions[index].store.logFloor(), acknowledged: acknowledged,
                                             settled: options.plantedBug == .trimWhileUnsettled || regions[index].machine!.mayTrimAcknowledged(nowMs: nowMs), retentionEntries: UInt64(cluster.limits.logRetentionEntries)) else { return }
         if let trace {
             let snapshot = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)
@@ -1929,7 +2078,8 @@ public struct Simulation {
     private mutating func antiEntropy() {
         let live = survivors.filter { regions[$0].up }
         for a in live {
-            for b in live where b != a {
+            // Not from a region whose commit is in its fsync: the node's rounds read committed states only.
+            for b in live where b != a && regions[b].pendingCommits.isEmpty {
                 // The strong keyspace repairs only from its leader (a follower's copy may hold a deposed leader's
                 // writes that were kept aside, which merging would revive), through the region machine's merge
                 // gate, recording the leader's held terms as the node does.

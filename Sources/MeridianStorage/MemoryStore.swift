@@ -162,11 +162,18 @@ public final class MemoryStore: RegionStorage {
     // MARK: - Commits
 
     public func write(_ request: WriteRequest) throws(MeridianError) -> WriteOutcome {
+        try write(request, durable: true)
+    }
+
+    /// A write committed as the node's group commit does (`durable`), or only visibly: a simulator's model of a
+    /// commit whose fsync has not completed. Such a write is durable with the next durable step (``syncApplied()``,
+    /// or any other), and lost if the store closes first.
+    public func write(_ request: WriteRequest, durable: Bool) throws(MeridianError) -> WriteOutcome {
         let limits = self.limits
         let rule = rule(request.keyspace)
         let region = self.region
         let physicalMs = physicalClockMs()
-        let (outcome, recorded) = try changing { open throws(MeridianError) -> (WriteOutcome, Recorded) in
+        let (outcome, recorded) = try change(durable: durable) { open throws(MeridianError) -> (WriteOutcome, Recorded) in
             guard open.contents.restorePending == nil else {
                 throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
             }

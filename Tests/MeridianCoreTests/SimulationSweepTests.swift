@@ -51,7 +51,7 @@ enum SimulationRunner {
     /// the same process must not starve of threads meanwhile (a live test's timers and clients run on the cooperative pool).
     @Test func fiveHundredSeedsKeepEveryInvariant() async {
         var failures: [String] = []
-        var acknowledged = 0, staleBatches = 0, persistsLost = 0, strong = 0, session = 0, bounded = 0
+        var acknowledged = 0, staleBatches = 0, persistsLost = 0, commitsLost = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
         var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0, forwarded = 0, drills = 0
         var idempotentRetries = 0, idempotentReplays = 0
@@ -61,6 +61,7 @@ enum SimulationRunner {
             let report = await SimulationRunner.run(.init(seed: seed, steps: 200, regions: regions, loseARegion: seed % 4 == 0))
             staleBatches += report.staleBatches
             persistsLost += report.persistsLost
+            commitsLost += report.commitsLost
             strong += report.strongOperations
             session += report.sessionOperations
             bounded += report.boundedReads
@@ -87,6 +88,7 @@ enum SimulationRunner {
         // The windows the model exists for were actually exercised.
         #expect(staleBatches > 0, "batches arrived on streams their origin had abandoned")
         #expect(persistsLost > 0, "crashes interrupted persists of handed-out entries")
+        #expect(commitsLost > 20, "origins crashed in \(commitsLost) commits' fsyncs, after shipping them")
         // And the client-visible checkers had histories to judge. (A region writes only once its peers' brackets
         // prove its clock, as the node: after every start and while a partition holds the brackets back, its
         // clients' writes are refused, so the histories are smaller than before the simulator ran the fence.)

@@ -222,6 +222,10 @@ public struct RegionMachine: Sendable {
         /// (``RegionMachine/mayTrimAcknowledged(nowMs:)`` ignored). Peers acknowledge the entries their fence keeps aside,
         /// so the deposed leader's revert no longer finds its own writes to keep aside. The simulator plants it.
         case trimWhileUnsettled = "trim-while-unsettled"
+        /// A replica applies entries an origin shipped before its commit's fsync without waiting for the origin to say
+        /// they are durable: an origin that crashes before its fsync leaves the replica with writes it lost (and gives
+        /// their sequence numbers to other writes). The simulator plants it.
+        case applyBeforeOriginDurable = "apply-before-origin-durable"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).

@@ -241,6 +241,15 @@ public struct ApplyQueue: Sendable {
         return pending
     }
 
+    /// The part of the next range at or below `limit` (its origin's durable point: what lies beyond may still be lost
+    /// with the origin's commit), if any; the rest stays queued.
+    public mutating func takeBatch(through limit: UInt64) -> Batch? {
+        guard let batch = pending, batch.from <= limit else { return nil }
+        guard batch.through > limit else { return takeBatch() }
+        pending = Batch(from: limit + 1, through: batch.through, entries: batch.entries.filter { $0.sequence > limit })
+        return Batch(from: batch.from, through: limit, entries: batch.entries.filter { $0.sequence <= limit })
+    }
+
     /// The re-acknowledgement owed, if any (take it once no batch is pending).
     public mutating func takeReacknowledgement() -> UInt64? {
         defer { reacknowledge = nil }

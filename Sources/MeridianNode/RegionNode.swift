@@ -131,10 +131,12 @@ public final class RegionNode: Sendable {
             }
             sealer = ValueSealer(region: configuration.region, keys: rootKeys, sealed: sealed)
         }
+        // This region's entries ship while their commit's fsync runs, once the replicator below is connected to it.
+        let shipping = CommitShipping()
         self.store = try openStore(StoreContext(
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
-            physicalClockMs: wallClockMs, observer: metrics, sealer: sealer))
+            physicalClockMs: wallClockMs, observer: metrics, sealer: sealer, shipping: shipping))
         let restoredLogEnd = try await store.restorePending()
         let restore = RestoreState(restoredLogEnd.map { RestoreCatchUp(region: configuration.region, cluster: configuration.cluster, backupLogEnd: $0) })
         self.restore = restore
@@ -165,6 +167,9 @@ public final class RegionNode: Sendable {
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
                                      onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics, audit: audit,
                                      restore: restore)
+        let replicator = self.replicator
+        shipping.connect(CommitShipping.Handlers(written: { replicator.logWritten(to: $0) }, durable: { replicator.logGrew(to: $0) },
+                                                 failed: { replicator.commitFailed(logEndsAt: $0) }))
         if configuration.clockOffsetMs != 0 {
             logger.warning("this node's clock is offset by \(configuration.clockOffsetMs) ms (--clock-offset-ms), for fault injection")
         }

@@ -1,4 +1,5 @@
 import MeridianCore
+import Synchronization
 
 // What a region's store must do, split by concern, with no storage engine in sight. The node, the shells and
 // the tests see only these protocols; a backend (SQLite, in memory, and later PostgreSQL) implements all of
@@ -237,6 +238,51 @@ public protocol RegionStorage: CommitPort, KeyReads, ReplicationLogStore, Repair
 }
 
 /// What a node needs to open its region's store.
+/// Where a store hands this region's own log as it grows: the node's replicator ships entries while their commit's
+/// fsync runs, and tells the peers how far the log is durable once it completes.
+///
+/// The argument: a peer applies an entry only once its origin said the entry is durable
+/// (``PeerFrame/durable(through:)``, ``ApplyQueue/takeBatch(through:)``); until then it holds it only in memory, on the
+/// stream that brought it. An origin that crashes, or whose commit fails, before the fsync completes loses the entry,
+/// and its peers drop it with the stream (a failed commit ends every stream): no region ever holds an entry its origin
+/// lost, no client was answered for it, and the number the origin then gives its next write names one write
+/// wherever it is held. Acknowledgements keep meaning durable at the peer, so `majority` and `all` are unchanged; an
+/// origin answers a write only after its own commit returned.
+public final class CommitShipping: Sendable {
+    public struct Handlers: Sendable {
+        /// The log ends at the sequence given; the commit's fsync is under way (ship, do not call it durable).
+        public let written: @Sendable (UInt64) -> Void
+        /// The log is durable through the sequence given.
+        public let durable: @Sendable (UInt64) -> Void
+        /// A commit whose entries were handed to `written` failed: the log ends at the sequence given, and what was
+        /// handed out beyond it must be dropped wherever it went.
+        public let failed: @Sendable (UInt64) -> Void
+
+        public init(written: @escaping @Sendable (UInt64) -> Void, durable: @escaping @Sendable (UInt64) -> Void,
+                    failed: @escaping @Sendable (UInt64) -> Void) {
+            self.written = written
+            self.durable = durable
+            self.failed = failed
+        }
+    }
+
+    private let handlers = Mutex<Handlers?>(nil)
+
+    public init() {}
+
+    /// Connects the shipping side (once it exists: the store opens first).
+    public func connect(_ handlers: Handlers) {
+        self.handlers.withLock { $0 = handlers }
+    }
+
+    /// Whether anything ships before the fsync: a store hands entries out early only then.
+    public var isConnected: Bool { handlers.withLock { $0 != nil } }
+
+    public func written(through sequence: UInt64) { handlers.withLock { $0 }?.written(sequence) }
+    public func durable(through sequence: UInt64) { handlers.withLock { $0 }?.durable(sequence) }
+    public func failed(committedThrough sequence: UInt64) { handlers.withLock { $0 }?.failed(sequence) }
+}
+
 public struct StoreContext: Sendable {
     public let region: RegionName
     public let limits: Limits
@@ -246,10 +292,14 @@ public struct StoreContext: Sendable {
     public let observer: (any StoreObserver)?
     /// Seals the values of sealed keyspaces (nil: the cluster has none).
     public let sealer: ValueSealer?
+    /// Where this region's own log entries go as they are written and once they are durable (nil: nowhere early).
+    public let shipping: CommitShipping?
 
     public init(region: RegionName, limits: Limits, conflictRules: [KeyspaceName: ConflictRule],
-                physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer? = nil) {
+                physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer? = nil,
+                shipping: CommitShipping? = nil) {
         self.sealer = sealer
+        self.shipping = shipping
         self.region = region
         self.limits = limits
         self.conflictRules = conflictRules

@@ -43,12 +43,15 @@ actor GroupCommitter {
     /// (``continueLog(after:)``): every sequence after the backup's may already name another write at a peer.
     private var restoring: Bool
     /// This region's newest log entries, for shipping.
-    let recentLog: RecentLog
+    nonisolated let recentLog: RecentLog
+    /// Where entries go before their COMMIT's fsync, and where their durability is announced (``CommitShipping``).
+    private let shipping: CommitShipping?
 
     init(pool: DatabasePool, region: RegionName, limits: Limits, rules: [KeyspaceName: ConflictRule], nextSequence: UInt64, clock: HybridLogicalClock,
          physicalClockMs: @escaping @Sendable () -> UInt64, observer: (any StoreObserver)?, sealer: ValueSealer?, logger: Logger,
-         lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults, restoring: Bool = false) {
+         lastCommittedSequence: SequenceHighWater, directory: String, faults: WriteFaults, restoring: Bool = false, shipping: CommitShipping? = nil) {
         self.restoring = restoring
+        self.shipping = shipping
         recentLog = RecentLog(entriesMax: max(8_192, 2 * limits.replicationInflightEntriesMax), bytesMax: 32 << 20)
         self.sealer = sealer
         self.directory = directory
@@ -113,6 +116,8 @@ actor GroupCommitter {
         let limits = self.limits
         let pruneDue = idempotencyRecordsSincePrune >= IdempotencyRows.pruneEvery(limits)
         let sealer = self.sealer
+        let recentLog = self.recentLog
+        let shipping = self.shipping?.isConnected == true ? self.shipping : nil
         do {
             let (outcomes, sequence, recorded, remembered) = try await pool.write { db in
                 var sequence = firstSequence
@@ -168,6 +173,12 @@ actor GroupCommitter {
                 let recorded = try states.write(db, nowMs: physicalMs, limits: limits)
                 if sequence != firstSequence { try Self.raiseHighWater(db, clock.last, region: region) }
                 let evicted = try pruneDue ? IdempotencyRows.prune(db, nowMs: physicalMs, limits: limits) : 0
+                // Every statement ran: the entries leave for the peers now, while the COMMIT's fsync runs (as a Raft
+                // leader sends while it writes its log). The peers apply them only once `durable` says so below.
+                if let shipping, sequence != firstSequence {
+                    recentLog.appended(Self.entries(outcomes))
+                    shipping.written(through: sequence - 1)
+                }
                 return (outcomes, sequence, recorded, (remembered, evicted))
             }
             noteIdempotencyRecords(remembered, pruned: pruneDue)
@@ -175,10 +186,10 @@ actor GroupCommitter {
             // Published before any write of the batch is answered, so a read that follows an acknowledged
             // write always sees it applied (read-your-writes in this region).
             lastCommittedSequence.value.store(sequence - 1, ordering: .releasing)
-            recentLog.appended(outcomes.compactMap { outcome in
-                guard case .committed(let entry) = outcome else { return nil }
-                return entry
-            })
+            if sequence != firstSequence {
+                if shipping == nil { recentLog.appended(Self.entries(outcomes)) }
+                self.shipping?.durable(through: sequence - 1)
+            }
             faults.clear()
             let elapsed = ContinuousClock.now - started
             observer?.commitCompleted(writes: batch.count, commitSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
@@ -188,6 +199,9 @@ actor GroupCommitter {
             }
         } catch {
             let failure = StorageFault.error(error, directory: directory, what: "The commit of this write failed")
+            // Entries handed to the shippers before the COMMIT that failed: dropped here, and wherever they went (their
+            // numbers go to the next writes).
+            if recentLog.discard(after: firstSequence - 1) { self.shipping?.failed(committedThrough: firstSequence - 1) }
             // A data key made in the transaction was rolled back with it: no later write may seal with it.
             sealer?.forgetCurrentKeys()
             logger.error("group commit of \(batch.count) writes failed", metadata: ["code": "\(failure.code)", "error": "\(Self.describe(error))"])
@@ -199,6 +213,13 @@ actor GroupCommitter {
     }
 
     private static func describe(_ error: any Error) -> String { StorageFault.describe(error) }
+
+    private static func entries(_ outcomes: [WriteOutcome]) -> [ReplicationEntry] {
+        outcomes.compactMap { outcome in
+            guard case .committed(let entry) = outcome else { return nil }
+            return entry
+        }
+    }
 
     /// A plan whose entry is sealed when its keyspace is (a subject's first write makes its data key).
     private static func sealing(_ plan: WritePlan, request: WriteRequest, sealer: ValueSealer?, db: Database) throws -> WritePlan {

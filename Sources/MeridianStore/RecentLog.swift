@@ -5,8 +5,10 @@ import Synchronization
 /// The newest entries of this region's own log, kept in memory as the group committer appends them, so shipping
 /// them to peers does not read back from SQLite what was just written there.
 ///
-/// It holds exactly what the log holds: the committer is the only writer of this region's own log rows, and hands
-/// each batch over after its transaction committed, in sequence order; trimming the log drops entries here too.
+/// It holds what the log holds, and the batch being committed: the committer is the only writer of this region's
+/// own log rows, and hands each batch over in sequence order, once its statements ran (before the COMMIT's fsync, when
+/// entries ship early: ``CommitShipping``) or once it committed; a failed COMMIT takes its batch back
+/// (``discard(after:)``), and trimming the log drops entries here too.
 /// A read is answered only when every entry it asks for is held, otherwise the store reads the rows. Bounded in
 /// entries and bytes: the oldest go first.
 final class RecentLog: Sendable {
@@ -48,6 +50,18 @@ final class RecentLog: Sendable {
                   sequence >= first - 1, sequence <= last, UInt64(limit) <= last - sequence else { return nil }
             let start = Int(sequence + 1 - first)
             return Array(held.entries[start..<start + limit])
+        }
+    }
+
+    /// Drops the entries after `sequence` (a COMMIT that failed); whether there were any.
+    func discard(after sequence: UInt64) -> Bool {
+        held.withLock { held in
+            var dropped = false
+            while let last = held.entries.last, last.sequence > sequence {
+                held.bytes -= EntryCodec.encodedBytes(held.entries.removeLast())
+                dropped = true
+            }
+            return dropped
         }
     }
 

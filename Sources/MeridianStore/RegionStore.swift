@@ -45,7 +45,8 @@ public final class RegionStore: RegionStorage {
     ///   - conflictRules: How each keyspace resolves concurrent writes (keyspaces not named: `lww`).
     public init(path: String, region: RegionName, limits: Limits, conflictRules: [KeyspaceName: ConflictRule] = [:],
                 physicalClockMs: @escaping @Sendable () -> UInt64,
-                observer: (any StoreObserver)? = nil, sealer: ValueSealer? = nil, logger: Logger = Logger(label: "meridian.store")) throws(MeridianError) {
+                observer: (any StoreObserver)? = nil, sealer: ValueSealer? = nil, logger: Logger = Logger(label: "meridian.store"),
+                shipping: CommitShipping? = nil) throws(MeridianError) {
         self.sealer = sealer
         self.databasePath = path
         pointReader = PointReader(path: path)
@@ -107,7 +108,7 @@ public final class RegionStore: RegionStorage {
             committer = GroupCommitter(
                 pool: pool, region: region, limits: limits, rules: conflictRules, nextSequence: state.0, clock: clock,
                 physicalClockMs: physicalClockMs, observer: observer, sealer: sealer, logger: logger, lastCommittedSequence: committed,
-                directory: Self.directory(of: path), faults: writeFaults, restoring: state.4)
+                directory: Self.directory(of: path), faults: writeFaults, restoring: state.4, shipping: shipping)
         } catch let error as MeridianError {
             throw error
         } catch {
@@ -620,7 +621,7 @@ extension RegionStore {
             }
             return try RegionStore(path: (directory as NSString).appendingPathComponent("\(context.region).sqlite"), region: context.region,
                                    limits: context.limits, conflictRules: context.conflictRules, physicalClockMs: context.physicalClockMs,
-                                   observer: context.observer, sealer: context.sealer, logger: logger)
+                                   observer: context.observer, sealer: context.sealer, logger: logger, shipping: context.shipping)
         }
     }
 }

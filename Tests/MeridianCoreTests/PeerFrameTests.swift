@@ -33,7 +33,7 @@ import Testing
     var everyKind: [PeerFrame] {
         [
             .hello(PeerHello(cluster: "demo", from: us, to: eu)),
-            .welcome(applied: 0, auditWitnessed: 0), .welcome(applied: 42, auditWitnessed: 7),
+            .welcome(applied: 0, auditWitnessed: 0), .welcome(applied: 42, auditWitnessed: 7), .durable(through: 0), .durable(through: 1 << 40),
             .batch(from: 1, through: 3, entries: [entry(1), entry(3)]),
             .batch(from: 5, through: 9, entries: []),
             .ack(applied: 7, visible: 9, echoMs: 1_795_000_000_123),
@@ -129,7 +129,8 @@ import Testing
         #expect(code([0x7F, 0xFF, 0xFF, 0xFF]) == .codecLengthMismatch)
         #expect(code([0, 0, 0, 0]) == .codecLengthMismatch, "an empty frame")
         #expect(code([0, 0, 0, 1, 99]) == .codecInvalidField, "an unknown type")
-        #expect(code([0, 0, 0, 2, 1, 8]) == .codecUnsupportedVersion, "the previous version")
+        #expect(code([0, 0, 0, 2, 1, 12]) == .codecUnsupportedVersion, "the previous version (its peers apply batches on arrival)")
+        #expect(code([0, 0, 0, 3, 16, 0, 0]) == .codecTruncated, "a durable point cut short")
         // A batch whose range is empty, whose entries leave the range, or that claims more entries than it covers.
         #expect(code(codec.encode(.batch(from: 5, through: 4, entries: []))) == .codecInvalidField)
         #expect(code(codec.encode(.batch(from: 1, through: 2, entries: [entry(3)]))) == .codecInvalidField)

@@ -1,7 +1,9 @@
 // Proves the node's inbound replication stream over a real socket: a batch that arrives just before its
-// stream ends (the origin closed it, or died and its kernel reset the connection) is still applied. An origin
-// that died never sends those entries again, and a region holding less of its log than another cannot take
-// over from it (the game day saw the last region in the failover order win for that reason).
+// stream ends (the origin closed it, or died and its kernel reset the connection) is still applied, up to the
+// durable point its origin sent. An origin that died never sends those entries again, and a region holding less of
+// its log than another cannot take over from it (the game day saw the last region in the failover order win for
+// that reason). Entries beyond the origin's last durable point are never applied: the origin may have lost them
+// with its commit, and given their numbers to other writes, which a later stream brings.
 import Foundation
 import MeridianCore
 import MeridianHarness
@@ -43,14 +45,54 @@ import Testing
         return true
     }
 
-    static func batch(from: UInt64, through: UInt64) throws -> PeerFrame {
+    static func batch(from: UInt64, through: UInt64, value: String = "v") throws -> PeerFrame {
         let eu = RegionName(validated: "eu-west")
         let now = UInt64(Date().timeIntervalSince1970 * 1000)
         return .batch(from: from, through: through, entries: try (from...through).map { sequence in
             ReplicationEntry(origin: eu, sequence: sequence, hlc: HLCTimestamp(physicalMs: now, logical: UInt32(sequence), region: eu), epoch: 0,
                              keyspace: try KeyspaceName("profiles"), key: try Key("k\(sequence)"), operation: .put,
-                             contentType: "text/plain", value: Array("v\(sequence)".utf8))
+                             contentType: "text/plain", value: Array("\(value)\(sequence)".utf8))
         })
+    }
+
+    /// Opens a stream as eu-west, sends `frames` after the hello, and ends it.
+    static func stream(to endpoint: Endpoint, codec: PeerFrameCodec, _ frames: [PeerFrame]) async throws {
+        let eu = RegionName(validated: "eu-west")
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: endpoint.host, port: endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: nil, dialing: nil).map(\.channel) }
+        try await channel.executeThenClose { _, outbound in
+            try await outbound.write(.hello(PeerHello(cluster: "test", from: eu, to: RegionName(validated: "us-east"))))
+            for frame in frames { try await outbound.write(frame) }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func entriesBeyondTheOriginsDurablePointAreNeverApplied() async throws {
+        try await Self.withNode { node, endpoint in
+            let limits = node.configuration.cluster.limits
+            let codec = PeerFrameCodec(valueBytesMax: limits.valueBytesMax, frameBytesMax: limits.replicationFrameBytesMax)
+            let eu = RegionName(validated: "eu-west")
+            // 1-25 shipped while the commit's fsync ran, durable through 20 when the origin died.
+            try await Self.stream(to: endpoint, codec: codec, [.durable(through: 0), try Self.batch(from: 1, through: 25), .durable(through: 20)])
+            var applied: UInt64 = 0
+            for _ in 0..<200 where applied < 20 {
+                applied = node.store.appliedHighWater()[eu] ?? 0
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            applied = node.store.appliedHighWater()[eu] ?? 0
+            #expect(applied == 20, "applied through \(applied): the origin said its log was durable through 20")
+            #expect(try await node.store.get(keyspace: KeyspaceName("profiles"), key: Key("k21")) == nil, "entry 21 was lost with its origin's commit")
+            // The restarted origin gives 21-25 to other writes: a new stream brings them, and they are what applies.
+            try await Self.stream(to: endpoint, codec: codec, [.durable(through: 25), try Self.batch(from: 21, through: 25, value: "w")])
+            for _ in 0..<200 where applied < 25 {
+                applied = node.store.appliedHighWater()[eu] ?? 0
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(applied == 25)
+            let value = try await node.store.get(keyspace: KeyspaceName("profiles"), key: Key("k21"))?.value
+            #expect(value == Array("w21".utf8), "the write numbered 21 now: \(String(decoding: value ?? [], as: UTF8.self))")
+        }
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: [false, true])
@@ -67,6 +109,7 @@ import Testing
                 try await channel.executeThenClose { _, outbound in
                     try await outbound.write(.hello(PeerHello(cluster: "test", from: eu, to: RegionName(validated: "us-east"))))
                     try await outbound.write(try Self.batch(from: (round - 1) * Self.entriesPerRound + 1, through: round * Self.entriesPerRound))
+                    try await outbound.write(.durable(through: round * Self.entriesPerRound))
                     if reset {
                         // What a killed process's kernel does to a connection with unread bytes (the node's welcome).
                         try await (channel.channel as! any SocketOptionProvider).setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()

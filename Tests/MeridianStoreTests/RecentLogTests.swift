@@ -1,4 +1,6 @@
 import Foundation
+import GRDB
+import Synchronization
 import MeridianCore
 import MeridianStorage
 @testable import MeridianStore
@@ -68,5 +70,63 @@ import Testing
         let small = RecentLog(entriesMax: 100, bytesMax: 3 * EntryCodec.encodedBytes(entry(10, bytes: 1_000)))
         small.appended((1...10).map { entry($0, bytes: 1_000) })
         #expect(small.entries(after: 7, limit: 3)?.map(\.sequence) == [8, 9, 10] && small.entries(after: 6, limit: 4) == nil)
+    }
+
+    /// With shipping connected, a commit's entries are handed out once its statements ran and before its COMMIT (no
+    /// other connection sees the row yet), and called durable after it; a COMMIT that fails takes them back from the
+    /// memory and says so, and the next write takes the same number (nothing past the durable point applies anywhere).
+    @Test func entriesShipBeforeTheirCommitAndAFailedCommitTakesThemBack() async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        try fixture.openSQLite().close()
+        // A write of the key `fail-at-commit` breaks a deferred foreign key: SQLite refuses its transaction at COMMIT.
+        let setup = try DatabaseQueue(path: fixture.path)
+        try await setup.write { db in
+            try db.execute(sql: """
+                CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+                CREATE TRIGGER fail_at_commit AFTER INSERT ON log WHEN NEW.key = 'fail-at-commit' BEGIN INSERT INTO child VALUES (42); END;
+                """)
+        }
+        try setup.close()
+        struct Heard: Sendable {
+            var written: [(sequence: UInt64, rowsCommitted: Int64, inMemory: Bool)] = []
+            var durable: [UInt64] = []
+            var failed: [UInt64] = []
+        }
+        let heard = Mutex(Heard())
+        let shipping = CommitShipping()
+        let clock = fixture.clock
+        let store = try RegionStore(path: fixture.path, region: fixture.region, limits: Limits(), physicalClockMs: { clock.read() }, shipping: shipping)
+        defer { store.close() }
+        let path = fixture.path
+        shipping.connect(CommitShipping.Handlers(
+            written: { sequence in
+                // Another connection reads the last committed state: the entry's row is not in it yet.
+                let rows = (try? DatabaseQueue(path: path).read { db in try Int64.fetchOne(db, sql: "SELECT COUNT(*) FROM log") ?? -1 }) ?? -1
+                let held = store.committer.recentLog.entries(after: sequence - 1, limit: 1)?.first?.sequence == sequence
+                heard.withLock { $0.written.append((sequence, rows, held)) }
+            },
+            durable: { sequence in heard.withLock { $0.durable.append(sequence) } },
+            failed: { sequence in heard.withLock { $0.failed.append(sequence) } }))
+        guard case .committed(let first) = try await store.write(fixture.put("a", "1")) else { Issue.record("the first write did not commit"); return }
+        #expect(first.sequence == 1)
+        var now = heard.withLock { $0 }
+        #expect(now.written.count == 1 && now.written[0].sequence == 1 && now.written[0].rowsCommitted == 0 && now.written[0].inMemory,
+                "handed out before the COMMIT, from memory: \(now.written)")
+        #expect(now.durable == [1] && now.failed.isEmpty)
+        do {
+            _ = try await store.write(fixture.put("fail-at-commit", "2"))
+            Issue.record("the COMMIT was expected to fail")
+        } catch {
+            #expect(error.code == .storageFailure || error.code == .storageFull || error.code == .storageReadOnly, "\(error)")
+        }
+        now = heard.withLock { $0 }
+        #expect(now.written.map(\.sequence) == [1, 2], "entry 2 was handed out before its COMMIT failed")
+        #expect(now.failed == [1] && now.durable == [1], "the failure says the log ends at 1")
+        #expect(store.committer.recentLog.entries(after: 1, limit: 1) == nil, "entry 2 is gone from the memory")
+        guard case .committed(let third) = try await store.write(fixture.put("b", "3")) else { Issue.record("the write after the failure did not commit"); return }
+        #expect(third.sequence == 2 && heard.withLock { $0.durable } == [1, 2], "the number goes to the next write")
+        #expect(try await store.logEntries(origin: fixture.region, after: 0, limit: 2).map(\.key.rawValue) == ["a", "b"])
     }
 }

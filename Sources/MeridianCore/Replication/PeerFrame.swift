@@ -15,8 +15,13 @@ public enum PeerFrame: Sendable, Hashable {
     case welcome(applied: UInt64, auditWitnessed: UInt64)
     /// Entries of the origin's log covering sequences `from...through`. Entries of keyspaces the peer does not
     /// replicate are left out (residency: they never leave the regions that may hold them); the range still
-    /// covers them, so the peer knows nothing is missing.
+    /// covers them, so the peer knows nothing is missing. An origin ships entries while their commit's fsync
+    /// runs: the peer applies them only up to the origin's latest `durable` point.
     case batch(from: UInt64, through: UInt64, entries: [ReplicationEntry])
+    /// The origin's log is durable through `through`: what it shipped up to there may be applied. Sent once a stream
+    /// is welcomed and after every commit's fsync; an entry beyond it may still be lost with the origin's commit,
+    /// and its number given to another write (``ApplyQueue/takeBatch(through:)``).
+    case durable(through: UInt64)
     /// The peer durably applied the origin's log up to `applied` (all that counts toward `majority` and `all`, and
     /// all the origin may trim), and made it readable up to `visible` (at least `applied`: a peer applies entries
     /// before its fsync and acknowledges again once they are durable). `echoMs` is the peer's own clock when it
@@ -73,6 +78,7 @@ public enum PeerFrame: Sendable, Hashable {
         case .repairRequest: 13
         case .repairReply: 14
         case .auditCheckpoint: 15
+        case .durable: 16
         }
     }
 }
@@ -245,6 +251,7 @@ extension ElectionMessage {
 ///    13 repairRequest   u64 id, str8 keyspace, u8 kind: 1 tree; 2 states (u16 count, count × u16 bucket,
 ///                       u8 hasAfter, [str16 after])
 ///    15 auditCheckpoint str8 region, u64 sequence, 32-byte hash, 64-byte Ed25519 signature, 32-byte public key
+///    16 durable         u64 through
 ///    14 repairReply     u64 id, u8 kind: 1 tree (u64 logHighWater, u64 keys, u8 terms, terms × (u64 epoch,
 ///                       str8 leader, u64 last), u32 + tree leaves); 2 states (u8 hasNext, [str16 next],
 ///                       u32 + states); 3 refused (str8 code, str16 message); 4 data keys (u16 granted,
@@ -262,7 +269,7 @@ extension ElectionMessage {
 /// input gives a typed error, never a trap.
 public struct PeerFrameCodec: Sendable {
     /// The stream protocol version this build speaks.
-    public static let protocolVersion: UInt8 = 12
+    public static let protocolVersion: UInt8 = 13
     /// The most fields of context a forwarded refusal carries.
     public static let refusalContextMax = 32
 
@@ -293,6 +300,8 @@ public struct PeerFrameCodec: Sendable {
         case .welcome(let applied, let auditWitnessed):
             append(applied, to: &buffer)
             append(auditWitnessed, to: &buffer)
+        case .durable(let through):
+            append(through, to: &buffer)
         case .ack(let applied, let visible, let echoMs):
             append(applied, to: &buffer)
             append(visible, to: &buffer)
@@ -649,8 +658,10 @@ public struct PeerFrameCodec: Sendable {
             let signature = Array(try body.required(body.take(64), "signature"))
             let key = Array(try body.required(body.take(32), "public_key"))
             frame = .auditCheckpoint(AuditCheckpoint(region: region, sequence: sequence, hash: hash, signature: signature), publicKey: key)
+        case 16:
+            frame = .durable(through: try sequenceField(&body, "through", minimum: 0))
         default:
-            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 15.", context: ["field": "frame_type"])
+            throw MeridianError(.codecInvalidField, "The peer frame has type \(type); this node knows types 1 to 16.", context: ["field": "frame_type"])
         }
         guard body.remaining == 0 else {
             throw MeridianError(.codecLengthMismatch, "The peer frame's fields end \(body.remaining) bytes before its announced length.",

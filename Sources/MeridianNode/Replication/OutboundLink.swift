@@ -14,6 +14,10 @@ final class OutboundLink: Sendable {
         case heartbeat
         /// A forwarded write or read.
         case forward(PeerFrame)
+        /// Tell the peer how far the log is durable now (``takeDurable()``).
+        case durable
+        /// A commit whose entries this stream may have carried failed: end the stream, so the peer drops them.
+        case reset
     }
 
     /// How the link is doing, for status and admission.
@@ -41,7 +45,12 @@ final class OutboundLink: Sendable {
     private struct State {
         var shipper: LogShipper?
         var outbox: AsyncStream<Command>.Continuation?
+        /// The log's end, entries whose commit's fsync is under way included: what may ship.
         var logHighWater: UInt64
+        /// How far the log is durable: what the peer may apply, and what heartbeats name.
+        var durableHighWater: UInt64
+        /// A `durable` command is queued and not yet sent.
+        var durableQueued = false
         var acknowledged: UInt64
         var connected = false
         var lastHeard: ContinuousClock.Instant?
@@ -74,7 +83,7 @@ final class OutboundLink: Sendable {
         self.silenceLimit = silenceLimit
         self.shipperLimits = shipperLimits
         self.forwardsMax = forwardsMax
-        state = Mutex(State(logHighWater: logHighWater, acknowledged: min(acknowledged, logHighWater)))
+        state = Mutex(State(logHighWater: logHighWater, durableHighWater: logHighWater, acknowledged: min(acknowledged, logHighWater)))
     }
 
     // MARK: - Connection events
@@ -90,6 +99,7 @@ final class OutboundLink: Sendable {
             $0.shipper = nil
             $0.shipment = nil
             $0.restoring = false
+            $0.durableQueued = false
         }
     }
 
@@ -121,6 +131,8 @@ final class OutboundLink: Sendable {
             var shipper = LogShipper(peer: peer, acknowledged: applied, logHighWater: state.logHighWater, limits: shipperLimits)
             let effects = shipper.streamOpened()
             state.shipper = shipper
+            // The durable point first: the peer applies what the stream brings up to it, and waits for the next.
+            Self.queueDurable(&state)
             Self.carry(effects, &state)
         }
     }
@@ -167,7 +179,7 @@ final class OutboundLink: Sendable {
         }
     }
 
-    /// This region's log grew to `sequence`.
+    /// This region's log grew to `sequence`, durable or with its commit's fsync under way: it may ship.
     func logGrew(to sequence: UInt64) {
         state.withLock { state in
             guard sequence > state.logHighWater else { return }
@@ -177,6 +189,47 @@ final class OutboundLink: Sendable {
             state.shipper = shipper
             Self.carry(effects, &state)
         }
+    }
+
+    /// This region's log is durable through `sequence`: the peer hears so (after what the stream already carries).
+    func durable(through sequence: UInt64) {
+        state.withLock { state in
+            guard sequence > state.durableHighWater else { return }
+            state.durableHighWater = sequence
+            if state.logHighWater < sequence {
+                state.logHighWater = sequence
+                if var shipper = state.shipper {
+                    let effects = shipper.entriesAppended(upTo: sequence)
+                    state.shipper = shipper
+                    Self.carry(effects, &state)
+                }
+            }
+            if state.shipper != nil { Self.queueDurable(&state) }
+        }
+    }
+
+    /// A commit whose entries may have shipped failed: the log ends at `sequence` again, and the stream ends so that
+    /// the peer drops what it carried beyond (it never applied it: nothing past the durable point applies).
+    func commitFailed(logEndsAt sequence: UInt64) {
+        state.withLock { state in
+            guard state.logHighWater > sequence else { return }
+            state.logHighWater = sequence
+            state.outbox?.yield(.reset)
+        }
+    }
+
+    /// The durable point to send now, for a `durable` command.
+    func takeDurable() -> UInt64 {
+        state.withLock { state in
+            state.durableQueued = false
+            return state.durableHighWater
+        }
+    }
+
+    private static func queueDurable(_ state: inout State) {
+        guard !state.durableQueued, let outbox = state.outbox else { return }
+        state.durableQueued = true
+        outbox.yield(.durable)
     }
 
     /// Called on every heartbeat interval: a heartbeat goes out even when batches are flowing, since it
@@ -309,7 +362,7 @@ final class OutboundLink: Sendable {
             } else {
                 health = .down
             }
-            return Snapshot(health: health, acknowledged: state.acknowledged, logHighWater: state.logHighWater,
+            return Snapshot(health: health, acknowledged: state.acknowledged, logHighWater: state.durableHighWater,
                             lastHeard: state.lastHeard, lastError: state.lastError, echoMs: state.echoMs)
         }
     }

@@ -280,7 +280,7 @@ final class Replicator: Sendable {
                             link.repairAnswered(id: id, reply)
                         case .refusal(let code, let message):
                             throw MeridianError(.replicationProtocol, "\(link.peer) refused the stream (\(code)): \(message)")
-                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest, .repairRequest, .auditCheckpoint:
+                        case .hello, .batch, .heartbeat, .forward, .forwardRead, .election, .handOverRequest, .repairRequest, .auditCheckpoint, .durable:
                             throw MeridianError(.replicationProtocol, "\(link.peer) sent a frame only an origin sends on this region's stream.")
                         }
                     }
@@ -326,6 +326,10 @@ final class Replicator: Sendable {
                                                     unreachable: unreachable()))
             case .forward(let frame):
                 try await outbound.write(frame)
+            case .durable:
+                try await outbound.write(.durable(through: link.takeDurable()))
+            case .reset:
+                throw MeridianError(.storageFailure, "A commit of this region failed after its entries were shipped to \(link.peer); the stream restarts from what \(link.peer) holds.")
             }
         }
     }
@@ -397,6 +401,9 @@ final class Replicator: Sendable {
                                     }
                                 }
                                 try applier.received(from: from, through: through, entries: entries)
+                            case .durable(let through):
+                                guard let applier else { throw MeridianError(.replicationProtocol, "A durable point arrived before hello.") }
+                                applier.originDurable(through: through)
                             case .heartbeat(let logHighWater, let physicalMs, let echoMs, let unreachable):
                                 guard let origin else { throw MeridianError(.replicationProtocol, "A heartbeat arrived before hello.") }
                                 let applied = store.appliedHighWater()[origin] ?? 0, visible = store.visibleHighWater()[origin] ?? 0
@@ -676,9 +683,21 @@ final class Replicator: Sendable {
         links[peer]?.send(frame)
     }
 
-    /// This region's log grew to `sequence` (a local write committed).
+    /// This region's log is durable through `sequence` (a local write committed): it ships, and the peers hear so.
     func logGrew(to sequence: UInt64) {
+        for link in links.values { link.durable(through: sequence) }
+    }
+
+    /// This region's log was written up to `sequence`, its commit's fsync under way: it ships now, and peers apply it
+    /// once ``logGrew(to:)`` says it is durable (``CommitShipping``).
+    func logWritten(to sequence: UInt64) {
         for link in links.values { link.logGrew(to: sequence) }
+    }
+
+    /// The commit of entries that may have shipped failed: the log ends at `sequence`, and every stream restarts, so
+    /// that no peer keeps what it carried beyond.
+    func commitFailed(logEndsAt sequence: UInt64) {
+        for link in links.values { link.commitFailed(logEndsAt: sequence) }
     }
 
     /// Waits until enough replica regions applied a committed write, or the ack timeout passes.
@@ -827,6 +846,8 @@ final class BatchApplier: Sendable {
     private struct State {
         var receiver: LogReceiver
         var queue = ApplyQueue()
+        /// How far the origin said its log is durable on this stream: what is queued beyond it waits.
+        var originDurable: UInt64 = 0
     }
 
     private let state: Mutex<State>
@@ -850,9 +871,21 @@ final class BatchApplier: Sendable {
         ring.yield()
     }
 
+    /// The origin's log is durable through `sequence`: what is queued up to there may be applied.
+    func originDurable(through sequence: UInt64) {
+        let raised = state.withLock { state in
+            guard sequence > state.originDurable else { return false }
+            state.originDurable = sequence
+            return true
+        }
+        if raised { ring.yield() }
+    }
+
+    /// The next work: queued entries up to the origin's durable point (what lies beyond may still be lost with the
+    /// origin's commit: it waits, and is dropped with the stream if no durable point covers it), else an ack owed.
     func take() -> Work? {
         state.withLock { state in
-            if let batch = state.queue.takeBatch() { return .apply(from: batch.from, through: batch.through, entries: batch.entries) }
+            if let batch = state.queue.takeBatch(through: state.originDurable) { return .apply(from: batch.from, through: batch.through, entries: batch.entries) }
             return state.queue.takeReacknowledgement().map { .reacknowledge($0) }
         }
     }

@@ -56,6 +56,12 @@ public protocol ReplicationLogStore: Sendable {
     /// - Returns: The origin's applied point afterwards.
     func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
                          diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64
+    /// As ``applyReplicated(origin:from:through:entries:diverted:durable:)`` for entries their origin has not yet
+    /// said are durable: the step's work is done at once, and it commits only if `originDurable` (called inside it,
+    /// before the commit; it may block its thread, for a bounded time) returns true. Otherwise nothing is applied and
+    /// the result is nil. A backend may also return nil without trying.
+    func applyReplicatedOnceDurable(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry], diverted: [UInt64: UInt64],
+                                    durable: Bool, originDurable: @escaping @Sendable () -> Bool) async throws(MeridianError) -> UInt64?
     /// Makes every step so far durable. - Returns: ``appliedHighWater()`` afterwards.
     func syncApplied() async throws(MeridianError) -> [RegionName: UInt64]
     /// Moves an origin's applied point up to `sequence` (never down), after anti-entropy brought everything
@@ -342,6 +348,12 @@ public enum ReplicatedRange {
 }
 
 extension ReplicationLogStore {
+    /// Never held: the caller applies the entries once their origin says they are durable.
+    public func applyReplicatedOnceDurable(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry], diverted: [UInt64: UInt64],
+                                           durable: Bool, originDurable: @escaping @Sendable () -> Bool) async throws(MeridianError) -> UInt64? {
+        nil
+    }
+
     /// Applies `from...through` of another origin's log, keeping nothing aside.
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry]) async throws(MeridianError) -> UInt64 {
         try await applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: [:])

@@ -214,6 +214,9 @@ actor GroupCommitter {
 
     private static func describe(_ error: any Error) -> String { StorageFault.describe(error) }
 
+    /// Thrown inside an apply's transaction to roll it back: its origin did not say the entries are durable in time.
+    private struct HeldBack: Error {}
+
     private static func entries(_ outcomes: [WriteOutcome]) -> [ReplicationEntry] {
         outcomes.compactMap { outcome in
             guard case .committed(let entry) = outcome else { return nil }
@@ -251,8 +254,10 @@ actor GroupCommitter {
     /// - Returns: The origin's applied sequence afterwards.
     /// - Parameter durable: false commits without an fsync (`synchronous=NORMAL` for this transaction): visible at
     ///   once, durable with the next commit that syncs (``sync()``, or any other), lost whole if the machine crashes first.
+    /// - Parameter originDurable: Called after the statements, before the COMMIT (it may block the writer, bounded):
+    ///   false rolls the transaction back, and the result is nil.
     func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
-                         diverted: [UInt64: UInt64] = [:], durable: Bool = true) async throws(MeridianError) -> UInt64 {
+                         diverted: [UInt64: UInt64] = [:], durable: Bool = true, originDurable: (@Sendable () -> Bool)? = nil) async throws(MeridianError) -> UInt64? {
         precondition(origin != region, "a region never receives its own log")
         precondition(from >= 1 && from <= through && entries.allSatisfy { $0.origin == origin && (from...through).contains($0.sequence) })
         let clock = self.clock
@@ -307,10 +312,13 @@ actor GroupCommitter {
                     """).execute(arguments: [origin.rawValue, Int64(through)])
                 if appliedAny { try Self.raiseHighWater(db, clock.last, region: region) }
                 let evicted = try pruneDue ? IdempotencyRows.prune(db, nowMs: physicalMs, limits: limits) : 0
+                if let originDurable, !originDurable() { throw HeldBack() }
                 return (.success((through, recorded)), (recordedKeys, evicted))
             }
         } catch let error as MeridianError {
             throw error
+        } catch is HeldBack {
+            return nil
         } catch {
             throw StorageFault.error(error, directory: directory, what: "Entries of \(origin)'s log could not be applied; nothing of the batch was applied")
         }

@@ -197,9 +197,24 @@ public final class RegionStore: RegionStorage {
     ///   held), kept in the divergence log under the given successor epoch instead of applied.
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
                                 diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64 {
+        try await applyReplicatedOnceDurable(origin: origin, from: from, through: through, entries: entries, diverted: diverted, durable: durable,
+                                             originDurable: nil)!
+    }
+
+    /// The transaction runs its statements at once and waits, holding the writer, for `originDurable` before its
+    /// COMMIT: the origin's fsync and this region's statements overlap, and the entries become visible (and, for a
+    /// durable step, durable) only after the origin's. A false answer rolls it back.
+    public func applyReplicatedOnceDurable(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry], diverted: [UInt64: UInt64],
+                                           durable: Bool, originDurable: @escaping @Sendable () -> Bool) async throws(MeridianError) -> UInt64? {
+        try await applyReplicatedOnceDurable(origin: origin, from: from, through: through, entries: entries, diverted: diverted, durable: durable,
+                                             originDurable: Optional(originDurable))
+    }
+
+    private func applyReplicatedOnceDurable(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry], diverted: [UInt64: UInt64],
+                                            durable: Bool, originDurable: (@Sendable () -> Bool)?) async throws(MeridianError) -> UInt64? {
         try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
-        let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted,
-                                                        durable: durable)
+        guard let after = try await committer.applyReplicated(origin: origin, from: from, through: through, entries: entries, diverted: diverted,
+                                                              durable: durable, originDurable: originDurable) else { return nil }
         appliedOthers.withLock { applied in
             applied.visible[origin] = max(applied.visible[origin, default: 0], after)
             if durable { applied.durable[origin] = max(applied.durable[origin, default: 0], after) }

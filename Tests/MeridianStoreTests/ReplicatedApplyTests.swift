@@ -117,6 +117,32 @@ import Testing
     /// A durable apply of a range already applied (another stream applied it visibly first) returns that stream's
     /// point as durable, so its transaction must still write: SQLite commits a transaction that wrote nothing without
     /// an fsync, and the point acknowledged would not be durable. Without the write in that case this fails.
+    /// An apply held for its origin's durable point runs its statements, waits before its commit (no other
+    /// connection sees the entries meanwhile), commits once told, and rolls back, applying nothing, when not.
+    @Test(arguments: [true, false])
+    func aHeldApplyCommitsOnlyOnceItsOriginIsDurable(durable: Bool) async throws {
+        let fixture = StoreFixture(.sqlite)
+        defer { fixture.remove() }
+        let store = try fixture.openSQLite()
+        defer { store.close() }
+        let entries = [remote(1, key: "a", value: "1", physicalMs: 5), remote(2, key: "b", value: "2", physicalMs: 6)]
+        let path = fixture.path
+        let seenWhileHeld = try await store.applyReplicatedOnceDurable(origin: eu, from: 1, through: 2, entries: entries, diverted: [:], durable: durable,
+                                                                       originDurable: {
+            // Another connection, while the transaction waits: nothing of it yet.
+            let rows = (try? DatabaseQueue(path: path).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM log") ?? -1 }) ?? -1
+            return rows == 0
+        })
+        #expect(seenWhileHeld == 2 && store.visibleHighWater()[eu] == 2 && (store.appliedHighWater()[eu] ?? 0) == (durable ? 2 : 0))
+        let refused = try await store.applyReplicatedOnceDurable(origin: eu, from: 3, through: 3, entries: [remote(3, key: "c", value: "3", physicalMs: 7)],
+                                                                 diverted: [:], durable: durable, originDurable: { false })
+        #expect(refused == nil && store.visibleHighWater()[eu] == 2, "rolled back: nothing applied")
+        #expect(try await store.get(keyspace: KeyspaceName("ks"), key: Key("c")) == nil)
+        let retried = try await store.applyReplicated(origin: eu, from: 3, through: 3, entries: [remote(3, key: "c", value: "3", physicalMs: 7)], diverted: [:], durable: true)
+        #expect(retried == 3)
+        #expect(try await store.synchronousLevel() == 2, "the connection syncs every commit again")
+    }
+
     @Test func aDurableApplyOfNothingNewStillSyncs() async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }

@@ -218,6 +218,12 @@ public struct ApplyQueue: Sendable {
         public let from: UInt64
         public let through: UInt64
         public let entries: [ReplicationEntry]
+
+        public init(from: UInt64, through: UInt64, entries: [ReplicationEntry]) {
+            self.from = from
+            self.through = through
+            self.entries = entries
+        }
     }
 
     private var pending: Batch?
@@ -248,6 +254,16 @@ public struct ApplyQueue: Sendable {
         guard batch.through > limit else { return takeBatch() }
         pending = Batch(from: limit + 1, through: batch.through, entries: batch.entries.filter { $0.sequence > limit })
         return Batch(from: batch.from, through: limit, entries: batch.entries.filter { $0.sequence <= limit })
+    }
+
+    /// Puts a taken range back in front of what is queued (its apply did not happen); it ends where the queue begins.
+    public mutating func putBack(_ batch: Batch) {
+        guard let queued = pending else {
+            pending = batch
+            return
+        }
+        precondition(batch.through + 1 == queued.from, "a range put back ends where the queue begins")
+        pending = Batch(from: batch.from, through: queued.through, entries: batch.entries + queued.entries)
     }
 
     /// The re-acknowledgement owed, if any (take it once no batch is pending).

@@ -33,6 +33,11 @@ typealias RepairHandler = @Sendable (KeyspaceName, RepairRequest, RegionName) as
 /// decisions (what to send, what to apply, when a write is confirmed) are the core's `LogShipper`,
 /// `LogReceiver` and `AckTracker`; this type does the I/O.
 final class Replicator: Sendable {
+    /// The longest an apply of entries shipped before their origin's fsync holds this region's writer, waiting for the
+    /// origin to say they are durable (its fsync takes well under a millisecond here): a stalled origin costs the
+    /// writer this much once, then its entries wait unheld for the durable point.
+    static let heldApplyWaitMs = 5
+
     let region: RegionName
     /// Where this region accepts its peers' streams.
     let peerAddress: Endpoint
@@ -524,7 +529,7 @@ final class Replicator: Sendable {
         for await _ in applier.doorbell {
             while let work = applier.take() {
                 switch work {
-                case .apply(let from, let through, let entries):
+                case .apply(let from, let through, let entries, let held):
                     let applied: UInt64
                     // Entries of single-leader keyspaces pass the fence first: a deposed leader's unshipped writes
                     // are kept aside, and entries wait while an election this region took part in settles.
@@ -535,8 +540,24 @@ final class Replicator: Sendable {
                     let durability = ApplyDurability.of(entries, in: cluster)
                     let visible: UInt64
                     do {
-                        visible = try await store.applyReplicated(origin: origin, from: from, through: through, entries: entries.map(withClusterRegionsOnly),
-                                                                  diverted: admitted?.diverted ?? [:], durable: durability == .durable)
+                        let cleaned = entries.map(withClusterRegionsOnly)
+                        if held {
+                            // Shipped while the origin's fsync ran: the statements run now, the commit waits for the
+                            // origin's durable point (the two fsyncs overlap), bounded so that a stalled origin does
+                            // not hold this region's writer; then the range goes back and waits unheld.
+                            guard let done = try await store.applyReplicatedOnceDurable(
+                                origin: origin, from: from, through: through, entries: cleaned, diverted: admitted?.diverted ?? [:],
+                                durable: durability == .durable, originDurable: { applier.waitForOrigin(through: through, timeoutMs: Self.heldApplyWaitMs) })
+                            else {
+                                if let admitted { fence?.committed(admitted, false) }
+                                applier.putBack(from: from, through: through, entries: entries)
+                                continue
+                            }
+                            visible = done
+                        } else {
+                            visible = try await store.applyReplicated(origin: origin, from: from, through: through, entries: cleaned,
+                                                                      diverted: admitted?.diverted ?? [:], durable: durability == .durable)
+                        }
                     } catch {
                         if let admitted { fence?.committed(admitted, false) }
                         applier.failed()
@@ -839,7 +860,9 @@ extension AckTracker.Resolution {
 /// bounded by the origin's in-flight window: it sends nothing more until these are acknowledged.
 final class BatchApplier: Sendable {
     enum Work: Sendable {
-        case apply(from: UInt64, through: UInt64, entries: [ReplicationEntry])
+        /// `held`: the origin has not yet said the range is durable; the apply waits for it before its commit
+        /// (``waitForOrigin(through:timeoutMs:)``), and is put back (``putBack(_:)``) if it does not come in time.
+        case apply(from: UInt64, through: UInt64, entries: [ReplicationEntry], held: Bool)
         case reacknowledge(UInt64)
     }
 
@@ -848,6 +871,12 @@ final class BatchApplier: Sendable {
         var queue = ApplyQueue()
         /// How far the origin said its log is durable on this stream: what is queued beyond it waits.
         var originDurable: UInt64 = 0
+        /// Whether a range beyond it may be taken to apply held (not after a held apply timed out, until the
+        /// origin's durable point moves again: the writer is not held again for the same stalled fsync).
+        var holdAllowed = true
+        /// An apply waits for the durable point (``waitForOrigin(through:timeoutMs:)``), or the stream ended.
+        var waiting = false
+        var ended = false
     }
 
     private let state: Mutex<State>
@@ -856,6 +885,9 @@ final class BatchApplier: Sendable {
     /// Ends when the applying task stops.
     private let done: AsyncStream<Void>
     private let doneOut: AsyncStream<Void>.Continuation
+
+    /// Wakes an apply waiting for the origin's durable point.
+    private let durableMoved = DispatchSemaphore(value: 0)
 
     init(receiver: LogReceiver) {
         state = Mutex(State(receiver: receiver))
@@ -873,20 +905,64 @@ final class BatchApplier: Sendable {
 
     /// The origin's log is durable through `sequence`: what is queued up to there may be applied.
     func originDurable(through sequence: UInt64) {
-        let raised = state.withLock { state in
-            guard sequence > state.originDurable else { return false }
+        let (raised, wake) = state.withLock { state in
+            guard sequence > state.originDurable else { return (false, false) }
             state.originDurable = sequence
-            return true
+            state.holdAllowed = true
+            return (true, state.waiting)
         }
+        if wake { durableMoved.signal() }
         if raised { ring.yield() }
     }
 
-    /// The next work: queued entries up to the origin's durable point (what lies beyond may still be lost with the
-    /// origin's commit: it waits, and is dropped with the stream if no durable point covers it), else an ack owed.
+    /// The next work: queued entries up to the origin's durable point; else the entries beyond it, to apply held
+    /// (their commit waits for the durable point, and they are dropped with the stream if none covers them: the
+    /// origin may have lost them with its commit); else an ack owed.
     func take() -> Work? {
         state.withLock { state in
-            if let batch = state.queue.takeBatch(through: state.originDurable) { return .apply(from: batch.from, through: batch.through, entries: batch.entries) }
+            if let batch = state.queue.takeBatch(through: state.originDurable) {
+                return .apply(from: batch.from, through: batch.through, entries: batch.entries, held: false)
+            }
+            if state.holdAllowed, !state.ended, let batch = state.queue.takeBatch() {
+                return .apply(from: batch.from, through: batch.through, entries: batch.entries, held: true)
+            }
             return state.queue.takeReacknowledgement().map { .reacknowledge($0) }
+        }
+    }
+
+    /// Blocks its thread (an apply's transaction, before its commit) until the origin says its log is durable through
+    /// `sequence`, at most `timeoutMs`, or the stream ends. - Returns: Whether it is durable.
+    func waitForOrigin(through sequence: UInt64, timeoutMs: Int) -> Bool {
+        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
+        while true {
+            let done = state.withLock { state -> Bool? in
+                if state.originDurable >= sequence {
+                    state.waiting = false
+                    return true
+                }
+                if state.ended {
+                    state.waiting = false
+                    return false
+                }
+                state.waiting = true
+                return nil
+            }
+            if let done { return done }
+            if durableMoved.wait(timeout: deadline) == .timedOut {
+                return state.withLock { state in
+                    state.waiting = false
+                    return state.originDurable >= sequence
+                }
+            }
+        }
+    }
+
+    /// A held range was not applied (its origin did not say it is durable in time): it goes back in front of the
+    /// queue, to be applied once the durable point covers it.
+    func putBack(from: UInt64, through: UInt64, entries: [ReplicationEntry]) {
+        state.withLock { state in
+            state.queue.putBack(ApplyQueue.Batch(from: from, through: through, entries: entries))
+            state.holdAllowed = false
         }
     }
 
@@ -898,8 +974,16 @@ final class BatchApplier: Sendable {
         state.withLock { $0.receiver.persistFailed() }
     }
 
-    /// No more batches will arrive: the applying task stops once it has applied what is queued.
-    func finish() { ring.finish() }
+    /// No more batches will arrive: the applying task stops once it has applied what is queued up to the origin's
+    /// durable point (a held apply stops waiting).
+    func finish() {
+        let wake = state.withLock { state in
+            state.ended = true
+            return state.waiting
+        }
+        if wake { durableMoved.signal() }
+        ring.finish()
+    }
 
     /// The applying task stopped (it applied everything queued, or failed, or was cancelled).
     func stopped() { doneOut.finish() }

@@ -42,7 +42,7 @@ for c in commits[-25:]:
     t2,seq=c[0],c[3]
     t1=max(r[0] for r in o1 if r[0]<=t2)
     st={"O1":t1}
-    for s in ["G1-submitted","G2-committing","G3-in-writer","G4-body-done","G5-committed"]:
+    for s in ["G1-submitted","G2-committing","G3-in-writer","G4-body-done","G4b-handed-out","G5-committed"]:
         st[s]=first_after(t1,"us-east",s,seq if s!="G1-submitted" else 0)
     st["O2"]=t2
     ks=list(st)
@@ -55,7 +55,7 @@ for c in commits[-25:]:
     t2,seq=c[0],c[3]
     st={}
     st["R2"]=first_after(t2,"eu-west","R2-applying",seq)
-    for s in ["A1-in-writer","A2-body-done","A3-committed"]:
+    for s in ["A1-in-writer","A2-body-done","A2b-origin-durable","A3-committed"]:
         st[s]=first_after(t2,"eu-west",s,seq)
     st["R3"]=first_after(t2,"eu-west","R3-applied",seq)
     ks=list(st)

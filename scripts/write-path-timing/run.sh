@@ -4,10 +4,9 @@
 # WAN scale, sends sequential PUTs to the `majority` keyspace `inventory` at us-east, and prints the p50 of each
 # stage's duration (origin: route, group commit, shipping; replica: apply, fsync, ack; each WAN leg).
 #
-#   scripts/write-path-timing/run.sh [early]
+#   scripts/write-path-timing/run.sh
 #
-# `early` also hands the entries to the shippers inside the commit's transaction, before its COMMIT (what shipping
-# before the origin's fsync would gain; unsafe, measurement only). Uses the demo's fixed ports (7100-7320).
+# Uses the demo's fixed ports (7100-7320).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -22,9 +21,7 @@ git -C "$repo" worktree add --detach "$work/tree" HEAD >/dev/null
 git -C "$work/tree" apply "$here/instrumentation.patch"
 (cd "$work/tree" && swift build -c release --product meridian >/dev/null)
 binary="$work/tree/.build/release/meridian"
-environment=(MERIDIAN_TIMING=1)
-[ "${1:-}" = early ] && environment+=(MERIDIAN_EXPERIMENT=early)
-env "${environment[@]}" "$binary" up --data "$work/data" > "$work/up.log" 2>&1 &
+MERIDIAN_TIMING=1 "$binary" up --data "$work/data" > "$work/up.log" 2>&1 &
 for _ in $(seq 1 120); do
   curl -sf -o /dev/null http://127.0.0.1:7101/health && curl -sf -o /dev/null http://127.0.0.1:7103/health && break
   sleep 0.5

@@ -29,8 +29,10 @@ import Synchronization
 ///   the simulated fsync completes; a crash before then loses them, and the restarted origin numbers its next
 ///   writes from its durable end. The origin then tells its peers its durable point, and a peer applies only up
 ///   to the last one it heard (``ApplyQueue/takeBatch(through:)``): no region ever holds an entry its origin
-///   lost, so a number reused after a crash names one write wherever it is held. Readers there, and the states
-///   a catch-up, a revert or anti-entropy pulls, see committed writes only;
+///   lost, so a number reused after a crash names one write wherever it is held. (The node's replica runs such an
+///   apply's statements before the durable point arrives and holds its commit for it, a few milliseconds at most:
+///   what becomes visible or durable, and when relative to the origin's fsync, is what is modelled here.) Readers
+///   there, and the states a catch-up, a revert or anti-entropy pulls, see committed writes only;
 /// - a stream opens with hello; the receiver answers with the applied point it holds durably (welcome),
 ///   the origin says how far its log is durable, and ships from there;
 /// - a receiver hands entries out when they arrive and the machine admits them; a batch of `async` keyspaces

@@ -1212,7 +1212,7 @@ public struct Simulation {
             let effects = shipper.streamOpened()
             regions[origin].shippers[peer] = shipper
             // The durable point first: the peer applies what the stream brings up to it, and waits for the next.
-            send(.durable(through: durableThrough(origin, origin)), on: id, toPeer: true)
+            send(.durable(through: committedThrough(origin)), on: id, toPeer: true)
             carry(origin, peer, effects)
             for resolution in regions[origin].acks.peerApplied(names[peer], upTo: applied) { resolve(origin, resolution) }
         case .ack(let durable, let visible, let echo):

@@ -280,6 +280,9 @@ actor GroupCommitter {
                         context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)])), (0, 0))
                 }
                 guard through > applied else {
+                    // Held entries another stream already applied under the same numbers: they may be writes their
+                    // origin lost and numbered again, so the caller hears of them only once they are durable.
+                    if let originDurable, !originDurable() { throw HeldBack() }
                     // Nothing new: a durable apply still writes, so its commit syncs, for the point it returns may be
                     // another stream's visible apply not synced yet (SQLite commits a transaction that wrote nothing
                     // without an fsync).

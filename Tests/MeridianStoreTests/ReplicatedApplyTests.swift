@@ -137,6 +137,11 @@ import Testing
         let refused = try await store.applyReplicatedOnceDurable(origin: eu, from: 3, through: 3, entries: [remote(3, key: "c", value: "3", physicalMs: 7)],
                                                                  diverted: [:], durable: durable, originDurable: { false })
         #expect(refused == nil && store.visibleHighWater()[eu] == 2, "rolled back: nothing applied")
+        // A held range another stream already applied (under numbers its origin may have given other writes) is not
+        // reported applied before its own origin says it is durable.
+        let again = try await store.applyReplicatedOnceDurable(origin: eu, from: 1, through: 2, entries: entries, diverted: [:], durable: durable,
+                                                               originDurable: { false })
+        #expect(again == nil)
         #expect(try await store.get(keyspace: KeyspaceName("ks"), key: Key("c")) == nil)
         let retried = try await store.applyReplicated(origin: eu, from: 3, through: 3, entries: [remote(3, key: "c", value: "3", physicalMs: 7)], diverted: [:], durable: true)
         #expect(retried == 3)

@@ -256,14 +256,15 @@ public struct ApplyQueue: Sendable {
         return Batch(from: batch.from, through: limit, entries: batch.entries.filter { $0.sequence <= limit })
     }
 
-    /// Puts a taken range back in front of what is queued (its apply did not happen); it ends where the queue begins.
+    /// Puts a taken range back in front of what is queued (its apply did not happen). What was queued since starts at
+    /// most one past it (the receiver refuses gaps); where a peer's ranges overlapped, the entries put back count.
     public mutating func putBack(_ batch: Batch) {
         guard let queued = pending else {
             pending = batch
             return
         }
-        precondition(batch.through + 1 == queued.from, "a range put back ends where the queue begins")
-        pending = Batch(from: batch.from, through: queued.through, entries: batch.entries + queued.entries)
+        pending = Batch(from: batch.from, through: max(batch.through, queued.through),
+                        entries: batch.entries + queued.entries.filter { $0.sequence > batch.through })
     }
 
     /// The re-acknowledgement owed, if any (take it once no batch is pending).

@@ -51,6 +51,9 @@ final class OutboundLink: Sendable {
         var durableHighWater: UInt64
         /// A `durable` command is queued and not yet sent.
         var durableQueued = false
+        /// A commit failed after this connection may have carried its entries: it ships nothing more and announces no
+        /// durable point (its numbers go to other writes, which only the next connection carries), until it ends.
+        var failedCommit = false
         var acknowledged: UInt64
         var connected = false
         var lastHeard: ContinuousClock.Instant?
@@ -100,6 +103,7 @@ final class OutboundLink: Sendable {
             $0.shipment = nil
             $0.restoring = false
             $0.durableQueued = false
+            $0.failedCommit = false
         }
     }
 
@@ -142,6 +146,11 @@ final class OutboundLink: Sendable {
     func acked(_ applied: UInt64, echoMs: UInt64) throws(MeridianError) {
         try state.withLock { (state: inout State) throws(MeridianError) in
             state.echoMs = max(state.echoMs, echoMs)
+            // The connection is ending (a failed commit); its acks still name only durable points, and count below.
+            if state.failedCommit {
+                state.acknowledged = max(state.acknowledged, min(applied, state.durableHighWater))
+                return
+            }
             guard var shipper = state.shipper else {
                 throw MeridianError(.replicationProtocol, "\(peer) acknowledged before the stream was set up.")
             }
@@ -209,25 +218,32 @@ final class OutboundLink: Sendable {
     }
 
     /// A commit whose entries may have shipped failed: the log ends at `sequence` again, and the stream ends so that
-    /// the peer drops what it carried beyond (it never applied it: nothing past the durable point applies).
+    /// the peer drops what it carried beyond (it never applied it: nothing past the durable point applies). From now
+    /// on the connection ships nothing and announces no durable point, not even one already queued: the next commits
+    /// reuse those numbers, and a durable point sent here would make the peer apply the lost entries under them.
     func commitFailed(logEndsAt sequence: UInt64) {
         state.withLock { state in
             guard state.logHighWater > sequence else { return }
             state.logHighWater = sequence
-            state.outbox?.yield(.reset)
+            state.shipper = nil
+            state.shipment = nil
+            if state.outbox != nil {
+                state.failedCommit = true
+                state.outbox?.yield(.reset)
+            }
         }
     }
 
-    /// The durable point to send now, for a `durable` command.
-    func takeDurable() -> UInt64 {
+    /// The durable point to send now, for a `durable` command (nil: none, the connection carried a failed commit).
+    func takeDurable() -> UInt64? {
         state.withLock { state in
             state.durableQueued = false
-            return state.durableHighWater
+            return state.failedCommit ? nil : state.durableHighWater
         }
     }
 
     private static func queueDurable(_ state: inout State) {
-        guard !state.durableQueued, let outbox = state.outbox else { return }
+        guard !state.durableQueued, !state.failedCommit, let outbox = state.outbox else { return }
         state.durableQueued = true
         outbox.yield(.durable)
     }

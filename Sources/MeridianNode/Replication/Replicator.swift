@@ -332,7 +332,8 @@ final class Replicator: Sendable {
             case .forward(let frame):
                 try await outbound.write(frame)
             case .durable:
-                try await outbound.write(.durable(through: link.takeDurable()))
+                guard let through = link.takeDurable() else { continue }
+                try await outbound.write(.durable(through: through))
             case .reset:
                 throw MeridianError(.storageFailure, "A commit of this region failed after its entries were shipped to \(link.peer); the stream restarts from what \(link.peer) holds.")
             }
@@ -535,7 +536,17 @@ final class Replicator: Sendable {
                     // are kept aside, and entries wait while an election this region took part in settles.
                     // The data keys of sealed values arrive before the values are applied (a CRDT delta opens
                     // there; reads open later without a round trip).
-                    try await bringDataKeys(for: entries.map { ($0.keyspace, $0.value) }, from: [origin])
+                    if held {
+                        // A held entry's data key may be one its origin's commit is still making: fetched once durable.
+                        do throws(MeridianError) {
+                            try await bringDataKeys(for: entries.map { ($0.keyspace, $0.value) }, from: [origin])
+                        } catch {
+                            applier.putBack(from: from, through: through, entries: entries)
+                            continue
+                        }
+                    } else {
+                        try await bringDataKeys(for: entries.map { ($0.keyspace, $0.value) }, from: [origin])
+                    }
                     let admitted = try await fence?.admit(entries)
                     let durability = ApplyDurability.of(entries, in: cluster)
                     let visible: UInt64
@@ -871,9 +882,10 @@ final class BatchApplier: Sendable {
         var queue = ApplyQueue()
         /// How far the origin said its log is durable on this stream: what is queued beyond it waits.
         var originDurable: UInt64 = 0
-        /// Whether a range beyond it may be taken to apply held (not after a held apply timed out, until the
-        /// origin's durable point moves again: the writer is not held again for the same stalled fsync).
-        var holdAllowed = true
+        /// When ranges beyond it may again be taken to apply held: a held apply that was put back (its origin's fsync
+        /// took longer than the hold) suspends holding on this stream for a second, so that an origin with a slow disk
+        /// does not hold this region's writer on every commit.
+        var holdResumesAt: ContinuousClock.Instant?
         /// An apply waits for the durable point (``waitForOrigin(through:timeoutMs:)``), or the stream ended.
         var waiting = false
         var ended = false
@@ -908,7 +920,6 @@ final class BatchApplier: Sendable {
         let (raised, wake) = state.withLock { state in
             guard sequence > state.originDurable else { return (false, false) }
             state.originDurable = sequence
-            state.holdAllowed = true
             return (true, state.waiting)
         }
         if wake { durableMoved.signal() }
@@ -923,7 +934,7 @@ final class BatchApplier: Sendable {
             if let batch = state.queue.takeBatch(through: state.originDurable) {
                 return .apply(from: batch.from, through: batch.through, entries: batch.entries, held: false)
             }
-            if state.holdAllowed, !state.ended, let batch = state.queue.takeBatch() {
+            if !state.ended, state.holdResumesAt.map({ ContinuousClock.now >= $0 }) ?? true, let batch = state.queue.takeBatch() {
                 return .apply(from: batch.from, through: batch.through, entries: batch.entries, held: true)
             }
             return state.queue.takeReacknowledgement().map { .reacknowledge($0) }
@@ -957,12 +968,12 @@ final class BatchApplier: Sendable {
         }
     }
 
-    /// A held range was not applied (its origin did not say it is durable in time): it goes back in front of the
-    /// queue, to be applied once the durable point covers it.
+    /// A held range was not applied (its origin did not say it is durable in time, or its data keys are not yet
+    /// committed there): it goes back in front of the queue, to be applied once the durable point covers it.
     func putBack(from: UInt64, through: UInt64, entries: [ReplicationEntry]) {
         state.withLock { state in
             state.queue.putBack(ApplyQueue.Batch(from: from, through: through, entries: entries))
-            state.holdAllowed = false
+            state.holdResumesAt = ContinuousClock.now + .seconds(1)
         }
     }
 

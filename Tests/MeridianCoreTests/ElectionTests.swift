@@ -195,6 +195,10 @@ import Testing
         #expect(Fence.verdict(epoch: 2, origin: eu, sequence: 9, following: 3, start: later, held: [1: TermEnd(epoch: 1, leader: us, last: 5)]) == .apply)
         #expect(Fence.verdict(epoch: 1, origin: us, sequence: 1, following: 3, start: later, held: [:]) == .apply)
         #expect(Fence.verdict(epoch: 3, origin: ap, sequence: 1, following: 3, start: later, held: [1: TermEnd(epoch: 1, leader: us, last: 5)]) == .catchUp)
+        // The origin's own earlier term too: its log brings those writes first, but this region may have kept them aside.
+        let again = EpochStart(epoch: 3, leader: us, applied: [us: 6], terms: [TermEnd(epoch: 1, leader: us, last: 6)])
+        #expect(Fence.verdict(epoch: 3, origin: us, sequence: 7, following: 3, start: again, held: [1: TermEnd(epoch: 1, leader: us, last: 2)]) == .catchUp)
+        #expect(Fence.verdict(epoch: 3, origin: us, sequence: 7, following: 3, start: again, held: [1: TermEnd(epoch: 1, leader: us, last: 6)]) == .apply)
     }
 
     @Test func aDeposedLeadersWritesStayAsideWhenItLeadsAgainLater() {

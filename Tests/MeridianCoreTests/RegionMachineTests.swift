@@ -184,6 +184,40 @@ import Testing
         #expect(Self.applied(follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))) == [2: [:]])
     }
 
+    /// Found by the simulator (`meridian sim --seed 521 --steps 600 --regions 3`, once): eu-west kept aside us-east's
+    /// epoch-1 writes past its own start; us-east never heard of that term, led again with a start counting them,
+    /// and served them; eu-west applied us-east's new term as if it held its earlier one (its own log precedes it),
+    /// so when eu-west led next its start left them out, and a value strong reads had returned vanished.
+    @Test func aRegionThatKeptALeadersWritesAsideCatchesUpBeforeApplyingATermWhoseStartCountsThem() {
+        var follower = Self.followerOfEuWestsTerm()
+        // ap-southeast holds us-east's epoch-1 writes up to 10 and keeps 11 and 12 aside (epoch 2 counts up to 10).
+        #expect(Self.applied(follower.handle(.batchArrived(1, entries: (9...12).map { Self.entry(Self.accounts, origin: Self.us, sequence: $0, epoch: 1) })))
+                == [1: [11: 2, 12: 2]])
+        follower.handle(.batchCommitted(1, committed: true))
+        // us-east leads epoch 3 from a start that counts its epoch-1 writes up to 12.
+        let third = EpochStart(epoch: 3, leader: Self.us, applied: [Self.us: 12], terms: [TermEnd(epoch: 1, leader: Self.us, last: 12)])
+        follower.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
+        follower.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))
+        // Its stream goes on past 12, which this region applied (aside): the new term's write waits, and a silence
+        // later the leader is asked for what its start counts.
+        #expect(Self.applied(follower.handle(.batchArrived(2, entries: [Self.entry(Self.accounts, origin: Self.us, sequence: 13, epoch: 3)]))).isEmpty,
+                "a term's write applied where the writes its start counts were kept aside")
+        let usUp: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: true, acknowledged: 0), Self.eu: .init(up: true, acknowledged: 0)]
+        _ = follower.tick(at: 100, peers: usUp)
+        #expect(follower.tick(at: 600, peers: usUp).contains(.catchUp(Self.accounts, from: Self.us, epoch: 3)))
+
+        // A region that kept nothing aside applies the same stretch of us-east's log in one batch: the earlier
+        // term's entries before the new term's count as held.
+        var other = Self.followerOfEuWestsTerm()
+        #expect(Self.applied(other.handle(.batchArrived(1, entries: (9...10).map { Self.entry(Self.accounts, origin: Self.us, sequence: $0, epoch: 1) }))) == [1: [:]])
+        other.handle(.batchCommitted(1, committed: true))
+        other.handle(.electionReceived(keyspace: Self.accounts, message: .heartbeat(epoch: 3, sentMs: 0), start: third, from: Self.us, applied: [:]))
+        other.handle(.revertFinished(keyspace: Self.accounts, epoch: 3))
+        let stretch = [Self.entry(Self.accounts, origin: Self.us, sequence: 11, epoch: 1), Self.entry(Self.accounts, origin: Self.us, sequence: 12, epoch: 1),
+                       Self.entry(Self.accounts, origin: Self.us, sequence: 13, epoch: 3)]
+        #expect(Self.applied(other.handle(.batchArrived(2, entries: stretch))) == [2: [:]])
+    }
+
     /// ap-southeast following eu-west's epoch 2, which began holding us-east's epoch-1 writes up to 10, none of
     /// which ap-southeast holds; its copy is checked against the start.
     static func followerOfEuWestsTerm() -> Driver {

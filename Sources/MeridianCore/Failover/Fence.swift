@@ -117,11 +117,14 @@ public enum Fence {
         return holdsEarlierTerms(before: epoch, origin: origin, start: start, held: held) ? .apply : .catchUp
     }
 
-    /// Whether this region holds every write the start counts of the terms before `epoch` led by other regions
-    /// than `origin` (the origin's own earlier writes precede the entry in its log).
+    /// Whether this region holds every write the start counts of the terms before `epoch`, the origin's own earlier
+    /// terms included: they precede the entry in its log, but this region may have kept them aside under a term
+    /// that excluded them, which a later start (the origin leading again) counts anew. The caller holds the entries
+    /// a batch applies before the one judged (``RegionMachine``), so a batch spanning the origin's terms waits for
+    /// nothing.
     public static func holdsEarlierTerms(before epoch: UInt64, origin: RegionName, start: EpochStart, held: [UInt64: TermEnd]) -> Bool {
         start.terms.allSatisfy { term in
-            term.epoch >= epoch || term.leader == origin || held[term.epoch].map { $0.leader == term.leader && $0.last >= term.last } == true
+            term.epoch >= epoch || held[term.epoch].map { $0.leader == term.leader && $0.last >= term.last } == true
         }
     }
 }

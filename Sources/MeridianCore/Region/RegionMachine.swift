@@ -315,6 +315,10 @@ public struct RegionMachine: Sendable {
         var silenceMs: UInt64 { member.settings.heartbeatIntervalMs * member.settings.missedHeartbeats }
 
         mutating func hold(_ written: TermEnd) {
+            Self.hold(written, in: &held)
+        }
+
+        static func hold(_ written: TermEnd, in held: inout [UInt64: TermEnd]) {
             if let mine = held[written.epoch], mine.leader == written.leader, mine.last >= written.last { return }
             held[written.epoch] = written
         }
@@ -855,12 +859,17 @@ public struct RegionMachine: Sendable {
     /// cannot be judged yet (its keyspace added to `behind` when it waits for earlier terms' writes).
     private func verdict(_ entries: [ReplicationEntry], behind: inout Set<KeyspaceName>) -> [UInt64: UInt64]? {
         var diverted: [UInt64: UInt64] = [:]
+        // What the region holds once the batch's entries before the one judged are applied (as `batchCommitted` holds them).
+        var heldBefore: [KeyspaceName: [UInt64: TermEnd]] = [:]
         for entry in entries {
             guard let term = terms[entry.keyspace] else { continue }
             if term.phase.holdsEntries { return nil }
+            var held = heldBefore[entry.keyspace] ?? term.held
             switch Fence.verdict(epoch: entry.epoch, origin: entry.origin, sequence: entry.sequence,
-                                 following: term.member.record.epoch, start: term.start, held: term.held) {
-            case .apply: break
+                                 following: term.member.record.epoch, start: term.start, held: held) {
+            case .apply:
+                if entry.epoch > 0 { Term.hold(TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence), in: &held) }
+                heldBefore[entry.keyspace] = held
             case .divert where plantedBug == .applyDivertedEntries: break
             case .divert: diverted[entry.sequence] = term.member.record.epoch
             case .wait: return nil

@@ -197,8 +197,12 @@ public final class RegionStore: RegionStorage {
     ///   held), kept in the divergence log under the given successor epoch instead of applied.
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
                                 diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64 {
-        try await applyReplicatedOnceDurable(origin: origin, from: from, through: through, entries: entries, diverted: diverted, durable: durable,
-                                             originDurable: nil)!
+        // Only a hold refuses an apply without an error, and this one holds for nothing.
+        guard let after = try await applyReplicatedOnceDurable(origin: origin, from: from, through: through, entries: entries, diverted: diverted,
+                                                               durable: durable, originDurable: nil) else {
+            throw MeridianError(.storageFailure, "The apply of \(origin)'s \(from)...\(through) was rolled back without a hold; nothing of it was applied.")
+        }
+        return after
     }
 
     /// The transaction runs its statements at once and waits, holding the writer, for `originDurable` before its

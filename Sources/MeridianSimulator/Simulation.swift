@@ -122,6 +122,8 @@ public struct Simulation {
         public var persistsLost = 0
         /// Writes lost with their origin's crash before their commit's fsync (never answered).
         public var commitsLost = 0
+        /// Writes whose commit failed after their entries shipped (answered with an error; the number taken again).
+        public var commitsFailed = 0
         /// Streams closed because the peer went silent.
         public var silenceCloses = 0
         /// Writes to the conflict-policy keyspaces (fww, region-priority, siblings, crdt), and what they caused:
@@ -164,7 +166,7 @@ public struct Simulation {
             text += "; \(readsServed) reads served, \(readsRefused) refused; checked \(strongOperations) strong ops, \(sessionOperations) session ops, \(boundedReads) bounded reads"
             text += "; \(policyWrites) policy writes, \(conflictsLogged) conflicts logged, up to \(siblingsMax) siblings, counter \(counterTotal)"
             text += "; \(elections) elections, \(transfers) transfers (\(handOversAsked) asked), \(pauses) pauses, \(diverted) writes kept aside, \(catchUps) catch-ups, \(strongRefused) strong writes refused, \(forwardedWrites) forwarded, \(idempotentRetries) idempotent retries (\(idempotentReplays) replayed), \(clockFences) clock fences, \(clockRefused) writes refused for the clock, \(residentWrites) writes resident in one region"
-            text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(commitsLost) commits lost in their fsync, \(silenceCloses) silence closes; "
+            text += "; \(delivered) messages delivered, \(dropped) dropped, \(staleBatches) stale batches, \(persistsLost) persists lost, \(commitsLost) commits lost in their fsync, \(commitsFailed) failed, \(silenceCloses) silence closes; "
             text += convergenceMs.map { "converged \($0) ms after heal" } ?? "did not converge"
             if keysRepaired > 0 { text += " (\(keysRepaired) keys repaired by anti-entropy)" }
             if let drill { text += "; drill: \(drill)" }
@@ -382,6 +384,9 @@ public struct Simulation {
     private var report: Report
     /// Per origin, every entry it committed (its log as it would be untrimmed): what the checks compare with.
     private var history: [[ReplicationEntry]] = []
+    /// Sessions with an operation under way: a session's client waits for each answer before its next operation, so
+    /// its history (in answer order) is the order it acted in, and a write's causal past is what it saw when it wrote.
+    private var busySessions: Set<Int> = []
     /// Acknowledged writes: (origin, sequence).
     private var acknowledgedWrites: [(origin: Int, sequence: UInt64)] = []
     private let keyspace = try! KeyspaceName("sim")
@@ -695,8 +700,11 @@ public struct Simulation {
         let token = tokens[session]
         // One write in six is a delete: a tombstone a session sees must never be undone for it.
         let delete = Int.random(in: 0..<6, using: &generator) == 0
-        _ = commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put, after: token.clock,
-                   dependencies: token.seen.filter { $0.key != names[index] }, answer: .session(session: session, key: key, delete: delete))
+        guard !busySessions.contains(session) else { return }
+        if commit(at: index, keyspace: keyspace, key: key, operation: delete ? .delete : .put, after: token.clock,
+                  dependencies: token.seen.filter { $0.key != names[index] }, answer: .session(session: session, key: key, delete: delete)) != nil {
+            busySessions.insert(session)
+        }
     }
 
     /// A write to a keyspace of another conflict policy. Under fww and region-priority the write supersedes
@@ -860,9 +868,12 @@ public struct Simulation {
         let request = WriteRequest(keyspace: keyspace, key: try! Key(key), operation: operation, contentType: "",
                                    value: crdt != nil || operation == .delete ? [] : Array((value ?? "\(names[index])-w\(report.writes)").utf8),
                                    epoch: epoch, after: after, dependencies: dependencies, context: context, crdt: crdt, idempotency: idempotency)
+        // Now and then the commit fails after its statements ran (an I/O error in COMMIT): the entry shipped, and
+        // the transaction rolls back.
+        let commitFails = Int.random(in: 0..<150, using: &generator) == 0
         let entry: ReplicationEntry
         do {
-            let outcome = try regions[index].store.write(request, durable: false)
+            let outcome = try regions[index].store.write(request, durable: false, commitFails: commitFails)
             if case .replayed = outcome {
                 report.writes -= 1
                 report.idempotentReplays += 1
@@ -877,10 +888,14 @@ public struct Simulation {
             report.violations.append("\(names[index]) could not commit a write of \(keyspace)/\(key): \(error)")
             return nil
         }
-        if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
         if entry.sequence != UInt64(history[index].count) + 1 {
             report.violations.append("\(names[index]) numbered a write \(entry.sequence) after \(history[index].count) entries of its log")
         }
+        if commitFails {
+            commitFailed(at: index, entry)
+            return nil
+        }
+        if context == nil, let visible = held?.winner(rules[keyspace] ?? .lww) { overwrittenVisible.insert(visible.dot) }
         history[index].append(entry)
         if let highWater, entry.hlc <= highWater {
             report.violations.append("\(names[index]) issued \(entry.hlc) for a new write, not above \(highWater), which it had already recorded")
@@ -892,6 +907,33 @@ public struct Simulation {
             carry(index, peer, regions[index].shippers[peer]?.entriesAppended(upTo: entry.sequence) ?? [])
         }
         return entry
+    }
+
+    /// The write's statements ran and its entry went to the shippers, as the node's group commit hands a batch over
+    /// before COMMIT; then COMMIT failed and the transaction rolled back. The client gets an error, and the next write
+    /// takes the same sequence number. The node ends every outbound stream at once, announcing no durable point on it
+    /// (`OutboundLink.commitFailed`): a peer holds the entry staged beyond every durable point the stream carried,
+    /// and drops it with the stream. A stream kept open (the planted bug) would carry the origin's next durable
+    /// point, which names the number's next write, and the peer would apply the lost entry under it.
+    private mutating func commitFailed(at index: Int, _ entry: ReplicationEntry) {
+        report.commitsFailed += 1
+        if let trace { trace("\(nowMs) ms \(names[index]): the commit of \(entry.sequence) failed after it shipped") }
+        for peer in regions.indices where peer != index {
+            guard let id = regions[index].outbound[peer], let effects = regions[index].shippers[peer]?.entriesAppended(upTo: entry.sequence) else { continue }
+            // What the shipper's window lets go now, the failed entry last (the log before it is committed).
+            for case .send(let first, let count) in effects {
+                let last = first + UInt64(count) - 1
+                var entries: [ReplicationEntry]
+                do {
+                    entries = try regions[index].store.logEntries(origin: names[index], after: first - 1, limit: Int(min(last, entry.sequence - 1) + 1 - first))
+                } catch {
+                    preconditionFailure("an open in-memory store reads: \(error)")
+                }
+                if last == entry.sequence { entries.append(entry) }
+                send(batchesOf: entries, from: first, through: last, to: peer, on: id)
+            }
+            if options.plantedBug != .keepStreamsAfterFailedCommit { close(index, peer) }
+        }
     }
 
     /// Starts the fsync of the region's pending writes unless one is under way (writes that arrive meanwhile join
@@ -936,6 +978,7 @@ public struct Simulation {
         case .none:
             break
         case .session(let session, let key, let delete):
+            busySessions.remove(session)
             tokens[session].observe(entry.version)
             sessionHistory[session].append(SessionOperation(session: session, key: key, kind: .write(entry.version, deleted: delete)))
             stalenessWrites.append(StalenessChecker.Write(key: key, version: entry.version, deleted: delete, acknowledged: nowMs))
@@ -981,6 +1024,10 @@ public struct Simulation {
             key: strong ? "s\(Int.random(in: 0..<4, using: &generator))" : "k\(Int.random(in: 0..<6, using: &generator))",
             level: level, bound: level == .bounded ? UInt64.random(in: 10...1_000, using: &generator) : nil,
             call: nowMs, deadline: nowMs + readWaitMs, forwarded: false)
+        if level == .session {
+            guard !busySessions.contains(session) else { return }
+            busySessions.insert(session)
+        }
         nextRead += 1
         pendingReads[nextRead] = read
         schedule(after: 0, .read(nextRead))
@@ -1078,7 +1125,7 @@ public struct Simulation {
     }
 
     private mutating func finishRead(_ id: Int, served: Bool) {
-        pendingReads[id] = nil
+        if let read = pendingReads.removeValue(forKey: id), read.level == .session { busySessions.remove(read.session) }
         if !served { report.readsRefused += 1 }
     }
 
@@ -1170,13 +1217,19 @@ public struct Simulation {
                     report.violations.append("\(names[origin]) must ship \(first)...\(first + UInt64(count) - 1) of its log to \(names[peer]), but trimmed it through \(regions[origin].store.logFloor())")
                     return close(origin, peer)
                 }
-                let frames = options.plantedBug == .shipOutsideResidency
-                    ? [.batch(from: first, through: first + UInt64(count) - 1, entries: entries)]
-                    : Shipment.batches(entries, from: first, through: first + UInt64(count) - 1, for: names[peer], cluster: cluster, bytesMax: 1 << 20)
-                for case .batch(let from, let through, let shipped) in frames {
-                    send(.batch(from: from, through: through, entries: shipped), on: id, toPeer: true)
-                }
+                send(batchesOf: entries, from: first, through: first + UInt64(count) - 1, to: peer, on: id)
             }
+        }
+    }
+
+    /// Sends a range of the origin's log on stream `id`, cut as the node cuts it: only entries of keyspaces the peer
+    /// replicates travel (residency).
+    private mutating func send(batchesOf entries: [ReplicationEntry], from first: UInt64, through last: UInt64, to peer: Int, on id: UInt64) {
+        let frames = options.plantedBug == .shipOutsideResidency
+            ? [.batch(from: first, through: last, entries: entries)]
+            : Shipment.batches(entries, from: first, through: last, for: names[peer], cluster: cluster, bytesMax: 1 << 20)
+        for case .batch(let from, let through, let shipped) in frames {
+            send(.batch(from: from, through: through, entries: shipped), on: id, toPeer: true)
         }
     }
 
@@ -1369,6 +1422,10 @@ public struct Simulation {
             // before its fsync loses the entry, and then no region may hold it.
             if entry.sequence > durableThrough(origin, origin) {
                 report.violations.append("\(names[region]) applied \(names[origin])'s entry \(entry.sequence), which \(names[origin]) holds durably only through \(durableThrough(origin, origin))")
+            } else if entry.sequence <= UInt64(history[origin].count), history[origin][Int(entry.sequence) - 1] != entry {
+                // The number names another write at the origin: this one was lost there (a crash before its fsync,
+                // or a failed commit) after it shipped, and the number was taken again.
+                report.violations.append("\(names[region]) applied \(names[origin])'s entry \(entry.sequence) written at \(entry.hlc), which \(names[origin]) lost; its \(entry.sequence) is the write at \(history[origin][Int(entry.sequence) - 1].hlc)")
             }
             if let successor = diverted[entry.sequence] {
                 if let trace { trace("\(nowMs) ms \(names[region]): kept aside \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) on arrival (epoch \(successor))") }
@@ -1538,6 +1595,8 @@ public struct Simulation {
             history[index].removeAll { $0.sequence > kept }
             for entry in lost { increments[Dot(region: entry.origin, counter: entry.sequence)] = nil }
         }
+        // Their clients hear the connection close, and go on.
+        for case .session(let session, _, _) in regions[index].pendingCommits.map(\.answer) { busySessions.remove(session) }
         regions[index].pendingCommits = []
         regions[index].originFsyncRunning = false
         for peer in regions.indices where peer != index { close(index, peer) }

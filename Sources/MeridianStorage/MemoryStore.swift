@@ -141,11 +141,16 @@ public final class MemoryStore: RegionStorage {
         try change(durable: false, body)
     }
 
-    private func change<T>(durable: Bool, _ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
+    /// `rollingBack`: the change is computed and dropped, all but the clock's advance (a failed COMMIT).
+    private func change<T>(durable: Bool, rollingBack: Bool = false, _ body: (inout Open) throws(MeridianError) -> T) throws(MeridianError) -> T {
         try state.withLock { open throws(MeridianError) -> T in
             guard !open.closed else { throw Self.closedError }
             var draft = open
             let result = try body(&draft)
+            if rollingBack {
+                open.clock = draft.clock
+                return result
+            }
             open = draft
             if durable {
                 let contents = draft.contents
@@ -168,12 +173,16 @@ public final class MemoryStore: RegionStorage {
     /// A write committed as the node's group commit does (`durable`), or only visibly: a simulator's model of a
     /// commit whose fsync has not completed. Such a write is durable with the next durable step (``syncApplied()``,
     /// or any other), and lost if the store closes first.
-    public func write(_ request: WriteRequest, durable: Bool) throws(MeridianError) -> WriteOutcome {
+    ///
+    /// With `commitFails`, the write's statements run and their outcome is returned, then the transaction rolls back
+    /// as one whose COMMIT failed: nothing of it stays but the clock's advance (the node's clock lives in memory), so
+    /// the next write takes the same sequence number.
+    public func write(_ request: WriteRequest, durable: Bool, commitFails: Bool = false) throws(MeridianError) -> WriteOutcome {
         let limits = self.limits
         let rule = rule(request.keyspace)
         let region = self.region
         let physicalMs = physicalClockMs()
-        let (outcome, recorded) = try change(durable: durable) { open throws(MeridianError) -> (WriteOutcome, Recorded) in
+        let (outcome, recorded) = try change(durable: durable, rollingBack: commitFails) { open throws(MeridianError) -> (WriteOutcome, Recorded) in
             guard open.contents.restorePending == nil else {
                 throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
             }
@@ -218,6 +227,7 @@ public final class MemoryStore: RegionStorage {
                 return (.committed(entry), recorded)
             }
         }
+        if commitFails { return outcome }
         if case .committed = outcome { observer?.commitCompleted(writes: 1, commitSeconds: 0) }
         report(request.keyspace, recorded)
         return outcome

@@ -51,7 +51,7 @@ enum SimulationRunner {
     /// the same process must not starve of threads meanwhile (a live test's timers and clients run on the cooperative pool).
     @Test func fiveHundredSeedsKeepEveryInvariant() async {
         var failures: [String] = []
-        var acknowledged = 0, staleBatches = 0, persistsLost = 0, commitsLost = 0, strong = 0, session = 0, bounded = 0
+        var acknowledged = 0, staleBatches = 0, persistsLost = 0, commitsLost = 0, commitsFailed = 0, strong = 0, session = 0, bounded = 0
         var policyWrites = 0, conflicts = 0, siblingsMax = 0, counted: UInt64 = 0, repaired = 0
         var elections = 0, transfers = 0, pauses = 0, diverted = 0, clockFences = 0, resident = 0, forwarded = 0, drills = 0
         var idempotentRetries = 0, idempotentReplays = 0
@@ -62,6 +62,7 @@ enum SimulationRunner {
             staleBatches += report.staleBatches
             persistsLost += report.persistsLost
             commitsLost += report.commitsLost
+            commitsFailed += report.commitsFailed
             strong += report.strongOperations
             session += report.sessionOperations
             bounded += report.boundedReads
@@ -84,11 +85,13 @@ enum SimulationRunner {
             if !report.passed { failures.append("seed \(seed), \(regions) regions:\n\(report)") }
         }
         #expect(failures.isEmpty, "\(failures.count) seeds broke an invariant; first: \(failures.first ?? "")")
-        #expect(acknowledged > 10_000, "the sweep exercised majority acknowledgement (\(acknowledged) writes)")
+        // (About 10,000: a session's client waits for each answer before its next operation, and one commit in 150 fails.)
+        #expect(acknowledged > 9_000, "the sweep exercised majority acknowledgement (\(acknowledged) writes)")
         // The windows the model exists for were actually exercised.
         #expect(staleBatches > 0, "batches arrived on streams their origin had abandoned")
         #expect(persistsLost > 0, "crashes interrupted persists of handed-out entries")
         #expect(commitsLost > 20, "origins crashed in \(commitsLost) commits' fsyncs, after shipping them")
+        #expect(commitsFailed > 30, "\(commitsFailed) commits failed after shipping, their numbers taken again")
         // And the client-visible checkers had histories to judge. (A region writes only once its peers' brackets
         // prove its clock, as the node: after every start and while a partition holds the brackets back, its
         // clients' writes are refused, so the histories are smaller than before the simulator ran the fence.)

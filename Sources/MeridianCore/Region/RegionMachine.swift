@@ -226,6 +226,10 @@ public struct RegionMachine: Sendable {
         /// they are durable: an origin that crashes before its fsync leaves the replica with writes it lost (and gives
         /// their sequence numbers to other writes). The simulator plants it.
         case applyBeforeOriginDurable = "apply-before-origin-durable"
+        /// An origin whose commit failed after its entries shipped keeps its streams open: the peers keep the lost
+        /// entries, and apply them when the origin's next writes, numbered as they were, become durable. The
+        /// simulator plants it.
+        case keepStreamsAfterFailedCommit = "keep-streams-after-failed-commit"
     }
 
     /// The rule this machine breaks on purpose (nil: none; only the simulator sets one).

@@ -50,6 +50,9 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case dataKeyUnavailable = "data_key_unavailable"
             case erased = "erased"
             case restorePending = "restore_pending"
+            /// A node of a region whose nodes share one database no longer holds the region's lease for the
+            /// single-instance duties: another node was granted it, and this one's statements are fenced.
+            case leaseLost = "lease_lost"
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -107,7 +110,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
             case .preconditionFailed: .preconditionFailed
             case .valueTooLarge: .tooLarge
             case .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .regionUnavailable, .overloaded, .storageFailure,
-                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly, .dataKeyUnavailable, .restorePending:
+                 .clockOffsetExceeded, .clockFenced, .clockUnverified, .storageReadOnly, .dataKeyUnavailable, .restorePending,
+                 .leaseLost:
                 .unavailable
             case .ackTimeout: .timedOut
             case .storageFull: .storageFull
@@ -130,7 +134,7 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
                  .ackUnavailable, .leaderUnavailable, .consistencyUnavailable, .overloaded, .clockOffsetExceeded, .clockFenced,
                  .clockUnverified, .storageFull, .storageReadOnly, .codecTruncated, .codecUnsupportedVersion, .codecInvalidField,
                  .codecLengthMismatch, .replicationProtocol, .unauthenticated, .forbidden, .idempotencyKeyReused,
-                 .sealedValueUnreadable, .dataKeyUnavailable, .erased, .restorePending:
+                 .sealedValueUnreadable, .dataKeyUnavailable, .erased, .restorePending, .leaseLost:
                 .no
             // A forwarded request whose stream closed, an ack that timed out (the write is durable at its origin),
             // a commit whose fsync failed, and the node's own failures: the change may be there.
@@ -165,6 +169,8 @@ public struct MeridianError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let regionUnavailable = Code(.regionUnavailable)
         public static let overloaded = Code(.overloaded)
         public static let storageFailure = Code(.storageFailure)
+        /// This node no longer holds its region's lease for the single-instance duties (its transaction rolled back).
+        public static let leaseLost = Code(.leaseLost)
         /// A timestamp (a peer's, or one a session saw) leads this region's clock by more than the maximum offset.
         public static let clockOffsetExceeded = Code(.clockOffsetExceeded)
         /// This region's clock is too far from its peers': it refuses writes and does not lead.

@@ -7,6 +7,8 @@
 //   MeridianStorage -> MeridianCore                      (the storage protocols, split by concern, and their neutral types;
 //                                                         an in-memory backend)
 //   MeridianStore  -> MeridianCore, MeridianStorage, GRDB (the SQLite backend of the storage protocols)
+//   MeridianPostgres -> MeridianCore, MeridianStorage, PostgresNIO (a region's store in PostgreSQL, shared by several
+//                                                         nodes: the schema, the region lease)
 //   MeridianHarness -> MeridianCore, NIO, Histogram      (test, drill and benchmark plumbing: the local-cluster launcher, an HTTP/1.1 keep-alive client and
 //                                                         local process helpers; not the client library, which will be MeridianClient)
 //   MeridianTestKit -> MeridianCore                       (history checkers: linearizability, session guarantees, staleness)
@@ -59,6 +61,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.19.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.3.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.24.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         .target(
@@ -79,6 +82,16 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MeridianPostgres",
+            dependencies: [
+                "MeridianCore",
+                "MeridianStorage",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -246,6 +259,11 @@ let package = Package(
                 "MeridianTestKit",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MeridianPostgresTests",
+            dependencies: ["MeridianCore", "MeridianPostgres", "MeridianHarness", .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: strict
         ),
         .testTarget(

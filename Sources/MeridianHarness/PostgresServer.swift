@@ -1,0 +1,116 @@
+import Foundation
+
+/// A throwaway PostgreSQL server from Debian's packages, for tests and the demo: a new cluster (`initdb`) in a
+/// directory of its own, listening on loopback on a free port, trusting local connections.
+///
+/// As root (CI), the server runs as the `postgres` user the package creates (PostgreSQL refuses to run as root). A
+/// watchdog shell stops the server when the process that started it exits, however it exits, so no server outlives
+/// its test run; ``stop()`` stops it at once.
+public final class PostgresServer: @unchecked Sendable {
+    public let port: Int
+    public let directory: String
+    public let user = "postgres"
+    private let binaries: String
+    private let asRoot: Bool
+    private var watchdog: Process?
+
+    /// The binaries of the newest PostgreSQL installed (`/usr/lib/postgresql/N/bin`).
+    public static func binaries() throws -> String {
+        let root = "/usr/lib/postgresql"
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        guard let newest = versions.compactMap(Int.init).max(), FileManager.default.isExecutableFile(atPath: "\(root)/\(newest)/bin/postgres") else {
+            throw PostgresServerFailure("PostgreSQL's server is not installed (no \(root)/N/bin/postgres): apt-get install -y postgresql")
+        }
+        return "\(root)/\(newest)/bin"
+    }
+
+    /// Creates a cluster under a new temporary directory and starts it; waits (bounded) until it takes connections.
+    public init(timeoutSeconds: Double = 60) async throws {
+        binaries = try Self.binaries()
+        asRoot = getuid() == 0
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pg-\(UUID().uuidString)").path
+        port = try LocalProcesses.freePort()
+        let data = directory + "/data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        if asRoot { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
+        try run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8"])
+        // The server, and a shell that stops it (fast shutdown, then immediate) once this process is gone.
+        let server = [binaries + "/postgres", "-D", data, "-p", String(port), "-k", directory, "-c", "listen_addresses=127.0.0.1",
+                      "-c", "fsync=off", "-c", "max_connections=200"]
+        let command = server.map(Self.quoted).joined(separator: " ")
+        let script = """
+            \(command) >\(Self.quoted(directory + "/server.log")) 2>&1 &
+            server=$!
+            while [ -d /proc/\(getpid()) ] && kill -0 $server 2>/dev/null; do sleep 0.5; done
+            kill -INT $server 2>/dev/null; sleep 5; kill -QUIT $server 2>/dev/null; wait $server
+            """
+        let watchdog = Process()
+        watchdog.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "/bin/sh")
+        watchdog.arguments = asRoot ? ["-u", user, "--", "/bin/sh", "-c", script] : ["-c", script]
+        watchdog.standardInput = FileHandle.nullDevice
+        watchdog.standardOutput = FileHandle.nullDevice
+        watchdog.standardError = FileHandle.nullDevice
+        try watchdog.run()
+        self.watchdog = watchdog
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while (try? run(binaries + "/pg_isready", ["-h", "127.0.0.1", "-p", String(port), "-U", user, "-t", "1"])) == nil {
+            guard Date() < deadline, watchdog.isRunning else {
+                let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
+                await stop()
+                throw PostgresServerFailure("PostgreSQL did not start on port \(port) within \(Int(timeoutSeconds)) s: \(log.suffix(600))")
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// Creates a database of its own for one test.
+    public func createDatabase(_ name: String) throws {
+        try run(binaries + "/createdb", ["-h", "127.0.0.1", "-p", String(port), "-U", user, name])
+    }
+
+    /// Stops the server (fast shutdown: open sessions are ended) and removes its directory.
+    public func stop() async {
+        if let pid = Self.postmasterPID(directory + "/data") { kill(pid, SIGINT) }
+        if let watchdog { await LocalProcesses.waitExited(watchdog, timeoutSeconds: 15) }
+        if let watchdog, !LocalProcesses.hasExited(watchdog) {
+            if let pid = Self.postmasterPID(directory + "/data") { kill(pid, SIGQUIT) }
+            await LocalProcesses.stop(watchdog, graceSeconds: 5)
+        }
+        watchdog = nil
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private static func postmasterPID(_ data: String) -> pid_t? {
+        guard let text = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first.flatMap { pid_t($0.trimmingCharacters(in: .whitespaces)) }
+    }
+
+    private static func quoted(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+
+    /// Runs a PostgreSQL tool to completion (as `postgres` when this process is root).
+    private func run(_ executable: String, _ arguments: [String]) throws {
+        let process = Process()
+        if asRoot && executable.hasPrefix(binaries) {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+            process.arguments = ["-u", user, "--", executable] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        }
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw PostgresServerFailure("\((executable as NSString).lastPathComponent) failed (exit \(process.terminationStatus)): \(text.suffix(600))")
+        }
+    }
+}
+
+public struct PostgresServerFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

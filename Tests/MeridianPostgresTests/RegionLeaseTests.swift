@@ -1,0 +1,174 @@
+import Foundation
+import Logging
+import MeridianCore
+import MeridianHarness
+import MeridianPostgres
+import PostgresNIO
+import Testing
+
+/// One PostgreSQL server (Debian's package) for this test process, started on first use; every test takes a database
+/// of its own. Its watchdog stops it when the process exits.
+enum SharedPostgres {
+    static let server = Task { try await PostgresServer() }
+
+    /// Runs `body` with a client of a new database, the client's connection pool running meanwhile.
+    static func withDatabase<T: Sendable>(_ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        let server = try await server.value
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        try server.createDatabase(name)
+        return try await withClient(server, database: name, body)
+    }
+
+    static func withClient<T: Sendable>(_ server: PostgresServer, database: String, _ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        let client = PostgresClient(configuration: .init(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: database, tls: .disable))
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            return try await body(client)
+        }
+    }
+
+    static let logger = Logger(label: "meridian.postgres.test")
+}
+
+@Suite(.serialized) struct RegionLeaseTests {
+    let region = RegionName(validated: "us-east")
+
+    @Test func migrationsRunOnceWhenSeveralNodesStartTogether() async throws {
+        try await SharedPostgres.withDatabase { client in
+            let applied = try await withThrowingTaskGroup(of: [Int32].self) { group in
+                for _ in 0..<4 { group.addTask { try await PostgresSchema.migrate(client, logger: SharedPostgres.logger) } }
+                return try await group.reduce(into: [Int32]()) { $0 += $1 }
+            }
+            #expect(applied.sorted() == Array(1...PostgresSchema.newestVersion), "each migration applied by exactly one node")
+            let rows = try await client.query("SELECT count(*) FROM meridian_migrations").collect()
+            #expect(try rows.first?.decode(Int64.self) == Int64(PostgresSchema.newestVersion))
+            #expect(try await PostgresSchema.migrate(client, logger: SharedPostgres.logger).isEmpty, "a restart applies nothing")
+        }
+    }
+
+    @Test func theLeaseGoesToOneNodeAtATimeAndAFormerHoldersStatementsAreFenced() async throws {
+        let region = self.region
+        try await SharedPostgres.withDatabase { client in
+            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+            let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
+            let logger = SharedPostgres.logger
+            #expect(try await a.acquire(client, ttlMs: 800, logger: logger) == .held(epoch: 1))
+            #expect(try await b.acquire(client, ttlMs: 800, logger: logger) == .refused(holder: "node-a"))
+            #expect(try await b.renew(client, epoch: 1, ttlMs: 800, logger: logger) == .refused(holder: "node-a"))
+            // A grant whose answer was lost: asked again, it comes with a new epoch, and the old one is fenced.
+            #expect(try await a.acquire(client, ttlMs: 800, logger: logger) == .held(epoch: 2))
+            #expect(await Self.fenceCode(a, client, epoch: 1) == .leaseLost)
+            #expect(await Self.fenceCode(a, client, epoch: 2) == nil)
+            // Once it expires by the database's clock, another node is granted it, and the former holder is fenced.
+            try await Task.sleep(for: .milliseconds(900))
+            #expect(try await b.acquire(client, ttlMs: 800, logger: logger) == .held(epoch: 3))
+            #expect(try await a.renew(client, epoch: 2, ttlMs: 800, logger: logger) == .refused(holder: "node-b"))
+            #expect(await Self.fenceCode(a, client, epoch: 2) == .leaseLost)
+            // Given back at shutdown, it goes to the next node at once.
+            try await b.release(client, epoch: 3, logger: logger)
+            #expect(try await a.acquire(client, ttlMs: 800, logger: logger) == .held(epoch: 4))
+        }
+    }
+
+    @Test func aGrantWaitsForTheHoldersFencedTransactionToEnd() async throws {
+        let region = self.region
+        try await SharedPostgres.withDatabase { client in
+            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+            let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
+            let logger = SharedPostgres.logger
+            #expect(try await a.acquire(client, ttlMs: 200, logger: logger) == .held(epoch: 1))
+            let answered = AnswerBox()
+            let asker = try await client.withTransaction(logger: logger) { connection in
+                try await a.fence(connection, epoch: 1, logger: logger)
+                // The lease expires by the database's clock while the holder's duty runs; the other node asks, and
+                // waits: the holder's transaction commits first, under its epoch.
+                try await Task.sleep(for: .milliseconds(300))
+                let asker = Task { () throws(MeridianError) -> RegionLeaseTable.Answer in
+                    let answer = try await b.acquire(client, ttlMs: 5_000, logger: logger)
+                    await answered.set(answer)
+                    return answer
+                }
+                try await Task.sleep(for: .milliseconds(600))
+                #expect(await answered.answer == nil, "the lease was granted while the holder's fenced transaction ran")
+                try await a.fence(connection, epoch: 1, logger: logger)
+                return asker
+            }
+            #expect(try await asker.value == .held(epoch: 2))
+            #expect(await Self.fenceCode(a, client, epoch: 1) == .leaseLost)
+        }
+    }
+
+    @Test func whenTheHolderDiesAnotherNodeTakesTheDutiesOverWithinTheLease() async throws {
+        let region = self.region
+        try await SharedPostgres.withDatabase { client in
+            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+            let settings = try DutyLease.Settings(ttlMs: 1_500, renewEveryMs: 300, marginMs: 300)
+            let record = DutyRecord()
+            let keepers = ["node-a", "node-b", "node-c"].map { node in
+                RegionLeaseKeeper(table: RegionLeaseTable(region: region, node: node), client: client, settings: settings,
+                                  duties: .init(start: { await record.started(node, $0) }, stop: { await record.stopped(node, $0, $1) }),
+                                  logger: SharedPostgres.logger)
+            }
+            // Three nodes run for 2 s: one holds the lease throughout.
+            var alive = keepers
+            for _ in 0..<20 {
+                for keeper in alive { await keeper.step() }
+                let running = await record.running
+                #expect(running.count <= 1, "two nodes ran the duties at once: \(running)")
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let first = try #require(await record.running.first)
+            #expect(await record.starts.count == 1)
+            // The holder dies (no release, no more renewals): another node carries the duties within the lease's time
+            // to live plus a renewal interval.
+            alive.removeAll { $0.table.node == first.key }
+            let died = ContinuousClock.now
+            var takenOver: Duration?
+            for _ in 0..<60 where takenOver == nil {
+                for keeper in alive { await keeper.step() }
+                if let next = await record.running.first(where: { $0.key != first.key }) {
+                    takenOver = ContinuousClock.now - died
+                    #expect(next.value > first.value, "the new holder's epoch is above the dead one's")
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let elapsed = try #require(takenOver, "no node took the duties over within 6 s")
+            #expect(elapsed < .milliseconds(2_500), "taken over after \(elapsed)")
+            // The dead holder's statements, had it come back without hearing, are fenced.
+            #expect(await Self.fenceCode(keepers.first { $0.table.node == first.key }!.table, client, epoch: first.value) == .leaseLost)
+            for keeper in alive { await keeper.shutDown() }
+            #expect(await record.running.keys.sorted() == [first.key], "a shutdown stops the duties (the dead node never heard)")
+        }
+    }
+
+    /// The code a fenced transaction of `table` at `epoch` fails with (nil: it went through).
+    static func fenceCode(_ table: RegionLeaseTable, _ client: PostgresClient, epoch: UInt64) async -> MeridianError.Code? {
+        do {
+            try await client.withTransaction(logger: SharedPostgres.logger) { connection in try await table.fence(connection, epoch: epoch, logger: SharedPostgres.logger) }
+            return nil
+        } catch {
+            return PostgresFailure.wrap(error, "A fenced transaction").code
+        }
+    }
+}
+
+actor AnswerBox {
+    var answer: RegionLeaseTable.Answer?
+    func set(_ answer: RegionLeaseTable.Answer) { self.answer = answer }
+}
+
+/// Which nodes run the duties, and under which epoch.
+actor DutyRecord {
+    var running: [String: UInt64] = [:]
+    var starts: [(String, UInt64)] = []
+
+    func started(_ node: String, _ epoch: UInt64) {
+        running[node] = epoch
+        starts.append((node, epoch))
+    }
+
+    func stopped(_ node: String, _ epoch: UInt64, _ reason: String) {
+        if running[node] == epoch { running[node] = nil }
+    }
+}

@@ -1752,14 +1752,18 @@ public struct Simulation {
                 // Every entry released to apply belongs to the history of the term this region follows: its
                 // start counts it (or it is that term's leader's own); a deposed leader's unshipped entry never is.
                 let start = regions[index].machine!.snapshot(strongKeyspace, nowMs: nowMs)?.start
-                for entry in regions[index].inbound[stream]!.persisting?.entries ?? [] where entry.keyspace == strongKeyspace && diverted[entry.sequence] == nil {
+                let batch = regions[index].inbound[stream]!.persisting?.entries ?? []
+                for entry in batch where entry.keyspace == strongKeyspace && diverted[entry.sequence] == nil {
                     guard let start, entry.sequence > appliedThrough(index, names.firstIndex(of: entry.origin)!) else { continue }
                     let counted = (entry.origin == start.leader && entry.epoch == start.epoch) || (start.last(of: entry.origin, in: entry.epoch) ?? 0) >= entry.sequence
                     if !counted {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch), which the start of epoch \(start.epoch) does not count")
                     }
                     // Log matching: a write of a term applies only where every earlier term's counted write is held.
-                    if let missing = missingEarlierWrite(index, before: entry, start: start) {
+                    // The batch's entries before this one count once applied (not those the store skips as applied).
+                    let origin = names.firstIndex(of: entry.origin)!
+                    let before = batch.filter { $0.sequence < entry.sequence && $0.sequence > appliedThrough(index, origin) && diverted[$0.sequence] == nil }
+                    if let missing = missingEarlierWrite(index, before: entry, start: start, alsoApplying: before) {
                         report.violations.append("\(names[index]) applied \(entry.origin):\(entry.sequence) of epoch \(entry.epoch) without holding \(missing), which the start of epoch \(start.epoch) counts")
                     }
                 }
@@ -1819,15 +1823,17 @@ public struct Simulation {
         }
     }
 
-    /// The first write the start counts of a term before `entry`'s, led by another region, that region `index`
-    /// does not hold (neither applied from its origin's log nor merged into its key's state).
-    private func missingEarlierWrite(_ index: Int, before entry: ReplicationEntry, start: EpochStart) -> Dot? {
+    /// The first write the start counts of a term before `entry`'s that region `index` does not hold (neither applied
+    /// from its origin's log, nor kept aside and then merged into its key's state, nor in `alsoApplying`). The
+    /// entry's origin's own earlier terms too: its log brings them first, but this region may have kept them aside.
+    private func missingEarlierWrite(_ index: Int, before entry: ReplicationEntry, start: EpochStart, alsoApplying: [ReplicationEntry]) -> Dot? {
         let kept = Set(held(index).divergence.map { Dot(region: $0.origin, counter: $0.sequence) })
-        for term in start.terms where term.epoch < entry.epoch && term.leader != entry.origin {
+        let applying = Set(alsoApplying.map { Dot(region: $0.origin, counter: $0.sequence) })
+        for term in start.terms where term.epoch < entry.epoch {
             let origin = names.firstIndex(of: term.leader)!
             for write in log(origin).prefix(Int(term.last)) where write.keyspace == strongKeyspace && write.epoch == term.epoch {
                 let dot = Dot(region: write.origin, counter: write.sequence)
-                let applied = appliedThrough(index, origin) >= write.sequence && !kept.contains(dot)
+                let applied = (appliedThrough(index, origin) >= write.sequence && !kept.contains(dot)) || applying.contains(dot)
                 if !applied && state(index, write.keyspace, write.key.rawValue)?.context.contains(dot) != true { return dot }
             }
         }

@@ -227,7 +227,11 @@ public final class MemoryStore: RegionStorage {
                 return (.committed(entry), recorded)
             }
         }
-        if commitFails { return outcome }
+        if commitFails {
+            // As the node's group committer: a data key the rolled-back write created is gone with it.
+            sealer?.forgetCurrentKeys()
+            return outcome
+        }
         if case .committed = outcome { observer?.commitCompleted(writes: 1, commitSeconds: 0) }
         report(request.keyspace, recorded)
         return outcome

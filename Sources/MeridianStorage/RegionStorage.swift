@@ -367,8 +367,11 @@ extension ReplicationLogStore {
 }
 
 extension FailoverStore {
+    /// The terms a start names (its newest ``EpochStart/termsMax`` below its epoch), and the term under way: a
+    /// follower's held terms and a leader's catch-up answer must cover every term the start counts once the leader
+    /// has written in its own epoch.
     public func terms(keyspace: KeyspaceName) async throws(MeridianError) -> [TermEnd] {
-        try await terms(keyspace: keyspace, limit: EpochStart.termsMax)
+        try await terms(keyspace: keyspace, limit: EpochStart.termsMax + 1)
     }
 }
 

@@ -124,7 +124,8 @@ public enum Fence {
     /// nothing.
     public static func holdsEarlierTerms(before epoch: UInt64, origin: RegionName, start: EpochStart, held: [UInt64: TermEnd]) -> Bool {
         start.terms.allSatisfy { term in
-            term.epoch >= epoch || held[term.epoch].map { $0.leader == term.leader && $0.last >= term.last } == true
+            // A term the start counts nothing of (its writes all kept aside) asks for nothing.
+            term.epoch >= epoch || term.last == 0 || held[term.epoch].map { $0.leader == term.leader && $0.last >= term.last } == true
         }
     }
 }

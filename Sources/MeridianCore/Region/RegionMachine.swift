@@ -344,6 +344,9 @@ public struct RegionMachine: Sendable {
     private var waiting: [(id: BatchID, entries: [ReplicationEntry])] = []
     /// Admitted batches not yet committed, with what they keep aside.
     private var inFlight: [BatchID: (entries: [ReplicationEntry], diverted: [UInt64: UInt64])] = [:]
+    /// Per origin, the highest entry of any batch admitted in this process: an entry at or below it that comes again
+    /// (two streams from one origin overlap) is skipped by the store, so it must not count as held when judged again.
+    private var admittedThrough: [RegionName: UInt64] = [:]
     private var nowMs: UInt64
     private var wallMs: UInt64
     /// Restored from a backup and not caught up: the region's stored votes may be older than votes it gave before
@@ -650,7 +653,7 @@ public struct RegionMachine: Sendable {
         guard var term = terms[keyspace], let since = term.behindSinceMs, term.catchUp == nil, let start = term.start,
               start.epoch == term.member.record.epoch, start.leader != region, nowMs >= term.catchUpNotBeforeMs else { return [] }
         let missing = start.terms.filter { earlier in
-            earlier.epoch < start.epoch && earlier.leader != region
+            earlier.epoch < start.epoch && earlier.leader != region && earlier.last > 0
                 && term.held[earlier.epoch].map { $0.leader == earlier.leader && $0.last >= earlier.last } != true
         }
         let noStreamCanBringThem = !missing.isEmpty && missing.allSatisfy { peers[$0.leader]?.up != true }
@@ -846,6 +849,7 @@ public struct RegionMachine: Sendable {
                 continue
             }
             inFlight[batch.id] = (batch.entries, diverted)
+            for entry in batch.entries { admittedThrough[entry.origin] = max(admittedThrough[entry.origin] ?? 0, entry.sequence) }
             effects.append(.applyBatch(batch.id, diverted: diverted))
         }
         waiting = stillWaiting
@@ -863,7 +867,8 @@ public struct RegionMachine: Sendable {
     /// cannot be judged yet (its keyspace added to `behind` when it waits for earlier terms' writes).
     private func verdict(_ entries: [ReplicationEntry], behind: inout Set<KeyspaceName>) -> [UInt64: UInt64]? {
         var diverted: [UInt64: UInt64] = [:]
-        // What the region holds once the batch's entries before the one judged are applied (as `batchCommitted` holds them).
+        // What the region holds once the batch's entries before the one judged are applied (as `batchCommitted` holds
+        // them); not those a batch admitted before brought already, which the store skips (kept aside, maybe).
         var heldBefore: [KeyspaceName: [UInt64: TermEnd]] = [:]
         for entry in entries {
             guard let term = terms[entry.keyspace] else { continue }
@@ -872,7 +877,9 @@ public struct RegionMachine: Sendable {
             switch Fence.verdict(epoch: entry.epoch, origin: entry.origin, sequence: entry.sequence,
                                  following: term.member.record.epoch, start: term.start, held: held) {
             case .apply:
-                if entry.epoch > 0 { Term.hold(TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence), in: &held) }
+                if entry.epoch > 0 && entry.sequence > admittedThrough[entry.origin] ?? 0 {
+                    Term.hold(TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence), in: &held)
+                }
                 heldBefore[entry.keyspace] = held
             case .divert where plantedBug == .applyDivertedEntries: break
             case .divert: diverted[entry.sequence] = term.member.record.epoch

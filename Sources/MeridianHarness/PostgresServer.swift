@@ -32,17 +32,27 @@ public final class PostgresServer: @unchecked Sendable {
         port = try LocalProcesses.freePort()
         let data = directory + "/data"
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-        if asRoot { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
-        try run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8"])
-        // The server, and a shell that stops it (fast shutdown, then immediate) once this process is gone.
+        do {
+            if asRoot { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
+            try run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8"])
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+        // The server, on loopback and on a socket in its own directory.
         let server = [binaries + "/postgres", "-D", data, "-p", String(port), "-k", directory, "-c", "listen_addresses=127.0.0.1",
                       "-c", "fsync=off", "-c", "max_connections=200"]
         let command = server.map(Self.quoted).joined(separator: " ")
+        // A shell that stops it (fast shutdown, then immediate after 10 s) once this process is gone, and then removes
+        // its directory.
         let script = """
             \(command) >\(Self.quoted(directory + "/server.log")) 2>&1 &
             server=$!
             while [ -d /proc/\(getpid()) ] && kill -0 $server 2>/dev/null; do sleep 0.5; done
-            kill -INT $server 2>/dev/null; sleep 5; kill -QUIT $server 2>/dev/null; wait $server
+            kill -INT $server 2>/dev/null
+            for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do kill -0 $server 2>/dev/null || break; sleep 0.5; done
+            kill -QUIT $server 2>/dev/null; wait $server
+            rm -rf \(Self.quoted(directory))
             """
         let watchdog = Process()
         watchdog.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "/bin/sh")
@@ -53,7 +63,8 @@ public final class PostgresServer: @unchecked Sendable {
         try watchdog.run()
         self.watchdog = watchdog
         let deadline = Date().addingTimeInterval(timeoutSeconds)
-        while (try? run(binaries + "/pg_isready", ["-h", "127.0.0.1", "-p", String(port), "-U", user, "-t", "1"])) == nil {
+        // Asked on its own socket: another server on the port would not answer for it.
+        while (try? run(binaries + "/pg_isready", ["-h", directory, "-p", String(port), "-U", user, "-t", "1"])) == nil {
             guard Date() < deadline, watchdog.isRunning else {
                 let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
                 await stop()
@@ -71,8 +82,7 @@ public final class PostgresServer: @unchecked Sendable {
     /// Stops the server (fast shutdown: open sessions are ended) and removes its directory.
     public func stop() async {
         if let pid = Self.postmasterPID(directory + "/data") { kill(pid, SIGINT) }
-        if let watchdog { await LocalProcesses.waitExited(watchdog, timeoutSeconds: 15) }
-        if let watchdog, !LocalProcesses.hasExited(watchdog) {
+        if let watchdog, !(await LocalProcesses.waitExited(watchdog, timeoutSeconds: 15)) {
             if let pid = Self.postmasterPID(directory + "/data") { kill(pid, SIGQUIT) }
             await LocalProcesses.stop(watchdog, graceSeconds: 5)
         }

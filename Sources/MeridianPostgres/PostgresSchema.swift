@@ -21,11 +21,20 @@ public enum PostgresSchema {
 
     static let migrations: [Migration] = [
         Migration(version: 1, summary: "the region lease for single-instance duties", statements: [
+            // Changed only by a grant; every duty's transaction locks it for share (RegionLeaseTable).
             """
             CREATE TABLE meridian_region_lease (
                 region text PRIMARY KEY,
                 holder text NOT NULL,
-                epoch bigint NOT NULL CHECK (epoch > 0),
+                epoch bigint NOT NULL CHECK (epoch >= 0)
+            )
+            """,
+            // The same holder and epoch with the expiry, which renewals move.
+            """
+            CREATE TABLE meridian_region_lease_expiry (
+                region text PRIMARY KEY REFERENCES meridian_region_lease (region),
+                holder text NOT NULL,
+                epoch bigint NOT NULL CHECK (epoch >= 0),
                 expires_at timestamptz NOT NULL
             )
             """,
@@ -44,6 +53,9 @@ public enum PostgresSchema {
         for migration in migrations {
             do {
                 let ran = try await client.withTransaction(logger: logger) { connection -> Bool in
+                    // Read committed whatever the database's default: the checks below must see what the node that
+                    // held the lock before committed.
+                    try await connection.query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", logger: logger)
                     try await connection.query("SELECT pg_advisory_xact_lock(\(lockKey))", logger: logger)
                     try await connection.query(
                         "CREATE TABLE IF NOT EXISTS meridian_migrations (version integer PRIMARY KEY, summary text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",

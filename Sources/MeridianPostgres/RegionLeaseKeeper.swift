@@ -2,20 +2,28 @@ import Logging
 import MeridianCore
 import PostgresNIO
 
-/// Carries out a ``DutyLease``'s effects against the region's lease row: the shell around the core's machine. Each
-/// ``step()`` feeds the machine a tick, runs the statement it asks for (bounded by the machine's request timeout) and
-/// feeds back the answer; the duties start and stop through `duties`.
+/// Carries out a ``DutyLease``'s effects against the region's lease rows: the shell around the core's machine.
+///
+/// The machine runs inside the actor without suspending, so events never interleave: a statement runs in a task of
+/// its own and feeds its answer back as an event when it comes (the machine ignores one that comes after the request
+/// timed out), and the duties start and stop through synchronous calls. So ``step()`` always returns at once, and a
+/// holder whose database stopped answering still stops its duties when its lease runs out.
 public actor RegionLeaseKeeper {
-    /// Starts and stops the single-instance duties (the node's, or a test's record of them).
+    /// Starts and stops the single-instance duties (the node's, or a test's record of them). Called on the actor:
+    /// they must not block.
     public struct Duties: Sendable {
-        public let start: @Sendable (UInt64) async -> Void
-        public let stop: @Sendable (UInt64, String) async -> Void
+        public let start: @Sendable (UInt64) -> Void
+        public let stop: @Sendable (UInt64, String) -> Void
 
-        public init(start: @escaping @Sendable (UInt64) async -> Void, stop: @escaping @Sendable (UInt64, String) async -> Void) {
+        public init(start: @escaping @Sendable (UInt64) -> Void, stop: @escaping @Sendable (UInt64, String) -> Void) {
             self.start = start
             self.stop = stop
         }
     }
+
+    /// Statements under way at most (one per request timeout while the database hangs); past it, a request fails at
+    /// once.
+    static let statementsMax = 4
 
     public nonisolated let table: RegionLeaseTable
     private let client: PostgresClient
@@ -24,6 +32,8 @@ public actor RegionLeaseKeeper {
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
     private var machine: DutyLease
+    private var statements = 0
+    private var releases: [Task<Void, Never>] = []
 
     public init(table: RegionLeaseTable, client: PostgresClient, settings: DutyLease.Settings, duties: Duties, logger: Logger) {
         self.table = table
@@ -42,73 +52,77 @@ public actor RegionLeaseKeeper {
         return UInt64(elapsed.components.seconds) * 1_000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
     }
 
-    /// One round: a tick, and whatever the machine asks for in it. Call it at least every renewal interval.
-    public func step() async {
-        await handle(.ticked)
+    /// A tick: call it often (every 100 ms, say); a holder notices a lease that ran out at its next tick.
+    public func step() {
+        handle(.ticked)
     }
 
     /// A duty's statement found the lease at another epoch (`lease_lost`).
-    public func fenced(epoch: UInt64) async {
-        await handle(.fenced(epoch: epoch))
+    public func fenced(epoch: UInt64) {
+        handle(.fenced(epoch: epoch))
     }
 
-    /// Stops the duties and gives the lease back.
+    /// Stops the duties and gives the lease back (waiting, bounded by the request timeout, for the database).
     public func shutDown() async {
-        await handle(.shuttingDown)
+        handle(.shuttingDown)
+        for release in releases { await release.value }
+        releases = []
     }
 
-    private func handle(_ event: DutyLease.Event) async {
-        var pending = machine.handle(event, nowMs: nowMs)
-        while !pending.isEmpty {
-            let effect = pending.removeFirst()
-            if let answer = await carry(effect) { pending += machine.handle(answer, nowMs: nowMs) }
-        }
+    private func handle(_ event: DutyLease.Event) {
+        for effect in machine.handle(event, nowMs: nowMs) { carry(effect) }
     }
 
-    /// Runs one effect; the machine's event for its answer, if it has one.
-    private func carry(_ effect: DutyLease.Effect) async -> DutyLease.Event? {
+    private func carry(_ effect: DutyLease.Effect) {
         let settings = machine.settings
+        let (table, client, logger) = (table, client, logger)
         switch effect {
         case .acquire(let request):
-            return await ask(request) { [table, client, logger] () throws(MeridianError) -> RegionLeaseTable.Answer in try await table.acquire(client, ttlMs: settings.ttlMs, logger: logger) }
-        case .renew(let epoch, let request):
-            return await ask(request, renewal: true) { [table, client, logger] () throws(MeridianError) -> RegionLeaseTable.Answer in try await table.renew(client, epoch: epoch, ttlMs: settings.ttlMs, logger: logger) }
-        case .startDuties(let epoch):
-            logger.notice("holding the region's lease: starting its single-instance duties", metadata: ["epoch": "\(epoch)", "node": "\(table.node)"])
-            await duties.start(epoch)
-        case .stopDuties(let epoch, let reason):
-            logger.warning("stopping the region's single-instance duties", metadata: ["epoch": "\(epoch)", "node": "\(table.node)", "reason": "\(reason)"])
-            await duties.stop(epoch, reason)
-        case .release(let epoch):
-            do {
-                try await table.release(client, epoch: epoch, logger: logger)
-            } catch {
-                logger.warning("could not give the region's lease back; it expires by itself", metadata: ["epoch": "\(epoch)", "reason": "\(error.message)"])
+            ask(request) { () throws(MeridianError) -> DutyLease.Event in
+                switch try await table.acquire(client, ttlMs: settings.ttlMs, timeoutMs: settings.requestTimeoutMs, logger: logger) {
+                case .held(let epoch): .granted(request: request, epoch: epoch)
+                case .refused(let holder): .refused(request: request, holder: holder)
+                }
             }
+        case .renew(let epoch, let request):
+            ask(request) { () throws(MeridianError) -> DutyLease.Event in
+                switch try await table.renew(client, epoch: epoch, ttlMs: settings.ttlMs, timeoutMs: settings.requestTimeoutMs, logger: logger) {
+                case .held: .renewed(request: request)
+                case .refused(let holder): .refused(request: request, holder: holder)
+                }
+            }
+        case .startDuties(let epoch):
+            logger.notice("holding the region's lease: starting its single-instance duties", metadata: ["epoch": "\(epoch)", "holder": "\(table.holder)"])
+            duties.start(epoch)
+        case .stopDuties(let epoch, let reason):
+            logger.warning("stopping the region's single-instance duties", metadata: ["epoch": "\(epoch)", "holder": "\(table.holder)", "reason": "\(reason)"])
+            duties.stop(epoch, reason)
+        case .release(let epoch):
+            releases.append(Task {
+                do throws(MeridianError) {
+                    try await table.release(client, epoch: epoch, timeoutMs: settings.requestTimeoutMs, logger: logger)
+                } catch {
+                    logger.warning("could not give the region's lease back; it expires by itself", metadata: ["epoch": "\(epoch)", "reason": "\(error.message)"])
+                }
+            })
         }
-        return nil
     }
 
-    /// Runs a lease statement bounded by the machine's request timeout.
-    private func ask(_ request: UInt64, renewal: Bool = false, _ statement: @escaping @Sendable () async throws(MeridianError) -> RegionLeaseTable.Answer) async -> DutyLease.Event {
-        let timeout = Duration.milliseconds(Int64(machine.settings.requestTimeoutMs))
-        let answer = await withTaskGroup(of: Result<RegionLeaseTable.Answer, MeridianError>?.self) { group in
-            group.addTask {
-                do throws(MeridianError) { return .success(try await statement()) } catch { return .failure(error) }
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
+    /// Runs a lease statement in a task of its own; its answer comes back as an event.
+    private func ask(_ request: UInt64, _ statement: @escaping @Sendable () async throws(MeridianError) -> DutyLease.Event) {
+        guard statements < Self.statementsMax else {
+            return handle(.failed(request: request, reason: "\(statements) statements to the database are still under way"))
         }
-        switch answer {
-        case .success(.held(let epoch))?: return renewal ? .renewed(request: request) : .granted(request: request, epoch: epoch)
-        case .success(.refused(let holder))?: return .refused(request: request, holder: holder)
-        case .failure(let error)?: return .failed(request: request, reason: error.message)
-        case nil: return .failed(request: request, reason: "no answer within \(machine.settings.requestTimeoutMs) ms")
+        statements += 1
+        Task {
+            let event: DutyLease.Event
+            do throws(MeridianError) { event = try await statement() } catch { event = .failed(request: request, reason: error.message) }
+            await self.answered(event)
         }
+    }
+
+    private func answered(_ event: DutyLease.Event) {
+        statements -= 1
+        handle(event)
     }
 }

@@ -199,6 +199,9 @@ import Testing
         let again = EpochStart(epoch: 3, leader: us, applied: [us: 6], terms: [TermEnd(epoch: 1, leader: us, last: 6)])
         #expect(Fence.verdict(epoch: 3, origin: us, sequence: 7, following: 3, start: again, held: [1: TermEnd(epoch: 1, leader: us, last: 2)]) == .catchUp)
         #expect(Fence.verdict(epoch: 3, origin: us, sequence: 7, following: 3, start: again, held: [1: TermEnd(epoch: 1, leader: us, last: 6)]) == .apply)
+        // A term the start counts nothing of (every write of it kept aside) asks for nothing.
+        let none = EpochStart(epoch: 3, leader: us, applied: [:], terms: [TermEnd(epoch: 1, leader: us, last: 0)])
+        #expect(Fence.verdict(epoch: 3, origin: us, sequence: 7, following: 3, start: none, held: [:]) == .apply)
     }
 
     @Test func aDeposedLeadersWritesStayAsideWhenItLeadsAgainLater() {

@@ -205,6 +205,11 @@ import Testing
         let usUp: [RegionName: RegionMachine.PeerLink] = [Self.us: .init(up: true, acknowledged: 0), Self.eu: .init(up: true, acknowledged: 0)]
         _ = follower.tick(at: 100, peers: usUp)
         #expect(follower.tick(at: 600, peers: usUp).contains(.catchUp(Self.accounts, from: Self.us, epoch: 3)))
+        // A second stream from us-east (a reconnect) brings 11 and 12 again before 13: the store skips them as
+        // applied, so they count as nothing held, and 13 still waits.
+        let again = [Self.entry(Self.accounts, origin: Self.us, sequence: 11, epoch: 1), Self.entry(Self.accounts, origin: Self.us, sequence: 12, epoch: 1),
+                     Self.entry(Self.accounts, origin: Self.us, sequence: 13, epoch: 3)]
+        #expect(Self.applied(follower.handle(.batchArrived(3, entries: again))).isEmpty, "entries kept aside counted as held when they came again")
 
         // A region that kept nothing aside applies the same stretch of us-east's log in one batch: the earlier
         // term's entries before the new term's count as held.

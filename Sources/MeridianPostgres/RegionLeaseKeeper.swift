@@ -114,10 +114,11 @@ public actor RegionLeaseKeeper {
             return handle(.failed(request: request, reason: "\(statements) statements to the database are still under way"))
         }
         statements += 1
+        // The task runs on this actor; the statement, a nonisolated closure, does not.
         Task {
             let event: DutyLease.Event
             do throws(MeridianError) { event = try await statement() } catch { event = .failed(request: request, reason: error.message) }
-            await self.answered(event)
+            answered(event)
         }
     }
 

@@ -145,6 +145,46 @@ enum SharedPostgres {
         }
     }
 
+    @Test func aHolderWhoseRenewalsHangStopsItsDutiesWhenItsLeaseRunsOut() async throws {
+        let region = self.region
+        try await SharedPostgres.withDatabase { client in
+            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+            let settings = try DutyLease.Settings(ttlMs: 1_500, renewEveryMs: 300, marginMs: 300)
+            let record = DutyRecord()
+            let keeper = RegionLeaseKeeper(table: RegionLeaseTable(region: region, node: "node-a"), client: client, settings: settings,
+                                           duties: .init(start: { record.started("node-a", $0) }, stop: { record.stopped("node-a", $0, $1) }),
+                                           logger: SharedPostgres.logger)
+            for _ in 0..<5 {
+                await keeper.step()
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let epoch = try #require(record.running["node-a"])
+            // Another session holds the lease's expiry row: every renewal waits on it until its lock timeout.
+            let stopped = try await client.withTransaction(logger: SharedPostgres.logger) { connection -> Duration? in
+                let locked = try await connection.query("SELECT 1 FROM meridian_region_lease_expiry WHERE region = \(region.rawValue) FOR UPDATE",
+                                                        logger: SharedPostgres.logger).collect()
+                #expect(locked.count == 1)
+                let blocked = ContinuousClock.now
+                for _ in 0..<40 {
+                    await keeper.step()
+                    if record.running["node-a"] == nil { return ContinuousClock.now - blocked }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                return nil
+            }
+            // The ticks kept returning while the statements hung, and the duties stopped within the lease.
+            let after = try #require(stopped, "the duties ran on for 4 s without a renewal")
+            #expect(after < .milliseconds(1_500), "stopped after \(after)")
+            // Once the database answers again, the lease comes back under a new epoch.
+            for _ in 0..<30 where record.running["node-a"] == nil {
+                await keeper.step()
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect((record.running["node-a"] ?? 0) > epoch)
+            await keeper.shutDown()
+        }
+    }
+
     /// The code a fenced transaction of `table` at `epoch` fails with (nil: it went through).
     static func fenceCode(_ table: RegionLeaseTable, _ client: PostgresClient, epoch: UInt64) async -> MeridianError.Code? {
         do {

@@ -20,6 +20,14 @@ enum SharedPostgres {
         return try await withClient(server, database: name, body)
     }
 
+    /// The same, with the schema migrated.
+    static func withMigratedDatabase<T: Sendable>(_ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        try await withDatabase { client in
+            try await PostgresSchema.migrate(client, logger: logger)
+            return try await body(client)
+        }
+    }
+
     static func withClient<T: Sendable>(_ server: PostgresServer, database: String, _ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
         let client = PostgresClient(configuration: .init(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: database, tls: .disable))
         return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -50,8 +58,7 @@ enum SharedPostgres {
 
     @Test func theLeaseGoesToOneNodeAtATimeAndAFormerHoldersStatementsAreFenced() async throws {
         let region = self.region
-        try await SharedPostgres.withDatabase { client in
-            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+        try await SharedPostgres.withMigratedDatabase { client in
             let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
             let logger = SharedPostgres.logger
             #expect(try await a.acquire(client, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
@@ -74,8 +81,7 @@ enum SharedPostgres {
 
     @Test func aGrantWaitsForTheHoldersFencedTransactionToEnd() async throws {
         let region = self.region
-        try await SharedPostgres.withDatabase { client in
-            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+        try await SharedPostgres.withMigratedDatabase { client in
             let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
             let logger = SharedPostgres.logger
             #expect(try await a.acquire(client, ttlMs: 200, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
@@ -102,8 +108,7 @@ enum SharedPostgres {
 
     @Test func whenTheHolderDiesAnotherNodeTakesTheDutiesOverWithinTheLease() async throws {
         let region = self.region
-        try await SharedPostgres.withDatabase { client in
-            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+        try await SharedPostgres.withMigratedDatabase { client in
             let settings = try DutyLease.Settings(ttlMs: 1_500, renewEveryMs: 300, marginMs: 300)
             let record = DutyRecord()
             var keepers: [String: RegionLeaseKeeper] = [:]
@@ -147,8 +152,7 @@ enum SharedPostgres {
 
     @Test func aHolderWhoseRenewalsHangStopsItsDutiesWhenItsLeaseRunsOut() async throws {
         let region = self.region
-        try await SharedPostgres.withDatabase { client in
-            try await PostgresSchema.migrate(client, logger: SharedPostgres.logger)
+        try await SharedPostgres.withMigratedDatabase { client in
             let settings = try DutyLease.Settings(ttlMs: 1_500, renewEveryMs: 300, marginMs: 300)
             let record = DutyRecord()
             let keeper = RegionLeaseKeeper(table: RegionLeaseTable(region: region, node: "node-a"), client: client, settings: settings,

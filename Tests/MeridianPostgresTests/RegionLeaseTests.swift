@@ -61,21 +61,21 @@ enum SharedPostgres {
         try await SharedPostgres.withMigratedDatabase { client in
             let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
             let logger = SharedPostgres.logger
-            #expect(try await a.acquire(client, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
-            #expect(try await b.acquire(client, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder))
-            #expect(try await b.renew(client, epoch: 1, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder))
+            #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
+            #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder))
+            #expect(try await b.renew(client, epoch: 1, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder))
             // A grant whose answer was lost: asked again, it comes with a new epoch, and the old one is fenced.
-            #expect(try await a.acquire(client, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .held(epoch: 2))
+            #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 2))
             #expect(await Self.fenceCode(a, client, epoch: 1) == .leaseLost)
             #expect(await Self.fenceCode(a, client, epoch: 2) == nil)
             // Once it expires by the database's clock, another node is granted it, and the former holder is fenced.
-            try await Task.sleep(for: .milliseconds(900))
-            #expect(try await b.acquire(client, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .held(epoch: 3))
-            #expect(try await a.renew(client, epoch: 2, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .refused(holder: b.holder))
+            try await Task.sleep(for: .milliseconds(2_100))
+            #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 3))
+            #expect(try await a.renew(client, epoch: 2, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: b.holder))
             #expect(await Self.fenceCode(a, client, epoch: 2) == .leaseLost)
             // Given back at shutdown, it goes to the next node at once.
             try await b.release(client, epoch: 3, timeoutMs: 1_000, logger: logger)
-            #expect(try await a.acquire(client, ttlMs: 800, timeoutMs: 1_000, logger: logger) == .held(epoch: 4))
+            #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 4))
         }
     }
 
@@ -109,7 +109,9 @@ enum SharedPostgres {
     @Test func whenTheHolderDiesAnotherNodeTakesTheDutiesOverWithinTheLease() async throws {
         let region = self.region
         try await SharedPostgres.withMigratedDatabase { client in
-            let settings = try DutyLease.Settings(ttlMs: 1_500, renewEveryMs: 300, marginMs: 300)
+            // Generous against a loaded machine's stalls: a holder that misses renewals for 2.2 s hands over, which
+            // is allowed, so the test asserts what holds regardless (one holder at a time, epochs only rising).
+            let settings = try DutyLease.Settings(ttlMs: 3_000, renewEveryMs: 500, marginMs: 800)
             let record = DutyRecord()
             var keepers: [String: RegionLeaseKeeper] = [:]
             for node in ["node-a", "node-b", "node-c"] {
@@ -125,14 +127,15 @@ enum SharedPostgres {
                 #expect(running.count <= 1, "two nodes ran the duties at once: \(running)")
                 try await Task.sleep(for: .milliseconds(100))
             }
-            let first = try #require(record.running.first)
-            #expect(record.starts == 1)
+            let first = try #require(record.running.first, "no node holds the lease after 2 s")
+            #expect(record.epochs == record.epochs.sorted() && Set(record.epochs).count == record.epochs.count,
+                    "a lease was started twice under one epoch, or under a lower one: \(record.epochs)")
             // The holder dies (no release, no more renewals): another node carries the duties within the lease's time
             // to live plus a renewal interval.
             alive[first.key] = nil
             let died = ContinuousClock.now
             var takenOver: Duration?
-            for _ in 0..<60 where takenOver == nil {
+            for _ in 0..<90 where takenOver == nil {
                 for keeper in alive.values { await keeper.step() }
                 if let next = record.running.first(where: { $0.key != first.key }) {
                     takenOver = ContinuousClock.now - died
@@ -140,9 +143,9 @@ enum SharedPostgres {
                 }
                 try await Task.sleep(for: .milliseconds(100))
             }
-            let elapsed = try #require(takenOver, "no node took the duties over within 6 s")
-            // The lease (1.5 s) from the dead holder's last renewal, then the next standby's request (every 300 ms).
-            #expect(elapsed < .milliseconds(3_500), "taken over after \(elapsed)")
+            let elapsed = try #require(takenOver, "no node took the duties over within 9 s")
+            // The lease (3 s) from the dead holder's last renewal, then the next standby's request (every 500 ms).
+            #expect(elapsed < .milliseconds(5_000), "taken over after \(elapsed)")
             // The dead holder's statements, had it come back without hearing, are fenced.
             #expect(await Self.fenceCode(keepers[first.key]!.table, client, epoch: first.value) == .leaseLost)
             for keeper in alive.values { await keeper.shutDown() }
@@ -207,15 +210,16 @@ actor AnswerBox {
 
 /// Which nodes run the duties, and under which epoch.
 final class DutyRecord: Sendable {
-    private let state = Mutex<(running: [String: UInt64], starts: Int)>(([:], 0))
+    private let state = Mutex<(running: [String: UInt64], epochs: [UInt64])>(([:], []))
 
     var running: [String: UInt64] { state.withLock { $0.running } }
-    var starts: Int { state.withLock { $0.starts } }
+    /// The epochs started, in order.
+    var epochs: [UInt64] { state.withLock { $0.epochs } }
 
     func started(_ node: String, _ epoch: UInt64) {
         state.withLock {
             $0.running[node] = epoch
-            $0.starts += 1
+            $0.epochs.append(epoch)
         }
     }
 

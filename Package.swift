@@ -268,7 +268,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MeridianStoreTests",
-            dependencies: ["MeridianCore", "MeridianStorage", "MeridianStore", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["MeridianCore", "MeridianStorage", "MeridianStore", "MeridianPostgres", "MeridianHarness",
+                           .product(name: "GRDB", package: "GRDB.swift"), .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: strict
         ),
         .testTarget(

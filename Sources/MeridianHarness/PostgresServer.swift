@@ -74,9 +74,20 @@ public final class PostgresServer: @unchecked Sendable {
         }
     }
 
+    /// One server for the whole process (a test run), started on first use; its watchdog stops it when the process
+    /// exits. Tests take a database of their own on it (``newDatabase()``).
+    public static let shared = Task { try await PostgresServer() }
+
     /// Creates a database of its own for one test.
     public func createDatabase(_ name: String) throws {
         try run(binaries + "/createdb", ["-h", "127.0.0.1", "-p", String(port), "-U", user, name])
+    }
+
+    /// Creates a database with a new name. - Returns: its name.
+    public func newDatabase() throws -> String {
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        try createDatabase(name)
+        return name
     }
 
     /// Stops the server (fast shutdown: open sessions are ended) and removes its directory.

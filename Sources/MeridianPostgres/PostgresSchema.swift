@@ -39,6 +39,139 @@ public enum PostgresSchema {
             )
             """,
         ]),
+        Migration(version: 2, summary: "the region's store: keys, logs, conflicts, failover, idempotency, audit", statements: [
+            // One row: the region the database belongs to, its log's next number and floor, the newest timestamp
+            // issued or seen, a restore's mark, and the audit trail's anchor. Every change to the store locks it
+            // first, so changes go one at a time across the region's nodes, in the order of their numbers.
+            """
+            CREATE TABLE meridian_store (
+                singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                region text NOT NULL,
+                next_sequence bigint NOT NULL CHECK (next_sequence >= 1),
+                log_floor bigint NOT NULL,
+                hlc_physical_ms bigint NOT NULL,
+                hlc_logical bigint NOT NULL,
+                restore_pending bigint,
+                audit_anchor_sequence bigint NOT NULL DEFAULT 0,
+                audit_anchor_hash bytea NOT NULL
+            )
+            """,
+            // Keys in byte order ("C"), as the SQLite store compares them; `live`: the winner is not a tombstone.
+            """
+            CREATE TABLE meridian_keys (
+                keyspace text COLLATE "C" NOT NULL,
+                key text COLLATE "C" NOT NULL,
+                slot integer NOT NULL,
+                live boolean NOT NULL,
+                state bytea NOT NULL,
+                PRIMARY KEY (keyspace, key)
+            )
+            """,
+            "CREATE INDEX meridian_keys_slots ON meridian_keys (keyspace, slot, key)",
+            """
+            CREATE TABLE meridian_log (
+                origin text NOT NULL,
+                sequence bigint NOT NULL,
+                keyspace text NOT NULL,
+                epoch bigint NOT NULL,
+                entry bytea NOT NULL,
+                PRIMARY KEY (origin, sequence)
+            )
+            """,
+            "CREATE INDEX meridian_log_epochs ON meridian_log (keyspace, epoch, origin, sequence)",
+            "CREATE TABLE meridian_applied (origin text PRIMARY KEY, sequence bigint NOT NULL)",
+            """
+            CREATE TABLE meridian_conflicts (
+                id bigint PRIMARY KEY,
+                keyspace text NOT NULL,
+                key text NOT NULL,
+                rule text NOT NULL,
+                recorded_ms bigint NOT NULL,
+                loser_origin text NOT NULL,
+                loser_sequence bigint NOT NULL,
+                loser_hlc_physical_ms bigint NOT NULL,
+                loser_hlc_logical bigint NOT NULL,
+                loser_tombstone boolean NOT NULL,
+                loser_content_type text NOT NULL,
+                loser_value bytea NOT NULL,
+                winner_origin text NOT NULL,
+                winner_sequence bigint NOT NULL,
+                winner_hlc_physical_ms bigint NOT NULL,
+                winner_hlc_logical bigint NOT NULL,
+                UNIQUE (keyspace, key, loser_origin, loser_sequence)
+            )
+            """,
+            "CREATE INDEX meridian_conflicts_keyspace ON meridian_conflicts (keyspace, id)",
+            """
+            CREATE TABLE meridian_terms (
+                keyspace text NOT NULL, origin text NOT NULL, epoch bigint NOT NULL, last bigint NOT NULL,
+                PRIMARY KEY (keyspace, origin, epoch)
+            )
+            """,
+            """
+            CREATE TABLE meridian_elections (
+                keyspace text PRIMARY KEY, epoch bigint NOT NULL, leader text, voted_epoch bigint NOT NULL, voted_for text, start text
+            )
+            """,
+            """
+            CREATE TABLE meridian_divergence (
+                id bigint PRIMARY KEY,
+                keyspace text NOT NULL,
+                origin text NOT NULL,
+                sequence bigint NOT NULL,
+                successor_epoch bigint NOT NULL,
+                entry bytea NOT NULL,
+                recorded_ms bigint NOT NULL,
+                reapplied_ms bigint,
+                UNIQUE (origin, sequence)
+            )
+            """,
+            """
+            CREATE TABLE meridian_failovers (
+                id bigint PRIMARY KEY,
+                keyspace text NOT NULL,
+                epoch bigint NOT NULL,
+                leader text NOT NULL,
+                previous_leader text,
+                last_heard_ms bigint,
+                suspected_ms bigint NOT NULL,
+                elected_ms bigint NOT NULL,
+                first_write_ms bigint,
+                reason text NOT NULL,
+                UNIQUE (keyspace, epoch)
+            )
+            """,
+            """
+            CREATE TABLE meridian_idempotency (
+                keyspace text NOT NULL,
+                idempotency_key text NOT NULL,
+                fingerprint bytea NOT NULL,
+                key text NOT NULL,
+                origin text NOT NULL,
+                sequence bigint NOT NULL,
+                hlc_physical_ms bigint NOT NULL,
+                hlc_logical bigint NOT NULL,
+                operation smallint NOT NULL,
+                epoch bigint NOT NULL,
+                recorded_ms bigint NOT NULL,
+                PRIMARY KEY (keyspace, idempotency_key)
+            )
+            """,
+            "CREATE INDEX meridian_idempotency_age ON meridian_idempotency (recorded_ms)",
+            """
+            CREATE TABLE meridian_audit (
+                sequence bigint PRIMARY KEY, time_ms bigint NOT NULL, kind text NOT NULL, fields text NOT NULL,
+                previous bytea NOT NULL, hash bytea NOT NULL
+            )
+            """,
+            "CREATE TABLE meridian_audit_keys (region text PRIMARY KEY, public_key bytea NOT NULL)",
+            """
+            CREATE TABLE meridian_witnessed (
+                region text NOT NULL, sequence bigint NOT NULL, hash bytea NOT NULL, signature bytea NOT NULL,
+                PRIMARY KEY (region, sequence)
+            )
+            """,
+        ]),
     ]
 
     /// The newest version this build knows.
@@ -97,6 +230,16 @@ public enum PostgresFailure {
         }
         if let error = error as? PSQLError {
             let server = error.serverInfo?[.message].map { ": \($0)" } ?? ""
+            switch error.serverInfo?[.sqlState] {
+            case "53100":
+                return MeridianError(.storageFull, "\(doing) failed: the region's PostgreSQL is out of disk space\(server). Free or add space on the database server; nothing was written.")
+            case "25006":
+                return MeridianError(.storageReadOnly, "\(doing) failed: the region's PostgreSQL takes no writes\(server). The store's URL names a read-only standby or a read-only database: point it at the primary.")
+            default: break
+            }
+            if [.connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown].contains(error.code) {
+                return MeridianError(.storageFailure, "\(doing) failed: the region's PostgreSQL could not be reached or dropped the connection (\(error.code.description)). Check that the database is up and reachable from this node; a write that failed here may or may not have committed, so retry it with its idempotency key.")
+            }
             return MeridianError(.storageFailure, "\(doing) failed in the region's PostgreSQL (\(error.code.description)\(server)).")
         }
         return MeridianError(.storageFailure, "\(doing) failed in the region's PostgreSQL: \(error).")

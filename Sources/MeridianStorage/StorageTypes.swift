@@ -212,3 +212,29 @@ public final class WriteFaults: Sendable {
     /// The error of the latest commit, if it failed.
     public var current: MeridianError? { latest.withLock { $0 } }
 }
+
+extension EpochStart {
+    /// The start as a store keeps it: `epoch leader origin=applied,... terms`.
+    public var storedText: String {
+        "\(epoch) \(leader) " + applied.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") + " " + TermEnd.encode(terms)
+    }
+
+    /// Reads a start ``storedText`` wrote.
+    /// - Throws: `storage_failure` when the stored text is not a start this code wrote.
+    public init(storedText text: String) throws(MeridianError) {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
+        let corrupt = MeridianError(.storageFailure, "A stored election start is unreadable: '\(text.prefix(200))'.")
+        guard parts.count == 3 || parts.count == 4, let epoch = UInt64(parts[0]), let leader = try? RegionName(String(parts[1])) else { throw corrupt }
+        var applied: [RegionName: UInt64] = [:]
+        for pair in parts[2].split(separator: ",") {
+            let fields = pair.split(separator: "=")
+            guard fields.count == 2, let sequence = UInt64(fields[1]), let origin = try? RegionName(String(fields[0])) else { throw corrupt }
+            applied[origin] = sequence
+        }
+        var terms: [TermEnd] = []
+        if parts.count == 4 {
+            do { terms = try TermEnd.decode(parts[3]) } catch { throw corrupt }
+        }
+        self.init(epoch: epoch, leader: leader, applied: applied, terms: terms)
+    }
+}

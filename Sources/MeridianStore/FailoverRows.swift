@@ -80,7 +80,7 @@ extension RegionStore {
                 let record = ElectionRecord(
                     epoch: UInt64(row["epoch"] as Int64), leader: try (row["leader"] as String?).map { try RegionName($0) },
                     votedEpoch: UInt64(row["voted_epoch"] as Int64), votedFor: try (row["voted_for"] as String?).map { try RegionName($0) })
-                let start = try (row["start"] as String?).map(Self.parseStart)
+                let start = try (row["start"] as String?).map(EpochStart.init(storedText:))
                 result[try KeyspaceName(row["keyspace"] as String)] = StoredElection(record: record, start: start)
             }
             return result
@@ -97,34 +97,11 @@ extension RegionStore {
                         voted_epoch = excluded.voted_epoch, voted_for = excluded.voted_for, start = excluded.start
                     """, arguments: [keyspace.rawValue, Int64(election.record.epoch), election.record.leader?.rawValue,
                                      Int64(election.record.votedEpoch), election.record.votedFor?.rawValue,
-                                     election.start.map(Self.formatStart)])
+                                     election.start?.storedText])
             }
         } catch {
             throw MeridianError(.storageFailure, "The election state of \(keyspace) could not be stored (\(error)); the region does not vote or lead until it can.")
         }
-    }
-
-    static func formatStart(_ start: EpochStart) -> String {
-        "\(start.epoch) \(start.leader) " + start.applied.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            + " " + TermEnd.encode(start.terms)
-    }
-
-    /// - Throws: `storage_failure` when the stored text is not a start this code wrote.
-    static func parseStart(_ text: String) throws -> EpochStart {
-        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
-        func corrupt() -> MeridianError { MeridianError(.storageFailure, "A stored election start is unreadable: '\(text.prefix(200))'.") }
-        guard parts.count == 3 || parts.count == 4, let epoch = UInt64(parts[0]) else { throw corrupt() }
-        var applied: [RegionName: UInt64] = [:]
-        for pair in parts[2].split(separator: ",") {
-            let fields = pair.split(separator: "=")
-            guard fields.count == 2, let sequence = UInt64(fields[1]) else { throw corrupt() }
-            applied[try RegionName(String(fields[0]))] = sequence
-        }
-        var terms: [TermEnd] = []
-        if parts.count == 4 {
-            do { terms = try TermEnd.decode(parts[3]) } catch { throw corrupt() }
-        }
-        return EpochStart(epoch: epoch, leader: try RegionName(String(parts[1])), applied: applied, terms: terms)
     }
 
     /// Where this region's copy of a single-leader keyspace reaches: the newest epoch among the keyspace's

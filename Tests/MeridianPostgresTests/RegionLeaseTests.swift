@@ -7,17 +7,13 @@ import PostgresNIO
 import Synchronization
 import Testing
 
-/// One PostgreSQL server (Debian's package) for this test process, started on first use; every test takes a database
-/// of its own. Its watchdog stops it when the process exits.
+/// The test process's PostgreSQL server (Debian's package, ``PostgresServer/shared``); every test takes a database of its
+/// own.
 enum SharedPostgres {
-    static let server = Task { try await PostgresServer() }
-
     /// Runs `body` with a client of a new database, the client's connection pool running meanwhile.
     static func withDatabase<T: Sendable>(_ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
-        let server = try await server.value
-        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-        try server.createDatabase(name)
-        return try await withClient(server, database: name, body)
+        let server = try await PostgresServer.shared.value
+        return try await withClient(server, database: try server.newDatabase(), body)
     }
 
     /// The same, with the schema migrated.

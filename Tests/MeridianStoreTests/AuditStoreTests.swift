@@ -19,11 +19,11 @@ import Testing
         defer { fixture.remove() }
         var limits = Limits()
         limits.auditRecordsMax = 1_000
-        var store = try fixture.open(limits: limits)
+        var store = try await fixture.open(limits: limits)
         let first = try await store.appendAudit(Self.drafts(600))
         #expect(first.map(\.sequence) == Array(1...600))
         store.close()
-        store = try fixture.open(limits: limits)
+        store = try await fixture.open(limits: limits)
         let second = try await store.appendAudit(Self.drafts(600, from: 600))
         #expect(second.first?.sequence == 601 && second.first?.previous == first.last?.hash, "the chain goes on after a reopen")
         // 1,200 written, 1,000 kept: the anchor is record 200, and what is kept verifies from it.
@@ -45,7 +45,7 @@ import Testing
     func aWitnessKeepsOnlyCheckpointsSignedByThePinnedKey(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         let eu = RegionName(validated: "eu-west")
         var chain = AuditChain(region: eu)
         _ = chain.append(.repair, fields: ["keyspace": "vault"], timeMs: 1)

@@ -14,7 +14,7 @@ import Testing
     @Test func aRestoredStoreWritesOnlyOnceItsLogEndIsKnownAndThenAfterIt() async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         for index in 0..<3 { _ = try await store.write(Self.put(fixture, "k\(index)")) }
         let backup = fixture.directory + "/nightly.db"
         let summary = try await store.backup(to: backup)
@@ -48,7 +48,7 @@ import Testing
     @Test func anInMemoryStoreHasNothingToBackUp() async throws {
         let fixture = StoreFixture(.memory)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         #expect(await errorCode { _ = try await store.backup(to: fixture.directory + "/x.db") } == .invalidRequest)
         store.close()
     }

@@ -103,13 +103,13 @@ import Testing
             defer { batched.remove(); single.remove(); memory.remove() }
             let keyspace = batched.keyspace
             let rules = [keyspace: rule]
-            let stores = try [batched.open(rules: rules), single.open(rules: rules), memory.open(rules: rules)]
+            let stores = try await [batched.open(rules: rules), single.open(rules: rules), memory.open(rules: rules)]
             defer { for store in stores { store.close() } }
             let logs = try Self.logs(rule: rule, keyspace: keyspace, entries: 40, random: &random)
             // A peer that applied every log already: anti-entropy merges some of its key states now and then.
             let peer = StoreFixture(.memory)
             defer { peer.remove() }
-            let peerStore = try peer.open(rules: rules)
+            let peerStore = try await peer.open(rules: rules)
             defer { peerStore.close() }
             for origin in Self.origins { _ = try await peerStore.applyReplicated(logs[origin]!, origin: origin) }
             var applied: [RegionName: Int] = [:]
@@ -164,7 +164,7 @@ import Testing
         let batched = StoreFixture(.sqlite), single = StoreFixture(.sqlite)
         defer { batched.remove(); single.remove() }
         let counter = ConflictCounter()
-        let stores = try [batched.open(limits: limits, observer: counter, rules: [batched.keyspace: .lww]),
+        let stores = try await [batched.open(limits: limits, observer: counter, rules: [batched.keyspace: .lww]),
                           single.open(limits: limits, rules: [single.keyspace: .lww])]
         defer { for store in stores { store.close() } }
         let logs = try Self.logs(rule: .lww, keyspace: batched.keyspace, entries: 30, random: &random)
@@ -184,7 +184,7 @@ import Testing
         var random = SeededGenerator(seed: 3)
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
-        let store = try #require(try fixture.open(rules: [fixture.keyspace: .lww]) as? RegionStore)
+        let store = try #require(try await fixture.open(rules: [fixture.keyspace: .lww]) as? RegionStore)
         defer { store.close() }
         let logs = try Self.logs(rule: .lww, keyspace: fixture.keyspace, entries: 30, random: &random)
         var applied: [RegionName: Int] = [:]
@@ -216,7 +216,7 @@ import Testing
         var random = SeededGenerator(seed: 5)
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
-        let store = try fixture.open(rules: [fixture.keyspace: .lww])
+        let store = try await fixture.open(rules: [fixture.keyspace: .lww])
         defer { store.close() }
         let keys = (0..<300).map { "fold-\($0)" }
         var deltaRows: [Int] = []
@@ -247,7 +247,7 @@ import Testing
     func aStoreFromBeforeTheKeptLeavesGetsThemWhenItOpens(_ schema: String) async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
-        var store = try fixture.open()
+        var store = try await fixture.open()
         for index in 0..<40 { _ = try await store.write(fixture.put("k\(index)", "v\(index)")) }
         _ = try await store.write(fixture.delete("k3"))
         let before = try await store.merkleTree(keyspace: fixture.keyspace)
@@ -274,7 +274,7 @@ import Testing
             }
         }
         try queue.close()
-        store = try fixture.open()
+        store = try await fixture.open()
         defer { store.close() }
         let sqlite = try #require(store as? RegionStore)
         let (after, scanned) = (try await sqlite.merkleTree(keyspace: fixture.keyspace), try await sqlite.scannedMerkleTree(keyspace: fixture.keyspace))
@@ -295,7 +295,7 @@ import Testing
     func statesOfSlotsArePagedInSlotOrder(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         defer { store.close() }
         // ASCII keys, and keys whose UTF-8 order differs from Swift's string order: "é" as one scalar and as "e"
         // with a combining accent (two keys, though Swift's strings call them equal), and a character past U+FFFF.
@@ -340,7 +340,7 @@ import Testing
         defer { fixture.remove() }
         var limits = Limits()
         limits.commitWaitUs = 2_000
-        let store = try fixture.open(limits: limits)
+        let store = try await fixture.open(limits: limits)
         defer { store.close() }
         let outcomes = try await withThrowingTaskGroup(of: WriteOutcome.self) { group in
             for index in 0..<60 {

@@ -30,8 +30,8 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
                          value: Array(value.utf8), context: context)
     }
 
-    func open(_ fixture: StoreFixture, rule: ConflictRule, limits: Limits = Limits(), observer: (any StoreObserver)? = nil) throws -> any RegionStorage {
-        try fixture.open(limits: limits, observer: observer, rules: [fixture.keyspace: rule])
+    func open(_ fixture: StoreFixture, rule: ConflictRule, limits: Limits = Limits(), observer: (any StoreObserver)? = nil) async throws -> any RegionStorage {
+        try await fixture.open(limits: limits, observer: observer, rules: [fixture.keyspace: rule])
     }
 
     @Test(arguments: Backend.allCases, [ConflictRule.lww, .fww])
@@ -40,7 +40,7 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
             let fixture = StoreFixture(backend)
             defer { fixture.remove() }
             let counter = ConflictCounter()
-            let store = try open(fixture, rule: rule, observer: counter)
+            let store = try await open(fixture, rule: rule, observer: counter)
             let early = entry(eu, 1, key: "k", value: "from-eu", ms: 100), late = entry(ap, 1, key: "k", value: "from-ap", ms: 200)
             for (origin, item) in euFirst ? [(eu, early), (ap, late)] : [(ap, late), (eu, early)] {
                 _ = try await store.applyReplicated([item], origin: origin)
@@ -67,7 +67,7 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         var limits = Limits()
         limits.conflictsLogMax = 3
         let counter = ConflictCounter()
-        let store = try open(fixture, rule: .lww, limits: limits, observer: counter)
+        let store = try await open(fixture, rule: .lww, limits: limits, observer: counter)
         for index in 0..<5 {
             _ = try await store.applyReplicated([entry(eu, UInt64(index + 1), key: "k\(index)", value: "eu", ms: 100)], origin: eu)
             _ = try await store.applyReplicated([entry(ap, UInt64(index + 1), key: "k\(index)", value: "ap", ms: 200)], origin: ap)
@@ -85,7 +85,7 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
     func antiEntropyMergesToTheSameRootIdempotently(_ backend: Backend) async throws {
         let a = StoreFixture(backend), b = StoreFixture(backend)
         defer { a.remove(); b.remove() }
-        let left = try open(a, rule: .lww), right = try open(b, rule: .lww)
+        let left = try await open(a, rule: .lww), right = try await open(b, rule: .lww)
         // Each store saw a different part: eu's writes on one side, ap's on the other, one key on both.
         _ = try await left.applyReplicated([entry(eu, 1, key: "x", value: "eu-x", ms: 10), entry(eu, 2, key: "shared", value: "eu", ms: 20)], origin: eu)
         _ = try await right.applyReplicated([entry(ap, 1, key: "y", value: "ap-y", ms: 10), entry(ap, 2, key: "shared", value: "ap", ms: 30)], origin: ap)
@@ -117,7 +117,7 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
     func aLocalWriteIsStampedAfterEveryEntryItSupersedesHoweverCommitsAndAppliesInterleave(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try open(fixture, rule: .lww)
+        let store = try await open(fixture, rule: .lww)
         // eu-west's clock runs 300 ms ahead (within the maximum offset). Its entries arrive while local writes
         // wait for their transaction; each local write supersedes what the store holds when its transaction
         // runs, so its timestamp must follow those entries, not merely what the clock knew when it queued.
@@ -153,12 +153,12 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
         defer { fixture.remove() }
         // Started with its clock 2 s ahead (fenced, so it writes nothing), the region still applies entries.
         fixture.clock.set(10_002_000)
-        let skewed = try open(fixture, rule: .lww)
+        let skewed = try await open(fixture, rule: .lww)
         _ = try await skewed.applyReplicated([entry(eu, 1, key: "a", value: "eu", ms: 10_000_000)], origin: eu)
         skewed.close()
         // Restarted with the clock corrected: its first write is stamped by the right clock, after the entry.
         fixture.clock.set(10_000_050)
-        let corrected = try open(fixture, rule: .lww)
+        let corrected = try await open(fixture, rule: .lww)
         let write = try committed(try await corrected.write(fixture.put("b", "us")))
         #expect(write.hlc.physicalMs == 10_000_050, "stamped \(write.hlc), not by the wrong clock")
         let after = try committed(try await corrected.write(fixture.put("a", "us")))
@@ -170,7 +170,7 @@ final class ConflictCounter: StoreObserver, @unchecked Sendable {
     func aLocalWriteSupersedesWhatItsRegionHeld(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try open(fixture, rule: .fww)
+        let store = try await open(fixture, rule: .fww)
         // A remote write with a timestamp far in the future, then a local write: under fww the local write has
         // the lower timestamp, but it saw the remote one, so it is no conflict and it wins.
         _ = try await store.applyReplicated([entry(eu, 1, key: "k", value: "remote", ms: 90_000_000)], origin: eu)

@@ -24,12 +24,12 @@ import Testing
                                terms: [TermEnd(epoch: 2, leader: fixture.region, last: 4), TermEnd(epoch: 1, leader: eu, last: 2)])
         let election = StoredElection(record: ElectionRecord(epoch: 3, leader: eu, votedEpoch: 3, votedFor: eu), start: start)
         do {
-            let store = try fixture.open()
+            let store = try await fixture.open()
             #expect(try await store.elections().isEmpty)
             try await store.saveElection(fixture.keyspace, election)
             store.close()
         }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         #expect(try await store.elections() == [fixture.keyspace: election])
         #expect(try await store.newestEpoch(keyspace: fixture.keyspace) == nil)
         _ = try await store.applyReplicated([strong(1, epoch: 1, key: "a"), strong(2, epoch: 3, key: "b")], origin: eu)
@@ -41,7 +41,7 @@ import Testing
     func aDeposedLeadersHeldWritesAreKeptAsideOnceAndReappliedOnce(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         _ = try await store.applyReplicated([strong(1, epoch: 1, key: "a"), strong(2, epoch: 1, key: "b"), strong(3, epoch: 1, key: "c")], origin: eu)
         // Epoch 2's leader held eu-west's epoch-1 writes up to 1: 2 and 3 go aside, the term now ends at 1.
         let keys = try await store.divertHeld(keyspace: fixture.keyspace, origin: eu, after: 1, epoch: 1, successorEpoch: 2, nowMs: 77)
@@ -81,7 +81,7 @@ import Testing
     func failoversAreRecordedOnceWithTheirFirstWrite(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         for epoch in UInt64(2)...4 {
             try await store.recordFailover(keyspace: fixture.keyspace, epoch: epoch, leader: fixture.region, previousLeader: eu, lastHeardMs: 10 * epoch,
                                            suspectedMs: 11 * epoch, electedMs: 12 * epoch, reason: "failure")
@@ -101,7 +101,7 @@ import Testing
     func statePagesKeepTheirByteBoundAndCoverEveryKeyOnce(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         for index in 0..<60 { _ = try await store.write(fixture.put("k\(index)", String(repeating: "v", count: 100))) }
         let (tree, keys) = try await store.merkleTree(keyspace: fixture.keyspace)
         #expect(keys == 60)
@@ -119,7 +119,7 @@ import Testing
         // A store that merges every state ends with the same tree.
         let copy = StoreFixture(backend)
         defer { copy.remove() }
-        let other = try copy.open(region: eu)
+        let other = try await copy.open(region: eu)
         let everything = try await store.states(keyspace: fixture.keyspace, buckets: buckets, after: nil, bytesMax: 1 << 20)
         #expect(try await other.merge(keyspace: fixture.keyspace, states: everything.states) == 60)
         #expect(try await other.merge(keyspace: fixture.keyspace, states: everything.states) == 0, "merging is idempotent")

@@ -35,7 +35,7 @@ final class EvictionRecorder: StoreObserver, @unchecked Sendable {
     func aRetryIsAnsweredWithTheFirstOutcomeAndLogsNothing(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         let first = try committed(try await store.write(idempotent(fixture, "a", "one", idempotencyKey: "k-1")))
         #expect(first.idempotency?.key.rawValue == "k-1")
         guard case .replayed(let record) = try await store.write(idempotent(fixture, "a", "one", idempotencyKey: "k-1")) else {
@@ -56,7 +56,7 @@ final class EvictionRecorder: StoreObserver, @unchecked Sendable {
         #expect(try await store.idempotencyRecord(keyspace: fixture.keyspace, key: IdempotencyKey("k-1"))?.version == first.version)
         store.close()
         // Kept across a reopen.
-        let reopened = try fixture.open()
+        let reopened = try await fixture.open()
         guard case .replayed = try await reopened.write(idempotent(fixture, "a", "one", idempotencyKey: "k-1")) else {
             Issue.record("a retry after a reopen was not replayed"); return
         }
@@ -68,7 +68,7 @@ final class EvictionRecorder: StoreObserver, @unchecked Sendable {
         defer { fixture.remove() }
         var limits = Limits()
         limits.commitWaitUs = 20_000
-        let store = try fixture.open(limits: limits)
+        let store = try await fixture.open(limits: limits)
         let outcomes = await withTaskGroup(of: WriteOutcome?.self) { group in
             for _ in 0..<8 { group.addTask { try? await store.write(self.idempotent(fixture, "a", "one", idempotencyKey: "same")) } }
             return await group.reduce(into: [WriteOutcome?]()) { $0.append($1) }
@@ -85,7 +85,7 @@ final class EvictionRecorder: StoreObserver, @unchecked Sendable {
     func aReplicatedKeyAnswersRetriesAndAKeptAsideOneIsForgotten(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         let mark = idempotent(fixture, "a", "one", idempotencyKey: "from-eu").idempotency!
         let entry = ReplicationEntry(origin: eu, sequence: 1, hlc: HLCTimestamp(physicalMs: 5_000, logical: 0, region: eu), epoch: 1,
                                      keyspace: fixture.keyspace, key: try Key("a"), operation: .put, contentType: "text/plain", value: Array("one".utf8),
@@ -111,7 +111,7 @@ final class EvictionRecorder: StoreObserver, @unchecked Sendable {
         limits.idempotencyTtlMs = 60_000
         limits.idempotencyKeysMax = 16
         let evictions = EvictionRecorder()
-        let store = try fixture.open(limits: limits, observer: evictions)
+        let store = try await fixture.open(limits: limits, observer: evictions)
         _ = try committed(try await store.write(idempotent(fixture, "a", "one", idempotencyKey: "old")))
         fixture.clock.set(fixture.clock.read() + 59_000)
         guard case .replayed = try await store.write(idempotent(fixture, "a", "one", idempotencyKey: "old")) else {

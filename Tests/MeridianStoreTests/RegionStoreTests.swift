@@ -2,9 +2,14 @@
 // per-origin log, concurrent writes share transactions (group commit), If-Match preconditions hold,
 // listing pages correctly, and sequences, HLC and data survive closing and reopening the files.
 import Foundation
+import Logging
 import MeridianCore
+import MeridianHarness
+import MeridianPostgres
 import MeridianStorage
 import MeridianStore
+import PostgresNIO
+import Synchronization
 import Testing
 
 final class ManualClock: @unchecked Sendable {
@@ -24,10 +29,13 @@ final class BatchRecorder: StoreObserver, @unchecked Sendable {
     var batches: [Int] { lock.lock(); defer { lock.unlock() }; return sizes }
 }
 
-/// The storage backends every contract test runs against (the conformance suite): SQLite and in memory.
+/// The storage backends every contract test runs against (the conformance suite): SQLite, in memory, and PostgreSQL
+/// (Debian's server, started once per test run).
 enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case sqlite, memory
+    case sqlite, memory, postgres
     var testDescription: String { rawValue }
+    /// Those that keep sealed keyspaces (the PostgreSQL store refuses them for now).
+    static let sealing: [Backend] = [.sqlite, .memory]
 }
 
 /// The code of the `MeridianError` `body` throws (nil: it threw none; `internal_error`: it threw something else).
@@ -50,6 +58,8 @@ struct StoreFixture {
     let region = RegionName(validated: "us-east")
     let keyspace = try! KeyspaceName("ks")
     let clock = ManualClock(10_000_000)
+    /// The PostgreSQL backend's database, created at the first open.
+    let database = DatabaseName()
 
     init(_ backend: Backend = .sqlite) {
         self.backend = backend
@@ -61,7 +71,7 @@ struct StoreFixture {
 
     /// Opens the fixture's store (again), on its one file or disk, whatever region is asked.
     func open(limits: Limits = Limits(), observer: (any StoreObserver)? = nil, region: RegionName? = nil,
-              rules: [KeyspaceName: ConflictRule] = [:], sealer: ValueSealer? = nil) throws -> any RegionStorage {
+              rules: [KeyspaceName: ConflictRule] = [:], sealer: ValueSealer? = nil) async throws -> any RegionStorage {
         let clock = self.clock
         let context = StoreContext(region: region ?? self.region, limits: limits, conflictRules: rules, physicalClockMs: { clock.read() }, observer: observer,
                                    sealer: sealer)
@@ -69,6 +79,12 @@ struct StoreFixture {
         case .sqlite: return try RegionStore(path: path, region: context.region, limits: limits, conflictRules: rules, physicalClockMs: context.physicalClockMs,
                                              observer: observer, sealer: sealer)
         case .memory: return try MemoryStore(disk: disk, context: context)
+        case .postgres:
+            let server = try await PostgresServer.shared.value
+            let name = try database.name { try server.newDatabase() }
+            let configuration = PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: name,
+                                                             tls: .disable)
+            return try await PostgresStore.open(configuration, context: context, logger: Logger(label: "meridian.store.test"))
         }
     }
 
@@ -88,6 +104,20 @@ struct StoreFixture {
     }
 
     func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+/// The name of a fixture's PostgreSQL database, made once.
+final class DatabaseName: Sendable {
+    private let made = Mutex<String?>(nil)
+
+    func name(_ make: () throws -> String) throws -> String {
+        try made.withLock { name in
+            if let name { return name }
+            let new = try make()
+            name = new
+            return new
+        }
+    }
 }
 
 func committed(_ outcome: WriteOutcome) throws -> ReplicationEntry {
@@ -119,7 +149,7 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
     func writesAreReadBackWithTheirVersion(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         let entry = try committed(try await store.write(fixture.put("a", "1")))
         #expect(entry.sequence == 1 && entry.origin == fixture.region)
         #expect(entry.hlc.physicalMs == 10_000_000)
@@ -139,7 +169,7 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
     func sessionWritesKeepTheirDependenciesAndOrderAfterWhatTheSessionSaw(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         let euWest = RegionName(validated: "eu-west")
         // The session saw eu-west's 7th write, stamped 400 ms ahead of this region's clock.
         let seen = HLCTimestamp(physicalMs: 10_000_400, logical: 3, region: euWest)
@@ -211,7 +241,7 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
     func preconditionsCompareTheCurrentVersion(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         #expect(try await store.write(fixture.put("a", "x", precondition: .exists)) == .preconditionFailed(current: nil))
         let first = try committed(try await store.write(fixture.put("a", "1")))
         let second = try committed(try await store.write(fixture.put("a", "2", precondition: .versionIsOneOf([first.version]))))
@@ -227,7 +257,7 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
     func listsByPrefixWithPaging(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open()
+        let store = try await fixture.open()
         for key in ["user/1", "user/2", "user/3", "users", "user0", "admin", "user/é"] {
             _ = try await store.write(fixture.put(key, key))
         }
@@ -253,13 +283,13 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
     func reopeningKeepsDataSequencesAndClockOrder(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        var store = try fixture.open()
+        var store = try await fixture.open()
         var last: ReplicationEntry?
         for index in 0..<10 { last = try committed(try await store.write(fixture.put("k\(index)", "v"))) }
         store.close()
         // The wall clock stepped back an hour across the restart; versions must still increase.
         fixture.clock.set(10_000_000 - 3_600_000)
-        store = try fixture.open()
+        store = try await fixture.open()
         let next = try committed(try await store.write(fixture.put("after", "restart")))
         #expect(next.sequence == 11)
         #expect(next.hlc > last!.hlc)
@@ -271,9 +301,9 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
     func aDataDirectoryBelongsToOneRegion(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        try fixture.open().close()
+        try await fixture.open().close()
         do {
-            _ = try fixture.open(region: RegionName(validated: "eu-west"))
+            _ = try await fixture.open(region: RegionName(validated: "eu-west"))
             Issue.record("opened another region's data")
         } catch let error as MeridianError {
             #expect(error.code == .storageFailure)
@@ -287,7 +317,7 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
         var limits = Limits()
         limits.commitQueueBytesMax = 3000
         limits.commitBatchMax = 1
-        let store = try fixture.open(limits: limits)
+        let store = try await fixture.open(limits: limits)
         let results = await concurrentWrites(store, fixture, count: 50, value: String(repeating: "x", count: 1000))
         #expect(results.contains(.overloaded), "50 concurrent 1000-byte writes exceed a 3000-byte queue")
         #expect(results.compactMap { $0 }.allSatisfy { $0 == .overloaded })
@@ -300,7 +330,7 @@ func concurrentWrites(_ store: any RegionStorage, _ fixture: StoreFixture, count
         var limits = Limits()
         limits.commitQueueMax = 4
         limits.commitBatchMax = 1
-        let store = try fixture.open(limits: limits)
+        let store = try await fixture.open(limits: limits)
         let results = await concurrentWrites(store, fixture, count: 200, value: "v")
         let refused = results.compactMap { $0 }
         #expect(!refused.isEmpty && refused.allSatisfy { $0 == .overloaded })

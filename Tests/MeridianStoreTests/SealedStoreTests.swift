@@ -30,11 +30,17 @@ import Testing
         return (0...(haystack.count - bytes.count)).contains { Array(haystack[$0..<$0 + bytes.count]) == bytes }
     }
 
-    @Test(arguments: Backend.allCases)
+    @Test func thePostgreSQLStoreRefusesSealedKeyspacesUntilItKeepsThem() async throws {
+        let fixture = StoreFixture(.postgres)
+        let code = await errorCode { _ = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1)) }
+        #expect(code == .invalidConfig)
+    }
+
+    @Test(arguments: Backend.sealing)
     func valuesAreCiphertextEverywhereButWhereAReadOpensThem(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
-        let store = try fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
+        let store = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
         let marker = "marker-\(UUID().uuidString)"
         let entry = try committed(try await store.write(Self.put("ada@example.eu/email", marker)))
         #expect(!Self.contains(entry.value, marker) && SealedValue.keyID(of: entry.value) != nil, "the committed entry holds plaintext")
@@ -57,12 +63,12 @@ import Testing
         }
     }
 
-    @Test(arguments: Backend.allCases)
+    @Test(arguments: Backend.sealing)
     func aReplicaOpensOnlyWithGrantedKeysAndAnErasureMakesEveryCopyUnreadable(_ backend: Backend) async throws {
         let usFixture = StoreFixture(backend), euFixture = StoreFixture(backend)
         defer { usFixture.remove(); euFixture.remove() }
-        let us = try usFixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
-        let eu = try euFixture.open(region: Self.eu, sealer: Self.sealer(Self.eu, root: 2))
+        let us = try await usFixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
+        let eu = try await euFixture.open(region: Self.eu, sealer: Self.sealer(Self.eu, root: 2))
         let key = try Key("ada@example.eu/email")
         _ = try await us.write(Self.put("ada@example.eu/email", "first"))
         _ = try await us.write(Self.put("ada@example.eu/email", "second"))
@@ -99,13 +105,13 @@ import Testing
         eu.close()
     }
 
-    @Test(arguments: Backend.allCases)
+    @Test(arguments: Backend.sealing)
     func sealedCRDTMergesConvergeToTheSameBytesInEveryRegion(_ backend: Backend) async throws {
         let usFixture = StoreFixture(backend), euFixture = StoreFixture(backend)
         defer { usFixture.remove(); euFixture.remove() }
         let rules: [KeyspaceName: ConflictRule] = [Self.health: .crdt]
-        let us = try usFixture.open(region: Self.us, rules: rules, sealer: Self.sealer(Self.us, root: 1))
-        let eu = try euFixture.open(region: Self.eu, rules: rules, sealer: Self.sealer(Self.eu, root: 2))
+        let us = try await usFixture.open(region: Self.us, rules: rules, sealer: Self.sealer(Self.us, root: 1))
+        let eu = try await euFixture.open(region: Self.eu, rules: rules, sealer: Self.sealer(Self.eu, root: 2))
         let key = try Key("ada@example.eu/steps")
         func increment(_ by: UInt64) -> WriteRequest {
             WriteRequest(keyspace: Self.health, key: key, operation: .merge, contentType: "", value: [], crdt: CRDTRequest(type: .pnCounter, operation: .increment(by)))
@@ -149,19 +155,19 @@ import Testing
         }
     }
 
-    @Test(arguments: Backend.allCases)
+    @Test(arguments: Backend.sealing)
     func keysHeldByAnExternalServiceSealAndOpenAndAreAskedOncePerDataKey(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let wrapper = ExternalWrapper()
         let sealer = ValueSealer(region: Self.us, keys: wrapper, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)])
-        let store = try fixture.open(region: Self.us, sealer: sealer)
+        let store = try await fixture.open(region: Self.us, sealer: sealer)
         for index in 0..<10 { _ = try await store.write(Self.put("ada/k\(index)", "v\(index)")) }
         for index in 0..<10 { #expect(try await store.get(keyspace: Self.health, key: try Key("ada/k\(index)"))?.value == Array("v\(index)".utf8)) }
         #expect(wrapper.counts.wraps == 1 && wrapper.counts.unwraps == 0, "\(wrapper.counts)")
         store.close()
         // Another process (a restart): the wrap is unwrapped once, then cached.
-        let reopened = try fixture.open(region: Self.us, sealer: ValueSealer(region: Self.us, keys: wrapper, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)]))
+        let reopened = try await fixture.open(region: Self.us, sealer: ValueSealer(region: Self.us, keys: wrapper, sealed: [Self.health: .keyPrefix(separator: "/", depth: 1)]))
         for index in 0..<10 { #expect(try await reopened.get(keyspace: Self.health, key: try Key("ada/k\(index)"))?.value == Array("v\(index)".utf8)) }
         #expect(wrapper.counts.unwraps == 1, "\(wrapper.counts)")
         reopened.close()
@@ -170,16 +176,16 @@ import Testing
     @Test func aStoreRefusesARootKeyOtherThanTheOneItsKeysWereWrappedWith() async throws {
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
-        let store = try fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
+        let store = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
         _ = try await store.write(Self.put("ada@example.eu/email", "v"))
         store.close()
         do {
-            _ = try fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 9))
+            _ = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 9))
             Issue.record("a store opened with another root key")
         } catch let error as MeridianError {
             #expect(error.code == .invalidConfig && error.message.contains("test-us-east"), "\(error.message)")
         }
-        let again = try fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
+        let again = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
         #expect(try await again.get(keyspace: Self.health, key: try Key("ada@example.eu/email"))?.value == Array("v".utf8))
         again.close()
     }
@@ -188,7 +194,7 @@ import Testing
         let fixture = StoreFixture(.sqlite)
         defer { fixture.remove() }
         let sealer = Self.sealer(Self.us, root: 1)
-        let store = try fixture.open(region: Self.us, sealer: sealer)
+        let store = try await fixture.open(region: Self.us, sealer: sealer)
         for index in 0..<30 { _ = try await store.write(Self.put("s\(index % 10)/k\(index)", "v\(index)")) }
         #expect(try await store.dataKeyEpochs() == [1: 10])
         store.close()
@@ -197,7 +203,7 @@ import Testing
         for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: fixture.path + suffix) {
             try FileManager.default.copyItem(atPath: fixture.path + suffix, toPath: backup + suffix)
         }
-        let reopened = try fixture.open(region: Self.us, sealer: sealer)
+        let reopened = try await fixture.open(region: Self.us, sealer: sealer)
         let next = try #require(sealer.keyRing).rotated(bytes: Array(repeating: 7, count: 32))
         sealer.adopt(next)
         var rewrapped = 0

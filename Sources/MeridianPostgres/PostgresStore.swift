@@ -1,0 +1,561 @@
+import Logging
+import MeridianCore
+import MeridianStorage
+import PostgresNIO
+import Synchronization
+
+/// A region's store in PostgreSQL: every storage protocol, with the rules of the SQLite and in-memory backends (the
+/// conformance suite checks all three), on the tables of ``PostgresSchema``.
+///
+/// Every change runs in one transaction that first locks the `meridian_store` row, so changes go one at a time across
+/// every node sharing the database, each seeing the last one's commit: log numbers are dense and follow commit order,
+/// and timestamps too (a writer moves its clock past the newest timestamp the row holds before it issues one, so
+/// writes from several nodes to one key stay ordered). A commit is durable when it returns (PostgreSQL's
+/// `synchronous_commit`), so "visible, durable later" steps are durable at once. Reads take no lock.
+///
+/// Sealed keyspaces are not kept here yet: opening with a sealer is refused.
+public final class PostgresStore: RegionStorage {
+    public let region: RegionName
+    public let writeFaults = WriteFaults()
+    let client: PostgresClient
+    let logger: Logger
+    let limits: Limits
+    private let rules: [KeyspaceName: ConflictRule]
+    private let physicalClockMs: @Sendable () -> UInt64
+    let observer: (any StoreObserver)?
+    private let shipping: CommitShipping?
+    private let running: Task<Void, Never>
+    /// The clock of this node's writes; each change moves it past the row's newest timestamp first.
+    private let clock: Mutex<HybridLogicalClock>
+    /// What this node last read or wrote of the row and the applied points (the protocols read them without waiting).
+    private let known: Mutex<Known>
+    /// Idempotency records written since the table was last pruned.
+    private let remembered = Mutex(0)
+    let codec: EntryCodec
+    /// The largest stored state this store decodes (CRDT states may outgrow one value).
+    static let stateBytesMax = Int(Int32.max)
+
+    struct Known: Sendable {
+        var logEnd: UInt64
+        var logFloor: UInt64
+        var applied: [RegionName: UInt64]
+    }
+
+    /// Connects to the region's database, migrates its schema, and opens the store.
+    /// - Throws: `storage_failure` when the database is unreachable or belongs to another region, or when the
+    ///   cluster has sealed keyspaces (not kept in PostgreSQL yet).
+    public static func open(_ configuration: PostgresClient.Configuration, context: StoreContext, logger: Logger) async throws(MeridianError) -> PostgresStore {
+        guard context.sealer == nil else {
+            throw MeridianError(.invalidConfig, "Region \(context.region) keeps its data in PostgreSQL, which does not hold sealed keyspaces yet. Keep this region on the SQLite store, or drop `sealed` from its keyspaces.")
+        }
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let running = Task { await client.run() }
+        do {
+            try await PostgresSchema.migrate(client, logger: logger)
+            let row = try await StoreRow.claim(client, region: context.region, logger: logger)
+            let applied = try await client.query("SELECT origin, sequence FROM meridian_applied", logger: logger).collect()
+            var known = Known(logEnd: row.nextSequence - 1, logFloor: row.logFloor, applied: [:])
+            for entry in applied {
+                let (origin, sequence) = try entry.decode((String, Int64).self)
+                known.applied[try RegionName(origin)] = UInt64(sequence)
+            }
+            return PostgresStore(client: client, running: running, context: context, logger: logger, floor: row.hlc, known: known)
+        } catch {
+            running.cancel()
+            throw PostgresFailure.wrap(error, "Opening region \(context.region)'s store")
+        }
+    }
+
+    private init(client: PostgresClient, running: Task<Void, Never>, context: StoreContext, logger: Logger, floor: HLCTimestamp, known: Known) {
+        self.client = client
+        self.running = running
+        self.logger = logger
+        region = context.region
+        limits = context.limits
+        rules = context.conflictRules
+        physicalClockMs = context.physicalClockMs
+        observer = context.observer
+        shipping = context.shipping
+        codec = EntryCodec(valueBytesMax: Self.stateBytesMax)
+        clock = Mutex(HybridLogicalClock(region: context.region, maxOffsetMs: context.limits.clockOffsetMsMax, floor: floor))
+        self.known = Mutex(known)
+    }
+
+    public func close() {
+        running.cancel()
+    }
+
+    func rule(_ keyspace: KeyspaceName) -> ConflictRule { rules[keyspace] ?? .lww }
+
+    // MARK: - Running statements
+
+    /// Runs `body` in a transaction holding the store row (every change does): changes go one at a time.
+    func changing<T: Sendable>(_ doing: String, _ body: @Sendable (PostgresConnection, StoreRow) async throws -> T) async throws(MeridianError) -> T {
+        let (region, logger) = (region, logger)
+        do {
+            return try await client.withTransaction(logger: logger) { connection in
+                let row = try await StoreRow.lock(connection, region: region, logger: logger)
+                return try await body(connection, row)
+            }
+        } catch {
+            throw PostgresFailure.wrap(error, doing)
+        }
+    }
+
+    /// Runs `body` on a connection of the pool, outside any transaction.
+    func reading<T: Sendable>(_ doing: String, _ body: @Sendable (PostgresConnection) async throws -> T) async throws(MeridianError) -> T {
+        do {
+            return try await client.withConnection { connection in try await body(connection) }
+        } catch {
+            throw PostgresFailure.wrap(error, doing)
+        }
+    }
+
+    /// Moves the clock past the row's newest timestamp, then runs `body` with it; the row learns where it ended.
+    func withClock<T>(past floor: HLCTimestamp, _ body: (inout HybridLogicalClock) throws(MeridianError) -> T) throws(MeridianError) -> (T, HLCTimestamp) {
+        try clock.withLock { clock throws(MeridianError) in
+            clock.advance(past: floor)
+            let result = try body(&clock)
+            return (result, clock.last)
+        }
+    }
+
+    // MARK: - Commits
+
+    public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
+        let rule = rule(request.keyspace)
+        let (region, limits, logger) = (region, limits, logger)
+        let physicalMs = physicalClockMs()
+        let result: (WriteOutcome, Recorded)
+        do {
+            result = try await changing("Committing a write to \(request.keyspace)/\(request.key)") { connection, row in
+                guard row.restorePending == nil else {
+                    throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
+                }
+                if let mark = request.idempotency {
+                    let live = try await IdempotencyTable.live(connection, request.keyspace, mark.key, nowMs: physicalMs, limits: limits, logger: logger)
+                    switch IdempotencyCheck.check(mark, against: live) {
+                    case .apply: break
+                    case .replay(let record): return (.replayed(record), Recorded())
+                    case .reused(let error): return (.refused(error), Recorded())
+                    }
+                }
+                let current = try await KeyTable.state(connection, request.keyspace, request.key, logger: logger)
+                let (plan, last) = try self.withClock(past: row.hlc) { clock in
+                    WritePlanner.plan(request, state: current, rule: rule, origin: region, sequence: row.nextSequence, clock: &clock,
+                                      physicalMs: physicalMs, limits: limits)
+                }
+                switch plan {
+                case .refused(let error): return (.refused(error), Recorded())
+                case .preconditionFailed(let version): return (.preconditionFailed(current: version), Recorded())
+                case .append(let entry):
+                    try await LogTable.append(connection, entry, codec: self.codec, logger: logger)
+                    var recorded = try await self.apply(entry, rule: rule, old: current, connection, nowMs: physicalMs)
+                    recorded.remembered = try await IdempotencyTable.remember(connection, entry, nowMs: physicalMs, limits: limits, logger: logger)
+                    try await StoreRow.update(connection, nextSequence: entry.sequence + 1, hlc: last, logger: logger)
+                    return (.committed(entry), recorded)
+                }
+            }
+        } catch {
+            writeFaults.record(error)
+            throw error
+        }
+        writeFaults.clear()
+        let (outcome, recorded) = result
+        if case .committed(let entry) = outcome {
+            known.withLock { $0.logEnd = max($0.logEnd, entry.sequence) }
+            observer?.commitCompleted(writes: 1, commitSeconds: 0)
+            if shipping?.isConnected == true {
+                shipping?.written(through: entry.sequence)
+                shipping?.durable(through: entry.sequence)
+            }
+        }
+        await settle(request.keyspace, recorded, nowMs: physicalMs)
+        return outcome
+    }
+
+    public func idempotencyRecord(keyspace: KeyspaceName, key: IdempotencyKey) async throws(MeridianError) -> IdempotencyRecord? {
+        let (limits, logger, nowMs) = (limits, logger, physicalClockMs())
+        return try await reading("Reading an idempotency record") { connection in
+            try await IdempotencyTable.live(connection, keyspace, key, nowMs: nowMs, limits: limits, logger: logger)
+        }
+    }
+
+    /// Conflict records added and dropped, idempotency records written.
+    struct Recorded: Sendable {
+        var added = 0, dropped = 0, remembered = 0
+        mutating func add(_ other: Recorded) {
+            added += other.added
+            dropped += other.dropped
+            remembered += other.remembered
+        }
+    }
+
+    /// Applies one entry to its key (whose state is `old`), records the losers, and notes the term it belongs to.
+    func apply(_ entry: ReplicationEntry, rule: ConflictRule, old: KeyState?, _ connection: PostgresConnection, nowMs: UInt64) async throws -> Recorded {
+        if entry.epoch > 0 {
+            try await TermTable.raise(connection, entry.keyspace, [TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence)], logger: logger)
+        }
+        guard let change = try KeyChange.applying(entry, rule: rule, to: old) else { return Recorded() }
+        try await KeyTable.put(connection, entry.keyspace, entry.key, change.state, rule: rule, logger: logger)
+        return try await ConflictTable.record(change, keyspace: entry.keyspace, key: entry.key, connection, nowMs: nowMs, limits: limits, logger: logger)
+    }
+
+    /// Reports what a step recorded, and prunes the idempotency table once enough records were written.
+    func settle(_ keyspace: KeyspaceName, _ recorded: Recorded, nowMs: UInt64) async {
+        if recorded.added > 0 || recorded.dropped > 0 {
+            observer?.conflictsRecorded(keyspace: keyspace, recorded: recorded.added, dropped: recorded.dropped)
+        }
+        let (limits, logger) = (limits, logger)
+        let due = remembered.withLock { count in
+            count += recorded.remembered
+            guard count >= IdempotencyTable.pruneEvery(limits) else { return false }
+            count = 0
+            return true
+        }
+        guard due else { return }
+        do {
+            let evicted = try await changing("Pruning idempotency records") { connection, _ in
+                try await IdempotencyTable.prune(connection, nowMs: nowMs, limits: limits, logger: logger)
+            }
+            if evicted > 0 { observer?.idempotencyKeysEvicted(evicted) }
+        } catch {
+            logger.warning("could not prune idempotency records; the next write tries again", metadata: ["reason": "\(error.message)"])
+            remembered.withLock { $0 = IdempotencyTable.pruneEvery(limits) }
+        }
+    }
+
+    // MARK: - Keys
+
+    public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
+        let rule = rule(keyspace)
+        guard let state = try await state(keyspace: keyspace, key: key) else { return nil }
+        var value = StoredValue(keyspace: keyspace, key: key, winner: state.winner(rule))
+        value.concurrent = state.versions.count - 1
+        return value
+    }
+
+    public func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? {
+        let logger = logger
+        return try await reading("Reading \(keyspace)/\(key)") { connection in try await KeyTable.state(connection, keyspace, key, logger: logger) }
+    }
+
+    public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {
+        precondition(limit > 0)
+        let (rule, logger) = (rule(keyspace), logger)
+        return try await reading("Listing \(keyspace)") { connection in
+            var listed: [ListedKey] = []
+            var cursor = after
+            // `live` was set under the rule of the time; the winner under today's decides.
+            while listed.count < limit {
+                let asked = limit - listed.count
+                let rows = try await connection.query("""
+                    SELECT key, state FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND live AND starts_with(key, \(prefix))
+                    AND (\(cursor)::text IS NULL OR key > \(cursor)) ORDER BY key LIMIT \(Int64(asked))
+                    """, logger: logger).collect()
+                for row in rows {
+                    let (key, state) = try KeyTable.decode(row)
+                    cursor = key.rawValue
+                    let winner = state.winner(rule)
+                    guard !winner.tombstone else { continue }
+                    listed.append(ListedKey(key: key, version: winner.version, valueBytes: winner.value.count, contentType: winner.contentType,
+                                            dependencies: winner.dependencies))
+                }
+                if rows.count < asked { break }
+            }
+            return listed
+        }
+    }
+
+    public func keyCounts() async throws(MeridianError) -> [String: Int] {
+        let logger = logger
+        return try await reading("Counting keys") { connection in
+            var counts: [String: Int] = [:]
+            for row in try await connection.query("SELECT keyspace, count(*) FROM meridian_keys WHERE live GROUP BY keyspace", logger: logger).collect() {
+                let (keyspace, count) = try row.decode((String, Int64).self)
+                counts[keyspace] = Int(count)
+            }
+            return counts
+        }
+    }
+
+    // MARK: - Replication logs
+
+    public func appliedHighWater() -> [RegionName: UInt64] {
+        let region = region
+        return known.withLock { known in
+            var applied = known.applied
+            if known.logEnd > 0 { applied[region] = known.logEnd }
+            return applied
+        }
+    }
+
+    /// Every commit is durable: what is visible is durable.
+    public func visibleHighWater() -> [RegionName: UInt64] { appliedHighWater() }
+
+    public func syncApplied() async throws(MeridianError) -> [RegionName: UInt64] { appliedHighWater() }
+
+    public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
+                                diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64 {
+        try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
+        let (logger, physicalMs) = (logger, physicalClockMs())
+        let (after, recorded) = try await changing("Applying \(origin)'s log \(from)...\(through)") { connection, row -> (UInt64, [KeyspaceName: Recorded]) in
+            let applied = try await AppliedTable.sequence(connection, origin, logger: logger)
+            guard from <= applied + 1 else {
+                throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
+                                    context: ["origin": origin.rawValue, "expected": String(applied + 1), "received": String(from)])
+            }
+            guard through > applied else { return (applied, [:]) }
+            var recorded: [KeyspaceName: Recorded] = [:]
+            var newest = row.hlc
+            for entry in entries where entry.sequence > applied {
+                if let successor = diverted[entry.sequence] {
+                    try await DivergenceTable.insert(entry, successorEpoch: successor, connection, codec: self.codec, nowMs: physicalMs, logger: logger)
+                    continue
+                }
+                try await LogTable.append(connection, entry, codec: self.codec, logger: logger)
+                let old = try await KeyTable.state(connection, entry.keyspace, entry.key, logger: logger)
+                var step = try await self.apply(entry, rule: self.rule(entry.keyspace), old: old, connection, nowMs: physicalMs)
+                step.remembered = try await IdempotencyTable.remember(connection, entry, nowMs: physicalMs, limits: self.limits, logger: logger)
+                recorded[entry.keyspace, default: Recorded()].add(step)
+                newest = self.received(entry.hlc, floor: newest, physicalMs: physicalMs)
+            }
+            try await AppliedTable.set(connection, origin, through, logger: logger)
+            try await StoreRow.update(connection, hlc: newest, logger: logger)
+            return (through, recorded)
+        }
+        known.withLock { $0.applied[origin] = max($0.applied[origin] ?? 0, after) }
+        for (keyspace, counts) in recorded { await settle(keyspace, counts, nowMs: physicalMs) }
+        return after
+    }
+
+    /// The clock past another region's timestamp, unless it leads this region's wall clock by more than the maximum
+    /// offset (as the other backends). - Returns: the clock's newest timestamp.
+    func received(_ remote: HLCTimestamp, floor: HLCTimestamp, physicalMs: UInt64) -> HLCTimestamp {
+        clock.withLock { clock in
+            clock.advance(past: floor)
+            if remote.physicalMs <= physicalMs || remote.physicalMs - physicalMs <= clock.maxOffsetMs { clock.advance(past: remote) }
+            return clock.last
+        }
+    }
+
+    public func raiseApplied(origin: RegionName, to sequence: UInt64) async throws(MeridianError) -> UInt64 {
+        guard origin != region else { return appliedHighWater()[region] ?? 0 }
+        let logger = logger
+        let after = try await changing("Raising \(origin)'s applied point") { connection, _ in
+            let raised = max(try await AppliedTable.sequence(connection, origin, logger: logger), sequence)
+            try await AppliedTable.set(connection, origin, raised, logger: logger)
+            return raised
+        }
+        known.withLock { $0.applied[origin] = max($0.applied[origin] ?? 0, after) }
+        return after
+    }
+
+    public func logEntries(origin: RegionName, after sequence: UInt64, limit: Int) async throws(MeridianError) -> [ReplicationEntry] {
+        let (logger, codec) = (logger, codec)
+        return try await reading("Reading \(origin)'s log") { connection in
+            try await connection.query("""
+                SELECT entry FROM meridian_log WHERE origin = \(origin.rawValue) AND sequence > \(Int64(sequence)) ORDER BY sequence LIMIT \(Int64(limit))
+                """, logger: logger).collect().map { row in try codec.decode(try row.decode(ByteBuffer.self).readableBytesView) }
+        }
+    }
+
+    public func logFloor() -> UInt64 { known.withLock { $0.logFloor } }
+
+    public func trimLog(origin: RegionName, through sequence: UInt64) async throws(MeridianError) {
+        let (own, logger) = (origin == region, logger)
+        let floor = try await changing("Trimming \(origin)'s log") { connection, row -> UInt64 in
+            guard !own || sequence > row.logFloor else { return row.logFloor }
+            try await connection.query("DELETE FROM meridian_log WHERE origin = \(origin.rawValue) AND sequence <= \(Int64(sequence))", logger: logger)
+            guard own else { return row.logFloor }
+            try await connection.query("UPDATE meridian_store SET log_floor = \(Int64(sequence))", logger: logger)
+            return sequence
+        }
+        known.withLock { $0.logFloor = max($0.logFloor, floor) }
+    }
+
+    // MARK: - Repair
+
+    public func merkleTree(keyspace: KeyspaceName) async throws(MeridianError) -> (tree: MerkleTree, keys: Int) {
+        let logger = logger
+        return try await reading("Building \(keyspace)'s Merkle tree") { connection in
+            var builder = MerkleTree.Builder()
+            var after: String?
+            while true {
+                let rows = try await connection.query("""
+                    SELECT key, state FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND (\(after)::text IS NULL OR key > \(after))
+                    ORDER BY key LIMIT \(Int64(KeyTable.pageRows))
+                    """, logger: logger).collect()
+                for row in rows {
+                    let (key, state) = try KeyTable.decode(row)
+                    builder.add(key, state: state)
+                    after = key.rawValue
+                }
+                if rows.count < KeyTable.pageRows { return (builder.tree, builder.keys) }
+            }
+        }
+    }
+
+    public func merkleSlots(keyspace: KeyspaceName, buckets: [Int]) async throws(MeridianError) -> MerkleSlots {
+        var held: [(key: Key, state: KeyState)] = []
+        for bucket in Set(buckets).sorted() {
+            var after: Key?
+            repeat {
+                let page = try await states(keyspace: keyspace, slots: [MerkleTree.slots(ofBucket: bucket)], after: after, bytesMax: 1 << 22)
+                held += page.states
+                after = page.next
+            } while after != nil
+        }
+        return MerkleSlots(buckets: buckets, states: held)
+    }
+
+    public func states(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (states: [(key: Key, state: KeyState)], next: Key?) {
+        var page = KeyStatePage(bytesMax: bytesMax)
+        try await scan(keyspace: keyspace, slots: slots, after: after) { key, state in page.add(key, state) }
+        return (page.states, page.next)
+    }
+
+    public func items(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, bytesMax: Int) async throws(MeridianError) -> (items: [(key: Key, item: MerkleTree.Leaf)], next: Key?) {
+        var items: [(key: Key, item: MerkleTree.Leaf)] = []
+        var bytes = 4
+        var next: Key?
+        try await scan(keyspace: keyspace, slots: slots, after: after) { key, state in
+            let size = KeyItemCodec.bytes(key)
+            if !items.isEmpty && bytes + size > bytesMax {
+                next = items.last?.key
+                return false
+            }
+            bytes += size
+            items.append((key, MerkleTree.item(key, state: state)))
+            return true
+        }
+        return (items, next)
+    }
+
+    /// Hands the keys of some Merkle slots to `take`, in slot and key order after `after`, until it returns false.
+    private func scan(keyspace: KeyspaceName, slots: [ClosedRange<Int>], after: Key?, _ take: (Key, KeyState) -> Bool) async throws(MeridianError) {
+        let logger = logger
+        for seek in MerkleTree.seeks(slots, after: after) {
+            var cursor: (slot: Int32, key: String)?
+            while true {
+                let (slot, key) = (cursor?.slot ?? Int32(seek.slots.lowerBound) - 1, cursor?.key ?? "")
+                let (low, high, floor) = (Int32(seek.slots.lowerBound), Int32(seek.slots.upperBound), seek.after?.rawValue)
+                let rows = try await reading("Reading \(keyspace)'s keys by slot") { connection in
+                    try await connection.query("""
+                        SELECT key, state, slot FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND slot BETWEEN \(low) AND \(high)
+                        AND (\(floor)::text IS NULL OR key > \(floor)) AND (slot, key) > (\(slot), \(key)::text COLLATE "C")
+                        ORDER BY slot, key LIMIT \(Int64(KeyTable.pageRows))
+                        """, logger: logger).collect()
+                }
+                for row in rows {
+                    let (key, state) = try PostgresFailure.decoding("a key's state") { try KeyTable.decode(row) }
+                    guard take(key, state) else { return }
+                    cursor = (try PostgresFailure.decoding("a key's slot") { try row.decode((String, ByteBuffer, Int32).self).2 }, key.rawValue)
+                }
+                if rows.count < KeyTable.pageRows { break }
+            }
+        }
+    }
+
+    public func states(keyspace: KeyspaceName, keys: [Key]) async throws(MeridianError) -> [(key: Key, state: KeyState)] {
+        let logger = logger
+        guard !keys.isEmpty else { return [] }
+        let held = try await reading("Reading \(keyspace)'s keys") { connection in
+            var held: [Key: KeyState] = [:]
+            for row in try await connection.query("""
+                SELECT key, state FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND key = ANY(\(keys.map(\.rawValue)))
+                """, logger: logger).collect() {
+                let (key, state) = try KeyTable.decode(row)
+                held[key] = state
+            }
+            return held
+        }
+        return keys.compactMap { key in held[key].map { (key, $0) } }
+    }
+
+    public func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int {
+        guard !states.isEmpty else { return 0 }
+        let (rule, limits, logger, physicalMs) = (rule(keyspace), limits, logger, physicalClockMs())
+        let items = states.map { MergeItem(key: $0.key, state: $0.state) }
+        let (changed, recorded) = try await changing("Merging states into \(keyspace)") { connection, row -> (Int, Recorded) in
+            var changed = 0, recorded = Recorded()
+            var newest = row.hlc
+            for item in items {
+                let local = try await KeyTable.state(connection, keyspace, item.key, logger: logger)
+                let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
+                guard merged != local else { continue }
+                for version in item.state.versions { newest = self.received(version.version.hlc, floor: newest, physicalMs: physicalMs) }
+                try await KeyTable.put(connection, keyspace, item.key, merged, rule: rule, logger: logger)
+                recorded.add(try await ConflictTable.record(KeyChange.changes(old: local, new: merged, rule: rule), keyspace: keyspace, key: item.key,
+                                                            connection, nowMs: physicalMs, limits: limits, logger: logger))
+                changed += 1
+            }
+            try await StoreRow.update(connection, hlc: newest, logger: logger)
+            return (changed, recorded)
+        }
+        await settle(keyspace, recorded, nowMs: physicalMs)
+        return changed
+    }
+
+    public func replaceStates(keyspace: KeyspaceName, _ states: [(key: Key, state: KeyState?)]) async throws(MeridianError) {
+        let (rule, logger) = (rule(keyspace), logger)
+        let items = states.map { ReplaceItem(key: $0.key, state: $0.state) }
+        try await changing("Replacing states in \(keyspace)") { connection, _ in
+            for item in items {
+                if let state = item.state {
+                    try await KeyTable.put(connection, keyspace, item.key, state, rule: rule, logger: logger)
+                } else {
+                    try await connection.query("DELETE FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND key = \(item.key.rawValue)", logger: logger)
+                }
+            }
+        }
+    }
+
+    struct MergeItem: Sendable {
+        let key: Key
+        let state: KeyState
+    }
+
+    struct ReplaceItem: Sendable {
+        let key: Key
+        let state: KeyState?
+    }
+
+    // MARK: - Backups
+
+    public func backup(to path: String) async throws(MeridianError) -> BackupSummary {
+        throw MeridianError(.invalidRequest, "Region \(region) keeps its data in PostgreSQL: back it up with PostgreSQL's own tools (pg_basebackup and WAL archiving, or your provider's snapshots); Meridian's backup command copies SQLite stores only.")
+    }
+
+    public func restorePending() async throws(MeridianError) -> UInt64? {
+        let (region, logger) = (region, logger)
+        return try await reading("Reading the restore mark") { connection in try await StoreRow.read(connection, region: region, logger: logger).restorePending }
+    }
+
+    public func finishRestore(logEnd: UInt64) async throws(MeridianError) {
+        let logger = logger
+        let row = try await changing("Ending a restore") { connection, row -> StoreRow in
+            var row = row
+            if logEnd >= row.nextSequence {
+                row.nextSequence = logEnd + 1
+                row.logFloor = max(row.logFloor, logEnd)
+            }
+            try await connection.query("""
+                UPDATE meridian_store SET next_sequence = \(Int64(row.nextSequence)), log_floor = \(Int64(row.logFloor)), restore_pending = NULL
+                """, logger: logger)
+            return row
+        }
+        known.withLock {
+            $0.logEnd = max($0.logEnd, row.nextSequence - 1)
+            $0.logFloor = max($0.logFloor, row.logFloor)
+        }
+    }
+
+    /// Marks the store as a restored copy (a restore's catch-up, in tests: a PostgreSQL store is restored by
+    /// PostgreSQL's tools, which then leave this mark).
+    public func markRestored() async throws(MeridianError) {
+        try await changing("Marking a restore") { connection, row in
+            try await connection.query("UPDATE meridian_store SET restore_pending = \(Int64(row.nextSequence - 1))", logger: self.logger)
+        }
+    }
+}

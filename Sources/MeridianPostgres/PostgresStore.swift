@@ -25,6 +25,8 @@ public final class PostgresStore: RegionStorage {
     let observer: (any StoreObserver)?
     private let shipping: CommitShipping?
     private let running: Task<Void, Never>
+    /// How long a statement or transaction may take before the caller is answered with `storage_failure`.
+    let requestTimeout: Duration
     /// The clock of this node's writes; each change moves it past the row's newest timestamp first.
     private let clock: Mutex<HybridLogicalClock>
     /// What this node last read or wrote of the row and the applied points (the protocols read them without waiting).
@@ -44,30 +46,37 @@ public final class PostgresStore: RegionStorage {
     /// Connects to the region's database, migrates its schema, and opens the store.
     /// - Throws: `storage_failure` when the database is unreachable or belongs to another region, or when the
     ///   cluster has sealed keyspaces (not kept in PostgreSQL yet).
-    public static func open(_ configuration: PostgresClient.Configuration, context: StoreContext, logger: Logger) async throws(MeridianError) -> PostgresStore {
+    public static func open(_ configuration: PostgresClient.Configuration, context: StoreContext, requestTimeout: Duration = .seconds(10),
+                            logger: Logger) async throws(MeridianError) -> PostgresStore {
         guard context.sealer == nil else {
             throw MeridianError(.invalidConfig, "Region \(context.region) keeps its data in PostgreSQL, which does not hold sealed keyspaces yet. Keep this region on the SQLite store, or drop `sealed` from its keyspaces.")
         }
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let running = Task { await client.run() }
+        let region = context.region
         do {
-            try await PostgresSchema.migrate(client, logger: logger)
-            let row = try await StoreRow.claim(client, region: context.region, logger: logger)
-            let applied = try await client.query("SELECT origin, sequence FROM meridian_applied", logger: logger).collect()
-            var known = Known(logEnd: row.nextSequence - 1, logFloor: row.logFloor, applied: [:])
-            for entry in applied {
-                let (origin, sequence) = try entry.decode((String, Int64).self)
-                known.applied[try RegionName(origin)] = UInt64(sequence)
+            let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3) { () async throws -> (StoreRow, Known) in
+                try await PostgresSchema.migrate(client, logger: logger)
+                let row = try await StoreRow.claim(client, region: region, logger: logger)
+                var known = Known(logEnd: row.nextSequence - 1, logFloor: row.logFloor, applied: [:])
+                for entry in try await client.query("SELECT origin, sequence FROM meridian_applied", logger: logger).collect() {
+                    let (origin, sequence) = try entry.decode((String, Int64).self)
+                    known.applied[try RegionName(origin)] = UInt64(sequence)
+                }
+                return (row, known)
             }
-            return PostgresStore(client: client, running: running, context: context, logger: logger, floor: row.hlc, known: known)
+            return PostgresStore(client: client, running: running, context: context, requestTimeout: requestTimeout, logger: logger, floor: row.hlc,
+                                 known: known)
         } catch {
             running.cancel()
-            throw PostgresFailure.wrap(error, "Opening region \(context.region)'s store")
+            throw error
         }
     }
 
-    private init(client: PostgresClient, running: Task<Void, Never>, context: StoreContext, logger: Logger, floor: HLCTimestamp, known: Known) {
+    private init(client: PostgresClient, running: Task<Void, Never>, context: StoreContext, requestTimeout: Duration, logger: Logger, floor: HLCTimestamp,
+                 known: Known) {
         self.client = client
+        self.requestTimeout = requestTimeout
         self.running = running
         self.logger = logger
         region = context.region
@@ -90,25 +99,42 @@ public final class PostgresStore: RegionStorage {
     // MARK: - Running statements
 
     /// Runs `body` in a transaction holding the store row (every change does): changes go one at a time.
-    func changing<T: Sendable>(_ doing: String, _ body: @Sendable (PostgresConnection, StoreRow) async throws -> T) async throws(MeridianError) -> T {
-        let (region, logger) = (region, logger)
-        do {
-            return try await client.withTransaction(logger: logger) { connection in
+    func changing<T: Sendable>(_ doing: String, _ body: @escaping @Sendable (PostgresConnection, StoreRow) async throws -> T) async throws(MeridianError) -> T {
+        let (region, logger, client) = (region, logger, client)
+        return try await bounded(doing) {
+            try await client.withTransaction(logger: logger) { connection in
                 let row = try await StoreRow.lock(connection, region: region, logger: logger)
                 return try await body(connection, row)
             }
-        } catch {
-            throw PostgresFailure.wrap(error, doing)
         }
     }
 
     /// Runs `body` on a connection of the pool, outside any transaction.
-    func reading<T: Sendable>(_ doing: String, _ body: @Sendable (PostgresConnection) async throws -> T) async throws(MeridianError) -> T {
-        do {
-            return try await client.withConnection { connection in try await body(connection) }
-        } catch {
-            throw PostgresFailure.wrap(error, doing)
+    func reading<T: Sendable>(_ doing: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(MeridianError) -> T {
+        let client = client
+        return try await bounded(doing) { try await client.withConnection { connection in try await body(connection) } }
+    }
+
+    /// Runs `work`, failing with `storage_failure` once it has taken longer than ``requestTimeout`` (the pool waits
+    /// for a connection to an unreachable server without end). Work that times out goes on in the background until
+    /// the database or the connection ends it: a change that timed out may still commit, as after any lost answer.
+    private func bounded<T: Sendable>(_ doing: String, _ work: @escaping @Sendable () async throws -> T) async throws(MeridianError) -> T {
+        try await Self.bounded(doing, timeout: requestTimeout, work)
+    }
+
+    static func bounded<T: Sendable>(_ doing: String, timeout: Duration, _ work: @escaping @Sendable () async throws -> T) async throws(MeridianError) -> T {
+        let race = Race<T>()
+        let running = Task {
+            do { race.finish(.success(try await work())) } catch { race.finish(.failure(PostgresFailure.wrap(error, doing))) }
         }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            guard !Task.isCancelled else { return }
+            race.finish(.failure(MeridianError(.storageFailure, "\(doing) got no answer from the region's PostgreSQL within \(timeout). Check that the database is up and reachable from this node; a change that timed out may still have committed, so retry a write with its idempotency key.")))
+            running.cancel()
+        }
+        defer { timer.cancel() }
+        return try await race.outcome().get()
     }
 
     /// Moves the clock past the row's newest timestamp, then runs `body` with it; the row learns where it ended.
@@ -556,6 +582,34 @@ public final class PostgresStore: RegionStorage {
     public func markRestored() async throws(MeridianError) {
         try await changing("Marking a restore") { connection, row in
             try await connection.query("UPDATE meridian_store SET restore_pending = \(Int64(row.nextSequence - 1))", logger: self.logger)
+        }
+    }
+}
+
+/// The first of several outcomes, handed to one waiter.
+final class Race<T: Sendable>: Sendable {
+    private let state = Mutex<(outcome: Result<T, MeridianError>?, waiter: CheckedContinuation<Result<T, MeridianError>, Never>?)>((nil, nil))
+
+    /// Keeps the first outcome (later ones are dropped) and wakes the waiter.
+    func finish(_ outcome: Result<T, MeridianError>) {
+        let waiter = state.withLock { state -> CheckedContinuation<Result<T, MeridianError>, Never>? in
+            guard state.outcome == nil else { return nil }
+            state.outcome = outcome
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: outcome)
+    }
+
+    /// Waits for the first outcome (one waiter).
+    func outcome() async -> Result<T, MeridianError> {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> Result<T, MeridianError>? in
+                if let outcome = state.outcome { return outcome }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
         }
     }
 }

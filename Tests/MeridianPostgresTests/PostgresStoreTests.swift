@@ -1,0 +1,167 @@
+// The PostgreSQL store as several nodes of one region share it: numbers dense and in commit order whatever the
+// interleaving (a reader following the log never skips one), timestamps ordered across nodes whose clocks disagree,
+// and the database's faults as typed errors (a read-only standby, a server that went away).
+import Foundation
+import Logging
+import MeridianCore
+import MeridianHarness
+import MeridianPostgres
+import MeridianStorage
+import PostgresNIO
+import Synchronization
+import Testing
+
+/// The code of the `MeridianError` `body` throws (nil: none).
+func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
+    do {
+        try await body()
+        return nil
+    } catch let error as MeridianError {
+        return error.code
+    } catch {
+        return .internalError
+    }
+}
+
+@Suite struct PostgresStoreTests {
+    let region = RegionName(validated: "us-east")
+    let keyspace = try! KeyspaceName("ks")
+
+    func context(skewMs: Int64 = 0) -> StoreContext {
+        StoreContext(region: region, limits: Limits(), conflictRules: [:], physicalClockMs: {
+            UInt64(Int64(Date().timeIntervalSince1970 * 1_000) + skewMs)
+        }, observer: nil)
+    }
+
+    static func configuration(_ server: PostgresServer, _ database: String) -> PostgresClient.Configuration {
+        PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: database, tls: .disable)
+    }
+
+    func put(_ key: String, _ value: String) -> WriteRequest {
+        WriteRequest(keyspace: keyspace, key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(value.utf8))
+    }
+
+    @Test func nodesSharingTheDatabaseNumberDenselyInCommitOrderAndAFollowerNeverSkipsANumber() async throws {
+        let server = try await PostgresServer.shared.value
+        let database = try server.newDatabase()
+        // Three nodes; one's clock runs 2 s behind, another's 1 s ahead (within no offset bound: each node's clock is
+        // all it has).
+        var nodes: [PostgresStore] = []
+        for skew: Int64 in [0, -2_000, 1_000] {
+            nodes.append(try await PostgresStore.open(Self.configuration(server, database), context: context(skewMs: skew), logger: SharedPostgres.logger))
+        }
+        let stores = nodes
+        defer { for node in stores { node.close() } }
+        let (writesPerNode, keys) = (60, 4)
+        let total = UInt64(writesPerNode * stores.count)
+        let region = region
+        // A follower reads the log after its cursor while the nodes write, as a shipper does: every page it reads must
+        // continue its cursor exactly.
+        let follower = Task { () throws -> [String] in
+            var (cursor, problems) = (UInt64(0), [String]())
+            let deadline = ContinuousClock.now + .seconds(60)
+            while cursor < total && ContinuousClock.now < deadline {
+                let page = try await stores[0].logEntries(origin: region, after: cursor, limit: 7)
+                for entry in page {
+                    if entry.sequence != cursor + 1 { problems.append("after \(cursor) the log showed \(entry.sequence)") }
+                    cursor = entry.sequence
+                }
+                if page.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
+            }
+            if cursor < total { problems.append("the follower reached only \(cursor) of \(total)") }
+            return problems
+        }
+        let written = try await withThrowingTaskGroup(of: [ReplicationEntry].self) { group in
+            for (index, node) in stores.enumerated() {
+                group.addTask {
+                    var entries: [ReplicationEntry] = []
+                    for write in 0..<writesPerNode {
+                        guard case .committed(let entry) = try await node.write(self.put("k\(write % keys)", "n\(index)-\(write)")) else {
+                            throw MeridianError(.internalError, "a write was not committed")
+                        }
+                        entries.append(entry)
+                    }
+                    return entries
+                }
+            }
+            return try await group.reduce(into: [ReplicationEntry]()) { $0 += $1 }
+        }
+        #expect(try await follower.value == [])
+        // Every number once, 1 through the total; timestamps rise with the numbers, whichever node's clock issued them.
+        let log = try await nodes[1].logEntries(origin: region, after: 0, limit: Int(total) + 10)
+        #expect(log.map(\.sequence) == Array(1...total))
+        #expect(written.map(\.sequence).sorted() == Array(1...total))
+        #expect(zip(log, log.dropFirst()).allSatisfy { $0.hlc < $1.hlc }, "a later number carries an earlier timestamp")
+        // So each key holds its last write, read from any node.
+        for key in 0..<keys {
+            let last = try #require(log.last { $0.key.rawValue == "k\(key)" })
+            let stored = try #require(try await nodes[2].get(keyspace: keyspace, key: Key("k\(key)")))
+            #expect(stored.version == last.version && stored.value == last.value)
+        }
+        // A node reopened later continues the numbering.
+        let late = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
+        defer { late.close() }
+        guard case .committed(let next) = try await late.write(put("k0", "late")) else { throw MeridianError(.internalError, "not committed") }
+        #expect(next.sequence == total + 1 && next.hlc > log.last!.hlc)
+    }
+
+    @Test func aReadOnlyDatabaseIsRefusedAtStartAndWhenAPrimaryTurnsReadOnlyWritesFailSayingSo() async throws {
+        let server = try await PostgresServer.shared.value
+        let database = try server.newDatabase()
+        let store = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
+        defer { store.close() }
+        _ = try await store.write(put("a", "1"))
+        // The primary turns read-only (a standby's sessions are): new sessions are, and the old ones end.
+        try await SharedPostgres.withClient(server, database: database) { client in
+            try await client.query("ALTER DATABASE \(unescaped: database) SET default_transaction_read_only = on", logger: SharedPostgres.logger)
+            try await client.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(database) AND pid <> pg_backend_pid()",
+                                   logger: SharedPostgres.logger)
+        }
+        var codes: [MeridianError.Code] = []
+        for attempt in 0..<5 where codes.last != .storageReadOnly {
+            do {
+                _ = try await store.write(put("b", "\(attempt)"))
+                Issue.record("a read-only database took a write")
+            } catch {
+                codes.append(error.code)
+                if error.code == .storageReadOnly { #expect(error.message.contains("primary"), "\(error.message)") }
+            }
+        }
+        #expect(codes.last == .storageReadOnly, "the errors were \(codes)")
+        #expect(store.writeFaults.current?.code == .storageReadOnly)
+        #expect(try await store.get(keyspace: keyspace, key: Key("a"))?.value == Array("1".utf8), "reads go on")
+        #expect(try await store.get(keyspace: keyspace, key: Key("b")) == nil)
+        // A node given a standby's address from the start is refused, saying what to do.
+        do {
+            let standby = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
+            standby.close()
+            Issue.record("a node started on a read-only database")
+        } catch {
+            #expect(error.code == .storageReadOnly && error.message.contains("primary"), "\(error.message)")
+        }
+    }
+
+    @Test func aDatabaseThatWentAwayFailsWritesWithinBoundedTimeAndTheStoreSaysWhy() async throws {
+        let server = try await PostgresServer()
+        let database = try server.newDatabase()
+        var configuration = Self.configuration(server, database)
+        configuration.options.connectTimeout = .seconds(2)
+        let store = try await PostgresStore.open(configuration, context: context(), requestTimeout: .seconds(3), logger: SharedPostgres.logger)
+        defer { store.close() }
+        _ = try await store.write(put("a", "1"))
+        await server.stop()
+        let started = ContinuousClock.now
+        do {
+            _ = try await store.write(put("b", "2"))
+            Issue.record("a write went through with the database stopped")
+        } catch {
+            #expect(error.code == .storageFailure, "\(error.message)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(10), "the write hung for \(ContinuousClock.now - started)")
+        #expect(store.writeFaults.current?.code == .storageFailure)
+        // Reads fail as plainly, and so does a node started against it.
+        #expect(await errorCode { _ = try await store.get(keyspace: keyspace, key: Key("a")) } == .storageFailure)
+        #expect(await errorCode { _ = try await PostgresStore.open(configuration, context: context(), requestTimeout: .seconds(2), logger: SharedPostgres.logger) }
+                == .storageFailure)
+    }
+}

@@ -92,6 +92,7 @@ let package = Package(
                 "MeridianCore",
                 "MeridianStorage",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -233,6 +234,7 @@ let package = Package(
                 "MeridianCore",
                 "MeridianStorage",
                 "MeridianStore",
+                "MeridianPostgres",
                 "MeridianNode",
                 "MeridianWAN",
                 "MeridianSimulator",

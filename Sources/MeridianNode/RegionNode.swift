@@ -133,7 +133,7 @@ public final class RegionNode: Sendable {
         }
         // This region's entries ship while their commit's fsync runs, once the replicator below is connected to it.
         let shipping = CommitShipping()
-        self.store = try openStore(StoreContext(
+        self.store = try await openStore(StoreContext(
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
             physicalClockMs: wallClockMs, observer: metrics, sealer: sealer, shipping: shipping))

@@ -39,7 +39,7 @@ public enum PostgresSchema {
             )
             """,
         ]),
-        Migration(version: 2, summary: "the region's store: keys, logs, conflicts, failover, idempotency, audit", statements: [
+        Migration(version: 2, summary: "the region's store: keys, logs, conflicts, failover, idempotency, audit, data keys", statements: [
             // One row: the region the database belongs to, its log's next number and floor, the newest timestamp
             // issued or seen, a restore's mark, and the audit trail's anchor. Every change to the store locks it
             // first, so changes go one at a time across the region's nodes, in the order of their numbers.
@@ -165,6 +165,18 @@ public enum PostgresSchema {
             )
             """,
             "CREATE TABLE meridian_audit_keys (region text PRIMARY KEY, public_key bytea NOT NULL)",
+            // Sealed keyspaces' data keys, wrapped under the region's root key of `epoch`; the ids of those erased;
+            // each root key's check value, so a node started with another region's key is refused.
+            """
+            CREATE TABLE meridian_data_keys (
+                keyspace text NOT NULL, id bytea NOT NULL, subject text NOT NULL, epoch bigint NOT NULL, wrapped bytea NOT NULL,
+                PRIMARY KEY (keyspace, id)
+            )
+            """,
+            "CREATE INDEX meridian_data_keys_subjects ON meridian_data_keys (keyspace, subject)",
+            "CREATE INDEX meridian_data_keys_epochs ON meridian_data_keys (epoch)",
+            "CREATE TABLE meridian_erased_keys (keyspace text NOT NULL, id bytea NOT NULL, erased_ms bigint NOT NULL, PRIMARY KEY (keyspace, id))",
+            "CREATE TABLE meridian_root_key_checks (epoch bigint PRIMARY KEY, check_value text NOT NULL)",
             """
             CREATE TABLE meridian_witnessed (
                 region text NOT NULL, sequence bigint NOT NULL, hash bytea NOT NULL, signature bytea NOT NULL,

@@ -5,7 +5,7 @@ import MeridianStorage
 import PostgresNIO
 
 // The PostgreSQL store's logs beside the keys: conflicts, elections and terms, divergence, failovers, the audit trail,
-// and the key table of sealed keyspaces (empty: the store refuses sealed keyspaces).
+// and the key table of sealed keyspaces.
 
 extension PostgresStore {
     // MARK: - Conflicts log
@@ -13,11 +13,25 @@ extension PostgresStore {
     public func conflicts(keyspace: KeyspaceName, key: Key?, after: Int64, limit: Int) async throws(MeridianError) -> [ConflictRecord] {
         precondition(limit > 0)
         let logger = logger
+        let sealer = self.sealer?.isSealed(keyspace) == true ? self.sealer : nil
         return try await reading("Reading \(keyspace)'s conflicts") { connection in
-            try await connection.query(PostgresQuery(unsafeSQL: """
+            let records = try await connection.query(PostgresQuery(unsafeSQL: """
                 SELECT \(ConflictTable.columns) FROM meridian_conflicts WHERE keyspace = $1 AND id > $2 AND ($3::text IS NULL OR key = $3) ORDER BY id LIMIT $4
                 """, binds: try Self.binds(keyspace.rawValue, after, key?.rawValue, Int64(limit))), logger: logger).collect()
                 .map { try ConflictTable.decode($0, keyspace: keyspace) }
+            guard let sealer else { return records }
+            var wanted = PrefetchedKeys.Wanted()
+            wanted.values(keyspace, records.map(\.loser.value))
+            let keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+            // A record whose value was erased is left out, as the other backends do.
+            return try sealerStep("Opening a conflict record") {
+                try records.compactMap { record in
+                    try ValueSealer.unlessErased {
+                        ConflictRecord(id: record.id, keyspace: keyspace, key: record.key, rule: record.rule, recordedMs: record.recordedMs,
+                                       loser: try sealer.opened(record.loser, keyspace: keyspace, key: record.key, in: keys), winner: record.winner)
+                    }
+                }
+            }
         }
     }
 
@@ -150,22 +164,45 @@ extension PostgresStore {
     }
 
     public func divergence(keyspace: KeyspaceName?, after: Int64, limit: Int) async throws(MeridianError) -> [DivergedWrite] {
-        let (logger, codec) = (logger, codec)
+        let (logger, codec, sealer) = (logger, codec, sealer)
         return try await reading("Reading the writes kept aside") { connection in
-            try await connection.query(PostgresQuery(unsafeSQL: """
+            let writes = try await connection.query(PostgresQuery(unsafeSQL: """
                 SELECT \(DivergenceTable.columns) FROM meridian_divergence WHERE ($1::text IS NULL OR keyspace = $1) AND id > $2 ORDER BY id LIMIT $3
                 """, binds: try Self.binds(keyspace?.rawValue, after, Int64(limit))), logger: logger).collect()
                 .map { try DivergenceTable.decode($0, codec: codec) }
+            let keys = try await Self.keys(opening: writes, sealer: sealer, connection, logger: logger)
+            // A write whose value was erased is left out, as the other backends do.
+            return try sealerStep("Opening a kept-aside write") {
+                try writes.compactMap { write in try ValueSealer.unlessErased { try Self.opened(write, sealer: sealer, keys: keys) } }
+            }
         }
     }
 
     public func divergedWrite(id: Int64) async throws(MeridianError) -> DivergedWrite? {
-        let (logger, codec) = (logger, codec)
+        let (logger, codec, sealer) = (logger, codec, sealer)
         return try await reading("Reading a write kept aside") { connection in
-            try await connection.query(PostgresQuery(unsafeSQL: "SELECT \(DivergenceTable.columns) FROM meridian_divergence WHERE id = $1",
-                                                     binds: try Self.binds(id)), logger: logger).collect()
-                .first.map { try DivergenceTable.decode($0, codec: codec) }
+            guard let write = try await connection.query(PostgresQuery(unsafeSQL: "SELECT \(DivergenceTable.columns) FROM meridian_divergence WHERE id = $1",
+                                                                       binds: try Self.binds(id)), logger: logger).collect()
+                .first.map({ try DivergenceTable.decode($0, codec: codec) }) else { return nil }
+            let keys = try await Self.keys(opening: [write], sealer: sealer, connection, logger: logger)
+            return try sealerStep("Opening a kept-aside write") { try Self.opened(write, sealer: sealer, keys: keys) }
         }
+    }
+
+    /// The key-table rows that open these writes' values (none when nothing is sealed).
+    static func keys(opening writes: [DivergedWrite], sealer: ValueSealer?, _ connection: PostgresConnection, logger: Logger) async throws -> PrefetchedKeys {
+        var wanted = PrefetchedKeys.Wanted()
+        for write in writes where sealer?.isSealed(write.keyspace) == true { wanted.values(write.keyspace, [write.value]) }
+        return try await PrefetchedKeys.read(connection, wanted, logger: logger)
+    }
+
+    /// A kept-aside write with its value opened (a sealed keyspace's).
+    static func opened(_ write: DivergedWrite, sealer: ValueSealer?, keys: PrefetchedKeys) throws -> DivergedWrite {
+        guard let sealer, sealer.isSealed(write.keyspace) else { return write }
+        let value = try sealer.open(write.value, keyspace: write.keyspace, key: write.key, version: Version(hlc: write.hlc, sequence: write.sequence), in: keys)
+        return DivergedWrite(id: write.id, keyspace: write.keyspace, key: write.key, origin: write.origin, sequence: write.sequence, epoch: write.epoch,
+                             successorEpoch: write.successorEpoch, hlc: write.hlc, operation: write.operation, contentType: write.contentType,
+                             value: value, recordedMs: write.recordedMs, reappliedMs: write.reappliedMs)
     }
 
     public func markReapplied(id: Int64, nowMs: UInt64) async throws(MeridianError) -> Bool {
@@ -363,19 +400,103 @@ extension PostgresStore {
                            fields: try JSONDecoder().decode([String: String].self, from: Data(fields.utf8)), previous: previous.bytes, hash: hash.bytes)
     }
 
-    // MARK: - Data keys (no sealed keyspace is kept here)
+    // MARK: - Data keys
 
-    public func missingDataKeys(_ values: [(keyspace: KeyspaceName, value: [UInt8])]) async throws(MeridianError) -> [KeyspaceName: Set<DataKeyID>] { [:] }
+    public func missingDataKeys(_ values: [(keyspace: KeyspaceName, value: [UInt8])]) async throws(MeridianError) -> [KeyspaceName: Set<DataKeyID>] {
+        guard let sealer, values.contains(where: { sealer.isSealed($0.keyspace) }) else { return [:] }
+        let logger = logger
+        let asked = values.map { SealedItem(keyspace: $0.keyspace, value: $0.value) }
+        return try await reading("Looking up data keys") { connection in
+            var wanted = PrefetchedKeys.Wanted()
+            for item in asked where sealer.isSealed(item.keyspace) { wanted.values(item.keyspace, [item.value]) }
+            let keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+            return try sealerStep("Looking up data keys") { try sealer.missing(asked.map { ($0.keyspace, $0.value) }, in: keys) }
+        }
+    }
 
-    public func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) async throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID]) { ([], []) }
+    struct SealedItem: Sendable {
+        let keyspace: KeyspaceName
+        let value: [UInt8]
+    }
 
-    public func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) async throws(MeridianError) {}
+    public func grantDataKeys(keyspace: KeyspaceName, ids: [DataKeyID]) async throws(MeridianError) -> (granted: [DataKeyGrant], erased: [DataKeyID]) {
+        guard let sealer else { return ([], []) }
+        let logger = logger
+        let answer = try await reading("Granting data keys") { connection -> GrantAnswer in
+            let keys = try await PrefetchedKeys.read(connection, PrefetchedKeys.Wanted(ids: [keyspace: Set(ids)]), logger: logger)
+            let (granted, erased) = try sealerStep("Granting data keys") { try sealer.grants(keyspace: keyspace, ids: ids, in: keys) }
+            return GrantAnswer(granted: granted, erased: erased)
+        }
+        return (answer.granted, answer.erased)
+    }
 
-    public func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) async throws(MeridianError) -> [DataKeyID] { [] }
+    struct GrantAnswer: Sendable {
+        let granted: [DataKeyGrant]
+        let erased: [DataKeyID]
+    }
 
-    public func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int { 0 }
+    public func installDataKeys(keyspace: KeyspaceName, _ grants: [DataKeyGrant], erased: [DataKeyID], nowMs: UInt64) async throws(MeridianError) {
+        guard let sealer else { return }
+        let logger = logger
+        try await changing("Storing data keys granted for \(keyspace)") { connection, _ in
+            try await DataKeyStatements.markErased(connection, keyspace: keyspace, ids: erased, nowMs: nowMs, logger: logger)
+            sealer.forget(keyspace: keyspace, ids: erased)
+            var keys = try await PrefetchedKeys.read(connection, PrefetchedKeys.Wanted(ids: [keyspace: Set(grants.map(\.id))]), logger: logger)
+            try sealerStep("Storing granted data keys") { try sealer.install(grants, keyspace: keyspace, in: &keys) }
+            try await keys.save(connection, logger: logger)
+        }
+    }
 
-    public func dataKeyEpochs() async throws(MeridianError) -> [UInt32: Int] { [:] }
+    public func erasedDataKeys(keyspace: KeyspaceName, after: DataKeyID?, limit: Int) async throws(MeridianError) -> [DataKeyID] {
+        let logger = logger
+        let floor = bytea(after?.bytes ?? [])
+        return try await reading("Reading erased data keys") { connection in
+            try await connection.query("""
+                SELECT id FROM meridian_erased_keys WHERE keyspace = \(keyspace.rawValue) AND id > \(floor) ORDER BY id LIMIT \(Int64(limit))
+                """, logger: logger).collect().map { try DataKeyID(bytes: try $0.decode(ByteBuffer.self).bytes) }
+        }
+    }
 
-    public func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID] { [] }
+    public func rewrapDataKeys(limit: Int) async throws(MeridianError) -> Int {
+        guard let sealer else { return 0 }
+        let logger = logger
+        return try await changing("Wrapping data keys again") { connection, _ in
+            try await DataKeyStatements.checkRootKeys(connection, sealer: sealer, logger: logger)
+            let stale = try await connection.query("""
+                SELECT keyspace, id, subject, epoch, wrapped FROM meridian_data_keys WHERE epoch < \(Int64(sealer.epoch)) LIMIT \(Int64(limit))
+                """, logger: logger).collect()
+            for row in stale {
+                let (keyspace, id, subject, epoch, wrapped) = try row.decode((String, ByteBuffer, String, Int64, ByteBuffer).self)
+                let stored = StoredDataKey(keyspace: try KeyspaceName(keyspace), id: try DataKeyID(bytes: id.bytes), subject: try Subject(subject),
+                                           wrapped: WrappedDataKey(epoch: UInt32(clamping: epoch), bytes: wrapped.bytes))
+                let again = try sealerStep("Wrapping a data key again") { try sealer.rewrapped(stored) }
+                try await connection.query("""
+                    UPDATE meridian_data_keys SET epoch = \(Int64(again.wrapped.epoch)), wrapped = \(bytea(again.wrapped.bytes))
+                    WHERE keyspace = \(keyspace) AND id = \(id)
+                    """, logger: logger)
+            }
+            return stale.count
+        }
+    }
+
+    public func dataKeyEpochs() async throws(MeridianError) -> [UInt32: Int] {
+        let counts = try await counts("Counting data keys", "SELECT epoch::text, count(*) FROM meridian_data_keys GROUP BY epoch")
+        var epochs: [UInt32: Int] = [:]
+        for (epoch, count) in counts { if let epoch = UInt32(epoch) { epochs[epoch] = count } }
+        return epochs
+    }
+
+    public func erase(keyspace: KeyspaceName, subject: Subject, nowMs: UInt64) async throws(MeridianError) -> [DataKeyID] {
+        guard let sealer else { return [] }
+        let logger = logger
+        return try await changing("Destroying the data keys of a subject of \(keyspace)") { connection, _ in
+            let ids = try await connection.query("""
+                SELECT id FROM meridian_data_keys WHERE keyspace = \(keyspace.rawValue) AND subject = \(subject.rawValue) ORDER BY id
+                """, logger: logger).collect().map { try DataKeyID(bytes: try $0.decode(ByteBuffer.self).bytes) }
+            try await DataKeyStatements.markErased(connection, keyspace: keyspace, ids: ids, nowMs: nowMs, logger: logger)
+            // Before the commit, so no later write seals with them.
+            sealer.forget(keyspace: keyspace, ids: ids)
+            return ids
+        }
+    }
 }

@@ -13,7 +13,8 @@ import Synchronization
 /// writes from several nodes to one key stay ordered). A commit is durable when it returns (PostgreSQL's
 /// `synchronous_commit`), so "visible, durable later" steps are durable at once. Reads take no lock.
 ///
-/// Sealed keyspaces are not kept here yet: opening with a sealer is refused.
+/// Sealed keyspaces' values stay sealed in every table; the sealer's steps read the key-table rows they need first
+/// (``PrefetchedKeys``).
 public final class PostgresStore: RegionStorage {
     public let region: RegionName
     public let writeFaults = WriteFaults()
@@ -23,6 +24,7 @@ public final class PostgresStore: RegionStorage {
     private let rules: [KeyspaceName: ConflictRule]
     private let physicalClockMs: @Sendable () -> UInt64
     let observer: (any StoreObserver)?
+    let sealer: ValueSealer?
     private let shipping: CommitShipping?
     private let running: Task<Void, Never>
     /// How long a statement or transaction may take before the caller is answered with `storage_failure`.
@@ -48,9 +50,6 @@ public final class PostgresStore: RegionStorage {
     ///   cluster has sealed keyspaces (not kept in PostgreSQL yet).
     public static func open(_ configuration: PostgresClient.Configuration, context: StoreContext, requestTimeout: Duration = .seconds(10),
                             logger: Logger) async throws(MeridianError) -> PostgresStore {
-        guard context.sealer == nil else {
-            throw MeridianError(.invalidConfig, "Region \(context.region) keeps its data in PostgreSQL, which does not hold sealed keyspaces yet. Keep this region on the SQLite store, or drop `sealed` from its keyspaces.")
-        }
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let running = Task { await client.run() }
         let region = context.region
@@ -58,6 +57,11 @@ public final class PostgresStore: RegionStorage {
             let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3) { () async throws -> (StoreRow, Known) in
                 try await PostgresSchema.migrate(client, logger: logger)
                 let row = try await StoreRow.claim(client, region: region, logger: logger)
+                if let sealer = context.sealer {
+                    try await client.withTransaction(logger: logger) { connection in
+                        try await DataKeyStatements.checkRootKeys(connection, sealer: sealer, logger: logger)
+                    }
+                }
                 var known = Known(logEnd: row.nextSequence - 1, logFloor: row.logFloor, applied: [:])
                 for entry in try await client.query("SELECT origin, sequence FROM meridian_applied", logger: logger).collect() {
                     let (origin, sequence) = try entry.decode((String, Int64).self)
@@ -85,6 +89,7 @@ public final class PostgresStore: RegionStorage {
         physicalClockMs = context.physicalClockMs
         observer = context.observer
         shipping = context.shipping
+        sealer = context.sealer
         codec = EntryCodec(valueBytesMax: Self.stateBytesMax)
         clock = Mutex(HybridLogicalClock(region: context.region, maxOffsetMs: context.limits.clockOffsetMsMax, floor: floor))
         self.known = Mutex(known)
@@ -167,16 +172,47 @@ public final class PostgresStore: RegionStorage {
                     }
                 }
                 let current = try await KeyTable.state(connection, request.keyspace, request.key, logger: logger)
-                let (plan, last) = try self.withClock(past: row.hlc) { clock in
-                    WritePlanner.plan(request, state: current, rule: rule, origin: region, sequence: row.nextSequence, clock: &clock,
+                // A sealed keyspace's write: the subject's keys and those of the values held are read first; a CRDT
+                // operation plans on the opened value, and the entry is sealed before it is logged or applied.
+                let sealed = self.sealer?.isSealed(request.keyspace) == true ? self.sealer : nil
+                var keys = PrefetchedKeys()
+                var planned = current
+                var subject: Result<Subject, MeridianError>?
+                if let sealed {
+                    subject = Result { () throws(MeridianError) in try sealed.subject(of: request.key, in: request.keyspace, given: request.subject) }
+                    var wanted = PrefetchedKeys.Wanted()
+                    wanted.state(request.keyspace, current)
+                    if case .success(let subject) = subject { wanted.subjects[request.keyspace] = [subject] }
+                    keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+                    if rule == .crdt, let current {
+                        let table = keys
+                        do throws(MeridianError) {
+                            planned = try sealerStep("Opening a value") { try sealed.opened(current, keyspace: request.keyspace, key: request.key, in: table) }
+                        } catch {
+                            return (.refused(error), Recorded())
+                        }
+                    }
+                }
+                let state = planned
+                var (plan, last) = try self.withClock(past: row.hlc) { clock in
+                    WritePlanner.plan(request, state: state, rule: rule, origin: region, sequence: row.nextSequence, clock: &clock,
                                       physicalMs: physicalMs, limits: limits)
+                }
+                if let sealed, let subject, case .append(let entry) = plan {
+                    do throws(MeridianError) {
+                        let subject = try subject.get()
+                        plan = .append(try sealerStep("Sealing a value") { try sealed.sealing(entry, subject: subject, in: &keys) })
+                    } catch {
+                        return (.refused(error), Recorded())
+                    }
                 }
                 switch plan {
                 case .refused(let error): return (.refused(error), Recorded())
                 case .preconditionFailed(let version): return (.preconditionFailed(current: version), Recorded())
                 case .append(let entry):
                     try await LogTable.append(connection, entry, codec: self.codec, logger: logger)
-                    var recorded = try await self.apply(entry, rule: rule, old: current, connection, nowMs: physicalMs)
+                    try await keys.save(connection, logger: logger)
+                    var recorded = try await self.apply(entry, rule: rule, old: current, connection, nowMs: physicalMs, keys: sealed == nil ? nil : keys)
                     recorded.remembered = try await IdempotencyTable.remember(connection, entry, nowMs: physicalMs, limits: limits, logger: logger)
                     try await StoreRow.update(connection, nextSequence: entry.sequence + 1, hlc: last, logger: logger)
                     return (.committed(entry), recorded)
@@ -184,6 +220,8 @@ public final class PostgresStore: RegionStorage {
             }
         } catch {
             writeFaults.record(error)
+            // A data key the rolled-back write made is gone with it.
+            sealer?.forgetCurrentKeys()
             throw error
         }
         writeFaults.clear()
@@ -218,11 +256,27 @@ public final class PostgresStore: RegionStorage {
     }
 
     /// Applies one entry to its key (whose state is `old`), records the losers, and notes the term it belongs to.
-    func apply(_ entry: ReplicationEntry, rule: ConflictRule, old: KeyState?, _ connection: PostgresConnection, nowMs: UInt64) async throws -> Recorded {
+    /// A sealed keyspace's entry is applied by the sealer, with `keys` (read here when not given).
+    func apply(_ entry: ReplicationEntry, rule: ConflictRule, old: KeyState?, _ connection: PostgresConnection, nowMs: UInt64,
+               keys: PrefetchedKeys? = nil) async throws -> Recorded {
         if entry.epoch > 0 {
             try await TermTable.raise(connection, entry.keyspace, [TermEnd(epoch: entry.epoch, leader: entry.origin, last: entry.sequence)], logger: logger)
         }
-        guard let change = try KeyChange.applying(entry, rule: rule, to: old) else { return Recorded() }
+        let change: KeyChange?
+        if let sealer, sealer.isSealed(entry.keyspace) {
+            var table = keys
+            if table == nil {
+                var wanted = PrefetchedKeys.Wanted()
+                wanted.state(entry.keyspace, old)
+                wanted.values(entry.keyspace, [entry.value])
+                table = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+            }
+            let read = table!
+            change = try sealerStep("Applying a sealed entry") { try sealer.change(applying: entry, rule: rule, to: old, in: read) }
+        } else {
+            change = try KeyChange.applying(entry, rule: rule, to: old)
+        }
+        guard let change else { return Recorded() }
         try await KeyTable.put(connection, entry.keyspace, entry.key, change.state, rule: rule, logger: logger)
         return try await ConflictTable.record(change, keyspace: entry.keyspace, key: entry.key, connection, nowMs: nowMs, limits: limits, logger: logger)
     }
@@ -254,16 +308,36 @@ public final class PostgresStore: RegionStorage {
     // MARK: - Keys
 
     public func get(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> StoredValue? {
-        let rule = rule(keyspace)
-        guard let state = try await state(keyspace: keyspace, key: key) else { return nil }
-        var value = StoredValue(keyspace: keyspace, key: key, winner: state.winner(rule))
-        value.concurrent = state.versions.count - 1
-        return value
+        let (rule, logger) = (rule(keyspace), logger)
+        let sealer = self.sealer?.isSealed(keyspace) == true ? self.sealer : nil
+        let read = try await reading("Reading \(keyspace)/\(key)") { connection -> StoredValue? in
+            guard let state = try await KeyTable.state(connection, keyspace, key, logger: logger) else { return nil }
+            var winner = state.winner(rule)
+            if let sealer {
+                var wanted = PrefetchedKeys.Wanted()
+                wanted.values(keyspace, [winner.value])
+                let keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+                let sealed = winner
+                winner = try sealerStep("Opening a value") { try sealer.opened(sealed, keyspace: keyspace, key: key, in: keys) }
+            }
+            var value = StoredValue(keyspace: keyspace, key: key, winner: winner)
+            value.concurrent = state.versions.count - 1
+            return value
+        }
+        return read
     }
 
     public func state(keyspace: KeyspaceName, key: Key) async throws(MeridianError) -> KeyState? {
         let logger = logger
-        return try await reading("Reading \(keyspace)/\(key)") { connection in try await KeyTable.state(connection, keyspace, key, logger: logger) }
+        let sealer = self.sealer?.isSealed(keyspace) == true ? self.sealer : nil
+        return try await reading("Reading \(keyspace)/\(key)") { connection in
+            guard let state = try await KeyTable.state(connection, keyspace, key, logger: logger) else { return nil }
+            guard let sealer else { return state }
+            var wanted = PrefetchedKeys.Wanted()
+            wanted.state(keyspace, state)
+            let keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+            return try sealerStep("Opening a value") { try sealer.opened(state, keyspace: keyspace, key: key, in: keys) }
+        }
     }
 
     public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {
@@ -508,7 +582,16 @@ public final class PostgresStore: RegionStorage {
             var newest = row.hlc
             for item in items {
                 let local = try await KeyTable.state(connection, keyspace, item.key, logger: logger)
-                let merged = local.map { $0.merged(with: item.state, rule: rule) } ?? item.state
+                var merged = item.state
+                if let local, let sealer = self.sealer, sealer.isSealed(keyspace) {
+                    var wanted = PrefetchedKeys.Wanted()
+                    wanted.state(keyspace, local)
+                    wanted.state(keyspace, item.state)
+                    let keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+                    merged = try sealerStep("Merging a sealed state") { try sealer.merged(local, with: item.state, rule: rule, keyspace: keyspace, key: item.key, in: keys) }
+                } else if let local {
+                    merged = local.merged(with: item.state, rule: rule)
+                }
                 guard merged != local else { continue }
                 for version in item.state.versions { newest = self.received(version.version.hlc, floor: newest, physicalMs: physicalMs) }
                 try await KeyTable.put(connection, keyspace, item.key, merged, rule: rule, logger: logger)

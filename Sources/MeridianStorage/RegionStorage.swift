@@ -315,7 +315,7 @@ public struct StoreContext: Sendable {
 }
 
 /// Opens a region's store: the node is given one, and never learns which engine is behind it.
-public typealias StoreFactory = @Sendable (StoreContext) throws(MeridianError) -> any RegionStorage
+public typealias StoreFactory = @Sendable (StoreContext) async throws(MeridianError) -> any RegionStorage
 
 extension ReplicationLogStore {
     /// Applies a contiguous run of another origin's entries (those after the applied point are applied).

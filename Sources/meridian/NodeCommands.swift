@@ -5,6 +5,8 @@ import MeridianHarness
 import MeridianSecurity
 import MeridianCore
 import MeridianNode
+import MeridianPostgres
+import MeridianStorage
 import MeridianStore
 import UnixSignals
 
@@ -88,8 +90,11 @@ struct NodeCommand: AsyncParsableCommand {
             configuration.rootKeyFile = environment[RootKeyFile.environmentVariable] == nil ? keyPath : nil
             // Absolute: the node's working directory is not the operator's, and backups name absolute paths.
             configuration.backupDirectory = URL(fileURLWithPath: data).appendingPathComponent("backups").standardizedFileURL.path
-            node = try await RegionNode(configuration: configuration,
-                                  store: RegionStore.factory(directory: data, logger: logger), logger: logger)
+            let factory: StoreFactory = switch config.region(regionName)?.store ?? .sqlite {
+            case .sqlite: RegionStore.factory(directory: data, logger: logger)
+            case .postgres(let settings): PostgresStore.factory(settings, logger: logger)
+            }
+            node = try await RegionNode(configuration: configuration, store: factory, logger: logger)
         } catch {
             throw CLIFailure(error.message)
         }

@@ -103,7 +103,51 @@ import Testing
         (regions + "limits: { election_grace_silences: 1000 }\n", "limits.election_grace_silences", "out of range"),
         (regions + "wan: { rtt_ms: [ { between: [us-east], ms: 3 } ] }\n", "wan.rtt_ms[0].between", "exactly two"),
         (regions + "wan: { latency_scale: fast }\n", "wan.latency_scale", "expected a number"),
+        (store("{ kind: mysql }"), "regions[0].store.kind", "sqlite or postgres"),
+        (store("{ url: 'postgres://m@db/r' }"), "regions[0].store.kind", "sqlite or postgres"),
+        (store("{ kind: postgres }"), "regions[0].store.url", "needs a url"),
+        (store("{ kind: sqlite, url: 'postgres://m@db/r' }"), "regions[0].store.url", "takes no url"),
+        (store("{ kind: postgres, url: 'mysql://m@db/r' }"), "regions[0].store.url", "not a PostgreSQL URL"),
+        (store("{ kind: postgres, url: 'postgres://m:secret@db/r' }"), "regions[0].store.url", "holds a password"),
+        (store("{ kind: postgres, url: 'postgres://db/r' }"), "regions[0].store.url", "names no user"),
+        (store("{ kind: postgres, url: 'postgres://m@db' }"), "regions[0].store.url", "names no database"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r?sslmode=prefer' }"), "regions[0].store.url", "verify-full"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r?sslmode=require&sslrootcert=/ca.pem' }"), "regions[0].store.url", "only with sslmode=verify-full"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r?application_name=x' }"), "regions[0].store.url", "not supported"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r', password_env: 'A-B' }"), "regions[0].store.password_env", "environment variable"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r', password_env: A, password_file: /p }"), "regions[0].store.password_env", "not both"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r', pasword_env: A }"), "regions[0].store.pasword_env", "unknown field"),
     ]
+
+    static func store(_ store: String) -> String {
+        "regions:\n  - { name: us-east, client: 127.0.0.1:7101, peer: 127.0.0.1:7201, store: \(store) }\n"
+    }
+
+    @Test func aRegionsStoreIsSQLiteUnlessItNamesAPostgreSQLDatabaseWhosePasswordStaysOutOfTheFile() throws {
+        let config = try ClusterConfig.parse(yaml: """
+            regions:
+              - { name: us-east, client: 127.0.0.1:7101, peer: 127.0.0.1:7201 }
+              - name: eu-west
+                client: 127.0.0.1:7102
+                peer: 127.0.0.1:7202
+                store: { kind: postgres, url: "postgresql://meridian@db.eu-west.internal/meridian_eu", password_env: MERIDIAN_POSTGRES_PASSWORD }
+              - name: ap-southeast
+                client: 127.0.0.1:7103
+                peer: 127.0.0.1:7203
+                store: { kind: postgres, url: "postgres://m@[::1]:6432/ap?sslmode=verify-full&sslrootcert=/etc/ca.pem", password_file: /run/secrets/pg }
+              - { name: sa-east, client: 127.0.0.1:7104, peer: 127.0.0.1:7204, store: { kind: sqlite } }
+            """, file: "c.yaml")
+        #expect(config.regions.map(\.store) == [
+            .sqlite,
+            .postgres(PostgresStoreConfig(host: "db.eu-west.internal", user: "meridian", database: "meridian_eu", tls: .verifyFull,
+                                          password: .environment("MERIDIAN_POSTGRES_PASSWORD"))),
+            .postgres(PostgresStoreConfig(host: "::1", port: 6432, user: "m", database: "ap", tls: .verifyFull, rootCertificateFile: "/etc/ca.pem",
+                                          password: .file("/run/secrets/pg"))),
+            .sqlite,
+        ])
+        guard case .postgres(let settings) = config.regions[2].store else { return }
+        #expect(settings.url == "postgres://m@[::1]:6432/ap?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+    }
 
     @Test(arguments: 0..<badFiles.count)
     func rejectsBadFilesNamingFileAndPath(_ index: Int) {

@@ -34,9 +34,9 @@ extension LiveTests {
             (try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any]) ?? [:]
         }
 
-        @Test(.timeLimit(.minutes(3)))
-        func everyPolicyResolvesAPartitionTheSameWayEverywhere() async throws {
-            try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+        @Test(.timeLimit(.minutes(3)), arguments: StoreMix.allCases)
+        func everyPolicyResolvesAPartitionTheSameWayEverywhere(_ stores: StoreMix) async throws {
+            try await withLiveCluster(keyspaces: Self.keyspaces, stores: stores) { cluster in
                 var connections: [HTTPConnection] = []
                 for region in Self.regions { connections.append(try await cluster.connect(region)) }
                 defer { let all = connections; Task { for connection in all { await connection.close() } } }

@@ -17,9 +17,9 @@ extension LiveTests {
             """
         static let secret = "session_secret: live-test-secret-0123456789\n"
 
-        @Test(.timeLimit(.minutes(3)))
-        func everyLevelKeepsItsPromiseAcrossRegions() async throws {
-            try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: Self.secret) { cluster in
+        @Test(.timeLimit(.minutes(3)), arguments: StoreMix.allCases)
+        func everyLevelKeepsItsPromiseAcrossRegions(_ stores: StoreMix) async throws {
+            try await withLiveCluster(keyspaces: Self.keyspaces, extraYAML: Self.secret, stores: stores) { cluster in
                 let us = try await cluster.connect("us-east")
                 let eu = try await cluster.connect("eu-west")
                 let ap = try await cluster.connect("ap-southeast")

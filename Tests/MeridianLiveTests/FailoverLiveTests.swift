@@ -46,9 +46,9 @@ extension LiveTests {
             return roots
         }
 
-        @Test(.timeLimit(.minutes(3)))
-        func aLeaderKilledUnderLoadIsReplacedWithoutLosingAMajorityWrite() async throws {
-            try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+        @Test(.timeLimit(.minutes(3)), arguments: StoreMix.allCases)
+        func aLeaderKilledUnderLoadIsReplacedWithoutLosingAMajorityWrite(_ stores: StoreMix) async throws {
+            try await withLiveCluster(keyspaces: Self.keyspaces, stores: stores) { cluster in
                 try await Self.expectLeading(cluster, "us-east", "accounts")
                 let eu = try await cluster.connect("eu-west")
                 var acknowledged: [(key: String, value: String)] = []
@@ -276,9 +276,9 @@ extension LiveTests {
             }
         }
 
-        @Test(.timeLimit(.minutes(3)))
-        func anIsolatedLeadersUnshippedWritesAreKeptAsideNotLost() async throws {
-            try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+        @Test(.timeLimit(.minutes(3)), arguments: StoreMix.allCases)
+        func anIsolatedLeadersUnshippedWritesAreKeptAsideNotLost(_ stores: StoreMix) async throws {
+            try await withLiveCluster(keyspaces: Self.keyspaces, stores: stores) { cluster in
                 try await Self.expectLeading(cluster, "us-east", "ledger")
                 let us = try await cluster.connect("us-east")
                 #expect(try await us.request("PUT", "/v1/kv/ledger/shared", body: Array("before".utf8)).status == 200)

@@ -116,15 +116,37 @@ func portAcceptsConnections(_ port: Int) async -> Bool {
 }
 
 /// A one- or more-region cluster file on free ports, its WAN emulator included.
-func clusterYAML(regions: [String], ports: [Int], keyspaces: String) throws -> String {
+func clusterYAML(regions: [String], ports: [Int], keyspaces: String, stores: [String: String] = [:]) throws -> String {
     let links = regions.count * (regions.count - 1)
     var text = "cluster: live\n"
     text += "wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: max(links, 1))) }\n"
     text += "regions:\n"
     for (index, region) in regions.enumerated() {
-        text += "  - { name: \(region), client: 127.0.0.1:\(ports[2 * index]), peer: 127.0.0.1:\(ports[2 * index + 1]) }\n"
+        let store = stores[region].map { ", store: \($0)" } ?? ""
+        text += "  - { name: \(region), client: 127.0.0.1:\(ports[2 * index]), peer: 127.0.0.1:\(ports[2 * index + 1])\(store) }\n"
     }
     return text + "keyspaces:\n" + keyspaces
+}
+
+/// Where a live cluster's regions keep their data.
+enum StoreMix: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// Every region on its SQLite file.
+    case sqlite
+    /// us-east and eu-west each on a PostgreSQL database of its own (on the test run's server), ap-southeast on SQLite.
+    case mixed
+
+    var testDescription: String { rawValue }
+
+    /// The `store` fields of the regions not on SQLite, their databases made now.
+    func stores() async throws -> [String: String] {
+        guard self == .mixed else { return [:] }
+        let server = try await PostgresServer.shared.value
+        var stores: [String: String] = [:]
+        for region in ["us-east", "eu-west"] {
+            stores[region] = "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/\(try server.newDatabase())?sslmode=disable\" }"
+        }
+        return stores
+    }
 }
 
 /// Every suite that starts real processes, one at a time: clusters running side by side on two cores starve each

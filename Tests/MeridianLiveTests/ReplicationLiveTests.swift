@@ -22,12 +22,13 @@ final class LiveCluster {
     /// `tlsFields` adds fields to the `tls` section of a secure cluster (the default reload interval is 300 ms).
     /// With `gateway`, `meridian gateway` runs too, on a free port (`extraYAML` may add to its routing section with
     /// `routing:` lines of its own, which replace the default).
+    /// `stores` gives regions a `store` field (YAML, such as ``StoreMix/stores()`` makes).
     init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], secure: Bool = false, logLevel: String = "warning",
-         tlsFields: String = "reload_interval_ms: 300", gateway: Bool = false) throws {
+         tlsFields: String = "reload_interval_ms: 300", gateway: Bool = false, stores: [String: String] = [:]) throws {
         scratch = try Scratch()
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
-        var yaml = try clusterYAML(regions: regions, ports: ports, keyspaces: keyspaces)
+        var yaml = try clusterYAML(regions: regions, ports: ports, keyspaces: keyspaces, stores: stores)
         // RTTs of the demo cluster; the emulator runs them at a tenth.
         yaml = yaml.replacingOccurrences(
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
@@ -170,9 +171,17 @@ final class LiveCluster {
 
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
 func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], gateway: Bool = false,
-                     _ body: (LiveCluster) async throws -> Void) async throws {
-    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, gateway: gateway),
-                           start: { try await $0.start() }, stop: { await $0.stop() }, body)
+                     stores: StoreMix = .sqlite, _ body: (LiveCluster) async throws -> Void) async throws {
+    let stores = try await stores.stores()
+    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, gateway: gateway, stores: stores),
+                           start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
+        try await body(cluster)
+        // The regions given a PostgreSQL store kept no SQLite file.
+        for region in stores.keys {
+            let file = (cluster.local.dataDirectory(try RegionName(region)) as NSString).appendingPathComponent("\(region).sqlite")
+            #expect(!FileManager.default.fileExists(atPath: file), "\(region) ran on SQLite, not on its PostgreSQL store")
+        }
+    }
 }
 
 extension LiveTests {
@@ -212,9 +221,9 @@ extension LiveTests {
             #expect(mismatch.status == 409 || mismatch.status == 400, "\(mismatch.status) \(mismatch.text)")
         }
 
-        @Test(.timeLimit(.minutes(3)))
-        func writesInEachRegionAreReadEverywhereAndResidencyHolds() async throws {
-            try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+        @Test(.timeLimit(.minutes(3)), arguments: StoreMix.allCases)
+        func writesInEachRegionAreReadEverywhereAndResidencyHolds(_ stores: StoreMix) async throws {
+            try await withLiveCluster(keyspaces: Self.keyspaces, stores: stores) { cluster in
                 for origin in cluster.regions {
                     let connection = try await cluster.connect(origin)
                     let response = try await connection.request("PUT", "/v1/kv/profiles/from-\(origin)", body: Array("hello from \(origin)".utf8))
@@ -287,9 +296,9 @@ extension LiveTests {
             }
         }
 
-        @Test(.timeLimit(.minutes(3)))
-        func followerKilledWithSIGKILLCatchesUpWithoutGapOrDuplicate() async throws {
-            try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
+        @Test(.timeLimit(.minutes(3)), arguments: StoreMix.allCases)
+        func followerKilledWithSIGKILLCatchesUpWithoutGapOrDuplicate(_ stores: StoreMix) async throws {
+            try await withLiveCluster(keyspaces: Self.keyspaces, stores: stores) { cluster in
                 let us = try await cluster.connect("us-east")
                 // Writes keep flowing while eu-west dies and comes back.
                 var written = 0

@@ -34,8 +34,6 @@ final class BatchRecorder: StoreObserver, @unchecked Sendable {
 enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case sqlite, memory, postgres
     var testDescription: String { rawValue }
-    /// Those that keep sealed keyspaces (the PostgreSQL store refuses them for now).
-    static let sealing: [Backend] = [.sqlite, .memory]
 }
 
 /// The code of the `MeridianError` `body` throws (nil: it threw none; `internal_error`: it threw something else).
@@ -85,6 +83,18 @@ struct StoreFixture {
             let configuration = PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: name,
                                                              tls: .disable)
             return try await PostgresStore.open(configuration, context: context, logger: Logger(label: "meridian.store.test"))
+        }
+    }
+
+    /// The count a statement selects in the PostgreSQL backend's database.
+    func postgresCount(_ statement: String) async throws -> Int64 {
+        let server = try await PostgresServer.shared.value
+        let name = try database.name { try server.newDatabase() }
+        let client = PostgresClient(configuration: .init(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: name, tls: .disable))
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            return try await client.query(PostgresQuery(unsafeSQL: statement), logger: Logger(label: "meridian.store.test")).collect().first?.decode(Int64.self) ?? 0
         }
     }
 

@@ -1,4 +1,4 @@
-// Proves sealed keyspaces in both backends: values are ciphertext in the log, the key states anti-entropy ships and
+// Proves sealed keyspaces in every backend: values are ciphertext in the log, the key states anti-entropy ships and
 // the database file, and plaintext only where a read opens them; a replica opens them only with keys an allowed
 // region granted it; CRDT merges stay sealed and digest alike in every region; an erasure makes every copy
 // unreadable (the log's, the conflicts log's) while the bytes stay where they were; a node started with another
@@ -30,13 +30,7 @@ import Testing
         return (0...(haystack.count - bytes.count)).contains { Array(haystack[$0..<$0 + bytes.count]) == bytes }
     }
 
-    @Test func thePostgreSQLStoreRefusesSealedKeyspacesUntilItKeepsThem() async throws {
-        let fixture = StoreFixture(.postgres)
-        let code = await errorCode { _ = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1)) }
-        #expect(code == .invalidConfig)
-    }
-
-    @Test(arguments: Backend.sealing)
+    @Test(arguments: Backend.allCases)
     func valuesAreCiphertextEverywhereButWhereAReadOpensThem(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
@@ -61,9 +55,15 @@ import Testing
                 #expect(!Self.contains(bytes, marker), "the database file\(suffix) holds the plaintext")
             }
         }
+        if backend == .postgres {
+            for (table, column) in [("meridian_keys", "state"), ("meridian_log", "entry")] {
+                #expect(try await fixture.postgresCount("SELECT count(*) FROM \(table) WHERE position(convert_to('\(marker)', 'UTF8') in \(column)) > 0") == 0,
+                        "\(table) holds the plaintext")
+            }
+        }
     }
 
-    @Test(arguments: Backend.sealing)
+    @Test(arguments: Backend.allCases)
     func aReplicaOpensOnlyWithGrantedKeysAndAnErasureMakesEveryCopyUnreadable(_ backend: Backend) async throws {
         let usFixture = StoreFixture(backend), euFixture = StoreFixture(backend)
         defer { usFixture.remove(); euFixture.remove() }
@@ -105,7 +105,7 @@ import Testing
         eu.close()
     }
 
-    @Test(arguments: Backend.sealing)
+    @Test(arguments: Backend.allCases)
     func sealedCRDTMergesConvergeToTheSameBytesInEveryRegion(_ backend: Backend) async throws {
         let usFixture = StoreFixture(backend), euFixture = StoreFixture(backend)
         defer { usFixture.remove(); euFixture.remove() }
@@ -155,7 +155,7 @@ import Testing
         }
     }
 
-    @Test(arguments: Backend.sealing)
+    @Test(arguments: Backend.allCases)
     func keysHeldByAnExternalServiceSealAndOpenAndAreAskedOncePerDataKey(_ backend: Backend) async throws {
         let fixture = StoreFixture(backend)
         defer { fixture.remove() }
@@ -173,8 +173,9 @@ import Testing
         reopened.close()
     }
 
-    @Test func aStoreRefusesARootKeyOtherThanTheOneItsKeysWereWrappedWith() async throws {
-        let fixture = StoreFixture(.sqlite)
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func aStoreRefusesARootKeyOtherThanTheOneItsKeysWereWrappedWith(_ backend: Backend) async throws {
+        let fixture = StoreFixture(backend)
         defer { fixture.remove() }
         let store = try await fixture.open(region: Self.us, sealer: Self.sealer(Self.us, root: 1))
         _ = try await store.write(Self.put("ada@example.eu/email", "v"))

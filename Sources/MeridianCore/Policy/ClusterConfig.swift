@@ -40,6 +40,8 @@ public struct RegionConfig: Sendable, Hashable, Encodable {
     public let client: Endpoint
     /// Where the region accepts replication streams from peers.
     public let peer: Endpoint
+    /// Where the region keeps its data.
+    public var store: RegionStoreConfig = .sqlite
 }
 
 /// The emulated WAN between regions.
@@ -348,7 +350,7 @@ struct ConfigParser {
         var regions: [RegionConfig] = []
         var endpoints: [Endpoint: String] = [:]
         for item in try value.sequence() {
-            let fields = try item.mapping(allowed: ["name", "client", "peer"])
+            let fields = try item.mapping(allowed: ["name", "client", "peer", "store"])
             guard let nameValue = fields["name"] else { throw ConfigProblem(path: item.child("name"), message: "every region needs a name") }
             let name = try nameValue.identifier { text throws(MeridianError) in try RegionName(text) }
             guard !regions.contains(where: { $0.name == name }) else {
@@ -369,7 +371,9 @@ struct ConfigParser {
                 endpoints[endpoint] = endpointValue.path
                 pair.append(endpoint)
             }
-            regions.append(RegionConfig(name: name, client: pair[0], peer: pair[1]))
+            var region = RegionConfig(name: name, client: pair[0], peer: pair[1])
+            if let store = fields["store"] { region.store = try parseStore(store) }
+            regions.append(region)
         }
         guard !regions.isEmpty else { throw ConfigProblem(path: value.path, message: "the cluster needs at least one region") }
         guard regions.count <= 16 else { throw ConfigProblem(path: value.path, message: "at most 16 regions are supported") }

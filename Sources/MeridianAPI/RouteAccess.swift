@@ -10,7 +10,7 @@ public enum RouteAccess {
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         let parts = Array(segments)
         switch parts.first.map(String.init) {
-        case "health" where parts.count == 1:
+        case "health" where parts.count == 1, "ready" where parts.count == 1:
             return .open
         case "metrics" where parts.count == 1:
             return open.contains(.metrics) ? .open : .authenticated

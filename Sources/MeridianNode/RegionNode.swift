@@ -213,6 +213,11 @@ public final class RegionNode: Sendable {
         let index = RouteIndex()
         router.add(middleware: APIMiddleware(node: self, routes: index))
         router.get("/health") { _, _ in JSON.response(["status": "ok", "region": self.region.rawValue]) }
+        // Readiness: the store answers a read (a PostgreSQL store's database may be gone while the node runs).
+        router.get("/ready") { _, _ in
+            _ = try await self.store.restorePending()
+            return JSON.response(["status": "ready", "region": self.region.rawValue])
+        }
         router.get("/metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(bytes: self.metrics.registry.emitToBuffer())))

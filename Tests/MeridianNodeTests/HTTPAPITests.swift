@@ -501,10 +501,25 @@ func json(_ response: TestResponse) throws -> [String: Any] {
         }
     }
 
+    /// A node whose store stopped answering stays alive (`/health`) and says it is not ready (`/ready`), with the
+    /// store's error.
+    @Test func aNodeWhoseStoreFailsIsAliveButNotReady() async throws {
+        try await fixture.withNode(store: .memory) { node, client in
+            try await client.execute(uri: "/ready", method: .get) { #expect($0.status == .ok) }
+            node.store.close()
+            try await client.execute(uri: "/health", method: .get) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/ready", method: .get) { response throws in
+                #expect(response.status == .serviceUnavailable)
+                #expect(try errorCode(response) == "storage_failure")
+            }
+        }
+    }
+
     @Test(arguments: NodeFixture.Store.allCases)
     func healthStatusKeyspacesAndMetrics(_ store: NodeFixture.Store) async throws {
         try await fixture.withApp(store: store) { client in
             try await client.execute(uri: "/health", method: .get) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/ready", method: .get) { #expect($0.status == .ok) }
             try await client.execute(uri: "/v1/kv/profiles/a", method: .put, body: ByteBuffer(string: "1")) { _ in }
             try await client.execute(uri: "/v1/status", method: .get) { response throws in
                 let body = try json(response)

@@ -12,6 +12,8 @@ public final class PostgresServer: @unchecked Sendable {
     public let user = "postgres"
     private let binaries: String
     private let asRoot: Bool
+    /// Whether the cluster's directory outlives the server (one given to ``init(directory:timeoutSeconds:)``).
+    private let keeps: Bool
     private var watchdog: Process?
 
     /// The binaries of the newest PostgreSQL installed (`/usr/lib/postgresql/N/bin`).
@@ -24,24 +26,31 @@ public final class PostgresServer: @unchecked Sendable {
         return "\(root)/\(newest)/bin"
     }
 
-    /// Creates a cluster under a new temporary directory and starts it; waits (bounded) until it takes connections.
-    public init(timeoutSeconds: Double = 60) async throws {
+    /// Creates a cluster under a new temporary directory (or, given `directory`, uses the one there, creating it
+    /// the first time, and keeps it) and starts it; waits (bounded) until it takes connections.
+    public init(directory given: String? = nil, timeoutSeconds: Double = 60) async throws {
         binaries = try Self.binaries()
         asRoot = getuid() == 0
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pg-\(UUID().uuidString)").path
+        keeps = given != nil
+        directory = given.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+            ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pg-\(UUID().uuidString)").path
         port = try LocalProcesses.freePort()
         let data = directory + "/data"
-        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        let fresh = !FileManager.default.fileExists(atPath: data + "/PG_VERSION")
         do {
-            if asRoot { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
-            try run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8"])
+            if fresh {
+                try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+                if asRoot { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
+                try run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "-E", "UTF8"] + (keeps ? [] : ["--no-sync"]))
+            }
         } catch {
-            try? FileManager.default.removeItem(atPath: directory)
+            if !keeps { try? FileManager.default.removeItem(atPath: directory) }
             throw error
         }
         // The server, on loopback and on a socket in its own directory.
+        // A throwaway cluster skips fsync; a kept one (the demo's) is as durable as the nodes' SQLite files.
         let server = [binaries + "/postgres", "-D", data, "-p", String(port), "-k", directory, "-c", "listen_addresses=127.0.0.1",
-                      "-c", "fsync=off", "-c", "max_connections=200"]
+                      "-c", "max_connections=200"] + (keeps ? [] : ["-c", "fsync=off"])
         let command = server.map(Self.quoted).joined(separator: " ")
         // A shell that stops it (fast shutdown, then immediate after 10 s) once this process is gone, and then removes
         // its directory.
@@ -52,7 +61,7 @@ public final class PostgresServer: @unchecked Sendable {
             kill -INT $server 2>/dev/null
             for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do kill -0 $server 2>/dev/null || break; sleep 0.5; done
             kill -QUIT $server 2>/dev/null; wait $server
-            rm -rf \(Self.quoted(directory))
+            \(keeps ? "" : "rm -rf " + Self.quoted(directory))
             """
         let watchdog = Process()
         watchdog.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "/bin/sh")
@@ -98,7 +107,16 @@ public final class PostgresServer: @unchecked Sendable {
             await LocalProcesses.stop(watchdog, graceSeconds: 5)
         }
         watchdog = nil
-        try? FileManager.default.removeItem(atPath: directory)
+        if !keeps { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Creates the database unless it exists.
+    public func ensureDatabase(_ name: String) throws {
+        do {
+            try createDatabase(name)
+        } catch let failure as PostgresServerFailure where failure.description.contains("already exists") {
+            return
+        }
     }
 
     private static func postmasterPID(_ data: String) -> pid_t? {

@@ -126,10 +126,17 @@ struct Up: AsyncParsableCommand {
     var secure = false
     @Flag(help: "Start every node with --insecure (protected mode off: an address other machines reach, without auth and TLS).")
     var insecure = false
+    @Option(help: ArgumentHelp("Where the demo's regions keep their data: sqlite (a file each) or postgres (a local PostgreSQL server each, made in DATA/REGION-postgres with Debian's postgresql package).",
+                               valueName: "kind"))
+    var store: String = "sqlite"
 
     func validate() throws {
         if secure && cluster.config != nil {
             throw ValidationError("--secure sets up the built-in demo; for your own cluster file add auth and tls sections (docs/security.md).")
+        }
+        guard ["sqlite", "postgres"].contains(store) else { throw ValidationError("--store '\(store)' is not sqlite or postgres.") }
+        if store != "sqlite" && cluster.config != nil {
+            throw ValidationError("--store sets up the built-in demo; for your own cluster file give each region a store section (docs/scaling-a-region.md).")
         }
     }
 
@@ -139,6 +146,7 @@ struct Up: AsyncParsableCommand {
         var options = LocalCluster.Options(directory: data, latencyScale: latencyScale, startupTimeoutSeconds: startupTimeout)
         options.gateway = true
         var setup: SecureSetup?
+        var databases: [PostgresServer] = []
         do {
             if let path = cluster.config {
                 let config = try cluster.load()
@@ -147,6 +155,18 @@ struct Up: AsyncParsableCommand {
             } else {
                 // A fresh secret per run: the demo's session tokens are authenticated, not just checksummed.
                 var yaml = DemoCluster.yaml + "\nsession_secret: \(LocalCluster.secret())\n"
+                if store == "postgres" {
+                    var urls: [RegionName: String] = [:]
+                    for region in try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "demo").regions {
+                        let directory = (data as NSString).appendingPathComponent("\(region.name)-postgres")
+                        say("starting PostgreSQL for \(region.name) in \(directory)…")
+                        let server = try await PostgresServer(directory: directory)
+                        databases.append(server)
+                        try server.ensureDatabase("meridian")
+                        urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/meridian?sslmode=disable"
+                    }
+                    yaml = DemoCluster.withPostgresStores(yaml, urls)
+                }
                 if secure {
                     let prepared = try await SecureSetup.prepare(directory: (data as NSString).appendingPathComponent("secure"), yaml: yaml)
                     yaml += prepared.sections
@@ -158,7 +178,11 @@ struct Up: AsyncParsableCommand {
                 local = try LocalCluster(yaml: yaml, options: options)
             }
         } catch let error as MeridianError {
+            for server in databases { await server.stop() }
             throw CLIFailure(error.message)
+        } catch {
+            for server in databases { await server.stop() }
+            throw CLIFailure("\(error)")
         }
         let config = local.config
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
@@ -180,6 +204,7 @@ struct Up: AsyncParsableCommand {
                 kill(pid, SIGTERM)
             }
             await local.stop()
+            for server in databases { await server.stop() }
         }
 
         // The WAN emulator first: the regions' replication streams run through its proxies, and `meridian chaos`

@@ -2,6 +2,7 @@
 // flow, the CLI reads and writes through it, and SIGTERM (or the parent being SIGKILLed) stops every
 // region process — no orphans, no ports left open.
 import Foundation
+import MeridianCore
 import MeridianHarness
 import Testing
 
@@ -95,6 +96,64 @@ extension LiveTests {
             for index in 0..<3 { #expect(!(await portAcceptsConnections(ports[2 * index]))) }
             let log = try String(contentsOfFile: scratch.file("up.log"), encoding: .utf8)
             #expect(log.contains("http://127.0.0.1:\(ports[0])"), "the endpoint table names every region")
+        }
+
+        /// Processes whose command line names `path` (the demo's PostgreSQL servers under a data directory).
+        func processes(naming path: String) -> [Int32] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap(Int32.init).filter { pid in
+                guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+                return String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(path)
+            }
+        }
+
+        /// `meridian up --store postgres`: each demo region on a PostgreSQL server of its own in the data directory,
+        /// replicating as on SQLite; the servers stop with `up`, and the data is there at the next start.
+        @Test(.timeLimit(.minutes(4)))
+        func upWithThePostgreSQLStoreKeepsEachRegionInItsOwnServerAcrossRestarts() async throws {
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let data = scratch.file("data")
+            let demo = try ClusterConfig.parse(yaml: DemoCluster.yaml, file: "demo")
+            for run in 0..<2 {
+                let up = try LocalProcesses.start(MeridianBinary.path, ["up", "--store", "postgres", "--data", data, "--latency-scale", "0.1"],
+                                                  logPath: scratch.file("up-\(run).log"))
+                defer { if up.isRunning { kill(up.processIdentifier, SIGKILL) } }
+                for region in demo.regions {
+                    #expect(await LocalProcesses.waitHealthy(host: region.client.host, port: region.client.port, process: up, timeoutSeconds: 90),
+                            "\(region.name) did not start: \(LocalCluster.tail(scratch.file("up-\(run).log"), lines: 20))")
+                }
+                let (first, last) = (demo.regions[0].client, demo.regions[demo.regions.count - 1].client)
+                if run == 0 {
+                    // A region takes writes once its peers compared clocks with it, a heartbeat after start.
+                    let writer = try await HTTPConnection.connect(host: first.host, port: first.port)
+                    var put = try await writer.request("PUT", "/v1/kv/profiles/on-postgres", body: Array("kept".utf8))
+                    for _ in 0..<200 where put.status != 200 {
+                        try await Task.sleep(for: .milliseconds(50))
+                        put = try await writer.request("PUT", "/v1/kv/profiles/on-postgres", body: Array("kept".utf8))
+                    }
+                    #expect(put.status == 200, "\(put.text)")
+                    await writer.close()
+                }
+                // Written in the first run; read in the last region, after a restart the second time.
+                let reader = try await HTTPConnection.connect(host: last.host, port: last.port)
+                var value = ""
+                for _ in 0..<200 where value != "kept" {
+                    value = try await reader.request("GET", "/v1/kv/profiles/on-postgres").text
+                    if value != "kept" { try await Task.sleep(for: .milliseconds(50)) }
+                }
+                await reader.close()
+                #expect(value == "kept", "run \(run): the write never reached \(demo.regions.last!.name)")
+                for region in demo.regions {
+                    #expect(FileManager.default.fileExists(atPath: "\(data)/\(region.name)-postgres/data/PG_VERSION"))
+                    #expect(!FileManager.default.fileExists(atPath: "\(data)/\(region.name)/\(region.name).sqlite"), "\(region.name) ran on SQLite")
+                }
+                #expect(processes(naming: data + "/").count >= demo.regions.count, "the PostgreSQL servers run under the data directory")
+                #expect(await LocalProcesses.stop(up, graceSeconds: 30), "up exits on SIGTERM")
+                let deadline = Date().addingTimeInterval(20)
+                while !processes(naming: data + "/").isEmpty && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
+                #expect(processes(naming: data + "/").isEmpty, "a PostgreSQL server outlived `meridian up`")
+            }
         }
 
         @Test(.timeLimit(.minutes(3)))

@@ -116,4 +116,24 @@ public enum DemoCluster {
             consistency: { default: session }
 
         """
+
+    /// A demo cluster file with each region given in `urls` stored in PostgreSQL at its URL.
+    public static func withPostgresStores(_ yaml: String, _ urls: [RegionName: String]) -> String {
+        var lines = yaml.components(separatedBy: "\n")
+        var region: String?
+        var index = 0
+        while index < lines.count {
+            let line = lines[index]
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("- name: ") { region = String(trimmed.dropFirst("- name: ".count)) }
+            if trimmed.hasPrefix("peer: "), let name = region, let url = urls.first(where: { $0.key.rawValue == name })?.value {
+                let indent = String(line.prefix { $0 == " " })
+                lines.insert("\(indent)store: { kind: postgres, url: \"\(url)\" }", at: index + 1)
+                region = nil
+                index += 1
+            }
+            index += 1
+        }
+        return lines.joined(separator: "\n")
+    }
 }

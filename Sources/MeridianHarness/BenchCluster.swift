@@ -105,7 +105,9 @@ public struct SingleNode {
 
     /// Starts the node with one async multi-leader keyspace (and `extraKeyspaces`, lines of the cluster file's
     /// keyspace list) and waits until it is healthy.
-    public static func start(keyspace: String, extraKeyspaces: [String] = [], executable: String = LocalProcesses.currentExecutable()) async throws -> SingleNode {
+    /// `store`: the region's `store` field (YAML; nil: SQLite in the node's directory).
+    public static func start(keyspace: String, extraKeyspaces: [String] = [], store: String? = nil,
+                             executable: String = LocalProcesses.currentExecutable()) async throws -> SingleNode {
         let port = try LocalProcesses.freePort()
         let peerPort = try LocalProcesses.freePort()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-\(UUID().uuidString)").path
@@ -114,7 +116,7 @@ public struct SingleNode {
         try """
             cluster: bench
             regions:
-              - { name: local, client: 127.0.0.1:\(port), peer: 127.0.0.1:\(peerPort) }
+              - { name: local, client: 127.0.0.1:\(port), peer: 127.0.0.1:\(peerPort)\(store.map { ", store: \($0)" } ?? "") }
             keyspaces:
               - { name: \(keyspace), topology: multi-leader, conflict: lww, ack: async }
             \(extraKeyspaces.map { "  - \($0)" }.joined(separator: "\n"))

@@ -12,7 +12,7 @@ public final class PostgresServer: @unchecked Sendable {
     public let user = "postgres"
     private let binaries: String
     private let asRoot: Bool
-    /// Whether the cluster's directory outlives the server (one given to ``init(directory:timeoutSeconds:)``).
+    /// Whether the cluster's directory outlives the server (one given to ``init(directory:durable:timeoutSeconds:)``).
     private let keeps: Bool
     private var watchdog: Process?
 
@@ -27,7 +27,8 @@ public final class PostgresServer: @unchecked Sendable {
     }
 
     /// Creates a cluster under a new temporary directory (or, given `directory`, uses the one there, creating it
-    /// the first time, and keeps it) and starts it; waits (bounded) until it takes connections.
+    /// the first time, and keeps it) and starts it; waits (bounded) until it takes connections. It syncs its commits
+    /// (fsync on) as a production server does: the PostgreSQL store refuses one that does not.
     public init(directory given: String? = nil, timeoutSeconds: Double = 60) async throws {
         binaries = try Self.binaries()
         asRoot = getuid() == 0
@@ -40,17 +41,20 @@ public final class PostgresServer: @unchecked Sendable {
         do {
             if fresh {
                 try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-                if asRoot { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
-                try run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "-E", "UTF8"] + (keeps ? [] : ["--no-sync"]))
+                let (binaries, asRoot, user, directory, keeps) = (binaries, asRoot, user, directory, keeps)
+                try await Self.offPool {
+                    if asRoot { try Self.run("/bin/chown", ["-R", "postgres:postgres", directory], binaries: binaries, asRoot: asRoot, user: user) }
+                    try Self.run(binaries + "/initdb", ["-D", data, "-A", "trust", "-U", user, "-E", "UTF8"] + (keeps ? [] : ["--no-sync"]),
+                                 binaries: binaries, asRoot: asRoot, user: user)
+                }
             }
         } catch {
             if !keeps { try? FileManager.default.removeItem(atPath: directory) }
             throw error
         }
         // The server, on loopback and on a socket in its own directory.
-        // A throwaway cluster skips fsync; a kept one (the demo's) is as durable as the nodes' SQLite files.
         let server = [binaries + "/postgres", "-D", data, "-p", String(port), "-k", directory, "-c", "listen_addresses=127.0.0.1",
-                      "-c", "max_connections=200"] + (keeps ? [] : ["-c", "fsync=off"])
+                      "-c", "max_connections=200"]
         let command = server.map(Self.quoted).joined(separator: " ")
         // A shell that stops it (fast shutdown, then immediate after 10 s) once this process is gone, and then removes
         // its directory.
@@ -73,7 +77,9 @@ public final class PostgresServer: @unchecked Sendable {
         self.watchdog = watchdog
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         // Asked on its own socket: another server on the port would not answer for it.
-        while (try? run(binaries + "/pg_isready", ["-h", directory, "-p", String(port), "-U", user, "-t", "1"])) == nil {
+        while (try? await Self.offPool({ [binaries, directory, port, user, asRoot] in
+            try Self.run(binaries + "/pg_isready", ["-h", directory, "-p", String(port), "-U", user, "-t", "1"], binaries: binaries, asRoot: asRoot, user: user)
+        })) == nil {
             guard Date() < deadline, watchdog.isRunning else {
                 let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
                 await stop()
@@ -92,11 +98,19 @@ public final class PostgresServer: @unchecked Sendable {
         try run(binaries + "/createdb", ["-h", "127.0.0.1", "-p", String(port), "-U", user, name])
     }
 
-    /// Creates a database with a new name. - Returns: its name.
-    public func newDatabase() throws -> String {
+    /// Creates a database with a new name, on a thread of its own (the tool blocks while the server copies and
+    /// syncs the template; tests running side by side must not lose their threads to it). - Returns: its name.
+    public func newDatabase() async throws -> String {
         let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-        try createDatabase(name)
+        try await Self.offPool { try self.createDatabase(name) }
         return name
+    }
+
+    /// Runs blocking work (a child process to completion) on a dispatch thread, not the concurrency pool's.
+    static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+        }
     }
 
     /// Stops the server (fast shutdown: open sessions are ended) and removes its directory.
@@ -128,6 +142,10 @@ public final class PostgresServer: @unchecked Sendable {
 
     /// Runs a PostgreSQL tool to completion (as `postgres` when this process is root).
     private func run(_ executable: String, _ arguments: [String]) throws {
+        try Self.run(executable, arguments, binaries: binaries, asRoot: asRoot, user: user)
+    }
+
+    private static func run(_ executable: String, _ arguments: [String], binaries: String, asRoot: Bool, user: String) throws {
         let process = Process()
         if asRoot && executable.hasPrefix(binaries) {
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")

@@ -113,6 +113,11 @@ enum DataKeyStatements {
     /// Records keys as erased here (a peer's erasure this region learns of, or its own): their wraps deleted.
     static func markErased(_ connection: PostgresConnection, keyspace: KeyspaceName, ids: [DataKeyID], nowMs: UInt64, logger: Logger) async throws {
         for id in ids {
+            // The wrap's bytes zeroed first, so the deleted row version holds none of them (WAL archives still do
+            // until the root key is rotated: docs/scaling-a-region.md).
+            try await connection.query("""
+                UPDATE meridian_data_keys SET wrapped = decode(repeat('00', length(wrapped)), 'hex') WHERE keyspace = \(keyspace.rawValue) AND id = \(bytea(id.bytes))
+                """, logger: logger)
             try await connection.query("DELETE FROM meridian_data_keys WHERE keyspace = \(keyspace.rawValue) AND id = \(bytea(id.bytes))", logger: logger)
             try await connection.query("""
                 INSERT INTO meridian_erased_keys (keyspace, id, erased_ms) VALUES (\(keyspace.rawValue), \(bytea(id.bytes)), \(sql(nowMs))) ON CONFLICT DO NOTHING

@@ -82,7 +82,7 @@ public enum PostgresSchema {
             "CREATE TABLE meridian_applied (origin text PRIMARY KEY, sequence bigint NOT NULL)",
             """
             CREATE TABLE meridian_conflicts (
-                id bigint PRIMARY KEY,
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 keyspace text NOT NULL,
                 key text NOT NULL,
                 rule text NOT NULL,
@@ -102,6 +102,7 @@ public enum PostgresSchema {
             )
             """,
             "CREATE INDEX meridian_conflicts_keyspace ON meridian_conflicts (keyspace, id)",
+            "CREATE TABLE meridian_conflict_counts (keyspace text PRIMARY KEY, records bigint NOT NULL)",
             """
             CREATE TABLE meridian_terms (
                 keyspace text NOT NULL, origin text NOT NULL, epoch bigint NOT NULL, last bigint NOT NULL,
@@ -115,7 +116,7 @@ public enum PostgresSchema {
             """,
             """
             CREATE TABLE meridian_divergence (
-                id bigint PRIMARY KEY,
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 keyspace text NOT NULL,
                 origin text NOT NULL,
                 sequence bigint NOT NULL,
@@ -128,7 +129,7 @@ public enum PostgresSchema {
             """,
             """
             CREATE TABLE meridian_failovers (
-                id bigint PRIMARY KEY,
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 keyspace text NOT NULL,
                 epoch bigint NOT NULL,
                 leader text NOT NULL,

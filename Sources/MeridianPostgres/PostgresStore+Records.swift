@@ -36,7 +36,7 @@ extension PostgresStore {
     }
 
     public func conflictCounts() async throws(MeridianError) -> [String: Int] {
-        try await counts("Counting conflicts", "SELECT keyspace, count(*) FROM meridian_conflicts GROUP BY keyspace")
+        try await counts("Counting conflicts", "SELECT keyspace, records FROM meridian_conflict_counts WHERE records > 0")
     }
 
     /// Counts per name, from a statement selecting a name and a count.
@@ -231,8 +231,8 @@ extension PostgresStore {
         let logger = logger
         try await changing("Recording a failover") { connection, _ in
             try await connection.query("""
-                INSERT INTO meridian_failovers (id, keyspace, epoch, leader, previous_leader, last_heard_ms, suspected_ms, elected_ms, reason)
-                VALUES ((SELECT coalesce(max(id), 0) + 1 FROM meridian_failovers), \(keyspace.rawValue), \(sql(epoch)), \(leader.rawValue),
+                INSERT INTO meridian_failovers (keyspace, epoch, leader, previous_leader, last_heard_ms, suspected_ms, elected_ms, reason)
+                VALUES (\(keyspace.rawValue), \(sql(epoch)), \(leader.rawValue),
                     \(previousLeader?.rawValue), \(lastHeardMs.map(sql)), \(sql(suspectedMs)), \(sql(electedMs)), \(reason))
                 ON CONFLICT (keyspace, epoch) DO NOTHING
                 """, logger: logger)
@@ -272,21 +272,20 @@ extension PostgresStore {
         return try await changing("Appending to the audit trail") { connection, row in
             var chain = try await Self.auditHead(connection, region: region, anchor: row.auditAnchor, logger: logger)
             let records = chain.append(drafts)
-            for record in records {
-                try await connection.query("""
-                    INSERT INTO meridian_audit (sequence, time_ms, kind, fields, previous, hash)
-                    VALUES (\(sql(record.sequence)), \(sql(record.timeMs)), \(record.kind.rawValue), \(try Self.fieldsText(record.fields)), \(bytea(record.previous)), \(bytea(record.hash)))
-                    """, logger: logger)
-            }
-            let held = try await connection.query("SELECT count(*) FROM meridian_audit", logger: logger).collect().first?.decode(Int64.self) ?? 0
-            if held > recordsMax {
-                let dropped = try await connection.query("""
-                    DELETE FROM meridian_audit WHERE sequence IN (SELECT sequence FROM meridian_audit ORDER BY sequence LIMIT \(held - Int64(recordsMax)))
-                    RETURNING sequence, hash
-                    """, logger: logger).collect().map { try $0.decode((Int64, ByteBuffer).self) }
-                if let last = dropped.max(by: { $0.0 < $1.0 }) {
-                    try await connection.query("UPDATE meridian_store SET audit_anchor_sequence = \(last.0), audit_anchor_hash = \(last.1)", logger: logger)
-                }
+            // One statement for the batch.
+            let (sequences, times, kinds) = (records.map { sql($0.sequence) }, records.map { sql($0.timeMs) }, records.map(\.kind.rawValue))
+            let (fields, previous, hashes) = (try records.map { try Self.fieldsText($0.fields) }, records.map { bytea($0.previous) }, records.map { bytea($0.hash) })
+            try await connection.query("""
+                INSERT INTO meridian_audit (sequence, time_ms, kind, fields, previous, hash)
+                SELECT * FROM unnest(\(sequences)::bigint[], \(times)::bigint[], \(kinds)::text[], \(fields)::text[], \(previous)::bytea[], \(hashes)::bytea[])
+                """, logger: logger)
+            // Retention: the oldest records go; the last one dropped becomes the anchor the rest chain from.
+            let floor = Int64(chain.sequence) - Int64(recordsMax)
+            if floor > 0, let last = try await connection.query("""
+                SELECT sequence, hash FROM meridian_audit WHERE sequence <= \(floor) ORDER BY sequence DESC LIMIT 1
+                """, logger: logger).collect().first.map({ try $0.decode((Int64, ByteBuffer).self) }) {
+                try await connection.query("DELETE FROM meridian_audit WHERE sequence <= \(floor)", logger: logger)
+                try await connection.query("UPDATE meridian_store SET audit_anchor_sequence = \(last.0), audit_anchor_hash = \(last.1)", logger: logger)
             }
             return records
         }
@@ -300,7 +299,7 @@ extension PostgresStore {
             do {
                 let anchor = try await StoreRow.read(connection, region: region, logger: logger).auditAnchor
                 let records = try await connection.query("""
-                    SELECT sequence, time_ms, kind, fields, previous, hash FROM meridian_audit WHERE sequence > \(sql(after)) ORDER BY sequence LIMIT \(Int64(limit))
+                    SELECT sequence, time_ms, kind, fields, previous, hash FROM meridian_audit WHERE sequence > \(Int64(clamping: after)) ORDER BY sequence LIMIT \(Int64(limit))
                     """, logger: logger).collect().map { try Self.auditRecord($0, region: region) }
                 try await connection.query("COMMIT", logger: logger)
                 return AuditPage(records: records, anchor: anchor)

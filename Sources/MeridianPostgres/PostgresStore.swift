@@ -50,11 +50,21 @@ public final class PostgresStore: RegionStorage {
     ///   cluster has sealed keyspaces (not kept in PostgreSQL yet).
     public static func open(_ configuration: PostgresClient.Configuration, context: StoreContext, requestTimeout: Duration = .seconds(10),
                             logger: Logger) async throws(MeridianError) -> PostgresStore {
+        var configuration = configuration
+        let timeoutMs = max(Int64(requestTimeout.components.seconds) * 1_000 + requestTimeout.components.attoseconds / 1_000_000_000_000_000, 200)
+        // Every session: read committed (the store row's lock then sees the last change), commits durable before
+        // they return, and no statement, lock wait or abandoned transaction outliving a request.
+        configuration.options.additionalStartupParameters += [
+            ("default_transaction_isolation", "read committed"), ("synchronous_commit", "on"),
+            ("statement_timeout", "\(timeoutMs)ms"), ("lock_timeout", "\(timeoutMs * 9 / 10)ms"),
+            ("idle_in_transaction_session_timeout", "\(timeoutMs * 2)ms"),
+        ]
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let running = Task { await client.run() }
         let region = context.region
         do {
             let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3) { () async throws -> (StoreRow, Known) in
+                try await Self.checkServer(client, logger: logger)
                 try await PostgresSchema.migrate(client, logger: logger)
                 let row = try await StoreRow.claim(client, region: region, logger: logger)
                 if let sealer = context.sealer {
@@ -74,6 +84,18 @@ public final class PostgresStore: RegionStorage {
         } catch {
             running.cancel()
             throw error
+        }
+    }
+
+    /// Refuses a server that would lose commits in a crash, or order keys otherwise than by their UTF-8 bytes.
+    static func checkServer(_ client: PostgresClient, logger: Logger) async throws {
+        let fsync = try await client.query("SHOW fsync", logger: logger).collect().first?.decode(String.self)
+        guard fsync == "on" else {
+            throw MeridianError(.invalidConfig, "The region's PostgreSQL runs with fsync=off: a crash of its machine would lose commits that other regions already hold. Turn fsync on.")
+        }
+        let encoding = try await client.query("SHOW server_encoding", logger: logger).collect().first?.decode(String.self)
+        guard encoding == "UTF8" else {
+            throw MeridianError(.invalidConfig, "The region's PostgreSQL database is encoded as \(encoding ?? "unknown"), not UTF8: create the region's database with ENCODING 'UTF8'.")
         }
     }
 
@@ -103,13 +125,28 @@ public final class PostgresStore: RegionStorage {
 
     // MARK: - Running statements
 
-    /// Runs `body` in a transaction holding the store row (every change does): changes go one at a time.
-    func changing<T: Sendable>(_ doing: String, _ body: @escaping @Sendable (PostgresConnection, StoreRow) async throws -> T) async throws(MeridianError) -> T {
+    /// Runs `body` in a transaction holding the store row (every change does): changes go one at a time. What
+    /// follows a commit (`afterCommit`) or a rollback (`afterRollback`) runs when the transaction really ended,
+    /// even after the caller was answered that it timed out.
+    func changing<T: Sendable>(_ doing: String, _ body: @escaping @Sendable (PostgresConnection, StoreRow) async throws -> T,
+                               afterCommit: (@Sendable (T) -> Void)? = nil, afterRollback: (@Sendable () -> Void)? = nil) async throws(MeridianError) -> T {
         let (region, logger, client) = (region, logger, client)
         return try await bounded(doing) {
-            try await client.withTransaction(logger: logger) { connection in
-                let row = try await StoreRow.lock(connection, region: region, logger: logger)
-                return try await body(connection, row)
+            do {
+                let (result, row) = try await client.withTransaction(logger: logger) { connection in
+                    let row = try await StoreRow.lock(connection, region: region, logger: logger)
+                    return (try await body(connection, row), row)
+                }
+                // What other nodes committed before this change.
+                self.known.withLock {
+                    $0.logEnd = max($0.logEnd, row.nextSequence - 1)
+                    $0.logFloor = max($0.logFloor, row.logFloor)
+                }
+                afterCommit?(result)
+                return result
+            } catch {
+                afterRollback?()
+                throw error
             }
         }
     }
@@ -155,11 +192,12 @@ public final class PostgresStore: RegionStorage {
 
     public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
         let rule = rule(request.keyspace)
-        let (region, limits, logger) = (region, limits, logger)
-        let physicalMs = physicalClockMs()
+        let (region, limits, logger, sealer) = (region, limits, logger, sealer)
         let result: (WriteOutcome, Recorded)
         do {
-            result = try await changing("Committing a write to \(request.keyspace)/\(request.key)") { connection, row in
+            result = try await changing("Committing a write to \(request.keyspace)/\(request.key)", { connection, row in
+                // The wall clock once the row is held: a wait for it must not age the write's timestamp.
+                let physicalMs = self.physicalClockMs()
                 guard row.restorePending == nil else {
                     throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
                 }
@@ -217,24 +255,25 @@ public final class PostgresStore: RegionStorage {
                     try await StoreRow.update(connection, nextSequence: entry.sequence + 1, hlc: last, logger: logger)
                     return (.committed(entry), recorded)
                 }
-            }
+            }, afterCommit: { outcome, _ in
+                guard case .committed(let entry) = outcome else { return }
+                self.known.withLock { $0.logEnd = max($0.logEnd, entry.sequence) }
+                self.observer?.commitCompleted(writes: 1, commitSeconds: 0)
+                if self.shipping?.isConnected == true {
+                    self.shipping?.written(through: entry.sequence)
+                    self.shipping?.durable(through: entry.sequence)
+                }
+            }, afterRollback: {
+                // A data key the rolled-back write made is gone with it.
+                sealer?.forgetCurrentKeys()
+            })
         } catch {
             writeFaults.record(error)
-            // A data key the rolled-back write made is gone with it.
-            sealer?.forgetCurrentKeys()
             throw error
         }
         writeFaults.clear()
         let (outcome, recorded) = result
-        if case .committed(let entry) = outcome {
-            known.withLock { $0.logEnd = max($0.logEnd, entry.sequence) }
-            observer?.commitCompleted(writes: 1, commitSeconds: 0)
-            if shipping?.isConnected == true {
-                shipping?.written(through: entry.sequence)
-                shipping?.durable(through: entry.sequence)
-            }
-        }
-        await settle(request.keyspace, recorded, nowMs: physicalMs)
+        await settle(request.keyspace, recorded, nowMs: physicalClockMs())
         return outcome
     }
 
@@ -295,8 +334,12 @@ public final class PostgresStore: RegionStorage {
         }
         guard due else { return }
         do {
-            let evicted = try await changing("Pruning idempotency records") { connection, _ in
-                try await IdempotencyTable.prune(connection, nowMs: nowMs, limits: limits, logger: logger)
+            // Outside the store row: a prune takes no number, and writes need not wait for it.
+            let client = client
+            let evicted = try await bounded("Pruning idempotency records") {
+                try await client.withTransaction(logger: logger) { connection in
+                    try await IdempotencyTable.prune(connection, nowMs: nowMs, limits: limits, logger: logger)
+                }
             }
             if evicted > 0 { observer?.idempotencyKeysEvicted(evicted) }
         } catch {
@@ -343,14 +386,18 @@ public final class PostgresStore: RegionStorage {
     public func list(keyspace: KeyspaceName, prefix: String, after: String?, limit: Int) async throws(MeridianError) -> [ListedKey] {
         precondition(limit > 0)
         let (rule, logger) = (rule(keyspace), logger)
+        let upper = Self.pastPrefix(prefix)
         return try await reading("Listing \(keyspace)") { connection in
             var listed: [ListedKey] = []
             var cursor = after
             // `live` was set under the rule of the time; the winner under today's decides.
             while listed.count < limit {
                 let asked = limit - listed.count
+                // The prefix as a key range, so the index bounds the scan: from the prefix to just past every key
+                // starting with it (its last character plus one, in the byte order of "C").
                 let rows = try await connection.query("""
-                    SELECT key, state FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND live AND starts_with(key, \(prefix))
+                    SELECT key, state FROM meridian_keys WHERE keyspace = \(keyspace.rawValue) AND live AND key >= \(prefix)
+                    AND (\(upper)::text IS NULL OR key < \(upper)) AND starts_with(key, \(prefix))
                     AND (\(cursor)::text IS NULL OR key > \(cursor)) ORDER BY key LIMIT \(Int64(asked))
                     """, logger: logger).collect()
                 for row in rows {
@@ -365,6 +412,21 @@ public final class PostgresStore: RegionStorage {
             }
             return listed
         }
+    }
+
+    /// The least string above every string starting with `prefix` (nil: no bound, for "" or a last character
+    /// that cannot grow).
+    static func pastPrefix(_ prefix: String) -> String? {
+        var scalars = Array(prefix.unicodeScalars)
+        while let last = scalars.popLast() {
+            var next = last.value + 1
+            if (0xD800...0xDFFF).contains(next) { next = 0xE000 }
+            if let scalar = Unicode.Scalar(next) {
+                scalars.append(scalar)
+                return String(String.UnicodeScalarView(scalars))
+            }
+        }
+        return nil
     }
 
     public func keyCounts() async throws(MeridianError) -> [String: Int] {
@@ -398,8 +460,9 @@ public final class PostgresStore: RegionStorage {
     public func applyReplicated(origin: RegionName, from: UInt64, through: UInt64, entries: [ReplicationEntry],
                                 diverted: [UInt64: UInt64], durable: Bool) async throws(MeridianError) -> UInt64 {
         try ReplicatedRange.check(origin: origin, from: from, through: through, entries: entries, region: region)
-        let (logger, physicalMs) = (logger, physicalClockMs())
+        let logger = logger
         let (after, recorded) = try await changing("Applying \(origin)'s log \(from)...\(through)") { connection, row -> (UInt64, [KeyspaceName: Recorded]) in
+            let physicalMs = self.physicalClockMs()
             let applied = try await AppliedTable.sequence(connection, origin, logger: logger)
             guard from <= applied + 1 else {
                 throw MeridianError(.replicationProtocol, "\(origin)'s log skipped from \(applied) to \(from); the stream must resume from \(applied).",
@@ -425,7 +488,7 @@ public final class PostgresStore: RegionStorage {
             return (through, recorded)
         }
         known.withLock { $0.applied[origin] = max($0.applied[origin] ?? 0, after) }
-        for (keyspace, counts) in recorded { await settle(keyspace, counts, nowMs: physicalMs) }
+        for (keyspace, counts) in recorded { await settle(keyspace, counts, nowMs: physicalClockMs()) }
         return after
     }
 
@@ -575,9 +638,10 @@ public final class PostgresStore: RegionStorage {
 
     public func merge(keyspace: KeyspaceName, states: [(key: Key, state: KeyState)]) async throws(MeridianError) -> Int {
         guard !states.isEmpty else { return 0 }
-        let (rule, limits, logger, physicalMs) = (rule(keyspace), limits, logger, physicalClockMs())
+        let (rule, limits, logger) = (rule(keyspace), limits, logger)
         let items = states.map { MergeItem(key: $0.key, state: $0.state) }
         let (changed, recorded) = try await changing("Merging states into \(keyspace)") { connection, row -> (Int, Recorded) in
+            let physicalMs = self.physicalClockMs()
             var changed = 0, recorded = Recorded()
             var newest = row.hlc
             for item in items {
@@ -602,7 +666,7 @@ public final class PostgresStore: RegionStorage {
             try await StoreRow.update(connection, hlc: newest, logger: logger)
             return (changed, recorded)
         }
-        await settle(keyspace, recorded, nowMs: physicalMs)
+        await settle(keyspace, recorded, nowMs: physicalClockMs())
         return changed
     }
 

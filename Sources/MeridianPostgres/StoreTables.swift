@@ -152,10 +152,11 @@ enum ConflictTable {
     static func record(_ change: KeyChange, keyspace: KeyspaceName, key: Key, _ connection: PostgresConnection, nowMs: UInt64, limits: Limits,
                        logger: Logger) async throws -> PostgresStore.Recorded {
         if let restored = change.restored {
-            try await connection.query("""
+            let removed = try await connection.query("""
                 DELETE FROM meridian_conflicts WHERE keyspace = \(keyspace.rawValue) AND key = \(key.rawValue)
-                AND loser_origin = \(restored.region.rawValue) AND loser_sequence = \(sql(restored.counter))
-                """, logger: logger)
+                AND loser_origin = \(restored.region.rawValue) AND loser_sequence = \(sql(restored.counter)) RETURNING id
+                """, logger: logger).collect().count
+            if removed > 0 { try await count(connection, keyspace, by: -Int64(removed), logger: logger) }
         }
         var recorded = PostgresStore.Recorded()
         for loss in change.losses {
@@ -168,26 +169,36 @@ enum ConflictTable {
                 """, logger: logger).collect()
             guard updated.isEmpty else { continue }
             try await connection.query("""
-                INSERT INTO meridian_conflicts (id, keyspace, key, rule, recorded_ms, loser_origin, loser_sequence, loser_hlc_physical_ms, loser_hlc_logical,
+                INSERT INTO meridian_conflicts (keyspace, key, rule, recorded_ms, loser_origin, loser_sequence, loser_hlc_physical_ms, loser_hlc_logical,
                     loser_tombstone, loser_content_type, loser_value, winner_origin, winner_sequence, winner_hlc_physical_ms, winner_hlc_logical)
-                VALUES ((SELECT coalesce(max(id), 0) + 1 FROM meridian_conflicts), \(keyspace.rawValue), \(key.rawValue), \(loss.rule), \(sql(nowMs)),
+                VALUES (\(keyspace.rawValue), \(key.rawValue), \(loss.rule), \(sql(nowMs)),
                     \(loser.origin.rawValue), \(sql(loser.sequence)), \(sql(loser.hlc.physicalMs)), \(Int64(loser.hlc.logical)), \(loss.loser.tombstone),
                     \(loss.loser.contentType), \(bytea(loss.loser.value)), \(winner.origin.rawValue), \(sql(winner.sequence)), \(sql(winner.hlc.physicalMs)),
                     \(Int64(winner.hlc.logical)))
                 """, logger: logger)
             recorded.added += 1
-            let held = try await connection.query("SELECT count(*) FROM meridian_conflicts WHERE keyspace = \(keyspace.rawValue)", logger: logger)
-                .collect().first?.decode(Int64.self) ?? 0
+            let held = try await count(connection, keyspace, by: 1, logger: logger)
             if held > limits.conflictsLogMax {
                 let excess = held - Int64(limits.conflictsLogMax)
-                try await connection.query("""
+                let dropped = try await connection.query("""
                     DELETE FROM meridian_conflicts WHERE id IN
-                        (SELECT id FROM meridian_conflicts WHERE keyspace = \(keyspace.rawValue) ORDER BY id LIMIT \(excess))
-                    """, logger: logger)
-                recorded.dropped += Int(excess)
+                        (SELECT id FROM meridian_conflicts WHERE keyspace = \(keyspace.rawValue) ORDER BY id LIMIT \(excess)) RETURNING id
+                    """, logger: logger).collect().count
+                try await count(connection, keyspace, by: -Int64(dropped), logger: logger)
+                recorded.dropped += dropped
             }
         }
         return recorded
+    }
+
+    /// Moves a keyspace's record count (kept beside the records, so the bound is checked without counting them).
+    /// - Returns: The count afterwards.
+    @discardableResult
+    static func count(_ connection: PostgresConnection, _ keyspace: KeyspaceName, by delta: Int64, logger: Logger) async throws -> Int64 {
+        try await connection.query("""
+            INSERT INTO meridian_conflict_counts (keyspace, records) VALUES (\(keyspace.rawValue), \(max(delta, 0)))
+            ON CONFLICT (keyspace) DO UPDATE SET records = greatest(meridian_conflict_counts.records + \(delta), 0) RETURNING records
+            """, logger: logger).collect().first?.decode(Int64.self) ?? 0
     }
 
     static func decode(_ row: PostgresRow, keyspace: KeyspaceName) throws -> ConflictRecord {
@@ -270,8 +281,8 @@ enum DivergenceTable {
     static func insert(_ entry: ReplicationEntry, successorEpoch: UInt64, _ connection: PostgresConnection, codec: EntryCodec, nowMs: UInt64,
                        logger: Logger) async throws {
         try await connection.query("""
-            INSERT INTO meridian_divergence (id, keyspace, origin, sequence, successor_epoch, entry, recorded_ms)
-            VALUES ((SELECT coalesce(max(id), 0) + 1 FROM meridian_divergence), \(entry.keyspace.rawValue), \(entry.origin.rawValue), \(sql(entry.sequence)),
+            INSERT INTO meridian_divergence (keyspace, origin, sequence, successor_epoch, entry, recorded_ms)
+            VALUES (\(entry.keyspace.rawValue), \(entry.origin.rawValue), \(sql(entry.sequence)),
                 \(sql(successorEpoch)), \(bytea(codec.encode(entry))), \(sql(nowMs)))
             ON CONFLICT (origin, sequence) DO NOTHING
             """, logger: logger)

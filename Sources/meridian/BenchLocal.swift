@@ -18,36 +18,67 @@ struct Bench: AsyncParsableCommand {
         @Option(help: "Value size in bytes.") var valueBytes: Int = 100
         @Option(help: "An already running node as host:port, with --keyspace naming an async keyspace on it.") var endpoint: String?
         @Option(help: "The keyspace to use with --endpoint.") var keyspace: String = "bench"
+        @Option(help: ArgumentHelp("The node's stores, measured one after the other in this run and printed side by side: sqlite, postgres (a local PostgreSQL server, fsync on), or both as sqlite,postgres.",
+                                   valueName: "kinds"))
+        var stores: String = "sqlite"
+
+        var storeKinds: [String] { stores.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
 
         func validate() throws {
             guard (1...1024).contains(connections) else { throw ValidationError("--connections must be 1 to 1024.") }
             guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600].") }
             guard (1...10_000_000).contains(keys) else { throw ValidationError("--keys must be 1 to 10000000.") }
             guard (0...(1 << 20)).contains(valueBytes) else { throw ValidationError("--value-bytes must be 0 to 1048576.") }
+            guard !storeKinds.isEmpty, storeKinds.allSatisfy(["sqlite", "postgres"].contains), Set(storeKinds).count == storeKinds.count else {
+                throw ValidationError("--stores takes sqlite, postgres or sqlite,postgres.")
+            }
+            if endpoint != nil && stores != "sqlite" { throw ValidationError("--stores starts its own nodes; leave it out with --endpoint.") }
         }
 
         func run() async throws {
+            print("meridian bench local: \(connections) connections, \(keys) keys, \(valueBytes)-byte values, \(seconds) s per phase")
+            print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load generator on the same machine\n")
             if let endpoint {
                 guard let target = Endpoint(parsing: endpoint) else { throw ValidationError("--endpoint is not host:port.") }
-                try await measure(target)
+                print(Self.table([(endpoint, try await measure(target))]))
                 return
             }
-            let node = try await SingleNode.start(keyspace: keyspace)
-            do {
-                try await measure(node.endpoint)
-            } catch {
+            var measured: [(String, [(String, PhaseResult)])] = []
+            for kind in storeKinds {
+                let database = kind == "postgres" ? try await PostgresServer() : nil
+                let store = try database.map { server in
+                    try server.ensureDatabase("meridian")
+                    return "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/meridian?sslmode=disable\" }"
+                }
+                let node = try await SingleNode.start(keyspace: keyspace, store: store)
+                do {
+                    print("measuring the node on \(kind)…")
+                    measured.append((kind, try await measure(node.endpoint)))
+                } catch {
+                    await node.stop()
+                    await database?.stop()
+                    throw error
+                }
                 await node.stop()
-                throw error
+                await database?.stop()
             }
-            await node.stop()
+            print(Self.table(measured))
+            print("\nPUT latency includes the commit's fsync (SQLite's group commit; PostgreSQL's commit, synchronous_commit on);")
+            print("open-loop latency is measured from each request's scheduled start.")
         }
 
-        private func measure(_ target: Endpoint) async throws {
+        static func table(_ measured: [(String, [(String, PhaseResult)])]) -> String {
+            var lines = ["STORE     PHASE                      REQUESTS   THROUGHPUT/s   p50 ms   p99 ms  p99.9 ms   max ms"]
+            for (store, phases) in measured {
+                for (name, result) in phases { lines.append(store.padding(toLength: 10, withPad: " ", startingAt: 0) + result.row(name)) }
+            }
+            return lines.joined(separator: "\n")
+        }
+
+        private func measure(_ target: Endpoint) async throws -> [(String, PhaseResult)] {
             let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueBytes)
             let pool = try await ConnectionPool.open(target, count: connections)
             defer { Task { await pool.close() } }
-            print("meridian bench local: \(connections) connections, \(keys) keys, \(valueBytes)-byte values, \(seconds) s per phase, target \(target)")
-            print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load generator on the same machine\n")
 
             // Preload so GETs hit existing keys; each preload write carries an idempotency key, retried below.
             let run = UUID().uuidString.prefix(8)
@@ -83,13 +114,8 @@ struct Bench: AsyncParsableCommand {
             }
             try getHalf.requireSuccess("GET at half load")
 
-            print("PHASE                      REQUESTS   THROUGHPUT/s   p50 ms   p99 ms  p99.9 ms   max ms")
-            put.printRow("PUT (durable, async ack)")
-            idempotent.printRow("PUT + Idempotency-Key")
-            retried.printRow("PUT retried (replayed)")
-            get.printRow("GET (peak, closed loop)")
-            getHalf.printRow(String(format: "GET at %.0f/s (open loop)", halfRate))
-            print("\nPUT latency includes the group commit's fsync; open-loop latency is measured from each request's scheduled start.")
+            return [("PUT (durable, async ack)", put), ("PUT + Idempotency-Key", idempotent), ("PUT retried (replayed)", retried),
+                    ("GET (peak, closed loop)", get), (String(format: "GET at %.0f/s (open loop)", halfRate), getHalf)]
         }
     }
 }

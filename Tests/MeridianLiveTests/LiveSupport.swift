@@ -143,7 +143,7 @@ enum StoreMix: String, CaseIterable, Sendable, CustomTestStringConvertible {
         let server = try await PostgresServer.shared.value
         var stores: [String: String] = [:]
         for region in ["us-east", "eu-west"] {
-            stores[region] = "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/\(try server.newDatabase())?sslmode=disable\" }"
+            stores[region] = "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/\(try await server.newDatabase())?sslmode=disable\" }"
         }
         return stores
     }

@@ -43,7 +43,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
 
     @Test func nodesSharingTheDatabaseNumberDenselyInCommitOrderAndAFollowerNeverSkipsANumber() async throws {
         let server = try await PostgresServer.shared.value
-        let database = try server.newDatabase()
+        let database = try await server.newDatabase()
         // Three nodes; one's clock runs 2 s behind, another's 1 s ahead (within no offset bound: each node's clock is
         // all it has).
         var nodes: [PostgresStore] = []
@@ -107,7 +107,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
 
     @Test func aReadOnlyDatabaseIsRefusedAtStartAndWhenAPrimaryTurnsReadOnlyWritesFailSayingSo() async throws {
         let server = try await PostgresServer.shared.value
-        let database = try server.newDatabase()
+        let database = try await server.newDatabase()
         let store = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
         defer { store.close() }
         _ = try await store.write(put("a", "1"))
@@ -141,9 +141,29 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         }
     }
 
+    /// A server that would lose commits in a crash (fsync off) is refused: a commit it answered may vanish after
+    /// other regions applied it.
+    @Test func aServerRunningWithoutFsyncIsRefused() async throws {
+        let server = try await PostgresServer()
+        defer { Task { await server.stop() } }
+        let database = try await server.newDatabase()
+        try await SharedPostgres.withClient(server, database: database) { client in
+            try await client.query("ALTER SYSTEM SET fsync = off", logger: SharedPostgres.logger)
+            try await client.query("SELECT pg_reload_conf()", logger: SharedPostgres.logger)
+        }
+        var code: MeridianError.Code?
+        for _ in 0..<50 {
+            code = await errorCode { _ = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger) }
+            if code != nil { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(code == .invalidConfig)
+        await server.stop()
+    }
+
     @Test func aDatabaseThatWentAwayFailsWritesWithinBoundedTimeAndTheStoreSaysWhy() async throws {
         let server = try await PostgresServer()
-        let database = try server.newDatabase()
+        let database = try await server.newDatabase()
         var configuration = Self.configuration(server, database)
         configuration.options.connectTimeout = .seconds(2)
         let store = try await PostgresStore.open(configuration, context: context(), requestTimeout: .seconds(3), logger: SharedPostgres.logger)

@@ -13,7 +13,7 @@ enum SharedPostgres {
     /// Runs `body` with a client of a new database, the client's connection pool running meanwhile.
     static func withDatabase<T: Sendable>(_ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
         let server = try await PostgresServer.shared.value
-        return try await withClient(server, database: try server.newDatabase(), body)
+        return try await withClient(server, database: try await server.newDatabase(), body)
     }
 
     /// The same, with the schema migrated.

@@ -79,7 +79,7 @@ struct StoreFixture {
         case .memory: return try MemoryStore(disk: disk, context: context)
         case .postgres:
             let server = try await PostgresServer.shared.value
-            let name = try database.name { try server.newDatabase() }
+            let name = try await database.name { try await server.newDatabase() }
             let configuration = PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: name,
                                                              tls: .disable)
             return try await PostgresStore.open(configuration, context: context, logger: Logger(label: "meridian.store.test"))
@@ -89,7 +89,7 @@ struct StoreFixture {
     /// The count a statement selects in the PostgreSQL backend's database.
     func postgresCount(_ statement: String) async throws -> Int64 {
         let server = try await PostgresServer.shared.value
-        let name = try database.name { try server.newDatabase() }
+        let name = try await database.name { try await server.newDatabase() }
         let client = PostgresClient(configuration: .init(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: name, tls: .disable))
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await client.run() }
@@ -117,16 +117,14 @@ struct StoreFixture {
 }
 
 /// The name of a fixture's PostgreSQL database, made once.
-final class DatabaseName: Sendable {
-    private let made = Mutex<String?>(nil)
+actor DatabaseName {
+    private var made: String?
 
-    func name(_ make: () throws -> String) throws -> String {
-        try made.withLock { name in
-            if let name { return name }
-            let new = try make()
-            name = new
-            return new
-        }
+    func name(_ make: () async throws -> String) async throws -> String {
+        if let made { return made }
+        let new = try await make()
+        made = made ?? new
+        return made!
     }
 }
 

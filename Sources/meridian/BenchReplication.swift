@@ -24,6 +24,11 @@ extension Bench {
         @Option(help: "Writes per origin and ack mode in the latency phase.") var writes: Int = 200
         @Option(help: "Concurrent clients in the latency phase.") var clients: Int = 4
         @Option(help: "Where the cluster's data and logs go (default: a temporary directory, removed afterwards).") var data: String?
+        @Option(help: ArgumentHelp("The regions' stores, measured one after the other in this run: sqlite, postgres (a database per region on a local PostgreSQL server, fsync on), or sqlite,postgres.",
+                                   valueName: "kinds"))
+        var stores: String = "sqlite"
+
+        var storeKinds: [String] { stores.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
 
         func validate() throws {
             guard latencyScale > 0 && latencyScale <= 10 else { throw ValidationError("--latency-scale must be above 0 and at most 10.") }
@@ -31,16 +36,43 @@ extension Bench {
             guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds must be above 0 and at most 600.") }
             guard (1...100_000).contains(writes) else { throw ValidationError("--writes must be 1 to 100000.") }
             guard (1...256).contains(clients) else { throw ValidationError("--clients must be 1 to 256.") }
+            guard !storeKinds.isEmpty, storeKinds.allSatisfy(["sqlite", "postgres"].contains), Set(storeKinds).count == storeKinds.count else {
+                throw ValidationError("--stores takes sqlite, postgres or sqlite,postgres.")
+            }
+            if data != nil && storeKinds.count > 1 { throw ValidationError("--data keeps one cluster's files: measure one store with it.") }
         }
 
         func run() async throws {
-            try await BenchCluster.with(directory: data, latencyScale: latencyScale) { try await measure($0) }
+            for kind in storeKinds {
+                say("\n=== regions on \(kind) ===")
+                var yaml = try BenchCluster.yaml()
+                var database: PostgresServer?
+                if kind == "postgres" {
+                    let server = try await PostgresServer()
+                    database = server
+                    var urls: [RegionName: String] = [:]
+                    for region in try ClusterConfig.parse(yaml: yaml, file: "bench").regions {
+                        let name = "meridian_" + region.name.rawValue.replacingOccurrences(of: "-", with: "_")
+                        try server.ensureDatabase(name)
+                        urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/\(name)?sslmode=disable"
+                    }
+                    yaml = DemoCluster.withPostgresStores(yaml, urls)
+                }
+                do {
+                    try await whileStarted(try BenchCluster(directory: data, latencyScale: latencyScale, yaml: yaml),
+                                           start: { try await $0.start() }, stop: { await $0.stop() }) { try await measure($0, store: kind) }
+                } catch {
+                    await database?.stop()
+                    throw error
+                }
+                await database?.stop()
+            }
         }
 
-        private func measure(_ cluster: BenchCluster) async throws {
+        private func measure(_ cluster: BenchCluster, store: String) async throws {
             let regions = cluster.config.regions.map(\.name)
             let scale = latencyScale
-            say("meridian bench replication: \(regions.count) regions, latency scale \(scale), \(String(format: "%.0f", rate)) async writes/s per origin for \(String(format: "%.0f", seconds)) s, then \(writes) writes per origin and ack mode from \(clients) clients")
+            say("meridian bench replication (\(store)): \(regions.count) regions, latency scale \(scale), \(String(format: "%.0f", rate)) async writes/s per origin for \(String(format: "%.0f", seconds)) s, then \(writes) writes per origin and ack mode from \(clients) clients")
             say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
 
             // 1. Async replication lag per link.

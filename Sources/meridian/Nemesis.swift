@@ -35,10 +35,14 @@ struct Nemesis: AsyncParsableCommand {
     var data: String?
     @Flag(help: "Run the cluster with TLS on every stream and token authentication, as `meridian up --secure` does.")
     var secure = false
+    @Option(help: ArgumentHelp("Where the regions keep their data: sqlite, or postgres (a database per region on a local PostgreSQL server that the faults leave alone).",
+                               valueName: "kind"))
+    var store: String = "sqlite"
 
     func validate() throws {
         guard duration >= 5, duration <= 7_200 else { throw ValidationError("--duration is 5 to 7200 seconds.") }
         guard (0.1...1).contains(latencyScale) else { throw ValidationError("--latency-scale is 0.1 to 1.") }
+        guard ["sqlite", "postgres"].contains(store) else { throw ValidationError("--store is sqlite or postgres.") }
         guard faultSeconds >= 1, faultSeconds <= 60, settleSeconds >= 5 else {
             throw ValidationError("--fault-seconds is 1 to 60 and --settle-seconds at least 5.")
         }
@@ -53,6 +57,19 @@ struct Nemesis: AsyncParsableCommand {
         let kinds = faults.split(separator: ",").compactMap { Fault.Kind(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
         let directory = data ?? (FileManager.default.temporaryDirectory.appendingPathComponent("meridian-nemesis-\(seed)-\(UUID().uuidString.prefix(8))").path)
         var yaml = try LocalCluster.demoYAML()
+        var database: PostgresServer?
+        if store == "postgres" {
+            let server = try await PostgresServer()
+            database = server
+            var urls: [RegionName: String] = [:]
+            for region in try ClusterConfig.parse(yaml: yaml, file: "nemesis").regions {
+                let name = "meridian_" + region.name.rawValue.replacingOccurrences(of: "-", with: "_")
+                try server.ensureDatabase(name)
+                urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/\(name)?sslmode=disable"
+            }
+            yaml = DemoCluster.withPostgresStores(yaml, urls)
+        }
+        defer { if let database { Task { await database.stop() } } }
         if secure {
             let setup: SecureSetup
             do throws(MeridianError) {
@@ -65,7 +82,7 @@ struct Nemesis: AsyncParsableCommand {
             ClientCredentials.process = ClientCredentials(token: setup.adminToken, tls: try ClientTLS(caPath: setup.caPath))
         }
         let cluster = try NemesisCluster(directory: directory, latencyScale: latencyScale, yaml: yaml)
-        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ","))\(secure ? ", TLS and tokens on" : ""); data and logs in \(directory)")
+        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ","))\(secure ? ", TLS and tokens on" : ""), regions on \(store); data and logs in \(directory)")
         var passed = false
         do {
             try await cluster.start()
@@ -78,6 +95,7 @@ struct Nemesis: AsyncParsableCommand {
             throw error
         }
         await cluster.stop()
+        await database?.stop()
         if passed {
             if data == nil { try? FileManager.default.removeItem(atPath: directory) }
         } else {

@@ -35,6 +35,8 @@ public final class PostgresStore: RegionStorage {
     private let known: Mutex<Known>
     /// Idempotency records written since the table was last pruned.
     private let remembered = Mutex(0)
+    /// Writes waiting for the next batch's transaction.
+    private let committer: PostgresCommitter
     let codec: EntryCodec
     /// The largest stored state this store decodes (CRDT states may outgrow one value).
     static let stateBytesMax = Int(Int32.max)
@@ -103,6 +105,7 @@ public final class PostgresStore: RegionStorage {
                  known: Known) {
         self.client = client
         self.requestTimeout = requestTimeout
+        committer = PostgresCommitter(limits: context.limits)
         self.running = running
         self.logger = logger
         region = context.region
@@ -191,90 +194,124 @@ public final class PostgresStore: RegionStorage {
     // MARK: - Commits
 
     public func write(_ request: WriteRequest) async throws(MeridianError) -> WriteOutcome {
-        let rule = rule(request.keyspace)
-        let (region, limits, logger, sealer) = (region, limits, logger, sealer)
-        let result: (WriteOutcome, Recorded)
+        let outcome: (WriteOutcome, Recorded)
         do {
-            result = try await changing("Committing a write to \(request.keyspace)/\(request.key)", { connection, row in
-                // The wall clock once the row is held: a wait for it must not age the write's timestamp.
-                let physicalMs = self.physicalClockMs()
-                guard row.restorePending == nil else {
-                    throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
-                }
-                if let mark = request.idempotency {
-                    let live = try await IdempotencyTable.live(connection, request.keyspace, mark.key, nowMs: physicalMs, limits: limits, logger: logger)
-                    switch IdempotencyCheck.check(mark, against: live) {
-                    case .apply: break
-                    case .replay(let record): return (.replayed(record), Recorded())
-                    case .reused(let error): return (.refused(error), Recorded())
-                    }
-                }
-                let current = try await KeyTable.state(connection, request.keyspace, request.key, logger: logger)
-                // A sealed keyspace's write: the subject's keys and those of the values held are read first; a CRDT
-                // operation plans on the opened value, and the entry is sealed before it is logged or applied.
-                let sealed = self.sealer?.isSealed(request.keyspace) == true ? self.sealer : nil
-                var keys = PrefetchedKeys()
-                var planned = current
-                var subject: Result<Subject, MeridianError>?
-                if let sealed {
-                    subject = Result { () throws(MeridianError) in try sealed.subject(of: request.key, in: request.keyspace, given: request.subject) }
-                    var wanted = PrefetchedKeys.Wanted()
-                    wanted.state(request.keyspace, current)
-                    if case .success(let subject) = subject { wanted.subjects[request.keyspace] = [subject] }
-                    keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
-                    if rule == .crdt, let current {
-                        let table = keys
-                        do throws(MeridianError) {
-                            planned = try sealerStep("Opening a value") { try sealed.opened(current, keyspace: request.keyspace, key: request.key, in: table) }
-                        } catch {
-                            return (.refused(error), Recorded())
-                        }
-                    }
-                }
-                let state = planned
-                var (plan, last) = try self.withClock(past: row.hlc) { clock in
-                    WritePlanner.plan(request, state: state, rule: rule, origin: region, sequence: row.nextSequence, clock: &clock,
-                                      physicalMs: physicalMs, limits: limits)
-                }
-                if let sealed, let subject, case .append(let entry) = plan {
-                    do throws(MeridianError) {
-                        let subject = try subject.get()
-                        plan = .append(try sealerStep("Sealing a value") { try sealed.sealing(entry, subject: subject, in: &keys) })
-                    } catch {
-                        return (.refused(error), Recorded())
-                    }
-                }
-                switch plan {
-                case .refused(let error): return (.refused(error), Recorded())
-                case .preconditionFailed(let version): return (.preconditionFailed(current: version), Recorded())
-                case .append(let entry):
-                    try await LogTable.append(connection, entry, codec: self.codec, logger: logger)
-                    try await keys.save(connection, logger: logger)
-                    var recorded = try await self.apply(entry, rule: rule, old: current, connection, nowMs: physicalMs, keys: sealed == nil ? nil : keys)
-                    recorded.remembered = try await IdempotencyTable.remember(connection, entry, nowMs: physicalMs, limits: limits, logger: logger)
-                    try await StoreRow.update(connection, nextSequence: entry.sequence + 1, hlc: last, logger: logger)
-                    return (.committed(entry), recorded)
-                }
-            }, afterCommit: { outcome, _ in
-                guard case .committed(let entry) = outcome else { return }
-                self.known.withLock { $0.logEnd = max($0.logEnd, entry.sequence) }
-                self.observer?.commitCompleted(writes: 1, commitSeconds: 0)
-                if self.shipping?.isConnected == true {
-                    self.shipping?.written(through: entry.sequence)
-                    self.shipping?.durable(through: entry.sequence)
-                }
-            }, afterRollback: {
-                // A data key the rolled-back write made is gone with it.
-                sealer?.forgetCurrentKeys()
-            })
+            outcome = try await committer.submit(request, bytes: request.value.count + request.key.rawValue.utf8.count) { batch throws(MeridianError) in
+                try await self.commit(batch)
+            }.get()
         } catch {
             writeFaults.record(error)
             throw error
         }
         writeFaults.clear()
-        let (outcome, recorded) = result
-        await settle(request.keyspace, recorded, nowMs: physicalClockMs())
-        return outcome
+        await settle(request.keyspace, outcome.1, nowMs: physicalClockMs())
+        return outcome.0
+    }
+
+    /// Where the log stands inside a batch's transaction: the next number, and the newest timestamp.
+    struct LogPosition {
+        var next: UInt64
+        var hlc: HLCTimestamp
+    }
+
+    /// Commits a batch of writes in one transaction holding the store row, each planned against the state the ones
+    /// before it left (the transaction reads its own writes), so one fsync answers them all.
+    /// - Returns: Each write's outcome, in order. - Throws: when the transaction failed: no write of the batch is in.
+    func commit(_ batch: [WriteRequest]) async throws(MeridianError) -> [(WriteOutcome, Recorded)] {
+        let (logger, sealer) = (logger, sealer)
+        let what = batch.count == 1 ? "Committing a write to \(batch[0].keyspace)/\(batch[0].key)" : "Committing \(batch.count) writes"
+        return try await changing(what, { connection, row in
+            guard row.restorePending == nil else {
+                throw MeridianError(.restorePending, "This region's store was restored and takes no write until the region has caught up from its peers.")
+            }
+            // The wall clock once the row is held: a wait for it must not age the writes' timestamps.
+            let physicalMs = self.physicalClockMs()
+            var position = LogPosition(next: row.nextSequence, hlc: row.hlc)
+            var outcomes: [(WriteOutcome, Recorded)] = []
+            for request in batch {
+                outcomes.append(try await self.commitOne(request, connection, position: &position, physicalMs: physicalMs))
+            }
+            if position.next != row.nextSequence || position.hlc != row.hlc {
+                try await StoreRow.update(connection, nextSequence: position.next, hlc: position.hlc, logger: logger)
+            }
+            return outcomes
+        }, afterCommit: { outcomes in
+            let entries = outcomes.compactMap { outcome -> ReplicationEntry? in
+                if case .committed(let entry) = outcome.0 { return entry }
+                return nil
+            }
+            self.observer?.commitCompleted(writes: batch.count, commitSeconds: 0)
+            guard let last = entries.last?.sequence else { return }
+            self.known.withLock { $0.logEnd = max($0.logEnd, last) }
+            if self.shipping?.isConnected == true {
+                self.shipping?.written(through: last)
+                self.shipping?.durable(through: last)
+            }
+        }, afterRollback: {
+            // A data key a rolled-back write made is gone with it.
+            sealer?.forgetCurrentKeys()
+        })
+    }
+
+    /// One write of a batch: planned, logged and applied in the batch's transaction.
+    private func commitOne(_ request: WriteRequest, _ connection: PostgresConnection, position: inout LogPosition,
+                           physicalMs: UInt64) async throws -> (WriteOutcome, Recorded) {
+        let rule = rule(request.keyspace)
+        let (region, limits, logger) = (region, limits, logger)
+        if let mark = request.idempotency {
+            let live = try await IdempotencyTable.live(connection, request.keyspace, mark.key, nowMs: physicalMs, limits: limits, logger: logger)
+            switch IdempotencyCheck.check(mark, against: live) {
+            case .apply: break
+            case .replay(let record): return (.replayed(record), Recorded())
+            case .reused(let error): return (.refused(error), Recorded())
+            }
+        }
+        let current = try await KeyTable.state(connection, request.keyspace, request.key, logger: logger)
+        // A sealed keyspace's write: the subject's keys and those of the values held are read first; a CRDT
+        // operation plans on the opened value, and the entry is sealed before it is logged or applied.
+        let sealed = self.sealer?.isSealed(request.keyspace) == true ? self.sealer : nil
+        var keys = PrefetchedKeys()
+        var planned = current
+        var subject: Result<Subject, MeridianError>?
+        if let sealed {
+            subject = Result { () throws(MeridianError) in try sealed.subject(of: request.key, in: request.keyspace, given: request.subject) }
+            var wanted = PrefetchedKeys.Wanted()
+            wanted.state(request.keyspace, current)
+            if case .success(let subject) = subject { wanted.subjects[request.keyspace] = [subject] }
+            keys = try await PrefetchedKeys.read(connection, wanted, logger: logger)
+            if rule == .crdt, let current {
+                let table = keys
+                do throws(MeridianError) {
+                    planned = try sealerStep("Opening a value") { try sealed.opened(current, keyspace: request.keyspace, key: request.key, in: table) }
+                } catch {
+                    return (.refused(error), Recorded())
+                }
+            }
+        }
+        let state = planned
+        var (plan, last) = try self.withClock(past: position.hlc) { clock in
+            WritePlanner.plan(request, state: state, rule: rule, origin: region, sequence: position.next, clock: &clock,
+                              physicalMs: physicalMs, limits: limits)
+        }
+        if let sealed, let subject, case .append(let entry) = plan {
+            do throws(MeridianError) {
+                let subject = try subject.get()
+                plan = .append(try sealerStep("Sealing a value") { try sealed.sealing(entry, subject: subject, in: &keys) })
+            } catch {
+                return (.refused(error), Recorded())
+            }
+        }
+        switch plan {
+        case .refused(let error): return (.refused(error), Recorded())
+        case .preconditionFailed(let version): return (.preconditionFailed(current: version), Recorded())
+        case .append(let entry):
+            try await LogTable.append(connection, entry, codec: self.codec, logger: logger)
+            try await keys.save(connection, logger: logger)
+            var recorded = try await self.apply(entry, rule: rule, old: current, connection, nowMs: physicalMs, keys: sealed == nil ? nil : keys)
+            recorded.remembered = try await IdempotencyTable.remember(connection, entry, nowMs: physicalMs, limits: limits, logger: logger)
+            position = LogPosition(next: entry.sequence + 1, hlc: last)
+            return (.committed(entry), recorded)
+        }
     }
 
     public func idempotencyRecord(keyspace: KeyspaceName, key: IdempotencyKey) async throws(MeridianError) -> IdempotencyRecord? {

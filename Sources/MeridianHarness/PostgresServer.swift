@@ -1,4 +1,5 @@
 import Foundation
+import MeridianCore
 
 /// A throwaway PostgreSQL server from Debian's packages, for tests and the demo: a new cluster (`initdb`) in a
 /// directory of its own, listening on loopback on a free port, trusting local connections.
@@ -122,6 +123,24 @@ public final class PostgresServer: @unchecked Sendable {
         }
         watchdog = nil
         if !keeps { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Starts a throwaway server and gives each region of the cluster file `yaml` a database of its own on it.
+    /// - Returns: The server (the caller stops it) and the cluster file with each region's `store` section.
+    public static func withRegionDatabases(_ yaml: String) async throws -> (server: PostgresServer, yaml: String) {
+        let server = try await PostgresServer()
+        do {
+            var urls: [RegionName: String] = [:]
+            for region in try ClusterConfig.parse(yaml: yaml, file: "cluster").regions {
+                let name = "meridian_" + region.name.rawValue.replacingOccurrences(of: "-", with: "_")
+                try await offPool { try server.ensureDatabase(name) }
+                urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/\(name)?sslmode=disable"
+            }
+            return (server, DemoCluster.withPostgresStores(yaml, urls))
+        } catch {
+            await server.stop()
+            throw error
+        }
     }
 
     /// Creates the database unless it exists.

@@ -47,17 +47,7 @@ extension Bench {
                 say("\n=== regions on \(kind) ===")
                 var yaml = try BenchCluster.yaml()
                 var database: PostgresServer?
-                if kind == "postgres" {
-                    let server = try await PostgresServer()
-                    database = server
-                    var urls: [RegionName: String] = [:]
-                    for region in try ClusterConfig.parse(yaml: yaml, file: "bench").regions {
-                        let name = "meridian_" + region.name.rawValue.replacingOccurrences(of: "-", with: "_")
-                        try server.ensureDatabase(name)
-                        urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/\(name)?sslmode=disable"
-                    }
-                    yaml = DemoCluster.withPostgresStores(yaml, urls)
-                }
+                if kind == "postgres" { (database, yaml) = try await PostgresServer.withRegionDatabases(yaml) }
                 do {
                     try await whileStarted(try BenchCluster(directory: data, latencyScale: latencyScale, yaml: yaml),
                                            start: { try await $0.start() }, stop: { await $0.stop() }) { try await measure($0, store: kind) }

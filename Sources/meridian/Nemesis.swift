@@ -58,17 +58,7 @@ struct Nemesis: AsyncParsableCommand {
         let directory = data ?? (FileManager.default.temporaryDirectory.appendingPathComponent("meridian-nemesis-\(seed)-\(UUID().uuidString.prefix(8))").path)
         var yaml = try LocalCluster.demoYAML()
         var database: PostgresServer?
-        if store == "postgres" {
-            let server = try await PostgresServer()
-            database = server
-            var urls: [RegionName: String] = [:]
-            for region in try ClusterConfig.parse(yaml: yaml, file: "nemesis").regions {
-                let name = "meridian_" + region.name.rawValue.replacingOccurrences(of: "-", with: "_")
-                try server.ensureDatabase(name)
-                urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/\(name)?sslmode=disable"
-            }
-            yaml = DemoCluster.withPostgresStores(yaml, urls)
-        }
+        if store == "postgres" { (database, yaml) = try await PostgresServer.withRegionDatabases(yaml) }
         defer { if let database { Task { await database.stop() } } }
         if secure {
             let setup: SecureSetup

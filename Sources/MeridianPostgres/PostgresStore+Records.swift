@@ -138,6 +138,7 @@ extension PostgresStore {
                 let entry = try codec.decode(try row.decode(ByteBuffer.self).readableBytesView)
                 try await DivergenceTable.insert(entry, successorEpoch: successorEpoch, connection, codec: codec, nowMs: nowMs, logger: logger)
                 keys.insert(entry.key)
+                Progress.heard()
                 // A write kept aside is no longer applied here: a retry of it must apply again.
                 if let mark = entry.idempotency {
                     try await connection.query("""

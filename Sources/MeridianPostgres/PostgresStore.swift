@@ -169,14 +169,27 @@ public final class PostgresStore: RegionStorage {
 
     static func bounded<T: Sendable>(_ doing: String, timeout: Duration, _ work: @escaping @Sendable () async throws -> T) async throws(MeridianError) -> T {
         let race = Race<T>()
+        let progress = Progress()
         let running = Task {
-            do { race.finish(.success(try await work())) } catch { race.finish(.failure(PostgresFailure.wrap(error, doing))) }
+            await Progress.$current.withValue(progress) {
+                do { race.finish(.success(try await work())) } catch { race.finish(.failure(PostgresFailure.wrap(error, doing))) }
+            }
         }
+        // The bound is on silence, not on length: a batch whose statements keep being answered runs on.
         let timer = Task {
-            try? await Task.sleep(for: timeout)
-            guard !Task.isCancelled else { return }
-            race.finish(.failure(MeridianError(.storageFailure, "\(doing) got no answer from the region's PostgreSQL within \(timeout). Check that the database is up and reachable from this node; a change that timed out may still have committed, so retry a write with its idempotency key.")))
-            running.cancel()
+            var deadline = progress.last + timeout
+            while !Task.isCancelled {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                guard !Task.isCancelled else { return }
+                let renewed = progress.last + timeout
+                if renewed > ContinuousClock.now {
+                    deadline = renewed
+                    continue
+                }
+                race.finish(.failure(MeridianError(.storageFailure, "\(doing) got no answer from the region's PostgreSQL within \(timeout). Check that the database is up and reachable from this node; a change that timed out may still have committed, so retry a write with its idempotency key.")))
+                running.cancel()
+                return
+            }
         }
         defer { timer.cancel() }
         return try await race.outcome().get()
@@ -230,6 +243,7 @@ public final class PostgresStore: RegionStorage {
             var outcomes: [(WriteOutcome, Recorded)] = []
             for request in batch {
                 outcomes.append(try await self.commitOne(request, connection, position: &position, physicalMs: physicalMs))
+                Progress.heard()
             }
             if position.next != row.nextSequence || position.hlc != row.hlc {
                 try await StoreRow.update(connection, nextSequence: position.next, hlc: position.hlc, logger: logger)
@@ -519,6 +533,7 @@ public final class PostgresStore: RegionStorage {
                 step.remembered = try await IdempotencyTable.remember(connection, entry, nowMs: physicalMs, limits: self.limits, logger: logger)
                 recorded[entry.keyspace, default: Recorded()].add(step)
                 newest = self.received(entry.hlc, floor: newest, physicalMs: physicalMs)
+                Progress.heard()
             }
             try await AppliedTable.set(connection, origin, through, logger: logger)
             try await StoreRow.update(connection, hlc: newest, logger: logger)
@@ -699,6 +714,7 @@ public final class PostgresStore: RegionStorage {
                 recorded.add(try await ConflictTable.record(KeyChange.changes(old: local, new: merged, rule: rule), keyspace: keyspace, key: item.key,
                                                             connection, nowMs: physicalMs, limits: limits, logger: logger))
                 changed += 1
+                Progress.heard()
             }
             try await StoreRow.update(connection, hlc: newest, logger: logger)
             return (changed, recorded)
@@ -796,4 +812,24 @@ final class Race<T: Sendable>: Sendable {
             if let ready { continuation.resume(returning: ready) }
         }
     }
+}
+
+/// When a bounded request last heard from the database: long steps (a batch of writes, a batch of entries) mark each
+/// answer, so the bound measures silence rather than length.
+final class Progress: Sendable {
+    @TaskLocal static var current: Progress?
+    private static let origin = ContinuousClock.now
+    private let nanoseconds = Atomic<Int64>(0)
+
+    init() { mark() }
+
+    /// The request of the current task heard from the database now.
+    static func heard() { current?.mark() }
+
+    private func mark() {
+        let elapsed = ContinuousClock.now - Self.origin
+        nanoseconds.store(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000, ordering: .relaxed)
+    }
+
+    var last: ContinuousClock.Instant { Self.origin + .nanoseconds(nanoseconds.load(ordering: .relaxed)) }
 }

@@ -37,6 +37,8 @@ public final class PostgresStore: RegionStorage {
     private let remembered = Mutex(0)
     /// Writes waiting for the next batch's transaction.
     private let committer: PostgresCommitter
+    /// When the database last answered this store.
+    private let progress = Progress()
     let codec: EntryCodec
     /// The largest stored state this store decodes (CRDT states may outgrow one value).
     static let stateBytesMax = Int(Int32.max)
@@ -55,17 +57,18 @@ public final class PostgresStore: RegionStorage {
         var configuration = configuration
         let timeoutMs = max(Int64(requestTimeout.components.seconds) * 1_000 + requestTimeout.components.attoseconds / 1_000_000_000_000_000, 200)
         // Every session: read committed (the store row's lock then sees the last change), commits durable before
-        // they return, and no statement, lock wait or abandoned transaction outliving a request.
+        // they return, and no statement, lock wait or abandoned transaction outliving the longest a request may take
+        // (six bounds). A node that dies inside a transaction gives the row back after two bounds of idleness.
         configuration.options.additionalStartupParameters += [
             ("default_transaction_isolation", "read committed"), ("synchronous_commit", "on"),
-            ("statement_timeout", "\(timeoutMs)ms"), ("lock_timeout", "\(timeoutMs * 9 / 10)ms"),
+            ("statement_timeout", "\(timeoutMs * 6)ms"), ("lock_timeout", "\(timeoutMs * 6)ms"),
             ("idle_in_transaction_session_timeout", "\(timeoutMs * 2)ms"),
         ]
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let running = Task { await client.run() }
         let region = context.region
         do {
-            let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3) { () async throws -> (StoreRow, Known) in
+            let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3, progress: Progress()) { () async throws -> (StoreRow, Known) in
                 try await Self.checkServer(client, logger: logger)
                 try await PostgresSchema.migrate(client, logger: logger)
                 let row = try await StoreRow.claim(client, region: region, logger: logger)
@@ -164,24 +167,33 @@ public final class PostgresStore: RegionStorage {
     /// for a connection to an unreachable server without end). Work that times out goes on in the background until
     /// the database or the connection ends it: a change that timed out may still commit, as after any lost answer.
     private func bounded<T: Sendable>(_ doing: String, _ work: @escaping @Sendable () async throws -> T) async throws(MeridianError) -> T {
-        try await Self.bounded(doing, timeout: requestTimeout, work)
+        try await Self.bounded(doing, timeout: requestTimeout, progress: progress, work)
     }
 
-    static func bounded<T: Sendable>(_ doing: String, timeout: Duration, _ work: @escaping @Sendable () async throws -> T) async throws(MeridianError) -> T {
+    /// `progress` is the store's: the bound is on the database's silence towards this store, not on one request's
+    /// length, so a write waiting for the store row behind a long batch the database keeps answering waits on. A
+    /// request still fails after six bounds, however the others fare.
+    static func bounded<T: Sendable>(_ doing: String, timeout: Duration, progress: Progress,
+                                     _ work: @escaping @Sendable () async throws -> T) async throws(MeridianError) -> T {
         let race = Race<T>()
-        let progress = Progress()
+        let started = ContinuousClock.now
         let running = Task {
             await Progress.$current.withValue(progress) {
-                do { race.finish(.success(try await work())) } catch { race.finish(.failure(PostgresFailure.wrap(error, doing))) }
+                do {
+                    let result = try await work()
+                    progress.heard()
+                    race.finish(.success(result))
+                } catch {
+                    race.finish(.failure(PostgresFailure.wrap(error, doing)))
+                }
             }
         }
-        // The bound is on silence, not on length: a batch whose statements keep being answered runs on.
         let timer = Task {
-            var deadline = progress.last + timeout
+            var deadline = min(progress.last + timeout, started + timeout * 6)
             while !Task.isCancelled {
                 try? await Task.sleep(until: deadline, clock: .continuous)
                 guard !Task.isCancelled else { return }
-                let renewed = progress.last + timeout
+                let renewed = min(progress.last + timeout, started + timeout * 6)
                 if renewed > ContinuousClock.now {
                     deadline = renewed
                     continue
@@ -814,19 +826,19 @@ final class Race<T: Sendable>: Sendable {
     }
 }
 
-/// When a bounded request last heard from the database: long steps (a batch of writes, a batch of entries) mark each
-/// answer, so the bound measures silence rather than length.
+/// When a store last heard from its database: every request that completes marks it, and long steps (a batch of
+/// writes, a batch of entries) mark each answer, so the bound measures silence rather than length.
 final class Progress: Sendable {
     @TaskLocal static var current: Progress?
     private static let origin = ContinuousClock.now
     private let nanoseconds = Atomic<Int64>(0)
 
-    init() { mark() }
+    init() { heard() }
 
     /// The request of the current task heard from the database now.
-    static func heard() { current?.mark() }
+    static func heard() { current?.heard() }
 
-    private func mark() {
+    func heard() {
         let elapsed = ContinuousClock.now - Self.origin
         nanoseconds.store(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000, ordering: .relaxed)
     }

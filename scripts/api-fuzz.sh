@@ -9,7 +9,7 @@
 #
 # --secure runs the demo as `meridian up --secure` starts it (HTTPS, tokens): schemathesis sends the admin
 # token, and before it every route of the document is called without a token and must answer 401 with the
-# JSON error (every route but /health, which answers 200).
+# JSON error (every route but /health and /ready, the probes, which answer 200).
 #
 # MERIDIAN_BINARY picks the binary (default .build/debug/meridian); the cluster uses the demo's ports 7101-7103.
 set -euo pipefail
@@ -39,7 +39,7 @@ if [ "$secure" -eq 1 ]; then
   ca="$data/secure/certs/ca.pem"
   curl_tls=(--cacert "$ca")
   st_auth=(-H "Authorization: Bearer $(cat "$data/secure/admin.token")" --tls-verify "$ca")
-  # Without a token, every documented route answers 401 with the JSON error, but /health.
+  # Without a token, every documented route answers 401 with the JSON error, but the probes /health and /ready.
   python3 - "$ca" <<'PY' || status=1
 import json, re, ssl, sys, urllib.request, urllib.error
 import yaml
@@ -55,13 +55,13 @@ for path, operations in document["paths"].items():
             status, body, challenge = answer.status, answer.read(), None
         except urllib.error.HTTPError as error:
             status, body, challenge = error.code, error.read(), error.headers.get("WWW-Authenticate")
-        expected = 200 if path == "/health" else 401
+        expected = 200 if path in ("/health", "/ready") else 401
         ok = status == expected and (expected == 200 or (json.loads(body)["error"]["code"] == "unauthenticated" and challenge and challenge.startswith("Bearer")))
         if not ok:
             print(f"api-fuzz: {method.upper()} {path} without a token answered {status} {body[:200]!r}", file=sys.stderr)
             sys.exit(1)
         checked += 1
-print(f"api-fuzz: without a token, {checked} operations answered 401 (and /health 200)")
+print(f"api-fuzz: without a token, {checked} operations answered 401 (and /health and /ready 200)")
 PY
 else
   start_demo_cluster api-fuzz --latency-scale 0.1

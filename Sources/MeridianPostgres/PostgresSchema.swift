@@ -215,6 +215,7 @@ public enum PostgresSchema {
                     guard done.isEmpty else { return false }
                     for statement in migration.statements {
                         try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                        Progress.heard()
                     }
                     try await connection.query("INSERT INTO meridian_migrations (version, summary) VALUES (\(migration.version), \(migration.summary))", logger: logger)
                     return true

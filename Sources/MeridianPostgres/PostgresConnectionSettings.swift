@@ -8,10 +8,13 @@ import PostgresNIO
 extension PostgresStore {
     /// A factory opening a region's store in the database `config` names, the password read when the store opens
     /// (from the environment variable or file the cluster file names).
+    /// With a `fence`, every change the store makes checks that this process still holds the region's lease at its
+    /// epoch (a node sharing the database with others).
     public static func factory(_ config: PostgresStoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment,
-                               logger: Logger) -> StoreFactory {
+                               fence: LeaseFence? = nil, logger: Logger) -> StoreFactory {
         { context throws(MeridianError) in
-            try await PostgresStore.open(try PostgresConnectionSettings.client(config, environment: environment), context: context, logger: logger)
+            try await PostgresStore.open(try PostgresConnectionSettings.client(config, environment: environment), context: context, fence: fence,
+                                         logger: logger)
         }
     }
 }

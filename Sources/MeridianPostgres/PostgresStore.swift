@@ -43,6 +43,9 @@ public final class PostgresStore: RegionStorage {
     /// The largest stored state this store decodes (CRDT states may outgrow one value).
     static let stateBytesMax = Int(Int32.max)
 
+    /// The region lease this store's changes run under (nil: a node alone on its database, unfenced).
+    let fence: LeaseFence?
+
     struct Known: Sendable {
         var logEnd: UInt64
         var logFloor: UInt64
@@ -53,7 +56,7 @@ public final class PostgresStore: RegionStorage {
     /// - Throws: `storage_failure` when the database is unreachable or belongs to another region, or when the
     ///   cluster has sealed keyspaces (not kept in PostgreSQL yet).
     public static func open(_ configuration: PostgresClient.Configuration, context: StoreContext, requestTimeout: Duration = .seconds(10),
-                            logger: Logger) async throws(MeridianError) -> PostgresStore {
+                            fence: LeaseFence? = nil, logger: Logger) async throws(MeridianError) -> PostgresStore {
         var configuration = configuration
         let timeoutMs = max(Int64(requestTimeout.components.seconds) * 1_000 + requestTimeout.components.attoseconds / 1_000_000_000_000_000, 200)
         // Every session: read committed (the store row's lock then sees the last change), commits durable before
@@ -85,7 +88,7 @@ public final class PostgresStore: RegionStorage {
                 return (row, known)
             }
             return PostgresStore(client: client, running: running, context: context, requestTimeout: requestTimeout, logger: logger, floor: row.hlc,
-                                 known: known)
+                                 known: known, fence: fence)
         } catch {
             running.cancel()
             throw error
@@ -105,8 +108,9 @@ public final class PostgresStore: RegionStorage {
     }
 
     private init(client: PostgresClient, running: Task<Void, Never>, context: StoreContext, requestTimeout: Duration, logger: Logger, floor: HLCTimestamp,
-                 known: Known) {
+                 known: Known, fence: LeaseFence?) {
         self.client = client
+        self.fence = fence
         self.requestTimeout = requestTimeout
         committer = PostgresCommitter(limits: context.limits)
         self.running = running
@@ -136,10 +140,11 @@ public final class PostgresStore: RegionStorage {
     /// even after the caller was answered that it timed out.
     func changing<T: Sendable>(_ doing: String, _ body: @escaping @Sendable (PostgresConnection, StoreRow) async throws -> T,
                                afterCommit: (@Sendable (T) -> Void)? = nil, afterRollback: (@Sendable () -> Void)? = nil) async throws(MeridianError) -> T {
-        let (region, logger, client) = (region, logger, client)
+        let (region, logger, client, fence) = (region, logger, client, fence)
         return try await bounded(doing) {
             do {
                 let (result, row) = try await client.withTransaction(logger: logger) { connection in
+                    try await fence?.check(connection, logger: logger)
                     let row = try await StoreRow.lock(connection, region: region, logger: logger)
                     return (try await body(connection, row), row)
                 }
@@ -398,10 +403,11 @@ public final class PostgresStore: RegionStorage {
         guard due else { return }
         do {
             // Outside the store row: a prune takes no number, and writes need not wait for it.
-            let client = client
+            let (client, fence) = (client, fence)
             let evicted = try await bounded("Pruning idempotency records") {
                 try await client.withTransaction(logger: logger) { connection in
-                    try await IdempotencyTable.prune(connection, nowMs: nowMs, limits: limits, logger: logger)
+                    try await fence?.check(connection, logger: logger)
+                    return try await IdempotencyTable.prune(connection, nowMs: nowMs, limits: limits, logger: logger)
                 }
             }
             if evicted > 0 { observer?.idempotencyKeysEvicted(evicted) }

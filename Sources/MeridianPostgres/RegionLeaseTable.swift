@@ -137,3 +137,27 @@ public struct RegionLeaseTable: Sendable {
         try await connection.query("SELECT set_config('lock_timeout', \(timeout), true), set_config('statement_timeout', \(timeout), true)", logger: logger)
     }
 }
+
+/// The lease a store's changes run under: each change's transaction first checks (``RegionLeaseTable/fence(_:epoch:logger:)``)
+/// that this process still holds the region's lease at `epoch`, so a holder that lost it changes nothing more.
+public struct LeaseFence: Sendable {
+    public let table: RegionLeaseTable
+    public let epoch: UInt64
+    /// Told when a change found the lease gone (the holder then stops its duties at once, not at its next renewal).
+    let lost: @Sendable (UInt64) -> Void
+
+    public init(table: RegionLeaseTable, epoch: UInt64, lost: @escaping @Sendable (UInt64) -> Void) {
+        self.table = table
+        self.epoch = epoch
+        self.lost = lost
+    }
+
+    func check(_ connection: PostgresConnection, logger: Logger) async throws(MeridianError) {
+        do {
+            try await table.fence(connection, epoch: epoch, logger: logger)
+        } catch where error.code == .leaseLost {
+            lost(epoch)
+            throw error
+        }
+    }
+}

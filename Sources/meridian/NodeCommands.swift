@@ -50,6 +50,8 @@ struct NodeCommand: AsyncParsableCommand {
                                valueName: "ms")) var clockOffsetMs: Int64 = 0
     @Flag(help: "Start even on an address other machines can reach without auth and TLS in the cluster file (protected mode off).")
     var insecure = false
+    @Option(help: ArgumentHelp("This node's name in the region's lease (regions on PostgreSQL, where several nodes may share one database). Default: the host name.",
+                               valueName: "name")) var nodeName: String?
     @Option(help: ArgumentHelp("The region's root key (base64 of 32 bytes, mode 0600), which seals the data keys of sealed keyspaces; made when the data directory is new. Default: <data>/<region>.root-key. MERIDIAN_ROOT_KEY overrides it.",
                                valueName: "file")) var rootKeyFile: String?
 
@@ -74,7 +76,8 @@ struct NodeCommand: AsyncParsableCommand {
         var logger = Logger(label: "meridian")
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level '\(logLevel)' is not a log level.") }
         logger.logLevel = level
-        let node: RegionNode
+        var node: RegionNode?
+        var leased: LeasedNode?
         do {
             var configuration = try NodeConfiguration(cluster: config, region: regionName, clientAddress: address, peerRoute: route, clockOffsetMs: clockOffsetMs)
             configuration.insecure = insecure
@@ -90,16 +93,23 @@ struct NodeCommand: AsyncParsableCommand {
             configuration.rootKeyFile = environment[RootKeyFile.environmentVariable] == nil ? keyPath : nil
             // Absolute: the node's working directory is not the operator's, and backups name absolute paths.
             configuration.backupDirectory = URL(fileURLWithPath: data).appendingPathComponent("backups").standardizedFileURL.path
-            let factory: StoreFactory = switch config.region(regionName)?.store ?? .sqlite {
-            case .sqlite: RegionStore.factory(directory: data, logger: logger)
-            case .postgres(let settings): PostgresStore.factory(settings, logger: logger)
+            switch config.region(regionName)?.store ?? .sqlite {
+            case .sqlite:
+                node = try await RegionNode(configuration: configuration, store: RegionStore.factory(directory: data, logger: logger), logger: logger)
+            case .postgres(let settings):
+                // Any number of nodes may share the region's database: the one holding its lease serves the region.
+                let (configured, logger) = (configuration, logger)
+                leased = LeasedNode(store: settings, table: RegionLeaseTable(region: regionName, node: nodeName ?? ProcessInfo.processInfo.hostName),
+                                    settings: try DutyLease.Settings(), logger: logger) { fence throws(MeridianError) in
+                    try await RegionNode(configuration: configured, store: PostgresStore.factory(settings, fence: fence, logger: logger), logger: logger)
+                }
             }
-            node = try await RegionNode(configuration: configuration, store: factory, logger: logger)
         } catch {
             throw CLIFailure(error.message)
         }
         if exitWithParent { watchParent() }
-        try await node.run()
+        try await node?.run()
+        try await leased?.run()
     }
 }
 

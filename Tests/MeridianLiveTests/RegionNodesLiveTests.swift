@@ -1,0 +1,166 @@
+// Several node processes of one region on one PostgreSQL database: the one holding the region's lease serves the
+// region, another takes over when it dies, nothing acknowledged is lost and no log number is reused, and a holder
+// that was paused past its lease changes nothing once it wakes.
+import Foundation
+import MeridianHarness
+import Testing
+
+extension LiveTests {
+    @Suite(.serialized) struct RegionNodesLiveTests {
+        static let keyspaces = """
+              - { name: ledger, topology: single-leader, leader: solo, ack: majority }
+              - { name: notes, topology: multi-leader, ack: async }
+
+            """
+
+        /// Two nodes of region `solo` sharing a database and a root key, the cluster file naming one client address.
+        struct Region {
+            let scratch: Scratch
+            let port: Int
+            let arguments: [String]
+
+            init() async throws {
+                scratch = try Scratch()
+                let server = try await PostgresServer.shared.value
+                let store = "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/\(try await server.newDatabase())?sslmode=disable\" }"
+                port = try LocalProcesses.freePort()
+                let config = scratch.file("cluster.yaml")
+                try (try clusterYAML(regions: ["solo"], ports: [port, try LocalProcesses.freePort()], keyspaces: RegionNodesLiveTests.keyspaces,
+                                     stores: ["solo": store])).write(toFile: config, atomically: true, encoding: .utf8)
+                arguments = ["node", "--config", config, "--region", "solo", "--root-key-file", scratch.file("solo.root-key"),
+                             "--exit-with-parent", "--log-level", "info"]
+            }
+
+            func start(_ name: String) throws -> Process {
+                try LocalProcesses.start(MeridianBinary.path, arguments + ["--data", scratch.file(name), "--node-name", name],
+                                         logPath: scratch.file("\(name).log"))
+            }
+
+            func log(_ name: String) -> String {
+                (try? String(contentsOfFile: scratch.file("\(name).log"), encoding: .utf8)) ?? ""
+            }
+
+            /// Whether `name`'s log says it holds the lease (it started the region's duties).
+            func holds(_ name: String) -> Bool {
+                log(name).contains("holding the region's lease")
+            }
+        }
+
+        /// Waits (bounded) until `condition` holds.
+        static func eventually(seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
+            let deadline = ContinuousClock.now + .seconds(seconds)
+            while ContinuousClock.now < deadline {
+                if try await condition() { return true }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            return try await condition()
+        }
+
+        static func sequence(_ etag: String?) -> Int? {
+            etag.flatMap { Int($0.dropFirst().dropLast().split(separator: ".").last ?? "") }
+        }
+
+        @Test(.timeLimit(.minutes(3)))
+        func whenTheHolderIsKilledAnotherNodeServesEveryAcknowledgedWrite() async throws {
+            let region = try await Region()
+            defer { region.scratch.remove() }
+            let first = try region.start("node-a")
+            defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: first, timeoutSeconds: 60))
+            #expect(region.holds("node-a"), "\(LocalCluster.tail(region.log("node-a"), lines: 20))")
+            let second = try region.start("node-b")
+            defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+            #expect(try await Self.eventually(seconds: 30) { region.log("node-b").contains("waiting for region solo's lease") })
+
+            // 300 writes over 6 connections to both keyspaces, so group commit batches them.
+            let acknowledged = try await withThrowingTaskGroup(of: [(String, String, String)].self) { group in
+                for writer in 0..<6 {
+                    group.addTask {
+                        let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: region.port)
+                        var acks: [(String, String, String)] = []
+                        for index in 0..<50 {
+                            let path = "/v1/kv/\(writer % 2 == 0 ? "ledger" : "notes")/w\(writer)/k\(index)"
+                            let value = "value-\(writer)-\(index)"
+                            let response = try await connection.request("PUT", path, body: Array(value.utf8))
+                            #expect(response.status == 200, "\(response.text)")
+                            if response.status == 200, let etag = response.header("ETag") { acks.append((path, value, etag)) }
+                        }
+                        await connection.close()
+                        return acks
+                    }
+                }
+                return try await group.reduce(into: []) { $0 += $1 }
+            }
+            #expect(acknowledged.count == 300)
+            #expect(!region.holds("node-b"), "node-b took the lease while node-a held it")
+
+            kill(first.processIdentifier, SIGKILL)
+            #expect(await LocalProcesses.waitExited(first), "node-a survived SIGKILL")
+            let killed = ContinuousClock.now
+            // The lease runs 5 s; node-b then binds the region's addresses and serves.
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: second, timeoutSeconds: 30))
+            let takeover = ContinuousClock.now - killed
+            #expect(region.holds("node-b"))
+            #expect(takeover < .seconds(15), "node-b served \(takeover) after node-a was killed")
+
+            let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: region.port)
+            var missing: [String] = []
+            for (path, value, etag) in acknowledged {
+                let response = try await connection.request("GET", path)
+                if response.status != 200 || response.text != value || response.header("ETag") != etag { missing.append("\(path): \(response.text)") }
+            }
+            #expect(missing.isEmpty, "\(missing.count) acknowledged writes lost or changed: \(missing.prefix(5))")
+            // One log for the region, whichever node writes: the next number follows the highest acknowledged.
+            let highest = acknowledged.compactMap { Self.sequence($0.2) }.max() ?? 0
+            let next = try await connection.request("PUT", "/v1/kv/notes/after-takeover", body: Array("x".utf8))
+            #expect(next.status == 200, "\(next.text)")
+            #expect(Self.sequence(next.header("ETag")) == highest + 1, "after \(highest): \(next.header("ETag") ?? "-")")
+            await connection.close()
+            #expect(await LocalProcesses.stop(second), "node-b shuts down cleanly on SIGTERM")
+        }
+
+        @Test(.timeLimit(.minutes(3)))
+        func aHolderPausedPastItsLeaseChangesNothingWhenItWakes() async throws {
+            let region = try await Region()
+            defer { region.scratch.remove() }
+            let first = try region.start("node-a")
+            defer {
+                if first.isRunning {
+                    kill(first.processIdentifier, SIGCONT)
+                    kill(first.processIdentifier, SIGKILL)
+                }
+            }
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: first, timeoutSeconds: 60))
+            let second = try region.start("node-b")
+            defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+            #expect(try await Self.eventually(seconds: 30) { region.log("node-b").contains("waiting for region solo's lease") })
+            let stale = try await HTTPConnection.connect(host: "127.0.0.1", port: region.port)
+            #expect(try await stale.request("PUT", "/v1/kv/notes/before", body: Array("a".utf8)).status == 200)
+
+            // Paused, node-a keeps its sockets; node-b is granted the lease once it expires, and cannot bind the
+            // region's addresses until node-a lets them go.
+            kill(first.processIdentifier, SIGSTOP)
+            #expect(try await Self.eventually(seconds: 30) { region.holds("node-b") }, "node-b was not granted the lease")
+            // A write already on its way to node-a when it wakes: refused (fenced or stopped), never acknowledged.
+            async let answer = stale.request("PUT", "/v1/kv/notes/from-the-stale-holder", body: Array("stale".utf8))
+            try await Task.sleep(for: .milliseconds(200))
+            kill(first.processIdentifier, SIGCONT)
+            let staleAnswer = try? await answer
+            #expect(staleAnswer?.status != 200, "the paused holder acknowledged a write after losing its lease: \(staleAnswer?.text ?? "")")
+            await stale.close()
+
+            // node-a stops its duties and frees the addresses; node-b serves the region.
+            #expect(try await Self.eventually(seconds: 30) { region.log("node-a").contains("stopping the region's single-instance duties") })
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: second, timeoutSeconds: 30))
+            let connection = try await HTTPConnection.connect(host: "127.0.0.1", port: region.port)
+            #expect(try await connection.request("GET", "/v1/kv/notes/before").text == "a")
+            #expect(try await connection.request("GET", "/v1/kv/notes/from-the-stale-holder").status == 404)
+            #expect(try await connection.request("PUT", "/v1/kv/ledger/after", body: Array("b".utf8)).status == 200)
+            await connection.close()
+            // node-a waits as a standby now: stopping node-b hands the lease back to it at once.
+            #expect(await LocalProcesses.stop(second), "node-b shuts down cleanly on SIGTERM")
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: first, timeoutSeconds: 30))
+            #expect(await LocalProcesses.stop(first), "node-a shuts down cleanly on SIGTERM")
+        }
+    }
+}

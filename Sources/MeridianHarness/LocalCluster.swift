@@ -25,6 +25,9 @@ public final class LocalCluster: Sendable {
         public var gateway = false
         /// The environment of the gateway's process (its token, its CA bundle).
         public var gatewayEnvironment: [String: String] = [:]
+        /// Regions (on PostgreSQL) given a second node process sharing their database: it waits for the region's lease
+        /// and serves the region when the first node dies (started once every region answers `/health`).
+        public var standbyRegions: Set<RegionName> = []
 
         public init(executable: String = LocalProcesses.currentExecutable(), directory: String, latencyScale: Double? = nil, logLevel: String? = nil,
                     nodeArguments: [String: [String]] = [:], startupTimeoutSeconds: Double = 60) {
@@ -47,6 +50,7 @@ public final class LocalCluster: Sendable {
         var gateway: Process?
         var gatewayListen: Endpoint?
         var nodes: [RegionName: Process] = [:]
+        var standbys: [RegionName: Process] = [:]
         var incarnations: [RegionName: Int] = [:]
         var offsets: [RegionName: Int64] = [:]
     }
@@ -123,6 +127,8 @@ public final class LocalCluster: Sendable {
         try await startWAN(stop: stop)
         for region in config.regions { try startNode(region.name) }
         for region in config.regions { try await waitHealthy(region.name, stop: stop) }
+        // After the first node made the region's root key, which the second reads.
+        for region in config.regions where options.standbyRegions.contains(region.name) { try startStandby(region.name) }
         if options.gateway { try await startGateway(stop: stop) }
     }
 
@@ -182,6 +188,17 @@ public final class LocalCluster: Sendable {
         processes.withLock { $0.nodes[region] = process }
     }
 
+    /// Starts a second node for a region on PostgreSQL: the same arguments under another node name, logging to
+    /// `REGION-standby.log`. It serves the region once it holds the region's lease.
+    public func startStandby(_ region: RegionName) throws {
+        var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent",
+                         "--root-key-file", rootKeyFile(region), "--node-name", "\(region)-standby"]
+        if let level = options.logLevel { arguments += ["--log-level", level] }
+        arguments += options.nodeArguments[region.rawValue, default: []]
+        let process = try LocalProcesses.start(options.executable, arguments, logPath: standbyLog(region))
+        processes.withLock { $0.standbys[region] = process }
+    }
+
     /// Waits until the region answers `/health`.
     /// - Throws: ``LaunchFailure`` when it does not within the start-up timeout (or its process exits).
     public func waitHealthy(_ region: RegionName, stop: @escaping @Sendable () -> Bool = { false }) async throws {
@@ -195,7 +212,7 @@ public final class LocalCluster: Sendable {
 
     /// Stops every process started (SIGCONT first, so a paused one can exit), the nodes before the WAN emulator.
     public func stop() async {
-        let (nodes, wan, gateway) = processes.withLock { (Array($0.nodes.values), $0.wan, $0.gateway) }
+        let (nodes, wan, gateway) = processes.withLock { (Array($0.nodes.values) + Array($0.standbys.values), $0.wan, $0.gateway) }
         if let gateway { await LocalProcesses.stop(gateway) }
         await withTaskGroup(of: Void.self) { group in
             for process in nodes {
@@ -246,6 +263,9 @@ public final class LocalCluster: Sendable {
         let number = incarnation ?? processes.withLock { $0.incarnations[region] ?? 1 }
         return (directory as NSString).appendingPathComponent(number <= 1 ? "\(region).log" : "\(region).\(number).log")
     }
+
+    public func standbyLog(_ region: RegionName) -> String { (directory as NSString).appendingPathComponent("\(region)-standby.log") }
+    public func standbyProcess(_ region: RegionName) -> Process? { processes.withLock { $0.standbys[region] } }
 
     public var wanLog: String { (directory as NSString).appendingPathComponent("wan.log") }
 

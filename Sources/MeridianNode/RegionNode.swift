@@ -131,17 +131,30 @@ public final class RegionNode: Sendable {
             }
             sealer = ValueSealer(region: configuration.region, keys: rootKeys, sealed: sealed)
         }
+        // Checked before the store opens, so a node that cannot start leaves no store open.
+        let tls = try configuration.cluster.tls.map { config throws(MeridianError) in
+            try NodeTLS(config: config, region: configuration.region, cluster: configuration.cluster.name)
+        }
+        self.tls = tls
         // This region's entries ship while their commit's fsync runs, once the replicator below is connected to it.
         let shipping = CommitShipping()
-        self.store = try await openStore(StoreContext(
+        let store = try await openStore(StoreContext(
             region: configuration.region, limits: configuration.cluster.limits,
             conflictRules: Dictionary(uniqueKeysWithValues: configuration.cluster.keyspaces.map { ($0.name, ConflictRule(policy: $0)) }),
             physicalClockMs: wallClockMs, observer: metrics, sealer: sealer, shipping: shipping))
-        let restoredLogEnd = try await store.restorePending()
+        self.store = store
+        let restoredLogEnd: UInt64?
+        let leadership: Leadership
+        do throws(MeridianError) {
+            restoredLogEnd = try await store.restorePending()
+            leadership = try await Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
+                                              wallClockMs: wallClockMs, logger: logger, restoring: restoredLogEnd != nil)
+        } catch {
+            store.close()
+            throw error
+        }
         let restore = RestoreState(restoredLogEnd.map { RestoreCatchUp(region: configuration.region, cluster: configuration.cluster, backupLogEnd: $0) })
         self.restore = restore
-        let leadership = try await Leadership(region: configuration.region, cluster: configuration.cluster, store: store,
-                                        wallClockMs: wallClockMs, logger: logger, restoring: restoredLogEnd != nil)
         self.leadership = leadership
         let clock = ClockWatch(region: configuration.region, cluster: configuration.cluster, injectedOffsetMs: configuration.clockOffsetMs,
                                logger: logger, onChange: { leadership.clockFenced($0) })
@@ -152,10 +165,6 @@ public final class RegionNode: Sendable {
             nil
         }
         self.verifier = verifier
-        let tls = try configuration.cluster.tls.map { config throws(MeridianError) in
-            try NodeTLS(config: config, region: configuration.region, cluster: configuration.cluster.name)
-        }
-        self.tls = tls
         let opened = store
         let audit = configuration.rootKeys.map {
             AuditLog(region: configuration.region, store: opened, rootKey: $0.audit, wallClockMs: wallClockMs, held: restoredLogEnd != nil)

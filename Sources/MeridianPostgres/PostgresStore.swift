@@ -65,7 +65,7 @@ public final class PostgresStore: RegionStorage {
         configuration.options.additionalStartupParameters += [
             ("default_transaction_isolation", "read committed"), ("synchronous_commit", "on"),
             ("statement_timeout", "\(timeoutMs * 6)ms"), ("lock_timeout", "\(timeoutMs * 6)ms"),
-            ("idle_in_transaction_session_timeout", "\(timeoutMs * 2)ms"),
+            ("idle_in_transaction_session_timeout", "\(fence.map { min(timeoutMs * 2, Int64($0.ttlMs)) } ?? timeoutMs * 2)ms"),
         ]
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let running = Task { await client.run() }

@@ -33,6 +33,8 @@ public actor RegionLeaseKeeper {
     private let origin: ContinuousClock.Instant
     private var machine: DutyLease
     private var statements = 0
+    /// The other node last seen holding the lease (logged once per holder).
+    private var otherHolder: String?
     private var releases: [Task<Void, Never>] = []
 
     public init(table: RegionLeaseTable, client: PostgresClient, settings: DutyLease.Settings, duties: Duties, logger: Logger) {
@@ -124,6 +126,10 @@ public actor RegionLeaseKeeper {
 
     private func answered(_ event: DutyLease.Event) {
         statements -= 1
+        if case .refused(_, let holder) = event, machine.epoch == nil, holder != otherHolder, !holder.isEmpty {
+            otherHolder = holder
+            logger.notice("another node holds the region's lease: this one stands by to take over", metadata: ["holder": "\(holder)", "self": "\(table.holder)"])
+        }
         handle(event)
     }
 }

@@ -143,12 +143,16 @@ public struct RegionLeaseTable: Sendable {
 public struct LeaseFence: Sendable {
     public let table: RegionLeaseTable
     public let epoch: UInt64
+    /// The lease's time to live: a transaction of the holder left idle this long is ended by the database (its
+    /// holder, silent that long, has lost the lease anyway), so a frozen holder does not keep its successor waiting.
+    public let ttlMs: UInt64
     /// Told when a change found the lease gone (the holder then stops its duties at once, not at its next renewal).
     let lost: @Sendable (UInt64) -> Void
 
-    public init(table: RegionLeaseTable, epoch: UInt64, lost: @escaping @Sendable (UInt64) -> Void) {
+    public init(table: RegionLeaseTable, epoch: UInt64, ttlMs: UInt64, lost: @escaping @Sendable (UInt64) -> Void) {
         self.table = table
         self.epoch = epoch
+        self.ttlMs = ttlMs
         self.lost = lost
     }
 

@@ -18,10 +18,21 @@ struct LeasedNode {
     /// Opens the node whose every store change is fenced by the given lease.
     let open: @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode
 
-    /// Runs until SIGTERM or SIGINT (or the node ends by itself), then stops the duties and gives the lease back.
+    /// How long a stopping node may take to answer the requests it holds before it is cancelled.
+    static let drainSeconds: Double = 10
+
+    /// Runs until SIGTERM or SIGINT (or the node ends by itself), then lets the node drain, stops the duties and gives
+    /// the lease back.
+    /// - Throws: When the node holding the lease could not start (``DutyRunner/startAttemptsMax`` times in a row):
+    ///   the lease goes back first, so another node serves the region.
     func run() async throws {
-        let runner = DutyRunner(open: open, table: table, logger: logger)
+        let runner = DutyRunner(open: open, table: table, ttlMs: settings.ttlMs, logger: logger)
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        // A running node reloads its certificates on SIGHUP (it traps it too); a waiting one ignores it, as it would
+        // otherwise end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let hangupWatch = Task { for await _ in hangups {} }
+        defer { hangupWatch.cancel() }
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 try await RegionLeaseKeeper.run(store, table: table, settings: settings, logger: logger,
@@ -29,14 +40,20 @@ struct LeasedNode {
                                                 keeper: { keeper in runner.keeper.withLock { $0 = keeper } })
             }
             tasks.addTask {
-                for await _ in signals { return }
+                // The node traps these too and drains its requests: the lease goes back once it stopped.
+                for await _ in signals {
+                    await runner.drained(atMostSeconds: Self.drainSeconds)
+                    return
+                }
             }
             tasks.addTask { await runner.ended() }
-            logger.notice("waiting for region \(table.region)'s lease", metadata: ["holder": "\(table.holder)"])
             defer { tasks.cancelAll() }
             try await tasks.next()
         }
-        await runner.drained()
+        await runner.drained(atMostSeconds: Self.drainSeconds)
+        if let failure = runner.failure {
+            throw CLIFailure(failure)
+        }
     }
 }
 
@@ -46,12 +63,17 @@ final class DutyRunner: Sendable {
     private struct Running {
         var epoch: UInt64?
         var task: Task<Void, Never>?
-        /// The node ended by itself (a signal reached it): the process is stopping.
-        var ended = false
+        /// Why the node holding the lease could not start, when it gave up.
+        var failure: String?
     }
+
+    /// Starts that may fail in a row, a second apart, before the process gives the lease up and ends: a holder that
+    /// cannot serve (a certificate missing, its address taken) must not keep the region from a node that can.
+    static let startAttemptsMax = 5
 
     private let open: @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode
     private let table: RegionLeaseTable
+    private let ttlMs: UInt64
     private let logger: Logger
     private let running = Mutex(Running())
     private let endings: AsyncStream<Void>
@@ -59,15 +81,16 @@ final class DutyRunner: Sendable {
     /// The keeper, once it exists: a change that finds the lease gone tells it.
     let keeper = Mutex<RegionLeaseKeeper?>(nil)
 
-    init(open: @escaping @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode, table: RegionLeaseTable, logger: Logger) {
+    init(open: @escaping @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode, table: RegionLeaseTable, ttlMs: UInt64, logger: Logger) {
         self.open = open
         self.table = table
+        self.ttlMs = ttlMs
         self.logger = logger
         (endings, ending) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     func start(_ epoch: UInt64) {
-        let fence = LeaseFence(table: table, epoch: epoch) { [weak self] lost in
+        let fence = LeaseFence(table: table, epoch: epoch, ttlMs: ttlMs) { [weak self] lost in
             guard let holder = self?.keeper.withLock({ $0 }) else { return }
             Task { await holder.fenced(epoch: lost) }
         }
@@ -75,27 +98,42 @@ final class DutyRunner: Sendable {
         running.withLock { running in
             let previous = running.task
             running.epoch = epoch
-            running.task = Task {
+            running.task = Task { [weak self] in
                 await previous?.value
-                // Bounded by the lease: the loop ends when the duties stop (the task is cancelled).
-                while !Task.isCancelled {
+                // Ends when the duties stop (the task is cancelled), or after `startAttemptsMax` failed starts.
+                for attempt in 1...Self.startAttemptsMax {
+                    guard !Task.isCancelled else { return }
                     do {
                         let node = try await open(fence)
+                        // Stopped while it opened: it must not bind the region's addresses now.
+                        guard !Task.isCancelled else {
+                            node.store.close()
+                            return
+                        }
                         try await node.run()
-                        if !Task.isCancelled {
+                        if !Task.isCancelled { ending.yield() }
+                        return
+                    } catch {
+                        guard !Task.isCancelled else { return }
+                        let reason = (error as? MeridianError)?.message ?? "\(error)"
+                        guard attempt < Self.startAttemptsMax else {
+                            logger.critical("holding region \(fence.table.region)'s lease but cannot serve it; giving the lease up and stopping",
+                                            metadata: ["epoch": "\(epoch)", "reason": "\(reason)"])
+                            self?.running.withLock { $0.failure = "Region \(fence.table.region)'s node could not start \(Self.startAttemptsMax) times in a row, so it gave the region's lease up for another node: \(reason)" }
                             ending.yield()
                             return
                         }
-                    } catch {
-                        guard !Task.isCancelled else { return }
                         logger.error("holding region \(fence.table.region)'s lease but cannot serve it; retrying in a second",
-                                     metadata: ["epoch": "\(epoch)", "reason": "\(error)"])
+                                     metadata: ["epoch": "\(epoch)", "reason": "\(reason)", "attempt": "\(attempt)"])
                         try? await Task.sleep(for: .seconds(1))
                     }
                 }
             }
         }
     }
+
+    /// Why the node holding the lease gave up starting (nil: it did not).
+    var failure: String? { running.withLock { $0.failure } }
 
     func stop(_ epoch: UInt64) {
         running.withLock { running in
@@ -110,9 +148,14 @@ final class DutyRunner: Sendable {
         for await _ in endings { return }
     }
 
-    /// Waits for the last node to stop.
-    func drained() async {
-        let task = running.withLock { $0.task }
-        await task?.value
+    /// Waits for the last node to stop, cancelling it after `seconds`.
+    func drained(atMostSeconds seconds: Double) async {
+        guard let task = running.withLock({ $0.task }) else { return }
+        let deadline = Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            if !Task.isCancelled { task.cancel() }
+        }
+        await task.value
+        deadline.cancel()
     }
 }

@@ -176,6 +176,8 @@ struct Up: AsyncParsableCommand {
                         urls[region.name] = "postgres://\(server.user)@127.0.0.1:\(server.port)/meridian?sslmode=disable"
                     }
                     yaml = DemoCluster.withPostgresStores(yaml, urls)
+                    // Two nodes per region: the one holding the region's lease serves it, the other takes over.
+                    options.standbyRegions = Set(urls.keys)
                 }
                 if secure {
                     let prepared = try await SecureSetup.prepare(directory: (data as NSString).appendingPathComponent("secure"), yaml: yaml)
@@ -253,10 +255,17 @@ struct Up: AsyncParsableCommand {
                 + "\(scheme)://\(region.client)".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + "\(region.peer)".padding(toLength: 18, withPad: " ", startingAt: 0)
                 + "\(local.pid(region.name) ?? 0)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.log(region.name))
+            if let standby = local.standbyProcess(region.name) {
+                say("  standby".padding(toLength: 62, withPad: " ", startingAt: 0)
+                    + "\(standby.processIdentifier)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.standbyLog(region.name))
+            }
         }
         say("\("gateway".padding(toLength: 16, withPad: " ", startingAt: 0))"
             + "http://\(local.gatewayEndpoint)".padding(toLength: 46, withPad: " ", startingAt: 0)
             + "\(local.gatewayProcess?.processIdentifier ?? 0)".padding(toLength: 9, withPad: " ", startingAt: 0) + local.gatewayLog)
+        if !local.options.standbyRegions.isEmpty {
+            say("\nEach region runs two nodes on its PostgreSQL: the one holding the region's lease serves it; kill it and the standby takes over within seconds.")
+        }
         let first = config.regions[0]
         let last = config.regions[config.regions.count - 1]
         var curlOptions = ""
@@ -283,7 +292,7 @@ struct Up: AsyncParsableCommand {
         var exited: Set<RegionName> = []
         while !stop.isSet && exited.count < config.regions.count {
             for region in config.regions.map(\.name) where !exited.contains(region) {
-                guard let process = local.process(region), !process.isRunning else { continue }
+                guard let process = local.process(region), !process.isRunning, !(local.standbyProcess(region)?.isRunning ?? false) else { continue }
                 exited.insert(region)
                 say("region \(region) exited with status \(process.terminationStatus); see \(local.log(region))")
             }

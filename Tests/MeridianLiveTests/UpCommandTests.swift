@@ -107,8 +107,9 @@ extension LiveTests {
             }
         }
 
-        /// `meridian up --store postgres`: each demo region on a PostgreSQL server of its own in the data directory,
-        /// replicating as on SQLite; the servers stop with `up`, and the data is there at the next start.
+        /// `meridian up --store postgres`: each demo region on a PostgreSQL server of its own in the data directory, with
+        /// two nodes (the second takes over when the first is killed), replicating as on SQLite; the servers stop with
+        /// `up`, and the data is there at the next start.
         @Test(.timeLimit(.minutes(4)))
         func upWithThePostgreSQLStoreKeepsEachRegionInItsOwnServerAcrossRestarts() async throws {
             let scratch = try Scratch()
@@ -144,6 +145,27 @@ extension LiveTests {
                 }
                 await reader.close()
                 #expect(value == "kept", "run \(run): the write never reached \(demo.regions.last!.name)")
+                if run == 1 {
+                    // Two nodes per region: kill the one serving the first region, and its standby serves it.
+                    for region in demo.regions {
+                        #expect(processes(naming: "--node-name \(region.name)-standby").count == 1, "\(region.name) runs a standby node")
+                    }
+                    let status = await RegionProbe.json(first, "/v1/status")
+                    let serving = status?["pid"] as? Int32 ?? 0
+                    #expect(serving > 1, "\(String(describing: status))")
+                    if serving > 1 { kill(serving, SIGKILL) }
+                    let killed = ContinuousClock.now
+                    var takenOver = false
+                    while !takenOver && ContinuousClock.now - killed < .seconds(30) {
+                        try await Task.sleep(for: .milliseconds(200))
+                        let pid = await RegionProbe.json(first, "/v1/status")?["pid"] as? Int32
+                        takenOver = pid != nil && pid != serving
+                    }
+                    #expect(takenOver, "no standby served \(demo.regions[0].name) within 30 s: \(LocalCluster.tail(scratch.file("up-\(run).log"), lines: 20))")
+                    let again = try await HTTPConnection.connect(host: first.host, port: first.port)
+                    #expect(try await again.request("GET", "/v1/kv/profiles/on-postgres").text == "kept")
+                    await again.close()
+                }
                 for region in demo.regions {
                     #expect(FileManager.default.fileExists(atPath: "\(data)/\(region.name)-postgres/data/PG_VERSION"))
                     #expect(!FileManager.default.fileExists(atPath: "\(data)/\(region.name)/\(region.name).sqlite"), "\(region.name) ran on SQLite")

@@ -105,6 +105,57 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         #expect(next.sequence == total + 1 && next.hlc > log.last!.hlc)
     }
 
+    /// Two nodes' stores under the region lease: the holder's store changes; once another node is granted the lease,
+    /// every kind of change the former holder's store tries is refused with `lease_lost` (and changes nothing), and
+    /// it learns so; the new holder's store carries on the same log.
+    @Test func aStoreFencedByAnOlderLeaseEpochChangesNothing() async throws {
+        let server = try await PostgresServer.shared.value
+        let database = try await server.newDatabase()
+        let client = PostgresClient(configuration: Self.configuration(server, database), backgroundLogger: SharedPostgres.logger)
+        let running = Task { await client.run() }
+        defer { running.cancel() }
+        let logger = SharedPostgres.logger
+        _ = try await PostgresSchema.migrate(client, logger: logger)
+        let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
+        #expect(try await a.acquire(client, ttlMs: 1_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
+        let lost = Mutex<[UInt64]>([])
+        let holder = try await PostgresStore.open(Self.configuration(server, database), context: context(),
+                                                  fence: LeaseFence(table: a, epoch: 1, ttlMs: 1_000) { epoch in lost.withLock { $0.append(epoch) } },
+                                                  logger: logger)
+        defer { holder.close() }
+        guard case .committed(let first) = try await holder.write(put("k", "by-a")) else {
+            Issue.record("the holder's write did not commit")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(1_100))
+        #expect(try await b.acquire(client, ttlMs: 5_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 2))
+
+        let peer = RegionName(validated: "eu-west")
+        let entry = ReplicationEntry(origin: peer, sequence: 1, hlc: HLCTimestamp(physicalMs: 1_000, logical: 0, region: peer), epoch: 0,
+                                     keyspace: keyspace, key: try Key("r"), operation: .put, contentType: "text/plain", value: Array("x".utf8))
+        let attempts: [(String, () async throws -> Void)] = [
+            ("write", { _ = try await holder.write(self.put("k", "stale")) }),
+            ("apply", { _ = try await holder.applyReplicated(origin: peer, from: 1, through: 1, entries: [entry], diverted: [:], durable: true) }),
+            ("trim", { try await holder.trimLog(origin: self.region, through: first.sequence) }),
+            ("replace", { try await holder.replaceStates(keyspace: self.keyspace, [(key: try Key("k"), state: nil)]) }),
+        ]
+        for (what, attempt) in attempts {
+            #expect(await errorCode(attempt) == .leaseLost, "\(what) by the former holder")
+        }
+        #expect(lost.withLock { $0 }.allSatisfy { $0 == 1 } && !lost.withLock { $0 }.isEmpty, "the store told its node the lease was lost")
+
+        let successor = try await PostgresStore.open(Self.configuration(server, database), context: context(),
+                                                     fence: LeaseFence(table: b, epoch: 2, ttlMs: 5_000) { _ in }, logger: logger)
+        defer { successor.close() }
+        #expect(try await successor.get(keyspace: keyspace, key: try Key("k"))?.value == Array("by-a".utf8))
+        #expect(try await successor.get(keyspace: keyspace, key: try Key("r")) == nil)
+        guard case .committed(let next) = try await successor.write(put("k", "by-b")) else {
+            Issue.record("the new holder's write did not commit")
+            return
+        }
+        #expect(next.sequence == first.sequence + 1, "the former holder took no number")
+    }
+
     @Test func aReadOnlyDatabaseIsRefusedAtStartAndWhenAPrimaryTurnsReadOnlyWritesFailSayingSo() async throws {
         let server = try await PostgresServer.shared.value
         let database = try await server.newDatabase()

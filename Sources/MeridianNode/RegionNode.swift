@@ -37,6 +37,9 @@ public struct NodeConfiguration: Sendable {
     public var rootKeyFile: String?
     /// Where `POST /v1/admin/backup` writes backups (nil: backups are refused).
     public var backupDirectory: String?
+    /// Whether this process still holds its region's duties, asked at every message on the client API and the peer
+    /// streams (a node among several sharing a PostgreSQL store: its lease has not run out). Always, for a node alone.
+    public var holdsDuties: @Sendable () -> Bool = { true }
 
     /// Creates a configuration; the region must be one of the cluster's.
     public init(cluster: ClusterConfig, region: RegionName, clientAddress: Endpoint? = nil,
@@ -175,7 +178,7 @@ public final class RegionNode: Sendable {
         self.replicator = Replicator(own: configuration.own, cluster: configuration.cluster, store: store, peerEndpoints: configuration.peerEndpoints,
                                      wallClockMs: wallClockMs, logger: logger, fence: leadership, clock: clock,
                                      onApplied: { entries in verifier?.revocations.apply(entries) }, tls: tls, metrics: metrics, audit: audit,
-                                     restore: restore)
+                                     restore: restore, holdsDuties: configuration.holdsDuties)
         let replicator = self.replicator
         shipping.connect(CommitShipping.Handlers(written: { replicator.logWritten(to: $0) }, durable: { replicator.logGrew(to: $0) },
                                                  failed: { replicator.commitFailed(logEndsAt: $0) }))

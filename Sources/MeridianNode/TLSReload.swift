@@ -4,6 +4,7 @@ import Logging
 import MeridianCore
 import MeridianSecurity
 import NIOCore
+import NIOHTTPTypes
 import NIOSSL
 import UnixSignals
 
@@ -12,7 +13,10 @@ extension RegionNode {
     /// the TLS context current when it is accepted, so a reload needs no restart.
     /// The point routes (`PointRouteHandler`) are answered on the connection's event loop, the rest by Hummingbird.
     func apiServer(points: PointRouteHandler.Service) -> HTTPServerBuilder {
-        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [PointRouteHandler(service: points)])
+        let holdsDuties = self.configuration.holdsDuties
+        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [
+            DutyGate<HTTPRequestPart, HTTPResponsePart>(holdsDuties), PointRouteHandler(service: points),
+        ])
         guard let tls, tls.config.clientAPI else { return .http1(configuration: configuration) }
         return HTTPServerBuilder { responder in
             ReloadingTLSChannel(base: HTTP1Channel(responder: responder, configuration: configuration), tls: tls)

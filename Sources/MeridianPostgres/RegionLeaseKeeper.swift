@@ -1,6 +1,7 @@
 import Logging
 import MeridianCore
 import PostgresNIO
+import Synchronization
 
 /// Carries out a ``DutyLease``'s effects against the region's lease rows: the shell around the core's machine.
 ///
@@ -49,6 +50,16 @@ public actor RegionLeaseKeeper {
     /// The epoch whose duties run here now (nil: none).
     public var epoch: UInt64? { machine.epoch }
 
+    /// The epoch held and until when on this process's clock, readable without waiting for the actor.
+    private nonisolated let holding = Mutex<(epoch: UInt64, until: ContinuousClock.Instant)?>(nil)
+
+    /// Whether this process holds the lease at `epoch` right now: false from the moment its lease could have run out,
+    /// even before the keeper's next tick stops the duties (a process paused past its lease answers false on waking).
+    public nonisolated func holds(_ epoch: UInt64) -> Bool {
+        guard let held = holding.withLock({ $0 }) else { return false }
+        return held.epoch == epoch && ContinuousClock.now < held.until
+    }
+
     private var nowMs: UInt64 {
         let elapsed = clock.now - origin
         return UInt64(elapsed.components.seconds) * 1_000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
@@ -72,7 +83,14 @@ public actor RegionLeaseKeeper {
     }
 
     private func handle(_ event: DutyLease.Event) {
-        for effect in machine.handle(event, nowMs: nowMs) { carry(effect) }
+        let effects = machine.handle(event, nowMs: nowMs)
+        let held: (epoch: UInt64, until: ContinuousClock.Instant)? = if case .holder(let epoch, let validUntilMs) = machine.role {
+            (epoch, origin + .milliseconds(Int64(validUntilMs)))
+        } else {
+            nil
+        }
+        holding.withLock { $0 = held }
+        for effect in effects { carry(effect) }
     }
 
     private func carry(_ effect: DutyLease.Effect) {

@@ -15,8 +15,9 @@ struct LeasedNode {
     let table: RegionLeaseTable
     let settings: DutyLease.Settings
     let logger: Logger
-    /// Opens the node whose every store change is fenced by the given lease.
-    let open: @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode
+    /// Opens the node whose every store change is fenced by the given lease, and whose every message asks whether the
+    /// lease still holds.
+    let open: @Sendable (LeaseFence, @escaping @Sendable () -> Bool) async throws(MeridianError) -> RegionNode
 
     /// How long a stopping node may take to answer the requests it holds before it is cancelled.
     static let drainSeconds: Double = 10
@@ -71,7 +72,7 @@ final class DutyRunner: Sendable {
     /// cannot serve (a certificate missing, its address taken) must not keep the region from a node that can.
     static let startAttemptsMax = 5
 
-    private let open: @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode
+    private let open: @Sendable (LeaseFence, @escaping @Sendable () -> Bool) async throws(MeridianError) -> RegionNode
     private let table: RegionLeaseTable
     private let ttlMs: UInt64
     private let logger: Logger
@@ -81,7 +82,7 @@ final class DutyRunner: Sendable {
     /// The keeper, once it exists: a change that finds the lease gone tells it.
     let keeper = Mutex<RegionLeaseKeeper?>(nil)
 
-    init(open: @escaping @Sendable (LeaseFence) async throws(MeridianError) -> RegionNode, table: RegionLeaseTable, ttlMs: UInt64, logger: Logger) {
+    init(open: @escaping @Sendable (LeaseFence, @escaping @Sendable () -> Bool) async throws(MeridianError) -> RegionNode, table: RegionLeaseTable, ttlMs: UInt64, logger: Logger) {
         self.open = open
         self.table = table
         self.ttlMs = ttlMs
@@ -94,6 +95,7 @@ final class DutyRunner: Sendable {
             guard let holder = self?.keeper.withLock({ $0 }) else { return }
             Task { await holder.fenced(epoch: lost) }
         }
+        let holds: @Sendable () -> Bool = { [weak self] in self?.keeper.withLock({ $0 })?.holds(epoch) ?? false }
         let (open, logger, ending) = (open, logger, ending)
         running.withLock { running in
             let previous = running.task
@@ -104,7 +106,7 @@ final class DutyRunner: Sendable {
                 for attempt in 1...Self.startAttemptsMax {
                     guard !Task.isCancelled else { return }
                     do {
-                        let node = try await open(fence)
+                        let node = try await open(fence, holds)
                         // Stopped while it opened: it must not bind the region's addresses now.
                         guard !Task.isCancelled else {
                             node.store.close()

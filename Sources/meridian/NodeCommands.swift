@@ -100,8 +100,10 @@ struct NodeCommand: AsyncParsableCommand {
                 // Any number of nodes may share the region's database: the one holding its lease serves the region.
                 let (configured, logger) = (configuration, logger)
                 leased = LeasedNode(store: settings, table: RegionLeaseTable(region: regionName, node: nodeName ?? ProcessInfo.processInfo.hostName),
-                                    settings: try DutyLease.Settings(), logger: logger) { fence throws(MeridianError) in
-                    try await RegionNode(configuration: configured, store: PostgresStore.factory(settings, fence: fence, logger: logger), logger: logger)
+                                    settings: try DutyLease.Settings(), logger: logger) { fence, holds throws(MeridianError) in
+                    var configuration = configured
+                    configuration.holdsDuties = holds
+                    return try await RegionNode(configuration: configuration, store: PostgresStore.factory(settings, fence: fence, logger: logger), logger: logger)
                 }
             }
         } catch {

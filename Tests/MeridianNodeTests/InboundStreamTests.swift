@@ -11,6 +11,7 @@ import MeridianHarness
 import MeridianStorage
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 
 @Suite struct InboundStreamTests {
@@ -18,7 +19,7 @@ import Testing
     static let entriesPerRound: UInt64 = 25
 
     /// us-east's node, running, with eu-west played by the test over a raw peer connection.
-    static func withNode(_ test: (RegionNode, Endpoint) async throws -> Void) async throws {
+    static func withNode(holdsDuties: @escaping @Sendable () -> Bool = { true }, _ test: (RegionNode, Endpoint) async throws -> Void) async throws {
         let (client, peer, euClient, euPeer) = (try LocalProcesses.freePort(), try LocalProcesses.freePort(), try LocalProcesses.freePort(), try LocalProcesses.freePort())
         let config = try ClusterConfig.parse(yaml: """
             cluster: test
@@ -28,8 +29,9 @@ import Testing
             keyspaces:
               - { name: profiles, topology: multi-leader, conflict: lww, ack: async }
             """, file: "inbound.yaml")
-        let node = try await RegionNode(configuration: NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), peerRoute: .direct).withTestRootKey(),
-                                        store: MemoryStore.factory(MemoryDisks()))
+        var configuration = try NodeConfiguration(cluster: config, region: RegionName(validated: "us-east"), peerRoute: .direct).withTestRootKey()
+        configuration.holdsDuties = holdsDuties
+        let node = try await RegionNode(configuration: configuration, store: MemoryStore.factory(MemoryDisks()))
         let running = Task { try await node.run() }
         defer { running.cancel() }
         let endpoint = Endpoint(host: "127.0.0.1", port: peer)
@@ -63,6 +65,38 @@ import Testing
         try await channel.executeThenClose { _, outbound in
             try await outbound.write(.hello(PeerHello(cluster: "test", from: eu, to: RegionName(validated: "us-east"))))
             for frame in frames { try await outbound.write(frame) }
+        }
+    }
+
+    /// A node among several sharing a region's store whose lease ran out (a process paused past it, say) answers
+    /// nothing from then on, before its lease keeper stops it: its client connections and peer streams close at their
+    /// next message, so it neither serves a request nor applies a peer's entries.
+    @Test(.timeLimit(.minutes(1)))
+    func aNodeThatNoLongerHoldsItsRegionsDutiesAnswersNothing() async throws {
+        let holding = Mutex(true)
+        try await Self.withNode(holdsDuties: { holding.withLock { $0 } }) { node, endpoint in
+            let limits = node.configuration.cluster.limits
+            let codec = PeerFrameCodec(valueBytesMax: limits.valueBytesMax, frameBytesMax: limits.replicationFrameBytesMax)
+            let eu = RegionName(validated: "eu-west")
+            try await Self.stream(to: endpoint, codec: codec, [.durable(through: 5), try Self.batch(from: 1, through: 5)])
+            for _ in 0..<200 where (node.store.appliedHighWater()[eu] ?? 0) < 5 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(node.store.appliedHighWater()[eu] == 5)
+            let client = node.configuration.own.client
+            let api = try await HTTPConnection.connect(host: client.host, port: client.port)
+            #expect(try await api.request("GET", "/v1/kv/profiles/k1").status == 200)
+
+            holding.withLock { $0 = false }
+            let answer = try? await api.request("GET", "/v1/kv/profiles/k1")
+            #expect(answer == nil, "answered \(answer?.status ?? 0) after its duties ended")
+            await api.close()
+            let fresh = try? await HTTPConnection.connect(host: client.host, port: client.port)
+            let write = try? await fresh?.request("PUT", "/v1/kv/profiles/late", body: Array("x".utf8))
+            #expect(write == nil, "a new connection's write was answered \(write?.status ?? 0)")
+            await fresh?.close()
+            try? await Self.stream(to: endpoint, codec: codec, [.durable(through: 10), try Self.batch(from: 6, through: 10)])
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(node.store.appliedHighWater()[eu] == 5, "a peer's entries applied after its duties ended")
+            #expect(try await node.store.get(keyspace: KeyspaceName("profiles"), key: Key("late")) == nil)
         }
     }
 

@@ -52,11 +52,14 @@ struct PeerConnection: Sendable {
 extension PeerChannel {
     /// Wraps a freshly connected or accepted channel: TLS first when configured (as the server of an accepted
     /// stream, or the client of a dial to `dialing`), then the frame codec.
-    static func wrap(_ channel: any Channel, codec: PeerFrameCodec, tls: NodeTLS?, dialing: RegionName?) -> EventLoopFuture<PeerConnection> {
+    /// Every frame in or out first asks `holdsDuties`: a process that lost its region's duties closes the stream.
+    static func wrap(_ channel: any Channel, codec: PeerFrameCodec, tls: NodeTLS?, dialing: RegionName?,
+                     holdsDuties: @escaping @Sendable () -> Bool = { true }) -> EventLoopFuture<PeerConnection> {
         channel.eventLoop.makeCompletedFuture {
             let identity = try tls?.securePeerChannel(channel, dialing: dialing)
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder(codec: codec)))
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(PeerFrameEncoder(codec: codec)))
+            try channel.pipeline.syncOperations.addHandler(DutyGate<PeerFrame, PeerFrame>(holdsDuties))
             return PeerConnection(channel: try PeerChannel(wrappingChannelSynchronously: channel), identity: identity)
         }
     }

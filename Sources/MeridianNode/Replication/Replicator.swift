@@ -86,6 +86,8 @@ final class Replicator: Sendable {
     private let onApplied: @Sendable ([ReplicationEntry]) -> Void
     /// Mutual TLS on every stream, when the cluster file configures it.
     private let tls: NodeTLS?
+    /// Whether this process still holds its region's duties (asked at every peer frame).
+    private let holdsDuties: @Sendable () -> Bool
     private let metrics: NodeMetrics?
     /// Every open peer stream, so a certificate reload can move them all to the new certificates.
     private let openChannels = Mutex<[ObjectIdentifier: any Channel]>([:])
@@ -102,8 +104,9 @@ final class Replicator: Sendable {
     init(own: RegionConfig, cluster: ClusterConfig, store: any RegionStorage, peerEndpoints: [RegionName: Endpoint], wallClockMs: @escaping @Sendable () -> UInt64,
          logger: Logger, fence: Leadership? = nil, clock: ClockWatch? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
          onApplied: @escaping @Sendable ([ReplicationEntry]) -> Void = { _ in }, tls: NodeTLS? = nil, metrics: NodeMetrics? = nil,
-         audit: AuditLog? = nil, restore: RestoreState = RestoreState(nil)) {
+         audit: AuditLog? = nil, restore: RestoreState = RestoreState(nil), holdsDuties: @escaping @Sendable () -> Bool = { true }) {
         let region = own.name
+        self.holdsDuties = holdsDuties
         self.audit = audit
         self.restore = restore
         self.onApplied = onApplied
@@ -190,11 +193,13 @@ final class Replicator: Sendable {
 
     /// Binds the peer port, each accepted stream wrapped (TLS first when configured, then the frame codec).
     private func bindListener() async throws -> NIOAsyncChannel<PeerConnection, Never> {
-        let codec = self.codec, tls = self.tls
+        let (codec, tls, holdsDuties) = (self.codec, self.tls, self.holdsDuties)
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: peerAddress.host, port: peerAddress.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil) }
+            .bind(host: peerAddress.host, port: peerAddress.port) { channel in
+                PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil, holdsDuties: holdsDuties)
+            }
     }
 
     /// Connects to a peer, streams, and reconnects with backoff, until cancelled.
@@ -222,12 +227,13 @@ final class Replicator: Sendable {
 
     /// One outbound connection: hello, then batches and heartbeats out, welcome and acks in.
     private func stream(to link: OutboundLink) async throws {
-        let codec = self.codec
-        let tls = self.tls
+        let (codec, tls, holdsDuties) = (self.codec, self.tls, self.holdsDuties)
         let connection = try await ClientBootstrap(group: group)
             .connectTimeout(.seconds(2))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: link.endpoint.host, port: link.endpoint.port) { channel in PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: link.peer) }
+            .connect(host: link.endpoint.host, port: link.endpoint.port) { channel in
+                PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: link.peer, holdsDuties: holdsDuties)
+            }
         let channel = connection.channel
         // With TLS, nothing is sent before the peer's certificate proves it is the region dialled.
         do {

@@ -55,6 +55,12 @@ public actor RegionLeaseKeeper {
 
     /// Whether this process holds the lease at `epoch` right now: false from the moment its lease could have run out,
     /// even before the keeper's next tick stops the duties (a process paused past its lease answers false on waking).
+    /// The epoch this process holds right now (nil: none, or its lease could have run out).
+    public nonisolated var heldEpoch: UInt64? {
+        guard let held = holding.withLock({ $0 }), ContinuousClock.now < held.until else { return nil }
+        return held.epoch
+    }
+
     public nonisolated func holds(_ epoch: UInt64) -> Bool {
         guard let held = holding.withLock({ $0 }) else { return false }
         return held.epoch == epoch && ContinuousClock.now < held.until

@@ -1,4 +1,5 @@
 import Foundation
+import Hummingbird
 import Logging
 import MeridianCore
 import MeridianNode
@@ -15,6 +16,9 @@ struct LeasedNode {
     let table: RegionLeaseTable
     let settings: DutyLease.Settings
     let logger: Logger
+    /// Where to answer `GET /health` whether this node holds the lease or waits (nil: nowhere). A waiting node binds
+    /// none of the region's addresses, so a liveness probe needs an address of the node's own.
+    let healthListen: Endpoint?
     /// Opens the node whose every store change is fenced by the given lease, and whose every message asks whether the
     /// lease still holds.
     let open: @Sendable (LeaseFence, @escaping @Sendable () -> Bool) async throws(MeridianError) -> RegionNode
@@ -48,6 +52,21 @@ struct LeasedNode {
                 }
             }
             tasks.addTask { await runner.ended() }
+            if let healthListen {
+                let router = Router()
+                router.get("/health") { _, _ in
+                    let epoch = runner.keeper.withLock { $0 }?.heldEpoch
+                    var answer: [String: Any] = ["status": "ok", "region": table.region.rawValue, "node": table.holder,
+                                                 "role": epoch == nil ? "standby" : "holder"]
+                    if let epoch { answer["epoch"] = epoch }
+                    return Response(status: .ok, headers: [.contentType: "application/json"],
+                                     body: .init(byteBuffer: ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: answer, options: [.sortedKeys]))))
+                }
+                let app = Application(router: router, configuration: .init(address: .hostname(healthListen.host, port: healthListen.port),
+                                                                           serverName: "meridian-node/\(table.region)"),
+                                      logger: logger)
+                tasks.addTask { try await app.runService(gracefulShutdownSignals: []) }
+            }
             defer { tasks.cancelAll() }
             try await tasks.next()
         }

@@ -50,6 +50,8 @@ struct NodeCommand: AsyncParsableCommand {
                                valueName: "ms")) var clockOffsetMs: Int64 = 0
     @Flag(help: "Start even on an address other machines can reach without auth and TLS in the cluster file (protected mode off).")
     var insecure = false
+    @Option(help: ArgumentHelp("Answer GET /health on host:port whether this node serves the region or stands by (regions on PostgreSQL: a standby binds none of the region's addresses, so liveness probes use this one).",
+                               valueName: "host:port")) var healthListen: String?
     @Option(help: ArgumentHelp("This node's name in the region's lease (regions on PostgreSQL, where several nodes may share one database). Default: the host name.",
                                valueName: "name")) var nodeName: String?
     @Option(help: ArgumentHelp("The region's root key (base64 of 32 bytes, mode 0600), which seals the data keys of sealed keyspaces; made when the data directory is new. Default: <data>/<region>.root-key. MERIDIAN_ROOT_KEY overrides it.",
@@ -69,6 +71,11 @@ struct NodeCommand: AsyncParsableCommand {
         if let listen {
             guard let parsed = Endpoint(parsing: listen) else { throw ValidationError("--listen '\(listen)' is not host:port.") }
             address = parsed
+        }
+        var health: Endpoint?
+        if let healthListen {
+            guard let parsed = Endpoint(parsing: healthListen) else { throw ValidationError("--health-listen '\(healthListen)' is not host:port.") }
+            health = parsed
         }
         guard let route = PeerRoute(rawValue: peerRoute) else {
             throw ValidationError("--peer-route '\(peerRoute)' is not one of \(PeerRoute.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -95,19 +102,22 @@ struct NodeCommand: AsyncParsableCommand {
             configuration.backupDirectory = URL(fileURLWithPath: data).appendingPathComponent("backups").standardizedFileURL.path
             switch config.region(regionName)?.store ?? .sqlite {
             case .sqlite:
+                guard health == nil else {
+                    throw MeridianError(.invalidConfig, "--health-listen is for regions on PostgreSQL, whose standby nodes bind none of the region's addresses; region \(regionName) runs on SQLite, so probe its client address's /health.")
+                }
                 node = try await RegionNode(configuration: configuration, store: RegionStore.factory(directory: data, logger: logger), logger: logger)
             case .postgres(let settings):
                 // Any number of nodes may share the region's database: the one holding its lease serves the region.
                 let (configured, logger) = (configuration, logger)
                 leased = LeasedNode(store: settings, table: RegionLeaseTable(region: regionName, node: nodeName ?? ProcessInfo.processInfo.hostName),
-                                    settings: try DutyLease.Settings(), logger: logger) { fence, holds throws(MeridianError) in
+                                    settings: try DutyLease.Settings(), logger: logger, healthListen: health) { fence, holds throws(MeridianError) in
                     var configuration = configured
                     configuration.holdsDuties = holds
                     return try await RegionNode(configuration: configuration, store: PostgresStore.factory(settings, fence: fence, logger: logger), logger: logger)
                 }
             }
         } catch {
-            throw CLIFailure(error.message)
+            throw CLIFailure((error as? MeridianError)?.message ?? "\(error)")
         }
         if exitWithParent { watchParent() }
         try await node?.run()

@@ -2,6 +2,7 @@
 // region, another takes over when it dies, nothing acknowledged is lost and no log number is reused, and a holder
 // that was paused past its lease changes nothing once it wakes.
 import Foundation
+import MeridianCore
 import MeridianHarness
 import Testing
 
@@ -27,13 +28,24 @@ extension LiveTests {
                 let config = scratch.file("cluster.yaml")
                 try (try clusterYAML(regions: ["solo"], ports: [port, try LocalProcesses.freePort()], keyspaces: RegionNodesLiveTests.keyspaces,
                                      stores: ["solo": store])).write(toFile: config, atomically: true, encoding: .utf8)
+                health = ["node-a": Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort()),
+                          "node-b": Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())]
                 arguments = ["node", "--config", config, "--region", "solo", "--root-key-file", scratch.file("solo.root-key"),
                              "--exit-with-parent", "--log-level", "info"]
             }
 
+            /// Each node's own health address (`--health-listen`), answering whether it holds the lease or stands by.
+            let health: [String: Endpoint]
+
             func start(_ name: String) throws -> Process {
-                try LocalProcesses.start(MeridianBinary.path, arguments + ["--data", scratch.file(name), "--node-name", name],
+                try LocalProcesses.start(MeridianBinary.path, arguments + ["--data", scratch.file(name), "--node-name", name,
+                                                                            "--health-listen", health[name]!.description],
                                          logPath: scratch.file("\(name).log"))
+            }
+
+            /// What a node's own health address says its role is ("holder", "standby"; nil: no answer).
+            func role(_ name: String) async -> String? {
+                await RegionProbe.json(health[name]!, "/health")?["role"] as? String
             }
 
             func log(_ name: String) -> String {
@@ -117,6 +129,8 @@ extension LiveTests {
             }
             #expect(try await Self.eventually(seconds: 60) { await progress.count >= 120 })
             #expect(!region.holds("node-b"), "node-b took the lease while node-a held it")
+            #expect(await region.role("node-a") == "holder")
+            #expect(await region.role("node-b") == "standby")
 
             kill(first.processIdentifier, SIGKILL)
             #expect(await LocalProcesses.waitExited(first), "node-a survived SIGKILL")
@@ -126,6 +140,7 @@ extension LiveTests {
             #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: second, timeoutSeconds: 30))
             let takeover = ContinuousClock.now - killed
             #expect(region.holds("node-b"))
+            #expect(await region.role("node-b") == "holder")
             #expect(takeover < .seconds(15), "node-b served \(takeover) after node-a was killed")
             let acknowledged = try await writers.value
             #expect(acknowledged.count == 360, "every key was acknowledged once: \(acknowledged.count)")

@@ -81,6 +81,11 @@ public actor RegionLeaseKeeper {
         handle(.fenced(epoch: epoch))
     }
 
+    /// The duties of `epoch` could not start here: gives the lease back, and asks again only after a lease's time.
+    public func resign(epoch: UInt64, reason: String) {
+        handle(.resigned(epoch: epoch, reason: reason))
+    }
+
     /// Stops the duties and gives the lease back (waiting, bounded by the request timeout, for the database).
     public func shutDown() async {
         handle(.shuttingDown)

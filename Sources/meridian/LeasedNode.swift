@@ -28,8 +28,6 @@ struct LeasedNode {
 
     /// Runs until SIGTERM or SIGINT (or the node ends by itself), then lets the node drain, stops the duties and gives
     /// the lease back.
-    /// - Throws: When the node holding the lease could not start (``DutyRunner/startAttemptsMax`` times in a row):
-    ///   the lease goes back first, so another node serves the region.
     func run() async throws {
         let runner = DutyRunner(open: open, table: table, ttlMs: settings.ttlMs, logger: logger)
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
@@ -71,9 +69,6 @@ struct LeasedNode {
             try await tasks.next()
         }
         await runner.drained(atMostSeconds: Self.drainSeconds)
-        if let failure = runner.failure {
-            throw CLIFailure(failure)
-        }
     }
 }
 
@@ -83,12 +78,10 @@ final class DutyRunner: Sendable {
     private struct Running {
         var epoch: UInt64?
         var task: Task<Void, Never>?
-        /// Why the node holding the lease could not start, when it gave up.
-        var failure: String?
     }
 
-    /// Starts that may fail in a row, a second apart, before the process gives the lease up and ends: a holder that
-    /// cannot serve (a certificate missing, its address taken) must not keep the region from a node that can.
+    /// Starts that may fail in a row, a second apart, before the node gives the lease up for a lease's time: a holder
+    /// that cannot serve (a certificate missing, its address taken) must not keep the region from a node that can.
     static let startAttemptsMax = 5
 
     private let open: @Sendable (LeaseFence, @escaping @Sendable () -> Bool) async throws(MeridianError) -> RegionNode
@@ -138,10 +131,10 @@ final class DutyRunner: Sendable {
                         guard !Task.isCancelled else { return }
                         let reason = (error as? MeridianError)?.message ?? "\(error)"
                         guard attempt < Self.startAttemptsMax else {
-                            logger.critical("holding region \(fence.table.region)'s lease but cannot serve it; giving the lease up and stopping",
+                            logger.critical("holding region \(fence.table.region)'s lease but cannot serve it; giving the lease up for a lease's time",
                                             metadata: ["epoch": "\(epoch)", "reason": "\(reason)"])
-                            self?.running.withLock { $0.failure = "Region \(fence.table.region)'s node could not start \(Self.startAttemptsMax) times in a row, so it gave the region's lease up for another node: \(reason)" }
-                            ending.yield()
+                            let keeper = self?.keeper.withLock { $0 }
+                            await keeper?.resign(epoch: epoch, reason: "the node could not start \(Self.startAttemptsMax) times in a row: \(reason)")
                             return
                         }
                         logger.error("holding region \(fence.table.region)'s lease but cannot serve it; retrying in a second",
@@ -153,8 +146,6 @@ final class DutyRunner: Sendable {
         }
     }
 
-    /// Why the node holding the lease gave up starting (nil: it did not).
-    var failure: String? { running.withLock { $0.failure } }
 
     func stop(_ epoch: UInt64) {
         running.withLock { running in

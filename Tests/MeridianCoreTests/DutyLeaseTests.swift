@@ -63,6 +63,17 @@ import Testing
         #expect(lease.handle(.granted(request: 2, epoch: 5), nowMs: 1_030) == [.startDuties(epoch: 5)])
     }
 
+    @Test func aHolderThatCannotCarryTheDutiesGivesTheLeaseBackAndWaitsALeaseBeforeAskingAgain() {
+        var lease = DutyLease(settings: Self.settings, nowMs: 0)
+        _ = lease.handle(.ticked, nowMs: 0)
+        _ = lease.handle(.granted(request: 1, epoch: 4), nowMs: 5)
+        #expect(lease.handle(.resigned(epoch: 3, reason: "old"), nowMs: 10).isEmpty, "another epoch's failure says nothing of this one")
+        #expect(lease.handle(.resigned(epoch: 4, reason: "cannot bind"), nowMs: 20) == [.stopDuties(epoch: 4, reason: "cannot bind"), .release(epoch: 4)])
+        #expect(lease.role == .standby)
+        #expect(lease.handle(.ticked, nowMs: 4_000).isEmpty, "no request within a lease's time of giving it up")
+        #expect(lease.handle(.ticked, nowMs: 5_020) == [.acquire(request: 2)])
+    }
+
     @Test func aShutdownStopsTheDutiesThenGivesTheLeaseBack() {
         var lease = DutyLease(settings: Self.settings, nowMs: 0)
         _ = lease.handle(.ticked, nowMs: 0)

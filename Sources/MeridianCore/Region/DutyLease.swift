@@ -64,6 +64,9 @@ public struct DutyLease: Sendable {
         case failed(request: UInt64, reason: String)
         /// A fenced statement found the row at another epoch than `epoch`: another node holds the lease.
         case fenced(epoch: UInt64)
+        /// The shell could not carry the duties of `epoch` (it could not start them): the node gives the lease back
+        /// and asks again only after a lease's time, so a node that can carry them is granted it meanwhile.
+        case resigned(epoch: UInt64, reason: String)
         case shuttingDown
     }
 
@@ -132,6 +135,12 @@ public struct DutyLease: Sendable {
             effects.append(.stopDuties(epoch: epoch, reason: "a statement found the lease at another epoch"))
             role = .standby
             nextAttemptMs = nowMs + settings.renewEveryMs
+        case .resigned(let resigned, let reason):
+            guard case .holder(let epoch, _) = role, epoch == resigned else { break }
+            effects.append(.stopDuties(epoch: epoch, reason: reason))
+            effects.append(.release(epoch: epoch))
+            role = .standby
+            nextAttemptMs = nowMs + settings.ttlMs
         case .shuttingDown:
             if case .holder(let epoch, _) = role {
                 effects.append(.stopDuties(epoch: epoch, reason: "the node is shutting down"))

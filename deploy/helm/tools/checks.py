@@ -104,6 +104,14 @@ def node_flags(swift_file):
     return flags
 
 
+def scaled(value, total):
+    """Kubernetes' GetScaledValueFromIntOrPercent, rounding up (as budgets and Deployments do): a count, or a
+    percentage of `total`."""
+    if isinstance(value, str) and value.endswith("%"):
+        return -(-int(value[:-1]) * total // 100)
+    return int(value)
+
+
 def contract(arguments):
     failures = Failures()
     rendered = objects(arguments.file)
@@ -158,9 +166,18 @@ def contract(arguments):
         else:
             failures.check(store is None, where, "a store section in SQLite mode (SQLite is the default)")
 
-    # Ports and Services.
+    # Ports and Services. With PostgreSQL every node answers /health on a port of its own (--health-listen), since a
+    # standby binds neither the client nor the peer port.
     ports = {port["name"]: port["containerPort"] for port in node.get("ports", [])}
-    failures.check(set(ports) == {"client", "peer"}, where, f"container ports {sorted(ports)}, expected client and peer")
+    expected_ports = {"client", "peer", "health"} if postgres else {"client", "peer"}
+    failures.check(set(ports) == expected_ports, where, f"container ports {sorted(ports)}, expected {', '.join(sorted(expected_ports))}")
+    failures.check(len(set(ports.values())) == len(ports), where, f"container ports {ports} share a number")
+    if postgres:
+        listen = args[args.index("--health-listen") + 1] if "--health-listen" in args else None
+        failures.check(listen == f"0.0.0.0:{ports.get('health')}", where,
+                       f"--health-listen is {listen}, expected 0.0.0.0:{ports.get('health')} (the container's health port)")
+    else:
+        failures.check("--health-listen" not in args, where, "--health-listen in SQLite mode (the node refuses it)")
     services = {service["metadata"]["name"]: service for service in by_kind.get("Service", [])}
     release = workload["metadata"]["name"]
     for suffix, port_name in (("client", "client"), ("peer", "peer")):
@@ -174,13 +191,19 @@ def contract(arguments):
         failures.check(selector and all(pod_labels.get(key) == value for key, value in selector.items()), where,
                        f"Service {service['metadata']['name']} does not select the region's pods")
 
-    # Probes: readiness asks the node's /ready (its store answers), liveness and startup its /health (or TCP where
-    # client certificates are required).
+    # Probes: readiness asks the client port's /ready (the node serves the region and its store answers; with
+    # PostgreSQL only the lease holder), or connects over TCP where client certificates are required. Liveness and
+    # startup ask /health: on the client port with SQLite, on the health port (plain HTTP) with PostgreSQL, where a
+    # standby would otherwise fail them and be restarted in a loop.
     for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health"), ("startupProbe", "/health")):
         handler = node.get(probe, {})
         http = handler.get("httpGet")
-        failures.check((http and http.get("path") == path and http.get("port") == "client") or handler.get("tcpSocket", {}).get("port") == "client",
-                       where, f"{probe} does not ask the client port's {path}")
+        if postgres and path == "/health":
+            failures.check(http and http.get("path") == path and http.get("port") == "health" and http.get("scheme", "HTTP") == "HTTP" and "tcpSocket" not in handler,
+                           where, f"{probe} is {handler}, expected GET {path} over HTTP on the health port")
+        else:
+            failures.check((http and http.get("path") == path and http.get("port") == "client") or handler.get("tcpSocket", {}).get("port") == "client",
+                           where, f"{probe} does not ask the client port's {path}")
 
     env = {variable["name"]: variable for variable in node.get("env", [])}
     if arguments.mode == "sqlite":
@@ -192,11 +215,23 @@ def contract(arguments):
                        where, "no volume claim template 'data' with a size")
         failures.check("PodDisruptionBudget" not in by_kind, where, "a PodDisruptionBudget for a single node")
     else:
-        failures.check(workload["spec"]["replicas"] >= 2, where, "a PostgreSQL Deployment with fewer than 2 replicas")
+        replicas = workload["spec"]["replicas"]
+        failures.check(replicas >= 2, where, "a PostgreSQL Deployment with fewer than 2 replicas")
+        # Only the lease holder is Ready. A rollout that keeps a minimum of available pods waits forever (no new pod
+        # becomes Ready while an old one holds the lease), and a budget that keeps a Ready pod never lets a drain
+        # evict the holder.
+        rolling = workload["spec"].get("strategy", {}).get("rollingUpdate", {})
+        failures.check(scaled(rolling.get("maxUnavailable", "25%"), replicas) >= replicas, where,
+                       f"the rollout keeps pods available (maxUnavailable {rolling.get('maxUnavailable')} of {replicas}): it would wait forever for a standby to become Ready")
         budgets = by_kind.get("PodDisruptionBudget", [])
         if failures.check(len(budgets) == 1, where, "no PodDisruptionBudget"):
             spec = budgets[0]["spec"]
-            failures.check(spec.get("maxUnavailable") == 1 or spec.get("minAvailable") == 1, where, f"the budget is {spec}, expected maxUnavailable 1 or minAvailable 1")
+            if "minAvailable" in spec:
+                desired_healthy = scaled(spec["minAvailable"], replicas)
+            else:
+                desired_healthy = replicas - scaled(spec.get("maxUnavailable", 0), replicas)
+            failures.check(1 - desired_healthy >= 1, where, f"the budget is {spec}: with only the lease holder Ready, it never lets a drain evict the holder")
+            failures.check(spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", where, "standbys (NotReady) are not always evictable (unhealthyPodEvictionPolicy)")
             failures.check(all(pod_labels.get(key) == value for key, value in spec["selector"]["matchLabels"].items()), where, "the budget does not select the pods")
         spreads = pod["spec"].get("topologySpreadConstraints", [])
         failures.check(any(spread["topologyKey"] == "topology.kubernetes.io/zone" for spread in spreads), where, "no spread across zones")

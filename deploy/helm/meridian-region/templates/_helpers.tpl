@@ -35,6 +35,9 @@ meridian.io/region: {{ .Values.region | quote }}
 {{- end -}}
 {{- $names = append $names .name -}}
 {{- end -}}
+{{- if and (include "meridian.postgres" .) (has (int .Values.ports.health) (list (int .Values.ports.client) (int .Values.ports.peer))) -}}
+{{- fail (printf "ports.health (%d) is also the client or peer port: every node binds it, the holder binds the other two as well; choose another" (int .Values.ports.health)) -}}
+{{- end -}}
 {{- if and .Values.cluster.auth (not .Values.sessionSecret.name) -}}
 {{- fail "cluster.auth is set: set sessionSecret.name (and sessionSecret.key) to an existing Secret holding the cluster's session_secret, which the node requires with auth" -}}
 {{- end -}}
@@ -50,12 +53,19 @@ meridian.io/region: {{ .Values.region | quote }}
 {{- end -}}
 {{- end -}}
 
-{{/* The node's probe handler: GET /health (alive) or /ready (its store answers a read), or a TCP connect where
+{{/* The node's probe handler: GET /health (alive) or /ready (it serves the region and its store answers a read).
+     PostgreSQL mode asks /health on the health port (list . "/health" "health"): a standby binds neither the
+     client nor the peer port, and the health listener speaks plain HTTP. On the client port, a TCP connect where
      the client API demands client certificates (the kubelet presents none). */}}
 {{- define "meridian.probeHandler" -}}
-{{- $root := index . 0 -}}{{- $path := index . 1 -}}
+{{- $root := index . 0 -}}{{- $path := index . 1 -}}{{- $port := index . 2 -}}
 {{- with $root -}}
-{{- if and .Values.tls.secretName (eq .Values.tls.clientCertificates "required") -}}
+{{- if eq $port "health" -}}
+httpGet:
+  path: {{ $path }}
+  port: health
+  scheme: HTTP
+{{- else if and .Values.tls.secretName (eq .Values.tls.clientCertificates "required") -}}
 tcpSocket:
   port: client
 {{- else -}}
@@ -194,6 +204,11 @@ spec:
         {{- if .Values.insecure }}
         - --insecure
         {{- end }}
+        {{- if include "meridian.postgres" . }}
+        # Every node answers GET /health here, whether it holds the region's lease or stands by.
+        - --health-listen
+        - {{ printf "0.0.0.0:%d" (int .Values.ports.health) | quote }}
+        {{- end }}
       ports:
         - name: client
           containerPort: {{ .Values.ports.client }}
@@ -201,6 +216,11 @@ spec:
         - name: peer
           containerPort: {{ .Values.ports.peer }}
           protocol: TCP
+        {{- if include "meridian.postgres" . }}
+        - name: health
+          containerPort: {{ .Values.ports.health }}
+          protocol: TCP
+        {{- end }}
       {{- if or .Values.rootKeySecret.name (include "meridian.postgres" .) }}
       env:
         {{- if .Values.rootKeySecret.name }}
@@ -218,14 +238,17 @@ spec:
               key: {{ .Values.store.postgres.passwordSecret.key | quote }}
         {{- end }}
       {{- end }}
+      {{- $healthPort := ternary "health" "client" (eq .Values.store.kind "postgres") }}
+      # Startup and liveness: the node runs (holder or standby). Readiness: it serves the region and its store
+      # answers; with PostgreSQL only the lease holder does, so the Services route to it alone.
       startupProbe:
-        {{- include "meridian.probeHandler" (list . "/health") | nindent 8 }}
+        {{- include "meridian.probeHandler" (list . "/health" $healthPort) | nindent 8 }}
         {{- toYaml .Values.probes.startup | nindent 8 }}
       readinessProbe:
-        {{- include "meridian.probeHandler" (list . "/ready") | nindent 8 }}
+        {{- include "meridian.probeHandler" (list . "/ready" "client") | nindent 8 }}
         {{- toYaml .Values.probes.readiness | nindent 8 }}
       livenessProbe:
-        {{- include "meridian.probeHandler" (list . "/health") | nindent 8 }}
+        {{- include "meridian.probeHandler" (list . "/health" $healthPort) | nindent 8 }}
         {{- toYaml .Values.probes.liveness | nindent 8 }}
       {{- with .Values.resources }}
       resources:

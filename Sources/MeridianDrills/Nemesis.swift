@@ -36,9 +36,13 @@ public final class NemesisCluster: Sendable {
 
     /// - Parameter executable: The `meridian` binary the cluster runs.
     /// - Parameter yaml: The cluster file (default: the demo on free ports); connections present ``ClientCredentials/process``.
-    public init(directory: String, latencyScale: Double, executable: String = LocalProcesses.currentExecutable(), yaml: String? = nil) throws {
-        local = try LocalCluster(yaml: try yaml ?? LocalCluster.demoYAML(),
-                                 options: LocalCluster.Options(executable: executable, directory: directory, latencyScale: latencyScale, logLevel: "notice"))
+    /// - Parameter standbys: Regions (on PostgreSQL) given a second node: a kill then hits the node holding the region's
+    ///   lease, the standby takes over, and the killed node comes back as the standby.
+    public init(directory: String, latencyScale: Double, executable: String = LocalProcesses.currentExecutable(), yaml: String? = nil,
+                standbys: Set<RegionName> = []) throws {
+        var options = LocalCluster.Options(executable: executable, directory: directory, latencyScale: latencyScale, logLevel: "notice")
+        options.standbyRegions = standbys
+        local = try LocalCluster(yaml: try yaml ?? LocalCluster.demoYAML(), options: options)
         var rtt: [String: Double] = [:]
         for a in local.config.regions {
             for b in local.config.regions where a.name < b.name { rtt["\(a.name)|\(b.name)"] = local.config.wan.rttMs(a.name, b.name) ?? 0 }

@@ -225,14 +225,28 @@ public final class LocalCluster: Sendable {
         if let wan { await LocalProcesses.stop(wan) }
     }
 
-    /// Kills a region's node with SIGKILL (continuing it first if paused) and waits until it is gone.
+    /// Kills the node serving a region with SIGKILL (continuing it first if paused) and waits until it is gone; with a
+    /// standby, the one holding the region's lease, whose standby then serves the region (and is its node from then on).
     /// - Returns: false when it was still running after the wait.
     @discardableResult
     public func kill9(_ region: RegionName) async -> Bool {
+        await followTakeover(region)
         guard let process = process(region) else { return true }
         kill(process.processIdentifier, SIGCONT)
         kill(process.processIdentifier, SIGKILL)
         return await LocalProcesses.waitExited(process)
+    }
+
+    /// A region with a standby: when the standby serves the region (it took the lease over), the two swap places, so
+    /// the region's node is the one serving it and the standby the one waiting.
+    public func followTakeover(_ region: RegionName) async {
+        guard processes.withLock({ $0.standbys[region] }) != nil,
+              let serving = await RegionProbe.json(endpoint(region), "/v1/status")?["pid"] as? Int32 else { return }
+        processes.withLock { state in
+            guard let standby = state.standbys[region], standby.processIdentifier == serving else { return }
+            state.standbys[region] = state.nodes[region]
+            state.nodes[region] = standby
+        }
     }
 
     /// Sends a signal to a region's node (SIGSTOP and SIGCONT pause and resume it).

@@ -38,8 +38,17 @@ struct Nemesis: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Where the regions keep their data: sqlite, or postgres (a database per region on a local PostgreSQL server that the faults leave alone).",
                                valueName: "kind"))
     var store: String = "sqlite"
+    @Flag(help: "With --store postgres: two nodes per region, so a kill hits the node holding the region's lease and the other takes over (pause and skew are left out: on one machine a paused node keeps the region's ports, and a clock offset is one process's).")
+    var standbys = false
 
     func validate() throws {
+        if standbys {
+            guard store == "postgres" else { throw ValidationError("--standbys needs --store postgres: standby nodes share a region's PostgreSQL database.") }
+            let kinds = faults.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !kinds.contains("pause") && !kinds.contains("skew") else {
+                throw ValidationError("--standbys runs without pause and skew faults (give --faults partition,isolate,kill,slow): on one machine a paused holder keeps the region's ports, and a clock offset is one process's.")
+            }
+        }
         guard duration >= 5, duration <= 7_200 else { throw ValidationError("--duration is 5 to 7200 seconds.") }
         guard (0.1...1).contains(latencyScale) else { throw ValidationError("--latency-scale is 0.1 to 1.") }
         guard ["sqlite", "postgres"].contains(store) else { throw ValidationError("--store is sqlite or postgres.") }
@@ -71,8 +80,9 @@ struct Nemesis: AsyncParsableCommand {
             // Every client, probe and check of the run presents the admin token over HTTPS.
             ClientCredentials.process = ClientCredentials(token: setup.adminToken, tls: try ClientTLS(caPath: setup.caPath))
         }
-        let cluster = try NemesisCluster(directory: directory, latencyScale: latencyScale, yaml: yaml)
-        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ","))\(secure ? ", TLS and tokens on" : ""), regions on \(store); data and logs in \(directory)")
+        let cluster = try NemesisCluster(directory: directory, latencyScale: latencyScale, yaml: yaml,
+                                         standbys: standbys ? Set(try ClusterConfig.parse(yaml: yaml, file: "nemesis").regions.map(\.name)) : [])
+        print("nemesis: seed \(seed), \(Int(duration)) s, latency scale \(latencyScale), faults \(kinds.map(\.rawValue).joined(separator: ","))\(secure ? ", TLS and tokens on" : ""), regions on \(store)\(standbys ? " with a standby node each" : ""); data and logs in \(directory)")
         var passed = false
         do {
             try await cluster.start()

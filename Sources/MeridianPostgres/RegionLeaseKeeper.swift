@@ -53,17 +53,16 @@ public actor RegionLeaseKeeper {
     /// The epoch held and until when on this process's clock, readable without waiting for the actor.
     private nonisolated let holding = Mutex<(epoch: UInt64, until: ContinuousClock.Instant)?>(nil)
 
-    /// Whether this process holds the lease at `epoch` right now: false from the moment its lease could have run out,
-    /// even before the keeper's next tick stops the duties (a process paused past its lease answers false on waking).
     /// The epoch this process holds right now (nil: none, or its lease could have run out).
     public nonisolated var heldEpoch: UInt64? {
         guard let held = holding.withLock({ $0 }), ContinuousClock.now < held.until else { return nil }
         return held.epoch
     }
 
+    /// Whether this process holds the lease at `epoch` right now: false from the moment its lease could have run out,
+    /// even before the keeper's next tick stops the duties (a process paused past its lease answers false on waking).
     public nonisolated func holds(_ epoch: UInt64) -> Bool {
-        guard let held = holding.withLock({ $0 }) else { return false }
-        return held.epoch == epoch && ContinuousClock.now < held.until
+        heldEpoch == epoch
     }
 
     private var nowMs: UInt64 {
@@ -89,8 +88,10 @@ public actor RegionLeaseKeeper {
     /// Stops the duties and gives the lease back (waiting, bounded by the request timeout, for the database).
     public func shutDown() async {
         handle(.shuttingDown)
-        for release in releases { await release.value }
-        releases = []
+        // A grant answered while these run is given back too (its release joins the list).
+        while !releases.isEmpty {
+            await releases.removeFirst().value
+        }
     }
 
     private func handle(_ event: DutyLease.Event) {

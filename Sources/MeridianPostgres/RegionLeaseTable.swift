@@ -94,14 +94,15 @@ public struct RegionLeaseTable: Sendable {
         }
     }
 
-    /// Gives the lease of `epoch` back (at shutdown, its duties stopped), so another process is granted it at once.
+    /// Gives the lease of `epoch` back (at shutdown, its duties stopped), so another process is granted it at once. The
+    /// row then names nobody, so a renewal of this process still on its way finds nothing to extend.
     public func release(_ client: PostgresClient, epoch: UInt64, timeoutMs: UInt64, logger: Logger) async throws(MeridianError) {
         let (region, holder, epochValue) = (region.rawValue, holder, Int64(epoch))
         do {
             try await client.withTransaction(logger: logger) { connection in
                 try await Self.bound(connection, timeoutMs: timeoutMs, logger: logger)
                 try await connection.query("""
-                    UPDATE meridian_region_lease_expiry SET expires_at = '-infinity'
+                    UPDATE meridian_region_lease_expiry SET expires_at = '-infinity', holder = ''
                     WHERE region = \(region) AND holder = \(holder) AND epoch = \(epochValue)
                     """, logger: logger)
             }

@@ -71,6 +71,8 @@ enum SharedPostgres {
             #expect(await Self.fenceCode(a, client, epoch: 2) == .leaseLost)
             // Given back at shutdown, it goes to the next node at once.
             try await b.release(client, epoch: 3, timeoutMs: 1_000, logger: logger)
+            // A renewal of b's still on its way after the release finds nothing to extend.
+            #expect(try await b.renew(client, epoch: 3, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: ""))
             #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 4))
         }
     }

@@ -140,6 +140,8 @@ public struct DutyLease: Sendable {
             effects.append(.stopDuties(epoch: epoch, reason: reason))
             effects.append(.release(epoch: epoch))
             role = .standby
+            // A renewal still under way answers to nobody: it must not bring the next request forward.
+            outstanding = nil
             nextAttemptMs = nowMs + settings.ttlMs
         case .shuttingDown:
             if case .holder(let epoch, _) = role {

@@ -110,7 +110,9 @@ struct NodeCommand: AsyncParsableCommand {
                 // Any number of nodes may share the region's database: the one holding its lease serves the region.
                 let (configured, logger) = (configuration, logger)
                 leased = LeasedNode(store: settings, table: RegionLeaseTable(region: regionName, node: nodeName ?? ProcessInfo.processInfo.hostName),
-                                    settings: try DutyLease.Settings(), logger: logger, healthListen: health) { fence, holds throws(MeridianError) in
+                                    settings: try DutyLease.Settings(ttlMs: settings.leaseTTLMs, renewEveryMs: settings.leaseTTLMs / 5,
+                                                                    marginMs: settings.leaseTTLMs / 5),
+                                    logger: logger, healthListen: health) { fence, holds throws(MeridianError) in
                     var configuration = configured
                     configuration.holdsDuties = holds
                     return try await RegionNode(configuration: configuration, store: PostgresStore.factory(settings, fence: fence, logger: logger), logger: logger)

@@ -117,6 +117,8 @@ import Testing
         (store("{ kind: postgres, url: 'postgres://m@db/r', password_env: 'A-B' }"), "regions[0].store.password_env", "environment variable"),
         (store("{ kind: postgres, url: 'postgres://m@db/r', password_env: A, password_file: /p }"), "regions[0].store.password_env", "not both"),
         (store("{ kind: postgres, url: 'postgres://m@db/r', pasword_env: A }"), "regions[0].store.pasword_env", "unknown field"),
+        (store("{ kind: postgres, url: 'postgres://m@db/r', lease_ttl_ms: 500 }"), "regions[0].store.lease_ttl_ms", "out of range"),
+        (store("{ kind: sqlite, lease_ttl_ms: 5000 }"), "regions[0].store.lease_ttl_ms", "takes no lease_ttl_ms"),
     ]
 
     static func store(_ store: String) -> String {
@@ -134,7 +136,7 @@ import Testing
               - name: ap-southeast
                 client: 127.0.0.1:7103
                 peer: 127.0.0.1:7203
-                store: { kind: postgres, url: "postgres://m@[::1]:6432/ap?sslmode=verify-full&sslrootcert=/etc/ca.pem", password_file: /run/secrets/pg }
+                store: { kind: postgres, url: "postgres://m@[::1]:6432/ap?sslmode=verify-full&sslrootcert=/etc/ca.pem", password_file: /run/secrets/pg, lease_ttl_ms: 2000 }
               - { name: sa-east, client: 127.0.0.1:7104, peer: 127.0.0.1:7204, store: { kind: sqlite } }
             """, file: "c.yaml")
         #expect(config.regions.map(\.store) == [
@@ -142,7 +144,7 @@ import Testing
             .postgres(PostgresStoreConfig(host: "db.eu-west.internal", user: "meridian", database: "meridian_eu", tls: .verifyFull,
                                           password: .environment("MERIDIAN_POSTGRES_PASSWORD"))),
             .postgres(PostgresStoreConfig(host: "::1", port: 6432, user: "m", database: "ap", tls: .verifyFull, rootCertificateFile: "/etc/ca.pem",
-                                          password: .file("/run/secrets/pg"))),
+                                          password: .file("/run/secrets/pg"), leaseTTLMs: 2_000)),
             .sqlite,
         ])
         guard case .postgres(let settings) = config.regions[2].store else { return }

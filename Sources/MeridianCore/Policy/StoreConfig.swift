@@ -53,6 +53,14 @@ public struct PostgresStoreConfig: Sendable, Hashable, Encodable {
     /// The CA bundle (PEM) that verifies the server for `verify-full` (nil: the system's roots).
     public let rootCertificateFile: String?
     public let password: PasswordSource?
+    /// How long the region's lease outlives its holder's last renewal (`lease_ttl_ms`): a standby node serves the region
+    /// about this long after the holder died. Renewals go every fifth of it, and the holder stops a fifth before it.
+    public let leaseTTLMs: UInt64
+
+    /// The range `lease_ttl_ms` takes: long enough for renewals on a loaded machine, short enough that a takeover
+    /// stays a matter of seconds.
+    public static let leaseTTLMsRange: ClosedRange<Int> = 1_500...60_000
+    public static let leaseTTLMsDefault: UInt64 = 5_000
 
     /// The URL without a password, as the file gives it (for status and logs).
     public var url: String {
@@ -62,7 +70,8 @@ public struct PostgresStoreConfig: Sendable, Hashable, Encodable {
     }
 
     public init(host: String, port: Int = 5432, user: String, database: String, tls: TLSMode, rootCertificateFile: String? = nil,
-                password: PasswordSource? = nil) {
+                password: PasswordSource? = nil, leaseTTLMs: UInt64 = Self.leaseTTLMsDefault) {
+        self.leaseTTLMs = leaseTTLMs
         self.host = host
         self.port = port
         self.user = user
@@ -79,7 +88,7 @@ public struct PostgresStoreConfig: Sendable, Hashable, Encodable {
 
     /// Parses `postgres://user@host[:port]/database[?sslmode=...&sslrootcert=...]`.
     /// - Returns: The configuration, or why the URL is not one (a sentence to show after the field's path).
-    public static func parse(url text: String, password: PasswordSource?) -> Result<PostgresStoreConfig, URLProblem> {
+    public static func parse(url text: String, password: PasswordSource?, leaseTTLMs: UInt64 = leaseTTLMsDefault) -> Result<PostgresStoreConfig, URLProblem> {
         guard let components = URLComponents(string: text), let scheme = components.scheme, ["postgres", "postgresql"].contains(scheme) else {
             return .failure(URLProblem(message: "'\(text)' is not a PostgreSQL URL; use postgres://user@host:5432/database?sslmode=verify-full"))
         }
@@ -115,18 +124,18 @@ public struct PostgresStoreConfig: Sendable, Hashable, Encodable {
             return .failure(URLProblem(message: "sslrootcert verifies the server only with sslmode=verify-full"))
         }
         return .success(PostgresStoreConfig(host: host, port: port, user: user, database: database, tls: tls, rootCertificateFile: rootCertificateFile,
-                                            password: password))
+                                            password: password, leaseTTLMs: leaseTTLMs))
     }
 }
 
 extension ConfigParser {
     /// A region's `store` field: `{kind: sqlite}` or `{kind: postgres, url: ..., password_env | password_file: ...}`.
     func parseStore(_ value: YAMLValue) throws(ConfigProblem) -> RegionStoreConfig {
-        let fields = try value.mapping(allowed: ["kind", "url", "password_env", "password_file"])
+        let fields = try value.mapping(allowed: ["kind", "url", "password_env", "password_file", "lease_ttl_ms"])
         guard let kind = fields["kind"] else { throw ConfigProblem(path: value.child("kind"), message: "give the store's kind: sqlite or postgres") }
         switch try kind.string() {
         case "sqlite":
-            if let extra = ["url", "password_env", "password_file"].first(where: { fields[$0] != nil }) {
+            if let extra = ["url", "password_env", "password_file", "lease_ttl_ms"].first(where: { fields[$0] != nil }) {
                 throw ConfigProblem(path: value.child(extra), message: "a sqlite store keeps its file in the node's data directory and takes no \(extra)")
             }
             return .sqlite
@@ -149,7 +158,10 @@ extension ConfigParser {
                 password = .file(text)
             case (nil, nil): password = nil
             }
-            switch PostgresStoreConfig.parse(url: try url.string(), password: password) {
+            let leaseTTLMs = try fields["lease_ttl_ms"].map { field throws(ConfigProblem) in
+                UInt64(try field.int(in: PostgresStoreConfig.leaseTTLMsRange))
+            } ?? PostgresStoreConfig.leaseTTLMsDefault
+            switch PostgresStoreConfig.parse(url: try url.string(), password: password, leaseTTLMs: leaseTTLMs) {
             case .success(let config): return .postgres(config)
             case .failure(let problem): throw ConfigProblem(path: url.path, message: problem.message)
             }

@@ -5,7 +5,7 @@ import MeridianHarness
 import MeridianCore
 
 struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure Meridian.", subcommands: [Local.self, WAN.self, Replication.self, Consistency.self, Convergence.self, Security.self, GatewayBench.self, Sealing.self, Apply.self, Scale.self])
+    static let configuration = CommandConfiguration(abstract: "Measure Meridian.", subcommands: [Local.self, WAN.self, Replication.self, Consistency.self, Convergence.self, Security.self, GatewayBench.self, Sealing.self, Apply.self, Scale.self, Takeover.self])
 
     struct Local: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

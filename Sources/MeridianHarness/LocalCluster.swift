@@ -178,24 +178,24 @@ public final class LocalCluster: Sendable {
             state.offsets[region] = clockOffsetMs
             return state.incarnations[region]!
         }
-        // Root keys live apart from the data: a copy of a data directory (a backup) holds no key that opens it.
-        var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent",
-                         "--root-key-file", rootKeyFile(region)]
-        if let level = options.logLevel { arguments += ["--log-level", level] }
-        if clockOffsetMs != 0 { arguments.append("--clock-offset-ms=\(clockOffsetMs)") }
-        arguments += options.nodeArguments[region.rawValue, default: []]
+        let arguments = nodeArguments(region, clockOffsetMs == 0 ? [] : ["--clock-offset-ms=\(clockOffsetMs)"])
         let process = try LocalProcesses.start(options.executable, arguments, logPath: log(region, incarnation: incarnation))
         processes.withLock { $0.nodes[region] = process }
+    }
+
+    /// `meridian node`'s arguments for a region, with `extra`. Root keys live apart from the data: a copy of a data
+    /// directory (a backup) holds no key that opens it.
+    private func nodeArguments(_ region: RegionName, _ extra: [String]) -> [String] {
+        var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent",
+                         "--root-key-file", rootKeyFile(region)] + extra
+        if let level = options.logLevel { arguments += ["--log-level", level] }
+        return arguments + options.nodeArguments[region.rawValue, default: []]
     }
 
     /// Starts a second node for a region on PostgreSQL: the same arguments under another node name, logging to
     /// `REGION-standby.log`. It serves the region once it holds the region's lease.
     public func startStandby(_ region: RegionName) throws {
-        var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent",
-                         "--root-key-file", rootKeyFile(region), "--node-name", "\(region)-standby"]
-        if let level = options.logLevel { arguments += ["--log-level", level] }
-        arguments += options.nodeArguments[region.rawValue, default: []]
-        let process = try LocalProcesses.start(options.executable, arguments, logPath: standbyLog(region))
+        let process = try LocalProcesses.start(options.executable, nodeArguments(region, ["--node-name", "\(region)-standby"]), logPath: standbyLog(region))
         processes.withLock { $0.standbys[region] = process }
     }
 

@@ -171,10 +171,9 @@ final class LiveCluster {
 
 /// Runs `body` against a started cluster and stops every process of it afterwards, whatever happens.
 func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], gateway: Bool = false,
-                     stores: StoreMix = .sqlite, logLevel: String = "warning", _ body: (LiveCluster) async throws -> Void) async throws {
+                     stores: StoreMix = .sqlite, _ body: (LiveCluster) async throws -> Void) async throws {
     let stores = try await stores.stores()
-    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, logLevel: logLevel,
-                                               gateway: gateway, stores: stores),
+    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, gateway: gateway, stores: stores),
                            start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
         try await body(cluster)
         // The regions given a PostgreSQL store kept no SQLite file.

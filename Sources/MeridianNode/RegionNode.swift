@@ -102,6 +102,8 @@ public final class RegionNode: Sendable {
     let sealer: ValueSealer?
     /// Whether a key rotation is running (one at a time).
     let rotation = Mutex(false)
+    /// Client connections accepted and not yet taken up by the server: closed once it stops.
+    let acceptedClients = AcceptedChannels()
     /// A restored region's catch-up with its peers (empty: not restored, or caught up).
     let restore: RestoreState
     /// The erased keys' ids beside the root key file, outside every backup (nil: the root key came from the
@@ -301,7 +303,9 @@ public final class RegionNode: Sendable {
                 await self.leadership.run()
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
-            tasks.addTask { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
+            tasks.addTask {
+                try await self.acceptedClients.closingWaiting { try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint]) }
+            }
             if let hangups {
                 // Returns only once cancelled (its timer ends with the task).
                 tasks.addTask { await self.watchCertificates(hangups) }

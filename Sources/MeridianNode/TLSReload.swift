@@ -17,9 +17,15 @@ extension RegionNode {
         let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [
             DutyGate<HTTPRequestPart, HTTPResponsePart>(holdsDuties), PointRouteHandler(service: points),
         ])
-        guard let tls, tls.config.clientAPI else { return .http1(configuration: configuration) }
+        let accepted = self.acceptedClients
+        guard let tls, tls.config.clientAPI else {
+            return HTTPServerBuilder { responder in
+                HeldUntilTakenUp(base: HTTP1Channel(responder: responder, configuration: configuration), accepted: accepted)
+            }
+        }
         return HTTPServerBuilder { responder in
-            ReloadingTLSChannel(base: HTTP1Channel(responder: responder, configuration: configuration), tls: tls)
+            HeldUntilTakenUp(base: ReloadingTLSChannel(base: HTTP1Channel(responder: responder, configuration: configuration), tls: tls),
+                             accepted: accepted)
         }
     }
 

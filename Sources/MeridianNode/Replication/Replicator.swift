@@ -91,6 +91,8 @@ final class Replicator: Sendable {
     private let metrics: NodeMetrics?
     /// Every open peer stream, so a certificate reload can move them all to the new certificates.
     private let openChannels = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Peer streams accepted and not yet taken up: closed when their listener stops.
+    private let acceptedPeers = AcceptedChannels()
     /// The region's audit trail (nil: none kept): batches of restricted keyspaces sent and received go on it.
     let audit: AuditLog?
     /// A restored region's catch-up: while it runs, peers' welcomes are noted and nothing is shipped.
@@ -155,6 +157,13 @@ final class Replicator: Sendable {
         }
         logger.info("replication listening on \(address)")
         onListening()
+        try await acceptedPeers.closingWaiting { try await self.serve(first, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver, repair: repair) }
+    }
+
+    /// Accepts peer streams, keeps a stream to every peer, and runs the timers, until cancelled.
+    private func serve(_ first: NIOAsyncChannel<PeerConnection, Never>, forward: @escaping ForwardHandler, forwardRead: @escaping ForwardReadHandler,
+                       election: @escaping ElectionHandler, handOver: @escaping HandOverHandler, repair: @escaping RepairHandler) async throws {
+        let address = peerAddress
         try await withThrowingDiscardingTaskGroup { tasks in
             for link in links.values {
                 tasks.addTask { await self.keepConnected(link) }
@@ -174,6 +183,7 @@ final class Replicator: Sendable {
                     try await current.executeThenClose { connections in
                         for try await connection in connections {
                             failures = 0
+                            acceptedPeers.takenUp(connection.channel.channel)
                             tasks.addTask {
                                 await self.serveInbound(connection, forward: forward, forwardRead: forwardRead, election: election, handOver: handOver, repair: repair)
                             }
@@ -181,6 +191,8 @@ final class Replicator: Sendable {
                     }
                 } catch {
                     guard !Task.isCancelled else { break }
+                    // What the stopped listener accepted and did not hand over yet has no one to serve it.
+                    await acceptedPeers.closeWaiting(forGood: false)
                     failures += 1
                     metrics?.recordPeerRefusal(reason: "listener_restart")
                     logger.warning("the peer listener stopped; listening again", metadata: ["peer": "\(address)", "error": "\(error)"])
@@ -197,8 +209,11 @@ final class Replicator: Sendable {
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: peerAddress.host, port: peerAddress.port) { channel in
-                PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil, holdsDuties: holdsDuties)
+            .bind(host: peerAddress.host, port: peerAddress.port) { [acceptedPeers] channel in
+                PeerChannel.wrap(channel, codec: codec, tls: tls, dialing: nil, holdsDuties: holdsDuties).map { connection in
+                    acceptedPeers.accepted(connection.channel)
+                    return connection
+                }
             }
     }
 

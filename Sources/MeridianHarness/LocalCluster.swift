@@ -189,6 +189,10 @@ public final class LocalCluster: Sendable {
         var arguments = ["node", "--config", configPath, "--region", region.rawValue, "--data", dataDirectory(region), "--exit-with-parent",
                          "--root-key-file", rootKeyFile(region)] + extra
         if let level = options.logLevel { arguments += ["--log-level", level] }
+        // Nodes sharing a region on one machine: while one stands by, it relays on ports of its own.
+        if options.standbyRegions.contains(region), let client = try? LocalProcesses.freePort(), let peer = try? LocalProcesses.freePort() {
+            arguments += ["--relay-listen", "127.0.0.1:\(client)", "--relay-peer-listen", "127.0.0.1:\(peer)"]
+        }
         return arguments + options.nodeArguments[region.rawValue, default: []]
     }
 

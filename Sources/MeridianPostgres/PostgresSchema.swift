@@ -185,6 +185,11 @@ public enum PostgresSchema {
             )
             """,
         ]),
+        Migration(version: 3, summary: "where the lease holder is reached, so the region's other nodes relay to it", statements: [
+            // Its client and peer addresses, "host:port" ('' unknown); written by a grant, cleared by a release.
+            "ALTER TABLE meridian_region_lease_expiry ADD COLUMN client_address text NOT NULL DEFAULT ''",
+            "ALTER TABLE meridian_region_lease_expiry ADD COLUMN peer_address text NOT NULL DEFAULT ''",
+        ]),
     ]
 
     /// The newest version this build knows.

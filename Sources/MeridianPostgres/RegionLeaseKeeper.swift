@@ -37,6 +37,8 @@ public actor RegionLeaseKeeper {
     /// The other node last seen holding the lease (logged once per holder).
     private var otherHolder: String?
     private var releases: [Task<Void, Never>] = []
+    /// Whether the last event left this process holding the lease.
+    private var wasHolding = false
 
     public init(table: RegionLeaseTable, client: PostgresClient, settings: DutyLease.Settings, duties: Duties, logger: Logger) {
         self.table = table
@@ -57,6 +59,19 @@ public actor RegionLeaseKeeper {
     public nonisolated var heldEpoch: UInt64? {
         guard let held = holding.withLock({ $0 }), ContinuousClock.now < held.until else { return nil }
         return held.epoch
+    }
+
+    /// Where the node holding the lease is reached, as last answered (this process's own addresses while it holds it;
+    /// nil: nobody holds it, or the holder gave none).
+    private nonisolated let serving = Mutex<NodeAddresses?>(nil)
+
+    /// Where the region's other nodes relay to: the lease holder's addresses, as the database last answered.
+    public nonisolated var servingNode: NodeAddresses? { serving.withLock { $0 } }
+
+    /// Notes the holder a refusal named.
+    private nonisolated func noteServing(_ answer: RegionLeaseTable.Answer) {
+        guard case .refused(_, let addresses) = answer else { return }
+        serving.withLock { $0 = addresses }
     }
 
     /// Whether this process holds the lease at `epoch` right now: false from the moment its lease could have run out,
@@ -102,6 +117,13 @@ public actor RegionLeaseKeeper {
             nil
         }
         holding.withLock { $0 = held }
+        if held != nil {
+            serving.withLock { $0 = table.advertised }
+        } else if wasHolding {
+            // No longer the holder: nobody known until the next answer names one.
+            serving.withLock { $0 = nil }
+        }
+        wasHolding = held != nil
         for effect in effects { carry(effect) }
     }
 
@@ -111,16 +133,20 @@ public actor RegionLeaseKeeper {
         switch effect {
         case .acquire(let request):
             ask(request) { () throws(MeridianError) -> DutyLease.Event in
-                switch try await table.acquire(client, ttlMs: settings.ttlMs, timeoutMs: settings.requestTimeoutMs, logger: logger) {
+                let answer = try await table.acquire(client, ttlMs: settings.ttlMs, timeoutMs: settings.requestTimeoutMs, logger: logger)
+                self.noteServing(answer)
+                return switch answer {
                 case .held(let epoch): .granted(request: request, epoch: epoch)
-                case .refused(let holder): .refused(request: request, holder: holder)
+                case .refused(let holder, _): .refused(request: request, holder: holder)
                 }
             }
         case .renew(let epoch, let request):
             ask(request) { () throws(MeridianError) -> DutyLease.Event in
-                switch try await table.renew(client, epoch: epoch, ttlMs: settings.ttlMs, timeoutMs: settings.requestTimeoutMs, logger: logger) {
+                let answer = try await table.renew(client, epoch: epoch, ttlMs: settings.ttlMs, timeoutMs: settings.requestTimeoutMs, logger: logger)
+                self.noteServing(answer)
+                return switch answer {
                 case .held: .renewed(request: request)
-                case .refused(let holder): .refused(request: request, holder: holder)
+                case .refused(let holder, _): .refused(request: request, holder: holder)
                 }
             }
         case .startDuties(let epoch):

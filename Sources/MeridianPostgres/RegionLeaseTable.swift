@@ -20,24 +20,36 @@ public struct RegionLeaseTable: Sendable {
     /// This process: the node's name and an id drawn at start, so a restarted or duplicated process with the same
     /// name waits for the lease to expire like any other.
     public let holder: String
+    /// Where the region's other nodes reach this process while it holds the lease (nil: they do not relay to it).
+    public let advertised: NodeAddresses?
 
-    public init(region: RegionName, node: String) {
+    public init(region: RegionName, node: String, advertised: NodeAddresses? = nil) {
         self.region = region
         holder = "\(node) \(UUID().uuidString.prefix(8).lowercased())"
+        self.advertised = advertised
     }
 
     /// What the database answered.
     public enum Answer: Sendable, Hashable {
         /// Granted or renewed: this process holds the lease at `epoch`.
         case held(epoch: UInt64)
-        /// Another process holds an unexpired lease (for a renewal: the lease moved on from this process's epoch).
-        case refused(holder: String)
+        /// Another process holds an unexpired lease (for a renewal: the lease moved on from this process's epoch),
+        /// reached at `addresses` (nil: it gave none, or nobody holds it).
+        case refused(holder: String, addresses: NodeAddresses?)
+
+        static func refused(_ holder: String, client: String, peer: String) -> Answer {
+            guard !holder.isEmpty, let client = Endpoint(parsing: client), let peer = Endpoint(parsing: peer) else {
+                return .refused(holder: holder, addresses: nil)
+            }
+            return .refused(holder: holder, addresses: NodeAddresses(client: client, peer: peer))
+        }
     }
 
     /// Asks for the lease: granted, with the epoch raised, when it has expired or already names this process (a
     /// grant whose answer was lost). A grant waits for the holder's fenced transactions to end.
     public func acquire(_ client: PostgresClient, ttlMs: UInt64, timeoutMs: UInt64, logger: Logger) async throws(MeridianError) -> Answer {
         let (region, holder, ttl) = (region.rawValue, holder, Int64(ttlMs))
+        let (clientAddress, peerAddress) = (advertised?.client.description ?? "", advertised?.peer.description ?? "")
         do {
             return try await client.withTransaction(logger: logger) { connection -> Answer in
                 try await Self.bound(connection, timeoutMs: timeoutMs, logger: logger)
@@ -50,12 +62,13 @@ public struct RegionLeaseTable: Sendable {
                     """, logger: logger)
                 // The expiry row, locked: acquirers and renewals of this region go one at a time from here.
                 let rows = try await connection.query("""
-                    SELECT holder, expires_at < clock_timestamp() FROM meridian_region_lease_expiry WHERE region = \(region) FOR UPDATE
+                    SELECT holder, expires_at < clock_timestamp(), client_address, peer_address FROM meridian_region_lease_expiry
+                    WHERE region = \(region) FOR UPDATE
                     """, logger: logger).collect()
-                guard let (current, expired) = try rows.first?.decode((String, Bool).self) else {
+                guard let (current, expired, client, peer) = try rows.first?.decode((String, Bool, String, String).self) else {
                     throw MeridianError(.storageFailure, "Region \(region)'s lease row vanished while it was being granted.")
                 }
-                guard expired || current == holder else { return .refused(holder: current) }
+                guard expired || current == holder else { return .refused(current, client: client, peer: peer) }
                 let granted = try await connection.query("""
                     UPDATE meridian_region_lease SET holder = \(holder), epoch = epoch + 1 WHERE region = \(region) RETURNING epoch
                     """, logger: logger).collect()
@@ -63,7 +76,8 @@ public struct RegionLeaseTable: Sendable {
                     throw MeridianError(.storageFailure, "Region \(region)'s lease row vanished while it was being granted.")
                 }
                 try await connection.query("""
-                    UPDATE meridian_region_lease_expiry SET holder = \(holder), epoch = \(epoch), expires_at = clock_timestamp() + \(ttl) * interval '1 millisecond'
+                    UPDATE meridian_region_lease_expiry SET holder = \(holder), epoch = \(epoch), expires_at = clock_timestamp() + \(ttl) * interval '1 millisecond',
+                        client_address = \(clientAddress), peer_address = \(peerAddress)
                     WHERE region = \(region)
                     """, logger: logger)
                 return .held(epoch: UInt64(epoch))
@@ -86,8 +100,13 @@ public struct RegionLeaseTable: Sendable {
                     RETURNING epoch
                     """, logger: logger).collect()
                 if !renewed.isEmpty { return .held(epoch: epoch) }
-                let rows = try await connection.query("SELECT holder FROM meridian_region_lease_expiry WHERE region = \(region)", logger: logger).collect()
-                return .refused(holder: try rows.first?.decode(String.self) ?? "")
+                let rows = try await connection.query("""
+                    SELECT holder, expires_at < clock_timestamp(), client_address, peer_address FROM meridian_region_lease_expiry WHERE region = \(region)
+                    """, logger: logger).collect()
+                guard let (current, expired, client, peer) = try rows.first?.decode((String, Bool, String, String).self), !expired else {
+                    return .refused(holder: "", addresses: nil)
+                }
+                return .refused(current, client: client, peer: peer)
             }
         } catch {
             throw PostgresFailure.wrap(error, "Renewing region \(region)'s lease")
@@ -102,7 +121,7 @@ public struct RegionLeaseTable: Sendable {
             try await client.withTransaction(logger: logger) { connection in
                 try await Self.bound(connection, timeoutMs: timeoutMs, logger: logger)
                 try await connection.query("""
-                    UPDATE meridian_region_lease_expiry SET expires_at = '-infinity', holder = ''
+                    UPDATE meridian_region_lease_expiry SET expires_at = '-infinity', holder = '', client_address = '', peer_address = ''
                     WHERE region = \(region) AND holder = \(holder) AND epoch = \(epochValue)
                     """, logger: logger)
             }
@@ -136,6 +155,17 @@ public struct RegionLeaseTable: Sendable {
     private static func bound(_ connection: PostgresConnection, timeoutMs: UInt64, logger: Logger) async throws {
         let timeout = "\(max(1, timeoutMs))ms"
         try await connection.query("SELECT set_config('lock_timeout', \(timeout), true), set_config('statement_timeout', \(timeout), true)", logger: logger)
+    }
+}
+
+/// Where a node of the region is reached: its client API and its peer port.
+public struct NodeAddresses: Sendable, Hashable {
+    public let client: Endpoint
+    public let peer: Endpoint
+
+    public init(client: Endpoint, peer: Endpoint) {
+        self.client = client
+        self.peer = peer
     }
 }
 

@@ -54,6 +54,12 @@ struct NodeCommand: AsyncParsableCommand {
                                valueName: "host:port")) var healthListen: String?
     @Option(help: ArgumentHelp("This node's name in the region's lease (regions on PostgreSQL, where several nodes may share one database). Default: the host name.",
                                valueName: "name")) var nodeName: String?
+    @Option(help: ArgumentHelp("The host the region's other nodes reach this one at while it holds the region's lease (regions on PostgreSQL: standbys relay to it). Default: the host of its client address, or the host name when that is a wildcard.",
+                               valueName: "host")) var advertise: String?
+    @Option(help: ArgumentHelp("Where this node, while it stands by, relays client connections to the node holding the region's lease (regions on PostgreSQL). Default: the client address it serves on when it holds the lease.",
+                               valueName: "host:port")) var relayListen: String?
+    @Option(help: ArgumentHelp("Where this node, while it stands by, relays peer connections to the node holding the region's lease (regions on PostgreSQL). Default: the region's peer address.",
+                               valueName: "host:port")) var relayPeerListen: String?
     @Option(help: ArgumentHelp("The region's root key (base64 of 32 bytes, mode 0600), which seals the data keys of sealed keyspaces; made when the data directory is new. Default: <data>/<region>.root-key. MERIDIAN_ROOT_KEY overrides it.",
                                valueName: "file")) var rootKeyFile: String?
 
@@ -105,14 +111,20 @@ struct NodeCommand: AsyncParsableCommand {
                 guard health == nil else {
                     throw MeridianError(.invalidConfig, "--health-listen is for regions on PostgreSQL, whose standby nodes bind none of the region's addresses; region \(regionName) runs on SQLite, so probe its client address's /health.")
                 }
+                for (flag, value) in [("--advertise", advertise), ("--relay-listen", relayListen), ("--relay-peer-listen", relayPeerListen)] where value != nil {
+                    throw MeridianError(.invalidConfig, "\(flag) is for regions on PostgreSQL, where several nodes share a region; region \(regionName) runs on SQLite, with one node.")
+                }
                 node = try await RegionNode(configuration: configuration, store: RegionStore.factory(directory: data, logger: logger), logger: logger)
             case .postgres(let settings):
                 // Any number of nodes may share the region's database: the one holding its lease serves the region.
                 let (configured, logger) = (configuration, logger)
-                leased = LeasedNode(store: settings, table: RegionLeaseTable(region: regionName, node: nodeName ?? ProcessInfo.processInfo.hostName),
+                let standby = try StandbyAddresses(configuration, advertise: advertise, relayListen: relayListen, relayPeerListen: relayPeerListen)
+                let table = RegionLeaseTable(region: regionName, node: nodeName ?? ProcessInfo.processInfo.hostName, advertised: standby.advertised)
+                leased = LeasedNode(store: settings, table: table,
                                     settings: try DutyLease.Settings(ttlMs: settings.leaseTTLMs, renewEveryMs: settings.leaseTTLMs / 5,
                                                                     marginMs: settings.leaseTTLMs / 5),
-                                    logger: logger, healthListen: health) { fence, holds throws(MeridianError) in
+                                    logger: logger, healthListen: health, standby: standby,
+                                    refusal: config.tls?.clientAPI == true ? nil : RegionRelay.unavailableHTTPAnswer(region: regionName)) { fence, holds throws(MeridianError) in
                     var configuration = configured
                     configuration.holdsDuties = holds
                     return try await RegionNode(configuration: configuration, store: PostgresStore.factory(settings, fence: fence, logger: logger), logger: logger)

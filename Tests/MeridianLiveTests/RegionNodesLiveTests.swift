@@ -26,20 +26,32 @@ extension LiveTests {
                 let store = "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/\(try await server.newDatabase())?sslmode=disable\" }"
                 port = try LocalProcesses.freePort()
                 let config = scratch.file("cluster.yaml")
-                try (try clusterYAML(regions: ["solo"], ports: [port, try LocalProcesses.freePort()], keyspaces: RegionNodesLiveTests.keyspaces,
+                peerPort = try LocalProcesses.freePort()
+                try (try clusterYAML(regions: ["solo"], ports: [port, peerPort], keyspaces: RegionNodesLiveTests.keyspaces,
                                      stores: ["solo": store])).write(toFile: config, atomically: true, encoding: .utf8)
-                health = ["node-a": Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort()),
-                          "node-b": Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())]
+                var health: [String: Endpoint] = [:]
+                var relay: [String: (client: Endpoint, peer: Endpoint)] = [:]
+                for name in ["node-a", "node-b"] {
+                    health[name] = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+                    relay[name] = (Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort()), Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort()))
+                }
+                (self.health, self.relay) = (health, relay)
                 arguments = ["node", "--config", config, "--region", "solo", "--root-key-file", scratch.file("solo.root-key"),
                              "--exit-with-parent", "--log-level", "info"]
             }
 
+            /// The region's peer port (the lease holder binds it).
+            let peerPort: Int
             /// Each node's own health address (`--health-listen`), answering whether it holds the lease or stands by.
             let health: [String: Endpoint]
+            /// Where each node relays client and peer connections to the holder while it stands by.
+            let relay: [String: (client: Endpoint, peer: Endpoint)]
 
             func start(_ name: String) throws -> Process {
                 try LocalProcesses.start(MeridianBinary.path, arguments + ["--data", scratch.file(name), "--node-name", name,
-                                                                            "--health-listen", health[name]!.description],
+                                                                            "--health-listen", health[name]!.description,
+                                                                            "--relay-listen", relay[name]!.client.description,
+                                                                            "--relay-peer-listen", relay[name]!.peer.description],
                                          logPath: scratch.file("\(name).log"))
             }
 
@@ -212,6 +224,74 @@ extension LiveTests {
             #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: first, timeoutSeconds: 30),
                     "node-a (running: \(first.isRunning)) did not serve again: \(LocalCluster.tail(region.scratch.file("node-a.log"), lines: 30))")
             #expect(await LocalProcesses.stop(first), "node-a shuts down cleanly on SIGTERM")
+        }
+
+        @Test(.timeLimit(.minutes(1)))
+        func relayOptionsSayWhatIsWrongWithThem() async throws {
+            let region = try await Region()
+            defer { region.scratch.remove() }
+            let base = region.arguments + ["--data", region.scratch.file("node-x")]
+            let badListen = try runCLI(base + ["--relay-listen", "nowhere"])
+            #expect(badListen.status != 0 && badListen.stderr.contains("--relay-listen 'nowhere' is not host:port."), "\(badListen.stderr)")
+            let badHost = try runCLI(base + ["--advertise", "0.0.0.0"])
+            #expect(badHost.status != 0 && badHost.stderr.contains("is not a host the region's other nodes can reach"), "\(badHost.stderr)")
+            // A region on SQLite has one node: nothing to relay.
+            let sqlite = region.scratch.file("sqlite.yaml")
+            try clusterYAML(regions: ["solo"], ports: [try LocalProcesses.freePort(), try LocalProcesses.freePort()], keyspaces: Self.keyspaces)
+                .write(toFile: sqlite, atomically: true, encoding: .utf8)
+            let onSQLite = try runCLI(["node", "--config", sqlite, "--region", "solo", "--data", region.scratch.file("node-y"), "--advertise", "10.0.0.1"])
+            #expect(onSQLite.status != 0 && onSQLite.stderr.contains("--advertise is for regions on PostgreSQL"), "\(onSQLite.stderr)")
+        }
+
+        @Test(.timeLimit(.minutes(3)))
+        func aStandbyRelaysClientsAndPeersToTheHolderAndSaysSoWhenThereIsNone() async throws {
+            let region = try await Region()
+            defer { region.scratch.remove() }
+            let first = try region.start("node-a")
+            defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: first, timeoutSeconds: 60))
+            let second = try region.start("node-b")
+            defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+            #expect(try await Self.eventually(seconds: 30) {
+                await RegionProbe.json(region.health["node-b"]!, "/health")?["relaying_to"] as? String == "127.0.0.1:\(region.port)"
+            }, "node-b does not say it relays to node-a: \(LocalCluster.tail(region.log("node-b"), lines: 20))")
+
+            // Through node-b: a write, its read, and the holder's readiness.
+            let relayed = try await HTTPConnection.connect(host: "127.0.0.1", port: region.relay["node-b"]!.client.port)
+            let logs = { "node-a: \(LocalCluster.tail(region.log("node-a"), lines: 15))\nnode-b: \(LocalCluster.tail(region.log("node-b"), lines: 15))" }
+            let relayedWrite = try? await relayed.request("PUT", "/v1/kv/notes/relayed", body: Array("through b".utf8))
+            #expect(relayedWrite?.status == 200, "a write through node-b: \(relayedWrite?.status ?? 0) \(relayedWrite?.text ?? "no answer")\n\(logs())")
+            #expect(try await relayed.request("GET", "/v1/kv/notes/relayed").text == "through b")
+            #expect(try await relayed.request("GET", "/ready").status == 200)
+            await relayed.close()
+            // A peer's hello through node-b reaches the holder, which answers it as it answers one sent to it directly
+            // (refused: the cluster has no other region to send it).
+            let solo = RegionName(validated: "solo")
+            let relayedKnock = await PeerProbe.knock(region.relay["node-b"]!.peer, identity: nil, cluster: "live", from: solo, to: solo)
+            let directKnock = await PeerProbe.knock(Endpoint(host: "127.0.0.1", port: region.peerPort), identity: nil, cluster: "live", from: solo, to: solo)
+            #expect(relayedKnock == directKnock && "\(directKnock)".contains("not a peer of solo"), "relayed: \(relayedKnock); direct: \(directKnock)")
+
+            // The holder killed: until node-b takes the lease over, a client of node-b is told the region is between
+            // holders (a typed 503), not left hanging.
+            kill(first.processIdentifier, SIGKILL)
+            first.waitUntilExit()
+            let between = try await HTTPConnection.connect(host: "127.0.0.1", port: region.relay["node-b"]!.client.port)
+            let answer = try await between.request("GET", "/v1/kv/notes/relayed")
+            #expect(answer.status == 503 && answer.text.contains("region_unavailable"), "\(answer.status) \(answer.text)")
+            await between.close()
+
+            // node-b serves the region itself; node-a, started again, stands by and relays to node-b.
+            #expect(await LocalProcesses.waitHealthy(host: "127.0.0.1", port: region.port, process: second, timeoutSeconds: 30))
+            let restarted = try region.start("node-a")
+            defer { if restarted.isRunning { kill(restarted.processIdentifier, SIGKILL) } }
+            #expect(try await Self.eventually(seconds: 30) { await region.role("node-a") == "standby" })
+            #expect(try await Self.eventually(seconds: 30) {
+                guard let connection = try? await HTTPConnection.connect(host: "127.0.0.1", port: region.relay["node-a"]!.client.port) else { return false }
+                defer { Task { await connection.close() } }
+                return (try? await connection.request("GET", "/v1/kv/notes/relayed"))?.text == "through b"
+            }, "node-a does not relay to node-b: \(LocalCluster.tail(region.log("node-a"), lines: 20))")
+            #expect(await LocalProcesses.stop(restarted), "node-a shuts down cleanly on SIGTERM")
+            #expect(await LocalProcesses.stop(second), "node-b shuts down cleanly on SIGTERM")
         }
     }
 }

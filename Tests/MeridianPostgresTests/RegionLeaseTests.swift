@@ -58,8 +58,8 @@ enum SharedPostgres {
             let (a, b) = (RegionLeaseTable(region: region, node: "node-a"), RegionLeaseTable(region: region, node: "node-b"))
             let logger = SharedPostgres.logger
             #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
-            #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder))
-            #expect(try await b.renew(client, epoch: 1, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder))
+            #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder, addresses: nil))
+            #expect(try await b.renew(client, epoch: 1, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder, addresses: nil))
             // A grant whose answer was lost: asked again, it comes with a new epoch, and the old one is fenced.
             #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 2))
             #expect(await Self.fenceCode(a, client, epoch: 1) == .leaseLost)
@@ -67,13 +67,30 @@ enum SharedPostgres {
             // Once it expires by the database's clock, another node is granted it, and the former holder is fenced.
             try await Task.sleep(for: .milliseconds(2_100))
             #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 3))
-            #expect(try await a.renew(client, epoch: 2, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: b.holder))
+            #expect(try await a.renew(client, epoch: 2, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: b.holder, addresses: nil))
             #expect(await Self.fenceCode(a, client, epoch: 2) == .leaseLost)
             // Given back at shutdown, it goes to the next node at once.
             try await b.release(client, epoch: 3, timeoutMs: 1_000, logger: logger)
             // A renewal of b's still on its way after the release finds nothing to extend.
-            #expect(try await b.renew(client, epoch: 3, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: ""))
+            #expect(try await b.renew(client, epoch: 3, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: "", addresses: nil))
             #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 4))
+        }
+    }
+
+    @Test func theHoldersAddressesReachTheOtherNodesUntilItGivesTheLeaseBack() async throws {
+        let region = self.region
+        try await SharedPostgres.withMigratedDatabase { client in
+            let addresses = NodeAddresses(client: Endpoint(host: "10.0.0.7", port: 7300), peer: Endpoint(host: "10.0.0.7", port: 7400))
+            let (a, b) = (RegionLeaseTable(region: region, node: "node-a", advertised: addresses), RegionLeaseTable(region: region, node: "node-b"))
+            let logger = SharedPostgres.logger
+            #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 1))
+            #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder, addresses: addresses))
+            #expect(try await b.renew(client, epoch: 7, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: a.holder, addresses: addresses))
+            try await a.release(client, epoch: 1, timeoutMs: 1_000, logger: logger)
+            #expect(try await b.renew(client, epoch: 7, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: "", addresses: nil))
+            // A holder that advertises nothing leaves no address behind from the one before it.
+            #expect(try await b.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .held(epoch: 2))
+            #expect(try await a.acquire(client, ttlMs: 2_000, timeoutMs: 1_000, logger: logger) == .refused(holder: b.holder, addresses: nil))
         }
     }
 

@@ -104,11 +104,11 @@ def node_flags(swift_file):
     return flags
 
 
-def scaled(value, total):
-    """Kubernetes' GetScaledValueFromIntOrPercent, rounding up (as budgets and Deployments do): a count, or a
-    percentage of `total`."""
+def scaled(value, total, round_up=True):
+    """Kubernetes' GetScaledValueFromIntOrPercent: a count, or a percentage of `total`, rounded up (budgets, and a
+    Deployment's maxSurge) or down (a Deployment's maxUnavailable)."""
     if isinstance(value, str) and value.endswith("%"):
-        return -(-int(value[:-1]) * total // 100)
+        return -(-int(value[:-1]) * total // 100) if round_up else int(value[:-1]) * total // 100
     return int(value)
 
 
@@ -166,8 +166,8 @@ def contract(arguments):
         else:
             failures.check(store is None, where, "a store section in SQLite mode (SQLite is the default)")
 
-    # Ports and Services. With PostgreSQL every node answers /health on a port of its own (--health-listen), since a
-    # standby binds neither the client nor the peer port.
+    # Ports and Services. With PostgreSQL every node answers /health for itself on a port of its own
+    # (--health-listen), since a standby relays the client and peer ports to the lease holder.
     ports = {port["name"]: port["containerPort"] for port in node.get("ports", [])}
     expected_ports = {"client", "peer", "health"} if postgres else {"client", "peer"}
     failures.check(set(ports) == expected_ports, where, f"container ports {sorted(ports)}, expected {', '.join(sorted(expected_ports))}")
@@ -178,6 +178,18 @@ def contract(arguments):
                        f"--health-listen is {listen}, expected 0.0.0.0:{ports.get('health')} (the container's health port)")
     else:
         failures.check("--health-listen" not in args, where, "--health-listen in SQLite mode (the node refuses it)")
+    # With PostgreSQL the holder writes where the others reach it into the lease row: the pod's IP (the cluster
+    # file's addresses are wildcards, and other pods cannot resolve its host name). SQLite refuses --advertise.
+    env = {variable["name"]: variable for variable in node.get("env", [])}
+    pod_ip = env.get("POD_IP", {})
+    if postgres:
+        advertise = args[args.index("--advertise") + 1] if "--advertise" in args else None
+        failures.check(advertise == "$(POD_IP)", where, f"--advertise is {advertise}, expected $(POD_IP)")
+        failures.check(pod_ip.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP" and "value" not in pod_ip,
+                       where, f"POD_IP is {pod_ip or 'not set'}, expected the downward API's status.podIP")
+    else:
+        failures.check("--advertise" not in args, where, "--advertise in SQLite mode (the node refuses it)")
+        failures.check(not pod_ip, where, "POD_IP in SQLite mode (nothing uses it)")
     services = {service["metadata"]["name"]: service for service in by_kind.get("Service", [])}
     release = workload["metadata"]["name"]
     for suffix, port_name in (("client", "client"), ("peer", "peer")):
@@ -191,10 +203,10 @@ def contract(arguments):
         failures.check(selector and all(pod_labels.get(key) == value for key, value in selector.items()), where,
                        f"Service {service['metadata']['name']} does not select the region's pods")
 
-    # Probes: readiness asks the client port's /ready (the node serves the region and its store answers; with
-    # PostgreSQL only the lease holder), or connects over TCP where client certificates are required. Liveness and
-    # startup ask /health: on the client port with SQLite, on the health port (plain HTTP) with PostgreSQL, where a
-    # standby would otherwise fail them and be restarted in a loop.
+    # Probes: readiness asks the client port's /ready (the region is served there and its store answers; with
+    # PostgreSQL a standby relays it to the lease holder), or connects over TCP where client certificates are
+    # required. Liveness and startup ask /health: on the client port with SQLite, on the health port (plain HTTP)
+    # with PostgreSQL, where each node answers for itself (on the client port a standby would answer the holder's).
     for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health"), ("startupProbe", "/health")):
         handler = node.get(probe, {})
         http = handler.get("httpGet")
@@ -205,7 +217,6 @@ def contract(arguments):
             failures.check((http and http.get("path") == path and http.get("port") == "client") or handler.get("tcpSocket", {}).get("port") == "client",
                            where, f"{probe} does not ask the client port's {path}")
 
-    env = {variable["name"]: variable for variable in node.get("env", [])}
     if arguments.mode == "sqlite":
         failures.check(workload["spec"]["replicas"] == 1, where, "a SQLite StatefulSet with more than one replica")
         headless = services.get(workload["spec"].get("serviceName", ""))
@@ -217,12 +228,13 @@ def contract(arguments):
     else:
         replicas = workload["spec"]["replicas"]
         failures.check(replicas >= 2, where, "a PostgreSQL Deployment with fewer than 2 replicas")
-        # Only the lease holder is Ready. A rollout that keeps a minimum of available pods waits forever (no new pod
-        # becomes Ready while an old one holds the lease), and a budget that keeps a Ready pod never lets a drain
-        # evict the holder.
-        rolling = workload["spec"].get("strategy", {}).get("rollingUpdate", {})
-        failures.check(scaled(rolling.get("maxUnavailable", "25%"), replicas) >= replicas, where,
-                       f"the rollout keeps pods available (maxUnavailable {rolling.get('maxUnavailable')} of {replicas}): it would wait forever for a standby to become Ready")
+        # Every node is Ready while the region is served (a standby relays to the holder). The rollout keeps every
+        # node until its replacement is Ready; the budget lets a drain evict one node and keeps at least one.
+        strategy = workload["spec"].get("strategy", {})
+        rolling = strategy.get("rollingUpdate", {})
+        failures.check(strategy.get("type", "RollingUpdate") == "RollingUpdate", where, f"the Deployment's strategy is {strategy.get('type')}, not RollingUpdate")
+        failures.check(scaled(rolling.get("maxUnavailable", "25%"), replicas, round_up=False) == 0 and scaled(rolling.get("maxSurge", "25%"), replicas) >= 1, where,
+                       f"the rollout is {rolling}: expected maxUnavailable 0 and a surge of at least 1 (a new node Ready before an old one goes)")
         budgets = by_kind.get("PodDisruptionBudget", [])
         if failures.check(len(budgets) == 1, where, "no PodDisruptionBudget"):
             spec = budgets[0]["spec"]
@@ -230,8 +242,9 @@ def contract(arguments):
                 desired_healthy = scaled(spec["minAvailable"], replicas)
             else:
                 desired_healthy = replicas - scaled(spec.get("maxUnavailable", 0), replicas)
-            failures.check(1 - desired_healthy >= 1, where, f"the budget is {spec}: with only the lease holder Ready, it never lets a drain evict the holder")
-            failures.check(spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", where, "standbys (NotReady) are not always evictable (unhealthyPodEvictionPolicy)")
+            failures.check(1 <= desired_healthy <= replicas - 1, where,
+                           f"the budget is {spec}: with {replicas} Ready nodes it must keep at least 1 and let a drain evict 1 (it keeps {desired_healthy})")
+            failures.check(spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", where, "NotReady pods are not always evictable (unhealthyPodEvictionPolicy)")
             failures.check(all(pod_labels.get(key) == value for key, value in spec["selector"]["matchLabels"].items()), where, "the budget does not select the pods")
         spreads = pod["spec"].get("topologySpreadConstraints", [])
         failures.check(any(spread["topologyKey"] == "topology.kubernetes.io/zone" for spread in spreads), where, "no spread across zones")

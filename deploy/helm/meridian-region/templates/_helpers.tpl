@@ -36,7 +36,7 @@ meridian.io/region: {{ .Values.region | quote }}
 {{- $names = append $names .name -}}
 {{- end -}}
 {{- if and (include "meridian.postgres" .) (has (int .Values.ports.health) (list (int .Values.ports.client) (int .Values.ports.peer))) -}}
-{{- fail (printf "ports.health (%d) is also the client or peer port: every node binds it, the holder binds the other two as well; choose another" (int .Values.ports.health)) -}}
+{{- fail (printf "ports.health (%d) is also the client or peer port: every node binds all three; choose another" (int .Values.ports.health)) -}}
 {{- end -}}
 {{- if and .Values.cluster.auth (not .Values.sessionSecret.name) -}}
 {{- fail "cluster.auth is set: set sessionSecret.name (and sessionSecret.key) to an existing Secret holding the cluster's session_secret, which the node requires with auth" -}}
@@ -54,9 +54,10 @@ meridian.io/region: {{ .Values.region | quote }}
 {{- end -}}
 
 {{/* The node's probe handler: GET /health (alive) or /ready (it serves the region and its store answers a read).
-     PostgreSQL mode asks /health on the health port (list . "/health" "health"): a standby binds neither the
-     client nor the peer port, and the health listener speaks plain HTTP. On the client port, a TCP connect where
-     the client API demands client certificates (the kubelet presents none). */}}
+     PostgreSQL mode asks /health on the health port (list . "/health" "health"), which speaks plain HTTP and
+     answers for the pod itself: on the client port a standby relays to the holder, so a standby's liveness would
+     follow the holder's. On the client port, a TCP connect where the client API demands client certificates (the
+     kubelet presents none). */}}
 {{- define "meridian.probeHandler" -}}
 {{- $root := index . 0 -}}{{- $path := index . 1 -}}{{- $port := index . 2 -}}
 {{- with $root -}}
@@ -208,6 +209,11 @@ spec:
         # Every node answers GET /health here, whether it holds the region's lease or stands by.
         - --health-listen
         - {{ printf "0.0.0.0:%d" (int .Values.ports.health) | quote }}
+        # Where the other nodes reach this one while it holds the lease (written into the lease row; standbys
+        # relay to it): the pod's IP. The cluster file's addresses are 0.0.0.0, and other pods cannot resolve its
+        # host name.
+        - --advertise
+        - $(POD_IP)
         {{- end }}
       ports:
         - name: client
@@ -231,6 +237,10 @@ spec:
               key: {{ .Values.rootKeySecret.key | quote }}
         {{- end }}
         {{- if include "meridian.postgres" . }}
+        - name: POD_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.podIP
         - name: MERIDIAN_POSTGRES_PASSWORD
           valueFrom:
             secretKeyRef:
@@ -239,8 +249,9 @@ spec:
         {{- end }}
       {{- end }}
       {{- $healthPort := ternary "health" "client" (eq .Values.store.kind "postgres") }}
-      # Startup and liveness: the node runs (holder or standby). Readiness: it serves the region and its store
-      # answers; with PostgreSQL only the lease holder does, so the Services route to it alone.
+      # Startup and liveness: the node runs (holder or standby). Readiness: the region is served through this pod
+      # and its store answers; with PostgreSQL a standby relays /ready to the lease holder, so every pod is Ready
+      # while the holder is, and none while no node holds the lease (a takeover).
       startupProbe:
         {{- include "meridian.probeHandler" (list . "/health" $healthPort) | nindent 8 }}
         {{- toYaml .Values.probes.startup | nindent 8 }}

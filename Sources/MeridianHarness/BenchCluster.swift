@@ -102,11 +102,17 @@ public struct SingleNode {
     public let process: Process
     public let directory: String
     public let endpoint: Endpoint
+    /// A second node of the region (regions on PostgreSQL), standing by and relaying to the first.
+    public var standby: (process: Process, relay: Endpoint)?
+
+    /// Where clients may connect: the node, and the standby's relay when there is one.
+    public var endpoints: [Endpoint] { [endpoint] + (standby.map { [$0.relay] } ?? []) }
 
     /// Starts the node with one async multi-leader keyspace (and `extraKeyspaces`, lines of the cluster file's
     /// keyspace list) and waits until it is healthy.
     /// `store`: the region's `store` field (YAML; nil: SQLite in the node's directory).
-    public static func start(keyspace: String, extraKeyspaces: [String] = [], store: String? = nil,
+    /// `withStandby`: a second node shares the region's database (PostgreSQL) and relays to the first.
+    public static func start(keyspace: String, extraKeyspaces: [String] = [], store: String? = nil, withStandby: Bool = false,
                              executable: String = LocalProcesses.currentExecutable()) async throws -> SingleNode {
         let port = try LocalProcesses.freePort()
         let peerPort = try LocalProcesses.freePort()
@@ -121,21 +127,32 @@ public struct SingleNode {
               - { name: \(keyspace), topology: multi-leader, conflict: lww, ack: async }
             \(extraKeyspaces.map { "  - \($0)" }.joined(separator: "\n"))
             """.write(toFile: file, atomically: true, encoding: .utf8)
-        let process = try LocalProcesses.start(
-            executable,
-            ["node", "--config", file, "--region", "local", "--data", (directory as NSString).appendingPathComponent("data"),
-             "--exit-with-parent", "--log-level", "warning"],
-            logPath: (directory as NSString).appendingPathComponent("node.log"))
-        let node = SingleNode(process: process, directory: directory, endpoint: Endpoint(host: "127.0.0.1", port: port))
+        let arguments = ["node", "--config", file, "--region", "local", "--data", (directory as NSString).appendingPathComponent("data"),
+                         "--exit-with-parent", "--log-level", "warning"]
+        let process = try LocalProcesses.start(executable, arguments + (withStandby ? ["--node-name", "first"] : []),
+                                               logPath: (directory as NSString).appendingPathComponent("node.log"))
+        var node = SingleNode(process: process, directory: directory, endpoint: Endpoint(host: "127.0.0.1", port: port))
         guard await LocalProcesses.waitHealthy(host: "127.0.0.1", port: port, process: process, timeoutSeconds: 60) else {
             await LocalProcesses.stop(process)
             throw BenchFailure("the benchmark node did not start; see \(directory)/node.log")
         }
+        guard withStandby else { return node }
+        let relay = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+        let standby = try LocalProcesses.start(executable, arguments + ["--node-name", "second", "--relay-listen", relay.description,
+                                                                        "--relay-peer-listen", "127.0.0.1:\(try LocalProcesses.freePort())"],
+                                               logPath: (directory as NSString).appendingPathComponent("standby.log"))
+        node.standby = (standby, relay)
+        // Ready through the relay once the standby knows the holder.
+        guard await LocalProcesses.waitHealthy(host: relay.host, port: relay.port, process: standby, timeoutSeconds: 60) else {
+            await node.stop()
+            throw BenchFailure("the benchmark's second node does not relay; see \(directory)/standby.log")
+        }
         return node
     }
 
-    /// Stops the node and removes its directory.
+    /// Stops the nodes and removes the directory.
     public func stop() async {
+        if let standby { await LocalProcesses.stop(standby.process) }
         await LocalProcesses.stop(process)
         try? FileManager.default.removeItem(atPath: directory)
     }

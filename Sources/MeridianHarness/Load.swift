@@ -49,8 +49,16 @@ public struct ConnectionPool: Sendable {
     public let connections: [HTTPConnection]
 
     public static func open(_ target: Endpoint, count: Int) async throws -> ConnectionPool {
+        try await open([target], count: count)
+    }
+
+    /// `count` connections spread over `targets` in turn (nodes of one region behind a load balancer).
+    public static func open(_ targets: [Endpoint], count: Int) async throws -> ConnectionPool {
         var connections: [HTTPConnection] = []
-        for _ in 0..<count { connections.append(try await HTTPConnection.connect(host: target.host, port: target.port)) }
+        for index in 0..<count {
+            let target = targets[index % targets.count]
+            connections.append(try await HTTPConnection.connect(host: target.host, port: target.port))
+        }
         return ConnectionPool(connections: connections)
     }
 

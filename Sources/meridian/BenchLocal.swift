@@ -18,7 +18,7 @@ struct Bench: AsyncParsableCommand {
         @Option(help: "Value size in bytes.") var valueBytes: Int = 100
         @Option(help: "An already running node as host:port, with --keyspace naming an async keyspace on it.") var endpoint: String?
         @Option(help: "The keyspace to use with --endpoint.") var keyspace: String = "bench"
-        @Option(help: ArgumentHelp("The node's stores, measured one after the other in this run and printed side by side: sqlite, postgres (a local PostgreSQL server, fsync on), or both as sqlite,postgres.",
+        @Option(help: ArgumentHelp("The node's stores, measured one after the other in this run and printed side by side: sqlite, postgres (a local PostgreSQL server, fsync on), postgres-2 (two nodes on it, the connections split between the lease holder and the other node, which relays to it), comma-separated.",
                                    valueName: "kinds"))
         var stores: String = "sqlite"
 
@@ -29,8 +29,8 @@ struct Bench: AsyncParsableCommand {
             guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600].") }
             guard (1...10_000_000).contains(keys) else { throw ValidationError("--keys must be 1 to 10000000.") }
             guard (0...(1 << 20)).contains(valueBytes) else { throw ValidationError("--value-bytes must be 0 to 1048576.") }
-            guard !storeKinds.isEmpty, storeKinds.allSatisfy(["sqlite", "postgres"].contains), Set(storeKinds).count == storeKinds.count else {
-                throw ValidationError("--stores takes sqlite, postgres or sqlite,postgres.")
+            guard !storeKinds.isEmpty, storeKinds.allSatisfy(["sqlite", "postgres", "postgres-2"].contains), Set(storeKinds).count == storeKinds.count else {
+                throw ValidationError("--stores takes sqlite, postgres and postgres-2, comma-separated, each at most once.")
             }
             if endpoint != nil && stores != "sqlite" { throw ValidationError("--stores starts its own nodes; leave it out with --endpoint.") }
         }
@@ -40,20 +40,20 @@ struct Bench: AsyncParsableCommand {
             print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load generator on the same machine\n")
             if let endpoint {
                 guard let target = Endpoint(parsing: endpoint) else { throw ValidationError("--endpoint is not host:port.") }
-                print(Self.table([(endpoint, try await measure(target))]))
+                print(Self.table([(endpoint, try await measure([target]))]))
                 return
             }
             var measured: [(String, [(String, PhaseResult)])] = []
             for kind in storeKinds {
-                let database = kind == "postgres" ? try await PostgresServer() : nil
+                let database = kind.hasPrefix("postgres") ? try await PostgresServer() : nil
                 let store = try database.map { server in
                     try server.ensureDatabase("meridian")
                     return "{ kind: postgres, url: \"postgres://\(server.user)@127.0.0.1:\(server.port)/meridian?sslmode=disable\" }"
                 }
-                let node = try await SingleNode.start(keyspace: keyspace, store: store)
+                let node = try await SingleNode.start(keyspace: keyspace, store: store, withStandby: kind == "postgres-2")
                 do {
-                    print("measuring the node on \(kind)…")
-                    measured.append((kind, try await measure(node.endpoint)))
+                    print("measuring \(node.endpoints.count == 1 ? "the node" : "\(node.endpoints.count) nodes") on \(kind)…")
+                    measured.append((kind, try await measure(node.endpoints)))
                 } catch {
                     await node.stop()
                     await database?.stop()
@@ -68,16 +68,16 @@ struct Bench: AsyncParsableCommand {
         }
 
         static func table(_ measured: [(String, [(String, PhaseResult)])]) -> String {
-            var lines = ["STORE     PHASE                      REQUESTS   THROUGHPUT/s   p50 ms   p99 ms  p99.9 ms   max ms"]
+            var lines = ["STORE       PHASE                      REQUESTS   THROUGHPUT/s   p50 ms   p99 ms  p99.9 ms   max ms"]
             for (store, phases) in measured {
-                for (name, result) in phases { lines.append(store.padding(toLength: 10, withPad: " ", startingAt: 0) + result.row(name)) }
+                for (name, result) in phases { lines.append(store.padding(toLength: 12, withPad: " ", startingAt: 0) + result.row(name)) }
             }
             return lines.joined(separator: "\n")
         }
 
-        private func measure(_ target: Endpoint) async throws -> [(String, PhaseResult)] {
+        private func measure(_ targets: [Endpoint]) async throws -> [(String, PhaseResult)] {
             let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueBytes)
-            let pool = try await ConnectionPool.open(target, count: connections)
+            let pool = try await ConnectionPool.open(targets, count: connections)
             defer { Task { await pool.close() } }
 
             // Preload so GETs hit existing keys; each preload write carries an idempotency key, retried below.

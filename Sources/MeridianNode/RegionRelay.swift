@@ -35,6 +35,14 @@ public struct RegionRelay: Sendable {
         self.logger = logger
     }
 
+    /// Where a relay listening on `listen` carries connections: to the holder's address, unless that is this node's
+    /// own and the relay listens on its port (the lease row still naming this node's previous process, restarted on
+    /// the same address, or this node about to serve): that would carry each connection back to the relay itself.
+    public static func target(_ holder: Endpoint?, listen: Endpoint, own: Endpoint) -> Endpoint? {
+        guard let holder else { return nil }
+        return holder == own && listen.port == own.port ? nil : holder
+    }
+
     /// An HTTP/1.1 `503 region_unavailable` answer (sent before the request is read: nothing was applied).
     public static func unavailableHTTPAnswer(region: RegionName) -> [UInt8] {
         let rendered = MeridianError(.regionUnavailable, "No node of region \(region) serves it right now (its lease is between holders); retry in a moment.",
@@ -75,6 +83,7 @@ public struct RegionRelay: Sendable {
 /// The relayed connections open now, both ends each.
 final class OpenRelays: Sendable {
     private let channels = Mutex<(open: [ObjectIdentifier: any Channel], closed: Bool)>(([:], false))
+    private let lastRefusal = Mutex<String?>(nil)
 
     /// Counts a connection in; false when the relay is full or stopped.
     func admit(_ channel: any Channel) -> Bool {
@@ -91,6 +100,14 @@ final class OpenRelays: Sendable {
         _ = channels.withLock { $0.open.removeValue(forKey: ObjectIdentifier(channel)) }
     }
 
+    /// Whether a refusal's reason differs from the last one logged (a takeover refuses every connection for seconds).
+    func shouldLog(_ reason: String) -> Bool {
+        lastRefusal.withLock { last in
+            defer { last = reason }
+            return last != reason
+        }
+    }
+
     func closeAll() {
         let open = channels.withLock { state in
             state.closed = true
@@ -100,15 +117,26 @@ final class OpenRelays: Sendable {
     }
 }
 
-/// On an accepted connection: dials the serving node, then glues the two.
+/// On an accepted connection: dials the serving node, then glues the two. What the client sends meanwhile (and its
+/// close) is kept and passed on once they are glued.
 final class RelayAccepted: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+
+    /// How long a refused client has to send its request before the connection is closed without an answer.
+    static let refusalWaitMs: Int64 = 2_000
 
     private let open: OpenRelays
     private let target: @Sendable () -> Endpoint?
     private let refusal: [UInt8]?
     private let logger: Logger
     private let name: String
+    private var context: ChannelHandlerContext?
+    /// Read before the two are glued (with reading off, NIO still reads when the client closes).
+    private var pending: [ByteBuffer] = []
+    private var inputClosed = false
+    /// Answering with `refusal` once the client's request arrives.
+    private var refusing = false
+    private var answered = false
 
     init(open: OpenRelays, target: @escaping @Sendable () -> Endpoint?, refusal: [UInt8]?, logger: Logger, name: String) {
         self.open = open
@@ -116,6 +144,27 @@ final class RelayAccepted: ChannelInboundHandler, RemovableChannelHandler {
         self.refusal = refusal
         self.logger = logger
         self.name = name
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        pending.append(unwrapInboundIn(data))
+        if refusing { answer() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            inputClosed = true
+            if refusing { answer() }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -126,10 +175,9 @@ final class RelayAccepted: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         guard let endpoint = target() else {
-            refuse(accepted)
+            refuse(because: "no node of the region holds its lease")
             return
         }
-        let (logger, name, refusal) = (logger, name, refusal)
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         ClientBootstrap(group: accepted.eventLoop)
             .connectTimeout(.milliseconds(RegionRelay.connectTimeoutMs))
@@ -137,27 +185,47 @@ final class RelayAccepted: ChannelInboundHandler, RemovableChannelHandler {
             .channelOption(.allowRemoteHalfClosure, value: true)
             .connect(host: endpoint.host, port: endpoint.port)
             .whenComplete { result in
+                let handler = handler.value
                 switch result {
                 case .success(let dialled):
-                    guard handler.value.open.admit(dialled) else {
+                    guard accepted.isActive, handler.open.admit(dialled) else {
                         dialled.close(promise: nil)
                         accepted.close(promise: nil)
                         return
                     }
-                    RelayGlue.join(accepted, dialled, removing: handler.value)
+                    RelayGlue.join(accepted, dialled, removing: handler, replaying: handler.pending, inputClosed: handler.inputClosed)
                 case .failure(let error):
-                    logger.debug("could not reach the node serving the region", metadata: ["relay": "\(name)", "node": "\(endpoint)", "error": "\(error)"])
-                    if refusal != nil { handler.value.refuse(accepted) } else { accepted.close(promise: nil) }
+                    handler.refuse(because: "cannot reach the node holding the region's lease at \(endpoint): \(error)")
                 }
             }
     }
 
-    private func refuse(_ channel: any Channel) {
-        guard let refusal else {
-            channel.close(promise: nil)
+    /// Answers `refusal` once the client's request arrives (answering before would make the kernel reset the
+    /// connection when it closes with the request unread), or closes the connection.
+    private func refuse(because reason: String) {
+        guard let context else { return }
+        if open.shouldLog(reason) {
+            logger.notice("relaying no \(name) connection: \(reason)", metadata: ["relay": "\(name)"])
+        }
+        guard refusal != nil else {
+            context.close(promise: nil)
             return
         }
-        channel.writeAndFlush(ByteBuffer(bytes: refusal)).whenComplete { _ in channel.close(promise: nil) }
+        refusing = true
+        if !pending.isEmpty || inputClosed { return answer() }
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .milliseconds(Self.refusalWaitMs)) { channel.close(promise: nil) }
+        _ = channel.setOption(.autoRead, value: true)
+    }
+
+    private func answer() {
+        guard !answered, let refusal, let context else { return }
+        answered = true
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer(bytes: refusal)), promise: nil)
+        context.close(mode: .output, promise: nil)
+        // Its request read (HTTP/1.1 requests to a region come whole in one segment or a few): close for good shortly.
+        context.eventLoop.scheduleTask(in: .milliseconds(200)) { channel.close(promise: nil) }
     }
 }
 
@@ -172,8 +240,9 @@ final class RelayGlue: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var pendingRead = false
 
-    /// Glues two connections of one event loop; `removing` leaves the accepted one's pipeline first.
-    static func join(_ accepted: any Channel, _ dialled: any Channel, removing setup: RelayAccepted) {
+    /// Glues two connections of one event loop; `removing` leaves the accepted one's pipeline first, and what it read
+    /// meanwhile (`replaying`, and its close) goes on to the dialled one.
+    static func join(_ accepted: any Channel, _ dialled: any Channel, removing setup: RelayAccepted, replaying: [ByteBuffer], inputClosed: Bool) {
         accepted.eventLoop.assertInEventLoop()
         let (first, second) = (RelayGlue(), RelayGlue())
         first.partner = second
@@ -187,8 +256,14 @@ final class RelayGlue: ChannelDuplexHandler {
             dialled.close(promise: nil)
             return
         }
-        _ = accepted.setOption(.autoRead, value: true)
-        accepted.read()
+        for bytes in replaying { dialled.write(bytes, promise: nil) }
+        dialled.flush()
+        if inputClosed {
+            dialled.close(mode: .output, promise: nil)
+        } else {
+            _ = accepted.setOption(.autoRead, value: true)
+            accepted.read()
+        }
         dialled.read()
     }
 
@@ -210,8 +285,17 @@ final class RelayGlue: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.context?.close(promise: nil)
+        partner?.closeAfterWrites()
         context.fireChannelInactive()
+    }
+
+    /// Closes once what was written to it went out (a close alone would drop the writes still queued).
+    private func closeAfterWrites() {
+        guard let context else { return }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(ByteBuffer()), promise: promise)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -36,11 +36,17 @@ struct LeasedNode {
     func run() async throws {
         let (standby, refusal, logger) = (standby, refusal, logger)
         let runner = DutyRunner(open: open, standBy: { runner in
-            // To the holder the database last named (this node is not: it stands by).
-            let serving: @Sendable () -> NodeAddresses? = { runner.keeper.withLock { $0 }?.servingNode }
+            let serving: @Sendable () -> NodeAddresses? = {
+                guard let keeper = runner.keeper.withLock({ $0 }), keeper.heldEpoch == nil else { return nil }
+                return keeper.servingNode
+            }
             await Self.relay([
-                RegionRelay(name: "client", listen: standby.relayClient, target: { serving()?.client }, refusal: refusal, logger: logger),
-                RegionRelay(name: "peer", listen: standby.relayPeer, target: { serving()?.peer }, refusal: nil, logger: logger),
+                RegionRelay(name: "client", listen: standby.relayClient,
+                            target: { RegionRelay.target(serving()?.client, listen: standby.relayClient, own: standby.advertised.client) },
+                            refusal: refusal, logger: logger),
+                RegionRelay(name: "peer", listen: standby.relayPeer,
+                            target: { RegionRelay.target(serving()?.peer, listen: standby.relayPeer, own: standby.advertised.peer) },
+                            refusal: nil, logger: logger),
             ], logger: logger)
         }, table: table, ttlMs: settings.ttlMs, logger: logger)
         runner.standByNow()
@@ -180,6 +186,8 @@ final class DutyRunner: Sendable {
     }
 
     func start(_ epoch: UInt64) {
+        // Granted while shutting down: the keeper's shutdown stops and gives it back at once.
+        guard !running.withLock({ $0.closing }) else { return }
         let fence = LeaseFence(table: table, epoch: epoch, ttlMs: ttlMs) { [weak self] lost in
             guard let holder = self?.keeper.withLock({ $0 }) else { return }
             Task { await holder.fenced(epoch: lost) }

@@ -259,8 +259,10 @@ extension LiveTests {
             // Through node-b: a write, its read, and the holder's readiness.
             let relayed = try await HTTPConnection.connect(host: "127.0.0.1", port: region.relay["node-b"]!.client.port)
             let logs = { "node-a: \(LocalCluster.tail(region.log("node-a"), lines: 15))\nnode-b: \(LocalCluster.tail(region.log("node-b"), lines: 15))" }
-            let relayedWrite = try? await relayed.request("PUT", "/v1/kv/notes/relayed", body: Array("through b".utf8))
-            #expect(relayedWrite?.status == 200, "a write through node-b: \(relayedWrite?.status ?? 0) \(relayedWrite?.text ?? "no answer")\n\(logs())")
+            var relayedWrite: HTTPResult?
+            var failure = ""
+            do { relayedWrite = try await relayed.request("PUT", "/v1/kv/notes/relayed", body: Array("through b".utf8)) } catch { failure = "\(error)" }
+            #expect(relayedWrite?.status == 200, "a write through node-b: \(relayedWrite?.status ?? 0) \(relayedWrite?.text ?? failure)\n\(logs())")
             #expect(try await relayed.request("GET", "/v1/kv/notes/relayed").text == "through b")
             #expect(try await relayed.request("GET", "/ready").status == 200)
             await relayed.close()

@@ -14,6 +14,17 @@ public enum PostgresSchema {
         let version: Int32
         let summary: String
         let statements: [String]
+        /// The oldest schema version whose builds still run on a database with this migration applied (an additive
+        /// change: a column with a default, a table they do not read). During a rolling upgrade older nodes keep
+        /// serving; a migration they cannot run with gives its own version.
+        var runsWith: Int32?
+
+        init(version: Int32, summary: String, statements: [String], runsWith: Int32? = nil) {
+            self.version = version
+            self.summary = summary
+            self.statements = statements
+            self.runsWith = runsWith
+        }
     }
 
     /// The advisory lock every migration transaction takes first (an arbitrary constant, "meridian" in ASCII).
@@ -187,9 +198,11 @@ public enum PostgresSchema {
         ]),
         Migration(version: 3, summary: "where the lease holder is reached, so the region's other nodes relay to it", statements: [
             // Its client and peer addresses, "host:port" ('' unknown); written by a grant, cleared by a release.
+            // Builds of version 2 name their columns and ignore these (they cannot read `runs_with`, though: they
+            // refuse a database at version 3, so an upgrade from them replaces every node).
             "ALTER TABLE meridian_region_lease_expiry ADD COLUMN client_address text NOT NULL DEFAULT ''",
             "ALTER TABLE meridian_region_lease_expiry ADD COLUMN peer_address text NOT NULL DEFAULT ''",
-        ]),
+        ], runsWith: 2),
     ]
 
     /// The newest version this build knows.
@@ -208,13 +221,22 @@ public enum PostgresSchema {
                     // held the lock before committed.
                     try await connection.query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", logger: logger)
                     try await connection.query("SELECT pg_advisory_xact_lock(\(lockKey))", logger: logger)
+                    // A migration's lock waits are bounded: it waits behind the region's short lease transactions
+                    // only, and a node that gives up starts again.
+                    try await connection.query("SELECT set_config('lock_timeout', '10s', true)", logger: logger)
                     try await connection.query(
                         "CREATE TABLE IF NOT EXISTS meridian_migrations (version integer PRIMARY KEY, summary text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
                         logger: logger)
-                    let newest = try await connection.query("SELECT coalesce(max(version), 0) FROM meridian_migrations", logger: logger)
-                        .collect().first?.decode(Int32.self) ?? 0
-                    if newest > newestVersion {
-                        throw MeridianError(.storageFailure, "The region's PostgreSQL database is at schema version \(newest), newer than this build's \(newestVersion): run a Meridian release that knows it.")
+                    // The oldest schema version whose builds run on it (NULL, from before the column: its own).
+                    try await connection.query("ALTER TABLE meridian_migrations ADD COLUMN IF NOT EXISTS runs_with integer", logger: logger)
+                    let rows = try await connection.query("""
+                        SELECT coalesce(max(version), 0), coalesce(max(coalesce(runs_with, version)) FILTER (WHERE version > \(newestVersion)), 0)
+                        FROM meridian_migrations
+                        """, logger: logger).collect()
+                    var (newest, needs): (Int32, Int32) = (0, 0)
+                    if let row = rows.first { (newest, needs) = try row.decode((Int32, Int32).self) }
+                    if newest > newestVersion && needs > newestVersion {
+                        throw MeridianError(.storageFailure, "The region's PostgreSQL database is at schema version \(newest), and builds older than version \(needs) cannot run on it; this one is at \(newestVersion): run a Meridian release that knows it.")
                     }
                     let done = try await connection.query("SELECT 1 FROM meridian_migrations WHERE version = \(migration.version)", logger: logger).collect()
                     guard done.isEmpty else { return false }
@@ -222,7 +244,9 @@ public enum PostgresSchema {
                         try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                         Progress.heard()
                     }
-                    try await connection.query("INSERT INTO meridian_migrations (version, summary) VALUES (\(migration.version), \(migration.summary))", logger: logger)
+                    try await connection.query("""
+                        INSERT INTO meridian_migrations (version, summary, runs_with) VALUES (\(migration.version), \(migration.summary), \(migration.runsWith ?? migration.version))
+                        """, logger: logger)
                     return true
                 }
                 if ran {

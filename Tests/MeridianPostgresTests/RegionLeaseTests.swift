@@ -52,6 +52,24 @@ enum SharedPostgres {
         }
     }
 
+    @Test func aBuildRunsOnADatabaseANewerBuildMigratedOnlyIfEveryNewerMigrationSaysItMay() async throws {
+        try await SharedPostgres.withMigratedDatabase { client in
+            let logger = SharedPostgres.logger
+            let newest = PostgresSchema.newestVersion
+            // A newer build added a column this one does not read: this one keeps running (a rolling upgrade).
+            try await client.query("INSERT INTO meridian_migrations (version, summary, runs_with) VALUES (\(newest + 1), 'additive', \(newest))", logger: logger)
+            #expect(try await PostgresSchema.migrate(client, logger: logger).isEmpty)
+            // One it cannot run with: it refuses, and says what to do.
+            try await client.query("INSERT INTO meridian_migrations (version, summary, runs_with) VALUES (\(newest + 2), 'breaking', \(newest + 2))", logger: logger)
+            do throws(MeridianError) {
+                try await PostgresSchema.migrate(client, logger: logger)
+                Issue.record("a build ran on a database it cannot run on")
+            } catch {
+                #expect(error.code == .storageFailure && error.message.contains("builds older than version \(newest + 2) cannot run on it"), "\(error.message)")
+            }
+        }
+    }
+
     @Test func theLeaseGoesToOneNodeAtATimeAndAFormerHoldersStatementsAreFenced() async throws {
         let region = self.region
         try await SharedPostgres.withMigratedDatabase { client in

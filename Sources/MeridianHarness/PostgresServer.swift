@@ -114,6 +114,32 @@ public final class PostgresServer: @unchecked Sendable {
         }
     }
 
+    /// Starts a streaming standby of this server (asynchronous replication, as PostgreSQL's default): a base backup
+    /// into a new directory, then a server on it that follows this one. The caller stops it and removes its
+    /// directory.
+    public func startStandby(timeoutSeconds: Double = 60) async throws -> PostgresServer {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pg-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let (binaries, asRoot, user, port) = (binaries, asRoot, user, port)
+        do {
+            try await Self.offPool {
+                if asRoot { try Self.run("/bin/chown", ["-R", "postgres:postgres", directory], binaries: binaries, asRoot: asRoot, user: user) }
+                try Self.run(binaries + "/pg_basebackup", ["-h", "127.0.0.1", "-p", String(port), "-U", user, "-D", directory + "/data", "-R", "-X", "stream", "-c", "fast"],
+                             binaries: binaries, asRoot: asRoot, user: user)
+            }
+            return try await PostgresServer(directory: directory, timeoutSeconds: timeoutSeconds)
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+    }
+
+    /// Stops the server at once, as a crash would (immediate shutdown: no checkpoint, standbys get nothing more).
+    public func crash() async {
+        if let pid = Self.postmasterPID(directory + "/data") { kill(pid, SIGQUIT) }
+        await stop()
+    }
+
     /// Stops the server (fast shutdown: open sessions are ended) and removes its directory.
     public func stop() async {
         if let pid = Self.postmasterPID(directory + "/data") { kill(pid, SIGINT) }

@@ -203,6 +203,10 @@ public enum PostgresSchema {
             "ALTER TABLE meridian_region_lease_expiry ADD COLUMN client_address text NOT NULL DEFAULT ''",
             "ALTER TABLE meridian_region_lease_expiry ADD COLUMN peer_address text NOT NULL DEFAULT ''",
         ], runsWith: 2),
+        Migration(version: 4, summary: "the database's identity, so a failover to a standby that missed commits is noticed", statements: [
+            // "system identifier/timeline" as the store last saw it (NULL: not yet noted).
+            "ALTER TABLE meridian_store ADD COLUMN database_identity text",
+        ], runsWith: 3),
     ]
 
     /// The newest version this build knows.

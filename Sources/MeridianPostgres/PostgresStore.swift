@@ -74,7 +74,12 @@ public final class PostgresStore: RegionStorage {
             let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3, progress: Progress()) { () async throws -> (StoreRow, Known) in
                 try await Self.checkServer(client, logger: logger)
                 try await PostgresSchema.migrate(client, logger: logger)
-                let row = try await StoreRow.claim(client, region: region, logger: logger)
+                var row = try await StoreRow.claim(client, region: region, logger: logger)
+                if let changed = try await StoreRow.noteIdentity(client, region: region, logger: logger) {
+                    logger.critical("region \(region)'s PostgreSQL is another database than the one its store last ran on (a standby promoted, or a restore): it may lack commits other regions hold, so the region catches up from its peers before it takes a write",
+                                    metadata: ["before": "\(changed.before)", "now": "\(changed.now)"])
+                    row = try await StoreRow.claim(client, region: region, logger: logger)
+                }
                 if let sealer = context.sealer {
                     try await client.withTransaction(logger: logger) { connection in
                         try await DataKeyStatements.checkRootKeys(connection, sealer: sealer, logger: logger)

@@ -50,6 +50,39 @@ struct StoreRow: Sendable {
         }
     }
 
+    /// The database's identity: its cluster's system identifier and the timeline its WAL is written on. Promoting a
+    /// standby (a failover) starts a new timeline, as does a point-in-time restore; a copy into another cluster has
+    /// another system identifier. Restarts and crash recovery change neither.
+    static func databaseIdentity(_ connection: PostgresConnection, logger: Logger) async throws -> String {
+        let rows = try await connection.query("""
+            SELECT (SELECT system_identifier FROM pg_control_system())::text, pg_walfile_name(pg_current_wal_lsn())
+            """, logger: logger).collect()
+        guard let (system, walFile) = try rows.first?.decode((String, String).self) else {
+            throw MeridianError(.storageFailure, "The region's PostgreSQL did not say which cluster and timeline it runs on.")
+        }
+        return "\(system)/\(walFile.prefix(8))"
+    }
+
+    /// Notes the database's identity. When it changed since the store last noted it, the database may have lost
+    /// commits other regions hold (an asynchronous standby promoted, a restore), and would give their log numbers
+    /// to other writes: the store is then marked restored, so the region catches up from its peers and numbers its
+    /// log above everything they hold before it takes a write.
+    /// - Returns: The identities before and now, when it changed.
+    static func noteIdentity(_ client: PostgresClient, region: RegionName, logger: Logger) async throws -> (before: String, now: String)? {
+        try await client.withTransaction(logger: logger) { connection -> (before: String, now: String)? in
+            _ = try await lock(connection, region: region, logger: logger)
+            let now = try await databaseIdentity(connection, logger: logger)
+            let rows = try await connection.query("SELECT database_identity FROM meridian_store", logger: logger).collect()
+            let before = try rows.first?.decode(String?.self) ?? nil
+            guard before != now else { return nil }
+            try await connection.query("""
+                UPDATE meridian_store SET database_identity = \(now),
+                    restore_pending = CASE WHEN \(before)::text IS NULL THEN restore_pending ELSE coalesce(restore_pending, next_sequence - 1) END
+                """, logger: logger)
+            return before.map { (before: $0, now: now) }
+        }
+    }
+
     static func read(_ connection: PostgresConnection, region: RegionName, logger: Logger) async throws -> StoreRow {
         try await select(connection, region: region, "SELECT region, next_sequence, log_floor, hlc_physical_ms, hlc_logical, restore_pending, audit_anchor_sequence, audit_anchor_hash FROM meridian_store", logger: logger)
     }

@@ -192,6 +192,52 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         }
     }
 
+    /// An asynchronous standby promoted after its primary crashed may lack commits the primary acknowledged (and
+    /// shipped to other regions); numbering on from its log would give those numbers to other writes. The store
+    /// notices that its database changed (a new timeline) and marks itself restored, so the region catches up from its
+    /// peers before it takes a write. A restart of the same database changes nothing.
+    @Test(.timeLimit(.minutes(3)))
+    func aStorePromotedFromAnAsynchronousStandbyIsMarkedRestoredAndARestartIsNot() async throws {
+        let primary = try await PostgresServer()
+        defer { Task { await primary.stop() } }
+        let database = try await primary.newDatabase()
+        var store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), logger: SharedPostgres.logger)
+        _ = try await store.write(put("a", "1"))
+        store.close()
+        // Opened again on the same database: nothing changed.
+        store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), logger: SharedPostgres.logger)
+        #expect(try await store.restorePending() == nil, "a restart marked the store restored")
+        let standby = try await primary.startStandby()
+        defer {
+            Task {
+                await standby.stop()
+                try? FileManager.default.removeItem(atPath: standby.directory)
+            }
+        }
+        guard case .committed(let written) = try await store.write(put("b", "2")) else { throw MeridianError(.internalError, "not committed") }
+        store.close()
+        // The primary crashes; the standby, whatever it received, is promoted and the region's nodes move to it.
+        await primary.crash()
+        try await SharedPostgres.withClient(standby, database: database) { client in
+            let promoted = try await client.query("SELECT pg_promote(true, 60)", logger: SharedPostgres.logger).collect()
+            #expect(try promoted.first?.decode(Bool.self) == true, "the standby was not promoted")
+        }
+        let promoted = try await PostgresStore.open(Self.configuration(standby, database), context: context(), logger: SharedPostgres.logger)
+        defer { promoted.close() }
+        let mark = try await promoted.restorePending()
+        #expect(mark != nil, "the store on the promoted standby was not marked restored")
+        #expect(await errorCode { _ = try await promoted.write(put("c", "3")) } == .restorePending, "it took a write before catching up")
+        // Catching up ends the mark and numbers the log above what the peers acknowledged (here, the lost write's).
+        try await promoted.finishRestore(logEnd: written.sequence)
+        #expect(try await promoted.restorePending() == nil)
+        guard case .committed(let next) = try await promoted.write(put("c", "3")) else { throw MeridianError(.internalError, "not committed") }
+        #expect(next.sequence > written.sequence, "a number peers hold was given again: \(next.sequence)")
+        // And the next start on it is an ordinary one.
+        let again = try await PostgresStore.open(Self.configuration(standby, database), context: context(), logger: SharedPostgres.logger)
+        #expect(try await again.restorePending() == nil)
+        again.close()
+    }
+
     /// A server that would lose commits in a crash (fsync off) is refused: a commit it answered may vanish after
     /// other regions applied it.
     @Test func aServerRunningWithoutFsyncIsRefused() async throws {

@@ -17,6 +17,8 @@ public struct DrillFailure: Error, CustomStringConvertible {
 public struct Fault: Sendable {
     public enum Kind: String, CaseIterable, Sendable {
         case partition, isolate, kill, pause, skew, slow
+        /// Every node of a region at once (with standbys: the holder and its standby), as a region's machines lost.
+        case killRegion = "kill-region"
     }
 
     let kind: Kind
@@ -79,6 +81,23 @@ public final class NemesisCluster: Sendable {
     func offset(_ region: String) -> Int64 { local.clockOffsetMs(RegionName(validated: region)) }
 
     func kill9(_ region: String) async { await local.kill9(RegionName(validated: region)) }
+
+    /// Kills every node of the region (its standby too) with SIGKILL.
+    func kill9Everywhere(_ region: String) async {
+        let name = RegionName(validated: region)
+        if let standby = local.standbyProcess(name) {
+            kill(standby.processIdentifier, SIGKILL)
+            _ = await LocalProcesses.waitExited(standby)
+        }
+        await local.kill9(name)
+    }
+
+    /// Starts a killed region again: its node, and its standby when it has one.
+    func restartEverywhere(_ region: String) throws {
+        let name = RegionName(validated: region)
+        try local.startNode(name, clockOffsetMs: local.clockOffsetMs(name))
+        if local.standbyProcess(name) != nil { try local.startStandby(name) }
+    }
 
     func signal(_ region: String, _ signal: Int32) { local.signal(RegionName(validated: region), signal) }
 
@@ -377,6 +396,12 @@ public final class NemesisRun: Sendable {
             try cluster.startNode(region, clockOffsetMs: cluster.offset(region))
             try await cluster.waitHealthy(region)
             description = "SIGKILL \(region), restarted after \(Self.seconds(hold))"
+        case .killRegion:
+            await cluster.kill9Everywhere(region)
+            try await Task.sleep(for: .seconds(hold))
+            try cluster.restartEverywhere(region)
+            try await cluster.waitHealthy(region)
+            description = "SIGKILL every node of \(region), restarted after \(Self.seconds(hold))"
         case .pause:
             // Longer than the lease (about missed_heartbeats × heartbeat interval, plus the RTT).
             let pause = max(hold, 2.5)

@@ -30,12 +30,14 @@ public final class PostgresServer: @unchecked Sendable {
     /// Creates a cluster under a new temporary directory (or, given `directory`, uses the one there, creating it
     /// the first time, and keeps it) and starts it; waits (bounded) until it takes connections. It syncs its commits
     /// (fsync on) as a production server does: the PostgreSQL store refuses one that does not.
-    public init(directory given: String? = nil, timeoutSeconds: Double = 60) async throws {
+    /// - Parameter inMemory: Put a new cluster in memory (``scratchBase``): for a test that copies or promotes whole
+    ///   clusters, whose syncs would otherwise stall every other test's commits on the shared disk.
+    public init(directory given: String? = nil, inMemory: Bool = false, timeoutSeconds: Double = 60) async throws {
         binaries = try Self.binaries()
         asRoot = getuid() == 0
         keeps = given != nil
         directory = given.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-            ?? FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pg-\(UUID().uuidString)").path
+            ?? (inMemory ? Self.scratchBase : FileManager.default.temporaryDirectory.path) + "/meridian-pg-\(UUID().uuidString)"
         port = try LocalProcesses.freePort()
         let data = directory + "/data"
         let fresh = !FileManager.default.fileExists(atPath: data + "/PG_VERSION")
@@ -53,9 +55,10 @@ public final class PostgresServer: @unchecked Sendable {
             if !keeps { try? FileManager.default.removeItem(atPath: directory) }
             throw error
         }
-        // The server, on loopback and on a socket in its own directory.
+        // The server, on loopback and on a socket in its own directory. Room for many clients: a whole test run's stores
+        // and nodes share one server, each with a connection pool of its own.
         let server = [binaries + "/postgres", "-D", data, "-p", String(port), "-k", directory, "-c", "listen_addresses=127.0.0.1",
-                      "-c", "max_connections=200"]
+                      "-c", "max_connections=1000"]
         let command = server.map(Self.quoted).joined(separator: " ")
         // A shell that stops it (fast shutdown, then immediate after 10 s) once this process is gone, and then removes
         // its directory.
@@ -114,17 +117,25 @@ public final class PostgresServer: @unchecked Sendable {
         }
     }
 
+    /// Where clusters that tests copy and promote live: `/dev/shm` when it has room (a few GB), so their syncs (a
+    /// base backup's, a standby's start, a promotion's checkpoint) cost no disk time; else the temporary directory.
+    public static var scratchBase: String {
+        var stats = statvfs()
+        if statvfs("/dev/shm", &stats) == 0, UInt64(stats.f_bavail) * UInt64(stats.f_frsize) >= 2 << 30 { return "/dev/shm" }
+        return FileManager.default.temporaryDirectory.path
+    }
+
     /// Starts a streaming standby of this server (asynchronous replication, as PostgreSQL's default): a base backup
-    /// into a new directory, then a server on it that follows this one. The caller stops it and removes its
-    /// directory.
+    /// into a new directory (under ``scratchBase``), then a server on it that follows this one. The caller stops it
+    /// and removes its directory.
     public func startStandby(timeoutSeconds: Double = 60) async throws -> PostgresServer {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-pg-\(UUID().uuidString)").path
+        let directory = Self.scratchBase + "/meridian-pg-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let (binaries, asRoot, user, port) = (binaries, asRoot, user, port)
         do {
             try await Self.offPool {
                 if asRoot { try Self.run("/bin/chown", ["-R", "postgres:postgres", directory], binaries: binaries, asRoot: asRoot, user: user) }
-                try Self.run(binaries + "/pg_basebackup", ["-h", "127.0.0.1", "-p", String(port), "-U", user, "-D", directory + "/data", "-R", "-X", "stream", "-c", "fast"],
+                try Self.run(binaries + "/pg_basebackup", ["-h", "127.0.0.1", "-p", String(port), "-U", user, "-D", directory + "/data", "-R", "-X", "stream", "-c", "fast", "--no-sync"],
                              binaries: binaries, asRoot: asRoot, user: user)
             }
             return try await PostgresServer(directory: directory, timeoutSeconds: timeoutSeconds)

@@ -46,7 +46,7 @@ struct Nemesis: AsyncParsableCommand {
             guard store == "postgres" else { throw ValidationError("--standbys needs --store postgres: standby nodes share a region's PostgreSQL database.") }
             let kinds = faults.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             guard !kinds.contains("pause") && !kinds.contains("skew") else {
-                throw ValidationError("--standbys runs without pause and skew faults (give --faults partition,isolate,kill,slow): on one machine a paused holder keeps the region's ports, and a clock offset is one process's.")
+                throw ValidationError("--standbys runs without pause and skew faults (give --faults partition,isolate,kill,kill-region,slow): on one machine a paused holder keeps the region's ports, and a clock offset is one process's.")
             }
         }
         guard duration >= 5, duration <= 7_200 else { throw ValidationError("--duration is 5 to 7200 seconds.") }

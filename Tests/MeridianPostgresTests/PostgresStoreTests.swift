@@ -198,7 +198,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
     /// peers before it takes a write. A restart of the same database changes nothing.
     @Test(.timeLimit(.minutes(3)))
     func aStorePromotedFromAnAsynchronousStandbyIsMarkedRestoredAndARestartIsNot() async throws {
-        let primary = try await PostgresServer()
+        let primary = try await PostgresServer(inMemory: true)
         defer { Task { await primary.stop() } }
         let database = try await primary.newDatabase()
         var store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), logger: SharedPostgres.logger)

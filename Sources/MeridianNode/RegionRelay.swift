@@ -26,8 +26,12 @@ public struct RegionRelay: Sendable {
     /// Sent, then the connection closed, when there is no node to relay to (nil: closed at once).
     public let refusal: [UInt8]?
     public let logger: Logger
+    /// Where the relay's connections run (the process's shared loops unless given).
+    let group: any EventLoopGroup
 
-    public init(name: String, listen: Endpoint, target: @escaping @Sendable () -> Endpoint?, refusal: [UInt8]?, logger: Logger) {
+    public init(name: String, listen: Endpoint, target: @escaping @Sendable () -> Endpoint?, refusal: [UInt8]?, logger: Logger,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.group = group
         self.name = name
         self.listen = listen
         self.target = target
@@ -58,7 +62,7 @@ public struct RegionRelay: Sendable {
     public func run(onListening: @Sendable (Int) -> Void = { _ in }) async throws {
         let open = OpenRelays()
         let (target, refusal, logger, name) = (target, refusal, logger, name)
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: false)

@@ -231,8 +231,15 @@ public enum PostgresSchema {
                     try await connection.query(
                         "CREATE TABLE IF NOT EXISTS meridian_migrations (version integer PRIMARY KEY, summary text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
                         logger: logger)
-                    // The oldest schema version whose builds run on it (NULL, from before the column: its own).
-                    try await connection.query("ALTER TABLE meridian_migrations ADD COLUMN IF NOT EXISTS runs_with integer", logger: logger)
+                    // The oldest schema version whose builds run on it (NULL, from before the column: its own). Added
+                    // only where missing: an ALTER, even one with nothing to do, locks the table exclusively and so
+                    // writes to the WAL, and every start would then wait for a sync.
+                    let column = try await connection.query("""
+                        SELECT 1 FROM pg_attribute WHERE attrelid = 'meridian_migrations'::regclass AND attname = 'runs_with' AND NOT attisdropped
+                        """, logger: logger).collect()
+                    if column.isEmpty {
+                        try await connection.query("ALTER TABLE meridian_migrations ADD COLUMN runs_with integer", logger: logger)
+                    }
                     let rows = try await connection.query("""
                         SELECT coalesce(max(version), 0), coalesce(max(coalesce(runs_with, version)) FILTER (WHERE version > \(newestVersion)), 0)
                         FROM meridian_migrations

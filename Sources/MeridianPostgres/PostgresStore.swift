@@ -71,14 +71,26 @@ public final class PostgresStore: RegionStorage {
         let running = Task { await client.run() }
         let region = context.region
         do {
-            let (row, known) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3, progress: Progress()) { () async throws -> (StoreRow, Known) in
+            let (row, known, timeline) = try await bounded("Opening region \(region)'s store", timeout: requestTimeout * 3, progress: Progress()) { () async throws -> (StoreRow, Known, String?) in
                 try await Self.checkServer(client, logger: logger)
                 try await PostgresSchema.migrate(client, logger: logger)
                 var row = try await StoreRow.claim(client, region: region, logger: logger)
-                if let changed = try await StoreRow.noteIdentity(client, region: region, logger: logger) {
-                    logger.critical("region \(region)'s PostgreSQL is another database than the one its store last ran on (a standby promoted, or a restore): it may lack commits other regions hold, so the region catches up from its peers before it takes a write",
-                                    metadata: ["before": "\(changed.before)", "now": "\(changed.now)"])
-                    row = try await StoreRow.claim(client, region: region, logger: logger)
+                var timeline: String?
+                do {
+                    let identity = try await StoreRow.noteIdentity(client, region: region, logger: logger)
+                    timeline = StoreRow.timeline(identity.now)
+                    if let before = identity.changedFrom {
+                        logger.critical("region \(region)'s PostgreSQL is another database than the one its store last ran on (a standby promoted, or a restore): it may lack commits other regions hold, so the region catches up from its peers before it takes a write",
+                                        metadata: ["before": "\(before)", "now": "\(identity.now)"])
+                        row = try await StoreRow.claim(client, region: region, logger: logger)
+                    }
+                } catch {
+                    // Not allowed or not offered here (some managed services keep the WAL position and control data to
+                    // themselves): the store runs without noticing a failover of its database.
+                    let cause = ((error as? PostgresTransactionError)?.closureError ?? error) as? PSQLError
+                    guard let cause, ["42501", "0A000", "55000"].contains(cause.serverInfo?[.sqlState] ?? "") else { throw error }
+                    logger.warning("cannot read which cluster and timeline the region's PostgreSQL runs on, so a failover to a standby that missed commits goes unnoticed; run its high availability in synchronous mode",
+                                   metadata: ["error": "\(cause.serverInfo?[.message] ?? "\(cause.code)")"])
                 }
                 if let sealer = context.sealer {
                     try await client.withTransaction(logger: logger) { connection in
@@ -90,10 +102,14 @@ public final class PostgresStore: RegionStorage {
                     let (origin, sequence) = try entry.decode((String, Int64).self)
                     known.applied[try RegionName(origin)] = UInt64(sequence)
                 }
-                return (row, known)
+                return (row, known, timeline)
             }
+            // Every fenced change also checks the timeline: a standby promoted under a running holder (its pool
+            // reconnected to it) changes nothing before the node stops and the next open catches up.
+            var fenced = fence
+            fenced?.timeline = timeline
             return PostgresStore(client: client, running: running, context: context, requestTimeout: requestTimeout, logger: logger, floor: row.hlc,
-                                 known: known, fence: fence)
+                                 known: known, fence: fenced)
         } catch {
             running.cancel()
             throw error

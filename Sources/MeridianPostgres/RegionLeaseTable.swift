@@ -133,20 +133,29 @@ public struct RegionLeaseTable: Sendable {
     /// The first statement of every duty's transaction (call it inside one): locks the lease row for share and checks
     /// that it still names this process at `epoch`. A grant to another process waits for the transaction to end.
     /// - Throws: `lease_lost` when the row names another process or epoch (the transaction must roll back).
-    public func fence(_ connection: PostgresConnection, epoch: UInt64, logger: Logger) async throws(MeridianError) {
+    /// - Parameter timeline: The database's timeline when the store opened (nil: not checked): on another one, a
+    ///   standby was promoted under this node, which must stop (the next open catches up from the peers first).
+    public func fence(_ connection: PostgresConnection, epoch: UInt64, timeline: String? = nil, logger: Logger) async throws(MeridianError) {
         let (region, holder, epochValue) = (region.rawValue, holder, Int64(epoch))
         let rows: [PostgresRow]
         do {
-            rows = try await connection.query("""
-                SELECT holder, epoch FROM meridian_region_lease WHERE region = \(region) FOR SHARE
-                """, logger: logger).collect()
+            // The WAL position only where the store could read it at open (some services keep it to themselves).
+            rows = try await timeline == nil
+                ? connection.query("SELECT holder, epoch, '' FROM meridian_region_lease WHERE region = \(region) FOR SHARE", logger: logger).collect()
+                : connection.query("""
+                    SELECT holder, epoch, pg_walfile_name(pg_current_wal_lsn()) FROM meridian_region_lease WHERE region = \(region) FOR SHARE
+                    """, logger: logger).collect()
         } catch {
             throw PostgresFailure.wrap(error, "Checking region \(region)'s lease")
         }
-        let current = rows.first.flatMap { try? $0.decode((String, Int64).self) }
+        let current = rows.first.flatMap { try? $0.decode((String, Int64, String).self) }
         guard let current, current.0 == holder, current.1 == epochValue else {
             let now = current.map { $0.1 == 0 ? "nobody" : "\($0.0) at epoch \($0.1)" } ?? "nobody"
             throw MeridianError(.leaseLost, "This node (\(holder)) no longer holds region \(region)'s lease of epoch \(epoch); it is held by \(now). Its duty stopped; the node that holds the lease carries it.",
+                                context: ["region": region, "holder": holder, "epoch": String(epoch)])
+        }
+        if let timeline, current.2.prefix(8) != timeline {
+            throw MeridianError(.leaseLost, "Region \(region)'s PostgreSQL is on timeline \(current.2.prefix(8)), not \(timeline) as when this node opened its store: a standby was promoted, which may lack commits other regions hold. This node stops; the next to open the store catches up from the peers first.",
                                 context: ["region": region, "holder": holder, "epoch": String(epoch)])
         }
     }
@@ -177,6 +186,8 @@ public struct LeaseFence: Sendable {
     /// The lease's time to live: a transaction of the holder left idle this long is ended by the database (its
     /// holder, silent that long, has lost the lease anyway), so a frozen holder does not keep its successor waiting.
     public let ttlMs: UInt64
+    /// The database's timeline when the store opened (set by the store; nil: not checked).
+    var timeline: String?
     /// Told when a change found the lease gone (the holder then stops its duties at once, not at its next renewal).
     let lost: @Sendable (UInt64) -> Void
 
@@ -189,7 +200,7 @@ public struct LeaseFence: Sendable {
 
     func check(_ connection: PostgresConnection, logger: Logger) async throws(MeridianError) {
         do {
-            try await table.fence(connection, epoch: epoch, logger: logger)
+            try await table.fence(connection, epoch: epoch, timeline: timeline, logger: logger)
         } catch where error.code == .leaseLost {
             lost(epoch)
             throw error

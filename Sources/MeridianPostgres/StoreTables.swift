@@ -67,20 +67,32 @@ struct StoreRow: Sendable {
     /// commits other regions hold (an asynchronous standby promoted, a restore), and would give their log numbers
     /// to other writes: the store is then marked restored, so the region catches up from its peers and numbers its
     /// log above everything they hold before it takes a write.
-    /// - Returns: The identities before and now, when it changed.
-    static func noteIdentity(_ client: PostgresClient, region: RegionName, logger: Logger) async throws -> (before: String, now: String)? {
-        try await client.withTransaction(logger: logger) { connection -> (before: String, now: String)? in
+    /// - Returns: The identity now, and the one before when it changed (and the store was marked restored).
+    static func noteIdentity(_ client: PostgresClient, region: RegionName, logger: Logger) async throws -> (now: String, changedFrom: String?) {
+        // Read first: the usual start finds it unchanged, and writes nothing (a lock would cost a WAL sync).
+        let unchanged = try await client.withConnection { connection -> String? in
+            let now = try await databaseIdentity(connection, logger: logger)
+            let rows = try await connection.query("SELECT database_identity FROM meridian_store", logger: logger).collect()
+            return try rows.first?.decode(String?.self) == now ? now : nil
+        }
+        if let unchanged { return (unchanged, nil) }
+        return try await client.withTransaction(logger: logger) { connection -> (now: String, changedFrom: String?) in
             _ = try await lock(connection, region: region, logger: logger)
             let now = try await databaseIdentity(connection, logger: logger)
             let rows = try await connection.query("SELECT database_identity FROM meridian_store", logger: logger).collect()
             let before = try rows.first?.decode(String?.self) ?? nil
-            guard before != now else { return nil }
+            guard before != now else { return (now, nil) }
             try await connection.query("""
                 UPDATE meridian_store SET database_identity = \(now),
                     restore_pending = CASE WHEN \(before)::text IS NULL THEN restore_pending ELSE coalesce(restore_pending, next_sequence - 1) END
                 """, logger: logger)
-            return before.map { (before: $0, now: now) }
+            return (now, before)
         }
+    }
+
+    /// The timeline part of an identity (the first 8 hexadecimal digits of a WAL file's name).
+    static func timeline(_ identity: String) -> String {
+        String(identity.split(separator: "/").last ?? "")
     }
 
     static func read(_ connection: PostgresConnection, region: RegionName, logger: Logger) async throws -> StoreRow {

@@ -12,6 +12,10 @@ import PostgresNIO
 import Synchronization
 import Testing
 
+/// The tests that run whole PostgreSQL clusters (copied, promoted, under Patroni): on two cores beside the rest of
+/// the run they starve the shared test server, so CI runs them in a step of their own (`MERIDIAN_FAILOVER_TESTS=1`).
+let failoverTestsEnabled = ProcessInfo.processInfo.environment["MERIDIAN_FAILOVER_TESTS"] != nil
+
 @Suite struct PatroniTests {
     /// What the writers had acknowledged.
     final class Acknowledged: Sendable {
@@ -29,7 +33,7 @@ import Testing
         PostgresClient.Configuration(host: "127.0.0.1", port: port, username: "postgres", password: nil, database: database, tls: .disable)
     }
 
-    @Test(.timeLimit(.minutes(5)))
+    @Test(.timeLimit(.minutes(5)), .enabled(if: failoverTestsEnabled, "set MERIDIAN_FAILOVER_TESTS=1 (.ci/run runs it in a step of its own)"))
     func aSynchronousFailoverUnderWritesLosesNoAcknowledgedWriteAndTheStoreCatchesUpBeforeNumberingOn() async throws {
         let cluster = try await PatroniCluster()
         do {

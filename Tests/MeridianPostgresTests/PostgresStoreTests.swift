@@ -196,7 +196,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
     /// shipped to other regions); numbering on from its log would give those numbers to other writes. The store
     /// notices that its database changed (a new timeline) and marks itself restored, so the region catches up from its
     /// peers before it takes a write. A restart of the same database changes nothing.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: failoverTestsEnabled, "set MERIDIAN_FAILOVER_TESTS=1 (.ci/run runs it in a step of its own)"))
     func aStorePromotedFromAnAsynchronousStandbyIsMarkedRestoredAndARestartIsNot() async throws {
         let primary = try await PostgresServer(inMemory: true)
         defer { Task { await primary.stop() } }
@@ -236,6 +236,25 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         let again = try await PostgresStore.open(Self.configuration(standby, database), context: context(), logger: SharedPostgres.logger)
         #expect(try await again.restorePending() == nil)
         again.close()
+    }
+
+    /// A database that keeps its WAL position from the store's role (as some managed services do) cannot be checked
+    /// for a failover: the store opens without the check, saying so, rather than not at all.
+    @Test func aRoleThatMayNotReadTheWALPositionOpensTheStoreWithoutTheFailoverCheck() async throws {
+        let server = try await PostgresServer.shared.value
+        let database = try await server.newDatabase()
+        let role = "r_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)
+        try await SharedPostgres.withClient(server, database: database) { client in
+            try await client.query("CREATE ROLE \(unescaped: role) LOGIN", logger: SharedPostgres.logger)
+            try await client.query("ALTER DATABASE \(unescaped: database) OWNER TO \(unescaped: role)", logger: SharedPostgres.logger)
+            try await client.query("ALTER SCHEMA public OWNER TO \(unescaped: role)", logger: SharedPostgres.logger)
+            try await client.query("REVOKE EXECUTE ON FUNCTION pg_current_wal_lsn() FROM PUBLIC", logger: SharedPostgres.logger)
+        }
+        let configuration = PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: role, password: nil, database: database, tls: .disable)
+        let store = try await PostgresStore.open(configuration, context: context(), logger: SharedPostgres.logger)
+        defer { store.close() }
+        #expect(try await store.restorePending() == nil)
+        guard case .committed = try await store.write(put("a", "1")) else { throw MeridianError(.internalError, "not committed") }
     }
 
     /// A server that would lose commits in a crash (fsync off) is refused: a commit it answered may vanish after

@@ -70,6 +70,20 @@ enum SharedPostgres {
         }
     }
 
+    /// A holder whose connections moved to a promoted standby (a new timeline) while it ran changes nothing more.
+    @Test func aChangeOnAnotherTimelineThanTheStoreOpenedOnIsFenced() async throws {
+        let region = self.region
+        try await SharedPostgres.withMigratedDatabase { client in
+            let holder = RegionLeaseTable(region: region, node: "node-a")
+            #expect(try await holder.acquire(client, ttlMs: 5_000, timeoutMs: 1_000, logger: SharedPostgres.logger) == .held(epoch: 1))
+            let rows = try await client.query("SELECT pg_walfile_name(pg_current_wal_lsn())", logger: SharedPostgres.logger).collect()
+            let timeline = String(try #require(try rows.first?.decode(String.self)).prefix(8))
+            #expect(await Self.fenceCode(holder, client, epoch: 1, timeline: timeline) == nil)
+            #expect(await Self.fenceCode(holder, client, epoch: 1, timeline: "00000009") == .leaseLost)
+            #expect(await Self.fenceCode(holder, client, epoch: 1) == nil, "unchecked where the store could not read its timeline")
+        }
+    }
+
     @Test func theLeaseGoesToOneNodeAtATimeAndAFormerHoldersStatementsAreFenced() async throws {
         let region = self.region
         try await SharedPostgres.withMigratedDatabase { client in
@@ -226,9 +240,11 @@ enum SharedPostgres {
     }
 
     /// The code a fenced transaction of `table` at `epoch` fails with (nil: it went through).
-    static func fenceCode(_ table: RegionLeaseTable, _ client: PostgresClient, epoch: UInt64) async -> MeridianError.Code? {
+    static func fenceCode(_ table: RegionLeaseTable, _ client: PostgresClient, epoch: UInt64, timeline: String? = nil) async -> MeridianError.Code? {
         do {
-            try await client.withTransaction(logger: SharedPostgres.logger) { connection in try await table.fence(connection, epoch: epoch, logger: SharedPostgres.logger) }
+            try await client.withTransaction(logger: SharedPostgres.logger) { connection in
+                try await table.fence(connection, epoch: epoch, timeline: timeline, logger: SharedPostgres.logger)
+            }
             return nil
         } catch {
             return PostgresFailure.wrap(error, "A fenced transaction").code

@@ -161,22 +161,15 @@ public final class PatroniCluster: @unchecked Sendable {
     /// Starts `command` under a watchdog shell that kills it once this process is gone; it logs to NAME.log.
     private func start(_ name: String, _ command: [String]) throws {
         let script = """
-            \(command.map(Self.quoted).joined(separator: " ")) >\(Self.quoted("\(directory)/\(name).log")) 2>&1 &
+            \(command.map(PostgresServer.quoted).joined(separator: " ")) >\(PostgresServer.quoted("\(directory)/\(name).log")) 2>&1 &
             child=$!
-            echo $child >\(Self.quoted("\(directory)/\(name).pid"))
+            echo $child >\(PostgresServer.quoted("\(directory)/\(name).pid"))
             while [ -d /proc/\(getpid()) ] && kill -0 $child 2>/dev/null; do sleep 0.5; done
             kill -TERM $child 2>/dev/null
             for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do kill -0 $child 2>/dev/null || break; sleep 0.5; done
             kill -KILL $child 2>/dev/null; wait $child
             """
-        let watchdog = Process()
-        watchdog.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "/bin/sh")
-        watchdog.arguments = asRoot ? ["-u", user, "--", "/bin/sh", "-c", script] : ["-c", script]
-        watchdog.standardInput = FileHandle.nullDevice
-        watchdog.standardOutput = FileHandle.nullDevice
-        watchdog.standardError = FileHandle.nullDevice
-        try watchdog.run()
-        watchdogs[name] = watchdog
+        watchdogs[name] = try PostgresServer.shell(script, asRoot: asRoot, user: user)
     }
 
     private func failure(_ what: String) -> PostgresServerFailure {
@@ -207,5 +200,4 @@ public final class PatroniCluster: @unchecked Sendable {
         guard process.terminationStatus == 0 else { throw PostgresServerFailure("\(executable) \(arguments.joined(separator: " ")) failed") }
     }
 
-    static func quoted(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 }

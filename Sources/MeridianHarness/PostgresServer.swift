@@ -71,13 +71,7 @@ public final class PostgresServer: @unchecked Sendable {
             kill -QUIT $server 2>/dev/null; wait $server
             \(keeps ? "" : "rm -rf " + Self.quoted(directory))
             """
-        let watchdog = Process()
-        watchdog.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "/bin/sh")
-        watchdog.arguments = asRoot ? ["-u", user, "--", "/bin/sh", "-c", script] : ["-c", script]
-        watchdog.standardInput = FileHandle.nullDevice
-        watchdog.standardOutput = FileHandle.nullDevice
-        watchdog.standardError = FileHandle.nullDevice
-        try watchdog.run()
+        let watchdog = try Self.shell(script, asRoot: asRoot, user: user)
         self.watchdog = watchdog
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         // Asked on its own socket: another server on the port would not answer for it.
@@ -108,6 +102,19 @@ public final class PostgresServer: @unchecked Sendable {
         let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         try await Self.offPool { try self.createDatabase(name) }
         return name
+    }
+
+    /// Starts `script` in a shell of its own, as `user` when this process runs as root (PostgreSQL and Patroni refuse
+    /// to run as root), its output discarded.
+    static func shell(_ script: String, asRoot: Bool, user: String) throws -> Process {
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "/bin/sh")
+        shell.arguments = asRoot ? ["-u", user, "--", "/bin/sh", "-c", script] : ["-c", script]
+        shell.standardInput = FileHandle.nullDevice
+        shell.standardOutput = FileHandle.nullDevice
+        shell.standardError = FileHandle.nullDevice
+        try shell.run()
+        return shell
     }
 
     /// Runs blocking work (a child process to completion) on a dispatch thread, not the concurrency pool's.
@@ -194,7 +201,7 @@ public final class PostgresServer: @unchecked Sendable {
         return text.split(separator: "\n").first.flatMap { pid_t($0.trimmingCharacters(in: .whitespaces)) }
     }
 
-    private static func quoted(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+    static func quoted(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
     /// Runs a PostgreSQL tool to completion (as `postgres` when this process is root).
     private func run(_ executable: String, _ arguments: [String]) throws {

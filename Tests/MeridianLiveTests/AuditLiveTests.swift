@@ -15,8 +15,8 @@ extension LiveTests {
 
             """
 
-        static func verify(_ cluster: LiveCluster) throws -> (status: Int32, stdout: String, stderr: String) {
-            try runCLI(["audit", "verify", "--config", cluster.config])
+        static func verify(_ cluster: LiveCluster) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await runCLI(["audit", "verify", "--config", cluster.config])
         }
 
         /// Changes a stopped region's store with `body`.
@@ -29,7 +29,7 @@ extension LiveTests {
 
         /// Waits until every region's head is witnessed by the others (a checkpoint goes out each heartbeat the head moved).
         static func waitWitnessed(_ cluster: LiveCluster) async throws {
-            let result = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) { try verify(cluster) } until: { $0.status == 0 }
+            let result = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) { try await verify(cluster) } until: { $0.status == 0 }
             #expect(result.status == 0, "\(result.stdout) \(result.stderr)")
         }
 
@@ -37,7 +37,7 @@ extension LiveTests {
         /// the same file again, it records nothing.
         @Test(.timeLimit(.minutes(3)))
         func aChangedClusterFileGoesOnTheTrail() async throws {
-            let cluster = try LiveCluster(keyspaces: Self.keyspaces)
+            let cluster = try await LiveCluster(keyspaces: Self.keyspaces)
             try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 func configRecords() async throws -> [[String: String]] {
                     let connection = try await cluster.connect("us-east")
@@ -65,20 +65,20 @@ extension LiveTests {
 
         @Test(.timeLimit(.minutes(4)))
         func trailsVerifyAndPairAndEveryTamperingIsCaught() async throws {
-            let cluster = try LiveCluster(keyspaces: Self.keyspaces)
+            let cluster = try await LiveCluster(keyspaces: Self.keyspaces)
             try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 let us = try await cluster.connect("us-east"), eu = try await cluster.connect("eu-west")
                 for index in 0..<20 {
                     #expect(try await eu.request("PUT", "/v1/kv/vault/u\(index)/v", body: Array("value-\(index)".utf8)).status == 200)
                     #expect(try await us.request("PUT", "/v1/kv/vault/p\(index)/v", body: Array("proxied-\(index)".utf8)).status == 200)
                 }
-                let erased = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "u1"])
+                let erased = try await runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "u1"])
                 #expect(erased.status == 0, "\(erased)")
                 await us.close()
                 await eu.close()
                 try await Self.waitWitnessed(cluster)
                 let pairs = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
-                    try runCLI(["audit", "pairs", "--config", cluster.config])
+                    try await runCLI(["audit", "pairs", "--config", cluster.config])
                 } until: { $0.status == 0 }
                 #expect(pairs.status == 0 && !pairs.stdout.contains(" 0 batches sent"), "\(pairs.stdout)")
 
@@ -102,7 +102,7 @@ extension LiveTests {
                     try db.execute(sql: "UPDATE audit SET fields = replace(fields, 'vault', 'vaulu') WHERE sequence = 2")
                 }
                 try await cluster.restartNode("ap-southeast")
-                var caught = try Self.verify(cluster)
+                var caught = try await Self.verify(cluster)
                 #expect(caught.status == 1 && caught.stdout.contains("ap-southeast: BROKEN at record 2") && caught.stdout.contains("changed"), "\(caught.stdout)")
 
                 // 2. The newest records deleted (eu-west): its peers witnessed a longer trail.
@@ -111,7 +111,7 @@ extension LiveTests {
                     try db.execute(sql: "DELETE FROM audit WHERE sequence > (SELECT MAX(sequence) - 5 FROM audit)")
                 }
                 try await cluster.restartNode("eu-west")
-                caught = try Self.verify(cluster)
+                caught = try await Self.verify(cluster)
                 #expect(caught.status == 1 && caught.stdout.contains("eu-west: BROKEN"), "\(caught.stdout)")
 
                 // 3. A record changed and the whole chain recomputed from it (us-east): the chain holds, the witnessed
@@ -129,7 +129,7 @@ extension LiveTests {
                     }
                 }
                 try await cluster.restartNode("us-east")
-                caught = try Self.verify(cluster)
+                caught = try await Self.verify(cluster)
                 #expect(caught.status == 1 && caught.stdout.contains("us-east: BROKEN") && caught.stdout.contains("witnessed"), "\(caught.stdout)")
             }
         }

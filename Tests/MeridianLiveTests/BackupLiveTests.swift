@@ -20,7 +20,7 @@ extension LiveTests {
 
         @Test(.timeLimit(.minutes(4)))
         func aRestoredRegionCatchesUpKeepsErasuresAndNeverReusesASequence() async throws {
-            let cluster = try LiveCluster(keyspaces: Self.keyspaces)
+            let cluster = try await LiveCluster(keyspaces: Self.keyspaces)
             try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 let us = try await cluster.connect("us-east"), eu = try await cluster.connect("eu-west")
                 for subject in ["s1", "s2"] {
@@ -28,7 +28,7 @@ extension LiveTests {
                 }
                 // A keyspace no other region holds: after a restore, no peer can tell it what was erased.
                 #expect(try await us.request("PUT", "/v1/kv/solo/s5/v", body: Array("only-here".utf8)).status == 200)
-                let backup = try runCLI(["backup", "--config", cluster.config, "--region", "us-east", "--name", "nightly.db"])
+                let backup = try await runCLI(["backup", "--config", cluster.config, "--region", "us-east", "--name", "nightly.db"])
                 #expect(backup.status == 0 && backup.stdout.contains("log end 3"), "\(backup)")
                 let file = ((cluster.local.dataDirectory(RegionName(validated: "us-east")) as NSString).appendingPathComponent("backups") as NSString)
                     .appendingPathComponent("nightly.db")
@@ -39,7 +39,7 @@ extension LiveTests {
 
                 // After the backup: writes the backup does not hold, and the single-region subject erased (into
                 // us-east's erasure ledger).
-                let erasedSolo = try runCLI(["erase", "--config", cluster.config, "--region", "us-east", "--keyspace", "solo", "--subject", "s5"])
+                let erasedSolo = try await runCLI(["erase", "--config", cluster.config, "--region", "us-east", "--keyspace", "solo", "--subject", "s5"])
                 #expect(erasedSolo.status == 0, "\(erasedSolo)")
                 for index in 0..<5 {
                     #expect(try await us.request("PUT", "/v1/kv/vault/s3/v\(index)", body: Array("after-\(index)".utf8)).status == 200)
@@ -49,7 +49,7 @@ extension LiveTests {
                 // us-east's disk is lost. While it is down, s1 is erased in the other regions (us-east cannot
                 // confirm: only its peers can tell the restored region).
                 await cluster.kill9("us-east")
-                let erased = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "s1"])
+                let erased = try await runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "s1"])
                 #expect(erased.status != 0 && (erased.stdout + erased.stderr).contains("us-east"), "\(erased)")
                 #expect(try await eu.request("GET", "/v1/kv/vault/s1/v").status == 410)
                 // Its backup comes back in its place.
@@ -57,11 +57,11 @@ extension LiveTests {
                 let lost = data + ".lost"
                 try FileManager.default.moveItem(atPath: data, toPath: lost)
                 let backupCopy = lost + "/backups/nightly.db"
-                let other = try runCLI(["restore", "--region", "eu-west", "--backup", backupCopy, "--data", cluster.local.directory + "/elsewhere"])
+                let other = try await runCLI(["restore", "--region", "eu-west", "--backup", backupCopy, "--data", cluster.local.directory + "/elsewhere"])
                 #expect(other.status != 0 && other.stderr.contains("not eu-west"), "a backup of us-east restored into eu-west: \(other)")
-                let restored = try runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
+                let restored = try await runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
                 #expect(restored.status == 0 && restored.stdout.contains("log end 3"), "\(restored)")
-                let again = try runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
+                let again = try await runCLI(["restore", "--region", "us-east", "--backup", backupCopy, "--data", data])
                 #expect(again.status != 0 && again.stderr.contains("fresh data directory"), "restored over a store: \(again)")
                 try await cluster.restartNode("us-east")
 
@@ -96,7 +96,7 @@ extension LiveTests {
 
                 // The trail: a restore record resumes it after the records the backup lost; it verifies.
                 let verified = try await eventually(timeoutSeconds: 20, every: .milliseconds(300)) {
-                    try runCLI(["audit", "verify", "--config", cluster.config])
+                    try await runCLI(["audit", "verify", "--config", cluster.config])
                 } until: { $0.status == 0 }
                 #expect(verified.status == 0 && verified.stdout.contains("us-east: intact") && verified.stdout.contains("restored from a backup at record"),
                         "\(verified.stdout) \(verified.stderr)")

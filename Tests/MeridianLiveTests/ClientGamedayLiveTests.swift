@@ -123,17 +123,35 @@ extension LiveTests {
                 configuration.timeoutMs = 60_000
                 let client = try MeridianClient(configuration: configuration)
                 try await client.refresh()
-                cluster.local.signal(RegionName(validated: "ap-southeast"), SIGSTOP)
-                let swift = Task { try await client.crdt("tally", "swift", operation: #"{"type":"pn-counter","op":"increment","by":1}"#, idempotencyKey: keys[0]) }
+                // The Python client starts, learns the topology and waits for the go: its interpreter can take seconds to
+                // start on a machine busy with other tests, and by then eu-west would know ap-southeast is down and refuse
+                // the write outright (applied: no) instead of committing it and timing out its ack.
+                let (ready, go) = (cluster.scratch.file("python.ready"), cluster.scratch.file("python.go"))
                 let script = """
+                    import os, time
                     from meridian_client import MeridianClient
                     client = MeridianClient([\(seeds.map { "'\($0)'" }.joined(separator: ", "))], preferred_regions=['eu-west', 'us-east'], follow_topology=False, timeout=60.0)
+                    open('\(ready)', 'w').close()
+                    deadline = time.monotonic() + 120
+                    while not os.path.exists('\(go)') and time.monotonic() < deadline:
+                        time.sleep(0.01)
                     answer = client.crdt('tally', 'python', {'type': 'pn-counter', 'op': 'increment', 'by': 1}, idempotency_key='\(keys[1])')
                     print(answer.status, answer.headers.get('idempotent-replayed'), answer.text)
                     """
-                let python = Task { try ClientLibraryLiveTests.python(["-c", script], environment: [:]) }
+                let python = Task { try await ClientLibraryLiveTests.python(["-c", script], environment: [:]) }
+                let started = try await eventually(timeoutSeconds: 60, { FileManager.default.fileExists(atPath: ready) }, until: { $0 })
+                guard started else {
+                    FileManager.default.createFile(atPath: go, contents: nil)
+                    let pythonSaid = (try? await python.value).map { "exit \($0.0): \($0.1.suffix(800))" } ?? "did not run"
+                    Issue.record("the Python client did not start within 60 s: \(pythonSaid)")
+                    try await client.shutdown()
+                    return
+                }
+                cluster.local.signal(RegionName(validated: "ap-southeast"), SIGSTOP)
+                let swift = Task { try await client.crdt("tally", "swift", operation: #"{"type":"pn-counter","op":"increment","by":1}"#, idempotencyKey: keys[0]) }
+                FileManager.default.createFile(atPath: go, contents: nil)
                 // Both first attempts are committed at eu-west, and their ack waits (1 s) over, before ap-southeast
-                // resumes: Python's interpreter can take more than a second to start on a machine busy with other tests.
+                // resumes.
                 let probe = try await cluster.connect("eu-west")
                 for counter in ["swift", "python"] {
                     let committed = try await eventually(timeoutSeconds: 60, {
@@ -141,10 +159,10 @@ extension LiveTests {
                     }, until: { $0.status == 200 })
                     guard committed.status == 200 else {
                         // Without it the test would go on to check a first attempt that never happened (an answer confirmed by all).
-                        Issue.record("the \(counter) client's first attempt did not reach eu-west within 60 s: \(committed.status) \(committed.text)")
                         cluster.local.signal(RegionName(validated: "ap-southeast"), SIGCONT)
-                        _ = try? await swift.value
-                        _ = try? await python.value
+                        let swiftSaid = (try? await swift.value).map { "\($0.status) \($0.text)" } ?? "no answer"
+                        let pythonSaid = (try? await python.value).map { "exit \($0.0): \($0.1.suffix(800))" } ?? "did not run"
+                        Issue.record("the \(counter) client's first attempt did not reach eu-west within 60 s: \(committed.status) \(committed.text); the Swift client got \(swiftSaid); the Python client: \(pythonSaid)")
                         try await client.shutdown()
                         return
                     }

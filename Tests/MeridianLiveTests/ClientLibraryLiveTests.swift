@@ -19,8 +19,8 @@ extension LiveTests {
             .appendingPathComponent("clients/python").path
 
         /// Runs python3 in the package directory with `arguments` and extra environment; returns its status and output.
-        static func python(_ arguments: [String], environment: [String: String]) throws -> (Int32, String) {
-            let result = try runProgram("/usr/bin/env", ["python3"] + arguments, directory: package,
+        static func python(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String) {
+            let result = try await runProgram("/usr/bin/env", ["python3"] + arguments, directory: package,
                                         environment: environment.merging(["PYTHONPATH": package]) { $1 }, timeoutSeconds: 120)
             return (result.status, result.stdout + result.stderr)
         }
@@ -87,15 +87,15 @@ extension LiveTests {
         func thePythonClientRoutesFailsOverAndRunsTheDocumentsExample() async throws {
             try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
                 let seeds = cluster.regions.map { "http://\(cluster.local.endpoint(RegionName(validated: $0)))" }
-                let (status, output) = try Self.python(["-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."],
+                let (status, output) = try await Self.python(["-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."],
                                                        environment: ["MERIDIAN_SEEDS": seeds.joined(separator: ",")])
                 #expect(status == 0 && !output.contains("skipped 'MERIDIAN_SEEDS"), "\(output.suffix(3000))")
-                let (exampleStatus, example) = try Self.python(["examples/multi_region_database.py"] + seeds, environment: [:])
+                let (exampleStatus, example) = try await Self.python(["examples/multi_region_database.py"] + seeds, environment: [:])
                 #expect(exampleStatus == 0 && example.contains("SYNC") && example.contains("straight to us-east"), "\(example.suffix(2000))")
                 #expect(example.contains("acked by ap-southeast, eu-west, us-east") || example.contains("acked by eu-west"), "\(example)")
 
                 await cluster.kill9("eu-west")
-                let (deadStatus, deadOutput) = try Self.python(["-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."],
+                let (deadStatus, deadOutput) = try await Self.python(["-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."],
                                                                environment: ["MERIDIAN_SEEDS": seeds.joined(separator: ","), "MERIDIAN_DEAD": "eu-west"])
                 #expect(deadStatus == 0, "with eu-west killed: \(deadOutput.suffix(3000))")
             }

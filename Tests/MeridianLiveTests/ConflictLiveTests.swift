@@ -44,7 +44,7 @@ extension LiveTests {
                 try await cluster.waitUntilLinksUp()
 
                 // us-east and eu-west cannot talk; both write every key, eu-west a little later (higher HLC).
-                try cluster.chaos("partition", "us-east", "eu-west")
+                try await cluster.chaos("partition", "us-east", "eu-west")
                 for keyspace in ["last", "first", "ranked", "carts"] {
                     let early = try await us.request("PUT", "/v1/kv/\(keyspace)/item", body: Array("from-us".utf8))
                     #expect(early.status == 200, "\(early.text)")
@@ -52,7 +52,7 @@ extension LiveTests {
                     let late = try await eu.request("PUT", "/v1/kv/\(keyspace)/item", body: Array("from-eu".utf8))
                     #expect(late.status == 200, "\(late.text)")
                 }
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
 
                 let expected = ["last": ("from-eu", "from-us", "us-east"), "first": ("from-us", "from-eu", "eu-west"),
                                 "ranked": ("from-us", "from-eu", "eu-west")]
@@ -112,9 +112,9 @@ extension LiveTests {
                 _ = try await Self.converge(connections, "/v1/crdt/likes/cart") { $0.allSatisfy { $0.status == 200 } }
 
                 // Every region cut off from every other.
-                try cluster.chaos("partition", "us-east", "eu-west")
-                try cluster.chaos("partition", "us-east", "ap-southeast")
-                try cluster.chaos("partition", "eu-west", "ap-southeast")
+                try await cluster.chaos("partition", "us-east", "eu-west")
+                try await cluster.chaos("partition", "us-east", "ap-southeast")
+                try await cluster.chaos("partition", "eu-west", "ap-southeast")
                 var total = 0
                 for (index, connection) in connections.enumerated() {
                     for round in 0..<(10 * (index + 1)) {
@@ -136,7 +136,7 @@ extension LiveTests {
                 #expect(mismatch.status == 409 && mismatch.text.contains("crdt_type_mismatch"), "\(mismatch.text)")
                 let plain = try await connections[0].request("PUT", "/v1/kv/likes/post-1", body: Array("7".utf8))
                 #expect(plain.status == 409 && plain.text.contains("conflict_policy_mismatch"), "\(plain.text)")
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
 
                 let counts = try await Self.converge(connections, "/v1/crdt/likes/post-1") { answers in
                     answers.allSatisfy { Self.json($0)["value"] as? Int == total }

@@ -75,7 +75,7 @@ extension LiveTests {
                 // Writes-follow-reads seen by another client: a session writes `a` in eu-west, then (with its token)
                 // `b` in us-east. With eu-west cut off from ap-southeast, a reader there sees `b` (it came from
                 // us-east); its token then owes it `a`, which ap-southeast cannot have: it must not answer 404.
-                try cluster.chaos("partition", "eu-west", "ap-southeast")
+                try await cluster.chaos("partition", "eu-west", "ap-southeast")
                 let first = try await eu.request("PUT", "/v1/kv/profiles/wfr-a", body: Array("a1".utf8))
                 let second = try await us.request("PUT", "/v1/kv/profiles/wfr-b", headers: [("Meridian-Session", try #require(first.header("Meridian-Session")))],
                                                   body: Array("b1".utf8))
@@ -87,21 +87,21 @@ extension LiveTests {
                 let observerToken = try #require(observed?.header("Meridian-Session"))
                 let owed = try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
                 #expect(owed.status == 503 && owed.text.contains("consistency_unavailable"), "a reader who saw b must see a, or be told it cannot: \(owed.status) \(owed.text)")
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
                 let healed: HTTPResult? = try await eventually(timeoutSeconds: 5, {
                     try await ap.request("GET", "/v1/kv/profiles/wfr-a", headers: [("Meridian-Session", observerToken)])
                 }, until: { $0.status == 200 })
                 #expect(healed?.status == 200 && healed?.text == "a1", "\(healed?.text ?? "")")
 
                 // A leader cut off from every replica cannot promise it still leads: strong reads are refused.
-                try cluster.chaos("isolate", "us-east")
+                try await cluster.chaos("isolate", "us-east")
                 let refused: HTTPResult? = try await eventually(timeoutSeconds: 5, {
                     try await us.request("GET", "/v1/kv/accounts/alice")
                 }, until: { $0.status == 503 })
                 #expect(refused?.status == 503 && refused?.text.contains("consistency_unavailable") == true, "\(refused?.text ?? "")")
                 // Eventual reads still answer locally.
                 #expect(try await us.request("GET", "/v1/kv/accounts/alice?consistency=eventual").status == 200)
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
             }
         }
     }

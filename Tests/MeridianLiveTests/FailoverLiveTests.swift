@@ -176,7 +176,7 @@ extension LiveTests {
                 let config = cluster.config
                 let moved = Task {
                     try await Task.sleep(for: .milliseconds(400))
-                    return try runCLI(["failover", "accounts", "--to", "ap-southeast", "--config", config, "--region", "ap-southeast"])
+                    return try await runCLI(["failover", "accounts", "--to", "ap-southeast", "--config", config, "--region", "ap-southeast"])
                 }
                 let us = try await cluster.connect("us-east")
                 var acknowledged: [(key: String, value: String)] = []
@@ -323,7 +323,7 @@ extension LiveTests {
                 let eu = try await cluster.connect("eu-west")
                 let overwrite = try await eu.request("PUT", "/v1/kv/ledger/d0", body: Array("from-new-leader".utf8))
                 #expect(overwrite.status == 200, "\(overwrite.text)")
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
                 // us-east follows the new term and keeps aside what the new leader never held.
                 let back = try await Self.waitForStatus(cluster, "us-east") { Self.term($0, "ledger")["leader"] as? String == newLeader }
                 #expect(Self.term(back, "ledger")["role"] as? String == "follower", "\(back)")

@@ -197,33 +197,33 @@ extension LiveTests.GatewayLiveTests {
             let file = cluster.scratch.file("value.txt")
             try value.write(toFile: file, atomically: true, encoding: .utf8)
 
-            let chunked = try runProgram(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Transfer-Encoding: chunked",
+            let chunked = try await runProgram(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Transfer-Encoding: chunked",
                                                 "-H", "CF-IPCountry: DE", "--data-binary", "@\(file)", "\(base)/v1/kv/profiles/big"])
             #expect(chunked.stdout == "200", "chunked PUT: \(chunked.stdout) \(chunked.stderr)")
-            let continued = try runProgram(curl, ["-sv", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Expect: 100-continue",
+            let continued = try await runProgram(curl, ["-sv", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Expect: 100-continue",
                                                   "-H", "CF-IPCountry: JP", "--data-binary", "@\(file)", "\(base)/v1/kv/profiles/big2"])
             #expect(continued.stdout == "200" && continued.stderr.contains("100 Continue"), "Expect: 100-continue: \(continued.stdout) \(continued.stderr.suffix(600))")
 
             // Two requests on one connection, the first a 404: both answered, one connection made.
-            let kept = try runProgram(curl, ["-s", "-H", "CF-IPCountry: DE", "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", "-o", "/dev/null",
+            let kept = try await runProgram(curl, ["-s", "-H", "CF-IPCountry: DE", "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", "-o", "/dev/null",
                                              "\(base)/v1/kv/profiles/missing?consistency=eventual", "\(base)/v1/kv/profiles/big?consistency=eventual"])
             #expect(kept.stdout == "404 1\n200 0\n", "keep-alive: \(kept.stdout)")
-            let old = try runProgram(curl, ["-s", "--http1.0", "-H", "CF-IPCountry: DE", "\(base)/v1/kv/profiles/big?consistency=eventual"])
+            let old = try await runProgram(curl, ["-s", "--http1.0", "-H", "CF-IPCountry: DE", "\(base)/v1/kv/profiles/big?consistency=eventual"])
             #expect(old.stdout == value, "HTTP/1.0: \(old.stdout.count) bytes of \(value.count)")
 
             // A server-sent event stream passes through as it is written (the topology's first event).
-            let events = try runProgram(curl, ["-s", "-N", "-m", "3", "-H", "Accept: text/event-stream", "\(base)/v1/topology"])
+            let events = try await runProgram(curl, ["-s", "-N", "-m", "3", "-H", "Accept: text/event-stream", "\(base)/v1/topology"])
             #expect(events.stdout.contains("event: topology"), "SSE through the gateway: \(events.stdout.prefix(300)) (curl \(events.status))")
 
             // A chunked body over the limit (no length to refuse up front): 413, nothing applied.
             let tooLarge = String(repeating: "x", count: (1 << 20) + 100_000)
             let largeFile = cluster.scratch.file("large.txt")
             try tooLarge.write(toFile: largeFile, atomically: true, encoding: .utf8)
-            let refused = try runProgram(curl, ["-s", "-w", " %{http_code}", "-X", "PUT", "-H", "Transfer-Encoding: chunked", "-H", "CF-IPCountry: DE",
+            let refused = try await runProgram(curl, ["-s", "-w", " %{http_code}", "-X", "PUT", "-H", "Transfer-Encoding: chunked", "-H", "CF-IPCountry: DE",
                                                 "--data-binary", "@\(largeFile)", "\(base)/v1/kv/profiles/huge"])
             #expect(refused.stdout.hasSuffix(" 413") && refused.stdout.contains("value_too_large") && refused.stdout.contains(#""applied":"no""#),
                     "over the limit: \(refused.stdout.prefix(300))")
-            let absent = try runProgram(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "CF-IPCountry: DE", "\(base)/v1/kv/profiles/huge?consistency=eventual"])
+            let absent = try await runProgram(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "CF-IPCountry: DE", "\(base)/v1/kv/profiles/huge?consistency=eventual"])
             #expect(absent.stdout == "404")
         }
     }

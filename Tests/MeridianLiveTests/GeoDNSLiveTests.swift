@@ -56,8 +56,8 @@ extension LiveTests {
             }
 
             /// `dig` through this PowerDNS: the answer's addresses and the ECS option it echoed.
-            func dig(_ name: String, subnet: String) throws -> (addresses: [String], clientSubnet: String?, output: String) {
-                let result = try runTool("/usr/bin/dig", ["@127.0.0.1", "-p", String(port), name, "A", "+subnet=\(subnet)", "+norec", "+time=2", "+tries=1"])
+            func dig(_ name: String, subnet: String) async throws -> (addresses: [String], clientSubnet: String?, output: String) {
+                let result = try await runTool("/usr/bin/dig", ["@127.0.0.1", "-p", String(port), name, "A", "+subnet=\(subnet)", "+norec", "+time=2", "+tries=1"])
                 let lines = result.split(separator: "\n")
                 let addresses = lines.filter { !$0.hasPrefix(";") && $0.contains("\tA\t") }.compactMap { $0.split(separator: "\t").last.map(String.init) }
                 let subnetLine = lines.first { $0.contains("CLIENT-SUBNET:") }
@@ -73,8 +73,8 @@ extension LiveTests {
             }
         }
 
-        static func runTool(_ path: String, _ arguments: [String]) throws -> String {
-            let result = try runProgram(path, arguments, timeoutSeconds: 10)
+        static func runTool(_ path: String, _ arguments: [String]) async throws -> String {
+            let result = try await runProgram(path, arguments, timeoutSeconds: 10)
             return result.stdout + result.stderr
         }
 
@@ -88,32 +88,32 @@ extension LiveTests {
                 let name = "api.\(Self.zone)"
                 // PowerDNS is up once it answers the zone's SOA.
                 let soa = try await eventually(timeoutSeconds: 10, every: .milliseconds(100), {
-                    try Self.runTool("/usr/bin/dig", ["@127.0.0.1", "-p", String(pdns.port), Self.zone, "SOA", "+short", "+time=1", "+tries=1"])
+                    try await Self.runTool("/usr/bin/dig", ["@127.0.0.1", "-p", String(pdns.port), Self.zone, "SOA", "+short", "+time=1", "+tries=1"])
                 }, until: { $0.contains("hostmaster") })
                 #expect(soa.contains("ns1.\(Self.zone). hostmaster.\(Self.zone). 1"), "no SOA from PowerDNS: \(soa)\n\((try? String(contentsOfFile: pdns.log, encoding: .utf8)) ?? "")")
                 for (subnet, address) in [("198.51.100.0/24", "127.0.0.2"), ("203.0.113.0/24", "127.0.0.3"), ("192.0.2.0/24", "127.0.0.1")] {
-                    let answer = try pdns.dig(name, subnet: subnet)
+                    let answer = try await pdns.dig(name, subnet: subnet)
                     #expect(answer.addresses == [address], "\(subnet): \(answer.output)")
                     #expect(answer.clientSubnet == "\(subnet)/24", "the scope is the prefix's: \(answer.output)")
                 }
                 // A subnet narrower than the prefix gets the prefix's length as its scope; an unknown one scope 0.
-                #expect(try pdns.dig(name, subnet: "198.51.100.7/32").clientSubnet == "198.51.100.7/32/24")
-                let unknown = try pdns.dig(name, subnet: "10.9.8.0/24")
+                #expect(try await pdns.dig(name, subnet: "198.51.100.7/32").clientSubnet == "198.51.100.7/32/24")
+                let unknown = try await pdns.dig(name, subnet: "10.9.8.0/24")
                 #expect(unknown.addresses == ["127.0.0.1"] && unknown.clientSubnet == "10.9.8.0/24/0", "\(unknown.output)")
 
                 await cluster.kill9("eu-west")
                 let killed = ContinuousClock.now
-                let moved = try await eventually(timeoutSeconds: 10, every: .milliseconds(100), { try pdns.dig(name, subnet: "198.51.100.0/24") },
+                let moved = try await eventually(timeoutSeconds: 10, every: .milliseconds(100), { try await pdns.dig(name, subnet: "198.51.100.0/24") },
                                                  until: { $0.addresses == ["127.0.0.1"] })
                 let took = ContinuousClock.now - killed
                 #expect(moved.addresses == ["127.0.0.1"], "the European answer did not move to us-east: \(moved.output)")
                 #expect(took < .seconds(5), "the answer changed \(took) after the kill")
 
                 try await cluster.restartNode("eu-west")
-                let back = try await eventually(timeoutSeconds: 20, every: .milliseconds(100), { try pdns.dig(name, subnet: "198.51.100.0/24") },
+                let back = try await eventually(timeoutSeconds: 20, every: .milliseconds(100), { try await pdns.dig(name, subnet: "198.51.100.0/24") },
                                                 until: { $0.addresses == ["127.0.0.2"] })
                 #expect(back.addresses == ["127.0.0.2"], "the European answer did not come back to eu-west: \(back.output)")
-                let hits = try Self.runTool("/usr/bin/pdns_control", ["--socket-dir=\(cluster.scratch.file("pdns"))", "show", "packetcache-hit"])
+                let hits = try await Self.runTool("/usr/bin/pdns_control", ["--socket-dir=\(cluster.scratch.file("pdns"))", "show", "packetcache-hit"])
                 #expect(hits.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "PowerDNS answered from its cache: \(hits)")
             }
             scratch.remove()

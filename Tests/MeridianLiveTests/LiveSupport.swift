@@ -31,14 +31,33 @@ struct Scratch {
 }
 
 /// Runs the CLI to completion (bounded by `timeoutSeconds`) and captures its output.
-func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
-    try runProgram(MeridianBinary.path, arguments, timeoutSeconds: timeoutSeconds)
+func runCLI(_ arguments: [String], timeoutSeconds: Double = 60) async throws -> (status: Int32, stdout: String, stderr: String) {
+    try await runProgram(MeridianBinary.path, arguments, timeoutSeconds: timeoutSeconds)
 }
 
 /// Runs a program to completion (bounded by `timeoutSeconds`, then killed and reported) and captures its output;
 /// `environment` adds to this process's, and `directory` is its working directory.
+///
+/// The wait runs on a thread of its own, never on the cooperative pool: the pool has one thread per core (two here),
+/// and two tests waiting on programs there would stall every other test in the process, whose database answers
+/// and timers then come late (PostgreSQL store tests timed out so in full runs).
 func runProgram(_ path: String, _ arguments: [String], directory: String? = nil, environment: [String: String] = [:],
-                timeoutSeconds: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
+                timeoutSeconds: Double = 60) async throws -> (status: Int32, stdout: String, stderr: String) {
+    let result = try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(with: Result {
+                try runProgramWaiting(path, arguments, directory: directory, environment: environment, timeoutSeconds: timeoutSeconds)
+            })
+        }.start()
+    }
+    if result.timedOut {
+        Issue.record("\((path as NSString).lastPathComponent) \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
+    }
+    return (result.status, result.stdout, result.stderr)
+}
+
+private func runProgramWaiting(_ path: String, _ arguments: [String], directory: String?, environment: [String: String],
+                               timeoutSeconds: Double) throws -> (status: Int32, stdout: String, stderr: String, timedOut: Bool) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
@@ -58,17 +77,15 @@ func runProgram(_ path: String, _ arguments: [String], directory: String? = nil,
     }
     let deadline = Date().addingTimeInterval(timeoutSeconds)
     while !LocalProcesses.hasExited(process) && Date() < deadline { usleep(20_000) }
-    if !LocalProcesses.hasExited(process) {
-        kill(process.processIdentifier, SIGKILL)
-        Issue.record("\((path as NSString).lastPathComponent) \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
-    }
+    let timedOut = !LocalProcesses.hasExited(process)
+    if timedOut { kill(process.processIdentifier, SIGKILL) }
     // The pipes end when the child (and anything it left holding them) is gone; bounded all the same.
     _ = readers.wait(timeout: .now() + 10)
     let (stdout, stderr) = captured.texts
     // Foundation may notice the exit a moment after the kernel; its status is unreadable until then.
     let noticed = Date().addingTimeInterval(5)
     while process.isRunning && Date() < noticed { usleep(10_000) }
-    return (process.isRunning ? -1 : process.terminationStatus, stdout, stderr)
+    return (process.isRunning ? -1 : process.terminationStatus, stdout, stderr, timedOut)
 }
 
 /// Repeats `attempt` until `done` holds for its result or `timeoutSeconds` have passed, and returns the last

@@ -231,15 +231,15 @@ extension LiveTests {
             let region = try await Region()
             defer { region.scratch.remove() }
             let base = region.arguments + ["--data", region.scratch.file("node-x")]
-            let badListen = try runCLI(base + ["--relay-listen", "nowhere"])
+            let badListen = try await runCLI(base + ["--relay-listen", "nowhere"])
             #expect(badListen.status != 0 && badListen.stderr.contains("--relay-listen 'nowhere' is not host:port."), "\(badListen.stderr)")
-            let badHost = try runCLI(base + ["--advertise", "0.0.0.0"])
+            let badHost = try await runCLI(base + ["--advertise", "0.0.0.0"])
             #expect(badHost.status != 0 && badHost.stderr.contains("is not a host the region's other nodes can reach"), "\(badHost.stderr)")
             // A region on SQLite has one node: nothing to relay.
             let sqlite = region.scratch.file("sqlite.yaml")
             try clusterYAML(regions: ["solo"], ports: [try LocalProcesses.freePort(), try LocalProcesses.freePort()], keyspaces: Self.keyspaces)
                 .write(toFile: sqlite, atomically: true, encoding: .utf8)
-            let onSQLite = try runCLI(["node", "--config", sqlite, "--region", "solo", "--data", region.scratch.file("node-y"), "--advertise", "10.0.0.1"])
+            let onSQLite = try await runCLI(["node", "--config", sqlite, "--region", "solo", "--data", region.scratch.file("node-y"), "--advertise", "10.0.0.1"])
             #expect(onSQLite.status != 0 && onSQLite.stderr.contains("--advertise is for regions on PostgreSQL"), "\(onSQLite.stderr)")
         }
 

@@ -24,7 +24,7 @@ final class LiveCluster {
     /// `routing:` lines of its own, which replace the default).
     /// `stores` gives regions a `store` field (YAML, such as ``StoreMix/stores()`` makes).
     init(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], secure: Bool = false, logLevel: String = "warning",
-         tlsFields: String = "reload_interval_ms: 300", gateway: Bool = false, stores: [String: String] = [:]) throws {
+         tlsFields: String = "reload_interval_ms: 300", gateway: Bool = false, stores: [String: String] = [:]) async throws {
         scratch = try Scratch()
         var ports: [Int] = []
         for _ in 0..<(2 * regions.count) { ports.append(try LocalProcesses.freePort()) }
@@ -33,7 +33,7 @@ final class LiveCluster {
         yaml = yaml.replacingOccurrences(
             of: " }\nregions:", with: ", rtt_ms: [{ between: [us-east, eu-west], ms: 81 }, { between: [us-east, ap-southeast], ms: 230 }, { between: [eu-west, ap-southeast], ms: 170 }] }\nregions:")
         yaml = yaml.replacingOccurrences(of: "\nregions:\n", with: "\n\(extraYAML)regions:\n")
-        if secure { yaml += try Self.secureSections(yaml, scratch, tlsFields: tlsFields) }
+        if secure { yaml += try await Self.secureSections(yaml, scratch, tlsFields: tlsFields) }
         var options = LocalCluster.Options(executable: MeridianBinary.path, directory: scratch.path, latencyScale: 0.1,
                                            logLevel: logLevel, nodeArguments: nodeArguments)
         options.gateway = gateway
@@ -45,15 +45,15 @@ final class LiveCluster {
 
     /// Creates the signing key, the CA and every region's certificate with the CLI, and returns the cluster
     /// file's `session_secret`, `auth` and `tls` sections naming them.
-    static func secureSections(_ yaml: String, _ scratch: Scratch, tlsFields: String) throws -> String {
+    static func secureSections(_ yaml: String, _ scratch: Scratch, tlsFields: String) async throws -> String {
         let base = scratch.file("base.yaml")
         try yaml.write(toFile: base, atomically: true, encoding: .utf8)
-        let keygen = try runCLI(["token", "keygen", "--out", scratch.file("signing.key"), "--id", "live-1"])
+        let keygen = try await runCLI(["token", "keygen", "--out", scratch.file("signing.key"), "--id", "live-1"])
         #expect(keygen.status == 0, "\(keygen)")
         let publicKey = try #require(keygen.stdout.split(separator: "\n").first { $0.contains("public_key:") }?.split(separator: ":").last)
             .trimmingCharacters(in: .whitespaces)
         for arguments in [["certs", "init"], ["certs", "issue", "--all"]] {
-            let made = try runCLI(arguments + ["--config", base, "--dir", scratch.file("certs")])
+            let made = try await runCLI(arguments + ["--config", base, "--dir", scratch.file("certs")])
             #expect(made.status == 0, "\(made)")
         }
         return """
@@ -72,12 +72,12 @@ final class LiveCluster {
 
     /// Issues a token with the CLI (`meridian token issue`), as its JSON: token, id, expires_at_ms.
     func issueToken(principal: String = "live", keyspaces: String = "*", ops: String = "read,write,admin", ttl: String = "1h",
-                    prefix: String? = nil, regions: String? = nil) throws -> (token: String, id: String) {
+                    prefix: String? = nil, regions: String? = nil) async throws -> (token: String, id: String) {
         var arguments = ["token", "issue", "--config", config, "--signing-key", signingKey, "--principal", principal,
                          "--keyspace", keyspaces, "--ops", ops, "--ttl", ttl, "--json"]
         if let regions { arguments += ["--regions", regions] }
         if let prefix { arguments += ["--prefix", prefix] }
-        let issued = try runCLI(arguments)
+        let issued = try await runCLI(arguments)
         #expect(issued.status == 0, "\(issued)")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(issued.stdout.utf8)) as? [String: Any])
         return (try #require(object["token"] as? String), try #require(object["id"] as? String))
@@ -106,8 +106,8 @@ final class LiveCluster {
         #expect(await local.kill9(RegionName(validated: region)), "\(region) survived SIGKILL")
     }
 
-    func chaos(_ arguments: String...) throws {
-        let result = try runCLI(["chaos"] + arguments + ["--config", config])
+    func chaos(_ arguments: String...) async throws {
+        let result = try await runCLI(["chaos"] + arguments + ["--config", config])
         #expect(result.status == 0, "\(result)")
     }
 
@@ -173,7 +173,7 @@ final class LiveCluster {
 func withLiveCluster(keyspaces: String, extraYAML: String = "", nodeArguments: [String: [String]] = [:], gateway: Bool = false,
                      stores: StoreMix = .sqlite, _ body: (LiveCluster) async throws -> Void) async throws {
     let stores = try await stores.stores()
-    try await whileStarted(try LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, gateway: gateway, stores: stores),
+    try await whileStarted(try await LiveCluster(keyspaces: keyspaces, extraYAML: extraYAML, nodeArguments: nodeArguments, gateway: gateway, stores: stores),
                            start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
         try await body(cluster)
         // The regions given a PostgreSQL store kept no SQLite file.
@@ -271,7 +271,7 @@ extension LiveTests {
         @Test(.timeLimit(.minutes(3)))
         func partitionedRegionCatchesUpAfterHeal() async throws {
             try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
-                try cluster.chaos("isolate", "ap-southeast")
+                try await cluster.chaos("isolate", "ap-southeast")
                 let us = try await cluster.connect("us-east")
                 for index in 0..<50 {
                     #expect(try await us.request("PUT", "/v1/kv/profiles/p\(index)", body: Array("v\(index)".utf8)).status == 200)
@@ -286,7 +286,7 @@ extension LiveTests {
                 let during = try await cluster.connect("ap-southeast")
                 #expect(try await during.request("GET", "/v1/kv/profiles/p0").status == 404, "an isolated region received a write")
                 await during.close()
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
                 for index in [0, 25, 49] {
                     #expect(try await cluster.waitForValue("ap-southeast", "/v1/kv/profiles/p\(index)", "v\(index)"))
                 }
@@ -361,7 +361,7 @@ extension LiveTests {
             // level of the Merkle tree from the first key, so the repair compares slots as a large keyspace's does.
             try await withLiveCluster(keyspaces: Self.keyspaces,
                                       extraYAML: "limits: { log_retention_entries: 10, anti_entropy_interval_ms: 0, anti_entropy_slot_keys_min: 0 }\n") { cluster in
-                try cluster.chaos("isolate", "ap-southeast")
+                try await cluster.chaos("isolate", "ap-southeast")
                 // Write only once us-east has given up on its stream: batches sent into the cut are held by the
                 // emulator and delivered after the heal, which would (rightly) leave nothing to resync.
                 let down = Date().addingTimeInterval(20)
@@ -375,7 +375,7 @@ extension LiveTests {
                 await us.close()
                 // The log keeps only the last 10 entries once eu-west has them; ap-southeast needs the first 40.
                 try await Task.sleep(for: .seconds(2))
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
                 var link: String?
                 let deadline = Date().addingTimeInterval(20)
                 while link != "resync_required" && Date() < deadline {
@@ -404,7 +404,7 @@ extension LiveTests {
                 let slots = fromUS?["slots_differing"] as? Int ?? 0, received = fromUS?["keys_received"] as? Int ?? 0
                 let held = fromUS?["keys"] as? Int ?? 0, changed = fromUS?["keys_changed"] as? Int ?? 0
                 #expect((1...40).contains(slots) && (1...40).contains(received) && held + changed == 40, "\(answer.text)")
-                let repair = try runCLI(["repair", "--config", cluster.config], timeoutSeconds: 120)
+                let repair = try await runCLI(["repair", "--config", cluster.config], timeoutSeconds: 120)
                 #expect(repair.status == 0, "\(repair)")
                 #expect(repair.stdout.contains("ap-southeast    profiles            us-east"), "\(repair.stdout)")
                 #expect(try await cluster.waitForValue("ap-southeast", "/v1/kv/profiles/r39", "v", timeoutSeconds: 5))

@@ -17,7 +17,7 @@ extension LiveTests {
 
         @Test(.timeLimit(.minutes(3)))
         func keyNamesOfARestrictedKeyspaceNeverShowOutsideItsResidency() async throws {
-            let cluster = try LiveCluster(keyspaces: Self.keyspaces, logLevel: "debug")
+            let cluster = try await LiveCluster(keyspaces: Self.keyspaces, logLevel: "debug")
             try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 let secret = "alice.marker-7f3a@example.eu"
                 let encoded = secret.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "@"))) ?? secret
@@ -80,14 +80,14 @@ extension LiveTests {
             """
 
         /// Runs `meridian residency check` for one keyspace over the cluster's directory.
-        static func residencyCheck(_ cluster: LiveCluster, keyspace: String, markers: [String], keyNames: [String] = []) throws -> (status: Int32, stdout: String, stderr: String) {
-            try runCLI(["residency", "check", "--config", cluster.config, "--keyspace", keyspace, "--data", cluster.scratch.path]
+        static func residencyCheck(_ cluster: LiveCluster, keyspace: String, markers: [String], keyNames: [String] = []) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await runCLI(["residency", "check", "--config", cluster.config, "--keyspace", keyspace, "--data", cluster.scratch.path]
                        + markers.flatMap { ["--marker", $0] } + keyNames.flatMap { ["--key-name", $0] })
         }
 
         @Test(.timeLimit(.minutes(4)))
         func sealedValuesAreCiphertextEverywhereTheyRestAndAnErasureReachesEveryReplica() async throws {
-            let cluster = try LiveCluster(keyspaces: Self.sealedKeyspaces)
+            let cluster = try await LiveCluster(keyspaces: Self.sealedKeyspaces)
             try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 let run = UUID().uuidString.prefix(8)
                 let markers = (1...6).map { "mk\($0)-\(run)-plain" }
@@ -124,19 +124,19 @@ extension LiveTests {
                 // name outside it.
                 let names = ["ada@example.eu/email", "bob@example.eu/email", "carol@example.eu/email"]
                 for (keyspace, planted) in [("vault", Array(markers[0...2])), ("vault_counts", [markers[3]]), ("vault_sibs", Array(markers[4...5]))] {
-                    let check = try Self.residencyCheck(cluster, keyspace: keyspace, markers: planted, keyNames: keyspace == "vault" ? names : [])
+                    let check = try await Self.residencyCheck(cluster, keyspace: keyspace, markers: planted, keyNames: keyspace == "vault" ? names : [])
                     #expect(check.status == 0 && check.stdout.contains(": 0 hits"), "\(keyspace): \(check.stdout) \(check.stderr)")
                 }
                 // The check finds what is there: a marker written to a global keyspace is in every region, in plaintext.
                 let control = "control-\(run)-plain"
                 #expect(try await eu.request("PUT", "/v1/kv/profiles/control", body: Array(control.utf8)).status == 200)
                 _ = try await eventually(timeoutSeconds: 20) { try await us.request("GET", "/v1/kv/profiles/control") } until: { $0.status == 200 }
-                let caught = try Self.residencyCheck(cluster, keyspace: "vault", markers: [control])
+                let caught = try await Self.residencyCheck(cluster, keyspace: "vault", markers: [control])
                 #expect(caught.status == 1 && caught.stdout.contains("HIT us-east") && caught.stdout.contains("plaintext inside the residency"), "\(caught.stdout)")
 
                 // Erasure: in every replica region at once; reads answer 410 erased there and through a proxy. Another
                 // subject is untouched, and the erased subject's new writes read again.
-                let erased = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "ada@example.eu"])
+                let erased = try await runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "ada@example.eu"])
                 #expect(erased.status == 0 && erased.stdout.contains("eu-west") && erased.stdout.contains("ap-southeast"), "\(erased)")
                 for (name, connection) in [("eu-west", eu), ("ap-southeast", ap), ("us-east", us)] {
                     let gone = try await connection.request("GET", "/v1/kv/vault/ada@example.eu/email")
@@ -146,14 +146,14 @@ extension LiveTests {
                 #expect(try await eu.request("PUT", "/v1/kv/vault/ada@example.eu/email", body: Array("fresh".utf8)).status == 200)
                 #expect(try await eu.request("GET", "/v1/kv/vault/ada@example.eu/email").text == "fresh")
                 // Erasing from outside the residency is refused; a keyspace that is not sealed has nothing to erase.
-                let outside = try runCLI(["erase", "--config", cluster.config, "--region", "us-east", "--keyspace", "vault", "--subject", "bob@example.eu"])
+                let outside = try await runCLI(["erase", "--config", cluster.config, "--region", "us-east", "--keyspace", "vault", "--subject", "bob@example.eu"])
                 #expect(outside.status != 0 && outside.stderr.contains("not_replica_region"), "\(outside)")
-                let plain = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "profiles", "--subject", "bob@example.eu"])
+                let plain = try await runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "profiles", "--subject", "bob@example.eu"])
                 #expect(plain.status != 0 && plain.stderr.contains("invalid_request"), "\(plain)")
 
                 // Key rotation in every region: values still read, new writes too, and only the new epoch's root key
                 // is left in each region's file.
-                let rotated = try runCLI(["keys", "rotate", "--all", "--config", cluster.config])
+                let rotated = try await runCLI(["keys", "rotate", "--all", "--config", cluster.config])
                 #expect(rotated.status == 0 && rotated.stdout.contains("eu-west: epoch 2") && rotated.stdout.contains("epochs 1 destroyed"), "\(rotated)")
                 #expect(try await ap.request("GET", "/v1/kv/vault/bob@example.eu/email").text == markers[1])
                 #expect(try await eu.request("GET", "/v1/kv/vault/carol@example.eu/email").text == markers[2])
@@ -165,7 +165,7 @@ extension LiveTests {
 
         @Test(.timeLimit(.minutes(3)))
         func aRegionThatMissedAnErasureLearnsItBeforeServingTheSubjectAgain() async throws {
-            let cluster = try LiveCluster(keyspaces: Self.sealedKeyspaces)
+            let cluster = try await LiveCluster(keyspaces: Self.sealedKeyspaces)
             try await whileStarted(cluster, start: { try await $0.start() }, stop: { await $0.stop() }) { cluster in
                 let eu = try await cluster.connect("eu-west")
                 #expect(try await eu.request("PUT", "/v1/kv/vault/erin@example.eu/email", body: Array("erin-value-1".utf8)).status == 200)
@@ -175,7 +175,7 @@ extension LiveTests {
                 await ap.close()
                 // ap-southeast is down while the subject is erased: the erasure names it as pending.
                 await cluster.kill9("ap-southeast")
-                let partial = try runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "erin@example.eu"])
+                let partial = try await runCLI(["erase", "--config", cluster.config, "--region", "eu-west", "--keyspace", "vault", "--subject", "erin@example.eu"])
                 #expect(partial.status != 0 && partial.stderr.contains("region_unavailable") && partial.stderr.contains("ap-southeast"), "\(partial)")
                 #expect(try await eu.request("GET", "/v1/kv/vault/erin@example.eu/email").status == 410)
                 // Back up, it still holds the key; its next anti-entropy round with eu-west learns the erasure first.

@@ -21,8 +21,8 @@ extension LiveTests {
         static func withSecureCluster(tlsFields: String = "reload_interval_ms: 300", clientCertificate: Bool = false,
                                       _ body: (LiveCluster) async throws -> Void) async throws {
             // Info: the leader's log records the principals of the requests forwarded to it.
-            let cluster = try LiveCluster(keyspaces: keyspaces, secure: true, logLevel: "info", tlsFields: tlsFields)
-            cluster.local.credentials.token = try cluster.issueToken(principal: "ops").token
+            let cluster = try await LiveCluster(keyspaces: keyspaces, secure: true, logLevel: "info", tlsFields: tlsFields)
+            cluster.local.credentials.token = try await cluster.issueToken(principal: "ops").token
             if clientCertificate {
                 // The launcher's connections present us-east's certificate (any certificate of the cluster CA will do).
                 let certs = cluster.certificates
@@ -91,9 +91,9 @@ extension LiveTests {
                 #expect(leaderLog.contains("serving a forwarded request") && leaderLog.contains("principal=ops"), "the leader records the forwarded principal")
 
                 // Without a token, with too small a scope, expired or revoked: refused in every region.
-                let reader = try cluster.issueToken(principal: "reader", keyspaces: "profiles", ops: "read")
-                let shortLived = try cluster.issueToken(principal: "brief", ttl: "1s")
-                let victim = try cluster.issueToken(principal: "victim", keyspaces: "profiles", ops: "read")
+                let reader = try await cluster.issueToken(principal: "reader", keyspaces: "profiles", ops: "read")
+                let shortLived = try await cluster.issueToken(principal: "brief", ttl: "1s")
+                let victim = try await cluster.issueToken(principal: "victim", keyspaces: "profiles", ops: "read")
                 for connection in [usEast, euWest, apSoutheast] {
                     let anonymous = try await connection.request("GET", "/v1/kv/profiles/ada", headers: [("Authorization", "")])
                     #expect(anonymous.status == 401 && anonymous.header("WWW-Authenticate")?.hasPrefix("Bearer") == true)
@@ -103,7 +103,7 @@ extension LiveTests {
                     #expect(other.status == 403 && Self.errorField(other, "missing_scope") == "keyspace:carts", "\(other.text)")
                     #expect(try await connection.request("GET", "/v1/kv/profiles/ada", headers: Self.bearer(victim.token)).status == 200)
                 }
-                let revoke = try runCLI(["token", "revoke", "--config", cluster.config, "--region", "eu-west", "--token", try #require(cluster.local.credentials.token), victim.token])
+                let revoke = try await runCLI(["token", "revoke", "--config", cluster.config, "--region", "eu-west", "--token", try #require(cluster.local.credentials.token), victim.token])
                 #expect(revoke.status == 0, "\(revoke)")
                 for connection in [usEast, euWest, apSoutheast] {
                     let refused = try await eventually(timeoutSeconds: 10, { try await connection.request("GET", "/v1/kv/profiles/ada", headers: Self.bearer(victim.token)) },
@@ -144,7 +144,7 @@ extension LiveTests {
                 // A certificate from another CA, naming the right region, is refused.
                 let base = cluster.scratch.file("base.yaml")
                 for arguments in [["certs", "init"], ["certs", "issue", "--region", "us-east"]] {
-                    #expect(try runCLI(arguments + ["--config", base, "--dir", cluster.scratch.file("rogue")]).status == 0)
+                    #expect(try await runCLI(arguments + ["--config", base, "--dir", cluster.scratch.file("rogue")]).status == 0)
                 }
                 let rogue = cluster.scratch.file("rogue")
                 let foreign = try PeerProbe.Identity(caPath: "\(certs)/ca.pem", certificatePath: "\(rogue)/us-east.pem", keyPath: "\(rogue)/us-east.key")
@@ -156,7 +156,7 @@ extension LiveTests {
                 #expect(metrics.contains("meridian_peer_refusals_total{reason=\"identity_mismatch\"}"), "the refusal is counted")
                 // And audited, with the region claimed and the one the certificate proves; so is a token used in a
                 // region its scope excludes.
-                let euOnly = try cluster.issueToken(principal: "eu-only", keyspaces: "profiles", ops: "read", regions: "eu-west")
+                let euOnly = try await cluster.issueToken(principal: "eu-only", keyspaces: "profiles", ops: "read", regions: "eu-west")
                 let usConnection = try await cluster.connect("us-east")
                 let outside = try await usConnection.request("GET", "/v1/kv/profiles/ada", headers: Self.bearer(euOnly.token))
                 #expect(outside.status == 403, "\(outside.text)")
@@ -176,7 +176,7 @@ extension LiveTests {
                     .replacingOccurrences(of: "key: \(certs)/{region}.key", with: "key: \(certs)/us-east.key")
                 let misconfiguredPath = cluster.scratch.file("misconfigured.yaml")
                 try misconfigured.write(toFile: misconfiguredPath, atomically: true, encoding: .utf8)
-                let refused = try runCLI(["node", "--config", misconfiguredPath, "--region", "ap-southeast", "--data", cluster.scratch.file("rogue-data")], timeoutSeconds: 30)
+                let refused = try await runCLI(["node", "--config", misconfiguredPath, "--region", "ap-southeast", "--data", cluster.scratch.file("rogue-data")], timeoutSeconds: 30)
                 #expect(refused.status != 0 && refused.stderr.contains("is the certificate of us-east, not of ap-southeast"), "\(refused)")
             }
         }
@@ -200,7 +200,7 @@ extension LiveTests {
                 // The three steps, each once every region has had time to reload the last (reload_interval_ms: 300).
                 for step in [["certs", "rotate"], ["certs", "issue", "--all"], ["certs", "rotate", "--finish"]] {
                     try await Task.sleep(for: .seconds(1.5))
-                    let done = try runCLI(step + ["--config", base, "--dir", certs])
+                    let done = try await runCLI(step + ["--config", base, "--dir", certs])
                     #expect(done.status == 0, "\(done)")
                     // Clients take the bundle too: trusting both CAs mid-rotation, the new one after.
                     cluster.local.credentials.tls = try ClientTLS(caPath: "\(certs)/ca.pem")
@@ -235,7 +235,7 @@ extension LiveTests {
             // Files are looked at only every ten minutes: only SIGHUP can make this reload.
             try await Self.withSecureCluster(tlsFields: "reload_interval_ms: 600000") { cluster in
                 let base = cluster.scratch.file("base.yaml")
-                #expect(try runCLI(["certs", "issue", "--all", "--config", base, "--dir", cluster.certificates]).status == 0)
+                #expect(try await runCLI(["certs", "issue", "--all", "--config", base, "--dir", cluster.certificates]).status == 0)
                 let regions = cluster.regions.map { RegionName(validated: $0) }
                 for region in regions {
                     #expect(try !String(contentsOfFile: cluster.local.log(region), encoding: .utf8).contains("reloaded the TLS certificates"))

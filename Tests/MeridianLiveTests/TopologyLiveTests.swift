@@ -110,7 +110,7 @@ extension LiveTests {
         @Test(.timeLimit(.minutes(3)))
         func aCutLinkMarksNeitherEndDownAndStreamsDoNotHoldUpAStop() async throws {
             try await withLiveCluster(keyspaces: Self.keyspaces) { cluster in
-                try cluster.chaos("partition", "us-east", "ap-southeast")
+                try await cluster.chaos("partition", "us-east", "ap-southeast")
                 // Both ends suspect each other; eu-west still reaches both, so neither is down anywhere.
                 let seen = try await eventually(timeoutSeconds: 5, { try await Self.topology(cluster, "us-east") },
                                                 until: { Self.health($0, "ap-southeast") == .suspect })
@@ -128,7 +128,7 @@ extension LiveTests {
                     try await Task.sleep(for: .milliseconds(50))
                 }
                 #expect(samples > 20)
-                try cluster.chaos("heal")
+                try await cluster.chaos("heal")
                 let healed = try await eventually(timeoutSeconds: 10, { try await Self.topology(cluster, "us-east") },
                                                   until: { $0.regions.allSatisfy { $0.health == .up } })
                 #expect(healed.regions.allSatisfy { $0.health == .up }, "\(healed.regions)")

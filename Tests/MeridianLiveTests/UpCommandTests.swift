@@ -47,9 +47,9 @@ extension LiveTests {
             #expect(children.count == 5, "three regions, the WAN emulator and the gateway")
 
             // The WAN emulator answers `meridian chaos`.
-            let chaos = try runCLI(["chaos", "partition", "--config", config, "us-east", "eu-west"])
+            let chaos = try await runCLI(["chaos", "partition", "--config", config, "us-east", "eu-west"])
             #expect(chaos.status == 0 && chaos.stdout.contains("PARTITIONED"), "\(chaos)")
-            let healed = try runCLI(["chaos", "heal", "--config", config])
+            let healed = try await runCLI(["chaos", "heal", "--config", config])
             #expect(healed.status == 0 && !healed.stdout.contains("PARTITIONED"), "\(healed)")
 
             // The README's flow: PUT then GET on the first region.
@@ -62,17 +62,17 @@ extension LiveTests {
 
             // The CLI against the same cluster: success exits 0, errors exit non-zero with the error code.
             let endpoint = "127.0.0.1:\(ports[2])"
-            let cliPut = try runCLI(["put", "--config", config, "--region", "eu-west", "profiles", "greeting", "hello"])
+            let cliPut = try await runCLI(["put", "--config", config, "--region", "eu-west", "profiles", "greeting", "hello"])
             #expect(cliPut.status == 0, "\(cliPut.stderr)")
             #expect(cliPut.stdout.contains("\"region\":\"eu-west\""))
-            let cliGet = try runCLI(["get", "--endpoint", endpoint, "profiles", "greeting"])
+            let cliGet = try await runCLI(["get", "--endpoint", endpoint, "profiles", "greeting"])
             #expect(cliGet.status == 0 && cliGet.stdout == "hello\n", "\(cliGet)")
             #expect(cliGet.stderr.contains("version"))
-            let cliLs = try runCLI(["ls", "--endpoint", endpoint, "profiles"])
+            let cliLs = try await runCLI(["ls", "--endpoint", endpoint, "profiles"])
             #expect(cliLs.status == 0 && cliLs.stdout.hasPrefix("greeting\t"), "\(cliLs)")
-            let cliMissing = try runCLI(["get", "--endpoint", endpoint, "profiles", "absent"])
+            let cliMissing = try await runCLI(["get", "--endpoint", endpoint, "profiles", "absent"])
             #expect(cliMissing.status != 0 && cliMissing.stderr.contains("key_not_found"), "\(cliMissing)")
-            let cliRefused = try runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "no_such_keyspace", "a", "1"])
+            let cliRefused = try await runCLI(["put", "--endpoint", "127.0.0.1:\(ports[0])", "no_such_keyspace", "a", "1"])
             #expect(cliRefused.status != 0 && cliRefused.stderr.contains("unknown_keyspace"), "\(cliRefused)")
             // The regions `up` started replicate: eu-west's write reaches us-east through the WAN emulator.
             let usEast = try await HTTPConnection.connect(host: "127.0.0.1", port: ports[0])
@@ -83,11 +83,11 @@ extension LiveTests {
             }
             await usEast.close()
             #expect(replicated, "eu-west's write never reached us-east")
-            let cliDel = try runCLI(["del", "--endpoint", endpoint, "profiles", "greeting"])
+            let cliDel = try await runCLI(["del", "--endpoint", endpoint, "profiles", "greeting"])
             #expect(cliDel.status == 0)
-            let cliStatus = try runCLI(["status", "--endpoint", endpoint])
+            let cliStatus = try await runCLI(["status", "--endpoint", endpoint])
             #expect(cliStatus.status == 0 && cliStatus.stdout.contains("region eu-west"), "\(cliStatus)")
-            let cliDown = try runCLI(["get", "--endpoint", "127.0.0.1:\(try LocalProcesses.freePort())", "profiles", "k"])
+            let cliDown = try await runCLI(["get", "--endpoint", "127.0.0.1:\(try LocalProcesses.freePort())", "profiles", "k"])
             #expect(cliDown.status != 0 && cliDown.stderr.contains("cannot reach"))
 
             #expect(await LocalProcesses.stop(up, graceSeconds: 30), "up exits on SIGTERM")

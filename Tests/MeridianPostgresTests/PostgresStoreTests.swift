@@ -33,6 +33,11 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         }, observer: nil)
     }
 
+    /// The bound on the database's silence the stores here run with. A whole test run shares two cores with CPU-bound
+    /// simulation sweeps, and the bound counts this process's own stalls as the database's, so tests that are not
+    /// about the bound give it room (the product's default is 10 s; the tests of the bound set their own).
+    static let requestTimeout: Duration = .seconds(60)
+
     static func configuration(_ server: PostgresServer, _ database: String) -> PostgresClient.Configuration {
         PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: database, tls: .disable)
     }
@@ -48,7 +53,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         // all it has).
         var nodes: [PostgresStore] = []
         for skew: Int64 in [0, -2_000, 1_000] {
-            nodes.append(try await PostgresStore.open(Self.configuration(server, database), context: context(skewMs: skew), logger: SharedPostgres.logger))
+            nodes.append(try await PostgresStore.open(Self.configuration(server, database), context: context(skewMs: skew), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger))
         }
         let stores = nodes
         defer { for node in stores { node.close() } }
@@ -99,7 +104,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
             #expect(stored.version == last.version && stored.value == last.value)
         }
         // A node reopened later continues the numbering.
-        let late = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
+        let late = try await PostgresStore.open(Self.configuration(server, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         defer { late.close() }
         guard case .committed(let next) = try await late.write(put("k0", "late")) else { throw MeridianError(.internalError, "not committed") }
         #expect(next.sequence == total + 1 && next.hlc > log.last!.hlc)
@@ -159,7 +164,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
     @Test func aReadOnlyDatabaseIsRefusedAtStartAndWhenAPrimaryTurnsReadOnlyWritesFailSayingSo() async throws {
         let server = try await PostgresServer.shared.value
         let database = try await server.newDatabase()
-        let store = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
+        let store = try await PostgresStore.open(Self.configuration(server, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         defer { store.close() }
         _ = try await store.write(put("a", "1"))
         // The primary turns read-only (a standby's sessions are): new sessions are, and the old ones end.
@@ -184,7 +189,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         #expect(try await store.get(keyspace: keyspace, key: Key("b")) == nil)
         // A node given a standby's address from the start is refused, saying what to do.
         do {
-            let standby = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger)
+            let standby = try await PostgresStore.open(Self.configuration(server, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
             standby.close()
             Issue.record("a node started on a read-only database")
         } catch {
@@ -201,11 +206,11 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         let primary = try await PostgresServer(inMemory: true)
         defer { Task { await primary.stop() } }
         let database = try await primary.newDatabase()
-        var store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), logger: SharedPostgres.logger)
+        var store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         _ = try await store.write(put("a", "1"))
         store.close()
         // Opened again on the same database: nothing changed.
-        store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), logger: SharedPostgres.logger)
+        store = try await PostgresStore.open(Self.configuration(primary, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         #expect(try await store.restorePending() == nil, "a restart marked the store restored")
         let standby = try await primary.startStandby()
         defer {
@@ -222,7 +227,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
             let promoted = try await client.query("SELECT pg_promote(true, 60)", logger: SharedPostgres.logger).collect()
             #expect(try promoted.first?.decode(Bool.self) == true, "the standby was not promoted")
         }
-        let promoted = try await PostgresStore.open(Self.configuration(standby, database), context: context(), logger: SharedPostgres.logger)
+        let promoted = try await PostgresStore.open(Self.configuration(standby, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         defer { promoted.close() }
         let mark = try await promoted.restorePending()
         #expect(mark != nil, "the store on the promoted standby was not marked restored")
@@ -233,7 +238,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         guard case .committed(let next) = try await promoted.write(put("c", "3")) else { throw MeridianError(.internalError, "not committed") }
         #expect(next.sequence > written.sequence, "a number peers hold was given again: \(next.sequence)")
         // And the next start on it is an ordinary one.
-        let again = try await PostgresStore.open(Self.configuration(standby, database), context: context(), logger: SharedPostgres.logger)
+        let again = try await PostgresStore.open(Self.configuration(standby, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         #expect(try await again.restorePending() == nil)
         again.close()
     }
@@ -251,7 +256,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
             try await client.query("REVOKE EXECUTE ON FUNCTION pg_current_wal_lsn() FROM PUBLIC", logger: SharedPostgres.logger)
         }
         let configuration = PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: role, password: nil, database: database, tls: .disable)
-        let store = try await PostgresStore.open(configuration, context: context(), logger: SharedPostgres.logger)
+        let store = try await PostgresStore.open(configuration, context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger)
         defer { store.close() }
         #expect(try await store.restorePending() == nil)
         guard case .committed = try await store.write(put("a", "1")) else { throw MeridianError(.internalError, "not committed") }
@@ -269,7 +274,7 @@ func errorCode(_ body: () async throws -> Void) async -> MeridianError.Code? {
         }
         var code: MeridianError.Code?
         for _ in 0..<50 {
-            code = await errorCode { _ = try await PostgresStore.open(Self.configuration(server, database), context: context(), logger: SharedPostgres.logger) }
+            code = await errorCode { _ = try await PostgresStore.open(Self.configuration(server, database), context: context(), requestTimeout: Self.requestTimeout, logger: SharedPostgres.logger) }
             if code != nil { break }
             try await Task.sleep(for: .milliseconds(100))
         }

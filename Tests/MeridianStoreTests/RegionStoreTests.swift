@@ -82,7 +82,9 @@ struct StoreFixture {
             let name = try await database.name { try await server.newDatabase() }
             let configuration = PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: name,
                                                              tls: .disable)
-            return try await PostgresStore.open(configuration, context: context, logger: Logger(label: "meridian.store.test"))
+            // A generous bound on the database's silence: a whole test run shares two cores with CPU-bound simulation
+            // sweeps, and the bound counts this process's own stalls as the database's (the product's default is 10 s).
+            return try await PostgresStore.open(configuration, context: context, requestTimeout: .seconds(60), logger: Logger(label: "meridian.store.test"))
         }
     }
 

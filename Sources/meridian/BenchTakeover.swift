@@ -4,16 +4,20 @@ import MeridianCore
 import MeridianHarness
 
 extension Bench {
-    /// How long a region on PostgreSQL takes no writes when the node holding its lease dies: the time from SIGKILL to
-    /// the first write acknowledged again (by the standby that took over), for each lease time to live given.
+    /// How long a region on PostgreSQL takes no writes when the node holding its lease dies, and how long until
+    /// replication with another region flows again both ways: each measured from the SIGKILL, for each lease time to
+    /// live given.
     struct Takeover: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write unavailability of a PostgreSQL region with two nodes when the one holding its lease is killed.",
-            discussion: "Starts a local PostgreSQL server and one region with two nodes on it; kills the serving node --kills times per lease time to live, restarting it as the standby after each.")
+            abstract: "Write unavailability of a PostgreSQL region with two nodes when the one holding its lease is killed, and the time until replication with a peer region resumes.",
+            discussion: "Starts a local PostgreSQL server, one region with two nodes on it and a peer region on SQLite; kills the serving node --kills times per lease time to live, restarting it as the standby after each.")
 
         @Option(help: "Kills per lease time to live.") var kills: Int = 5
         @Option(help: ArgumentHelp("Lease times to live to measure, one after the other, printed side by side (the store's lease_ttl_ms).",
                                    valueName: "ms,ms")) var leaseTtlMs: String = "2000,5000"
+
+        /// The round trip between the region and its peer on the emulated WAN (us-east to eu-west's, from the demo).
+        static let rttMs = 81
 
         var ttls: [Int] { leaseTtlMs.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -27,33 +31,53 @@ extension Bench {
 
         func run() async throws {
             print("meridian bench takeover: \(kills) kills of the lease holder per lease time to live; load generator, nodes and database on one \(ProcessInfo.processInfo.activeProcessorCount)-core machine\n")
-            var rows: [String] = ["LEASE TTL ms   KILLS   UNAVAILABLE p50 ms   min ms   max ms"]
+            var rows: [String] = ["LEASE TTL ms   KILLS   UNAVAILABLE p50 ms   min ms   max ms   TO PEER p50 ms   max ms   FROM PEER p50 ms   max ms"]
             for ttl in ttls {
                 let gaps = try await measure(ttlMs: ttl)
-                let sorted = gaps.sorted()
-                rows.append(String(format: "%12d   %5d   %18.0f   %6.0f   %6.0f", ttl, sorted.count, sorted[sorted.count / 2], sorted.first ?? 0, sorted.last ?? 0))
+                let (writes, out, back) = (gaps.map(\.writes).sorted(), gaps.map(\.toPeer).sorted(), gaps.map(\.fromPeer).sorted())
+                rows.append(String(format: "%12d   %5d   %18.0f   %6.0f   %6.0f   %14.0f   %6.0f   %16.0f   %6.0f", ttl, writes.count,
+                                   writes[writes.count / 2], writes.first ?? 0, writes.last ?? 0, out[out.count / 2], out.last ?? 0,
+                                   back[back.count / 2], back.last ?? 0))
             }
             print(rows.joined(separator: "\n"))
-            print("\nUnavailable: from the holder's SIGKILL to the first write the region acknowledges again (a write attempted every 20 ms).")
+            print("""
+
+                Each from the holder's SIGKILL. Unavailable: until the region acknowledges a write again (one attempted every 20 ms).
+                To peer: until that write is read at the peer region. From peer: until a write the peer took at the kill is read in
+                the region (the peer's link to the region's peer address reconnects to the new holder). The regions are \(Self.rttMs) ms
+                apart on the WAN emulator, so each way includes a one-way delay of \(Self.rttMs / 2) ms.
+                """)
         }
 
-        /// The write gaps, in ms, of `kills` kills with a lease of `ttlMs`.
-        private func measure(ttlMs: Int) async throws -> [Double] {
+        /// One kill's times, in ms from the SIGKILL.
+        struct Gap {
+            var writes: Double
+            var toPeer: Double
+            var fromPeer: Double
+        }
+
+        /// The gaps of `kills` kills with a lease of `ttlMs`.
+        private func measure(ttlMs: Int) async throws -> [Gap] {
             let database = try await PostgresServer()
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meridian-bench-takeover-\(UUID().uuidString)").path
             var nodes: [String: Process] = [:]
+            // The directory (logs included) stays when the run fails, for the error names it.
+            var succeeded = false
             defer {
                 for process in nodes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
-                try? FileManager.default.removeItem(atPath: directory)
+                if succeeded { try? FileManager.default.removeItem(atPath: directory) }
             }
             try database.ensureDatabase("meridian")
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let client = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+            let peerClient = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
             let file = (directory as NSString).appendingPathComponent("cluster.yaml")
             try """
                 cluster: bench
+                wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: 2)), rtt_ms: [{ between: [solo, peer], ms: \(Self.rttMs) }] }
                 regions:
                   - { name: solo, client: \(client), peer: 127.0.0.1:\(try LocalProcesses.freePort()), store: { kind: postgres, url: "postgres://\(database.user)@127.0.0.1:\(database.port)/meridian?sslmode=disable", lease_ttl_ms: \(ttlMs) } }
+                  - { name: peer, client: \(peerClient), peer: 127.0.0.1:\(try LocalProcesses.freePort()) }
                 keyspaces:
                   - { name: kv, topology: multi-leader, conflict: lww, ack: async }
                 """.write(toFile: file, atomically: true, encoding: .utf8)
@@ -75,44 +99,101 @@ extension Bench {
                 for _ in 0..<600 where await role(name) != wanted { try await Task.sleep(for: .milliseconds(100)) }
                 guard await role(name) == wanted else { throw BenchFailure("\(name) did not become \(wanted) within 60 s; see \(directory)") }
             }
+            let region = Caller(client), peer = Caller(peerClient)
+            defer { Task { await region.close(); await peer.close() } }
             do {
+                nodes["wan"] = try LocalProcesses.start(LocalProcesses.currentExecutable(), ["wan", "--config", file, "--exit-with-parent"],
+                                                        logPath: (directory as NSString).appendingPathComponent("wan.log"))
+                nodes["peer"] = try LocalProcesses.start(LocalProcesses.currentExecutable(), [
+                    "node", "--config", file, "--region", "peer", "--data", (directory as NSString).appendingPathComponent("peer-data"),
+                    "--exit-with-parent", "--log-level", "warning",
+                ], logPath: (directory as NSString).appendingPathComponent("peer.log"))
                 let first = try start()
                 try await waitFor(first, "holder")
                 try await waitFor(try start(), "standby")
-                var gaps: [Double] = []
-                for _ in 0..<kills {
+                // Replication flows both ways before the first kill (a region writes only once its peer compared clocks).
+                let ready = ContinuousClock.now
+                var flowing = false
+                while !flowing && ContinuousClock.now - ready < .seconds(60) {
+                    _ = await region.put("probe", "ready")
+                    _ = await peer.put("back", "ready")
+                    let (there, back) = (await peer.get("probe"), await region.get("back"))
+                    flowing = there == "ready" && back == "ready"
+                    if !flowing { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                guard flowing else { throw BenchFailure("replication between the regions did not flow within 60 s; see \(directory)") }
+                var gaps: [Gap] = []
+                for round in 1...kills {
                     var holder: String?
-                    for (name, process) in nodes where process.isRunning && holder == nil {
+                    for (name, process) in nodes where name.hasPrefix("node-") && process.isRunning && holder == nil {
                         if await role(name) == "holder" { holder = name }
                     }
                     guard let holder, let process = nodes[holder] else { throw BenchFailure("no node holds the lease; see \(directory)") }
+                    let value = "kill-\(round)"
                     kill(process.processIdentifier, SIGKILL)
                     let killed = ContinuousClock.now
-                    _ = await LocalProcesses.waitExited(process)
-                    var connection: HTTPConnection?
-                    var acknowledged = false
-                    while !acknowledged && ContinuousClock.now - killed < .seconds(120) {
-                        do {
-                            if connection == nil { connection = try await HTTPConnection.connect(host: client.host, port: client.port, timeoutSeconds: 1) }
-                            acknowledged = try await connection!.request("PUT", "/v1/kv/kv/probe", body: Array("x".utf8)).status == 200
-                        } catch {
-                            await connection?.close()
-                            connection = nil
-                        }
-                        if !acknowledged { try await Task.sleep(for: .milliseconds(20)) }
+                    func since() -> Double {
+                        let elapsed = ContinuousClock.now - killed
+                        return Double(elapsed.components.seconds) * 1_000 + Double(elapsed.components.attoseconds) / 1e15
                     }
-                    await connection?.close()
-                    guard acknowledged else { throw BenchFailure("the region took no write within 120 s of the kill; see \(directory)") }
-                    gaps.append(Double((ContinuousClock.now - killed).components.attoseconds) / 1e15 + Double((ContinuousClock.now - killed).components.seconds) * 1_000)
+                    _ = await LocalProcesses.waitExited(process)
+                    // The peer takes a write at once; the region's is tried every 20 ms until acknowledged.
+                    guard await peer.put("back", value) else { throw BenchFailure("the peer region refused a write; see \(directory)") }
+                    var gap = Gap(writes: .nan, toPeer: .nan, fromPeer: .nan)
+                    while (gap.writes.isNaN || gap.toPeer.isNaN || gap.fromPeer.isNaN) && ContinuousClock.now - killed < .seconds(120) {
+                        if gap.writes.isNaN, await region.put("probe", value) { gap.writes = since() }
+                        if !gap.writes.isNaN, gap.toPeer.isNaN, await peer.get("probe") == value { gap.toPeer = since() }
+                        if gap.fromPeer.isNaN, await region.get("back") == value { gap.fromPeer = since() }
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    guard !gap.writes.isNaN, !gap.toPeer.isNaN, !gap.fromPeer.isNaN else {
+                        throw BenchFailure("within 120 s of the kill: writes \(gap.writes) ms, to the peer \(gap.toPeer) ms, from the peer \(gap.fromPeer) ms (nan: never); see \(directory)")
+                    }
+                    gaps.append(gap)
                     nodes[holder] = nil
                     try await waitFor(try start(), "standby")
                 }
                 for process in nodes.values { await LocalProcesses.stop(process) }
                 await database.stop()
+                succeeded = true
                 return gaps
             } catch {
                 await database.stop()
                 throw error
+            }
+        }
+
+        /// Requests to one region over one connection, made again after a failure; every answer bounded to a second.
+        actor Caller {
+            let endpoint: Endpoint
+            private var connection: HTTPConnection?
+
+            init(_ endpoint: Endpoint) { self.endpoint = endpoint }
+
+            /// Whether the region acknowledged the write.
+            func put(_ key: String, _ value: String) async -> Bool {
+                await request("PUT", "/v1/kv/kv/\(key)", body: Array(value.utf8))?.status == 200
+            }
+
+            /// The key's value as the region holds it (nil: absent, refused or unreachable).
+            func get(_ key: String) async -> String? {
+                guard let answer = await request("GET", "/v1/kv/kv/\(key)?consistency=eventual", body: nil), answer.status == 200 else { return nil }
+                return answer.text
+            }
+
+            func close() async {
+                await connection?.close()
+                connection = nil
+            }
+
+            private func request(_ method: String, _ path: String, body: [UInt8]?) async -> HTTPResult? {
+                do {
+                    if connection == nil { connection = try await HTTPConnection.connect(host: endpoint.host, port: endpoint.port, timeoutSeconds: 1) }
+                    return try await connection!.request(method, path, body: body)
+                } catch {
+                    await close()
+                    return nil
+                }
             }
         }
     }

@@ -284,6 +284,8 @@ let package = Package(
                 "MeridianNode",
                 "MeridianHarness",
                 "MeridianSecurity",
+                "MeridianPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

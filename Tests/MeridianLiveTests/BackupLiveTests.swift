@@ -80,14 +80,15 @@ extension LiveTests {
                 let erasedSoloRead = try await restarted.request("GET", "/v1/kv/solo/s5/v")
                 #expect(erasedSoloRead.status == 410, "the backup brought back a subject only this region held: \(erasedSoloRead.status) \(erasedSoloRead.text)")
 
-                // Its next write continues after the sequences its peers hold: eu-west applies it.
-                let next = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
+                // Its next write continues after the sequences its peers hold: eu-west applies it. (Bounded at a minute:
+                // on a machine busy with a full test run, eu-west has confirmed no write within the ack timeout for 20 s.)
+                let next = try await eventually(timeoutSeconds: 60, every: .milliseconds(200)) {
                     try await restarted.request("PUT", "/v1/kv/vault/s4/v", body: Array("restored-write".utf8))
                 } until: { $0.status == 200 }
                 #expect(next.status == 200, "\(next.status) \(next.text)")
                 let sequence = next.header("ETag").flatMap { $0.split(separator: ".").last.flatMap { UInt64($0.filter(\.isNumber)) } } ?? 0
                 #expect(sequence > 8, "the restored region reused a sequence: ETag \(next.header("ETag") ?? "none")")
-                let seen = try await eventually(timeoutSeconds: 20, every: .milliseconds(200)) {
+                let seen = try await eventually(timeoutSeconds: 60, every: .milliseconds(200)) {
                     try await eu.request("GET", "/v1/kv/vault/s4/v")
                 } until: { $0.status == 200 }
                 #expect(seen.text == "restored-write", "eu-west did not apply the restored region's write: \(seen.status) \(seen.text)")

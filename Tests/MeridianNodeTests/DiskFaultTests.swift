@@ -5,16 +5,23 @@
 // before, writes resume by themselves once space is freed, and afterwards the file system checks clean and
 // the database passes SQLite's integrity check with every acknowledged write in it.
 //
+// The same for a region on PostgreSQL whose database's disk fills up: a tablespace on such a small disk.
+//
 // Loop devices need root (CAP_SYS_ADMIN), which CI has; without it the test fails saying so.
 import Foundation
 import GRDB
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import MeridianCore
+import MeridianHarness
 import MeridianNode
+import MeridianPostgres
+import MeridianStorage
 import MeridianStore
 import NIOCore
+import PostgresNIO
 import Synchronization
 import Testing
 
@@ -179,5 +186,90 @@ struct SmallDisk {
             let stored = try await reopened.store.get(keyspace: KeyspaceName("profiles"), key: Key(key))
             #expect(stored.map { String(decoding: $0.value, as: UTF8.self) } == value, "\(key) after reopening")
         }
+    }
+
+    /// The region's PostgreSQL runs out of disk (its database in a tablespace on a small ext4, the server's own
+    /// directory and WAL elsewhere): writes fail with `storage_full` saying nothing was written, reads go on, and
+    /// once space is freed writes resume by themselves; every acknowledged write is there once, the log dense.
+    @Test(.timeLimit(.minutes(3)))
+    func aDatabaseOutOfDiskRefusesWritesAsFullAndResumesWhenSpaceIsFreed() async throws {
+        let disk = SmallDisk()
+        defer { disk.remove() }
+        try disk.create(megabytes: 48)
+        let location = (disk.path as NSString).appendingPathComponent("tablespace")
+        try FileManager.default.createDirectory(atPath: location, withIntermediateDirectories: true)
+        if getuid() == 0 { #expect(SmallDisk.run(["chown", "postgres:postgres", location]).status == 0) }
+        // A server of its own: the shared one must never hold a tablespace on a disk the test takes away.
+        let server = try await PostgresServer()
+        let logger = Logger(label: "meridian.disk.test")
+        let configuration = { (database: String) in
+            PostgresClient.Configuration(host: "127.0.0.1", port: server.port, username: server.user, password: nil, database: database, tls: .disable)
+        }
+        let setup = PostgresClient(configuration: configuration("postgres"), backgroundLogger: logger)
+        let running = Task { await setup.run() }
+        let store: PostgresStore
+        do {
+            try await setup.query("CREATE TABLESPACE small LOCATION \(unescaped: "'" + location + "'")", logger: logger)
+            try await setup.query("CREATE DATABASE region TABLESPACE small", logger: logger)
+            running.cancel()
+            let region = RegionName(validated: "us-east")
+            store = try await PostgresStore.open(configuration("region"), context: StoreContext(region: region, limits: Limits(), conflictRules: [:],
+                                                 physicalClockMs: { UInt64(Date().timeIntervalSince1970 * 1_000) }, observer: nil),
+                                                 requestTimeout: .seconds(60), logger: logger)
+        } catch {
+            running.cancel()
+            await server.stop()
+            throw error
+        }
+        let keyspace = try KeyspaceName("profiles")
+        func write(_ key: String, _ value: String) async -> Result<UInt64, MeridianError> {
+            do {
+                let request = WriteRequest(keyspace: keyspace, key: try! Key(key), operation: .put, contentType: "text/plain", value: Array(value.utf8))
+                guard case .committed(let entry) = try await store.write(request) else { return .failure(MeridianError(.internalError, "not committed")) }
+                return .success(entry.sequence)
+            } catch {
+                return .failure(error)
+            }
+        }
+        var acknowledged: [String: String] = [:]
+        for index in 0..<20 {
+            if case .success = await write("k\(index)", "before-\(index)") { acknowledged["k\(index)"] = "before-\(index)" }
+        }
+        #expect(acknowledged.count == 20)
+
+        // The disk fills up (the filler, written as root, takes the blocks ext4 keeps for root too): writes of values
+        // that do not compress fail as storage_full once the tables need a page the disk has not got.
+        let filled = disk.fill("filler", maxBytes: 48 << 20)
+        #expect(filled > 1 << 20, "the filler took \(filled) bytes")
+        var refusals: [MeridianError] = []
+        for index in 0..<2_000 where refusals.count < 3 {
+            let value = (0..<60).map { _ in UUID().uuidString }.joined()
+            switch await write("full-\(index)", value) {
+            case .success: acknowledged["full-\(index)"] = value
+            case .failure(let error): refusals.append(error)
+            }
+        }
+        #expect(refusals.count == 3 && refusals.allSatisfy { $0.code == .storageFull }, "\(refusals.map(\.code))")
+        #expect(refusals.first?.message.contains("out of disk space") == true && refusals.first?.message.contains("nothing was written") == true,
+                "\(refusals.first?.message ?? "")")
+        #expect(store.writeFaults.current?.code == .storageFull)
+        // Reads go on: everything acknowledged is served.
+        for (key, value) in acknowledged {
+            #expect(try await store.get(keyspace: keyspace, key: Key(key)).map { String(decoding: $0.value, as: UTF8.self) } == value, "\(key)")
+        }
+
+        // Space comes back: writes resume by themselves.
+        try FileManager.default.removeItem(atPath: (disk.path as NSString).appendingPathComponent("filler"))
+        if case .success = await write("after-full", "ok") { acknowledged["after-full"] = "ok" }
+        #expect(acknowledged["after-full"] == "ok", "a write after space was freed failed")
+        #expect(store.writeFaults.current?.code == nil)
+
+        // Every acknowledged write once, and no number taken by a refused one.
+        let log = try await store.logEntries(origin: RegionName(validated: "us-east"), after: 0, limit: 10_000)
+        #expect(log.map(\.sequence) == Array(1...UInt64(log.count)), "the log has a gap")
+        #expect(log.count == acknowledged.count, "\(log.count) entries for \(acknowledged.count) acknowledged writes")
+        #expect(Set(log.map(\.key.rawValue)) == Set(acknowledged.keys))
+        store.close()
+        await server.stop()
     }
 }

@@ -52,18 +52,35 @@ import Testing
         return (try #require(await iterator.next()), task)
     }
 
-    /// Connects, sends `bytes`, half-closes, and returns everything received until the other end closed.
+    /// Sends its bytes and half-closes as soon as the connection is up, on the event loop: a client task waiting for
+    /// the cooperative pool (busy in a full test run) would otherwise send late, past the relay's wait for a request.
+    final class SendOnActive: ChannelInboundHandler, @unchecked Sendable {
+        // Safety: touched only on its channel's event loop.
+        typealias InboundIn = ByteBuffer
+        let bytes: [UInt8]
+
+        init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+        func channelActive(context: ChannelHandlerContext) {
+            context.fireChannelActive()
+            context.write(NIOAny(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+            context.flush()
+            context.close(mode: .output, promise: nil)
+        }
+    }
+
+    /// Connects, sends `bytes`, half-closes, and returns everything received until the other end closed (reading
+    /// from `readAfterMs` on).
     static func exchange(_ port: Int, _ bytes: [UInt8], readAfterMs: Int = 0) async throws -> [UInt8] {
         let channel = try await ClientBootstrap(group: loops)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                    try channel.pipeline.syncOperations.addHandler(SendOnActive(bytes))
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
-        return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(bytes: bytes))
-            outbound.finish()
+        return try await channel.executeThenClose { inbound, _ in
             try await Task.sleep(for: .milliseconds(readAfterMs))
             var received = ByteBuffer()
             for try await var chunk in inbound { received.writeBuffer(&chunk) }

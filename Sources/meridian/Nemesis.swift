@@ -27,7 +27,7 @@ struct Nemesis: AsyncParsableCommand {
     @Option(help: "Seconds of load and faults.") var duration: Double = 60
     @Option(help: "Seed of the fault schedule.") var seed: UInt64 = 1
     @Option(help: "Multiply every emulated WAN delay (0.1 to 1).") var latencyScale: Double = 0.1
-    @Option(help: "Faults to draw from: partition, isolate, kill, pause, skew, slow (comma-separated).")
+    @Option(help: "Faults to draw from: partition, isolate, kill, pause, skew, slow, kill-region (every node of a region at once: with --standbys, its holder and its standby) (comma-separated).")
     var faults: String = "partition,isolate,kill,pause,skew,slow"
     @Option(help: "Seconds each fault lasts, at most (at least a third of it).") var faultSeconds: Double = 4
     @Option(help: "Seconds to wait for the regions to agree after healing.") var settleSeconds: Double = 90

@@ -141,7 +141,7 @@ extension LiveTests {
                 let python = Task { try await ClientLibraryLiveTests.python(["-c", script], environment: [:]) }
                 let started = try await eventually(timeoutSeconds: 60, { FileManager.default.fileExists(atPath: ready) }, until: { $0 })
                 guard started else {
-                    FileManager.default.createFile(atPath: go, contents: nil)
+                    _ = FileManager.default.createFile(atPath: go, contents: nil)
                     let pythonSaid = (try? await python.value).map { "exit \($0.0): \($0.1.suffix(800))" } ?? "did not run"
                     Issue.record("the Python client did not start within 60 s: \(pythonSaid)")
                     try await client.shutdown()
@@ -149,7 +149,7 @@ extension LiveTests {
                 }
                 cluster.local.signal(RegionName(validated: "ap-southeast"), SIGSTOP)
                 let swift = Task { try await client.crdt("tally", "swift", operation: #"{"type":"pn-counter","op":"increment","by":1}"#, idempotencyKey: keys[0]) }
-                FileManager.default.createFile(atPath: go, contents: nil)
+                _ = FileManager.default.createFile(atPath: go, contents: nil)
                 // Both first attempts are committed at eu-west, and their ack waits (1 s) over, before ap-southeast
                 // resumes.
                 let probe = try await cluster.connect("eu-west")
@@ -217,7 +217,7 @@ extension LiveTests {
                                                                                                  "--tag", "python"]
                 python.currentDirectoryURL = URL(fileURLWithPath: ClientLibraryLiveTests.package)
                 let pythonLog = cluster.scratch.file("python-load.log")
-                FileManager.default.createFile(atPath: pythonLog, contents: nil)
+                _ = FileManager.default.createFile(atPath: pythonLog, contents: nil)
                 python.standardOutput = FileHandle(forWritingAtPath: pythonLog)
                 python.standardError = FileHandle(forWritingAtPath: pythonLog)
                 try python.run()
@@ -243,7 +243,7 @@ extension LiveTests {
                 try await Task.sleep(for: .seconds(2))
 
                 stop.raised.store(true, ordering: .relaxed)
-                FileManager.default.createFile(atPath: stopFile, contents: nil)
+                _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
                 let swift = await swiftLoad.value
                 let deadline = ContinuousClock.now + .seconds(60)
                 while python.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }

@@ -67,20 +67,26 @@ extension Bench {
                 for process in nodes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
                 if succeeded { try? FileManager.default.removeItem(atPath: directory) }
             }
-            try database.ensureDatabase("meridian")
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let client = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
-            let peerClient = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
-            let file = (directory as NSString).appendingPathComponent("cluster.yaml")
-            try """
-                cluster: bench
-                wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: 2)), rtt_ms: [{ between: [solo, peer], ms: \(Self.rttMs) }] }
-                regions:
-                  - { name: solo, client: \(client), peer: 127.0.0.1:\(try LocalProcesses.freePort()), store: { kind: postgres, url: "postgres://\(database.user)@127.0.0.1:\(database.port)/meridian?sslmode=disable", lease_ttl_ms: \(ttlMs) } }
-                  - { name: peer, client: \(peerClient), peer: 127.0.0.1:\(try LocalProcesses.freePort()) }
-                keyspaces:
-                  - { name: kv, topology: multi-leader, conflict: lww, ack: async }
-                """.write(toFile: file, atomically: true, encoding: .utf8)
+            let client: Endpoint, peerClient: Endpoint, file: String
+            do {
+                try database.ensureDatabase("meridian")
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                client = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+                peerClient = Endpoint(host: "127.0.0.1", port: try LocalProcesses.freePort())
+                file = (directory as NSString).appendingPathComponent("cluster.yaml")
+                try """
+                    cluster: bench
+                    wan: { admin: 127.0.0.1:\(try LocalProcesses.freePort()), base_port: \(try LocalProcesses.freePortRange(count: 2)), rtt_ms: [{ between: [solo, peer], ms: \(Self.rttMs) }] }
+                    regions:
+                      - { name: solo, client: \(client), peer: 127.0.0.1:\(try LocalProcesses.freePort()), store: { kind: postgres, url: "postgres://\(database.user)@127.0.0.1:\(database.port)/meridian?sslmode=disable", lease_ttl_ms: \(ttlMs) } }
+                      - { name: peer, client: \(peerClient), peer: 127.0.0.1:\(try LocalProcesses.freePort()) }
+                    keyspaces:
+                      - { name: kv, topology: multi-leader, conflict: lww, ack: async }
+                    """.write(toFile: file, atomically: true, encoding: .utf8)
+            } catch {
+                await database.stop()
+                throw error
+            }
             var health: [String: Endpoint] = [:]
             var started = 0
             func start() throws -> String {
@@ -100,7 +106,6 @@ extension Bench {
                 guard await role(name) == wanted else { throw BenchFailure("\(name) did not become \(wanted) within 60 s; see \(directory)") }
             }
             let region = Caller(client), peer = Caller(peerClient)
-            defer { Task { await region.close(); await peer.close() } }
             do {
                 nodes["wan"] = try LocalProcesses.start(LocalProcesses.currentExecutable(), ["wan", "--config", file, "--exit-with-parent"],
                                                         logPath: (directory as NSString).appendingPathComponent("wan.log"))
@@ -138,7 +143,12 @@ extension Bench {
                     }
                     _ = await LocalProcesses.waitExited(process)
                     // The peer takes a write at once; the region's is tried every 20 ms until acknowledged.
-                    guard await peer.put("back", value) else { throw BenchFailure("the peer region refused a write; see \(directory)") }
+                    var taken = false
+                    for _ in 0..<50 where !taken {
+                        taken = await peer.put("back", value)
+                        if !taken { try await Task.sleep(for: .milliseconds(100)) }
+                    }
+                    guard taken else { throw BenchFailure("the peer region took no write within 5 s; see \(directory)") }
                     var gap = Gap(writes: .nan, toPeer: .nan, fromPeer: .nan)
                     while (gap.writes.isNaN || gap.toPeer.isNaN || gap.fromPeer.isNaN) && ContinuousClock.now - killed < .seconds(120) {
                         if gap.writes.isNaN, await region.put("probe", value) { gap.writes = since() }
@@ -153,11 +163,15 @@ extension Bench {
                     nodes[holder] = nil
                     try await waitFor(try start(), "standby")
                 }
+                await region.close()
+                await peer.close()
                 for process in nodes.values { await LocalProcesses.stop(process) }
                 await database.stop()
                 succeeded = true
                 return gaps
             } catch {
+                await region.close()
+                await peer.close()
                 await database.stop()
                 throw error
             }
